@@ -1,0 +1,85 @@
+"""Build any of the five networks by name, with options checked against the network's signature."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from gpmodels.nets.baselines import InceptionV3, ResNeXt50
+from gpmodels.nets.gp_reconresnet import GPReconResNet
+from gpmodels.nets.gp_shuffleunet import GPShuffleUNet
+from gpmodels.nets.gp_unet import GPUNet
+
+_GP_MODELS: dict[str, type[nn.Module]] = {
+    "gp-unet": GPUNet,
+    "gp-reconresnet": GPReconResNet,
+    "gp-shuffleunet": GPShuffleUNet,
+}
+_BASELINES: dict[str, type[nn.Module]] = {
+    "inceptionv3": InceptionV3,
+    "resnext50": ResNeXt50,
+}
+_MODELS = {**_GP_MODELS, **_BASELINES}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
+GP_MODEL_NAMES: tuple[str, ...] = tuple(_GP_MODELS)
+
+
+def is_gp_model(name: str) -> bool:
+    """True for the GP networks (which have ``forward_maps``), False for the baselines.
+
+    Raises:
+        ValueError: If ``name`` is not one of :data:`MODEL_NAMES`.
+    """
+    _check_name(name)
+    return name in _GP_MODELS
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The options of network ``name`` with their defaults, e.g. ``{"width": 64, ...}``.
+
+    Raises:
+        ValueError: If ``name`` is not one of :data:`MODEL_NAMES`.
+    """
+    _check_name(name)
+    parameters = inspect.signature(_MODELS[name]).parameters
+    return {
+        key: p.default
+        for key, p in parameters.items()
+        if key not in ("in_channels", "num_classes")
+    }
+
+
+def build_model(name: str, in_channels: int, num_classes: int, **options: Any) -> nn.Module:
+    """Instantiate a network with random weights.
+
+    Args:
+        name: One of :data:`MODEL_NAMES`: ``gp-unet``, ``gp-reconresnet``, ``gp-shuffleunet``,
+            ``inceptionv3``, ``resnext50``.
+        in_channels: Input channels C.
+        num_classes: Classes K.
+        **options: Network options, see :func:`model_options` (GP models: ``width``, ``depth``,
+            ``pool``, ``dropout``, and ``upsample`` for GP-UNet and GP-ReconResNet; InceptionV3:
+            ``aux_logits``, ``dropout``; ResNeXt50: none).
+
+    Returns:
+        The module; ``model(x)`` maps (B, C, H, W) to logits (B, K).
+
+    Raises:
+        ValueError: If ``name`` or an option is unknown (the message lists the valid ones), or an
+            option value is invalid.
+    """
+    allowed = model_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"options: {unknown} not accepted by {name!r}; valid options are {sorted(allowed)}"
+        )
+    return _MODELS[name](in_channels, num_classes, **options)
+
+
+def _check_name(name: str) -> None:
+    if name not in _MODELS:
+        raise ValueError(f"name: unknown model {name!r}; expected one of {MODEL_NAMES}")

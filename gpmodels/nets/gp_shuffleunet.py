@@ -1,0 +1,178 @@
+"""GP-ShuffleUNet: a U-Net with pixel-(un)shuffle resampling and four-branch decompositions.
+
+Reading of the architecture (Chatterjee et al. 2021, as in the GP models' public code), at the
+defaults (width 64, depth 3, so 64/128/256/512 channels):
+
+* input block: two 3×3 convolutions with ReLU, C -> 64;
+* each encoder level at c channels (64, 128, 256):
+  - decomposition: four parallel 3×3 convolutions c -> c with ReLU (the "wavelet-like" branches),
+    held as one c -> 4c convolution whose output channel groups are the branches (same weights and
+    parameter count, one kernel launch);
+  - down-sampling: the fourth branch goes through a 3×3 convolution c -> c, pixel unshuffle (×1/2,
+    4c channels), then two 3×3 convolutions 4c -> c -> c, each with BatchNorm and ReLU;
+  - a double convolution c -> 2c with ReLU;
+* Dropout2d on the bottleneck (512 channels, H/8 × W/8);
+* each decoder level, from the deepest: a 3×3 convolution 2c -> 4c (ICNR-initialised) and pixel
+  shuffle (×2, c channels); a second four-branch decomposition whose branches are added to the
+  encoder's branches of that level (4c channels); concatenation with the encoder output of that
+  level (5c channels); a double convolution 5c -> c with ReLU;
+* the GP head: 1×1 convolution 64 -> K with global max pooling.
+
+At C=4, K=3 this has 26,371,587 parameters, the paper's 26.37 M. Convolutions are
+Kaiming-normal-initialised (ReLU gain) with zero bias.
+
+Size rule: ``depth`` pixel unshuffles need H, W divisible by 2**depth (8 at the default). Other
+sizes are replicate-padded at the bottom/right to the next multiple and the features cropped back
+before the head, so any H, W >= 1 works and the maps have the input size. In training, BatchNorm
+needs more than one value per channel at the bottleneck: B >= 2 or H, W > 2**depth.
+
+References:
+    Chatterjee, S. et al., "ShuffleUNet: Super resolution of diffusion-weighted MRIs using deep
+    learning", EUSIPCO 2021. Shi, W. et al., "Real-time single image and video super-resolution
+    using an efficient sub-pixel convolutional neural network", CVPR 2016. Aitken, A. et al.,
+    "Checkerboard artifact free sub-pixel convolution", arXiv 1707.02937 (ICNR).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from gpmodels.nets.gp_head import GPHead, GPNet, PoolMode
+from gpmodels.nets.padding import crop_to, pad_to_multiple
+
+_BRANCHES = 4
+
+
+def _conv3(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+
+
+class _DoubleConv(nn.Sequential):
+    """Two 3×3 convolutions, optional BatchNorm, each with its own ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: bool = False) -> None:
+        layers: list[nn.Module] = []
+        for c_in in (in_channels, out_channels):
+            layers.append(_conv3(c_in, out_channels))
+            if norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(nn.ReLU())
+        super().__init__(*layers)
+
+
+class _Decomposition(nn.Sequential):
+    """Four parallel 3×3 conv + ReLU branches c -> c, concatenated: (B, c, ...) -> (B, 4c, ...)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(_conv3(channels, _BRANCHES * channels), nn.ReLU())
+
+
+class _UnshuffleDown(nn.Sequential):
+    """3×3 conv, pixel unshuffle, BatchNorm double conv: (B, c, H, W) -> (B, c, H/2, W/2)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(
+            _conv3(channels, channels),
+            nn.PixelUnshuffle(2),
+            _DoubleConv(4 * channels, channels, norm=True),
+        )
+
+
+class _ShuffleUp(nn.Sequential):
+    """3×3 conv 2c -> 4c, then pixel shuffle: (B, 2c, H, W) -> (B, c, 2H, 2W)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(_conv3(in_channels, 4 * out_channels), nn.PixelShuffle(2))
+
+
+def _icnr_(conv: nn.Conv2d, scale: int) -> None:
+    """ICNR: make the ``scale**2`` sub-pixel outputs of each shuffled channel start out equal."""
+    out_channels, in_channels, kh, kw = conv.weight.shape
+    base = conv.weight.new_empty(out_channels // scale**2, in_channels, kh, kw)
+    nn.init.kaiming_normal_(base, nonlinearity="relu")
+    with torch.no_grad():
+        conv.weight.copy_(base.repeat_interleave(scale**2, dim=0))
+
+
+class _ShuffleUNetBackbone(nn.Module):
+    """Encoder-decoder returning (B, width, H, W) features for (B, C, H, W) images."""
+
+    def __init__(self, in_channels: int, width: int, depth: int, dropout: float) -> None:
+        super().__init__()
+        channels = [width * 2**level for level in range(depth + 1)]
+        self.multiple = 2**depth
+        self.stem = _DoubleConv(in_channels, width)
+        self.decompose_down = nn.ModuleList(_Decomposition(c) for c in channels[:-1])
+        self.down = nn.ModuleList(_UnshuffleDown(c) for c in channels[:-1])
+        self.encode = nn.ModuleList(_DoubleConv(c, 2 * c) for c in channels[:-1])
+        self.dropout = nn.Dropout2d(dropout)
+        decoder_channels = channels[-2::-1]
+        self.up = nn.ModuleList(_ShuffleUp(2 * c, c) for c in decoder_channels)
+        self.decompose_up = nn.ModuleList(_Decomposition(c) for c in decoder_channels)
+        self.decode = nn.ModuleList(_DoubleConv((_BRANCHES + 1) * c, c) for c in decoder_channels)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        for block in self.up:
+            _icnr_(block[0], scale=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = (x.shape[-2], x.shape[-1])
+        x = self.stem(pad_to_multiple(x, self.multiple))
+        encoded, branches = [], []
+        for decompose, down, encode in zip(self.decompose_down, self.down, self.encode):
+            encoded.append(x)
+            parts = decompose(x)
+            branches.append(parts)
+            x = encode(down(parts.chunk(_BRANCHES, dim=1)[-1]))
+        x = self.dropout(x)
+        for up, decompose, decode in zip(self.up, self.decompose_up, self.decode):
+            parts = decompose(up(x)) + branches.pop()
+            x = decode(torch.cat([encoded.pop(), parts], dim=1))
+        return crop_to(x, size)
+
+
+class GPShuffleUNet(GPNet):
+    """GP-ShuffleUNet classifier with built-in class heatmaps.
+
+    Args:
+        in_channels: Input channels C.
+        num_classes: Classes K.
+        width: Channels of the first level; level l has ``width * 2**l``.
+        depth: Number of pixel-unshuffle levels, at least 1.
+        pool: GP pooling order, see :class:`~gpmodels.nets.gp_head.GPHead`.
+        dropout: Dropout2d probability on the bottleneck, in [0, 1).
+
+    Shapes:
+        ``forward(x)``: (B, C, H, W) -> logits (B, K), any H, W (see the module docstring).
+        ``forward_maps(x)``: -> (logits (B, K), maps (B, K, H, W)).
+
+    Raises:
+        ValueError: If a count is not positive or ``dropout`` is outside [0, 1).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        width: int = 64,
+        depth: int = 3,
+        pool: PoolMode = "features",
+        dropout: float = 0.5,
+    ) -> None:
+        if in_channels < 1 or width < 1 or depth < 1:
+            raise ValueError(
+                "in_channels, width, depth: expected positive integers, "
+                f"got {in_channels}, {width}, {depth}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
+        super().__init__(
+            _ShuffleUNetBackbone(in_channels, width, depth, dropout),
+            GPHead(width, num_classes, pool),
+        )

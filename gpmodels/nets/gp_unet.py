@@ -1,0 +1,137 @@
+"""GP-UNet: a small U-Net read out by the GP head (after Dubost et al., 2017).
+
+Architecture at the defaults (width 64, depth 3): levels of 64/128/256 channels, each two 3×3
+convolutions with ReLU and no normalisation; 2×2 average pooling down; up-sampling ×2 ("sinc"
+Fourier resampling by default) with a 1×1 convolution halving the channels; concatenated skip
+connections; Dropout2d on the bottleneck output; a 1×1 convolution to K class maps with global max
+pooling. At C=4, K=3 it has 1,740,675 parameters (the public code's 1.74 M; the paper's table says
+1.90 M).
+
+The 1×1 convolution is applied *before* the up-sampling. Both are linear, one mixing channels per
+pixel and the other interpolating each channel, so the order does not change the result, but the
+FFT then runs on half the channels.
+
+Size rule: the depth - 1 poolings need H, W divisible by 2**(depth - 1) (4 at depth 3). Other
+sizes are replicate-padded at the bottom/right to the next multiple and the features are cropped
+back before the head, so any H, W >= 1 works and the maps always have the input size.
+
+References:
+    Dubost, F. et al., "GP-Unet: Lesion detection from weak labels with a 3D regression network",
+    MICCAI 2017. Ronneberger, O. et al., "U-Net", MICCAI 2015. Chatterjee, S. et al., arXiv
+    2206.05148 (2022).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gpmodels.nets.gp_head import GPHead, GPNet, PoolMode
+from gpmodels.nets.padding import crop_to, pad_to_multiple
+from gpmodels.nets.sinc import Upsample2d, UpsampleMode
+
+
+class _DoubleConv(nn.Sequential):
+    """Two 3×3 convolutions, each followed by its own ReLU: (B, in, H, W) -> (B, out, H, W)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1),
+            nn.ReLU(),
+        )
+
+
+class _UpBlock(nn.Module):
+    """1×1 conv halving channels, ×2 up-sampling, concatenation with the skip, double conv.
+
+    Shapes: ``forward(x, skip)``: x (B, 2c, H, W), skip (B, c, 2H, 2W) -> (B, c, 2H, 2W).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, upsample: UpsampleMode) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+        self.upsample = Upsample2d(upsample)
+        self.convs = _DoubleConv(2 * out_channels, out_channels)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        up = self.upsample(self.reduce(x))
+        return self.convs(torch.cat([up, skip], dim=1))
+
+
+class _UNetBackbone(nn.Module):
+    """Encoder-decoder returning (B, width, H, W) features for (B, C, H, W) images."""
+
+    def __init__(
+        self, in_channels: int, width: int, depth: int, upsample: UpsampleMode, dropout: float
+    ) -> None:
+        super().__init__()
+        channels = [width * 2**level for level in range(depth)]
+        self.multiple = 2 ** (depth - 1)
+        self.down = nn.ModuleList(
+            _DoubleConv(c_in, c_out) for c_in, c_out in zip([in_channels, *channels[:-1]], channels)
+        )
+        self.dropout = nn.Dropout2d(dropout)
+        self.up = nn.ModuleList(
+            _UpBlock(channels[level + 1], channels[level], upsample)
+            for level in reversed(range(depth - 1))
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = (x.shape[-2], x.shape[-1])
+        x = pad_to_multiple(x, self.multiple)
+        skips = []
+        for level, block in enumerate(self.down):
+            if level > 0:
+                skips.append(x)
+                x = F.avg_pool2d(x, kernel_size=2)
+            x = block(x)
+        x = self.dropout(x)
+        for block in self.up:
+            x = block(x, skips.pop())
+        return crop_to(x, size)
+
+
+class GPUNet(GPNet):
+    """GP-UNet classifier with built-in class heatmaps.
+
+    Args:
+        in_channels: Input channels C.
+        num_classes: Classes K.
+        width: Channels of the first level; level l has ``width * 2**l``.
+        depth: Number of levels (``depth - 1`` poolings), at least 1.
+        pool: GP pooling order, see :class:`~gpmodels.nets.gp_head.GPHead`.
+        upsample: ``"sinc"`` (Fourier, the paper's) or ``"bilinear"``.
+        dropout: Dropout2d probability on the bottleneck output, in [0, 1).
+
+    Shapes:
+        ``forward(x)``: (B, C, H, W) -> logits (B, K), any H, W (see the module docstring).
+        ``forward_maps(x)``: -> (logits (B, K), maps (B, K, H, W)).
+
+    Raises:
+        ValueError: If a count is not positive or ``dropout`` is outside [0, 1).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        width: int = 64,
+        depth: int = 3,
+        pool: PoolMode = "features",
+        upsample: UpsampleMode = "sinc",
+        dropout: float = 0.5,
+    ) -> None:
+        if in_channels < 1 or width < 1 or depth < 1:
+            raise ValueError(
+                "in_channels, width, depth: expected positive integers, "
+                f"got {in_channels}, {width}, {depth}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
+        super().__init__(
+            _UNetBackbone(in_channels, width, depth, upsample, dropout),
+            GPHead(width, num_classes, pool),
+        )

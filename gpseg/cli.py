@@ -1,0 +1,23 @@
+"""The ``gpseg`` command line: data, training, heatmaps, reports and orchestration."""
+
+from __future__ import annotations
+
+import typer
+
+from gpseg import data_commands, train_command
+
+app = typer.Typer(
+    name="gpseg",
+    help="Weakly-supervised brain-tumour segmentation from inherently-explainable GP classifiers. "
+         "Typical order: synth (or your data) -> ingest -> validate -> train -> heatmaps -> report.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_commands.synth_app, name="synth")
+app.add_typer(data_commands.ingest_app, name="ingest")
+app.command("validate")(data_commands.validate_cmd)
+app.command("info")(data_commands.info_cmd)
+app.command("train")(train_command.train_cmd)
+
+if __name__ == "__main__":
+    app()

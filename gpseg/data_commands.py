@@ -1,0 +1,189 @@
+"""CLI commands for data: synth, ingest, validate, info."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from gpseg.console import console, fail, progress_bar
+from storage.errors import NoUsableInput, StoreError
+from storage.ingest import IngestReport, ingest_brats, ingest_jun_cheng, ingest_manifest
+from storage.ingest_config import IngestConfig, SplitConfig
+
+synth_app = typer.Typer(help="Write synthetic phantom datasets in the real on-disk formats.", no_args_is_help=True)
+ingest_app = typer.Typer(help="Ingest a dataset into a Zarr slice store (atomic; exit 0 ok, 2 some cases "
+                              "rejected, 1 nothing usable).", no_args_is_help=True)
+
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Store path to write, e.g. stores/brats.zarr.")]
+SizeOpt = Annotated[Optional[int], typer.Option("--image-size", help="Output slice size in pixels "
+                                                "(default: native, BraTS 240, Jun Cheng 512).")]
+ChannelsOpt = Annotated[Optional[str], typer.Option("--channels", help="Comma-separated channel subset and "
+                                                    "order, e.g. t1ce,flair (default: all).")]
+NormOpt = Annotated[str, typer.Option("--normalisation", help="robust (per-volume, per-channel percentile "
+                                      "scaling over the brain) or paper (each slice / its maximum).")]
+SplitOpt = Annotated[str, typer.Option("--split", help="grouped (patient-grouped, default), slice (the "
+                                       "paper's slice-level protocol) or cvind (Jun Cheng's official folds).")]
+FoldsOpt = Annotated[int, typer.Option("--folds", help="Number of folds.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Split seed.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", help="Local Dask worker processes (0 = in-process).")]
+DaskOpt = Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler, e.g. "
+                                                "tcp://127.0.0.1:8786.")]
+AppendOpt = Annotated[bool, typer.Option("--append", help="Add only new cases to an existing store; stored "
+                                         "patients keep their splits.")]
+
+
+def _config(image_size, channels, normalisation, split, folds, seed, workers, dask_address) -> IngestConfig:
+    try:
+        return IngestConfig(image_size=image_size,
+                            channels=tuple(c.strip() for c in channels.split(",")) if channels else None,
+                            normalisation=normalisation, split=SplitConfig(mode=split, folds=folds, seed=seed),
+                            workers=workers, dask_address=dask_address)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+
+
+def _finish(report: IngestReport) -> None:
+    for file, reason in report.rejected.items():
+        console.print(f"[yellow]rejected[/yellow] {escape(file)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    console.print(f"[green]wrote[/green] {report.store}: {report.cases} cases ingested now "
+                  f"({report.new_slices} slices; {report.slices} in the store), {report.skipped} already stored, "
+                  f"{len(report.rejected)} rejected, {report.seconds:.1f} s", highlight=False)
+    raise typer.Exit(report.exit_code)
+
+
+def _ingest(fn, source: Path, out: Path, config: IngestConfig, append: bool, **kwargs) -> None:
+    try:
+        with progress_bar(f"ingest {source.name}") as update:
+            report = fn(source, out, config, append=append, progress=update, **kwargs)
+    except NoUsableInput as exc:
+        raise fail(str(exc), 1) from exc
+    except (StoreError, ValueError) as exc:
+        raise fail(str(exc), 1) from exc
+    _finish(report)
+
+
+@ingest_app.command("brats")
+def ingest_brats_cmd(
+    src: Annotated[Path, typer.Argument(help="BraTS training folder (BraTS20_Training_NNN/ + name_mapping.csv, "
+                                             "or HGG/ and LGG/ folders).")],
+    out: OutOpt, image_size: SizeOpt = None, channels: ChannelsOpt = None, normalisation: NormOpt = "robust",
+    split: SplitOpt = "grouped", folds: FoldsOpt = 3, seed: SeedOpt = 0, workers: WorkersOpt = 2,
+    dask_address: DaskOpt = None, append: AppendOpt = False,
+) -> None:
+    """Ingest BraTS NIfTI cases (channels t1, t1ce, t2, flair; classes tumour-free, LGG, HGG)."""
+    config = _config(image_size, channels, normalisation, split, folds, seed, workers, dask_address)
+    _ingest(ingest_brats, src, out, config, append)
+
+
+@ingest_app.command("jun-cheng")
+def ingest_jun_cheng_cmd(
+    src: Annotated[Path, typer.Argument(help="Folder of Jun Cheng N.mat files (MATLAB v7.3) and cvind.mat.")],
+    out: OutOpt, image_size: SizeOpt = None, normalisation: NormOpt = "robust", split: SplitOpt = "grouped",
+    folds: FoldsOpt = 3, seed: SeedOpt = 0, workers: WorkersOpt = 2, dask_address: DaskOpt = None,
+    append: AppendOpt = False,
+) -> None:
+    """Ingest the Jun Cheng figshare slices (classes meningioma, glioma, pituitary)."""
+    config = _config(image_size, None, normalisation, split, folds, seed, workers, dask_address)
+    _ingest(ingest_jun_cheng, src, out, config, append)
+
+
+@ingest_app.command("manifest")
+def ingest_manifest_cmd(
+    csv: Annotated[Path, typer.Argument(help="CSV with columns patient_id,label,<channel>...,seg (NIfTI paths "
+                                             "absolute or relative to the CSV).")],
+    out: OutOpt, image_size: SizeOpt = None, channels: ChannelsOpt = None, normalisation: NormOpt = "robust",
+    split: SplitOpt = "grouped", folds: FoldsOpt = 3, seed: SeedOpt = 0, workers: WorkersOpt = 2,
+    dask_address: DaskOpt = None, append: AppendOpt = False,
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names, tumour-free first "
+                                                        "(default: tumour-free + the sorted labels).")] = None,
+) -> None:
+    """Ingest your own NIfTI volumes listed in a manifest CSV."""
+    config = _config(image_size, channels, normalisation, split, folds, seed, workers, dask_address)
+    _ingest(ingest_manifest, csv, out, config, append,
+            classes=[c.strip() for c in classes.split(",")] if classes else None)
+
+
+def validate_cmd(store: Annotated[Path, typer.Argument(help="Slice store to check.")]) -> None:
+    """Check a store with great-expectations; exit 1 listing each failed expectation."""
+    from storage.validation import validate_store
+
+    try:
+        result = validate_store(store)
+    except StoreError as exc:
+        raise fail(str(exc)) from exc
+    for fold, splits in result.counts.items():
+        table = Table(title=f"{store} fold {fold}: slices per class and split")
+        table.add_column("class")
+        for split in splits:
+            table.add_column(split, justify="right")
+        for cls in next(iter(splits.values())):
+            table.add_row(cls, *(str(splits[s][cls]) for s in splits))
+        console.print(table)
+    if not result.success:
+        for line in result.failures:
+            console.print(f"[red]failed[/red] {escape(line)}", highlight=False, soft_wrap=True)
+        raise fail(f"{store}: {len(result.failures)} of {result.checked} expectations failed")
+    console.print(f"[green]valid[/green] {store}: {result.checked} expectations met")
+
+
+def info_cmd(store: Annotated[Path, typer.Argument(help="Slice store to describe.")]) -> None:
+    """Print classes, channels, shape, slices per class and split, patients, sources and rejects."""
+    from storage.info import summarise_store
+
+    try:
+        s = summarise_store(store)
+    except StoreError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"[bold]{s.path}[/bold]  dataset={s.dataset}  data_version={s.data_version}")
+    console.print(f"images {s.shape}  channels {s.channels}  normalisation {s.normalisation}")
+    console.print(f"classes {s.classes}  slices per class {s.per_class}")
+    console.print(f"patients {s.patients}  sources {s.sources} files  split {s.split}")
+    for fold, splits in s.per_split.items():
+        console.print(f"fold {fold}: " + "; ".join(f"{name} {sum(c.values())} {c}" for name, c in splits.items()))
+    console.print(f"rejected {len(s.rejected)}")
+    for file, reason in s.rejected.items():
+        console.print(f"  {escape(file)}: {escape(reason)}", highlight=False, soft_wrap=True)
+
+
+SynthOut = Annotated[Path, typer.Argument(help="Output folder (created).")]
+SynthCases = Annotated[int, typer.Option("--cases", help="Number of cases (BraTS) or slice files (Jun Cheng).")]
+SynthSeed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed writes the same files.")]
+
+
+@synth_app.command("brats")
+def synth_brats_cmd(
+    out: SynthOut, cases: SynthCases = 16,
+    size: Annotated[int, typer.Option("--size", help="In-plane size S (volumes are S x S x round(S*155/240)).")] = 240,
+    seed: SynthSeed = 0,
+    first_case: Annotated[int, typer.Option("--first-case", help="Number of the first case (for a new data "
+                                                                  "drop after existing cases).")] = 1,
+) -> None:
+    """BraTS 2020 layout: BraTS20_Training_NNN/*_{t1,t1ce,t2,flair,seg}.nii.gz and name_mapping.csv."""
+    from storage.phantoms import write_brats_phantoms
+
+    try:
+        folders = write_brats_phantoms(out, cases, size=size, seed=seed, first_case=first_case)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"[green]wrote[/green] {len(folders)} BraTS-layout phantom cases to {out}")
+
+
+@synth_app.command("jun-cheng")
+def synth_jun_cheng_cmd(
+    out: SynthOut, cases: SynthCases = 120,
+    size: Annotated[int, typer.Option("--size", help="Image size (a few images are written at half size, "
+                                                     "as in the real set).")] = 512,
+    seed: SynthSeed = 0,
+) -> None:
+    """Jun Cheng figshare format: N.mat (MATLAB v7.3, cjdata struct) and cvind.mat."""
+    from storage.phantoms import write_jun_cheng_phantoms
+
+    try:
+        files = write_jun_cheng_phantoms(out, cases, size=size, seed=seed)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"[green]wrote[/green] {len(files)} Jun Cheng phantom slices to {out}")

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# gpseg's two set-up commands (see README):
+#   ./run.sh demo    the main job on the embedded default (phantom datasets, local everything)
+#   ./run.sh test    the test suite
+# Each creates or refreshes the virtual environment .venv first (Python 3.11; torch 2.14.1 + torchvision 0.29.1).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=.venv
+export GX_ANALYTICS_ENABLED=false
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"
+
+ensure_venv() {
+    local stamp python
+    stamp=$(cat pyproject.toml | sha256sum | cut -c1-16)
+    if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.gpseg-stamp" 2>/dev/null)" = "$stamp" ]; then
+        return
+    fi
+    python=$(command -v python3.11 || command -v python3)
+    "$python" -c 'import sys; assert sys.version_info[:2] == (3, 11), "gpseg needs Python 3.11"'
+    echo "setting up $VENV (first run takes a few minutes) ..." >&2
+    [ -x "$VENV/bin/python" ] || "$python" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+    echo "$stamp" > "$VENV/.gpseg-stamp"
+}
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+    demo)
+        ensure_venv
+        exec "$VENV/bin/python" -m gpseg.demo "$@"
+        ;;
+    test)
+        ensure_venv
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    *)
+        echo "usage: ./run.sh demo|test [args...]" >&2
+        exit 64
+        ;;
+esac

@@ -1,0 +1,77 @@
+"""Small types that carry one case through ingestion.
+
+A *case* is what one worker reads: a 3-D multi-channel volume set (BraTS, a
+manifest row) or one 2-D Jun Cheng ``.mat`` slice. Reading a case yields a
+:class:`SliceBatch` that the store writer appends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class VolumeCase:
+    """A 3-D case: one NIfTI volume per channel plus an optional segmentation.
+
+    Attributes:
+        patient_id: subject id, unique within a dataset.
+        label: class name of this patient's tumour slices (e.g. ``"HGG"``).
+        channels: channel name -> volume path, in the store's channel order.
+        seg: segmentation volume path (labels > 0 are tumour), or ``None``.
+        allowed_seg_labels: the label values a segmentation may hold, or
+            ``None`` to accept any non-negative integer labels.
+    """
+
+    patient_id: str
+    label: str
+    channels: dict[str, Path]
+    seg: Path | None
+    allowed_seg_labels: frozenset[int] | None = None
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file of the case, channels first, then the segmentation."""
+        return [*self.channels.values(), *([self.seg] if self.seg else [])]
+
+
+@dataclass(frozen=True)
+class MatCase:
+    """One Jun Cheng slice file ``N.mat`` and its official fold (1-5, or 0 if unknown)."""
+
+    path: Path
+    cvind: int = 0
+
+
+@dataclass
+class SliceBatch:
+    """The slices one case contributes to a store.
+
+    Attributes:
+        patient: patient id (one per batch).
+        images: float16 ``(n, C, H, W)`` normalised slices.
+        masks: uint8 ``(n, H, W)`` tumour masks (0/1).
+        labels: int8 ``(n,)`` class indices into the store's classes.
+        slice_index: int16 ``(n,)`` position along the slicing axis, -1 for 2-D sources.
+        sources: path (as given) -> sha256 of every file read.
+        cvind: int8 ``(n,)`` official fold per slice (Jun Cheng only) or ``None``.
+        source_shape: the in-plane/through-plane shape of the source volume
+            (``(X, Y, Z)``), kept for NIfTI export.
+        affine: 4x4 source affine (3-D sources) or ``None``.
+    """
+
+    patient: str
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    slice_index: np.ndarray
+    sources: dict[str, str] = field(default_factory=dict)
+    cvind: np.ndarray | None = None
+    source_shape: tuple[int, ...] | None = None
+    affine: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])

@@ -1,0 +1,68 @@
+"""A readable summary of a slice store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from storage.store import SPLIT_NAMES, fold_names, open_store, read_patients
+
+
+@dataclass(frozen=True)
+class StoreSummary:
+    """What ``gpseg info`` prints.
+
+    Attributes:
+        path: the store.
+        dataset: source kind.
+        classes: class names.
+        channels: channel names.
+        shape: images array shape ``(N, C, H, W)``.
+        per_class: class -> slices.
+        per_split: fold -> split -> class -> slices.
+        patients: distinct patients.
+        sources: number of ingested files.
+        rejected: file -> reason.
+        split: the split attribute.
+        normalisation: the normalisation scheme.
+        data_version: hash of the ingested sources.
+    """
+
+    path: str
+    dataset: str
+    classes: list[str]
+    channels: list[str]
+    shape: tuple[int, ...]
+    per_class: dict[str, int]
+    per_split: dict[int, dict[str, dict[str, int]]]
+    patients: int
+    sources: int
+    rejected: dict[str, str]
+    split: dict
+    normalisation: str
+    data_version: str
+
+
+def summarise_store(path: Path | str) -> StoreSummary:
+    """Read a store's attributes and label/split arrays (not its images)."""
+    group = open_store(path)
+    attrs = group.attrs
+    classes = list(attrs["classes"])
+    labels = group["labels"][:].astype(int)
+    counts = np.bincount(labels, minlength=len(classes))
+    per_split: dict[int, dict[str, dict[str, int]]] = {}
+    for fold in fold_names(group):
+        codes = group[f"splits/fold_{fold}"][:]
+        per_split[fold] = {
+            name: dict(zip(classes, np.bincount(labels[codes == code], minlength=len(classes)).tolist()))
+            for code, name in enumerate(SPLIT_NAMES)
+        }
+    return StoreSummary(
+        path=str(path), dataset=attrs.get("dataset", "?"), classes=classes, channels=list(attrs["channels"]),
+        shape=tuple(group["images"].shape), per_class=dict(zip(classes, counts.tolist())), per_split=per_split,
+        patients=int(np.unique(read_patients(group)).size), sources=len(attrs.get("sources", {})),
+        rejected=dict(attrs.get("rejected", {})), split=dict(attrs.get("split", {})),
+        normalisation=attrs.get("normalisation", "?"), data_version=attrs.get("data_version", "?"),
+    )

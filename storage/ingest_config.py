@@ -1,0 +1,77 @@
+"""Typed configuration of ingestion and splitting, shared by the CLI, flows and tests."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from storage.normalise import NORMALISATIONS, Normalisation
+
+SplitMode = Literal["grouped", "slice", "cvind"]
+SPLIT_MODES: tuple[str, ...] = ("grouped", "slice", "cvind")
+DEFAULT_RATIOS: tuple[float, float, float] = (0.60, 0.15, 0.25)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How slices are assigned to train/val/test per fold.
+
+    Attributes:
+        mode: ``grouped`` (patient-grouped, class-stratified; default),
+            ``slice`` (the paper's slice-level protocol) or ``cvind`` (Jun
+            Cheng's official folds).
+        folds: number of folds (1-5 for ``cvind``).
+        seed: random seed; the same seed gives the same splits.
+        ratios: train, val, test fractions; they must sum to 1.
+    """
+
+    mode: SplitMode = "grouped"
+    folds: int = 3
+    seed: int = 0
+    ratios: tuple[float, float, float] = DEFAULT_RATIOS
+
+    def __post_init__(self) -> None:
+        if self.mode not in SPLIT_MODES:
+            raise ValueError(f"split mode: got {self.mode!r}, expected one of {SPLIT_MODES}")
+        if not 1 <= self.folds <= (5 if self.mode == "cvind" else 20):
+            raise ValueError(f"folds: got {self.folds}, expected 1-5 for cvind and 1-20 otherwise")
+        if len(self.ratios) != 3 or any(r <= 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-6:
+            raise ValueError(f"ratios: got {self.ratios}, expected three positive fractions summing to 1")
+
+    def as_attrs(self) -> dict:
+        """JSON-ready form for the store's ``split`` attribute."""
+        return {**asdict(self), "ratios": list(self.ratios)}
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How sources become a slice store.
+
+    Attributes:
+        image_size: output height and width; ``None`` keeps the native size
+            (BraTS 240, Jun Cheng 512 with its 256-px images enlarged).
+        channels: channel names to keep, in this order; ``None`` = the
+            dataset's default (BraTS: t1, t1ce, t2, flair; Jun Cheng: t1ce).
+        normalisation: ``robust`` (default) or ``paper``.
+        split: the split configuration.
+        workers: Dask worker processes of the local cluster; 0 reads in this
+            process (no cluster), which suits tiny inputs and tests.
+        dask_address: address of an existing Dask scheduler (overrides ``workers``).
+    """
+
+    image_size: int | None = None
+    channels: tuple[str, ...] | None = None
+    normalisation: Normalisation = "robust"
+    split: SplitConfig = field(default_factory=SplitConfig)
+    workers: int = 2
+    dask_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_size is not None and not 8 <= self.image_size <= 2048:
+            raise ValueError(f"image_size: got {self.image_size}, expected 8-2048 pixels or None")
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation: got {self.normalisation!r}, expected one of {NORMALISATIONS}")
+        if self.workers < 0:
+            raise ValueError(f"workers: got {self.workers}, expected >= 0")
+        if self.channels is not None and len(set(self.channels)) != len(self.channels):
+            raise ValueError(f"channels: got {self.channels}, expected distinct names")

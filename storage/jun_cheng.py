@@ -1,0 +1,148 @@
+"""Reading the Jun Cheng figshare dataset (MATLAB v7.3 ``N.mat`` slices, ``cvind.mat``)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from storage.cases import MatCase, SliceBatch
+from storage.errors import CaseRejected
+from storage.ingest_config import IngestConfig
+from storage.normalise import paper_scale, robust_scale
+from storage.slicing import resize_images, resize_masks
+
+JUN_CHENG_CLASSES: list[str] = ["meningioma", "glioma", "pituitary"]
+JUN_CHENG_CHANNELS: tuple[str, ...] = ("t1ce",)
+JUN_CHENG_SIZE = 512
+CVIND_FILES = ("cvind.mat", "cvind5fold.mat")
+_SLICE_FILE = re.compile(r"^(\d+)\.mat$")
+
+
+def _open_v73(path: Path) -> h5py.File:
+    """Open a MATLAB v7.3 file, with a clear message for v5 files and other content."""
+    if not h5py.is_hdf5(path):
+        head = path.read_bytes()[:128] if path.is_file() else b""
+        if head.startswith(b"MATLAB 5.0 MAT-file"):
+            raise CaseRejected(path, "MATLAB v5 file, expected v7.3 (HDF5); "
+                                     "re-save it in MATLAB with save(..., '-v7.3')")
+        raise CaseRejected(path, "not a MATLAB v7.3 (HDF5) file")
+    return h5py.File(path, "r")
+
+
+def read_cvind(path: Path) -> np.ndarray:
+    """The official fold (1-5) of every slice file, in file-number order.
+
+    Args:
+        path: ``cvind.mat`` (v7.3, one variable of 1xN folds).
+
+    Returns:
+        int8 ``(N,)``; entry ``i`` belongs to ``i+1.mat``.
+
+    Raises:
+        CaseRejected: not v7.3, no single numeric variable, or values outside 1-5.
+    """
+    with _open_v73(path) as fh:
+        names = [k for k in fh.keys() if not k.startswith("#")]
+        if len(names) != 1 or not isinstance(fh[names[0]], h5py.Dataset):
+            raise CaseRejected(path, f"expected one variable with the folds, found {names}")
+        folds = np.asarray(fh[names[0]]).ravel()
+    if folds.size == 0 or folds.min() < 1 or folds.max() > 5:
+        raise CaseRejected(path, f"fold values {np.unique(folds)[:8]} outside 1-5")
+    return folds.astype(np.int8)
+
+
+def discover_jun_cheng(src: Path) -> tuple[list[MatCase], dict[str, str]]:
+    """The ``N.mat`` slice files of a folder, by number, with their official folds.
+
+    Returns:
+        The cases and ``file -> reason`` for rejects (a broken ``cvind.mat``).
+    """
+    files = sorted((int(m.group(1)), p) for p in src.iterdir() if (m := _SLICE_FILE.match(p.name)))
+    rejected: dict[str, str] = {}
+    folds = np.zeros(0, dtype=np.int8)
+    for name in CVIND_FILES:
+        if (src / name).is_file():
+            try:
+                folds = read_cvind(src / name)
+            except CaseRejected as exc:
+                rejected[exc.file] = exc.reason
+            break
+    cases = [MatCase(path, int(folds[n - 1]) if n <= folds.size else 0) for n, path in files]
+    return cases, rejected
+
+
+def largest_image_size(cases: list[MatCase]) -> int:
+    """The largest ``image`` side among readable slice files (512 when none is readable).
+
+    Only HDF5 shapes are read, not pixels, so this is fast; the real set's
+    256-px images are then enlarged to the 512 of the others.
+    """
+    sizes = []
+    for case in cases:
+        try:
+            with h5py.File(case.path, "r") as fh:
+                sizes.append(max(fh["cjdata/image"].shape))
+        except Exception:  # unreadable: read_mat_case rejects it with the reason later
+            continue
+    return int(max(sizes, default=JUN_CHENG_SIZE))
+
+
+def _read_fields(path: Path) -> tuple[np.ndarray, int, str, np.ndarray]:
+    with _open_v73(path) as fh:
+        if "cjdata" not in fh:
+            raise CaseRejected(path, f"no cjdata struct (found {list(fh.keys())})")
+        data = fh["cjdata"]
+        missing = [k for k in ("image", "label", "PID", "tumorMask") if k not in data]
+        if missing:
+            raise CaseRejected(path, f"cjdata lacks {missing}")
+        image = np.asarray(data["image"]).T
+        label = np.asarray(data["label"]).ravel()
+        pid = "".join(chr(c) for c in np.asarray(data["PID"]).ravel() if c)
+        mask = np.asarray(data["tumorMask"]).T
+    if label.size != 1:
+        raise CaseRejected(path, f"label holds {label.size} values, expected 1")
+    return image, int(label[0]) if float(label[0]).is_integer() else -1, pid.strip(), mask
+
+
+def read_mat_case(case: MatCase, config: IngestConfig) -> SliceBatch:
+    """Read one Jun Cheng slice into a one-slice batch.
+
+    MATLAB stores arrays column-major, so ``image`` and ``tumorMask`` are
+    transposed back. Labels 1-3 map to class indices 0-2.
+
+    Raises:
+        CaseRejected: not v7.3, fields missing, label outside 1-3, image not 2-D,
+            non-finite or constant, or an empty/mismatched tumour mask.
+    """
+    path = case.path
+    image, label, pid, mask = _read_fields(path)
+    if label not in (1, 2, 3):
+        raise CaseRejected(path, f"label {label} outside 1-3 (meningioma, glioma, pituitary)")
+    if image.ndim != 2 or image.shape[0] != image.shape[1]:
+        raise CaseRejected(path, f"image of shape {image.shape}, expected a square 2-D slice")
+    if mask.shape != image.shape:
+        raise CaseRejected(path, f"tumorMask shape {mask.shape} differs from image shape {image.shape}")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise CaseRejected(path, "image has NaN/inf pixels")
+    if image.max() == image.min():
+        raise CaseRejected(path, "blank image (constant)")
+    if not mask.any():
+        raise CaseRejected(path, "empty tumorMask")
+    if not pid:
+        raise CaseRejected(path, "empty PID")
+    pixels = image[None, None].astype(np.float32)
+    scaled = robust_scale(pixels[0])[None] if config.normalisation == "robust" else paper_scale(pixels)
+    size = config.image_size or JUN_CHENG_SIZE
+    return SliceBatch(
+        patient=pid,
+        images=resize_images(scaled, size).astype(np.float16),
+        masks=resize_masks((mask > 0)[None], size),
+        labels=np.array([label - 1], dtype=np.int8),
+        slice_index=np.array([-1], dtype=np.int16),
+        sources={str(path): hashlib.sha256(path.read_bytes()).hexdigest()},
+        cvind=np.array([case.cvind], dtype=np.int8),
+    )

@@ -1,0 +1,221 @@
+"""Train/val/test assignment per fold (codes 0 train, 1 val, 2 test).
+
+Modes (DESIGN.md "Splits"):
+
+* ``grouped`` (default): patients are stratified by their tumour class and
+  dealt, largest slice-deficit first, into ``round(1 / test)`` test blocks
+  (4 for 25 %); fold ``k`` tests on block ``k``, so test sets of different
+  folds are disjoint. The remaining patients are dealt the same way into
+  ``round((train + val) / val)`` blocks (5 for 15:60) and fold ``k`` validates
+  on block ``k``. No patient is in two splits of a fold. A class with fewer
+  patients than blocks (but at least 3) uses fewer blocks, so it is still in
+  every split; its ratios then drift from 60:15:25.
+* ``slice``: the reference code's protocol. One class-stratified test set of
+  25 % of the *slices*, then per fold a stratified 80:20 train/val shuffle of
+  the rest. Slices of one patient land in train and test (optimistic scores).
+* ``cvind``: Jun Cheng's official 5 folds; fold ``k`` tests on ``cvind == k+1``
+  and validates on the next fold's slices.
+
+Appending (new data drops): existing slices keep their codes; each new patient
+(grouped) or slice (slice mode) gets blocks from a hash of the seed and its id,
+so the assignment never depends on what else arrived.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from sklearn.model_selection import StratifiedShuffleSplit
+
+from storage.ingest_config import SplitConfig
+
+TRAIN, VAL, TEST = 0, 1, 2
+
+
+def _blocks(config: SplitConfig) -> tuple[int, int]:
+    """Number of test blocks and of val blocks implied by the ratios."""
+    train, val, test = config.ratios
+    return max(2, round(1 / test)), max(2, round((train + val) / val))
+
+
+def patient_classes(patients: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+    """The class of each patient: the highest label among its slices.
+
+    Args:
+        patients: str ``(N,)`` patient ids.
+        labels: int ``(N,)`` slice classes (0 is tumour-free where present).
+    """
+    out: dict[str, int] = {}
+    for pid, label in zip(patients.tolist(), labels.tolist()):
+        out[pid] = max(out.get(pid, label), label)
+    return out
+
+
+def deal(items: list[str], weights: dict[str, int], strata: dict[str, int], n_blocks: int,
+         rng: np.random.Generator, min_members: int) -> dict[str, tuple[int, int]]:
+    """Deal items into blocks, per stratum, each to the block with the least weight.
+
+    Items of a stratum are shuffled, then the heaviest go first to the block
+    with the fewest items and least weight, which balances total weight per
+    block. A stratum with fewer items than blocks but at least ``min_members``
+    uses only as many blocks as it has items, so that every fold's block holds
+    one of its items (small datasets keep every class in every split).
+
+    Returns:
+        item -> (block index, number of blocks its stratum uses).
+    """
+    out: dict[str, tuple[int, int]] = {}
+    for stratum in sorted(set(strata[i] for i in items)):
+        members = [i for i in items if strata[i] == stratum]
+        members = [members[j] for j in rng.permutation(len(members))]
+        members.sort(key=lambda i: -weights[i])
+        blocks = min(n_blocks, len(members)) if len(members) >= min_members else n_blocks
+        load = np.zeros(blocks)
+        count = np.zeros(blocks, dtype=int)
+        for item in members:
+            block = int(np.lexsort((load, count))[0])
+            out[item] = (block, blocks)
+            load[block] += weights[item]
+            count[block] += 1
+    return out
+
+
+def grouped_splits(patients: np.ndarray, labels: np.ndarray, config: SplitConfig) -> dict[int, np.ndarray]:
+    """Patient-grouped, class-stratified splits; see the module docstring.
+
+    Args:
+        patients: str ``(N,)`` patient id per slice.
+        labels: int ``(N,)`` class per slice.
+        config: folds, seed, ratios.
+
+    Returns:
+        fold -> int8 ``(N,)`` codes.
+    """
+    rng = np.random.default_rng(config.seed)
+    strata = patient_classes(patients, labels)
+    ids, counts = np.unique(patients, return_counts=True)
+    weights = dict(zip(ids.tolist(), counts.tolist()))
+    order = sorted(strata)
+    n_test, n_val = _blocks(config)
+    test_block = deal(order, weights, strata, n_test, rng, min_members=3)
+    out: dict[int, np.ndarray] = {}
+    for fold in range(config.folds):
+        test_ids = {p for p in order if test_block[p][0] == fold % test_block[p][1]}
+        rest = [p for p in order if p not in test_ids]
+        val_block = deal(rest, weights, strata, n_val, np.random.default_rng([config.seed, fold]), min_members=2)
+        code = {p: TEST for p in test_ids}
+        code.update({p: VAL if val_block[p][0] == fold % val_block[p][1] else TRAIN for p in rest})
+        out[fold] = np.array([code[p] for p in patients.tolist()], dtype=np.int8)
+    return out
+
+
+def _stratified_cut(index: np.ndarray, labels: np.ndarray, size: float, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``index`` into (rest, part) with ``part`` a ``size`` fraction, stratified when possible."""
+    y = labels[index]
+    counts = np.unique(y, return_counts=True)[1]
+    classes = counts.size
+    if counts.min() >= 2 and min(size, 1 - size) * index.size >= classes:
+        rest, part = next(StratifiedShuffleSplit(n_splits=1, test_size=size, random_state=seed).split(index, y))
+    else:
+        perm = np.random.default_rng(seed).permutation(index.size)
+        cut = int(round(index.size * (1 - size)))
+        rest, part = perm[:cut], perm[cut:]
+    return index[rest], index[part]
+
+
+def slice_splits(labels: np.ndarray, config: SplitConfig) -> dict[int, np.ndarray]:
+    """The reference code's slice-level protocol (one test set, per-fold train/val shuffles).
+
+    Args:
+        labels: int ``(N,)`` class per slice.
+        config: folds, seed, ratios.
+
+    Returns:
+        fold -> int8 ``(N,)`` codes.
+    """
+    train, val, test = config.ratios
+    rest, test_idx = _stratified_cut(np.arange(labels.size), labels, test, config.seed)
+    out: dict[int, np.ndarray] = {}
+    for fold in range(config.folds):
+        codes = np.full(labels.size, TRAIN, dtype=np.int8)
+        codes[test_idx] = TEST
+        codes[_stratified_cut(rest, labels, val / (train + val), config.seed + fold + 1)[1]] = VAL
+        out[fold] = codes
+    return out
+
+
+def cvind_splits(cvind: np.ndarray, config: SplitConfig) -> dict[int, np.ndarray]:
+    """Jun Cheng's official folds: fold k tests on ``cvind == k+1``, validates on the next.
+
+    Args:
+        cvind: int ``(N,)`` official fold (1-5) per slice.
+
+    Raises:
+        ValueError: any value outside 1-5 (e.g. slices ingested without ``cvind.mat``).
+    """
+    if cvind.size and (cvind.min() < 1 or cvind.max() > 5):
+        raise ValueError("split mode cvind: every slice needs an official fold 1-5 "
+                         "(is cvind.mat in the source folder?)")
+    out: dict[int, np.ndarray] = {}
+    for fold in range(config.folds):
+        codes = np.full(cvind.size, TRAIN, dtype=np.int8)
+        codes[cvind == fold + 1] = TEST
+        codes[cvind == (fold + 1) % 5 + 1] = VAL
+        out[fold] = codes
+    return out
+
+
+def _unit_hash(*parts: object) -> float:
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def hashed_codes(keys: list[str], config: SplitConfig) -> dict[int, np.ndarray]:
+    """Codes for appended items from a hash of (seed, key): stable whatever else arrives.
+
+    Args:
+        keys: one key per new slice (its patient id in grouped mode, patient and
+            slice index in slice mode).
+
+    Returns:
+        fold -> int8 ``(len(keys),)`` codes.
+    """
+    n_test, n_val = _blocks(config)
+    test_block = np.array([int(_unit_hash(config.seed, "test", k) * n_test) for k in keys])
+    val_block = np.array([int(_unit_hash(config.seed, "val", k) * n_val) for k in keys])
+    out: dict[int, np.ndarray] = {}
+    for fold in range(config.folds):
+        codes = np.where(test_block == fold % n_test, TEST, np.where(val_block == fold % n_val, VAL, TRAIN))
+        out[fold] = codes.astype(np.int8)
+    return out
+
+
+def make_splits(patients: np.ndarray, labels: np.ndarray, slice_index: np.ndarray,
+                cvind: np.ndarray | None, config: SplitConfig) -> dict[int, np.ndarray]:
+    """Splits for a whole store, in the configured mode."""
+    if config.mode == "grouped":
+        return grouped_splits(patients, labels, config)
+    if config.mode == "slice":
+        return slice_splits(labels, config)
+    if cvind is None:
+        raise ValueError("split mode cvind needs the official folds (Jun Cheng's cvind.mat)")
+    return cvind_splits(cvind, config)
+
+
+def extend_splits(existing: dict[int, np.ndarray], patients: np.ndarray, slice_index: np.ndarray,
+                  cvind: np.ndarray | None, config: SplitConfig) -> dict[int, np.ndarray]:
+    """Codes for appended slices, concatenated after the existing ones.
+
+    Args:
+        existing: fold -> codes of the slices already stored (kept unchanged).
+        patients, slice_index, cvind: the new slices' ids, positions and official folds.
+    """
+    if config.mode == "cvind":
+        new = cvind_splits(cvind if cvind is not None else np.zeros(0, int), config)
+    elif config.mode == "grouped":
+        new = hashed_codes(patients.tolist(), config)
+    else:
+        new = hashed_codes([f"{p}/{s}" for p, s in zip(patients.tolist(), slice_index.tolist())], config)
+    return {fold: np.concatenate([existing[fold], new[fold]]) for fold in existing}

@@ -1,0 +1,206 @@
+"""The Zarr v3 slice store: schema, atomic writing, appending and opening.
+
+Schema (DESIGN.md, schema_version 1): ``images`` float16 ``(N, C, H, W)``
+chunked one slice per chunk with zstd; ``masks`` uint8 ``(N, H, W)``;
+``labels`` int8 ``(N,)``; ``patient`` str ``(N,)``; ``slice_index`` int16
+``(N,)``; ``splits/fold_K`` int8 ``(N,)`` (0 train, 1 val, 2 test). Group
+attributes: ``schema_version``, ``dataset``, ``classes``, ``channels``,
+``normalisation``, ``split``, ``sources``, ``rejected`` (plus ``volumes``,
+``data_version`` and ``image_size``).
+
+Atomicity: a store is written under a hidden temporary name beside its final
+path and renamed into place when complete, so a killed ingestion leaves either
+the previous store or none. Appending hard-links the previous store's files
+into the temporary copy first; Zarr's local store replaces files by
+write-then-rename, so writing the copy never alters the previous store's files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from storage.cases import SliceBatch
+from storage.errors import StoreError
+
+SCHEMA_VERSION = 1
+SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
+_COMPRESSOR = ZstdCodec(level=1)
+_VECTOR_CHUNK = 4096
+
+
+def data_version(sources: dict[str, str]) -> str:
+    """A short hash identifying the ingested data (sorted source path/hash pairs)."""
+    payload = json.dumps(sorted(sources.items())).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def _hidden(path: Path, tag: str) -> Path:
+    return path.parent / f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def recover_interrupted(path: Path) -> None:
+    """Undo the effects of a writer killed while swapping a store into place.
+
+    If ``path`` is missing but a ``.NAME.old-*`` copy exists, that copy is the
+    last complete store and is renamed back. Stale ``.NAME.tmp-*`` folders are
+    deleted.
+    """
+    path = Path(path)
+    olds = sorted(path.parent.glob(f".{path.name}.old-*"))
+    if olds and not path.exists():
+        os.rename(olds[-1], path)
+        olds = olds[:-1]
+    for stale in [*olds, *path.parent.glob(f".{path.name}.tmp-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+class StoreWriter:
+    """Builds a slice store under a temporary name and swaps it in on :meth:`commit`.
+
+    Use as a context manager; leaving the block with an exception (or without
+    commit) deletes the temporary store and leaves any previous store intact.
+
+    Args:
+        path: final store path (a local folder, e.g. ``stores/brats.zarr``).
+        channels: channel names, in order (``C``).
+        image_size: slice height and width (``H = W``).
+        base: an existing store to append to (its slices are kept as they are).
+    """
+
+    def __init__(self, path: Path, channels: list[str], image_size: int, base: Path | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        recover_interrupted(self.path)
+        self.tmp = _hidden(self.path, "tmp")
+        self.channels = list(channels)
+        self.image_size = int(image_size)
+        self._cvind: list[np.ndarray] = []
+        if base is not None:
+            shape = open_store(base)["images"].shape
+            if list(shape[1:]) != [len(self.channels), self.image_size, self.image_size]:
+                raise StoreError(f"{base}: holds slices of shape {shape[1:]}, cannot append "
+                                 f"{len(self.channels)}x{self.image_size}x{self.image_size}")
+            shutil.copytree(base, self.tmp, copy_function=os.link)
+            self.group = zarr.open_group(str(self.tmp), mode="r+")
+        else:
+            self.group = zarr.create_group(store=str(self.tmp), zarr_format=3)
+            self._create_arrays()
+
+    def _create_arrays(self) -> None:
+        c, s = len(self.channels), self.image_size
+        g = self.group
+        g.create_array("images", shape=(0, c, s, s), dtype="float16", chunks=(1, c, s, s), compressors=_COMPRESSOR)
+        g.create_array("masks", shape=(0, s, s), dtype="uint8", chunks=(1, s, s), compressors=_COMPRESSOR)
+        g.create_array("labels", shape=(0,), dtype="int8", chunks=(_VECTOR_CHUNK,))
+        g.create_array("patient", shape=(0,), dtype=str, chunks=(_VECTOR_CHUNK,))
+        g.create_array("slice_index", shape=(0,), dtype="int16", chunks=(_VECTOR_CHUNK,))
+
+    def __len__(self) -> int:
+        return int(self.group["labels"].shape[0])
+
+    def append(self, batch: SliceBatch) -> None:
+        """Append one case's slices (shapes must match the store's)."""
+        expected = (len(self.channels), self.image_size, self.image_size)
+        if batch.images.shape[1:] != expected:
+            raise StoreError(f"patient {batch.patient}: slices of shape {batch.images.shape[1:]}, "
+                             f"store expects {expected}")
+        n = len(batch)
+        self.group["images"].append(batch.images.astype(np.float16, copy=False))
+        self.group["masks"].append(batch.masks.astype(np.uint8, copy=False))
+        self.group["labels"].append(batch.labels.astype(np.int8, copy=False))
+        self.group["patient"].append(np.full(n, batch.patient, dtype=object).astype(str))
+        self.group["slice_index"].append(batch.slice_index.astype(np.int16, copy=False))
+        if batch.cvind is not None:
+            self._cvind.append(batch.cvind.astype(np.int8))
+
+    def commit(self, attrs: dict, splits: dict[int, np.ndarray]) -> Path:
+        """Write the splits and attributes, then atomically replace ``path``.
+
+        Args:
+            attrs: group attributes (``schema_version`` and ``data_version`` are set here).
+            splits: fold index -> int8 ``(N,)`` split codes.
+
+        Returns:
+            The final store path.
+        """
+        n = len(self)
+        for fold, codes in splits.items():
+            if codes.shape != (n,):
+                raise StoreError(f"split fold_{fold}: {codes.shape[0]} codes for {n} slices")
+            name = f"splits/fold_{fold}"
+            if name in self.group:
+                del self.group[name]
+            self.group.create_array(name, data=codes.astype(np.int8), chunks=(_VECTOR_CHUNK,))
+        if self._cvind:
+            cvind = np.concatenate(self._cvind)
+            if "cvind" in self.group:
+                cvind = np.concatenate([self.group["cvind"][:], cvind])
+                del self.group["cvind"]
+            self.group.create_array("cvind", data=cvind, chunks=(_VECTOR_CHUNK,))
+        full = {**attrs, "schema_version": SCHEMA_VERSION,
+                "data_version": data_version(attrs.get("sources", {}))}
+        self.group.attrs.update(full)
+        if self.path.exists():
+            old = _hidden(self.path, "old")
+            os.rename(self.path, old)
+            os.rename(self.tmp, self.path)
+            shutil.rmtree(old)
+        else:
+            os.rename(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Delete the temporary store."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.tmp.exists():
+            self.abort()
+
+
+def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
+    """Open a slice store and check its schema version.
+
+    Args:
+        path: a local path or an fsspec URL.
+        mode: ``r`` (default) or ``r+``.
+
+    Raises:
+        StoreError: nothing there, not a gpseg store, or another schema version.
+    """
+    if isinstance(path, Path) or "://" not in str(path):
+        recover_interrupted(Path(path))
+        if not Path(path).exists():
+            raise StoreError(f"{path}: no slice store here (run `gpseg ingest ...` first)")
+    try:
+        group = zarr.open_group(str(path), mode=mode)
+    except Exception as exc:  # zarr raises several types for a non-store path
+        raise StoreError(f"{path}: not a Zarr group ({exc})") from exc
+    version = group.attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise StoreError(f"{path}: schema_version {version!r}, this gpseg reads {SCHEMA_VERSION}")
+    return group
+
+
+def fold_names(group: zarr.Group) -> list[int]:
+    """Fold indices present under ``splits/``, sorted."""
+    if "splits" not in group:
+        return []
+    return sorted(int(k.split("_")[1]) for k in group["splits"].array_keys())
+
+
+def read_patients(group: zarr.Group, selection: slice | np.ndarray = slice(None)) -> np.ndarray:
+    """The ``patient`` array as fixed-width numpy strings ``(N,)`` (Zarr returns a variable-width dtype)."""
+    return np.asarray(group["patient"][selection].astype(object), dtype=str)

@@ -1,0 +1,183 @@
+"""Validating a slice store with great-expectations.
+
+The store is summarised into small pandas tables (one row per slice, per array,
+per fold and patient, per fold/split/class) and checked against an expectation
+suite: labels within the classes, binary masks, tumour-free slices with empty
+masks and tumour slices with non-empty ones, finite images in ``[0, 1]``,
+consistent lengths, split codes 0-2, no patient in two splits of a fold
+(grouped and cvind modes; the slice mode leaks by design) and every class in
+every split wherever the data allow it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from storage.splits import TRAIN, VAL, TEST
+from storage.store import SPLIT_NAMES, fold_names, open_store, read_patients
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+BLOCK = 256
+
+
+@dataclass
+class ValidationResult:
+    """Outcome of :func:`validate_store`.
+
+    Attributes:
+        success: every expectation held.
+        failures: one readable line per failed expectation.
+        counts: fold -> split name -> class name -> slices.
+        checked: number of expectations evaluated.
+    """
+
+    success: bool
+    failures: list[str] = field(default_factory=list)
+    counts: dict[int, dict[str, dict[str, int]]] = field(default_factory=dict)
+    checked: int = 0
+
+
+def slice_table(group, block: int = BLOCK) -> pd.DataFrame:
+    """One row per slice: label, mask and image statistics (read in blocks).
+
+    Columns: ``label``, ``mask_binary``, ``mask_sum``, ``image_finite``,
+    ``image_min``, ``image_max``, ``patient``.
+    """
+    n = group["labels"].shape[0]
+    stats: dict[str, list[np.ndarray]] = {k: [] for k in ("mask_binary", "mask_sum", "image_finite",
+                                                          "image_min", "image_max")}
+    for start in range(0, n, block):
+        masks = group["masks"][start:start + block]
+        images = group["images"][start:start + block].astype(np.float32)
+        flat_m = masks.reshape(masks.shape[0], -1)
+        flat_i = images.reshape(images.shape[0], -1)
+        stats["mask_binary"].append(np.isin(flat_m, (0, 1)).all(axis=1))
+        stats["mask_sum"].append(flat_m.astype(np.int64).sum(axis=1))
+        finite = np.isfinite(flat_i)
+        stats["image_finite"].append(finite.all(axis=1))
+        stats["image_min"].append(np.where(finite, flat_i, np.inf).min(axis=1))
+        stats["image_max"].append(np.where(finite, flat_i, -np.inf).max(axis=1))
+    table = pd.DataFrame({k: np.concatenate(v) if v else np.zeros(0) for k, v in stats.items()})
+    table["label"] = group["labels"][:].astype(int)
+    table["patient"] = read_patients(group)
+    return table
+
+
+def _split_tables(group, table: pd.DataFrame, classes: list[str], mode: str
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    leak_rows, cover_rows, code_rows, counts = [], [], [], {}
+    carriers = table.groupby("label")["patient"].nunique() if mode != "slice" else table["label"].value_counts()
+    for fold in fold_names(group):
+        codes = group[f"splits/fold_{fold}"][:].astype(int)
+        code_rows.append(pd.DataFrame({"fold": fold, "code": codes}))
+        frame = table.assign(code=codes)
+        per_patient = frame.groupby("patient")["code"].nunique()
+        leak_rows += [{"fold": fold, "patient": p, "splits": int(k)} for p, k in per_patient.items()]
+        counts[fold] = {}
+        for code, split in ((TRAIN, "train"), (VAL, "val"), (TEST, "test")):
+            in_split = frame[frame["code"] == code]["label"].value_counts()
+            counts[fold][split] = {c: int(in_split.get(i, 0)) for i, c in enumerate(classes)}
+            for i, c in enumerate(classes):
+                possible = int(carriers.get(i, 0)) >= len(SPLIT_NAMES)
+                cover_rows.append({"fold": fold, "split": split, "class": c, "present": bool(in_split.get(i, 0) > 0),
+                                   "required": possible})
+    leak = pd.DataFrame(leak_rows, columns=["fold", "patient", "splits"])
+    cover = pd.DataFrame(cover_rows, columns=["fold", "split", "class", "present", "required"])
+    cover["missing"] = np.where(cover["present"] | ~cover["required"],
+                                "", "fold " + cover["fold"].astype(str) + " " + cover["split"] + ": " + cover["class"])
+    leak["leaked"] = np.where(leak["splits"] > 1, "fold " + leak["fold"].astype(str) + ": " + leak["patient"], "")
+    code_table = pd.concat(code_rows) if code_rows else pd.DataFrame({"fold": [], "code": []})
+    return leak, cover, code_table, counts
+
+
+def _describe(name: str, result) -> str:
+    kwargs = {k: v for k, v in result.expectation_config.kwargs.items() if k != "batch_id"}
+    info = result.result or {}
+    sample = info.get("partial_unexpected_list") or info.get("observed_value")
+    count = info.get("unexpected_count")
+    what = f"{count} unexpected" if count is not None else "failed"
+    return f"[{name}] {result.expectation_config.type}({kwargs}): {what}; e.g. {sample}"
+
+
+def _run_suite(context, name: str, frame: pd.DataFrame, expectations: list) -> tuple[list[str], int]:
+    asset = context.data_sources.add_pandas(name).add_dataframe_asset(name)
+    batch = asset.add_batch_definition_whole_dataframe(name).get_batch(batch_parameters={"dataframe": frame})
+    failures = []
+    for expectation in expectations:
+        result = batch.validate(expectation)
+        if not result.success:
+            failures.append(_describe(name, result))
+    return failures, len(expectations)
+
+
+def validate_store(path: Path | str) -> ValidationResult:
+    """Check a slice store against the schema's expectations.
+
+    Args:
+        path: the store.
+
+    Returns:
+        The result with one line per failed expectation and the class counts
+        per fold and split.
+
+    Raises:
+        StoreError: the path is not a slice store of this schema.
+    """
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    E = gx.expectations
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    group = open_store(path)
+    classes = list(group.attrs["classes"])
+    mode = group.attrs.get("split", {}).get("mode", "grouped")
+    n = group["labels"].shape[0]
+    table = slice_table(group)
+    tumour_free = classes[0] == "tumour-free"
+    table["tumour_free"] = (table["label"] == 0) if tumour_free else False
+    table["mask_matches_label"] = np.where(table["tumour_free"], table["mask_sum"] == 0, table["mask_sum"] > 0)
+    image_shape = group["images"].shape
+    arrays = pd.DataFrame({"array": ["images", "masks", "labels", "patient", "slice_index"],
+                           "length": [image_shape[0], group["masks"].shape[0], n,
+                                      group["patient"].shape[0], group["slice_index"].shape[0]],
+                           "plane": [tuple(image_shape[2:]), tuple(group["masks"].shape[1:]), None, None, None]})
+    arrays["plane_ok"] = arrays["plane"].map(lambda p: p is None or p == tuple(image_shape[2:]))
+    leak, cover, codes, counts = _split_tables(group, table, classes, mode)
+    failures: list[str] = []
+    checked = 0
+    suites = [
+        ("slices", table, [
+            E.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(len(classes)))),
+            E.ExpectColumnValuesToBeInSet(column="mask_binary", value_set=[True]),
+            E.ExpectColumnValuesToBeInSet(column="mask_matches_label", value_set=[True]),
+            E.ExpectColumnValuesToBeInSet(column="image_finite", value_set=[True]),
+            E.ExpectColumnValuesToBeBetween(column="image_min", min_value=0.0, max_value=1.0),
+            E.ExpectColumnValuesToBeBetween(column="image_max", min_value=0.0, max_value=1.0),
+            E.ExpectColumnValuesToNotBeNull(column="patient"),
+        ]),
+        ("arrays", arrays, [
+            E.ExpectColumnValuesToBeInSet(column="length", value_set=[n]),
+            E.ExpectColumnValuesToBeInSet(column="plane_ok", value_set=[True]),
+        ]),
+        ("split_codes", codes, [
+            E.ExpectColumnValuesToBeInSet(column="code", value_set=[TRAIN, VAL, TEST]),
+            E.ExpectTableRowCountToEqual(value=n * len(counts)),
+        ]),
+        ("split_coverage", cover, [E.ExpectColumnValuesToBeInSet(column="missing", value_set=[""])]),
+    ]
+    if mode != "slice":
+        suites.append(("patient_leakage", leak, [E.ExpectColumnValuesToBeInSet(column="leaked", value_set=[""])]))
+    if not counts:
+        failures.append("[splits] no splits/fold_K arrays in the store")
+    for name, frame, expectations in suites:
+        found, k = _run_suite(context, name, frame, expectations)
+        failures += found
+        checked += k
+    return ValidationResult(not failures, failures, counts, checked)

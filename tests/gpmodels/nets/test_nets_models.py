@@ -1,0 +1,173 @@
+"""The five networks: shapes, heatmaps, parameter counts, gradients, dropout, Inception input."""
+
+import pytest
+import torch
+from torch import nn
+
+from gpmodels.nets import GP_MODEL_NAMES, build_model, count_parameters
+
+SMALL = {
+    "gp-unet": {"width": 8},
+    "gp-reconresnet": {"width": 8, "depth": 2},
+    "gp-shuffleunet": {"width": 8},
+}
+
+
+def _images(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("name", ["gp-unet", "gp-reconresnet", "gp-shuffleunet", "resnext50"])
+def test_logits_shape_in_train_and_eval(name):
+    model = build_model(name, 4, 3, **SMALL.get(name, {}))
+    x = _images(2, 4, 32, 32)
+
+    assert model.train()(x).shape == (2, 3)
+    assert model.eval()(x).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", GP_MODEL_NAMES)
+@pytest.mark.parametrize("size", [(33, 34), (16, 16), (9, 7)])
+def test_maps_have_the_input_size(name, size):
+    model = build_model(name, 4, 3, **SMALL[name]).eval()
+    x = _images(2, 4, *size)
+
+    logits, maps = model.forward_maps(x)
+
+    assert logits.shape == (2, 3)
+    assert maps.shape == (2, 3, *size)
+    assert torch.isfinite(maps).all()
+    torch.testing.assert_close(model(x), logits)
+
+
+@pytest.mark.parametrize("name", GP_MODEL_NAMES)
+def test_pool_maps_logits_equal_max_of_maps(name):
+    model = build_model(name, 1, 3, pool="maps", **SMALL[name]).eval()
+
+    logits, maps = model.forward_maps(_images(2, 1, 33, 34))
+
+    torch.testing.assert_close(logits, maps.amax(dim=(2, 3)), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("upsample", ["sinc", "bilinear"])
+@pytest.mark.parametrize("name", ["gp-unet", "gp-reconresnet"])
+def test_upsample_modes_both_work(name, upsample):
+    model = build_model(name, 2, 3, upsample=upsample, **SMALL[name]).eval()
+
+    _, maps = model.forward_maps(_images(2, 2, 17, 18))
+
+    assert maps.shape == (2, 3, 17, 18)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("gp-unet", 1_740_675), ("gp-reconresnet", 17_272_918), ("gp-shuffleunet", 26_371_587)],
+)
+def test_parameter_counts_at_default_width_match_the_paper(name, expected):
+    paper = {"gp-unet": 1.74e6, "gp-reconresnet": 17.27e6, "gp-shuffleunet": 26.37e6}[name]
+
+    count = count_parameters(build_model(name, 4, 3))
+
+    assert count == expected
+    assert abs(count - paper) / paper < 0.02
+
+
+@pytest.mark.parametrize("pool", ["features", "maps"])
+@pytest.mark.parametrize("name", GP_MODEL_NAMES)
+def test_gradient_reaches_every_parameter(name, pool):
+    model = build_model(name, 4, 3, pool=pool, dropout=0.0, **SMALL[name]).train()
+    target = torch.tensor([0, 2])
+
+    nn.functional.cross_entropy(model(_images(2, 4, 16, 16)), target).backward()
+
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert missing == []
+    zero = [n for n, p in params.items() if not p.grad.any()]
+    assert len(zero) <= len(params) // 10, zero
+
+
+@pytest.mark.parametrize("name", GP_MODEL_NAMES)
+def test_default_dropout_drops_about_half_the_channels_in_training(name):
+    model = build_model(name, 4, 3, **SMALL[name]).train()
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout2d)]
+    fractions = []
+
+    def record(module, inputs, output):
+        alive_in = inputs[0].abs().amax(dim=(2, 3)) > 0
+        dropped = alive_in & (output.abs().amax(dim=(2, 3)) == 0)
+        fractions.append(dropped.sum().item() / alive_in.sum().item())
+
+    for module in dropouts:
+        module.register_forward_hook(record)
+    logits = model(_images(4, 4, 16, 16))
+
+    assert dropouts and all(m.p == 0.5 for m in dropouts)
+    assert len(fractions) == len(dropouts)
+    assert all(0.2 < f < 0.8 for f in fractions), fractions
+    assert logits.abs().sum() > 0
+
+
+def test_shuffleunet_pixel_shuffle_starts_as_nearest_neighbour_upsampling():
+    model = build_model("gp-shuffleunet", 4, 3, **SMALL["gp-shuffleunet"])
+
+    up = model.backbone.up[0](_images(2, 64, 3, 5))
+
+    assert up.shape == (2, 32, 6, 10)
+    torch.testing.assert_close(up, up[..., ::2, ::2].repeat_interleave(2, -2).repeat_interleave(2, -1))
+
+
+def test_eval_mode_is_deterministic():
+    model = build_model("gp-reconresnet", 4, 3, **SMALL["gp-reconresnet"]).eval()
+    x = _images(2, 4, 16, 16)
+
+    torch.testing.assert_close(model.forward_maps(x), model.forward_maps(x))
+
+
+def test_gp_unet_runs_under_bfloat16_autocast():
+    model = build_model("gp-unet", 4, 3, **SMALL["gp-unet"]).eval()
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, maps = model.forward_maps(_images(2, 4, 16, 16))
+
+    assert maps.shape == (2, 3, 16, 16)
+    assert torch.isfinite(logits.float()).all()
+
+
+def _stem_input_size(model, x):
+    seen = []
+    stem = model.net.Conv2d_1a_3x3
+    handle = stem.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[-2:]))
+    out = model.forward_with_aux(x)
+    handle.remove()
+    return out, tuple(seen[0])
+
+
+def test_inception_returns_logits_and_aux_in_training_and_enlarges_small_inputs():
+    model = build_model("inceptionv3", 4, 3).train()
+
+    (logits, aux), stem_size = _stem_input_size(model, _images(2, 4, 33, 34))
+
+    assert logits.shape == (2, 3)
+    assert aux.shape == (2, 3)
+    assert stem_size == (299, 299)
+    assert isinstance(model(_images(2, 4, 33, 34)), torch.Tensor)
+
+
+def test_inception_without_aux_needs_only_75_pixels_and_keeps_larger_inputs():
+    model = build_model("inceptionv3", 1, 2, aux_logits=False).eval()
+
+    (small, aux), small_size = _stem_input_size(model, _images(1, 1, 40, 50))
+    (_, _), large_size = _stem_input_size(model, _images(1, 1, 80, 90))
+
+    assert small.shape == (1, 2)
+    assert aux is None
+    assert small_size == (75, 75)
+    assert large_size == (80, 90)
+    assert model(_images(1, 1, 40, 50)).shape == (1, 2)
+

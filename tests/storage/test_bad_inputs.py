@@ -1,0 +1,154 @@
+"""The corpus of broken inputs: each rejected case is named with its reason, the rest is ingested."""
+
+import gzip
+import shutil
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from gpseg.cli import app
+from storage.errors import NoUsableInput
+from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
+from storage.ingest_config import IngestConfig
+from storage.store import open_store
+
+CONFIG = IngestConfig(workers=0)
+CASE = "BraTS20_Training_{:03d}"
+
+
+def _file(src, case, kind):
+    name = CASE.format(case)
+    return src / name / f"{name}_{kind}.nii.gz"
+
+
+def _rewrite(path, data):
+    img = nib.load(path)
+    header = img.header.copy()
+    header.set_data_dtype(data.dtype)
+    nib.save(nib.Nifti1Image(data, img.affine, header), path)
+
+
+def _only_rejected(report, needle, reason):
+    (file, why), = report.rejected.items()
+    assert needle in file and reason in why, report.rejected
+    assert report.cases == 5 and report.exit_code == 2
+
+
+def test_truncated_nifti(brats_copy, tmp_path):
+    path = _file(brats_copy, 2, "flair")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    _only_rejected(ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG), "002_flair", "truncated")
+
+
+def test_missing_modality(brats_copy, tmp_path):
+    _file(brats_copy, 3, "t2").unlink()
+    _only_rejected(ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG), "003", "missing t2")
+
+
+def test_modalities_of_different_shapes(brats_copy, tmp_path):
+    path = _file(brats_copy, 1, "t1")
+    _rewrite(path, np.zeros((30, 32, 16), np.int16) + 5)
+    _only_rejected(ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG), "001_t1", "differs")
+
+
+def test_nan_voxels(brats_copy, tmp_path):
+    path = _file(brats_copy, 4, "t1ce")
+    data = np.asanyarray(nib.load(path).dataobj).astype(np.float32)
+    data[10, 10, 8] = np.nan
+    _rewrite(path, data)
+    _only_rejected(ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG), "004_t1ce", "NaN")
+
+
+def test_seg_labels_outside_brats_set(brats_copy, tmp_path):
+    path = _file(brats_copy, 5, "seg")
+    data = np.asanyarray(nib.load(path).dataobj).copy()
+    data[data == 2] = 3
+    data[0, 0, 0] = 3
+    _rewrite(path, data)
+    _only_rejected(ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG), "005_seg", "labels [3]")
+
+
+def test_case_with_no_grade(brats_copy, tmp_path):
+    mapping = brats_copy / "name_mapping.csv"
+    lines = mapping.read_text().splitlines()
+    mapping.write_text("\n".join(line for line in lines if "Training_006" not in line) + "\n")
+    _only_rejected(ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG), "006", "no grade")
+
+
+def test_duplicate_patient_in_grade_folders(brats_copy, tmp_path):
+    (brats_copy / "name_mapping.csv").unlink()
+    for grade in ("HGG", "LGG"):
+        (brats_copy / grade).mkdir()
+    cases = sorted(p for p in brats_copy.iterdir() if p.name.startswith("BraTS20"))
+    for i, case in enumerate(cases):
+        shutil.move(case, brats_copy / ("HGG" if i % 2 == 0 else "LGG") / case.name)
+    shutil.copytree(brats_copy / "HGG" / cases[0].name, brats_copy / "LGG" / cases[0].name)
+    report = ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
+    (file, why), = report.rejected.items()
+    assert "duplicate patient id" in why and report.cases == 6
+
+
+def test_manifest_duplicate_patient_and_quirky_seg_name(brats_source, tmp_path):
+    name = CASE.format(1)
+    case = tmp_path / "case"
+    shutil.copytree(brats_source / name, case)
+    shutil.move(case / f"{name}_seg.nii.gz", case / "W39_1998.09.19_Segm.nii.gz")
+    (tmp_path / "m.csv").write_text(
+        "patient_id,label,flair,seg\n"
+        f"p1,HGG,case/{name}_flair.nii.gz,case/W39_1998.09.19_Segm.nii.gz\n"
+        f"p1,HGG,case/{name}_flair.nii.gz,case/W39_1998.09.19_Segm.nii.gz\n")
+    report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+    (file, why), = report.rejected.items()
+    assert file.endswith("m.csv:3") and "duplicate patient id p1" in why and report.cases == 1
+
+
+def test_brats_quirky_seg_file_name_accepted(brats_copy, tmp_path):
+    path = _file(brats_copy, 2, "seg")
+    with gzip.open(path) as fh:
+        (path.parent / "W39_1998.09.19_Segm.nii").write_bytes(fh.read())
+    path.unlink()
+    report = ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
+    assert report.exit_code == 0 and report.cases == 6
+
+
+def test_mat_not_hdf5_and_bad_label(jun_cheng_copy, tmp_path, shared_data):
+    (jun_cheng_copy / "3.mat").write_bytes(b"garbage" * 100)
+    shutil.copy(shared_data / "jun_cheng" / "label.mat", jun_cheng_copy / "4.mat")  # a real v5 file
+    with h5py.File(jun_cheng_copy / "5.mat", "r+") as fh:
+        fh["cjdata/label"][...] = 7
+    report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CONFIG)
+    assert report.exit_code == 2 and report.cases == 15
+    assert "not a MATLAB v7.3" in report.rejected["3.mat"]
+    assert "MATLAB v5 file" in report.rejected["4.mat"]
+    assert "label 7 outside 1-3" in report.rejected["5.mat"]
+    assert open_store(tmp_path / "s.zarr").attrs["rejected"] == report.rejected
+
+
+def test_empty_source_folder_is_an_error_and_keeps_old_store(brats_source, tmp_path):
+    store = tmp_path / "s.zarr"
+    ingest_brats(brats_source, store, CONFIG)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NoUsableInput, match="no usable brats cases"):
+        ingest_brats(tmp_path / "empty", store, CONFIG)
+    assert open_store(store)["labels"].shape[0] > 0
+
+
+def test_cli_exit_codes_and_one_line_reasons(brats_copy, tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["ingest", "brats", str(brats_copy), "--out", str(tmp_path / "a.zarr"), "--workers", "0"])
+    assert ok.exit_code == 0, ok.output
+    _file(brats_copy, 3, "t2").unlink()
+    some = runner.invoke(app, ["ingest", "brats", str(brats_copy), "--out", str(tmp_path / "b.zarr"), "--workers", "0"])
+    assert some.exit_code == 2
+    line = next(line for line in some.output.splitlines() if line.startswith("rejected"))
+    assert "BraTS20_Training_003_t2.nii.gz: missing t2 volume" in line
+    (tmp_path / "empty").mkdir()
+    none = runner.invoke(app, ["ingest", "brats", str(tmp_path / "empty"), "--out", str(tmp_path / "c.zarr")])
+    assert none.exit_code == 1 and "no usable brats cases" in none.output
+    info = runner.invoke(app, ["info", str(tmp_path / "b.zarr")])
+    assert info.exit_code == 0 and "rejected 1" in info.output
+    valid = runner.invoke(app, ["validate", str(tmp_path / "b.zarr")])
+    assert valid.exit_code == 0 and "expectations met" in valid.output

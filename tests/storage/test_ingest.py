@@ -1,0 +1,104 @@
+"""End-to-end synth -> ingest -> validate per dataset kind, and append."""
+
+import numpy as np
+import pytest
+
+from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
+from storage.ingest_config import IngestConfig, SplitConfig
+from storage.phantoms import write_brats_phantoms
+from storage.store import open_store, read_patients
+from storage.validation import validate_store
+
+CONFIG = IngestConfig(workers=0)
+
+
+def test_brats_end_to_end(brats_source, tmp_path):
+    report = ingest_brats(brats_source, tmp_path / "b.zarr", CONFIG)
+    assert report.exit_code == 0 and report.cases == 6
+    g = open_store(tmp_path / "b.zarr")
+    assert g.attrs["classes"] == ["tumour-free", "LGG", "HGG"]
+    assert g.attrs["channels"] == ["t1", "t1ce", "t2", "flair"]
+    assert g["images"].shape[1:] == (4, 32, 32)
+    labels = g["labels"][:]
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert len(g.attrs["sources"]) == 30  # 6 cases x 5 files
+    assert g["slice_index"][:].min() >= 0 and g["slice_index"][:].max() < 16
+    result = validate_store(tmp_path / "b.zarr")
+    assert result.success, result.failures
+
+
+def test_brats_ingest_is_deterministic_and_parallel_equals_serial(brats_source, tmp_path):
+    ingest_brats(brats_source, tmp_path / "a.zarr", CONFIG)
+    ingest_brats(brats_source, tmp_path / "b.zarr", IngestConfig(workers=2))
+    a, b = open_store(tmp_path / "a.zarr"), open_store(tmp_path / "b.zarr")
+    for name in ("images", "masks", "labels", "slice_index", "splits/fold_0", "splits/fold_2"):
+        assert np.array_equal(a[name][:], b[name][:]), name
+    assert a.attrs["data_version"] == b.attrs["data_version"]
+
+
+def test_brats_options_size_channels_paper(brats_source, tmp_path):
+    config = IngestConfig(image_size=24, channels=("flair", "t1ce"), normalisation="paper", workers=0,
+                          split=SplitConfig(mode="slice", folds=2))
+    ingest_brats(brats_source, tmp_path / "s.zarr", config)
+    g = open_store(tmp_path / "s.zarr")
+    assert g["images"].shape[1:] == (2, 24, 24) and g.attrs["channels"] == ["flair", "t1ce"]
+    assert g.attrs["normalisation"] == "paper" and g.attrs["split"]["mode"] == "slice"
+    assert sorted(g["splits"].array_keys()) == ["fold_0", "fold_1"]
+    labels, masks = g["labels"][:], g["masks"][:]
+    assert (masks.reshape(len(labels), -1).any(axis=1) == (labels > 0)).all()  # no tumour slice lost its mask
+
+
+def test_jun_cheng_end_to_end_and_cvind(jun_cheng_source, tmp_path):
+    report = ingest_jun_cheng(jun_cheng_source, tmp_path / "j.zarr", CONFIG)
+    assert report.exit_code == 0 and report.slices == 18
+    g = open_store(tmp_path / "j.zarr")
+    assert g.attrs["classes"] == ["meningioma", "glioma", "pituitary"]
+    assert g["images"].shape == (18, 1, 64, 64)
+    assert (g["slice_index"][:] == -1).all()
+    assert set(g["cvind"][:]) <= {1, 2, 3, 4, 5}
+    assert validate_store(tmp_path / "j.zarr").success
+    ingest_jun_cheng(jun_cheng_source, tmp_path / "c.zarr",
+                     IngestConfig(workers=0, split=SplitConfig(mode="cvind", folds=5)))
+    c = open_store(tmp_path / "c.zarr")
+    assert np.array_equal(c["splits/fold_0"][:] == 2, c["cvind"][:] == 1)
+
+
+def test_manifest_from_phantom_files(brats_source, tmp_path):
+    rows = ["patient_id,label,t1ce,flair,seg"]
+    for case in sorted(p for p in brats_source.iterdir() if p.is_dir())[:3]:
+        rows.append(f"{case.name},{'HGG' if int(case.name[-3:]) % 2 else 'LGG'},"
+                    f"src/{case.name}/{case.name}_t1ce.nii.gz,src/{case.name}/{case.name}_flair.nii.gz,"
+                    f"src/{case.name}/{case.name}_seg.nii.gz")
+    (brats_source.parent / "m.csv").write_text("\n".join(rows) + "\n")
+    report = ingest_manifest(brats_source.parent / "m.csv", tmp_path / "m.zarr", CONFIG)
+    g = open_store(tmp_path / "m.zarr")
+    assert report.exit_code == 0 and g.attrs["classes"] == ["tumour-free", "HGG", "LGG"]
+    assert g.attrs["channels"] == ["t1ce", "flair"]
+
+
+def test_append_ingests_only_new_cases_and_keeps_splits(brats_copy, tmp_path):
+    store = tmp_path / "b.zarr"
+    ingest_brats(brats_copy, store, CONFIG)
+    before = open_store(store)
+    old = {k: before[f"splits/fold_{k}"][:] for k in range(3)}
+    old_patients = read_patients(before)
+    again = ingest_brats(brats_copy, store, CONFIG, append=True)
+    assert again.cases == 0 and again.skipped == 6
+    write_brats_phantoms(brats_copy, 2, size=32, depth=16, seed=0, first_case=7)
+    report = ingest_brats(brats_copy, store, CONFIG, append=True)
+    assert report.cases == 2 and report.skipped == 6
+    after = open_store(store)
+    n = old_patients.size
+    assert np.array_equal(read_patients(after)[:n], old_patients)
+    for k in range(3):
+        assert np.array_equal(after[f"splits/fold_{k}"][:n], old[k])
+    assert set(read_patients(after)[n:]) == {"BraTS20_Training_007", "BraTS20_Training_008"}
+    assert len(after.attrs["sources"]) == 40
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_progress_callback(brats_source, tmp_path, workers):
+    seen = []
+    ingest_brats(brats_source, tmp_path / "p.zarr", IngestConfig(workers=workers),
+                 progress=lambda done, total, label: seen.append((done, total)))
+    assert seen[-1] == (6, 6) and len(seen) == 6

@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from storage.slicing import blank_slices, resize_images, resize_masks, volume_slices
+
+
+def test_blank_rule_uses_constancy_not_zero():
+    vol = np.full((2, 5, 6, 4), 3.5, dtype=np.float32)  # constant non-zero background
+    vol[0, 1:3, 1:3, 1] = 9.0  # one channel varies on slice 1
+    vol[:, :, :, 3] = 0.0
+    vol[1, 0, 0, 3] = 1.0  # slice 3 varies in channel 1 only
+    assert blank_slices(vol).tolist() == [True, False, True, False]
+
+
+def test_volume_slices_labels_and_drops_blank():
+    vol = np.zeros((1, 8, 8, 5), dtype=np.int16)
+    vol[0, 2:6, 2:6, 1:4] = 100
+    seg = np.zeros((8, 8, 5), dtype=np.int16)
+    seg[3, 3, 2] = 4
+    images, masks, labels, idx = volume_slices(vol, seg, tumour_class=2)
+    assert idx.tolist() == [1, 2, 3]
+    assert labels.tolist() == [0, 2, 0]
+    assert images.shape == (3, 1, 8, 8) and masks.dtype == np.uint8
+    assert masks[1].sum() == 1 and masks[0].sum() == 0
+
+
+@pytest.mark.parametrize("size", [5, 16, 33])
+def test_resize_masks_never_loses_a_tumour(size):
+    rng = np.random.default_rng(0)
+    masks = np.zeros((20, 34, 34), dtype=np.uint8)
+    for i in range(20):
+        masks[i, rng.integers(34), rng.integers(34)] = 1  # single-pixel tumours
+    out = resize_masks(masks, size)
+    assert out.shape == (20, size, size)
+    assert (out.reshape(20, -1).max(axis=1) == 1).all()
+    assert set(np.unique(out)) <= {0, 1}
+
+
+def test_resize_masks_enlarge_is_nearest():
+    mask = np.array([[[1, 0], [0, 0]]], dtype=np.uint8)
+    out = resize_masks(mask, 4)
+    assert out[0].tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_resize_images_shapes_and_identity():
+    images = np.random.default_rng(1).random((3, 2, 33, 33)).astype(np.float32)
+    assert resize_images(images, 33) is images or np.array_equal(resize_images(images, 33), images)
+    small = resize_images(images, 16)
+    assert small.shape == (3, 2, 16, 16) and small.dtype == np.float32
+    assert 0.0 <= small.min() and small.max() <= 1.0

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from storage.ingest_config import SplitConfig
+from storage.splits import TEST, TRAIN, VAL, cvind_splits, extend_splits, grouped_splits, slice_splits
+
+
+def _dataset(n_patients=40, seed=0):
+    """Slices of patients with variable counts; class 1 or 2 per patient, tumour-free slices too."""
+    rng = np.random.default_rng(seed)
+    patients, labels = [], []
+    for p in range(n_patients):
+        cls = 1 + p % 2
+        n = int(rng.integers(20, 60))
+        tumour = rng.random(n) < 0.5
+        patients += [f"P{p:03d}"] * n
+        labels += np.where(tumour, cls, 0).tolist()
+    return np.array(patients), np.array(labels, dtype=np.int8)
+
+
+def test_grouped_no_leak_ratios_and_classes():
+    patients, labels = _dataset()
+    splits = grouped_splits(patients, labels, SplitConfig(folds=3, seed=1))
+    tests = []
+    for fold, codes in splits.items():
+        for p in np.unique(patients):
+            assert np.unique(codes[patients == p]).size == 1, f"patient {p} leaks in fold {fold}"
+        frac = np.bincount(codes, minlength=3) / codes.size
+        assert np.allclose(frac, [0.60, 0.15, 0.25], atol=0.04), frac
+        for split in (TRAIN, VAL, TEST):
+            assert set(np.unique(labels[codes == split])) == {0, 1, 2}
+        tests.append(set(np.unique(patients[codes == TEST])))
+    assert not (tests[0] & tests[1]) and not (tests[1] & tests[2])  # disjoint test sets across folds
+
+
+def test_grouped_is_deterministic_and_seed_dependent():
+    patients, labels = _dataset()
+    a = grouped_splits(patients, labels, SplitConfig(seed=3))
+    b = grouped_splits(patients, labels, SplitConfig(seed=3))
+    c = grouped_splits(patients, labels, SplitConfig(seed=4))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert any(not np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_slice_mode_single_test_set_stratified():
+    patients, labels = _dataset()
+    splits = slice_splits(labels, SplitConfig(mode="slice", folds=3, seed=0))
+    test_sets = [set(np.flatnonzero(c == TEST)) for c in splits.values()]
+    assert test_sets[0] == test_sets[1] == test_sets[2]
+    codes = splits[0]
+    assert abs((codes == TEST).mean() - 0.25) < 0.01 and abs((codes == VAL).mean() - 0.15) < 0.01
+    for cls in (0, 1, 2):
+        assert abs((codes[labels == cls] == TEST).mean() - 0.25) < 0.02
+    assert not np.array_equal(splits[0], splits[1])  # different train/val shuffles
+
+
+def test_cvind_mode():
+    cvind = np.repeat(np.arange(1, 6), 4)
+    splits = cvind_splits(cvind, SplitConfig(mode="cvind", folds=5))
+    assert (splits[0][cvind == 1] == TEST).all() and (splits[0][cvind == 2] == VAL).all()
+    assert (splits[4][cvind == 5] == TEST).all() and (splits[4][cvind == 1] == VAL).all()
+    with pytest.raises(ValueError, match="official fold"):
+        cvind_splits(np.zeros(3, int), SplitConfig(mode="cvind"))
+
+
+def test_extend_keeps_existing_and_is_order_independent():
+    patients, labels = _dataset(20)
+    config = SplitConfig(seed=2)
+    base = grouped_splits(patients, labels, config)
+    new_p = np.array(["N1", "N1", "N2", "N3"])
+    idx = np.zeros(4, np.int16)
+    ext = extend_splits(base, new_p, idx, None, config)
+    for k in base:
+        assert np.array_equal(ext[k][: patients.size], base[k])
+        assert ext[k][patients.size] == ext[k][patients.size + 1]  # one patient, one split
+    alone = extend_splits({k: np.zeros(0, np.int8) for k in base}, new_p[2:3], idx[:1], None, config)
+    assert all(alone[k][0] == ext[k][patients.size + 2] for k in base)
+
+
+def test_split_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="ratios"):
+        SplitConfig(ratios=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="split mode"):
+        SplitConfig(mode="random")

@@ -1,0 +1,81 @@
+import os
+
+import numpy as np
+import pytest
+
+from storage.cases import SliceBatch
+from storage.errors import StoreError
+from storage.store import StoreWriter, open_store, read_patients, recover_interrupted
+
+
+def _batch(patient, n, c=2, s=9, label=1):
+    rng = np.random.default_rng(len(patient) + n)
+    return SliceBatch(patient=patient, images=rng.random((n, c, s, s)).astype(np.float16),
+                      masks=(rng.random((n, s, s)) > 0.5).astype(np.uint8),
+                      labels=np.full(n, label, np.int8), slice_index=np.arange(n, dtype=np.int16))
+
+
+def _write(path, batches, base=None):
+    with StoreWriter(path, ["a", "b"], 9, base=base) as w:
+        for b in batches:
+            w.append(b)
+        n = len(w)
+        w.commit({"classes": ["tumour-free", "x"], "channels": ["a", "b"], "sources": {"f": "h"}},
+                 {0: np.zeros(n, np.int8)})
+
+
+def _snapshot(path):
+    return {p: open(os.path.join(d, p), "rb").read() for d, _, files in os.walk(path) for p in files}
+
+
+def test_write_and_reopen(tmp_path):
+    _write(tmp_path / "s.zarr", [_batch("p1", 3), _batch("p2", 2)])
+    g = open_store(tmp_path / "s.zarr")
+    assert g["images"].shape == (5, 2, 9, 9) and g["images"].dtype == np.float16
+    assert read_patients(g).tolist() == ["p1"] * 3 + ["p2"] * 2
+    assert g.attrs["schema_version"] == 1 and len(g.attrs["data_version"]) == 16
+    assert g["splits/fold_0"].shape == (5,)
+
+
+def test_failed_write_leaves_previous_store_untouched(tmp_path):
+    path = tmp_path / "s.zarr"
+    _write(path, [_batch("p1", 3)])
+    before = {k: v for k, v in _snapshot(path).items()}
+    with pytest.raises(RuntimeError):
+        with StoreWriter(path, ["a", "b"], 9, base=path) as w:
+            w.append(_batch("p2", 4))
+            raise RuntimeError("killed")
+    assert open_store(path)["images"].shape[0] == 3
+    assert {k: v for k, v in _snapshot(path).items()} == before
+    assert not list(tmp_path.glob(".s.zarr.tmp-*"))
+
+
+def test_append_hardlinks_do_not_alter_old_files(tmp_path):
+    path = tmp_path / "s.zarr"
+    _write(path, [_batch("p1", 3)])
+    os.link(path / "zarr.json", tmp_path / "old_meta.json")
+    old_meta = (tmp_path / "old_meta.json").read_bytes()
+    _write(path, [_batch("p2", 2)], base=path)
+    g = open_store(path)
+    assert g["labels"].shape == (5,) and read_patients(g)[-1] == "p2"
+    assert (tmp_path / "old_meta.json").read_bytes() == old_meta  # written by rename, not in place
+
+
+def test_interrupted_swap_is_recovered(tmp_path):
+    path = tmp_path / "s.zarr"
+    _write(path, [_batch("p1", 3)])
+    os.rename(path, tmp_path / ".s.zarr.old-deadbeef")  # killed between the two renames
+    (tmp_path / ".s.zarr.tmp-cafe0000").mkdir()
+    recover_interrupted(path)
+    assert open_store(path)["labels"].shape == (3,)
+    assert not list(tmp_path.glob(".s.zarr.*"))
+
+
+def test_open_store_errors(tmp_path):
+    with pytest.raises(StoreError, match="no slice store"):
+        open_store(tmp_path / "missing.zarr")
+    with pytest.raises(StoreError, match="cannot append|shape"):
+        path = tmp_path / "s.zarr"
+        _write(path, [_batch("p1", 1)])
+        StoreWriter(path, ["a"], 9, base=path)
+    assert not list(tmp_path.glob(".s.zarr.tmp-*"))
