@@ -12,7 +12,7 @@ import numpy as np
 from storage.cases import MatCase, SliceBatch
 from storage.errors import CaseRejected
 from storage.ingest_config import IngestConfig
-from storage.normalise import paper_scale, robust_scale
+from storage.normalise import background_values, paper_scale, robust_scale
 from storage.slicing import resize_images, resize_masks
 
 JUN_CHENG_CLASSES: list[str] = ["meningioma", "glioma", "pituitary"]
@@ -135,7 +135,7 @@ def read_mat_case(case: MatCase, config: IngestConfig) -> SliceBatch:
     if not pid:
         raise CaseRejected(path, "empty PID")
     pixels = image[None, None].astype(np.float32)
-    scaled = robust_scale(pixels[0])[None] if config.normalisation == "robust" else paper_scale(pixels)
+    scaled = robust_scale(pixels, background_values(pixels)) if config.normalisation == "robust" else paper_scale(pixels)
     size = config.image_size or JUN_CHENG_SIZE
     return SliceBatch(
         patient=pid,

@@ -1,12 +1,15 @@
-"""Intensity normalisation of multi-channel volumes and slices.
+"""Intensity normalisation of multi-channel slices.
 
 Two schemes, both returning float32 in ``[0, 1]``:
 
 * ``robust`` (default): per volume and per channel, the 0.5th and 99.5th
   percentiles over *foreground* voxels map to 0 and 1, values are clipped, and
-  background voxels are 0. Foreground is "differs from the volume's background
-  value", where the background value is the most common value on the volume's
-  border (0 for BraTS, a non-zero constant for z-scored data).
+  background voxels are 0. Foreground is "differs from the background value in
+  any channel", where a channel's background value is the most common value at
+  the volume's corners (0 for BraTS, a non-zero constant for z-scored data).
+  Percentiles are taken over at most ``MAX_SAMPLES`` evenly strided foreground
+  voxels, which keeps them within a fraction of a grey level of the exact ones
+  at a fraction of the cost.
 * ``paper``: each slice is divided by its maximum over all channels, as the
   reference implementation does (after shifting so the slice minimum is 0, so
   z-scored inputs stay in ``[0, 1]``).
@@ -21,64 +24,83 @@ import numpy as np
 Normalisation = Literal["robust", "paper"]
 NORMALISATIONS: tuple[str, ...] = ("robust", "paper")
 ROBUST_PERCENTILES: tuple[float, float] = (0.5, 99.5)
+MAX_SAMPLES = 200_000
 
 
-def border_value(channel: np.ndarray) -> float:
-    """Most common value on the border of an array (its background).
-
-    Args:
-        channel: ``(X, Y[, Z])`` array of one channel.
-
-    Returns:
-        The modal value over the faces of the array.
-    """
-    faces = [np.take(channel, idx, axis=ax).ravel() for ax in range(channel.ndim) for idx in (0, -1)]
-    values, counts = np.unique(np.concatenate(faces), return_counts=True)
-    return float(values[np.argmax(counts)])
-
-
-def foreground_mask(volume: np.ndarray) -> np.ndarray:
-    """Voxels that differ from the background in any channel.
+def background_values(volume: np.ndarray) -> np.ndarray:
+    """Per-channel background: the most common value among the corners.
 
     Args:
-        volume: ``(C, X, Y[, Z])`` multi-channel array.
+        volume: ``(n, C, H, W)`` slices of one volume (or one 2-D image, ``n = 1``).
 
     Returns:
-        bool ``(X, Y[, Z])`` mask.
+        ``(C,)`` values of the input dtype (ties go to the smallest value).
     """
-    mask = np.zeros(volume.shape[1:], dtype=bool)
-    for channel in volume:
-        mask |= channel != border_value(channel)
-    return mask
+    corners = volume[np.ix_([0, -1], range(volume.shape[1]), [0, -1], [0, -1])]
+    corners = np.moveaxis(corners, 1, 0).reshape(volume.shape[1], -1)
+    out = np.empty(volume.shape[1], dtype=volume.dtype)
+    for c, values in enumerate(corners):
+        uniq, counts = np.unique(values, return_counts=True)
+        out[c] = uniq[np.argmax(counts)]
+    return out
 
 
-def robust_scale(volume: np.ndarray, foreground: np.ndarray | None = None,
-                 percentiles: tuple[float, float] = ROBUST_PERCENTILES) -> np.ndarray:
+def foreground_mask(slices: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Pixels that differ from the background in any channel.
+
+    Args:
+        slices: ``(n, C, H, W)``.
+        background: ``(C,)`` background values.
+
+    Returns:
+        bool ``(n, H, W)``.
+    """
+    return np.any(slices != background.reshape(1, -1, 1, 1), axis=1)
+
+
+def robust_scale(slices: np.ndarray, background: np.ndarray,
+                 percentiles: tuple[float, float] = ROBUST_PERCENTILES, dtype: type = np.float32) -> np.ndarray:
     """Scale each channel so its foreground percentiles map to ``[0, 1]``.
 
+    Integer inputs go through a lookup table (one gather per voxel), which is
+    what makes ingestion cheap next to decoding.
+
     Args:
-        volume: ``(C, X, Y[, Z])`` array.
-        foreground: bool ``(X, Y[, Z])`` mask; computed with
-            :func:`foreground_mask` when ``None``.
+        slices: ``(n, C, H, W)`` slices of one volume (any numeric dtype).
+        background: ``(C,)`` background values (see :func:`background_values`).
         percentiles: lower and upper percentile (0-100).
+        dtype: output float dtype.
 
     Returns:
-        float32 array of the same shape, in ``[0, 1]``, background 0. A channel
+        ``(n, C, H, W)`` of ``dtype`` in ``[0, 1]``, background 0. A channel
         whose foreground is constant becomes 1 on the foreground.
     """
-    if foreground is None:
-        foreground = foreground_mask(volume)
-    out = np.zeros(volume.shape, dtype=np.float32)
-    if not foreground.any():
+    foreground = foreground_mask(slices, background)
+    out = np.zeros(slices.shape, dtype=dtype)
+    count = int(foreground.sum())
+    if count == 0:
         return out
-    for c, channel in enumerate(volume):
-        values = channel[foreground].astype(np.float32, copy=False)
-        lo, hi = np.percentile(values, percentiles)
-        scale = np.float32(1.0 / (hi - lo)) if hi > lo else np.float32(0.0)
-        scaled = (channel.astype(np.float32) - np.float32(lo)) * scale if hi > lo else np.ones_like(channel, np.float32)
-        np.clip(scaled, 0.0, 1.0, out=scaled)
-        scaled[~foreground] = 0.0
-        out[c] = scaled
+    step = max(1, count // MAX_SAMPLES)
+    for c in range(slices.shape[1]):
+        channel = slices[:, c]
+        lo, hi = np.percentile(channel[foreground][::step].astype(np.float32), percentiles)
+        target = out[:, c]
+        if hi <= lo:
+            target[foreground] = 1.0
+            continue
+        scale = np.float32(1.0 / (hi - lo))
+        if channel.dtype.kind in "iu":
+            low = int(channel.min())
+            lut = np.clip((np.arange(low, int(channel.max()) + 1, dtype=np.float32) - np.float32(lo)) * scale,
+                          0.0, 1.0).astype(dtype)
+            np.take(lut, channel - low if low else channel, out=target)
+            if lut[int(background[c]) - low] == 0:
+                continue
+        else:
+            np.subtract(channel, np.float32(lo), out=target, dtype=np.float32, casting="unsafe")
+            np.multiply(target, scale, out=target, casting="unsafe")
+            np.clip(target, 0.0, 1.0, out=target)
+        target[~foreground] = 0.0
     return out
 
 

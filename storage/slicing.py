@@ -1,7 +1,7 @@
 """Turning volumes into labelled, resized axial slices (pure functions).
 
 Rules (DESIGN.md, "Slicing and labelling"): axial slices along the third
-volume axis; a slice is *blank* when every channel is constant over it and is
+volume axis (slice ``z`` is ``volume[:, :, z].T``); a slice is *blank* when every channel is constant over it and is
 dropped; a kept slice with any tumour voxel (decided at source resolution) gets
 the patient's class, otherwise class 0 (tumour-free). Images are resized with
 anti-aliasing; masks nearest when enlarging and "any overlap" when shrinking,
@@ -14,17 +14,33 @@ import numpy as np
 from skimage.transform import resize
 
 
-def blank_slices(volume: np.ndarray) -> np.ndarray:
-    """Which axial slices are blank (every channel constant over the slice).
+def blank_slices(slices: np.ndarray) -> np.ndarray:
+    """Which slices are blank (every channel constant over the slice).
 
     Args:
-        volume: ``(C, X, Y, Z)`` array.
+        slices: ``(Z, C, H, W)`` array.
 
     Returns:
         bool ``(Z,)``.
     """
-    flat = volume.reshape(volume.shape[0], -1, volume.shape[-1])
-    return np.all(flat.max(axis=1) == flat.min(axis=1), axis=0)
+    flat = slices.reshape(slices.shape[0], slices.shape[1], -1)
+    return np.all(flat.max(axis=2) == flat.min(axis=2), axis=1)
+
+
+def axial_slices(volumes: list[np.ndarray]) -> np.ndarray:
+    """Stack 3-D channel volumes into axial slices.
+
+    Slice ``z`` of channel ``c`` is ``volumes[c][:, :, z].T``: rows follow the
+    second voxel axis and columns the first, the usual display orientation.
+    NIfTI data are Fortran-ordered, which makes this a contiguous copy.
+
+    Args:
+        volumes: ``C`` arrays of shape ``(X, Y, Z)``.
+
+    Returns:
+        ``(Z, C, Y, X)`` array of the volumes' common dtype.
+    """
+    return np.stack([v.T for v in volumes], axis=1)
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
@@ -81,25 +97,25 @@ def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def volume_slices(volume: np.ndarray, seg: np.ndarray | None, tumour_class: int
+def volume_slices(slices: np.ndarray, seg: np.ndarray | None, tumour_class: int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Cut a multi-channel volume into its non-blank axial slices and label them.
+    """Keep the non-blank axial slices of a volume and label them.
 
     Args:
-        volume: ``(C, X, Y, Z)`` array (any dtype).
-        seg: ``(X, Y, Z)`` integer labels (> 0 is tumour) or ``None`` (no tumour).
+        slices: ``(Z, C, H, W)`` axial slices (see :func:`axial_slices`).
+        seg: ``(Z, H, W)`` integer labels (> 0 is tumour) or ``None`` (no tumour).
         tumour_class: class index given to slices with any tumour voxel.
 
     Returns:
-        ``(images, masks, labels, slice_index)``: ``(n, C, X, Y)`` slices of the
-        input dtype, uint8 ``(n, X, Y)`` masks, int8 ``(n,)`` labels (0 for
-        tumour-free) and int16 ``(n,)`` positions along the third axis.
+        ``(images, masks, labels, slice_index)``: ``(n, C, H, W)`` slices of the
+        input dtype, uint8 ``(n, H, W)`` masks, int8 ``(n,)`` labels (0 for
+        tumour-free) and int16 ``(n,)`` positions along the slicing axis.
     """
-    keep = np.flatnonzero(~blank_slices(volume))
-    images = np.moveaxis(volume[..., keep], -1, 0)
+    keep = np.flatnonzero(~blank_slices(slices))
+    images = slices[keep]
     if seg is None:
-        masks = np.zeros((keep.size, *volume.shape[1:3]), dtype=np.uint8)
+        masks = np.zeros((keep.size, *slices.shape[2:]), dtype=np.uint8)
     else:
-        masks = np.moveaxis(seg[..., keep] > 0, -1, 0).astype(np.uint8)
+        masks = (seg[keep] > 0).astype(np.uint8)
     labels = np.where(masks.reshape(keep.size, -1).any(axis=1), tumour_class, 0).astype(np.int8)
-    return np.ascontiguousarray(images), masks, labels, keep.astype(np.int16)
+    return images, masks, labels, keep.astype(np.int16)

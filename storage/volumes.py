@@ -8,8 +8,8 @@ from storage.cases import SliceBatch, VolumeCase
 from storage.errors import CaseRejected
 from storage.ingest_config import IngestConfig
 from storage.nifti import load_nifti
-from storage.normalise import paper_scale, robust_scale
-from storage.slicing import resize_images, resize_masks, volume_slices
+from storage.normalise import background_values, paper_scale, robust_scale
+from storage.slicing import axial_slices, resize_images, resize_masks, volume_slices
 
 
 def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig) -> SliceBatch:
@@ -43,28 +43,30 @@ def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig)
         if seg_vol.data.shape != first.data.shape:
             raise CaseRejected(case.seg, f"segmentation shape {seg_vol.data.shape} differs from "
                                          f"the images' {first.data.shape}")
-        seg = np.rint(seg_vol.data).astype(np.int16)
-        found = set(np.unique(seg).tolist())
+        seg = seg_vol.data if seg_vol.data.dtype.kind in "iu" else np.rint(seg_vol.data).astype(np.int16)
+        low = int(seg.min())
+        found = set((np.flatnonzero(np.bincount((seg.ravel() - low).astype(np.intp))) + low).tolist())
         allowed = case.allowed_seg_labels
         if min(found) < 0 or (allowed is not None and not found <= allowed):
             bad = sorted(found - allowed) if allowed is not None else sorted(v for v in found if v < 0)
             raise CaseRejected(case.seg, f"segmentation labels {bad} outside "
                                          f"{sorted(allowed) if allowed is not None else 'the non-negative integers'}")
-    volume = np.stack([vol.data for vol in volumes.values()])
-    images, masks, labels, slice_index = volume_slices(volume, seg, classes.index(case.label))
+    stack = axial_slices([vol.data for vol in volumes.values()])
+    seg_slices = seg.T if seg is not None else None
+    images, masks, labels, slice_index = volume_slices(stack, seg_slices, classes.index(case.label))
     if labels.size == 0:
         raise CaseRejected(case.files[0], "every axial slice is blank")
-    if config.normalisation == "robust":
-        keep = slice_index.astype(np.intp)
-        images = np.moveaxis(robust_scale(volume)[..., keep], -1, 0)
-    else:
-        images = paper_scale(images)
-    size = config.image_size or images.shape[-1]
     if images.shape[-2] != images.shape[-1] and config.image_size is None:
         raise CaseRejected(case.files[0], f"non-square slices {images.shape[-2:]} need --image-size")
+    size = config.image_size or images.shape[-1]
+    native = images.shape[-2:] == (size, size)
+    if config.normalisation == "robust":
+        images = robust_scale(images, background_values(stack), dtype=np.float16 if native else np.float32)
+    else:
+        images = paper_scale(images)
     return SliceBatch(
         patient=case.patient_id,
-        images=resize_images(images, size).astype(np.float16),
+        images=images.astype(np.float16, copy=False) if native else resize_images(images, size).astype(np.float16),
         masks=resize_masks(masks, size),
         labels=labels,
         slice_index=slice_index,

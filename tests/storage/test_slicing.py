@@ -1,23 +1,30 @@
 import numpy as np
 import pytest
 
-from storage.slicing import blank_slices, resize_images, resize_masks, volume_slices
+from storage.slicing import axial_slices, blank_slices, resize_images, resize_masks, volume_slices
 
 
 def test_blank_rule_uses_constancy_not_zero():
-    vol = np.full((2, 5, 6, 4), 3.5, dtype=np.float32)  # constant non-zero background
-    vol[0, 1:3, 1:3, 1] = 9.0  # one channel varies on slice 1
-    vol[:, :, :, 3] = 0.0
-    vol[1, 0, 0, 3] = 1.0  # slice 3 varies in channel 1 only
-    assert blank_slices(vol).tolist() == [True, False, True, False]
+    slices = np.full((4, 2, 5, 6), 3.5, dtype=np.float32)  # constant non-zero background
+    slices[1, 0, 1:3, 1:3] = 9.0  # one channel varies on slice 1
+    slices[3] = 0.0
+    slices[3, 1, 0, 0] = 1.0  # slice 3 varies in channel 1 only
+    assert blank_slices(slices).tolist() == [True, False, True, False]
+
+
+def test_axial_slices_orientation():
+    vol = np.asfortranarray(np.arange(2 * 3 * 4).reshape(2, 3, 4))
+    out = axial_slices([vol, vol + 100])
+    assert out.shape == (4, 2, 3, 2)
+    assert np.array_equal(out[1, 0], vol[:, :, 1].T) and np.array_equal(out[2, 1], vol[:, :, 2].T + 100)
 
 
 def test_volume_slices_labels_and_drops_blank():
-    vol = np.zeros((1, 8, 8, 5), dtype=np.int16)
-    vol[0, 2:6, 2:6, 1:4] = 100
-    seg = np.zeros((8, 8, 5), dtype=np.int16)
-    seg[3, 3, 2] = 4
-    images, masks, labels, idx = volume_slices(vol, seg, tumour_class=2)
+    slices = np.zeros((5, 1, 8, 8), dtype=np.int16)
+    slices[1:4, 0, 2:6, 2:6] = 100
+    seg = np.zeros((5, 8, 8), dtype=np.int16)
+    seg[2, 3, 3] = 4
+    images, masks, labels, idx = volume_slices(slices, seg, tumour_class=2)
     assert idx.tolist() == [1, 2, 3]
     assert labels.tolist() == [0, 2, 0]
     assert images.shape == (3, 1, 8, 8) and masks.dtype == np.uint8
