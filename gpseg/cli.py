@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from gpseg import data_commands, train_command
+from gpseg import data_commands, eval_commands, flow_commands, train_command
 
 app = typer.Typer(
     name="gpseg",
@@ -18,6 +18,13 @@ app.add_typer(data_commands.ingest_app, name="ingest")
 app.command("validate")(data_commands.validate_cmd)
 app.command("info")(data_commands.info_cmd)
 app.command("train")(train_command.train_cmd)
+app.command("heatmaps")(eval_commands.heatmaps_cmd)
+app.command("postprocess")(eval_commands.postprocess_cmd)
+app.command("report")(eval_commands.report_cmd)
+app.command("export-masks")(eval_commands.export_masks_cmd)
+app.command("benchmark")(flow_commands.benchmark_cmd)
+app.command("serve")(flow_commands.serve_cmd)
+app.command("drop")(flow_commands.drop_cmd)
 
 if __name__ == "__main__":
     app()

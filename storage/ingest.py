@@ -135,7 +135,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
             sources.update({_relative(p, plan.root): h for p, h in batch.sources.items()})
             if batch.affine is not None:
                 volumes[batch.patient] = {"shape": list(batch.source_shape), "affine": batch.affine.tolist(),
-                                          "reference": _relative(next(iter(batch.sources)), plan.root)}
+                                          "reference": str(Path(next(iter(batch.sources))).resolve())}
             new_patients.append(np.full(len(batch), batch.patient, dtype=object))
             new_slices.append(batch.slice_index)
             new_labels.append(batch.labels)

@@ -22,12 +22,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from storage.brats import NAME_MAPPING, NAME_MAPPING_HEADER
 from storage.phantoms.anatomy import MODALITIES, check_int, head_volume
-
-NAME_MAPPING = "name_mapping.csv"
-NAME_MAPPING_HEADER = ("Grade", "BraTS_2017_subject_ID", "BraTS_2018_subject_ID", "TCGA_TCIA_subject_ID",
-                       "BraTS_2019_subject_ID", "BraTS_2020_subject_ID")
-"""The header of the real ``name_mapping.csv``, column for column."""
 
 SEG = "seg"
 _MISSING = "NA"
@@ -144,7 +140,7 @@ def _mapping_row(number: int) -> list[str]:
 def _read_name_mapping(path: Path) -> list[list[str]]:
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
-    if not rows or tuple(rows[0]) != NAME_MAPPING_HEADER:
+    if not rows or list(rows[0]) != NAME_MAPPING_HEADER:
         raise ValueError(f"{path}: got the header {rows[0] if rows else 'nothing'}, expected "
                          f"{','.join(NAME_MAPPING_HEADER)}")
     return [row for row in rows[1:] if row]

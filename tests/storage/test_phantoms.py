@@ -96,7 +96,7 @@ def test_brats_affine_matches_the_real_data():
 
 def test_brats_labels_grades_and_name_mapping(brats):
     rows = _mapping(brats)
-    assert tuple(rows[0]) == NAME_MAPPING_HEADER
+    assert rows[0] == NAME_MAPPING_HEADER
     assert [row[0] for row in rows[1:]] == ["HGG", "LGG", "HGG"]
     assert [row[-1] for row in rows[1:]] == [case_id(n) for n in (1, 2, 3)]
     assert "NA" in {cell for row in rows[1:] for cell in row}

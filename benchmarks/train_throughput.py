@@ -1,0 +1,146 @@
+"""Training and inference throughput (slices/s) of every network, and the cost of gpseg's training step.
+
+For each model, on random 4 x 240 x 240 slices (float16 as stored, batch 8 by default):
+
+* ``gpseg step``: the training step of :class:`gpmodels.lightning_module.ClassifierModule` outside the
+  Trainer — float32 conversion, the seeded rotation/flip augmentation on the device, the weighted
+  loss (with InceptionV3's auxiliary term), backward, gradient-norm clipping at 1.0, Adam. On
+  ``--device cuda`` it uses channels-last tensors, bf16 autocast and, with ``--compile``,
+  ``torch.compile`` of the network.
+* ``plain fp32``: a plain eager float32 loop over the same network (forward, unweighted
+  cross-entropy, backward, Adam; no augmentation, no clipping, no autocast).
+* ``inference``: ``forward`` in eval mode under ``torch.inference_mode`` (bf16 autocast and
+  channels-last on CUDA).
+
+Each timing runs ``--warmup`` untimed steps first. ``ratio`` is gpseg step / plain fp32 throughput.
+
+Usage::
+
+    .venv/bin/python benchmarks/train_throughput.py --steps 2 --warmup 1            # CPU
+    .venv/bin/python benchmarks/train_throughput.py --device cuda --steps 20 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gpmodels.augment import AugmentConfig, RandomFlipRotate
+from gpmodels.lightning_module import ClassifierModule
+from gpmodels.nets import MODEL_NAMES, build_model
+
+
+def seconds_per_step(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
+    """Mean wall time of ``step()`` over ``steps`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - started) / steps
+
+
+def gpseg_step(net: nn.Module, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+               device: torch.device, compile_net: bool) -> Callable[[], None]:
+    """One training step as gpseg runs it (module loss, augmentation, clipping, Adam)."""
+    cuda = device.type == "cuda"
+    module = ClassifierModule(net, [1.0, 2.0, 1.5]).to(device).train()
+    if cuda:
+        module = module.to(memory_format=torch.channels_last)
+    if compile_net:
+        module.net = torch.compile(module.net)
+    optimizer = module.configure_optimizers()
+    augmenter = RandomFlipRotate(AugmentConfig(), seed=0)
+
+    def step() -> None:
+        batch_images, _ = augmenter(images.float(), masks)
+        if cuda:
+            batch_images = batch_images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            _, loss = module.loss(batch_images, labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def plain_step(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
+    """One plain eager float32 step of the same network."""
+    net.train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    inputs = images.float()
+
+    def step() -> None:
+        loss = F.cross_entropy(net(inputs), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def inference_step(net: nn.Module, images: torch.Tensor, device: torch.device) -> Callable[[], None]:
+    """One inference batch (eval mode, inference_mode; bf16 and channels-last on CUDA)."""
+    cuda = device.type == "cuda"
+    net.eval()
+    inputs = images.float()
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            net(inputs)
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda.")
+    parser.add_argument("--models", default=",".join(MODEL_NAMES), help="Comma-separated model names.")
+    parser.add_argument("--batch", type=int, default=8, help="Slices per batch.")
+    parser.add_argument("--size", type=int, default=240, help="Slice size.")
+    parser.add_argument("--channels", type=int, default=4, help="Input channels.")
+    parser.add_argument("--steps", type=int, default=10, help="Timed steps per measurement.")
+    parser.add_argument("--warmup", type=int, default=3, help="Untimed steps before timing.")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network in the gpseg step.")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    images = torch.randn(args.batch, args.channels, args.size, args.size).half().to(device)
+    masks = (torch.rand(args.batch, args.size, args.size) > 0.9).to(torch.uint8).to(device)
+    labels = torch.randint(0, 3, (args.batch,)).to(device)
+    print(f"device {device}, batch {args.batch} x {args.channels} x {args.size} x {args.size}, "
+          f"{args.warmup} warm-up + {args.steps} timed steps, threads {torch.get_num_threads()}", flush=True)
+    header = f"{'model':<16}{'gpseg step/s':>14}{'plain fp32/s':>14}{'ratio':>7}{'inference/s':>13}"
+    rows = []
+    for name in args.models.split(","):
+        net = build_model(name, args.channels, 3).to(device)
+        plain_net = copy.deepcopy(net)
+        ours = args.batch / seconds_per_step(gpseg_step(net, images, masks, labels, device, args.compile),
+                                             args.warmup, args.steps, device)
+        plain = args.batch / seconds_per_step(plain_step(plain_net, images, labels), args.warmup, args.steps, device)
+        infer = args.batch / seconds_per_step(inference_step(plain_net, images, device), args.warmup, args.steps,
+                                              device)
+        rows.append(f"{name:<16}{ours:>14.2f}{plain:>14.2f}{ours / plain:>7.2f}{infer:>13.2f}")
+        print(rows[-1], flush=True)
+        del net, plain_net
+    print("\n" + header + "\n" + "\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

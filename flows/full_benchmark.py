@@ -1,0 +1,50 @@
+"""Flow ``full-benchmark``: ingest -> validate -> train (fold x model) -> heatmaps -> evaluation -> report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from flows.params import BenchmarkParams
+from flows.pipeline import (REPORT, heatmaps_and_evaluation, prepare_dataset, run_dir, run_fan_out,
+                            summary_rows)
+from tasks.evaluation import publish, report
+
+
+@flow(name="full-benchmark", log_prints=True)
+def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
+    """Reproduce the paper's benchmark on the given datasets (phantoms by default).
+
+    Returns:
+        ``report`` (HTML path), ``rows`` (one per run) and ``failed`` (runs that failed).
+    """
+    logger = get_run_logger()
+    jobs, labels = [], {}
+    for spec in params.datasets:
+        ingested = prepare_dataset(params.workdir, spec, params.folds)
+        logger.info("%s: %d slices, data version %s", spec.label, ingested["slices"], ingested["data_version"])
+        for model in params.models:
+            for fold in range(params.folds):
+                out = run_dir(params.workdir, spec.label, ingested["data_version"], model, fold)
+                labels[out] = spec.label
+                jobs.append({"store": ingested["store"], "data_version": ingested["data_version"], "model": model,
+                             "fold": fold, "preset": params.preset, "out": out,
+                             "overrides": params.train_overrides})
+    trained = run_fan_out(jobs, params.dask_address)
+    results = [{**r, "dataset": labels[r["run_dir"]]} for r in
+               heatmaps_and_evaluation(trained, params.threshold, params.posthoc_slices)]
+    rows = summary_rows(results)
+    done = [r["run_dir"] for r in results if "failed" not in r]
+    failed = [r for r in rows if r["status"] != "ok"]
+    html = None
+    if done:
+        html = report(done, str(Path(params.workdir) / REPORT), "gpseg full benchmark",
+                      [f"preset {params.preset}, {params.folds} fold(s), thresholds {params.threshold.model_dump()}"])
+        publish(html, rows)
+    for row in rows:
+        logger.info("%s", row)
+    if failed:
+        logger.warning("%d run(s) failed: %s", len(failed), [(r["model"], r["fold"]) for r in failed])
+    print(f"report: {html}")
+    return {"report": html, "rows": rows, "failed": failed}

@@ -1,0 +1,104 @@
+"""Typed flow parameters (pydantic), shared by the flows, the CLI and the tests."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from gpmodels.nets import MODEL_NAMES
+from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
+
+DatasetKind = Literal["brats", "jun-cheng", "manifest"]
+
+
+class DatasetSpec(BaseModel):
+    """One dataset of a benchmark.
+
+    ``source`` is a folder (BraTS, Jun Cheng), a manifest CSV, or ``phantom`` to
+    synthesise ``phantom_cases`` cases of ``phantom_size`` pixels first.
+    """
+
+    kind: DatasetKind
+    source: str = "phantom"
+    name: str | None = Field(None, description="Label in paths and the report (default: the kind).")
+    phantom_cases: int = Field(16, ge=2, description="BraTS cases or Jun Cheng slices of a phantom source.")
+    phantom_size: int = Field(96, ge=32)
+    image_size: int | None = Field(None, description="Store slice size (default: native).")
+    split: Literal["grouped", "slice", "cvind"] = "grouped"
+    seed: int = 0
+    workers: int = Field(2, ge=0, description="Dask processes reading cases.")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+    @field_validator("source")
+    @classmethod
+    def _manifest_needs_csv(cls, value: str, info) -> str:
+        if info.data.get("kind") == "manifest" and value == "phantom":
+            raise ValueError("source: a manifest dataset needs a CSV path, not 'phantom'")
+        return value
+
+
+class ThresholdParams(BaseModel):
+    """Heatmap thresholds. ``offset=None`` uses the paper's per-model multi-Otsu offsets."""
+
+    method: Literal["otsu", "multiotsu", "fixed"] = "multiotsu"
+    offset: float | Literal["auto"] | None = None
+    value: float = 0.5
+
+    def for_model(self, model: str) -> dict:
+        """The :class:`gpmodels.postprocess.ThresholdConfig` fields for one model."""
+        offset = PAPER_MULTIOTSU_OFFSETS.get(model, 0.0) if self.offset is None else self.offset
+        return {"method": self.method, "offset": offset if self.method == "multiotsu" else 0.0, "value": self.value}
+
+
+def _default_datasets() -> list[DatasetSpec]:
+    return [DatasetSpec(kind="brats", phantom_cases=16), DatasetSpec(kind="jun-cheng", phantom_cases=120)]
+
+
+class BenchmarkParams(BaseModel):
+    """Parameters of ``full-benchmark``."""
+
+    workdir: str = Field("runs/benchmark", description="Phantoms, stores, runs and the report go here.")
+    datasets: list[DatasetSpec] = Field(default_factory=_default_datasets)
+    models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
+    folds: int = Field(3, ge=1, le=20)
+    preset: Literal["paper", "demo", "smoke"] = "demo"
+    train_overrides: dict = Field(default_factory=dict, description="TrainConfig fields overriding the preset.")
+    threshold: ThresholdParams = Field(default_factory=ThresholdParams)
+    dask_address: str | None = Field(None, description="Run training on this Dask scheduler (GPU workers).")
+    posthoc_slices: int = Field(2, ge=0, description="Test slices with occlusion/guided-backprop maps per run "
+                                "(occlusion costs hundreds of forward passes per slice).")
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value: list[str]) -> list[str]:
+        unknown = [m for m in value if m not in MODEL_NAMES]
+        if unknown:
+            raise ValueError(f"models: unknown {unknown}, expected some of {list(MODEL_NAMES)}")
+        return value
+
+
+class PostprocessParams(BaseModel):
+    """Parameters of ``postprocess``: re-threshold stored heatmaps and re-report."""
+
+    workdir: str = "runs/benchmark"
+    runs: list[str] = Field(default_factory=list, description="Run dirs (default: every run under workdir/runs).")
+    threshold: ThresholdParams = Field(default_factory=ThresholdParams)
+    out: str | None = Field(None, description="Report folder (default: workdir/report).")
+
+
+class RetrainParams(BaseModel):
+    """Parameters of ``retrain-on-new-data``."""
+
+    workdir: str = "runs/benchmark"
+    dataset: DatasetSpec = Field(default_factory=lambda: DatasetSpec(kind="brats", source="runs/benchmark/drop"))
+    models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
+    folds: int = Field(3, ge=1, le=20)
+    preset: Literal["paper", "demo", "smoke"] = "demo"
+    train_overrides: dict = Field(default_factory=dict)
+    threshold: ThresholdParams = Field(default_factory=ThresholdParams)
+    dask_address: str | None = None
+    posthoc_slices: int = Field(2, ge=0)

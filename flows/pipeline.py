@@ -1,0 +1,116 @@
+"""Flow building blocks shared by ``full-benchmark`` and ``retrain-on-new-data``."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.params import DatasetSpec, ThresholdParams
+from tasks.data import fingerprint, ingest_source, synth_phantoms, validate
+from tasks.evaluation import evaluate_run
+from tasks.training import make_heatmaps, train_model
+
+STORES, PHANTOMS, RUNS, REPORT = "stores", "phantoms", "runs", "report"
+
+
+def store_path(workdir: str, spec: DatasetSpec) -> str:
+    """Where a dataset's slice store lives under the work dir."""
+    return str(Path(workdir) / STORES / f"{spec.label}.zarr")
+
+
+def ingest_config(spec: DatasetSpec, folds: int) -> dict:
+    """The ingestion settings of a dataset, as plain data (a task input)."""
+    return {"image_size": spec.image_size, "workers": spec.workers,
+            "split": {"mode": spec.split, "folds": folds, "seed": spec.seed}}
+
+
+def prepare_dataset(workdir: str, spec: DatasetSpec, folds: int) -> dict:
+    """Phantoms (if asked), ingestion and validation of one dataset. Returns the ingest summary."""
+    source = spec.source
+    if source == "phantom":
+        source = synth_phantoms(spec.kind, str(Path(workdir) / PHANTOMS / spec.label), spec.phantom_cases,
+                                spec.phantom_size, spec.seed)
+    store = store_path(workdir, spec)
+    summary = ingest_source(spec.kind, source, store, ingest_config(spec, folds), fingerprint(source))
+    validate(store)
+    return summary
+
+
+def run_dir(workdir: str, dataset: str, data_version: str, model: str, fold: int) -> str:
+    """Run directories are keyed by data version, so new data never overwrites a finished run."""
+    return str(Path(workdir) / RUNS / dataset / data_version / model / f"fold_{fold}")
+
+
+@flow(name="train-fan-out", task_runner=ThreadPoolTaskRunner(max_workers=1))
+def train_fan_out(jobs: list[dict], dask_address: str | None = None) -> list[dict]:
+    """Train every (dataset, model, fold) job; a failing job does not stop the others.
+
+    Returns one dict per job: the training summary, or ``{"failed": reason, ...}``.
+    With a Dask address (see :func:`run_fan_out`) training tasks carry a ``GPU``
+    resource annotation so they only land on workers started with ``--resources GPU=1``.
+    """
+    annotate = contextlib.nullcontext()
+    if dask_address:
+        import dask
+
+        annotate = dask.annotate(resources={"GPU": 1})
+    with annotate:
+        futures = [train_model.submit(**job) for job in jobs]
+    out = []
+    for job, future in zip(jobs, futures):
+        state = future.wait() or future.state
+        if state.is_completed():
+            out.append(future.result())
+        else:
+            out.append({"failed": str(state.message or state.name), "model": job["model"], "fold": job["fold"],
+                        "run_dir": job["out"]})
+    return out
+
+
+def run_fan_out(jobs: list[dict], dask_address: str | None) -> list[dict]:
+    """Run :func:`train_fan_out` locally, or on an existing Dask cluster through prefect-dask."""
+    if not dask_address:
+        return train_fan_out(jobs)
+    from prefect_dask import DaskTaskRunner
+
+    return train_fan_out.with_options(task_runner=DaskTaskRunner(address=dask_address))(jobs, dask_address)
+
+
+def heatmaps_and_evaluation(trained: list[dict], threshold: ThresholdParams, posthoc: int) -> list[dict]:
+    """Heatmaps (val + test) and evaluation of every trained run; failures are recorded, not raised."""
+    logger = get_run_logger()
+    out = []
+    for run in trained:
+        if "failed" in run:
+            out.append(run)
+            continue
+        try:
+            make_heatmaps(run["run_dir"], run["weights"], "val", 0)
+            make_heatmaps(run["run_dir"], run["weights"], "test", posthoc)
+            evaluation = evaluate_run(run["run_dir"], threshold.for_model(run["model"]))
+        except Exception as exc:  # one run's failure must not lose the others
+            logger.error("%s fold %s: heatmaps/evaluation failed: %s", run["model"], run["fold"], exc)
+            out.append({**run, "failed": f"heatmaps/evaluation: {exc}"})
+            continue
+        out.append({**run, "evaluation": evaluation})
+    return out
+
+
+def summary_rows(results: list[dict]) -> list[dict]:
+    """One row per run for the artifact table and the final log."""
+    rows = []
+    for r in results:
+        if "failed" in r:
+            rows.append({"dataset": r.get("dataset", ""), "model": r["model"], "fold": r["fold"],
+                         "status": f"FAILED: {r['failed']}"})
+            continue
+        e = r["evaluation"]
+        c, d = e["classification"], e["segmentation"]["dice"]
+        rows.append({"dataset": r.get("dataset", ""), "model": r["model"], "fold": r["fold"], "status": "ok",
+                     "accuracy": round(c["accuracy"], 4), "f1": round(c["f1"], 4),
+                     "median_dice": None if d["n"] == 0 else round(d["median"], 4),
+                     "heatmaps": e["run"]["kind"]})
+    return rows

@@ -1,0 +1,41 @@
+"""Flow ``postprocess``: re-threshold stored heatmaps and re-report. Never trains, never runs a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from flows.params import PostprocessParams
+from flows.pipeline import REPORT, RUNS, summary_rows
+from tasks.evaluation import evaluate_run, publish, report
+
+
+def discover_runs(workdir: str) -> list[str]:
+    """Run dirs under ``workdir/runs`` that have test heatmaps."""
+    return sorted(str(p.parent.parent) for p in (Path(workdir) / RUNS).glob("**/heatmaps/test.zarr"))
+
+
+@flow(name="postprocess", log_prints=True)
+def postprocess(params: PostprocessParams = PostprocessParams()) -> dict:
+    """Thresholds -> evaluation -> report from the heatmap stores of finished runs."""
+    logger = get_run_logger()
+    runs = params.runs or discover_runs(params.workdir)
+    if not runs:
+        raise ValueError(f"{params.workdir}: no run with test heatmaps (run full-benchmark first)")
+    results = []
+    for run in runs:
+        model = json.loads((Path(run) / "config.json").read_text())["train"]["model"]
+        evaluation = evaluate_run(run, params.threshold.for_model(model))
+        results.append({"model": model, "fold": evaluation["run"]["fold"], "run_dir": run,
+                        "dataset": Path(run).parents[2].name, "evaluation": evaluation})
+    rows = summary_rows(results)
+    out = params.out or str(Path(params.workdir) / REPORT)
+    html = report(runs, out, "gpseg report (post-processing re-run)",
+                  [f"thresholds re-run by postprocess: {params.threshold.model_dump()}; no model was loaded"])
+    publish(html, rows)
+    for row in rows:
+        logger.info("%s", row)
+    print(f"report: {html}")
+    return {"report": html, "rows": rows}

@@ -1,0 +1,52 @@
+"""Flow ``retrain-on-new-data``: ingest only new cases of a drop folder, re-validate, retrain, re-report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from flows.params import RetrainParams
+from flows.pipeline import (REPORT, heatmaps_and_evaluation, ingest_config, run_dir, run_fan_out, store_path,
+                            summary_rows)
+from tasks.data import find_new_files, fingerprint, ingest_source, validate
+from tasks.evaluation import publish, report
+
+
+@flow(name="retrain-on-new-data", log_prints=True)
+def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
+    """Exit quickly with ``no new data`` unless the drop folder holds files the store lacks.
+
+    New cases are appended (stored patients keep their splits), the store is
+    re-validated, every model is retrained on the new data version and the
+    report is rebuilt.
+    """
+    logger = get_run_logger()
+    spec = params.dataset
+    store = store_path(params.workdir, spec)
+    if not Path(spec.source).is_dir() and not Path(spec.source).is_file():
+        raise ValueError(f"{spec.source}: drop folder not found")
+    fresh = find_new_files(spec.source, store)
+    if not fresh:
+        logger.info("no new data in %s", spec.source)
+        return {"status": "no new data", "new_files": []}
+    logger.info("%d new file(s) in %s", len(fresh), spec.source)
+    ingested = ingest_source(spec.kind, spec.source, store, ingest_config(spec, params.folds),
+                             fingerprint(spec.source), append=Path(store).exists())
+    validate(store)
+    jobs = [{"store": store, "data_version": ingested["data_version"], "model": model, "fold": fold,
+             "preset": params.preset, "out": run_dir(params.workdir, spec.label, ingested["data_version"], model, fold),
+             "overrides": params.train_overrides}
+            for model in params.models for fold in range(params.folds)]
+    trained = run_fan_out(jobs, params.dask_address)
+    results = [{**r, "dataset": spec.label} for r in heatmaps_and_evaluation(trained, params.threshold,
+                                                                               params.posthoc_slices)]
+    rows = summary_rows(results)
+    done = [r["run_dir"] for r in results if "failed" not in r]
+    html = None
+    if done:
+        html = report(done, str(Path(params.workdir) / REPORT), "gpseg report (retrained on new data)",
+                      [f"retrained on data version {ingested['data_version']} after {len(fresh)} new file(s)"])
+        publish(html, rows)
+    return {"status": "retrained", "new_files": fresh, "ingested": ingested["cases"], "rows": rows,
+            "report": html}

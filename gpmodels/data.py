@@ -1,0 +1,286 @@
+"""Slices of a store's fold as a Lightning data module: splits, caching, seeded sampling, device transforms.
+
+The data module is given a store *path*; it opens the store in :meth:`SliceDataModule.setup`
+(never in ``__init__``) and each data-loading worker process opens it again on first use, so it is
+safe with worker processes and DDP. Batches are dicts::
+
+    {"image": float16 (B, C, H, W), "mask": uint8 (B, H, W), "label": int64 (B,), "index": int64 (B,)}
+
+(``index`` is the slice's row in the store). After a batch reaches the device,
+:meth:`SliceDataModule.on_after_batch_transfer` converts the images to float32, resizes them to the
+training size (all splits) and, for training batches only, applies the seeded random rotation and
+flips (:mod:`gpmodels.augment`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from gpmodels.augment import AugmentConfig, RandomFlipRotate, resize_batch
+from storage.store import SPLIT_NAMES, fold_names, open_store
+
+Batch = dict[str, torch.Tensor]
+
+
+def split_indices(group: Any, fold: int, split: str) -> np.ndarray:
+    """Store rows of one split of one fold.
+
+    Args:
+        group: an open slice store (``storage.store.open_store``).
+        fold: fold index K (``splits/fold_K``).
+        split: ``train``, ``val`` or ``test``.
+
+    Returns:
+        int64 ``(n,)`` ascending row indices.
+
+    Raises:
+        ValueError: If the fold is not in the store or ``split`` is unknown.
+    """
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"split: got {split!r}, expected one of {SPLIT_NAMES}")
+    folds = fold_names(group)
+    if fold not in folds:
+        raise ValueError(f"fold: got {fold}, the store has folds {folds}")
+    codes = group[f"splits/fold_{fold}"][:]
+    return np.flatnonzero(codes == SPLIT_NAMES.index(split)).astype(np.int64)
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Cross-entropy class weights ``n / (K * count_k)`` balanced on a set of labels.
+
+    A class with no examples gets weight 0 (it contributes nothing to the loss, and the
+    weighted mean is taken over the weights present).
+
+    Args:
+        labels: integer ``(n,)`` class indices in ``[0, K)``.
+        num_classes: K.
+
+    Returns:
+        float64 ``(K,)``.
+
+    Raises:
+        ValueError: If ``labels`` is empty or holds a value outside ``[0, K)``.
+
+    References:
+        King, G. and Zeng, L., "Logistic regression in rare events data", Political Analysis
+        9(2), 2001 (the "balanced" heuristic of scikit-learn's ``compute_class_weight``).
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        raise ValueError("labels: got no labels, expected at least one training slice")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels: got values in [{labels.min()}, {labels.max()}], expected [0, {num_classes})")
+    counts = np.bincount(labels.astype(np.int64), minlength=num_classes).astype(np.float64)
+    weights = np.zeros(num_classes)
+    present = counts > 0
+    weights[present] = labels.size / (num_classes * counts[present])
+    return weights
+
+
+class SliceDataset(Dataset):
+    """The slices of one split, read from the store on demand or served from memory.
+
+    Args:
+        store: slice store path or URL (opened lazily, once per process).
+        indices: int64 ``(n,)`` store rows.
+        labels: int ``(n,)`` their labels.
+        cache: read all images and masks into memory now.
+
+    ``dataset[i]`` is ``{"image": float16 (C, H, W), "mask": uint8 (H, W), "label": int64 (),
+    "index": int64 ()}``.
+    """
+
+    def __init__(self, store: str, indices: np.ndarray, labels: np.ndarray, cache: bool = False) -> None:
+        self.store = store
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self._arrays: Any = None
+        self._pid = -1
+        self.images: np.ndarray | None = None
+        self.masks: np.ndarray | None = None
+        if cache and len(self):
+            images, masks = self._open()
+            self.images, self.masks = images.oindex[self.indices], masks.oindex[self.indices]
+
+    @property
+    def cached(self) -> bool:
+        """True when the split is held in memory."""
+        return self.images is not None
+
+    def _open(self) -> Any:
+        """The store's ``images`` and ``masks`` arrays, opened once per process."""
+        if self._arrays is None or self._pid != os.getpid():
+            group = open_store(self.store)
+            self._arrays = (group["images"], group["masks"])
+            self._pid = os.getpid()
+        return self._arrays
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> Batch:
+        if self.images is not None and self.masks is not None:
+            image, mask = self.images[item], self.masks[item]
+        else:
+            (images, masks), row = self._open(), int(self.indices[item])
+            image, mask = images[row], masks[row]
+        return {"image": torch.from_numpy(np.asarray(image)), "mask": torch.from_numpy(np.asarray(mask)),
+                "label": torch.tensor(self.labels[item]), "index": torch.tensor(self.indices[item])}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_arrays"] = None
+        return state
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A fresh random order every epoch, fixed by ``(seed, epoch)``, so resumed runs repeat it.
+
+    Lightning calls :meth:`set_epoch` at the start of every epoch.
+
+    Args:
+        size: dataset length.
+        seed: base seed.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of ``epoch``."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class SliceDataModule(pl.LightningDataModule):
+    """Train, validation and test slices of one fold of a slice store.
+
+    Args:
+        store: slice store path or URL.
+        fold: fold index K.
+        batch_size: slices per batch (per device).
+        image_size: size the batches are resized to on the device; ``None`` = the store's.
+        augment: random rotation and flips of training batches; ``None`` = none.
+        seed: seed of the sampling order and of the augmentation.
+        num_workers: worker processes for splits read from the store (cached splits are served
+            from the main process).
+        cache: ``auto`` caches a split when its float16 images take less than
+            ``cache_limit_bytes``; ``always``; ``never``.
+        cache_limit_bytes: the ``auto`` limit per split.
+
+    Attributes (after :meth:`setup`):
+        classes: class names; channels: channel names; store_image_size: the store's size;
+        datasets: split name -> :class:`SliceDataset` for the splits set up.
+    """
+
+    def __init__(self, store: str, fold: int, batch_size: int, image_size: int | None = None,
+                 augment: AugmentConfig | None = AugmentConfig(), seed: int = 0, num_workers: int = 0,
+                 cache: str = "auto", cache_limit_bytes: int = 4 * 2**30) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size: got {batch_size}, expected >= 1")
+        if cache not in ("auto", "always", "never"):
+            raise ValueError(f"cache: got {cache!r}, expected 'auto', 'always' or 'never'")
+        self.store = str(store)
+        self.fold = fold
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.cache = cache
+        self.cache_limit_bytes = cache_limit_bytes
+        self.augment = augment
+        self.augmenter: RandomFlipRotate | None = None
+        self.datasets: dict[str, SliceDataset] = {}
+        self.classes: list[str] = []
+        self.channels: list[str] = []
+        self.store_image_size = 0
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the store and build the datasets of the splits ``stage`` needs (idempotent).
+
+        The augmentation generator is seeded with ``seed + global rank``, so DDP processes draw
+        different augmentations."""
+        if self.augmenter is None and self.augment is not None:
+            rank = 0 if self.trainer is None else self.trainer.global_rank
+            self.augmenter = RandomFlipRotate(self.augment, self.seed + rank)
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", SPLIT_NAMES)
+        missing = [split for split in wanted if split not in self.datasets]
+        if not missing:
+            return
+        group = open_store(self.store)
+        self.classes = list(group.attrs["classes"])
+        self.channels = list(group.attrs["channels"])
+        self.store_image_size = int(group["images"].shape[-1])
+        labels = group["labels"][:]
+        slice_bytes = int(np.prod(group["images"].shape[1:])) * 2
+        for split in missing:
+            indices = split_indices(group, self.fold, split)
+            cache = self.cache == "always" or (self.cache == "auto"
+                                               and len(indices) * slice_bytes < self.cache_limit_bytes)
+            self.datasets[split] = SliceDataset(self.store, indices, labels[indices], cache=cache)
+
+    def split_sizes(self) -> dict[str, int]:
+        """Slices per split set up so far."""
+        return {split: len(dataset) for split, dataset in self.datasets.items()}
+
+    def _loader(self, split: str, training: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        workers = 0 if dataset.cached else self.num_workers
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if training else None
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
+                          drop_last=training and len(dataset) > self.batch_size,
+                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled per epoch (:class:`EpochShuffleSampler`); the last partial batch is dropped (a batch
+        of one slice breaks batch normalisation) unless the split is smaller than a batch."""
+        return self._loader("train", training=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", training=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", training=False)
+
+    def transform(self, batch: Batch, training: bool) -> Batch:
+        """Float32 images at the training size; rotated and flipped when ``training``.
+
+        Args:
+            batch: a batch on its device (see the module docstring).
+            training: apply the random augmentation.
+
+        Returns:
+            The batch with ``image`` float32 ``(B, C, S, S)`` and ``mask`` ``(B, S, S)``.
+        """
+        images, masks = batch["image"].float(), batch["mask"]
+        if self.image_size is not None:
+            images, masks = resize_batch(images, masks, self.image_size)
+        if training and self.augmenter is not None:
+            images, masks = self.augmenter(images, masks)
+        return {**batch, "image": images, "mask": masks}
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        return self.transform(batch, training=self.trainer is not None and self.trainer.training)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The augmentation generator's state (saved in checkpoints; tensors only)."""
+        return {} if self.augmenter is None else self.augmenter.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.augmenter is not None and state_dict:
+            self.augmenter.load_state_dict(state_dict)

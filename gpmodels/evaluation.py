@@ -1,0 +1,235 @@
+"""Evaluation of a heatmap store: classification and weakly-supervised segmentation.
+
+``evaluate_heatmaps(heatmap_store, config)`` thresholds the stored class maps
+(no model is loaded), compares the masks with the slice store's ground truth and
+returns a JSON-ready dict; ``write_evaluation`` saves it as
+``RUN_DIR/evaluation.json`` plus per-slice ``RUN_DIR/evaluation_slices.csv``.
+
+Conventions:
+
+* The map of the *predicted* class is thresholded (``target_class="predicted"``,
+  the paper's); a slice predicted (or, with ``"true"``, labelled) tumour-free gets
+  an empty mask, since the classifier says there is no tumour.
+* Dice per slice is ``2|P∩T| / (|P| + |T|)`` over slices whose ground-truth mask is
+  non-empty, an empty prediction scoring 0 (:data:`DICE_CONVENTION`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from gpmodels.heatmaps import heatmap_path
+from gpmodels.metrics import (
+    classification_metrics,
+    dice,
+    dice_summary,
+    false_positive_rate,
+    patient_accuracy,
+    per_class_dice,
+    tumour_only_accuracy,
+)
+from gpmodels.postprocess import (
+    PAPER_MULTIOTSU_OFFSETS,
+    ThresholdConfig,
+    resolve_auto_offset,
+    segment_heatmaps,
+    select_maps,
+)
+from storage.store import open_store, read_patients
+
+TUMOUR_FREE = "tumour-free"
+CHUNK = 256
+EVALUATION_FILE = "evaluation.json"
+SLICES_FILE = "evaluation_slices.csv"
+DICE_CONVENTION = ("Dice = 2|P∩T| / (|P|+|T|) per slice, over slices whose ground-truth mask is non-empty; "
+                   "an empty prediction scores 0; no +1 smoothing (the reference code adds 1 to numerator and "
+                   "denominator, which lifts small-mask scores)")
+
+
+def default_threshold(model: str) -> ThresholdConfig:
+    """The paper's post-processing for a model: multi-Otsu minus its offset (0 for baselines)."""
+    return ThresholdConfig(method="multiotsu", offset=PAPER_MULTIOTSU_OFFSETS.get(model, 0.0))
+
+
+def open_heatmaps(path: Path | str) -> zarr.Group:
+    """Open a heatmap store with a clear error when it is missing."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise FileNotFoundError(f"{path}: no heatmap store (run `gpseg heatmaps --run RUN_DIR` first)")
+    return zarr.open_group(str(path), mode="r")
+
+
+def predicted_masks(maps: np.ndarray, predicted: np.ndarray, labels: np.ndarray, config: ThresholdConfig,
+                    tumour_free: bool) -> np.ndarray:
+    """Masks of one chunk of slices.
+
+    Args:
+        maps: ``(n, K, H, W)`` class maps.
+        predicted: ``(n,)`` predicted classes.
+        labels: ``(n,)`` true classes.
+        config: threshold configuration with a numeric offset.
+        tumour_free: class 0 is tumour-free (its slices get empty masks).
+
+    Returns:
+        bool ``(n, H, W)``.
+    """
+    classes = predicted if config.target_class == "predicted" else labels
+    masks = segment_heatmaps(select_maps(maps.astype(np.float32), classes), config)
+    if tumour_free:
+        masks[classes == 0] = False
+    return masks
+
+
+def _resolve_offset(heat: zarr.Group, config: ThresholdConfig, store: zarr.Group) -> tuple[ThresholdConfig, str]:
+    """Replace ``offset="auto"`` using the validation heatmaps; say where the offset came from."""
+    if config.offset != "auto":
+        return config, "given"
+    val_path = heatmap_path(heat.attrs["run_dir"], "val")
+    val = open_heatmaps(val_path)
+    labels = val["labels"][:]
+    classes = val["predicted"][:] if config.target_class == "predicted" else labels
+    tumour = np.flatnonzero(classes > 0) if heat.attrs["classes"][0] == TUMOUR_FREE else np.arange(labels.size)
+    if tumour.size == 0:
+        raise ValueError(f"{val_path}: no validation slice with a tumour class to choose an offset on")
+    maps = select_maps(val["maps"].get_orthogonal_selection((tumour,)).astype(np.float32), classes[tumour])
+    targets = store["masks"].get_orthogonal_selection((val["index"][:][tumour],)) > 0
+    resolved = resolve_auto_offset(config, maps, targets)
+    return resolved, f"auto: maximised median validation Dice over {tumour.size} validation slices"
+
+
+def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, chunk: int = CHUNK) -> dict[str, Any]:
+    """Threshold a heatmap store and score classification and segmentation.
+
+    Args:
+        path: a heatmap store written by :func:`gpmodels.heatmaps.generate_heatmaps`.
+        config: threshold configuration; default :func:`default_threshold` for the model.
+        chunk: slices processed at a time (bounds memory).
+
+    Returns:
+        A JSON-ready dict: ``run``, ``threshold``, ``classification``,
+        ``tumour_only_accuracy``, ``patient_accuracy``, ``segmentation``,
+        ``posthoc`` and ``slices`` (per-slice rows, for the CSV).
+    """
+    heat = open_heatmaps(path)
+    attrs = dict(heat.attrs)
+    classes = list(attrs["classes"])
+    tumour_free = classes[0] == TUMOUR_FREE
+    store = open_store(attrs["store_path"])
+    config = config or default_threshold(attrs["model"])
+    config, offset_source = _resolve_offset(heat, config, store)
+    index, labels, predicted = heat["index"][:], heat["labels"][:].astype(int), heat["predicted"][:].astype(int)
+    n = index.size
+    scores = np.full(n, np.nan)
+    target_px = np.zeros(n, np.int64)
+    pred_px = np.zeros(n, np.int64)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        masks = predicted_masks(heat["maps"][start:stop], predicted[start:stop], labels[start:stop], config,
+                                tumour_free)
+        truth = store["masks"].get_orthogonal_selection((index[start:stop],)) > 0
+        target_px[start:stop] = truth.reshape(stop - start, -1).sum(axis=1)
+        pred_px[start:stop] = masks.reshape(stop - start, -1).sum(axis=1)
+        scores[start:stop] = dice(masks, truth)
+    has_target = target_px > 0
+    tumour_classes = list(range(1, len(classes))) if tumour_free else list(range(len(classes)))
+    patients = read_patients(store)[index]
+    logits = heat["logits"][:]
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    free = labels == 0 if tumour_free else np.zeros(n, bool)
+    result = {
+        "run": {key: attrs.get(key) for key in ("model", "fold", "split", "run_dir", "store_path", "data_version",
+                                                 "classes", "kind", "image_size")},
+        "threshold": {**_config_dict(config), "offset_source": offset_source},
+        "classification": classification_metrics(labels, predicted, classes),
+        "tumour_only_accuracy": (tumour_only_accuracy(labels, predicted, tumour_classes)
+                                 if tumour_free and len(classes) > 2 else None),
+        "patient_accuracy": patient_accuracy(patients, labels, probs, tumour_classes),
+        "segmentation": {
+            "dice": dice_summary(scores[has_target]),
+            "per_class": per_class_dice(np.where(has_target, scores, np.nan), labels, has_target, classes),
+            "fpr_tumour_free": (float(np.mean(pred_px[free] > 0)) if free.any() else None),
+            "convention": DICE_CONVENTION,
+        },
+        "posthoc": _posthoc_agreement(heat),
+        "slices": {"index": index.tolist(), "patient": patients.tolist(), "label": labels.tolist(),
+                   "predicted": predicted.tolist(), "dice": [None if math.isnan(v) else float(v) for v in scores],
+                   "target_pixels": target_px.tolist(), "pred_pixels": pred_px.tolist()},
+    }
+    return result
+
+
+def _config_dict(config: ThresholdConfig) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    out = asdict(config)
+    out["auto_offsets"] = list(config.auto_offsets)
+    return out
+
+
+def _posthoc_agreement(heat: zarr.Group) -> dict[str, Any] | None:
+    """Median rank agreement of each post-hoc map with the inherent (GP) or Grad-CAM map."""
+    if "posthoc" not in heat:
+        return None
+    from gpmodels.posthoc import rank_agreement
+
+    group = heat["posthoc"]
+    reference = "gp" if "gp" in group else "gradcam"
+    if reference not in group:
+        return None
+    ref = group[reference][:].astype(np.float32)
+    out: dict[str, Any] = {"reference": reference, "slices": int(ref.shape[0]), "spearman_median": {}}
+    for name in sorted(group.array_keys()):
+        if name in ("rows", reference):
+            continue
+        rho = rank_agreement(ref, group[name][:].astype(np.float32))
+        out["spearman_median"][name] = float(np.nanmedian(rho)) if np.isfinite(rho).any() else None
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_evaluation(run_dir: Path | str, result: dict[str, Any]) -> Path:
+    """Save ``evaluation.json`` (without per-slice rows) and ``evaluation_slices.csv`` in the run dir."""
+    run_dir = Path(run_dir)
+    slices = result["slices"]
+    summary = {k: v for k, v in result.items() if k != "slices"}
+    _atomic_write(run_dir / EVALUATION_FILE, json.dumps(summary, indent=2, default=_json_default))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(list(slices))
+    writer.writerows(zip(*slices.values()))
+    _atomic_write(run_dir / SLICES_FILE, buffer.getvalue())
+    return run_dir / EVALUATION_FILE
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def load_evaluation(run_dir: Path | str) -> dict[str, Any]:
+    """Read a run's ``evaluation.json``."""
+    path = Path(run_dir) / EVALUATION_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no evaluation (run `gpseg postprocess` or `gpseg report` on the run)")
+    return json.loads(path.read_text())

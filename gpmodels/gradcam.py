@@ -1,0 +1,253 @@
+"""Grad-CAM class maps for the black-box baselines, and the checks shared by the post-hoc methods.
+
+Grad-CAM weighs the activations ``A`` (B, c, h, w) of a convolutional layer by the spatial mean of
+the gradient of a class logit ``y_k`` with respect to them, sums over channels and rectifies:
+``ReLU(sum_c mean_ij(dy_k / dA_cij) * A_c)`` (B, 1, h, w). The map is then enlarged bilinearly
+(``align_corners=False``) to the ORIGINAL input size H, W. InceptionV3 enlarges small inputs
+inside the model (to 75 or 299 px, see :class:`~gpmodels.nets.InceptionV3`), so its map is
+interpolated from the layer's grid to the caller's H, W, never to the internal size.
+
+Default layers: ``Mixed_7c`` for InceptionV3 and ``layer4`` for ResNeXt50, the last convolutional
+blocks. Both are followed by global average pooling and a linear layer, so the map is exactly the
+class activation map of Zhou et al. divided by h·w: before rectification its values over the
+h×w grid sum to the logit minus the class bias. Grad-CAM maps therefore stay in these natural
+units (logit contribution per cell of the layer grid, non-negative after the ReLU) and can be
+thresholded exactly like GP heatmaps (suppression, Otsu, multi-Otsu, fixed), but their scale
+differs from that of GP maps (whose values are per-pixel logits at input resolution): a fixed
+threshold or multi-Otsu offset tuned on GP maps does not transfer. The layer grid is coarse, about
+1/32 of the (possibly enlarged) input: 8×8 for InceptionV3 at 240 px with the auxiliary classifier
+(enlarged to 299), 6×6 without it; 8×8 for ResNeXt50 at 240 px. Below 107 px (InceptionV3
+without the auxiliary classifier) or 33 px (ResNeXt50) the grid is 1×1 and the map constant.
+
+References:
+    Selvaraju, R. R. et al., "Grad-CAM: visual explanations from deep networks via gradient-based
+    localization", ICCV 2017. Zhou, B. et al., "Learning deep features for discriminative
+    localization", CVPR 2016. Kokhlikyan, N. et al., "Captum: a unified and generic model
+    interpretability library for PyTorch", arXiv 2009.07896 (2020).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from torch import Tensor, nn
+from torchvision.models.inception import Inception3
+from torchvision.models.resnet import ResNet
+
+from gpmodels.nets.baselines import InceptionV3
+
+__all__ = [
+    "check_images",
+    "check_target",
+    "count_classes",
+    "default_cam_layer",
+    "evaluation_mode",
+    "gradcam_maps",
+    "gradcam_target_maps",
+]
+
+
+@contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with ``model`` in eval mode, then restore every submodule's previous mode.
+
+    Args:
+        model: Any module; modules with mixed train/eval flags get each flag back.
+
+    Yields:
+        The same module, in eval mode.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def check_images(model: nn.Module, images: object) -> None:
+    """Check that ``images`` is a non-empty float batch (B, C, H, W) on the model's device.
+
+    Args:
+        model: The network; models without parameters or buffers accept any device.
+        images: The batch to check.
+
+    Raises:
+        TypeError: If ``images`` is not a tensor.
+        ValueError: If it is not a non-empty 4-D floating tensor, or lies on another device than
+            the model's parameters.
+    """
+    if not isinstance(images, Tensor):
+        raise TypeError(
+            f"images: expected a torch.Tensor (B, C, H, W), got {type(images).__name__}"
+        )
+    if images.ndim != 4 or images.shape[0] == 0 or not images.is_floating_point():
+        raise ValueError(
+            "images: expected a non-empty floating tensor (B, C, H, W), "
+            f"got dtype {images.dtype} and shape {tuple(images.shape)}"
+        )
+    tensors = [*model.parameters(), *model.buffers()]
+    if tensors and tensors[0].device != images.device:
+        raise ValueError(
+            f"images: on device {images.device}, but the model is on {tensors[0].device}; "
+            "move one of them"
+        )
+
+
+def check_target(target: object, images: Tensor, classes: int) -> Tensor:
+    """Check one class index per image and return it as int64 on the images' device.
+
+    Args:
+        target: Class indices (B,), a tensor, array or sequence of integers.
+        images: The batch (B, C, H, W) they belong to.
+        classes: Number of classes K of the model.
+
+    Returns:
+        The indices, int64 (B,), on ``images.device``.
+
+    Raises:
+        ValueError: If ``target`` is not an integer vector of length B with values in [0, K).
+    """
+    indices = torch.as_tensor(target)
+    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+        raise ValueError(f"target: expected integer class indices, got dtype {indices.dtype}")
+    batch = images.shape[0]
+    if tuple(indices.shape) != (batch,):
+        raise ValueError(
+            f"target: expected shape ({batch},), one class per image, got {tuple(indices.shape)}"
+        )
+    if indices.min() < 0 or indices.max() >= classes:
+        raise ValueError(
+            f"target: expected class indices in [0, {classes}), got values "
+            f"{indices.min().item()}..{indices.max().item()}"
+        )
+    return indices.to(device=images.device, dtype=torch.int64)
+
+
+def count_classes(model: nn.Module, images: Tensor) -> int:
+    """Number of classes K, read from the logits of one image under ``torch.no_grad``.
+
+    Raises:
+        ValueError: If the model does not return logits of shape (1, K).
+    """
+    with torch.no_grad():
+        logits = model(images[:1])
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"model: expected logits (B, K) from model(images), got {shape}")
+    return int(logits.shape[1])
+
+
+def default_cam_layer(model: nn.Module) -> nn.Module:
+    """The last convolutional block of a baseline, where Grad-CAM is read.
+
+    Args:
+        model: :class:`~gpmodels.nets.InceptionV3` (or torchvision's ``Inception3``) or a
+            torchvision ``ResNet`` such as :class:`~gpmodels.nets.ResNeXt50`.
+
+    Returns:
+        ``Mixed_7c`` for InceptionV3, ``layer4`` for ResNet/ResNeXt.
+
+    Raises:
+        ValueError: For any other model (GP networks have built-in heatmaps; for other networks
+            pass ``layer`` explicitly).
+    """
+    if isinstance(model, InceptionV3):
+        return model.net.Mixed_7c
+    if isinstance(model, Inception3):
+        return model.Mixed_7c
+    if isinstance(model, ResNet):
+        return model.layer4
+    raise ValueError(
+        f"model: no default Grad-CAM layer for {type(model).__name__}; expected InceptionV3 or "
+        "ResNeXt50 (GP networks have built-in heatmaps), or pass layer= explicitly"
+    )
+
+
+def _check_layer(model: nn.Module, layer: nn.Module | None) -> nn.Module:
+    if layer is None:
+        return default_cam_layer(model)
+    if not any(module is layer for module in model.modules()):
+        raise ValueError(f"layer: {type(layer).__name__} is not a submodule of the model")
+    return layer
+
+
+def _gradcam(model: nn.Module, images: Tensor, layer: nn.Module, target: int | Tensor) -> Tensor:
+    """Rectified Grad-CAM (B, 1, H, W) for one class or one class per image; model in eval mode."""
+    cam = LayerGradCam(model, layer).attribute(images, target=target, relu_attributions=True)
+    if not isinstance(cam, Tensor) or cam.ndim != 4:
+        shape = tuple(cam.shape) if isinstance(cam, Tensor) else type(cam).__name__
+        raise ValueError(
+            f"layer: expected a convolutional layer with output (B, c, h, w), got Grad-CAM {shape}"
+        )
+    size = (images.shape[-2], images.shape[-1])
+    return LayerAttribution.interpolate(cam, size, "bilinear").detach()
+
+
+def gradcam_maps(
+    model: nn.Module,
+    images: Tensor,
+    classes: Sequence[int] | None = None,
+    layer: nn.Module | None = None,
+) -> Tensor:
+    """Grad-CAM of every class (or the listed ones) at the input size, model in eval mode.
+
+    Cost: one forward and one backward pass of the batch per class, plus one forward pass of one
+    image to read K.
+
+    Args:
+        model: A classifier returning logits (B, K), usually a baseline.
+        images: Float batch (B, C, H, W) on the model's device.
+        classes: Class indices to explain, in output order; all K classes when None.
+        layer: Convolutional layer to read; :func:`default_cam_layer` when None.
+
+    Returns:
+        Non-negative maps, float (B, len(classes), H, W), in the units described in the module
+        docstring.
+
+    Raises:
+        TypeError, ValueError: For a malformed batch, an unknown class, a layer outside the model
+            or a model without a default layer.
+    """
+    check_images(model, images)
+    layer = _check_layer(model, layer)
+    with evaluation_mode(model):
+        k = count_classes(model, images)
+        wanted = list(range(k)) if classes is None else list(classes)
+        if not wanted or any(
+            isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < k for c in wanted
+        ):
+            raise ValueError(
+                f"classes: expected a non-empty list of ints in [0, {k}), got {classes}"
+            )
+        return torch.cat([_gradcam(model, images, layer, c) for c in wanted], dim=1)
+
+
+def gradcam_target_maps(
+    model: nn.Module, images: Tensor, target: Tensor, layer: nn.Module | None = None
+) -> Tensor:
+    """Grad-CAM of one class per image (e.g. the true or predicted class), model in eval mode.
+
+    Cost: one forward and one backward pass of the batch, plus one forward pass of one image.
+
+    Args:
+        model: A classifier returning logits (B, K), usually a baseline.
+        images: Float batch (B, C, H, W) on the model's device.
+        target: Class index per image, integer (B,).
+        layer: Convolutional layer to read; :func:`default_cam_layer` when None.
+
+    Returns:
+        Non-negative maps, float (B, H, W), equal to ``gradcam_maps(...)[b, target[b]]``.
+
+    Raises:
+        TypeError, ValueError: As :func:`gradcam_maps`, or for a malformed ``target``.
+    """
+    check_images(model, images)
+    layer = _check_layer(model, layer)
+    with evaluation_mode(model):
+        target = check_target(target, images, count_classes(model, images))
+        return _gradcam(model, images, layer, target)[:, 0]

@@ -1,0 +1,171 @@
+"""Heatmap stores: a trained model's class maps over a split of its slice store.
+
+``generate_heatmaps(run_dir, split)`` runs the network of a ``gpseg train`` run
+over one split and writes ``RUN_DIR/heatmaps/<split>.zarr``:
+
+| array | dtype, shape | meaning |
+|---|---|---|
+| ``maps`` | float16 ``(N, K, S, S)`` | class maps at the store's slice size ``S`` |
+| ``logits`` | float32 ``(N, K)`` | classifier logits |
+| ``predicted`` | int8 ``(N,)`` | ``argmax`` of the logits |
+| ``labels`` | int8 ``(N,)`` | true classes (copied from the slice store) |
+| ``index`` | int64 ``(N,)`` | the slices' indices in the slice store |
+| ``posthoc/*`` | float16 ``(M, S, S)`` | post-hoc maps of the first ``M`` tumour slices |
+
+GP models give their inherent un-pooled class maps (``forward_maps``);
+baselines give Grad-CAM maps of every class (``kind`` attribute ``gradcam``),
+so both are thresholded the same way. The store is written under a temporary
+name and renamed into place, like slice stores.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import zarr
+
+from gpmodels.nets import is_gp_model
+from gpmodels.training import load_trained
+from storage.store import SPLIT_NAMES, open_store
+
+HEATMAP_DIR = "heatmaps"
+POSTHOC_METHODS: tuple[str, ...] = ("occlusion", "guided_backprop")
+
+
+def heatmap_path(run_dir: Path | str, split: str) -> Path:
+    """Where the heatmap store of a run's split lives."""
+    return Path(run_dir) / HEATMAP_DIR / f"{split}.zarr"
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``cuda`` when available (or as asked), else ``cpu``."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _to_size(x: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
+    """Resize a ``(B, C, H, W)`` batch to ``size``; anti-aliased when shrinking."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode=mode, align_corners=False, antialias=x.shape[-1] > size)
+
+
+def class_maps(model: torch.nn.Module, images: torch.Tensor, gp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(B, K)`` and class maps ``(B, K, H, W)`` of one batch.
+
+    GP models: the inherent un-pooled maps. Baselines: Grad-CAM of every class.
+    """
+    if gp:
+        with torch.no_grad():
+            logits, maps = model.forward_maps(images)
+        return logits.float(), maps.float()
+    from gpmodels.gradcam import gradcam_maps
+
+    with torch.no_grad():
+        logits = model(images)
+    return logits.float(), gradcam_maps(model, images).float()
+
+
+def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int = 16, device: str | None = None,
+                      posthoc: int = 8, progress: Callable[[int, int], None] | None = None) -> Path:
+    """Run a trained model over one split of its fold and write the heatmap store.
+
+    Args:
+        run_dir: a ``gpseg train`` run directory.
+        split: ``train``, ``val`` or ``test``.
+        batch_size: slices per forward pass.
+        device: ``cuda``/``cpu``; default: a GPU when present.
+        posthoc: post-hoc maps (occlusion, guided backprop) for this many
+            tumour slices (0 to skip; they cost many forward passes each).
+        progress: called with (slices done, total).
+
+    Returns:
+        The heatmap store path.
+
+    Raises:
+        ValueError: unknown split, or the split is empty in this fold.
+    """
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"split: got {split!r}, expected one of {SPLIT_NAMES}")
+    started = time.perf_counter()
+    target = pick_device(device)
+    model, run = load_trained(run_dir, map_location=target)
+    gp = is_gp_model(run.train.model)
+    group = open_store(run.store_path)
+    codes = group[f"splits/fold_{run.train.fold}"][:]
+    index = np.flatnonzero(codes == SPLIT_NAMES.index(split))
+    if index.size == 0:
+        raise ValueError(f"{run.store_path}: fold {run.train.fold} has no {split} slices")
+    labels = group["labels"][:][index]
+    size, k = int(group["images"].shape[-1]), len(run.classes)
+    out = heatmap_path(run_dir, split)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    heat = zarr.create_group(store=str(tmp), zarr_format=3)
+    maps_arr = heat.create_array("maps", shape=(index.size, k, size, size), dtype="float16",
+                                 chunks=(1, k, size, size), compressors=zarr.codecs.ZstdCodec(level=1))
+    logits_all = np.zeros((index.size, k), dtype=np.float32)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if target.type == "cuda" else nullcontext())
+    try:
+        for start in range(0, index.size, batch_size):
+            sel = index[start:start + batch_size]
+            images = torch.from_numpy(group["images"].get_orthogonal_selection((sel,)).astype(np.float32)).to(target)
+            with autocast:
+                logits, maps = class_maps(model, _to_size(images, run.image_size), gp)
+            maps_arr[start:start + sel.size] = _to_size(maps, size).cpu().numpy().astype(np.float16)
+            logits_all[start:start + sel.size] = logits.cpu().numpy()
+            if progress is not None:
+                progress(start + sel.size, index.size)
+        heat.create_array("logits", data=logits_all)
+        heat.create_array("predicted", data=logits_all.argmax(axis=1).astype(np.int8))
+        heat.create_array("labels", data=labels.astype(np.int8))
+        heat.create_array("index", data=index.astype(np.int64))
+        if posthoc:
+            _write_posthoc(heat, model, group, index, labels, run, gp, posthoc, target)
+        heat.attrs.update({
+            "kind": "gp" if gp else "gradcam", "model": run.train.model, "fold": run.train.fold, "split": split,
+            "run_dir": str(Path(run_dir).resolve()), "store_path": run.store_path,
+            "data_version": run.data_version, "classes": list(run.classes), "channels": list(run.channels),
+            "image_size": run.image_size, "store_image_size": size, "device": str(target),
+            "seconds": time.perf_counter() - started,
+        })
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, index: np.ndarray,
+                   labels: np.ndarray, run, gp: bool, count: int, device: torch.device) -> None:
+    """Post-hoc maps of the first ``count`` slices with a tumour class, at the store size."""
+    from gpmodels.posthoc import posthoc_batch
+
+    tumour = labels > 0 if run.classes[0] == "tumour-free" else np.ones(labels.size, bool)
+    rows = np.flatnonzero(tumour)[:count]
+    if rows.size == 0:
+        return
+    size = int(group["images"].shape[-1])
+    images = torch.from_numpy(group["images"].get_orthogonal_selection((index[rows],)).astype(np.float32))
+    images = _to_size(images.to(device), run.image_size)
+    target = torch.from_numpy(labels[rows].astype(np.int64)).to(device)
+    maps = posthoc_batch(model, images, target, methods=POSTHOC_METHODS, is_gp=gp)
+    heat.create_array("posthoc/rows", data=rows.astype(np.int64))
+    for name, values in maps.items():
+        tensor = torch.as_tensor(np.asarray(values, dtype=np.float32))[:, None]
+        heat.create_array(f"posthoc/{name}", data=_to_size(tensor, size)[:, 0].numpy().astype(np.float16))

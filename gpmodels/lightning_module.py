@@ -1,0 +1,136 @@
+"""The Lightning module: one shared step for training, validation and test of any gpseg network.
+
+The network is built outside (``gpmodels.nets.build_model``) and passed in, Lightning-examples
+style. The loss is class-weighted cross-entropy (weights balanced on the training split); for
+networks with an auxiliary classifier (InceptionV3's ``forward_with_aux``) the training loss is
+``CE(logits) + aux_weight * CE(aux_logits)``, torchvision's convention with ``aux_weight = 0.4``.
+Optimiser: Adam with L2 weight decay (DESIGN.md "Training").
+
+Logged: ``train_loss`` (epoch mean); ``val_loss``, ``val_acc``, ``val_f1`` (weighted F1) per
+epoch; the same as ``test_*`` in testing.
+
+References:
+    Szegedy, C. et al., "Rethinking the Inception architecture for computer vision", CVPR 2016
+    (auxiliary classifier). Kingma, D. P. and Ba, J., "Adam", ICLR 2015.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+_EVAL_STAGES = ("val", "test")
+
+
+def weighted_cross_entropy(logits: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
+    """Class-weighted cross-entropy, the weighted mean over the batch.
+
+    Equal to ``F.cross_entropy(logits, labels, weight=weights)``, except that a batch whose
+    labels all have weight 0 (a class absent from the training split) gives 0 instead of NaN.
+
+    Args:
+        logits: float ``(B, K)``.
+        labels: int64 ``(B,)``.
+        weights: float ``(K,)``.
+
+    Returns:
+        A float32 scalar.
+    """
+    losses = F.cross_entropy(logits.float(), labels, reduction="none")
+    sample_weights = weights[labels]
+    return (losses * sample_weights).sum() / sample_weights.sum().clamp_min(torch.finfo(torch.float32).tiny)
+
+
+class ClassifierModule(pl.LightningModule):
+    """Trains a slice classifier with image-level labels.
+
+    Args:
+        net: the network; ``net(x)`` maps ``(B, C, H, W)`` to logits ``(B, K)``. If it has
+            ``forward_with_aux(x) -> (logits, aux_logits | None)``, the auxiliary loss is added in
+            training.
+        class_weights: cross-entropy weight per class (K values).
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        aux_weight: weight of the auxiliary loss.
+        run_config: the run's configuration as a plain dict (stored in checkpoints as
+            hyperparameters; primitives only, so checkpoints load with ``weights_only=True``).
+
+    Raises:
+        ValueError: If ``class_weights`` is empty or negative, or a rate is out of range.
+    """
+
+    def __init__(self, net: nn.Module, class_weights: Sequence[float], lr: float = 1e-3,
+                 weight_decay: float = 5e-4, aux_weight: float = 0.4,
+                 run_config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        weights = [float(w) for w in class_weights]
+        if not weights or min(weights) < 0:
+            raise ValueError(f"class_weights: got {weights}, expected one weight >= 0 per class")
+        if lr <= 0 or weight_decay < 0 or aux_weight < 0:
+            raise ValueError(f"lr, weight_decay, aux_weight: got {lr}, {weight_decay}, {aux_weight}, "
+                             "expected lr > 0 and the others >= 0")
+        self.save_hyperparameters({"class_weights": weights, "lr": lr, "weight_decay": weight_decay,
+                                   "aux_weight": aux_weight, "run_config": run_config or {}})
+        self.net = net
+        self.register_buffer("class_weights", torch.tensor(weights, dtype=torch.float32))
+        self.has_aux = callable(getattr(net, "forward_with_aux", None))
+        num_classes = len(weights)
+        self.metrics = nn.ModuleDict({
+            stage: MetricCollection({
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "f1": MulticlassF1Score(num_classes, average="weighted"),
+            }, prefix=f"{stage}_")
+            for stage in _EVAL_STAGES
+        })
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits ``(B, K)`` for images ``(B, C, H, W)``."""
+        return self.net(images)
+
+    def loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits ``(B, K)`` and the loss (with the auxiliary term in training mode).
+
+        Args:
+            images: float ``(B, C, H, W)``.
+            labels: int64 ``(B,)``.
+        """
+        aux = None
+        if self.has_aux and self.training:
+            logits, aux = self.net.forward_with_aux(images)
+        else:
+            logits = self.net(images)
+        loss = weighted_cross_entropy(logits, labels, self.class_weights)
+        if aux is not None:
+            loss = loss + self.hparams.aux_weight * weighted_cross_entropy(aux, labels, self.class_weights)
+        return logits, loss
+
+    def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        labels = batch["label"]
+        logits, loss = self.loss(batch["image"], labels)
+        size = labels.shape[0]
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size,
+                 sync_dist=stage != "train")
+        if stage in _EVAL_STAGES:
+            metrics = self.metrics[stage]
+            metrics.update(logits.argmax(dim=1), labels)
+            self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -1,0 +1,273 @@
+"""Writing predicted slice masks back as NIfTI volumes on each patient's original voxel grid.
+
+A slice store keeps axial slice ``z`` of a patient as ``volume[:, :, z].T`` resized from the
+source's in-plane size ``(Y, X)`` to the store's ``S x S`` (see :mod:`storage.slicing`), and
+records each patient's volume shape, affine and first channel file in the group attribute
+``volumes``. :func:`reassemble_volume` undoes the slicing for one patient;
+:func:`export_patient_masks` writes one ``<patient><suffix>.nii.gz`` per patient with the
+header of the patient's original file, so that the mask overlays the source in any viewer.
+
+Files are written atomically: the compressed bytes go to a hidden ``.tmp`` file in the output
+folder, are flushed to disk and then renamed over the final name, so an interrupted export leaves
+either the previous file or the complete new one (at worst a hidden ``.tmp`` file, which never
+ends in ``.nii.gz``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from storage.store import open_store, read_patients
+
+logger = logging.getLogger(__name__)
+
+MASK_DESCRIPTION = "gpseg mask"
+"""Start of the ``descrip`` field of every exported header; the rest names the header's origin."""
+
+_GZIP_LEVEL = 6
+_DESCRIP_BYTES = 80
+
+
+def _nearest_indices(source: int, target: int) -> np.ndarray:
+    """Index of the source pixel whose cell holds each of ``target`` output pixel centres.
+
+    int ``(target,)``; the identity when ``source == target``.
+    """
+    return np.minimum(((np.arange(target) + 0.5) * (source / target)).astype(np.intp), source - 1)
+
+
+def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    values = tuple(shape)
+    if len(values) != 3 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+                                   for v in values):
+        raise ValueError(f"shape: got {shape!r}, expected three positive integers (X, Y, Z)")
+    return int(values[0]), int(values[1]), int(values[2])
+
+
+def reassemble_volume(masks: np.ndarray, slice_index: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Put a patient's axial slice masks back into a volume on the source voxel grid.
+
+    Each mask is resized from ``H x W`` (the store's ``S x S``) to the source's in-plane size,
+    ``Y`` rows by ``X`` columns, by nearest-neighbour sampling at pixel centres (output pixel
+    ``y`` reads row ``floor((y + 0.5) * H / Y)``, likewise for columns), then written as
+    ``volume[:, :, z] = mask.T``, undoing :func:`storage.slicing.axial_slices`. When ``H, W``
+    equal ``Y, X`` this is the exact inverse of the slicing; it is also the exact inverse of the
+    ingestion's nearest enlargement (``S`` larger than the source). For a store shrunk at
+    ingestion (``S`` smaller) each source pixel takes the store pixel that contains its centre,
+    the geometric counterpart of the images' resizing; a ground-truth mask sent back this way
+    differs from the original by about one store pixel along its border, since the ingestion
+    shrank it by any-overlap. Slices not given (blank, or not predicted) are zero.
+
+    Args:
+        masks: bool or integer ``(n, H, W)``; any non-zero value is foreground.
+        slice_index: integer ``(n,)``, distinct positions ``z`` in ``[0, Z)``.
+        shape: the source volume's shape ``(X, Y, Z)``.
+
+    Returns:
+        uint8 ``(X, Y, Z)`` with values 0 and 1.
+
+    Raises:
+        TypeError: ``masks`` is not bool or integer (threshold heatmaps first), or
+            ``slice_index`` is not integer.
+        ValueError: wrong dimensions, mismatched lengths, repeated or out-of-range positions,
+            or an invalid ``shape``.
+
+    References:
+        Nearest-neighbour resampling at pixel centres as in ``storage.slicing.resize_masks``.
+    """
+    x, y, z = _check_shape(shape)
+    masks = np.asarray(masks)
+    slice_index = np.asarray(slice_index)
+    if masks.ndim != 3 or 0 in masks.shape[1:]:
+        raise ValueError(f"masks: got shape {masks.shape}, expected (n, H, W) with H, W >= 1")
+    if masks.dtype != bool and not np.issubdtype(masks.dtype, np.integer):
+        raise TypeError(f"masks: got dtype {masks.dtype}, expected bool or an integer type "
+                        "(threshold heatmaps into masks first)")
+    if slice_index.shape != (masks.shape[0],):
+        raise ValueError(f"slice_index: got shape {slice_index.shape}, expected ({masks.shape[0]},), "
+                         "one position per mask")
+    if slice_index.size and not np.issubdtype(slice_index.dtype, np.integer):
+        raise TypeError(f"slice_index: got dtype {slice_index.dtype}, expected an integer type")
+    if slice_index.size and (slice_index.min() < 0 or slice_index.max() >= z):
+        raise ValueError(f"slice_index: got positions {slice_index.min()}..{slice_index.max()}, expected "
+                         f"0..{z - 1} (a 2-D source has -1 and cannot be reassembled)")
+    if np.unique(slice_index).size != slice_index.size:
+        raise ValueError("slice_index: got repeated positions, expected one mask per slice")
+    volume = np.zeros((x, y, z), dtype=np.uint8)
+    if slice_index.size:
+        rows = _nearest_indices(masks.shape[1], y)
+        cols = _nearest_indices(masks.shape[2], x)
+        resized = masks[:, rows[:, None], cols[None, :]] != 0
+        volume[:, :, slice_index.astype(np.intp)] = resized.transpose(2, 1, 0)
+    return volume
+
+
+def _reference_header(path: Path, shape: tuple[int, int, int], affine: np.ndarray) -> nib.Nifti1Header | None:
+    """A copy of the reference file's header, or ``None`` (logged) when it is gone or no longer matches."""
+    if not path.is_file():
+        logger.warning("%s: reference file gone; rebuilding the header from the stored affine", path)
+        return None
+    try:
+        header = nib.load(path).header
+        found_shape = tuple(int(v) for v in header.get_data_shape())
+        found_affine = header.get_best_affine()
+    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        logger.warning("%s: header unreadable (%s); rebuilding it from the stored affine", path, exc)
+        return None
+    if found_shape[:3] != shape or any(v != 1 for v in found_shape[3:]) or not np.allclose(found_affine, affine):
+        logger.warning("%s: header (shape %s) no longer matches the stored grid (shape %s and affine); "
+                       "rebuilding it from the stored affine", path, found_shape, shape)
+        return None
+    return nib.Nifti1Header.from_header(header)
+
+
+def mask_image(volume: np.ndarray, affine: np.ndarray, reference: Path | None) -> nib.Nifti1Image:
+    """A uint8 NIfTI-1 image of a mask volume with the original file's header where possible.
+
+    The reference file's header is read (not its voxels) and copied when the file exists and
+    matches ``volume``'s shape and ``affine``: orientation codes, pixel dimensions, units and
+    timing stay as in the original. Otherwise a fresh header is built with ``affine`` as sform
+    and qform (code 1, scanner) and millimetre units. In both cases the data type is uint8,
+    scaling is the identity (slope 1, intercept 0), the display range is 0..1 and ``descrip``
+    records which header was used.
+
+    Args:
+        volume: uint8 ``(X, Y, Z)`` mask.
+        affine: float ``(4, 4)`` voxel-to-world matrix of the source.
+        reference: the source's first channel file, or ``None`` when unknown.
+
+    Returns:
+        The image (nothing is written).
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    header = None if reference is None else _reference_header(reference, volume.shape, affine)
+    if header is None:
+        origin = "header rebuilt from the stored affine"
+        header = nib.Nifti1Header()
+        header.set_xyzt_units("mm", "sec")
+        header.set_qform(affine, code=1)
+        header.set_sform(affine, code=1)
+    else:
+        origin = f"header of {reference.name}"
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1.0, 0.0)
+    header["cal_min"], header["cal_max"] = 0.0, 1.0
+    header["descrip"] = f"{MASK_DESCRIPTION}; {origin}".encode()[:_DESCRIP_BYTES]
+    return nib.Nifti1Image(volume.astype(np.uint8, copy=False), affine, header)
+
+
+def write_nifti_atomic(image: nib.Nifti1Image, path: Path) -> Path:
+    """Write ``image`` as gzip-compressed NIfTI-1 at ``path`` (``.nii.gz``), atomically.
+
+    The bytes go to a hidden temporary file beside ``path``, are flushed to disk and renamed
+    over ``path``; on any error the temporary file is removed and an existing ``path`` is left
+    untouched. The gzip timestamp is zero, so equal images give equal files.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    payload = gzip.compress(image.to_bytes(), compresslevel=_GZIP_LEVEL, mtime=0)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _check_indices(indices: np.ndarray, count: int, store: str | Path) -> np.ndarray:
+    indices = np.asarray(indices)
+    if indices.ndim != 1 or (indices.size and not np.issubdtype(indices.dtype, np.integer)):
+        raise ValueError(f"indices: got shape {indices.shape} and dtype {indices.dtype}, "
+                         "expected integer (N,) store indices")
+    if indices.size and (indices.min() < 0 or indices.max() >= count):
+        raise ValueError(f"indices: got {indices.min()}..{indices.max()}, expected 0..{count - 1} "
+                         f"(store {store} holds {count} slices)")
+    if np.unique(indices).size != indices.size:
+        raise ValueError("indices: got repeated store indices, expected one mask per slice")
+    return indices.astype(np.intp)
+
+
+def _file_name(patient: str, suffix: str) -> str:
+    name = f"{patient}{suffix}.nii.gz"
+    if Path(name).name != name or name.startswith(".") or "\\" in name:
+        raise ValueError(f"patient {patient!r}, suffix {suffix!r}: the file name {name!r} is not a plain "
+                         "file name; expected no path separators and no leading dot")
+    return name
+
+
+def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: np.ndarray, out_dir: str | Path,
+                         *, suffix: str = "_pred") -> list[Path]:
+    """Write slice masks of a 3-D slice store as one NIfTI volume per patient.
+
+    The slices are grouped by patient, each patient's volume is rebuilt with
+    :func:`reassemble_volume` (slices not given are zero) and written as
+    ``out_dir/<patient><suffix>.nii.gz`` with the original grid and header (see
+    :func:`mask_image`; the reference path is resolved against the store's ``source_root``).
+    Patients without a given slice get no file. Which header each file got is logged and kept
+    in its ``descrip`` field.
+
+    Args:
+        store_path: slice store ingested from 3-D volumes (BraTS or a manifest).
+        indices: integer ``(N,)`` distinct store indices of the masks' slices, in any order.
+        masks: bool or integer ``(N, S, S)`` masks at the store's image size.
+        out_dir: output folder (created if needed).
+        suffix: appended to the patient id in the file names.
+
+    Returns:
+        The written files, in patient order.
+
+    Raises:
+        StoreError: ``store_path`` is not a slice store.
+        ValueError: the store holds 2-D slices (Jun Cheng) or lacks a patient's volume record,
+            ``indices`` or ``masks`` are invalid, or a file name would not be a plain name.
+        TypeError: ``masks`` is not bool or integer.
+    """
+    group = open_store(store_path)
+    volumes = group.attrs.get("volumes") or {}
+    if not volumes:
+        raise ValueError(f"{store_path}: a store of 2-D slices (dataset {group.attrs.get('dataset')!r}, "
+                         "slice_index -1, no 'volumes' attribute); NIfTI export needs a store ingested from "
+                         "3-D volumes (BraTS or a manifest) that records each patient's grid")
+    count = int(group["labels"].shape[0])
+    indices = _check_indices(indices, count, store_path)
+    masks = np.asarray(masks)
+    if masks.ndim != 3 or masks.shape[0] != indices.size:
+        raise ValueError(f"masks: got shape {masks.shape}, expected ({indices.size}, S, S), one mask per index")
+    patients = read_patients(group)[indices]
+    slice_index = group["slice_index"][:][indices]
+    root = group.attrs.get("source_root")
+    names = {}
+    for patient in np.unique(patients).tolist():
+        if patient not in volumes:
+            raise ValueError(f"{store_path}: patient {patient!r} has no entry in the 'volumes' attribute; "
+                             "re-ingest the store to record its grid")
+        names[patient] = _file_name(patient, suffix)
+    out_dir = Path(out_dir)
+    written = []
+    for patient, name in names.items():
+        record = volumes[patient]
+        selected = patients == patient
+        volume = reassemble_volume(masks[selected], slice_index[selected], record["shape"])
+        reference = Path(record["reference"])
+        if not reference.is_absolute():
+            reference = Path(root) / reference if root else None
+        image = mask_image(volume, np.asarray(record["affine"]), reference)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written.append(write_nifti_atomic(image, out_dir / name))
+        logger.info("%s: %s", written[-1], image.header["descrip"].item().decode())
+    return written

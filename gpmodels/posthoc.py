@@ -1,0 +1,373 @@
+"""Post-hoc explanations (occlusion, guided backpropagation) and their agreement with GP heatmaps.
+
+The GP heatmap of a class is built into the network (:func:`gp_heatmaps`); the post-hoc maps are
+computed afterwards from the logits of any model, GP or baseline, and compared against it with a
+rank correlation and a top-pixel overlap. :func:`posthoc_batch` gathers all maps of one batch for
+an agreement table or a figure panel; Grad-CAM lives in :mod:`gpmodels.gradcam`.
+
+* **Occlusion**: a window of w×w pixels over all C channels is set to 0 and slid with stride s;
+  the drop of the target logit is credited to every pixel of the window and averaged over the
+  windows covering the pixel (the last window of a row or column may hang over the border, so
+  every pixel is covered). Positive values: evidence for the class. Cost:
+  ``(ceil((H - w) / s) + 1) * (ceil((W - w) / s) + 1) + 1`` forward passes of the batch, about
+  (H/s)·(W/s): 901 at 240×240 and 4,097 at 512×512 with the defaults (w = 15, s = 8).
+* **Guided backpropagation**: the gradient of the target logit with respect to the input, where
+  every ``nn.ReLU`` module passes back only positive gradients (and only where its input was
+  positive). captum hooks ReLU *modules* only, so a functional or in-place ReLU would silently
+  give plain or wrong gradients: the model must pass :func:`~gpmodels.nets.relu_audit`. The map
+  is the absolute maximum over channels, ``max_c |g_c|`` (the channel reduction of Simonyan et
+  al.), so that gradients of opposite sign on different MRI sequences do not cancel.
+  GP-ReconResNet rectifies with PReLU, which is not hooked: it has no ``nn.ReLU`` at all, so its
+  "guided" map is exactly the plain input-gradient saliency (PReLU's gradient, slope ``a`` on
+  negative inputs, passes through unchanged).
+
+All maps are float32 at the input size H, W and in their own units; the agreement measures below
+depend on the pixel order only, not on the scale.
+
+References:
+    Zeiler, M. D. and Fergus, R., "Visualizing and understanding convolutional networks", ECCV
+    2014 (occlusion). Springenberg, J. T. et al., "Striving for simplicity: the all convolutional
+    net", ICLR 2015 workshop (guided backpropagation). Simonyan, K. et al., "Deep inside
+    convolutional networks: visualising image classification models and saliency maps", ICLR
+    2014 workshop. Kokhlikyan, N. et al., "Captum", arXiv 2009.07896 (2020). Spearman, C., "The
+    proof and measurement of association between two things", Am. J. Psychol. 15 (1904).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from captum.attr import GuidedBackprop, Occlusion
+from scipy.stats import rankdata
+from torch import Tensor, nn
+
+from gpmodels.gradcam import (
+    check_images,
+    check_target,
+    count_classes,
+    evaluation_mode,
+    gradcam_target_maps,
+)
+from gpmodels.nets.audit import relu_audit
+
+__all__ = [
+    "POSTHOC_METHODS",
+    "OcclusionConfig",
+    "gp_heatmaps",
+    "guided_backprop_maps",
+    "occlusion_maps",
+    "occlusion_window",
+    "posthoc_batch",
+    "rank_agreement",
+    "top_fraction_overlap",
+]
+
+POSTHOC_METHODS: tuple[str, ...] = ("occlusion", "guided_backprop")
+"""Post-hoc methods :func:`posthoc_batch` can run."""
+
+MAX_WINDOW = 15
+"""Occlusion window side for images of 240 px and more."""
+MIN_WINDOW = 3
+"""Smallest default occlusion window side."""
+WINDOW_DIVISOR = 16
+"""Below 240 px the default window side is about the image side divided by this."""
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name}: expected an integer {bounds}, got {value!r}")
+
+
+def occlusion_window(height: int, width: int) -> int:
+    """Default occlusion window side: ``min(15, max(3, min(H, W) // 16))``, rounded up to odd.
+
+    15 at 240 px and above, 9 at 128 px, 3 at 32 px; never more than ``min(H, W)``.
+
+    Raises:
+        ValueError: If a side is not a positive integer.
+    """
+    _check_int("height", height, 1)
+    _check_int("width", width, 1)
+    side = min(MAX_WINDOW, max(MIN_WINDOW, min(height, width) // WINDOW_DIVISOR)) | 1
+    return min(side, height, width)
+
+
+@dataclass(frozen=True)
+class OcclusionConfig:
+    """Occlusion settings shared by :func:`posthoc_batch`, the CLI and the flows.
+
+    Attributes:
+        window: Side w of the square window (it spans all C channels); :func:`occlusion_window`
+            of the image size when None.
+        stride: Step s of the window; ``ceil(w / 2)`` (half overlap) when None.
+        perturbations_per_eval: Occluded copies of the batch evaluated per forward pass (more is
+            faster on a GPU, memory permitting).
+
+    Raises:
+        ValueError: If a value is not a positive integer (or None where allowed).
+    """
+
+    window: int | None = None
+    stride: int | None = None
+    perturbations_per_eval: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("window", "stride"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        _check_int("perturbations_per_eval", self.perturbations_per_eval, 1)
+
+
+def occlusion_maps(
+    model: nn.Module,
+    images: Tensor,
+    target: Tensor,
+    window: int | None = None,
+    stride: int | None = None,
+    perturbations_per_eval: int = 1,
+) -> Tensor:
+    """Occlusion sensitivity of the target logit, model in eval mode, without gradients.
+
+    Args:
+        model: A classifier returning logits (B, K).
+        images: Float batch (B, C, H, W) on the model's device.
+        target: Class index per image, integer (B,).
+        window: See :class:`OcclusionConfig`; at most ``min(H, W)``.
+        stride: See :class:`OcclusionConfig`.
+        perturbations_per_eval: See :class:`OcclusionConfig`.
+
+    Returns:
+        Float (B, H, W): per pixel, the mean logit drop of the windows covering it, summed over
+        the C channels (all channels share one value, so this is C times that drop). Cost: see
+        the module docstring, plus one forward pass of one image to read K.
+
+    Raises:
+        TypeError, ValueError: For a malformed batch or target, or a window or stride outside
+            [1, min(H, W)] and [1, ∞).
+    """
+    check_images(model, images)
+    channels, height, width = images.shape[1:]
+    window = occlusion_window(height, width) if window is None else window
+    _check_int("window", window, 1, min(height, width))
+    stride = (window + 1) // 2 if stride is None else stride
+    _check_int("stride", stride, 1)
+    _check_int("perturbations_per_eval", perturbations_per_eval, 1)
+    with evaluation_mode(model), torch.no_grad():
+        target = check_target(target, images, count_classes(model, images))
+        attributions = Occlusion(model).attribute(
+            images,
+            sliding_window_shapes=(channels, window, window),
+            strides=(channels, stride, stride),
+            baselines=0.0,
+            target=target,
+            perturbations_per_eval=perturbations_per_eval,
+        )
+    return attributions.sum(dim=1)
+
+
+def guided_backprop_maps(model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
+    """Guided backpropagation of the target logit to the input, model in eval mode.
+
+    Args:
+        model: A classifier returning logits (B, K) whose ReLUs pass
+            :func:`~gpmodels.nets.relu_audit` (all five gpseg networks do).
+        images: Float batch (B, C, H, W) on the model's device.
+        target: Class index per image, integer (B,).
+
+    Returns:
+        Float (B, H, W), non-negative: ``max_c |g_c|`` of the guided gradient g (B, C, H, W).
+        For models without ``nn.ReLU`` modules (GP-ReconResNet) this is the plain gradient.
+
+    Raises:
+        ValueError: If the model fails the ReLU audit (an in-place, shared, reused or functional
+            ReLU), which captum would silently get wrong; or for a malformed batch or target.
+    """
+    check_images(model, images)
+    with evaluation_mode(model):
+        target = check_target(target, images, count_classes(model, images))
+        problems = relu_audit(model, images[:1])
+        if problems:
+            raise ValueError(
+                "model: guided backpropagation needs every ReLU to be its own non-in-place "
+                f"nn.ReLU module, called once; relu_audit found: {'; '.join(problems)}"
+            )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+            inputs = images.detach().requires_grad_()
+            gradients = GuidedBackprop(model).attribute(inputs, target=target)
+    return gradients.detach().abs().amax(dim=1)
+
+
+def gp_heatmaps(model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
+    """The built-in heatmap of the target class of each image, model in eval mode.
+
+    Args:
+        model: A GP network with ``forward_maps(x) -> (logits (B, K), maps (B, K, H, W))``.
+        images: Float batch (B, C, H, W) on the model's device.
+        target: Class index per image, integer (B,).
+
+    Returns:
+        Float (B, H, W): ``maps[b, target[b]]``, unsuppressed (negative values kept).
+
+    Raises:
+        TypeError: If the model has no ``forward_maps`` (a baseline).
+        ValueError: For a malformed batch or target.
+    """
+    if not callable(getattr(model, "forward_maps", None)):
+        raise TypeError(
+            f"model: expected a GP network with forward_maps, got {type(model).__name__}; "
+            "use gradcam_target_maps for a baseline"
+        )
+    check_images(model, images)
+    with evaluation_mode(model), torch.no_grad():
+        _, maps = model.forward_maps(images)
+    target = check_target(target, images, maps.shape[1])
+    return maps[torch.arange(images.shape[0], device=maps.device), target]
+
+
+def posthoc_batch(
+    model: nn.Module,
+    images: Tensor,
+    target: Tensor,
+    methods: Sequence[str] = POSTHOC_METHODS,
+    *,
+    is_gp: bool,
+    occlusion: OcclusionConfig = OcclusionConfig(),
+) -> dict[str, np.ndarray]:
+    """All maps of one batch for the target classes: the reference map and the post-hoc ones.
+
+    The model is put in eval mode and every submodule's previous mode is restored afterwards; all
+    work runs on the images' device.
+
+    Args:
+        model: A GP network or a baseline, on the images' device.
+        images: Float batch (B, C, H, W).
+        target: Class index per image, integer (B,) (the true or the predicted class).
+        methods: Any of :data:`POSTHOC_METHODS`, in the order wanted.
+        is_gp: True for a GP network (adds ``"gp"``, its heatmap), False for a baseline (adds
+            ``"gradcam"``, Grad-CAM at the default layer).
+        occlusion: Window, stride and batching of the occlusion method.
+
+    Returns:
+        ``{"gp" or "gradcam": map, method: map, ...}``, each float32 (B, H, W) on the CPU.
+
+    Raises:
+        TypeError: If ``methods`` is a single string, or ``is_gp`` is True for a model without
+            ``forward_maps``.
+        ValueError: For an unknown method, or as raised by the individual methods.
+    """
+    if isinstance(methods, str):
+        raise TypeError(f"methods: expected a sequence of method names, got the string {methods!r}")
+    unknown = [method for method in methods if method not in POSTHOC_METHODS]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; expected some of {POSTHOC_METHODS}")
+    with evaluation_mode(model):
+        if is_gp:
+            maps = {"gp": gp_heatmaps(model, images, target)}
+        else:
+            maps = {"gradcam": gradcam_target_maps(model, images, target)}
+        for method in methods:
+            if method == "occlusion":
+                maps[method] = occlusion_maps(
+                    model,
+                    images,
+                    target,
+                    occlusion.window,
+                    occlusion.stride,
+                    occlusion.perturbations_per_eval,
+                )
+            else:
+                maps[method] = guided_backprop_maps(model, images, target)
+    return {name: value.float().cpu().numpy() for name, value in maps.items()}
+
+
+def rank_agreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation of two maps, slice by slice.
+
+    Pixels are ranked within each slice (ties get their average rank) and the Pearson
+    correlation of the ranks is taken per slice. Memory: a few float64 copies of the maps, so
+    call it chunk by chunk on large stacks.
+
+    Args:
+        a: Maps, real (N, H, W), e.g. GP heatmaps.
+        b: Maps of the same shape, e.g. occlusion maps.
+
+    Returns:
+        float64 (N,) in [-1, 1]: 1 for the same pixel order, -1 for the reverse; NaN where a
+        slice of either map is constant (the correlation is undefined).
+
+    Raises:
+        ValueError: If the shapes differ or are not (N, H, W), or a value is not finite.
+    """
+    a, b = _check_pair(a, b)
+    ranks_a = rankdata(a.reshape(len(a), a.shape[1] * a.shape[2]), axis=1)
+    ranks_b = rankdata(b.reshape(len(b), b.shape[1] * b.shape[2]), axis=1)
+    ranks_a -= ranks_a.mean(axis=1, keepdims=True)
+    ranks_b -= ranks_b.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((ranks_a**2).sum(axis=1) * (ranks_b**2).sum(axis=1))
+    out = np.full(len(a), np.nan)
+    np.divide((ranks_a * ranks_b).sum(axis=1), denominator, out=out, where=denominator > 0)
+    return np.clip(out, -1.0, 1.0)
+
+
+def top_fraction_overlap(a: np.ndarray, b: np.ndarray, fraction: float = 0.05) -> np.ndarray:
+    """Intersection over union of the top pixels of two maps, slice by slice.
+
+    The top set of a slice holds the pixels at or above its k-th largest value,
+    ``k = max(1, round(fraction * H * W))``; pixels tied with the k-th value are all included,
+    so the set does not depend on pixel order.
+
+    Args:
+        a: Maps, real (N, H, W).
+        b: Maps of the same shape.
+        fraction: Share of pixels in each top set, in (0, 1].
+
+    Returns:
+        float64 (N,) in [0, 1]; NaN where a slice of either map is constant (no pixel stands out).
+
+    Raises:
+        ValueError: If the shapes differ or are not (N, H, W), a value is not finite, or
+            ``fraction`` is outside (0, 1].
+    """
+    number = isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+    if not number or not 0 < fraction <= 1:
+        raise ValueError(f"fraction: expected a number in (0, 1], got {fraction!r}")
+    a, b = _check_pair(a, b)
+    flat_a = a.reshape(len(a), a.shape[1] * a.shape[2])
+    flat_b = b.reshape(len(b), b.shape[1] * b.shape[2])
+    k = max(1, round(fraction * flat_a.shape[1]))
+    top_a = _top_pixels(flat_a, k)
+    top_b = _top_pixels(flat_b, k)
+    out = (top_a & top_b).sum(axis=1) / (top_a | top_b).sum(axis=1)
+    constant = np.ptp(flat_a, axis=1) == 0
+    constant |= np.ptp(flat_b, axis=1) == 0
+    out[constant] = np.nan
+    return out
+
+
+def _top_pixels(flat: np.ndarray, k: int) -> np.ndarray:
+    """Boolean (N, P): pixels at or above the k-th largest value of their row."""
+    kth = np.partition(flat, flat.shape[1] - k, axis=1)[:, flat.shape[1] - k]
+    return flat >= kth[:, None]
+
+
+def _check_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 3 or a.shape != b.shape or a.shape[1] * a.shape[2] == 0:
+        raise ValueError(
+            f"a, b: expected two maps of one shape (N, H, W), got {a.shape} and {b.shape}"
+        )
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("a, b: expected finite values, found NaN or infinity")
+    return a, b

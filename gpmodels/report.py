@@ -1,0 +1,376 @@
+"""The self-contained HTML report of a set of evaluated runs, with its metrics as JSON and CSV.
+
+``build_report(run_dirs, out_dir)`` reads each run's ``evaluation.json`` and
+``evaluation_slices.csv`` (written by :func:`gpmodels.evaluation.write_evaluation`), its
+``config.json``, ``metrics.csv`` and heatmap store, and writes into ``out_dir``:
+
+* ``index.html`` (:mod:`gpmodels.report_html`, figures from :mod:`gpmodels.report_figures`): one
+  page, inline CSS and inline PNGs (data URIs), nothing fetched: the summary table per dataset
+  beside the paper's numbers, confusion matrices, Dice histograms, example and post-hoc panels,
+  the run configurations and training curves;
+* ``metrics.json``: every run's evaluation and the per-(dataset, model) aggregates;
+* ``summary.csv`` (one row per dataset and model, mean and std over folds) and ``runs.csv`` (one
+  row per run).
+
+Runs are grouped by dataset (the store's ``dataset`` attribute) and model label: the network
+plus any network option that differs from its default and any threshold method other than
+multi-Otsu, so variants (e.g. ``pool=maps``) are never averaged together. Scalars are the mean
+and population std over the group's runs (:func:`gpmodels.metrics.aggregate_folds`); the
+median Dice is the mean over folds of each fold's median. Files are written atomically.
+
+References:
+    S. Chatterjee et al., "Weakly-supervised segmentation using inherently-explainable
+    classification models and their application to brain tumour classification",
+    arXiv:2206.05148, 2022 (tables 3-5: the numbers shown as "paper").
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpmodels.evaluation import load_evaluation
+from gpmodels.metrics import aggregate_folds
+from gpmodels.nets import MODEL_NAMES, model_options
+from gpmodels.postprocess import CleaningConfig, ThresholdConfig
+from storage.errors import StoreError
+from storage.store import open_store
+
+MODEL_TITLES: dict[str, str] = {"gp-unet": "GP-UNet", "gp-reconresnet": "GP-ReconResNet",
+                                "gp-shuffleunet": "GP-ShuffleUNet", "inceptionv3": "InceptionV3",
+                                "resnext50": "ResNeXt50"}
+DATASET_TITLES: dict[str, str] = {"brats": "BraTS", "jun-cheng": "Jun Cheng"}
+KIND_TITLES: dict[str, str] = {"gp": "GP (inherent)", "gradcam": "Grad-CAM (post-hoc)"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """A scalar of the summary table: its key, header, and which direction is better (or none)."""
+
+    key: str
+    header: str
+    better: str | None = "high"
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("precision", "Precision"), Column("recall", "Recall"), Column("f1", "F1"),
+    Column("accuracy", "Accuracy"), Column("dice_median", "median Dice"),
+    Column("dice_slice_std", "Dice std (slices)", None),
+    Column("tumour_only_accuracy", "LGG vs HGG acc."), Column("patient_accuracy", "patient acc."),
+    Column("fpr_tumour_free", "FPR tumour-free", "low"),
+)
+
+
+@dataclass(frozen=True)
+class PaperResult:
+    """One row of the paper's tables (fractions; ``None`` where the paper gives none)."""
+
+    dataset: str
+    model: str
+    values: Mapping[str, float]
+    note: str = ""
+
+
+PAPER_RESULTS: tuple[PaperResult, ...] = (
+    PaperResult("jun-cheng", "inceptionv3", {"precision": .96, "recall": .97, "f1": .97, "accuracy": .97}),
+    PaperResult("jun-cheng", "gp-reconresnet",
+                {"precision": .96, "recall": .95, "f1": .95, "accuracy": .95, "dice_median": .10}),
+    PaperResult("brats", "resnext50", {"precision": .95, "recall": .95, "f1": .95, "accuracy": .95}),
+    PaperResult("brats", "gp-unet", {"precision": .93, "recall": .93, "f1": .93, "accuracy": .93,
+                                     "dice_median": .67, "dice_slice_std": .08}, "later version: median Dice .728"),
+    PaperResult("brats", "gp-shuffleunet", {"precision": .94, "recall": .94, "f1": .93, "accuracy": .94,
+                                            "dice_median": .53, "dice_slice_std": .08,
+                                            "tumour_only_accuracy": .9874}),
+    PaperResult("brats", "gp-reconresnet", {"precision": .93, "recall": .93, "f1": .92, "accuracy": .93,
+                                            "dice_median": .60, "dice_slice_std": .06}, "fixed threshold 0.5"),
+)
+"""DESIGN.md "Paper results" (BraTS 2020 and Jun Cheng, slice-level splits)."""
+
+
+@dataclass(frozen=True)
+class ReportRun:
+    """One evaluated run as the report sees it.
+
+    Attributes:
+        run_dir: the run directory.
+        evaluation: its ``evaluation.json``.
+        config: its ``config.json`` (``None`` when absent).
+        slices: the columns of ``evaluation_slices.csv`` as arrays (``None`` when absent).
+        dataset: the store's ``dataset`` attribute (the store's name when it cannot be opened).
+        label: model title plus non-default network options and threshold method.
+        store_error: why the slice store could not be opened, else ``None``.
+    """
+
+    run_dir: Path
+    evaluation: dict[str, Any]
+    config: dict[str, Any] | None
+    slices: dict[str, np.ndarray] | None
+    dataset: str
+    label: str
+    store_error: str | None
+
+    @property
+    def model(self) -> str:
+        return self.evaluation["run"]["model"]
+
+    @property
+    def fold(self) -> int:
+        return int(self.evaluation["run"]["fold"])
+
+    @property
+    def kind(self) -> str:
+        return self.evaluation["run"].get("kind", "gp")
+
+    @property
+    def offset_auto(self) -> bool:
+        return str(self.evaluation["threshold"].get("offset_source", "")).startswith("auto")
+
+
+def threshold_config(values: Mapping[str, Any]) -> ThresholdConfig:
+    """Rebuild the :class:`ThresholdConfig` of an ``evaluation.json`` ``threshold`` entry.
+
+    ``offset_source`` is dropped, ``cleaning`` becomes a :class:`CleaningConfig` and
+    ``auto_offsets`` a tuple.
+    """
+    kept = {key: value for key, value in values.items() if key != "offset_source"}
+    if "cleaning" in kept:
+        kept["cleaning"] = CleaningConfig(**kept["cleaning"])
+    if "auto_offsets" in kept:
+        kept["auto_offsets"] = tuple(kept["auto_offsets"])
+    return ThresholdConfig(**kept)
+
+
+def _read_slices(path: Path) -> dict[str, np.ndarray] | None:
+    """The columns of an ``evaluation_slices.csv`` as ``(N,)`` arrays (``dice`` NaN where empty)."""
+    if not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    ints = ("index", "label", "predicted", "target_pixels", "pred_pixels")
+    out = {key: np.asarray([int(row[key]) for row in rows], np.int64) for key in ints}
+    out["dice"] = np.asarray([float(row["dice"]) if row["dice"] else math.nan for row in rows])
+    out["patient"] = np.asarray([row["patient"] for row in rows], dtype=str)
+    return out
+
+
+def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str, Any]) -> str:
+    parts = []
+    if config is not None:
+        defaults = model_options(model)
+        parts += [f"{key}={value}" for key, value in sorted(config.get("model_options", {}).items())
+                  if defaults.get(key) != value]
+    if threshold.get("method", "multiotsu") != "multiotsu":
+        parts.append(f"fixed {threshold['value']:g}" if threshold["method"] == "fixed" else threshold["method"])
+    if threshold.get("target_class", "predicted") != "predicted":
+        parts.append(f"{threshold['target_class']} class")
+    title = MODEL_TITLES.get(model, model)
+    return f"{title} ({', '.join(parts)})" if parts else title
+
+
+def load_run(run_dir: Path | str) -> ReportRun:
+    """Read what the report needs from one run directory.
+
+    Raises:
+        FileNotFoundError: the directory or its ``evaluation.json`` is missing.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run_dirs: {run_dir} is not a directory")
+    try:
+        evaluation = load_evaluation(run_dir)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{run_dir}: no evaluation.json; evaluate the run first "
+                                "(`gpseg postprocess` or gpmodels.evaluation.write_evaluation)") from exc
+    config_path = run_dir / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else None
+    store_path = evaluation["run"]["store_path"]
+    try:
+        dataset, store_error = str(open_store(store_path).attrs.get("dataset", Path(store_path).stem)), None
+    except StoreError as exc:
+        dataset, store_error = Path(store_path).stem, str(exc)
+    return ReportRun(run_dir=run_dir, evaluation=evaluation, config=config,
+                     slices=_read_slices(run_dir / "evaluation_slices.csv"), dataset=dataset,
+                     label=_label(evaluation["run"]["model"], config, evaluation["threshold"]),
+                     store_error=store_error)
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def run_scalars(evaluation: Mapping[str, Any]) -> dict[str, float]:
+    """The summary scalars of one evaluation (keys of :data:`COLUMNS`), NaN where undefined."""
+    cls, seg = evaluation["classification"], evaluation["segmentation"]
+    return {"precision": _number(cls["precision"]), "recall": _number(cls["recall"]), "f1": _number(cls["f1"]),
+            "accuracy": _number(cls["accuracy"]), "dice_median": _number(seg["dice"].get("median")),
+            "dice_slice_std": _number(seg["dice"].get("std")),
+            "tumour_only_accuracy": _number(evaluation.get("tumour_only_accuracy")),
+            "patient_accuracy": _number(evaluation.get("patient_accuracy")),
+            "fpr_tumour_free": _number(seg.get("fpr_tumour_free"))}
+
+
+@dataclass(frozen=True)
+class ModelGroup:
+    """The runs of one model label on one dataset (normally one per fold)."""
+
+    dataset: str
+    label: str
+    runs: tuple[ReportRun, ...]
+
+    @property
+    def model(self) -> str:
+        return self.runs[0].model
+
+    @property
+    def kind(self) -> str:
+        return self.runs[0].kind
+
+    @property
+    def stats(self) -> dict[str, dict[str, float]]:
+        """``{key: {"mean", "std", "n"}}`` over the runs for every key of :data:`COLUMNS`."""
+        return aggregate_folds([run_scalars(run.evaluation) for run in self.runs])
+
+    @property
+    def confusion(self) -> np.ndarray:
+        """The confusion matrices of the runs summed, int ``(K, K)``."""
+        return np.sum([run.evaluation["classification"]["confusion_matrix"] for run in self.runs], axis=0)
+
+    @property
+    def paper(self) -> PaperResult | None:
+        return next((p for p in PAPER_RESULTS if (p.dataset, p.model) == (self.dataset, self.model)), None)
+
+
+def group_runs(runs: Sequence[ReportRun]) -> list[ModelGroup]:
+    """Group runs by (dataset, label), ordered by dataset, network (:data:`MODEL_NAMES`), label, fold."""
+    keys: dict[tuple[str, str], list[ReportRun]] = {}
+    for run in runs:
+        keys.setdefault((run.dataset, run.label), []).append(run)
+    groups = [ModelGroup(dataset, label, tuple(sorted(members, key=lambda r: (r.fold, str(r.run_dir)))))
+              for (dataset, label), members in keys.items()]
+    order = {name: i for i, name in enumerate(MODEL_NAMES)}
+    return sorted(groups, key=lambda g: (g.dataset, order.get(g.model, len(order)), g.label))
+
+
+def _clean_json(value: Any) -> Any:
+    """NaN and infinities to ``None``, numpy scalars and arrays to Python, recursively."""
+    if isinstance(value, Mapping):
+        return {str(key): _clean_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_clean_json(item) for item in value]
+    if isinstance(value, (np.integer, np.floating)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _csv_cell(value: Any) -> Any:
+    """Floats at full precision, NaN as an empty cell."""
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ""
+    return value
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows([_csv_cell(value) for value in row] for row in rows)
+    return buffer.getvalue()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _tables(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> tuple[str, str]:
+    keys = [c.key for c in COLUMNS]
+    header = ["dataset", "model", "label", "kind", "runs", "folds"]
+    header += [f"{key}_{part}" for key in keys for part in ("mean", "std")]
+    rows = []
+    for group in groups:
+        stats = group.stats
+        rows.append([group.dataset, group.model, group.label, group.kind, len(group.runs),
+                     " ".join(str(run.fold) for run in group.runs)]
+                    + [stats[key][part] for key in keys for part in ("mean", "std")])
+    summary = _csv_text(header, rows)
+    run_header = ["run_dir", "dataset", "model", "label", "fold", "kind", "split", *keys, "threshold_method",
+                  "threshold_offset", "threshold_value", "offset_source"]
+    run_rows = []
+    for run in runs:
+        scalars, thr = run_scalars(run.evaluation), run.evaluation["threshold"]
+        run_rows.append([str(run.run_dir), run.dataset, run.model, run.label, run.fold, run.kind,
+                         run.evaluation["run"].get("split"), *(scalars[key] for key in keys), thr.get("method"),
+                         thr.get("offset"), thr.get("value"), thr.get("offset_source")])
+    return summary, _csv_text(run_header, run_rows)
+
+
+def _metrics_json(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], header: Mapping[str, Any]) -> str:
+    return json.dumps(_clean_json({
+        **header,
+        "runs": [{"run_dir": str(run.run_dir), "dataset": run.dataset, "model": run.model, "label": run.label,
+                  "fold": run.fold, "scalars": run_scalars(run.evaluation), "evaluation": run.evaluation}
+                 for run in runs],
+        "aggregates": [{"dataset": g.dataset, "model": g.model, "label": g.label, "kind": g.kind,
+                        "folds": [run.fold for run in g.runs], "metrics": g.stats,
+                        "confusion_matrix": g.confusion.tolist(),
+                        "paper": None if g.paper is None else {**g.paper.values, "note": g.paper.note}}
+                       for g in groups],
+    }), indent=2)
+
+
+def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg report", notes: Sequence[str] = (),
+                 *, channel: str | None = None) -> Path:
+    """Write the HTML report, ``metrics.json``, ``summary.csv`` and ``runs.csv`` of evaluated runs.
+
+    Args:
+        run_dirs: run directories, each with an ``evaluation.json``.
+        out_dir: output folder (created).
+        title: page title.
+        notes: lines shown under the title (e.g. how thresholds were chosen).
+        channel: input channel shown in the panels where the store has it; default the first.
+
+    Returns:
+        ``out_dir / "index.html"``.
+
+    Raises:
+        ValueError: ``run_dirs`` is empty or a string.
+        FileNotFoundError: a run directory or its ``evaluation.json`` is missing.
+    """
+    from gpmodels.report_html import render_page  # it imports this module's types
+
+    if isinstance(run_dirs, (str, Path)) or not run_dirs:
+        raise ValueError(f"run_dirs: got {run_dirs!r}, expected a non-empty sequence of run directories")
+    runs = [load_run(path) for path in run_dirs]
+    groups = group_runs(runs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        gpseg_version = version("gpseg")
+    except PackageNotFoundError:
+        gpseg_version = "unknown"
+    header = {"title": title, "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "gpseg_version": gpseg_version, "notes": list(notes)}
+    summary, runs_csv = _tables(runs, groups)
+    texts = {"index.html": render_page(header, groups, channel),
+             "metrics.json": _metrics_json(runs, groups, header), "summary.csv": summary, "runs.csv": runs_csv}
+    for name, text in texts.items():
+        _write_atomic(out_dir / name, text)
+    return out_dir / "index.html"

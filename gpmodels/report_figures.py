@@ -1,0 +1,442 @@
+"""Small PNG figures of the HTML report: confusion matrices, Dice histograms, example and post-hoc panels.
+
+The ``*_png`` functions take plain arrays and return PNG bytes rendered by matplotlib's Agg
+canvas (``matplotlib.figure.Figure``, no pyplot state, so figures are freed when they go out of
+scope); :func:`data_uri` turns them into ``data:image/png;base64,...`` for inline ``<img>``
+tags. Panels are about 2 inches at :data:`DPI` so a report with dozens of them stays a few MB.
+:func:`choose_examples`, :func:`example_figures` and :func:`posthoc_figure` pick the slices of
+one run and read them from its heatmap store and slice store.
+
+Colour conventions:
+
+* Raw class heatmaps (and any signed map): ``RdBu_r`` with symmetric limits, 0 is white.
+* Suppressed heatmaps (negatives set to 0) and unsigned maps: ``magma`` from 0.
+* Mask overlays: true positives, over-segmentation (false positives) and under-segmentation
+  (false negatives) in the Okabe-Ito colours :data:`OVERLAY_COLOURS`, which stay distinct for
+  the common colour-vision deficiencies.
+
+References:
+    J. D. Hunter, "Matplotlib: a 2D graphics environment", Computing in Science & Engineering
+    9(3), 2007. M. Okabe and K. Ito, "Color Universal Design (CUD): how to make figures and
+    presentations that are friendly to colorblind people", 2002.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import zarr
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+from PIL import Image
+
+from gpmodels.evaluation import predicted_masks
+from gpmodels.metrics import dice
+from gpmodels.postprocess import ThresholdConfig, heatmap_thresholds
+
+DPI = 80
+PANEL_INCHES = 2.0
+OVERLAY_COLOURS: dict[str, str] = {
+    "true positive": "#009E73",
+    "over-segmentation (FP)": "#D55E00",
+    "under-segmentation (FN)": "#56B4E9",
+}
+"""Overlay colour of each pixel category, in legend order."""
+TRUTH_COLOUR = "#F0E442"
+OVERLAY_ALPHA = 0.6
+_MARGIN, _GAP, _PANEL_TITLE = 0.1, 0.12, 0.22
+_BAR_WIDTH, _BAR_SPACE = 0.08, 0.5
+"""Hand layout of image panels, in inches: margins, gaps, panel titles, colour bars with their ticks."""
+_FRAME_COLOUR = "#d0d7de"
+"""Thin frame of every image panel, so that a map that is white (0 in ``RdBu_r``) stays visible."""
+
+
+def to_png(fig: Figure) -> bytes:
+    """Render a figure with the Agg canvas at :data:`DPI` to a 256-colour PNG.
+
+    The palette (Pillow's fast octree quantiser, no dithering, near-white entries snapped to the
+    page's white) makes noisy heatmap panels about three times smaller than RGBA; the PNG
+    carries no metadata (so no URL either).
+    """
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(DPI)
+    canvas.draw()
+    rgb = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
+    indexed = rgb.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    palette = np.asarray(indexed.getpalette(), dtype=np.uint8).reshape(-1, 3)
+    palette[(palette >= 250).all(axis=1)] = 255
+    indexed.putpalette(palette.ravel().tolist())
+    buffer = io.BytesIO()
+    indexed.save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    """``data:image/png;base64,...`` of PNG bytes, for an inline ``<img src>``."""
+    if not png.startswith(b"\x89PNG"):
+        raise ValueError(f"png: got {len(png)} bytes starting {png[:8]!r}, expected PNG data")
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    """An image scaled to [0, 1] between its 1st and 99th percentiles, float32 ``(H, W)``."""
+    image = np.asarray(image, dtype=np.float32)
+    low, high = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
+    if high <= low:
+        return np.zeros_like(image)
+    return np.clip((image - low) / (high - low), 0.0, 1.0)
+
+
+def overlay_colours(image: np.ndarray, pred: np.ndarray, truth: np.ndarray,
+                    alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """The grey image with TP, FP and FN pixels blended in :data:`OVERLAY_COLOURS`.
+
+    Args:
+        image: ``(H, W)`` float image (any range; percentile-scaled to grey).
+        pred: ``(H, W)`` bool predicted mask.
+        truth: ``(H, W)`` bool ground-truth mask.
+        alpha: opacity of the category colours.
+
+    Returns:
+        float32 ``(H, W, 3)`` RGB in [0, 1].
+
+    Raises:
+        ValueError: if the three arrays differ in shape or are not 2-D.
+    """
+    image, pred, truth = np.asarray(image), np.asarray(pred, bool), np.asarray(truth, bool)
+    if image.ndim != 2 or pred.shape != image.shape or truth.shape != image.shape:
+        raise ValueError(f"image, pred, truth: got shapes {image.shape}, {pred.shape}, {truth.shape}, "
+                         "expected three equal (H, W) shapes")
+    rgb = np.repeat(_grey(image)[..., None], 3, axis=2)
+    for where, colour in zip((pred & truth, pred & ~truth, ~pred & truth), OVERLAY_COLOURS.values()):
+        rgb = _blend(rgb, where, colour, alpha)
+    return rgb
+
+
+def _blend(rgb: np.ndarray, where: np.ndarray, colour: str, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """``rgb`` (H, W, 3) with ``colour`` blended in at opacity ``alpha`` where ``where`` (H, W) is true."""
+    rgb[where] = (1 - alpha) * rgb[where] + alpha * np.asarray(to_rgb(colour), np.float32)
+    return rgb
+
+
+def _symmetric(values: np.ndarray) -> float:
+    """Half-width of symmetric colour limits: ``max |v|`` (1 for an all-zero or non-finite map)."""
+    finite = np.abs(values[np.isfinite(values)])
+    limit = float(finite.max()) if finite.size else 0.0
+    return limit if limit > 0 else 1.0
+
+
+def _grid(rows: int, bars: Sequence[bool], panel: float, top: float, bottom: float
+          ) -> tuple[Figure, list[list], list[list]]:
+    """A figure of ``rows`` x ``len(bars)`` square image axes placed by hand (much faster than
+    constrained layout), each with a colour-bar axis beside it where ``bars`` says so.
+
+    Args:
+        rows: rows of panels.
+        bars: per column, whether it has a colour bar.
+        panel: panel side in inches.
+        top: inches above the panels (figure title).
+        bottom: inches below the panels (legend).
+
+    Returns:
+        The figure, the image axes ``[row][col]`` and the colour-bar axes (``None`` without a bar).
+    """
+    widths = [panel + (_BAR_SPACE if bar else 0.0) for bar in bars]
+    width = 2 * _MARGIN + sum(widths) + _GAP * (len(bars) - 1)
+    row_height = panel + _PANEL_TITLE
+    height = top + rows * row_height + bottom
+    fig = Figure(figsize=(width, height))
+    axes, colour_bars = [], []
+    for row in range(rows):
+        y = (height - top - (row + 1) * row_height) / height
+        x = _MARGIN
+        row_axes, row_bars = [], []
+        for column_width, bar in zip(widths, bars):
+            ax = fig.add_axes((x / width, y, panel / width, panel / height), xticks=[], yticks=[])
+            for spine in ax.spines.values():
+                spine.set_color(_FRAME_COLOUR)
+            row_axes.append(ax)
+            row_bars.append(fig.add_axes(((x + panel + 0.05) / width, y, _BAR_WIDTH / width, panel / height))
+                            if bar else None)
+            x += column_width + _GAP
+        axes.append(row_axes)
+        colour_bars.append(row_bars)
+    return fig, axes, colour_bars
+
+
+def _show_map(fig: Figure, ax, bar_ax, values: np.ndarray, title: str, signed: bool | None = None) -> None:
+    """A map with ``RdBu_r`` (signed, symmetric limits) or ``magma`` (from 0) and its colour bar.
+
+    ``signed=None`` chooses ``RdBu_r`` when the map has negative values.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    limit = _symmetric(values)
+    if signed or (signed is None and np.nanmin(values) < 0):
+        shown = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    else:
+        shown = ax.imshow(values, cmap="magma", vmin=0.0, vmax=limit)
+    _caption(ax, title)
+    bar = fig.colorbar(shown, cax=bar_ax, format=FormatStrFormatter("%.4g"))
+    bar.ax.tick_params(labelsize=6)
+
+
+def _caption(ax, title: str) -> None:
+    """A panel title as plain text above the axes (``set_title`` re-measures the axes on every draw)."""
+    ax.text(0.5, 1.03, title, transform=ax.transAxes, ha="center", va="bottom", fontsize=8)
+
+
+def _show_rgb(ax, rgb: np.ndarray, title: str) -> None:
+    ax.imshow(rgb)
+    _caption(ax, title)
+
+
+def _show_grey(ax, image: np.ndarray, title: str) -> None:
+    ax.imshow(_grey(image), cmap="gray", vmin=0.0, vmax=1.0)
+    _caption(ax, title)
+
+
+def confusion_png(matrix: np.ndarray, classes: Sequence[str], title: str) -> bytes:
+    """A confusion matrix as a heatmap with the counts written in the cells.
+
+    Args:
+        matrix: ``(K, K)`` int counts, rows true class, columns predicted class.
+        classes: the ``K`` class names.
+        title: figure title.
+    """
+    matrix = np.asarray(matrix)
+    k = len(classes)
+    if matrix.shape != (k, k):
+        raise ValueError(f"matrix: got shape {matrix.shape}, expected ({k}, {k}) for classes {list(classes)}")
+    fig = Figure(figsize=(1.0 + 0.75 * k, 0.9 + 0.7 * k), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
+    half = matrix.max() / 2 if matrix.size else 0
+    for (row, col), count in np.ndenumerate(matrix):
+        ax.text(col, row, str(int(count)), ha="center", va="center", fontsize=8,
+                color="white" if count > half else "black")
+    ax.set_xticks(range(k), classes, fontsize=7, rotation=30, ha="right")
+    ax.set_yticks(range(k), classes, fontsize=7)
+    ax.set_xlabel("predicted", fontsize=7)
+    ax.set_ylabel("true", fontsize=7)
+    _caption(ax, title)
+    return to_png(fig)
+
+
+def dice_histogram_png(scores: np.ndarray, title: str, bins: int = 20) -> bytes:
+    """Histogram of per-slice Dice in [0, 1] with its median marked.
+
+    Args:
+        scores: ``(n,)`` float Dice of the slices with a non-empty target (NaN ignored).
+        title: figure title.
+        bins: equal-width bins over [0, 1].
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    scores = scores[np.isfinite(scores)]
+    fig = Figure(figsize=(3.0, 2.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.hist(scores, bins=bins, range=(0.0, 1.0), color="#0072B2")
+    if scores.size:
+        median = float(np.median(scores))
+        ax.axvline(median, color="#D55E00", linewidth=1.2, label=f"median {median:.2f}")
+        ax.legend(fontsize=6, frameon=False)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("Dice per slice", fontsize=7)
+    ax.set_ylabel("slices", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.set_title(f"{title} (n={scores.size})", fontsize=8)
+    return to_png(fig)
+
+
+def example_png(image: np.ndarray, raw: np.ndarray, mask: np.ndarray, truth: np.ndarray, title: str,
+                threshold: float | None = None) -> bytes:
+    """One example row: input, raw heatmap, suppressed heatmap, TP/FP/FN overlay, ground truth.
+
+    Args:
+        image: ``(H, W)`` float input channel.
+        raw: ``(H, W)`` float heatmap of the thresholded class (signed).
+        mask: ``(H, W)`` bool predicted mask.
+        truth: ``(H, W)`` bool ground-truth mask.
+        title: row title (class, Dice, slice).
+        threshold: the slice's threshold in heatmap units, shown on the suppressed map.
+    """
+    raw = np.asarray(raw, dtype=np.float32)
+    fig, (axes,), (bars,) = _grid(1, (False, True, True, False, False), PANEL_INCHES, top=0.35, bottom=0.3)
+    _show_grey(axes[0], image, "input")
+    _show_map(fig, axes[1], bars[1], raw, "raw heatmap", signed=True)
+    label = "suppressed" if threshold is None else f"suppressed, threshold {threshold:.3g}"
+    _show_map(fig, axes[2], bars[2], np.maximum(raw, 0.0), label, signed=False)
+    _show_rgb(axes[3], overlay_colours(image, mask, truth), "mask vs ground truth")
+    grey = np.repeat(_grey(image)[..., None], 3, axis=2)
+    _show_rgb(axes[4], _blend(grey, np.asarray(truth, bool), TRUTH_COLOUR), "ground truth")
+    handles = [Patch(color=colour, label=name) for name, colour in OVERLAY_COLOURS.items()]
+    handles.append(Patch(color=TRUTH_COLOUR, label="ground truth"))
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=9, y=0.99, va="top")
+    return to_png(fig)
+
+
+def posthoc_png(images: np.ndarray, maps: Mapping[str, np.ndarray], title: str) -> bytes:
+    """Rows of slices: the input, then each map (reference first, then the post-hoc methods).
+
+    Args:
+        images: ``(M, H, W)`` float inputs.
+        maps: name -> ``(M, H, W)`` float maps, in column order.
+        title: figure title.
+    """
+    images = np.asarray(images)
+    rows = images.shape[0]
+    for name, values in maps.items():
+        if np.shape(values) != images.shape:
+            raise ValueError(f"maps[{name!r}]: got shape {np.shape(values)}, expected {images.shape}")
+    fig, axes, bars = _grid(rows, (False,) + (True,) * len(maps), 0.8 * PANEL_INCHES, top=0.3, bottom=0.05)
+    for row in range(rows):
+        _show_grey(axes[row][0], images[row], "input" if row == 0 else "")
+        for col, (name, values) in enumerate(maps.items(), start=1):
+            _show_map(fig, axes[row][col], bars[row][col], values[row], name.replace("_", " ") if row == 0 else "")
+    fig.suptitle(title, fontsize=9, y=0.99, va="top")
+    return to_png(fig)
+
+
+def training_curves_png(curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], title: str) -> bytes:
+    """Loss and F1 per epoch, one line per run.
+
+    Args:
+        curves: run label -> metric name (``train_loss``, ``val_loss``, ``val_f1``) -> (epochs, values),
+            two float ``(n,)`` arrays; missing metrics are skipped.
+        title: figure title.
+    """
+    fig = Figure(figsize=(6.0, 2.4), layout="constrained")
+    loss, f1 = fig.subplots(1, 2)
+    colours = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"]
+    for i, (label, series) in enumerate(curves.items()):
+        colour = colours[i % len(colours)]
+        for name, ax, style in (("val_loss", loss, "-"), ("train_loss", loss, ":"), ("val_f1", f1, "-")):
+            if name in series:
+                x, y = series[name]
+                ax.plot(x, y, style, color=colour, marker=".", markersize=3, linewidth=1,
+                        label=f"{label} {name.split('_')[0]}")
+    epochs = [x for series in curves.values() for x, _ in series.values() if len(x)]
+    for ax, name in ((loss, "loss (solid val, dotted train)"), (f1, "validation F1")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if epochs:
+            ax.set_xlim(min(x.min() for x in epochs) - 0.5, max(x.max() for x in epochs) + 0.5)
+        ax.set_xlabel("epoch", fontsize=7)
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=6)
+    f1.set_ylim(0.0, 1.0)
+    if curves:
+        loss.legend(fontsize=6, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    return to_png(fig)
+
+
+def choose_examples(slices: Mapping[str, np.ndarray], classes: Sequence[str]) -> list[tuple[int, str]]:
+    """Rows of the heatmap store to show per class: the median-Dice slice and one failure.
+
+    For every tumour class (every class when class 0 is not ``tumour-free``) among slices with a
+    non-empty target: the slice whose Dice is the (lower) median, and the lowest-Dice slice as the
+    failure when it scores below the median. For a ``tumour-free`` class 0: the slice with the
+    largest (false-positive) predicted mask, when any mask is non-empty.
+
+    Args:
+        slices: ``evaluation_slices.csv`` columns: ``label``, ``dice`` (NaN without target),
+            ``target_pixels``, ``pred_pixels``, each ``(N,)``.
+        classes: the class names.
+
+    Returns:
+        ``(row, case)`` pairs, ``case`` being ``"median"``, ``"failure"`` or ``"false positive"``.
+    """
+    label, score = np.asarray(slices["label"]), np.asarray(slices["dice"], dtype=np.float64)
+    has_target = np.asarray(slices["target_pixels"]) > 0
+    tumour_free = classes[0] == "tumour-free"
+    chosen: list[tuple[int, str]] = []
+    for cls in range(len(classes)):
+        if tumour_free and cls == 0:
+            free = np.flatnonzero(label == 0)
+            predicted = np.asarray(slices["pred_pixels"])[free]
+            if free.size and predicted.max() > 0:
+                chosen.append((int(free[np.argmax(predicted)]), "false positive"))
+            continue
+        rows = np.flatnonzero((label == cls) & has_target & np.isfinite(score))
+        if rows.size == 0:
+            continue
+        ordered = rows[np.argsort(score[rows], kind="stable")]
+        median = int(ordered[(ordered.size - 1) // 2])
+        chosen.append((median, "median"))
+        if score[ordered[0]] < score[median]:
+            chosen.append((int(ordered[0]), "failure"))
+    return chosen
+
+
+def example_figures(heatmaps: zarr.Group, store: zarr.Group, slices: Mapping[str, np.ndarray],
+                    config: ThresholdConfig, channel: int) -> list[bytes]:
+    """Example rows (:func:`example_png`) of the slices :func:`choose_examples` picks in one run.
+
+    The mask is recomputed from the stored class maps with
+    :func:`gpmodels.evaluation.predicted_masks` and the run's threshold configuration, so it is
+    the mask that was scored.
+
+    Args:
+        heatmaps: the run's heatmap store (``maps``, ``predicted``, ``labels``, ``index``, attrs).
+        store: the slice store it was computed on.
+        slices: ``evaluation_slices.csv`` columns, in heatmap-store order.
+        config: the threshold configuration with a numeric offset.
+        channel: input channel shown.
+
+    Raises:
+        ValueError: the per-slice rows do not match the heatmap store.
+    """
+    index = heatmaps["index"][:]
+    if not np.array_equal(np.asarray(slices["index"]), index):
+        raise ValueError(f"slices: {len(slices['index'])} per-slice rows do not match the {index.size} slices of "
+                         "the heatmap store; re-run the evaluation")
+    classes = list(heatmaps.attrs["classes"])
+    tumour_free = classes[0] == "tumour-free"
+    predicted, labels = heatmaps["predicted"][:].astype(np.int64), heatmaps["labels"][:].astype(np.int64)
+    out = []
+    for row, case in choose_examples(slices, classes):
+        maps = heatmaps["maps"][row].astype(np.float32)
+        chosen = predicted[row] if config.target_class == "predicted" else labels[row]
+        mask = predicted_masks(maps[None], predicted[row:row + 1], labels[row:row + 1], config, tumour_free)[0]
+        truth = store["masks"][int(index[row])] > 0
+        image = store["images"][int(index[row]), channel].astype(np.float32)
+        empty = tumour_free and chosen == 0
+        threshold = None if empty else float(heatmap_thresholds(
+            maps[chosen][None], config.method, config.offset, config.value, config.suppress_negative,
+            config.classes, config.nbins)[0])
+        score = dice(mask[None], truth[None])[0] if truth.any() else math.nan
+        title = (f"{classes[labels[row]]}, {case}: Dice {'–' if math.isnan(score) else f'{score:.2f}'}, "
+                 f"{mask.sum()} px predicted / {truth.sum()} px true; slice {index[row]} "
+                 f"({slices['patient'][row]}); predicted {classes[predicted[row]]}"
+                 + (" (empty mask)" if empty else f", map of {classes[chosen]}"))
+        out.append(example_png(image, maps[chosen], mask, truth, title, threshold))
+    return out
+
+
+def posthoc_figure(heatmaps: zarr.Group, store: zarr.Group, channel: int, count: int = 3) -> bytes | None:
+    """:func:`posthoc_png` of the first ``count`` slices of a heatmap store's ``posthoc`` group.
+
+    Columns: the input, the reference map (``gp`` or ``gradcam``), occlusion, guided
+    backpropagation, then any other map by name. Returns ``None`` when the store has no post-hoc maps.
+    """
+    if "posthoc" not in heatmaps:
+        return None
+    group = heatmaps["posthoc"]
+    stored = sorted(name for name in group.array_keys() if name != "rows")
+    first = [name for name in ("gp", "gradcam", "occlusion", "guided_backprop") if name in stored]
+    names = first + [name for name in stored if name not in first]
+    rows = group["rows"][:count]
+    if rows.size == 0 or not names:
+        return None
+    slices = heatmaps["index"][:][rows]
+    images = store["images"].get_orthogonal_selection((slices, channel)).astype(np.float32)
+    maps = {name: group[name][:rows.size].astype(np.float32) for name in names}
+    return posthoc_png(images, maps, f"{heatmaps.attrs.get('model', '')} fold {heatmaps.attrs.get('fold', '')}: "
+                                     f"slices {', '.join(str(s) for s in slices)}")

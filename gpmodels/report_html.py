@@ -1,0 +1,358 @@
+"""The HTML page of the report: inline CSS, inline PNGs, no script and nothing fetched.
+
+:func:`render_page` turns the runs and model groups loaded by :mod:`gpmodels.report` into one
+self-contained page: header (notes and warnings), the summary table per dataset beside the
+paper's numbers (best value per column in bold), confusion matrices, Dice histograms, example
+panels, post-hoc panels with their agreement table, and the run configurations with training
+curves. Every text from the runs is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpmodels import report_figures as figs
+from gpmodels.evaluation import open_heatmaps
+from gpmodels.heatmaps import heatmap_path
+from gpmodels.report import (
+    COLUMNS,
+    DATASET_TITLES,
+    KIND_TITLES,
+    ModelGroup,
+    ReportRun,
+    threshold_config,
+)
+from storage.store import open_store
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 24px;
+       color: #1b1f24; max-width: 1320px; }
+h1 { margin-bottom: 4px; } h2 { border-bottom: 1px solid #d0d7de; padding-bottom: 4px; margin-top: 36px; }
+.meta { color: #57606a; font-size: 14px; } .notes li { font-size: 14px; }
+.warning { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 8px 14px; margin: 12px 0; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; font-size: 13px; margin: 8px 0 4px; }
+th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; white-space: nowrap; }
+th { background: #f6f8fa; white-space: normal; vertical-align: bottom; } td.text, th.text { text-align: left; }
+td.best { font-weight: 700; background: #dafbe1; } .sd { display: block; font-size: 11px; color: #57606a; }
+table.wrap td { white-space: normal; max-width: 240px; overflow-wrap: anywhere; vertical-align: top; }
+tr.paper td { color: #57606a; font-style: italic; background: #fafbfc; }
+.caption { color: #57606a; font-size: 13px; max-width: 1100px; }
+.figures { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
+figure { margin: 0 0 10px; } figcaption { font-size: 12px; color: #57606a; }
+img { display: block; max-width: 100%; }
+nav a { margin-right: 14px; font-size: 14px; }
+"""
+
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("summary", "Summary"), ("confusion", "Confusion matrices"), ("dice", "Dice histograms"),
+    ("examples", "Example panels"), ("posthoc", "Post-hoc explanations"), ("configuration", "Run configuration"),
+)
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img src="{figs.data_uri(png)}" alt="{_e(alt)}">'
+
+
+def _fmt(value: float | None, std: float | None = None, n: int = 1) -> str:
+    """``0.930`` with ``± 0.012`` on a second line (only when ``n >= 2``), ``–`` when undefined."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    text = f"{value:.3f}"
+    if std is not None and n >= 2 and math.isfinite(std):
+        text += f'<span class="sd">± {std:.3f}</span>'
+    return text
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: int = 1,
+           row_classes: Sequence[str] = (), wrap: bool = False) -> str:
+    """An HTML table of already-escaped cells; cells may be ``(html, css class)`` pairs."""
+    head = "".join(f'<th class="text">{h}</th>' if i < text_columns else f"<th>{h}</th>"
+                   for i, h in enumerate(header))
+    body = []
+    for r, row in enumerate(rows):
+        cells = []
+        for i, cell in enumerate(row):
+            content, extra = cell if isinstance(cell, tuple) else (cell, "")
+            css = " ".join(c for c in ("text" if i < text_columns else "", extra) if c)
+            cells.append(f'<td class="{css}">{content}</td>' if css else f"<td>{content}</td>")
+        css = f' class="{row_classes[r]}"' if r < len(row_classes) and row_classes[r] else ""
+        body.append(f"<tr{css}>{''.join(cells)}</tr>")
+    table = '<table class="wrap">' if wrap else "<table>"
+    return f'<div class="scroll">{table}<tr>{head}</tr>{"".join(body)}</table></div>'
+
+
+def _best(groups: Sequence[ModelGroup]) -> dict[str, float]:
+    """The best mean per column among two or more groups (ties share it)."""
+    if len(groups) < 2:
+        return {}
+    best = {}
+    for column in COLUMNS:
+        means = [g.stats[column.key]["mean"] for g in groups]
+        finite = [m for m in means if math.isfinite(m)]
+        if column.better and len(finite) >= 2:
+            best[column.key] = max(finite) if column.better == "high" else min(finite)
+    return best
+
+
+def _summary_section(groups: Sequence[ModelGroup]) -> str:
+    parts = []
+    for dataset in dict.fromkeys(g.dataset for g in groups):
+        members = [g for g in groups if g.dataset == dataset]
+        best = _best(members)
+        rows, classes = [], []
+        for group in members:
+            stats = group.stats
+            cells: list[Any] = [_e(group.label), _e(KIND_TITLES.get(group.kind, group.kind)),
+                                _e(" ".join(str(r.fold) for r in group.runs))]
+            for column in COLUMNS:
+                stat = stats[column.key]
+                marked = column.key in best and abs(stat["mean"] - best[column.key]) < 1e-12
+                cells.append((_fmt(stat["mean"], stat["std"], stat["n"]), "best" if marked else ""))
+            rows.append(cells)
+            classes.append("")
+            if group.paper is not None:
+                paper = group.paper
+                note = f" ({_e(paper.note)})" if paper.note else ""
+                rows.append([f"paper{note}", "", ""] + [_e(f"{paper.values[c.key]:g}") if c.key in paper.values
+                                                         else "–" for c in COLUMNS])
+                classes.append("paper")
+        header = ["model", "heatmaps", "folds"] + [_e(c.header) for c in COLUMNS]
+        parts.append(f"<h3>{_e(DATASET_TITLES.get(dataset, dataset))}</h3>"
+                     + _table(header, rows, text_columns=3, row_classes=classes))
+    parts.append(
+        '<p class="caption">Classification: weighted precision, recall and F1, and accuracy on the test split. '
+        "Every scalar is the mean ± population std over the folds (one value when there is one fold). "
+        "<b>median Dice</b>: the mean over folds of each fold's median Dice over test slices with a non-empty "
+        "ground truth, ± std over folds; <b>Dice std (slices)</b>: the mean over folds of the std over slices "
+        "(the paper's ± is over slices). LGG vs HGG accuracy: slices of the tumour classes only (defined when "
+        "there is a tumour-free class and two tumour classes). Patient accuracy: one grade per patient from its "
+        "slices. FPR tumour-free: fraction of tumour-free slices given a non-empty mask. "
+        "<b>Bold</b>: best per column. <i>paper</i>: Chatterjee et al., arXiv 2206.05148 (BraTS 2020 and Jun "
+        "Cheng, slice-level splits, so not directly comparable with patient-grouped splits). "
+        'The Dice convention is stated under <a href="#configuration">Run configuration</a>. – : undefined.</p>')
+    return "".join(parts)
+
+
+def _confusion_section(groups: Sequence[ModelGroup]) -> str:
+    figures = []
+    for g in groups:
+        classes = g.runs[0].evaluation["classification"]["classes"]
+        png = figs.confusion_png(g.confusion, classes, f"{g.label} ({len(g.runs)} run(s))")
+        figures.append(f"<figure>{_img(png, g.label)}<figcaption>{_e(DATASET_TITLES.get(g.dataset, g.dataset))}"
+                       "</figcaption></figure>")
+    return ('<p class="caption">Test slices summed over folds; rows: true class, columns: predicted class.</p>'
+            f'<div class="figures">{"".join(figures)}</div>')
+
+
+def _dice_section(groups: Sequence[ModelGroup]) -> str:
+    figures, missing = [], []
+    for g in groups:
+        scores = [run.slices["dice"][run.slices["target_pixels"] > 0] for run in g.runs if run.slices is not None]
+        missing += [str(run.run_dir) for run in g.runs if run.slices is None]
+        if scores:
+            png = figs.dice_histogram_png(np.concatenate(scores), g.label)
+            figures.append(f"<figure>{_img(png, g.label)}<figcaption>"
+                           f"{_e(DATASET_TITLES.get(g.dataset, g.dataset))}</figcaption></figure>")
+    note = f"<p class=\"caption\">No evaluation_slices.csv in: {_e(', '.join(missing))}.</p>" if missing else ""
+    return ('<p class="caption">Per-slice Dice of test slices with a non-empty ground-truth mask, all folds '
+            f'pooled; the line marks the median.</p>{note}<div class="figures">{"".join(figures)}</div>')
+
+
+def _open_run_stores(run: ReportRun) -> tuple[Any, Any, str | None]:
+    """The run's heatmap store and slice store, or a reason why they cannot be shown."""
+    if run.store_error is not None:
+        return None, None, run.store_error
+    try:
+        heat = open_heatmaps(heatmap_path(run.run_dir, run.evaluation["run"]["split"]))
+    except FileNotFoundError as exc:
+        return None, None, str(exc)
+    return heat, open_store(run.evaluation["run"]["store_path"]), None
+
+
+def _channel(store: Any, channel: str | None) -> tuple[int, str]:
+    """Index and name of the channel to show: ``channel`` when the store has it, else the first."""
+    names = list(store.attrs["channels"])
+    position = names.index(channel) if channel in names else 0
+    return position, names[position]
+
+
+def _examples_section(groups: Sequence[ModelGroup], channel: str | None) -> str:
+    parts = ['<p class="caption">Per class, for the lowest fold of each model: the test slice with the median '
+             "Dice and the one with the lowest (failure), and for tumour-free slices the largest false-positive "
+             "mask. Raw heatmap: map of the thresholded class, RdBu_r centred at 0. Suppressed: negatives set to "
+             "0. The mask is recomputed from the stored maps with the run's threshold settings.</p>"]
+    for g in groups:
+        run = g.runs[0]
+        heat, store, problem = _open_run_stores(run)
+        parts.append(f"<h3>{_e(DATASET_TITLES.get(g.dataset, g.dataset))}: {_e(g.label)}, fold {run.fold}</h3>")
+        if problem is None and run.slices is None:
+            problem = f"{run.run_dir}: no evaluation_slices.csv"
+        if problem is not None:
+            parts.append(f'<p class="caption">Not shown: {_e(problem)}</p>')
+            continue
+        position, name = _channel(store, channel)
+        config = threshold_config(run.evaluation["threshold"])
+        rows = figs.example_figures(heat, store, run.slices, config, position)
+        parts.append(f'<p class="caption">Input channel: {_e(name)}.</p>')
+        parts += [f"<figure>{_img(png, g.label)}</figure>" for png in rows] or ['<p class="caption">No slice.</p>']
+    return "".join(parts)
+
+
+def _posthoc_section(runs: Sequence[ReportRun], channel: str | None) -> str:
+    methods = sorted({m for run in runs if run.evaluation.get("posthoc")
+                      for m in run.evaluation["posthoc"]["spearman_median"]},
+                     key=lambda m: (m != "occlusion", m != "guided_backprop", m))
+    rows = [[_e(DATASET_TITLES.get(run.dataset, run.dataset)), _e(run.label), _e(run.fold),
+             _e(run.evaluation["posthoc"]["reference"]),
+             _e(run.evaluation["posthoc"]["slices"])]
+            + [_fmt(run.evaluation["posthoc"]["spearman_median"].get(m)) for m in methods]
+            for run in runs if run.evaluation.get("posthoc")]
+    if not rows:
+        return '<p class="caption">No run has post-hoc maps (generate heatmaps with posthoc &gt; 0).</p>'
+    parts = ['<p class="caption">Median Spearman rank correlation, over the post-hoc slices, between each '
+             "post-hoc map and the reference map (the GP model's inherent heatmap, or Grad-CAM for baselines). "
+             "Occlusion is signed (RdBu_r); guided backpropagation is an absolute gradient (magma).</p>",
+             _table(["dataset", "model", "fold", "reference", "slices"] + [_e(m.replace("_", " ")) for m in methods],
+                    rows, text_columns=2)]
+    for run in runs:
+        heat, store, problem = _open_run_stores(run)
+        if problem is not None or "posthoc" not in heat:
+            continue
+        png = figs.posthoc_figure(heat, store, _channel(store, channel)[0])
+        if png is not None:
+            parts.append(f"<h3>{_e(DATASET_TITLES.get(run.dataset, run.dataset))}: {_e(run.label)}, fold {run.fold}"
+                         f"</h3><figure>{_img(png, run.label)}</figure>")
+    return "".join(parts)
+
+
+def training_seconds(run_dir: Path) -> float | None:
+    """Training wall time from the TensorBoard event files of a run (first to last event of each
+    file that logged training or validation), or ``None`` when there are none."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    total, found = 0.0, False
+    for path in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        events = list(EventFileLoader(str(path)).Load())
+        tags = {value.tag for event in events for value in event.summary.value}
+        if any(tag.startswith(("train_", "val_")) for tag in tags):
+            total += events[-1].wall_time - events[0].wall_time
+            found = True
+    return total if found else None
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _curves(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``train_loss``, ``val_loss``, ``val_f1`` per epoch from a run's ``metrics.csv`` (empty when absent)."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    out = {}
+    for name in ("train_loss", "val_loss", "val_f1"):
+        points = [(int(row["epoch"]), float(row[name])) for row in rows if row.get(name)]
+        if points:
+            out[name] = (np.asarray([p[0] for p in points]), np.asarray([p[1] for p in points]))
+    return out
+
+
+def _threshold_text(values: Mapping[str, Any]) -> str:
+    method = values.get("method")
+    text = f"fixed {values.get('value')}" if method == "fixed" else str(method)
+    if method == "multiotsu":
+        text += f" (classes {values.get('classes')}) − offset {values.get('offset')}"
+    text += f"; {values.get('target_class')} class; nbins {values.get('nbins')}"
+    if not values.get("suppress_negative", True):
+        text += "; negatives kept"
+    cleaning = {k: v for k, v in values.get("cleaning", {}).items() if v}
+    if cleaning:
+        text += "; cleaning " + ", ".join(f"{k}={v}" for k, v in cleaning.items())
+    return text
+
+
+def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
+    rows = []
+    for run in runs:
+        config = run.config or {}
+        train = config.get("train", {})
+        seconds = training_seconds(run.run_dir)
+        rows.append([_e(run.run_dir), _e(run.label), _e(run.fold), _e(config.get("store_path", "–")),
+                     _e(config.get("data_version", "–")), _e(", ".join(config.get("classes", []))),
+                     _e(", ".join(config.get("channels", []))),
+                     _e(f"{config.get('image_size', '–')} (store {config.get('store_image_size', '–')})"),
+                     _e(train.get("epochs", "–")), _e(train.get("preset", "–")), _e(train.get("seed", "–")),
+                     _e(_threshold_text(run.evaluation["threshold"])),
+                     _e(run.evaluation["threshold"].get("offset_source", "–")),
+                     _duration(seconds)])
+    header = ["run", "model", "fold", "store", "data version", "classes", "channels", "image size", "epochs",
+              "preset", "seed", "threshold", "offset source", "training time"]
+    curves = []
+    for g in groups:
+        series = {f"fold {run.fold}": _curves(run.run_dir) for run in g.runs}
+        series = {label: values for label, values in series.items() if values}
+        if series:
+            png = figs.training_curves_png(series, f"{DATASET_TITLES.get(g.dataset, g.dataset)}: {g.label}")
+            curves.append(f"<figure>{_img(png, g.label)}</figure>")
+    conventions = sorted({run.evaluation["segmentation"].get("convention") or "–" for run in runs})
+    return (_table(header, rows, text_columns=len(header) - 1, wrap=True)
+            + "".join(f'<p class="caption"><b>Dice convention</b>: {_e(text)}</p>' for text in conventions)
+            + '<p class="caption">Training time: first to last training/validation event in the run\'s '
+              "TensorBoard files (all attempts of a resumed run added up).</p>"
+            + f'<h3>Training curves</h3><div class="figures">{"".join(curves) or "–"}</div>')
+
+
+def _warnings(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
+    boxes = []
+    auto = [run for run in runs if run.offset_auto]
+    if auto:
+        boxes.append("Thresholds tuned on validation masks: the multi-Otsu offset of "
+                     + ", ".join(f"{_e(run.label)} fold {run.fold}" for run in auto)
+                     + " was chosen to maximise the median validation Dice, which uses pixel-level labels, so "
+                       "these segmentation scores are not purely weakly supervised.")
+    for g in groups:
+        folds = [run.fold for run in g.runs]
+        if len(set(folds)) < len(folds):
+            boxes.append(f"{_e(g.label)} on {_e(g.dataset)} has several runs of one fold ({folds}); "
+                         "its statistics are over runs, not folds.")
+    boxes += [f"Panels of {_e(run.run_dir)} not shown: {_e(run.store_error)}" for run in runs if run.store_error]
+    return "".join(f'<div class="warning">{text}</div>' for text in boxes)
+
+
+def render_page(header: Mapping[str, Any], groups: Sequence[ModelGroup], channel: str | None = None) -> str:
+    """The whole HTML page (see the module docstring).
+
+    Args:
+        header: ``title``, ``generated``, ``gpseg_version`` and ``notes``.
+        groups: the model groups of :func:`gpmodels.report.group_runs`, in display order.
+        channel: input channel shown in the panels where the store has it; default the first.
+    """
+    runs = [run for group in groups for run in group.runs]
+    notes = "".join(f"<li>{_e(note)}</li>" for note in header["notes"])
+    nav = "".join(f'<a href="#{key}">{_e(name)}</a>' for key, name in SECTIONS)
+    bodies = {"summary": _summary_section(groups), "confusion": _confusion_section(groups),
+              "dice": _dice_section(groups), "examples": _examples_section(groups, channel),
+              "posthoc": _posthoc_section(runs, channel), "configuration": _config_section(runs, groups)}
+    sections = "".join(f'<h2 id="{key}">{_e(name)}</h2>{bodies[key]}' for key, name in SECTIONS)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(header["title"])}</title>'
+            f"<style>{CSS}</style></head><body><h1>{_e(header['title'])}</h1>"
+            f'<div class="meta">{_e(header["generated"])} · gpseg {_e(header["gpseg_version"])} · '
+            f"{len(runs)} run(s), {len(groups)} model(s)</div>"
+            f'{f"<ul class=notes>{notes}</ul>" if notes else ""}{_warnings(runs, groups)}<nav>{nav}</nav>'
+            f"{sections}</body></html>")

@@ -1,0 +1,254 @@
+"""Typed training configuration and its presets (``paper``, ``demo``, ``smoke``), shared by CLI, library and tests.
+
+:class:`TrainConfig` is what a user asks for; :class:`RunConfig` is what a run resolved it to
+against a store (classes, channels, data version, the network's full options, the gradient
+accumulation, the class weights). A run directory's ``config.json`` holds a :class:`RunConfig`,
+from which :func:`gpmodels.training.load_trained` rebuilds the network.
+
+Presets:
+
+* ``paper`` — DESIGN.md "Training": 300 epochs, the store's image size, the networks' default
+  width, batch 32 accumulated to an effective batch of 128, Adam 1e-3 with weight decay 5e-4,
+  gradient clipping 1.0, rotation ±330° and flips.
+* ``demo`` — learns BraTS-like phantoms in about a minute per GP model on two CPU cores: 64 px,
+  width 16, 12 epochs, batch 16 *without* accumulation (effective batch 16, not 128: a phantom
+  set of a few hundred training slices would give only two or three optimiser steps per epoch
+  at 128), and InceptionV3 without its auxiliary classifier (see :data:`PRESET_MODEL_OPTIONS`).
+* ``smoke`` — two optimiser steps on 32 px slices at width 8, for tests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, get_args
+
+from gpmodels.augment import AugmentConfig
+from gpmodels.nets import MODEL_NAMES
+
+Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+CacheMode = Literal["auto", "always", "never"]
+CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
+PresetName = Literal["paper", "demo", "smoke"]
+PRESET_NAMES: tuple[str, ...] = get_args(PresetName)
+
+RESUMABLE_FIELDS: frozenset[str] = frozenset(
+    {"store", "out", "preset", "epochs", "devices", "accelerator", "precision", "num_workers", "cache",
+     "cache_limit_gb", "test"}
+)
+"""Fields a re-run may change and still continue the run in the same directory (the store may move:
+its data is compared through ``data_version``)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs.
+
+    Attributes:
+        store: slice store path or URL.
+        model: network name, one of :data:`gpmodels.nets.MODEL_NAMES`.
+        out: run directory.
+        fold: split fold of the store (``splits/fold_K``).
+        preset: the preset these values started from (recorded, not used).
+        epochs: training epochs.
+        batch_size: slices per batch and device.
+        effective_batch: slices per optimiser step; gradients are accumulated over
+            ``ceil(effective_batch / (batch_size * devices))`` batches.
+        image_size: training size (square); ``None`` = the store's size.
+        width: base width of the GP networks (their ``width`` option); ``None`` = the network's
+            default. The baselines have no width and ignore it.
+        model_options: further network options (e.g. ``{"pool": "maps"}``), checked by
+            :func:`gpmodels.nets.build_model`.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay (L2).
+        grad_clip: gradient norm clip.
+        aux_weight: weight of InceptionV3's auxiliary loss (torchvision convention 0.4).
+        augment: rotation and flips of training slices; ``None`` = none.
+        seed: seed of everything (weights, sampling, augmentation).
+        devices: devices to train on; more than one uses DDP.
+        accelerator: Lightning accelerator (``auto`` = GPU when present).
+        precision: ``auto`` = ``bf16-mixed`` on GPUs that support it, else ``16-mixed``; ``32-true``
+            on CPU.
+        num_workers: data-loading worker processes for splits that are not cached.
+        cache: ``auto`` caches a split in memory when its float16 images take less than
+            ``cache_limit_gb``; ``always``; ``never``.
+        cache_limit_gb: the ``auto`` cache limit per split, in GiB.
+        limit_batches: at most this many batches per epoch in every split (smoke tests); ``None``
+            = all.
+        test: evaluate the best checkpoint on the test split after training.
+    """
+
+    store: str
+    model: str
+    out: str
+    fold: int = 0
+    preset: str = "paper"
+    epochs: int = 300
+    batch_size: int = 32
+    effective_batch: int = 128
+    image_size: int | None = None
+    width: int | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    grad_clip: float = 1.0
+    aux_weight: float = 0.4
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    seed: int = 0
+    devices: int = 1
+    accelerator: str = "auto"
+    precision: Precision = "auto"
+    num_workers: int = 4
+    cache: CacheMode = "auto"
+    cache_limit_gb: float = 4.0
+    limit_batches: int | None = None
+    test: bool = True
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_NAMES:
+            raise ValueError(f"model: got {self.model!r}, expected one of {MODEL_NAMES}")
+        for name in ("epochs", "batch_size", "effective_batch", "devices"):
+            _check_positive(name, getattr(self, name))
+        for name in ("image_size", "width", "limit_batches"):
+            if getattr(self, name) is not None:
+                _check_positive(name, getattr(self, name))
+        for name in ("fold", "seed", "num_workers"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name}: got {getattr(self, name)!r}, expected an integer >= 0")
+        for name in ("lr", "cache_limit_gb"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: got {getattr(self, name)!r}, expected > 0")
+        for name in ("weight_decay", "grad_clip", "aux_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: got {getattr(self, name)!r}, expected >= 0")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: got {self.precision!r}, expected one of {PRECISIONS}")
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"cache: got {self.cache!r}, expected one of {CACHE_MODES}")
+        if "width" in self.model_options:
+            raise ValueError("model_options: got a 'width' entry, expected the width in the `width` field")
+
+    @property
+    def accumulate(self) -> int:
+        """Batches per optimiser step: ``ceil(effective_batch / (batch_size * devices))``."""
+        return math.ceil(self.effective_batch / (self.batch_size * self.devices))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (nested dicts, lists and primitives only)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: If a key is not a field, or a value is invalid.
+        """
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"train config: unknown fields {unknown}")
+        augment = values.get("augment", {})
+        return cls(**{**values, "augment": None if augment is None else AugmentConfig(**augment)})
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "demo": {"epochs": 12, "batch_size": 16, "effective_batch": 16, "image_size": 64, "width": 16,
+             "num_workers": 0},
+    "smoke": {"epochs": 1, "batch_size": 4, "effective_batch": 8, "image_size": 32, "width": 8,
+              "num_workers": 0, "limit_batches": 4},
+}
+
+
+PRESET_MODEL_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "demo": {"inceptionv3": {"aux_logits": False}},
+}
+"""Network options a preset sets for one network. The demo drops InceptionV3's auxiliary classifier:
+its 5x5 convolution needs the 64-px slices enlarged to 299 px, 28 times the training cost of the
+75-px minimum without it (34 vs 1.2 GFLOP per slice)."""
+
+
+def preset_config(preset: PresetName, store: str, model: str, out: str, **overrides: Any) -> TrainConfig:
+    """A :class:`TrainConfig` from a preset, with some fields replaced.
+
+    Args:
+        preset: ``paper``, ``demo`` or ``smoke`` (see the module docstring).
+        store: slice store path.
+        model: network name.
+        out: run directory.
+        **overrides: other :class:`TrainConfig` fields; ``None`` values are ignored, so CLI
+            options left unset keep the preset's value.
+
+    Raises:
+        ValueError: If ``preset`` or a field name is unknown, or a value is invalid.
+    """
+    if preset not in _PRESETS:
+        raise ValueError(f"preset: got {preset!r}, expected one of {PRESET_NAMES}")
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"overrides: unknown fields {unknown}; valid fields are {sorted(names)}")
+    given = {key: value for key, value in overrides.items() if value is not None}
+    options = {**PRESET_MODEL_OPTIONS.get(preset, {}).get(model, {}), **given.pop("model_options", {})}
+    return TrainConfig(store=str(store), model=model, out=str(out), preset=preset,
+                       **{**_PRESETS[preset], **given, "model_options": options})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A training configuration resolved against its store: the content of ``config.json``.
+
+    Attributes:
+        train: the requested configuration.
+        store_path: absolute store path (or the URL as given).
+        data_version: the store's ``data_version`` attribute.
+        classes: class names (K).
+        channels: channel names (C).
+        store_image_size: the store's slice size.
+        image_size: the size the network is trained on.
+        model_options: every option of the network, defaults included.
+        accumulate: batches per optimiser step.
+        class_weights: cross-entropy weights balanced on the training split, one per class.
+        split_sizes: slices per split of the fold.
+    """
+
+    train: TrainConfig
+    store_path: str
+    data_version: str
+    classes: tuple[str, ...]
+    channels: tuple[str, ...]
+    store_image_size: int
+    image_size: int
+    model_options: dict[str, Any]
+    accumulate: int
+    class_weights: tuple[float, ...]
+    split_sizes: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (nested dicts, lists and primitives only)."""
+        out = asdict(self)
+        out["train"] = self.train.to_dict()
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in out.items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """Inverse of :meth:`to_dict`."""
+        tuples = {"classes", "channels", "class_weights"}
+        converted = {key: tuple(value) if key in tuples else value for key, value in values.items()}
+        return cls(**{**converted, "train": TrainConfig.from_dict(values["train"])})
+
+    def differences(self, other: RunConfig) -> list[str]:
+        """Fields (``train.X`` or top-level) in which ``other`` differs, ignoring :data:`RESUMABLE_FIELDS`,
+        ``store_path`` and ``accumulate``."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        changed = [f"train.{key}" for key in mine["train"]
+                   if key not in RESUMABLE_FIELDS and mine["train"][key] != theirs["train"].get(key)]
+        changed += [key for key in mine
+                    if key not in ("train", "store_path", "accumulate") and mine[key] != theirs[key]]
+        return changed
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: got {value!r}, expected a positive integer")

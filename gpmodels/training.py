@@ -1,0 +1,283 @@
+"""Train a network on a fold of a slice store into a run directory, resumably; load it back for inference.
+
+``train(config)`` resolves the configuration against the store (:func:`resolve_run`), writes
+``config.json``, trains with Lightning (checkpoints ``best.ckpt`` by ``val_loss`` and ``last.ckpt``),
+writes the best weights as ``model.pt``, evaluates them on the test split and merges the CSV logs
+into ``metrics.csv`` (layout: :mod:`gpmodels.checkpoints`). Running it again on the same directory
+continues from ``last.ckpt`` instead of restarting (after a kill, or with more epochs).
+``load_trained(run_dir)`` rebuilds the network from ``config.json`` and loads ``model.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
+from torch import nn
+
+from gpmodels.checkpoints import (
+    RunPaths,
+    checkpoint_global_step,
+    merge_metrics,
+    net_state_from_checkpoint,
+    save_weights,
+)
+from gpmodels.data import SliceDataModule, balanced_class_weights, split_indices
+from gpmodels.lightning_module import ClassifierModule
+from gpmodels.nets import build_model, model_options
+from gpmodels.train_config import RunConfig, TrainConfig
+from storage.store import SPLIT_NAMES, open_store
+
+_QUIET_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*exists and is not empty.*",
+    r".*smaller than the logging interval.*",
+    r".*The number of training batches.*",
+    r".*treespec, LeafSpec.*",
+)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a call of :func:`train` did.
+
+    Attributes:
+        run_dir: the run directory.
+        run: the resolved configuration (``config.json``).
+        global_step: optimiser steps taken in total, earlier attempts included.
+        start_step: the step this call resumed from (0 for a fresh run).
+        best_val_loss: lowest validation loss, or None when no validation ran.
+        test_metrics: ``test_loss``, ``test_acc``, ``test_f1`` of the best weights (empty when
+            ``config.test`` is false).
+        seconds: wall time of this call.
+    """
+
+    run_dir: Path
+    run: RunConfig
+    global_step: int
+    start_step: int
+    best_val_loss: float | None
+    test_metrics: dict[str, float]
+    seconds: float
+
+
+def resolve_run(config: TrainConfig) -> RunConfig:
+    """Check a configuration against its store and fill in what the store decides.
+
+    Raises:
+        storage.errors.StoreError: If there is no readable store at ``config.store``.
+        ValueError: If the fold is not in the store, the training split is empty, or a model
+            option is unknown.
+    """
+    group = open_store(config.store)
+    classes = tuple(group.attrs["classes"])
+    labels = group["labels"][:]
+    splits = {split: split_indices(group, config.fold, split) for split in SPLIT_NAMES}
+    if len(splits["train"]) == 0:
+        raise ValueError(f"fold: fold {config.fold} of {config.store} has no training slices")
+    defaults = model_options(config.model)
+    unknown = sorted(set(config.model_options) - set(defaults))
+    if unknown:
+        raise ValueError(f"model_options: {unknown} not accepted by {config.model!r}; "
+                         f"valid options are {sorted(defaults)}")
+    options = {**defaults, **config.model_options}
+    if config.width is not None and "width" in defaults:
+        options["width"] = config.width
+    store_size = int(group["images"].shape[-1])
+    local = "://" not in config.store
+    return RunConfig(
+        train=config,
+        store_path=str(Path(config.store).resolve()) if local else config.store,
+        data_version=str(group.attrs.get("data_version", "")),
+        classes=classes,
+        channels=tuple(group.attrs["channels"]),
+        store_image_size=store_size,
+        image_size=config.image_size or store_size,
+        model_options=options,
+        accumulate=config.accumulate,
+        class_weights=tuple(balanced_class_weights(labels[splits["train"]], len(classes)).tolist()),
+        split_sizes={split: len(rows) for split, rows in splits.items()},
+    )
+
+
+def build_network(run: RunConfig) -> nn.Module:
+    """The run's network with fresh weights: ``build_model(model, C, K, **model_options)``."""
+    return build_model(run.train.model, len(run.channels), len(run.classes), **run.model_options)
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto`` -> ``bf16-mixed`` on a CUDA GPU with bf16, ``16-mixed`` on other GPUs, ``32-true`` otherwise."""
+    if precision != "auto":
+        return precision
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
+    """Train (or continue training) one network into ``config.out``.
+
+    Args:
+        config: the run's configuration.
+        progress_bar: show Lightning's rich progress bar.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        storage.errors.StoreError: If the store is missing or unreadable.
+        ValueError: If the configuration does not fit the store, or ``config.out`` holds a
+            checkpointed run with other settings (see :data:`gpmodels.train_config.RESUMABLE_FIELDS`).
+    """
+    started = time.perf_counter()
+    run = resolve_run(config)
+    paths = RunPaths(Path(config.out))
+    resume = paths.last if paths.last.exists() else None
+    if resume is not None and paths.config.exists():
+        previous = RunConfig.from_dict(json.loads(paths.config.read_text()))
+        changed = previous.differences(run)
+        if changed:
+            raise ValueError(f"out: {paths.root} holds a run with other settings ({', '.join(changed)}); "
+                             "choose another run directory or delete this one")
+    start_step = 0 if resume is None else checkpoint_global_step(resume)
+    _prepare_run_dir(paths, run, fresh=resume is None)
+
+    with _quiet_lightning():
+        pl.seed_everything(config.seed, workers=True)
+        module = ClassifierModule(build_network(run), run.class_weights, lr=config.lr,
+                                  weight_decay=config.weight_decay, aux_weight=config.aux_weight,
+                                  run_config=run.to_dict())
+        data = SliceDataModule(run.store_path, config.fold, config.batch_size, image_size=run.image_size,
+                               augment=config.augment, seed=config.seed, num_workers=config.num_workers,
+                               cache=config.cache, cache_limit_bytes=int(config.cache_limit_gb * 2**30))
+        checkpoint = ModelCheckpoint(dirpath=paths.checkpoints, filename="best", monitor="val_loss", mode="min",
+                                     save_top_k=1, save_last=True, enable_version_counter=False,
+                                     auto_insert_metric_name=False)
+        trainer = _trainer(config, paths, start_step, checkpoint, progress_bar)
+        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+        best = paths.best if paths.best.exists() else paths.last
+        _write_model(best, paths.model)
+        test_metrics: dict[str, float] = {}
+        if config.test:
+            results = trainer.test(module, datamodule=data, ckpt_path=str(best), weights_only=True, verbose=False)
+            test_metrics = {key: float(value) for key, value in results[0].items()}
+    _merge(paths)
+    score = checkpoint.best_model_score
+    return TrainResult(run_dir=paths.root, run=run, global_step=trainer.global_step, start_step=start_step,
+                       best_val_loss=None if score is None else float(score), test_metrics=test_metrics,
+                       seconds=time.perf_counter() - started)
+
+
+def load_trained(run_dir: Path | str, which: Literal["best", "last"] = "best",
+                 map_location: str | torch.device = "cpu") -> tuple[nn.Module, RunConfig]:
+    """Rebuild a trained network from its run directory, in eval mode.
+
+    Args:
+        run_dir: the run directory written by :func:`train`.
+        which: ``best`` loads ``model.pt`` (lowest validation loss); ``last`` the network weights
+            of ``checkpoints/last.ckpt``.
+        map_location: device to load the weights to.
+
+    Returns:
+        The network (``eval()`` mode) and the run's :class:`RunConfig`.
+
+    Raises:
+        FileNotFoundError: If ``config.json`` or the weights are missing.
+        ValueError: If ``which`` is neither ``best`` nor ``last``.
+    """
+    paths = RunPaths(Path(run_dir))
+    if which not in ("best", "last"):
+        raise ValueError(f"which: got {which!r}, expected 'best' or 'last'")
+    weights = paths.model if which == "best" else paths.last
+    for path in (paths.config, weights):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; is {paths.root} a finished `gpseg train` run directory?")
+    run = RunConfig.from_dict(json.loads(paths.config.read_text()))
+    net = build_network(run)
+    state = (torch.load(weights, map_location=map_location, weights_only=True) if which == "best"
+             else net_state_from_checkpoint(weights))
+    net.load_state_dict(state)
+    return net.to(map_location).eval(), run
+
+
+def _trainer(config: TrainConfig, paths: RunPaths, start_step: int, checkpoint: ModelCheckpoint,
+             progress_bar: bool) -> pl.Trainer:
+    loggers = [CSVLogger(paths.root, name="logs", version=f"step_{start_step:07d}", flush_logs_every_n_steps=1),
+               TensorBoardLogger(paths.root, name="tensorboard", version="", default_hp_metric=False)]
+    callbacks: list[pl.Callback] = [checkpoint]
+    if progress_bar:
+        callbacks.append(RichProgressBar(leave=True))
+    limit = config.limit_batches
+    return pl.Trainer(
+        default_root_dir=paths.root,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        strategy="ddp" if config.devices > 1 else "auto",
+        precision=resolve_precision(config.precision, config.accelerator),
+        max_epochs=config.epochs,
+        accumulate_grad_batches=config.accumulate,
+        gradient_clip_val=config.grad_clip,
+        gradient_clip_algorithm="norm",
+        limit_train_batches=limit,
+        limit_val_batches=limit,
+        limit_test_batches=limit,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        callbacks=callbacks,
+        logger=loggers,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+    )
+
+
+@rank_zero_only
+def _prepare_run_dir(paths: RunPaths, run: RunConfig, fresh: bool) -> None:
+    """Write ``config.json``; a fresh run first clears what an attempt that never reached ``last.ckpt`` left."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        for stale in (paths.logs, paths.tensorboard):
+            shutil.rmtree(stale, ignore_errors=True)
+        paths.best.unlink(missing_ok=True)
+    tmp = paths.config.with_name(f".{paths.config.name}.tmp")
+    tmp.write_text(json.dumps(run.to_dict(), indent=2) + "\n")
+    tmp.replace(paths.config)
+
+
+@rank_zero_only
+def _write_model(checkpoint: Path, out: Path) -> None:
+    save_weights(net_state_from_checkpoint(checkpoint), out)
+
+
+@rank_zero_only
+def _merge(paths: RunPaths) -> None:
+    merge_metrics(paths.logs, paths.metrics)
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's info messages and known harmless warnings off, for the duration of a run."""
+    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning_fabric")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        for pattern in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)

@@ -1,0 +1,161 @@
+"""CLI commands after training: heatmaps, postprocess, report, export-masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from gpseg.console import console, fail, progress_bar
+
+RunsArg = Annotated[list[Path], typer.Argument(help="Run directories written by `gpseg train`.")]
+MethodOpt = Annotated[str, typer.Option("--method", help="otsu, multiotsu (the paper's) or fixed.")]
+OffsetOpt = Annotated[Optional[str], typer.Option(
+    "--offset", help="Multi-Otsu offset in heatmap units; 'auto' picks the best on the validation split "
+                     "(uses validation masks; the report says so); default: the paper's per model "
+                     "(GP-UNet 0.3, GP-ShuffleUNet 0.1, GP-ReconResNet 1.6, baselines 0).")]
+ValueOpt = Annotated[float, typer.Option("--value", help="Threshold of --method fixed.")]
+TargetOpt = Annotated[str, typer.Option("--target-class", help="Threshold the map of the predicted (default) "
+                                                                "or the true class.")]
+
+
+def threshold_config(model: str, method: str, offset: str | None, value: float, target_class: str):
+    """A ThresholdConfig from CLI options (paper offset per model when none is given)."""
+    from gpmodels.evaluation import default_threshold
+    from gpmodels.postprocess import ThresholdConfig
+
+    if offset is None:
+        chosen = default_threshold(model).offset if method == "multiotsu" else 0.0
+    elif offset == "auto":
+        chosen = "auto"
+    else:
+        try:
+            chosen = float(offset)
+        except ValueError as exc:
+            raise fail(f"--offset: got {offset!r}, expected a number or 'auto'") from exc
+    try:
+        return ThresholdConfig(method=method, offset=chosen, value=value, target_class=target_class)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+
+
+def heatmaps_cmd(
+    run: Annotated[Path, typer.Option("--run", help="Run directory of `gpseg train`.")],
+    split: Annotated[list[str], typer.Option("--split", help="Split(s) to run over (repeatable).")] = ["val", "test"],
+    batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
+    device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: a GPU when present).")] = None,
+    posthoc: Annotated[int, typer.Option(help="Test slices that also get occlusion and guided-backprop maps.")] = 8,
+) -> None:
+    """Run a trained model over splits and write Zarr heatmap stores under RUN/heatmaps/."""
+    from gpmodels.heatmaps import generate_heatmaps
+
+    for name in split:
+        try:
+            with progress_bar(f"heatmaps {name}") as update:
+                path = generate_heatmaps(run, name, batch_size=batch_size, device=device,
+                                         posthoc=posthoc if name == "test" else 0,
+                                         progress=lambda done, total: update(done, total, "slices"))
+        except (FileNotFoundError, ValueError) as exc:
+            raise fail(str(exc)) from exc
+        console.print(f"[green]wrote[/green] {path}")
+
+
+def _evaluate(runs: list[Path], method: str, offset: str | None, value: float, target_class: str) -> list[dict]:
+    import json
+
+    from gpmodels.evaluation import evaluate_heatmaps, write_evaluation
+    from gpmodels.heatmaps import heatmap_path
+
+    results = []
+    for run in runs:
+        config_path = run / "config.json"
+        if not config_path.is_file():
+            raise fail(f"{run}: not a run directory (no config.json)")
+        model = json.loads(config_path.read_text())["train"]["model"]
+        try:
+            result = evaluate_heatmaps(heatmap_path(run, "test"), threshold_config(model, method, offset, value,
+                                                                                   target_class))
+        except (FileNotFoundError, ValueError) as exc:
+            raise fail(str(exc)) from exc
+        write_evaluation(run, result)
+        results.append(result)
+    return results
+
+
+def _print_table(results: list[dict]) -> None:
+    table = Table(title="test split")
+    for col in ("run", "model", "fold", "acc", "F1", "median Dice", "offset"):
+        table.add_column(col)
+    for r in results:
+        d = r["segmentation"]["dice"]
+        table.add_row(Path(r["run"]["run_dir"]).name, r["run"]["model"], str(r["run"]["fold"]),
+                      f"{r['classification']['accuracy']:.3f}", f"{r['classification']['f1']:.3f}",
+                      "–" if d["n"] == 0 else f"{d['median']:.3f} ± {d['std']:.3f}", str(r["threshold"]["offset"]))
+    console.print(table)
+
+
+def postprocess_cmd(
+    runs: Annotated[list[Path], typer.Option("--runs", help="Run directories (repeat the option).")],
+    out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("report"),
+    method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
+    target_class: TargetOpt = "predicted",
+) -> None:
+    """Re-threshold stored heatmaps, re-score and re-report. No model is loaded."""
+    from gpmodels.report import build_report
+
+    results = _evaluate(runs, method, offset, value, target_class)
+    _print_table(results)
+    html = build_report(runs, out, title="gpseg report (post-processing re-run)",
+                        notes=[f"thresholds re-run by `gpseg postprocess`: method {method}, offset {offset}, "
+                               f"value {value}, target class {target_class}"])
+    console.print(f"[green]report[/green] {html}")
+
+
+def report_cmd(
+    runs: RunsArg,
+    out: Annotated[Path, typer.Option("--out", help="Report folder (index.html, metrics.json, CSV).")] = Path("report"),
+    title: Annotated[str, typer.Option(help="Page title.")] = "gpseg report",
+) -> None:
+    """Write the HTML report over runs; runs without evaluation.json are evaluated with the paper's thresholds."""
+    from gpmodels.report import build_report
+
+    missing = [r for r in runs if not (r / "evaluation.json").is_file()]
+    if missing:
+        _evaluate(missing, "multiotsu", None, 0.5, "predicted")
+    html = build_report(runs, out, title=title)
+    console.print(f"[green]report[/green] {html}")
+
+
+def export_masks_cmd(
+    run: Annotated[Path, typer.Option("--run", help="Evaluated run directory (3-D source).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for <patient>_pred.nii.gz files.")],
+) -> None:
+    """Write each test patient's predicted tumour mask as NIfTI on the original grid (overlays in ITK-SNAP/Slicer)."""
+    import json
+
+    import numpy as np
+
+    from gpmodels.evaluation import open_heatmaps, predicted_masks
+    from gpmodels.heatmaps import heatmap_path
+    from gpmodels.nifti_export import export_patient_masks
+    from gpmodels.postprocess import CleaningConfig, ThresholdConfig
+
+    try:
+        heat = open_heatmaps(heatmap_path(run, "test"))
+        evaluation = json.loads((run / "evaluation.json").read_text())
+    except FileNotFoundError as exc:
+        raise fail(f"{exc}; run `gpseg postprocess --runs {run}` first") from exc
+    fields = {k: v for k, v in evaluation["threshold"].items() if k != "offset_source"}
+    config = ThresholdConfig(**{**fields, "auto_offsets": tuple(fields["auto_offsets"]),
+                                "cleaning": CleaningConfig(**fields["cleaning"])})
+    masks = np.concatenate([
+        predicted_masks(heat["maps"][s:s + 256], heat["predicted"][s:s + 256], heat["labels"][s:s + 256], config,
+                        heat.attrs["classes"][0] == "tumour-free")
+        for s in range(0, heat["index"].shape[0], 256)])
+    try:
+        files = export_patient_masks(heat.attrs["store_path"], heat["index"][:], masks, out)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"[green]wrote[/green] {len(files)} NIfTI masks to {out}")

@@ -1,0 +1,113 @@
+"""CLI commands for orchestration: benchmark (in-process flow), serve (local stack), drop (new data event)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gpseg.console import console, fail
+
+
+def benchmark_cmd(
+    workdir: Annotated[Path, typer.Option(help="Phantoms, stores, runs and the report go here.")] = Path("runs/benchmark"),
+    brats: Annotated[Optional[str], typer.Option(help="BraTS training folder, or 'phantom'; omit to skip "
+                                                      "(both datasets default to phantoms when neither is given).")] = None,
+    jun_cheng: Annotated[Optional[str], typer.Option(help="Jun Cheng folder, or 'phantom'.")] = None,
+    models: Annotated[Optional[str], typer.Option(help="Comma-separated models (default: all five).")] = None,
+    folds: Annotated[int, typer.Option(help="Folds to train.")] = 3,
+    preset: Annotated[str, typer.Option(help="paper, demo or smoke.")] = "demo",
+    offset: Annotated[Optional[str], typer.Option(help="Multi-Otsu offset or 'auto' (default: the paper's).")] = None,
+    dask_address: Annotated[Optional[str], typer.Option(help="Train on this Dask scheduler; tasks need workers "
+                                                             "started with --resources GPU=1.")] = None,
+    devices: Annotated[int, typer.Option(help="Devices per training run (more than 1: Lightning DDP).")] = 1,
+) -> None:
+    """Run the full-benchmark flow in this process (Prefect's local ephemeral API)."""
+    from flows.full_benchmark import full_benchmark
+    from flows.params import BenchmarkParams, DatasetSpec, ThresholdParams
+
+    sources = {"brats": brats, "jun-cheng": jun_cheng}
+    if brats is None and jun_cheng is None:
+        sources = {"brats": "phantom", "jun-cheng": "phantom"}
+    try:
+        params = BenchmarkParams(
+            workdir=str(workdir), folds=folds, preset=preset, dask_address=dask_address,
+            datasets=[DatasetSpec(kind=k, source=v, phantom_cases=16 if k == "brats" else 120)
+                      for k, v in sources.items() if v],
+            threshold=ThresholdParams(offset=None if offset is None else (offset if offset == "auto" else float(offset))),
+            train_overrides={"devices": devices} if devices > 1 else {},
+            **({"models": [m.strip() for m in models.split(",")]} if models else {}))
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    result = full_benchmark(params)
+    console.print(f"[green]report[/green] {result['report']}")
+    raise typer.Exit(1 if result["failed"] else 0)
+
+
+def serve_cmd(
+    port: Annotated[int, typer.Option(help="API port on 127.0.0.1.")] = 4200,
+    root: Annotated[Path, typer.Option(help="Project root (holds prefect.yaml).")] = Path("."),
+) -> None:
+    """Start a local Prefect server (SQLite in .prefect/), the process work pool, the deployments and a worker.
+
+    Leave it running; in another shell `source .prefect/env.sh` and then
+    `prefect deployment run full-benchmark/full-benchmark --watch`. Ctrl-C stops everything it started.
+    """
+    from gpseg.local_stack import LocalStack
+
+    root = root.resolve()
+    if not (root / "prefect.yaml").is_file():
+        raise fail(f"{root}: no prefect.yaml here; run from the gpseg checkout or pass --root")
+    stack = LocalStack(root, port)
+    console.print(f"starting Prefect server on {stack.api_url} (database {stack.env['PREFECT_HOME']}/prefect.db) ...")
+    try:
+        stack.start()
+        env_file = Path(stack.env["PREFECT_HOME"]) / "env.sh"
+        env_file.write_text("".join(f"export {k}={stack.env[k]}\n" for k in
+                                    ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED",
+                                     "GX_ANALYTICS_ENABLED")))
+        console.print(f"[green]ready[/green]: UI {stack.api_url.removesuffix('/api')}, worker on pool {stack.pool}\n"
+                      f"  source {env_file}\n  prefect deployment run full-benchmark/full-benchmark --watch\n"
+                      "Ctrl-C stops the worker and the server.")
+        while all(p.poll() is None for p in stack.processes):
+            time.sleep(1)
+        raise fail(f"a stack process exited; logs in {stack.log_dir}")
+    except KeyboardInterrupt:
+        console.print("stopping ...")
+    except (RuntimeError, TimeoutError) as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        stack.stop()
+
+
+def drop_cmd(
+    path: Annotated[list[Path], typer.Argument(help="Case folders or files to add.")],
+    into: Annotated[Path, typer.Option("--into", help="The drop folder (a dataset's source folder).")] = Path(
+        "runs/benchmark/drop"),
+    kind: Annotated[str, typer.Option(help="Dataset kind of the drop folder: brats or jun-cheng.")] = "brats",
+    workdir: Annotated[Path, typer.Option(help="Work dir of the deployment that retrains.")] = Path("runs/benchmark"),
+) -> None:
+    """Copy new cases into the drop folder and emit the `gpseg.data.dropped` event (triggers retraining)."""
+    from prefect.events import emit_event
+
+    into.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    for item in path:
+        if not item.exists():
+            raise fail(f"{item}: not found")
+        target = into / item.name
+        if target.exists():
+            console.print(f"[yellow]skip[/yellow] {item.name}: already in {into}")
+            continue
+        tmp = into / f".{item.name}.tmp"
+        (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp)
+        os.replace(tmp, target)
+        copied += 1
+    event = emit_event("gpseg.data.dropped", resource={"prefect.resource.id": f"gpseg.drop.{into.resolve().name}"},
+                       payload={"drop": str(into.resolve()), "kind": kind, "workdir": str(workdir.resolve()),
+                                "copied": copied})
+    console.print(f"copied {copied} item(s) into {into}; event {'sent' if event else 'NOT sent (no Prefect API?)'}")

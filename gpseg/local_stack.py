@@ -1,0 +1,136 @@
+"""The local Prefect stack: server (SQLite under .prefect/), process work pool, deployments, worker.
+
+Used by ``gpseg serve`` and by the deployment test. Everything listens on
+loopback only, analytics are off, and :meth:`LocalStack.stop` ends every
+process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+POOL = "gpseg-local"
+
+
+def stack_env(root: Path, port: int, home: Path | None = None) -> dict[str, str]:
+    """Environment of the server, the worker and CLI calls against them."""
+    home = home or root / ".prefect"
+    return {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "GX_ANALYTICS_ENABLED": "false",
+        "GPSEG_ROOT": str(root),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _prefect() -> str:
+    exe = Path(sys.executable).with_name("prefect")
+    return str(exe) if exe.exists() else (shutil.which("prefect") or "prefect")
+
+
+@dataclass
+class LocalStack:
+    """A Prefect server + process worker for this project.
+
+    Attributes:
+        root: project root holding ``prefect.yaml``.
+        port: API port on 127.0.0.1.
+        home: PREFECT_HOME (default ``root/.prefect``).
+        pool: process work pool name.
+    """
+
+    root: Path
+    port: int = 4200
+    home: Path | None = None
+    pool: str = POOL
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return stack_env(self.root, self.port, self.home)
+
+    @property
+    def api_url(self) -> str:
+        return self.env["PREFECT_API_URL"]
+
+    @property
+    def log_dir(self) -> Path:
+        path = Path(self.env["PREFECT_HOME"]) / "logs"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen([_prefect(), *args], env=self.env, cwd=self.root, stdout=log, stderr=log,
+                                start_new_session=True)
+        self.processes.append(proc)
+        return proc
+
+    def cli(self, *args: str, timeout: float = 300) -> str:
+        """Run a ``prefect`` CLI command against this stack; raise with its output on failure."""
+        done = subprocess.run([_prefect(), *args], env=self.env, cwd=self.root, capture_output=True, text=True,
+                              timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"prefect {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        return done.stdout
+
+    def wait_healthy(self, timeout: float = 240) -> None:
+        """Poll ``/health`` until the server answers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            server = self.processes[0] if self.processes else None
+            if server is not None and server.poll() is not None:
+                raise RuntimeError(f"prefect server exited ({server.returncode}); see {self.log_dir / 'server.log'}")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=5) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                time.sleep(1)
+        raise TimeoutError(f"prefect server not healthy after {timeout:.0f} s; see {self.log_dir / 'server.log'}")
+
+    def start(self, deploy: bool = True, worker: bool = True) -> "LocalStack":
+        """Start the server, create the work pool, deploy prefect.yaml and start a worker."""
+        Path(self.env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+        self._spawn("server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port))
+        self.wait_healthy()
+        self.cli("work-pool", "create", self.pool, "--type", "process", "--overwrite")
+        if deploy:
+            self.cli("--no-prompt", "deploy", "--all", "--prefect-file", str(self.root / "prefect.yaml"))
+        if worker:
+            self._spawn("worker", "worker", "start", "--pool", self.pool, "--limit", "1")
+        return self
+
+    def stop(self) -> None:
+        """Terminate the worker, then the server (each with its children)."""
+        for proc in reversed(self.processes):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(timeout=30)
+                except ProcessLookupError:
+                    continue
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        self.processes.clear()
+
+    def __enter__(self) -> "LocalStack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,61 @@
+"""CLI command ``gpseg train``: train one network on one fold of a slice store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gpmodels.nets import MODEL_NAMES, model_options
+from gpmodels.train_config import PRECISIONS, PRESET_NAMES, preset_config
+from gpmodels.training import train
+from gpseg.console import console, fail
+from storage.errors import StoreError
+
+
+def train_cmd(
+    store: Annotated[Path, typer.Option("--store", help="Slice store to train on (from `gpseg ingest`).")],
+    model: Annotated[str, typer.Option("--model", help=f"Network: {', '.join(MODEL_NAMES)}.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (config.json, metrics.csv, checkpoints/, "
+                                      "model.pt, tensorboard/). Re-running the same command continues from "
+                                      "checkpoints/last.ckpt.")],
+    fold: Annotated[int, typer.Option("--fold", help="Split fold K of the store (splits/fold_K).")] = 0,
+    preset: Annotated[str, typer.Option("--preset", help="paper (300 epochs, store size, effective batch 128), "
+                                        "demo (64 px, width 16, 12 epochs: about a minute per GP model on 2 CPU "
+                                        "cores) or smoke (two steps, for tests). Options below override it.")]
+    = "paper",
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Slices per batch and device; "
+                                                      "gradients are accumulated up to the preset's effective "
+                                                      "batch.")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Train at this size (slices are "
+                                                      "resized on the fly; default: the preset's, paper = the "
+                                                      "store's).")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help="Base width of the GP networks (default 64; "
+                                                 "the baselines have none).")] = None,
+    devices: Annotated[Optional[int], typer.Option("--devices", help="Devices to train on; more than one uses "
+                                                   "DDP. The accelerator is a GPU when present.")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help=f"{', '.join(PRECISIONS)}; auto = "
+                                                     "bf16-mixed (or 16-mixed) on GPU, 32-true on CPU.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of weights, sampling and augmentation.")]
+    = None,
+    num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="Data-loading worker processes "
+                                                       "(splits small enough are cached in memory instead).")]
+    = None,
+) -> None:
+    """Train a classifier on a fold of a slice store and evaluate it on the fold's test split."""
+    if width is not None and model in MODEL_NAMES and "width" not in model_options(model):
+        raise fail(f"width: --width {width} given, but {model!r} has no width option (only the GP models do)")
+    try:
+        config = preset_config(preset, str(store), model, str(out), fold=fold, epochs=epochs, batch_size=batch_size,
+                               image_size=image_size, width=width, devices=devices, precision=precision, seed=seed,
+                               num_workers=num_workers)
+        result = train(config, progress_bar=True)
+    except (StoreError, ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from exc
+    test = result.test_metrics
+    scores = f", test acc {test['test_acc']:.3f}, weighted F1 {test['test_f1']:.3f}" if test else ""
+    best = "" if result.best_val_loss is None else f", best val_loss {result.best_val_loss:.4f}"
+    console.print(f"[green]trained[/green] {model} -> {result.run_dir}: {result.global_step} steps "
+                  f"(resumed from {result.start_step}){best}{scores}, {result.seconds:.0f} s", highlight=False)

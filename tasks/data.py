@@ -1,0 +1,64 @@
+"""Tasks over storage: phantoms, ingestion, validation, drop detection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from storage import drops
+from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
+from storage.ingest_config import IngestConfig, SplitConfig
+from storage.phantoms import write_brats_phantoms, write_jun_cheng_phantoms
+from storage.validation import validate_store
+
+_INGEST = {"brats": ingest_brats, "jun-cheng": ingest_jun_cheng, "manifest": ingest_manifest}
+_PHANTOMS = {"brats": write_brats_phantoms, "jun-cheng": write_jun_cheng_phantoms}
+
+
+@task(retries=1, cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
+def synth_phantoms(kind: str, out: str, cases: int, size: int, seed: int) -> str:
+    """Write phantoms of a dataset kind (cached: same arguments, same files)."""
+    if not Path(out).exists():
+        _PHANTOMS[kind](Path(out), cases, size=size, seed=seed)
+    return out
+
+
+@task(retries=1, cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
+def ingest_source(kind: str, source: str, store: str, config: dict, source_fingerprint: str,
+                  append: bool = False) -> dict:
+    """Ingest a source into a store; cached on the source's fingerprint and the settings."""
+    ingest_config = IngestConfig(**{**config, "split": SplitConfig(**config.get("split", {})),
+                                    "channels": tuple(config["channels"]) if config.get("channels") else None})
+    report = _INGEST[kind](Path(source), Path(store), ingest_config, append=append)
+    logger = get_run_logger()
+    for file, reason in report.rejected.items():
+        logger.warning("rejected %s: %s", file, reason)
+    logger.info("%s: %d cases now, %d slices in the store, %d rejected", store, report.cases, report.slices,
+                len(report.rejected))
+    from storage.store import open_store
+
+    return {"store": store, "data_version": open_store(store).attrs["data_version"], "cases": report.cases,
+            "slices": report.slices, "rejected": report.rejected}
+
+
+@task(retries=1)
+def validate(store: str) -> dict:
+    """Validate a store with great-expectations; fail the task when an expectation fails."""
+    result = validate_store(store)
+    if not result.success:
+        raise ValueError(f"{store}: {len(result.failures)} expectations failed: " + "; ".join(result.failures))
+    return {"store": store, "checked": result.checked, "counts": result.counts}
+
+
+@task(retries=1)
+def find_new_files(folder: str, store: str) -> list[str]:
+    """Relative paths of files in a drop folder that the store has not ingested."""
+    return drops.new_files(folder, store)
+
+
+@task
+def fingerprint(folder: str) -> str:
+    """Cheap content identity of a source folder."""
+    return drops.fingerprint(folder)

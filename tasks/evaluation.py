@@ -1,0 +1,36 @@
+"""Tasks over post-processing: threshold + evaluate a run, build the report, publish artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_table_artifact
+
+from gpmodels.evaluation import evaluate_heatmaps, write_evaluation
+from gpmodels.heatmaps import heatmap_path
+from gpmodels.postprocess import ThresholdConfig
+from gpmodels.report import build_report
+
+
+@task(tags=["postprocess"])
+def evaluate_run(run_dir: str, threshold: dict | None) -> dict:
+    """Threshold a run's test heatmaps and score them; writes ``evaluation.json`` in the run dir."""
+    config = ThresholdConfig(**threshold) if threshold else None
+    result = evaluate_heatmaps(heatmap_path(run_dir, "test"), config)
+    write_evaluation(run_dir, result)
+    return {key: value for key, value in result.items() if key != "slices"}
+
+
+@task(tags=["postprocess"])
+def report(run_dirs: list[str], out_dir: str, title: str, notes: list[str]) -> str:
+    """Build the HTML report over the evaluated runs."""
+    return str(build_report([Path(r) for r in run_dirs], Path(out_dir), title=title, notes=notes))
+
+
+@task
+def publish(report_path: str, rows: list[dict]) -> None:
+    """Publish the report's main table and a link to the HTML as Prefect artifacts."""
+    create_table_artifact(table=rows, key="gpseg-results", description="gpseg: test metrics per run")
+    create_link_artifact(link=Path(report_path).resolve().as_uri(), link_text="gpseg report",
+                         key="gpseg-report", description=f"HTML report at {report_path}")

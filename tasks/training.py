@@ -1,0 +1,38 @@
+"""Tasks over training and inference: train one (fold, model), write heatmaps."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from gpmodels.heatmaps import generate_heatmaps
+from gpmodels.train_config import preset_config
+from gpmodels.training import train
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+@task(cache_policy=INPUTS + TASK_SOURCE, persist_result=True, tags=["training"])
+def train_model(store: str, data_version: str, model: str, fold: int, preset: str, out: str,
+                overrides: dict | None = None) -> dict:
+    """Train one model on one fold (cached on store data version, settings and this source).
+
+    Returns:
+        ``run_dir``, ``weights`` (hash of ``model.pt``, so heatmaps re-run when it changes) and test metrics.
+    """
+    config = preset_config(preset, store, model, out, fold=fold, **(overrides or {}))
+    result = train(config)
+    get_run_logger().info("%s fold %d: %s in %.0f s", model, fold, result.test_metrics, result.seconds)
+    return {"run_dir": str(result.run_dir), "weights": _sha(result.run_dir / "model.pt"), "model": model,
+            "fold": fold, "data_version": data_version, "test": result.test_metrics, "seconds": result.seconds}
+
+
+@task(cache_policy=INPUTS + TASK_SOURCE, persist_result=True, tags=["inference"])
+def make_heatmaps(run_dir: str, weights: str, split: str, posthoc: int = 8) -> str:
+    """Write a run's heatmap store for one split (cached on the weights' hash)."""
+    return str(generate_heatmaps(run_dir, split, posthoc=posthoc if split == "test" else 0))

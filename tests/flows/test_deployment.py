@@ -1,0 +1,63 @@
+"""A real `prefect server` and `process` worker on loopback: run full-benchmark by deployment name,
+and check that `gpseg drop` triggers retrain-on-new-data. Skip with GPSEG_SERVER_TESTS=0."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gpseg.local_stack import LocalStack
+from storage.phantoms import write_brats_phantoms
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.server, pytest.mark.slow,
+              pytest.mark.skipif(os.environ.get("GPSEG_SERVER_TESTS") == "0", reason="GPSEG_SERVER_TESTS=0")]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_deployment_by_name_and_drop_trigger(tmp_path, monkeypatch):
+    stack = LocalStack(ROOT, port=_free_port(), home=tmp_path / ".prefect")
+    work = tmp_path / "work"
+    params = {"params": {"workdir": str(work), "models": ["gp-unet"], "folds": 1, "preset": "smoke",
+                         "posthoc_slices": 0, "datasets": [{"kind": "brats", "phantom_cases": 6, "phantom_size": 32,
+                                                            "workers": 0}]}}
+    with stack:
+        out = stack.cli("deployment", "run", "full-benchmark/full-benchmark", "--params", json.dumps(params),
+                        "--watch", "--watch-timeout", "600", timeout=660)
+        assert "Completed" in out
+        assert (work / "report" / "index.html").is_file()
+
+        new = tmp_path / "new"
+        write_brats_phantoms(new, 1, size=32, seed=0, first_case=9)
+        for key, value in stack.env.items():
+            if key.startswith(("PREFECT_", "GPSEG_")):
+                monkeypatch.setenv(key, value)
+        from gpseg.cli import app
+
+        drop = CliRunner().invoke(app, ["drop", str(new / "BraTS20_Training_009"), "--into",
+                                        str(work / "phantoms" / "brats"), "--workdir", str(work)])
+        assert drop.exit_code == 0 and "event sent" in drop.output, drop.output
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+        source = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and source is None:
+            with get_client(sync_client=True) as client:
+                runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain-on-new-data"])))
+            triggered = [r for r in runs if "dataset" in r.parameters.get("params", {})]  # not the cron runs
+            if triggered:
+                source = triggered[0].parameters["params"]["dataset"]["source"]
+            time.sleep(2)
+        assert source == str((work / "phantoms" / "brats").resolve()), "the drop event did not start a retrain run"

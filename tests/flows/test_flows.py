@@ -1,0 +1,83 @@
+"""full-benchmark, then postprocess with new thresholds, then retrain-on-new-data, on a tiny phantom set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flows.full_benchmark import full_benchmark
+from flows.params import BenchmarkParams, DatasetSpec, PostprocessParams, RetrainParams, ThresholdParams
+from flows.postprocess import postprocess
+from flows.retrain import retrain_on_new_data
+from storage.phantoms import write_brats_phantoms
+from storage.store import open_store, read_patients
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+SPEC = dict(kind="brats", phantom_cases=6, phantom_size=32, workers=0)
+
+
+def _bench(workdir: Path) -> BenchmarkParams:
+    return BenchmarkParams(workdir=str(workdir), datasets=[DatasetSpec(**SPEC)], models=["gp-unet"], folds=1,
+                           preset="smoke", posthoc_slices=1)
+
+
+def test_benchmark_then_postprocess_only(bench_workdir, task_names):
+    state = full_benchmark(_bench(bench_workdir), return_state=True)
+    result = state.result()
+    assert state.is_completed() and not result["failed"]
+    report = Path(result["report"])
+    assert report.is_file() and (report.parent / "metrics.json").is_file()
+    names = task_names()
+    for expected in ("synth_phantoms", "ingest_source", "validate", "train_model", "make_heatmaps", "evaluate_run",
+                     "report", "publish"):
+        assert expected in names, (expected, names)
+    before = (report.parent / "metrics.json").read_text()
+
+    post = postprocess(PostprocessParams(workdir=str(bench_workdir),
+                                         threshold=ThresholdParams(method="fixed", value=0.01)), return_state=True)
+    assert post.is_completed()
+    ran = task_names(post.state_details.flow_run_id)
+    assert "evaluate_run" in ran and "report" in ran
+    assert not {"train_model", "make_heatmaps", "ingest_source"} & set(ran)
+    after = (report.parent / "metrics.json").read_text()
+    assert after != before
+    evaluation = json.loads(next((bench_workdir / "runs").glob("**/evaluation.json")).read_text())
+    assert evaluation["threshold"]["method"] == "fixed" and evaluation["threshold"]["value"] == 0.01
+
+
+def test_benchmark_rerun_reuses_cached_training(bench_workdir):
+    state = full_benchmark(_bench(bench_workdir), return_state=True)
+    assert state.is_completed()
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(limit=200)
+    trains = sorted((r for r in runs if r.name.startswith("train_model")), key=lambda r: r.expected_start_time)
+    assert trains[-1].state.name == "Cached"
+
+
+def test_retrain_on_new_data(bench_workdir, task_names):
+    source = bench_workdir / "phantoms" / "brats"
+    store = bench_workdir / "stores" / "brats.zarr"
+    params = RetrainParams(workdir=str(bench_workdir), dataset=DatasetSpec(**{**SPEC, "source": str(source)}),
+                           models=["gp-unet"], folds=1, preset="smoke", posthoc_slices=0)
+    quiet = retrain_on_new_data(params, return_state=True)
+    assert quiet.result() == {"status": "no new data", "new_files": []}
+    assert not {"ingest_source", "train_model"} & set(task_names(quiet.state_details.flow_run_id))
+
+    old = open_store(store)
+    old_patients, old_split = read_patients(old), old["splits/fold_0"][:]
+    write_brats_phantoms(source, 2, size=32, depth=None, seed=0, first_case=7)
+    result = retrain_on_new_data(params)
+    assert result["status"] == "retrained" and result["ingested"] == 2
+    assert len(result["new_files"]) == 10
+    new = open_store(store)
+    n = old_patients.size
+    assert np.array_equal(read_patients(new)[:n], old_patients)
+    assert np.array_equal(new["splits/fold_0"][:n], old_split)
+    assert set(read_patients(new)[n:]) == {"BraTS20_Training_007", "BraTS20_Training_008"}
+    assert result["rows"] and result["rows"][0]["status"] == "ok"
+    assert new.attrs["data_version"] != old.attrs["data_version"]

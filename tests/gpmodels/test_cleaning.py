@@ -1,0 +1,89 @@
+"""Mask clean-up, slice by slice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpmodels.cleaning import clean_masks, close_masks, fill_holes, keep_largest_component, remove_small_objects
+
+
+def stack(*slices: np.ndarray) -> np.ndarray:
+    return np.stack(slices).astype(bool)
+
+
+def test_defaults_return_an_unchanged_copy():
+    masks = np.random.default_rng(0).random((3, 33, 34)) > 0.7
+    cleaned = clean_masks(masks)
+    np.testing.assert_array_equal(cleaned, masks)
+    assert cleaned is not masks
+
+
+def test_empty_masks_stay_empty_under_every_step():
+    empty = np.zeros((2, 33, 34), bool)
+    out = clean_masks(empty, min_size=5, fill_holes_area=50, closing_radius=2, largest_component=True)
+    assert not out.any()
+
+
+def test_remove_small_objects_keeps_objects_of_min_size():
+    a = np.zeros((33, 34))
+    a[2:4, 2:4] = 1  # 4 px
+    a[10:13, 10:13] = 1  # 9 px
+    out = remove_small_objects(stack(a), min_size=5)
+    assert out[0, 11, 11] and not out[0, 2, 2]
+    assert remove_small_objects(stack(a), min_size=4)[0, 2, 2]
+
+
+def test_diagonal_pixels_form_one_object():
+    a = np.zeros((9, 10))
+    a[2, 2] = a[3, 3] = a[4, 4] = 1
+    assert remove_small_objects(stack(a), min_size=3)[0].sum() == 3
+
+
+def test_fill_holes_fills_small_interior_holes_only():
+    a = np.zeros((33, 34))
+    a[5:15, 5:15] = 1
+    a[8:10, 8:10] = 0  # 4-px hole
+    a[0:6, 20:26] = 1
+    a[0:2, 22:24] = 0  # notch open to the border: not a hole
+    out = fill_holes(stack(a), max_area=4)[0]
+    assert out[8:10, 8:10].all() and not out[0:2, 22:24].any()
+    assert not fill_holes(stack(a), max_area=3)[0, 8, 8]
+
+
+def test_closing_bridges_a_gap_without_eating_the_border():
+    a = np.zeros((33, 34))
+    a[10:20, 0:10] = 1
+    a[10:20, 11:20] = 1  # one-pixel gap at column 10
+    out = close_masks(stack(a), radius=1)[0]
+    assert out[12:18, 10].all()
+    assert out[10:20, 0].all()  # border column kept
+
+
+def test_largest_component_per_slice_independently():
+    a = np.zeros((33, 34))
+    a[1:3, 1:3] = 1
+    a[10:15, 10:15] = 1
+    b = np.zeros((33, 34))
+    b[1:3, 1:3] = 1  # the only object of slice 1: kept although smaller than slice 0's largest
+    out = keep_largest_component(stack(a, b, np.zeros((33, 34))))
+    assert out[0].sum() == 25 and out[0, 12, 12]
+    assert out[1].sum() == 4
+    assert not out[2].any()
+
+
+def test_largest_component_ties_go_to_the_first_in_raster_order():
+    a = np.zeros((9, 10))
+    a[1:3, 6:8] = 1
+    a[5:7, 1:3] = 1
+    out = keep_largest_component(stack(a))[0]
+    assert out[1, 6] and not out[5, 1]
+
+
+def test_invalid_arguments():
+    with pytest.raises(TypeError, match="masks"):
+        clean_masks(np.zeros((1, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match="min_size"):
+        clean_masks(np.zeros((1, 4, 4), bool), min_size=-1)
+    with pytest.raises(ValueError, match="masks"):
+        clean_masks(np.zeros((4, 4), bool))

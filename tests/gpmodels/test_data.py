@@ -1,0 +1,133 @@
+"""Tests of gpmodels.data: split indices, class weights, the slice dataset and the data module."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from gpmodels.augment import AugmentConfig
+from gpmodels.data import (
+    EpochShuffleSampler,
+    SliceDataModule,
+    SliceDataset,
+    balanced_class_weights,
+    split_indices,
+)
+from storage.store import open_store
+
+
+def test_balanced_class_weights_follow_n_over_k_count():
+    weights = balanced_class_weights(np.array([0, 0, 0, 1, 2, 2]), 3)
+    np.testing.assert_allclose(weights, [6 / 9, 6 / 3, 6 / 6])
+    assert np.isclose(np.sum(weights * np.bincount([0, 0, 0, 1, 2, 2])), 6.0)
+
+
+def test_a_class_absent_from_training_gets_weight_zero():
+    weights = balanced_class_weights(np.array([0, 2, 2]), 3)
+    assert weights[1] == 0.0
+    np.testing.assert_allclose(weights[[0, 2]], [3 / 3, 3 / 6])
+
+
+@pytest.mark.parametrize("labels", [np.array([], dtype=int), np.array([0, 3]), np.array([-1, 0])])
+def test_class_weights_reject_bad_labels(labels):
+    with pytest.raises(ValueError, match="labels"):
+        balanced_class_weights(labels, 3)
+
+
+def test_split_indices_partition_the_store(phantom_store):
+    group = open_store(phantom_store)
+    parts = [split_indices(group, 0, split) for split in ("train", "val", "test")]
+    joined = np.sort(np.concatenate(parts))
+    np.testing.assert_array_equal(joined, np.arange(group["labels"].shape[0]))
+    patients = np.asarray(group["patient"][:])
+    assert not set(patients[parts[0]]) & set(patients[parts[2]])
+    with pytest.raises(ValueError, match=r"fold: got 9, the store has folds \[0, 1, 2\]"):
+        split_indices(group, 9, "train")
+    with pytest.raises(ValueError, match="split"):
+        split_indices(group, 0, "holdout")
+
+
+def test_data_module_sizes_and_batches(phantom_store):
+    group = open_store(phantom_store)
+    codes = group["splits/fold_0"][:]
+    module = SliceDataModule(str(phantom_store), fold=0, batch_size=5, image_size=24, augment=None)
+    module.setup()
+    assert module.split_sizes() == {name: int((codes == code).sum())
+                                    for code, name in enumerate(("train", "val", "test"))}
+    assert module.classes == ["tumour-free", "LGG", "HGG"] and module.channels == ["t1", "t1ce", "t2", "flair"]
+    batch = next(iter(module.val_dataloader()))
+    assert batch["image"].dtype == torch.float16 and batch["image"].shape == (5, 4, 32, 32)
+    assert batch["mask"].dtype == torch.uint8 and batch["label"].dtype == torch.int64
+    rows = batch["index"].numpy()
+    np.testing.assert_array_equal(batch["image"].numpy(), group["images"].oindex[rows])
+    np.testing.assert_array_equal(batch["label"].numpy(), group["labels"].oindex[rows])
+    out = module.transform(batch, training=False)
+    assert out["image"].dtype == torch.float32 and out["image"].shape == (5, 4, 24, 24)
+    assert out["mask"].shape == (5, 24, 24)
+
+
+def test_cache_auto_depends_on_the_limit(phantom_store):
+    cached = SliceDataModule(str(phantom_store), 0, batch_size=4, cache="auto", cache_limit_bytes=2**30)
+    cached.setup("fit")
+    assert cached.datasets["train"].cached and cached.datasets["val"].cached
+    assert "test" not in cached.datasets
+    lazy = SliceDataModule(str(phantom_store), 0, batch_size=4, cache="auto", cache_limit_bytes=1024)
+    lazy.setup("fit")
+    assert not lazy.datasets["train"].cached
+    for split in ("train", "val"):
+        np.testing.assert_array_equal(cached.datasets[split][3]["image"].numpy(),
+                                      lazy.datasets[split][3]["image"].numpy())
+    with pytest.raises(ValueError, match="cache"):
+        SliceDataModule(str(phantom_store), 0, batch_size=4, cache="sometimes")
+
+
+def test_dataset_reopens_the_store_after_pickling(phantom_store):
+    group = open_store(phantom_store)
+    dataset = SliceDataset(str(phantom_store), np.array([2, 5]), group["labels"].oindex[[2, 5]])
+    first = dataset[1]["image"]
+    clone = pickle.loads(pickle.dumps(dataset))
+    assert clone._arrays is None
+    assert torch.equal(clone[1]["image"], first)
+
+
+def test_worker_processes_read_the_same_slices(phantom_store):
+    module = SliceDataModule(str(phantom_store), 0, batch_size=4, num_workers=1, cache="never", augment=None)
+    module.setup("test")
+    loader = module.test_dataloader()
+    assert loader.num_workers == 1
+    indices = torch.cat([batch["index"] for batch in loader]).numpy()
+    np.testing.assert_array_equal(indices, module.datasets["test"].indices)
+
+
+def test_training_batches_never_hold_a_single_slice(phantom_store):
+    module = SliceDataModule(str(phantom_store), 0, batch_size=4, augment=None)
+    module.setup("fit")
+    train_size = len(module.datasets["train"])
+    sizes = [len(batch["label"]) for batch in module.train_dataloader()]
+    assert sizes == [4] * (train_size // 4)
+    assert sum(len(batch["label"]) for batch in module.val_dataloader()) == len(module.datasets["val"])
+
+
+def test_sampling_order_is_seeded_per_epoch():
+    sampler, same = EpochShuffleSampler(50, seed=3), EpochShuffleSampler(50, seed=3)
+    epoch0 = list(sampler)
+    assert sorted(epoch0) == list(range(50)) and epoch0 == list(same)
+    sampler.set_epoch(1)
+    assert list(sampler) != epoch0
+    assert list(EpochShuffleSampler(50, seed=4)) != epoch0
+
+
+def test_only_training_batches_are_augmented(phantom_store):
+    module = SliceDataModule(str(phantom_store), 0, batch_size=6, augment=AugmentConfig(), seed=1)
+    module.setup("fit")
+    batch = next(iter(module.val_dataloader()))
+    plain = module.transform(batch, training=False)
+    assert torch.equal(plain["image"], batch["image"].float())
+    augmented = module.transform(batch, training=True)
+    assert not torch.equal(augmented["image"], plain["image"])
+    assert torch.equal(augmented["label"], batch["label"])
+    state = module.state_dict()
+    assert set(state) == {"generator"} and state["generator"].dtype == torch.uint8

@@ -1,0 +1,140 @@
+"""Segmentation and classification metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gpmodels.metrics import (
+    aggregate_folds,
+    classification_metrics,
+    count_foreground,
+    dice,
+    dice_summary,
+    false_positive_rate,
+    patient_accuracy,
+    patient_grades,
+    per_class_dice,
+    tumour_only_accuracy,
+)
+
+
+def masks(*pixel_sets: list[tuple[int, int]], shape: tuple[int, int] = (33, 34)) -> np.ndarray:
+    out = np.zeros((len(pixel_sets), *shape), bool)
+    for i, pixels in enumerate(pixel_sets):
+        for y, x in pixels:
+            out[i, y, x] = True
+    return out
+
+
+def test_dice_conventions():
+    pred = masks([(0, 0), (0, 1)], [], [], [(5, 5)])
+    target = masks([(0, 1), (1, 1), (2, 2)], [(3, 3)], [], [(5, 5)])
+    np.testing.assert_allclose(dice(pred, target), [2 * 1 / 5, 0.0, 1.0, 1.0])
+    np.testing.assert_allclose(dice(pred, target, smooth=1.0), [3 / 6, 1 / 2, 1.0, 3 / 3])
+
+
+def test_dice_accepts_uint8_masks_and_checks_shapes():
+    pred = masks([(1, 1)]).astype(np.uint8)
+    assert dice(pred, pred)[0] == 1.0
+    with pytest.raises(ValueError, match="target"):
+        dice(pred, np.zeros((1, 33, 35), bool))
+
+
+def test_count_foreground_beyond_one_uint16_block():
+    big = np.ones((2, 257, 256), bool)
+    big[1, :, :7] = False
+    np.testing.assert_array_equal(count_foreground(big), [257 * 256, 257 * 249])
+    with pytest.raises(TypeError, match="masks"):
+        count_foreground(big.astype(np.uint8))
+
+
+def test_dice_summary_and_nan_safety():
+    summary = dice_summary(np.array([0.2, 0.4, np.nan, 0.6, 0.8]))
+    assert summary["n"] == 4
+    assert summary["median"] == pytest.approx(0.5) and summary["mean"] == pytest.approx(0.5)
+    assert summary["std"] == pytest.approx(np.std([0.2, 0.4, 0.6, 0.8]))
+    assert summary["q25"] == pytest.approx(0.35) and summary["q75"] == pytest.approx(0.65)
+    empty = dice_summary(np.array([]))
+    assert empty["n"] == 0 and math.isnan(empty["median"]) and math.isnan(empty["std"])
+
+
+def test_per_class_dice_uses_slices_with_target_only():
+    d = np.array([0.5, 0.7, 1.0, 0.2, 0.9])
+    y_true = np.array([1, 1, 0, 2, 2])
+    has_target = np.array([True, True, False, True, False])
+    out = per_class_dice(d, y_true, has_target, class_names=["tumour-free", "LGG", "HGG"])
+    assert list(out) == ["LGG", "HGG"]
+    assert out["LGG"]["median"] == pytest.approx(0.6) and out["LGG"]["n"] == 2
+    assert out["HGG"]["median"] == pytest.approx(0.2) and out["HGG"]["n"] == 1
+    assert list(per_class_dice(d, y_true, has_target)) == [1, 2]
+
+
+def test_false_positive_rate():
+    pred = masks([(1, 1)], [], [(2, 2)], [])
+    assert false_positive_rate(pred, np.array([True, True, False, True])) == pytest.approx(1 / 3)
+    assert math.isnan(false_positive_rate(pred, np.zeros(4, bool)))
+
+
+def test_classification_metrics_with_an_absent_class():
+    y_true = np.array([0, 0, 1, 1, 1])
+    y_pred = np.array([0, 1, 1, 1, 0])
+    out = classification_metrics(y_true, y_pred, ["tumour-free", "LGG", "HGG"])
+    assert out["accuracy"] == pytest.approx(3 / 5)
+    assert out["confusion_matrix"] == [[1, 1, 0], [1, 2, 0], [0, 0, 0]]
+    assert out["per_class"]["tumour-free"] == pytest.approx(
+        {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
+    lgg = out["per_class"]["LGG"]
+    assert lgg["precision"] == pytest.approx(2 / 3) and lgg["recall"] == pytest.approx(2 / 3)
+    assert out["per_class"]["HGG"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert out["precision"] == pytest.approx((2 * 0.5 + 3 * 2 / 3) / 5)
+    assert out["recall"] == pytest.approx(3 / 5)
+    assert out["n"] == 5 and out["classes"] == ["tumour-free", "LGG", "HGG"]
+    assert classification_metrics(y_true, y_pred, 3)["classes"] == ["0", "1", "2"]
+    with pytest.raises(ValueError, match="y_pred"):
+        classification_metrics(y_true, np.array([0, 1, 3, 1, 0]), 3)
+
+
+def test_tumour_only_accuracy_counts_tumour_free_predictions_as_misses():
+    y_true = np.array([0, 1, 1, 2, 2, 2])
+    y_pred = np.array([1, 1, 0, 2, 1, 2])
+    assert tumour_only_accuracy(y_true, y_pred, [1, 2]) == pytest.approx(3 / 5)
+    assert math.isnan(tumour_only_accuracy(np.zeros(3, int), np.zeros(3, int), [1, 2]))
+
+
+def test_patient_grades_majority_and_ties():
+    patients = np.array(["a", "a", "a", "b", "b", "c", "c", "d"])
+    labels = np.array([1, 1, 2, 1, 2, 0, 0, 2])
+    grades = patient_grades(patients, labels, [1, 2])
+    assert grades == {"a": 1, "b": 2, "c": -1, "d": 2}
+    probs = np.zeros((8, 3))
+    probs[np.arange(8), labels] = 0.6
+    probs[3] = [0.0, 0.9, 0.1]  # b: one vote each, LGG has more probability
+    assert patient_grades(patients, probs, [1, 2])["b"] == 1
+
+
+def test_patient_accuracy():
+    patients = np.array([7, 7, 7, 8, 8, 9])
+    y_true = np.array([0, 2, 2, 1, 1, 0])
+    y_pred = np.array([0, 2, 1, 1, 2, 0])
+    # 7: one vote each -> tie to the higher grade (2) = correct; 8: tie -> 2, true 1 = wrong; 9 has no tumour.
+    assert patient_accuracy(patients, y_true, y_pred, [1, 2]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="patient 7"):
+        patient_accuracy(patients, np.array([1, 2, 2, 1, 1, 0]), y_pred, [1, 2])
+
+
+def test_aggregate_folds():
+    folds = [
+        {"accuracy": 0.9, "per_class": {"LGG": {"f1": 0.8}}, "classes": ["a"], "n": 10, "fpr": float("nan")},
+        {"accuracy": 0.7, "per_class": {"LGG": {"f1": 0.6}}, "classes": ["a"], "n": 12, "fpr": 0.1, "flag": True},
+    ]
+    out = aggregate_folds(folds)
+    assert out["accuracy"] == pytest.approx({"mean": 0.8, "std": 0.1, "n": 2})
+    assert out["per_class"]["LGG"]["f1"] == pytest.approx({"mean": 0.7, "std": 0.1, "n": 2})
+    assert out["n"]["mean"] == 11
+    assert out["fpr"] == pytest.approx({"mean": 0.1, "std": 0.0, "n": 1})
+    assert "classes" not in out and "flag" not in out
+    with pytest.raises(ValueError, match="fold_metrics"):
+        aggregate_folds([])

@@ -1,0 +1,258 @@
+"""Tests of gpmodels.nifti_export: reassembling slice masks and writing them on the source grid."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from gpmodels import nifti_export
+from gpmodels.nifti_export import MASK_DESCRIPTION, export_patient_masks, reassemble_volume
+from storage.ingest import ingest_brats, ingest_jun_cheng
+from storage.ingest_config import IngestConfig
+from storage.phantoms import write_brats_phantoms, write_jun_cheng_phantoms
+from storage.slicing import resize_masks
+from storage.store import open_store, read_patients
+
+RESIZED = 24
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two BraTS phantom cases, 32 x 32 x 16 (blank first and last slices)."""
+    src = tmp_path_factory.mktemp("nifti_source") / "brats"
+    write_brats_phantoms(src, 2, size=32, depth=16, seed=0)
+    return src
+
+
+@pytest.fixture(scope="module")
+def native_store(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ingest_brats(source, tmp_path_factory.mktemp("native") / "s.zarr", IngestConfig(workers=0)).store
+
+
+@pytest.fixture(scope="module")
+def resized_store(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = IngestConfig(image_size=RESIZED, workers=0)
+    return ingest_brats(source, tmp_path_factory.mktemp("resized") / "s.zarr", config).store
+
+
+def _ground_truth(store: Path) -> tuple[np.ndarray, np.ndarray]:
+    """All store indices and the store's own masks."""
+    masks = open_store(store)["masks"][:]
+    return np.arange(masks.shape[0]), masks
+
+
+def _seg_file(source: Path, written: Path) -> Path:
+    case = written.name.removesuffix("_pred.nii.gz")
+    return source / case / f"{case}_seg.nii.gz"
+
+
+def _stored_slices(store: Path, patient: str) -> np.ndarray:
+    group = open_store(store)
+    return group["slice_index"][:][read_patients(group) == patient]
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def test_reassemble_volume_inverts_axial_slicing() -> None:
+    rng = np.random.default_rng(0)
+    volume = (rng.random((33, 34, 7)) > 0.5).astype(np.uint8)
+    kept = np.array([5, 1, 2, 4])
+    slices = volume.T[kept]
+    out = reassemble_volume(slices.astype(bool), kept, volume.shape)
+    assert out.dtype == np.uint8 and out.shape == (33, 34, 7)
+    np.testing.assert_array_equal(out[:, :, kept], volume[:, :, kept])
+    assert not out[:, :, [0, 3, 6]].any()
+
+
+def test_reassemble_volume_inverts_nearest_enlargement() -> None:
+    rng = np.random.default_rng(1)
+    volume = (rng.random((33, 34, 3)) > 0.7).astype(np.uint8)
+    enlarged = resize_masks(volume.T, 40)
+    np.testing.assert_array_equal(reassemble_volume(enlarged, np.arange(3), volume.shape), volume)
+
+
+def test_reassemble_volume_enlarges_each_store_pixel_to_a_contiguous_block() -> None:
+    rows = np.zeros((16, 16, 16), dtype=bool)
+    rows[np.arange(16), np.arange(16), :] = True
+    out = reassemble_volume(rows, np.arange(16), (33, 34, 16))
+    np.testing.assert_array_equal(out[:, :, 0].all(axis=0), out[:, :, 0].any(axis=0))
+    blocks = [np.flatnonzero(out[:, :, k].T.any(axis=1)) for k in range(16)]
+    np.testing.assert_array_equal(np.concatenate(blocks), np.arange(34))
+    assert all(np.all(np.diff(b) == 1) and b.size in (2, 3) for b in blocks)
+
+
+def test_reassemble_volume_binarises_label_masks() -> None:
+    masks = np.array([[[0, 2], [4, 0]]], dtype=np.int16)
+    out = reassemble_volume(masks, np.array([0]), (2, 2, 1))
+    np.testing.assert_array_equal(out[:, :, 0], [[0, 1], [1, 0]])
+
+
+def test_reassemble_volume_without_slices_is_empty() -> None:
+    out = reassemble_volume(np.zeros((0, 4, 4), bool), np.zeros(0, np.int16), (3, 5, 2))
+    assert out.shape == (3, 5, 2) and not out.any()
+
+
+@pytest.mark.parametrize(("masks", "slice_index", "shape", "error", "match"), [
+    (np.zeros((1, 4, 4), np.float32), [0], (4, 4, 2), TypeError, "threshold heatmaps"),
+    (np.zeros((4, 4), bool), [0], (4, 4, 2), ValueError, r"expected \(n, H, W\)"),
+    (np.zeros((2, 4, 4), bool), [0], (4, 4, 2), ValueError, "one position per mask"),
+    (np.zeros((1, 4, 4), bool), [2], (4, 4, 2), ValueError, r"expected 0\.\.1"),
+    (np.zeros((1, 4, 4), bool), [-1], (4, 4, 2), ValueError, "2-D source"),
+    (np.zeros((2, 4, 4), bool), [1, 1], (4, 4, 2), ValueError, "repeated"),
+    (np.zeros((1, 4, 4), bool), [0.0], (4, 4, 2), TypeError, "slice_index"),
+    (np.zeros((1, 4, 4), bool), [0], (4, 4), ValueError, r"\(X, Y, Z\)"),
+    (np.zeros((1, 4, 4), bool), [0], (4, 0, 2), ValueError, "positive"),
+])
+def test_reassemble_volume_rejects_bad_input(masks, slice_index, shape, error, match) -> None:
+    with pytest.raises(error, match=match):
+        reassemble_volume(masks, np.asarray(slice_index), shape)
+
+
+def test_export_rejects_heatmaps_before_writing(native_store: Path, tmp_path: Path) -> None:
+    indices, masks = _ground_truth(native_store)
+    with pytest.raises(TypeError, match="threshold heatmaps"):
+        export_patient_masks(native_store, indices, masks.astype(np.float32), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_at_native_size_restores_the_segmentation(native_store: Path, source: Path, tmp_path: Path) -> None:
+    indices, masks = _ground_truth(native_store)
+    order = np.random.default_rng(2).permutation(indices.size)
+    written = export_patient_masks(native_store, indices[order], masks[order], tmp_path / "out")
+    assert [p.name for p in written] == ["BraTS20_Training_001_pred.nii.gz", "BraTS20_Training_002_pred.nii.gz"]
+    for path in written:
+        seg = nib.load(_seg_file(source, path))
+        image = nib.load(path)
+        data = np.asarray(image.dataobj)
+        assert data.dtype == np.uint8 and data.shape == seg.shape
+        assert np.allclose(image.affine, seg.affine)
+        np.testing.assert_array_equal(image.header["dim"], seg.header["dim"])
+        np.testing.assert_array_equal(image.header["pixdim"], seg.header["pixdim"])
+        assert (int(image.header["qform_code"]), int(image.header["sform_code"])) == (1, 1)
+        assert image.dataobj.slope == 1.0 and image.dataobj.inter == 0.0
+        assert image.header["descrip"].item().decode().startswith(f"{MASK_DESCRIPTION}; header of ")
+        kept = _stored_slices(native_store, path.name.removesuffix("_pred.nii.gz"))
+        blank = np.setdiff1d(np.arange(seg.shape[2]), kept)
+        assert blank.size >= 2 and kept.size > 0
+        truth = np.asarray(seg.dataobj) > 0
+        np.testing.assert_array_equal(data[:, :, kept], truth[:, :, kept])
+        assert truth.any() and not data[:, :, blank].any()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [p.name for p in written]
+
+
+def test_export_after_resizing_overlaps_the_segmentation(resized_store: Path, source: Path, tmp_path: Path) -> None:
+    assert open_store(resized_store)["masks"].shape[1:] == (RESIZED, RESIZED)
+    written = export_patient_masks(resized_store, *_ground_truth(resized_store), tmp_path)
+    assert len(written) == 2
+    for path in written:
+        seg = nib.load(_seg_file(source, path))
+        image = nib.load(path)
+        data = np.asarray(image.dataobj).astype(bool)
+        truth = np.asarray(seg.dataobj) > 0
+        assert data.shape == seg.shape and np.allclose(image.affine, seg.affine)
+        assert _dice(data, truth) > 0.8
+        kept = _stored_slices(resized_store, path.name.removesuffix("_pred.nii.gz"))
+        assert not data[:, :, np.setdiff1d(np.arange(seg.shape[2]), kept)].any()
+
+
+def test_export_of_some_slices_writes_only_their_patients(native_store: Path, tmp_path: Path) -> None:
+    group = open_store(native_store)
+    patients = read_patients(group)
+    chosen = np.flatnonzero(patients == "BraTS20_Training_002")[:3]
+    masks = np.ones((chosen.size, 32, 32), dtype=bool)
+    written = export_patient_masks(native_store, chosen, masks, tmp_path, suffix="_x")
+    assert [p.name for p in written] == ["BraTS20_Training_002_x.nii.gz"]
+    data = np.asarray(nib.load(written[0]).dataobj)
+    z = group["slice_index"][:][chosen]
+    assert data[:, :, z].all() and data.sum() == 3 * 32 * 32
+
+
+def test_export_is_deterministic(native_store: Path, tmp_path: Path) -> None:
+    indices, masks = _ground_truth(native_store)
+    first = export_patient_masks(native_store, indices, masks, tmp_path / "a")
+    second = export_patient_masks(native_store, indices, masks, tmp_path / "b")
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+
+
+def test_export_rebuilds_the_header_when_the_reference_is_gone_or_changed(
+        source: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    copy = tmp_path / "brats"
+    shutil.copytree(source, copy)
+    store = ingest_brats(copy, tmp_path / "s.zarr", IngestConfig(workers=0)).store
+    volumes = open_store(store).attrs["volumes"]
+    gone, changed = (Path(volumes[f"BraTS20_Training_00{k}"]["reference"]) for k in (1, 2))
+    (copy / gone).unlink()
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4)), copy / changed)
+    with caplog.at_level(logging.WARNING, logger=nifti_export.__name__):
+        written = export_patient_masks(store, *_ground_truth(store), tmp_path / "out")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("reference file gone" in m and gone.name in m for m in messages)
+    assert any("no longer matches" in m and changed.name in m for m in messages)
+    for path in written:
+        rebuilt = nib.load(path)
+        seg = nib.load(_seg_file(copy, path))
+        assert rebuilt.header["descrip"].item().decode() == f"{MASK_DESCRIPTION}; header rebuilt from the stored affine"
+        assert np.allclose(rebuilt.affine, seg.affine) and rebuilt.shape == seg.shape
+        assert (int(rebuilt.header["qform_code"]), int(rebuilt.header["sform_code"])) == (1, 1)
+        np.testing.assert_allclose(rebuilt.header.get_sform(), seg.affine)
+        np.testing.assert_allclose(rebuilt.header.get_qform(), seg.affine)
+        np.testing.assert_array_equal(rebuilt.header["pixdim"][1:4], seg.header["pixdim"][1:4])
+        np.testing.assert_array_equal(np.asarray(rebuilt.dataobj) > 0, np.asarray(seg.dataobj) > 0)
+
+
+def test_export_rejects_a_2d_store(tmp_path: Path) -> None:
+    write_jun_cheng_phantoms(tmp_path / "jc", 6, size=64, seed=0)
+    store = ingest_jun_cheng(tmp_path / "jc", tmp_path / "jc.zarr", IngestConfig(workers=0)).store
+    indices, masks = _ground_truth(store)
+    with pytest.raises(ValueError, match=re.escape(f"{store}: a store of 2-D slices (dataset 'jun-cheng'")):
+        export_patient_masks(store, indices, masks, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("indices", "masks_shape", "suffix", "match"), [
+    ([0, 10_000], (2, 32, 32), "_pred", r"indices: got 0\.\.10000"),
+    ([1, 1], (2, 32, 32), "_pred", "repeated"),
+    ([[0, 1]], (2, 32, 32), "_pred", "integer"),
+    ([0, 1], (3, 32, 32), "_pred", r"masks: got shape \(3, 32, 32\)"),
+    ([0, 1], (2, 32, 32), "/../x", "not a plain file name"),
+])
+def test_export_rejects_bad_arguments(native_store: Path, tmp_path: Path, indices, masks_shape, suffix,
+                                      match) -> None:
+    with pytest.raises(ValueError, match=match):
+        export_patient_masks(native_store, np.asarray(indices), np.zeros(masks_shape, bool), tmp_path, suffix=suffix)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_keeps_the_previous_file(native_store: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    indices, masks = _ground_truth(native_store)
+    written = export_patient_masks(native_store, indices, masks, tmp_path)
+    before = [p.read_bytes() for p in written]
+
+    def interrupted(src: str, dst: str) -> None:
+        raise OSError(f"simulated interruption renaming {src} to {dst}")
+
+    monkeypatch.setattr(nifti_export.os, "replace", interrupted)
+    with pytest.raises(OSError, match="simulated interruption"):
+        export_patient_masks(native_store, indices, np.zeros_like(masks), tmp_path)
+    assert [p.read_bytes() for p in written] == before
+    assert sorted(tmp_path.iterdir()) == sorted(written)
+
+
+def test_export_names_a_patient_without_a_volume_record(native_store: Path, tmp_path: Path) -> None:
+    store = shutil.copytree(native_store, tmp_path / "s.zarr")
+    group = open_store(store, mode="r+")
+    volumes = dict(group.attrs["volumes"])
+    del volumes["BraTS20_Training_002"]
+    group.attrs["volumes"] = volumes
+    with pytest.raises(ValueError, match="patient 'BraTS20_Training_002' has no entry in the 'volumes'"):
+        export_patient_masks(store, *_ground_truth(store), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

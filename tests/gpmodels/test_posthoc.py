@@ -1,0 +1,289 @@
+"""Post-hoc maps (Grad-CAM, occlusion, guided backpropagation), GP heatmaps and their agreement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from captum.attr import Saliency
+from torch import Tensor, nn
+
+from gpmodels.gradcam import default_cam_layer, evaluation_mode, gradcam_maps, gradcam_target_maps
+from gpmodels.nets import build_model
+from gpmodels.posthoc import (
+    OcclusionConfig,
+    gp_heatmaps,
+    guided_backprop_maps,
+    occlusion_maps,
+    occlusion_window,
+    posthoc_batch,
+    rank_agreement,
+    top_fraction_overlap,
+)
+
+ROWS, COLS = slice(12, 18), slice(20, 25)
+
+
+class RegionSum(nn.Module):
+    """Logits (sum of a fixed region, minus that sum): depends on the region's pixels only."""
+
+    def __init__(self, height: int, width: int) -> None:
+        super().__init__()
+        mask = torch.zeros(1, 1, height, width)
+        mask[..., ROWS, COLS] = 1.0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: Tensor) -> Tensor:
+        total = (x * self.mask).sum(dim=(1, 2, 3))
+        return torch.stack([total, -total], dim=1)
+
+
+def small_cnn(activation: type[nn.Module] = nn.ReLU, **kwargs: bool) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1), activation(**kwargs),
+        nn.Conv2d(6, 6, 3, padding=1), activation(**kwargs),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3),
+    )
+
+
+class FunctionalRelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.conv(x)).mean(dim=(2, 3))
+
+
+@pytest.fixture(scope="module")
+def gp_unet() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("gp-unet", 4, 3, width=8)
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[Tensor, Tensor]:
+    torch.manual_seed(1)
+    return torch.randn(2, 4, 33, 34), torch.tensor([2, 0])
+
+
+@pytest.fixture(scope="module")
+def resnext() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("resnext50", 4, 3)
+
+
+@pytest.mark.parametrize("name", ["resnext50", "inceptionv3"])
+def test_gradcam_is_the_rectified_cam_at_the_original_input_size(name, resnext, batch):
+    torch.manual_seed(0)
+    model = resnext if name == "resnext50" else build_model(name, 4, 3, aux_logits=False)
+    model.train()
+    images = batch[0][:1]
+    layer = default_cam_layer(model)
+    fc = model.fc if name == "resnext50" else model.net.fc
+    seen = {}
+    handle = layer.register_forward_hook(lambda module, args, out: seen.update(a=out))
+    maps = gradcam_maps(model, images)
+    handle.remove()
+
+    activations = seen["a"].detach()
+    assert activations.shape[-2:] == ((2, 2) if name == "resnext50" else (1, 1))
+    cam = torch.einsum("kc,bchw->bkhw", fc.weight.detach(), activations)
+    expected = F.interpolate(
+        F.relu(cam) / activations[0, 0].numel(), size=(33, 34), mode="bilinear", align_corners=False
+    )
+    assert maps.shape == (1, 3, 33, 34)
+    assert (maps >= 0).all()
+    torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-6)
+    assert model.training
+
+
+def test_default_cam_layer_and_gradcam_refusals(gp_unet, resnext):
+    inception = build_model("inceptionv3", 1, 2, aux_logits=False)
+    assert default_cam_layer(inception) is inception.net.Mixed_7c
+    assert default_cam_layer(resnext) is resnext.layer4
+    with pytest.raises(ValueError, match="no default Grad-CAM layer for GPUNet"):
+        default_cam_layer(gp_unet)
+    model = small_cnn()
+    images = torch.randn(1, 2, 9, 9)
+    with pytest.raises(ValueError, match="not a submodule"):
+        gradcam_maps(model, images, layer=nn.Conv2d(2, 2, 1))
+    with pytest.raises(ValueError, match=r"classes: .*\[0, 3\)"):
+        gradcam_maps(model, images, classes=[3], layer=model[2])
+    with pytest.raises(ValueError, match="expected a convolutional layer"):
+        gradcam_maps(model, images, layer=model[6])
+    images = torch.randn(2, 2, 9, 10)
+    maps = gradcam_maps(model, images, layer=model[3])
+    assert maps.shape == (2, 3, 9, 10) and maps.max() > 0
+    torch.testing.assert_close(gradcam_maps(model, images, [2, 0], model[3]), maps[:, [2, 0]])
+    torch.testing.assert_close(
+        gradcam_target_maps(model, images, torch.tensor([2, 0]), model[3]),
+        torch.stack([maps[0, 2], maps[1, 0]]),
+    )
+
+
+def test_occlusion_credits_exactly_the_pixels_the_logit_depends_on():
+    torch.manual_seed(0)
+    images = torch.rand(2, 2, 33, 34) + 1.0
+    model = RegionSum(33, 34)
+    maps = occlusion_maps(model, images, torch.tensor([0, 1]), window=3, stride=2)
+
+    assert maps.shape == (2, 33, 34)
+    reach = torch.zeros(33, 34, dtype=torch.bool)
+    reach[ROWS.start - 2 : ROWS.stop + 2, COLS.start - 2 : COLS.stop + 2] = True
+    assert (maps[:, ~reach] == 0).all()
+    assert (maps[0, ROWS, COLS] > 0).all() and (maps[1, ROWS, COLS] < 0).all()
+    assert maps[0, ROWS, COLS].min() > maps[0, ~reach].max()
+    peak = divmod(int(maps[0].argmax()), 34)
+    assert ROWS.start <= peak[0] < ROWS.stop and COLS.start <= peak[1] < COLS.stop
+    torch.testing.assert_close(occlusion_maps(model, images, [0, 1]), maps)
+
+
+def test_occlusion_window_defaults_and_argument_checks():
+    assert [occlusion_window(s, s) for s in (512, 240, 128, 32)] == [15, 15, 9, 3]
+    assert occlusion_window(33, 2) == 2
+    images = torch.rand(1, 2, 8, 9)
+    with pytest.raises(ValueError, match=r"window: expected an integer \[1, 8\], got 9"):
+        occlusion_maps(RegionSum(8, 9), images, torch.tensor([0]), window=9)
+    with pytest.raises(ValueError, match="stride"):
+        occlusion_maps(RegionSum(8, 9), images, torch.tensor([0]), stride=0)
+    with pytest.raises(ValueError, match=r"target: expected class indices in \[0, 2\)"):
+        occlusion_maps(RegionSum(8, 9), images, torch.tensor([2]))
+    with pytest.raises(ValueError, match=r"target: expected shape \(1,\)"):
+        occlusion_maps(RegionSum(8, 9), images, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="integer class indices"):
+        occlusion_maps(RegionSum(8, 9), images, torch.tensor([0.0]))
+    with pytest.raises(TypeError, match="images: expected a torch.Tensor"):
+        occlusion_maps(RegionSum(8, 9), images.numpy(), torch.tensor([0]))
+    with pytest.raises(ValueError, match=r"images: .*dtype torch.int64 and shape \(1, 2, 8, 9\)"):
+        occlusion_maps(RegionSum(8, 9), images.long(), torch.tensor([0]))
+    with pytest.raises(ValueError, match=r"images: .*shape \(2, 8, 9\)"):
+        occlusion_maps(RegionSum(8, 9), images[0], torch.tensor([0]))
+
+
+def test_guided_backprop_is_guided_and_non_trivial():
+    model = small_cnn()
+    images = torch.randn(2, 2, 11, 13)
+    target = torch.tensor([0, 2])
+    guided = guided_backprop_maps(model, images, target)
+    plain = Saliency(model).attribute(images.requires_grad_(), target=target, abs=True).amax(dim=1)
+
+    assert guided.shape == (2, 11, 13)
+    assert (guided >= 0).all() and guided.amax(dim=(1, 2)).min() > 0
+    assert not torch.allclose(guided, plain, rtol=1e-3, atol=1e-6)
+    assert (guided - plain).abs().max() > 0.1 * plain.max()
+
+
+def test_guided_backprop_through_prelu_is_the_plain_gradient():
+    model = small_cnn(nn.PReLU)
+    images = torch.randn(2, 2, 11, 13)
+    target = torch.tensor([1, 1])
+    plain = Saliency(model).attribute(images.requires_grad_(), target=target, abs=True).amax(dim=1)
+
+    torch.testing.assert_close(guided_backprop_maps(model, images, target), plain)
+
+
+@pytest.mark.parametrize(
+    ("make_model", "message"),
+    [(lambda: small_cnn(inplace=True), "inplace=True"), (FunctionalRelu, "functional ReLU")],
+)
+def test_guided_backprop_refuses_models_failing_the_relu_audit(make_model, message):
+    with pytest.raises(ValueError, match=f"relu_audit found: .*{message}"):
+        guided_backprop_maps(make_model(), torch.randn(1, 2, 9, 9), torch.tensor([0]))
+
+
+def test_gp_heatmaps_select_the_target_map_of_forward_maps(gp_unet, batch):
+    images, target = batch
+    gp_unet.eval()
+    with torch.no_grad():
+        _, maps = gp_unet.forward_maps(images)
+    gp_unet.train()
+    selected = gp_heatmaps(gp_unet, images, target)
+
+    torch.testing.assert_close(selected, torch.stack([maps[0, 2], maps[1, 0]]))
+    assert gp_unet.training
+    with pytest.raises(TypeError, match="forward_maps"):
+        gp_heatmaps(small_cnn(), torch.randn(1, 2, 9, 9), torch.tensor([0]))
+
+
+def test_posthoc_batch_on_a_gp_model_restores_modes(gp_unet, batch):
+    images, target = batch
+    gp_unet.train()
+    gp_unet.head.eval()
+    maps = posthoc_batch(gp_unet, images, target, is_gp=True, occlusion=OcclusionConfig(7, 7))
+
+    assert list(maps) == ["gp", "occlusion", "guided_backprop"]
+    assert all(m.shape == (2, 33, 34) and m.dtype == np.float32 for m in maps.values())
+    np.testing.assert_allclose(maps["gp"], gp_heatmaps(gp_unet, images, target).numpy())
+    assert np.abs(maps["occlusion"]).max() > 0 and maps["guided_backprop"].max() > 0
+    assert gp_unet.training and gp_unet.backbone.training and not gp_unet.head.training
+    agreement = rank_agreement(maps["gp"], maps["occlusion"])
+    assert agreement.shape == (2,) and np.all(np.abs(agreement) <= 1)
+
+
+def test_posthoc_batch_on_a_baseline_and_argument_checks(resnext, batch):
+    model = resnext
+    images, target = batch
+    one = OcclusionConfig(window=11, stride=11, perturbations_per_eval=4)
+    maps = posthoc_batch(model, images[:1], target[:1], ("occlusion",), is_gp=False, occlusion=one)
+
+    assert list(maps) == ["gradcam", "occlusion"]
+    assert maps["gradcam"].shape == (1, 33, 34) and maps["gradcam"].min() >= 0
+    with pytest.raises(ValueError, match="unknown \\['saliency'\\]"):
+        posthoc_batch(model, images, target, ("saliency",), is_gp=False)
+    with pytest.raises(TypeError, match="methods"):
+        posthoc_batch(model, images, target, "occlusion", is_gp=False)
+    with pytest.raises(TypeError, match="forward_maps"):
+        posthoc_batch(model, images, target, (), is_gp=True)
+    with pytest.raises(ValueError, match="perturbations_per_eval: expected an integer >= 1, got 0"):
+        OcclusionConfig(perturbations_per_eval=0)
+
+
+def test_evaluation_mode_restores_mixed_modes_even_on_error():
+    model = small_cnn().train()
+    model[1].eval()
+    with pytest.raises(RuntimeError), evaluation_mode(model):
+        assert not any(m.training for m in model.modules())
+        raise RuntimeError
+    assert model.training and not model[1].training and model[0].training
+
+
+def test_rank_agreement_identical_monotone_reversed_and_constant():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 33, 34))
+    b = np.stack([np.exp(a[0]), -a[1], np.zeros((33, 34))])
+    out = rank_agreement(a, b)
+
+    np.testing.assert_allclose(rank_agreement(a, a), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(out[:2], [1.0, -1.0])
+    assert np.isnan(out[2])
+    assert -1 <= rank_agreement(a, rng.normal(size=a.shape)).max() < 0.2
+    with pytest.raises(ValueError, match=r"a, b: .*\(3, 33, 34\) and \(3, 33, 33\)"):
+        rank_agreement(a, a[..., :33])
+    with pytest.raises(ValueError, match="finite"):
+        rank_agreement(a, np.full(a.shape, np.nan))
+    empty = np.zeros((0, 33, 34))
+    assert rank_agreement(empty, empty).shape == top_fraction_overlap(empty, empty).shape == (0,)
+
+
+def test_top_fraction_overlap_on_known_masks():
+    a = np.zeros((3, 10, 10))
+    b = np.zeros((3, 10, 10))
+    a.reshape(3, -1)[:, :5] = 1.0
+    b.reshape(3, -1)[0, 2:7] = 1.0
+    b.reshape(3, -1)[1, :5] = 2.0
+    a.reshape(3, -1)[2, :5] = np.arange(5.0) + 1
+    b.reshape(3, -1)[2] = 0.5
+    out = top_fraction_overlap(a, b, fraction=0.05)
+
+    np.testing.assert_allclose(out[:2], [3 / 7, 1.0])
+    assert np.isnan(out[2])
+    ties = np.zeros((1, 10, 10))
+    ties[0, 0, :8] = 1.0
+    first_five = np.zeros((1, 10, 10))
+    first_five[0, 0, :5] = 1.0
+    assert top_fraction_overlap(ties, first_five)[0] == pytest.approx(5 / 8)
+    with pytest.raises(ValueError, match="fraction"):
+        top_fraction_overlap(a, b, fraction=0.0)

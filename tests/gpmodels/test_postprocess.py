@@ -1,0 +1,152 @@
+"""Heatmaps to masks: suppression, threshold methods, offset sweep, typed config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage.filters import threshold_multiotsu, threshold_otsu
+
+from gpmodels import postprocess
+from gpmodels.metrics import dice
+from gpmodels.postprocess import (
+    CleaningConfig,
+    ThresholdConfig,
+    best_offset,
+    resolve_auto_offset,
+    segment_heatmaps,
+    select_maps,
+    suppress,
+    sweep_offsets,
+    threshold_heatmaps,
+)
+
+
+def blobs(n: int = 6, shape: tuple[int, int] = (33, 34), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth maps with negative regions plus a positive blob; targets are the blob cores."""
+    rng = np.random.default_rng(seed)
+    maps = ndi.gaussian_filter(rng.standard_normal((n, *shape)), (0, 2, 2)) * 3 - 0.2
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    targets = np.zeros((n, *shape), bool)
+    for i in range(n - 1):
+        cy, cx = rng.uniform(8, 25, 2)
+        dist2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        maps[i] += rng.uniform(2, 5) * np.exp(-dist2 / 30)
+        targets[i] = dist2 < 20
+    return maps.astype(np.float32), targets
+
+
+def test_suppress_zeroes_negatives_and_keeps_dtype():
+    maps = np.array([[[-1.5, 0.0], [2.0, -0.0]]], np.float16)
+    out = suppress(maps)
+    np.testing.assert_array_equal(out, [[[0, 0], [2, 0]]])
+    assert out.dtype == np.float16 and maps[0, 0, 0] == -1.5
+
+
+def test_select_maps_picks_the_class_of_each_slice():
+    class_maps = np.arange(3 * 2 * 5 * 4, dtype=np.float32).reshape(3, 2, 5, 4)
+    out = select_maps(class_maps, np.array([1, 0, 1]))
+    np.testing.assert_array_equal(out, class_maps[[0, 1, 2], [1, 0, 1]])
+    with pytest.raises(ValueError, match="classes"):
+        select_maps(class_maps, np.array([0, 2, 1]))
+    with pytest.raises(ValueError, match="classes"):
+        select_maps(class_maps, np.array([0, 1]))
+
+
+def test_multiotsu_masks_use_the_upper_threshold_minus_offset():
+    maps, _ = blobs()
+    masks = threshold_heatmaps(maps, "multiotsu", offset=0.3)
+    for i, image in enumerate(maps):
+        heat = np.maximum(image, 0)
+        upper = threshold_multiotsu(heat, classes=3)[-1]
+        np.testing.assert_array_equal(masks[i], heat > max(upper - np.float32(0.3), 0))
+
+
+def test_offset_clamps_the_threshold_at_zero():
+    maps, _ = blobs()
+    np.testing.assert_array_equal(threshold_heatmaps(maps, "multiotsu", offset=100.0), maps > 0)
+
+
+def test_otsu_and_fixed_masks():
+    maps, _ = blobs()
+    otsu = threshold_heatmaps(maps, "otsu")
+    for i, image in enumerate(maps):
+        heat = np.maximum(image, 0)
+        np.testing.assert_array_equal(otsu[i], heat > threshold_otsu(heat))
+    np.testing.assert_array_equal(threshold_heatmaps(maps, "fixed", value=0.5), maps > 0.5)
+    assert threshold_heatmaps(maps, "fixed", value=-1.0).all()
+    np.testing.assert_array_equal(threshold_heatmaps(maps, "fixed", value=-1.0, suppress_negative=False), maps > -1)
+
+
+@pytest.mark.parametrize("method", ["otsu", "multiotsu"])
+def test_constant_and_all_negative_maps_give_empty_masks(method):
+    maps = np.stack([np.full((33, 34), 1.5), np.full((33, 34), -2.0), -np.abs(blobs(1)[0][0]) - 0.1])
+    assert not threshold_heatmaps(maps.astype(np.float32), method, offset=0.3).any()
+
+
+def test_unknown_method_and_non_finite_numbers():
+    with pytest.raises(ValueError, match="method"):
+        threshold_heatmaps(np.zeros((1, 4, 4), np.float32), "mean")
+    with pytest.raises(ValueError, match="offset"):
+        threshold_heatmaps(np.zeros((1, 4, 4), np.float32), "multiotsu", offset=float("nan"))
+
+
+def test_sweep_equals_per_offset_thresholding():
+    maps, targets = blobs(8, seed=1)
+    offsets = (0.0, 0.1, 0.3, 1.6, 10.0)
+    for smooth in (0.0, 1.0):
+        swept = sweep_offsets(maps, targets, offsets, smooth=smooth)
+        assert swept.shape == (5, 8)
+        for k, off in enumerate(offsets):
+            expected = dice(threshold_heatmaps(maps, "multiotsu", offset=off), targets, smooth=smooth)
+            np.testing.assert_array_equal(swept[k], expected)
+
+
+def test_sweep_does_not_depend_on_threads(monkeypatch):
+    maps, targets = blobs(7, seed=3)
+    monkeypatch.setattr(postprocess, "_SWEEP_ELEMENTS", 2 * 33 * 34)
+    offsets = (0.0, 0.3)
+    np.testing.assert_array_equal(sweep_offsets(maps, targets, offsets, workers=3),
+                                  sweep_offsets(maps, targets, offsets, workers=1))
+
+
+def test_best_offset_maximises_the_median_over_slices_with_target():
+    scores = np.array([[0.5, 0.5, 0.9, 0.0], [0.6, 0.6, 0.1, 1.0], [0.6, 0.6, 0.2, 0.0]])
+    has_target = np.array([True, True, True, False])
+    assert best_offset(scores, [0.1, 0.3, 1.6], has_target) == 0.3  # tie with 1.6 goes to the first
+    assert best_offset(scores, [0.1, 0.3, 1.6], np.array([False, False, True, False])) == 0.1
+    with pytest.raises(ValueError, match="has_target"):
+        best_offset(scores, [0.1, 0.3, 1.6], np.zeros(4, bool))
+    with pytest.raises(ValueError, match="dice_per_offset"):
+        best_offset(scores, [0.1, 0.3], has_target)
+
+
+def test_segment_heatmaps_thresholds_then_cleans():
+    maps, _ = blobs()
+    config = ThresholdConfig(offset=0.3, cleaning=CleaningConfig(largest_component=True))
+    masks = segment_heatmaps(maps, config)
+    raw = threshold_heatmaps(maps, "multiotsu", offset=0.3)
+    assert (masks <= raw).all()
+    assert all(ndi.label(m, np.ones((3, 3)))[1] <= 1 for m in masks)
+    with pytest.raises(ValueError, match="auto"):
+        segment_heatmaps(maps, ThresholdConfig(offset="auto"))
+
+
+def test_resolve_auto_offset_picks_from_the_grid():
+    maps, targets = blobs(8, seed=2)
+    config = ThresholdConfig(offset="auto", auto_offsets=(0.0, 0.5, 1.0))
+    resolved = resolve_auto_offset(config, maps, targets)
+    scores = sweep_offsets(maps, targets, (0.0, 0.5, 1.0))
+    assert resolved.offset == best_offset(scores, (0.0, 0.5, 1.0), targets.any(axis=(1, 2)))
+    assert resolved == replace(config, offset=resolved.offset)
+    fixed = ThresholdConfig(offset=0.3)
+    assert resolve_auto_offset(fixed, maps, targets) is fixed
+
+
+def test_postprocessing_does_not_import_prefect():
+    code = "import sys, gpmodels.postprocess, gpmodels.metrics; assert 'prefect' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,272 @@
+"""Tests of the HTML report: files, self-containment, numbers against evaluation.json, robustness, figures."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import re
+import shutil
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from gpmodels.checkpoints import RunPaths, save_weights
+from gpmodels.evaluation import evaluate_heatmaps, write_evaluation
+from gpmodels.heatmaps import generate_heatmaps
+from gpmodels.postprocess import CleaningConfig, ThresholdConfig, select_maps
+from gpmodels.report import build_report, load_run, threshold_config
+from gpmodels.report_figures import OVERLAY_COLOURS, choose_examples, data_uri, overlay_colours
+from gpmodels.train_config import preset_config
+from gpmodels.training import build_network, resolve_run, train
+from storage.ingest import ingest_jun_cheng
+from storage.ingest_config import IngestConfig
+from storage.phantoms import write_jun_cheng_phantoms
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _add_posthoc(heatmaps: Path, count: int) -> None:
+    """Post-hoc maps in the layout of gpmodels.heatmaps (``posthoc/rows`` and (M, S, S) maps), made
+    from the stored class maps instead of occlusion runs to keep the test fast."""
+    group = zarr.open_group(str(heatmaps), mode="r+")
+    rows = np.flatnonzero(group["labels"][:] > 0)[:count]
+    reference = select_maps(group["maps"].get_orthogonal_selection((rows,)).astype(np.float32),
+                            group["labels"][:][rows].astype(np.int64))
+    noise = np.random.default_rng(0).normal(size=reference.shape).astype(np.float32)
+    group.create_array("posthoc/rows", data=rows.astype(np.int64))
+    for name, values in (("gp", reference), ("occlusion", reference + noise), ("guided_backprop", np.abs(noise))):
+        group.create_array(f"posthoc/{name}", data=values.astype(np.float16))
+
+
+def _untrained_run(store: Path, model: str, out: Path) -> None:
+    """A run directory with ``config.json`` and untrained weights, enough for heatmaps (training a
+    ResNeXt50, even for one step, costs more than the rest of this file)."""
+    run = resolve_run(preset_config("smoke", str(store), model, str(out)))
+    out.mkdir(parents=True)
+    RunPaths(out).config.write_text(json.dumps(run.to_dict()))
+    torch.manual_seed(0)
+    save_weights(build_network(run).state_dict(), RunPaths(out).model)
+
+
+def _smoke_run(store: Path, model: str, out: Path, posthoc: int, trained: bool = True) -> Path:
+    if trained:
+        train(preset_config("smoke", str(store), model, str(out), test=False))
+    else:
+        _untrained_run(store, model, out)
+    heatmaps = generate_heatmaps(out, "test", posthoc=0)
+    if posthoc:
+        _add_posthoc(heatmaps, posthoc)
+    write_evaluation(out, evaluate_heatmaps(heatmaps))
+    return out
+
+
+@pytest.fixture(scope="session")
+def report_runs(phantom_store, tmp_path_factory) -> dict[str, Path]:
+    """A trained GP-UNet run on the BraTS phantom store (post-hoc maps of 2 slices) and an untrained
+    ResNeXt50 run (Grad-CAM, no post-hoc maps, no metrics.csv) on a Jun Cheng phantom store (no
+    tumour-free class)."""
+    root = tmp_path_factory.mktemp("report_runs")
+    write_jun_cheng_phantoms(root / "jc", 36, size=64, seed=0)
+    jun_cheng = ingest_jun_cheng(root / "jc", root / "jc.zarr", IngestConfig(workers=0, image_size=32)).store
+    return {"gp": _smoke_run(phantom_store, "gp-unet", root / "gp-unet", posthoc=2),
+            "baseline": _smoke_run(jun_cheng, "resnext50", root / "resnext50", posthoc=0, trained=False)}
+
+
+@pytest.fixture(scope="session")
+def report(report_runs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    return build_report([report_runs["gp"], report_runs["baseline"]], out, title="test report",
+                        notes=["thresholds re-run by `gpseg postprocess`"])
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _evaluation(run_dir: Path) -> dict:
+    return json.loads((run_dir / "evaluation.json").read_text())
+
+
+def _copy_run(run_dir: Path, out: Path, **changes) -> Path:
+    """A copy of a run whose evaluation.json has some top-level entries changed (nested by dots)."""
+    shutil.copytree(run_dir, out)
+    evaluation = _evaluation(out)
+    for dotted, value in changes.items():
+        *parents, key = dotted.split(".")
+        target = evaluation
+        for parent in parents:
+            target = target[parent]
+        target[key] = value
+    (out / "evaluation.json").write_text(json.dumps(evaluation))
+    return out
+
+
+def test_report_files_are_written_and_nothing_else(report):
+    assert report.name == "index.html"
+    assert sorted(p.name for p in report.parent.iterdir()) == ["index.html", "metrics.json", "runs.csv",
+                                                               "summary.csv"]
+
+
+def test_page_has_tables_models_notes_and_no_external_reference(report):
+    page = report.read_text()
+    for text in ("test report", "Precision", "Recall", "F1", "Accuracy", "median Dice", "FPR tumour-free",
+                 "LGG vs HGG acc.", "patient acc.", "GP-UNet", "ResNeXt50", "GP (inherent)", "Grad-CAM (post-hoc)",
+                 "thresholds re-run by `gpseg postprocess`", "Dice = 2|P∩T|", "Training curves", "BraTS",
+                 "Jun Cheng", "Example panels", "Input channel: t1."):
+        assert html.escape(text) in page, text
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    assert "tuned on validation masks" not in page
+
+
+def test_inline_images_are_pngs(report):
+    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', report.read_text())
+    # confusion x2, Dice histograms x2, example rows, post-hoc panel, training curves x2
+    assert len(uris) >= 8
+    assert all(base64.b64decode(uri).startswith(PNG_MAGIC) for uri in uris)
+    assert re.findall(r'src="(?!data:image/png;base64,)', report.read_text()) == []
+
+
+def test_summary_and_metrics_match_the_evaluations(report, report_runs):
+    summary = {row["model"]: row for row in _read_csv(report.parent / "summary.csv")}
+    metrics = json.loads((report.parent / "metrics.json").read_text())
+    for key, model in (("gp", "gp-unet"), ("baseline", "resnext50")):
+        evaluation = _evaluation(report_runs[key])
+        row = summary[model]
+        assert float(row["f1_mean"]) == evaluation["classification"]["f1"]
+        assert float(row["accuracy_mean"]) == evaluation["classification"]["accuracy"]
+        assert float(row["dice_median_mean"]) == evaluation["segmentation"]["dice"]["median"]
+        assert float(row["f1_std"]) == 0.0 and row["runs"] == "1"
+        run = next(r for r in metrics["runs"] if r["model"] == model)
+        assert run["evaluation"] == evaluation
+    runs = _read_csv(report.parent / "runs.csv")
+    assert {row["model"] for row in runs} == {"gp-unet", "resnext50"}
+    assert all(row["offset_source"] == "given" for row in runs)
+
+
+def test_undefined_metrics_render_as_dashes(report, report_runs):
+    evaluation = _evaluation(report_runs["baseline"])
+    assert evaluation["segmentation"]["fpr_tumour_free"] is None and evaluation["tumour_only_accuracy"] is None
+    row = next(r for r in _read_csv(report.parent / "summary.csv") if r["model"] == "resnext50")
+    assert row["fpr_tumour_free_mean"] == "" and row["tumour_only_accuracy_mean"] == ""
+    aggregate = next(a for a in json.loads((report.parent / "metrics.json").read_text())["aggregates"]
+                     if a["model"] == "resnext50")
+    assert aggregate["metrics"]["fpr_tumour_free"]["mean"] is None
+    table_row = re.search(r"<tr><td class=\"text\">ResNeXt50.*?</tr>", report.read_text()).group(0)
+    assert table_row.count(">–<") >= 2
+
+
+def test_posthoc_agreement_table_and_panel(report, report_runs):
+    agreement = _evaluation(report_runs["gp"])["posthoc"]
+    assert agreement["reference"] == "gp" and agreement["slices"] == 2
+    page = report.read_text()
+    assert "Median Spearman" in page and "guided backprop" in page
+    assert "No run has post-hoc maps" not in page
+
+
+def test_folds_are_averaged(report_runs, tmp_path):
+    gp = report_runs["gp"]
+    f1 = _evaluation(gp)["classification"]["f1"]
+    second = _copy_run(gp, tmp_path / "fold1", **{"run.fold": 1, "classification.f1": f1 + 0.2})
+    page = build_report([gp, second], tmp_path / "out")
+    (row,) = _read_csv(page.parent / "summary.csv")
+    assert row["folds"] == "0 1" and row["runs"] == "2"
+    assert float(row["f1_mean"]) == pytest.approx(f1 + 0.1)
+    assert float(row["f1_std"]) == pytest.approx(0.1)
+    assert f'{f1 + 0.1:.3f}<span class="sd">± 0.100</span>' in page.read_text()
+
+
+def test_variants_are_separate_rows_and_the_best_is_marked(report_runs, tmp_path):
+    gp = report_runs["gp"]
+    f1 = _evaluation(gp)["classification"]["f1"]
+    variant = _copy_run(gp, tmp_path / "maps", **{"classification.f1": f1 + 0.2})
+    config = json.loads((variant / "config.json").read_text())
+    config["model_options"]["pool"] = "maps"
+    (variant / "config.json").write_text(json.dumps(config))
+    page = build_report([gp, variant], tmp_path / "out").read_text()
+    rows = {row["label"]: row for row in _read_csv(tmp_path / "out" / "summary.csv")}
+    assert set(rows) == {"GP-UNet (width=8)", "GP-UNet (pool=maps, width=8)"}
+    assert f'<td class="best">{f1 + 0.2:.3f}</td>' in page
+    assert f'<td class="best">{f1:.3f}</td>' not in page
+
+
+def test_offset_chosen_on_validation_gives_a_warning(report_runs, tmp_path):
+    auto = _copy_run(report_runs["gp"], tmp_path / "auto",
+                     **{"threshold.offset_source": "auto: maximised median validation Dice over 9 slices"})
+    page = build_report([auto], tmp_path / "out").read_text()
+    assert "tuned on validation masks" in page and 'class="warning"' in page
+
+
+def test_missing_evaluation_names_the_run(report_runs, tmp_path):
+    bare = tmp_path / "not-evaluated"
+    shutil.copytree(report_runs["gp"], bare)
+    (bare / "evaluation.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"not-evaluated.*evaluation\.json"):
+        build_report([bare], tmp_path / "out")
+    assert not (tmp_path / "out" / "index.html").exists()
+    with pytest.raises(ValueError, match="run_dirs"):
+        build_report([], tmp_path / "out")
+
+
+def test_threshold_config_round_trips_through_evaluation_json():
+    config = ThresholdConfig(method="fixed", value=0.7, auto_offsets=(0.0, 0.5),
+                             cleaning=CleaningConfig(min_size=3, largest_component=True))
+    stored = json.loads(json.dumps({**asdict(config), "offset_source": "given"}))
+    assert threshold_config(stored) == config
+    assert threshold_config({**stored, "offset": 0.25}) == replace(config, offset=0.25)
+
+
+def test_load_run_labels_variants(report_runs):
+    run = load_run(report_runs["gp"])
+    assert run.dataset == "brats" and run.label == "GP-UNet (width=8)" and run.kind == "gp"
+    assert run.slices is not None and run.slices["index"].size == run.evaluation["classification"]["n"]
+
+
+def test_overlay_colours_mark_tp_fp_fn():
+    image = np.zeros((5, 7), np.float32)
+    pred = np.zeros((5, 7), bool)
+    truth = np.zeros((5, 7), bool)
+    pred[0, :2] = True
+    truth[0, 1:3] = True
+    rgb = overlay_colours(image, pred, truth, alpha=1.0)
+    colours = [np.array(tuple(int(c[i:i + 2], 16) / 255 for i in (1, 3, 5))) for c in OVERLAY_COLOURS.values()]
+    tp, fp, fn = colours
+    np.testing.assert_allclose(rgb[0, 1], tp, atol=1e-6)
+    np.testing.assert_allclose(rgb[0, 0], fp, atol=1e-6)
+    np.testing.assert_allclose(rgb[0, 2], fn, atol=1e-6)
+    np.testing.assert_allclose(rgb[4, 6], 0.0)
+    with pytest.raises(ValueError, match="shapes"):
+        overlay_colours(image, pred[:4], truth)
+
+
+def test_choose_examples_median_failure_and_false_positive():
+    slices = {"label": np.array([0, 0, 1, 1, 1, 2]),
+              "dice": np.array([np.nan, np.nan, 0.5, 0.1, 0.9, 0.4]),
+              "target_pixels": np.array([0, 0, 10, 10, 10, 10]),
+              "pred_pixels": np.array([3, 7, 5, 5, 5, 5])}
+    chosen = choose_examples(slices, ["tumour-free", "LGG", "HGG"])
+    assert chosen == [(1, "false positive"), (2, "median"), (3, "failure"), (5, "median")]
+    no_free = choose_examples({**slices, "label": np.array([0, 0, 1, 1, 1, 2])}, ["a", "b", "c"])
+    assert (1, "false positive") not in no_free and (5, "median") in no_free
+
+
+def test_data_uri_rejects_non_png():
+    assert data_uri(PNG_MAGIC + b"rest").startswith("data:image/png;base64,")
+    with pytest.raises(ValueError, match="png"):
+        data_uri(b"GIF89a")
+
+
+def test_a_missing_store_skips_the_panels_with_a_warning(report_runs, tmp_path):
+    moved = _copy_run(report_runs["baseline"], tmp_path / "moved", **{"run.store_path": str(tmp_path / "gone.zarr")})
+    page = build_report([moved], tmp_path / "out").read_text()
+    assert "not shown" in page and "gone.zarr" in page
+    assert "<h3>Jun Cheng</h3>" not in page and "<h3>gone</h3>" in page
+    (row,) = _read_csv(tmp_path / "out" / "summary.csv")
+    assert row["dataset"] == "gone" and float(row["f1_mean"]) == _evaluation(moved)["classification"]["f1"]

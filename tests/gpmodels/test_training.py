@@ -1,0 +1,240 @@
+"""Tests of training: configs and presets, the Lightning module, run directories, resuming, loading, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from typer.testing import CliRunner
+
+from gpmodels.checkpoints import RunPaths, merge_metrics, net_state_from_checkpoint
+from gpmodels.lightning_module import ClassifierModule, weighted_cross_entropy
+from gpmodels.train_config import RunConfig, TrainConfig, preset_config
+from gpmodels.training import build_network, load_trained, resolve_precision, resolve_run, train
+from gpseg.cli import app
+
+
+@pytest.fixture(scope="module")
+def smoke_run(phantom_store, tmp_path_factory):
+    """One smoke-preset GP-UNet run (2 optimiser steps)."""
+    out = tmp_path_factory.mktemp("runs") / "gp-unet"
+    config = preset_config("smoke", str(phantom_store), "gp-unet", str(out))
+    return config, train(config)
+
+
+def _read_metrics(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_presets_and_overrides():
+    config = preset_config("demo", "s.zarr", "gp-unet", "run", epochs=3, width=None)
+    assert (config.epochs, config.width, config.image_size, config.accumulate) == (3, 16, 64, 1)
+    paper = preset_config("paper", "s.zarr", "resnext50", "run", batch_size=24, devices=2)
+    assert paper.epochs == 300 and paper.effective_batch == 128 and paper.accumulate == 3
+    assert TrainConfig.from_dict(json.loads(json.dumps(paper.to_dict()))) == paper
+    assert preset_config("demo", "s.zarr", "inceptionv3", "run").model_options == {"aux_logits": False}
+    assert preset_config("paper", "s.zarr", "inceptionv3", "run").model_options == {}
+    kept = preset_config("demo", "s.zarr", "inceptionv3", "run", model_options={"dropout": 0.2})
+    assert kept.model_options == {"aux_logits": False, "dropout": 0.2}
+    with pytest.raises(ValueError, match="preset"):
+        preset_config("fast", "s.zarr", "gp-unet", "run")
+    with pytest.raises(ValueError, match="unknown fields"):
+        preset_config("demo", "s.zarr", "gp-unet", "run", epoch=3)
+
+
+@pytest.mark.parametrize(("changes", "field"), [({"model": "unet"}, "model"), ({"epochs": 0}, "epochs"),
+                                                ({"lr": 0.0}, "lr"), ({"precision": "64"}, "precision"),
+                                                ({"fold": -1}, "fold"), ({"model_options": {"width": 8}}, "width")])
+def test_config_errors_name_the_field(changes, field):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{"store": "s.zarr", "model": "gp-unet", "out": "run", **changes})
+
+
+def test_precision_is_fp32_on_cpu():
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+
+
+def test_weighted_cross_entropy_matches_torch_and_survives_zero_weights():
+    logits, labels = torch.randn(6, 3), torch.tensor([0, 1, 2, 2, 1, 0])
+    weights = torch.tensor([0.5, 2.0, 1.0])
+    torch.testing.assert_close(weighted_cross_entropy(logits, labels, weights),
+                               F.cross_entropy(logits, labels, weight=weights))
+    zero = weighted_cross_entropy(logits, labels, torch.tensor([0.0, 0.0, 0.0]))
+    assert zero.item() == 0.0
+
+
+class _AuxNet(nn.Module):
+    """A tiny network with an auxiliary head, shaped like InceptionV3's interface."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.main, self.aux = nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward_with_aux(self, x):
+        pooled = x.mean(dim=(-2, -1))
+        return self.main(pooled), self.aux(pooled) if self.training else None
+
+    def forward(self, x):
+        return self.forward_with_aux(x)[0]
+
+
+def test_auxiliary_loss_is_added_in_training_only():
+    module = ClassifierModule(_AuxNet(), [1.0, 2.0, 0.5], aux_weight=0.4)
+    images, labels = torch.randn(5, 4, 7, 9), torch.tensor([0, 1, 2, 1, 0])
+    logits, loss = module.train().loss(images, labels)
+    pooled = images.mean(dim=(-2, -1))
+    weights = torch.tensor([1.0, 2.0, 0.5])
+    expected = (F.cross_entropy(module.net.main(pooled), labels, weight=weights)
+                + 0.4 * F.cross_entropy(module.net.aux(pooled), labels, weight=weights))
+    torch.testing.assert_close(loss, expected)
+    _, eval_loss = module.eval().loss(images, labels)
+    torch.testing.assert_close(eval_loss, F.cross_entropy(module.net.main(pooled), labels, weight=weights))
+    with pytest.raises(ValueError, match="class_weights"):
+        ClassifierModule(_AuxNet(), [])
+
+
+def test_smoke_run_writes_the_run_directory(smoke_run, phantom_store):
+    config, result = smoke_run
+    paths = RunPaths(Path(config.out))
+    for path in (paths.config, paths.metrics, paths.model, paths.best, paths.last):
+        assert path.is_file(), path
+    assert list(paths.tensorboard.glob("events.out.tfevents.*"))
+    saved = json.loads(paths.config.read_text())
+    assert saved["classes"] == ["tumour-free", "LGG", "HGG"] and saved["channels"] == ["t1", "t1ce", "t2", "flair"]
+    assert saved["data_version"] and saved["store_path"] == str(Path(phantom_store).resolve())
+    assert saved["model_options"]["width"] == 8 and saved["train"]["model"] == "gp-unet"
+    assert saved["accumulate"] == 2 and len(saved["class_weights"]) == 3
+    assert result.global_step == 2 and result.start_step == 0
+    rows = _read_metrics(paths.metrics)
+    columns = set(rows[0])
+    assert {"train_loss", "val_loss", "val_acc", "val_f1", "test_loss", "test_acc", "test_f1"} <= columns
+    assert set(result.test_metrics) == {"test_loss", "test_acc", "test_f1"}
+    assert 0.0 <= result.test_metrics["test_f1"] <= 1.0
+
+
+def test_checkpoints_and_weights_load_with_weights_only(smoke_run):
+    config, _ = smoke_run
+    paths = RunPaths(Path(config.out))
+    weights = torch.load(paths.model, weights_only=True)
+    assert weights and all(isinstance(value, torch.Tensor) for value in weights.values())
+    net = build_network(RunConfig.from_dict(json.loads(paths.config.read_text())))
+    assert set(weights) == set(net.state_dict())
+    for checkpoint in (paths.last, paths.best):
+        loaded = torch.load(checkpoint, weights_only=True)
+        assert loaded["hyper_parameters"]["run_config"] == json.loads(paths.config.read_text())
+        assert loaded["global_step"] == 2
+
+
+def test_load_trained_round_trip(smoke_run, phantom_store):
+    config, _ = smoke_run
+    paths = RunPaths(Path(config.out))
+    net, run = load_trained(paths.root)
+    assert not net.training and run.train == config
+    reference = build_network(run)
+    reference.load_state_dict(net_state_from_checkpoint(paths.best))
+    reference.eval()
+    images = torch.randn(2, 4, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(images), reference(images), atol=0, rtol=0)
+    last, _ = load_trained(paths.root, which="last")
+    assert not last.training
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_trained(paths.root.parent / "missing")
+
+
+def test_training_is_deterministic_for_a_seed(smoke_run, tmp_path):
+    config, _ = smoke_run
+    again = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "again"), "test": False})
+    train(again)
+    first = torch.load(Path(config.out) / "model.pt", weights_only=True)
+    second = torch.load(tmp_path / "again" / "model.pt", weights_only=True)
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_rerun_resumes_from_last_checkpoint(smoke_run, tmp_path):
+    config, _ = smoke_run
+    out = str(tmp_path / "resumed")
+    first = train(TrainConfig.from_dict({**config.to_dict(), "out": out}))
+    assert (first.start_step, first.global_step) == (0, 2)
+    longer = TrainConfig.from_dict({**config.to_dict(), "out": out, "epochs": 2})
+    result = train(longer)
+    assert (result.start_step, result.global_step) == (2, 4)
+    rows = _read_metrics(tmp_path / "resumed" / "metrics.csv")
+    assert sorted({row["epoch"] for row in rows if row["val_loss"]}) == ["0", "1"]
+    assert sum(1 for row in rows if row["test_f1"]) == 1
+    same = train(longer)
+    assert (same.start_step, same.global_step) == (4, 4)
+    other = TrainConfig.from_dict({**longer.to_dict(), "lr": 0.01})
+    with pytest.raises(ValueError, match="train.lr"):
+        train(other)
+
+
+def test_rerun_after_a_kill_continues_from_last_checkpoint(smoke_run, tmp_path):
+    config, _ = smoke_run
+    out = tmp_path / "killed"
+    endless = TrainConfig.from_dict({**config.to_dict(), "out": str(out), "epochs": 1000, "test": False})
+    script = ("import json, sys; from gpmodels.train_config import TrainConfig; from gpmodels.training import train; "
+              "train(TrainConfig.from_dict(json.loads(sys.argv[1])))")
+    process = subprocess.Popen([sys.executable, "-c", script, json.dumps(endless.to_dict())])
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "checkpoints" / "last.ckpt").exists() and process.poll() is None:
+            assert time.monotonic() < deadline, "no last.ckpt within 60 s"
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        process.kill()
+        process.wait()
+    step = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    epoch = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+    result = train(TrainConfig.from_dict({**endless.to_dict(), "epochs": epoch + 2}))
+    assert step >= 2 and result.start_step == step and result.global_step == step + 2
+    epochs = [row["epoch"] for row in _read_metrics(out / "metrics.csv") if row["val_loss"]]
+    assert epochs == [str(e) for e in range(epoch + 2)]
+
+
+def test_inceptionv3_trains_with_its_auxiliary_classifier(phantom_store, tmp_path):
+    config = preset_config("smoke", str(phantom_store), "inceptionv3", str(tmp_path / "inception"),
+                           batch_size=2, effective_batch=2, limit_batches=1)
+    run = resolve_run(config)
+    assert run.model_options["aux_logits"] is True
+    result = train(config)
+    assert result.global_step == 1 and (tmp_path / "inception" / "model.pt").is_file()
+    assert any(row["train_loss"] for row in _read_metrics(tmp_path / "inception" / "metrics.csv"))
+
+
+def test_merge_metrics_replaces_redone_rows(tmp_path):
+    logs = tmp_path / "logs"
+    for name, rows in {"step_0000000": [("0", "9", "1.0", ""), ("1", "19", "0.9", ""), ("2", "29", "0.8", "")],
+                       "step_0000020": [("2", "29", "0.7", ""), ("3", "39", "0.6", ""), ("3", "40", "", "0.5")]}.items():
+        (logs / name).mkdir(parents=True)
+        with (logs / name / "metrics.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["epoch", "step", "val_loss", "test_loss"])
+            writer.writerows(rows)
+    assert merge_metrics(logs, tmp_path / "metrics.csv") == 5
+    merged = _read_metrics(tmp_path / "metrics.csv")
+    assert [row["val_loss"] for row in merged] == ["1.0", "0.9", "0.7", "0.6", ""]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--store", "missing.zarr", "--model", "gp-unet"], "no slice store"),
+    (["--model", "gp-nope"], "model: got 'gp-nope'"),
+    (["--model", "gp-unet", "--fold", "7"], "fold: got 7"),
+])
+def test_cli_errors_are_one_line(phantom_store, tmp_path, args, message):
+    base = ["train", "--store", str(phantom_store), "--out", str(tmp_path / "run"), "--preset", "smoke"]
+    result = CliRunner().invoke(app, base + args)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
