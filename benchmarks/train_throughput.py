@@ -12,7 +12,8 @@ For each model, on random 4 x 240 x 240 slices (float16 as stored, batch 8 by de
 * ``inference``: ``forward`` in eval mode under ``torch.inference_mode`` (bf16 autocast and
   channels-last on CUDA).
 
-Each timing runs ``--warmup`` untimed steps first. ``ratio`` is gpseg step / plain fp32 throughput.
+Each timing runs ``--warmup`` untimed steps first and reports the fastest of ``--steps`` timed steps.
+``ratio`` is gpseg step / plain fp32 throughput.
 
 Usage::
 
@@ -37,17 +38,22 @@ from gpmodels.nets import MODEL_NAMES, build_model
 
 
 def seconds_per_step(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
-    """Mean wall time of ``step()`` over ``steps`` calls after ``warmup`` untimed ones."""
+    """Fastest wall time of one ``step()`` over ``steps`` timed calls after ``warmup`` untimed ones.
+
+    The minimum (as ``timeit`` reports) is the least disturbed by other load on the machine.
+    """
     for _ in range(warmup):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    started = time.perf_counter()
+    times = []
     for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - started) / steps
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 def gpseg_step(net: nn.Module, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,

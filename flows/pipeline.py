@@ -11,9 +11,18 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.params import DatasetSpec, ThresholdParams
 from tasks.data import fingerprint, ingest_source, synth_phantoms, validate
 from tasks.evaluation import evaluate_run
-from tasks.training import make_heatmaps, train_model
+from tasks.training import heatmap_path, make_heatmaps, train_model
 
 STORES, PHANTOMS, RUNS, REPORT = "stores", "phantoms", "runs", "report"
+
+
+def trusted(cached_task, output: str | Path):
+    """The task, told to refresh its cache when its output is gone.
+
+    Cached results of expensive tasks are only reused while what they wrote still
+    exists (a deleted store, run dir or heatmap store is rebuilt, not assumed).
+    """
+    return cached_task.with_options(refresh_cache=not Path(output).exists())
 
 
 def store_path(workdir: str, spec: DatasetSpec) -> str:
@@ -34,7 +43,7 @@ def prepare_dataset(workdir: str, spec: DatasetSpec, folds: int) -> dict:
         source = synth_phantoms(spec.kind, str(Path(workdir) / PHANTOMS / spec.label), spec.phantom_cases,
                                 spec.phantom_size, spec.seed)
     store = store_path(workdir, spec)
-    summary = ingest_source(spec.kind, source, store, ingest_config(spec, folds), fingerprint(source))
+    summary = trusted(ingest_source, store)(spec.kind, source, store, ingest_config(spec, folds), fingerprint(source))
     validate(store)
     return summary
 
@@ -58,7 +67,7 @@ def train_fan_out(jobs: list[dict], dask_address: str | None = None) -> list[dic
 
         annotate = dask.annotate(resources={"GPU": 1})
     with annotate:
-        futures = [train_model.submit(**job) for job in jobs]
+        futures = [trusted(train_model, Path(job["out"]) / "model.pt").submit(**job) for job in jobs]
     out = []
     for job, future in zip(jobs, futures):
         state = future.wait() or future.state
@@ -88,8 +97,9 @@ def heatmaps_and_evaluation(trained: list[dict], threshold: ThresholdParams, pos
             out.append(run)
             continue
         try:
-            make_heatmaps(run["run_dir"], run["weights"], "val", 0)
-            make_heatmaps(run["run_dir"], run["weights"], "test", posthoc)
+            for split, count in (("val", 0), ("test", posthoc)):
+                heatmaps = trusted(make_heatmaps, heatmap_path(run["run_dir"], split))
+                heatmaps(run["run_dir"], run["weights"], split, count)
             evaluation = evaluate_run(run["run_dir"], threshold.for_model(run["model"]))
         except Exception as exc:  # one run's failure must not lose the others
             logger.error("%s fold %s: heatmaps/evaluation failed: %s", run["model"], run["fold"], exc)

@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 
 from flows.params import RetrainParams
 from flows.pipeline import (REPORT, heatmaps_and_evaluation, ingest_config, run_dir, run_fan_out, store_path,
-                            summary_rows)
+                            summary_rows, trusted)
 from tasks.data import find_new_files, fingerprint, ingest_source, validate
 from tasks.evaluation import publish, report
 
@@ -31,7 +31,7 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
         logger.info("no new data in %s", spec.source)
         return {"status": "no new data", "new_files": []}
     logger.info("%d new file(s) in %s", len(fresh), spec.source)
-    ingested = ingest_source(spec.kind, spec.source, store, ingest_config(spec, params.folds),
+    ingested = trusted(ingest_source, store)(spec.kind, spec.source, store, ingest_config(spec, params.folds),
                              fingerprint(spec.source), append=Path(store).exists())
     validate(store)
     jobs = [{"store": store, "data_version": ingested["data_version"], "model": model, "fold": fold,

@@ -173,7 +173,7 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
         test_metrics: dict[str, float] = {}
         if config.test:
             results = trainer.test(module, datamodule=data, ckpt_path=str(best), weights_only=True, verbose=False)
-            test_metrics = {key: float(value) for key, value in results[0].items()}
+            test_metrics = {key: float(value) for result in results for key, value in result.items()}
     _merge(paths)
     score = checkpoint.best_model_score
     return TrainResult(run_dir=paths.root, run=run, global_step=trainer.global_step, start_step=start_step,

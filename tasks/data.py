@@ -17,9 +17,9 @@ _INGEST = {"brats": ingest_brats, "jun-cheng": ingest_jun_cheng, "manifest": ing
 _PHANTOMS = {"brats": write_brats_phantoms, "jun-cheng": write_jun_cheng_phantoms}
 
 
-@task(retries=1, cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
+@task(retries=1)
 def synth_phantoms(kind: str, out: str, cases: int, size: int, seed: int) -> str:
-    """Write phantoms of a dataset kind (cached: same arguments, same files)."""
+    """Write phantoms of a dataset kind unless the folder exists (same arguments, same files)."""
     if not Path(out).exists():
         _PHANTOMS[kind](Path(out), cases, size=size, seed=seed)
     return out

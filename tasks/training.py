@@ -8,7 +8,9 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from gpmodels.heatmaps import generate_heatmaps
+from gpmodels.heatmaps import generate_heatmaps, heatmap_path
+
+__all__ = ["heatmap_path", "make_heatmaps", "train_model"]
 from gpmodels.train_config import preset_config
 from gpmodels.training import train
 

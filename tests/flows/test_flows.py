@@ -59,6 +59,20 @@ def test_benchmark_rerun_reuses_cached_training(bench_workdir):
     assert trains[-1].state.name == "Cached"
 
 
+def test_benchmark_rebuilds_outputs_deleted_behind_the_cache(bench_workdir, tmp_path):
+    import shutil
+
+    moved = tmp_path / "runs"
+    shutil.move(bench_workdir / "runs", moved)  # runs gone: cached training must not be trusted
+    try:
+        state = full_benchmark(_bench(bench_workdir), return_state=True)
+        assert state.is_completed() and not state.result()["failed"]
+        assert list((bench_workdir / "runs").glob("**/model.pt")) and list((bench_workdir / "runs").glob("**/test.zarr"))
+    finally:
+        shutil.rmtree(bench_workdir / "runs", ignore_errors=True)
+        shutil.move(moved, bench_workdir / "runs")
+
+
 def test_retrain_on_new_data(bench_workdir, task_names):
     source = bench_workdir / "phantoms" / "brats"
     store = bench_workdir / "stores" / "brats.zarr"
