@@ -72,6 +72,20 @@ class GPHead(nn.Module):
         return f"pool={self.pool!r}"
 
 
+def check_gp_arguments(in_channels: int, width: int, depth: int, dropout: float, min_depth: int = 1) -> None:
+    """Check the arguments the three GP networks share.
+
+    Raises:
+        ValueError: ``in_channels`` or ``width`` below 1, ``depth`` below ``min_depth``, or
+            ``dropout`` outside [0, 1).
+    """
+    if in_channels < 1 or width < 1 or depth < min_depth:
+        raise ValueError(f"in_channels, width, depth: expected in_channels, width >= 1 and depth >= {min_depth}, "
+                         f"got {in_channels}, {width}, {depth}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
+
+
 class GPNet(nn.Module):
     """A GP classifier: a backbone producing features at the input size, then a :class:`GPHead`.
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from gpmodels.nets.gp_head import GPHead, GPNet, PoolMode
+from gpmodels.nets.gp_head import GPHead, GPNet, PoolMode, check_gp_arguments
 from gpmodels.nets.sinc import Upsample2d, UpsampleMode
 
 
@@ -136,13 +136,7 @@ class GPReconResNet(GPNet):
         upsample: UpsampleMode = "sinc",
         dropout: float = 0.5,
     ) -> None:
-        if in_channels < 1 or width < 1 or depth < 0:
-            raise ValueError(
-                "in_channels, width, depth: expected in_channels, width >= 1 and depth >= 0, "
-                f"got {in_channels}, {width}, {depth}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
+        check_gp_arguments(in_channels, width, depth, dropout, min_depth=0)
         super().__init__(
             _ReconResNetBackbone(in_channels, width, depth, upsample, dropout),
             GPHead(width, num_classes, pool),

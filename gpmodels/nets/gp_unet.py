@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gpmodels.nets.gp_head import GPHead, GPNet, PoolMode
+from gpmodels.nets.gp_head import GPHead, GPNet, PoolMode, check_gp_arguments
 from gpmodels.nets.padding import crop_to, pad_to_multiple
 from gpmodels.nets.sinc import Upsample2d, UpsampleMode
 
@@ -124,13 +124,7 @@ class GPUNet(GPNet):
         upsample: UpsampleMode = "sinc",
         dropout: float = 0.5,
     ) -> None:
-        if in_channels < 1 or width < 1 or depth < 1:
-            raise ValueError(
-                "in_channels, width, depth: expected positive integers, "
-                f"got {in_channels}, {width}, {depth}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
+        check_gp_arguments(in_channels, width, depth, dropout)
         super().__init__(
             _UNetBackbone(in_channels, width, depth, upsample, dropout),
             GPHead(width, num_classes, pool),
