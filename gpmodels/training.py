@@ -61,7 +61,7 @@ class TrainResult:
         start_step: the step this call resumed from (0 for a fresh run).
         best_val_loss: lowest validation loss, or None when no validation ran.
         test_metrics: ``test_loss``, ``test_acc``, ``test_f1`` of the best weights (empty when
-            ``config.test`` is false).
+            ``config.test`` is false or the test split is empty).
         seconds: wall time of this call.
     """
 

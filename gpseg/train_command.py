@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from gpmodels.nets import MODEL_NAMES, model_options
-from gpmodels.train_config import PRECISIONS, PRESET_NAMES, preset_config
+from gpmodels.train_config import PRECISIONS, preset_config
 from gpmodels.training import train
 from gpseg.console import console, fail
 from storage.errors import StoreError
