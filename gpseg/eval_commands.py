@@ -140,16 +140,14 @@ def export_masks_cmd(
     from gpmodels.evaluation import open_heatmaps, predicted_masks
     from gpmodels.heatmaps import heatmap_path
     from gpmodels.nifti_export import export_patient_masks
-    from gpmodels.postprocess import CleaningConfig, ThresholdConfig
+    from gpmodels.report import threshold_config as evaluated_threshold
 
     try:
         heat = open_heatmaps(heatmap_path(run, "test"))
         evaluation = json.loads((run / "evaluation.json").read_text())
     except FileNotFoundError as exc:
         raise fail(f"{exc}; run `gpseg postprocess --runs {run}` first") from exc
-    fields = {k: v for k, v in evaluation["threshold"].items() if k != "offset_source"}
-    config = ThresholdConfig(**{**fields, "auto_offsets": tuple(fields["auto_offsets"]),
-                                "cleaning": CleaningConfig(**fields["cleaning"])})
+    config = evaluated_threshold(evaluation["threshold"])
     masks = np.concatenate([
         predicted_masks(heat["maps"][s:s + 256], heat["predicted"][s:s + 256], heat["labels"][s:s + 256], config,
                         heat.attrs["classes"][0] == "tumour-free")
