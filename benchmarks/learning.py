@@ -5,15 +5,22 @@ End to end on a BraTS-layout phantom dataset: write the phantom cases, ingest th
 run's ``model.pt`` with ``load_trained`` and score it on the fold's test split (accuracy and
 weighted F1, scikit-learn). Prints one table row per model, with the training wall time.
 
+With ``--store`` it trains on an existing slice store instead (no phantoms are written), and
+``--preset``, ``--image-size``, ``--width`` and ``--batch-size`` replace the demo preset's values, e.g.
+the paper settings at the networks' default widths on a GPU.
+
 Usage::
 
     .venv/bin/python benchmarks/learning.py --work /tmp/gpseg-learning [--cases 20] [--size 64]
         [--models gp-unet,resnext50] [--epochs 12]
+    python benchmarks/learning.py --store demo/stores/brats.zarr --preset paper --epochs 60 \
+        --full-width --models gp-unet,gp-reconresnet,gp-shuffleunet      # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -22,17 +29,19 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from gpmodels.data import SliceDataModule
+from gpmodels.data import SliceDataModule, split_indices
 from gpmodels.nets import MODEL_NAMES
 from gpmodels.train_config import preset_config
 from gpmodels.training import load_trained, train
-from storage.ingest import ingest_brats
-from storage.ingest_config import IngestConfig
-from storage.phantoms import write_brats_phantoms
+from storage.store import open_store
 
 
 def make_store(work: Path, cases: int, size: int, seed: int) -> Path:
     """The phantom store (written once; reused when present)."""
+    from storage.ingest import ingest_brats  # noqa: PLC0415 (not needed with --store)
+    from storage.ingest_config import IngestConfig  # noqa: PLC0415
+    from storage.phantoms import write_brats_phantoms  # noqa: PLC0415
+
     store = work / f"brats-{cases}x{size}.zarr"
     if not store.exists():
         source = work / f"brats-{cases}x{size}"
@@ -45,13 +54,15 @@ def make_store(work: Path, cases: int, size: int, seed: int) -> Path:
 def evaluate(run_dir: Path, store: Path, fold: int) -> tuple[float, float]:
     """Accuracy and weighted F1 of a run's ``model.pt`` on the fold's test split."""
     net, run = load_trained(run_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net = net.to(device).eval()
     data = SliceDataModule(str(store), fold, batch_size=32, image_size=run.image_size, augment=None)
     data.setup("test")
     predictions, labels = [], []
     with torch.no_grad():
         for batch in data.test_dataloader():
             batch = data.transform(batch, training=False)
-            predictions.append(net(batch["image"]).argmax(dim=1).numpy())
+            predictions.append(net(batch["image"].to(device)).argmax(dim=1).cpu().numpy())
             labels.append(batch["label"].numpy())
     y_true, y_pred = np.concatenate(labels), np.concatenate(predictions)
     return accuracy_score(y_true, y_pred), f1_score(y_true, y_pred, average="weighted")
@@ -65,22 +76,35 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODEL_NAMES), help="Comma-separated model names.")
     parser.add_argument("--epochs", type=int, default=None, help="Override the demo preset's epochs.")
     parser.add_argument("--seed", type=int, default=0, help="Phantom and training seed.")
+    parser.add_argument("--store", type=Path, default=None, help="Train on this store; no phantoms are written.")
+    parser.add_argument("--preset", default="demo", choices=("demo", "paper"), help="Training preset.")
+    parser.add_argument("--image-size", type=int, default=None, help="Override the preset's training size.")
+    parser.add_argument("--batch-size", type=int, default=None, help="Override the preset's batch size.")
+    parser.add_argument("--width", type=int, default=None, help="Width of the GP networks.")
+    parser.add_argument("--full-width", action="store_true",
+                        help="The GP networks' default widths (the paper's), not the preset's.")
     args = parser.parse_args()
 
-    store = make_store(args.work, args.cases, args.size, args.seed)
+    store = args.store or make_store(args.work, args.cases, args.size, args.seed)
     rows = []
     for model in args.models.split(","):
         out = args.work / "runs" / model
         shutil.rmtree(out, ignore_errors=True)
-        config = preset_config("demo", str(store), model, str(out), epochs=args.epochs, seed=args.seed)
+        config = preset_config(args.preset, str(store), model, str(out), epochs=args.epochs, seed=args.seed,
+                               image_size=args.image_size, batch_size=args.batch_size, width=args.width)
+        if args.full_width:
+            config = dataclasses.replace(config, width=None)
         started = time.perf_counter()
         result = train(config)
         seconds = time.perf_counter() - started
         accuracy, f1 = evaluate(out, store, config.fold)
         rows.append((model, accuracy, f1, result.test_metrics["test_f1"], seconds, result.global_step))
-        print(f"{model}: acc {accuracy:.3f}, weighted F1 {f1:.3f}, {seconds:.0f} s", flush=True)
+        slices = len(split_indices(open_store(str(store)), config.fold, "train")) * config.epochs
+        print(f"{model}: acc {accuracy:.3f}, weighted F1 {f1:.3f}, {seconds:.0f} s "
+              f"({slices / seconds:.0f} training slices/s including validation)", flush=True)
 
-    print(f"\nstore {store} (fold 0 test split), demo preset, {torch.get_num_threads()} CPU threads")
+    where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
+    print(f"\nstore {store} (fold 0 test split), {args.preset} preset, {where}")
     print(f"{'model':<16}{'accuracy':>10}{'weighted F1':>13}{'F1 (Lightning)':>16}{'seconds':>9}{'steps':>7}")
     for model, accuracy, f1, lightning_f1, seconds, steps in rows:
         print(f"{model:<16}{accuracy:>10.3f}{f1:>13.3f}{lightning_f1:>16.3f}{seconds:>9.0f}{steps:>7d}")

@@ -9,6 +9,8 @@ Parts (``--part``):
   ``skimage.filters.threshold_multiotsu`` and NumPy Dice; then of an offset
   sweep (thresholds once per slice) against the per-slice, per-offset loop.
   Both sides must give identical Dice; the script prints whether they do.
+  The first call is timed on its own: it loads the compiled (numba) kernels
+  from the on-disk cache, or compiles them when the cache is cold.
 
 Further parts (e.g. heatmap generation per model) register in ``PARTS``.
 
@@ -107,6 +109,10 @@ def part_thresholds(args: argparse.Namespace) -> None:
           f"numpy {np.__version__}, scikit-image {skimage.__version__}, {cpus} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}; best of {args.repeats} interleaved runs")
     thread_counts = sorted({1, cpus})
+    start = time.perf_counter()
+    threshold_heatmaps(maps[:1], "multiotsu", workers=1)
+    print(f"first call, one slice (loads the compiled kernels from numba's cache, or compiles them): "
+          f"{time.perf_counter() - start:.2f} s")
 
     offset = args.offset
     runs = {"per-slice loop (skimage)": lambda: loop_dice(maps, targets, offset)}

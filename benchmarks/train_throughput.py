@@ -123,19 +123,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="Timed steps per measurement.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps before timing.")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network in the gpseg step.")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="Let cuDNN pick the fastest convolution algorithms (as gpseg's training does on GPUs).")
+    parser.add_argument("--upsample", choices=("sinc", "bilinear"), default=None,
+                        help="Up-sampling of GP-UNet and GP-ReconResNet (default: the network's, sinc).")
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     torch.manual_seed(0)
     images = torch.randn(args.batch, args.channels, args.size, args.size).half().to(device)
     masks = (torch.rand(args.batch, args.size, args.size) > 0.9).to(torch.uint8).to(device)
     labels = torch.randint(0, 3, (args.batch,)).to(device)
     print(f"device {device}, batch {args.batch} x {args.channels} x {args.size} x {args.size}, "
-          f"{args.warmup} warm-up + {args.steps} timed steps, threads {torch.get_num_threads()}", flush=True)
+          f"{args.warmup} warm-up + {args.steps} timed steps, threads {torch.get_num_threads()}, "
+          f"cudnn.benchmark {args.cudnn_benchmark}, compile {args.compile}, upsample {args.upsample or 'default'}",
+          flush=True)
     header = f"{'model':<16}{'gpseg step/s':>14}{'plain fp32/s':>14}{'ratio':>7}{'inference/s':>13}"
     rows = []
     for name in args.models.split(","):
-        net = build_model(name, args.channels, 3).to(device)
+        options = {"upsample": args.upsample} if args.upsample and name in ("gp-unet", "gp-reconresnet") else {}
+        net = build_model(name, args.channels, 3, **options).to(device)
         plain_net = copy.deepcopy(net)
         ours = args.batch / seconds_per_step(gpseg_step(net, images, masks, labels, device, args.compile),
                                              args.warmup, args.steps, device)

@@ -53,19 +53,25 @@ def run_dir(workdir: str, dataset: str, data_version: str, model: str, fold: int
     return str(Path(workdir) / RUNS / dataset / data_version / model / f"fold_{fold}")
 
 
+def gpus_per_job(jobs: list[dict]) -> int:
+    """GPUs a training job holds on a Dask worker: its DDP ``devices`` (the largest over ``jobs``)."""
+    return max([int((job.get("overrides") or {}).get("devices", 1)) for job in jobs] or [1])
+
+
 @flow(name="train-fan-out", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def train_fan_out(jobs: list[dict], dask_address: str | None = None) -> list[dict]:
     """Train every (dataset, model, fold) job; a failing job does not stop the others.
 
     Returns one dict per job: the training summary, or ``{"failed": reason, ...}``.
     With a Dask address (see :func:`run_fan_out`) training tasks carry a ``GPU``
-    resource annotation so they only land on workers started with ``--resources GPU=1``.
+    resource annotation so they only land on workers started with ``--resources GPU=N``;
+    a job asks for as many GPUs as its ``overrides["devices"]`` (DDP), 1 by default.
     """
     annotate = contextlib.nullcontext()
     if dask_address:
         import dask
 
-        annotate = dask.annotate(resources={"GPU": 1})
+        annotate = dask.annotate(resources={"GPU": gpus_per_job(jobs)})
     with annotate:
         futures = [trusted(train_model, Path(job["out"]) / "model.pt").submit(**job) for job in jobs]
     out = []

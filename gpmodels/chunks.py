@@ -1,7 +1,9 @@
 """Run a per-chunk computation over a stack of slices, optionally on several threads.
 
-NumPy releases the GIL inside most array loops (ufuncs, reductions), so chunks
-of a stack processed on a few threads overlap well on idle cores.
+NumPy releases the GIL inside most array loops (ufuncs, reductions), and so do
+the compiled (numba ``nogil``) kernels of :mod:`gpmodels.histograms` and
+:mod:`gpmodels.thresholds`, so chunks of a stack processed on a few threads
+overlap well on idle cores.
 Each thread builds its own workspace (scratch arrays) once and reuses it for
 all of its chunks; results are written by the caller's ``work`` function into
 disjoint parts of preallocated outputs, so the result does not depend on the

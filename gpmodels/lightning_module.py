@@ -115,8 +115,8 @@ class ClassifierModule(pl.LightningModule):
         labels = batch["label"]
         logits, loss = self.loss(batch["image"], labels)
         size = labels.shape[0]
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size,
-                 sync_dist=stage != "train")
+        # Epoch means, averaged over DDP ranks (one all-reduce per epoch; nothing on a single device).
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
         if stage in _EVAL_STAGES:
             metrics = self.metrics[stage]
             metrics.update(logits.argmax(dim=1), labels)

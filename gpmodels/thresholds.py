@@ -3,9 +3,11 @@
 The functions here reproduce ``skimage.filters.threshold_otsu`` and
 ``skimage.filters.threshold_multiotsu`` slice by slice, bit for bit, without a
 Python loop over slices: the histograms of a chunk of slices come from one
-counting call (see :mod:`gpmodels.histograms`) and the multi-Otsu search
-evaluates every threshold combination of a chunk at once, in scikit-image's
-float32 arithmetic and order. Chunks keep the working set in the CPU cache.
+compiled counting pass (see :mod:`gpmodels.histograms`), Otsu's criterion is
+evaluated for a whole chunk with NumPy, and the multi-Otsu search is a
+compiled loop (numba) over each histogram that evaluates every threshold
+combination in scikit-image's float32 arithmetic and order. Chunks of slices
+run on a few threads (the compiled loops release the GIL).
 
 Degenerate slices, where scikit-image returns early or raises, are defined so
 that thresholding with ``map > threshold`` gives an empty mask:
@@ -17,14 +19,18 @@ that thresholding with ``map > threshold`` gives an empty mask:
 * value range too narrow for ``nbins`` distinct bin edges in the maps' dtype
   (e.g. a float16 slice spanning fewer than ``nbins`` representable values):
   both return the slice maximum (``np.histogram`` raises).
+
+The compiled loops are cached on disk (numba ``cache=True``): the first call
+in a fresh environment compiles them (a few seconds), later processes load them.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from gpmodels.chunks import check_workers, run_chunks
-from gpmodels.histograms import LANES, Histograms, RowHistograms
+from gpmodels.histograms import Histograms, RowHistograms
 
 DEFAULT_NBINS = 256
 """Histogram bins, as in scikit-image's thresholding functions."""
@@ -32,15 +38,8 @@ DEFAULT_NBINS = 256
 MAX_NBINS = 1024
 """Most bins supported: bin indices stay exact in float16 arithmetic."""
 
-MAX_PIXELS = 1 << 23
-"""Most pixels per slice: every occupied bin then moves the float32 cumulative
-probability, as the multi-Otsu search relies on."""
-
-_CHUNK_ELEMENTS = 1 << 18
-"""Pixels per chunk of slices for the histograms (keeps scratch arrays in cache)."""
-
-_SEARCH_ELEMENTS = 1 << 18
-"""Threshold combinations per chunk of slices for the multi-Otsu search."""
+_CHUNK_ELEMENTS = 1 << 20
+"""Pixels per chunk of slices (a chunk is read twice: once for its ranges, once to count it)."""
 
 
 def _check_maps(maps: np.ndarray, name: str = "maps") -> np.ndarray:
@@ -60,13 +59,9 @@ def _check_nbins(nbins: int) -> None:
         raise ValueError(f"nbins: got {nbins!r}, expected an integer from 2 to {MAX_NBINS}")
 
 
-def _rows_per_chunk(pixels: int, nbins: int, combinations: int = 1) -> int:
-    """Slices per chunk: about ``_CHUNK_ELEMENTS`` pixels and ``_SEARCH_ELEMENTS`` combinations, at least one.
-
-    Also small enough that every counter index of a chunk is exact in float32.
-    """
-    rows = min(_CHUNK_ELEMENTS // pixels, _SEARCH_ELEMENTS // combinations, ((1 << 24) - 1) // (LANES * (nbins + 2)))
-    return max(1, rows)
+def _rows_per_chunk(pixels: int) -> int:
+    """Slices per chunk: about ``_CHUNK_ELEMENTS`` pixels, at least one."""
+    return max(1, _CHUNK_ELEMENTS // pixels)
 
 
 def _otsu(hist: Histograms) -> np.ndarray:
@@ -115,7 +110,7 @@ def otsu_thresholds(
     check_workers(workers)
     n, h, w = maps.shape
     out = np.empty(n, dtype=maps.dtype)
-    per_chunk = _rows_per_chunk(h * w, nbins)
+    per_chunk = _rows_per_chunk(h * w)
 
     def work(part: slice, histograms: RowHistograms) -> None:
         out[part] = _otsu(histograms(maps[part].reshape(-1, h * w)))
@@ -125,92 +120,135 @@ def otsu_thresholds(
     return out
 
 
-class _MultiOtsuSearch:
-    """Exhaustive multi-Otsu search over a chunk of histograms, with reused scratch arrays.
+@njit(inline="always")
+def _class_variance(dz, ds):
+    """``ds**2 / dz`` in float32 for a class of zeroth and first moments ``dz``, ``ds``; 0 for an empty class."""
+    zero = np.float32(0)
+    quotient = ds * ds / (dz if dz > zero else np.float32(1))
+    return quotient if dz > zero else zero
 
-    Evaluates the between-class variance of every increasing combination of
-    ``thresholds`` bin indices in ``0..nbins-2`` exactly as scikit-image's
-    ``_set_thresh_indices_lut`` does (float32, same order of additions) and
-    keeps the first maximum in lexicographic order, as its strict ``>`` does.
 
-    With zeroth and first cumulative moments ``P`` and ``S`` (scikit-image sets
-    ``S[0] = prob[0]``), a class covering bins ``a..b`` contributes
+@njit(nogil=True, error_model="numpy")
+def _search(zeroth, first, head, tail, sigma, prefix, mids, out):
+    """Exhaustive multi-Otsu search of one histogram from its moments (see :func:`_multiotsu_indices`).
+
+    Enumerates the first ``classes - 2`` thresholds (``prefix``) in
+    lexicographic order; for each, one loop writes the variance of every last
+    threshold into ``sigma`` (unsigned indices, so that it vectorises) and an
+    integer maximum over the bit patterns finds its peak. The loops are
+    written out here rather than in helpers: a helper called per prefix with
+    array arguments would pay reference counting on every call.
+    """
+    nbins = zeroth.size
+    thresholds = out.size
+    last = np.uint64(nbins - 1)
+    bits = sigma.view(np.int32)
+    for k in range(thresholds - 1):
+        prefix[k] = k
+    best = 0
+    while True:
+        if thresholds == 1:
+            start = 0
+            for t in range(np.uint64(0), last):
+                sigma[t] = head[t] + tail[t]
+        else:
+            previous = prefix[thresholds - 2]
+            z0, s0, h0 = zeroth[previous], first[previous], head[prefix[0]]
+            start = previous + 1
+            if thresholds == 2:
+                for t in range(np.uint64(start), last):
+                    sigma[t] = (h0 + tail[t]) + _class_variance(zeroth[t] - z0, first[t] - s0)
+            else:
+                for k in range(thresholds - 2):
+                    a, b = prefix[k], prefix[k + 1]
+                    mids[k] = _class_variance(zeroth[b] - zeroth[a], first[b] - first[a])
+                for t in range(np.uint64(start), last):
+                    total = h0 + tail[t]
+                    for k in range(thresholds - 2):
+                        total += mids[k]
+                    sigma[t] = total + _class_variance(zeroth[t] - z0, first[t] - s0)
+        peak = np.int32(0)
+        for t in range(np.uint64(start), last):
+            value = bits[t]
+            peak = value if value > peak else peak
+        if peak > best:
+            best = peak
+            for k in range(thresholds - 1):
+                out[k] = prefix[k]
+            for t in range(start, nbins - 1):
+                if bits[t] == peak:
+                    out[thresholds - 1] = t
+                    break
+        k = thresholds - 2
+        while k >= 0 and prefix[k] == nbins - thresholds + k - 1:
+            k -= 1
+        if k < 0:
+            break
+        prefix[k] += 1
+        for j in range(k + 1, thresholds - 1):
+            prefix[j] = prefix[j - 1] + 1
+    if best == 0:  # no positive variance (cannot happen with more than `classes` occupied bins)
+        out[:] = -1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _multiotsu_indices(counts, pixels, out):
+    """Multi-Otsu threshold bin indices of every histogram, as scikit-image finds them.
+
+    Follows ``skimage.filters.threshold_multiotsu``: bin probabilities
+    ``float32(count / pixels)``; with exactly ``classes`` occupied bins the
+    first ``classes - 1`` of them; otherwise the exhaustive search of
+    ``_get_multiotsu_thresh_indices_lut`` over increasing thresholds in
+    ``0..nbins-2``, in float32 with the same operations in the same order, and
+    the first maximum in lexicographic order (its strict ``>``).
+
+    With zeroth and first cumulative moments ``P`` and ``S`` (scikit-image
+    sets ``S[0] = prob[0]``), a class covering bins ``a..b`` contributes
     ``H(a, b) = (S[b] - S[a-1])**2 / (P[b] - P[a-1])``, 0 for an empty class,
-    and scikit-image's table leaves ``H(0, 0) = 0``. The variance of thresholds
-    ``t_0 < ... < t_m`` is ``H(0, t_0) + H(t_m + 1, nbins - 1)`` plus
-    ``H(t_k + 1, t_(k+1))`` for each consecutive pair.
+    and ``H(0, b) = S[b]**2 / P[b]`` except ``H(0, 0) = 0``. The variance of
+    thresholds ``t_0 < ... < t_m`` is ``H(0, t_0) + H(t_m + 1, nbins - 1)``
+    plus ``H(t_k + 1, t_(k+1))`` for each consecutive pair, added in that
+    order. The variances are non-negative floats, so they are compared
+    through their bit patterns as integers (an integer maximum vectorises).
 
     Args:
-        rows: most histograms per chunk.
-        nbins: bins per histogram.
-        thresholds: thresholds per histogram (classes - 1).
+        counts: ``(C, nbins)`` int64 histograms.
+        pixels: pixels per histogram (the sum of each row).
+        out: ``(C, classes - 1)`` intp, overwritten with the indices; -1 in
+            every column of a histogram with fewer than ``classes`` occupied bins.
     """
-
-    def __init__(self, rows: int, nbins: int, thresholds: int):
-        size = nbins - 1
-        self.thresholds = thresholds
-        valid = np.ones((1,) + (size,) * thresholds, dtype=bool)
-        for k in range(thresholds - 1):
-            valid &= self._along(np.arange(size), k) < self._along(np.arange(size), k + 1)
-        self._invalid = np.where(valid, np.float32(0), np.float32(-np.inf))
-        self._sigma = np.empty((rows,) + (size,) * thresholds, dtype=np.float32)
-        pairs = thresholds > 1
-        upper = np.triu(np.ones((size, size) if pairs else (0, 0), dtype=bool), k=1)
-        self._floor = np.where(upper, np.finfo(np.float32).tiny, np.float32(1))
-        self._dz = np.empty((rows, size, size) if pairs else (0, 0, 0), dtype=np.float32)
-        self._ds = np.empty_like(self._dz)
-
-    def _along(self, values: np.ndarray, axis: int) -> np.ndarray:
-        """``values`` laid along threshold axis ``axis`` of a ``(C, size, ..., size)`` array."""
-        shape = [1] * (self.thresholds + 1)
-        shape[axis + 1] = values.shape[-1]
-        if values.ndim == 2:
-            shape[0] = values.shape[0]
-        return values.reshape(shape)
-
-    def __call__(self, prob: np.ndarray) -> np.ndarray:
-        """Threshold bin indices of each histogram.
-
-        Args:
-            prob: ``(C, nbins)`` float32 bin probabilities; every occupied bin
-                must change the float32 cumulative sum (true for slices of at
-                most ``MAX_PIXELS`` pixels), so that an empty class has both
-                moment differences exactly 0.
-
-        Returns:
-            ``(C, thresholds)`` intp bin indices.
-        """
-        rows, nbins = prob.shape
-        weighted = prob * np.arange(nbins, dtype=np.float32)
-        weighted[:, 0] = prob[:, 0]
-        zeroth = np.cumsum(prob, axis=1)
-        first_moment = np.cumsum(weighted, axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            head = np.where(zeroth > 0, first_moment**2 / zeroth, np.float32(0))[:, :-1]
-            head[:, 0] = 0
-            dz = zeroth[:, -1:] - zeroth[:, :-1]
-            ds = first_moment[:, -1:] - first_moment[:, :-1]
-            tail = np.where(dz > 0, ds**2 / dz, np.float32(0))
-        sigma = self._sigma[:rows]
-        last = self.thresholds - 1
-        np.add(self._along(head, 0), self._along(tail, last), out=sigma)
-        if self.thresholds > 1:
-            # H(s + 1, t) for s < t; an empty class has dz = ds = 0 and gets 0 / tiny = 0,
-            # and the invalid s >= t get a finite value (dz replaced by 1) that -inf masks below.
-            z, s = zeroth[:, :-1], first_moment[:, :-1]
-            dz, ds = self._dz[:rows], self._ds[:rows]
-            np.subtract(z[:, None, :], z[:, :, None], out=dz)
-            np.subtract(s[:, None, :], s[:, :, None], out=ds)
-            np.square(ds, out=ds)
-            np.maximum(dz, self._floor, out=dz)
-            np.divide(ds, dz, out=ds)
-            for k in range(last):
-                index = [None] * (self.thresholds + 1)
-                index[0], index[k + 1], index[k + 2] = slice(None), slice(None), slice(None)
-                sigma += ds[tuple(index)]
-            sigma += self._invalid
-        flat = np.argmax(sigma.reshape(rows, -1), axis=1)
-        return np.stack(np.unravel_index(flat, sigma.shape[1:]), axis=1)
+    rows, nbins = counts.shape
+    thresholds = out.shape[1]
+    prob, zeroth, first = np.empty(nbins, np.float32), np.empty(nbins, np.float32), np.empty(nbins, np.float32)
+    head, tail, sigma = np.empty(nbins, np.float32), np.empty(nbins, np.float32), np.zeros(nbins, np.float32)
+    prefix = np.empty(thresholds - 1, np.intp)
+    mids = np.empty(max(thresholds - 2, 0), np.float32)
+    for r in range(rows):
+        occupied = 0
+        for i in range(nbins):
+            prob[i] = np.float32(counts[r, i] / pixels)
+            occupied += prob[i] > 0
+        if occupied <= thresholds:
+            out[r, :] = -1
+            continue
+        if occupied == thresholds + 1:
+            k = 0
+            for i in range(nbins):
+                if prob[i] > 0 and k < thresholds:
+                    out[r, k] = i
+                    k += 1
+            continue
+        zeroth[0] = prob[0]
+        first[0] = prob[0]
+        for i in range(1, nbins):
+            zeroth[i] = zeroth[i - 1] + prob[i]
+            first[i] = first[i - 1] + np.float32(i) * prob[i]
+        head[0] = 0
+        for i in range(1, nbins):
+            head[i] = _class_variance(zeroth[i], first[i])
+        for t in range(nbins - 1):
+            tail[t] = _class_variance(zeroth[nbins - 1] - zeroth[t], first[nbins - 1] - first[t])
+        _search(zeroth, first, head, tail, sigma, prefix, mids, out[r])
 
 
 def multiotsu_thresholds(
@@ -229,14 +267,13 @@ def multiotsu_thresholds(
     ``map > threshold`` is empty; the same holds for slices whose range is too
     narrow for ``nbins`` distinct bin edges.
 
-    The search is exhaustive over ``(nbins - 1) ** (classes - 1)`` combinations
-    per slice, held at once: ``classes`` of 2 or 3 with 256 bins is fast, but
-    from 4 classes it needs ``(nbins - 1) ** 3`` float32 values (66 MB at 256
-    bins) per slice and is slower than scikit-image's compiled loop.
+    The search is exhaustive, as scikit-image's, over the increasing
+    combinations of ``classes - 1`` thresholds among ``nbins - 1`` bins: about
+    ``nbins**2 / 2`` per slice for 3 classes (fast), but ``nbins**3 / 6`` for
+    4 classes and more from there.
 
     Args:
-        maps: ``(N, H, W)`` float16, float32 or float64 heatmaps, finite, at
-            most ``MAX_PIXELS`` pixels per slice.
+        maps: ``(N, H, W)`` float16, float32 or float64 heatmaps, finite.
         classes: number of classes, 2 to ``nbins``.
         nbins: histogram bins, 2 to ``MAX_NBINS``.
         suppress_negative: threshold ``max(maps, 0)`` (without materialising it).
@@ -246,8 +283,8 @@ def multiotsu_thresholds(
         ``(N, classes - 1)`` increasing thresholds in the dtype of ``maps``.
 
     Raises:
-        ValueError: ``maps`` is not 3-D, holds NaN/inf or has too many pixels
-            per slice; ``classes`` or ``nbins`` is out of range.
+        ValueError: ``maps`` is not 3-D or holds NaN/inf; ``classes`` or
+            ``nbins`` is out of range.
         TypeError: ``maps`` is not floating point.
 
     References:
@@ -258,28 +295,19 @@ def multiotsu_thresholds(
     _check_nbins(nbins)
     if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or not 2 <= classes <= nbins:
         raise ValueError(f"classes: got {classes!r}, expected an integer from 2 to nbins ({nbins})")
-    n, h, w = maps.shape
-    if h * w > MAX_PIXELS:
-        raise ValueError(f"maps: got slices of {h} x {w} pixels, expected at most {MAX_PIXELS} pixels per slice")
     check_workers(workers)
-    thresholds = classes - 1
-    out = np.empty((n, thresholds), dtype=maps.dtype)
-    per_chunk = _rows_per_chunk(h * w, nbins, (nbins - 1) ** thresholds)
-    rows = min(n, per_chunk)
+    n, h, w = maps.shape
+    out = np.empty((n, classes - 1), dtype=maps.dtype)
+    per_chunk = _rows_per_chunk(h * w)
 
-    def work(part: slice, scratch: tuple[RowHistograms, _MultiOtsuSearch]) -> None:
-        histograms, search = scratch
+    def work(part: slice, histograms: RowHistograms) -> None:
         hist = histograms(maps[part].reshape(-1, h * w))
-        prob = (hist.counts / (h * w)).astype(np.float32)
-        occupied = prob > 0
-        n_values = occupied.sum(axis=1)
-        rank = np.cumsum(occupied, axis=1)
-        exact = np.stack([np.argmax(occupied & (rank == k + 1), axis=1) for k in range(thresholds)], axis=1)
-        index = np.where((n_values == classes)[:, None], exact, search(prob))
-        values = np.take_along_axis(hist.centers, index, axis=1)
-        degenerate = ~hist.ok | (n_values < classes)
-        out[part] = np.where(degenerate[:, None], hist.high[:, None], values)
+        index = np.empty((hist.counts.shape[0], classes - 1), np.intp)
+        _multiotsu_indices(hist.counts, h * w, index)
+        values = np.take_along_axis(hist.centers, np.maximum(index, 0), axis=1)
+        undefined = ~hist.ok | (index[:, 0] < 0)
+        out[part] = np.where(undefined[:, None], hist.high[:, None], values)
 
-    run_chunks(n, per_chunk, work, lambda: (RowHistograms(rows, h * w, maps.dtype, nbins, suppress_negative),
-                                            _MultiOtsuSearch(rows, nbins, thresholds)), workers)
+    run_chunks(n, per_chunk, work,
+               lambda: RowHistograms(min(n, per_chunk), h * w, maps.dtype, nbins, suppress_negative), workers)
     return out

@@ -118,11 +118,17 @@ def build_network(run: RunConfig) -> nn.Module:
     return build_model(run.train.model, len(run.channels), len(run.classes), **run.model_options)
 
 
+def _on_gpu(accelerator: str) -> bool:
+    """Whether Lightning will train on CUDA GPUs (then cuDNN may pick its fastest algorithms, since
+    every batch of a run has the same size)."""
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """``auto`` -> ``bf16-mixed`` on a CUDA GPU with bf16, ``16-mixed`` on other GPUs, ``32-true`` otherwise."""
     if precision != "auto":
         return precision
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+    if _on_gpu(accelerator):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
 
@@ -227,6 +233,7 @@ def _trainer(config: TrainConfig, paths: RunPaths, start_step: int, checkpoint: 
         devices=config.devices,
         strategy="ddp" if config.devices > 1 else "auto",
         precision=resolve_precision(config.precision, config.accelerator),
+        benchmark=_on_gpu(config.accelerator),
         max_epochs=config.epochs,
         accumulate_grad_batches=config.accumulate,
         gradient_clip_val=config.grad_clip,

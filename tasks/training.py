@@ -9,10 +9,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from gpmodels.heatmaps import generate_heatmaps, heatmap_path
+from gpmodels.train_config import preset_config
+from gpmodels.train_process import train_in_subprocess
+from gpmodels.training import train
 
 __all__ = ["heatmap_path", "make_heatmaps", "train_model"]
-from gpmodels.train_config import preset_config
-from gpmodels.training import train
 
 
 def _sha(path: Path) -> str:
@@ -24,11 +25,15 @@ def train_model(store: str, data_version: str, model: str, fold: int, preset: st
                 overrides: dict | None = None) -> dict:
     """Train one model on one fold (cached on store data version, settings and this source).
 
+    With ``overrides={"devices": N}``, N > 1, the model trains with Lightning DDP in a child process
+    (:func:`gpmodels.train_process.train_in_subprocess`), since DDP re-runs the command line of the
+    process it starts from.
+
     Returns:
         ``run_dir``, ``weights`` (hash of ``model.pt``, so heatmaps re-run when it changes) and test metrics.
     """
     config = preset_config(preset, store, model, out, fold=fold, **(overrides or {}))
-    result = train(config)
+    result = train_in_subprocess(config) if config.devices > 1 else train(config)
     get_run_logger().info("%s fold %d: %s in %.0f s", model, fold, result.test_metrics, result.seconds)
     return {"run_dir": str(result.run_dir), "weights": _sha(result.run_dir / "model.pt"), "model": model,
             "fold": fold, "data_version": data_version, "test": result.test_metrics, "seconds": result.seconds}

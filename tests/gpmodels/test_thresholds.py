@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -77,7 +81,6 @@ def test_many_chunks_give_the_same_result(monkeypatch):
     maps = heatmaps(7, (33, 34), np.float32, seed=5)
     whole = multiotsu_thresholds(maps), otsu_thresholds(maps)
     monkeypatch.setattr(thresholds, "_CHUNK_ELEMENTS", 3 * 33 * 34)
-    monkeypatch.setattr(thresholds, "_SEARCH_ELEMENTS", 2 * 255**2)
     np.testing.assert_array_equal(multiotsu_thresholds(maps), whole[0])
     np.testing.assert_array_equal(otsu_thresholds(maps), whole[1])
 
@@ -145,3 +148,58 @@ def test_invalid_inputs_name_the_argument():
         multiotsu_thresholds(np.zeros((1, 4, 4), np.float32), classes=1)
     with pytest.raises(ValueError, match="nbins"):
         otsu_thresholds(np.zeros((1, 4, 4), np.float32), nbins=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("suppress_negative", [False, True])
+def test_odd_sizes_bins_and_suppression_equal_skimage(dtype, suppress_negative):
+    rng = np.random.default_rng(11)
+    for shape, nbins, classes in (((1, 7), 256, 3), ((17, 23), 64, 4), ((65, 63), 1024, 3), ((5, 9), 7, 2)):
+        maps = heatmaps(5, shape, dtype, seed=shape[0])
+        maps[0] = np.round(maps[0] * rng.uniform(0.5, 4))  # few distinct values, many on bin edges
+        src = np.maximum(maps, 0) if suppress_negative else maps
+        multi = multiotsu_thresholds(maps, classes, nbins, suppress_negative)
+        otsu = otsu_thresholds(maps, nbins, suppress_negative)
+        for i, image in enumerate(src):
+            np.testing.assert_array_equal(multi[i], skimage_or_max(threshold_multiotsu, image, classes=classes,
+                                                                   nbins=nbins), err_msg=f"{shape} {i}")
+            assert otsu[i] == threshold_otsu(image, nbins=nbins), (shape, i)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_all_negative_slices_with_suppression_give_zero(dtype):
+    maps = np.stack([np.full((9, 11), -2.0), -np.linspace(0.1, 5, 99).reshape(9, 11)]).astype(dtype)
+    np.testing.assert_array_equal(multiotsu_thresholds(maps, suppress_negative=True), np.zeros((2, 2)))
+    np.testing.assert_array_equal(otsu_thresholds(maps, suppress_negative=True), [0, 0])
+
+
+@pytest.mark.parametrize("dtype, value", [(np.float16, 3000.0), (np.float32, 1e8)])
+def test_constant_slices_whose_histogram_range_collapses(dtype, value):
+    # value -/+ 0.5 round back to value, so np.histogram has no bins: Otsu gives the constant
+    # (scikit-image returns it before binning), multi-Otsu the maximum
+    maps = np.stack([np.full((9, 10), value), heatmaps(1, (9, 10), np.float64, seed=1)[0]]).astype(dtype)
+    assert otsu_thresholds(maps)[0] == threshold_otsu(maps[0]) == maps[0, 0, 0]
+    np.testing.assert_array_equal(multiotsu_thresholds(maps)[0], [value, value])
+    np.testing.assert_array_equal(multiotsu_thresholds(maps)[1], threshold_multiotsu(maps[1]))
+
+
+def test_compiled_kernels_load_from_the_cache_in_a_fresh_process():
+    # the first process compiles the kernels if the on-disk cache is cold; the second must load every one
+    code = (
+        "import json, numpy as np\n"
+        "from gpmodels import histograms, thresholds\n"
+        "maps = np.random.default_rng(0).standard_normal((3, 9, 10))\n"
+        "for dtype in (np.float16, np.float32, np.float64):\n"
+        "    thresholds.multiotsu_thresholds(maps.astype(dtype), suppress_negative=True, workers=1)\n"
+        "    thresholds.otsu_thresholds(maps.astype(dtype), workers=1)\n"
+        "kernels = (histograms._count_bins, thresholds._multiotsu_indices)\n"
+        "print(json.dumps([[sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values())] for k in kernels]))\n"
+    )
+
+    def cache_stats() -> list[list[int]]:
+        done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=300)
+        return json.loads(done.stdout)
+
+    cache_stats()
+    stats = cache_stats()
+    assert all(misses == 0 and hits > 0 for hits, misses in stats), stats

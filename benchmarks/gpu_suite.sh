@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One GPU session's checks, in the order of their value; each part has its own time limit so that a
+# slow one cannot starve the others. Logs go to $OUT (or ./gpu-out).
+#
+#   benchmarks/gpu_suite.sh STORE [WHEELS]
+#
+# STORE: a slice store for the end-to-end Lightning run (e.g. demo/stores/brats.zarr).
+# WHEELS: a folder of wheels for what the GPU machine's Python lacks (zarr, numcodecs, donfig,
+# google-crc32c, captum), installed into /tmp/site.
+set -uo pipefail
+STORE=${1:?store}
+WHEELS=${2:-}
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if [[ -n "$WHEELS" ]]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, torchvision, pytorch_lightning as pl; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'lightning', pl.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+
+part() {  # part NAME SECONDS COMMAND...
+    local name=$1 seconds=$2; shift 2
+    echo "=== $name (limit ${seconds}s)"
+    local started=$SECONDS
+    timeout "$seconds" "$@" 2>&1 | tee "$OUT/$name.txt"
+    echo "=== $name: exit ${PIPESTATUS[0]}, $((SECONDS - started)) s"
+}
+
+part throughput_b8 90 python3 benchmarks/train_throughput.py --device cuda --batch 8 --steps 20 --warmup 5
+part throughput_b64 90 python3 benchmarks/train_throughput.py --device cuda --batch 64 --steps 10 --warmup 3
+part heatmaps 45 python3 benchmarks/heatmaps.py --device cuda --batch 64 --batches 5
+part compile_b64 120 python3 benchmarks/train_throughput.py --device cuda --batch 64 --steps 10 --warmup 3 --compile \
+    --models gp-unet,gp-reconresnet,gp-shuffleunet
+part learning 170 python3 benchmarks/learning.py --store "$STORE" --work /tmp/gpseg-learning --preset paper \
+    --epochs 50 --full-width --models gp-unet,gp-reconresnet,gp-shuffleunet
+echo; echo "=== summary"; for f in "$OUT"/throughput_b8.txt "$OUT"/throughput_b64.txt "$OUT"/compile_b64.txt; do
+    echo "--- $(basename "$f")"; grep -A8 "^model" "$f"; done
+grep -A4 "^model" "$OUT/learning.txt"; grep "slices/s" "$OUT/heatmaps.txt" "$OUT/learning.txt"
