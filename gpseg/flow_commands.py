@@ -110,4 +110,8 @@ def drop_cmd(
     event = emit_event("gpseg.data.dropped", resource={"prefect.resource.id": f"gpseg.drop.{into.resolve().name}"},
                        payload={"drop": str(into.resolve()), "kind": kind, "workdir": str(workdir.resolve()),
                                 "copied": copied})
+    if event:  # send it now: the events client is asynchronous, and this process is about to exit
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.drain_all(timeout=30)
     console.print(f"copied {copied} item(s) into {into}; event {'sent' if event else 'NOT sent (no Prefect API?)'}")

@@ -22,7 +22,7 @@ def train_cmd(
                                       "checkpoints/last.ckpt.")],
     fold: Annotated[int, typer.Option("--fold", help="Split fold K of the store (splits/fold_K).")] = 0,
     preset: Annotated[str, typer.Option("--preset", help="paper (300 epochs, store size, effective batch 128), "
-                                        "demo (64 px, width 16, 12 epochs: about a minute per GP model on 2 CPU "
+                                        "demo (64 px, width 16, 20 epochs: about a minute per GP model on 2 CPU "
                                         "cores) or smoke (two steps, for tests). Options below override it.")]
     = "paper",
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs.")] = None,

@@ -324,7 +324,10 @@ def meningioma_lesion(head: Head, rng: np.random.Generator, si_centre: float | N
     lr, ap, si = _direction(head, rng, si_centre, flatten=1.0)
     if head.tissue.ndim == 3:
         si = abs(si)
-    radii = rng.uniform(0.12, 0.22) * rng.uniform(0.85, 1.15, 3)
+    else:  # just inside the surface, so that most of the tumour is intracranial, as in the real slices
+        lr, ap = 0.93 * lr, 0.93 * ap
+    # Sizes as in the real Jun Cheng slices: a meningioma covers about 2-4 % of the image.
+    radii = rng.uniform(0.22, 0.34) * rng.uniform(0.85, 1.15, 3)
     blob = _blob(head, (lr, ap, si), radii, 0.12, rng)
     intracranial = head.radius < 1.05
     tumour = (blob < 1) & intracranial
@@ -343,7 +346,7 @@ def pituitary_lesion(head: Head, rng: np.random.Generator, si_centre: float | No
         centre = (lr, rng.uniform(-0.15, 0.0), rng.uniform(-0.65, -0.5))
     else:
         centre = (lr, rng.uniform(0.25, 0.45), float(head.si if si_centre is None else si_centre))
-    radii = rng.uniform(0.09, 0.15) * rng.uniform(0.85, 1.15, 3)
+    radii = rng.uniform(0.13, 0.2) * rng.uniform(0.85, 1.15, 3)  # about 1 % of a real slice
     tumour = _blob(head, centre, radii, 0.15, rng) < 1
     tissue = np.where(tumour, _CODE["pituitary"], 0).astype(np.uint8)
     return Lesion(tissue=tissue, seg=tumour.astype(np.uint8), mask=tumour, heterogeneity=0.08)

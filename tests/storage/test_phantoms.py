@@ -349,3 +349,16 @@ def test_about_half_of_the_brain_slices_are_tumour_free():
         assert not brain_slices[0] and not brain_slices[-1]
         fractions.append(tumour_slices.sum() / brain_slices.sum())
     assert 0.25 < np.mean(fractions) < 0.75
+
+
+def test_jun_cheng_tumour_sizes_are_like_the_real_slices():
+    """Real slices: meningioma and glioma masks cover a few per cent of the image, pituitary about 1 %."""
+    def area(kind: str, seed: int) -> float:
+        rng = np.random.default_rng(seed)
+        head = head_anatomy((96, 96), rng, level=0.1)
+        return float(LESIONS[kind](head, rng).mask.mean())
+
+    median = {kind: np.median([area(kind, s) for s in range(8)]) for kind in ("meningioma", "glioma", "pituitary")}
+    assert 0.01 < median["meningioma"] < 0.06, median
+    assert 0.01 < median["glioma"] < 0.08, median
+    assert 0.004 < median["pituitary"] < median["meningioma"], median
