@@ -1,0 +1,141 @@
+"""Tests of the report's figures: colour mapping as matplotlib does it, pixel-exact panel composition,
+colour-bar ticks as matplotlib's colour bar places them, and charts whose text stays inside the figure."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from PIL import Image
+
+from gpmodels.report_figures import (
+    DPI,
+    Panel,
+    colour_bar_ticks,
+    colour_map,
+    confusion_png,
+    dice_histogram_png,
+    example_png,
+    grey_panel,
+    map_panel,
+    panel_scale,
+    panels_png,
+    posthoc_png,
+    training_curves_png,
+)
+
+PALETTE = np.array([[0, 114, 178], [230, 159, 0], [0, 158, 115], [204, 121, 167]], np.uint8)
+RED = np.array([255, 0, 0], np.uint8)
+
+
+def _decode(png: bytes) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` pixels of PNG bytes."""
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def _edges_are_white(pixels: np.ndarray) -> bool:
+    """Nothing drawn on the outermost rows and columns (so no text is cut off at the figure's edge)."""
+    return all((edge >= 250).all() for edge in (pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]))
+
+
+@pytest.mark.parametrize("cmap, vmin, vmax", [("RdBu_r", -2.5, 2.5), ("magma", 0.0, 0.7), ("gray", 0.0, 1.0)])
+def test_colour_map_equals_matplotlib(cmap, vmin, vmax):
+    values = np.linspace(vmin - 1, vmax + 1, 33 * 34, dtype=np.float32).reshape(33, 34)
+    expected = ScalarMappable(Normalize(vmin, vmax), cmap).to_rgba(values, bytes=True)[..., :3]
+    got = colour_map(values, cmap, vmin, vmax)
+    assert got.dtype == np.uint8 and got.shape == (33, 34, 3)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_colour_map_shows_nan_as_white():
+    assert colour_map(np.array([np.nan, 0.0]), "magma", 0.0, 1.0)[0].tolist() == [255, 255, 255]
+
+
+def test_map_panel_limits_and_colours():
+    signed = map_panel(np.array([[-0.5, 0.0], [0.25, 2.0]]), "raw", signed=True)
+    assert signed.bar == ("RdBu_r", -2.0, 2.0) and signed.title == "raw"
+    np.testing.assert_array_equal(signed.rgb[0, 1], colour_map(np.array(0.0), "RdBu_r", -1.0, 1.0))
+    unsigned = map_panel(np.array([[0.0, 3.0]]), "suppressed", signed=False)
+    assert unsigned.bar == ("magma", 0.0, 3.0)
+    assert map_panel(np.zeros((3, 5)), "flat").bar == ("magma", 0.0, 1.0)
+    assert map_panel(np.array([[-1.0, 0.5]]), "auto").bar[0] == "RdBu_r"
+    assert grey_panel(np.full((4, 6), 7.0), "input").rgb.shape == (4, 6, 3)
+
+
+def test_panel_scale_comes_closest_to_the_side():
+    assert panel_scale((96, 96), 160) == 2
+    assert panel_scale((33, 34), 160) == 5
+    assert panel_scale((240, 240), 160) == 1
+    assert panel_scale((512, 300), 160) == 1
+
+
+@pytest.mark.parametrize("vmin, vmax, length", [(-23.1, 23.1, 192), (0.0, 1.63, 192), (-0.0072, 0.0072, 96),
+                                                (0.0, 4e-05, 130), (-1.0, 1.0, 60)])
+def test_colour_bar_ticks_match_matplotlib(vmin, vmax, length):
+    height = length + 40
+    fig = Figure(figsize=(2.0, height / DPI), dpi=DPI)
+    cax = fig.add_axes((0.1, 20 / height, 0.05, length / height))
+    bar = fig.colorbar(ScalarMappable(Normalize(vmin, vmax), "RdBu_r"), cax=cax)
+    bar.ax.tick_params(labelsize=6)
+    expected = [t for t in bar.get_ticks() if vmin - 1e-12 <= t <= vmax + 1e-12]
+    np.testing.assert_allclose(colour_bar_ticks(vmin, vmax, length), expected, atol=1e-9 * (vmax - vmin))
+
+
+@pytest.mark.parametrize("side, scale", [(34, 1), (70, 2), (100, 3)])
+def test_panels_png_pastes_pixel_exact_tiles(side, scale):
+    rng = np.random.default_rng(0)
+    rgb = PALETTE[rng.integers(0, len(PALETTE), size=(33, 34))]
+    rgb[0, 0] = RED
+    rows = [[Panel(rgb, "a"), Panel(rgb, "b", ("magma", 0.0, 1.0))], [Panel(rgb), Panel(rgb, bar=("gray", 0, 1))]]
+    pixels = _decode(panels_png(rows, "four panels", side, legend={"one": "#009E73"})).astype(int)
+    # one red square of scale x scale pixels at each panel's top-left corner, in a 2 x 2 grid
+    red = np.argwhere((np.abs(pixels - RED) <= 4).all(axis=2))
+    tops, lefts = np.unique(red[:, 0]), np.unique(red[:, 1])
+    assert len(red) == 4 * scale * scale and len(tops) == 2 * scale and len(lefts) == 2 * scale
+    expected = np.repeat(np.repeat(rgb, scale, 0), scale, 1).astype(int)
+    for top in tops[::scale]:
+        for left in lefts[::scale]:
+            tile = pixels[top:top + 33 * scale, left:left + 34 * scale]
+            assert tile.shape == expected.shape
+            assert np.abs(tile - expected).max() <= 4
+    assert _edges_are_white(pixels)
+
+
+def test_panels_png_rejects_mixed_shapes():
+    with pytest.raises(ValueError, match="shapes"):
+        panels_png([[Panel(np.zeros((3, 4, 3), np.uint8)), Panel(np.zeros((4, 3, 3), np.uint8))]], "t", 10)
+    with pytest.raises(ValueError, match="shapes"):
+        panels_png([], "t", 10)
+
+
+def test_example_and_posthoc_figures_have_their_panels():
+    rng = np.random.default_rng(1)
+    image, raw = rng.normal(size=(33, 34)), rng.normal(size=(33, 34))
+    truth = np.zeros((33, 34), bool)
+    truth[10:20, 5:15] = True
+    example = _decode(example_png(image, raw, raw > 1, truth, "LGG, median", threshold=1.0))
+    scale = panel_scale((33, 34), 160)
+    assert example.shape[1] > 5 * 34 * scale and example.shape[0] > 33 * scale
+    assert _edges_are_white(example)
+    posthoc = _decode(posthoc_png(image[None].repeat(3, 0), {"gp": raw[None].repeat(3, 0),
+                                                             "guided_backprop": np.abs(raw)[None].repeat(3, 0)}, "t"))
+    assert posthoc.shape[0] > 3 * 33 * scale and posthoc.shape[1] > 3 * 34 * scale
+    with pytest.raises(ValueError, match="maps"):
+        posthoc_png(image[None], {"gp": raw}, "t")
+
+
+def test_chart_text_stays_inside_the_figure():
+    long_title = "GP-ShuffleUNet (pool=maps, width=8) (1 run(s))"
+    confusion = confusion_png(np.array([[1200, 3], [4, 5]]), ["tumour-free", "meningioma"], long_title)
+    assert _edges_are_white(_decode(confusion))
+    histogram = dice_histogram_png(np.r_[np.zeros(12000), np.linspace(0, 1, 33)], "GP-UNet")
+    assert _edges_are_white(_decode(histogram))
+    epochs = np.arange(21.0)
+    curves = training_curves_png({"fold 0": {"val_loss": (epochs, 1e4 / (1 + epochs)),
+                                             "train_loss": (epochs, 2e4 / (1 + epochs)),
+                                             "val_f1": (epochs, epochs / 20)}}, "BraTS: GP-UNet")
+    assert _edges_are_white(_decode(curves))
