@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from gpseg.local_stack import LocalStack
 from storage.phantoms import write_brats_phantoms
 
@@ -26,7 +26,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_deployment_by_name_and_drop_trigger(tmp_path, monkeypatch):
+def test_deployment_by_name_and_drop_trigger(tmp_path):
     stack = LocalStack(ROOT, port=_free_port(), home=tmp_path / ".prefect")
     work = tmp_path / "work"
     params = {"params": {"workdir": str(work), "models": ["gp-unet"], "folds": 1, "preset": "smoke",
@@ -40,24 +40,26 @@ def test_deployment_by_name_and_drop_trigger(tmp_path, monkeypatch):
 
         new = tmp_path / "new"
         write_brats_phantoms(new, 1, size=32, seed=0, first_case=9)
-        for key, value in stack.env.items():
-            if key.startswith(("PREFECT_", "GPSEG_")):
-                monkeypatch.setenv(key, value)
-        from gpseg.cli import app
-
-        drop = CliRunner().invoke(app, ["drop", str(new / "BraTS20_Training_009"), "--into",
-                                        str(work / "phantoms" / "brats"), "--workdir", str(work)])
-        assert drop.exit_code == 0 and "event sent" in drop.output, drop.output
+        # `gpseg drop` in its own process, as a user runs it: in this process an earlier test's Prefect
+        # harness may still hold the settings (and the events client) of another API.
+        drop = subprocess.run([sys.executable, "-m", "gpseg.cli", "drop", str(new / "BraTS20_Training_009"),
+                               "--into", str(work / "phantoms" / "brats"), "--workdir", str(work)],
+                              env={**os.environ, **stack.env}, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        said = " ".join((drop.stdout + drop.stderr).split())  # the console writes to stderr
+        assert drop.returncode == 0 and "event sent" in said, said
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
         source = None
         deadline = time.monotonic() + 300  # a loaded CI machine evaluates triggers late
-        while time.monotonic() < deadline and source is None:
-            with get_client(sync_client=True) as client:
-                runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain-on-new-data"])))
-            triggered = [r for r in runs if "dataset" in r.parameters.get("params", {})]  # not the cron runs
-            if triggered:
-                source = triggered[0].parameters["params"]["dataset"]["source"]
-            time.sleep(2)
+        with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
+            while time.monotonic() < deadline and source is None:
+                with get_client(sync_client=True) as client:
+                    runs = client.read_flow_runs(
+                        flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain-on-new-data"])))
+                triggered = [r for r in runs if "dataset" in r.parameters.get("params", {})]  # not the cron runs
+                if triggered:
+                    source = triggered[0].parameters["params"]["dataset"]["source"]
+                time.sleep(2)
         assert source == str((work / "phantoms" / "brats").resolve()), "the drop event did not start a retrain run"
