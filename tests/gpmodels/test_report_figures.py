@@ -12,20 +12,16 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
-from gpmodels.report_figures import (
+from gpmodels.report_figures import confusion_png, dice_histogram_png, example_png, posthoc_png, training_curves_png
+from gpmodels.report_panels import (
     DPI,
     Panel,
     colour_bar_ticks,
     colour_map,
-    confusion_png,
-    dice_histogram_png,
-    example_png,
     grey_panel,
     map_panel,
     panel_scale,
     panels_png,
-    posthoc_png,
-    training_curves_png,
 )
 
 PALETTE = np.array([[0, 114, 178], [230, 159, 0], [0, 158, 115], [204, 121, 167]], np.uint8)
