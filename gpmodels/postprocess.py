@@ -40,7 +40,7 @@ from gpmodels.threshold_config import (
     Method,
     ThresholdConfig,
 )
-from gpmodels.thresholds import DEFAULT_NBINS, multiotsu_thresholds, otsu_thresholds
+from gpmodels.thresholds import DEFAULT_NBINS, multiotsu_thresholds, multiotsu_upper, otsu_thresholds
 
 __all__ = [
     "DEFAULT_OFFSET_GRID", "METHODS", "PAPER_MULTIOTSU_OFFSETS", "CleaningConfig", "ThresholdConfig",
@@ -98,22 +98,6 @@ def _check_stack(name: str, maps: np.ndarray) -> np.ndarray:
     return maps
 
 
-def _multiotsu_upper(
-    maps: np.ndarray, suppress_negative: bool, classes: int, nbins: int, workers: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Upper multi-Otsu threshold per slice and whether multi-Otsu is undefined there.
-
-    Undefined slices (fewer than ``classes`` distinct binned values, e.g.
-    constant) get their maximum from :func:`multiotsu_thresholds`; a defined
-    upper threshold is a bin centre, always below the maximum.
-    """
-    upper = multiotsu_thresholds(maps, classes, nbins, suppress_negative, workers)[:, -1]
-    high = maps.max(axis=(1, 2))
-    if suppress_negative:
-        high = np.maximum(high, high.dtype.type(0))
-    return upper, upper >= high
-
-
 def _lower_by_offset(upper: np.ndarray, undefined: np.ndarray, offset: float) -> np.ndarray:
     """``max(upper - offset, 0)``, except ``upper`` (the maximum: empty mask) where multi-Otsu is undefined."""
     dtype = upper.dtype.type
@@ -156,7 +140,7 @@ def heatmap_thresholds(
     if method == "otsu":
         return otsu_thresholds(maps, nbins, suppress_negative, workers)
     if method == "multiotsu":
-        return _lower_by_offset(*_multiotsu_upper(maps, suppress_negative, classes, nbins, workers), offset)
+        return _lower_by_offset(*multiotsu_upper(maps, classes, nbins, suppress_negative, workers), offset)
     if method == "fixed":
         return np.full(maps.shape[0], value, dtype=maps.dtype)
     raise ValueError(f"method: got {method!r}, expected one of {METHODS}")
@@ -235,7 +219,7 @@ def sweep_offsets(
         raise ValueError(f"offsets: got {offsets.tolist()}, expected a non-empty sequence of finite numbers")
     targets = targets if targets.dtype == bool else targets != 0
     n, h, w = maps.shape
-    upper, undefined = _multiotsu_upper(maps, suppress_negative, classes, nbins, workers)
+    upper, undefined = multiotsu_upper(maps, classes, nbins, suppress_negative, workers)
     intersection = np.empty((offsets.size, n), dtype=np.int64)
     pred_size = np.empty((offsets.size, n), dtype=np.int64)
     per_chunk = max(1, _SWEEP_ELEMENTS // (h * w))

@@ -291,6 +291,31 @@ def multiotsu_thresholds(
         P.-S. Liao, T.-S. Chen, P.-C. Chung, "A fast algorithm for multilevel
         thresholding", J. Inf. Sci. Eng. 17(5):713-727, 2001. :doi:`10.6688/JISE.2001.17.5.1`
     """
+    return _multiotsu(maps, classes, nbins, suppress_negative, workers)[0]
+
+
+def multiotsu_upper(
+    maps: np.ndarray,
+    classes: int = 3,
+    nbins: int = DEFAULT_NBINS,
+    suppress_negative: bool = False,
+    workers: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The upper multi-Otsu threshold of every slice, and where multi-Otsu is undefined.
+
+    Arguments, checks and thresholds as :func:`multiotsu_thresholds` (whose last column this is).
+
+    Returns:
+        ``(N,)`` upper thresholds in the dtype of ``maps``, and ``(N,)`` bool, True where the
+        threshold is the slice maximum because multi-Otsu is undefined there.
+    """
+    thresholds, undefined = _multiotsu(maps, classes, nbins, suppress_negative, workers)
+    return thresholds[:, -1], undefined
+
+
+def _multiotsu(maps: np.ndarray, classes: int, nbins: int, suppress_negative: bool, workers: int | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, classes - 1)`` thresholds and ``(N,)`` undefined flags (see :func:`multiotsu_thresholds`)."""
     maps = _check_maps(maps)
     _check_nbins(nbins)
     if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or not 2 <= classes <= nbins:
@@ -298,6 +323,7 @@ def multiotsu_thresholds(
     check_workers(workers)
     n, h, w = maps.shape
     out = np.empty((n, classes - 1), dtype=maps.dtype)
+    undefined = np.empty(n, dtype=bool)
     per_chunk = _rows_per_chunk(h * w)
 
     def work(part: slice, histograms: RowHistograms) -> None:
@@ -305,9 +331,9 @@ def multiotsu_thresholds(
         index = np.empty((hist.counts.shape[0], classes - 1), np.intp)
         _multiotsu_indices(hist.counts, h * w, index)
         values = np.take_along_axis(hist.centers, np.maximum(index, 0), axis=1)
-        undefined = ~hist.ok | (index[:, 0] < 0)
-        out[part] = np.where(undefined[:, None], hist.high[:, None], values)
+        undefined[part] = ~hist.ok | (index[:, 0] < 0)
+        out[part] = np.where(undefined[part, None], hist.high[:, None], values)
 
     run_chunks(n, per_chunk, work,
                lambda: RowHistograms(min(n, per_chunk), h * w, maps.dtype, nbins, suppress_negative), workers)
-    return out
+    return out, undefined

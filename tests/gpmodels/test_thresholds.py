@@ -12,7 +12,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu, threshold_otsu
 
 from gpmodels import thresholds
-from gpmodels.thresholds import multiotsu_thresholds, otsu_thresholds
+from gpmodels.thresholds import multiotsu_thresholds, multiotsu_upper, otsu_thresholds
 
 DTYPES = (np.float16, np.float32, np.float64)
 
@@ -126,6 +126,20 @@ def test_range_too_narrow_for_the_bins_gives_the_maximum():
         threshold_otsu(image)
     assert otsu_thresholds(image[None])[0] == image.max()
     np.testing.assert_array_equal(multiotsu_thresholds(image[None])[0], [image.max()] * 2)
+
+
+@pytest.mark.parametrize("suppress", [False, True])
+def test_multiotsu_upper_flags_exactly_the_slices_thresholded_at_their_maximum(suppress):
+    maps = heatmaps(5, (33, 34), np.float32, seed=4)
+    two_valued = np.zeros((33, 34), np.float32)
+    two_valued[5:9, 5:9] = 3.0
+    maps = np.concatenate([maps, np.full((1, 33, 34), 2.5, np.float32), np.full((1, 33, 34), -1.0, np.float32),
+                           two_valued[None]])
+    upper, undefined = multiotsu_upper(maps, suppress_negative=suppress)
+    np.testing.assert_array_equal(upper, multiotsu_thresholds(maps, suppress_negative=suppress)[:, -1])
+    high = (np.maximum(maps, 0) if suppress else maps).max(axis=(1, 2))
+    np.testing.assert_array_equal(undefined, upper >= high)
+    assert undefined[-3:].all() and not undefined[:5].any()
 
 
 def test_suppress_negative_equals_thresholds_of_suppressed_maps():
