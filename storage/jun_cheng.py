@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 from storage.cases import MatCase, SliceBatch
 from storage.errors import CaseRejected
 from storage.ingest_config import IngestConfig
+from storage.nifti import sha256_file
 from storage.normalise import background_values, paper_scale, robust_scale
 from storage.slicing import resize_images, resize_masks
 
@@ -143,6 +143,6 @@ def read_mat_case(case: MatCase, config: IngestConfig) -> SliceBatch:
         masks=resize_masks((mask > 0)[None], size),
         labels=np.array([label - 1], dtype=np.int8),
         slice_index=np.array([-1], dtype=np.int16),
-        sources={str(path): hashlib.sha256(path.read_bytes()).hexdigest()},
+        sources={str(path): sha256_file(path)},
         cvind=np.array([case.cvind], dtype=np.int8),
     )

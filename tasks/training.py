@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
@@ -12,12 +9,9 @@ from gpmodels.heatmaps import generate_heatmaps, heatmap_path
 from gpmodels.train_config import preset_config
 from gpmodels.train_process import train_in_subprocess
 from gpmodels.training import train
+from storage.nifti import sha256_file
 
 __all__ = ["heatmap_path", "make_heatmaps", "train_model"]
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE, persist_result=True, tags=["training"])
@@ -35,7 +29,7 @@ def train_model(store: str, data_version: str, model: str, fold: int, preset: st
     config = preset_config(preset, store, model, out, fold=fold, **(overrides or {}))
     result = train_in_subprocess(config) if config.devices > 1 else train(config)
     get_run_logger().info("%s fold %d: %s in %.0f s", model, fold, result.test_metrics, result.seconds)
-    return {"run_dir": str(result.run_dir), "weights": _sha(result.run_dir / "model.pt"), "model": model,
+    return {"run_dir": str(result.run_dir), "weights": sha256_file(result.run_dir / "model.pt")[:16], "model": model,
             "fold": fold, "data_version": data_version, "test": result.test_metrics, "seconds": result.seconds}
 
 
