@@ -20,20 +20,18 @@ import csv
 import io
 import json
 import math
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
+from gpmodels.files import write_text_atomic
 from gpmodels.heatmaps import heatmap_path
 from gpmodels.metrics import (
     classification_metrics,
     dice,
     dice_summary,
-    false_positive_rate,
     patient_accuracy,
     per_class_dice,
     tumour_only_accuracy,
@@ -197,23 +195,17 @@ def _posthoc_agreement(heat: zarr.Group) -> dict[str, Any] | None:
     return out
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_evaluation(run_dir: Path | str, result: dict[str, Any]) -> Path:
     """Save ``evaluation.json`` (without per-slice rows) and ``evaluation_slices.csv`` in the run dir."""
     run_dir = Path(run_dir)
     slices = result["slices"]
     summary = {k: v for k, v in result.items() if k != "slices"}
-    _atomic_write(run_dir / EVALUATION_FILE, json.dumps(summary, indent=2, default=_json_default))
+    write_text_atomic(run_dir / EVALUATION_FILE, json.dumps(summary, indent=2, default=_json_default))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(list(slices))
     writer.writerows(zip(*slices.values()))
-    _atomic_write(run_dir / SLICES_FILE, buffer.getvalue())
+    write_text_atomic(run_dir / SLICES_FILE, buffer.getvalue())
     return run_dir / EVALUATION_FILE
 
 

@@ -30,8 +30,6 @@ import csv
 import io
 import json
 import math
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -42,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from gpmodels.evaluation import load_evaluation
+from gpmodels.files import write_text_atomic
 from gpmodels.metrics import aggregate_folds
 from gpmodels.nets import MODEL_NAMES, model_options
 from gpmodels.postprocess import CleaningConfig, ThresholdConfig
@@ -291,15 +290,6 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _tables(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> tuple[str, str]:
     keys = [c.key for c in COLUMNS]
     header = ["dataset", "model", "label", "kind", "runs", "folds"]
@@ -372,5 +362,5 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg re
     texts = {"index.html": render_page(header, groups, channel),
              "metrics.json": _metrics_json(runs, groups, header), "summary.csv": summary, "runs.csv": runs_csv}
     for name, text in texts.items():
-        _write_atomic(out_dir / name, text)
+        write_text_atomic(out_dir / name, text)
     return out_dir / "index.html"

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gpmodels.files import write_text_atomic
 from gpmodels.train_config import RunConfig, TrainConfig
 from gpmodels.training import TrainResult, train
 
@@ -77,10 +78,7 @@ def main(argv: list[str]) -> int:
     config = TrainConfig.from_dict(json.loads(Path(argv[0]).read_text()))
     result = train(config)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
-        target = Path(argv[1])
-        partial = target.with_suffix(".tmp")
-        partial.write_text(json.dumps(result_to_dict(result), indent=2))
-        partial.replace(target)
+        write_text_atomic(Path(argv[1]), json.dumps(result_to_dict(result), indent=2))
     return 0
 
 

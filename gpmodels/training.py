@@ -36,6 +36,7 @@ from gpmodels.checkpoints import (
     save_weights,
 )
 from gpmodels.data import SliceDataModule, balanced_class_weights, split_indices
+from gpmodels.files import write_text_atomic
 from gpmodels.lightning_module import ClassifierModule
 from gpmodels.nets import build_model, model_options
 from gpmodels.train_config import RunConfig, TrainConfig
@@ -258,9 +259,7 @@ def _prepare_run_dir(paths: RunPaths, run: RunConfig, fresh: bool) -> None:
         for stale in (paths.logs, paths.tensorboard):
             shutil.rmtree(stale, ignore_errors=True)
         paths.best.unlink(missing_ok=True)
-    tmp = paths.config.with_name(f".{paths.config.name}.tmp")
-    tmp.write_text(json.dumps(run.to_dict(), indent=2) + "\n")
-    tmp.replace(paths.config)
+    write_text_atomic(paths.config, json.dumps(run.to_dict(), indent=2) + "\n")
 
 
 @rank_zero_only

@@ -1,0 +1,22 @@
+"""Small file helpers shared by the run-directory and report writers."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a uniquely named temporary file and a rename.
+
+    A reader never sees a half-written file, concurrent writers (e.g. DDP ranks) do not share a
+    temporary file, and a failed write leaves the old file in place and no temporary behind.
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
