@@ -44,6 +44,17 @@ class AugmentConfig:
             raise ValueError(f"augment.flip_p: got {self.flip_p}, expected a probability in [0, 1]")
 
 
+def resize_images(images: Tensor, size: int) -> Tensor:
+    """Resize float ``(B, C, H, W)`` images (or maps) to ``(B, C, size, size)``: bilinear, anti-aliased
+    when shrinking; the input itself when already that size. Training and inference both resize
+    through here, so a network sees its slices at the same scale in both."""
+    height, width = images.shape[-2:]
+    if (height, width) == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=size < max(height, width))
+
+
 def resize_batch(images: Tensor, masks: Tensor, size: int) -> tuple[Tensor, Tensor]:
     """Resize a batch of slices and their masks to ``size x size``.
 
@@ -66,8 +77,7 @@ def resize_batch(images: Tensor, masks: Tensor, size: int) -> tuple[Tensor, Tens
     height, width = images.shape[-2:]
     if (height, width) == (size, size):
         return images, masks
-    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
-                           antialias=size < max(height, width))
+    images = resize_images(images, size)
     grown = masks[:, None].float()
     if size > min(height, width):
         grown = F.interpolate(grown, size=(max(height, size), max(width, size)), mode="nearest-exact")

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import zarr
 
+from gpmodels.augment import resize_images
 from gpmodels.nets import is_gp_model
 from gpmodels.training import load_trained
 from storage.store import SPLIT_NAMES, open_store
@@ -51,13 +51,6 @@ def pick_device(device: str | None = None) -> torch.device:
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _to_size(x: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
-    """Resize a ``(B, C, H, W)`` batch to ``size``; anti-aliased when shrinking."""
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode=mode, align_corners=False, antialias=x.shape[-1] > size)
 
 
 def class_maps(model: torch.nn.Module, images: torch.Tensor, gp: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,8 +114,8 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
             sel = index[start:start + batch_size]
             images = torch.from_numpy(group["images"].get_orthogonal_selection((sel,)).astype(np.float32)).to(target)
             with autocast:
-                logits, maps = class_maps(model, _to_size(images, run.image_size), gp)
-            maps_arr[start:start + sel.size] = _to_size(maps, size).cpu().numpy().astype(np.float16)
+                logits, maps = class_maps(model, resize_images(images, run.image_size), gp)
+            maps_arr[start:start + sel.size] = resize_images(maps, size).cpu().numpy().astype(np.float16)
             logits_all[start:start + sel.size] = logits.cpu().numpy()
             if progress is not None:
                 progress(start + sel.size, index.size)
@@ -162,10 +155,10 @@ def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, 
         return
     size = int(group["images"].shape[-1])
     images = torch.from_numpy(group["images"].get_orthogonal_selection((index[rows],)).astype(np.float32))
-    images = _to_size(images.to(device), run.image_size)
+    images = resize_images(images.to(device), run.image_size)
     target = torch.from_numpy(labels[rows].astype(np.int64)).to(device)
     maps = posthoc_batch(model, images, target, methods=POSTHOC_METHODS, is_gp=gp)
     heat.create_array("posthoc/rows", data=rows.astype(np.int64))
     for name, values in maps.items():
         tensor = torch.as_tensor(np.asarray(values, dtype=np.float32))[:, None]
-        heat.create_array(f"posthoc/{name}", data=_to_size(tensor, size)[:, 0].numpy().astype(np.float16))
+        heat.create_array(f"posthoc/{name}", data=resize_images(tensor, size)[:, 0].numpy().astype(np.float16))

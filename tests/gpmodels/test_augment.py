@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpmodels.augment import AugmentConfig, RandomFlipRotate, affine_matrices, resize_batch, warp_batch
+from gpmodels.augment import AugmentConfig, RandomFlipRotate, affine_matrices, resize_batch, resize_images, warp_batch
 
 
 def _batch(height: int = 33, width: int = 34, batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,3 +118,11 @@ def test_augment_config_names_the_bad_field(kwargs, field):
 def test_shape_mismatch_is_rejected():
     with pytest.raises(ValueError, match="images, masks"):
         resize_batch(torch.rand(2, 1, 8, 8), torch.zeros(2, 8, 9), 4)
+
+
+@pytest.mark.parametrize("size", [5, 12, 20])
+def test_resize_images_is_the_image_part_of_resize_batch(size):
+    images = torch.rand(2, 3, 12, 12)
+    masks = (torch.rand(2, 12, 12) > 0.5).to(torch.uint8)
+    assert torch.equal(resize_images(images, size), resize_batch(images, masks, size)[0])
+    assert resize_images(images, 12) is images
