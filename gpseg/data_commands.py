@@ -59,9 +59,7 @@ def _ingest(fn, source: Path, out: Path, config: IngestConfig, append: bool, **k
     try:
         with progress_bar(f"ingest {source.name}") as update:
             report = fn(source, out, config, append=append, progress=update, **kwargs)
-    except NoUsableInput as exc:
-        raise fail(str(exc), 1) from exc
-    except (StoreError, ValueError) as exc:
+    except (NoUsableInput, StoreError, ValueError) as exc:
         raise fail(str(exc), 1) from exc
     _finish(report)
 
