@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -43,6 +44,12 @@ def train_cmd(
     num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="Data-loading worker processes "
                                                        "(splits small enough are cached in memory instead).")]
     = None,
+    option: Annotated[Optional[list[str]], typer.Option(
+        "--option", metavar="KEY=VALUE",
+        help="Network option, repeatable, added to the preset's, e.g. --option pool=maps, --option "
+             "upsample=bilinear, --option depth=7, --option blur=true. Each network's options: pool, depth, "
+             "dropout (GP models), upsample (GP-UNet, GP-ReconResNet), blur (GP-ShuffleUNet), aux_logits, "
+             "dropout (InceptionV3).")] = None,
 ) -> None:
     """Train a classifier on a fold of a slice store and evaluate it on the fold's test split."""
     if width is not None and model in MODEL_NAMES and "width" not in model_options(model):
@@ -50,7 +57,7 @@ def train_cmd(
     try:
         config = preset_config(preset, str(store), model, str(out), fold=fold, epochs=epochs, batch_size=batch_size,
                                image_size=image_size, width=width, devices=devices, precision=precision, seed=seed,
-                               num_workers=num_workers)
+                               num_workers=num_workers, model_options=parse_options(option or []))
         result = train(config, progress_bar=True)
     except (StoreError, ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
@@ -59,3 +66,24 @@ def train_cmd(
     best = "" if result.best_val_loss is None else f", best val_loss {result.best_val_loss:.4f}"
     console.print(f"[green]trained[/green] {model} -> {result.run_dir}: {result.global_step} steps "
                   f"(resumed from {result.start_step}){best}{scores}, {result.seconds:.0f} s", highlight=False)
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``["pool=maps", "depth=7", "blur=true"]`` -> ``{"pool": "maps", "depth": 7, "blur": True}``.
+
+    Values are read as JSON where they parse (numbers, ``true``/``false``, ``null``), else as text.
+
+    Raises:
+        ValueError: An item has no ``=`` or an empty key.
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option: got {item!r}, expected KEY=VALUE (e.g. pool=maps)")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        options[key.strip()] = value
+    return options

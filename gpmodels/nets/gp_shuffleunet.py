@@ -18,6 +18,18 @@ defaults (width 64, depth 3, so 64/128/256/512 channels):
   level (5c channels); a double convolution 5c -> c with ReLU;
 * the GP head: 1×1 convolution 64 -> K with global max pooling.
 
+``blur=True`` (not the paper's; off by default) follows each pixel shuffle with a fixed 3×3 binomial
+blur ([1, 2, 1] ⊗ [1, 2, 1] / 16, replicate-padded, no parameters). The pixel shuffles are where
+a periodic pattern can enter the maps: the four sub-pixel phases of each output come from four
+separate groups of convolution weights. ICNR makes them equal at initialisation, but in GP training the
+gradient of a global maximum reaches one pixel, hence one phase, per image and class, so the phases
+can drift apart and fill the class maps with a period-2/4/8 lattice: in the demo's width-8 run on
+the BraTS phantoms 39 % of the test maps' spectral energy lay on the sub-pixel frequencies (1 % with
+another seed; 0.5 % at initialisation). The blur's frequency response is zero at the Nyquist
+frequency of each level, so the phases' differences cannot reach the maps (Sugawara et al. 2019);
+with it that share stayed at 0.7-2.7 %. It did not make the maps localise the tumours there
+(``benchmarks/results/LEARNING.md``).
+
 At C=4, K=3 this has 26,371,587 parameters, the paper's 26.37 M. Convolutions are
 Kaiming-normal-initialised (ReLU gain) with zero bias.
 
@@ -30,12 +42,15 @@ References:
     Chatterjee, S. et al., "ShuffleUNet: Super resolution of diffusion-weighted MRIs using deep
     learning", EUSIPCO 2021. Shi, W. et al., "Real-time single image and video super-resolution
     using an efficient sub-pixel convolutional neural network", CVPR 2016. Aitken, A. et al.,
-    "Checkerboard artifact free sub-pixel convolution", arXiv 1707.02937 (ICNR).
+    "Checkerboard artifact free sub-pixel convolution", arXiv 1707.02937 (ICNR). Sugawara, Y. et
+    al., "Checkerboard artifacts free convolutional neural networks", APSIPA Trans. Signal and
+    Information Processing 8, 2019 (zero response at the sub-pixel frequencies).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpmodels.nets.gp_head import GPHead, GPNet, PoolMode, check_gp_arguments
@@ -79,11 +94,30 @@ class _UnshuffleDown(nn.Sequential):
         )
 
 
-class _ShuffleUp(nn.Sequential):
-    """3×3 conv 2c -> 4c, then pixel shuffle: (B, 2c, H, W) -> (B, c, 2H, 2W)."""
+class BinomialBlur(nn.Module):
+    """Fixed depthwise 3×3 blur ([1, 2, 1] ⊗ [1, 2, 1] / 16), replicate-padded: (B, c, H, W) -> same.
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(_conv3(in_channels, 4 * out_channels), nn.PixelShuffle(2))
+    Its response is zero at the Nyquist frequency of either axis, so any pattern that repeats every
+    2 pixels along an axis (the sub-pixel phases of a pixel shuffle) is removed exactly away from
+    the borders.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("kernel", (torch.outer(taps, taps) / 16.0)[None, None], persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        kernel = self.kernel.to(x.dtype).expand(x.shape[1], 1, 3, 3)
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=x.shape[1])
+
+
+class _ShuffleUp(nn.Sequential):
+    """3×3 conv 2c -> 4c, pixel shuffle, optional blur: (B, 2c, H, W) -> (B, c, 2H, 2W)."""
+
+    def __init__(self, in_channels: int, out_channels: int, blur: bool = False) -> None:
+        layers: list[nn.Module] = [_conv3(in_channels, 4 * out_channels), nn.PixelShuffle(2)]
+        super().__init__(*layers, *([BinomialBlur()] if blur else []))
 
 
 def _icnr_(conv: nn.Conv2d, scale: int) -> None:
@@ -98,7 +132,7 @@ def _icnr_(conv: nn.Conv2d, scale: int) -> None:
 class _ShuffleUNetBackbone(nn.Module):
     """Encoder-decoder returning (B, width, H, W) features for (B, C, H, W) images."""
 
-    def __init__(self, in_channels: int, width: int, depth: int, dropout: float) -> None:
+    def __init__(self, in_channels: int, width: int, depth: int, dropout: float, blur: bool = False) -> None:
         super().__init__()
         channels = [width * 2**level for level in range(depth + 1)]
         self.multiple = 2**depth
@@ -108,7 +142,7 @@ class _ShuffleUNetBackbone(nn.Module):
         self.encode = nn.ModuleList(_DoubleConv(c, 2 * c) for c in channels[:-1])
         self.dropout = nn.Dropout2d(dropout)
         decoder_channels = channels[-2::-1]
-        self.up = nn.ModuleList(_ShuffleUp(2 * c, c) for c in decoder_channels)
+        self.up = nn.ModuleList(_ShuffleUp(2 * c, c, blur) for c in decoder_channels)
         self.decompose_up = nn.ModuleList(_Decomposition(c) for c in decoder_channels)
         self.decode = nn.ModuleList(_DoubleConv((_BRANCHES + 1) * c, c) for c in decoder_channels)
         self._init_weights()
@@ -147,6 +181,8 @@ class GPShuffleUNet(GPNet):
         depth: Number of pixel-unshuffle levels, at least 1.
         pool: GP pooling order, see :class:`~gpmodels.nets.gp_head.GPHead`.
         dropout: Dropout2d probability on the bottleneck, in [0, 1).
+        blur: Blur after each pixel shuffle (see the module docstring); ``False`` is the paper's
+            network. Adds no parameters.
 
     Shapes:
         ``forward(x)``: (B, C, H, W) -> logits (B, K), any H, W (see the module docstring).
@@ -164,9 +200,10 @@ class GPShuffleUNet(GPNet):
         depth: int = 3,
         pool: PoolMode = "features",
         dropout: float = 0.5,
+        blur: bool = False,
     ) -> None:
         check_gp_arguments(in_channels, width, depth, dropout)
         super().__init__(
-            _ShuffleUNetBackbone(in_channels, width, depth, dropout),
+            _ShuffleUNetBackbone(in_channels, width, depth, dropout, blur),
             GPHead(width, num_classes, pool),
         )

@@ -231,6 +231,8 @@ def test_merge_metrics_replaces_redone_rows(tmp_path):
     (["--store", "missing.zarr", "--model", "gp-unet"], "no slice store"),
     (["--model", "gp-nope"], "model: got 'gp-nope'"),
     (["--model", "gp-unet", "--fold", "7"], "fold: got 7"),
+    (["--model", "gp-unet", "--option", "pool"], "expected KEY=VALUE"),
+    (["--model", "gp-unet", "--option", "blur=true"], "['blur'] not accepted by 'gp-unet'"),
 ])
 def test_cli_errors_are_one_line(phantom_store, tmp_path, args, message):
     base = ["train", "--store", str(phantom_store), "--out", str(tmp_path / "run"), "--preset", "smoke"]
@@ -238,3 +240,17 @@ def test_cli_errors_are_one_line(phantom_store, tmp_path, args, message):
     assert result.exit_code == 1
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_cli_network_options_reach_the_run_config(phantom_store, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--store", str(phantom_store), "--out", str(out), "--preset", "smoke", "--model",
+            "gp-shuffleunet", "--option", "pool=maps", "--option", "blur=true", "--option", "dropout=0.25"]
+
+    result = CliRunner().invoke(app, args)
+
+    assert result.exit_code == 0, result.output
+    options = json.loads((out / "config.json").read_text())["train"]["model_options"]
+    assert options == {"pool": "maps", "blur": True, "dropout": 0.25}
+    net, _ = load_trained(out)
+    assert net.head.pool == "maps" and net.backbone.dropout.p == 0.25

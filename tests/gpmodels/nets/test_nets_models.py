@@ -122,6 +122,41 @@ def test_shuffleunet_pixel_shuffle_starts_as_nearest_neighbour_upsampling():
     torch.testing.assert_close(up, up[..., ::2, ::2].repeat_interleave(2, -2).repeat_interleave(2, -1))
 
 
+def _subpixel_energy(maps: torch.Tensor) -> float:
+    """Share of the maps' AC spectral energy on the rows and columns of the Nyquist frequency."""
+    power = torch.fft.fft2(maps - maps.mean(dim=(-2, -1), keepdim=True)).abs() ** 2
+    n = maps.shape[-1] // 2
+    return float((power[..., n, :].sum() + power[..., :, n].sum()) / power.sum())
+
+
+def test_shuffleunet_blur_keeps_drifted_subpixel_phases_out_of_the_maps():
+    # Re-initialise the shuffles' convolutions without ICNR, as training leaves them: their four
+    # sub-pixel phases then differ and, without the blur, the maps carry a period-2 lattice.
+    smooth = nn.functional.interpolate(_images(2, 4, 4, 4), size=(32, 32), mode="bilinear")
+    energy = {}
+    for blur in (False, True):
+        torch.manual_seed(0)
+        model = build_model("gp-shuffleunet", 4, 3, width=8, depth=2, blur=blur).eval()
+        for block in model.backbone.up:
+            nn.init.normal_(block[0].weight, std=0.5)
+        with torch.no_grad():
+            energy[blur] = _subpixel_energy(model.forward_maps(smooth)[1])
+
+    assert energy[False] > 0.05, energy
+    assert energy[True] < energy[False] / 50, energy
+
+
+def test_shuffleunet_blur_adds_no_parameters_and_keeps_the_shapes():
+    plain = build_model("gp-shuffleunet", 4, 3, width=8)
+    blurred = build_model("gp-shuffleunet", 4, 3, width=8, blur=True)
+    x = _images(2, 4, 20, 28)
+
+    assert count_parameters(blurred) == count_parameters(plain)
+    assert blurred.state_dict().keys() == plain.state_dict().keys()
+    logits, maps = blurred.forward_maps(x)
+    assert logits.shape == (2, 3) and maps.shape == (2, 3, 20, 28)
+
+
 def test_eval_mode_is_deterministic():
     model = build_model("gp-reconresnet", 4, 3, **SMALL["gp-reconresnet"]).eval()
     x = _images(2, 4, 16, 16)
