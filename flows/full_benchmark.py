@@ -30,7 +30,7 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
                 labels[out] = spec.label
                 jobs.append({"store": ingested["store"], "data_version": ingested["data_version"], "model": model,
                              "fold": fold, "preset": params.preset, "out": out,
-                             "overrides": params.train_overrides})
+                             "overrides": params.overrides_for(model)})
     trained = run_fan_out(jobs, params.dask_address)
     results = [{**r, "dataset": labels[r["run_dir"]]} for r in
                heatmaps_and_evaluation(trained, params.threshold, params.posthoc_slices)]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
 from gpmodels.nets import MODEL_NAMES
+from gpmodels.nets import model_options as network_options
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 
 DatasetKind = Literal["brats", "jun-cheng", "manifest"]
@@ -58,15 +59,21 @@ def _default_datasets() -> list[DatasetSpec]:
     return [DatasetSpec(kind="brats", phantom_cases=16), DatasetSpec(kind="jun-cheng", phantom_cases=120)]
 
 
-class BenchmarkParams(BaseModel):
-    """Parameters of ``full-benchmark``."""
+class TrainingParams(BaseModel):
+    """What ``full-benchmark`` and ``retrain-on-new-data`` share: the runs to train and how to read them.
+
+    Runs are kept under ``workdir/runs/<dataset>/<data version>/<model>/fold_K``; a run directory
+    refuses to continue with other settings, so other presets or options need another ``workdir``.
+    """
 
     workdir: str = Field("runs/benchmark", description="Phantoms, stores, runs and the report go here.")
-    datasets: list[DatasetSpec] = Field(default_factory=_default_datasets)
     models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
     folds: int = Field(3, ge=1, le=20)
     preset: Literal["paper", "demo", "smoke"] = "demo"
     train_overrides: dict = Field(default_factory=dict, description="TrainConfig fields overriding the preset.")
+    model_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Network options per model, added to the preset's, e.g. "
+        '{"gp-shuffleunet": {"pool": "maps", "blur": true}}.')
     threshold: ThresholdParams = Field(default_factory=ThresholdParams)
     dask_address: str | None = Field(None, description="Run training on this Dask scheduler (GPU workers).")
     posthoc_slices: int = Field(2, ge=0, description="Test slices with occlusion/guided-backprop maps per run "
@@ -80,6 +87,29 @@ class BenchmarkParams(BaseModel):
             raise ValueError(f"models: unknown {unknown}, expected some of {list(MODEL_NAMES)}")
         return value
 
+    @field_validator("model_options")
+    @classmethod
+    def _known_options(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for model, options in value.items():
+            if model not in MODEL_NAMES:
+                raise ValueError(f"model_options: unknown model {model!r}, expected one of {list(MODEL_NAMES)}")
+            unknown = sorted(set(options) - set(network_options(model)))
+            if unknown:
+                raise ValueError(f"model_options: {unknown} not accepted by {model!r}; valid options are "
+                                 f"{sorted(network_options(model))}")
+        return value
+
+    def overrides_for(self, model: str) -> dict[str, Any]:
+        """``train_overrides`` with this model's ``model_options`` merged into its ``model_options``."""
+        options = {**self.train_overrides.get("model_options", {}), **self.model_options.get(model, {})}
+        return {**self.train_overrides, **({"model_options": options} if options else {})}
+
+
+class BenchmarkParams(TrainingParams):
+    """Parameters of ``full-benchmark``."""
+
+    datasets: list[DatasetSpec] = Field(default_factory=_default_datasets)
+
 
 class PostprocessParams(BaseModel):
     """Parameters of ``postprocess``: re-threshold stored heatmaps and re-report."""
@@ -90,15 +120,7 @@ class PostprocessParams(BaseModel):
     out: str | None = Field(None, description="Report folder (default: workdir/report).")
 
 
-class RetrainParams(BaseModel):
+class RetrainParams(TrainingParams):
     """Parameters of ``retrain-on-new-data``."""
 
-    workdir: str = "runs/benchmark"
     dataset: DatasetSpec = Field(default_factory=lambda: DatasetSpec(kind="brats", source="runs/benchmark/drop"))
-    models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
-    folds: int = Field(3, ge=1, le=20)
-    preset: Literal["paper", "demo", "smoke"] = "demo"
-    train_overrides: dict = Field(default_factory=dict)
-    threshold: ThresholdParams = Field(default_factory=ThresholdParams)
-    dask_address: str | None = None
-    posthoc_slices: int = Field(2, ge=0)

@@ -36,7 +36,7 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     validate(store)
     jobs = [{"store": store, "data_version": ingested["data_version"], "model": model, "fold": fold,
              "preset": params.preset, "out": run_dir(params.workdir, spec.label, ingested["data_version"], model, fold),
-             "overrides": params.train_overrides}
+             "overrides": params.overrides_for(model)}
             for model in params.models for fold in range(params.folds)]
     trained = run_fan_out(jobs, params.dask_address)
     results = [{**r, "dataset": spec.label} for r in heatmaps_and_evaluation(trained, params.threshold,

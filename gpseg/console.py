@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -25,6 +26,17 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int, str], None]]:
             progress.update(task, completed=done, total=total, label=label)
 
         yield update
+
+
+def one_line(exc: Exception) -> str:
+    """An exception's message on one line; a pydantic validation error as ``field: reason; ...``."""
+    if isinstance(exc, ValidationError):
+        parts = []
+        for error in exc.errors():
+            field, message = ".".join(map(str, error["loc"])), error["msg"].removeprefix("Value error, ")
+            parts.append(message if message.startswith(f"{field}:") else f"{field}: {message}")
+        return "; ".join(parts)
+    return " ".join(str(exc).split())
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from gpseg.console import console, fail
+from gpseg.console import console, fail, one_line
+from gpseg.options import parse_model_options
 
 
 def benchmark_cmd(
@@ -25,6 +26,9 @@ def benchmark_cmd(
     dask_address: Annotated[Optional[str], typer.Option(help="Train on this Dask scheduler; tasks need workers "
                                                              "started with --resources GPU=1.")] = None,
     devices: Annotated[int, typer.Option(help="Devices per training run (more than 1: Lightning DDP).")] = 1,
+    option: Annotated[Optional[list[str]], typer.Option(
+        "--option", metavar="MODEL:KEY=VALUE", help="Network option of one model, repeatable, e.g. "
+        "--option gp-shuffleunet:pool=features (see `gpseg train --help`).")] = None,
 ) -> None:
     """Run the full-benchmark flow in this process (Prefect's local ephemeral API)."""
     from flows.full_benchmark import full_benchmark
@@ -36,13 +40,14 @@ def benchmark_cmd(
     try:
         params = BenchmarkParams(
             workdir=str(workdir), folds=folds, preset=preset, dask_address=dask_address,
+            model_options=parse_model_options(option or []),
             datasets=[DatasetSpec(kind=k, source=v, phantom_cases=16 if k == "brats" else 120)
                       for k, v in sources.items() if v],
             threshold=ThresholdParams(offset=None if offset is None else (offset if offset == "auto" else float(offset))),
             train_overrides={"devices": devices} if devices > 1 else {},
             **({"models": [m.strip() for m in models.split(",")]} if models else {}))
     except ValueError as exc:
-        raise fail(str(exc)) from exc
+        raise fail(one_line(exc)) from exc
     result = full_benchmark(params)
     console.print(f"[green]report[/green] {result['report']}")
     raise typer.Exit(1 if result["failed"] else 0)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -12,6 +11,7 @@ from gpmodels.nets import MODEL_NAMES, model_options
 from gpmodels.train_config import PRECISIONS, preset_config
 from gpmodels.training import train
 from gpseg.console import console, fail
+from gpseg.options import parse_options
 from storage.errors import StoreError
 
 
@@ -67,23 +67,3 @@ def train_cmd(
     console.print(f"[green]trained[/green] {model} -> {result.run_dir}: {result.global_step} steps "
                   f"(resumed from {result.start_step}){best}{scores}, {result.seconds:.0f} s", highlight=False)
 
-
-def parse_options(items: list[str]) -> dict[str, Any]:
-    """``["pool=maps", "depth=7", "blur=true"]`` -> ``{"pool": "maps", "depth": 7, "blur": True}``.
-
-    Values are read as JSON where they parse (numbers, ``true``/``false``, ``null``), else as text.
-
-    Raises:
-        ValueError: An item has no ``=`` or an empty key.
-    """
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--option: got {item!r}, expected KEY=VALUE (e.g. pool=maps)")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        options[key.strip()] = value
-    return options

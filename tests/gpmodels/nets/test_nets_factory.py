@@ -35,7 +35,7 @@ def test_unknown_name_is_rejected_with_the_valid_names():
 
 
 def test_unknown_option_is_rejected_with_the_valid_options():
-    expected = r"\['upsample'\].*'gp-shuffleunet'.*\['depth', 'dropout', 'pool', 'width'\]"
+    expected = r"\['upsample'\].*'gp-shuffleunet'.*\['blur', 'depth', 'dropout', 'pool', 'width'\]"
     with pytest.raises(ValueError, match=expected):
         build_model("gp-shuffleunet", 4, 3, upsample="sinc")
     with pytest.raises(ValueError, match="valid options are \\[\\]"):

@@ -1,0 +1,43 @@
+"""Network options given on the command line as ``KEY=VALUE`` or ``MODEL:KEY=VALUE``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``["pool=maps", "depth=7", "blur=true"]`` -> ``{"pool": "maps", "depth": 7, "blur": True}``.
+
+    Values are read as JSON where they parse (numbers, ``true``/``false``, ``null``), else as text.
+
+    Raises:
+        ValueError: An item has no ``=`` or an empty key.
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option: got {item!r}, expected KEY=VALUE (e.g. pool=maps)")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        options[key.strip()] = value
+    return options
+
+
+def parse_model_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["gp-shuffleunet:pool=maps", "gp-unet:upsample=bilinear"]`` -> options per model.
+
+    Raises:
+        ValueError: An item is not ``MODEL:KEY=VALUE``.
+    """
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        model, sep, rest = item.partition(":")
+        key, equals, _ = rest.partition("=")
+        if not sep or not model.strip() or not equals or not key.strip():
+            raise ValueError(f"--option: got {item!r}, expected MODEL:KEY=VALUE (e.g. gp-shuffleunet:pool=maps)")
+        options.setdefault(model.strip(), {}).update(parse_options([rest]))
+    return options

@@ -1,0 +1,40 @@
+"""Flow parameters: per-model network options, validation messages."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from flows.params import BenchmarkParams, RetrainParams
+from gpseg.console import one_line
+
+
+def test_model_options_merge_into_each_models_overrides():
+    params = BenchmarkParams(train_overrides={"epochs": 3, "model_options": {"dropout": 0.2}},
+                             model_options={"gp-shuffleunet": {"pool": "maps", "blur": True}})
+
+    assert params.overrides_for("gp-shuffleunet") == {
+        "epochs": 3, "model_options": {"dropout": 0.2, "pool": "maps", "blur": True}}
+    assert params.overrides_for("gp-unet") == {"epochs": 3, "model_options": {"dropout": 0.2}}
+
+
+def test_without_model_options_the_overrides_are_unchanged():
+    # Same task inputs as before the option existed, so cached training stays valid.
+    params = RetrainParams(train_overrides={"devices": 2})
+
+    assert params.overrides_for("resnext50") == {"devices": 2}
+    assert BenchmarkParams().overrides_for("gp-unet") == {}
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"model_options": {"gp-unet": {"blur": True}}}, "model_options: ['blur'] not accepted by 'gp-unet'"),
+    ({"model_options": {"unet": {"pool": "maps"}}}, "model_options: unknown model 'unet'"),
+    ({"models": ["gp-nope"]}, "models: unknown ['gp-nope']"),
+])
+@pytest.mark.parametrize("cls", [BenchmarkParams, RetrainParams])
+def test_bad_parameters_give_one_line_naming_the_field(cls, kwargs, message):
+    with pytest.raises(ValidationError) as caught:
+        cls(**kwargs)
+
+    text = one_line(caught.value)
+    assert text.startswith(message) and "\n" not in text

@@ -1,0 +1,31 @@
+"""Network options on the command line: KEY=VALUE and MODEL:KEY=VALUE."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpseg.options import parse_model_options, parse_options
+
+
+def test_values_are_json_where_they_parse_and_text_otherwise():
+    assert parse_options(["pool=maps", "depth=7", "dropout=0.25", "blur=true", "upsample=sinc"]) == {
+        "pool": "maps", "depth": 7, "dropout": 0.25, "blur": True, "upsample": "sinc"}
+    assert parse_options([]) == {}
+
+
+def test_options_per_model_collect_by_model():
+    assert parse_model_options(["gp-shuffleunet:pool=maps", "gp-unet:upsample=bilinear",
+                                "gp-shuffleunet:blur=true"]) == {
+        "gp-shuffleunet": {"pool": "maps", "blur": True}, "gp-unet": {"upsample": "bilinear"}}
+
+
+@pytest.mark.parametrize(("parse", "item", "message"), [
+    (parse_options, "pool", "expected KEY=VALUE"),
+    (parse_options, "=maps", "expected KEY=VALUE"),
+    (parse_model_options, "pool=maps", "expected MODEL:KEY=VALUE"),
+    (parse_model_options, "gp-unet:pool", "expected MODEL:KEY=VALUE"),
+])
+def test_malformed_items_are_named(parse, item, message):
+    with pytest.raises(ValueError, match=message) as caught:
+        parse([item])
+    assert repr(item) in str(caught.value)
