@@ -6,8 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from gpmodels.nets import MODEL_NAMES
-from gpmodels.nets import model_options as network_options
+from gpmodels.nets import MODEL_NAMES, check_options
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 
 DatasetKind = Literal["brats", "jun-cheng", "manifest"]
@@ -93,10 +92,7 @@ class TrainingParams(BaseModel):
         for model, options in value.items():
             if model not in MODEL_NAMES:
                 raise ValueError(f"model_options: unknown model {model!r}, expected one of {list(MODEL_NAMES)}")
-            unknown = sorted(set(options) - set(network_options(model)))
-            if unknown:
-                raise ValueError(f"model_options: {unknown} not accepted by {model!r}; valid options are "
-                                 f"{sorted(network_options(model))}")
+            check_options(model, options, field="model_options")
         return value
 
     def overrides_for(self, model: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from gpmodels.nets.factory import (
     GP_MODEL_NAMES,
     MODEL_NAMES,
     build_model,
+    check_options,
     is_gp_model,
     model_options,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "Upsample2d",
     "UpsampleMode",
     "build_model",
+    "check_options",
     "count_parameters",
     "fourier_upsample",
     "is_gp_model",

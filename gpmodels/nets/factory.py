@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -71,13 +72,21 @@ def build_model(name: str, in_channels: int, num_classes: int, **options: Any) -
         ValueError: If ``name`` or an option is unknown (the message lists the valid ones), or an
             option value is invalid.
     """
+    check_options(name, options)
+    return _MODELS[name](in_channels, num_classes, **options)
+
+
+def check_options(name: str, options: Mapping[str, Any], field: str = "options") -> None:
+    """Check that network ``name`` accepts every key of ``options`` (not their values).
+
+    Raises:
+        ValueError: If ``name`` is unknown, or ``"{field}: [keys] not accepted by 'name'; valid
+            options are [...]"``.
+    """
     allowed = model_options(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(
-            f"options: {unknown} not accepted by {name!r}; valid options are {sorted(allowed)}"
-        )
-    return _MODELS[name](in_channels, num_classes, **options)
+        raise ValueError(f"{field}: {unknown} not accepted by {name!r}; valid options are {sorted(allowed)}")
 
 
 def _check_name(name: str) -> None:
