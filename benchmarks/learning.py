@@ -7,12 +7,18 @@ weighted F1, scikit-learn). Prints one table row per model, with the training wa
 
 With ``--store`` it trains on an existing slice store instead (no phantoms are written), and
 ``--preset``, ``--image-size``, ``--width`` and ``--batch-size`` replace the demo preset's values, e.g.
-the paper settings at the networks' default widths on a GPU.
+the paper settings at the networks' default widths on a GPU. ``--set FIELD=VALUE`` replaces any other
+training field (JSON values; ``augment={"rotation": 15, "flip_p": 0.5}``), ``--option
+MODEL:KEY=VALUE`` adds a network option for one model, and ``--dice`` also writes the test and
+validation heatmaps and prints the test split's median Dice with the paper's offset and with the
+offset chosen on the validation masks (``auto``). ``benchmarks/results/LEARNING.md`` was made this way.
 
 Usage::
 
     .venv/bin/python benchmarks/learning.py --work /tmp/gpseg-learning [--cases 20] [--size 64]
         [--models gp-unet,resnext50] [--epochs 12]
+    .venv/bin/python benchmarks/learning.py --store demo/stores/brats.zarr --models gp-shuffleunet \
+        --option gp-shuffleunet:blur=true --seed 1 --dice   # one LEARNING.md row
     python benchmarks/learning.py --store demo/stores/brats.zarr --preset paper --epochs 60 \
         --full-width --models gp-unet,gp-reconresnet,gp-shuffleunet      # on a GPU
 """
@@ -29,10 +35,15 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
+from gpmodels.augment import AugmentConfig
 from gpmodels.data import SliceDataModule, split_indices
+from gpmodels.evaluation import default_threshold, evaluate_heatmaps
+from gpmodels.heatmaps import generate_heatmaps
 from gpmodels.nets import MODEL_NAMES
+from gpmodels.threshold_config import ThresholdConfig
 from gpmodels.train_config import preset_config
 from gpmodels.training import load_trained, train
+from gpseg.options import parse_model_options, parse_options
 from storage.store import open_store
 
 
@@ -68,6 +79,28 @@ def evaluate(run_dir: Path, store: Path, fold: int) -> tuple[float, float]:
     return accuracy_score(y_true, y_pred), f1_score(y_true, y_pred, average="weighted")
 
 
+def median_dice(run_dir: Path, model: str) -> tuple[float, float]:
+    """Test-split median Dice with the paper's offset and with ``auto`` (writes test and val heatmaps)."""
+    for split in ("test", "val"):
+        generate_heatmaps(run_dir, split, posthoc=0)
+    test = run_dir / "heatmaps" / "test.zarr"
+    paper = evaluate_heatmaps(test, default_threshold(model))["segmentation"]["dice"]["median"]
+    try:
+        auto = evaluate_heatmaps(test, ThresholdConfig(offset="auto"))["segmentation"]["dice"]["median"]
+    except ValueError as exc:  # e.g. no validation slice predicted as a tumour class
+        print(f"{model}: no auto offset: {exc}")
+        auto = float("nan")
+    return paper, auto
+
+
+def training_fields(items: list[str]) -> dict:
+    """``--set`` items as TrainConfig fields (``augment`` given as a JSON object)."""
+    fields = parse_options(items)
+    if isinstance(fields.get("augment"), dict):
+        fields["augment"] = AugmentConfig(**fields["augment"])
+    return fields
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpseg-learning"), help="Working folder.")
@@ -83,31 +116,44 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=None, help="Width of the GP networks.")
     parser.add_argument("--full-width", action="store_true",
                         help="The GP networks' default widths (the paper's), not the preset's.")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="Another training field, e.g. lr=0.001 (repeatable).")
+    parser.add_argument("--option", action="append", default=[], metavar="MODEL:KEY=VALUE",
+                        help="A network option of one model, e.g. gp-shuffleunet:pool=features (repeatable).")
+    parser.add_argument("--dice", action="store_true", help="Also write heatmaps and print median Dice.")
     args = parser.parse_args()
+    fields = training_fields(args.set)
+    options = parse_model_options(args.option)
 
     store = args.store or make_store(args.work, args.cases, args.size, args.seed)
     rows = []
     for model in args.models.split(","):
         out = args.work / "runs" / model
         shutil.rmtree(out, ignore_errors=True)
-        config = preset_config(args.preset, str(store), model, str(out), epochs=args.epochs, seed=args.seed,
-                               image_size=args.image_size, batch_size=args.batch_size, width=args.width)
+        settings = {"epochs": args.epochs, "seed": args.seed, "image_size": args.image_size,
+                    "batch_size": args.batch_size, "width": args.width, **fields}
+        config = preset_config(args.preset, str(store), model, str(out), model_options=options.get(model, {}),
+                               **settings)
         if args.full_width:
             config = dataclasses.replace(config, width=None)
         started = time.perf_counter()
         result = train(config)
         seconds = time.perf_counter() - started
         accuracy, f1 = evaluate(out, store, config.fold)
-        rows.append((model, accuracy, f1, result.test_metrics["test_f1"], seconds, result.global_step))
+        dice = median_dice(out, model) if args.dice else (float("nan"), float("nan"))
+        rows.append((model, accuracy, f1, result.test_metrics["test_f1"], seconds, result.global_step, *dice))
         slices = len(split_indices(open_store(str(store)), config.fold, "train")) * config.epochs
         print(f"{model}: acc {accuracy:.3f}, weighted F1 {f1:.3f}, {seconds:.0f} s "
               f"({slices / seconds:.0f} training slices/s including validation)", flush=True)
 
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
     print(f"\nstore {store} (fold 0 test split), {args.preset} preset, {where}")
-    print(f"{'model':<16}{'accuracy':>10}{'weighted F1':>13}{'F1 (Lightning)':>16}{'seconds':>9}{'steps':>7}")
-    for model, accuracy, f1, lightning_f1, seconds, steps in rows:
-        print(f"{model:<16}{accuracy:>10.3f}{f1:>13.3f}{lightning_f1:>16.3f}{seconds:>9.0f}{steps:>7d}")
+    print(f"settings {fields or 'preset'}, options {options or 'preset'}")
+    print(f"{'model':<16}{'accuracy':>10}{'weighted F1':>13}{'F1 (Lightning)':>16}{'seconds':>9}{'steps':>7}"
+          f"{'Dice':>7}{'auto Dice':>11}")
+    for model, accuracy, f1, lightning_f1, seconds, steps, dice, auto in rows:
+        print(f"{model:<16}{accuracy:>10.3f}{f1:>13.3f}{lightning_f1:>16.3f}{seconds:>9.0f}{steps:>7d}"
+              f"{dice:>7.3f}{auto:>11.3f}")
 
 
 if __name__ == "__main__":
