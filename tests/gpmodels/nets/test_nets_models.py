@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from gpmodels.nets import GP_MODEL_NAMES, build_model, count_parameters
+from gpmodels.nets.gp_shuffleunet import BinomialBlur
 
 SMALL = {
     "gp-unet": {"width": 8},
@@ -144,6 +145,18 @@ def test_shuffleunet_blur_keeps_drifted_subpixel_phases_out_of_the_maps():
 
     assert energy[False] > 0.05, energy
     assert energy[True] < energy[False] / 50, energy
+
+
+def test_binomial_blur_removes_period_two_patterns_up_to_the_borders():
+    # Sub-pixel phases that differ along rows, columns and both: only their mean may remain,
+    # on the edge rows and columns too (a leak there is where a GP network hides its evidence).
+    rows = torch.tensor([1.0, -1.0]).repeat(5)[:, None]
+    cols = torch.tensor([1.0, -1.0]).repeat(6)[None, :]
+    pattern = (3.0 + 0.5 * rows + 2.0 * cols + rows * cols).expand(2, 3, 10, 12)
+
+    blurred = BinomialBlur()(pattern)
+
+    torch.testing.assert_close(blurred, torch.full_like(pattern, 3.0))
 
 
 def test_shuffleunet_blur_adds_no_parameters_and_keeps_the_shapes():
