@@ -26,6 +26,8 @@ in a fresh environment compiles them (a few seconds), later processes load them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numba import njit
 
@@ -108,16 +110,27 @@ def otsu_thresholds(
     maps = _check_maps(maps)
     _check_nbins(nbins)
     check_workers(workers)
+    out = np.empty(maps.shape[0], dtype=maps.dtype)
+
+    def use(part: slice, hist: Histograms) -> None:
+        out[part] = _otsu(hist)
+
+    _each_chunk(maps, nbins, suppress_negative, workers, use)
+    return out
+
+
+def _each_chunk(maps: np.ndarray, nbins: int, suppress_negative: bool, workers: int | None,
+                use: Callable[[slice, Histograms], None]) -> None:
+    """Call ``use(part, histograms)`` for the histograms of every chunk ``maps[part]`` of ``(N, H, W)``
+    checked maps, on ``workers`` threads, each with its own reused :class:`RowHistograms`."""
     n, h, w = maps.shape
-    out = np.empty(n, dtype=maps.dtype)
     per_chunk = _rows_per_chunk(h * w)
 
     def work(part: slice, histograms: RowHistograms) -> None:
-        out[part] = _otsu(histograms(maps[part].reshape(-1, h * w)))
+        use(part, histograms(maps[part].reshape(-1, h * w)))
 
     run_chunks(n, per_chunk, work,
                lambda: RowHistograms(min(n, per_chunk), h * w, maps.dtype, nbins, suppress_negative), workers)
-    return out
 
 
 @njit(inline="always")
@@ -324,16 +337,13 @@ def _multiotsu(maps: np.ndarray, classes: int, nbins: int, suppress_negative: bo
     n, h, w = maps.shape
     out = np.empty((n, classes - 1), dtype=maps.dtype)
     undefined = np.empty(n, dtype=bool)
-    per_chunk = _rows_per_chunk(h * w)
 
-    def work(part: slice, histograms: RowHistograms) -> None:
-        hist = histograms(maps[part].reshape(-1, h * w))
+    def use(part: slice, hist: Histograms) -> None:
         index = np.empty((hist.counts.shape[0], classes - 1), np.intp)
         _multiotsu_indices(hist.counts, h * w, index)
         values = np.take_along_axis(hist.centers, np.maximum(index, 0), axis=1)
         undefined[part] = ~hist.ok | (index[:, 0] < 0)
         out[part] = np.where(undefined[part, None], hist.high[:, None], values)
 
-    run_chunks(n, per_chunk, work,
-               lambda: RowHistograms(min(n, per_chunk), h * w, maps.dtype, nbins, suppress_negative), workers)
+    _each_chunk(maps, nbins, suppress_negative, workers, use)
     return out, undefined
