@@ -18,9 +18,11 @@ import argparse
 
 import torch
 
-from gpmodels.nets import build_model
+from gpmodels.nets import GP_MODEL_NAMES, build_model
+from gpmodels.train_config import preset_config
 
-DEMO_WIDTHS = {"gp-unet": 16, "gp-reconresnet": 8, "gp-shuffleunet": 8}
+DEMO_WIDTHS = {name: preset_config("demo", "store.zarr", name, "run").width for name in GP_MODEL_NAMES}
+"""Width of each GP network in the ``demo`` preset."""
 
 
 def radius90(name: str, width: int, size: int, seed: int, batch: int = 2) -> float:

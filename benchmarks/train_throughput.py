@@ -34,7 +34,7 @@ from torch import nn
 
 from gpmodels.augment import AugmentConfig, RandomFlipRotate
 from gpmodels.lightning_module import ClassifierModule
-from gpmodels.nets import MODEL_NAMES, build_model
+from gpmodels.nets import MODEL_NAMES, build_model, model_options
 
 
 def seconds_per_step(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
@@ -142,7 +142,7 @@ def main() -> None:
     header = f"{'model':<16}{'gpseg step/s':>14}{'plain fp32/s':>14}{'ratio':>7}{'inference/s':>13}"
     rows = []
     for name in args.models.split(","):
-        options = {"upsample": args.upsample} if args.upsample and name in ("gp-unet", "gp-reconresnet") else {}
+        options = {"upsample": args.upsample} if args.upsample and "upsample" in model_options(name) else {}
         net = build_model(name, args.channels, 3, **options).to(device)
         plain_net = copy.deepcopy(net)
         ours = args.batch / seconds_per_step(gpseg_step(net, images, masks, labels, device, args.compile),
