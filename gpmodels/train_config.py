@@ -179,7 +179,8 @@ enlarged to 299 px, 28 times the training cost of the 75-px minimum without it (
 slice). GP-ShuffleUNet pools its class maps (``pool="maps"``, each logit the maximum of its map) in
 the demo: at width 8 and 20 epochs its feature-pooled maps did not localise the tumour (median Dice
 0.055 on the demo's BraTS phantoms, fold 0), map pooling ties the logits to the maps (0.36, F1 0.82
-vs 0.74). The paper preset sets nothing per network."""
+vs 0.74, with the demo's seed; another seed gave Dice 0 and F1 0.63, see
+``benchmarks/results/LEARNING.md``). The paper preset sets nothing per network."""
 
 
 def preset_config(preset: PresetName, store: str, model: str, out: str, **overrides: Any) -> TrainConfig:
