@@ -101,10 +101,15 @@ def overlay_colours(image: np.ndarray, pred: np.ndarray, truth: np.ndarray,
     if image.ndim != 2 or pred.shape != image.shape or truth.shape != image.shape:
         raise ValueError(f"image, pred, truth: got shapes {image.shape}, {pred.shape}, {truth.shape}, "
                          "expected three equal (H, W) shapes")
-    rgb = np.repeat(grey_levels(image)[..., None], 3, axis=2)
+    rgb = _grey_rgb(image)
     for where, colour in zip((pred & truth, pred & ~truth, ~pred & truth), OVERLAY_COLOURS.values()):
         rgb = _blend(rgb, where, colour, alpha)
     return rgb
+
+
+def _grey_rgb(image: np.ndarray) -> np.ndarray:
+    """The image in grey (:func:`grey_levels`) as float ``(H, W, 3)`` RGB in [0, 1]."""
+    return np.repeat(grey_levels(image)[..., None], 3, axis=2)
 
 
 def _blend(rgb: np.ndarray, where: np.ndarray, colour: str, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
@@ -245,7 +250,7 @@ def example_png(image: np.ndarray, raw: np.ndarray, mask: np.ndarray, truth: np.
     """
     raw = np.asarray(raw, dtype=np.float32)
     label = "suppressed" if threshold is None else f"suppressed, threshold {threshold:.3g}"
-    grey = np.repeat(grey_levels(image)[..., None], 3, axis=2)
+    grey = _grey_rgb(image)
     row = [grey_panel(image, "input"), map_panel(raw, "raw heatmap", signed=True),
            map_panel(np.maximum(raw, 0.0), label, signed=False),
            Panel(rgb_bytes(overlay_colours(image, mask, truth)), "mask vs ground truth"),
