@@ -8,10 +8,10 @@ weighted F1, scikit-learn). Prints one table row per model, with the training wa
 With ``--store`` it trains on an existing slice store instead (no phantoms are written), and
 ``--preset``, ``--image-size``, ``--width`` and ``--batch-size`` replace the demo preset's values, e.g.
 the paper settings at the networks' default widths on a GPU. ``--set FIELD=VALUE`` replaces any other
-training field (JSON values; ``augment={"rotation": 15, "flip_p": 0.5}``), ``--option
-MODEL:KEY=VALUE`` adds a network option for one model, and ``--dice`` also writes the test and
-validation heatmaps and prints the test split's median Dice with the paper's offset and with the
-offset chosen on the validation masks (``auto``). ``benchmarks/results/LEARNING.md`` was made this way.
+training field (JSON values; ``augment={"rotation": 15, "flip_p": 0.5}``, or ``augment=null`` for
+none), ``--option MODEL:KEY=VALUE`` adds a network option for one model, and ``--dice`` also
+writes the test and validation heatmaps and prints the test split's median Dice with the paper's
+offset and with the offset chosen on the validation masks (``auto``). ``benchmarks/results/LEARNING.md`` was made this way.
 
 Usage::
 
@@ -19,6 +19,8 @@ Usage::
         [--models gp-unet,resnext50] [--epochs 12]
     .venv/bin/python benchmarks/learning.py --store demo/stores/brats.zarr --models gp-shuffleunet \
         --option gp-shuffleunet:blur=true --seed 1 --dice   # one LEARNING.md row
+    .venv/bin/python benchmarks/learning.py --store demo/stores/brats.zarr --models gp-unet --seed 0,1,2 --dice
+                                                            # the spread over three seeds
     python benchmarks/learning.py --store demo/stores/brats.zarr --preset paper --epochs 60 \
         --full-width --models gp-unet,gp-reconresnet,gp-shuffleunet      # on a GPU
 """
@@ -108,7 +110,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="Phantom in-plane size.")
     parser.add_argument("--models", default=",".join(MODEL_NAMES), help="Comma-separated model names.")
     parser.add_argument("--epochs", type=int, default=None, help="Override the demo preset's epochs.")
-    parser.add_argument("--seed", type=int, default=0, help="Phantom and training seed.")
+    parser.add_argument("--seed", default="0",
+                        help="Training seed, or several comma-separated (e.g. 0,1,2): each model is trained once "
+                             "per seed and a spread line is printed. The first also seeds the phantoms.")
     parser.add_argument("--store", type=Path, default=None, help="Train on this store; no phantoms are written.")
     parser.add_argument("--preset", default="demo", choices=("demo", "paper"), help="Training preset.")
     parser.add_argument("--image-size", type=int, default=None, help="Override the preset's training size.")
@@ -125,35 +129,57 @@ def main() -> None:
     fields = training_fields(args.set)
     options = parse_model_options(args.option)
 
-    store = args.store or make_store(args.work, args.cases, args.size, args.seed)
+    seeds = [int(seed) for seed in args.seed.split(",")]
+    store = args.store or make_store(args.work, args.cases, args.size, seeds[0])
     rows = []
     for model in args.models.split(","):
-        out = args.work / "runs" / model
-        shutil.rmtree(out, ignore_errors=True)
-        settings = {"epochs": args.epochs, "seed": args.seed, "image_size": args.image_size,
-                    "batch_size": args.batch_size, "width": args.width, **fields}
-        config = preset_config(args.preset, str(store), model, str(out), model_options=options.get(model, {}),
-                               **settings)
-        if args.full_width:
-            config = dataclasses.replace(config, width=None)
-        started = time.perf_counter()
-        result = train(config)
-        seconds = time.perf_counter() - started
-        accuracy, f1 = evaluate(out, store, config.fold)
-        dice = median_dice(out, model) if args.dice else (float("nan"), float("nan"))
-        rows.append((model, accuracy, f1, result.test_metrics["test_f1"], seconds, result.global_step, *dice))
-        slices = len(split_indices(open_store(str(store)), config.fold, "train")) * config.epochs
-        print(f"{model}: acc {accuracy:.3f}, weighted F1 {f1:.3f}, {seconds:.0f} s "
-              f"({slices / seconds:.0f} training slices/s including validation)", flush=True)
+        for seed in seeds:
+            rows.append((model, seed, *train_and_score(args, store, model, seed, fields, options)))
 
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
     print(f"\nstore {store} (fold 0 test split), {args.preset} preset, {where}")
     print(f"settings {fields or 'preset'}, options {options or 'preset'}")
-    print(f"{'model':<16}{'accuracy':>10}{'weighted F1':>13}{'F1 (Lightning)':>16}{'seconds':>9}{'steps':>7}"
-          f"{'Dice':>7}{'auto Dice':>11}")
-    for model, accuracy, f1, lightning_f1, seconds, steps, dice, auto in rows:
-        print(f"{model:<16}{accuracy:>10.3f}{f1:>13.3f}{lightning_f1:>16.3f}{seconds:>9.0f}{steps:>7d}"
+    print(f"{'model':<16}{'seed':>5}{'accuracy':>10}{'weighted F1':>13}{'F1 (Lightning)':>16}{'seconds':>9}"
+          f"{'steps':>7}{'Dice':>7}{'auto Dice':>11}")
+    for model, seed, accuracy, f1, lightning_f1, seconds, steps, dice, auto in rows:
+        print(f"{model:<16}{seed:>5d}{accuracy:>10.3f}{f1:>13.3f}{lightning_f1:>16.3f}{seconds:>9.0f}{steps:>7d}"
               f"{dice:>7.3f}{auto:>11.3f}")
+    if len(seeds) > 1:
+        for model in args.models.split(","):
+            mine = np.array([row[2:] for row in rows if row[0] == model], dtype=float)
+            print(f"{model}: over seeds {args.seed}: weighted F1 {spread(mine[:, 1])}, Dice {spread(mine[:, 5])}, "
+                  f"auto Dice {spread(mine[:, 6])}")
+
+
+def train_and_score(args: argparse.Namespace, store: Path, model: str, seed: int, fields: dict,
+                    options: dict) -> tuple[float, float, float, float, int, float, float]:
+    """Train one model with one seed; (accuracy, F1, Lightning's F1, seconds, steps, Dice, auto Dice)."""
+    out = args.work / "runs" / model
+    shutil.rmtree(out, ignore_errors=True)
+    settings = {"epochs": args.epochs, "seed": seed, "image_size": args.image_size,
+                "batch_size": args.batch_size, "width": args.width, **fields}
+    config = preset_config(args.preset, str(store), model, str(out), model_options=options.get(model, {}),
+                           **settings)
+    # preset_config keeps the preset's value for None, so an explicit ``--set augment=null``
+    # (no augmentation) or ``--full-width`` (width None) is applied afterwards.
+    nulls = {key: None for key, value in fields.items() if value is None}
+    if args.full_width:
+        nulls["width"] = None
+    config = dataclasses.replace(config, **nulls)
+    started = time.perf_counter()
+    result = train(config)
+    seconds = time.perf_counter() - started
+    accuracy, f1 = evaluate(out, store, config.fold)
+    dice = median_dice(out, model) if args.dice else (float("nan"), float("nan"))
+    slices = len(split_indices(open_store(str(store)), config.fold, "train")) * config.epochs
+    print(f"{model} seed {seed}: acc {accuracy:.3f}, weighted F1 {f1:.3f}, {seconds:.0f} s "
+          f"({slices / seconds:.0f} training slices/s including validation)", flush=True)
+    return accuracy, f1, result.test_metrics["test_f1"], seconds, result.global_step, *dice
+
+
+def spread(values: np.ndarray) -> str:
+    """``mean (min to max)`` of per-seed values."""
+    return f"{np.nanmean(values):.3f} ({np.nanmin(values):.3f} to {np.nanmax(values):.3f})"
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from gpmodels.augment import AugmentConfig
-from gpmodels.nets import MODEL_NAMES
+from gpmodels.nets import MODEL_NAMES, model_options
 
 Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -255,8 +255,12 @@ class RunConfig:
 
     def differences(self, other: RunConfig) -> list[str]:
         """Fields (``train.X`` or top-level) in which ``other`` differs, ignoring :data:`RESUMABLE_FIELDS`,
-        ``store_path`` and ``accumulate``."""
+        ``store_path`` and ``accumulate``. A network option missing from either side (a run
+        written before the option existed) counts as its default."""
         mine, theirs = self.to_dict(), other.to_dict()
+        defaults = model_options(self.train.model)
+        mine["model_options"] = {**defaults, **mine["model_options"]}
+        theirs["model_options"] = {**defaults, **theirs["model_options"]}
         changed = [f"train.{key}" for key in mine["train"]
                    if key not in RESUMABLE_FIELDS and mine["train"][key] != theirs["train"].get(key)]
         changed += [key for key in mine

@@ -179,6 +179,18 @@ def test_rerun_resumes_from_last_checkpoint(smoke_run, tmp_path):
         train(other)
 
 
+def test_a_run_written_before_a_network_option_existed_still_resumes(smoke_run):
+    config, _ = smoke_run
+    run = resolve_run(config)
+    older = run.to_dict()
+    del older["model_options"]["init"]  # GP-UNet's ``init`` option came later
+    previous = RunConfig.from_dict(older)
+
+    assert previous.differences(run) == []
+    kaiming = resolve_run(TrainConfig.from_dict({**config.to_dict(), "model_options": {"init": "kaiming"}}))
+    assert previous.differences(kaiming) == ["train.model_options", "model_options"]
+
+
 def test_rerun_after_a_kill_continues_from_last_checkpoint(smoke_run, tmp_path):
     config, _ = smoke_run
     out = tmp_path / "killed"

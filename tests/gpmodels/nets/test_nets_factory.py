@@ -60,6 +60,7 @@ def test_defaults_follow_the_paper():
         "pool": "features",
         "upsample": "sinc",
         "dropout": 0.5,
+        "init": "pytorch",
     }
     assert model_options("gp-reconresnet")["depth"] == 14
     assert model_options("inceptionv3") == {"aux_logits": True, "dropout": 0.5}

@@ -170,6 +170,22 @@ def test_shuffleunet_blur_adds_no_parameters_and_keeps_the_shapes():
     assert logits.shape == (2, 3) and maps.shape == (2, 3, 20, 28)
 
 
+def test_gp_unet_init_kaiming_gives_he_weights_and_zero_biases():
+    default = build_model("gp-unet", 4, 3, width=16)
+    kaiming = build_model("gp-unet", 4, 3, width=16, init="kaiming")
+
+    conv = kaiming.backbone.down[1][0]
+    fan_in = conv.weight[0].numel()
+    assert conv.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.1)
+    assert all(not m.bias.any() for m in kaiming.modules() if isinstance(m, nn.Conv2d))
+    assert default.backbone.down[1][0].weight.std().item() < conv.weight.std().item() / 2
+
+
+def test_gp_unet_unknown_init_is_rejected():
+    with pytest.raises(ValueError, match="init: expected one of"):
+        build_model("gp-unet", 4, 3, width=8, init="he")
+
+
 def test_eval_mode_is_deterministic():
     model = build_model("gp-reconresnet", 4, 3, **SMALL["gp-reconresnet"]).eval()
     x = _images(2, 4, 16, 16)
