@@ -3,7 +3,7 @@
 End to end on a BraTS-layout phantom dataset: write the phantom cases, ingest them
 (patient-grouped split), train every model on fold 0 with the ``demo`` preset, then reload each
 run's ``model.pt`` with ``load_trained`` and score it on the fold's test split (accuracy and
-weighted F1, scikit-learn). Prints one table row per model, with the training wall time.
+weighted F1, scikit-learn). Prints one table row per model and seed, with the training wall time.
 
 With ``--store`` it trains on an existing slice store instead (no phantoms are written), and
 ``--preset``, ``--image-size``, ``--width`` and ``--batch-size`` replace the demo preset's values, e.g.
@@ -11,7 +11,8 @@ the paper settings at the networks' default widths on a GPU. ``--set FIELD=VALUE
 training field (JSON values; ``augment={"rotation": 15, "flip_p": 0.5}``, or ``augment=null`` for
 none), ``--option MODEL:KEY=VALUE`` adds a network option for one model, and ``--dice`` also
 writes the test and validation heatmaps and prints the test split's median Dice with the paper's
-offset and with the offset chosen on the validation masks (``auto``). ``benchmarks/results/LEARNING.md`` was made this way.
+offset and with the offset chosen on the validation masks (``auto``). ``--seed 0,1,2`` trains each
+model once per seed and prints the spread. ``benchmarks/results/LEARNING.md`` was made this way.
 
 Usage::
 

@@ -63,7 +63,8 @@ def build_model(name: str, in_channels: int, num_classes: int, **options: Any) -
         num_classes: Classes K.
         **options: Network options, see :func:`model_options` (GP models: ``width``, ``depth``,
             ``pool``, ``dropout``, ``upsample`` for GP-UNet and GP-ReconResNet, ``init`` for
-            GP-UNet, ``blur`` for GP-ShuffleUNet; InceptionV3: ``aux_logits``, ``dropout``; ResNeXt50: none).
+            GP-UNet, ``blur`` for GP-ShuffleUNet; InceptionV3: ``aux_logits``, ``dropout``;
+            ResNeXt50: none).
 
     Returns:
         The module; ``model(x)`` maps (B, C, H, W) to logits (B, K).
