@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from gpmodels.files import write_text_atomic
-from gpmodels.heatmaps import heatmap_path
+from gpmodels.files import heatmap_path, write_text_atomic
 from gpmodels.metrics import (
     classification_metrics,
     dice,

@@ -6,6 +6,14 @@ import os
 import uuid
 from pathlib import Path
 
+HEATMAP_DIR = "heatmaps"
+"""Folder of a run directory that holds its heatmap stores."""
+
+
+def heatmap_path(run_dir: Path | str, split: str) -> Path:
+    """Where the heatmap store of a run's split lives: ``RUN/heatmaps/<split>.zarr``."""
+    return Path(run_dir) / HEATMAP_DIR / f"{split}.zarr"
+
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` through a uniquely named temporary file and a rename.

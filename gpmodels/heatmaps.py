@@ -33,17 +33,12 @@ import torch
 import zarr
 
 from gpmodels.augment import resize_images
+from gpmodels.files import heatmap_path
 from gpmodels.nets import is_gp_model
 from gpmodels.training import load_trained
 from storage.store import SPLIT_NAMES, open_store
 
-HEATMAP_DIR = "heatmaps"
 POSTHOC_METHODS: tuple[str, ...] = ("occlusion", "guided_backprop")
-
-
-def heatmap_path(run_dir: Path | str, split: str) -> Path:
-    """Where the heatmap store of a run's split lives."""
-    return Path(run_dir) / HEATMAP_DIR / f"{split}.zarr"
 
 
 def pick_device(device: str | None = None) -> torch.device:

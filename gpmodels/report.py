@@ -42,7 +42,7 @@ import numpy as np
 from gpmodels.evaluation import load_evaluation
 from gpmodels.files import write_text_atomic
 from gpmodels.metrics import aggregate_folds
-from gpmodels.nets import MODEL_NAMES, model_options
+from gpmodels.names import MODEL_NAMES
 from gpmodels.postprocess import CleaningConfig, ThresholdConfig
 from storage.errors import StoreError
 from storage.store import open_store
@@ -167,6 +167,8 @@ def _read_slices(path: Path) -> dict[str, np.ndarray] | None:
 def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str, Any]) -> str:
     parts = []
     if config is not None:
+        from gpmodels.nets import model_options  # the networks' signatures; imports torch
+
         defaults = model_options(model)
         parts += [f"{key}={value}" for key, value in sorted(config.get("model_options", {}).items())
                   if defaults.get(key) != value]

@@ -20,7 +20,7 @@ import numpy as np
 
 from gpmodels import report_figures as figs
 from gpmodels.evaluation import open_heatmaps
-from gpmodels.heatmaps import heatmap_path
+from gpmodels.files import heatmap_path
 from gpmodels.report import (
     COLUMNS,
     DATASET_TITLES,

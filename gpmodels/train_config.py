@@ -26,10 +26,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from gpmodels.augment import AugmentConfig
-from gpmodels.nets import MODEL_NAMES, model_options
+from gpmodels.names import MODEL_NAMES, PRECISIONS, Precision
+from gpmodels.nets import model_options
 
-Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
 CacheMode = Literal["auto", "always", "never"]
 CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
 PresetName = Literal["paper", "demo", "smoke"]

@@ -66,7 +66,7 @@ def _evaluate(runs: list[Path], method: str, offset: str | None, value: float, t
     import json
 
     from gpmodels.evaluation import evaluate_heatmaps, write_evaluation
-    from gpmodels.heatmaps import heatmap_path
+    from gpmodels.files import heatmap_path
 
     results = []
     for run in runs:
@@ -138,7 +138,7 @@ def export_masks_cmd(
     import numpy as np
 
     from gpmodels.evaluation import open_heatmaps, predicted_masks
-    from gpmodels.heatmaps import heatmap_path
+    from gpmodels.files import heatmap_path
     from gpmodels.nifti_export import export_patient_masks
     from gpmodels.report import threshold_config as evaluated_threshold
 

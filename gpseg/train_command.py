@@ -7,9 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from gpmodels.nets import MODEL_NAMES, model_options
-from gpmodels.train_config import PRECISIONS, preset_config
-from gpmodels.training import train
+from gpmodels.names import MODEL_NAMES, PRECISIONS
 from gpseg.console import console, fail
 from gpseg.options import parse_options
 from storage.errors import StoreError
@@ -48,10 +46,14 @@ def train_cmd(
         "--option", metavar="KEY=VALUE",
         help="Network option, repeatable, added to the preset's, e.g. --option pool=maps, --option "
              "upsample=bilinear, --option depth=7, --option blur=true. Each network's options: pool, depth, "
-             "dropout (GP models), upsample (GP-UNet, GP-ReconResNet), blur (GP-ShuffleUNet), aux_logits, "
-             "dropout (InceptionV3).")] = None,
+             "dropout (GP models), upsample (GP-UNet, GP-ReconResNet), init (GP-UNet: pytorch or kaiming), "
+             "blur (GP-ShuffleUNet), aux_logits, dropout (InceptionV3).")] = None,
 ) -> None:
     """Train a classifier on a fold of a slice store and evaluate it on the fold's test split."""
+    from gpmodels.nets import model_options  # torch is imported when a command needs it, not for --help
+    from gpmodels.train_config import preset_config
+    from gpmodels.training import train
+
     if width is not None and model in MODEL_NAMES and "width" not in model_options(model):
         raise fail(f"width: --width {width} given, but {model!r} has no width option (only the GP models do)")
     try:

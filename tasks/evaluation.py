@@ -8,7 +8,7 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from gpmodels.evaluation import evaluate_heatmaps, write_evaluation
-from gpmodels.heatmaps import heatmap_path
+from gpmodels.files import heatmap_path
 from gpmodels.postprocess import ThresholdConfig
 from gpmodels.report import build_report
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from gpmodels.heatmaps import generate_heatmaps, heatmap_path
+from gpmodels.files import heatmap_path
+from gpmodels.heatmaps import generate_heatmaps
 from gpmodels.train_config import preset_config
 from gpmodels.train_process import train_in_subprocess
 from gpmodels.training import train

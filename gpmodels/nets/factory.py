@@ -8,24 +8,16 @@ from typing import Any
 
 from torch import nn
 
+from gpmodels.names import BASELINE_NAMES, GP_MODEL_NAMES, MODEL_NAMES
 from gpmodels.nets.baselines import InceptionV3, ResNeXt50
 from gpmodels.nets.gp_reconresnet import GPReconResNet
 from gpmodels.nets.gp_shuffleunet import GPShuffleUNet
 from gpmodels.nets.gp_unet import GPUNet
 
-_GP_MODELS: dict[str, type[nn.Module]] = {
-    "gp-unet": GPUNet,
-    "gp-reconresnet": GPReconResNet,
-    "gp-shuffleunet": GPShuffleUNet,
-}
-_BASELINES: dict[str, type[nn.Module]] = {
-    "inceptionv3": InceptionV3,
-    "resnext50": ResNeXt50,
-}
+_GP_MODELS: dict[str, type[nn.Module]] = dict(
+    zip(GP_MODEL_NAMES, (GPUNet, GPReconResNet, GPShuffleUNet), strict=True))
+_BASELINES: dict[str, type[nn.Module]] = dict(zip(BASELINE_NAMES, (InceptionV3, ResNeXt50), strict=True))
 _MODELS = {**_GP_MODELS, **_BASELINES}
-
-MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
-GP_MODEL_NAMES: tuple[str, ...] = tuple(_GP_MODELS)
 
 
 def is_gp_model(name: str) -> bool:

@@ -1,0 +1,19 @@
+"""Names that the CLI, configs and reports share, importable without torch (a fast ``gpseg --help``).
+
+:mod:`gpmodels.nets` builds the networks registered under these names; this module only names them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+GP_MODEL_NAMES: tuple[str, ...] = ("gp-unet", "gp-reconresnet", "gp-shuffleunet")
+"""The GP networks: they have ``forward_maps`` and their class maps are the heatmaps."""
+BASELINE_NAMES: tuple[str, ...] = ("inceptionv3", "resnext50")
+"""The post-hoc baselines (Grad-CAM heatmaps)."""
+MODEL_NAMES: tuple[str, ...] = GP_MODEL_NAMES + BASELINE_NAMES
+"""Every network ``gpmodels.nets.build_model`` accepts, in the order reports list them."""
+
+Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+"""Training precisions (``auto``: bf16-mixed or 16-mixed on GPU, 32-true on CPU)."""
