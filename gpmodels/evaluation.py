@@ -27,6 +27,7 @@ import numpy as np
 import zarr
 
 from gpmodels.files import heatmap_path, write_text_atomic
+from gpmodels.map_agreement import rank_agreement
 from gpmodels.metrics import (
     classification_metrics,
     dice,
@@ -178,8 +179,6 @@ def _posthoc_agreement(heat: zarr.Group) -> dict[str, Any] | None:
     """Median rank agreement of each post-hoc map with the inherent (GP) or Grad-CAM map."""
     if "posthoc" not in heat:
         return None
-    from gpmodels.posthoc import rank_agreement
-
     group = heat["posthoc"]
     reference = "gp" if "gp" in group else "gradcam"
     if reference not in group:

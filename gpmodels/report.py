@@ -165,13 +165,16 @@ def _read_slices(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str, Any]) -> str:
+    """``"GP-UNet (pool=maps, width=16)"``: the network options the run was given (by its preset or
+    its user; read from ``config.json``'s ``train`` part, so no network is imported), then any
+    threshold that is not the paper's multi-Otsu on the predicted class."""
     parts = []
     if config is not None:
-        from gpmodels.nets import model_options  # the networks' signatures; imports torch
-
-        defaults = model_options(model)
-        parts += [f"{key}={value}" for key, value in sorted(config.get("model_options", {}).items())
-                  if defaults.get(key) != value]
+        train = config.get("train", {})
+        given = dict(train.get("model_options", {}))
+        if train.get("width") is not None and "width" in config.get("model_options", {}):
+            given["width"] = train["width"]  # the baselines have no width and ignore it
+        parts += [f"{key}={value}" for key, value in sorted(given.items())]
     if threshold.get("method", "multiotsu") != "multiotsu":
         parts.append(f"fixed {threshold['value']:g}" if threshold["method"] == "fixed" else threshold["method"])
     if threshold.get("target_class", "predicted") != "predicted":

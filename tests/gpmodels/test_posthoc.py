@@ -10,6 +10,7 @@ from captum.attr import Saliency
 from torch import Tensor, nn
 
 from gpmodels.gradcam import default_cam_layer, evaluation_mode, gradcam_maps, gradcam_target_maps
+from gpmodels.map_agreement import rank_agreement, top_fraction_overlap
 from gpmodels.nets import build_model
 from gpmodels.posthoc import (
     OcclusionConfig,
@@ -18,8 +19,6 @@ from gpmodels.posthoc import (
     occlusion_maps,
     occlusion_window,
     posthoc_batch,
-    rank_agreement,
-    top_fraction_overlap,
 )
 
 ROWS, COLS = slice(12, 18), slice(20, 25)

@@ -8,6 +8,8 @@ import html
 import json
 import re
 import shutil
+import subprocess
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -188,13 +190,28 @@ def test_variants_are_separate_rows_and_the_best_is_marked(report_runs, tmp_path
     f1 = _evaluation(gp)["classification"]["f1"]
     variant = _copy_run(gp, tmp_path / "maps", **{"classification.f1": f1 + 0.2})
     config = json.loads((variant / "config.json").read_text())
-    config["model_options"]["pool"] = "maps"
+    config["model_options"]["pool"] = "maps"  # as `gpseg train --option pool=maps` records it
+    config["train"]["model_options"]["pool"] = "maps"
     (variant / "config.json").write_text(json.dumps(config))
     page = build_report([gp, variant], tmp_path / "out").read_text()
     rows = {row["label"]: row for row in _read_csv(tmp_path / "out" / "summary.csv")}
     assert set(rows) == {"GP-UNet (width=8)", "GP-UNet (pool=maps, width=8)"}
     assert f'<td class="best">{f1 + 0.2:.3f}</td>' in page
     assert f'<td class="best">{f1:.3f}</td>' not in page
+
+
+def test_re_evaluating_and_reporting_stored_heatmaps_loads_no_torch(report_runs, tmp_path):
+    # `gpseg postprocess` re-thresholds and re-reports without a model; torch alone takes seconds to import.
+    run = _copy_run(report_runs["gp"], tmp_path / "run")
+    code = ("import sys; from gpmodels.evaluation import evaluate_heatmaps, write_evaluation; "
+            "from gpmodels.files import heatmap_path; from gpmodels.postprocess import ThresholdConfig; "
+            "from gpmodels.report import build_report; "
+            f"run = {str(run)!r}; "
+            "write_evaluation(run, evaluate_heatmaps(heatmap_path(run, 'test'), ThresholdConfig(offset=0.2))); "
+            f"build_report([run], {str(tmp_path / 'out')!r}); print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+    assert (tmp_path / "out" / "index.html").exists()
 
 
 def test_offset_chosen_on_validation_gives_a_warning(report_runs, tmp_path):
