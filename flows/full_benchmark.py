@@ -7,8 +7,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.params import BenchmarkParams
-from flows.pipeline import (REPORT, heatmaps_and_evaluation, prepare_dataset, run_dir, run_fan_out,
-                            summary_rows)
+from flows.layout import REPORT, summary_rows
+from flows.pipeline import heatmaps_and_evaluation, prepare_dataset, run_dir, run_fan_out
 from tasks.evaluation import publish, report
 
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from gpmodels.nets import MODEL_NAMES, check_options
+from gpmodels.names import MODEL_NAMES
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 
 DatasetKind = Literal["brats", "jun-cheng", "manifest"]
@@ -92,6 +92,8 @@ class TrainingParams(BaseModel):
         for model, options in value.items():
             if model not in MODEL_NAMES:
                 raise ValueError(f"model_options: unknown model {model!r}, expected one of {list(MODEL_NAMES)}")
+            from gpmodels.nets import check_options  # noqa: PLC0415 (loads torch; postprocess needs none)
+
             check_options(model, options, field="model_options")
         return value
 

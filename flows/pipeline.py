@@ -8,13 +8,11 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.layout import PHANTOMS, RUNS, STORES
 from flows.params import DatasetSpec, ThresholdParams
 from tasks.data import fingerprint, ingest_source, synth_phantoms, validate
 from tasks.evaluation import evaluate_run
 from tasks.training import heatmap_path, make_heatmaps, train_model
-
-STORES, PHANTOMS, RUNS, REPORT = "stores", "phantoms", "runs", "report"
-
 
 def trusted(cached_task, output: str | Path):
     """The task, told to refresh its cache when its output is gone.
@@ -113,20 +111,3 @@ def heatmaps_and_evaluation(trained: list[dict], threshold: ThresholdParams, pos
             continue
         out.append({**run, "evaluation": evaluation})
     return out
-
-
-def summary_rows(results: list[dict]) -> list[dict]:
-    """One row per run for the artifact table and the final log."""
-    rows = []
-    for r in results:
-        if "failed" in r:
-            rows.append({"dataset": r.get("dataset", ""), "model": r["model"], "fold": r["fold"],
-                         "status": f"FAILED: {r['failed']}"})
-            continue
-        e = r["evaluation"]
-        c, d = e["classification"], e["segmentation"]["dice"]
-        rows.append({"dataset": r.get("dataset", ""), "model": r["model"], "fold": r["fold"], "status": "ok",
-                     "accuracy": round(c["accuracy"], 4), "f1": round(c["f1"], 4),
-                     "median_dice": None if d["n"] == 0 else round(d["median"], 4),
-                     "heatmaps": e["run"]["kind"]})
-    return rows

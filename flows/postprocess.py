@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.params import PostprocessParams
-from flows.pipeline import REPORT, RUNS, summary_rows
+from flows.layout import REPORT, RUNS, summary_rows
 from tasks.evaluation import evaluate_run, publish, report
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.params import RetrainParams
-from flows.pipeline import (REPORT, heatmaps_and_evaluation, ingest_config, run_dir, run_fan_out, store_path,
-                            summary_rows, trusted)
+from flows.layout import REPORT, summary_rows
+from flows.pipeline import heatmaps_and_evaluation, ingest_config, run_dir, run_fan_out, store_path, trusted
 from tasks.data import find_new_files, fingerprint, ingest_source, validate
 from tasks.evaluation import publish, report
 

@@ -1,0 +1,44 @@
+"""The work dir's layout and the flows' summary rows; imports neither torch nor the training tasks.
+
+``postprocess`` imports only this module and the evaluation tasks, so a post-processing re-run
+(deployment or ``gpseg postprocess``) starts without loading torch.
+
+Work dir layout::
+
+    WORKDIR/phantoms/<dataset>/        phantom sources (when a dataset's source is ``phantom``)
+    WORKDIR/stores/<dataset>.zarr      slice stores
+    WORKDIR/runs/<dataset>/<data version>/<model>/fold_<k>/   run dirs (weights, heatmaps, evaluation)
+    WORKDIR/report/                    index.html, metrics.json, CSV
+"""
+
+from __future__ import annotations
+
+STORES, PHANTOMS, RUNS, REPORT = "stores", "phantoms", "runs", "report"
+
+
+def summary_rows(results: list[dict]) -> list[dict]:
+    """One row per run for the artifact table and the final log.
+
+    Args:
+        results: one dict per run: ``model``, ``fold``, optional ``dataset``, and either
+            ``failed`` (the reason) or ``evaluation`` (:func:`gpmodels.evaluation.evaluate_heatmaps`'s
+            result).
+
+    Returns:
+        Rows with ``dataset``, ``model``, ``fold``, ``status`` (``ok`` or ``FAILED: reason``) and,
+        for finished runs, ``accuracy``, ``f1``, ``median_dice`` (``None`` without tumour slices)
+        and ``heatmaps`` (the kind of maps: GP class maps or Grad-CAM).
+    """
+    rows = []
+    for r in results:
+        if "failed" in r:
+            rows.append({"dataset": r.get("dataset", ""), "model": r["model"], "fold": r["fold"],
+                         "status": f"FAILED: {r['failed']}"})
+            continue
+        e = r["evaluation"]
+        c, d = e["classification"], e["segmentation"]["dice"]
+        rows.append({"dataset": r.get("dataset", ""), "model": r["model"], "fold": r["fold"], "status": "ok",
+                     "accuracy": round(c["accuracy"], 4), "f1": round(c["f1"], 4),
+                     "median_dice": None if d["n"] == 0 else round(d["median"], 4),
+                     "heatmaps": e["run"]["kind"]})
+    return rows
