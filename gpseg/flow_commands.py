@@ -60,15 +60,22 @@ def serve_cmd(
     """Start a local Prefect server (SQLite in .prefect/), the process work pool, the deployments and a worker.
 
     Leave it running; in another shell `source .prefect/env.sh` and then
-    `prefect deployment run full-benchmark/full-benchmark --watch`. Ctrl-C stops everything it started.
+    `prefect deployment run full-benchmark/full-benchmark --watch`. Ctrl-C, or SIGTERM/SIGHUP (`kill`, a
+    closed terminal), stops everything it started.
     """
-    from gpseg.local_stack import LocalStack
+    from gpseg.local_stack import LocalStack, interrupt_on_stop_signals
 
     root = root.resolve()
     if not (root / "prefect.yaml").is_file():
         raise fail(f"{root}: no prefect.yaml here; run from the gpseg checkout or pass --root")
     stack = LocalStack(root, port)
     console.print(f"starting Prefect server on {stack.api_url} (database {stack.env['PREFECT_HOME']}/prefect.db) ...")
+    with interrupt_on_stop_signals():
+        _run_stack(stack)
+
+
+def _run_stack(stack: "LocalStack") -> None:
+    """Start the stack and wait; Ctrl-C (or SIGTERM/SIGHUP, see ``interrupt_on_stop_signals``) stops it."""
     try:
         stack.start()
         env_file = Path(stack.env["PREFECT_HOME"]) / "env.sh"
@@ -77,7 +84,7 @@ def serve_cmd(
                                      "GX_ANALYTICS_ENABLED")))
         console.print(f"[green]ready[/green]: UI {stack.api_url.removesuffix('/api')}, worker on pool {stack.pool}\n"
                       f"  source {env_file}\n  prefect deployment run full-benchmark/full-benchmark --watch\n"
-                      "Ctrl-C stops the worker and the server.")
+                      "Ctrl-C (or `kill` of this process) stops the worker and the server.")
         while all(p.poll() is None for p in stack.processes):
             time.sleep(1)
         raise fail(f"a stack process exited; logs in {stack.log_dir}")

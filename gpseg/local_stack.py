@@ -7,6 +7,7 @@ process it started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -14,14 +15,44 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 POOL = "gpseg-local"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop ``gpseg serve`` like Ctrl-C does (``kill``, a closed terminal, a service manager)."""
+
+
+@contextlib.contextmanager
+def interrupt_on_stop_signals() -> Iterator[None]:
+    """Inside the block, SIGTERM and SIGHUP raise :class:`KeyboardInterrupt`, as Ctrl-C does.
+
+    Python's default for SIGTERM ends the process at once, without running ``finally`` blocks,
+    so ``kill`` on ``gpseg serve`` would leave the server and the worker (each in its own session)
+    running. The first such signal raises; later ones are ignored until the block ends, so they
+    cannot interrupt the clean-up. The previous handlers are restored on exit.
+    """
+    def interrupt(signum: int, _frame: object) -> None:
+        for stop in STOP_SIGNALS:  # a second signal must not interrupt the clean-up
+            signal.signal(stop, signal.SIG_IGN)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def stack_env(root: Path, port: int, home: Path | None = None) -> dict[str, str]:
-    """Environment of the server, the worker and CLI calls against them."""
+    """Environment of the server, the worker and CLI calls against them.
+
+    The worker polls the loopback server every 2 s (Prefect's default is 10 s), so a
+    ``prefect deployment run`` starts within about 2 s; ``PREFECT_WORKER_QUERY_SECONDS`` in the
+    caller's environment overrides it.
+    """
     home = home or root / ".prefect"
     return {
         **os.environ,
@@ -32,6 +63,7 @@ def stack_env(root: Path, port: int, home: Path | None = None) -> dict[str, str]
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         "GX_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "2"),
         "GPSEG_ROOT": str(root),
         "PYTHONUNBUFFERED": "1",
     }
