@@ -252,10 +252,14 @@ class SliceDataModule(pl.LightningDataModule):
         return self._loader("train", training=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", training=False)
+        return self.eval_dataloader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", training=False)
+        return self.eval_dataloader("test")
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Every slice of a split set up by :meth:`setup`, in store order, unshuffled (for evaluation)."""
+        return self._loader(split, training=False)
 
     def transform(self, batch: Batch, training: bool) -> Batch:
         """Float32 images at the training size; rotated and flipped when ``training``.

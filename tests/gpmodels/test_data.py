@@ -131,3 +131,10 @@ def test_only_training_batches_are_augmented(phantom_store):
     assert torch.equal(augmented["label"], batch["label"])
     state = module.state_dict()
     assert set(state) == {"generator"} and state["generator"].dtype == torch.uint8
+
+
+def test_eval_loader_yields_every_slice_of_a_split_in_store_order(phantom_store):
+    module = SliceDataModule(str(phantom_store), 0, batch_size=4, augment=None)
+    module.setup("fit")
+    rows = np.concatenate([batch["index"].numpy() for batch in module.eval_dataloader("train")])
+    np.testing.assert_array_equal(rows, split_indices(open_store(phantom_store), 0, "train"))
