@@ -148,8 +148,8 @@ def main() -> None:
     if len(seeds) > 1:
         for model in args.models.split(","):
             mine = np.array([row[2:] for row in rows if row[0] == model], dtype=float)
-            print(f"{model}: over seeds {args.seed}: weighted F1 {spread(mine[:, 1])}, Dice {spread(mine[:, 5])}, "
-                  f"auto Dice {spread(mine[:, 6])}")
+            dice = f", Dice {spread(mine[:, 5])}, auto Dice {spread(mine[:, 6])}" if args.dice else ""
+            print(f"{model}: over seeds {args.seed}: weighted F1 {spread(mine[:, 1])}{dice}")
 
 
 def train_and_score(args: argparse.Namespace, store: Path, model: str, seed: int, fields: dict,
