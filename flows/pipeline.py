@@ -14,6 +14,7 @@ from tasks.data import fingerprint, ingest_source, synth_phantoms, validate
 from tasks.evaluation import evaluate_run
 from tasks.training import heatmap_path, make_heatmaps, train_model
 
+
 def trusted(cached_task, output: str | Path):
     """The task, told to refresh its cache when its output is gone.
 
