@@ -13,18 +13,19 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(data_commands.synth_app, name="synth")
-app.add_typer(data_commands.ingest_app, name="ingest")
-app.command("validate")(data_commands.validate_cmd)
-app.command("info")(data_commands.info_cmd)
-app.command("train")(train_command.train_cmd)
-app.command("heatmaps")(eval_commands.heatmaps_cmd)
-app.command("postprocess")(eval_commands.postprocess_cmd)
-app.command("report")(eval_commands.report_cmd)
-app.command("export-masks")(eval_commands.export_masks_cmd)
-app.command("benchmark")(flow_commands.benchmark_cmd)
-app.command("serve")(flow_commands.serve_cmd)
-app.command("drop")(flow_commands.drop_cmd)
+DATA, MODELS, FLOWS = "Data: phantoms, stores", "Models: train, explain, evaluate", "Orchestration: Prefect flows"
+app.add_typer(data_commands.synth_app, name="synth", rich_help_panel=DATA)
+app.add_typer(data_commands.ingest_app, name="ingest", rich_help_panel=DATA)
+app.command("validate", rich_help_panel=DATA)(data_commands.validate_cmd)
+app.command("info", rich_help_panel=DATA)(data_commands.info_cmd)
+app.command("train", rich_help_panel=MODELS)(train_command.train_cmd)
+app.command("heatmaps", rich_help_panel=MODELS)(eval_commands.heatmaps_cmd)
+app.command("postprocess", rich_help_panel=MODELS)(eval_commands.postprocess_cmd)
+app.command("report", rich_help_panel=MODELS)(eval_commands.report_cmd)
+app.command("export-masks", rich_help_panel=MODELS)(eval_commands.export_masks_cmd)
+app.command("benchmark", rich_help_panel=FLOWS)(flow_commands.benchmark_cmd)
+app.command("serve", rich_help_panel=FLOWS)(flow_commands.serve_cmd)
+app.command("drop", rich_help_panel=FLOWS)(flow_commands.drop_cmd)
 
 if __name__ == "__main__":
     app()
