@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from gpmodels.bootstrap import patient_bootstrap
 from gpmodels.files import heatmap_path, write_text_atomic
 from gpmodels.map_agreement import rank_agreement
 from gpmodels.metrics import (
@@ -116,7 +117,9 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
     Returns:
         A JSON-ready dict: ``run``, ``threshold``, ``classification``,
         ``tumour_only_accuracy``, ``patient_accuracy``, ``segmentation``,
-        ``posthoc`` and ``slices`` (per-slice rows, for the CSV).
+        ``posthoc``, ``bootstrap`` (95 % intervals of weighted F1 and median Dice over the test
+        patients, :func:`gpmodels.bootstrap.patient_bootstrap`) and ``slices`` (per-slice rows,
+        for the CSV).
     """
     heat = open_heatmaps(path)
     attrs = dict(heat.attrs)
@@ -160,6 +163,8 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
             "convention": DICE_CONVENTION,
         },
         "posthoc": _posthoc_agreement(heat),
+        "bootstrap": patient_bootstrap(patients, labels, predicted, np.where(has_target, scores, np.nan),
+                                       len(classes)),
         "slices": {"index": index.tolist(), "patient": patients.tolist(), "label": labels.tolist(),
                    "predicted": predicted.tolist(), "dice": [None if math.isnan(v) else float(v) for v in scores],
                    "target_pixels": target_px.tolist(), "pred_pixels": pred_px.tolist()},

@@ -225,6 +225,23 @@ def run_scalars(evaluation: Mapping[str, Any]) -> dict[str, float]:
             "fpr_tumour_free": _number(seg.get("fpr_tumour_free"))}
 
 
+INTERVAL_KEYS: tuple[str, ...] = ("f1", "dice_median")
+"""Metrics with a patient-bootstrap interval in ``evaluation["bootstrap"]`` (:mod:`gpmodels.bootstrap`)."""
+
+
+def run_intervals(evaluation: Mapping[str, Any]) -> dict[str, float]:
+    """``test_patients`` and ``<metric>_low``/``_high`` of each :data:`INTERVAL_KEYS` metric, NaN where undefined.
+
+    Evaluations written before gpseg computed the bootstrap have none; their values are NaN.
+    """
+    boot = evaluation.get("bootstrap") or {}
+    out = {"test_patients": _number(boot.get("patients"))}
+    for key in INTERVAL_KEYS:
+        interval = boot.get(key) or {}
+        out[f"{key}_low"], out[f"{key}_high"] = _number(interval.get("low")), _number(interval.get("high"))
+    return out
+
+
 @dataclass(frozen=True)
 class ModelGroup:
     """The runs of one model label on one dataset (normally one per fold)."""
@@ -306,13 +323,16 @@ def _tables(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> tuple[st
                      " ".join(str(run.fold) for run in group.runs)]
                     + [stats[key][part] for key in keys for part in ("mean", "std")])
     summary = _csv_text(header, rows)
-    run_header = ["run_dir", "dataset", "model", "label", "fold", "kind", "split", *keys, "threshold_method",
-                  "threshold_offset", "threshold_value", "offset_source"]
+    interval_keys = list(run_intervals({}))
+    run_header = ["run_dir", "dataset", "model", "label", "fold", "kind", "split", *keys, *interval_keys,
+                  "threshold_method", "threshold_offset", "threshold_value", "offset_source"]
     run_rows = []
     for run in runs:
         scalars, thr = run_scalars(run.evaluation), run.evaluation["threshold"]
+        intervals = run_intervals(run.evaluation)
         run_rows.append([str(run.run_dir), run.dataset, run.model, run.label, run.fold, run.kind,
-                         run.evaluation["run"].get("split"), *(scalars[key] for key in keys), thr.get("method"),
+                         run.evaluation["run"].get("split"), *(scalars[key] for key in keys),
+                         *(intervals[key] for key in interval_keys), thr.get("method"),
                          thr.get("offset"), thr.get("value"), thr.get("offset_source")])
     return summary, _csv_text(run_header, run_rows)
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from gpmodels import report_figures as figs
+from gpmodels.bootstrap import REPLICATES
 from gpmodels.evaluation import open_heatmaps
 from gpmodels.files import heatmap_path
 from gpmodels.report import (
@@ -27,6 +28,8 @@ from gpmodels.report import (
     KIND_TITLES,
     ModelGroup,
     ReportRun,
+    run_intervals,
+    run_scalars,
     threshold_config,
 )
 from storage.store import open_store
@@ -143,6 +146,37 @@ def _summary_section(groups: Sequence[ModelGroup]) -> str:
         "Cheng, slice-level splits, so not directly comparable with patient-grouped splits). "
         'The Dice convention is stated under <a href="#configuration">Run configuration</a>. – : undefined.</p>')
     return "".join(parts)
+
+
+def _with_interval(value: float, low: float, high: float) -> str:
+    """``0.914`` and its interval ``[0.801, 0.968]`` on a second line; ``–`` when undefined."""
+    text = _fmt(value)
+    if math.isfinite(low) and math.isfinite(high):
+        text += f'<span class="sd">[{low:.3f}, {high:.3f}]</span>'
+    return text
+
+
+def _uncertainty_section(groups: Sequence[ModelGroup]) -> str:
+    """Per run: test patients, weighted F1 and median Dice with their patient-bootstrap 95 % intervals."""
+    rows = []
+    for group in groups:
+        for run in group.runs:
+            scalars, intervals = run_scalars(run.evaluation), run_intervals(run.evaluation)
+            patients = intervals["test_patients"]
+            rows.append([_e(DATASET_TITLES.get(group.dataset, group.dataset)), _e(group.label), _e(run.fold),
+                         "–" if not math.isfinite(patients) else f"{patients:.0f}"]
+                        + [_with_interval(scalars[key], intervals[f"{key}_low"], intervals[f"{key}_high"])
+                           for key in ("f1", "dice_median")])
+    if not rows:
+        return ""
+    header = ["dataset", "model", "fold", "test patients", "weighted F1 [95 % interval]",
+              "median Dice [95 % interval]"]
+    return ("<h3>Uncertainty over test patients</h3>" + _table(header, rows, text_columns=3)
+            + f'<p class="caption">Intervals: percentile bootstrap over the test split\'s patients ({REPLICATES:,} '
+              "replicates; whole patients are resampled with replacement and the metric is recomputed on "
+              "their slices), because slices of one patient are not independent. With few test patients the "
+              "interval understates the uncertainty, so read it as optimistic. – : not computed (an "
+              "evaluation written by an older gpseg; re-run <code>gpseg postprocess</code>) or undefined.</p>")
 
 
 def _confusion_section(groups: Sequence[ModelGroup]) -> str:
@@ -346,7 +380,7 @@ def render_page(header: Mapping[str, Any], groups: Sequence[ModelGroup], channel
     runs = [run for group in groups for run in group.runs]
     notes = "".join(f"<li>{_e(note)}</li>" for note in header["notes"])
     nav = "".join(f'<a href="#{key}">{_e(name)}</a>' for key, name in SECTIONS)
-    bodies = {"summary": _summary_section(groups), "confusion": _confusion_section(groups),
+    bodies = {"summary": _summary_section(groups) + _uncertainty_section(groups), "confusion": _confusion_section(groups),
               "dice": _dice_section(groups), "examples": _examples_section(groups, channel),
               "posthoc": _posthoc_section(runs, channel), "configuration": _config_section(runs, groups)}
     sections = "".join(f'<h2 id="{key}">{_e(name)}</h2>{bodies[key]}' for key, name in SECTIONS)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from gpseg.console import console, fail, progress_bar
@@ -85,15 +86,23 @@ def _evaluate(runs: list[Path], method: str, offset: str | None, value: float, t
 
 
 def _print_table(results: list[dict]) -> None:
-    table = Table(title="test split")
-    for col in ("run", "model", "fold", "acc", "F1", "median Dice", "offset"):
-        table.add_column(col)
+    table = Table(title="test split; under F1 and Dice: 95 % interval over the test patients (bootstrap)")
+    for col in ("run", "model", "fold", "patients", "acc", "F1", "median Dice", "offset"):
+        numbers = col in ("acc", "F1", "median Dice", "offset")
+        table.add_column(col, overflow="fold", no_wrap=numbers, min_width=11 if col in ("F1", "median Dice") else None)
     for r in results:
-        d = r["segmentation"]["dice"]
-        table.add_row(Path(r["run"]["run_dir"]).name, r["run"]["model"], str(r["run"]["fold"]),
-                      f"{r['classification']['accuracy']:.3f}", f"{r['classification']['f1']:.3f}",
-                      "–" if d["n"] == 0 else f"{d['median']:.3f} ± {d['std']:.3f}", str(r["threshold"]["offset"]))
+        d, boot = r["segmentation"]["dice"], r["bootstrap"]
+        table.add_row(Path(r["run"]["run_dir"]).name, r["run"]["model"], str(r["run"]["fold"]), str(boot["patients"]),
+                      f"{r['classification']['accuracy']:.3f}",
+                      f"{r['classification']['f1']:.3f}{_interval_text(boot['f1'])}",
+                      "–" if d["n"] == 0 else f"{d['median']:.3f}{_interval_text(boot['dice_median'])}",
+                      str(r["threshold"]["offset"]))
     console.print(table)
+
+
+def _interval_text(interval: dict | None) -> str:
+    """A second cell line ``[0.80–0.97]`` (markup-escaped), or nothing when the interval is undefined."""
+    return "" if interval is None else escape(f"\n[{interval['low']:.2f}–{interval['high']:.2f}]")
 
 
 def postprocess_cmd(
@@ -107,8 +116,9 @@ def postprocess_cmd(
 
     results = _evaluate(runs, method, offset, value, target_class)
     _print_table(results)
+    offset_text = "the paper's per-model offsets" if offset is None else offset
     html = build_report(runs, out, title="gpseg report (post-processing re-run)",
-                        notes=[f"thresholds re-run by `gpseg postprocess`: method {method}, offset {offset}, "
+                        notes=[f"thresholds re-run by `gpseg postprocess`: method {method}, offset {offset_text}, "
                                f"value {value}, target class {target_class}"])
     console.print(f"[green]report[/green] {html}")
 

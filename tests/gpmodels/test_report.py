@@ -287,3 +287,28 @@ def test_a_missing_store_skips_the_panels_with_a_warning(report_runs, tmp_path):
     assert "<h3>Jun Cheng</h3>" not in page and "<h3>gone</h3>" in page
     (row,) = _read_csv(tmp_path / "out" / "summary.csv")
     assert row["dataset"] == "gone" and float(row["f1_mean"]) == _evaluation(moved)["classification"]["f1"]
+
+
+def test_patient_intervals_are_in_the_evaluation_csv_and_page(report, report_runs):
+    evaluation = _evaluation(report_runs["gp"])
+    boot = evaluation["bootstrap"]
+    assert boot["patients"] >= 1 and boot["replicates"] == 2000
+    assert boot["f1"]["low"] <= evaluation["classification"]["f1"] <= boot["f1"]["high"]
+    row = next(r for r in _read_csv(report.parent / "runs.csv") if r["model"] == "gp-unet")
+    assert int(float(row["test_patients"])) == boot["patients"]
+    assert float(row["f1_low"]) == boot["f1"]["low"] and float(row["f1_high"]) == boot["f1"]["high"]
+    page = report.read_text()
+    assert "Uncertainty over test patients" in page
+    assert f'[{boot["f1"]["low"]:.3f}, {boot["f1"]["high"]:.3f}]' in page
+
+
+def test_evaluations_without_intervals_still_render(report_runs, tmp_path):
+    """evaluation.json files written before the bootstrap existed have no ``bootstrap`` entry."""
+    old = _copy_run(report_runs["gp"], tmp_path / "old")
+    evaluation = _evaluation(old)
+    del evaluation["bootstrap"]
+    (old / "evaluation.json").write_text(json.dumps(evaluation))
+    page = build_report([old], tmp_path / "out").read_text()
+    assert "Uncertainty over test patients" in page
+    (row,) = _read_csv(tmp_path / "out" / "runs.csv")
+    assert row["test_patients"] == "" and row["f1_low"] == ""
