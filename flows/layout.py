@@ -26,8 +26,10 @@ def summary_rows(results: list[dict]) -> list[dict]:
 
     Returns:
         Rows with ``dataset``, ``model``, ``fold``, ``status`` (``ok`` or ``FAILED: reason``) and,
-        for finished runs, ``accuracy``, ``f1``, ``median_dice`` (``None`` without tumour slices)
-        and ``heatmaps`` (the kind of maps: GP class maps or Grad-CAM).
+        for finished runs, ``accuracy``, ``f1``, ``median_dice`` (``None`` without tumour slices),
+        ``test_patients``, ``f1_95`` and ``median_dice_95`` (95 % patient-bootstrap intervals as
+        ``"low-high"``, ``None`` for evaluations without them) and ``heatmaps`` (the kind of maps:
+        GP class maps or Grad-CAM).
     """
     rows = []
     for r in results:
@@ -37,8 +39,15 @@ def summary_rows(results: list[dict]) -> list[dict]:
             continue
         e = r["evaluation"]
         c, d = e["classification"], e["segmentation"]["dice"]
+        boot = e.get("bootstrap") or {}
         rows.append({"dataset": r.get("dataset", ""), "model": r["model"], "fold": r["fold"], "status": "ok",
                      "accuracy": round(c["accuracy"], 4), "f1": round(c["f1"], 4),
                      "median_dice": None if d["n"] == 0 else round(d["median"], 4),
-                     "heatmaps": e["run"]["kind"]})
+                     "test_patients": boot.get("patients"), "f1_95": _interval(boot.get("f1")),
+                     "median_dice_95": _interval(boot.get("dice_median")), "heatmaps": e["run"]["kind"]})
     return rows
+
+
+def _interval(interval: dict | None) -> str | None:
+    """``"0.883-0.956"`` from a bootstrap interval, or None."""
+    return None if not interval else f"{interval['low']:.3f}-{interval['high']:.3f}"

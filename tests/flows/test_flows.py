@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -94,4 +95,5 @@ def test_retrain_on_new_data(bench_workdir, task_names):
     assert np.array_equal(new["splits/fold_0"][:n], old_split)
     assert set(read_patients(new)[n:]) == {"BraTS20_Training_007", "BraTS20_Training_008"}
     assert result["rows"] and result["rows"][0]["status"] == "ok"
+    assert result["rows"][0]["test_patients"] >= 1 and re.fullmatch(r"\d\.\d{3}-\d\.\d{3}", result["rows"][0]["f1_95"])
     assert new.attrs["data_version"] != old.attrs["data_version"]
