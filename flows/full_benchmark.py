@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 
 from flows.params import BenchmarkParams
 from flows.layout import REPORT, summary_rows
-from flows.pipeline import heatmaps_and_evaluation, prepare_dataset, run_dir, run_fan_out
+from flows.pipeline import heatmaps_and_evaluation, keep_best_seeds, prepare_dataset, run_fan_out, training_jobs
 from tasks.evaluation import publish, report
 
 
@@ -24,14 +24,15 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
     for spec in params.datasets:
         ingested = prepare_dataset(params.workdir, spec, params.folds)
         logger.info("%s: %d slices, data version %s", spec.label, ingested["slices"], ingested["data_version"])
-        for model in params.models:
-            for fold in range(params.folds):
-                out = run_dir(params.workdir, spec.label, ingested["data_version"], model, fold)
-                labels[out] = spec.label
-                jobs.append({"store": ingested["store"], "data_version": ingested["data_version"], "model": model,
-                             "fold": fold, "preset": params.preset, "out": out,
-                             "overrides": params.overrides_for(model)})
+        dataset_jobs = training_jobs(params, spec.label, ingested["store"], ingested["data_version"])
+        labels.update((job["out"], spec.label) for job in dataset_jobs)
+        jobs += dataset_jobs
     trained = run_fan_out(jobs, params.dask_address)
+    seed_notes: list[str] = []
+    if params.seeds:
+        trained, seed_notes = keep_best_seeds(trained)
+        for note in seed_notes:
+            logger.info("%s", note)
     results = [{**r, "dataset": labels[r["run_dir"]]} for r in
                heatmaps_and_evaluation(trained, params.threshold, params.posthoc_slices)]
     rows = summary_rows(results)
@@ -40,7 +41,8 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
     html = None
     if done:
         html = report(done, str(Path(params.workdir) / REPORT), "gpseg full benchmark",
-                      [f"preset {params.preset}, {params.folds} fold(s), thresholds {params.threshold.model_dump()}"])
+                      [f"preset {params.preset}, {params.folds} fold(s), thresholds {params.threshold.model_dump()}",
+                       *seed_notes])
         publish(html, rows)
     for row in rows:
         logger.info("%s", row)

@@ -8,12 +8,24 @@ Work dir layout::
     WORKDIR/phantoms/<dataset>/        phantom sources (when a dataset's source is ``phantom``)
     WORKDIR/stores/<dataset>.zarr      slice stores
     WORKDIR/runs/<dataset>/<data version>/<model>/fold_<k>/   run dirs (weights, heatmaps, evaluation)
+    WORKDIR/runs/<dataset>/<data version>/<model>/fold_<k>/seed_<s>/   the same, with several seeds
     WORKDIR/report/                    index.html, metrics.json, CSV
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 STORES, PHANTOMS, RUNS, REPORT = "stores", "phantoms", "runs", "report"
+SEED_PREFIX = "seed_"
+
+
+def dataset_of(run_dir: str | Path) -> str:
+    """The dataset label of a run dir laid out as above (``fold_K`` or ``fold_K/seed_S``)."""
+    fold_dir = Path(run_dir)
+    if fold_dir.name.startswith(SEED_PREFIX):
+        fold_dir = fold_dir.parent
+    return fold_dir.parents[2].name
 
 
 def summary_rows(results: list[dict]) -> list[dict]:

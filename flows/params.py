@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from gpmodels.names import MODEL_NAMES
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
@@ -77,6 +77,23 @@ class TrainingParams(BaseModel):
     dask_address: str | None = Field(None, description="Run training on this Dask scheduler (GPU workers).")
     posthoc_slices: int = Field(2, ge=0, description="Test slices with occlusion/guided-backprop maps per run "
                                 "(occlusion costs hundreds of forward passes per slice).")
+    seeds: list[int] | None = Field(
+        None, description="Training seeds per (model, fold). Unset: one run per (model, fold) with the preset's "
+        "seed. Several: each seed trains into fold_K/seed_S and only the run with the lowest validation loss is "
+        "evaluated and reported (the report names the seed kept and the others' losses).")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or len(set(value)) != len(value) or min(value) < 0):
+            raise ValueError(f"seeds: got {value}, expected distinct non-negative integers (at least one)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_seed(self) -> "TrainingParams":
+        if self.seeds is not None and "seed" in self.train_overrides:
+            raise ValueError("seeds, train_overrides: set the seed in one of them, not both")
+        return self
 
     @field_validator("models")
     @classmethod

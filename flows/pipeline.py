@@ -8,8 +8,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.layout import PHANTOMS, RUNS, STORES
-from flows.params import DatasetSpec, ThresholdParams
+from flows.layout import PHANTOMS, RUNS, SEED_PREFIX, STORES
+from flows.params import DatasetSpec, ThresholdParams, TrainingParams
 from tasks.data import fingerprint, ingest_source, synth_phantoms, validate
 from tasks.evaluation import evaluate_run
 from tasks.training import heatmap_path, make_heatmaps, train_model
@@ -50,6 +50,61 @@ def prepare_dataset(workdir: str, spec: DatasetSpec, folds: int) -> dict:
 def run_dir(workdir: str, dataset: str, data_version: str, model: str, fold: int) -> str:
     """Run directories are keyed by data version, so new data never overwrites a finished run."""
     return str(Path(workdir) / RUNS / dataset / data_version / model / f"fold_{fold}")
+
+
+def training_jobs(params: TrainingParams, dataset: str, store: str, data_version: str) -> list[dict]:
+    """The :func:`tasks.training.train_model` arguments of every (model, fold) of one dataset.
+
+    With ``params.seeds``, every seed of a (model, fold) is a job of its own, trained into
+    ``fold_K/seed_S`` with ``overrides["seed"] = S`` (see :func:`keep_best_seeds`).
+    """
+    jobs = []
+    for model in params.models:
+        for fold in range(params.folds):
+            out = run_dir(params.workdir, dataset, data_version, model, fold)
+            overrides = params.overrides_for(model)
+            for seed in params.seeds or [None]:
+                jobs.append({"store": store, "data_version": data_version, "model": model, "fold": fold,
+                             "preset": params.preset,
+                             "out": out if seed is None else str(Path(out) / f"{SEED_PREFIX}{seed}"),
+                             "overrides": overrides if seed is None else {**overrides, "seed": seed}})
+    return jobs
+
+
+def keep_best_seeds(trained: list[dict]) -> tuple[list[dict], list[str]]:
+    """Of the seeds of each (model, fold), keep the run with the lowest validation loss.
+
+    Args:
+        trained: :func:`train_fan_out`'s results for jobs of :func:`training_jobs` with seeds: each has
+            ``run_dir`` (``.../fold_K/seed_S``), ``model``, ``fold`` and either ``failed`` or
+            ``seed`` and ``best_val_loss``.
+
+    Returns:
+        One result per (model, fold) in first-seen order (the best finished seed; a seed without a
+        validation loss only when no seed has one; a failure only when every seed failed, its reason
+        listing each seed's), and one line per (model, fold) saying what was kept, for the report.
+    """
+    groups: dict[str, list[dict]] = {}
+    for result in trained:
+        groups.setdefault(str(Path(result["run_dir"]).parent), []).append(result)
+    kept, notes = [], []
+    for results in groups.values():
+        done = [r for r in results if "failed" not in r]
+        first = results[0]
+        if not done:
+            reasons = "; ".join(f"{Path(r['run_dir']).name}: {r['failed']}" for r in results)
+            kept.append({**first, "failed": f"every seed failed ({reasons})"})
+            notes.append(f"{first['model']} fold {first['fold']}: every seed failed")
+            continue
+        scored = [r for r in done if r.get("best_val_loss") is not None]
+        best = min(scored, key=lambda r: r["best_val_loss"]) if scored else done[0]
+        losses = ", ".join(f"seed {r['seed']}: " + ("–" if r.get("best_val_loss") is None else f"{r['best_val_loss']:.3f}")
+                           for r in done)
+        failed = [Path(r["run_dir"]).name for r in results if "failed" in r]
+        notes.append(f"{first['model']} fold {first['fold']}: kept seed {best['seed']}, the lowest validation loss "
+                     f"of {len(results)} seed(s) ({losses}{'; failed: ' + ', '.join(failed) if failed else ''})")
+        kept.append(best)
+    return kept, notes
 
 
 def gpus_per_job(jobs: list[dict]) -> int:

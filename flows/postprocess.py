@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.params import PostprocessParams
-from flows.layout import REPORT, RUNS, summary_rows
+from flows.layout import REPORT, RUNS, dataset_of, summary_rows
 from tasks.evaluation import evaluate_run, publish, report
 
 
@@ -29,7 +29,7 @@ def postprocess(params: PostprocessParams = PostprocessParams()) -> dict:
         model = json.loads((Path(run) / "config.json").read_text())["train"]["model"]
         evaluation = evaluate_run(run, params.threshold.for_model(model))
         results.append({"model": model, "fold": evaluation["run"]["fold"], "run_dir": run,
-                        "dataset": Path(run).parents[2].name, "evaluation": evaluation})
+                        "dataset": dataset_of(run), "evaluation": evaluation})
     rows = summary_rows(results)
     out = params.out or str(Path(params.workdir) / REPORT)
     html = report(runs, out, "gpseg report (post-processing re-run)",

@@ -8,7 +8,8 @@ from prefect import flow, get_run_logger
 
 from flows.params import RetrainParams
 from flows.layout import REPORT, summary_rows
-from flows.pipeline import heatmaps_and_evaluation, ingest_config, run_dir, run_fan_out, store_path, trusted
+from flows.pipeline import (heatmaps_and_evaluation, ingest_config, keep_best_seeds, run_fan_out, store_path,
+                            training_jobs, trusted)
 from tasks.data import find_new_files, fingerprint, ingest_source, validate
 from tasks.evaluation import publish, report
 
@@ -34,11 +35,12 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     ingested = trusted(ingest_source, store)(spec.kind, spec.source, store, ingest_config(spec, params.folds),
                              fingerprint(spec.source), append=Path(store).exists())
     validate(store)
-    jobs = [{"store": store, "data_version": ingested["data_version"], "model": model, "fold": fold,
-             "preset": params.preset, "out": run_dir(params.workdir, spec.label, ingested["data_version"], model, fold),
-             "overrides": params.overrides_for(model)}
-            for model in params.models for fold in range(params.folds)]
-    trained = run_fan_out(jobs, params.dask_address)
+    trained = run_fan_out(training_jobs(params, spec.label, store, ingested["data_version"]), params.dask_address)
+    seed_notes: list[str] = []
+    if params.seeds:
+        trained, seed_notes = keep_best_seeds(trained)
+        for note in seed_notes:
+            logger.info("%s", note)
     results = [{**r, "dataset": spec.label} for r in heatmaps_and_evaluation(trained, params.threshold,
                                                                                params.posthoc_slices)]
     rows = summary_rows(results)
@@ -46,7 +48,8 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     html = None
     if done:
         html = report(done, str(Path(params.workdir) / REPORT), "gpseg report (retrained on new data)",
-                      [f"retrained on data version {ingested['data_version']} after {len(fresh)} new file(s)"])
+                      [f"retrained on data version {ingested['data_version']} after {len(fresh)} new file(s)",
+                       *seed_notes])
         publish(html, rows)
     return {"status": "retrained", "new_files": fresh, "ingested": ingested["cases"], "rows": rows,
             "report": html}

@@ -1,4 +1,4 @@
-"""Network options given on the command line as ``KEY=VALUE`` or ``MODEL:KEY=VALUE``."""
+"""Command-line values: network options (``KEY=VALUE``, ``MODEL:KEY=VALUE``) and seed lists (``0,1,2``)."""
 
 from __future__ import annotations
 
@@ -41,3 +41,20 @@ def parse_model_options(items: list[str]) -> dict[str, dict[str, Any]]:
             raise ValueError(f"--option: got {item!r}, expected MODEL:KEY=VALUE (e.g. gp-shuffleunet:pool=maps)")
         options.setdefault(model.strip(), {}).update(parse_options([rest]))
     return options
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; ``None`` stays ``None`` (one run with the preset's seed).
+
+    Raises:
+        ValueError: An item is not a non-negative integer, or a seed repeats.
+    """
+    if text is None:
+        return None
+    items = [item.strip() for item in text.split(",")]
+    if not all(item.isdigit() for item in items):
+        raise ValueError(f"--seeds: got {text!r}, expected comma-separated non-negative integers (e.g. 0,1,2)")
+    seeds = [int(item) for item in items]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: got {text!r}, expected distinct seeds")
+    return seeds

@@ -25,13 +25,16 @@ def train_model(store: str, data_version: str, model: str, fold: int, preset: st
     process it starts from.
 
     Returns:
-        ``run_dir``, ``weights`` (hash of ``model.pt``, so heatmaps re-run when it changes) and test metrics.
+        ``run_dir``, ``weights`` (hash of ``model.pt``, so heatmaps re-run when it changes), ``model``,
+        ``fold``, ``seed``, ``data_version``, ``test`` (test metrics), ``best_val_loss`` (None without
+        validation) and ``seconds``.
     """
     config = preset_config(preset, store, model, out, fold=fold, **(overrides or {}))
     result = train_in_subprocess(config) if config.devices > 1 else train(config)
     get_run_logger().info("%s fold %d: %s in %.0f s", model, fold, result.test_metrics, result.seconds)
     return {"run_dir": str(result.run_dir), "weights": sha256_file(result.run_dir / "model.pt")[:16], "model": model,
-            "fold": fold, "data_version": data_version, "test": result.test_metrics, "seconds": result.seconds}
+            "fold": fold, "seed": config.seed, "data_version": data_version, "test": result.test_metrics,
+            "best_val_loss": result.best_val_loss, "seconds": result.seconds}
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE, persist_result=True, tags=["inference"])

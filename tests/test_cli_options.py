@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpseg.options import parse_model_options, parse_options
+from gpseg.options import parse_model_options, parse_options, parse_seeds
 
 
 def test_values_are_json_where_they_parse_and_text_otherwise():
@@ -29,3 +29,10 @@ def test_malformed_items_are_named(parse, item, message):
     with pytest.raises(ValueError, match=message) as caught:
         parse([item])
     assert repr(item) in str(caught.value)
+
+
+def test_seed_lists_parse_and_bad_ones_name_the_option():
+    assert parse_seeds(None) is None and parse_seeds("0, 1,2") == [0, 1, 2]
+    for bad in ("0,x", "1,1", "", "-1"):
+        with pytest.raises(ValueError, match="--seeds"):
+            parse_seeds(bad)

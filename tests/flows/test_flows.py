@@ -97,3 +97,24 @@ def test_retrain_on_new_data(bench_workdir, task_names):
     assert result["rows"] and result["rows"][0]["status"] == "ok"
     assert result["rows"][0]["test_patients"] >= 1 and re.fullmatch(r"\d\.\d{3}-\d\.\d{3}", result["rows"][0]["f1_95"])
     assert new.attrs["data_version"] != old.attrs["data_version"]
+
+
+def test_benchmark_with_seeds_evaluates_the_lowest_validation_loss_only(tmp_path):
+    params = _bench(tmp_path).model_copy(update={"seeds": [0, 1], "posthoc_slices": 0})
+    result = full_benchmark(params)
+    assert not result["failed"] and len(result["rows"]) == 1
+    fold_dir = next((tmp_path / "runs").glob("brats/*/gp-unet/fold_0"))
+    assert sorted(p.name for p in fold_dir.iterdir()) == ["seed_0", "seed_1"]
+    assert all((fold_dir / name / "model.pt").is_file() for name in ("seed_0", "seed_1"))
+    evaluated = [p.parent.name for p in fold_dir.glob("seed_*/evaluation.json")]
+    losses = {name: _best_val_loss(fold_dir / name) for name in ("seed_0", "seed_1")}
+    assert evaluated == [min(losses, key=losses.get)]
+    page = Path(result["report"]).read_text()
+    assert f"gp-unet fold 0: kept seed {evaluated[0].removeprefix('seed_')}" in page
+
+
+def _best_val_loss(run: Path) -> float:
+    import csv
+
+    with (run / "metrics.csv").open() as handle:
+        return min(float(row["val_loss"]) for row in csv.DictReader(handle) if row.get("val_loss"))
