@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 
 from flows.params import BenchmarkParams
 from flows.layout import REPORT, summary_rows
-from flows.pipeline import heatmaps_and_evaluation, keep_best_seeds, prepare_dataset, run_fan_out, training_jobs
+from flows.pipeline import heatmaps_and_evaluation, prepare_dataset, train_and_keep, training_jobs
 from tasks.evaluation import publish, report
 
 
@@ -27,12 +27,7 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
         dataset_jobs = training_jobs(params, spec.label, ingested["store"], ingested["data_version"])
         labels.update((job["out"], spec.label) for job in dataset_jobs)
         jobs += dataset_jobs
-    trained = run_fan_out(jobs, params.dask_address)
-    seed_notes: list[str] = []
-    if params.seeds:
-        trained, seed_notes = keep_best_seeds(trained)
-        for note in seed_notes:
-            logger.info("%s", note)
+    trained, seed_notes = train_and_keep(jobs, params)
     results = [{**r, "dataset": labels[r["run_dir"]]} for r in
                heatmaps_and_evaluation(trained, params.threshold, params.posthoc_slices)]
     rows = summary_rows(results)

@@ -98,12 +98,29 @@ def keep_best_seeds(trained: list[dict]) -> tuple[list[dict], list[str]]:
             continue
         scored = [r for r in done if r.get("best_val_loss") is not None]
         best = min(scored, key=lambda r: r["best_val_loss"]) if scored else done[0]
-        losses = ", ".join(f"seed {r['seed']}: " + ("–" if r.get("best_val_loss") is None else f"{r['best_val_loss']:.3f}")
-                           for r in done)
+        losses = ", ".join(f"seed {r['seed']}: " + ("–" if r.get("best_val_loss") is None
+                                                     else f"{r['best_val_loss']:.3f}") for r in done)
         failed = [Path(r["run_dir"]).name for r in results if "failed" in r]
         notes.append(f"{first['model']} fold {first['fold']}: kept seed {best['seed']}, the lowest validation loss "
                      f"of {len(results)} seed(s) ({losses}{'; failed: ' + ', '.join(failed) if failed else ''})")
         kept.append(best)
+    return kept, notes
+
+
+def train_and_keep(jobs: list[dict], params: TrainingParams) -> tuple[list[dict], list[str]]:
+    """Train the jobs (:func:`run_fan_out`); with ``params.seeds``, keep each (model, fold)'s best seed.
+
+    Returns:
+        The training results (one per job, or one per (model, fold) with seeds) and the notes of
+        :func:`keep_best_seeds` (logged here; empty without seeds).
+    """
+    trained = run_fan_out(jobs, params.dask_address)
+    if not params.seeds:
+        return trained, []
+    kept, notes = keep_best_seeds(trained)
+    logger = get_run_logger()
+    for note in notes:
+        logger.info("%s", note)
     return kept, notes
 
 

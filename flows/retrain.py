@@ -8,8 +8,8 @@ from prefect import flow, get_run_logger
 
 from flows.params import RetrainParams
 from flows.layout import REPORT, summary_rows
-from flows.pipeline import (heatmaps_and_evaluation, ingest_config, keep_best_seeds, run_fan_out, store_path,
-                            training_jobs, trusted)
+from flows.pipeline import (heatmaps_and_evaluation, ingest_config, store_path, train_and_keep, training_jobs,
+                            trusted)
 from tasks.data import find_new_files, fingerprint, ingest_source, validate
 from tasks.evaluation import publish, report
 
@@ -35,12 +35,7 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     ingested = trusted(ingest_source, store)(spec.kind, spec.source, store, ingest_config(spec, params.folds),
                              fingerprint(spec.source), append=Path(store).exists())
     validate(store)
-    trained = run_fan_out(training_jobs(params, spec.label, store, ingested["data_version"]), params.dask_address)
-    seed_notes: list[str] = []
-    if params.seeds:
-        trained, seed_notes = keep_best_seeds(trained)
-        for note in seed_notes:
-            logger.info("%s", note)
+    trained, seed_notes = train_and_keep(training_jobs(params, spec.label, store, ingested["data_version"]), params)
     results = [{**r, "dataset": spec.label} for r in heatmaps_and_evaluation(trained, params.threshold,
                                                                                params.posthoc_slices)]
     rows = summary_rows(results)
