@@ -26,15 +26,18 @@ import torch
 from sklearn.metrics import confusion_matrix
 
 from gpmodels.data import SliceDataModule
+from gpmodels.train_config import RunConfig
 from gpmodels.training import load_trained
 
 
-def pooled_features(run_dir: Path, split: str, store: str | None = None,
+def pooled_features(net: torch.nn.Module, run: RunConfig, split: str, store: str | None = None,
                     batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pooled features, true labels and predictions of one split.
 
     Args:
-        run_dir: a GP model's run directory (``model.pt`` and ``config.json``).
+        net: a trained GP network in eval mode, and ``run`` its configuration
+            (:func:`gpmodels.training.load_trained`).
+        run: see ``net``.
         split: ``train``, ``val`` or ``test`` of the run's fold (no augmentation, every slice).
         store: the slice store; default the one the run was trained on.
         batch_size: slices per forward pass.
@@ -46,9 +49,8 @@ def pooled_features(run_dir: Path, split: str, store: str | None = None,
     Raises:
         ValueError: If the run's network has no GP head (a baseline).
     """
-    net, run = load_trained(run_dir)
     if not hasattr(net, "head"):
-        raise ValueError(f"{run_dir}: {run.train.model} has no GP head; this looks at GP networks only")
+        raise ValueError(f"{run.train.out}: {run.train.model} has no GP head; this looks at GP networks only")
     captured: list[torch.Tensor] = []
     hook = net.head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].amax(dim=(-2, -1))))
     data = SliceDataModule(store or run.store_path, run.train.fold, batch_size=batch_size,
@@ -72,11 +74,20 @@ def main() -> None:
     parser.add_argument("--splits", default="train,test", help="Comma-separated splits (train, val, test).")
     parser.add_argument("--store", default=None, help="Slice store (default: the run's).")
     args = parser.parse_args()
-    _, run = load_trained(args.run)
+    unknown = [split for split in args.splits.split(",") if split not in ("train", "val", "test")]
+    if unknown:
+        parser.error(f"--splits: got {unknown}, expected some of train, val, test")
+    try:
+        net, run = load_trained(args.run)
+    except FileNotFoundError as exc:
+        parser.error(str(exc))
     classes = run.classes
     np.set_printoptions(precision=2, suppress=True, linewidth=120)
     for split in args.splits.split(","):
-        features, labels, predicted = pooled_features(args.run, split, args.store)
+        try:
+            features, labels, predicted = pooled_features(net, run, split, args.store)
+        except ValueError as exc:
+            parser.error(str(exc))
         silent = np.flatnonzero(features.max(axis=0) <= 0)
         print(f"\n{split}: {len(labels)} slices, {features.shape[1]} feature channels, "
               f"never firing: {silent.tolist() or 'none'}")

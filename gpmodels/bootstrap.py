@@ -76,8 +76,7 @@ def weighted_median(sorted_values: np.ndarray, weights: np.ndarray) -> np.ndarra
     upper_rank = total // 2 + 1
 
     def value_at(rank: np.ndarray) -> np.ndarray:
-        position = np.minimum((cumulative >= rank[:, None]).argmax(axis=1), sorted_values.size - 1)
-        return sorted_values[position]
+        return sorted_values[(cumulative >= rank[:, None]).argmax(axis=1)]  # rows of total 0 give NaN below
 
     median = (value_at(lower_rank) + value_at(upper_rank)) / 2
     median[total == 0] = np.nan

@@ -25,6 +25,7 @@ from gpmodels.files import heatmap_path
 from gpmodels.report import (
     COLUMNS,
     DATASET_TITLES,
+    INTERVAL_KEYS,
     KIND_TITLES,
     ModelGroup,
     ReportRun,
@@ -166,7 +167,7 @@ def _uncertainty_section(groups: Sequence[ModelGroup]) -> str:
             rows.append([_e(DATASET_TITLES.get(group.dataset, group.dataset)), _e(group.label), _e(run.fold),
                          "–" if not math.isfinite(patients) else f"{patients:.0f}"]
                         + [_with_interval(scalars[key], intervals[f"{key}_low"], intervals[f"{key}_high"])
-                           for key in ("f1", "dice_median")])
+                           for key in INTERVAL_KEYS])
     if not rows:
         return ""
     header = ["dataset", "model", "fold", "test patients", "weighted F1 [95 % interval]",
