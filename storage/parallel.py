@@ -55,17 +55,30 @@ def ordered_map(fn: Callable[[T], Any], items: Sequence[T], client: Any, window:
     pending: deque = deque()
     queue = iter(items)
     for item in queue:
-        pending.append((item, client.submit(fn, item, pure=False)))
+        pending.append((item, client.submit(_captured, fn, item, pure=False)))
         if len(pending) >= window:
             break
     while pending:
         item, future = pending.popleft()
         try:
-            yield item, future.result(), None
-        except Exception as exc:  # reported per item; the map goes on
+            result, error = future.result()
+            yield item, result, error
+        except Exception as exc:  # the task itself failed (a lost worker, an unpicklable result)
             yield item, None, exc
         finally:
             future.release()
         nxt = next(queue, None)
         if nxt is not None:
-            pending.append((nxt, client.submit(fn, nxt, pure=False)))
+            pending.append((nxt, client.submit(_captured, fn, nxt, pure=False)))
+
+
+def _captured(fn: Callable[[T], Any], item: T) -> tuple[Any, BaseException | None]:
+    """``(fn(item), None)``, or ``(None, error)``: an item's error is a result of the task, not its failure.
+
+    So a rejected case is reported once, by the caller, instead of also as a "Compute Failed"
+    traceback in the worker's log.
+    """
+    try:
+        return fn(item), None
+    except Exception as exc:  # returned to ordered_map, which yields it with the item
+        return None, exc
