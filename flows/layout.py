@@ -14,6 +14,7 @@ Work dir layout::
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 STORES, PHANTOMS, RUNS, REPORT = "stores", "phantoms", "runs", "report"
@@ -26,6 +27,38 @@ def dataset_of(run_dir: str | Path) -> str:
     if fold_dir.name.startswith(SEED_PREFIX):
         fold_dir = fold_dir.parent
     return fold_dir.parents[2].name
+
+
+def reported_runs(report_dir: str | Path) -> list[str]:
+    """The run dirs of the report in ``report_dir`` (its ``metrics.json``), in report order.
+
+    Only runs that still have test heatmaps are returned, so a deleted run drops out. Without a
+    report, or with an unreadable one, the list is empty.
+    """
+    try:
+        runs = json.loads((Path(report_dir) / "metrics.json").read_text())["runs"]
+        dirs = [str(run["run_dir"]) for run in runs]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [d for d in dirs if (Path(d) / "heatmaps" / "test.zarr").is_dir()]
+
+
+def replace_dataset_runs(previous: list[str], new: list[str]) -> list[str]:
+    """``previous`` run dirs of datasets that ``new`` does not cover, then ``new``.
+
+    A retraining on one dataset thus keeps the other datasets' runs in the report, and drops the
+    retrained dataset's runs of the older data version.
+    """
+    datasets = {_dataset_or_none(run) for run in new}
+    return [run for run in previous if _dataset_or_none(run) not in datasets] + list(new)
+
+
+def _dataset_or_none(run_dir: str) -> str | None:
+    """:func:`dataset_of`, or None for a run dir outside the work dir layout."""
+    try:
+        return dataset_of(run_dir)
+    except IndexError:
+        return None
 
 
 def summary_rows(results: list[dict]) -> list[dict]:

@@ -130,7 +130,9 @@ class PostprocessParams(BaseModel):
     """Parameters of ``postprocess``: re-threshold stored heatmaps and re-report."""
 
     workdir: str = "runs/benchmark"
-    runs: list[str] = Field(default_factory=list, description="Run dirs (default: every run under workdir/runs).")
+    runs: list[str] = Field(default_factory=list, description=(
+        "Run dirs (default: the runs of the report in workdir/report, so older data versions and seeds not "
+        "kept stay out; without a report, every run with test heatmaps under workdir/runs)."))
     threshold: ThresholdParams = Field(default_factory=ThresholdParams)
     out: str | None = Field(None, description="Report folder (default: workdir/report).")
 

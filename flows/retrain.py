@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.params import RetrainParams
-from flows.layout import REPORT, summary_rows
+from flows.layout import REPORT, replace_dataset_runs, reported_runs, summary_rows
 from flows.pipeline import (heatmaps_and_evaluation, ingest_config, store_path, train_and_keep, training_jobs,
                             trusted)
 from tasks.data import find_new_files, fingerprint, ingest_source, validate
@@ -20,7 +20,8 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
 
     New cases are appended (stored patients keep their splits), the store is
     re-validated, every model is retrained on the new data version and the
-    report is rebuilt.
+    report is rebuilt: the new runs replace this dataset's runs of the previous
+    report, and the other datasets' runs stay.
     """
     logger = get_run_logger()
     spec = params.dataset
@@ -42,8 +43,12 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     done = [r["run_dir"] for r in results if "failed" not in r]
     html = None
     if done:
-        html = report(done, str(Path(params.workdir) / REPORT), "gpseg report (retrained on new data)",
-                      [f"retrained on data version {ingested['data_version']} after {len(fresh)} new file(s)",
+        report_dir = Path(params.workdir) / REPORT
+        runs = replace_dataset_runs(reported_runs(report_dir), done)
+        kept = len(runs) - len(done)
+        html = report(runs, str(report_dir), "gpseg report (retrained on new data)",
+                      [f"{spec.label} retrained on data version {ingested['data_version']} after {len(fresh)} new "
+                       "file(s)" + (f"; {kept} run(s) of other datasets kept from the previous report" if kept else ""),
                        *seed_notes])
         publish(html, rows)
     return {"status": "retrained", "new_files": fresh, "ingested": ingested["cases"], "rows": rows,

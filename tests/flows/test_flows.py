@@ -98,6 +98,18 @@ def test_retrain_on_new_data(bench_workdir, task_names):
     assert result["rows"][0]["test_patients"] >= 1 and re.fullmatch(r"\d\.\d{3}-\d\.\d{3}", result["rows"][0]["f1_95"])
     assert new.attrs["data_version"] != old.attrs["data_version"]
 
+    # The old data version's run keeps its heatmaps on disk, but a default re-threshold reports the new one only.
+    assert len(list((bench_workdir / "runs").glob("brats/*/gp-unet/fold_0/heatmaps/test.zarr"))) == 2
+    retrained = _reported(result["report"])
+    assert len(retrained) == 1 and Path(retrained[0]).parents[1].name == new.attrs["data_version"]
+    post = postprocess(PostprocessParams(workdir=str(bench_workdir)))
+    assert len(post["rows"]) == 1 and _reported(post["report"]) == retrained
+
+
+def _reported(html: str) -> list[str]:
+    """The run dirs of a report, from the metrics.json beside its page."""
+    return [run["run_dir"] for run in json.loads(Path(html).with_name("metrics.json").read_text())["runs"]]
+
 
 def test_benchmark_with_seeds_evaluates_the_lowest_validation_loss_only(tmp_path):
     params = _bench(tmp_path).model_copy(update={"seeds": [0, 1], "posthoc_slices": 0})
