@@ -22,11 +22,14 @@ SEED_PREFIX = "seed_"
 
 
 def dataset_of(run_dir: str | Path) -> str:
-    """The dataset label of a run dir laid out as above (``fold_K`` or ``fold_K/seed_S``)."""
+    """The dataset label of a run dir laid out as above (``fold_K`` or ``fold_K/seed_S``); ``""`` for a
+    run dir outside that layout (one given by hand, e.g. ``runs/gp-unet-0``)."""
     fold_dir = Path(run_dir)
     if fold_dir.name.startswith(SEED_PREFIX):
         fold_dir = fold_dir.parent
-    return fold_dir.parents[2].name
+    parents = fold_dir.parents
+    in_layout = fold_dir.name.startswith("fold_") and len(parents) > 3 and parents[3].name == RUNS
+    return parents[2].name if in_layout else ""
 
 
 def reported_runs(report_dir: str | Path) -> list[str]:
@@ -49,16 +52,27 @@ def replace_dataset_runs(previous: list[str], new: list[str]) -> list[str]:
     A retraining on one dataset thus keeps the other datasets' runs in the report, and drops the
     retrained dataset's runs of the older data version.
     """
-    datasets = {_dataset_or_none(run) for run in new}
-    return [run for run in previous if _dataset_or_none(run) not in datasets] + list(new)
+    datasets = {dataset_of(run) for run in new}
+    return [run for run in previous if dataset_of(run) not in datasets] + list(new)
 
 
-def _dataset_or_none(run_dir: str) -> str | None:
-    """:func:`dataset_of`, or None for a run dir outside the work dir layout."""
-    try:
-        return dataset_of(run_dir)
-    except IndexError:
-        return None
+def discover_runs(workdir: str) -> list[str]:
+    """Run dirs under ``workdir/runs`` that have test heatmaps (every data version and seed)."""
+    return sorted(str(p.parent.parent) for p in (Path(workdir) / RUNS).glob("**/heatmaps/test.zarr"))
+
+
+def default_runs(workdir: str) -> tuple[list[str], str]:
+    """The runs to re-report when none are given, and where they came from.
+
+    The runs of the current report (``workdir/report/metrics.json``): after a retraining on new
+    data or a run with several seeds, older data versions and seeds that were not kept stay on disk,
+    but the report names only the current ones. Without a report, every run with test heatmaps.
+    """
+    current = reported_runs(Path(workdir) / REPORT)
+    if current:
+        return current, f"the {len(current)} run(s) of the report in {Path(workdir) / REPORT}"
+    found = discover_runs(workdir)
+    return found, f"every run with test heatmaps under {Path(workdir) / RUNS} ({len(found)}; no report yet)"
 
 
 def summary_rows(results: list[dict]) -> list[dict]:

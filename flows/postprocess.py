@@ -8,27 +8,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.params import PostprocessParams
-from flows.layout import REPORT, RUNS, dataset_of, reported_runs, summary_rows
+from flows.layout import REPORT, dataset_of, default_runs, summary_rows
 from tasks.evaluation import evaluate_run, publish, report
-
-
-def discover_runs(workdir: str) -> list[str]:
-    """Run dirs under ``workdir/runs`` that have test heatmaps (every data version and seed)."""
-    return sorted(str(p.parent.parent) for p in (Path(workdir) / RUNS).glob("**/heatmaps/test.zarr"))
-
-
-def default_runs(workdir: str) -> tuple[list[str], str]:
-    """The runs to re-report when none are given, and where they came from.
-
-    The runs of the current report (``workdir/report/metrics.json``): after a retraining on new
-    data or a run with several seeds, older data versions and seeds that were not kept stay on disk,
-    but the report names only the current ones. Without a report, every run with test heatmaps.
-    """
-    current = reported_runs(Path(workdir) / REPORT)
-    if current:
-        return current, f"the {len(current)} run(s) of the report in {Path(workdir) / REPORT}"
-    found = discover_runs(workdir)
-    return found, f"every run with test heatmaps under {Path(workdir) / RUNS} ({len(found)}; no report yet)"
 
 
 @flow(name="postprocess", log_prints=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -85,19 +86,29 @@ def _evaluate(runs: list[Path], method: str, offset: str | None, value: float, t
     return results
 
 
-def _print_table(results: list[dict]) -> None:
-    table = Table(title="test split; under F1 and Dice: 95 % interval over the test patients (bootstrap)")
-    for col in ("run", "model", "fold", "patients", "acc", "F1", "median Dice", "offset"):
-        numbers = col in ("acc", "F1", "median Dice", "offset")
-        table.add_column(col, overflow="fold", no_wrap=numbers, min_width=11 if col in ("F1", "median Dice") else None)
-    for r in results:
+def _print_table(results: list[dict], runs: list[Path]) -> None:
+    table = Table(title="test split; pts: test patients; under F1 and Dice: 95 % interval over them (bootstrap)",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for col in ("run", "model", "fold", "pts", "acc", "F1", "median Dice", "offset"):
+        table.add_column(col, no_wrap=True, min_width=11 if col in ("F1", "median Dice") else None)
+    for r, run in zip(results, runs):
         d, boot = r["segmentation"]["dice"], r["bootstrap"]
-        table.add_row(Path(r["run"]["run_dir"]).name, r["run"]["model"], str(r["run"]["fold"]), str(boot["patients"]),
+        table.add_row(_run_label(run), r["run"]["model"], str(r["run"]["fold"]), str(boot["patients"]),
                       f"{r['classification']['accuracy']:.3f}",
                       f"{r['classification']['f1']:.3f}{_interval_text(boot['f1'])}",
                       "–" if d["n"] == 0 else f"{d['median']:.3f}{_interval_text(boot['dice_median'])}",
                       str(r["threshold"]["offset"]))
     console.print(table)
+
+
+def _run_label(run_dir: Path) -> str:
+    """The dataset (and seed) of a run in a flow's work dir, else the run dir's name."""
+    from flows.layout import SEED_PREFIX, dataset_of
+
+    dataset, name = dataset_of(run_dir), Path(run_dir).name
+    if not dataset:
+        return name
+    return f"{dataset} {name.replace(SEED_PREFIX, 'seed ')}" if name.startswith(SEED_PREFIX) else dataset
 
 
 def _interval_text(interval: dict | None) -> str:
@@ -106,16 +117,31 @@ def _interval_text(interval: dict | None) -> str:
 
 
 def postprocess_cmd(
-    runs: Annotated[list[Path], typer.Option("--runs", help="Run directories (repeat the option).")],
-    out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("report"),
+    runs: Annotated[Optional[list[Path]], typer.Option("--runs", help="Run directories (repeat the option).")] = None,
+    workdir: Annotated[Optional[Path], typer.Option(
+        "--workdir", help="Instead of --runs: a flow work dir (e.g. demo); takes the runs of its current report "
+                          "(WORKDIR/report/metrics.json), so older data versions and seeds not kept stay out.")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Report folder (default: WORKDIR/report with --workdir, else ./report).")] = None,
     method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
     target_class: TargetOpt = "predicted",
 ) -> None:
     """Re-threshold stored heatmaps, re-score and re-report. No model is loaded."""
     from gpmodels.report import build_report
 
+    if (runs is None) == (workdir is None):
+        raise fail("give either --runs (repeatable) or --workdir")
+    if workdir is not None:
+        from flows.layout import REPORT, default_runs
+
+        found, source = default_runs(str(workdir))
+        if not found:
+            raise fail(f"{workdir}: no run with test heatmaps (run the full-benchmark flow or `gpseg benchmark` first)")
+        console.print(f"re-thresholding {source}", highlight=False)
+        runs, out = [Path(r) for r in found], out or workdir / REPORT
+    out = out or Path("report")
     results = _evaluate(runs, method, offset, value, target_class)
-    _print_table(results)
+    _print_table(results, runs)
     offset_text = "the paper's per-model offsets" if offset is None else offset
     html = build_report(runs, out, title="gpseg report (post-processing re-run)",
                         notes=[f"thresholds re-run by `gpseg postprocess`: method {method}, offset {offset_text}, "

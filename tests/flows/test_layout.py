@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flows.layout import replace_dataset_runs, reported_runs
-from flows.postprocess import default_runs
+from flows.layout import dataset_of, default_runs, replace_dataset_runs, reported_runs
 
 
 def _run(workdir: Path, dataset: str, version: str, model: str = "gp-unet", heatmaps: bool = True) -> str:
@@ -50,3 +49,10 @@ def test_postprocess_defaults_to_the_report_and_falls_back_to_discovery(tmp_path
     _write_report(tmp_path, [new])
     runs, source = default_runs(str(tmp_path))
     assert runs == [new] and "report" in source
+
+
+def test_dataset_of_reads_the_work_dir_layout_only():
+    assert dataset_of("w/runs/brats/v1/gp-unet/fold_0") == "brats"
+    assert dataset_of("/a/w/runs/jun-cheng/v1/gp-unet/fold_2/seed_3") == "jun-cheng"
+    assert dataset_of("runs/gp-unet-0") == ""
+    assert dataset_of("/home/user/experiments/runs/gp-unet-0") == ""

@@ -312,3 +312,28 @@ def test_evaluations_without_intervals_still_render(report_runs, tmp_path):
     assert "Uncertainty over test patients" in page
     (row,) = _read_csv(tmp_path / "out" / "runs.csv")
     assert row["test_patients"] == "" and row["f1_low"] == ""
+
+
+def test_postprocess_cli_on_a_workdir_rethresholds_the_reports_runs_only(report_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    current = _copy_run(report_runs["gp"], tmp_path / "w" / "runs" / "brats" / "v2" / "gp-unet" / "fold_0")
+    stale = _copy_run(report_runs["gp"], tmp_path / "w" / "runs" / "brats" / "v1" / "gp-unet" / "fold_0")
+    build_report([current], tmp_path / "w" / "report")
+    stale_before = (stale / "evaluation.json").read_text()
+
+    result = CliRunner().invoke(app, ["postprocess", "--workdir", str(tmp_path / "w"), "--method", "fixed",
+                                      "--value", "0.01"])
+    assert result.exit_code == 0, result.output
+    assert "the 1 run(s) of the report" in result.output and "brats" in result.output
+    assert _evaluation(current)["threshold"]["method"] == "fixed"
+    assert (stale / "evaluation.json").read_text() == stale_before
+    metrics = json.loads((tmp_path / "w" / "report" / "metrics.json").read_text())
+    assert [run["run_dir"] for run in metrics["runs"]] == [str(current)]
+
+    both = CliRunner().invoke(app, ["postprocess", "--workdir", str(tmp_path / "w"), "--runs", str(current)])
+    empty = CliRunner().invoke(app, ["postprocess", "--workdir", str(tmp_path / "nothing")])
+    assert both.exit_code == 1 and "either --runs" in both.output
+    assert empty.exit_code == 1 and "no run with test heatmaps" in empty.output
