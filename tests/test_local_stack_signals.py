@@ -23,3 +23,25 @@ def test_stop_signal_raises_keyboard_interrupt_and_handlers_are_restored(signum)
                 cleaned.append(True)
     assert cleaned == [True]
     assert signal.getsignal(signum) == before
+
+
+def test_stop_kills_a_process_that_ignores_sigterm_after_its_grace(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    from gpseg import local_stack
+    from gpseg.local_stack import LocalStack
+
+    monkeypatch.setattr(local_stack, "STOP_GRACE_SECONDS", {"worker": 0.5, "server": 0.5})
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    polite = "import time; print('up', flush=True); time.sleep(60)"
+    stack = LocalStack(tmp_path, port=0, home=tmp_path / ".prefect")
+    for name, code in (("server", polite), ("worker", stubborn)):
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True)
+        assert proc.stdout.readline() == b"up\n"  # its handler is installed
+        stack.processes.append(proc)
+        stack.names[proc.pid] = name
+    server, worker = stack.processes
+    stack.stop()
+    assert worker.returncode == -signal.SIGKILL and server.returncode == -signal.SIGTERM
+    assert stack.processes == [] and stack.names == {}
