@@ -3,6 +3,7 @@
 # slow one cannot starve the others. Logs go to $OUT (or ./gpu-out).
 #
 #   benchmarks/gpu_suite.sh STORE [WHEELS]
+#   PARTS=throughput_b64,throughput_b64_fft benchmarks/gpu_suite.sh STORE [WHEELS]   # some parts only
 #
 # STORE: a slice store for the end-to-end Lightning run (e.g. demo/stores/brats.zarr).
 # WHEELS: a folder of wheels for what the GPU machine's Python lacks (zarr, numcodecs, donfig,
@@ -22,21 +23,32 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, torchvision, pytorch_lightning as pl; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'lightning', pl.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
 
-part() {  # part NAME SECONDS COMMAND...
+PARTS=${PARTS:-throughput_b64,throughput_b64_fft,sinc,compile_b64,heatmaps,learning}  # throughput_b8: measured before
+part() {  # part NAME SECONDS COMMAND...  (skipped unless NAME is in $PARTS)
     local name=$1 seconds=$2; shift 2
+    [[ ",$PARTS," == *",$name,"* ]] || return 0
     echo "=== $name (limit ${seconds}s)"
     local started=$SECONDS
     timeout "$seconds" "$@" 2>&1 | tee "$OUT/$name.txt"
     echo "=== $name: exit ${PIPESTATUS[0]}, $((SECONDS - started)) s"
 }
 
-part throughput_b8 90 python3 benchmarks/train_throughput.py --device cuda --batch 8 --steps 20 --warmup 5
+# In order of value: the GP-UNet target (sinc by matrix products, the CUDA default, against the FFT in the
+# same call), the up-sampling alone, compiled steps, heatmaps, learning; batch 8 on request (the default parts
+# take at most 525 s).
 part throughput_b64 90 python3 benchmarks/train_throughput.py --device cuda --batch 64 --steps 10 --warmup 3
-part heatmaps 45 python3 benchmarks/heatmaps.py --device cuda --batch 64 --batches 5
+part throughput_b64_fft 60 python3 benchmarks/train_throughput.py --device cuda --batch 64 --steps 10 --warmup 3 \
+    --sinc-method fft --models gp-unet,gp-reconresnet
+part sinc 40 python3 benchmarks/sinc_upsample.py --device cuda --seconds 1 --cases 64,128,60 64,64,120 16,64,256
 part compile_b64 120 python3 benchmarks/train_throughput.py --device cuda --batch 64 --steps 10 --warmup 3 --compile \
     --models gp-unet,gp-reconresnet,gp-shuffleunet
+part heatmaps 45 python3 benchmarks/heatmaps.py --device cuda --batch 64 --batches 5
+part throughput_b8 90 python3 benchmarks/train_throughput.py --device cuda --batch 8 --steps 20 --warmup 5
 part learning 170 python3 benchmarks/learning.py --store "$STORE" --work /tmp/gpseg-learning --preset paper \
     --epochs 50 --full-width --models gp-unet,gp-reconresnet,gp-shuffleunet
-echo; echo "=== summary"; for f in "$OUT"/throughput_b8.txt "$OUT"/throughput_b64.txt "$OUT"/compile_b64.txt; do
-    echo "--- $(basename "$f")"; grep -A8 "^model" "$f"; done
-grep -A4 "^model" "$OUT/learning.txt"; grep "slices/s" "$OUT/heatmaps.txt" "$OUT/learning.txt"
+echo; echo "=== summary"
+for f in "$OUT"/throughput_b64.txt "$OUT"/throughput_b64_fft.txt "$OUT"/compile_b64.txt "$OUT"/throughput_b8.txt; do
+    [[ -f "$f" ]] && { echo "--- $(basename "$f")"; grep -A8 "^model" "$f"; }; done
+[[ -f "$OUT/sinc.txt" ]] && cat "$OUT/sinc.txt"
+[[ -f "$OUT/learning.txt" ]] && grep -A4 "^model" "$OUT/learning.txt"
+grep -h "slices/s" "$OUT/heatmaps.txt" "$OUT/learning.txt" 2>/dev/null

@@ -35,6 +35,7 @@ from torch import nn
 from gpmodels.augment import AugmentConfig, RandomFlipRotate
 from gpmodels.lightning_module import ClassifierModule
 from gpmodels.nets import MODEL_NAMES, build_model, model_options
+from gpmodels.nets.sinc import SINC_METHODS, Upsample2d
 
 
 def seconds_per_step(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
@@ -127,6 +128,12 @@ def main() -> None:
                         help="Let cuDNN pick the fastest convolution algorithms (as gpseg's training does on GPUs).")
     parser.add_argument("--upsample", choices=("sinc", "bilinear"), default=None,
                         help="Up-sampling of GP-UNet and GP-ReconResNet (default: the network's, sinc).")
+    parser.add_argument("--sinc-method", choices=SINC_METHODS, default=None,
+                        help="How sinc up-sampling is computed (default: auto = matrix products on CUDA, the FFT on "
+                             "the CPU; fft = the FFT pair, matmul = two matrix products; see "
+                             "benchmarks/sinc_upsample.py).")
+    parser.add_argument("--width", type=int, default=None,
+                        help="Width of the GP networks (default: theirs, the paper's; the demo uses 16 and 8).")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -137,14 +144,21 @@ def main() -> None:
     labels = torch.randint(0, 3, (args.batch,)).to(device)
     print(f"device {device}, batch {args.batch} x {args.channels} x {args.size} x {args.size}, "
           f"{args.warmup} warm-up + {args.steps} timed steps, threads {torch.get_num_threads()}, "
-          f"cudnn.benchmark {args.cudnn_benchmark}, compile {args.compile}, upsample {args.upsample or 'default'}",
+          f"cudnn.benchmark {args.cudnn_benchmark}, compile {args.compile}, upsample {args.upsample or 'default'}, "
+          f"sinc method {args.sinc_method or 'default'}, width {args.width or 'default'}",
           flush=True)
     print("training and inference in slices/s; ratio = gpseg's training step / a plain eager fp32 loop")
     header = f"{'model':<16}{'gpseg train':>14}{'plain fp32':>14}{'ratio':>7}{'inference':>13}"
     rows = []
     for name in args.models.split(","):
-        options = {"upsample": args.upsample} if args.upsample and "upsample" in model_options(name) else {}
+        accepted = model_options(name)
+        options = {"upsample": args.upsample} if args.upsample and "upsample" in accepted else {}
+        if args.width and "width" in accepted:
+            options["width"] = args.width
         net = build_model(name, args.channels, 3, **options).to(device)
+        for module in net.modules():
+            if args.sinc_method and isinstance(module, Upsample2d):
+                module.method = args.sinc_method
         plain_net = copy.deepcopy(net)
         ours = args.batch / seconds_per_step(gpseg_step(net, images, masks, labels, device, args.compile),
                                              args.warmup, args.steps, device)
