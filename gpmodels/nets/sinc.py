@@ -140,7 +140,8 @@ class Upsample2d(nn.Module):
         ``forward(x, size=None)``: x (B, C, H, W) -> (B, C, 2H, 2W), or (B, C, *size) when given.
 
     Raises:
-        ValueError: If ``mode`` is not one of :data:`UPSAMPLE_MODES`.
+        ValueError: If ``mode`` is not one of :data:`UPSAMPLE_MODES` or ``method`` not one of
+            :data:`SINC_METHODS`.
     """
 
     def __init__(self, mode: UpsampleMode = "sinc", method: SincMethod = "auto") -> None:
