@@ -9,6 +9,7 @@ Work dir layout::
     WORKDIR/stores/<dataset>.zarr      slice stores
     WORKDIR/runs/<dataset>/<data version>/<model>/fold_<k>/   run dirs (weights, heatmaps, evaluation)
     WORKDIR/runs/<dataset>/<data version>/<model>/fold_<k>/seed_<s>/   the same, with several seeds
+    WORKDIR/runs/<dataset>/<data version>/<model>/fold_<k>/seed_selection.json   the seed kept, the losses
     WORKDIR/report/                    index.html, metrics.json, CSV
 """
 

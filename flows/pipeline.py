@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -10,6 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.layout import PHANTOMS, RUNS, SEED_PREFIX, STORES
 from flows.params import DatasetSpec, ThresholdParams, TrainingParams
+from gpmodels.files import SEED_SELECTION, write_text_atomic
 from tasks.data import fingerprint, ingest_source, synth_phantoms, validate
 from tasks.evaluation import evaluate_run
 from tasks.training import heatmap_path, make_heatmaps, train_model
@@ -80,9 +82,10 @@ def keep_best_seeds(trained: list[dict]) -> tuple[list[dict], list[str]]:
             ``seed`` and ``best_val_loss``.
 
     Returns:
-        One result per (model, fold) in first-seen order (the best finished seed; a seed without a
-        validation loss only when no seed has one; a failure only when every seed failed, its reason
-        listing each seed's), and one line per (model, fold) saying what was kept, for the report.
+        One result per (model, fold) in first-seen order (the best finished seed, with ``selection``:
+        the record of :data:`gpmodels.files.SEED_SELECTION`; a seed without a validation loss only
+        when no seed has one; a failure only when every seed failed, its reason listing each seed's),
+        and one line per (model, fold) saying what was kept, for the report.
     """
     groups: dict[str, list[dict]] = {}
     for result in trained:
@@ -103,7 +106,9 @@ def keep_best_seeds(trained: list[dict]) -> tuple[list[dict], list[str]]:
         failed = [Path(r["run_dir"]).name for r in results if "failed" in r]
         notes.append(f"{first['model']} fold {first['fold']}: kept seed {best['seed']}, the lowest validation loss "
                      f"of {len(results)} seed(s) ({losses}{'; failed: ' + ', '.join(failed) if failed else ''})")
-        kept.append(best)
+        selection = {"kept": Path(best["run_dir"]).name, "failed": failed,
+                     "losses": {Path(r["run_dir"]).name: r.get("best_val_loss") for r in done}}
+        kept.append({**best, "selection": selection})
     return kept, notes
 
 
@@ -118,6 +123,9 @@ def train_and_keep(jobs: list[dict], params: TrainingParams) -> tuple[list[dict]
     if not params.seeds:
         return trained, []
     kept, notes = keep_best_seeds(trained)
+    for result in kept:
+        if "selection" in result:  # beside the seed runs, so any later report can name the seed kept
+            write_text_atomic(Path(result["run_dir"]).parent / SEED_SELECTION, json.dumps(result["selection"]))
     logger = get_run_logger()
     for note in notes:
         logger.info("%s", note)

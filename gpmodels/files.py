@@ -9,6 +9,11 @@ from pathlib import Path
 HEATMAP_DIR = "heatmaps"
 """Folder of a run directory that holds its heatmap stores."""
 
+SEED_SELECTION = "seed_selection.json"
+"""File beside the seed run directories of one (model, fold) (``fold_K/seed_S``), written when the flows
+train several seeds: ``{"kept": "seed_S", "losses": {"seed_S": best validation loss or null, ...},
+"failed": ["seed_T", ...]}``."""
+
 
 def heatmap_path(run_dir: Path | str, split: str) -> Path:
     """Where the heatmap store of a run's split lives: ``RUN/heatmaps/<split>.zarr``."""

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from gpmodels.evaluation import load_evaluation
-from gpmodels.files import write_text_atomic
+from gpmodels.files import SEED_SELECTION, write_text_atomic
 from gpmodels.metrics import aggregate_folds
 from gpmodels.names import MODEL_NAMES
 from gpmodels.postprocess import CleaningConfig, ThresholdConfig
@@ -110,6 +110,8 @@ class ReportRun:
         dataset: the store's ``dataset`` attribute (the store's name when it cannot be opened).
         label: model title plus non-default network options and threshold method.
         store_error: why the slice store could not be opened, else ``None``.
+        seed_selection: for a run of several seeds (``.../seed_S``), how it was chosen, from the
+            :data:`~gpmodels.files.SEED_SELECTION` file beside it; else ``None``.
     """
 
     run_dir: Path
@@ -119,6 +121,7 @@ class ReportRun:
     dataset: str
     label: str
     store_error: str | None
+    seed_selection: str | None = None
 
     @property
     def model(self) -> str:
@@ -183,6 +186,25 @@ def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str,
     return f"{title} ({', '.join(parts)})" if parts else title
 
 
+def seed_selection_text(run_dir: Path) -> str | None:
+    """How a seed run was chosen, e.g. ``"kept: lowest validation loss of seed_0 0.718, seed_1 0.477"``.
+
+    Read from :data:`~gpmodels.files.SEED_SELECTION` beside ``run_dir``; ``None`` without one (or
+    an unreadable one).
+    """
+    try:
+        record = json.loads((run_dir.parent / SEED_SELECTION).read_text())
+        losses = ", ".join(f"{name} " + ("–" if loss is None else f"{loss:.3f}")
+                           for name, loss in record["losses"].items())
+        kept = record["kept"]
+        failed = record.get("failed") or []
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    verdict = "kept" if kept == run_dir.name else f"not kept ({kept} was)"
+    return (f"{verdict}: lowest validation loss of {losses}"
+            + (f"; failed: {', '.join(map(str, failed))}" if failed else ""))
+
+
 def load_run(run_dir: Path | str) -> ReportRun:
     """Read what the report needs from one run directory.
 
@@ -207,7 +229,7 @@ def load_run(run_dir: Path | str) -> ReportRun:
     return ReportRun(run_dir=run_dir, evaluation=evaluation, config=config,
                      slices=_read_slices(run_dir / "evaluation_slices.csv"), dataset=dataset,
                      label=_label(evaluation["run"]["model"], config, evaluation["threshold"]),
-                     store_error=store_error)
+                     store_error=store_error, seed_selection=seed_selection_text(run_dir))
 
 
 def _number(value: Any) -> float:

@@ -332,7 +332,7 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> 
                      _e(config.get("data_version", "–")), _e(", ".join(config.get("classes", []))),
                      _e(", ".join(config.get("channels", []))),
                      _e(f"{config.get('image_size', '–')} (store {config.get('store_image_size', '–')})"),
-                     _e(train.get("epochs", "–")), _e(train.get("preset", "–")), _e(train.get("seed", "–")),
+                     _e(train.get("epochs", "–")), _e(train.get("preset", "–")), _e(train.get("seed", "–")) + (f"<br><small>{_e(run.seed_selection)}</small>" if run.seed_selection else ""),
                      _e(_threshold_text(run.evaluation["threshold"])),
                      _e(run.evaluation["threshold"].get("offset_source", "–")),
                      _duration(seconds)])

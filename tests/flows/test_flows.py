@@ -116,13 +116,16 @@ def test_benchmark_with_seeds_evaluates_the_lowest_validation_loss_only(tmp_path
     result = full_benchmark(params)
     assert not result["failed"] and len(result["rows"]) == 1
     fold_dir = next((tmp_path / "runs").glob("brats/*/gp-unet/fold_0"))
-    assert sorted(p.name for p in fold_dir.iterdir()) == ["seed_0", "seed_1"]
+    assert sorted(p.name for p in fold_dir.iterdir()) == ["seed_0", "seed_1", "seed_selection.json"]
     assert all((fold_dir / name / "model.pt").is_file() for name in ("seed_0", "seed_1"))
     evaluated = [p.parent.name for p in fold_dir.glob("seed_*/evaluation.json")]
     losses = {name: _best_val_loss(fold_dir / name) for name in ("seed_0", "seed_1")}
     assert evaluated == [min(losses, key=losses.get)]
     page = Path(result["report"]).read_text()
     assert f"gp-unet fold 0: kept seed {evaluated[0].removeprefix('seed_')}" in page
+    selection = json.loads((fold_dir / "seed_selection.json").read_text())
+    assert selection["kept"] == evaluated[0] and selection["losses"] == pytest.approx(losses)
+    assert "kept: lowest validation loss of seed_0" in page  # in the run table, so a re-threshold keeps it
 
 
 def _best_val_loss(run: Path) -> float:

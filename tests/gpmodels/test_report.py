@@ -337,3 +337,16 @@ def test_postprocess_cli_on_a_workdir_rethresholds_the_reports_runs_only(report_
     empty = CliRunner().invoke(app, ["postprocess", "--workdir", str(tmp_path / "nothing")])
     assert both.exit_code == 1 and "either --runs" in both.output
     assert empty.exit_code == 1 and "no run with test heatmaps" in empty.output
+
+
+def test_a_seed_runs_selection_is_shown_beside_its_seed(report_runs, tmp_path):
+    fold = tmp_path / "gp-unet" / "fold_0"
+    kept = _copy_run(report_runs["gp"], fold / "seed_1")
+    other = _copy_run(report_runs["gp"], fold / "seed_0")
+    (fold / "seed_selection.json").write_text(json.dumps(
+        {"kept": "seed_1", "losses": {"seed_0": 0.718, "seed_1": 0.477}, "failed": ["seed_2"]}))
+    assert load_run(kept).seed_selection == "kept: lowest validation loss of seed_0 0.718, seed_1 0.477; failed: seed_2"
+    assert load_run(other).seed_selection.startswith("not kept (seed_1 was)")
+    assert load_run(report_runs["gp"]).seed_selection is None
+    page = build_report([kept], tmp_path / "out").read_text()
+    assert "kept: lowest validation loss of seed_0 0.718, seed_1 0.477" in page
