@@ -4,6 +4,7 @@
 #
 #   benchmarks/gpu_suite.sh STORE [WHEELS]
 #   PARTS=throughput_b64,throughput_b64_fft benchmarks/gpu_suite.sh STORE [WHEELS]   # some parts only
+#   PARTS=learning_seeds benchmarks/gpu_suite.sh STORE [WHEELS]   # the learning targets over seeds 0, 1, 2
 #
 # STORE: a slice store for the end-to-end Lightning run (e.g. demo/stores/brats.zarr).
 # WHEELS: a folder of wheels for what the GPU machine's Python lacks (zarr, numcodecs, donfig,
@@ -46,9 +47,12 @@ part heatmaps 45 python3 benchmarks/heatmaps.py --device cuda --batch 64 --batch
 part throughput_b8 90 python3 benchmarks/train_throughput.py --device cuda --batch 8 --steps 20 --warmup 5
 part learning 170 python3 benchmarks/learning.py --store "$STORE" --work /tmp/gpseg-learning --preset paper \
     --epochs 50 --full-width --models gp-unet,gp-reconresnet,gp-shuffleunet
+# On request (PARTS=learning_seeds, alone: up to 7 minutes): the learning targets over three seeds, with Dice.
+part learning_seeds 420 python3 benchmarks/learning.py --store "$STORE" --work /tmp/gpseg-learning-seeds \
+    --preset paper --epochs 50 --full-width --models gp-unet,gp-reconresnet,gp-shuffleunet --seed 0,1,2 --dice
 echo; echo "=== summary"
 for f in "$OUT"/throughput_b64.txt "$OUT"/throughput_b64_fft.txt "$OUT"/compile_b64.txt "$OUT"/throughput_b8.txt; do
     [[ -f "$f" ]] && { echo "--- $(basename "$f")"; grep -A8 "^model" "$f"; }; done
 [[ -f "$OUT/sinc.txt" ]] && cat "$OUT/sinc.txt"
-[[ -f "$OUT/learning.txt" ]] && grep -A4 "^model" "$OUT/learning.txt"
+for f in "$OUT"/learning.txt "$OUT"/learning_seeds.txt; do [[ -f "$f" ]] && grep -A12 "^model" "$f"; done
 grep -h "slices/s" "$OUT/heatmaps.txt" "$OUT/learning.txt" 2>/dev/null
