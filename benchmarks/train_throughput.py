@@ -156,9 +156,10 @@ def main() -> None:
         if args.width and "width" in accepted:
             options["width"] = args.width
         net = build_model(name, args.channels, 3, **options).to(device)
-        for module in net.modules():
-            if args.sinc_method and isinstance(module, Upsample2d):
-                module.method = args.sinc_method
+        if args.sinc_method:
+            for module in net.modules():
+                if isinstance(module, Upsample2d):
+                    module.method = args.sinc_method
         plain_net = copy.deepcopy(net)
         ours = args.batch / seconds_per_step(gpseg_step(net, images, masks, labels, device, args.compile),
                                              args.warmup, args.steps, device)

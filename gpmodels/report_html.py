@@ -322,6 +322,12 @@ def _threshold_text(values: Mapping[str, Any]) -> str:
     return text
 
 
+def _seed_cell(train: dict[str, Any], run: ReportRun) -> str:
+    """The run's training seed, with how it was chosen among several seeds when it was."""
+    seed = _e(train.get("seed", "–"))
+    return f"{seed}<br><small>{_e(run.seed_selection)}</small>" if run.seed_selection else seed
+
+
 def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
     rows = []
     for run in runs:
@@ -332,7 +338,7 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> 
                      _e(config.get("data_version", "–")), _e(", ".join(config.get("classes", []))),
                      _e(", ".join(config.get("channels", []))),
                      _e(f"{config.get('image_size', '–')} (store {config.get('store_image_size', '–')})"),
-                     _e(train.get("epochs", "–")), _e(train.get("preset", "–")), _e(train.get("seed", "–")) + (f"<br><small>{_e(run.seed_selection)}</small>" if run.seed_selection else ""),
+                     _e(train.get("epochs", "–")), _e(train.get("preset", "–")), _seed_cell(train, run),
                      _e(_threshold_text(run.evaluation["threshold"])),
                      _e(run.evaluation["threshold"].get("offset_source", "–")),
                      _duration(seconds)])

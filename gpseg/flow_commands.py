@@ -88,7 +88,7 @@ def _run_stack(stack: "LocalStack") -> None:
         console.print(f"[green]ready[/green]: UI {stack.api_url.removesuffix('/api')}, worker on pool {stack.pool}\n"
                       f"  source {env_file}\n  prefect deployment run full-benchmark/full-benchmark --watch\n"
                       "Ctrl-C (or `kill` of this process) stops the worker and the server.")
-        while all(p.poll() is None for p in stack.processes):
+        while all(p.poll() is None for p in stack.processes.values()):
             time.sleep(1)
         raise fail(f"a stack process exited; logs in {stack.log_dir}")
     except KeyboardInterrupt:

@@ -93,8 +93,7 @@ class LocalStack:
     port: int = 4200
     home: Path | None = None
     pool: str = POOL
-    processes: list[subprocess.Popen] = field(default_factory=list)
-    names: dict[int, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -114,8 +113,7 @@ class LocalStack:
         log = open(self.log_dir / f"{name}.log", "ab")
         proc = subprocess.Popen([_prefect(), *args], env=self.env, cwd=self.root, stdout=log, stderr=log,
                                 start_new_session=True)
-        self.processes.append(proc)
-        self.names[proc.pid] = name
+        self.processes[name] = proc
         return proc
 
     def cli(self, *args: str, timeout: float = 300) -> str:
@@ -130,7 +128,7 @@ class LocalStack:
         """Poll ``/health`` until the server answers."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            server = self.processes[0] if self.processes else None
+            server = self.processes.get("server")
             if server is not None and server.poll() is not None:
                 raise RuntimeError(f"prefect server exited ({server.returncode}); see {self.log_dir / 'server.log'}")
             try:
@@ -156,11 +154,11 @@ class LocalStack:
     def stop(self) -> None:
         """Terminate the worker, then the server (each with its process group): SIGTERM, then SIGKILL
         after :data:`STOP_GRACE_SECONDS`."""
-        for proc in reversed(self.processes):
+        for name, proc in reversed(self.processes.items()):
             if proc.poll() is None:
                 try:
                     os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(timeout=STOP_GRACE_SECONDS.get(self.names.get(proc.pid, ""), 30.0))
+                    proc.wait(timeout=STOP_GRACE_SECONDS.get(name, 30.0))
                 except ProcessLookupError:
                     continue
                 except subprocess.TimeoutExpired:
@@ -168,7 +166,6 @@ class LocalStack:
                         os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
         self.processes.clear()
-        self.names.clear()
 
     def __enter__(self) -> "LocalStack":
         return self.start()

@@ -39,9 +39,8 @@ def test_stop_kills_a_process_that_ignores_sigterm_after_its_grace(monkeypatch, 
     for name, code in (("server", polite), ("worker", stubborn)):
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True)
         assert proc.stdout.readline() == b"up\n"  # its handler is installed
-        stack.processes.append(proc)
-        stack.names[proc.pid] = name
-    server, worker = stack.processes
+        stack.processes[name] = proc
+    server, worker = stack.processes["server"], stack.processes["worker"]
     stack.stop()
     assert worker.returncode == -signal.SIGKILL and server.returncode == -signal.SIGTERM
-    assert stack.processes == [] and stack.names == {}
+    assert stack.processes == {}
