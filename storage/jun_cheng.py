@@ -30,7 +30,10 @@ def _open_v73(path: Path) -> h5py.File:
             raise CaseRejected(path, "MATLAB v5 file, expected v7.3 (HDF5); "
                                      "re-save it in MATLAB with save(..., '-v7.3')")
         raise CaseRejected(path, "not a MATLAB v7.3 (HDF5) file")
-    return h5py.File(path, "r")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:  # an HDF5 signature, but the file is cut short or damaged
+        raise CaseRejected(path, f"truncated or corrupt MATLAB v7.3 (HDF5) file ({exc})") from exc
 
 
 def read_cvind(path: Path) -> np.ndarray:

@@ -127,6 +127,14 @@ def test_mat_not_hdf5_and_bad_label(jun_cheng_copy, tmp_path, shared_data):
     assert open_store(tmp_path / "s.zarr").attrs["rejected"] == report.rejected
 
 
+def test_truncated_mat_is_named_as_truncated(jun_cheng_copy, tmp_path):
+    data = (jun_cheng_copy / "3.mat").read_bytes()
+    (jun_cheng_copy / "3.mat").write_bytes(data[: len(data) // 3])  # the HDF5 signature survives
+    report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CONFIG)
+    assert report.exit_code == 2 and list(report.rejected) == ["3.mat"]
+    assert report.rejected["3.mat"].startswith("truncated or corrupt MATLAB v7.3 (HDF5) file")
+
+
 def test_empty_source_folder_is_an_error_and_keeps_old_store(brats_source, tmp_path):
     store = tmp_path / "s.zarr"
     ingest_brats(brats_source, store, CONFIG)
