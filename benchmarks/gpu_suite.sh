@@ -5,6 +5,7 @@
 #   benchmarks/gpu_suite.sh STORE [WHEELS]
 #   PARTS=throughput_b64,throughput_b64_fft benchmarks/gpu_suite.sh STORE [WHEELS]   # some parts only
 #   PARTS=learning_seeds benchmarks/gpu_suite.sh STORE [WHEELS]   # the learning targets over seeds 0, 1, 2
+#   PARTS=occlusion benchmarks/gpu_suite.sh STORE [WHEELS]   # occlusion per forward-pass batching on CUDA
 #
 # STORE: a slice store for the end-to-end Lightning run (e.g. demo/stores/brats.zarr).
 # WHEELS: a folder of wheels for what the GPU machine's Python lacks (zarr, numcodecs, donfig,
@@ -44,6 +45,8 @@ part sinc 40 python3 benchmarks/sinc_upsample.py --device cuda --seconds 1 --cas
 part compile_b64 120 python3 benchmarks/train_throughput.py --device cuda --batch 64 --steps 10 --warmup 3 --compile \
     --models gp-unet,gp-reconresnet,gp-shuffleunet
 part heatmaps 45 python3 benchmarks/heatmaps.py --device cuda --batch 64 --batches 5
+# On request (PARTS=occlusion): the CUDA target of automatic occlusion batching (64 slices per pass is a guess).
+part occlusion 120 python3 benchmarks/occlusion.py --device cuda --size 240 --slices 2 --width 0 --ppe auto,8,128
 part throughput_b8 90 python3 benchmarks/train_throughput.py --device cuda --batch 8 --steps 20 --warmup 5
 part learning 170 python3 benchmarks/learning.py --store "$STORE" --work /tmp/gpseg-learning --preset paper \
     --epochs 50 --full-width --models gp-unet,gp-reconresnet,gp-shuffleunet
@@ -54,5 +57,6 @@ echo; echo "=== summary"
 for f in "$OUT"/throughput_b64.txt "$OUT"/throughput_b64_fft.txt "$OUT"/compile_b64.txt "$OUT"/throughput_b8.txt; do
     [[ -f "$f" ]] && { echo "--- $(basename "$f")"; grep -A8 "^model" "$f"; }; done
 [[ -f "$OUT/sinc.txt" ]] && cat "$OUT/sinc.txt"
+[[ -f "$OUT/occlusion.txt" ]] && cat "$OUT/occlusion.txt"
 for f in "$OUT"/learning.txt "$OUT"/learning_seeds.txt; do [[ -f "$f" ]] && grep -A12 "^model" "$f"; done
 grep -h "slices/s" "$OUT/heatmaps.txt" "$OUT/learning.txt" 2>/dev/null

@@ -12,7 +12,7 @@ Presets:
   gradient clipping 1.0, rotation ±330° and flips.
 * ``demo`` — learns BraTS-like phantoms in about a minute per model on two CPU cores: 64 px,
   width 16 (8 for GP-ReconResNet and GP-ShuffleUNet, which also pools its maps), 20 epochs (10 for
-  ResNeXt50), Adam 3e-4,
+  the two baselines), Adam 3e-4,
   batch 16 *without* accumulation (effective batch 16, not 128: a phantom
   set of a few hundred training slices would give only two or three optimiser steps per epoch
   at 128), and InceptionV3 without its auxiliary classifier (see :data:`PRESET_MODEL_OVERRIDES`).
@@ -164,7 +164,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
 
 PRESET_MODEL_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {
-        "inceptionv3": {"model_options": {"aux_logits": False}},
+        "inceptionv3": {"epochs": 10, "model_options": {"aux_logits": False}},
         "gp-reconresnet": {"width": 8},
         "gp-shuffleunet": {"width": 8, "model_options": {"pool": "maps"}},
         "resnext50": {"epochs": 10},
@@ -175,7 +175,9 @@ cores in about a minute (measured: 64-px BraTS phantoms, batch 16, training slic
 GP-ReconResNet w16 89 / w8 235, GP-ShuffleUNet w16 79 / w8 211, ResNeXt50 78, InceptionV3 107).
 The demo drops InceptionV3's auxiliary classifier: its 5x5 convolution needs the 64-px slices
 enlarged to 299 px, 28 times the training cost of the 75-px minimum without it (34 vs 1.2 GFLOP per
-slice). GP-ShuffleUNet pools its class maps (``pool="maps"``, each logit the maximum of its map) in
+slice). Both baselines train 10 epochs: they have no learning target in the demo, and InceptionV3
+was its slowest run (169 s for 20 epochs, weighted F1 0.638; 77 s and 0.613 for 10, seed 0, on a
+2-core AMD EPYC). GP-ShuffleUNet pools its class maps (``pool="maps"``, each logit the maximum of its map) in
 the demo: at width 8 and 20 epochs its feature-pooled maps did not localise the tumour (median Dice
 0.055 on the demo's BraTS phantoms, fold 0), map pooling ties the logits to the maps (0.36, F1 0.82
 vs 0.74, with the demo's seed; another seed gave Dice 0 and F1 0.63, see

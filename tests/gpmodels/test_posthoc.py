@@ -13,7 +13,9 @@ from gpmodels.gradcam import default_cam_layer, evaluation_mode, gradcam_maps, g
 from gpmodels.map_agreement import rank_agreement
 from gpmodels.nets import build_model
 from gpmodels.posthoc import (
+    OCCLUSION_FORWARD_SLICES,
     OcclusionConfig,
+    auto_perturbations,
     gp_heatmaps,
     guided_backprop_maps,
     occlusion_maps,
@@ -138,6 +140,19 @@ def test_occlusion_credits_exactly_the_pixels_the_logit_depends_on():
     peak = divmod(int(maps[0].argmax()), 34)
     assert ROWS.start <= peak[0] < ROWS.stop and COLS.start <= peak[1] < COLS.stop
     torch.testing.assert_close(occlusion_maps(model, images, [0, 1]), maps)
+    for per_pass in (1, 3, 64):
+        batched = occlusion_maps(model, images, [0, 1], window=3, stride=2, perturbations_per_eval=per_pass)
+        torch.testing.assert_close(batched, maps)
+
+
+def test_automatic_perturbations_per_pass_fill_a_pass_by_device():
+    cpu, cuda = OCCLUSION_FORWARD_SLICES["cpu"], OCCLUSION_FORWARD_SLICES["cuda"]
+    assert auto_perturbations(1, "cpu") == cpu and auto_perturbations(2, torch.device("cpu")) == cpu // 2
+    assert auto_perturbations(2, "cuda") == cuda // 2 and auto_perturbations(2, "meta") == cpu // 2
+    assert auto_perturbations(cpu + 1, "cpu") == 1 and auto_perturbations(10_000, "cuda") == 1
+    assert OcclusionConfig().perturbations_per_eval is None
+    with pytest.raises(ValueError, match="batch: expected an integer >= 1, got 0"):
+        auto_perturbations(0, "cpu")
 
 
 def test_occlusion_window_defaults_and_argument_checks():

@@ -41,7 +41,8 @@ def test_presets_and_overrides():
     paper = preset_config("paper", "s.zarr", "resnext50", "run", batch_size=24, devices=2)
     assert paper.epochs == 300 and paper.effective_batch == 128 and paper.accumulate == 3
     assert TrainConfig.from_dict(json.loads(json.dumps(paper.to_dict()))) == paper
-    assert preset_config("demo", "s.zarr", "inceptionv3", "run").model_options == {"aux_logits": False}
+    demo_inception = preset_config("demo", "s.zarr", "inceptionv3", "run")
+    assert demo_inception.model_options == {"aux_logits": False} and demo_inception.epochs == 10
     assert preset_config("paper", "s.zarr", "inceptionv3", "run").model_options == {}
     kept = preset_config("demo", "s.zarr", "inceptionv3", "run", model_options={"dropout": 0.2})
     assert kept.model_options == {"aux_logits": False, "dropout": 0.2}
