@@ -46,7 +46,7 @@ part compile_b64 120 python3 benchmarks/train_throughput.py --device cuda --batc
     --models gp-unet,gp-reconresnet,gp-shuffleunet
 part heatmaps 45 python3 benchmarks/heatmaps.py --device cuda --batch 64 --batches 5
 # On request (PARTS=occlusion): the CUDA target of automatic occlusion batching (64 slices per pass is a guess).
-part occlusion 120 python3 benchmarks/occlusion.py --device cuda --size 240 --slices 2 --width 0 --ppe auto,8,128
+part occlusion 120 python3 benchmarks/occlusion.py --device cuda --size 240 --slices 2 --preset paper --ppe auto,8,128
 part throughput_b8 90 python3 benchmarks/train_throughput.py --device cuda --batch 8 --steps 20 --warmup 5
 part learning 170 python3 benchmarks/learning.py --store "$STORE" --work /tmp/gpseg-learning --preset paper \
     --epochs 50 --full-width --models gp-unet,gp-reconresnet,gp-shuffleunet

@@ -7,8 +7,8 @@ seconds, the speed-up over 1 and the largest difference of the maps (float round
 
 Usage::
 
-    .venv/bin/python benchmarks/occlusion.py                       # the demo's setting: 2 slices, 64 px
-    .venv/bin/python benchmarks/occlusion.py --size 240 --slices 8 --width 0 --ppe auto,4,16
+    .venv/bin/python benchmarks/occlusion.py                       # the demo's networks: 2 slices, 64 px
+    .venv/bin/python benchmarks/occlusion.py --size 240 --slices 8 --preset paper --ppe auto,4,16
 """
 
 from __future__ import annotations
@@ -20,6 +20,17 @@ import torch
 
 from gpmodels.nets import MODEL_NAMES, build_model, is_gp_model
 from gpmodels.posthoc import auto_perturbations, occlusion_maps
+from gpmodels.train_config import preset_config
+
+
+def preset_network(name: str, preset: str) -> torch.nn.Module:
+    """The network as the preset trains it (width and options, e.g. the demo's InceptionV3 without its
+    auxiliary classifier, which would enlarge 64-px slices to 299 px), random weights, eval mode."""
+    config = preset_config(preset, "store.zarr", name, "run")
+    options = dict(config.model_options)
+    if config.width is not None and is_gp_model(name):
+        options["width"] = config.width
+    return build_model(name, 4, 3, **options).eval()
 
 
 def timed(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor,
@@ -37,8 +48,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODEL_NAMES), help="Comma-separated model names.")
     parser.add_argument("--size", type=int, default=64, help="Slice side (the demo trains at 64 px).")
     parser.add_argument("--slices", type=int, default=2, help="Slices occluded at once (the flows' default: 2).")
-    parser.add_argument("--width", type=int, default=16,
-                        help="Width of the GP networks (the demo's 16; 0 = the networks' default).")
+    parser.add_argument("--preset", default="demo", choices=("demo", "paper"),
+                        help="Build each network as this training preset does (width, options).")
     parser.add_argument("--ppe", default="auto", help="Comma-separated perturbations per pass to compare with 1.")
     parser.add_argument("--device", default="cpu", help="cpu or cuda.")
     args = parser.parse_args()
@@ -46,14 +57,13 @@ def main() -> None:
     torch.manual_seed(0)
     images = torch.randn(args.slices, 4, args.size, args.size, device=device)
     target = torch.arange(args.slices, device=device) % 3
-    choices = [auto_perturbations(args.slices, device) if item == "auto" else int(item)
+    choices = [auto_perturbations(args.slices, args.size, args.size, device) if item == "auto" else int(item)
                for item in args.ppe.split(",")]
-    print(f"device {device}, torch threads {torch.get_num_threads()}, {args.slices}x4x{args.size}x{args.size}, "
+    print(f"preset {args.preset}, device {device}, torch threads {torch.get_num_threads()}, {args.slices}x4x{args.size}x{args.size}, "
           f"perturbations per pass compared with 1: {choices}")
     print(f"{'model':16s}{'ppe':>5s}{'seconds':>9s}{'speed-up':>10s}{'max diff':>10s}")
     for name in args.models.split(","):
-        options = {"width": args.width} if args.width and is_gp_model(name) else {}
-        model = build_model(name, 4, 3, **options).to(device).eval()
+        model = preset_network(name, args.preset).to(device)
         occlusion_maps(model, images[:1], target[:1], perturbations_per_eval=1)  # warm-up
         base_seconds, base = timed(model, images, target, 1)
         print(f"{name:16s}{1:>5d}{base_seconds:>9.2f}{1.0:>10.2f}{0.0:>10.1e}")

@@ -74,12 +74,15 @@ MIN_WINDOW = 3
 """Smallest default occlusion window side."""
 WINDOW_DIVISOR = 16
 """Below 240 px the default window side is about the image side divided by this."""
-OCCLUSION_FORWARD_SLICES: dict[str, int] = {"cpu": 8, "cuda": 64}
-"""Slices per forward pass that the automatic ``perturbations_per_eval`` aims at, by device type
-(others: the CPU's). Measured on the 2-core CPU (2 demo slices at 64 px, ``benchmarks/occlusion.py``):
-8 slices per pass sped occlusion up 1.4-1.8x for GP-UNet, GP-ReconResNet and ResNeXt50 and left
-GP-ShuffleUNet and InceptionV3 unchanged (0.97-0.98x), while 16 made InceptionV3 slower (0.85x);
-the maps are the same. The GPU figure is a guess, not yet measured."""
+OCCLUSION_FORWARD_PIXELS: dict[str, int] = {"cpu": 16 * 64 * 64, "cuda": 64 * 240 * 240}
+"""Input pixels per forward pass that the automatic ``perturbations_per_eval`` aims at, by device
+type (others: the CPU's). On the 2-core CPU, occlusion of 2 slices at 64 px (the demo's networks,
+``benchmarks/occlusion.py``) took 43 s over the five networks with one occluded copy per pass, 23 s
+with 8 slices per pass and 19 s with 16 (1.3-3.8x per network), with the same maps. A budget in
+pixels keeps a pass of larger slices about as costly (one 240-px slice per pass on the CPU). It
+counts input pixels: InceptionV3 with its auxiliary classifier enlarges 64-px slices to 299 px
+inside, and 16 of those per pass were slower than one (0.85x). The GPU figure is a guess, not yet
+measured (``PARTS=occlusion benchmarks/gpu_suite.sh``)."""
 
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
@@ -133,17 +136,18 @@ class OcclusionConfig:
                 _check_int(name, getattr(self, name), 1)
 
 
-def auto_perturbations(batch: int, device: torch.device | str) -> int:
-    """Occluded copies per forward pass so that a pass holds about
-    :data:`OCCLUSION_FORWARD_SLICES` slices: ``max(1, slices // batch)``.
+def auto_perturbations(batch: int, height: int, width: int, device: torch.device | str) -> int:
+    """Occluded copies of a (batch, C, height, width) batch per forward pass, so that a pass holds
+    about :data:`OCCLUSION_FORWARD_PIXELS` input pixels: ``max(1, pixels // (batch * height * width))``.
 
     Raises:
-        ValueError: If ``batch`` is not a positive integer.
+        ValueError: If ``batch``, ``height`` or ``width`` is not a positive integer.
     """
-    _check_int("batch", batch, 1)
+    for name, value in (("batch", batch), ("height", height), ("width", width)):
+        _check_int(name, value, 1)
     device_type = torch.device(device).type
-    slices = OCCLUSION_FORWARD_SLICES.get(device_type, OCCLUSION_FORWARD_SLICES["cpu"])
-    return max(1, slices // batch)
+    pixels = OCCLUSION_FORWARD_PIXELS.get(device_type, OCCLUSION_FORWARD_PIXELS["cpu"])
+    return max(1, pixels // (batch * height * width))
 
 
 def occlusion_maps(
@@ -180,7 +184,7 @@ def occlusion_maps(
     stride = (window + 1) // 2 if stride is None else stride
     _check_int("stride", stride, 1)
     if perturbations_per_eval is None:
-        perturbations_per_eval = auto_perturbations(images.shape[0], images.device)
+        perturbations_per_eval = auto_perturbations(images.shape[0], height, width, images.device)
     _check_int("perturbations_per_eval", perturbations_per_eval, 1)
     with evaluation_mode(model), torch.no_grad():
         target = check_target(target, images, count_classes(model, images))

@@ -13,7 +13,7 @@ from gpmodels.gradcam import default_cam_layer, evaluation_mode, gradcam_maps, g
 from gpmodels.map_agreement import rank_agreement
 from gpmodels.nets import build_model
 from gpmodels.posthoc import (
-    OCCLUSION_FORWARD_SLICES,
+    OCCLUSION_FORWARD_PIXELS,
     OcclusionConfig,
     auto_perturbations,
     gp_heatmaps,
@@ -145,14 +145,18 @@ def test_occlusion_credits_exactly_the_pixels_the_logit_depends_on():
         torch.testing.assert_close(batched, maps)
 
 
-def test_automatic_perturbations_per_pass_fill_a_pass_by_device():
-    cpu, cuda = OCCLUSION_FORWARD_SLICES["cpu"], OCCLUSION_FORWARD_SLICES["cuda"]
-    assert auto_perturbations(1, "cpu") == cpu and auto_perturbations(2, torch.device("cpu")) == cpu // 2
-    assert auto_perturbations(2, "cuda") == cuda // 2 and auto_perturbations(2, "meta") == cpu // 2
-    assert auto_perturbations(cpu + 1, "cpu") == 1 and auto_perturbations(10_000, "cuda") == 1
+def test_automatic_perturbations_per_pass_fill_a_pixel_budget_by_device():
+    cpu, cuda = OCCLUSION_FORWARD_PIXELS["cpu"], OCCLUSION_FORWARD_PIXELS["cuda"]
+    assert auto_perturbations(1, 64, 64, "cpu") == cpu // 4096
+    assert auto_perturbations(2, 64, 32, torch.device("cpu")) == cpu // 4096
+    assert auto_perturbations(2, 240, 240, "cuda") == cuda // (2 * 240 * 240)
+    assert auto_perturbations(2, 64, 64, "meta") == auto_perturbations(2, 64, 64, "cpu")
+    assert auto_perturbations(2, 512, 512, "cpu") == 1 and auto_perturbations(10_000, 240, 240, "cuda") == 1
     assert OcclusionConfig().perturbations_per_eval is None
     with pytest.raises(ValueError, match="batch: expected an integer >= 1, got 0"):
-        auto_perturbations(0, "cpu")
+        auto_perturbations(0, 64, 64, "cpu")
+    with pytest.raises(ValueError, match="width: expected an integer >= 1, got 0"):
+        auto_perturbations(1, 64, 0, "cpu")
 
 
 def test_occlusion_window_defaults_and_argument_checks():
