@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from gpmodels.nets import MODEL_NAMES, build_model, is_gp_model
+from gpmodels.nets import MODEL_NAMES, build_model
 from gpmodels.posthoc import auto_perturbations, occlusion_maps
 from gpmodels.train_config import preset_config
 
@@ -26,11 +26,7 @@ from gpmodels.train_config import preset_config
 def preset_network(name: str, preset: str) -> torch.nn.Module:
     """The network as the preset trains it (width and options, e.g. the demo's InceptionV3 without its
     auxiliary classifier, which would enlarge 64-px slices to 299 px), random weights, eval mode."""
-    config = preset_config(preset, "store.zarr", name, "run")
-    options = dict(config.model_options)
-    if config.width is not None and is_gp_model(name):
-        options["width"] = config.width
-    return build_model(name, 4, 3, **options).eval()
+    return build_model(name, 4, 3, **preset_config(preset, "store.zarr", name, "run").network_options()).eval()
 
 
 def timed(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor,

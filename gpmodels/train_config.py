@@ -27,7 +27,7 @@ from typing import Any, Literal, get_args
 
 from gpmodels.augment import AugmentConfig
 from gpmodels.names import MODEL_NAMES, PRECISIONS, Precision
-from gpmodels.nets import model_options
+from gpmodels.nets import check_options, model_options
 
 CacheMode = Literal["auto", "always", "never"]
 CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
@@ -134,6 +134,20 @@ class TrainConfig:
     def accumulate(self) -> int:
         """Batches per optimiser step: ``ceil(effective_batch / (batch_size * devices))``."""
         return math.ceil(self.effective_batch / (self.batch_size * self.devices))
+
+    def network_options(self) -> dict[str, Any]:
+        """The network's full options: its defaults, then ``model_options``, then ``width`` (for
+        networks that have one).
+
+        Raises:
+            ValueError: If a ``model_options`` key is not an option of the network.
+        """
+        check_options(self.model, self.model_options, field="model_options")
+        defaults = model_options(self.model)
+        options = {**defaults, **self.model_options}
+        if self.width is not None and "width" in defaults:
+            options["width"] = self.width
+        return options
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (nested dicts, lists and primitives only)."""

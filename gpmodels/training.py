@@ -38,7 +38,7 @@ from gpmodels.checkpoints import (
 from gpmodels.data import SliceDataModule, balanced_class_weights, split_indices
 from gpmodels.files import write_text_atomic
 from gpmodels.lightning_module import ClassifierModule
-from gpmodels.nets import build_model, check_options, model_options
+from gpmodels.nets import build_model
 from gpmodels.train_config import RunConfig, TrainConfig
 from storage.store import SPLIT_NAMES, open_store
 
@@ -89,11 +89,7 @@ def resolve_run(config: TrainConfig) -> RunConfig:
     splits = {split: split_indices(group, config.fold, split) for split in SPLIT_NAMES}
     if len(splits["train"]) == 0:
         raise ValueError(f"fold: fold {config.fold} of {config.store} has no training slices")
-    check_options(config.model, config.model_options, field="model_options")
-    defaults = model_options(config.model)
-    options = {**defaults, **config.model_options}
-    if config.width is not None and "width" in defaults:
-        options["width"] = config.width
+    options = config.network_options()
     store_size = int(group["images"].shape[-1])
     local = "://" not in config.store
     return RunConfig(

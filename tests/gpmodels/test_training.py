@@ -46,6 +46,10 @@ def test_presets_and_overrides():
     assert preset_config("paper", "s.zarr", "inceptionv3", "run").model_options == {}
     kept = preset_config("demo", "s.zarr", "inceptionv3", "run", model_options={"dropout": 0.2})
     assert kept.model_options == {"aux_logits": False, "dropout": 0.2}
+    shuffle = preset_config("demo", "s.zarr", "gp-shuffleunet", "run").network_options()
+    assert (shuffle["width"], shuffle["pool"]) == (8, "maps") and "width" not in kept.network_options()
+    with pytest.raises(ValueError, match="model_options"):
+        preset_config("demo", "s.zarr", "resnext50", "run", model_options={"pool": "maps"}).network_options()
     with pytest.raises(ValueError, match="preset"):
         preset_config("fast", "s.zarr", "gp-unet", "run")
     with pytest.raises(ValueError, match="unknown fields"):
