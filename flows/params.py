@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -54,6 +55,13 @@ class ThresholdParams(BaseModel):
         return {"method": self.method, "offset": offset if self.method == "multiotsu" else 0.0, "value": self.value}
 
 
+def absolute_workdir(value: str) -> str:
+    """``workdir`` as an absolute path, resolved against the current directory (for a deployment, the
+    folder its pull step set). Task cache keys hold the run paths made from it, so ``demo`` and
+    ``/project/demo`` share the cache, and Dask workers with another current directory find the runs."""
+    return str(Path(value).expanduser().resolve())
+
+
 def _default_datasets() -> list[DatasetSpec]:
     return [DatasetSpec(kind="brats", phantom_cases=16), DatasetSpec(kind="jun-cheng", phantom_cases=120)]
 
@@ -65,7 +73,8 @@ class TrainingParams(BaseModel):
     refuses to continue with other settings, so other presets or options need another ``workdir``.
     """
 
-    workdir: str = Field("runs/benchmark", description="Phantoms, stores, runs and the report go here.")
+    workdir: str = Field("runs/benchmark", validate_default=True, description="Phantoms, stores, runs and the "
+                         "report go here (a relative path is made absolute against the current directory).")
     models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
     folds: int = Field(3, ge=1, le=20)
     preset: Literal["paper", "demo", "smoke"] = "demo"
@@ -81,6 +90,8 @@ class TrainingParams(BaseModel):
         None, description="Training seeds per (model, fold). Unset: one run per (model, fold) with the preset's "
         "seed. Several: each seed trains into fold_K/seed_S and only the run with the lowest validation loss is "
         "evaluated and reported (the report names the seed kept and the others' losses).")
+
+    _absolute_workdir = field_validator("workdir")(absolute_workdir)
 
     @field_validator("seeds")
     @classmethod
@@ -129,12 +140,14 @@ class BenchmarkParams(TrainingParams):
 class PostprocessParams(BaseModel):
     """Parameters of ``postprocess``: re-threshold stored heatmaps and re-report."""
 
-    workdir: str = "runs/benchmark"
+    workdir: str = Field("runs/benchmark", validate_default=True)
     runs: list[str] = Field(default_factory=list, description=(
         "Run dirs (default: the runs of the report in workdir/report, so older data versions and seeds not "
         "kept stay out; without a report, every run with test heatmaps under workdir/runs)."))
     threshold: ThresholdParams = Field(default_factory=ThresholdParams)
     out: str | None = Field(None, description="Report folder (default: workdir/report).")
+
+    _absolute_workdir = field_validator("workdir")(absolute_workdir)
 
 
 class RetrainParams(TrainingParams):

@@ -9,6 +9,11 @@ Optimiser: Adam with L2 weight decay (DESIGN.md "Training").
 Logged: ``train_loss`` (epoch mean); ``val_loss``, ``val_acc``, ``val_f1`` (weighted F1) per
 epoch; the same as ``test_*`` in testing.
 
+Checkpoints also hold torch's global random state (key ``gpseg_rng``: the CPU generator and each
+CUDA device's), which dropout draws from, so a run resumed from ``last.ckpt`` continues exactly as
+the uninterrupted run would have. The sampling order and the augmentation have generators of their
+own, restored by the data module.
+
 References:
     Szegedy, C. et al., "Rethinking the Inception architecture for computer vision", CVPR 2016
     (auxiliary classifier). Kingma, D. P. and Ba, J., "Adam", ICLR 2015.
@@ -27,6 +32,21 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 _EVAL_STAGES = ("val", "test")
+RNG_KEY = "gpseg_rng"
+
+
+def global_rng_state() -> dict[str, Any]:
+    """torch's global random state: ``cpu`` (uint8 tensor) and ``cuda`` (one per visible device)."""
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_global_rng_state(state: dict[str, Any]) -> None:
+    """Restore a :func:`global_rng_state` (CUDA states for as many devices as both sides have)."""
+    torch.set_rng_state(state["cpu"])
+    if torch.cuda.is_available():
+        for device, device_state in enumerate(state.get("cuda", [])[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state, device)
 
 
 def weighted_cross_entropy(logits: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
@@ -131,6 +151,13 @@ class ClassifierModule(pl.LightningModule):
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RNG_KEY] = global_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if RNG_KEY in checkpoint:  # checkpoints written before gpseg kept it have none
+            set_global_rng_state(checkpoint[RNG_KEY])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

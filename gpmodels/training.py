@@ -163,10 +163,8 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
         data = SliceDataModule(run.store_path, config.fold, config.batch_size, image_size=run.image_size,
                                augment=config.augment, seed=config.seed, num_workers=config.num_workers,
                                cache=config.cache, cache_limit_bytes=int(config.cache_limit_gb * 2**30))
-        checkpoint = ModelCheckpoint(dirpath=paths.checkpoints, filename="best", monitor="val_loss", mode="min",
-                                     save_top_k=1, save_last=True, enable_version_counter=False,
-                                     auto_insert_metric_name=False)
-        trainer = _trainer(config, paths, start_step, checkpoint, progress_bar)
+        checkpoint, last = _checkpoint_callbacks(paths)
+        trainer = _trainer(config, paths, start_step, [checkpoint, last], progress_bar)
         trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
         best = paths.best if paths.best.exists() else paths.last
         _write_model(best, paths.model)
@@ -213,11 +211,25 @@ def load_trained(run_dir: Path | str, which: Literal["best", "last"] = "best",
     return net.to(map_location).eval(), run
 
 
-def _trainer(config: TrainConfig, paths: RunPaths, start_step: int, checkpoint: ModelCheckpoint,
+def _checkpoint_callbacks(paths: RunPaths) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """``best.ckpt`` (lowest ``val_loss``) and ``last.ckpt`` (end of every epoch), as two callbacks.
+
+    One callback with ``save_last=True`` no longer does both: since Lightning 2.6 it writes
+    ``last.ckpt`` only at a step where it also saved a top-k checkpoint, so with ``save_top_k=1``
+    ``last.ckpt`` stayed at the best epoch, and a re-run "resumed" by training the epochs after it
+    again. The second callback monitors nothing and keeps one file, named ``last``, rewritten every epoch.
+    """
+    common = {"dirpath": paths.checkpoints, "save_top_k": 1, "enable_version_counter": False,
+              "auto_insert_metric_name": False}
+    return (ModelCheckpoint(filename="best", monitor="val_loss", mode="min", **common),
+            ModelCheckpoint(filename=paths.last.stem, monitor=None, **common))
+
+
+def _trainer(config: TrainConfig, paths: RunPaths, start_step: int, checkpoints: list[ModelCheckpoint],
              progress_bar: bool) -> pl.Trainer:
     loggers = [CSVLogger(paths.root, name="logs", version=f"step_{start_step:07d}", flush_logs_every_n_steps=1),
                TensorBoardLogger(paths.root, name="tensorboard", version="", default_hp_metric=False)]
-    callbacks: list[pl.Callback] = [checkpoint]
+    callbacks: list[pl.Callback] = list(checkpoints)
     if progress_bar:
         callbacks.append(RichProgressBar(leave=True))
     limit = config.limit_batches

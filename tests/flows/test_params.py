@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from flows.params import BenchmarkParams, RetrainParams
+from flows.params import BenchmarkParams, PostprocessParams, RetrainParams
 from gpseg.console import one_line
 
 
@@ -24,6 +24,16 @@ def test_without_model_options_the_overrides_are_unchanged():
 
     assert params.overrides_for("resnext50") == {"devices": 2}
     assert BenchmarkParams().overrides_for("gp-unet") == {}
+
+
+def test_workdir_is_made_absolute_against_the_current_directory(tmp_path, monkeypatch):
+    # Cache keys hold run paths made from it: "demo" and "/project/demo" must be the same runs.
+    monkeypatch.chdir(tmp_path)
+    for params in (BenchmarkParams(workdir="demo"), RetrainParams(workdir="./demo"),
+                   PostprocessParams(workdir="demo/../demo")):
+        assert params.workdir == str(tmp_path / "demo")
+    assert BenchmarkParams().workdir == PostprocessParams().workdir == str(tmp_path / "runs" / "benchmark")
+    assert BenchmarkParams(workdir=str(tmp_path / "demo")).workdir == str(tmp_path / "demo")
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -220,6 +220,45 @@ def test_rerun_after_a_kill_continues_from_last_checkpoint(smoke_run, tmp_path):
     assert epochs == [str(e) for e in range(epoch + 2)]
 
 
+def test_last_checkpoint_is_the_last_epoch_when_validation_loss_stops_improving(smoke_run, tmp_path, monkeypatch):
+    """``last.ckpt`` is the end of training, not the best epoch, so a finished run re-runs in no steps.
+
+    The validation loss is made to rise each epoch, so the best epoch is the first of three.
+    """
+    config, _ = smoke_run
+    loss = ClassifierModule.loss
+
+    def rising_validation_loss(self, images, labels):
+        logits, value = loss(self, images, labels)
+        return logits, value + (0.0 if self.training else float(self.current_epoch))
+
+    monkeypatch.setattr(ClassifierModule, "loss", rising_validation_loss)
+    out = tmp_path / "rising"
+    result = train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "epochs": 3}))
+    paths = RunPaths(out)
+    assert result.global_step == 6
+    assert torch.load(paths.best, weights_only=True)["global_step"] == 2
+    assert torch.load(paths.last, weights_only=True)["global_step"] == 6
+    again = train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "epochs": 3}))
+    assert (again.start_step, again.global_step) == (6, 6)
+    assert again.best_val_loss == pytest.approx(result.best_val_loss)
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(smoke_run, tmp_path):
+    """Dropout draws from torch's global generator, so its state travels in the checkpoint too."""
+    config, _ = smoke_run
+    assert resolve_run(config).model_options["dropout"] > 0
+    whole = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "whole"), "epochs": 2})
+    train(whole)
+    split = TrainConfig.from_dict({**whole.to_dict(), "out": str(tmp_path / "split")})
+    train(TrainConfig.from_dict({**split.to_dict(), "epochs": 1}))
+    torch.manual_seed(12345)  # whatever the process did in between
+    assert train(split).start_step == 2
+    uninterrupted = net_state_from_checkpoint(RunPaths(tmp_path / "whole").last)
+    resumed = net_state_from_checkpoint(RunPaths(tmp_path / "split").last)
+    assert all(torch.equal(uninterrupted[key], resumed[key]) for key in uninterrupted)
+
+
 def test_inceptionv3_trains_with_its_auxiliary_classifier(phantom_store, tmp_path):
     config = preset_config("smoke", str(phantom_store), "inceptionv3", str(tmp_path / "inception"),
                            batch_size=2, effective_batch=2, limit_batches=1)
