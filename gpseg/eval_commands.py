@@ -53,6 +53,7 @@ def heatmaps_cmd(
     """Run a trained model over splits and write Zarr heatmap stores under RUN/heatmaps/."""
     from gpmodels.heatmaps import generate_heatmaps
 
+    _require_run(run)
     for name in split:
         try:
             with progress_bar(f"heatmaps {name}") as update:
@@ -64,6 +65,14 @@ def heatmaps_cmd(
         console.print(f"[green]wrote[/green] {path}")
 
 
+def _require_run(run: Path) -> Path:
+    """``RUN/config.json``, or a one-line error naming the folder."""
+    config_path = run / "config.json"
+    if not config_path.is_file():
+        raise fail(f"{run}: not a run directory (no config.json)")
+    return config_path
+
+
 def _evaluate(runs: list[Path], method: str, offset: str | None, value: float, target_class: str) -> list[dict]:
     import json
 
@@ -72,10 +81,7 @@ def _evaluate(runs: list[Path], method: str, offset: str | None, value: float, t
 
     results = []
     for run in runs:
-        config_path = run / "config.json"
-        if not config_path.is_file():
-            raise fail(f"{run}: not a run directory (no config.json)")
-        model = json.loads(config_path.read_text())["train"]["model"]
+        model = json.loads(_require_run(run).read_text())["train"]["model"]
         try:
             result = evaluate_heatmaps(heatmap_path(run, "test"), threshold_config(model, method, offset, value,
                                                                                    target_class))

@@ -350,3 +350,17 @@ def test_a_seed_runs_selection_is_shown_beside_its_seed(report_runs, tmp_path):
     assert load_run(report_runs["gp"]).seed_selection is None
     page = build_report([kept], tmp_path / "out").read_text()
     assert "kept: lowest validation loss of seed_0 0.718, seed_1 0.477" in page
+
+
+@pytest.mark.parametrize("command", [["heatmaps", "--run"], ["postprocess", "--runs"], ["report"]])
+def test_a_folder_that_is_no_run_is_refused_in_one_line_before_any_work(command, tmp_path):
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    folder = tmp_path / "not-a-run"
+    folder.mkdir()
+    out = [] if command[0] == "heatmaps" else ["--out", str(tmp_path / "report")]
+    result = CliRunner().invoke(app, [*command, str(folder), *out])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {folder}: not a run directory (no config.json)"
