@@ -14,7 +14,7 @@ from flows.params import DatasetSpec, ThresholdParams, TrainingParams
 from gpmodels.files import SEED_SELECTION, write_text_atomic
 from tasks.data import fingerprint, ingest_source, synth_phantoms, validate
 from tasks.evaluation import evaluate_run
-from tasks.training import heatmap_path, make_heatmaps, train_model
+from tasks.training import heatmap_path, make_heatmaps, train_model, weights_hash
 
 
 def trusted(cached_task, output: str | Path):
@@ -182,9 +182,12 @@ def heatmaps_and_evaluation(trained: list[dict], threshold: ThresholdParams, pos
             out.append(run)
             continue
         try:
+            # The weights on disk, not the (maybe cached) training result's: a run dir trained further
+            # outside the flow gets new heatmaps.
+            weights = weights_hash(run["run_dir"])
             for split, count in (("val", 0), ("test", posthoc)):
                 heatmaps = trusted(make_heatmaps, heatmap_path(run["run_dir"], split))
-                heatmaps(run["run_dir"], run["weights"], split, count)
+                heatmaps(run["run_dir"], weights, split, count)
             evaluation = evaluate_run(run["run_dir"], threshold.for_model(run["model"]))
         except Exception as exc:  # one run's failure must not lose the others
             logger.error("%s fold %s: heatmaps/evaluation failed: %s", run["model"], run["fold"], exc)

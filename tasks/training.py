@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
@@ -12,7 +14,7 @@ from gpmodels.train_process import train_in_subprocess
 from gpmodels.training import train
 from storage.nifti import sha256_file
 
-__all__ = ["heatmap_path", "make_heatmaps", "train_model"]
+__all__ = ["heatmap_path", "make_heatmaps", "train_model", "weights_hash"]
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE, persist_result=True, tags=["training"])
@@ -35,6 +37,13 @@ def train_model(store: str, data_version: str, model: str, fold: int, preset: st
     return {"run_dir": str(result.run_dir), "weights": sha256_file(result.run_dir / "model.pt")[:16], "model": model,
             "fold": fold, "seed": config.seed, "data_version": data_version, "test": result.test_metrics,
             "best_val_loss": result.best_val_loss, "seconds": result.seconds}
+
+
+def weights_hash(run_dir: str | Path) -> str:
+    """The first 16 hex digits of ``RUN_DIR/model.pt``'s sha256, as :func:`train_model` returns them
+    (not called there, so that the cached training of earlier versions stays valid): what
+    :func:`make_heatmaps` is cached on."""
+    return sha256_file(Path(run_dir) / "model.pt")[:16]
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE, persist_result=True, tags=["inference"])

@@ -60,6 +60,28 @@ def test_benchmark_rerun_reuses_cached_training(bench_workdir):
     assert trains[-1].state.name == "Cached"
 
 
+def test_benchmark_redoes_heatmaps_of_weights_changed_behind_the_cache(bench_workdir, task_names):
+    import torch
+
+    from gpmodels.checkpoints import save_weights
+
+    weights = next((bench_workdir / "runs").glob("**/model.pt"))  # e.g. trained further with `gpseg train`
+    state = torch.load(weights, weights_only=True)
+    save_weights({key: value + 0.01 if value.is_floating_point() else value for key, value in state.items()}, weights)
+    rerun = full_benchmark(_bench(bench_workdir), return_state=True)
+    assert rerun.is_completed() and not rerun.result()["failed"]
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[rerun.state_details.flow_run_id])), limit=200)
+    states = [(r.name.rsplit("-", 1)[0], r.state.name) for r in runs]
+    heatmaps = [state for name, state in states if name == "make_heatmaps"]
+    assert heatmaps == ["Completed", "Completed"]  # val and test; not "Cached": the maps are of the weights on disk
+
+
 def test_benchmark_rebuilds_outputs_deleted_behind_the_cache(bench_workdir, tmp_path):
     import shutil
 
