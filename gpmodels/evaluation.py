@@ -150,7 +150,7 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
     free = labels == 0 if tumour_free else np.zeros(n, bool)
     result = {
         "run": {key: attrs.get(key) for key in ("model", "fold", "split", "run_dir", "store_path", "data_version",
-                                                 "classes", "kind", "image_size")},
+                                                 "classes", "kind", "image_size", "cam_layer", "cam_grid")},
         "threshold": {**_config_dict(config), "offset_source": offset_source},
         "classification": classification_metrics(labels, predicted, classes),
         "tumour_only_accuracy": (tumour_only_accuracy(labels, predicted, tumour_classes)

@@ -40,6 +40,7 @@ from torchvision.models.resnet import ResNet
 from gpmodels.nets.baselines import InceptionV3
 
 __all__ = [
+    "cam_grid",
     "check_images",
     "check_target",
     "count_classes",
@@ -174,6 +175,33 @@ def _check_layer(model: nn.Module, layer: nn.Module | None) -> nn.Module:
     if not any(module is layer for module in model.modules()):
         raise ValueError(f"layer: {type(layer).__name__} is not a submodule of the model")
     return layer
+
+
+def cam_grid(model: nn.Module, images: Tensor, layer: nn.Module | None = None) -> tuple[str, int, int]:
+    """The Grad-CAM layer's name and grid ``(h, w)`` for inputs of this size (one image's forward pass).
+
+    Every Grad-CAM map of such inputs is a bilinear enlargement of an h×w grid; at 1×1 it is constant,
+    so it cannot localise anything (see the module docstring for the sizes).
+
+    Args:
+        model: A classifier returning logits (B, K).
+        images: Float batch (B, C, H, W) on the model's device; only the first image is used.
+        layer: Convolutional layer to read; :func:`default_cam_layer` when None.
+
+    Returns:
+        ``(name, h, w)``: the layer's name in ``model.named_modules()`` and its output grid.
+    """
+    check_images(model, images)
+    layer = _check_layer(model, layer)
+    name = next(n for n, module in model.named_modules() if module is layer)
+    shapes: list[tuple[int, ...]] = []
+    handle = layer.register_forward_hook(lambda _module, _inputs, output: shapes.append(tuple(output.shape)))
+    try:
+        with evaluation_mode(model), torch.no_grad():
+            model(images[:1])
+    finally:
+        handle.remove()
+    return name, int(shapes[-1][-2]), int(shapes[-1][-1])
 
 
 def _gradcam(model: nn.Module, images: Tensor, layer: nn.Module, target: int | Tensor) -> Tensor:

@@ -14,7 +14,9 @@ over one split and writes ``RUN_DIR/heatmaps/<split>.zarr``:
 
 GP models give their inherent un-pooled class maps (``forward_maps``);
 baselines give Grad-CAM maps of every class (``kind`` attribute ``gradcam``),
-so both are thresholded the same way. The store is written under a temporary
+so both are thresholded the same way. Grad-CAM stores also record the layer
+(``cam_layer``) and its grid ``cam_grid`` ``[h, w]`` at the training size: each
+map is that grid enlarged, a constant map at 1×1. The store is written under a temporary
 name and renamed into place, like slice stores.
 """
 
@@ -104,6 +106,13 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
                                  chunks=(1, k, size, size), compressors=zarr.codecs.ZstdCodec(level=1))
     logits_all = np.zeros((index.size, k), dtype=np.float32)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if target.type == "cuda" else nullcontext())
+    cam: dict[str, object] = {}
+    if not gp:
+        from gpmodels.gradcam import cam_grid
+
+        probe = torch.zeros(1, len(run.channels), run.image_size, run.image_size, device=target)
+        layer, grid_h, grid_w = cam_grid(model, probe)
+        cam = {"cam_layer": layer, "cam_grid": [grid_h, grid_w]}
     try:
         for start in range(0, index.size, batch_size):
             sel = index[start:start + batch_size]
@@ -125,7 +134,7 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
             "run_dir": str(Path(run_dir).resolve()), "store_path": run.store_path,
             "data_version": run.data_version, "classes": list(run.classes), "channels": list(run.channels),
             "image_size": run.image_size, "store_image_size": size, "device": str(target),
-            "seconds": time.perf_counter() - started,
+            "seconds": time.perf_counter() - started, **cam,
         })
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"

@@ -167,10 +167,12 @@ def _read_slices(path: Path) -> dict[str, np.ndarray] | None:
     return out
 
 
-def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str, Any]) -> str:
+def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str, Any],
+           cam_grid: Sequence[int] | None = None) -> str:
     """``"GP-UNet (pool=maps, width=16)"``: the network options the run was given (by its preset or
     its user; read from ``config.json``'s ``train`` part, so no network is imported), then any
-    threshold that is not the paper's multi-Otsu on the predicted class."""
+    threshold that is not the paper's multi-Otsu on the predicted class, then a Grad-CAM run's grid
+    (``"Grad-CAM 1×1"``: its maps are that grid enlarged, so a reader sees why they cannot segment)."""
     parts = []
     if config is not None:
         train = config.get("train", {})
@@ -182,6 +184,8 @@ def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str,
         parts.append(f"fixed {threshold['value']:g}" if threshold["method"] == "fixed" else threshold["method"])
     if threshold.get("target_class", "predicted") != "predicted":
         parts.append(f"{threshold['target_class']} class")
+    if cam_grid:
+        parts.append(f"Grad-CAM {cam_grid[0]}×{cam_grid[1]}")
     title = MODEL_TITLES.get(model, model)
     return f"{title} ({', '.join(parts)})" if parts else title
 
@@ -228,7 +232,8 @@ def load_run(run_dir: Path | str) -> ReportRun:
         dataset, store_error = Path(store_path).stem, str(exc)
     return ReportRun(run_dir=run_dir, evaluation=evaluation, config=config,
                      slices=_read_slices(run_dir / "evaluation_slices.csv"), dataset=dataset,
-                     label=_label(evaluation["run"]["model"], config, evaluation["threshold"]),
+                     label=_label(evaluation["run"]["model"], config, evaluation["threshold"],
+                                  evaluation["run"].get("cam_grid")),
                      store_error=store_error, seed_selection=seed_selection_text(run_dir))
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from captum.attr import Saliency
 from torch import Tensor, nn
 
-from gpmodels.gradcam import default_cam_layer, evaluation_mode, gradcam_maps, gradcam_target_maps
+from gpmodels.gradcam import cam_grid, default_cam_layer, evaluation_mode, gradcam_maps, gradcam_target_maps
 from gpmodels.map_agreement import rank_agreement
 from gpmodels.nets import build_model
 from gpmodels.posthoc import (
@@ -123,6 +123,17 @@ def test_default_cam_layer_and_gradcam_refusals(gp_unet, resnext):
         gradcam_target_maps(model, images, torch.tensor([2, 0]), model[3]),
         torch.stack([maps[0, 2], maps[1, 0]]),
     )
+
+
+def test_cam_grid_is_the_layer_output_the_maps_are_enlarged_from(resnext):
+    inception = build_model("inceptionv3", 4, 3, aux_logits=False)
+    assert cam_grid(inception, torch.rand(2, 4, 64, 64)) == ("net.Mixed_7c", 1, 1)  # enlarged to 75 px inside
+    assert cam_grid(inception, torch.rand(1, 4, 240, 240)) == ("net.Mixed_7c", 6, 6)
+    assert cam_grid(resnext, torch.rand(1, 4, 64, 64)) == ("layer4", 2, 2)
+    constant = gradcam_maps(inception.eval(), torch.rand(2, 4, 64, 64))
+    torch.testing.assert_close(constant, constant[..., :1, :1].expand_as(constant))  # 1x1: nothing to localise
+    model = small_cnn()
+    assert cam_grid(model, torch.randn(1, 2, 9, 10), layer=model[3])[1:] == (9, 10)
 
 
 def test_occlusion_credits_exactly_the_pixels_the_logit_depends_on():

@@ -364,3 +364,13 @@ def test_a_folder_that_is_no_run_is_refused_in_one_line_before_any_work(command,
     result = CliRunner().invoke(app, [*command, str(folder), *out])
     assert result.exit_code == 1
     assert result.output.strip() == f"error: {folder}: not a run directory (no config.json)"
+
+
+def test_a_grad_cam_run_names_its_grid_so_constant_maps_are_explained(report, report_runs):
+    heat = zarr.open_group(str(report_runs["baseline"] / "heatmaps" / "test.zarr"), mode="r")
+    assert heat.attrs["cam_layer"] == "layer4" and heat.attrs["cam_grid"] == [1, 1]  # ResNeXt50 at 32 px
+    assert _evaluation(report_runs["baseline"])["run"]["cam_grid"] == [1, 1]
+    assert _evaluation(report_runs["gp"])["run"]["cam_grid"] is None
+    labels = {row["model"]: row["label"] for row in _read_csv(report.parent / "summary.csv")}
+    assert labels["resnext50"] == "ResNeXt50 (Grad-CAM 1×1)" and "Grad-CAM" not in labels["gp-unet"]
+    assert "ResNeXt50 (Grad-CAM 1×1)" in html.unescape(report.read_text())
