@@ -132,7 +132,7 @@ def _summary_section(groups: Sequence[ModelGroup]) -> str:
                 rows.append([f"paper{note}", "", ""] + [_e(f"{paper.values[c.key]:g}") if c.key in paper.values
                                                          else "–" for c in COLUMNS])
                 classes.append("paper")
-        header = ["model", "heatmaps", "folds"] + [_e(c.header) for c in COLUMNS]
+        header = ["model", "heatmaps", "fold(s)"] + [_e(c.header) for c in COLUMNS]
         parts.append(f"<h3>{_e(DATASET_TITLES.get(dataset, dataset))}</h3>"
                      + _table(header, rows, text_columns=3, row_classes=classes))
     parts.append(
