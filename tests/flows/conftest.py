@@ -31,8 +31,14 @@ def task_names():
     return _task_names
 
 
-def _task_names(flow_run_id=None) -> list[str]:
-    """Names (without the run suffix) of task runs, of one flow run or of all."""
+@pytest.fixture(scope="session")
+def task_states():
+    """A function listing ``(name, state name)`` of task runs, of one flow run or of all."""
+    return _task_states
+
+
+def _task_states(flow_run_id=None) -> list[tuple[str, str]]:
+    """``(name without the run suffix, state name)`` of task runs, of one flow run or of all."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -40,4 +46,9 @@ def _task_names(flow_run_id=None) -> list[str]:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])) if flow_run_id else None,
             limit=200)
-    return [r.name.rsplit("-", 1)[0] for r in runs]
+    return [(r.name.rsplit("-", 1)[0], r.state.name) for r in runs]
+
+
+def _task_names(flow_run_id=None) -> list[str]:
+    """Names (without the run suffix) of task runs, of one flow run or of all."""
+    return [name for name, _ in _task_states(flow_run_id)]

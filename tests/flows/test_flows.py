@@ -60,7 +60,7 @@ def test_benchmark_rerun_reuses_cached_training(bench_workdir):
     assert trains[-1].state.name == "Cached"
 
 
-def test_benchmark_redoes_heatmaps_of_weights_changed_behind_the_cache(bench_workdir, task_names):
+def test_benchmark_redoes_heatmaps_of_weights_changed_behind_the_cache(bench_workdir, task_states):
     import torch
 
     from gpmodels.checkpoints import save_weights
@@ -70,15 +70,7 @@ def test_benchmark_redoes_heatmaps_of_weights_changed_behind_the_cache(bench_wor
     save_weights({key: value + 0.01 if value.is_floating_point() else value for key, value in state.items()}, weights)
     rerun = full_benchmark(_bench(bench_workdir), return_state=True)
     assert rerun.is_completed() and not rerun.result()["failed"]
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[rerun.state_details.flow_run_id])), limit=200)
-    states = [(r.name.rsplit("-", 1)[0], r.state.name) for r in runs]
-    heatmaps = [state for name, state in states if name == "make_heatmaps"]
+    heatmaps = [state for name, state in task_states(rerun.state_details.flow_run_id) if name == "make_heatmaps"]
     assert heatmaps == ["Completed", "Completed"]  # val and test; not "Cached": the maps are of the weights on disk
 
 
