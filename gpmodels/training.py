@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -49,6 +49,12 @@ _QUIET_WARNINGS = (
     r".*The number of training batches.*",
     r".*treespec, LeafSpec.*",
 )
+
+TRAINING_RECORD_FIELDS: tuple[str, ...] = ("epochs", "devices", "accelerator", "precision")
+"""Resumable fields that say how a run's weights were made: a re-run with nothing left to train keeps
+their recorded values (see :func:`train`)."""
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,7 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
     run = resolve_run(config)
     paths = RunPaths(Path(config.out))
     resume = paths.last if paths.last.exists() else None
+    previous: RunConfig | None = None
     if resume is not None and paths.config.exists():
         previous = RunConfig.from_dict(json.loads(paths.config.read_text()))
         changed = previous.differences(run)
@@ -166,6 +173,8 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
         checkpoint, last = _checkpoint_callbacks(paths)
         trainer = _trainer(config, paths, start_step, [checkpoint, last], progress_bar)
         trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+        if previous is not None and trainer.global_step == start_step:
+            run = _keep_training_record(paths, previous, run, start_step)
         best = paths.best if paths.best.exists() else paths.last
         _write_model(best, paths.model)
         test_metrics: dict[str, float] = {}
@@ -264,6 +273,28 @@ def _prepare_run_dir(paths: RunPaths, run: RunConfig, fresh: bool) -> None:
         for stale in (paths.logs, paths.tensorboard):
             shutil.rmtree(stale, ignore_errors=True)
         paths.best.unlink(missing_ok=True)
+    _write_config(paths, run)
+
+
+def _keep_training_record(paths: RunPaths, previous: RunConfig, run: RunConfig, step: int) -> RunConfig:
+    """The configuration of a re-run that found nothing left to train, as ``config.json`` keeps it.
+
+    Where it goes (store, run dir, workers, cache) comes from the re-run, so a moved store is found;
+    how the weights were made (:data:`TRAINING_RECORD_FIELDS`) stays as recorded, and a re-run that
+    asked for other values of them is told, in one warning, that they were not applied.
+    """
+    kept = {name: getattr(previous.train, name) for name in TRAINING_RECORD_FIELDS}
+    asked = [f"{name}={getattr(run.train, name)!r} (trained with {value!r})" for name, value in kept.items()
+             if getattr(run.train, name) != value]
+    if asked:
+        _LOG.warning("%s: already trained (%d steps), kept as it is; not re-trained with %s. Train into another "
+                     "run directory (or delete this one) to apply them.", paths.root, step, ", ".join(asked))
+    record = replace(run, train=replace(run.train, **kept), accumulate=previous.accumulate)
+    _write_config(paths, record)
+    return record
+
+
+def _write_config(paths: RunPaths, run: RunConfig) -> None:
     write_text_atomic(paths.config, json.dumps(run.to_dict(), indent=2) + "\n")
 
 

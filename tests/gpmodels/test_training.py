@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import shutil
 import subprocess
 import sys
 import time
@@ -182,6 +184,28 @@ def test_rerun_resumes_from_last_checkpoint(smoke_run, tmp_path):
     other = TrainConfig.from_dict({**longer.to_dict(), "lr": 0.01})
     with pytest.raises(ValueError, match="train.lr"):
         train(other)
+
+
+def test_a_finished_run_rerun_with_other_precision_keeps_its_record(smoke_run, tmp_path, caplog):
+    config, _ = smoke_run
+    out = tmp_path / "finished"
+    train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "test": False}))
+    weights = (out / "model.pt").read_bytes()
+    moved = tmp_path / "moved.zarr"
+    shutil.copytree(config.store, moved)
+    again = TrainConfig.from_dict({**config.to_dict(), "out": str(out), "store": str(moved), "test": False,
+                                   "precision": "bf16-mixed", "epochs": 1})
+    with caplog.at_level(logging.WARNING, logger="gpmodels.training"):
+        result = train(again)
+
+    assert (result.start_step, result.global_step) == (2, 2)
+    recorded = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
+    assert recorded.train.precision == config.precision == "auto"
+    assert recorded.store_path == str(moved.resolve())  # where the data is now still comes from the re-run
+    assert result.run == recorded
+    assert (out / "model.pt").read_bytes() == weights
+    assert len(caplog.records) == 1
+    assert "precision='bf16-mixed' (trained with 'auto')" in caplog.records[0].getMessage()
 
 
 def test_a_run_written_before_a_network_option_existed_still_resumes(smoke_run):
