@@ -339,11 +339,12 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> 
                      _e(", ".join(config.get("channels", []))),
                      _e(f"{config.get('image_size', '–')} (store {config.get('store_image_size', '–')})"),
                      _e(train.get("epochs", "–")), _e(train.get("preset", "–")), _seed_cell(train, run),
+                     _e(train.get("precision", "–")),
                      _e(_threshold_text(run.evaluation["threshold"])),
                      _e(run.evaluation["threshold"].get("offset_source", "–")),
                      _duration(seconds)])
     header = ["run", "model", "fold", "store", "data version", "classes", "channels", "image size", "epochs",
-              "preset", "seed", "threshold", "offset source", "training time"]
+              "preset", "seed", "precision", "threshold", "offset source", "training time"]
     curves = []
     for g in groups:
         series = {f"fold {run.fold}": _curves(run.run_dir) for run in g.runs}
@@ -354,6 +355,8 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> 
     conventions = sorted({run.evaluation["segmentation"].get("convention") or "–" for run in runs})
     return (_table(header, rows, text_columns=len(header) - 1, wrap=True)
             + "".join(f'<p class="caption"><b>Dice convention</b>: {_e(text)}</p>' for text in conventions)
+            + '<p class="caption">Precision as requested: <code>auto</code> is 32-true on the CPU and '
+              "bf16-mixed (16-mixed without bf16) on a GPU.</p>"
             + '<p class="caption">Training time: first to last training/validation event in the run\'s '
               "TensorBoard files (all attempts of a resumed run added up).</p>"
             + f'<h3>Training curves</h3><div class="figures">{"".join(curves) or "–"}</div>')

@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from gpseg.console import console, fail
-from gpseg.options import parse_seeds
+from gpseg.options import PRECISION_HELP, flow_train_overrides, parse_seeds
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -36,6 +36,7 @@ def demo(
         help="Comma-separated training seeds, e.g. 0,1,2: every (model, fold) trains once per seed and the run "
              "with the lowest validation loss is evaluated (about that many times the training time; the "
              "10-minute budget holds one seed).")] = None,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
 ) -> None:
     """Phantoms -> ingest -> validate -> train 5 models -> heatmaps -> thresholds -> evaluation -> report."""
     from flows.full_benchmark import full_benchmark
@@ -45,10 +46,12 @@ def demo(
     threshold = ThresholdParams(offset=None if offset == "paper" else (offset if offset == "auto" else float(offset)))
     try:
         seed_list = parse_seeds(seeds)
+        overrides = flow_train_overrides(precision=precision)
     except ValueError as exc:
         raise fail(str(exc)) from exc
     params = BenchmarkParams(
         workdir=str(workdir.resolve()), folds=folds, preset="demo", threshold=threshold, seeds=seed_list,
+        train_overrides=overrides,
         datasets=[DatasetSpec(kind="brats", phantom_cases=brats_cases, phantom_size=size),
                   DatasetSpec(kind="jun-cheng", phantom_cases=jun_cheng_slices, phantom_size=size)])
     result = full_benchmark(params)

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from gpseg.console import console, fail, one_line
-from gpseg.options import parse_model_options, parse_seeds
+from gpseg.options import PRECISION_HELP, flow_train_overrides, parse_model_options, parse_seeds
 
 
 def benchmark_cmd(
@@ -26,6 +26,7 @@ def benchmark_cmd(
     dask_address: Annotated[Optional[str], typer.Option(help="Train on this Dask scheduler; tasks need workers "
                                                              "started with --resources GPU=1.")] = None,
     devices: Annotated[int, typer.Option(help="Devices per training run (more than 1: Lightning DDP).")] = 1,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated training seeds, e.g. 0,1,2: each trains, and "
                                                       "the run with the lowest validation loss of each (model, fold) "
                                                       "is evaluated (default: one run, the preset's seed).")] = None,
@@ -47,7 +48,7 @@ def benchmark_cmd(
             datasets=[DatasetSpec(kind=k, source=v, phantom_cases=16 if k == "brats" else 120)
                       for k, v in sources.items() if v],
             threshold=ThresholdParams(offset=None if offset is None else (offset if offset == "auto" else float(offset))),
-            train_overrides={"devices": devices} if devices > 1 else {}, seeds=parse_seeds(seeds),
+            train_overrides=flow_train_overrides(devices, precision), seeds=parse_seeds(seeds),
             **({"models": [m.strip() for m in models.split(",")]} if models else {}))
     except ValueError as exc:
         raise fail(one_line(exc)) from exc

@@ -1,10 +1,10 @@
-"""Network options on the command line: KEY=VALUE and MODEL:KEY=VALUE."""
+"""Options on the command line: KEY=VALUE, MODEL:KEY=VALUE, seed lists and the flows' training overrides."""
 
 from __future__ import annotations
 
 import pytest
 
-from gpseg.options import parse_model_options, parse_options, parse_seeds
+from gpseg.options import flow_train_overrides, parse_model_options, parse_options, parse_seeds
 
 
 def test_values_are_json_where_they_parse_and_text_otherwise():
@@ -36,3 +36,11 @@ def test_seed_lists_parse_and_bad_ones_name_the_option():
     for bad in ("0,x", "1,1", "", "-1"):
         with pytest.raises(ValueError, match="--seeds"):
             parse_seeds(bad)
+
+
+def test_flow_overrides_are_empty_by_default_so_cached_trainings_stay_valid():
+    assert flow_train_overrides() == {} == flow_train_overrides(1, "auto")
+    assert flow_train_overrides(2, "bf16-mixed") == {"devices": 2, "precision": "bf16-mixed"}
+    assert flow_train_overrides(precision="32-true") == {"precision": "32-true"}
+    with pytest.raises(ValueError, match="--precision: got 'fp64'"):
+        flow_train_overrides(precision="fp64")

@@ -48,3 +48,37 @@ def test_bad_parameters_give_one_line_naming_the_field(cls, kwargs, message):
 
     text = one_line(caught.value)
     assert text.startswith(message) and "\n" not in text
+
+
+@pytest.mark.parametrize(("args", "overrides", "seeds"), [
+    ([], {}, None),  # the main job as the README runs it: no overrides, so its cached training stays valid
+    (["--precision", "bf16-mixed", "--seeds", "0,1"], {"precision": "bf16-mixed"}, [0, 1]),
+])
+def test_main_job_options_reach_the_flow(args, overrides, seeds, tmp_path, monkeypatch):
+    import flows.full_benchmark
+    from typer.testing import CliRunner
+
+    from gpseg.demo import app
+
+    seen = []
+    monkeypatch.setattr(flows.full_benchmark, "full_benchmark",
+                        lambda params: seen.append(params) or {"rows": [], "report": "r", "failed": []})
+    result = CliRunner().invoke(app, ["--workdir", str(tmp_path), *args])
+
+    assert result.exit_code == 0, result.output
+    assert seen[0].train_overrides == overrides and seen[0].seeds == seeds
+    assert seen[0].preset == "demo" and [d.kind for d in seen[0].datasets] == ["brats", "jun-cheng"]
+
+
+def test_tasks_carry_no_tags():
+    # Prefect asks the API for concurrency slots of each tagged task run: about 2 s per task on the
+    # local SQLite server (see tasks/training.py).
+    import tasks.data
+    import tasks.evaluation
+    import tasks.training
+    from prefect import Task
+
+    found = {f"{module.__name__}.{name}": value.tags for module in (tasks.data, tasks.evaluation, tasks.training)
+             for name, value in vars(module).items() if isinstance(value, Task)}
+    assert len(found) >= 8
+    assert found == dict.fromkeys(found, set())

@@ -374,3 +374,13 @@ def test_a_grad_cam_run_names_its_grid_so_constant_maps_are_explained(report, re
     labels = {row["model"]: row["label"] for row in _read_csv(report.parent / "summary.csv")}
     assert labels["resnext50"] == "ResNeXt50 (Grad-CAM 1×1)" and "Grad-CAM" not in labels["gp-unet"]
     assert "ResNeXt50 (Grad-CAM 1×1)" in html.unescape(report.read_text())
+
+
+def test_the_configuration_table_names_each_runs_precision(report, report_runs, tmp_path):
+    page = report.read_text()
+    assert '<th class="text">precision</th>' in page and '<td class="text">auto</td>' in page
+    run = _copy_run(report_runs["gp"], tmp_path / "bf16")
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["precision"] = "bf16-mixed"
+    (run / "config.json").write_text(json.dumps(config))
+    assert '<td class="text">bf16-mixed</td>' in build_report([run], tmp_path / "out").read_text()
