@@ -1,4 +1,5 @@
-"""Tasks over post-processing: threshold + evaluate a run, build the report, publish artifacts."""
+"""Tasks over post-processing: threshold + evaluate a run, build the report, publish artifacts (untagged, as
+explained in :mod:`tasks.training`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from gpmodels.postprocess import ThresholdConfig
 from gpmodels.report import build_report
 
 
-@task(tags=["postprocess"])
+@task
 def evaluate_run(run_dir: str, threshold: dict | None) -> dict:
     """Threshold a run's test heatmaps and score them; writes ``evaluation.json`` in the run dir."""
     config = ThresholdConfig(**threshold) if threshold else None
@@ -22,7 +23,7 @@ def evaluate_run(run_dir: str, threshold: dict | None) -> dict:
     return {key: value for key, value in result.items() if key != "slices"}
 
 
-@task(tags=["postprocess"])
+@task
 def report(run_dirs: list[str], out_dir: str, title: str, notes: list[str]) -> str:
     """Build the HTML report over the evaluated runs."""
     return str(build_report([Path(r) for r in run_dirs], Path(out_dir), title=title, notes=notes))
