@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 import shutil
 import time
 import warnings
@@ -133,6 +134,24 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "32-true"
 
 
+def cpu_bf16_is_native() -> bool | None:
+    """Whether this x86 CPU computes bf16 natively (AVX512-BF16 or AMX); ``None`` where unknown
+    (other architectures, or a torch without the check)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(check is None for check in checks):
+        return None
+    return any(check() for check in checks)
+
+
+def _warn_if_bf16_is_emulated(precision: str, accelerator: str) -> None:
+    """One warning when bf16 training on the CPU would be emulated, hence slower than 32-true."""
+    if precision.startswith("bf16") and not _on_gpu(accelerator) and cpu_bf16_is_native() is False:
+        _LOG.warning("precision %s on a CPU without native bf16 (no AVX512-BF16 or AMX): torch emulates it, "
+                     "expect it slower than 32-true", precision)
+
+
 def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
     """Train (or continue training) one network into ``config.out``.
 
@@ -161,6 +180,7 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
                              "choose another run directory or delete this one")
     start_step = 0 if resume is None else checkpoint_global_step(resume)
     _prepare_run_dir(paths, run, fresh=resume is None)
+    _warn_if_bf16_is_emulated(resolve_precision(config.precision, config.accelerator), config.accelerator)
 
     with _quiet_lightning():
         pl.seed_everything(config.seed, workers=True)

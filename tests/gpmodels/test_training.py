@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from gpmodels.checkpoints import RunPaths, merge_metrics, net_state_from_checkpoint
 from gpmodels.lightning_module import ClassifierModule, weighted_cross_entropy
 from gpmodels.train_config import RunConfig, TrainConfig, preset_config
+from gpmodels import training
 from gpmodels.training import build_network, load_trained, resolve_precision, resolve_run, train
 from gpseg.cli import app
 
@@ -69,6 +70,15 @@ def test_config_errors_name_the_field(changes, field):
 def test_precision_is_fp32_on_cpu():
     assert resolve_precision("auto", "cpu") == "32-true"
     assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+
+
+@pytest.mark.parametrize(("native", "precision", "warned"), [
+    (False, "bf16-mixed", True), (True, "bf16-mixed", False), (None, "bf16-mixed", False), (False, "auto", False)])
+def test_emulated_bf16_on_the_cpu_is_warned_about(native, precision, warned, monkeypatch, caplog):
+    monkeypatch.setattr(training, "cpu_bf16_is_native", lambda: native)
+    with caplog.at_level(logging.WARNING, logger="gpmodels.training"):
+        training._warn_if_bf16_is_emulated(resolve_precision(precision, "cpu"), "cpu")
+    assert ("without native bf16" in caplog.text) is warned
 
 
 def test_weighted_cross_entropy_matches_torch_and_survives_zero_weights():
