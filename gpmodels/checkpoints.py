@@ -5,7 +5,7 @@ Layout of ``RUN_DIR``::
     config.json             the resolved RunConfig (gpmodels.train_config)
     metrics.csv             every attempt's CSV metrics merged into one table
     model.pt                the best network weights as a plain state_dict (tensors only)
-    checkpoints/best.ckpt   Lightning checkpoint with the lowest val_loss
+    checkpoints/best.ckpt   Lightning checkpoint with the lowest val_loss (weights only, no optimiser state)
     checkpoints/last.ckpt   Lightning checkpoint at the end of the last epoch (resume point)
     logs/step_NNNNNNN/      Lightning CSV logs of the attempt that started at that global step
     tensorboard/            TensorBoard event files

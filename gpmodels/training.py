@@ -247,10 +247,12 @@ def _checkpoint_callbacks(paths: RunPaths) -> tuple[ModelCheckpoint, ModelCheckp
     ``last.ckpt`` only at a step where it also saved a top-k checkpoint, so with ``save_top_k=1``
     ``last.ckpt`` stayed at the best epoch, and a re-run "resumed" by training the epochs after it
     again. The second callback monitors nothing and keeps one file, named ``last``, rewritten every epoch.
+    Only ``last.ckpt`` is resumed from, so ``best.ckpt`` holds the weights without the optimiser's state
+    (a third of the size with Adam: ResNeXt50's 92 MB instead of 276 MB).
     """
     common = {"dirpath": paths.checkpoints, "save_top_k": 1, "enable_version_counter": False,
               "auto_insert_metric_name": False}
-    return (ModelCheckpoint(filename="best", monitor="val_loss", mode="min", **common),
+    return (ModelCheckpoint(filename="best", monitor="val_loss", mode="min", save_weights_only=True, **common),
             ModelCheckpoint(filename=paths.last.stem, monitor=None, **common))
 
 

@@ -146,6 +146,8 @@ def test_checkpoints_and_weights_load_with_weights_only(smoke_run):
     assert weights and all(isinstance(value, torch.Tensor) for value in weights.values())
     net = build_network(RunConfig.from_dict(json.loads(paths.config.read_text())))
     assert set(weights) == set(net.state_dict())
+    assert "optimizer_states" in torch.load(paths.last, weights_only=True)
+    assert "optimizer_states" not in torch.load(paths.best, weights_only=True)  # a third of the size with Adam
     for checkpoint in (paths.last, paths.best):
         loaded = torch.load(checkpoint, weights_only=True)
         assert loaded["hyper_parameters"]["run_config"] == json.loads(paths.config.read_text())
