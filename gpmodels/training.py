@@ -180,7 +180,6 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
                              "choose another run directory or delete this one")
     start_step = 0 if resume is None else checkpoint_global_step(resume)
     _prepare_run_dir(paths, run, fresh=resume is None)
-    _warn_if_bf16_is_emulated(resolve_precision(config.precision, config.accelerator), config.accelerator)
 
     with _quiet_lightning():
         pl.seed_everything(config.seed, workers=True)
@@ -264,12 +263,14 @@ def _trainer(config: TrainConfig, paths: RunPaths, start_step: int, checkpoints:
     if progress_bar:
         callbacks.append(RichProgressBar(leave=True))
     limit = config.limit_batches
+    precision = resolve_precision(config.precision, config.accelerator)
+    _warn_if_bf16_is_emulated(precision, config.accelerator)
     return pl.Trainer(
         default_root_dir=paths.root,
         accelerator=config.accelerator,
         devices=config.devices,
         strategy="ddp" if config.devices > 1 else "auto",
-        precision=resolve_precision(config.precision, config.accelerator),
+        precision=precision,
         benchmark=_on_gpu(config.accelerator),
         max_epochs=config.epochs,
         accumulate_grad_batches=config.accumulate,
@@ -311,7 +312,8 @@ def _keep_training_record(paths: RunPaths, previous: RunConfig, run: RunConfig, 
     if asked:
         _LOG.warning("%s: already trained (%d steps), kept as it is; not re-trained with %s. Train into another "
                      "run directory (or delete this one) to apply them.", paths.root, step, ", ".join(asked))
-    record = replace(run, train=replace(run.train, **kept), accumulate=previous.accumulate)
+    trained_with = replace(run.train, **kept)
+    record = replace(run, train=trained_with, accumulate=trained_with.accumulate)
     _write_config(paths, record)
     return record
 
