@@ -145,11 +145,26 @@ def cpu_bf16_is_native() -> bool | None:
     return any(check() for check in checks)
 
 
-def _warn_if_bf16_is_emulated(precision: str, accelerator: str) -> None:
-    """One warning when bf16 training on the CPU would be emulated, hence slower than 32-true."""
-    if precision.startswith("bf16") and not _on_gpu(accelerator) and cpu_bf16_is_native() is False:
-        _LOG.warning("precision %s on a CPU without native bf16 (no AVX512-BF16 or AMX): torch emulates it, "
-                     "expect it slower than 32-true", precision)
+def bf16_is_emulated(precision: str, accelerator: str) -> bool:
+    """Whether training at ``precision`` (resolved) would run bf16 on a CPU that only emulates it,
+    hence slower than 32-true."""
+    return precision.startswith("bf16") and not _on_gpu(accelerator) and cpu_bf16_is_native() is False
+
+
+class EmulatedBf16Warning(pl.Callback):
+    """One warning, when training really starts, that bf16 on this CPU is emulated.
+
+    A callback rather than a check before ``fit``: a re-run of a finished run trains nothing
+    (Lightning skips the fit loop, and ``on_train_start`` with it), so it has nothing to warn about.
+    """
+
+    def __init__(self, precision: str) -> None:
+        self.precision = precision
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            _LOG.warning("precision %s on a CPU without native bf16 (no AVX512-BF16 or AMX): torch emulates it, "
+                         "expect it slower than 32-true", self.precision)
 
 
 def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
@@ -264,7 +279,8 @@ def _trainer(config: TrainConfig, paths: RunPaths, start_step: int, checkpoints:
         callbacks.append(RichProgressBar(leave=True))
     limit = config.limit_batches
     precision = resolve_precision(config.precision, config.accelerator)
-    _warn_if_bf16_is_emulated(precision, config.accelerator)
+    if bf16_is_emulated(precision, config.accelerator):
+        callbacks.append(EmulatedBf16Warning(precision))
     return pl.Trainer(
         default_root_dir=paths.root,
         accelerator=config.accelerator,

@@ -18,7 +18,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from gpmodels.checkpoints import RunPaths, merge_metrics, net_state_from_checkpoint
-from gpmodels.lightning_module import ClassifierModule, weighted_cross_entropy
+from gpmodels.lightning_module import ClassifierModule, fused_adam_applies, weighted_cross_entropy
 from gpmodels.train_config import RunConfig, TrainConfig, preset_config
 from gpmodels import training
 from gpmodels.training import build_network, load_trained, resolve_precision, resolve_run, train
@@ -72,13 +72,26 @@ def test_precision_is_fp32_on_cpu():
     assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
 
 
-@pytest.mark.parametrize(("native", "precision", "warned"), [
+@pytest.mark.parametrize(("native", "precision", "emulated"), [
     (False, "bf16-mixed", True), (True, "bf16-mixed", False), (None, "bf16-mixed", False), (False, "auto", False)])
-def test_emulated_bf16_on_the_cpu_is_warned_about(native, precision, warned, monkeypatch, caplog):
+def test_emulated_bf16_on_the_cpu_is_recognised(native, precision, emulated, monkeypatch):
     monkeypatch.setattr(training, "cpu_bf16_is_native", lambda: native)
+    assert training.bf16_is_emulated(resolve_precision(precision, "cpu"), "cpu") is emulated
+
+
+def test_emulated_bf16_is_warned_about_when_training_starts_only(smoke_run, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(training, "cpu_bf16_is_native", lambda: False)
+    config, _ = smoke_run
+    bf16 = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "bf16"), "test": False,
+                                  "precision": "bf16-mixed"})
     with caplog.at_level(logging.WARNING, logger="gpmodels.training"):
-        training._warn_if_bf16_is_emulated(resolve_precision(precision, "cpu"), "cpu")
-    assert ("without native bf16" in caplog.text) is warned
+        first = train(bf16)
+        trained = caplog.text.count("without native bf16")
+        caplog.clear()
+        again = train(bf16)  # finished: nothing trains, so nothing to warn about
+
+    assert (first.global_step, again.start_step, again.global_step) == (2, 2, 2)
+    assert trained == 1 and caplog.text.count("without native bf16") == 0
 
 
 def test_weighted_cross_entropy_matches_torch_and_survives_zero_weights():
@@ -88,6 +101,20 @@ def test_weighted_cross_entropy_matches_torch_and_survives_zero_weights():
                                F.cross_entropy(logits, labels, weight=weights))
     zero = weighted_cross_entropy(logits, labels, torch.tensor([0.0, 0.0, 0.0]))
     assert zero.item() == 0.0
+
+
+@pytest.mark.parametrize(("precision", "fused"), [("32-true", True), ("bf16-mixed", False)])
+def test_adam_is_fused_unless_mixed_precision_clips_the_gradients(precision, fused):
+    import pytorch_lightning as pl
+
+    module = ClassifierModule(nn.Linear(4, 3), [1.0, 1.0, 1.0])
+    trainer = pl.Trainer(accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    module.trainer = trainer
+    assert module.configure_optimizers().defaults["fused"] is (True if fused else None)
+    assert fused_adam_applies(list(nn.Linear(4, 3).parameters()))  # outside a Trainer
+    assert not fused_adam_applies([])
+    assert not fused_adam_applies([nn.Parameter(torch.ones(2, dtype=torch.int64), requires_grad=False)])
 
 
 class _AuxNet(nn.Module):
@@ -198,7 +225,8 @@ def test_rerun_resumes_from_last_checkpoint(smoke_run, tmp_path):
         train(other)
 
 
-def test_a_finished_run_rerun_with_other_precision_keeps_its_record(smoke_run, tmp_path, caplog):
+def test_a_finished_run_rerun_with_other_precision_keeps_its_record(smoke_run, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(training, "cpu_bf16_is_native", lambda: False)  # the same on every CPU
     config, _ = smoke_run
     out = tmp_path / "finished"
     train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "test": False}))
