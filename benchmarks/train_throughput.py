@@ -4,9 +4,8 @@ For each model, on random 4 x 240 x 240 slices (float16 as stored, batch 8 by de
 
 * ``gpseg step``: the training step of :class:`gpmodels.lightning_module.ClassifierModule` outside the
   Trainer — float32 conversion, the seeded rotation/flip augmentation on the device, the weighted
-  loss (with InceptionV3's auxiliary term), backward, gradient-norm clipping at 1.0, Adam (fused on
-  the CPU, as fp32 training runs it). On ``--device cuda`` it uses channels-last tensors, bf16
-  autocast (with Adam's per-tensor loop, as bf16-mixed training runs it) and, with ``--compile``,
+  loss (with InceptionV3's auxiliary term), backward, gradient-norm clipping at 1.0, Adam. On
+  ``--device cuda`` it uses channels-last tensors, bf16 autocast and, with ``--compile``,
   ``torch.compile`` of the network.
 * ``plain fp32``: a plain eager float32 loop over the same network (forward, unweighted
   cross-entropy, backward, Adam; no augmentation, no clipping, no autocast).
@@ -67,9 +66,7 @@ def gpseg_step(net: nn.Module, images: torch.Tensor, masks: torch.Tensor, labels
         module = module.to(memory_format=torch.channels_last)
     if compile_net:
         module.net = torch.compile(module.net)
-    # As training runs it: fused Adam in fp32 (the CPU); under bf16-mixed (CUDA) Lightning needs the loop.
-    optimizer = (torch.optim.Adam(module.net.parameters(), lr=module.hparams.lr, weight_decay=module.hparams.weight_decay)
-                 if cuda else module.configure_optimizers())
+    optimizer = module.configure_optimizers()
     augmenter = RandomFlipRotate(AugmentConfig(), seed=0)
 
     def step() -> None:

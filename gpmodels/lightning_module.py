@@ -4,8 +4,7 @@ The network is built outside (``gpmodels.nets.build_model``) and passed in, Ligh
 style. The loss is class-weighted cross-entropy (weights balanced on the training split); for
 networks with an auxiliary classifier (InceptionV3's ``forward_with_aux``) the training loss is
 ``CE(logits) + aux_weight * CE(aux_logits)``, torchvision's convention with ``aux_weight = 0.4``.
-Optimiser: Adam with L2 weight decay (DESIGN.md "Training"), fused where it can be
-(:func:`fused_adam_applies`).
+Optimiser: Adam with L2 weight decay (DESIGN.md "Training").
 
 Logged: ``train_loss`` (epoch mean); ``val_loss``, ``val_acc``, ``val_f1`` (weighted F1) per
 epoch; the same as ``test_*`` in testing.
@@ -28,14 +27,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 _EVAL_STAGES = ("val", "test")
-_FUSED_DEVICES = frozenset({"cpu", "cuda", "mps", "xpu"})
-"""Device types with torch's fused Adam kernel (torch >= 2.4 for the CPU)."""
 RNG_KEY = "gpseg_rng"
 
 
@@ -164,29 +160,4 @@ class ClassifierModule(pl.LightningModule):
             set_global_rng_state(checkpoint[RNG_KEY])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam, fused into one kernel per step where :func:`fused_adam_applies` says it can be."""
-        params = list(self.net.parameters())
-        fused = fused_adam_applies(params, self._trainer)
-        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-                                fused=True if fused else None)
-
-
-def fused_adam_applies(params: Sequence[Tensor], trainer: pl.Trainer | None = None) -> bool:
-    """Whether Adam may run fused (one kernel over all parameters) instead of its per-tensor loop.
-
-    Fused Adam is the same update up to float rounding (about 1e-8 after 50 steps), and on the CPU it
-    is 4 to 7 times faster for the baselines' 22-23 M parameters (ResNeXt50: 25 instead of 100 to
-    170 ms per step on a 2-core AMD EPYC, a tenth of its training step at the demo's 64 px). It needs
-    floating-point parameters on a device with fused kernels (CPU, CUDA, ...), and a Trainer without
-    mixed precision: Lightning's mixed-precision plugin refuses gradient clipping with a fused
-    optimiser (with fp16 it must unscale the gradients before clipping them, which a fused step
-    would do inside). So runs in ``32-true`` (the CPU default) use it, ``bf16-mixed`` and ``16-mixed`` runs
-    keep the loop.
-
-    Args:
-        params: the parameters to optimise.
-        trainer: the Trainer the module is attached to, if any.
-    """
-    if trainer is not None and isinstance(trainer.precision_plugin, MixedPrecision):
-        return False
-    return bool(params) and all(p.is_floating_point() and p.device.type in _FUSED_DEVICES for p in params)
+        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

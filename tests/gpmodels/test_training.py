@@ -18,7 +18,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from gpmodels.checkpoints import RunPaths, merge_metrics, net_state_from_checkpoint
-from gpmodels.lightning_module import ClassifierModule, fused_adam_applies, weighted_cross_entropy
+from gpmodels.lightning_module import ClassifierModule, weighted_cross_entropy
 from gpmodels.train_config import RunConfig, TrainConfig, preset_config
 from gpmodels import training
 from gpmodels.training import build_network, load_trained, resolve_precision, resolve_run, train
@@ -101,20 +101,6 @@ def test_weighted_cross_entropy_matches_torch_and_survives_zero_weights():
                                F.cross_entropy(logits, labels, weight=weights))
     zero = weighted_cross_entropy(logits, labels, torch.tensor([0.0, 0.0, 0.0]))
     assert zero.item() == 0.0
-
-
-@pytest.mark.parametrize(("precision", "fused"), [("32-true", True), ("bf16-mixed", False)])
-def test_adam_is_fused_unless_mixed_precision_clips_the_gradients(precision, fused):
-    import pytorch_lightning as pl
-
-    module = ClassifierModule(nn.Linear(4, 3), [1.0, 1.0, 1.0])
-    trainer = pl.Trainer(accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
-    module.trainer = trainer
-    assert module.configure_optimizers().defaults["fused"] is (True if fused else None)
-    assert fused_adam_applies(list(nn.Linear(4, 3).parameters()))  # outside a Trainer
-    assert not fused_adam_applies([])
-    assert not fused_adam_applies([nn.Parameter(torch.ones(2, dtype=torch.int64), requires_grad=False)])
 
 
 class _AuxNet(nn.Module):
