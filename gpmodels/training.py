@@ -326,13 +326,19 @@ def _keep_training_record(paths: RunPaths, previous: RunConfig, run: RunConfig, 
     kept = {name: getattr(previous.train, name) for name in TRAINING_RECORD_FIELDS}
     asked = [f"{name}={getattr(run.train, name)!r} (trained with {value!r})" for name, value in kept.items()
              if getattr(run.train, name) != value]
+    trained_with = replace(run.train, **kept)
+    record = replace(run, train=trained_with, accumulate=trained_with.accumulate)
+    _record_kept_run(paths, record, step, asked)
+    return record
+
+
+@rank_zero_only
+def _record_kept_run(paths: RunPaths, record: RunConfig, step: int, asked: list[str]) -> None:
+    """Write a kept run's ``config.json`` and name what was asked for and not applied (once, under DDP too)."""
     if asked:
         _LOG.warning("%s: already trained (%d steps), kept as it is; not re-trained with %s. Train into another "
                      "run directory (or delete this one) to apply them.", paths.root, step, ", ".join(asked))
-    trained_with = replace(run.train, **kept)
-    record = replace(run, train=trained_with, accumulate=trained_with.accumulate)
     _write_config(paths, record)
-    return record
 
 
 def _write_config(paths: RunPaths, run: RunConfig) -> None:
