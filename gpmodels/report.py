@@ -40,12 +40,16 @@ from typing import Any
 import numpy as np
 
 from gpmodels.evaluation import load_evaluation
+from gpmodels.figure_cache import FigureCache, code_version
 from gpmodels.files import SEED_SELECTION, write_text_atomic
 from gpmodels.metrics import aggregate_folds
 from gpmodels.names import MODEL_NAMES
 from gpmodels.postprocess import CleaningConfig, ThresholdConfig
 from storage.errors import StoreError
 from storage.store import open_store
+
+FIGURE_CACHE_DIR = ".figures"
+"""Folder of a report's output folder that caches its threshold-independent figures."""
 
 MODEL_TITLES: dict[str, str] = {"gp-unet": "GP-UNet", "gp-reconresnet": "GP-ReconResNet",
                                 "gp-shuffleunet": "GP-ShuffleUNet", "inceptionv3": "InceptionV3",
@@ -382,6 +386,10 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg re
                  *, channel: str | None = None) -> Path:
     """Write the HTML report, ``metrics.json``, ``summary.csv`` and ``runs.csv`` of evaluated runs.
 
+    Figures that thresholds do not change are kept in ``out_dir/.figures/`` (see
+    :mod:`gpmodels.figure_cache`) and reused by the next report into the same folder; the page itself
+    holds every figure inline and needs nothing beside it.
+
     Args:
         run_dirs: run directories, each with an ``evaluation.json``.
         out_dir: output folder (created).
@@ -396,6 +404,7 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg re
         ValueError: ``run_dirs`` is empty or a string.
         FileNotFoundError: a run directory or its ``evaluation.json`` is missing.
     """
+    from gpmodels import report_figures, report_panels
     from gpmodels.report_html import render_page  # it imports this module's types
 
     if isinstance(run_dirs, (str, Path)) or not run_dirs:
@@ -411,8 +420,10 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg re
     header = {"title": title, "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "gpseg_version": gpseg_version, "notes": list(notes)}
     summary, runs_csv = _tables(runs, groups)
-    texts = {"index.html": render_page(header, groups, channel),
+    cache = FigureCache(out_dir / FIGURE_CACHE_DIR, code_version(report_figures, report_panels))
+    texts = {"index.html": render_page(header, groups, channel, cache),
              "metrics.json": _metrics_json(runs, groups, header), "summary.csv": summary, "runs.csv": runs_csv}
     for name, text in texts.items():
         write_text_atomic(out_dir / name, text)
+    cache.prune()
     return out_dir / "index.html"

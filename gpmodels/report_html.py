@@ -4,7 +4,9 @@
 self-contained page: header (notes and warnings), the summary table per dataset beside the
 paper's numbers (best value per column in bold), confusion matrices, Dice histograms, example
 panels, post-hoc panels with their agreement table, and the run configurations with training
-curves. Every text from the runs is HTML-escaped.
+curves. Every text from the runs is HTML-escaped. The figures that thresholds do not change (confusion
+matrices, training curves) go through a :class:`gpmodels.figure_cache.FigureCache`, so a re-threshold
+does not draw them again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from gpmodels import report_figures as figs
 from gpmodels.bootstrap import REPLICATES
 from gpmodels.evaluation import open_heatmaps
+from gpmodels.figure_cache import FigureCache
 from gpmodels.files import heatmap_path
 from gpmodels.report import (
     COLUMNS,
@@ -180,11 +183,11 @@ def _uncertainty_section(groups: Sequence[ModelGroup]) -> str:
               "evaluation written by an older gpseg; re-run <code>gpseg postprocess</code>) or undefined.</p>")
 
 
-def _confusion_section(groups: Sequence[ModelGroup]) -> str:
+def _confusion_section(groups: Sequence[ModelGroup], cache: FigureCache) -> str:
     figures = []
     for g in groups:
         classes = g.runs[0].evaluation["classification"]["classes"]
-        png = figs.confusion_png(g.confusion, classes, f"{g.label} ({len(g.runs)} run(s))")
+        png = cache.png(figs.confusion_png, g.confusion, list(classes), f"{g.label} ({len(g.runs)} run(s))")
         figures.append(f"<figure>{_img(png, g.label)}<figcaption>{_e(DATASET_TITLES.get(g.dataset, g.dataset))}"
                        "</figcaption></figure>")
     return ('<p class="caption">Test slices summed over folds; rows: true class, columns: predicted class.</p>'
@@ -328,7 +331,7 @@ def _seed_cell(train: dict[str, Any], run: ReportRun) -> str:
     return f"{seed}<br><small>{_e(run.seed_selection)}</small>" if run.seed_selection else seed
 
 
-def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
+def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cache: FigureCache) -> str:
     rows = []
     for run in runs:
         config = run.config or {}
@@ -350,7 +353,8 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> 
         series = {f"fold {run.fold}": _curves(run.run_dir) for run in g.runs}
         series = {label: values for label, values in series.items() if values}
         if series:
-            png = figs.training_curves_png(series, f"{DATASET_TITLES.get(g.dataset, g.dataset)}: {g.label}")
+            png = cache.png(figs.training_curves_png, series,
+                            f"{DATASET_TITLES.get(g.dataset, g.dataset)}: {g.label}")
             curves.append(f"<figure>{_img(png, g.label)}</figure>")
     conventions = sorted({run.evaluation["segmentation"].get("convention") or "–" for run in runs})
     return (_table(header, rows, text_columns=len(header) - 1, wrap=True)
@@ -379,20 +383,24 @@ def _warnings(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
     return "".join(f'<div class="warning">{text}</div>' for text in boxes)
 
 
-def render_page(header: Mapping[str, Any], groups: Sequence[ModelGroup], channel: str | None = None) -> str:
+def render_page(header: Mapping[str, Any], groups: Sequence[ModelGroup], channel: str | None = None,
+                cache: FigureCache | None = None) -> str:
     """The whole HTML page (see the module docstring).
 
     Args:
         header: ``title``, ``generated``, ``gpseg_version`` and ``notes``.
         groups: the model groups of :func:`gpmodels.report.group_runs`, in display order.
         channel: input channel shown in the panels where the store has it; default the first.
+        cache: where threshold-independent figures are kept between reports; default none (all drawn).
     """
+    cache = cache or FigureCache(None, None)
     runs = [run for group in groups for run in group.runs]
     notes = "".join(f"<li>{_e(note)}</li>" for note in header["notes"])
     nav = "".join(f'<a href="#{key}">{_e(name)}</a>' for key, name in SECTIONS)
-    bodies = {"summary": _summary_section(groups) + _uncertainty_section(groups), "confusion": _confusion_section(groups),
+    bodies = {"summary": _summary_section(groups) + _uncertainty_section(groups),
+              "confusion": _confusion_section(groups, cache),
               "dice": _dice_section(groups), "examples": _examples_section(groups, channel),
-              "posthoc": _posthoc_section(runs, channel), "configuration": _config_section(runs, groups)}
+              "posthoc": _posthoc_section(runs, channel), "configuration": _config_section(runs, groups, cache)}
     sections = "".join(f'<h2 id="{key}">{_e(name)}</h2>{bodies[key]}' for key, name in SECTIONS)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(header["title"])}</title>'
             f"<style>{CSS}</style></head><body><h1>{_e(header['title'])}</h1>"

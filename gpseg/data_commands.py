@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -11,8 +11,10 @@ from rich.table import Table
 
 from gpseg.console import console, fail, progress_bar
 from storage.errors import NoUsableInput, StoreError
-from storage.ingest import IngestReport, ingest_brats, ingest_jun_cheng, ingest_manifest
 from storage.ingest_config import IngestConfig, SplitConfig
+
+if TYPE_CHECKING:  # storage.ingest pulls in scikit-learn, h5py and nibabel: seconds that `--help` need not wait
+    from storage.ingest import IngestReport
 
 synth_app = typer.Typer(help="Write synthetic phantom datasets in the real on-disk formats.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Ingest a dataset into a Zarr slice store (atomic; exit 0 ok, 2 some cases "
@@ -55,7 +57,11 @@ def _finish(report: IngestReport) -> None:
     raise typer.Exit(report.exit_code)
 
 
-def _ingest(fn, source: Path, out: Path, config: IngestConfig, append: bool, **kwargs) -> None:
+def _ingest(dataset: str, source: Path, out: Path, config: IngestConfig, append: bool, **kwargs) -> None:
+    """Run ``storage.ingest.ingest_<dataset>`` with a progress bar and print its report."""
+    from storage import ingest
+
+    fn = getattr(ingest, f"ingest_{dataset}")
     try:
         with progress_bar(f"ingest {source.name}") as update:
             report = fn(source, out, config, append=append, progress=update, **kwargs)
@@ -74,7 +80,7 @@ def ingest_brats_cmd(
 ) -> None:
     """Ingest BraTS NIfTI cases (channels t1, t1ce, t2, flair; classes tumour-free, LGG, HGG)."""
     config = _config(image_size, channels, normalisation, split, folds, seed, workers, dask_address)
-    _ingest(ingest_brats, src, out, config, append)
+    _ingest("brats", src, out, config, append)
 
 
 @ingest_app.command("jun-cheng")
@@ -86,7 +92,7 @@ def ingest_jun_cheng_cmd(
 ) -> None:
     """Ingest the Jun Cheng figshare slices (classes meningioma, glioma, pituitary)."""
     config = _config(image_size, None, normalisation, split, folds, seed, workers, dask_address)
-    _ingest(ingest_jun_cheng, src, out, config, append)
+    _ingest("jun_cheng", src, out, config, append)
 
 
 @ingest_app.command("manifest")
@@ -101,7 +107,7 @@ def ingest_manifest_cmd(
 ) -> None:
     """Ingest your own NIfTI volumes listed in a manifest CSV."""
     config = _config(image_size, channels, normalisation, split, folds, seed, workers, dask_address)
-    _ingest(ingest_manifest, csv, out, config, append,
+    _ingest("manifest", csv, out, config, append,
             classes=[c.strip() for c in classes.split(",")] if classes else None)
 
 

@@ -18,11 +18,13 @@ import pytest
 import torch
 import zarr
 
+from gpmodels import report_figures
 from gpmodels.checkpoints import RunPaths, save_weights
 from gpmodels.evaluation import evaluate_heatmaps, write_evaluation
+from gpmodels.files import heatmap_path
 from gpmodels.heatmaps import generate_heatmaps
 from gpmodels.postprocess import CleaningConfig, ThresholdConfig, select_maps
-from gpmodels.report import build_report, load_run, threshold_config
+from gpmodels.report import FIGURE_CACHE_DIR, build_report, load_run, threshold_config
 from gpmodels.report_figures import OVERLAY_COLOURS, choose_examples, data_uri, overlay_colours
 from gpmodels.train_config import preset_config
 from gpmodels.training import build_network, resolve_run, train
@@ -112,8 +114,34 @@ def _copy_run(run_dir: Path, out: Path, **changes) -> Path:
 
 def test_report_files_are_written_and_nothing_else(report):
     assert report.name == "index.html"
-    assert sorted(p.name for p in report.parent.iterdir()) == ["index.html", "metrics.json", "runs.csv",
-                                                               "summary.csv"]
+    assert sorted(p.name for p in report.parent.iterdir()) == [FIGURE_CACHE_DIR, "index.html", "metrics.json",
+                                                               "runs.csv", "summary.csv"]
+    # the cache holds PNGs only: two confusion matrices and the trained run's training curves
+    assert sorted(p.suffix for p in (report.parent / FIGURE_CACHE_DIR).iterdir()) == [".png"] * 3
+
+
+def test_a_re_threshold_re_draws_only_the_figures_it_changes(report_runs, tmp_path, monkeypatch):
+    drawn = []
+
+    def counting(function):
+        def draw(*args, **kwargs):
+            drawn.append(function.__name__)
+            return function(*args, **kwargs)
+        return draw
+
+    for name in ("confusion_png", "training_curves_png", "dice_histogram_png"):
+        monkeypatch.setattr(report_figures, name, counting(getattr(report_figures, name)))
+    run = _copy_run(report_runs["gp"], tmp_path / "run")
+    first = build_report([run], tmp_path / "out").read_text()
+    assert sorted(drawn) == ["confusion_png", "dice_histogram_png", "training_curves_png"]
+    drawn.clear()
+    write_evaluation(run, evaluate_heatmaps(heatmap_path(run, "test"), ThresholdConfig(offset=0.05)))
+    second = build_report([run], tmp_path / "out").read_text()
+    assert drawn == ["dice_histogram_png"]  # confusion matrix and training curves came from the cache
+    images = [re.findall(r'src="(data:image/png[^"]+)"', page) for page in (first, second)]
+    assert images[0] != images[1] and len(images[0]) == len(images[1])
+    for png in images[0][:1]:  # the confusion matrix, first on the page, is the same figure
+        assert png in images[1]
 
 
 def test_page_has_tables_models_notes_and_no_external_reference(report):
