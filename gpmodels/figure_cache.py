@@ -2,7 +2,7 @@
 
 ``gpseg postprocess`` rebuilds the whole report after each new threshold, but the training curves
 and the confusion matrices depend only on the training logs and the predicted classes. Drawing them
-with matplotlib is about a third of a re-report (0.1 to 0.5 s a figure on 2 CPU cores), so
+with matplotlib is about a fifth of a re-report (0.1 to 0.5 s a figure on 2 CPU cores), so
 :class:`FigureCache` keeps their PNG bytes in a folder beside the report (``report/.figures/``).
 
 A figure's key is the SHA-256 of the drawing function's name, the source of the modules that draw
