@@ -19,11 +19,12 @@ import gzip
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import zarr
 
 from storage.store import open_store, read_patients
 
@@ -210,8 +211,24 @@ def _file_name(patient: str, suffix: str) -> str:
     return name
 
 
+def open_volume_store(store_path: str | Path) -> zarr.Group:
+    """Open a slice store that records its patients' 3-D grids, the only kind NIfTI export can serve.
+
+    Raises:
+        StoreError: ``store_path`` is not a slice store.
+        ValueError: the store holds 2-D slices (Jun Cheng): no ``volumes`` attribute.
+    """
+    group = open_store(store_path)
+    if not group.attrs.get("volumes"):
+        raise ValueError(f"{store_path}: a store of 2-D slices (dataset {group.attrs.get('dataset')!r}, "
+                         "slice_index -1, no 'volumes' attribute); NIfTI export needs a store ingested from "
+                         "3-D volumes (BraTS or a manifest) that records each patient's grid")
+    return group
+
+
 def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: np.ndarray, out_dir: str | Path,
-                         *, suffix: str = "_pred") -> list[Path]:
+                         *, suffix: str = "_pred",
+                         progress: Callable[[int, int, str], None] | None = None) -> list[Path]:
     """Write slice masks of a 3-D slice store as one NIfTI volume per patient.
 
     The slices are grouped by patient, each patient's volume is rebuilt with
@@ -227,6 +244,7 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: np.
         masks: bool or integer ``(N, S, S)`` masks at the store's image size.
         out_dir: output folder (created if needed).
         suffix: appended to the patient id in the file names.
+        progress: called as ``progress(done, total, patient)`` after each patient's file.
 
     Returns:
         The written files, in patient order.
@@ -237,12 +255,8 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: np.
             ``indices`` or ``masks`` are invalid, or a file name would not be a plain name.
         TypeError: ``masks`` is not bool or integer.
     """
-    group = open_store(store_path)
-    volumes = group.attrs.get("volumes") or {}
-    if not volumes:
-        raise ValueError(f"{store_path}: a store of 2-D slices (dataset {group.attrs.get('dataset')!r}, "
-                         "slice_index -1, no 'volumes' attribute); NIfTI export needs a store ingested from "
-                         "3-D volumes (BraTS or a manifest) that records each patient's grid")
+    group = open_volume_store(store_path)
+    volumes = group.attrs["volumes"]
     count = int(group["labels"].shape[0])
     indices = _check_indices(indices, count, store_path)
     masks = np.asarray(masks)
@@ -270,4 +284,6 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: np.
         out_dir.mkdir(parents=True, exist_ok=True)
         written.append(write_nifti_atomic(image, out_dir / name))
         logger.info("%s: %s", written[-1], image.header["descrip"].item().decode())
+        if progress is not None:
+            progress(len(written), len(names), patient)
     return written

@@ -181,7 +181,8 @@ def export_masks_cmd(
 
     from gpmodels.evaluation import open_heatmaps, predicted_masks
     from gpmodels.files import heatmap_path
-    from gpmodels.nifti_export import export_patient_masks
+    from gpmodels.nifti_export import export_patient_masks, open_volume_store
+    from storage.errors import StoreError
     from gpmodels.report import threshold_config as evaluated_threshold
 
     try:
@@ -190,12 +191,20 @@ def export_masks_cmd(
     except FileNotFoundError as exc:
         raise fail(f"{exc}; run `gpseg postprocess --runs {run}` first") from exc
     config = evaluated_threshold(evaluation["threshold"])
-    masks = np.concatenate([
-        predicted_masks(heat["maps"][s:s + 256], heat["predicted"][s:s + 256], heat["labels"][s:s + 256], config,
-                        heat.attrs["classes"][0] == "tumour-free")
-        for s in range(0, heat["index"].shape[0], 256)])
     try:
-        files = export_patient_masks(heat.attrs["store_path"], heat["index"][:], masks, out)
-    except ValueError as exc:
+        open_volume_store(heat.attrs["store_path"])  # before thresholding: a 2-D store fails at once
+    except (ValueError, StoreError) as exc:
         raise fail(str(exc)) from exc
+    n, chunk = heat["index"].shape[0], 256
+    with progress_bar(f"export {run.name}") as update:
+        parts = []
+        for s in range(0, n, chunk):
+            parts.append(predicted_masks(heat["maps"][s:s + chunk], heat["predicted"][s:s + chunk],
+                                         heat["labels"][s:s + chunk], config, heat.attrs["classes"][0] == "tumour-free"))
+            update(min(s + chunk, n), n, "slices thresholded")
+        try:
+            files = export_patient_masks(heat.attrs["store_path"], heat["index"][:], np.concatenate(parts), out,
+                                         progress=update)
+        except (ValueError, StoreError) as exc:
+            raise fail(str(exc)) from exc
     console.print(f"[green]wrote[/green] {len(files)} NIfTI masks to {out}")

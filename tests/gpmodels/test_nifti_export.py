@@ -175,6 +175,15 @@ def test_export_of_some_slices_writes_only_their_patients(native_store: Path, tm
     assert data[:, :, z].all() and data.sum() == 3 * 32 * 32
 
 
+def test_export_reports_progress_per_patient(native_store: Path, tmp_path: Path) -> None:
+    calls = []
+    written = export_patient_masks(native_store, *_ground_truth(native_store), tmp_path,
+                                   progress=lambda done, total, patient: calls.append((done, total, patient)))
+    total = len(written)
+    assert total > 1
+    assert calls == [(i + 1, total, path.name.removesuffix("_pred.nii.gz")) for i, path in enumerate(written)]
+
+
 def test_export_is_deterministic(native_store: Path, tmp_path: Path) -> None:
     indices, masks = _ground_truth(native_store)
     first = export_patient_masks(native_store, indices, masks, tmp_path / "a")

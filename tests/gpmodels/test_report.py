@@ -412,3 +412,33 @@ def test_the_configuration_table_names_each_runs_precision(report, report_runs, 
     config["train"]["precision"] = "bf16-mixed"
     (run / "config.json").write_text(json.dumps(config))
     assert '<td class="text">bf16-mixed</td>' in build_report([run], tmp_path / "out").read_text()
+
+
+def test_export_masks_of_a_2d_run_is_refused_in_one_line_before_thresholding(report_runs, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import gpmodels.evaluation
+    from gpseg.cli import app
+
+    def no_thresholding(*args, **kwargs):
+        raise AssertionError("thresholded before the store was checked")
+
+    monkeypatch.setattr(gpmodels.evaluation, "predicted_masks", no_thresholding)
+    out = tmp_path / "masks"
+    result = CliRunner().invoke(app, ["export-masks", "--run", str(report_runs["baseline"]), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1
+    assert "a store of 2-D slices" in result.output and not out.exists()
+
+
+def test_export_masks_writes_one_volume_per_test_patient(report_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    out = tmp_path / "masks"
+    result = CliRunner().invoke(app, ["export-masks", "--run", str(report_runs["gp"]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    patients = {row["patient"] for row in _read_csv(report_runs["gp"] / "evaluation_slices.csv")}
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{patient}_pred.nii.gz" for patient in patients)
+    assert f"wrote {len(patients)} NIfTI masks to {out}" in " ".join(result.output.split())
