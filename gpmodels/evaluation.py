@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +107,15 @@ def _resolve_offset(heat: zarr.Group, config: ThresholdConfig, store: zarr.Group
     return resolved, f"auto: maximised median validation Dice over {tumour.size} validation slices"
 
 
-def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, chunk: int = CHUNK) -> dict[str, Any]:
+def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, chunk: int = CHUNK,
+                      progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Threshold a heatmap store and score classification and segmentation.
 
     Args:
         path: a heatmap store written by :func:`gpmodels.heatmaps.generate_heatmaps`.
         config: threshold configuration; default :func:`default_threshold` for the model.
         chunk: slices processed at a time (bounds memory).
+        progress: called as ``progress(done, total)`` slices after each chunk.
 
     Returns:
         A JSON-ready dict: ``run``, ``threshold``, ``classification``,
@@ -141,6 +144,8 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
         target_px[start:stop] = truth.reshape(stop - start, -1).sum(axis=1)
         pred_px[start:stop] = masks.reshape(stop - start, -1).sum(axis=1)
         scores[start:stop] = dice(masks, truth)
+        if progress is not None:
+            progress(stop, n)
     has_target = target_px > 0
     tumour_classes = list(range(1, len(classes))) if tumour_free else list(range(len(classes)))
     patients = read_patients(store)[index]

@@ -76,19 +76,27 @@ def _require_run(run: Path) -> Path:
 def _evaluate(runs: list[Path], method: str, offset: str | None, value: float, target_class: str) -> list[dict]:
     import json
 
-    from gpmodels.evaluation import evaluate_heatmaps, write_evaluation
+    from gpmodels.evaluation import evaluate_heatmaps, open_heatmaps, write_evaluation
     from gpmodels.files import heatmap_path
 
+    models = [json.loads(_require_run(run).read_text())["train"]["model"] for run in runs]
+    try:
+        sizes = [open_heatmaps(heatmap_path(run, "test"))["index"].shape[0] for run in runs]
+    except FileNotFoundError as exc:
+        raise fail(str(exc)) from exc
     results = []
-    for run in runs:
-        model = json.loads(_require_run(run).read_text())["train"]["model"]
-        try:
-            result = evaluate_heatmaps(heatmap_path(run, "test"), threshold_config(model, method, offset, value,
-                                                                                   target_class))
-        except (FileNotFoundError, ValueError) as exc:
-            raise fail(str(exc)) from exc
-        write_evaluation(run, result)
-        results.append(result)
+    with progress_bar("evaluate") as update:  # one bar over all runs' test slices
+        for i, (run, model) in enumerate(zip(runs, models)):
+            def step(done: int, _: int, before: int = sum(sizes[:i]), label: str = f"{_run_label(run)} {model}"):
+                update(before + done, sum(sizes), label)
+
+            try:
+                result = evaluate_heatmaps(heatmap_path(run, "test"),
+                                           threshold_config(model, method, offset, value, target_class), progress=step)
+            except (FileNotFoundError, ValueError) as exc:
+                raise fail(str(exc)) from exc
+            write_evaluation(run, result)
+            results.append(result)
     return results
 
 

@@ -442,3 +442,12 @@ def test_export_masks_writes_one_volume_per_test_patient(report_runs, tmp_path):
     patients = {row["patient"] for row in _read_csv(report_runs["gp"] / "evaluation_slices.csv")}
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{patient}_pred.nii.gz" for patient in patients)
     assert f"wrote {len(patients)} NIfTI masks to {out}" in " ".join(result.output.split())
+
+
+def test_evaluation_reports_progress_per_chunk(report_runs):
+    calls = []
+    heatmaps = heatmap_path(report_runs["gp"], "test")
+    evaluate_heatmaps(heatmaps, ThresholdConfig(offset=0.2), chunk=7, progress=lambda *args: calls.append(args))
+    n = zarr.open_group(str(heatmaps), mode="r")["index"].shape[0]
+    assert n > 7
+    assert calls == [(min(stop, n), n) for stop in range(7, n + 7, 7)]
