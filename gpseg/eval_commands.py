@@ -190,8 +190,8 @@ def export_masks_cmd(
     from gpmodels.evaluation import open_heatmaps, predicted_masks
     from gpmodels.files import heatmap_path
     from gpmodels.nifti_export import export_patient_masks, open_volume_store
-    from storage.errors import StoreError
     from gpmodels.report import threshold_config as evaluated_threshold
+    from storage.errors import StoreError
 
     try:
         heat = open_heatmaps(heatmap_path(run, "test"))
@@ -204,7 +204,7 @@ def export_masks_cmd(
     except (ValueError, StoreError) as exc:
         raise fail(str(exc)) from exc
     n, chunk = heat["index"].shape[0], 256
-    with progress_bar(f"export {run.name}") as update:
+    with progress_bar("export masks") as update:
         parts = []
         for s in range(0, n, chunk):
             parts.append(predicted_masks(heat["maps"][s:s + chunk], heat["predicted"][s:s + chunk],
