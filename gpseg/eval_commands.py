@@ -75,6 +75,7 @@ def _require_run(run: Path) -> Path:
 
 def _evaluate(runs: list[Path], method: str, offset: str | None, value: float, target_class: str) -> list[dict]:
     import json
+    from itertools import accumulate
 
     from gpmodels.evaluation import evaluate_heatmaps, open_heatmaps, write_evaluation
     from gpmodels.files import heatmap_path
@@ -84,11 +85,11 @@ def _evaluate(runs: list[Path], method: str, offset: str | None, value: float, t
         sizes = [open_heatmaps(heatmap_path(run, "test"))["index"].shape[0] for run in runs]
     except FileNotFoundError as exc:
         raise fail(str(exc)) from exc
-    results = []
+    results, total = [], sum(sizes)
     with progress_bar("evaluate") as update:  # one bar over all runs' test slices
-        for i, (run, model) in enumerate(zip(runs, models)):
-            def step(done: int, _: int, before: int = sum(sizes[:i]), label: str = f"{_run_label(run)} {model}"):
-                update(before + done, sum(sizes), label)
+        for run, model, before in zip(runs, models, accumulate([0, *sizes])):
+            def step(done: int, _: int, before: int = before, label: str = f"{_run_label(run)} {model}") -> None:
+                update(before + done, total, label)
 
             try:
                 result = evaluate_heatmaps(heatmap_path(run, "test"),
