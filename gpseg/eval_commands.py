@@ -194,8 +194,12 @@ def export_masks_cmd(
     from gpmodels.report import threshold_config as evaluated_threshold
     from storage.errors import StoreError
 
+    _require_run(run)
     try:
         heat = open_heatmaps(heatmap_path(run, "test"))
+    except FileNotFoundError as exc:
+        raise fail(str(exc)) from exc
+    try:
         evaluation = json.loads((run / "evaluation.json").read_text())
     except FileNotFoundError as exc:
         raise fail(f"{exc}; run `gpseg postprocess --runs {run}` first") from exc

@@ -380,7 +380,8 @@ def test_a_seed_runs_selection_is_shown_beside_its_seed(report_runs, tmp_path):
     assert "kept: lowest validation loss of seed_0 0.718, seed_1 0.477" in page
 
 
-@pytest.mark.parametrize("command", [["heatmaps", "--run"], ["postprocess", "--runs"], ["report"]])
+@pytest.mark.parametrize("command", [["heatmaps", "--run"], ["postprocess", "--runs"], ["report"],
+                                     ["export-masks", "--run"]])
 def test_a_folder_that_is_no_run_is_refused_in_one_line_before_any_work(command, tmp_path):
     from typer.testing import CliRunner
 
