@@ -90,6 +90,35 @@ def predicted_masks(maps: np.ndarray, predicted: np.ndarray, labels: np.ndarray,
     return masks
 
 
+def mask_reader(heat: zarr.Group, config: ThresholdConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """A function thresholding some rows of a heatmap store, reading only those rows' maps.
+
+    For :func:`gpmodels.nifti_export.export_patient_masks`, which asks for one patient's rows at
+    a time, so that a whole fold's masks (about a gigabyte for a real BraTS test fold at 240 px)
+    never sit in memory together.
+
+    Args:
+        heat: an open heatmap store.
+        config: threshold configuration with a numeric offset.
+
+    Returns:
+        ``read(rows)``: integer ``(n,)`` ascending row positions -> bool ``(n, H, W)`` masks,
+        equal to rows ``rows`` of :func:`predicted_masks` over the whole store.
+    """
+    predicted, labels = heat["predicted"][:], heat["labels"][:]
+    tumour_free = heat.attrs["classes"][0] == "tumour-free"
+
+    def read(rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.intp)
+        if rows.size and rows[-1] - rows[0] + 1 == rows.size:
+            maps = heat["maps"][rows[0]:rows[-1] + 1]
+        else:
+            maps = heat["maps"].oindex[rows]
+        return predicted_masks(maps, predicted[rows], labels[rows], config, tumour_free)
+
+    return read
+
+
 def _resolve_offset(heat: zarr.Group, config: ThresholdConfig, store: zarr.Group) -> tuple[ThresholdConfig, str]:
     """Replace ``offset="auto"`` using the validation heatmaps; say where the offset came from."""
     if config.offset != "auto":

@@ -226,7 +226,24 @@ def open_volume_store(store_path: str | Path) -> zarr.Group:
     return group
 
 
-def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: np.ndarray, out_dir: str | Path,
+MaskSource = np.ndarray | Callable[[np.ndarray], np.ndarray]
+"""Masks for :func:`export_patient_masks`: all of them as one ``(N, S, S)`` array, or a function that
+takes the positions in ``indices`` of one patient's slices (integer ``(n,)``, ascending) and returns
+those slices' bool or integer ``(n, S, S)`` masks, so that one patient's masks are in memory at a time."""
+
+
+def _patient_masks(masks: MaskSource, positions: np.ndarray, patient: str) -> np.ndarray:
+    """One patient's ``(n, S, S)`` masks from a :data:`MaskSource`, checked when a function made them."""
+    if not callable(masks):
+        return masks[positions]
+    part = np.asarray(masks(positions))
+    if part.ndim != 3 or part.shape[0] != positions.size:
+        raise ValueError(f"masks of patient {patient!r}: got shape {part.shape}, expected ({positions.size}, S, S), "
+                         "one mask per given position")
+    return part
+
+
+def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: MaskSource, out_dir: str | Path,
                          *, suffix: str = "_pred",
                          progress: Callable[[int, int, str], None] | None = None) -> list[Path]:
     """Write slice masks of a 3-D slice store as one NIfTI volume per patient.
@@ -236,12 +253,15 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: np.
     ``out_dir/<patient><suffix>.nii.gz`` with the original grid and header (see
     :func:`mask_image`; the reference path is resolved against the store's ``source_root``).
     Patients without a given slice get no file. Which header each file got is logged and kept
-    in its ``descrip`` field.
+    in its ``descrip`` field. Every patient's volume record and file name are checked before the
+    first file is written.
 
     Args:
         store_path: slice store ingested from 3-D volumes (BraTS or a manifest).
         indices: integer ``(N,)`` distinct store indices of the masks' slices, in any order.
-        masks: bool or integer ``(N, S, S)`` masks at the store's image size.
+        masks: bool or integer ``(N, S, S)`` masks at the store's image size, row ``i`` for
+            ``indices[i]``; or a function giving one patient's masks at a time (see
+            :data:`MaskSource`; a real BraTS test fold holds about a gigabyte of masks at 240 px).
         out_dir: output folder (created if needed).
         suffix: appended to the patient id in the file names.
         progress: called as ``progress(done, total, patient)`` after each patient's file.
@@ -252,16 +272,18 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: np.
     Raises:
         StoreError: ``store_path`` is not a slice store.
         ValueError: the store holds 2-D slices (Jun Cheng) or lacks a patient's volume record,
-            ``indices`` or ``masks`` are invalid, or a file name would not be a plain name.
+            ``indices`` or ``masks`` are invalid, or a file name would not be a plain name. A
+            mask function's wrong result is found at its patient, after the files before it.
         TypeError: ``masks`` is not bool or integer.
     """
     group = open_volume_store(store_path)
     volumes = group.attrs["volumes"]
     count = int(group["labels"].shape[0])
     indices = _check_indices(indices, count, store_path)
-    masks = np.asarray(masks)
-    if masks.ndim != 3 or masks.shape[0] != indices.size:
-        raise ValueError(f"masks: got shape {masks.shape}, expected ({indices.size}, S, S), one mask per index")
+    if not callable(masks):
+        masks = np.asarray(masks)
+        if masks.ndim != 3 or masks.shape[0] != indices.size:
+            raise ValueError(f"masks: got shape {masks.shape}, expected ({indices.size}, S, S), one mask per index")
     patients = read_patients(group)[indices]
     slice_index = group["slice_index"][:][indices]
     root = group.attrs.get("source_root")
@@ -275,8 +297,9 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: np.
     written = []
     for patient, name in names.items():
         record = volumes[patient]
-        selected = patients == patient
-        volume = reassemble_volume(masks[selected], slice_index[selected], record["shape"])
+        positions = np.flatnonzero(patients == patient)
+        volume = reassemble_volume(_patient_masks(masks, positions, patient), slice_index[positions],
+                                   record["shape"])
         reference = Path(record["reference"])
         if not reference.is_absolute():
             reference = Path(root) / reference if root else None

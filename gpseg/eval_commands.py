@@ -186,9 +186,7 @@ def export_masks_cmd(
     """Write each test patient's predicted tumour mask as NIfTI on the original grid (overlays in ITK-SNAP/Slicer)."""
     import json
 
-    import numpy as np
-
-    from gpmodels.evaluation import open_heatmaps, predicted_masks
+    from gpmodels.evaluation import mask_reader, open_heatmaps
     from gpmodels.files import heatmap_path
     from gpmodels.nifti_export import export_patient_masks, open_volume_store
     from gpmodels.report import threshold_config as evaluated_threshold
@@ -205,18 +203,12 @@ def export_masks_cmd(
         raise fail(f"{exc}; run `gpseg postprocess --runs {run}` first") from exc
     config = evaluated_threshold(evaluation["threshold"])
     try:
-        open_volume_store(heat.attrs["store_path"])  # before thresholding: a 2-D store fails at once
+        open_volume_store(heat.attrs["store_path"])  # a 2-D store fails before the progress bar
     except (ValueError, StoreError) as exc:
         raise fail(str(exc)) from exc
-    n, chunk = heat["index"].shape[0], 256
-    with progress_bar("export masks") as update:
-        parts = []
-        for s in range(0, n, chunk):
-            parts.append(predicted_masks(heat["maps"][s:s + chunk], heat["predicted"][s:s + chunk],
-                                         heat["labels"][s:s + chunk], config, heat.attrs["classes"][0] == "tumour-free"))
-            update(min(s + chunk, n), n, "slices thresholded")
+    with progress_bar("export masks") as update:  # one patient's masks in memory at a time
         try:
-            files = export_patient_masks(heat.attrs["store_path"], heat["index"][:], np.concatenate(parts), out,
+            files = export_patient_masks(heat.attrs["store_path"], heat["index"][:], mask_reader(heat, config), out,
                                          progress=update)
         except (ValueError, StoreError) as exc:
             raise fail(str(exc)) from exc

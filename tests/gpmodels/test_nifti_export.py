@@ -184,6 +184,34 @@ def test_export_reports_progress_per_patient(native_store: Path, tmp_path: Path)
     assert calls == [(i + 1, total, path.name.removesuffix("_pred.nii.gz")) for i, path in enumerate(written)]
 
 
+def test_export_from_a_mask_function_equals_the_array_and_asks_one_patient_at_a_time(
+        native_store: Path, tmp_path: Path) -> None:
+    indices, masks = _ground_truth(native_store)
+    order = np.random.default_rng(0).permutation(indices.size)  # positions of a patient are not contiguous
+    indices, masks = indices[order], masks[order]
+    patients = read_patients(open_store(native_store))[indices]
+    asked = []
+
+    def read(positions: np.ndarray) -> np.ndarray:
+        asked.append(positions)
+        return masks[positions]
+
+    from_array = export_patient_masks(native_store, indices, masks, tmp_path / "array")
+    from_function = export_patient_masks(native_store, indices, read, tmp_path / "function")
+    assert [p.read_bytes() for p in from_function] == [p.read_bytes() for p in from_array]
+    assert len(asked) == len(from_array) > 1
+    for positions, path in zip(asked, from_function, strict=True):
+        assert np.all(np.diff(positions) > 0)
+        assert set(patients[positions]) == {path.name.removesuffix("_pred.nii.gz")}
+    assert sorted(np.concatenate(asked).tolist()) == list(range(indices.size))
+
+
+def test_export_names_the_patient_whose_mask_function_result_is_wrong(native_store: Path, tmp_path: Path) -> None:
+    indices, masks = _ground_truth(native_store)
+    with pytest.raises(ValueError, match=r"masks of patient 'BraTS20_Training_001': got shape \(1, 32, 32\)"):
+        export_patient_masks(native_store, indices, lambda positions: masks[positions[:1]], tmp_path)
+
+
 def test_export_is_deterministic(native_store: Path, tmp_path: Path) -> None:
     indices, masks = _ground_truth(native_store)
     first = export_patient_masks(native_store, indices, masks, tmp_path / "a")

@@ -20,9 +20,10 @@ import zarr
 
 from gpmodels import report_figures
 from gpmodels.checkpoints import RunPaths, save_weights
-from gpmodels.evaluation import evaluate_heatmaps, write_evaluation
+from gpmodels.evaluation import evaluate_heatmaps, mask_reader, predicted_masks, write_evaluation
 from gpmodels.files import heatmap_path
 from gpmodels.heatmaps import generate_heatmaps
+from gpmodels.nifti_export import export_patient_masks
 from gpmodels.postprocess import CleaningConfig, ThresholdConfig, select_maps
 from gpmodels.report import FIGURE_CACHE_DIR, build_report, load_run, threshold_config
 from gpmodels.report_figures import OVERLAY_COLOURS, choose_examples, data_uri, overlay_colours
@@ -443,6 +444,25 @@ def test_export_masks_writes_one_volume_per_test_patient(report_runs, tmp_path):
     patients = {row["patient"] for row in _read_csv(report_runs["gp"] / "evaluation_slices.csv")}
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{patient}_pred.nii.gz" for patient in patients)
     assert f"wrote {len(patients)} NIfTI masks to {out}" in " ".join(result.output.split())
+    # thresholded one patient at a time, the files equal those of the whole split's masks at once
+    heat = zarr.open_group(str(heatmap_path(report_runs["gp"], "test")), mode="r")
+    config = threshold_config(json.loads((report_runs["gp"] / "evaluation.json").read_text())["threshold"])
+    masks = predicted_masks(heat["maps"][:], heat["predicted"][:], heat["labels"][:], config,
+                            heat.attrs["classes"][0] == "tumour-free")
+    assert masks.any()
+    whole = export_patient_masks(heat.attrs["store_path"], heat["index"][:], masks, tmp_path / "whole")
+    assert [p.read_bytes() for p in whole] == [(out / p.name).read_bytes() for p in whole]
+
+
+def test_mask_reader_equals_the_masks_of_the_whole_store_for_any_rows(report_runs):
+    heat = zarr.open_group(str(heatmap_path(report_runs["gp"], "test")), mode="r")
+    config = ThresholdConfig(offset=0.2)
+    whole = predicted_masks(heat["maps"][:], heat["predicted"][:], heat["labels"][:], config,
+                            heat.attrs["classes"][0] == "tumour-free")
+    read = mask_reader(heat, config)
+    n = whole.shape[0]
+    for rows in (np.arange(3, 9), np.array([0, 2, n - 1]), np.arange(n)):
+        np.testing.assert_array_equal(read(rows), whole[rows])
 
 
 def test_evaluation_reports_progress_per_chunk(report_runs):
