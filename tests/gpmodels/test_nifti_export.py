@@ -13,7 +13,7 @@ import pytest
 
 from gpmodels import nifti_export
 from gpmodels.nifti_export import MASK_DESCRIPTION, export_patient_masks, reassemble_volume
-from storage.ingest import ingest_brats, ingest_jun_cheng
+from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
 from storage.ingest_config import IngestConfig
 from storage.phantoms import write_brats_phantoms, write_jun_cheng_phantoms
 from storage.slicing import resize_masks
@@ -293,3 +293,18 @@ def test_export_names_a_patient_without_a_volume_record(native_store: Path, tmp_
     with pytest.raises(ValueError, match="patient 'BraTS20_Training_002' has no entry in the 'volumes'"):
         export_patient_masks(store, *_ground_truth(store), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_real_brats2015_ground_truth_exports_back_onto_its_own_grid(shared_data, tmp_path):
+    """Store masks sent back through NIfTI export equal the real segmentation voxel for voxel, same affine."""
+    case = shared_data / "brats2015_sample" / "brats_2013_pat0001_1"
+    csv = tmp_path / "manifest.csv"
+    csv.write_text("patient_id,label,flair,seg\n"
+                   f"pat0001,HGG,{case / 'Flair_subtrMeanDivStd.nii.gz'},{case / 'OTMultiClass.nii.gz'}\n")
+    ingest_manifest(csv, tmp_path / "real.zarr", IngestConfig(workers=0))
+    masks = open_store(tmp_path / "real.zarr")["masks"][:]
+    [written] = export_patient_masks(tmp_path / "real.zarr", np.arange(masks.shape[0]), masks, tmp_path / "out")
+    exported, seg = nib.load(written), nib.load(case / "OTMultiClass.nii.gz")
+    assert exported.shape == seg.shape and np.array_equal(exported.affine, seg.affine)
+    assert exported.header["descrip"].item().decode() == f"{MASK_DESCRIPTION}; header of Flair_subtrMeanDivStd.nii.gz"
+    np.testing.assert_array_equal(np.asarray(exported.dataobj), (np.asarray(seg.dataobj) > 0).astype(np.uint8))
