@@ -16,7 +16,12 @@ console = Console(stderr=True)
 
 @contextmanager
 def progress_bar(description: str) -> Iterator[Callable[[int, int, str], None]]:
-    """A progress bar; yields ``update(done, total, label)``."""
+    """A progress bar; yields ``update(done, total, label)``.
+
+    The bar stays on the terminal when the block ends normally or is interrupted (Ctrl-C shows
+    how far it got). When the block raises an error (e.g. the exit of :func:`fail`), the bar is
+    taken away, so that the one-line error is all that is shown.
+    """
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[label]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -25,7 +30,11 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int, str], None]]:
         def update(done: int, total: int, label: str) -> None:
             progress.update(task, completed=done, total=total, label=label)
 
-        yield update
+        try:
+            yield update
+        except Exception:
+            progress.remove_task(task)
+            raise
 
 
 def one_line(exc: Exception) -> str:

@@ -181,7 +181,9 @@ def report_cmd(
 
 def export_masks_cmd(
     run: Annotated[Path, typer.Option("--run", help="Evaluated run directory (3-D source).")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for <patient>_pred.nii.gz files.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for <patient><suffix>.nii.gz files.")],
+    suffix: Annotated[str, typer.Option(help="Appended to each patient id in the file names, e.g. _gp-unet to "
+                                             "keep several models' masks in one folder.")] = "_pred",
 ) -> None:
     """Write each test patient's predicted tumour mask as NIfTI on the original grid (overlays in ITK-SNAP/Slicer)."""
     import json
@@ -209,7 +211,7 @@ def export_masks_cmd(
     with progress_bar("export masks") as update:  # one patient's masks in memory at a time
         try:
             files = export_patient_masks(heat.attrs["store_path"], heat["index"][:], mask_reader(heat, config), out,
-                                         progress=update)
+                                         suffix=suffix, progress=update)
         except (ValueError, StoreError) as exc:
             raise fail(str(exc)) from exc
     console.print(f"[green]wrote[/green] {len(files)} NIfTI masks to {out}")

@@ -452,6 +452,10 @@ def test_export_masks_writes_one_volume_per_test_patient(report_runs, tmp_path):
     assert masks.any()
     whole = export_patient_masks(heat.attrs["store_path"], heat["index"][:], masks, tmp_path / "whole")
     assert [p.read_bytes() for p in whole] == [(out / p.name).read_bytes() for p in whole]
+    result = CliRunner().invoke(app, ["export-masks", "--run", str(report_runs["gp"]), "--out", str(out),
+                                      "--suffix", "_gp-unet"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("*_gp-unet.nii.gz")) == sorted(f"{p}_gp-unet.nii.gz" for p in patients)
 
 
 def test_mask_reader_equals_the_masks_of_the_whole_store_for_any_rows(report_runs):
