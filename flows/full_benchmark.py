@@ -36,7 +36,7 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
     html = None
     if done:
         html = report(done, str(Path(params.workdir) / REPORT), "gpseg full benchmark",
-                      [f"preset {params.preset}, {params.folds} fold(s), thresholds {params.threshold.model_dump()}",
+                      [f"preset {params.preset}, {params.folds} fold(s), thresholds: {params.threshold.describe()}",
                        *seed_notes])
         publish(html, rows)
     for row in rows:

@@ -42,17 +42,54 @@ class DatasetSpec(BaseModel):
         return value
 
 
+class CleaningParams(BaseModel):
+    """Optional mask clean-up after thresholding (all off by default, as in the paper); applied in the
+    order closing, hole filling, small-object removal, largest component."""
+
+    min_size: int = Field(0, ge=0, description="Remove objects smaller than this many pixels (0: keep all).")
+    fill_holes_area: int = Field(0, ge=0, description="Fill holes of at most this many pixels (0: none).")
+    closing_radius: int = Field(0, ge=0, description="Closing with a disk of this radius in pixels (0: none).")
+    largest_component: bool = Field(False, description="Keep only the largest object per slice.")
+
+
 class ThresholdParams(BaseModel):
     """Heatmap thresholds. ``offset=None`` uses the paper's per-model multi-Otsu offsets."""
 
     method: Literal["otsu", "multiotsu", "fixed"] = "multiotsu"
     offset: float | Literal["auto"] | None = None
     value: float = 0.5
+    target_class: Literal["predicted", "true"] = Field(
+        "predicted", description="Threshold the map of the predicted class (the paper) or of the true class "
+                                 "(localisation alone).")
+    cleaning: CleaningParams = Field(default_factory=CleaningParams)
+
+    @model_validator(mode="after")
+    def _auto_needs_multiotsu(self) -> ThresholdParams:
+        if self.offset == "auto" and self.method != "multiotsu":
+            raise ValueError(f"offset: got 'auto' with method {self.method!r}, expected a number "
+                             "('auto' applies to multiotsu only)")
+        return self
+
+    def describe(self) -> str:
+        """One line for a report's notes, e.g. ``multiotsu, the paper's offset per model, cleaning min_size=30``."""
+        if self.method == "multiotsu":
+            named = {None: "the paper's offset per model", "auto": "offset chosen on the validation masks"}
+            parts = [f"multiotsu, {named.get(self.offset, f'offset {self.offset}')}"]
+        else:
+            parts = [f"fixed {self.value}" if self.method == "fixed" else "otsu"]
+        if self.target_class != "predicted":
+            parts.append("map of the true class")
+        steps = {key: value for key, value in self.cleaning.model_dump().items() if value}
+        if steps:
+            parts.append("cleaning " + ", ".join(f"{key}={value}" for key, value in steps.items()))
+        return ", ".join(parts)
 
     def for_model(self, model: str) -> dict:
-        """The :class:`gpmodels.postprocess.ThresholdConfig` fields for one model."""
+        """The :class:`gpmodels.postprocess.ThresholdConfig` fields for one model, as JSON
+        (:meth:`~gpmodels.postprocess.ThresholdConfig.from_dict` reads them)."""
         offset = PAPER_MULTIOTSU_OFFSETS.get(model, 0.0) if self.offset is None else self.offset
-        return {"method": self.method, "offset": offset if self.method == "multiotsu" else 0.0, "value": self.value}
+        return {"method": self.method, "offset": offset if self.method == "multiotsu" else 0.0, "value": self.value,
+                "target_class": self.target_class, "cleaning": self.cleaning.model_dump()}
 
 
 def absolute_workdir(value: str) -> str:

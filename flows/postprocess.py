@@ -29,7 +29,7 @@ def postprocess(params: PostprocessParams = PostprocessParams()) -> dict:
     rows = summary_rows(results)
     out = params.out or str(Path(params.workdir) / REPORT)
     html = report(runs, out, "gpseg report (post-processing re-run)",
-                  [f"thresholds re-run by postprocess: {params.threshold.model_dump()}; no model was loaded"])
+                  [f"thresholds re-run by postprocess: {params.threshold.describe()}; no model was loaded"])
     publish(html, rows)
     for row in rows:
         logger.info("%s", row)

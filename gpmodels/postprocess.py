@@ -31,7 +31,7 @@ import numpy as np
 
 from gpmodels.chunks import run_chunks
 from gpmodels.cleaning import clean_masks
-from gpmodels.metrics import count_foreground, dice_from_counts
+from gpmodels.metrics import count_foreground, dice, dice_from_counts
 from gpmodels.threshold_config import (
     DEFAULT_OFFSET_GRID,
     METHODS,
@@ -275,12 +275,24 @@ def resolve_auto_offset(config: ThresholdConfig, maps: np.ndarray, targets: np.n
 
     Returns:
         A configuration with a numeric offset (highest median Dice over slices
-        with a non-empty target; ties to the first in ``auto_offsets``).
+        with a non-empty target; ties to the first in ``auto_offsets``). With clean-up
+        switched on, each offset's masks are cleaned before they are scored, so the offset
+        is the best one for the masks the configuration will make; that costs one clean-up
+        pass per offset instead of the single thresholding pass of :func:`sweep_offsets`.
     """
     if config.offset != "auto":
         return config
-    scores = sweep_offsets(maps, targets, config.auto_offsets, config.suppress_negative, config.classes,
-                           config.nbins)
+    if config.cleaning.active:
+        maps, c = _check_stack("maps", maps), config.cleaning
+        upper, undefined = multiotsu_upper(maps, config.classes, config.nbins, config.suppress_negative)
+        # thresholds are >= 0 with suppression, so the raw maps give the masks of threshold_heatmaps
+        scores = np.stack([
+            dice(clean_masks(maps > _lower_by_offset(upper, undefined, off)[:, None, None], c.min_size,
+                             c.fill_holes_area, c.closing_radius, c.largest_component), targets)
+            for off in config.auto_offsets])
+    else:
+        scores = sweep_offsets(maps, targets, config.auto_offsets, config.suppress_negative, config.classes,
+                               config.nbins)
     has_target = count_foreground(np.asarray(targets) != 0) > 0
     return replace(config, offset=best_offset(scores, config.auto_offsets, has_target))
 

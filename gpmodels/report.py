@@ -44,7 +44,7 @@ from gpmodels.figure_cache import FigureCache, code_version
 from gpmodels.files import SEED_SELECTION, write_text_atomic
 from gpmodels.metrics import aggregate_folds
 from gpmodels.names import MODEL_NAMES
-from gpmodels.postprocess import CleaningConfig, ThresholdConfig
+from gpmodels.postprocess import ThresholdConfig
 from storage.errors import StoreError
 from storage.store import open_store
 
@@ -145,17 +145,9 @@ class ReportRun:
 
 
 def threshold_config(values: Mapping[str, Any]) -> ThresholdConfig:
-    """Rebuild the :class:`ThresholdConfig` of an ``evaluation.json`` ``threshold`` entry.
-
-    ``offset_source`` is dropped, ``cleaning`` becomes a :class:`CleaningConfig` and
-    ``auto_offsets`` a tuple.
-    """
-    kept = {key: value for key, value in values.items() if key != "offset_source"}
-    if "cleaning" in kept:
-        kept["cleaning"] = CleaningConfig(**kept["cleaning"])
-    if "auto_offsets" in kept:
-        kept["auto_offsets"] = tuple(kept["auto_offsets"])
-    return ThresholdConfig(**kept)
+    """Rebuild the :class:`ThresholdConfig` of an ``evaluation.json`` ``threshold`` entry
+    (:meth:`ThresholdConfig.from_dict` after dropping ``offset_source``)."""
+    return ThresholdConfig.from_dict({key: value for key, value in values.items() if key != "offset_source"})
 
 
 def _read_slices(path: Path) -> dict[str, np.ndarray] | None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 import numpy as np
 
@@ -52,6 +53,11 @@ class CleaningConfig:
     fill_holes_area: int = 0
     closing_radius: int = 0
     largest_component: bool = False
+
+    @property
+    def active(self) -> bool:
+        """True when any clean-up step is switched on."""
+        return bool(self.min_size or self.fill_holes_area or self.closing_radius or self.largest_component)
 
     def __post_init__(self) -> None:
         for name in ("min_size", "fill_holes_area", "closing_radius"):
@@ -112,3 +118,27 @@ class ThresholdConfig:
             _check_finite("auto_offsets", off)
         if not isinstance(self.cleaning, CleaningConfig):
             raise ValueError(f"cleaning: got {type(self.cleaning).__name__}, expected a CleaningConfig")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ThresholdConfig:
+        """A configuration from its JSON form (``dataclasses.asdict`` of one, or some of its fields):
+        ``cleaning`` may be a dict of :class:`CleaningConfig` fields and ``auto_offsets`` a list.
+
+        Raises:
+            ValueError: a key is not a field (of either class), or a value is invalid.
+        """
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"threshold: unknown fields {unknown}; valid fields are {sorted(names)}")
+        kept = dict(values)
+        cleaning = kept.get("cleaning")
+        if isinstance(cleaning, Mapping):
+            allowed = {f.name for f in fields(CleaningConfig)}
+            unknown = sorted(set(cleaning) - allowed)
+            if unknown:
+                raise ValueError(f"cleaning: unknown fields {unknown}; valid fields are {sorted(allowed)}")
+            kept["cleaning"] = CleaningConfig(**cleaning)
+        if isinstance(kept.get("auto_offsets"), list):
+            kept["auto_offsets"] = tuple(kept["auto_offsets"])
+        return cls(**kept)

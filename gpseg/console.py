@@ -43,7 +43,7 @@ def one_line(exc: Exception) -> str:
         parts = []
         for error in exc.errors():
             field, message = ".".join(map(str, error["loc"])), error["msg"].removeprefix("Value error, ")
-            parts.append(message if message.startswith(f"{field}:") else f"{field}: {message}")
+            parts.append(message if not field or message.startswith(f"{field}:") else f"{field}: {message}")
         return "; ".join(parts)
     return " ".join(str(exc).split())
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from gpseg.console import console, fail, progress_bar
+from gpseg.console import console, fail, one_line, progress_bar
+
+if TYPE_CHECKING:
+    from flows.params import ThresholdParams
 
 RunsArg = Annotated[list[Path], typer.Argument(help="Run directories written by `gpseg train`.")]
 MethodOpt = Annotated[str, typer.Option("--method", help="otsu, multiotsu (the paper's) or fixed.")]
@@ -23,24 +26,32 @@ TargetOpt = Annotated[str, typer.Option("--target-class", help="Threshold the ma
                                                                 "or the true class.")]
 
 
-def threshold_config(model: str, method: str, offset: str | None, value: float, target_class: str):
-    """A ThresholdConfig from CLI options (paper offset per model when none is given)."""
-    from gpmodels.evaluation import default_threshold
-    from gpmodels.postprocess import ThresholdConfig
+MinSizeOpt = Annotated[int, typer.Option("--min-size", help="Clean-up: remove objects smaller than this many "
+                                                               "pixels (0: keep all).")]
+FillHolesOpt = Annotated[int, typer.Option("--fill-holes", help="Clean-up: fill holes of at most this many pixels.")]
+ClosingOpt = Annotated[int, typer.Option("--closing", help="Clean-up: closing with a disk of this radius in pixels.")]
+LargestOpt = Annotated[bool, typer.Option("--largest-component/--all-components",
+                                          help="Clean-up: keep only the largest object per slice.")]
 
-    if offset is None:
-        chosen = default_threshold(model).offset if method == "multiotsu" else 0.0
-    elif offset == "auto":
-        chosen = "auto"
-    else:
+
+def threshold_params(method: str, offset: str | None, value: float, target_class: str, min_size: int = 0,
+                     fill_holes: int = 0, closing: int = 0, largest_component: bool = False) -> ThresholdParams:
+    """The flows' :class:`~flows.params.ThresholdParams` from CLI options, or a one-line error naming the option."""
+    from pydantic import ValidationError
+
+    from flows.params import ThresholdParams
+
+    if offset not in (None, "auto"):
         try:
-            chosen = float(offset)
+            offset = float(offset)
         except ValueError as exc:
             raise fail(f"--offset: got {offset!r}, expected a number or 'auto'") from exc
     try:
-        return ThresholdConfig(method=method, offset=chosen, value=value, target_class=target_class)
-    except ValueError as exc:
-        raise fail(str(exc)) from exc
+        return ThresholdParams(method=method, offset=offset, value=value, target_class=target_class,
+                               cleaning={"min_size": min_size, "fill_holes_area": fill_holes,
+                                         "closing_radius": closing, "largest_component": largest_component})
+    except ValidationError as exc:
+        raise fail(one_line(exc)) from exc
 
 
 def heatmaps_cmd(
@@ -73,12 +84,14 @@ def _require_run(run: Path) -> Path:
     return config_path
 
 
-def _evaluate(runs: list[Path], method: str, offset: str | None, value: float, target_class: str) -> list[dict]:
+def _evaluate(runs: list[Path], params: ThresholdParams) -> list[dict]:
+    """Threshold and score each run's test heatmaps with ``params``; writes each run's evaluation.json."""
     import json
     from itertools import accumulate
 
     from gpmodels.evaluation import evaluate_heatmaps, open_heatmaps, write_evaluation
     from gpmodels.files import heatmap_path
+    from gpmodels.postprocess import ThresholdConfig
 
     models = [json.loads(_require_run(run).read_text())["train"]["model"] for run in runs]
     try:
@@ -92,8 +105,8 @@ def _evaluate(runs: list[Path], method: str, offset: str | None, value: float, t
                 update(before + done, total, label)
 
             try:
-                result = evaluate_heatmaps(heatmap_path(run, "test"),
-                                           threshold_config(model, method, offset, value, target_class), progress=step)
+                config = ThresholdConfig.from_dict(params.for_model(model))
+                result = evaluate_heatmaps(heatmap_path(run, "test"), config, progress=step)
             except (FileNotFoundError, ValueError) as exc:
                 raise fail(str(exc)) from exc
             write_evaluation(run, result)
@@ -139,11 +152,18 @@ def postprocess_cmd(
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Report folder (default: WORKDIR/report with --workdir, else ./report).")] = None,
     method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
-    target_class: TargetOpt = "predicted",
+    target_class: TargetOpt = "predicted", min_size: MinSizeOpt = 0, fill_holes: FillHolesOpt = 0,
+    closing: ClosingOpt = 0, largest_component: LargestOpt = False,
 ) -> None:
-    """Re-threshold stored heatmaps, re-score and re-report. No model is loaded."""
+    """Re-threshold stored heatmaps, re-score and re-report. No model is loaded.
+
+    Clean-up steps (off by default, as in the paper) run after thresholding in the order closing, hole
+    filling, small-object removal, largest component; with --offset auto the offset is chosen for the
+    cleaned masks.
+    """
     from gpmodels.report import build_report
 
+    params = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)
     if (runs is None) == (workdir is None):
         raise fail("give either --runs (repeatable) or --workdir")
     if workdir is not None:
@@ -155,12 +175,10 @@ def postprocess_cmd(
         console.print(f"re-thresholding {source}", highlight=False)
         runs, out = [Path(r) for r in found], out or workdir / REPORT
     out = out or Path("report")
-    results = _evaluate(runs, method, offset, value, target_class)
+    results = _evaluate(runs, params)
     _print_table(results, runs)
-    offset_text = "the paper's per-model offsets" if offset is None else offset
     html = build_report(runs, out, title="gpseg report (post-processing re-run)",
-                        notes=[f"thresholds re-run by `gpseg postprocess`: method {method}, offset {offset_text}, "
-                               f"value {value}, target class {target_class}"])
+                        notes=[f"thresholds re-run by `gpseg postprocess`: {params.describe()}"])
     console.print(f"[green]report[/green] {html}")
 
 
@@ -174,7 +192,9 @@ def report_cmd(
 
     missing = [r for r in runs if not (r / "evaluation.json").is_file()]
     if missing:
-        _evaluate(missing, "multiotsu", None, 0.5, "predicted")
+        from flows.params import ThresholdParams
+
+        _evaluate(missing, ThresholdParams())
     html = build_report(runs, out, title=title)
     console.print(f"[green]report[/green] {html}")
 

@@ -17,7 +17,7 @@ from gpmodels.report import build_report
 @task
 def evaluate_run(run_dir: str, threshold: dict | None) -> dict:
     """Threshold a run's test heatmaps and score them; writes ``evaluation.json`` in the run dir."""
-    config = ThresholdConfig(**threshold) if threshold else None
+    config = ThresholdConfig.from_dict(threshold) if threshold else None
     result = evaluate_heatmaps(heatmap_path(run_dir, "test"), config)
     write_evaluation(run_dir, result)
     return {key: value for key, value in result.items() if key != "slices"}

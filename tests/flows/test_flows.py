@@ -38,7 +38,9 @@ def test_benchmark_then_postprocess_only(bench_workdir, task_names):
     before = (report.parent / "metrics.json").read_text()
 
     post = postprocess(PostprocessParams(workdir=str(bench_workdir),
-                                         threshold=ThresholdParams(method="fixed", value=0.01)), return_state=True)
+                                         threshold=ThresholdParams(method="fixed", value=0.01,
+                                                                   cleaning={"largest_component": True})),
+                       return_state=True)
     assert post.is_completed()
     ran = task_names(post.state_details.flow_run_id)
     assert "evaluate_run" in ran and "report" in ran
@@ -47,6 +49,8 @@ def test_benchmark_then_postprocess_only(bench_workdir, task_names):
     assert after != before
     evaluation = json.loads(next((bench_workdir / "runs").glob("**/evaluation.json")).read_text())
     assert evaluation["threshold"]["method"] == "fixed" and evaluation["threshold"]["value"] == 0.01
+    assert evaluation["threshold"]["cleaning"]["largest_component"] is True
+    assert "fixed 0.01, cleaning largest_component=True" in (report.parent / "index.html").read_text()
 
 
 def test_benchmark_rerun_reuses_cached_training(bench_workdir):

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from flows.params import BenchmarkParams, PostprocessParams, RetrainParams
+from gpmodels.postprocess import CleaningConfig, ThresholdConfig
 from gpseg.console import one_line
 
 
@@ -82,3 +83,36 @@ def test_tasks_carry_no_tags():
              for name, value in vars(module).items() if isinstance(value, Task)}
     assert len(found) >= 8
     assert found == dict.fromkeys(found, set())
+
+
+@pytest.mark.parametrize(("values", "model", "expected", "text"), [
+    ({}, "gp-reconresnet", ThresholdConfig(offset=1.6), "multiotsu, the paper's offset per model"),
+    ({"offset": "auto", "cleaning": {"min_size": 30, "closing_radius": 1}}, "gp-unet",
+     ThresholdConfig(offset="auto", cleaning=CleaningConfig(min_size=30, closing_radius=1)),
+     "multiotsu, offset chosen on the validation masks, cleaning min_size=30, closing_radius=1"),
+    ({"method": "fixed", "value": 0.4, "target_class": "true", "cleaning": {"largest_component": True}}, "resnext50",
+     ThresholdConfig(method="fixed", value=0.4, target_class="true", cleaning=CleaningConfig(largest_component=True)),
+     "fixed 0.4, map of the true class, cleaning largest_component=True"),
+])
+def test_threshold_params_give_each_model_its_config_and_describe_themselves(values, model, expected, text):
+    params = PostprocessParams(threshold=values).threshold
+    assert ThresholdConfig.from_dict(params.for_model(model)) == expected
+    assert params.describe() == text
+
+
+def test_bad_cleaning_parameters_name_the_field():
+    with pytest.raises(ValidationError) as caught:
+        PostprocessParams(threshold={"cleaning": {"closing_radius": -1}})
+    assert one_line(caught.value).startswith("threshold.cleaning.closing_radius: Input should be greater than")
+
+
+def test_auto_offset_needs_multiotsu_and_a_top_level_error_has_no_empty_field():
+    from flows.params import ThresholdParams
+
+    with pytest.raises(ValidationError) as caught:
+        ThresholdParams(method="fixed", offset="auto")
+    assert one_line(caught.value) == "offset: got 'auto' with method 'fixed', expected a number ('auto' applies to " \
+                                     "multiotsu only)"
+    with pytest.raises(ValidationError) as caught:
+        PostprocessParams(threshold={"method": "otsu", "offset": "auto"})
+    assert one_line(caught.value).startswith("threshold: offset: got 'auto' with method 'otsu'")

@@ -147,6 +147,19 @@ def test_resolve_auto_offset_picks_from_the_grid():
     assert resolve_auto_offset(fixed, maps, targets) is fixed
 
 
+@pytest.mark.parametrize("cleaning", [CleaningConfig(min_size=30), CleaningConfig(largest_component=True),
+                                      CleaningConfig(closing_radius=2, min_size=10)])
+def test_auto_offset_with_cleaning_is_the_best_for_the_cleaned_masks(cleaning):
+    maps, targets = blobs(8, seed=0)
+    grid = tuple(round(0.1 * k, 1) for k in range(21))
+    config = ThresholdConfig(offset="auto", auto_offsets=grid, cleaning=cleaning)
+    has_target = targets.any(axis=(1, 2))
+    cleaned = np.stack([dice(segment_heatmaps(maps, replace(config, offset=off)), targets) for off in grid])
+    best = best_offset(cleaned, grid, has_target)
+    assert resolve_auto_offset(config, maps, targets).offset == best
+    assert best != best_offset(sweep_offsets(maps, targets, grid), grid, has_target)  # cleaning moves the choice
+
+
 def test_postprocessing_does_not_import_prefect():
     code = "import sys, gpmodels.postprocess, gpmodels.metrics; assert 'prefect' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

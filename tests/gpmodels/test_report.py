@@ -368,6 +368,31 @@ def test_postprocess_cli_on_a_workdir_rethresholds_the_reports_runs_only(report_
     assert empty.exit_code == 1 and "no run with test heatmaps" in empty.output
 
 
+def test_postprocess_cli_cleans_the_masks_and_says_so(report_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    run = _copy_run(report_runs["gp"], tmp_path / "run")
+    given = ["postprocess", "--runs", str(run), "--offset", "0.2"]
+    plain = CliRunner().invoke(app, [*given, "--out", str(tmp_path / "a")])
+    assert plain.exit_code == 0, plain.output
+    before = _evaluation(run)
+    result = CliRunner().invoke(app, [*given, "--out", str(tmp_path / "b"), "--min-size", "100000", "--closing", "1",
+                                      "--largest-component"])
+    assert result.exit_code == 0, result.output
+    after = _evaluation(run)
+    assert after["threshold"]["cleaning"] == {"min_size": 100000, "fill_holes_area": 0, "closing_radius": 1,
+                                              "largest_component": True}
+    assert before["segmentation"]["dice"]["median"] > 0 == after["segmentation"]["dice"]["median"]  # all removed
+    page = (tmp_path / "b" / "index.html").read_text()
+    assert "offset 0.2, cleaning min_size=100000, closing_radius=1, largest_component=True" in page
+    bad = CliRunner().invoke(app, ["postprocess", "--runs", str(run), "--closing", "-1", "--out", str(tmp_path / "c")])
+    assert bad.exit_code == 1 and bad.output.strip() == ("error: cleaning.closing_radius: Input should be greater "
+                                                         "than or equal to 0")
+    assert _evaluation(run) == after
+
+
 def test_a_seed_runs_selection_is_shown_beside_its_seed(report_runs, tmp_path):
     fold = tmp_path / "gp-unet" / "fold_0"
     kept = _copy_run(report_runs["gp"], fold / "seed_1")

@@ -35,3 +35,25 @@ def test_config_validation_names_the_field():
         CleaningConfig(min_size=-3)
     with pytest.raises(AttributeError):
         ThresholdConfig().offset = 1.0  # frozen
+
+
+def test_from_dict_inverts_asdict_and_takes_partial_json():
+    from dataclasses import asdict
+
+    config = ThresholdConfig(method="multiotsu", offset="auto", target_class="true",
+                             auto_offsets=(0.1, 0.2), cleaning=CleaningConfig(min_size=5, largest_component=True))
+    as_json = {**asdict(config), "auto_offsets": [0.1, 0.2]}
+    assert ThresholdConfig.from_dict(as_json) == config
+    assert ThresholdConfig.from_dict({"offset": 0.2, "cleaning": {"closing_radius": 1}}) == ThresholdConfig(
+        offset=0.2, cleaning=CleaningConfig(closing_radius=1))
+    assert not ThresholdConfig().cleaning.active and CleaningConfig(fill_holes_area=3).active
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"offst": 0.2}, r"unknown fields \['offst'\]"),
+    ({"cleaning": {"min_sise": 3}}, r"cleaning: unknown fields \['min_sise'\]"),
+    ({"cleaning": {"min_size": -1}}, r"cleaning.min_size: got -1"),
+])
+def test_from_dict_names_the_bad_field(values, match):
+    with pytest.raises(ValueError, match=match):
+        ThresholdConfig.from_dict(values)
