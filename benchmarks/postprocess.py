@@ -12,6 +12,12 @@ Parts (``--part``):
   The first call is timed on its own: it loads the compiled (numba) kernels
   from the on-disk cache, or compiles them when the cache is cold.
 
+* ``cleaning``: what mask clean-up costs (``gpseg postprocess --closing 1 --fill-holes 64
+  --min-size 50 --largest-component``): one clean-up pass against one thresholding pass, and
+  ``--offset auto`` over the 21-offset grid with and without clean-up (with it, every offset's
+  masks are cleaned before they are scored), against a loop of ``segment_heatmaps`` per offset;
+  the last two must choose the same offset.
+
 Further parts (e.g. heatmap generation per model) register in ``PARTS``.
 
 Usage::
@@ -32,7 +38,17 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu
 
 from gpmodels.metrics import dice
-from gpmodels.postprocess import sweep_offsets, threshold_heatmaps
+from gpmodels.postprocess import (
+    DEFAULT_OFFSET_GRID,
+    CleaningConfig,
+    ThresholdConfig,
+    best_offset,
+    clean_masks,
+    resolve_auto_offset,
+    segment_heatmaps,
+    sweep_offsets,
+    threshold_heatmaps,
+)
 
 PAPER_SWEEP = (0.0, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 1.6)
 
@@ -130,7 +146,45 @@ def part_thresholds(args: argparse.Namespace) -> None:
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
-PARTS: dict[str, Callable[[argparse.Namespace], None]] = {"thresholds": part_thresholds}
+def part_cleaning(args: argparse.Namespace) -> None:
+    """Clean-up against thresholding, and the auto offset with and without clean-up."""
+    maps, targets = synthetic_heatmaps(args.slices, args.size, args.seed)
+    n, grid = args.slices, DEFAULT_OFFSET_GRID
+    steps = CleaningConfig(min_size=50, fill_holes_area=64, closing_radius=1, largest_component=True)
+    print(f"heatmaps: {n} x {args.size} x {args.size} float32; clean-up {steps}; {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}; best of {args.repeats} interleaved runs")
+    threshold_heatmaps(maps[:1], "multiotsu")  # numba's kernels loaded (or compiled) outside the timings
+    masks = threshold_heatmaps(maps, "multiotsu", offset=args.offset)
+    timings = measure({"threshold (multi-Otsu)": lambda: threshold_heatmaps(maps, "multiotsu", offset=args.offset),
+                       "clean-up of those masks": lambda: clean_masks(masks, steps.min_size, steps.fill_holes_area,
+                                                                      steps.closing_radius, steps.largest_component)},
+                      args.repeats)
+    print("one pass:")
+    for name, (seconds, _) in timings.items():
+        print(f"  {name:34s} {n / seconds:8.0f} slices/s  ({seconds:.3f} s)")
+
+    has_target = targets.any(axis=(1, 2))
+    plain, cleaned = ThresholdConfig(offset="auto"), ThresholdConfig(offset="auto", cleaning=steps)
+
+    def loop() -> float:
+        scores = np.stack([dice(segment_heatmaps(maps, ThresholdConfig(offset=off, cleaning=steps)), targets)
+                           for off in grid])
+        return best_offset(scores, grid, has_target)
+
+    timings = measure({"segment_heatmaps per offset": lambda: np.array([loop()]),
+                       "resolve_auto_offset, clean-up": lambda: np.array(
+                           [resolve_auto_offset(cleaned, maps, targets).offset]),
+                       "resolve_auto_offset, none": lambda: np.array(
+                           [resolve_auto_offset(plain, maps, targets).offset])}, args.repeats)
+    print(f"--offset auto over {len(grid)} offsets:")
+    base_time = next(iter(timings.values()))[0]
+    for name, (seconds, chosen) in timings.items():
+        print(f"  {name:34s} {n / seconds:8.0f} slices/s  ({seconds:.3f} s)  {base_time / seconds:6.2f} x  "
+              f"offset {chosen[0]}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+
+
+PARTS: dict[str, Callable[[argparse.Namespace], None]] = {"thresholds": part_thresholds, "cleaning": part_cleaning}
 
 
 def main() -> None:
