@@ -69,8 +69,37 @@ def close_masks(masks: np.ndarray, radius: int) -> np.ndarray:
     _check_count("radius", radius)
     if radius == 0:
         return masks.copy()
-    footprint = disk(radius).astype(bool)[None]
-    return ndi.binary_erosion(ndi.binary_dilation(masks, footprint), footprint, border_value=1)
+    footprint = disk(radius).astype(bool)
+    if footprint.sum() <= _SHIFT_LIMIT:
+        offsets = [(int(dy), int(dx)) for dy, dx in np.argwhere(footprint) - radius]
+        dilated = _shifted_reduce(masks, offsets, radius, np.logical_or, False)
+        return _shifted_reduce(dilated, offsets, radius, np.logical_and, True)
+    return ndi.binary_erosion(ndi.binary_dilation(masks, footprint[None]), footprint[None], border_value=1)
+
+
+_SHIFT_LIMIT = 30
+"""Footprint pixels (a disk of radius 3 has 29) up to which a closing is done as an OR, then an AND,
+of shifted copies of the masks; about ten times faster than scipy's binary morphology for radius 1."""
+
+
+def _shifted_reduce(masks: np.ndarray, offsets: list[tuple[int, int]], radius: int, op: np.ufunc,
+                    outside: bool) -> np.ndarray:
+    """``op`` over the copies of every slice shifted by each of ``offsets``, pixels outside the slice being
+    ``outside``: a dilation (``logical_or``, False) or an erosion (``logical_and``, True) with the
+    symmetric footprint whose pixels are ``offsets`` (each ``|dy|, |dx| <= radius``).
+
+    ``(N, H, W)`` bool in and out.
+    """
+    n, h, w = masks.shape
+    padded = np.pad(masks, ((0, 0), (radius, radius), (radius, radius)), constant_values=outside)
+    out = None
+    for dy, dx in offsets:
+        view = padded[:, radius + dy:radius + dy + h, radius + dx:radius + dx + w]
+        if out is None:
+            out = view.copy()
+        else:
+            op(out, view, out=out)
+    return out
 
 
 def fill_holes(masks: np.ndarray, max_area: int) -> np.ndarray:
@@ -120,6 +149,32 @@ def remove_small_objects(masks: np.ndarray, min_size: int) -> np.ndarray:
     return keep[labels]
 
 
+def _largest_per_slice(labels: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Which labels are the largest object of their slice (ties: the first in raster order).
+
+    Args:
+        labels: int ``(N, H, W)`` from :func:`_component_sizes` with a structure that never
+            connects slices.
+        sizes: ``(L + 1,)`` pixels per label, index 0 the background.
+
+    Returns:
+        bool ``(L + 1,)``, False for the background.
+    """
+    keep = np.zeros(sizes.size, dtype=bool)
+    if labels.shape[0] == 0 or sizes.size == 1:
+        return keep
+    # labels are numbered in raster order and never span slices, so slice i holds the labels above the
+    # highest label of the slices before it, up to its own highest
+    highest = np.maximum.accumulate(labels.reshape(labels.shape[0], -1).max(axis=1))
+    ids = np.arange(1, sizes.size)
+    slice_of = np.searchsorted(highest, ids, side="left")
+    order = np.lexsort((ids, -sizes[1:], slice_of))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = slice_of[order[1:]] != slice_of[order[:-1]]
+    keep[ids[order[first]]] = True
+    return keep
+
+
 def keep_largest_component(masks: np.ndarray) -> np.ndarray:
     """Keep only the largest 8-connected object of every slice.
 
@@ -133,16 +188,7 @@ def keep_largest_component(masks: np.ndarray) -> np.ndarray:
     """
     masks = _check_masks(masks)
     labels, sizes = _component_sizes(masks, _OBJECTS)
-    slice_of = np.zeros(sizes.size, dtype=np.intp)
-    slice_of[labels] = np.arange(masks.shape[0])[:, None, None]
-    ids = np.arange(1, sizes.size)
-    order = np.lexsort((ids, -sizes[1:], slice_of[1:]))
-    ranked = ids[order]
-    first = np.ones(ranked.size, dtype=bool)
-    first[1:] = slice_of[ranked[1:]] != slice_of[ranked[:-1]]
-    keep = np.zeros(sizes.size, dtype=bool)
-    keep[ranked[first]] = True
-    return keep[labels]
+    return _largest_per_slice(labels, sizes)[labels]
 
 
 def clean_masks(
@@ -173,7 +219,16 @@ def clean_masks(
         ValueError: a size is negative or not an integer, or ``masks`` is not 3-D.
         TypeError: ``masks`` is not bool.
     """
+    _check_count("min_size", min_size)
     masks = close_masks(masks, closing_radius)
     masks = fill_holes(masks, fill_holes_area)
-    masks = remove_small_objects(masks, min_size)
-    return keep_largest_component(masks) if largest_component else masks
+    if min_size <= 1 and not largest_component:
+        return masks
+    # one labelling serves both object steps: removing small objects merges none, so the largest
+    # object left is the largest of all when it has min_size pixels, else no object is left
+    labels, sizes = _component_sizes(masks, _OBJECTS)
+    keep = sizes >= min_size
+    if largest_component:
+        keep &= _largest_per_slice(labels, sizes)
+    keep[0] = False
+    return keep[labels]

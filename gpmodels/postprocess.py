@@ -282,8 +282,11 @@ def resolve_auto_offset(config: ThresholdConfig, maps: np.ndarray, targets: np.n
     """
     if config.offset != "auto":
         return config
-    if config.cleaning.active:
-        maps, c = _check_stack("maps", maps), config.cleaning
+    has_target = count_foreground(np.asarray(targets) != 0) > 0
+    if config.cleaning.active and has_target.any():
+        # only slices with a target are ranked, and clean-up works slice by slice: clean those alone
+        maps, c = _check_stack("maps", maps)[has_target], config.cleaning
+        targets, has_target = np.asarray(targets)[has_target], has_target[has_target]
         upper, undefined = multiotsu_upper(maps, config.classes, config.nbins, config.suppress_negative)
         # thresholds are >= 0 with suppression, so the raw maps give the masks of threshold_heatmaps
         scores = np.stack([
@@ -293,7 +296,6 @@ def resolve_auto_offset(config: ThresholdConfig, maps: np.ndarray, targets: np.n
     else:
         scores = sweep_offsets(maps, targets, config.auto_offsets, config.suppress_negative, config.classes,
                                config.nbins)
-    has_target = count_foreground(np.asarray(targets) != 0) > 0
     return replace(config, offset=best_offset(scores, config.auto_offsets, has_target))
 
 

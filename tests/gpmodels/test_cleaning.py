@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
+from skimage.morphology import disk
 
 from gpmodels.cleaning import clean_masks, close_masks, fill_holes, keep_largest_component, remove_small_objects
 
@@ -87,3 +89,44 @@ def test_invalid_arguments():
         clean_masks(np.zeros((1, 4, 4), bool), min_size=-1)
     with pytest.raises(ValueError, match="masks"):
         clean_masks(np.zeros((4, 4), bool))
+
+
+def _random_masks(seed: int, n: int = 12, shape: tuple[int, int] = (23, 31)) -> np.ndarray:
+    """Blobs, thin lines, isolated pixels, objects on the border and empty slices."""
+    rng = np.random.default_rng(seed)
+    smooth = ndi.gaussian_filter(rng.standard_normal((n, *shape)), (0, 1.5, 1.5))
+    masks = smooth > rng.uniform(0.0, 0.4, (n, 1, 1))
+    masks |= rng.random((n, *shape)) < 0.02
+    masks[rng.random(n) < 0.2] = False
+    return masks
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3, 4])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_closing_equals_scipy_binary_morphology_slice_by_slice(radius, seed):
+    masks = _random_masks(seed)
+    footprint = disk(radius).astype(bool)
+    expected = np.stack([ndi.binary_erosion(ndi.binary_dilation(m, footprint), footprint, border_value=1)
+                         for m in masks])
+    np.testing.assert_array_equal(close_masks(masks, radius), expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_largest_component_equals_a_slice_by_slice_reference(seed):
+    masks = _random_masks(seed)
+    expected = np.zeros_like(masks)
+    for i, m in enumerate(masks):
+        labels, count = ndi.label(m, structure=np.ones((3, 3)))
+        if count:
+            sizes = np.bincount(labels.ravel())[1:]
+            expected[i] = labels == 1 + int(np.argmax(sizes))  # ties: the first label, first in raster order
+    np.testing.assert_array_equal(keep_largest_component(masks), expected)
+
+
+@pytest.mark.parametrize("min_size", [0, 1, 5, 40, 10_000])
+@pytest.mark.parametrize("largest", [False, True])
+def test_clean_masks_equals_its_steps_one_after_another(min_size, largest):
+    masks = _random_masks(4, n=16)
+    expected = remove_small_objects(fill_holes(close_masks(masks, 1), 6), min_size)
+    expected = keep_largest_component(expected) if largest else expected
+    np.testing.assert_array_equal(clean_masks(masks, min_size, 6, 1, largest), expected)

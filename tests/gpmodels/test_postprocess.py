@@ -158,6 +158,8 @@ def test_auto_offset_with_cleaning_is_the_best_for_the_cleaned_masks(cleaning):
     best = best_offset(cleaned, grid, has_target)
     assert resolve_auto_offset(config, maps, targets).offset == best
     assert best != best_offset(sweep_offsets(maps, targets, grid), grid, has_target)  # cleaning moves the choice
+    with pytest.raises(ValueError, match="no slice has a non-empty target"):
+        resolve_auto_offset(config, maps, np.zeros_like(targets))
 
 
 def test_postprocessing_does_not_import_prefect():
