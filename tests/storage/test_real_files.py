@@ -42,4 +42,3 @@ def test_real_brats2015_case_through_manifest(shared_data, tmp_path):
     images = group["images"][:].astype(np.float32)
     assert images.shape == (132, 2, 240, 240) and images.min() >= 0 and images.max() <= 1
     assert len(group.attrs["sources"]) == 3 and "pat0001" in group.attrs["volumes"]
-
