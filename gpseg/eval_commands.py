@@ -200,12 +200,46 @@ def report_cmd(
 
 
 def export_masks_cmd(
-    run: Annotated[Path, typer.Option("--run", help="Evaluated run directory (3-D source).")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for <patient><suffix>.nii.gz files.")],
-    suffix: Annotated[str, typer.Option(help="Appended to each patient id in the file names, e.g. _gp-unet to "
-                                             "keep several models' masks in one folder.")] = "_pred",
+    out: Annotated[Path, typer.Option("--out", help="Folder for the .nii.gz files.")],
+    run: Annotated[Optional[Path], typer.Option("--run", help="Evaluated run directory (3-D source).")] = None,
+    workdir: Annotated[Optional[Path], typer.Option(
+        "--workdir", help="Instead of --run: every run of a flow work dir's current report (e.g. demo), each file "
+                          "named <patient>_<model>_fold<K><suffix>.nii.gz; runs of 2-D slices (Jun Cheng) are "
+                          "skipped.")] = None,
+    suffix: Annotated[Optional[str], typer.Option(
+        help="Appended to the file names (default: _pred with --run, nothing with --workdir), e.g. _gp-unet to "
+             "keep several runs' masks in one folder.")] = None,
 ) -> None:
-    """Write each test patient's predicted tumour mask as NIfTI on the original grid (overlays in ITK-SNAP/Slicer)."""
+    """Write each test patient's predicted tumour mask as NIfTI on the original grid (overlays in ITK-SNAP/Slicer).
+
+    The masks are thresholded as the run's last evaluation did (evaluation.json), one patient at a time.
+    """
+    import json
+
+    if (run is None) == (workdir is None):
+        raise fail("give either --run or --workdir")
+    if run is not None:
+        files = _export_run(run, out, "_pred" if suffix is None else suffix)
+        console.print(f"[green]wrote[/green] {len(files)} NIfTI masks to {out}")
+        return
+    from flows.layout import default_runs
+
+    found, source = default_runs(str(workdir))
+    if not found:
+        raise fail(f"{workdir}: no run with test heatmaps (run the full-benchmark flow or `gpseg benchmark` first)")
+    console.print(f"exporting {source}", highlight=False, soft_wrap=True)
+    written = 0
+    for path in map(Path, found):
+        train = json.loads(_require_run(path).read_text())["train"]
+        files = _export_run(path, out, f"_{train['model']}_fold{train['fold']}{suffix or ''}",
+                            f"export masks {train['model']} fold {train['fold']}", skip_2d=True)
+        written += len(files or [])
+    console.print(f"[green]wrote[/green] {written} NIfTI masks to {out}")
+
+
+def _export_run(run: Path, out: Path, suffix: str, label: str = "export masks",
+                skip_2d: bool = False) -> list[Path] | None:
+    """Export one run's test masks (see :func:`export_masks_cmd`); ``None`` for a skipped 2-D run."""
     import json
 
     from gpmodels.evaluation import mask_reader, open_heatmaps
@@ -225,13 +259,18 @@ def export_masks_cmd(
         raise fail(f"{exc}; run `gpseg postprocess --runs {run}` first") from exc
     config = evaluated_threshold(evaluation["threshold"])
     try:
-        open_volume_store(heat.attrs["store_path"])  # a 2-D store fails before the progress bar
-    except (ValueError, StoreError) as exc:
+        open_volume_store(heat.attrs["store_path"])  # a 2-D store fails (or is skipped) before the progress bar
+    except StoreError as exc:
         raise fail(str(exc)) from exc
-    with progress_bar("export masks") as update:  # one patient's masks in memory at a time
-        try:
-            files = export_patient_masks(heat.attrs["store_path"], heat["index"][:], mask_reader(heat, config), out,
-                                         suffix=suffix, progress=update)
+    except ValueError as exc:
+        if not skip_2d:
+            raise fail(str(exc)) from exc
+        console.print(f"skipped {run}: a store of 2-D slices has no volume grid to export onto", highlight=False,
+                      soft_wrap=True)
+        return None
+    with progress_bar(label) as update:
+        try:  # one patient's masks in memory at a time
+            return export_patient_masks(heat.attrs["store_path"], heat["index"][:], mask_reader(heat, config), out,
+                                        suffix=suffix, progress=update)
         except (ValueError, StoreError) as exc:
             raise fail(str(exc)) from exc
-    console.print(f"[green]wrote[/green] {len(files)} NIfTI masks to {out}")

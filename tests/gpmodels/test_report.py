@@ -483,6 +483,26 @@ def test_export_masks_writes_one_volume_per_test_patient(report_runs, tmp_path):
     assert sorted(p.name for p in out.glob("*_gp-unet.nii.gz")) == sorted(f"{p}_gp-unet.nii.gz" for p in patients)
 
 
+def test_export_masks_of_a_workdir_names_each_file_by_model_and_fold_and_skips_2d_runs(report_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    gp = _copy_run(report_runs["gp"], tmp_path / "w" / "runs" / "brats" / "v1" / "gp-unet" / "fold_0")
+    flat = _copy_run(report_runs["baseline"], tmp_path / "w" / "runs" / "jun-cheng" / "v1" / "resnext50" / "fold_0")
+    build_report([gp, flat], tmp_path / "w" / "report")
+    out = tmp_path / "masks"
+    result = CliRunner().invoke(app, ["export-masks", "--workdir", str(tmp_path / "w"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    patients = {row["patient"] for row in _read_csv(gp / "evaluation_slices.csv")}
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{p}_gp-unet_fold0.nii.gz" for p in patients)
+    text = " ".join(result.output.split())
+    assert f"skipped {flat}: a store of 2-D slices" in text and f"wrote {len(patients)} NIfTI masks" in text
+    both = CliRunner().invoke(app, ["export-masks", "--workdir", str(tmp_path / "w"), "--run", str(gp),
+                                    "--out", str(out)])
+    assert both.exit_code == 1 and both.output.strip() == "error: give either --run or --workdir"
+
+
 def test_mask_reader_equals_the_masks_of_the_whole_store_for_any_rows(report_runs):
     heat = zarr.open_group(str(heatmap_path(report_runs["gp"], "test")), mode="r")
     config = ThresholdConfig(offset=0.2)
