@@ -43,7 +43,7 @@ from gpmodels.postprocess import (
     CleaningConfig,
     ThresholdConfig,
     best_offset,
-    clean_masks,
+    clean_up,
     resolve_auto_offset,
     segment_heatmaps,
     sweep_offsets,
@@ -156,8 +156,7 @@ def part_cleaning(args: argparse.Namespace) -> None:
     threshold_heatmaps(maps[:1], "multiotsu")  # numba's kernels loaded (or compiled) outside the timings
     masks = threshold_heatmaps(maps, "multiotsu", offset=args.offset)
     timings = measure({"threshold (multi-Otsu)": lambda: threshold_heatmaps(maps, "multiotsu", offset=args.offset),
-                       "clean-up of those masks": lambda: clean_masks(masks, steps.min_size, steps.fill_holes_area,
-                                                                      steps.closing_radius, steps.largest_component)},
+                       "clean-up of those masks": lambda: clean_up(masks, steps)},
                       args.repeats)
     print("one pass:")
     for name, (seconds, _) in timings.items():

@@ -105,15 +105,13 @@ def mask_reader(heat: zarr.Group, config: ThresholdConfig) -> Callable[[np.ndarr
         ``read(rows)``: integer ``(n,)`` ascending row positions -> bool ``(n, H, W)`` masks,
         equal to rows ``rows`` of :func:`predicted_masks` over the whole store.
     """
-    predicted, labels = heat["predicted"][:], heat["labels"][:]
+    stored, predicted, labels = heat["maps"], heat["predicted"][:], heat["labels"][:]
     tumour_free = heat.attrs["classes"][0] == "tumour-free"
 
     def read(rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.intp)
-        if rows.size and rows[-1] - rows[0] + 1 == rows.size:
-            maps = heat["maps"][rows[0]:rows[-1] + 1]
-        else:
-            maps = heat["maps"].oindex[rows]
+        contiguous = rows.size > 0 and rows[-1] - rows[0] + 1 == rows.size
+        maps = stored[rows[0]:rows[-1] + 1] if contiguous else stored.oindex[rows]
         return predicted_masks(maps, predicted[rows], labels[rows], config, tumour_free)
 
     return read

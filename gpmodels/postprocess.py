@@ -44,7 +44,7 @@ from gpmodels.thresholds import DEFAULT_NBINS, multiotsu_thresholds, multiotsu_u
 
 __all__ = [
     "DEFAULT_OFFSET_GRID", "METHODS", "PAPER_MULTIOTSU_OFFSETS", "CleaningConfig", "ThresholdConfig",
-    "best_offset", "clean_masks", "heatmap_thresholds", "multiotsu_thresholds", "otsu_thresholds",
+    "best_offset", "clean_masks", "clean_up", "heatmap_thresholds", "multiotsu_thresholds", "otsu_thresholds",
     "resolve_auto_offset", "segment_heatmaps", "select_maps", "suppress", "sweep_offsets",
     "threshold_heatmaps",
 ]
@@ -285,13 +285,12 @@ def resolve_auto_offset(config: ThresholdConfig, maps: np.ndarray, targets: np.n
     has_target = count_foreground(np.asarray(targets) != 0) > 0
     if config.cleaning.active and has_target.any():
         # only slices with a target are ranked, and clean-up works slice by slice: clean those alone
-        maps, c = _check_stack("maps", maps)[has_target], config.cleaning
+        maps = _check_stack("maps", maps)[has_target]
         targets, has_target = np.asarray(targets)[has_target], has_target[has_target]
         upper, undefined = multiotsu_upper(maps, config.classes, config.nbins, config.suppress_negative)
         # thresholds are >= 0 with suppression, so the raw maps give the masks of threshold_heatmaps
         scores = np.stack([
-            dice(clean_masks(maps > _lower_by_offset(upper, undefined, off)[:, None, None], c.min_size,
-                             c.fill_holes_area, c.closing_radius, c.largest_component), targets)
+            dice(clean_up(maps > _lower_by_offset(upper, undefined, off)[:, None, None], config.cleaning), targets)
             for off in config.auto_offsets])
     else:
         scores = sweep_offsets(maps, targets, config.auto_offsets, config.suppress_negative, config.classes,
@@ -318,5 +317,10 @@ def segment_heatmaps(maps: np.ndarray, config: ThresholdConfig) -> np.ndarray:
                          "resolve_auto_offset(config, validation_maps, validation_targets)")
     masks = threshold_heatmaps(maps, config.method, config.offset, config.value, config.suppress_negative,
                                config.classes, config.nbins)
-    c = config.cleaning
-    return clean_masks(masks, c.min_size, c.fill_holes_area, c.closing_radius, c.largest_component)
+    return clean_up(masks, config.cleaning)
+
+
+def clean_up(masks: np.ndarray, cleaning: CleaningConfig) -> np.ndarray:
+    """:func:`gpmodels.cleaning.clean_masks` with the steps of ``cleaning``: bool ``(N, H, W)`` in and out."""
+    return clean_masks(masks, cleaning.min_size, cleaning.fill_holes_area, cleaning.closing_radius,
+                       cleaning.largest_component)

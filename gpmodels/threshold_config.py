@@ -38,6 +38,14 @@ def _check_finite(name: str, value: object) -> None:
         raise ValueError(f"{name}: got {value!r}, expected a finite number")
 
 
+def _check_fields(name: str, values: Mapping[str, Any], cls: type) -> None:
+    """Raise ``ValueError`` naming the keys of ``values`` that are not fields of the dataclass ``cls``."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{name}: unknown fields {unknown}; valid fields are {sorted(names)}")
+
+
 @dataclass(frozen=True)
 class CleaningConfig:
     """Optional clean-up of the masks (see :func:`gpmodels.cleaning.clean_masks`).
@@ -127,17 +135,11 @@ class ThresholdConfig:
         Raises:
             ValueError: a key is not a field (of either class), or a value is invalid.
         """
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"threshold: unknown fields {unknown}; valid fields are {sorted(names)}")
+        _check_fields("threshold", values, cls)
         kept = dict(values)
         cleaning = kept.get("cleaning")
         if isinstance(cleaning, Mapping):
-            allowed = {f.name for f in fields(CleaningConfig)}
-            unknown = sorted(set(cleaning) - allowed)
-            if unknown:
-                raise ValueError(f"cleaning: unknown fields {unknown}; valid fields are {sorted(allowed)}")
+            _check_fields("cleaning", cleaning, CleaningConfig)
             kept["cleaning"] = CleaningConfig(**cleaning)
         if isinstance(kept.get("auto_offsets"), list):
             kept["auto_offsets"] = tuple(kept["auto_offsets"])

@@ -139,6 +139,18 @@ def _run_label(run_dir: Path) -> str:
     return f"{dataset} {name.replace(SEED_PREFIX, 'seed ')}" if name.startswith(SEED_PREFIX) else dataset
 
 
+def _workdir_runs(workdir: Path, doing: str) -> list[Path]:
+    """The runs of a flow work dir's current report (see :func:`flows.layout.default_runs`), said on the
+    console after ``doing``; a one-line error when there is none."""
+    from flows.layout import default_runs
+
+    found, source = default_runs(str(workdir))
+    if not found:
+        raise fail(f"{workdir}: no run with test heatmaps (run the full-benchmark flow or `gpseg benchmark` first)")
+    console.print(f"{doing} {source}", highlight=False, soft_wrap=True)
+    return [Path(run) for run in found]
+
+
 def _interval_text(interval: dict | None) -> str:
     """A second cell line ``[0.80–0.97]`` (markup-escaped), or nothing when the interval is undefined."""
     return "" if interval is None else escape(f"\n[{interval['low']:.2f}–{interval['high']:.2f}]")
@@ -167,13 +179,9 @@ def postprocess_cmd(
     if (runs is None) == (workdir is None):
         raise fail("give either --runs (repeatable) or --workdir")
     if workdir is not None:
-        from flows.layout import REPORT, default_runs
+        from flows.layout import REPORT
 
-        found, source = default_runs(str(workdir))
-        if not found:
-            raise fail(f"{workdir}: no run with test heatmaps (run the full-benchmark flow or `gpseg benchmark` first)")
-        console.print(f"re-thresholding {source}", highlight=False)
-        runs, out = [Path(r) for r in found], out or workdir / REPORT
+        runs, out = _workdir_runs(workdir, "re-thresholding"), out or workdir / REPORT
     out = out or Path("report")
     results = _evaluate(runs, params)
     _print_table(results, runs)
@@ -222,14 +230,8 @@ def export_masks_cmd(
         files = _export_run(run, out, "_pred" if suffix is None else suffix)
         console.print(f"[green]wrote[/green] {len(files)} NIfTI masks to {out}")
         return
-    from flows.layout import default_runs
-
-    found, source = default_runs(str(workdir))
-    if not found:
-        raise fail(f"{workdir}: no run with test heatmaps (run the full-benchmark flow or `gpseg benchmark` first)")
-    console.print(f"exporting {source}", highlight=False, soft_wrap=True)
     written = 0
-    for path in map(Path, found):
+    for path in _workdir_runs(workdir, "exporting"):
         train = json.loads(_require_run(path).read_text())["train"]
         files = _export_run(path, out, f"_{train['model']}_fold{train['fold']}{suffix or ''}",
                             f"export masks {train['model']} fold {train['fold']}", skip_2d=True)
