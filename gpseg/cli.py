@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from gpseg import data_commands, eval_commands, flow_commands, train_command
+from gpseg.threshold_options import CLEANING_HELP
 
 app = typer.Typer(
     name="gpseg",
@@ -20,10 +21,10 @@ app.command("validate", rich_help_panel=DATA)(data_commands.validate_cmd)
 app.command("info", rich_help_panel=DATA)(data_commands.info_cmd)
 app.command("train", rich_help_panel=MODELS)(train_command.train_cmd)
 app.command("heatmaps", rich_help_panel=MODELS)(eval_commands.heatmaps_cmd)
-app.command("postprocess", rich_help_panel=MODELS)(eval_commands.postprocess_cmd)
+app.command("postprocess", rich_help_panel=MODELS, epilog=CLEANING_HELP)(eval_commands.postprocess_cmd)
 app.command("report", rich_help_panel=MODELS)(eval_commands.report_cmd)
 app.command("export-masks", rich_help_panel=MODELS)(eval_commands.export_masks_cmd)
-app.command("benchmark", rich_help_panel=FLOWS)(flow_commands.benchmark_cmd)
+app.command("benchmark", rich_help_panel=FLOWS, epilog=CLEANING_HELP)(flow_commands.benchmark_cmd)
 app.command("serve", rich_help_panel=FLOWS)(flow_commands.serve_cmd)
 app.command("drop", rich_help_panel=FLOWS)(flow_commands.drop_cmd)
 

@@ -18,32 +18,35 @@ import typer
 
 from gpseg.console import console, fail
 from gpseg.options import PRECISION_HELP, flow_train_overrides, parse_seeds
+from gpseg.threshold_options import (
+    CLEANING_HELP, ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt,
+    threshold_params)
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-@app.command()
+@app.command(epilog=CLEANING_HELP)
 def demo(
     workdir: Annotated[Path, typer.Option(help="Folder for phantoms, stores, runs and the report.")] = Path("demo"),
     folds: Annotated[int, typer.Option(help="Folds to train (the paper uses 3; 1 keeps the demo short).")] = 1,
     brats_cases: Annotated[int, typer.Option(help="BraTS-layout phantom cases.")] = 16,
     jun_cheng_slices: Annotated[int, typer.Option(help="Jun Cheng phantom slices.")] = 120,
     size: Annotated[int, typer.Option(help="Phantom in-plane size in pixels.")] = 96,
-    offset: Annotated[str, typer.Option(help="Multi-Otsu offset: a number, 'auto' (chosen on validation "
-                                             "masks; the report says so) or 'paper' (per-model paper offsets).")
-                      ] = "paper",
     seeds: Annotated[Optional[str], typer.Option(
         help="Comma-separated training seeds, e.g. 0,1,2: every (model, fold) trains once per seed and the run "
              "with the lowest validation loss is evaluated (about that many times the training time; the "
              "10-minute budget holds one seed).")] = None,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
+    target_class: TargetOpt = "predicted", min_size: MinSizeOpt = 0, fill_holes: FillHolesOpt = 0,
+    closing: ClosingOpt = 0, largest_component: LargestOpt = False,
 ) -> None:
     """Phantoms -> ingest -> validate -> train 5 models -> heatmaps -> thresholds -> evaluation -> report."""
     from flows.full_benchmark import full_benchmark
-    from flows.params import BenchmarkParams, DatasetSpec, ThresholdParams
+    from flows.params import BenchmarkParams, DatasetSpec
 
     start = time.perf_counter()
-    threshold = ThresholdParams(offset=None if offset == "paper" else (offset if offset == "auto" else float(offset)))
+    threshold = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)
     try:
         seed_list = parse_seeds(seeds)
         overrides = flow_train_overrides(precision=precision)

@@ -10,48 +10,15 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from gpseg.console import console, fail, one_line, progress_bar
+from gpseg.console import console, fail, progress_bar
+from gpseg.threshold_options import (
+    CLEANING_HELP, ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt,
+    threshold_params)
 
 if TYPE_CHECKING:
     from flows.params import ThresholdParams
 
 RunsArg = Annotated[list[Path], typer.Argument(help="Run directories written by `gpseg train`.")]
-MethodOpt = Annotated[str, typer.Option("--method", help="otsu, multiotsu (the paper's) or fixed.")]
-OffsetOpt = Annotated[Optional[str], typer.Option(
-    "--offset", help="Multi-Otsu offset in heatmap units; 'auto' picks the best on the validation split "
-                     "(uses validation masks; the report says so); default: the paper's per model "
-                     "(GP-UNet 0.3, GP-ShuffleUNet 0.1, GP-ReconResNet 1.6, baselines 0).")]
-ValueOpt = Annotated[float, typer.Option("--value", help="Threshold of --method fixed.")]
-TargetOpt = Annotated[str, typer.Option("--target-class", help="Threshold the map of the predicted (default) "
-                                                                "or the true class.")]
-
-
-MinSizeOpt = Annotated[int, typer.Option("--min-size", help="Clean-up: remove objects smaller than this many "
-                                                               "pixels (0: keep all).")]
-FillHolesOpt = Annotated[int, typer.Option("--fill-holes", help="Clean-up: fill holes of at most this many pixels.")]
-ClosingOpt = Annotated[int, typer.Option("--closing", help="Clean-up: closing with a disk of this radius in pixels.")]
-LargestOpt = Annotated[bool, typer.Option("--largest-component/--all-components",
-                                          help="Clean-up: keep only the largest object per slice.")]
-
-
-def threshold_params(method: str, offset: str | None, value: float, target_class: str, min_size: int = 0,
-                     fill_holes: int = 0, closing: int = 0, largest_component: bool = False) -> ThresholdParams:
-    """The flows' :class:`~flows.params.ThresholdParams` from CLI options, or a one-line error naming the option."""
-    from pydantic import ValidationError
-
-    from flows.params import ThresholdParams
-
-    if offset not in (None, "auto"):
-        try:
-            offset = float(offset)
-        except ValueError as exc:
-            raise fail(f"--offset: got {offset!r}, expected a number or 'auto'") from exc
-    try:
-        return ThresholdParams(method=method, offset=offset, value=value, target_class=target_class,
-                               cleaning={"min_size": min_size, "fill_holes_area": fill_holes,
-                                         "closing_radius": closing, "largest_component": largest_component})
-    except ValidationError as exc:
-        raise fail(one_line(exc)) from exc
 
 
 def heatmaps_cmd(
@@ -167,12 +134,7 @@ def postprocess_cmd(
     target_class: TargetOpt = "predicted", min_size: MinSizeOpt = 0, fill_holes: FillHolesOpt = 0,
     closing: ClosingOpt = 0, largest_component: LargestOpt = False,
 ) -> None:
-    """Re-threshold stored heatmaps, re-score and re-report. No model is loaded.
-
-    Clean-up steps (off by default, as in the paper) run after thresholding in the order closing, hole
-    filling, small-object removal, largest component; with --offset auto the offset is chosen for the
-    cleaned masks.
-    """
+    """Re-threshold stored heatmaps, re-score and re-report. No model is loaded."""
     from gpmodels.report import build_report
 
     params = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)

@@ -12,6 +12,8 @@ import typer
 
 from gpseg.console import console, fail, one_line
 from gpseg.options import PRECISION_HELP, flow_train_overrides, parse_model_options, parse_seeds
+from gpseg.threshold_options import (
+    ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
 
 
 def benchmark_cmd(
@@ -22,7 +24,6 @@ def benchmark_cmd(
     models: Annotated[Optional[str], typer.Option(help="Comma-separated models (default: all five).")] = None,
     folds: Annotated[int, typer.Option(help="Folds to train.")] = 3,
     preset: Annotated[str, typer.Option(help="paper, demo or smoke.")] = "demo",
-    offset: Annotated[Optional[str], typer.Option(help="Multi-Otsu offset or 'auto' (default: the paper's).")] = None,
     dask_address: Annotated[Optional[str], typer.Option(help="Train on this Dask scheduler; tasks need workers "
                                                              "started with --resources GPU=1.")] = None,
     devices: Annotated[int, typer.Option(help="Devices per training run (more than 1: Lightning DDP).")] = 1,
@@ -33,11 +34,15 @@ def benchmark_cmd(
     option: Annotated[Optional[list[str]], typer.Option(
         "--option", metavar="MODEL:KEY=VALUE", help="Network option of one model, repeatable, e.g. "
         "--option gp-shuffleunet:pool=features (see `gpseg train --help`).")] = None,
+    method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
+    target_class: TargetOpt = "predicted", min_size: MinSizeOpt = 0, fill_holes: FillHolesOpt = 0,
+    closing: ClosingOpt = 0, largest_component: LargestOpt = False,
 ) -> None:
     """Run the full-benchmark flow in this process (Prefect's local ephemeral API)."""
     from flows.full_benchmark import full_benchmark
-    from flows.params import BenchmarkParams, DatasetSpec, ThresholdParams
+    from flows.params import BenchmarkParams, DatasetSpec
 
+    threshold = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)
     sources = {"brats": brats, "jun-cheng": jun_cheng}
     if brats is None and jun_cheng is None:
         sources = {"brats": "phantom", "jun-cheng": "phantom"}
@@ -47,7 +52,7 @@ def benchmark_cmd(
             model_options=parse_model_options(option or []),
             datasets=[DatasetSpec(kind=k, source=v, phantom_cases=16 if k == "brats" else 120)
                       for k, v in sources.items() if v],
-            threshold=ThresholdParams(offset=None if offset is None else (offset if offset == "auto" else float(offset))),
+            threshold=threshold,
             train_overrides=flow_train_overrides(devices, precision), seeds=parse_seeds(seeds),
             **({"models": [m.strip() for m in models.split(",")]} if models else {}))
     except ValueError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from flows.params import BenchmarkParams, PostprocessParams, RetrainParams
+from flows.params import BenchmarkParams, PostprocessParams, RetrainParams, ThresholdParams
 from gpmodels.postprocess import CleaningConfig, ThresholdConfig
 from gpseg.console import one_line
 
@@ -69,6 +69,56 @@ def test_main_job_options_reach_the_flow(args, overrides, seeds, tmp_path, monke
     assert result.exit_code == 0, result.output
     assert seen[0].train_overrides == overrides and seen[0].seeds == seeds
     assert seen[0].preset == "demo" and [d.kind for d in seen[0].datasets] == ["brats", "jun-cheng"]
+    assert seen[0].threshold == ThresholdParams()
+
+
+@pytest.mark.parametrize("command", [["demo"], ["benchmark", "--folds", "1"]])
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--offset", "paper"], {}),
+    (["--offset", "auto", "--largest-component", "--fill-holes", "64"],
+     {"offset": "auto", "cleaning": {"largest_component": True, "fill_holes_area": 64}}),
+    (["--method", "fixed", "--value", "0.3", "--target-class", "true", "--closing", "2", "--min-size", "20"],
+     {"method": "fixed", "value": 0.3, "target_class": "true", "cleaning": {"closing_radius": 2, "min_size": 20}}),
+])
+def test_main_job_and_benchmark_take_the_postprocess_threshold_options(command, args, expected, tmp_path,
+                                                                       monkeypatch):
+    import flows.full_benchmark
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app as cli_app
+    from gpseg.demo import app as demo_app
+
+    seen = []
+    monkeypatch.setattr(flows.full_benchmark, "full_benchmark",
+                        lambda params: seen.append(params) or {"rows": [], "report": "r", "failed": []})
+    app, head = (demo_app, []) if command == ["demo"] else (cli_app, command)
+    result = CliRunner().invoke(app, [*head, "--workdir", str(tmp_path), *args])
+
+    assert result.exit_code == 0, result.output
+    assert seen[0].threshold == ThresholdParams(**expected)
+
+
+@pytest.mark.parametrize("command", [["demo"], ["benchmark"]])
+@pytest.mark.parametrize(("args", "message"), [
+    (["--offset", "abc"], "error: --offset: got 'abc', expected a number, 'auto' or 'paper'"),
+    (["--offset", "auto", "--method", "otsu"], "error: offset: got 'auto' with method 'otsu'"),
+    (["--closing", "-1"], "error: cleaning.closing_radius: "),
+])
+def test_main_job_and_benchmark_refuse_bad_thresholds_in_one_line_before_any_work(command, args, message,
+                                                                                  tmp_path, monkeypatch):
+    import flows.full_benchmark
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app as cli_app
+    from gpseg.demo import app as demo_app
+
+    monkeypatch.setattr(flows.full_benchmark, "full_benchmark", lambda params: pytest.fail("the flow ran"))
+    app, head = (demo_app, []) if command == ["demo"] else (cli_app, command)
+    result = CliRunner().invoke(app, [*head, "--workdir", str(tmp_path / "w"), *args])
+
+    assert result.exit_code != 0
+    assert result.output.strip().startswith(message) and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()
 
 
 def test_tasks_carry_no_tags():
