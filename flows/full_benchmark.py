@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.params import BenchmarkParams
-from flows.layout import REPORT, summary_rows
+from flows.layout import REPORT, dataset_failure_row, summary_rows
 from flows.pipeline import heatmaps_and_evaluation, prepare_dataset, train_and_keep, training_jobs
 from tasks.evaluation import publish, report
 
@@ -16,13 +16,23 @@ from tasks.evaluation import publish, report
 def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
     """Reproduce the paper's benchmark on the given datasets (phantoms by default).
 
+    A dataset that cannot be ingested or validated (a missing folder, nothing usable in it, failed
+    expectations) gets one failed row and the other datasets go on.
+
     Returns:
-        ``report`` (HTML path), ``rows`` (one per run) and ``failed`` (runs that failed).
+        ``report`` (HTML path, ``None`` when no run finished), ``rows`` (one per run, and one per dataset
+        that could not be ingested) and ``failed`` (the rows that are not ``ok``).
     """
     logger = get_run_logger()
     jobs, labels = [], {}
+    rejected = []
     for spec in params.datasets:
-        ingested = prepare_dataset(params.workdir, spec, params.folds)
+        try:
+            ingested = prepare_dataset(params.workdir, spec, params.folds)
+        except Exception as exc:  # a dataset that cannot be ingested must not stop the others
+            rejected.append(dataset_failure_row(spec.label, "ingestion/validation", exc))
+            logger.error("%s: %s", spec.label, rejected[-1]["status"])
+            continue
         logger.info("%s: %d slices, data version %s", spec.label, ingested["slices"], ingested["data_version"])
         dataset_jobs = training_jobs(params, spec.label, ingested["store"], ingested["data_version"])
         labels.update((job["out"], spec.label) for job in dataset_jobs)
@@ -30,7 +40,7 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
     trained, seed_notes = train_and_keep(jobs, params)
     results = [{**r, "dataset": labels[r["run_dir"]]} for r in
                heatmaps_and_evaluation(trained, params.threshold, params.posthoc_slices)]
-    rows = summary_rows(results)
+    rows = rejected + summary_rows(results)
     done = [r["run_dir"] for r in results if "failed" not in r]
     failed = [r for r in rows if r["status"] != "ok"]
     html = None
@@ -42,6 +52,6 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
     for row in rows:
         logger.info("%s", row)
     if failed:
-        logger.warning("%d run(s) failed: %s", len(failed), [(r["model"], r["fold"]) for r in failed])
+        logger.warning("%d failure(s): %s", len(failed), [(r["dataset"], r["model"], r["fold"]) for r in failed])
     print(f"report: {html}")
     return {"report": html, "rows": rows, "failed": failed}

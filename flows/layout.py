@@ -76,6 +76,13 @@ def default_runs(workdir: str) -> tuple[list[str], str]:
     return found, f"every run with test heatmaps under {Path(workdir) / RUNS} ({len(found)}; no report yet)"
 
 
+def dataset_failure_row(dataset: str, stage: str, exc: Exception) -> dict:
+    """The summary row of a dataset that failed before training (e.g. its folder is missing): model ``all``,
+    fold ``None``, status ``FAILED: <stage>: <the error on one line>``."""
+    return {"dataset": dataset, "model": "all", "fold": None,
+            "status": f"FAILED: {stage}: {' '.join(str(exc).split())}"}
+
+
 def summary_rows(results: list[dict]) -> list[dict]:
     """One row per run for the artifact table and the final log.
 

@@ -52,3 +52,18 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print a one-line error and return the Exit to raise."""
     console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def flow_outcome(result: dict) -> typer.Exit:
+    """Print a ``full-benchmark`` result's failures (one line each) and where the report is; return the Exit
+    to raise: 1 when anything failed, else 0."""
+    for row in result["failed"]:
+        where = " ".join(str(part) for part in (row.get("dataset"), row["model"],
+                                                 None if row["fold"] is None else f"fold {row['fold']}") if part)
+        console.print(f"[red]failed:[/red] {escape(where)}: {escape(row['status'].removeprefix('FAILED: '))}",
+                      highlight=False, soft_wrap=True)
+    if result["report"]:
+        console.print(f"[bold green]report:[/bold green] {result['report']}", highlight=False)
+    else:
+        console.print("[red]no run finished, so there is no report[/red]")
+    return typer.Exit(1 if result["failed"] else 0)

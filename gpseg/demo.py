@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from gpseg.console import console, fail
+from gpseg.console import console, fail, flow_outcome
 from gpseg.options import PRECISION_HELP, flow_train_overrides, parse_seeds
 from gpseg.threshold_options import (
     CLEANING_HELP, ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt,
@@ -61,8 +61,7 @@ def demo(
     console.print(f"\nmain job finished in {time.perf_counter() - start:.0f} s")
     for row in result["rows"]:
         console.print(f"  {row}", highlight=False)
-    console.print(f"[bold green]report:[/bold green] {result['report']}")
-    raise typer.Exit(1 if result["failed"] else 0)
+    raise flow_outcome(result)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from gpseg.console import console, fail, one_line
+from gpseg.console import console, fail, flow_outcome, one_line
 from gpseg.options import PRECISION_HELP, flow_train_overrides, parse_model_options, parse_seeds
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
@@ -46,6 +46,10 @@ def benchmark_cmd(
     sources = {"brats": brats, "jun-cheng": jun_cheng}
     if brats is None and jun_cheng is None:
         sources = {"brats": "phantom", "jun-cheng": "phantom"}
+    missing = [f"--{kind} {source}" for kind, source in sources.items() if source not in (None, "phantom")
+               and not Path(source).exists()]
+    if missing:
+        raise fail(f"{', '.join(missing)}: not found (give a dataset folder, or 'phantom')")
     try:
         params = BenchmarkParams(
             workdir=str(workdir), folds=folds, preset=preset, dask_address=dask_address,
@@ -57,9 +61,7 @@ def benchmark_cmd(
             **({"models": [m.strip() for m in models.split(",")]} if models else {}))
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
-    result = full_benchmark(params)
-    console.print(f"[green]report[/green] {result['report']}")
-    raise typer.Exit(1 if result["failed"] else 0)
+    raise flow_outcome(full_benchmark(params))
 
 
 def serve_cmd(

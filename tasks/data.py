@@ -13,11 +13,22 @@ from storage.ingest_config import IngestConfig, SplitConfig
 from storage.phantoms import write_brats_phantoms, write_jun_cheng_phantoms
 from storage.validation import validate_store
 
+
+
+def transient_only(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry I/O failures, not bad input.
+
+    Bad input (:mod:`storage.errors`' types, failed expectations) raises ``ValueError`` and fails the same
+    way on every try, so the task fails at once with its one-line reason.
+    """
+    return not isinstance(state.result(raise_on_failure=False), ValueError)
+
+
 _INGEST = {"brats": ingest_brats, "jun-cheng": ingest_jun_cheng, "manifest": ingest_manifest}
 _PHANTOMS = {"brats": write_brats_phantoms, "jun-cheng": write_jun_cheng_phantoms}
 
 
-@task(retries=1)
+@task(retries=1, retry_condition_fn=transient_only)
 def synth_phantoms(kind: str, out: str, cases: int, size: int, seed: int) -> str:
     """Write phantoms of a dataset kind unless the folder exists (same arguments, same files)."""
     if not Path(out).exists():
@@ -25,7 +36,7 @@ def synth_phantoms(kind: str, out: str, cases: int, size: int, seed: int) -> str
     return out
 
 
-@task(retries=1, cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
+@task(retries=1, retry_condition_fn=transient_only, cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def ingest_source(kind: str, source: str, store: str, config: dict, source_fingerprint: str,
                   append: bool = False) -> dict:
     """Ingest a source into a store; cached on the source's fingerprint and the settings."""
@@ -43,7 +54,7 @@ def ingest_source(kind: str, source: str, store: str, config: dict, source_finge
             "slices": report.slices, "rejected": report.rejected}
 
 
-@task(retries=1)
+@task(retries=1, retry_condition_fn=transient_only)
 def validate(store: str) -> dict:
     """Validate a store with great-expectations; fail the task when an expectation fails."""
     result = validate_store(store)
@@ -52,7 +63,7 @@ def validate(store: str) -> dict:
     return {"store": store, "checked": result.checked, "counts": result.counts}
 
 
-@task(retries=1)
+@task(retries=1, retry_condition_fn=transient_only)
 def find_new_files(folder: str, store: str) -> list[str]:
     """Relative paths of files in a drop folder that the store has not ingested."""
     return drops.new_files(folder, store)

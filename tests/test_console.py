@@ -1,4 +1,4 @@
-"""Tests of gpseg.console: the progress bar gives way to a one-line error."""
+"""Tests of gpseg.console: the progress bar gives way to a one-line error; a flow's outcome in a few lines."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from gpseg import console as console_module
-from gpseg.console import fail, progress_bar
+from gpseg.console import fail, flow_outcome, progress_bar
 
 
 @pytest.fixture
@@ -37,3 +37,19 @@ def test_an_interrupted_bar_shows_how_far_it_got(output: io.StringIO) -> None:
         update(1, 2, "BraTS20_Training_001")
         raise KeyboardInterrupt
     assert "1/2" in output.getvalue()
+
+
+def test_a_flow_outcome_lists_each_failure_on_one_line_then_the_report(output: io.StringIO) -> None:
+    failed = [{"dataset": "jun-cheng", "model": "all", "fold": None,
+               "status": "FAILED: ingestion/validation: /data/jc: source folder not found"},
+              {"dataset": "brats", "model": "resnext50", "fold": 1, "status": "FAILED: out of memory"}]
+    exit_ = flow_outcome({"report": "w/report/index.html", "rows": failed, "failed": failed})
+    assert exit_.exit_code == 1
+    assert output.getvalue().splitlines() == [
+        "failed: jun-cheng all: ingestion/validation: /data/jc: source folder not found",
+        "failed: brats resnext50 fold 1: out of memory", "report: w/report/index.html"]
+
+
+def test_a_flow_outcome_without_a_finished_run_says_there_is_no_report(output: io.StringIO) -> None:
+    assert flow_outcome({"report": None, "rows": [], "failed": []}).exit_code == 0
+    assert output.getvalue().splitlines() == ["no run finished, so there is no report"]

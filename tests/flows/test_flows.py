@@ -151,3 +151,22 @@ def _best_val_loss(run: Path) -> float:
 
     with (run / "metrics.csv").open() as handle:
         return min(float(row["val_loss"]) for row in csv.DictReader(handle) if row.get("val_loss"))
+
+
+def test_a_dataset_that_cannot_be_ingested_fails_alone(tmp_path, monkeypatch):
+    import tasks.data
+
+    calls = []
+    ingest = tasks.data._INGEST["jun-cheng"]
+    monkeypatch.setitem(tasks.data._INGEST, "jun-cheng", lambda *args, **kw: calls.append(args) or ingest(*args, **kw))
+    params = _bench(tmp_path).model_copy(update={"posthoc_slices": 0, "datasets": [
+        DatasetSpec(kind="jun-cheng", source=str(tmp_path / "missing")), DatasetSpec(**SPEC)]})
+    state = full_benchmark(params, return_state=True)
+    result = state.result()
+
+    assert result["failed"] == [{"dataset": "jun-cheng", "model": "all", "fold": None,
+                                 "status": f"FAILED: ingestion/validation: {tmp_path / 'missing'}: source folder "
+                                           "not found"}]
+    assert [(r["dataset"], r["model"], r["status"]) for r in result["rows"][1:]] == [("brats", "gp-unet", "ok")]
+    assert _reported(result["report"]) == [str(next((tmp_path / "runs").glob("brats/*/gp-unet/fold_0")))]
+    assert len(calls) == 1  # bad input is not retried

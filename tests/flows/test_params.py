@@ -121,6 +121,17 @@ def test_main_job_and_benchmark_refuse_bad_thresholds_in_one_line_before_any_wor
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize(("error", "retried"), [(OSError("disk busy"), True), (ValueError("no usable input"), False)])
+def test_io_tasks_retry_io_errors_but_not_bad_input(error, retried):
+    from prefect.states import Failed
+
+    import tasks.data
+
+    assert tasks.data.transient_only(None, None, Failed(data=error)) is retried
+    assert tasks.data.ingest_source.retries == tasks.data.validate.retries == 1
+    assert tasks.data.ingest_source.retry_condition_fn is tasks.data.transient_only
+
+
 def test_tasks_carry_no_tags():
     # Prefect asks the API for concurrency slots of each tagged task run: about 2 s per task on the
     # local SQLite server (see tasks/training.py).
@@ -166,3 +177,16 @@ def test_auto_offset_needs_multiotsu_and_a_top_level_error_has_no_empty_field():
     with pytest.raises(ValidationError) as caught:
         PostprocessParams(threshold={"method": "otsu", "offset": "auto"})
     assert one_line(caught.value).startswith("threshold: offset: got 'auto' with method 'otsu'")
+
+
+def test_benchmark_refuses_a_missing_dataset_folder_before_starting_the_flow(tmp_path, monkeypatch):
+    import flows.full_benchmark
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    monkeypatch.setattr(flows.full_benchmark, "full_benchmark", lambda params: pytest.fail("the flow ran"))
+    result = CliRunner().invoke(app, ["benchmark", "--brats", str(tmp_path / "nope"), "--jun-cheng", "phantom",
+                                      "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: --brats {tmp_path / 'nope'}: not found (give a dataset folder, or 'phantom')"
