@@ -36,6 +36,8 @@ DaskOpt = Annotated[Optional[str], typer.Option("--dask-address", help="Existing
                                                 "tcp://127.0.0.1:8786.")]
 AppendOpt = Annotated[bool, typer.Option("--append", help="Add only new cases to an existing store; stored "
                                          "patients keep their splits.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store at --out (without "
+                                            "this or --append, an existing store is refused).")]
 
 
 def _config(image_size, channels, normalisation, split, folds, seed, workers, dask_address) -> IngestConfig:
@@ -57,10 +59,19 @@ def _finish(report: IngestReport) -> None:
     raise typer.Exit(report.exit_code)
 
 
-def _ingest(dataset: str, source: Path, out: Path, config: IngestConfig, append: bool, **kwargs) -> None:
-    """Run ``storage.ingest.ingest_<dataset>`` with a progress bar and print its report."""
+def _ingest(dataset: str, source: Path, out: Path, config: IngestConfig, append: bool, overwrite: bool,
+            **kwargs) -> None:
+    """Run ``storage.ingest.ingest_<dataset>`` with a progress bar and print its report.
+
+    An existing ``out`` is only extended (``append``) or replaced (``overwrite``) when asked; the
+    replacement is atomic, so a failed ingestion keeps the previous store.
+    """
     from storage import ingest
 
+    if append and overwrite:
+        raise fail("give --append or --overwrite, not both")
+    if out.exists() and not (append or overwrite):
+        raise fail(f"{out}: exists; --append adds new cases to it, --overwrite replaces it")
     fn = getattr(ingest, f"ingest_{dataset}")
     try:
         with progress_bar(f"ingest {source.name}") as update:
@@ -76,11 +87,11 @@ def ingest_brats_cmd(
                                              "or HGG/ and LGG/ folders).")],
     out: OutOpt, image_size: SizeOpt = None, channels: ChannelsOpt = None, normalisation: NormOpt = "robust",
     split: SplitOpt = "grouped", folds: FoldsOpt = 3, seed: SeedOpt = 0, workers: WorkersOpt = 2,
-    dask_address: DaskOpt = None, append: AppendOpt = False,
+    dask_address: DaskOpt = None, append: AppendOpt = False, overwrite: OverwriteOpt = False,
 ) -> None:
     """Ingest BraTS NIfTI cases (channels t1, t1ce, t2, flair; classes tumour-free, LGG, HGG)."""
     config = _config(image_size, channels, normalisation, split, folds, seed, workers, dask_address)
-    _ingest("brats", src, out, config, append)
+    _ingest("brats", src, out, config, append, overwrite)
 
 
 @ingest_app.command("jun-cheng")
@@ -88,11 +99,11 @@ def ingest_jun_cheng_cmd(
     src: Annotated[Path, typer.Argument(help="Folder of Jun Cheng N.mat files (MATLAB v7.3) and cvind.mat.")],
     out: OutOpt, image_size: SizeOpt = None, normalisation: NormOpt = "robust", split: SplitOpt = "grouped",
     folds: FoldsOpt = 3, seed: SeedOpt = 0, workers: WorkersOpt = 2, dask_address: DaskOpt = None,
-    append: AppendOpt = False,
+    append: AppendOpt = False, overwrite: OverwriteOpt = False,
 ) -> None:
     """Ingest the Jun Cheng figshare slices (classes meningioma, glioma, pituitary)."""
     config = _config(image_size, None, normalisation, split, folds, seed, workers, dask_address)
-    _ingest("jun_cheng", src, out, config, append)
+    _ingest("jun_cheng", src, out, config, append, overwrite)
 
 
 @ingest_app.command("manifest")
@@ -101,13 +112,13 @@ def ingest_manifest_cmd(
                                              "absolute or relative to the CSV).")],
     out: OutOpt, image_size: SizeOpt = None, channels: ChannelsOpt = None, normalisation: NormOpt = "robust",
     split: SplitOpt = "grouped", folds: FoldsOpt = 3, seed: SeedOpt = 0, workers: WorkersOpt = 2,
-    dask_address: DaskOpt = None, append: AppendOpt = False,
+    dask_address: DaskOpt = None, append: AppendOpt = False, overwrite: OverwriteOpt = False,
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names, tumour-free first "
                                                         "(default: tumour-free + the sorted labels).")] = None,
 ) -> None:
     """Ingest your own NIfTI volumes listed in a manifest CSV."""
     config = _config(image_size, channels, normalisation, split, folds, seed, workers, dask_address)
-    _ingest("manifest", csv, out, config, append,
+    _ingest("manifest", csv, out, config, append, overwrite,
             classes=[c.strip() for c in classes.split(",")] if classes else None)
 
 

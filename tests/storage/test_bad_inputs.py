@@ -158,5 +158,18 @@ def test_cli_exit_codes_and_one_line_reasons(brats_copy, tmp_path):
     assert none.exit_code == 1 and "no usable brats cases" in none.output
     info = runner.invoke(app, ["info", str(tmp_path / "b.zarr")])
     assert info.exit_code == 0 and "rejected 1" in info.output
+    again = runner.invoke(app, ["ingest", "brats", str(tmp_path / "empty"), "--out", str(tmp_path / "b.zarr")])
+    assert again.exit_code == 1
+    assert again.output.strip() == f"error: {tmp_path / 'b.zarr'}: exists; --append adds new cases to it, --overwrite replaces it"
+    both = runner.invoke(app, ["ingest", "brats", str(brats_copy), "--out", str(tmp_path / "b.zarr"), "--append",
+                               "--overwrite"])
+    assert both.exit_code == 1 and both.output.strip() == "error: give --append or --overwrite, not both"
+    failed = runner.invoke(app, ["ingest", "brats", str(tmp_path / "empty"), "--out", str(tmp_path / "b.zarr"),
+                                 "--overwrite"])
+    assert failed.exit_code == 1 and "no usable brats cases" in failed.output
+    assert "rejected 1" in runner.invoke(app, ["info", str(tmp_path / "b.zarr")]).output  # the store was kept
+    replaced = runner.invoke(app, ["ingest", "brats", str(brats_copy), "--out", str(tmp_path / "b.zarr"),
+                                   "--overwrite", "--workers", "0"])
+    assert replaced.exit_code == 2 and "0 already stored" in replaced.output
     valid = runner.invoke(app, ["validate", str(tmp_path / "b.zarr")])
     assert valid.exit_code == 0 and "expectations met" in valid.output
