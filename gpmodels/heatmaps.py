@@ -44,10 +44,26 @@ POSTHOC_METHODS: tuple[str, ...] = ("occlusion", "guided_backprop")
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """``cuda`` when available (or as asked), else ``cpu``."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``cuda`` when available (or as asked), else ``cpu``.
+
+    Raises:
+        ValueError: ``device`` is not a torch device name, or names a CUDA device this machine lacks.
+    """
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        target = torch.device(device)
+    except RuntimeError:
+        target = None
+    if target is None or target.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: got {device!r}, expected cpu, cuda or cuda:N")
+    if target.type == "cpu":
+        return torch.device("cpu")
+    if target.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (target.index or 0) >= count:
+            raise ValueError(f"device: got {device!r}, but this machine has {count} CUDA device(s)")
+    return target
 
 
 def class_maps(model: torch.nn.Module, images: torch.Tensor, gp: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -521,3 +521,21 @@ def test_evaluation_reports_progress_per_chunk(report_runs):
     n = zarr.open_group(str(heatmaps), mode="r")["index"].shape[0]
     assert n > 7
     assert calls == [(min(stop, n), n) for stop in range(7, n + 7, 7)]
+
+
+@pytest.mark.parametrize(("device", "expected"), [
+    (None, "cuda" if torch.cuda.is_available() else "cpu"), ("cpu", "cpu"), ("cpu:0", "cpu")])
+def test_heatmap_device_is_chosen_or_checked(device, expected):
+    from gpmodels.heatmaps import pick_device
+
+    assert pick_device(device) == torch.device(expected)
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("tpu", "device: got 'tpu', expected cpu, cuda or cuda:N"), ("nonsense", "expected cpu, cuda or cuda:N"),
+    (f"cuda:{torch.cuda.device_count()}", f"CUDA device(s)")])
+def test_a_device_this_machine_lacks_is_one_line(device, message):
+    from gpmodels.heatmaps import pick_device
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pick_device(device)
