@@ -188,6 +188,8 @@ def export_masks_cmd(
 
     if (run is None) == (workdir is None):
         raise fail("give either --run or --workdir")
+    if suffix and any(sep in suffix for sep in ("/", "\\")):
+        raise fail(f"--suffix: got {suffix!r}, expected no path separators")
     if run is not None:
         files = _export_run(run, out, "_pred" if suffix is None else suffix)
         console.print(f"[green]wrote[/green] {len(files)} NIfTI masks to {out}")

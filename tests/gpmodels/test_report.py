@@ -481,6 +481,10 @@ def test_export_masks_writes_one_volume_per_test_patient(report_runs, tmp_path):
                                       "--suffix", "_gp-unet"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.glob("*_gp-unet.nii.gz")) == sorted(f"{p}_gp-unet.nii.gz" for p in patients)
+    bad = CliRunner().invoke(app, ["export-masks", "--run", str(report_runs["gp"]), "--out", str(tmp_path / "b"),
+                                   "--suffix", "/../x"])
+    assert bad.exit_code == 1 and bad.output.strip() == "error: --suffix: got '/../x', expected no path separators"
+    assert not (tmp_path / "b").exists()
 
 
 def test_export_masks_of_a_workdir_names_each_file_by_model_and_fold_and_skips_2d_runs(report_runs, tmp_path):
