@@ -21,6 +21,7 @@ import io
 import json
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,8 @@ from gpmodels.metrics import (
 from gpmodels.postprocess import (
     PAPER_MULTIOTSU_OFFSETS,
     ThresholdConfig,
-    resolve_auto_offset,
+    best_offset,
+    offset_scores,
     segment_heatmaps,
     select_maps,
 )
@@ -117,21 +119,31 @@ def mask_reader(heat: zarr.Group, config: ThresholdConfig) -> Callable[[np.ndarr
     return read
 
 
-def _resolve_offset(heat: zarr.Group, config: ThresholdConfig, store: zarr.Group) -> tuple[ThresholdConfig, str]:
-    """Replace ``offset="auto"`` using the validation heatmaps; say where the offset came from."""
+def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig, store: zarr.Group,
+                    chunk: int = CHUNK) -> tuple[ThresholdConfig, str]:
+    """Replace ``offset="auto"`` using the validation heatmaps beside the heatmap store at ``path`` (so a
+    moved run dir finds its own), ``chunk`` slices at a time (bounds memory); say where the offset came from."""
     if config.offset != "auto":
         return config, "given"
-    val_path = heatmap_path(heat.attrs["run_dir"], "val")
+    val_path = Path(path).parent / heatmap_path("", "val").name
     val = open_heatmaps(val_path)
     labels = val["labels"][:]
     classes = val["predicted"][:] if config.target_class == "predicted" else labels
     tumour = np.flatnonzero(classes > 0) if heat.attrs["classes"][0] == TUMOUR_FREE else np.arange(labels.size)
     if tumour.size == 0:
         raise ValueError(f"{val_path}: no validation slice with a tumour class to choose an offset on")
-    maps = select_maps(val["maps"].get_orthogonal_selection((tumour,)).astype(np.float32), classes[tumour])
-    targets = store["masks"].get_orthogonal_selection((val["index"][:][tumour],)) > 0
-    resolved = resolve_auto_offset(config, maps, targets)
-    return resolved, f"auto: maximised median validation Dice over {tumour.size} validation slices"
+    index = val["index"][:]
+    scores, has_target = [], []
+    for start in range(0, tumour.size, chunk):
+        rows = tumour[start:start + chunk]
+        maps = select_maps(val["maps"].get_orthogonal_selection((rows,)).astype(np.float32), classes[rows])
+        targets = store["masks"].get_orthogonal_selection((index[rows],)) > 0
+        chunk_scores, chunk_has_target = offset_scores(config, maps, targets)
+        scores.append(chunk_scores)
+        has_target.append(chunk_has_target)
+    offset = best_offset(np.concatenate(scores, axis=1), config.auto_offsets, np.concatenate(has_target))
+    return (replace(config, offset=offset),
+            f"auto: maximised median validation Dice over {tumour.size} validation slices")
 
 
 def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, chunk: int = CHUNK,
@@ -157,7 +169,7 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
     tumour_free = classes[0] == TUMOUR_FREE
     store = open_store(attrs["store_path"])
     config = config or default_threshold(attrs["model"])
-    config, offset_source = _resolve_offset(heat, config, store)
+    config, offset_source = _resolve_offset(path, heat, config, store, chunk)
     index, labels, predicted = heat["index"][:], heat["labels"][:].astype(int), heat["predicted"][:].astype(int)
     n = index.size
     scores = np.full(n, np.nan)

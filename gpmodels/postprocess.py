@@ -45,7 +45,7 @@ from gpmodels.thresholds import DEFAULT_NBINS, multiotsu_thresholds, multiotsu_u
 __all__ = [
     "DEFAULT_OFFSET_GRID", "METHODS", "PAPER_MULTIOTSU_OFFSETS", "CleaningConfig", "ThresholdConfig",
     "best_offset", "clean_masks", "clean_up", "heatmap_thresholds", "multiotsu_thresholds", "otsu_thresholds",
-    "resolve_auto_offset", "segment_heatmaps", "select_maps", "suppress", "sweep_offsets",
+    "offset_scores", "resolve_auto_offset", "segment_heatmaps", "select_maps", "suppress", "sweep_offsets",
     "threshold_heatmaps",
 ]
 
@@ -265,23 +265,23 @@ def best_offset(dice_per_offset: np.ndarray, offsets: Sequence[float], has_targe
     return float(offsets[int(np.argmax(np.median(scores[:, has_target], axis=1)))])
 
 
-def resolve_auto_offset(config: ThresholdConfig, maps: np.ndarray, targets: np.ndarray) -> ThresholdConfig:
-    """Replace an ``"auto"`` offset by the best of ``config.auto_offsets`` on validation slices.
+def offset_scores(config: ThresholdConfig, maps: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dice of every offset of ``config.auto_offsets`` on validation slices, for :func:`best_offset`.
+
+    Slices are scored independently, so the scores of a split may be computed chunk by chunk and
+    concatenated along the slice axis (see :func:`resolve_auto_offset`).
 
     Args:
-        config: the configuration; returned unchanged unless its offset is ``"auto"``.
+        config: the configuration (its ``auto_offsets``, multi-Otsu settings and clean-up).
         maps: ``(N, H, W)`` validation heatmaps of the chosen class.
         targets: ``(N, H, W)`` their ground-truth masks.
 
     Returns:
-        A configuration with a numeric offset (highest median Dice over slices
-        with a non-empty target; ties to the first in ``auto_offsets``). With clean-up
-        switched on, each offset's masks are cleaned before they are scored, so the offset
-        is the best one for the masks the configuration will make; that costs one clean-up
-        pass per offset instead of the single thresholding pass of :func:`sweep_offsets`.
+        ``(O, M)`` Dice and ``(M,)`` has-target flags. Without clean-up (or without any target)
+        ``M = N``. With clean-up switched on, only the ``M`` slices with a target are scored (the
+        only ones ranked), since each offset's masks are cleaned before they are scored: one
+        clean-up pass per offset.
     """
-    if config.offset != "auto":
-        return config
     has_target = count_foreground(np.asarray(targets) != 0) > 0
     if config.cleaning.active and has_target.any():
         # only slices with a target are ranked, and clean-up works slice by slice: clean those alone
@@ -295,6 +295,26 @@ def resolve_auto_offset(config: ThresholdConfig, maps: np.ndarray, targets: np.n
     else:
         scores = sweep_offsets(maps, targets, config.auto_offsets, config.suppress_negative, config.classes,
                                config.nbins)
+    return scores, has_target
+
+
+def resolve_auto_offset(config: ThresholdConfig, maps: np.ndarray, targets: np.ndarray) -> ThresholdConfig:
+    """Replace an ``"auto"`` offset by the best of ``config.auto_offsets`` on validation slices.
+
+    Args:
+        config: the configuration; returned unchanged unless its offset is ``"auto"``.
+        maps: ``(N, H, W)`` validation heatmaps of the chosen class.
+        targets: ``(N, H, W)`` their ground-truth masks.
+
+    Returns:
+        A configuration with a numeric offset (highest median Dice over slices
+        with a non-empty target; ties to the first in ``auto_offsets``). With clean-up
+        switched on, each offset's masks are cleaned before they are scored, so the offset
+        is the best one for the masks the configuration will make (:func:`offset_scores`).
+    """
+    if config.offset != "auto":
+        return config
+    scores, has_target = offset_scores(config, maps, targets)
     return replace(config, offset=best_offset(scores, config.auto_offsets, has_target))
 
 

@@ -189,4 +189,5 @@ def test_benchmark_refuses_a_missing_dataset_folder_before_starting_the_flow(tmp
     result = CliRunner().invoke(app, ["benchmark", "--brats", str(tmp_path / "nope"), "--jun-cheng", "phantom",
                                       "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 1
-    assert result.output.strip() == f"error: --brats {tmp_path / 'nope'}: not found (give a dataset folder, or 'phantom')"
+    assert result.output.strip() == (f"error: --brats {tmp_path / 'nope'}: not found "
+                                     "(give a dataset folder, or 'phantom')")

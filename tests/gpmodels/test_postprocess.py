@@ -17,6 +17,7 @@ from gpmodels.postprocess import (
     CleaningConfig,
     ThresholdConfig,
     best_offset,
+    offset_scores,
     resolve_auto_offset,
     segment_heatmaps,
     select_maps,
@@ -160,6 +161,18 @@ def test_auto_offset_with_cleaning_is_the_best_for_the_cleaned_masks(cleaning):
     assert best != best_offset(sweep_offsets(maps, targets, grid), grid, has_target)  # cleaning moves the choice
     with pytest.raises(ValueError, match="no slice has a non-empty target"):
         resolve_auto_offset(config, maps, np.zeros_like(targets))
+
+
+@pytest.mark.parametrize("cleaning", [CleaningConfig(), CleaningConfig(min_size=30, largest_component=True)])
+def test_offset_scores_of_chunks_concatenate_to_those_of_the_whole_split(cleaning):
+    maps, targets = blobs(8, seed=0)
+    targets[2] = False  # a slice without a target in the first chunk
+    config = ThresholdConfig(offset="auto", auto_offsets=(0.0, 0.3, 0.6, 1.0), cleaning=cleaning)
+    whole = offset_scores(config, maps, targets)
+    parts = [offset_scores(config, maps[rows], targets[rows]) for rows in (slice(0, 3), slice(3, 8))]
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts], axis=1), whole[0])
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole[1])
+    assert whole[0].shape == (4, int(targets.any(axis=(1, 2)).sum()) if cleaning.active else 8)
 
 
 def test_postprocessing_does_not_import_prefect():

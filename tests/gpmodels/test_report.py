@@ -543,3 +543,25 @@ def test_a_device_this_machine_lacks_is_one_line(device, message):
 
     with pytest.raises(ValueError, match=re.escape(message)):
         pick_device(device)
+
+
+@pytest.mark.parametrize("cleaning", [CleaningConfig(), CleaningConfig(min_size=3, largest_component=True)])
+def test_auto_offset_read_in_chunks_is_that_of_the_whole_validation_split(report_runs, tmp_path, cleaning):
+    from gpmodels.postprocess import resolve_auto_offset
+    from storage.store import open_store
+
+    run = tmp_path / "run"
+    shutil.copytree(report_runs["gp"], run)
+    val = generate_heatmaps(run, "val", posthoc=0)
+    heat = zarr.open_group(str(val), mode="r")
+    rows = np.flatnonzero(heat["predicted"][:] > 0)
+    assert rows.size > 3
+    maps = select_maps(heat["maps"].get_orthogonal_selection((rows,)).astype(np.float32), heat["predicted"][:][rows])
+    targets = open_store(heat.attrs["store_path"])["masks"].get_orthogonal_selection((heat["index"][:][rows],)) > 0
+    config = ThresholdConfig(offset="auto", cleaning=cleaning)
+    expected = resolve_auto_offset(config, maps, targets).offset
+    test = heatmap_path(run, "test")
+    for chunk in (2, 256):
+        chosen = evaluate_heatmaps(test, config, chunk=chunk)["threshold"]
+        assert chosen["offset"] == expected
+        assert chosen["offset_source"] == f"auto: maximised median validation Dice over {rows.size} validation slices"

@@ -160,7 +160,8 @@ def test_cli_exit_codes_and_one_line_reasons(brats_copy, tmp_path):
     assert info.exit_code == 0 and "rejected 1" in info.output
     again = runner.invoke(app, ["ingest", "brats", str(tmp_path / "empty"), "--out", str(tmp_path / "b.zarr")])
     assert again.exit_code == 1
-    assert again.output.strip() == f"error: {tmp_path / 'b.zarr'}: exists; --append adds new cases to it, --overwrite replaces it"
+    assert again.output.strip() == (f"error: {tmp_path / 'b.zarr'}: exists; --append adds new cases to it, "
+                                    "--overwrite replaces it")
     both = runner.invoke(app, ["ingest", "brats", str(brats_copy), "--out", str(tmp_path / "b.zarr"), "--append",
                                "--overwrite"])
     assert both.exit_code == 1 and both.output.strip() == "error: give --append or --overwrite, not both"
