@@ -84,7 +84,7 @@ def _evaluate(runs: list[Path], params: ThresholdParams) -> list[dict]:
 def _print_table(results: list[dict], runs: list[Path]) -> None:
     table = Table(title="test split; pts: test patients; under F1 and Dice: 95 % interval over them (bootstrap)",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for col in ("run", "model", "fold", "pts", "acc", "F1", "median Dice", "offset"):
+    for col in ("run", "model", "fold", "pts", "acc", "F1", "median Dice", "threshold"):
         table.add_column(col, no_wrap=True, min_width=11 if col in ("F1", "median Dice") else None)
     for r, run in zip(results, runs):
         d, boot = r["segmentation"]["dice"], r["bootstrap"]
@@ -92,8 +92,16 @@ def _print_table(results: list[dict], runs: list[Path]) -> None:
                       f"{r['classification']['accuracy']:.3f}",
                       f"{r['classification']['f1']:.3f}{_interval_text(boot['f1'])}",
                       "–" if d["n"] == 0 else f"{d['median']:.3f}{_interval_text(boot['dice_median'])}",
-                      str(r["threshold"]["offset"]))
+                      _threshold_cell(r["threshold"]))
     console.print(table)
+
+
+def _threshold_cell(threshold: dict) -> str:
+    """``offset 0.3`` (multi-Otsu), ``otsu`` or ``fixed 0.5``, as the run was thresholded."""
+    method = threshold["method"]
+    if method == "multiotsu":
+        return f"offset {threshold['offset']}"
+    return f"fixed {threshold['value']}" if method == "fixed" else str(method)
 
 
 def _run_label(run_dir: Path) -> str:
