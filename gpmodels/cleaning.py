@@ -220,6 +220,16 @@ def clean_masks(
         TypeError: ``masks`` is not bool.
     """
     _check_count("min_size", min_size)
+    masks = _check_masks(masks)
+    occupied = masks.any(axis=(1, 2))
+    if not occupied.all():
+        # empty masks stay empty under every step: clean the others only (on real data the slices
+        # predicted tumour-free, often half of a split, have empty masks)
+        out = np.zeros_like(masks)
+        if occupied.any():
+            out[occupied] = clean_masks(masks[occupied], min_size, fill_holes_area, closing_radius,
+                                        largest_component)
+        return out
     masks = close_masks(masks, closing_radius)
     masks = fill_holes(masks, fill_holes_area)
     if min_size <= 1 and not largest_component:

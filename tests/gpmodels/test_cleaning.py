@@ -125,8 +125,10 @@ def test_largest_component_equals_a_slice_by_slice_reference(seed):
 
 @pytest.mark.parametrize("min_size", [0, 1, 5, 40, 10_000])
 @pytest.mark.parametrize("largest", [False, True])
-def test_clean_masks_equals_its_steps_one_after_another(min_size, largest):
+@pytest.mark.parametrize("empty", [[], [0, 5, 6, 15], list(range(16))])
+def test_clean_masks_equals_its_steps_one_after_another(min_size, largest, empty):
     masks = _random_masks(4, n=16)
+    masks[empty] = False  # clean_masks skips empty slices; the steps alone do not
     expected = remove_small_objects(fill_holes(close_masks(masks, 1), 6), min_size)
     expected = keep_largest_component(expected) if largest else expected
     np.testing.assert_array_equal(clean_masks(masks, min_size, 6, 1, largest), expected)
