@@ -47,6 +47,11 @@ def _hidden(path: Path, tag: str) -> Path:
     return path.parent / f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}"
 
 
+def _is_zarr_group(path: Path) -> bool:
+    """Whether ``path`` is a folder holding a Zarr group (format 3 ``zarr.json`` or format 2 ``.zgroup``)."""
+    return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zgroup").is_file())
+
+
 def recover_interrupted(path: Path) -> None:
     """Undo the effects of a writer killed while swapping a store into place.
 
@@ -80,6 +85,9 @@ class StoreWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         recover_interrupted(self.path)
+        if self.path.exists() and not _is_zarr_group(self.path):
+            raise StoreError(f"{self.path}: exists and is not a Zarr store; refusing to replace it "
+                             "(choose another --out)")
         self.tmp = _hidden(self.path, "tmp")
         self.channels = list(channels)
         self.image_size = int(image_size)

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gpseg.cli import app
-from storage.errors import NoUsableInput
+from storage.errors import NoUsableInput, StoreError
 from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
 from storage.ingest_config import IngestConfig
 from storage.store import open_store
@@ -142,6 +142,25 @@ def test_empty_source_folder_is_an_error_and_keeps_old_store(brats_source, tmp_p
     with pytest.raises(NoUsableInput, match="no usable brats cases"):
         ingest_brats(tmp_path / "empty", store, CONFIG)
     assert open_store(store)["labels"].shape[0] > 0
+
+
+@pytest.mark.parametrize("kind", ["folder", "file", "the source"])
+def test_an_existing_path_that_is_not_a_store_is_never_replaced(brats_copy, tmp_path, kind):
+    if kind == "folder":
+        out = tmp_path / "my_data"
+        out.mkdir()
+        (out / "notes.txt").write_text("keep me")
+    elif kind == "file":
+        out = tmp_path / "my_data.zarr"
+        out.write_text("keep me")
+    else:
+        out = brats_copy
+    before = sorted(p.relative_to(out) for p in out.rglob("*")) if out.is_dir() else out.read_text()
+    with pytest.raises(StoreError, match=f"{out}: exists and is not a Zarr store; refusing to replace it"):
+        ingest_brats(brats_copy, out, CONFIG)
+    assert (sorted(p.relative_to(out) for p in out.rglob("*")) if out.is_dir() else out.read_text()) == before
+    result = CliRunner().invoke(app, ["ingest", "brats", str(brats_copy), "--out", str(out), "--overwrite"])
+    assert result.exit_code == 1 and "exists and is not a Zarr store" in result.output
 
 
 def test_cli_exit_codes_and_one_line_reasons(brats_copy, tmp_path):
