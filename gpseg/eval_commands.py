@@ -12,8 +12,7 @@ from rich.table import Table
 
 from gpseg.console import console, fail, progress_bar
 from gpseg.threshold_options import (
-    CLEANING_HELP, ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt,
-    threshold_params)
+    ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
 
 if TYPE_CHECKING:
     from flows.params import ThresholdParams
