@@ -81,9 +81,10 @@ def _evaluate(runs: list[Path], params: ThresholdParams) -> list[dict]:
 
 
 def _print_table(results: list[dict], runs: list[Path]) -> None:
-    table = Table(title="test split; pts: test patients; under F1 and Dice: 95 % interval over them (bootstrap)",
+    table = Table(title="test split; pts: test patients; under F1 and Dice: 95 % interval over them (bootstrap); "
+                        "thresh: MO−x is multi-Otsu's upper threshold minus the offset x",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for col in ("run", "model", "fold", "pts", "acc", "F1", "median Dice", "threshold"):
+    for col in ("run", "model", "fold", "pts", "acc", "F1", "median Dice", "thresh"):
         table.add_column(col, no_wrap=True, min_width=11 if col in ("F1", "median Dice") else None)
     for r, run in zip(results, runs):
         d, boot = r["segmentation"]["dice"], r["bootstrap"]
@@ -96,10 +97,10 @@ def _print_table(results: list[dict], runs: list[Path]) -> None:
 
 
 def _threshold_cell(threshold: dict) -> str:
-    """``offset 0.3`` (multi-Otsu), ``otsu`` or ``fixed 0.5``, as the run was thresholded."""
+    """``MO−0.3`` (multi-Otsu minus the offset), ``otsu`` or ``fixed 0.5``, as the run was thresholded."""
     method = threshold["method"]
     if method == "multiotsu":
-        return f"offset {threshold['offset']}"
+        return f"MO−{threshold['offset']}"
     return f"fixed {threshold['value']}" if method == "fixed" else str(method)
 
 

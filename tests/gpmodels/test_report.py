@@ -357,7 +357,7 @@ def test_postprocess_cli_on_a_workdir_rethresholds_the_reports_runs_only(report_
                                       "--value", "0.01"])
     assert result.exit_code == 0, result.output
     assert "the 1 run(s) of the report" in result.output and "brats" in result.output
-    assert "threshold" in result.output and "fixed 0.01" in result.output  # not the unused offset
+    assert "thresh" in result.output and "fixed 0.01" in result.output  # not the unused offset
     assert _evaluation(current)["threshold"]["method"] == "fixed"
     assert (stale / "evaluation.json").read_text() == stale_before
     metrics = json.loads((tmp_path / "w" / "report" / "metrics.json").read_text())
@@ -378,7 +378,7 @@ def test_postprocess_cli_cleans_the_masks_and_says_so(report_runs, tmp_path):
     given = ["postprocess", "--runs", str(run), "--offset", "0.2"]
     plain = CliRunner().invoke(app, [*given, "--out", str(tmp_path / "a")])
     assert plain.exit_code == 0, plain.output
-    assert "offset 0.2" in plain.output
+    assert "MO−0.2" in plain.output
     before = _evaluation(run)
     result = CliRunner().invoke(app, [*given, "--out", str(tmp_path / "b"), "--min-size", "100000", "--closing", "1",
                                       "--largest-component"])
