@@ -167,6 +167,17 @@ def info_cmd(store: Annotated[Path, typer.Argument(help="Slice store to describe
 SynthOut = Annotated[Path, typer.Argument(help="Output folder (created).")]
 SynthCases = Annotated[int, typer.Option("--cases", help="Number of cases (BraTS) or slice files (Jun Cheng).")]
 SynthSeed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed writes the same files.")]
+SynthOverwrite = Annotated[bool, typer.Option("--overwrite", help="Write over files of the same names in the "
+                                              "output folder (refused by default, so real data is never "
+                                              "written over by mistake).")]
+
+
+def _refuse_clashes(out: Path, clashes: list[Path], overwrite: bool) -> None:
+    """A one-line error when phantoms would write over existing files and ``--overwrite`` was not given."""
+    if clashes and not overwrite:
+        more = f" and {len(clashes) - 1} more" if len(clashes) > 1 else ""
+        raise fail(f"{out}: {clashes[0].name} exists{more}; choose another folder (or --first-case after the "
+                   "existing cases for BraTS), or --overwrite")
 
 
 @synth_app.command("brats")
@@ -176,10 +187,14 @@ def synth_brats_cmd(
     seed: SynthSeed = 0,
     first_case: Annotated[int, typer.Option("--first-case", help="Number of the first case (for a new data "
                                                                   "drop after existing cases).")] = 1,
+    overwrite: SynthOverwrite = False,
 ) -> None:
     """BraTS 2020 layout: BraTS20_Training_NNN/*_{t1,t1ce,t2,flair,seg}.nii.gz and name_mapping.csv."""
     from storage.phantoms import write_brats_phantoms
+    from storage.phantoms.brats import case_id
 
+    _refuse_clashes(out, [out / case_id(n) for n in range(first_case, first_case + max(cases, 0))
+                          if (out / case_id(n)).exists()], overwrite)
     try:
         folders = write_brats_phantoms(out, cases, size=size, seed=seed, first_case=first_case)
     except ValueError as exc:
@@ -193,10 +208,13 @@ def synth_jun_cheng_cmd(
     size: Annotated[int, typer.Option("--size", help="Image size (a few images are written at half size, "
                                                      "as in the real set).")] = 512,
     seed: SynthSeed = 0,
+    overwrite: SynthOverwrite = False,
 ) -> None:
     """Jun Cheng figshare format: N.mat (MATLAB v7.3, cjdata struct) and cvind.mat."""
     from storage.phantoms import write_jun_cheng_phantoms
 
+    _refuse_clashes(out, sorted(out.glob("*.mat"), key=lambda p: (len(p.name), p.name)) if out.is_dir() else [],
+                    overwrite)
     try:
         files = write_jun_cheng_phantoms(out, cases, size=size, seed=seed)
     except ValueError as exc:

@@ -193,3 +193,22 @@ def test_cli_exit_codes_and_one_line_reasons(brats_copy, tmp_path):
     assert replaced.exit_code == 2 and "0 already stored" in replaced.output
     valid = runner.invoke(app, ["validate", str(tmp_path / "b.zarr")])
     assert valid.exit_code == 0 and "expectations met" in valid.output
+
+
+@pytest.mark.parametrize("kind", ["brats", "jun-cheng"])
+def test_synth_never_writes_over_existing_files_unless_asked(kind, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "data"
+    out.mkdir()
+    real = out / ("BraTS20_Training_002" if kind == "brats" else "7.mat")
+    real.mkdir() if kind == "brats" else real.write_bytes(b"real data")
+    args = ["synth", kind, str(out), "--cases", "2", "--size", "32" if kind == "brats" else "64"]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 1
+    assert refused.output.strip().startswith(f"error: {out}: {real.name} exists; choose another folder")
+    assert sorted(p.name for p in out.iterdir()) == [real.name]
+    if kind == "brats":  # new cases after the existing ones are fine
+        after = runner.invoke(app, [*args, "--first-case", "3"])
+        assert after.exit_code == 0, after.output
+    forced = runner.invoke(app, [*args, "--overwrite"])
+    assert forced.exit_code == 0, forced.output
