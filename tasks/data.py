@@ -14,7 +14,6 @@ from storage.phantoms import write_brats_phantoms, write_jun_cheng_phantoms
 from storage.validation import validate_store
 
 
-
 def transient_only(task, task_run, state) -> bool:
     """Prefect ``retry_condition_fn``: retry I/O failures, not bad input.
 
