@@ -219,7 +219,9 @@ def clean_masks(
         ValueError: a size is negative or not an integer, or ``masks`` is not 3-D.
         TypeError: ``masks`` is not bool.
     """
-    _check_count("min_size", min_size)
+    for name, value in (("min_size", min_size), ("fill_holes_area", fill_holes_area),
+                        ("closing_radius", closing_radius)):
+        _check_count(name, value)  # here, so that an all-empty stack, which skips the steps, is checked too
     masks = _check_masks(masks)
     occupied = masks.any(axis=(1, 2))
     if not occupied.all():

@@ -59,10 +59,9 @@ def pick_device(device: str | None = None) -> torch.device:
         raise ValueError(f"device: got {device!r}, expected cpu, cuda or cuda:N")
     if target.type == "cpu":
         return torch.device("cpu")
-    if target.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (target.index or 0) >= count:
-            raise ValueError(f"device: got {device!r}, but this machine has {count} CUDA device(s)")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if (target.index or 0) >= count:
+        raise ValueError(f"device: got {device!r}, but this machine has {count} CUDA device(s)")
     return target
 
 

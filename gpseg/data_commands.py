@@ -193,8 +193,8 @@ def synth_brats_cmd(
     from storage.phantoms import write_brats_phantoms
     from storage.phantoms.brats import case_id
 
-    _refuse_clashes(out, [out / case_id(n) for n in range(first_case, first_case + max(cases, 0))
-                          if (out / case_id(n)).exists()], overwrite)
+    planned = (out / case_id(n) for n in range(first_case, first_case + max(cases, 0)))
+    _refuse_clashes(out, [folder for folder in planned if folder.exists()], overwrite)
     try:
         folders = write_brats_phantoms(out, cases, size=size, seed=seed, first_case=first_case)
     except ValueError as exc:

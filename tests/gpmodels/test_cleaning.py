@@ -89,6 +89,9 @@ def test_invalid_arguments():
         clean_masks(np.zeros((1, 4, 4), bool), min_size=-1)
     with pytest.raises(ValueError, match="masks"):
         clean_masks(np.zeros((4, 4), bool))
+    for name in ("fill_holes_area", "closing_radius"):  # also for an all-empty stack, which skips the steps
+        with pytest.raises(ValueError, match=name):
+            clean_masks(np.zeros((2, 4, 4), bool), **{name: -1})
 
 
 def _random_masks(seed: int, n: int = 12, shape: tuple[int, int] = (23, 31)) -> np.ndarray:
