@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gpmodels.augment import AugmentConfig, RandomFlipRotate, resize_batch
+from storage.reads import read_rows
 from storage.store import SPLIT_NAMES, fold_names, open_store
 
 Batch = dict[str, torch.Tensor]
@@ -106,7 +107,7 @@ class SliceDataset(Dataset):
         self.masks: np.ndarray | None = None
         if cache and len(self):
             images, masks = self._open()
-            self.images, self.masks = images.oindex[self.indices], masks.oindex[self.indices]
+            self.images, self.masks = read_rows(self.indices, images, masks)
 
     @property
     def cached(self) -> bool:
@@ -132,6 +133,21 @@ class SliceDataset(Dataset):
             image, mask = images[row], masks[row]
         return {"image": torch.from_numpy(np.asarray(image)), "mask": torch.from_numpy(np.asarray(mask)),
                 "label": torch.tensor(self.labels[item]), "index": torch.tensor(self.indices[item])}
+
+    def __getitems__(self, items: list[int]) -> list[Batch]:
+        """The samples of a whole batch; the data loader calls this instead of ``dataset[i]`` per slice.
+
+        An uncached split reads the batch's images and masks with :func:`storage.reads.read_rows`, all
+        at once, instead of one blocking Zarr read per slice and array (``benchmarks/loader.py``
+        measures the gain).
+        """
+        if self.images is not None:
+            return [self[item] for item in items]
+        rows = self.indices[np.asarray(items, dtype=np.int64)]
+        images, masks = read_rows(rows, *self._open())
+        return [{"image": torch.from_numpy(images[i]), "mask": torch.from_numpy(masks[i]),
+                 "label": torch.tensor(self.labels[item]), "index": torch.tensor(rows[i])}
+                for i, item in enumerate(items)]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -47,6 +47,7 @@ from gpmodels.postprocess import (
     segment_heatmaps,
     select_maps,
 )
+from storage.reads import read_rows
 from storage.store import open_store, read_patients
 
 TUMOUR_FREE = "tumour-free"
@@ -112,8 +113,7 @@ def mask_reader(heat: zarr.Group, config: ThresholdConfig) -> Callable[[np.ndarr
 
     def read(rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.intp)
-        contiguous = rows.size > 0 and rows[-1] - rows[0] + 1 == rows.size
-        maps = stored[rows[0]:rows[-1] + 1] if contiguous else stored.oindex[rows]
+        (maps,) = read_rows(rows, stored)
         return predicted_masks(maps, predicted[rows], labels[rows], config, tumour_free)
 
     return read
@@ -136,8 +136,8 @@ def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig,
     scores, has_target = [], []
     for start in range(0, tumour.size, chunk):
         rows = tumour[start:start + chunk]
-        maps = select_maps(val["maps"].get_orthogonal_selection((rows,)).astype(np.float32), classes[rows])
-        targets = store["masks"].get_orthogonal_selection((index[rows],)) > 0
+        maps = select_maps(read_rows(rows, val["maps"])[0].astype(np.float32), classes[rows])
+        targets = read_rows(index[rows], store["masks"])[0] > 0
         chunk_scores, chunk_has_target = offset_scores(config, maps, targets)
         scores.append(chunk_scores)
         has_target.append(chunk_has_target)
@@ -179,7 +179,7 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
         stop = min(start + chunk, n)
         masks = predicted_masks(heat["maps"][start:stop], predicted[start:stop], labels[start:stop], config,
                                 tumour_free)
-        truth = store["masks"].get_orthogonal_selection((index[start:stop],)) > 0
+        truth = read_rows(index[start:stop], store["masks"])[0] > 0
         target_px[start:stop] = truth.reshape(stop - start, -1).sum(axis=1)
         pred_px[start:stop] = masks.reshape(stop - start, -1).sum(axis=1)
         scores[start:stop] = dice(masks, truth)

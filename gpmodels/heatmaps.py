@@ -38,6 +38,7 @@ from gpmodels.augment import resize_images
 from gpmodels.files import heatmap_path
 from gpmodels.nets import is_gp_model
 from gpmodels.training import load_trained
+from storage.reads import read_rows
 from storage.store import SPLIT_NAMES, open_store
 
 POSTHOC_METHODS: tuple[str, ...] = ("occlusion", "guided_backprop")
@@ -131,7 +132,7 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
     try:
         for start in range(0, index.size, batch_size):
             sel = index[start:start + batch_size]
-            images = torch.from_numpy(group["images"].get_orthogonal_selection((sel,)).astype(np.float32)).to(target)
+            images = torch.from_numpy(read_rows(sel, group["images"])[0].astype(np.float32)).to(target)
             with autocast:
                 logits, maps = class_maps(model, resize_images(images, run.image_size), gp)
             maps_arr[start:start + sel.size] = resize_images(maps, size).cpu().numpy().astype(np.float16)
@@ -173,7 +174,7 @@ def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, 
     if rows.size == 0:
         return
     size = int(group["images"].shape[-1])
-    images = torch.from_numpy(group["images"].get_orthogonal_selection((index[rows],)).astype(np.float32))
+    images = torch.from_numpy(read_rows(index[rows], group["images"])[0].astype(np.float32))
     images = resize_images(images.to(device), run.image_size)
     target = torch.from_numpy(labels[rows].astype(np.int64)).to(device)
     maps = posthoc_batch(model, images, target, methods=POSTHOC_METHODS, is_gp=gp)

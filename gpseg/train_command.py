@@ -42,6 +42,13 @@ def train_cmd(
     num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="Data-loading worker processes "
                                                        "(splits small enough are cached in memory instead).")]
     = None,
+    cache: Annotated[Optional[str], typer.Option("--cache", help="auto (hold a split in memory when its float16 "
+                                                 "images take less than --cache-limit-gb; default), always or "
+                                                 "never. Uncached splits are read from the store while training.")]
+    = None,
+    cache_limit_gb: Annotated[Optional[float], typer.Option("--cache-limit-gb", help="The auto cache limit per "
+                                                            "split, in GiB (default 4; the real BraTS 2020 training "
+                                                            "split takes about 14).")] = None,
     option: Annotated[Optional[list[str]], typer.Option(
         "--option", metavar="KEY=VALUE",
         help="Network option, repeatable, added to the preset's, e.g. --option pool=maps, --option "
@@ -59,7 +66,8 @@ def train_cmd(
     try:
         config = preset_config(preset, str(store), model, str(out), fold=fold, epochs=epochs, batch_size=batch_size,
                                image_size=image_size, width=width, devices=devices, precision=precision, seed=seed,
-                               num_workers=num_workers, model_options=parse_options(option or []))
+                               num_workers=num_workers, cache=cache, cache_limit_gb=cache_limit_gb,
+                               model_options=parse_options(option or []))
         result = train(config, progress_bar=True)
     except (StoreError, ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc

@@ -93,6 +93,23 @@ def test_dataset_reopens_the_store_after_pickling(phantom_store):
     assert torch.equal(clone[1]["image"], first)
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_batched_reads_equal_slice_by_slice_reads(phantom_store, cache):
+    group = open_store(phantom_store)
+    rows = np.array([1, 4, 6, 9])
+    dataset = SliceDataset(str(phantom_store), rows, group["labels"].oindex[rows], cache=cache)
+    items = [3, 0, 3, 2]  # any order, repeats included, as a sampler may give them
+    batch = dataset.__getitems__(items)
+    assert len(batch) == len(items)
+    for item, sample in zip(items, batch):
+        single = dataset[item]
+        assert sample.keys() == single.keys()
+        for key in single:
+            assert sample[key].dtype == single[key].dtype and torch.equal(sample[key], single[key]), key
+    assert [int(sample["index"]) for sample in batch] == [9, 1, 9, 6]
+    assert dataset.__getitems__([]) == []
+
+
 def test_worker_processes_read_the_same_slices(phantom_store):
     module = SliceDataModule(str(phantom_store), 0, batch_size=4, num_workers=1, cache="never", augment=None)
     module.setup("test")

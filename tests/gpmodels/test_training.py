@@ -339,6 +339,8 @@ def test_merge_metrics_replaces_redone_rows(tmp_path):
     (["--model", "gp-unet", "--fold", "7"], "fold: got 7"),
     (["--model", "gp-unet", "--option", "pool"], "expected KEY=VALUE"),
     (["--model", "gp-unet", "--option", "blur=true"], "['blur'] not accepted by 'gp-unet'"),
+    (["--model", "gp-unet", "--cache", "sometimes"], "cache: got 'sometimes'"),
+    (["--model", "gp-unet", "--cache-limit-gb", "0"], "cache_limit_gb: got 0.0, expected > 0"),
 ])
 def test_cli_errors_are_one_line(phantom_store, tmp_path, args, message):
     base = ["train", "--store", str(phantom_store), "--out", str(tmp_path / "run"), "--preset", "smoke"]
@@ -346,6 +348,18 @@ def test_cli_errors_are_one_line(phantom_store, tmp_path, args, message):
     assert result.exit_code == 1
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_cli_cache_options_reach_the_run_config(phantom_store, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--store", str(phantom_store), "--out", str(out), "--preset", "smoke", "--model", "gp-unet",
+            "--cache", "never", "--cache-limit-gb", "2.5"]
+
+    result = CliRunner().invoke(app, args)
+
+    assert result.exit_code == 0, result.output
+    train = json.loads((out / "config.json").read_text())["train"]
+    assert (train["cache"], train["cache_limit_gb"]) == ("never", 2.5)
 
 
 def test_cli_network_options_reach_the_run_config(phantom_store, tmp_path):

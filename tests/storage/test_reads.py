@@ -1,0 +1,56 @@
+"""Tests of storage.reads: rows of store arrays read as runs, concurrently."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from storage import reads
+from storage.reads import read_rows, row_runs
+
+
+@pytest.fixture(scope="module")
+def arrays(tmp_path_factory):
+    """A float16 (20, 2, 5, 5) array chunked one row per chunk and a uint8 (20, 5, 5) one in chunks of 3."""
+    rng = np.random.default_rng(0)
+    group = zarr.open_group(str(tmp_path_factory.mktemp("reads") / "s.zarr"), mode="w")
+    images = rng.normal(size=(20, 2, 5, 5)).astype(np.float16)
+    masks = rng.integers(0, 2, size=(20, 5, 5), dtype=np.uint8)
+    group.create_array("images", data=images, chunks=(1, 2, 5, 5))
+    group.create_array("masks", data=masks, chunks=(3, 5, 5))
+    return group["images"], group["masks"], images, masks
+
+
+def test_row_runs_split_at_every_break():
+    assert row_runs(np.array([], dtype=np.int64)) == []
+    assert row_runs(np.array([4])) == [(0, 1)]
+    assert row_runs(np.array([3, 4, 5, 9, 10, 2, 2, 3])) == [(0, 3), (3, 5), (5, 6), (6, 8)]
+
+
+@pytest.mark.parametrize("rows", [[], [7], list(range(4, 12)), [19, 0, 5, 5, 6, 7, 2, 3, 18], list(range(19, -1, -1))])
+def test_rows_equal_numpy_indexing(arrays, rows):
+    images, masks, images_np, masks_np = arrays
+    got_images, got_masks = read_rows(rows, images, masks)
+    assert got_images.dtype == np.float16 and got_masks.dtype == np.uint8
+    np.testing.assert_array_equal(got_images, images_np[rows])
+    np.testing.assert_array_equal(got_masks, masks_np[rows])
+
+
+def test_many_runs_are_read_over_several_trips(arrays, monkeypatch):
+    monkeypatch.setattr(reads, "_RUNS_PER_TRIP", 2)
+    images, masks, images_np, masks_np = arrays
+    rows = np.array([1, 3, 5, 6, 9, 0, 14, 15, 16, 11])
+    got_images, got_masks = read_rows(rows, images, masks)
+    np.testing.assert_array_equal(got_images, images_np[rows])
+    np.testing.assert_array_equal(got_masks, masks_np[rows])
+
+
+def test_bad_rows_are_refused(arrays):
+    images = arrays[0]
+    with pytest.raises(IndexError, match=r"rows: got values in \[0, 20\], the array has 20 rows"):
+        read_rows([0, 20], images)
+    with pytest.raises(IndexError, match="rows"):
+        read_rows([-1], images)
+    with pytest.raises(ValueError, match="one dimension"):
+        read_rows([[1, 2]], images)
