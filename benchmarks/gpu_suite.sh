@@ -6,6 +6,7 @@
 #   PARTS=throughput_b64,throughput_b64_fft benchmarks/gpu_suite.sh STORE [WHEELS]   # some parts only
 #   PARTS=learning_seeds benchmarks/gpu_suite.sh STORE [WHEELS]   # the learning targets over seeds 0, 1, 2
 #   PARTS=occlusion benchmarks/gpu_suite.sh STORE [WHEELS]   # occlusion per forward-pass batching on CUDA
+#   PARTS=loader benchmarks/gpu_suite.sh STORE240 [WHEELS]   # uncached loader slices/s with 0, 4, 8 workers
 #
 # STORE: a slice store for the end-to-end Lightning run (e.g. demo/stores/brats.zarr).
 # WHEELS: a folder of wheels for what the GPU machine's Python lacks (zarr, numcodecs, donfig,
@@ -50,6 +51,8 @@ part occlusion 120 python3 benchmarks/occlusion.py --device cuda --size 240 --sl
 part throughput_b8 90 python3 benchmarks/train_throughput.py --device cuda --batch 8 --steps 20 --warmup 5
 part learning 170 python3 benchmarks/learning.py --store "$STORE" --work /tmp/gpseg-learning --preset paper \
     --epochs 50 --full-width --models gp-unet,gp-reconresnet,gp-shuffleunet
+# On request (PARTS=loader, with a 240-px STORE): can the loader feed the GPU from a store too large to cache?
+part loader 150 python3 benchmarks/loader.py "$STORE" --workers 0,4,8 --batch 64 --batches 20 --rounds 2
 # On request (PARTS=learning_seeds, alone: up to 7 minutes): the learning targets over three seeds, with Dice.
 part learning_seeds 420 python3 benchmarks/learning.py --store "$STORE" --work /tmp/gpseg-learning-seeds \
     --preset paper --epochs 50 --full-width --models gp-unet,gp-reconresnet,gp-shuffleunet --seed 0,1,2 --dice
@@ -59,4 +62,4 @@ for f in "$OUT"/throughput_b64.txt "$OUT"/throughput_b64_fft.txt "$OUT"/compile_
 [[ -f "$OUT/sinc.txt" ]] && cat "$OUT/sinc.txt"
 [[ -f "$OUT/occlusion.txt" ]] && cat "$OUT/occlusion.txt"
 for f in "$OUT"/learning.txt "$OUT"/learning_seeds.txt; do [[ -f "$f" ]] && grep -A12 "^model" "$f"; done
-grep -h "slices/s" "$OUT/heatmaps.txt" "$OUT/learning.txt" 2>/dev/null
+grep -h "slices/s" "$OUT/heatmaps.txt" "$OUT/learning.txt" "$OUT/loader.txt" 2>/dev/null
