@@ -23,7 +23,7 @@ _RUNS_PER_TRIP = 256
 
 
 def _async(array: zarr.Array) -> Any:
-    """The asynchronous view of a Zarr array (public as ``async_array`` since zarr 3.1.4)."""
+    """The asynchronous view of a Zarr array (``async_array``; private ``_async_array`` in older zarr 3.1 releases)."""
     return array.async_array if hasattr(array, "async_array") else array._async_array
 
 
