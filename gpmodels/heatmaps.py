@@ -99,8 +99,13 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
         The heatmap store path.
 
     Raises:
-        ValueError: unknown split, or the split is empty in this fold.
+        ValueError: unknown split, a batch size below 1 or a negative ``posthoc``, or the split is empty
+            in this fold.
     """
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size: got {batch_size!r}, expected an integer >= 1")
+    if not isinstance(posthoc, (int, np.integer)) or posthoc < 0:
+        raise ValueError(f"posthoc: got {posthoc!r}, expected an integer >= 0")
     if split not in SPLIT_NAMES:
         raise ValueError(f"split: got {split!r}, expected one of {SPLIT_NAMES}")
     started = time.perf_counter()

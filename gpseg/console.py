@@ -34,6 +34,9 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int, str], None]]:
             yield update
         except Exception:
             progress.remove_task(task)
+            progress.live.transient = True  # nothing left to show, and no blank line before the error:
+            progress.live.stop()
+            progress.disable = True  # Progress.stop would print a newline on a non-interactive console
             raise
 
 

@@ -423,6 +423,21 @@ def test_a_folder_that_is_no_run_is_refused_in_one_line_before_any_work(command,
     assert result.output.strip() == f"error: {folder}: not a run directory (no config.json)"
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--batch-size", "0"], "batch_size: got 0, expected an integer >= 1"),
+    (["--posthoc", "-1"], "posthoc: got -1, expected an integer >= 0"),
+    (["--split", "holdout"], "split: got 'holdout'"),
+])
+def test_heatmaps_options_are_checked_in_one_line(report_runs, args, message):
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    result = CliRunner().invoke(app, ["heatmaps", "--run", str(report_runs["gp"]), *args])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ") and message in result.output and len(result.output.splitlines()) == 1
+
+
 def test_a_grad_cam_run_names_its_grid_so_constant_maps_are_explained(report, report_runs):
     heat = zarr.open_group(str(report_runs["baseline"] / "heatmaps" / "test.zarr"), mode="r")
     assert heat.attrs["cam_layer"] == "layer4" and heat.attrs["cam_grid"] == [1, 1]  # ResNeXt50 at 32 px
