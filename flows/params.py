@@ -95,8 +95,15 @@ class ThresholdParams(BaseModel):
 def absolute_workdir(value: str) -> str:
     """``workdir`` as an absolute path, resolved against the current directory (for a deployment, the
     folder its pull step set). Task cache keys hold the run paths made from it, so ``demo`` and
-    ``/project/demo`` share the cache, and Dask workers with another current directory find the runs."""
-    return str(Path(value).expanduser().resolve())
+    ``/project/demo`` share the cache, and Dask workers with another current directory find the runs.
+
+    Raises:
+        ValueError: the path exists and is not a folder.
+    """
+    path = Path(value).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} exists and is not a folder")
+    return str(path)
 
 
 def _default_datasets() -> list[DatasetSpec]:

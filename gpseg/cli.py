@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from gpseg import data_commands, eval_commands, flow_commands, train_command
+from gpseg.console import run_app
 from gpseg.threshold_options import CLEANING_HELP
 
 app = typer.Typer(
@@ -28,5 +29,11 @@ app.command("benchmark", rich_help_panel=FLOWS, epilog=CLEANING_HELP)(flow_comma
 app.command("serve", rich_help_panel=FLOWS)(flow_commands.serve_cmd)
 app.command("drop", rich_help_panel=FLOWS)(flow_commands.drop_cmd)
 
+
+def main() -> None:
+    """The ``gpseg`` entry point: :data:`app`, with operating-system errors in one line."""
+    run_app(app)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import typer
 from pydantic import ValidationError
@@ -49,6 +51,36 @@ def one_line(exc: Exception) -> str:
             parts.append(message if not field or message.startswith(f"{field}:") else f"{field}: {message}")
         return "; ".join(parts)
     return " ".join(str(exc).split())
+
+
+def os_error_line(exc: OSError) -> str:
+    """An operating-system error as ``PATH: reason`` (``PATH -> OTHER: reason`` for a rename or copy)."""
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, FileExistsError) and exc.filename is not None and not Path(exc.filename).is_dir():
+        reason = "exists and is not a folder"
+    where = [str(name) for name in (exc.filename, exc.filename2) if name is not None]
+    return f"{' -> '.join(where)}: {reason}" if where else reason
+
+
+ENV_DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",  # Prefect's 20 s fail on a busy 2-core machine
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+}
+"""Environment the command line sets unless the caller has (as ``./run.sh`` does)."""
+
+
+def run_app(app: typer.Typer) -> None:
+    """Run a Typer app with :data:`ENV_DEFAULTS`. An ``OSError`` that no command turned into its own message
+    (a file where a folder is expected, no permission, a full disk) ends in a one-line error naming the path
+    and exit code 1, instead of a traceback."""
+    for name, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    try:
+        app()
+    except OSError as exc:
+        console.print(f"[red]error:[/red] {escape(os_error_line(exc))}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

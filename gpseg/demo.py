@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from gpseg.console import console, fail, flow_outcome
+from gpseg.console import console, fail, flow_outcome, one_line, run_app
 from gpseg.options import PRECISION_HELP, flow_train_overrides, parse_seeds
 from gpseg.threshold_options import (
     CLEANING_HELP, ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt,
@@ -52,11 +52,14 @@ def demo(
         overrides = flow_train_overrides(precision=precision)
     except ValueError as exc:
         raise fail(str(exc)) from exc
-    params = BenchmarkParams(
-        workdir=str(workdir.resolve()), folds=folds, preset="demo", threshold=threshold, seeds=seed_list,
-        train_overrides=overrides,
-        datasets=[DatasetSpec(kind="brats", phantom_cases=brats_cases, phantom_size=size),
-                  DatasetSpec(kind="jun-cheng", phantom_cases=jun_cheng_slices, phantom_size=size)])
+    try:
+        params = BenchmarkParams(
+            workdir=str(workdir.resolve()), folds=folds, preset="demo", threshold=threshold, seeds=seed_list,
+            train_overrides=overrides,
+            datasets=[DatasetSpec(kind="brats", phantom_cases=brats_cases, phantom_size=size),
+                      DatasetSpec(kind="jun-cheng", phantom_cases=jun_cheng_slices, phantom_size=size)])
+    except ValueError as exc:
+        raise fail(one_line(exc)) from exc
     result = full_benchmark(params)
     console.print(f"\nmain job finished in {time.perf_counter() - start:.0f} s")
     for row in result["rows"]:
@@ -65,4 +68,4 @@ def demo(
 
 
 if __name__ == "__main__":
-    app()
+    run_app(app)

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from gpseg import console as console_module
-from gpseg.console import fail, flow_outcome, progress_bar
+from gpseg.console import fail, flow_outcome, os_error_line, progress_bar
 
 
 @pytest.fixture
@@ -53,3 +53,25 @@ def test_a_flow_outcome_lists_each_failure_on_one_line_then_the_report(output: i
 def test_a_flow_outcome_without_a_finished_run_says_there_is_no_report(output: io.StringIO) -> None:
     assert flow_outcome({"report": None, "rows": [], "failed": []}).exit_code == 0
     assert output.getvalue().splitlines() == ["no run finished, so there is no report"]
+
+
+def test_os_errors_read_as_path_and_reason(tmp_path) -> None:
+    afile = tmp_path / "report"
+    afile.write_text("")
+    assert os_error_line(FileExistsError(17, "File exists", str(afile))) == f"{afile}: exists and is not a folder"
+    assert os_error_line(FileExistsError(17, "File exists", str(tmp_path))) == f"{tmp_path}: File exists"
+    assert os_error_line(PermissionError(13, "Permission denied", "/a", None, "/b")) == "/a -> /b: Permission denied"
+    assert os_error_line(OSError("disk on fire")) == "disk on fire"
+
+
+def test_the_cli_ends_an_unhandled_os_error_in_one_line(output: io.StringIO, tmp_path, monkeypatch) -> None:
+    from gpseg.cli import main
+
+    afile = tmp_path / "phantoms"
+    afile.write_text("keep me")
+    monkeypatch.setattr("sys.argv", ["gpseg", "synth", "brats", str(afile), "--cases", "1", "--size", "32"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 1
+    assert output.getvalue() == f"error: {afile}: exists and is not a folder\n"
+    assert afile.read_text() == "keep me"

@@ -121,6 +121,25 @@ def test_main_job_and_benchmark_refuse_bad_thresholds_in_one_line_before_any_wor
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("command", [["demo"], ["benchmark"]])
+def test_main_job_and_benchmark_refuse_a_file_as_work_dir_before_any_work(command, tmp_path, monkeypatch):
+    import flows.full_benchmark
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app as cli_app
+    from gpseg.demo import app as demo_app
+
+    monkeypatch.setattr(flows.full_benchmark, "full_benchmark", lambda params: pytest.fail("the flow ran"))
+    afile = tmp_path / "demo"
+    afile.write_text("keep me")
+    app, head = (demo_app, []) if command == ["demo"] else (cli_app, command)
+    result = CliRunner().invoke(app, [*head, "--workdir", str(afile)])
+
+    assert result.exit_code == 1
+    assert result.output == f"error: workdir: {afile} exists and is not a folder\n"
+    assert afile.read_text() == "keep me"
+
+
 @pytest.mark.parametrize(("error", "retried"), [(OSError("disk busy"), True), (ValueError("no usable input"), False)])
 def test_io_tasks_retry_io_errors_but_not_bad_input(error, retried):
     from prefect.states import Failed
