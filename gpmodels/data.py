@@ -131,6 +131,10 @@ class SliceDataset(Dataset):
         else:
             (images, masks), row = self._open(), int(self.indices[item])
             image, mask = images[row], masks[row]
+        return self._sample(item, image, mask)
+
+    def _sample(self, item: int, image: np.ndarray, mask: np.ndarray) -> Batch:
+        """Item ``item`` of the split as a sample dict, given its image ``(C, H, W)`` and mask ``(H, W)``."""
         return {"image": torch.from_numpy(np.asarray(image)), "mask": torch.from_numpy(np.asarray(mask)),
                 "label": torch.tensor(self.labels[item]), "index": torch.tensor(self.indices[item])}
 
@@ -143,11 +147,8 @@ class SliceDataset(Dataset):
         """
         if self.images is not None:
             return [self[item] for item in items]
-        rows = self.indices[np.asarray(items, dtype=np.int64)]
-        images, masks = read_rows(rows, *self._open())
-        return [{"image": torch.from_numpy(images[i]), "mask": torch.from_numpy(masks[i]),
-                 "label": torch.tensor(self.labels[item]), "index": torch.tensor(rows[i])}
-                for i, item in enumerate(items)]
+        images, masks = read_rows(self.indices[np.asarray(items, dtype=np.int64)], *self._open())
+        return [self._sample(item, image, mask) for item, image, mask in zip(items, images, masks)]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

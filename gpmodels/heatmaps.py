@@ -82,6 +82,21 @@ def class_maps(model: torch.nn.Module, images: torch.Tensor, gp: bool) -> tuple[
     return logits.float(), gradcam_maps(model, images).float()
 
 
+def check_heatmap_options(splits: list[str], batch_size: int, posthoc: int) -> None:
+    """Check :func:`generate_heatmaps`' options (the CLI checks every split before it writes any).
+
+    Raises:
+        ValueError: a batch size below 1, a negative ``posthoc``, or an unknown split.
+    """
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size: got {batch_size!r}, expected an integer >= 1")
+    if not isinstance(posthoc, (int, np.integer)) or posthoc < 0:
+        raise ValueError(f"posthoc: got {posthoc!r}, expected an integer >= 0")
+    for split in splits:
+        if split not in SPLIT_NAMES:
+            raise ValueError(f"split: got {split!r}, expected one of {SPLIT_NAMES}")
+
+
 def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int = 16, device: str | None = None,
                       posthoc: int = 8, progress: Callable[[int, int], None] | None = None) -> Path:
     """Run a trained model over one split of its fold and write the heatmap store.
@@ -102,12 +117,7 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
         ValueError: unknown split, a batch size below 1 or a negative ``posthoc``, or the split is empty
             in this fold.
     """
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size: got {batch_size!r}, expected an integer >= 1")
-    if not isinstance(posthoc, (int, np.integer)) or posthoc < 0:
-        raise ValueError(f"posthoc: got {posthoc!r}, expected an integer >= 0")
-    if split not in SPLIT_NAMES:
-        raise ValueError(f"split: got {split!r}, expected one of {SPLIT_NAMES}")
+    check_heatmap_options([split], batch_size, posthoc)
     started = time.perf_counter()
     target = pick_device(device)
     model, run = load_trained(run_dir, map_location=target)

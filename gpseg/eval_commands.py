@@ -28,18 +28,13 @@ def heatmaps_cmd(
     posthoc: Annotated[int, typer.Option(help="Test slices that also get occlusion and guided-backprop maps.")] = 8,
 ) -> None:
     """Run a trained model over splits and write Zarr heatmap stores under RUN/heatmaps/."""
-    from gpmodels.heatmaps import generate_heatmaps
-    from storage.store import SPLIT_NAMES
+    from gpmodels.heatmaps import check_heatmap_options, generate_heatmaps
 
     _require_run(run)
-    # Checked before any split is written (generate_heatmaps checks them too, per split).
-    if batch_size < 1:
-        raise fail(f"batch_size: got {batch_size}, expected an integer >= 1")
-    if posthoc < 0:
-        raise fail(f"posthoc: got {posthoc}, expected an integer >= 0")
-    for name in split:
-        if name not in SPLIT_NAMES:
-            raise fail(f"split: got {name!r}, expected one of {SPLIT_NAMES}")
+    try:
+        check_heatmap_options(split, batch_size, posthoc)  # every split, before any is written
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
     for name in split:
         try:
             with progress_bar(f"heatmaps {name}") as update:

@@ -60,10 +60,12 @@ def read_rows(rows: Any, *arrays: zarr.Array) -> tuple[np.ndarray, ...]:
     rows = np.asarray(rows, dtype=np.int64)
     if rows.ndim != 1:
         raise ValueError(f"rows: got shape {rows.shape}, expected one dimension")
+    if rows.size:
+        low, high = int(rows.min()), int(rows.max())
+        for array in arrays:
+            if low < 0 or high >= array.shape[0]:
+                raise IndexError(f"rows: got values in [{low}, {high}], the array has {array.shape[0]} rows")
     outs = [np.empty((rows.size, *array.shape[1:]), dtype=array.dtype) for array in arrays]
-    for array in arrays:
-        if rows.size and (rows.min() < 0 or rows.max() >= array.shape[0]):
-            raise IndexError(f"rows: got values in [{rows.min()}, {rows.max()}], the array has {array.shape[0]} rows")
     runs = row_runs(rows)
     views = [_async(array) for array in arrays]
     for first in range(0, len(runs), _RUNS_PER_TRIP):
