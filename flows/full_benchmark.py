@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.params import BenchmarkParams
-from flows.layout import REPORT, dataset_failure_row, summary_rows
+from flows.layout import REPORT, dataset_failure_row, row_line, row_where, summary_rows
 from flows.pipeline import heatmaps_and_evaluation, prepare_dataset, train_and_keep, training_jobs
 from tasks.evaluation import publish, report
 
@@ -50,8 +50,8 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
                        *seed_notes])
         publish(html, rows)
     for row in rows:
-        logger.info("%s", row)
+        logger.info("%s", row_line(row))
     if failed:
-        logger.warning("%d failure(s): %s", len(failed), [(r["dataset"], r["model"], r["fold"]) for r in failed])
+        logger.warning("%d failure(s): %s", len(failed), "; ".join(row_where(r) for r in failed))
     print(f"report: {html}")
     return {"report": html, "rows": rows, "failed": failed}

@@ -115,6 +115,38 @@ def summary_rows(results: list[dict]) -> list[dict]:
     return rows
 
 
+_MAP_KINDS = {"gp": "GP class maps", "gradcam": "Grad-CAM"}
+
+
+def row_where(row: dict) -> str:
+    """``"brats gp-unet fold 0"``: which run a summary row is (no fold for a dataset's failure row)."""
+    fold = None if row.get("fold") is None else f"fold {row['fold']}"
+    return " ".join(str(part) for part in (row.get("dataset"), row.get("model"), fold) if part)
+
+
+def row_line(row: dict) -> str:
+    """One readable line for a :func:`summary_rows` row, for a flow's log.
+
+    ``"brats gp-unet fold 0: weighted F1 0.920 [0.896-0.964], median Dice 0.731 [0.576-0.784],
+    accuracy 0.923, 4 test patients, GP class maps"``, or ``"brats resnext50 fold 1: FAILED: reason"``.
+    Brackets hold the 95 % patient-bootstrap intervals where the row has them.
+    """
+    if row["status"] != "ok":
+        return f"{row_where(row)}: {row['status']}"
+    dice = "no tumour slices" if row.get("median_dice") is None else f"{row['median_dice']:.3f}"
+    parts = [f"weighted F1 {row['f1']:.3f}{_bracketed(row.get('f1_95'))}",
+             f"median Dice {dice}{_bracketed(row.get('median_dice_95'))}", f"accuracy {row['accuracy']:.3f}"]
+    if row.get("test_patients"):
+        parts.append(f"{row['test_patients']} test patients")
+    if row.get("heatmaps"):
+        parts.append(_MAP_KINDS.get(row["heatmaps"], row["heatmaps"]))
+    return f"{row_where(row)}: {', '.join(parts)}"
+
+
+def _bracketed(interval: str | None) -> str:
+    return f" [{interval}]" if interval else ""
+
+
 def _interval(interval: dict | None) -> str | None:
     """``"0.883-0.956"`` from a bootstrap interval, or None."""
     return None if not interval else f"{interval['low']:.3f}-{interval['high']:.3f}"

@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.params import PostprocessParams
-from flows.layout import REPORT, dataset_of, default_runs, summary_rows
+from flows.layout import REPORT, dataset_of, default_runs, row_line, summary_rows
 from tasks.evaluation import evaluate_run, publish, report
 
 
@@ -32,6 +32,6 @@ def postprocess(params: PostprocessParams = PostprocessParams()) -> dict:
                   [f"thresholds re-run by postprocess: {params.threshold.describe()}; no model was loaded"])
     publish(html, rows)
     for row in rows:
-        logger.info("%s", row)
+        logger.info("%s", row_line(row))
     print(f"report: {html}")
     return {"report": html, "rows": rows}

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.params import RetrainParams
-from flows.layout import REPORT, replace_dataset_runs, reported_runs, summary_rows
+from flows.layout import REPORT, replace_dataset_runs, reported_runs, row_line, summary_rows
 from flows.pipeline import (heatmaps_and_evaluation, ingest_config, store_path, train_and_keep, training_jobs,
                             trusted)
 from tasks.data import find_new_files, fingerprint, ingest_source, validate
@@ -40,6 +40,8 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     results = [{**r, "dataset": spec.label} for r in heatmaps_and_evaluation(trained, params.threshold,
                                                                                params.posthoc_slices)]
     rows = summary_rows(results)
+    for row in rows:
+        logger.info("%s", row_line(row))
     done = [r["run_dir"] for r in results if "failed" not in r]
     html = None
     if done:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -9,8 +10,12 @@ from pathlib import Path
 
 import typer
 from pydantic import ValidationError
+from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
+
+from flows.layout import row_where
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
@@ -89,13 +94,50 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def results_table(rows: list[dict]) -> Table | None:
+    """A table of a flow's finished runs (its ``ok`` summary rows, see ``flows.layout.summary_rows``):
+    dataset, model, fold, weighted F1 and median Dice, each with its 95 % patient-bootstrap interval to
+    two digits, and the kind of heatmaps; ``None`` when no run finished. It fits 80 columns."""
+    done = [row for row in rows if row["status"] == "ok"]
+    if not done:
+        return None
+    table = Table(box=box.SIMPLE_HEAD, title="test split, 95 % intervals over patients", title_justify="left",
+                  show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    for header in ("dataset", "model", "fold", "weighted F1", "median Dice", "maps"):
+        table.add_column(header, no_wrap=True)
+    for row in done:
+        table.add_row(str(row.get("dataset") or "-"), row["model"], str(row["fold"]),
+                      _with_interval(row.get("f1"), row.get("f1_95")),
+                      _with_interval(row.get("median_dice"), row.get("median_dice_95")),
+                      {"gp": "GP", "gradcam": "Grad-CAM"}.get(row.get("heatmaps"), row.get("heatmaps") or "-"))
+    return table
+
+
+def interval_text(low: float, high: float) -> str:
+    """``[0.89–0.97]``: a 95 % interval to two digits, rounded outwards so that it still holds the interval
+    (markup-escaped for rich)."""
+    low, high = math.floor(round(low * 100, 6)) / 100, math.ceil(round(high * 100, 6)) / 100
+    return escape(f"[{low:.2f}–{high:.2f}]")
+
+
+def _with_interval(value: float | None, interval: str | None) -> str:
+    """``"0.920 [0.89–0.97]"`` from a value and a summary row's ``"low-high"`` interval; ``"–"`` for None."""
+    if value is None:
+        return "–"
+    if not interval:
+        return f"{value:.3f}"
+    low, high = (float(part) for part in interval.split("-"))
+    return f"{value:.3f} {interval_text(low, high)}"
+
+
 def flow_outcome(result: dict) -> typer.Exit:
-    """Print a ``full-benchmark`` result's failures (one line each) and where the report is; return the Exit
-    to raise: 1 when anything failed, else 0."""
+    """Print a ``full-benchmark`` result: the table of finished runs, each failure on one line, and where
+    the report is; return the Exit to raise: 1 when anything failed, else 0."""
+    table = results_table(result["rows"])
+    if table is not None:
+        console.print(table)
     for row in result["failed"]:
-        where = " ".join(str(part) for part in (row.get("dataset"), row["model"],
-                                                 None if row["fold"] is None else f"fold {row['fold']}") if part)
-        console.print(f"[red]failed:[/red] {escape(where)}: {escape(row['status'].removeprefix('FAILED: '))}",
+        console.print(f"[red]failed:[/red] {escape(row_where(row))}: {escape(row['status'].removeprefix('FAILED: '))}",
                       highlight=False, soft_wrap=True)
     if result["report"]:
         console.print(f"[bold green]report:[/bold green] {result['report']}", highlight=False)

@@ -62,8 +62,6 @@ def demo(
         raise fail(one_line(exc)) from exc
     result = full_benchmark(params)
     console.print(f"\nmain job finished in {time.perf_counter() - start:.0f} s")
-    for row in result["rows"]:
-        console.print(f"  {row}", highlight=False)
     raise flow_outcome(result)
 
 

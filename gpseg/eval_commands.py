@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich import box
-from rich.markup import escape
 from rich.table import Table
 
-from gpseg.console import console, fail, progress_bar
+from gpseg.console import console, fail, interval_text, progress_bar
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
 
@@ -132,7 +131,7 @@ def _workdir_runs(workdir: Path, doing: str) -> list[Path]:
 
 def _interval_text(interval: dict | None) -> str:
     """A second cell line ``[0.80–0.97]`` (markup-escaped), or nothing when the interval is undefined."""
-    return "" if interval is None else escape(f"\n[{interval['low']:.2f}–{interval['high']:.2f}]")
+    return "" if interval is None else "\n" + interval_text(interval["low"], interval["high"])
 
 
 def postprocess_cmd(

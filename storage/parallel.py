@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
+
+from storage.quiet import quiet_logger
 
 T = TypeVar("T")
 
@@ -14,7 +17,9 @@ T = TypeVar("T")
 def dask_client(workers: int, address: str | None) -> Iterator[Any]:
     """A Dask client: connected to ``address``, or to a new local process cluster.
 
-    Yields ``None`` when ``workers == 0`` and no address is given (run in-process).
+    Yields ``None`` when ``workers == 0`` and no address is given (run in-process). A local cluster
+    has no dashboard, binds its HTTP endpoints to a free port (not 8787, which another cluster or a
+    second run may hold) and logs warnings and errors only.
     """
     if address is None and workers == 0:
         yield None
@@ -25,8 +30,10 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
         with Client(address) as client:
             yield client
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:
+    with quiet_logger("distributed"), LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, silence_logs=logging.WARNING,
+            # the scheduler always serves HTTP (health, metrics); dashboard_address=None would mean 8787
+            dashboard_address=":0", scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client:
         yield client
 
 

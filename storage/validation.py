@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from storage.quiet import quiet_logger
 from storage.splits import TRAIN, VAL, TEST
 from storage.store import SPLIT_NAMES, fold_names, open_store, read_patients
 
@@ -129,6 +130,16 @@ def validate_store(path: Path | str) -> ValidationResult:
     Raises:
         StoreError: the path is not a slice store of this schema.
     """
+    # GE logs about 200 lines at INFO on import, and "Created temporary directory ... for ephemeral docs
+    # site" for each context (from a logger that its import sets to INFO): not for a flow's log
+    with quiet_logger("great_expectations"):
+        import great_expectations  # noqa: F401
+    with quiet_logger("great_expectations"):
+        return _validate(path)
+
+
+def _validate(path: Path | str) -> ValidationResult:
+    """:func:`validate_store`'s work."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 

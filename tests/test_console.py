@@ -50,6 +50,26 @@ def test_a_flow_outcome_lists_each_failure_on_one_line_then_the_report(output: i
         "failed: brats resnext50 fold 1: out of memory", "report: w/report/index.html"]
 
 
+def test_a_flow_outcome_shows_its_finished_runs_as_a_table_within_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = io.StringIO()
+    monkeypatch.setattr(console_module, "console", Console(file=text, width=80, force_terminal=False))
+    ok = [{"dataset": "jun-cheng", "model": "gp-reconresnet", "fold": 2, "status": "ok", "accuracy": 0.5, "f1": 0.4567,
+           "median_dice": 0.1234, "test_patients": 7, "f1_95": "0.009-0.325", "median_dice_95": "0.011-0.045",
+           "heatmaps": "gradcam"},
+          {"dataset": "brats", "model": "gp-unet", "fold": 0, "status": "ok", "accuracy": 0.9, "f1": 0.9, "median_dice": None,
+           "test_patients": None, "f1_95": None, "median_dice_95": None, "heatmaps": "gp"}]
+    failed = [{"dataset": "brats", "model": "resnext50", "fold": 1, "status": "FAILED: out of memory"}]
+    assert flow_outcome({"report": "r/index.html", "rows": ok + failed, "failed": failed}).exit_code == 1
+    lines = text.getvalue().splitlines()
+    assert all(len(line) <= 80 and "\u2026" not in line for line in lines)  # nothing cut short
+    assert lines[1].split() == ["dataset", "model", "fold", "weighted", "F1", "median", "Dice", "maps"]
+    # intervals rounded outwards, so that they still hold the three-digit ones
+    assert lines[3].split() == ["jun-cheng", "gp-reconresnet", "2", "0.457", "[0.00–0.33]", "0.123", "[0.01–0.05]",
+                                "Grad-CAM"]
+    assert lines[4].split() == ["brats", "gp-unet", "0", "0.900", "–", "GP"]
+    assert lines[-2:] == ["failed: brats resnext50 fold 1: out of memory", "report: r/index.html"]
+
+
 def test_a_flow_outcome_without_a_finished_run_says_there_is_no_report(output: io.StringIO) -> None:
     assert flow_outcome({"report": None, "rows": [], "failed": []}).exit_code == 0
     assert output.getvalue().splitlines() == ["no run finished, so there is no report"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flows.layout import dataset_of, default_runs, replace_dataset_runs, reported_runs
+from flows.layout import dataset_of, default_runs, replace_dataset_runs, reported_runs, row_line
 
 
 def _run(workdir: Path, dataset: str, version: str, model: str = "gp-unet", heatmaps: bool = True) -> str:
@@ -56,3 +56,18 @@ def test_dataset_of_reads_the_work_dir_layout_only():
     assert dataset_of("/a/w/runs/jun-cheng/v1/gp-unet/fold_2/seed_3") == "jun-cheng"
     assert dataset_of("runs/gp-unet-0") == ""
     assert dataset_of("/home/user/experiments/runs/gp-unet-0") == ""
+
+
+_OK_ROW = {"dataset": "brats", "model": "gp-unet", "fold": 0, "status": "ok", "accuracy": 0.9226, "f1": 0.9195,
+           "median_dice": 0.7309, "test_patients": 4, "f1_95": "0.896-0.964", "median_dice_95": "0.576-0.784",
+           "heatmaps": "gp"}
+
+
+def test_a_summary_row_reads_as_one_line():
+    assert row_line(_OK_ROW) == ("brats gp-unet fold 0: weighted F1 0.919 [0.896-0.964], median Dice 0.731 "
+                                 "[0.576-0.784], accuracy 0.923, 4 test patients, GP class maps")
+    bare = {**_OK_ROW, "median_dice": None, "f1_95": None, "median_dice_95": None, "test_patients": None,
+            "heatmaps": "gradcam", "dataset": ""}
+    assert row_line(bare) == "gp-unet fold 0: weighted F1 0.919, median Dice no tumour slices, accuracy 0.923, Grad-CAM"
+    failed = {"dataset": "jun-cheng", "model": "all", "fold": None, "status": "FAILED: ingestion/validation: gone"}
+    assert row_line(failed) == "jun-cheng all: FAILED: ingestion/validation: gone"

@@ -1,5 +1,7 @@
 """End-to-end synth -> ingest -> validate per dataset kind, and append."""
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from storage.validation import validate_store
 CONFIG = IngestConfig(workers=0)
 
 
-def test_brats_end_to_end(brats_source, tmp_path):
+def test_brats_end_to_end(brats_source, tmp_path, caplog):
     report = ingest_brats(brats_source, tmp_path / "b.zarr", CONFIG)
     assert report.exit_code == 0 and report.cases == 6
     g = open_store(tmp_path / "b.zarr")
@@ -23,8 +25,12 @@ def test_brats_end_to_end(brats_source, tmp_path):
     assert set(np.unique(labels)) == {0, 1, 2}
     assert len(g.attrs["sources"]) == 30  # 6 cases x 5 files
     assert g["slice_index"][:].min() >= 0 and g["slice_index"][:].max() < 16
+    caplog.set_level(logging.INFO)
     result = validate_store(tmp_path / "b.zarr")
     assert result.success, result.failures
+    # Great Expectations' routine INFO lines stay out of a flow's log
+    assert [r.getMessage() for r in caplog.records
+            if r.name.startswith("great_expectations") and r.levelno >= logging.INFO] == []
 
 
 def test_brats_ingest_is_deterministic_and_parallel_equals_serial(brats_source, tmp_path):
