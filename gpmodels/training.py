@@ -81,6 +81,21 @@ class TrainResult:
     test_metrics: dict[str, float]
     seconds: float
 
+    def test_summary(self) -> str:
+        """``"test accuracy 0.923, weighted F1 0.919, loss 0.346"``, or ``"not tested"``."""
+        m = self.test_metrics
+        if not m:
+            return "not tested"
+        return f"test accuracy {m['test_acc']:.3f}, weighted F1 {m['test_f1']:.3f}, loss {m['test_loss']:.3f}"
+
+    def work_summary(self) -> str:
+        """What this call did: ``"trained in 44 s"``, ``"resumed at step 120, trained in 20 s"``, or
+        ``"already trained"`` (a finished run found in its run dir; only tested again)."""
+        if self.global_step == self.start_step and self.start_step > 0:
+            return "already trained"
+        resumed = f"resumed at step {self.start_step}, " if self.start_step else ""
+        return f"{resumed}trained in {self.seconds:.0f} s"
+
 
 def resolve_run(config: TrainConfig) -> RunConfig:
     """Check a configuration against its store and fill in what the store decides.

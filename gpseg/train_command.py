@@ -71,9 +71,8 @@ def train_cmd(
         result = train(config, progress_bar=True)
     except (StoreError, ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
-    test = result.test_metrics
-    scores = f", test acc {test['test_acc']:.3f}, weighted F1 {test['test_f1']:.3f}" if test else ""
     best = "" if result.best_val_loss is None else f", best val_loss {result.best_val_loss:.4f}"
     console.print(f"[green]trained[/green] {model} -> {result.run_dir}: {result.global_step} steps "
-                  f"(resumed from {result.start_step}){best}{scores}, {result.seconds:.0f} s", highlight=False)
+                  f"(resumed from {result.start_step}){best}, {result.test_summary()}, {result.seconds:.0f} s",
+                  highlight=False)
 

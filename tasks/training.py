@@ -40,7 +40,7 @@ def train_model(store: str, data_version: str, model: str, fold: int, preset: st
     """
     config = preset_config(preset, store, model, out, fold=fold, **(overrides or {}))
     result = train_in_subprocess(config) if config.devices > 1 else train(config)
-    get_run_logger().info("%s fold %d: %s in %.0f s", model, fold, result.test_metrics, result.seconds)
+    get_run_logger().info("%s fold %d: %s, %s", model, fold, result.test_summary(), result.work_summary())
     return {"run_dir": str(result.run_dir), "model": model, "fold": fold, "seed": config.seed,
             "data_version": data_version, "test": result.test_metrics, "best_val_loss": result.best_val_loss,
             "seconds": result.seconds}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import shutil
@@ -150,6 +151,13 @@ def test_smoke_run_writes_the_run_directory(smoke_run, phantom_store):
     assert {"train_loss", "val_loss", "val_acc", "val_f1", "test_loss", "test_acc", "test_f1"} <= columns
     assert set(result.test_metrics) == {"test_loss", "test_acc", "test_f1"}
     assert 0.0 <= result.test_metrics["test_f1"] <= 1.0
+    m = result.test_metrics
+    assert result.test_summary() == (f"test accuracy {m['test_acc']:.3f}, weighted F1 {m['test_f1']:.3f}, "
+                                     f"loss {m['test_loss']:.3f}")
+    assert dataclasses.replace(result, test_metrics={}).test_summary() == "not tested"
+    assert result.work_summary() == f"trained in {result.seconds:.0f} s"
+    assert dataclasses.replace(result, start_step=1).work_summary() == f"resumed at step 1, trained in {result.seconds:.0f} s"
+    assert dataclasses.replace(result, start_step=2).work_summary() == "already trained"
 
 
 def test_checkpoints_and_weights_load_with_weights_only(smoke_run):
