@@ -140,6 +140,14 @@ def _on_gpu(accelerator: str) -> bool:
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
+def use_channels_last(accelerator: str) -> bool:
+    """Whether training keeps weights and batches in channels-last memory: on CUDA GPUs, where
+    cuDNN's bf16/fp16 convolutions run fastest in NHWC (as ``benchmarks/train_throughput.py --device
+    cuda`` measures). Not on the CPU, where it was no faster on the AVX2-only AMD machine and 1.0 to
+    1.25 times as fast on the Intel AMX one in fp32 (``benchmarks/results/LEARNING.md``, fifteenth round)."""
+    return _on_gpu(accelerator)
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """``auto`` -> ``bf16-mixed`` on a CUDA GPU with bf16, ``16-mixed`` on other GPUs, ``32-true`` otherwise."""
     if precision != "auto":
@@ -216,7 +224,7 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
         pl.seed_everything(config.seed, workers=True)
         module = ClassifierModule(build_network(run), run.class_weights, lr=config.lr,
                                   weight_decay=config.weight_decay, aux_weight=config.aux_weight,
-                                  run_config=run.to_dict())
+                                  run_config=run.to_dict(), channels_last=use_channels_last(config.accelerator))
         data = SliceDataModule(run.store_path, config.fold, config.batch_size, image_size=run.image_size,
                                augment=config.augment, seed=config.seed, num_workers=config.num_workers,
                                cache=config.cache, cache_limit_bytes=int(config.cache_limit_gb * 2**30))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -20,6 +21,7 @@ from typer.testing import CliRunner
 
 from gpmodels.checkpoints import RunPaths, merge_metrics, net_state_from_checkpoint
 from gpmodels.lightning_module import ClassifierModule, weighted_cross_entropy
+from gpmodels.nets import build_model
 from gpmodels.train_config import RunConfig, TrainConfig, preset_config
 from gpmodels import training
 from gpmodels.training import build_network, load_trained, resolve_precision, resolve_run, train
@@ -190,6 +192,40 @@ def test_load_trained_round_trip(smoke_run, phantom_store):
     assert not last.training
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_trained(paths.root.parent / "missing")
+
+
+@pytest.mark.parametrize("name", ["gp-unet", "gp-reconresnet", "gp-shuffleunet"])
+def test_channels_last_gives_the_same_loss_and_gradients(name):
+    torch.manual_seed(0)
+    net = build_model(name, 4, 3, width=8)
+    plain = ClassifierModule(copy.deepcopy(net), [1.0, 2.0, 0.5])
+    nhwc = ClassifierModule(copy.deepcopy(net), [1.0, 2.0, 0.5], channels_last=True)
+    conv = next(p for p in nhwc.net.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    images, labels = torch.randn(3, 4, 32, 32), torch.tensor([0, 1, 2])
+    losses = []
+    for module in (plain, nhwc):
+        torch.manual_seed(1)  # the same dropout masks
+        _, loss = module.train().loss(images, labels)
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(*losses, rtol=1e-5, atol=1e-6)
+    for (param, p), q in zip(plain.net.named_parameters(), nhwc.net.parameters()):
+        # atol: the bias of a convolution followed by a normalisation has a gradient of 0 up to rounding
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=param)
+
+
+def test_a_run_trained_channels_last_loads_as_any_other(smoke_run, tmp_path, monkeypatch):
+    config, _ = smoke_run
+    monkeypatch.setattr(training, "use_channels_last", lambda accelerator: True)  # as on a GPU
+    nhwc = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "nhwc")})
+    result = train(nhwc)
+    assert result.global_step == 2 and set(result.test_metrics) == {"test_loss", "test_acc", "test_f1"}
+    saved = torch.load(tmp_path / "nhwc" / "model.pt", weights_only=True)
+    assert all(value.is_contiguous() for value in saved.values())
+    net, _ = load_trained(tmp_path / "nhwc")
+    with torch.no_grad():
+        assert net(torch.randn(2, 4, 32, 32)).shape == (2, 3)
 
 
 def test_training_is_deterministic_for_a_seed(smoke_run, tmp_path):
