@@ -215,9 +215,16 @@ def test_channels_last_gives_the_same_loss_and_gradients(name):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=param)
 
 
+@pytest.mark.parametrize("native, precision, expected", [
+    (True, "bf16-mixed", True), (True, "32-true", False), (False, "bf16-mixed", False), (None, "bf16-true", False)])
+def test_channels_last_on_the_cpu_only_for_native_bf16(native, precision, expected, monkeypatch):
+    monkeypatch.setattr(training, "cpu_bf16_is_native", lambda: native)
+    assert training.use_channels_last("cpu", precision) is expected
+
+
 def test_a_run_trained_channels_last_loads_as_any_other(smoke_run, tmp_path, monkeypatch):
     config, _ = smoke_run
-    monkeypatch.setattr(training, "use_channels_last", lambda accelerator: True)  # as on a GPU
+    monkeypatch.setattr(training, "use_channels_last", lambda accelerator, precision: True)  # as on a GPU
     nhwc = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "nhwc")})
     result = train(nhwc)
     assert result.global_step == 2 and set(result.test_metrics) == {"test_loss", "test_acc", "test_f1"}
