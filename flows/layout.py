@@ -115,7 +115,8 @@ def summary_rows(results: list[dict]) -> list[dict]:
     return rows
 
 
-_MAP_KINDS = {"gp": "GP class maps", "gradcam": "Grad-CAM"}
+MAP_KINDS = {"gp": ("GP", "GP class maps"), "gradcam": ("Grad-CAM", "Grad-CAM")}
+"""A summary row's ``heatmaps`` kind: its short and long names."""
 
 
 def row_where(row: dict) -> str:
@@ -139,7 +140,7 @@ def row_line(row: dict) -> str:
     if row.get("test_patients"):
         parts.append(f"{row['test_patients']} test patients")
     if row.get("heatmaps"):
-        parts.append(_MAP_KINDS.get(row["heatmaps"], row["heatmaps"]))
+        parts.append(MAP_KINDS.get(row["heatmaps"], ("", row["heatmaps"]))[1])
     return f"{row_where(row)}: {', '.join(parts)}"
 
 

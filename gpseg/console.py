@@ -13,10 +13,10 @@ from pydantic import ValidationError
 from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from flows.layout import row_where
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from flows.layout import MAP_KINDS, row_where
 
 console = Console(stderr=True)
 
@@ -106,10 +106,11 @@ def results_table(rows: list[dict]) -> Table | None:
     for header in ("dataset", "model", "fold", "weighted F1", "median Dice", "maps"):
         table.add_column(header, no_wrap=True)
     for row in done:
-        table.add_row(str(row.get("dataset") or "-"), row["model"], str(row["fold"]),
+        kind = row.get("heatmaps")
+        table.add_row(str(row.get("dataset") or "–"), row["model"], str(row["fold"]),
                       _with_interval(row.get("f1"), row.get("f1_95")),
                       _with_interval(row.get("median_dice"), row.get("median_dice_95")),
-                      {"gp": "GP", "gradcam": "Grad-CAM"}.get(row.get("heatmaps"), row.get("heatmaps") or "-"))
+                      MAP_KINDS.get(kind, (kind, kind))[0] if kind else "–")
     return table
 
 
