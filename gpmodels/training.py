@@ -41,6 +41,7 @@ from gpmodels.files import write_text_atomic
 from gpmodels.lightning_module import ClassifierModule
 from gpmodels.nets import build_model
 from gpmodels.train_config import RunConfig, TrainConfig
+from storage.quiet import quiet_logger
 from storage.store import SPLIT_NAMES, open_store
 
 _QUIET_WARNINGS = (
@@ -230,18 +231,17 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
     start_step = 0 if resume is None else checkpoint_global_step(resume)
     _prepare_run_dir(paths, run, fresh=resume is None)
 
+    precision = resolve_precision(config.precision, config.accelerator)
     with _quiet_lightning():
         pl.seed_everything(config.seed, workers=True)
         module = ClassifierModule(build_network(run), run.class_weights, lr=config.lr,
                                   weight_decay=config.weight_decay, aux_weight=config.aux_weight,
-                                  run_config=run.to_dict(),
-                                  channels_last=use_channels_last(config.accelerator,
-                                                                  resolve_precision(config.precision, config.accelerator)))
+                                  run_config=run.to_dict(), channels_last=use_channels_last(config.accelerator, precision))
         data = SliceDataModule(run.store_path, config.fold, config.batch_size, image_size=run.image_size,
                                augment=config.augment, seed=config.seed, num_workers=config.num_workers,
                                cache=config.cache, cache_limit_bytes=int(config.cache_limit_gb * 2**30))
         checkpoint, last = _checkpoint_callbacks(paths)
-        trainer = _trainer(config, paths, start_step, [checkpoint, last], progress_bar)
+        trainer = _trainer(config, precision, paths, start_step, [checkpoint, last], progress_bar)
         trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
         if previous is not None and trainer.global_step == start_step:
             run = _keep_training_record(paths, previous, run, start_step)
@@ -306,15 +306,15 @@ def _checkpoint_callbacks(paths: RunPaths) -> tuple[ModelCheckpoint, ModelCheckp
             ModelCheckpoint(filename=paths.last.stem, monitor=None, **common))
 
 
-def _trainer(config: TrainConfig, paths: RunPaths, start_step: int, checkpoints: list[ModelCheckpoint],
-             progress_bar: bool) -> pl.Trainer:
+def _trainer(config: TrainConfig, precision: str, paths: RunPaths, start_step: int,
+             checkpoints: list[ModelCheckpoint], progress_bar: bool) -> pl.Trainer:
+    """The run's Lightning trainer; ``precision`` is the resolved one (:func:`resolve_precision`)."""
     loggers = [CSVLogger(paths.root, name="logs", version=f"step_{start_step:07d}", flush_logs_every_n_steps=1),
                TensorBoardLogger(paths.root, name="tensorboard", version="", default_hp_metric=False)]
     callbacks: list[pl.Callback] = list(checkpoints)
     if progress_bar:
         callbacks.append(RichProgressBar(leave=True))
     limit = config.limit_batches
-    precision = resolve_precision(config.precision, config.accelerator)
     if bf16_is_emulated(precision, config.accelerator):
         callbacks.append(EmulatedBf16Warning(precision))
     return pl.Trainer(
@@ -393,15 +393,7 @@ def _merge(paths: RunPaths) -> None:
 @contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Lightning's info messages and known harmless warnings off, for the duration of a run."""
-    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning_fabric")]
-    levels = [logger.level for logger in loggers]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_logger("pytorch_lightning"), quiet_logger("lightning_fabric"):
         for pattern in _QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
-        for logger in loggers:
-            logger.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            for logger, level in zip(loggers, levels):
-                logger.setLevel(level)
+        yield

@@ -122,7 +122,8 @@ def interval_text(low: float, high: float) -> str:
 
 
 def _with_interval(value: float | None, interval: str | None) -> str:
-    """``"0.920 [0.89–0.97]"`` from a value and a summary row's ``"low-high"`` interval; ``"–"`` for None."""
+    """``"0.920 [0.89–0.97]"`` from a value and a summary row's ``"low-high"`` interval (three digits, which
+    the two-digit one holds); ``"–"`` for None."""
     if value is None:
         return "–"
     if not interval:
