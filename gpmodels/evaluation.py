@@ -33,6 +33,7 @@ from gpmodels.files import heatmap_path, write_text_atomic
 from gpmodels.map_agreement import rank_agreement
 from gpmodels.metrics import (
     classification_metrics,
+    count_foreground,
     dice,
     dice_summary,
     patient_accuracy,
@@ -122,14 +123,21 @@ def mask_reader(heat: zarr.Group, config: ThresholdConfig) -> Callable[[np.ndarr
 def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig, store: zarr.Group,
                     chunk: int = CHUNK) -> tuple[ThresholdConfig, str]:
     """Replace ``offset="auto"`` using the validation heatmaps beside the heatmap store at ``path`` (so a
-    moved run dir finds its own), ``chunk`` slices at a time (bounds memory); say where the offset came from."""
+    moved run dir finds its own), ``chunk`` slices at a time (bounds memory); say where the offset came from.
+
+    The median is taken over the same slices as the test's median Dice: every validation slice with a
+    non-empty mask. Those of them that get an empty mask whatever the offset (predicted, or with
+    ``target_class="true"`` labelled, tumour-free) score 0 at every offset; they count, since they
+    move the median.
+    """
     if config.offset != "auto":
         return config, "given"
     val_path = Path(path).parent / heatmap_path("", "val").name
     val = open_heatmaps(val_path)
     labels = val["labels"][:]
     classes = val["predicted"][:] if config.target_class == "predicted" else labels
-    tumour = np.flatnonzero(classes > 0) if heat.attrs["classes"][0] == TUMOUR_FREE else np.arange(labels.size)
+    thresholded = classes > 0 if heat.attrs["classes"][0] == TUMOUR_FREE else np.ones(labels.size, bool)
+    tumour, unmasked = np.flatnonzero(thresholded), np.flatnonzero(~thresholded)
     if tumour.size == 0:
         raise ValueError(f"{val_path}: no validation slice with a tumour class to choose an offset on")
     index = val["index"][:]
@@ -141,9 +149,15 @@ def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig,
         chunk_scores, chunk_has_target = offset_scores(config, maps, targets)
         scores.append(chunk_scores)
         has_target.append(chunk_has_target)
-    offset = best_offset(np.concatenate(scores, axis=1), config.auto_offsets, np.concatenate(has_target))
+    missed = sum(int(np.count_nonzero(count_foreground(read_rows(index[rows], store["masks"])[0] > 0)))
+                 for rows in (unmasked[start:start + chunk] for start in range(0, unmasked.size, chunk)))
+    scores.append(np.zeros((len(config.auto_offsets), missed)))
+    has_target.append(np.ones(missed, bool))
+    has_target = np.concatenate(has_target)
+    offset = best_offset(np.concatenate(scores, axis=1), config.auto_offsets, has_target)
     return (replace(config, offset=offset),
-            f"auto: maximised median validation Dice over {tumour.size} validation slices")
+            f"auto: maximised median validation Dice over {int(has_target.sum())} validation slices with a "
+            f"tumour mask ({missed} of them with an empty mask at every offset)")
 
 
 def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, chunk: int = CHUNK,

@@ -571,14 +571,50 @@ def test_auto_offset_read_in_chunks_is_that_of_the_whole_validation_split(report
     shutil.copytree(report_runs["gp"], run)
     val = generate_heatmaps(run, "val", posthoc=0)
     heat = zarr.open_group(str(val), mode="r")
-    rows = np.flatnonzero(heat["predicted"][:] > 0)
-    assert rows.size > 3
-    maps = select_maps(heat["maps"].get_orthogonal_selection((rows,)).astype(np.float32), heat["predicted"][:][rows])
-    targets = open_store(heat.attrs["store_path"])["masks"].get_orthogonal_selection((heat["index"][:][rows],)) > 0
+    predicted = heat["predicted"][:]
+    masks = open_store(heat.attrs["store_path"])["masks"].get_orthogonal_selection((heat["index"][:],)) > 0
+    maps = select_maps(heat["maps"][:].astype(np.float32), predicted)
+    maps[predicted == 0] = 0  # a slice predicted tumour-free gets an empty mask at every offset
     config = ThresholdConfig(offset="auto", cleaning=cleaning)
-    expected = resolve_auto_offset(config, maps, targets).offset
+    expected = resolve_auto_offset(config, maps, masks).offset
+    with_target = int((masks.reshape(len(masks), -1).any(axis=1)).sum())
+    missed = int((masks[predicted == 0].reshape(-1, masks[0].size).any(axis=1)).sum())
+    assert (predicted > 0).sum() > 3
     test = heatmap_path(run, "test")
     for chunk in (2, 256):
         chosen = evaluate_heatmaps(test, config, chunk=chunk)["threshold"]
         assert chosen["offset"] == expected
-        assert chosen["offset_source"] == f"auto: maximised median validation Dice over {rows.size} validation slices"
+        assert chosen["offset_source"] == (f"auto: maximised median validation Dice over {with_target} validation "
+                                           f"slices with a tumour mask ({missed} of them with an empty mask at "
+                                           f"every offset)")
+
+
+def test_auto_offset_counts_masked_slices_predicted_tumour_free(report_runs, tmp_path, monkeypatch):
+    """A validation slice with a mask but predicted tumour-free scores 0 at every offset, as in the test's
+    median Dice, so it moves which offset has the best median."""
+    from storage.store import open_store
+
+    run = tmp_path / "run"
+    shutil.copytree(report_runs["gp"], run)
+    val = zarr.open_group(str(generate_heatmaps(run, "val", posthoc=0)), mode="r+")
+    masks = open_store(val.attrs["store_path"])["masks"].get_orthogonal_selection((val["index"][:],)) > 0
+    has_mask = masks.reshape(len(masks), -1).any(axis=1)
+    assert has_mask.sum() >= 3 and (~has_mask).sum() >= 1
+    predicted = has_mask.astype(val["predicted"].dtype)  # slices without a mask: predicted tumour-free
+    predicted[np.flatnonzero(has_mask)[0]] = 0  # one slice with a mask: predicted tumour-free too
+    val["predicted"][:] = predicted
+    recorded = {}
+
+    def scores(config, maps, targets):
+        recorded["slices"] = len(maps)
+        # offsets 0, 1, 2: two slices scoring (0.9, 0.5, 0.4) and (0.1, 0.5, 0.4)
+        return np.array([[0.9, 0.1], [0.5, 0.5], [0.4, 0.4]]), np.ones(2, bool)
+
+    monkeypatch.setattr("gpmodels.evaluation.offset_scores", scores)
+    config = ThresholdConfig(offset="auto", auto_offsets=(0.0, 1.0, 2.0))
+    chosen = evaluate_heatmaps(heatmap_path(run, "test"), config)["threshold"]
+    assert recorded["slices"] == has_mask.sum() - 1
+    # the two scored slices alone give medians 0.5, 0.5, 0.4 (offset 0 first); with the missed slice's
+    # 0 they give 0.1, 0.5, 0.4
+    assert chosen["offset"] == 1.0
+    assert chosen["offset_source"].endswith("(1 of them with an empty mask at every offset)")
