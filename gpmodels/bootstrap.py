@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from gpmodels.metrics import check_labels
+
 REPLICATES = 2000
 LEVEL = 0.95
 _CHUNK = 128
@@ -105,7 +107,8 @@ def patient_bootstrap(patients: np.ndarray, y_true: np.ndarray, y_pred: np.ndarr
         (e.g. no tumour slices).
 
     Raises:
-        ValueError: Mismatched lengths, no slices, or ``replicates``/``level`` out of range.
+        ValueError: Mismatched lengths, no slices, a label outside ``0..K-1``, or
+            ``replicates``/``level`` out of range.
     """
     patients = np.asarray(patients)
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
@@ -114,6 +117,8 @@ def patient_bootstrap(patients: np.ndarray, y_true: np.ndarray, y_pred: np.ndarr
     if n == 0 or not (y_true.shape == y_pred.shape == dice.shape == (n,)):
         raise ValueError(f"patients, y_true, y_pred, dice: got lengths {patients.shape}, {y_true.shape}, "
                          f"{y_pred.shape}, {dice.shape}, expected the same non-zero length")
+    check_labels("y_true", y_true, num_classes)
+    check_labels("y_pred", y_pred, num_classes)
     if replicates < 1 or not 0 < level < 1:
         raise ValueError(f"replicates, level: got {replicates}, {level}, expected >= 1 and in (0, 1)")
     ids, patient_of_slice = np.unique(patients, return_inverse=True)

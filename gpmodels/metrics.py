@@ -180,7 +180,8 @@ def _class_names(classes: int | Sequence[str]) -> list[str]:
     return names
 
 
-def _check_labels(name: str, labels: np.ndarray, k: int) -> None:
+def check_labels(name: str, labels: np.ndarray, k: int) -> None:
+    """Raise a one-line ``ValueError`` unless every value of the int array ``labels`` lies in ``0..k-1``."""
     if labels.size and (labels.min() < 0 or labels.max() >= k):
         raise ValueError(f"{name}: got labels from {labels.min()} to {labels.max()}, expected 0 to {k - 1}")
 
@@ -205,8 +206,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: int 
     names = _class_names(classes)
     y_true = _as_vector("y_true", y_true).astype(np.int64)
     y_pred = _as_vector("y_pred", y_pred, y_true.shape[0]).astype(np.int64)
-    _check_labels("y_true", y_true, len(names))
-    _check_labels("y_pred", y_pred, len(names))
+    check_labels("y_true", y_true, len(names))
+    check_labels("y_pred", y_pred, len(names))
     labels = list(range(len(names)))
     if y_true.size == 0:
         raise ValueError("y_true: got no slices, expected at least one")
@@ -276,6 +277,8 @@ def patient_grades(
         raise ValueError(f"predictions: got shape {predictions.shape}, expected ({patient_ids.shape[0]},) "
                          f"labels or ({patient_ids.shape[0]}, K) probabilities")
     tumour = np.asarray(tumour_classes, dtype=np.int64)
+    if tumour.ndim != 1 or tumour.size == 0:
+        raise ValueError(f"tumour_classes: got {list(np.atleast_1d(tumour))}, expected at least one class index")
     labels = predictions.argmax(axis=1) if predictions.ndim == 2 else predictions.astype(np.int64)
     patients, first, inverse = np.unique(patient_ids, return_index=True, return_inverse=True)
     votes = np.zeros((patients.size, tumour.size), dtype=np.int64)

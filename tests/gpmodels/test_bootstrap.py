@@ -75,3 +75,8 @@ def test_bad_arguments_are_rejected():
         patient_bootstrap(np.array(["a", "b"]), np.array([0]), np.array([0]), np.array([np.nan]), 3)
     with pytest.raises(ValueError, match="replicates, level"):
         patient_bootstrap(np.array(["a"]), np.array([0]), np.array([0]), np.array([np.nan]), 3, level=1.5)
+    # a label outside 0..K-1 would land in another cell of the flattened confusion matrix
+    with pytest.raises(ValueError, match=r"y_pred: got labels from 0 to 2, expected 0 to 1"):
+        patient_bootstrap(np.array(["a", "b"]), np.array([0, 1]), np.array([2, 0]), np.full(2, np.nan), 2)
+    with pytest.raises(ValueError, match=r"y_true: got labels from -1 to 0"):
+        patient_bootstrap(np.array(["a", "b"]), np.array([-1, 0]), np.array([0, 0]), np.full(2, np.nan), 2)

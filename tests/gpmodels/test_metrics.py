@@ -113,6 +113,8 @@ def test_patient_grades_majority_and_ties():
     probs[np.arange(8), labels] = 0.6
     probs[3] = [0.0, 0.9, 0.1]  # b: one vote each, LGG has more probability
     assert patient_grades(patients, probs, [1, 2])["b"] == 1
+    with pytest.raises(ValueError, match="tumour_classes: got \\[\\], expected at least one class index"):
+        patient_grades(patients, labels, [])
 
 
 def test_patient_accuracy():
