@@ -256,11 +256,24 @@ class SliceDataModule(pl.LightningDataModule):
         return {split: len(dataset) for split, dataset in self.datasets.items()}
 
     def _loader(self, split: str, training: bool) -> DataLoader:
+        """The split's loader.
+
+        Two things keep a resumed run equal to an uninterrupted one when worker processes read the
+        split (they fetch the first batches as soon as Lightning starts the iterator, before it sets
+        the sampler's epoch, and each new iterator draws its workers' base seed):
+        - the sampler starts at the epoch the fit loop is at (0 for a new run);
+        - with workers, the base seed comes from a generator of the loader's own instead of torch's
+          global one, which dropout draws from. Without workers the loader keeps drawing from the
+          global generator, as it always did, so results of such runs stay as they were.
+        """
         dataset = self.datasets[split]
         workers = 0 if dataset.cached else self.num_workers
         sampler = EpochShuffleSampler(len(dataset), self.seed) if training else None
+        if sampler is not None and self.trainer is not None:
+            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+        generator = torch.Generator().manual_seed(self.seed) if workers > 0 else None
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
-                          drop_last=training and len(dataset) > self.batch_size,
+                          drop_last=training and len(dataset) > self.batch_size, generator=generator,
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:

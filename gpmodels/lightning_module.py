@@ -6,8 +6,10 @@ networks with an auxiliary classifier (InceptionV3's ``forward_with_aux``) the t
 ``CE(logits) + aux_weight * CE(aux_logits)``, torchvision's convention with ``aux_weight = 0.4``.
 Optimiser: Adam with L2 weight decay (DESIGN.md "Training").
 
-Logged: ``train_loss`` (epoch mean); ``val_loss``, ``val_acc``, ``val_f1`` (weighted F1) per
-epoch; the same as ``test_*`` in testing.
+Logged: ``train_loss`` (the epoch mean of the batch losses); ``val_loss``, ``val_acc``, ``val_f1``
+(weighted F1) per epoch; the same as ``test_*`` in testing. ``val_loss`` and ``test_loss`` are the
+class-weighted cross-entropy of the whole split, ``sum(w_i l_i) / sum(w_i)`` over its slices, whatever
+the batch size and the order of the slices (the best checkpoint is chosen on it).
 
 Checkpoints also hold torch's global random state (key ``gpseg_rng``: the CPU generator and each
 CUDA device's), which dropout draws from, so a run resumed from ``last.ckpt`` continues exactly as
@@ -28,7 +30,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 _EVAL_STAGES = ("val", "test")
@@ -114,6 +116,8 @@ class ClassifierModule(pl.LightningModule):
             }, prefix=f"{stage}_")
             for stage in _EVAL_STAGES
         })
+        # sum(w_i l_i) / sum(w_i) over a split: each batch's weighted mean weighted by its weight sum
+        self.eval_losses = nn.ModuleDict({stage: MeanMetric() for stage in _EVAL_STAGES})
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits ``(B, K)`` for images ``(B, C, H, W)``."""
@@ -142,9 +146,15 @@ class ClassifierModule(pl.LightningModule):
         labels = batch["label"]
         logits, loss = self.loss(batch["image"], labels)
         size = labels.shape[0]
-        # Epoch means, averaged over DDP ranks (one all-reduce per epoch; nothing on a single device).
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
-        if stage in _EVAL_STAGES:
+        if stage not in _EVAL_STAGES:
+            # Epoch mean, averaged over DDP ranks (one all-reduce per epoch; nothing on a single device).
+            self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size,
+                     sync_dist=True)
+        else:
+            # Metric objects: accumulated over the epoch and reduced over DDP ranks by torchmetrics.
+            self.eval_losses[stage].update(loss.detach(), self.class_weights[labels].sum())
+            self.log(f"{stage}_loss", self.eval_losses[stage], on_step=False, on_epoch=True, prog_bar=True,
+                     batch_size=size)
             metrics = self.metrics[stage]
             metrics.update(logits.argmax(dim=1), labels)
             self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)

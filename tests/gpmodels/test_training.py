@@ -106,6 +106,26 @@ def test_weighted_cross_entropy_matches_torch_and_survives_zero_weights():
     assert zero.item() == 0.0
 
 
+@pytest.mark.parametrize("batch_size", [4, 6, 12])
+def test_validation_loss_is_the_weighted_loss_of_the_whole_split(batch_size):
+    """Slices sorted by class (as a store's validation split often is) give class-pure batches, whose
+    own weighted means are unweighted; the logged loss must still be that of the whole split."""
+    import pytorch_lightning as pl
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    images, labels = torch.randn(12, 1, 2, 2), torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
+    weights = [0.5, 1.0, 4.0]
+    module = ClassifierModule(net, weights)
+    loader = torch.utils.data.DataLoader([{"image": x, "label": y} for x, y in zip(images, labels)],
+                                         batch_size=batch_size)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    logged = trainer.validate(module, loader, verbose=False)[0]["val_loss"]
+    with torch.no_grad():
+        expected = F.cross_entropy(net(images), labels, weight=torch.tensor(weights)).item()
+    assert logged == pytest.approx(expected, rel=1e-6)
+
+
 class _AuxNet(nn.Module):
     """A tiny network with an auxiliary head, shaped like InceptionV3's interface."""
 
@@ -345,11 +365,15 @@ def test_last_checkpoint_is_the_last_epoch_when_validation_loss_stops_improving(
     assert again.best_val_loss == pytest.approx(result.best_val_loss)
 
 
-def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(smoke_run, tmp_path):
-    """Dropout draws from torch's global generator, so its state travels in the checkpoint too."""
+@pytest.mark.parametrize(("cache", "workers"), [("always", 0), ("never", 1)])
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(smoke_run, tmp_path, cache, workers):
+    """Dropout draws from torch's global generator, so its state travels in the checkpoint too. With a
+    worker process reading the split, the resumed epoch keeps its own order and the workers' seed does
+    not shift the global generator."""
     config, _ = smoke_run
     assert resolve_run(config).model_options["dropout"] > 0
-    whole = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "whole"), "epochs": 2})
+    whole = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "whole"), "epochs": 2,
+                                   "cache": cache, "num_workers": workers})
     train(whole)
     split = TrainConfig.from_dict({**whole.to_dict(), "out": str(tmp_path / "split")})
     train(TrainConfig.from_dict({**split.to_dict(), "epochs": 1}))
