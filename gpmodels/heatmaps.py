@@ -17,7 +17,8 @@ baselines give Grad-CAM maps of every class (``kind`` attribute ``gradcam``),
 so both are thresholded the same way. Grad-CAM stores also record the layer
 (``cam_layer``) and its grid ``cam_grid`` ``[h, w]`` at the training size: each
 map is that grid enlarged, a constant map at 1×1. The store is written under a temporary
-name and renamed into place, like slice stores.
+name and renamed into place, like slice stores. Values beyond float16's range (±65504) are stored
+clamped to it, not as infinities, so every stored map can be thresholded.
 """
 
 from __future__ import annotations
@@ -97,6 +98,12 @@ def check_heatmap_options(splits: list[str], batch_size: int, posthoc: int) -> N
             raise ValueError(f"split: got {split!r}, expected one of {SPLIT_NAMES}")
 
 
+def to_float16(values: torch.Tensor) -> np.ndarray:
+    """``values`` (any shape, any float dtype) as a float16 NumPy array, clamped to float16's finite range."""
+    finite = float(np.finfo(np.float16).max)
+    return values.float().clamp(-finite, finite).cpu().numpy().astype(np.float16)
+
+
 def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int = 16, device: str | None = None,
                       posthoc: int = 8, progress: Callable[[int, int], None] | None = None) -> Path:
     """Run a trained model over one split of its fold and write the heatmap store.
@@ -150,7 +157,7 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
             images = torch.from_numpy(read_rows(sel, group["images"])[0].astype(np.float32)).to(target)
             with autocast:
                 logits, maps = class_maps(model, resize_images(images, run.image_size), gp)
-            maps_arr[start:start + sel.size] = resize_images(maps, size).cpu().numpy().astype(np.float16)
+            maps_arr[start:start + sel.size] = to_float16(resize_images(maps, size))
             logits_all[start:start + sel.size] = logits.cpu().numpy()
             if progress is not None:
                 progress(start + sel.size, index.size)
@@ -196,4 +203,4 @@ def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, 
     heat.create_array("posthoc/rows", data=rows.astype(np.int64))
     for name, values in maps.items():
         tensor = torch.as_tensor(np.asarray(values, dtype=np.float32))[:, None]
-        heat.create_array(f"posthoc/{name}", data=resize_images(tensor, size)[:, 0].numpy().astype(np.float16))
+        heat.create_array(f"posthoc/{name}", data=to_float16(resize_images(tensor, size)[:, 0]))

@@ -22,7 +22,7 @@ from gpmodels import report_figures
 from gpmodels.checkpoints import RunPaths, save_weights
 from gpmodels.evaluation import evaluate_heatmaps, mask_reader, predicted_masks, write_evaluation
 from gpmodels.files import heatmap_path
-from gpmodels.heatmaps import generate_heatmaps
+from gpmodels.heatmaps import generate_heatmaps, to_float16
 from gpmodels.nifti_export import export_patient_masks
 from gpmodels.postprocess import CleaningConfig, ThresholdConfig, select_maps
 from gpmodels.report import FIGURE_CACHE_DIR, build_report, load_run, threshold_config
@@ -560,6 +560,13 @@ def test_a_device_this_machine_lacks_is_one_line(device, message):
 
     with pytest.raises(ValueError, match=re.escape(message)):
         pick_device(device)
+
+
+def test_maps_beyond_float16_are_stored_clamped_not_infinite():
+    values = torch.tensor([[70000.0, -1e6, 1e-8, 3.25]], dtype=torch.bfloat16)
+    stored = to_float16(values)
+    assert stored.dtype == np.float16 and np.isfinite(stored).all()
+    assert stored.tolist() == [[65504.0, -65504.0, 0.0, 3.25]]
 
 
 @pytest.mark.parametrize("cleaning", [CleaningConfig(), CleaningConfig(min_size=3, largest_component=True)])
