@@ -316,5 +316,17 @@ class SliceDataModule(pl.LightningDataModule):
         return {} if self.augmenter is None else self.augmenter.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self.augmenter is not None and state_dict:
-            self.augmenter.load_state_dict(state_dict)
+        """Restore the augmentation generator from a checkpoint.
+
+        Lightning saves checkpoints on rank 0 only, so under DDP every rank would restore rank 0's
+        generator and all ranks would draw the same augmentations from then on. Rank 0 continues its
+        stream; rank ``r > 0`` reseeds with one draw from that state plus ``r``, so the ranks differ
+        again and a resumed run is still reproducible (though not equal to the uninterrupted one on
+        ranks above 0)."""
+        if self.augmenter is None or not state_dict:
+            return
+        self.augmenter.load_state_dict(state_dict)
+        rank = 0 if self.trainer is None else self.trainer.global_rank
+        if rank > 0:
+            generator = self.augmenter.generator
+            generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)) + rank)

@@ -150,6 +150,32 @@ def test_only_training_batches_are_augmented(phantom_store):
     assert set(state) == {"generator"} and state["generator"].dtype == torch.uint8
 
 
+def test_ranks_above_0_draw_their_own_augmentations_after_a_resume():
+    """A checkpoint holds rank 0's generator only; after restoring it, rank 1 must not repeat rank 0's
+    draws, and must draw the same on every resume from that checkpoint."""
+    from types import SimpleNamespace
+
+    from gpmodels.augment import RandomFlipRotate
+
+    def module(rank):
+        dm = SliceDataModule("unused.zarr", 0, batch_size=2, seed=3)
+        dm.trainer = SimpleNamespace(global_rank=rank)
+        dm.augmenter = RandomFlipRotate(AugmentConfig(), 3 + rank)
+        return dm
+
+    saved = module(0)
+    saved.augmenter.sample(5)
+    state = saved.state_dict()
+    draws = {}
+    for name, rank in (("rank0", 0), ("rank1", 1), ("rank1 again", 1), ("rank2", 2)):
+        dm = module(rank)
+        dm.load_state_dict(state)
+        draws[name] = torch.cat(dm.augmenter.sample(4))
+    assert torch.equal(draws["rank0"], torch.cat(saved.augmenter.sample(4)))  # rank 0 continues its stream
+    assert torch.equal(draws["rank1"], draws["rank1 again"])
+    assert not torch.equal(draws["rank1"], draws["rank0"]) and not torch.equal(draws["rank1"], draws["rank2"])
+
+
 def test_eval_loader_yields_every_slice_of_a_split_in_store_order(phantom_store):
     module = SliceDataModule(str(phantom_store), 0, batch_size=4, augment=None)
     module.setup("fit")
