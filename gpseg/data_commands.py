@@ -50,9 +50,13 @@ def _config(image_size, channels, normalisation, split, folds, seed, workers, da
         raise fail(str(exc)) from exc
 
 
-def _finish(report: IngestReport) -> None:
-    for file, reason in report.rejected.items():
+def _print_rejected(rejected: dict[str, str]) -> None:
+    for file, reason in rejected.items():
         console.print(f"[yellow]rejected[/yellow] {escape(file)}: {escape(reason)}", highlight=False, soft_wrap=True)
+
+
+def _finish(report: IngestReport) -> None:
+    _print_rejected(report.rejected)
     console.print(f"[green]wrote[/green] {report.store}: {report.cases} cases ingested now "
                   f"({report.new_slices} slices; {report.slices} in the store), {report.skipped} already stored, "
                   f"{len(report.rejected)} rejected, {report.seconds:.1f} s", highlight=False)
@@ -77,6 +81,7 @@ def _ingest(dataset: str, source: Path, out: Path, config: IngestConfig, append:
         with progress_bar(f"ingest {source.name}") as update:
             report = fn(source, out, config, append=append, progress=update, **kwargs)
     except (NoUsableInput, StoreError, ValueError) as exc:
+        _print_rejected(getattr(exc, "rejected", {}))  # why every case was rejected
         raise fail(str(exc), 1) from exc
     _finish(report)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 from storage.cases import VolumeCase
+from storage.discovery import visible_entries
 from storage.errors import CaseRejected
 
 BRATS_CHANNELS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -18,27 +20,35 @@ NAME_MAPPING_HEADER: list[str] = [
 ]
 GRADE_FOLDERS = {"hgg": "HGG", "lgg": "LGG"}
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_SUBJECT_ID_COLUMN = re.compile(r"^BraTS_(\d{4})_subject_ID$", re.IGNORECASE)
 
 
 def read_name_mapping(path: Path) -> dict[str, str]:
-    """Subject id -> grade from ``name_mapping.csv`` (every id column; ``NA`` ignored).
+    """Case folder name -> grade from a ``name_mapping.csv``.
+
+    Any header with a ``Grade`` column and at least one ``BraTS_<year>_subject_ID``
+    column is read (BraTS 2020's :data:`NAME_MAPPING_HEADER`, BraTS 2019's without
+    the 2020 column, ...). The newest year's column names the case folders of that
+    release, so only its ids are used; ``NA`` and empty ids are skipped.
 
     Raises:
-        ValueError: the header is not the BraTS 2020 one.
+        ValueError: no ``Grade`` column or no ``BraTS_<year>_subject_ID`` column.
     """
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
-        header = next(reader, [])
-        if [h.strip() for h in header] != NAME_MAPPING_HEADER:
-            raise ValueError(f"{path}: header {header} is not the BraTS 2020 header {NAME_MAPPING_HEADER}")
+        header = [h.strip() for h in next(reader, [])]
+        years = {int(m.group(1)): i for i, h in enumerate(header) if (m := _SUBJECT_ID_COLUMN.match(h))}
+        if "Grade" not in header or not years:
+            raise ValueError(f"{path}: header {header} lacks a Grade column and a BraTS_<year>_subject_ID column "
+                             f"(the BraTS 2020 header is {','.join(NAME_MAPPING_HEADER)})")
+        grade_column, id_column = header.index("Grade"), years[max(years)]
         grades: dict[str, str] = {}
         for row in reader:
-            if not row:
+            if len(row) <= max(grade_column, id_column):
                 continue
-            grade = row[0].strip()
-            for subject in row[1:]:
-                if subject.strip() and subject.strip() != "NA":
-                    grades[subject.strip()] = grade
+            subject = row[id_column].strip()
+            if subject and subject != "NA":
+                grades[subject] = row[grade_column].strip()
     return grades
 
 
@@ -51,20 +61,20 @@ def _nifti_stem(path: Path) -> str | None:
 
 
 def _case_folders(src: Path) -> list[tuple[Path, str | None]]:
-    """Folders holding NIfTI files, with the grade implied by an HGG/LGG parent."""
+    """Folders holding NIfTI files, with the grade implied by an HGG/LGG parent (hidden ones skipped)."""
     found: list[tuple[Path, str | None]] = []
-    for child in sorted(p for p in src.iterdir() if p.is_dir()):
+    for child in (p for p in visible_entries(src) if p.is_dir()):
         grade = GRADE_FOLDERS.get(child.name.lower())
         if grade is not None:
-            found += [(case, grade) for case in sorted(p for p in child.iterdir() if p.is_dir())]
-        elif any(_nifti_stem(f) for f in child.iterdir() if f.is_file()):
+            found += [(case, grade) for case in visible_entries(child) if case.is_dir()]
+        elif any(_nifti_stem(f) for f in visible_entries(child) if f.is_file()):
             found.append((child, None))
     return found
 
 
 def _case_files(folder: Path, channels: tuple[str, ...]) -> tuple[dict[str, Path], Path]:
     """Map channel names and the segmentation to files of one case folder."""
-    files = {_nifti_stem(f).lower(): f for f in sorted(folder.iterdir()) if f.is_file() and _nifti_stem(f)}
+    files = {_nifti_stem(f).lower(): f for f in visible_entries(folder) if f.is_file() and _nifti_stem(f)}
     chosen: dict[str, Path] = {}
     for channel in channels:
         match = [f for stem, f in files.items() if stem.endswith(f"_{channel}") or stem == channel]
@@ -82,8 +92,10 @@ def discover_brats(src: Path, channels: tuple[str, ...] = BRATS_CHANNELS
                    ) -> tuple[list[VolumeCase], dict[str, str]]:
     """Find the cases of a BraTS training folder.
 
-    Grades come from ``name_mapping.csv`` (BraTS 2020) or from an ``HGG``/``LGG``
-    parent folder (older releases). A label file of another name that contains
+    Grades come from ``name_mapping.csv`` (see :func:`read_name_mapping`) or
+    from an ``HGG``/``LGG`` parent folder (older releases); a case whose two
+    grades disagree is rejected. Hidden files and folders (macOS ``._*``
+    sidecars) are skipped. A label file of another name that contains
     "seg" is accepted (case 355's ``W39_1998.09.19_Segm.nii``).
 
     Args:
@@ -92,6 +104,9 @@ def discover_brats(src: Path, channels: tuple[str, ...] = BRATS_CHANNELS
 
     Returns:
         The cases, sorted by id, and ``file -> reason`` for the rejected ones.
+
+    Raises:
+        ValueError: ``name_mapping.csv`` lacks a Grade or a subject-id column.
     """
     mapping_path = src / NAME_MAPPING
     grades = read_name_mapping(mapping_path) if mapping_path.is_file() else {}
@@ -103,6 +118,9 @@ def discover_brats(src: Path, channels: tuple[str, ...] = BRATS_CHANNELS
             if folder.name in seen:
                 raise CaseRejected(folder, f"duplicate patient id {folder.name} (also {seen[folder.name]})")
             grade = grades.get(folder.name, folder_grade)
+            if folder_grade is not None and grade != folder_grade:
+                raise CaseRejected(folder, f"grade {grade} in {NAME_MAPPING} disagrees with its "
+                                           f"{folder.parent.name}/ folder ({folder_grade})")
             if grade not in BRATS_CLASSES[1:]:
                 where = mapping_path if mapping_path.is_file() else "an HGG/LGG parent folder"
                 raise CaseRejected(folder, f"no grade (HGG/LGG) for {folder.name} in {where}")
@@ -111,5 +129,5 @@ def discover_brats(src: Path, channels: tuple[str, ...] = BRATS_CHANNELS
             rejected[exc.file] = exc.reason
             continue
         seen[folder.name] = folder
-        cases.append(VolumeCase(folder.name, grade, chosen, seg, BRATS_SEG_LABELS))
+        cases.append(VolumeCase(folder.name, grade, chosen, seg, BRATS_SEG_LABELS, origin=folder))
     return cases, rejected

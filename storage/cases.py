@@ -24,6 +24,9 @@ class VolumeCase:
         seg: segmentation volume path (labels > 0 are tumour), or ``None``.
         allowed_seg_labels: the label values a segmentation may hold, or
             ``None`` to accept any non-negative integer labels.
+        origin: where the case was found: its folder (BraTS) or its manifest
+            line (``cases.csv:N``); a rejection recorded under it is dropped
+            once the case is stored.
     """
 
     patient_id: str
@@ -31,6 +34,7 @@ class VolumeCase:
     channels: dict[str, Path]
     seg: Path | None
     allowed_seg_labels: frozenset[int] | None = None
+    origin: Path | None = None
 
     @property
     def files(self) -> list[Path]:

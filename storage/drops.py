@@ -1,9 +1,11 @@
 """Data drops: fingerprints of source folders and what a drop adds to a store.
 
 A *drop folder* is a dataset's source folder that new cases are copied into
-(``gpseg drop``). :func:`new_files` hashes it and compares with the store's
-``sources`` attribute (relative path -> sha256), so only new or changed files
-count as new data.
+(``gpseg drop``). :func:`new_files` hashes it and compares with what the store
+recorded when it last ingested the folder: its ``sources`` (the stored cases'
+files) and ``examined`` (the files of rejected cases, ``name_mapping.csv`` and
+``cvind.mat``), each relative path -> sha256. So only new or changed files count
+as new data, and a case rejected for good does not make every check a retrain.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import hashlib
 import os
 from pathlib import Path
 
+from storage.discovery import visible_files_below
 from storage.nifti import sha256_file
 from storage.store import open_store
 
-IGNORED_SUFFIXES = (".csv", ".txt", ".md", ".json")
+DATA_SUFFIXES = (".nii", ".nii.gz", ".mat")
+METADATA_FILES = ("name_mapping.csv",)
+"""Files that are not cases but decide how cases are read (``cvind.mat`` is a ``.mat`` already)."""
 
 
 def fingerprint(folder: Path | str) -> str:
@@ -36,14 +41,10 @@ def fingerprint(folder: Path | str) -> str:
 
 
 def data_files(folder: Path) -> list[Path]:
-    """Image and label files below a folder (NIfTI and MAT), sorted."""
-    out = []
-    for root, _, files in os.walk(folder):
-        for name in files:
-            lower = name.lower()
-            if lower.endswith((".nii", ".nii.gz", ".mat")):
-                out.append(Path(root) / name)
-    return sorted(out)
+    """Image and label files below a folder (NIfTI and MAT) and metadata files (``name_mapping.csv``), sorted;
+    hidden files and folders are skipped (as ingestion skips them: a macOS ``._NAME`` sidecar is not new data)."""
+    return [p for p in visible_files_below(folder)
+            if p.name.lower().endswith(DATA_SUFFIXES) or p.name in METADATA_FILES]
 
 
 def new_files(folder: Path | str, store: Path | str | None) -> list[str]:
@@ -59,7 +60,8 @@ def new_files(folder: Path | str, store: Path | str | None) -> list[str]:
     folder = Path(folder)
     known: dict[str, str] = {}
     if store is not None and Path(store).exists():
-        known = dict(open_store(store).attrs.get("sources", {}))
+        attrs = open_store(store).attrs
+        known = {**attrs.get("examined", {}), **attrs.get("sources", {})}
     fresh = []
     for path in data_files(folder):
         rel = str(path.resolve().relative_to(folder.resolve()))

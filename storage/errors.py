@@ -9,25 +9,47 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def one_line(text: object) -> str:
+    """``text`` as one line: runs of whitespace, newlines included, become one space.
+
+    Library messages (nibabel's, h5py's) span several lines; a rejection reason must not.
+    """
+    return " ".join(str(text).split())
+
+
 class CaseRejected(ValueError):
     """One case (a volume set or a ``.mat`` slice) cannot be ingested.
 
     The ingestion goes on with the other cases and records ``file -> reason``
-    in the store's ``rejected`` attribute.
+    in the store's ``rejected`` attribute. It pickles (Dask returns it from workers).
 
     Attributes:
         file: the offending file (or case folder).
-        reason: why it was rejected, in a few words a user can act on.
+        reason: why it was rejected, in a few words a user can act on, on one line.
     """
 
     def __init__(self, file: Path | str, reason: str) -> None:
         self.file = str(file)
-        self.reason = reason
-        super().__init__(f"{self.file}: {reason}")
+        self.reason = one_line(reason)
+        super().__init__(f"{self.file}: {self.reason}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (self.file, self.reason)
 
 
 class NoUsableInput(ValueError):
-    """Nothing in a source could be ingested (empty folder, every case rejected)."""
+    """Nothing in a source could be ingested (empty folder, every case rejected).
+
+    Attributes:
+        rejected: ``file -> reason`` of the cases that were rejected (empty when none was found).
+    """
+
+    def __init__(self, message: str, rejected: dict[str, str] | None = None) -> None:
+        self.rejected = dict(rejected or {})
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type, tuple[str, dict[str, str]]]:
+        return type(self), (str(self), self.rejected)
 
 
 class StoreError(ValueError):

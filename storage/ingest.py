@@ -17,13 +17,15 @@ from typing import Any, Literal
 import nibabel as nib
 import numpy as np
 
-from storage.brats import BRATS_CHANNELS, BRATS_CLASSES, discover_brats
+from storage.brats import BRATS_CHANNELS, BRATS_CLASSES, NAME_MAPPING, discover_brats
 from storage.cases import MatCase, SliceBatch, VolumeCase
-from storage.errors import CaseRejected, NoUsableInput
+from storage.discovery import visible_files_below
+from storage.errors import CaseRejected, NoUsableInput, one_line
 from storage.ingest_config import IngestConfig
-from storage.jun_cheng import (JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, discover_jun_cheng, largest_image_size,
-                               read_mat_case)
+from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, discover_jun_cheng,
+                               largest_image_size, read_mat_case)
 from storage.manifest import read_manifest
+from storage.nifti import sha256_file
 from storage.parallel import dask_client, ordered_map
 from storage.splits import extend_splits, make_splits
 from storage.store import StoreWriter, fold_names, open_store
@@ -71,7 +73,7 @@ def _relative(path: str, root: Path) -> str:
 def _reason(exc: BaseException) -> tuple[str | None, str]:
     if isinstance(exc, CaseRejected):
         return exc.file, exc.reason
-    return None, f"unexpected {type(exc).__name__}: {exc}"
+    return None, f"unexpected {type(exc).__name__}: {one_line(exc)}"
 
 
 @dataclass(frozen=True)
@@ -86,15 +88,57 @@ class _Plan:
     channels: list[str]
     image_size: int
     rejected: dict[str, str]
+    metadata: tuple[Path, ...] = ()
+    """Files beside the cases that decide how they are read (``name_mapping.csv``, ``cvind.mat``)."""
+
+
+def _examined(old: dict[str, str], rejected: dict[str, str], rejected_cases: Sequence[VolumeCase | MatCase],
+              plan: _Plan) -> dict[str, str]:
+    """The store's ``examined`` attribute: relative path -> sha256 of each file of a rejected case and of
+    each metadata file, as read by this run (earlier entries stay). With ``sources`` (the stored cases'
+    files) it tells :func:`storage.drops.new_files` what a drop folder held when it was last ingested, so
+    a case rejected for good is not new data at every check; editing it, or a metadata file, makes it new."""
+    examined = dict(old)
+    files = [f for case in rejected_cases for f in _case_files(case)]
+    for key in rejected:  # rejected in discovery: a case folder or a file
+        path = plan.root / _relative(key, plan.root)
+        files += visible_files_below(path) if path.is_dir() else [path] if path.is_file() else []
+    files += [f for f in plan.metadata if f.is_file()]
+    for file in files:
+        try:
+            examined[_relative(str(file), plan.root)] = sha256_file(file)
+        except OSError:  # unreadable or gone: it stays new data, and its rejection says why
+            continue
+    return examined
 
 
 def _case_key(case: VolumeCase | MatCase) -> str:
     return str(case.path if isinstance(case, MatCase) else case.files[0])
 
 
+def _case_files(case: VolumeCase | MatCase) -> list[Path]:
+    return [case.path] if isinstance(case, MatCase) else list(case.files)
+
+
+def _claims(case: VolumeCase | MatCase, root: Path) -> list[Path]:
+    """What a rejection of this case may be recorded under, relative to ``root``: its files and its origin."""
+    origin = [case.origin] if isinstance(case, VolumeCase) and case.origin is not None else []
+    return [Path(_relative(str(p), root)) for p in [*_case_files(case), *origin]]
+
+
+def _current_rejects(old: dict[str, str], new: dict[str, str], examined: Sequence[VolumeCase | MatCase],
+                     root: Path) -> dict[str, str]:
+    """The store's ``rejected`` after a run: earlier entries for cases this run examined
+    (now stored, rejected again or already stored) give way to this run's outcome."""
+    claims = {claim for case in examined for claim in _claims(case, root)}
+    kept = {file: reason for file, reason in old.items()
+            if not any(Path(file).is_relative_to(claim) for claim in claims)}
+    return {**kept, **new}
+
+
 def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: Progress | None) -> IngestReport:
     start = time.perf_counter()
-    report = IngestReport(store=out, rejected=dict(plan.rejected))
+    report = IngestReport(store=out, rejected={_relative(f, plan.root): r for f, r in plan.rejected.items()})
     base_attrs: dict = {}
     existing: dict[int, np.ndarray] = {}
     known_files: set[str] = set()
@@ -110,7 +154,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
     report.skipped = len(plan.cases) - len(cases)
     if not cases and not existing:
         raise NoUsableInput(f"{plan.root}: no usable {plan.dataset} cases found"
-                            + (f" ({len(report.rejected)} rejected)" if report.rejected else ""))
+                            + (f" ({len(report.rejected)} rejected)" if report.rejected else ""), report.rejected)
     sources = dict(base_attrs.get("sources", {}))
     volumes = dict(base_attrs.get("volumes", {}))
     new_patients: list[np.ndarray] = []
@@ -118,6 +162,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
     new_labels: list[np.ndarray] = []
     new_cvind: list[np.ndarray] = []
     stored_patients = set(base_attrs.get("patients", []))
+    rejected_cases: list[VolumeCase | MatCase] = []
     with StoreWriter(out, plan.channels, plan.image_size, base=out if existing else None) as writer, \
             dask_client(config.workers, config.dask_address) as client:
         for done, (case, batch, error) in enumerate(ordered_map(plan.reader, cases, client), start=1):
@@ -128,6 +173,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
             if error is not None:
                 file, reason = _reason(error)
                 report.rejected[_relative(file or _case_key(case), plan.root)] = reason
+                rejected_cases.append(case)
                 continue
             writer.append(batch)
             report.cases += 1
@@ -141,7 +187,8 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
             new_labels.append(batch.labels)
             new_cvind.append(batch.cvind if batch.cvind is not None else np.zeros(len(batch), np.int8))
         if report.cases == 0 and not existing:
-            raise NoUsableInput(f"{plan.root}: every {plan.dataset} case was rejected ({len(report.rejected)})")
+            raise NoUsableInput(f"{plan.root}: every {plan.dataset} case was rejected ({len(report.rejected)})",
+                                report.rejected)
         patients = np.concatenate(new_patients).astype(str) if new_patients else np.zeros(0, str)
         slice_index = np.concatenate(new_slices) if new_slices else np.zeros(0, np.int16)
         labels = np.concatenate(new_labels) if new_labels else np.zeros(0, np.int8)
@@ -150,11 +197,12 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
             splits = extend_splits(existing, patients, slice_index, cvind, config.split)
         else:
             splits = make_splits(patients, labels, slice_index, cvind, config.split)
-        rejected = {**base_attrs.get("rejected", {}), **report.rejected}
+        rejected = _current_rejects(base_attrs.get("rejected", {}), report.rejected, plan.cases, plan.root)
         attrs = {
             "dataset": plan.dataset, "classes": plan.classes, "channels": plan.channels,
             "normalisation": config.normalisation, "image_size": plan.image_size,
             "split": config.split.as_attrs(), "sources": sources, "rejected": rejected,
+            "examined": _examined(base_attrs.get("examined", {}), plan.rejected, rejected_cases, plan),
             "volumes": volumes, "patients": sorted(stored_patients),
             "source_root": str(plan.root.resolve()),
         }
@@ -177,31 +225,41 @@ def ingest_brats(src: Path, out: Path, config: IngestConfig = IngestConfig(), ap
                  progress: Progress | None = None) -> IngestReport:
     """Ingest a BraTS training folder (see :func:`storage.brats.discover_brats`).
 
+    Slices keep the native size (the first readable case's; on append, the
+    store's) unless ``config.image_size`` asks for one.
+
     Raises:
-        NoUsableInput: the folder is empty or every case was rejected.
+        NoUsableInput: the folder is empty or every case was rejected (each
+            rejection is listed in its ``rejected``).
     """
     src = _existing_dir(src)
     channels = _channels(config.channels, BRATS_CHANNELS, src)
     cases, rejected = discover_brats(src, channels)
-    config = replace(config, image_size=config.image_size or _first_size(cases))
-    reader = functools.partial(read_volume_case, classes=BRATS_CLASSES, config=config)
-    plan = _Plan("brats", src, cases, reader, BRATS_CLASSES, list(channels), config.image_size, rejected)
+    size = config.image_size or _store_size(out, append) or _first_size(cases)
+    reader = functools.partial(read_volume_case, classes=BRATS_CLASSES, config=config, size=size)
+    plan = _Plan("brats", src, cases, reader, BRATS_CLASSES, list(channels), size, rejected, (src / NAME_MAPPING,))
     return _run(plan, Path(out), config, append, progress)
 
 
 def ingest_jun_cheng(src: Path, out: Path, config: IngestConfig = IngestConfig(), append: bool = False,
                      progress: Progress | None = None) -> IngestReport:
-    """Ingest a folder of Jun Cheng ``N.mat`` files (and ``cvind.mat``).
+    """Ingest a folder of Jun Cheng ``N.mat`` files, at any depth (and ``cvind.mat``).
+
+    Slices are enlarged to the largest image size of the files (512 for the real
+    set; on append, the store's) unless ``config.image_size`` asks for one.
 
     Raises:
         NoUsableInput: no ``N.mat`` file, or every one was rejected.
+        ValueError: ``--split cvind`` without a readable ``cvind.mat`` (checked
+            before any slice is read).
     """
     src = _existing_dir(src)
     channels = _channels(config.channels, JUN_CHENG_CHANNELS, src)
-    cases, rejected = discover_jun_cheng(src)
-    config = replace(config, image_size=config.image_size or largest_image_size(cases))
+    cases, rejected = discover_jun_cheng(src, require_folds=config.split.mode == "cvind")
+    config = replace(config, image_size=config.image_size or _store_size(out, append) or largest_image_size(cases))
     reader = functools.partial(read_mat_case, config=config)
-    plan = _Plan("jun-cheng", src, cases, reader, JUN_CHENG_CLASSES, list(channels), config.image_size, rejected)
+    plan = _Plan("jun-cheng", src, cases, reader, JUN_CHENG_CLASSES, list(channels), config.image_size, rejected,
+                 tuple(src / name for name in CVIND_FILES))
     return _run(plan, Path(out), config, append, progress)
 
 
@@ -210,30 +268,42 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
                     progress: Progress | None = None) -> IngestReport:
     """Ingest the NIfTI cases listed in a manifest CSV (see :mod:`storage.manifest`).
 
-    The image size defaults to the first case's in-plane size when square.
+    The image size defaults to the first readable case's in-plane size (on
+    append, the store's); a case with non-square slices needs an asked size.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise NoUsableInput(f"{csv_path}: manifest not found")
     cases, classes, available, rejected = read_manifest(csv_path, classes)
     channels = _channels(config.channels, tuple(available), csv_path)
-    cases = [VolumeCase(c.patient_id, c.label, {k: c.channels[k] for k in channels}, c.seg) for c in cases]
-    config = replace(config, image_size=config.image_size or _first_size(cases), channels=tuple(channels))
-    reader = functools.partial(read_volume_case, classes=classes, config=config)
-    plan = _Plan("manifest", csv_path.parent, cases, reader, classes, list(channels), config.image_size, rejected)
+    cases = [replace(c, channels={k: c.channels[k] for k in channels}) for c in cases]
+    config = replace(config, channels=tuple(channels))
+    size = config.image_size or _store_size(out, append) or _first_size(cases)
+    reader = functools.partial(read_volume_case, classes=classes, config=config, size=size)
+    plan = _Plan("manifest", csv_path.parent, cases, reader, classes, list(channels), size, rejected)
     return _run(plan, Path(out), config, append, progress)
 
 
 def _first_size(cases: list[VolumeCase]) -> int:
-    """In-plane size of the first readable case (240, BraTS's, when none is readable)."""
+    """In-plane size of the first readable case with square slices (240, BraTS's, when there is none).
+
+    A case with non-square slices is rejected unless a size is asked for, so it does not set the size.
+    """
     for case in cases:
         try:
             shape = nib.load(next(iter(case.channels.values()))).shape
         except Exception:  # unreadable: the reader rejects it with the reason later
             continue
-        if len(shape) >= 2:
-            return int(max(shape[:2]))
+        if len(shape) >= 2 and shape[0] == shape[1]:
+            return int(shape[0])
     return 240
+
+
+def _store_size(out: Path, append: bool) -> int | None:
+    """Slice size of the store that an append adds to (new slices are resized to it), else ``None``."""
+    if append and Path(out).exists():
+        return int(open_store(out)["images"].shape[-1])
+    return None
 
 
 def _existing_dir(src: Path) -> Path:

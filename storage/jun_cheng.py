@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 
 from storage.cases import MatCase, SliceBatch
+from storage.discovery import visible_files_below
 from storage.errors import CaseRejected
 from storage.ingest_config import IngestConfig
 from storage.nifti import sha256_file
@@ -58,23 +59,57 @@ def read_cvind(path: Path) -> np.ndarray:
     return folds.astype(np.int8)
 
 
-def discover_jun_cheng(src: Path) -> tuple[list[MatCase], dict[str, str]]:
-    """The ``N.mat`` slice files of a folder, by number, with their official folds.
+def find_cvind(src: Path) -> Path | None:
+    """The official-folds file beside the slice files (``cvind.mat`` or ``cvind5fold.mat``), if any."""
+    return next((src / name for name in CVIND_FILES if (src / name).is_file()), None)
+
+
+def discover_jun_cheng(src: Path, require_folds: bool = False) -> tuple[list[MatCase], dict[str, str]]:
+    """The ``N.mat`` slice files below a folder, by number, with their official folds.
+
+    The figshare download unpacks into four folders
+    (``brainTumorDataPublic_1-766`` ... ``_2299-3064``) beside ``cvind.mat``, so
+    slice files are found at any depth; hidden files and folders are skipped.
+
+    Args:
+        src: the dataset folder (``cvind.mat`` sits directly in it).
+        require_folds: the official folds are needed (``--split cvind``):
+            check ``cvind.mat`` before any slice is read.
 
     Returns:
-        The cases and ``file -> reason`` for rejects (a broken ``cvind.mat``).
+        The cases, by number, and ``file -> reason`` for rejects: a second file
+        of one number, a broken ``cvind.mat``, and (with ``require_folds``) a
+        number beyond those ``cvind.mat`` lists.
+
+    Raises:
+        ValueError: ``require_folds`` and ``cvind.mat`` is missing or unreadable.
     """
-    files = sorted((int(m.group(1)), p) for p in src.iterdir() if (m := _SLICE_FILE.match(p.name)))
+    numbered = sorted((int(m.group(1)), p) for p in visible_files_below(src) if (m := _SLICE_FILE.match(p.name)))
     rejected: dict[str, str] = {}
+    files: dict[int, Path] = {}
+    for number, path in numbered:
+        if number in files:
+            rejected[str(path)] = f"duplicate slice number {number} (also {files[number].relative_to(src)})"
+        else:
+            files[number] = path
     folds = np.zeros(0, dtype=np.int8)
-    for name in CVIND_FILES:
-        if (src / name).is_file():
-            try:
-                folds = read_cvind(src / name)
-            except CaseRejected as exc:
-                rejected[exc.file] = exc.reason
-            break
-    cases = [MatCase(path, int(folds[n - 1]) if n <= folds.size else 0) for n, path in files]
+    cvind = find_cvind(src)
+    if cvind is None and require_folds:
+        raise ValueError(f"{src}: --split cvind needs the official folds, {CVIND_FILES[0]} beside the slice "
+                         "files; none found")
+    if cvind is not None:
+        try:
+            folds = read_cvind(cvind)
+        except CaseRejected as exc:
+            if require_folds:
+                raise ValueError(f"{exc} (--split cvind needs it)") from exc
+            rejected[exc.file] = exc.reason
+    cases: list[MatCase] = []
+    for number, path in files.items():
+        if require_folds and number > folds.size:
+            rejected[str(path)] = f"no official fold: {cvind.name} lists {folds.size} slices"
+            continue
+        cases.append(MatCase(path, int(folds[number - 1]) if number <= folds.size else 0))
     return cases, rejected
 
 
@@ -94,7 +129,8 @@ def largest_image_size(cases: list[MatCase]) -> int:
     return int(max(sizes, default=JUN_CHENG_SIZE))
 
 
-def _read_fields(path: Path) -> tuple[np.ndarray, int, str, np.ndarray]:
+def _read_fields(path: Path) -> tuple[np.ndarray, float, str, np.ndarray]:
+    """``(image, label, PID, tumorMask)`` of a slice file, arrays transposed back to row-major."""
     with _open_v73(path) as fh:
         if "cjdata" not in fh:
             raise CaseRejected(path, f"no cjdata struct (found {list(fh.keys())})")
@@ -108,7 +144,7 @@ def _read_fields(path: Path) -> tuple[np.ndarray, int, str, np.ndarray]:
         mask = np.asarray(data["tumorMask"]).T
     if label.size != 1:
         raise CaseRejected(path, f"label holds {label.size} values, expected 1")
-    return image, int(label[0]) if float(label[0]).is_integer() else -1, pid.strip(), mask
+    return image, float(label[0]), pid.strip(), mask
 
 
 def read_mat_case(case: MatCase, config: IngestConfig) -> SliceBatch:
@@ -124,7 +160,7 @@ def read_mat_case(case: MatCase, config: IngestConfig) -> SliceBatch:
     path = case.path
     image, label, pid, mask = _read_fields(path)
     if label not in (1, 2, 3):
-        raise CaseRejected(path, f"label {label} outside 1-3 (meningioma, glioma, pituitary)")
+        raise CaseRejected(path, f"label {label:g} outside 1-3 (meningioma, glioma, pituitary)")
     if image.ndim != 2 or image.shape[0] != image.shape[1]:
         raise CaseRejected(path, f"image of shape {image.shape}, expected a square 2-D slice")
     if mask.shape != image.shape:
@@ -144,7 +180,7 @@ def read_mat_case(case: MatCase, config: IngestConfig) -> SliceBatch:
         patient=pid,
         images=resize_images(scaled, size).astype(np.float16),
         masks=resize_masks((mask > 0)[None], size),
-        labels=np.array([label - 1], dtype=np.int8),
+        labels=np.array([int(label) - 1], dtype=np.int8),
         slice_index=np.array([-1], dtype=np.int16),
         sources={str(path): sha256_file(path)},
         cvind=np.array([case.cvind], dtype=np.int8),

@@ -65,7 +65,7 @@ def read_manifest(path: Path, classes: list[str] | None = None
         seen.add(pid)
         seg = (row.get("seg") or "").strip()
         cases.append(VolumeCase(pid, label, {c: base / p for c, p in paths.items()},
-                                base / seg if seg else None))
+                                base / seg if seg else None, origin=Path(where)))
     if classes is None:
         classes = [TUMOUR_FREE, *sorted({c.label for c in cases})]
     return cases, classes, channels, rejected

@@ -13,6 +13,8 @@ import numpy as np
 from storage.errors import CaseRejected
 
 GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_CHUNK = 1 << 20
+"""Compressed bytes fed to the inflater at a time (bounds the copies of the unused tail)."""
 
 
 @dataclass(frozen=True)
@@ -42,16 +44,38 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
 
 
 def _decompress(path: Path, data: bytes) -> bytes:
+    """The bytes of a file, gunzipped when it starts with the gzip magic.
+
+    Every gzip member is decoded (bgzip and parallel gzip tools write many), and
+    zero padding after the last one is allowed, as ``gzip`` does.
+
+    Raises:
+        CaseRejected: a corrupt or truncated member, or other bytes after a member.
+    """
     if not data.startswith(GZIP_MAGIC):
         return data
-    try:
+    view = memoryview(data)
+    parts: list[bytes] = []
+    pos, members = 0, 0
+    while pos < len(data):
+        if data[pos] == 0:  # zero padding after a member
+            rest = data[pos:]
+            pos += len(rest) - len(rest.lstrip(b"\0"))
+            continue
+        if data[pos:pos + 2] != GZIP_MAGIC:
+            raise CaseRejected(path, f"unexpected bytes at offset {pos}, after gzip member {members}")
         inflater = zlib.decompressobj(wbits=31)
-        raw = inflater.decompress(data)
-    except zlib.error as exc:
-        raise CaseRejected(path, f"corrupt gzip stream ({exc})") from exc
-    if not inflater.eof:
-        raise CaseRejected(path, "truncated gzip file (the stream ends early)")
-    return raw
+        try:
+            while not inflater.eof and pos < len(data):
+                chunk = view[pos:pos + _GZIP_CHUNK]
+                parts.append(inflater.decompress(chunk))
+                pos += len(chunk) - len(inflater.unused_data)
+        except zlib.error as exc:
+            raise CaseRejected(path, f"corrupt gzip stream ({exc})") from exc
+        if not inflater.eof:
+            raise CaseRejected(path, "truncated gzip file (the stream ends early)")
+        members += 1
+    return b"".join(parts)
 
 
 def load_nifti(path: Path) -> NiftiVolume:

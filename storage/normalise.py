@@ -25,6 +25,8 @@ Normalisation = Literal["robust", "paper"]
 NORMALISATIONS: tuple[str, ...] = ("robust", "paper")
 ROBUST_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 MAX_SAMPLES = 200_000
+MAX_LUT_SIZE = 1 << 16
+"""Integer channels spanning fewer values than this are scaled through a lookup table."""
 
 
 def background_values(volume: np.ndarray) -> np.ndarray:
@@ -62,8 +64,10 @@ def robust_scale(slices: np.ndarray, background: np.ndarray,
                  percentiles: tuple[float, float] = ROBUST_PERCENTILES, dtype: type = np.float32) -> np.ndarray:
     """Scale each channel so its foreground percentiles map to ``[0, 1]``.
 
-    Integer inputs go through a lookup table (one gather per voxel), which is
-    what makes ingestion cheap next to decoding.
+    Integer inputs spanning fewer than ``MAX_LUT_SIZE`` values go through a
+    lookup table (one gather per voxel), which is what makes ingestion cheap
+    next to decoding; other inputs take the same float32 arithmetic voxel by
+    voxel, so both paths give identical results.
 
     Args:
         slices: ``(n, C, H, W)`` slices of one volume (any numeric dtype).
@@ -89,17 +93,20 @@ def robust_scale(slices: np.ndarray, background: np.ndarray,
             target[foreground] = 1.0
             continue
         scale = np.float32(1.0 / (hi - lo))
-        if channel.dtype.kind in "iu":
-            low = int(channel.min())
-            lut = np.clip((np.arange(low, int(channel.max()) + 1, dtype=np.float32) - np.float32(lo)) * scale,
+        low, high = (int(channel.min()), int(channel.max())) if channel.dtype.kind in "iu" else (0, MAX_LUT_SIZE)
+        if high - low < MAX_LUT_SIZE:
+            lut = np.clip((np.arange(low, high + 1, dtype=np.float32) - np.float32(lo)) * scale,
                           0.0, 1.0).astype(dtype)
             np.take(lut, channel - low if low else channel, out=target)
             if lut[int(background[c]) - low] == 0:
                 continue
-        else:
-            np.subtract(channel, np.float32(lo), out=target, dtype=np.float32, casting="unsafe")
-            np.multiply(target, scale, out=target, casting="unsafe")
-            np.clip(target, 0.0, 1.0, out=target)
+        else:  # float data, or integers whose range would make a large table: the same float32 arithmetic
+            scaled = target if target.dtype == np.float32 else np.empty(channel.shape, dtype=np.float32)
+            np.subtract(channel, np.float32(lo), out=scaled, dtype=np.float32, casting="unsafe")
+            np.multiply(scaled, scale, out=scaled)
+            np.clip(scaled, 0.0, 1.0, out=scaled)
+            if scaled is not target:
+                target[...] = scaled
         target[~foreground] = 0.0
     return out
 

@@ -109,7 +109,8 @@ def volume_slices(slices: np.ndarray, seg: np.ndarray | None, tumour_class: int
     Returns:
         ``(images, masks, labels, slice_index)``: ``(n, C, H, W)`` slices of the
         input dtype, uint8 ``(n, H, W)`` masks, int8 ``(n,)`` labels (0 for
-        tumour-free) and int16 ``(n,)`` positions along the slicing axis.
+        tumour-free) and int16 ``(n,)`` positions along the slicing axis; ``n = 0``
+        when every slice is blank.
     """
     keep = np.flatnonzero(~blank_slices(slices))
     images = slices[keep]
@@ -117,5 +118,5 @@ def volume_slices(slices: np.ndarray, seg: np.ndarray | None, tumour_class: int
         masks = np.zeros((keep.size, *slices.shape[2:]), dtype=np.uint8)
     else:
         masks = (seg[keep] > 0).astype(np.uint8)
-    labels = np.where(masks.reshape(keep.size, -1).any(axis=1), tumour_class, 0).astype(np.int8)
+    labels = np.where(masks.any(axis=(1, 2)), tumour_class, 0).astype(np.int8)
     return images, masks, labels, keep.astype(np.int16)

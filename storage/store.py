@@ -29,7 +29,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from storage.cases import SliceBatch
-from storage.errors import StoreError
+from storage.errors import StoreError, one_line
 
 SCHEMA_VERSION = 1
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
@@ -195,7 +195,7 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
     try:
         group = zarr.open_group(str(path), mode=mode)
     except Exception as exc:  # zarr raises several types for a non-store path
-        raise StoreError(f"{path}: not a Zarr group ({exc})") from exc
+        raise StoreError(f"{path}: not a Zarr group ({one_line(exc)})") from exc
     version = group.attrs.get("schema_version")
     if version != SCHEMA_VERSION:
         raise StoreError(f"{path}: schema_version {version!r}, this gpseg reads {SCHEMA_VERSION}")

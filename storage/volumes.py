@@ -2,47 +2,92 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from storage.cases import SliceBatch, VolumeCase
 from storage.errors import CaseRejected
 from storage.ingest_config import IngestConfig
-from storage.nifti import load_nifti
+from storage.nifti import NiftiVolume, load_nifti
 from storage.normalise import background_values, paper_scale, robust_scale
 from storage.slicing import axial_slices, resize_images, resize_masks, volume_slices
 
+GRID_ATOL = 1e-3
+"""Largest difference, in voxels, between the voxel grids of one case's volumes."""
 
-def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig) -> SliceBatch:
+
+def same_voxel_grid(reference: np.ndarray, affine: np.ndarray, atol: float = GRID_ATOL) -> bool:
+    """Whether two volumes of one shape share their voxel grid.
+
+    The affines are compared in voxel units: ``inv(reference) @ affine`` maps
+    a voxel of the second volume to the first's voxel coordinates and must be
+    the identity within ``atol`` voxels (so millimetre rounding in headers
+    passes, a flipped, shifted or resampled channel does not).
+
+    Args:
+        reference: 4x4 voxel-to-world matrix of the first channel.
+        affine: 4x4 voxel-to-world matrix of another channel or the segmentation.
+        atol: tolerance in voxels (and in the unitless rotation/zoom entries).
+
+    Returns:
+        ``True`` when the grids agree. A singular ``reference`` (a header with
+        a zero voxel size) is compared entry by entry instead.
+    """
+    try:
+        relative = np.linalg.inv(reference) @ affine
+    except np.linalg.LinAlgError:
+        return bool(np.allclose(reference, affine, atol=atol))
+    return bool(np.allclose(relative, np.eye(4), atol=atol))
+
+
+def _check_grid(path: Path, volume: NiftiVolume, first_path: Path, first: NiftiVolume, kind: str = "") -> None:
+    """Reject ``path`` unless it has the first channel's shape and voxel grid (``kind``: ``"segmentation "``
+    or empty, the start of the shape message)."""
+    if volume.data.shape != first.data.shape:
+        raise CaseRejected(path, f"{kind}shape {volume.data.shape} differs from "
+                                 f"{first_path.name}'s {first.data.shape}")
+    if not same_voxel_grid(first.affine, volume.affine):
+        raise CaseRejected(path, f"affine differs from {first_path.name}'s: "
+                                 "the channels must share one voxel grid")
+
+
+def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig,
+                     size: int | None = None) -> SliceBatch:
     """Decode, check, normalise, slice and resize one volume case.
 
     Args:
         case: the case's files and class.
         classes: the store's class names; ``classes[0]`` is tumour-free.
-        config: image size and normalisation.
+        config: image size and normalisation. ``config.image_size`` is the size
+            the user asked for; without one, non-square slices are rejected
+            rather than squashed.
+        size: output height and width of the store (the asked size, the first
+            case's or an appended-to store's); default ``config.image_size`` or
+            the case's own.
 
     Returns:
         The case's non-blank slices (``images`` float16 ``(n, C, S, S)``).
 
     Raises:
-        CaseRejected: any file is unreadable, shapes differ, labels are outside
-            the allowed set, or the class is unknown.
+        CaseRejected: any file is unreadable, shapes or voxel grids differ,
+            labels are outside the allowed set, a channel is constant (e.g. all
+            zeros), every slice is blank, slices are non-square without an
+            asked size, or the class is unknown.
     """
     if case.label not in classes:
         raise CaseRejected(case.files[0], f"class {case.label!r} not among {classes}")
     volumes = {name: load_nifti(path) for name, path in case.channels.items()}
     first_name, first = next(iter(volumes.items()))
+    first_path = case.channels[first_name]
     for name, vol in volumes.items():
-        if vol.data.shape != first.data.shape:
-            raise CaseRejected(case.channels[name], f"shape {vol.data.shape} differs from "
-                                                    f"{first_name}'s {first.data.shape}")
+        _check_grid(case.channels[name], vol, first_path, first)
     sources = {str(case.channels[name]): vol.sha256 for name, vol in volumes.items()}
     seg = None
     if case.seg is not None:
         seg_vol = load_nifti(case.seg)
         sources[str(case.seg)] = seg_vol.sha256
-        if seg_vol.data.shape != first.data.shape:
-            raise CaseRejected(case.seg, f"segmentation shape {seg_vol.data.shape} differs from "
-                                         f"the images' {first.data.shape}")
+        _check_grid(case.seg, seg_vol, first_path, first, "segmentation ")
         seg = seg_vol.data if seg_vol.data.dtype.kind in "iu" else np.rint(seg_vol.data).astype(np.int16)
         low = int(seg.min())
         found = set((np.flatnonzero(np.bincount((seg.ravel() - low).astype(np.intp))) + low).tolist())
@@ -56,9 +101,13 @@ def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig)
     images, masks, labels, slice_index = volume_slices(stack, seg_slices, classes.index(case.label))
     if labels.size == 0:
         raise CaseRejected(case.files[0], "every axial slice is blank")
+    for name, vol in volumes.items():
+        low, high = vol.data.min(), vol.data.max()
+        if low == high:
+            raise CaseRejected(case.channels[name], f"all voxels are {low:g}")
     if images.shape[-2] != images.shape[-1] and config.image_size is None:
         raise CaseRejected(case.files[0], f"non-square slices {images.shape[-2:]} need --image-size")
-    size = config.image_size or images.shape[-1]
+    size = size or config.image_size or images.shape[-1]
     native = images.shape[-2:] == (size, size)
     if config.normalisation == "robust":
         images = robust_scale(images, background_values(stack), dtype=np.float16 if native else np.float32)

@@ -8,6 +8,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from storage import drops
+from storage.errors import NoUsableInput
 from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
 from storage.ingest_config import IngestConfig, SplitConfig
 from storage.phantoms import write_brats_phantoms, write_jun_cheng_phantoms
@@ -35,16 +36,25 @@ def synth_phantoms(kind: str, out: str, cases: int, size: int, seed: int) -> str
     return out
 
 
+def _log_rejected(logger, rejected: dict[str, str]) -> None:
+    """One warning per rejected file: ``rejected FILE: REASON``."""
+    for file, reason in rejected.items():
+        logger.warning("rejected %s: %s", file, reason)
+
+
 @task(retries=1, retry_condition_fn=transient_only, cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def ingest_source(kind: str, source: str, store: str, config: dict, source_fingerprint: str,
                   append: bool = False) -> dict:
     """Ingest a source into a store; cached on the source's fingerprint and the settings."""
     ingest_config = IngestConfig(**{**config, "split": SplitConfig(**config.get("split", {})),
                                     "channels": tuple(config["channels"]) if config.get("channels") else None})
-    report = _INGEST[kind](Path(source), Path(store), ingest_config, append=append)
     logger = get_run_logger()
-    for file, reason in report.rejected.items():
-        logger.warning("rejected %s: %s", file, reason)
+    try:
+        report = _INGEST[kind](Path(source), Path(store), ingest_config, append=append)
+    except NoUsableInput as exc:
+        _log_rejected(logger, exc.rejected)  # why every case was rejected
+        raise
+    _log_rejected(logger, report.rejected)
     logger.info("%s: %d cases now, %d slices in the store, %d rejected", store, report.cases, report.slices,
                 len(report.rejected))
     from storage.store import open_store

@@ -106,7 +106,7 @@ def test_retrain_on_new_data(bench_workdir, task_names):
     write_brats_phantoms(source, 2, size=32, depth=None, seed=0, first_case=7)
     result = retrain_on_new_data(params)
     assert result["status"] == "retrained" and result["ingested"] == 2
-    assert len(result["new_files"]) == 10
+    assert len(result["new_files"]) == 11 and "name_mapping.csv" in result["new_files"]  # 2 cases, their grades
     new = open_store(store)
     n = old_patients.size
     assert np.array_equal(read_patients(new)[:n], old_patients)

@@ -212,3 +212,122 @@ def test_synth_never_writes_over_existing_files_unless_asked(kind, tmp_path):
         assert after.exit_code == 0, after.output
     forced = runner.invoke(app, [*args, "--overwrite"])
     assert forced.exit_code == 0, forced.output
+
+
+def test_fully_blank_case_is_rejected_as_blank(brats_copy, tmp_path):
+    for kind in ("t1", "t1ce", "t2", "flair"):
+        _rewrite(_file(brats_copy, 2, kind), np.zeros((32, 32, 16), np.int16))
+    _only_rejected(ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG), "002_t1", "every axial slice is blank")
+
+
+def test_an_all_zero_channel_is_rejected_naming_it(brats_copy, tmp_path):
+    _rewrite(_file(brats_copy, 4, "flair"), np.zeros((32, 32, 16), np.int16))
+    report = ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
+    assert report.rejected == {"BraTS20_Training_004/BraTS20_Training_004_flair.nii.gz": "all voxels are 0"}
+
+
+@pytest.mark.parametrize("kind", ["flair", "seg"])
+def test_a_volume_on_another_voxel_grid_is_rejected(brats_copy, tmp_path, kind):
+    path = _file(brats_copy, 3, kind)
+    img = nib.load(path)
+    flip = np.array([[-1.0, 0, 0, 31], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])  # same shape, mirrored grid
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj)[::-1].copy(), img.affine @ flip, img.header), path)
+    report = ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
+    assert report.rejected == {f"BraTS20_Training_003/BraTS20_Training_003_{kind}.nii.gz":
+                               "affine differs from BraTS20_Training_003_t1.nii.gz's: "
+                               "the channels must share one voxel grid"}
+
+
+def test_header_rounding_of_the_grid_is_accepted(brats_copy, tmp_path):
+    path = _file(brats_copy, 3, "t2")
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine + 1e-5, img.header), path)
+    assert ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG).exit_code == 0
+
+
+def test_every_case_rejected_reports_each_file_and_reason(brats_copy, tmp_path):
+    for case in range(1, 7):
+        _file(brats_copy, case, "t2").write_bytes(b"\x1f\x8bnot gzip")
+    with pytest.raises(NoUsableInput, match=r"every brats case was rejected \(6\)$") as info:
+        ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
+    key = "BraTS20_Training_001/BraTS20_Training_001_t2.nii.gz"
+    assert len(info.value.rejected) == 6 and info.value.rejected[key].startswith("corrupt gzip stream")
+    assert "\n" not in str(info.value)
+    # the CLI prints each file and reason before its one-line error
+    result = CliRunner().invoke(app, ["ingest", "brats", str(brats_copy), "--out", str(tmp_path / "cli.zarr"),
+                                      "--workers", "0"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert f"rejected {key}: corrupt gzip stream" in result.output
+    assert sum(line.startswith("rejected ") for line in lines) == 6
+    assert lines[-1].endswith("every brats case was rejected (6)")
+
+
+def test_rejected_keys_are_relative_to_the_source(brats_copy, tmp_path, monkeypatch):
+    mapping = brats_copy / "name_mapping.csv"
+    mapping.write_text("\n".join(line for line in mapping.read_text().splitlines() if "Training_006" not in line))
+    t2 = _file(brats_copy, 2, "t2")
+    t2.write_bytes(t2.read_bytes()[:100])
+    monkeypatch.chdir(tmp_path)
+    report = ingest_brats("brats", tmp_path / "s.zarr", CONFIG)  # the source as given on a command line
+    expected = {"BraTS20_Training_006": "no grade (HGG/LGG) for BraTS20_Training_006 in brats/name_mapping.csv",
+                "BraTS20_Training_002/BraTS20_Training_002_t2.nii.gz": "truncated gzip file (the stream ends early)"}
+    assert report.rejected == expected and open_store(tmp_path / "s.zarr").attrs["rejected"] == expected
+
+
+def test_a_rejection_is_dropped_once_the_case_is_stored(brats_copy, tmp_path):
+    files = {_file(brats_copy, 2, "t2"): b"", _file(brats_copy, 5, "seg"): b""}
+    for path in files:
+        files[path] = path.read_bytes()
+        path.write_bytes(files[path][:100])
+    store = tmp_path / "s.zarr"
+    assert len(ingest_brats(brats_copy, store, CONFIG).rejected) == 2
+    for path, good in files.items():  # fixed one after the other
+        path.write_bytes(good)
+        assert ingest_brats(brats_copy, store, CONFIG, append=True).cases == 1
+        assert path.name not in str(open_store(store).attrs["rejected"])
+    assert open_store(store).attrs["rejected"] == {}
+
+
+def test_non_square_slices_need_an_asked_size(brats_source, tmp_path):
+    name = CASE.format(1)
+    volumes = {}
+    for kind in ("flair", "seg"):
+        img = nib.load(brats_source / name / f"{name}_{kind}.nii.gz")
+        volumes[kind] = tmp_path / f"{kind}.nii.gz"
+        nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj)[:, :24], img.affine, img.header), volumes[kind])
+    (tmp_path / "m.csv").write_text("patient_id,label,flair,seg\n"
+                                    f"p1,HGG,{name}/{name}_flair.nii.gz,{name}/{name}_seg.nii.gz\n"
+                                    "p2,HGG,flair.nii.gz,seg.nii.gz\n")
+    shutil.copytree(brats_source / name, tmp_path / name)
+    report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+    assert report.cases == 1 and report.rejected == {"flair.nii.gz": "non-square slices (24, 32) need --image-size"}
+    asked = ingest_manifest(tmp_path / "m.csv", tmp_path / "t.zarr", IngestConfig(image_size=16, workers=0))
+    assert asked.exit_code == 0 and open_store(tmp_path / "t.zarr")["images"].shape[1:] == (1, 16, 16)
+
+
+def test_a_case_rejected_for_good_is_no_new_data(brats_copy, tmp_path):
+    """The retrain flow checks a drop folder for new files: files it has examined and rejected, and
+    name_mapping.csv, are not new until they change."""
+    from storage.drops import new_files
+
+    mapping = brats_copy / "name_mapping.csv"
+    mapping.write_text("\n".join(line for line in mapping.read_text().splitlines() if "Training_006" not in line))
+    bad = _file(brats_copy, 2, "t2")
+    bad.write_bytes(bad.read_bytes()[:100])
+    store = tmp_path / "s.zarr"
+    report = ingest_brats(brats_copy, store, CONFIG)
+    assert set(report.rejected) == {"BraTS20_Training_006", "BraTS20_Training_002/BraTS20_Training_002_t2.nii.gz"}
+    assert new_files(brats_copy, store) == []
+    bad.write_bytes(bad.read_bytes() + b"\0")
+    assert new_files(brats_copy, store) == ["BraTS20_Training_002/BraTS20_Training_002_t2.nii.gz"]
+    mapping.write_text(mapping.read_text() + "\n")
+    assert new_files(brats_copy, store) == ["BraTS20_Training_002/BraTS20_Training_002_t2.nii.gz", "name_mapping.csv"]
+
+
+def test_the_official_folds_file_is_no_new_data(jun_cheng_copy, tmp_path):
+    from storage.drops import new_files
+
+    store = tmp_path / "jc.zarr"
+    ingest_jun_cheng(jun_cheng_copy, store, CONFIG)
+    assert (jun_cheng_copy / "cvind.mat").is_file() and new_files(jun_cheng_copy, store) == []

@@ -1,5 +1,7 @@
 import numpy as np
+import pytest
 
+from storage import normalise
 from storage.normalise import background_values, foreground_mask, paper_scale, robust_scale
 
 
@@ -39,3 +41,28 @@ def test_paper_scale_divides_by_slice_max_over_channels():
     out = paper_scale(x)
     assert out[0, 1, 0, 0] == 1.0 and out[0, 0, 1, 1] == 0.5
     assert (out[1] == 0).all()  # constant slice
+
+
+def test_robust_scale_huge_integer_range_takes_no_large_table():
+    import tracemalloc
+
+    vol = np.zeros((2, 1, 6, 6), dtype=np.int32)
+    vol[:, 0, 1:5, 1:5] = np.arange(32).reshape(2, 4, 4) * (1 << 19)  # values span 2**24
+    tracemalloc.start()
+    out = robust_scale(vol, background_values(vol))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak} bytes for a 72-voxel volume"  # a lookup table would take 64 MiB
+    assert out[0, 0, 0, 0] == 0.0 and 0.0 <= out.min() and out.max() == 1.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_robust_scale_table_and_float_paths_agree(monkeypatch, dtype):
+    rng = np.random.default_rng(3)
+    vol = np.full((3, 2, 9, 7), 40, dtype=np.int16)  # non-zero background
+    vol[:, :, 2:7, 1:6] = rng.integers(-300, 900, size=(3, 2, 5, 5))
+    table = robust_scale(vol, background_values(vol), dtype=dtype)
+    monkeypatch.setattr(normalise, "MAX_LUT_SIZE", 0)  # force the float path
+    floats = robust_scale(vol, background_values(vol), dtype=dtype)
+    assert table.dtype == floats.dtype == dtype
+    assert np.array_equal(table, floats)

@@ -55,3 +55,11 @@ def test_resize_images_shapes_and_identity():
     small = resize_images(images, 16)
     assert small.shape == (3, 2, 16, 16) and small.dtype == np.float32
     assert 0.0 <= small.min() and small.max() <= 1.0
+
+
+def test_volume_slices_of_an_all_blank_volume_keeps_nothing():
+    slices = np.zeros((4, 2, 6, 5), dtype=np.int16)
+    seg = np.zeros((4, 6, 5), dtype=np.uint8)
+    images, masks, labels, idx = volume_slices(slices, seg, tumour_class=1)
+    assert images.shape == (0, 2, 6, 5) and masks.shape == (0, 6, 5)
+    assert labels.shape == (0,) and idx.shape == (0,)

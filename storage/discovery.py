@@ -1,0 +1,31 @@
+"""Listing source folders without hidden entries.
+
+Hidden files and folders (names starting with ``.``) are never data: macOS
+writes an AppleDouble sidecar ``._NAME`` beside every file copied to a non-Mac
+disk (``._BraTS20_Training_001_t1.nii.gz``, ``._1.mat``), and ``.DS_Store``,
+``.git`` or an interrupted store's ``.NAME.tmp-*`` folder are not cases either.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder name is hidden (starts with ``.``)."""
+    return name.startswith(".")
+
+
+def visible_entries(folder: Path) -> list[Path]:
+    """The non-hidden entries of a folder, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if not is_hidden(p.name))
+
+
+def visible_files_below(folder: Path) -> list[Path]:
+    """Every non-hidden file below a folder, not entering hidden folders, sorted by path."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not is_hidden(d)]
+        found += [Path(root) / name for name in files if not is_hidden(name)]
+    return sorted(found)

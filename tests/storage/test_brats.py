@@ -1,0 +1,79 @@
+"""BraTS discovery: name_mapping.csv headers of several releases, grade folders, hidden files.
+
+Discovery reads names only, so the volumes here are empty files.
+"""
+
+import pytest
+
+from storage.brats import BRATS_CHANNELS, NAME_MAPPING_HEADER, discover_brats, read_name_mapping
+
+HEADER_2019 = "Grade,BraTS_2017_subject_ID,BraTS_2018_subject_ID,TCGA_TCIA_subject_ID,BraTS_2019_subject_ID"
+
+
+def _case(folder, name=None):
+    name = name or folder.name
+    folder.mkdir(parents=True)
+    for kind in (*BRATS_CHANNELS, "seg"):
+        (folder / f"{name}_{kind}.nii.gz").write_bytes(b"")
+    return folder
+
+
+def test_brats_2019_name_mapping_uses_the_newest_id_column(tmp_path):
+    (tmp_path / "name_mapping.csv").write_text(
+        f"{HEADER_2019}\n"
+        "HGG,Brats17_CBICA_AAB_1,Brats18_CBICA_AAB_1,NA,BraTS19_CBICA_AAB_1\n"
+        "LGG,Brats17_2013_0_1,Brats18_2013_0_1,TCGA-CS-4941,BraTS19_2013_0_1\n")
+    assert read_name_mapping(tmp_path / "name_mapping.csv") == {"BraTS19_CBICA_AAB_1": "HGG",
+                                                                "BraTS19_2013_0_1": "LGG"}
+    _case(tmp_path / "BraTS19_2013_0_1")
+    cases, rejected = discover_brats(tmp_path)
+    assert [(c.patient_id, c.label) for c in cases] == [("BraTS19_2013_0_1", "LGG")] and rejected == {}
+
+
+def test_brats_2020_name_mapping_ignores_older_ids(tmp_path):
+    (tmp_path / "name_mapping.csv").write_text(
+        ",".join(NAME_MAPPING_HEADER) + "\nLGG,Brats17_X,NA,NA,BraTS19_X,BraTS20_Training_260\nHGG,NA,NA,NA,NA,NA\n")
+    assert read_name_mapping(tmp_path / "name_mapping.csv") == {"BraTS20_Training_260": "LGG"}
+
+
+def test_name_mapping_without_grade_or_id_column_is_a_one_line_error(tmp_path):
+    (tmp_path / "name_mapping.csv").write_text("Grade,Patient\nHGG,p1\n")
+    with pytest.raises(ValueError, match="lacks a Grade column and a BraTS_<year>_subject_ID column") as info:
+        discover_brats(tmp_path)
+    assert "\n" not in str(info.value) and str(tmp_path / "name_mapping.csv") in str(info.value)
+
+
+def test_grade_folders_with_and_without_a_mapping(tmp_path):
+    _case(tmp_path / "HGG" / "BraTS19_A")
+    _case(tmp_path / "LGG" / "BraTS19_B")
+    cases, rejected = discover_brats(tmp_path)
+    assert [(c.patient_id, c.label) for c in cases] == [("BraTS19_A", "HGG"), ("BraTS19_B", "LGG")]
+    (tmp_path / "name_mapping.csv").write_text(f"{HEADER_2019}\nHGG,NA,NA,NA,BraTS19_A\nHGG,NA,NA,NA,BraTS19_B\n")
+    cases, rejected = discover_brats(tmp_path)
+    assert [c.patient_id for c in cases] == ["BraTS19_A"]
+    (file, why), = rejected.items()
+    assert file.endswith("BraTS19_B") and why == "grade HGG in name_mapping.csv disagrees with its LGG/ folder (LGG)"
+
+
+def test_hidden_files_and_folders_are_skipped(tmp_path):
+    case = _case(tmp_path / "BraTS20_Training_001")
+    for kind in BRATS_CHANNELS:  # macOS AppleDouble sidecars sort before the real files
+        (case / f"._BraTS20_Training_001_{kind}.nii.gz").write_bytes(b"\0" * 24)
+    _case(tmp_path / ".Trash" / "BraTS20_Training_002")
+    _case(tmp_path / "HGG" / ".BraTS20_Training_003")
+    (tmp_path / "name_mapping.csv").write_text(",".join(NAME_MAPPING_HEADER)
+                                               + "\nHGG,NA,NA,NA,NA,BraTS20_Training_001\n")
+    cases, rejected = discover_brats(tmp_path)
+    assert rejected == {} and [c.patient_id for c in cases] == ["BraTS20_Training_001"]
+    assert all(not p.name.startswith(".") for p in cases[0].files)
+
+
+def test_hidden_files_are_no_new_data_in_a_drop_folder(tmp_path):
+    from storage.drops import new_files
+
+    case = _case(tmp_path / "BraTS20_Training_001")
+    (case / "._BraTS20_Training_001_t1.nii.gz").write_bytes(b"\0" * 24)
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "1.mat").write_bytes(b"")
+    assert new_files(tmp_path, None) == sorted(f"BraTS20_Training_001/BraTS20_Training_001_{k}.nii.gz"
+                                               for k in (*BRATS_CHANNELS, "seg"))

@@ -1,0 +1,85 @@
+"""Jun Cheng discovery (the figshare download's four folders), cvind checks and label reasons."""
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from storage.ingest import ingest_jun_cheng
+from storage.ingest_config import IngestConfig, SplitConfig
+from storage.jun_cheng import discover_jun_cheng
+from storage.store import open_store
+
+CONFIG = IngestConfig(workers=0)
+CVIND = IngestConfig(workers=0, split=SplitConfig(mode="cvind", folds=5))
+
+
+def _figshare_layout(src):
+    """Move N.mat into brainTumorDataPublic_* folders beside cvind.mat, as the download unpacks."""
+    for path in sorted(src.glob("*.mat")):
+        if path.stem.isdigit():
+            folder = src / ("brainTumorDataPublic_1-9" if int(path.stem) <= 9 else "brainTumorDataPublic_10-18")
+            folder.mkdir(exist_ok=True)
+            shutil.move(path, folder / path.name)
+
+
+def test_slice_files_are_found_in_subfolders_and_duplicates_rejected(jun_cheng_copy):
+    _figshare_layout(jun_cheng_copy)
+    first = jun_cheng_copy / "brainTumorDataPublic_1-9"
+    (first / "._4.mat").write_bytes(b"\0" * 24)  # macOS sidecar
+    (jun_cheng_copy / ".Trash").mkdir()
+    shutil.copy(first / "4.mat", jun_cheng_copy / ".Trash" / "4.mat")
+    shutil.copy(first / "4.mat", jun_cheng_copy / "brainTumorDataPublic_10-18" / "4.mat")
+    cases, rejected = discover_jun_cheng(jun_cheng_copy)
+    assert sorted(int(c.path.stem) for c in cases) == list(range(1, 19))
+    assert all(c.cvind in range(1, 6) for c in cases)
+    assert rejected == {str(jun_cheng_copy / "brainTumorDataPublic_10-18" / "4.mat"):
+                        "duplicate slice number 4 (also brainTumorDataPublic_1-9/4.mat)"}
+
+
+def test_ingest_of_the_figshare_layout(jun_cheng_copy, tmp_path):
+    _figshare_layout(jun_cheng_copy)
+    report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CVIND)
+    assert report.exit_code == 0 and report.cases == 18
+    assert "brainTumorDataPublic_1-9/1.mat" in open_store(tmp_path / "s.zarr").attrs["sources"]
+
+
+@pytest.mark.parametrize("cvind", ["missing", "garbage"])
+def test_split_cvind_checks_cvind_before_reading_slices(jun_cheng_copy, tmp_path, monkeypatch, cvind):
+    if cvind == "missing":
+        (jun_cheng_copy / "cvind.mat").unlink()
+    else:
+        (jun_cheng_copy / "cvind.mat").write_bytes(b"not a mat file")
+    monkeypatch.setattr("storage.jun_cheng.sha256_file", lambda path: pytest.fail(f"{path} was read"))
+    with pytest.raises(ValueError, match="cvind") as info:
+        ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CVIND)
+    assert "needs" in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_split_cvind_rejects_a_slice_beyond_the_folds(jun_cheng_copy, tmp_path):
+    shutil.copy(jun_cheng_copy / "1.mat", jun_cheng_copy / "19.mat")
+    report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CVIND)
+    assert report.cases == 18 and report.rejected == {"19.mat": "no official fold: cvind.mat lists 18 slices"}
+
+
+def test_non_integer_label_is_named_with_its_value(jun_cheng_copy, tmp_path):
+    with h5py.File(jun_cheng_copy / "5.mat", "r+") as fh:
+        fh["cjdata/label"][...] = 2.5
+    report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CONFIG)
+    assert report.rejected == {"5.mat": "label 2.5 outside 1-3 (meningioma, glioma, pituitary)"}
+
+
+def test_append_resizes_new_slices_to_the_store_size(jun_cheng_copy, tmp_path):
+    store = tmp_path / "s.zarr"
+    ingest_jun_cheng(jun_cheng_copy, store, CONFIG)
+    from storage.phantoms import write_jun_cheng_phantoms
+
+    bigger = write_jun_cheng_phantoms(tmp_path / "big", 1, size=128, seed=1, small_fraction=0.0)[0]
+    shutil.copy(bigger, jun_cheng_copy / "19.mat")
+    report = ingest_jun_cheng(jun_cheng_copy, store, CONFIG, append=True)
+    assert report.cases == 1 and report.skipped == 18 and report.rejected == {}
+    group = open_store(store)
+    assert group["images"].shape == (19, 1, 64, 64) and group["masks"][18].any()
+    assert np.isfinite(group["images"][18].astype(np.float32)).all()

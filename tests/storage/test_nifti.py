@@ -1,0 +1,69 @@
+"""Decoding NIfTI files: multi-member gzip, and one-line reasons for broken files."""
+
+import gzip
+import zlib
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from storage.errors import CaseRejected
+from storage.nifti import load_nifti
+
+AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
+
+
+def _raw(shape=(5, 4, 3)) -> tuple[np.ndarray, bytes]:
+    data = np.arange(np.prod(shape), dtype=np.int16).reshape(shape)
+    return data, nib.Nifti1Image(data, AFFINE).to_bytes()
+
+
+def _bgzip_like(raw: bytes, parts: int = 3) -> bytes:
+    """Concatenated gzip members, as bgzip and parallel gzip tools write, ending in an empty member."""
+    step = -(-len(raw) // parts)
+    return b"".join(gzip.compress(raw[i:i + step]) for i in range(0, len(raw), step)) + gzip.compress(b"")
+
+
+def test_every_gzip_member_is_decoded(tmp_path):
+    data, raw = _raw()
+    path = tmp_path / "multi.nii.gz"
+    path.write_bytes(_bgzip_like(raw))
+    assert zlib.decompressobj(wbits=31).decompress(path.read_bytes()) != raw  # the first member is not all
+    volume = load_nifti(path)
+    assert np.array_equal(volume.data, data) and np.allclose(volume.affine, AFFINE)
+
+
+def test_zero_padding_after_the_last_member_is_allowed(tmp_path):
+    data, raw = _raw()
+    path = tmp_path / "padded.nii.gz"
+    path.write_bytes(gzip.compress(raw) + bytes(16))
+    assert np.array_equal(load_nifti(path).data, data)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda gz: gz + b"junk", "unexpected bytes at offset"),
+    (lambda gz: gz[: len(gz) - 30], "truncated gzip file"),
+])
+def test_damaged_later_member_is_rejected(tmp_path, damage, reason):
+    _, raw = _raw()
+    path = tmp_path / "bad.nii.gz"
+    path.write_bytes(damage(_bgzip_like(raw)))
+    with pytest.raises(CaseRejected, match=reason):
+        load_nifti(path)
+
+
+def test_short_payload_reason_is_one_line(tmp_path):
+    _, raw = _raw((16, 16, 8))
+    path = tmp_path / "short.nii"
+    path.write_bytes(raw[: len(raw) - 200])  # nibabel's message for this spans two lines
+    with pytest.raises(CaseRejected) as info:
+        load_nifti(path)
+    assert info.value.reason.startswith("voxel data unreadable") and "\n" not in str(info.value)
+
+
+def test_member_boundary_inside_a_feed_chunk(tmp_path, monkeypatch):
+    monkeypatch.setattr("storage.nifti._GZIP_CHUNK", 7)  # many members per chunk and chunks per member
+    data, raw = _raw()
+    path = tmp_path / "multi.nii.gz"
+    path.write_bytes(_bgzip_like(raw, parts=9))
+    assert np.array_equal(load_nifti(path).data, data)
