@@ -205,9 +205,12 @@ def _check_indices(indices: np.ndarray, count: int, store: str | Path) -> np.nda
 
 def _file_name(patient: str, suffix: str) -> str:
     name = f"{patient}{suffix}.nii.gz"
-    if Path(name).name != name or name.startswith(".") or "\\" in name:
+    if Path(name).name != name or name.startswith(".") or "\\" in name or "\0" in name:
         raise ValueError(f"patient {patient!r}, suffix {suffix!r}: the file name {name!r} is not a plain "
-                         "file name; expected no path separators and no leading dot")
+                         "file name; expected no path separators, no NUL and no leading dot")
+    if len(name.encode()) > 255:  # the longest file name of common file systems, in bytes
+        raise ValueError(f"patient {patient[:40]!r}..., suffix {suffix!r}: the file name takes "
+                         f"{len(name.encode())} bytes, expected at most 255")
     return name
 
 

@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import zarr
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
@@ -72,6 +73,16 @@ def to_png(fig: Figure) -> bytes:
     fig.set_dpi(DPI)
     canvas.draw()
     return indexed_png(Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB"))
+
+
+def plain_text(draw):
+    """Draw with matplotlib's math parsing off: titles, class names and model labels are user text, and a
+    ``$`` pair in them (a manifest label, a dataset name) must print as it is, not as maths or an error."""
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        with rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+    return wrapper
 
 
 def data_uri(png: bytes) -> str:
@@ -173,6 +184,7 @@ def _room_for_title(fig: Figure, title: float, left: float, right: float) -> tup
     return left, max(right, 2 * half - fig.get_figwidth() + left)
 
 
+@plain_text
 def confusion_png(matrix: np.ndarray, classes: Sequence[str], title: str) -> bytes:
     """A confusion matrix as a heatmap with the counts written in the cells.
 
@@ -205,6 +217,7 @@ def confusion_png(matrix: np.ndarray, classes: Sequence[str], title: str) -> byt
     return to_png(fig)
 
 
+@plain_text
 def dice_histogram_png(scores: np.ndarray, title: str, bins: int = 20) -> bytes:
     """Histogram of per-slice Dice in [0, 1] with its median marked.
 
@@ -276,6 +289,7 @@ def posthoc_png(images: np.ndarray, maps: Mapping[str, np.ndarray], title: str) 
     return panels_png(rows, title, inches_to_px(PANEL_INCHES))
 
 
+@plain_text
 def training_curves_png(curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], title: str) -> bytes:
     """Loss and F1 per epoch, one line per run.
 

@@ -260,6 +260,8 @@ def test_export_rejects_a_2d_store(tmp_path: Path) -> None:
     ([[0, 1]], (2, 32, 32), "_pred", "integer"),
     ([0, 1], (3, 32, 32), "_pred", r"masks: got shape \(3, 32, 32\)"),
     ([0, 1], (2, 32, 32), "/../x", "not a plain file name"),
+    ([0, 1], (2, 32, 32), "_pred\0", "not a plain file name"),
+    ([0, 1], (2, 32, 32), "_" + "p" * 300, "expected at most 255"),  # checked before the first file is written
 ])
 def test_export_rejects_bad_arguments(native_store: Path, tmp_path: Path, indices, masks_shape, suffix,
                                       match) -> None:

@@ -135,3 +135,14 @@ def test_chart_text_stays_inside_the_figure():
                                              "train_loss": (epochs, 2e4 / (1 + epochs)),
                                              "val_f1": (epochs, epochs / 20)}}, "BraTS: GP-UNet")
     assert _edges_are_white(_decode(curves))
+
+
+def test_user_text_with_dollar_signs_is_drawn_as_text():
+    """Class names come from a manifest's labels and titles from dataset names: a ``$`` pair in them is
+    text, not maths (an invalid one made matplotlib raise)."""
+    odd = "a$\\b$"
+    assert _decode(confusion_png(np.eye(2, dtype=int), ["tumour-free", odd], f"study {odd}")).size
+    assert _decode(dice_histogram_png(np.array([0.5]), f"study {odd}")).size
+    epochs = np.arange(3.0)
+    curves = {"fold 0": {"val_loss": (epochs, epochs + 1), "val_f1": (epochs, epochs / 3)}}
+    assert _decode(training_curves_png(curves, f"grade {odd}")).size
