@@ -10,7 +10,7 @@ over one split and writes ``RUN_DIR/heatmaps/<split>.zarr``:
 | ``predicted`` | int8 ``(N,)`` | ``argmax`` of the logits |
 | ``labels`` | int8 ``(N,)`` | true classes (copied from the slice store) |
 | ``index`` | int64 ``(N,)`` | the slices' indices in the slice store |
-| ``posthoc/*`` | float16 ``(M, S, S)`` | post-hoc maps of the first ``M`` tumour slices |
+| ``posthoc/*`` | float16 ``(M, S, S)`` | post-hoc maps of ``M`` tumour slices spread over the split |
 
 GP models give their inherent un-pooled class maps (``forward_maps``);
 baselines give Grad-CAM maps of every class (``kind`` attribute ``gradcam``),
@@ -98,6 +98,26 @@ def check_heatmap_options(splits: list[str], batch_size: int, posthoc: int) -> N
             raise ValueError(f"split: got {split!r}, expected one of {SPLIT_NAMES}")
 
 
+def spread_rows(rows: np.ndarray, count: int) -> np.ndarray:
+    """``count`` of ``rows`` evenly spaced over them, first and last included (all of them when fewer).
+
+    A split is stored patient by patient, so the first ``count`` tumour slices would mostly be
+    neighbouring slices of one patient; spread ones come from across the split.
+
+    Args:
+        rows: ``(n,)`` candidate row positions, in store order.
+        count: how many to keep, >= 0.
+
+    Returns:
+        ``(min(n, count),)`` of ``rows``, in order, without repeats.
+    """
+    if rows.size <= count:
+        return rows
+    if count == 0:
+        return rows[:0]
+    return rows[np.linspace(0, rows.size - 1, count).round().astype(np.intp)]
+
+
 def to_float16(values: torch.Tensor) -> np.ndarray:
     """``values`` (any shape, any float dtype) as a float16 NumPy array, clamped to float16's finite range."""
     finite = float(np.finfo(np.float16).max)
@@ -114,7 +134,8 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
         batch_size: slices per forward pass.
         device: ``cuda``/``cpu``; default: a GPU when present.
         posthoc: post-hoc maps (occlusion, guided backprop) for this many
-            tumour slices (0 to skip; they cost many forward passes each).
+            tumour slices, evenly spaced over the split's tumour slices (:func:`spread_rows`;
+            0 to skip; they cost many forward passes each).
         progress: called with (slices done, total).
 
     Returns:
@@ -188,11 +209,11 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
 
 def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, index: np.ndarray,
                    labels: np.ndarray, run, gp: bool, count: int, device: torch.device) -> None:
-    """Post-hoc maps of the first ``count`` slices with a tumour class, at the store size."""
+    """Post-hoc maps of ``count`` slices with a tumour class spread over the split, at the store size."""
     from gpmodels.posthoc import posthoc_batch
 
     tumour = labels > 0 if run.classes[0] == "tumour-free" else np.ones(labels.size, bool)
-    rows = np.flatnonzero(tumour)[:count]
+    rows = spread_rows(np.flatnonzero(tumour), count)
     if rows.size == 0:
         return
     size = int(group["images"].shape[-1])

@@ -261,7 +261,10 @@ def _posthoc_section(runs: Sequence[ReportRun], channel: str | None) -> str:
         return '<p class="caption">No run has post-hoc maps (generate heatmaps with posthoc &gt; 0).</p>'
     parts = ['<p class="caption">Median Spearman rank correlation, over the post-hoc slices, between each '
              "post-hoc map and the reference map (the GP model's inherent heatmap, or Grad-CAM for baselines). "
-             "Occlusion is signed (RdBu_r); guided backpropagation is an absolute gradient (magma).</p>",
+             "Occlusion is signed (RdBu_r); guided backpropagation is an absolute gradient (magma). "
+             "GP-ReconResNet has PReLUs and no ReLU to guide, so its guided map is the plain input gradient. "
+             "\u2013: no slice where both maps vary (e.g. a Grad-CAM map that is 0 for the true class of a "
+             "misclassified slice, or a 1\u00d71 Grad-CAM grid).</p>",
              _table(["dataset", "model", "fold", "reference", "slices"] + [_e(m.replace("_", " ")) for m in methods],
                     rows, text_columns=2)]
     for run in runs:

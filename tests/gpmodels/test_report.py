@@ -22,7 +22,7 @@ from gpmodels import report_figures
 from gpmodels.checkpoints import RunPaths, save_weights
 from gpmodels.evaluation import evaluate_heatmaps, mask_reader, predicted_masks, write_evaluation
 from gpmodels.files import heatmap_path
-from gpmodels.heatmaps import generate_heatmaps, to_float16
+from gpmodels.heatmaps import generate_heatmaps, spread_rows, to_float16
 from gpmodels.nifti_export import export_patient_masks
 from gpmodels.postprocess import CleaningConfig, ThresholdConfig, select_maps
 from gpmodels.report import FIGURE_CACHE_DIR, build_report, load_run, threshold_config
@@ -560,6 +560,15 @@ def test_a_device_this_machine_lacks_is_one_line(device, message):
 
     with pytest.raises(ValueError, match=re.escape(message)):
         pick_device(device)
+
+
+def test_posthoc_slices_are_spread_over_the_split():
+    rows = np.arange(100, 110)
+    assert spread_rows(rows, 3).tolist() == [100, 104, 109]  # not the first three: one patient's neighbours
+    assert spread_rows(rows, 10).tolist() == rows.tolist() and spread_rows(rows, 20).tolist() == rows.tolist()
+    assert spread_rows(rows, 1).tolist() == [100] and spread_rows(rows, 0).size == 0
+    picked = spread_rows(rows, 9)
+    assert np.unique(picked).size == 9
 
 
 def test_maps_beyond_float16_are_stored_clamped_not_infinite():
