@@ -26,6 +26,26 @@ def trusted(cached_task, output: str | Path):
     return cached_task.with_options(refresh_cache=not Path(output).exists())
 
 
+def ingest_fresh(kind: str, source: str, store: str, config: dict, append: bool = False) -> dict:
+    """:func:`tasks.data.ingest_source` through its cache, trusting a cached result only while the store on
+    disk is the one it made.
+
+    A store rewritten since (by the other flow, or by hand) has another data version; then the ingestion
+    runs again, so no flow trains or reports on a data version the store no longer holds.
+    """
+    args = (kind, source, store, config, fingerprint(source))
+    summary = trusted(ingest_source, store)(*args, append=append)
+    if _stored_version(store) != summary["data_version"]:
+        summary = ingest_source.with_options(refresh_cache=True)(*args, append=append)
+    return summary
+
+
+def _stored_version(store: str) -> str | None:
+    from storage.store import open_store
+
+    return open_store(store).attrs.get("data_version") if Path(store).exists() else None
+
+
 def store_path(workdir: str, spec: DatasetSpec) -> str:
     """Where a dataset's slice store lives under the work dir."""
     return str(Path(workdir) / STORES / f"{spec.label}.zarr")
@@ -44,7 +64,7 @@ def prepare_dataset(workdir: str, spec: DatasetSpec, folds: int) -> dict:
         source = synth_phantoms(spec.kind, str(Path(workdir) / PHANTOMS / spec.label), spec.phantom_cases,
                                 spec.phantom_size, spec.seed)
     store = store_path(workdir, spec)
-    summary = trusted(ingest_source, store)(spec.kind, source, store, ingest_config(spec, folds), fingerprint(source))
+    summary = ingest_fresh(spec.kind, source, store, ingest_config(spec, folds))
     validate(store)
     return summary
 

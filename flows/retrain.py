@@ -8,9 +8,9 @@ from prefect import flow, get_run_logger
 
 from flows.params import RetrainParams
 from flows.layout import REPORT, replace_dataset_runs, reported_runs, row_line, summary_rows
-from flows.pipeline import (heatmaps_and_evaluation, ingest_config, store_path, train_and_keep, training_jobs,
-                            trusted)
-from tasks.data import find_new_files, fingerprint, ingest_source, validate
+from flows.pipeline import (heatmaps_and_evaluation, ingest_config, ingest_fresh, store_path, train_and_keep,
+                            training_jobs)
+from tasks.data import find_new_files, validate
 from tasks.evaluation import publish, report
 
 
@@ -18,10 +18,11 @@ from tasks.evaluation import publish, report
 def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     """Exit quickly with ``no new data`` unless the drop folder holds files the store lacks.
 
-    New cases are appended (stored patients keep their splits), the store is
-    re-validated, every model is retrained on the new data version and the
-    report is rebuilt: the new runs replace this dataset's runs of the previous
-    report, and the other datasets' runs stay.
+    New cases are appended (stored patients keep their splits; new ones are split
+    with the store's settings), the store is re-validated, every model is retrained
+    on the new data version and the report is rebuilt: the new runs replace this
+    dataset's runs of the previous report, and the other datasets' runs stay. When
+    every new case is rejected, it ends with ``nothing ingested`` and retrains nothing.
     """
     logger = get_run_logger()
     spec = params.dataset
@@ -33,8 +34,12 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
         logger.info("no new data in %s", spec.source)
         return {"status": "no new data", "new_files": []}
     logger.info("%d new file(s) in %s", len(fresh), spec.source)
-    ingested = trusted(ingest_source, store)(spec.kind, spec.source, store, ingest_config(spec, params.folds),
-                             fingerprint(spec.source), append=Path(store).exists())
+    ingested = ingest_fresh(spec.kind, spec.source, store, ingest_config(spec, params.folds),
+                            append=Path(store).exists())
+    if ingested["cases"] == 0:  # every new case was rejected (the ingestion logged why): nothing to retrain
+        logger.warning("no new case of %s could be ingested (%d rejected); nothing retrained", spec.source,
+                       len(ingested["rejected"]))
+        return {"status": "nothing ingested", "new_files": fresh, "ingested": 0, "rejected": ingested["rejected"]}
     validate(store)
     trained, seed_notes = train_and_keep(training_jobs(params, spec.label, store, ingested["data_version"]), params)
     results = [{**r, "dataset": spec.label} for r in heatmaps_and_evaluation(trained, params.threshold,

@@ -21,7 +21,7 @@ from storage.brats import BRATS_CHANNELS, BRATS_CLASSES, NAME_MAPPING, discover_
 from storage.cases import MatCase, SliceBatch, VolumeCase
 from storage.discovery import visible_files_below
 from storage.errors import CaseRejected, NoUsableInput, one_line
-from storage.ingest_config import IngestConfig
+from storage.ingest_config import DEFAULT_RATIOS, IngestConfig, SplitConfig
 from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, discover_jun_cheng,
                                largest_image_size, read_mat_case)
 from storage.manifest import read_manifest
@@ -136,6 +136,19 @@ def _current_rejects(old: dict[str, str], new: dict[str, str], examined: Sequenc
     return {**kept, **new}
 
 
+def _stored_settings(config: IngestConfig, out: Path, append: bool) -> IngestConfig:
+    """On append to an existing store, ``config`` with the split settings and normalisation the store was
+    made with: appended slices must be split into the store's folds, by its seed, and scaled as its slices
+    were (the retrain flow appends with its own defaults, e.g. 3 folds to a 1-fold store)."""
+    if not (append and Path(out).exists()):
+        return config
+    attrs = open_store(out).attrs
+    split = attrs.get("split")
+    if split:
+        config = replace(config, split=SplitConfig(**{**split, "ratios": tuple(split.get("ratios", DEFAULT_RATIOS))}))
+    return replace(config, normalisation=attrs.get("normalisation", config.normalisation))
+
+
 def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: Progress | None) -> IngestReport:
     start = time.perf_counter()
     report = IngestReport(store=out, rejected={_relative(f, plan.root): r for f, r in plan.rejected.items()})
@@ -233,6 +246,7 @@ def ingest_brats(src: Path, out: Path, config: IngestConfig = IngestConfig(), ap
             rejection is listed in its ``rejected``).
     """
     src = _existing_dir(src)
+    config = _stored_settings(config, Path(out), append)
     channels = _channels(config.channels, BRATS_CHANNELS, src)
     cases, rejected = discover_brats(src, channels)
     size = config.image_size or _store_size(out, append) or _first_size(cases)
@@ -254,6 +268,7 @@ def ingest_jun_cheng(src: Path, out: Path, config: IngestConfig = IngestConfig()
             before any slice is read).
     """
     src = _existing_dir(src)
+    config = _stored_settings(config, Path(out), append)
     channels = _channels(config.channels, JUN_CHENG_CHANNELS, src)
     cases, rejected = discover_jun_cheng(src, require_folds=config.split.mode == "cvind")
     config = replace(config, image_size=config.image_size or _store_size(out, append) or largest_image_size(cases))
@@ -274,6 +289,7 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise NoUsableInput(f"{csv_path}: manifest not found")
+    config = _stored_settings(config, Path(out), append)
     cases, classes, available, rejected = read_manifest(csv_path, classes)
     channels = _channels(config.channels, tuple(available), csv_path)
     cases = [replace(c, channels={k: c.channels[k] for k in channels}) for c in cases]

@@ -37,10 +37,33 @@ _COMPRESSOR = ZstdCodec(level=1)
 _VECTOR_CHUNK = 4096
 
 
-def data_version(sources: dict[str, str]) -> str:
-    """A short hash identifying the ingested data (sorted source path/hash pairs)."""
-    payload = json.dumps(sorted(sources.items())).encode()
-    return hashlib.sha256(payload).hexdigest()[:16]
+VERSIONED_ATTRS: tuple[str, ...] = ("dataset", "classes", "channels", "normalisation", "image_size")
+"""Store attributes that shape the slices, hence part of :func:`data_version`."""
+
+
+def data_version(sources: dict[str, str], attrs: dict | None = None, splits: dict[int, np.ndarray] | None = None
+                 ) -> str:
+    """A short hash identifying what training sees in a store.
+
+    It covers the ingested files (sorted path/sha256 pairs), the settings that shape the slices
+    (:data:`VERSIONED_ATTRS` of ``attrs``) and the split codes of every fold, so re-ingesting the same
+    files with another image size, normalisation, split seed or fold count gives another version (and
+    the flows train anew), while the same inputs always give the same version.
+
+    Args:
+        sources: relative path -> sha256 of each ingested file.
+        attrs: the store's attributes (only :data:`VERSIONED_ATTRS` are read); ``None``: none.
+        splits: fold index -> int8 ``(N,)`` split codes; ``None``: none.
+
+    Returns:
+        16 hex digits.
+    """
+    digest = hashlib.sha256(json.dumps(sorted(sources.items())).encode())
+    if attrs is not None:
+        digest.update(json.dumps({key: attrs.get(key) for key in VERSIONED_ATTRS}, sort_keys=True).encode())
+    for fold in sorted(splits or {}):
+        digest.update(f"fold_{fold}:".encode() + np.ascontiguousarray(splits[fold], dtype=np.int8).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _hidden(path: Path, tag: str) -> Path:
@@ -154,8 +177,10 @@ class StoreWriter:
                 cvind = np.concatenate([self.group["cvind"][:], cvind])
                 del self.group["cvind"]
             self.group.create_array("cvind", data=cvind, chunks=(_VECTOR_CHUNK,))
+        stored_splits = {int(name.removeprefix("fold_")): self.group[f"splits/{name}"][:]
+                         for name in self.group["splits"].array_keys()} if "splits" in self.group else {}
         full = {**attrs, "schema_version": SCHEMA_VERSION,
-                "data_version": data_version(attrs.get("sources", {}))}
+                "data_version": data_version(attrs.get("sources", {}), attrs, stored_splits)}
         self.group.attrs.update(full)
         if self.path.exists():
             old = _hidden(self.path, "old")

@@ -124,6 +124,40 @@ def test_retrain_on_new_data(bench_workdir, task_names):
     assert len(post["rows"]) == 1 and _reported(post["report"]) == retrained
 
 
+def test_retrain_with_every_new_case_rejected_retrains_nothing(bench_workdir, task_names, tmp_path):
+    import shutil
+
+    source = bench_workdir / "phantoms" / "brats"
+    write_brats_phantoms(tmp_path / "more", 1, size=32, depth=None, seed=0, first_case=9)
+    shutil.copytree(tmp_path / "more" / "BraTS20_Training_009", source / "BraTS20_Training_009")  # no grade
+    params = RetrainParams(workdir=str(bench_workdir), dataset=DatasetSpec(**{**SPEC, "source": str(source)}),
+                           models=["gp-unet"], folds=1, preset="smoke", posthoc_slices=0)
+    state = retrain_on_new_data(params, return_state=True)
+    result = state.result()
+    assert result["status"] == "nothing ingested" and result["ingested"] == 0
+    assert list(result["rejected"]) == ["BraTS20_Training_009"]
+    assert "train_model" not in task_names(state.state_details.flow_run_id)
+    again = retrain_on_new_data(params)  # the rejected case is not new data at the next check
+    assert again == {"status": "no new data", "new_files": []}
+
+
+def test_a_store_rewritten_behind_the_cache_is_ingested_again(bench_workdir, task_states):
+    from storage.ingest import ingest_brats
+    from storage.ingest_config import IngestConfig, SplitConfig
+
+    first = full_benchmark(_bench(bench_workdir), return_state=True)
+    assert first.is_completed()
+    store = bench_workdir / "stores" / "brats.zarr"
+    version = open_store(store).attrs["data_version"]
+    ingest_brats(bench_workdir / "phantoms" / "brats", store, IngestConfig(workers=0, split=SplitConfig(folds=1, seed=9)))
+    assert open_store(store).attrs["data_version"] != version  # another split: another data version
+    rerun = full_benchmark(_bench(bench_workdir), return_state=True)
+    assert rerun.is_completed() and not rerun.result()["failed"]
+    states = task_states(rerun.state_details.flow_run_id)
+    assert sorted(state for name, state in states if name == "ingest_source") == ["Cached", "Completed"]
+    assert open_store(store).attrs["data_version"] == version  # so the runs of that version are reused
+
+
 def _reported(html: str) -> list[str]:
     """The run dirs of a report, from the metrics.json beside its page."""
     return [run["run_dir"] for run in json.loads(Path(html).with_name("metrics.json").read_text())["runs"]]

@@ -1,6 +1,8 @@
 """End-to-end synth -> ingest -> validate per dataset kind, and append."""
 
 import logging
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -40,6 +42,20 @@ def test_brats_ingest_is_deterministic_and_parallel_equals_serial(brats_source, 
     for name in ("images", "masks", "labels", "slice_index", "splits/fold_0", "splits/fold_2"):
         assert np.array_equal(a[name][:], b[name][:]), name
     assert a.attrs["data_version"] == b.attrs["data_version"]
+
+
+def test_the_data_version_covers_the_files_the_slice_settings_and_the_splits(brats_source, tmp_path):
+    """The flows key training on the data version: re-ingesting the same files with another split or
+    size must not reuse runs trained on the old slices."""
+    def version(name, **changes):
+        ingest_brats(brats_source, tmp_path / name, replace(CONFIG, **changes))
+        return open_store(tmp_path / name).attrs["data_version"]
+
+    base = version("a.zarr")
+    assert version("again.zarr") == base
+    others = [version("seed.zarr", split=SplitConfig(seed=5)), version("folds.zarr", split=SplitConfig(folds=2)),
+              version("size.zarr", image_size=24), version("paper.zarr", normalisation="paper")]
+    assert len({base, *others}) == 5
 
 
 def test_brats_options_size_channels_paper(brats_source, tmp_path):
@@ -100,6 +116,27 @@ def test_append_ingests_only_new_cases_and_keeps_splits(brats_copy, tmp_path):
         assert np.array_equal(after[f"splits/fold_{k}"][:n], old[k])
     assert set(read_patients(after)[n:]) == {"BraTS20_Training_007", "BraTS20_Training_008"}
     assert len(after.attrs["sources"]) == 40
+
+
+def test_append_keeps_the_stores_split_settings_and_normalisation(brats_copy, tmp_path):
+    """The retrain flow appends with its own settings (3 folds by default) to a store made with others."""
+    store = tmp_path / "b.zarr"
+    made = replace(CONFIG, split=SplitConfig(folds=1, seed=4), normalisation="paper")
+    ingest_brats(brats_copy, store, made)
+    write_brats_phantoms(brats_copy, 2, size=32, depth=16, seed=0, first_case=7)
+    report = ingest_brats(brats_copy, store, replace(CONFIG, split=SplitConfig(folds=3)), append=True)
+    assert report.cases == 2
+    after = open_store(store)
+    assert sorted(after["splits"].array_keys()) == ["fold_0"]
+    assert after.attrs["split"]["folds"] == 1 and after.attrs["split"]["seed"] == 4
+    assert after.attrs["normalisation"] == "paper"
+    alone = tmp_path / "alone.zarr"  # the new cases ingested alone with the store's settings: same slices
+    shutil.copytree(brats_copy, tmp_path / "new")
+    for case in ("001", "002", "003", "004", "005", "006"):
+        shutil.rmtree(tmp_path / "new" / f"BraTS20_Training_{case}")
+    ingest_brats(tmp_path / "new", alone, made)
+    n = open_store(alone)["images"].shape[0]
+    assert np.array_equal(after["images"][-n:], open_store(alone)["images"][:])
 
 
 @pytest.mark.parametrize("workers", [0, 2])
