@@ -28,7 +28,9 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     spec = params.dataset
     store = store_path(params.workdir, spec)
     if not Path(spec.source).is_dir() and not Path(spec.source).is_file():
-        raise ValueError(f"{spec.source}: drop folder not found")
+        # the daily schedule runs before the first `gpseg drop` has made the folder: nothing is new yet
+        logger.info("no new data: the drop folder %s does not exist (yet)", spec.source)
+        return {"status": "no new data", "new_files": []}
     fresh = find_new_files(spec.source, store)
     if not fresh:
         logger.info("no new data in %s", spec.source)

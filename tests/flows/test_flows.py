@@ -99,6 +99,9 @@ def test_retrain_on_new_data(bench_workdir, task_names):
                            models=["gp-unet"], folds=1, preset="smoke", posthoc_slices=0)
     quiet = retrain_on_new_data(params, return_state=True)
     assert quiet.result() == {"status": "no new data", "new_files": []}
+    # the daily schedule before the first drop: no folder yet is no new data, not a failed run
+    before_drop = params.model_copy(update={"dataset": DatasetSpec(**{**SPEC, "source": str(source) + "-none"})})
+    assert retrain_on_new_data(before_drop) == {"status": "no new data", "new_files": []}
     assert not {"ingest_source", "train_model"} & set(task_names(quiet.state_details.flow_run_id))
 
     old = open_store(store)
