@@ -11,13 +11,18 @@ from gpmodels.names import MODEL_NAMES
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 
 DatasetKind = Literal["brats", "jun-cheng", "manifest"]
+PHANTOM_KINDS = ("brats", "jun-cheng")
+JUN_CHENG_MIN_PHANTOM = 64
+"""Smallest Jun Cheng phantom size (:func:`storage.phantoms.write_jun_cheng_phantoms` refuses less)."""
+"""Dataset kinds that a ``phantom`` source can synthesise (see :func:`tasks.data.synth_phantoms`)."""
 
 
 class DatasetSpec(BaseModel):
     """One dataset of a benchmark.
 
-    ``source`` is a folder (BraTS, Jun Cheng), a manifest CSV, or ``phantom`` to
-    synthesise ``phantom_cases`` cases of ``phantom_size`` pixels first.
+    ``source`` is a folder (BraTS, Jun Cheng), a manifest CSV, or ``phantom`` (BraTS and Jun Cheng only) to
+    synthesise ``phantom_cases`` cases of ``phantom_size`` pixels first. ``label`` (``name``, else the kind)
+    names the dataset's phantoms, store and runs, so the datasets of a benchmark need distinct labels.
     """
 
     kind: DatasetKind
@@ -32,14 +37,19 @@ class DatasetSpec(BaseModel):
 
     @property
     def label(self) -> str:
+        """The dataset's name in paths and the report: ``name``, else the kind."""
         return self.name or self.kind
 
-    @field_validator("source")
-    @classmethod
-    def _manifest_needs_csv(cls, value: str, info) -> str:
-        if info.data.get("kind") == "manifest" and value == "phantom":
-            raise ValueError("source: a manifest dataset needs a CSV path, not 'phantom'")
-        return value
+    @model_validator(mode="after")
+    def _phantom_only_for_kinds_with_phantoms(self) -> "DatasetSpec":
+        # After validation, so that the default source ("phantom") is checked too.
+        if self.source == "phantom" and self.kind not in PHANTOM_KINDS:  # manifest, the one kind without
+            raise ValueError(f"source: a {self.kind} dataset needs `source` (the manifest CSV); 'phantom' is only "
+                             f"for {' and '.join(PHANTOM_KINDS)}")
+        if self.source == "phantom" and self.kind == "jun-cheng" and self.phantom_size < JUN_CHENG_MIN_PHANTOM:
+            raise ValueError(f"phantom_size: got {self.phantom_size}, expected >= {JUN_CHENG_MIN_PHANTOM} for "
+                             "jun-cheng phantoms (storage.phantoms.write_jun_cheng_phantoms refuses less)")
+        return self
 
 
 class CleaningParams(BaseModel):
@@ -150,6 +160,21 @@ class TrainingParams(BaseModel):
             raise ValueError("seeds, train_overrides: set the seed in one of them, not both")
         return self
 
+    @model_validator(mode="after")
+    def _overrides_make_training_configs(self) -> "TrainingParams":
+        # Checked here, so that a misspelt field fails the flow at once, not every run after ingestion.
+        from gpmodels.train_config import preset_config  # imports torch: only flows that train get here
+
+        reserved = sorted({"store", "model", "out", "preset"} & set(self.train_overrides))
+        if reserved:
+            raise ValueError(f"train_overrides: {reserved} are set by the flow, not overridable")
+        for model in self.models:
+            try:
+                preset_config(self.preset, "store.zarr", model, "run", **self.overrides_for(model))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"train_overrides/model_options for {model}: {exc}") from exc
+        return self
+
     @field_validator("models")
     @classmethod
     def _known_models(cls, value: list[str]) -> list[str]:
@@ -179,6 +204,18 @@ class BenchmarkParams(TrainingParams):
     """Parameters of ``full-benchmark``."""
 
     datasets: list[DatasetSpec] = Field(default_factory=_default_datasets)
+
+    @field_validator("datasets")
+    @classmethod
+    def _distinct_labels(cls, value: list[DatasetSpec]) -> list[DatasetSpec]:
+        # A label names the dataset's store, phantoms and runs: two datasets with one label overwrite each other.
+        seen: set[str] = set()
+        for spec in value:
+            if spec.label in seen:
+                raise ValueError(f"datasets: two datasets are labelled {spec.label!r} (their store, phantoms and "
+                                 "runs would overwrite each other); give each a distinct `name`")
+            seen.add(spec.label)
+        return value
 
 
 class PostprocessParams(BaseModel):

@@ -114,7 +114,12 @@ def drop_cmd(
     kind: Annotated[str, typer.Option(help="Dataset kind of the drop folder: brats or jun-cheng.")] = "brats",
     workdir: Annotated[Path, typer.Option(help="Work dir of the deployment that retrains.")] = Path("runs/benchmark"),
 ) -> None:
-    """Copy new cases into the drop folder and emit the `gpseg.data.dropped` event (triggers retraining)."""
+    """Copy new cases into the drop folder and emit the `gpseg.data.dropped` event (triggers retraining).
+
+    The event goes to the Prefect API of ``PREFECT_API_URL`` (the local stack's: `gpseg serve`, then
+    `source .prefect/env.sh`). Without it, or when that API does not answer, the files are still copied but
+    the command fails with one line saying that no event was sent.
+    """
     from prefect.events import emit_event
 
     into.mkdir(parents=True, exist_ok=True)
@@ -130,11 +135,46 @@ def drop_cmd(
         (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp)
         os.replace(tmp, target)
         copied += 1
+    done = f"copied {copied} item(s) into {into}"
+    problem = _event_api_problem()
+    if problem:
+        raise fail(f"{done}, but the event was NOT sent: {problem}")
     event = emit_event("gpseg.data.dropped", resource={"prefect.resource.id": f"gpseg.drop.{into.resolve().name}"},
                        payload={"drop": str(into.resolve()), "kind": kind, "workdir": str(workdir.resolve()),
                                 "copied": copied})
-    if event:  # send it now: the events client is asynchronous, and this process is about to exit
-        from prefect.events.worker import EventsWorker
+    if event is None:
+        raise fail(f"{done}, but the event was NOT sent: Prefect emits no events with these settings")
+    from prefect.events.worker import EventsWorker
 
-        EventsWorker.drain_all(timeout=30)
-    console.print(f"copied {copied} item(s) into {into}; event {'sent' if event else 'NOT sent (no Prefect API?)'}")
+    EventsWorker.drain_all(timeout=30)  # send it now: the events client is asynchronous, and this process exits
+    console.print(f"{done}; event sent", soft_wrap=True)
+
+
+HEALTH_TIMEOUT_S = 5.0
+"""How long `gpseg drop` waits for the Prefect API's ``/health`` before it gives up on sending the event."""
+
+
+def _event_api_problem() -> str | None:
+    """Why ``gpseg.data.dropped`` cannot be delivered, in a few words, or ``None`` when the API answers.
+
+    The API must be set (``PREFECT_API_URL``, otherwise Prefect would send the event to a temporary API of
+    this process that nothing listens to) and answer ``GET /health`` within :data:`HEALTH_TIMEOUT_S`.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return ("PREFECT_API_URL is not set; start the local stack with `gpseg serve` and `source "
+                ".prefect/env.sh` in this shell, then run `gpseg drop` again (it skips what is already there)")
+    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}), \
+            get_client(sync_client=True, httpx_settings={"timeout": HEALTH_TIMEOUT_S}) as client:
+        error = client.api_healthcheck()
+    if error is not None:
+        import httpx
+
+        why = (f"HTTP {error.response.status_code}" if isinstance(error, httpx.HTTPStatusError)  # not its body
+               else one_line(error) or type(error).__name__)
+        return (f"the Prefect API at {url} does not answer ({why}); is `gpseg serve` running? Then run "
+                "`gpseg drop` again (it skips what is already there)")
+    return None

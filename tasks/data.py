@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -28,11 +33,75 @@ _INGEST = {"brats": ingest_brats, "jun-cheng": ingest_jun_cheng, "manifest": ing
 _PHANTOMS = {"brats": write_brats_phantoms, "jun-cheng": write_jun_cheng_phantoms}
 
 
+PHANTOM_MARKER = ".gpseg-phantoms.json"
+"""File in a phantom folder recording the settings that made it (hidden, so ingestion and drop detection skip it)."""
+
+
+def _phantom_settings(kind: str, cases: int, size: int, seed: int) -> dict:
+    """What a phantom folder's :data:`PHANTOM_MARKER` records: the settings that decide its files."""
+    return {"kind": kind, "cases": cases, "size": size, "seed": seed}
+
+
+def _phantom_marker_matches(folder: Path, settings: dict) -> bool:
+    """Whether ``folder`` is a complete phantom set made with ``settings`` (its marker says so).
+
+    A folder without a readable marker (an older or interrupted writer's) does not match.
+    """
+    try:
+        return json.loads((folder / PHANTOM_MARKER).read_text()) == settings
+    except (OSError, ValueError):
+        return False
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    """Move the complete folder ``new`` to ``out``, replacing whatever folder is there.
+
+    Each step is a rename on one file system: ``out`` is either the old folder, briefly absent, or the
+    new one, never a partial one. The old folder is moved aside first and deleted last.
+    """
+    old = None
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise ValueError(f"{out}: exists and is not a folder (expected phantoms there)")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+    try:
+        os.replace(new, out)
+    except OSError:
+        if old is not None:  # put the old folder back rather than leave none (best effort)
+            with contextlib.suppress(OSError):
+                os.replace(old / out.name, out)
+                old.rmdir()
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @task(retries=1, retry_condition_fn=transient_only)
 def synth_phantoms(kind: str, out: str, cases: int, size: int, seed: int) -> str:
-    """Write phantoms of a dataset kind unless the folder exists (same arguments, same files)."""
-    if not Path(out).exists():
-        _PHANTOMS[kind](Path(out), cases, size=size, seed=seed)
+    """Write phantoms of a dataset kind into ``out``, or reuse ``out`` if these settings made it.
+
+    The phantoms are written into a hidden temporary sibling folder, which gets a marker file
+    (:data:`PHANTOM_MARKER`: kind, cases, size, seed) and is then renamed into place. So ``out`` is
+    reused only when it is complete and its marker matches; other settings, a folder an interrupted run
+    left, or one without a marker are rebuilt (and, being new files, are new data for ingestion).
+
+    Returns:
+        ``out``.
+    """
+    target, settings = Path(out), _phantom_settings(kind, cases, size, seed)
+    if _phantom_marker_matches(target, settings):
+        return out
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        _PHANTOMS[kind](partial, cases, size=size, seed=seed)
+        (partial / PHANTOM_MARKER).write_text(json.dumps(settings, sort_keys=True) + "\n")
+        if _phantom_marker_matches(target, settings):  # a concurrent run finished the same set first
+            return out
+        _replace_folder(partial, target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return out
 
 

@@ -1,0 +1,245 @@
+"""What flows are given: phantom folders that match their settings, dataset specs that cannot collide, and
+`gpseg drop`, which says so when its event cannot reach a Prefect API."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from flows.params import PHANTOM_KINDS, BenchmarkParams, DatasetSpec, RetrainParams
+from gpseg.console import one_line
+from storage import drops
+from tasks import data
+from tasks.data import PHANTOM_MARKER, synth_phantoms
+
+# ---------------------------------------------------------------- phantoms
+
+
+def _synth(out: Path, cases: int = 2, size: int = 32, seed: int = 0) -> str:
+    """The task's function itself (no Prefect engine): the folder logic is what is tested."""
+    return synth_phantoms.fn("brats", str(out), cases, size, seed)
+
+
+def _cases(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+
+def test_same_phantom_settings_reuse_the_folder_unchanged(tmp_path):
+    out = tmp_path / "phantoms" / "brats"
+    assert _synth(out) == str(out)
+    before = drops.fingerprint(out)
+
+    assert _synth(out) == str(out)
+    assert drops.fingerprint(out) == before  # not rewritten: the flow's caches stay valid
+    assert json.loads((out / PHANTOM_MARKER).read_text()) == {"kind": "brats", "cases": 2, "size": 32, "seed": 0}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["brats"]  # no temporary folder left beside it
+
+
+@pytest.mark.parametrize(("changed", "expected_cases"), [
+    ({"cases": 3}, 3), ({"size": 48}, 2), ({"seed": 1}, 2)])
+def test_other_phantom_settings_rebuild_the_folder(tmp_path, changed, expected_cases):
+    out = tmp_path / "brats"
+    _synth(out)
+    before = drops.fingerprint(out)
+
+    _synth(out, **changed)
+
+    settings = {"kind": "brats", "cases": 2, "size": 32, "seed": 0, **changed}
+    assert json.loads((out / PHANTOM_MARKER).read_text()) == settings
+    assert len(_cases(out)) == expected_cases
+    assert drops.fingerprint(out) != before  # new data downstream
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["brats"]  # the old set is gone, nothing beside it
+
+
+def test_a_partial_phantom_folder_without_marker_is_rebuilt(tmp_path):
+    # What a killed run of the old writer left: one case of two, and no marker.
+    out = tmp_path / "brats"
+    _synth(tmp_path / "full")
+    out.mkdir()
+    (tmp_path / "full" / "BraTS20_Training_001").rename(out / "BraTS20_Training_001")
+
+    _synth(out)
+
+    assert _cases(out) == ["BraTS20_Training_001", "BraTS20_Training_002"]
+    assert (out / "name_mapping.csv").is_file() and (out / PHANTOM_MARKER).is_file()
+
+
+def test_an_interrupted_rebuild_leaves_the_old_phantoms_in_place(tmp_path, monkeypatch):
+    out = tmp_path / "brats"
+    _synth(out)
+    before = drops.fingerprint(out)
+    real = data._PHANTOMS["brats"]
+
+    def dies_half_way(folder, cases, size, seed):
+        real(folder, 1, size=size, seed=seed)  # one case written, then the run dies
+        raise OSError("disk full")
+
+    monkeypatch.setitem(data._PHANTOMS, "brats", dies_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        _synth(out, cases=5)
+
+    assert drops.fingerprint(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["brats"]
+    monkeypatch.setitem(data._PHANTOMS, "brats", real)
+    _synth(out, cases=5)  # the next run builds the new set
+    assert len(_cases(out)) == 5
+
+
+def test_the_phantom_marker_is_neither_data_nor_a_rejected_file(tmp_path):
+    out = tmp_path / "brats"
+    _synth(out)
+    assert PHANTOM_MARKER.startswith(".")  # ingestion and drop detection skip hidden files
+    assert PHANTOM_MARKER not in {p.name for p in drops.data_files(out)}
+
+
+def test_a_file_where_the_phantoms_go_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "brats"
+    out.write_text("not phantoms")
+    with pytest.raises(ValueError, match=r"brats: exists and is not a folder") as caught:
+        _synth(out)
+    assert "\n" not in str(caught.value) and out.read_text() == "not phantoms"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["brats"]
+
+
+# ---------------------------------------------------------------- dataset specs
+
+
+@pytest.mark.parametrize("datasets", [
+    [{"kind": "brats"}, {"kind": "brats", "source": "/data/brats"}],
+    [{"kind": "brats", "name": "mine"}, {"kind": "jun-cheng", "name": "mine"}],
+    [{"kind": "brats", "name": "jun-cheng"}, {"kind": "jun-cheng"}],
+])
+def test_two_datasets_with_one_label_are_refused_in_one_line(datasets):
+    label = datasets[1].get("name") or datasets[1]["kind"]
+    with pytest.raises(ValidationError) as caught:
+        BenchmarkParams(datasets=datasets)
+    assert one_line(caught.value) == (f"datasets: two datasets are labelled {label!r} (their store, phantoms and "
+                                      "runs would overwrite each other); give each a distinct `name`")
+
+
+def test_datasets_with_distinct_names_are_accepted():
+    params = BenchmarkParams(datasets=[{"kind": "brats"}, {"kind": "brats", "name": "brats-2", "source": "/d"}])
+    assert [d.label for d in params.datasets] == ["brats", "brats-2"]
+
+
+MANIFEST_LINE = ("source: a manifest dataset needs `source` (the manifest CSV); 'phantom' is only for brats and "
+                 "jun-cheng")
+
+
+@pytest.mark.parametrize("spec", [{"kind": "manifest"}, {"kind": "manifest", "source": "phantom"}])
+def test_a_manifest_dataset_needs_a_source_in_one_line(spec):
+    with pytest.raises(ValidationError) as caught:
+        DatasetSpec(**spec)
+    assert one_line(caught.value) == MANIFEST_LINE
+    for cls, kwargs, field in ((BenchmarkParams, {"datasets": [spec]}, "datasets.0"),
+                               (RetrainParams, {"dataset": spec}, "dataset")):
+        with pytest.raises(ValidationError) as caught:
+            cls(**kwargs)
+        assert one_line(caught.value) == f"{field}: {MANIFEST_LINE}"
+    assert DatasetSpec(kind="manifest", source="cases.csv").source == "cases.csv"
+
+
+def test_phantom_sources_are_accepted_for_exactly_the_kinds_that_have_phantoms():
+    assert set(PHANTOM_KINDS) == set(data._PHANTOMS)
+    for kind in PHANTOM_KINDS:
+        assert DatasetSpec(kind=kind).source == "phantom"
+
+
+# ---------------------------------------------------------------- gpseg drop
+
+
+@pytest.fixture
+def dropped(tmp_path):
+    """``(case folder to drop, drop folder)``."""
+    case = tmp_path / "new" / "BraTS20_Training_009"
+    case.mkdir(parents=True)
+    (case / "BraTS20_Training_009_t1.nii").write_bytes(b"not really NIfTI")
+    return case, tmp_path / "drop"
+
+
+def _drop(case: Path, into: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    return CliRunner().invoke(app, ["drop", str(case), "--into", str(into), "--workdir", str(tmp_path / "w")])
+
+
+def test_drop_without_an_api_url_copies_but_fails_saying_no_event_was_sent(dropped, tmp_path, monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    case, into = dropped
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = _drop(case, into, tmp_path)
+
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"error: copied 1 item(s) into {into}, but the event was NOT sent: PREFECT_API_URL is not set; start the "
+        "local stack with `gpseg serve` and `source .prefect/env.sh` in this shell, then run `gpseg drop` again (it "
+        "skips what is already there)\n")
+    assert (into / case.name / "BraTS20_Training_009_t1.nii").is_file()
+
+
+def test_drop_to_an_api_that_does_not_answer_fails_naming_its_url(dropped, tmp_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    case, into = dropped
+    with socket.socket() as unused:  # bound, not listening: connections are refused
+        unused.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}/api"
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            result = _drop(case, into, tmp_path)
+            again = _drop(case, into, tmp_path)
+
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: copied 1 item(s) into {into}, but the event was NOT sent: the Prefect API at {url} does not answer")
+    assert "event sent" not in result.output and (into / case.name).is_dir()
+    assert again.exit_code == 1 and "copied 0 item(s)" in again.output  # the retry skips the copied case
+
+
+def test_drop_to_an_api_that_answers_sends_the_event(dropped, tmp_path, prefect_api):
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    case, into = dropped
+    result = _drop(case, into, tmp_path)
+
+    assert result.exit_code == 0, result.output
+    assert result.output == f"copied 1 item(s) into {into}; event sent\n"
+    drops_seen, deadline = [], time.monotonic() + 60  # the server stores events in batches
+    while time.monotonic() < deadline and str(into.resolve()) not in drops_seen:
+        time.sleep(0.5)
+        with get_client(sync_client=True) as client:
+            page = client.read_events(filter=EventFilter(event=EventNameFilter(name=["gpseg.data.dropped"])),
+                                      limit=50)  # the server refuses more
+        drops_seen = [e.payload.get("drop") for e in page.events]
+    assert str(into.resolve()) in drops_seen
+
+
+def test_jun_cheng_phantoms_below_their_smallest_size_are_refused_in_one_line():
+    with pytest.raises(ValidationError) as caught:
+        DatasetSpec(kind="jun-cheng", phantom_size=48)
+    assert one_line(caught.value).endswith("phantom_size: got 48, expected >= 64 for jun-cheng phantoms "
+                                           "(storage.phantoms.write_jun_cheng_phantoms refuses less)")
+    assert DatasetSpec(kind="jun-cheng", phantom_size=64).phantom_size == 64
+    assert DatasetSpec(kind="brats", phantom_size=32).phantom_size == 32
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"epoch": 3}, "train_overrides/model_options for gp-unet: overrides: unknown fields ['epoch']"),
+    ({"epochs": 0}, "train_overrides/model_options for gp-unet: "),
+    ({"out": "elsewhere"}, "train_overrides: ['out'] are set by the flow, not overridable"),
+])
+def test_training_overrides_are_checked_before_the_flow_starts(overrides, message):
+    with pytest.raises(ValidationError) as caught:
+        BenchmarkParams(models=["gp-unet"], train_overrides=overrides)
+    assert message in one_line(caught.value) and "\n" not in one_line(caught.value)
+    assert BenchmarkParams(models=["gp-unet"], train_overrides={"epochs": 2}).train_overrides == {"epochs": 2}
