@@ -290,6 +290,34 @@ def load_trained(run_dir: Path | str, which: Literal["best", "last"] = "best",
     return net.to(map_location).eval(), run
 
 
+class RunDirCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` whose state survives a moved or copied run directory.
+
+    Lightning restores the best score and paths only when the checkpoint's ``dirpath`` equals the
+    callback's; otherwise it warns and forgets the best score, so the next epoch's ``best.ckpt`` and
+    ``model.pt`` replace the best weights with worse ones. A run dir is moved as a whole, so the saved
+    paths are mapped into the new folder instead. The state key is ``ModelCheckpoint``'s, so checkpoints
+    written before this class existed restore as before.
+    """
+
+    @property
+    def state_key(self) -> str:
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        old = state_dict.get("dirpath")
+        if old is not None and self.dirpath is not None and old != self.dirpath:
+            def moved(path):
+                return str(Path(self.dirpath) / Path(path).name) if path else path
+
+            state_dict = {**state_dict, "dirpath": self.dirpath,
+                          "best_model_path": moved(state_dict.get("best_model_path")),
+                          "kth_best_model_path": moved(state_dict.get("kth_best_model_path")),
+                          "last_model_path": moved(state_dict.get("last_model_path")),
+                          "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
+        super().load_state_dict(state_dict)
+
+
 def _checkpoint_callbacks(paths: RunPaths) -> tuple[ModelCheckpoint, ModelCheckpoint]:
     """``best.ckpt`` (lowest ``val_loss``) and ``last.ckpt`` (end of every epoch), as two callbacks.
 
@@ -302,8 +330,8 @@ def _checkpoint_callbacks(paths: RunPaths) -> tuple[ModelCheckpoint, ModelCheckp
     """
     common = {"dirpath": paths.checkpoints, "save_top_k": 1, "enable_version_counter": False,
               "auto_insert_metric_name": False}
-    return (ModelCheckpoint(filename="best", monitor="val_loss", mode="min", save_weights_only=True, **common),
-            ModelCheckpoint(filename=paths.last.stem, monitor=None, **common))
+    return (RunDirCheckpoint(filename="best", monitor="val_loss", mode="min", save_weights_only=True, **common),
+            RunDirCheckpoint(filename=paths.last.stem, monitor=None, **common))
 
 
 def _trainer(config: TrainConfig, precision: str, paths: RunPaths, start_step: int,

@@ -384,6 +384,26 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(smoke_run, 
     assert all(torch.equal(uninterrupted[key], resumed[key]) for key in uninterrupted)
 
 
+def test_a_moved_run_dir_resumes_with_its_best_score(smoke_run, tmp_path):
+    """Lightning forgets the best score when the checkpoints' folder changed; then a worse epoch would
+    replace best.ckpt and model.pt. A run dir moved as a whole keeps it."""
+    import warnings
+
+    config, _ = smoke_run
+    first = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "before"), "epochs": 1})
+    train(first)
+    shutil.copytree(tmp_path / "before", tmp_path / "after")
+    shutil.rmtree(tmp_path / "before")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(TrainConfig.from_dict({**first.to_dict(), "out": str(tmp_path / "after"), "epochs": 3}))
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+    losses = [float(row["val_loss"]) for row in _read_metrics(tmp_path / "after" / "metrics.csv") if row.get("val_loss")]
+    assert len(losses) == 3 and result.best_val_loss == pytest.approx(min(losses))
+    best = torch.load(tmp_path / "after" / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["epoch"] == losses.index(min(losses))
+
+
 def test_inceptionv3_trains_with_its_auxiliary_classifier(phantom_store, tmp_path):
     config = preset_config("smoke", str(phantom_store), "inceptionv3", str(tmp_path / "inception"),
                            batch_size=2, effective_batch=2, limit_batches=1)
