@@ -20,16 +20,18 @@ synth_app = typer.Typer(help="Write synthetic phantom datasets in the real on-di
 ingest_app = typer.Typer(help="Ingest a dataset into a Zarr slice store (atomic; exit 0 ok, 2 some cases "
                               "rejected, 1 nothing usable).", no_args_is_help=True)
 
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Store path to write, e.g. stores/brats.zarr.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Store path to write, e.g. stores/<dataset>.zarr.")]
 SizeOpt = Annotated[Optional[int], typer.Option("--image-size", help="Output slice size in pixels "
                                                 "(default: native, BraTS 240, Jun Cheng 512).")]
 ChannelsOpt = Annotated[Optional[str], typer.Option("--channels", help="Comma-separated channel subset and "
                                                     "order, e.g. t1ce,flair (default: all).")]
-NormOpt = Annotated[str, typer.Option("--normalisation", help="robust (per-volume, per-channel percentile "
-                                      "scaling over the brain) or paper (each slice / its maximum).")]
+NormOpt = Annotated[str, typer.Option("--normalisation", help="robust (per-channel percentile scaling over "
+                                      "the foreground, per volume; per slice for Jun Cheng's 2-D slices) or "
+                                      "paper (each slice / its maximum).")]
 SplitOpt = Annotated[str, typer.Option("--split", help="grouped (patient-grouped, default), slice (the "
                                        "paper's slice-level protocol) or cvind (Jun Cheng's official folds).")]
-FoldsOpt = Annotated[int, typer.Option("--folds", help="Number of folds.")]
+FoldsOpt = Annotated[int, typer.Option("--folds", help="Number of folds (with --split cvind, the first N of "
+                                        "the five official ones: give 5 for all).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Split seed.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", help="Local Dask worker processes (0 = in-process).")]
 DaskOpt = Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler, e.g. "
@@ -170,7 +172,6 @@ def info_cmd(store: Annotated[Path, typer.Argument(help="Slice store to describe
 
 
 SynthOut = Annotated[Path, typer.Argument(help="Output folder (created).")]
-SynthCases = Annotated[int, typer.Option("--cases", help="Number of cases (BraTS) or slice files (Jun Cheng).")]
 SynthSeed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed writes the same files.")]
 SynthOverwrite = Annotated[bool, typer.Option("--overwrite", help="Write over files of the same names in the "
                                               "output folder (refused by default, so real data is never "
@@ -187,7 +188,7 @@ def _refuse_clashes(out: Path, clashes: list[Path], overwrite: bool) -> None:
 
 @synth_app.command("brats")
 def synth_brats_cmd(
-    out: SynthOut, cases: SynthCases = 16,
+    out: SynthOut, cases: Annotated[int, typer.Option("--cases", help="Number of cases (patients).")] = 16,
     size: Annotated[int, typer.Option("--size", help="In-plane size S (volumes are S x S x round(S*155/240)).")] = 240,
     seed: SynthSeed = 0,
     first_case: Annotated[int, typer.Option("--first-case", help="Number of the first case (for a new data "
@@ -209,9 +210,9 @@ def synth_brats_cmd(
 
 @synth_app.command("jun-cheng")
 def synth_jun_cheng_cmd(
-    out: SynthOut, cases: SynthCases = 120,
-    size: Annotated[int, typer.Option("--size", help="Image size (a few images are written at half size, "
-                                                     "as in the real set).")] = 512,
+    out: SynthOut, cases: Annotated[int, typer.Option("--cases", help="Number of slice files (N.mat).")] = 120,
+    size: Annotated[int, typer.Option("--size", help="Image size, at least 64 (a few images are written at "
+                                                     "half size, as in the real set).")] = 512,
     seed: SynthSeed = 0,
     overwrite: SynthOverwrite = False,
 ) -> None:

@@ -108,7 +108,9 @@ def _run_stack(stack: "LocalStack") -> None:
 
 
 def drop_cmd(
-    path: Annotated[list[Path], typer.Argument(help="Case folders or files to add.")],
+    path: Annotated[list[Path], typer.Argument(help="Case folders or files to add. BraTS cases take their grade "
+                                                    "from the drop folder's name_mapping.csv (or an HGG/ or LGG/ "
+                                                    "folder): drop the release's name_mapping.csv too.")],
     into: Annotated[Path, typer.Option("--into", help="The drop folder (a dataset's source folder).")] = Path(
         "runs/benchmark/drop"),
     kind: Annotated[str, typer.Option(help="Dataset kind of the drop folder: brats or jun-cheng.")] = "brats",

@@ -21,8 +21,10 @@ def train_cmd(
                                       "checkpoints/last.ckpt.")],
     fold: Annotated[int, typer.Option("--fold", help="Split fold K of the store (splits/fold_K).")] = 0,
     preset: Annotated[str, typer.Option("--preset", help="paper (300 epochs, store size, effective batch 128), "
-                                        "demo (64 px, width 16, 20 epochs: about a minute per GP model on 2 CPU "
-                                        "cores) or smoke (two steps, for tests). Options below override it.")]
+                                        "demo (64 px, 20 epochs, width 16; GP-ReconResNet and GP-ShuffleUNet "
+                                        "width 8, GP-ShuffleUNet pool=maps, the baselines 10 epochs: about a "
+                                        "minute per model on 2 CPU cores) or smoke (two steps at 32 px and "
+                                        "width 8, for tests). Options below override it.")]
     = "paper",
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Slices per batch and device; "
@@ -31,8 +33,9 @@ def train_cmd(
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Train at this size (slices are "
                                                       "resized on the fly; default: the preset's, paper = the "
                                                       "store's).")] = None,
-    width: Annotated[Optional[int], typer.Option("--width", help="Base width of the GP networks (default 64; "
-                                                 "the baselines have none).")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help="Base width of the GP networks (default: "
+                                                 "the preset's, paper = the networks' 64; the baselines have "
+                                                 "none).")] = None,
     devices: Annotated[Optional[int], typer.Option("--devices", help="Devices to train on; more than one uses "
                                                    "DDP. The accelerator is a GPU when present.")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help=f"{', '.join(PRECISIONS)}; auto = "

@@ -122,7 +122,8 @@ def discover_brats(src: Path, channels: tuple[str, ...] = BRATS_CHANNELS
                 raise CaseRejected(folder, f"grade {grade} in {NAME_MAPPING} disagrees with its "
                                            f"{folder.parent.name}/ folder ({folder_grade})")
             if grade not in BRATS_CLASSES[1:]:
-                where = mapping_path if mapping_path.is_file() else "an HGG/LGG parent folder"
+                where = (mapping_path if mapping_path.is_file()
+                         else f"{src} (no {NAME_MAPPING} there, and the case is not in an HGG/ or LGG/ folder)")
                 raise CaseRejected(folder, f"no grade (HGG/LGG) for {folder.name} in {where}")
             chosen, seg = _case_files(folder, channels)
         except CaseRejected as exc:

@@ -77,3 +77,11 @@ def test_hidden_files_are_no_new_data_in_a_drop_folder(tmp_path):
     (tmp_path / ".cache" / "1.mat").write_bytes(b"")
     assert new_files(tmp_path, None) == sorted(f"BraTS20_Training_001/BraTS20_Training_001_{k}.nii.gz"
                                                for k in (*BRATS_CHANNELS, "seg"))
+
+
+def test_a_case_without_any_grade_source_says_what_is_missing(tmp_path):
+    case = _case(tmp_path / "drop" / "BraTS20_Training_001")
+    cases, rejected = discover_brats(tmp_path / "drop")
+    assert cases == [] and rejected == {str(case): (
+        f"no grade (HGG/LGG) for BraTS20_Training_001 in {tmp_path / 'drop'} (no name_mapping.csv there, "
+        "and the case is not in an HGG/ or LGG/ folder)")}
