@@ -75,7 +75,7 @@ def train_cmd(
     except (StoreError, ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
     best = "" if result.best_val_loss is None else f", best val_loss {result.best_val_loss:.4f}"
-    console.print(f"[green]trained[/green] {model} -> {result.run_dir}: {result.global_step} steps "
-                  f"(resumed from {result.start_step}){best}, {result.test_summary()}, {result.seconds:.0f} s",
-                  highlight=False)
+    done = result.work_summary()
+    console.print(f"[green]{'done' if done == 'already trained' else 'trained'}[/green] {model} -> {result.run_dir}: "
+                  f"{done}, {result.global_step} steps{best}, {result.test_summary()}", highlight=False)
 

@@ -455,6 +455,10 @@ def test_cli_cache_options_reach_the_run_config(phantom_store, tmp_path):
     assert result.exit_code == 0, result.output
     train = json.loads((out / "config.json").read_text())["train"]
     assert (train["cache"], train["cache_limit_gb"]) == ("never", 2.5)
+    assert f"trained gp-unet -> {out}: trained in " in " ".join(result.output.split())
+    again = CliRunner().invoke(app, args)  # a finished run: nothing to train, and the line says so
+    assert again.exit_code == 0
+    assert f"done gp-unet -> {out}: already trained, 2 steps, best val_loss " in " ".join(again.output.split())
 
 
 def test_cli_network_options_reach_the_run_config(phantom_store, tmp_path):
