@@ -12,9 +12,9 @@ from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 
 DatasetKind = Literal["brats", "jun-cheng", "manifest"]
 PHANTOM_KINDS = ("brats", "jun-cheng")
+"""Dataset kinds that a ``phantom`` source can synthesise (see :func:`tasks.data.synth_phantoms`)."""
 JUN_CHENG_MIN_PHANTOM = 64
 """Smallest Jun Cheng phantom size (:func:`storage.phantoms.write_jun_cheng_phantoms` refuses less)."""
-"""Dataset kinds that a ``phantom`` source can synthesise (see :func:`tasks.data.synth_phantoms`)."""
 
 
 class DatasetSpec(BaseModel):

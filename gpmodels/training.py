@@ -236,7 +236,8 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
         pl.seed_everything(config.seed, workers=True)
         module = ClassifierModule(build_network(run), run.class_weights, lr=config.lr,
                                   weight_decay=config.weight_decay, aux_weight=config.aux_weight,
-                                  run_config=run.to_dict(), channels_last=use_channels_last(config.accelerator, precision))
+                                  run_config=run.to_dict(),
+                                  channels_last=use_channels_last(config.accelerator, precision))
         data = SliceDataModule(run.store_path, config.fold, config.batch_size, image_size=run.image_size,
                                augment=config.augment, seed=config.seed, num_workers=config.num_workers,
                                cache=config.cache, cache_limit_bytes=int(config.cache_limit_gb * 2**30))

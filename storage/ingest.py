@@ -136,17 +136,22 @@ def _current_rejects(old: dict[str, str], new: dict[str, str], examined: Sequenc
     return {**kept, **new}
 
 
-def _stored_settings(config: IngestConfig, out: Path, append: bool) -> IngestConfig:
+def _stored_settings(config: IngestConfig, out: Path, append: bool) -> tuple[IngestConfig, int | None]:
     """On append to an existing store, ``config`` with the split settings and normalisation the store was
-    made with: appended slices must be split into the store's folds, by its seed, and scaled as its slices
-    were (the retrain flow appends with its own defaults, e.g. 3 folds to a 1-fold store)."""
+    made with, and the store's slice size; otherwise ``(config, None)``.
+
+    Appended slices must be split into the store's folds, by its seed, scaled as its slices were and
+    resized to its size (the retrain flow appends with its own defaults, e.g. 3 folds to a 1-fold store).
+    """
     if not (append and Path(out).exists()):
-        return config
-    attrs = open_store(out).attrs
+        return config, None
+    group = open_store(out)
+    attrs = group.attrs
     split = attrs.get("split")
     if split:
         config = replace(config, split=SplitConfig(**{**split, "ratios": tuple(split.get("ratios", DEFAULT_RATIOS))}))
-    return replace(config, normalisation=attrs.get("normalisation", config.normalisation))
+    config = replace(config, normalisation=attrs.get("normalisation", config.normalisation))
+    return config, int(group["images"].shape[-1])
 
 
 def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: Progress | None) -> IngestReport:
@@ -246,10 +251,10 @@ def ingest_brats(src: Path, out: Path, config: IngestConfig = IngestConfig(), ap
             rejection is listed in its ``rejected``).
     """
     src = _existing_dir(src)
-    config = _stored_settings(config, Path(out), append)
+    config, store_size = _stored_settings(config, Path(out), append)
     channels = _channels(config.channels, BRATS_CHANNELS, src)
     cases, rejected = discover_brats(src, channels)
-    size = config.image_size or _store_size(out, append) or _first_size(cases)
+    size = config.image_size or store_size or _first_size(cases)
     reader = functools.partial(read_volume_case, classes=BRATS_CLASSES, config=config, size=size)
     plan = _Plan("brats", src, cases, reader, BRATS_CLASSES, list(channels), size, rejected, (src / NAME_MAPPING,))
     return _run(plan, Path(out), config, append, progress)
@@ -268,10 +273,10 @@ def ingest_jun_cheng(src: Path, out: Path, config: IngestConfig = IngestConfig()
             before any slice is read).
     """
     src = _existing_dir(src)
-    config = _stored_settings(config, Path(out), append)
+    config, store_size = _stored_settings(config, Path(out), append)
     channels = _channels(config.channels, JUN_CHENG_CHANNELS, src)
     cases, rejected = discover_jun_cheng(src, require_folds=config.split.mode == "cvind")
-    config = replace(config, image_size=config.image_size or _store_size(out, append) or largest_image_size(cases))
+    config = replace(config, image_size=config.image_size or store_size or largest_image_size(cases))
     reader = functools.partial(read_mat_case, config=config)
     plan = _Plan("jun-cheng", src, cases, reader, JUN_CHENG_CLASSES, list(channels), config.image_size, rejected,
                  tuple(src / name for name in CVIND_FILES))
@@ -289,12 +294,12 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise NoUsableInput(f"{csv_path}: manifest not found")
-    config = _stored_settings(config, Path(out), append)
+    config, store_size = _stored_settings(config, Path(out), append)
     cases, classes, available, rejected = read_manifest(csv_path, classes)
     channels = _channels(config.channels, tuple(available), csv_path)
     cases = [replace(c, channels={k: c.channels[k] for k in channels}) for c in cases]
     config = replace(config, channels=tuple(channels))
-    size = config.image_size or _store_size(out, append) or _first_size(cases)
+    size = config.image_size or store_size or _first_size(cases)
     reader = functools.partial(read_volume_case, classes=classes, config=config, size=size)
     plan = _Plan("manifest", csv_path.parent, cases, reader, classes, list(channels), size, rejected)
     return _run(plan, Path(out), config, append, progress)
@@ -313,13 +318,6 @@ def _first_size(cases: list[VolumeCase]) -> int:
         if len(shape) >= 2 and shape[0] == shape[1]:
             return int(shape[0])
     return 240
-
-
-def _store_size(out: Path, append: bool) -> int | None:
-    """Slice size of the store that an append adds to (new slices are resized to it), else ``None``."""
-    if append and Path(out).exists():
-        return int(open_store(out)["images"].shape[-1])
-    return None
 
 
 def _existing_dir(src: Path) -> Path:

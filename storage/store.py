@@ -158,7 +158,7 @@ class StoreWriter:
 
         Args:
             attrs: group attributes (``schema_version`` and ``data_version`` are set here).
-            splits: fold index -> int8 ``(N,)`` split codes.
+            splits: every fold of the store: index -> int8 ``(N,)`` split codes (the data version covers them).
 
         Returns:
             The final store path.
@@ -177,10 +177,8 @@ class StoreWriter:
                 cvind = np.concatenate([self.group["cvind"][:], cvind])
                 del self.group["cvind"]
             self.group.create_array("cvind", data=cvind, chunks=(_VECTOR_CHUNK,))
-        stored_splits = {int(name.removeprefix("fold_")): self.group[f"splits/{name}"][:]
-                         for name in self.group["splits"].array_keys()} if "splits" in self.group else {}
         full = {**attrs, "schema_version": SCHEMA_VERSION,
-                "data_version": data_version(attrs.get("sources", {}), attrs, stored_splits)}
+                "data_version": data_version(attrs.get("sources", {}), attrs, splits)}
         self.group.attrs.update(full)
         if self.path.exists():
             old = _hidden(self.path, "old")
