@@ -46,6 +46,32 @@ def test_many_runs_are_read_over_several_trips(arrays, monkeypatch):
     np.testing.assert_array_equal(got_masks, masks_np[rows])
 
 
+def test_long_runs_are_split_so_that_a_trip_holds_few_rows(arrays, monkeypatch):
+    """A trip holds at most _ROWS_PER_TRIP decoded rows, so a cached split is not held twice in memory."""
+    monkeypatch.setattr(reads, "_ROWS_PER_TRIP", 3)
+    sizes = []
+    real_trips = reads._trips
+    monkeypatch.setattr(reads, "_trips", lambda runs: [sizes.append(sum(b - a for a, b in t)) or t
+                                                         for t in real_trips(runs)])
+    images, masks, images_np, masks_np = arrays
+    rows = np.array([*range(0, 11), 15, 16, 2, 2, 3, *range(12, 20)])
+    got_images, got_masks = read_rows(rows, images, masks)
+    np.testing.assert_array_equal(got_images, images_np[rows])
+    np.testing.assert_array_equal(got_masks, masks_np[rows])
+    assert max(sizes) == 3 and sum(sizes) == rows.size
+
+
+def test_trips_cover_the_runs_in_order_within_both_bounds(monkeypatch):
+    monkeypatch.setattr(reads, "_ROWS_PER_TRIP", 5)
+    monkeypatch.setattr(reads, "_RUNS_PER_TRIP", 3)
+    runs = [(0, 12), (12, 13), (13, 15), (15, 16), (16, 17), (17, 23)]
+    trips = reads._trips(runs)
+    assert [piece for trip in trips for piece in trip] == [
+        (0, 5), (5, 10), (10, 12), (12, 13), (13, 15), (15, 16), (16, 17), (17, 22), (22, 23)]
+    assert all(len(t) <= 3 and sum(b - a for a, b in t) <= 5 for t in trips)
+    assert reads._trips([]) == []
+
+
 def test_bad_rows_are_refused(arrays):
     images = arrays[0]
     with pytest.raises(IndexError, match=r"rows: got values in \[0, 20\], the array has 20 rows"):
