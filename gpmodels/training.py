@@ -59,6 +59,18 @@ their recorded values (see :func:`train`)."""
 _LOG = logging.getLogger(__name__)
 
 
+class OutOfDeviceMemory(RuntimeError):
+    """Training ran out of accelerator memory; the message names the run's batch and size and what to change."""
+
+
+def out_of_memory_message(run: RunConfig) -> str:
+    """One line for a run that ran out of GPU memory: its model, size and batch, and the way out."""
+    train = run.train
+    return (f"{train.out}: {train.model} at {run.image_size} px with batch {train.batch_size} per device ran out of "
+            f"GPU memory; give a smaller --batch-size (the effective batch of {train.effective_batch} is kept by "
+            "gradient accumulation) or a smaller --image-size")
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What a call of :func:`train` did.
@@ -243,15 +255,19 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
                                cache=config.cache, cache_limit_bytes=int(config.cache_limit_gb * 2**30))
         checkpoint, last = _checkpoint_callbacks(paths)
         trainer = _trainer(config, precision, paths, start_step, [checkpoint, last], progress_bar)
-        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
-        if previous is not None and trainer.global_step == start_step:
-            run = _keep_training_record(paths, previous, run, start_step)
-        best = paths.best if paths.best.exists() else paths.last
-        _write_model(best, paths.model)
-        test_metrics: dict[str, float] = {}
-        if config.test:
-            results = trainer.test(module, datamodule=data, ckpt_path=str(best), weights_only=True, verbose=False)
-            test_metrics = {key: float(value) for result in results for key, value in result.items()}
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+            if previous is not None and trainer.global_step == start_step:
+                run = _keep_training_record(paths, previous, run, start_step)
+            best = paths.best if paths.best.exists() else paths.last
+            _write_model(best, paths.model)
+            test_metrics: dict[str, float] = {}
+            if config.test:
+                results = trainer.test(module, datamodule=data, ckpt_path=str(best), weights_only=True,
+                                       verbose=False)
+                test_metrics = {key: float(value) for result in results for key, value in result.items()}
+        except torch.OutOfMemoryError as exc:
+            raise OutOfDeviceMemory(out_of_memory_message(run)) from exc
     _merge(paths)
     score = checkpoint.best_model_score
     return TrainResult(run_dir=paths.root, run=run, global_step=trainer.global_step, start_step=start_step,

@@ -62,7 +62,7 @@ def train_cmd(
     """Train a classifier on a fold of a slice store and evaluate it on the fold's test split."""
     from gpmodels.nets import model_options  # torch is imported when a command needs it, not for --help
     from gpmodels.train_config import preset_config
-    from gpmodels.training import train
+    from gpmodels.training import OutOfDeviceMemory, train
 
     if width is not None and model in MODEL_NAMES and "width" not in model_options(model):
         raise fail(f"width: --width {width} given, but {model!r} has no width option (only the GP models do)")
@@ -72,7 +72,7 @@ def train_cmd(
                                num_workers=num_workers, cache=cache, cache_limit_gb=cache_limit_gb,
                                model_options=parse_options(option or []))
         result = train(config, progress_bar=True)
-    except (StoreError, ValueError, FileNotFoundError) as exc:
+    except (StoreError, ValueError, FileNotFoundError, OutOfDeviceMemory) as exc:
         raise fail(str(exc)) from exc
     best = "" if result.best_val_loss is None else f", best val_loss {result.best_val_loss:.4f}"
     done = result.work_summary()

@@ -473,3 +473,23 @@ def test_cli_network_options_reach_the_run_config(phantom_store, tmp_path):
     assert options == {"pool": "maps", "blur": True, "dropout": 0.25}
     net, _ = load_trained(out)
     assert net.head.pool == "maps" and net.backbone.dropout.p == 0.25
+
+
+def test_running_out_of_gpu_memory_is_one_line_that_says_what_to_change(phantom_store, tmp_path, monkeypatch):
+    """A CUDA out-of-memory error in a training step names the run's batch and size and the way out."""
+    def step(self, batch, batch_idx):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(ClassifierModule, "training_step", step)
+    out = tmp_path / "run"
+    args = ["train", "--store", str(phantom_store), "--out", str(out), "--preset", "smoke", "--model", "gp-unet"]
+
+    result = CliRunner().invoke(app, args)
+
+    assert result.exit_code == 1
+    line = " ".join(result.output.split())
+    assert (f"{out}: gp-unet at 32 px with batch 4 per device ran out of GPU memory; give a smaller --batch-size "
+            "(the effective batch of 8 is kept by gradient accumulation) or a smaller --image-size") in line
+    assert "Traceback" not in result.output
+    monkeypatch.undo()
+    assert CliRunner().invoke(app, args + ["--batch-size", "2"]).exit_code == 0  # the way out works in the same dir

@@ -1,0 +1,45 @@
+"""Tests of gpmodels.heatmaps: post-hoc maps made a few slices at a time."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+from gpmodels import heatmaps
+from gpmodels.checkpoints import RunPaths, save_weights
+from gpmodels.heatmaps import generate_heatmaps
+from gpmodels.train_config import preset_config
+from gpmodels.training import build_network, resolve_run
+
+
+def _untrained_run(store: Path, model: str, out: Path) -> Path:
+    run = resolve_run(preset_config("smoke", str(store), model, str(out)))
+    out.mkdir(parents=True)
+    RunPaths(out).config.write_text(json.dumps(run.to_dict()))
+    torch.manual_seed(0)
+    save_weights(build_network(run).state_dict(), RunPaths(out).model)
+    return out
+
+
+def test_posthoc_maps_made_in_small_passes_equal_one_pass(phantom_store, tmp_path, monkeypatch):
+    """Three slices in passes of two give the maps of one pass of all three, in the same rows."""
+    run = _untrained_run(phantom_store, "gp-unet", tmp_path / "run")
+    monkeypatch.setattr(heatmaps, "POSTHOC_SLICES_PER_PASS", 8)
+    generate_heatmaps(run, "test", posthoc=3, device="cpu")
+    kept = tmp_path / "one_pass.zarr"
+    shutil.copytree(run / "heatmaps" / "test.zarr", kept)
+    one_pass = zarr.open_group(str(kept), mode="r")
+    monkeypatch.setattr(heatmaps, "POSTHOC_SLICES_PER_PASS", 2)
+    passes = zarr.open_group(str(generate_heatmaps(run, "test", posthoc=3, device="cpu")), mode="r")
+    assert passes["posthoc/rows"].shape == (3,)
+    np.testing.assert_array_equal(passes["posthoc/rows"][:], one_pass["posthoc/rows"][:])
+    for name in ("gp", "occlusion", "guided_backprop"):
+        got, want = passes[f"posthoc/{name}"][:], one_pass[f"posthoc/{name}"][:]
+        assert got.shape == want.shape == (3, 32, 32)
+        np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-3, atol=1e-3)
+        assert np.abs(want.astype(np.float32)).max() > 0
