@@ -32,11 +32,26 @@ def test_deployment_by_name_and_drop_trigger(tmp_path):
     params = {"params": {"workdir": str(work), "models": ["gp-unet"], "folds": 1, "preset": "smoke",
                          "posthoc_slices": 0, "datasets": [{"kind": "brats", "phantom_cases": 6, "phantom_size": 32,
                                                             "workers": 0}]}}
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey,
+                                                FlowFilter, FlowFilterName)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     with stack:
         out = stack.cli("deployment", "run", "full-benchmark/full-benchmark", "--params", json.dumps(params),
                         "--watch", "--watch-timeout", "600", timeout=660)
         assert "Completed" in out
         assert (work / "report" / "index.html").is_file()
+        # The flow's result stays with the worker (flow results are not persisted); its `rows` reach the
+        # API as the published table, and its `failed` list is the rows whose status is not "ok".
+        with temporary_settings(updates={PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["full-benchmark"])))
+            [run] = [r for r in runs if r.parameters.get("params", {}).get("workdir") == str(work)]
+            [table] = client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["gpseg-results"]), flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+        assert run.state.is_completed()
+        rows = json.loads(table.data)
+        assert [(row["model"], row["status"]) for row in rows] == [("gp-unet", "ok")]
 
         new = tmp_path / "new"
         write_brats_phantoms(new, 1, size=32, seed=0, first_case=9)
@@ -47,9 +62,6 @@ def test_deployment_by_name_and_drop_trigger(tmp_path):
                               env={**os.environ, **stack.env}, cwd=ROOT, capture_output=True, text=True, timeout=300)
         said = " ".join((drop.stdout + drop.stderr).split())  # the console writes to stderr
         assert drop.returncode == 0 and "event sent" in said, said
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-        from prefect.settings import PREFECT_API_URL, temporary_settings
 
         source = None
         deadline = time.monotonic() + 300  # a loaded CI machine evaluates triggers late

@@ -13,11 +13,15 @@ from flows.full_benchmark import full_benchmark
 from flows.params import BenchmarkParams, DatasetSpec, PostprocessParams, RetrainParams, ThresholdParams
 from flows.postprocess import postprocess
 from flows.retrain import retrain_on_new_data
+from gpmodels.files import heatmap_path
+from gpmodels.postprocess import CleaningConfig, ThresholdConfig, segment_heatmaps, select_maps
 from storage.phantoms import write_brats_phantoms
 from storage.store import open_store, read_patients
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 SPEC = dict(kind="brats", phantom_cases=6, phantom_size=32, workers=0)
+POSTPROCESS_TASKS = {"evaluate_run", "report", "publish"}
+"""Every task of the postprocess flow (tasks/evaluation.py): none of them loads a model."""
 
 
 def _bench(workdir: Path) -> BenchmarkParams:
@@ -25,43 +29,96 @@ def _bench(workdir: Path) -> BenchmarkParams:
                            preset="smoke", posthoc_slices=1)
 
 
-def test_benchmark_then_postprocess_only(bench_workdir, task_names):
+def _train_states(flow_run_id, task_states) -> list[str]:
+    """States of the train_model task runs of one flow run (they run in its train-fan-out subflow runs)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+    return [state for child in children for name, state in task_states(child.id) if name == "train_model"]
+
+
+def _forbid_inference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make training, loading a trained model and writing heatmaps raise, wherever they are called from."""
+    import gpmodels.heatmaps
+    import gpmodels.training
+    import tasks.training
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("postprocess must not train, load a model or write heatmaps")
+
+    for module, name in ((gpmodels.training, "load_trained"), (gpmodels.heatmaps, "load_trained"),
+                         (gpmodels.training, "train"), (tasks.training, "train"),
+                         (tasks.training, "train_in_subprocess"), (gpmodels.heatmaps, "generate_heatmaps"),
+                         (tasks.training, "generate_heatmaps")):
+        monkeypatch.setattr(module, name, refuse)
+
+
+def _dice_by_hand(run_dir: str, config: ThresholdConfig) -> np.ndarray:
+    """Per-slice Dice of a run's stored test heatmaps thresholded with ``config``, over slices with a tumour mask.
+
+    The map of the predicted class is thresholded; a slice predicted tumour-free gets an empty mask.
+    """
+    import zarr
+
+    heat = zarr.open_group(str(heatmap_path(run_dir, "test")), mode="r")
+    assert heat.attrs["classes"][0] == "tumour-free"
+    predicted = heat["predicted"][:]
+    masks = segment_heatmaps(select_maps(heat["maps"][:].astype(np.float32), predicted), config)
+    masks[predicted == 0] = False
+    truth = open_store(heat.attrs["store_path"])["masks"][:][heat["index"][:]] > 0
+    both = np.logical_and(masks, truth).sum(axis=(1, 2))
+    sizes = masks.sum(axis=(1, 2)) + truth.sum(axis=(1, 2))
+    tumour = truth.any(axis=(1, 2))
+    return 2.0 * both[tumour] / sizes[tumour]
+
+
+def test_benchmark_then_postprocess_only(bench_workdir, task_names, task_states, monkeypatch):
     state = full_benchmark(_bench(bench_workdir), return_state=True)
     result = state.result()
     assert state.is_completed() and not result["failed"]
     report = Path(result["report"])
     assert report.is_file() and (report.parent / "metrics.json").is_file()
-    names = task_names()
-    for expected in ("synth_phantoms", "ingest_source", "validate", "train_model", "make_heatmaps", "evaluate_run",
-                     "report", "publish"):
+    names = task_names(state.state_details.flow_run_id)
+    for expected in ("synth_phantoms", "ingest_source", "validate", "make_heatmaps", "evaluate_run", "report",
+                     "publish"):
         assert expected in names, (expected, names)
-    before = (report.parent / "metrics.json").read_text()
+    assert _train_states(state.state_details.flow_run_id, task_states) == ["Completed"]
+    [before] = json.loads((report.parent / "metrics.json").read_text())["runs"]
 
-    post = postprocess(PostprocessParams(workdir=str(bench_workdir),
-                                         threshold=ThresholdParams(method="fixed", value=0.01,
-                                                                   cleaning={"largest_component": True})),
-                       return_state=True)
+    _forbid_inference(monkeypatch)
+    # The smoke run's maps are nearly constant: a fixed 0.01 or the default multi-Otsu keeps every pixel, Otsu not.
+    threshold = ThresholdParams(method="otsu", cleaning={"largest_component": True})
+    post = postprocess(PostprocessParams(workdir=str(bench_workdir), threshold=threshold), return_state=True)
+    monkeypatch.undo()
     assert post.is_completed()
     ran = task_names(post.state_details.flow_run_id)
-    assert "evaluate_run" in ran and "report" in ran
-    assert not {"train_model", "make_heatmaps", "ingest_source"} & set(ran)
-    after = (report.parent / "metrics.json").read_text()
-    assert after != before
-    evaluation = json.loads(next((bench_workdir / "runs").glob("**/evaluation.json")).read_text())
-    assert evaluation["threshold"]["method"] == "fixed" and evaluation["threshold"]["value"] == 0.01
+    assert set(ran) == POSTPROCESS_TASKS and len(ran) == 3, ran
+    [after] = json.loads((report.parent / "metrics.json").read_text())["runs"]
+    assert after["run_dir"] == before["run_dir"]
+    assert after["evaluation"]["segmentation"]["dice"] != before["evaluation"]["segmentation"]["dice"]
+    assert after["scalars"]["dice_median"] != before["scalars"]["dice_median"]
+    assert after["scalars"]["accuracy"] == before["scalars"]["accuracy"]  # the stored predictions are kept
+
+    evaluation = json.loads((Path(after["run_dir"]) / "evaluation.json").read_text())
+    assert evaluation["threshold"]["method"] == "otsu"
     assert evaluation["threshold"]["cleaning"]["largest_component"] is True
-    assert "fixed 0.01, cleaning largest_component=True" in (report.parent / "index.html").read_text()
+    expected = _dice_by_hand(after["run_dir"], ThresholdConfig(method="otsu",
+                                                               cleaning=CleaningConfig(largest_component=True)))
+    dice = evaluation["segmentation"]["dice"]
+    assert dice["n"] == expected.size > 0
+    assert dice["median"] == pytest.approx(float(np.median(expected)), abs=1e-12)
+    assert dice["mean"] == pytest.approx(float(expected.mean()), abs=1e-12)
+    assert after["scalars"]["dice_median"] == pytest.approx(float(np.median(expected)), abs=1e-12)
+    assert "otsu, cleaning largest_component=True" in (report.parent / "index.html").read_text()
 
 
-def test_benchmark_rerun_reuses_cached_training(bench_workdir):
+def test_benchmark_rerun_reuses_cached_training(bench_workdir, task_states):
     state = full_benchmark(_bench(bench_workdir), return_state=True)
     assert state.is_completed()
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(limit=200)
-    trains = sorted((r for r in runs if r.name.startswith("train_model")), key=lambda r: r.expected_start_time)
-    assert trains[-1].state.name == "Cached"
+    assert _train_states(state.state_details.flow_run_id, task_states) == ["Cached"]
 
 
 def test_benchmark_redoes_heatmaps_of_weights_changed_behind_the_cache(bench_workdir, task_states):
@@ -92,7 +149,7 @@ def test_benchmark_rebuilds_outputs_deleted_behind_the_cache(bench_workdir, tmp_
         shutil.move(moved, bench_workdir / "runs")
 
 
-def test_retrain_on_new_data(bench_workdir, task_names):
+def test_retrain_on_new_data(bench_workdir, task_names, task_states):
     source = bench_workdir / "phantoms" / "brats"
     store = bench_workdir / "stores" / "brats.zarr"
     params = RetrainParams(workdir=str(bench_workdir), dataset=DatasetSpec(**{**SPEC, "source": str(source)}),
@@ -102,13 +159,18 @@ def test_retrain_on_new_data(bench_workdir, task_names):
     # the daily schedule before the first drop: no folder yet is no new data, not a failed run
     before_drop = params.model_copy(update={"dataset": DatasetSpec(**{**SPEC, "source": str(source) + "-none"})})
     assert retrain_on_new_data(before_drop) == {"status": "no new data", "new_files": []}
-    assert not {"ingest_source", "train_model"} & set(task_names(quiet.state_details.flow_run_id))
+    assert "ingest_source" not in task_names(quiet.state_details.flow_run_id)
+    assert _train_states(quiet.state_details.flow_run_id, task_states) == []
 
     old = open_store(store)
     old_patients, old_split = read_patients(old), old["splits/fold_0"][:]
     write_brats_phantoms(source, 2, size=32, depth=None, seed=0, first_case=7)
-    result = retrain_on_new_data(params)
+    retrained_state = retrain_on_new_data(params, return_state=True)
+    result = retrained_state.result()
     assert result["status"] == "retrained" and result["ingested"] == 2
+    run_id = retrained_state.state_details.flow_run_id
+    assert _train_states(run_id, task_states) == ["Completed"]
+    assert [state for name, state in task_states(run_id) if name == "ingest_source"] == ["Completed"]
     assert len(result["new_files"]) == 11 and "name_mapping.csv" in result["new_files"]  # 2 cases, their grades
     new = open_store(store)
     n = old_patients.size
@@ -127,7 +189,7 @@ def test_retrain_on_new_data(bench_workdir, task_names):
     assert len(post["rows"]) == 1 and _reported(post["report"]) == retrained
 
 
-def test_retrain_with_every_new_case_rejected_retrains_nothing(bench_workdir, task_names, tmp_path):
+def test_retrain_with_every_new_case_rejected_retrains_nothing(bench_workdir, task_states, tmp_path):
     import shutil
 
     source = bench_workdir / "phantoms" / "brats"
@@ -139,7 +201,7 @@ def test_retrain_with_every_new_case_rejected_retrains_nothing(bench_workdir, ta
     result = state.result()
     assert result["status"] == "nothing ingested" and result["ingested"] == 0
     assert list(result["rejected"]) == ["BraTS20_Training_009"]
-    assert "train_model" not in task_names(state.state_details.flow_run_id)
+    assert _train_states(state.state_details.flow_run_id, task_states) == []
     again = retrain_on_new_data(params)  # the rejected case is not new data at the next check
     assert again == {"status": "no new data", "new_files": []}
 
@@ -207,3 +269,31 @@ def test_a_dataset_that_cannot_be_ingested_fails_alone(tmp_path, monkeypatch):
     assert [(r["dataset"], r["model"], r["status"]) for r in result["rows"][1:]] == [("brats", "gp-unet", "ok")]
     assert _reported(result["report"]) == [str(next((tmp_path / "runs").glob("brats/*/gp-unet/fold_0")))]
     assert len(calls) == 1  # bad input is not retried
+
+
+def test_a_model_that_fails_to_train_does_not_lose_the_other_models_results(tmp_path, monkeypatch, task_states):
+    import tasks.training
+
+    train = tasks.training.train
+
+    def train_or_fail(config, *args, **kwargs):
+        if config.model == "gp-reconresnet":
+            raise RuntimeError("simulated training failure of gp-reconresnet")
+        return train(config, *args, **kwargs)
+
+    monkeypatch.setattr(tasks.training, "train", train_or_fail)
+    params = _bench(tmp_path).model_copy(update={"models": ["gp-reconresnet", "gp-unet"], "posthoc_slices": 0})
+    state = full_benchmark(params, return_state=True)
+    result = state.result()
+
+    assert state.is_completed()
+    assert sorted(_train_states(state.state_details.flow_run_id, task_states)) == ["Completed", "Failed"]
+    [failed] = result["failed"]
+    assert (failed["dataset"], failed["model"], failed["fold"]) == ("brats", "gp-reconresnet", 0)
+    assert failed["status"].startswith("FAILED: ") and "simulated training failure" in failed["status"]
+    assert [(r["model"], r["status"]) for r in result["rows"]] == [("gp-reconresnet", failed["status"]),
+                                                                   ("gp-unet", "ok")]
+    survivor = next((tmp_path / "runs").glob("brats/*/gp-unet/fold_0"))
+    assert _reported(result["report"]) == [str(survivor)]
+    assert (survivor / "evaluation.json").is_file()
+    assert not list((tmp_path / "runs").glob("brats/*/gp-reconresnet/fold_0/evaluation.json"))

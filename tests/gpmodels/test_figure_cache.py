@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -96,3 +98,19 @@ def test_the_code_version_follows_the_drawing_modules_source():
     assert version is not None and len(version) == 64
     assert code_version(report_figures) == version
     assert code_version(report_figures, np) != version
+
+
+def test_the_code_version_changes_when_a_modules_source_is_edited(tmp_path):
+    source = tmp_path / "drawing.py"
+    source.write_text("def draw(values):\n    return values\n")
+    spec = importlib.util.spec_from_file_location("gpseg_test_drawing", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    before = code_version(module)
+    assert before is not None and code_version(module) == before
+
+    source.write_text("def draw(values):\n    return values * 2\n")  # edited on disk, as after a `git pull`
+
+    assert code_version(module) not in (None, before)
+    source.unlink()
+    assert code_version(module) is None  # no source: nothing is cached

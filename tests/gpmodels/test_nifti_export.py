@@ -310,3 +310,66 @@ def test_real_brats2015_ground_truth_exports_back_onto_its_own_grid(shared_data,
     assert exported.shape == seg.shape and np.array_equal(exported.affine, seg.affine)
     assert exported.header["descrip"].item().decode() == f"{MASK_DESCRIPTION}; header of Flair_subtrMeanDivStd.nii.gz"
     np.testing.assert_array_equal(np.asarray(exported.dataobj), (np.asarray(seg.dataobj) > 0).astype(np.uint8))
+    _assert_same_geometry(exported.header, nib.load(case / "Flair_subtrMeanDivStd.nii.gz").header)
+
+
+GEOMETRY_FIELDS = ("dim", "qform_code", "sform_code", "xyzt_units", "pixdim", "quatern_b", "quatern_c", "quatern_d",
+                   "qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z")
+"""Header fields that place the voxels in the world; an exported mask must keep the source's."""
+
+
+def _assert_same_geometry(got: nib.Nifti1Header, source: nib.Nifti1Header) -> None:
+    for field in GEOMETRY_FIELDS:
+        np.testing.assert_array_equal(got[field], source[field], err_msg=field)
+
+
+def _rotation(x_degrees: float, z_degrees: float) -> np.ndarray:
+    a, b = np.deg2rad([x_degrees, z_degrees])
+    about_x = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    about_z = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])
+    return about_z @ about_x
+
+
+def test_an_oblique_anisotropic_source_keeps_its_grid_and_header(tmp_path: Path) -> None:
+    """Voxels of 0.7 x 1.3 x 3.1 mm on a tilted grid, scanner qform and a registered sform with other
+    codes, millisecond timing: none of it is the rebuilt default (codes 1, unit voxels, mm and s)."""
+    shape = (20, 20, 7)
+    qform = np.eye(4)
+    qform[:3, :3] = _rotation(12.0, 25.0) @ np.diag([0.7, 1.3, 3.1])
+    qform[:3, 3] = [-31.5, 12.25, -40.0]
+    sform = qform.copy()
+    sform[:3, :3] = _rotation(13.0, 24.0) @ np.diag([0.7, 1.3, 3.1])
+    sform[:3, 3] += [0.5, -0.25, 1.0]
+    rng = np.random.default_rng(3)
+    seg = np.zeros(shape, np.uint8)
+    seg[6:13, 8:15, 2:6] = 1
+    seg[9:11, 10:12, 3] = 2
+    images = {}
+    for channel in ("flair", "t1"):
+        image = nib.Nifti1Image(rng.normal(size=shape).astype(np.float32) + 2.0 * seg, None)
+        image.header.set_qform(qform, code=1)
+        image.header.set_sform(sform, code=4)
+        image.header.set_xyzt_units("mm", "msec")
+        image.header["pixdim"][4] = 2500.0
+        images[channel] = tmp_path / f"{channel}.nii.gz"
+        nib.save(image, images[channel])
+    seg_image = nib.Nifti1Image(seg, None, nib.load(images["flair"]).header)
+    seg_image.set_data_dtype(np.uint8)
+    nib.save(seg_image, tmp_path / "seg.nii.gz")
+    (tmp_path / "m.csv").write_text(f"patient_id,label,flair,t1,seg\ncase1,HGG,{images['flair']},{images['t1']},"
+                                    f"{tmp_path / 'seg.nii.gz'}\n")
+    store = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", IngestConfig(workers=0)).store
+    indices, masks = _ground_truth(store)
+
+    [written] = export_patient_masks(store, indices, masks, tmp_path / "out")
+
+    exported, source = nib.load(written), nib.load(images["flair"])
+    assert not np.allclose(source.header.get_qform(), source.header.get_sform())
+    assert exported.shape == shape and np.array_equal(exported.affine, source.affine)
+    np.testing.assert_array_equal(exported.header.get_qform(), source.header.get_qform())
+    np.testing.assert_array_equal(exported.header.get_sform(), source.header.get_sform())
+    assert exported.header.get_xyzt_units() == ("mm", "msec") and exported.header["pixdim"][4] == 2500.0
+    _assert_same_geometry(exported.header, source.header)
+    kept = _stored_slices(store, "case1")
+    assert kept.size > 0
+    np.testing.assert_array_equal(np.asarray(exported.dataobj)[:, :, kept], seg[:, :, kept] > 0)

@@ -205,6 +205,35 @@ def test_guided_backprop_is_guided_and_non_trivial():
     assert (guided - plain).abs().max() > 0.1 * plain.max()
 
 
+class GuidedRelu(torch.autograd.Function):
+    """ReLU whose backward passes only positive gradients, and only where its input was positive."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (x > 0)
+
+
+def test_guided_backprop_equals_a_hand_written_guided_relu_reference():
+    # Deconvolution (positive gradients only, input sign ignored) and the plain gradient
+    # (input sign only) both differ from this reference on this model and batch.
+    model = small_cnn()
+    images = torch.randn(2, 2, 11, 13, generator=torch.Generator().manual_seed(5))
+    target = torch.tensor([0, 2])
+    inputs = images.clone().requires_grad_()
+    hidden = inputs
+    for layer in model:
+        hidden = GuidedRelu.apply(hidden) if isinstance(layer, nn.ReLU) else layer(hidden)
+    hidden.gather(1, target[:, None]).sum().backward()
+
+    torch.testing.assert_close(guided_backprop_maps(model, images, target), inputs.grad.abs().amax(dim=1))
+
+
 def test_guided_backprop_through_prelu_is_the_plain_gradient():
     model = small_cnn(nn.PReLU)
     images = torch.randn(2, 2, 11, 13)

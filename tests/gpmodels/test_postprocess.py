@@ -12,6 +12,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu, threshold_otsu
 
 from gpmodels import postprocess
+from gpmodels.cleaning import keep_largest_component
 from gpmodels.metrics import dice
 from gpmodels.postprocess import (
     CleaningConfig,
@@ -131,8 +132,9 @@ def test_segment_heatmaps_thresholds_then_cleans():
     config = ThresholdConfig(offset=0.3, cleaning=CleaningConfig(largest_component=True))
     masks = segment_heatmaps(maps, config)
     raw = threshold_heatmaps(maps, "multiotsu", offset=0.3)
-    assert (masks <= raw).all()
-    assert all(ndi.label(m, np.ones((3, 3)))[1] <= 1 for m in masks)
+    np.testing.assert_array_equal(masks, keep_largest_component(raw))
+    assert (masks <= raw).all() and (masks != raw).any()
+    assert all(ndi.label(m, np.ones((3, 3)))[1] == 1 for m in masks)
     with pytest.raises(ValueError, match="auto"):
         segment_heatmaps(maps, ThresholdConfig(offset="auto"))
 

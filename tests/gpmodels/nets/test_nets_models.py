@@ -13,6 +13,10 @@ SMALL = {
     "gp-shuffleunet": {"width": 8},
 }
 
+VARIANTS = [*((name, SMALL[name]) for name in GP_MODEL_NAMES),
+            ("gp-shuffleunet", {**SMALL["gp-shuffleunet"], "blur": True})]
+"""Every GP network at its small test size, and GP-ShuffleUNet with its optional blur."""
+
 
 def _images(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
@@ -46,9 +50,9 @@ def test_maps_have_the_input_size(name, size):
     torch.testing.assert_close(model(x), logits)
 
 
-@pytest.mark.parametrize("name", GP_MODEL_NAMES)
-def test_pool_maps_logits_equal_max_of_maps(name):
-    model = build_model(name, 1, 3, pool="maps", **SMALL[name]).eval()
+@pytest.mark.parametrize(("name", "options"), VARIANTS)
+def test_pool_maps_logits_equal_max_of_maps(name, options):
+    model = build_model(name, 1, 3, pool="maps", **options).eval()
 
     logits, maps = model.forward_maps(_images(2, 1, 33, 34))
 
@@ -78,10 +82,41 @@ def test_parameter_counts_at_default_width_match_the_paper(name, expected):
     assert abs(count - paper) / paper < 0.02
 
 
+NO_GRADIENT_BY_DESIGN = {
+    # pool="features" max-pools the last PReLU's output; its input is instance-normalised (zero mean per
+    # channel, so each channel's maximum is positive), where PReLU is the identity: its slope, which scales
+    # negative inputs only, gets no gradient from any batch.
+    ("gp-reconresnet", "features"): {"backbone.up.1.conv.3.weight"},
+}
+"""Parameters of a (network, pool) that no batch gives a gradient, beside :func:`_biases_before_a_norm`."""
+
+RELATIVE_ZERO = 1e-6
+"""A gradient whose largest entry is below this fraction of the model's largest is zero (float rounding):
+the smallest real one at these sizes is about 2e-5 of the largest, rounding leaves at most about 1e-7."""
+
+
+def _biases_before_a_norm(model: nn.Module) -> set[str]:
+    """Biases of convolutions that feed InstanceNorm or (training) BatchNorm directly.
+
+    The norm subtracts each channel's mean, which absorbs a constant per channel: such a bias has no
+    gradient but float rounding.
+    """
+    found = set()
+    for prefix, module in model.named_modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module.named_children())
+        for (name, layer), (_, following) in zip(children, children[1:]):
+            if (isinstance(layer, nn.Conv2d) and layer.bias is not None
+                    and isinstance(following, (nn.InstanceNorm2d, nn.BatchNorm2d))):
+                found.add(f"{prefix}.{name}.bias")
+    return found
+
+
 @pytest.mark.parametrize("pool", ["features", "maps"])
-@pytest.mark.parametrize("name", GP_MODEL_NAMES)
-def test_gradient_reaches_every_parameter(name, pool):
-    model = build_model(name, 4, 3, pool=pool, dropout=0.0, **SMALL[name]).train()
+@pytest.mark.parametrize(("name", "options"), VARIANTS)
+def test_gradient_reaches_every_parameter(name, options, pool):
+    model = build_model(name, 4, 3, pool=pool, dropout=0.0, **options).train()
     target = torch.tensor([0, 2])
 
     nn.functional.cross_entropy(model(_images(2, 4, 16, 16)), target).backward()
@@ -89,8 +124,13 @@ def test_gradient_reaches_every_parameter(name, pool):
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert missing == []
-    zero = [n for n, p in params.items() if not p.grad.any()]
-    assert len(zero) <= len(params) // 10, zero
+    largest = max(p.grad.abs().max() for p in params.values())
+    zero = {n for n, p in params.items() if p.grad.abs().max() <= RELATIVE_ZERO * largest}
+    allowed = _biases_before_a_norm(model) | NO_GRADIENT_BY_DESIGN.get((name, pool), set())
+    assert allowed <= params.keys(), allowed - params.keys()
+    assert zero <= allowed, sorted(zero - allowed)
+    for n in NO_GRADIENT_BY_DESIGN.get((name, pool), set()):
+        assert not params[n].grad.any(), n
 
 
 @pytest.mark.parametrize("name", GP_MODEL_NAMES)

@@ -1,0 +1,121 @@
+"""gpmodels.evaluation on a heatmap store built by hand, checked against values computed by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from gpmodels.evaluation import evaluate_heatmaps
+from gpmodels.postprocess import ThresholdConfig
+from storage.cases import SliceBatch
+from storage.store import StoreWriter
+
+CLASSES = ["tumour-free", "LGG", "HGG"]
+SIZE = 6
+FIXED = ThresholdConfig(method="fixed", value=0.5)
+
+
+def _box(rows: slice, cols: slice, value: float = 1.0) -> np.ndarray:
+    out = np.zeros((SIZE, SIZE), np.float32)
+    out[rows, cols] = value
+    return out
+
+
+# One row per heatmap-store slice: (name, store index, true class, predicted class, ground-truth mask,
+# {class: map}; classes not given have all-zero maps). Masks are the maps above 0.5.
+SLICES = [
+    # LGG, predicted LGG, map on the 4 mask pixels: Dice 2*4 / (4 + 4) = 1.0
+    ("A", 2, 1, 1, _box(slice(0, 2), slice(0, 2)), {1: _box(slice(0, 2), slice(0, 2))}),
+    # LGG, predicted LGG, map shifted by 1 column: 2 of 4 pixels shared, Dice 2*2 / (4 + 4) = 0.5
+    ("B", 0, 1, 1, _box(slice(2, 4), slice(2, 4)), {1: _box(slice(2, 4), slice(3, 5))}),
+    # tumour-free, predicted LGG, map on 3 pixels: a false positive (no Dice: no ground truth)
+    ("C", 1, 0, 1, _box(slice(0, 0), slice(0, 0)), {1: _box(slice(0, 1), slice(0, 3))}),
+    # tumour-free, predicted tumour-free: empty mask although its class-0 map is all ones
+    ("D", 6, 0, 0, _box(slice(0, 0), slice(0, 0)), {0: np.ones((SIZE, SIZE), np.float32)}),
+    # HGG predicted tumour-free: empty mask (the HGG map would fit exactly), Dice 0.0
+    ("E", 4, 2, 0, _box(slice(1, 4), slice(1, 3)), {0: np.ones((SIZE, SIZE), np.float32),
+                                                    2: _box(slice(1, 4), slice(1, 3))}),
+    # HGG, predicted HGG, map on 4 of the 6 mask pixels: Dice 2*4 / (4 + 6) = 0.8 (the LGG map would fit exactly)
+    ("F", 7, 2, 2, _box(slice(3, 6), slice(3, 5)), {1: _box(slice(3, 6), slice(3, 5)),
+                                                    2: _box(slice(4, 6), slice(3, 5))}),
+    # tumour-free, predicted HGG, negative map: empty mask, no false positive
+    ("G", 5, 0, 2, _box(slice(0, 0), slice(0, 0)), {2: np.full((SIZE, SIZE), -1.0, np.float32)}),
+]
+EXTRA = (3, 1, np.ones((SIZE, SIZE), np.float32))
+"""A store slice of patient p1 that is not in the heatmap store (store index, class, mask)."""
+
+
+def _write_slice_store(path: Path) -> Path:
+    """Store rows 0-3 belong to p1, 4-7 to p2; the masks and labels are those of SLICES and EXTRA."""
+    masks = np.zeros((8, SIZE, SIZE), np.uint8)
+    labels = np.zeros(8, np.int8)
+    for _, index, label, _, truth, _ in SLICES:
+        masks[index], labels[index] = truth, label
+    masks[EXTRA[0]], labels[EXTRA[0]] = EXTRA[2], EXTRA[1]
+    images = np.random.default_rng(0).random((8, 1, SIZE, SIZE)).astype(np.float16)
+    with StoreWriter(path, ["flair"], SIZE) as writer:
+        for patient, rows in (("p1", slice(0, 4)), ("p2", slice(4, 8))):
+            writer.append(SliceBatch(patient=patient, images=images[rows], masks=masks[rows], labels=labels[rows],
+                                     slice_index=np.arange(4, dtype=np.int16)))
+        writer.commit({"classes": CLASSES, "channels": ["flair"], "sources": {"hand": "made"}},
+                      {0: np.full(8, 2, np.int8)})
+    return path
+
+
+def _write_heatmap_store(path: Path, store: Path) -> Path:
+    maps = np.zeros((len(SLICES), len(CLASSES), SIZE, SIZE), np.float16)
+    for row, (_, _, _, _, _, class_maps) in enumerate(SLICES):
+        for cls, values in class_maps.items():
+            maps[row, cls] = values
+    predicted = np.array([s[3] for s in SLICES], np.int8)
+    heat = zarr.create_group(store=str(path), zarr_format=3)
+    heat.create_array("maps", data=maps)
+    heat.create_array("logits", data=np.eye(len(CLASSES), dtype=np.float32)[predicted] * 3.0)
+    heat.create_array("predicted", data=predicted)
+    heat.create_array("labels", data=np.array([s[2] for s in SLICES], np.int8))
+    heat.create_array("index", data=np.array([s[1] for s in SLICES], np.int64))
+    heat.attrs.update({"kind": "gp", "model": "gp-unet", "fold": 0, "split": "test", "run_dir": str(path.parent),
+                       "store_path": str(store), "data_version": "hand", "classes": CLASSES, "image_size": SIZE})
+    return path
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("hand_heatmaps")
+    store = _write_slice_store(root / "s.zarr")
+    return evaluate_heatmaps(_write_heatmap_store(root / "test.zarr", store), FIXED)
+
+
+def test_per_slice_dice_and_pixel_counts_are_the_hand_computed_ones(evaluation):
+    slices = evaluation["slices"]
+    assert slices["index"] == [2, 0, 1, 6, 4, 7, 5]
+    assert slices["patient"] == ["p1", "p1", "p1", "p2", "p2", "p2", "p2"]
+    assert slices["target_pixels"] == [4, 4, 0, 0, 6, 6, 0]
+    assert slices["pred_pixels"] == [4, 4, 3, 0, 0, 4, 0]
+    # C: 0 (a false positive); D and G: 1 (both masks empty); neither counts in the summaries
+    assert slices["dice"] == pytest.approx([1.0, 0.5, 0.0, 1.0, 0.0, 0.8, 1.0])
+
+
+def test_segmentation_summary_is_over_tumour_slices_only(evaluation):
+    segmentation = evaluation["segmentation"]
+    # Slices with a ground-truth mask: A 1.0, B 0.5, E 0.0, F 0.8. With the tumour-free slices'
+    # scores (C 0.0, D 1.0, G 1.0) the median would be 0.8 instead.
+    assert segmentation["dice"]["n"] == 4
+    assert segmentation["dice"]["median"] == pytest.approx((0.5 + 0.8) / 2)
+    assert segmentation["dice"]["mean"] == pytest.approx((1.0 + 0.5 + 0.0 + 0.8) / 4)
+    assert list(segmentation["per_class"]) == ["LGG", "HGG"]
+    lgg, hgg = segmentation["per_class"]["LGG"], segmentation["per_class"]["HGG"]
+    assert (lgg["n"], hgg["n"]) == (2, 2)
+    assert lgg["median"] == pytest.approx((1.0 + 0.5) / 2)
+    assert hgg["median"] == pytest.approx((0.0 + 0.8) / 2)
+    # Tumour-free slices C, D, G: only C has a non-empty mask.
+    assert segmentation["fpr_tumour_free"] == pytest.approx(1 / 3)
+
+
+def test_classification_numbers_of_the_hand_made_store(evaluation):
+    # Correct: A, B, D, F of 7. p1's tumour slices say LGG (right); p2's say tumour-free and HGG (right).
+    assert evaluation["classification"]["accuracy"] == pytest.approx(4 / 7)
+    assert evaluation["threshold"]["method"] == "fixed" and evaluation["threshold"]["value"] == 0.5
