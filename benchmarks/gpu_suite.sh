@@ -11,10 +11,21 @@
 # STORE: a slice store for the end-to-end Lightning run (e.g. demo/stores/brats.zarr).
 # WHEELS: a folder of wheels for what the GPU machine's Python lacks (zarr, numcodecs, donfig,
 # google-crc32c, captum), installed into /tmp/site.
+#
+# Exit status: the number of parts that failed or ran out of time (0: all selected parts ran to the end).
 set -uo pipefail
-STORE=${1:?store}
-WHEELS=${2:-}
-OUT=${OUT:-gpu-out}
+STORE=$(realpath -m "${1:?store}")   # paths as the caller gave them, before the cd below
+WHEELS=${2:+$(realpath -m "$2")}
+OUT=$(realpath -m "${OUT:-gpu-out}")
+cd "$(dirname "$0")/.." || exit 1   # the repository root, whatever the caller's folder
+KNOWN=throughput_b64,throughput_b64_fft,sinc,compile_b64,heatmaps,occlusion,throughput_b8,learning,loader,learning_seeds
+PARTS=${PARTS:-throughput_b64,throughput_b64_fft,sinc,heatmaps,learning}  # at most 405 s; compile_b64 on request
+for name in ${PARTS//,/ }; do
+    [[ ",$KNOWN," == *",$name,"* ]] || { echo "PARTS: unknown part '$name' (known: $KNOWN)" >&2; exit 1; }
+done
+if [[ ",$PARTS," =~ ,(learning|learning_seeds|loader), && ! -d "$STORE" ]]; then
+    echo "$STORE: no such slice store (the learning and loader parts read it)" >&2; exit 1
+fi
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [[ -n "$WHEELS" ]]; then
@@ -24,28 +35,33 @@ else
     export PYTHONPATH=$PWD
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, torchvision, pytorch_lightning as pl; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'lightning', pl.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+python3 -c "import torch, torchvision, pytorch_lightning as pl; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'lightning', pl.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+[[ ${PIPESTATUS[0]} == 0 ]] || { echo "torch cannot use a CUDA device here" >&2; exit 1; }
+python3 -c "import captum, zarr, skimage, sklearn, numba, pandas, matplotlib, gpmodels.evaluation, gpmodels.heatmaps, storage.store" \
+    || { echo "a package the benchmarks import is missing: add its wheel to WHEELS" >&2; exit 1; }
 
-PARTS=${PARTS:-throughput_b64,throughput_b64_fft,sinc,compile_b64,heatmaps,learning}  # throughput_b8: measured before
+failed=()
 part() {  # part NAME SECONDS COMMAND...  (skipped unless NAME is in $PARTS)
     local name=$1 seconds=$2; shift 2
     [[ ",$PARTS," == *",$name,"* ]] || return 0
     echo "=== $name (limit ${seconds}s)"
     local started=$SECONDS
     timeout "$seconds" "$@" 2>&1 | tee "$OUT/$name.txt"
-    echo "=== $name: exit ${PIPESTATUS[0]}, $((SECONDS - started)) s"
+    local rc=${PIPESTATUS[0]}
+    echo "=== $name: exit $rc, $((SECONDS - started)) s"
+    ((rc == 0)) || failed+=("$name (exit $rc)")
 }
 
 # In order of value: the GP-UNet target (sinc by matrix products, the CUDA default, against the FFT in the
-# same call), the up-sampling alone, compiled steps, heatmaps, learning; batch 8 on request (the default parts
-# take at most 525 s).
+# same call), the up-sampling alone, heatmaps, learning (the default parts take at most 405 s); compiled steps
+# (PARTS=compile_b64, alone: up to 240 s) and batch 8 on request.
 part throughput_b64 90 python3 benchmarks/train_throughput.py --device cuda --batch 64 --steps 10 --warmup 3
 part throughput_b64_fft 60 python3 benchmarks/train_throughput.py --device cuda --batch 64 --steps 10 --warmup 3 \
     --sinc-method fft --models gp-unet,gp-reconresnet
 part sinc 40 python3 benchmarks/sinc_upsample.py --device cuda --seconds 1 --cases 64,128,60 64,64,120 16,64,256
-part compile_b64 120 python3 benchmarks/train_throughput.py --device cuda --batch 64 --steps 10 --warmup 3 --compile \
+part compile_b64 240 python3 benchmarks/train_throughput.py --device cuda --batch 64 --steps 10 --warmup 3 --compile \
     --models gp-unet,gp-reconresnet,gp-shuffleunet
-part heatmaps 45 python3 benchmarks/heatmaps.py --device cuda --batch 64 --batches 5
+part heatmaps 60 python3 benchmarks/heatmaps.py --device cuda --batch 64 --batches 5 --rounds 2
 # On request (PARTS=occlusion): the CUDA target of automatic occlusion batching (64 slices per pass is a guess).
 part occlusion 120 python3 benchmarks/occlusion.py --device cuda --size 240 --slices 2 --preset paper --ppe auto,8,128
 part throughput_b8 90 python3 benchmarks/train_throughput.py --device cuda --batch 8 --steps 20 --warmup 5
@@ -62,4 +78,7 @@ for f in "$OUT"/throughput_b64.txt "$OUT"/throughput_b64_fft.txt "$OUT"/compile_
 [[ -f "$OUT/sinc.txt" ]] && cat "$OUT/sinc.txt"
 [[ -f "$OUT/occlusion.txt" ]] && cat "$OUT/occlusion.txt"
 for f in "$OUT"/learning.txt "$OUT"/learning_seeds.txt; do [[ -f "$f" ]] && grep -A12 "^model" "$f"; done
-grep -h "slices/s" "$OUT/heatmaps.txt" "$OUT/learning.txt" "$OUT/loader.txt" 2>/dev/null
+[[ -f "$OUT/heatmaps.txt" ]] && cat "$OUT/heatmaps.txt"
+grep -h "slices/s" "$OUT/learning.txt" "$OUT/loader.txt" 2>/dev/null || true
+if ((${#failed[@]})); then echo "=== failed: ${failed[*]}"; else echo "=== every selected part ran to the end"; fi
+exit ${#failed[@]}

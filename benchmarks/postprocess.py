@@ -7,7 +7,9 @@ Parts (``--part``):
   slices/s of suppression + multi-Otsu threshold + Dice with
   :mod:`gpmodels.postprocess` and with a per-slice loop of
   ``skimage.filters.threshold_multiotsu`` and NumPy Dice; then of an offset
-  sweep (thresholds once per slice) against the per-slice, per-offset loop.
+  sweep (thresholds once per slice) against two per-slice loops: the naive
+  one that thresholds once per slice and offset (the first ratio), and one
+  that thresholds each slice once and applies every offset (the fair one).
   Both sides must give identical Dice; the script prints whether they do.
   The first call is timed on its own: it loads the compiled (numba) kernels
   from the on-disk cache, or compiles them when the cache is cold.
@@ -18,7 +20,8 @@ Parts (``--part``):
   masks are cleaned before they are scored), against a loop of ``segment_heatmaps`` per offset;
   the last two must choose the same offset.
 
-Further parts (e.g. heatmap generation per model) register in ``PARTS``.
+* ``heatmaps``: heatmap generation slices/s per model (:mod:`benchmarks.heatmaps`, here at
+  ``--size`` with ``--batch-size`` slices per pass, on ``--device``).
 
 Usage::
 
@@ -79,19 +82,44 @@ def synthetic_heatmaps(n: int, size: int, seed: int) -> tuple[np.ndarray, np.nda
     return maps, targets
 
 
+def _upper_threshold(heat: np.ndarray) -> np.float32 | None:
+    """scikit-image's upper multi-Otsu threshold of one suppressed map, or None below 3 distinct values."""
+    try:
+        return threshold_multiotsu(heat, classes=3, nbins=256)[-1]
+    except ValueError:  # fewer than 3 distinct values: empty mask, as gpmodels.postprocess defines
+        return None
+
+
+def _slice_dice(heat: np.ndarray, upper: np.float32 | None, offset: float, target: np.ndarray) -> float:
+    """NumPy Dice of one slice's mask ``heat > max(upper - offset, 0)`` (empty without a threshold)."""
+    threshold = heat.max() if upper is None else max(upper - np.float32(offset), np.float32(0))
+    pred = heat > threshold
+    inter = np.count_nonzero(pred & target)
+    total = np.count_nonzero(pred) + np.count_nonzero(target)
+    return 2.0 * inter / total if total else 1.0
+
+
 def loop_dice(maps: np.ndarray, targets: np.ndarray, offset: float) -> np.ndarray:
     """Baseline: per slice, suppression + skimage multi-Otsu + NumPy Dice."""
     out = np.empty(maps.shape[0])
     for i in range(maps.shape[0]):
         heat = np.maximum(maps[i], 0)
-        try:
-            threshold = max(threshold_multiotsu(heat, classes=3, nbins=256)[-1] - np.float32(offset), np.float32(0))
-        except ValueError:  # fewer than 3 distinct values: empty mask, as gpmodels.postprocess defines
-            threshold = heat.max()
-        pred = heat > threshold
-        inter = np.count_nonzero(pred & targets[i])
-        total = np.count_nonzero(pred) + np.count_nonzero(targets[i])
-        out[i] = 2.0 * inter / total if total else 1.0
+        out[i] = _slice_dice(heat, _upper_threshold(heat), offset, targets[i])
+    return out
+
+
+def loop_sweep_once(maps: np.ndarray, targets: np.ndarray, offsets: tuple[float, ...]) -> np.ndarray:
+    """Baseline of the sweep: per slice, one skimage multi-Otsu, then every offset's mask and Dice.
+
+    Returns:
+        ``(len(offsets), N)`` Dice, as :func:`gpmodels.postprocess.sweep_offsets`.
+    """
+    out = np.empty((len(offsets), maps.shape[0]))
+    for i in range(maps.shape[0]):
+        heat = np.maximum(maps[i], 0)
+        upper = _upper_threshold(heat)
+        for j, offset in enumerate(offsets):
+            out[j, i] = _slice_dice(heat, upper, offset, targets[i])
     return out
 
 
@@ -138,11 +166,17 @@ def part_thresholds(args: argparse.Namespace) -> None:
     print_comparison(f"suppress + multi-Otsu + Dice (offset {offset}):", n, measure(runs, args.repeats))
 
     offsets = tuple(args.sweep)
-    runs = {"per-slice, per-offset loop": lambda: np.stack([loop_dice(maps, targets, o) for o in offsets])}
+    runs = {"per-slice, per-offset loop": lambda: np.stack([loop_dice(maps, targets, o) for o in offsets]),
+            "per-slice, one threshold": lambda: loop_sweep_once(maps, targets, offsets)}
     for workers in thread_counts:
         runs[f"vectorised, {workers} thread(s)"] = lambda workers=workers: sweep_offsets(
             maps, targets, offsets, workers=workers)
-    print_comparison(f"offset sweep over {len(offsets)} offsets {offsets}:", n, measure(runs, args.repeats))
+    timings = measure(runs, args.repeats)
+    print_comparison(f"offset sweep over {len(offsets)} offsets {offsets}:", n, timings)
+    fair = timings["per-slice, one threshold"][0]
+    print("  against the per-slice loop that thresholds each slice once: " + ", ".join(
+        f"{fair / timings[f'vectorised, {workers} thread(s)'][0]:.2f} x ({workers} thread(s))"
+        for workers in thread_counts))
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
@@ -186,7 +220,18 @@ def part_cleaning(args: argparse.Namespace) -> None:
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
-PARTS: dict[str, Callable[[argparse.Namespace], None]] = {"thresholds": part_thresholds, "cleaning": part_cleaning}
+def part_heatmaps(args: argparse.Namespace) -> None:
+    """Heatmap generation slices/s per model (the script ``benchmarks/heatmaps.py``)."""
+    import torch
+    from heatmaps import report  # benchmarks/heatmaps.py, beside this script
+
+    from gpmodels.nets import MODEL_NAMES
+
+    report(list(MODEL_NAMES), args.size, args.batch_size, 3, args.repeats, torch.device(args.device))
+
+
+PARTS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "thresholds": part_thresholds, "cleaning": part_cleaning, "heatmaps": part_heatmaps}
 
 
 def main() -> None:
@@ -198,6 +243,8 @@ def main() -> None:
     parser.add_argument("--sweep", type=float, nargs="+", default=PAPER_SWEEP, help="offsets of the sweep")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (the best of each run is kept)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8, help="--part heatmaps: slices per forward pass")
+    parser.add_argument("--device", default="cpu", help="--part heatmaps: cpu or cuda")
     parser.add_argument("--empty", type=float, default=0.5,
                         help="--part cleaning: share of masks emptied for the third timing (clean-up skips them)")
     args = parser.parse_args()

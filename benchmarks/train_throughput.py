@@ -12,8 +12,12 @@ For each model, on random 4 x 240 x 240 slices (float16 as stored, batch 8 by de
 * ``inference``: ``forward`` in eval mode under ``torch.inference_mode`` (bf16 autocast and
   channels-last on CUDA).
 
-Each timing runs ``--warmup`` untimed steps first and reports the fastest of ``--steps`` timed steps.
-``ratio`` is gpseg step / plain fp32 throughput.
+Each timing runs ``--warmup`` untimed steps, then ``--rounds`` rounds of ``--steps`` steps back to back
+(on CUDA synchronised once before and once after a round, so the host queues work ahead as in training) and
+reports the best round's mean step (as ``timeit`` does: the least disturbed by other load). Until 2026-12-03
+it reported the fastest single step, each synchronised on its own; the figures in ``results/GPU.md`` are of
+that kind. ``ratio`` is gpseg step / plain fp32 throughput. On CUDA, ``cudnn.benchmark`` is on by default, as
+in ``gpseg train``; the plain loop's convolutions may use TF32 where PyTorch allows it (printed).
 
 Usage::
 
@@ -38,23 +42,26 @@ from gpmodels.nets import MODEL_NAMES, build_model, model_options
 from gpmodels.nets.sinc import SINC_METHODS, Upsample2d
 
 
-def seconds_per_step(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
-    """Fastest wall time of one ``step()`` over ``steps`` timed calls after ``warmup`` untimed ones.
+def seconds_per_step(step: Callable[[], None], warmup: int, steps: int, device: torch.device,
+                     rounds: int = 2) -> float:
+    """Mean wall time of one ``step()`` in the best of ``rounds`` rounds of ``steps`` back-to-back calls.
 
-    The minimum (as ``timeit`` reports) is the least disturbed by other load on the machine.
+    ``warmup`` untimed calls come first. On CUDA the device is synchronised before and after each round
+    only, so the host can queue steps ahead of the device as a training loop does.
     """
     for _ in range(warmup):
         step()
-    times = []
-    for _ in range(steps):
+    best = float("inf")
+    for _ in range(rounds):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
-        step()
+        for _ in range(steps):
+            step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - started)
-    return min(times)
+        best = min(best, (time.perf_counter() - started) / steps)
+    return best
 
 
 def gpseg_step(net: nn.Module, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
@@ -65,7 +72,10 @@ def gpseg_step(net: nn.Module, images: torch.Tensor, masks: torch.Tensor, labels
     if cuda:
         module = module.to(memory_format=torch.channels_last)
     if compile_net:
-        module.net = torch.compile(module.net)
+        if module.has_aux:  # training calls forward_with_aux, which a compiled wrapper would pass to the eager net
+            module.net.forward_with_aux = torch.compile(module.net.forward_with_aux)
+        else:
+            module.net = torch.compile(module.net)
     optimizer = module.configure_optimizers()
     augmenter = RandomFlipRotate(AugmentConfig(), seed=0)
 
@@ -124,8 +134,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="Timed steps per measurement.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps before timing.")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network in the gpseg step.")
-    parser.add_argument("--cudnn-benchmark", action="store_true",
-                        help="Let cuDNN pick the fastest convolution algorithms (as gpseg's training does on GPUs).")
+    parser.add_argument("--rounds", type=int, default=2, help="Timed rounds of --steps steps (the best is kept).")
+    parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None,
+                        help="Let cuDNN pick the fastest convolution algorithms (default: on CUDA, as gpseg's "
+                             "training does on GPUs).")
     parser.add_argument("--upsample", choices=("sinc", "bilinear"), default=None,
                         help="Up-sampling of GP-UNet and GP-ReconResNet (default: the network's, sinc).")
     parser.add_argument("--sinc-method", choices=SINC_METHODS, default=None,
@@ -137,14 +149,18 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    if args.cudnn_benchmark is None:
+        args.cudnn_benchmark = device.type == "cuda"
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     torch.manual_seed(0)
     images = torch.randn(args.batch, args.channels, args.size, args.size).half().to(device)
     masks = (torch.rand(args.batch, args.size, args.size) > 0.9).to(torch.uint8).to(device)
     labels = torch.randint(0, 3, (args.batch,)).to(device)
     print(f"device {device}, batch {args.batch} x {args.channels} x {args.size} x {args.size}, "
-          f"{args.warmup} warm-up + {args.steps} timed steps, threads {torch.get_num_threads()}, "
-          f"cudnn.benchmark {args.cudnn_benchmark}, compile {args.compile}, upsample {args.upsample or 'default'}, "
+          f"{args.warmup} warm-up + best of {args.rounds} rounds of {args.steps} steps, "
+          f"threads {torch.get_num_threads()}, cudnn.benchmark {args.cudnn_benchmark}, "
+          f"TF32 convolutions {torch.backends.cudnn.allow_tf32 if device.type == 'cuda' else 'n/a'}, "
+          f"compile {args.compile}, upsample {args.upsample or 'default'}, "
           f"sinc method {args.sinc_method or 'default'}, width {args.width or 'default'}",
           flush=True)
     print("training and inference in slices/s; ratio = gpseg's training step / a plain eager fp32 loop")
@@ -161,11 +177,10 @@ def main() -> None:
                 if isinstance(module, Upsample2d):
                     module.method = args.sinc_method
         plain_net = copy.deepcopy(net)
-        ours = args.batch / seconds_per_step(gpseg_step(net, images, masks, labels, device, args.compile),
-                                             args.warmup, args.steps, device)
-        plain = args.batch / seconds_per_step(plain_step(plain_net, images, labels), args.warmup, args.steps, device)
-        infer = args.batch / seconds_per_step(inference_step(plain_net, images, device), args.warmup, args.steps,
-                                              device)
+        timing = (args.warmup, args.steps, device, args.rounds)
+        ours = args.batch / seconds_per_step(gpseg_step(net, images, masks, labels, device, args.compile), *timing)
+        plain = args.batch / seconds_per_step(plain_step(plain_net, images, labels), *timing)
+        infer = args.batch / seconds_per_step(inference_step(plain_net, images, device), *timing)
         rows.append(f"{name:<16}{ours:>14.2f}{plain:>14.2f}{ours / plain:>7.2f}{infer:>13.2f}")
         print(rows[-1], flush=True)
         del net, plain_net
