@@ -14,12 +14,13 @@
 #
 # Exit status: the number of parts that failed or ran out of time (0: all selected parts ran to the end).
 set -uo pipefail
-STORE=$(realpath -m "${1:?store}")   # paths as the caller gave them, before the cd below
+STORE=${1:?usage: gpu_suite.sh STORE [WHEELS]}
+STORE=$(realpath -m "$STORE")   # paths as the caller gave them, before the cd below
 WHEELS=${2:+$(realpath -m "$2")}
 OUT=$(realpath -m "${OUT:-gpu-out}")
 cd "$(dirname "$0")/.." || exit 1   # the repository root, whatever the caller's folder
 KNOWN=throughput_b64,throughput_b64_fft,sinc,compile_b64,heatmaps,occlusion,throughput_b8,learning,loader,learning_seeds
-PARTS=${PARTS:-throughput_b64,throughput_b64_fft,sinc,heatmaps,learning}  # at most 405 s; compile_b64 on request
+PARTS=${PARTS:-throughput_b64,throughput_b64_fft,sinc,heatmaps,learning}  # at most 420 s; compile_b64 on request
 for name in ${PARTS//,/ }; do
     [[ ",$KNOWN," == *",$name,"* ]] || { echo "PARTS: unknown part '$name' (known: $KNOWN)" >&2; exit 1; }
 done
@@ -45,6 +46,7 @@ part() {  # part NAME SECONDS COMMAND...  (skipped unless NAME is in $PARTS)
     local name=$1 seconds=$2; shift 2
     [[ ",$PARTS," == *",$name,"* ]] || return 0
     echo "=== $name (limit ${seconds}s)"
+    rm -f "$OUT/$name.txt"   # the summary below shows this run's parts only
     local started=$SECONDS
     timeout "$seconds" "$@" 2>&1 | tee "$OUT/$name.txt"
     local rc=${PIPESTATUS[0]}
@@ -53,7 +55,7 @@ part() {  # part NAME SECONDS COMMAND...  (skipped unless NAME is in $PARTS)
 }
 
 # In order of value: the GP-UNet target (sinc by matrix products, the CUDA default, against the FFT in the
-# same call), the up-sampling alone, heatmaps, learning (the default parts take at most 405 s); compiled steps
+# same call), the up-sampling alone, heatmaps, learning (the default parts take at most 420 s); compiled steps
 # (PARTS=compile_b64, alone: up to 240 s) and batch 8 on request.
 part throughput_b64 90 python3 benchmarks/train_throughput.py --device cuda --batch 64 --steps 10 --warmup 3
 part throughput_b64_fft 60 python3 benchmarks/train_throughput.py --device cuda --batch 64 --steps 10 --warmup 3 \
@@ -72,13 +74,17 @@ part loader 150 python3 benchmarks/loader.py "$STORE" --workers 0,4,8 --batch 64
 # On request (PARTS=learning_seeds, alone: up to 7 minutes): the learning targets over three seeds, with Dice.
 part learning_seeds 420 python3 benchmarks/learning.py --store "$STORE" --work /tmp/gpseg-learning-seeds \
     --preset paper --epochs 50 --full-width --models gp-unet,gp-reconresnet,gp-shuffleunet --seed 0,1,2 --dice
-echo; echo "=== summary"
-for f in "$OUT"/throughput_b64.txt "$OUT"/throughput_b64_fft.txt "$OUT"/compile_b64.txt "$OUT"/throughput_b8.txt; do
-    [[ -f "$f" ]] && { echo "--- $(basename "$f")"; grep -A8 "^model" "$f"; }; done
-[[ -f "$OUT/sinc.txt" ]] && cat "$OUT/sinc.txt"
-[[ -f "$OUT/occlusion.txt" ]] && cat "$OUT/occlusion.txt"
-for f in "$OUT"/learning.txt "$OUT"/learning_seeds.txt; do [[ -f "$f" ]] && grep -A12 "^model" "$f"; done
-[[ -f "$OUT/heatmaps.txt" ]] && cat "$OUT/heatmaps.txt"
-grep -h "slices/s" "$OUT/learning.txt" "$OUT/loader.txt" 2>/dev/null || true
+echo; echo "=== summary (this run's parts)"
+for name in ${PARTS//,/ }; do
+    f="$OUT/$name.txt"
+    [[ -f "$f" ]] || continue
+    echo "--- $name"
+    case $name in
+        throughput*|compile*) grep -A8 "^model" "$f" ;;
+        learning*) grep -A12 "^model" "$f"; grep -h "slices/s" "$f" ;;
+        loader) grep -h "slices/s" "$f" ;;
+        *) cat "$f" ;;
+    esac
+done
 if ((${#failed[@]})); then echo "=== failed: ${failed[*]}"; else echo "=== every selected part ran to the end"; fi
 exit ${#failed[@]}

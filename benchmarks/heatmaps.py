@@ -17,32 +17,16 @@ Usage: python benchmarks/heatmaps.py [--size 240] [--batch 8] [--batches 3] [--r
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
-import time
-from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
 import zarr
+from train_throughput import seconds_per_step  # benchmarks/train_throughput.py, beside this script
 
 from gpmodels.heatmaps import class_maps, to_float16
 from gpmodels.nets import MODEL_NAMES, build_model, is_gp_model
-
-
-def best_rate(run: Callable[[int], None], slices: int, batches: int, rounds: int, device: torch.device) -> float:
-    """slices/s of the best of ``rounds`` rounds of ``run(i)`` for ``i < batches``, after one warm-up call."""
-    run(0)
-    best = float("inf")
-    for _ in range(rounds):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        for i in range(batches):
-            run(i)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return slices * batches / best
 
 
 def rates(name: str, size: int, batch: int, batches: int, rounds: int, device: torch.device) -> tuple[float, float]:
@@ -52,7 +36,7 @@ def rates(name: str, size: int, batch: int, batches: int, rounds: int, device: t
     gp = is_gp_model(name)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext
 
-    def model_only(_: int) -> None:
+    def model_only() -> None:
         with autocast():
             class_maps(model, images, gp)
 
@@ -60,14 +44,16 @@ def rates(name: str, size: int, batch: int, batches: int, rounds: int, device: t
         maps_arr = zarr.create_group(store=tmp, zarr_format=3).create_array(
             "maps", shape=(batch * batches, 3, size, size), dtype="float16", chunks=(1, 3, size, size),
             compressors=zarr.codecs.ZstdCodec(level=1))
+        positions = itertools.cycle(range(0, batch * batches, batch))
 
-        def with_writes(i: int) -> None:
+        def with_writes() -> None:
             with autocast():
                 _, maps = class_maps(model, images, gp)
-            maps_arr[i * batch:(i + 1) * batch] = to_float16(maps)
+            start = next(positions)
+            maps_arr[start:start + batch] = to_float16(maps)
 
-        return (best_rate(model_only, batch, batches, rounds, device),
-                best_rate(with_writes, batch, batches, rounds, device))
+        timing = (1, batches, device, rounds)  # one warm-up batch, then the best of the rounds
+        return batch / seconds_per_step(model_only, *timing), batch / seconds_per_step(with_writes, *timing)
 
 
 def report(models: list[str], size: int, batch: int, batches: int, rounds: int, device: torch.device) -> None:

@@ -20,8 +20,9 @@ Parts (``--part``):
   masks are cleaned before they are scored), against a loop of ``segment_heatmaps`` per offset;
   the last two must choose the same offset.
 
-* ``heatmaps``: heatmap generation slices/s per model (:mod:`benchmarks.heatmaps`, here at
-  ``--size`` with ``--batch-size`` slices per pass, on ``--device``).
+* ``heatmaps``: heatmap generation slices/s per model (``benchmarks/heatmaps.py``, here at
+  ``--size`` with ``--batch-size`` slices per pass, ``--batches`` per round and ``--repeats``
+  rounds, on ``--device``).
 
 Usage::
 
@@ -227,7 +228,7 @@ def part_heatmaps(args: argparse.Namespace) -> None:
 
     from gpmodels.nets import MODEL_NAMES
 
-    report(list(MODEL_NAMES), args.size, args.batch_size, 3, args.repeats, torch.device(args.device))
+    report(list(MODEL_NAMES), args.size, args.batch_size, args.batches, args.repeats, torch.device(args.device))
 
 
 PARTS: dict[str, Callable[[argparse.Namespace], None]] = {
@@ -244,6 +245,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (the best of each run is kept)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8, help="--part heatmaps: slices per forward pass")
+    parser.add_argument("--batches", type=int, default=3, help="--part heatmaps: timed batches per round")
     parser.add_argument("--device", default="cpu", help="--part heatmaps: cpu or cuda")
     parser.add_argument("--empty", type=float, default=0.5,
                         help="--part cleaning: share of masks emptied for the third timing (clean-up skips them)")

@@ -45,6 +45,14 @@ from storage.store import SPLIT_NAMES, open_store
 POSTHOC_METHODS: tuple[str, ...] = ("occlusion", "guided_backprop")
 
 
+POSTHOC_SLICES_PER_PASS = 2
+"""Slices whose gradient maps (guided backpropagation, Grad-CAM) are made together. The backward pass keeps
+the network's activations in float32: for 8 slices at once at 512 px, GP-ShuffleUNet's would need about 30 GiB."""
+
+GRADIENT_METHODS = ("guided_backprop",)
+"""Post-hoc methods that need a backward pass, made :data:`POSTHOC_SLICES_PER_PASS` slices at a time."""
+
+
 def pick_device(device: str | None = None) -> torch.device:
     """``cuda`` when available (or as asked), else ``cpu``.
 
@@ -207,11 +215,6 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
     return out
 
 
-POSTHOC_SLICES_PER_PASS = 2
-"""Slices whose post-hoc maps are made together. Guided backpropagation keeps the network's activations for
-the backward pass in float32: for 8 slices at once at 512 px, GP-ShuffleUNet's would need about 30 GiB."""
-
-
 def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, index: np.ndarray,
                    labels: np.ndarray, run, gp: bool, count: int, device: torch.device) -> None:
     """Post-hoc maps of ``count`` slices with a tumour class spread over the split, at the store size."""
@@ -223,12 +226,19 @@ def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, 
         return
     size = int(group["images"].shape[-1])
     parts: dict[str, list[np.ndarray]] = {}
-    for start in range(0, rows.size, POSTHOC_SLICES_PER_PASS):
-        chunk = rows[start:start + POSTHOC_SLICES_PER_PASS]
+    # Occlusion runs without gradients and batches its forward passes by pixels, so it takes every slice at
+    # once; the maps that need a backward pass (the reference map of a baseline: Grad-CAM) take a few.
+    chunks = [rows[start:start + POSTHOC_SLICES_PER_PASS] for start in range(0, rows.size, POSTHOC_SLICES_PER_PASS)]
+    calls = [(rows, [m for m in POSTHOC_METHODS if m not in GRADIENT_METHODS], False)]
+    calls += [(chunk, [m for m in POSTHOC_METHODS if m in GRADIENT_METHODS], True) for chunk in chunks]
+    for chunk, methods, reference in calls:
+        if not methods and not reference:
+            continue
         images = torch.from_numpy(read_rows(index[chunk], group["images"])[0].astype(np.float32))
         images = resize_images(images.to(device), run.image_size)
         target = torch.from_numpy(labels[chunk].astype(np.int64)).to(device)
-        for name, values in posthoc_batch(model, images, target, methods=POSTHOC_METHODS, is_gp=gp).items():
+        maps = posthoc_batch(model, images, target, methods=methods, is_gp=gp, reference=reference)
+        for name, values in maps.items():
             tensor = torch.as_tensor(np.asarray(values, dtype=np.float32))[:, None]
             parts.setdefault(name, []).append(to_float16(resize_images(tensor, size)[:, 0]))
     heat.create_array("posthoc/rows", data=rows.astype(np.int64))

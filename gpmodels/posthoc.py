@@ -267,6 +267,7 @@ def posthoc_batch(
     *,
     is_gp: bool,
     occlusion: OcclusionConfig = OcclusionConfig(),
+    reference: bool = True,
 ) -> dict[str, np.ndarray]:
     """All maps of one batch for the target classes: the reference map and the post-hoc ones.
 
@@ -281,6 +282,7 @@ def posthoc_batch(
         is_gp: True for a GP network (adds ``"gp"``, its heatmap), False for a baseline (adds
             ``"gradcam"``, Grad-CAM at the default layer).
         occlusion: Window, stride and batching of the occlusion method.
+        reference: False leaves out the reference map (e.g. when it is made with another call).
 
     Returns:
         ``{"gp" or "gradcam": map, method: map, ...}``, each float32 (B, H, W) on the CPU.
@@ -296,10 +298,11 @@ def posthoc_batch(
     if unknown:
         raise ValueError(f"methods: unknown {unknown}; expected some of {POSTHOC_METHODS}")
     with evaluation_mode(model):
-        if is_gp:
-            maps = {"gp": gp_heatmaps(model, images, target)}
-        else:
-            maps = {"gradcam": gradcam_target_maps(model, images, target)}
+        maps = {}
+        if reference and is_gp:
+            maps["gp"] = gp_heatmaps(model, images, target)
+        elif reference:
+            maps["gradcam"] = gradcam_target_maps(model, images, target)
         for method in methods:
             if method == "occlusion":
                 maps[method] = occlusion_maps(

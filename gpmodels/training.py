@@ -10,6 +10,7 @@ continues from ``last.ckpt`` instead of restarting (after a kill, or with more e
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import platform
@@ -63,12 +64,21 @@ class OutOfDeviceMemory(RuntimeError):
     """Training ran out of accelerator memory; the message names the run's batch and size and what to change."""
 
 
+_OUT_OF_MEMORY_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+"""Parts of the messages of the runtime errors a GPU's libraries raise when they cannot allocate."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's out-of-memory error and the allocation failures cuBLAS and cuDNN report."""
+    return isinstance(exc, torch.OutOfMemoryError) or any(marker in str(exc) for marker in _OUT_OF_MEMORY_MARKERS)
+
+
 def out_of_memory_message(run: RunConfig) -> str:
     """One line for a run that ran out of GPU memory: its model, size and batch, and the way out."""
     train = run.train
     return (f"{train.out}: {train.model} at {run.image_size} px with batch {train.batch_size} per device ran out of "
-            f"GPU memory; give a smaller --batch-size (the effective batch of {train.effective_batch} is kept by "
-            "gradient accumulation) or a smaller --image-size")
+            f"GPU memory; give a smaller --batch-size that divides {train.effective_batch} (the effective batch is "
+            "kept by gradient accumulation) or a smaller --image-size")
 
 
 @dataclass(frozen=True)
@@ -228,6 +238,7 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
         storage.errors.StoreError: If the store is missing or unreadable.
         ValueError: If the configuration does not fit the store, or ``config.out`` holds a
             checkpointed run with other settings (see :data:`gpmodels.train_config.RESUMABLE_FIELDS`).
+        OutOfDeviceMemory: If the GPU ran out of memory (one line naming the batch, the size and the way out).
     """
     started = time.perf_counter()
     run = resolve_run(config)
@@ -266,8 +277,18 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
                 results = trainer.test(module, datamodule=data, ckpt_path=str(best), weights_only=True,
                                        verbose=False)
                 test_metrics = {key: float(value) for result in results for key, value in result.items()}
-        except torch.OutOfMemoryError as exc:
-            raise OutOfDeviceMemory(out_of_memory_message(run)) from exc
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one
+            if not is_out_of_memory(exc):
+                raise
+            # raised below, outside this block: the error's traceback holds the failed step's tensors
+            failure = f"{out_of_memory_message(run)} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        else:
+            failure = None
+        if failure is not None:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise OutOfDeviceMemory(failure)
     _merge(paths)
     score = checkpoint.best_model_score
     return TrainResult(run_dir=paths.root, run=run, global_step=trainer.global_step, start_step=start_step,

@@ -475,10 +475,12 @@ def test_cli_network_options_reach_the_run_config(phantom_store, tmp_path):
     assert net.head.pool == "maps" and net.backbone.dropout.p == 0.25
 
 
-def test_running_out_of_gpu_memory_is_one_line_that_says_what_to_change(phantom_store, tmp_path, monkeypatch):
-    """A CUDA out-of-memory error in a training step names the run's batch and size and the way out."""
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate`")])
+def test_running_out_of_gpu_memory_is_one_line_that_says_what_to_change(phantom_store, tmp_path, monkeypatch, error):
+    """An allocation failure in a training step names the run's batch and size and the way out."""
     def step(self, batch, batch_idx):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise error
 
     monkeypatch.setattr(ClassifierModule, "training_step", step)
     out = tmp_path / "run"
@@ -489,7 +491,18 @@ def test_running_out_of_gpu_memory_is_one_line_that_says_what_to_change(phantom_
     assert result.exit_code == 1
     line = " ".join(result.output.split())
     assert (f"{out}: gp-unet at 32 px with batch 4 per device ran out of GPU memory; give a smaller --batch-size "
-            "(the effective batch of 8 is kept by gradient accumulation) or a smaller --image-size") in line
+            "that divides 8 (the effective batch is kept by gradient accumulation) or a smaller --image-size "
+            f"({error})") in line
     assert "Traceback" not in result.output
     monkeypatch.undo()
     assert CliRunner().invoke(app, args + ["--batch-size", "2"]).exit_code == 0  # the way out works in the same dir
+
+
+def test_other_runtime_errors_in_training_are_not_called_out_of_memory(phantom_store, tmp_path, monkeypatch):
+    def step(self, batch, batch_idx):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(ClassifierModule, "training_step", step)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as raised:
+        train(preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / "run")))
+    assert not isinstance(raised.value, training.OutOfDeviceMemory)
