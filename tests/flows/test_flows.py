@@ -1,4 +1,8 @@
-"""full-benchmark, then postprocess with new thresholds, then retrain-on-new-data, on a tiny phantom set."""
+"""full-benchmark, then postprocess with new thresholds, then retrain-on-new-data, on a tiny phantom set.
+
+The tests that take ``bench_workdir`` are one sequence in file order: the first trains, the next ones find
+its work (e.g. the rerun's training is "Cached"), so they are not meant to run alone with ``-k``.
+"""
 
 from __future__ import annotations
 
