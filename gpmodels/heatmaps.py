@@ -227,16 +227,17 @@ def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, 
     size = int(group["images"].shape[-1])
     parts: dict[str, list[np.ndarray]] = {}
     # Occlusion runs without gradients and batches its forward passes by pixels, so it takes every slice at
-    # once; the maps that need a backward pass (the reference map of a baseline: Grad-CAM) take a few.
+    # once; guided backprop and the reference map (a baseline's is Grad-CAM, which needs a backward pass too)
+    # take POSTHOC_SLICES_PER_PASS slices at a time.
     chunks = [rows[start:start + POSTHOC_SLICES_PER_PASS] for start in range(0, rows.size, POSTHOC_SLICES_PER_PASS)]
     calls = [(rows, [m for m in POSTHOC_METHODS if m not in GRADIENT_METHODS], False)]
     calls += [(chunk, [m for m in POSTHOC_METHODS if m in GRADIENT_METHODS], True) for chunk in chunks]
-    for chunk, methods, reference in calls:
+    for part, methods, reference in calls:
         if not methods and not reference:
             continue
-        images = torch.from_numpy(read_rows(index[chunk], group["images"])[0].astype(np.float32))
+        images = torch.from_numpy(read_rows(index[part], group["images"])[0].astype(np.float32))
         images = resize_images(images.to(device), run.image_size)
-        target = torch.from_numpy(labels[chunk].astype(np.int64)).to(device)
+        target = torch.from_numpy(labels[part].astype(np.int64)).to(device)
         maps = posthoc_batch(model, images, target, methods=methods, is_gp=gp, reference=reference)
         for name, values in maps.items():
             tensor = torch.as_tensor(np.asarray(values, dtype=np.float32))[:, None]

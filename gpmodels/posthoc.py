@@ -298,7 +298,7 @@ def posthoc_batch(
     if unknown:
         raise ValueError(f"methods: unknown {unknown}; expected some of {POSTHOC_METHODS}")
     with evaluation_mode(model):
-        maps = {}
+        maps: dict[str, Tensor] = {}
         if reference and is_gp:
             maps["gp"] = gp_heatmaps(model, images, target)
         elif reference:

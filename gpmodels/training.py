@@ -281,7 +281,8 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
             if not is_out_of_memory(exc):
                 raise
             # raised below, outside this block: the error's traceback holds the failed step's tensors
-            failure = f"{out_of_memory_message(run)} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            failure = f"{out_of_memory_message(run)} ({detail if len(detail) <= 160 else detail[:157] + '...'})"
         else:
             failure = None
         if failure is not None:
