@@ -34,7 +34,10 @@ def rates(name: str, size: int, batch: int, batches: int, rounds: int, device: t
     model = build_model(name, 4, 3).to(device).eval()
     images = torch.rand(batch, 4, size, size, device=device)
     gp = is_gp_model(name)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext
+    def autocast() -> torch.autocast | nullcontext:
+        """A fresh context per call (bf16 autocast on CUDA, as ``gpseg heatmaps`` runs)."""
+        return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
 
     def model_only() -> None:
         with autocast():
