@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -92,15 +93,18 @@ def _run_stack(stack: "LocalStack") -> None:
         env_file = Path(stack.env["PREFECT_HOME"]) / "env.sh"
         env_file.write_text("".join(f"export {k}={stack.env[k]}\n" for k in
                                     ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED",
-                                     "GX_ANALYTICS_ENABLED")))
+                                     "GX_ANALYTICS_ENABLED"))
+                            + f'export PATH="{Path(sys.executable).parent}:$PATH"\n')  # this venv's prefect
         console.print(f"[green]ready[/green]: UI {stack.api_url.removesuffix('/api')}, worker on pool {stack.pool}\n"
                       f"  source {env_file}\n  prefect deployment run full-benchmark/full-benchmark --watch\n"
                       "Ctrl-C (or `kill` of this process) stops the worker and the server.")
-        while all(p.poll() is None for p in stack.processes.values()):
+        while (exited := stack.exited()) is None:
             time.sleep(1)
-        raise fail(f"a stack process exited; logs in {stack.log_dir}")
+        raise fail(f"the stack's {exited} stopped; everything else is stopped too; logs in {stack.log_dir}")
     except KeyboardInterrupt:
         console.print("stopping ...")
+    except typer.Exit:
+        raise  # a RuntimeError too, already printed
     except (RuntimeError, TimeoutError) as exc:
         raise fail(str(exc)) from exc
     finally:
@@ -113,23 +117,43 @@ def drop_cmd(
                                                     "folder): drop the release's name_mapping.csv too.")],
     into: Annotated[Path, typer.Option("--into", help="The drop folder (a dataset's source folder).")] = Path(
         "runs/benchmark/drop"),
-    kind: Annotated[str, typer.Option(help="Dataset kind of the drop folder: brats or jun-cheng.")] = "brats",
+    kind: Annotated[str, typer.Option(help="Dataset kind of the drop folder: brats or jun-cheng (sent with the "
+                                           "event; the retraining run reads the folder as this kind).")] = "brats",
     workdir: Annotated[Path, typer.Option(help="Work dir of the deployment that retrains.")] = Path("runs/benchmark"),
 ) -> None:
     """Copy new cases into the drop folder and emit the `gpseg.data.dropped` event (triggers retraining).
 
     The event goes to the Prefect API of ``PREFECT_API_URL`` (the local stack's: `gpseg serve`, then
     `source .prefect/env.sh`). Without it, or when that API does not answer, the files are still copied but
-    the command fails with one line saying that no event was sent.
+    the command fails with one line saying that no event was sent. Every path is checked first (it must
+    exist and hold a NIfTI or MAT file or be a name_mapping.csv); a name_mapping.csv dropped where one is
+    adds its new rows to it.
     """
     from prefect.events import emit_event
 
+    from storage.brats import NAME_MAPPING, merge_name_mapping
+
+    if kind not in DROP_KINDS:
+        raise fail(f"kind: got {kind!r}, expected one of {', '.join(DROP_KINDS)}")
+    for item in path:  # every path is checked before anything is copied
+        problem = _not_droppable(item)
+        if problem:
+            raise fail(f"{item}: {problem}; nothing was copied")
+    if into.exists() and not into.is_dir():
+        raise fail(f"{into}: exists and is not a folder")
     into.mkdir(parents=True, exist_ok=True)
     copied = 0
     for item in path:
-        if not item.exists():
-            raise fail(f"{item}: not found")
         target = into / item.name
+        if item.name == NAME_MAPPING and item.is_file() and target.is_file():
+            try:
+                added = merge_name_mapping(item, target)
+            except ValueError as exc:
+                raise fail(f"{one_line(exc)}; copied {copied} item(s) before it, no event sent") from exc
+            console.print(f"merged {added} new row(s) of {item} into {target}" if added else
+                          f"[yellow]skip[/yellow] {item.name}: every row is already in {target}", soft_wrap=True)
+            copied += bool(added)
+            continue
         if target.exists():
             console.print(f"[yellow]skip[/yellow] {item.name}: already in {into}")
             continue
@@ -150,6 +174,23 @@ def drop_cmd(
 
     EventsWorker.drain_all(timeout=30)  # send it now: the events client is asynchronous, and this process exits
     console.print(f"{done}; event sent", soft_wrap=True)
+
+
+DROP_KINDS = ("brats", "jun-cheng")
+"""Dataset kinds whose source folder takes drops (a manifest lists its cases in a CSV instead)."""
+
+
+def _not_droppable(item: Path) -> str | None:
+    """Why ``item`` cannot be dropped (missing, or holding no NIfTI/MAT file or ``name_mapping.csv``), or None."""
+    from storage.drops import data_files, is_data_file
+
+    if not item.exists():
+        return "not found"
+    if item.is_dir() and not data_files(item):
+        return "holds no NIfTI or MAT file and no name_mapping.csv, so it is no case"
+    if item.is_file() and not is_data_file(item):
+        return "is not a NIfTI or MAT file or a name_mapping.csv"
+    return None
 
 
 HEALTH_TIMEOUT_S = 5.0

@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -78,6 +79,20 @@ def _prefect() -> str:
     return str(exe) if exe.exists() else (shutil.which("prefect") or "prefect")
 
 
+def check_port_free(port: int, host: str = "127.0.0.1") -> None:
+    """Raise a one-line ``RuntimeError`` when ``host:port`` cannot be bound (another server holds it).
+
+    Checked before the server starts: otherwise a second ``gpseg serve`` finds the first one's ``/health``
+    answering, and deploys and starts a worker against that stack before its own server fails.
+    """
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise RuntimeError(f"{host}:{port} is in use ({exc.strerror}); is `gpseg serve` already running? "
+                               "Stop it, or give another --port") from None
+
+
 @dataclass
 class LocalStack:
     """A Prefect server + process worker for this project.
@@ -140,7 +155,12 @@ class LocalStack:
         raise TimeoutError(f"prefect server not healthy after {timeout:.0f} s; see {self.log_dir / 'server.log'}")
 
     def start(self, deploy: bool = True, worker: bool = True) -> "LocalStack":
-        """Start the server, create the work pool, deploy prefect.yaml and start a worker."""
+        """Start the server, create the work pool, deploy prefect.yaml and start a worker.
+
+        Raises:
+            RuntimeError: the port is taken (e.g. by a stack already running), or a step failed.
+        """
+        check_port_free(self.port)
         Path(self.env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
         self._spawn("server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port))
         self.wait_healthy()
@@ -150,6 +170,13 @@ class LocalStack:
         if worker:
             self._spawn("worker", "worker", "start", "--pool", self.pool, "--limit", "1")
         return self
+
+    def exited(self) -> str | None:
+        """``"NAME (exit CODE)"`` of the first stack process that has exited, or ``None`` while all run."""
+        for name, proc in self.processes.items():
+            if proc.poll() is not None:
+                return f"{name} (exit {proc.returncode})"
+        return None
 
     def stop(self) -> None:
         """Terminate the worker, then the server (each with its process group): SIGTERM, then SIGKILL

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 from pathlib import Path
 
@@ -50,6 +51,51 @@ def read_name_mapping(path: Path) -> dict[str, str]:
             if subject and subject != "NA":
                 grades[subject] = row[grade_column].strip()
     return grades
+
+
+def merge_name_mapping(new: Path, existing: Path) -> int:
+    """Append the rows of ``new`` whose case is not in ``existing`` (two ``name_mapping.csv`` of one release).
+
+    Cases are keyed by the newest ``BraTS_<year>_subject_ID`` column, as :func:`read_name_mapping` reads them.
+    ``existing`` is rewritten through a temporary file and a rename, and only when rows are added.
+
+    Returns:
+        The number of rows added.
+
+    Raises:
+        ValueError: the headers differ, a header lacks the columns :func:`read_name_mapping` needs, or a case
+            is in both files with another grade (nothing is written then).
+    """
+    def rows(path: Path) -> tuple[list[str], list[list[str]]]:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            table = [row for row in csv.reader(fh) if row]
+        return ([h.strip() for h in table[0]] if table else []), table[1:]
+
+    (header, old_rows), (new_header, new_rows) = rows(existing), rows(new)
+    if header != new_header:
+        raise ValueError(f"{new}: header {new_header} differs from {existing}'s {header}; merge them by hand")
+    old_grades, new_grades = read_name_mapping(existing), read_name_mapping(new)
+    clashes = sorted(case for case in new_grades.keys() & old_grades.keys() if new_grades[case] != old_grades[case])
+    if clashes:
+        raise ValueError(f"{new}: {clashes[0]} has grade {new_grades[clashes[0]]} there and "
+                         f"{old_grades[clashes[0]]} in {existing}" + (f" ({len(clashes)} cases differ)"
+                                                                     if len(clashes) > 1 else ""))
+    years = {int(m.group(1)): i for i, h in enumerate(header) if (m := _SUBJECT_ID_COLUMN.match(h))}
+    id_column = years[max(years)]
+    added = [row for row in new_rows
+             if len(row) > id_column and row[id_column].strip() not in old_grades and row[id_column].strip()
+             not in ("", "NA")]
+    if added:
+        tmp = existing.with_name(f".{existing.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", newline="") as out:
+                writer = csv.writer(out, lineterminator="\n")
+                writer.writerow(header)
+                writer.writerows(old_rows + added)
+            os.replace(tmp, existing)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return len(added)
 
 
 def _nifti_stem(path: Path) -> str | None:

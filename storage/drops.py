@@ -40,11 +40,15 @@ def fingerprint(folder: Path | str) -> str:
     return digest.hexdigest()[:16]
 
 
+def is_data_file(path: Path) -> bool:
+    """True for an image or label file (NIfTI, MAT) or a metadata file (``name_mapping.csv``), by name."""
+    return path.name.lower().endswith(DATA_SUFFIXES) or path.name in METADATA_FILES
+
+
 def data_files(folder: Path) -> list[Path]:
     """Image and label files below a folder (NIfTI and MAT) and metadata files (``name_mapping.csv``), sorted;
     hidden files and folders are skipped (as ingestion skips them: a macOS ``._NAME`` sidecar is not new data)."""
-    return [p for p in visible_files_below(folder)
-            if p.name.lower().endswith(DATA_SUFFIXES) or p.name in METADATA_FILES]
+    return [p for p in visible_files_below(folder) if is_data_file(p)]
 
 
 def new_files(folder: Path | str, store: Path | str | None) -> list[str]:

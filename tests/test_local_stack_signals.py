@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,48 @@ def test_stop_kills_a_process_that_ignores_sigterm_after_its_grace(monkeypatch, 
     stack.stop()
     assert worker.returncode == -signal.SIGKILL and server.returncode == -signal.SIGTERM
     assert stack.processes == {}
+
+
+def test_a_second_stack_on_a_taken_port_is_refused_before_it_starts_anything(tmp_path):
+    import socket
+
+    from gpseg.local_stack import LocalStack
+
+    with socket.socket() as first:  # another server on the port
+        first.bind(("127.0.0.1", 0))
+        first.listen()
+        port = first.getsockname()[1]
+        stack = LocalStack(tmp_path, port=port, home=tmp_path / ".prefect")
+        with pytest.raises(RuntimeError, match=rf"^127\.0\.0\.1:{port} is in use \(.*\); is `gpseg serve` already "
+                                               r"running\? Stop it, or give another --port$"):
+            stack.start()
+    assert stack.processes == {} and not (tmp_path / ".prefect").exists()
+
+
+def test_a_stack_process_that_dies_is_named_in_one_line_and_the_rest_is_stopped(monkeypatch, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    import typer
+
+    from gpseg import flow_commands
+    from gpseg.local_stack import LocalStack
+
+    stack = LocalStack(tmp_path, port=0, home=tmp_path / ".prefect")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], start_new_session=True)
+    dead.wait()
+
+    def start():  # what LocalStack.start leaves: the home folder and the processes
+        (tmp_path / ".prefect").mkdir()
+        stack.processes.update(server=alive, worker=dead)
+        return stack
+
+    monkeypatch.setattr(stack, "start", start)
+    with pytest.raises(typer.Exit):
+        flow_commands._run_stack(stack)
+    out = " ".join(capsys.readouterr().err.split())  # the console writes to stderr
+    assert out.endswith(f"error: the stack's worker (exit 3) stopped; everything else is stopped too; logs in "
+                        f"{stack.log_dir}"), out
+    assert "error: 1" not in out and alive.poll() is not None
+    assert f'export PATH="{Path(sys.executable).parent}:$PATH"' in (tmp_path / ".prefect" / "env.sh").read_text()

@@ -224,6 +224,57 @@ def test_drop_to_an_api_that_answers_sends_the_event(dropped, tmp_path, prefect_
     assert str(into.resolve()) in drops_seen
 
 
+def _drop_args(tmp_path: Path, *args: str):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        return CliRunner().invoke(app, ["drop", *args, "--workdir", str(tmp_path / "w")])
+
+
+def test_a_second_drop_of_name_mapping_adds_its_rows(dropped, tmp_path, monkeypatch):
+    """The grades of a later drop's cases reach the drop folder's name_mapping.csv (it used to be skipped)."""
+    from storage.brats import NAME_MAPPING_HEADER, read_name_mapping
+
+    case, into = dropped
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    header = ",".join(NAME_MAPPING_HEADER) + "\n"
+    first = case.parent / "first" / "name_mapping.csv"
+    first.parent.mkdir()
+    first.write_text(header + "HGG,NA,NA,NA,NA,BraTS20_Training_007\n")
+    later = case.parent / "name_mapping.csv"
+    later.write_text(header + "HGG,NA,NA,NA,NA,BraTS20_Training_007\nLGG,NA,NA,NA,NA,BraTS20_Training_009\n")
+
+    _drop_args(tmp_path, str(first), "--into", str(into))
+    result = _drop_args(tmp_path, str(case), str(later), "--into", str(into))
+
+    said = " ".join(result.output.split())
+    assert f"merged 1 new row(s) of {later} into {into / 'name_mapping.csv'}" in said
+    assert f"copied 2 item(s) into {into}, but the event was NOT sent" in said
+    assert read_name_mapping(into / "name_mapping.csv") == {"BraTS20_Training_007": "HGG",
+                                                             "BraTS20_Training_009": "LGG"}
+
+
+@pytest.mark.parametrize(("make", "args", "message"), [
+    (lambda root: root / "missing", [], "{item}: not found; nothing was copied"),
+    (lambda root: (root / "notes").mkdir() or (root / "notes" / "readme.txt").write_text("x") and root / "notes",
+     [], "{item}: holds no NIfTI or MAT file and no name_mapping.csv, so it is no case; nothing was copied"),
+    (lambda root: (root / "readme.txt").write_text("x") and root / "readme.txt", [],
+     "{item}: is not a NIfTI or MAT file or a name_mapping.csv; nothing was copied"),
+    (lambda root: root / "missing", ["--kind", "bogus"], "kind: got 'bogus', expected one of brats, jun-cheng"),
+])
+def test_a_bad_drop_is_refused_in_one_line_before_anything_is_copied(dropped, tmp_path, make, args, message):
+    case, into = dropped
+    item = make(tmp_path)
+    result = _drop_args(tmp_path, str(case), str(item), "--into", str(into), *args)  # the good case comes first
+
+    assert result.exit_code == 1
+    assert result.output == f"error: {message.format(item=item)}\n"
+    assert not into.exists()
+
+
 def test_jun_cheng_phantoms_below_their_smallest_size_are_refused_in_one_line():
     with pytest.raises(ValidationError) as caught:
         DatasetSpec(kind="jun-cheng", phantom_size=48)

@@ -85,3 +85,42 @@ def test_a_case_without_any_grade_source_says_what_is_missing(tmp_path):
     assert cases == [] and rejected == {str(case): (
         f"no grade (HGG/LGG) for BraTS20_Training_001 in {tmp_path / 'drop'} (no name_mapping.csv there, "
         "and the case is not in an HGG/ or LGG/ folder)")}
+
+
+def _mapping(path, *rows):
+    path.write_text(",".join(NAME_MAPPING_HEADER) + "\n" + "".join(",".join(row) + "\n" for row in rows))
+    return path
+
+
+def _row(grade, number):
+    return [grade, "NA", "NA", "NA", "NA", f"BraTS20_Training_{number:03d}"]
+
+
+def test_a_second_name_mapping_adds_its_new_cases_only(tmp_path):
+    from storage.brats import merge_name_mapping
+
+    existing = _mapping(tmp_path / "name_mapping.csv", _row("HGG", 1), _row("LGG", 2))
+    new = _mapping(tmp_path / "new.csv", _row("LGG", 2), _row("HGG", 3), _row("LGG", 4))
+
+    assert merge_name_mapping(new, existing) == 2
+    assert read_name_mapping(existing) == {"BraTS20_Training_001": "HGG", "BraTS20_Training_002": "LGG",
+                                           "BraTS20_Training_003": "HGG", "BraTS20_Training_004": "LGG"}
+    before = existing.read_bytes()
+    assert merge_name_mapping(new, existing) == 0 and existing.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["name_mapping.csv", "new.csv"]  # no temporary left
+
+
+def test_a_name_mapping_that_regrades_a_case_or_has_another_header_is_refused(tmp_path):
+    from storage.brats import merge_name_mapping
+
+    existing = _mapping(tmp_path / "name_mapping.csv", _row("HGG", 1))
+    before = existing.read_bytes()
+    regraded = _mapping(tmp_path / "regraded.csv", _row("LGG", 1), _row("HGG", 5))
+    with pytest.raises(ValueError, match=r"regraded.csv: BraTS20_Training_001 has grade LGG there and HGG in .*"
+                                         r"name_mapping.csv$"):
+        merge_name_mapping(regraded, existing)
+    other = tmp_path / "other.csv"
+    other.write_text("Grade,BraTS_2019_subject_ID\nHGG,BraTS19_X_1\n")
+    with pytest.raises(ValueError, match="other.csv: header .* differs from .*; merge them by hand"):
+        merge_name_mapping(other, existing)
+    assert existing.read_bytes() == before
