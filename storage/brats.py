@@ -24,6 +24,38 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _SUBJECT_ID_COLUMN = re.compile(r"^BraTS_(\d{4})_subject_ID$", re.IGNORECASE)
 
 
+def _name_mapping_table(path: Path) -> tuple[list[str], list[list[str]]]:
+    """The header (stripped) and the non-empty rows of a ``name_mapping.csv``."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        table = list(csv.reader(fh))
+    return ([h.strip() for h in table[0]] if table else []), [row for row in table[1:] if row]
+
+
+def _name_mapping_columns(path: Path, header: list[str]) -> tuple[int, int]:
+    """``(grade column, id column)``: ``Grade`` and the newest ``BraTS_<year>_subject_ID``.
+
+    Raises:
+        ValueError: no ``Grade`` column or no ``BraTS_<year>_subject_ID`` column.
+    """
+    years = {int(m.group(1)): i for i, h in enumerate(header) if (m := _SUBJECT_ID_COLUMN.match(h))}
+    if "Grade" not in header or not years:
+        raise ValueError(f"{path}: header {header} lacks a Grade column and a BraTS_<year>_subject_ID column "
+                         f"(the BraTS 2020 header is {','.join(NAME_MAPPING_HEADER)})")
+    return header.index("Grade"), years[max(years)]
+
+
+def _grades(rows: list[list[str]], grade_column: int, id_column: int) -> dict[str, str]:
+    """Case id -> grade of the rows that have both (``NA`` and empty ids skipped)."""
+    grades: dict[str, str] = {}
+    for row in rows:
+        if len(row) <= max(grade_column, id_column):
+            continue
+        subject = row[id_column].strip()
+        if subject and subject != "NA":
+            grades[subject] = row[grade_column].strip()
+    return grades
+
+
 def read_name_mapping(path: Path) -> dict[str, str]:
     """Case folder name -> grade from a ``name_mapping.csv``.
 
@@ -35,29 +67,28 @@ def read_name_mapping(path: Path) -> dict[str, str]:
     Raises:
         ValueError: no ``Grade`` column or no ``BraTS_<year>_subject_ID`` column.
     """
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        header = [h.strip() for h in next(reader, [])]
-        years = {int(m.group(1)): i for i, h in enumerate(header) if (m := _SUBJECT_ID_COLUMN.match(h))}
-        if "Grade" not in header or not years:
-            raise ValueError(f"{path}: header {header} lacks a Grade column and a BraTS_<year>_subject_ID column "
-                             f"(the BraTS 2020 header is {','.join(NAME_MAPPING_HEADER)})")
-        grade_column, id_column = header.index("Grade"), years[max(years)]
-        grades: dict[str, str] = {}
-        for row in reader:
-            if len(row) <= max(grade_column, id_column):
-                continue
-            subject = row[id_column].strip()
-            if subject and subject != "NA":
-                grades[subject] = row[grade_column].strip()
-    return grades
+    header, rows = _name_mapping_table(path)
+    return _grades(rows, *_name_mapping_columns(path, header))
+
+
+def write_name_mapping(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    """Write a ``name_mapping.csv`` through a temporary file in the same folder and a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="") as out:
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def merge_name_mapping(new: Path, existing: Path) -> int:
     """Append the rows of ``new`` whose case is not in ``existing`` (two ``name_mapping.csv`` of one release).
 
     Cases are keyed by the newest ``BraTS_<year>_subject_ID`` column, as :func:`read_name_mapping` reads them.
-    ``existing`` is rewritten through a temporary file and a rename, and only when rows are added.
+    ``existing`` is rewritten (:func:`write_name_mapping`) only when rows are added.
 
     Returns:
         The number of rows added.
@@ -66,35 +97,19 @@ def merge_name_mapping(new: Path, existing: Path) -> int:
         ValueError: the headers differ, a header lacks the columns :func:`read_name_mapping` needs, or a case
             is in both files with another grade (nothing is written then).
     """
-    def rows(path: Path) -> tuple[list[str], list[list[str]]]:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            table = [row for row in csv.reader(fh) if row]
-        return ([h.strip() for h in table[0]] if table else []), table[1:]
-
-    (header, old_rows), (new_header, new_rows) = rows(existing), rows(new)
+    (header, old_rows), (new_header, new_rows) = _name_mapping_table(existing), _name_mapping_table(new)
     if header != new_header:
         raise ValueError(f"{new}: header {new_header} differs from {existing}'s {header}; merge them by hand")
-    old_grades, new_grades = read_name_mapping(existing), read_name_mapping(new)
+    columns = _name_mapping_columns(existing, header)
+    old_grades, new_grades = _grades(old_rows, *columns), _grades(new_rows, *columns)
     clashes = sorted(case for case in new_grades.keys() & old_grades.keys() if new_grades[case] != old_grades[case])
     if clashes:
         raise ValueError(f"{new}: {clashes[0]} has grade {new_grades[clashes[0]]} there and "
                          f"{old_grades[clashes[0]]} in {existing}" + (f" ({len(clashes)} cases differ)"
                                                                      if len(clashes) > 1 else ""))
-    years = {int(m.group(1)): i for i, h in enumerate(header) if (m := _SUBJECT_ID_COLUMN.match(h))}
-    id_column = years[max(years)]
-    added = [row for row in new_rows
-             if len(row) > id_column and row[id_column].strip() not in old_grades and row[id_column].strip()
-             not in ("", "NA")]
+    added = [row for row in new_rows if _grades([row], *columns).keys() - old_grades.keys()]
     if added:
-        tmp = existing.with_name(f".{existing.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "w", newline="") as out:
-                writer = csv.writer(out, lineterminator="\n")
-                writer.writerow(header)
-                writer.writerows(old_rows + added)
-            os.replace(tmp, existing)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_name_mapping(existing, header, old_rows + added)
     return len(added)
 
 

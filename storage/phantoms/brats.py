@@ -16,13 +16,12 @@ Reference:
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from storage.brats import NAME_MAPPING, NAME_MAPPING_HEADER
+from storage.brats import NAME_MAPPING, NAME_MAPPING_HEADER, write_name_mapping
 from storage.phantoms.anatomy import MODALITIES, check_int, head_volume
 
 SEG = "seg"
@@ -97,7 +96,7 @@ def write_brats_phantoms(out: Path, cases: int, size: int = 240, depth: int | No
     folders = [_write_case(out, number, size, depth, seed, ".nii.gz" if compress else ".nii") for number in numbers]
     rows = {row[-1]: row for row in existing}
     rows.update((case_id(number), _mapping_row(number)) for number in numbers)
-    _write_name_mapping(mapping, list(rows.values()))
+    write_name_mapping(mapping, NAME_MAPPING_HEADER, list(rows.values()))
     return folders
 
 
@@ -144,17 +143,3 @@ def _read_name_mapping(path: Path) -> list[list[str]]:
         raise ValueError(f"{path}: got the header {rows[0] if rows else 'nothing'}, expected "
                          f"{','.join(NAME_MAPPING_HEADER)}")
     return [row for row in rows[1:] if row]
-
-
-def _write_name_mapping(path: Path, rows: list[list[str]]) -> None:
-    """Write the csv to a temporary file in the same folder, then rename it into place."""
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp_path, "w", newline="") as tmp:
-            writer = csv.writer(tmp, lineterminator="\n")
-            writer.writerow(NAME_MAPPING_HEADER)
-            writer.writerows(rows)
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
