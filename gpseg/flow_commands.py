@@ -139,8 +139,6 @@ def drop_cmd(
         problem = _not_droppable(item)
         if problem:
             raise fail(f"{item}: {problem}; nothing was copied")
-    if into.exists() and not into.is_dir():
-        raise fail(f"{into}: exists and is not a folder")
     into.mkdir(parents=True, exist_ok=True)
     copied = 0
     for item in path:
