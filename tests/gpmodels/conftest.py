@@ -1,7 +1,8 @@
-"""Shared fixtures of the gpmodels tests: a tiny BraTS-layout phantom slice store."""
+"""Shared fixtures of the gpmodels tests: a tiny BraTS-layout phantom slice store, and untrained run dirs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,26 @@ def phantom_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("phantom_store")
     write_brats_phantoms(root / "brats", cases=6, size=32, depth=16, seed=0)
     return ingest_brats(root / "brats", root / "brats.zarr", IngestConfig(workers=0)).store
+
+
+def _untrained_run(store: Path, model: str, out: Path) -> Path:
+    """A run directory with ``config.json`` and untrained weights (seed 0), enough for heatmaps (training a
+    ResNeXt50, even for one step, costs more than the tests that use it)."""
+    import torch
+
+    from gpmodels.checkpoints import RunPaths, save_weights
+    from gpmodels.train_config import preset_config
+    from gpmodels.training import build_network, resolve_run
+
+    run = resolve_run(preset_config("smoke", str(store), model, str(out)))
+    out.mkdir(parents=True)
+    RunPaths(out).config.write_text(json.dumps(run.to_dict()))
+    torch.manual_seed(0)
+    save_weights(build_network(run).state_dict(), RunPaths(out).model)
+    return out
+
+
+@pytest.fixture(scope="session")
+def untrained_run():
+    """``untrained_run(store, model, out) -> out``: a smoke-preset run dir with untrained weights."""
+    return _untrained_run

@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from gpmodels import heatmaps
-from gpmodels.checkpoints import RunPaths, save_weights
 from gpmodels.heatmaps import generate_heatmaps
-from gpmodels.train_config import preset_config
-from gpmodels.training import build_network, resolve_run
-
-
-def _untrained_run(store: Path, model: str, out: Path) -> Path:
-    run = resolve_run(preset_config("smoke", str(store), model, str(out)))
-    out.mkdir(parents=True)
-    RunPaths(out).config.write_text(json.dumps(run.to_dict()))
-    torch.manual_seed(0)
-    save_weights(build_network(run).state_dict(), RunPaths(out).model)
-    return out
 
 
 @pytest.mark.parametrize(("model", "reference"), [("gp-unet", "gp"), ("resnext50", "gradcam")])
-def test_posthoc_maps_made_in_small_passes_equal_one_pass(phantom_store, tmp_path, monkeypatch, model, reference):
+def test_posthoc_maps_made_in_small_passes_equal_one_pass(phantom_store, tmp_path, monkeypatch, model, reference,
+                                                           untrained_run):
     """Gradient maps of three slices in passes of two equal those of one pass of all three, in the same rows."""
-    run = _untrained_run(phantom_store, model, tmp_path / "run")
+    run = untrained_run(phantom_store, model, tmp_path / "run")
     monkeypatch.setattr(heatmaps, "POSTHOC_SLICES_PER_PASS", 8)
     generate_heatmaps(run, "test", posthoc=3, device="cpu")
     kept = tmp_path / "one_pass.zarr"

@@ -19,7 +19,6 @@ import torch
 import zarr
 
 from gpmodels import report_figures
-from gpmodels.checkpoints import RunPaths, save_weights
 from gpmodels.evaluation import evaluate_heatmaps, mask_reader, predicted_masks, write_evaluation
 from gpmodels.files import heatmap_path
 from gpmodels.heatmaps import generate_heatmaps, spread_rows, to_float16
@@ -28,7 +27,7 @@ from gpmodels.postprocess import CleaningConfig, ThresholdConfig, select_maps
 from gpmodels.report import FIGURE_CACHE_DIR, build_report, load_run, threshold_config
 from gpmodels.report_figures import OVERLAY_COLOURS, choose_examples, data_uri, overlay_colours
 from gpmodels.train_config import preset_config
-from gpmodels.training import build_network, resolve_run, train
+from gpmodels.training import train
 from storage.ingest import ingest_jun_cheng
 from storage.ingest_config import IngestConfig
 from storage.phantoms import write_jun_cheng_phantoms
@@ -49,21 +48,12 @@ def _add_posthoc(heatmaps: Path, count: int) -> None:
         group.create_array(f"posthoc/{name}", data=values.astype(np.float16))
 
 
-def _untrained_run(store: Path, model: str, out: Path) -> None:
-    """A run directory with ``config.json`` and untrained weights, enough for heatmaps (training a
-    ResNeXt50, even for one step, costs more than the rest of this file)."""
-    run = resolve_run(preset_config("smoke", str(store), model, str(out)))
-    out.mkdir(parents=True)
-    RunPaths(out).config.write_text(json.dumps(run.to_dict()))
-    torch.manual_seed(0)
-    save_weights(build_network(run).state_dict(), RunPaths(out).model)
-
-
-def _smoke_run(store: Path, model: str, out: Path, posthoc: int, trained: bool = True) -> Path:
-    if trained:
+def _smoke_run(store: Path, model: str, out: Path, posthoc: int, untrained_run=None) -> Path:
+    """A smoke-trained run, or with ``untrained_run`` (the fixture) an untrained one; heatmaps and evaluation."""
+    if untrained_run is None:
         train(preset_config("smoke", str(store), model, str(out), test=False))
     else:
-        _untrained_run(store, model, out)
+        untrained_run(store, model, out)
     heatmaps = generate_heatmaps(out, "test", posthoc=0)
     if posthoc:
         _add_posthoc(heatmaps, posthoc)
@@ -72,7 +62,7 @@ def _smoke_run(store: Path, model: str, out: Path, posthoc: int, trained: bool =
 
 
 @pytest.fixture(scope="session")
-def report_runs(phantom_store, tmp_path_factory) -> dict[str, Path]:
+def report_runs(phantom_store, tmp_path_factory, untrained_run) -> dict[str, Path]:
     """A trained GP-UNet run on the BraTS phantom store (post-hoc maps of 2 slices) and an untrained
     ResNeXt50 run (Grad-CAM, no post-hoc maps, no metrics.csv) on a Jun Cheng phantom store (no
     tumour-free class)."""
@@ -80,7 +70,8 @@ def report_runs(phantom_store, tmp_path_factory) -> dict[str, Path]:
     write_jun_cheng_phantoms(root / "jc", 36, size=64, seed=0)
     jun_cheng = ingest_jun_cheng(root / "jc", root / "jc.zarr", IngestConfig(workers=0, image_size=32)).store
     return {"gp": _smoke_run(phantom_store, "gp-unet", root / "gp-unet", posthoc=2),
-            "baseline": _smoke_run(jun_cheng, "resnext50", root / "resnext50", posthoc=0, trained=False)}
+            "baseline": _smoke_run(jun_cheng, "resnext50", root / "resnext50", posthoc=0,
+                                   untrained_run=untrained_run)}
 
 
 @pytest.fixture(scope="session")
