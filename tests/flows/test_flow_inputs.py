@@ -162,12 +162,13 @@ def dropped(tmp_path):
     return case, tmp_path / "drop"
 
 
-def _drop(case: Path, into: Path, tmp_path: Path):
+def _drop(tmp_path: Path, *args: str):
+    """``gpseg drop ARGS --workdir TMP/w`` through the CLI."""
     from typer.testing import CliRunner
 
     from gpseg.cli import app
 
-    return CliRunner().invoke(app, ["drop", str(case), "--into", str(into), "--workdir", str(tmp_path / "w")])
+    return CliRunner().invoke(app, ["drop", *args, "--workdir", str(tmp_path / "w")])
 
 
 def test_drop_without_an_api_url_copies_but_fails_saying_no_event_was_sent(dropped, tmp_path, monkeypatch):
@@ -176,7 +177,7 @@ def test_drop_without_an_api_url_copies_but_fails_saying_no_event_was_sent(dropp
     case, into = dropped
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
-        result = _drop(case, into, tmp_path)
+        result = _drop(tmp_path, str(case), "--into", str(into))
 
     assert result.exit_code == 1, result.output
     assert result.output == (
@@ -194,8 +195,8 @@ def test_drop_to_an_api_that_does_not_answer_fails_naming_its_url(dropped, tmp_p
         unused.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{unused.getsockname()[1]}/api"
         with temporary_settings(updates={PREFECT_API_URL: url}):
-            result = _drop(case, into, tmp_path)
-            again = _drop(case, into, tmp_path)
+            result = _drop(tmp_path, str(case), "--into", str(into))
+            again = _drop(tmp_path, str(case), "--into", str(into))
 
     assert result.exit_code == 1, result.output
     lines = result.output.splitlines()
@@ -210,7 +211,7 @@ def test_drop_to_an_api_that_answers_sends_the_event(dropped, tmp_path, prefect_
     from prefect.events.filters import EventFilter, EventNameFilter
 
     case, into = dropped
-    result = _drop(case, into, tmp_path)
+    result = _drop(tmp_path, str(case), "--into", str(into))
 
     assert result.exit_code == 0, result.output
     assert result.output == f"copied 1 item(s) into {into}; event sent\n"
@@ -224,18 +225,10 @@ def test_drop_to_an_api_that_answers_sends_the_event(dropped, tmp_path, prefect_
     assert str(into.resolve()) in drops_seen
 
 
-def _drop_args(tmp_path: Path, *args: str):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-    from typer.testing import CliRunner
-
-    from gpseg.cli import app
-
-    with temporary_settings(restore_defaults={PREFECT_API_URL}):
-        return CliRunner().invoke(app, ["drop", *args, "--workdir", str(tmp_path / "w")])
-
-
 def test_a_second_drop_of_name_mapping_adds_its_rows(dropped, tmp_path, monkeypatch):
     """The grades of a later drop's cases reach the drop folder's name_mapping.csv (it used to be skipped)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from storage.brats import NAME_MAPPING_HEADER, read_name_mapping
 
     case, into = dropped
@@ -247,8 +240,9 @@ def test_a_second_drop_of_name_mapping_adds_its_rows(dropped, tmp_path, monkeypa
     later = case.parent / "name_mapping.csv"
     later.write_text(header + "HGG,NA,NA,NA,NA,BraTS20_Training_007\nLGG,NA,NA,NA,NA,BraTS20_Training_009\n")
 
-    _drop_args(tmp_path, str(first), "--into", str(into))
-    result = _drop_args(tmp_path, str(case), str(later), "--into", str(into))
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # no API: the copies are made, no event sent
+        _drop(tmp_path, str(first), "--into", str(into))
+        result = _drop(tmp_path, str(case), str(later), "--into", str(into))
 
     said = " ".join(result.output.split())
     assert f"merged 1 new row(s) of {later} into {into / 'name_mapping.csv'}" in said
@@ -268,7 +262,7 @@ def test_a_second_drop_of_name_mapping_adds_its_rows(dropped, tmp_path, monkeypa
 def test_a_bad_drop_is_refused_in_one_line_before_anything_is_copied(dropped, tmp_path, make, args, message):
     case, into = dropped
     item = make(tmp_path)
-    result = _drop_args(tmp_path, str(case), str(item), "--into", str(into), *args)  # the good case comes first
+    result = _drop(tmp_path, str(case), str(item), "--into", str(into), *args)  # the good case comes first
 
     assert result.exit_code == 1
     assert result.output == f"error: {message.format(item=item)}\n"
