@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -170,7 +171,14 @@ def drop_cmd(
         raise fail(f"{done}, but the event was NOT sent: Prefect emits no events with these settings")
     from prefect.events.worker import EventsWorker
 
-    EventsWorker.drain_all(timeout=30)  # send it now: the events client is asynchronous, and this process exits
+    # Prefect's queue service warns "Still processing items: 1 items remaining..." whenever it is stopped
+    # with the event still queued, as here every time; the last line says whether it was sent.
+    logging.getLogger(EventsWorker.__name__).setLevel(logging.ERROR)
+    # send it now: the events client is asynchronous, and this process exits
+    _, pending = EventsWorker.drain_all(timeout=EVENT_SEND_TIMEOUT_S)
+    if pending:
+        raise fail(f"{done}, but the event was NOT sent within {EVENT_SEND_TIMEOUT_S:.0f} s; "
+                   "run `gpseg drop` again (it skips what is already there)")
     console.print(f"{done}; event sent", soft_wrap=True)
 
 
@@ -192,6 +200,8 @@ def _not_droppable(item: Path) -> str | None:
 
 
 HEALTH_TIMEOUT_S = 5.0
+EVENT_SEND_TIMEOUT_S = 30.0
+"""How long `gpseg drop` waits for the queued ``gpseg.data.dropped`` event to reach the API."""
 """How long `gpseg drop` waits for the Prefect API's ``/health`` before it gives up on sending the event."""
 
 

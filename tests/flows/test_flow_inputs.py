@@ -206,6 +206,18 @@ def test_drop_to_an_api_that_does_not_answer_fails_naming_its_url(dropped, tmp_p
     assert again.exit_code == 1 and "copied 0 item(s)" in again.output  # the retry skips the copied case
 
 
+def test_drop_says_so_when_the_event_is_still_queued_at_its_timeout(dropped, tmp_path, prefect_api, monkeypatch):
+    from prefect.events.worker import EventsWorker
+
+    monkeypatch.setattr(EventsWorker, "drain_all", classmethod(lambda cls, timeout=None: (set(), {timeout})))
+    case, into = dropped
+    result = _drop(tmp_path, str(case), "--into", str(into))
+
+    assert result.exit_code == 1
+    assert result.output == (f"error: copied 1 item(s) into {into}, but the event was NOT sent within 30 s; "
+                             "run `gpseg drop` again (it skips what is already there)\n")
+
+
 def test_drop_to_an_api_that_answers_sends_the_event(dropped, tmp_path, prefect_api):
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter
