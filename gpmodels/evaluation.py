@@ -48,6 +48,7 @@ from gpmodels.postprocess import (
     segment_heatmaps,
     select_maps,
 )
+from storage.folders import recover_interrupted
 from storage.reads import read_rows
 from storage.store import open_store, read_patients
 
@@ -66,8 +67,10 @@ def default_threshold(model: str) -> ThresholdConfig:
 
 
 def open_heatmaps(path: Path | str) -> zarr.Group:
-    """Open a heatmap store with a clear error when it is missing."""
+    """Open a heatmap store with a clear error when it is missing (one that a killed writer left aside is
+    put back first: :func:`storage.folders.recover_interrupted`)."""
     path = Path(path)
+    recover_interrupted(path)
     if not (path / "zarr.json").is_file():
         raise FileNotFoundError(f"{path}: no heatmap store (run `gpseg heatmaps --run RUN_DIR` first)")
     return zarr.open_group(str(path), mode="r")

@@ -23,10 +23,8 @@ clamped to it, not as infinities, so every stored map can be thresholded.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -39,6 +37,7 @@ from gpmodels.augment import resize_images
 from gpmodels.files import heatmap_path
 from gpmodels.nets import is_gp_model
 from gpmodels.training import load_trained
+from storage.folders import hidden_sibling, recover_interrupted, replace_folder
 from storage.reads import read_rows
 from storage.store import SPLIT_NAMES, open_store
 
@@ -166,7 +165,8 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
     labels = group["labels"][:][index]
     size, k = int(group["images"].shape[-1]), len(run.classes)
     out = heatmap_path(run_dir, split)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    recover_interrupted(out)  # a killed writer's leftovers: its unfinished copy, or the old store set aside
+    tmp = hidden_sibling(out, "tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
     heat = zarr.create_group(store=str(tmp), zarr_format=3)
     maps_arr = heat.create_array("maps", shape=(index.size, k, size, size), dtype="float16",
@@ -203,13 +203,7 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
             "image_size": run.image_size, "store_image_size": size, "device": str(target),
             "seconds": time.perf_counter() - started, **cam,
         })
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

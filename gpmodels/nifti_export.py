@@ -3,7 +3,9 @@
 A slice store keeps axial slice ``z`` of a patient as ``volume[:, :, z].T`` resized from the
 source's in-plane size ``(Y, X)`` to the store's ``S x S`` (see :mod:`storage.slicing`), and
 records each patient's volume shape, affine and first channel file in the group attribute
-``volumes``. :func:`reassemble_volume` undoes the slicing for one patient;
+``volumes`` (with the axis order that put a volume stored in another orientation into the axial
+one, :func:`storage.slicing.axial_axes`). :func:`reassemble_volume` undoes the slicing for one
+patient, and the export transposes its result back to the source's axis order;
 :func:`export_patient_masks` writes one ``<patient><suffix>.nii.gz`` per patient with the
 header of the patient's original file, so that the mask overlays the source in any viewer.
 
@@ -27,6 +29,7 @@ import numpy as np
 import zarr
 
 from storage.store import open_store, read_patients
+from storage.volumes import record_axes
 
 logger = logging.getLogger(__name__)
 
@@ -295,14 +298,18 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: Mas
         if patient not in volumes:
             raise ValueError(f"{store_path}: patient {patient!r} has no entry in the 'volumes' attribute; "
                              "re-ingest the store to record its grid")
-        names[patient] = _file_name(patient, suffix)
+        try:
+            axes = record_axes(volumes[patient])
+        except ValueError as exc:
+            raise ValueError(f"{store_path}: patient {patient!r}: {exc}") from None
+        names[patient] = _file_name(patient, suffix), axes
     out_dir = Path(out_dir)
     written = []
-    for patient, name in names.items():
+    for patient, (name, axes) in names.items():
         record = volumes[patient]
         positions = np.flatnonzero(patients == patient)
         volume = reassemble_volume(_patient_masks(masks, positions, patient), slice_index[positions],
-                                   record["shape"])
+                                   [record["shape"][axis] for axis in axes]).transpose(np.argsort(axes))
         reference = Path(record["reference"])
         if not reference.is_absolute():
             reference = Path(root) / reference if root else None

@@ -65,6 +65,9 @@ class SliceBatch:
         source_shape: the in-plane/through-plane shape of the source volume
             (``(X, Y, Z)``), kept for NIfTI export.
         affine: 4x4 source affine (3-D sources) or ``None``.
+        axes: the order of the source's voxel axes that made its third axis foot-head (see
+            :func:`storage.slicing.axial_axes`): slices are cut from ``volume.transpose(axes)``;
+            ``(0, 1, 2)`` for an axially stored volume and for 2-D sources.
     """
 
     patient: str
@@ -76,6 +79,7 @@ class SliceBatch:
     cvind: np.ndarray | None = None
     source_shape: tuple[int, ...] | None = None
     affine: np.ndarray | None = None
+    axes: tuple[int, int, int] = (0, 1, 2)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

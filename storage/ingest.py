@@ -27,9 +27,10 @@ from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSE
 from storage.manifest import read_manifest
 from storage.nifti import sha256_file
 from storage.parallel import dask_client, ordered_map
+from storage.slicing import axial_axes
 from storage.splits import extend_splits, make_splits
 from storage.store import StoreWriter, fold_names, open_store
-from storage.volumes import read_volume_case
+from storage.volumes import read_volume_case, volume_record
 
 DatasetKind = Literal["brats", "jun-cheng", "manifest"]
 Progress = Callable[[int, int, str], None]
@@ -198,8 +199,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
             stored_patients.add(batch.patient)
             sources.update({_relative(p, plan.root): h for p, h in batch.sources.items()})
             if batch.affine is not None:
-                volumes[batch.patient] = {"shape": list(batch.source_shape), "affine": batch.affine.tolist(),
-                                          "reference": str(Path(next(iter(batch.sources))).resolve())}
+                volumes[batch.patient] = volume_record(batch)
             new_patients.append(np.full(len(batch), batch.patient, dtype=object))
             new_slices.append(batch.slice_index)
             new_labels.append(batch.labels)
@@ -306,13 +306,17 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
 
 
 def _first_size(cases: list[VolumeCase]) -> int:
-    """In-plane size of the first readable case with square slices (240, BraTS's, when there is none).
+    """In-plane size of the first readable case with square axial slices (240, BraTS's, when there is none).
 
     A case with non-square slices is rejected unless a size is asked for, so it does not set the size.
+    The in-plane axes are those of the volume put into the axial orientation (:func:`axial_axes`).
     """
     for case in cases:
         try:
-            shape = nib.load(next(iter(case.channels.values()))).shape
+            image = nib.load(next(iter(case.channels.values())))
+            shape = image.shape
+            if len(shape) >= 3:
+                shape = tuple(shape[axis] for axis in axial_axes(image.affine))
         except Exception:  # unreadable: the reader rejects it with the reason later
             continue
         if len(shape) >= 2 and shape[0] == shape[1]:

@@ -1,7 +1,8 @@
 """Turning volumes into labelled, resized axial slices (pure functions).
 
 Rules (DESIGN.md, "Slicing and labelling"): axial slices along the third
-volume axis (slice ``z`` is ``volume[:, :, z].T``); a slice is *blank* when every channel is constant over it and is
+volume axis (slice ``z`` is ``volume[:, :, z].T``), after :func:`axial_axes` has put a volume stored in
+another orientation into the axial one; a slice is *blank* when every channel is constant over it and is
 dropped; a kept slice with any tumour voxel (decided at source resolution) gets
 the patient's class, otherwise class 0 (tumour-free). Images are resized with
 anti-aliasing; masks nearest when enlarging and "any overlap" when shrinking,
@@ -10,8 +11,38 @@ so that no tumour slice loses its mask.
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 from skimage.transform import resize
+
+IDENTITY_AXES: tuple[int, int, int] = (0, 1, 2)
+
+
+def axial_axes(affine: np.ndarray) -> tuple[int, int, int]:
+    """The order of a volume's voxel axes that makes its third axis the head-foot one.
+
+    A volume acquired sagittally or coronally (a 3-D T1 is often stored with the left-right axis
+    third) would otherwise be cut into sagittal or coronal slices. The voxel axes are sorted by the
+    world axis (left-right, back-front, foot-head) that each lies closest to, as nibabel's
+    ``io_orientation`` finds it from the affine. Only the axes are reordered, never flipped, so the
+    inverse is a transpose: ``volume.transpose(axes)`` is the axial volume, and
+    ``axial.transpose(np.argsort(axes))`` the source. Volumes whose third axis is already the closest
+    to foot-head (BraTS, most clinical 2-D acquisitions) get the identity.
+
+    Args:
+        affine: ``(4, 4)`` voxel-to-world matrix.
+
+    Returns:
+        A permutation of ``(0, 1, 2)``; the identity when the affine has no orientation to read
+        (a zero or non-finite column, as in a header with a zero voxel size).
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        return IDENTITY_AXES
+    world = nib.orientations.io_orientation(affine)[:, 0]
+    if np.any(np.isnan(world)):
+        return IDENTITY_AXES
+    return tuple(int(axis) for axis in np.argsort(world))
 
 
 def blank_slices(slices: np.ndarray) -> np.ndarray:

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from zarr.codecs import ZstdCodec
 
 from storage.cases import SliceBatch
 from storage.errors import StoreError, one_line
+from storage.folders import hidden_sibling, recover_interrupted, replace_folder
 
 SCHEMA_VERSION = 1
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
@@ -46,7 +46,8 @@ def data_version(sources: dict[str, str], attrs: dict | None = None, splits: dic
     """A short hash identifying what training sees in a store.
 
     It covers the ingested files (sorted path/sha256 pairs), the settings that shape the slices
-    (:data:`VERSIONED_ATTRS` of ``attrs``) and the split codes of every fold, so re-ingesting the same
+    (:data:`VERSIONED_ATTRS` of ``attrs``, and the axis order of each volume that was not stored
+    axially, from ``volumes``) and the split codes of every fold, so re-ingesting the same
     files with another image size, normalisation, split seed or fold count gives another version (and
     the flows train anew), while the same inputs always give the same version.
 
@@ -61,34 +62,18 @@ def data_version(sources: dict[str, str], attrs: dict | None = None, splits: dic
     digest = hashlib.sha256(json.dumps(sorted(sources.items())).encode())
     if attrs is not None:
         digest.update(json.dumps({key: attrs.get(key) for key in VERSIONED_ATTRS}, sort_keys=True).encode())
+        reoriented = {patient: record["axes"] for patient, record in (attrs.get("volumes") or {}).items()
+                      if "axes" in record}
+        if reoriented:  # only then, so that the versions of axially stored data stay as they were
+            digest.update(json.dumps(reoriented, sort_keys=True).encode())
     for fold in sorted(splits or {}):
         digest.update(f"fold_{fold}:".encode() + np.ascontiguousarray(splits[fold], dtype=np.int8).tobytes())
     return digest.hexdigest()[:16]
 
 
-def _hidden(path: Path, tag: str) -> Path:
-    return path.parent / f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}"
-
-
 def _is_zarr_group(path: Path) -> bool:
     """Whether ``path`` is a folder holding a Zarr group (format 3 ``zarr.json`` or format 2 ``.zgroup``)."""
     return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zgroup").is_file())
-
-
-def recover_interrupted(path: Path) -> None:
-    """Undo the effects of a writer killed while swapping a store into place.
-
-    If ``path`` is missing but a ``.NAME.old-*`` copy exists, that copy is the
-    last complete store and is renamed back. Stale ``.NAME.tmp-*`` folders are
-    deleted.
-    """
-    path = Path(path)
-    olds = sorted(path.parent.glob(f".{path.name}.old-*"))
-    if olds and not path.exists():
-        os.rename(olds[-1], path)
-        olds = olds[:-1]
-    for stale in [*olds, *path.parent.glob(f".{path.name}.tmp-*")]:
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 class StoreWriter:
@@ -111,7 +96,7 @@ class StoreWriter:
         if self.path.exists() and not _is_zarr_group(self.path):
             raise StoreError(f"{self.path}: exists and is not a Zarr store; refusing to replace it "
                              "(choose another --out)")
-        self.tmp = _hidden(self.path, "tmp")
+        self.tmp = hidden_sibling(self.path, "tmp")
         self.channels = list(channels)
         self.image_size = int(image_size)
         self._cvind: list[np.ndarray] = []
@@ -180,14 +165,7 @@ class StoreWriter:
         full = {**attrs, "schema_version": SCHEMA_VERSION,
                 "data_version": data_version(attrs.get("sources", {}), attrs, splits)}
         self.group.attrs.update(full)
-        if self.path.exists():
-            old = _hidden(self.path, "old")
-            os.rename(self.path, old)
-            os.rename(self.tmp, self.path)
-            shutil.rmtree(old)
-        else:
-            os.rename(self.tmp, self.path)
-        return self.path
+        return replace_folder(self.tmp, self.path)
 
     def abort(self) -> None:
         """Delete the temporary store."""

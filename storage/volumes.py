@@ -11,7 +11,7 @@ from storage.errors import CaseRejected
 from storage.ingest_config import IngestConfig
 from storage.nifti import NiftiVolume, load_nifti
 from storage.normalise import background_values, paper_scale, robust_scale
-from storage.slicing import axial_slices, resize_images, resize_masks, volume_slices
+from storage.slicing import IDENTITY_AXES, axial_axes, axial_slices, resize_images, resize_masks, volume_slices
 
 GRID_ATOL = 1e-3
 """Largest difference, in voxels, between the voxel grids of one case's volumes."""
@@ -41,6 +41,32 @@ def same_voxel_grid(reference: np.ndarray, affine: np.ndarray, atol: float = GRI
     return bool(np.allclose(relative, np.eye(4), atol=atol))
 
 
+def volume_record(batch: SliceBatch) -> dict:
+    """A 3-D case's entry in the store's ``volumes`` attribute, for NIfTI export.
+
+    ``shape`` and ``affine`` are the source's (its first channel's), ``reference`` is that file's
+    absolute path, and ``axes`` (only for a volume not stored axially) the order of its voxel axes
+    that the slices were cut in (:func:`storage.slicing.axial_axes`).
+    """
+    record = {"shape": list(batch.source_shape), "affine": batch.affine.tolist(),
+              "reference": str(Path(next(iter(batch.sources))).resolve())}
+    if tuple(batch.axes) != IDENTITY_AXES:
+        record["axes"] = list(batch.axes)
+    return record
+
+
+def record_axes(record: dict) -> tuple[int, int, int]:
+    """The axis order of a ``volumes`` entry (:func:`volume_record`); the identity when it has none.
+
+    Raises:
+        ValueError: ``axes`` is not a permutation of 0, 1, 2.
+    """
+    axes = tuple(record.get("axes", IDENTITY_AXES))
+    if sorted(axes) != [0, 1, 2] or not all(isinstance(a, int) for a in axes):
+        raise ValueError(f"volume record axes: got {list(axes)}, expected a permutation of 0, 1, 2")
+    return axes
+
+
 def _check_grid(path: Path, volume: NiftiVolume, first_path: Path, first: NiftiVolume, kind: str = "") -> None:
     """Reject ``path`` unless it has the first channel's shape and voxel grid (``kind``: ``"segmentation "``
     or empty, the start of the shape message)."""
@@ -55,6 +81,10 @@ def _check_grid(path: Path, volume: NiftiVolume, first_path: Path, first: NiftiV
 def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig,
                      size: int | None = None) -> SliceBatch:
     """Decode, check, normalise, slice and resize one volume case.
+
+    A case stored in another orientation than axial is first transposed so that its third voxel
+    axis is the one closest to foot-head (:func:`storage.slicing.axial_axes`); the batch keeps the
+    source's shape and affine and the axis order, which NIfTI export undoes.
 
     Args:
         case: the case's files and class.
@@ -96,8 +126,9 @@ def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig,
             bad = sorted(found - allowed) if allowed is not None else sorted(v for v in found if v < 0)
             raise CaseRejected(case.seg, f"segmentation labels {bad} outside "
                                          f"{sorted(allowed) if allowed is not None else 'the non-negative integers'}")
-    stack = axial_slices([vol.data for vol in volumes.values()])
-    seg_slices = seg.T if seg is not None else None
+    axes = axial_axes(first.affine)
+    stack = axial_slices([vol.data.transpose(axes) for vol in volumes.values()])
+    seg_slices = seg.transpose(axes).T if seg is not None else None
     images, masks, labels, slice_index = volume_slices(stack, seg_slices, classes.index(case.label))
     if labels.size == 0:
         raise CaseRejected(case.files[0], "every axial slice is blank")
@@ -122,4 +153,5 @@ def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig,
         sources=sources,
         source_shape=tuple(int(s) for s in first.data.shape),
         affine=first.affine,
+        axes=axes,
     )

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,6 +12,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from storage import drops
 from storage.errors import NoUsableInput
+from storage.folders import replace_folder
 from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
 from storage.ingest_config import IngestConfig, SplitConfig
 from storage.phantoms import write_brats_phantoms, write_jun_cheng_phantoms
@@ -53,30 +52,6 @@ def _phantom_marker_matches(folder: Path, settings: dict) -> bool:
         return False
 
 
-def _replace_folder(new: Path, out: Path) -> None:
-    """Move the complete folder ``new`` to ``out``, replacing whatever folder is there.
-
-    Each step is a rename on one file system: ``out`` is either the old folder, briefly absent, or the
-    new one, never a partial one. The old folder is moved aside first and deleted last.
-    """
-    old = None
-    if out.exists() or out.is_symlink():
-        if not out.is_dir() or out.is_symlink():
-            raise ValueError(f"{out}: exists and is not a folder (expected phantoms there)")
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-    try:
-        os.replace(new, out)
-    except OSError:
-        if old is not None:  # put the old folder back rather than leave none (best effort)
-            with contextlib.suppress(OSError):
-                os.replace(old / out.name, out)
-                old.rmdir()
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 @task(retries=1, retry_condition_fn=transient_only)
 def synth_phantoms(kind: str, out: str, cases: int, size: int, seed: int) -> str:
     """Write phantoms of a dataset kind into ``out``, or reuse ``out`` if these settings made it.
@@ -99,7 +74,7 @@ def synth_phantoms(kind: str, out: str, cases: int, size: int, seed: int) -> str
         (partial / PHANTOM_MARKER).write_text(json.dumps(settings, sort_keys=True) + "\n")
         if _phantom_marker_matches(target, settings):  # a concurrent run finished the same set first
             return out
-        _replace_folder(partial, target)
+        replace_folder(partial, target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return out

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import zarr
 
-from gpmodels.evaluation import evaluate_heatmaps
+from gpmodels.evaluation import evaluate_heatmaps, open_heatmaps
 from gpmodels.postprocess import ThresholdConfig
 from storage.cases import SliceBatch
+from storage.folders import hidden_sibling
 from storage.store import StoreWriter
 
 CLASSES = ["tumour-free", "LGG", "HGG"]
@@ -119,3 +120,12 @@ def test_classification_numbers_of_the_hand_made_store(evaluation):
     # Correct: A, B, D, F of 7. p1's tumour slices say LGG (right); p2's say tumour-free and HGG (right).
     assert evaluation["classification"]["accuracy"] == pytest.approx(4 / 7)
     assert evaluation["threshold"]["method"] == "fixed" and evaluation["threshold"]["value"] == 0.5
+
+
+def test_open_heatmaps_puts_back_a_store_that_a_killed_writer_set_aside(tmp_path):
+    path = tmp_path / "test.zarr"
+    zarr.create_group(store=str(hidden_sibling(path, "old")), zarr_format=3).attrs["split"] = "test"
+    (hidden_sibling(path, "tmp") / "maps").mkdir(parents=True)  # the killed writer's unfinished copy
+
+    assert open_heatmaps(path).attrs["split"] == "test"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test.zarr"]

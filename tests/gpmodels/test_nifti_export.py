@@ -373,3 +373,58 @@ def test_an_oblique_anisotropic_source_keeps_its_grid_and_header(tmp_path: Path)
     kept = _stored_slices(store, "case1")
     assert kept.size > 0
     np.testing.assert_array_equal(np.asarray(exported.dataobj)[:, :, kept], seg[:, :, kept] > 0)
+
+
+def _restack(path: Path, order: tuple[int, int, int], out: Path) -> Path:
+    """Save ``path``'s volume with its voxel axes in ``order`` (its affine's columns likewise): the same
+    voxels in the same place, stored as a scanner stores a sagittal or coronal acquisition."""
+    image = nib.load(path)
+    affine = image.affine.copy()
+    affine[:, :3] = image.affine[:, list(order)]
+    restacked = nib.Nifti1Image(np.asarray(image.dataobj).transpose(order), affine)
+    restacked.set_data_dtype(image.get_data_dtype())
+    nib.save(restacked, out)
+    return out
+
+
+@pytest.mark.parametrize("order", [(2, 0, 1), (0, 2, 1)], ids=["sagittal", "coronal"])
+def test_a_volume_stored_sagittally_is_sliced_axially_and_exported_back(source: Path, tmp_path: Path,
+                                                                       order: tuple[int, int, int]) -> None:
+    """A case whose third voxel axis is not foot-head gives the same axial slices as the axially stored
+    case, and its masks go back onto its own grid and axis order."""
+    case = source / "BraTS20_Training_001"
+    files = {name: case / f"BraTS20_Training_001_{name}.nii.gz" for name in ("flair", "t1ce", "seg")}
+    restacked = {name: _restack(path, order, tmp_path / f"{name}.nii.gz") for name, path in files.items()}
+    assert nib.aff2axcodes(nib.load(restacked["flair"]).affine)[2] not in "SI"
+    stores = {}
+    for kind, paths in (("axial", files), ("restacked", restacked)):
+        csv = tmp_path / f"{kind}.csv"
+        csv.write_text(f"patient_id,label,flair,t1ce,seg\ncase1,HGG,{paths['flair']},{paths['t1ce']},{paths['seg']}\n")
+        stores[kind] = ingest_manifest(csv, tmp_path / f"{kind}.zarr", IngestConfig(workers=0)).store
+    axial, restacked_store = open_store(stores["axial"]), open_store(stores["restacked"])
+    for name in ("images", "masks", "labels", "slice_index"):
+        np.testing.assert_array_equal(restacked_store[name][:], axial[name][:], err_msg=name)
+    assert restacked_store.attrs["volumes"]["case1"]["axes"] == list(np.argsort(order))
+    assert "axes" not in axial.attrs["volumes"]["case1"]
+
+    [written] = export_patient_masks(stores["restacked"], *_ground_truth(stores["restacked"]), tmp_path / "out")
+
+    exported, seg = nib.load(written), nib.load(restacked["seg"])
+    assert exported.shape == seg.shape and np.allclose(exported.affine, seg.affine)
+    kept = _stored_slices(stores["restacked"], "case1")
+    back = np.asarray(exported.dataobj).transpose(np.argsort(order))  # into the axial order
+    axial_seg = np.asarray(nib.load(files["seg"]).dataobj)
+    assert back.shape == axial_seg.shape and back[:, :, kept].any()
+    np.testing.assert_array_equal(back[:, :, kept], axial_seg[:, :, kept] > 0)
+    assert not np.delete(back, kept, axis=2).any()
+
+
+def test_export_names_a_patient_with_a_broken_axis_order_before_writing(native_store: Path, tmp_path: Path) -> None:
+    store = shutil.copytree(native_store, tmp_path / "s.zarr")
+    group = open_store(store, mode="r+")
+    volumes = dict(group.attrs["volumes"])
+    volumes["BraTS20_Training_002"] = {**volumes["BraTS20_Training_002"], "axes": [2, 2, 0]}
+    group.attrs["volumes"] = volumes
+    with pytest.raises(ValueError, match=r"patient 'BraTS20_Training_002': .*axes: got \[2, 2, 0\]"):
+        export_patient_masks(store, *_ground_truth(store), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from storage.slicing import axial_slices, blank_slices, resize_images, resize_masks, volume_slices
+import nibabel as nib
+
+from storage.slicing import axial_axes, axial_slices, blank_slices, resize_images, resize_masks, volume_slices
 
 
 def test_blank_rule_uses_constancy_not_zero():
@@ -63,3 +65,45 @@ def test_volume_slices_of_an_all_blank_volume_keeps_nothing():
     images, masks, labels, idx = volume_slices(slices, seg, tumour_class=1)
     assert images.shape == (0, 2, 6, 5) and masks.shape == (0, 6, 5)
     assert labels.shape == (0,) and idx.shape == (0,)
+
+
+def _permuted(affine: np.ndarray, order: tuple[int, int, int]) -> np.ndarray:
+    """The affine of ``volume.transpose(order)``, for a volume with ``affine``."""
+    out = affine.copy()
+    out[:, :3] = affine[:, list(order)]
+    return out
+
+
+LPS = np.diag([-0.9, -0.9, 1.2, 1.0])  # BraTS's orientation
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 0, 1), (1, 2, 0), (0, 2, 1), (2, 1, 0), (1, 0, 2)])
+def test_axial_axes_undoes_any_storage_order(order):
+    """A volume stored with its axes in any order is put back into the axial one, foot-head third."""
+    stored = _permuted(LPS, order)
+    axes = axial_axes(stored)
+    assert sorted(axes) == [0, 1, 2]
+    volume = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    np.testing.assert_array_equal(volume.transpose(order).transpose(axes), volume)
+    assert nib.aff2axcodes(_permuted(stored, axes)) == nib.aff2axcodes(LPS)
+
+
+def test_axial_axes_of_a_sagittal_3d_t1_and_an_oblique_axial():
+    sagittal = np.array([[0, 0, -1.0, 90], [1.0, 0, 0, -126], [0, 1.0, 0, -72], [0, 0, 0, 1]])  # A, S, L
+    assert nib.aff2axcodes(sagittal) == ("A", "S", "L") and axial_axes(sagittal) == (2, 0, 1)
+    tilt = np.deg2rad(30)  # an axial stack tilted 30 degrees about left-right stays axial
+    oblique = np.eye(4)
+    oblique[1:3, 1:3] = [[np.cos(tilt), -np.sin(tilt)], [np.sin(tilt), np.cos(tilt)]]
+    assert axial_axes(oblique) == (0, 1, 2)
+
+
+def _sagittal_without_first_axis() -> np.ndarray:
+    affine = _permuted(LPS, (1, 2, 0))
+    affine[:3, 0] = 0.0  # a zero voxel size in the header
+    return affine
+
+
+@pytest.mark.parametrize("affine", [np.zeros((4, 4)), _sagittal_without_first_axis(),
+                                    np.full((4, 4), np.nan), np.eye(3)])
+def test_axial_axes_without_an_orientation_keeps_the_stored_order(affine):
+    assert axial_axes(affine) == (0, 1, 2)

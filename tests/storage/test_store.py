@@ -79,3 +79,16 @@ def test_open_store_errors(tmp_path):
     with pytest.raises(StoreError, match=r"holds slices of shape \(2, 9, 9\), cannot append 1x9x9"):
         StoreWriter(path, ["a"], 9, base=path)
     assert not list(tmp_path.glob(".s.zarr.tmp-*"))
+
+
+def test_the_data_version_covers_reoriented_volumes_only():
+    """A volume cut after reordering its axes changes the version; axially stored volumes leave it as before."""
+    from storage.store import data_version
+
+    sources = {"a/flair.nii.gz": "0" * 64}
+    plain = {"dataset": "manifest", "volumes": {"a": {"shape": [4, 4, 2], "affine": np.eye(4).tolist()}}}
+    reoriented = {"dataset": "manifest", "volumes": {"a": {**plain["volumes"]["a"], "axes": [2, 0, 1]}}}
+    other = {"dataset": "manifest", "volumes": {"a": {**plain["volumes"]["a"], "axes": [0, 2, 1]}}}
+    assert data_version(sources, plain) == data_version(sources, {"dataset": "manifest"})
+    versions = {data_version(sources, attrs) for attrs in (plain, reoriented, other)}
+    assert len(versions) == 3
