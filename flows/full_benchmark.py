@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.params import BenchmarkParams
-from flows.layout import REPORT, dataset_failure_row, row_line, row_where, summary_rows
+from flows.layout import REPORT, dataset_failure_row, failure_notes, row_line, row_where, summary_rows
 from flows.pipeline import heatmaps_and_evaluation, prepare_dataset, train_and_keep, training_jobs
 from tasks.evaluation import publish, report
 
@@ -47,7 +47,7 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
     if done:
         html = report(done, str(Path(params.workdir) / REPORT), "gpseg full benchmark",
                       [f"preset {params.preset}, {params.folds} fold(s), thresholds: {params.threshold.describe()}",
-                       *seed_notes])
+                       *seed_notes, *failure_notes(rows)])
         publish(html, rows)
     for row in rows:
         logger.info("%s", row_line(row))

@@ -125,6 +125,12 @@ def row_where(row: dict) -> str:
     return " ".join(str(part) for part in (row.get("dataset"), row.get("model"), fold) if part)
 
 
+def failure_notes(rows: list[dict]) -> list[str]:
+    """Report notes naming each failed row, so a report says which runs it lacks and why:
+    ``"not in this report: brats gp-reconresnet fold 0: FAILED: reason"``."""
+    return [f"not in this report: {row_where(row)}: {row['status']}" for row in rows if row["status"] != "ok"]
+
+
 def row_line(row: dict) -> str:
     """One readable line for a :func:`summary_rows` row, for a flow's log.
 

@@ -272,6 +272,8 @@ def test_a_dataset_that_cannot_be_ingested_fails_alone(tmp_path, monkeypatch):
                                            "not found"}]
     assert [(r["dataset"], r["model"], r["status"]) for r in result["rows"][1:]] == [("brats", "gp-unet", "ok")]
     assert _reported(result["report"]) == [str(next((tmp_path / "runs").glob("brats/*/gp-unet/fold_0")))]
+    notes = json.loads(Path(result["report"]).with_name("metrics.json").read_text())["notes"]
+    assert f"not in this report: jun-cheng all: {result['failed'][0]['status']}" in notes
     assert len(calls) == 1  # bad input is not retried
 
 
@@ -299,5 +301,7 @@ def test_a_model_that_fails_to_train_does_not_lose_the_other_models_results(tmp_
                                                                    ("gp-unet", "ok")]
     survivor = next((tmp_path / "runs").glob("brats/*/gp-unet/fold_0"))
     assert _reported(result["report"]) == [str(survivor)]
+    notes = json.loads(Path(result["report"]).with_name("metrics.json").read_text())["notes"]
+    assert f"not in this report: brats gp-reconresnet fold 0: {failed['status']}" in notes
     assert (survivor / "evaluation.json").is_file()
     assert not list((tmp_path / "runs").glob("brats/*/gp-reconresnet/fold_0/evaluation.json"))
