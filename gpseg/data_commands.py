@@ -153,7 +153,8 @@ def validate_cmd(store: Annotated[Path, typer.Argument(help="Slice store to chec
 
 
 def info_cmd(store: Annotated[Path, typer.Argument(help="Slice store to describe.")]) -> None:
-    """Print classes, channels, shape, slices per class and split, patients, sources and rejects."""
+    """Print classes, channels, shape, slices per class and split, patients, sources, volumes stored other than
+    axially, and rejects."""
     from storage.info import summarise_store
 
     try:
@@ -166,6 +167,12 @@ def info_cmd(store: Annotated[Path, typer.Argument(help="Slice store to describe
     console.print(f"patients {s.patients}  sources {s.sources} files  split {s.split}")
     for fold, splits in s.per_split.items():
         console.print(f"fold {fold}: " + "; ".join(f"{name} {sum(c.values())} {c}" for name, c in splits.items()))
+    if s.reoriented:
+        shown = [f"{patient}: {axes}" for patient, axes in list(s.reoriented.items())[:5]]
+        more = f" and {len(s.reoriented) - len(shown)} more" if len(s.reoriented) > len(shown) else ""
+        console.print(f"{len(s.reoriented)} patient(s) stored in another orientation than axial, their voxel "
+                      f"axes reordered before slicing (patient: order): {', '.join(shown)}{more}",
+                      highlight=False, soft_wrap=True)
     console.print(f"rejected {len(s.rejected)}")
     for file, reason in s.rejected.items():
         console.print(f"  {escape(file)}: {escape(reason)}", highlight=False, soft_wrap=True)

@@ -28,6 +28,8 @@ class StoreSummary:
         split: the split attribute.
         normalisation: the normalisation scheme.
         data_version: hash of the ingested sources.
+        reoriented: patients whose volumes were not stored axially, so their voxel axes were
+            reordered before slicing (patient -> axis order).
     """
 
     path: str
@@ -43,6 +45,7 @@ class StoreSummary:
     split: dict
     normalisation: str
     data_version: str
+    reoriented: dict[str, list[int]]
 
 
 def summarise_store(path: Path | str) -> StoreSummary:
@@ -65,4 +68,6 @@ def summarise_store(path: Path | str) -> StoreSummary:
         patients=int(np.unique(read_patients(group)).size), sources=len(attrs.get("sources", {})),
         rejected=dict(attrs.get("rejected", {})), split=dict(attrs.get("split", {})),
         normalisation=attrs.get("normalisation", "?"), data_version=attrs.get("data_version", "?"),
+        reoriented={patient: list(record["axes"]) for patient, record in (attrs.get("volumes") or {}).items()
+                    if "axes" in record},
     )

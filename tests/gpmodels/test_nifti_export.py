@@ -10,8 +10,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from gpmodels import nifti_export
+from gpseg.cli import app
 from gpmodels.nifti_export import MASK_DESCRIPTION, export_patient_masks, reassemble_volume
 from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
 from storage.ingest_config import IngestConfig
@@ -406,6 +408,10 @@ def test_a_volume_stored_sagittally_is_sliced_axially_and_exported_back(source: 
         np.testing.assert_array_equal(restacked_store[name][:], axial[name][:], err_msg=name)
     assert restacked_store.attrs["volumes"]["case1"]["axes"] == list(np.argsort(order))
     assert "axes" not in axial.attrs["volumes"]["case1"]
+    said = CliRunner().invoke(app, ["info", str(stores["restacked"])]).output
+    assert f"1 patient(s) stored in another orientation than axial, their voxel axes reordered before slicing " \
+           f"(patient: order): case1: {np.argsort(order).tolist()}" in " ".join(said.split())
+    assert "orientation" not in CliRunner().invoke(app, ["info", str(stores["axial"])]).output
 
     [written] = export_patient_masks(stores["restacked"], *_ground_truth(stores["restacked"]), tmp_path / "out")
 
