@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -52,6 +54,19 @@ def _phantom_marker_matches(folder: Path, settings: dict) -> bool:
         return False
 
 
+STALE_PARTIAL_S = 3600.0
+"""Age (since its last change) after which a hidden ``.NAME.partial-*`` phantom folder is a killed run's
+leftover and is deleted; a running writer adds a case folder every few seconds."""
+
+
+def _remove_stale_partials(target: Path, now: float) -> None:
+    """Delete the unfinished phantom folders beside ``target`` that killed runs left (see :data:`STALE_PARTIAL_S`)."""
+    for partial in target.parent.glob(f".{target.name}.partial-*"):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to delete: leave it
+            if partial.is_dir() and not partial.is_symlink() and now - partial.stat().st_mtime > STALE_PARTIAL_S:
+                shutil.rmtree(partial)
+
+
 @task(retries=1, retry_condition_fn=transient_only)
 def synth_phantoms(kind: str, out: str, cases: int, size: int, seed: int) -> str:
     """Write phantoms of a dataset kind into ``out``, or reuse ``out`` if these settings made it.
@@ -60,6 +75,7 @@ def synth_phantoms(kind: str, out: str, cases: int, size: int, seed: int) -> str
     (:data:`PHANTOM_MARKER`: kind, cases, size, seed) and is then renamed into place. So ``out`` is
     reused only when it is complete and its marker matches; other settings, a folder an interrupted run
     left, or one without a marker are rebuilt (and, being new files, are new data for ingestion).
+    Unfinished folders of killed runs, untouched for an hour, are deleted first.
 
     Returns:
         ``out``.
@@ -68,6 +84,7 @@ def synth_phantoms(kind: str, out: str, cases: int, size: int, seed: int) -> str
     if _phantom_marker_matches(target, settings):
         return out
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(target, time.time())
     partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         _PHANTOMS[kind](partial, cases, size=size, seed=seed)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -67,6 +68,20 @@ def test_a_partial_phantom_folder_without_marker_is_rebuilt(tmp_path):
 
     assert _cases(out) == ["BraTS20_Training_001", "BraTS20_Training_002"]
     assert (out / "name_mapping.csv").is_file() and (out / PHANTOM_MARKER).is_file()
+
+
+def test_unfinished_phantom_folders_of_killed_runs_are_deleted_once_an_hour_old(tmp_path):
+    stale, fresh = tmp_path / ".brats.partial-stale000", tmp_path / ".brats.partial-running0"
+    other = tmp_path / ".jun-cheng.partial-stale000"  # another set's: not this call's to judge
+    for folder in (stale, fresh, other):
+        (folder / "BraTS20_Training_001").mkdir(parents=True)
+    hour_ago = time.time() - data.STALE_PARTIAL_S - 60
+    for folder in (stale, other):
+        os.utime(folder, (hour_ago, hour_ago))
+
+    _synth(tmp_path / "brats")
+
+    assert not stale.exists() and fresh.is_dir() and other.is_dir()
 
 
 def test_an_interrupted_rebuild_leaves_the_old_phantoms_in_place(tmp_path, monkeypatch):
