@@ -37,7 +37,7 @@ from gpmodels.augment import resize_images
 from gpmodels.files import heatmap_path
 from gpmodels.nets import is_gp_model
 from gpmodels.training import load_trained
-from storage.folders import hidden_sibling, recover_interrupted, replace_folder
+from storage.folders import check_replaceable, hidden_sibling, recover_interrupted, replace_folder
 from storage.reads import read_rows
 from storage.store import SPLIT_NAMES, open_store
 
@@ -149,8 +149,8 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
         The heatmap store path.
 
     Raises:
-        ValueError: unknown split, a batch size below 1 or a negative ``posthoc``, or the split is empty
-            in this fold.
+        ValueError: unknown split, a batch size below 1 or a negative ``posthoc``, the split is empty
+            in this fold, or the heatmap store's path is a file or a symbolic link.
     """
     check_heatmap_options([split], batch_size, posthoc)
     started = time.perf_counter()
@@ -165,6 +165,7 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
     labels = group["labels"][:][index]
     size, k = int(group["images"].shape[-1]), len(run.classes)
     out = heatmap_path(run_dir, split)
+    check_replaceable(out)  # before the work, not after it
     recover_interrupted(out)  # a killed writer's leftovers: its unfinished copy, or the old store set aside
     tmp = hidden_sibling(out, "tmp")
     out.parent.mkdir(parents=True, exist_ok=True)

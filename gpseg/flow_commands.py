@@ -175,8 +175,10 @@ def drop_cmd(
     # with the event still queued, as here every time; the last line says whether it was sent.
     logging.getLogger(EventsWorker.__name__).setLevel(logging.ERROR)
     # send it now: the events client is asynchronous, and this process exits
-    _, pending = EventsWorker.drain_all(timeout=EVENT_SEND_TIMEOUT_S)
-    if pending:
+    drained = EventsWorker.drain_all(timeout=EVENT_SEND_TIMEOUT_S)  # (done, pending) futures outside an event loop
+    if not isinstance(drained, tuple):
+        drained.close()  # inside a running event loop it is a coroutine, which nothing here can wait for
+    elif drained[1]:
         raise fail(f"{done}, but the event was NOT sent within {EVENT_SEND_TIMEOUT_S:.0f} s; "
                    "run `gpseg drop` again (it skips what is already there)")
     console.print(f"{done}; event sent", soft_wrap=True)
@@ -200,9 +202,9 @@ def _not_droppable(item: Path) -> str | None:
 
 
 HEALTH_TIMEOUT_S = 5.0
+"""How long `gpseg drop` waits for the Prefect API's ``/health`` before it gives up on sending the event."""
 EVENT_SEND_TIMEOUT_S = 30.0
 """How long `gpseg drop` waits for the queued ``gpseg.data.dropped`` event to reach the API."""
-"""How long `gpseg drop` waits for the Prefect API's ``/health`` before it gives up on sending the event."""
 
 
 def _event_api_problem() -> str | None:

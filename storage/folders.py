@@ -1,40 +1,90 @@
-"""Swapping a complete new folder into place (slice stores, heatmap stores, phantom sets)."""
+"""Swapping a complete new folder into place (slice stores, heatmap stores, phantom sets).
+
+A writer builds the new folder under a hidden sibling name, ``.NAME.tmp-HOST-PID-XXXXXXXX``, and
+:func:`replace_folder` swaps it in, setting the old folder aside as ``.NAME.old-HOST-PID-XXXXXXXX``
+for a moment. The names carry the writing process, so :func:`recover_interrupted`, which readers
+and writers call, touches only what a process that is gone left behind: a running writer's folders
+on this host, and every folder another host wrote, are left alone.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import socket
 import uuid
 from pathlib import Path
 
 
+def _owner() -> str:
+    """``HOST-PID`` of this process (computed per call: a forked worker has its own PID)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def hidden_sibling(path: Path, tag: str) -> Path:
-    """A fresh hidden name beside ``path``: ``.NAME.TAG-XXXXXXXX`` (``tag`` is ``tmp``, ``old``, ...)."""
-    return path.parent / f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}"
+    """A fresh hidden name beside ``path``: ``.NAME.TAG-HOST-PID-XXXXXXXX`` (``tag``: ``tmp``, ``old``)."""
+    path = Path(path)
+    return path.parent / f".{path.name}.{tag}-{_owner()}-{uuid.uuid4().hex[:8]}"
+
+
+def writer_alive(folder: Path, tag: str, path: Path) -> bool:
+    """Whether the process that named ``folder`` (a :func:`hidden_sibling` of ``path`` with ``tag``) may
+    still be writing it.
+
+    True for this process, for a live process of this host and for any other host's process (which
+    cannot be checked from here); False for a process of this host that is gone, and for names without
+    a process (written before names carried one).
+    """
+    owner = folder.name.removeprefix(f".{path.name}.{tag}-")
+    host, _, rest = owner.rpartition("-")[0].rpartition("-")
+    pid = rest if host else ""
+    if not host or not pid.isdigit():
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
 
 
 def recover_interrupted(path: Path) -> None:
-    """Undo the effects of a writer killed while swapping a folder into place (:func:`replace_folder`).
+    """Undo the effects of a writer killed while building or swapping a folder into place.
 
-    If ``path`` is missing but a ``.NAME.old-*`` copy exists, that copy is the
-    last complete folder (a slice or heatmap store) and is renamed back. Stale
-    ``.NAME.tmp-*`` folders, a killed writer's unfinished work, are deleted.
+    If ``path`` is missing and a ``.NAME.old-*`` copy of a process that is gone exists, that copy is
+    the last complete folder (a slice or heatmap store) and is renamed back. ``.NAME.tmp-*`` folders
+    and further ``.old-*`` copies of processes that are gone are deleted. What a running process (or
+    another host) is writing is left alone (:func:`writer_alive`), so readers may call this too.
     """
     path = Path(path)
-    olds = sorted(path.parent.glob(f".{path.name}.old-*"))
-    if olds and not path.exists():
-        os.rename(olds[-1], path)
-        olds = olds[:-1]
-    for stale in [*olds, *path.parent.glob(f".{path.name}.tmp-*")]:
-        shutil.rmtree(stale, ignore_errors=True)
+    olds = sorted((p for p in path.parent.glob(f".{path.name}.old-*") if not writer_alive(p, "old", path)),
+                  key=lambda p: p.stat().st_mtime)
+    if olds and not path.exists() and not path.is_symlink():
+        with contextlib.suppress(OSError):  # another process put one back first
+            os.rename(olds[-1], path)
+            olds = olds[:-1]
+    stale = [p for p in path.parent.glob(f".{path.name}.tmp-*") if not writer_alive(p, "tmp", path)]
+    for folder in [*olds, *stale]:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def check_replaceable(out: Path) -> None:
+    """Raise a one-line ``ValueError`` when ``out`` exists and is not a folder (a file or a symbolic
+    link), which :func:`replace_folder` would refuse; call it before the work that builds the new one."""
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ValueError(f"{out}: exists and is not a folder")
 
 
 def replace_folder(new: Path, out: Path) -> Path:
     """Rename the complete folder ``new`` to ``out``, replacing the folder that is there.
 
     Each step is a rename on one file system, so ``out`` is the old folder, briefly absent, or the new
-    one, never a partial one. The old folder is first renamed to a hidden ``.NAME.old-XXXXXXXX``
+    one, never a partial one. The old folder is first renamed to a hidden ``.NAME.old-HOST-PID-*``
     sibling and deleted last. When the second rename fails, the old folder is put back (best effort)
     and the error raised. A process killed between the two renames leaves only the ``.old-`` copy;
     :func:`recover_interrupted` renames it back.
@@ -48,13 +98,15 @@ def replace_folder(new: Path, out: Path) -> Path:
 
     Raises:
         ValueError: ``out`` exists and is not a folder (a file or a symbolic link); nothing is moved.
+        FileNotFoundError: ``new`` is gone (deleted by another process); nothing is moved.
         OSError: a rename failed.
     """
     new, out = Path(new), Path(out)
+    check_replaceable(out)
+    if not new.is_dir():
+        raise FileNotFoundError(f"{new}: the new folder is gone; {out} is left as it was")
     old = None
-    if out.exists() or out.is_symlink():
-        if not out.is_dir() or out.is_symlink():
-            raise ValueError(f"{out}: exists and is not a folder")
+    if out.exists():
         old = hidden_sibling(out, "old")
         os.rename(out, old)
     try:

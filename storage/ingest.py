@@ -27,7 +27,7 @@ from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSE
 from storage.manifest import read_manifest
 from storage.nifti import sha256_file
 from storage.parallel import dask_client, ordered_map
-from storage.slicing import axial_axes
+from storage.slicing import IDENTITY_AXES, axial_axes
 from storage.splits import extend_splits, make_splits
 from storage.store import StoreWriter, fold_names, open_store
 from storage.volumes import read_volume_case, volume_record
@@ -167,6 +167,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
         if base_attrs.get("classes") != plan.classes or base_attrs.get("channels") != plan.channels:
             raise ValueError(f"{out}: stored classes/channels {base_attrs.get('classes')}/"
                              f"{base_attrs.get('channels')} differ from the source's {plan.classes}/{plan.channels}")
+        _check_orientations(out, base_attrs.get("volumes") or {})
         existing = {k: group[f"splits/fold_{k}"][:] for k in fold_names(group)}
         known_files = set(base_attrs.get("sources", {}))
     cases = [c for c in plan.cases if _relative(_case_key(c), plan.root) not in known_files]
@@ -229,6 +230,23 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
         writer.commit(attrs, splits)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _check_orientations(out: Path, volumes: dict) -> None:
+    """Refuse to append to a store whose volumes were sliced in another orientation than axial.
+
+    Stores written before volumes were put into the axial orientation (:func:`axial_axes`) cut a
+    sagittal or coronal volume along its third axis. New cases would be cut axially, so the store
+    would mix orientations.
+
+    Raises:
+        ValueError: one line naming the first such patient and what to do.
+    """
+    for patient, record in volumes.items():
+        if "axes" not in record and axial_axes(record["affine"], record["shape"]) != IDENTITY_AXES:
+            raise ValueError(f"{out}: patient {patient} was sliced along a non-axial axis by an older gpseg; "
+                             "new cases would be sliced axially, so re-ingest the store with --overwrite "
+                             "instead of --append")
 
 
 def _channels(requested: tuple[str, ...] | None, available: tuple[str, ...], source: Path) -> tuple[str, ...]:
@@ -316,7 +334,7 @@ def _first_size(cases: list[VolumeCase]) -> int:
             image = nib.load(next(iter(case.channels.values())))
             shape = image.shape
             if len(shape) >= 3:
-                shape = tuple(shape[axis] for axis in axial_axes(image.affine))
+                shape = tuple(shape[axis] for axis in axial_axes(image.affine, shape))
         except Exception:  # unreadable: the reader rejects it with the reason later
             continue
         if len(shape) >= 2 and shape[0] == shape[1]:

@@ -18,31 +18,37 @@ from skimage.transform import resize
 IDENTITY_AXES: tuple[int, int, int] = (0, 1, 2)
 
 
-def axial_axes(affine: np.ndarray) -> tuple[int, int, int]:
-    """The order of a volume's voxel axes that makes its third axis the head-foot one.
+def axial_axes(affine: np.ndarray, shape: tuple[int, ...] | None = None) -> tuple[int, int, int]:
+    """The order of a volume's voxel axes that makes its third axis the foot-head one.
 
     A volume acquired sagittally or coronally (a 3-D T1 is often stored with the left-right axis
-    third) would otherwise be cut into sagittal or coronal slices. The voxel axes are sorted by the
-    world axis (left-right, back-front, foot-head) that each lies closest to, as nibabel's
-    ``io_orientation`` finds it from the affine. Only the axes are reordered, never flipped, so the
-    inverse is a transpose: ``volume.transpose(axes)`` is the axial volume, and
-    ``axial.transpose(np.argsort(axes))`` the source. Volumes whose third axis is already the closest
-    to foot-head (BraTS, most clinical 2-D acquisitions) get the identity.
+    third) would otherwise be cut into sagittal or coronal slices. When the third voxel axis is not
+    the one closest to foot-head (as nibabel's ``io_orientation`` finds it from the affine), the voxel
+    axes are sorted by the world axis each lies closest to: left-right, back-front, foot-head. Only
+    the axes are reordered, never flipped, so the inverse is a transpose: ``volume.transpose(axes)``
+    is the axial volume, and ``axial.transpose(np.argsort(axes))`` the source.
 
     Args:
         affine: ``(4, 4)`` voxel-to-world matrix.
+        shape: the volume's shape ``(X, Y, Z)``, when known. A reordering that would leave a slice one
+            voxel wide (a single sagittal image stored as ``(H, W, 1)``) is not made.
 
     Returns:
-        A permutation of ``(0, 1, 2)``; the identity when the affine has no orientation to read
-        (a zero or non-finite column, as in a header with a zero voxel size).
+        A permutation of ``(0, 1, 2)``. The identity when the third axis is already the closest to
+        foot-head (BraTS, and axial stacks in any in-plane orientation), when the affine has no
+        orientation to read (a zero or non-finite column, as in a header with a zero voxel size), and
+        for the one-voxel-wide case above.
     """
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         return IDENTITY_AXES
     world = nib.orientations.io_orientation(affine)[:, 0]
-    if np.any(np.isnan(world)):
+    if np.any(np.isnan(world)) or world[2] == 2:
         return IDENTITY_AXES
-    return tuple(int(axis) for axis in np.argsort(world))
+    axes = tuple(int(axis) for axis in np.argsort(world))
+    if shape is not None and len(shape) >= 3 and min(shape[axes[0]], shape[axes[1]]) < 2:
+        return IDENTITY_AXES
+    return axes
 
 
 def blank_slices(slices: np.ndarray) -> np.ndarray:

@@ -93,7 +93,7 @@ class StoreWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         recover_interrupted(self.path)
-        if self.path.exists() and not _is_zarr_group(self.path):
+        if self.path.is_symlink() or (self.path.exists() and not _is_zarr_group(self.path)):
             raise StoreError(f"{self.path}: exists and is not a Zarr store; refusing to replace it "
                              "(choose another --out)")
         self.tmp = hidden_sibling(self.path, "tmp")

@@ -126,7 +126,7 @@ def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig,
             bad = sorted(found - allowed) if allowed is not None else sorted(v for v in found if v < 0)
             raise CaseRejected(case.seg, f"segmentation labels {bad} outside "
                                          f"{sorted(allowed) if allowed is not None else 'the non-negative integers'}")
-    axes = axial_axes(first.affine)
+    axes = axial_axes(first.affine, first.data.shape)
     stack = axial_slices([vol.data.transpose(axes) for vol in volumes.values()])
     seg_slices = seg.transpose(axes).T if seg is not None else None
     images, masks, labels, slice_index = volume_slices(stack, seg_slices, classes.index(case.label))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -233,15 +234,17 @@ def test_drop_says_so_when_the_event_is_still_queued_at_its_timeout(dropped, tmp
                              "run `gpseg drop` again (it skips what is already there)\n")
 
 
-def test_drop_to_an_api_that_answers_sends_the_event(dropped, tmp_path, prefect_api):
+def test_drop_to_an_api_that_answers_sends_the_event(dropped, tmp_path, prefect_api, caplog):
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter
 
     case, into = dropped
-    result = _drop(tmp_path, str(case), "--into", str(into))
+    with caplog.at_level(logging.INFO):
+        result = _drop(tmp_path, str(case), "--into", str(into))
 
     assert result.exit_code == 0, result.output
     assert result.output == f"copied 1 item(s) into {into}; event sent\n"
+    assert not [r.getMessage() for r in caplog.records if "Still processing" in r.getMessage()]
     drops_seen, deadline = [], time.monotonic() + 60  # the server stores events in batches
     while time.monotonic() < deadline and str(into.resolve()) not in drops_seen:
         time.sleep(0.5)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -124,8 +127,11 @@ def test_classification_numbers_of_the_hand_made_store(evaluation):
 
 def test_open_heatmaps_puts_back_a_store_that_a_killed_writer_set_aside(tmp_path):
     path = tmp_path / "test.zarr"
-    zarr.create_group(store=str(hidden_sibling(path, "old")), zarr_format=3).attrs["split"] = "test"
-    (hidden_sibling(path, "tmp") / "maps").mkdir(parents=True)  # the killed writer's unfinished copy
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()  # a writer process that has ended
+    left = {tag: hidden_sibling(path, tag).name.replace(f"-{os.getpid()}-", f"-{killed.pid}-") for tag in ("old", "tmp")}
+    zarr.create_group(store=str(tmp_path / left["old"]), zarr_format=3).attrs["split"] = "test"
+    (tmp_path / left["tmp"] / "maps").mkdir(parents=True)  # the killed writer's unfinished copy
 
     assert open_heatmaps(path).attrs["split"] == "test"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test.zarr"]

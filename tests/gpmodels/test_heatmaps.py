@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -34,3 +37,25 @@ def test_posthoc_maps_made_in_small_passes_equal_one_pass(phantom_store, tmp_pat
         np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-3, atol=1e-3)
         # (an untrained ResNeXt50's Grad-CAM at 32 px is one ReLU'd cell, which may be 0)
         assert name == "gradcam" or np.abs(want.astype(np.float32)).max() > 0, name
+
+
+def test_heatmaps_recover_a_killed_writers_leftovers_and_refuse_a_file_before_any_work(phantom_store, tmp_path,
+                                                                                       monkeypatch, untrained_run):
+    run = untrained_run(phantom_store, "gp-unet", tmp_path / "run")
+    out = run / "heatmaps" / "test.zarr"
+    out.mkdir(parents=True)
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()  # a writer process that has ended, and left its unfinished copy and an old store
+    for tag in ("tmp", "old"):
+        (out.parent / f".test.zarr.{tag}-{socket.gethostname()}-{killed.pid}-0123abcd" / "maps").mkdir(parents=True)
+
+    generate_heatmaps(run, "test", device="cpu")
+
+    assert sorted(p.name for p in out.parent.iterdir()) == ["test.zarr"]
+    assert zarr.open_group(str(out), mode="r")["maps"].shape[0] > 0
+    shutil.rmtree(out)
+    out.write_text("not a store")
+    monkeypatch.setattr(heatmaps, "class_maps", lambda *args: pytest.fail("ran the model before refusing"))
+    with pytest.raises(ValueError, match=r"test\.zarr: exists and is not a folder$"):
+        generate_heatmaps(run, "test", device="cpu")
+    assert out.read_text() == "not a store"

@@ -434,3 +434,26 @@ def test_export_names_a_patient_with_a_broken_axis_order_before_writing(native_s
     with pytest.raises(ValueError, match=r"patient 'BraTS20_Training_002': .*axes: got \[2, 2, 0\]"):
         export_patient_masks(store, *_ground_truth(store), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_appending_to_a_store_that_sliced_a_sagittal_volume_the_old_way_is_refused(source: Path,
+                                                                                    tmp_path: Path) -> None:
+    case = source / "BraTS20_Training_001"
+    paths = {name: _restack(case / f"BraTS20_Training_001_{name}.nii.gz", (2, 0, 1), tmp_path / f"{name}.nii.gz")
+             for name in ("flair", "seg")}
+    csv = tmp_path / "m.csv"
+    csv.write_text(f"patient_id,label,flair,seg\ncase1,HGG,{paths['flair']},{paths['seg']}\n")
+    store = ingest_manifest(csv, tmp_path / "s.zarr", IngestConfig(workers=0)).store
+    group = open_store(store, mode="r+")
+    volumes = {patient: {k: v for k, v in record.items() if k != "axes"}  # as an older gpseg recorded it
+               for patient, record in group.attrs["volumes"].items()}
+    group.attrs["volumes"] = volumes
+    version = group.attrs["data_version"]
+    second = source / "BraTS20_Training_002"
+    csv.write_text(csv.read_text() + f"case2,HGG,{second / 'BraTS20_Training_002_flair.nii.gz'},"
+                                     f"{second / 'BraTS20_Training_002_seg.nii.gz'}\n")
+
+    with pytest.raises(ValueError, match=r"patient case1 was sliced along a non-axial axis by an older gpseg; .*"
+                                         r"--overwrite instead of --append$"):
+        ingest_manifest(csv, store, IngestConfig(workers=0), append=True)
+    assert open_store(store).attrs["data_version"] == version

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from storage import folders
 from storage.folders import hidden_sibling, recover_interrupted, replace_folder
+
+
+def _dead_pid() -> int:
+    """The PID of a process of this host that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _left_by(path: Path, tag: str, pid: int, host: str | None = None) -> Path:
+    """The hidden sibling name a writer with ``pid`` on ``host`` (default this one) gives ``path``."""
+    return path.parent / f".{path.name}.{tag}-{host or socket.gethostname()}-{pid}-0123abcd"
 
 
 def _folder(path: Path, text: str) -> Path:
@@ -66,10 +81,13 @@ def test_a_failed_second_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "out"]
 
 
-def test_a_kill_between_the_renames_is_recovered(tmp_path):
+@pytest.mark.parametrize("legacy", [False, True], ids=["named-by-process", "older-unnamed"])
+def test_a_kill_between_the_renames_is_recovered(tmp_path, legacy):
     out = _folder(tmp_path / "out", "old")
-    os.rename(out, hidden_sibling(out, "old"))  # killed after the first rename
-    _folder(hidden_sibling(out, "tmp"), "half")  # and a writer's unfinished copy
+    dead = _dead_pid()
+    old = tmp_path / ".out.old-deadbeef" if legacy else _left_by(out, "old", dead)
+    os.rename(out, old)  # killed after the first rename
+    _folder(tmp_path / ".out.tmp-cafe0000" if legacy else _left_by(out, "tmp", dead), "half")  # and its copy
 
     recover_interrupted(out)
 
@@ -79,7 +97,31 @@ def test_a_kill_between_the_renames_is_recovered(tmp_path):
 
 def test_recovery_keeps_a_complete_folder_and_drops_stale_copies(tmp_path):
     out = _folder(tmp_path / "out", "current")
-    _folder(hidden_sibling(out, "old"), "older")
+    _folder(_left_by(out, "old", _dead_pid()), "older")
     recover_interrupted(out)
     assert (out / "data.txt").read_text() == "current"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_recovery_leaves_what_a_running_writer_or_another_host_is_writing(tmp_path):
+    """A reader's recovery must not delete a live ingestion's unfinished store, nor undo its swap."""
+    out = tmp_path / "out"
+    mine = [_folder(hidden_sibling(out, "tmp"), "being written"), _folder(hidden_sibling(out, "old"), "set aside")]
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        theirs = [_folder(_left_by(out, "tmp", alive.pid), "being written"),
+                  _folder(_left_by(out, "tmp", _dead_pid(), host="another-host.example"), "elsewhere")]
+        recover_interrupted(out)
+        assert all(folder.is_dir() for folder in [*mine, *theirs]) and not out.exists()
+    finally:
+        alive.kill()
+        alive.wait()
+    recover_interrupted(out)  # now that writer is gone
+    assert not theirs[0].exists() and theirs[1].is_dir()
+
+
+def test_replace_folder_refuses_a_new_folder_that_is_gone(tmp_path):
+    out = _folder(tmp_path / "out", "old")
+    with pytest.raises(FileNotFoundError, match="the new folder is gone"):
+        replace_folder(tmp_path / "gone", out)
+    assert (out / "data.txt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -77,15 +77,28 @@ def _permuted(affine: np.ndarray, order: tuple[int, int, int]) -> np.ndarray:
 LPS = np.diag([-0.9, -0.9, 1.2, 1.0])  # BraTS's orientation
 
 
-@pytest.mark.parametrize("order", [(0, 1, 2), (2, 0, 1), (1, 2, 0), (0, 2, 1), (2, 1, 0), (1, 0, 2)])
-def test_axial_axes_undoes_any_storage_order(order):
-    """A volume stored with its axes in any order is put back into the axial one, foot-head third."""
+@pytest.mark.parametrize("order", [(2, 0, 1), (1, 2, 0), (0, 2, 1), (2, 1, 0)])
+def test_axial_axes_undoes_any_storage_order_with_foot_head_not_third(order):
+    """A volume stored with foot-head as its first or second axis is put back into the axial order."""
     stored = _permuted(LPS, order)
-    axes = axial_axes(stored)
+    axes = axial_axes(stored, (2, 3, 4))
     assert sorted(axes) == [0, 1, 2]
     volume = np.arange(2 * 3 * 4).reshape(2, 3, 4)
     np.testing.assert_array_equal(volume.transpose(order).transpose(axes), volume)
     assert nib.aff2axcodes(_permuted(stored, axes)) == nib.aff2axcodes(LPS)
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (1, 0, 2)])
+def test_an_axial_stack_keeps_its_order_whatever_its_in_plane_axes(order):
+    """Foot-head third already: the slices are axial, and their in-plane axes are left as stored."""
+    assert axial_axes(_permuted(LPS, order), (240, 240, 155)) == (0, 1, 2)
+
+
+def test_a_single_sagittal_image_is_not_cut_into_one_voxel_strips():
+    sagittal = _permuted(LPS, (1, 2, 0))  # A, S, L: foot-head second, left-right third
+    assert axial_axes(sagittal, (16, 16, 1)) == (0, 1, 2)
+    assert axial_axes(sagittal, (16, 16, 2)) == (2, 0, 1)
+    assert axial_axes(sagittal) == (2, 0, 1)  # shape unknown
 
 
 def test_axial_axes_of_a_sagittal_3d_t1_and_an_oblique_axial():
