@@ -50,7 +50,7 @@ from gpmodels.postprocess import (
 )
 from storage.folders import recover_interrupted
 from storage.reads import read_rows
-from storage.store import open_store, read_patients
+from storage.store import check_data_version, open_store, read_patients
 
 TUMOUR_FREE = "tumour-free"
 CHUNK = 256
@@ -137,6 +137,7 @@ def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig,
         return config, "given"
     val_path = Path(path).parent / heatmap_path("", "val").name
     val = open_heatmaps(val_path)
+    check_data_version(store, val.attrs.get("data_version"), heat.attrs["store_path"], f"heatmap store {val_path}")
     labels = val["labels"][:]
     classes = val["predicted"][:] if config.target_class == "predicted" else labels
     thresholded = classes > 0 if heat.attrs["classes"][0] == TUMOUR_FREE else np.ones(labels.size, bool)
@@ -185,6 +186,7 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
     classes = list(attrs["classes"])
     tumour_free = classes[0] == TUMOUR_FREE
     store = open_store(attrs["store_path"])
+    check_data_version(store, attrs.get("data_version"), attrs["store_path"], f"heatmap store {path}")
     config = config or default_threshold(attrs["model"])
     config, offset_source = _resolve_offset(path, heat, config, store, chunk)
     index, labels, predicted = heat["index"][:], heat["labels"][:].astype(int), heat["predicted"][:].astype(int)

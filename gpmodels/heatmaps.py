@@ -39,7 +39,7 @@ from gpmodels.nets import is_gp_model
 from gpmodels.training import load_trained
 from storage.folders import check_replaceable, hidden_sibling, recover_interrupted, replace_folder
 from storage.reads import read_rows
-from storage.store import SPLIT_NAMES, open_store
+from storage.store import SPLIT_NAMES, check_data_version, open_store
 
 POSTHOC_METHODS: tuple[str, ...] = ("occlusion", "guided_backprop")
 
@@ -151,6 +151,7 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
     Raises:
         ValueError: unknown split, a batch size below 1 or a negative ``posthoc``, the split is empty
             in this fold, or the heatmap store's path is a file or a symbolic link.
+        StoreError: the slice store was re-ingested since the run was trained.
     """
     check_heatmap_options([split], batch_size, posthoc)
     started = time.perf_counter()
@@ -158,6 +159,7 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
     model, run = load_trained(run_dir, map_location=target)
     gp = is_gp_model(run.train.model)
     group = open_store(run.store_path)
+    check_data_version(group, run.data_version, run.store_path, f"run {run_dir}")
     codes = group[f"splits/fold_{run.train.fold}"][:]
     index = np.flatnonzero(codes == SPLIT_NAMES.index(split))
     if index.size == 0:

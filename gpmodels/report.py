@@ -46,7 +46,7 @@ from gpmodels.metrics import aggregate_folds
 from gpmodels.names import MODEL_NAMES
 from gpmodels.postprocess import ThresholdConfig
 from storage.errors import StoreError
-from storage.store import open_store
+from storage.store import check_data_version, open_store
 
 FIGURE_CACHE_DIR = ".figures"
 """Folder of a report's output folder that caches its threshold-independent figures."""
@@ -222,10 +222,13 @@ def load_run(run_dir: Path | str) -> ReportRun:
     config_path = run_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else None
     store_path = evaluation["run"]["store_path"]
+    dataset, store_error = Path(store_path).stem, None
     try:
-        dataset, store_error = str(open_store(store_path).attrs.get("dataset", Path(store_path).stem)), None
-    except StoreError as exc:
-        dataset, store_error = Path(store_path).stem, str(exc)
+        group = open_store(store_path)
+        dataset = str(group.attrs.get("dataset", dataset))
+        check_data_version(group, evaluation["run"].get("data_version"), store_path, f"the evaluation of {run_dir}")
+    except StoreError as exc:  # the tables still come from evaluation.json; the panels are not drawn
+        store_error = str(exc)
     return ReportRun(run_dir=run_dir, evaluation=evaluation, config=config,
                      slices=_read_slices(run_dir / "evaluation_slices.csv"), dataset=dataset,
                      label=_label(evaluation["run"]["model"], config, evaluation["threshold"],

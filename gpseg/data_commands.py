@@ -30,8 +30,9 @@ NormOpt = Annotated[str, typer.Option("--normalisation", help="robust (per-chann
                                       "paper (each slice / its maximum).")]
 SplitOpt = Annotated[str, typer.Option("--split", help="grouped (patient-grouped, default), slice (the "
                                        "paper's slice-level protocol) or cvind (Jun Cheng's official folds).")]
-FoldsOpt = Annotated[int, typer.Option("--folds", help="Number of folds (with --split cvind, the first N of "
-                                        "the five official ones: give 5 for all).")]
+FoldsOpt = Annotated[int, typer.Option("--folds", help="Number of folds (grouped: at most 4, one per disjoint "
+                                        "quarter of the patients; with --split cvind, the first N of the five "
+                                        "official ones: give 5 for all).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Split seed.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", help="Local Dask worker processes (0 = in-process).")]
 DaskOpt = Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler, e.g. "

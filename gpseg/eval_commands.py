@@ -224,6 +224,7 @@ def _export_run(run: Path, out: Path, suffix: str, label: str = "export masks",
     from gpmodels.nifti_export import export_patient_masks, open_volume_store
     from gpmodels.report import threshold_config as evaluated_threshold
     from storage.errors import StoreError
+    from storage.store import check_data_version
 
     _require_run(run)
     try:
@@ -233,10 +234,13 @@ def _export_run(run: Path, out: Path, suffix: str, label: str = "export masks",
     try:
         evaluation = json.loads((run / "evaluation.json").read_text())
     except FileNotFoundError as exc:
-        raise fail(f"{exc}; run `gpseg postprocess --runs {run}` first") from exc
+        raise fail(f"{run}: no evaluation.json, so no threshold to export with; run `gpseg postprocess --runs "
+                   f"{run}` first") from exc
     config = evaluated_threshold(evaluation["threshold"])
     try:
-        open_volume_store(heat.attrs["store_path"])  # a 2-D store fails (or is skipped) before the progress bar
+        group = open_volume_store(heat.attrs["store_path"])  # a 2-D store fails (or is skipped) before the bar
+        check_data_version(group, heat.attrs.get("data_version"), heat.attrs["store_path"],
+                           f"heatmap store {heatmap_path(run, 'test')}")
     except StoreError as exc:
         raise fail(str(exc)) from exc
     except ValueError as exc:

@@ -23,6 +23,10 @@ def benchmark_cmd(
     brats: Annotated[Optional[str], typer.Option(help="BraTS training folder, or 'phantom'; omit to skip "
                                                       "(both datasets default to phantoms when neither is given).")] = None,
     jun_cheng: Annotated[Optional[str], typer.Option(help="Jun Cheng folder, or 'phantom'.")] = None,
+    manifest: Annotated[Optional[Path], typer.Option(help="Manifest CSV of your own NIfTI data (see `gpseg "
+                                                          "ingest manifest --help`).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Slice size of every dataset's store (default: native; "
+                                                           "needed for non-square slices).")] = None,
     models: Annotated[Optional[str], typer.Option(help="Comma-separated models (default: all five).")] = None,
     folds: Annotated[int, typer.Option(help="Folds to train.")] = 3,
     preset: Annotated[str, typer.Option(help="paper, demo or smoke.")] = "demo",
@@ -45,18 +49,18 @@ def benchmark_cmd(
     from flows.params import BenchmarkParams, DatasetSpec
 
     threshold = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)
-    sources = {"brats": brats, "jun-cheng": jun_cheng}
-    if brats is None and jun_cheng is None:
+    sources = {"brats": brats, "jun-cheng": jun_cheng, "manifest": str(manifest) if manifest else None}
+    if not any(sources.values()):
         sources = {"brats": "phantom", "jun-cheng": "phantom"}
     missing = [f"--{kind} {source}" for kind, source in sources.items() if source not in (None, "phantom")
                and not Path(source).exists()]
     if missing:
-        raise fail(f"{', '.join(missing)}: not found (give a dataset folder, or 'phantom')")
+        raise fail(f"{', '.join(missing)}: not found (give a dataset folder or manifest CSV, or 'phantom')")
     try:
         params = BenchmarkParams(
             workdir=str(workdir), folds=folds, preset=preset, dask_address=dask_address,
             model_options=parse_model_options(option or []),
-            datasets=[DatasetSpec(kind=k, source=v, phantom_cases=16 if k == "brats" else 120)
+            datasets=[DatasetSpec(kind=k, source=v, phantom_cases=16 if k == "brats" else 120, image_size=image_size)
                       for k, v in sources.items() if v],
             threshold=threshold,
             train_overrides=flow_train_overrides(devices, precision), seeds=parse_seeds(seeds),

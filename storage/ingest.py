@@ -91,6 +91,13 @@ class _Plan:
     rejected: dict[str, str]
     metadata: tuple[Path, ...] = ()
     """Files beside the cases that decide how they are read (``name_mapping.csv``, ``cvind.mat``)."""
+    listing: Path | None = None
+    """The file that lists the cases (a manifest CSV), named in messages instead of ``root``."""
+
+    @property
+    def where(self) -> Path:
+        """What a message about the whole source names: the listing file, else the source folder."""
+        return self.listing or self.root
 
 
 def _examined(old: dict[str, str], rejected: dict[str, str], rejected_cases: Sequence[VolumeCase | MatCase],
@@ -170,10 +177,20 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
         _check_orientations(out, base_attrs.get("volumes") or {})
         existing = {k: group[f"splits/fold_{k}"][:] for k in fold_names(group)}
         known_files = set(base_attrs.get("sources", {}))
-    cases = [c for c in plan.cases if _relative(_case_key(c), plan.root) not in known_files]
-    report.skipped = len(plan.cases) - len(cases)
+    stored_patients = set(base_attrs.get("patients", []))
+    cases = []
+    for case in plan.cases:
+        key = _relative(_case_key(case), plan.root)
+        if key not in known_files:
+            cases.append(case)
+        elif isinstance(case, VolumeCase) and case.patient_id not in stored_patients:
+            report.rejected[key] = (f"already stored for another patient, so patient {case.patient_id} is not: "
+                                    "files count by their path relative to the source's folder, and each patient "
+                                    "needs files at paths of its own")
+        else:
+            report.skipped += 1
     if not cases and not existing:
-        raise NoUsableInput(f"{plan.root}: no usable {plan.dataset} cases found"
+        raise NoUsableInput(f"{plan.where}: no usable {plan.dataset} cases found"
                             + (f" ({len(report.rejected)} rejected)" if report.rejected else ""), report.rejected)
     sources = dict(base_attrs.get("sources", {}))
     volumes = dict(base_attrs.get("volumes", {}))
@@ -181,7 +198,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
     new_slices: list[np.ndarray] = []
     new_labels: list[np.ndarray] = []
     new_cvind: list[np.ndarray] = []
-    stored_patients = set(base_attrs.get("patients", []))
+    stored_content = {sha: key for key, sha in sources.items()}
     rejected_cases: list[VolumeCase | MatCase] = []
     with StoreWriter(out, plan.channels, plan.image_size, base=out if existing else None) as writer, \
             dask_client(config.workers, config.dask_address) as client:
@@ -190,6 +207,8 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
                 progress(done, len(cases), Path(_case_key(case)).name)
             if error is None and plan.dataset != "jun-cheng" and batch.patient in stored_patients:
                 error = CaseRejected(_case_key(case), f"duplicate patient id {batch.patient} (already stored)")
+            if error is None and isinstance(case, VolumeCase):
+                error = _copied_images(case, batch, stored_content)
             if error is not None:
                 file, reason = _reason(error)
                 report.rejected[_relative(file or _case_key(case), plan.root)] = reason
@@ -199,6 +218,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
             report.cases += 1
             stored_patients.add(batch.patient)
             sources.update({_relative(p, plan.root): h for p, h in batch.sources.items()})
+            stored_content.update({h: _relative(p, plan.root) for p, h in batch.sources.items()})
             if batch.affine is not None:
                 volumes[batch.patient] = volume_record(batch)
             new_patients.append(np.full(len(batch), batch.patient, dtype=object))
@@ -206,7 +226,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
             new_labels.append(batch.labels)
             new_cvind.append(batch.cvind if batch.cvind is not None else np.zeros(len(batch), np.int8))
         if report.cases == 0 and not existing:
-            raise NoUsableInput(f"{plan.root}: every {plan.dataset} case was rejected ({len(report.rejected)})",
+            raise NoUsableInput(f"{plan.where}: every {plan.dataset} case was rejected ({len(report.rejected)})",
                                 report.rejected)
         patients = np.concatenate(new_patients).astype(str) if new_patients else np.zeros(0, str)
         slice_index = np.concatenate(new_slices) if new_slices else np.zeros(0, np.int16)
@@ -230,6 +250,26 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
         writer.commit(attrs, splits)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _copied_images(case: VolumeCase, batch: SliceBatch, stored: dict[str, str]) -> CaseRejected | None:
+    """Why a case whose image file has the content of a stored file is rejected, else ``None``.
+
+    A copy of a patient's images under another id would put the same slices in two patients, and so
+    possibly in the training and the test split. Segmentations are not compared: the empty masks of
+    two tumour-free patients on one grid are the same file.
+
+    Args:
+        case: the case read.
+        batch: its slices, with each file's sha256 in ``sources``.
+        stored: sha256 -> stored file (relative path), of this store and of the cases stored in this run.
+    """
+    for path in case.channels.values():
+        other = stored.get(batch.sources.get(str(path), ""))
+        if other is not None:
+            return CaseRejected(path, f"the same content as the stored {other}; each patient's images can be "
+                                      "stored once (a copy under another id could land in two splits)")
+    return None
 
 
 def _check_orientations(out: Path, volumes: dict) -> None:
@@ -308,18 +348,23 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
 
     The image size defaults to the first readable case's in-plane size (on
     append, the store's); a case with non-square slices needs an asked size.
+    On append, the labels are read as the store's classes (a manifest may use
+    some of them only), unless ``classes`` is given.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise NoUsableInput(f"{csv_path}: manifest not found")
     config, store_size = _stored_settings(config, Path(out), append)
+    if classes is None and store_size is not None:  # appending: labels are read as the store's classes
+        classes = list(open_store(out).attrs["classes"])
     cases, classes, available, rejected = read_manifest(csv_path, classes)
     channels = _channels(config.channels, tuple(available), csv_path)
     cases = [replace(c, channels={k: c.channels[k] for k in channels}) for c in cases]
     config = replace(config, channels=tuple(channels))
     size = config.image_size or store_size or _first_size(cases)
     reader = functools.partial(read_volume_case, classes=classes, config=config, size=size)
-    plan = _Plan("manifest", csv_path.parent, cases, reader, classes, list(channels), size, rejected)
+    plan = _Plan("manifest", csv_path.parent, cases, reader, classes, list(channels), size, rejected,
+                 listing=csv_path)
     return _run(plan, Path(out), config, append, progress)
 
 

@@ -20,7 +20,8 @@ class SplitConfig:
         mode: ``grouped`` (patient-grouped, class-stratified; default),
             ``slice`` (the paper's slice-level protocol) or ``cvind`` (Jun
             Cheng's official folds).
-        folds: number of folds (1-5 for ``cvind``).
+        folds: number of folds (1-5 for ``cvind``; for ``grouped``, at most its number of
+            disjoint test sets, :attr:`test_blocks`: 4 for a test share of 25 %).
         seed: random seed; the same seed gives the same splits.
         ratios: train, val, test fractions; they must sum to 1.
     """
@@ -37,6 +38,14 @@ class SplitConfig:
             raise ValueError(f"folds: got {self.folds}, expected 1-5 for cvind and 1-20 otherwise")
         if len(self.ratios) != 3 or any(r <= 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-6:
             raise ValueError(f"ratios: got {self.ratios}, expected three positive fractions summing to 1")
+        if self.mode == "grouped" and self.folds > (blocks := self.test_blocks):
+            raise ValueError(f"folds: got {self.folds}, but a grouped split testing on {self.ratios[2]:g} of the "
+                             f"patients has {blocks} disjoint test sets; use at most {blocks} folds")
+
+    @property
+    def test_blocks(self) -> int:
+        """How many disjoint test sets a ``grouped`` split has: ``round(1 / test)``, at least 2."""
+        return max(2, round(1 / self.ratios[2]))
 
     def as_attrs(self) -> dict:
         """JSON-ready form for the store's ``split`` attribute."""

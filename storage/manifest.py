@@ -2,8 +2,10 @@
 
 Columns: ``patient_id,label,<channel>...,seg``; each channel column holds a 3-D
 NIfTI path (absolute or relative to the CSV), ``seg`` a label volume (> 0 is
-tumour; may be empty for a patient without annotation, whose slices are then
-tumour-free). ``label`` is the class of the patient's tumour slices.
+tumour). ``label`` is the class of the patient's tumour slices, or ``tumour-free``
+(the first class) for a patient without tumour, whose ``seg`` may be left empty;
+a patient of another label needs its ``seg``, which tells its tumour slices from
+its tumour-free ones. Spaces around names and paths are ignored.
 """
 
 from __future__ import annotations
@@ -24,20 +26,25 @@ def read_manifest(path: Path, classes: list[str] | None = None
     Args:
         path: the CSV file.
         classes: class names, ``classes[0]`` tumour-free; default
-            ``["tumour-free", *sorted labels]``.
+            ``["tumour-free", *sorted other labels]``.
 
     Returns:
         ``(cases, classes, channels, rejected)``.
 
     Raises:
-        ValueError: the header lacks ``patient_id``, ``label``, a channel or ``seg``.
+        ValueError: the header lacks ``patient_id``, ``label``, a channel or ``seg``, names a column
+            twice, or ``classes`` names a class twice.
     """
+    if classes is not None and len(set(classes)) != len(classes):
+        raise ValueError(f"classes: got {classes}, expected each class once")
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh))
-        fh.seek(0)
-        header = [h.strip() for h in next(csv.reader(fh), [])]
+        table = list(csv.reader(fh))
+    header = [h.strip() for h in table[0]] if table else []
     if header[:2] != ["patient_id", "label"] or header[-1:] != ["seg"] or len(header) < 4:
         raise ValueError(f"{path}: header {header}, expected patient_id,label,<channel>...,seg")
+    if len(set(header)) != len(header):
+        raise ValueError(f"{path}: header {header} names a column twice")
+    rows = [dict(zip(header, cells)) for cells in table[1:] if any(cell.strip() for cell in cells)]
     channels = header[2:-1]
     base = path.parent
     cases: list[VolumeCase] = []
@@ -53,19 +60,24 @@ def read_manifest(path: Path, classes: list[str] | None = None
                 raise CaseRejected(where, f"duplicate patient id {pid}")
             if not label:
                 raise CaseRejected(where, f"patient {pid} has no label")
-            if classes is not None and label not in classes[1:]:
-                raise CaseRejected(where, f"label {label!r} not among {classes[1:]}")
+            if classes is not None and label not in classes:
+                raise CaseRejected(where, f"label {label!r} not among {classes}")
             paths = {c: (row.get(c) or "").strip() for c in channels}
             empty = [c for c, p in paths.items() if not p]
             if empty:
                 raise CaseRejected(where, f"patient {pid} has no path for {empty}")
+            seg = (row.get("seg") or "").strip()
+            free = classes[0] if classes is not None else TUMOUR_FREE
+            if not seg and label != free:
+                raise CaseRejected(where, f"patient {pid} is labelled {label!r} but has no seg, which tells its "
+                                          f"tumour slices from its tumour-free ones; give it, or label a patient "
+                                          f"without tumour {free!r}")
         except CaseRejected as exc:
             rejected[exc.file] = exc.reason
             continue
         seen.add(pid)
-        seg = (row.get("seg") or "").strip()
         cases.append(VolumeCase(pid, label, {c: base / p for c, p in paths.items()},
                                 base / seg if seg else None, origin=Path(where)))
     if classes is None:
-        classes = [TUMOUR_FREE, *sorted({c.label for c in cases})]
+        classes = [TUMOUR_FREE, *sorted({c.label for c in cases} - {TUMOUR_FREE})]
     return cases, classes, channels, rejected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import nibabel as nib
 import numpy as np
 
 from storage.errors import CaseRejected
+from storage.quiet import quiet_logger
 
 GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_CHUNK = 1 << 20
@@ -91,17 +93,20 @@ def load_nifti(path: Path) -> NiftiVolume:
         CaseRejected: missing, truncated, not NIfTI, not 3-D, or with NaN/inf voxels.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CaseRejected(path, "is a folder, not a NIfTI file")
     if not path.is_file():
         raise CaseRejected(path, "file not found")
     data = path.read_bytes()
     raw = _decompress(path, data)
     image = None
-    for image_type in (nib.Nifti1Image, nib.Nifti2Image):
-        try:
-            image = image_type.from_bytes(raw)
-            break
-        except Exception:  # nibabel raises several types for a wrong header; try the next
-            continue
+    with quiet_logger("nibabel", logging.CRITICAL):  # its header checks log each problem of a non-NIfTI file
+        for image_type in (nib.Nifti1Image, nib.Nifti2Image):
+            try:
+                image = image_type.from_bytes(raw)
+                break
+            except Exception:  # nibabel raises several types for a wrong header; try the next
+                continue
     if image is None:
         raise CaseRejected(path, "not a NIfTI-1/NIfTI-2 file (header unreadable)")
     try:

@@ -35,8 +35,8 @@ TRAIN, VAL, TEST = 0, 1, 2
 
 def _blocks(config: SplitConfig) -> tuple[int, int]:
     """Number of test blocks and of val blocks implied by the ratios."""
-    train, val, test = config.ratios
-    return max(2, round(1 / test)), max(2, round((train + val) / val))
+    train, val, _ = config.ratios
+    return config.test_blocks, max(2, round((train + val) / val))
 
 
 def patient_classes(patients: np.ndarray, labels: np.ndarray) -> dict[str, int]:

@@ -71,6 +71,29 @@ def data_version(sources: dict[str, str], attrs: dict | None = None, splits: dic
     return digest.hexdigest()[:16]
 
 
+def check_data_version(group: zarr.Group, expected: str | None, store_path: str | Path, made: str) -> None:
+    """Refuse a slice store re-ingested since something was made from it.
+
+    Heatmap stores, evaluations and runs address slices by their index in the store; after a re-ingestion
+    (other files, settings or splits) those indices may point at other slices, even other patients.
+
+    Args:
+        group: the open slice store.
+        expected: the data version ``made`` recorded; empty or ``None`` (made before versions were
+            recorded) passes.
+        store_path: the store, for the message.
+        made: what was made from it, for the message (e.g. ``"heatmap store runs/x/heatmaps/test.zarr"``).
+
+    Raises:
+        StoreError: one line saying what to redo.
+    """
+    found = group.attrs.get("data_version")
+    if expected and found != expected:
+        raise StoreError(f"{store_path}: data version {found}, but {made} was made from {expected}; the store was "
+                         "re-ingested since, so its slice indices may point at other slices: train the run again "
+                         "and make its heatmaps anew")
+
+
 def _is_zarr_group(path: Path) -> bool:
     """Whether ``path`` is a folder holding a Zarr group (format 3 ``zarr.json`` or format 2 ``.zgroup``)."""
     return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zgroup").is_file())

@@ -103,7 +103,8 @@ def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig,
         CaseRejected: any file is unreadable, shapes or voxel grids differ,
             labels are outside the allowed set, a channel is constant (e.g. all
             zeros), every slice is blank, slices are non-square without an
-            asked size, or the class is unknown.
+            asked size, the class is unknown, or a case of the tumour-free class
+            has tumour voxels in its segmentation.
     """
     if case.label not in classes:
         raise CaseRejected(case.files[0], f"class {case.label!r} not among {classes}")
@@ -126,6 +127,9 @@ def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig,
             bad = sorted(found - allowed) if allowed is not None else sorted(v for v in found if v < 0)
             raise CaseRejected(case.seg, f"segmentation labels {bad} outside "
                                          f"{sorted(allowed) if allowed is not None else 'the non-negative integers'}")
+    if seg is not None and classes.index(case.label) == 0 and (tumour := int(np.count_nonzero(seg > 0))):
+        raise CaseRejected(case.seg, f"patient {case.patient_id} is labelled {case.label!r} but its seg marks "
+                                     f"{tumour} tumour voxels; give the class of its tumour")
     axes = axial_axes(first.affine, first.data.shape)
     stack = axial_slices([vol.data.transpose(axes) for vol in volumes.values()])
     seg_slices = seg.transpose(axes).T if seg is not None else None
@@ -137,7 +141,8 @@ def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig,
         if low == high:
             raise CaseRejected(case.channels[name], f"all voxels are {low:g}")
     if images.shape[-2] != images.shape[-1] and config.image_size is None:
-        raise CaseRejected(case.files[0], f"non-square slices {images.shape[-2:]} need --image-size")
+        raise CaseRejected(case.files[0], f"non-square axial slices ({images.shape[-1]} x {images.shape[-2]} "
+                                          "voxels) need --image-size")
     size = size or config.image_size or images.shape[-1]
     native = images.shape[-2:] == (size, size)
     if config.normalisation == "robust":

@@ -209,4 +209,23 @@ def test_benchmark_refuses_a_missing_dataset_folder_before_starting_the_flow(tmp
                                       "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 1
     assert result.output.strip() == (f"error: --brats {tmp_path / 'nope'}: not found "
-                                     "(give a dataset folder, or 'phantom')")
+                                     "(give a dataset folder or manifest CSV, or 'phantom')")
+
+
+def test_benchmark_takes_a_manifest_and_an_image_size(tmp_path, monkeypatch):
+    import flows.full_benchmark
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    seen = []
+    monkeypatch.setattr(flows.full_benchmark, "full_benchmark",
+                        lambda params: seen.append(params) or {"rows": [], "report": "r", "failed": []})
+    csv = tmp_path / "mine.csv"
+    csv.write_text("patient_id,label,flair,seg\n")
+    result = CliRunner().invoke(app, ["benchmark", "--manifest", str(csv), "--image-size", "64",
+                                      "--workdir", str(tmp_path / "w")])
+
+    assert result.exit_code == 0, result.output
+    [dataset] = seen[0].datasets  # no phantoms beside one's own data
+    assert (dataset.kind, dataset.source, dataset.image_size) == ("manifest", str(csv), 64)

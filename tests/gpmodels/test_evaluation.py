@@ -15,7 +15,7 @@ from gpmodels.evaluation import evaluate_heatmaps, open_heatmaps
 from gpmodels.postprocess import ThresholdConfig
 from storage.cases import SliceBatch
 from storage.folders import hidden_sibling
-from storage.store import StoreWriter
+from storage.store import StoreWriter, open_store
 
 CLASSES = ["tumour-free", "LGG", "HGG"]
 SIZE = 6
@@ -82,7 +82,8 @@ def _write_heatmap_store(path: Path, store: Path) -> Path:
     heat.create_array("labels", data=np.array([s[2] for s in SLICES], np.int8))
     heat.create_array("index", data=np.array([s[1] for s in SLICES], np.int64))
     heat.attrs.update({"kind": "gp", "model": "gp-unet", "fold": 0, "split": "test", "run_dir": str(path.parent),
-                       "store_path": str(store), "data_version": "hand", "classes": CLASSES, "image_size": SIZE})
+                       "store_path": str(store), "data_version": open_store(store).attrs["data_version"],
+                       "classes": CLASSES, "image_size": SIZE})
     return path
 
 

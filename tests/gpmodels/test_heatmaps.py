@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -59,3 +60,37 @@ def test_heatmaps_recover_a_killed_writers_leftovers_and_refuse_a_file_before_an
     with pytest.raises(ValueError, match=r"test\.zarr: exists and is not a folder$"):
         generate_heatmaps(run, "test", device="cpu")
     assert out.read_text() == "not a store"
+
+
+def test_a_store_re_ingested_since_is_refused_by_heatmaps_evaluation_export_and_report_panels(
+        phantom_store, tmp_path, untrained_run):
+    """Heatmaps address slices by store index; after a re-ingestion those may be other patients' slices."""
+    from typer.testing import CliRunner
+
+    from gpmodels.evaluation import evaluate_heatmaps, write_evaluation
+    from gpmodels.files import heatmap_path
+    from gpmodels.report import load_run
+    from gpseg.cli import app
+    from storage.errors import StoreError
+    from storage.store import open_store
+
+    store = shutil.copytree(phantom_store, tmp_path / "brats.zarr")
+    run = untrained_run(store, "gp-unet", tmp_path / "run")
+    generate_heatmaps(run, "test", device="cpu")
+    early = CliRunner().invoke(app, ["export-masks", "--run", str(run), "--out", str(tmp_path / "masks")])
+    assert early.exit_code == 1 and " ".join(early.output.split()) == (
+        f"error: {run}: no evaluation.json, so no threshold to export with; run `gpseg postprocess --runs {run}` "
+        "first")
+    write_evaluation(run, evaluate_heatmaps(heatmap_path(run, "test")))
+    assert load_run(run).store_error is None
+    open_store(store, mode="r+").attrs["data_version"] = "0123456789abcdef"  # what a re-ingestion does
+
+    stale = r"data version 0123456789abcdef, but .* was made from [0-9a-f]{16}; the store was re-ingested since"
+    with pytest.raises(StoreError, match=stale):
+        generate_heatmaps(run, "test", device="cpu")
+    with pytest.raises(StoreError, match=stale):
+        evaluate_heatmaps(heatmap_path(run, "test"))
+    assert re.search(stale, load_run(run).store_error)
+    exported = CliRunner().invoke(app, ["export-masks", "--run", str(run), "--out", str(tmp_path / "masks")])
+    assert exported.exit_code == 1 and re.search(stale, " ".join(exported.output.split()))
+    assert not (tmp_path / "masks").exists()

@@ -13,7 +13,7 @@ from gpseg.cli import app
 from storage.errors import NoUsableInput, StoreError
 from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
 from storage.ingest_config import IngestConfig
-from storage.store import open_store
+from storage.store import open_store, read_patients
 
 CONFIG = IngestConfig(workers=0)
 CASE = "BraTS20_Training_{:03d}"
@@ -301,7 +301,7 @@ def test_non_square_slices_need_an_asked_size(brats_source, tmp_path):
                                     "p2,HGG,flair.nii.gz,seg.nii.gz\n")
     shutil.copytree(brats_source / name, tmp_path / name)
     report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
-    assert report.cases == 1 and report.rejected == {"flair.nii.gz": "non-square slices (24, 32) need --image-size"}
+    assert report.cases == 1 and report.rejected == {"flair.nii.gz": "non-square axial slices (32 x 24 voxels) need --image-size"}
     asked = ingest_manifest(tmp_path / "m.csv", tmp_path / "t.zarr", IngestConfig(image_size=16, workers=0))
     assert asked.exit_code == 0 and open_store(tmp_path / "t.zarr")["images"].shape[1:] == (1, 16, 16)
 
@@ -331,3 +331,87 @@ def test_the_official_folds_file_is_no_new_data(jun_cheng_copy, tmp_path):
     store = tmp_path / "jc.zarr"
     ingest_jun_cheng(jun_cheng_copy, store, CONFIG)
     assert (jun_cheng_copy / "cvind.mat").is_file() and new_files(jun_cheng_copy, store) == []
+
+
+# ---------------------------------------------------------------- manifests: labels, layout, appends
+
+
+def _case_files(brats_source, case: int) -> tuple[str, str]:
+    return str(_file(brats_source, case, "flair")), str(_file(brats_source, case, "seg"))
+
+
+def test_manifest_tumour_free_patients_and_labels_without_a_seg(brats_source, tmp_path):
+    """A patient without tumour is labelled tumour-free (no seg needed); another label needs the seg that
+    tells its tumour slices apart, and a tumour-free patient's seg must be empty."""
+    flair1, seg1 = _case_files(brats_source, 1)
+    flair2, seg2 = _case_files(brats_source, 2)
+    flair3, _ = _case_files(brats_source, 3)
+    flair4, seg4 = _case_files(brats_source, 4)
+    (tmp_path / "m.csv").write_text("patient_id,label,flair,seg\n"
+                                    f"p1,HGG,{flair1},{seg1}\n"
+                                    f"p2,tumour-free,{flair2},\n"
+                                    f"p3,healthy,{flair3},\n"
+                                    f"p4,tumour-free,{flair4},{seg4}\n")
+    report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+
+    group = open_store(tmp_path / "s.zarr")
+    assert group.attrs["classes"] == ["tumour-free", "HGG"]
+    assert report.rejected["m.csv:4"].startswith(
+        "patient p3 is labelled 'healthy' but has no seg, which tells its tumour slices from its tumour-free ones")
+    assert report.rejected[seg4].startswith("patient p4 is labelled 'tumour-free' but its seg marks")
+    labels, patients = group["labels"][:], read_patients(group)
+    assert set(labels[patients == "p2"]) == {0} and set(labels[patients == "p1"]) == {0, 1}
+    with pytest.raises(ValueError, match=r"classes: got \['tumour-free', 'HGG', 'HGG'\], expected each class once"):
+        ingest_manifest(tmp_path / "m.csv", tmp_path / "t.zarr", CONFIG, classes=["tumour-free", "HGG", "HGG"])
+
+
+def test_manifest_with_spaces_after_the_commas(brats_source, tmp_path):
+    flair, seg = _case_files(brats_source, 1)
+    (tmp_path / "m.csv").write_text(f"patient_id, label, flair, seg\np1, HGG, {flair}, {seg}\n\n")
+    report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+    assert report.exit_code == 0 and report.cases == 1
+
+
+def test_a_manifest_with_nothing_usable_is_named_in_the_error(brats_source, tmp_path):
+    flair, _ = _case_files(brats_source, 1)
+    (tmp_path / "m.csv").write_text(f"patient_id,label,flair,seg\np1,HGG,{flair},\n")
+    with pytest.raises(NoUsableInput, match=rf"^{tmp_path / 'm.csv'}: no usable manifest cases found \(1 rejected\)"):
+        ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+
+
+def test_manifest_appends_check_paths_content_and_take_the_stores_classes(brats_source, tmp_path):
+    """A second manifest folder whose relative paths repeat the first's, a new patient pointing at stored
+    files, and a copy of stored images under another name are each refused; a manifest that uses only
+    some of the store's classes appends."""
+    first, second = tmp_path / "site_a", tmp_path / "site_b"
+    shutil.copytree(brats_source / CASE.format(1), first / "P001")
+    (second / "P001").mkdir(parents=True)
+    for kind in ("flair", "seg"):  # another patient's files, at site A's relative paths
+        shutil.copy(_file(brats_source, 2, kind), second / "P001" / f"{CASE.format(1)}_{kind}.nii.gz")
+    shutil.copytree(brats_source / CASE.format(1), second / "copy_of_a")
+    shutil.copytree(brats_source / CASE.format(3), second / "P003")
+
+    def rows(case: int, folder: str) -> str:
+        name = CASE.format(case)
+        return f"{folder}/{name}_flair.nii.gz,{folder}/{name}_seg.nii.gz"
+
+    (first / "m.csv").write_text(f"patient_id,label,flair,seg\nA1,HGG,{rows(1, 'P001')}\n"
+                                 f"A2,LGG,{_case_files(brats_source, 4)[0]},{_case_files(brats_source, 4)[1]}\n")
+    store = ingest_manifest(first / "m.csv", tmp_path / "s.zarr", CONFIG).store
+    (second / "m.csv").write_text("patient_id,label,flair,seg\n"
+                                  f"B1,HGG,{rows(1, 'P001')}\n"  # site A's P001 paths, other files
+                                  f"B2,HGG,{first / 'P001' / (CASE.format(1) + '_flair.nii.gz')},"
+                                  f"{first / 'P001' / (CASE.format(1) + '_seg.nii.gz')}\n"  # site A's very files
+                                  f"B3,HGG,{rows(1, 'copy_of_a')}\n"  # a copy of them
+                                  f"B4,HGG,{rows(3, 'P003')}\n")
+
+    report = ingest_manifest(second / "m.csv", store, CONFIG, append=True)
+
+    group = open_store(store)
+    assert group.attrs["classes"] == ["tumour-free", "HGG", "LGG"]  # the store's, though only HGG is listed
+    assert sorted(set(read_patients(group))) == ["A1", "A2", "B4"] and report.cases == 1
+    stored_flair = f"P001/{CASE.format(1)}_flair.nii.gz"
+    assert report.rejected[stored_flair].startswith("already stored for another patient, so patient B1 is not")
+    for copy in (str((first / stored_flair).resolve()), f"copy_of_a/{CASE.format(1)}_flair.nii.gz"):  # B2, B3
+        assert report.rejected[copy].startswith(f"the same content as the stored {stored_flair}")
+    assert len(report.rejected) == 3
