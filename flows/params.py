@@ -217,6 +217,15 @@ class BenchmarkParams(TrainingParams):
             seen.add(spec.label)
         return value
 
+    @model_validator(mode="after")
+    def _folds_fit_the_splits(self) -> "BenchmarkParams":
+        # Checked here, so that too many folds fail the flow at once, not each dataset after its phantoms.
+        from storage.ingest_config import SplitConfig
+
+        for mode in sorted({spec.split for spec in self.datasets}):
+            SplitConfig(mode=mode, folds=self.folds).check_new_split()
+        return self
+
 
 class PostprocessParams(BaseModel):
     """Parameters of ``postprocess``: re-threshold stored heatmaps and re-report."""

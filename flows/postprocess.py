@@ -8,7 +8,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.params import PostprocessParams
-from flows.layout import REPORT, dataset_of, default_runs, row_line, summary_rows
+from flows.layout import REPORT, dataset_of, default_runs, failure_notes, row_line, summary_rows
+from storage.errors import one_line
 from tasks.evaluation import evaluate_run, publish, report
 
 
@@ -22,16 +23,28 @@ def postprocess(params: PostprocessParams = PostprocessParams()) -> dict:
         raise ValueError(f"{params.workdir}: no run with test heatmaps (run full-benchmark first)")
     results = []
     for run in runs:
-        model = json.loads((Path(run) / "config.json").read_text())["train"]["model"]
-        evaluation = evaluate_run(run, params.threshold.for_model(model))
+        train = json.loads((Path(run) / "config.json").read_text())["train"]
+        model = train["model"]
+        try:
+            evaluation = evaluate_run(run, params.threshold.for_model(model))
+        except Exception as exc:  # one run (e.g. of a store re-ingested since) must not stop the others
+            logger.error("%s: %s", run, one_line(exc))
+            results.append({"model": model, "fold": train.get("fold"), "run_dir": run, "dataset": dataset_of(run),
+                            "failed": one_line(exc)})
+            continue
         results.append({"model": model, "fold": evaluation["run"]["fold"], "run_dir": run,
                         "dataset": dataset_of(run), "evaluation": evaluation})
     rows = summary_rows(results)
+    done = [r["run_dir"] for r in results if "failed" not in r]
+    if not done:
+        raise ValueError(f"{params.workdir}: no run could be re-evaluated: " + "; ".join(
+            f"{r['run_dir']}: {r['failed']}" for r in results))
     out = params.out or str(Path(params.workdir) / REPORT)
-    html = report(runs, out, "gpseg report (post-processing re-run)",
-                  [f"thresholds re-run by postprocess: {params.threshold.describe()}; no model was loaded"])
+    html = report(done, out, "gpseg report (post-processing re-run)",
+                  [f"thresholds re-run by postprocess: {params.threshold.describe()}; no model was loaded",
+                   *failure_notes(rows)])
     publish(html, rows)
     for row in rows:
         logger.info("%s", row_line(row))
     print(f"report: {html}")
-    return {"report": html, "rows": rows}
+    return {"report": html, "rows": rows, "failed": [r for r in rows if r["status"] != "ok"]}

@@ -1,7 +1,8 @@
 """Data drops: fingerprints of source folders and what a drop adds to a store.
 
 A *drop folder* is a dataset's source folder that new cases are copied into
-(``gpseg drop``). :func:`new_files` hashes it and compares with what the store
+(``gpseg drop``); for a manifest, the source is its CSV, and new rows are its new data.
+:func:`new_files` hashes it and compares with what the store
 recorded when it last ingested the folder: its ``sources`` (the stored cases'
 files) and ``examined`` (the files of rejected cases, ``name_mapping.csv`` and
 ``cvind.mat``), each relative path -> sha256. So only new or changed files count
@@ -23,14 +24,37 @@ METADATA_FILES = ("name_mapping.csv",)
 """Files that are not cases but decide how cases are read (``cvind.mat`` is a ``.mat`` already)."""
 
 
+def manifest_files(csv_path: Path) -> list[Path]:
+    """The files a manifest CSV lists for its usable rows (channels, then segmentation), as paths resolved
+    against the CSV's folder; rows it rejects (no seg, no path) list none. Empty when it cannot be read."""
+    from storage.manifest import read_manifest
+
+    try:
+        cases = read_manifest(Path(csv_path))[0]
+    except (OSError, ValueError, UnicodeDecodeError):
+        return []
+    return [path for case in cases for path in case.files]
+
+
 def fingerprint(folder: Path | str) -> str:
-    """A cheap identity of a folder's content: relative paths, sizes and modification times.
+    """A cheap identity of a source's content: relative paths, sizes and modification times.
+
+    For a folder, every file below it; for a manifest CSV, the CSV and the files it lists (a missing
+    one counts as missing), so that editing the CSV or a listed file changes it.
 
     Returns:
         A 16-hex-digit hash; it changes when any file is added, removed, resized or touched.
     """
     folder = Path(folder)
     digest = hashlib.sha256()
+    if folder.is_file():
+        for path in [folder, *manifest_files(folder)]:
+            try:
+                stat = path.stat()
+                digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{path}\0missing\n".encode())
+        return digest.hexdigest()[:16]
     for root, dirs, files in sorted(os.walk(folder)):
         dirs.sort()
         for name in sorted(files):
@@ -52,23 +76,29 @@ def data_files(folder: Path) -> list[Path]:
 
 
 def new_files(folder: Path | str, store: Path | str | None) -> list[str]:
-    """Data files of ``folder`` that the store has not ingested (new path or new content).
+    """Data files of a source that the store has not ingested (new path or new content).
 
     Args:
-        folder: the drop (source) folder.
+        folder: the drop (source) folder, or a manifest CSV (then the existing files it lists).
         store: the slice store, or ``None``/missing (then every file is new).
 
     Returns:
-        Relative paths, sorted.
+        Paths relative to the folder (to the CSV's folder; absolute for a listed file outside it), sorted,
+        as ingestion records them.
     """
     folder = Path(folder)
     known: dict[str, str] = {}
     if store is not None and Path(store).exists():
         attrs = open_store(store).attrs
         known = {**attrs.get("examined", {}), **attrs.get("sources", {})}
+    if folder.is_file():
+        root, files = folder.parent.resolve(), sorted({p for p in manifest_files(folder) if p.is_file()})
+    else:
+        root, files = folder.resolve(), data_files(folder)
     fresh = []
-    for path in data_files(folder):
-        rel = str(path.resolve().relative_to(folder.resolve()))
+    for path in files:
+        resolved = path.resolve()
+        rel = str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
         if rel not in known or known[rel] != sha256_file(path):
             fresh.append(rel)
-    return fresh
+    return sorted(fresh)

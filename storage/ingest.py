@@ -177,7 +177,10 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
         _check_orientations(out, base_attrs.get("volumes") or {})
         existing = {k: group[f"splits/fold_{k}"][:] for k in fold_names(group)}
         known_files = set(base_attrs.get("sources", {}))
+    if not existing:
+        config.split.check_new_split()
     stored_patients = set(base_attrs.get("patients", []))
+    rejected_cases: list[VolumeCase | MatCase] = []
     cases = []
     for case in plan.cases:
         key = _relative(_case_key(case), plan.root)
@@ -187,6 +190,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
             report.rejected[key] = (f"already stored for another patient, so patient {case.patient_id} is not: "
                                     "files count by their path relative to the source's folder, and each patient "
                                     "needs files at paths of its own")
+            rejected_cases.append(case)
         else:
             report.skipped += 1
     if not cases and not existing:
@@ -199,7 +203,6 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
     new_labels: list[np.ndarray] = []
     new_cvind: list[np.ndarray] = []
     stored_content = {sha: key for key, sha in sources.items()}
-    rejected_cases: list[VolumeCase | MatCase] = []
     with StoreWriter(out, plan.channels, plan.image_size, base=out if existing else None) as writer, \
             dask_client(config.workers, config.dask_address) as client:
         for done, (case, batch, error) in enumerate(ordered_map(plan.reader, cases, client), start=1):

@@ -38,6 +38,16 @@ class SplitConfig:
             raise ValueError(f"folds: got {self.folds}, expected 1-5 for cvind and 1-20 otherwise")
         if len(self.ratios) != 3 or any(r <= 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-6:
             raise ValueError(f"ratios: got {self.ratios}, expected three positive fractions summing to 1")
+
+    def check_new_split(self) -> None:
+        """Refuse settings that would make a new grouped split with more folds than disjoint test sets.
+
+        Checked when a store's splits are made, not when an existing store's settings are read back (a
+        store made before this check may have more folds, and appends keep them).
+
+        Raises:
+            ValueError: one line.
+        """
         if self.mode == "grouped" and self.folds > (blocks := self.test_blocks):
             raise ValueError(f"folds: got {self.folds}, but a grouped split testing on {self.ratios[2]:g} of the "
                              f"patients has {blocks} disjoint test sets; use at most {blocks} folds")

@@ -44,13 +44,14 @@ def read_manifest(path: Path, classes: list[str] | None = None
         raise ValueError(f"{path}: header {header}, expected patient_id,label,<channel>...,seg")
     if len(set(header)) != len(header):
         raise ValueError(f"{path}: header {header} names a column twice")
-    rows = [dict(zip(header, cells)) for cells in table[1:] if any(cell.strip() for cell in cells)]
+    rows = [(line, dict(zip(header, cells))) for line, cells in enumerate(table[1:], start=2)
+            if any(cell.strip() for cell in cells)]  # blank rows are skipped; line numbers count them
     channels = header[2:-1]
     base = path.parent
     cases: list[VolumeCase] = []
     rejected: dict[str, str] = {}
     seen: set[str] = set()
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         where = f"{path}:{line}"
         pid, label = (row.get("patient_id") or "").strip(), (row.get("label") or "").strip()
         try:

@@ -75,7 +75,9 @@ def check_data_version(group: zarr.Group, expected: str | None, store_path: str 
     """Refuse a slice store re-ingested since something was made from it.
 
     Heatmap stores, evaluations and runs address slices by their index in the store; after a re-ingestion
-    (other files, settings or splits) those indices may point at other slices, even other patients.
+    (other files, settings or splits) those indices may point at other slices, even other patients. An
+    append keeps every stored slice, its index and its split codes, so the versions the store had before
+    its appends (``data_history``) pass too.
 
     Args:
         group: the open slice store.
@@ -88,7 +90,8 @@ def check_data_version(group: zarr.Group, expected: str | None, store_path: str 
         StoreError: one line saying what to redo.
     """
     found = group.attrs.get("data_version")
-    if expected and found != expected:
+    earlier = {entry.get("data_version") for entry in group.attrs.get("data_history", [])}
+    if expected and found != expected and expected not in earlier:
         raise StoreError(f"{store_path}: data version {found}, but {made} was made from {expected}; the store was "
                          "re-ingested since, so its slice indices may point at other slices: train the run again "
                          "and make its heatmaps anew")
@@ -123,6 +126,7 @@ class StoreWriter:
         self.channels = list(channels)
         self.image_size = int(image_size)
         self._cvind: list[np.ndarray] = []
+        self._appending = base is not None
         if base is not None:
             shape = open_store(base)["images"].shape
             if list(shape[1:]) != [len(self.channels), self.image_size, self.image_size]:
@@ -185,8 +189,10 @@ class StoreWriter:
                 cvind = np.concatenate([self.group["cvind"][:], cvind])
                 del self.group["cvind"]
             self.group.create_array("cvind", data=cvind, chunks=(_VECTOR_CHUNK,))
-        full = {**attrs, "schema_version": SCHEMA_VERSION,
-                "data_version": data_version(attrs.get("sources", {}), attrs, splits)}
+        version = data_version(attrs.get("sources", {}), attrs, splits)
+        history = list(self.group.attrs.get("data_history", [])) if self._appending else []
+        full = {**attrs, "schema_version": SCHEMA_VERSION, "data_version": version,
+                "data_history": [*history, {"data_version": version, "slices": n}]}
         self.group.attrs.update(full)
         return replace_folder(self.tmp, self.path)
 

@@ -119,6 +119,28 @@ def test_benchmark_then_postprocess_only(bench_workdir, task_names, task_states,
     assert "otsu, cleaning largest_component=True" in (report.parent / "index.html").read_text()
 
 
+def test_postprocess_reports_the_runs_it_can_and_names_a_stale_one(bench_workdir, tmp_path):
+    """A run whose heatmaps were made from an earlier ingestion of its store gets a failed row; the others
+    are re-evaluated and reported."""
+    import shutil
+
+    import zarr
+
+    [good] = json.loads((bench_workdir / "report" / "metrics.json").read_text())["runs"]
+    stale = shutil.copytree(good["run_dir"], tmp_path / "stale" / "fold_0")
+    heat = zarr.open_group(str(stale / "heatmaps" / "test.zarr"), mode="r+")
+    heat.attrs["data_version"] = "0123456789abcdef"  # made from a store since re-ingested
+
+    result = postprocess(PostprocessParams(workdir=str(bench_workdir), runs=[good["run_dir"], str(stale)],
+                                           out=str(tmp_path / "report")))
+
+    [failed] = result["failed"]
+    assert "was made from 0123456789abcdef; the store was re-ingested since" in failed["status"]
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert [run["run_dir"] for run in metrics["runs"]] == [good["run_dir"]]
+    assert any(note.startswith("not in this report: ") and "re-ingested" in note for note in metrics["notes"])
+
+
 def test_benchmark_rerun_reuses_cached_training(bench_workdir, task_states):
     state = full_benchmark(_bench(bench_workdir), return_state=True)
     assert state.is_completed()

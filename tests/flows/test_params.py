@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from flows.params import BenchmarkParams, PostprocessParams, RetrainParams, ThresholdParams
+from flows.params import BenchmarkParams, DatasetSpec, PostprocessParams, RetrainParams, ThresholdParams
 from gpmodels.postprocess import CleaningConfig, ThresholdConfig
 from gpseg.console import one_line
 
@@ -229,3 +229,9 @@ def test_benchmark_takes_a_manifest_and_an_image_size(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     [dataset] = seen[0].datasets  # no phantoms beside one's own data
     assert (dataset.kind, dataset.source, dataset.image_size) == ("manifest", str(csv), 64)
+
+
+def test_a_benchmark_with_more_folds_than_its_grouped_splits_can_test_apart_is_refused_up_front():
+    with pytest.raises(ValueError, match="folds: got 5, but a grouped split testing on 0.25 of the patients has 4"):
+        BenchmarkParams(folds=5)
+    assert BenchmarkParams(folds=5, datasets=[DatasetSpec(kind="brats", split="slice")]).folds == 5

@@ -83,7 +83,9 @@ def test_a_store_re_ingested_since_is_refused_by_heatmaps_evaluation_export_and_
         "first")
     write_evaluation(run, evaluate_heatmaps(heatmap_path(run, "test")))
     assert load_run(run).store_error is None
-    open_store(store, mode="r+").attrs["data_version"] = "0123456789abcdef"  # what a re-ingestion does
+    group = open_store(store, mode="r+")  # what a re-ingestion does: a new version, and a new history
+    group.attrs.update({"data_version": "0123456789abcdef",
+                        "data_history": [{"data_version": "0123456789abcdef", "slices": group["labels"].shape[0]}]})
 
     stale = r"data version 0123456789abcdef, but .* was made from [0-9a-f]{16}; the store was re-ingested since"
     with pytest.raises(StoreError, match=stale):

@@ -367,9 +367,10 @@ def test_manifest_tumour_free_patients_and_labels_without_a_seg(brats_source, tm
 
 def test_manifest_with_spaces_after_the_commas(brats_source, tmp_path):
     flair, seg = _case_files(brats_source, 1)
-    (tmp_path / "m.csv").write_text(f"patient_id, label, flair, seg\np1, HGG, {flair}, {seg}\n\n")
+    (tmp_path / "m.csv").write_text(f"patient_id, label, flair, seg\np1, HGG, {flair}, {seg}\n\n , , ,\n"
+                                    f"p2, HGG, {flair},\n")
     report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
-    assert report.exit_code == 0 and report.cases == 1
+    assert report.cases == 1 and list(report.rejected) == ["m.csv:5"]  # blank lines keep their numbers
 
 
 def test_a_manifest_with_nothing_usable_is_named_in_the_error(brats_source, tmp_path):
@@ -415,3 +416,33 @@ def test_manifest_appends_check_paths_content_and_take_the_stores_classes(brats_
     for copy in (str((first / stored_flair).resolve()), f"copy_of_a/{CASE.format(1)}_flair.nii.gz"):  # B2, B3
         assert report.rejected[copy].startswith(f"the same content as the stored {stored_flair}")
     assert len(report.rejected) == 3
+
+
+def test_a_manifest_source_has_a_fingerprint_and_new_files_of_its_own(brats_source, tmp_path):
+    """The flows cache ingestion on the source's fingerprint and retrain on its new files: for a manifest,
+    its rows' files count, so adding a row or touching a listed file is new data."""
+    import os
+
+    from storage.drops import fingerprint, new_files
+
+    shutil.copytree(brats_source / CASE.format(1), tmp_path / "P1")
+    shutil.copytree(brats_source / CASE.format(2), tmp_path / "P2")
+    header = "patient_id,label,flair,seg\n"
+
+    def row(case: int) -> str:
+        name = CASE.format(case)
+        return f"{case},HGG,P{case}/{name}_flair.nii.gz,P{case}/{name}_seg.nii.gz\n"
+
+    csv = tmp_path / "m.csv"
+    csv.write_text(header + row(1))
+    before = fingerprint(csv)
+    store = ingest_manifest(csv, tmp_path / "s.zarr", CONFIG).store
+    assert new_files(csv, store) == [] and fingerprint(csv) == before
+
+    csv.write_text(header + row(1) + row(2))
+    assert new_files(csv, store) == [f"P2/{CASE.format(2)}_flair.nii.gz", f"P2/{CASE.format(2)}_seg.nii.gz"]
+    assert fingerprint(csv) != before
+    grown = fingerprint(csv)
+    listed = tmp_path / "P1" / f"{CASE.format(1)}_flair.nii.gz"
+    os.utime(listed, ns=(listed.stat().st_atime_ns, listed.stat().st_mtime_ns + 10**9))
+    assert fingerprint(csv) != grown

@@ -88,5 +88,5 @@ def test_grouped_splits_refuse_more_folds_than_disjoint_test_sets():
     assert SplitConfig(folds=4).test_blocks == 4 and SplitConfig(folds=10, ratios=(0.8, 0.1, 0.1)).test_blocks == 10
     with pytest.raises(ValueError, match=r"folds: got 5, but a grouped split testing on 0\.25 of the patients has 4 "
                                          r"disjoint test sets; use at most 4 folds"):
-        SplitConfig(folds=5)
-    assert SplitConfig(mode="slice", folds=10).folds == 10  # one shared test set there
+        SplitConfig(folds=5).check_new_split()
+    SplitConfig(mode="slice", folds=10).check_new_split()  # one shared test set there

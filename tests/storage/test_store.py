@@ -92,3 +92,24 @@ def test_the_data_version_covers_reoriented_volumes_only():
     assert data_version(sources, plain) == data_version(sources, {"dataset": "manifest"})
     versions = {data_version(sources, attrs) for attrs in (plain, reoriented, other)}
     assert len(versions) == 3
+
+
+def test_an_append_keeps_the_earlier_data_versions_acceptable_and_a_rewrite_does_not(tmp_path):
+    """Heatmaps made before an append address slices that the append left where they were."""
+    from storage.store import check_data_version
+
+    path = tmp_path / "s.zarr"
+    _write(path, [_batch("p1", 3)])
+    first = open_store(path).attrs["data_version"]
+    _write(path, [_batch("p2", 2)], base=path)
+    group = open_store(path)
+    assert group.attrs["data_version"] != first
+    assert [entry["slices"] for entry in group.attrs["data_history"]] == [3, 5]
+    check_data_version(group, first, path, "heatmaps made before the append")
+
+    _write(path, [_batch("p3", 4)])  # a new store at the same path: other slices at the same indices
+    group = open_store(path)
+    assert len(group.attrs["data_history"]) == 1
+    with pytest.raises(StoreError, match=f"data version {group.attrs['data_version']}, but heatmaps made before "
+                                         f"the append was made from {first}; the store was re-ingested since"):
+        check_data_version(group, first, path, "heatmaps made before the append")
