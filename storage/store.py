@@ -127,8 +127,10 @@ class StoreWriter:
         self.image_size = int(image_size)
         self._cvind: list[np.ndarray] = []
         self._appending = base is not None
+        self._base_slices = 0
         if base is not None:
             shape = open_store(base)["images"].shape
+            self._base_slices = int(shape[0])
             if list(shape[1:]) != [len(self.channels), self.image_size, self.image_size]:
                 raise StoreError(f"{base}: holds slices of shape {shape[1:]}, cannot append "
                                  f"{len(self.channels)}x{self.image_size}x{self.image_size}")
@@ -190,7 +192,11 @@ class StoreWriter:
                 del self.group["cvind"]
             self.group.create_array("cvind", data=cvind, chunks=(_VECTOR_CHUNK,))
         version = data_version(attrs.get("sources", {}), attrs, splits)
-        history = list(self.group.attrs.get("data_history", [])) if self._appending else []
+        history = []
+        if self._appending:  # a store from before histories were kept starts its history with its last version
+            before = self.group.attrs.get("data_version")
+            history = list(self.group.attrs.get("data_history", [])) or (
+                [{"data_version": before, "slices": self._base_slices}] if before else [])
         full = {**attrs, "schema_version": SCHEMA_VERSION, "data_version": version,
                 "data_history": [*history, {"data_version": version, "slices": n}]}
         self.group.attrs.update(full)

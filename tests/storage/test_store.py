@@ -113,3 +113,18 @@ def test_an_append_keeps_the_earlier_data_versions_acceptable_and_a_rewrite_does
     with pytest.raises(StoreError, match=f"data version {group.attrs['data_version']}, but heatmaps made before "
                                          f"the append was made from {first}; the store was re-ingested since"):
         check_data_version(group, first, path, "heatmaps made before the append")
+
+
+def test_a_store_from_before_histories_starts_its_history_at_its_first_append(tmp_path):
+    from storage.store import check_data_version
+
+    path = tmp_path / "s.zarr"
+    _write(path, [_batch("p1", 3)])
+    group = open_store(path, mode="r+")
+    first = group.attrs["data_version"]
+    group.attrs.update({"data_history": []})  # as an older gpseg wrote it (no history)
+    _write(path, [_batch("p2", 2)], base=path)
+    group = open_store(path)
+    assert [(e["data_version"], e["slices"]) for e in group.attrs["data_history"]] == [
+        (first, 3), (group.attrs["data_version"], 5)]
+    check_data_version(group, first, path, "heatmaps made before the append")
