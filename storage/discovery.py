@@ -29,3 +29,12 @@ def visible_files_below(folder: Path) -> list[Path]:
         dirs[:] = [d for d in dirs if not is_hidden(d)]
         found += [Path(root) / name for name in files if not is_hidden(name)]
     return sorted(found)
+
+
+def source_key(path: Path | str, root: Path) -> str:
+    """How a store names a source file: its path relative to the source folder ``root`` (both resolved),
+    or its absolute resolved path when it lies outside (a manifest may list files anywhere). The keys of
+    the ``sources``, ``examined`` and ``rejected`` attributes, and so what drop detection compares."""
+    resolved = Path(path).resolve()
+    root = Path(root).resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)

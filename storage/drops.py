@@ -15,7 +15,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from storage.discovery import visible_files_below
+from storage.discovery import source_key, visible_files_below
 from storage.nifti import sha256_file
 from storage.store import open_store
 
@@ -92,13 +92,12 @@ def new_files(folder: Path | str, store: Path | str | None) -> list[str]:
         attrs = open_store(store).attrs
         known = {**attrs.get("examined", {}), **attrs.get("sources", {})}
     if folder.is_file():
-        root, files = folder.parent.resolve(), sorted({p for p in manifest_files(folder) if p.is_file()})
+        root, files = folder.parent, sorted({p for p in manifest_files(folder) if p.is_file()})
     else:
-        root, files = folder.resolve(), data_files(folder)
+        root, files = folder, data_files(folder)
     fresh = []
     for path in files:
-        resolved = path.resolve()
-        rel = str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
+        rel = source_key(path, root)
         if rel not in known or known[rel] != sha256_file(path):
             fresh.append(rel)
     return sorted(fresh)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.store import SPLIT_NAMES, fold_names, open_store, read_patients
+from storage.store import SPLIT_NAMES, fold_names, open_store, read_patients, reoriented_volumes
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,5 @@ def summarise_store(path: Path | str) -> StoreSummary:
         patients=int(np.unique(read_patients(group)).size), sources=len(attrs.get("sources", {})),
         rejected=dict(attrs.get("rejected", {})), split=dict(attrs.get("split", {})),
         normalisation=attrs.get("normalisation", "?"), data_version=attrs.get("data_version", "?"),
-        reoriented={patient: list(record["axes"]) for patient, record in (attrs.get("volumes") or {}).items()
-                    if "axes" in record},
+        reoriented=reoriented_volumes(attrs),
     )

@@ -19,7 +19,7 @@ import numpy as np
 
 from storage.brats import BRATS_CHANNELS, BRATS_CLASSES, NAME_MAPPING, discover_brats
 from storage.cases import MatCase, SliceBatch, VolumeCase
-from storage.discovery import visible_files_below
+from storage.discovery import source_key, visible_files_below
 from storage.errors import CaseRejected, NoUsableInput, one_line
 from storage.ingest_config import DEFAULT_RATIOS, IngestConfig, SplitConfig
 from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, discover_jun_cheng,
@@ -64,13 +64,6 @@ class IngestReport:
         return 2 if self.rejected else 0
 
 
-def _relative(path: str, root: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(Path(path).resolve())
-
-
 def _reason(exc: BaseException) -> tuple[str | None, str]:
     if isinstance(exc, CaseRejected):
         return exc.file, exc.reason
@@ -109,12 +102,12 @@ def _examined(old: dict[str, str], rejected: dict[str, str], rejected_cases: Seq
     examined = dict(old)
     files = [f for case in rejected_cases for f in _case_files(case)]
     for key in rejected:  # rejected in discovery: a case folder or a file
-        path = plan.root / _relative(key, plan.root)
+        path = plan.root / source_key(key, plan.root)
         files += visible_files_below(path) if path.is_dir() else [path] if path.is_file() else []
     files += [f for f in plan.metadata if f.is_file()]
     for file in files:
         try:
-            examined[_relative(str(file), plan.root)] = sha256_file(file)
+            examined[source_key(str(file), plan.root)] = sha256_file(file)
         except OSError:  # unreadable or gone: it stays new data, and its rejection says why
             continue
     return examined
@@ -131,7 +124,7 @@ def _case_files(case: VolumeCase | MatCase) -> list[Path]:
 def _claims(case: VolumeCase | MatCase, root: Path) -> list[Path]:
     """What a rejection of this case may be recorded under, relative to ``root``: its files and its origin."""
     origin = [case.origin] if isinstance(case, VolumeCase) and case.origin is not None else []
-    return [Path(_relative(str(p), root)) for p in [*_case_files(case), *origin]]
+    return [Path(source_key(str(p), root)) for p in [*_case_files(case), *origin]]
 
 
 def _current_rejects(old: dict[str, str], new: dict[str, str], examined: Sequence[VolumeCase | MatCase],
@@ -164,7 +157,7 @@ def _stored_settings(config: IngestConfig, out: Path, append: bool) -> tuple[Ing
 
 def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: Progress | None) -> IngestReport:
     start = time.perf_counter()
-    report = IngestReport(store=out, rejected={_relative(f, plan.root): r for f, r in plan.rejected.items()})
+    report = IngestReport(store=out, rejected={source_key(f, plan.root): r for f, r in plan.rejected.items()})
     base_attrs: dict = {}
     existing: dict[int, np.ndarray] = {}
     known_files: set[str] = set()
@@ -183,7 +176,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
     rejected_cases: list[VolumeCase | MatCase] = []
     cases = []
     for case in plan.cases:
-        key = _relative(_case_key(case), plan.root)
+        key = source_key(_case_key(case), plan.root)
         if key not in known_files:
             cases.append(case)
         elif isinstance(case, VolumeCase) and case.patient_id not in stored_patients:
@@ -214,14 +207,15 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
                 error = _copied_images(case, batch, stored_content)
             if error is not None:
                 file, reason = _reason(error)
-                report.rejected[_relative(file or _case_key(case), plan.root)] = reason
+                report.rejected[source_key(file or _case_key(case), plan.root)] = reason
                 rejected_cases.append(case)
                 continue
             writer.append(batch)
             report.cases += 1
             stored_patients.add(batch.patient)
-            sources.update({_relative(p, plan.root): h for p, h in batch.sources.items()})
-            stored_content.update({h: _relative(p, plan.root) for p, h in batch.sources.items()})
+            added = {source_key(p, plan.root): h for p, h in batch.sources.items()}
+            sources.update(added)
+            stored_content.update({h: key for key, h in added.items()})
             if batch.affine is not None:
                 volumes[batch.patient] = volume_record(batch)
             new_patients.append(np.full(len(batch), batch.patient, dtype=object))

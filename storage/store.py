@@ -41,6 +41,14 @@ VERSIONED_ATTRS: tuple[str, ...] = ("dataset", "classes", "channels", "normalisa
 """Store attributes that shape the slices, hence part of :func:`data_version`."""
 
 
+def reoriented_volumes(attrs: dict) -> dict[str, list[int]]:
+    """Patient -> axis order of each volume whose axes were reordered into the axial orientation before
+    slicing (the ``axes`` of its ``volumes`` entry, see :func:`storage.slicing.axial_axes`); empty for
+    stores of axially stored volumes and of 2-D slices."""
+    return {patient: list(record["axes"]) for patient, record in (attrs.get("volumes") or {}).items()
+            if "axes" in record}
+
+
 def data_version(sources: dict[str, str], attrs: dict | None = None, splits: dict[int, np.ndarray] | None = None
                  ) -> str:
     """A short hash identifying what training sees in a store.
@@ -62,8 +70,7 @@ def data_version(sources: dict[str, str], attrs: dict | None = None, splits: dic
     digest = hashlib.sha256(json.dumps(sorted(sources.items())).encode())
     if attrs is not None:
         digest.update(json.dumps({key: attrs.get(key) for key in VERSIONED_ATTRS}, sort_keys=True).encode())
-        reoriented = {patient: record["axes"] for patient, record in (attrs.get("volumes") or {}).items()
-                      if "axes" in record}
+        reoriented = reoriented_volumes(attrs)
         if reoriented:  # only then, so that the versions of axially stored data stay as they were
             digest.update(json.dumps(reoriented, sort_keys=True).encode())
     for fold in sorted(splits or {}):
