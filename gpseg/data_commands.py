@@ -60,6 +60,9 @@ def _print_rejected(rejected: dict[str, str]) -> None:
 
 def _finish(report: IngestReport) -> None:
     _print_rejected(report.rejected)
+    for archive in report.archives:
+        console.print(f"[yellow]not read[/yellow] {escape(archive)}: an archive; unpack it to ingest the cases it "
+                      "holds (then --append)", highlight=False, soft_wrap=True)
     console.print(f"[green]wrote[/green] {report.store}: {report.cases} cases ingested now "
                   f"({report.new_slices} slices; {report.slices} in the store), {report.skipped} already stored, "
                   f"{len(report.rejected)} rejected, {report.seconds:.1f} s", highlight=False)

@@ -194,12 +194,15 @@ DROP_KINDS = ("brats", "jun-cheng")
 
 def _not_droppable(item: Path) -> str | None:
     """Why ``item`` cannot be dropped (missing, or holding no NIfTI/MAT file or ``name_mapping.csv``), or None."""
+    from storage.discovery import is_archive
     from storage.drops import data_files, is_data_file
 
     if not item.exists():
         return "not found"
     if item.is_dir() and not data_files(item):
         return "holds no NIfTI or MAT file and no name_mapping.csv, so it is no case"
+    if item.is_file() and is_archive(item):
+        return "is an archive, which gpseg does not open; unpack it and drop the case folders it holds"
     if item.is_file() and not is_data_file(item):
         return "is not a NIfTI or MAT file or a name_mapping.csv"
     return None

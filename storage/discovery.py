@@ -31,6 +31,25 @@ def visible_files_below(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".7z", ".rar")
+"""Names of archive files (by their ending, case-insensitive). A ``.nii.gz`` is an image, not an archive."""
+
+
+def is_archive(path: Path) -> bool:
+    """Whether a file is an archive by its name (``brainTumorDataPublic_1-766.zip``, ``data.tar.gz``)."""
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def archives_below(folder: Path) -> list[Path]:
+    """The archive files below a folder, sorted: downloads not unpacked yet.
+
+    gpseg does not read inside archives. The figshare download of the Jun Cheng set is a zip of four
+    zips, and BraTS 2020 comes as ``MICCAI_BraTS2020_TrainingData.zip``: an ingestion that finds
+    these names them, so that "no cases found" says what to do.
+    """
+    return [p for p in visible_files_below(folder) if is_archive(p)]
+
+
 def source_key(path: Path | str, root: Path) -> str:
     """How a store names a source file: its path relative to the source folder ``root`` (both resolved),
     or its absolute resolved path when it lies outside (a manifest may list files anywhere). The keys of

@@ -19,7 +19,7 @@ import numpy as np
 
 from storage.brats import BRATS_CHANNELS, BRATS_CLASSES, NAME_MAPPING, discover_brats
 from storage.cases import MatCase, SliceBatch, VolumeCase
-from storage.discovery import source_key, visible_files_below
+from storage.discovery import archives_below, source_key, visible_files_below
 from storage.errors import CaseRejected, NoUsableInput, one_line
 from storage.ingest_config import DEFAULT_RATIOS, IngestConfig, SplitConfig
 from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, discover_jun_cheng,
@@ -47,6 +47,7 @@ class IngestReport:
         new_slices: slices added now.
         rejected: file -> reason for cases rejected now.
         skipped: cases skipped because their patient is already stored (append).
+        archives: archive files below the source folder (relative paths), which are not read.
         seconds: wall time.
     """
 
@@ -56,6 +57,7 @@ class IngestReport:
     new_slices: int = 0
     rejected: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
+    archives: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -91,6 +93,18 @@ class _Plan:
     def where(self) -> Path:
         """What a message about the whole source names: the listing file, else the source folder."""
         return self.listing or self.root
+
+    def archives(self) -> list[str]:
+        """The archives below the source folder (relative paths); none for a listing, which names its files."""
+        return [] if self.listing else [source_key(p, self.root) for p in archives_below(self.root)]
+
+
+def archive_hint(archives: Sequence[str]) -> str:
+    """What a "no cases" message adds when the source holds archives: ``""`` when it holds none."""
+    if not archives:
+        return ""
+    shown = ", ".join(archives[:3]) + (f" and {len(archives) - 3} more" if len(archives) > 3 else "")
+    return f"; it holds {len(archives)} archive(s) gpseg does not open ({shown}): unpack them first"
 
 
 def _examined(old: dict[str, str], rejected: dict[str, str], rejected_cases: Sequence[VolumeCase | MatCase],
@@ -157,7 +171,8 @@ def _stored_settings(config: IngestConfig, out: Path, append: bool) -> tuple[Ing
 
 def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: Progress | None) -> IngestReport:
     start = time.perf_counter()
-    report = IngestReport(store=out, rejected={source_key(f, plan.root): r for f, r in plan.rejected.items()})
+    report = IngestReport(store=out, rejected={source_key(f, plan.root): r for f, r in plan.rejected.items()},
+                          archives=plan.archives())
     base_attrs: dict = {}
     existing: dict[int, np.ndarray] = {}
     known_files: set[str] = set()
@@ -188,7 +203,8 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
             report.skipped += 1
     if not cases and not existing:
         raise NoUsableInput(f"{plan.where}: no usable {plan.dataset} cases found"
-                            + (f" ({len(report.rejected)} rejected)" if report.rejected else ""), report.rejected)
+                            + (f" ({len(report.rejected)} rejected)" if report.rejected else "")
+                            + archive_hint(report.archives), report.rejected)
     sources = dict(base_attrs.get("sources", {}))
     volumes = dict(base_attrs.get("volumes", {}))
     new_patients: list[np.ndarray] = []
@@ -223,8 +239,8 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
             new_labels.append(batch.labels)
             new_cvind.append(batch.cvind if batch.cvind is not None else np.zeros(len(batch), np.int8))
         if report.cases == 0 and not existing:
-            raise NoUsableInput(f"{plan.where}: every {plan.dataset} case was rejected ({len(report.rejected)})",
-                                report.rejected)
+            raise NoUsableInput(f"{plan.where}: every {plan.dataset} case was rejected ({len(report.rejected)})"
+                                + archive_hint(report.archives), report.rejected)
         patients = np.concatenate(new_patients).astype(str) if new_patients else np.zeros(0, str)
         slice_index = np.concatenate(new_slices) if new_slices else np.zeros(0, np.int16)
         labels = np.concatenate(new_labels) if new_labels else np.zeros(0, np.int8)

@@ -116,6 +116,8 @@ def ingest_source(kind: str, source: str, store: str, config: dict, source_finge
         _log_rejected(logger, exc.rejected)  # why every case was rejected
         raise
     _log_rejected(logger, report.rejected)
+    for archive in report.archives:
+        logger.warning("not read %s: an archive; unpack it to ingest the cases it holds", archive)
     logger.info("%s: %d cases now, %d slices in the store, %d rejected", store, report.cases, report.slices,
                 len(report.rejected))
     from storage.store import open_store

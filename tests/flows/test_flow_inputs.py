@@ -287,6 +287,9 @@ def test_a_second_drop_of_name_mapping_adds_its_rows(dropped, tmp_path, monkeypa
      [], "{item}: holds no NIfTI or MAT file and no name_mapping.csv, so it is no case; nothing was copied"),
     (lambda root: (root / "readme.txt").write_text("x") and root / "readme.txt", [],
      "{item}: is not a NIfTI or MAT file or a name_mapping.csv; nothing was copied"),
+    (lambda root: (root / "Data.ZIP").write_text("x") and root / "Data.ZIP", [],
+     "{item}: is an archive, which gpseg does not open; unpack it and drop the case folders it holds; "
+     "nothing was copied"),
     (lambda root: root / "missing", ["--kind", "bogus"], "kind: got 'bogus', expected one of brats, jun-cheng"),
 ])
 def test_a_bad_drop_is_refused_in_one_line_before_anything_is_copied(dropped, tmp_path, make, args, message):

@@ -144,6 +144,25 @@ def test_empty_source_folder_is_an_error_and_keeps_old_store(brats_source, tmp_p
     assert open_store(store)["labels"].shape[0] > 0
 
 
+def test_archives_not_unpacked_are_named_with_what_to_do(brats_copy, tmp_path):
+    packed = tmp_path / "download"
+    (packed / "inner").mkdir(parents=True)
+    (packed / "MICCAI_BraTS2020_TrainingData.zip").write_bytes(b"PK")
+    (packed / "inner" / "part2.tar.gz").write_bytes(b"x")
+    with pytest.raises(NoUsableInput) as caught:
+        ingest_jun_cheng(packed, tmp_path / "j.zarr", CONFIG)
+    assert str(caught.value) == (f"{packed}: no usable jun-cheng cases found; it holds 2 archive(s) gpseg does not "
+                                 "open (MICCAI_BraTS2020_TrainingData.zip, inner/part2.tar.gz): unpack them first")
+    # beside cases that are read, each archive is reported and the rest is stored; .nii.gz is no archive
+    (brats_copy / "BraTS20_Training_999.zip").write_bytes(b"PK")
+    result = CliRunner().invoke(app, ["ingest", "brats", str(brats_copy), "--out", str(tmp_path / "b.zarr"),
+                                      "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("not read")]
+    assert notes == ["not read BraTS20_Training_999.zip: an archive; unpack it to ingest the cases it holds "
+                     "(then --append)"]
+
+
 @pytest.mark.parametrize("kind", ["folder", "file", "the source"])
 def test_an_existing_path_that_is_not_a_store_is_never_replaced(brats_copy, tmp_path, kind):
     if kind == "folder":
