@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from storage import drops
 from storage.errors import NoUsableInput
-from storage.folders import replace_folder
+from storage.folders import hidden_sibling, recover_interrupted, replace_folder
 from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
 from storage.ingest_config import IngestConfig, SplitConfig
 from storage.phantoms import write_brats_phantoms, write_jun_cheng_phantoms
@@ -55,12 +54,19 @@ def _phantom_marker_matches(folder: Path, settings: dict) -> bool:
 
 
 STALE_PARTIAL_S = 3600.0
-"""Age (since its last change) after which a hidden ``.NAME.partial-*`` phantom folder is a killed run's
-leftover and is deleted; a running writer adds a case folder every few seconds."""
+"""Age (since its last change) after which a hidden ``.NAME.partial-*`` phantom folder, as gpseg named
+unfinished phantom sets before they carried their writer's process, is a killed run's leftover and is
+deleted; a running writer adds a case folder every few seconds."""
 
 
 def _remove_stale_partials(target: Path, now: float) -> None:
-    """Delete the unfinished phantom folders beside ``target`` that killed runs left (see :data:`STALE_PARTIAL_S`)."""
+    """Delete the unfinished phantom folders beside ``target`` that killed runs left.
+
+    Those of the current names (``.NAME.tmp-HOST-PID-*``) go as soon as their process is gone
+    (:func:`storage.folders.recover_interrupted`, which leaves a running writer's alone); those of the
+    older ``.NAME.partial-*`` names, which do not say their process, once :data:`STALE_PARTIAL_S` old.
+    """
+    recover_interrupted(target)
     for partial in target.parent.glob(f".{target.name}.partial-*"):
         with contextlib.suppress(OSError):  # gone meanwhile, or not ours to delete: leave it
             if partial.is_dir() and not partial.is_symlink() and now - partial.stat().st_mtime > STALE_PARTIAL_S:
@@ -75,7 +81,7 @@ def synth_phantoms(kind: str, out: str, cases: int, size: int, seed: int) -> str
     (:data:`PHANTOM_MARKER`: kind, cases, size, seed) and is then renamed into place. So ``out`` is
     reused only when it is complete and its marker matches; other settings, a folder an interrupted run
     left, or one without a marker are rebuilt (and, being new files, are new data for ingestion).
-    Unfinished folders of killed runs, untouched for an hour, are deleted first.
+    Unfinished folders of killed runs are deleted first (:func:`_remove_stale_partials`).
 
     Returns:
         ``out``.
@@ -85,7 +91,8 @@ def synth_phantoms(kind: str, out: str, cases: int, size: int, seed: int) -> str
         return out
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(target, time.time())
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    partial = hidden_sibling(target, "tmp")
+    partial.mkdir()
     try:
         _PHANTOMS[kind](partial, cases, size=size, seed=seed)
         (partial / PHANTOM_MARKER).write_text(json.dumps(settings, sort_keys=True) + "\n")

@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -71,18 +73,27 @@ def test_a_partial_phantom_folder_without_marker_is_rebuilt(tmp_path):
     assert (out / "name_mapping.csv").is_file() and (out / PHANTOM_MARKER).is_file()
 
 
-def test_unfinished_phantom_folders_of_killed_runs_are_deleted_once_an_hour_old(tmp_path):
-    stale, fresh = tmp_path / ".brats.partial-stale000", tmp_path / ".brats.partial-running0"
+def test_unfinished_phantom_folders_of_killed_runs_are_deleted(tmp_path):
+    host = socket.gethostname()
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    killed, live = (tmp_path / f".brats.tmp-{host}-{pid}-0123abcd" for pid in (ended.pid, running.pid))
+    stale, fresh = tmp_path / ".brats.partial-stale000", tmp_path / ".brats.partial-running0"  # older names
     other = tmp_path / ".jun-cheng.partial-stale000"  # another set's: not this call's to judge
-    for folder in (stale, fresh, other):
+    for folder in (killed, live, stale, fresh, other):
         (folder / "BraTS20_Training_001").mkdir(parents=True)
     hour_ago = time.time() - data.STALE_PARTIAL_S - 60
     for folder in (stale, other):
         os.utime(folder, (hour_ago, hour_ago))
-
-    _synth(tmp_path / "brats")
-
-    assert not stale.exists() and fresh.is_dir() and other.is_dir()
+    try:
+        _synth(tmp_path / "brats")
+        # a killed writer's folder goes at once, a running one's stays; the older names go by age
+        assert not killed.exists() and live.is_dir()
+        assert not stale.exists() and fresh.is_dir() and other.is_dir()
+    finally:
+        running.kill()
+        running.wait()
 
 
 def test_an_interrupted_rebuild_leaves_the_old_phantoms_in_place(tmp_path, monkeypatch):
