@@ -105,11 +105,17 @@ class TrainResult:
     seconds: float
 
     def test_summary(self) -> str:
-        """``"test accuracy 0.923, weighted F1 0.919, loss 0.346"``, or ``"not tested"``."""
+        """``"test accuracy 0.923, weighted F1 0.919, loss 0.346"``, or ``"not tested"``; with
+        ``limit_batches`` (the smoke preset) it says over how many batches, not the whole split."""
         m = self.test_metrics
         if not m:
             return "not tested"
-        return f"test accuracy {m['test_acc']:.3f}, weighted F1 {m['test_f1']:.3f}, loss {m['test_loss']:.3f}"
+        summary = f"test accuracy {m['test_acc']:.3f}, weighted F1 {m['test_f1']:.3f}, loss {m['test_loss']:.3f}"
+        limit, batch = self.run.train.limit_batches, self.run.train.batch_size
+        test_slices = self.run.split_sizes.get("test", 0)
+        if limit is not None and limit * batch < test_slices:
+            summary += f" (first {limit} test batches only, {limit * batch} of {test_slices} slices)"
+        return summary
 
     def work_summary(self) -> str:
         """What this call did: ``"trained in 44 s"``, ``"resumed at step 120, trained in 20 s"``, or

@@ -174,8 +174,12 @@ def test_smoke_run_writes_the_run_directory(smoke_run, phantom_store):
     assert set(result.test_metrics) == {"test_loss", "test_acc", "test_f1"}
     assert 0.0 <= result.test_metrics["test_f1"] <= 1.0
     m = result.test_metrics
-    assert result.test_summary() == (f"test accuracy {m['test_acc']:.3f}, weighted F1 {m['test_f1']:.3f}, "
-                                     f"loss {m['test_loss']:.3f}")
+    summary = f"test accuracy {m['test_acc']:.3f}, weighted F1 {m['test_f1']:.3f}, loss {m['test_loss']:.3f}"
+    test_slices = result.run.split_sizes["test"]
+    assert test_slices > 16  # the smoke preset tests 4 batches of 4 slices, so the summary says so
+    assert result.test_summary() == f"{summary} (first 4 test batches only, 16 of {test_slices} slices)"
+    whole = dataclasses.replace(result.run, train=dataclasses.replace(result.run.train, limit_batches=None))
+    assert dataclasses.replace(result, run=whole).test_summary() == summary
     assert dataclasses.replace(result, test_metrics={}).test_summary() == "not tested"
     assert result.work_summary() == f"trained in {result.seconds:.0f} s"
     assert dataclasses.replace(result, start_step=1).work_summary() == f"resumed at step 1, trained in {result.seconds:.0f} s"
