@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from gpseg.console import console, fail, interval_text, progress_bar
@@ -53,34 +54,59 @@ def _require_run(run: Path) -> Path:
     return config_path
 
 
-def _evaluate(runs: list[Path], params: ThresholdParams) -> list[dict]:
-    """Threshold and score each run's test heatmaps with ``params``; writes each run's evaluation.json."""
+def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = True
+              ) -> tuple[list[Path], list[dict], list[str]]:
+    """Threshold and score each run's test heatmaps with ``params``; writes each run's evaluation.json.
+
+    A run that cannot be evaluated (its test heatmaps missing, or made from another version of its store)
+    gets a one-line ``failed`` message and the others go on; a folder that is no run at all is refused
+    before anything is written.
+
+    Returns:
+        The runs evaluated, their results, and a report note per failed run
+        (``"not in this report: RUN: reason"``).
+
+    Raises:
+        typer.Exit: a folder is no run directory (before any work), or (with ``need_one``) no run
+            could be evaluated.
+    """
     import json
     from itertools import accumulate
 
     from gpmodels.evaluation import evaluate_heatmaps, open_heatmaps, write_evaluation
     from gpmodels.files import heatmap_path
     from gpmodels.postprocess import ThresholdConfig
+    from storage.errors import one_line
 
-    models = [json.loads(_require_run(run).read_text())["train"]["model"] for run in runs]
-    try:
-        sizes = [open_heatmaps(heatmap_path(run, "test"))["index"].shape[0] for run in runs]
-    except FileNotFoundError as exc:
-        raise fail(str(exc)) from exc
-    results, total = [], sum(sizes)
+    models = {run: json.loads(_require_run(run).read_text())["train"]["model"] for run in runs}
+    failed: dict[Path, str] = {}
+    sizes: dict[Path, int] = {}
+    for run in runs:
+        try:
+            sizes[run] = open_heatmaps(heatmap_path(run, "test"))["index"].shape[0]
+        except (FileNotFoundError, ValueError) as exc:
+            failed[run] = one_line(exc)
+    usable = [run for run in runs if run in sizes]
+    done, results, total = [], [], sum(sizes.values())
     with progress_bar("evaluate") as update:  # one bar over all runs' test slices
-        for run, model, before in zip(runs, models, accumulate([0, *sizes])):
-            def step(done: int, _: int, before: int = before, label: str = f"{_run_label(run)} {model}") -> None:
-                update(before + done, total, label)
+        for run, before in zip(usable, accumulate([0, *(sizes[run] for run in usable)])):
+            def step(count: int, _: int, before: int = before, label: str = f"{_run_label(run)} {models[run]}") -> None:
+                update(before + count, total, label)
 
             try:
-                config = ThresholdConfig.from_dict(params.for_model(model))
+                config = ThresholdConfig.from_dict(params.for_model(models[run]))
                 result = evaluate_heatmaps(heatmap_path(run, "test"), config, progress=step)
             except (FileNotFoundError, ValueError) as exc:
-                raise fail(str(exc)) from exc
+                failed[run] = one_line(exc)
+                continue
             write_evaluation(run, result)
+            done.append(run)
             results.append(result)
-    return results
+    for run, reason in failed.items():
+        console.print(f"[red]failed[/red] {escape(str(run))}: {escape(reason)}", highlight=False, soft_wrap=True)
+    if need_one and not done:
+        raise fail(f"no run could be evaluated ({len(failed)} failed)")
+    return done, results, [f"not in this report: {run}: {reason}" for run, reason in failed.items()]
 
 
 def _print_table(results: list[dict], runs: list[Path]) -> None:
@@ -145,7 +171,12 @@ def postprocess_cmd(
     target_class: TargetOpt = "predicted", min_size: MinSizeOpt = 0, fill_holes: FillHolesOpt = 0,
     closing: ClosingOpt = 0, largest_component: LargestOpt = False,
 ) -> None:
-    """Re-threshold stored heatmaps, re-score and re-report. No model is loaded."""
+    """Re-threshold stored heatmaps, re-score and re-report. No model is loaded.
+
+    A run whose test heatmaps are missing, or were made from another version of its store, is named
+    ("failed RUN: reason"), left out of the report (its notes say so) and the others go on; the exit
+    status is then 2.
+    """
     from gpmodels.report import build_report
 
     params = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)
@@ -156,11 +187,13 @@ def postprocess_cmd(
 
         runs, out = _workdir_runs(workdir, "re-thresholding"), out or workdir / REPORT
     out = out or Path("report")
-    results = _evaluate(runs, params)
-    _print_table(results, runs)
-    html = build_report(runs, out, title="gpseg report (post-processing re-run)",
-                        notes=[f"thresholds re-run by `gpseg postprocess`: {params.describe()}"])
+    done, results, failed = _evaluate(runs, params)
+    _print_table(results, done)
+    html = build_report(done, out, title="gpseg report (post-processing re-run)",
+                        notes=[f"thresholds re-run by `gpseg postprocess`: {params.describe()}", *failed])
     console.print(f"[green]report[/green] {html}")
+    if failed:
+        raise typer.Exit(2)
 
 
 def report_cmd(
@@ -168,16 +201,23 @@ def report_cmd(
     out: Annotated[Path, typer.Option("--out", help="Report folder (index.html, metrics.json, CSV).")] = Path("report"),
     title: Annotated[str, typer.Option(help="Page title.")] = "gpseg report",
 ) -> None:
-    """Write the HTML report over runs; runs without evaluation.json are evaluated with the paper's thresholds."""
+    """Write the HTML report over runs; runs without evaluation.json are evaluated with the paper's thresholds.
+
+    A run that cannot be evaluated is named, left out of the report and the others go on (exit 2).
+    """
     from gpmodels.report import build_report
 
     missing = [r for r in runs if not (r / "evaluation.json").is_file()]
+    failed: list[str] = []
     if missing:
         from flows.params import ThresholdParams
 
-        _evaluate(missing, ThresholdParams())
-    html = build_report(runs, out, title=title)
+        evaluated, _, failed = _evaluate(missing, ThresholdParams(), need_one=len(missing) == len(runs))
+        runs = [run for run in runs if run not in missing or run in evaluated]
+    html = build_report(runs, out, title=title, notes=failed)
     console.print(f"[green]report[/green] {html}")
+    if failed:
+        raise typer.Exit(2)
 
 
 def export_masks_cmd(

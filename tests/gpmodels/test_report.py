@@ -386,6 +386,34 @@ def test_postprocess_cli_cleans_the_masks_and_says_so(report_runs, tmp_path):
     assert _evaluation(run) == after
 
 
+def test_postprocess_and_report_cli_go_on_past_a_run_they_cannot_evaluate(report_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    good = _copy_run(report_runs["gp"], tmp_path / "good")
+    broken = _copy_run(report_runs["gp"], tmp_path / "broken")
+    shutil.rmtree(broken / "heatmaps" / "test.zarr")
+    before = (broken / "evaluation.json").read_text()
+
+    result = CliRunner().invoke(app, ["postprocess", "--runs", str(broken), "--runs", str(good), "--offset", "0.2",
+                                      "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2, result.output
+    failed = [line for line in result.output.splitlines() if line.startswith("failed")]
+    assert len(failed) == 1 and failed[0].startswith(f"failed {broken}: ") and "test.zarr" in failed[0]
+    assert _evaluation(good)["threshold"]["offset"] == 0.2 and (broken / "evaluation.json").read_text() == before
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert [run["run_dir"] for run in metrics["runs"]] == [str(good)]
+    assert f"not in this report: {broken}: " in html.unescape((tmp_path / "a" / "index.html").read_text())
+
+    alone = CliRunner().invoke(app, ["postprocess", "--runs", str(broken), "--out", str(tmp_path / "b")])
+    assert alone.exit_code == 1 and alone.output.splitlines()[-1] == "error: no run could be evaluated (1 failed)"
+    (broken / "evaluation.json").unlink()  # gpseg report evaluates it first, and cannot
+    report = CliRunner().invoke(app, ["report", str(good), str(broken), "--out", str(tmp_path / "c")])
+    assert report.exit_code == 2 and f"failed {broken}: " in report.output
+    assert [run["run_dir"] for run in json.loads((tmp_path / "c" / "metrics.json").read_text())["runs"]] == [str(good)]
+
+
 def test_a_seed_runs_selection_is_shown_beside_its_seed(report_runs, tmp_path):
     fold = tmp_path / "gp-unet" / "fold_0"
     kept = _copy_run(report_runs["gp"], fold / "seed_1")
