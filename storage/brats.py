@@ -134,18 +134,24 @@ def _case_folders(src: Path) -> list[tuple[Path, str | None]]:
 
 
 def _case_files(folder: Path, channels: tuple[str, ...]) -> tuple[dict[str, Path], Path]:
-    """Map channel names and the segmentation to files of one case folder."""
+    """Map channel names and the segmentation to files of one case folder.
+
+    Raises:
+        CaseRejected: a channel or the segmentation has no file; the rejection names the case folder,
+            so that the files it does hold are recorded as examined (no new data at the next check).
+    """
     files = {_nifti_stem(f).lower(): f for f in visible_entries(folder) if f.is_file() and _nifti_stem(f)}
     chosen: dict[str, Path] = {}
     for channel in channels:
         match = [f for stem, f in files.items() if stem.endswith(f"_{channel}") or stem == channel]
         if not match:
-            raise CaseRejected(folder / f"{folder.name}_{channel}.nii.gz", f"missing {channel} volume")
+            raise CaseRejected(folder, f"missing {channel} volume (no *_{channel}.nii or *_{channel}.nii.gz file)")
         chosen[channel] = match[0]
     seg = [f for stem, f in files.items() if stem.endswith("_seg")]
     seg = seg or [f for stem, f in files.items() if "seg" in stem and f not in chosen.values()]
     if not seg:
-        raise CaseRejected(folder / f"{folder.name}_seg.nii.gz", "missing segmentation volume")
+        raise CaseRejected(folder, "missing segmentation volume (no *_seg.nii or *_seg.nii.gz file, nor another "
+                                   "whose name holds 'seg')")
     return chosen, seg[0]
 
 

@@ -190,7 +190,7 @@ def test_cli_exit_codes_and_one_line_reasons(brats_copy, tmp_path):
     some = runner.invoke(app, ["ingest", "brats", str(brats_copy), "--out", str(tmp_path / "b.zarr"), "--workers", "0"])
     assert some.exit_code == 2
     line = next(line for line in some.output.splitlines() if line.startswith("rejected"))
-    assert "BraTS20_Training_003_t2.nii.gz: missing t2 volume" in line
+    assert line == ("rejected BraTS20_Training_003: missing t2 volume (no *_t2.nii or *_t2.nii.gz file)")
     (tmp_path / "empty").mkdir()
     none = runner.invoke(app, ["ingest", "brats", str(tmp_path / "empty"), "--out", str(tmp_path / "c.zarr")])
     assert none.exit_code == 1 and "no usable brats cases" in none.output
@@ -334,9 +334,15 @@ def test_a_case_rejected_for_good_is_no_new_data(brats_copy, tmp_path):
     mapping.write_text("\n".join(line for line in mapping.read_text().splitlines() if "Training_006" not in line))
     bad = _file(brats_copy, 2, "t2")
     bad.write_bytes(bad.read_bytes()[:100])
+    _file(brats_copy, 3, "flair").unlink()  # its other files are examined too, though no file is named
+    _file(brats_copy, 4, "seg").unlink()
     store = tmp_path / "s.zarr"
     report = ingest_brats(brats_copy, store, CONFIG)
-    assert set(report.rejected) == {"BraTS20_Training_006", "BraTS20_Training_002/BraTS20_Training_002_t2.nii.gz"}
+    assert set(report.rejected) == {"BraTS20_Training_006", "BraTS20_Training_002/BraTS20_Training_002_t2.nii.gz",
+                                    "BraTS20_Training_003", "BraTS20_Training_004"}
+    assert report.rejected["BraTS20_Training_004"].startswith("missing segmentation volume (no *_seg.nii or")
+    assert new_files(brats_copy, store) == []
+    assert ingest_brats(brats_copy, store, CONFIG, append=True).cases == 0  # rejected again: still no new data
     assert new_files(brats_copy, store) == []
     bad.write_bytes(bad.read_bytes() + b"\0")
     assert new_files(brats_copy, store) == ["BraTS20_Training_002/BraTS20_Training_002_t2.nii.gz"]
