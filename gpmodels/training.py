@@ -15,6 +15,8 @@ import json
 import logging
 import platform
 import shutil
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -272,6 +274,7 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
                                cache=config.cache, cache_limit_bytes=int(config.cache_limit_gb * 2**30))
         checkpoint, last = _checkpoint_callbacks(paths)
         trainer = _trainer(config, precision, paths, start_step, [checkpoint, last], progress_bar)
+        interrupt_handler = signal.getsignal(signal.SIGINT)
         try:
             trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
             if previous is not None and trainer.global_step == start_step:
@@ -283,6 +286,12 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
                 results = trainer.test(module, datamodule=data, ckpt_path=str(best), weights_only=True,
                                        verbose=False)
                 test_metrics = {key: float(value) for result in results for key, value in result.items()}
+        except SystemExit:  # Lightning ends a fit or test that Ctrl-C interrupted with exit(1) ...
+            if not trainer.interrupted:
+                raise
+            if threading.current_thread() is threading.main_thread():  # ... and leaves Ctrl-C ignored
+                signal.signal(signal.SIGINT, interrupt_handler)
+            raise KeyboardInterrupt(f"training of {paths.root} interrupted") from None
         except RuntimeError as exc:  # torch.OutOfMemoryError is one
             if not is_out_of_memory(exc):
                 raise

@@ -89,6 +89,9 @@ def _ingest(dataset: str, source: Path, out: Path, config: IngestConfig, append:
     except (NoUsableInput, StoreError, ValueError) as exc:
         _print_rejected(getattr(exc, "rejected", {}))  # why every case was rejected
         raise fail(str(exc), 1) from exc
+    except KeyboardInterrupt:
+        kept = f"{out} is as it was" if out.exists() else f"nothing was written to {out}"
+        raise fail(f"interrupted; {kept}", 130) from None
     _finish(report)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,11 +33,85 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
         with Client(address) as client:
             yield client
         return
-    with quiet_logger("distributed"), LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, silence_logs=logging.WARNING,
-            # the scheduler always serves HTTP (health, metrics); dashboard_address=None would mean 8787
-            dashboard_address=":0", scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client:
-        yield client
+    with quiet_logger("distributed"), contextlib.ExitStack() as stack:
+        silenced: list[tuple[logging.Logger, int]] = []
+        stack.callback(_restore_levels, silenced)  # last: after the cluster has closed
+        with _workers_ignore_interrupts():
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, silence_logs=logging.WARNING,
+                # the scheduler always serves HTTP (health, metrics); dashboard_address=None would mean 8787
+                dashboard_address=":0", scheduler_kwargs={"dashboard": False}))
+        client = stack.enter_context(Client(cluster))
+        with _quiet_after_interrupt(client, silenced):
+            yield client
+
+
+def _in_main_thread() -> bool:
+    """Signal handlers can be set in the main thread only (a flow's task runs in another)."""
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def _workers_ignore_interrupts() -> Iterator[None]:
+    """Ignore SIGINT while a local cluster starts its worker processes, which inherit that.
+
+    Ctrl-C in a terminal signals every process of the foreground group. Workers that took it would each
+    print a ``Process Dask Worker process (from Nanny)`` traceback; ignoring it, they are shut down by
+    this process as its cluster closes, and only this process stops with ``KeyboardInterrupt``. A Ctrl-C
+    during the second or two of the start is lost. Outside the main thread nothing changes (and there
+    is no terminal to press Ctrl-C in).
+    """
+    if not _in_main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def _quiet_after_interrupt(client: Any, silenced: list[tuple[logging.Logger, int]]) -> Iterator[None]:
+    """Ctrl-C while the cluster works stops this process with ``KeyboardInterrupt`` and no log lines
+    about the tasks it cuts short: Dask's loggers here, and logging in the workers, are silenced first.
+
+    Args:
+        client: the cluster's client.
+        silenced: gets each logger silenced here with its level, for the caller to restore once the
+            cluster has closed (:func:`_restore_levels`).
+    """
+    if not _in_main_thread():
+        yield
+        return
+
+    def interrupted(signum: int, frame: Any) -> None:
+        for logger in [logging.getLogger("distributed"), *(
+                logger for key, logger in list(logging.root.manager.loggerDict.items())
+                if key.startswith("distributed.") and isinstance(logger, logging.Logger))]:
+            silenced.append((logger, logger.level))
+            logger.setLevel(logging.CRITICAL + 1)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            client.run(_stop_logging)
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_logging() -> None:
+    """In a worker process about to be shut down after Ctrl-C: no log lines about its tasks cut short."""
+    logging.disable(logging.CRITICAL)
+
+
+def _restore_levels(silenced: list[tuple[logging.Logger, int]]) -> None:
+    for logger, level in reversed(silenced):
+        logger.setLevel(level)
 
 
 def ordered_map(fn: Callable[[T], Any], items: Sequence[T], client: Any, window: int = 0

@@ -510,3 +510,19 @@ def test_other_runtime_errors_in_training_are_not_called_out_of_memory(phantom_s
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as raised:
         train(preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / "run")))
     assert not isinstance(raised.value, training.OutOfDeviceMemory)
+
+
+def test_ctrl_c_during_training_says_how_to_resume(phantom_store, tmp_path, monkeypatch):
+    import signal
+
+    def interrupted(self, batch, batch_idx):
+        raise KeyboardInterrupt  # as Ctrl-C in the middle of a step
+
+    handler = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(ClassifierModule, "training_step", interrupted)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--store", str(phantom_store), "--out", str(out), "--preset", "smoke",
+                                      "--model", "gp-unet"])
+    assert result.exit_code == 130  # Lightning alone would exit(1) without a word
+    assert result.output.splitlines()[-1] == f"error: interrupted; the same command resumes {out} from its last checkpoint"
+    assert signal.getsignal(signal.SIGINT) is handler  # Lightning had set it to SIG_IGN

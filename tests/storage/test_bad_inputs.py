@@ -471,3 +471,22 @@ def test_a_manifest_source_has_a_fingerprint_and_new_files_of_its_own(brats_sour
     listed = tmp_path / "P1" / f"{CASE.format(1)}_flair.nii.gz"
     os.utime(listed, ns=(listed.stat().st_atime_ns, listed.stat().st_mtime_ns + 10**9))
     assert fingerprint(csv) != grown
+
+
+def test_ctrl_c_during_ingestion_says_what_is_left(brats_copy, tmp_path, monkeypatch):
+    from storage import ingest
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    store = tmp_path / "s.zarr"
+    monkeypatch.setattr(ingest, "ingest_brats", interrupted)
+    args = ["ingest", "brats", str(brats_copy), "--out", str(store), "--workers", "0"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 130
+    assert first.output.splitlines()[-1] == f"error: interrupted; nothing was written to {store}"
+    monkeypatch.undo()
+    assert CliRunner().invoke(app, args).exit_code == 0
+    monkeypatch.setattr(ingest, "ingest_brats", interrupted)
+    again = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert again.exit_code == 130 and again.output.splitlines()[-1] == f"error: interrupted; {store} is as it was"

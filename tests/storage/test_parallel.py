@@ -41,3 +41,25 @@ def test_local_cluster_logs_no_info_chatter_and_leaves_port_8787_free(caplog):
                if r.name.startswith("distributed") and r.levelno < logging.WARNING]
     assert chatter == []
     assert logger.level == before
+
+
+def test_ctrl_c_stops_only_this_process_quietly_and_restores_the_handlers(capfd):
+    import os
+    import signal
+    import time
+
+    import pytest
+
+    handler = signal.getsignal(signal.SIGINT)
+    levels = {name: logging.getLogger(name).level for name in ("distributed", "distributed.scheduler")}
+    with pytest.raises(KeyboardInterrupt), dask_client(2, None) as client:
+        # the workers ignore Ctrl-C, which a terminal sends to every process of its group: no tracebacks
+        assert set(client.run(lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN).values()) == {True}
+        futures = [client.submit(time.sleep, 5, pure=False) for _ in range(2)]  # work that gets cut short
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGINT)
+        client.gather(futures)
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert {name: logging.getLogger(name).level for name in levels} == levels
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "ERROR" not in err and "WARNING" not in err, err
