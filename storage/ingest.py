@@ -29,7 +29,7 @@ from storage.nifti import sha256_file
 from storage.parallel import dask_client, ordered_map
 from storage.slicing import IDENTITY_AXES, axial_axes
 from storage.splits import extend_splits, make_splits
-from storage.store import StoreWriter, fold_names, open_store
+from storage.store import StoreWriter, fold_names, open_store, read_patients
 from storage.volumes import read_volume_case, volume_record
 
 DatasetKind = Literal["brats", "jun-cheng", "manifest"]
@@ -175,6 +175,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
                           archives=plan.archives())
     base_attrs: dict = {}
     existing: dict[int, np.ndarray] = {}
+    stored_ids: np.ndarray | None = None
     known_files: set[str] = set()
     if append and out.exists():
         group = open_store(out)
@@ -184,6 +185,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
                              f"{base_attrs.get('channels')} differ from the source's {plan.classes}/{plan.channels}")
         _check_orientations(out, base_attrs.get("volumes") or {})
         existing = {k: group[f"splits/fold_{k}"][:] for k in fold_names(group)}
+        stored_ids = read_patients(group) if existing else None
         known_files = set(base_attrs.get("sources", {}))
     if not existing:
         config.split.check_new_split()
@@ -211,6 +213,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
     new_slices: list[np.ndarray] = []
     new_labels: list[np.ndarray] = []
     new_cvind: list[np.ndarray] = []
+    new_keys: list[str] = []  # slice mode: one key per new slice
     stored_content = {sha: key for key, sha in sources.items()}
     with StoreWriter(out, plan.channels, plan.image_size, base=out if existing else None) as writer, \
             dask_client(config.workers, config.dask_address) as client:
@@ -238,6 +241,8 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
             new_slices.append(batch.slice_index)
             new_labels.append(batch.labels)
             new_cvind.append(batch.cvind if batch.cvind is not None else np.zeros(len(batch), np.int8))
+            new_keys += ([source_key(case.path, plan.root)] if isinstance(case, MatCase)  # one file, one slice
+                         else [f"{batch.patient}/{i}" for i in batch.slice_index.tolist()])
         if report.cases == 0 and not existing:
             raise NoUsableInput(f"{plan.where}: every {plan.dataset} case was rejected ({len(report.rejected)})"
                                 + archive_hint(report.archives), report.rejected)
@@ -246,7 +251,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
         labels = np.concatenate(new_labels) if new_labels else np.zeros(0, np.int8)
         cvind = np.concatenate(new_cvind) if plan.dataset == "jun-cheng" and new_cvind else None
         if existing:
-            splits = extend_splits(existing, patients, slice_index, cvind, config.split)
+            splits = extend_splits(existing, patients, slice_index, cvind, config.split, stored_ids, new_keys)
         else:
             splits = make_splits(patients, labels, slice_index, cvind, config.split)
         rejected = _current_rejects(base_attrs.get("rejected", {}), report.rejected, plan.cases, plan.root)

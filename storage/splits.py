@@ -205,17 +205,53 @@ def make_splits(patients: np.ndarray, labels: np.ndarray, slice_index: np.ndarra
 
 
 def extend_splits(existing: dict[int, np.ndarray], patients: np.ndarray, slice_index: np.ndarray,
-                  cvind: np.ndarray | None, config: SplitConfig) -> dict[int, np.ndarray]:
+                  cvind: np.ndarray | None, config: SplitConfig, stored_patients: np.ndarray | None = None,
+                  slice_keys: list[str] | None = None) -> dict[int, np.ndarray]:
     """Codes for appended slices, concatenated after the existing ones.
 
+    In grouped mode a new slice of a stored patient (a Jun Cheng slice file of a patient already in the
+    store) takes that patient's codes, so the patient stays in one split of each fold; other new
+    patients are placed by :func:`hashed_codes`.
+
     Args:
-        existing: fold -> codes of the slices already stored (kept unchanged).
-        patients, slice_index, cvind: the new slices' ids, positions and official folds.
+        existing: fold -> codes ``(N,)`` of the slices already stored (kept unchanged).
+        patients, slice_index, cvind: the new slices' ids, positions and official folds, ``(M,)`` each.
+        stored_patients: ``(N,)`` patient id of each stored slice; ``None`` when none is stored.
+        slice_keys: ``(M,)`` one key per new slice for slice mode, unique per slice (a 2-D slice's
+            source file); default ``patient/slice_index``.
     """
     if config.mode == "cvind":
         new = cvind_splits(cvind if cvind is not None else np.zeros(0, int), config)
     elif config.mode == "grouped":
         new = hashed_codes(patients.tolist(), config)
+        if stored_patients is not None and len(stored_patients) and len(patients):
+            new = _stored_patients_codes(new, existing, np.asarray(stored_patients, dtype=str),
+                                         np.asarray(patients, dtype=str))
     else:
-        new = hashed_codes([f"{p}/{s}" for p, s in zip(patients.tolist(), slice_index.tolist())], config)
+        keys = slice_keys or [f"{p}/{s}" for p, s in zip(patients.tolist(), slice_index.tolist())]
+        new = hashed_codes(keys, config)
     return {fold: np.concatenate([existing[fold], new[fold]]) for fold in existing}
+
+
+def _stored_patients_codes(new: dict[int, np.ndarray], existing: dict[int, np.ndarray], stored: np.ndarray,
+                           patients: np.ndarray) -> dict[int, np.ndarray]:
+    """``new`` with each slice of a stored patient given the codes of that patient's first stored slice.
+
+    Args:
+        new: fold -> codes ``(M,)`` of the new slices as hashed.
+        existing: fold -> codes ``(N,)`` of the stored slices.
+        stored: ``(N,)`` patient ids of the stored slices.
+        patients: ``(M,)`` patient ids of the new slices.
+    """
+    names, first = np.unique(stored, return_index=True)
+    position = np.searchsorted(names, patients)
+    known = (position < names.size) & (names[np.minimum(position, names.size - 1)] == patients)
+    if not known.any():
+        return new
+    rows = first[position[known]]
+    out = {}
+    for fold, codes in new.items():
+        codes = codes.copy()
+        codes[known] = existing[fold][rows]
+        out[fold] = codes
+    return out

@@ -10,6 +10,7 @@ import pytest
 from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
 from storage.ingest_config import IngestConfig, SplitConfig
 from storage.phantoms import write_brats_phantoms
+from storage.splits import hashed_codes
 from storage.store import open_store, read_patients
 from storage.validation import validate_store
 
@@ -145,3 +146,35 @@ def test_progress_callback(brats_source, tmp_path, workers):
     ingest_brats(brats_source, tmp_path / "p.zarr", IngestConfig(workers=workers),
                  progress=lambda done, total, label: seen.append((done, total)))
     assert seen[-1] == (6, 6) and len(seen) == 6
+
+
+@pytest.mark.parametrize("mode", ["grouped", "slice"])
+def test_appended_slices_of_a_stored_patient_keep_its_split(jun_cheng_copy, tmp_path, mode):
+    """Jun Cheng patients have many slice files: some may arrive after the patient is stored."""
+    later = tmp_path / "later"
+    later.mkdir()
+    files = sorted(jun_cheng_copy.rglob("*.mat"), key=lambda p: p.name)
+    held = [f for f in files if f.stem.isdigit() and int(f.stem) % 3 == 0]
+    for f in held:
+        f.rename(later / f.name)
+    store = tmp_path / "j.zarr"
+    config = replace(CONFIG, split=SplitConfig(mode=mode, seed=3))
+    ingest_jun_cheng(jun_cheng_copy, store, config)
+    before = read_patients(open_store(store))
+    for f in held:
+        (later / f.name).rename(jun_cheng_copy / f.name)
+    report = ingest_jun_cheng(jun_cheng_copy, store, config, append=True)
+    assert report.cases == len(held)
+    group = open_store(store)
+    patients = read_patients(group)
+    assert set(patients[before.size:]) & set(before)  # the appended slices include stored patients
+    if mode == "grouped":
+        for k in range(3):
+            codes = group[f"splits/fold_{k}"][:]
+            assert all(np.unique(codes[patients == p]).size == 1 for p in set(patients)), k
+        assert validate_store(store).success
+    else:  # each appended slice is placed by its own file, not all of a patient's by "patient/-1"
+        expected = hashed_codes([f.name for f in sorted(held, key=lambda f: int(f.stem))], config.split)
+        assert len({f"{p}/-1" for p in patients[before.size:]}) < len(held)  # the old keys were shared
+        for k in range(3):
+            assert np.array_equal(group[f"splits/fold_{k}"][before.size:], expected[k])
