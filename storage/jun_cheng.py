@@ -129,6 +129,29 @@ def largest_image_size(cases: list[MatCase]) -> int:
     return int(max(sizes, default=JUN_CHENG_SIZE))
 
 
+def _read_pid(dataset: h5py.Dataset, path: Path) -> str:
+    """The patient id of a slice file: a MATLAB char array (UTF-16 codes; padding dropped), or a whole
+    number stored numerically, as its decimal digits. An empty array (``MATLAB_empty``, which MATLAB
+    stores as the array's dimensions) gives ``""``.
+
+    Raises:
+        CaseRejected: the PID is numeric but not one whole number, or of another MATLAB class.
+    """
+    matlab_class = dataset.attrs.get("MATLAB_class", b"")
+    matlab_class = matlab_class.decode() if isinstance(matlab_class, bytes) else str(matlab_class)
+    if np.asarray(dataset.attrs.get("MATLAB_empty", 0)).any():
+        return ""
+    values = np.asarray(dataset).ravel()
+    if matlab_class == "char" or (not matlab_class and values.dtype == np.uint16):
+        return "".join(chr(int(c)) for c in values if c).strip()
+    if values.dtype.kind in "fiu" and matlab_class != "logical":
+        if values.size == 1 and np.isfinite(values[0]) and float(values[0]).is_integer():
+            return str(int(values[0]))
+        raise CaseRejected(path, f"PID is a numeric array of {values.size} value(s) ({matlab_class or values.dtype}), "
+                                 "expected text (a char array) or one whole number")
+    raise CaseRejected(path, f"PID of MATLAB class {matlab_class or values.dtype}, expected char")
+
+
 def _read_fields(path: Path) -> tuple[np.ndarray, float, str, np.ndarray]:
     """``(image, label, PID, tumorMask)`` of a slice file, arrays transposed back to row-major."""
     with _open_v73(path) as fh:
@@ -140,7 +163,7 @@ def _read_fields(path: Path) -> tuple[np.ndarray, float, str, np.ndarray]:
             raise CaseRejected(path, f"cjdata lacks {missing}")
         image = np.asarray(data["image"]).T
         label = np.asarray(data["label"]).ravel()
-        pid = "".join(chr(c) for c in np.asarray(data["PID"]).ravel() if c)
+        pid = _read_pid(data["PID"], path)
         mask = np.asarray(data["tumorMask"]).T
     if label.size != 1:
         raise CaseRejected(path, f"label holds {label.size} values, expected 1")

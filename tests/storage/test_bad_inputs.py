@@ -127,6 +127,28 @@ def test_mat_not_hdf5_and_bad_label(jun_cheng_copy, tmp_path, shared_data):
     assert open_store(tmp_path / "s.zarr").attrs["rejected"] == report.rejected
 
 
+def test_numeric_and_empty_patient_ids(jun_cheng_copy, tmp_path):
+    from storage.mat73 import _set_class
+
+    def rewrite_pid(number: int, values: np.ndarray, matlab_class: str, empty: bool = False) -> None:
+        with h5py.File(jun_cheng_copy / f"{number}.mat", "r+") as fh:
+            del fh["cjdata/PID"]
+            dataset = fh.create_dataset("cjdata/PID", data=values)
+            _set_class(dataset, matlab_class)
+            if empty:  # how MATLAB stores a 1x0 char: its dimensions, flagged empty
+                dataset.attrs["MATLAB_empty"] = np.uint8(1)
+
+    rewrite_pid(3, np.array([[100360.0]]), "double")
+    rewrite_pid(4, np.array([1, 0], dtype=np.uint64), "char", empty=True)
+    rewrite_pid(5, np.array([[1.5, 2.0]]), "double")
+    report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CONFIG)
+    assert report.rejected == {
+        "4.mat": "empty PID",
+        "5.mat": "PID is a numeric array of 2 value(s) (double), expected text (a char array) or one whole number"}
+    patients = read_patients(open_store(tmp_path / "s.zarr"))
+    assert "100360" in patients and all(p.isprintable() and p for p in patients)
+
+
 def test_truncated_mat_is_named_as_truncated(jun_cheng_copy, tmp_path):
     data = (jun_cheng_copy / "3.mat").read_bytes()
     (jun_cheng_copy / "3.mat").write_bytes(data[: len(data) // 3])  # the HDF5 signature survives
