@@ -41,22 +41,45 @@ def read_cvind(path: Path) -> np.ndarray:
     """The official fold (1-5) of every slice file, in file-number order.
 
     Args:
-        path: ``cvind.mat`` (v7.3, one variable of 1xN folds).
+        path: ``cvind.mat``, one variable of 1xN (or Nx1) folds: MATLAB v7.3 as in the release, or v5
+            (``save`` without ``-v7.3``), which SciPy reads.
 
     Returns:
         int8 ``(N,)``; entry ``i`` belongs to ``i+1.mat``.
 
     Raises:
-        CaseRejected: not v7.3, no single numeric variable, or values outside 1-5.
+        CaseRejected: neither format, no single numeric variable, or values outside 1-5.
     """
-    with _open_v73(path) as fh:
-        names = [k for k in fh.keys() if not k.startswith("#")]
-        if len(names) != 1 or not isinstance(fh[names[0]], h5py.Dataset):
-            raise CaseRejected(path, f"expected one variable with the folds, found {names}")
-        folds = np.asarray(fh[names[0]]).ravel()
+    if path.is_file() and path.read_bytes()[:19] == b"MATLAB 5.0 MAT-file":
+        folds = _read_v5_variable(path)
+    else:
+        with _open_v73(path) as fh:
+            names = [k for k in fh.keys() if not k.startswith("#")]
+            if len(names) != 1 or not isinstance(fh[names[0]], h5py.Dataset):
+                raise CaseRejected(path, f"expected one variable with the folds, found {names}")
+            folds = np.asarray(fh[names[0]]).ravel()
+    if folds.dtype.kind not in "fiu":
+        raise CaseRejected(path, f"the folds are of type {folds.dtype}, expected numbers")
     if folds.size == 0 or folds.min() < 1 or folds.max() > 5:
         raise CaseRejected(path, f"fold values {np.unique(folds)[:8]} outside 1-5")
     return folds.astype(np.int8)
+
+
+def _read_v5_variable(path: Path) -> np.ndarray:
+    """The one variable of a MATLAB v5 file, flattened ``(N,)``.
+
+    Raises:
+        CaseRejected: unreadable, or not exactly one variable.
+    """
+    from scipy.io import loadmat
+
+    try:
+        variables = {k: v for k, v in loadmat(path).items() if not k.startswith("__")}
+    except Exception as exc:  # SciPy raises several types for damaged files
+        raise CaseRejected(path, f"unreadable MATLAB v5 file ({type(exc).__name__}: {exc})") from exc
+    if len(variables) != 1:
+        raise CaseRejected(path, f"expected one variable with the folds, found {sorted(variables)}")
+    return np.asarray(next(iter(variables.values()))).ravel()
 
 
 def find_cvind(src: Path) -> Path | None:

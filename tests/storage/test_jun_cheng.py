@@ -83,3 +83,20 @@ def test_append_resizes_new_slices_to_the_store_size(jun_cheng_copy, tmp_path):
     group = open_store(store)
     assert group["images"].shape == (19, 1, 64, 64) and group["masks"][18].any()
     assert np.isfinite(group["images"][18].astype(np.float32)).all()
+
+
+@pytest.mark.parametrize("orientation", ["row", "column"])
+def test_a_matlab_v5_cvind_is_read_like_the_v7_3_one(jun_cheng_copy, tmp_path, orientation):
+    from scipy.io import savemat
+
+    from storage.jun_cheng import read_cvind
+
+    folds = read_cvind(jun_cheng_copy / "cvind.mat")
+    values = folds.astype(float)[None, :] if orientation == "row" else folds.astype(float)[:, None]
+    savemat(jun_cheng_copy / "cvind.mat", {"cvind": values})  # MATLAB's save without -v7.3
+    assert np.array_equal(read_cvind(jun_cheng_copy / "cvind.mat"), folds)
+    report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CVIND)
+    assert report.exit_code == 0 and report.cases == 18
+    savemat(jun_cheng_copy / "cvind.mat", {"a": values, "b": values})
+    bad = ingest_jun_cheng(jun_cheng_copy, tmp_path / "t.zarr", CONFIG)
+    assert bad.rejected == {"cvind.mat": "expected one variable with the folds, found ['a', 'b']"}
