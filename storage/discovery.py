@@ -41,13 +41,19 @@ def is_archive(path: Path) -> bool:
 
 
 def archives_below(folder: Path) -> list[Path]:
-    """The archive files below a folder, sorted: downloads not unpacked yet.
+    """The archive files below a folder that were not unpacked beside themselves, sorted.
 
     gpseg does not read inside archives. The figshare download of the Jun Cheng set is a zip of four
     zips, and BraTS 2020 comes as ``MICCAI_BraTS2020_TrainingData.zip``: an ingestion that finds
-    these names them, so that "no cases found" says what to do.
+    these names them, so that "no cases found" says what to do. An archive with a folder of its name
+    beside it (``brainTumorDataPublic_1-766.zip`` and ``brainTumorDataPublic_1-766/``) was unpacked
+    there, and is not listed.
     """
-    return [p for p in visible_files_below(folder) if is_archive(p)]
+    def unpacked(path: Path) -> bool:
+        suffix = next(s for s in ARCHIVE_SUFFIXES if path.name.lower().endswith(s))
+        return (path.parent / path.name[: -len(suffix)]).is_dir()
+
+    return [p for p in visible_files_below(folder) if is_archive(p) and not unpacked(p)]
 
 
 def source_key(path: Path | str, root: Path) -> str:

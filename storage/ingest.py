@@ -19,7 +19,7 @@ import numpy as np
 
 from storage.brats import BRATS_CHANNELS, BRATS_CLASSES, NAME_MAPPING, discover_brats
 from storage.cases import MatCase, SliceBatch, VolumeCase
-from storage.discovery import archives_below, source_key, visible_files_below
+from storage.discovery import archives_below, is_archive, source_key, visible_files_below
 from storage.errors import CaseRejected, NoUsableInput, one_line
 from storage.ingest_config import DEFAULT_RATIOS, IngestConfig, SplitConfig
 from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, discover_jun_cheng,
@@ -407,6 +407,10 @@ def _first_size(cases: list[VolumeCase]) -> int:
 
 def _existing_dir(src: Path) -> Path:
     src = Path(src)
+    if src.is_file() and is_archive(src):
+        raise NoUsableInput(f"{src}: an archive, which gpseg does not open; unpack it and give the folder")
+    if src.is_file():
+        raise NoUsableInput(f"{src}: a file; give the dataset's folder")
     if not src.is_dir():
         raise NoUsableInput(f"{src}: source folder not found")
     return src

@@ -183,6 +183,16 @@ def test_archives_not_unpacked_are_named_with_what_to_do(brats_copy, tmp_path):
     notes = [line for line in result.output.splitlines() if line.startswith("not read")]
     assert notes == ["not read BraTS20_Training_999.zip: an archive; unpack it to ingest the cases it holds "
                      "(then --append)"]
+    (packed / "inner" / "part2").mkdir()  # unpacked beside itself: not named any more
+    with pytest.raises(NoUsableInput, match=r"it holds 1 archive\(s\) gpseg does not open "
+                                            r"\(MICCAI_BraTS2020_TrainingData.zip\)"):
+        ingest_jun_cheng(packed, tmp_path / "j.zarr", CONFIG)
+    for given, message in [(packed / "MICCAI_BraTS2020_TrainingData.zip",
+                            "an archive, which gpseg does not open; unpack it and give the folder"),
+                           (brats_copy / "name_mapping.csv", "a file; give the dataset's folder")]:
+        with pytest.raises(NoUsableInput) as caught:
+            ingest_brats(given, tmp_path / "k.zarr", CONFIG)
+        assert str(caught.value) == f"{given}: {message}"
 
 
 @pytest.mark.parametrize("kind", ["folder", "file", "the source"])
