@@ -131,8 +131,8 @@ def drop_cmd(
     The event goes to the Prefect API of ``PREFECT_API_URL`` (the local stack's: `gpseg serve`, then
     `source .prefect/env.sh`). Without it, or when that API does not answer, the files are still copied but
     the command fails with one line saying that no event was sent. Every path is checked first (it must
-    exist and hold a NIfTI or MAT file or be a name_mapping.csv); a name_mapping.csv dropped where one is
-    adds its new rows to it.
+    exist and hold a NIfTI file, a Jun Cheng N.mat or cvind.mat, or be a name_mapping.csv); a
+    name_mapping.csv dropped where one is adds its new rows to it.
     """
     from prefect.events import emit_event
 
@@ -200,11 +200,11 @@ def _not_droppable(item: Path) -> str | None:
     if not item.exists():
         return "not found"
     if item.is_dir() and not data_files(item):
-        return "holds no NIfTI or MAT file and no name_mapping.csv, so it is no case"
+        return "holds no NIfTI file, Jun Cheng N.mat or cvind.mat and no name_mapping.csv, so it is no case"
     if item.is_file() and is_archive(item):
         return "is an archive, which gpseg does not open; unpack it and drop the case folders it holds"
     if item.is_file() and not is_data_file(item):
-        return "is not a NIfTI or MAT file or a name_mapping.csv"
+        return "is not a NIfTI file, a Jun Cheng N.mat or cvind.mat, or a name_mapping.csv"
     return None
 
 

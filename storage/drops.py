@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from storage.discovery import source_key, visible_files_below
+from storage.jun_cheng import CVIND_FILES
 from storage.nifti import sha256_file
 from storage.store import open_store
 
@@ -65,8 +66,13 @@ def fingerprint(folder: Path | str) -> str:
 
 
 def is_data_file(path: Path) -> bool:
-    """True for an image or label file (NIfTI, MAT) or a metadata file (``name_mapping.csv``), by name."""
-    return path.name.lower().endswith(DATA_SUFFIXES) or path.name in METADATA_FILES
+    """True for a file ingestion reads, by name: a NIfTI image or label file, a Jun Cheng slice ``N.mat``
+    or official-folds file (``cvind.mat``), or ``name_mapping.csv``. Other ``.mat`` files (the release's
+    ``label.mat``, a user's notes) are never read, so they are no new data."""
+    name = path.name.lower()
+    if name.endswith(".mat"):
+        return name[:-4].isdigit() or path.name in CVIND_FILES
+    return name.endswith(DATA_SUFFIXES) or path.name in METADATA_FILES
 
 
 def data_files(folder: Path) -> list[Path]:

@@ -204,8 +204,9 @@ class StoreWriter:
             before = self.group.attrs.get("data_version")
             history = list(self.group.attrs.get("data_history", [])) or (
                 [{"data_version": before, "slices": self._base_slices}] if before else [])
-        full = {**attrs, "schema_version": SCHEMA_VERSION, "data_version": version,
-                "data_history": [*history, {"data_version": version, "slices": n}]}
+        if not history or history[-1].get("data_version") != version:  # an append that added nothing adds no entry
+            history.append({"data_version": version, "slices": n})
+        full = {**attrs, "schema_version": SCHEMA_VERSION, "data_version": version, "data_history": history}
         self.group.attrs.update(full)
         return replace_folder(self.tmp, self.path)
 

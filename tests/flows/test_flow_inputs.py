@@ -295,9 +295,12 @@ def test_a_second_drop_of_name_mapping_adds_its_rows(dropped, tmp_path, monkeypa
 @pytest.mark.parametrize(("make", "args", "message"), [
     (lambda root: root / "missing", [], "{item}: not found; nothing was copied"),
     (lambda root: (root / "notes").mkdir() or (root / "notes" / "readme.txt").write_text("x") and root / "notes",
-     [], "{item}: holds no NIfTI or MAT file and no name_mapping.csv, so it is no case; nothing was copied"),
+     [], "{item}: holds no NIfTI file, Jun Cheng N.mat or cvind.mat and no name_mapping.csv, so it is no case; "
+         "nothing was copied"),
     (lambda root: (root / "readme.txt").write_text("x") and root / "readme.txt", [],
-     "{item}: is not a NIfTI or MAT file or a name_mapping.csv; nothing was copied"),
+     "{item}: is not a NIfTI file, a Jun Cheng N.mat or cvind.mat, or a name_mapping.csv; nothing was copied"),
+    (lambda root: (root / "label.mat").write_text("x") and root / "label.mat", [],
+     "{item}: is not a NIfTI file, a Jun Cheng N.mat or cvind.mat, or a name_mapping.csv; nothing was copied"),
     (lambda root: (root / "Data.ZIP").write_text("x") and root / "Data.ZIP", [],
      "{item}: is an archive, which gpseg does not open; unpack it and drop the case folders it holds; "
      "nothing was copied"),

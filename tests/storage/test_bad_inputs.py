@@ -386,8 +386,12 @@ def test_the_official_folds_file_is_no_new_data(jun_cheng_copy, tmp_path):
     from storage.drops import new_files
 
     store = tmp_path / "jc.zarr"
+    (jun_cheng_copy / "label.mat").write_bytes(b"MATLAB 5.0 MAT-file")  # beside the slices, never read
     ingest_jun_cheng(jun_cheng_copy, store, CONFIG)
     assert (jun_cheng_copy / "cvind.mat").is_file() and new_files(jun_cheng_copy, store) == []
+    history = open_store(store).attrs["data_history"]
+    assert ingest_jun_cheng(jun_cheng_copy, store, CONFIG, append=True).cases == 0
+    assert open_store(store).attrs["data_history"] == history  # an append that adds nothing adds no entry
 
 
 # ---------------------------------------------------------------- manifests: labels, layout, appends
