@@ -60,6 +60,10 @@ def _print_rejected(rejected: dict[str, str]) -> None:
 
 def _finish(report: IngestReport) -> None:
     _print_rejected(report.rejected)
+    for warning in report.warnings:
+        console.print(f"[yellow]warning[/yellow] {escape(warning)}: too few patients of each class for the "
+                      "split's folds (gpseg validate fails on it); use fewer --folds or more cases",
+                      highlight=False, soft_wrap=True)
     for archive in report.archives:
         console.print(f"[yellow]not read[/yellow] {escape(archive)}: an archive; unpack it to ingest the cases it "
                       "holds (then --append)", highlight=False, soft_wrap=True)

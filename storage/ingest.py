@@ -28,7 +28,7 @@ from storage.manifest import read_manifest
 from storage.nifti import sha256_file
 from storage.parallel import dask_client, ordered_map
 from storage.slicing import IDENTITY_AXES, axial_axes
-from storage.splits import extend_splits, make_splits
+from storage.splits import empty_splits, extend_splits, make_splits
 from storage.store import StoreWriter, fold_names, open_store, read_patients
 from storage.volumes import read_volume_case, volume_record
 
@@ -48,6 +48,8 @@ class IngestReport:
         rejected: file -> reason for cases rejected now.
         skipped: cases skipped because their patient is already stored (append).
         archives: archive files below the source folder (relative paths), which are not read.
+        warnings: what makes the store unusable in part, e.g. ``"fold 0 train is empty"`` (too few
+            patients of each class for the grouped split's folds); ``gpseg validate`` fails on it too.
         seconds: wall time.
     """
 
@@ -58,6 +60,7 @@ class IngestReport:
     rejected: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
     archives: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -254,6 +257,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
             splits = extend_splits(existing, patients, slice_index, cvind, config.split, stored_ids, new_keys)
         else:
             splits = make_splits(patients, labels, slice_index, cvind, config.split)
+        report.warnings = empty_splits(splits)
         rejected = _current_rejects(base_attrs.get("rejected", {}), report.rejected, plan.cases, plan.root)
         attrs = {
             "dataset": plan.dataset, "classes": plan.classes, "channels": plan.channels,

@@ -233,6 +233,17 @@ def extend_splits(existing: dict[int, np.ndarray], patients: np.ndarray, slice_i
     return {fold: np.concatenate([existing[fold], new[fold]]) for fold in existing}
 
 
+def empty_splits(splits: dict[int, np.ndarray]) -> list[str]:
+    """``"fold K train is empty"`` / ``"fold K test is empty"`` for each fold that cannot be trained or
+    tested (a grouped split of too few patients per class deals them into the same first blocks).
+
+    Args:
+        splits: fold -> codes ``(N,)``.
+    """
+    return [f"fold {fold} {name} is empty" for fold, codes in sorted(splits.items())
+            for code, name in ((TRAIN, "train"), (TEST, "test")) if not (codes == code).any()]
+
+
 def _stored_patients_codes(new: dict[int, np.ndarray], existing: dict[int, np.ndarray], stored: np.ndarray,
                            patients: np.ndarray) -> dict[int, np.ndarray]:
     """``new`` with each slice of a stored patient given the codes of that patient's first stored slice.

@@ -97,6 +97,18 @@ def _split_tables(group, table: pd.DataFrame, classes: list[str], mode: str
     return leak, cover, code_table, counts
 
 
+def _split_sizes(counts: dict) -> pd.DataFrame:
+    """One row per fold and split with its slice count; ``empty`` names a fold's empty train or test
+    split, which no training or evaluation can use (a store with too few patients of each class for
+    its folds: the grouped split deals each class's patients into the same first blocks)."""
+    rows = [{"fold": fold, "split": split, "slices": sum(per_class.values())}
+            for fold, splits in counts.items() for split, per_class in splits.items()]
+    frame = pd.DataFrame(rows, columns=["fold", "split", "slices"])
+    frame["empty"] = np.where((frame["slices"] == 0) & frame["split"].isin(["train", "test"]),
+                              "fold " + frame["fold"].astype(str) + " " + frame["split"] + " is empty", "")
+    return frame
+
+
 def _describe(name: str, result) -> str:
     kwargs = {k: v for k, v in result.expectation_config.kwargs.items() if k != "batch_id"}
     info = result.result or {}
@@ -182,6 +194,7 @@ def _validate(path: Path | str) -> ValidationResult:
             E.ExpectTableRowCountToEqual(value=n * len(counts)),
         ]),
         ("split_coverage", cover, [E.ExpectColumnValuesToBeInSet(column="missing", value_set=[""])]),
+        ("split_sizes", _split_sizes(counts), [E.ExpectColumnValuesToBeInSet(column="empty", value_set=[""])]),
     ]
     if mode != "slice":
         suites.append(("patient_leakage", leak, [E.ExpectColumnValuesToBeInSet(column="leaked", value_set=[""])]))

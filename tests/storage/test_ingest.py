@@ -79,7 +79,10 @@ def test_jun_cheng_end_to_end_and_cvind(jun_cheng_source, tmp_path):
     assert g["images"].shape == (18, 1, 64, 64)
     assert (g["slice_index"][:] == -1).all()
     assert set(g["cvind"][:]) <= {1, 2, 3, 4, 5}
-    assert validate_store(tmp_path / "j.zarr").success
+    # 5 patients of 3 classes are too few for a grouped split: validation names the splits left empty
+    assert report.warnings == ["fold 0 train is empty", "fold 2 test is empty"]
+    (failure,) = validate_store(tmp_path / "j.zarr").failures
+    assert failure.startswith("[split_sizes]") and "['fold 0 train is empty', 'fold 2 test is empty']" in failure
     ingest_jun_cheng(jun_cheng_source, tmp_path / "c.zarr",
                      IngestConfig(workers=0, split=SplitConfig(mode="cvind", folds=5)))
     c = open_store(tmp_path / "c.zarr")
@@ -172,7 +175,7 @@ def test_appended_slices_of_a_stored_patient_keep_its_split(jun_cheng_copy, tmp_
         for k in range(3):
             codes = group[f"splits/fold_{k}"][:]
             assert all(np.unique(codes[patients == p]).size == 1 for p in set(patients)), k
-        assert validate_store(store).success
+        assert not [f for f in validate_store(store).failures if f.startswith("[patient_leakage]")]
     else:  # each appended slice is placed by its own file, not all of a patient's by "patient/-1"
         expected = hashed_codes([f.name for f in sorted(held, key=lambda f: int(f.stem))], config.split)
         assert len({f"{p}/-1" for p in patients[before.size:]}) < len(held)  # the old keys were shared
