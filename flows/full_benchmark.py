@@ -7,7 +7,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.params import BenchmarkParams
-from flows.layout import REPORT, dataset_failure_row, failure_notes, row_line, row_where, summary_rows
+from flows.layout import (REPORT, dataset_failure_row, failure_notes, rejection_note, row_line, row_where,
+                          summary_rows)
 from flows.pipeline import heatmaps_and_evaluation, prepare_dataset, train_and_keep, training_jobs
 from tasks.evaluation import publish, report
 
@@ -21,11 +22,12 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
 
     Returns:
         ``report`` (HTML path, ``None`` when no run finished), ``rows`` (one per run, and one per dataset
-        that could not be ingested) and ``failed`` (the rows that are not ``ok``).
+        that could not be ingested), ``failed`` (the rows that are not ``ok``) and ``rejected`` (one note
+        per dataset some of whose source files were rejected at ingestion; the report shows them too).
     """
     logger = get_run_logger()
     jobs, labels = [], {}
-    rejected = []
+    rejected, rejections = [], []
     for spec in params.datasets:
         try:
             ingested = prepare_dataset(params.workdir, spec, params.folds)
@@ -34,6 +36,10 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
             logger.error("%s: %s", spec.label, rejected[-1]["status"])
             continue
         logger.info("%s: %d slices, data version %s", spec.label, ingested["slices"], ingested["data_version"])
+        note = rejection_note(spec.label, ingested["store"], ingested.get("rejected", {}))
+        if note:
+            rejections.append(note)
+            logger.warning("%s", note)
         dataset_jobs = training_jobs(params, spec.label, ingested["store"], ingested["data_version"])
         labels.update((job["out"], spec.label) for job in dataset_jobs)
         jobs += dataset_jobs
@@ -47,11 +53,11 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
     if done:
         html = report(done, str(Path(params.workdir) / REPORT), "gpseg full benchmark",
                       [f"preset {params.preset}, {params.folds} fold(s), thresholds: {params.threshold.describe()}",
-                       *seed_notes, *failure_notes(rows)])
+                       *rejections, *seed_notes, *failure_notes(rows)])
         publish(html, rows)
     for row in rows:
         logger.info("%s", row_line(row))
     if failed:
         logger.warning("%d failure(s): %s", len(failed), "; ".join(row_where(r) for r in failed))
     print(f"report: {html}")
-    return {"report": html, "rows": rows, "failed": failed}
+    return {"report": html, "rows": rows, "failed": failed, "rejected": rejections}

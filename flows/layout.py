@@ -125,6 +125,16 @@ def row_where(row: dict) -> str:
     return " ".join(str(part) for part in (row.get("dataset"), row.get("model"), fold) if part)
 
 
+def rejection_note(label: str, store: str, rejected: dict[str, str]) -> str:
+    """A report note for a dataset's files rejected at ingestion: how many, the first with its reason, and
+    where the whole list is (``gpseg info STORE``); ``""`` when none was."""
+    if not rejected:
+        return ""
+    file, reason = next(iter(rejected.items()))
+    more = f"; `gpseg info {store}` lists all {len(rejected)}" if len(rejected) > 1 else ""
+    return f"{label}: {len(rejected)} source file(s) rejected at ingestion, not in the store: {file}: {reason}{more}"
+
+
 def failure_notes(rows: list[dict]) -> list[str]:
     """Report notes naming each failed row, so a report says which runs it lacks and why:
     ``"not in this report: brats gp-reconresnet fold 0: FAILED: reason"``."""

@@ -7,7 +7,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.params import RetrainParams
-from flows.layout import REPORT, failure_notes, replace_dataset_runs, reported_runs, row_line, summary_rows
+from flows.layout import (REPORT, failure_notes, rejection_note, replace_dataset_runs, reported_runs, row_line,
+                          summary_rows)
 from flows.pipeline import (heatmaps_and_evaluation, ingest_config, ingest_fresh, store_path, train_and_keep,
                             training_jobs)
 from tasks.data import find_new_files, validate
@@ -42,6 +43,9 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
         logger.warning("no new case of %s could be ingested (%d rejected); nothing retrained", spec.source,
                        len(ingested["rejected"]))
         return {"status": "nothing ingested", "new_files": fresh, "ingested": 0, "rejected": ingested["rejected"]}
+    rejected_note = rejection_note(spec.label, store, ingested["rejected"])  # of the new files
+    if rejected_note:
+        logger.warning("%s", rejected_note)
     validate(store)
     trained, seed_notes = train_and_keep(training_jobs(params, spec.label, store, ingested["data_version"]), params)
     results = [{**r, "dataset": spec.label} for r in heatmaps_and_evaluation(trained, params.threshold,
@@ -58,7 +62,7 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
         html = report(runs, str(report_dir), "gpseg report (retrained on new data)",
                       [f"{spec.label} retrained on data version {ingested['data_version']} after {len(fresh)} new "
                        "file(s)" + (f"; {kept} run(s) of other datasets kept from the previous report" if kept else ""),
-                       *seed_notes, *failure_notes(rows)])
+                       *filter(None, [rejected_note]), *seed_notes, *failure_notes(rows)])
         publish(html, rows)
     return {"status": "retrained", "new_files": fresh, "ingested": ingested["cases"], "rows": rows,
-            "report": html}
+            "report": html, "rejected": ingested["rejected"]}

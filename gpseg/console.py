@@ -133,11 +133,14 @@ def _with_interval(value: float | None, interval: str | None) -> str:
 
 
 def flow_outcome(result: dict) -> typer.Exit:
-    """Print a ``full-benchmark`` result: the table of finished runs, each failure on one line, and where
-    the report is; return the Exit to raise: 1 when anything failed, else 0."""
+    """Print a ``full-benchmark`` result: the table of finished runs, each dataset's rejected source files
+    and each failure on one line, and where the report is; return the Exit to raise: 1 when anything
+    failed, else 2 when source files were rejected (as ``gpseg ingest`` does), else 0."""
     table = results_table(result["rows"])
     if table is not None:
         console.print(table)
+    for note in result.get("rejected", []):
+        console.print(f"[yellow]rejected:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
     for row in result["failed"]:
         console.print(f"[red]failed:[/red] {escape(row_where(row))}: {escape(row['status'].removeprefix('FAILED: '))}",
                       highlight=False, soft_wrap=True)
@@ -145,4 +148,4 @@ def flow_outcome(result: dict) -> typer.Exit:
         console.print(f"[bold green]report:[/bold green] {result['report']}", highlight=False)
     else:
         console.print("[red]no run finished, so there is no report[/red]")
-    return typer.Exit(1 if result["failed"] else 0)
+    return typer.Exit(1 if result["failed"] else 2 if result.get("rejected") else 0)

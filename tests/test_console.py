@@ -70,6 +70,13 @@ def test_a_flow_outcome_shows_its_finished_runs_as_a_table_within_80_columns(mon
     assert lines[-2:] == ["failed: brats resnext50 fold 1: out of memory", "report: r/index.html"]
 
 
+def test_a_flow_outcome_names_rejected_source_files_and_exits_2(output: io.StringIO) -> None:
+    note = "brats: 2 source file(s) rejected at ingestion, not in the store: a.nii: truncated"
+    exit_ = flow_outcome({"report": "r/index.html", "rows": [], "failed": [], "rejected": [note]})
+    assert exit_.exit_code == 2
+    assert output.getvalue().splitlines() == [f"rejected: {note}", "report: r/index.html"]
+
+
 def test_a_flow_outcome_without_a_finished_run_says_there_is_no_report(output: io.StringIO) -> None:
     assert flow_outcome({"report": None, "rows": [], "failed": []}).exit_code == 0
     assert output.getvalue().splitlines() == ["no run finished, so there is no report"]

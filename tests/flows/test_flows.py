@@ -299,6 +299,22 @@ def test_a_dataset_that_cannot_be_ingested_fails_alone(tmp_path, monkeypatch):
     assert len(calls) == 1  # bad input is not retried
 
 
+def test_files_rejected_at_ingestion_are_named_in_the_result_and_the_report(tmp_path):
+    source = tmp_path / "src"
+    write_brats_phantoms(source, cases=7, size=32, depth=16, seed=0)
+    broken = source / "BraTS20_Training_007" / "BraTS20_Training_007_flair.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:100])
+    params = _bench(tmp_path).model_copy(update={"posthoc_slices": 0, "datasets": [
+        DatasetSpec(kind="brats", source=str(source), workers=0)]})
+    result = full_benchmark(params)
+
+    assert not result["failed"] and [r["status"] for r in result["rows"]] == ["ok"]
+    (note,) = result["rejected"]
+    assert note.startswith("brats: 1 source file(s) rejected at ingestion, not in the store: "
+                           "BraTS20_Training_007/BraTS20_Training_007_flair.nii.gz: ")
+    assert note in json.loads(Path(result["report"]).with_name("metrics.json").read_text())["notes"]
+
+
 def test_a_model_that_fails_to_train_does_not_lose_the_other_models_results(tmp_path, monkeypatch, task_states):
     import tasks.training
 
