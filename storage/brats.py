@@ -155,6 +155,22 @@ def _case_files(folder: Path, channels: tuple[str, ...]) -> tuple[dict[str, Path
     return chosen, seg[0]
 
 
+def layout_hint(src: Path) -> str:
+    """Where the cases are when ``src`` holds none: ``"; it looks like one case folder: ..."`` when it holds
+    NIfTI files itself, ``"; its subfolder X holds case folders: give that folder"`` when a folder up to
+    three levels down does (the Kaggle download nests ``MICCAI_BraTS2020_TrainingData`` in two more
+    folders), else ``""``."""
+    if any(_nifti_stem(f) for f in visible_entries(src) if f.is_file()):
+        return "; it looks like one case folder: give the folder that holds the case folders"
+    level = [src]
+    for _ in range(3):  # breadth first, three levels down at most
+        level = [child for folder in level for child in visible_entries(folder) if child.is_dir()]
+        for folder in level:
+            if _case_folders(folder):
+                return f"; its subfolder {folder.relative_to(src)} holds case folders: give that folder"
+    return ""
+
+
 def discover_brats(src: Path, channels: tuple[str, ...] = BRATS_CHANNELS
                    ) -> tuple[list[VolumeCase], dict[str, str]]:
     """Find the cases of a BraTS training folder.

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import nibabel as nib
 import numpy as np
 
-from storage.brats import BRATS_CHANNELS, BRATS_CLASSES, NAME_MAPPING, discover_brats
+from storage.brats import BRATS_CHANNELS, BRATS_CLASSES, NAME_MAPPING, discover_brats, layout_hint
 from storage.cases import MatCase, SliceBatch, VolumeCase
 from storage.discovery import archives_below, is_archive, source_key, visible_files_below
 from storage.errors import CaseRejected, NoUsableInput, one_line
@@ -91,6 +91,8 @@ class _Plan:
     """Files beside the cases that decide how they are read (``name_mapping.csv``, ``cvind.mat``)."""
     listing: Path | None = None
     """The file that lists the cases (a manifest CSV), named in messages instead of ``root``."""
+    layout_hint: Callable[[Path], str] | None = None
+    """Where the cases may be when none was found (e.g. one folder down), for the error message."""
 
     @property
     def where(self) -> Path:
@@ -207,9 +209,10 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
         else:
             report.skipped += 1
     if not cases and not existing:
+        hint = plan.layout_hint(plan.root) if plan.layout_hint and not report.rejected else ""
         raise NoUsableInput(f"{plan.where}: no usable {plan.dataset} cases found"
                             + (f" ({len(report.rejected)} rejected)" if report.rejected else "")
-                            + archive_hint(report.archives), report.rejected)
+                            + (hint or archive_hint(report.archives)), report.rejected)
     sources = dict(base_attrs.get("sources", {}))
     volumes = dict(base_attrs.get("volumes", {}))
     new_patients: list[np.ndarray] = []
@@ -336,7 +339,8 @@ def ingest_brats(src: Path, out: Path, config: IngestConfig = IngestConfig(), ap
     cases, rejected = discover_brats(src, channels)
     size = config.image_size or store_size or _first_size(cases)
     reader = functools.partial(read_volume_case, classes=BRATS_CLASSES, config=config, size=size)
-    plan = _Plan("brats", src, cases, reader, BRATS_CLASSES, list(channels), size, rejected, (src / NAME_MAPPING,))
+    plan = _Plan("brats", src, cases, reader, BRATS_CLASSES, list(channels), size, rejected, (src / NAME_MAPPING,),
+                 layout_hint=layout_hint)
     return _run(plan, Path(out), config, append, progress)
 
 

@@ -124,3 +124,21 @@ def test_a_name_mapping_that_regrades_a_case_or_has_another_header_is_refused(tm
     with pytest.raises(ValueError, match="other.csv: header .* differs from .*; merge them by hand"):
         merge_name_mapping(other, existing)
     assert existing.read_bytes() == before
+
+
+def test_a_folder_at_the_wrong_level_is_named_with_where_the_cases_are(brats_source, tmp_path):
+    import shutil
+
+    from storage.errors import NoUsableInput
+    from storage.ingest import ingest_brats
+    from storage.ingest_config import IngestConfig
+
+    nested = tmp_path / "archive" / "BraTS2020_TrainingData" / "MICCAI_BraTS2020_TrainingData"
+    shutil.copytree(brats_source, nested)
+    for given, hint in [(tmp_path / "archive", "its subfolder BraTS2020_TrainingData/MICCAI_BraTS2020_TrainingData "
+                                               "holds case folders: give that folder"),
+                        (nested / "BraTS20_Training_001", "it looks like one case folder: give the folder that "
+                                                          "holds the case folders")]:
+        with pytest.raises(NoUsableInput) as caught:
+            ingest_brats(given, tmp_path / "s.zarr", IngestConfig(workers=0))
+        assert str(caught.value) == f"{given}: no usable brats cases found; {hint}"
