@@ -145,7 +145,8 @@ def validate_cmd(store: Annotated[Path, typer.Argument(help="Slice store to chec
     from storage.validation import validate_store
 
     try:
-        result = validate_store(store)
+        with progress_bar(f"validate {store.name}") as update:
+            result = validate_store(store, progress=lambda done, total: update(done, total, "slices"))
     except StoreError as exc:
         raise fail(str(exc)) from exc
     for fold, splits in result.counts.items():

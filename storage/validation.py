@@ -12,6 +12,7 @@ every split wherever the data allow it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,16 +45,24 @@ class ValidationResult:
     checked: int = 0
 
 
-def slice_table(group, block: int = BLOCK) -> pd.DataFrame:
+def slice_table(group, block: int = BLOCK, progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """One row per slice: label, mask and image statistics (read in blocks).
 
     Columns: ``label``, ``mask_binary``, ``mask_sum``, ``image_finite``,
     ``image_min``, ``image_max``, ``patient``.
+
+    Args:
+        group: the store.
+        block: slices read at a time.
+        progress: called with ``(slices read, N)`` after each block (every image is read: minutes for
+            a real BraTS store).
     """
     n = group["labels"].shape[0]
     stats: dict[str, list[np.ndarray]] = {k: [] for k in ("mask_binary", "mask_sum", "image_finite",
                                                           "image_min", "image_max")}
     for start in range(0, n, block):
+        if progress is not None and start:
+            progress(start, n)
         masks = group["masks"][start:start + block]
         images = group["images"][start:start + block].astype(np.float32)
         flat_m = masks.reshape(masks.shape[0], -1)
@@ -64,6 +73,8 @@ def slice_table(group, block: int = BLOCK) -> pd.DataFrame:
         stats["image_finite"].append(finite.all(axis=1))
         stats["image_min"].append(np.where(finite, flat_i, np.inf).min(axis=1))
         stats["image_max"].append(np.where(finite, flat_i, -np.inf).max(axis=1))
+    if progress is not None:
+        progress(n, n)
     table = pd.DataFrame({k: np.concatenate(v) if v else np.zeros(0) for k, v in stats.items()})
     table["label"] = group["labels"][:].astype(int)
     table["patient"] = read_patients(group)
@@ -129,11 +140,12 @@ def _run_suite(context, name: str, frame: pd.DataFrame, expectations: list) -> t
     return failures, len(expectations)
 
 
-def validate_store(path: Path | str) -> ValidationResult:
+def validate_store(path: Path | str, progress: Callable[[int, int], None] | None = None) -> ValidationResult:
     """Check a slice store against the schema's expectations.
 
     Args:
         path: the store.
+        progress: called with ``(slices read, N)`` while every slice is read.
 
     Returns:
         The result with one line per failed expectation and the class counts
@@ -147,10 +159,10 @@ def validate_store(path: Path | str) -> ValidationResult:
     with quiet_logger("great_expectations"):
         import great_expectations  # noqa: F401
     with quiet_logger("great_expectations"):
-        return _validate(path)
+        return _validate(path, progress)
 
 
-def _validate(path: Path | str) -> ValidationResult:
+def _validate(path: Path | str, progress: Callable[[int, int], None] | None) -> ValidationResult:
     """:func:`validate_store`'s work."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -162,7 +174,7 @@ def _validate(path: Path | str) -> ValidationResult:
     classes = list(group.attrs["classes"])
     mode = group.attrs.get("split", {}).get("mode", "grouped")
     n = group["labels"].shape[0]
-    table = slice_table(group)
+    table = slice_table(group, progress=progress)
     tumour_free = classes[0] == "tumour-free"
     table["tumour_free"] = (table["label"] == 0) if tumour_free else False
     table["mask_matches_label"] = np.where(table["tumour_free"], table["mask_sum"] == 0, table["mask_sum"] > 0)

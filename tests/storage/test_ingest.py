@@ -29,8 +29,11 @@ def test_brats_end_to_end(brats_source, tmp_path, caplog):
     assert len(g.attrs["sources"]) == 30  # 6 cases x 5 files
     assert g["slice_index"][:].min() >= 0 and g["slice_index"][:].max() < 16
     caplog.set_level(logging.INFO)
-    result = validate_store(tmp_path / "b.zarr")
+    seen = []
+    result = validate_store(tmp_path / "b.zarr", progress=lambda done, total: seen.append((done, total)))
     assert result.success, result.failures
+    n = labels.size
+    assert seen[-1] == (n, n) and [done for done, _ in seen] == sorted(done for done, _ in seen)
     # Great Expectations' routine INFO lines stay out of a flow's log
     assert [r.getMessage() for r in caplog.records
             if r.name.startswith("great_expectations") and r.levelno >= logging.INFO] == []
