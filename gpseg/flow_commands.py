@@ -27,6 +27,9 @@ def benchmark_cmd(
                                                           "ingest manifest --help`).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Slice size of every dataset's store (default: native; "
                                                            "needed for non-square slices).")] = None,
+    split: Annotated[str, typer.Option(help="grouped (patient-grouped, default), slice (the paper's slice-level "
+                                            "protocol) or cvind (Jun Cheng's official folds; --jun-cheng alone) "
+                                            "for every dataset's store.")] = "grouped",
     models: Annotated[Optional[str], typer.Option(help="Comma-separated models (default: all five).")] = None,
     folds: Annotated[int, typer.Option(help="Folds to train.")] = 3,
     preset: Annotated[str, typer.Option(help="paper, demo or smoke.")] = "demo",
@@ -56,12 +59,14 @@ def benchmark_cmd(
                and not Path(source).exists()]
     if missing:
         raise fail(f"{', '.join(missing)}: not found (give a dataset folder or manifest CSV, or 'phantom')")
+    if split == "cvind" and [kind for kind, source in sources.items() if source] != ["jun-cheng"]:
+        raise fail("--split cvind: only Jun Cheng has official folds; give --jun-cheng alone")
     try:
         params = BenchmarkParams(
             workdir=str(workdir), folds=folds, preset=preset, dask_address=dask_address,
             model_options=parse_model_options(option or []),
-            datasets=[DatasetSpec(kind=k, source=v, phantom_cases=16 if k == "brats" else 120, image_size=image_size)
-                      for k, v in sources.items() if v],
+            datasets=[DatasetSpec(kind=k, source=v, phantom_cases=16 if k == "brats" else 120, image_size=image_size,
+                                  split=split) for k, v in sources.items() if v],
             threshold=threshold,
             train_overrides=flow_train_overrides(devices, precision), seeds=parse_seeds(seeds),
             **({"models": [m.strip() for m in models.split(",")]} if models else {}))

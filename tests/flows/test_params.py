@@ -235,3 +235,24 @@ def test_a_benchmark_with_more_folds_than_its_grouped_splits_can_test_apart_is_r
     with pytest.raises(ValueError, match="folds: got 5, but a grouped split testing on 0.25 of the patients has 4"):
         BenchmarkParams(folds=5)
     assert BenchmarkParams(folds=5, datasets=[DatasetSpec(kind="brats", split="slice")]).folds == 5
+
+
+def test_benchmark_takes_a_split_and_keeps_cvind_to_jun_cheng(tmp_path, monkeypatch):
+    import flows.full_benchmark
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    seen = []
+    monkeypatch.setattr(flows.full_benchmark, "full_benchmark",
+                        lambda params: seen.append(params) or {"rows": [], "report": "r", "failed": []})
+    ok = CliRunner().invoke(app, ["benchmark", "--jun-cheng", "phantom", "--split", "cvind", "--folds", "5",
+                                  "--workdir", str(tmp_path / "w")])
+    assert ok.exit_code == 0, ok.output
+    assert [(d.kind, d.split) for d in seen[0].datasets] == [("jun-cheng", "cvind")] and seen[0].folds == 5
+    both = CliRunner().invoke(app, ["benchmark", "--split", "cvind", "--workdir", str(tmp_path / "w")])
+    assert both.exit_code == 1 and both.output.strip() == ("error: --split cvind: only Jun Cheng has official "
+                                                           "folds; give --jun-cheng alone")
+    bad = CliRunner().invoke(app, ["benchmark", "--split", "random", "--workdir", str(tmp_path / "w")])
+    assert bad.exit_code == 1 and bad.output.startswith("error: ") and "split" in bad.output
+    assert len(seen) == 1
