@@ -125,6 +125,18 @@ def row_where(row: dict) -> str:
     return " ".join(str(part) for part in (row.get("dataset"), row.get("model"), fold) if part)
 
 
+def new_rejections(rejected: dict[str, str], fresh: list[str]) -> dict[str, str]:
+    """The rejections of an append that concern its new files: a rejected file among ``fresh``, or a rejected
+    case folder holding one. An append reads every case not stored, so it rejects the old ones again.
+
+    Args:
+        rejected: source key (file or case folder, relative to the source) -> reason.
+        fresh: the new files' source keys (:func:`storage.drops.new_files`).
+    """
+    return {key: reason for key, reason in rejected.items()
+            if any(path == key or path.startswith(f"{key}/") for path in fresh)}
+
+
 def rejection_note(label: str, store: str, rejected: dict[str, str]) -> str:
     """A report note for a dataset's files rejected at ingestion: how many, the first with its reason, and
     where the whole list is (``gpseg info STORE``); ``""`` when none was."""
@@ -132,7 +144,8 @@ def rejection_note(label: str, store: str, rejected: dict[str, str]) -> str:
         return ""
     file, reason = next(iter(rejected.items()))
     more = f"; `gpseg info {store}` lists all {len(rejected)}" if len(rejected) > 1 else ""
-    return f"{label}: {len(rejected)} source file(s) rejected at ingestion, not in the store: {file}: {reason}{more}"
+    return f"{label}: {len(rejected)} source file(s) or case folder(s) rejected at ingestion, not in the store: " \
+           f"{file}: {reason}{more}"
 
 
 def failure_notes(rows: list[dict]) -> list[str]:

@@ -7,8 +7,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.params import RetrainParams
-from flows.layout import (REPORT, failure_notes, rejection_note, replace_dataset_runs, reported_runs, row_line,
-                          summary_rows)
+from flows.layout import (REPORT, failure_notes, new_rejections, rejection_note, replace_dataset_runs,
+                          reported_runs, row_line, summary_rows)
 from flows.pipeline import (heatmaps_and_evaluation, ingest_config, ingest_fresh, store_path, train_and_keep,
                             training_jobs)
 from tasks.data import find_new_files, validate
@@ -43,7 +43,8 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
         logger.warning("no new case of %s could be ingested (%d rejected); nothing retrained", spec.source,
                        len(ingested["rejected"]))
         return {"status": "nothing ingested", "new_files": fresh, "ingested": 0, "rejected": ingested["rejected"]}
-    rejected_note = rejection_note(spec.label, store, ingested["rejected"])  # of the new files
+    new_rejects = new_rejections(ingested["rejected"], fresh)  # the old ones are rejected again at each append
+    rejected_note = rejection_note(spec.label, store, new_rejects)
     if rejected_note:
         logger.warning("%s", rejected_note)
     validate(store)
@@ -65,4 +66,4 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
                        *filter(None, [rejected_note]), *seed_notes, *failure_notes(rows)])
         publish(html, rows)
     return {"status": "retrained", "new_files": fresh, "ingested": ingested["cases"], "rows": rows,
-            "report": html, "rejected": ingested["rejected"]}
+            "report": html, "rejected": new_rejects}

@@ -76,7 +76,6 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
     from gpmodels.evaluation import evaluate_heatmaps, open_heatmaps, write_evaluation
     from gpmodels.files import heatmap_path
     from gpmodels.postprocess import ThresholdConfig
-    from storage.errors import one_line
 
     models = {run: json.loads(_require_run(run).read_text())["train"]["model"] for run in runs}
     failed: dict[Path, str] = {}
@@ -84,8 +83,8 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
     for run in runs:
         try:
             sizes[run] = open_heatmaps(heatmap_path(run, "test"))["index"].shape[0]
-        except (FileNotFoundError, ValueError) as exc:
-            failed[run] = one_line(exc)
+        except Exception as exc:  # missing, stale or damaged: this run fails, the others go on
+            failed[run] = _reason(exc)
     usable = [run for run in runs if run in sizes]
     done, results, total = [], [], sum(sizes.values())
     with progress_bar("evaluate") as update:  # one bar over all runs' test slices
@@ -96,8 +95,8 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
             try:
                 config = ThresholdConfig.from_dict(params.for_model(models[run]))
                 result = evaluate_heatmaps(heatmap_path(run, "test"), config, progress=step)
-            except (FileNotFoundError, ValueError) as exc:
-                failed[run] = one_line(exc)
+            except Exception as exc:  # as above: one run's failure is reported with the others' results
+                failed[run] = _reason(exc)
                 continue
             write_evaluation(run, result)
             done.append(run)
@@ -107,6 +106,16 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
     if need_one and not done:
         raise fail(f"no run could be evaluated ({len(failed)} failed)")
     return done, results, [f"not in this report: {run}: {reason}" for run, reason in failed.items()]
+
+
+def _reason(exc: Exception) -> str:
+    """Why a run could not be evaluated, in one line: the message of gpseg's own errors (a missing or stale
+    heatmap store), and the type too for anything else (a damaged store's ``KeyError: 'index'``)."""
+    from storage.errors import one_line
+
+    if isinstance(exc, (FileNotFoundError, ValueError)):
+        return one_line(exc)
+    return f"{type(exc).__name__}: {one_line(exc)}"
 
 
 def _print_table(results: list[dict], runs: list[Path]) -> None:

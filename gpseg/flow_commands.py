@@ -198,14 +198,15 @@ DROP_KINDS = ("brats", "jun-cheng")
 
 
 def _not_droppable(item: Path) -> str | None:
-    """Why ``item`` cannot be dropped (missing, or holding no NIfTI/MAT file or ``name_mapping.csv``), or None."""
+    """Why ``item`` cannot be dropped (missing, a folder holding no case file, a file ingestion does not read),
+    or None."""
     from storage.discovery import is_archive
     from storage.drops import data_files, is_data_file
 
     if not item.exists():
         return "not found"
-    if item.is_dir() and not data_files(item):
-        return "holds no NIfTI file, Jun Cheng N.mat or cvind.mat and no name_mapping.csv, so it is no case"
+    if item.is_dir() and not data_files(item, source=item.parent):  # it goes one level below the drop folder
+        return "holds no NIfTI file or Jun Cheng N.mat, so it is no case"
     if item.is_file() and is_archive(item):
         return "is an archive, which gpseg does not open; unpack it and drop the case folders it holds"
     if item.is_file() and not is_data_file(item):

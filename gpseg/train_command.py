@@ -75,7 +75,11 @@ def train_cmd(
     except (StoreError, ValueError, FileNotFoundError, OutOfDeviceMemory) as exc:
         raise fail(str(exc)) from exc
     except KeyboardInterrupt:
-        raise fail(f"interrupted; the same command resumes {out} from its last checkpoint", 130) from None
+        from gpmodels.checkpoints import RunPaths
+
+        if RunPaths(out).last.exists():
+            raise fail(f"interrupted; the same command resumes {out} from its last checkpoint", 130) from None
+        raise fail(f"interrupted; {out} has no checkpoint yet, so the same command starts it again", 130) from None
     best = "" if result.best_val_loss is None else f", best val_loss {result.best_val_loss:.4f}"
     done = result.work_summary()
     console.print(f"[green]{'done' if done == 'already trained' else 'trained'}[/green] {model} -> {result.run_dir}: "

@@ -16,11 +16,11 @@ import os
 from pathlib import Path
 
 from storage.discovery import source_key, visible_files_below
-from storage.jun_cheng import CVIND_FILES
+from storage.jun_cheng import CVIND_FILES, is_slice_file
 from storage.nifti import sha256_file
 from storage.store import open_store
 
-DATA_SUFFIXES = (".nii", ".nii.gz", ".mat")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 METADATA_FILES = ("name_mapping.csv",)
 """Files that are not cases but decide how cases are read (``cvind.mat`` is a ``.mat`` already)."""
 
@@ -65,20 +65,34 @@ def fingerprint(folder: Path | str) -> str:
     return digest.hexdigest()[:16]
 
 
-def is_data_file(path: Path) -> bool:
-    """True for a file ingestion reads, by name: a NIfTI image or label file, a Jun Cheng slice ``N.mat``
-    or official-folds file (``cvind.mat``), or ``name_mapping.csv``. Other ``.mat`` files (the release's
-    ``label.mat``, a user's notes) are never read, so they are no new data."""
-    name = path.name.lower()
-    if name.endswith(".mat"):
-        return name[:-4].isdigit() or path.name in CVIND_FILES
-    return name.endswith(DATA_SUFFIXES) or path.name in METADATA_FILES
+def is_data_file(path: Path, source: Path | None = None) -> bool:
+    """True for a file ingestion reads, by name: a NIfTI image or label file, a Jun Cheng slice ``N.mat``,
+    and, directly in the source folder, ``cvind.mat`` and ``name_mapping.csv``. Other ``.mat`` files (the
+    release's ``label.mat``) and those two deeper down are never read, so they are no new data.
+
+    Args:
+        path: the file.
+        source: the source folder it lies below; ``None`` for a file on its own (``gpseg drop FILE`` puts
+            it directly in the drop folder).
+    """
+    if is_slice_file(path.name):
+        return True
+    if path.name in CVIND_FILES or path.name in METADATA_FILES:
+        return source is None or path.parent == Path(source)
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
-def data_files(folder: Path) -> list[Path]:
-    """Image and label files below a folder (NIfTI and MAT) and metadata files (``name_mapping.csv``), sorted;
-    hidden files and folders are skipped (as ingestion skips them: a macOS ``._NAME`` sidecar is not new data)."""
-    return [p for p in visible_files_below(folder) if is_data_file(p)]
+def data_files(folder: Path, source: Path | None = None) -> list[Path]:
+    """The files below a folder that ingestion reads (:func:`is_data_file`), sorted; hidden files and folders
+    are skipped (as ingestion skips them: a macOS ``._NAME`` sidecar is not new data).
+
+    Args:
+        folder: the folder.
+        source: the source folder ``folder`` lies in (default: ``folder`` itself); a case folder about to be
+            dropped lies one level below the drop folder, so a ``cvind.mat`` in it would not be read.
+    """
+    source = Path(folder) if source is None else Path(source)
+    return [p for p in visible_files_below(folder) if is_data_file(p, source)]
 
 
 def new_files(folder: Path | str, store: Path | str | None) -> list[str]:

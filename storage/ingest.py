@@ -221,34 +221,35 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
     new_cvind: list[np.ndarray] = []
     new_keys: list[str] = []  # slice mode: one key per new slice
     stored_content = {sha: key for key, sha in sources.items()}
-    with StoreWriter(out, plan.channels, plan.image_size, base=out if existing else None) as writer, \
-            dask_client(config.workers, config.dask_address) as client:
-        for done, (case, batch, error) in enumerate(ordered_map(plan.reader, cases, client), start=1):
-            if progress is not None:
-                progress(done, len(cases), Path(_case_key(case)).name)
-            if error is None and plan.dataset != "jun-cheng" and batch.patient in stored_patients:
-                error = CaseRejected(_case_key(case), f"duplicate patient id {batch.patient} (already stored)")
-            if error is None and isinstance(case, VolumeCase):
-                error = _copied_images(case, batch, stored_content)
-            if error is not None:
-                file, reason = _reason(error)
-                report.rejected[source_key(file or _case_key(case), plan.root)] = reason
-                rejected_cases.append(case)
-                continue
-            writer.append(batch)
-            report.cases += 1
-            stored_patients.add(batch.patient)
-            added = {source_key(p, plan.root): h for p, h in batch.sources.items()}
-            sources.update(added)
-            stored_content.update({h: key for key, h in added.items()})
-            if batch.affine is not None:
-                volumes[batch.patient] = volume_record(batch)
-            new_patients.append(np.full(len(batch), batch.patient, dtype=object))
-            new_slices.append(batch.slice_index)
-            new_labels.append(batch.labels)
-            new_cvind.append(batch.cvind if batch.cvind is not None else np.zeros(len(batch), np.int8))
-            new_keys += ([source_key(case.path, plan.root)] if isinstance(case, MatCase)  # one file, one slice
-                         else [f"{batch.patient}/{i}" for i in batch.slice_index.tolist()])
+    with StoreWriter(out, plan.channels, plan.image_size, base=out if existing else None) as writer:
+        # the cluster is closed before the commit: a Ctrl-C while it shuts down leaves the store as it was
+        with dask_client(config.workers, config.dask_address) as client:
+            for done, (case, batch, error) in enumerate(ordered_map(plan.reader, cases, client), start=1):
+                if progress is not None:
+                    progress(done, len(cases), Path(_case_key(case)).name)
+                if error is None and plan.dataset != "jun-cheng" and batch.patient in stored_patients:
+                    error = CaseRejected(_case_key(case), f"duplicate patient id {batch.patient} (already stored)")
+                if error is None and isinstance(case, VolumeCase):
+                    error = _copied_images(case, batch, stored_content)
+                if error is not None:
+                    file, reason = _reason(error)
+                    report.rejected[source_key(file or _case_key(case), plan.root)] = reason
+                    rejected_cases.append(case)
+                    continue
+                writer.append(batch)
+                report.cases += 1
+                stored_patients.add(batch.patient)
+                added = {source_key(p, plan.root): h for p, h in batch.sources.items()}
+                sources.update(added)
+                stored_content.update({h: key for key, h in added.items()})
+                if batch.affine is not None:
+                    volumes[batch.patient] = volume_record(batch)
+                new_patients.append(np.full(len(batch), batch.patient, dtype=object))
+                new_slices.append(batch.slice_index)
+                new_labels.append(batch.labels)
+                new_cvind.append(batch.cvind if batch.cvind is not None else np.zeros(len(batch), np.int8))
+                new_keys += ([source_key(case.path, plan.root)] if isinstance(case, MatCase)  # one file, one slice
+                             else [f"{batch.patient}/{i}" for i in batch.slice_index.tolist()])
         if report.cases == 0 and not existing:
             raise NoUsableInput(f"{plan.where}: every {plan.dataset} case was rejected ({len(report.rejected)})"
                                 + archive_hint(report.archives), report.rejected)

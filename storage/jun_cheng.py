@@ -23,6 +23,11 @@ CVIND_FILES = ("cvind.mat", "cvind5fold.mat")
 _SLICE_FILE = re.compile(r"^(\d+)\.mat$")
 
 
+def is_slice_file(name: str) -> bool:
+    """Whether a file name is a Jun Cheng slice file, ``N.mat`` (as discovery matches it)."""
+    return _SLICE_FILE.match(name) is not None
+
+
 def _open_v73(path: Path) -> h5py.File:
     """Open a MATLAB v7.3 file, with a clear message for v5 files and other content."""
     if not h5py.is_hdf5(path):
@@ -60,6 +65,8 @@ def read_cvind(path: Path) -> np.ndarray:
             folds = np.asarray(fh[names[0]]).ravel()
     if folds.dtype.kind not in "fiu":
         raise CaseRejected(path, f"the folds are of type {folds.dtype}, expected numbers")
+    if folds.size and not (np.isfinite(folds).all() and (folds == np.round(folds)).all()):
+        raise CaseRejected(path, "fold values must be whole numbers 1-5 (found NaN or fractions)")
     if folds.size == 0 or folds.min() < 1 or folds.max() > 5:
         raise CaseRejected(path, f"fold values {np.unique(folds)[:8]} outside 1-5")
     return folds.astype(np.int8)

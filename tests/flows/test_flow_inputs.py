@@ -295,7 +295,7 @@ def test_a_second_drop_of_name_mapping_adds_its_rows(dropped, tmp_path, monkeypa
 @pytest.mark.parametrize(("make", "args", "message"), [
     (lambda root: root / "missing", [], "{item}: not found; nothing was copied"),
     (lambda root: (root / "notes").mkdir() or (root / "notes" / "readme.txt").write_text("x") and root / "notes",
-     [], "{item}: holds no NIfTI file, Jun Cheng N.mat or cvind.mat and no name_mapping.csv, so it is no case; "
+     [], "{item}: holds no NIfTI file or Jun Cheng N.mat, so it is no case; "
          "nothing was copied"),
     (lambda root: (root / "readme.txt").write_text("x") and root / "readme.txt", [],
      "{item}: is not a NIfTI file, a Jun Cheng N.mat or cvind.mat, or a name_mapping.csv; nothing was copied"),

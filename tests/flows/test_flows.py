@@ -310,7 +310,7 @@ def test_files_rejected_at_ingestion_are_named_in_the_result_and_the_report(tmp_
 
     assert not result["failed"] and [r["status"] for r in result["rows"]] == ["ok"]
     (note,) = result["rejected"]
-    assert note.startswith("brats: 1 source file(s) rejected at ingestion, not in the store: "
+    assert note.startswith("brats: 1 source file(s) or case folder(s) rejected at ingestion, not in the store: "
                            "BraTS20_Training_007/BraTS20_Training_007_flair.nii.gz: ")
     assert note in json.loads(Path(result["report"]).with_name("metrics.json").read_text())["notes"]
 

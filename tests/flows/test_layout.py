@@ -71,3 +71,18 @@ def test_a_summary_row_reads_as_one_line():
     assert row_line(bare) == "gp-unet fold 0: weighted F1 0.919, median Dice no tumour slices, accuracy 0.923, Grad-CAM"
     failed = {"dataset": "jun-cheng", "model": "all", "fold": None, "status": "FAILED: ingestion/validation: gone"}
     assert row_line(failed) == "jun-cheng all: FAILED: ingestion/validation: gone"
+
+
+def test_an_appends_notes_name_only_the_rejections_of_its_new_files():
+    from flows.layout import new_rejections, rejection_note
+
+    rejected = {"BraTS20_Training_003": "missing segmentation volume", "BraTS20_Training_002/x_t2.nii": "truncated",
+                "BraTS20_Training_009/x_t1.nii": "truncated"}
+    fresh = ["BraTS20_Training_009/x_t1.nii", "BraTS20_Training_009/x_t2.nii", "BraTS20_Training_0031/x.nii"]
+    assert new_rejections(rejected, fresh) == {"BraTS20_Training_009/x_t1.nii": "truncated"}
+    assert new_rejections({"BraTS20_Training_003": "no seg"}, ["BraTS20_Training_003/x_t1.nii"]) == {
+        "BraTS20_Training_003": "no seg"}
+    assert rejection_note("brats", "s.zarr", {}) == ""
+    assert rejection_note("brats", "s.zarr", rejected) == (
+        "brats: 3 source file(s) or case folder(s) rejected at ingestion, not in the store: BraTS20_Training_003: "
+        "missing segmentation volume; `gpseg info s.zarr` lists all 3")

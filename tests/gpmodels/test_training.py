@@ -524,5 +524,21 @@ def test_ctrl_c_during_training_says_how_to_resume(phantom_store, tmp_path, monk
     result = CliRunner().invoke(app, ["train", "--store", str(phantom_store), "--out", str(out), "--preset", "smoke",
                                       "--model", "gp-unet"])
     assert result.exit_code == 130  # Lightning alone would exit(1) without a word
-    assert result.output.splitlines()[-1] == f"error: interrupted; the same command resumes {out} from its last checkpoint"
+    assert result.output.splitlines()[-1] == (f"error: interrupted; {out} has no checkpoint yet, so the same command "
+                                              "starts it again")
     assert signal.getsignal(signal.SIGINT) is handler  # Lightning had set it to SIG_IGN
+
+    monkeypatch.undo()
+    train_step = ClassifierModule.training_step
+
+    def in_the_second_epoch(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt
+        return train_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ClassifierModule, "training_step", in_the_second_epoch)
+    later = CliRunner().invoke(app, ["train", "--store", str(phantom_store), "--out", str(tmp_path / "two"),
+                                     "--preset", "smoke", "--model", "gp-unet", "--epochs", "2"])
+    assert later.exit_code == 130
+    assert later.output.splitlines()[-1] == (f"error: interrupted; the same command resumes {tmp_path / 'two'} "
+                                             "from its last checkpoint")

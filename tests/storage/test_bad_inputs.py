@@ -394,6 +394,20 @@ def test_the_official_folds_file_is_no_new_data(jun_cheng_copy, tmp_path):
     assert open_store(store).attrs["data_history"] == history  # an append that adds nothing adds no entry
 
 
+def test_only_files_ingestion_reads_are_new_data(jun_cheng_copy, tmp_path):
+    """A figshare folder dropped whole lies one level down: its cvind.mat is not read there, nor is 31.MAT."""
+    from storage.drops import new_files
+
+    drop = tmp_path / "drop"
+    shutil.copytree(jun_cheng_copy, drop / "figshare")
+    shutil.copy(drop / "figshare" / "1.mat", drop / "figshare" / "31.MAT")
+    store = tmp_path / "jc.zarr"
+    ingest_jun_cheng(drop, store, CONFIG)
+    assert new_files(drop, store) == []
+    shutil.copy(drop / "figshare" / "cvind.mat", drop / "cvind.mat")  # where it is read
+    assert new_files(drop, store) == ["cvind.mat"]
+
+
 # ---------------------------------------------------------------- manifests: labels, layout, appends
 
 

@@ -100,3 +100,7 @@ def test_a_matlab_v5_cvind_is_read_like_the_v7_3_one(jun_cheng_copy, tmp_path, o
     savemat(jun_cheng_copy / "cvind.mat", {"a": values, "b": values})
     bad = ingest_jun_cheng(jun_cheng_copy, tmp_path / "t.zarr", CONFIG)
     assert bad.rejected == {"cvind.mat": "expected one variable with the folds, found ['a', 'b']"}
+    values.flat[:2] = np.nan, 2.5
+    savemat(jun_cheng_copy / "cvind.mat", {"cvind": values})
+    with pytest.raises(ValueError, match="fold values must be whole numbers 1-5"):
+        ingest_jun_cheng(jun_cheng_copy, tmp_path / "u.zarr", CVIND)
