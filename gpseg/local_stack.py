@@ -8,6 +8,7 @@ process it started.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 POOL = "gpseg-local"
 STOP_GRACE_SECONDS = {"server": 30.0, "worker": 5.0}
@@ -86,6 +88,8 @@ def check_port_free(port: int, host: str = "127.0.0.1") -> None:
     answering, and deploys and starts a worker against that stack before its own server fails.
     """
     with socket.socket() as probe:
+        # as the server binds: a port that a stopped stack's closed connections still wait on is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -109,6 +113,7 @@ class LocalStack:
     home: Path | None = None
     pool: str = POOL
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    _lock: Any = field(default=None, init=False, repr=False)
 
     @property
     def env(self) -> dict[str, str]:
@@ -158,18 +163,49 @@ class LocalStack:
         """Start the server, create the work pool, deploy prefect.yaml and start a worker.
 
         Raises:
-            RuntimeError: the port is taken (e.g. by a stack already running), or a step failed.
+            RuntimeError: the port is taken (e.g. by a stack already running), another stack uses this
+                ``PREFECT_HOME`` (:meth:`_take_lock`), or a step failed (what started is stopped).
         """
         check_port_free(self.port)
         Path(self.env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
-        self._spawn("server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port))
-        self.wait_healthy()
-        self.cli("work-pool", "create", self.pool, "--type", "process", "--overwrite")
-        if deploy:
-            self.cli("--no-prompt", "deploy", "--all", "--prefect-file", str(self.root / "prefect.yaml"))
-        if worker:
-            self._spawn("worker", "worker", "start", "--pool", self.pool, "--limit", "1")
+        self._take_lock()
+        try:
+            self._spawn("server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port))
+            self.wait_healthy()
+            self.cli("work-pool", "create", self.pool, "--type", "process", "--overwrite")
+            if deploy:
+                self.cli("--no-prompt", "deploy", "--all", "--prefect-file", str(self.root / "prefect.yaml"))
+            if worker:
+                self._spawn("worker", "worker", "start", "--pool", self.pool, "--limit", "1")
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def _take_lock(self) -> None:
+        """Hold ``PREFECT_HOME/serve.lock`` while this stack runs: a second stack on the same database (another
+        ``--port``) would start a second worker on the same pool and rewrite ``env.sh``.
+
+        Raises:
+            RuntimeError: another process holds it.
+        """
+        if self._lock is not None:
+            return
+        path = Path(self.env["PREFECT_HOME"]) / "serve.lock"
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip()
+            handle.close()
+            raise RuntimeError(f"another `gpseg serve` ({owner or 'a running process'}) uses this project's Prefect "
+                               f"database in {path.parent}; stop it first") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}, API {self.api_url}\n")
+        handle.flush()
+        self._lock = handle
 
     def exited(self) -> str | None:
         """``"NAME (exit CODE)"`` of the first stack process that has exited, or ``None`` while all run."""
@@ -193,6 +229,9 @@ class LocalStack:
                         os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
         self.processes.clear()
+        if self._lock is not None:
+            self._lock.close()  # releases the lock
+            self._lock = None
 
     def __enter__(self) -> "LocalStack":
         return self.start()

@@ -90,3 +90,38 @@ def test_a_stack_process_that_dies_is_named_in_one_line_and_the_rest_is_stopped(
                         f"{stack.log_dir}"), out
     assert "error: 1" not in out and alive.poll() is not None
     assert f'export PATH="{Path(sys.executable).parent}:$PATH"' in (tmp_path / ".prefect" / "env.sh").read_text()
+
+
+def test_a_second_stack_on_the_same_database_is_refused_whatever_its_port(tmp_path):
+    from gpseg.local_stack import LocalStack
+
+    first = LocalStack(tmp_path, port=0, home=tmp_path / ".prefect")
+    (tmp_path / ".prefect").mkdir()
+    first._take_lock()  # what a running `gpseg serve` holds
+    try:
+        second = LocalStack(tmp_path, port=0, home=tmp_path / ".prefect")
+        with pytest.raises(RuntimeError, match=rf"^another `gpseg serve` \(process {os.getpid()}, API .*\) uses this "
+                                               r"project's Prefect database in .*; stop it first$"):
+            second.start()
+        assert second.processes == {}
+    finally:
+        first.stop()
+    second._take_lock()  # free once the first has stopped
+    second.stop()
+
+
+def test_a_port_that_only_closed_connections_wait_on_is_free(tmp_path):
+    import socket
+
+    from gpseg.local_stack import check_port_free
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its end waits in TIME_WAIT on the port
+        client.close()
+    check_port_free(port)  # as after `gpseg serve` was stopped a moment ago
