@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gpmodels.names import MODEL_NAMES
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
@@ -17,7 +17,14 @@ JUN_CHENG_MIN_PHANTOM = 64
 """Smallest Jun Cheng phantom size (:func:`storage.phantoms.write_jun_cheng_phantoms` refuses less)."""
 
 
-class DatasetSpec(BaseModel):
+class _Params(BaseModel):
+    """Flow parameters refuse unknown names: a misspelt ``--param`` (``"ofset"``, ``"fold"``) would otherwise
+    be dropped silently, and the run would go on with the defaults (a full five-model benchmark)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSpec(_Params):
     """One dataset of a benchmark.
 
     ``source`` is a folder (BraTS, Jun Cheng), a manifest CSV, or ``phantom`` (BraTS and Jun Cheng only) to
@@ -52,7 +59,7 @@ class DatasetSpec(BaseModel):
         return self
 
 
-class CleaningParams(BaseModel):
+class CleaningParams(_Params):
     """Optional mask clean-up after thresholding (all off by default, as in the paper); applied in the
     order closing, hole filling, small-object removal, largest component."""
 
@@ -62,7 +69,7 @@ class CleaningParams(BaseModel):
     largest_component: bool = Field(False, description="Keep only the largest object per slice.")
 
 
-class ThresholdParams(BaseModel):
+class ThresholdParams(_Params):
     """Heatmap thresholds. ``offset=None`` uses the paper's per-model multi-Otsu offsets."""
 
     method: Literal["otsu", "multiotsu", "fixed"] = "multiotsu"
@@ -120,7 +127,7 @@ def _default_datasets() -> list[DatasetSpec]:
     return [DatasetSpec(kind="brats", phantom_cases=16), DatasetSpec(kind="jun-cheng", phantom_cases=120)]
 
 
-class TrainingParams(BaseModel):
+class TrainingParams(_Params):
     """What ``full-benchmark`` and ``retrain-on-new-data`` share: the runs to train and how to read them.
 
     Runs are kept under ``workdir/runs/<dataset>/<data version>/<model>/fold_K``; a run directory
@@ -227,7 +234,7 @@ class BenchmarkParams(TrainingParams):
         return self
 
 
-class PostprocessParams(BaseModel):
+class PostprocessParams(_Params):
     """Parameters of ``postprocess``: re-threshold stored heatmaps and re-report."""
 
     workdir: str = Field("runs/benchmark", validate_default=True)

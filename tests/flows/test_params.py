@@ -256,3 +256,21 @@ def test_benchmark_takes_a_split_and_keeps_cvind_to_jun_cheng(tmp_path, monkeypa
     bad = CliRunner().invoke(app, ["benchmark", "--split", "random", "--workdir", str(tmp_path / "w")])
     assert bad.exit_code == 1 and bad.output.startswith("error: ") and "split" in bad.output
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize(("model", "values", "message"), [
+    ("BenchmarkParams", {"fold": 1}, "fold: Extra inputs are not permitted"),
+    ("BenchmarkParams", {"threshold": {"ofset": 0.9}}, "threshold.ofset: Extra inputs are not permitted"),
+    ("PostprocessParams", {"threshold": {"cleaning": {"min_sise": 5}}},
+     "threshold.cleaning.min_sise: Extra inputs are not permitted"),
+    ("RetrainParams", {"dataset": {"kind": "brats", "sorce": "drop"}}, "dataset.sorce: Extra inputs are not permitted"),
+])
+def test_a_misspelt_flow_parameter_is_refused_not_dropped(model, values, message):
+    import flows.params
+    from pydantic import ValidationError
+
+    from gpseg.console import one_line
+
+    with pytest.raises(ValidationError) as caught:
+        getattr(flows.params, model).model_validate(values)
+    assert message in one_line(caught.value)
