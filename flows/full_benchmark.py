@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed
 
 from flows.params import BenchmarkParams
 from flows.layout import (REPORT, dataset_failure_row, failure_notes, rejection_note, row_line, row_where,
@@ -19,6 +20,8 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
 
     A dataset that cannot be ingested or validated (a missing folder, nothing usable in it, failed
     expectations) gets one failed row and the other datasets go on.
+
+    When runs or datasets failed and no run finished, the flow run ends Failed, with this result as its data.
 
     Returns:
         ``report`` (HTML path, ``None`` when no run finished), ``rows`` (one per run, and one per dataset
@@ -60,4 +63,14 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
     if failed:
         logger.warning("%d failure(s): %s", len(failed), "; ".join(row_where(r) for r in failed))
     print(f"report: {html}")
-    return {"report": html, "rows": rows, "failed": failed, "rejected": rejections}
+    outcome = {"report": html, "rows": rows, "failed": failed, "rejected": rejections}
+    if failed and not done:  # the run ends Failed, so `prefect deployment run ... --watch` and the UI say so
+        return Failed(message=f"no run finished; {len(failed)} failure(s): "
+                              + "; ".join(row_line(r) for r in failed), data=outcome)
+    return outcome
+
+
+def run_in_process(params: BenchmarkParams) -> dict:
+    """Run :func:`full_benchmark` here (Prefect's temporary local API) and return its result, also when the
+    run ended Failed because no run finished (``gpseg benchmark``, ``./run.sh demo``)."""
+    return full_benchmark(params, return_state=True).result(raise_on_failure=False)

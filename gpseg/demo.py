@@ -42,7 +42,7 @@ def demo(
     closing: ClosingOpt = 0, largest_component: LargestOpt = False,
 ) -> None:
     """Phantoms -> ingest -> validate -> train 5 models -> heatmaps -> thresholds -> evaluation -> report."""
-    from flows.full_benchmark import full_benchmark
+    from flows.full_benchmark import run_in_process
     from flows.params import BenchmarkParams, DatasetSpec
 
     start = time.perf_counter()
@@ -60,7 +60,7 @@ def demo(
                       DatasetSpec(kind="jun-cheng", phantom_cases=jun_cheng_slices, phantom_size=size)])
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
-    result = full_benchmark(params)
+    result = run_in_process(params)
     console.print(f"\nmain job finished in {time.perf_counter() - start:.0f} s")
     raise flow_outcome(result)
 

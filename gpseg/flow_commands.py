@@ -48,7 +48,7 @@ def benchmark_cmd(
     closing: ClosingOpt = 0, largest_component: LargestOpt = False,
 ) -> None:
     """Run the full-benchmark flow in this process (Prefect's local ephemeral API)."""
-    from flows.full_benchmark import full_benchmark
+    from flows.full_benchmark import run_in_process
     from flows.params import BenchmarkParams, DatasetSpec
 
     threshold = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)
@@ -72,7 +72,7 @@ def benchmark_cmd(
             **({"models": [m.strip() for m in models.split(",")]} if models else {}))
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
-    raise flow_outcome(full_benchmark(params))
+    raise flow_outcome(run_in_process(params))
 
 
 def serve_cmd(

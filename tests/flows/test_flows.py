@@ -278,6 +278,17 @@ def _best_val_loss(run: Path) -> float:
         return min(float(row["val_loss"]) for row in csv.DictReader(handle) if row.get("val_loss"))
 
 
+def test_a_benchmark_where_nothing_finished_ends_failed_with_its_outcome(tmp_path):
+    from flows.full_benchmark import run_in_process
+
+    params = _bench(tmp_path).model_copy(update={"datasets": [
+        DatasetSpec(kind="brats", source=str(tmp_path / "missing"), workers=0)]})
+    state = full_benchmark(params, return_state=True)
+    assert state.is_failed() and state.message.startswith("no run finished; 1 failure(s): brats all: FAILED: ")
+    result = run_in_process(params)  # what gpseg benchmark prints from
+    assert result["report"] is None and [row["dataset"] for row in result["failed"]] == ["brats"]
+
+
 def test_a_dataset_that_cannot_be_ingested_fails_alone(tmp_path, monkeypatch):
     import tasks.data
 

@@ -62,7 +62,7 @@ def test_main_job_options_reach_the_flow(args, overrides, seeds, tmp_path, monke
     from gpseg.demo import app
 
     seen = []
-    monkeypatch.setattr(flows.full_benchmark, "full_benchmark",
+    monkeypatch.setattr(flows.full_benchmark, "run_in_process",
                         lambda params: seen.append(params) or {"rows": [], "report": "r", "failed": []})
     result = CliRunner().invoke(app, ["--workdir", str(tmp_path), *args])
 
@@ -89,7 +89,7 @@ def test_main_job_and_benchmark_take_the_postprocess_threshold_options(command, 
     from gpseg.demo import app as demo_app
 
     seen = []
-    monkeypatch.setattr(flows.full_benchmark, "full_benchmark",
+    monkeypatch.setattr(flows.full_benchmark, "run_in_process",
                         lambda params: seen.append(params) or {"rows": [], "report": "r", "failed": []})
     app, head = (demo_app, []) if command == ["demo"] else (cli_app, command)
     result = CliRunner().invoke(app, [*head, "--workdir", str(tmp_path), *args])
@@ -112,7 +112,7 @@ def test_main_job_and_benchmark_refuse_bad_thresholds_in_one_line_before_any_wor
     from gpseg.cli import app as cli_app
     from gpseg.demo import app as demo_app
 
-    monkeypatch.setattr(flows.full_benchmark, "full_benchmark", lambda params: pytest.fail("the flow ran"))
+    monkeypatch.setattr(flows.full_benchmark, "run_in_process", lambda params: pytest.fail("the flow ran"))
     app, head = (demo_app, []) if command == ["demo"] else (cli_app, command)
     result = CliRunner().invoke(app, [*head, "--workdir", str(tmp_path / "w"), *args])
 
@@ -129,7 +129,7 @@ def test_main_job_and_benchmark_refuse_a_file_as_work_dir_before_any_work(comman
     from gpseg.cli import app as cli_app
     from gpseg.demo import app as demo_app
 
-    monkeypatch.setattr(flows.full_benchmark, "full_benchmark", lambda params: pytest.fail("the flow ran"))
+    monkeypatch.setattr(flows.full_benchmark, "run_in_process", lambda params: pytest.fail("the flow ran"))
     afile = tmp_path / "demo"
     afile.write_text("keep me")
     app, head = (demo_app, []) if command == ["demo"] else (cli_app, command)
@@ -204,7 +204,7 @@ def test_benchmark_refuses_a_missing_dataset_folder_before_starting_the_flow(tmp
 
     from gpseg.cli import app
 
-    monkeypatch.setattr(flows.full_benchmark, "full_benchmark", lambda params: pytest.fail("the flow ran"))
+    monkeypatch.setattr(flows.full_benchmark, "run_in_process", lambda params: pytest.fail("the flow ran"))
     result = CliRunner().invoke(app, ["benchmark", "--brats", str(tmp_path / "nope"), "--jun-cheng", "phantom",
                                       "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 1
@@ -219,7 +219,7 @@ def test_benchmark_takes_a_manifest_and_an_image_size(tmp_path, monkeypatch):
     from gpseg.cli import app
 
     seen = []
-    monkeypatch.setattr(flows.full_benchmark, "full_benchmark",
+    monkeypatch.setattr(flows.full_benchmark, "run_in_process",
                         lambda params: seen.append(params) or {"rows": [], "report": "r", "failed": []})
     csv = tmp_path / "mine.csv"
     csv.write_text("patient_id,label,flair,seg\n")
@@ -244,7 +244,7 @@ def test_benchmark_takes_a_split_and_keeps_cvind_to_jun_cheng(tmp_path, monkeypa
     from gpseg.cli import app
 
     seen = []
-    monkeypatch.setattr(flows.full_benchmark, "full_benchmark",
+    monkeypatch.setattr(flows.full_benchmark, "run_in_process",
                         lambda params: seen.append(params) or {"rows": [], "report": "r", "failed": []})
     ok = CliRunner().invoke(app, ["benchmark", "--jun-cheng", "phantom", "--split", "cvind", "--folds", "5",
                                   "--workdir", str(tmp_path / "w")])
