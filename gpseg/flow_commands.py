@@ -149,6 +149,9 @@ def drop_cmd(
         problem = _not_droppable(item)
         if problem:
             raise fail(f"{item}: {problem}; nothing was copied")
+    if not workdir.is_dir():  # a relative default taken from another folder would retrain into a new work dir
+        raise fail(f"{workdir.resolve()}: no such work dir; run from the project root (where the deployments "
+                   "write runs/benchmark) or give --workdir; nothing was copied")
     into.mkdir(parents=True, exist_ok=True)
     copied = 0
     for item in path:

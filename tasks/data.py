@@ -127,7 +127,7 @@ def ingest_source(kind: str, source: str, store: str, config: dict, source_finge
         logger.warning("%s: %s (too few patients of each class for the split's folds)", store, warning)
     for archive in report.archives:
         logger.warning("not read %s: an archive; unpack it to ingest the cases it holds", archive)
-    logger.info("%s: %d cases now, %d slices in the store, %d rejected", store, report.cases, report.slices,
+    logger.info("%s: %d case(s) ingested now, %d slices in the store, %d rejected", store, report.cases, report.slices,
                 len(report.rejected))
     from storage.store import open_store
 

@@ -195,7 +195,20 @@ def _drop(tmp_path: Path, *args: str):
 
     from gpseg.cli import app
 
+    (tmp_path / "w").mkdir(exist_ok=True)
     return CliRunner().invoke(app, ["drop", *args, "--workdir", str(tmp_path / "w")])
+
+
+def test_a_drop_for_a_work_dir_that_does_not_exist_is_refused(dropped, tmp_path):
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    case, into = dropped
+    result = CliRunner().invoke(app, ["drop", str(case), "--into", str(into), "--workdir", str(tmp_path / "elsewhere")])
+    assert result.exit_code == 1 and not into.exists()
+    assert result.output == (f"error: {tmp_path / 'elsewhere'}: no such work dir; run from the project root (where the "
+                             "deployments write runs/benchmark) or give --workdir; nothing was copied\n")
 
 
 def test_drop_without_an_api_url_copies_but_fails_saying_no_event_was_sent(dropped, tmp_path, monkeypatch):
