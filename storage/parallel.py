@@ -46,29 +46,29 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
             yield client
 
 
-def _in_main_thread() -> bool:
-    """Signal handlers can be set in the main thread only (a flow's task runs in another)."""
-    return threading.current_thread() is threading.main_thread()
-
-
 @contextmanager
-def _workers_ignore_interrupts() -> Iterator[None]:
+def _sigint_handler(handler: Any) -> Iterator[None]:
+    """SIGINT handled by ``handler`` for the block, then as before. Outside the main thread (a flow's task)
+    nothing changes: signal handlers can be set there only, and there is no terminal to press Ctrl-C in."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _workers_ignore_interrupts() -> contextlib.AbstractContextManager[None]:
     """Ignore SIGINT while a local cluster starts its worker processes, which inherit that.
 
     Ctrl-C in a terminal signals every process of the foreground group. Workers that took it would each
     print a ``Process Dask Worker process (from Nanny)`` traceback; ignoring it, they are shut down by
     this process as its cluster closes, and only this process stops with ``KeyboardInterrupt``. A Ctrl-C
-    during the second or two of the start is lost. Outside the main thread nothing changes (and there
-    is no terminal to press Ctrl-C in).
+    during the second or two of the start is lost.
     """
-    if not _in_main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return _sigint_handler(signal.SIG_IGN)
 
 
 @contextmanager
@@ -81,10 +81,6 @@ def _quiet_after_interrupt(client: Any, silenced: list[tuple[logging.Logger, int
         silenced: gets each logger silenced here with its level, for the caller to restore once the
             cluster has closed (:func:`_restore_levels`).
     """
-    if not _in_main_thread():
-        yield
-        return
-
     def interrupted(signum: int, frame: Any) -> None:
         for logger in [logging.getLogger("distributed"), *(
                 logger for key, logger in list(logging.root.manager.loggerDict.items())
@@ -93,15 +89,13 @@ def _quiet_after_interrupt(client: Any, silenced: list[tuple[logging.Logger, int
             logger.setLevel(logging.CRITICAL + 1)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, interrupted)
     try:
-        yield
+        with _sigint_handler(interrupted):
+            yield
     except KeyboardInterrupt:
         with contextlib.suppress(Exception):
             client.run(_stop_logging)
         raise
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _stop_logging() -> None:
