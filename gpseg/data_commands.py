@@ -61,13 +61,8 @@ def _print_rejected(rejected: dict[str, str]) -> None:
 
 def _finish(report: IngestReport) -> None:
     _print_rejected(report.rejected)
-    for warning in report.warnings:
-        console.print(f"[yellow]warning[/yellow] {escape(warning)}: too few patients of each class for the "
-                      "split's folds (gpseg validate fails on it); use fewer --folds or more cases",
-                      highlight=False, soft_wrap=True)
-    for archive in report.archives:
-        console.print(f"[yellow]not read[/yellow] {escape(archive)}: an archive; unpack it to ingest the cases it "
-                      "holds (then --append)", highlight=False, soft_wrap=True)
+    for label, text in report.notices():
+        console.print(f"[yellow]{label}[/yellow] {escape(text)}", highlight=False, soft_wrap=True)
     console.print(f"[green]wrote[/green] {report.store}: {report.cases} cases ingested now "
                   f"({report.new_slices} slices; {report.slices} in the store), {report.skipped} already stored, "
                   f"{len(report.rejected)} rejected, {report.seconds:.1f} s", highlight=False)

@@ -68,6 +68,14 @@ class IngestReport:
         """0 when nothing was rejected, 2 when some cases were (the rest is stored)."""
         return 2 if self.rejected else 0
 
+    def notices(self) -> list[tuple[str, str]]:
+        """``(label, text)`` of each warning and each archive not read, for the CLI and the flow's log:
+        ``("warning", "fold 0 train is empty: ...")``, ``("not read", "data.zip: an archive; ...")``."""
+        return ([("warning", f"{warning}: too few patients of each class for the split's folds (gpseg validate "
+                             "fails on it); use fewer --folds or more cases") for warning in self.warnings]
+                + [("not read", f"{archive}: an archive; unpack it to ingest the cases it holds (then --append)")
+                   for archive in self.archives])
+
 
 def _reason(exc: BaseException) -> tuple[str | None, str]:
     if isinstance(exc, CaseRejected):

@@ -123,10 +123,8 @@ def ingest_source(kind: str, source: str, store: str, config: dict, source_finge
         _log_rejected(logger, exc.rejected)  # why every case was rejected
         raise
     _log_rejected(logger, report.rejected)
-    for warning in report.warnings:
-        logger.warning("%s: %s (too few patients of each class for the split's folds)", store, warning)
-    for archive in report.archives:
-        logger.warning("not read %s: an archive; unpack it to ingest the cases it holds", archive)
+    for label, text in report.notices():
+        logger.warning("%s: %s %s", store, label, text)
     logger.info("%s: %d case(s) ingested now, %d slices in the store, %d rejected", store, report.cases, report.slices,
                 len(report.rejected))
     from storage.store import open_store
