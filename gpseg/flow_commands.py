@@ -83,7 +83,7 @@ def serve_cmd(
 
     Leave it running; in another shell `source .prefect/env.sh` and then
     `prefect deployment run full-benchmark/full-benchmark --watch`. Ctrl-C, or SIGTERM/SIGHUP (`kill`, a
-    closed terminal), stops everything it started.
+    closed terminal), stops everything it started; a flow run in progress is stopped too and ends Cancelled.
     """
     from gpseg.local_stack import LocalStack, interrupt_on_stop_signals
 
@@ -118,7 +118,9 @@ def _run_stack(stack: "LocalStack") -> None:
     except (RuntimeError, TimeoutError) as exc:
         raise fail(str(exc)) from exc
     finally:
-        stack.stop()
+        for run in stack.stop():
+            console.print(f"cancelled flow run {run}: it was in progress; run it again (finished tasks are taken "
+                          "from the cache)")
 
 
 def drop_cmd(

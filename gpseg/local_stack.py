@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -27,6 +28,13 @@ STOP_GRACE_SECONDS = {"server": 30.0, "worker": 5.0}
 """How long :meth:`LocalStack.stop` waits after SIGTERM before SIGKILL, per process. Prefect 3.9's
 process worker turns SIGTERM into a graceful SIGINT shutdown that, measured here, never finishes even
 when idle (it exits only on a second signal), so waiting 30 s for it only delayed every stop."""
+RUN_STOP_GRACE_SECONDS = 20.0
+"""How long :meth:`LocalStack.stop` waits after SIGTERM to a flow run's process group before SIGKILL.
+Measured here, Prefect 3.9's engine did not exit on SIGTERM within 15 s while it trained."""
+ACTIVE_RUN_STATES = ("PENDING", "RUNNING", "CANCELLING")
+"""Flow-run states that a stop of the stack cuts short: the worker has taken these runs."""
+CUT_RUN_MESSAGE = ("`gpseg serve` was stopped while this run was in progress; run it again (finished tasks "
+                   "are taken from the cache)")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 """Signals that stop ``gpseg serve`` like Ctrl-C does (``kill``, a closed terminal, a service manager)."""
 
@@ -214,27 +222,119 @@ class LocalStack:
                 return f"{name} (exit {proc.returncode})"
         return None
 
-    def stop(self) -> None:
-        """Terminate the worker, then the server (each with its process group): SIGTERM, then SIGKILL
-        after :data:`STOP_GRACE_SECONDS`."""
+    def _api(self, path: str, body: dict | None = None) -> Any:
+        """GET ``path`` of the stack's REST API, or POST ``body`` as JSON to it; return the decoded answer."""
+        request = urllib.request.Request(f"{self.api_url}/{path}", method="GET" if body is None else "POST",
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            data = reply.read()
+        return json.loads(data) if data else None
+
+    def active_runs(self) -> list[dict]:
+        """Flow runs of this stack's work pool that a worker has taken and not finished
+        (:data:`ACTIVE_RUN_STATES`), as the API returns them."""
+        return self._api("flow_runs/filter", {
+            "flow_runs": {"state": {"type": {"any_": list(ACTIVE_RUN_STATES)}}},
+            "work_pools": {"name": {"any_": [self.pool]}}})
+
+    def end_runs(self, runs: list[dict]) -> list[str]:
+        """End flow runs that the stack's stop cuts short, so that no flow keeps training unseen and none
+        stays ``Running`` in the database.
+
+        Each run's process group (the process worker starts each flow run in a session of its own,
+        with its Dask workers and training child processes) gets SIGTERM, then SIGKILL after
+        :data:`RUN_STOP_GRACE_SECONDS`. A run that the engine did not move to a final state is then
+        set ``Cancelled`` with :data:`CUT_RUN_MESSAGE`. Only processes that run Prefect's engine are
+        signalled (a recorded pid may have been reused). Returns ``"NAME (ID)"`` of each run set
+        ``Cancelled`` (not those that had ended meanwhile).
+        """
+        groups = [pid for pid in map(_engine_pid, runs) if pid is not None]
+        for pid in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + RUN_STOP_GRACE_SECONDS
+        while groups and time.monotonic() < deadline and any(engine_alive(pid) for pid in groups):
+            time.sleep(0.5)
+        for pid in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        ended = []
+        for run in runs:
+            with contextlib.suppress(OSError, ValueError):  # the server went away: the run stays as it is
+                if (self._api(f"flow_runs/{run['id']}").get("state") or {}).get("type") in ACTIVE_RUN_STATES:
+                    self._api(f"flow_runs/{run['id']}/set_state", {"force": True, "state": {
+                        "type": "CANCELLED", "name": "Cancelled", "message": CUT_RUN_MESSAGE}})
+                    ended.append(f"{run.get('name')} ({run['id']})")
+        return ended
+
+    def stop_worker(self) -> None:
+        """Terminate the worker (SIGTERM, then SIGKILL after its :data:`STOP_GRACE_SECONDS`); the flow runs it
+        started go on in their own sessions (see :meth:`end_runs`)."""
+        worker = self.processes.pop("worker", None)
+        if worker is not None:
+            _terminate(worker, STOP_GRACE_SECONDS["worker"])
+
+    def stop(self) -> list[str]:
+        """End the flow runs in progress (:meth:`end_runs`), terminate the worker, then the server (each with
+        its process group): SIGTERM, then SIGKILL after :data:`STOP_GRACE_SECONDS`.
+
+        Returns:
+            ``"NAME (ID)"`` of each flow run cut short (empty when the server did not answer).
+        """
+        runs: list[dict] = []
+        server = self.processes.get("server")
+        if server is not None and server.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                runs = self.active_runs()
+        self.stop_worker()  # first, so that it takes no new run and reports none of the ended ones Crashed
+        ended = self.end_runs(runs) if runs else []
         for name, proc in reversed(self.processes.items()):
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(timeout=STOP_GRACE_SECONDS.get(name, 30.0))
-                except ProcessLookupError:
-                    continue
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            _terminate(proc, STOP_GRACE_SECONDS.get(name, 30.0))
         self.processes.clear()
         if self._lock is not None:
             self._lock.close()  # releases the lock
             self._lock = None
+        return ended
 
     def __enter__(self) -> "LocalStack":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _terminate(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM to ``proc``'s process group, then SIGKILL after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _engine_pid(run: dict) -> int | None:
+    """The pid of a flow run's engine process on this machine, from its ``infrastructure_pid``
+    (``"PID"``, or ``"HOST:PID"`` from older workers), if that process still runs Prefect's engine."""
+    recorded = str(run.get("infrastructure_pid") or "").rsplit(":", 1)[-1]
+    if not recorded.isdigit():
+        return None
+    pid = int(recorded)
+    return pid if engine_alive(pid) else None
+
+
+def engine_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists, is not a zombie, and runs ``prefect.engine``."""
+    import psutil  # with dask.distributed
+
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and "prefect.engine" in process.cmdline()
+    except psutil.Error:
+        return False

@@ -47,6 +47,57 @@ def test_stop_kills_a_process_that_ignores_sigterm_after_its_grace(monkeypatch, 
     assert stack.processes == {}
 
 
+def test_stop_ends_the_flow_runs_in_progress_after_the_worker_and_before_the_server(monkeypatch, tmp_path):
+    """The process worker starts each flow run in a session of its own: stopping the worker left it
+    training, unseen, and Running in the database. A recorded pid that is not Prefect's engine (reused)
+    is left alone."""
+    import subprocess
+    import sys
+
+    from gpseg import local_stack
+    from gpseg.local_stack import CUT_RUN_MESSAGE, LocalStack
+
+    monkeypatch.setattr(local_stack, "RUN_STOP_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(local_stack, "STOP_GRACE_SECONDS", {"worker": 0.5, "server": 0.5})
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    stack = LocalStack(tmp_path, port=0, home=tmp_path / ".prefect")
+
+    def spawn(*args: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", stubborn, *args], stdout=subprocess.PIPE, start_new_session=True)
+        assert proc.stdout.readline() == b"up\n"
+        return proc
+
+    engine, stranger = spawn("prefect.engine"), spawn("something-else")
+    stack.processes.update(server=spawn(), worker=spawn())
+    order: list[str] = []
+    states: dict[str, str] = {"r1": "RUNNING", "r2": "PENDING", "r3": "COMPLETED"}
+    runs = [{"id": "r1", "name": "cut", "infrastructure_pid": str(engine.pid)},
+            {"id": "r2", "name": "reused", "infrastructure_pid": f"host:{stranger.pid}"},
+            {"id": "r3", "name": "finished-meanwhile", "infrastructure_pid": None}]
+
+    def api(path: str, body: dict | None = None):
+        run_id = path.split("/")[1]
+        if body is None:
+            return {"state": {"type": states[run_id]}}
+        order.append(f"{run_id} {stack.processes['server'].poll() is None} {'worker' in stack.processes}")
+        assert body["force"] and body["state"]["message"] == CUT_RUN_MESSAGE
+        states[run_id] = body["state"]["type"]
+
+    monkeypatch.setattr(stack, "active_runs", lambda: runs)
+    monkeypatch.setattr(stack, "_api", api)
+    try:
+        ended = stack.stop()
+        assert ended == ["cut (r1)", "reused (r2)"]
+        assert engine.wait(5) == -signal.SIGKILL
+        assert stranger.poll() is None
+        assert states == {"r1": "CANCELLED", "r2": "CANCELLED", "r3": "COMPLETED"}
+        assert order == ["r1 True False", "r2 True False"]  # the server still answers, the worker is gone
+    finally:
+        for proc in (engine, stranger):
+            proc.kill()
+            proc.wait()
+
+
 def test_a_second_stack_on_a_taken_port_is_refused_before_it_starts_anything(tmp_path):
     import socket
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from gpseg.local_stack import LocalStack
+from gpseg.local_stack import LocalStack, engine_alive
 from storage.phantoms import write_brats_phantoms
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,3 +75,23 @@ def test_deployment_by_name_and_drop_trigger(tmp_path):
                     source = triggered[0].parameters["params"]["dataset"]["source"]
                 time.sleep(2)
         assert source == str((work / "phantoms" / "brats").resolve()), "the drop event did not start a retrain run"
+
+        # What stopping `gpseg serve` does to a run in progress: the process worker starts each flow run in
+        # a session of its own. Its shutdown sometimes ends the runs and sometimes hangs until it is
+        # killed, leaving them training, unseen; either way they stayed Running in the database.
+        cut = {"params": {**params["params"], "workdir": str(tmp_path / "cut"), "preset": "demo"}}  # lasts
+        stack.cli("deployment", "run", "full-benchmark/full-benchmark", "--params", json.dumps(cut))
+        deadline, running = time.monotonic() + 300, []
+        while time.monotonic() < deadline and not running:
+            running = [r for r in stack.active_runs() if r["state_type"] == "RUNNING" and r["infrastructure_pid"]
+                       and r["parameters"]["params"]["workdir"] == str(tmp_path / "cut")]
+            time.sleep(0.5)
+        assert running, "the run did not start"
+        pid = int(running[0]["infrastructure_pid"])
+        assert engine_alive(pid)
+        stack.stop_worker()  # as LocalStack.stop does first
+        assert any(running[0]["id"] in line for line in stack.end_runs(running))
+        assert not engine_alive(pid)
+        with temporary_settings(updates={PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+            state = client.read_flow_run(running[0]["id"]).state
+        assert state.is_cancelled() and "gpseg serve" in state.message, state
