@@ -16,6 +16,7 @@ Work dir layout::
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 STORES, PHANTOMS, RUNS, REPORT = "stores", "phantoms", "runs", "report"
@@ -33,18 +34,37 @@ def dataset_of(run_dir: str | Path) -> str:
     return parents[2].name if in_layout else ""
 
 
-def reported_runs(report_dir: str | Path) -> list[str]:
-    """The run dirs of the report in ``report_dir`` (its ``metrics.json``), in report order.
+def report_run_dirs(report_dir: str | Path) -> tuple[list[str], list[str]]:
+    """The run dirs that the report in ``report_dir`` names (its ``metrics.json``), in report order, and
+    those of them that are gone.
 
-    Only runs that still have test heatmaps are returned, so a deleted run drops out. Without a
-    report, or with an unreadable one, the list is empty.
+    Each run is looked for at its path relative to the report folder first (``run_dir_relative``), so a
+    work dir copied or moved with its report finds its own runs, not the original's; then at its
+    recorded ``run_dir``. A run dir found neither way is gone (deleted by the user). One that is there is
+    returned even without test heatmaps, so that re-thresholding names it as failed instead of leaving
+    it out unsaid. Without a report, or with an unreadable one, both lists are empty.
     """
+    report_dir = Path(report_dir)
     try:
-        runs = json.loads((Path(report_dir) / "metrics.json").read_text())["runs"]
-        dirs = [str(run["run_dir"]) for run in runs]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    return [d for d in dirs if (Path(d) / "heatmaps" / "test.zarr").is_dir()]
+        runs = json.loads((report_dir / "metrics.json").read_text())["runs"]
+        recorded = [(run.get("run_dir_relative"), str(run["run_dir"])) for run in runs]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return [], []
+    found, gone = [], []
+    for relative, absolute in recorded:
+        here = [os.path.normpath(report_dir.resolve() / relative)] if isinstance(relative, str) else []
+        place = next((p for p in [*here, absolute] if Path(p).is_absolute() and Path(p).is_dir()), None)
+        if place is None:
+            gone.append(absolute)
+        elif place not in found:
+            found.append(place)
+    return found, gone
+
+
+def reported_runs(report_dir: str | Path) -> list[str]:
+    """The run dirs of the report in ``report_dir`` (:func:`report_run_dirs`) that still have test heatmaps,
+    for a retraining's report, which keeps the other datasets' runs: a deleted run drops out."""
+    return [run for run in report_run_dirs(report_dir)[0] if (Path(run) / "heatmaps" / "test.zarr").is_dir()]
 
 
 def replace_dataset_runs(previous: list[str], new: list[str]) -> list[str]:
@@ -68,10 +88,20 @@ def default_runs(workdir: str) -> tuple[list[str], str]:
     The runs of the current report (``workdir/report/metrics.json``): after a retraining on new
     data or a run with several seeds, older data versions and seeds that were not kept stay on disk,
     but the report names only the current ones. Without a report, every run with test heatmaps.
+
+    Raises:
+        ValueError: the report names runs and none of them is there (a report copied without its runs,
+            or whose runs were deleted): taking every run on disk instead would mix data versions.
     """
-    current = reported_runs(Path(workdir) / REPORT)
+    report = Path(workdir) / REPORT
+    current, gone = report_run_dirs(report)
+    if gone and not current:
+        raise ValueError(f"{report / 'metrics.json'}: none of the {len(gone)} run dir(s) it names is there "
+                         f"(e.g. {gone[0]}); give the runs with --runs, or delete the report to take every run "
+                         f"under {Path(workdir) / RUNS}")
     if current:
-        return current, f"the {len(current)} run(s) of the report in {Path(workdir) / REPORT}"
+        said = f"the {len(current)} run(s) of the report in {report}"
+        return current, said + (f" ({len(gone)} more it names are gone: {', '.join(gone)})" if gone else "")
     found = discover_runs(workdir)
     return found, f"every run with test heatmaps under {Path(workdir) / RUNS} ({len(found)}; no report yet)"
 
@@ -108,8 +138,8 @@ def summary_rows(results: list[dict]) -> list[dict]:
         c, d = e["classification"], e["segmentation"]["dice"]
         boot = e.get("bootstrap") or {}
         rows.append({"dataset": r.get("dataset", ""), "model": r["model"], "fold": r["fold"], "status": "ok",
-                     "accuracy": round(c["accuracy"], 4), "f1": round(c["f1"], 4),
-                     "median_dice": None if d["n"] == 0 else round(d["median"], 4),
+                     "accuracy": round(c["accuracy"], 3), "f1": round(c["f1"], 3),  # as the report shows them
+                     "median_dice": None if d["n"] == 0 else round(d["median"], 3),
                      "test_patients": boot.get("patients"), "f1_95": _interval(boot.get("f1")),
                      "median_dice_95": _interval(boot.get("dice_median")), "heatmaps": e["run"]["kind"]})
     return rows

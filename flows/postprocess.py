@@ -7,8 +7,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.params import PostprocessParams
 from flows.layout import REPORT, dataset_of, default_runs, failure_notes, row_line, summary_rows
+from flows.params import PostprocessParams
+from gpmodels.files import read_run_config
 from storage.errors import one_line
 from tasks.evaluation import evaluate_run, publish, report
 
@@ -23,15 +24,16 @@ def postprocess(params: PostprocessParams = PostprocessParams()) -> dict:
         raise ValueError(f"{params.workdir}: no run with test heatmaps (run full-benchmark first)")
     results = []
     for run in runs:
-        train = json.loads((Path(run) / "config.json").read_text())["train"]
-        model = train["model"]
+        train: dict = {}
         try:
-            evaluation = evaluate_run(run, params.threshold.for_model(model))
+            train = read_run_config(run)["train"]
+            evaluation = evaluate_run(run, params.threshold.for_model(train["model"]))
         except Exception as exc:  # one run (e.g. of a store re-ingested since) must not stop the others
             logger.error("%s: %s", run, one_line(exc))
-            results.append({"model": model, "fold": train.get("fold"), "run_dir": run, "dataset": dataset_of(run),
-                            "failed": one_line(exc)})
+            results.append({"model": train.get("model", Path(run).name), "fold": train.get("fold"), "run_dir": run,
+                            "dataset": dataset_of(run), "failed": one_line(exc)})
             continue
+        model = train["model"]
         results.append({"model": model, "fold": evaluation["run"]["fold"], "run_dir": run,
                         "dataset": dataset_of(run), "evaluation": evaluation})
     rows = summary_rows(results)

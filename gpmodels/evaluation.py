@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 
 from gpmodels.bootstrap import patient_bootstrap
-from gpmodels.files import heatmap_path, write_text_atomic
+from gpmodels.files import heatmap_path, relocated, write_text_atomic
 from gpmodels.map_agreement import rank_agreement
 from gpmodels.metrics import (
     classification_metrics,
@@ -50,7 +50,7 @@ from gpmodels.postprocess import (
 )
 from storage.folders import recover_interrupted
 from storage.reads import read_rows
-from storage.store import check_data_version, open_store, read_patients
+from storage.store import check_chunks, check_data_version, open_store, read_patients
 
 TUMOUR_FREE = "tumour-free"
 CHUNK = 256
@@ -73,7 +73,20 @@ def open_heatmaps(path: Path | str) -> zarr.Group:
     recover_interrupted(path)
     if not (path / "zarr.json").is_file():
         raise FileNotFoundError(f"{path}: no heatmap store (run `gpseg heatmaps --run RUN_DIR` first)")
-    return zarr.open_group(str(path), mode="r")
+    group = zarr.open_group(str(path), mode="r")
+    check_chunks(group, path)
+    return group
+
+
+def heatmap_source(path: Path | str, heat: zarr.Group) -> str:
+    """The slice store of the heatmap store at ``path`` (``RUN/heatmaps/SPLIT.zarr``), as
+    :func:`gpmodels.files.relocated` finds it for the run dir where it is now."""
+    return relocated(str(heat.attrs["store_path"]), heat.attrs.get("run_dir"), Path(path).parent.parent)
+
+
+def evaluated_source(run_dir: Path | str, evaluation: dict[str, Any]) -> str:
+    """The slice store of a run's ``evaluation.json``, found for the run dir where it is now."""
+    return relocated(str(evaluation["run"]["store_path"]), evaluation["run"].get("run_dir"), run_dir)
 
 
 def predicted_masks(maps: np.ndarray, predicted: np.ndarray, labels: np.ndarray, config: ThresholdConfig,
@@ -137,7 +150,7 @@ def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig,
         return config, "given"
     val_path = Path(path).parent / heatmap_path("", "val").name
     val = open_heatmaps(val_path)
-    check_data_version(store, val.attrs.get("data_version"), heat.attrs["store_path"], f"heatmap store {val_path}")
+    check_data_version(store, val.attrs.get("data_version"), heatmap_source(path, heat), f"heatmap store {val_path}")
     labels = val["labels"][:]
     classes = val["predicted"][:] if config.target_class == "predicted" else labels
     thresholded = classes > 0 if heat.attrs["classes"][0] == TUMOUR_FREE else np.ones(labels.size, bool)
@@ -159,9 +172,16 @@ def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig,
     has_target.append(np.ones(missed, bool))
     has_target = np.concatenate(has_target)
     offset = best_offset(np.concatenate(scores, axis=1), config.auto_offsets, has_target)
+    edge = (f"; {offset:g} is the largest offset tried, so a larger one may do better"
+            if offset_at_edge(offset, config.auto_offsets) else "")
     return (replace(config, offset=offset),
             f"auto: maximised median validation Dice over {int(has_target.sum())} validation slices with a "
-            f"tumour mask ({missed} of them with an empty mask at every offset)")
+            f"tumour mask ({missed} of them with an empty mask at every offset){edge}")
+
+
+def offset_at_edge(offset: float, grid: tuple[float, ...] | list[float]) -> bool:
+    """Whether an offset chosen on ``grid`` is its largest value (of several): the best may lie beyond it."""
+    return len(set(grid)) > 1 and offset >= max(grid)
 
 
 def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, chunk: int = CHUNK,
@@ -185,8 +205,11 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
     attrs = dict(heat.attrs)
     classes = list(attrs["classes"])
     tumour_free = classes[0] == TUMOUR_FREE
-    store = open_store(attrs["store_path"])
-    check_data_version(store, attrs.get("data_version"), attrs["store_path"], f"heatmap store {path}")
+    store_path = heatmap_source(path, heat)
+    store = open_store(store_path)
+    check_data_version(store, attrs.get("data_version"), store_path, f"heatmap store {path}")
+    check_chunks(store, store_path, ("masks", "patient"))
+    attrs.update(run_dir=str(Path(path).resolve().parent.parent), store_path=store_path)  # where they are now
     config = config or default_threshold(attrs["model"])
     config, offset_source = _resolve_offset(path, heat, config, store, chunk)
     index, labels, predicted = heat["index"][:], heat["labels"][:].astype(int), heat["predicted"][:].astype(int)
@@ -196,8 +219,8 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
     pred_px = np.zeros(n, np.int64)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        masks = predicted_masks(heat["maps"][start:stop], predicted[start:stop], labels[start:stop], config,
-                                tumour_free)
+        (maps,) = read_rows(np.arange(start, stop), heat["maps"])
+        masks = predicted_masks(maps, predicted[start:stop], labels[start:stop], config, tumour_free)
         truth = read_rows(index[start:stop], store["masks"])[0] > 0
         target_px[start:stop] = truth.reshape(stop - start, -1).sum(axis=1)
         pred_px[start:stop] = masks.reshape(stop - start, -1).sum(axis=1)
@@ -229,7 +252,8 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
         "bootstrap": patient_bootstrap(patients, labels, predicted, np.where(has_target, scores, np.nan),
                                        len(classes)),
         "slices": {"index": index.tolist(), "patient": patients.tolist(), "label": labels.tolist(),
-                   "predicted": predicted.tolist(), "dice": [None if math.isnan(v) else float(v) for v in scores],
+                   "predicted": predicted.tolist(), "dice": [float(v) if target and not math.isnan(v) else None
+                            for v, target in zip(scores, has_target)],  # undefined without a tumour mask
                    "target_pixels": target_px.tolist(), "pred_pixels": pred_px.tolist()},
     }
     return result
@@ -286,8 +310,23 @@ def _json_default(value: Any) -> Any:
 
 
 def load_evaluation(run_dir: Path | str) -> dict[str, Any]:
-    """Read a run's ``evaluation.json``."""
+    """Read a run's ``evaluation.json``.
+
+    Raises:
+        FileNotFoundError: there is none.
+        ValueError: one line naming the file: it is not JSON, or lacks what every evaluation holds.
+    """
     path = Path(run_dir) / EVALUATION_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no evaluation (run `gpseg postprocess` or `gpseg report` on the run)")
-    return json.loads(path.read_text())
+    try:
+        evaluation = json.loads(path.read_text())
+        for key in ("model", "fold", "store_path"):
+            evaluation["run"][key]
+        for key in ("method", "offset"):
+            evaluation["threshold"][key]
+        evaluation["classification"]["f1"], evaluation["segmentation"]["dice"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: damaged ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+                         "re-evaluate the run with `gpseg postprocess --runs RUN`") from None
+    return evaluation

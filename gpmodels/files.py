@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 HEATMAP_DIR = "heatmaps"
 """Folder of a run directory that holds its heatmap stores."""
@@ -21,6 +23,53 @@ TMP_MARK = ".tmp-"
 def heatmap_path(run_dir: Path | str, split: str) -> Path:
     """Where the heatmap store of a run's split lives: ``RUN/heatmaps/<split>.zarr``."""
     return Path(run_dir) / HEATMAP_DIR / f"{split}.zarr"
+
+
+RUN_CONFIG = "config.json"
+"""The resolved training configuration of a run directory (:class:`gpmodels.train_config.RunConfig`)."""
+
+
+def read_run_config(run_dir: Path | str) -> dict[str, Any]:
+    """A run directory's ``config.json``, with its ``train`` section.
+
+    Raises:
+        ValueError: one line naming the folder or the file: no ``config.json`` (not a run directory), or
+            one that is not JSON or has no ``train.model`` (damaged).
+    """
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        raise ValueError(f"{run_dir}: not a run directory (no {RUN_CONFIG})")
+    try:
+        config = json.loads(path.read_text())
+        str(config["train"]["model"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: damaged ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+    return config
+
+
+def relocated(recorded: str, recorded_run_dir: str | None, run_dir: Path | str) -> str:
+    """A path that a run recorded (its slice store), for the run dir where the run is now.
+
+    Runs record their store by absolute path. When the run dir has been moved or copied since (a
+    work dir copied off a cluster, renamed, or on another machine), the store meant is the one at the
+    same place relative to it, e.g. the work dir's ``stores/LABEL.zarr`` beside ``runs/``; that path is
+    returned when it exists, so a copy reads its own store and not the original's. Otherwise (the run
+    dir did not move, the store stayed where it was, a URL, or relative paths whose base is unknown) the
+    recorded path is returned; the data version check still guards what is read.
+
+    Args:
+        recorded: the path as recorded (``store_path``).
+        recorded_run_dir: where the run dir was when it recorded it (``run_dir`` or ``train.out``).
+        run_dir: where the run dir is now.
+    """
+    if not recorded_run_dir or "://" in recorded or not (
+            Path(recorded).is_absolute() and Path(recorded_run_dir).is_absolute()):
+        return recorded
+    now = Path(run_dir).resolve()
+    if now == Path(recorded_run_dir):
+        return recorded
+    candidate = Path(os.path.normpath(now / os.path.relpath(recorded, recorded_run_dir)))
+    return str(candidate) if candidate.exists() else recorded
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

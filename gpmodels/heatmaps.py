@@ -34,12 +34,12 @@ import torch
 import zarr
 
 from gpmodels.augment import resize_images
-from gpmodels.files import heatmap_path
+from gpmodels.files import heatmap_path, relocated
 from gpmodels.nets import is_gp_model
 from gpmodels.training import load_trained
 from storage.folders import check_replaceable, hidden_sibling, recover_interrupted, replace_folder
 from storage.reads import read_rows
-from storage.store import SPLIT_NAMES, check_data_version, open_store
+from storage.store import CHUNK_COUNTS, SPLIT_NAMES, check_chunks, check_data_version, chunk_counts, open_store
 
 POSTHOC_METHODS: tuple[str, ...] = ("occlusion", "guided_backprop")
 
@@ -158,12 +158,14 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
     target = pick_device(device)
     model, run = load_trained(run_dir, map_location=target)
     gp = is_gp_model(run.train.model)
-    group = open_store(run.store_path)
-    check_data_version(group, run.data_version, run.store_path, f"run {run_dir}")
+    store_path = relocated(run.store_path, run.train.out, run_dir)
+    group = open_store(store_path)
+    check_data_version(group, run.data_version, store_path, f"run {run_dir}")
+    check_chunks(group, store_path, ("images", "labels", f"splits/fold_{run.train.fold}"))
     codes = group[f"splits/fold_{run.train.fold}"][:]
     index = np.flatnonzero(codes == SPLIT_NAMES.index(split))
     if index.size == 0:
-        raise ValueError(f"{run.store_path}: fold {run.train.fold} has no {split} slices")
+        raise ValueError(f"{store_path}: fold {run.train.fold} has no {split} slices")
     labels = group["labels"][:][index]
     size, k = int(group["images"].shape[-1]), len(run.classes)
     out = heatmap_path(run_dir, split)
@@ -201,11 +203,12 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
             _write_posthoc(heat, model, group, index, labels, run, gp, posthoc, target)
         heat.attrs.update({
             "kind": "gp" if gp else "gradcam", "model": run.train.model, "fold": run.train.fold, "split": split,
-            "run_dir": str(Path(run_dir).resolve()), "store_path": run.store_path,
+            "run_dir": str(Path(run_dir).resolve()), "store_path": store_path,
             "data_version": run.data_version, "classes": list(run.classes), "channels": list(run.channels),
             "image_size": run.image_size, "store_image_size": size, "device": str(target),
             "seconds": time.perf_counter() - started, **cam,
         })
+        heat.attrs[CHUNK_COUNTS] = chunk_counts(heat)
         replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -30,6 +30,7 @@ import csv
 import io
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,12 +40,12 @@ from typing import Any
 
 import numpy as np
 
-from gpmodels.evaluation import load_evaluation
+from gpmodels.evaluation import evaluated_source, load_evaluation
 from gpmodels.figure_cache import FigureCache, code_version
 from gpmodels.files import SEED_SELECTION, write_text_atomic
 from gpmodels.metrics import aggregate_folds
 from gpmodels.names import MODEL_NAMES
-from gpmodels.postprocess import ThresholdConfig
+from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS, ThresholdConfig
 from storage.errors import StoreError
 from storage.store import check_data_version, open_store
 
@@ -126,6 +127,9 @@ class ReportRun:
     label: str
     store_error: str | None
     seed_selection: str | None = None
+    network_label: str = ""
+    """The label without its threshold parts, for the figures that thresholds do not change (the
+    confusion matrix, training curves), so that a re-threshold finds them in the figure cache."""
 
     @property
     def model(self) -> str:
@@ -163,11 +167,23 @@ def _read_slices(path: Path) -> dict[str, np.ndarray] | None:
     return out
 
 
-def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str, Any],
+def multiotsu_text(offset: float) -> str:
+    """``MO−0.3``: multi-Otsu's upper threshold minus the offset (``MO+0.5`` for a negative offset)."""
+    return f"MO{'−' if offset >= 0 else '+'}{abs(offset):g}"
+
+
+CLEANING_LABELS = (("closing_radius", "closing"), ("fill_holes_area", "holes"), ("min_size", "min size"),
+                   ("largest_component", "largest"))
+"""Clean-up steps named in a run's label, in the order they run (:mod:`gpmodels.cleaning`)."""
+
+
+def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str, Any] | None,
            cam_grid: Sequence[int] | None = None) -> str:
     """``"GP-UNet (pool=maps, width=16)"``: the network options the run was given (by its preset or
     its user; read from ``config.json``'s ``train`` part, so no network is imported), then any
-    threshold that is not the paper's multi-Otsu on the predicted class, then a Grad-CAM run's grid
+    threshold that is not the paper's multi-Otsu on the predicted class (another method or offset, an
+    auto offset, the true class, clean-up), so that runs thresholded differently are not pooled into one
+    row, then a Grad-CAM run's grid
     (``"Grad-CAM 1×1"``: its maps are that grid enlarged, so a reader sees why they cannot segment)."""
     parts = []
     if config is not None:
@@ -176,8 +192,17 @@ def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str,
         if train.get("width") is not None and "width" in config.get("model_options", {}):
             given["width"] = train["width"]  # the baselines have no width and ignore it
         parts += [f"{key}={value}" for key, value in sorted(given.items())]
-    if threshold.get("method", "multiotsu") != "multiotsu":
-        parts.append(f"fixed {threshold['value']:g}" if threshold["method"] == "fixed" else threshold["method"])
+    threshold = threshold or {"method": "multiotsu", "offset": PAPER_MULTIOTSU_OFFSETS.get(model, 0.0)}
+    method = threshold.get("method", "multiotsu")
+    if method != "multiotsu":
+        parts.append(f"fixed {threshold['value']:g}" if method == "fixed" else method)
+    elif str(threshold.get("offset_source", "")).startswith("auto"):
+        parts.append("auto offset")  # chosen per fold: the folds stay one row
+    elif not math.isclose(float(threshold.get("offset", 0.0)), PAPER_MULTIOTSU_OFFSETS.get(model, 0.0)):
+        parts.append(multiotsu_text(float(threshold["offset"])))
+    cleaning = threshold.get("cleaning") or {}
+    parts += [name if value is True else f"{name} {value}"
+              for key, name in CLEANING_LABELS if (value := cleaning.get(key))]
     if threshold.get("target_class", "predicted") != "predicted":
         parts.append(f"{threshold['target_class']} class")
     if cam_grid:
@@ -221,7 +246,7 @@ def load_run(run_dir: Path | str) -> ReportRun:
                                 "(`gpseg postprocess` or gpmodels.evaluation.write_evaluation)") from exc
     config_path = run_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else None
-    store_path = evaluation["run"]["store_path"]
+    store_path = evaluated_source(run_dir, evaluation)
     dataset, store_error = Path(store_path).stem, None
     try:
         group = open_store(store_path)
@@ -233,7 +258,8 @@ def load_run(run_dir: Path | str) -> ReportRun:
                      slices=_read_slices(run_dir / "evaluation_slices.csv"), dataset=dataset,
                      label=_label(evaluation["run"]["model"], config, evaluation["threshold"],
                                   evaluation["run"].get("cam_grid")),
-                     store_error=store_error, seed_selection=seed_selection_text(run_dir))
+                     store_error=store_error, seed_selection=seed_selection_text(run_dir),
+                     network_label=_label(evaluation["run"]["model"], config, None, evaluation["run"].get("cam_grid")))
 
 
 def _number(value: Any) -> float:
@@ -283,6 +309,11 @@ class ModelGroup:
     @property
     def kind(self) -> str:
         return self.runs[0].kind
+
+    @property
+    def network_label(self) -> str:
+        """:attr:`ReportRun.network_label` of the group (its label where that is not set)."""
+        return self.runs[0].network_label or self.label
 
     @property
     def stats(self) -> dict[str, dict[str, float]]:
@@ -363,10 +394,16 @@ def _tables(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> tuple[st
     return summary, _csv_text(run_header, run_rows)
 
 
-def _metrics_json(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], header: Mapping[str, Any]) -> str:
+def _metrics_json(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], header: Mapping[str, Any],
+                  out_dir: Path) -> str:
+    """``metrics.json``. Each run names its dir absolute (``run_dir``) and relative to the report folder
+    (``run_dir_relative``), so that a work dir copied or moved with its report finds its own runs
+    (:func:`flows.layout.reported_runs`)."""
     return json.dumps(_clean_json({
         **header,
-        "runs": [{"run_dir": str(run.run_dir), "dataset": run.dataset, "model": run.model, "label": run.label,
+        "runs": [{"run_dir": str(run.run_dir.resolve()),
+                  "run_dir_relative": os.path.relpath(run.run_dir.resolve(), out_dir.resolve()),
+                  "dataset": run.dataset, "model": run.model, "label": run.label,
                   "fold": run.fold, "scalars": run_scalars(run.evaluation), "evaluation": run.evaluation}
                  for run in runs],
         "aggregates": [{"dataset": g.dataset, "model": g.model, "label": g.label, "kind": g.kind,
@@ -417,7 +454,7 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg re
     summary, runs_csv = _tables(runs, groups)
     cache = FigureCache(out_dir / FIGURE_CACHE_DIR, code_version(report_figures, report_panels))
     texts = {"index.html": render_page(header, groups, channel, cache),
-             "metrics.json": _metrics_json(runs, groups, header), "summary.csv": summary, "runs.csv": runs_csv}
+             "metrics.json": _metrics_json(runs, groups, header, out_dir), "summary.csv": summary, "runs.csv": runs_csv}
     for name, text in texts.items():
         write_text_atomic(out_dir / name, text)
     cache.prune()

@@ -22,7 +22,7 @@ import numpy as np
 
 from gpmodels import report_figures as figs
 from gpmodels.bootstrap import REPLICATES
-from gpmodels.evaluation import open_heatmaps
+from gpmodels.evaluation import evaluated_source, open_heatmaps
 from gpmodels.figure_cache import FigureCache
 from gpmodels.files import heatmap_path
 from gpmodels.report import (
@@ -187,7 +187,7 @@ def _confusion_section(groups: Sequence[ModelGroup], cache: FigureCache) -> str:
     figures = []
     for g in groups:
         classes = g.runs[0].evaluation["classification"]["classes"]
-        png = cache.png(figs.confusion_png, g.confusion, list(classes), f"{g.label} ({len(g.runs)} run(s))")
+        png = cache.png(figs.confusion_png, g.confusion, list(classes), f"{g.network_label} ({len(g.runs)} run(s))")
         figures.append(f"<figure>{_img(png, g.label)}<figcaption>{_e(DATASET_TITLES.get(g.dataset, g.dataset))}"
                        "</figcaption></figure>")
     return ('<p class="caption">Test slices summed over folds; rows: true class, columns: predicted class.</p>'
@@ -216,7 +216,7 @@ def _open_run_stores(run: ReportRun) -> tuple[Any, Any, str | None]:
         heat = open_heatmaps(heatmap_path(run.run_dir, run.evaluation["run"]["split"]))
     except FileNotFoundError as exc:
         return None, None, str(exc)
-    return heat, open_store(run.evaluation["run"]["store_path"]), None
+    return heat, open_store(evaluated_source(run.run_dir, run.evaluation)), None
 
 
 def _channel(store: Any, channel: str | None) -> tuple[int, str]:
@@ -357,7 +357,7 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cac
         series = {label: values for label, values in series.items() if values}
         if series:
             png = cache.png(figs.training_curves_png, series,
-                            f"{DATASET_TITLES.get(g.dataset, g.dataset)}: {g.label}")
+                            f"{DATASET_TITLES.get(g.dataset, g.dataset)}: {g.network_label}")
             curves.append(f"<figure>{_img(png, g.label)}</figure>")
     conventions = sorted({run.evaluation["segmentation"].get("convention") or "–" for run in runs})
     return (_table(header, rows, text_columns=len(header) - 1, wrap=True)

@@ -45,7 +45,7 @@ from gpmodels.lightning_module import ClassifierModule
 from gpmodels.nets import build_model
 from gpmodels.train_config import RunConfig, TrainConfig
 from storage.quiet import quiet_logger
-from storage.store import SPLIT_NAMES, open_store
+from storage.store import SPLIT_NAMES, check_chunks, open_store
 
 _QUIET_WARNINGS = (
     r".*does not have many workers.*",
@@ -137,6 +137,7 @@ def resolve_run(config: TrainConfig) -> RunConfig:
             option is unknown.
     """
     group = open_store(config.store)
+    check_chunks(group, config.store, ("images", "labels", f"splits/fold_{config.fold}"))
     classes = tuple(group.attrs["classes"])
     labels = group["labels"][:]
     splits = {split: split_indices(group, config.fold, split) for split in SPLIT_NAMES}

@@ -46,12 +46,14 @@ def heatmaps_cmd(
         console.print(f"[green]wrote[/green] {path}")
 
 
-def _require_run(run: Path) -> Path:
-    """``RUN/config.json``, or a one-line error naming the folder."""
-    config_path = run / "config.json"
-    if not config_path.is_file():
-        raise fail(f"{run}: not a run directory (no config.json)")
-    return config_path
+def _require_run(run: Path) -> dict:
+    """``RUN/config.json`` read, or a one-line error naming the folder or the damaged file."""
+    from gpmodels.files import read_run_config
+
+    try:
+        return read_run_config(run)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
 
 
 def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = True
@@ -70,14 +72,13 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
         typer.Exit: a folder is no run directory (before any work), or (with ``need_one``) no run
             could be evaluated.
     """
-    import json
     from itertools import accumulate
 
-    from gpmodels.evaluation import evaluate_heatmaps, open_heatmaps, write_evaluation
+    from gpmodels.evaluation import evaluate_heatmaps, offset_at_edge, open_heatmaps, write_evaluation
     from gpmodels.files import heatmap_path
     from gpmodels.postprocess import ThresholdConfig
 
-    models = {run: json.loads(_require_run(run).read_text())["train"]["model"] for run in runs}
+    models = {run: _require_run(run)["train"]["model"] for run in runs}
     failed: dict[Path, str] = {}
     sizes: dict[Path, int] = {}
     for run in runs:
@@ -101,11 +102,38 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
             write_evaluation(run, result)
             done.append(run)
             results.append(result)
+            threshold = result["threshold"]
+            if threshold.get("offset_source", "").startswith("auto") and offset_at_edge(
+                    threshold["offset"], threshold["auto_offsets"]):
+                console.print(f"[yellow]warning[/yellow] {escape(str(run))}: --offset auto chose {threshold['offset']:g}, "
+                              "the largest offset it tries; a larger one may do better (give it as --offset)",
+                              highlight=False, soft_wrap=True)
     for run, reason in failed.items():
         console.print(f"[red]failed[/red] {escape(str(run))}: {escape(reason)}", highlight=False, soft_wrap=True)
     if need_one and not done:
         raise fail(f"no run could be evaluated ({len(failed)} failed)")
     return done, results, [f"not in this report: {run}: {reason}" for run, reason in failed.items()]
+
+
+def _unique(runs: list[Path]) -> list[Path]:
+    """``runs`` without repeats (one run given twice, perhaps by two spellings of its path), in order."""
+    seen: dict[Path, Path] = {}
+    for run in runs:
+        seen.setdefault(run.resolve(), run)
+    return list(seen.values())
+
+
+def _writable_folder(out: Path) -> Path:
+    """``out``, or a one-line error, before any run is evaluated, when no report can be written there: it is
+    a file, or its nearest existing folder is not writable."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out {out}: exists and is not a folder")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise fail(f"--out {out}: cannot write in {existing}")
+    return out
 
 
 def _reason(exc: Exception) -> str:
@@ -135,11 +163,20 @@ def _print_table(results: list[dict], runs: list[Path]) -> None:
 
 
 def _threshold_cell(threshold: dict) -> str:
-    """``MO−0.3`` (multi-Otsu minus the offset), ``otsu`` or ``fixed 0.5``, as the run was thresholded."""
+    """``MO−0.3`` (multi-Otsu minus the offset; ``MO+0.5`` for a negative one), ``otsu`` or ``fixed 0.5``, as
+    the run was thresholded, then ``true class`` and the clean-up steps where they apply."""
+    from gpmodels.report import CLEANING_LABELS, multiotsu_text
+
     method = threshold["method"]
     if method == "multiotsu":
-        return f"MO−{threshold['offset']}"
-    return f"fixed {threshold['value']}" if method == "fixed" else str(method)
+        text = multiotsu_text(float(threshold.get("offset") or 0.0))
+    else:
+        text = f"fixed {float(threshold['value']):g}" if method == "fixed" else str(method)
+    if threshold.get("target_class", "predicted") != "predicted":
+        text += f", {threshold['target_class']} class"
+    cleaning = threshold.get("cleaning") or {}
+    return text + "".join(f", {name}" if value is True else f", {name} {value}"
+                          for key, name in CLEANING_LABELS if (value := cleaning.get(key)))
 
 
 def _run_label(run_dir: Path) -> str:
@@ -157,7 +194,12 @@ def _workdir_runs(workdir: Path, doing: str) -> list[Path]:
     console after ``doing``; a one-line error when there is none."""
     from flows.layout import default_runs
 
-    found, source = default_runs(str(workdir))
+    if not workdir.is_dir():
+        raise fail(f"{workdir}: no such work dir")
+    try:
+        found, source = default_runs(str(workdir))
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
     if not found:
         raise fail(f"{workdir}: no run with test heatmaps (run the full-benchmark flow or `gpseg benchmark` first)")
     console.print(f"{doing} {source}", highlight=False, soft_wrap=True)
@@ -195,8 +237,8 @@ def postprocess_cmd(
         from flows.layout import REPORT
 
         runs, out = _workdir_runs(workdir, "re-thresholding"), out or workdir / REPORT
-    out = out or Path("report")
-    done, results, failed = _evaluate(runs, params)
+    out = _writable_folder(out or Path("report"))
+    done, results, failed = _evaluate(_unique(runs), params)
     _print_table(results, done)
     html = build_report(done, out, title="gpseg report (post-processing re-run)",
                         notes=[f"thresholds re-run by `gpseg postprocess`: {params.describe()}", *failed])
@@ -212,21 +254,50 @@ def report_cmd(
 ) -> None:
     """Write the HTML report over runs; runs without evaluation.json are evaluated with the paper's thresholds.
 
-    A run that cannot be evaluated is named, left out of the report and the others go on (exit 2).
+    A run that cannot be evaluated, or whose evaluation.json no longer describes it (its test heatmaps gone,
+    its store re-ingested since), is named, left out of the report and the others go on (exit 2).
     """
     from gpmodels.report import build_report
 
+    runs, out = _unique(runs), _writable_folder(out)
+    for run in runs:
+        _require_run(run)  # a folder that is no run is refused before any work
     missing = [r for r in runs if not (r / "evaluation.json").is_file()]
-    failed: list[str] = []
+    stale = {run: reason for run in runs if run not in missing and (reason := _outdated(run)) is not None}
+    for run, reason in stale.items():
+        console.print(f"[red]failed[/red] {escape(str(run))}: {escape(reason)}", highlight=False, soft_wrap=True)
+    failed = [f"not in this report: {run}: {reason}" for run, reason in stale.items()]
     if missing:
         from flows.params import ThresholdParams
 
-        evaluated, _, failed = _evaluate(missing, ThresholdParams(), need_one=len(missing) == len(runs))
+        evaluated, _, more = _evaluate(missing, ThresholdParams(), need_one=False)
+        failed += more
         runs = [run for run in runs if run not in missing or run in evaluated]
+    runs = [run for run in runs if run not in stale]
+    if not runs:
+        raise fail(f"no run could be reported ({len(failed)} failed)")
     html = build_report(runs, out, title=title, notes=failed)
     console.print(f"[green]report[/green] {html}")
     if failed:
         raise typer.Exit(2)
+
+
+def _outdated(run: Path) -> str | None:
+    """Why an evaluated run's ``evaluation.json`` no longer describes it (it is damaged, its heatmaps are gone,
+    or its store was re-ingested since), or ``None`` when it does."""
+    from gpmodels.evaluation import evaluated_source, load_evaluation, open_heatmaps
+    from gpmodels.files import heatmap_path
+    from storage.store import check_data_version, open_store
+
+    try:
+        evaluation = load_evaluation(run)
+        open_heatmaps(heatmap_path(run, evaluation["run"].get("split", "test")))
+        store_path = evaluated_source(run, evaluation)
+        check_data_version(open_store(store_path), evaluation["run"].get("data_version"), store_path,
+                           f"the evaluation of {run}")
+    except Exception as exc:  # as _evaluate: this run fails, the others go on
+        return _reason(exc)
+    return None
 
 
 def export_masks_cmd(
@@ -244,8 +315,6 @@ def export_masks_cmd(
 
     The masks are thresholded as the run's last evaluation did (evaluation.json), one patient at a time.
     """
-    import json
-
     if (run is None) == (workdir is None):
         raise fail("give either --run or --workdir")
     if suffix and any(sep in suffix for sep in ("/", "\\")):
@@ -256,7 +325,7 @@ def export_masks_cmd(
         return
     written = 0
     for path in _workdir_runs(workdir, "exporting"):
-        train = json.loads(_require_run(path).read_text())["train"]
+        train = _require_run(path)["train"]
         files = _export_run(path, out, f"_{train['model']}_fold{train['fold']}{suffix or ''}",
                             f"export masks {train['model']} fold {train['fold']}", skip_2d=True)
         written += len(files or [])
@@ -266,9 +335,7 @@ def export_masks_cmd(
 def _export_run(run: Path, out: Path, suffix: str, label: str = "export masks",
                 skip_2d: bool = False) -> list[Path] | None:
     """Export one run's test masks (see :func:`export_masks_cmd`); ``None`` for a skipped 2-D run."""
-    import json
-
-    from gpmodels.evaluation import mask_reader, open_heatmaps
+    from gpmodels.evaluation import heatmap_source, load_evaluation, mask_reader, open_heatmaps
     from gpmodels.files import heatmap_path
     from gpmodels.nifti_export import export_patient_masks, open_volume_store
     from gpmodels.report import threshold_config as evaluated_threshold
@@ -281,15 +348,17 @@ def _export_run(run: Path, out: Path, suffix: str, label: str = "export masks",
     except FileNotFoundError as exc:
         raise fail(str(exc)) from exc
     try:
-        evaluation = json.loads((run / "evaluation.json").read_text())
+        evaluation = load_evaluation(run)
     except FileNotFoundError as exc:
         raise fail(f"{run}: no evaluation.json, so no threshold to export with; run `gpseg postprocess --runs "
                    f"{run}` first") from exc
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
     config = evaluated_threshold(evaluation["threshold"])
     try:
-        group = open_volume_store(heat.attrs["store_path"])  # a 2-D store fails (or is skipped) before the bar
-        check_data_version(group, heat.attrs.get("data_version"), heat.attrs["store_path"],
-                           f"heatmap store {heatmap_path(run, 'test')}")
+        store_path = heatmap_source(heatmap_path(run, "test"), heat)
+        group = open_volume_store(store_path)  # a 2-D store fails (or is skipped) before the bar
+        check_data_version(group, heat.attrs.get("data_version"), store_path, f"heatmap store {heatmap_path(run, 'test')}")
     except StoreError as exc:
         raise fail(str(exc)) from exc
     except ValueError as exc:
@@ -300,7 +369,7 @@ def _export_run(run: Path, out: Path, suffix: str, label: str = "export masks",
         return None
     with progress_bar(label) as update:
         try:  # one patient's masks in memory at a time
-            return export_patient_masks(heat.attrs["store_path"], heat["index"][:], mask_reader(heat, config), out,
+            return export_patient_masks(store_path, heat["index"][:], mask_reader(heat, config), out,
                                         suffix=suffix, progress=update)
         except (ValueError, StoreError) as exc:
             raise fail(str(exc)) from exc

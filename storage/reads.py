@@ -18,6 +18,8 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
+from storage.errors import StoreError
+
 _RUNS_PER_TRIP = 256
 """Runs read in one trip to the event loop (bounds the tasks pending at once)."""
 
@@ -60,6 +62,7 @@ def read_rows(rows: Any, *arrays: zarr.Array) -> tuple[np.ndarray, ...]:
     Raises:
         ValueError: ``rows`` is not one-dimensional.
         IndexError: a row is outside ``[0, N)`` of an array.
+        StoreError: a chunk cannot be read or decoded (a damaged store), naming the array.
     """
     rows = np.asarray(rows, dtype=np.int64)
     if rows.ndim != 1:
@@ -75,13 +78,25 @@ def read_rows(rows: Any, *arrays: zarr.Array) -> tuple[np.ndarray, ...]:
 
         async def read(trip: list[tuple[int, int]] = trip) -> list[Any]:
             return await asyncio.gather(*(view.getitem(slice(int(rows[a]), int(rows[a]) + b - a))
-                                          for view in views for a, b in trip))
+                                          for view in views for a, b in trip), return_exceptions=True)
 
-        parts = iter(sync(read()))
+        results = sync(read())
+        errors = [(i // len(trip), error) for i, error in enumerate(results) if isinstance(error, Exception)]
+        if errors:  # e.g. a truncated chunk file: name the array, not only the codec
+            where, error = errors[0]
+            raise StoreError(f"{location(arrays[where])}: damaged, a chunk cannot be read "
+                             f"({type(error).__name__}: {' '.join(str(error).split())})") from error
+        parts = iter(results)
         for out in outs:
             for a, b in trip:
                 out[a:b] = np.asarray(next(parts))
     return tuple(outs)
+
+
+def location(array: zarr.Array) -> str:
+    """Where an array lives, as a path for a local store (``/w/stores/brats.zarr/masks``), else its URL."""
+    text = str(array.store_path)
+    return text.removeprefix("file://")
 
 
 def _trips(runs: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:

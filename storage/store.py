@@ -104,6 +104,38 @@ def check_data_version(group: zarr.Group, expected: str | None, store_path: str 
                          "and make its heatmaps anew")
 
 
+CHUNK_COUNTS = "chunks_written"
+"""Group attribute: ``{array path: chunk files written}``. Zarr writes no file for a chunk that holds
+only its fill value (an empty mask) and reads a missing chunk as that value, so a store that lost
+files (a partial copy or sync) would read zeros silently; :func:`check_chunks` compares with this."""
+
+
+def chunk_counts(group: zarr.Group) -> dict[str, int]:
+    """Chunk files on disk of every array of ``group``, its subgroups' too (``{"splits/fold_0": 1, ...}``)."""
+    return {name: int(member.nchunks_initialized) for name, member in group.members(max_depth=None)
+            if isinstance(member, zarr.Array)}
+
+
+def check_chunks(group: zarr.Group, where: str | Path, names: tuple[str, ...] | None = None) -> None:
+    """Raise when an array of ``group`` has fewer chunk files than :data:`CHUNK_COUNTS` recorded.
+
+    Args:
+        group: a slice store or heatmap store.
+        where: its path, for the message.
+        names: the arrays to check (default: all recorded). Stores written before the record was kept
+            are not checked.
+
+    Raises:
+        StoreError: one line naming the store and the array.
+    """
+    recorded = dict(group.attrs.get(CHUNK_COUNTS) or {})
+    for name in recorded if names is None else [n for n in names if n in recorded]:
+        found = int(group[name].nchunks_initialized) if name in group else 0
+        if found < int(recorded[name]):
+            raise StoreError(f"{where}: {int(recorded[name]) - found} of the {recorded[name]} chunk files of "
+                             f"'{name}' are missing (a damaged or partly copied store, which would read as zeros)")
+
+
 def _is_zarr_group(path: Path) -> bool:
     """Whether ``path`` is a folder holding a Zarr group (format 3 ``zarr.json`` or format 2 ``.zgroup``)."""
     return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zgroup").is_file())
@@ -206,7 +238,8 @@ class StoreWriter:
                 [{"data_version": before, "slices": self._base_slices}] if before else [])
         if not history or history[-1].get("data_version") != version:  # an append that added nothing adds no entry
             history.append({"data_version": version, "slices": n})
-        full = {**attrs, "schema_version": SCHEMA_VERSION, "data_version": version, "data_history": history}
+        full = {**attrs, "schema_version": SCHEMA_VERSION, "data_version": version, "data_history": history,
+                CHUNK_COUNTS: chunk_counts(self.group)}
         self.group.attrs.update(full)
         return replace_folder(self.tmp, self.path)
 

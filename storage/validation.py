@@ -21,7 +21,7 @@ import pandas as pd
 
 from storage.quiet import quiet_logger
 from storage.splits import TEST, TRAIN, VAL, empty_splits
-from storage.store import SPLIT_NAMES, fold_names, open_store, read_patients
+from storage.store import CHUNK_COUNTS, SPLIT_NAMES, fold_names, open_store, read_patients
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -179,6 +179,9 @@ def _validate(path: Path | str, progress: Callable[[int, int], None] | None) -> 
                                       group["patient"].shape[0], group["slice_index"].shape[0]],
                            "plane": [tuple(image_shape[2:]), tuple(group["masks"].shape[1:]), None, None, None]})
     arrays["plane_ok"] = arrays["plane"].map(lambda p: p is None or p == tuple(image_shape[2:]))
+    recorded = dict(group.attrs.get(CHUNK_COUNTS) or {})  # a store from before the record: nothing to compare
+    arrays["chunks_missing"] = [max(0, int(recorded[a]) - int(group[a].nchunks_initialized)) if a in recorded else 0
+                                for a in arrays["array"]]
     leak, cover, codes, counts = _split_tables(group, table, classes, mode)
     failures: list[str] = []
     checked = 0
@@ -195,6 +198,7 @@ def _validate(path: Path | str, progress: Callable[[int, int], None] | None) -> 
         ("arrays", arrays, [
             E.ExpectColumnValuesToBeInSet(column="length", value_set=[n]),
             E.ExpectColumnValuesToBeInSet(column="plane_ok", value_set=[True]),
+            E.ExpectColumnValuesToBeInSet(column="chunks_missing", value_set=[0]),
         ]),
         ("split_codes", codes, [
             E.ExpectColumnValuesToBeInSet(column="code", value_set=[TRAIN, VAL, TEST]),

@@ -86,3 +86,22 @@ def test_an_appends_notes_name_only_the_rejections_of_its_new_files():
     assert rejection_note("brats", "s.zarr", rejected) == (
         "brats: 3 source file(s) or case folder(s) rejected at ingestion, not in the store: BraTS20_Training_003: "
         "missing segmentation volume; `gpseg info s.zarr` lists all 3")
+
+
+def test_summary_rows_round_as_the_report_shows_so_the_log_agrees_with_it():
+    """Rounded to 4 places and then shown to 3, a median Dice of 0.04848 read 0.049 in the flow's log
+    and 0.048 in the report."""
+    from flows.layout import summary_rows
+
+    evaluation = {"classification": {"accuracy": 0.91649, "f1": 0.9, "classes": []},
+                  "segmentation": {"dice": {"n": 3, "median": 0.04848}}, "run": {"kind": "gp"}}
+    (row,) = summary_rows([{"model": "gp-unet", "fold": 0, "dataset": "brats", "evaluation": evaluation}])
+    assert row["median_dice"] == 0.048 and row["accuracy"] == 0.916
+    assert "median Dice 0.048," in row_line(row)
+
+
+def test_an_auto_offset_at_the_top_of_its_grid_is_flagged():
+    from gpmodels.evaluation import offset_at_edge
+
+    assert offset_at_edge(2.0, (0.0, 1.0, 2.0)) and not offset_at_edge(1.0, (0.0, 1.0, 2.0))
+    assert not offset_at_edge(0.5, (0.5,))  # a grid of one offset has no edge to go past

@@ -22,3 +22,32 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         write_text_atomic(target, "\ud800")  # a lone surrogate cannot be encoded
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_recorded_store_path_follows_a_moved_or_copied_run_dir(tmp_path):
+    from gpmodels.files import relocated
+
+    old_run, old_store = tmp_path / "w" / "runs" / "b" / "v" / "m" / "fold_0", tmp_path / "w" / "stores" / "b.zarr"
+    new_run, new_store = tmp_path / "copy" / "runs" / "b" / "v" / "m" / "fold_0", tmp_path / "copy" / "stores" / "b.zarr"
+    for path in (old_run, old_store, new_run):
+        path.mkdir(parents=True)
+    assert relocated(str(old_store), str(old_run), old_run) == str(old_store)  # not moved
+    assert relocated(str(old_store), str(old_run), new_run) == str(old_store)  # moved alone: the store stayed
+    new_store.mkdir(parents=True)
+    assert relocated(str(old_store), str(old_run), new_run) == str(new_store)  # copied with its store: its own
+    assert relocated("s3://bucket/b.zarr", str(old_run), new_run) == "s3://bucket/b.zarr"
+    assert relocated("stores/b.zarr", str(old_run), new_run) == "stores/b.zarr"  # base unknown
+    assert relocated(str(old_store), None, new_run) == str(old_store)
+
+
+def test_a_damaged_run_config_is_one_line_naming_the_file(tmp_path):
+    from gpmodels.files import read_run_config
+
+    with pytest.raises(ValueError, match="not a run directory"):
+        read_run_config(tmp_path)
+    (tmp_path / "config.json").write_text('{"train": ')
+    with pytest.raises(ValueError, match=r"config\.json: damaged \(JSONDecodeError"):
+        read_run_config(tmp_path)
+    (tmp_path / "config.json").write_text('{"train": {}}')
+    with pytest.raises(ValueError, match=r"config\.json: damaged \(KeyError: 'model'\)"):
+        read_run_config(tmp_path)

@@ -355,7 +355,9 @@ def test_postprocess_cli_on_a_workdir_rethresholds_the_reports_runs_only(report_
     assert [run["run_dir"] for run in metrics["runs"]] == [str(current)]
 
     both = CliRunner().invoke(app, ["postprocess", "--workdir", str(tmp_path / "w"), "--runs", str(current)])
-    empty = CliRunner().invoke(app, ["postprocess", "--workdir", str(tmp_path / "nothing")])
+    empty = CliRunner().invoke(app, ["postprocess", "--workdir", str(tmp_path)])
+    nowhere = CliRunner().invoke(app, ["postprocess", "--workdir", str(tmp_path / "nothing")])
+    assert nowhere.exit_code == 1 and "no such work dir" in nowhere.output
     assert both.exit_code == 1 and "either --runs" in both.output
     assert empty.exit_code == 1 and "no run with test heatmaps" in empty.output
 
@@ -653,3 +655,135 @@ def test_auto_offset_counts_masked_slices_predicted_tumour_free(report_runs, tmp
     # 0 they give 0.1, 0.5, 0.4
     assert chosen["offset"] == 1.0
     assert chosen["offset_source"].endswith("(1 of them with an empty mask at every offset)")
+
+
+def _work_dir_of(run: Path, store: Path, work: Path) -> Path:
+    """A flow work dir ``work`` made from a run and its store, as if the run had been trained there:
+    ``work/stores/brats.zarr`` and ``work/runs/brats/v1/gp-unet/fold_0``, with the recorded paths its own."""
+    shutil.copytree(store, work / "stores" / "brats.zarr")
+    fold = work / "runs" / "brats" / "v1" / "gp-unet" / "fold_0"
+    shutil.copytree(run, fold)
+    for split in [split for split in ("test", "val") if heatmap_path(fold, split).is_dir()]:
+        heat = zarr.open_group(str(heatmap_path(fold, split)), mode="r+")
+        heat.attrs.update(run_dir=str(fold), store_path=str(work / "stores" / "brats.zarr"))
+    config = json.loads((fold / "config.json").read_text())
+    config["train"]["out"], config["store_path"] = str(fold), str(work / "stores" / "brats.zarr")
+    (fold / "config.json").write_text(json.dumps(config))
+    write_evaluation(fold, evaluate_heatmaps(heatmap_path(fold, "test")))
+    build_report([fold], work / "report")
+    return fold
+
+
+def test_a_copied_work_dir_re_thresholds_its_own_runs_and_store_not_the_originals(report_runs, phantom_store,
+                                                                                tmp_path):
+    """Runs record absolute paths: re-thresholding a copy (a work dir copied off a cluster) wrote into the
+    original's runs, and once the original was gone it failed with "no slice store here"."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    original = _work_dir_of(report_runs["gp"], phantom_store, tmp_path / "w")
+    shutil.copytree(tmp_path / "w", tmp_path / "copy")
+    before = (original / "evaluation.json").read_text()
+    copied = tmp_path / "copy" / original.relative_to(tmp_path / "w")
+
+    result = CliRunner().invoke(app, ["postprocess", "--workdir", str(tmp_path / "copy"), "--offset", "0.9"])
+    assert result.exit_code == 0, result.output
+    assert (original / "evaluation.json").read_text() == before
+    assert _evaluation(copied)["threshold"]["offset"] == 0.9
+    assert _evaluation(copied)["run"]["store_path"] == str(tmp_path / "copy" / "stores" / "brats.zarr")
+    metrics = json.loads((tmp_path / "copy" / "report" / "metrics.json").read_text())
+    assert [run["run_dir"] for run in metrics["runs"]] == [str(copied)]
+
+    shutil.rmtree(tmp_path / "w")  # the original is gone: the copy still has everything it needs
+    shutil.move(tmp_path / "copy", tmp_path / "moved")
+    moved = tmp_path / "moved" / original.relative_to(tmp_path / "w")
+    for command in (["postprocess", "--workdir", str(tmp_path / "moved")],
+                    ["report", str(moved), "--out", str(tmp_path / "moved" / "report")],
+                    ["export-masks", "--run", str(moved), "--out", str(tmp_path / "masks")]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 0, (command, result.output)
+    assert any((tmp_path / "masks").iterdir())
+
+
+def test_a_report_whose_runs_are_all_gone_is_not_replaced_by_every_run_on_disk(report_runs, phantom_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    _work_dir_of(report_runs["gp"], phantom_store, tmp_path / "w")
+    report = tmp_path / "w" / "report"
+    shutil.copytree(report, tmp_path / "elsewhere" / "report")  # a report copied without its runs
+    kept = CliRunner().invoke(app, ["postprocess", "--workdir", str(tmp_path / "elsewhere")])
+    assert kept.exit_code == 0 and "the 1 run(s) of the report" in kept.output  # found where they were
+    shutil.rmtree(tmp_path / "w" / "runs")
+    (tmp_path / "elsewhere" / "runs" / "brats" / "v0" / "gp-unet" / "fold_0").mkdir(parents=True)  # some other run
+    result = CliRunner().invoke(app, ["postprocess", "--workdir", str(tmp_path / "elsewhere")])
+    assert result.exit_code == 1 and "none of the 1 run dir(s) it names is there" in result.output
+
+
+def test_a_run_of_the_report_that_lost_its_heatmaps_is_named_not_dropped(report_runs, phantom_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    fold = _work_dir_of(report_runs["gp"], phantom_store, tmp_path / "w")
+    other = fold.parent.parent / "resnext50" / "fold_0"
+    shutil.copytree(fold, other)
+    build_report([fold, other], tmp_path / "w" / "report")
+    shutil.rmtree(heatmap_path(other, "test"))
+    result = CliRunner().invoke(app, ["postprocess", "--workdir", str(tmp_path / "w")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "failed" in said and "no heatmap store" in said, result.output
+
+
+def test_report_leaves_out_and_names_runs_whose_evaluation_is_out_of_date(report_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    current = _copy_run(report_runs["gp"], tmp_path / "current")
+    no_maps = _copy_run(report_runs["gp"], tmp_path / "no_maps")
+    shutil.rmtree(heatmap_path(no_maps, "test"))
+    reingested = _copy_run(report_runs["gp"], tmp_path / "reingested", **{"run.data_version": "deadbeef00000000"})
+    damaged = _copy_run(report_runs["gp"], tmp_path / "damaged")
+    (damaged / "evaluation.json").write_text("{}")
+    result = CliRunner().invoke(app, ["report", str(current), str(no_maps), str(reingested), str(damaged),
+                                      str(tmp_path / "current"), "--out", str(tmp_path / "out")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert said.count("failed") == 3 and "no heatmap store" in said and "deadbeef" in said and "damaged" in said
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert [run["run_dir"] for run in metrics["runs"]] == [str(current)]  # given twice, reported once
+    out_file = tmp_path / "file"
+    out_file.write_text("")
+    before = (current / "evaluation.json").read_text()
+    refused = CliRunner().invoke(app, ["postprocess", "--runs", str(current), "--offset", "1.0", "--out", str(out_file)])
+    assert refused.exit_code == 1 and "exists and is not a folder" in refused.output
+    assert (current / "evaluation.json").read_text() == before  # refused before any run was evaluated
+
+
+def test_runs_thresholded_differently_are_separate_rows_and_the_console_says_how(report_runs, tmp_path):
+    paper = _copy_run(report_runs["gp"], tmp_path / "paper")
+    other = _copy_run(report_runs["gp"], tmp_path / "other")
+    write_evaluation(other, evaluate_heatmaps(heatmap_path(other, "test"), ThresholdConfig(
+        offset=-0.5, cleaning=CleaningConfig(closing_radius=1, largest_component=True))))
+    runs = [load_run(paper), load_run(other)]
+    assert runs[1].label == runs[0].label.removesuffix(")") + ", MO+0.5, closing 1, largest)", runs[1].label
+    assert runs[0].network_label == runs[1].network_label == runs[0].label  # the paper's threshold adds nothing
+    from gpseg.eval_commands import _threshold_cell
+
+    assert _threshold_cell(runs[1].evaluation["threshold"]) == "MO+0.5, closing 1, largest"
+
+
+def test_a_heatmap_store_that_lost_chunk_files_fails_its_run_instead_of_reading_zeros(report_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    run = _copy_run(report_runs["gp"], tmp_path / "run")
+    maps = heatmap_path(run, "test") / "maps"
+    next(p for p in sorted(maps.rglob("*")) if p.is_file() and p.name != "zarr.json").unlink()
+    result = CliRunner().invoke(app, ["postprocess", "--runs", str(run), "--out", str(tmp_path / "out")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "chunk files of 'maps' are missing" in said, result.output

@@ -184,3 +184,24 @@ def test_appended_slices_of_a_stored_patient_keep_its_split(jun_cheng_copy, tmp_
         assert len({f"{p}/-1" for p in patients[before.size:]}) < len(held)  # the old keys were shared
         for k in range(3):
             assert np.array_equal(group[f"splits/fold_{k}"][before.size:], expected[k])
+
+
+def test_a_store_that_lost_chunk_files_fails_validation_and_reads_refuse_it(brats_source, tmp_path):
+    """Zarr writes no file for an empty mask's chunk and reads any missing chunk as zeros, so a partly
+    copied store gave fewer tumour slices and a different Dice with exit 0; the chunk counts written at
+    commit tell a lost file from an empty mask."""
+    from storage.errors import StoreError
+    from storage.store import CHUNK_COUNTS, check_chunks
+
+    ingest_brats(brats_source, tmp_path / "b.zarr", CONFIG)
+    group = open_store(tmp_path / "b.zarr")
+    counts = group.attrs[CHUNK_COUNTS]
+    assert 0 < counts["masks"] < group["masks"].shape[0] == counts["images"]  # empty masks have no file
+    check_chunks(group, tmp_path / "b.zarr")
+    written = sorted(p for p in (tmp_path / "b.zarr" / "masks").rglob("*") if p.is_file() and p.name != "zarr.json")
+    written[0].unlink()
+    with pytest.raises(StoreError, match=r"b\.zarr: 1 of the \d+ chunk files of 'masks' are missing"):
+        check_chunks(open_store(tmp_path / "b.zarr"), tmp_path / "b.zarr", ("masks",))
+    check_chunks(open_store(tmp_path / "b.zarr"), tmp_path / "b.zarr", ("images",))  # only those asked for
+    failures = validate_store(tmp_path / "b.zarr").failures
+    assert any("chunks_missing" in line for line in failures), failures

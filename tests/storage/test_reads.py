@@ -80,3 +80,16 @@ def test_bad_rows_are_refused(arrays):
         read_rows([-1], images)
     with pytest.raises(ValueError, match="one dimension"):
         read_rows([[1, 2]], images)
+
+
+def test_a_chunk_that_cannot_be_decoded_is_named_with_its_array(tmp_path):
+    """A truncated chunk file gave "RuntimeError: Zstd decompression error" with no file named (and asyncio's
+    "Task was destroyed but it is pending!" for the reads still in flight)."""
+    from storage.errors import StoreError
+
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    group.create_array("maps", data=np.arange(40, dtype=np.float32).reshape(10, 4), chunks=(1, 4))
+    chunk = next(p for p in (tmp_path / "s.zarr" / "maps").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(b"\x00")
+    with pytest.raises(StoreError, match=r"s\.zarr/maps: damaged, a chunk cannot be read"):
+        read_rows(np.arange(10), zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["maps"])
