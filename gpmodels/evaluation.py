@@ -236,7 +236,8 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
     free = labels == 0 if tumour_free else np.zeros(n, bool)
     result = {
         "run": {key: attrs.get(key) for key in ("model", "fold", "split", "run_dir", "store_path", "data_version",
-                                                 "classes", "kind", "image_size", "cam_layer", "cam_grid")},
+                                                 "classes", "kind", "image_size", "store_image_size", "cam_layer",
+                                                 "cam_grid")},
         "threshold": {**_config_dict(config), "offset_source": offset_source},
         "classification": classification_metrics(labels, predicted, classes),
         "tumour_only_accuracy": (tumour_only_accuracy(labels, predicted, tumour_classes)
@@ -245,7 +246,9 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
         "segmentation": {
             "dice": dice_summary(scores[has_target]),
             "per_class": per_class_dice(np.where(has_target, scores, np.nan), labels, has_target, classes),
-            "fpr_tumour_free": (float(np.mean(pred_px[free] > 0)) if free.any() else None),
+            # with the true class's map a tumour-free slice gets an empty mask by construction: no rate to report
+            "fpr_tumour_free": (float(np.mean(pred_px[free] > 0))
+                                if free.any() and config.target_class == "predicted" else None),
             "convention": DICE_CONVENTION,
         },
         "posthoc": _posthoc_agreement(heat),

@@ -369,6 +369,21 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cac
             + f'<h3>Training curves</h3><div class="figures">{"".join(curves) or "–"}</div>')
 
 
+MOST_OF_SLICE = 0.5
+"""A run whose masks cover more than this share of the slice (median) gets a warning: they do not localise."""
+
+
+def mask_coverage(run: ReportRun) -> float | None:
+    """Median share of the slice that a run's non-empty test masks cover, from ``evaluation_slices.csv``;
+    ``None`` without the per-slice rows, the slice size (evaluations of older gpseg) or any mask."""
+    size = run.evaluation["run"].get("store_image_size")
+    if run.slices is None or not size:
+        return None
+    pixels = np.asarray(run.slices["pred_pixels"], dtype=np.float64)
+    pixels = pixels[pixels > 0]
+    return float(np.median(pixels)) / float(size) ** 2 if pixels.size else None
+
+
 def _warnings(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
     boxes = []
     auto = [run for run in runs if run.offset_auto]
@@ -383,6 +398,9 @@ def _warnings(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
             boxes.append(f"{_e(g.label)} on {_e(g.dataset)} has several runs of one fold ({folds}); "
                          "its statistics are over runs, not folds.")
     boxes += [f"Panels of {_e(run.run_dir)} not shown: {_e(run.store_error)}" for run in runs if run.store_error]
+    boxes += [f"{_e(run.label)} fold {run.fold} on {_e(run.dataset)}: its masks cover {share:.0%} of the slice (median "
+              "over the slices given a mask), so they do not localise and their Dice is about that of marking the "
+              "whole slice." for run in runs if (share := mask_coverage(run)) is not None and share > MOST_OF_SLICE]
     return "".join(f'<div class="warning">{text}</div>' for text in boxes)
 
 

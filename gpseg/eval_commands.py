@@ -345,7 +345,7 @@ def _export_run(run: Path, out: Path, suffix: str, label: str = "export masks",
     _require_run(run)
     try:
         heat = open_heatmaps(heatmap_path(run, "test"))
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # missing, or lost chunk files
         raise fail(str(exc)) from exc
     try:
         evaluation = load_evaluation(run)
@@ -367,6 +367,13 @@ def _export_run(run: Path, out: Path, suffix: str, label: str = "export masks",
         console.print(f"skipped {run}: a store of 2-D slices has no volume grid to export onto", highlight=False,
                       soft_wrap=True)
         return None
+    console.print(f"{run}: thresholded as its last evaluation: {_threshold_cell(evaluation['threshold'])}",
+                  highlight=False, soft_wrap=True)
+    if config.target_class != "predicted":
+        console.print(f"[yellow]warning[/yellow] {run}: its last evaluation thresholded the map of the true class "
+                      "(--target-class true), so these masks use the ground-truth labels: they are no prediction. "
+                      "Re-run `gpseg postprocess` without it first to export predictions.", highlight=False,
+                      soft_wrap=True)
     with progress_bar(label) as update:
         try:  # one patient's masks in memory at a time
             return export_patient_masks(store_path, heat["index"][:], mask_reader(heat, config), out,

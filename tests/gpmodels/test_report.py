@@ -787,3 +787,36 @@ def test_a_heatmap_store_that_lost_chunk_files_fails_its_run_instead_of_reading_
     result = CliRunner().invoke(app, ["postprocess", "--runs", str(run), "--out", str(tmp_path / "out")])
     said = " ".join(result.output.split())
     assert result.exit_code == 1 and "chunk files of 'maps' are missing" in said, result.output
+
+
+def test_masks_that_cover_most_of_the_slice_are_flagged_in_the_report(report_runs, tmp_path):
+    """An untrained network's masks can cover the whole slice; their Dice then looks like a result."""
+    def with_masks_of(pixels: int, name: str) -> str:
+        run = _copy_run(report_runs["gp"], tmp_path / name)
+        rows = _read_csv(run / "evaluation_slices.csv")
+        for row in rows:
+            row["pred_pixels"] = str(pixels)
+        with (run / "evaluation_slices.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return build_report([run], tmp_path / f"{name}-report").read_text()
+
+    size = _evaluation(report_runs["gp"])["run"]["store_image_size"]
+    assert "its masks cover 100% of the slice" in with_masks_of(size * size - 3, "whole")
+    assert "of the slice (median" not in with_masks_of(size, "small")
+
+
+def test_true_class_masks_are_exported_with_a_warning_and_have_no_tumour_free_rate(report_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    run = _copy_run(report_runs["gp"], tmp_path / "run")
+    result = CliRunner().invoke(app, ["postprocess", "--runs", str(run), "--target-class", "true",
+                                      "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert _evaluation(run)["segmentation"]["fpr_tumour_free"] is None  # 0 by construction, not a result
+    exported = CliRunner().invoke(app, ["export-masks", "--run", str(run), "--out", str(tmp_path / "masks")])
+    said = " ".join(exported.output.split())
+    assert exported.exit_code == 0 and "MO−0.3, true class" in said and "they are no prediction" in said, said
