@@ -7,9 +7,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.states import Failed
 
+from flows.layout import (REPORT, dataset_failure_row, failure_carried_notes, rejection_note, row_line, row_where,
+                          summary_rows, tagged)
 from flows.params import BenchmarkParams
-from flows.layout import (REPORT, dataset_failure_row, failure_notes, rejection_note, row_line, row_where,
-                          summary_rows)
 from flows.pipeline import heatmaps_and_evaluation, prepare_dataset, train_and_keep, training_jobs
 from tasks.evaluation import publish, report
 
@@ -31,6 +31,7 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
     logger = get_run_logger()
     jobs, labels = [], {}
     rejected, rejections = [], []
+    carried = tagged("", [f"preset {params.preset}, {params.folds} fold(s)"])  # how the runs were made
     for spec in params.datasets:
         try:
             ingested = prepare_dataset(params.workdir, spec, params.folds)
@@ -42,6 +43,7 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
         note = rejection_note(spec.label, ingested["store"], ingested.get("rejected", {}))
         if note:
             rejections.append(note)
+            carried += tagged(spec.label, [note])
             logger.warning("%s", note)
         dataset_jobs = training_jobs(params, spec.label, ingested["store"], ingested["data_version"])
         labels.update((job["out"], spec.label) for job in dataset_jobs)
@@ -55,8 +57,8 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
     html = None
     if done:
         html = report(done, str(Path(params.workdir) / REPORT), "gpseg full benchmark",
-                      [f"preset {params.preset}, {params.folds} fold(s), thresholds: {params.threshold.describe()}",
-                       *rejections, *seed_notes, *failure_notes(rows)])
+                      [f"thresholds: {params.threshold.describe()}"],
+                      [*carried, *seed_notes, *failure_carried_notes(rows)])
         publish(html, rows)
     for row in rows:
         logger.info("%s", row_line(row))

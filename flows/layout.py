@@ -67,6 +67,26 @@ def reported_runs(report_dir: str | Path) -> list[str]:
     return [run for run in report_run_dirs(report_dir)[0] if (Path(run) / "heatmaps" / "test.zarr").is_dir()]
 
 
+def carried_notes(report_dir: str | Path) -> list[dict]:
+    """The notes of the report in ``report_dir`` that say how its runs were made (preset and folds, files
+    rejected at ingestion, seeds kept, runs that failed), as ``{"dataset": label or "", "text": ...}``.
+
+    A flow passes them to :func:`gpmodels.report.build_report` as ``carried_notes``; a re-threshold of
+    the same runs (``postprocess``) carries them over, and a retraining keeps those of the datasets it
+    did not retrain. Empty without a report, or with one from an older gpseg.
+    """
+    try:
+        notes = json.loads((Path(report_dir) / "metrics.json").read_text()).get("carried_notes") or []
+        return [{"dataset": str(n.get("dataset") or ""), "text": str(n["text"])} for n in notes]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def tagged(dataset: str, texts: list[str]) -> list[dict]:
+    """``texts`` as carried notes of ``dataset`` (see :func:`carried_notes`)."""
+    return [{"dataset": dataset, "text": text} for text in texts]
+
+
 def replace_dataset_runs(previous: list[str], new: list[str]) -> list[str]:
     """``previous`` run dirs of datasets that ``new`` does not cover, then ``new``.
 
@@ -181,7 +201,13 @@ def rejection_note(label: str, store: str, rejected: dict[str, str]) -> str:
 def failure_notes(rows: list[dict]) -> list[str]:
     """Report notes naming each failed row, so a report says which runs it lacks and why:
     ``"not in this report: brats gp-reconresnet fold 0: FAILED: reason"``."""
-    return [f"not in this report: {row_where(row)}: {row['status']}" for row in rows if row["status"] != "ok"]
+    return [note["text"] for note in failure_carried_notes(rows)]
+
+
+def failure_carried_notes(rows: list[dict]) -> list[dict]:
+    """:func:`failure_notes` as carried notes, each of its row's dataset."""
+    return [{"dataset": str(row.get("dataset") or ""), "text": f"not in this report: {row_where(row)}: {row['status']}"}
+            for row in rows if row["status"] != "ok"]
 
 
 def row_line(row: dict) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,11 +75,19 @@ class ThresholdParams(_Params):
 
     method: Literal["otsu", "multiotsu", "fixed"] = "multiotsu"
     offset: float | Literal["auto"] | None = None
-    value: float = 0.5
+    value: float = Field(0.5, allow_inf_nan=False)
     target_class: Literal["predicted", "true"] = Field(
         "predicted", description="Threshold the map of the predicted class (the paper) or of the true class "
                                  "(localisation alone).")
     cleaning: CleaningParams = Field(default_factory=CleaningParams)
+
+    @field_validator("offset")
+    @classmethod
+    def _finite_offset(cls, value: float | str | None) -> float | str | None:
+        # NaN or infinity would pass here and fail every run later, in ThresholdConfig
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"got {value}, expected a finite number, 'auto' or null (the paper's offset per model)")
+        return value
 
     @model_validator(mode="after")
     def _auto_needs_multiotsu(self) -> ThresholdParams:

@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.layout import PHANTOMS, RUNS, SEED_PREFIX, STORES
+from flows.layout import PHANTOMS, RUNS, SEED_PREFIX, STORES, dataset_of
 from flows.params import DatasetSpec, ThresholdParams, TrainingParams
 from gpmodels.files import SEED_SELECTION, write_text_atomic
 from tasks.data import fingerprint, ingest_source, synth_phantoms, validate
@@ -105,7 +105,8 @@ def keep_best_seeds(trained: list[dict]) -> tuple[list[dict], list[str]]:
         One result per (model, fold) in first-seen order (the best finished seed, with ``selection``:
         the record of :data:`gpmodels.files.SEED_SELECTION`; a seed without a validation loss only
         when no seed has one; a failure only when every seed failed, its reason listing each seed's),
-        and one line per (model, fold) saying what was kept, for the report.
+        and one line per (model, fold) saying what was kept, for the report (the ``i``-th line is of the
+        ``i``-th result).
     """
     groups: dict[str, list[dict]] = {}
     for result in trained:
@@ -114,17 +115,18 @@ def keep_best_seeds(trained: list[dict]) -> tuple[list[dict], list[str]]:
     for results in groups.values():
         done = [r for r in results if "failed" not in r]
         first = results[0]
+        where = " ".join(filter(None, [dataset_of(first["run_dir"]), f"{first['model']} fold {first['fold']}"]))
         if not done:
             reasons = "; ".join(f"{Path(r['run_dir']).name}: {r['failed']}" for r in results)
             kept.append({**first, "failed": f"every seed failed ({reasons})"})
-            notes.append(f"{first['model']} fold {first['fold']}: every seed failed")
+            notes.append(f"{where}: every seed failed")
             continue
         scored = [r for r in done if r.get("best_val_loss") is not None]
         best = min(scored, key=lambda r: r["best_val_loss"]) if scored else done[0]
         losses = ", ".join(f"seed {r['seed']}: " + ("–" if r.get("best_val_loss") is None
                                                      else f"{r['best_val_loss']:.3f}") for r in done)
         failed = [Path(r["run_dir"]).name for r in results if "failed" in r]
-        notes.append(f"{first['model']} fold {first['fold']}: kept seed {best['seed']}, the lowest validation loss "
+        notes.append(f"{where}: kept seed {best['seed']}, the lowest validation loss "
                      f"of {len(results)} seed(s) ({losses}{'; failed: ' + ', '.join(failed) if failed else ''})")
         selection = {"kept": Path(best["run_dir"]).name, "failed": failed,
                      "losses": {Path(r["run_dir"]).name: r.get("best_val_loss") for r in done}}
@@ -132,12 +134,13 @@ def keep_best_seeds(trained: list[dict]) -> tuple[list[dict], list[str]]:
     return kept, notes
 
 
-def train_and_keep(jobs: list[dict], params: TrainingParams) -> tuple[list[dict], list[str]]:
+def train_and_keep(jobs: list[dict], params: TrainingParams) -> tuple[list[dict], list[dict]]:
     """Train the jobs (:func:`run_fan_out`); with ``params.seeds``, keep each (model, fold)'s best seed.
 
     Returns:
         The training results (one per job, or one per (model, fold) with seeds) and the notes of
-        :func:`keep_best_seeds` (logged here; empty without seeds).
+        :func:`keep_best_seeds` (logged here; empty without seeds) as carried report notes
+        (:func:`flows.layout.carried_notes`), each of its run's dataset.
     """
     trained = run_fan_out(jobs, params.dask_address)
     if not params.seeds:
@@ -149,7 +152,7 @@ def train_and_keep(jobs: list[dict], params: TrainingParams) -> tuple[list[dict]
     logger = get_run_logger()
     for note in notes:
         logger.info("%s", note)
-    return kept, notes
+    return kept, [{"dataset": dataset_of(result["run_dir"]), "text": note} for result, note in zip(kept, notes)]
 
 
 def gpus_per_job(jobs: list[dict]) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.layout import REPORT, dataset_of, default_runs, failure_notes, row_line, summary_rows
+from flows.layout import REPORT, carried_notes, dataset_of, default_runs, failure_notes, row_line, summary_rows
 from flows.params import PostprocessParams
 from gpmodels.files import read_run_config
 from storage.errors import one_line
@@ -19,6 +19,8 @@ def postprocess(params: PostprocessParams = PostprocessParams()) -> dict:
     """Thresholds -> evaluation -> report from the heatmap stores of finished runs."""
     logger = get_run_logger()
     runs, source = (params.runs, "the runs given") if params.runs else default_runs(params.workdir)
+    # the same runs as the report's: what it said of how they were made still holds
+    carried = [] if params.runs else carried_notes(Path(params.workdir) / REPORT)
     logger.info("re-thresholding %s", source)
     if not runs:
         raise ValueError(f"{params.workdir}: no run with test heatmaps (run full-benchmark first)")
@@ -44,7 +46,7 @@ def postprocess(params: PostprocessParams = PostprocessParams()) -> dict:
     out = params.out or str(Path(params.workdir) / REPORT)
     html = report(done, out, "gpseg report (post-processing re-run)",
                   [f"thresholds re-run by postprocess: {params.threshold.describe()}; no model was loaded",
-                   *failure_notes(rows)])
+                   *failure_notes(rows)], carried)
     publish(html, rows)
     for row in rows:
         logger.info("%s", row_line(row))

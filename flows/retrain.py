@@ -6,9 +6,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.layout import (REPORT, carried_notes, failure_carried_notes, new_rejections, rejection_note,
+                          replace_dataset_runs, reported_runs, row_line, summary_rows, tagged)
 from flows.params import RetrainParams
-from flows.layout import (REPORT, failure_notes, new_rejections, rejection_note, replace_dataset_runs,
-                          reported_runs, row_line, summary_rows)
 from flows.pipeline import (heatmaps_and_evaluation, ingest_config, ingest_fresh, store_path, train_and_keep,
                             training_jobs)
 from tasks.data import find_new_files, validate
@@ -60,10 +60,15 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
         report_dir = Path(params.workdir) / REPORT
         runs = replace_dataset_runs(reported_runs(report_dir), done)
         kept = len(runs) - len(done)
+        others = [note for note in carried_notes(report_dir) if note["dataset"] not in ("", spec.label)]
         html = report(runs, str(report_dir), "gpseg report (retrained on new data)",
-                      [f"{spec.label} retrained on data version {ingested['data_version']} after {len(fresh)} new "
-                       "file(s)" + (f"; {kept} run(s) of other datasets kept from the previous report" if kept else ""),
-                       *filter(None, [rejected_note]), *seed_notes, *failure_notes(rows)])
+                      [f"thresholds: {params.threshold.describe()}"],
+                      [*tagged(spec.label, [
+                          f"{spec.label} retrained on data version {ingested['data_version']} after {len(fresh)} new "
+                          f"file(s), preset {params.preset}, {params.folds} fold(s)"
+                          + (f"; {kept} run(s) of other datasets kept from the previous report" if kept else ""),
+                          *filter(None, [rejected_note])]),
+                       *seed_notes, *failure_carried_notes(rows), *others])
         publish(html, rows)
     return {"status": "retrained", "new_files": fresh, "ingested": ingested["cases"], "rows": rows,
             "report": html, "rejected": new_rejects}

@@ -415,7 +415,7 @@ def _metrics_json(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], heade
 
 
 def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg report", notes: Sequence[str] = (),
-                 *, channel: str | None = None) -> Path:
+                 *, channel: str | None = None, carried_notes: Sequence[Mapping[str, str]] = ()) -> Path:
     """Write the HTML report, ``metrics.json``, ``summary.csv`` and ``runs.csv`` of evaluated runs.
 
     Figures that thresholds do not change are kept in ``out_dir/.figures/`` (see
@@ -427,6 +427,10 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg re
         out_dir: output folder (created).
         title: page title.
         notes: lines shown under the title (e.g. how thresholds were chosen).
+        carried_notes: more lines, ``{"dataset": label or "", "text": ...}``, that say how the runs were
+            made and hold whatever their thresholds; shown after ``notes`` and kept in ``metrics.json``
+            (``carried_notes``) for a re-threshold of the same runs to carry over
+            (:func:`flows.layout.carried_notes`).
         channel: input channel shown in the panels where the store has it; default the first.
 
     Returns:
@@ -450,7 +454,8 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg re
     except PackageNotFoundError:
         gpseg_version = "unknown"
     header = {"title": title, "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "gpseg_version": gpseg_version, "notes": list(notes)}
+              "gpseg_version": gpseg_version, "notes": [*notes, *(note["text"] for note in carried_notes)],
+              "carried_notes": [dict(note) for note in carried_notes]}
     summary, runs_csv = _tables(runs, groups)
     cache = FigureCache(out_dir / FIGURE_CACHE_DIR, code_version(report_figures, report_panels))
     texts = {"index.html": render_page(header, groups, channel, cache),

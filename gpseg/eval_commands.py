@@ -233,15 +233,18 @@ def postprocess_cmd(
     params = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)
     if (runs is None) == (workdir is None):
         raise fail("give either --runs (repeatable) or --workdir")
+    carried: list[dict] = []
     if workdir is not None:
-        from flows.layout import REPORT
+        from flows.layout import REPORT, carried_notes
 
         runs, out = _workdir_runs(workdir, "re-thresholding"), out or workdir / REPORT
+        carried = carried_notes(workdir / REPORT)  # the same runs: how they were made still holds
     out = _writable_folder(out or Path("report"))
     done, results, failed = _evaluate(_unique(runs), params)
     _print_table(results, done)
     html = build_report(done, out, title="gpseg report (post-processing re-run)",
-                        notes=[f"thresholds re-run by `gpseg postprocess`: {params.describe()}", *failed])
+                        notes=[f"thresholds re-run by `gpseg postprocess`: {params.describe()}", *failed],
+                        carried_notes=carried)
     console.print(f"[green]report[/green] {html}")
     if failed:
         raise typer.Exit(2)

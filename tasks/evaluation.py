@@ -24,9 +24,11 @@ def evaluate_run(run_dir: str, threshold: dict | None) -> dict:
 
 
 @task
-def report(run_dirs: list[str], out_dir: str, title: str, notes: list[str]) -> str:
-    """Build the HTML report over the evaluated runs."""
-    return str(build_report([Path(r) for r in run_dirs], Path(out_dir), title=title, notes=notes))
+def report(run_dirs: list[str], out_dir: str, title: str, notes: list[str], carried_notes: list[dict] | None = None
+           ) -> str:
+    """Build the HTML report over the evaluated runs (``carried_notes``: see :func:`gpmodels.report.build_report`)."""
+    return str(build_report([Path(r) for r in run_dirs], Path(out_dir), title=title, notes=notes,
+                            carried_notes=carried_notes or ()))
 
 
 @task

@@ -91,6 +91,8 @@ def test_benchmark_then_postprocess_only(bench_workdir, task_names, task_states,
         assert expected in names, (expected, names)
     assert _train_states(state.state_details.flow_run_id, task_states) == ["Completed"]
     [before] = json.loads((report.parent / "metrics.json").read_text())["runs"]
+    made = "preset smoke, 1 fold(s)"
+    assert made in json.loads((report.parent / "metrics.json").read_text())["notes"]
 
     _forbid_inference(monkeypatch)
     # The smoke run's maps are nearly constant: a fixed 0.01 or the default multi-Otsu keeps every pixel, Otsu not.
@@ -101,6 +103,8 @@ def test_benchmark_then_postprocess_only(bench_workdir, task_names, task_states,
     ran = task_names(post.state_details.flow_run_id)
     assert set(ran) == POSTPROCESS_TASKS and len(ran) == 3, ran
     [after] = json.loads((report.parent / "metrics.json").read_text())["runs"]
+    # the re-threshold keeps what the benchmark's report said of how the runs were made (it dropped it)
+    assert made in json.loads((report.parent / "metrics.json").read_text())["notes"]
     assert after["run_dir"] == before["run_dir"]
     assert after["evaluation"]["segmentation"]["dice"] != before["evaluation"]["segmentation"]["dice"]
     assert after["scalars"]["dice_median"] != before["scalars"]["dice_median"]
@@ -213,6 +217,8 @@ def test_retrain_on_new_data(bench_workdir, task_names, task_states):
     assert len(retrained) == 1 and Path(retrained[0]).parents[1].name == new.attrs["data_version"]
     post = postprocess(PostprocessParams(workdir=str(bench_workdir)))
     assert len(post["rows"]) == 1 and _reported(post["report"]) == retrained
+    notes = json.loads(Path(post["report"]).with_name("metrics.json").read_text())["notes"]
+    assert any(note.startswith(f"brats retrained on data version {new.attrs['data_version']}") for note in notes)
 
 
 def test_retrain_with_every_new_case_rejected_retrains_nothing(bench_workdir, task_states, tmp_path):

@@ -30,7 +30,7 @@ def test_the_lowest_validation_loss_is_kept_per_model_and_fold():
     kept, notes = keep_best_seeds([_result(0, 0.9), _result(1, 0.3), _result(2, None, failed="boom"),
                                    _result(0, 0.2, fold=1), _result(1, 0.4, fold=1)])
     assert [(r["fold"], r["seed"]) for r in kept] == [(0, 1), (1, 0)]
-    assert notes[0].startswith("gp-unet fold 0: kept seed 1, the lowest validation loss of 3 seed(s)")
+    assert notes[0].startswith("brats gp-unet fold 0: kept seed 1, the lowest validation loss of 3 seed(s)")
     assert "seed 0: 0.900" in notes[0] and "failed: seed_2" in notes[0]
     assert kept[0]["selection"] == {"kept": "seed_1", "losses": {"seed_0": 0.9, "seed_1": 0.3}, "failed": ["seed_2"]}
 

@@ -820,3 +820,25 @@ def test_true_class_masks_are_exported_with_a_warning_and_have_no_tumour_free_ra
     exported = CliRunner().invoke(app, ["export-masks", "--run", str(run), "--out", str(tmp_path / "masks")])
     said = " ".join(exported.output.split())
     assert exported.exit_code == 0 and "MO−0.3, true class" in said and "they are no prediction" in said, said
+
+
+def test_a_workdir_re_threshold_keeps_how_the_runs_were_made(report_runs, phantom_store, tmp_path):
+    """The full benchmark's notes (preset, rejected files, seeds kept, failed runs) were replaced by the
+    re-threshold's own."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    fold = _work_dir_of(report_runs["gp"], phantom_store, tmp_path / "w")
+    carried = [{"dataset": "", "text": "preset demo, 3 fold(s)"},
+               {"dataset": "brats", "text": "not in this report: brats resnext50 fold 0: FAILED: boom"}]
+    build_report([fold], tmp_path / "w" / "report", notes=["thresholds: the paper's"], carried_notes=carried)
+    result = CliRunner().invoke(app, ["postprocess", "--workdir", str(tmp_path / "w"), "--offset", "0.5"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "w" / "report" / "metrics.json").read_text())
+    assert metrics["carried_notes"] == carried
+    assert metrics["notes"][-2:] == [note["text"] for note in carried]
+    assert "thresholds: the paper's" not in metrics["notes"]  # the old threshold note is not carried
+    explicit = CliRunner().invoke(app, ["postprocess", "--runs", str(fold), "--out", str(tmp_path / "other")])
+    assert explicit.exit_code == 0
+    assert json.loads((tmp_path / "other" / "metrics.json").read_text())["carried_notes"] == []
