@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -86,6 +87,25 @@ def run_app(app: typer.Typer) -> None:
     except OSError as exc:
         console.print(f"[red]error:[/red] {escape(os_error_line(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        raise interrupted() from None
+    except SystemExit as exc:
+        # Typer turns a Ctrl-C that no command handled into a silent exit 130 (`raise Exit(130) from` it)
+        if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
+            raise interrupted() from None
+        raise
+
+
+def interrupted(message: str = "interrupted") -> SystemExit:
+    """The exit of a command stopped by Ctrl-C (130, as a shell reports SIGINT), after one line.
+
+    Zarr reads on a background event loop; the reads it had in flight are abandoned and, at interpreter
+    shutdown, asyncio logged each of them ("Task was destroyed but it is pending!", hundreds of lines
+    after a Ctrl-C in `gpseg validate`). That logger is silenced first: the one line says it all.
+    """
+    logging.getLogger("asyncio").disabled = True
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    return SystemExit(130)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -10,7 +10,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from gpseg.console import console, fail, interval_text, progress_bar
+from gpseg.console import console, fail, interrupted, interval_text, progress_bar
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
 
@@ -240,11 +240,15 @@ def postprocess_cmd(
         runs, out = _workdir_runs(workdir, "re-thresholding"), out or workdir / REPORT
         carried = carried_notes(workdir / REPORT)  # the same runs: how they were made still holds
     out = _writable_folder(out or Path("report"))
-    done, results, failed = _evaluate(_unique(runs), params)
-    _print_table(results, done)
-    html = build_report(done, out, title="gpseg report (post-processing re-run)",
-                        notes=[f"thresholds re-run by `gpseg postprocess`: {params.describe()}", *failed],
-                        carried_notes=carried)
+    try:
+        done, results, failed = _evaluate(_unique(runs), params)
+        _print_table(results, done)
+        html = build_report(done, out, title="gpseg report (post-processing re-run)",
+                            notes=[f"thresholds re-run by `gpseg postprocess`: {params.describe()}", *failed],
+                            carried_notes=carried)
+    except KeyboardInterrupt:
+        raise interrupted(f"interrupted; the runs evaluated so far have a new evaluation.json, but the report in "
+                          f"{out} was not rewritten: run the same command again") from None
     console.print(f"[green]report[/green] {html}")
     if failed:
         raise typer.Exit(2)

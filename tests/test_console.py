@@ -102,3 +102,34 @@ def test_the_cli_ends_an_unhandled_os_error_in_one_line(output: io.StringIO, tmp
     assert exit_.value.code == 1
     assert output.getvalue() == f"error: {afile}: exists and is not a folder\n"
     assert afile.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("handled", [False, True])
+def test_a_ctrl_c_ends_in_one_line_and_exit_130(output: io.StringIO, handled: bool, monkeypatch) -> None:
+    """Typer ends an unhandled Ctrl-C with a silent exit 130, after which asyncio logged every Zarr read left in
+    flight (hundreds of lines after a Ctrl-C in `gpseg validate`). A command that says more itself is not
+    followed by a second line."""
+    import logging
+
+    from gpseg.console import run_app
+
+    app = typer.Typer()
+    monkeypatch.setattr("sys.argv", ["gpseg"])
+
+    @app.command()
+    def work() -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            if handled:
+                raise fail("interrupted; X is as it was", 130) from None
+            raise
+
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            run_app(app)
+        assert exit_.value.code == 130
+        assert output.getvalue() == ("error: interrupted; X is as it was\n" if handled else "error: interrupted\n")
+        assert logging.getLogger("asyncio").disabled is not handled
+    finally:
+        logging.getLogger("asyncio").disabled = False
