@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from gpseg.console import console, fail, flow_outcome, one_line
 from gpseg.options import PRECISION_HELP, flow_train_overrides, parse_model_options, parse_seeds
@@ -175,6 +176,8 @@ def drop_cmd(
         os.replace(tmp, target)
         copied += 1
     done = f"copied {copied} item(s) into {into}"
+    if kind == "brats":
+        _warn_rejected_cases(into, {item.name for item in path})
     problem = _event_api_problem()
     if problem:
         raise fail(f"{done}, but the event was NOT sent: {problem}")
@@ -196,6 +199,25 @@ def drop_cmd(
         raise fail(f"{done}, but the event was NOT sent within {EVENT_SEND_TIMEOUT_S:.0f} s; "
                    "run `gpseg drop` again (it skips what is already there)")
     console.print(f"{done}; event sent", soft_wrap=True)
+
+
+def _warn_rejected_cases(into: Path, names: set[str]) -> None:
+    """Name each dropped BraTS case folder that ingestion will reject (no grade in the drop folder's
+    name_mapping.csv, a channel or the segmentation missing): the retraining would only say "nothing
+    ingested", after the event. Nothing is read but file names."""
+    from storage.brats import NAME_MAPPING, discover_brats
+
+    try:
+        _, rejected = discover_brats(into)
+    except ValueError as exc:  # a name_mapping.csv without its columns
+        console.print(f"[yellow]warning[/yellow] {escape(one_line(exc))}", highlight=False, soft_wrap=True)
+        return
+    for file, reason in rejected.items():
+        case = Path(file).name
+        if case in names:
+            hint = f"; drop the release's {NAME_MAPPING} with it" if "no grade" in reason else ""
+            console.print(f"[yellow]warning[/yellow] {case} will be rejected at ingestion: {escape(reason)}{hint}",
+                          highlight=False, soft_wrap=True)
 
 
 DROP_KINDS = ("brats", "jun-cheng")

@@ -183,10 +183,16 @@ def test_phantom_sources_are_accepted_for_exactly_the_kinds_that_have_phantoms()
 @pytest.fixture
 def dropped(tmp_path):
     """``(case folder to drop, drop folder)``."""
+    from storage.brats import NAME_MAPPING_HEADER
+
     case = tmp_path / "new" / "BraTS20_Training_009"
     case.mkdir(parents=True)
-    (case / "BraTS20_Training_009_t1.nii").write_bytes(b"not really NIfTI")
-    return case, tmp_path / "drop"
+    for name in ("t1", "t1ce", "t2", "flair", "seg"):  # the names ingestion looks for
+        (case / f"BraTS20_Training_009_{name}.nii").write_bytes(b"not really NIfTI")
+    into = tmp_path / "drop"
+    into.mkdir()  # a drop folder that grades the case
+    (into / "name_mapping.csv").write_text(",".join(NAME_MAPPING_HEADER) + "\nLGG,NA,NA,NA,NA,BraTS20_Training_009\n")
+    return case, into
 
 
 def _drop(tmp_path: Path, *args: str):
@@ -206,7 +212,7 @@ def test_a_drop_for_a_work_dir_that_does_not_exist_is_refused(dropped, tmp_path)
 
     case, into = dropped
     result = CliRunner().invoke(app, ["drop", str(case), "--into", str(into), "--workdir", str(tmp_path / "elsewhere")])
-    assert result.exit_code == 1 and not into.exists()
+    assert result.exit_code == 1 and not (into / case.name).exists()
     assert result.output == (f"error: {tmp_path / 'elsewhere'}: no such work dir; run from the project root (where the "
                              "deployments write runs/benchmark) or give --workdir; nothing was copied\n")
 
@@ -286,6 +292,7 @@ def test_a_second_drop_of_name_mapping_adds_its_rows(dropped, tmp_path, monkeypa
     from storage.brats import NAME_MAPPING_HEADER, read_name_mapping
 
     case, into = dropped
+    (into / "name_mapping.csv").unlink()  # no grades in the drop folder yet
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     header = ",".join(NAME_MAPPING_HEADER) + "\n"
     first = case.parent / "first" / "name_mapping.csv"
@@ -326,7 +333,7 @@ def test_a_bad_drop_is_refused_in_one_line_before_anything_is_copied(dropped, tm
 
     assert result.exit_code == 1
     assert result.output == f"error: {message.format(item=item)}\n"
-    assert not into.exists()
+    assert not (into / case.name).exists()
 
 
 def test_jun_cheng_phantoms_below_their_smallest_size_are_refused_in_one_line():
@@ -348,3 +355,22 @@ def test_training_overrides_are_checked_before_the_flow_starts(overrides, messag
         BenchmarkParams(models=["gp-unet"], train_overrides=overrides)
     assert message in one_line(caught.value) and "\n" not in one_line(caught.value)
     assert BenchmarkParams(models=["gp-unet"], train_overrides={"epochs": 2}).train_overrides == {"epochs": 2}
+
+
+def test_a_dropped_case_that_ingestion_will_reject_is_named_as_it_is_copied(dropped, tmp_path, monkeypatch):
+    """A BraTS case without a grade row (or without a channel) was copied silently; only the retraining then
+    said "nothing ingested", after the event."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    case, into = dropped
+    (into / "name_mapping.csv").unlink()
+    other = case.parent / "BraTS20_Training_010"
+    other.mkdir()
+    (other / "BraTS20_Training_010_t1.nii").write_bytes(b"x")
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = _drop(tmp_path, str(case), str(other), "--into", str(into))
+    said = " ".join(result.output.split())
+    assert said.count("warning") == 2 and "copied 2 item(s)" in said, said
+    assert "BraTS20_Training_009 will be rejected at ingestion: no grade (HGG/LGG)" in said
+    assert "drop the release's name_mapping.csv with it" in said
