@@ -98,14 +98,19 @@ def serve_cmd(
 
 
 def _run_stack(stack: "LocalStack") -> None:
-    """Start the stack and wait; Ctrl-C (or SIGTERM/SIGHUP, see ``interrupt_on_stop_signals``) stops it."""
+    """Start the stack and wait; Ctrl-C (or SIGTERM/SIGHUP, see ``interrupt_on_stop_signals``) stops it.
+
+    ``.prefect/env.sh`` exists while the stack runs: it is deleted on the way out, so that a shell that
+    sources it later is not pointed at an API that is gone."""
+    env_file = Path(stack.env["PREFECT_HOME"]) / "env.sh"
+    written = False
     try:
         stack.start()
-        env_file = Path(stack.env["PREFECT_HOME"]) / "env.sh"
         env_file.write_text("".join(f"export {k}={stack.env[k]}\n" for k in
                                     ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED",
                                      "GX_ANALYTICS_ENABLED"))
                             + f'export PATH="{Path(sys.executable).parent}:$PATH"\n')  # this venv's prefect
+        written = True
         console.print(f"[green]ready[/green]: UI {stack.api_url.removesuffix('/api')}, worker on pool {stack.pool}\n"
                       f"  source {env_file}\n  prefect deployment run full-benchmark/full-benchmark --watch\n"
                       "Ctrl-C (or `kill` of this process) stops the worker and the server.")
@@ -119,6 +124,8 @@ def _run_stack(stack: "LocalStack") -> None:
     except (RuntimeError, TimeoutError) as exc:
         raise fail(str(exc)) from exc
     finally:
+        if written:
+            env_file.unlink(missing_ok=True)
         for run in stack.stop():
             console.print(f"cancelled flow run {run}: it was in progress; run it again (finished tasks are taken "
                           "from the cache)")

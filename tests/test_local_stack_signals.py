@@ -134,13 +134,22 @@ def test_a_stack_process_that_dies_is_named_in_one_line_and_the_rest_is_stopped(
         return stack
 
     monkeypatch.setattr(stack, "start", start)
+    seen: dict[str, str] = {}
+    running = stack.exited
+
+    def exited():  # while the stack runs, env.sh points at it
+        seen.setdefault("env", (tmp_path / ".prefect" / "env.sh").read_text())
+        return running()
+
+    monkeypatch.setattr(stack, "exited", exited)
     with pytest.raises(typer.Exit):
         flow_commands._run_stack(stack)
     out = " ".join(capsys.readouterr().err.split())  # the console writes to stderr
     assert out.endswith(f"error: the stack's worker (exit 3) stopped; everything else is stopped too; logs in "
                         f"{stack.log_dir}"), out
     assert "error: 1" not in out and alive.poll() is not None
-    assert f'export PATH="{Path(sys.executable).parent}:$PATH"' in (tmp_path / ".prefect" / "env.sh").read_text()
+    assert f'export PATH="{Path(sys.executable).parent}:$PATH"' in seen["env"]
+    assert not (tmp_path / ".prefect" / "env.sh").exists()  # gone with the stack: no shell is pointed at a dead API
 
 
 def test_a_second_stack_on_the_same_database_is_refused_whatever_its_port(tmp_path):
