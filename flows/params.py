@@ -66,7 +66,8 @@ class CleaningParams(_Params):
 
     min_size: int = Field(0, ge=0, description="Remove objects smaller than this many pixels (0: keep all).")
     fill_holes_area: int = Field(0, ge=0, description="Fill holes of at most this many pixels (0: none).")
-    closing_radius: int = Field(0, ge=0, description="Closing with a disk of this radius in pixels (0: none).")
+    closing_radius: int = Field(0, ge=0, description="Closing with a disk of this radius in pixels (0: none); at "
+                                "most half the side of the slices, else every run fails saying so.")
     largest_component: bool = Field(False, description="Keep only the largest object per slice.")
 
 

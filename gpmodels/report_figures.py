@@ -6,7 +6,8 @@ matrices, histograms, training curves) are drawn by matplotlib's Agg canvas
 (``matplotlib.figure.Figure``, no pyplot state, margins sized from their text). Image panels
 (examples, post-hoc maps) are composed pixel-exact by :func:`gpmodels.report_panels.panels_png`.
 :func:`choose_examples`, :func:`example_figures` and :func:`posthoc_figure` pick the slices of
-one run and read them from its heatmap store and slice store.
+one run and read them from its heatmap store and slice store; their titles name each slice by its
+patient and axial position (:func:`slice_labels`), not by its row in the store.
 
 Colour conventions:
 
@@ -54,6 +55,7 @@ from gpmodels.report_panels import (
     panels_png,
     rgb_bytes,
 )
+from storage.store import reoriented_volumes
 
 OVERLAY_COLOURS: dict[str, str] = {
     "true positive": "#009E73",
@@ -366,13 +368,55 @@ def choose_examples(slices: Mapping[str, np.ndarray], classes: Sequence[str]) ->
     return chosen
 
 
+def slice_label(patient: str, position: int, row: int, axis: int = 2) -> str:
+    """Where a slice of the store is in its patient's data, for a figure title.
+
+    Args:
+        patient: the slice's patient id.
+        position: its ``slice_index``: the 0-based voxel index along the slicing axis of the patient's
+            volume, -1 (any negative value) for a 2-D source (Jun Cheng), which has no volume.
+        row: its row in the slice store.
+        axis: the voxel axis of the source file that was sliced (2, ``z``, unless the volume was
+            not stored axially; :func:`storage.store.reoriented_volumes`).
+
+    Returns:
+        e.g. ``axial slice z=37 of BraTS20_Training_016 (ITK-SNAP 38; store row 637)``, ITK-SNAP
+        counting voxels from 1, or ``image of 100360 (store row 637)`` for a 2-D source.
+    """
+    if position < 0:
+        return f"image of {patient} (store row {row})"
+    return f"axial slice {'xyz'[axis]}={position} of {patient} (ITK-SNAP {position + 1}; store row {row})"
+
+
+def slice_labels(store: zarr.Group, rows: np.ndarray) -> list[str]:
+    """:func:`slice_label` of some rows of a slice store, reading only their ``patient`` and
+    ``slice_index`` entries (one chunk of each per 4,096 rows around them, not the images).
+
+    Args:
+        store: the slice store.
+        rows: integer ``(M,)`` store rows.
+
+    Returns:
+        ``M`` labels, in the order of ``rows``.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        return []
+    patients = store["patient"].get_orthogonal_selection((rows,)).astype(object)
+    positions = store["slice_index"].get_orthogonal_selection((rows,))
+    reoriented = reoriented_volumes(dict(store.attrs))
+    return [slice_label(str(patient), int(position), int(row), reoriented.get(str(patient), [0, 1, 2])[2])
+            for patient, position, row in zip(patients, positions, rows)]
+
+
 def example_figures(heatmaps: zarr.Group, store: zarr.Group, slices: Mapping[str, np.ndarray],
                     config: ThresholdConfig, channel: int) -> list[bytes]:
     """Example rows (:func:`example_png`) of the slices :func:`choose_examples` picks in one run.
 
     The mask is recomputed from the stored class maps with
     :func:`gpmodels.evaluation.predicted_masks` and the run's threshold configuration, so it is
-    the mask that was scored.
+    the mask that was scored. Each title names the slice by its patient and axial position
+    (:func:`slice_labels`).
 
     Args:
         heatmaps: the run's heatmap store (``maps``, ``predicted``, ``labels``, ``index``, attrs).
@@ -391,8 +435,10 @@ def example_figures(heatmaps: zarr.Group, store: zarr.Group, slices: Mapping[str
     classes = list(heatmaps.attrs["classes"])
     tumour_free = classes[0] == "tumour-free"
     predicted, labels = heatmaps["predicted"][:].astype(np.int64), heatmaps["labels"][:].astype(np.int64)
+    chosen_rows = choose_examples(slices, classes)
+    places = slice_labels(store, np.asarray([index[row] for row, _ in chosen_rows], dtype=np.int64))
     out = []
-    for row, case in choose_examples(slices, classes):
+    for (row, case), where in zip(chosen_rows, places):
         maps = heatmaps["maps"][row].astype(np.float32)
         chosen = predicted[row] if config.target_class == "predicted" else labels[row]
         mask = predicted_masks(maps[None], predicted[row:row + 1], labels[row:row + 1], config, tumour_free)[0]
@@ -404,8 +450,7 @@ def example_figures(heatmaps: zarr.Group, store: zarr.Group, slices: Mapping[str
             config.classes, config.nbins)[0])
         score = dice(mask[None], truth[None])[0] if truth.any() else math.nan
         title = (f"{classes[labels[row]]}, {case}: Dice {'–' if math.isnan(score) else f'{score:.2f}'}, "
-                 f"{mask.sum()} px predicted / {truth.sum()} px true; slice {index[row]} "
-                 f"({slices['patient'][row]}); predicted {classes[predicted[row]]}"
+                 f"{mask.sum()} px predicted / {truth.sum()} px true; {where}; predicted {classes[predicted[row]]}"
                  + (" (empty mask)" if empty else f", map of {classes[chosen]}"))
         out.append(example_png(image, maps[chosen], mask, truth, title, threshold))
     return out
@@ -415,7 +460,8 @@ def posthoc_figure(heatmaps: zarr.Group, store: zarr.Group, channel: int, count:
     """:func:`posthoc_png` of the first ``count`` slices of a heatmap store's ``posthoc`` group.
 
     Columns: the input, the reference map (``gp`` or ``gradcam``), occlusion, guided
-    backpropagation, then any other map by name. Returns ``None`` when the store has no post-hoc maps.
+    backpropagation, then any other map by name. The title names the slices, top to bottom, by
+    patient and axial position (:func:`slice_labels`). Returns ``None`` when the store has no post-hoc maps.
     """
     if "posthoc" not in heatmaps:
         return None
@@ -430,4 +476,4 @@ def posthoc_figure(heatmaps: zarr.Group, store: zarr.Group, channel: int, count:
     images = store["images"].get_orthogonal_selection((slices, channel)).astype(np.float32)
     maps = {name: group[name][:rows.size].astype(np.float32) for name in names}
     return posthoc_png(images, maps, f"{heatmaps.attrs.get('model', '')} fold {heatmaps.attrs.get('fold', '')}: "
-                                     f"slices {', '.join(str(s) for s in slices)}")
+                                     + "; ".join(slice_labels(store, slices)))

@@ -32,6 +32,8 @@ _BAR_OFFSET, _BAR_WIDTH, _BAR_SPACE, _TICK_LENGTH = 0.05, 0.08, 0.5, 0.05
 title, legend, colour bars (gap to the panel, bar, all the space they take with their labels, tick marks)."""
 _TICK_FONT = 6
 """Font size of colour-bar labels, in points."""
+_TITLE_FONT = 9
+"""Font size of the figure title, in points; a title wider than the figure wraps onto more lines."""
 _BAR_EDGE = np.zeros(3, np.uint8)
 _FRAME_COLOUR = "#d0d7de"
 """Thin frame of every image panel, so that a map that is white (0 in ``RdBu_r``) stays visible."""
@@ -199,6 +201,23 @@ def _legend(draw: ImageDraw.ImageDraw, entries: Mapping[str, str], width: int, b
         x += patch + pad + length + spacing
 
 
+def wrap_title(title: str, width: int) -> list[str]:
+    """``title`` in lines of at most ``width`` pixels at :data:`_TITLE_FONT` points, broken at spaces
+    (a single word wider than that stays whole on its line).
+
+    Returns:
+        The lines, at least one.
+    """
+    font = _font(_TITLE_FONT)
+    lines: list[str] = []
+    for word in title.split(" "):
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def panels_png(rows: Sequence[Sequence[Panel]], title: str, side: int, legend: Mapping[str, str] | None = None
                ) -> bytes:
     """A grid of pixel-exact image panels with their titles and colour bars, composed with NumPy and Pillow.
@@ -211,7 +230,7 @@ def panels_png(rows: Sequence[Sequence[Panel]], title: str, side: int, legend: M
     Args:
         rows: rows of panels, all of one ``(H, W)`` image shape; a column has a colour bar where any
             of its panels has one.
-        title: figure title.
+        title: figure title, wrapped onto more lines when wider than the figure (:func:`wrap_title`).
         side: target panel side in pixels (the magnification is chosen to come closest).
         legend: name -> colour of patches in a legend under the panels, or ``None``.
 
@@ -231,11 +250,13 @@ def panels_png(rows: Sequence[Sequence[Panel]], title: str, side: int, legend: M
     bars = [any(col < len(row) and row[col].bar is not None for row in rows) for col in range(columns)]
     lefts = np.cumsum([inches_to_px(_MARGIN)] + [width + (inches_to_px(_BAR_SPACE) if bar else 0) + inches_to_px(_GAP) for bar in bars])
     row_height = height + inches_to_px(_PANEL_TITLE)
-    top = inches_to_px(_TITLE_SPACE)
+    full_width = int(lefts[-1]) - inches_to_px(_GAP) + inches_to_px(_MARGIN)
+    lines, line_height = wrap_title(title, full_width - 2 * inches_to_px(_MARGIN)), round(1.2 * _TITLE_FONT * DPI / 72)
+    top = inches_to_px(_TITLE_SPACE) + (len(lines) - 1) * line_height
     bottom = top + len(rows) * row_height
-    size = (bottom + (inches_to_px(_LEGEND_SPACE) if legend else inches_to_px(_MARGIN) // 2), int(lefts[-1]) - inches_to_px(_GAP) + inches_to_px(_MARGIN))
+    size = (bottom + (inches_to_px(_LEGEND_SPACE) if legend else inches_to_px(_MARGIN) // 2), full_width)
     canvas = np.full(size + (3,), 255, np.uint8)
-    texts = [((size[1] // 2, 3), title, 9, "ma")]
+    texts = [((size[1] // 2, 3 + i * line_height), line, _TITLE_FONT, "ma") for i, line in enumerate(lines)]
     for r, row in enumerate(rows):
         y = top + r * row_height + inches_to_px(_PANEL_TITLE)
         for panel, left in zip(row, lefts.tolist()):

@@ -53,7 +53,8 @@ class CleaningConfig:
     Attributes:
         min_size: remove objects smaller than this many pixels (0: keep all).
         fill_holes_area: fill holes of at most this many pixels (0: none).
-        closing_radius: closing with a disk of this radius in pixels (0: none).
+        closing_radius: closing with a disk of this radius in pixels (0: none); at most half the side
+            of the slices, which :func:`gpmodels.cleaning.clean_masks` checks against the masks.
         largest_component: keep only the largest object per slice.
     """
 

@@ -98,14 +98,21 @@ def test_main_job_and_benchmark_take_the_postprocess_threshold_options(command, 
     assert seen[0].threshold == ThresholdParams(**expected)
 
 
+def option_error(output: str) -> str:
+    """The message of typer's option-error box (``Invalid value for '--x': ...``) on one line, or ``""``."""
+    inside = [line.strip("│ ") for line in output.splitlines() if line.startswith("│")]
+    return " ".join(inside)
+
+
 @pytest.mark.parametrize("command", [["demo"], ["benchmark"]])
 @pytest.mark.parametrize(("args", "message"), [
-    (["--offset", "abc"], "error: --offset: got 'abc', expected a number, 'auto' or 'paper'"),
-    (["--offset", "auto", "--method", "otsu"], "error: offset: got 'auto' with method 'otsu'"),
-    (["--closing", "-1"], "error: cleaning.closing_radius: "),
+    (["--offset", "abc"], "Invalid value for '--offset': got 'abc', expected a finite number, 'auto' or 'paper'"),
+    (["--offset", "auto", "--method", "otsu"],
+     "Invalid value for '--offset': applies to --method multiotsu only, got --method otsu"),
+    (["--closing", "-1"], "Invalid value for '--closing': got -1, expected greater than or equal to 0"),
 ])
-def test_main_job_and_benchmark_refuse_bad_thresholds_in_one_line_before_any_work(command, args, message,
-                                                                                  tmp_path, monkeypatch):
+def test_main_job_and_benchmark_refuse_bad_thresholds_as_option_errors_before_any_work(command, args, message,
+                                                                                       tmp_path, monkeypatch):
     import flows.full_benchmark
     from typer.testing import CliRunner
 
@@ -116,8 +123,8 @@ def test_main_job_and_benchmark_refuse_bad_thresholds_in_one_line_before_any_wor
     app, head = (demo_app, []) if command == ["demo"] else (cli_app, command)
     result = CliRunner().invoke(app, [*head, "--workdir", str(tmp_path / "w"), *args])
 
-    assert result.exit_code != 0
-    assert result.output.strip().startswith(message) and len(result.output.strip().splitlines()) == 1
+    assert result.exit_code == 2, result.output
+    assert option_error(result.output) == message
     assert not (tmp_path / "w").exists()
 
 
@@ -274,3 +281,56 @@ def test_a_misspelt_flow_parameter_is_refused_not_dropped(model, values, message
     with pytest.raises(ValidationError) as caught:
         getattr(flows.params, model).model_validate(values)
     assert message in one_line(caught.value)
+
+
+@pytest.mark.parametrize(("threshold", "message"), [
+    ({"offset": float("nan")}, "threshold.offset: got nan, expected a finite number, 'auto' or null"),
+    ({"offset": float("-inf")}, "threshold.offset: got -inf, expected a finite number, 'auto' or null"),
+    ({"offset": "inf"}, "threshold.offset: got inf, expected a finite number, 'auto' or null"),
+    ({"method": "fixed", "value": float("nan")}, "threshold.value: Input should be a finite number"),
+    ({"method": "fixed", "value": float("inf")}, "threshold.value: Input should be a finite number"),
+])
+def test_flow_thresholds_refuse_non_finite_numbers(threshold, message):
+    """NaN or infinity passed the flow's parameters and then failed every run ("offset: got nan")."""
+    with pytest.raises(ValidationError) as caught:
+        PostprocessParams(threshold=threshold)
+    assert one_line(caught.value).startswith(message)
+    assert ThresholdParams(offset=-0.5).offset == -0.5 and ThresholdParams(offset="0.2").offset == 0.2
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--offset", "nan"], "Invalid value for '--offset': got 'nan', expected a finite number, 'auto' or 'paper'"),
+    (["--offset", "-inf"], "Invalid value for '--offset': got '-inf', expected a finite number, 'auto' or 'paper'"),
+    (["--method", "fixed", "--value", "inf"], "Invalid value for '--value': got inf, expected a finite number"),
+    (["--min-size", "-1"], "Invalid value for '--min-size': got -1, expected greater than or equal to 0"),
+    (["--fill-holes", "-3"], "Invalid value for '--fill-holes': got -3, expected greater than or equal to 0"),
+    (["--closing", "-1"], "Invalid value for '--closing': got -1, expected greater than or equal to 0"),
+    (["--target-class", "both"], "Invalid value for '--target-class': got 'both', expected 'predicted' or 'true'"),
+    (["--method", "mean"], "Invalid value for '--method': got 'mean', expected 'otsu', 'multiotsu' or 'fixed'"),
+    # an option that the method does not use, before or after --method, even at its default value
+    (["--value", "0.5"], "Invalid value for '--value': applies to --method fixed only, got --method multiotsu"),
+    (["--value", "0.3", "--method", "otsu"],
+     "Invalid value for '--value': applies to --method fixed only, got --method otsu"),
+    (["--method", "fixed", "--offset", "0.2"],
+     "Invalid value for '--offset': applies to --method multiotsu only, got --method fixed"),
+    (["--offset", "paper", "--method", "otsu"],
+     "Invalid value for '--offset': applies to --method multiotsu only, got --method otsu"),
+])
+def test_postprocess_refuses_bad_threshold_options_naming_the_option(args, message, tmp_path):
+    """Option errors (exit 2) name the option, not the flow's field (``cleaning.min_size``), before any run is read."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    result = CliRunner().invoke(app, ["postprocess", "--runs", str(tmp_path / "no-run"), *args])
+    assert result.exit_code == 2, result.output
+    assert option_error(result.output) == message
+
+
+def test_threshold_options_that_their_method_uses_are_taken():
+    from gpseg.threshold_options import threshold_params
+
+    assert threshold_params("fixed", None, 0.3) == ThresholdParams(method="fixed", value=0.3)
+    assert threshold_params("multiotsu", "-0.25") == ThresholdParams(offset=-0.25)
+    assert threshold_params("multiotsu", "paper") == ThresholdParams()
+    assert threshold_params("otsu", None, closing=3).cleaning.closing_radius == 3

@@ -135,3 +135,29 @@ def test_clean_masks_equals_its_steps_one_after_another(min_size, largest, empty
     expected = remove_small_objects(fill_holes(close_masks(masks, 1), 6), min_size)
     expected = keep_largest_component(expected) if largest else expected
     np.testing.assert_array_equal(clean_masks(masks, min_size, 6, 1, largest), expected)
+
+
+@pytest.mark.parametrize("radius", [10, 11, 15])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_closing_with_a_large_disk_equals_scipy_binary_morphology(radius, seed):
+    """Disks above the shifted copies' limit are closed by distance transforms: the same masks."""
+    masks = _random_masks(seed, n=6, shape=(33, 34))
+    masks[1] = True  # a slice that the dilation fills
+    footprint = disk(radius).astype(bool)
+    expected = np.stack([ndi.binary_erosion(ndi.binary_dilation(m, footprint), footprint, border_value=1)
+                         for m in masks])
+    np.testing.assert_array_equal(close_masks(masks, radius), expected)
+
+
+def test_a_closing_wider_than_the_slice_is_refused_naming_the_option_and_the_slices():
+    """A radius above half the side closes every mask into the slice (and scipy's morphology ran out of
+    memory at radius 1000): refused in one line, also when every mask is empty."""
+    masks = np.zeros((2, 96, 90), bool)
+    assert not clean_masks(masks, closing_radius=45).any()
+    for radius in (46, 1000):
+        with pytest.raises(ValueError) as caught:
+            clean_masks(masks, closing_radius=radius)
+        assert str(caught.value) == (f"closing_radius (--closing): got {radius}, expected at most 45 pixels, half the "
+                                     "side of the 96 x 90 slices")
+    with pytest.raises(ValueError, match="^radius: got 46, expected at most 45 pixels"):
+        close_masks(masks, 46)

@@ -383,9 +383,26 @@ def test_postprocess_cli_cleans_the_masks_and_says_so(report_runs, tmp_path):
     page = (tmp_path / "b" / "index.html").read_text()
     assert "offset 0.2, cleaning min_size=100000, closing_radius=1, largest_component=True" in page
     bad = CliRunner().invoke(app, ["postprocess", "--runs", str(run), "--closing", "-1", "--out", str(tmp_path / "c")])
-    assert bad.exit_code == 1 and bad.output.strip() == ("error: cleaning.closing_radius: Input should be greater "
-                                                         "than or equal to 0")
+    assert bad.exit_code == 2 and ("Invalid value for '--closing': got -1, expected greater than or equal to 0"
+                                   in bad.output)
     assert _evaluation(run) == after
+
+
+def test_postprocess_cli_refuses_a_closing_wider_than_the_slices_in_one_line(report_runs, tmp_path):
+    """--closing 1000 failed with "MemoryError: " (no reason); any radius above half the slice side is refused."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    run = _copy_run(report_runs["gp"], tmp_path / "run")
+    before = _evaluation(run)
+    side = zarr.open_group(str(run / "heatmaps" / "test.zarr"), mode="r")["maps"].shape[-1]
+    result = CliRunner().invoke(app, ["postprocess", "--runs", str(run), "--closing", "1000", "--out",
+                                      str(tmp_path / "a")])
+    assert result.exit_code == 1, result.output
+    assert f"failed {run}: closing_radius (--closing): got 1000, expected at most {side // 2} pixels, half the side " \
+           f"of the {side} x {side} slices" in " ".join(result.output.split())
+    assert _evaluation(run) == before
 
 
 def test_postprocess_and_report_cli_go_on_past_a_run_they_cannot_evaluate(report_runs, tmp_path):

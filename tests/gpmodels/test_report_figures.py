@@ -7,11 +7,14 @@ import io
 
 import numpy as np
 import pytest
+import zarr
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
+from gpmodels import report_figures
+from gpmodels.postprocess import ThresholdConfig
 from gpmodels.report_figures import confusion_png, dice_histogram_png, example_png, posthoc_png, training_curves_png
 from gpmodels.report_panels import (
     DPI,
@@ -22,6 +25,7 @@ from gpmodels.report_panels import (
     map_panel,
     panel_scale,
     panels_png,
+    wrap_title,
 )
 
 PALETTE = np.array([[0, 114, 178], [230, 159, 0], [0, 158, 115], [204, 121, 167]], np.uint8)
@@ -146,3 +150,86 @@ def test_user_text_with_dollar_signs_is_drawn_as_text():
     epochs = np.arange(3.0)
     curves = {"fold 0": {"val_loss": (epochs, epochs + 1), "val_f1": (epochs, epochs / 3)}}
     assert _decode(training_curves_png(curves, f"grade {odd}")).size
+
+
+def _slice_store(path, positions, patients, volumes=None):
+    """A slice store of ``len(positions)`` 9 x 9 slices with the schema's ``patient`` and ``slice_index``."""
+    n = len(positions)
+    rng = np.random.default_rng(2)
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("images", data=rng.normal(size=(n, 1, 9, 9)).astype(np.float16))
+    masks = np.zeros((n, 9, 9), np.uint8)
+    masks[:, 2:6, 3:7] = 1
+    group.create_array("masks", data=masks)
+    group.create_array("patient", shape=(n,), dtype=str)[:] = np.asarray(patients, dtype=object)
+    group.create_array("slice_index", data=np.asarray(positions, dtype=np.int16))
+    if volumes is not None:
+        group.attrs["volumes"] = volumes
+    return group
+
+
+def _heatmap_store(path, index):
+    """A heatmap store over the store rows ``index`` (all class 1, tumour-free first) with post-hoc maps of them."""
+    n = len(index)
+    maps = np.zeros((n, 2, 9, 9), np.float16)
+    maps[:, 1, 2:6, 3:7] = np.linspace(1, 2, n)[:, None, None]
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("maps", data=maps)
+    for name in ("predicted", "labels"):
+        group.create_array(name, data=np.ones(n, np.int8))
+    group.create_array("index", data=np.asarray(index, np.int64))
+    group.create_array("posthoc/rows", data=np.arange(n, dtype=np.int64))
+    group.create_array("posthoc/gp", data=maps[:, 1])
+    group.attrs.update({"classes": ["tumour-free", "LGG"], "model": "gp-unet", "fold": 0})
+    return group
+
+
+def _titles(monkeypatch, heatmaps, store) -> tuple[list[str], str]:
+    """The titles of the example rows and of the post-hoc figure of a run, captured before drawing."""
+    titles = []
+    monkeypatch.setattr(report_figures, "example_png", lambda *args: titles.append(args[4]) or b"")
+    monkeypatch.setattr(report_figures, "posthoc_png", lambda images, maps, title: title)
+    index = heatmaps["index"][:]
+    slices = {"index": index, "label": np.ones(index.size, np.int64), "dice": np.linspace(0.2, 0.8, index.size),
+              "target_pixels": np.full(index.size, 16), "pred_pixels": np.full(index.size, 16),
+              "patient": store["patient"][:][index]}
+    report_figures.example_figures(heatmaps, store, slices, ThresholdConfig(method="fixed", value=0.5), 0)
+    return titles, report_figures.posthoc_figure(heatmaps, store, 0)
+
+
+def test_titles_name_the_axial_slice_not_the_store_row(tmp_path, monkeypatch):
+    """Store row 5 is axial slice 37 of its patient: the titles give both, and ITK-SNAP's number (from 1)."""
+    store = _slice_store(tmp_path / "s.zarr", [10, 11, 12, 36, 60, 37, 38], ["A"] * 3 + ["B"] * 4)
+    heatmaps = _heatmap_store(tmp_path / "h.zarr", [3, 5, 6])
+    examples, posthoc = _titles(monkeypatch, heatmaps, store)
+    # median Dice: heatmap row 1 = store row 5; failure: heatmap row 0 = store row 3
+    assert "; axial slice z=37 of B (ITK-SNAP 38; store row 5); " in examples[0]
+    assert "; axial slice z=36 of B (ITK-SNAP 37; store row 3); " in examples[1]
+    assert all("slice 5 (" not in title for title in examples)
+    assert posthoc.endswith(": axial slice z=36 of B (ITK-SNAP 37; store row 3); axial slice z=37 of B "
+                            "(ITK-SNAP 38; store row 5); axial slice z=38 of B (ITK-SNAP 39; store row 6)")
+
+
+def test_titles_of_2d_sources_and_reoriented_volumes(tmp_path, monkeypatch):
+    flat = _slice_store(tmp_path / "jc.zarr", [-1] * 4, ["100360", "100360", "98", "98"])
+    examples, posthoc = _titles(monkeypatch, _heatmap_store(tmp_path / "h.zarr", [2, 3]), flat)
+    assert "; image of 98 (store row 2); " in examples[0]
+    assert posthoc.endswith(": image of 98 (store row 2); image of 98 (store row 3)")
+    # a volume stored sagittally was sliced along its file's second voxel axis: ITK-SNAP shows y
+    assert report_figures.slice_label("P", 37, 637, axis=1) == "axial slice y=37 of P (ITK-SNAP 38; store row 637)"
+    turned = _slice_store(tmp_path / "t.zarr", [4, 5], ["P", "Q"], volumes={"P": {"axes": [0, 2, 1]}, "Q": {}})
+    assert report_figures.slice_labels(turned, np.array([1, 0])) == [
+        "axial slice z=5 of Q (ITK-SNAP 6; store row 1)", "axial slice y=4 of P (ITK-SNAP 5; store row 0)"]
+    assert report_figures.slice_labels(turned, np.array([], np.int64)) == []
+
+
+def test_a_long_title_wraps_inside_the_figure():
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(33, 34))
+    title = "; ".join(f"axial slice z={z} of BraTS20_Training_016 (ITK-SNAP {z + 1}; store row {600 + z})"
+                      for z in range(37, 40))
+    assert len(wrap_title(title, 500)) > 1 and wrap_title("", 500) == [""]
+    short = _decode(posthoc_png(image[None], {"gp": image[None]}, "t"))
+    wrapped = _decode(posthoc_png(image[None], {"gp": image[None]}, title))
+    assert wrapped.shape[1] == short.shape[1] and wrapped.shape[0] > short.shape[0]
+    assert _edges_are_white(wrapped)
