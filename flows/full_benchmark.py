@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.states import Failed
 
+from flows.cluster import check_cluster
 from flows.layout import (REPORT, dataset_failure_row, failure_carried_notes, rejection_note, row_line, row_where,
                           summary_rows, tagged)
 from flows.params import BenchmarkParams
@@ -29,6 +30,8 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
         per dataset some of whose source files were rejected at ingestion; the report shows them too).
     """
     logger = get_run_logger()
+    if params.dask_address:  # before the ingestion, not after it
+        check_cluster(params.dask_address, int(params.train_overrides.get("devices", 1)))
     jobs, labels = [], {}
     rejected, rejections = [], []
     carried = tagged("", [f"preset {params.preset}, {params.folds} fold(s)"])  # how the runs were made
@@ -74,5 +77,12 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
 
 def run_in_process(params: BenchmarkParams) -> dict:
     """Run :func:`full_benchmark` here (Prefect's temporary local API) and return its result, also when the
-    run ended Failed because no run finished (``gpseg benchmark``, ``./run.sh demo``)."""
-    return full_benchmark(params, return_state=True).result(raise_on_failure=False)
+    run ended Failed because no run finished (``gpseg benchmark``, ``./run.sh demo``).
+
+    Raises:
+        Exception: what the flow raised (e.g. an unreachable ``dask_address``), instead of returning it.
+    """
+    result = full_benchmark(params, return_state=True).result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return result

@@ -9,6 +9,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.cluster import check_cluster
 from flows.layout import PHANTOMS, RUNS, SEED_PREFIX, STORES, dataset_of
 from flows.params import DatasetSpec, ThresholdParams, TrainingParams
 from gpmodels.files import SEED_SELECTION, write_text_atomic
@@ -192,6 +193,8 @@ def run_fan_out(jobs: list[dict], dask_address: str | None) -> list[dict]:
     if not dask_address:
         return train_fan_out(jobs)
     from prefect_dask import DaskTaskRunner
+
+    check_cluster(dask_address, gpus_per_job(jobs))  # else a task no worker can hold waits for ever, unsaid
 
     return train_fan_out.with_options(task_runner=DaskTaskRunner(address=dask_address))(jobs, dask_address)
 

@@ -14,6 +14,8 @@ flips (:mod:`gpmodels.augment`).
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
 from typing import Any
 
@@ -83,6 +85,26 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     weights[present] = labels.size / (num_classes * counts[present])
     return weights
 
+
+
+_log = logging.getLogger(__name__)
+
+
+def usable_workers(requested: int) -> int:
+    """Loader worker processes this process can start: ``requested``, or 0 in a daemonic process.
+
+    A Dask worker started by its nanny (``dask worker ...``) runs tasks in a daemonic process, which may
+    not have children: with workers, the loader failed there with "daemonic processes are not allowed to
+    have children", which Lightning reported as "Please call `iter(combined_loader)` first". The split is
+    then read in the training process itself, with a warning; ``DASK_DISTRIBUTED__WORKER__DAEMON=False``
+    in the worker's environment keeps the loader workers.
+    """
+    if requested > 0 and multiprocessing.current_process().daemon:
+        _log.warning("this process is daemonic (a Dask worker's?), so it cannot start the %d loader worker(s) "
+                     "asked for: the split is read here, more slowly; start the Dask worker with "
+                     "DASK_DISTRIBUTED__WORKER__DAEMON=False to keep them", requested)
+        return 0
+    return requested
 
 class SliceDataset(Dataset):
     """The slices of one split, read from the store on demand or served from memory.
@@ -267,7 +289,7 @@ class SliceDataModule(pl.LightningDataModule):
           global generator, as it always did, so results of such runs stay as they were.
         """
         dataset = self.datasets[split]
-        workers = 0 if dataset.cached else self.num_workers
+        workers = 0 if dataset.cached else usable_workers(self.num_workers)
         sampler = EpochShuffleSampler(len(dataset), self.seed) if training else None
         if sampler is not None and self.trainer is not None:
             sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)

@@ -60,7 +60,10 @@ def demo(
                       DatasetSpec(kind="jun-cheng", phantom_cases=jun_cheng_slices, phantom_size=size)])
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
-    result = run_in_process(params)
+    try:
+        result = run_in_process(params)
+    except Exception as exc:  # the flow itself failed: one line, not its traceback
+        raise fail(one_line(exc)) from exc
     console.print(f"\nmain job finished in {time.perf_counter() - start:.0f} s")
     raise flow_outcome(result)
 

@@ -35,7 +35,8 @@ def benchmark_cmd(
     folds: Annotated[int, typer.Option(help="Folds to train.")] = 3,
     preset: Annotated[str, typer.Option(help="paper, demo or smoke.")] = "demo",
     dask_address: Annotated[Optional[str], typer.Option(help="Train on this Dask scheduler; tasks need workers "
-                                                             "started with --resources GPU=1.")] = None,
+                                                             "started with --resources GPU=N, N the --devices "
+                                                             "(1 by default); checked before any work.")] = None,
     devices: Annotated[int, typer.Option(help="Devices per training run (more than 1: Lightning DDP).")] = 1,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated training seeds, e.g. 0,1,2: each trains, and "
@@ -73,7 +74,11 @@ def benchmark_cmd(
             **({"models": [m.strip() for m in models.split(",")]} if models else {}))
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
-    raise flow_outcome(run_in_process(params))
+    try:
+        result = run_in_process(params)
+    except Exception as exc:  # the flow itself failed (an unreachable --dask-address): one line, not its traceback
+        raise fail(one_line(exc)) from exc
+    raise flow_outcome(result)
 
 
 def serve_cmd(

@@ -334,3 +334,20 @@ def test_threshold_options_that_their_method_uses_are_taken():
     assert threshold_params("multiotsu", "-0.25") == ThresholdParams(offset=-0.25)
     assert threshold_params("multiotsu", "paper") == ThresholdParams()
     assert threshold_params("otsu", None, closing=3).cleaning.closing_radius == 3
+
+
+def test_benchmark_ends_a_flow_that_raised_in_one_line(monkeypatch):
+    """run_in_process returned the flow's exception, and flow_outcome died on it with a TypeError after
+    about 200 lines of tracebacks (an unreachable --dask-address)."""
+    import flows.full_benchmark
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    def raised(params):
+        raise RuntimeError("--dask-address tcp://127.0.0.1:1: cannot reach the Dask scheduler (refused)")
+
+    monkeypatch.setattr(flows.full_benchmark, "run_in_process", raised)
+    result = CliRunner().invoke(app, ["benchmark", "--dask-address", "tcp://127.0.0.1:1", "--folds", "1"])
+    assert result.exit_code == 1
+    assert result.output == "error: --dask-address tcp://127.0.0.1:1: cannot reach the Dask scheduler (refused)\n"

@@ -181,3 +181,21 @@ def test_eval_loader_yields_every_slice_of_a_split_in_store_order(phantom_store)
     module.setup("fit")
     rows = np.concatenate([batch["index"].numpy() for batch in module.eval_dataloader("train")])
     np.testing.assert_array_equal(rows, split_indices(open_store(phantom_store), 0, "train"))
+
+
+def test_a_daemonic_process_reads_the_split_itself(monkeypatch, caplog):
+    """A nanny-started Dask worker is daemonic: loader workers there failed with a misleading Lightning error."""
+    import logging
+    import multiprocessing
+
+    from gpmodels.data import usable_workers
+
+    assert usable_workers(4) == 4 and usable_workers(0) == 0
+
+    class Daemonic:
+        daemon = True
+
+    monkeypatch.setattr(multiprocessing, "current_process", lambda: Daemonic())
+    with caplog.at_level(logging.WARNING, logger="gpmodels.data"):
+        assert usable_workers(4) == 0
+    assert "DASK_DISTRIBUTED__WORKER__DAEMON=False" in caplog.text
