@@ -42,8 +42,8 @@ def demo(
     closing: ClosingOpt = 0, largest_component: LargestOpt = False,
 ) -> None:
     """Phantoms -> ingest -> validate -> train 5 models -> heatmaps -> thresholds -> evaluation -> report."""
-    from flows.full_benchmark import run_in_process
     from flows.params import BenchmarkParams, DatasetSpec
+    from gpseg.flow_commands import run_benchmark
 
     start = time.perf_counter()
     threshold = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)
@@ -60,10 +60,7 @@ def demo(
                       DatasetSpec(kind="jun-cheng", phantom_cases=jun_cheng_slices, phantom_size=size)])
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
-    try:
-        result = run_in_process(params)
-    except Exception as exc:  # the flow itself failed: one line, not its traceback
-        raise fail(one_line(exc)) from exc
+    result = run_benchmark(params)
     console.print(f"\nmain job finished in {time.perf_counter() - start:.0f} s")
     raise flow_outcome(result)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -17,6 +18,9 @@ from gpseg.console import console, fail, flow_outcome, one_line
 from gpseg.options import PRECISION_HELP, flow_train_overrides, parse_model_options, parse_seeds
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
+
+if TYPE_CHECKING:
+    from flows.params import BenchmarkParams
 
 
 def benchmark_cmd(
@@ -50,7 +54,6 @@ def benchmark_cmd(
     closing: ClosingOpt = 0, largest_component: LargestOpt = False,
 ) -> None:
     """Run the full-benchmark flow in this process (Prefect's local ephemeral API)."""
-    from flows.full_benchmark import run_in_process
     from flows.params import BenchmarkParams, DatasetSpec
 
     threshold = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)
@@ -74,11 +77,37 @@ def benchmark_cmd(
             **({"models": [m.strip() for m in models.split(",")]} if models else {}))
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
+    raise flow_outcome(run_benchmark(params))
+
+
+def run_benchmark(params: "BenchmarkParams") -> dict:
+    """Run the full-benchmark flow in this process for ``gpseg benchmark`` and ``gpseg demo``.
+
+    A flow that raised (an unreachable ``--dask-address``) ends in one line, not its traceback. A Ctrl-C
+    ends the process at once with exit 130 after one line: the flow trains in worker threads, which a
+    KeyboardInterrupt does not reach, so Prefect waited for the running training (minutes) and then
+    retried reporting to its temporary server, which the same Ctrl-C had stopped, for minutes more, in
+    tracebacks. What is written stays whole: stores and heatmap stores are renamed into place when
+    complete, files are written atomically, finished tasks are cached, and training resumes from its
+    last checkpoint, so the same command goes on where this one stopped.
+    """
+    from flows.full_benchmark import run_in_process
+
+    def stop(_signum: int, _frame: object) -> None:
+        logging.disable(logging.CRITICAL)
+        console.print("[red]error:[/red] interrupted; the same command takes finished tasks from the cache and "
+                      "resumes training from its last checkpoint", highlight=False, soft_wrap=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, stop)
     try:
-        result = run_in_process(params)
-    except Exception as exc:  # the flow itself failed (an unreachable --dask-address): one line, not its traceback
+        return run_in_process(params)
+    except Exception as exc:  # the flow itself failed: one line, not its traceback
         raise fail(one_line(exc)) from exc
-    raise flow_outcome(result)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def serve_cmd(

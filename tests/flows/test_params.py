@@ -351,3 +351,27 @@ def test_benchmark_ends_a_flow_that_raised_in_one_line(monkeypatch):
     result = CliRunner().invoke(app, ["benchmark", "--dask-address", "tcp://127.0.0.1:1", "--folds", "1"])
     assert result.exit_code == 1
     assert result.output == "error: --dask-address tcp://127.0.0.1:1: cannot reach the Dask scheduler (refused)\n"
+
+
+def test_a_ctrl_c_in_benchmark_ends_the_process_at_once_in_one_line():
+    """The flow trains in worker threads, which a KeyboardInterrupt does not reach: Prefect waited for the
+    running training, then retried its stopped temporary server, for minutes, in tracebacks."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import os, signal, threading, time, flows.full_benchmark\n"
+            "from gpseg.flow_commands import run_benchmark\n"
+            "def busy(params):\n"
+            "    worker = threading.Thread(target=time.sleep, args=(60,))\n"  # a training that goes on
+            "    worker.start()\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    worker.join()\n"
+            "flows.full_benchmark.run_in_process = busy\n"
+            "run_benchmark(None)\n")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert done.returncode == 130 and time.monotonic() - started < 40
+    said = " ".join((done.stdout + done.stderr).split())
+    assert said == ("error: interrupted; the same command takes finished tasks from the cache and resumes training "
+                    "from its last checkpoint"), said
