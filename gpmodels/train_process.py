@@ -8,23 +8,33 @@ command, so :func:`gpmodels.training.train` with ``devices > 1`` cannot be calle
     python -m gpmodels.train_process RUN_DIR/train_request.json RUN_DIR/train_result.json
 
 whose command line the launcher can repeat for every rank; rank 0 writes the result, which is read
-back into a :class:`gpmodels.training.TrainResult`.
+back into a :class:`gpmodels.training.TrainResult`. The child leads its own process group, which is
+ended as a whole (:func:`run_process_group`), so no rank outlives a failed or interrupted call.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import IO
+
+from pytorch_lightning.utilities import rank_zero_only
 
 from gpmodels.files import write_text_atomic
 from gpmodels.train_config import RunConfig, TrainConfig
-from gpmodels.training import TrainResult, train
+from gpmodels.training import TrainResult, check_run_dir, train
 
 REQUEST_FILE = "train_request.json"
 RESULT_FILE = "train_result.json"
+LOG_FILE = "train_process.log"
+
+STOP_GRACE_S = 5.0
+"""Seconds the processes left in a child's group get between SIGTERM and SIGKILL."""
 
 
 def result_to_dict(result: TrainResult) -> dict:
@@ -45,6 +55,10 @@ def result_from_dict(values: dict) -> TrainResult:
 def train_in_subprocess(config: TrainConfig, log: Path | None = None) -> TrainResult:
     """Run :func:`gpmodels.training.train` in a child process (``python -m gpmodels.train_process``).
 
+    The run is checked first (:func:`gpmodels.training.check_run_dir`): a configuration that the store or a run already
+    in ``config.out`` refuses raises here, before any file is written, so a refused re-run leaves a
+    finished run's ``train_request.json``, ``train_process.log`` and result as they were.
+
     Args:
         config: the run's configuration; ``config.out`` is created if needed.
         log: file for the child's output (default: ``RUN_DIR/train_process.log``).
@@ -53,21 +67,112 @@ def train_in_subprocess(config: TrainConfig, log: Path | None = None) -> TrainRe
         The child's :class:`TrainResult`.
 
     Raises:
+        storage.errors.StoreError: If the store is missing or unreadable.
+        ValueError: If the configuration does not fit the store, or ``config.out`` holds a
+            checkpointed run with other settings.
         RuntimeError: If the child exits with an error (the message names the log and quotes its end).
+        KeyboardInterrupt: If interrupted; the child and every rank it started are ended first.
     """
+    check_run_dir(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     request, result_path = out / REQUEST_FILE, out / RESULT_FILE
-    request.write_text(json.dumps(config.to_dict(), indent=2))
+    write_text_atomic(request, json.dumps(config.to_dict(), indent=2))
     result_path.unlink(missing_ok=True)
-    log = log or out / "train_process.log"
+    log = log or out / LOG_FILE
     with open(log, "w") as sink:
-        code = subprocess.call([sys.executable, "-m", "gpmodels.train_process", str(request), str(result_path)],
-                               stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy())
+        code = run_process_group(child_command(request, result_path), sink)
     if code != 0 or not result_path.is_file():
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
         raise RuntimeError(f"{out}: training process exited with {code}; see {log}: {tail[0]}")
     return result_from_dict(json.loads(result_path.read_text()))
+
+
+def child_command(request: Path, result: Path) -> list[str]:
+    """``python -m gpmodels.train_process REQUEST RESULT`` with this interpreter."""
+    return [sys.executable, "-m", "gpmodels.train_process", str(request), str(result)]
+
+
+def run_process_group(command: list[str], sink: IO, grace_s: float = STOP_GRACE_S) -> int:
+    """Run ``command`` as the leader of a new session and process group, and end the whole group.
+
+    Lightning's DDP ranks 1..N-1 are children of rank 0, in its group; when rank 0 dies they are
+    re-parented to init and would run on. So whatever is left of the group when the leader exits,
+    or when waiting for it fails or is interrupted (``KeyboardInterrupt``), gets SIGTERM, and SIGKILL
+    after ``grace_s`` seconds (at once on a second interruption). The group is gone when this returns
+    or raises.
+
+    Args:
+        command: the program and its arguments.
+        sink: file for the child's standard output and error.
+        grace_s: seconds between SIGTERM and SIGKILL.
+
+    Returns:
+        The leader's exit code (negative: killed by that signal).
+    """
+    process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy(),
+                               start_new_session=True)
+    try:
+        return process.wait()
+    finally:
+        stop_process_group(process, grace_s)
+
+
+def stop_process_group(leader: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM to the live processes of ``leader``'s group, SIGKILL to those left after ``grace_s``.
+
+    ``leader`` must have been started with ``start_new_session=True`` (its pid is the group's id).
+    It is reaped here; processes of the group that were re-parented are reaped by init.
+    """
+    group = leader.pid
+    leader.poll()
+    if not group_is_alive(group):
+        return
+    _signal_group(group, signal.SIGTERM)
+    ended = False
+    try:
+        deadline = time.monotonic() + grace_s
+        while not ended and time.monotonic() < deadline:
+            time.sleep(0.05)
+            leader.poll()
+            ended = not group_is_alive(group)
+    finally:
+        if not ended:
+            _signal_group(group, signal.SIGKILL)
+        leader.wait()
+
+
+def group_is_alive(group: int) -> bool:
+    """Whether process group ``group`` has a process that is not a zombie (exited, not yet reaped).
+
+    Linux: read from ``/proc``, since zombies still take signals; elsewhere: whether signal 0 reaches it.
+    """
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").is_file():
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, though not ours to signal
+            pass
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        state, _parent, process_group = text[text.rindex(")") + 2:].split()[:3]
+        if int(process_group) == group and state not in ("Z", "X"):
+            return True
+    return False
+
+
+def _signal_group(group: int, signum: int) -> None:
+    """``os.killpg``, quiet when the group has ended meanwhile."""
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:
+        pass
 
 
 def main(argv: list[str]) -> int:
@@ -77,7 +182,7 @@ def main(argv: list[str]) -> int:
         return 2
     config = TrainConfig.from_dict(json.loads(Path(argv[0]).read_text()))
     result = train(config)
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+    if rank_zero_only.rank == 0:  # the global rank, which Lightning sets up in every rank
         write_text_atomic(Path(argv[1]), json.dumps(result_to_dict(result), indent=2))
     return 0
 

@@ -108,15 +108,21 @@ class TrainResult:
 
     def test_summary(self) -> str:
         """``"test accuracy 0.923, weighted F1 0.919, loss 0.346"``, or ``"not tested"``; with
-        ``limit_batches`` (the smoke preset) it says over how many batches, not the whole split."""
+        ``limit_batches`` (the smoke preset) it says over how many batches, not the whole split.
+
+        Under DDP every device tests ``limit_batches`` batches of its share of the split (the metrics
+        are gathered over all of them), so N devices test up to N times as many slices.
+        """
         m = self.test_metrics
         if not m:
             return "not tested"
         summary = f"test accuracy {m['test_acc']:.3f}, weighted F1 {m['test_f1']:.3f}, loss {m['test_loss']:.3f}"
-        limit, batch = self.run.train.limit_batches, self.run.train.batch_size
-        test_slices = self.run.split_sizes.get("test", 0)
-        if limit is not None and limit * batch < test_slices:
-            summary += f" (first {limit} test batches only, {limit * batch} of {test_slices} slices)"
+        train = self.run.train
+        limit, devices = train.limit_batches, train.devices
+        tested, test_slices = (limit or 0) * train.batch_size * devices, self.run.split_sizes.get("test", 0)
+        if limit is not None and tested < test_slices:
+            batches = f"{limit} test batches per device" if devices > 1 else f"{limit} test batches"
+            summary += f" (first {batches} only, {tested} of {test_slices} slices)"
         return summary
 
     def work_summary(self) -> str:
@@ -233,6 +239,30 @@ class EmulatedBf16Warning(pl.Callback):
                          self.precision)
 
 
+def check_run_dir(config: TrainConfig) -> tuple[RunConfig, RunConfig | None]:
+    """What :func:`train` checks before it writes to ``config.out`` (also before a DDP child is started).
+
+    Returns:
+        The configuration resolved against its store, and that of the checkpointed run already in
+        ``config.out`` (``None`` without one).
+
+    Raises:
+        storage.errors.StoreError: If there is no readable store at ``config.store``.
+        ValueError: If the configuration does not fit the store (:func:`resolve_run`), or ``config.out``
+            holds a checkpointed run with other settings (see :data:`gpmodels.train_config.RESUMABLE_FIELDS`).
+    """
+    run = resolve_run(config)
+    paths = RunPaths(Path(config.out))
+    if not (paths.last.exists() and paths.config.exists()):
+        return run, None
+    previous = RunConfig.from_dict(json.loads(paths.config.read_text()))
+    changed = previous.differences(run)
+    if changed:
+        raise ValueError(f"out: {paths.root} holds a run with other settings ({', '.join(changed)}); "
+                         "choose another run directory or delete this one")
+    return run, previous
+
+
 def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
     """Train (or continue training) one network into ``config.out``.
 
@@ -250,16 +280,9 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
         OutOfDeviceMemory: If the GPU ran out of memory (one line naming the batch, the size and the way out).
     """
     started = time.perf_counter()
-    run = resolve_run(config)
+    run, previous = check_run_dir(config)
     paths = RunPaths(Path(config.out))
     resume = paths.last if paths.last.exists() else None
-    previous: RunConfig | None = None
-    if resume is not None and paths.config.exists():
-        previous = RunConfig.from_dict(json.loads(paths.config.read_text()))
-        changed = previous.differences(run)
-        if changed:
-            raise ValueError(f"out: {paths.root} holds a run with other settings ({', '.join(changed)}); "
-                             "choose another run directory or delete this one")
     start_step = 0 if resume is None else checkpoint_global_step(resume)
     _prepare_run_dir(paths, run, fresh=resume is None)
 

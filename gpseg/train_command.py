@@ -60,7 +60,9 @@ def train_cmd(
              "blur (GP-ShuffleUNet), aux_logits, dropout (InceptionV3).")] = None,
 ) -> None:
     """Train a classifier on a fold of a slice store and evaluate it on the fold's test split."""
-    from gpmodels.nets import model_options  # torch is imported when a command needs it, not for --help
+    from pytorch_lightning.utilities import rank_zero_only  # torch is imported when a command needs it, not for --help
+
+    from gpmodels.nets import model_options
     from gpmodels.train_config import preset_config
     from gpmodels.training import OutOfDeviceMemory, train
 
@@ -80,6 +82,8 @@ def train_cmd(
         if RunPaths(out).last.exists():
             raise fail(f"interrupted; the same command resumes {out} from its last checkpoint", 130) from None
         raise fail(f"interrupted; {out} has no checkpoint yet, so the same command starts it again", 130) from None
+    if rank_zero_only.rank != 0:  # Lightning's DDP re-runs this command for the other ranks: one summary
+        return
     best = "" if result.best_val_loss is None else f", best val_loss {result.best_val_loss:.4f}"
     done = result.work_summary()
     console.print(f"[green]{'done' if done == 'already trained' else 'trained'}[/green] {model} -> {result.run_dir}: "

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -184,6 +185,53 @@ def test_smoke_run_writes_the_run_directory(smoke_run, phantom_store):
     assert result.work_summary() == f"trained in {result.seconds:.0f} s"
     assert dataclasses.replace(result, start_step=1).work_summary() == f"resumed at step 1, trained in {result.seconds:.0f} s"
     assert dataclasses.replace(result, start_step=2).work_summary() == "already trained"
+
+
+def test_test_summary_counts_the_slices_of_every_device(smoke_run):
+    """Under DDP each device tests ``limit_batches`` batches of its share of the split."""
+    _, result = smoke_run
+    m = result.test_metrics
+    summary = f"test accuracy {m['test_acc']:.3f}, weighted F1 {m['test_f1']:.3f}, loss {m['test_loss']:.3f}"
+
+    def on(devices: int, test_slices: int) -> str:
+        run = dataclasses.replace(result.run, train=dataclasses.replace(result.run.train, devices=devices),
+                                  split_sizes={**result.run.split_sizes, "test": test_slices})
+        return dataclasses.replace(result, run=run).test_summary()
+
+    assert on(1, 44) == f"{summary} (first 4 test batches only, 16 of 44 slices)"
+    assert on(2, 44) == f"{summary} (first 4 test batches per device only, 32 of 44 slices)"
+    assert on(2, 30) == summary  # two devices of 4 batches of 4 slices test all 30
+    assert on(3, 44) == summary
+
+
+def test_cli_summary_is_printed_by_global_rank_0_only(smoke_run, tmp_path, monkeypatch):
+    """Lightning's DDP re-runs ``gpseg train`` for ranks 1..N-1; only rank 0 prints the summary."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    config, result = smoke_run
+    monkeypatch.setattr(training, "train", lambda config, progress_bar=False: result)
+    args = ["train", "--store", config.store, "--out", str(tmp_path / "run"), "--preset", "smoke", "--model",
+            "gp-unet"]
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    other = CliRunner().invoke(app, args)
+    assert other.exit_code == 0, other.output
+    assert other.output == ""
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    zero = CliRunner().invoke(app, args)
+    assert zero.exit_code == 0, zero.output
+    assert f"trained gp-unet -> {result.run_dir}: trained in " in " ".join(zero.output.split())
+
+
+@pytest.mark.slow
+def test_cli_ddp_on_two_cpu_processes_prints_one_summary(phantom_store, tmp_path):
+    out = tmp_path / "ddp"
+    command = [str(Path(sys.executable).parent / "gpseg"), "train", "--store", str(phantom_store), "--out", str(out),
+               "--preset", "smoke", "--model", "gp-unet", "--devices", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "COLUMNS": "1000"})
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert output.count(f"trained gp-unet -> {out}: ") == 1, output
 
 
 def test_checkpoints_and_weights_load_with_weights_only(smoke_run):
