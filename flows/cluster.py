@@ -8,6 +8,8 @@ tracebacks. :func:`check_cluster` says either in one line, before any work.
 
 from __future__ import annotations
 
+from storage.errors import one_line
+
 CONNECT_TIMEOUT_S = 20
 """How long :func:`check_cluster` waits for the scheduler to answer."""
 
@@ -47,7 +49,7 @@ def check_cluster(address: str, gpus: int = 1, timeout: float = CONNECT_TIMEOUT_
         with Client(address, timeout=timeout, set_as_default=False) as client:
             workers = client.scheduler_info(n_workers=-1).get("workers", {})
     except Exception as exc:  # OSError (nothing listens), ValueError (no such scheme), TimeoutError
-        reason = " ".join(str(exc).split()) or type(exc).__name__
+        reason = one_line(exc) or type(exc).__name__
         raise RuntimeError(f"--dask-address {address}: cannot reach the Dask scheduler ({reason})") from None
     problem = cluster_problem(address, workers, gpus)
     if problem:

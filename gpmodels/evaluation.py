@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 
 from gpmodels.bootstrap import patient_bootstrap
-from gpmodels.files import heatmap_path, relocated, write_text_atomic
+from gpmodels.files import damaged, heatmap_path, relocated, write_text_atomic
 from gpmodels.map_agreement import rank_agreement
 from gpmodels.metrics import (
     classification_metrics,
@@ -137,9 +137,10 @@ def mask_reader(heat: zarr.Group, config: ThresholdConfig) -> Callable[[np.ndarr
 
 
 def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig, store: zarr.Group,
-                    chunk: int = CHUNK) -> tuple[ThresholdConfig, str]:
+                    store_path: str, chunk: int = CHUNK) -> tuple[ThresholdConfig, str]:
     """Replace ``offset="auto"`` using the validation heatmaps beside the heatmap store at ``path`` (so a
     moved run dir finds its own), ``chunk`` slices at a time (bounds memory); say where the offset came from.
+    ``store`` is the slice store, opened from ``store_path`` (:func:`heatmap_source`).
 
     The median is taken over the same slices as the test's median Dice: every validation slice with a
     non-empty mask. Those of them that get an empty mask whatever the offset (predicted, or with
@@ -150,7 +151,7 @@ def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig,
         return config, "given"
     val_path = Path(path).parent / heatmap_path("", "val").name
     val = open_heatmaps(val_path)
-    check_data_version(store, val.attrs.get("data_version"), heatmap_source(path, heat), f"heatmap store {val_path}")
+    check_data_version(store, val.attrs.get("data_version"), store_path, f"heatmap store {val_path}")
     labels = val["labels"][:]
     classes = val["predicted"][:] if config.target_class == "predicted" else labels
     thresholded = classes > 0 if heat.attrs["classes"][0] == TUMOUR_FREE else np.ones(labels.size, bool)
@@ -211,7 +212,7 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
     check_chunks(store, store_path, ("masks", "patient"))
     attrs.update(run_dir=str(Path(path).resolve().parent.parent), store_path=store_path)  # where they are now
     config = config or default_threshold(attrs["model"])
-    config, offset_source = _resolve_offset(path, heat, config, store, chunk)
+    config, offset_source = _resolve_offset(path, heat, config, store, store_path, chunk)
     index, labels, predicted = heat["index"][:], heat["labels"][:].astype(int), heat["predicted"][:].astype(int)
     n = index.size
     scores = np.full(n, np.nan)
@@ -330,6 +331,5 @@ def load_evaluation(run_dir: Path | str) -> dict[str, Any]:
             evaluation["threshold"][key]
         evaluation["classification"]["f1"], evaluation["segmentation"]["dice"]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: damaged ({type(exc).__name__}: {' '.join(str(exc).split())}); "
-                         "re-evaluate the run with `gpseg postprocess --runs RUN`") from None
+        raise damaged(path, exc, "; re-evaluate the run with `gpseg postprocess --runs RUN`") from None
     return evaluation

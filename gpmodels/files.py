@@ -8,6 +8,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from storage.errors import one_line
+
 HEATMAP_DIR = "heatmaps"
 """Folder of a run directory that holds its heatmap stores."""
 
@@ -43,8 +45,14 @@ def read_run_config(run_dir: Path | str) -> dict[str, Any]:
         config = json.loads(path.read_text())
         str(config["train"]["model"])
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: damaged ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+        raise damaged(path, exc) from None
     return config
+
+
+def damaged(path: Path, exc: Exception, hint: str = "") -> ValueError:
+    """The one-line error for a file gpseg wrote that no longer reads as it should:
+    ``PATH: damaged (JSONDecodeError: ...)``, then ``hint``."""
+    return ValueError(f"{path}: damaged ({type(exc).__name__}: {one_line(exc)}){hint}")
 
 
 def relocated(recorded: str, recorded_run_dir: str | None, run_dir: Path | str) -> str:

@@ -177,6 +177,13 @@ CLEANING_LABELS = (("closing_radius", "closing"), ("fill_holes_area", "holes"), 
 """Clean-up steps named in a run's label, in the order they run (:mod:`gpmodels.cleaning`)."""
 
 
+def cleaning_parts(cleaning: Mapping[str, Any]) -> list[str]:
+    """The clean-up steps of an evaluation's ``threshold["cleaning"]`` that are on, in the order they run:
+    ``["closing 1", "largest"]``."""
+    return [name if value is True else f"{name} {value}"
+            for key, name in CLEANING_LABELS if (value := cleaning.get(key))]
+
+
 def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str, Any] | None,
            cam_grid: Sequence[int] | None = None) -> str:
     """``"GP-UNet (pool=maps, width=16)"``: the network options the run was given (by its preset or
@@ -200,9 +207,7 @@ def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str,
         parts.append("auto offset")  # chosen per fold: the folds stay one row
     elif not math.isclose(float(threshold.get("offset", 0.0)), PAPER_MULTIOTSU_OFFSETS.get(model, 0.0)):
         parts.append(multiotsu_text(float(threshold["offset"])))
-    cleaning = threshold.get("cleaning") or {}
-    parts += [name if value is True else f"{name} {value}"
-              for key, name in CLEANING_LABELS if (value := cleaning.get(key))]
+    parts += cleaning_parts(threshold.get("cleaning") or {})
     if threshold.get("target_class", "predicted") != "predicted":
         parts.append(f"{threshold['target_class']} class")
     if cam_grid:

@@ -108,11 +108,18 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
                 console.print(f"[yellow]warning[/yellow] {escape(str(run))}: --offset auto chose {threshold['offset']:g}, "
                               "the largest offset it tries; a larger one may do better (give it as --offset)",
                               highlight=False, soft_wrap=True)
-    for run, reason in failed.items():
-        console.print(f"[red]failed[/red] {escape(str(run))}: {escape(reason)}", highlight=False, soft_wrap=True)
+    notes = _say_failed(failed)
     if need_one and not done:
         raise fail(f"no run could be evaluated ({len(failed)} failed)")
-    return done, results, [f"not in this report: {run}: {reason}" for run, reason in failed.items()]
+    return done, results, notes
+
+
+def _say_failed(failed: dict[Path, str]) -> list[str]:
+    """Print a ``failed RUN: reason`` line per run; return the report notes that name them
+    (``"not in this report: RUN: reason"``)."""
+    for run, reason in failed.items():
+        console.print(f"[red]failed[/red] {escape(str(run))}: {escape(reason)}", highlight=False, soft_wrap=True)
+    return [f"not in this report: {run}: {reason}" for run, reason in failed.items()]
 
 
 def _unique(runs: list[Path]) -> list[Path]:
@@ -165,7 +172,7 @@ def _print_table(results: list[dict], runs: list[Path]) -> None:
 def _threshold_cell(threshold: dict) -> str:
     """``MO−0.3`` (multi-Otsu minus the offset; ``MO+0.5`` for a negative one), ``otsu`` or ``fixed 0.5``, as
     the run was thresholded, then ``true class`` and the clean-up steps where they apply."""
-    from gpmodels.report import CLEANING_LABELS, multiotsu_text
+    from gpmodels.report import cleaning_parts, multiotsu_text
 
     method = threshold["method"]
     if method == "multiotsu":
@@ -174,9 +181,7 @@ def _threshold_cell(threshold: dict) -> str:
         text = f"fixed {float(threshold['value']):g}" if method == "fixed" else str(method)
     if threshold.get("target_class", "predicted") != "predicted":
         text += f", {threshold['target_class']} class"
-    cleaning = threshold.get("cleaning") or {}
-    return text + "".join(f", {name}" if value is True else f", {name} {value}"
-                          for key, name in CLEANING_LABELS if (value := cleaning.get(key)))
+    return ", ".join([text, *cleaning_parts(threshold.get("cleaning") or {})])
 
 
 def _run_label(run_dir: Path) -> str:
@@ -271,9 +276,7 @@ def report_cmd(
         _require_run(run)  # a folder that is no run is refused before any work
     missing = [r for r in runs if not (r / "evaluation.json").is_file()]
     stale = {run: reason for run in runs if run not in missing and (reason := _outdated(run)) is not None}
-    for run, reason in stale.items():
-        console.print(f"[red]failed[/red] {escape(str(run))}: {escape(reason)}", highlight=False, soft_wrap=True)
-    failed = [f"not in this report: {run}: {reason}" for run, reason in stale.items()]
+    failed = _say_failed(stale)
     if missing:
         from flows.params import ThresholdParams
 

@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from storage.errors import StoreError
+from storage.errors import StoreError, one_line
 
 _RUNS_PER_TRIP = 256
 """Runs read in one trip to the event loop (bounds the tasks pending at once)."""
@@ -85,7 +85,7 @@ def read_rows(rows: Any, *arrays: zarr.Array) -> tuple[np.ndarray, ...]:
         if errors:  # e.g. a truncated chunk file: name the array, not only the codec
             where, error = errors[0]
             raise StoreError(f"{location(arrays[where])}: damaged, a chunk cannot be read "
-                             f"({type(error).__name__}: {' '.join(str(error).split())})") from error
+                             f"({type(error).__name__}: {one_line(error)})") from error
         parts = iter(results)
         for out in outs:
             for a, b in trip:
