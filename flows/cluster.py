@@ -36,8 +36,9 @@ def cluster_problem(address: str, workers: dict[str, dict], gpus: int) -> str | 
             f"GPU={gpus}`, or the tasks wait for ever")
 
 
-def check_cluster(address: str, gpus: int = 1, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Connect to the Dask scheduler at ``address`` and check that a worker can hold a training task.
+def check_cluster(address: str, gpus: int = 1, timeout: float | None = None) -> None:
+    """Connect to the Dask scheduler at ``address`` and check that a worker can hold a training task
+    (``timeout``: seconds to wait for the scheduler, default :data:`CONNECT_TIMEOUT_S`).
 
     Raises:
         RuntimeError: one line: the scheduler does not answer (or the address is malformed), or no worker
@@ -46,7 +47,7 @@ def check_cluster(address: str, gpus: int = 1, timeout: float = CONNECT_TIMEOUT_
     from distributed import Client
 
     try:
-        with Client(address, timeout=timeout, set_as_default=False) as client:
+        with Client(address, timeout=timeout or CONNECT_TIMEOUT_S, set_as_default=False) as client:
             workers = client.scheduler_info(n_workers=-1).get("workers", {})
     except Exception as exc:  # OSError (nothing listens), ValueError (no such scheme), TimeoutError
         reason = one_line(exc) or type(exc).__name__

@@ -77,6 +77,13 @@ def benchmark_cmd(
             **({"models": [m.strip() for m in models.split(",")]} if models else {}))
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
+    if params.dask_address:  # here too, before Prefect starts and logs the flow's failure with its traceback
+        from flows.cluster import check_cluster
+
+        try:
+            check_cluster(params.dask_address, int(params.train_overrides.get("devices", 1)))
+        except RuntimeError as exc:
+            raise fail(str(exc)) from exc
     raise flow_outcome(run_benchmark(params))
 
 

@@ -348,7 +348,8 @@ def test_benchmark_ends_a_flow_that_raised_in_one_line(monkeypatch):
         raise RuntimeError("--dask-address tcp://127.0.0.1:1: cannot reach the Dask scheduler (refused)")
 
     monkeypatch.setattr(flows.full_benchmark, "run_in_process", raised)
-    result = CliRunner().invoke(app, ["benchmark", "--dask-address", "tcp://127.0.0.1:1", "--folds", "1"])
+    # the flow's own check (a deployment's path; the CLI checks the address before the flow starts)
+    result = CliRunner().invoke(app, ["benchmark", "--folds", "1"])
     assert result.exit_code == 1
     assert result.output == "error: --dask-address tcp://127.0.0.1:1: cannot reach the Dask scheduler (refused)\n"
 
@@ -375,3 +376,18 @@ def test_a_ctrl_c_in_benchmark_ends_the_process_at_once_in_one_line():
     said = " ".join((done.stdout + done.stderr).split())
     assert said == ("error: interrupted; the same command takes finished tasks from the cache and resumes training "
                     "from its last checkpoint"), said
+
+
+def test_benchmark_checks_the_dask_address_before_the_flow_starts(monkeypatch):
+    """Through the flow, Prefect logged the check's failure with its traceback before the one line."""
+    import flows.full_benchmark
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    monkeypatch.setattr(flows.full_benchmark, "run_in_process", lambda params: pytest.fail("the flow ran"))
+    monkeypatch.setattr("flows.cluster.CONNECT_TIMEOUT_S", 2)
+    result = CliRunner().invoke(app, ["benchmark", "--dask-address", "tcp://127.0.0.1:1", "--folds", "1"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: --dask-address tcp://127.0.0.1:1: cannot reach the Dask scheduler (")
+    assert result.output.count("\n") == 1
