@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import IO
 
 from pytorch_lightning.utilities import rank_zero_only
 
 from gpmodels.files import write_text_atomic
+from gpmodels.process_groups import stop_process_group
 from gpmodels.train_config import RunConfig, TrainConfig
 from gpmodels.training import TrainResult, check_run_dir, train
 
@@ -116,63 +115,6 @@ def run_process_group(command: list[str], sink: IO, grace_s: float = STOP_GRACE_
         return process.wait()
     finally:
         stop_process_group(process, grace_s)
-
-
-def stop_process_group(leader: subprocess.Popen, grace_s: float) -> None:
-    """SIGTERM to the live processes of ``leader``'s group, SIGKILL to those left after ``grace_s``.
-
-    ``leader`` must have been started with ``start_new_session=True`` (its pid is the group's id).
-    It is reaped here; processes of the group that were re-parented are reaped by init.
-    """
-    group = leader.pid
-    leader.poll()
-    if not group_is_alive(group):
-        return
-    _signal_group(group, signal.SIGTERM)
-    ended = False
-    try:
-        deadline = time.monotonic() + grace_s
-        while not ended and time.monotonic() < deadline:
-            time.sleep(0.05)
-            leader.poll()
-            ended = not group_is_alive(group)
-    finally:
-        if not ended:
-            _signal_group(group, signal.SIGKILL)
-        leader.wait()
-
-
-def group_is_alive(group: int) -> bool:
-    """Whether process group ``group`` has a process that is not a zombie (exited, not yet reaped).
-
-    Linux: read from ``/proc``, since zombies still take signals; elsewhere: whether signal 0 reaches it.
-    """
-    proc = Path("/proc")
-    if not (proc / "self" / "stat").is_file():
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # alive, though not ours to signal
-            pass
-        return True
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # the process ended while we looked
-            continue
-        state, _parent, process_group = text[text.rindex(")") + 2:].split()[:3]
-        if int(process_group) == group and state not in ("Z", "X"):
-            return True
-    return False
-
-
-def _signal_group(group: int, signum: int) -> None:
-    """``os.killpg``, quiet when the group has ended meanwhile."""
-    try:
-        os.killpg(group, signum)
-    except ProcessLookupError:
-        pass
 
 
 def main(argv: list[str]) -> int:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpmodels.process_groups import end_groups, stop_process_group
+
 POOL = "gpseg-local"
 STOP_GRACE_SECONDS = {"server": 30.0, "worker": 5.0}
 """How long :meth:`LocalStack.stop` waits after SIGTERM before SIGKILL, per process. Prefect 3.9's
@@ -249,16 +251,7 @@ class LocalStack:
         signalled (a recorded pid may have been reused). Returns ``"NAME (ID)"`` of each run set
         ``Cancelled`` (not those that had ended meanwhile).
         """
-        groups = [pid for pid in map(_engine_pid, runs) if pid is not None]
-        for pid in groups:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + RUN_STOP_GRACE_SECONDS
-        while groups and time.monotonic() < deadline and any(engine_alive(pid) for pid in groups):
-            time.sleep(0.5)
-        for pid in groups:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+        end_groups([pid for pid in map(_engine_pid, runs) if pid is not None], RUN_STOP_GRACE_SECONDS)
         ended = []
         for run in runs:
             with contextlib.suppress(OSError, ValueError):  # the server went away: the run stays as it is
@@ -273,7 +266,7 @@ class LocalStack:
         started go on in their own sessions (see :meth:`end_runs`)."""
         worker = self.processes.pop("worker", None)
         if worker is not None:
-            _terminate(worker, STOP_GRACE_SECONDS["worker"])
+            stop_process_group(worker, STOP_GRACE_SECONDS["worker"])
 
     def stop(self) -> list[str]:
         """End the flow runs in progress (:meth:`end_runs`), terminate the worker, then the server (each with
@@ -290,7 +283,7 @@ class LocalStack:
         self.stop_worker()  # first, so that it takes no new run and reports none of the ended ones Crashed
         ended = self.end_runs(runs) if runs else []
         for name, proc in reversed(self.processes.items()):
-            _terminate(proc, STOP_GRACE_SECONDS.get(name, 30.0))
+            stop_process_group(proc, STOP_GRACE_SECONDS.get(name, 30.0))
         self.processes.clear()
         if self._lock is not None:
             self._lock.close()  # releases the lock
@@ -302,21 +295,6 @@ class LocalStack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _terminate(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM to ``proc``'s process group, then SIGKILL after ``grace`` seconds."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _engine_pid(run: dict) -> int | None:

@@ -1,0 +1,94 @@
+"""Ending whole process groups: SIGTERM, a grace period, then SIGKILL to what is left.
+
+Used wherever gpseg starts processes that start their own children: the DDP training child
+(:mod:`gpmodels.train_process`, whose ranks 1..N-1 are re-parented to init when rank 0 dies) and the
+local Prefect stack (:mod:`gpseg.local_stack`: server, worker and the flow runs the worker starts,
+each in a session of its own). Standard library only, so the CLI can use it without importing torch.
+POSIX only (process groups).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+POLL_S = 0.05
+"""Seconds between two looks at whether the signalled groups have ended."""
+
+
+def group_is_alive(group: int) -> bool:
+    """Whether process group ``group`` has a process that is not a zombie (exited, not yet reaped).
+
+    Linux: read from ``/proc``, since zombies still take signals; elsewhere: whether signal 0 reaches it.
+    """
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").is_file():
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, though not ours to signal
+            pass
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        state, _parent, process_group = text[text.rindex(")") + 2:].split()[:3]
+        if int(process_group) == group and state not in ("Z", "X"):
+            return True
+    return False
+
+
+def signal_group(group: int, signum: int) -> None:
+    """``os.killpg``, quiet when the group has ended meanwhile or is no longer ours to signal."""
+    try:
+        os.killpg(group, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def end_groups(groups: Iterable[int], grace_s: float, leaders: Iterable[subprocess.Popen] = ()) -> None:
+    """SIGTERM to every live group of ``groups``, then SIGKILL to those still alive after ``grace_s``.
+
+    The groups are signalled together and share one grace period, so ending several costs at most
+    ``grace_s``, not one grace period each. A second interruption during the wait (``KeyboardInterrupt``)
+    sends SIGKILL at once.
+
+    Args:
+        groups: process-group ids (the pid of each group's leader, started with ``start_new_session=True``).
+        grace_s: seconds between SIGTERM and SIGKILL.
+        leaders: :class:`subprocess.Popen` objects among the groups' leaders; they are polled while
+            waiting and reaped at the end, so that they do not linger as zombies.
+    """
+    leaders = list(leaders)
+    live = [group for group in dict.fromkeys(groups) if group_is_alive(group)]
+    for group in live:
+        signal_group(group, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    try:
+        while live and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+            for leader in leaders:
+                leader.poll()
+            live = [group for group in live if group_is_alive(group)]
+    finally:
+        for group in live:
+            signal_group(group, signal.SIGKILL)
+        for leader in leaders:
+            leader.wait()
+
+
+def stop_process_group(leader: subprocess.Popen, grace_s: float) -> None:
+    """End ``leader``'s whole process group (:func:`end_groups`) and reap ``leader``.
+
+    ``leader`` must have been started with ``start_new_session=True`` (its pid is the group's id).
+    Processes of the group that were re-parented are reaped by init.
+    """
+    leader.poll()
+    end_groups([leader.pid], grace_s, leaders=[leader])

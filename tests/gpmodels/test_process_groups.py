@@ -1,0 +1,70 @@
+"""Ending whole process groups (gpmodels.process_groups), as the DDP child and `gpseg serve` do."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gpmodels.process_groups import end_groups, group_is_alive, stop_process_group
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process states from /proc")
+
+LEADER = r"""
+import pathlib, signal, subprocess, sys, time
+ready, ignore_term = pathlib.Path(sys.argv[1]), sys.argv[2] == "ignore-term"
+child = "import signal, time\n" + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if ignore_term else "")
+child += f"open({str(ready)!r}, 'w').close()\ntime.sleep(120)\n"
+if ignore_term:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+subprocess.Popen([sys.executable, "-c", child])
+time.sleep(120)
+"""
+"""A group leader that starts one child; both sleep; with ARGV[2] ``ignore-term`` both ignore SIGTERM."""
+
+
+def _group(tmp_path: Path, name: str, term: str) -> subprocess.Popen:
+    ready = tmp_path / f"{name}.ready"
+    leader = subprocess.Popen([sys.executable, "-c", LEADER, str(ready), term], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ready.exists(), "the stand-in group did not start"
+    return leader
+
+
+def test_groups_that_end_on_sigterm_share_one_grace_period(tmp_path):
+    leaders = [_group(tmp_path, f"g{i}", "term") for i in range(2)]
+    started = time.monotonic()
+    end_groups([leader.pid for leader in leaders], grace_s=30, leaders=leaders)
+    assert time.monotonic() - started < 10  # they ended on SIGTERM; nobody waited for the 30 s
+    assert not any(group_is_alive(leader.pid) for leader in leaders)
+    assert all(leader.returncode is not None for leader in leaders)  # reaped, no zombie left
+
+
+def test_a_group_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
+    leader = _group(tmp_path, "stubborn", "ignore-term")
+    started = time.monotonic()
+    stop_process_group(leader, grace_s=0.5)
+    assert 0.5 <= time.monotonic() - started < 10
+    assert not group_is_alive(leader.pid)
+    assert leader.returncode == -9
+
+
+def test_the_children_are_ended_when_the_leader_has_already_exited(tmp_path):
+    leader = _group(tmp_path, "orphans", "term")
+    leader.terminate()  # the leader alone: its child is re-parented and runs on in the group
+    leader.wait()
+    assert group_is_alive(leader.pid)
+    stop_process_group(leader, grace_s=5)
+    assert not group_is_alive(leader.pid)
+
+
+def test_groups_that_are_gone_are_no_error():
+    done = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    done.wait()
+    assert not group_is_alive(done.pid)
+    end_groups([done.pid, done.pid], grace_s=5, leaders=[done])
