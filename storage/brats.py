@@ -13,7 +13,9 @@ from storage.errors import CaseRejected
 
 BRATS_CHANNELS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 BRATS_CLASSES: list[str] = ["tumour-free", "LGG", "HGG"]
-BRATS_SEG_LABELS: frozenset[int] = frozenset({0, 1, 2, 4})
+BRATS_SEG_LABELS: frozenset[int] = frozenset({0, 1, 2, 3, 4})
+"""Segmentation labels of every BraTS release: 1 necrosis, 2 oedema, 4 enhancing tumour; 3 (non-enhancing
+tumour) only in the releases before 2017. The stores keep the whole tumour, every label above 0."""
 NAME_MAPPING = "name_mapping.csv"
 NAME_MAPPING_HEADER: list[str] = [
     "Grade", "BraTS_2017_subject_ID", "BraTS_2018_subject_ID", "TCGA_TCIA_subject_ID",
@@ -69,6 +71,27 @@ def read_name_mapping(path: Path) -> dict[str, str]:
     """
     header, rows = _name_mapping_table(path)
     return _grades(rows, *_name_mapping_columns(path, header))
+
+
+def listed_but_absent(src: Path, cases: list[VolumeCase], rejected: dict[str, str]) -> list[str]:
+    """Ids that ``src``'s ``name_mapping.csv`` lists but no case folder below ``src`` holds, sorted.
+
+    Args:
+        src: a BraTS training folder.
+        cases: the cases :func:`discover_brats` found there.
+        rejected: the ``file -> reason`` it rejected (a rejected case was found, so it is not absent).
+
+    Returns:
+        Empty when ``src`` has no ``name_mapping.csv`` (or one that cannot be read: ingestion says why).
+    """
+    path = src / NAME_MAPPING
+    try:
+        listed = read_name_mapping(path) if path.is_file() else {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return []
+    found = {case.patient_id for case in cases} | {Path(file).name for file in rejected}
+    found |= {Path(file).parent.name for file in rejected}  # a rejection may name one of the case's files
+    return sorted(set(listed) - found)
 
 
 def write_name_mapping(path: Path, header: list[str], rows: list[list[str]]) -> None:

@@ -13,6 +13,31 @@ from pathlib import Path
 import numpy as np
 
 
+PATIENT_ID_MAX_BYTES = 200
+"""The longest patient id, in UTF-8 bytes: NIfTI export writes ``<id><suffix>.nii.gz``, and common file
+systems allow 255 bytes per file name."""
+
+
+def patient_id_problem(patient_id: str) -> str | None:
+    """Why ``patient_id`` cannot name its patient's files, or ``None`` when it can.
+
+    NIfTI export (``gpseg export-masks``) writes one ``<patient_id><suffix>.nii.gz`` per patient of a 3-D
+    store, so an id must be a plain file name: no path separator, no NUL, no leading dot, at most
+    :data:`PATIENT_ID_MAX_BYTES` bytes. Checked at ingestion, so that a store never holds an id that
+    export would refuse after training.
+    """
+    for bad, what in (("/", "'/'"), ("\\", "'\\'"), ("\0", "NUL")):
+        if bad in patient_id:
+            return (f"patient id {patient_id!r} contains {what}; expected a plain file name (it names the "
+                    "exported masks)")
+    if patient_id.startswith("."):
+        return f"patient id {patient_id!r} starts with '.'; expected a plain file name (it names the exported masks)"
+    if len(patient_id.encode()) > PATIENT_ID_MAX_BYTES:
+        return (f"patient id {patient_id[:40]!r}... takes {len(patient_id.encode())} bytes, expected at most "
+                f"{PATIENT_ID_MAX_BYTES} (it names the exported masks)")
+    return None
+
+
 @dataclass(frozen=True)
 class VolumeCase:
     """A 3-D case: one NIfTI volume per channel plus an optional segmentation.

@@ -17,7 +17,8 @@ from typing import Any, Literal
 import nibabel as nib
 import numpy as np
 
-from storage.brats import BRATS_CHANNELS, BRATS_CLASSES, NAME_MAPPING, discover_brats, layout_hint
+from storage.brats import (BRATS_CHANNELS, BRATS_CLASSES, NAME_MAPPING, discover_brats, layout_hint,
+                           listed_but_absent)
 from storage.cases import MatCase, SliceBatch, VolumeCase
 from storage.discovery import archives_below, is_archive, source_key, visible_files_below
 from storage.errors import CaseRejected, NoUsableInput, one_line
@@ -50,6 +51,8 @@ class IngestReport:
         archives: archive files below the source folder (relative paths), which are not read.
         warnings: what makes the store unusable in part, e.g. ``"fold 0 train is empty"`` (too few
             patients of each class for the grouped split's folds); ``gpseg validate`` fails on it too.
+        absent: case ids that the source's ``name_mapping.csv`` lists but that have no folder there (BraTS,
+            a new store only: a drop holds a few of the listed cases on purpose).
         seconds: wall time.
     """
 
@@ -61,6 +64,7 @@ class IngestReport:
     skipped: int = 0
     archives: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -74,7 +78,11 @@ class IngestReport:
         return ([("warning", f"{warning}: too few patients of each class for the split's folds (gpseg validate "
                              "fails on it); use fewer --folds or more cases") for warning in self.warnings]
                 + [("not read", f"{archive}: an archive; unpack it to ingest the cases it holds (then --append)")
-                   for archive in self.archives])
+                   for archive in self.archives]
+                + ([("not found", f"{len(self.absent)} case(s) listed in {NAME_MAPPING} have no folder in the source "
+                                  f"({', '.join(self.absent[:3])}{', ...' if len(self.absent) > 3 else ''}): an "
+                                  "incomplete download or unpack? Add them later with --append")]
+                   if self.absent else []))
 
 
 def _reason(exc: BaseException) -> tuple[str | None, str]:
@@ -350,7 +358,10 @@ def ingest_brats(src: Path, out: Path, config: IngestConfig = IngestConfig(), ap
     reader = functools.partial(read_volume_case, classes=BRATS_CLASSES, config=config, size=size)
     plan = _Plan("brats", src, cases, reader, BRATS_CLASSES, list(channels), size, rejected, (src / NAME_MAPPING,),
                  layout_hint=layout_hint)
-    return _run(plan, Path(out), config, append, progress)
+    absent = [] if append else listed_but_absent(src, cases, rejected)
+    report = _run(plan, Path(out), config, append, progress)
+    report.absent = absent
+    return report
 
 
 def ingest_jun_cheng(src: Path, out: Path, config: IngestConfig = IngestConfig(), append: bool = False,

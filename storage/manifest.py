@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from storage.cases import VolumeCase
+from storage.cases import VolumeCase, patient_id_problem
 from storage.errors import CaseRejected
 
 TUMOUR_FREE = "tumour-free"
@@ -57,6 +57,8 @@ def read_manifest(path: Path, classes: list[str] | None = None
         try:
             if not pid:
                 raise CaseRejected(where, "empty patient_id")
+            if problem := patient_id_problem(pid):
+                raise CaseRejected(where, problem)
             if pid in seen:
                 raise CaseRejected(where, f"duplicate patient id {pid}")
             if not label:

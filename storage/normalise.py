@@ -64,7 +64,7 @@ def robust_scale(slices: np.ndarray, background: np.ndarray,
                  percentiles: tuple[float, float] = ROBUST_PERCENTILES, dtype: type = np.float32) -> np.ndarray:
     """Scale each channel so its foreground percentiles map to ``[0, 1]``.
 
-    Integer inputs spanning fewer than ``MAX_LUT_SIZE`` values go through a
+    Integer inputs of up to 32 bits spanning fewer than ``MAX_LUT_SIZE`` values go through a
     lookup table (one gather per voxel), which is what makes ingestion cheap
     next to decoding; other inputs take the same float32 arithmetic voxel by
     voxel, so both paths give identical results.
@@ -93,11 +93,14 @@ def robust_scale(slices: np.ndarray, background: np.ndarray,
             target[foreground] = 1.0
             continue
         scale = np.float32(1.0 / (hi - lo))
-        low, high = (int(channel.min()), int(channel.max())) if channel.dtype.kind in "iu" else (0, MAX_LUT_SIZE)
+        lut_ok = channel.dtype.kind in "iu" and channel.dtype.itemsize <= 4
+        low, high = (int(channel.min()), int(channel.max())) if lut_ok else (0, MAX_LUT_SIZE)
         if high - low < MAX_LUT_SIZE:
             lut = np.clip((np.arange(low, high + 1, dtype=np.float32) - np.float32(lo)) * scale,
                           0.0, 1.0).astype(dtype)
-            np.take(lut, channel - low if low else channel, out=target)
+            # the index in a wider type: int16 data spanning more than 32767 values wrap around in int16
+            wide = np.int32 if channel.dtype.itemsize <= 2 else np.int64
+            np.take(lut, np.subtract(channel, low, dtype=wide) if low else channel, out=target)
             if lut[int(background[c]) - low] == 0:
                 continue
         else:  # float data, or integers whose range would make a large table: the same float32 arithmetic

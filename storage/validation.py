@@ -49,7 +49,7 @@ def slice_table(group, block: int = BLOCK, progress: Callable[[int, int], None] 
     """One row per slice: label, mask and image statistics (read in blocks).
 
     Columns: ``label``, ``mask_binary``, ``mask_sum``, ``image_finite``,
-    ``image_min``, ``image_max``, ``patient``.
+    ``image_min``, ``image_max``, ``channel_max`` (a tuple: each channel's maximum), ``patient``.
 
     Args:
         group: the store.
@@ -59,7 +59,7 @@ def slice_table(group, block: int = BLOCK, progress: Callable[[int, int], None] 
     """
     n = group["labels"].shape[0]
     stats: dict[str, list[np.ndarray]] = {k: [] for k in ("mask_binary", "mask_sum", "image_finite",
-                                                          "image_min", "image_max")}
+                                                          "image_min", "image_max", "channel_max")}
     for start in range(0, n, block):
         if progress is not None and start:
             progress(start, n)
@@ -73,9 +73,13 @@ def slice_table(group, block: int = BLOCK, progress: Callable[[int, int], None] 
         stats["image_finite"].append(finite.all(axis=1))
         stats["image_min"].append(np.where(finite, flat_i, np.inf).min(axis=1))
         stats["image_max"].append(np.where(finite, flat_i, -np.inf).max(axis=1))
+        channels = images.reshape(images.shape[0], images.shape[1], -1)
+        stats["channel_max"].append(np.where(np.isfinite(channels), channels, -np.inf).max(axis=2))
     if progress is not None:
         progress(n, n)
+    channel_max = stats.pop("channel_max")
     table = pd.DataFrame({k: np.concatenate(v) if v else np.zeros(0) for k, v in stats.items()})
+    table["channel_max"] = list(map(tuple, np.concatenate(channel_max))) if channel_max else []
     table["label"] = group["labels"][:].astype(int)
     table["patient"] = read_patients(group)
     return table
@@ -106,6 +110,18 @@ def _split_tables(group, table: pd.DataFrame, classes: list[str], mode: str
     leak["leaked"] = np.where(leak["splits"] > 1, "fold " + leak["fold"].astype(str) + ": " + leak["patient"], "")
     code_table = pd.concat(code_rows) if code_rows else pd.DataFrame({"fold": [], "code": []})
     return leak, cover, code_table, counts
+
+
+def _blank_channels(table: pd.DataFrame, channels: list[str]) -> pd.DataFrame:
+    """The ``blank`` column: ``"PATIENT: CHANNEL"`` for each channel that is 0 (or below) on every slice of a
+    patient, after one blank row (so that the table is never empty). Ingestion rejects constant source
+    channels, so a blank one means the normalisation or the store went wrong."""
+    rows = [""]
+    if len(table):
+        highest = pd.DataFrame(table["channel_max"].tolist(), index=table["patient"]).groupby(level=0).max()
+        rows += [f"{patient}: {channels[c] if c < len(channels) else c}"
+                 for patient, values in highest.iterrows() for c, value in enumerate(values) if not value > 0]
+    return pd.DataFrame({"blank": rows})
 
 
 def _split_sizes(codes: pd.DataFrame) -> pd.DataFrame:
@@ -199,6 +215,9 @@ def _validate(path: Path | str, progress: Callable[[int, int], None] | None) -> 
             E.ExpectColumnValuesToBeInSet(column="length", value_set=[n]),
             E.ExpectColumnValuesToBeInSet(column="plane_ok", value_set=[True]),
             E.ExpectColumnValuesToBeInSet(column="chunks_missing", value_set=[0]),
+        ]),
+        ("channels", _blank_channels(table, list(group.attrs.get("channels") or [])), [
+            E.ExpectColumnValuesToBeInSet(column="blank", value_set=[""]),
         ]),
         ("split_codes", codes, [
             E.ExpectColumnValuesToBeInSet(column="code", value_set=[TRAIN, VAL, TEST]),

@@ -65,10 +65,35 @@ def test_nan_voxels(brats_copy, tmp_path):
 def test_seg_labels_outside_brats_set(brats_copy, tmp_path):
     path = _file(brats_copy, 5, "seg")
     data = np.asanyarray(nib.load(path).dataobj).copy()
-    data[data == 2] = 3
-    data[0, 0, 0] = 3
+    data[data == 2] = 5
+    data[0, 0, 0] = 5
     _rewrite(path, data)
-    _only_rejected(ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG), "005_seg", "labels [3]")
+    _only_rejected(ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG), "005_seg", "labels [5] outside [0, 1, 2, 3, 4]")
+
+
+def test_the_label_3_of_brats_releases_before_2017_is_tumour(brats_copy, tmp_path):
+    """BraTS 2012-2016 mark non-enhancing tumour 3; the whole tumour is every label above 0 either way."""
+    ingest_brats(brats_copy, tmp_path / "before.zarr", CONFIG)
+    path = _file(brats_copy, 5, "seg")
+    data = np.asanyarray(nib.load(path).dataobj).copy()
+    assert (data == 2).any()
+    _rewrite(path, np.where(data == 2, 3, data).astype(data.dtype))
+    report = ingest_brats(brats_copy, tmp_path / "after.zarr", CONFIG)
+    assert report.rejected == {} and report.exit_code == 0
+    before, after = open_store(tmp_path / "before.zarr"), open_store(tmp_path / "after.zarr")
+    np.testing.assert_array_equal(after["masks"][:], before["masks"][:])
+
+
+def test_cases_listed_in_name_mapping_but_absent_are_named(brats_copy, tmp_path):
+    """An incomplete download or unpack: the listed cases without a folder are a notice, not a rejection."""
+    shutil.rmtree(brats_copy / CASE.format(3))
+    report = ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
+    assert report.exit_code == 0 and report.absent == [CASE.format(3)]
+    (label, text), = report.notices()
+    assert label == "not found" and text.startswith(f"1 case(s) listed in name_mapping.csv have no folder in the "
+                                                    f"source ({CASE.format(3)})")
+    appended = ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG, append=True)  # a drop: a few cases on purpose
+    assert appended.absent == [] and appended.notices() == []
 
 
 def test_case_with_no_grade(brats_copy, tmp_path):
@@ -103,6 +128,19 @@ def test_manifest_duplicate_patient_and_quirky_seg_name(brats_source, tmp_path):
     report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
     (file, why), = report.rejected.items()
     assert file.endswith("m.csv:3") and "duplicate patient id p1" in why and report.cases == 1
+
+
+def test_manifest_patient_id_that_cannot_name_a_file_is_rejected(brats_source, tmp_path):
+    """`export-masks` writes <patient_id>_pred.nii.gz: an id with '/' would be refused only after training."""
+    name = CASE.format(1)
+    shutil.copytree(brats_source / name, tmp_path / "case")
+    row = f"HGG,case/{name}_flair.nii.gz,case/{name}_seg.nii.gz\n"
+    (tmp_path / "m.csv").write_text("patient_id,label,flair,seg\n" + f"site1/p1,{row}" + f".p2,{row}" + f"p3,{row}")
+    report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+    assert report.cases == 1 and read_patients(open_store(tmp_path / "s.zarr")).tolist() == ["p3"] * report.slices
+    assert sorted(report.rejected) == ["m.csv:2", "m.csv:3"]
+    assert "patient id 'site1/p1' contains '/'" in report.rejected["m.csv:2"]
+    assert "starts with '.'" in report.rejected["m.csv:3"]
 
 
 def test_brats_quirky_seg_file_name_accepted(brats_copy, tmp_path):

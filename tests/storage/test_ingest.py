@@ -205,3 +205,17 @@ def test_a_store_that_lost_chunk_files_fails_validation_and_reads_refuse_it(brat
     check_chunks(open_store(tmp_path / "b.zarr"), tmp_path / "b.zarr", ("images",))  # only those asked for
     failures = validate_store(tmp_path / "b.zarr").failures
     assert any("chunks_missing" in line for line in failures), failures
+
+
+def test_a_channel_blank_for_a_whole_patient_fails_validation(brats_source, tmp_path):
+    """A channel that normalisation turned to zeros (int16 overflow, a bad scaling) for every slice of a
+    patient: the images stay in [0, 1], so only this check sees it."""
+    ingest_brats(brats_source, tmp_path / "b.zarr", CONFIG)
+    group = open_store(tmp_path / "b.zarr", mode="r+")
+    patients = read_patients(group)
+    rows = np.flatnonzero(patients == patients[0])
+    images = group["images"][rows.min():rows.max() + 1]
+    images[:, 2] = 0
+    group["images"][rows.min():rows.max() + 1] = images
+    (failure,) = validate_store(tmp_path / "b.zarr").failures
+    assert failure.startswith("[channels]") and f"{patients[0]}: t2" in failure

@@ -66,3 +66,18 @@ def test_robust_scale_table_and_float_paths_agree(monkeypatch, dtype):
     floats = robust_scale(vol, background_values(vol), dtype=dtype)
     assert table.dtype == floats.dtype == dtype
     assert np.array_equal(table, floats)
+
+
+@pytest.mark.parametrize(("padding", "top"), [(-32768, 1000), (-1, 32767)])
+def test_robust_scale_int16_spanning_more_than_int16_holds(monkeypatch, padding, top):
+    """int16 volumes whose max - min exceeds 32767 (outside-FOV padding at -32768, a full-range scan):
+    the table index must not wrap around in int16 (the whole volume came out 0)."""
+    rng = np.random.default_rng(5)
+    vol = np.full((2, 1, 10, 10), padding, dtype=np.int16)
+    vol[:, 0, 2:8, 2:8] = rng.integers(0, top, size=(2, 6, 6))
+    vol[0, 0, 3, 3] = top  # saturated voxels
+    table = robust_scale(vol, background_values(vol))
+    monkeypatch.setattr(normalise, "MAX_LUT_SIZE", 0)  # the float path, which never wrapped
+    floats = robust_scale(vol, background_values(vol))
+    assert np.array_equal(table, floats)
+    assert table[0, 0, 3, 3] == 1.0 and table[:, 0, 2:8, 2:8].mean() > 0.3
