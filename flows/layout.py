@@ -21,6 +21,12 @@ from pathlib import Path
 
 STORES, PHANTOMS, RUNS, REPORT = "stores", "phantoms", "runs", "report"
 SEED_PREFIX = "seed_"
+DEFAULT_WORKDIR = "runs/benchmark"
+"""The deployments' work dir, relative to the project root (prefect.yaml's ``workdir``)."""
+DROP_FOLDERS = {"brats": f"{DEFAULT_WORKDIR}/drop", "jun-cheng": f"{DEFAULT_WORKDIR}/drop-jun-cheng"}
+"""The default drop folder of each dataset kind that takes drops: where `gpseg drop` copies to and what the
+daily schedule of ``retrain-on-new-data`` checks (one folder per kind, since the flow reads a folder as one
+kind)."""
 
 
 def dataset_of(run_dir: str | Path) -> str:
