@@ -40,6 +40,19 @@ def dataset_of(run_dir: str | Path) -> str:
     return parents[2].name if in_layout else ""
 
 
+def data_version_of(run_dir: str | Path) -> str:
+    """The data version of a run dir laid out as above; ``""`` for a run dir outside that layout."""
+    fold_dir = Path(run_dir)
+    if fold_dir.name.startswith(SEED_PREFIX):
+        fold_dir = fold_dir.parent
+    return fold_dir.parents[1].name if dataset_of(fold_dir) else ""
+
+
+def reported_versions(report_dir: str | Path, dataset: str) -> set[str]:
+    """The data versions of ``dataset`` whose runs the report in ``report_dir`` holds (those still there)."""
+    return {data_version_of(run) for run in report_run_dirs(report_dir)[0] if dataset_of(run) == dataset}
+
+
 def report_run_dirs(report_dir: str | Path) -> tuple[list[str], list[str]]:
     """The run dirs that the report in ``report_dir`` names (its ``metrics.json``), in report order, and
     those of them that are gone.

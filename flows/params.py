@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from flows.layout import DROP_FOLDERS
 from gpmodels.names import MODEL_NAMES
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 
@@ -260,4 +261,4 @@ class PostprocessParams(_Params):
 class RetrainParams(TrainingParams):
     """Parameters of ``retrain-on-new-data``."""
 
-    dataset: DatasetSpec = Field(default_factory=lambda: DatasetSpec(kind="brats", source="runs/benchmark/drop"))
+    dataset: DatasetSpec = Field(default_factory=lambda: DatasetSpec(kind="brats", source=DROP_FOLDERS["brats"]))

@@ -36,12 +36,13 @@ def ingest_fresh(kind: str, source: str, store: str, config: dict, append: bool 
     """
     args = (kind, source, store, config, fingerprint(source))
     summary = trusted(ingest_source, store)(*args, append=append)
-    if _stored_version(store) != summary["data_version"]:
+    if stored_version(store) != summary["data_version"]:
         summary = ingest_source.with_options(refresh_cache=True)(*args, append=append)
     return summary
 
 
-def _stored_version(store: str) -> str | None:
+def stored_version(store: str) -> str | None:
+    """The data version of the store at ``store``, or ``None`` when there is none."""
     from storage.store import open_store
 
     return open_store(store).attrs.get("data_version") if Path(store).exists() else None

@@ -7,48 +7,71 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.layout import (REPORT, carried_notes, failure_carried_notes, new_rejections, rejection_note,
-                          replace_dataset_runs, reported_runs, row_line, summary_rows, tagged)
+                          replace_dataset_runs, reported_runs, reported_versions, row_line, summary_rows, tagged)
 from flows.params import RetrainParams
-from flows.pipeline import (heatmaps_and_evaluation, ingest_config, ingest_fresh, store_path, train_and_keep,
-                            training_jobs)
+from flows.pipeline import (heatmaps_and_evaluation, ingest_config, ingest_fresh, store_path, stored_version,
+                            train_and_keep, training_jobs)
+from storage.errors import NoUsableInput
 from tasks.data import find_new_files, validate
 from tasks.evaluation import publish, report
 
 
 @flow(name="retrain-on-new-data", log_prints=True)
 def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
-    """Exit quickly with ``no new data`` unless the drop folder holds files the store lacks.
+    """Exit quickly with ``no new data`` unless the drop folder holds files the store lacks, or the store's
+    data version was never trained and reported.
 
     New cases are appended (stored patients keep their splits; new ones are split
     with the store's settings), the store is re-validated, every model is retrained
     on the new data version and the report is rebuilt: the new runs replace this
     dataset's runs of the previous report, and the other datasets' runs stay. When
     every new case is rejected, it ends with ``nothing ingested`` and retrains nothing.
+    A run stopped after its ingestion (killed, cancelled, a failed validation or training) left a data
+    version without a report; the next run trains and reports that version (finished trainings resume
+    or come from the cache), even when no file is new.
     """
     logger = get_run_logger()
     spec = params.dataset
     store = store_path(params.workdir, spec)
+    report_dir = Path(params.workdir) / REPORT
     if not Path(spec.source).is_dir() and not Path(spec.source).is_file():
         # the daily schedule runs before the first `gpseg drop` has made the folder: nothing is new yet
         logger.info("no new data: the drop folder %s does not exist (yet)", spec.source)
         return {"status": "no new data", "new_files": []}
     fresh = find_new_files(spec.source, store)
-    if not fresh:
-        logger.info("no new data in %s", spec.source)
-        return {"status": "no new data", "new_files": []}
-    logger.info("%d new file(s) in %s", len(fresh), spec.source)
-    ingested = ingest_fresh(spec.kind, spec.source, store, ingest_config(spec, params.folds),
-                            append=Path(store).exists())
-    if ingested["cases"] == 0:  # every new case was rejected (the ingestion logged why): nothing to retrain
+    new_rejects: dict[str, str] = {}
+    ingested_cases = 0
+    if fresh:
+        logger.info("%d new file(s) in %s", len(fresh), spec.source)
+        before = stored_version(store)
+        try:
+            ingested = ingest_fresh(spec.kind, spec.source, store, ingest_config(spec, params.folds),
+                                    append=Path(store).exists())
+        except NoUsableInput as exc:  # no store yet, and every case was rejected (the task logged why)
+            logger.warning("no case of %s could be ingested (%d rejected); nothing retrained", spec.source,
+                           len(exc.rejected))
+            return {"status": "nothing ingested", "new_files": fresh, "ingested": 0,
+                    "rejected": new_rejections(exc.rejected, fresh) or exc.rejected}
+        new_rejects = new_rejections(ingested["rejected"], fresh)  # the old ones are rejected again at each append
+        # the store's version, not the task's count: a cached ingestion reports the cases it stored back then
+        ingested_cases = ingested["cases"] if ingested["data_version"] != before else 0
+    version = stored_version(store)
+    pending = version is not None and version not in reported_versions(report_dir, spec.label)
+    if not ingested_cases and not pending:
+        if not fresh:
+            logger.info("no new data in %s", spec.source)
+            return {"status": "no new data", "new_files": []}
         logger.warning("no new case of %s could be ingested (%d rejected); nothing retrained", spec.source,
-                       len(ingested["rejected"]))
-        return {"status": "nothing ingested", "new_files": fresh, "ingested": 0, "rejected": ingested["rejected"]}
-    new_rejects = new_rejections(ingested["rejected"], fresh)  # the old ones are rejected again at each append
+                       len(new_rejects))
+        return {"status": "nothing ingested", "new_files": fresh, "ingested": 0, "rejected": new_rejects}
+    if not ingested_cases:
+        logger.warning("data version %s of %s has no report yet (an earlier run stopped after ingesting it): "
+                       "training and reporting it now", version, spec.label)
     rejected_note = rejection_note(spec.label, store, new_rejects)
     if rejected_note:
         logger.warning("%s", rejected_note)
     validate(store)
-    trained, seed_notes = train_and_keep(training_jobs(params, spec.label, store, ingested["data_version"]), params)
+    trained, seed_notes = train_and_keep(training_jobs(params, spec.label, store, version), params)
     results = [{**r, "dataset": spec.label} for r in heatmaps_and_evaluation(trained, params.threshold,
                                                                                params.posthoc_slices)]
     rows = summary_rows(results)
@@ -57,18 +80,19 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     done = [r["run_dir"] for r in results if "failed" not in r]
     html = None
     if done:
-        report_dir = Path(params.workdir) / REPORT
         runs = replace_dataset_runs(reported_runs(report_dir), done)
         kept = len(runs) - len(done)
         others = [note for note in carried_notes(report_dir) if note["dataset"] not in ("", spec.label)]
+        why = (f"after {len(fresh)} new file(s)" if ingested_cases
+               else "after an earlier run stopped before its report")
         html = report(runs, str(report_dir), "gpseg report (retrained on new data)",
                       [f"thresholds: {params.threshold.describe()}"],
                       [*tagged(spec.label, [
-                          f"{spec.label} retrained on data version {ingested['data_version']} after {len(fresh)} new "
-                          f"file(s), preset {params.preset}, {params.folds} fold(s)"
+                          f"{spec.label} retrained on data version {version} {why}, preset {params.preset}, "
+                          f"{params.folds} fold(s)"
                           + (f"; {kept} run(s) of other datasets kept from the previous report" if kept else ""),
                           *filter(None, [rejected_note])]),
                        *seed_notes, *failure_carried_notes(rows), *others])
         publish(html, rows)
-    return {"status": "retrained", "new_files": fresh, "ingested": ingested["cases"], "rows": rows,
-            "report": html, "rejected": new_rejects}
+    return {"status": "retrained", "new_files": fresh, "ingested": ingested_cases, "data_version": version,
+            "rows": rows, "report": html, "rejected": new_rejects}

@@ -107,10 +107,11 @@ def new_files(folder: Path | str, store: Path | str | None) -> list[str]:
         as ingestion records them.
     """
     folder = Path(folder)
-    known: dict[str, str] = {}
+    stored: dict[str, str] = {}
+    examined: dict[str, str] = {}
     if store is not None and Path(store).exists():
         attrs = open_store(store).attrs
-        known = {**attrs.get("examined", {}), **attrs.get("sources", {})}
+        stored, examined = dict(attrs.get("sources", {})), dict(attrs.get("examined", {}))
     if folder.is_file():
         root, files = folder.parent, sorted({p for p in manifest_files(folder) if p.is_file()})
     else:
@@ -118,6 +119,10 @@ def new_files(folder: Path | str, store: Path | str | None) -> list[str]:
     fresh = []
     for path in files:
         rel = source_key(path, root)
-        if rel not in known or known[rel] != sha256_file(path):
+        if rel not in stored and rel not in examined:
+            fresh.append(rel)
+            continue
+        # a stored file whose new content a later ingestion rejected (examined) is not new until it changes again
+        if sha256_file(path) not in (stored.get(rel), examined.get(rel)):
             fresh.append(rel)
     return sorted(fresh)

@@ -21,6 +21,7 @@ from storage.brats import (BRATS_CHANNELS, BRATS_CLASSES, NAME_MAPPING, discover
                            listed_but_absent)
 from storage.cases import MatCase, SliceBatch, VolumeCase
 from storage.discovery import archives_below, is_archive, source_key, visible_files_below
+from storage.drops import data_files
 from storage.errors import CaseRejected, NoUsableInput, one_line
 from storage.ingest_config import DEFAULT_RATIOS, IngestConfig, SplitConfig
 from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, discover_jun_cheng,
@@ -129,23 +130,45 @@ def archive_hint(archives: Sequence[str]) -> str:
 
 
 def _examined(old: dict[str, str], rejected: dict[str, str], rejected_cases: Sequence[VolumeCase | MatCase],
-              plan: _Plan) -> dict[str, str]:
-    """The store's ``examined`` attribute: relative path -> sha256 of each file of a rejected case and of
-    each metadata file, as read by this run (earlier entries stay). With ``sources`` (the stored cases'
-    files) it tells :func:`storage.drops.new_files` what a drop folder held when it was last ingested, so
-    a case rejected for good is not new data at every check; editing it, or a metadata file, makes it new."""
+              plan: _Plan, stored: dict[str, str]) -> dict[str, str]:
+    """The store's ``examined`` attribute: relative path -> sha256 of each file of a rejected case, of
+    each metadata file, and (for a source folder) of each other data file that no case read, as this run
+    found them (earlier entries stay). With ``sources`` (the stored cases' files, ``stored``) it tells
+    :func:`storage.drops.new_files` what a drop folder held when it was last ingested, so a case rejected
+    for good, or a NIfTI file outside any case folder, is not new data at every check; editing it, or a
+    metadata file, makes it new."""
     examined = dict(old)
     files = [f for case in rejected_cases for f in _case_files(case)]
     for key in rejected:  # rejected in discovery: a case folder or a file
         path = plan.root / source_key(key, plan.root)
         files += visible_files_below(path) if path.is_dir() else [path] if path.is_file() else []
     files += [f for f in plan.metadata if f.is_file()]
+    if not plan.listing:  # a manifest's files are those it lists, each read or rejected
+        files += [f for f in data_files(plan.root) if source_key(str(f), plan.root) not in stored]
     for file in files:
         try:
             examined[source_key(str(file), plan.root)] = sha256_file(file)
         except OSError:  # unreadable or gone: it stays new data, and its rejection says why
             continue
     return examined
+
+
+CHANGED_SINCE_STORED = ("changed since it was stored (another sha256): the files of a stored case are not read "
+                        "again; to take the new content, ingest the source into a new store (--overwrite)")
+
+
+def _changed_since_stored(case: VolumeCase | MatCase, stored: dict[str, str], root: Path) -> str | None:
+    """The first file of an already stored case whose content is no longer what was stored (relative path),
+    or ``None``. A corrected re-download under the same path would otherwise be skipped without a word,
+    and a drop check would count it as new data every time. Unreadable files are left to the next read."""
+    for file in _case_files(case):
+        key = source_key(str(file), root)
+        try:
+            if key in stored and sha256_file(file) != stored[key]:
+                return key
+        except OSError:
+            continue
+    return None
 
 
 def _case_key(case: VolumeCase | MatCase) -> str:
@@ -222,6 +245,9 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
                                     "files count by their path relative to the source's folder, and each patient "
                                     "needs files at paths of its own")
             rejected_cases.append(case)
+        elif changed := _changed_since_stored(case, base_attrs.get("sources", {}), plan.root):
+            report.rejected[changed] = CHANGED_SINCE_STORED
+            rejected_cases.append(case)
         else:
             report.skipped += 1
     if not cases and not existing:
@@ -283,7 +309,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
             "dataset": plan.dataset, "classes": plan.classes, "channels": plan.channels,
             "normalisation": config.normalisation, "image_size": plan.image_size,
             "split": config.split.as_attrs(), "sources": sources, "rejected": rejected,
-            "examined": _examined(base_attrs.get("examined", {}), plan.rejected, rejected_cases, plan),
+            "examined": _examined(base_attrs.get("examined", {}), plan.rejected, rejected_cases, plan, sources),
             "volumes": volumes, "patients": sorted(stored_patients),
             "source_root": str(plan.root.resolve()),
         }

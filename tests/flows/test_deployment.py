@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from flows.layout import DROP_FOLDERS
 from gpseg.local_stack import LocalStack, engine_alive
 from storage.phantoms import write_brats_phantoms
 
@@ -70,11 +71,17 @@ def test_deployment_by_name_and_drop_trigger(tmp_path):
                 with get_client(sync_client=True) as client:
                     runs = client.read_flow_runs(
                         flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain-on-new-data"])))
-                triggered = [r for r in runs if "dataset" in r.parameters.get("params", {})]  # not the cron runs
+                triggered = [r for r in runs if not r.auto_scheduled]  # the drop's, not the nightly schedules''
                 if triggered:
                     source = triggered[0].parameters["params"]["dataset"]["source"]
                 time.sleep(2)
         assert source == str((work / "phantoms" / "brats").resolve()), "the drop event did not start a retrain run"
+        with temporary_settings(updates={PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+            retrain = client.read_deployment_by_name("retrain-on-new-data/retrain-on-new-data")
+        nightly = {s.parameters["params"]["dataset"]["kind"]: s.parameters["params"]["dataset"]["source"]
+                   for s in retrain.schedules}
+        assert nightly == DROP_FOLDERS  # each kind's default drop folder, read as that kind
+        assert retrain.global_concurrency_limit is not None and retrain.global_concurrency_limit.limit == 1
 
         # What stopping `gpseg serve` does to a run in progress: the process worker starts each flow run in
         # a session of its own. Its shutdown sometimes ends the runs and sometimes hangs until it is

@@ -238,6 +238,62 @@ def test_retrain_with_every_new_case_rejected_retrains_nothing(bench_workdir, ta
     assert again == {"status": "no new data", "new_files": []}
 
 
+def _retrain_params(workdir: Path, source: Path) -> RetrainParams:
+    return RetrainParams(workdir=str(workdir), dataset=DatasetSpec(**{**SPEC, "source": str(source)}),
+                         models=["gp-unet"], folds=1, preset="smoke", posthoc_slices=0)
+
+
+def test_a_retrain_stopped_after_its_ingestion_is_finished_by_the_next_run(bench_workdir, task_states):
+    """A run killed (or cancelled, or failed) after it stored the new cases left a data version that was never
+    trained or reported; the next run used to say "no new data" for good."""
+    from storage.ingest import ingest_brats
+    from storage.ingest_config import IngestConfig
+
+    source, store = bench_workdir / "phantoms" / "brats", bench_workdir / "stores" / "brats.zarr"
+    write_brats_phantoms(source, 1, size=32, depth=None, seed=0, first_case=10)
+    ingest_brats(source, store, IngestConfig(workers=0), append=True)  # what the stopped run had done
+    version = open_store(store).attrs["data_version"]
+    state = retrain_on_new_data(_retrain_params(bench_workdir, source), return_state=True)
+    result = state.result()
+    assert result["status"] == "retrained" and result["ingested"] == 0 and result["data_version"] == version
+    assert _train_states(state.state_details.flow_run_id, task_states) == ["Completed"]
+    assert [Path(run).parents[1].name for run in _reported(result["report"])] == [version]
+    notes = json.loads(Path(result["report"]).with_name("metrics.json").read_text())["notes"]
+    assert any(f"data version {version} after an earlier run stopped" in note for note in notes)
+    assert retrain_on_new_data(_retrain_params(bench_workdir, source)) == {"status": "no new data", "new_files": []}
+
+
+def test_changed_or_unread_files_are_new_data_once(bench_workdir, task_states):
+    """A stored case's file replaced with other content, and a NIfTI file outside any case folder: each run
+    found them new, ingested nothing, said no reason, and the next run found them new again."""
+    import nibabel as nib
+
+    source, store = bench_workdir / "phantoms" / "brats", bench_workdir / "stores" / "brats.zarr"
+    version = open_store(store).attrs["data_version"]
+    flair = source / "BraTS20_Training_010" / "BraTS20_Training_010_flair.nii.gz"
+    image = nib.load(flair)
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj)[::-1].copy(), image.affine, image.header), flair)
+    nib.save(image, source / "stray_t1.nii.gz")  # no case folder holds it: BraTS ingestion never reads it
+    state = retrain_on_new_data(_retrain_params(bench_workdir, source), return_state=True)
+    result = state.result()
+    assert result["status"] == "nothing ingested" and sorted(result["new_files"]) == [
+        "BraTS20_Training_010/BraTS20_Training_010_flair.nii.gz", "stray_t1.nii.gz"]
+    assert "changed since it was stored" in result["rejected"]["BraTS20_Training_010/BraTS20_Training_010_flair.nii.gz"]
+    assert _train_states(state.state_details.flow_run_id, task_states) == []
+    assert open_store(store).attrs["data_version"] == version
+    assert retrain_on_new_data(_retrain_params(bench_workdir, source)) == {"status": "no new data", "new_files": []}
+    (source / "stray_t1.nii.gz").unlink()
+
+
+def test_a_first_drop_with_every_case_rejected_is_nothing_ingested(tmp_path):
+    """No store yet and no usable case: the flow failed with a traceback at every scheduled run."""
+    write_brats_phantoms(tmp_path / "drop", 1, size=32, depth=None, seed=0, first_case=3)
+    (tmp_path / "drop" / "name_mapping.csv").unlink()  # no grade
+    result = retrain_on_new_data(_retrain_params(tmp_path / "w", tmp_path / "drop"))
+    assert result["status"] == "nothing ingested" and list(result["rejected"]) == ["BraTS20_Training_003"]
+    assert not (tmp_path / "w" / "stores" / "brats.zarr").exists()
+
+
 def test_a_store_rewritten_behind_the_cache_is_ingested_again(bench_workdir, task_states):
     from storage.ingest import ingest_brats
     from storage.ingest_config import IngestConfig, SplitConfig

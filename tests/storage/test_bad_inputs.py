@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from gpseg.cli import app
 from storage.errors import NoUsableInput, StoreError
-from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
+from storage.ingest import CHANGED_SINCE_STORED, ingest_brats, ingest_jun_cheng, ingest_manifest
 from storage.ingest_config import IngestConfig
 from storage.store import open_store, read_patients
 
@@ -94,6 +94,24 @@ def test_cases_listed_in_name_mapping_but_absent_are_named(brats_copy, tmp_path)
                                                     f"source ({CASE.format(3)})")
     appended = ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG, append=True)  # a drop: a few cases on purpose
     assert appended.absent == [] and appended.notices() == []
+
+
+def test_append_names_a_stored_case_whose_file_changed(brats_copy, tmp_path):
+    """A corrected re-download under the same path was skipped as "already stored" without a word."""
+    from storage.drops import new_files
+
+    ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
+    path = _file(brats_copy, 2, "flair")
+    _rewrite(path, np.asanyarray(nib.load(path).dataobj)[::-1].copy())
+    assert new_files(brats_copy, tmp_path / "s.zarr") == [f"{CASE.format(2)}/{path.name}"]
+    report = ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG, append=True)
+    assert report.exit_code == 2 and report.skipped == 5 and report.cases == 0
+    assert report.rejected == {f"{CASE.format(2)}/{path.name}": CHANGED_SINCE_STORED}
+    assert new_files(brats_copy, tmp_path / "s.zarr") == []  # not new again until it changes again
+    (brats_copy / "stray_t1.nii.gz").write_bytes(path.read_bytes())  # a file no case folder holds
+    assert new_files(brats_copy, tmp_path / "s.zarr") == ["stray_t1.nii.gz"]
+    ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG, append=True)
+    assert new_files(brats_copy, tmp_path / "s.zarr") == []
 
 
 def test_case_with_no_grade(brats_copy, tmp_path):
