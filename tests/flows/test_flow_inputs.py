@@ -1,10 +1,9 @@
-"""What flows are given: phantom folders that match their settings, dataset specs that cannot collide, and
-`gpseg drop`, which says so when its event cannot reach a Prefect API."""
+"""What flows are given: phantom folders that match their settings, and dataset specs that cannot collide
+(`gpseg drop` is tested in test_drop_command.py)."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -177,165 +176,6 @@ def test_phantom_sources_are_accepted_for_exactly_the_kinds_that_have_phantoms()
         assert DatasetSpec(kind=kind).source == "phantom"
 
 
-# ---------------------------------------------------------------- gpseg drop
-
-
-@pytest.fixture
-def dropped(tmp_path):
-    """``(case folder to drop, drop folder)``."""
-    from storage.brats import NAME_MAPPING_HEADER
-
-    case = tmp_path / "new" / "BraTS20_Training_009"
-    case.mkdir(parents=True)
-    for name in ("t1", "t1ce", "t2", "flair", "seg"):  # the names ingestion looks for
-        (case / f"BraTS20_Training_009_{name}.nii").write_bytes(b"not really NIfTI")
-    into = tmp_path / "drop"
-    into.mkdir()  # a drop folder that grades the case
-    (into / "name_mapping.csv").write_text(",".join(NAME_MAPPING_HEADER) + "\nLGG,NA,NA,NA,NA,BraTS20_Training_009\n")
-    return case, into
-
-
-def _drop(tmp_path: Path, *args: str):
-    """``gpseg drop ARGS --workdir TMP/w`` through the CLI."""
-    from typer.testing import CliRunner
-
-    from gpseg.cli import app
-
-    (tmp_path / "w").mkdir(exist_ok=True)
-    return CliRunner().invoke(app, ["drop", *args, "--workdir", str(tmp_path / "w")])
-
-
-def test_a_drop_for_a_work_dir_that_does_not_exist_is_refused(dropped, tmp_path):
-    from typer.testing import CliRunner
-
-    from gpseg.cli import app
-
-    case, into = dropped
-    result = CliRunner().invoke(app, ["drop", str(case), "--into", str(into), "--workdir", str(tmp_path / "elsewhere")])
-    assert result.exit_code == 1 and not (into / case.name).exists()
-    assert result.output == (f"error: {tmp_path / 'elsewhere'}: no such work dir; run from the project root (where the "
-                             "deployments write runs/benchmark) or give --workdir; nothing was copied\n")
-
-
-def test_drop_without_an_api_url_copies_but_fails_saying_no_event_was_sent(dropped, tmp_path, monkeypatch):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    case, into = dropped
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    with temporary_settings(restore_defaults={PREFECT_API_URL}):
-        result = _drop(tmp_path, str(case), "--into", str(into))
-
-    assert result.exit_code == 1, result.output
-    assert result.output == (
-        f"error: copied 1 item(s) into {into}, but the event was NOT sent: PREFECT_API_URL is not set; start the "
-        "local stack with `gpseg serve` and `source .prefect/env.sh` in this shell, then run `gpseg drop` again (it "
-        "skips what is already there)\n")
-    assert (into / case.name / "BraTS20_Training_009_t1.nii").is_file()
-
-
-def test_drop_to_an_api_that_does_not_answer_fails_naming_its_url(dropped, tmp_path):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    case, into = dropped
-    with socket.socket() as unused:  # bound, not listening: connections are refused
-        unused.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{unused.getsockname()[1]}/api"
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            result = _drop(tmp_path, str(case), "--into", str(into))
-            again = _drop(tmp_path, str(case), "--into", str(into))
-
-    assert result.exit_code == 1, result.output
-    lines = result.output.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(
-        f"error: copied 1 item(s) into {into}, but the event was NOT sent: the Prefect API at {url} does not answer")
-    assert "event sent" not in result.output and (into / case.name).is_dir()
-    assert again.exit_code == 1 and "copied 0 item(s)" in again.output  # the retry skips the copied case
-
-
-def test_drop_says_so_when_the_event_is_still_queued_at_its_timeout(dropped, tmp_path, prefect_api, monkeypatch):
-    from prefect.events.worker import EventsWorker
-
-    monkeypatch.setattr(EventsWorker, "drain_all", classmethod(lambda cls, timeout=None: (set(), {timeout})))
-    case, into = dropped
-    result = _drop(tmp_path, str(case), "--into", str(into))
-
-    assert result.exit_code == 1
-    assert result.output == (f"error: copied 1 item(s) into {into}, but the event was NOT sent within 30 s; "
-                             "run `gpseg drop` again (it skips what is already there)\n")
-
-
-def test_drop_to_an_api_that_answers_sends_the_event(dropped, tmp_path, prefect_api, caplog):
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter
-
-    case, into = dropped
-    with caplog.at_level(logging.INFO):
-        result = _drop(tmp_path, str(case), "--into", str(into))
-
-    assert result.exit_code == 0, result.output
-    assert result.output == f"copied 1 item(s) into {into}; event sent\n"
-    assert not [r.getMessage() for r in caplog.records if "Still processing" in r.getMessage()]
-    drops_seen, deadline = [], time.monotonic() + 60  # the server stores events in batches
-    while time.monotonic() < deadline and str(into.resolve()) not in drops_seen:
-        time.sleep(0.5)
-        with get_client(sync_client=True) as client:
-            page = client.read_events(filter=EventFilter(event=EventNameFilter(name=["gpseg.data.dropped"])),
-                                      limit=50)  # the server refuses more
-        drops_seen = [e.payload.get("drop") for e in page.events]
-    assert str(into.resolve()) in drops_seen
-
-
-def test_a_second_drop_of_name_mapping_adds_its_rows(dropped, tmp_path, monkeypatch):
-    """The grades of a later drop's cases reach the drop folder's name_mapping.csv (it used to be skipped)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from storage.brats import NAME_MAPPING_HEADER, read_name_mapping
-
-    case, into = dropped
-    (into / "name_mapping.csv").unlink()  # no grades in the drop folder yet
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    header = ",".join(NAME_MAPPING_HEADER) + "\n"
-    first = case.parent / "first" / "name_mapping.csv"
-    first.parent.mkdir()
-    first.write_text(header + "HGG,NA,NA,NA,NA,BraTS20_Training_007\n")
-    later = case.parent / "name_mapping.csv"
-    later.write_text(header + "HGG,NA,NA,NA,NA,BraTS20_Training_007\nLGG,NA,NA,NA,NA,BraTS20_Training_009\n")
-
-    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # no API: the copies are made, no event sent
-        _drop(tmp_path, str(first), "--into", str(into))
-        result = _drop(tmp_path, str(case), str(later), "--into", str(into))
-
-    said = " ".join(result.output.split())
-    assert f"merged 1 new row(s) of {later} into {into / 'name_mapping.csv'}" in said
-    assert f"copied 2 item(s) into {into}, but the event was NOT sent" in said
-    assert read_name_mapping(into / "name_mapping.csv") == {"BraTS20_Training_007": "HGG",
-                                                             "BraTS20_Training_009": "LGG"}
-
-
-@pytest.mark.parametrize(("make", "args", "message"), [
-    (lambda root: root / "missing", [], "{item}: not found; nothing was copied"),
-    (lambda root: (root / "notes").mkdir() or (root / "notes" / "readme.txt").write_text("x") and root / "notes",
-     [], "{item}: holds no NIfTI file or Jun Cheng N.mat, so it is no case; "
-         "nothing was copied"),
-    (lambda root: (root / "readme.txt").write_text("x") and root / "readme.txt", [],
-     "{item}: is not a NIfTI file, a Jun Cheng N.mat or cvind.mat, or a name_mapping.csv; nothing was copied"),
-    (lambda root: (root / "label.mat").write_text("x") and root / "label.mat", [],
-     "{item}: is not a NIfTI file, a Jun Cheng N.mat or cvind.mat, or a name_mapping.csv; nothing was copied"),
-    (lambda root: (root / "Data.ZIP").write_text("x") and root / "Data.ZIP", [],
-     "{item}: is an archive, which gpseg does not open; unpack it and drop the case folders it holds; "
-     "nothing was copied"),
-    (lambda root: root / "missing", ["--kind", "bogus"], "kind: got 'bogus', expected one of brats, jun-cheng"),
-])
-def test_a_bad_drop_is_refused_in_one_line_before_anything_is_copied(dropped, tmp_path, make, args, message):
-    case, into = dropped
-    item = make(tmp_path)
-    result = _drop(tmp_path, str(case), str(item), "--into", str(into), *args)  # the good case comes first
-
-    assert result.exit_code == 1
-    assert result.output == f"error: {message.format(item=item)}\n"
-    assert not (into / case.name).exists()
-
-
 def test_jun_cheng_phantoms_below_their_smallest_size_are_refused_in_one_line():
     with pytest.raises(ValidationError) as caught:
         DatasetSpec(kind="jun-cheng", phantom_size=48)
@@ -355,22 +195,3 @@ def test_training_overrides_are_checked_before_the_flow_starts(overrides, messag
         BenchmarkParams(models=["gp-unet"], train_overrides=overrides)
     assert message in one_line(caught.value) and "\n" not in one_line(caught.value)
     assert BenchmarkParams(models=["gp-unet"], train_overrides={"epochs": 2}).train_overrides == {"epochs": 2}
-
-
-def test_a_dropped_case_that_ingestion_will_reject_is_named_as_it_is_copied(dropped, tmp_path, monkeypatch):
-    """A BraTS case without a grade row (or without a channel) was copied silently; only the retraining then
-    said "nothing ingested", after the event."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    case, into = dropped
-    (into / "name_mapping.csv").unlink()
-    other = case.parent / "BraTS20_Training_010"
-    other.mkdir()
-    (other / "BraTS20_Training_010_t1.nii").write_bytes(b"x")
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    with temporary_settings(restore_defaults={PREFECT_API_URL}):
-        result = _drop(tmp_path, str(case), str(other), "--into", str(into))
-    said = " ".join(result.output.split())
-    assert said.count("warning") == 2 and "copied 2 item(s)" in said, said
-    assert "BraTS20_Training_009 will be rejected at ingestion: no grade (HGG/LGG)" in said
-    assert "drop the release's name_mapping.csv with it" in said
