@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from gpseg import data_commands, eval_commands, flow_commands, train_command
+from gpseg import data_commands, drop_command, eval_commands, flow_commands, train_command
 from gpseg.console import run_app
 from gpseg.threshold_options import CLEANING_HELP
 
@@ -27,7 +27,7 @@ app.command("report", rich_help_panel=MODELS)(eval_commands.report_cmd)
 app.command("export-masks", rich_help_panel=MODELS)(eval_commands.export_masks_cmd)
 app.command("benchmark", rich_help_panel=FLOWS, epilog=CLEANING_HELP)(flow_commands.benchmark_cmd)
 app.command("serve", rich_help_panel=FLOWS)(flow_commands.serve_cmd)
-app.command("drop", rich_help_panel=FLOWS)(flow_commands.drop_cmd)
+app.command("drop", rich_help_panel=FLOWS)(drop_command.drop_cmd)
 
 
 def main() -> None:

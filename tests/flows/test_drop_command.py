@@ -176,8 +176,9 @@ def test_an_item_whose_name_is_taken_by_another_type_is_refused(dropped, tmp_pat
 
 
 def test_the_drop_folder_defaults_to_the_one_of_its_kind(dropped, tmp_path, monkeypatch, no_api):
-    """``--into`` defaulted to the BraTS drop folder for either kind, where Jun Cheng slices are never read."""
-    from gpseg.flow_commands import DROP_KINDS
+    """``--into`` defaulted to the BraTS drop folder for either kind, where Jun Cheng slices are never read;
+    it is the kind's folder in ``--workdir`` (DROP_FOLDERS for the deployments' work dir)."""
+    from gpseg.drop_command import DROP_KINDS, default_drop_folder
 
     case, _ = dropped
     slice_file = _write(tmp_path / "new" / "7.mat")
@@ -185,11 +186,12 @@ def test_the_drop_folder_defaults_to_the_one_of_its_kind(dropped, tmp_path, monk
     brats = _drop(tmp_path, str(case))
     jun_cheng = _drop(tmp_path, str(slice_file), "--kind", "jun-cheng")
 
-    assert f"copied 1 item(s) into {DROP_FOLDERS['brats']}, {NO_API}" in brats.output
-    assert f"copied 1 item(s) into {DROP_FOLDERS['jun-cheng']}, {NO_API}" in jun_cheng.output
-    assert (tmp_path / DROP_FOLDERS["brats"] / case.name / "BraTS20_Training_009_t1.nii").is_file()
-    assert _names(tmp_path / DROP_FOLDERS["jun-cheng"]) == ["7.mat"]
+    assert f"copied 1 item(s) into {tmp_path / 'w' / 'drop'}, {NO_API}" in " ".join(brats.output.split())
+    assert f"copied 1 item(s) into {tmp_path / 'w' / 'drop-jun-cheng'}, {NO_API}" in " ".join(jun_cheng.output.split())
+    assert (tmp_path / "w" / "drop" / case.name / "BraTS20_Training_009_t1.nii").is_file()
+    assert _names(tmp_path / "w" / "drop-jun-cheng") == ["7.mat"]
     assert DROP_KINDS == tuple(DROP_FOLDERS)
+    assert {kind: str(default_drop_folder(Path("runs/benchmark"), kind)) for kind in DROP_KINDS} == DROP_FOLDERS
 
 
 def test_the_into_help_names_the_default_folder_of_each_kind():

@@ -1,0 +1,371 @@
+"""`gpseg drop`: copy new cases into a drop folder and emit the event that triggers retraining."""
+
+from __future__ import annotations
+
+import contextlib
+import filecmp
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS
+from gpseg.console import console, fail, one_line
+
+
+def drop_cmd(
+    path: Annotated[list[Path], typer.Argument(help="Case folders or files to add. BraTS cases take their grade "
+                                                    "from the drop folder's name_mapping.csv (or an HGG/ or LGG/ "
+                                                    "folder): drop the release's name_mapping.csv too.")],
+    into: Annotated[Optional[Path], typer.Option(
+        "--into", show_default=False,
+        help="The drop folder (a dataset's source folder). Default by --kind, in --workdir: "
+             f"{DROP_FOLDERS['brats']} for brats, {DROP_FOLDERS['jun-cheng']} for jun-cheng with the default "
+             "--workdir (the folders the daily retraining checks).")] = None,
+    kind: Annotated[str, typer.Option(help="Dataset kind of the dropped data and of the drop folder: brats or "
+                                           "jun-cheng (sent with the event; the retraining run reads the folder "
+                                           "as this kind).")] = "brats",
+    workdir: Annotated[Path, typer.Option(help="Work dir of the deployment that retrains.")] = Path("runs/benchmark"),
+) -> None:
+    """Copy new cases into the drop folder and emit the `gpseg.data.dropped` event (triggers retraining).
+
+    The event goes to the Prefect API of ``PREFECT_API_URL`` (the local stack's: `gpseg serve`, then
+    `source .prefect/env.sh`). Without it, or when that API does not answer, the files are still copied but
+    the command fails with one line saying that no event was sent. Every path is checked first, and nothing
+    is copied when one is missing or is not data of --kind that ingestion reads: for brats, case folders
+    (or HGG/, LGG/ folders of them) and name_mapping.csv; for jun-cheng, N.mat files, folders of them and
+    cvind.mat. A drop folder that holds the other kind's files is refused too. An item already in the drop
+    folder is skipped when identical; a file whose content differs replaces it, a case folder gets the files
+    it lacks or that differ, and a name_mapping.csv dropped where one is adds its new rows to it.
+    """
+    from prefect.events import emit_event
+
+    from storage.brats import NAME_MAPPING, merge_name_mapping
+
+    if kind not in DROP_KINDS:
+        raise fail(f"kind: got {kind!r}, expected one of {', '.join(DROP_KINDS)}")
+    into = default_drop_folder(workdir, kind) if into is None else into
+    for item in path:  # every path is checked before anything is copied
+        problem = _not_droppable(item, kind) or _clash(item, into / item.name)
+        if problem:
+            raise fail(f"{item}: {problem}; nothing was copied")
+    problem = _drop_folder_problem(into, kind)
+    if problem:
+        raise fail(f"{into}: {problem}; nothing was copied")
+    if not workdir.is_dir():  # a relative default taken from another folder would retrain into a new work dir
+        why = "is not a folder" if workdir.exists() else "no such work dir"
+        raise fail(f"{workdir.resolve()}: {why}; run from the project root (where the deployments write "
+                   "runs/benchmark) or give --workdir; nothing was copied")
+    try:
+        into.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"{_os_error_line(exc, into)}; nothing was copied") from exc
+    copied = 0
+    for item in path:
+        target = into / item.name
+        if item.name == NAME_MAPPING and item.is_file() and target.is_file():
+            try:
+                added = merge_name_mapping(item, target)
+            except ValueError as exc:
+                raise fail(f"{one_line(exc)}; copied {copied} item(s) before it, no event sent") from exc
+            console.print(f"merged {added} new row(s) of {item} into {target}" if added else
+                          f"[yellow]skip[/yellow] {item.name}: every row is already in {target}", soft_wrap=True)
+            copied += bool(added)
+            continue
+        try:
+            changed, said = _put(item, target)
+        except _CopyFailed as exc:
+            raise fail(f"{exc}; copied {copied} item(s) before it, no event sent") from exc
+        if said:
+            console.print(said, highlight=False, soft_wrap=True)
+        copied += changed
+    done = f"copied {copied} item(s) into {into}"
+    if kind == "brats":
+        _warn_rejected_cases(into, {item.name for item in path})
+    problem = _event_api_problem()
+    if problem:
+        raise fail(f"{done}, but the event was NOT sent: {problem}")
+    event = emit_event("gpseg.data.dropped", resource={"prefect.resource.id": f"gpseg.drop.{into.resolve().name}"},
+                       payload={"drop": str(into.resolve()), "kind": kind, "workdir": str(workdir.resolve()),
+                                "copied": copied})
+    if event is None:
+        raise fail(f"{done}, but the event was NOT sent: Prefect emits no events with these settings")
+    from prefect.events.worker import EventsWorker
+
+    # Prefect's queue service warns "Still processing items: 1 items remaining..." whenever it is stopped
+    # with the event still queued, as here every time; the last line says whether it was sent.
+    logging.getLogger(EventsWorker.__name__).setLevel(logging.ERROR)
+    # send it now: the events client is asynchronous, and this process exits
+    drained = EventsWorker.drain_all(timeout=EVENT_SEND_TIMEOUT_S)  # (done, pending) futures outside an event loop
+    if not isinstance(drained, tuple):
+        drained.close()  # inside a running event loop it is a coroutine, which nothing here can wait for
+    elif drained[1]:
+        raise fail(f"{done}, but the event was NOT sent within {EVENT_SEND_TIMEOUT_S:.0f} s; "
+                   "run `gpseg drop` again (it skips what is already there)")
+    console.print(f"{done}; event sent", soft_wrap=True)
+
+
+def default_drop_folder(workdir: Path, kind: str) -> Path:
+    """The drop folder of ``kind`` in ``workdir``: :data:`flows.layout.DROP_FOLDERS` for the deployments'
+    work dir, the same names in another."""
+    return Path(workdir) / Path(DROP_FOLDERS[kind]).relative_to(DEFAULT_WORKDIR)
+
+
+def _warn_rejected_cases(into: Path, names: set[str]) -> None:
+    """Name each dropped BraTS case folder that ingestion will reject (no grade in the drop folder's
+    name_mapping.csv, a channel or the segmentation missing): the retraining would only say "nothing
+    ingested", after the event. Nothing is read but file names."""
+    from storage.brats import NAME_MAPPING, discover_brats
+
+    try:
+        _, rejected = discover_brats(into)
+    except ValueError as exc:  # a name_mapping.csv without its columns
+        console.print(f"[yellow]warning[/yellow] {escape(one_line(exc))}", highlight=False, soft_wrap=True)
+        return
+    for file, reason in rejected.items():
+        case = Path(file).name
+        if case in names:
+            hint = f"; drop the release's {NAME_MAPPING} with it" if "no grade" in reason else ""
+            console.print(f"[yellow]warning[/yellow] {case} will be rejected at ingestion: {escape(reason)}{hint}",
+                          highlight=False, soft_wrap=True)
+
+
+DROP_KINDS = tuple(DROP_FOLDERS)
+"""Dataset kinds whose source folder takes drops (a manifest lists its cases in a CSV instead)."""
+KIND_FILES = {"brats": "BraTS file", "jun-cheng": "Jun Cheng .mat file"}
+"""What the data files of each drop kind are called in messages (a BraTS file: NIfTI or name_mapping.csv)."""
+
+
+def _kind_of(name: str) -> str | None:
+    """The drop kind whose ingestion reads a file of this name (:func:`storage.drops.is_data_file`): brats for
+    a NIfTI file and name_mapping.csv, jun-cheng for ``N.mat`` and cvind.mat; None for any other name."""
+    from storage.drops import METADATA_FILES, NIFTI_SUFFIXES
+    from storage.jun_cheng import CVIND_FILES, is_slice_file
+
+    if is_slice_file(name) or name in CVIND_FILES:
+        return "jun-cheng"
+    if name in METADATA_FILES or name.lower().endswith(NIFTI_SUFFIXES):
+        return "brats"
+    return None
+
+
+def _not_droppable(item: Path, kind: str) -> str | None:
+    """Why ``item`` cannot be dropped into a ``kind`` drop folder, or None.
+
+    It cannot when it is missing, an archive, a file ingestion does not read, a folder holding no case file,
+    or holds the other kind's files; and, for brats, when BraTS discovery would never look at it: a NIfTI
+    file on its own, or a folder whose NIfTI files all lie in its subfolders (discovery reads the case
+    folders directly in the drop folder, or in ``HGG/`` and ``LGG/``). Only names are read.
+    """
+    from storage.brats import GRADE_FOLDERS
+    from storage.discovery import is_archive
+    from storage.drops import NIFTI_SUFFIXES, data_files, is_data_file
+
+    if not item.exists():
+        return "not found"
+    if item.is_file() and is_archive(item):
+        return "is an archive, which gpseg does not open; unpack it and drop the case folders it holds"
+    if item.is_file() and not is_data_file(item):
+        return "is not a NIfTI file, a Jun Cheng N.mat or cvind.mat, or a name_mapping.csv"
+    files = data_files(item, source=item.parent) if item.is_dir() else [item]  # a folder goes one level down
+    if not files:
+        return "holds no NIfTI file or Jun Cheng N.mat, so it is no case"
+    others = [f for f in files if _kind_of(f.name) != kind]
+    if others:
+        theirs = _kind_of(others[0].name)
+        what = f"is a {KIND_FILES[theirs]}" if item.is_file() else \
+            f"holds {KIND_FILES[theirs]}s such as {others[0].relative_to(item)}"
+        fix = f"drop it with --kind {theirs}" if len(others) == len(files) else "take it out first"
+        return f"{what}, which a {kind} drop folder does not read; {fix}"
+    if kind == "brats" and item.is_file() and item.name.lower().endswith(NIFTI_SUFFIXES):
+        return ("is a NIfTI file on its own, which BraTS ingestion never reads (it reads case folders); "
+                "drop its case folder")
+    if kind == "brats" and item.is_dir() and item.name.lower() not in GRADE_FOLDERS \
+            and not any(f.parent == item for f in files):
+        return ("holds NIfTI files only in its subfolders, which BraTS ingestion does not read as a case (it "
+                "reads the case folders directly in the drop folder, or in HGG/ and LGG/); drop the case "
+                "folders it holds")
+    return None
+
+
+def _clash(item: Path, target: Path) -> str | None:
+    """Why ``item`` cannot be copied to ``target`` in the drop folder, or None: it holds the drop folder, or
+    ``target`` is a folder and ``item`` a file (or the other way round)."""
+    if item.is_dir() and target.parent.resolve().is_relative_to(item.resolve()):
+        return f"holds the drop folder {target.parent}"
+    if target.exists() and target.is_dir() != item.is_dir():
+        mine, theirs = ("folder", "file") if item.is_dir() else ("file", "folder")
+        return f"is a {mine}, and {target} is a {theirs}"
+    return None
+
+
+def _drop_folder_problem(into: Path, kind: str) -> str | None:
+    """Why nothing can be dropped into ``into`` as ``kind``, or None: it is a file, or it holds the other kind's
+    data files (the retraining reads a drop folder as one kind). Only names are read; a missing folder is
+    fine (it is made)."""
+    from storage.drops import data_files
+
+    if into.exists() and not into.is_dir():
+        return "is not a folder"
+    if not into.is_dir():
+        return None
+    other = next((f for f in data_files(into) if _kind_of(f.name) not in (kind, None)), None)
+    if other is None:
+        return None
+    return (f"holds {KIND_FILES[_kind_of(other.name)]}s such as {other.relative_to(into)}, and the retraining reads a "
+            f"drop folder as one kind; drop {kind} data into a folder of its own (the default --into of --kind "
+            f"{kind} is {DROP_FOLDERS[kind]})")
+
+
+class _CopyFailed(Exception):
+    """A dropped item could not be copied; its text is one line naming the file and the reason."""
+
+
+def _put(item: Path, target: Path) -> tuple[bool, str]:
+    """Copy ``item`` to ``target`` in the drop folder, or, when ``target`` is there, what of it differs.
+
+    A new item is copied to a hidden temporary name beside ``target`` and renamed into place; a temporary
+    copy left by a killed earlier run is removed first. A file whose content differs from ``target``
+    replaces it (through a temporary name too); a folder's missing and differing files are copied so, and
+    files that only ``target`` holds are kept. Sizes are compared first, then content.
+
+    Returns:
+        Whether anything was copied, and a line to print about it (``""`` for a new item).
+
+    Raises:
+        _CopyFailed: a file could not be read, compared or written; every temporary copy is removed (also
+            on KeyboardInterrupt), so nothing is left half-written.
+    """
+    try:
+        if not target.exists():
+            _copy_new(item, target)
+            return True, ""
+        replaced, added = [], []
+        for src, dst in _file_pairs(item, target):
+            if dst.is_dir():
+                raise _CopyFailed(f"{src}: is a file, and {dst} is a folder")
+            if not dst.exists():
+                added.append((src, dst))
+            elif dst.stat().st_size != src.stat().st_size or not filecmp.cmp(src, dst, shallow=False):
+                replaced.append((src, dst))
+        for src, dst in replaced + added:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            _replace_file(src, dst)
+    except OSError as exc:
+        raise _CopyFailed(_os_error_line(exc, item)) from exc
+    if not replaced and not added:
+        return False, f"[yellow]skip[/yellow] {escape(item.name)}: already in {escape(str(target.parent))}, " \
+                      "identical"
+    said = ", ".join(f"{len(files)} {verb}" for files, verb in ((replaced, "replaced"), (added, "added")) if files)
+    said = said.replace(" ", " file " if said.startswith("1 ") else " files ", 1)  # "1 file replaced, 2 added"
+    return True, f"updated {escape(item.name)}: {said}"
+
+
+def _file_pairs(item: Path, target: Path) -> list[tuple[Path, Path]]:
+    """``(file of item, where it goes below target)`` for a file or every file below a folder (hidden ones
+    too, as they were copied before; links followed, as :func:`shutil.copytree` follows them), sorted."""
+    if not item.is_dir():
+        return [(item, target)]
+    pairs = []
+    for root, dirs, files in os.walk(item, followlinks=True, onerror=_raise):
+        dirs.sort()
+        there = target / Path(root).relative_to(item)
+        pairs += [(Path(root) / name, there / name) for name in sorted(files)]
+    return pairs
+
+
+def _raise(exc: OSError) -> None:
+    """:func:`os.walk`'s ``onerror``: an unreadable folder fails the copy instead of being left out."""
+    raise exc
+
+
+def _copy_new(item: Path, target: Path) -> None:
+    """Copy ``item`` to ``target``, which does not exist, through a hidden temporary copy beside it."""
+    if not item.is_dir():
+        _replace_file(item, target)
+        return
+    tmp = target.with_name(f".{target.name}.tmp")
+    _discard(tmp)  # left by a killed earlier run
+    try:
+        tmp.mkdir()
+        for src, dst in _file_pairs(item, tmp):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            _copy_file(src, dst)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _discard(tmp)
+        raise
+
+
+def _replace_file(src: Path, dst: Path) -> None:
+    """Copy the file ``src`` to ``dst`` (new or replaced) through a hidden temporary file beside it."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    _discard(tmp)  # left by a killed earlier run
+    try:
+        _copy_file(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _discard(tmp)
+        raise
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    """:func:`shutil.copy2`, whose failure names ``src`` in one line (:class:`_CopyFailed`)."""
+    try:
+        shutil.copy2(src, dst)
+    except OSError as exc:
+        # shutil.SpecialFileError has no strerror: "`PATH` is a named pipe"
+        why = exc.strerror or str(exc).rpartition("` ")[2] or type(exc).__name__
+        side = "" if exc.filename in (None, str(src)) else " (writing its copy)"
+        raise _CopyFailed(f"{src}: {why}{side}") from exc
+
+
+def _discard(path: Path) -> None:
+    """Remove a file or folder if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _os_error_line(exc: OSError, path: Path) -> str:
+    """``"FILE: reason"`` for an OS error, naming its file or else ``path``."""
+    return f"{exc.filename or path}: {exc.strerror or one_line(exc) or type(exc).__name__}"
+
+
+HEALTH_TIMEOUT_S = 5.0
+"""How long `gpseg drop` waits for the Prefect API's ``/health`` before it gives up on sending the event."""
+EVENT_SEND_TIMEOUT_S = 30.0
+"""How long `gpseg drop` waits for the queued ``gpseg.data.dropped`` event to reach the API."""
+
+
+def _event_api_problem() -> str | None:
+    """Why ``gpseg.data.dropped`` cannot be delivered, in a few words, or ``None`` when the API answers.
+
+    The API must be set (``PREFECT_API_URL``, otherwise Prefect would send the event to a temporary API of
+    this process that nothing listens to) and answer ``GET /health`` within :data:`HEALTH_TIMEOUT_S`.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return ("PREFECT_API_URL is not set; start the local stack with `gpseg serve` and `source "
+                ".prefect/env.sh` in this shell, then run `gpseg drop` again (it skips what is already there)")
+    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}), \
+            get_client(sync_client=True, httpx_settings={"timeout": HEALTH_TIMEOUT_S}) as client:
+        error = client.api_healthcheck()
+    if error is not None:
+        import httpx
+
+        why = (f"HTTP {error.response.status_code}" if isinstance(error, httpx.HTTPStatusError)  # not its body
+               else one_line(error) or type(error).__name__)
+        return (f"the Prefect API at {url} does not answer ({why}); is `gpseg serve` running? Then run "
+                "`gpseg drop` again (it skips what is already there)")
+    return None
