@@ -26,6 +26,7 @@ app.command("postprocess", rich_help_panel=MODELS, epilog=CLEANING_HELP)(eval_co
 app.command("report", rich_help_panel=MODELS)(eval_commands.report_cmd)
 app.command("export-masks", rich_help_panel=MODELS)(eval_commands.export_masks_cmd)
 app.command("benchmark", rich_help_panel=FLOWS, epilog=CLEANING_HELP)(flow_commands.benchmark_cmd)
+app.command("retrain", rich_help_panel=FLOWS, epilog=CLEANING_HELP)(flow_commands.retrain_cmd)
 app.command("serve", rich_help_panel=FLOWS)(flow_commands.serve_cmd)
 app.command("drop", rich_help_panel=FLOWS)(drop_command.drop_cmd)
 

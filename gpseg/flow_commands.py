@@ -1,4 +1,4 @@
-"""CLI commands for orchestration: benchmark (in-process flow) and serve (local stack); `gpseg drop` is in
+"""CLI commands for orchestration: benchmark and retrain (in-process flows) and serve (local stack); `gpseg drop` is in
 :mod:`gpseg.drop_command`."""
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ import signal
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich.markup import escape
 
-from gpseg.console import console, fail, flow_outcome, one_line
+from gpseg.console import console, fail, flow_outcome, one_line, results_table, row_where
 from gpseg.options import PRECISION_HELP, flow_train_overrides, parse_model_options, parse_seeds
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
@@ -100,6 +102,12 @@ def run_benchmark(params: "BenchmarkParams") -> dict:
     """
     from flows.full_benchmark import run_in_process
 
+    return run_here(lambda: run_in_process(params))
+
+
+def run_here(run: Callable[[], dict]) -> dict:
+    """Call ``run`` (a flow run in this process) with :func:`run_benchmark`'s handling of a Ctrl-C and of a
+    flow that raised."""
     def stop(_signum: int, _frame: object) -> None:
         logging.disable(logging.CRITICAL)
         console.print("[red]error:[/red] interrupted; the same command takes finished tasks from the cache and "
@@ -110,11 +118,83 @@ def run_benchmark(params: "BenchmarkParams") -> dict:
 
     previous = signal.signal(signal.SIGINT, stop)
     try:
-        return run_in_process(params)
+        return run()
     except Exception as exc:  # the flow itself failed: one line, not its traceback
         raise fail(one_line(exc)) from exc
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def retrain_cmd(
+    workdir: Annotated[Path, typer.Option(help="The work dir whose store, runs and report the new data joins (a "
+                                               "full-benchmark's).")] = Path("runs/benchmark"),
+    kind: Annotated[str, typer.Option(help="brats or jun-cheng: how the drop folder is read; the store is "
+                                           "WORKDIR/stores/KIND.zarr.")] = "brats",
+    source: Annotated[Optional[Path], typer.Option(
+        show_default=False, help="The drop folder. Default: the kind's, where `gpseg drop` copies (WORKDIR/drop for "
+                                 "brats, WORKDIR/drop-jun-cheng for jun-cheng).")] = None,
+    models: Annotated[Optional[str], typer.Option(help="Comma-separated models (default: all five).")] = None,
+    folds: Annotated[int, typer.Option(help="Folds to train (give the full-benchmark's).")] = 3,
+    preset: Annotated[str, typer.Option(help="paper, demo or smoke (give the full-benchmark's).")] = "demo",
+    devices: Annotated[int, typer.Option(help="Devices per training run (more than 1: Lightning DDP).")] = 1,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated training seeds, as for `gpseg benchmark`.")
+                     ] = None,
+    option: Annotated[Optional[list[str]], typer.Option(
+        "--option", metavar="MODEL:KEY=VALUE", help="Network option of one model, repeatable.")] = None,
+    method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
+    target_class: TargetOpt = "predicted", min_size: MinSizeOpt = 0, fill_holes: FillHolesOpt = 0,
+    closing: ClosingOpt = 0, largest_component: LargestOpt = False,
+) -> None:
+    """Run the retrain-on-new-data flow in this process (Prefect's local ephemeral API, no server).
+
+    Ingests the drop folder's new cases into the work dir's store (stored patients keep their splits),
+    validates, retrains every model on the new data version and rewrites the report; says "no new data"
+    when nothing is new. What the nightly schedule and `gpseg drop`'s event run through `gpseg serve`.
+    Exit 0 when retrained or nothing is new, 1 when a run failed, 2 when new files were rejected.
+    """
+    from flows.params import DatasetSpec, RetrainParams
+    from flows.retrain import retrain_on_new_data
+    from gpseg.drop_command import DROP_KINDS, default_drop_folder
+
+    if kind not in DROP_KINDS:
+        raise fail(f"--kind: got {kind!r}, expected one of {', '.join(DROP_KINDS)}")
+    if not workdir.is_dir():
+        raise fail(f"--workdir {workdir}: no such work dir (a full-benchmark's work dir, e.g. runs/benchmark)")
+    threshold = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)
+    drop = default_drop_folder(workdir, kind) if source is None else source
+    try:
+        params = RetrainParams(
+            workdir=str(workdir), dataset=DatasetSpec(kind=kind, source=str(drop)), folds=folds, preset=preset,
+            model_options=parse_model_options(option or []), threshold=threshold,
+            train_overrides=flow_train_overrides(devices, precision), seeds=parse_seeds(seeds),
+            **({"models": [m.strip() for m in models.split(",")]} if models else {}))
+    except ValueError as exc:
+        raise fail(one_line(exc)) from exc
+    raise retrain_outcome(run_here(lambda: retrain_on_new_data(params)), drop)
+
+
+def retrain_outcome(result: dict, drop: Path) -> typer.Exit:
+    """Print a ``retrain-on-new-data`` result and return the Exit to raise (see :func:`retrain_cmd`)."""
+    for file, reason in (result.get("rejected") or {}).items():
+        console.print(f"[yellow]rejected:[/yellow] {escape(file)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    if result["status"] != "retrained":
+        said = f"{len(result['new_files'])} new file(s), none ingested" if result["new_files"] else "nothing new"
+        console.print(f"{result['status']}: {escape(str(drop))} ({said})", highlight=False, soft_wrap=True)
+        return typer.Exit(2 if result.get("rejected") else 0)
+    rows = result["rows"]
+    table = results_table(rows)
+    if table is not None:
+        console.print(table)
+    failed = [row for row in rows if row["status"] != "ok"]
+    for row in failed:
+        console.print(f"[red]failed:[/red] {escape(row_where(row))}: {escape(row['status'].removeprefix('FAILED: '))}",
+                      highlight=False, soft_wrap=True)
+    console.print(f"retrained on data version {result['data_version']} ({result['ingested']} new case(s))",
+                  highlight=False)
+    if result["report"]:
+        console.print(f"[bold green]report:[/bold green] {result['report']}", highlight=False)
+    return typer.Exit(1 if failed else 2 if result.get("rejected") else 0)
 
 
 def serve_cmd(
