@@ -9,18 +9,30 @@ Layout of ``RUN_DIR``::
     checkpoints/last.ckpt   Lightning checkpoint at the end of the last epoch (resume point)
     logs/step_NNNNNNN/      Lightning CSV logs of the attempt that started at that global step
     tensorboard/            TensorBoard event files
+    .train.lock             held (``fcntl.flock``) by the process training the run; holds its pid
 
-Every file loads with ``torch.load(path, weights_only=True)``.
+Every file loads with ``torch.load(path, weights_only=True)``. Checkpoints are written through a
+temporary file in their own folder and a rename (:class:`RunDirCheckpointIO`), so a process killed
+while it writes one leaves the previous one whole; one that no longer loads raises a one-line error
+naming it (:func:`read_checkpoint`).
 """
 
 from __future__ import annotations
 
 import csv
+import os
+import pickle
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor
+
+from gpmodels.files import TMP_MARK
+from storage.errors import one_line
 
 _NET_PREFIX = "net."
 
@@ -67,19 +79,85 @@ class RunPaths:
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
 
+    @property
+    def lock(self) -> Path:
+        return self.root / ".train.lock"
 
-def checkpoint_global_step(path: Path) -> int:
-    """The optimiser steps taken when a Lightning checkpoint was saved."""
-    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+
+@dataclass(frozen=True)
+class CheckpointProgress:
+    """How far training had gone when a Lightning checkpoint was saved.
+
+    Attributes:
+        global_step: optimiser steps taken.
+        epochs_done: epochs finished (``last.ckpt`` is saved at the end of an epoch).
+    """
+
+    global_step: int
+    epochs_done: int
+
+
+def read_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A checkpoint of a run directory, loaded on the CPU with ``weights_only=True``.
+
+    Args:
+        path: the checkpoint.
+        keys: entries it must have.
+
+    Raises:
+        ValueError: One line, ``PATH: damaged (RuntimeError: ...); what to do``, if the file does not
+            load (truncated, empty, not a checkpoint) or lacks one of ``keys``; what to do depends on
+            the file (:func:`damaged_checkpoint`).
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(checkpoint, dict):
+            raise ValueError(f"holds a {type(checkpoint).__name__}, not a checkpoint's dict")
+        missing = [key for key in keys if key not in checkpoint]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)} entry")
+    except (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+        raise damaged_checkpoint(Path(path), exc) from None
+    return checkpoint
+
+
+def damaged_checkpoint(path: Path, exc: BaseException) -> ValueError:
+    """The one-line error for a checkpoint that does not load, with what re-running then does.
+
+    ``last.ckpt`` is the only file a run resumes from (``best.ckpt`` holds no optimiser state), so
+    without it the same command trains the run again from the start. ``best.ckpt`` holds the best
+    weights: without it ``model.pt`` would be written from other weights than the recorded best
+    validation loss, so the way out is a new run.
+    """
+    reason = one_line(exc).split(". ")[0].rstrip(".") or "the file ends early"
+    paths = RunPaths(path.parent.parent)
+    if path == paths.last:
+        hint = (f"; no other file can resume {paths.root}: delete {path.name} and re-run to train the run again "
+                "from the start")
+    elif path == paths.best:
+        hint = f"; the run's best weights are lost: delete {paths.root} and re-run to train it again"
+    else:
+        hint = ""
+    return ValueError(f"{path}: damaged ({type(exc).__name__}: {reason}){hint}")
+
+
+def checkpoint_progress(path: Path) -> CheckpointProgress:
+    """The optimiser steps and epochs done when a Lightning checkpoint was saved.
+
+    Raises:
+        ValueError: If the checkpoint is damaged (:func:`read_checkpoint`).
+    """
+    checkpoint = read_checkpoint(path, ("global_step", "epoch"))
+    return CheckpointProgress(global_step=int(checkpoint["global_step"]), epochs_done=int(checkpoint["epoch"]) + 1)
 
 
 def net_state_from_checkpoint(path: Path) -> dict[str, Tensor]:
     """The network's state_dict inside a Lightning checkpoint of :class:`~gpmodels.lightning_module.ClassifierModule`.
 
     Raises:
-        ValueError: If the checkpoint holds no ``net.*`` weights.
+        ValueError: If the checkpoint is damaged (:func:`read_checkpoint`) or holds no ``net.*`` weights.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    state = read_checkpoint(path, ("state_dict",))["state_dict"]
     net = {key[len(_NET_PREFIX):]: value for key, value in state.items() if key.startswith(_NET_PREFIX)}
     if not net:
         raise ValueError(f"{path}: no network weights (keys starting with {_NET_PREFIX!r}) in the checkpoint")
@@ -91,6 +169,36 @@ def save_weights(state: dict[str, Tensor], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save({key: value.detach().cpu().contiguous() for key, value in state.items()}, tmp)
     tmp.replace(path)
+
+
+class RunDirCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing through a temporary file beside the checkpoint.
+
+    Lightning's own writes the checkpoint to a temporary file under ``$TMPDIR`` and moves it into
+    place; where ``$TMPDIR`` is on another file system that move is a copy, and a process killed
+    during it leaves a truncated ``last.ckpt``. Here the temporary file (``.<name>.tmp-<8 hex>``) is in
+    the checkpoint's folder, and ``os.replace`` puts it in place in one step. Paths with a URL scheme
+    are left to Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
+        if "://" in str(path) or storage_options is not None:
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}"
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def remove_partial_checkpoints(paths: RunPaths) -> None:
+    """Delete the temporary files of checkpoint writes that a killed process left in ``checkpoints/``."""
+    for partial in paths.checkpoints.glob(f".*.ckpt{TMP_MARK}*"):
+        partial.unlink(missing_ok=True)
 
 
 def merge_metrics(logs: Path, out: Path) -> int:

@@ -15,6 +15,7 @@ flips (:mod:`gpmodels.augment`).
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 from typing import Any
@@ -84,6 +85,25 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     present = counts > 0
     weights[present] = labels.size / (num_classes * counts[present])
     return weights
+
+
+def train_batches_per_device(train_size: int, batch_size: int, devices: int = 1) -> int:
+    """Batches of an epoch of :meth:`SliceDataModule.train_dataloader` on each device.
+
+    Under DDP each of ``devices`` processes gets ``ceil(train_size / devices)`` slices (Lightning's
+    distributed sampler repeats a few to even them out); the last partial batch is dropped unless
+    that share is no larger than a batch, when it is the one batch.
+
+    Args:
+        train_size: slices in the training split (at least 1).
+        batch_size: slices per batch and device.
+        devices: DDP processes.
+
+    Returns:
+        At least 1.
+    """
+    share = math.ceil(train_size / devices)
+    return max(share // batch_size, 1)
 
 
 
@@ -294,13 +314,16 @@ class SliceDataModule(pl.LightningDataModule):
         if sampler is not None and self.trainer is not None:
             sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
         generator = torch.Generator().manual_seed(self.seed) if workers > 0 else None
+        devices = 1 if self.trainer is None else self.trainer.world_size
+        share = math.ceil(len(dataset) / devices)  # the slices of each DDP process (train_batches_per_device)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
-                          drop_last=training and len(dataset) > self.batch_size, generator=generator,
+                          drop_last=training and share > self.batch_size, generator=generator,
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled per epoch (:class:`EpochShuffleSampler`); the last partial batch is dropped (a batch
-        of one slice breaks batch normalisation) unless the split is smaller than a batch."""
+        of one slice breaks batch normalisation) unless each device's share of the split is no larger
+        than a batch (:func:`train_batches_per_device`)."""
         return self._loader("train", training=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -41,6 +41,11 @@ RESUMABLE_FIELDS: frozenset[str] = frozenset(
 """Fields a re-run may change and still continue the run in the same directory (the store may move:
 its data is compared through ``data_version``)."""
 
+DERIVED_FIELDS: tuple[str, ...] = ("accumulate", "effective_batch", "train_batches", "resolved_precision")
+"""Fields of :class:`RunConfig` that follow from resumable ones (the devices, the precision asked for and
+the machine): :meth:`RunConfig.differences` does not compare them, and a re-run that trains nothing keeps
+their recorded values."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -54,8 +59,9 @@ class TrainConfig:
         preset: the preset these values started from (recorded, not used).
         epochs: training epochs.
         batch_size: slices per batch and device.
-        effective_batch: slices per optimiser step; gradients are accumulated over
-            ``ceil(effective_batch / (batch_size * devices))`` batches.
+        effective_batch: slices per optimiser step asked for; gradients are accumulated over
+            ``ceil(effective_batch / (batch_size * devices))`` batches, so unless ``batch_size * devices``
+            divides it the run steps on more slices (:attr:`RunConfig.effective_batch` records how many).
         image_size: training size (square); ``None`` = the store's size.
         width: base width of the GP networks (their ``width`` option); ``None`` = the network's
             default. The baselines have no width and ignore it.
@@ -132,7 +138,8 @@ class TrainConfig:
 
     @property
     def accumulate(self) -> int:
-        """Batches per optimiser step: ``ceil(effective_batch / (batch_size * devices))``."""
+        """Batches per optimiser step asked for: ``ceil(effective_batch / (batch_size * devices))``
+        (a run whose training split has fewer batches accumulates over those: :attr:`RunConfig.accumulate`)."""
         return math.ceil(self.effective_batch / (self.batch_size * self.devices))
 
     def network_options(self) -> dict[str, Any]:
@@ -238,9 +245,22 @@ class RunConfig:
         store_image_size: the store's slice size.
         image_size: the size the network is trained on.
         model_options: every option of the network, defaults included.
-        accumulate: batches per optimiser step.
+        accumulate: batches per optimiser step: ``train.accumulate``, or the training batches of an
+            epoch where they are fewer.
         class_weights: cross-entropy weights balanced on the training split, one per class.
         split_sizes: slices per split of the fold.
+        effective_batch: slices per optimiser step, ``batch_size * devices * accumulate``: what the
+            run steps on, which differs from ``train.effective_batch`` when that is not a multiple of
+            ``batch_size * devices`` or the training split is smaller than one step.
+        train_batches: training batches per epoch and device, a multiple of ``accumulate``: the
+            loader's batches (``ceil(train slices / devices) // batch_size``, at least 1 and at most
+            ``limit_batches``)
+            less the last partial accumulation window, so every optimiser step sees ``accumulate``
+            batches. The loader reshuffles every epoch, so the slices left out differ from epoch to epoch.
+        resolved_precision: the precision the latest attempt that trained used (``train.precision``
+            resolved on its machine, e.g. ``auto`` -> ``bf16-mixed``).
+
+    The last three are ``None`` in a ``config.json`` written before gpseg recorded them.
     """
 
     train: TrainConfig
@@ -254,6 +274,9 @@ class RunConfig:
     accumulate: int
     class_weights: tuple[float, ...]
     split_sizes: dict[str, int]
+    effective_batch: int | None = None
+    train_batches: int | None = None
+    resolved_precision: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (nested dicts, lists and primitives only)."""
@@ -270,8 +293,8 @@ class RunConfig:
 
     def differences(self, other: RunConfig) -> list[str]:
         """Fields (``train.X`` or top-level) in which ``other`` differs, ignoring :data:`RESUMABLE_FIELDS`,
-        ``store_path`` and ``accumulate``. A network option missing from either side (a run
-        written before the option existed) counts as its default."""
+        ``store_path`` and what follows from them (:data:`DERIVED_FIELDS`). A network option missing from
+        either side (a run written before the option existed) counts as its default."""
         mine, theirs = self.to_dict(), other.to_dict()
         defaults = model_options(self.train.model)
         mine["model_options"] = {**defaults, **mine["model_options"]}
@@ -279,7 +302,7 @@ class RunConfig:
         changed = [f"train.{key}" for key in mine["train"]
                    if key not in RESUMABLE_FIELDS and mine["train"][key] != theirs["train"].get(key)]
         changed += [key for key in mine
-                    if key not in ("train", "store_path", "accumulate") and mine[key] != theirs[key]]
+                    if key not in ("train", "store_path", *DERIVED_FIELDS) and mine[key] != theirs.get(key)]
         return changed
 
 

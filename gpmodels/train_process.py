@@ -26,7 +26,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from gpmodels.files import write_text_atomic
 from gpmodels.process_groups import stop_process_group
 from gpmodels.train_config import RunConfig, TrainConfig
-from gpmodels.training import TrainResult, check_run_dir, train
+from gpmodels.checkpoints import RunPaths
+from gpmodels.training import LOCK_HELD_ENV, TrainResult, check_run_dir, run_dir_lock, train
 
 REQUEST_FILE = "train_request.json"
 RESULT_FILE = "train_result.json"
@@ -74,13 +75,15 @@ def train_in_subprocess(config: TrainConfig, log: Path | None = None) -> TrainRe
     """
     check_run_dir(config)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    request, result_path = out / REQUEST_FILE, out / RESULT_FILE
-    write_text_atomic(request, json.dumps(config.to_dict(), indent=2))
-    result_path.unlink(missing_ok=True)
-    log = log or out / LOG_FILE
-    with open(log, "w") as sink:
-        code = run_process_group(child_command(request, result_path), sink)
+    # held for the child too: a second caller on this run dir must not overwrite the request and the log
+    with run_dir_lock(RunPaths(out)):
+        request, result_path = out / REQUEST_FILE, out / RESULT_FILE
+        write_text_atomic(request, json.dumps(config.to_dict(), indent=2))
+        result_path.unlink(missing_ok=True)
+        log = log or out / LOG_FILE
+        with open(log, "w") as sink:
+            code = run_process_group(child_command(request, result_path), sink,
+                                     env={LOCK_HELD_ENV: str(out.resolve())})
     if code != 0 or not result_path.is_file():
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
         raise RuntimeError(f"{out}: training process exited with {code}; see {log}: {tail[0]}")
@@ -92,7 +95,8 @@ def child_command(request: Path, result: Path) -> list[str]:
     return [sys.executable, "-m", "gpmodels.train_process", str(request), str(result)]
 
 
-def run_process_group(command: list[str], sink: IO, grace_s: float = STOP_GRACE_S) -> int:
+def run_process_group(command: list[str], sink: IO, grace_s: float = STOP_GRACE_S,
+                      env: dict[str, str] | None = None) -> int:
     """Run ``command`` as the leader of a new session and process group, and end the whole group.
 
     Lightning's DDP ranks 1..N-1 are children of rank 0, in its group; when rank 0 dies they are
@@ -105,11 +109,12 @@ def run_process_group(command: list[str], sink: IO, grace_s: float = STOP_GRACE_
         command: the program and its arguments.
         sink: file for the child's standard output and error.
         grace_s: seconds between SIGTERM and SIGKILL.
+        env: variables added to this process's environment for the child.
 
     Returns:
         The leader's exit code (negative: killed by that signal).
     """
-    process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy(),
+    process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                start_new_session=True)
     try:
         return process.wait()

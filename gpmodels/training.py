@@ -4,15 +4,20 @@
 ``config.json``, trains with Lightning (checkpoints ``best.ckpt`` by ``val_loss`` and ``last.ckpt``),
 writes the best weights as ``model.pt``, evaluates them on the test split and merges the CSV logs
 into ``metrics.csv`` (layout: :mod:`gpmodels.checkpoints`). Running it again on the same directory
-continues from ``last.ckpt`` instead of restarting (after a kill, or with more epochs).
+continues from ``last.ckpt`` instead of restarting (after a kill, or with more epochs). One process
+at a time trains a run directory: it holds ``RUN_DIR/.train.lock`` while it does.
 ``load_trained(run_dir)`` rebuilds the network from ``config.json`` and loads ``model.pt``.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import gc
 import json
 import logging
+import os
+import pickle
 import platform
 import shutil
 import signal
@@ -20,7 +25,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -33,17 +38,21 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 
 from gpmodels.checkpoints import (
+    CheckpointProgress,
+    RunDirCheckpointIO,
     RunPaths,
-    checkpoint_global_step,
+    checkpoint_progress,
     merge_metrics,
     net_state_from_checkpoint,
+    read_checkpoint,
+    remove_partial_checkpoints,
     save_weights,
 )
-from gpmodels.data import SliceDataModule, balanced_class_weights, split_indices
-from gpmodels.files import write_text_atomic
+from gpmodels.data import SliceDataModule, balanced_class_weights, split_indices, train_batches_per_device
+from gpmodels.files import damaged, read_run_config, write_text_atomic
 from gpmodels.lightning_module import ClassifierModule
 from gpmodels.nets import build_model
-from gpmodels.train_config import RunConfig, TrainConfig
+from gpmodels.train_config import DERIVED_FIELDS, RunConfig, TrainConfig
 from storage.quiet import quiet_logger
 from storage.store import SPLIT_NAMES, check_chunks, open_store
 
@@ -64,6 +73,10 @@ _LOG = logging.getLogger(__name__)
 
 class OutOfDeviceMemory(RuntimeError):
     """Training ran out of accelerator memory; the message names the run's batch and size and what to change."""
+
+
+class RunDirBusy(RuntimeError):
+    """Another process holds the run directory's training lock; the message names the folder and its pid."""
 
 
 _OUT_OF_MEMORY_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
@@ -135,7 +148,12 @@ class TrainResult:
 
 
 def resolve_run(config: TrainConfig) -> RunConfig:
-    """Check a configuration against its store and fill in what the store decides.
+    """Check a configuration against its store and fill in what the store and this machine decide.
+
+    That includes the gradient accumulation and the training batches of an epoch: every optimiser
+    step accumulates the same number of batches, so the batches after the last whole window of an
+    epoch are left out, and a training split with fewer batches (per device) than one window
+    accumulates over all of them (see :class:`~gpmodels.train_config.RunConfig`).
 
     Raises:
         storage.errors.StoreError: If there is no readable store at ``config.store``.
@@ -152,6 +170,10 @@ def resolve_run(config: TrainConfig) -> RunConfig:
     options = config.network_options()
     store_size = int(group["images"].shape[-1])
     local = "://" not in config.store
+    batches = train_batches_per_device(len(splits["train"]), config.batch_size, config.devices)
+    if config.limit_batches is not None:
+        batches = min(batches, config.limit_batches)
+    accumulate = min(config.accumulate, batches)
     return RunConfig(
         train=config,
         store_path=str(Path(config.store).resolve()) if local else config.store,
@@ -161,9 +183,12 @@ def resolve_run(config: TrainConfig) -> RunConfig:
         store_image_size=store_size,
         image_size=config.image_size or store_size,
         model_options=options,
-        accumulate=config.accumulate,
+        accumulate=accumulate,
         class_weights=tuple(balanced_class_weights(labels[splits["train"]], len(classes)).tolist()),
         split_sizes={split: len(rows) for split, rows in splits.items()},
+        effective_batch=config.batch_size * config.devices * accumulate,
+        train_batches=batches // accumulate * accumulate,
+        resolved_precision=resolve_precision(config.precision, config.accelerator),
     )
 
 
@@ -222,21 +247,52 @@ def bf16_is_emulated(precision: str, accelerator: str) -> bool:
     return precision.startswith("bf16") and not _on_gpu(accelerator) and cpu_bf16_is_native() is False
 
 
-class EmulatedBf16Warning(pl.Callback):
-    """One warning, when training really starts, that bf16 on this CPU is emulated.
+class StartWarnings(pl.Callback):
+    """Warnings about how a run trains, logged once (global rank 0) when training really starts.
 
     A callback rather than a check before ``fit``: a re-run of a finished run trains nothing
     (Lightning skips the fit loop, and ``on_train_start`` with it), so it has nothing to warn about.
+
+    Args:
+        messages: one line each (see :func:`start_warnings`).
     """
 
-    def __init__(self, precision: str) -> None:
-        self.precision = precision
+    def __init__(self, messages: list[str]) -> None:
+        self.messages = messages
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            _LOG.warning("precision %s on a CPU without native bf16 (no AVX512-BF16 or AMX): torch emulates it, "
-                         "expect it many times slower than 32-true (about 16 times on an AVX2-only AMD EPYC)",
-                         self.precision)
+            for message in self.messages:
+                _LOG.warning("%s", message)
+
+
+def start_warnings(run: RunConfig) -> list[str]:
+    """What a run does that its configuration does not say: one line each.
+
+    - bf16 on a CPU that emulates it;
+    - an effective batch other than the one asked for (``batch_size * devices`` does not divide it, or
+      the training split has fewer batches than one optimiser step accumulates);
+    - slices smaller than the training size, which are upsampled.
+    """
+    train, messages = run.train, []
+    if run.resolved_precision is not None and bf16_is_emulated(run.resolved_precision, train.accelerator):
+        messages.append(f"precision {run.resolved_precision} on a CPU without native bf16 (no AVX512-BF16 or AMX): "
+                        "torch emulates it, expect it many times slower than 32-true (about 16 times on an "
+                        "AVX2-only AMD EPYC)")
+    per_step = f"batch {train.batch_size} x {train.devices} device(s) x {run.accumulate} accumulated"
+    if run.accumulate < train.accumulate:
+        messages.append(f"{train.out}: an epoch has {run.accumulate} training batch(es) of {train.batch_size} per "
+                        f"device, fewer than the {train.accumulate} an optimiser step accumulates; accumulating "
+                        f"over {run.accumulate}, so each step sees {run.effective_batch} slices "
+                        f"({per_step}), not the effective batch of {train.effective_batch}")
+    elif run.effective_batch is not None and run.effective_batch != train.effective_batch:
+        messages.append(f"{train.out}: each optimiser step sees {run.effective_batch} slices ({per_step}), not the "
+                        f"effective batch of {train.effective_batch}: give a --batch-size that, times --devices, "
+                        f"divides {train.effective_batch} to keep it")
+    if run.image_size > run.store_image_size:
+        messages.append(f"{run.store_path}: slices are {run.store_image_size} px; training at {run.image_size} "
+                        "upsamples them")
+    return messages
 
 
 def check_run_dir(config: TrainConfig) -> tuple[RunConfig, RunConfig | None]:
@@ -248,19 +304,48 @@ def check_run_dir(config: TrainConfig) -> tuple[RunConfig, RunConfig | None]:
 
     Raises:
         storage.errors.StoreError: If there is no readable store at ``config.store``.
-        ValueError: If the configuration does not fit the store (:func:`resolve_run`), or ``config.out``
-            holds a checkpointed run with other settings (see :data:`gpmodels.train_config.RESUMABLE_FIELDS`).
+        ValueError: If the configuration does not fit the store (:func:`resolve_run`), ``config.out``
+            holds a checkpointed run with other settings (see :data:`gpmodels.train_config.RESUMABLE_FIELDS`)
+            or one that would go on in another precision than it was trained in without asking for it,
+            or one of its checkpoints or its ``config.json`` is damaged.
     """
     run = resolve_run(config)
-    paths = RunPaths(Path(config.out))
-    if not (paths.last.exists() and paths.config.exists()):
-        return run, None
-    previous = RunConfig.from_dict(json.loads(paths.config.read_text()))
+    previous, _ = _previous_run(RunPaths(Path(config.out)), run)
+    return run, previous
+
+
+def _previous_run(paths: RunPaths, run: RunConfig) -> tuple[RunConfig | None, CheckpointProgress | None]:
+    """The checkpointed run in ``paths.root``, checked against ``run``, and how far it got.
+
+    Returns:
+        The recorded configuration (``None`` without ``config.json``) and ``last.ckpt``'s progress
+        (``None`` without ``last.ckpt``: a fresh run).
+
+    Raises:
+        ValueError: As :func:`check_run_dir`.
+    """
+    if not paths.last.exists():
+        return None, None
+    progress = checkpoint_progress(paths.last)
+    if paths.best.exists():
+        read_checkpoint(paths.best, ("state_dict",))
+    if not paths.config.exists():
+        return None, progress
+    try:
+        previous = RunConfig.from_dict(read_run_config(paths.root))
+    except (TypeError, KeyError) as exc:
+        raise damaged(paths.config, exc, f"; delete {paths.root} and re-run to train the run again") from None
     changed = previous.differences(run)
     if changed:
         raise ValueError(f"out: {paths.root} holds a run with other settings ({', '.join(changed)}); "
                          "choose another run directory or delete this one")
-    return run, previous
+    trained_in, asked, here = previous.resolved_precision, run.train.precision, run.resolved_precision
+    if (trained_in is not None and trained_in != here and asked == previous.train.precision
+            and progress.epochs_done < run.train.epochs):
+        raise ValueError(f"precision: {paths.root} was trained in {trained_in}, but precision {asked} is {here} "
+                         f"here; give --precision {trained_in} to go on as it was trained, or --precision {here} "
+                         f"to go on in {here}")
+    return previous, progress
 
 
 def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
@@ -276,17 +361,90 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
     Raises:
         storage.errors.StoreError: If the store is missing or unreadable.
         ValueError: If the configuration does not fit the store, or ``config.out`` holds a
-            checkpointed run with other settings (see :data:`gpmodels.train_config.RESUMABLE_FIELDS`).
+            checkpointed run with other settings (see :data:`gpmodels.train_config.RESUMABLE_FIELDS`),
+            or a damaged checkpoint (see :func:`check_run_dir`).
+        RunDirBusy: If another process is training ``config.out``.
         OutOfDeviceMemory: If the GPU ran out of memory (one line naming the batch, the size and the way out).
     """
     started = time.perf_counter()
-    run, previous = check_run_dir(config)
+    run = resolve_run(config)
     paths = RunPaths(Path(config.out))
-    resume = paths.last if paths.last.exists() else None
-    start_step = 0 if resume is None else checkpoint_global_step(resume)
+    with _training_lock(paths):
+        previous, progress = _previous_run(paths, run)
+        return _train(run, paths, previous, progress, progress_bar, started)
+
+
+LOCK_HELD_ENV = "GPSEG_RUN_LOCK_HELD"
+"""Set by :func:`gpmodels.train_process.train_in_subprocess` for its child: the run dir whose lock the
+parent holds for it (the parent writes the run's request and log before the child starts)."""
+
+
+def _training_lock(paths: RunPaths) -> AbstractContextManager[None]:
+    """:func:`run_dir_lock` in the process that starts a run (DDP rank 0); nothing in the other DDP ranks,
+    which Lightning starts from rank 0 while it holds the lock, nor in a child whose parent holds it
+    (:data:`LOCK_HELD_ENV`)."""
+    held = os.environ.get(LOCK_HELD_ENV) == str(paths.root.resolve())
+    return run_dir_lock(paths) if rank_zero_only.rank == 0 and not held else nullcontext()
+
+
+@contextmanager
+def run_dir_lock(paths: RunPaths) -> Iterator[None]:
+    """Hold ``RUN_DIR/.train.lock`` (``fcntl.flock``, exclusive) with this process's pid in it.
+
+    The lock goes with the process: a killed trainer leaves the file, not the lock. It is released
+    explicitly on the way out, since data-loading workers forked meanwhile share it and may outlive
+    the call. Where the file system has no locks, training goes on with a warning.
+
+    Raises:
+        RunDirBusy: At once, if another process holds it: ``RUN_DIR: another process (pid N) is training
+            this run; wait for it to finish``.
+    """
+    paths.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        locked = _lock_exclusively(fd, paths)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            if locked:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _lock_exclusively(fd: int, paths: RunPaths) -> bool:
+    """``flock`` the open lock file ``fd`` without waiting; False where the file system cannot lock.
+
+    Raises:
+        RunDirBusy: If another process holds the lock.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        raise RunDirBusy(f"{paths.root}: another process (pid {holder if holder.isdigit() else 'unknown'}) is "
+                         "training this run; wait for it to finish") from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        _LOG.warning("%s: cannot lock %s (%s), so nothing keeps a second process from training this run at the "
+                     "same time", paths.root, paths.lock.name, os.strerror(exc.errno))
+        return False
+    return True
+
+
+def _train(run: RunConfig, paths: RunPaths, previous: RunConfig | None, progress: CheckpointProgress | None,
+           progress_bar: bool, started: float) -> TrainResult:
+    """:func:`train` once the run dir is locked and checked."""
+    config = run.train
+    resume = paths.last if progress is not None else None
+    start_step = 0 if progress is None else progress.global_step
     _prepare_run_dir(paths, run, fresh=resume is None)
 
-    precision = resolve_precision(config.precision, config.accelerator)
+    precision = run.resolved_precision
     with _quiet_lightning():
         pl.seed_everything(config.seed, workers=True)
         module = ClassifierModule(build_network(run), run.class_weights, lr=config.lr,
@@ -297,7 +455,7 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
                                augment=config.augment, seed=config.seed, num_workers=config.num_workers,
                                cache=config.cache, cache_limit_bytes=int(config.cache_limit_gb * 2**30))
         checkpoint, last = _checkpoint_callbacks(paths)
-        trainer = _trainer(config, precision, paths, start_step, [checkpoint, last], progress_bar)
+        trainer = _trainer(run, paths, start_step, [checkpoint, last], progress_bar)
         interrupt_handler = signal.getsignal(signal.SIGINT)
         try:
             trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
@@ -351,7 +509,7 @@ def load_trained(run_dir: Path | str, which: Literal["best", "last"] = "best",
 
     Raises:
         FileNotFoundError: If ``config.json`` or the weights are missing.
-        ValueError: If ``which`` is neither ``best`` nor ``last``.
+        ValueError: If ``which`` is neither ``best`` nor ``last``, or the weights are damaged.
     """
     paths = RunPaths(Path(run_dir))
     if which not in ("best", "last"):
@@ -362,8 +520,14 @@ def load_trained(run_dir: Path | str, which: Literal["best", "last"] = "best",
             raise FileNotFoundError(f"{path}: missing; is {paths.root} a finished `gpseg train` run directory?")
     run = RunConfig.from_dict(json.loads(paths.config.read_text()))
     net = build_network(run)
-    state = (torch.load(weights, map_location=map_location, weights_only=True) if which == "best"
-             else net_state_from_checkpoint(weights))
+    if which == "best":
+        try:
+            state = torch.load(weights, map_location=map_location, weights_only=True)
+        except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+            raise damaged(weights, exc, "; re-run the training command to write it again from "
+                          "checkpoints/best.ckpt") from None
+    else:
+        state = net_state_from_checkpoint(weights)
     net.load_state_dict(state)
     return net.to(map_location).eval(), run
 
@@ -412,17 +576,20 @@ def _checkpoint_callbacks(paths: RunPaths) -> tuple[ModelCheckpoint, ModelCheckp
             RunDirCheckpoint(filename=paths.last.stem, monitor=None, **common))
 
 
-def _trainer(config: TrainConfig, precision: str, paths: RunPaths, start_step: int,
-             checkpoints: list[ModelCheckpoint], progress_bar: bool) -> pl.Trainer:
-    """The run's Lightning trainer; ``precision`` is the resolved one (:func:`resolve_precision`)."""
+def _trainer(run: RunConfig, paths: RunPaths, start_step: int, checkpoints: list[ModelCheckpoint],
+             progress_bar: bool) -> pl.Trainer:
+    """The run's Lightning trainer: its resolved precision, accumulation and training batches per epoch
+    (whole accumulation windows only), checkpoints written atomically (:class:`RunDirCheckpointIO`)."""
+    config, precision = run.train, run.resolved_precision
     loggers = [CSVLogger(paths.root, name="logs", version=f"step_{start_step:07d}", flush_logs_every_n_steps=1),
                TensorBoardLogger(paths.root, name="tensorboard", version="", default_hp_metric=False)]
     callbacks: list[pl.Callback] = list(checkpoints)
     if progress_bar:
         callbacks.append(RichProgressBar(leave=True))
     limit = config.limit_batches
-    if bf16_is_emulated(precision, config.accelerator):
-        callbacks.append(EmulatedBf16Warning(precision))
+    warnings_at_start = start_warnings(run)
+    if warnings_at_start:
+        callbacks.append(StartWarnings(warnings_at_start))
     return pl.Trainer(
         default_root_dir=paths.root,
         accelerator=config.accelerator,
@@ -431,10 +598,10 @@ def _trainer(config: TrainConfig, precision: str, paths: RunPaths, start_step: i
         precision=precision,
         benchmark=_on_gpu(config.accelerator),
         max_epochs=config.epochs,
-        accumulate_grad_batches=config.accumulate,
+        accumulate_grad_batches=run.accumulate,
         gradient_clip_val=config.grad_clip,
         gradient_clip_algorithm="norm",
-        limit_train_batches=limit,
+        limit_train_batches=run.train_batches,
         limit_val_batches=limit,
         limit_test_batches=limit,
         num_sanity_val_steps=0,
@@ -443,13 +610,17 @@ def _trainer(config: TrainConfig, precision: str, paths: RunPaths, start_step: i
         logger=loggers,
         enable_progress_bar=progress_bar,
         enable_model_summary=False,
+        plugins=[RunDirCheckpointIO()],
     )
 
 
 @rank_zero_only
 def _prepare_run_dir(paths: RunPaths, run: RunConfig, fresh: bool) -> None:
-    """Write ``config.json``; a fresh run first clears what an attempt that never reached ``last.ckpt`` left."""
+    """Write ``config.json``; a fresh run first clears what an attempt that never reached ``last.ckpt`` left.
+
+    Either way the temporary files of checkpoint writes that a killed attempt left are deleted."""
     paths.root.mkdir(parents=True, exist_ok=True)
+    remove_partial_checkpoints(paths)
     if fresh:
         for stale in (paths.logs, paths.tensorboard):
             shutil.rmtree(stale, ignore_errors=True)
@@ -461,14 +632,15 @@ def _keep_training_record(paths: RunPaths, previous: RunConfig, run: RunConfig, 
     """The configuration of a re-run that found nothing left to train, as ``config.json`` keeps it.
 
     Where it goes (store, run dir, workers, cache) comes from the re-run, so a moved store is found;
-    how the weights were made (:data:`TRAINING_RECORD_FIELDS`) stays as recorded, and a re-run that
-    asked for other values of them is told, in one warning, that they were not applied.
+    how the weights were made (:data:`TRAINING_RECORD_FIELDS`, and what follows from them:
+    :data:`gpmodels.train_config.DERIVED_FIELDS`) stays as recorded, and a re-run that asked for other
+    values of them is told, in one warning, that they were not applied.
     """
     kept = {name: getattr(previous.train, name) for name in TRAINING_RECORD_FIELDS}
     asked = [f"{name}={getattr(run.train, name)!r} (trained with {value!r})" for name, value in kept.items()
              if getattr(run.train, name) != value]
     trained_with = replace(run.train, **kept)
-    record = replace(run, train=trained_with, accumulate=trained_with.accumulate)
+    record = replace(run, train=trained_with, **{name: getattr(previous, name) for name in DERIVED_FIELDS})
     _record_kept_run(paths, record, step, asked)
     return record
 

@@ -29,10 +29,11 @@ def train_cmd(
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Slices per batch and device; "
                                                       "gradients are accumulated up to the preset's effective "
-                                                      "batch.")] = None,
+                                                      "batch (exactly when batch size x devices divides it; "
+                                                      "config.json records the one trained with).")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Train at this size (slices are "
-                                                      "resized on the fly; default: the preset's, paper = the "
-                                                      "store's).")] = None,
+                                                      "resized on the fly, with a warning when that enlarges "
+                                                      "them; default: the preset's, paper = the store's).")] = None,
     width: Annotated[Optional[int], typer.Option("--width", help="Base width of the GP networks (default: "
                                                  "the preset's, paper = the networks' 64; the baselines have "
                                                  "none).")] = None,
@@ -64,7 +65,7 @@ def train_cmd(
 
     from gpmodels.nets import model_options
     from gpmodels.train_config import preset_config
-    from gpmodels.training import OutOfDeviceMemory, train
+    from gpmodels.training import OutOfDeviceMemory, RunDirBusy, train
 
     if width is not None and model in MODEL_NAMES and "width" not in model_options(model):
         raise fail(f"width: --width {width} given, but {model!r} has no width option (only the GP models do)")
@@ -74,7 +75,7 @@ def train_cmd(
                                num_workers=num_workers, cache=cache, cache_limit_gb=cache_limit_gb,
                                model_options=parse_options(option or []))
         result = train(config, progress_bar=True)
-    except (StoreError, ValueError, FileNotFoundError, OutOfDeviceMemory) as exc:
+    except (StoreError, ValueError, FileNotFoundError, OutOfDeviceMemory, RunDirBusy) as exc:
         raise fail(str(exc)) from exc
     except KeyboardInterrupt:
         from gpmodels.checkpoints import RunPaths

@@ -15,6 +15,7 @@ from gpmodels.data import (
     SliceDataset,
     balanced_class_weights,
     split_indices,
+    train_batches_per_device,
 )
 from storage.store import open_store
 
@@ -126,6 +127,32 @@ def test_training_batches_never_hold_a_single_slice(phantom_store):
     sizes = [len(batch["label"]) for batch in module.train_dataloader()]
     assert sizes == [4] * (train_size // 4)
     assert sum(len(batch["label"]) for batch in module.val_dataloader()) == len(module.datasets["val"])
+
+
+@pytest.mark.parametrize(("devices", "batch_size"), [(1, 4), (2, 4), (2, 8), (2, 12), (3, 4), (3, 8), (1, 21), (1, 30)])
+def test_train_batches_per_device_are_the_batches_each_ddp_process_gets(phantom_store, devices, batch_size):
+    """Lightning gives each of N DDP processes ceil(n / N) slices of the shuffled split; each then drops its
+    last partial batch unless its share is no larger than one batch (before, the decision looked at the
+    whole split, so 2 processes with 11 slices each and batch 12 of a 21-slice split got no batch at all)."""
+    from types import SimpleNamespace
+
+    from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
+
+    module = SliceDataModule(str(phantom_store), 0, batch_size=batch_size, augment=None, cache="always")
+    module.setup("fit")
+    train_size = len(module.datasets["train"])
+    assert train_size == 21
+    progress = SimpleNamespace(current=SimpleNamespace(processed=0))
+    module.trainer = SimpleNamespace(world_size=devices, global_rank=0,
+                                     fit_loop=SimpleNamespace(epoch_progress=progress))
+    loader = module.train_dataloader()
+    expected = train_batches_per_device(train_size, batch_size, devices)
+    for rank in range(devices):  # as Lightning re-creates the loader in each process
+        sampler = DistributedSamplerWrapper(loader.sampler, num_replicas=devices, rank=rank, shuffle=False)
+        batches = list(torch.utils.data.DataLoader(loader.dataset, batch_size=batch_size, sampler=sampler,
+                                                   drop_last=loader.drop_last))
+        assert len(batches) == expected >= 1, rank
+        assert all(len(batch["label"]) > 1 for batch in batches)
 
 
 def test_sampling_order_is_seeded_per_epoch():

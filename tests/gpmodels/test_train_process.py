@@ -168,3 +168,18 @@ def _read(path: Path) -> str:
         return path.read_bytes().decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_a_busy_run_dir_is_refused_before_the_request_and_the_log_are_written(phantom_store, tmp_path):
+    """The parent wrote train_request.json and emptied the log of the run in progress before its child
+    found the run dir locked."""
+    from gpmodels.checkpoints import RunPaths
+    from gpmodels.training import RunDirBusy, run_dir_lock
+
+    config = preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / "run"))
+    with run_dir_lock(RunPaths(tmp_path / "run")):  # as another process training it
+        (tmp_path / "run" / LOG_FILE).write_text("the other process's log\n")
+        with pytest.raises(RunDirBusy, match="another process .* is training this run"):
+            train_in_subprocess(config)
+    assert not (tmp_path / "run" / REQUEST_FILE).exists()
+    assert (tmp_path / "run" / LOG_FILE).read_text() == "the other process's log\n"

@@ -590,3 +590,220 @@ def test_ctrl_c_during_training_says_how_to_resume(phantom_store, tmp_path, monk
     assert later.exit_code == 130
     assert later.output.splitlines()[-1] == (f"error: interrupted; the same command resumes {tmp_path / 'two'} "
                                              "from its last checkpoint")
+
+
+def _cli_train(config: TrainConfig, *extra: str):
+    """``gpseg train`` with the smoke preset into ``config.out``."""
+    return CliRunner().invoke(app, ["train", "--store", config.store, "--out", config.out, "--preset", "smoke",
+                                    "--model", config.model, *extra])
+
+
+def test_cli_a_damaged_checkpoint_is_one_line_naming_it_and_what_to_do(smoke_run, tmp_path):
+    """A truncated ``last.ckpt`` gave a 50-line traceback, an empty one only "Aborted.", a truncated
+    ``best.ckpt`` of a finished run "error: Invalid argument"."""
+    config, _ = smoke_run
+    out = tmp_path / "run"
+    shutil.copytree(config.out, out)
+    paths = RunPaths(out)
+    run = TrainConfig.from_dict({**config.to_dict(), "out": str(out)})
+    resume = f"; no other file can resume {out}: delete last.ckpt and re-run to train the run again from the start"
+    for size, reason in ((paths.last.stat().st_size // 2, "RuntimeError: PytorchStreamReader failed reading zip "
+                          "archive: failed finding central directory"), (0, "EOFError: the file ends early")):
+        os.truncate(paths.last, size)
+        result = _cli_train(run)
+        assert result.exit_code == 1 and "Traceback" not in result.output and "Aborted" not in result.output
+        assert " ".join(result.output.split()) == f"error: {paths.last}: damaged ({reason}){resume}"
+    paths.last.unlink()  # as the message says: the same command trains the run again
+    again = _cli_train(run)
+    assert again.exit_code == 0, again.output
+    assert f"trained gp-unet -> {out}: trained in " in " ".join(again.output.split())
+    assert torch.load(paths.last, weights_only=True)["global_step"] == 2
+
+    os.truncate(paths.best, 1000)
+    finished = _cli_train(run)
+    assert finished.exit_code == 1 and "Traceback" not in finished.output
+    assert " ".join(finished.output.split()) == (
+        f"error: {paths.best}: damaged (RuntimeError: PytorchStreamReader failed reading zip archive: failed finding "
+        f"central directory); the run's best weights are lost: delete {out} and re-run to train it again")
+
+
+def test_the_trainer_writes_checkpoints_beside_them_not_through_tmpdir(smoke_run, tmp_path):
+    from gpmodels.checkpoints import RunDirCheckpointIO
+
+    config, _ = smoke_run
+    run = resolve_run(TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "run")}))
+    trainer = training._trainer(run, RunPaths(tmp_path / "run"), 0, [], progress_bar=False)
+    assert isinstance(trainer.strategy.checkpoint_io, RunDirCheckpointIO)
+
+
+def _count_windows(monkeypatch) -> list[int]:
+    """Patch the Lightning module to record the training batches of every optimiser step."""
+    windows, pending = [], [0]
+    step, before_step = ClassifierModule.training_step, ClassifierModule.on_before_optimizer_step
+
+    def counting_step(self, batch, batch_idx):
+        pending[0] += 1
+        return step(self, batch, batch_idx)
+
+    def record(self, optimizer):
+        windows.append(pending[0])
+        pending[0] = 0
+        return before_step(self, optimizer)
+
+    monkeypatch.setattr(ClassifierModule, "training_step", counting_step)
+    monkeypatch.setattr(ClassifierModule, "on_before_optimizer_step", record)
+    return windows
+
+
+def test_every_optimiser_step_accumulates_a_whole_window_also_after_a_resume(phantom_store, tmp_path, monkeypatch):
+    """21 training slices make 5 batches of 4; accumulating 3, Lightning stepped the last 2 batches with
+    their losses divided by 3 as if there were 3, a gradient 2/3 as large. Now each epoch trains the
+    first 3 batches of its shuffled order."""
+    windows = _count_windows(monkeypatch)
+    config = dataclasses.replace(preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / "run"),
+                                               effective_batch=12, test=False), limit_batches=None)
+    first = train(config)
+    assert (first.run.accumulate, first.run.train_batches, first.run.effective_batch) == (3, 3, 12)
+    assert windows == [3] and first.global_step == 1
+    resumed = train(dataclasses.replace(config, epochs=3))
+    assert windows == [3, 3, 3] and (resumed.start_step, resumed.global_step) == (1, 3)
+    assert torch.load(RunPaths(Path(config.out)).last, weights_only=True)["global_step"] == 3
+    rows = _read_metrics(Path(config.out) / "metrics.csv")
+    assert [(row["epoch"], row["step"]) for row in rows if row["val_loss"]] == [("0", "0"), ("1", "1"), ("2", "2")]
+    saved = json.loads((Path(config.out) / "config.json").read_text())
+    assert (saved["accumulate"], saved["train_batches"], saved["effective_batch"]) == (3, 3, 12)
+
+
+def test_a_training_split_smaller_than_one_step_accumulates_over_all_of_it(phantom_store, tmp_path, monkeypatch,
+                                                                           caplog):
+    windows = _count_windows(monkeypatch)
+    config = dataclasses.replace(preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / "run"),
+                                               effective_batch=128, epochs=2, test=False), limit_batches=None)
+    with caplog.at_level(logging.WARNING, logger="gpmodels.training"):
+        result = train(config)
+    assert windows == [5, 5] and result.global_step == 2
+    assert (result.run.accumulate, result.run.effective_batch) == (5, 20)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{config.out}: an epoch has 5 training batch(es) of 4 per device, fewer than the 32 an optimiser step "
+        "accumulates; accumulating over 5, so each step sees 20 slices (batch 4 x 1 device(s) x 5 accumulated), "
+        "not the effective batch of 128"]
+
+
+def test_an_effective_batch_the_batch_does_not_divide_is_recorded_and_warned_about(smoke_run, tmp_path, caplog):
+    """Batch 3 of an effective batch of 8 accumulates 3 batches: 9 slices per step, which config.json said was 8."""
+    config, _ = smoke_run
+    odd = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "odd"), "batch_size": 3, "test": False})
+    with caplog.at_level(logging.WARNING, logger="gpmodels.training"):
+        train(odd)
+    saved = json.loads((tmp_path / "odd" / "config.json").read_text())
+    assert (saved["train"]["effective_batch"], saved["accumulate"], saved["effective_batch"]) == (8, 3, 9)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{odd.out}: each optimiser step sees 9 slices (batch 3 x 1 device(s) x 3 accumulated), not the effective "
+        "batch of 8: give a --batch-size that, times --devices, divides 8 to keep it"]
+    three = resolve_run(TrainConfig.from_dict({**config.to_dict(), "devices": 3}))
+    assert (three.accumulate, three.effective_batch) == (1, 12)
+    assert "each optimiser step sees 12 slices (batch 4 x 3 device(s) x 1 accumulated)" in \
+        training.start_warnings(three)[0]
+    assert training.start_warnings(resolve_run(config)) == []
+
+
+def test_training_upsampled_slices_is_warned_about(smoke_run):
+    config, _ = smoke_run
+    run = resolve_run(TrainConfig.from_dict({**config.to_dict(), "image_size": 48}))
+    assert training.start_warnings(run) == [f"{run.store_path}: slices are 32 px; training at 48 upsamples them"]
+    smaller = resolve_run(TrainConfig.from_dict({**config.to_dict(), "image_size": 24}))
+    assert training.start_warnings(smaller) == []
+
+
+def test_a_run_resumed_where_its_precision_resolves_otherwise_is_refused(smoke_run, tmp_path):
+    """``auto`` is resolved at every start, so a run resumed on another machine changed precision silently."""
+    config, _ = smoke_run
+    out = tmp_path / "gpu"
+    first = TrainConfig.from_dict({**config.to_dict(), "out": str(out), "test": False})
+    train(first)
+    recorded = json.loads((out / "config.json").read_text())
+    assert (recorded["train"]["precision"], recorded["resolved_precision"]) == ("auto", "32-true")
+    recorded["resolved_precision"] = "bf16-mixed"  # as on the GPU machine that started it
+    (out / "config.json").write_text(json.dumps(recorded))
+
+    longer = TrainConfig.from_dict({**first.to_dict(), "epochs": 2})
+    with pytest.raises(ValueError) as raised:
+        train(longer)
+    assert str(raised.value) == (f"precision: {out} was trained in bf16-mixed, but precision auto is 32-true here; "
+                                 "give --precision bf16-mixed to go on as it was trained, or --precision 32-true to "
+                                 "go on in 32-true")
+    assert train(first).global_step == 2  # finished: nothing trains, and the record stays as it was
+    assert json.loads((out / "config.json").read_text())["resolved_precision"] == "bf16-mixed"
+    asked = train(TrainConfig.from_dict({**longer.to_dict(), "precision": "32-true"}))
+    assert (asked.start_step, asked.global_step) == (2, 4)
+    assert json.loads((out / "config.json").read_text())["resolved_precision"] == "32-true"
+
+
+_HOLD_LOCK = ("import sys, time; from pathlib import Path; from gpmodels.checkpoints import RunPaths; "
+              "from gpmodels.training import run_dir_lock\n"
+              "with run_dir_lock(RunPaths(Path(sys.argv[1]))):\n    print('locked', flush=True); time.sleep(120)")
+
+
+def test_a_second_process_cannot_train_a_run_dir_being_trained(smoke_run, tmp_path, monkeypatch):
+    """Two flow runs started 3 s apart both trained one run dir, and both wrote model.pt."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    config, _ = smoke_run
+    out = tmp_path / "busy"
+    busy = TrainConfig.from_dict({**config.to_dict(), "out": str(out), "test": False})
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        message = f"{out}: another process (pid {holder.pid}) is training this run; wait for it to finish"
+        with pytest.raises(training.RunDirBusy) as raised:
+            train(busy)
+        assert str(raised.value) == message
+        assert [path.name for path in out.iterdir()] == [".train.lock"]  # nothing written
+        cli = _cli_train(busy)
+        assert cli.exit_code == 1 and " ".join(cli.output.split()) == f"error: {message}"
+        monkeypatch.setattr(rank_zero_only, "rank", 1)  # DDP ranks above 0 run while rank 0 holds the lock
+        with training._training_lock(RunPaths(out)):
+            pass
+        monkeypatch.undo()
+    finally:
+        holder.kill()
+        holder.wait()
+    result = train(busy)  # the lock went with the process that held it
+    assert result.global_step == 2 and (out / ".train.lock").read_text() == ""
+
+
+def test_the_lock_is_released_while_processes_forked_under_it_live_on(tmp_path):
+    """Loader workers are forked while the lock is held and share it; persistent ones may outlive ``train``."""
+    import fcntl
+    import multiprocessing
+
+    paths = RunPaths(tmp_path / "run")
+    with training.run_dir_lock(paths):
+        assert paths.lock.read_text() == f"{os.getpid()}\n"
+        worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+        worker.start()
+    try:
+        fd = os.open(paths.lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while the worker held it
+        finally:
+            os.close(fd)
+    finally:
+        worker.kill()
+        worker.join()
+    assert paths.lock.read_text() == ""
+
+
+def test_a_run_recorded_before_its_effective_batch_and_precision_were_resumes(smoke_run, tmp_path):
+    config, _ = smoke_run
+    out = tmp_path / "older"
+    shutil.copytree(config.out, out)
+    older = json.loads((out / "config.json").read_text())
+    for name in ("effective_batch", "train_batches", "resolved_precision"):
+        del older[name]
+    (out / "config.json").write_text(json.dumps(older))
+    assert RunConfig.from_dict(older).differences(resolve_run(config)) == []
+
+    result = train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "epochs": 2, "test": False}))
+    assert (result.start_step, result.global_step) == (2, 4)
+    assert json.loads((out / "config.json").read_text())["resolved_precision"] == "32-true"
