@@ -225,6 +225,20 @@ class EpochShuffleSampler(Sampler[int]):
         return self.size
 
 
+CACHE_MEMORY_SHARE = 0.5
+"""The share of the memory available at set-up that one split cached by ``cache="auto"`` may take (the
+rest is for the model, the other splits and the loader)."""
+
+
+def fits_in_memory(nbytes: int, limit_bytes: int) -> bool:
+    """Whether a split of ``nbytes`` may be cached with ``cache="auto"``: less than ``limit_bytes`` and less than
+    :data:`CACHE_MEMORY_SHARE` of the memory available now (so a limit raised on one machine does not get
+    a smaller machine's process killed for memory)."""
+    import psutil  # with dask.distributed
+
+    return nbytes < limit_bytes and nbytes < CACHE_MEMORY_SHARE * psutil.virtual_memory().available
+
+
 class SliceDataModule(pl.LightningDataModule):
     """Train, validation and test slices of one fold of a slice store.
 
@@ -237,8 +251,10 @@ class SliceDataModule(pl.LightningDataModule):
         seed: seed of the sampling order and of the augmentation.
         num_workers: worker processes for splits read from the store (cached splits are served
             from the main process).
-        cache: ``auto`` caches a split when its float16 images take less than
-            ``cache_limit_bytes``; ``always``; ``never``.
+        cache: ``auto`` caches a split when its float16 images take less than ``cache_limit_bytes`` and
+            less than :data:`CACHE_MEMORY_SHARE` of the memory available when it is set up
+            (:func:`fits_in_memory`); ``always``; ``never``. Cached splits stay held (train and val while
+            fitting, then test too).
         cache_limit_bytes: the ``auto`` limit per split.
 
     Attributes (after :meth:`setup`):
@@ -289,8 +305,8 @@ class SliceDataModule(pl.LightningDataModule):
         slice_bytes = int(np.prod(group["images"].shape[1:])) * 2
         for split in missing:
             indices = split_indices(group, self.fold, split)
-            cache = self.cache == "always" or (self.cache == "auto"
-                                               and len(indices) * slice_bytes < self.cache_limit_bytes)
+            cache = self.cache == "always" or (self.cache == "auto" and fits_in_memory(
+                len(indices) * slice_bytes, self.cache_limit_bytes))
             self.datasets[split] = SliceDataset(self.store, indices, labels[indices], cache=cache)
 
     def split_sizes(self) -> dict[str, int]:

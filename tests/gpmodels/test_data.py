@@ -226,3 +226,18 @@ def test_a_daemonic_process_reads_the_split_itself(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="gpmodels.data"):
         assert usable_workers(4) == 0
     assert "DASK_DISTRIBUTED__WORKER__DAEMON=False" in caplog.text
+
+
+def test_auto_cache_leaves_a_split_bigger_than_half_the_available_memory_in_the_store(monkeypatch):
+    """--cache-limit-gb 20 on a machine with less free memory than that got the process killed."""
+    import psutil
+
+    from gpmodels import data
+
+    class Memory:
+        available = 10 * 2**30
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
+    assert data.fits_in_memory(4 * 2**30, 20 * 2**30)
+    assert not data.fits_in_memory(6 * 2**30, 20 * 2**30)  # under the limit, over half of the free memory
+    assert not data.fits_in_memory(4 * 2**30, 3 * 2**30)
