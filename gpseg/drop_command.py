@@ -7,6 +7,7 @@ import filecmp
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -288,27 +289,32 @@ def _copy_new(item: Path, target: Path) -> None:
     if not item.is_dir():
         _replace_file(item, target)
         return
-    tmp = target.with_name(f".{target.name}.tmp")
-    _discard(tmp)  # left by a killed earlier run
-    try:
+
+    def copy_folder(tmp: Path) -> None:
         tmp.mkdir()
         for src, dst in _file_pairs(item, tmp):
             dst.parent.mkdir(parents=True, exist_ok=True)
             _copy_file(src, dst)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            _discard(tmp)
-        raise
+
+    _through_temporary(target, copy_folder)
 
 
 def _replace_file(src: Path, dst: Path) -> None:
     """Copy the file ``src`` to ``dst`` (new or replaced) through a hidden temporary file beside it."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
+    _through_temporary(dst, lambda tmp: _copy_file(src, tmp))
+
+
+def _through_temporary(target: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to the hidden sibling ``.NAME.tmp`` of ``target``, then rename it to ``target``.
+
+    A temporary copy that a killed earlier run left is removed first; on any failure (also a Ctrl-C) the
+    temporary copy is removed, so ``target`` is either as it was or whole.
+    """
+    tmp = target.with_name(f".{target.name}.tmp")
     _discard(tmp)  # left by a killed earlier run
     try:
-        _copy_file(src, tmp)
-        os.replace(tmp, dst)
+        write(tmp)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             _discard(tmp)
