@@ -137,10 +137,12 @@ def mask_reader(heat: zarr.Group, config: ThresholdConfig) -> Callable[[np.ndarr
 
 
 def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig, store: zarr.Group,
-                    store_path: str, chunk: int = CHUNK) -> tuple[ThresholdConfig, str]:
+                    store_path: str, chunk: int = CHUNK, progress: Callable[[int, int], None] | None = None
+                    ) -> tuple[ThresholdConfig, str]:
     """Replace ``offset="auto"`` using the validation heatmaps beside the heatmap store at ``path`` (so a
     moved run dir finds its own), ``chunk`` slices at a time (bounds memory); say where the offset came from.
-    ``store`` is the slice store, opened from ``store_path`` (:func:`heatmap_source`).
+    ``store`` is the slice store, opened from ``store_path`` (:func:`heatmap_source`). ``progress`` is called
+    as ``progress(done, total)`` validation slices after each chunk (with clean-up, minutes for a real split).
 
     The median is taken over the same slices as the test's median Dice: every validation slice with a
     non-empty mask. Those of them that get an empty mask whatever the offset (predicted, or with
@@ -167,6 +169,8 @@ def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig,
         chunk_scores, chunk_has_target = offset_scores(config, maps, targets)
         scores.append(chunk_scores)
         has_target.append(chunk_has_target)
+        if progress is not None:
+            progress(start + rows.size, tumour.size)
     missed = sum(int(np.count_nonzero(count_foreground(read_rows(index[rows], store["masks"])[0] > 0)))
                  for rows in (unmasked[start:start + chunk] for start in range(0, unmasked.size, chunk)))
     scores.append(np.zeros((len(config.auto_offsets), missed)))
@@ -186,7 +190,8 @@ def offset_at_edge(offset: float, grid: tuple[float, ...] | list[float]) -> bool
 
 
 def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, chunk: int = CHUNK,
-                      progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                      progress: Callable[[int, int], None] | None = None,
+                      offset_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Threshold a heatmap store and score classification and segmentation.
 
     Args:
@@ -194,6 +199,8 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
         config: threshold configuration; default :func:`default_threshold` for the model.
         chunk: slices processed at a time (bounds memory).
         progress: called as ``progress(done, total)`` slices after each chunk.
+        offset_progress: with ``offset="auto"``, called as ``offset_progress(done, total)`` validation
+            slices while the offset is chosen, before any test slice is thresholded.
 
     Returns:
         A JSON-ready dict: ``run``, ``threshold``, ``classification``,
@@ -212,7 +219,7 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
     check_chunks(store, store_path, ("masks", "patient"))
     attrs.update(run_dir=str(Path(path).resolve().parent.parent), store_path=store_path)  # where they are now
     config = config or default_threshold(attrs["model"])
-    config, offset_source = _resolve_offset(path, heat, config, store, store_path, chunk)
+    config, offset_source = _resolve_offset(path, heat, config, store, store_path, chunk, offset_progress)
     index, labels, predicted = heat["index"][:], heat["labels"][:].astype(int), heat["predicted"][:].astype(int)
     n = index.size
     scores = np.full(n, np.nan)

@@ -93,9 +93,13 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
             def step(count: int, _: int, before: int = before, label: str = f"{_run_label(run)} {models[run]}") -> None:
                 update(before + count, total, label)
 
+            def choosing(count: int, of: int, before: int = before,
+                         label: str = f"{_run_label(run)} {models[run]}") -> None:
+                update(before, total, f"{label}: choosing the offset on {count}/{of} validation slices")
+
             try:
                 config = ThresholdConfig.from_dict(params.for_model(models[run]))
-                result = evaluate_heatmaps(heatmap_path(run, "test"), config, progress=step)
+                result = evaluate_heatmaps(heatmap_path(run, "test"), config, progress=step, offset_progress=choosing)
             except Exception as exc:  # as above: one run's failure is reported with the others' results
                 failed[run] = _reason(exc)
                 continue

@@ -636,7 +636,11 @@ def test_auto_offset_read_in_chunks_is_that_of_the_whole_validation_split(report
     assert (predicted > 0).sum() > 3
     test = heatmap_path(run, "test")
     for chunk in (2, 256):
-        chosen = evaluate_heatmaps(test, config, chunk=chunk)["threshold"]
+        seen = []  # choosing the offset takes minutes on a real split: it reports its progress
+        chosen = evaluate_heatmaps(test, config, chunk=chunk,
+                                   offset_progress=lambda done, total: seen.append((done, total)))["threshold"]
+        tumour = int((predicted > 0).sum())
+        assert seen == [(min(start + chunk, tumour), tumour) for start in range(0, tumour, chunk)]
         assert chosen["offset"] == expected
         assert chosen["offset_source"] == (f"auto: maximised median validation Dice over {with_target} validation "
                                            f"slices with a tumour mask ({missed} of them with an empty mask at "
