@@ -57,9 +57,17 @@ def archives_below(folder: Path) -> list[Path]:
 
 
 def source_key(path: Path | str, root: Path) -> str:
-    """How a store names a source file: its path relative to the source folder ``root`` (both resolved),
-    or its absolute resolved path when it lies outside (a manifest may list files anywhere). The keys of
-    the ``sources``, ``examined`` and ``rejected`` attributes, and so what drop detection compares."""
+    """How a store names a source file: its path relative to the source folder ``root``, or its absolute
+    resolved path when it lies outside (a manifest may list files anywhere). The keys of the ``sources``,
+    ``examined`` and ``rejected`` attributes, and so what drop detection compares.
+
+    A path below ``root`` as written keeps its own name even where a symbolic link leads elsewhere (a
+    case folder linked from a shared read-only copy is named as the case, and several links to one
+    folder are several cases); otherwise both are resolved first.
+    """
+    written, written_root = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    if written.is_relative_to(written_root):
+        return str(written.relative_to(written_root))
     resolved = Path(path).resolve()
     root = Path(root).resolve()
     return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)

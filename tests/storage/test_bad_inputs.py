@@ -68,7 +68,8 @@ def test_seg_labels_outside_brats_set(brats_copy, tmp_path):
     data[data == 2] = 5
     data[0, 0, 0] = 5
     _rewrite(path, data)
-    _only_rejected(ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG), "005_seg", "labels [5] outside [0, 1, 2, 3, 4]")
+    _only_rejected(ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG), "005_seg",
+                   "labels [5] outside [0, 1, 2, 3, 4]")
 
 
 def test_the_label_3_of_brats_releases_before_2017_is_tumour(brats_copy, tmp_path):
@@ -112,6 +113,23 @@ def test_append_names_a_stored_case_whose_file_changed(brats_copy, tmp_path):
     assert new_files(brats_copy, tmp_path / "s.zarr") == ["stray_t1.nii.gz"]
     ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG, append=True)
     assert new_files(brats_copy, tmp_path / "s.zarr") == []
+
+
+def test_a_case_folder_linked_from_elsewhere_keeps_its_name_in_the_store(brats_copy, tmp_path):
+    """A case folder that is a symbolic link (to a shared read-only copy) was named by its target's absolute
+    path in the store and in rejections, and several links to one folder counted as one rejection."""
+    name = CASE.format(2)
+    shutil.move(brats_copy / name, tmp_path / "shared")
+    (brats_copy / name).symlink_to(tmp_path / "shared")
+    ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
+    sources = open_store(tmp_path / "s.zarr").attrs["sources"]
+    assert f"{name}/{name}_t1.nii.gz" in sources and not any(key.startswith("/") for key in sources)
+    shutil.rmtree(brats_copy / CASE.format(3))  # its grade row stays: the link below takes its place
+    (brats_copy / CASE.format(3)).symlink_to(tmp_path / "shared")
+    report = ingest_brats(brats_copy, tmp_path / "t.zarr", CONFIG)
+    link = f"{CASE.format(3)}/{name}_t1.nii.gz"
+    assert list(report.rejected) == [link]
+    assert f"the same content as the stored {name}/{name}_t1.nii.gz" in report.rejected[link]
 
 
 def test_case_with_no_grade(brats_copy, tmp_path):
