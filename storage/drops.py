@@ -12,7 +12,6 @@ as new data, and a case rejected for good does not make every check a retrain.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from storage.discovery import source_key, visible_files_below
@@ -40,8 +39,10 @@ def manifest_files(csv_path: Path) -> list[Path]:
 def fingerprint(folder: Path | str) -> str:
     """A cheap identity of a source's content: relative paths, sizes and modification times.
 
-    For a folder, every file below it; for a manifest CSV, the CSV and the files it lists (a missing
-    one counts as missing), so that editing the CSV or a listed file changes it.
+    For a folder, the files below it that ingestion reads (:func:`data_files`: hidden files and files of
+    other kinds, such as a ``.DS_Store`` or a ``survival_info.csv``, are left out, so adding one does not
+    re-ingest the source); for a manifest CSV, the CSV and the files it lists (a missing one counts as
+    missing), so that editing the CSV or a listed file changes it.
 
     Returns:
         A 16-hex-digit hash; it changes when any file is added, removed, resized or touched.
@@ -56,12 +57,9 @@ def fingerprint(folder: Path | str) -> str:
             except OSError:
                 digest.update(f"{path}\0missing\n".encode())
         return digest.hexdigest()[:16]
-    for root, dirs, files in sorted(os.walk(folder)):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(root) / name
-            stat = path.stat()
-            digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for path in data_files(folder):  # what ingestion reads: a hidden sidecar or a text file changes nothing
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 

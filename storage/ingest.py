@@ -121,6 +121,15 @@ class _Plan:
         return [] if self.listing else [source_key(p, self.root) for p in archives_below(self.root)]
 
 
+def first_rejection(rejected: dict[str, str]) -> str:
+    """``"; the first: FILE: REASON"`` for a message that counts rejections (where only the count reaches a
+    flow's failure line or a report note), ``""`` when none."""
+    if not rejected:
+        return ""
+    file, reason = next(iter(rejected.items()))
+    return f"; the first: {file}: {reason}"
+
+
 def archive_hint(archives: Sequence[str]) -> str:
     """What a "no cases" message adds when the source holds archives: ``""`` when it holds none."""
     if not archives:
@@ -253,7 +262,8 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
     if not cases and not existing:
         hint = plan.layout_hint(plan.root) if plan.layout_hint and not report.rejected else ""
         raise NoUsableInput(f"{plan.where}: no usable {plan.dataset} cases found"
-                            + (f" ({len(report.rejected)} rejected)" if report.rejected else "")
+                            + (f" ({len(report.rejected)} rejected{first_rejection(report.rejected)})"
+                               if report.rejected else "")
                             + (hint or archive_hint(report.archives)), report.rejected)
     sources = dict(base_attrs.get("sources", {}))
     volumes = dict(base_attrs.get("volumes", {}))
@@ -293,8 +303,9 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
                 new_keys += ([source_key(case.path, plan.root)] if isinstance(case, MatCase)  # one file, one slice
                              else [f"{batch.patient}/{i}" for i in batch.slice_index.tolist()])
         if report.cases == 0 and not existing:
-            raise NoUsableInput(f"{plan.where}: every {plan.dataset} case was rejected ({len(report.rejected)})"
-                                + archive_hint(report.archives), report.rejected)
+            raise NoUsableInput(f"{plan.where}: every {plan.dataset} case was rejected ({len(report.rejected)}"
+                                f"{first_rejection(report.rejected)})" + archive_hint(report.archives),
+                                report.rejected)
         patients = np.concatenate(new_patients).astype(str) if new_patients else np.zeros(0, str)
         slice_index = np.concatenate(new_slices) if new_slices else np.zeros(0, np.int16)
         labels = np.concatenate(new_labels) if new_labels else np.zeros(0, np.int8)

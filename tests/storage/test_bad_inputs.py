@@ -373,7 +373,8 @@ def test_header_rounding_of_the_grid_is_accepted(brats_copy, tmp_path):
 def test_every_case_rejected_reports_each_file_and_reason(brats_copy, tmp_path):
     for case in range(1, 7):
         _file(brats_copy, case, "t2").write_bytes(b"\x1f\x8bnot gzip")
-    with pytest.raises(NoUsableInput, match=r"every brats case was rejected \(6\)$") as info:
+    with pytest.raises(NoUsableInput, match=r"every brats case was rejected \(6; the first: BraTS20_Training_001/"
+                                            r"BraTS20_Training_001_t2.nii.gz: corrupt gzip stream .*\)$") as info:
         ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
     key = "BraTS20_Training_001/BraTS20_Training_001_t2.nii.gz"
     assert len(info.value.rejected) == 6 and info.value.rejected[key].startswith("corrupt gzip stream")
@@ -385,7 +386,7 @@ def test_every_case_rejected_reports_each_file_and_reason(brats_copy, tmp_path):
     lines = result.output.strip().splitlines()
     assert f"rejected {key}: corrupt gzip stream" in result.output
     assert sum(line.startswith("rejected ") for line in lines) == 6
-    assert lines[-1].endswith("every brats case was rejected (6)")
+    assert f"every brats case was rejected (6; the first: {key}: corrupt gzip stream" in " ".join(lines[-3:])
 
 
 def test_rejected_keys_are_relative_to_the_source(brats_copy, tmp_path, monkeypatch):
@@ -525,7 +526,8 @@ def test_manifest_with_spaces_after_the_commas(brats_source, tmp_path):
 def test_a_manifest_with_nothing_usable_is_named_in_the_error(brats_source, tmp_path):
     flair, _ = _case_files(brats_source, 1)
     (tmp_path / "m.csv").write_text(f"patient_id,label,flair,seg\np1,HGG,{flair},\n")
-    with pytest.raises(NoUsableInput, match=rf"^{tmp_path / 'm.csv'}: no usable manifest cases found \(1 rejected\)"):
+    with pytest.raises(NoUsableInput, match=rf"^{tmp_path / 'm.csv'}: no usable manifest cases found \(1 rejected; "
+                                           r"the first: m.csv:2: patient p1 is labelled 'HGG' but has no seg"):
         ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
 
 
@@ -614,3 +616,18 @@ def test_ctrl_c_during_ingestion_says_what_is_left(brats_copy, tmp_path, monkeyp
     monkeypatch.setattr(ingest, "ingest_brats", interrupted)
     again = CliRunner().invoke(app, [*args, "--overwrite"])
     assert again.exit_code == 130 and again.output.splitlines()[-1] == f"error: interrupted; {store} is as it was"
+
+
+def test_the_fingerprint_changes_with_the_data_files_only(brats_source, tmp_path):
+    """A `.DS_Store` or a `survival_info.csv` beside the cases re-ingested the whole source at the next run."""
+    from storage.drops import fingerprint
+
+    source = tmp_path / "src"
+    shutil.copytree(brats_source, source)
+    before = fingerprint(source)
+    (source / ".DS_Store").write_bytes(b"\0" * 10)
+    (source / "survival_info.csv").write_text("Brats20ID,Age\n")
+    (source / CASE.format(1) / "._BraTS20_Training_001_t1.nii.gz").write_bytes(b"\0")
+    assert fingerprint(source) == before
+    _rewrite(_file(source, 1, "t1"), np.asanyarray(nib.load(_file(source, 1, "t1")).dataobj)[::-1].copy())
+    assert fingerprint(source) != before
