@@ -72,7 +72,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("precision", "Precision"), Column("recall", "Recall"), Column("f1", "F1"),
     Column("accuracy", "Accuracy"), Column("dice_median", "median Dice"),
     Column("dice_slice_std", "Dice std (slices)", None),
-    Column("tumour_only_accuracy", "LGG vs HGG acc."), Column("patient_accuracy", "patient acc."),
+    Column("tumour_only_accuracy", "tumour-only acc."), Column("patient_accuracy", "patient acc."),
     Column("fpr_tumour_free", "FPR tumour-free", "low"),
 )
 
@@ -130,6 +130,9 @@ class ReportRun:
     network_label: str = ""
     """The label without its threshold parts, for the figures that thresholds do not change (the
     confusion matrix, training curves), so that a re-threshold finds them in the figure cache."""
+    split_mode: str = ""
+    """How the store split its slices into train/val/test (``grouped``, ``slice``, ``cvind``; ``""`` when
+    the store cannot be opened)."""
 
     @property
     def model(self) -> str:
@@ -252,10 +255,11 @@ def load_run(run_dir: Path | str) -> ReportRun:
     config_path = run_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else None
     store_path = evaluated_source(run_dir, evaluation)
-    dataset, store_error = Path(store_path).stem, None
+    dataset, store_error, split_mode = Path(store_path).stem, None, ""
     try:
         group = open_store(store_path)
         dataset = str(group.attrs.get("dataset", dataset))
+        split_mode = str((group.attrs.get("split") or {}).get("mode", ""))
         check_data_version(group, evaluation["run"].get("data_version"), store_path, f"the evaluation of {run_dir}")
     except StoreError as exc:  # the tables still come from evaluation.json; the panels are not drawn
         store_error = str(exc)
@@ -264,6 +268,7 @@ def load_run(run_dir: Path | str) -> ReportRun:
                      label=_label(evaluation["run"]["model"], config, evaluation["threshold"],
                                   evaluation["run"].get("cam_grid")),
                      store_error=store_error, seed_selection=seed_selection_text(run_dir),
+                     split_mode=split_mode,
                      network_label=_label(evaluation["run"]["model"], config, None, evaluation["run"].get("cam_grid")))
 
 

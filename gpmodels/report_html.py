@@ -137,19 +137,37 @@ def _summary_section(groups: Sequence[ModelGroup]) -> str:
                 classes.append("paper")
         header = ["model", "heatmaps", "fold(s)"] + [_e(c.header) for c in COLUMNS]
         parts.append(f"<h3>{_e(DATASET_TITLES.get(dataset, dataset))}</h3>"
-                     + _table(header, rows, text_columns=3, row_classes=classes))
+                     + _table(header, rows, text_columns=3, row_classes=classes)
+                     + _splits_caption({run.split_mode for group in members for run in group.runs}))
     parts.append(
         '<p class="caption">Classification: weighted precision, recall and F1, and accuracy on the test split. '
         "Every scalar is the mean ± population std over the folds (one value when there is one fold). "
         "<b>median Dice</b>: the mean over folds of each fold's median Dice over test slices with a non-empty "
         "ground truth, ± std over folds; <b>Dice std (slices)</b>: the mean over folds of the std over slices "
-        "(the paper's ± is over slices). LGG vs HGG accuracy: slices of the tumour classes only (defined when "
-        "there is a tumour-free class and two tumour classes). Patient accuracy: one grade per patient from its "
+        "(the paper's ± is over slices). Tumour-only accuracy: slices of the tumour classes only (LGG vs HGG for "
+        "BraTS, the paper's table 5; defined when there is a tumour-free class and two tumour classes). Patient accuracy: one grade per patient from its "
         "slices. FPR tumour-free: fraction of tumour-free slices given a non-empty mask. "
         "<b>Bold</b>: best per column. <i>paper</i>: Chatterjee et al., arXiv 2206.05148 (BraTS 2020 and Jun "
         "Cheng, slice-level splits, so not directly comparable with patient-grouped splits). "
         'The Dice convention is stated under <a href="#configuration">Run configuration</a>. – : undefined.</p>')
     return "".join(parts)
+
+
+SPLIT_TEXTS = {
+    "grouped": "patient-grouped (no patient in two splits of a fold)",
+    "slice": "<b>slice-level</b>, as in the paper: a patient's slices lie in the training and the test split, so "
+             "these scores, and the intervals over test patients, are optimistic",
+    "cvind": "Jun Cheng's official folds (cvind.mat; patient-grouped)",
+}
+"""How the report names each split mode of the stores (``storage.ingest_config.SplitConfig.mode``)."""
+
+
+def _splits_caption(modes: set[str]) -> str:
+    """The caption under a dataset's table that says how its stores split the slices."""
+    known = [SPLIT_TEXTS.get(mode, _e(mode)) for mode in sorted(modes) if mode]
+    if not known:
+        return ""
+    return f'<p class="caption">Splits: {"; ".join(known)}.</p>'
 
 
 def _with_interval(value: float, low: float, high: float) -> str:
@@ -334,6 +352,11 @@ def _seed_cell(train: dict[str, Any], run: ReportRun) -> str:
     return f"{seed}<br><small>{_e(run.seed_selection)}</small>" if run.seed_selection else seed
 
 
+def _precision_text(asked: str, resolved: str | None) -> str:
+    """``"auto → 32-true"``, or the asked precision alone when it resolved to itself or was not recorded."""
+    return f"{asked} → {resolved}" if resolved and resolved != asked else str(asked)
+
+
 def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cache: FigureCache) -> str:
     rows = []
     for run in runs:
@@ -344,13 +367,14 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cac
                      _e(config.get("data_version", "–")), _e(", ".join(config.get("classes", []))),
                      _e(", ".join(config.get("channels", []))),
                      _e(f"{config.get('image_size', '–')} (store {config.get('store_image_size', '–')})"),
+                     _e(run.split_mode or "–"),
                      _e(train.get("epochs", "–")), _e(train.get("preset", "–")), _seed_cell(train, run),
-                     _e(train.get("precision", "–")),
+                     _e(_precision_text(train.get("precision", "–"), config.get("resolved_precision"))),
                      _e(_threshold_text(run.evaluation["threshold"])),
                      _e(run.evaluation["threshold"].get("offset_source", "–")),
                      _duration(seconds)])
-    header = ["run", "model", "fold", "store", "data version", "classes", "channels", "image size", "epochs",
-              "preset", "seed", "precision", "threshold", "offset source", "training time"]
+    header = ["run", "model", "fold", "store", "data version", "classes", "channels", "image size", "split",
+              "epochs", "preset", "seed", "precision", "threshold", "offset source", "training time"]
     curves = []
     for g in groups:
         series = {f"fold {run.fold}": _curves(run.run_dir) for run in g.runs}
@@ -362,8 +386,8 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cac
     conventions = sorted({run.evaluation["segmentation"].get("convention") or "–" for run in runs})
     return (_table(header, rows, text_columns=len(header) - 1, wrap=True)
             + "".join(f'<p class="caption"><b>Dice convention</b>: {_e(text)}</p>' for text in conventions)
-            + '<p class="caption">Precision as requested: <code>auto</code> is 32-true on the CPU and '
-              "bf16-mixed (16-mixed without bf16) on a GPU.</p>"
+            + '<p class="caption">Precision as requested, then (after →) what it resolved to where the run last '
+              "trained: <code>auto</code> is 32-true on the CPU and bf16-mixed (16-mixed without bf16) on a GPU.</p>"
             + '<p class="caption">Training time: first to last training/validation event in the run\'s '
               "TensorBoard files (all attempts of a resumed run added up).</p>"
             + f'<h3>Training curves</h3><div class="figures">{"".join(curves) or "–"}</div>')

@@ -139,7 +139,7 @@ def test_a_re_threshold_re_draws_only_the_figures_it_changes(report_runs, tmp_pa
 def test_page_has_tables_models_notes_and_no_external_reference(report):
     page = report.read_text()
     for text in ("test report", "Precision", "Recall", "F1", "Accuracy", "median Dice", "FPR tumour-free",
-                 "LGG vs HGG acc.", "patient acc.", "GP-UNet", "ResNeXt50", "GP (inherent)", "Grad-CAM (post-hoc)",
+                 "tumour-only acc.", "patient acc.", "GP-UNet", "ResNeXt50", "GP (inherent)", "Grad-CAM (post-hoc)",
                  "thresholds re-run by `gpseg postprocess`", "Dice = 2|P∩T|", "Training curves", "BraTS",
                  "Jun Cheng", "Example panels", "Input channel: t1."):
         assert html.escape(text) in page, text
@@ -486,14 +486,34 @@ def test_a_grad_cam_run_names_its_grid_so_constant_maps_are_explained(report, re
     assert "ResNeXt50 (Grad-CAM 1×1)" in html.unescape(report.read_text())
 
 
-def test_the_configuration_table_names_each_runs_precision(report, report_runs, tmp_path):
-    page = report.read_text()
-    assert '<th class="text">precision</th>' in page and '<td class="text">auto</td>' in page
+def test_the_configuration_table_names_each_runs_precision_and_split(report, report_runs, tmp_path):
+    page = html.unescape(report.read_text())
+    assert '<th class="text">precision</th>' in page and '<td class="text">auto → 32-true</td>' in page
+    assert '<th class="text">split</th>' in page and '<td class="text">grouped</td>' in page
+    assert "Splits: patient-grouped (no patient in two splits of a fold)." in page
     run = _copy_run(report_runs["gp"], tmp_path / "bf16")
     config = json.loads((run / "config.json").read_text())
     config["train"]["precision"] = "bf16-mixed"
+    config["resolved_precision"] = "bf16-mixed"
     (run / "config.json").write_text(json.dumps(config))
     assert '<td class="text">bf16-mixed</td>' in build_report([run], tmp_path / "out").read_text()
+
+
+def test_a_report_on_slice_level_splits_says_its_scores_are_optimistic(report_runs, tmp_path):
+    """The report said nothing of the split protocol, and its note on the paper implied patient-grouped splits."""
+    from storage.store import open_store
+
+    run = _copy_run(report_runs["gp"], tmp_path / "slice")
+    store = json.loads((run / "evaluation.json").read_text())["run"]["store_path"]
+    group = open_store(store, mode="r+")
+    split = dict(group.attrs["split"])
+    try:
+        group.attrs["split"] = {**split, "mode": "slice"}
+        page = html.unescape(build_report([run], tmp_path / "out").read_text())
+    finally:
+        group.attrs["split"] = split
+    assert "Splits: slice-level, as in the paper: a patient's slices lie in the training and the test split" in \
+        re.sub("<[^>]+>", "", page)
 
 
 def test_export_masks_of_a_2d_run_is_refused_in_one_line_before_thresholding(report_runs, tmp_path, monkeypatch):
