@@ -152,13 +152,16 @@ def _with_interval(value: float | None, interval: str | None) -> str:
     return f"{value:.3f} {interval_text(low, high)}"
 
 
-def flow_outcome(result: dict) -> typer.Exit:
-    """Print a ``full-benchmark`` result: the table of finished runs, each dataset's rejected source files
-    and each failure on one line, and where the report is; return the Exit to raise: 1 when anything
-    failed, else 2 when source files were rejected (as ``gpseg ingest`` does), else 0."""
+def flow_outcome(result: dict, thresholds: str | None = None) -> typer.Exit:
+    """Print a ``full-benchmark`` result: the table of finished runs (and, given, the thresholds its Dice
+    used, as the report's notes say them), each dataset's rejected source files and each failure on one
+    line, and where the report is; return the Exit to raise: 1 when anything failed, else 2 when source
+    files were rejected (as ``gpseg ingest`` does), else 0."""
     table = results_table(result["rows"])
     if table is not None:
         console.print(table)
+        if thresholds:
+            console.print(f"thresholds: {escape(thresholds)}", highlight=False, soft_wrap=True)
     for note in result.get("rejected", []):
         console.print(f"[yellow]rejected:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
     for row in result["failed"]:

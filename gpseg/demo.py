@@ -62,7 +62,7 @@ def demo(
         raise fail(one_line(exc)) from exc
     result = run_benchmark(params)
     console.print(f"\nmain job finished in {time.perf_counter() - start:.0f} s")
-    raise flow_outcome(result)
+    raise flow_outcome(result, params.threshold.describe())
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def benchmark_cmd(
             check_cluster(params.dask_address, int(params.train_overrides.get("devices", 1)))
         except RuntimeError as exc:
             raise fail(str(exc)) from exc
-    raise flow_outcome(run_benchmark(params))
+    raise flow_outcome(run_benchmark(params), params.threshold.describe())
 
 
 def run_benchmark(params: "BenchmarkParams") -> dict:
@@ -171,10 +171,10 @@ def retrain_cmd(
             **({"models": [m.strip() for m in models.split(",")]} if models else {}))
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
-    raise retrain_outcome(run_here(lambda: retrain_on_new_data(params)), drop)
+    raise retrain_outcome(run_here(lambda: retrain_on_new_data(params)), drop, params.threshold.describe())
 
 
-def retrain_outcome(result: dict, drop: Path) -> typer.Exit:
+def retrain_outcome(result: dict, drop: Path, thresholds: str | None = None) -> typer.Exit:
     """Print a ``retrain-on-new-data`` result and return the Exit to raise (see :func:`retrain_cmd`)."""
     for file, reason in (result.get("rejected") or {}).items():
         console.print(f"[yellow]rejected:[/yellow] {escape(file)}: {escape(reason)}", highlight=False, soft_wrap=True)
@@ -186,6 +186,8 @@ def retrain_outcome(result: dict, drop: Path) -> typer.Exit:
     table = results_table(rows)
     if table is not None:
         console.print(table)
+        if thresholds:
+            console.print(f"thresholds: {escape(thresholds)}", highlight=False, soft_wrap=True)
     failed = [row for row in rows if row["status"] != "ok"]
     for row in failed:
         console.print(f"[red]failed:[/red] {escape(row_where(row))}: {escape(row['status'].removeprefix('FAILED: '))}",

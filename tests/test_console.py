@@ -68,6 +68,11 @@ def test_a_flow_outcome_shows_its_finished_runs_as_a_table_within_80_columns(mon
                                 "Grad-CAM"]
     assert lines[4].split() == ["brats", "gp-unet", "0", "0.900", "–", "GP"]
     assert lines[-2:] == ["failed: brats resnext50 fold 1: out of memory", "report: r/index.html"]
+    # the thresholds the Dice of the table used, as the report's notes say them (the table has no label for them)
+    text.truncate(0)
+    text.seek(0)
+    flow_outcome({"report": "r/index.html", "rows": ok, "failed": []}, "multiotsu, offset 0.3")
+    assert text.getvalue().splitlines()[-2:] == ["thresholds: multiotsu, offset 0.3", "report: r/index.html"]
 
 
 def test_a_flow_outcome_names_rejected_source_files_and_exits_2(output: io.StringIO) -> None:
