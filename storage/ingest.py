@@ -154,9 +154,9 @@ def _examined(old: dict[str, str], rejected: dict[str, str], rejected_cases: Seq
     files += [f for f in plan.metadata if f.is_file()]
     if not plan.listing:  # a manifest's files are those it lists, each read or rejected
         files += [f for f in data_files(plan.root) if source_key(str(f), plan.root) not in stored]
-    for file in files:
+    for key, file in {source_key(str(file), plan.root): file for file in files}.items():  # each file hashed once
         try:
-            examined[source_key(str(file), plan.root)] = sha256_file(file)
+            examined[key] = sha256_file(file)
         except OSError:  # unreadable or gone: it stays new data, and its rejection says why
             continue
     return examined

@@ -72,9 +72,9 @@ def slice_table(group, block: int = BLOCK, progress: Callable[[int, int], None] 
         finite = np.isfinite(flat_i)
         stats["image_finite"].append(finite.all(axis=1))
         stats["image_min"].append(np.where(finite, flat_i, np.inf).min(axis=1))
-        stats["image_max"].append(np.where(finite, flat_i, -np.inf).max(axis=1))
-        channels = images.reshape(images.shape[0], images.shape[1], -1)
-        stats["channel_max"].append(np.where(np.isfinite(channels), channels, -np.inf).max(axis=2))
+        highest = np.where(finite, flat_i, -np.inf).reshape(*images.shape[:2], -1).max(axis=2)  # (n, C)
+        stats["channel_max"].append(highest)
+        stats["image_max"].append(highest.max(axis=1))
     if progress is not None:
         progress(n, n)
     channel_max = stats.pop("channel_max")
