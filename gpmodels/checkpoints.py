@@ -97,6 +97,10 @@ class CheckpointProgress:
     epochs_done: int
 
 
+UNLOADABLE: tuple[type[BaseException], ...] = (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError)
+"""What ``torch.load(..., weights_only=True)`` raises for a file that is truncated, empty or not torch's."""
+
+
 def read_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """A checkpoint of a run directory, loaded on the CPU with ``weights_only=True``.
 
@@ -116,7 +120,7 @@ def read_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
         missing = [key for key in keys if key not in checkpoint]
         if missing:
             raise ValueError(f"no {', '.join(missing)} entry")
-    except (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+    except (*UNLOADABLE, KeyError, TypeError) as exc:
         raise damaged_checkpoint(Path(path), exc) from None
     return checkpoint
 

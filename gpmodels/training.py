@@ -17,7 +17,6 @@ import gc
 import json
 import logging
 import os
-import pickle
 import platform
 import shutil
 import signal
@@ -39,6 +38,7 @@ from torch import nn
 
 from gpmodels.checkpoints import (
     CheckpointProgress,
+    UNLOADABLE,
     RunDirCheckpointIO,
     RunPaths,
     checkpoint_progress,
@@ -523,7 +523,7 @@ def load_trained(run_dir: Path | str, which: Literal["best", "last"] = "best",
     if which == "best":
         try:
             state = torch.load(weights, map_location=map_location, weights_only=True)
-        except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+        except UNLOADABLE as exc:
             raise damaged(weights, exc, "; re-run the training command to write it again from "
                           "checkpoints/best.ckpt") from None
     else:
