@@ -59,12 +59,14 @@ def one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-def os_error_line(exc: OSError) -> str:
-    """An operating-system error as ``PATH: reason`` (``PATH -> OTHER: reason`` for a rename or copy)."""
-    reason = exc.strerror or str(exc)
+def os_error_line(exc: OSError, path: Path | str | None = None) -> str:
+    """An operating-system error as ``PATH: reason`` (``PATH -> OTHER: reason`` for a rename or copy);
+    ``path`` names the file when the error names none."""
+    reason = exc.strerror or one_line(exc) or type(exc).__name__
     if isinstance(exc, FileExistsError) and exc.filename is not None and not Path(exc.filename).is_dir():
         reason = "exists and is not a folder"
-    where = [str(name) for name in (exc.filename, exc.filename2) if name is not None]
+    where = [str(name) for name in (exc.filename, exc.filename2) if name is not None] or (
+        [str(path)] if path is not None else [])
     return f"{' -> '.join(where)}: {reason}" if where else reason
 
 

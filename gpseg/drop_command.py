@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS
-from gpseg.console import console, fail, one_line
+from gpseg.console import console, fail, one_line, os_error_line
 
 
 def drop_cmd(
@@ -64,7 +64,7 @@ def drop_cmd(
     try:
         into.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise fail(f"{_os_error_line(exc, into)}; nothing was copied") from exc
+        raise fail(f"{os_error_line(exc, into)}; nothing was copied") from exc
     copied = 0
     for item in path:
         target = into / item.name
@@ -257,7 +257,7 @@ def _put(item: Path, target: Path) -> tuple[bool, str]:
             dst.parent.mkdir(parents=True, exist_ok=True)
             _replace_file(src, dst)
     except OSError as exc:
-        raise _CopyFailed(_os_error_line(exc, item)) from exc
+        raise _CopyFailed(os_error_line(exc, item)) from exc
     if not replaced and not added:
         return False, f"[yellow]skip[/yellow] {escape(item.name)}: already in {escape(str(target.parent))}, " \
                       "identical"
@@ -338,11 +338,6 @@ def _discard(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
-
-
-def _os_error_line(exc: OSError, path: Path) -> str:
-    """``"FILE: reason"`` for an OS error, naming its file or else ``path``."""
-    return f"{exc.filename or path}: {exc.strerror or one_line(exc) or type(exc).__name__}"
 
 
 HEALTH_TIMEOUT_S = 5.0

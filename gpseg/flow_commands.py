@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
-from gpseg.console import console, fail, flow_outcome, one_line, results_table, row_where
+from gpseg.console import console, fail, flow_outcome, one_line
 from gpseg.options import PRECISION_HELP, flow_train_overrides, parse_model_options, parse_seeds
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
 
 if TYPE_CHECKING:
-    from flows.params import BenchmarkParams
+    from flows.params import BenchmarkParams, ThresholdParams
     from gpseg.local_stack import LocalStack
 
 
@@ -71,12 +71,9 @@ def benchmark_cmd(
     try:
         params = BenchmarkParams(
             workdir=str(workdir), folds=folds, preset=preset, dask_address=dask_address,
-            model_options=parse_model_options(option or []),
             datasets=[DatasetSpec(kind=k, source=v, phantom_cases=16 if k == "brats" else 120, image_size=image_size,
                                   split=split) for k, v in sources.items() if v],
-            threshold=threshold,
-            train_overrides=flow_train_overrides(devices, precision), seeds=parse_seeds(seeds),
-            **({"models": [m.strip() for m in models.split(",")]} if models else {}))
+            **training_options(models, option, devices, precision, seeds, threshold))
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
     if params.dask_address:  # here too, before Prefect starts and logs the flow's failure with its traceback
@@ -87,6 +84,19 @@ def benchmark_cmd(
         except RuntimeError as exc:
             raise fail(str(exc)) from exc
     raise flow_outcome(run_benchmark(params), params.threshold.describe())
+
+
+def training_options(models: str | None, option: list[str] | None, devices: int, precision: str,
+                     seeds: str | None, threshold: "ThresholdParams") -> dict:
+    """The ``flows.params.TrainingParams`` fields that `gpseg benchmark` and `gpseg retrain` take from the
+    same options (``--models``, ``--option``, ``--devices``, ``--precision``, ``--seeds`` and the thresholds).
+
+    Raises:
+        ValueError: an option that does not parse (as the flow parameters' own validation does).
+    """
+    return {"model_options": parse_model_options(option or []), "threshold": threshold,
+            "train_overrides": flow_train_overrides(devices, precision), "seeds": parse_seeds(seeds),
+            **({"models": [m.strip() for m in models.split(",")]} if models else {})}
 
 
 def run_benchmark(params: "BenchmarkParams") -> dict:
@@ -166,37 +176,27 @@ def retrain_cmd(
     try:
         params = RetrainParams(
             workdir=str(workdir), dataset=DatasetSpec(kind=kind, source=str(drop)), folds=folds, preset=preset,
-            model_options=parse_model_options(option or []), threshold=threshold,
-            train_overrides=flow_train_overrides(devices, precision), seeds=parse_seeds(seeds),
-            **({"models": [m.strip() for m in models.split(",")]} if models else {}))
+            **training_options(models, option, devices, precision, seeds, threshold))
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
     raise retrain_outcome(run_here(lambda: retrain_on_new_data(params)), drop, params.threshold.describe())
 
 
 def retrain_outcome(result: dict, drop: Path, thresholds: str | None = None) -> typer.Exit:
-    """Print a ``retrain-on-new-data`` result and return the Exit to raise (see :func:`retrain_cmd`)."""
-    for file, reason in (result.get("rejected") or {}).items():
-        console.print(f"[yellow]rejected:[/yellow] {escape(file)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    """Print a ``retrain-on-new-data`` result and return the Exit to raise (see :func:`retrain_cmd`): a
+    retraining as :func:`gpseg.console.flow_outcome` prints a benchmark, after the data version it trained."""
+    rejected = [f"{file}: {reason}" for file, reason in (result.get("rejected") or {}).items()]
     if result["status"] != "retrained":
+        for note in rejected:
+            console.print(f"[yellow]rejected:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
         said = f"{len(result['new_files'])} new file(s), none ingested" if result["new_files"] else "nothing new"
         console.print(f"{result['status']}: {escape(str(drop))} ({said})", highlight=False, soft_wrap=True)
-        return typer.Exit(2 if result.get("rejected") else 0)
-    rows = result["rows"]
-    table = results_table(rows)
-    if table is not None:
-        console.print(table)
-        if thresholds:
-            console.print(f"thresholds: {escape(thresholds)}", highlight=False, soft_wrap=True)
-    failed = [row for row in rows if row["status"] != "ok"]
-    for row in failed:
-        console.print(f"[red]failed:[/red] {escape(row_where(row))}: {escape(row['status'].removeprefix('FAILED: '))}",
-                      highlight=False, soft_wrap=True)
+        return typer.Exit(2 if rejected else 0)
     console.print(f"retrained on data version {result['data_version']} ({result['ingested']} new case(s))",
                   highlight=False)
-    if result["report"]:
-        console.print(f"[bold green]report:[/bold green] {result['report']}", highlight=False)
-    return typer.Exit(1 if failed else 2 if result.get("rejected") else 0)
+    failed = [row for row in result["rows"] if row["status"] != "ok"]
+    return flow_outcome({"rows": result["rows"], "failed": failed, "rejected": rejected, "report": result["report"]},
+                        thresholds)
 
 
 def serve_cmd(
