@@ -19,6 +19,11 @@ from pathlib import Path
 POLL_S = 0.05
 """Seconds between two looks at whether the signalled groups have ended."""
 
+KILL_WAIT_S = 10.0
+"""Seconds to wait, after SIGKILL, for the killed processes to be gone. SIGKILL is delivered
+asynchronously: a busy machine can take a moment to end a process, and one in uninterruptible sleep
+(``D``, e.g. on a hung network file system) ends only when its I/O returns, so the wait is bounded."""
+
 
 def group_is_alive(group: int) -> bool:
     """Whether process group ``group`` has a process that is not a zombie (exited, not yet reaped).
@@ -56,6 +61,9 @@ def signal_group(group: int, signum: int) -> None:
 def end_groups(groups: Iterable[int], grace_s: float, leaders: Iterable[subprocess.Popen] = ()) -> None:
     """SIGTERM to every live group of ``groups``, then SIGKILL to those still alive after ``grace_s``.
 
+    On return the groups' processes are gone (unless one outlives SIGKILL by more than
+    :data:`KILL_WAIT_S`, as a process stuck in uninterruptible I/O can).
+
     The groups are signalled together and share one grace period, so ending several costs at most
     ``grace_s``, not one grace period each. A second interruption during the wait (``KeyboardInterrupt``)
     sends SIGKILL at once.
@@ -82,6 +90,19 @@ def end_groups(groups: Iterable[int], grace_s: float, leaders: Iterable[subproce
             signal_group(group, signal.SIGKILL)
         for leader in leaders:
             leader.wait()
+        _wait_until_gone(live, KILL_WAIT_S)
+
+
+def _wait_until_gone(groups: list[int], timeout_s: float) -> None:
+    """Poll until no process of ``groups`` is alive, at most ``timeout_s`` seconds (or until interrupted)."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while groups and time.monotonic() < deadline:
+            groups = [group for group in groups if group_is_alive(group)]
+            if groups:
+                time.sleep(POLL_S / 5)
+    except KeyboardInterrupt:  # the processes have SIGKILL already; only the wait is cut short
+        pass
 
 
 def stop_process_group(leader: subprocess.Popen, grace_s: float) -> None:

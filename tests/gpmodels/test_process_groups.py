@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from gpmodels import process_groups
 from gpmodels.process_groups import end_groups, group_is_alive, stop_process_group
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process states from /proc")
@@ -68,3 +71,21 @@ def test_groups_that_are_gone_are_no_error():
     done.wait()
     assert not group_is_alive(done.pid)
     end_groups([done.pid, done.pid], grace_s=5, leaders=[done])
+
+
+def test_end_groups_returns_only_once_the_killed_processes_are_gone(tmp_path, monkeypatch):
+    """SIGKILL is asynchronous: on a busy machine a killed process runs on for a moment (CI once saw
+    rank 1 alive right after the call). Here the kill lands 0.3 s late; the call must wait for it."""
+    leader = _group(tmp_path, "slow-death", "ignore-term")
+    send = process_groups.signal_group
+
+    def late_kill(group: int, signum: int) -> None:
+        if signum == signal.SIGKILL:
+            threading.Timer(0.3, send, (group, signum)).start()
+        else:
+            send(group, signum)
+
+    monkeypatch.setattr(process_groups, "signal_group", late_kill)
+    end_groups([leader.pid], grace_s=0.2)
+    assert not group_is_alive(leader.pid)  # the leader is a zombie until reaped, which counts as gone
+    assert leader.wait(timeout=10) == -9
