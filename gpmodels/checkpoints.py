@@ -20,9 +20,7 @@ naming it (:func:`read_checkpoint`).
 from __future__ import annotations
 
 import csv
-import os
 import pickle
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor
 
-from gpmodels.files import TMP_MARK
+from gpmodels.files import TMP_MARK, replace_atomically
 from storage.errors import one_line
 
 _NET_PREFIX = "net."
@@ -169,10 +167,9 @@ def net_state_from_checkpoint(path: Path) -> dict[str, Tensor]:
 
 
 def save_weights(state: dict[str, Tensor], path: Path) -> None:
-    """Save a state_dict of tensors atomically (write, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({key: value.detach().cpu().contiguous() for key, value in state.items()}, tmp)
-    tmp.replace(path)
+    """Save a state_dict of tensors atomically and durably (:func:`gpmodels.files.replace_atomically`)."""
+    tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
+    replace_atomically(path, lambda handle: torch.save(tensors, handle))
 
 
 class RunDirCheckpointIO(TorchCheckpointIO):
@@ -181,8 +178,8 @@ class RunDirCheckpointIO(TorchCheckpointIO):
     Lightning's own writes the checkpoint to a temporary file under ``$TMPDIR`` and moves it into
     place; where ``$TMPDIR`` is on another file system that move is a copy, and a process killed
     during it leaves a truncated ``last.ckpt``. Here the temporary file (``.<name>.tmp-<8 hex>``) is in
-    the checkpoint's folder, and ``os.replace`` puts it in place in one step. Paths with a URL scheme
-    are left to Lightning's writer.
+    the checkpoint's folder, is synced to disk, and ``os.replace`` puts it in place in one step
+    (:func:`gpmodels.files.replace_atomically`). Paths with a URL scheme are left to Lightning's writer.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
@@ -191,12 +188,7 @@ class RunDirCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}"
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        replace_atomically(path, lambda handle: torch.save(checkpoint, handle))
 
 
 def remove_partial_checkpoints(paths: RunPaths) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from storage.errors import one_line
 
@@ -19,7 +20,7 @@ train several seeds: ``{"kept": "seed_S", "losses": {"seed_S": best validation l
 "failed": ["seed_T", ...]}``."""
 
 TMP_MARK = ".tmp-"
-"""Marks the temporary files of :func:`write_bytes_atomic` (``.<name>.tmp-<8 hex>``)."""
+"""Marks the temporary files of :func:`replace_atomically` (``.<name>.tmp-<8 hex>``)."""
 
 
 def heatmap_path(run_dir: Path | str, split: str) -> Path:
@@ -80,20 +81,45 @@ def relocated(recorded: str, recorded_run_dir: str | None, run_dir: Path | str) 
     return str(candidate) if candidate.exists() else recorded
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a uniquely named temporary file and a rename.
+def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` through a uniquely named temporary file beside it, then rename it into place.
 
-    A reader never sees a half-written file, concurrent writers (e.g. DDP ranks) do not share a
-    temporary file (``.<name>.tmp-<8 hex>``), and a failed write leaves the old file in place and no
-    temporary behind.
+    ``write`` receives the open temporary file (binary). Its bytes are flushed to disk (``fsync``)
+    before the rename and the folder after it, so that a crash or power loss leaves the old file or
+    the whole new one, never a renamed file with missing blocks. A reader never sees a half-written
+    file, concurrent writers (e.g. DDP ranks) do not share a temporary file (``.<name>.tmp-<8 hex>``),
+    and a failed or interrupted write leaves the old file in place and no temporary behind.
     """
     path = Path(path)
     tmp = path.parent / f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}"
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """``fsync`` a folder so that a rename in it survives a crash; a no-op where folders cannot be opened."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # file systems that do not sync folders
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably (:func:`replace_atomically`)."""
+    replace_atomically(path, lambda handle: handle.write(data))
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -9,18 +9,16 @@ patient, and the export transposes its result back to the source's axis order;
 :func:`export_patient_masks` writes one ``<patient><suffix>.nii.gz`` per patient with the
 header of the patient's original file, so that the mask overlays the source in any viewer.
 
-Files are written atomically: the compressed bytes go to a hidden ``.tmp`` file in the output
-folder, are flushed to disk and then renamed over the final name, so an interrupted export leaves
-either the previous file or the complete new one (at worst a hidden ``.tmp`` file, which never
-ends in ``.nii.gz``).
+Files are written atomically: the compressed bytes go to a hidden temporary file in the output
+folder (``.<name>.tmp-<8 hex>``), are flushed to disk and then renamed over the final name, so an
+interrupted export leaves either the previous file or the complete new one (at worst a hidden
+temporary file, which never ends in ``.nii.gz``).
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
-import os
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import nibabel as nib
 import numpy as np
 import zarr
 
+from gpmodels.files import replace_atomically
 from storage.store import open_store, read_patients
 from storage.volumes import record_axes
 
@@ -180,16 +179,7 @@ def write_nifti_atomic(image: nib.Nifti1Image, path: Path) -> Path:
     """
     path = Path(path)
     payload = gzip.compress(image.to_bytes(), compresslevel=_GZIP_LEVEL, mtime=0)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    replace_atomically(path, lambda handle: handle.write(payload))
     return path
 
 

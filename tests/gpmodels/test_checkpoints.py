@@ -73,8 +73,8 @@ def test_checkpoints_are_written_beside_their_place_and_renamed(tmp_path, monkey
     assert replaced and replaced[0][0].parent == path.parent and replaced[0][1] == path
     assert checkpoint_progress(path).global_step == 2
 
-    def killed_half_way(obj, target):
-        Path(target).write_bytes(b"PK\x03\x04 half a checkpoint")
+    def killed_half_way(obj, handle):
+        handle.write(b"PK\x03\x04 half a checkpoint")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoints.torch, "save", killed_half_way)

@@ -24,6 +24,28 @@ def test_failed_write_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
+def test_the_new_bytes_are_on_disk_before_the_rename_and_the_rename_after_it(tmp_path, monkeypatch):
+    """Without the file's fsync, a crash soon after the rename can leave the new name with missing
+    blocks (a zero-length ``last.ckpt``), and without the folder's the rename itself can be lost."""
+    import os
+    import stat
+
+    from gpmodels import files
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(descriptor):
+        events.append("sync folder" if stat.S_ISDIR(os.fstat(descriptor).st_mode) else "sync file")
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", lambda src, dst: (events.append("rename"), real_replace(src, dst)))
+    files.write_bytes_atomic(tmp_path / "model.pt", b"weights")
+    assert events == ["sync file", "rename", "sync folder"]
+    assert (tmp_path / "model.pt").read_bytes() == b"weights"
+
+
 def test_a_recorded_store_path_follows_a_moved_or_copied_run_dir(tmp_path):
     from gpmodels.files import relocated
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from gpmodels import nifti_export
+from gpmodels import files, nifti_export
 from gpseg.cli import app
 from gpmodels.nifti_export import MASK_DESCRIPTION, export_patient_masks, reassemble_volume
 from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
@@ -281,7 +281,7 @@ def test_failed_write_keeps_the_previous_file(native_store: Path, tmp_path: Path
     def interrupted(src: str, dst: str) -> None:
         raise OSError(f"simulated interruption renaming {src} to {dst}")
 
-    monkeypatch.setattr(nifti_export.os, "replace", interrupted)
+    monkeypatch.setattr(files.os, "replace", interrupted)
     with pytest.raises(OSError, match="simulated interruption"):
         export_patient_masks(native_store, indices, np.zeros_like(masks), tmp_path)
     assert [p.read_bytes() for p in written] == before
