@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import threading
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,13 +39,42 @@ class NiftiVolume:
     sha256: str
 
 
+_HASHED_MAX = 200_000
+"""Files whose digest :func:`sha256_file` keeps in this process (a BraTS release is about 1,900 files)."""
+_hashed: OrderedDict[tuple[int, int, int, int, int], str] = OrderedDict()
+_hashed_lock = threading.Lock()
+
+
 def sha256_file(path: Path, block: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in blocks."""
+    """Hex sha256 of a file, read in blocks.
+
+    The digest is kept for this process under the file's identity and state (device, inode, size,
+    modification and change times, in ns), so a file that a run hashes twice, e.g. a drop folder's
+    stored cases, once to find the new ones and once when ingestion checks they are unchanged, is read
+    once. Writing to a file, or replacing it, changes its change time (which no tool can set back), so
+    a changed file is always read again.
+    """
+    try:
+        stat = os.stat(path)
+        key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    except OSError:
+        key = None  # open() below raises the error with the file's name
+    if key is not None:
+        with _hashed_lock:
+            if key in _hashed:
+                _hashed.move_to_end(key)
+                return _hashed[key]
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(block):
             digest.update(chunk)
-    return digest.hexdigest()
+    hexdigest = digest.hexdigest()
+    if key is not None:
+        with _hashed_lock:
+            _hashed[key] = hexdigest
+            if len(_hashed) > _HASHED_MAX:
+                _hashed.popitem(last=False)
+    return hexdigest
 
 
 def _decompress(path: Path, data: bytes) -> bytes:

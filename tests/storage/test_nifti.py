@@ -67,3 +67,29 @@ def test_member_boundary_inside_a_feed_chunk(tmp_path, monkeypatch):
     path = tmp_path / "multi.nii.gz"
     path.write_bytes(_bgzip_like(raw, parts=9))
     assert np.array_equal(load_nifti(path).data, data)
+
+
+def test_a_file_is_hashed_once_per_process_until_it_changes(tmp_path, monkeypatch):
+    """A retrain hashes the drop folder's stored files to find new ones, and ingestion again to check they
+    are unchanged: with a 13 GB BraTS drop folder that was two full reads each night."""
+    import builtins
+    import hashlib
+    import os
+
+    from storage import nifti
+
+    path = tmp_path / "BraTS20_Training_001_t1.nii.gz"
+    path.write_bytes(b"first volume")
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda file, *a, **k: (opened.append(str(file)), real_open(file, *a, **k))[1])
+    assert nifti.sha256_file(path) == hashlib.sha256(b"first volume").hexdigest()
+    assert nifti.sha256_file(path) == hashlib.sha256(b"first volume").hexdigest()
+    assert opened == [str(path)]
+
+    stat = path.stat()
+    path.write_bytes(b"other volume")  # same size, and its modification time set back as `cp -p` would
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert nifti.sha256_file(path) == hashlib.sha256(b"other volume").hexdigest()
+    with pytest.raises(FileNotFoundError, match="gone.nii.gz"):
+        nifti.sha256_file(tmp_path / "gone.nii.gz")
