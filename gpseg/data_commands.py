@@ -163,27 +163,39 @@ def validate_cmd(store: Annotated[Path, typer.Argument(help="Slice store to chec
 def info_cmd(store: Annotated[Path, typer.Argument(help="Slice store to describe.")]) -> None:
     """Print classes, channels, shape, slices per class and split, patients, sources, volumes stored other than
     axially, and rejects."""
-    from storage.info import summarise_store
+    from rich.table import Table
+
+    from storage.info import counts_text, describe_split, summarise_store
 
     try:
         s = summarise_store(store)
     except StoreError as exc:
         raise fail(str(exc)) from exc
-    console.print(f"[bold]{s.path}[/bold]  dataset={s.dataset}  data_version={s.data_version}")
-    console.print(f"images {s.shape}  channels {s.channels}  normalisation {s.normalisation}")
-    console.print(f"classes {s.classes}  slices per class {s.per_class}")
-    console.print(f"patients {s.patients}  sources {s.sources} files  split {s.split}")
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    images, channels, size = s.shape[0], s.shape[1], " x ".join(map(str, s.shape[2:]))
+    rows = [("dataset", s.dataset), ("data version", s.data_version),
+            ("images", f"{images} slices, {channels} channel(s) {', '.join(s.channels)}, {size} px, "
+                       f"normalisation {s.normalisation}"),
+            ("classes", counts_text(s.per_class)), ("patients", f"{s.patients}, from {s.sources} source file(s)"),
+            ("split", describe_split(s.split))]
     for fold, splits in s.per_split.items():
-        console.print(f"fold {fold}: " + "; ".join(f"{name} {sum(c.values())} {c}" for name, c in splits.items()))
+        rows += [(f"fold {fold}" if i == 0 else "", f"{name} {counts_text(counts)}")
+                 for i, (name, counts) in enumerate(splits.items())]
     if s.reoriented:
         shown = [f"{patient}: {axes}" for patient, axes in list(s.reoriented.items())[:5]]
         more = f" and {len(s.reoriented) - len(shown)} more" if len(s.reoriented) > len(shown) else ""
-        console.print(f"{len(s.reoriented)} patient(s) stored in another orientation than axial, their voxel "
-                      f"axes reordered before slicing (patient: order): {', '.join(shown)}{more}",
-                      highlight=False, soft_wrap=True)
-    console.print(f"rejected {len(s.rejected)}")
+        rows.append(("reoriented", f"{len(s.reoriented)} patient(s) stored in another orientation than axial, "
+                                   f"their voxel axes reordered before slicing (patient: order): "
+                                   f"{', '.join(shown)}{more}"))
+    rows.append(("rejected", str(len(s.rejected))))
     for file, reason in s.rejected.items():
-        console.print(f"  {escape(file)}: {escape(reason)}", highlight=False, soft_wrap=True)
+        rows.append(("", f"{file}: {reason}"))
+    for name, value in rows:
+        grid.add_row(name, escape(value))
+    console.print(f"[bold]{escape(str(s.path))}[/bold]", highlight=False, soft_wrap=True)
+    console.print(grid, highlight=False)
 
 
 SynthOut = Annotated[Path, typer.Argument(help="Output folder (created).")]

@@ -301,7 +301,7 @@ def test_cli_exit_codes_and_one_line_reasons(brats_copy, tmp_path):
     none = runner.invoke(app, ["ingest", "brats", str(tmp_path / "empty"), "--out", str(tmp_path / "c.zarr")])
     assert none.exit_code == 1 and "no usable brats cases" in none.output
     info = runner.invoke(app, ["info", str(tmp_path / "b.zarr")])
-    assert info.exit_code == 0 and "rejected 1" in info.output
+    assert info.exit_code == 0 and "rejected 1 BraTS20_Training_003: missing t2 volume" in " ".join(info.output.split())
     again = runner.invoke(app, ["ingest", "brats", str(tmp_path / "empty"), "--out", str(tmp_path / "b.zarr")])
     assert again.exit_code == 1
     assert again.output.strip() == (f"error: {tmp_path / 'b.zarr'}: exists; --append adds new cases to it, "
@@ -312,7 +312,8 @@ def test_cli_exit_codes_and_one_line_reasons(brats_copy, tmp_path):
     failed = runner.invoke(app, ["ingest", "brats", str(tmp_path / "empty"), "--out", str(tmp_path / "b.zarr"),
                                  "--overwrite"])
     assert failed.exit_code == 1 and "no usable brats cases" in failed.output
-    assert "rejected 1" in runner.invoke(app, ["info", str(tmp_path / "b.zarr")]).output  # the store was kept
+    kept = runner.invoke(app, ["info", str(tmp_path / "b.zarr")]).output
+    assert "rejected 1 BraTS20_Training_003" in " ".join(kept.split())  # the store was kept
     replaced = runner.invoke(app, ["ingest", "brats", str(brats_copy), "--out", str(tmp_path / "b.zarr"),
                                    "--overwrite", "--workers", "0"])
     assert replaced.exit_code == 2 and "0 already stored" in replaced.output

@@ -90,6 +90,20 @@ def test_jun_cheng_end_to_end_and_cvind(jun_cheng_source, tmp_path):
                      IngestConfig(workers=0, split=SplitConfig(mode="cvind", folds=5)))
     c = open_store(tmp_path / "c.zarr")
     assert np.array_equal(c["splits/fold_0"][:] == 2, c["cvind"][:] == 1)
+    # gpseg info says which split, without the ratios and seed that cvind does not use, one count per name
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    for store, split in (("c.zarr", "Jun Cheng's official folds (cvind.mat), 5 fold(s): fold k tests on cvind k+1 "
+                                    "and validates on the next"),
+                         ("j.zarr", "patient-grouped, 3 fold(s), seed 0, train:val:test 60:15:25")):
+        said = CliRunner().invoke(app, ["info", str(tmp_path / store)], env={"COLUMNS": "80"})
+        assert said.exit_code == 0, said.output
+        assert f"split {split}" in " ".join(said.output.split())
+        classes = next(line for line in said.output.splitlines() if line.startswith("classes"))
+        assert " ".join(classes.split()) == f"classes 18 (meningioma {(c['labels'][:] == 0).sum()}, " \
+                                            f"glioma {(c['labels'][:] == 1).sum()}, pituitary {(c['labels'][:] == 2).sum()})"
 
 
 def test_manifest_from_phantom_files(brats_source, tmp_path):
