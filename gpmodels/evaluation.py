@@ -158,8 +158,11 @@ def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig,
     classes = val["predicted"][:] if config.target_class == "predicted" else labels
     thresholded = classes > 0 if heat.attrs["classes"][0] == TUMOUR_FREE else np.ones(labels.size, bool)
     tumour, unmasked = np.flatnonzero(thresholded), np.flatnonzero(~thresholded)
-    if tumour.size == 0:
-        raise ValueError(f"{val_path}: no validation slice with a tumour class to choose an offset on")
+    fallback = PAPER_MULTIOTSU_OFFSETS.get(heat.attrs["model"], 0.0)
+    if tumour.size == 0:  # e.g. a collapsed network that calls every slice tumour-free: every offset scores 0
+        return (replace(config, offset=fallback),
+                f"auto impossible: no validation slice is {'labelled' if config.target_class == 'true' else 'predicted'}"
+                f" a tumour class, so every offset scores 0; the paper's offset {fallback:g} was used")
     index = val["index"][:]
     scores, has_target = [], []
     for start in range(0, tumour.size, chunk):
@@ -176,6 +179,9 @@ def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig,
     scores.append(np.zeros((len(config.auto_offsets), missed)))
     has_target.append(np.ones(missed, bool))
     has_target = np.concatenate(has_target)
+    if not has_target.any():
+        return (replace(config, offset=fallback),
+                f"auto impossible: no validation slice has a tumour mask; the paper's offset {fallback:g} was used")
     offset = best_offset(np.concatenate(scores, axis=1), config.auto_offsets, has_target)
     edge = (f"; {offset:g} is the largest offset tried, so a larger one may do better"
             if offset_at_edge(offset, config.auto_offsets) else "")

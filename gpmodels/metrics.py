@@ -56,7 +56,7 @@ def count_foreground(masks: np.ndarray) -> np.ndarray:
     """
     if masks.dtype != bool:
         raise TypeError(f"masks: got dtype {masks.dtype}, expected bool")
-    flat = np.ascontiguousarray(masks).reshape(masks.shape[0], -1).view(np.uint8)
+    flat = np.ascontiguousarray(masks).reshape(masks.shape[0], int(np.prod(masks.shape[1:]))).view(np.uint8)
     total = np.zeros(flat.shape[0], dtype=np.int64)
     for start in range(0, flat.shape[1], _BLOCK):
         total += np.add.reduce(flat[:, start:start + _BLOCK], axis=1, dtype=np.uint16)

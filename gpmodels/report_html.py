@@ -145,7 +145,7 @@ def _summary_section(groups: Sequence[ModelGroup]) -> str:
         "<b>median Dice</b>: the mean over folds of each fold's median Dice over test slices with a non-empty "
         "ground truth, ± std over folds; <b>Dice std (slices)</b>: the mean over folds of the std over slices "
         "(the paper's ± is over slices). Tumour-only accuracy: slices of the tumour classes only (LGG vs HGG for "
-        "BraTS, the paper's table 5; defined when there is a tumour-free class and two tumour classes). "
+        "BraTS, the paper's table 5; defined when there is a tumour-free class and at least two tumour classes). "
         "Patient accuracy: one grade per patient from its slices. FPR tumour-free: fraction of tumour-free "
         "slices given a non-empty mask. "
         "<b>Bold</b>: best per column. <i>paper</i>: Chatterjee et al., arXiv 2206.05148 (BraTS 2020 and Jun "

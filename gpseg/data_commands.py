@@ -127,8 +127,9 @@ def ingest_manifest_cmd(
     out: OutOpt, image_size: SizeOpt = None, channels: ChannelsOpt = None, normalisation: NormOpt = "robust",
     split: SplitOpt = "grouped", folds: FoldsOpt = 3, seed: SeedOpt = 0, workers: WorkersOpt = 2,
     dask_address: DaskOpt = None, append: AppendOpt = False, overwrite: OverwriteOpt = False,
-    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names, tumour-free first "
-                                                        "(default: tumour-free + the sorted labels).")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names: tumour-free, "
+                                                        "then the tumour classes in the order wanted (default: "
+                                                        "tumour-free + the sorted labels).")] = None,
 ) -> None:
     """Ingest your own NIfTI volumes listed in a manifest CSV."""
     config = _config(image_size, channels, normalisation, split, folds, seed, workers, dask_address)

@@ -107,7 +107,10 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
             done.append(run)
             results.append(result)
             threshold = result["threshold"]
-            if threshold.get("offset_source", "").startswith("auto") and offset_at_edge(
+            if threshold.get("offset_source", "").startswith("auto impossible"):
+                console.print(f"[yellow]warning[/yellow] {escape(str(run))}: --offset "
+                              f"{escape(threshold['offset_source'])}", highlight=False, soft_wrap=True)
+            elif threshold.get("offset_source", "").startswith("auto") and offset_at_edge(
                     threshold["offset"], threshold["auto_offsets"]):
                 console.print(f"[yellow]warning[/yellow] {escape(str(run))}: --offset auto chose {threshold['offset']:g}, "
                               "the largest offset it tries; a larger one may do better (give it as --offset)",

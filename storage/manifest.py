@@ -25,18 +25,22 @@ def read_manifest(path: Path, classes: list[str] | None = None
 
     Args:
         path: the CSV file.
-        classes: class names, ``classes[0]`` tumour-free; default
-            ``["tumour-free", *sorted other labels]``.
+        classes: class names, ``classes[0]`` must be ``tumour-free`` (the rest of gpseg knows the class of
+            slices without tumour by that name); default ``["tumour-free", *sorted other labels]``.
 
     Returns:
         ``(cases, classes, channels, rejected)``.
 
     Raises:
         ValueError: the header lacks ``patient_id``, ``label``, a channel or ``seg``, names a column
-            twice, or ``classes`` names a class twice.
+            twice, or ``classes`` names a class twice or does not start with ``tumour-free``.
     """
     if classes is not None and len(set(classes)) != len(classes):
         raise ValueError(f"classes: got {classes}, expected each class once")
+    if classes is not None and classes[:1] != [TUMOUR_FREE]:
+        # validation, thresholds, evaluation and the exported masks know the class without tumour by this name
+        raise ValueError(f"classes: got {classes}, expected {TUMOUR_FREE!r} first (the class of slices without "
+                         f"tumour); label patients without tumour {TUMOUR_FREE!r} in the manifest")
     with open(path, newline="", encoding="utf-8-sig") as fh:
         table = list(csv.reader(fh))
     header = [h.strip() for h in table[0]] if table else []
@@ -70,11 +74,10 @@ def read_manifest(path: Path, classes: list[str] | None = None
             if empty:
                 raise CaseRejected(where, f"patient {pid} has no path for {empty}")
             seg = (row.get("seg") or "").strip()
-            free = classes[0] if classes is not None else TUMOUR_FREE
-            if not seg and label != free:
+            if not seg and label != TUMOUR_FREE:
                 raise CaseRejected(where, f"patient {pid} is labelled {label!r} but has no seg, which tells its "
                                           f"tumour slices from its tumour-free ones; give it, or label a patient "
-                                          f"without tumour {free!r}")
+                                          f"without tumour {TUMOUR_FREE!r}")
         except CaseRejected as exc:
             rejected[exc.file] = exc.reason
             continue

@@ -140,3 +140,12 @@ def test_aggregate_folds():
     assert "classes" not in out and "flag" not in out
     with pytest.raises(ValueError, match="fold_metrics"):
         aggregate_folds([])
+
+
+def test_an_empty_stack_of_slices_gives_empty_results():
+    """A notebook user who filters slices down to none: the functions return (0,) like numpy, not an error."""
+    from gpmodels.postprocess import sweep_offsets
+
+    none = np.zeros((0, 4, 4), bool)
+    assert count_foreground(none).shape == (0,) and dice(none, none).shape == (0,)
+    assert sweep_offsets(np.zeros((0, 4, 4), np.float32), none, [0.1, 0.2]).shape == (2, 0)

@@ -23,12 +23,13 @@ from gpmodels.evaluation import evaluate_heatmaps, mask_reader, predicted_masks,
 from gpmodels.files import heatmap_path
 from gpmodels.heatmaps import generate_heatmaps, spread_rows, to_float16
 from gpmodels.nifti_export import export_patient_masks
-from gpmodels.postprocess import CleaningConfig, ThresholdConfig, select_maps
+from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS, CleaningConfig, ThresholdConfig, select_maps
 from gpmodels.report import FIGURE_CACHE_DIR, build_report, load_run, threshold_config
 from gpmodels.report_figures import OVERLAY_COLOURS, choose_examples, data_uri, overlay_colours
 from gpmodels.train_config import preset_config
 from gpmodels.training import train
 from storage.ingest import ingest_jun_cheng
+from storage.store import CHUNK_COUNTS, chunk_counts
 from storage.ingest_config import IngestConfig
 from storage.phantoms import write_jun_cheng_phantoms
 
@@ -883,3 +884,21 @@ def test_a_workdir_re_threshold_keeps_how_the_runs_were_made(report_runs, phanto
     explicit = CliRunner().invoke(app, ["postprocess", "--runs", str(fold), "--out", str(tmp_path / "other")])
     assert explicit.exit_code == 0
     assert json.loads((tmp_path / "other" / "metrics.json").read_text())["carried_notes"] == []
+
+
+def test_auto_offset_falls_back_to_the_papers_when_no_validation_slice_is_predicted_tumour(report_runs, tmp_path):
+    """A collapsed network calls every validation slice tumour-free: every offset scores 0. The run's
+    evaluation (its classification scores too) used to fail; now it is thresholded at the paper's offset
+    and says so."""
+    run = tmp_path / "run"
+    shutil.copytree(report_runs["gp"], run)
+    val = zarr.open_group(str(generate_heatmaps(run, "val", posthoc=0)), mode="r+")
+    val["predicted"][:] = np.zeros(val["predicted"].shape, val["predicted"].dtype)
+    val.attrs[CHUNK_COUNTS] = chunk_counts(val)  # as the writer records an all-zero array: no chunk file
+    result = evaluate_heatmaps(heatmap_path(run, "test"), ThresholdConfig(offset="auto"))
+    model = val.attrs["model"]
+    assert result["threshold"]["offset"] == PAPER_MULTIOTSU_OFFSETS[model]
+    assert result["threshold"]["offset_source"] == (
+        "auto impossible: no validation slice is predicted a tumour class, so every offset scores 0; "
+        f"the paper's offset {PAPER_MULTIOTSU_OFFSETS[model]:g} was used")
+    assert 0 <= result["classification"]["f1"] <= 1  # the classification scores are there

@@ -514,6 +514,11 @@ def test_manifest_tumour_free_patients_and_labels_without_a_seg(brats_source, tm
     assert set(labels[patients == "p2"]) == {0} and set(labels[patients == "p1"]) == {0, 1}
     with pytest.raises(ValueError, match=r"classes: got \['tumour-free', 'HGG', 'HGG'\], expected each class once"):
         ingest_manifest(tmp_path / "m.csv", tmp_path / "t.zarr", CONFIG, classes=["tumour-free", "HGG", "HGG"])
+    # validation, thresholds, evaluation and the exported masks know the tumour-free class by its name: another
+    # name first made every tumour-free slice fail validation and the evaluation stop
+    with pytest.raises(ValueError, match=r"classes: got \['healthy', 'HGG'\], expected 'tumour-free' first"):
+        ingest_manifest(tmp_path / "m.csv", tmp_path / "t.zarr", CONFIG, classes=["healthy", "HGG"])
+    assert not (tmp_path / "t.zarr").exists()
 
 
 def test_manifest_with_spaces_after_the_commas(brats_source, tmp_path):
