@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -18,13 +20,21 @@ from tasks.evaluation import evaluate_run
 from tasks.training import heatmap_path, make_heatmaps, train_model, weights_hash
 
 
-def trusted(cached_task, output: str | Path):
-    """The task, told to refresh its cache when its output is gone.
+def trusted(cached_task, output: str | Path, usable: Callable[[Path], bool] = Path.exists):
+    """The task, told to refresh its cache when its output is gone or not ``usable``.
 
     Cached results of expensive tasks are only reused while what they wrote still
     exists (a deleted store, run dir or heatmap store is rebuilt, not assumed).
     """
-    return cached_task.with_options(refresh_cache=not Path(output).exists())
+    return cached_task.with_options(refresh_cache=not usable(Path(output)))
+
+
+def weights_readable(path: Path) -> bool:
+    """Whether ``model.pt`` is there and its archive whole as far as its end record tells (a truncated file,
+    e.g. from a full disk or a partial copy, is not). Reads the file's end only, not the weights; a run
+    whose weights are not is trained again, which finds the finished run and rewrites them from
+    ``checkpoints/best.ckpt``."""
+    return path.is_file() and zipfile.is_zipfile(path)
 
 
 def ingest_fresh(kind: str, source: str, store: str, config: dict, append: bool = False) -> dict:
@@ -177,7 +187,8 @@ def train_fan_out(jobs: list[dict], dask_address: str | None = None) -> list[dic
 
         annotate = dask.annotate(resources={"GPU": gpus_per_job(jobs)})
     with annotate:
-        futures = [trusted(train_model, Path(job["out"]) / "model.pt").submit(**job) for job in jobs]
+        futures = [trusted(train_model, Path(job["out"]) / "model.pt", weights_readable).submit(**job)
+                   for job in jobs]
     out = []
     for job, future in zip(jobs, futures):
         state = future.wait() or future.state

@@ -148,7 +148,9 @@ class ReportRun:
 
     @property
     def offset_auto(self) -> bool:
-        return str(self.evaluation["threshold"].get("offset_source", "")).startswith("auto")
+        """Whether the offset was chosen on validation masks (``auto: ...``; not ``auto impossible: ...``,
+        where no validation slice could rank the offsets and the paper's was used)."""
+        return str(self.evaluation["threshold"].get("offset_source", "")).startswith("auto:")
 
 
 def threshold_config(values: Mapping[str, Any]) -> ThresholdConfig:

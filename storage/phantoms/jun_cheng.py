@@ -79,7 +79,7 @@ def write_jun_cheng_phantoms(out: Path, cases: int, size: int = 512, seed: int =
     sizes = patient_sizes(cases, low, high, rng)
     labels = _patient_labels(len(sizes), rng)
     pids = rng.choice(900_000, size=len(sizes), replace=False) + 100_000
-    folds = rng.permutation(len(sizes)) % _FOLDS + 1
+    folds = _official_folds(rng.permutation(len(sizes)), labels)
     small = rng.permutation(len(sizes)) < round(small_fraction * len(sizes))
     files = []
     for patient, count in enumerate(sizes):
@@ -93,6 +93,24 @@ def write_jun_cheng_phantoms(out: Path, cases: int, size: int = 512, seed: int =
     cvind = np.repeat(folds, sizes).astype(np.float64).reshape(-1, 1)
     write_mat73(out / CVIND, {"cvind": cvind}, created=CREATED)
     return files
+
+
+def _official_folds(order: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``cvind`` per patient (1-5): each class's patients, in the random ``order``, dealt round-robin over
+    the five folds, one count running across classes, so that every fold holds every class with at least
+    five patients (as the released ``cvind.mat`` does) and the folds' sizes differ by at most one patient.
+
+    Args:
+        order: ``(P,)`` a permutation of the patients.
+        labels: ``(P,)`` class per patient.
+    """
+    folds = np.zeros(order.size, dtype=np.int64)
+    dealt = 0
+    for label in np.unique(labels):
+        for patient in order[labels[order] == label]:
+            folds[patient] = dealt % _FOLDS + 1
+            dealt += 1
+    return folds
 
 
 def patient_sizes(cases: int, low: int, high: int, rng: np.random.Generator) -> list[int]:

@@ -165,6 +165,20 @@ def test_benchmark_redoes_heatmaps_of_weights_changed_behind_the_cache(bench_wor
     assert heatmaps == ["Completed", "Completed"]  # val and test; not "Cached": the maps are of the weights on disk
 
 
+def test_benchmark_retrains_a_run_whose_weights_file_was_truncated(bench_workdir, task_states):
+    """A cached training was trusted while model.pt existed, so a truncated one (a full disk, a partial copy)
+    failed every re-run, and the hint to re-run did not help; training again rewrites it from best.ckpt."""
+    from gpmodels.training import load_trained
+
+    weights = next((bench_workdir / "runs").glob("**/model.pt"))
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2])
+    rerun = full_benchmark(_bench(bench_workdir), return_state=True)
+    assert rerun.is_completed() and not rerun.result()["failed"]
+    assert _train_states(rerun.state_details.flow_run_id, task_states) == ["Completed"]
+    load_trained(weights.parent)  # whole again
+
+
 def test_benchmark_rebuilds_outputs_deleted_behind_the_cache(bench_workdir, tmp_path):
     import shutil
 

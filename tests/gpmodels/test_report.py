@@ -902,3 +902,7 @@ def test_auto_offset_falls_back_to_the_papers_when_no_validation_slice_is_predic
         "auto impossible: no validation slice is predicted a tumour class, so every offset scores 0; "
         f"the paper's offset {PAPER_MULTIOTSU_OFFSETS[model]:g} was used")
     assert 0 <= result["classification"]["f1"] <= 1  # the classification scores are there
+    write_evaluation(run, result)
+    page = build_report([run], tmp_path / "report").read_text()
+    assert "Thresholds tuned on validation masks" not in page  # the offset was not chosen on validation masks
+    assert "auto impossible: no validation slice is predicted a tumour class" in html.unescape(page)

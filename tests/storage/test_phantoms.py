@@ -278,6 +278,19 @@ def test_jun_cheng_patients_classes_and_cvind(jun_cheng):
     assert len(set(order)) == len(by_pid)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_jun_cheng_official_folds_hold_every_class(seed):
+    """The released cvind.mat puts patients of every class in each of its five folds; the phantoms dealt
+    patients to folds ignoring their class, so ``--split cvind`` failed validation for 3 or 5 folds."""
+    from storage.phantoms.jun_cheng import _official_folds
+
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.repeat([1, 2, 3], [7, 15, 10]))  # the demo's 32 patients, glioma the most
+    folds = _official_folds(rng.permutation(labels.size), labels)
+    assert all(set(labels[folds == fold]) == {1, 2, 3} for fold in range(1, 6))
+    assert np.ptp(np.bincount(folds)[1:]) <= 1
+
+
 def test_jun_cheng_is_byte_reproducible(jun_cheng, tmp_path):
     write_jun_cheng_phantoms(tmp_path, cases=14, size=64, seed=3, small_fraction=0.3)
     assert _digests(tmp_path) == _digests(jun_cheng)
