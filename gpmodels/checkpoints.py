@@ -95,8 +95,10 @@ class CheckpointProgress:
     epochs_done: int
 
 
-UNLOADABLE: tuple[type[BaseException], ...] = (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError)
-"""What ``torch.load(..., weights_only=True)`` raises for a file that is truncated, empty or not torch's."""
+UNLOADABLE: tuple[type[BaseException], ...] = (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError,
+                                                pickle.UnpicklingError)
+"""What ``torch.load(..., weights_only=True)`` raises for a file that is truncated, empty or not torch's (a text
+file can end in a ``KeyError`` of the unpickler)."""
 
 
 def read_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -118,7 +120,7 @@ def read_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
         missing = [key for key in keys if key not in checkpoint]
         if missing:
             raise ValueError(f"no {', '.join(missing)} entry")
-    except (*UNLOADABLE, KeyError, TypeError) as exc:
+    except UNLOADABLE as exc:
         raise damaged_checkpoint(Path(path), exc) from None
     return checkpoint
 

@@ -27,14 +27,14 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
-from torch import nn
+from torch import Tensor, nn
 
 from gpmodels.checkpoints import (
     CheckpointProgress,
@@ -528,8 +528,26 @@ def load_trained(run_dir: Path | str, which: Literal["best", "last"] = "best",
                           "checkpoints/best.ckpt") from None
     else:
         state = net_state_from_checkpoint(weights)
-    net.load_state_dict(state)
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError):  # another network's weights, or not a state_dict
+        fit = weight_mismatch(net.state_dict(), state) if isinstance(state, dict) else f"holds a {type(state).__name__}"
+        raise ValueError(f"{weights}: not the weights of the network in {paths.config.name} "
+                         f"({run.train.model}; {fit}); re-run the training command to write it again from "
+                         "checkpoints/best.ckpt") from None
     return net.to(map_location).eval(), run
+
+
+def weight_mismatch(expected: dict[str, Tensor], found: dict[str, Any]) -> str:
+    """Why a state_dict does not fit a network, in a few words: ``3 of 120 entries missing (e.g. head.weight),
+    40 unexpected (e.g. fc.weight)`` or ``2 of other shapes (e.g. head.weight)``."""
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    shaped = [key for key in expected if key in found and getattr(found[key], "shape", None) != expected[key].shape]
+    parts = [f"{len(missing)} of {len(expected)} entries missing (e.g. {missing[0]})" if missing else "",
+             f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+             f"{len(shaped)} of other shapes (e.g. {shaped[0]})" if shaped else ""]
+    return ", ".join(filter(None, parts)) or "entries of other types"
 
 
 class RunDirCheckpoint(ModelCheckpoint):

@@ -206,12 +206,13 @@ SynthOverwrite = Annotated[bool, typer.Option("--overwrite", help="Write over fi
                                               "written over by mistake).")]
 
 
-def _refuse_clashes(out: Path, clashes: list[Path], overwrite: bool) -> None:
-    """A one-line error when phantoms would write over existing files and ``--overwrite`` was not given."""
+def _refuse_clashes(out: Path, clashes: list[Path], overwrite: bool, first_case: bool = False) -> None:
+    """A one-line error when phantoms would write over existing files and ``--overwrite`` was not given
+    (``first_case``: the command has ``--first-case``, BraTS)."""
     if clashes and not overwrite:
         more = f" and {len(clashes) - 1} more" if len(clashes) > 1 else ""
-        raise fail(f"{out}: {clashes[0].name} exists{more}; choose another folder (or --first-case after the "
-                   "existing cases for BraTS), or --overwrite")
+        after = " (or --first-case after the existing cases)" if first_case else ""
+        raise fail(f"{out}: {clashes[0].name} exists{more}; choose another folder{after}, or --overwrite")
 
 
 @synth_app.command("brats")
@@ -228,7 +229,7 @@ def synth_brats_cmd(
     from storage.phantoms.brats import case_id
 
     planned = (out / case_id(n) for n in range(first_case, first_case + max(cases, 0)))
-    _refuse_clashes(out, [folder for folder in planned if folder.exists()], overwrite)
+    _refuse_clashes(out, [folder for folder in planned if folder.exists()], overwrite, first_case=True)
     try:
         folders = write_brats_phantoms(out, cases, size=size, seed=seed, first_case=first_case)
     except ValueError as exc:

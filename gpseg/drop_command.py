@@ -51,7 +51,7 @@ def drop_cmd(
         raise fail(f"kind: got {kind!r}, expected one of {', '.join(DROP_KINDS)}")
     into = default_drop_folder(workdir, kind) if into is None else into
     for item in path:  # every path is checked before anything is copied
-        problem = _not_droppable(item, kind) or _clash(item, into / item.name)
+        problem = _not_droppable(item, kind) or _clash(item, into / item.name) or _unreadable_name_mapping(item)
         if problem:
             raise fail(f"{item}: {problem}; nothing was copied")
     problem = _drop_folder_problem(into, kind)
@@ -108,6 +108,22 @@ def drop_cmd(
         raise fail(f"{done}, but the event was NOT sent within {EVENT_SEND_TIMEOUT_S:.0f} s; "
                    "run `gpseg drop` again (it skips what is already there)")
     console.print(f"{done}; event sent", soft_wrap=True)
+
+
+def _unreadable_name_mapping(item: Path) -> str | None:
+    """Why a dropped ``name_mapping.csv`` cannot be read (not UTF-8, no grade column), or None: ingestion would
+    reject every case of the drop folder for it, after the event."""
+    from storage.brats import NAME_MAPPING, read_name_mapping
+
+    if item.name != NAME_MAPPING or not item.is_file():
+        return None
+    try:
+        read_name_mapping(item)
+    except ValueError as exc:
+        return one_line(exc).removeprefix(f"{item}: ")
+    except OSError as exc:
+        return os_error_line(exc, item).removeprefix(f"{item}: ")
+    return None
 
 
 def default_drop_folder(workdir: Path, kind: str) -> Path:

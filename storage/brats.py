@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from storage.cases import VolumeCase
+from storage.csv_tables import read_csv_rows
 from storage.discovery import visible_entries
 from storage.errors import CaseRejected
 
@@ -28,8 +29,7 @@ _SUBJECT_ID_COLUMN = re.compile(r"^BraTS_(\d{4})_subject_ID$", re.IGNORECASE)
 
 def _name_mapping_table(path: Path) -> tuple[list[str], list[list[str]]]:
     """The header (stripped) and the non-empty rows of a ``name_mapping.csv``."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        table = list(csv.reader(fh))
+    table = read_csv_rows(path)
     return ([h.strip() for h in table[0]] if table else []), [row for row in table[1:] if row]
 
 

@@ -436,7 +436,8 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise NoUsableInput(f"{csv_path}: manifest not found")
+        raise NoUsableInput(f"{csv_path}: " + ("is a folder, expected the manifest CSV file" if csv_path.is_dir()
+                                                else "manifest not found"))
     config, store_size = _stored_settings(config, Path(out), append)
     if classes is None and store_size is not None:  # appending: labels are read as the store's classes
         classes = list(open_store(out).attrs["classes"])

@@ -10,10 +10,10 @@ its tumour-free ones. Spaces around names and paths are ignored.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from storage.cases import VolumeCase, patient_id_problem
+from storage.csv_tables import read_csv_rows
 from storage.errors import CaseRejected
 
 TUMOUR_FREE = "tumour-free"
@@ -41,8 +41,7 @@ def read_manifest(path: Path, classes: list[str] | None = None
         # validation, thresholds, evaluation and the exported masks know the class without tumour by this name
         raise ValueError(f"classes: got {classes}, expected {TUMOUR_FREE!r} first (the class of slices without "
                          f"tumour); label patients without tumour {TUMOUR_FREE!r} in the manifest")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        table = list(csv.reader(fh))
+    table = read_csv_rows(path)
     header = [h.strip() for h in table[0]] if table else []
     if header[:2] != ["patient_id", "label"] or header[-1:] != ["seg"] or len(header) < 4:
         raise ValueError(f"{path}: header {header}, expected patient_id,label,<channel>...,seg")

@@ -274,6 +274,9 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
     except Exception as exc:  # zarr raises several types for a non-store path
         raise StoreError(f"{path}: not a Zarr group ({one_line(exc)})") from exc
     version = group.attrs.get("schema_version")
+    if version is None:
+        raise StoreError(f"{path}: a Zarr group, but not a gpseg slice store (no schema_version; "
+                         "`gpseg ingest ...` makes one)")
     if version != SCHEMA_VERSION:
         raise StoreError(f"{path}: schema_version {version!r}, this gpseg reads {SCHEMA_VERSION}")
     return group

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from storage.quiet import quiet_logger
+from storage.reads import read_rows
 from storage.splits import TEST, TRAIN, VAL, empty_splits
 from storage.store import CHUNK_COUNTS, SPLIT_NAMES, fold_names, open_store, read_patients
 
@@ -63,8 +64,9 @@ def slice_table(group, block: int = BLOCK, progress: Callable[[int, int], None] 
     for start in range(0, n, block):
         if progress is not None and start:
             progress(start, n)
-        masks = group["masks"][start:start + block]
-        images = group["images"][start:start + block].astype(np.float32)
+        rows = np.arange(start, min(start + block, n))
+        masks, images = read_rows(rows, group["masks"], group["images"])  # a chunk that cannot be decoded: one line
+        images = images.astype(np.float32)
         flat_m = masks.reshape(masks.shape[0], -1)
         flat_i = images.reshape(images.shape[0], -1)
         stats["mask_binary"].append(np.isin(flat_m, (0, 1)).all(axis=1))
@@ -80,7 +82,7 @@ def slice_table(group, block: int = BLOCK, progress: Callable[[int, int], None] 
     channel_max = stats.pop("channel_max")
     table = pd.DataFrame({k: np.concatenate(v) if v else np.zeros(0) for k, v in stats.items()})
     table["channel_max"] = list(map(tuple, np.concatenate(channel_max))) if channel_max else []
-    table["label"] = group["labels"][:].astype(int)
+    table["label"] = read_rows(np.arange(n), group["labels"])[0].astype(int)
     table["patient"] = read_patients(group)
     return table
 

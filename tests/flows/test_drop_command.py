@@ -111,6 +111,9 @@ def test_a_drop_for_a_work_dir_that_is_not_there_is_refused(dropped, tmp_path, a
     (lambda root: _write(root / "slices" / "7.mat").parent, [],
      "{item}: holds Jun Cheng .mat files such as 7.mat, which a brats drop folder does not read; drop it with "
      "--kind jun-cheng; nothing was copied"),
+    # a name_mapping.csv saved from Excel in the Windows code page: ingestion would reject every case for it
+    (lambda root: _write(root / "nm" / "name_mapping.csv", "Grade,BraTS_2020_subject_ID\nLGG,Br\xe9\n".encode("cp1252")),
+     [], "{item}: not UTF-8 text (byte 0xe9 at offset 34); save it as CSV UTF-8; nothing was copied"),
 ])
 def test_a_bad_drop_is_refused_in_one_line_before_anything_is_copied(dropped, tmp_path, make, args, message):
     case, into = dropped

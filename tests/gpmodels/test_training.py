@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -625,6 +626,27 @@ def test_cli_a_damaged_checkpoint_is_one_line_naming_it_and_what_to_do(smoke_run
     assert " ".join(finished.output.split()) == (
         f"error: {paths.best}: damaged (RuntimeError: PytorchStreamReader failed reading zip archive: failed finding "
         f"central directory); the run's best weights are lost: delete {out} and re-run to train it again")
+
+
+def test_weights_that_are_not_this_runs_network_are_one_line(smoke_run, tmp_path):
+    """Another network's model.pt, or a text file, gave a traceback (several KB of key names, or a KeyError
+    from the unpickler) in gpseg heatmaps and the flows' heatmap task."""
+    from gpmodels.checkpoints import save_weights
+
+    config, _ = smoke_run
+    out = tmp_path / "run"
+    shutil.copytree(config.out, out)
+    paths = RunPaths(out)
+    save_weights(build_model("resnext50", 4, 3).state_dict(), paths.model)
+    with pytest.raises(ValueError) as raised:
+        load_trained(out)
+    said = str(raised.value)
+    assert said.startswith(f"{paths.model}: not the weights of the network in config.json (gp-unet; ")
+    assert "entries missing (e.g. " in said and said.endswith("write it again from checkpoints/best.ckpt")
+    assert "\n" not in said and len(said) < 400
+    paths.model.write_text("junk\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(paths.model))}: damaged \("):
+        load_trained(out)
 
 
 def test_the_trainer_writes_checkpoints_beside_them_not_through_tmpdir(smoke_run, tmp_path):

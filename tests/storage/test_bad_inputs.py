@@ -332,6 +332,7 @@ def test_synth_never_writes_over_existing_files_unless_asked(kind, tmp_path):
     refused = runner.invoke(app, args)
     assert refused.exit_code == 1
     assert refused.output.strip().startswith(f"error: {out}: {real.name} exists; choose another folder")
+    assert ("--first-case" in refused.output) == (kind == "brats")  # only BraTS has it
     assert sorted(p.name for p in out.iterdir()) == [real.name]
     if kind == "brats":  # new cases after the existing ones are fine
         after = runner.invoke(app, [*args, "--first-case", "3"])
@@ -519,6 +520,18 @@ def test_manifest_tumour_free_patients_and_labels_without_a_seg(brats_source, tm
     with pytest.raises(ValueError, match=r"classes: got \['healthy', 'HGG'\], expected 'tumour-free' first"):
         ingest_manifest(tmp_path / "m.csv", tmp_path / "t.zarr", CONFIG, classes=["healthy", "HGG"])
     assert not (tmp_path / "t.zarr").exists()
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("patient_id,label,flair,seg\np\xe9,HGG,a.nii.gz,b.nii.gz\n".encode("cp1252"),
+     "not UTF-8 text (byte 0xe9 at offset 28); save it as CSV UTF-8"),
+])
+def test_a_manifest_that_is_not_utf8_csv_is_one_line_naming_it(tmp_path, content, reason):
+    """A CSV saved from Excel in the Windows code page gave "'utf-8' codec can't decode byte ...", no file named."""
+    (tmp_path / "m.csv").write_bytes(content)
+    with pytest.raises(ValueError) as raised:
+        ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+    assert str(raised.value) == f"{tmp_path / 'm.csv'}: {reason}"
 
 
 def test_manifest_with_spaces_after_the_commas(brats_source, tmp_path):

@@ -220,6 +220,18 @@ def test_a_store_that_lost_chunk_files_fails_validation_and_reads_refuse_it(brat
     failures = validate_store(tmp_path / "b.zarr").failures
     assert any("chunks_missing" in line for line in failures), failures
 
+    # a chunk file that is there but cannot be decoded: gpseg validate named it in a 60-line traceback
+    images = sorted(p for p in (tmp_path / "b.zarr" / "images").rglob("*") if p.is_file() and p.name != "zarr.json")
+    images[0].write_bytes(b"garbage")
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    said = CliRunner().invoke(app, ["validate", str(tmp_path / "b.zarr")])
+    assert said.exit_code == 1 and "Traceback" not in said.output
+    assert " ".join(said.output.split()).startswith(f"error: {tmp_path / 'b.zarr' / 'images'}: damaged, a chunk "
+                                                    "cannot be read (")
+
 
 def test_a_channel_blank_for_a_whole_patient_fails_validation(brats_source, tmp_path):
     """A channel that normalisation turned to zeros (int16 overflow, a bad scaling) for every slice of a

@@ -79,6 +79,11 @@ def test_open_store_errors(tmp_path):
     with pytest.raises(StoreError, match=r"holds slices of shape \(2, 9, 9\), cannot append 1x9x9"):
         StoreWriter(path, ["a"], 9, base=path)
     assert not list(tmp_path.glob(".s.zarr.tmp-*"))
+    import zarr
+
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w")  # another tool's Zarr group
+    with pytest.raises(StoreError, match=r"other\.zarr: a Zarr group, but not a gpseg slice store"):
+        open_store(tmp_path / "other.zarr")
 
 
 def test_the_data_version_covers_reoriented_volumes_only():
