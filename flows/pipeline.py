@@ -15,6 +15,7 @@ from flows.cluster import check_cluster
 from flows.layout import PHANTOMS, RUNS, SEED_PREFIX, STORES, dataset_of
 from flows.params import DatasetSpec, ThresholdParams, TrainingParams
 from gpmodels.files import SEED_SELECTION, write_text_atomic
+from storage.errors import one_line
 from tasks.data import fingerprint, ingest_source, synth_phantoms, validate
 from tasks.evaluation import evaluate_run
 from tasks.training import heatmap_path, make_heatmaps, train_model, weights_hash
@@ -195,9 +196,19 @@ def train_fan_out(jobs: list[dict], dask_address: str | None = None) -> list[dic
         if state.is_completed():
             out.append(future.result())
         else:
-            out.append({"failed": str(state.message or state.name), "model": job["model"], "fold": job["fold"],
+            out.append({"failed": f"training: {failure_reason(state)}", "model": job["model"], "fold": job["fold"],
                         "run_dir": job["out"]})
     return out
+
+
+TASK_FAILURE_PREFIX = "Task run encountered an exception "
+"""How Prefect starts a failed task's state message, before ``ValueError: ...``."""
+
+
+def failure_reason(state) -> str:
+    """A failed task state's reason in one line: the exception as ``ValueError: ...``, without Prefect's
+    wording around it (the stage that failed is named by the caller)."""
+    return one_line(str(state.message or state.name)).removeprefix(TASK_FAILURE_PREFIX)
 
 
 def run_fan_out(jobs: list[dict], dask_address: str | None) -> list[dict]:

@@ -446,7 +446,7 @@ def test_a_model_that_fails_to_train_does_not_lose_the_other_models_results(tmp_
     assert sorted(_train_states(state.state_details.flow_run_id, task_states)) == ["Completed", "Failed"]
     [failed] = result["failed"]
     assert (failed["dataset"], failed["model"], failed["fold"]) == ("brats", "gp-reconresnet", 0)
-    assert failed["status"].startswith("FAILED: ") and "simulated training failure" in failed["status"]
+    assert failed["status"] == "FAILED: training: RuntimeError: simulated training failure of gp-reconresnet"
     assert [(r["model"], r["status"]) for r in result["rows"]] == [("gp-reconresnet", failed["status"]),
                                                                    ("gp-unet", "ok")]
     survivor = next((tmp_path / "runs").glob("brats/*/gp-unet/fold_0"))
