@@ -57,8 +57,10 @@ def deal(items: list[str], weights: dict[str, int], strata: dict[str, int], n_bl
     """Deal items into blocks, per stratum, each to the block with the least weight.
 
     Items of a stratum are shuffled, then the heaviest go first to the block
-    with the fewest items and least weight, which balances total weight per
-    block. A stratum with fewer items than blocks but at least ``min_members``
+    with the fewest items of the stratum, then the fewest items of all strata
+    so far, then the least weight, which balances the blocks' sizes (a
+    stratum's remainder goes where earlier strata left fewer items) and total
+    weight per block. A stratum with fewer items than blocks but at least ``min_members``
     uses only as many blocks as it has items, so that every fold's block holds
     one of its items (small datasets keep every class in every split).
 
@@ -66,6 +68,7 @@ def deal(items: list[str], weights: dict[str, int], strata: dict[str, int], n_bl
         item -> (block index, number of blocks its stratum uses).
     """
     out: dict[str, tuple[int, int]] = {}
+    dealt = np.zeros(n_blocks, dtype=int)  # items of every stratum so far, per block
     for stratum in sorted(set(strata[i] for i in items)):
         members = [i for i in items if strata[i] == stratum]
         members = [members[j] for j in rng.permutation(len(members))]
@@ -74,10 +77,13 @@ def deal(items: list[str], weights: dict[str, int], strata: dict[str, int], n_bl
         load = np.zeros(blocks)
         count = np.zeros(blocks, dtype=int)
         for item in members:
-            block = int(np.lexsort((load, count))[0])
+            # fewest of this stratum first, then fewest items overall (so that the strata's remainders go to
+            # different blocks, not all to the same ones), then least weight of this stratum
+            block = int(np.lexsort((load, dealt[:blocks], count))[0])
             out[item] = (block, blocks)
             load[block] += weights[item]
             count[block] += 1
+            dealt[block] += 1
     return out
 
 
