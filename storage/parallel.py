@@ -33,6 +33,7 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
         with Client(address) as client:
             yield client
         return
+    owned = _interrupt_owner()
     with quiet_logger("distributed"), contextlib.ExitStack() as stack:
         silenced: list[tuple[logging.Logger, int]] = []
         stack.callback(_restore_levels, silenced)  # last: after the cluster has closed
@@ -42,8 +43,24 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
                 # the scheduler always serves HTTP (health, metrics); dashboard_address=None would mean 8787
                 dashboard_address=":0", scheduler_kwargs={"dashboard": False}))
         client = stack.enter_context(Client(cluster))
+        if owned:  # e.g. `gpseg benchmark`, whose handler ends the whole run at once: leave Ctrl-C to it
+            yield client
+            return
         with _quiet_after_interrupt(client, silenced):
             yield client
+
+
+def _interrupt_owner() -> bool:
+    """Whether the caller handles Ctrl-C with a handler of its own (not Python's ``KeyboardInterrupt``).
+
+    ``gpseg benchmark`` runs the flow in this process and ends it at once on Ctrl-C (exit 130); raising
+    ``KeyboardInterrupt`` in an ingestion task instead made Prefect record a crash and run on without its
+    temporary API server, which had taken the same Ctrl-C, for minutes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    handler = signal.getsignal(signal.SIGINT)
+    return callable(handler) and handler is not signal.default_int_handler
 
 
 @contextmanager
@@ -66,7 +83,8 @@ def _workers_ignore_interrupts() -> contextlib.AbstractContextManager[None]:
     Ctrl-C in a terminal signals every process of the foreground group. Workers that took it would each
     print a ``Process Dask Worker process (from Nanny)`` traceback; ignoring it, they are shut down by
     this process as its cluster closes, and only this process stops with ``KeyboardInterrupt``. A Ctrl-C
-    during the second or two of the start is lost.
+    during the second or two of the start is lost (under ``gpseg benchmark``, whose temporary Prefect server
+    takes it, the run then fails later: press Ctrl-C again once ingestion runs).
     """
     return _sigint_handler(signal.SIG_IGN)
 

@@ -63,3 +63,20 @@ def test_ctrl_c_stops_only_this_process_quietly_and_restores_the_handlers(capfd)
     assert {name: logging.getLogger(name).level for name in levels} == levels
     err = capfd.readouterr().err
     assert "Traceback" not in err and "ERROR" not in err and "WARNING" not in err, err
+
+
+def test_a_ctrl_c_handler_of_the_caller_is_left_in_place():
+    """`gpseg benchmark` ends the run at once on Ctrl-C; during ingestion the cluster's KeyboardInterrupt
+    replaced that, Prefect recorded a crash and the flow ran on for minutes without its API server."""
+    import signal
+
+    def owner(signum, frame):  # as gpseg.flow_commands.run_here's
+        raise AssertionError("not called here")
+
+    previous = signal.signal(signal.SIGINT, owner)
+    try:
+        with dask_client(1, None):
+            assert signal.getsignal(signal.SIGINT) is owner
+        assert signal.getsignal(signal.SIGINT) is owner
+    finally:
+        signal.signal(signal.SIGINT, previous)
