@@ -338,7 +338,7 @@ def _previous_run(paths: RunPaths, run: RunConfig) -> tuple[RunConfig | None, Ch
     changed = previous.differences(run)
     if changed:
         raise ValueError(f"out: {paths.root} holds a run with other settings ({', '.join(changed)}); "
-                         "choose another run directory or delete this one")
+                         "choose another run directory (in a flow, another work dir: --workdir) or delete this one")
     trained_in, asked, here = previous.resolved_precision, run.train.precision, run.resolved_precision
     if (trained_in is not None and trained_in != here and asked == previous.train.precision
             and progress.epochs_done < run.train.epochs):
