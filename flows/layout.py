@@ -49,8 +49,53 @@ def data_version_of(run_dir: str | Path) -> str:
 
 
 def reported_versions(report_dir: str | Path, dataset: str) -> set[str]:
-    """The data versions of ``dataset`` whose runs the report in ``report_dir`` holds (those still there)."""
+    """The data versions of ``dataset`` whose runs the report in ``report_dir`` holds (those still there).
+
+    Raises:
+        ValueError: the report is damaged (see :func:`read_report`).
+    """
     return {data_version_of(run) for run in report_run_dirs(report_dir)[0] if dataset_of(run) == dataset}
+
+
+METRICS = "metrics.json"
+"""The report file that names the report's runs and keeps its carried notes."""
+
+
+def read_report(report_dir: str | Path) -> dict | None:
+    """The ``metrics.json`` of the report in ``report_dir``, or ``None`` when there is none (no report yet).
+
+    Raises:
+        ValueError: the file is there but cannot be read, is no JSON, or lacks its list of runs or has
+            malformed carried notes (a truncated copy, a disk that filled up): it alone says which runs are
+            current, so no caller may take it for "no report yet" (that would re-report every data version
+            and drop the report's notes).
+    """
+    path = Path(report_dir) / METRICS
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # e.g. no permission, or a folder of that name
+        raise damaged_report(path, exc.strerror or type(exc).__name__) from exc
+    except UnicodeDecodeError as exc:
+        raise damaged_report(path, f"not UTF-8 text at byte {exc.start}") from exc
+    except ValueError as exc:  # truncated, or no JSON at all
+        raise damaged_report(path, "not JSON: " + " ".join(str(exc).split())) from exc
+    runs = report.get("runs") if isinstance(report, dict) else None
+    if not isinstance(runs, list) or not all(isinstance(run, dict) and isinstance(run.get("run_dir"), str)
+                                             for run in runs):
+        raise damaged_report(path, "no list of runs with their run_dir")
+    notes = report.get("carried_notes") or []  # none in a report of an older gpseg
+    if not isinstance(notes, list) or not all(isinstance(note, dict) and "text" in note for note in notes):
+        raise damaged_report(path, "carried_notes is no list of notes with their text")
+    return report
+
+
+def damaged_report(path: Path, reason: str) -> ValueError:
+    """The one-line error of a report's ``metrics.json`` that cannot be read (see :func:`read_report`)."""
+    return ValueError(f"{path}: cannot be read ({reason}), so the report's current runs are unknown; rebuild it: "
+                      f"re-run the benchmark, or name its runs (`gpseg postprocess --runs RUN ... --out "
+                      f"{path.parent}`)")
 
 
 def report_run_dirs(report_dir: str | Path) -> tuple[list[str], list[str]]:
@@ -61,16 +106,18 @@ def report_run_dirs(report_dir: str | Path) -> tuple[list[str], list[str]]:
     work dir copied or moved with its report finds its own runs, not the original's; then at its
     recorded ``run_dir``. A run dir found neither way is gone (deleted by the user). One that is there is
     returned even without test heatmaps, so that re-thresholding names it as failed instead of leaving
-    it out unsaid. Without a report, or with an unreadable one, both lists are empty.
+    it out unsaid. Without a report both lists are empty.
+
+    Raises:
+        ValueError: the report is damaged (see :func:`read_report`).
     """
     report_dir = Path(report_dir)
-    try:
-        runs = json.loads((report_dir / "metrics.json").read_text())["runs"]
-        recorded = [(run.get("run_dir_relative"), str(run["run_dir"])) for run in runs]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    report = read_report(report_dir)
+    if report is None:
         return [], []
     found, gone = [], []
-    for relative, absolute in recorded:
+    for run in report["runs"]:
+        relative, absolute = run.get("run_dir_relative"), run["run_dir"]
         here = [os.path.normpath(report_dir.resolve() / relative)] if isinstance(relative, str) else []
         place = next((p for p in [*here, absolute] if Path(p).is_absolute() and Path(p).is_dir()), None)
         if place is None:
@@ -82,7 +129,12 @@ def report_run_dirs(report_dir: str | Path) -> tuple[list[str], list[str]]:
 
 def reported_runs(report_dir: str | Path) -> list[str]:
     """The run dirs of the report in ``report_dir`` (:func:`report_run_dirs`) that still have test heatmaps,
-    for a retraining's report, which keeps the other datasets' runs: a deleted run drops out."""
+    for a retraining's report, which keeps the other datasets' runs: a deleted run drops out.
+
+    Raises:
+        ValueError: the report is damaged (see :func:`read_report`): a retraining must not drop the other
+            datasets' runs from the report unsaid.
+    """
     return [run for run in report_run_dirs(report_dir)[0] if (Path(run) / "heatmaps" / "test.zarr").is_dir()]
 
 
@@ -93,12 +145,13 @@ def carried_notes(report_dir: str | Path) -> list[dict]:
     A flow passes them to :func:`gpmodels.report.build_report` as ``carried_notes``; a re-threshold of
     the same runs (``postprocess``) carries them over, and a retraining keeps those of the datasets it
     did not retrain. Empty without a report, or with one from an older gpseg.
+
+    Raises:
+        ValueError: the report is damaged (see :func:`read_report`).
     """
-    try:
-        notes = json.loads((Path(report_dir) / "metrics.json").read_text()).get("carried_notes") or []
-        return [{"dataset": str(n.get("dataset") or ""), "text": str(n["text"])} for n in notes]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return []
+    report = read_report(report_dir)
+    notes = [] if report is None else report.get("carried_notes") or []
+    return [{"dataset": str(n.get("dataset") or ""), "text": str(n["text"])} for n in notes]
 
 
 def tagged(dataset: str, texts: list[str]) -> list[dict]:
@@ -121,26 +174,31 @@ def discover_runs(workdir: str) -> list[str]:
     return sorted(str(p.parent.parent) for p in (Path(workdir) / RUNS).glob("**/heatmaps/test.zarr"))
 
 
-def default_runs(workdir: str) -> tuple[list[str], str]:
+def default_runs(workdir: str, *, discover: bool = True) -> tuple[list[str], str]:
     """The runs to re-report when none are given, and where they came from.
 
     The runs of the current report (``workdir/report/metrics.json``): after a retraining on new
     data or a run with several seeds, older data versions and seeds that were not kept stay on disk,
-    but the report names only the current ones. Without a report, every run with test heatmaps.
+    but the report names only the current ones. Without a report, every run with test heatmaps (with
+    ``discover``; else none, for a caller to which runs of two data versions are no use, e.g. mask export,
+    whose files of one patient, model and fold would overwrite each other).
 
     Raises:
         ValueError: the report names runs and none of them is there (a report copied without its runs,
-            or whose runs were deleted): taking every run on disk instead would mix data versions.
+            or whose runs were deleted), or it is damaged (:func:`read_report`): taking every run on disk
+            instead would mix data versions.
     """
     report = Path(workdir) / REPORT
     current, gone = report_run_dirs(report)
     if gone and not current:
-        raise ValueError(f"{report / 'metrics.json'}: none of the {len(gone)} run dir(s) it names is there "
+        raise ValueError(f"{report / METRICS}: none of the {len(gone)} run dir(s) it names is there "
                          f"(e.g. {gone[0]}); give the runs with --runs, or delete the report to take every run "
                          f"under {Path(workdir) / RUNS}")
     if current:
         said = f"the {len(current)} run(s) of the report in {report}"
         return current, said + (f" ({len(gone)} more it names are gone: {', '.join(gone)})" if gone else "")
+    if not discover:
+        return [], f"no report in {report}"
     found = discover_runs(workdir)
     return found, f"every run with test heatmaps under {Path(workdir) / RUNS} ({len(found)}; no report yet)"
 
@@ -164,8 +222,11 @@ def summary_rows(results: list[dict]) -> list[dict]:
         Rows with ``dataset``, ``model``, ``fold``, ``status`` (``ok`` or ``FAILED: reason``) and,
         for finished runs, ``accuracy``, ``f1``, ``median_dice`` (``None`` without tumour slices),
         ``test_patients``, ``f1_95`` and ``median_dice_95`` (95 % patient-bootstrap intervals as
-        ``"low-high"``, ``None`` for evaluations without them) and ``heatmaps`` (the kind of maps:
-        GP class maps or Grad-CAM).
+        ``"low-high"`` to three digits, as the report shows them; ``None`` for evaluations without them),
+        ``heatmaps`` (the kind of maps: GP class maps or Grad-CAM) and, last, the same intervals' ends
+        unrounded: ``f1_low``, ``f1_high``, ``median_dice_low`` and ``median_dice_high`` (``None`` without
+        them), from which the command line rounds its two-digit intervals outwards
+        (:func:`gpseg.console.interval_text`; rounding the rounded text again could narrow them).
     """
     rows = []
     for r in results:
@@ -180,8 +241,15 @@ def summary_rows(results: list[dict]) -> list[dict]:
                      "accuracy": round(c["accuracy"], 3), "f1": round(c["f1"], 3),  # as the report shows them
                      "median_dice": None if d["n"] == 0 else round(d["median"], 3),
                      "test_patients": boot.get("patients"), "f1_95": _interval(boot.get("f1")),
-                     "median_dice_95": _interval(boot.get("dice_median")), "heatmaps": e["run"]["kind"]})
+                     "median_dice_95": _interval(boot.get("dice_median")), "heatmaps": e["run"]["kind"],
+                     **_ends("f1", boot.get("f1")), **_ends("median_dice", boot.get("dice_median"))})
     return rows
+
+
+def _ends(metric: str, interval: dict | None) -> dict:
+    """``{"<metric>_low": low, "<metric>_high": high}`` of a bootstrap interval, unrounded; ``None``s without one."""
+    low, high = (None, None) if not interval else (float(interval["low"]), float(interval["high"]))
+    return {f"{metric}_low": low, f"{metric}_high": high}
 
 
 MAP_KINDS = {"gp": ("GP", "GP class maps"), "gradcam": ("Grad-CAM", "Grad-CAM")}

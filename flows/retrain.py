@@ -6,8 +6,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.layout import (REPORT, carried_notes, failure_carried_notes, new_rejections, rejection_note,
-                          replace_dataset_runs, reported_runs, reported_versions, row_line, summary_rows, tagged)
+from flows.layout import (REPORT, carried_notes, failure_carried_notes, new_rejections, read_report,
+                          rejection_note, replace_dataset_runs, reported_runs, reported_versions, row_line,
+                          summary_rows, tagged)
 from flows.params import RetrainParams
 from flows.pipeline import (heatmaps_and_evaluation, ingest_config, ingest_fresh, store_path, stored_version,
                             train_and_keep, training_jobs)
@@ -38,6 +39,7 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
         # the daily schedule runs before the first `gpseg drop` has made the folder: nothing is new yet
         logger.info("no new data: the drop folder %s does not exist (yet)", spec.source)
         return {"status": "no new data", "new_files": []}
+    read_report(report_dir)  # a damaged report fails the run here, before any ingestion, not after it
     fresh = find_new_files(spec.source, store)
     new_rejects: dict[str, str] = {}
     ingested_cases = 0

@@ -70,6 +70,14 @@ def os_error_line(exc: OSError, path: Path | str | None = None) -> str:
     return f"{' -> '.join(where)}: {reason}" if where else reason
 
 
+def folder_problem(path: Path, missing: str = "no such folder") -> str | None:
+    """Why ``path`` cannot be read as a folder: ``missing`` when nothing is there, ``"not a folder"`` when
+    something else is (a file); ``None`` for a folder."""
+    if path.is_dir():
+        return None
+    return "not a folder" if path.exists() else missing
+
+
 ENV_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",  # Prefect's 20 s fail on a busy 2-core machine
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -119,7 +127,8 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 def results_table(rows: list[dict]) -> Table | None:
     """A table of a flow's finished runs (its ``ok`` summary rows, see ``flows.layout.summary_rows``):
     dataset, model, fold, weighted F1 and median Dice, each with its 95 % patient-bootstrap interval to
-    two digits, and the kind of heatmaps; ``None`` when no run finished. It fits 80 columns."""
+    two digits (rounded outwards from the row's unrounded ends), and the kind of heatmaps; ``None`` when no
+    run finished. It fits 80 columns."""
     done = [row for row in rows if row["status"] == "ok"]
     if not done:
         return None
@@ -130,8 +139,8 @@ def results_table(rows: list[dict]) -> Table | None:
     for row in done:
         kind = row.get("heatmaps")
         table.add_row(str(row.get("dataset") or "–"), row["model"], str(row["fold"]),
-                      _with_interval(row.get("f1"), row.get("f1_95")),
-                      _with_interval(row.get("median_dice"), row.get("median_dice_95")),
+                      _with_interval(row.get("f1"), row.get("f1_low"), row.get("f1_high")),
+                      _with_interval(row.get("median_dice"), row.get("median_dice_low"), row.get("median_dice_high")),
                       MAP_KINDS.get(kind, (kind, kind))[0] if kind else "–")
     return table
 
@@ -143,14 +152,13 @@ def interval_text(low: float, high: float) -> str:
     return escape(f"[{low:.2f}–{high:.2f}]")
 
 
-def _with_interval(value: float | None, interval: str | None) -> str:
-    """``"0.920 [0.89–0.97]"`` from a value and a summary row's ``"low-high"`` interval (three digits, which
-    the two-digit one holds); ``"–"`` for None."""
+def _with_interval(value: float | None, low: float | None, high: float | None) -> str:
+    """``"0.920 [0.89–0.97]"`` from a value and a summary row's unrounded interval ends (its ``f1_low`` and
+    ``f1_high``; rounded outwards from them, so that it holds the interval); ``"–"`` for None."""
     if value is None:
         return "–"
-    if not interval:
+    if low is None or high is None:
         return f"{value:.3f}"
-    low, high = (float(part) for part in interval.split("-"))
     return f"{value:.3f} {interval_text(low, high)}"
 
 

@@ -10,11 +10,13 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from gpseg.console import console, fail, interrupted, interval_text, progress_bar
+from gpseg.console import console, fail, folder_problem, interrupted, interval_text, progress_bar
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
 
 if TYPE_CHECKING:
+    import zarr
+
     from flows.params import ThresholdParams
 
 RunsArg = Annotated[list[Path], typer.Argument(help="Run directories written by `gpseg train`.")]
@@ -201,17 +203,23 @@ def _run_label(run_dir: Path) -> str:
     return f"{dataset} {name.replace(SEED_PREFIX, 'seed ')}" if name.startswith(SEED_PREFIX) else dataset
 
 
-def _workdir_runs(workdir: Path, doing: str) -> list[Path]:
+def _workdir_runs(workdir: Path, doing: str, *, need_report: bool = False) -> list[Path]:
     """The runs of a flow work dir's current report (see :func:`flows.layout.default_runs`), said on the
-    console after ``doing``; a one-line error when there is none."""
-    from flows.layout import default_runs
+    console after ``doing``; a one-line error when there is none, or the report is damaged. Without a
+    report, every run with test heatmaps; with ``need_report``, a one-line error instead."""
+    from flows.layout import REPORT, default_runs
 
-    if not workdir.is_dir():
-        raise fail(f"{workdir}: no such work dir")
+    problem = folder_problem(workdir, "no such work dir")
+    if problem:
+        raise fail(f"{workdir}: {problem} (a flow's work dir, e.g. runs/benchmark)")
     try:
-        found, source = default_runs(str(workdir))
+        found, source = default_runs(str(workdir), discover=not need_report)
     except ValueError as exc:
         raise fail(str(exc)) from exc
+    if not found and need_report:
+        raise fail(f"{workdir / REPORT}: no report naming the current runs (every run would take in older data "
+                   "versions, whose files have the same names); run the benchmark (or `gpseg postprocess --runs RUN "
+                   f"... --out {workdir / REPORT}`) first, or export runs one at a time with --run")
     if not found:
         raise fail(f"{workdir}: no run with test heatmaps (run the full-benchmark flow or `gpseg benchmark` first)")
     console.print(f"{doing} {source}", highlight=False, soft_wrap=True)
@@ -250,7 +258,10 @@ def postprocess_cmd(
         from flows.layout import REPORT, carried_notes
 
         runs, out = _workdir_runs(workdir, "re-thresholding"), out or workdir / REPORT
-        carried = carried_notes(workdir / REPORT)  # the same runs: how they were made still holds
+        try:
+            carried = carried_notes(workdir / REPORT)  # the same runs: how they were made still holds
+        except ValueError as exc:  # its notes damaged
+            raise fail(str(exc)) from exc
     out = _writable_folder(out or Path("report"))
     try:
         done, results, failed = _evaluate(_unique(runs), params)
@@ -321,9 +332,10 @@ def export_masks_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for the .nii.gz files.")],
     run: Annotated[Optional[Path], typer.Option("--run", help="Evaluated run directory (3-D source).")] = None,
     workdir: Annotated[Optional[Path], typer.Option(
-        "--workdir", help="Instead of --run: every run of a flow work dir's current report (e.g. demo), each file "
+        "--workdir", help="Instead of --run: every run of a flow work dir's current report (e.g. demo; refused "
+                          "without one, since runs of two data versions would write the same files), each file "
                           "named <patient>_<model>_fold<K><suffix>.nii.gz; runs of 2-D slices (Jun Cheng) are "
-                          "skipped.")] = None,
+                          "skipped. Refused before any file is written when two runs would write one file.")] = None,
     suffix: Annotated[Optional[str], typer.Option(
         help="Appended to the file names (default: _pred with --run, nothing with --workdir), e.g. _gp-unet to "
              "keep several runs' masks in one folder.")] = None,
@@ -331,35 +343,40 @@ def export_masks_cmd(
     """Write each test patient's predicted tumour mask as NIfTI on the original grid (overlays in ITK-SNAP/Slicer).
 
     The masks are thresholded as the run's last evaluation did (evaluation.json), one patient at a time.
+    Every run is checked before any file is written; the count printed is that of the files written.
     """
     if (run is None) == (workdir is None):
         raise fail("give either --run or --workdir")
     if suffix and any(sep in suffix for sep in ("/", "\\")):
         raise fail(f"--suffix: got {suffix!r}, expected no path separators")
     if run is not None:
-        files = _export_run(run, out, "_pred" if suffix is None else suffix)
+        files = _write_masks(_export_plan(run, "_pred" if suffix is None else suffix), out)
         console.print(f"[green]wrote[/green] {len(files)} NIfTI masks to {out}")
         return
-    written = 0
-    for path in _workdir_runs(workdir, "exporting"):
+    plans = []
+    for path in _workdir_runs(workdir, "exporting", need_report=True):
         train = _require_run(path)["train"]
-        files = _export_run(path, out, f"_{train['model']}_fold{train['fold']}{suffix or ''}",
-                            f"export masks {train['model']} fold {train['fold']}", skip_2d=True)
-        written += len(files or [])
+        plan = _export_plan(path, f"_{train['model']}_fold{train['fold']}{suffix or ''}", skip_2d=True)
+        if plan is not None:
+            plans.append(plan)
+    clash = _clash(plans)
+    if clash:
+        raise fail(clash)
+    written = sum(len(_write_masks(plan, out, f"export masks {plan['model']} fold {plan['fold']}")) for plan in plans)
     console.print(f"[green]wrote[/green] {written} NIfTI masks to {out}")
 
 
-def _export_run(run: Path, out: Path, suffix: str, label: str = "export masks",
-                skip_2d: bool = False) -> list[Path] | None:
-    """Export one run's test masks (see :func:`export_masks_cmd`); ``None`` for a skipped 2-D run."""
-    from gpmodels.evaluation import heatmap_source, load_evaluation, mask_reader, open_heatmaps
+def _export_plan(run: Path, suffix: str, skip_2d: bool = False) -> dict | None:
+    """What exporting one run's test masks needs, checked before any of its files is written (see
+    :func:`export_masks_cmd`): its heatmaps, the threshold of its last evaluation, its 3-D slice store and
+    the names of the files it will write; ``None`` for a skipped 2-D run."""
+    from gpmodels.evaluation import heatmap_source, load_evaluation, open_heatmaps
     from gpmodels.files import heatmap_path
-    from gpmodels.nifti_export import export_patient_masks, open_volume_store
-    from gpmodels.report import threshold_config as evaluated_threshold
+    from gpmodels.nifti_export import open_volume_store
     from storage.errors import StoreError
     from storage.store import check_data_version
 
-    _require_run(run)
+    train = _require_run(run)["train"]
     try:
         heat = open_heatmaps(heatmap_path(run, "test"))
     except (FileNotFoundError, ValueError) as exc:  # missing, or lost chunk files
@@ -371,7 +388,6 @@ def _export_run(run: Path, out: Path, suffix: str, label: str = "export masks",
                    f"{run}` first") from exc
     except ValueError as exc:
         raise fail(str(exc)) from exc
-    config = evaluated_threshold(evaluation["threshold"])
     try:
         store_path = heatmap_source(heatmap_path(run, "test"), heat)
         group = open_volume_store(store_path)  # a 2-D store fails (or is skipped) before the bar
@@ -384,16 +400,58 @@ def _export_run(run: Path, out: Path, suffix: str, label: str = "export masks",
         console.print(f"skipped {run}: a store of 2-D slices has no volume grid to export onto", highlight=False,
                       soft_wrap=True)
         return None
-    console.print(f"{run}: thresholded as its last evaluation: {_threshold_cell(evaluation['threshold'])}",
+    return {"run": run, "model": train.get("model"), "fold": train.get("fold"), "heat": heat, "store": store_path,
+            "evaluation": evaluation, "suffix": suffix, "names": _mask_names(group, heat, suffix)}
+
+
+def _mask_names(group: zarr.Group, heat: zarr.Group, suffix: str) -> list[str]:
+    """The files a run's export writes, ``<patient><suffix>.nii.gz`` per test patient (the names of
+    :func:`gpmodels.nifti_export.export_patient_masks`); none when the heatmaps' slice index does not fit the
+    store, which the export then names."""
+    import numpy as np
+
+    from storage.store import read_patients
+
+    try:
+        patients = read_patients(group)[np.asarray(heat["index"][:], dtype=np.int64)]
+    except (IndexError, ValueError):
+        return []
+    return [f"{patient}{suffix}.nii.gz" for patient in np.unique(patients).tolist()]
+
+
+def _clash(plans: list[dict]) -> str | None:
+    """The one-line error when two runs would write the same file (runs of one model and fold, of two data
+    versions or of two datasets sharing patients), naming it and both; ``None`` when every name is its run's."""
+    writers: dict[str, Path] = {}
+    for plan in plans:
+        for name in plan["names"]:
+            if name in writers:
+                return (f"{name}: both {writers[name]} and {plan['run']} would write it, one over the other; "
+                        "nothing was written: export them one at a time with --run and a --suffix each")
+            writers[name] = plan["run"]
+    return None
+
+
+def _write_masks(plan: dict, out: Path, label: str = "export masks") -> list[Path]:
+    """Export one planned run's test masks (:func:`_export_plan`) into ``out``; the files written."""
+    from gpmodels.evaluation import mask_reader
+    from gpmodels.nifti_export import export_patient_masks
+    from gpmodels.report import threshold_config as evaluated_threshold
+    from storage.errors import StoreError
+
+    run, threshold = plan["run"], plan["evaluation"]["threshold"]
+    config = evaluated_threshold(threshold)
+    console.print(f"{run}: thresholded as its last evaluation: {_threshold_cell(threshold)}",
                   highlight=False, soft_wrap=True)
     if config.target_class != "predicted":
         console.print(f"[yellow]warning[/yellow] {run}: its last evaluation thresholded the map of the true class "
                       "(--target-class true), so these masks use the ground-truth labels: they are no prediction. "
                       "Re-run `gpseg postprocess` without it first to export predictions.", highlight=False,
                       soft_wrap=True)
+    heat = plan["heat"]
     with progress_bar(label) as update:
         try:  # one patient's masks in memory at a time
-            return export_patient_masks(store_path, heat["index"][:], mask_reader(heat, config), out,
-                                        suffix=suffix, progress=update)
+            return export_patient_masks(plan["store"], heat["index"][:], mask_reader(heat, config), out,
+                                        suffix=plan["suffix"], progress=update)
         except (ValueError, StoreError) as exc:
             raise fail(str(exc)) from exc

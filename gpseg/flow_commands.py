@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
-from gpseg.console import console, fail, flow_outcome, one_line
+from gpseg.console import console, fail, flow_outcome, folder_problem, one_line
 from gpseg.options import PRECISION_HELP, flow_train_overrides, parse_model_options, parse_seeds
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
@@ -142,7 +142,8 @@ def retrain_cmd(
                                            "WORKDIR/stores/KIND.zarr.")] = "brats",
     source: Annotated[Optional[Path], typer.Option(
         show_default=False, help="The drop folder. Default: the kind's, where `gpseg drop` copies (WORKDIR/drop for "
-                                 "brats, WORKDIR/drop-jun-cheng for jun-cheng).")] = None,
+                                 "brats, WORKDIR/drop-jun-cheng for jun-cheng). A folder given here must exist; the "
+                                 "default one not existing yet means no new data.")] = None,
     models: Annotated[Optional[str], typer.Option(help="Comma-separated models (default: all five).")] = None,
     folds: Annotated[int, typer.Option(help="Folds to train (give the full-benchmark's).")] = 3,
     preset: Annotated[str, typer.Option(help="paper, demo or smoke (give the full-benchmark's).")] = "demo",
@@ -169,8 +170,13 @@ def retrain_cmd(
 
     if kind not in DROP_KINDS:
         raise fail(f"--kind: got {kind!r}, expected one of {', '.join(DROP_KINDS)}")
-    if not workdir.is_dir():
-        raise fail(f"--workdir {workdir}: no such work dir (a full-benchmark's work dir, e.g. runs/benchmark)")
+    problem = folder_problem(workdir, "no such work dir")
+    if problem:
+        raise fail(f"--workdir {workdir}: {problem} (a full-benchmark's work dir, e.g. runs/benchmark)")
+    if source is not None and (problem := folder_problem(source)):  # a typo must not read as "no new data"
+        raise fail(f"--source {source}: {problem} (the drop folder of the new {kind} files; without --source, "
+                   f"{default_drop_folder(workdir, kind)})")
+    _check_report(workdir)
     threshold = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)
     drop = default_drop_folder(workdir, kind) if source is None else source
     try:
@@ -180,6 +186,17 @@ def retrain_cmd(
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
     raise retrain_outcome(run_here(lambda: retrain_on_new_data(params)), drop, params.threshold.describe())
+
+
+def _check_report(workdir: Path) -> None:
+    """A one-line error, before the flow starts, when the work dir's report is damaged: the retraining keeps
+    the other datasets' runs and notes from it, and the flow would stop on it after the ingestion."""
+    from flows.layout import REPORT, read_report
+
+    try:
+        read_report(workdir / REPORT)  # its runs and its notes, what the flow keeps of it
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
 
 
 def retrain_outcome(result: dict, drop: Path, thresholds: str | None = None) -> typer.Exit:

@@ -55,7 +55,8 @@ def test_a_flow_outcome_shows_its_finished_runs_as_a_table_within_80_columns(mon
     monkeypatch.setattr(console_module, "console", Console(file=text, width=80, force_terminal=False))
     ok = [{"dataset": "jun-cheng", "model": "gp-reconresnet", "fold": 2, "status": "ok", "accuracy": 0.5, "f1": 0.4567,
            "median_dice": 0.1234, "test_patients": 7, "f1_95": "0.009-0.325", "median_dice_95": "0.011-0.045",
-           "heatmaps": "gradcam"},
+           "heatmaps": "gradcam", "f1_low": 0.0091, "f1_high": 0.3249, "median_dice_low": 0.0113,
+           "median_dice_high": 0.0449},
           {"dataset": "brats", "model": "gp-unet", "fold": 0, "status": "ok", "accuracy": 0.9, "f1": 0.9, "median_dice": None,
            "test_patients": None, "f1_95": None, "median_dice_95": None, "heatmaps": "gp"}]
     failed = [{"dataset": "brats", "model": "resnext50", "fold": 1, "status": "FAILED: out of memory"}]
@@ -63,7 +64,7 @@ def test_a_flow_outcome_shows_its_finished_runs_as_a_table_within_80_columns(mon
     lines = text.getvalue().splitlines()
     assert all(len(line) <= 80 and "\u2026" not in line for line in lines)  # nothing cut short
     assert lines[1].split() == ["dataset", "model", "fold", "weighted", "F1", "median", "Dice", "maps"]
-    # intervals rounded outwards, so that they still hold the three-digit ones
+    # intervals rounded outwards from the unrounded ends, so that they hold the interval
     assert lines[3].split() == ["jun-cheng", "gp-reconresnet", "2", "0.457", "[0.00–0.33]", "0.123", "[0.01–0.05]",
                                 "Grad-CAM"]
     assert lines[4].split() == ["brats", "gp-unet", "0", "0.900", "–", "GP"]
@@ -138,3 +139,16 @@ def test_a_ctrl_c_ends_in_one_line_and_exit_130(output: io.StringIO, handled: bo
         assert logging.getLogger("asyncio").disabled is not handled
     finally:
         logging.getLogger("asyncio").disabled = False
+
+
+def test_the_table_rounds_an_interval_outwards_from_its_ends_not_from_the_rounded_text() -> None:
+    """Rounded to "0.320-0.492" first and outwards from that, a true lower end of 0.31954 showed as 0.32."""
+    from gpseg.console import results_table
+
+    row = {"dataset": "brats", "model": "resnext50", "fold": 2, "status": "ok", "accuracy": 0.9, "f1": 0.403,
+           "median_dice": 0.5, "test_patients": 4, "f1_95": "0.320-0.492", "median_dice_95": "0.400-0.600",
+           "heatmaps": "gradcam", "f1_low": 0.31954, "f1_high": 0.49217, "median_dice_low": 0.4,
+           "median_dice_high": 0.6}
+    text = io.StringIO()
+    Console(file=text, width=80).print(results_table([row]))
+    assert text.getvalue().splitlines()[3].split()[3:7] == ["0.403", "[0.31–0.50]", "0.500", "[0.40–0.60]"]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+
+import pytest
 
 from flows.layout import dataset_of, default_runs, replace_dataset_runs, reported_runs, row_line
 
@@ -25,13 +28,38 @@ def test_reported_runs_are_the_reports_runs_that_still_have_heatmaps(tmp_path):
     assert reported_runs(tmp_path / "report") == [kept]
 
 
-def test_no_or_a_broken_report_names_no_runs(tmp_path):
-    assert reported_runs(tmp_path / "report") == []
-    (tmp_path / "report").mkdir()
-    (tmp_path / "report" / "metrics.json").write_text("{not json")
-    assert reported_runs(tmp_path / "report") == []
-    (tmp_path / "report" / "metrics.json").write_text(json.dumps({"title": "no runs key"}))
-    assert reported_runs(tmp_path / "report") == []
+def test_no_report_names_no_runs_and_a_damaged_one_is_an_error_naming_it(tmp_path):
+    """A damaged metrics.json read as "no report yet" made `gpseg postprocess --workdir` re-report every data
+    version (the stale ones too) and lose the carried notes, and a retraining drop the other datasets' runs."""
+    from flows.layout import carried_notes, reported_versions
+
+    report = tmp_path / "report"
+    assert reported_runs(report) == [] and carried_notes(report) == [] and reported_versions(report, "brats") == set()
+    report.mkdir()
+    metrics = report / "metrics.json"
+    for damaged in ("{not json", "", json.dumps({"title": "no runs key"}), json.dumps([1]),
+                    json.dumps({"runs": [{"no": "run_dir"}]}), json.dumps({"runs": [], "carried_notes": "text"})):
+        metrics.write_text(damaged)
+        for read in (reported_runs, carried_notes, lambda r: reported_versions(r, "brats"),
+                     lambda r: default_runs(str(r.parent)), lambda r: default_runs(str(r.parent), discover=False)):
+            with pytest.raises(ValueError, match=re.escape(f"{metrics}: cannot be read (")) as caught:
+                read(report)
+            assert "\n" not in str(caught.value) and "re-run the benchmark" in str(caught.value)
+    metrics.write_bytes(b'{"runs": [], "title": "\xff"}')
+    with pytest.raises(ValueError, match="not UTF-8 text at byte 23"):
+        reported_runs(report)
+    metrics.unlink()
+    metrics.mkdir()  # something that is not a file
+    with pytest.raises(ValueError, match="cannot be read"):
+        carried_notes(report)
+
+
+def test_a_report_from_an_older_gpseg_has_no_carried_notes(tmp_path):
+    run = _run(tmp_path, "brats", "v1")
+    _write_report(tmp_path, [run])
+    from flows.layout import carried_notes
+
+    assert carried_notes(tmp_path / "report") == [] and reported_runs(tmp_path / "report") == [run]
 
 
 def test_a_retrained_dataset_replaces_only_its_own_runs():
@@ -46,6 +74,7 @@ def test_postprocess_defaults_to_the_report_and_falls_back_to_discovery(tmp_path
     old, new = _run(tmp_path, "brats", "v1"), _run(tmp_path, "brats", "v2")
     runs, source = default_runs(str(tmp_path))
     assert runs == sorted([old, new]) and "no report yet" in source
+    assert default_runs(str(tmp_path), discover=False)[0] == []  # mask export: two versions' files would clash
     _write_report(tmp_path, [new])
     runs, source = default_runs(str(tmp_path))
     assert runs == [new] and "report" in source
@@ -105,3 +134,18 @@ def test_an_auto_offset_at_the_top_of_its_grid_is_flagged():
 
     assert offset_at_edge(2.0, (0.0, 1.0, 2.0)) and not offset_at_edge(1.0, (0.0, 1.0, 2.0))
     assert not offset_at_edge(0.5, (0.5,))  # a grid of one offset has no edge to go past
+
+
+def test_summary_rows_carry_the_unrounded_interval_ends_for_the_console():
+    """The console rounded the three-digit text "0.320-0.492" outwards, so a true lower end of 0.3195 showed
+    as 0.32: the rows carry the ends themselves, and the log line still reads as the report does."""
+    from flows.layout import summary_rows
+
+    evaluation = {"classification": {"accuracy": 0.9, "f1": 0.403, "classes": []},
+                  "segmentation": {"dice": {"n": 0}}, "run": {"kind": "gradcam"},
+                  "bootstrap": {"patients": 4, "f1": {"low": 0.31954, "high": 0.49217}, "dice_median": None}}
+    (row,) = summary_rows([{"model": "resnext50", "fold": 2, "dataset": "brats", "evaluation": evaluation}])
+    assert (row["f1_low"], row["f1_high"]) == (0.31954, 0.49217) and row["f1_95"] == "0.320-0.492"
+    assert row["median_dice_low"] is row["median_dice_high"] is row["median_dice_95"] is None
+    assert "weighted F1 0.403 [0.320-0.492]" in row_line(row)
+    assert list(row)[-4:] == ["f1_low", "f1_high", "median_dice_low", "median_dice_high"]  # last in the table

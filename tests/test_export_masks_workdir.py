@@ -1,0 +1,77 @@
+"""`gpseg export-masks --workdir` writes no file twice in one call, and the count it prints is the files written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gpseg.cli import app
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained GP-UNet run with test heatmaps and an evaluation, on six BraTS phantom cases at 32 x 32 x 16
+    (the store and run of tests/gpmodels/conftest.py, whose fixtures this folder does not see)."""
+    import torch
+
+    from gpmodels.checkpoints import RunPaths, save_weights
+    from gpmodels.evaluation import evaluate_heatmaps, write_evaluation
+    from gpmodels.heatmaps import generate_heatmaps
+    from gpmodels.train_config import preset_config
+    from gpmodels.training import build_network, resolve_run
+    from storage.ingest import ingest_brats
+    from storage.ingest_config import IngestConfig
+    from storage.phantoms import write_brats_phantoms
+
+    root = tmp_path_factory.mktemp("export")
+    write_brats_phantoms(root / "brats", cases=6, size=32, depth=16, seed=0)
+    store = ingest_brats(root / "brats", root / "brats.zarr", IngestConfig(workers=0)).store
+    out = root / "gp-unet"
+    run = resolve_run(preset_config("smoke", str(store), "gp-unet", str(out)))
+    out.mkdir()
+    RunPaths(out).config.write_text(json.dumps(run.to_dict()))
+    torch.manual_seed(0)
+    save_weights(build_network(run).state_dict(), RunPaths(out).model)
+    write_evaluation(out, evaluate_heatmaps(generate_heatmaps(out, "test", posthoc=0)))
+    return out
+
+
+def _report(work: Path, runs: list[Path]) -> None:
+    (work / "report").mkdir(parents=True, exist_ok=True)
+    (work / "report" / "metrics.json").write_text(json.dumps({"runs": [{"run_dir": str(run)} for run in runs]}))
+
+
+def test_runs_that_would_write_the_same_files_are_refused_before_any_is_written(evaluated_run, tmp_path):
+    """Two data versions' runs of one model and fold wrote <patient>_gp-unet_fold0.nii.gz over each other:
+    "wrote 5" with 3 files on disk."""
+    work = tmp_path / "w"
+    old, new = (shutil.copytree(evaluated_run, work / "runs" / "brats" / version / "gp-unet" / "fold_0")
+                for version in ("v1", "v2"))
+    _report(work, [old, new])  # e.g. a report made by hand with `gpseg postprocess --runs`
+    masks = tmp_path / "masks"
+    clash = CliRunner().invoke(app, ["export-masks", "--workdir", str(work), "--out", str(masks)])
+    said = " ".join(clash.output.split())
+    assert clash.exit_code == 1 and f"both {old} and {new} would write it" in said and "nothing was written" in said
+    assert "_gp-unet_fold0.nii.gz: both" in said and not masks.exists()
+
+    _report(work, [new])
+    result = CliRunner().invoke(app, ["export-masks", "--workdir", str(work), "--out", str(masks)])
+    files = sorted(masks.iterdir())
+    assert result.exit_code == 0 and files, result.output
+    assert f"wrote {len(files)} NIfTI masks" in " ".join(result.output.split())
+
+    shutil.rmtree(work / "report")
+    refused = CliRunner().invoke(app, ["export-masks", "--workdir", str(work), "--out", str(tmp_path / "again")])
+    assert refused.exit_code == 1 and "no report naming the current runs" in refused.output
+    assert not (tmp_path / "again").exists()
+
+
+def test_export_masks_of_one_run_still_counts_its_files(evaluated_run, tmp_path):
+    result = CliRunner().invoke(app, ["export-masks", "--run", str(evaluated_run), "--out", str(tmp_path / "m")])
+    files = list((tmp_path / "m").iterdir())
+    assert result.exit_code == 0 and files and all(f.name.endswith("_pred.nii.gz") for f in files)
+    assert f"wrote {len(files)} NIfTI masks" in " ".join(result.output.split())

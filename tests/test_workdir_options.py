@@ -1,0 +1,118 @@
+"""`--workdir` and `--source` of the CLI's flow and evaluation commands: a damaged report, a file where a work dir
+or drop folder should be, and a mistyped drop folder are one-line errors, not "no report yet" or "no new data"."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from gpseg.cli import app
+
+
+def _work_dir(root: Path, versions: tuple[str, ...] = ("v1", "v2")) -> Path:
+    """A work dir with a GP-UNet fold-0 run (test heatmaps only) of each data version of brats."""
+    root.mkdir(parents=True, exist_ok=True)
+    for version in versions:
+        (root / "runs" / "brats" / version / "gp-unet" / "fold_0" / "heatmaps" / "test.zarr").mkdir(parents=True)
+    return root
+
+
+def _said(result) -> str:
+    return " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("command", [["postprocess"], ["export-masks", "--out", "masks"]])
+def test_a_damaged_report_is_named_not_taken_for_no_report(tmp_path, monkeypatch, command):
+    """A truncated metrics.json was read as "no report yet": every data version was re-reported, the stale one
+    too, and the report's carried notes were lost."""
+    monkeypatch.chdir(tmp_path)
+    work = _work_dir(tmp_path / "w")
+    (work / "report").mkdir()
+    (work / "report" / "metrics.json").write_text('{"runs": [{"run_dir": "/x"')  # cut short
+    result = CliRunner().invoke(app, [*command, "--workdir", str(work)])
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1
+    said = _said(result)
+    assert said.startswith(f"error: {work / 'report' / 'metrics.json'}: cannot be read (not JSON"), said
+    assert "re-run the benchmark" in said and "--runs" in said and "no report yet" not in said
+    assert not (tmp_path / "masks").exists()
+
+
+def test_export_masks_of_a_work_dir_without_a_report_is_refused_before_writing(tmp_path):
+    """Without a report it exported every run: two data versions' runs wrote the same <patient>_<model>_fold<K>
+    files over each other, and it said "wrote 5" with 3 files on disk."""
+    work = _work_dir(tmp_path / "w")
+    result = CliRunner().invoke(app, ["export-masks", "--workdir", str(work), "--out", str(tmp_path / "masks")])
+    said = _said(result)
+    assert result.exit_code == 1 and said.startswith(f"error: {work / 'report'}: no report naming the current runs")
+    assert "--run" in said and "exporting" not in said
+    assert not (tmp_path / "masks").exists()
+    command = typer.main.get_command(app).commands["export-masks"]
+    (help_text,) = [param.help for param in command.params if param.name == "workdir"]
+    assert "refused without one" in help_text and "two runs would write one file" in help_text
+
+
+def test_postprocess_of_a_work_dir_without_a_report_still_takes_every_run(tmp_path):
+    work = _work_dir(tmp_path / "w", ("v1",))
+    result = CliRunner().invoke(app, ["postprocess", "--workdir", str(work)])
+    assert "every run with test heatmaps" in _said(result) and "no report yet" in _said(result)
+
+
+@pytest.mark.parametrize("command", [["postprocess"], ["export-masks", "--out", "m"], ["retrain"]])
+def test_a_work_dir_that_is_a_file_is_not_a_folder(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "text.txt").write_text("x")
+    result = CliRunner().invoke(app, [*command, "--workdir", "text.txt"])
+    said = _said(result)
+    assert result.exit_code == 1 and "text.txt: not a folder" in said and "no such" not in said, said
+    missing = CliRunner().invoke(app, [*command, "--workdir", "nowhere"])
+    assert missing.exit_code == 1 and "nowhere: no such work dir" in _said(missing)
+
+
+@pytest.fixture
+def flow_calls(monkeypatch) -> list:
+    """The parameters `gpseg retrain` ran the flow with; the flow itself is not run (it says "no new data")."""
+    import flows.retrain
+
+    calls = []
+
+    def retrain_on_new_data(params):
+        calls.append(params)
+        return {"status": "no new data", "new_files": []}
+
+    monkeypatch.setattr(flows.retrain, "retrain_on_new_data", retrain_on_new_data)
+    return calls
+
+
+def test_retrain_refuses_a_mistyped_or_file_source_but_not_a_default_drop_folder_yet_to_come(tmp_path, flow_calls):
+    """`--source nosuchdrop` (a typo) and `--source text.txt` exited 0 with "no new data"."""
+    work = _work_dir(tmp_path / "w", ())
+    (tmp_path / "text.txt").write_text("x")
+    args = ["retrain", "--workdir", str(work), "--models", "gp-unet", "--folds", "1", "--preset", "smoke"]
+    typo = CliRunner().invoke(app, [*args, "--source", str(tmp_path / "nosuchdrop")])
+    assert typo.exit_code == 1 and _said(typo).startswith(f"error: --source {tmp_path / 'nosuchdrop'}: no such folder")
+    assert f"without --source, {work / 'drop'}" in _said(typo)
+    file = CliRunner().invoke(app, [*args, "--kind", "jun-cheng", "--source", str(tmp_path / "text.txt")])
+    assert file.exit_code == 1 and _said(file).startswith(f"error: --source {tmp_path / 'text.txt'}: not a folder")
+    assert flow_calls == []
+    scheduled = CliRunner().invoke(app, args)  # the default drop folder, before the first `gpseg drop`
+    assert scheduled.exit_code == 0 and f"no new data: {work / 'drop'}" in _said(scheduled)
+    (tmp_path / "drop").mkdir()
+    given = CliRunner().invoke(app, [*args, "--source", str(tmp_path / "drop")])
+    assert given.exit_code == 0
+    assert [params.dataset.source for params in flow_calls] == [str(work / "drop"), str(tmp_path / "drop")]
+
+
+def test_retrain_refuses_a_damaged_report_before_the_flow_starts(tmp_path, flow_calls):
+    """The retraining keeps the other datasets' runs from the report; a damaged one lost them unsaid."""
+    work = _work_dir(tmp_path / "w", ())
+    (work / "report").mkdir()
+    (work / "report" / "metrics.json").write_text(json.dumps({"runs": "not a list"}))
+    result = CliRunner().invoke(app, ["retrain", "--workdir", str(work)])
+    said = _said(result)
+    assert result.exit_code == 1 and said.startswith(f"error: {work / 'report' / 'metrics.json'}: cannot be read"), said
+    assert flow_calls == []
