@@ -12,7 +12,8 @@ def read_csv_rows(path: Path) -> list[list[str]]:
     Raises:
         OSError: the file cannot be read (the error names it).
         ValueError: one line naming the file: it is not UTF-8 text (e.g. saved from Excel as plain "CSV",
-            in the Windows code page, with an accented name), or not CSV (a NUL byte: a binary file).
+            in the Windows code page, with an accented name), or not CSV as Python's reader takes it (e.g. a
+            field over its size limit, as in a binary file).
     """
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
