@@ -8,8 +8,6 @@ tracebacks. :func:`check_cluster` says either in one line, before any work.
 
 from __future__ import annotations
 
-from storage.errors import one_line
-
 CONNECT_TIMEOUT_S = 20
 """How long :func:`check_cluster` waits for the scheduler to answer."""
 
@@ -44,14 +42,13 @@ def check_cluster(address: str, gpus: int = 1, timeout: float | None = None) -> 
         RuntimeError: one line: the scheduler does not answer (or the address is malformed), or no worker
             offers ``GPU`` >= ``gpus`` (:func:`cluster_problem`).
     """
-    from distributed import Client
+    from storage.parallel import connect_client
 
     try:
-        with Client(address, timeout=timeout or CONNECT_TIMEOUT_S, set_as_default=False) as client:
+        with connect_client(address, timeout or CONNECT_TIMEOUT_S) as client:
             workers = client.scheduler_info(n_workers=-1).get("workers", {})
-    except Exception as exc:  # OSError (nothing listens), ValueError (no such scheme), TimeoutError
-        reason = one_line(exc) or type(exc).__name__
-        raise RuntimeError(f"--dask-address {address}: cannot reach the Dask scheduler ({reason})") from None
+    except ConnectionError as exc:
+        raise RuntimeError(str(exc)) from None
     problem = cluster_problem(address, workers, gpus)
     if problem:
         raise RuntimeError(problem)

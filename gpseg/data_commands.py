@@ -86,7 +86,7 @@ def _ingest(dataset: str, source: Path, out: Path, config: IngestConfig, append:
     try:
         with progress_bar(f"ingest {source.name}") as update:
             report = fn(source, out, config, append=append, progress=update, **kwargs)
-    except (NoUsableInput, StoreError, ValueError) as exc:
+    except (NoUsableInput, StoreError, ValueError, ConnectionError) as exc:  # ConnectionError: --dask-address
         _print_rejected(getattr(exc, "rejected", {}))  # why every case was rejected
         raise fail(str(exc), 1) from exc
     except KeyboardInterrupt:

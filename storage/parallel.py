@@ -11,9 +11,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from storage.errors import one_line
 from storage.quiet import quiet_logger
 
 T = TypeVar("T")
+
+CONNECT_TIMEOUT_S = 30
+"""Seconds to wait for the Dask scheduler at a given address (Dask's own default)."""
 
 
 @contextmanager
@@ -30,7 +34,7 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
     from dask.distributed import Client, LocalCluster
 
     if address is not None:
-        with Client(address) as client:
+        with connect_client(address) as client:
             yield client
         return
     owned = _interrupt_owner()
@@ -61,6 +65,23 @@ def _interrupt_owner() -> bool:
         return False
     handler = signal.getsignal(signal.SIGINT)
     return callable(handler) and handler is not signal.default_int_handler
+
+
+def connect_client(address: str, timeout: float | None = None) -> Any:
+    """A Dask client of the scheduler at ``address`` (not made the default client); ``timeout`` defaults to
+    :data:`CONNECT_TIMEOUT_S`.
+
+    Raises:
+        ConnectionError: one line naming ``--dask-address`` and the address: nothing answers there within
+            ``timeout`` seconds, or the address is malformed (no such scheme).
+    """
+    from dask.distributed import Client
+
+    try:
+        return Client(address, timeout=CONNECT_TIMEOUT_S if timeout is None else timeout, set_as_default=False)
+    except (OSError, ValueError) as exc:  # nothing listens (a timeout is an OSError), or a malformed address
+        raise ConnectionError(f"--dask-address {address}: cannot reach the Dask scheduler "
+                              f"({one_line(exc) or type(exc).__name__})") from None
 
 
 @contextmanager

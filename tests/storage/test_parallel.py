@@ -80,3 +80,19 @@ def test_a_ctrl_c_handler_of_the_caller_is_left_in_place():
         assert signal.getsignal(signal.SIGINT) is owner
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_an_ingestion_to_a_scheduler_that_does_not_answer_is_one_line_naming_the_option(brats_source, tmp_path,
+                                                                                          monkeypatch):
+    """`gpseg ingest --dask-address` to nothing printed "error: Timed out trying to connect to ... after 30 s"."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+    from storage import parallel
+
+    monkeypatch.setattr(parallel, "CONNECT_TIMEOUT_S", 2)
+    said = CliRunner().invoke(app, ["ingest", "brats", str(brats_source), "--out", str(tmp_path / "s.zarr"),
+                                    "--dask-address", "tcp://127.0.0.1:1"])
+    assert said.exit_code == 1 and not (tmp_path / "s.zarr").exists()
+    assert " ".join(said.output.split()).startswith(
+        "error: --dask-address tcp://127.0.0.1:1: cannot reach the Dask scheduler ("), said.output
