@@ -401,7 +401,8 @@ def _export_plan(run: Path, suffix: str, skip_2d: bool = False) -> dict | None:
                       soft_wrap=True)
         return None
     return {"run": run, "model": train.get("model"), "fold": train.get("fold"), "heat": heat, "store": store_path,
-            "evaluation": evaluation, "suffix": suffix, "names": _mask_names(group, heat, suffix)}
+            "evaluation": evaluation, "suffix": suffix, "names": _mask_names(group, heat, suffix),
+            "split_mode": dict(group.attrs.get("split") or {}).get("mode")}
 
 
 def _mask_names(group: zarr.Group, heat: zarr.Group, suffix: str) -> list[str]:
@@ -447,6 +448,11 @@ def _write_masks(plan: dict, out: Path, label: str = "export masks") -> list[Pat
         console.print(f"[yellow]warning[/yellow] {run}: its last evaluation thresholded the map of the true class "
                       "(--target-class true), so these masks use the ground-truth labels: they are no prediction. "
                       "Re-run `gpseg postprocess` without it first to export predictions.", highlight=False,
+                      soft_wrap=True)
+    if plan.get("split_mode") == "slice":
+        console.print(f"[yellow]warning[/yellow] {run}: its store splits by slice (--split slice), so each patient's "
+                      "test slices are only some of its slices; the others are 0 in these masks, which reads as no "
+                      "tumour there. Export a patient-grouped run for whole-volume predictions.", highlight=False,
                       soft_wrap=True)
     heat = plan["heat"]
     with progress_bar(label) as update:

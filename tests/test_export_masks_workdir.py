@@ -75,3 +75,20 @@ def test_export_masks_of_one_run_still_counts_its_files(evaluated_run, tmp_path)
     files = list((tmp_path / "m").iterdir())
     assert result.exit_code == 0 and files and all(f.name.endswith("_pred.nii.gz") for f in files)
     assert f"wrote {len(files)} NIfTI masks" in " ".join(result.output.split())
+
+
+def test_a_run_of_a_slice_level_split_warns_that_its_masks_hold_test_slices_only(evaluated_run, tmp_path):
+    """With --split slice a patient's slices lie in every split, so its exported volume holds its test slices
+    only and reads as tumour-free elsewhere; the export said nothing."""
+    import zarr
+
+    store = zarr.open_group(json.loads((evaluated_run / "config.json").read_text())["store_path"], mode="r+")
+    split = dict(store.attrs["split"])
+    store.attrs["split"] = {**split, "mode": "slice"}
+    try:
+        said = CliRunner().invoke(app, ["export-masks", "--run", str(evaluated_run), "--out", str(tmp_path / "m")])
+    finally:
+        store.attrs["split"] = split
+    assert said.exit_code == 0, said.output
+    assert "its store splits by slice (--split slice), so each patient's test slices are only some of its " \
+           "slices" in " ".join(said.output.split())
