@@ -132,20 +132,25 @@ def _reference_header(path: Path, shape: tuple[int, int, int], affine: np.ndarra
     return nib.Nifti1Header.from_header(header)
 
 
-def mask_image(volume: np.ndarray, affine: np.ndarray, reference: Path | None) -> nib.Nifti1Image:
+def mask_image(volume: np.ndarray, affine: np.ndarray, reference: Path | None,
+               forms: dict | None = None) -> nib.Nifti1Image:
     """A uint8 NIfTI-1 image of a mask volume with the original file's header where possible.
 
     The reference file's header is read (not its voxels) and copied when the file exists and
     matches ``volume``'s shape and ``affine``: orientation codes, pixel dimensions, units and
-    timing stay as in the original. Otherwise a fresh header is built with ``affine`` as sform
-    and qform (code 1, scanner) and millimetre units. In both cases the data type is uint8,
-    scaling is the identity (slope 1, intercept 0), the display range is 0..1 and ``descrip``
-    records which header was used.
+    timing stay as in the original. Otherwise a fresh header is built in millimetre units: with
+    the source's recorded ``forms``, its qform and both codes (viewers built on ITK, such as
+    ITK-SNAP and 3D Slicer, place an image by its qform, which may differ from the sform), ``affine``
+    as the sform; without them (stores of older gpseg), ``affine`` as sform and qform (code 1,
+    scanner). In both cases the data type is uint8, scaling is the identity (slope 1, intercept 0),
+    the display range is 0..1 and ``descrip`` records which header was used.
 
     Args:
         volume: uint8 ``(X, Y, Z)`` mask.
         affine: float ``(4, 4)`` voxel-to-world matrix of the source.
         reference: the source's first channel file, or ``None`` when unknown.
+        forms: the source header's ``qform`` (when coded), ``qform_code`` and ``sform_code`` as the
+            store's ``volumes`` entry records them (:func:`storage.volumes.header_forms`), or ``None``.
 
     Returns:
         The image (nothing is written).
@@ -156,8 +161,7 @@ def mask_image(volume: np.ndarray, affine: np.ndarray, reference: Path | None) -
         origin = "header rebuilt from the stored affine"
         header = nib.Nifti1Header()
         header.set_xyzt_units("mm", "sec")
-        header.set_qform(affine, code=1)
-        header.set_sform(affine, code=1)
+        _set_forms(header, affine, forms)
     else:
         origin = f"header of {reference.name}"
     header.set_data_dtype(np.uint8)
@@ -165,6 +169,21 @@ def mask_image(volume: np.ndarray, affine: np.ndarray, reference: Path | None) -
     header["cal_min"], header["cal_max"] = 0.0, 1.0
     header["descrip"] = f"{MASK_DESCRIPTION}; {origin}".encode()[:_DESCRIP_BYTES]
     return nib.Nifti1Image(volume.astype(np.uint8, copy=False), affine, header)
+
+
+def _set_forms(header: nib.Nifti1Header, affine: np.ndarray, forms: dict | None) -> None:
+    """Give a new header the source's qform and sform as recorded (see :func:`mask_image`)."""
+    if not forms or "qform_code" not in forms:
+        header.set_qform(affine, code=1)
+        header.set_sform(affine, code=1)
+        return
+    qform_code, sform_code = int(forms["qform_code"]), int(forms.get("sform_code", 0))
+    qform = np.asarray(forms["qform"], dtype=np.float64) if forms.get("qform") is not None else None
+    if qform is not None and qform_code:
+        header.set_qform(qform, code=qform_code)
+    else:
+        header.set_qform(affine, code=0)  # none coded: the matrix is only what readers fall back to
+    header.set_sform(affine, code=sform_code if sform_code else (0 if qform_code else 1))
 
 
 def write_nifti_atomic(image: nib.Nifti1Image, path: Path) -> Path:
@@ -303,7 +322,8 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: Mas
         reference = Path(record["reference"])
         if not reference.is_absolute():
             reference = Path(root) / reference if root else None
-        image = mask_image(volume, np.asarray(record["affine"]), reference)
+        image = mask_image(volume, np.asarray(record["affine"]), reference,
+                           {key: record[key] for key in ("qform", "qform_code", "sform_code") if key in record})
         out_dir.mkdir(parents=True, exist_ok=True)
         written.append(write_nifti_atomic(image, out_dir / name))
         logger.info("%s: %s", written[-1], image.header["descrip"].item().decode())

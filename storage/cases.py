@@ -93,6 +93,9 @@ class SliceBatch:
         axes: the order of the source's voxel axes that made its third axis foot-head (see
             :func:`storage.slicing.axial_axes`): slices are cut from ``volume.transpose(axes)``;
             ``(0, 1, 2)`` for an axially stored volume and for 2-D sources.
+        forms: the source header's ``qform`` (4x4 list, only when its code is not 0), ``qform_code`` and
+            ``sform_code`` (3-D sources), so that an export whose source file has moved can rebuild a header
+            that viewers reading the qform (ITK-SNAP, 3D Slicer) place as the source; ``None`` for 2-D sources.
     """
 
     patient: str
@@ -105,6 +108,7 @@ class SliceBatch:
     source_shape: tuple[int, ...] | None = None
     affine: np.ndarray | None = None
     axes: tuple[int, int, int] = (0, 1, 2)
+    forms: dict | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -45,14 +45,31 @@ def volume_record(batch: SliceBatch) -> dict:
     """A 3-D case's entry in the store's ``volumes`` attribute, for NIfTI export.
 
     ``shape`` and ``affine`` are the source's (its first channel's), ``reference`` is that file's
-    absolute path, and ``axes`` (only for a volume not stored axially) the order of its voxel axes
-    that the slices were cut in (:func:`storage.slicing.axial_axes`).
+    absolute path, ``axes`` (only for a volume not stored axially) the order of its voxel axes
+    that the slices were cut in (:func:`storage.slicing.axial_axes`), and ``qform`` (when coded),
+    ``qform_code`` and ``sform_code`` those of its header (:func:`header_forms`).
     """
     record = {"shape": list(batch.source_shape), "affine": batch.affine.tolist(),
               "reference": str(Path(next(iter(batch.sources))).resolve())}
     if tuple(batch.axes) != IDENTITY_AXES:
         record["axes"] = list(batch.axes)
+    if batch.forms:
+        record.update(batch.forms)
     return record
+
+
+def header_forms(header) -> dict:
+    """A NIfTI header's qform (4x4 list, only when its code is not 0) and the codes of both forms, for
+    :attr:`storage.cases.SliceBatch.forms`; empty for a header without them (e.g. Analyze)."""
+    try:
+        qform, qform_code = header.get_qform(coded=True)
+        sform_code = int(header["sform_code"])
+    except (AttributeError, KeyError, ValueError):
+        return {}
+    forms = {"qform_code": int(qform_code), "sform_code": sform_code}
+    if qform is not None and int(qform_code):
+        forms["qform"] = np.asarray(qform, dtype=np.float64).tolist()
+    return forms
 
 
 def record_axes(record: dict) -> tuple[int, int, int]:
@@ -159,4 +176,5 @@ def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig,
         source_shape=tuple(int(s) for s in first.data.shape),
         affine=first.affine,
         axes=axes,
+        forms=header_forms(first.header),
     )

@@ -376,6 +376,17 @@ def test_an_oblique_anisotropic_source_keeps_its_grid_and_header(tmp_path: Path)
     assert kept.size > 0
     np.testing.assert_array_equal(np.asarray(exported.dataobj)[:, :, kept], seg[:, :, kept] > 0)
 
+    # the source moved (a work dir copied to another machine): the header is rebuilt, with the source's qform
+    # and codes, since ITK-based viewers (ITK-SNAP, 3D Slicer) place an image by its qform
+    images["flair"].rename(tmp_path / "moved.nii.gz")
+    [rebuilt] = export_patient_masks(store, indices, masks, tmp_path / "again")
+    header = nib.load(rebuilt).header
+    assert header["descrip"].item().decode().endswith("header rebuilt from the stored affine")
+    assert (int(header["qform_code"]), int(header["sform_code"])) == (1, 4)
+    np.testing.assert_allclose(header.get_qform(), qform, atol=1e-5)
+    np.testing.assert_allclose(header.get_sform(), source.header.get_sform(), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(nib.load(rebuilt).dataobj), np.asarray(exported.dataobj))
+
 
 def _restack(path: Path, order: tuple[int, int, int], out: Path) -> Path:
     """Save ``path``'s volume with its voxel axes in ``order`` (its affine's columns likewise): the same
