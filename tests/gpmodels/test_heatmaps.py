@@ -96,3 +96,30 @@ def test_a_store_re_ingested_since_is_refused_by_heatmaps_evaluation_export_and_
     exported = CliRunner().invoke(app, ["export-masks", "--run", str(run), "--out", str(tmp_path / "masks")])
     assert exported.exit_code == 1 and re.search(stale, " ".join(exported.output.split()))
     assert not (tmp_path / "masks").exists()
+
+
+def test_posthoc_maps_are_stored_as_computed_for_the_rank_agreement(tmp_path):
+    """GP-UNet's guided-backprop values are about 1e-8, below float16's smallest numbers: stored as float16,
+    most pixels were 0 and the report's rank agreement changed (0.39 instead of 0.61 in a reviewer's case)."""
+    import types
+
+    import torch
+
+    from gpmodels.heatmaps import _write_posthoc
+    from gpmodels.nets import build_model
+    from gpmodels.posthoc import posthoc_batch
+
+    torch.manual_seed(0)
+    model = build_model("gp-unet", 2, 3, width=4).eval()
+    images = (0.3 + 0.2 * torch.rand(2, 2, 32, 32, generator=torch.Generator().manual_seed(1))).numpy()
+    labels = np.array([1, 2], np.int8)
+    store = zarr.create_group(store=str(tmp_path / "s.zarr"), zarr_format=3)
+    store.create_array("images", data=images.astype(np.float16))
+    heat = zarr.create_group(store=str(tmp_path / "h.zarr"), zarr_format=3)
+    run = types.SimpleNamespace(classes=["tumour-free", "a", "b"], image_size=32)
+    _write_posthoc(heat, model, store, np.arange(2), labels, run, True, 2, torch.device("cpu"))
+    computed = posthoc_batch(model, torch.from_numpy(images.astype(np.float16).astype(np.float32)),
+                             torch.from_numpy(labels.astype(np.int64)), is_gp=True)
+    stored = heat["posthoc/guided_backprop"]
+    assert stored.dtype == np.float32
+    np.testing.assert_allclose(stored[:], computed["guided_backprop"], rtol=1e-5, atol=0)
