@@ -27,6 +27,8 @@ import numpy as np
 import zarr
 
 from gpmodels.files import replace_atomically
+from storage.errors import CaseRejected
+from storage.nifti import load_nifti
 from storage.store import open_store, read_patients
 from storage.volumes import record_axes
 
@@ -119,17 +121,33 @@ def _reference_header(path: Path, shape: tuple[int, int, int], affine: np.ndarra
         logger.warning("%s: reference file gone; rebuilding the header from the stored affine", path)
         return None
     try:
-        header = nib.load(path).header
+        header = _read_header(path)
         found_shape = tuple(int(v) for v in header.get_data_shape())
         found_affine = header.get_best_affine()
-    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError, CaseRejected) as exc:
         logger.warning("%s: header unreadable (%s); rebuilding it from the stored affine", path, exc)
         return None
     if found_shape[:3] != shape or any(v != 1 for v in found_shape[3:]) or not np.allclose(found_affine, affine):
         logger.warning("%s: header (shape %s) no longer matches the stored grid (shape %s and affine); "
                        "rebuilding it from the stored affine", path, found_shape, shape)
         return None
-    return nib.Nifti1Header.from_header(header)
+    nibabel_log = logging.getLogger("nibabel.global")
+    level = nibabel_log.level
+    nibabel_log.setLevel(logging.ERROR)  # a NIfTI-2 header's size 540, set to NIfTI-1's 348, is no news
+    try:
+        return nib.Nifti1Header.from_header(header)
+    finally:
+        nibabel_log.setLevel(level)
+
+
+def _read_header(path: Path) -> nib.Nifti1Header:
+    """The NIfTI header of ``path``, read by its name's extension (nibabel reads the header only) or, where
+    that fails, by its content, as ingestion reads it (a gzip file named ``.nii``, a plain one named
+    ``.nii.gz``: ingestion stored them, so their header must come back too)."""
+    try:
+        return nib.load(path).header
+    except (OSError, EOFError, nib.filebasedimages.ImageFileError):
+        return load_nifti(path).header
 
 
 def mask_image(volume: np.ndarray, affine: np.ndarray, reference: Path | None,

@@ -468,3 +468,39 @@ def test_appending_to_a_store_that_sliced_a_sagittal_volume_the_old_way_is_refus
                                          r"--overwrite instead of --append$"):
         ingest_manifest(csv, store, IngestConfig(workers=0), append=True)
     assert open_store(store).attrs["data_version"] == version
+
+
+def test_sources_read_by_content_keep_their_header_and_nifti2_is_quiet(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Ingestion reads a gzip file named .nii (and a NIfTI-2 file) by its content; the export read the header by
+    the name's extension, failed and rebuilt it (codes and qform lost), and a NIfTI-2 header made nibabel log
+    "sizeof_hdr should be 348"."""
+    import gzip
+
+    shape = (16, 16, 6)
+    affine = np.diag([1.5, 1.5, 4.0, 1.0])
+    affine[:3, 3] = [-12.0, -12.0, -10.0]
+    seg = np.zeros(shape, np.uint8)
+    seg[4:10, 5:11, 1:5] = 1
+    rng = np.random.default_rng(0)
+    rows = []
+    for patient, kind in (("gzipped", nib.Nifti1Image), ("nifti2", nib.Nifti2Image)):
+        image = kind((rng.normal(size=shape) + 2.0 * seg).astype(np.float32), affine)
+        image.header.set_sform(affine, code=2)
+        flair = tmp_path / f"{patient}_flair.nii"
+        if patient == "gzipped":
+            flair.write_bytes(gzip.compress(image.to_bytes()))  # gzip bytes under a plain .nii name
+        else:
+            nib.save(image, flair)
+        nib.save(nib.Nifti1Image(seg, affine), tmp_path / f"{patient}_seg.nii.gz")
+        rows.append(f"{patient},HGG,{flair.name},{patient}_seg.nii.gz")
+    (tmp_path / "m.csv").write_text("patient_id,label,flair,seg\n" + "\n".join(rows) + "\n")
+    store = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", IngestConfig(workers=0)).store
+    with caplog.at_level(logging.WARNING):
+        written = export_patient_masks(store, *_ground_truth(store), tmp_path / "out")
+    assert not [r.getMessage() for r in caplog.records if "sizeof_hdr" in r.getMessage() or "rebuild" in r.getMessage()]
+    for path in written:
+        header = nib.load(path).header
+        assert header["descrip"].item().decode().startswith(f"{MASK_DESCRIPTION}; header of ")
+        assert int(header["sform_code"]) == 2
+        np.testing.assert_allclose(header.get_sform(), affine)
