@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ class NiftiVolume:
 
 _HASHED_MAX = 200_000
 """Files whose digest :func:`sha256_file` keeps in this process (a BraTS release is about 1,900 files)."""
+_SETTLED_NS = 2_000_000_000
+"""Only files last changed this long ago (ns) are looked up or kept: a file system whose clock ticks
+coarsely gives a file rewritten within one tick the same times, which would hit a stale digest."""
 _hashed: OrderedDict[tuple[int, int, int, int, int], str] = OrderedDict()
 _hashed_lock = threading.Lock()
 
@@ -52,11 +56,12 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
     modification and change times, in ns), so a file that a run hashes twice, e.g. a drop folder's
     stored cases, once to find the new ones and once when ingestion checks they are unchanged, is read
     once. Writing to a file, or replacing it, changes its change time (which no tool can set back), so
-    a changed file is always read again.
+    a changed file is always read again; a file changed in the last :data:`_SETTLED_NS` is always read.
     """
     try:
         stat = os.stat(path)
-        key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        settled = time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) >= _SETTLED_NS
+        key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns) if settled else None
     except OSError:
         key = None  # open() below raises the error with the file's name
     if key is not None:
