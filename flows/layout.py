@@ -185,11 +185,14 @@ def default_runs(workdir: str, *, discover: bool = True) -> tuple[list[str], str
 
     Raises:
         ValueError: the report names runs and none of them is there (a report copied without its runs,
-            or whose runs were deleted), or it is damaged (:func:`read_report`): taking every run on disk
-            instead would mix data versions.
+            or whose runs were deleted), names none, or is damaged (:func:`read_report`): taking every run
+            on disk instead would mix data versions.
     """
     report = Path(workdir) / REPORT
     current, gone = report_run_dirs(report)
+    if not current and not gone and read_report(report) is not None:  # a report that names no run: made by hand
+        raise ValueError(f"{report / METRICS}: names no run; give the runs with --runs, or delete the report to "
+                         f"take every run under {Path(workdir) / RUNS}")
     if gone and not current:
         raise ValueError(f"{report / METRICS}: none of the {len(gone)} run dir(s) it names is there "
                          f"(e.g. {gone[0]}); give the runs with --runs, or delete the report to take every run "

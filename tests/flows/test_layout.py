@@ -78,6 +78,9 @@ def test_postprocess_defaults_to_the_report_and_falls_back_to_discovery(tmp_path
     _write_report(tmp_path, [new])
     runs, source = default_runs(str(tmp_path))
     assert runs == [new] and "report" in source
+    _write_report(tmp_path, [])  # a report naming no run (made by hand) is no reason to take every run
+    with pytest.raises(ValueError, match=r"metrics\.json: names no run; give the runs with --runs"):
+        default_runs(str(tmp_path))
 
 
 def test_dataset_of_reads_the_work_dir_layout_only():
