@@ -61,6 +61,17 @@ DICE_CONVENTION = ("Dice = 2|P∩T| / (|P|+|T|) per slice, over slices whose gro
                    "denominator, which lifts small-mask scores)")
 
 
+OFFSET_FALLBACK = "auto impossible"
+"""How ``offset_source`` starts when ``offset="auto"`` found nothing on the validation split to rank the offsets
+by and the paper's offset was used (see :func:`_resolve_offset`)."""
+
+
+def offset_fell_back(threshold: dict) -> bool:
+    """Whether an evaluation's ``threshold`` entry asked for ``offset="auto"`` and got the paper's offset instead
+    (:data:`OFFSET_FALLBACK`)."""
+    return str(threshold.get("offset_source", "")).startswith(OFFSET_FALLBACK)
+
+
 def default_threshold(model: str) -> ThresholdConfig:
     """The paper's post-processing for a model: multi-Otsu minus its offset (0 for baselines)."""
     return ThresholdConfig(method="multiotsu", offset=PAPER_MULTIOTSU_OFFSETS.get(model, 0.0))
@@ -161,7 +172,7 @@ def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig,
     fallback = PAPER_MULTIOTSU_OFFSETS.get(heat.attrs["model"], 0.0)
     if tumour.size == 0:  # e.g. a collapsed network that calls every slice tumour-free: every offset scores 0
         return (replace(config, offset=fallback),
-                f"auto impossible: no validation slice is {'labelled' if config.target_class == 'true' else 'predicted'}"
+                f"{OFFSET_FALLBACK}: no validation slice is {'labelled' if config.target_class == 'true' else 'predicted'}"
                 f" a tumour class, so every offset scores 0; the paper's offset {fallback:g} was used")
     index = val["index"][:]
     scores, has_target = [], []
@@ -181,7 +192,7 @@ def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig,
     has_target = np.concatenate(has_target)
     if not has_target.any():
         return (replace(config, offset=fallback),
-                f"auto impossible: no validation slice has a tumour mask; the paper's offset {fallback:g} was used")
+                f"{OFFSET_FALLBACK}: no validation slice has a tumour mask; the paper's offset {fallback:g} was used")
     offset = best_offset(np.concatenate(scores, axis=1), config.auto_offsets, has_target)
     edge = (f"; {offset:g} is the largest offset tried, so a larger one may do better"
             if offset_at_edge(offset, config.auto_offsets) else "")

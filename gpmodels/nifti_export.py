@@ -233,7 +233,12 @@ def _check_indices(indices: np.ndarray, count: int, store: str | Path) -> np.nda
     return indices.astype(np.intp)
 
 
-def _file_name(patient: str, suffix: str) -> str:
+def mask_file_name(patient: str, suffix: str) -> str:
+    """``<patient><suffix>.nii.gz``, the file :func:`export_patient_masks` writes for a patient.
+
+    Raises:
+        ValueError: the name is not a plain file name (a separator, NUL or leading dot) or too long.
+    """
     name = f"{patient}{suffix}.nii.gz"
     if Path(name).name != name or name.startswith(".") or "\\" in name or "\0" in name:
         raise ValueError(f"patient {patient!r}, suffix {suffix!r}: the file name {name!r} is not a plain "
@@ -329,7 +334,7 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: Mas
             axes = record_axes(volumes[patient])
         except ValueError as exc:
             raise ValueError(f"{store_path}: patient {patient!r}: {exc}") from None
-        names[patient] = _file_name(patient, suffix), axes
+        names[patient] = mask_file_name(patient, suffix), axes
     out_dir = Path(out_dir)
     written = []
     for patient, (name, axes) in names.items():

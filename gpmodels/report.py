@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from gpmodels.evaluation import evaluated_source, load_evaluation
+from gpmodels.evaluation import evaluated_source, load_evaluation, offset_fell_back
 from gpmodels.figure_cache import FigureCache, code_version
 from gpmodels.files import SEED_SELECTION, write_text_atomic
 from gpmodels.metrics import aggregate_folds
@@ -150,7 +150,8 @@ class ReportRun:
     def offset_auto(self) -> bool:
         """Whether the offset was chosen on validation masks (``auto: ...``; not ``auto impossible: ...``,
         where no validation slice could rank the offsets and the paper's was used)."""
-        return str(self.evaluation["threshold"].get("offset_source", "")).startswith("auto:")
+        threshold = self.evaluation["threshold"]
+        return str(threshold.get("offset_source", "")).startswith("auto") and not offset_fell_back(threshold)
 
 
 def threshold_config(values: Mapping[str, Any]) -> ThresholdConfig:

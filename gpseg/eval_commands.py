@@ -76,7 +76,7 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
     """
     from itertools import accumulate
 
-    from gpmodels.evaluation import evaluate_heatmaps, offset_at_edge, open_heatmaps, write_evaluation
+    from gpmodels.evaluation import evaluate_heatmaps, offset_at_edge, offset_fell_back, open_heatmaps, write_evaluation
     from gpmodels.files import heatmap_path
     from gpmodels.postprocess import ThresholdConfig
 
@@ -109,7 +109,7 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
             done.append(run)
             results.append(result)
             threshold = result["threshold"]
-            if threshold.get("offset_source", "").startswith("auto impossible"):
+            if offset_fell_back(threshold):
                 console.print(f"[yellow]warning[/yellow] {escape(str(run))}: --offset "
                               f"{escape(threshold['offset_source'])}", highlight=False, soft_wrap=True)
             elif threshold.get("offset_source", "").startswith("auto") and offset_at_edge(
@@ -406,18 +406,19 @@ def _export_plan(run: Path, suffix: str, skip_2d: bool = False) -> dict | None:
 
 
 def _mask_names(group: zarr.Group, heat: zarr.Group, suffix: str) -> list[str]:
-    """The files a run's export writes, ``<patient><suffix>.nii.gz`` per test patient (the names of
-    :func:`gpmodels.nifti_export.export_patient_masks`); none when the heatmaps' slice index does not fit the
-    store, which the export then names."""
+    """The files a run's export writes, one per test patient (:func:`gpmodels.nifti_export.mask_file_name`);
+    none when the heatmaps' slice index does not fit the store or a name is not a file name, which the export
+    then names."""
     import numpy as np
 
+    from gpmodels.nifti_export import mask_file_name
     from storage.store import read_patients
 
     try:
         patients = read_patients(group)[np.asarray(heat["index"][:], dtype=np.int64)]
+        return [mask_file_name(patient, suffix) for patient in np.unique(patients).tolist()]
     except (IndexError, ValueError):
         return []
-    return [f"{patient}{suffix}.nii.gz" for patient in np.unique(patients).tolist()]
 
 
 def _clash(plans: list[dict]) -> str | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
-from gpmodels.evaluation import evaluate_heatmaps, write_evaluation
+from gpmodels.evaluation import evaluate_heatmaps, offset_fell_back, write_evaluation
 from gpmodels.files import heatmap_path
 from gpmodels.postprocess import ThresholdConfig
 from gpmodels.report import build_report
@@ -20,9 +20,8 @@ def evaluate_run(run_dir: str, threshold: dict | None) -> dict:
     config = ThresholdConfig.from_dict(threshold) if threshold else None
     result = evaluate_heatmaps(heatmap_path(run_dir, "test"), config)
     write_evaluation(run_dir, result)
-    source = str(result["threshold"].get("offset_source", ""))
-    if source.startswith("auto impossible"):
-        get_run_logger().warning("%s: offset %s", run_dir, source)
+    if offset_fell_back(result["threshold"]):
+        get_run_logger().warning("%s: offset %s", run_dir, result["threshold"]["offset_source"])
     return {key: value for key, value in result.items() if key != "slices"}
 
 
