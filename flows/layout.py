@@ -111,20 +111,32 @@ def report_run_dirs(report_dir: str | Path) -> tuple[list[str], list[str]]:
     Raises:
         ValueError: the report is damaged (see :func:`read_report`).
     """
-    report_dir = Path(report_dir)
-    report = read_report(report_dir)
-    if report is None:
-        return [], []
     found, gone = [], []
-    for run in report["runs"]:
-        relative, absolute = run.get("run_dir_relative"), run["run_dir"]
-        here = [os.path.normpath(report_dir.resolve() / relative)] if isinstance(relative, str) else []
-        place = next((p for p in [*here, absolute] if Path(p).is_absolute() and Path(p).is_dir()), None)
+    for place, entry in report_entries(report_dir):
         if place is None:
-            gone.append(absolute)
+            gone.append(entry["run_dir"])
         elif place not in found:
             found.append(place)
     return found, gone
+
+
+def report_entries(report_dir: str | Path) -> list[tuple[str | None, dict]]:
+    """Each run entry of the report in ``report_dir`` (its ``metrics.json``), in report order, with where its
+    run dir is now (see :func:`report_run_dirs`), or ``None`` where it is gone; empty without a report.
+
+    Raises:
+        ValueError: the report is damaged (see :func:`read_report`).
+    """
+    report_dir = Path(report_dir)
+    report = read_report(report_dir)
+    if report is None:
+        return []
+    entries = []
+    for run in report["runs"]:
+        relative, absolute = run.get("run_dir_relative"), run["run_dir"]
+        here = [os.path.normpath(report_dir.resolve() / relative)] if isinstance(relative, str) else []
+        entries.append((next((p for p in [*here, absolute] if Path(p).is_absolute() and Path(p).is_dir()), None), run))
+    return entries
 
 
 def reported_runs(report_dir: str | Path) -> list[str]:

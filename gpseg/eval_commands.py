@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import zarr
 
     from flows.params import ThresholdParams
+    from gpmodels.postprocess import ThresholdConfig
 
 RunsArg = Annotated[list[Path], typer.Argument(help="Run directories written by `gpseg train`.")]
 
@@ -342,8 +343,8 @@ def export_masks_cmd(
 ) -> None:
     """Write each test patient's predicted tumour mask as NIfTI on the original grid (overlays in ITK-SNAP/Slicer).
 
-    The masks are thresholded as the run's last evaluation did (evaluation.json), one patient at a time.
-    Every run is checked before any file is written; the count printed is that of the files written.
+    The masks are thresholded as the run's last evaluation did (evaluation.json), or with --workdir as the
+    work dir's report says, one patient at a time. Every run is checked before any file is written; the count printed is that of the files written.
     """
     if (run is None) == (workdir is None):
         raise fail("give either --run or --workdir")
@@ -354,16 +355,56 @@ def export_masks_cmd(
         console.print(f"[green]wrote[/green] {len(files)} NIfTI masks to {out}")
         return
     plans = []
+    reported = _reported_thresholds(workdir)
     for path in _workdir_runs(workdir, "exporting", need_report=True):
         train = _require_run(path)["train"]
         plan = _export_plan(path, f"_{train['model']}_fold{train['fold']}{suffix or ''}", skip_2d=True)
         if plan is not None:
-            plans.append(plan)
+            plans.append(_as_reported(plan, reported.get(str(path)), workdir))
     clash = _clash(plans)
     if clash:
         raise fail(clash)
     written = sum(len(_write_masks(plan, out, f"export masks {plan['model']} fold {plan['fold']}")) for plan in plans)
     console.print(f"[green]wrote[/green] {written} NIfTI masks to {out}")
+
+
+def _reported_thresholds(workdir: Path) -> dict[str, dict]:
+    """The threshold each run of a work dir's current report was reported with, by where its run dir is now
+    (:func:`flows.layout.report_entries`); runs of a report from an older gpseg, which kept none, are left out.
+    A damaged report is a one-line error."""
+    from flows.layout import REPORT, report_entries
+
+    try:
+        entries = report_entries(workdir / REPORT)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    return {place: entry["evaluation"]["threshold"] for place, entry in entries if place is not None
+            and isinstance(entry.get("evaluation"), dict) and isinstance(entry["evaluation"].get("threshold"), dict)}
+
+
+def _as_reported(plan: dict, threshold: dict | None, workdir: Path) -> dict:
+    """``plan`` thresholded as the work dir's report says (``threshold``), not as the run's last evaluation,
+    which a `gpseg postprocess --out` elsewhere, or of these runs alone, may have changed since; as it was
+    without a threshold in the report."""
+    from flows.layout import METRICS, REPORT
+
+    if threshold is None or threshold == plan["evaluation"]["threshold"]:
+        return plan
+    return {**plan, "evaluation": {**plan["evaluation"], "threshold": threshold},
+            "config": _threshold_of(threshold, f"{workdir / REPORT / METRICS}: the threshold of {plan['run']}"),
+            "threshold_source": f"as in the report {workdir / REPORT} (its evaluation.json was re-thresholded "
+                                "since, e.g. by `gpseg postprocess --out` elsewhere)"}
+
+
+def _threshold_of(threshold: dict | None, where: str) -> ThresholdConfig:
+    """The :class:`~gpmodels.postprocess.ThresholdConfig` of an evaluation's ``threshold`` entry, or a one-line
+    error naming ``where`` it was read (a hand-edited or damaged file)."""
+    from gpmodels.report import threshold_config
+
+    try:
+        return threshold_config(threshold)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise fail(f"{where}: {_reason(exc)}") from exc
 
 
 def _export_plan(run: Path, suffix: str, skip_2d: bool = False) -> dict | None:
@@ -400,8 +441,9 @@ def _export_plan(run: Path, suffix: str, skip_2d: bool = False) -> dict | None:
         console.print(f"skipped {run}: a store of 2-D slices has no volume grid to export onto", highlight=False,
                       soft_wrap=True)
         return None
+    config = _threshold_of(evaluation.get("threshold"), f"{run / 'evaluation.json'}: its threshold")
     return {"run": run, "model": train.get("model"), "fold": train.get("fold"), "heat": heat, "store": store_path,
-            "evaluation": evaluation, "suffix": suffix, "names": _mask_names(group, heat, suffix),
+            "evaluation": evaluation, "config": config, "suffix": suffix, "names": _mask_names(group, heat, suffix),
             "split_mode": dict(group.attrs.get("split") or {}).get("mode")}
 
 
@@ -438,15 +480,13 @@ def _write_masks(plan: dict, out: Path, label: str = "export masks") -> list[Pat
     """Export one planned run's test masks (:func:`_export_plan`) into ``out``; the files written."""
     from gpmodels.evaluation import mask_reader
     from gpmodels.nifti_export import export_patient_masks
-    from gpmodels.report import threshold_config as evaluated_threshold
     from storage.errors import StoreError
 
-    run, threshold = plan["run"], plan["evaluation"]["threshold"]
-    config = evaluated_threshold(threshold)
-    console.print(f"{run}: thresholded as its last evaluation: {_threshold_cell(threshold)}",
-                  highlight=False, soft_wrap=True)
+    run, threshold, config = plan["run"], plan["evaluation"]["threshold"], plan["config"]
+    console.print(f"{run}: thresholded {plan.get('threshold_source', 'as its last evaluation')}: "
+                  f"{_threshold_cell(threshold)}", highlight=False, soft_wrap=True)
     if config.target_class != "predicted":
-        console.print(f"[yellow]warning[/yellow] {run}: its last evaluation thresholded the map of the true class "
+        console.print(f"[yellow]warning[/yellow] {run}: the threshold it is exported with maps the true class "
                       "(--target-class true), so these masks use the ground-truth labels: they are no prediction. "
                       "Re-run `gpseg postprocess` without it first to export predictions.", highlight=False,
                       soft_wrap=True)

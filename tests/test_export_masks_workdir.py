@@ -92,3 +92,42 @@ def test_a_run_of_a_slice_level_split_warns_that_its_masks_hold_test_slices_only
     assert said.exit_code == 0, said.output
     assert "its store splits by slice (--split slice), so each patient's test slices are only some of its " \
            "slices" in " ".join(said.output.split())
+
+
+def test_workdir_export_thresholds_as_its_report_says(evaluated_run, tmp_path):
+    """`gpseg postprocess --out` elsewhere rewrites the runs' evaluation.json but not the work dir's report;
+    `export-masks --workdir` exported with the try-out's threshold while the report showed another."""
+    import nibabel as nib
+
+    work = tmp_path / "w"
+    run = shutil.copytree(evaluated_run, work / "runs" / "brats" / "v1" / "gp-unet" / "fold_0")
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["threshold"]["method"] == "multiotsu"
+    everything = {**{k: v for k, v in evaluation["threshold"].items() if not k.startswith("offset")},
+                  "method": "fixed", "value": -1e30}
+
+    def report(threshold: dict) -> None:
+        (work / "report").mkdir(exist_ok=True)
+        (work / "report" / "metrics.json").write_text(json.dumps(
+            {"runs": [{"run_dir": str(run), "evaluation": {**evaluation, "threshold": threshold}}]}))
+
+    report({**everything, "method": "no-such-method"})  # hand-edited: one line, nothing written
+    bad = CliRunner().invoke(app, ["export-masks", "--workdir", str(work), "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 1 and not (tmp_path / "bad").exists()
+    assert f"{work / 'report' / 'metrics.json'}: the threshold of {run}: " in " ".join(bad.output.split())
+    report(everything)
+
+    said = CliRunner().invoke(app, ["export-masks", "--workdir", str(work), "--out", str(tmp_path / "reported")])
+    assert said.exit_code == 0, said.output
+    text = " ".join(said.output.split())
+    assert f"thresholded as in the report {work / 'report'}" in text and "fixed -1e+30" in text
+    alone = CliRunner().invoke(app, ["export-masks", "--run", str(run), "--out", str(tmp_path / "last")])
+    assert alone.exit_code == 0 and "thresholded as its last evaluation: MO" in " ".join(alone.output.split())
+    reported = {f.name.replace("_gp-unet_fold0", ""): nib.load(f).get_fdata() for f in (tmp_path / "reported").iterdir()}
+    last = {f.name.replace("_pred", ""): nib.load(f).get_fdata() for f in (tmp_path / "last").iterdir()}
+    assert reported.keys() == last.keys() and reported
+    predicted = json.loads((run / "evaluation.json").read_text())  # unchanged by either export
+    assert predicted == evaluation
+    # every voxel of a slice predicted as a tumour class is in the reported masks; at least as many as the last
+    assert all((reported[name] >= last[name]).all() for name in reported)
+    assert sum(m.sum() for m in reported.values()) >= sum(m.sum() for m in last.values())
