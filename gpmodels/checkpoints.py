@@ -203,9 +203,10 @@ def merge_metrics(logs: Path, out: Path) -> int:
     """Merge the CSV logs of all attempts of a run into one ``metrics.csv``.
 
     Attempts live in ``logs/step_NNNNNNN/metrics.csv``, named after the global step they resumed
-    from. Taken in that order, an attempt replaces the rows of earlier ones logged after its
-    starting step (the work of a killed attempt that was redone) and, when it tested, their test
-    rows.
+    from. Taken in that order, an attempt replaces the rows of earlier ones logged at or after its
+    starting step (the work of a killed attempt that was redone: an epoch's rows are logged at its
+    last step, one below the global step ``last.ckpt`` records after it) and, when it tested, their
+    test rows.
 
     Args:
         logs: the run's ``logs`` folder.
@@ -219,7 +220,7 @@ def merge_metrics(logs: Path, out: Path) -> int:
         start = int(attempt.parent.name.removeprefix("step_"))
         with attempt.open(newline="") as handle:
             new = list(csv.DictReader(handle))
-        rows = [row for row in rows if int(row["step"]) <= start]
+        rows = [row for row in rows if int(row["step"]) < start or _is_test(row)]
         if any(_is_test(row) for row in new):
             rows = [row for row in rows if not _is_test(row)]
         rows += new

@@ -11,6 +11,7 @@ at a time trains a run directory: it holds ``RUN_DIR/.train.lock`` while it does
 
 from __future__ import annotations
 
+import csv
 import errno
 import fcntl
 import gc
@@ -29,6 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
@@ -157,8 +159,9 @@ def resolve_run(config: TrainConfig) -> RunConfig:
 
     Raises:
         storage.errors.StoreError: If there is no readable store at ``config.store``.
-        ValueError: If the fold is not in the store, the training split is empty, or a model
-            option is unknown.
+        ValueError: If the fold is not in the store, the training split is empty, the validation split holds
+            only classes the training split lacks, a model option is unknown, or more GPUs are asked for
+            than this machine has.
     """
     group = open_store(config.store)
     check_chunks(group, config.store, ("images", "labels", f"splits/fold_{config.fold}"))
@@ -167,6 +170,13 @@ def resolve_run(config: TrainConfig) -> RunConfig:
     splits = {split: split_indices(group, config.fold, split) for split in SPLIT_NAMES}
     if len(splits["train"]) == 0:
         raise ValueError(f"fold: fold {config.fold} of {config.store} has no training slices")
+    weights = balanced_class_weights(labels[splits["train"]], len(classes))
+    if len(splits["val"]) and not weights[labels[splits["val"]]].any():
+        absent = ", ".join(classes[k] for k in np.unique(labels[splits["val"]]))
+        raise ValueError(f"fold: the validation slices of fold {config.fold} of {config.store} are all of classes its "
+                         f"training split lacks ({absent}), which weigh 0 in the loss: no validation loss to choose "
+                         "the best weights by")
+    _check_devices(config)
     options = config.network_options()
     store_size = int(group["images"].shape[-1])
     local = "://" not in config.store
@@ -184,12 +194,21 @@ def resolve_run(config: TrainConfig) -> RunConfig:
         image_size=config.image_size or store_size,
         model_options=options,
         accumulate=accumulate,
-        class_weights=tuple(balanced_class_weights(labels[splits["train"]], len(classes)).tolist()),
+        class_weights=tuple(weights.tolist()),
         split_sizes={split: len(rows) for split, rows in splits.items()},
         effective_batch=config.batch_size * config.devices * accumulate,
         train_batches=batches // accumulate * accumulate,
         resolved_precision=resolve_precision(config.precision, config.accelerator),
     )
+
+
+def _check_devices(config: TrainConfig) -> None:
+    """A one-line error for more GPUs than this machine has, or a GPU asked for where there is none (Lightning
+    raises either with a traceback, once the run dir is written)."""
+    if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"accelerator: got {config.accelerator!r}, but torch sees no GPU here; give cpu or auto")
+    if _on_gpu(config.accelerator) and config.devices > torch.cuda.device_count():
+        raise ValueError(f"devices: got {config.devices}, but this machine has {torch.cuda.device_count()} GPU(s)")
 
 
 def build_network(run: RunConfig) -> nn.Module:
@@ -272,7 +291,8 @@ def start_warnings(run: RunConfig) -> list[str]:
     - bf16 on a CPU that emulates it;
     - an effective batch other than the one asked for (``batch_size * devices`` does not divide it, or
       the training split has fewer batches than one optimiser step accumulates);
-    - slices smaller than the training size, which are upsampled.
+    - slices smaller than the training size, which are upsampled;
+    - a class absent from the training split, and a fold without validation slices.
     """
     train, messages = run.train, []
     if run.resolved_precision is not None and bf16_is_emulated(run.resolved_precision, train.accelerator):
@@ -292,6 +312,13 @@ def start_warnings(run: RunConfig) -> list[str]:
     if run.image_size > run.store_image_size:
         messages.append(f"{run.store_path}: slices are {run.store_image_size} px; training at {run.image_size} "
                         "upsamples them")
+    absent = [name for name, weight in zip(run.classes, run.class_weights) if weight == 0]
+    if absent:
+        messages.append(f"{run.store_path}: fold {train.fold}'s training split has no slice of {', '.join(absent)}; "
+                        "the network never learns that class (its loss weight is 0)")
+    if run.split_sizes.get("val") == 0:
+        messages.append(f"{run.store_path}: fold {train.fold} has no validation slices, so no best weights by "
+                        "validation loss: model.pt gets the last epoch's")
     return messages
 
 
@@ -329,16 +356,22 @@ def _previous_run(paths: RunPaths, run: RunConfig) -> tuple[RunConfig | None, Ch
     progress = checkpoint_progress(paths.last)
     if paths.best.exists():
         read_checkpoint(paths.best, ("state_dict",))
-    if not paths.config.exists():
+    previous = None
+    if paths.config.exists():
+        try:
+            previous = RunConfig.from_dict(read_run_config(paths.root))
+        except (TypeError, KeyError) as exc:
+            raise damaged(paths.config, exc, f"; delete {paths.root} and re-run to train the run again") from None
+        changed = previous.differences(run)
+        if changed:
+            raise ValueError(f"out: {paths.root} holds a run with other settings ({', '.join(changed)}); choose "
+                             "another run directory (in a flow, another work dir: --workdir) or delete this one")
+    if progress.epochs_done > run.train.epochs:  # Lightning fails on it, after config.json was rewritten
+        raise ValueError(f"epochs: {paths.root} has trained {progress.epochs_done} epochs, more than the "
+                         f"{run.train.epochs} asked for; give --epochs {progress.epochs_done} or more to keep it as "
+                         "it is, or train into another run directory")
+    if previous is None:
         return None, progress
-    try:
-        previous = RunConfig.from_dict(read_run_config(paths.root))
-    except (TypeError, KeyError) as exc:
-        raise damaged(paths.config, exc, f"; delete {paths.root} and re-run to train the run again") from None
-    changed = previous.differences(run)
-    if changed:
-        raise ValueError(f"out: {paths.root} holds a run with other settings ({', '.join(changed)}); "
-                         "choose another run directory (in a flow, another work dir: --workdir) or delete this one")
     trained_in, asked, here = previous.resolved_precision, run.train.precision, run.resolved_precision
     if (trained_in is not None and trained_in != here and asked == previous.train.precision
             and progress.epochs_done < run.train.epochs):
@@ -425,8 +458,8 @@ def _lock_exclusively(fd: int, paths: RunPaths) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        raise RunDirBusy(f"{paths.root}: another process (pid {holder if holder.isdigit() else 'unknown'}) is "
-                         "training this run; wait for it to finish") from None
+        if not (holder.isdigit() and not _alive(int(holder)) and _lock_within(fd, ORPHAN_WAIT_S)):
+            raise RunDirBusy(_busy_message(paths, holder)) from None
     except OSError as exc:
         if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
             raise
@@ -434,6 +467,44 @@ def _lock_exclusively(fd: int, paths: RunPaths) -> bool:
                      "same time", paths.root, paths.lock.name, os.strerror(exc.errno))
         return False
     return True
+
+
+ORPHAN_WAIT_S = 15.0
+"""How long a run waits for the lock of a trainer that has ended: its forked data-loading workers share the lock
+and hold it until they notice that their parent is gone (PyTorch's loaders look every 5 s) and exit."""
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lock_within(fd: int, seconds: float) -> bool:
+    """``flock`` ``fd`` exclusively, trying again every 0.2 s for up to ``seconds``; whether it got the lock."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+
+
+def _busy_message(paths: RunPaths, holder: str) -> str:
+    """Why the lock of ``paths.root`` is busy, naming the pid written in it (``holder``)."""
+    if holder.isdigit() and not _alive(int(holder)):
+        return (f"{paths.root}: pid {holder} was training this run and has ended, but processes it started (its "
+                f"data-loading workers) still hold the lock after {ORPHAN_WAIT_S:g} s; end them or try again")
+    return (f"{paths.root}: another process (pid {holder if holder.isdigit() else 'unknown'}) is training this "
+            "run; wait for it to finish")
 
 
 def _train(run: RunConfig, paths: RunPaths, previous: RunConfig | None, progress: CheckpointProgress | None,
@@ -454,7 +525,7 @@ def _train(run: RunConfig, paths: RunPaths, previous: RunConfig | None, progress
         data = SliceDataModule(run.store_path, config.fold, config.batch_size, image_size=run.image_size,
                                augment=config.augment, seed=config.seed, num_workers=config.num_workers,
                                cache=config.cache, cache_limit_bytes=int(config.cache_limit_gb * 2**30))
-        checkpoint, last = _checkpoint_callbacks(paths)
+        checkpoint, last = _checkpoint_callbacks(paths, _killed_attempts_best(paths, progress))
         trainer = _trainer(run, paths, start_step, [checkpoint, last], progress_bar)
         interrupt_handler = signal.getsignal(signal.SIGINT)
         try:
@@ -576,9 +647,55 @@ class RunDirCheckpoint(ModelCheckpoint):
                           "last_model_path": moved(state_dict.get("last_model_path")),
                           "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
         super().load_state_dict(state_dict)
+        if self.killed_best is not None:
+            self._take_killed_best(*self.killed_best)
+
+    killed_best: tuple[str, float | None] | None = None
+    """Set on the best callback when ``best.ckpt`` is of an epoch after ``last.ckpt``'s (see
+    :func:`_killed_attempts_best`): its path and validation loss, which replace what ``last.ckpt`` recorded."""
+
+    def _take_killed_best(self, path: str, score: float | None) -> None:
+        """Make ``best.ckpt`` of a killed attempt the best so far, with its ``score``; without one, forget the best
+        (its file is deleted by then), so that the next epoch writes it."""
+        best = {} if score is None else {path: torch.tensor(score)}
+        self.best_k_models = best
+        self.best_model_path = self.kth_best_model_path = path if best else ""
+        self.best_model_score = best.get(path)
+        self.kth_value = best.get(path, torch.tensor(float("inf")))
 
 
-def _checkpoint_callbacks(paths: RunPaths) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+def _killed_attempts_best(paths: RunPaths, progress: CheckpointProgress | None) -> tuple[str, float | None] | None:
+    """``best.ckpt`` and its validation loss when it is of an epoch after ``last.ckpt``'s, else ``None``.
+
+    At an epoch's end ``best.ckpt`` is written before ``last.ckpt``; a process killed between the two left a
+    ``best.ckpt`` that ``last.ckpt``'s record of the best does not know. Resumed as it was, the redone epoch
+    was compared with an older score, and where it scored worse (a GPU's rounding differs from run to run),
+    ``model.pt`` was the killed epoch's weights beside another epoch's loss. Its loss is taken from the killed
+    attempt's log (``logs/step_*/metrics.csv``, written at every step); where the log lacks it, ``best.ckpt`` is
+    deleted (the score is ``None``), and the epochs from the redone one on choose the best.
+    """
+    if progress is None or not paths.best.exists():
+        return None
+    best = read_checkpoint(paths.best, ("global_step", "epoch"))
+    if int(best["global_step"]) <= progress.global_step:
+        return None
+    epoch, score = int(best["epoch"]), None
+    for attempt in sorted(paths.logs.glob("step_*/metrics.csv")):
+        with attempt.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("epoch") == str(epoch) and row.get("val_loss"):
+                    score = float(row["val_loss"])
+    if score is None:
+        _LOG.warning("%s: best.ckpt is of epoch %d, after last.ckpt's, and no log holds its validation loss (a "
+                     "process killed between the two writes); deleted, the best is chosen again from epoch %d on",
+                     paths.root, epoch, progress.epochs_done)
+        if rank_zero_only.rank == 0:
+            paths.best.unlink()
+    return str(paths.best), score
+
+
+def _checkpoint_callbacks(paths: RunPaths, killed_best: tuple[str, float | None] | None = None
+                          ) -> tuple[ModelCheckpoint, ModelCheckpoint]:
     """``best.ckpt`` (lowest ``val_loss``) and ``last.ckpt`` (end of every epoch), as two callbacks.
 
     One callback with ``save_last=True`` no longer does both: since Lightning 2.6 it writes
@@ -586,12 +703,14 @@ def _checkpoint_callbacks(paths: RunPaths) -> tuple[ModelCheckpoint, ModelCheckp
     ``last.ckpt`` stayed at the best epoch, and a re-run "resumed" by training the epochs after it
     again. The second callback monitors nothing and keeps one file, named ``last``, rewritten every epoch.
     Only ``last.ckpt`` is resumed from, so ``best.ckpt`` holds the weights without the optimiser's state
-    (a third of the size with Adam: ResNeXt50's 92 MB instead of 276 MB).
+    (a third of the size with Adam: ResNeXt50's 92 MB instead of 276 MB). ``killed_best``: see
+    :func:`_killed_attempts_best`.
     """
     common = {"dirpath": paths.checkpoints, "save_top_k": 1, "enable_version_counter": False,
               "auto_insert_metric_name": False}
-    return (RunDirCheckpoint(filename="best", monitor="val_loss", mode="min", save_weights_only=True, **common),
-            RunDirCheckpoint(filename=paths.last.stem, monitor=None, **common))
+    best = RunDirCheckpoint(filename="best", monitor="val_loss", mode="min", save_weights_only=True, **common)
+    best.killed_best = killed_best
+    return best, RunDirCheckpoint(filename=paths.last.stem, monitor=None, **common)
 
 
 def _trainer(run: RunConfig, paths: RunPaths, start_step: int, checkpoints: list[ModelCheckpoint],

@@ -354,9 +354,9 @@ def export_masks_cmd(
         files = _write_masks(_export_plan(run, "_pred" if suffix is None else suffix), out)
         console.print(f"[green]wrote[/green] {len(files)} NIfTI masks to {out}")
         return
-    plans = []
+    plans, runs = [], _workdir_runs(workdir, "exporting", need_report=True)
     reported = _reported_thresholds(workdir)
-    for path in _workdir_runs(workdir, "exporting", need_report=True):
+    for path in runs:
         train = _require_run(path)["train"]
         plan = _export_plan(path, f"_{train['model']}_fold{train['fold']}{suffix or ''}", skip_2d=True)
         if plan is not None:

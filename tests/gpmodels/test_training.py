@@ -467,18 +467,37 @@ def test_inceptionv3_trains_with_its_auxiliary_classifier(phantom_store, tmp_pat
     assert any(row["train_loss"] for row in _read_metrics(tmp_path / "inception" / "metrics.csv"))
 
 
-def test_merge_metrics_replaces_redone_rows(tmp_path):
-    logs = tmp_path / "logs"
-    for name, rows in {"step_0000000": [("0", "9", "1.0", ""), ("1", "19", "0.9", ""), ("2", "29", "0.8", "")],
-                       "step_0000020": [("2", "29", "0.7", ""), ("3", "39", "0.6", ""), ("3", "40", "", "0.5")]}.items():
+def _attempt_logs(logs: Path, attempts: dict[str, list[tuple[str, ...]]]) -> Path:
+    """``logs/<attempt>/metrics.csv`` with the rows ``(epoch, step, val_loss, test_loss)`` of each attempt."""
+    for name, rows in attempts.items():
         (logs / name).mkdir(parents=True)
         with (logs / name / "metrics.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["epoch", "step", "val_loss", "test_loss"])
             writer.writerows(rows)
+    return logs
+
+
+def test_merge_metrics_replaces_redone_rows(tmp_path):
+    logs = _attempt_logs(tmp_path / "logs", {
+        "step_0000000": [("0", "9", "1.0", ""), ("1", "19", "0.9", ""), ("2", "29", "0.8", "")],
+        "step_0000020": [("2", "29", "0.7", ""), ("3", "39", "0.6", ""), ("3", "40", "", "0.5")]})
     assert merge_metrics(logs, tmp_path / "metrics.csv") == 5
     merged = _read_metrics(tmp_path / "metrics.csv")
     assert [row["val_loss"] for row in merged] == ["1.0", "0.9", "0.7", "0.6", ""]
+
+
+def test_merge_metrics_replaces_the_redone_epoch_of_one_step(tmp_path):
+    """With one optimiser step per epoch, epoch 2's rows are logged at step 2, the global step of epoch 1's
+    last.ckpt: a kill between epoch 2's validation and its last.ckpt left that row twice in metrics.csv."""
+    logs = _attempt_logs(tmp_path / "logs", {
+        "step_0000000": [("0", "0", "1.0", ""), ("1", "1", "0.9", ""), ("2", "2", "0.8", ""),
+                         ("1", "2", "", "0.85")],  # a test of epoch 1's weights, kept
+        "step_0000002": [("2", "2", "0.8", ""), ("3", "3", "0.6", "")]})
+    assert merge_metrics(logs, tmp_path / "metrics.csv") == 5
+    merged = _read_metrics(tmp_path / "metrics.csv")
+    assert [(row["epoch"], row["val_loss"], row["test_loss"]) for row in merged] == [
+        ("0", "1.0", ""), ("1", "0.9", ""), ("1", "", "0.85"), ("2", "0.8", ""), ("3", "0.6", "")]
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -794,6 +813,35 @@ def test_a_second_process_cannot_train_a_run_dir_being_trained(smoke_run, tmp_pa
     assert result.global_step == 2 and (out / ".train.lock").read_text() == ""
 
 
+_KILLED_UNDER_LOCK = ("import os, sys, time; from pathlib import Path; from gpmodels.checkpoints import RunPaths; "
+                      "from gpmodels.training import run_dir_lock\n"
+                      "with run_dir_lock(RunPaths(Path(sys.argv[1]))):\n"
+                      "    if os.fork() == 0:\n        time.sleep(float(sys.argv[2])); os._exit(0)\n"
+                      "    print('locked', flush=True); os.kill(os.getpid(), 9)")
+
+
+@pytest.mark.parametrize("worker_s", [1.0, 4.0])
+def test_a_killed_trainers_workers_are_waited_for(tmp_path, monkeypatch, worker_s):
+    """A trainer killed with loader workers alive: they share its lock until they notice and exit, and a
+    re-run at once was refused, naming the dead trainer as "another process ... training this run"."""
+    paths = RunPaths(tmp_path / "run")
+    trainer = subprocess.Popen([sys.executable, "-c", _KILLED_UNDER_LOCK, str(paths.root), str(worker_s)],
+                               stdout=subprocess.PIPE, text=True)
+    assert trainer.stdout.readline().strip() == "locked"
+    assert trainer.wait() == -9  # gone; its forked worker holds the lock for worker_s more
+    monkeypatch.setattr(training, "ORPHAN_WAIT_S", 2.0)
+    if worker_s < training.ORPHAN_WAIT_S:
+        with training.run_dir_lock(paths):
+            assert paths.lock.read_text() == f"{os.getpid()}\n"
+        return
+    with pytest.raises(training.RunDirBusy) as raised:
+        with training.run_dir_lock(paths):
+            pass
+    assert str(raised.value) == (f"{paths.root}: pid {trainer.pid} was training this run and has ended, but "
+                                 "processes it started (its data-loading workers) still hold the lock after 2 s; "
+                                 "end them or try again")
+
+
 def test_the_lock_is_released_while_processes_forked_under_it_live_on(tmp_path):
     """Loader workers are forked while the lock is held and share it; persistent ones may outlive ``train``."""
     import fcntl
@@ -829,3 +877,118 @@ def test_a_run_recorded_before_its_effective_batch_and_precision_were_resumes(sm
     result = train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "epochs": 2, "test": False}))
     assert (result.start_step, result.global_step) == (2, 4)
     assert json.loads((out / "config.json").read_text())["resolved_precision"] == "32-true"
+
+
+def test_fewer_epochs_than_trained_is_one_line_and_keeps_the_record(phantom_store, tmp_path):
+    """Lightning failed with a 57-line traceback, after config.json was rewritten with the lower epochs, so
+    the record said 2 epochs of a run trained 4."""
+    config = TrainConfig.from_dict({**preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / "r"))
+                                    .to_dict(), "epochs": 2, "test": False})
+    assert train(config).global_step == 4
+    recorded = (tmp_path / "r" / "config.json").read_text()
+    fewer = TrainConfig.from_dict({**config.to_dict(), "epochs": 1})
+    with pytest.raises(ValueError) as raised:
+        train(fewer)
+    assert str(raised.value) == (f"epochs: {tmp_path / 'r'} has trained 2 epochs, more than the 1 asked for; give "
+                                 "--epochs 2 or more to keep it as it is, or train into another run directory")
+    assert (tmp_path / "r" / "config.json").read_text() == recorded
+    cli = _cli_train(fewer, "--epochs", "1")
+    assert cli.exit_code == 1 and "has trained 2 epochs, more than the 1 asked for" in " ".join(cli.output.split())
+    assert "Traceback" not in cli.output
+
+
+def test_more_gpus_than_the_machine_has_is_one_line(phantom_store, tmp_path, monkeypatch):
+    """Lightning's MisconfigurationException came as a traceback, after config.json was written."""
+    config = preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / "r"))
+    with pytest.raises(ValueError, match="accelerator: got 'gpu', but torch sees no GPU here; give cpu or auto"):
+        resolve_run(TrainConfig.from_dict({**config.to_dict(), "accelerator": "gpu"}))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"devices: got 2, but this machine has 1 GPU\(s\)"):
+        resolve_run(TrainConfig.from_dict({**config.to_dict(), "devices": 2}))
+    assert not (tmp_path / "r").exists()
+
+
+def _store_with_fold_0(store: Path, out: Path, codes) -> Path:
+    """A copy of ``store`` whose fold 0 has the split codes ``codes(labels, old codes)`` (0 train, 1 val, 2 test)."""
+    import zarr
+
+    copy = shutil.copytree(store, out)
+    group = zarr.open_group(str(copy), mode="r+")
+    group["splits/fold_0"][:] = codes(group["labels"][:], group["splits/fold_0"][:])
+    return copy
+
+
+def test_a_class_absent_from_training_and_an_empty_validation_split_are_said(phantom_store, tmp_path):
+    """A class missing from the training split weighed 0 unsaid; a fold without validation slices trained with
+    Lightning's raw "could not find the monitored key" warning and no best checkpoint; a validation split of
+    only such classes gave a NaN loss at every epoch and a best.ckpt frozen at epoch 0."""
+    import numpy as np
+
+    no_val = _store_with_fold_0(phantom_store, tmp_path / "noval.zarr", lambda labels, codes: np.where(codes == 1, 2, codes))
+    run = resolve_run(preset_config("smoke", str(no_val), "gp-unet", str(tmp_path / "a")))
+    assert f"{no_val}: fold 0 has no validation slices, so no best weights by validation loss: model.pt gets the " \
+           "last epoch's" in training.start_warnings(run)
+
+    no_lgg = _store_with_fold_0(phantom_store, tmp_path / "nolgg.zarr",
+                                lambda labels, codes: np.where((codes == 0) & (labels == 1), 2, codes))
+    run = resolve_run(preset_config("smoke", str(no_lgg), "gp-unet", str(tmp_path / "b")))
+    lacking = run.classes[1]
+    assert run.class_weights[1] == 0 and f"{no_lgg}: fold 0's training split has no slice of {lacking}; the " \
+           "network never learns that class (its loss weight is 0)" in training.start_warnings(run)
+
+    only = _store_with_fold_0(phantom_store, tmp_path / "only.zarr", lambda labels, codes: np.where(
+        labels == 1, np.where(codes == 0, 2, codes), np.where(codes == 1, 2, codes)))
+    with pytest.raises(ValueError) as raised:
+        resolve_run(preset_config("smoke", str(only), "gp-unet", str(tmp_path / "c")))
+    assert str(raised.value) == (f"fold: the validation slices of fold 0 of {only} are all of classes its training "
+                                 f"split lacks ({lacking}), which weigh 0 in the loss: no validation loss to choose "
+                                 "the best weights by")
+
+
+_KILL_BEFORE_LAST = ("import json, os, signal, sys; from pathlib import Path; import gpmodels.checkpoints as ck\n"
+                     "from gpmodels.train_config import TrainConfig; from gpmodels.training import train\n"
+                     "save = ck.RunDirCheckpointIO.save_checkpoint\n"
+                     "def killing(self, checkpoint, path, storage_options=None):\n"
+                     "    if Path(path).name == 'last.ckpt' and checkpoint['epoch'] == 1:\n"
+                     "        os.kill(os.getpid(), signal.SIGKILL)\n"
+                     "    return save(self, checkpoint, path, storage_options)\n"
+                     "ck.RunDirCheckpointIO.save_checkpoint = killing\n"
+                     "train(TrainConfig.from_dict(json.loads(sys.argv[1])))")
+
+
+@pytest.mark.parametrize("log_kept", [True, False])
+def test_a_best_checkpoint_written_just_before_a_kill_keeps_its_own_loss(phantom_store, tmp_path, log_kept):
+    """Killed between best.ckpt and last.ckpt of epoch 1: last.ckpt's record of the best was epoch 0's, so a
+    redone epoch 1 scoring worse than epoch 0 (a GPU's rounding) left model.pt the killed epoch's weights and
+    best_val_loss epoch 0's. Its loss now comes from the killed attempt's log: made very low here, it stays the
+    best; without the log, best.ckpt is deleted and chosen again."""
+    config = TrainConfig.from_dict({**preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / "r"))
+                                    .to_dict(), "epochs": 3, "test": False})
+    killed = subprocess.run([sys.executable, "-c", _KILL_BEFORE_LAST, json.dumps(config.to_dict())],
+                            capture_output=True, text=True)
+    paths = RunPaths(tmp_path / "r")
+    assert killed.returncode == -9, killed.stderr
+    best, last = (torch.load(p, weights_only=True, map_location="cpu") for p in (paths.best, paths.last))
+    assert (best["epoch"], last["epoch"]) == (1, 0)
+    [log] = paths.logs.glob("step_*/metrics.csv")
+    if log_kept:
+        rows = _read_metrics(log)
+        for row in rows:
+            row["val_loss"] = "0.001" if row["epoch"] == "1" and row["val_loss"] else row["val_loss"]
+        with log.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        log.unlink()
+    result = train(config)
+    assert (result.start_step, result.global_step) == (last["global_step"], 3 * last["global_step"])
+    val = {row["epoch"]: float(row["val_loss"]) for row in _read_metrics(paths.metrics) if row["val_loss"]}
+    if log_kept:
+        assert result.best_val_loss == pytest.approx(0.001)
+        assert torch.load(paths.best, weights_only=True)["epoch"] == 1
+    else:
+        assert result.best_val_loss == pytest.approx(min(val[e] for e in ("1", "2")))
+    kept = torch.load(paths.model, weights_only=True)
+    assert all(torch.equal(kept[k], v) for k, v in net_state_from_checkpoint(paths.best).items())
