@@ -29,6 +29,16 @@ daily schedule of ``retrain-on-new-data`` checks (one folder per kind, since the
 kind)."""
 
 
+def default_drop_folder(workdir: str | Path, kind: str) -> Path:
+    """The drop folder of ``kind`` in ``workdir``: :data:`DROP_FOLDERS` for the deployments' work dir, the same
+    names in another.
+
+    Raises:
+        KeyError: ``kind`` takes no drops (a manifest).
+    """
+    return Path(workdir) / Path(DROP_FOLDERS[kind]).relative_to(DEFAULT_WORKDIR)
+
+
 def dataset_of(run_dir: str | Path) -> str:
     """The dataset label of a run dir laid out as above (``fold_K`` or ``fold_K/seed_S``); ``""`` for a
     run dir outside that layout (one given by hand, e.g. ``runs/gp-unet-0``)."""

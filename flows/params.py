@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flows.layout import DROP_FOLDERS
-from gpmodels.names import MODEL_NAMES
+from flows.layout import DROP_FOLDERS, default_drop_folder
+from gpmodels.names import MODEL_NAMES, ModelName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 
 DatasetKind = Literal["brats", "jun-cheng", "manifest"]
@@ -147,7 +147,7 @@ class TrainingParams(_Params):
 
     workdir: str = Field("runs/benchmark", validate_default=True, description="Phantoms, stores, runs and the "
                          "report go here (a relative path is made absolute against the current directory).")
-    models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
+    models: list[ModelName] = Field(default_factory=lambda: list(MODEL_NAMES))
     folds: int = Field(3, ge=1, le=20)
     preset: Literal["paper", "demo", "smoke"] = "demo"
     train_overrides: dict = Field(default_factory=dict, description="TrainConfig fields overriding the preset.")
@@ -193,9 +193,11 @@ class TrainingParams(_Params):
                 raise ValueError(f"train_overrides/model_options for {model}: {exc}") from exc
         return self
 
-    @field_validator("models")
+    @field_validator("models", mode="before")
     @classmethod
-    def _known_models(cls, value: list[str]) -> list[str]:
+    def _known_models(cls, value: Any) -> Any:  # before the enum's "Input should be ..." of each item
+        if not isinstance(value, list):
+            return value
         unknown = [m for m in value if m not in MODEL_NAMES]
         if unknown:
             raise ValueError(f"models: unknown {unknown}, expected some of {list(MODEL_NAMES)}")
@@ -259,6 +261,26 @@ class PostprocessParams(_Params):
 
 
 class RetrainParams(TrainingParams):
-    """Parameters of ``retrain-on-new-data``."""
+    """Parameters of ``retrain-on-new-data``.
 
-    dataset: DatasetSpec = Field(default_factory=lambda: DatasetSpec(kind="brats", source=DROP_FOLDERS["brats"]))
+    A ``dataset`` without a ``source`` reads its kind's drop folder in ``workdir`` (``WORKDIR/drop`` for BraTS,
+    ``WORKDIR/drop-jun-cheng`` for Jun Cheng, as `gpseg drop --workdir` copies there); a retraining reads no
+    phantoms.
+    """
+
+    dataset: DatasetSpec = Field(default_factory=lambda: DatasetSpec(kind="brats"),
+                                 description="The dataset whose drop folder is read (default: BraTS, WORKDIR/drop).")
+
+    @model_validator(mode="after")
+    def _drop_folder(self) -> RetrainParams:
+        if "source" in self.dataset.model_fields_set:
+            if self.dataset.source == "phantom":
+                raise ValueError("dataset.source: a retraining reads a drop folder, not phantoms; give the folder, "
+                                 f"or leave source out for {default_drop_folder(self.workdir, 'brats')} (BraTS)")
+            return self
+        if self.dataset.kind not in DROP_FOLDERS:
+            raise ValueError(f"dataset.source: give the {self.dataset.kind} file to read new cases from; only "
+                             f"{' and '.join(DROP_FOLDERS)} have a default drop folder")
+        self.dataset = self.dataset.model_copy(
+            update={"source": str(default_drop_folder(self.workdir, self.dataset.kind))})
+        return self

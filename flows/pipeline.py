@@ -59,6 +59,24 @@ def stored_version(store: str) -> str | None:
     return open_store(store).attrs.get("data_version") if Path(store).exists() else None
 
 
+def check_folds(store: str, folds: int) -> None:
+    """A one-line error when a retraining asks for more ``folds`` than the store at ``store`` was split into
+    (none yet: the first drop splits it into ``folds``).
+
+    Raises:
+        ValueError: ``STORE: split into 1 fold(s); ... asks for 3: give folds 1 ...``.
+    """
+    from storage.store import fold_names, open_store
+
+    if not Path(store).exists():
+        return
+    have = fold_names(open_store(store))
+    if folds > len(have):
+        raise ValueError(f"{store}: split into {len(have)} fold(s), and the retraining asks for {folds}; give folds "
+                         f"{len(have)} (the full-benchmark's: in prefect.yaml's retrain-on-new-data parameters, or "
+                         f"`gpseg retrain --folds {len(have)}`)")
+
+
 def store_path(workdir: str, spec: DatasetSpec) -> str:
     """Where a dataset's slice store lives under the work dir."""
     return str(Path(workdir) / STORES / f"{spec.label}.zarr")

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed
 
 from flows.layout import (REPORT, carried_notes, failure_carried_notes, new_rejections, read_report,
-                          rejection_note, replace_dataset_runs, reported_runs, reported_versions, row_line,
+                          rejection_note, replace_dataset_runs, reported_runs, reported_versions, row_line, row_where,
                           summary_rows, tagged)
 from flows.params import RetrainParams
-from flows.pipeline import (heatmaps_and_evaluation, ingest_config, ingest_fresh, store_path, stored_version,
-                            train_and_keep, training_jobs)
+from flows.pipeline import (check_folds, heatmaps_and_evaluation, ingest_config, ingest_fresh, store_path,
+                            stored_version, train_and_keep, training_jobs)
 from storage.errors import NoUsableInput
 from tasks.data import find_new_files, validate
 from tasks.evaluation import publish, report
@@ -29,7 +30,8 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     every new case is rejected, it ends with ``nothing ingested`` and retrains nothing.
     A run stopped after its ingestion (killed, cancelled, a failed validation or training) left a data
     version without a report; the next run trains and reports that version (finished trainings resume
-    or come from the cache), even when no file is new.
+    or come from the cache), even when no file is new. A run in which no training finished ends Failed,
+    with this result as its data; ``folds`` beyond the store's are refused before anything is ingested.
     """
     logger = get_run_logger()
     spec = params.dataset
@@ -40,6 +42,7 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
         logger.info("no new data: the drop folder %s does not exist (yet)", spec.source)
         return {"status": "no new data", "new_files": []}
     read_report(report_dir)  # a damaged report fails the run here, before any ingestion, not after it
+    check_folds(store, params.folds)  # before ingesting: every run of a fold the store lacks would fail, late
     fresh = find_new_files(spec.source, store)
     new_rejects: dict[str, str] = {}
     ingested_cases = 0
@@ -80,6 +83,9 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     for row in rows:
         logger.info("%s", row_line(row))
     done = [r["run_dir"] for r in results if "failed" not in r]
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        logger.warning("%d failure(s): %s", len(failed), "; ".join(row_where(r) for r in failed))
     html = None
     if done:
         runs = replace_dataset_runs(reported_runs(report_dir), done)
@@ -96,5 +102,9 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
                           *filter(None, [rejected_note])]),
                        *seed_notes, *failure_carried_notes(rows), *others])
         publish(html, rows)
-    return {"status": "retrained", "new_files": fresh, "ingested": ingested_cases, "data_version": version,
-            "rows": rows, "report": html, "rejected": new_rejects}
+    outcome = {"status": "retrained", "new_files": fresh, "ingested": ingested_cases, "data_version": version,
+               "rows": rows, "report": html, "rejected": new_rejects}
+    if failed and not done:  # Failed, as full-benchmark's: the nightly and drop-triggered runs go unwatched
+        return Failed(message=f"data version {version} of {spec.label} ingested, but no run finished; "
+                              f"{len(failed)} failure(s): " + "; ".join(row_line(r) for r in failed), data=outcome)
+    return outcome

@@ -13,6 +13,10 @@ BASELINE_NAMES: tuple[str, ...] = ("inceptionv3", "resnext50")
 """The post-hoc baselines (Grad-CAM heatmaps)."""
 MODEL_NAMES: tuple[str, ...] = GP_MODEL_NAMES + BASELINE_NAMES
 """Every network ``gpmodels.nets.build_model`` accepts, in the order reports list them."""
+ModelName = Literal["gp-unet", "gp-reconresnet", "gp-shuffleunet", "inceptionv3", "resnext50"]
+"""One of :data:`MODEL_NAMES`, as a type: an enum in the flows' parameter schema, so that a deployment run with
+a misspelt model is refused when it is created, not failed when it starts."""
+assert get_args(ModelName) == MODEL_NAMES
 
 Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)

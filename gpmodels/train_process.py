@@ -10,12 +10,20 @@ command, so :func:`gpmodels.training.train` with ``devices > 1`` cannot be calle
 whose command line the launcher can repeat for every rank; rank 0 writes the result, which is read
 back into a :class:`gpmodels.training.TrainResult`. The child leads its own process group, which is
 ended as a whole (:func:`run_process_group`), so no rank outlives a failed or interrupted call.
+
+The calling process may also end without that cleanup: a cancelled Prefect flow run's process is
+killed, and `gpseg serve` ends its runs' processes. So every rank asks the kernel to kill it when the
+process that started it ends (Linux's ``PR_SET_PDEATHSIG``: rank 0 with its caller, ranks 1..N-1
+with rank 0), and rank 0 shares the caller's run-dir lock: a next run of the same run dir waits until
+the ranks are gone (:func:`gpmodels.training.run_dir_lock`) instead of training beside them.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -76,14 +84,14 @@ def train_in_subprocess(config: TrainConfig, log: Path | None = None) -> TrainRe
     check_run_dir(config)
     out = Path(config.out)
     # held for the child too: a second caller on this run dir must not overwrite the request and the log
-    with run_dir_lock(RunPaths(out)):
+    with run_dir_lock(RunPaths(out)) as lock:
         request, result_path = out / REQUEST_FILE, out / RESULT_FILE
         write_text_atomic(request, json.dumps(config.to_dict(), indent=2))
         result_path.unlink(missing_ok=True)
         log = log or out / LOG_FILE
         with open(log, "w") as sink:
-            code = run_process_group(child_command(request, result_path), sink,
-                                     env={LOCK_HELD_ENV: str(out.resolve())})
+            code = run_process_group(child_command(request, result_path), sink, pass_fds=(lock,),
+                                     env={LOCK_HELD_ENV: str(out.resolve()), PARENT_ENV: str(os.getpid())})
     if code != 0 or not result_path.is_file():
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
         raise RuntimeError(f"{out}: training process exited with {code}; see {log}: {tail[0]}")
@@ -96,7 +104,7 @@ def child_command(request: Path, result: Path) -> list[str]:
 
 
 def run_process_group(command: list[str], sink: IO, grace_s: float = STOP_GRACE_S,
-                      env: dict[str, str] | None = None) -> int:
+                      env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> int:
     """Run ``command`` as the leader of a new session and process group, and end the whole group.
 
     Lightning's DDP ranks 1..N-1 are children of rank 0, in its group; when rank 0 dies they are
@@ -110,16 +118,47 @@ def run_process_group(command: list[str], sink: IO, grace_s: float = STOP_GRACE_
         sink: file for the child's standard output and error.
         grace_s: seconds between SIGTERM and SIGKILL.
         env: variables added to this process's environment for the child.
+        pass_fds: file descriptors the child inherits (e.g. a lock it holds too).
 
     Returns:
         The leader's exit code (negative: killed by that signal).
     """
     process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                               start_new_session=True)
+                               start_new_session=True, pass_fds=pass_fds)
     try:
         return process.wait()
     finally:
         stop_process_group(process, grace_s)
+
+
+PARENT_ENV = "GPSEG_TRAIN_PARENT"
+"""The pid of the process that started a rank (:func:`end_with_parent`): the caller's for rank 0, which sets
+it to its own for the ranks Lightning starts from it."""
+
+_PR_SET_PDEATHSIG = 1
+
+
+def end_with_parent() -> bool:
+    """Have the kernel SIGKILL this process when the process that started it (:data:`PARENT_ENV`) ends, and
+    make this process the parent named to the processes it starts. Linux only: elsewhere, and without
+    :data:`PARENT_ENV`, nothing is done.
+
+    Returns:
+        False when that parent has already ended (before this call could ask): the caller should exit.
+    """
+    parent = os.environ.get(PARENT_ENV, "")
+    if not (parent.isdigit() and sys.platform.startswith("linux")):
+        return True
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return True
+    except (OSError, AttributeError):  # no C library with prctl
+        return True
+    if os.getppid() != int(parent):  # it ended between starting this process and the prctl
+        return False
+    os.environ[PARENT_ENV] = str(os.getpid())
+    return True
 
 
 def main(argv: list[str]) -> int:
@@ -127,6 +166,10 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m gpmodels.train_process REQUEST.json RESULT.json", file=sys.stderr)
         return 2
+    if not end_with_parent():
+        print(f"the process that started this one (pid {os.environ[PARENT_ENV]}) has ended; not training",
+              file=sys.stderr)
+        return 1
     config = TrainConfig.from_dict(json.loads(Path(argv[0]).read_text()))
     result = train(config)
     if rank_zero_only.rank == 0:  # the global rank, which Lightning sets up in every rank

@@ -421,8 +421,9 @@ def _training_lock(paths: RunPaths) -> AbstractContextManager[None]:
 
 
 @contextmanager
-def run_dir_lock(paths: RunPaths) -> Iterator[None]:
-    """Hold ``RUN_DIR/.train.lock`` (``fcntl.flock``, exclusive) with this process's pid in it.
+def run_dir_lock(paths: RunPaths) -> Iterator[int]:
+    """Hold ``RUN_DIR/.train.lock`` (``fcntl.flock``, exclusive) with this process's pid in it; yields the lock
+    file's descriptor, which a child process given it holds the lock with too, while it lives.
 
     The lock goes with the process: a killed trainer leaves the file, not the lock. It is released
     explicitly on the way out, since data-loading workers forked meanwhile share it and may outlive
@@ -439,7 +440,7 @@ def run_dir_lock(paths: RunPaths) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
-            yield
+            yield fd
         finally:
             os.ftruncate(fd, 0)
             if locked:

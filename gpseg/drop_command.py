@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS
+from flows.layout import DROP_FOLDERS, default_drop_folder
 from gpseg.console import console, fail, one_line, os_error_line
 
 
@@ -124,12 +124,6 @@ def _unreadable_name_mapping(item: Path) -> str | None:
     except OSError as exc:
         return os_error_line(exc, item).removeprefix(f"{item}: ")
     return None
-
-
-def default_drop_folder(workdir: Path, kind: str) -> Path:
-    """The drop folder of ``kind`` in ``workdir``: :data:`flows.layout.DROP_FOLDERS` for the deployments'
-    work dir, the same names in another."""
-    return Path(workdir) / Path(DROP_FOLDERS[kind]).relative_to(DEFAULT_WORKDIR)
 
 
 def _warn_rejected_cases(into: Path, names: set[str]) -> None:

@@ -166,7 +166,8 @@ def retrain_cmd(
     """
     from flows.params import DatasetSpec, RetrainParams
     from flows.retrain import retrain_on_new_data
-    from gpseg.drop_command import DROP_KINDS, default_drop_folder
+    from flows.layout import default_drop_folder
+    from gpseg.drop_command import DROP_KINDS
 
     if kind not in DROP_KINDS:
         raise fail(f"--kind: got {kind!r}, expected one of {', '.join(DROP_KINDS)}")

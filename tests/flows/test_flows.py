@@ -481,3 +481,33 @@ def test_a_model_that_fails_to_train_does_not_lose_the_other_models_results(tmp_
     assert f"not in this report: brats gp-reconresnet fold 0: {failed['status']}" in notes
     assert (survivor / "evaluation.json").is_file()
     assert not list((tmp_path / "runs").glob("brats/*/gp-reconresnet/fold_0/evaluation.json"))
+
+
+def test_a_retrain_where_no_training_finished_ends_failed(tmp_path, monkeypatch):
+    """Every training failed (e.g. "holds a run with other settings"): the unwatched nightly run ended Completed
+    and said so at INFO level only."""
+    import tasks.training
+
+    def refuse(config):
+        raise ValueError(f"out: {config.out} holds a run with other settings (batch_size)")
+
+    monkeypatch.setattr(tasks.training, "train", refuse)
+    write_brats_phantoms(tmp_path / "drop", 4, size=32, depth=None, seed=0)
+    state = retrain_on_new_data(_retrain_params(tmp_path / "w", tmp_path / "drop"), return_state=True)
+    assert state.is_failed()
+    assert re.match(r"data version [0-9a-f]+ of brats ingested, but no run finished; 1 failure\(s\): brats gp-unet "
+                    r"fold 0: FAILED: training: ValueError: out: .* holds a run with other settings", state.message)
+    assert state.result(raise_on_failure=False)["status"] == "retrained"
+
+
+def test_a_retrain_asking_for_more_folds_than_the_store_has_ingests_nothing(bench_workdir, first_run, tmp_path):
+    """The deployment's default 3 folds after a 1-fold benchmark trained fold 0 of each model, then failed every
+    run of folds 1 and 2 with "fold: got 2, the store has folds [0]"."""
+    store = bench_workdir / "stores" / "brats.zarr"
+    version = open_store(store).attrs["data_version"]
+    write_brats_phantoms(tmp_path / "drop", 1, size=32, depth=None, seed=0, first_case=21)
+    params = _retrain_params(bench_workdir, tmp_path / "drop").model_copy(update={"folds": 3})
+    state = retrain_on_new_data(params, return_state=True)
+    assert state.is_failed() and f"{store}: split into 1 fold(s), and the retraining asks for 3; give folds 1" \
+        in state.message
+    assert open_store(store).attrs["data_version"] == version

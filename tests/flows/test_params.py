@@ -391,3 +391,16 @@ def test_benchmark_checks_the_dask_address_before_the_flow_starts(monkeypatch):
     assert result.exit_code == 1
     assert result.output.startswith("error: --dask-address tcp://127.0.0.1:1: cannot reach the Dask scheduler (")
     assert result.output.count("\n") == 1
+
+
+def test_a_retrains_drop_folder_defaults_to_its_work_dirs(tmp_path):
+    """The default was runs/benchmark/drop whatever the work dir, so another work dir's store took in the
+    deployments' drops; a dataset given without source read "phantom" and said "no new data" for ever."""
+    assert RetrainParams(workdir=str(tmp_path)).dataset.source == str(tmp_path / "drop")
+    jun_cheng = RetrainParams(workdir=str(tmp_path), dataset={"kind": "jun-cheng"})
+    assert jun_cheng.dataset.source == str(tmp_path / "drop-jun-cheng")
+    given = RetrainParams(workdir=str(tmp_path), dataset={"kind": "brats", "source": "/data/drop", "workers": 0})
+    assert given.dataset.source == "/data/drop" and given.dataset.workers == 0
+    with pytest.raises(ValidationError) as raised:
+        RetrainParams(workdir=str(tmp_path), dataset={"kind": "brats", "source": "phantom"})
+    assert "dataset.source: a retraining reads a drop folder, not phantoms" in one_line(raised.value)

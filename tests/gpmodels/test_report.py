@@ -613,7 +613,7 @@ def test_heatmap_device_is_chosen_or_checked(device, expected):
 
 @pytest.mark.parametrize(("device", "message"), [
     ("tpu", "device: got 'tpu', expected cpu, cuda or cuda:N"), ("nonsense", "expected cpu, cuda or cuda:N"),
-    (f"cuda:{torch.cuda.device_count()}", f"CUDA device(s)")])
+    (f"cuda:{torch.cuda.device_count()}", "CUDA device(s)")])
 def test_a_device_this_machine_lacks_is_one_line(device, message):
     from gpmodels.heatmaps import pick_device
 

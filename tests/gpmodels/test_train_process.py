@@ -183,3 +183,43 @@ def test_a_busy_run_dir_is_refused_before_the_request_and_the_log_are_written(ph
             train_in_subprocess(config)
     assert not (tmp_path / "run" / REQUEST_FILE).exists()
     assert (tmp_path / "run" / LOG_FILE).read_text() == "the other process's log\n"
+
+
+ENGINE = r"""
+import json, sys
+from gpmodels.train_config import TrainConfig
+from gpmodels.train_process import train_in_subprocess
+train_in_subprocess(TrainConfig.from_dict(json.loads(sys.argv[1])))
+"""
+"""A stand-in for a flow run's process that trains in a child (the path of a multi-device training)."""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_child_ends_with_a_killed_caller_and_holds_the_lock_until_then(phantom_store, tmp_path):
+    """A cancelled flow run's process is killed, so run_process_group's cleanup never ran: the training went on
+    (re-parented to init), and the next run took the lock and trained the same run dir beside it."""
+    import psutil
+
+    from gpmodels.checkpoints import RunPaths
+    from gpmodels.training import run_dir_lock
+
+    out = tmp_path / "run"
+    config = TrainConfig.from_dict({**preset_config("smoke", str(phantom_store), "gp-unet", str(out)).to_dict(),
+                                    "epochs": 500, "test": False})
+    engine = subprocess.Popen([sys.executable, "-c", ENGINE, json.dumps(config.to_dict())])
+    try:
+        deadline = time.monotonic() + 60
+        while not (children := psutil.Process(engine.pid).children()) or not (out / "logs").is_dir():
+            assert time.monotonic() < deadline and engine.poll() is None, "the child did not start training"
+            time.sleep(0.1)
+        [child] = children
+        assert "gpmodels.train_process" in " ".join(child.cmdline())
+    finally:
+        engine.kill()
+        engine.wait()
+    gone, alive = psutil.wait_procs([child], timeout=10)
+    for process in alive:
+        process.kill()
+    assert not alive, "the training outlived its caller"
+    with run_dir_lock(RunPaths(out)):  # free once the child and its loader workers are gone
+        pass
