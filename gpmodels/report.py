@@ -12,7 +12,8 @@
 * ``summary.csv`` (one row per dataset and model, mean and std over folds) and ``runs.csv`` (one
   row per run).
 
-Runs are grouped by dataset (the store's ``dataset`` attribute) and model label: the network
+Runs are grouped by dataset (the store's ``dataset`` attribute; ``kind (store name)`` where stores of one
+kind under several names are reported together, :func:`distinguish_datasets`) and model label: the network
 plus any network option that differs from its default and any threshold method other than
 multi-Otsu, so variants (e.g. ``pool=maps``) are never averaged together. Scalars are the mean
 and population std over the group's runs (:func:`gpmodels.metrics.aggregate_folds`); the
@@ -32,7 +33,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -112,7 +113,8 @@ class ReportRun:
         evaluation: its ``evaluation.json``.
         config: its ``config.json`` (``None`` when absent).
         slices: the columns of ``evaluation_slices.csv`` as arrays (``None`` when absent).
-        dataset: the store's ``dataset`` attribute (the store's name when it cannot be opened).
+        dataset: the store's ``dataset`` attribute (the store's name when it cannot be opened); in a report
+            with stores of one kind under several names, ``kind (name)`` (:func:`distinguish_datasets`).
         label: model title plus non-default network options and threshold method.
         store_error: why the slice store could not be opened, else ``None``.
         seed_selection: for a run of several seeds (``.../seed_S``), how it was chosen, from the
@@ -133,6 +135,11 @@ class ReportRun:
     split_mode: str = ""
     """How the store split its slices into train/val/test (``grouped``, ``slice``, ``cvind``; ``""`` when
     the store cannot be opened)."""
+    store_name: str = ""
+    """The slice store's file name without ``.zarr`` (a flow's dataset label: ``stores/<label>.zarr``)."""
+    dataset_kind: str = ""
+    """The store's ``dataset`` attribute (``brats``, ``jun-cheng``, ...), which picks the paper's rows;
+    :attr:`dataset` where not set."""
 
     @property
     def model(self) -> str:
@@ -271,7 +278,7 @@ def load_run(run_dir: Path | str) -> ReportRun:
                      label=_label(evaluation["run"]["model"], config, evaluation["threshold"],
                                   evaluation["run"].get("cam_grid")),
                      store_error=store_error, seed_selection=seed_selection_text(run_dir),
-                     split_mode=split_mode,
+                     split_mode=split_mode, store_name=Path(store_path).stem, dataset_kind=dataset,
                      network_label=_label(evaluation["run"]["model"], config, None, evaluation["run"].get("cam_grid")))
 
 
@@ -340,7 +347,26 @@ class ModelGroup:
 
     @property
     def paper(self) -> PaperResult | None:
-        return next((p for p in PAPER_RESULTS if (p.dataset, p.model) == (self.dataset, self.model)), None)
+        kind = self.runs[0].dataset_kind or self.dataset
+        return next((p for p in PAPER_RESULTS if (p.dataset, p.model) == (kind, self.model)), None)
+
+
+def distinguish_datasets(runs: Sequence[ReportRun]) -> list[ReportRun]:
+    """``runs`` with the dataset of each kind that comes from stores of several names (say two BraTS
+    datasets of a benchmark, ``stores/brats-2015.zarr`` and ``stores/brats-2020.zarr``) named
+    ``kind (store name)``, so that their rows, intervals and figures are not pooled into one."""
+    names: dict[str, set[str]] = {}
+    for run in runs:
+        names.setdefault(run.dataset, set()).add(run.store_name)
+    return [replace(run, dataset=f"{run.dataset} ({run.store_name})") if len(names[run.dataset]) > 1 else run
+            for run in runs]
+
+
+def dataset_title(dataset: str) -> str:
+    """A dataset's title on the page: ``BraTS``, ``Jun Cheng``, ``BraTS (brats-2015)`` (see
+    :func:`distinguish_datasets`); any other name as it is."""
+    kind, sep, rest = dataset.partition(" (")
+    return DATASET_TITLES[kind] + sep + rest if kind in DATASET_TITLES else dataset
 
 
 def group_runs(runs: Sequence[ReportRun]) -> list[ModelGroup]:
@@ -458,7 +484,7 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg re
 
     if isinstance(run_dirs, (str, Path)) or not run_dirs:
         raise ValueError(f"run_dirs: got {run_dirs!r}, expected a non-empty sequence of run directories")
-    runs = [load_run(path) for path in run_dirs]
+    runs = distinguish_datasets([load_run(path) for path in run_dirs])
     groups = group_runs(runs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

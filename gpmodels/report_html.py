@@ -22,16 +22,16 @@ import numpy as np
 
 from gpmodels import report_figures as figs
 from gpmodels.bootstrap import REPLICATES
-from gpmodels.evaluation import evaluated_source, open_heatmaps
+from gpmodels.evaluation import evaluated_source, offset_fell_back, open_heatmaps
 from gpmodels.figure_cache import FigureCache
 from gpmodels.files import heatmap_path
 from gpmodels.report import (
     COLUMNS,
-    DATASET_TITLES,
     INTERVAL_KEYS,
     KIND_TITLES,
     ModelGroup,
     ReportRun,
+    dataset_title,
     run_intervals,
     run_scalars,
     threshold_config,
@@ -101,7 +101,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: i
 
 
 def _best(groups: Sequence[ModelGroup]) -> dict[str, float]:
-    """The best mean per column among two or more groups (ties share it)."""
+    """The best mean per column among two or more groups over every fold of the dataset (ties share it); a
+    group over fewer folds (a failed run) is not ranked, since its means are over other test sets."""
+    every = {run.fold for group in groups for run in group.runs}
+    groups = [g for g in groups if {run.fold for run in g.runs} == every]
     if len(groups) < 2:
         return {}
     best = {}
@@ -136,7 +139,7 @@ def _summary_section(groups: Sequence[ModelGroup]) -> str:
                                                          else "–" for c in COLUMNS])
                 classes.append("paper")
         header = ["model", "heatmaps", "fold(s)"] + [_e(c.header) for c in COLUMNS]
-        parts.append(f"<h3>{_e(DATASET_TITLES.get(dataset, dataset))}</h3>"
+        parts.append(f"<h3>{_e(dataset_title(dataset))}</h3>"
                      + _table(header, rows, text_columns=3, row_classes=classes)
                      + _splits_caption({run.split_mode for group in members for run in group.runs}))
     parts.append(
@@ -148,7 +151,7 @@ def _summary_section(groups: Sequence[ModelGroup]) -> str:
         "BraTS, the paper's table 5; defined when there is a tumour-free class and at least two tumour classes). "
         "Patient accuracy: one grade per patient from its slices. FPR tumour-free: fraction of tumour-free "
         "slices given a non-empty mask. "
-        "<b>Bold</b>: best per column. <i>paper</i>: Chatterjee et al., arXiv 2206.05148 (BraTS 2020 and Jun "
+        "<b>Bold</b>: best per column, among the rows over every fold. <i>paper</i>: Chatterjee et al., arXiv 2206.05148 (BraTS 2020 and Jun "
         "Cheng, slice-level splits, so not directly comparable with patient-grouped splits). "
         'The Dice convention is stated under <a href="#configuration">Run configuration</a>. – : undefined.</p>')
     return "".join(parts)
@@ -186,7 +189,7 @@ def _uncertainty_section(groups: Sequence[ModelGroup]) -> str:
         for run in group.runs:
             scalars, intervals = run_scalars(run.evaluation), run_intervals(run.evaluation)
             patients = intervals["test_patients"]
-            rows.append([_e(DATASET_TITLES.get(group.dataset, group.dataset)), _e(group.label), _e(run.fold),
+            rows.append([_e(dataset_title(group.dataset)), _e(group.label), _e(run.fold),
                          "–" if not math.isfinite(patients) else f"{patients:.0f}"]
                         + [_with_interval(scalars[key], intervals[f"{key}_low"], intervals[f"{key}_high"])
                            for key in INTERVAL_KEYS])
@@ -207,7 +210,7 @@ def _confusion_section(groups: Sequence[ModelGroup], cache: FigureCache) -> str:
     for g in groups:
         classes = g.runs[0].evaluation["classification"]["classes"]
         png = cache.png(figs.confusion_png, g.confusion, list(classes), f"{g.network_label} ({len(g.runs)} run(s))")
-        figures.append(f"<figure>{_img(png, g.label)}<figcaption>{_e(DATASET_TITLES.get(g.dataset, g.dataset))}"
+        figures.append(f"<figure>{_img(png, g.label)}<figcaption>{_e(dataset_title(g.dataset))}"
                        "</figcaption></figure>")
     return ('<p class="caption">Test slices summed over folds; rows: true class, columns: predicted class.</p>'
             f'<div class="figures">{"".join(figures)}</div>')
@@ -221,7 +224,7 @@ def _dice_section(groups: Sequence[ModelGroup]) -> str:
         if scores:
             png = figs.dice_histogram_png(np.concatenate(scores), g.label)
             figures.append(f"<figure>{_img(png, g.label)}<figcaption>"
-                           f"{_e(DATASET_TITLES.get(g.dataset, g.dataset))}</figcaption></figure>")
+                           f"{_e(dataset_title(g.dataset))}</figcaption></figure>")
     note = f"<p class=\"caption\">No evaluation_slices.csv in: {_e(', '.join(missing))}.</p>" if missing else ""
     return ('<p class="caption">Per-slice Dice of test slices with a non-empty ground-truth mask, all folds '
             f'pooled; the line marks the median.</p>{note}<div class="figures">{"".join(figures)}</div>')
@@ -253,7 +256,7 @@ def _examples_section(groups: Sequence[ModelGroup], channel: str | None) -> str:
     for g in groups:
         run = g.runs[0]
         heat, store, problem = _open_run_stores(run)
-        parts.append(f"<h3>{_e(DATASET_TITLES.get(g.dataset, g.dataset))}: {_e(g.label)}, fold {run.fold}</h3>")
+        parts.append(f"<h3>{_e(dataset_title(g.dataset))}: {_e(g.label)}, fold {run.fold}</h3>")
         if problem is None and run.slices is None:
             problem = f"{run.run_dir}: no evaluation_slices.csv"
         if problem is not None:
@@ -271,7 +274,7 @@ def _posthoc_section(runs: Sequence[ReportRun], channel: str | None) -> str:
     methods = sorted({m for run in runs if run.evaluation.get("posthoc")
                       for m in run.evaluation["posthoc"]["spearman_median"]},
                      key=lambda m: (m != "occlusion", m != "guided_backprop", m))
-    rows = [[_e(DATASET_TITLES.get(run.dataset, run.dataset)), _e(run.label), _e(run.fold),
+    rows = [[_e(dataset_title(run.dataset)), _e(run.label), _e(run.fold),
              _e(run.evaluation["posthoc"]["reference"]),
              _e(run.evaluation["posthoc"]["slices"])]
             + [_fmt(run.evaluation["posthoc"]["spearman_median"].get(m)) for m in methods]
@@ -292,7 +295,7 @@ def _posthoc_section(runs: Sequence[ReportRun], channel: str | None) -> str:
             continue
         png = figs.posthoc_figure(heat, store, _channel(store, channel)[0])
         if png is not None:
-            parts.append(f"<h3>{_e(DATASET_TITLES.get(run.dataset, run.dataset))}: {_e(run.label)}, fold {run.fold}"
+            parts.append(f"<h3>{_e(dataset_title(run.dataset))}: {_e(run.label)}, fold {run.fold}"
                          f"</h3><figure>{_img(png, run.label)}</figure>")
     return "".join(parts)
 
@@ -382,7 +385,7 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cac
         series = {label: values for label, values in series.items() if values}
         if series:
             png = cache.png(figs.training_curves_png, series,
-                            f"{DATASET_TITLES.get(g.dataset, g.dataset)}: {g.network_label}")
+                            f"{dataset_title(g.dataset)}: {g.network_label}")
             curves.append(f"<figure>{_img(png, g.label)}</figure>")
     conventions = sorted({run.evaluation["segmentation"].get("convention") or "–" for run in runs})
     return (_table(header, rows, text_columns=len(header) - 1, wrap=True)
@@ -420,10 +423,17 @@ def _warnings(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
     for g in groups:
         folds = [run.fold for run in g.runs]
         if len(set(folds)) < len(folds):
-            boxes.append(f"{_e(g.label)} on {_e(g.dataset)} has several runs of one fold ({folds}); "
+            boxes.append(f"{_e(g.label)} on {_e(dataset_title(g.dataset))} has several runs of one fold ({folds}); "
                          "its statistics are over runs, not folds.")
     boxes += [f"Panels of {_e(run.run_dir)} not shown: {_e(run.store_error)}" for run in runs if run.store_error]
-    boxes += [f"{_e(run.label)} fold {run.fold} on {_e(run.dataset)}: its masks cover {share:.0%} of the slice (median "
+    fell_back = [run for run in runs if offset_fell_back(run.evaluation["threshold"])]
+    if fell_back:
+        boxes.append("--offset auto found nothing to rank offsets by on the validation split (every slice "
+                     "predicted tumour-free) for "
+                     + ", ".join(f"{_e(run.label)} fold {run.fold} on {_e(dataset_title(run.dataset))}"
+                                 for run in fell_back)
+                     + ": thresholded at the paper's offset instead, though the row says auto offset.")
+    boxes += [f"{_e(run.label)} fold {run.fold} on {_e(dataset_title(run.dataset))}: its masks cover {share:.0%} of the slice (median "
               "over the slices given a mask), so they do not localise and their Dice is about that of marking the "
               "whole slice." for run in runs if (share := mask_coverage(run)) is not None and share > MOST_OF_SLICE]
     return "".join(f'<div class="warning">{text}</div>' for text in boxes)

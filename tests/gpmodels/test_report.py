@@ -242,6 +242,50 @@ def test_offset_chosen_on_validation_gives_a_warning(report_runs, tmp_path):
     assert "tuned on validation masks" in page and 'class="warning"' in page
 
 
+def test_a_fallen_back_auto_offset_is_said(report_runs, tmp_path):
+    """A fold whose --offset auto fell back to the paper's offset sat in the "auto offset" row unsaid."""
+    from gpmodels.evaluation import OFFSET_FALLBACK
+
+    fell = _copy_run(report_runs["gp"], tmp_path / "fell", **{
+        "threshold.offset_source": f"{OFFSET_FALLBACK}: every validation slice predicted tumour-free"})
+    page = " ".join(build_report([fell], tmp_path / "out").read_text().split())
+    assert "--offset auto found nothing to rank offsets by on the validation split" in page
+    assert "GP-UNet (width=8, auto offset) fold 0 on BraTS: thresholded at the paper's offset instead" in page
+    assert "tuned on validation masks" not in page
+
+
+def test_two_stores_of_one_kind_are_two_datasets(report_runs, tmp_path):
+    """Two BraTS datasets of a benchmark (say 2015 and 2020) were pooled into one "BraTS" row: their
+    means, summed confusion matrices and pooled histograms, with fold(s) "0 0"."""
+    gp = report_runs["gp"]
+    evaluation = _evaluation(gp)
+    store = shutil.copytree(evaluation["run"]["store_path"], tmp_path / "brats-2015.zarr")
+    other = _copy_run(gp, tmp_path / "other", **{"run.store_path": str(store), "run.run_dir": str(tmp_path / "other"),
+                                                 "classification.f1": 0.5})
+    page = build_report([gp, other], tmp_path / "out").read_text()
+    first = Path(evaluation["run"]["store_path"]).stem
+    rows = {row["dataset"]: row for row in _read_csv(tmp_path / "out" / "summary.csv")}
+    assert set(rows) == {f"brats ({first})", "brats (brats-2015)"} and {r["folds"] for r in rows.values()} == {"0"}
+    assert float(rows["brats (brats-2015)"]["f1_mean"]) == 0.5
+    assert f"<h3>BraTS ({first})</h3>" in page and "<h3>BraTS (brats-2015)</h3>" in page
+    assert page.count('<tr class="paper">') == 2  # the paper's GP-UNet row under each
+    alone = build_report([gp], tmp_path / "alone")  # one store of the kind: named by its kind alone
+    assert [row["dataset"] for row in _read_csv(alone.parent / "summary.csv")] == ["brats"]
+
+
+def test_a_row_missing_a_fold_is_not_ranked(report_runs, tmp_path):
+    """A row over fewer folds (a failed run) was marked best against rows over every fold."""
+    gp = report_runs["gp"]
+    f1 = _evaluation(gp)["classification"]["f1"]
+    fold1 = _copy_run(gp, tmp_path / "fold1", **{"run.fold": 1})
+    variant = _copy_run(gp, tmp_path / "maps", **{"classification.f1": f1 + 0.2})
+    config = json.loads((variant / "config.json").read_text())
+    config["model_options"]["pool"] = config["train"]["model_options"]["pool"] = "maps"
+    (variant / "config.json").write_text(json.dumps(config))
+    page = build_report([gp, fold1, variant], tmp_path / "out").read_text()
+    assert f'<td class="best">{f1 + 0.2:.3f}</td>' not in page and f"<td>{f1 + 0.2:.3f}</td>" in page
+
+
 def test_missing_evaluation_names_the_run(report_runs, tmp_path):
     bare = tmp_path / "not-evaluated"
     shutil.copytree(report_runs["gp"], bare)
