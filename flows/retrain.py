@@ -31,7 +31,8 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     A run stopped after its ingestion (killed, cancelled, a failed validation or training) left a data
     version without a report; the next run trains and reports that version (finished trainings resume
     or come from the cache), even when no file is new. A run in which no training finished ends Failed,
-    with this result as its data; ``folds`` beyond the store's are refused before anything is ingested.
+    with this result as its data; ``folds`` beyond the store's are refused when there is something to train,
+before anything is ingested (a night without new data stays "no new data").
     """
     logger = get_run_logger()
     spec = params.dataset
@@ -42,12 +43,12 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
         logger.info("no new data: the drop folder %s does not exist (yet)", spec.source)
         return {"status": "no new data", "new_files": []}
     read_report(report_dir)  # a damaged report fails the run here, before any ingestion, not after it
-    check_folds(store, params.folds)  # before ingesting: every run of a fold the store lacks would fail, late
     fresh = find_new_files(spec.source, store)
     new_rejects: dict[str, str] = {}
     ingested_cases = 0
     if fresh:
         logger.info("%d new file(s) in %s", len(fresh), spec.source)
+        check_folds(store, params.folds)  # before ingesting: every run of a fold the store lacks would fail, late
         before = stored_version(store)
         try:
             ingested = ingest_fresh(spec.kind, spec.source, store, ingest_config(spec, params.folds),
@@ -75,6 +76,7 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     rejected_note = rejection_note(spec.label, store, new_rejects)
     if rejected_note:
         logger.warning("%s", rejected_note)
+    check_folds(store, params.folds)  # also for a data version an earlier run ingested
     validate(store)
     trained, seed_notes = train_and_keep(training_jobs(params, spec.label, store, version), params)
     results = [{**r, "dataset": spec.label} for r in heatmaps_and_evaluation(trained, params.threshold,

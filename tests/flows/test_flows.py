@@ -511,3 +511,5 @@ def test_a_retrain_asking_for_more_folds_than_the_store_has_ingests_nothing(benc
     assert state.is_failed() and f"{store}: split into 1 fold(s), and the retraining asks for 3; give folds 1" \
         in state.message
     assert open_store(store).attrs["data_version"] == version
+    quiet = _retrain_params(bench_workdir, bench_workdir / "phantoms" / "brats").model_copy(update={"folds": 3})
+    assert retrain_on_new_data(quiet)["status"] == "no new data"  # a night without a drop: not Failed every night
