@@ -184,7 +184,7 @@ def resolve_run(config: TrainConfig) -> RunConfig:
     if config.limit_batches is not None:
         batches = min(batches, config.limit_batches)
     accumulate = min(config.accumulate, batches)
-    return RunConfig(
+    run = RunConfig(
         train=config,
         store_path=str(Path(config.store).resolve()) if local else config.store,
         data_version=str(group.attrs.get("data_version", "")),
@@ -200,6 +200,31 @@ def resolve_run(config: TrainConfig) -> RunConfig:
         train_batches=batches // accumulate * accumulate,
         resolved_precision=resolve_precision(config.precision, config.accelerator),
     )
+    _check_size(run)
+    return run
+
+
+SMALL_SIZE = 32
+"""Training sizes below which :func:`_check_size` tries the network once: every network trains at 32 px and
+above, and below it each has its own limit (GP-ReconResNet's instance norms need more than one pixel after its
+two stride-2 convolutions; a deeper GP-UNet or GP-ShuffleUNet needs more)."""
+
+
+def _check_size(run: RunConfig) -> None:
+    """A one-line error, before anything is written, when the network cannot train on the run's slice size:
+    below :data:`SMALL_SIZE` px one training-mode forward pass of two blank slices on the CPU is tried (the
+    failure otherwise came from the first training step, e.g. "Expected more than 1 spatial element when
+    training", after the run dir was made)."""
+    if run.image_size >= SMALL_SIZE:
+        return
+    net = build_network(run).train()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(2, len(run.channels), run.image_size, run.image_size))
+    except (RuntimeError, ValueError) as exc:
+        detail = " ".join(str(exc).split())
+        raise ValueError(f"image_size: {run.train.model} cannot train on {run.image_size} px slices "
+                         f"({detail[:160]}); give --image-size {SMALL_SIZE} or more") from None
 
 
 def _check_devices(config: TrainConfig) -> None:
