@@ -28,7 +28,7 @@ ChannelsOpt = Annotated[Optional[str], typer.Option("--channels", help="Comma-se
                                                     "order, e.g. t1ce,flair (default: all).")]
 NormOpt = Annotated[str, typer.Option("--normalisation", help="robust (per-channel percentile scaling over "
                                       "the foreground, per volume; per slice for Jun Cheng's 2-D slices) or "
-                                      "paper (each slice / its maximum).")]
+                                      "paper (each slice minus its minimum, / its maximum).")]
 SplitOpt = Annotated[str, typer.Option("--split", help="grouped (patient-grouped, default), slice (the "
                                        "paper's slice-level protocol) or cvind (Jun Cheng's official folds).")]
 FoldsOpt = Annotated[int, typer.Option("--folds", help="Number of folds (grouped: at most 4, one per disjoint "

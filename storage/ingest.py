@@ -250,12 +250,12 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
         if key not in known_files:
             cases.append(case)
         elif isinstance(case, VolumeCase) and case.patient_id not in stored_patients:
-            report.rejected[key] = (f"already stored for another patient, so patient {case.patient_id} is not: "
-                                    "files count by their path relative to the source's folder, and each patient "
-                                    "needs files at paths of its own")
+            add_rejection(report.rejected, key, f"already stored for another patient, so patient {case.patient_id} "
+                          "is not: files count by their path relative to the source's folder, and each patient "
+                          "needs files at paths of its own")
             rejected_cases.append(case)
         elif changed := _changed_since_stored(case, base_attrs.get("sources", {}), plan.root):
-            report.rejected[changed] = CHANGED_SINCE_STORED
+            add_rejection(report.rejected, changed, CHANGED_SINCE_STORED)
             rejected_cases.append(case)
         else:
             report.skipped += 1
@@ -285,7 +285,8 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
                     error = _copied_images(case, batch, stored_content)
                 if error is not None:
                     file, reason = _reason(error)
-                    report.rejected[source_key(file or _case_key(case), plan.root)] = reason
+                    add_rejection(report.rejected, source_key(file or _case_key(case), plan.root), reason,
+                                  getattr(case, "patient_id", None))
                     rejected_cases.append(case)
                     continue
                 writer.append(batch)
@@ -374,6 +375,17 @@ def _channels(requested: tuple[str, ...] | None, available: tuple[str, ...], sou
     if unknown:
         raise ValueError(f"{source}: channels {unknown} not available; choose from {list(available)}")
     return chosen
+
+
+def add_rejection(rejected: dict[str, str], key: str, reason: str, patient: str | None = None) -> None:
+    """Record ``key -> reason`` in ``rejected``. A file already rejected in this run (one file in the rows of
+    several manifest patients) keeps its reason, and the new one is added after it with its patient's name:
+    keyed by file alone, the later cases' rejections replaced the first and went unreported."""
+    old = rejected.get(key)
+    if old is None:
+        rejected[key] = reason
+    elif patient is not None or reason not in old:
+        rejected[key] = f"{old}; also{f' for patient {patient}' if patient else ''}: {reason}"
 
 
 def ingest_brats(src: Path, out: Path, config: IngestConfig = IngestConfig(), append: bool = False,

@@ -95,6 +95,29 @@ def _check_grid(path: Path, volume: NiftiVolume, first_path: Path, first: NiftiV
                                  "the channels must share one voxel grid")
 
 
+MAX_SEG_LABELS = 255
+"""More distinct values than this in a segmentation make it an image, not a label map (BraTS has 4)."""
+
+
+def _label_map(path: Path | str, data: np.ndarray) -> np.ndarray:
+    """A segmentation's voxels as integer labels; a float one must hold whole numbers only.
+
+    Raises:
+        CaseRejected: NaN or infinite voxels, or values between integers (a soft or resampled mask, whose
+            tumour voxels of 0.3 would round to 0 and store a tumour patient as tumour-free).
+    """
+    if data.dtype.kind in "iub":
+        return data.astype(np.int16, copy=False) if data.dtype.kind == "b" else data
+    if not np.isfinite(data).all():
+        raise CaseRejected(path, "the segmentation has NaN or infinite voxels; expected integer labels")
+    rounded = np.rint(data)
+    off = data != rounded
+    if off.any():
+        raise CaseRejected(path, f"the segmentation has values between integers (e.g. {float(data[off][0]):g}), "
+                                 "a soft or resampled mask; expected integer labels (threshold it first)")
+    return rounded.astype(np.int16)
+
+
 def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig,
                      size: int | None = None) -> SliceBatch:
     """Decode, check, normalise, slice and resize one volume case.
@@ -120,8 +143,10 @@ def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig,
         CaseRejected: any file is unreadable, shapes or voxel grids differ,
             labels are outside the allowed set, a channel is constant (e.g. all
             zeros), every slice is blank, slices are non-square without an
-            asked size, the class is unknown, or a case of the tumour-free class
-            has tumour voxels in its segmentation.
+            asked size, the class is unknown, a case of the tumour-free class
+            has tumour voxels in its segmentation or one of a tumour class has none, two channels
+            (or a channel and the segmentation) have the same content, or the segmentation is no
+            integer label map (values between integers, more than :data:`MAX_SEG_LABELS` labels).
     """
     if case.label not in classes:
         raise CaseRejected(case.files[0], f"class {case.label!r} not among {classes}")
@@ -131,14 +156,26 @@ def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig,
     for name, vol in volumes.items():
         _check_grid(case.channels[name], vol, first_path, first)
     sources = {str(case.channels[name]): vol.sha256 for name, vol in volumes.items()}
+    by_content = {vol.sha256: name for name, vol in reversed(volumes.items())}
+    for name, vol in volumes.items():  # a column mix-up: one file given as two sequences (blank ones are said below)
+        if by_content[vol.sha256] != name and vol.data.min() != vol.data.max():
+            raise CaseRejected(case.channels[name], f"channel {name} has the same content as channel "
+                                                    f"{by_content[vol.sha256]} ({case.channels[by_content[vol.sha256]]}"
+                                                    "); each channel is a sequence of its own")
     seg = None
     if case.seg is not None:
         seg_vol = load_nifti(case.seg)
         sources[str(case.seg)] = seg_vol.sha256
+        if seg_vol.sha256 in by_content:
+            raise CaseRejected(case.seg, f"the segmentation has the same content as channel "
+                                         f"{by_content[seg_vol.sha256]}: an image, not a label map")
         _check_grid(case.seg, seg_vol, first_path, first, "segmentation ")
-        seg = seg_vol.data if seg_vol.data.dtype.kind in "iu" else np.rint(seg_vol.data).astype(np.int16)
+        seg = _label_map(case.seg, seg_vol.data)
         low = int(seg.min())
         found = set((np.flatnonzero(np.bincount((seg.ravel() - low).astype(np.intp))) + low).tolist())
+        if len(found) > MAX_SEG_LABELS:
+            raise CaseRejected(case.seg, f"the segmentation has {len(found)} distinct values, more than a label map "
+                                         f"has ({MAX_SEG_LABELS} at most): an image in the seg column?")
         allowed = case.allowed_seg_labels
         if min(found) < 0 or (allowed is not None and not found <= allowed):
             bad = sorted(found - allowed) if allowed is not None else sorted(v for v in found if v < 0)
@@ -147,6 +184,10 @@ def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig,
     if seg is not None and classes.index(case.label) == 0 and (tumour := int(np.count_nonzero(seg > 0))):
         raise CaseRejected(case.seg, f"patient {case.patient_id} is labelled {case.label!r} but its seg marks "
                                      f"{tumour} tumour voxels; give the class of its tumour")
+    if seg is not None and classes.index(case.label) > 0 and not seg.any():
+        raise CaseRejected(case.seg, f"patient {case.patient_id} is labelled {case.label!r} but its seg marks no "
+                                     f"tumour voxel, so every slice would be stored as {classes[0]}; give its "
+                                     f"tumour's segmentation, or the class {classes[0]!r}")
     axes = axial_axes(first.affine, first.data.shape)
     stack = axial_slices([vol.data.transpose(axes) for vol in volumes.values()])
     seg_slices = seg.transpose(axes).T if seg is not None else None

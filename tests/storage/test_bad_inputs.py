@@ -650,3 +650,39 @@ def test_the_fingerprint_changes_with_the_data_files_only(brats_source, tmp_path
     assert fingerprint(source) == before
     _rewrite(_file(source, 1, "t1"), np.asanyarray(nib.load(_file(source, 1, "t1")).dataobj)[::-1].copy())
     assert fingerprint(source) != before
+
+
+def test_manifest_segmentations_that_are_no_label_maps_and_copied_channels(brats_source, tmp_path):
+    """Stored without a word before: a soft seg (tumour voxels 0.3, rounded to 0) made an HGG patient all
+    tumour-free; the patient's own image in the seg column made the whole head tumour; one file in two channel
+    columns was stored as two sequences; a tumour class with an empty seg was stored all tumour-free."""
+    flair, seg = _case_files(brats_source, 1)
+    t1 = str(flair).replace("_flair", "_t1")
+    image = nib.load(seg)
+    soft = tmp_path / "soft_seg.nii.gz"
+    nib.save(nib.Nifti1Image((np.asanyarray(image.dataobj) > 0) * np.float32(0.3), image.affine), soft)
+    empty = tmp_path / "empty_seg.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), image.affine), empty)
+    picture = tmp_path / "picture.nii.gz"  # another image of the head, given as the seg: many integer values
+    nib.save(nib.Nifti1Image(np.asanyarray(nib.load(t1).dataobj).astype(np.int16) * 7, image.affine), picture)
+    whole = tmp_path / "whole_seg.nii.gz"  # a float seg of whole numbers, as many BraTS segs are stored: fine
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj).astype(np.float64), image.affine), whole)
+    (tmp_path / "m.csv").write_text("patient_id,label,flair,t1,seg\n"
+                                    f"soft,HGG,{flair},{t1},{soft}\n"
+                                    f"self,HGG,{flair},{t1},{flair}\n"
+                                    f"twice,HGG,{flair},{flair},{seg}\n"
+                                    f"empty,HGG,{flair},{t1},{empty}\n"
+                                    f"picture,HGG,{flair},{t1},{picture}\n"
+                                    f"fine,HGG,{flair},{t1},{whole}\n")
+    report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+    reasons = " | ".join(f"{file}: {why}" for file, why in report.rejected.items())
+    assert "soft_seg.nii.gz: the segmentation has values between integers (e.g. 0.3)" in reasons
+    # both rejections name the flair file, and neither patient goes unnamed (keyed by file, the second replaced
+    # the first)
+    assert report.rejected[flair] == (
+        "the segmentation has the same content as channel flair: an image, not a label map; also for patient "
+        f"twice: channel t1 has the same content as channel flair ({flair}); each channel is a sequence of its own")
+    assert "empty_seg.nii.gz: patient empty is labelled 'HGG' but its seg marks no tumour voxel" in reasons
+    assert "picture.nii.gz: the segmentation has" in reasons and "distinct values" in reasons
+    assert read_patients(open_store(tmp_path / "s.zarr")).tolist().count("fine") > 0
+    assert set(read_patients(open_store(tmp_path / "s.zarr")).tolist()) == {"fine"}
