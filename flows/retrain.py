@@ -32,7 +32,7 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     version without a report; the next run trains and reports that version (finished trainings resume
     or come from the cache), even when no file is new. A run in which no training finished ends Failed,
     with this result as its data; ``folds`` beyond the store's are refused when there is something to train,
-before anything is ingested (a night without new data stays "no new data").
+    before anything is ingested (a night without new data stays "no new data").
     """
     logger = get_run_logger()
     spec = params.dataset

@@ -344,7 +344,8 @@ def export_masks_cmd(
     """Write each test patient's predicted tumour mask as NIfTI on the original grid (overlays in ITK-SNAP/Slicer).
 
     The masks are thresholded as the run's last evaluation did (evaluation.json), or with --workdir as the
-    work dir's report says, one patient at a time. Every run is checked before any file is written; the count printed is that of the files written.
+    work dir's report says, one patient at a time. Every run is checked before any file is written; the count
+    printed is that of the files written.
     """
     if (run is None) == (workdir is None):
         raise fail("give either --run or --workdir")
@@ -388,9 +389,9 @@ def _as_reported(plan: dict, threshold: dict | None, workdir: Path) -> dict:
     without a threshold in the report."""
     from flows.layout import METRICS, REPORT
 
-    if threshold is None or threshold == plan["evaluation"]["threshold"]:
+    if threshold is None or threshold == plan["threshold"]:
         return plan
-    return {**plan, "evaluation": {**plan["evaluation"], "threshold": threshold},
+    return {**plan, "threshold": threshold,
             "config": _threshold_of(threshold, f"{workdir / REPORT / METRICS}: the threshold of {plan['run']}"),
             "threshold_source": f"as in the report {workdir / REPORT} (its evaluation.json was re-thresholded "
                                 "since, e.g. by `gpseg postprocess --out` elsewhere)"}
@@ -443,7 +444,7 @@ def _export_plan(run: Path, suffix: str, skip_2d: bool = False) -> dict | None:
         return None
     config = _threshold_of(evaluation.get("threshold"), f"{run / 'evaluation.json'}: its threshold")
     return {"run": run, "model": train.get("model"), "fold": train.get("fold"), "heat": heat, "store": store_path,
-            "evaluation": evaluation, "config": config, "suffix": suffix, "names": _mask_names(group, heat, suffix),
+            "threshold": evaluation["threshold"], "config": config, "suffix": suffix, "names": _mask_names(group, heat, suffix),
             "split_mode": dict(group.attrs.get("split") or {}).get("mode")}
 
 
@@ -482,7 +483,7 @@ def _write_masks(plan: dict, out: Path, label: str = "export masks") -> list[Pat
     from gpmodels.nifti_export import export_patient_masks
     from storage.errors import StoreError
 
-    run, threshold, config = plan["run"], plan["evaluation"]["threshold"], plan["config"]
+    run, threshold, config = plan["run"], plan["threshold"], plan["config"]
     console.print(f"{run}: thresholded {plan.get('threshold_source', 'as its last evaluation')}: "
                   f"{_threshold_cell(threshold)}", highlight=False, soft_wrap=True)
     if config.target_class != "predicted":
