@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.states import Failed
 
 from flows.cluster import check_cluster
-from flows.layout import (REPORT, dataset_failure_row, failure_carried_notes, rejection_note, row_line, row_where,
-                          summary_rows, tagged)
+from flows.layout import REPORT, dataset_failure_row, failure_carried_notes, rejection_note, summary_rows, tagged
 from flows.params import BenchmarkParams
-from flows.pipeline import heatmaps_and_evaluation, prepare_dataset, train_and_keep, training_jobs
+from flows.pipeline import (heatmaps_and_evaluation, log_rows, no_run_finished, prepare_dataset, train_and_keep,
+                            training_jobs)
 from tasks.evaluation import publish, report
 
 
@@ -55,23 +54,17 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
     results = [{**r, "dataset": labels[r["run_dir"]]} for r in
                heatmaps_and_evaluation(trained, params.threshold, params.posthoc_slices)]
     rows = rejected + summary_rows(results)
-    done = [r["run_dir"] for r in results if "failed" not in r]
-    failed = [r for r in rows if r["status"] != "ok"]
+    done, failed = log_rows(results, rows)
     html = None
     if done:
         html = report(done, str(Path(params.workdir) / REPORT), "gpseg full benchmark",
                       [f"thresholds: {params.threshold.describe()}"],
                       [*carried, *seed_notes, *failure_carried_notes(rows)])
         publish(html, rows)
-    for row in rows:
-        logger.info("%s", row_line(row))
-    if failed:
-        logger.warning("%d failure(s): %s", len(failed), "; ".join(row_where(r) for r in failed))
     print(f"report: {html}")
     outcome = {"report": html, "rows": rows, "failed": failed, "rejected": rejections}
-    if failed and not done:  # the run ends Failed, so `prefect deployment run ... --watch` and the UI say so
-        return Failed(message=f"no run finished; {len(failed)} failure(s): "
-                              + "; ".join(row_line(r) for r in failed), data=outcome)
+    if failed and not done:
+        return no_run_finished(failed, outcome)
     return outcome
 
 

@@ -9,10 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.cluster import check_cluster
-from flows.layout import PHANTOMS, RUNS, SEED_PREFIX, STORES, dataset_of
+from flows.layout import PHANTOMS, RUNS, SEED_PREFIX, STORES, dataset_of, row_line, row_where
 from flows.params import DatasetSpec, ThresholdParams, TrainingParams
 from gpmodels.files import SEED_SELECTION, write_text_atomic
 from storage.errors import one_line
@@ -262,3 +263,29 @@ def heatmaps_and_evaluation(trained: list[dict], threshold: ThresholdParams, pos
             continue
         out.append({**run, "evaluation": evaluation})
     return out
+
+
+def log_rows(results: list[dict], rows: list[dict]) -> tuple[list[str], list[dict]]:
+    """Log each summary row in one line, and the failures together as one warning.
+
+    Args:
+        results: the runs of :func:`heatmaps_and_evaluation` (a finished one has no ``failed`` key).
+        rows: the summary rows (:func:`flows.layout.summary_rows`, plus a dataset's failure rows).
+
+    Returns:
+        The finished runs' dirs, and the rows that are not ``ok``.
+    """
+    logger = get_run_logger()
+    for row in rows:
+        logger.info("%s", row_line(row))
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        logger.warning("%d failure(s): %s", len(failed), "; ".join(row_where(r) for r in failed))
+    return [r["run_dir"] for r in results if "failed" not in r], failed
+
+
+def no_run_finished(failed: list[dict], outcome: dict, before: str = "") -> State:
+    """The Failed state a flow returns when no run finished, so ``prefect deployment run ... --watch``, the UI
+    and unwatched scheduled runs say so; ``outcome`` stays its data. ``before`` starts the message."""
+    return Failed(message=f"{before}no run finished; {len(failed)} failure(s): "
+                          + "; ".join(row_line(r) for r in failed), data=outcome)

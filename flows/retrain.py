@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.states import Failed
 
 from flows.layout import (REPORT, carried_notes, failure_carried_notes, new_rejections, read_report,
-                          rejection_note, replace_dataset_runs, reported_runs, reported_versions, row_line, row_where,
-                          summary_rows, tagged)
+                          rejection_note, replace_dataset_runs, reported_runs, reported_versions, summary_rows,
+                          tagged)
 from flows.params import RetrainParams
-from flows.pipeline import (check_folds, heatmaps_and_evaluation, ingest_config, ingest_fresh, store_path,
-                            stored_version, train_and_keep, training_jobs)
+from flows.pipeline import (check_folds, heatmaps_and_evaluation, ingest_config, ingest_fresh, log_rows,
+                            no_run_finished, store_path, stored_version, train_and_keep, training_jobs)
 from storage.errors import NoUsableInput
 from tasks.data import find_new_files, validate
 from tasks.evaluation import publish, report
@@ -82,12 +81,7 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     results = [{**r, "dataset": spec.label} for r in heatmaps_and_evaluation(trained, params.threshold,
                                                                                params.posthoc_slices)]
     rows = summary_rows(results)
-    for row in rows:
-        logger.info("%s", row_line(row))
-    done = [r["run_dir"] for r in results if "failed" not in r]
-    failed = [r for r in rows if r["status"] != "ok"]
-    if failed:
-        logger.warning("%d failure(s): %s", len(failed), "; ".join(row_where(r) for r in failed))
+    done, failed = log_rows(results, rows)
     html = None
     if done:
         runs = replace_dataset_runs(reported_runs(report_dir), done)
@@ -106,7 +100,6 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
         publish(html, rows)
     outcome = {"status": "retrained", "new_files": fresh, "ingested": ingested_cases, "data_version": version,
                "rows": rows, "report": html, "rejected": new_rejects}
-    if failed and not done:  # Failed, as full-benchmark's: the nightly and drop-triggered runs go unwatched
-        return Failed(message=f"data version {version} of {spec.label} ingested, but no run finished; "
-                              f"{len(failed)} failure(s): " + "; ".join(row_line(r) for r in failed), data=outcome)
+    if failed and not done:
+        return no_run_finished(failed, outcome, f"data version {version} of {spec.label} ingested, but ")
     return outcome
