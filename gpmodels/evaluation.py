@@ -17,6 +17,7 @@ Conventions:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -29,7 +30,7 @@ import numpy as np
 import zarr
 
 from gpmodels.bootstrap import patient_bootstrap
-from gpmodels.files import damaged, heatmap_path, relocated, write_text_atomic
+from gpmodels.files import damaged, heatmap_path, relocated, replace_together
 from gpmodels.map_agreement import rank_agreement
 from gpmodels.metrics import (
     classification_metrics,
@@ -84,9 +85,28 @@ def open_heatmaps(path: Path | str) -> zarr.Group:
     recover_interrupted(path)
     if not (path / "zarr.json").is_file():
         raise FileNotFoundError(f"{path}: no heatmap store (run `gpseg heatmaps --run RUN_DIR` first)")
-    group = zarr.open_group(str(path), mode="r")
+    hint = "; write it again with `gpseg heatmaps --run RUN_DIR`"
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        attrs = dict(group.attrs)
+    except Exception as exc:  # zarr raises JSONDecodeError, TypeError, ... for a damaged zarr.json
+        raise damaged(path / "zarr.json", exc, hint) from None
+    missing = [key for key in HEATMAP_ATTRS if key not in attrs]
+    if missing:
+        raise ValueError(f"{path / 'zarr.json'}: damaged (no {', '.join(missing)} among its attributes){hint}")
+    for name in HEATMAP_ARRAYS:
+        try:
+            group[name]
+        except Exception as exc:
+            raise damaged(path / name / "zarr.json", exc, hint) from None
     check_chunks(group, path)
     return group
+
+
+HEATMAP_ATTRS = ("classes", "model", "store_path")
+"""Attributes of a heatmap store that everything reading it needs."""
+HEATMAP_ARRAYS = ("maps", "logits", "predicted", "labels", "index")
+"""Arrays of a heatmap store (:func:`gpmodels.heatmaps.generate_heatmaps`)."""
 
 
 def heatmap_source(path: Path | str, heat: zarr.Group) -> str:
@@ -313,17 +333,25 @@ def _posthoc_agreement(heat: zarr.Group) -> dict[str, Any] | None:
     return out
 
 
+SLICES_HASH = "slices_sha256"
+"""Key of ``evaluation.json`` holding the sha256 of the ``evaluation_slices.csv`` written with it."""
+
+
 def write_evaluation(run_dir: Path | str, result: dict[str, Any]) -> Path:
-    """Save ``evaluation.json`` (without per-slice rows) and ``evaluation_slices.csv`` in the run dir."""
+    """Save ``evaluation.json`` (without per-slice rows) and ``evaluation_slices.csv`` in the run dir, together
+    (:func:`gpmodels.files.replace_together`, the JSON last); the JSON records the CSV's sha256
+    (:data:`SLICES_HASH`), so a pair that an interruption left from two evaluations is refused on reading."""
     run_dir = Path(run_dir)
     slices = result["slices"]
-    summary = {k: v for k, v in result.items() if k != "slices"}
-    write_text_atomic(run_dir / EVALUATION_FILE, json.dumps(summary, indent=2, default=_json_default))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(list(slices))
     writer.writerows(zip(*slices.values()))
-    write_text_atomic(run_dir / SLICES_FILE, buffer.getvalue())
+    rows = buffer.getvalue()
+    summary = {k: v for k, v in result.items() if k != "slices"}
+    summary[SLICES_HASH] = hashlib.sha256(rows.encode("utf-8")).hexdigest()
+    replace_together({run_dir / SLICES_FILE: rows,
+                      run_dir / EVALUATION_FILE: json.dumps(summary, indent=2, default=_json_default)})
     return run_dir / EVALUATION_FILE
 
 
@@ -356,4 +384,21 @@ def load_evaluation(run_dir: Path | str) -> dict[str, Any]:
         evaluation["classification"]["f1"], evaluation["segmentation"]["dice"]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise damaged(path, exc, "; re-evaluate the run with `gpseg postprocess --runs RUN`") from None
+    _check_slices_file(Path(run_dir) / SLICES_FILE, evaluation.get(SLICES_HASH))
     return evaluation
+
+
+def _check_slices_file(path: Path, expected: str | None) -> None:
+    """Refuse an ``evaluation_slices.csv`` that is not the one written with its ``evaluation.json`` (whose
+    sha256 is ``expected``; ``None`` for evaluations written before it was recorded: not checked). A missing
+    file passes: the report names the runs without one."""
+    if expected is None or not path.exists():
+        return
+    try:
+        found = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        found = f"unreadable ({type(exc).__name__})"
+    if found != expected:
+        raise ValueError(f"{path}: not the per-slice rows of the evaluation.json beside it (an evaluation "
+                         "interrupted between its two files, or a file changed by hand); re-evaluate the run "
+                         "with `gpseg postprocess --runs RUN`")

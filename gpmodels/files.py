@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -120,6 +123,55 @@ def _sync_folder(folder: Path) -> None:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically and durably (:func:`replace_atomically`)."""
     replace_atomically(path, lambda handle: handle.write(data))
+
+
+def replace_together(files: Mapping[Path, str]) -> None:
+    """Write several files (UTF-8 text, one folder or several) so that they change together.
+
+    Each is written to a temporary file beside it and flushed to disk first; only then are they renamed into
+    place, in the mapping's order, with Ctrl-C held back until the last rename (see :func:`interrupts_held`).
+    An error or interruption while writing leaves every old file and no temporary behind. Put the file that
+    readers take as the record of the whole last (e.g. a report's ``metrics.json``).
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, text in files.items():
+            path = Path(path)
+            tmp = path.parent / f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}"
+            staged.append((tmp, path))
+            with open(tmp, "wb") as handle:
+                handle.write(text.encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+        with interrupts_held():
+            for tmp, path in staged:
+                os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    for folder in dict.fromkeys(path.parent for _, path in staged):
+        _sync_folder(folder)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold back SIGINT (Ctrl-C) for a few lines that must not be cut in two, then deliver it to the handler
+    that was in place. Only the main thread can set handlers; elsewhere (a Prefect task's thread) this does
+    nothing, and Python delivers signals to the main thread anyway."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -204,7 +204,8 @@ class RowHistograms:
         edges = np.arange(nbins + 1, dtype=x.dtype) * step[:, None] + first[:, None]
         edges[:, -1] = last
         ok = np.all(edges[:, 1:] > edges[:, :-1], axis=1)
-        centers = (edges[:, :-1] + edges[:, 1:]) / dtype(2.0)
+        with np.errstate(over="ignore"):  # near the dtype's maximum, as scikit-image's (which warns)
+            centers = (edges[:, :-1] + edges[:, 1:]) / dtype(2.0)
 
         counts = np.empty((rows, nbins), np.int64)
         if self._half:

@@ -93,7 +93,7 @@ def _check_stack(name: str, maps: np.ndarray) -> np.ndarray:
     maps = np.asarray(maps)
     if maps.ndim != 3:
         raise ValueError(f"{name}: got an array of shape {maps.shape}, expected (N, H, W)")
-    if not np.issubdtype(maps.dtype, np.floating):
+    if maps.dtype not in (np.float16, np.float32, np.float64):
         raise TypeError(f"{name}: got dtype {maps.dtype}, expected float16, float32 or float64")
     return maps
 
@@ -141,7 +141,11 @@ def heatmap_thresholds(
         return otsu_thresholds(maps, nbins, suppress_negative, workers)
     if method == "multiotsu":
         return _lower_by_offset(*multiotsu_upper(maps, classes, nbins, suppress_negative, workers), offset)
-    if method == "fixed":
+    if method == "fixed":  # Otsu and multi-Otsu refuse non-finite maps while they build their histograms
+        unusable = np.isnan(maps) | (np.isposinf(maps) if suppress_negative else np.isinf(maps))
+        if unusable.any():
+            raise ValueError(f"maps: slice {int(np.flatnonzero(unusable.any(axis=(1, 2)))[0])} holds NaN or "
+                             "infinite values, expected finite values")
         return np.full(maps.shape[0], value, dtype=maps.dtype)
     raise ValueError(f"method: got {method!r}, expected one of {METHODS}")
 

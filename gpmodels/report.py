@@ -43,7 +43,7 @@ import numpy as np
 
 from gpmodels.evaluation import evaluated_source, load_evaluation, offset_fell_back
 from gpmodels.figure_cache import FigureCache, code_version
-from gpmodels.files import SEED_SELECTION, write_text_atomic
+from gpmodels.files import SEED_SELECTION, replace_together
 from gpmodels.metrics import aggregate_folds
 from gpmodels.names import MODEL_NAMES
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS, ThresholdConfig
@@ -497,9 +497,8 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg re
               "carried_notes": [dict(note) for note in carried_notes]}
     summary, runs_csv = _tables(runs, groups)
     cache = FigureCache(out_dir / FIGURE_CACHE_DIR, code_version(report_figures, report_panels))
-    texts = {"index.html": render_page(header, groups, channel, cache),
-             "metrics.json": _metrics_json(runs, groups, header, out_dir), "summary.csv": summary, "runs.csv": runs_csv}
-    for name, text in texts.items():
-        write_text_atomic(out_dir / name, text)
+    texts = {"index.html": render_page(header, groups, channel, cache), "summary.csv": summary, "runs.csv": runs_csv,
+             "metrics.json": _metrics_json(runs, groups, header, out_dir)}  # the record of the whole: renamed last
+    replace_together({out_dir / name: text for name, text in texts.items()})
     cache.prune()
     return out_dir / "index.html"

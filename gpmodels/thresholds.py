@@ -69,10 +69,10 @@ def _rows_per_chunk(pixels: int) -> int:
 def _otsu(hist: Histograms) -> np.ndarray:
     """Otsu thresholds of a chunk from its histograms, with scikit-image's arithmetic and special cases."""
     counts = hist.counts.astype(np.float32)
-    moments = counts * hist.centers
     weight1 = np.cumsum(counts, axis=1)
     weight2 = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # as scikit-image's, which warns instead
+        moments = counts * hist.centers
         mean1 = np.cumsum(moments, axis=1) / weight1
         mean2 = (np.cumsum(moments[:, ::-1], axis=1) / weight2[:, ::-1])[:, ::-1]
         variance = weight1[:, :-1] * weight2[:, 1:] * (mean1[:, :-1] - mean2[:, 1:]) ** 2

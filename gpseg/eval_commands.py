@@ -271,8 +271,8 @@ def postprocess_cmd(
                             notes=[f"thresholds re-run by `gpseg postprocess`: {params.describe()}", *failed],
                             carried_notes=carried)
     except KeyboardInterrupt:
-        raise interrupted(f"interrupted; the runs evaluated so far have a new evaluation.json, but the report in "
-                          f"{out} was not rewritten: run the same command again") from None
+        raise interrupted(f"interrupted; the runs evaluated so far have a new evaluation.json, and the report in "
+                          f"{out} is whole but may still be the one before: run the same command again") from None
     console.print(f"[green]report[/green] {html}")
     if failed:
         raise typer.Exit(2)

@@ -41,7 +41,8 @@ MethodOpt = Annotated[str, typer.Option("--method", help="otsu, multiotsu (the p
                                         callback=_method_options, rich_help_panel=PANEL)]
 OffsetOpt = Annotated[Optional[str], typer.Option(
     "--offset", rich_help_panel=PANEL, callback=_method_options,
-    help="Multi-Otsu offset in heatmap units (--method multiotsu only); 'auto' picks the best on the validation split "
+    help="Multi-Otsu offset in heatmap units (--method multiotsu only), subtracted from its upper threshold (a "
+         "negative offset raises it); 'auto' picks the best on the validation split "
          "(uses validation masks; the report says so); 'paper' or nothing: the paper's per model (GP-UNet 0.3, "
          "GP-ShuffleUNet 0.1, GP-ReconResNet 1.6, baselines 0).")]
 ValueOpt = Annotated[float, typer.Option("--value", help="Threshold of --method fixed (that method only).",

@@ -77,8 +77,11 @@ def read_rows(rows: Any, *arrays: zarr.Array) -> tuple[np.ndarray, ...]:
     for trip in _trips(row_runs(rows)):
 
         async def read(trip: list[tuple[int, int]] = trip) -> list[Any]:
-            return await asyncio.gather(*(view.getitem(slice(int(rows[a]), int(rows[a]) + b - a))
-                                          for view in views for a, b in trip), return_exceptions=True)
+            results = await asyncio.gather(*(view.getitem(slice(int(rows[a]), int(rows[a]) + b - a))
+                                             for view in views for a, b in trip), return_exceptions=True)
+            if any(isinstance(result, Exception) for result in results):
+                await _settle()
+            return results
 
         results = sync(read())
         errors = [(i // len(trip), error) for i, error in enumerate(results) if isinstance(error, Exception)]
@@ -91,6 +94,15 @@ def read_rows(rows: Any, *arrays: zarr.Array) -> tuple[np.ndarray, ...]:
             for a, b in trip:
                 out[a:b] = np.asarray(next(parts))
     return tuple(outs)
+
+
+async def _settle(timeout: float = 10.0) -> None:
+    """Let the chunk reads that Zarr started beside a failed one end before the error is raised: a read
+    that fails leaves its siblings running on Zarr's event loop, and when the process ends soon after (a
+    one-line error and exit), Python prints a "Task was destroyed but it is pending!" block for each."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        await asyncio.wait(others, timeout=timeout)
 
 
 def location(array: zarr.Array) -> str:

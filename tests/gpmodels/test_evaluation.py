@@ -132,8 +132,44 @@ def test_open_heatmaps_puts_back_a_store_that_a_killed_writer_set_aside(tmp_path
     killed = subprocess.Popen([sys.executable, "-c", "pass"])
     killed.wait()  # a writer process that has ended
     left = {tag: hidden_sibling(path, tag).name.replace(f"-{os.getpid()}-", f"-{killed.pid}-") for tag in ("old", "tmp")}
-    zarr.create_group(store=str(tmp_path / left["old"]), zarr_format=3).attrs["split"] = "test"
+    _write_heatmap_store(tmp_path / left["old"], _write_slice_store(tmp_path / "s.zarr"))
     (tmp_path / left["tmp"] / "maps").mkdir(parents=True)  # the killed writer's unfinished copy
 
     assert open_heatmaps(path).attrs["split"] == "test"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["test.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr", "test.zarr"]
+
+
+def test_per_slice_rows_left_by_another_evaluation_are_refused(evaluation, tmp_path):
+    """An interruption between the two files used to leave evaluation.json of one threshold beside the
+    per-slice rows of another, and the report drew its histograms and panels from those rows silently."""
+    from gpmodels.evaluation import SLICES_FILE, load_evaluation, write_evaluation
+
+    write_evaluation(tmp_path, evaluation)
+    assert load_evaluation(tmp_path)["classification"] == evaluation["classification"]
+    old_rows = (tmp_path / SLICES_FILE).read_text()
+    other = {**evaluation, "slices": {**evaluation["slices"], "pred_pixels": [0] * len(SLICES)}}
+    write_evaluation(tmp_path, other)
+    (tmp_path / SLICES_FILE).write_text(old_rows)  # the pair an interrupted evaluation left
+    with pytest.raises(ValueError, match=r"evaluation_slices.csv: not the per-slice rows of the evaluation.json"):
+        load_evaluation(tmp_path)
+    (tmp_path / SLICES_FILE).unlink()  # no rows at all: the report says so itself
+    load_evaluation(tmp_path)
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda heat: (heat / "zarr.json").write_text("garbage"), "test.zarr/zarr.json: damaged (JSONDecodeError"),
+    (lambda heat: (heat / "maps" / "zarr.json").write_text("garbage"), "test.zarr/maps/zarr.json: damaged ("),
+    (lambda heat: (heat / "zarr.json").write_text("{}"), "test.zarr/zarr.json: damaged ("),
+    (lambda heat: (heat / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}'),
+     "test.zarr/zarr.json: damaged (no classes, model, store_path among its attributes)"),
+])
+def test_a_damaged_heatmap_store_is_one_line_naming_the_file(tmp_path, damage, named):
+    """They used to say only "Expecting value: line 1 column 1 (char 0)" or "KeyError: 'classes'"."""
+    store = _write_slice_store(tmp_path / "s.zarr")
+    heat = _write_heatmap_store(tmp_path / "test.zarr", store)
+    damage(heat)
+    with pytest.raises(ValueError) as caught:
+        open_heatmaps(heat)
+    message = str(caught.value)
+    assert named in message and message.endswith("write it again with `gpseg heatmaps --run RUN_DIR`")
+    assert "\n" not in message

@@ -73,3 +73,38 @@ def test_a_damaged_run_config_is_one_line_naming_the_file(tmp_path):
     (tmp_path / "config.json").write_text('{"train": {}}')
     with pytest.raises(ValueError, match=r"config\.json: damaged \(KeyError: 'model'\)"):
         read_run_config(tmp_path)
+
+
+def test_files_replaced_together_stay_old_when_one_cannot_be_written(tmp_path):
+    from gpmodels.files import replace_together
+
+    (tmp_path / "index.html").write_text("old page")
+    (tmp_path / "metrics.json").write_text("old metrics")
+    with pytest.raises(UnicodeEncodeError):
+        replace_together({tmp_path / "index.html": "new page", tmp_path / "metrics.json": "\ud800"})
+    assert (tmp_path / "index.html").read_text() == "old page"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html", "metrics.json"]
+
+
+def test_ctrl_c_during_the_renames_comes_after_the_last_one(tmp_path, monkeypatch):
+    """A report's index.html used to be new while its metrics.json, which --workdir reads, was old."""
+    import os
+    import signal
+
+    from gpmodels.files import replace_together
+
+    renames = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        renames.append(os.path.basename(dst))
+        if len(renames) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C after the first rename
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        replace_together({tmp_path / "index.html": "new page", tmp_path / "metrics.json": "new metrics"})
+    assert renames == ["index.html", "metrics.json"]
+    assert (tmp_path / "metrics.json").read_text() == "new metrics"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -97,6 +97,37 @@ def test_unknown_method_and_non_finite_numbers():
         threshold_heatmaps(np.zeros((1, 4, 4), np.float32), "multiotsu", offset=float("nan"))
 
 
+@pytest.mark.parametrize("method", ["otsu", "multiotsu", "fixed"])
+def test_nan_and_inf_maps_are_refused_by_every_method(method):
+    """``fixed`` returned masks of NaN maps silently, where Otsu and multi-Otsu refuse them."""
+    for bad in (np.nan, np.inf):
+        maps = np.zeros((3, 4, 4), np.float32)
+        maps[1, 2, 2] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            threshold_heatmaps(maps, method)
+    maps[1, 2, 2] = -np.inf  # suppressed to 0 first
+    assert not threshold_heatmaps(maps, method).any()
+
+
+def test_only_the_float_dtypes_of_the_heatmaps_are_taken():
+    """float128 passed the dtype check, then crashed inside the compiled histogram code."""
+    with pytest.raises(TypeError, match=r"got dtype float\d+, expected float16, float32 or float64"):
+        threshold_heatmaps(np.zeros((1, 3, 3), np.longdouble), "otsu")
+
+
+def test_a_float16_range_near_the_dtype_maximum_thresholds_without_warnings():
+    import warnings
+
+    maps = np.array([[[-60000, 60000], [0, 30000]]], np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mask = threshold_heatmaps(maps, "otsu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-image warns of the same overflow
+        expected = np.maximum(maps[0], 0) > threshold_otsu(np.maximum(maps[0], 0))
+    assert (mask[0] == expected).all()
+
+
 def test_sweep_equals_per_offset_thresholding():
     maps, targets = blobs(8, seed=1)
     offsets = (0.0, 0.1, 0.3, 1.6, 10.0)

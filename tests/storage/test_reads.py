@@ -93,3 +93,21 @@ def test_a_chunk_that_cannot_be_decoded_is_named_with_its_array(tmp_path):
     chunk.write_bytes(b"\x00")
     with pytest.raises(StoreError, match=r"s\.zarr/maps: damaged, a chunk cannot be read"):
         read_rows(np.arange(10), zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["maps"])
+
+
+def test_a_damaged_chunk_leaves_no_read_pending_when_the_process_ends(tmp_path):
+    """The reads Zarr started beside the failed one were left running; a command that then printed its
+    one-line error and ended also printed dozens of asyncio "Task was destroyed but it is pending!" blocks."""
+    import subprocess
+    import sys
+
+    array = zarr.create_array(store=str(tmp_path / "a.zarr"), shape=(64, 32, 32), chunks=(1, 32, 32), dtype="float32")
+    array[:] = np.random.default_rng(0).random((64, 32, 32), dtype=np.float32)
+    (tmp_path / "a.zarr" / "c" / "3" / "0" / "0").write_bytes(b"0123456789")
+    script = ("import sys, numpy, zarr\nfrom storage.reads import read_rows\nfrom storage.errors import StoreError\n"
+              "try:\n    read_rows(numpy.arange(64), zarr.open_array(sys.argv[1], mode='r'))\n"
+              "except StoreError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "a.zarr")], capture_output=True, text=True,
+                          timeout=120)
+    assert "a.zarr: damaged, a chunk cannot be read" in done.stdout
+    assert "Task was destroyed" not in done.stderr, done.stderr[:2000]
