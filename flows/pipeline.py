@@ -8,11 +8,12 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import zarr
 from prefect import flow, get_run_logger
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.cluster import check_cluster
+from flows.cluster import check_cluster, cluster_problem
 from flows.layout import PHANTOMS, RUNS, SEED_PREFIX, STORES, dataset_of, row_line, row_where
 from flows.params import DatasetSpec, ThresholdParams, TrainingParams
 from gpmodels.files import SEED_SELECTION, write_text_atomic
@@ -29,6 +30,18 @@ def trusted(cached_task, output: str | Path, usable: Callable[[Path], bool] = Pa
     exists (a deleted store, run dir or heatmap store is rebuilt, not assumed).
     """
     return cached_task.with_options(refresh_cache=not usable(Path(output)))
+
+
+def made_from(heatmaps: Path, weights: str) -> bool:
+    """Whether the heatmap store at ``heatmaps`` exists and was made from the weights of hash ``weights``
+    (a store of an older gpseg, which recorded none, is taken as it is). The task's cache alone is not enough:
+    a run whose weights changed and changed back (trained further, then retrained from its best checkpoint)
+    finds the cached result of the first weights, while the store on disk is of the second."""
+    try:
+        recorded = zarr.open_group(str(heatmaps), mode="r").attrs.get("weights")
+    except Exception:  # missing or damaged: made again
+        return False
+    return recorded in (None, weights)
 
 
 def weights_readable(path: Path) -> bool:
@@ -211,13 +224,82 @@ def train_fan_out(jobs: list[dict], dask_address: str | None = None) -> list[dic
                    for job in jobs]
     out = []
     for job, future in zip(jobs, futures):
+        if dask_address:
+            watch_cluster(getattr(future, "wrapped_future", None), dask_address, gpus_per_job([job]),
+                          f"{dataset_of(job['out'])} {job['model']} fold {job['fold']}".strip(),
+                          get_run_logger().warning)
         state = future.wait() or future.state
         if state.is_completed():
             out.append(future.result())
         else:
-            out.append({"failed": f"training: {failure_reason(state)}", "model": job["model"], "fold": job["fold"],
-                        "run_dir": job["out"]})
+            reason = lost_on_cluster(future) if not state.is_final() else None
+            out.append({"failed": f"training: {reason or failure_reason(state)}", "model": job["model"],
+                        "fold": job["fold"], "run_dir": job["out"]})
     return out
+
+
+CLUSTER_WATCH_S = 60.0
+"""How often :func:`watch_cluster` looks at the Dask cluster while a training task has not ended."""
+
+
+def watch_cluster(wrapped, address: str, gpus: int, what: str, warn: Callable[[str], object],
+                  every: float = CLUSTER_WATCH_S) -> None:
+    """Wait for a Dask future of a training task, warning once each time no worker can hold it any more.
+
+    The flow checks the cluster before it sends it training (:func:`flows.cluster.check_cluster`); a worker
+    offering ``GPU=N`` that leaves mid-run (its machine stopped) left the task in the scheduler's ``no-worker``
+    state, and the flow waited without a word until another such worker joined.
+
+    Args:
+        wrapped: the ``distributed.Future`` (``None``: nothing to watch).
+        address: the scheduler's address, for the message.
+        gpus: the ``GPU`` resource the task asks for.
+        what: the training, for the message (``"brats gp-unet fold 0"``).
+        warn: called with the one-line warning.
+        every: seconds between looks.
+    """
+    if wrapped is None or not hasattr(wrapped, "client"):
+        return
+    from distributed import wait
+
+    warned = False
+    while not wrapped.done():
+        try:
+            wait([wrapped], timeout=every)
+        except Exception:  # the timeout (or an error, which the future's state then gives)
+            pass
+        if wrapped.done():
+            return
+        try:
+            problem = cluster_problem(address, wrapped.client.scheduler_info(n_workers=-1).get("workers", {}), gpus)
+        except Exception:  # the scheduler is gone: the future fails, and its state says so
+            continue
+        if problem and not warned:
+            warn(f"{what}: waiting for a worker: {problem}")
+        warned = bool(problem)
+
+
+def lost_on_cluster(future) -> str | None:
+    """Why a task that Dask gave up on never reached a final state, or ``None``.
+
+    When its workers keep dying (the scheduler marks it failed after ``distributed.scheduler.allowed-failures``
+    deaths: ``KilledWorker``), the task never reports an end to Prefect, whose last state of it is still
+    ``Running``; the reason is the wrapped Dask future's exception.
+    """
+    wrapped = getattr(future, "wrapped_future", None)
+    try:
+        error = wrapped.exception(timeout=0) if wrapped is not None and wrapped.done() else None
+    except Exception:  # cancelled, or the client is gone
+        return None
+    if error is None:
+        return None
+    if type(error).__name__ == "KilledWorker":
+        tries = getattr(error, "allowed_failures", None)
+        last = getattr(getattr(error, "last_worker", None), "address", None)
+        return (f"KilledWorker: the Dask worker running it died{f' {tries + 1} times' if tries is not None else ''}"
+                f"{f', last {last}' if last else ''} (see the workers' logs); the same run resumes it from its last "
+                "checkpoint")
+    return f"{type(error).__name__}: {one_line(error)}"
 
 
 TASK_FAILURE_PREFIX = "Task run encountered an exception "
@@ -254,7 +336,8 @@ def heatmaps_and_evaluation(trained: list[dict], threshold: ThresholdParams, pos
             # outside the flow gets new heatmaps.
             weights = weights_hash(run["run_dir"])
             for split, count in (("val", 0), ("test", posthoc)):
-                heatmaps = trusted(make_heatmaps, heatmap_path(run["run_dir"], split))
+                path = heatmap_path(run["run_dir"], split)
+                heatmaps = trusted(make_heatmaps, path, lambda p, w=weights: made_from(p, w))
                 heatmaps(run["run_dir"], weights, split, count)
             evaluation = evaluate_run(run["run_dir"], threshold.for_model(run["model"]))
         except Exception as exc:  # one run's failure must not lose the others

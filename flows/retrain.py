@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.cluster import check_cluster
 from flows.layout import (REPORT, carried_notes, failure_carried_notes, new_rejections, read_report,
                           rejection_note, replace_dataset_runs, reported_runs, reported_versions, summary_rows,
                           tagged)
@@ -30,8 +31,9 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     A run stopped after its ingestion (killed, cancelled, a failed validation or training) left a data
     version without a report; the next run trains and reports that version (finished trainings resume
     or come from the cache), even when no file is new. A run in which no training finished ends Failed,
-    with this result as its data; ``folds`` beyond the store's are refused when there is something to train,
-    before anything is ingested (a night without new data stays "no new data").
+    with this result as its data; ``folds`` beyond the store's, and a ``dask_address`` cluster that cannot
+    train, are refused when there is something to train, before anything is ingested (a night without new
+    data stays "no new data").
     """
     logger = get_run_logger()
     spec = params.dataset
@@ -48,6 +50,8 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     if fresh:
         logger.info("%d new file(s) in %s", len(fresh), spec.source)
         check_folds(store, params.folds)  # before ingesting: every run of a fold the store lacks would fail, late
+        if params.dask_address:  # as full-benchmark: the cluster before the ingestion, not after it
+            check_cluster(params.dask_address, int(params.train_overrides.get("devices", 1)))
         before = stored_version(store)
         try:
             ingested = ingest_fresh(spec.kind, spec.source, store, ingest_config(spec, params.folds),

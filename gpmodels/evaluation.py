@@ -30,7 +30,7 @@ import numpy as np
 import zarr
 
 from gpmodels.bootstrap import patient_bootstrap
-from gpmodels.files import damaged, heatmap_path, relocated, replace_together
+from gpmodels.files import MODEL_FILE, damaged, heatmap_path, relocated, replace_together, weights_changed
 from gpmodels.map_agreement import rank_agreement
 from gpmodels.metrics import (
     classification_metrics,
@@ -99,6 +99,10 @@ def open_heatmaps(path: Path | str) -> zarr.Group:
             group[name]
         except Exception as exc:
             raise damaged(path / name / "zarr.json", exc, hint) from None
+    run_dir = path.parent.parent
+    if weights_changed(run_dir, attrs):
+        raise ValueError(f"{path}: made from earlier weights than {run_dir / MODEL_FILE} (the run was trained "
+                         f"further since){hint}")
     check_chunks(group, path)
     return group
 
@@ -282,7 +286,7 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
     result = {
         "run": {key: attrs.get(key) for key in ("model", "fold", "split", "run_dir", "store_path", "data_version",
                                                  "classes", "kind", "image_size", "store_image_size", "cam_layer",
-                                                 "cam_grid")},
+                                                 "cam_grid", "weights")},
         "threshold": {**_config_dict(config), "offset_source": offset_source},
         "classification": classification_metrics(labels, predicted, classes),
         "tumour_only_accuracy": (tumour_only_accuracy(labels, predicted, tumour_classes)

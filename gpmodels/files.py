@@ -26,6 +26,39 @@ TMP_MARK = ".tmp-"
 """Marks the temporary files of :func:`replace_atomically` (``.<name>.tmp-<8 hex>``)."""
 
 
+MODEL_FILE = "model.pt"
+"""The weights of a run directory."""
+
+
+def weights_hash(run_dir: Path | str) -> str:
+    """The first 16 hex digits of ``RUN_DIR/model.pt``'s sha256: the weights a heatmap store was made from,
+    and what the flows' heatmap task is cached on."""
+    from storage.nifti import sha256_file  # nibabel: not on every import of this module
+
+    return sha256_file(Path(run_dir) / MODEL_FILE)[:16]
+
+
+def weights_record(run_dir: Path | str) -> dict[str, Any]:
+    """What a heatmap store records of the weights it was made from: ``{"weights": hash, "weights_stat":
+    [size, mtime_ns]}`` of ``RUN_DIR/model.pt`` (see :func:`weights_changed`)."""
+    stat = (Path(run_dir) / MODEL_FILE).stat()
+    return {"weights": weights_hash(run_dir), "weights_stat": [stat.st_size, stat.st_mtime_ns]}
+
+
+def weights_changed(run_dir: Path | str, record: dict[str, Any]) -> bool:
+    """Whether ``RUN_DIR/model.pt`` is no longer the weights of ``record`` (:func:`weights_record`, e.g. a heatmap
+    store's attributes): the run was trained further since. The file is hashed only when its size or
+    modification time differ from the record's (a copied run dir); ``False`` without a record (stores of
+    older gpseg versions) or without ``model.pt``."""
+    path = Path(run_dir) / MODEL_FILE
+    if not record.get("weights") or not path.is_file():
+        return False
+    stat = path.stat()
+    if list(record.get("weights_stat") or []) == [stat.st_size, stat.st_mtime_ns]:
+        return False
+    return weights_hash(run_dir) != record["weights"]
+
+
 def heatmap_path(run_dir: Path | str, split: str) -> Path:
     """Where the heatmap store of a run's split lives: ``RUN/heatmaps/<split>.zarr``."""
     return Path(run_dir) / HEATMAP_DIR / f"{split}.zarr"

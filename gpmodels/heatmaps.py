@@ -36,7 +36,7 @@ import torch
 import zarr
 
 from gpmodels.augment import resize_images
-from gpmodels.files import heatmap_path, relocated
+from gpmodels.files import heatmap_path, relocated, weights_record
 from gpmodels.nets import is_gp_model
 from gpmodels.training import load_trained
 from storage.folders import check_replaceable, hidden_sibling, recover_interrupted, replace_folder
@@ -159,6 +159,7 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
     started = time.perf_counter()
     target = pick_device(device)
     model, run = load_trained(run_dir, map_location=target)
+    weights = weights_record(run_dir)
     gp = is_gp_model(run.train.model)
     store_path = relocated(run.store_path, run.train.out, run_dir)
     group = open_store(store_path)
@@ -208,7 +209,7 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
             "run_dir": str(Path(run_dir).resolve()), "store_path": store_path,
             "data_version": run.data_version, "classes": list(run.classes), "channels": list(run.channels),
             "image_size": run.image_size, "store_image_size": size, "device": str(target),
-            "seconds": time.perf_counter() - started, **cam,
+            "seconds": time.perf_counter() - started, **cam, **weights,
         })
         heat.attrs[CHUNK_COUNTS] = chunk_counts(heat)
         replace_folder(tmp, out)

@@ -281,8 +281,30 @@ def _patient_masks(masks: MaskSource, positions: np.ndarray, patient: str) -> np
     return part
 
 
+def check_targets(paths: Sequence[Path], overwrite: bool = False) -> None:
+    """Refuse to write over a file that is not a mask gpseg exported (its header's ``descrip`` starts with
+    :data:`MASK_DESCRIPTION`): with a BraTS case folder as ``--out`` and ``--suffix _seg``, an export would
+    replace the case's ground truth. ``overwrite`` allows it; a folder in the way is always refused.
+
+    Raises:
+        ValueError: one line naming the first such file.
+    """
+    for path in paths:
+        if path.is_dir():
+            raise ValueError(f"{path}: a folder is where the mask file would go; give another --out or --suffix")
+        if overwrite or not path.exists():
+            continue
+        try:
+            found = nib.load(str(path)).header["descrip"].item().decode("utf-8", "replace")
+        except Exception as exc:  # not NIfTI, or unreadable: not ours either
+            found = f"unreadable as NIfTI: {type(exc).__name__}"
+        if not found.startswith(MASK_DESCRIPTION):
+            raise ValueError(f"{path}: exists and is not a mask gpseg exported (its header says {found!r}), so it is "
+                             "kept; give another --out or --suffix, or --overwrite to replace it")
+
+
 def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: MaskSource, out_dir: str | Path,
-                         *, suffix: str = "_pred",
+                         *, suffix: str = "_pred", overwrite: bool = False,
                          progress: Callable[[int, int, str], None] | None = None) -> list[Path]:
     """Write slice masks of a 3-D slice store as one NIfTI volume per patient.
 
@@ -291,8 +313,8 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: Mas
     ``out_dir/<patient><suffix>.nii.gz`` with the original grid and header (see
     :func:`mask_image`; the reference path is resolved against the store's ``source_root``).
     Patients without a given slice get no file. Which header each file got is logged and kept
-    in its ``descrip`` field. Every patient's volume record and file name are checked before the
-    first file is written.
+    in its ``descrip`` field. Every patient's volume record and file name, and the files in the way
+    (:func:`check_targets`), are checked before the first file is written.
 
     Args:
         store_path: slice store ingested from 3-D volumes (BraTS or a manifest).
@@ -302,6 +324,7 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: Mas
             :data:`MaskSource`; a real BraTS test fold holds about a gigabyte of masks at 240 px).
         out_dir: output folder (created if needed).
         suffix: appended to the patient id in the file names.
+        overwrite: write over existing files that are no gpseg masks too.
         progress: called as ``progress(done, total, patient)`` after each patient's file.
 
     Returns:
@@ -310,7 +333,8 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: Mas
     Raises:
         StoreError: ``store_path`` is not a slice store.
         ValueError: the store holds 2-D slices (Jun Cheng) or lacks a patient's volume record,
-            ``indices`` or ``masks`` are invalid, or a file name would not be a plain name. A
+            ``indices`` or ``masks`` are invalid, a file name would not be a plain name, or a file
+            in the way is no gpseg mask (without ``overwrite``). A
             mask function's wrong result is found at its patient, after the files before it.
         TypeError: ``masks`` is not bool or integer.
     """
@@ -336,6 +360,7 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: Mas
             raise ValueError(f"{store_path}: patient {patient!r}: {exc}") from None
         names[patient] = mask_file_name(patient, suffix), axes
     out_dir = Path(out_dir)
+    check_targets([out_dir / name for name, _ in names.values()], overwrite)
     written = []
     for patient, (name, axes) in names.items():
         record = volumes[patient]

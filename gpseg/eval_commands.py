@@ -38,6 +38,7 @@ def heatmaps_cmd(
         check_heatmap_options(split, batch_size, posthoc)  # every split, before any is written
     except ValueError as exc:
         raise fail(str(exc)) from exc
+    written: list[str] = []
     for name in split:
         try:
             with progress_bar(f"heatmaps {name}") as update:
@@ -46,6 +47,10 @@ def heatmaps_cmd(
                                          progress=lambda done, total: update(done, total, "slices"))
         except (FileNotFoundError, ValueError) as exc:
             raise fail(str(exc)) from exc
+        except KeyboardInterrupt:  # a killed writer's store is put back by the next reader
+            raise interrupted(f"interrupted; the {name} heatmaps are as they were before"
+                              + (f", the {' and '.join(written)} heatmaps were written" if written else "")) from None
+        written.append(name)
         console.print(f"[green]wrote[/green] {path}")
 
 
@@ -313,14 +318,18 @@ def report_cmd(
 
 def _outdated(run: Path) -> str | None:
     """Why an evaluated run's ``evaluation.json`` no longer describes it (it is damaged, its heatmaps are gone,
-    or its store was re-ingested since), or ``None`` when it does."""
+    were written again since or were made from earlier weights, or its store was re-ingested since), or
+    ``None`` when it does."""
     from gpmodels.evaluation import evaluated_source, load_evaluation, open_heatmaps
     from gpmodels.files import heatmap_path
     from storage.store import check_data_version, open_store
 
     try:
         evaluation = load_evaluation(run)
-        open_heatmaps(heatmap_path(run, evaluation["run"].get("split", "test")))
+        heat = open_heatmaps(heatmap_path(run, evaluation["run"].get("split", "test")))
+        if heat.attrs.get("weights") and heat.attrs["weights"] != evaluation["run"].get("weights"):
+            return (f"{run / 'evaluation.json'}: an evaluation of earlier heatmaps (they were written again since); "
+                    f"re-evaluate the run with `gpseg postprocess --runs {run}`")
         store_path = evaluated_source(run, evaluation)
         check_data_version(open_store(store_path), evaluation["run"].get("data_version"), store_path,
                            f"the evaluation of {run}")
@@ -340,6 +349,10 @@ def export_masks_cmd(
     suffix: Annotated[Optional[str], typer.Option(
         help="Appended to the file names (default: _pred with --run, nothing with --workdir), e.g. _gp-unet to "
              "keep several runs' masks in one folder.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Also write over existing files that are no masks gpseg exported (refused by default, "
+                            "before any file is written: e.g. --suffix _seg into a BraTS case folder would replace "
+                            "its ground truth). gpseg's own masks are always replaced.")] = False,
 ) -> None:
     """Write each test patient's predicted tumour mask as NIfTI on the original grid (overlays in ITK-SNAP/Slicer).
 
@@ -352,7 +365,9 @@ def export_masks_cmd(
     if suffix and any(sep in suffix for sep in ("/", "\\")):
         raise fail(f"--suffix: got {suffix!r}, expected no path separators")
     if run is not None:
-        files = _write_masks(_export_plan(run, "_pred" if suffix is None else suffix), out)
+        plan = _export_plan(run, "_pred" if suffix is None else suffix)
+        _check_targets([plan], out, overwrite)
+        files = _write_masks(plan, out, overwrite=overwrite)
         console.print(f"[green]wrote[/green] {len(files)} NIfTI masks to {out}")
         return
     plans, runs = [], _workdir_runs(workdir, "exporting", need_report=True)
@@ -365,7 +380,9 @@ def export_masks_cmd(
     clash = _clash(plans)
     if clash:
         raise fail(clash)
-    written = sum(len(_write_masks(plan, out, f"export masks {plan['model']} fold {plan['fold']}")) for plan in plans)
+    _check_targets(plans, out, overwrite)
+    written = sum(len(_write_masks(plan, out, f"export masks {plan['model']} fold {plan['fold']}", overwrite))
+                  for plan in plans)
     console.print(f"[green]wrote[/green] {written} NIfTI masks to {out}")
 
 
@@ -477,7 +494,18 @@ def _clash(plans: list[dict]) -> str | None:
     return None
 
 
-def _write_masks(plan: dict, out: Path, label: str = "export masks") -> list[Path]:
+def _check_targets(plans: list[dict], out: Path, overwrite: bool) -> None:
+    """Refuse, before any file is written, files in the way that are no masks gpseg exported
+    (:func:`gpmodels.nifti_export.check_targets`)."""
+    from gpmodels.nifti_export import check_targets
+
+    try:
+        check_targets([out / name for plan in plans for name in plan["names"]], overwrite)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+
+
+def _write_masks(plan: dict, out: Path, label: str = "export masks", overwrite: bool = False) -> list[Path]:
     """Export one planned run's test masks (:func:`_export_plan`) into ``out``; the files written."""
     from gpmodels.evaluation import mask_reader
     from gpmodels.nifti_export import export_patient_masks
@@ -500,6 +528,6 @@ def _write_masks(plan: dict, out: Path, label: str = "export masks") -> list[Pat
     with progress_bar(label) as update:
         try:  # one patient's masks in memory at a time
             return export_patient_masks(plan["store"], heat["index"][:], mask_reader(heat, config), out,
-                                        suffix=plan["suffix"], progress=update)
+                                        suffix=plan["suffix"], overwrite=overwrite, progress=update)
         except (ValueError, StoreError) as exc:
             raise fail(str(exc)) from exc

@@ -227,12 +227,16 @@ def serve_cmd(
     `prefect deployment run full-benchmark/full-benchmark --watch`. Ctrl-C, or SIGTERM/SIGHUP (`kill`, a
     closed terminal), stops everything it started; a flow run in progress is stopped too and ends Cancelled.
     """
-    from gpseg.local_stack import LocalStack, interrupt_on_stop_signals
+    from gpseg.local_stack import LocalStack, check_port_free, interrupt_on_stop_signals
 
     root = root.resolve()
     if not (root / "prefect.yaml").is_file():
         raise fail(f"{root}: no prefect.yaml here; run from the gpseg checkout or pass --root")
     stack = LocalStack(root, port)
+    try:
+        check_port_free(port)  # also in stack.start(); here before the line that says it is starting
+    except RuntimeError as exc:
+        raise fail(str(exc)) from None
     console.print(f"starting Prefect server on {stack.api_url} (database {stack.env['PREFECT_HOME']}/prefect.db) ...")
     with interrupt_on_stop_signals():
         _run_stack(stack)

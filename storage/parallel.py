@@ -78,10 +78,24 @@ def connect_client(address: str, timeout: float | None = None) -> Any:
     from dask.distributed import Client
 
     try:
+        _check_address(address)
         return Client(address, timeout=CONNECT_TIMEOUT_S if timeout is None else timeout, set_as_default=False)
     except (OSError, ValueError) as exc:  # nothing listens (a timeout is an OSError), or a malformed address
         raise ConnectionError(f"--dask-address {address}: cannot reach the Dask scheduler "
                               f"({one_line(exc) or type(exc).__name__})") from None
+
+
+def _check_address(address: str) -> None:
+    """Raise ``ValueError`` for an address Dask cannot parse (an unknown scheme such as ``http://``, no port, a
+    port that is no number) before a ``Client`` is made: a ``Client`` whose constructor fails on it is left
+    half-built, and its clean-up at garbage collection waited 40 s for a connection and printed a traceback."""
+    from distributed.comm import get_address_host_port, parse_address
+    from distributed.comm.registry import get_backend
+
+    scheme, _ = parse_address(address, strict=False)
+    get_backend(scheme)
+    if scheme in ("tcp", "tls", "ws", "wss"):
+        get_address_host_port(address)
 
 
 @contextmanager

@@ -9,17 +9,14 @@ workers through Dask resources, so no tag limit is needed.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from gpmodels.files import heatmap_path
+from gpmodels.files import heatmap_path, weights_hash
 from gpmodels.heatmaps import generate_heatmaps
 from gpmodels.train_config import preset_config
 from gpmodels.train_process import train_in_subprocess
 from gpmodels.training import TrainResult, train
-from storage.nifti import sha256_file
 
 __all__ = ["heatmap_path", "make_heatmaps", "train_model", "weights_hash"]
 
@@ -53,11 +50,6 @@ def _log_training(model: str, fold: int, result: TrainResult) -> None:
     does not make finished training tasks run again.
     """
     get_run_logger().info("%s fold %d: %s, %s", model, fold, result.test_summary(), result.work_summary())
-
-
-def weights_hash(run_dir: str | Path) -> str:
-    """The first 16 hex digits of ``RUN_DIR/model.pt``'s sha256: what :func:`make_heatmaps` is cached on."""
-    return sha256_file(Path(run_dir) / "model.pt")[:16]
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE, persist_result=True)

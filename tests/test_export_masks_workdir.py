@@ -131,3 +131,21 @@ def test_workdir_export_thresholds_as_its_report_says(evaluated_run, tmp_path):
     # every voxel of a slice predicted as a tumour class is in the reported masks; at least as many as the last
     assert all((reported[name] >= last[name]).all() for name in reported)
     assert sum(m.sum() for m in reported.values()) >= sum(m.sum() for m in last.values())
+
+
+def test_a_file_in_the_way_that_is_no_gpseg_mask_is_kept_unless_overwrite(evaluated_run, tmp_path):
+    """export-masks wrote over any file, e.g. a case's ground truth with --suffix _seg into its folder."""
+    masks = tmp_path / "m"
+    first = CliRunner().invoke(app, ["export-masks", "--run", str(evaluated_run), "--out", str(masks)])
+    files = sorted(masks.iterdir())
+    assert first.exit_code == 0 and len(files) >= 2, first.output
+    files[-1].write_bytes(b"someone else's file")
+    stamps = [f.stat().st_mtime_ns for f in files]
+    kept = CliRunner().invoke(app, ["export-masks", "--run", str(evaluated_run), "--out", str(masks)])
+    said = " ".join(kept.output.split())
+    assert kept.exit_code == 1 and f"{files[-1].name}: exists and is not a mask gpseg exported" in said, said
+    assert files[-1].read_bytes() == b"someone else's file"
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # refused before the first file was written
+    replaced = CliRunner().invoke(app, ["export-masks", "--run", str(evaluated_run), "--out", str(masks),
+                                        "--overwrite"])
+    assert replaced.exit_code == 0 and files[-1].read_bytes() != b"someone else's file", replaced.output

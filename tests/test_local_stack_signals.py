@@ -111,6 +111,15 @@ def test_a_second_stack_on_a_taken_port_is_refused_before_it_starts_anything(tmp
         with pytest.raises(RuntimeError, match=rf"^127\.0\.0\.1:{port} is in use \(.*\); is `gpseg serve` already "
                                                r"running\? Stop it, or give another --port$"):
             stack.start()
+        from typer.testing import CliRunner
+
+        from gpseg.cli import app
+
+        (tmp_path / "prefect.yaml").write_text("")
+        served = CliRunner().invoke(app, ["serve", "--root", str(tmp_path), "--port", str(port)])
+        said = " ".join(served.output.split())
+        assert served.exit_code == 1 and said.startswith(f"error: 127.0.0.1:{port} is in use"), said
+        assert "starting" not in said  # it said "starting Prefect server ..." first
     assert stack.processes == {} and not (tmp_path / ".prefect").exists()
 
 

@@ -69,6 +69,19 @@ def test_an_address_where_no_scheduler_answers_is_one_line(address):
         check_cluster(address, timeout=2)
 
 
+@pytest.mark.parametrize("address", ["foo://bar:1", "18786", "http://127.0.0.1:18786", "127.0.0.1:18786x"])
+def test_a_malformed_address_is_refused_before_a_client_is_made(address, monkeypatch):
+    """A Client whose constructor failed on such an address was left half-built; its clean-up then waited 40 s
+    for a connection and printed a traceback after the one-line error."""
+    import dask.distributed
+
+    from storage.parallel import connect_client
+
+    monkeypatch.setattr(dask.distributed, "Client", lambda *args, **kwargs: pytest.fail("made a Client"))
+    with pytest.raises(ConnectionError, match=rf"--dask-address {address}: cannot reach the Dask scheduler \(.+\)"):
+        connect_client(address, timeout=2)
+
+
 def test_cluster_problem_reads_the_workers_gpu_resources():
     from flows.cluster import cluster_problem
 
@@ -76,3 +89,53 @@ def test_cluster_problem_reads_the_workers_gpu_resources():
     assert cluster_problem("tcp://h:1", workers, 2) is None
     assert "offers GPU=3" in cluster_problem("tcp://h:1", workers, 3)
     assert "(0 worker(s): no GPU resource)" in cluster_problem("tcp://h:1", {}, 1)
+
+
+def test_a_training_lost_with_its_dask_workers_says_so_instead_of_running():
+    """A task whose workers kept dying failed as "training: Running": Prefect's last state of it."""
+    from types import SimpleNamespace
+
+    from distributed.scheduler import KilledWorker
+
+    from flows.pipeline import lost_on_cluster
+
+    error = KilledWorker("train_model-1", SimpleNamespace(address="tcp://10.0.0.2:4000"), 3)
+    wrapped = SimpleNamespace(done=lambda: True, exception=lambda timeout=None: error)
+    assert lost_on_cluster(SimpleNamespace(wrapped_future=wrapped)) == (
+        "KilledWorker: the Dask worker running it died 4 times, last tcp://10.0.0.2:4000 (see the workers' logs); "
+        "the same run resumes it from its last checkpoint")
+    pending = SimpleNamespace(done=lambda: False, exception=lambda timeout=None: pytest.fail("waited"))
+    assert lost_on_cluster(SimpleNamespace(wrapped_future=pending)) is None
+    assert lost_on_cluster(SimpleNamespace()) is None  # a local future: Prefect's state says it all
+
+
+def test_a_training_left_without_a_gpu_worker_mid_run_is_said_once(monkeypatch):
+    """When the only GPU=N worker left mid-training, the task sat in the scheduler's no-worker state and the
+    flow waited without a word."""
+    from types import SimpleNamespace
+
+    import distributed
+
+    from flows.pipeline import watch_cluster
+
+    looks = iter([{}, {}, {"w1": {"resources": {"GPU": 1}}}, {}, None])  # None: the task has ended
+
+    class Future:
+        def __init__(self):
+            self.workers = {}
+            self.client = SimpleNamespace(scheduler_info=lambda n_workers: {"workers": self.workers})
+
+        def done(self):
+            return self.workers is None
+
+    future = Future()
+
+    def wait(futures, timeout):  # one look per wait
+        future.workers = next(looks)
+
+    monkeypatch.setattr(distributed, "wait", wait)
+    said = []
+    watch_cluster(future, "tcp://head:8786", 1, "brats gp-unet fold 0", said.append, every=0)
+    assert len(said) == 2  # when the worker left, and again after it came back and left once more
+    assert said[0].startswith("brats gp-unet fold 0: waiting for a worker: tcp://head:8786: no Dask worker offers "
+                              "GPU=1")

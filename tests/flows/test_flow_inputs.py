@@ -195,3 +195,21 @@ def test_training_overrides_are_checked_before_the_flow_starts(overrides, messag
         BenchmarkParams(models=["gp-unet"], train_overrides=overrides)
     assert message in one_line(caught.value) and "\n" not in one_line(caught.value)
     assert BenchmarkParams(models=["gp-unet"], train_overrides={"epochs": 2}).train_overrides == {"epochs": 2}
+
+
+def test_cached_heatmaps_are_trusted_only_while_made_from_the_weights_asked_for(tmp_path):
+    """A run trained further behind the cache and then retrained from its best checkpoint had the first
+    weights again; the heatmap task's cached result of those weights was taken, while the store on disk
+    was of the second weights (the evaluation then refused it)."""
+    import zarr
+
+    from flows.pipeline import made_from
+
+    path = tmp_path / "test.zarr"
+    assert not made_from(path, "a" * 16)
+    group = zarr.create_group(store=str(path), zarr_format=3)
+    assert made_from(path, "a" * 16)  # an older gpseg's store, which recorded no weights
+    group.attrs["weights"] = "a" * 16
+    assert made_from(path, "a" * 16) and not made_from(path, "b" * 16)
+    (path / "zarr.json").write_text("damaged")
+    assert not made_from(path, "a" * 16)

@@ -513,3 +513,14 @@ def test_a_retrain_asking_for_more_folds_than_the_store_has_ingests_nothing(benc
     assert open_store(store).attrs["data_version"] == version
     quiet = _retrain_params(bench_workdir, bench_workdir / "phantoms" / "brats").model_copy(update={"folds": 3})
     assert retrain_on_new_data(quiet)["status"] == "no new data"  # a night without a drop: not Failed every night
+
+
+def test_a_retrain_with_an_unreachable_dask_cluster_ingests_nothing(bench_workdir, first_run, tmp_path):
+    """The retrain flow ingested and validated the new cases, then failed on the cluster, with a traceback."""
+    store = bench_workdir / "stores" / "brats.zarr"
+    version = open_store(store).attrs["data_version"]
+    write_brats_phantoms(tmp_path / "drop", 1, size=32, depth=None, seed=0, first_case=21)
+    params = _retrain_params(bench_workdir, tmp_path / "drop").model_copy(update={"dask_address": "http://head:1"})
+    state = retrain_on_new_data(params, return_state=True)
+    assert state.is_failed() and "--dask-address http://head:1: cannot reach the Dask scheduler" in state.message
+    assert open_store(store).attrs["data_version"] == version

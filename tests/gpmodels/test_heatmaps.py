@@ -123,3 +123,33 @@ def test_posthoc_maps_are_stored_as_computed_for_the_rank_agreement(tmp_path):
     stored = heat["posthoc/guided_backprop"]
     assert stored.dtype == np.float32
     np.testing.assert_allclose(stored[:], computed["guided_backprop"], rtol=1e-5, atol=0)
+
+
+def test_ctrl_c_in_gpseg_heatmaps_says_which_stores_are_new(phantom_store, tmp_path, monkeypatch, untrained_run):
+    """It ended with a bare "error: interrupted", not saying that the val store was new and test's the old one."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    run = untrained_run(phantom_store, "gp-unet", tmp_path / "run")
+    generate_heatmaps(run, "test", device="cpu", posthoc=0)
+    before = zarr.open_group(str(run / "heatmaps" / "test.zarr"), mode="r").attrs["seconds"]
+    real_maps, real_generate, splits = heatmaps.class_maps, heatmaps.generate_heatmaps, []
+
+    def stopped(model, images, gp):  # Ctrl-C while the test split (the second) is made
+        if splits[-1] == "test":
+            raise KeyboardInterrupt
+        return real_maps(model, images, gp)
+
+    def generate(run_dir, split, **kwargs):
+        splits.append(split)
+        return real_generate(run_dir, split, **kwargs)
+
+    monkeypatch.setattr(heatmaps, "class_maps", stopped)
+    monkeypatch.setattr(heatmaps, "generate_heatmaps", generate)
+    result = CliRunner().invoke(app, ["heatmaps", "--run", str(run), "--posthoc", "0", "--device", "cpu"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 130, result.output
+    assert said.endswith("interrupted; the test heatmaps are as they were before, the val heatmaps were written")
+    assert zarr.open_group(str(run / "heatmaps" / "test.zarr"), mode="r").attrs["seconds"] == before
+    assert sorted(p.name for p in (run / "heatmaps").iterdir()) == ["test.zarr", "val.zarr"]

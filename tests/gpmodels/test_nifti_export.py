@@ -504,3 +504,29 @@ def test_sources_read_by_content_keep_their_header_and_nifti2_is_quiet(tmp_path:
         assert header["descrip"].item().decode().startswith(f"{MASK_DESCRIPTION}; header of ")
         assert int(header["sform_code"]) == 2
         np.testing.assert_allclose(header.get_sform(), affine)
+
+
+def test_export_keeps_a_file_in_the_way_that_is_no_gpseg_mask(native_store: Path, source: Path,
+                                                              tmp_path: Path) -> None:
+    """An export into a BraTS case folder with suffix _seg replaced the case's ground truth without a word."""
+    indices, masks = _ground_truth(native_store)
+    case = tmp_path / "BraTS20_Training_001"
+    shutil.copytree(source / "BraTS20_Training_001", case)
+    seg = case / "BraTS20_Training_001_seg.nii.gz"
+    before = seg.read_bytes()
+    with pytest.raises(ValueError, match=re.escape(f"{seg.name}: exists and is not a mask gpseg exported (its "
+                                                   "header says '')")):
+        export_patient_masks(native_store, indices, masks, case, suffix="_seg")
+    seg.rename(tmp_path / "aside.nii.gz")
+    other = case / "BraTS20_Training_002_seg.nii.gz"
+    other.write_bytes(b"not nifti")  # the second patient's file: checked before the first file is written
+    with pytest.raises(ValueError, match=re.escape(f"{other.name}: exists and is not a mask gpseg exported (its "
+                                                   "header says 'unreadable as NIfTI")):
+        export_patient_masks(native_store, indices, masks, case, suffix="_seg")
+    assert not seg.exists() and other.read_bytes() == b"not nifti"
+    other.unlink()
+    (tmp_path / "aside.nii.gz").rename(seg)
+
+    written = export_patient_masks(native_store, indices, masks, case, suffix="_seg", overwrite=True)
+    assert seg in written and seg.read_bytes() != before
+    export_patient_masks(native_store, indices, masks, case, suffix="_seg")  # its own masks: replaced

@@ -954,3 +954,34 @@ def test_auto_offset_falls_back_to_the_papers_when_no_validation_slice_is_predic
     page = build_report([run], tmp_path / "report").read_text()
     assert "Thresholds tuned on validation masks" not in page  # the offset was not chosen on validation masks
     assert "auto impossible: no validation slice is predicted a tumour class" in html.unescape(page)
+
+
+def test_heatmaps_of_earlier_weights_and_evaluations_of_earlier_heatmaps_are_refused(report_runs, tmp_path):
+    """A run trained further with `gpseg train` kept its old heatmaps and evaluation, and postprocess, report
+    and export-masks used them silently; after `gpseg heatmaps` again, the report took its scores from the
+    evaluation of the old heatmaps while its panels drew the new ones."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    run = _copy_run(report_runs["gp"], tmp_path / "run")
+    heat = zarr.open_group(str(heatmap_path(run, "test")), mode="r")
+    assert heat.attrs["weights"] == _evaluation(run)["run"]["weights"]
+    runner = CliRunner()
+    assert runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "ok")]).exit_code == 0
+
+    heat = zarr.open_group(str(heatmap_path(run, "test")), mode="r+")  # as if written again from other weights
+    stat = (run / "model.pt").stat()
+    heat.attrs.update({"weights": "0" * 16, "weights_stat": [stat.st_size, stat.st_mtime_ns]})
+    result = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "stale")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "evaluation.json: an evaluation of earlier heatmaps" in said, result.output
+
+    with (run / "model.pt").open("ab") as handle:  # trained further: other weights than the heatmaps'
+        handle.write(b"\0")
+    for command in (["postprocess", "--runs", str(run), "--out", str(tmp_path / "pp")],
+                    ["report", str(run), "--out", str(tmp_path / "stale")]):
+        result = runner.invoke(app, command)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 1, result.output
+        assert "test.zarr: made from earlier weights than" in said and "trained further since" in said, said
