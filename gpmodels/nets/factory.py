@@ -70,16 +70,49 @@ def build_model(name: str, in_channels: int, num_classes: int, **options: Any) -
 
 
 def check_options(name: str, options: Mapping[str, Any], field: str = "options") -> None:
-    """Check that network ``name`` accepts every key of ``options`` (not their values).
+    """Check that network ``name`` accepts every key of ``options``, each with a value of its default's type
+    (a bool for a bool, an integer for an integer, a number for a float, text for text); the values' ranges
+    are the networks' to check.
 
     Raises:
-        ValueError: If ``name`` is unknown, or ``"{field}: [keys] not accepted by 'name'; valid
-            options are [...]"``.
+        ValueError: If ``name`` is unknown, ``"{field}: [keys] not accepted by 'name'; valid
+            options are [...]"``, or ``"{field}: blur: got 'False' (str), expected true or false"``: a
+            command line's ``blur=False`` is text, which counted as true.
     """
     allowed = model_options(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"{field}: {unknown} not accepted by {name!r}; valid options are {sorted(allowed)}")
+    for key, value in options.items():
+        expected = _expected_type(allowed[key])
+        if expected is not None and not _is_a(value, allowed[key]):
+            raise ValueError(f"{field}: {key}: got {value!r} ({type(value).__name__}), expected {expected}")
+
+
+def _expected_type(default: Any) -> str | None:
+    """How an option whose default is ``default`` must be given (``None``: any value, e.g. a ``None`` default)."""
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, str):
+        return "text"
+    return None
+
+
+def _is_a(value: Any, default: Any) -> bool:
+    """Whether ``value`` has the type of ``default`` (ints count as floats; bools count as neither)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
 
 
 def _check_name(name: str) -> None:

@@ -506,6 +506,10 @@ def test_merge_metrics_replaces_the_redone_epoch_of_one_step(tmp_path):
     (["--model", "gp-unet", "--fold", "7"], "fold: got 7"),
     (["--model", "gp-unet", "--option", "pool"], "expected KEY=VALUE"),
     (["--model", "gp-unet", "--option", "blur=true"], "['blur'] not accepted by 'gp-unet'"),
+    # text, which counted as true: the option was on
+    (["--model", "gp-shuffleunet", "--option", "blur=False"], "blur: got 'False' (str), expected true or false"),
+    # a raw TypeError from the network after config.json was written
+    (["--model", "gp-unet", "--option", "depth=2.5"], "depth: got 2.5 (float), expected an integer"),
     (["--model", "gp-unet", "--cache", "sometimes"], "cache: got 'sometimes'"),
     (["--model", "gp-unet", "--cache-limit-gb", "0"], "cache_limit_gb: got 0.0, expected > 0"),
     (["--model", "gp-reconresnet", "--image-size", "4"],  # was Lightning's "Expected more than 1 spatial element"
