@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from storage.errors import StoreError
 from storage.store import SPLIT_NAMES, fold_names, open_store, read_patients, reoriented_volumes
 
 
@@ -49,22 +50,36 @@ class StoreSummary:
 
 
 def summarise_store(path: Path | str) -> StoreSummary:
-    """Read a store's attributes and label/split arrays (not its images)."""
+    """Read a store's attributes and label/split arrays (not its images).
+
+    Raises:
+        StoreError: not a slice store, or one whose arrays or attributes are missing or malformed
+            (:func:`storage.validation.schema_table`; ``gpseg validate`` lists them).
+    """
+    from storage.validation import schema_table
+
     group = open_store(path)
+    problems = [problem for problem in schema_table(group)["problem"] if problem]
+    if problems:
+        raise StoreError(f"{path}: not a whole slice store ({'; '.join(problems)}); `gpseg validate {path}` "
+                         "checks the rest")
     attrs = group.attrs
     classes = list(attrs["classes"])
     labels = group["labels"][:].astype(int)
-    counts = np.bincount(labels, minlength=len(classes))
+    known = (labels >= 0) & (labels < len(classes))  # a damaged store's others are counted apart, not dropped
+    counts = dict(zip(classes, np.bincount(labels[known], minlength=len(classes)).tolist()))
+    if not known.all():
+        counts["outside the classes"] = int((~known).sum())
     per_split: dict[int, dict[str, dict[str, int]]] = {}
     for fold in fold_names(group):
         codes = group[f"splits/fold_{fold}"][:]
         per_split[fold] = {
-            name: dict(zip(classes, np.bincount(labels[codes == code], minlength=len(classes)).tolist()))
+            name: dict(zip(classes, np.bincount(labels[known & (codes == code)], minlength=len(classes)).tolist()))
             for code, name in enumerate(SPLIT_NAMES)
         }
     return StoreSummary(
         path=str(path), dataset=attrs.get("dataset", "?"), classes=classes, channels=list(attrs["channels"]),
-        shape=tuple(group["images"].shape), per_class=dict(zip(classes, counts.tolist())), per_split=per_split,
+        shape=tuple(group["images"].shape), per_class=counts, per_split=per_split,
         patients=int(np.unique(read_patients(group)).size), sources=len(attrs.get("sources", {})),
         rejected=dict(attrs.get("rejected", {})), split=dict(attrs.get("split", {})),
         normalisation=attrs.get("normalisation", "?"), data_version=attrs.get("data_version", "?"),

@@ -242,6 +242,9 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
         known_files = set(base_attrs.get("sources", {}))
     if not existing:
         config.split.check_new_split()
+        if config.split.mode == "cvind" and plan.dataset != "jun-cheng":  # before any case is read, not after
+            raise ValueError(f"--split cvind: {plan.dataset} data has no official folds (only Jun Cheng's "
+                             "cvind.mat has); give --split grouped or slice")
     stored_patients = set(base_attrs.get("patients", []))
     rejected_cases: list[VolumeCase | MatCase] = []
     cases = []

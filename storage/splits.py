@@ -181,6 +181,9 @@ def _unit_hash(*parts: object) -> float:
 def hashed_codes(keys: list[str], config: SplitConfig) -> dict[int, np.ndarray]:
     """Codes for appended items from a hash of (seed, key): stable whatever else arrives.
 
+    In slice mode every fold shares one test set, as :func:`slice_splits` deals it; in grouped mode each
+    fold tests another block.
+
     Args:
         keys: one key per new slice (its patient id in grouped mode, patient and
             slice index in slice mode).
@@ -193,7 +196,10 @@ def hashed_codes(keys: list[str], config: SplitConfig) -> dict[int, np.ndarray]:
     val_block = np.array([int(_unit_hash(config.seed, "val", k) * n_val) for k in keys])
     out: dict[int, np.ndarray] = {}
     for fold in range(config.folds):
-        codes = np.where(test_block == fold % n_test, TEST, np.where(val_block == fold % n_val, VAL, TRAIN))
+        # slice mode: the paper's one test set, shared by every fold (an appended slice tested in one fold
+        # was trained on in the others); grouped mode: each fold tests another quarter
+        tested = test_block == (0 if config.mode == "slice" else fold % n_test)
+        codes = np.where(tested, TEST, np.where(val_block == fold % n_val, VAL, TRAIN))
         out[fold] = codes.astype(np.int8)
     return out
 

@@ -49,20 +49,23 @@ def reoriented_volumes(attrs: dict) -> dict[str, list[int]]:
             if "axes" in record}
 
 
-def data_version(sources: dict[str, str], attrs: dict | None = None, splits: dict[int, np.ndarray] | None = None
-                 ) -> str:
+def data_version(sources: dict[str, str], attrs: dict | None = None, splits: dict[int, np.ndarray] | None = None,
+                 labels: np.ndarray | None = None, patients: np.ndarray | None = None) -> str:
     """A short hash identifying what training sees in a store.
 
     It covers the ingested files (sorted path/sha256 pairs), the settings that shape the slices
     (:data:`VERSIONED_ATTRS` of ``attrs``, and the axis order of each volume that was not stored
-    axially, from ``volumes``) and the split codes of every fold, so re-ingesting the same
-    files with another image size, normalisation, split seed or fold count gives another version (and
-    the flows train anew), while the same inputs always give the same version.
+    axially, from ``volumes``), the split codes of every fold, and the slices' labels and patient ids,
+    so re-ingesting the same files with another image size, normalisation, split seed or fold count, or
+    with other grades (BraTS's ``name_mapping.csv`` and a manifest's labels are no ingested file), gives
+    another version (and the flows train anew), while the same inputs always give the same version.
 
     Args:
         sources: relative path -> sha256 of each ingested file.
         attrs: the store's attributes (only :data:`VERSIONED_ATTRS` are read); ``None``: none.
         splits: fold index -> int8 ``(N,)`` split codes; ``None``: none.
+        labels: int ``(N,)`` class indices; ``None``: not covered.
+        patients: str ``(N,)`` patient ids; ``None``: not covered.
 
     Returns:
         16 hex digits.
@@ -75,6 +78,10 @@ def data_version(sources: dict[str, str], attrs: dict | None = None, splits: dic
             digest.update(json.dumps(reoriented, sort_keys=True).encode())
     for fold in sorted(splits or {}):
         digest.update(f"fold_{fold}:".encode() + np.ascontiguousarray(splits[fold], dtype=np.int8).tobytes())
+    if labels is not None:
+        digest.update(b"labels:" + np.ascontiguousarray(labels, dtype=np.int8).tobytes())
+    if patients is not None:
+        digest.update(b"patients:" + "\0".join(map(str, patients)).encode())
     return digest.hexdigest()[:16]
 
 
@@ -230,7 +237,8 @@ class StoreWriter:
                 cvind = np.concatenate([self.group["cvind"][:], cvind])
                 del self.group["cvind"]
             self.group.create_array("cvind", data=cvind, chunks=(_VECTOR_CHUNK,))
-        version = data_version(attrs.get("sources", {}), attrs, splits)
+        version = data_version(attrs.get("sources", {}), attrs, splits, self.group["labels"][:],
+                               read_patients(self.group))
         history = []
         if self._appending:  # a store from before histories were kept starts its history with its last version
             before = self.group.attrs.get("data_version")

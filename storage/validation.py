@@ -1,12 +1,12 @@
 """Validating a slice store with great-expectations.
 
-The store is summarised into small pandas tables (one row per slice, per array,
-per fold and patient, per fold/split/class) and checked against an expectation
-suite: labels within the classes, binary masks, tumour-free slices with empty
-masks and tumour slices with non-empty ones, finite images in ``[0, 1]``,
-consistent lengths, split codes 0-2, no patient in two splits of a fold
-(grouped and cvind modes; the slice mode leaks by design) and every class in
-every split wherever the data allow it.
+The store is summarised into small pandas tables (one row per slice, per array, per fold and patient,
+per fold/split/class) and checked against an expectation suite. First the schema: every array with its
+dtype, dimensions and length, the folds the split attribute names, the attributes. Then, only when it
+holds: labels within the classes, binary masks, tumour-free slices with empty masks and tumour slices
+with non-empty ones, finite images in ``[0, 1]``, consistent lengths, every recorded chunk file, split
+codes 0-2, named patients with one slice per position, no patient in two splits of a fold (grouped and
+cvind modes; the slice mode leaks by design) and every class in every split wherever the data allow it.
 """
 
 from __future__ import annotations
@@ -133,6 +133,50 @@ def _split_sizes(codes: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"empty": ["", *empty_splits(splits)]})
 
 
+SCHEMA_ARRAYS: dict[str, tuple[str, int]] = {"images": ("float16", 4), "masks": ("uint8", 3), "labels": ("int8", 1),
+                                              "patient": ("str", 1), "slice_index": ("int16", 1)}
+"""The arrays every slice store holds: dtype and dimensions (DESIGN.md's store schema); ``splits/fold_K`` are
+int8 ``(N,)``."""
+
+SCHEMA_ATTRS = ("schema_version", "dataset", "classes", "channels", "normalisation", "split", "sources", "rejected")
+"""The attributes every slice store holds."""
+
+
+def schema_table(group) -> pd.DataFrame:
+    """One row per required array and attribute: ``problem`` is ``""`` when it is as the schema says, else one
+    line (missing, another dtype or dimension count, another length than ``labels``, fold arrays that are not
+    folds 0 to ``split["folds"] - 1``, an attribute missing).
+
+    The other suites read these arrays and attributes, and crashed (a traceback, ``KeyError`` or a length
+    mismatch in pandas) on a store where one is missing or short; they run only when this table has no problem.
+    """
+    rows: list[dict[str, str]] = []
+    lengths = {name: int(group[name].shape[0]) for name in ("labels", "images") if name in group}
+    n = lengths.get("labels", lengths.get("images", 0))
+    expected = dict(SCHEMA_ARRAYS)
+    split = group.attrs.get("split")
+    folds = split.get("folds") if isinstance(split, dict) else None
+    present = fold_names(group)
+    expected.update({f"splits/fold_{k}": ("int8", 1) for k in present})
+    if isinstance(folds, int) and present != list(range(folds)):
+        rows.append({"item": "splits", "problem": f"splits: folds {present}, the split attribute says {folds}"})
+    for name, (dtype, ndim) in expected.items():
+        problem = ""
+        if name not in group:
+            problem = f"{name}: missing"
+        else:
+            array = group[name]
+            found = "str" if array.dtype.kind in "OUT" or "String" in str(array.dtype) else str(array.dtype)
+            if found != dtype or array.ndim != ndim:
+                problem = f"{name}: {found} {tuple(array.shape)}, expected {dtype} with {ndim} dimension(s)"
+            elif int(array.shape[0]) != n:
+                problem = f"{name}: {array.shape[0]} rows, the store has {n} slices"
+        rows.append({"item": name, "problem": problem})
+    rows += [{"item": key, "problem": "" if key in group.attrs else f"attribute {key}: missing"}
+             for key in SCHEMA_ATTRS]
+    return pd.DataFrame(rows, columns=["item", "problem"])
+
+
 def _describe(name: str, result) -> str:
     kwargs = {k: v for k, v in result.expectation_config.kwargs.items() if k != "batch_id"}
     info = result.result or {}
@@ -184,6 +228,12 @@ def _validate(path: Path | str, progress: Callable[[int, int], None] | None) -> 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     group = open_store(path)
+    schema = schema_table(group)
+    failures, checked = _run_suite(context, "schema", schema, [
+        E.ExpectColumnValuesToBeInSet(column="problem", value_set=[""])])
+    if failures:  # the other suites read what is missing or malformed: named in one line instead
+        problems = "; ".join(p for p in schema["problem"] if p)
+        return ValidationResult(False, [f"[schema] {problems}; the other expectations were not checked"], {}, checked)
     classes = list(group.attrs["classes"])
     mode = group.attrs.get("split", {}).get("mode", "grouped")
     n = group["labels"].shape[0]
@@ -191,6 +241,10 @@ def _validate(path: Path | str, progress: Callable[[int, int], None] | None) -> 
     tumour_free = classes[0] == "tumour-free"
     table["tumour_free"] = (table["label"] == 0) if tumour_free else False
     table["mask_matches_label"] = np.where(table["tumour_free"], table["mask_sum"] == 0, table["mask_sum"] > 0)
+    table["patient_named"] = table["patient"].str.strip().str.len() > 0
+    slice_index = group["slice_index"][:].astype(int)  # -1 for 2-D sources; else one slice per position
+    table["slice_repeated"] = (slice_index >= 0) & pd.DataFrame(
+        {"patient": table["patient"], "slice": slice_index}).duplicated(keep=False).to_numpy()
     image_shape = group["images"].shape
     arrays = pd.DataFrame({"array": ["images", "masks", "labels", "patient", "slice_index"],
                            "length": [image_shape[0], group["masks"].shape[0], n,
@@ -200,9 +254,10 @@ def _validate(path: Path | str, progress: Callable[[int, int], None] | None) -> 
     recorded = dict(group.attrs.get(CHUNK_COUNTS) or {})  # a store from before the record: nothing to compare
     arrays["chunks_missing"] = [max(0, int(recorded[a]) - int(group[a].nchunks_initialized)) if a in recorded else 0
                                 for a in arrays["array"]]
+    others = sorted(set(recorded) - set(arrays["array"]))  # the fold arrays and cvind: a lost chunk reads as train
+    chunks = pd.DataFrame({"array": others, "missing": [
+        max(0, int(recorded[a]) - (int(group[a].nchunks_initialized) if a in group else 0)) for a in others]})
     leak, cover, codes, counts = _split_tables(group, table, classes, mode)
-    failures: list[str] = []
-    checked = 0
     suites = [
         ("slices", table, [
             E.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(len(classes)))),
@@ -212,12 +267,16 @@ def _validate(path: Path | str, progress: Callable[[int, int], None] | None) -> 
             E.ExpectColumnValuesToBeBetween(column="image_min", min_value=0.0, max_value=1.0),
             E.ExpectColumnValuesToBeBetween(column="image_max", min_value=0.0, max_value=1.0),
             E.ExpectColumnValuesToNotBeNull(column="patient"),
+            E.ExpectColumnValuesToBeInSet(column="patient_named", value_set=[True]),
+            # export-masks puts each mask back at its (patient, slice_index): two at one place would overwrite
+            E.ExpectColumnValuesToBeInSet(column="slice_repeated", value_set=[False]),
         ]),
         ("arrays", arrays, [
             E.ExpectColumnValuesToBeInSet(column="length", value_set=[n]),
             E.ExpectColumnValuesToBeInSet(column="plane_ok", value_set=[True]),
             E.ExpectColumnValuesToBeInSet(column="chunks_missing", value_set=[0]),
         ]),
+        ("chunks", chunks, [E.ExpectColumnValuesToBeInSet(column="missing", value_set=[0])]),
         ("channels", _blank_channels(table, list(group.attrs.get("channels") or [])), [
             E.ExpectColumnValuesToBeInSet(column="blank", value_set=[""]),
         ]),

@@ -251,3 +251,81 @@ def test_a_channel_blank_for_a_whole_patient_fails_validation(brats_source, tmp_
     group["images"][rows.min():rows.max() + 1] = images
     (failure,) = validate_store(tmp_path / "b.zarr").failures
     assert failure.startswith("[channels]") and f"{patients[0]}: t2" in failure
+
+
+def _break(store, how: str) -> None:
+    """Damage a store in place, as a partial copy, a hand edit or another tool might."""
+    import shutil
+
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r+")
+    if how == "split_short":
+        codes = group["splits/fold_1"][:]
+        del group["splits/fold_1"]
+        group.create_array("splits/fold_1", data=codes[:-1])
+    elif how == "labels_int64":
+        labels = group["labels"][:]
+        del group["labels"]
+        group.create_array("labels", data=labels.astype(np.int64))
+    elif how == "no_masks":
+        shutil.rmtree(store / "masks")
+    elif how == "no_classes":
+        del group.attrs["classes"]
+    elif how == "extra_fold":
+        group.create_array("splits/fold_9", data=group["splits/fold_0"][:])
+    elif how == "lost_split_chunk":
+        group.attrs["chunks_written"] = {**group.attrs["chunks_written"], "splits/fold_0": 2}
+    elif how == "empty_patient":
+        patients = group["patient"][:].astype(object)
+        patients[0] = ""
+        group["patient"][:] = patients
+    elif how == "repeated_slice":
+        group["slice_index"][:] = 1
+
+
+@pytest.mark.parametrize("how, failure", [
+    ("split_short", "rows, the store has"),  # these four crashed with a traceback
+    ("no_masks", "[schema] masks: missing"),
+    ("no_classes", "[schema] attribute classes: missing"),
+    ("extra_fold", "[schema] splits: folds [0, 1, 2, 9], the split attribute says 3"),
+    ("labels_int64", "[schema] labels: int64 "),  # these four passed as valid
+    ("lost_split_chunk", "[chunks] "),
+    ("empty_patient", "'column': 'patient_named'"),
+    ("repeated_slice", "'column': 'slice_repeated'"),
+])
+def test_a_broken_store_fails_validation_in_lines_instead_of_a_traceback_or_a_pass(brats_source, tmp_path, how,
+                                                                                   failure):
+    ingest_brats(brats_source, tmp_path / "b.zarr", CONFIG)
+    _break(tmp_path / "b.zarr", how)
+    result = validate_store(tmp_path / "b.zarr")
+    assert not result.success and any(line.startswith(failure) or failure in line for line in result.failures), \
+        result.failures
+
+
+def test_split_cvind_of_brats_is_refused_before_any_case_is_read(brats_source, tmp_path):
+    """It was refused only after every case had been read: many minutes on a real BraTS release."""
+    read = []
+    config = IngestConfig(workers=0, split=SplitConfig(mode="cvind", folds=5))
+    with pytest.raises(ValueError, match=r"^--split cvind: brats data has no official folds"):
+        ingest_brats(brats_source, tmp_path / "b.zarr", config, progress=lambda *args: read.append(args))
+    assert read == [] and not (tmp_path / "b.zarr").exists()
+
+
+def test_info_counts_labels_outside_the_classes_and_names_a_broken_store_in_one_line(brats_source, tmp_path):
+    """A label outside the classes vanished from the counts (143 slices, classes 142), and a short split array
+    or a missing attribute gave a traceback."""
+    import zarr
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    ingest_brats(brats_source, tmp_path / "b.zarr", CONFIG)
+    labels = zarr.open_group(str(tmp_path / "b.zarr"), mode="r+")["labels"]
+    labels[0] = 7
+    shown = CliRunner().invoke(app, ["info", str(tmp_path / "b.zarr")])
+    assert shown.exit_code == 0 and "outside the classes 1)" in shown.output, shown.output
+    _break(tmp_path / "b.zarr", "split_short")
+    broken = CliRunner().invoke(app, ["info", str(tmp_path / "b.zarr")])
+    said = " ".join(broken.output.split())
+    assert broken.exit_code == 1 and "b.zarr: not a whole slice store (splits/fold_1: " in said, said

@@ -54,6 +54,19 @@ def test_slice_mode_single_test_set_stratified():
     assert not np.array_equal(splits[0], splits[1])  # different train/val shuffles
 
 
+def test_slices_appended_to_a_slice_mode_store_share_its_one_test_set():
+    """An appended slice was tested in one fold and trained on in the others."""
+    patients, labels = _dataset()
+    config = SplitConfig(mode="slice", folds=3, seed=0)
+    base = slice_splits(labels, config)
+    new_p = np.array([f"N{i}" for i in range(400)])
+    grown = extend_splits(base, new_p, np.arange(400, dtype=np.int16), None, config)
+    added = {fold: codes[labels.size:] for fold, codes in grown.items()}
+    assert all(np.array_equal(added[0] == TEST, added[fold] == TEST) for fold in added)
+    assert abs((added[0] == TEST).mean() - 0.25) < 0.06 and abs((added[0] == VAL).mean() - 0.15) < 0.05
+    assert not np.array_equal(added[0], added[1])  # other validation slices
+
+
 def test_cvind_mode():
     cvind = np.repeat(np.arange(1, 6), 4)
     splits = cvind_splits(cvind, SplitConfig(mode="cvind", folds=5))

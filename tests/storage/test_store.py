@@ -133,3 +133,16 @@ def test_a_store_from_before_histories_starts_its_history_at_its_first_append(tm
     assert [(e["data_version"], e["slices"]) for e in group.attrs["data_history"]] == [
         (first, 3), (group.attrs["data_version"], 5)]
     check_data_version(group, first, path, "heatmaps made before the append")
+
+
+def test_the_data_version_covers_labels_and_patient_ids(tmp_path):
+    """BraTS grades come from name_mapping.csv and a manifest's labels from its CSV, neither an ingested
+    file: two appends that differed only in a grade gave one data version, so runs and heatmaps of the
+    other labels were accepted."""
+    _write(tmp_path / "a.zarr", [_batch("p1", 3, label=1)])
+    _write(tmp_path / "b.zarr", [_batch("p1", 3, label=0)])
+    _write(tmp_path / "c.zarr", [_batch("q1", 3, label=1)])  # same length, same images (seeded by name length)
+    _write(tmp_path / "again.zarr", [_batch("p1", 3, label=1)])
+    versions = [open_store(tmp_path / name).attrs["data_version"] for name in ("a.zarr", "b.zarr", "c.zarr")]
+    assert len(set(versions)) == 3
+    assert open_store(tmp_path / "again.zarr").attrs["data_version"] == versions[0]
