@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from storage.store import CHUNK_COUNTS, chunk_counts
+
 
 def tiled_copy(run_dir: Path, out: Path, repeat: int) -> Path:
     """A copy of ``run_dir/heatmaps`` in ``out/heatmaps`` whose validation rows are repeated ``repeat`` times."""
@@ -36,6 +38,7 @@ def tiled_copy(run_dir: Path, out: Path, repeat: int) -> Path:
         data = np.concatenate([val[name][:]] * repeat)
         del val[name]
         val.create_array(name, data=data, chunks=(min(64, data.shape[0]),) + data.shape[1:])
+    val.attrs[CHUNK_COUNTS] = chunk_counts(val)  # else the rewritten arrays read as a store with lost chunks
     return heatmaps / "test.zarr"
 
 
@@ -50,16 +53,17 @@ def peak_mb() -> float:
 
 def measure(test_store: Path, chunk: int, largest_component: bool) -> dict:
     """Choose the offset in this process and report it (run by :func:`main` in a child process)."""
-    from gpmodels.evaluation import _resolve_offset, open_heatmaps
+    from gpmodels.evaluation import _resolve_offset, heatmap_source, open_heatmaps
     from gpmodels.postprocess import CleaningConfig, ThresholdConfig
     from storage.store import open_store
 
     heat = open_heatmaps(test_store)
-    store = open_store(heat.attrs["store_path"])
+    store_path = heatmap_source(test_store, heat)
+    store = open_store(store_path)
     config = ThresholdConfig(offset="auto", cleaning=CleaningConfig(largest_component=largest_component))
     before = peak_mb()
     start = time.perf_counter()
-    resolved, source = _resolve_offset(test_store, heat, config, store, chunk)
+    resolved, source = _resolve_offset(test_store, heat, config, store, store_path, chunk=chunk)
     return {"chunk": chunk, "offset": resolved.offset, "seconds": time.perf_counter() - start, "source": source,
             "peak_mb": peak_mb(), "grew_mb": peak_mb() - before}
 
@@ -85,7 +89,10 @@ def main() -> None:
             for chunk in args.chunks:
                 command = [sys.executable, __file__, str(args.run_dir), "--measure", str(test_store), str(chunk)]
                 command += ["--largest-component"] if args.largest_component else []
-                result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode:
+                    sys.exit(f"chunk {chunk}: the measuring process failed:\n{done.stderr.strip()}")
+                result = json.loads(done.stdout)
                 print(f"  chunk {chunk:>8}: offset {result['offset']}, {result['seconds']:6.2f} s, peak RSS "
                       f"{result['peak_mb']:6.0f} MB (+{result['grew_mb']:.0f} MB while choosing)")
 

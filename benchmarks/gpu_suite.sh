@@ -6,9 +6,13 @@
 #   PARTS=throughput_b64,throughput_b64_fft benchmarks/gpu_suite.sh STORE [WHEELS]   # some parts only
 #   PARTS=learning_seeds benchmarks/gpu_suite.sh STORE [WHEELS]   # the learning targets over seeds 0, 1, 2
 #   PARTS=occlusion benchmarks/gpu_suite.sh STORE [WHEELS]   # occlusion per forward-pass batching on CUDA
-#   PARTS=loader benchmarks/gpu_suite.sh STORE240 [WHEELS]   # uncached loader slices/s with 0, 4, 8 workers
+#   PARTS=loader benchmarks/gpu_suite.sh STORE [WHEELS]   # uncached loader slices/s with 0, 4, 8 workers
+#                                                         # (on 4 phantom cases at 240 px it writes itself)
 #
-# STORE: a slice store for the end-to-end Lightning run (e.g. demo/stores/brats.zarr).
+# STORE: a slice store for the end-to-end Lightning run (e.g. demo/stores/brats.zarr). Slice stores are
+# ignored by git (*.zarr/), so the device tool's `carry` must name it, and the wheels folder, e.g.
+# carry [".gpu/brats.zarr", ".whl"]; at most 64 MiB travel, and at most 8 files come back from $OUT
+# (gpu.txt and one per part).
 # WHEELS: a folder of wheels for what the GPU machine's Python lacks (zarr, numcodecs, donfig,
 # google-crc32c, captum), installed into /tmp/site.
 #
@@ -24,8 +28,8 @@ PARTS=${PARTS:-throughput_b64,throughput_b64_fft,sinc,heatmaps,learning}  # at m
 for name in ${PARTS//,/ }; do
     [[ ",$KNOWN," == *",$name,"* ]] || { echo "PARTS: unknown part '$name' (known: $KNOWN)" >&2; exit 1; }
 done
-if [[ ",$PARTS," =~ ,(learning|learning_seeds|loader), && ! -d "$STORE" ]]; then
-    echo "$STORE: no such slice store (the learning and loader parts read it)" >&2; exit 1
+if [[ ",$PARTS," =~ ,(learning|learning_seeds), && ! -d "$STORE" ]]; then
+    echo "$STORE: no such slice store (the learning parts read it; carry it to the device)" >&2; exit 1
 fi
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -48,7 +52,7 @@ part() {  # part NAME SECONDS COMMAND...  (skipped unless NAME is in $PARTS)
     echo "=== $name (limit ${seconds}s)"
     rm -f "$OUT/$name.txt"   # the summary below shows this run's parts only
     local started=$SECONDS
-    timeout "$seconds" "$@" 2>&1 | tee "$OUT/$name.txt"
+    timeout -k 10 "$seconds" "$@" 2>&1 | tee "$OUT/$name.txt"   # -k: a part that ignores SIGTERM is killed
     local rc=${PIPESTATUS[0]}
     echo "=== $name: exit $rc, $((SECONDS - started)) s"
     ((rc == 0)) || failed+=("$name (exit $rc)")
@@ -69,8 +73,10 @@ part occlusion 120 python3 benchmarks/occlusion.py --device cuda --size 240 --sl
 part throughput_b8 90 python3 benchmarks/train_throughput.py --device cuda --batch 8 --steps 20 --warmup 5
 part learning 170 python3 benchmarks/learning.py --store "$STORE" --work /tmp/gpseg-learning --preset paper \
     --epochs 50 --full-width --models gp-unet,gp-reconresnet,gp-shuffleunet
-# On request (PARTS=loader, with a 240-px STORE): can the loader feed the GPU from a store too large to cache?
-part loader 150 python3 benchmarks/loader.py "$STORE" --workers 0,4,8 --batch 64 --batches 20 --rounds 2
+# On request (PARTS=loader): can the loader feed the GPU from a store too large to cache? 240-px phantoms written
+# here (a 240-px store big enough is too big to carry); batch 8 so that 4 cases (~250 training slices) hold the
+# 16 batches 8 workers fetch ahead plus the 10 timed.
+part loader 150 python3 benchmarks/loader.py --cases 4 --workers 0,4,8 --batch 8 --batches 10 --rounds 2
 # On request (PARTS=learning_seeds, alone: up to 7 minutes): the learning targets over three seeds, with Dice.
 part learning_seeds 420 python3 benchmarks/learning.py --store "$STORE" --work /tmp/gpseg-learning-seeds \
     --preset paper --epochs 50 --full-width --models gp-unet,gp-reconresnet,gp-shuffleunet --seed 0,1,2 --dice

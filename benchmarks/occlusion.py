@@ -31,7 +31,9 @@ def preset_network(name: str, preset: str) -> torch.nn.Module:
 
 def timed(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor,
           ppe: int) -> tuple[float, torch.Tensor]:
-    """Seconds and maps of one occlusion call."""
+    """Seconds and maps of one occlusion call (the device's queued work finished before the clock starts)."""
+    if images.device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     maps = occlusion_maps(model, images, target, perturbations_per_eval=ppe)
     if images.device.type == "cuda":
@@ -60,7 +62,9 @@ def main() -> None:
     print(f"{'model':16s}{'ppe':>5s}{'seconds':>9s}{'speed-up':>10s}{'max diff':>10s}")
     for name in args.models.split(","):
         model = preset_network(name, args.preset).to(device)
-        occlusion_maps(model, images[:1], target[:1], perturbations_per_eval=1)  # warm-up
+        with torch.no_grad():  # warm-up: one pass per batch shape timed below, not a whole occlusion map
+            for batch in sorted({args.slices, *(args.slices * ppe for ppe in choices)}):
+                model(images[:1].expand(batch, -1, -1, -1))
         base_seconds, base = timed(model, images, target, 1)
         print(f"{name:16s}{1:>5d}{base_seconds:>9.2f}{1.0:>10.2f}{0.0:>10.1e}")
         for ppe in choices:

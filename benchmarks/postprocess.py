@@ -218,6 +218,9 @@ def part_cleaning(args: argparse.Namespace) -> None:
     for name, (seconds, chosen) in timings.items():
         print(f"  {name:34s} {n / seconds:8.0f} slices/s  ({seconds:.3f} s)  {base_time / seconds:6.2f} x  "
               f"offset {chosen[0]}")
+    looped, resolved = (timings[name][1][0] for name in ("segment_heatmaps per offset",
+                                                          "resolve_auto_offset, clean-up"))
+    print(f"  same offset with clean-up (loop vs resolve_auto_offset): {bool(np.isclose(looped, resolved))}")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
