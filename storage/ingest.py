@@ -76,14 +76,24 @@ class IngestReport:
     def notices(self) -> list[tuple[str, str]]:
         """``(label, text)`` of each warning and each archive not read, for the CLI and the flow's log:
         ``("warning", "fold 0 train is empty: ...")``, ``("not read", "data.zip: an archive; ...")``."""
-        return ([("warning", f"{warning}: too few patients of each class for the split's folds (gpseg validate "
-                             "fails on it); use fewer --folds or more cases") for warning in self.warnings]
+        return ([("warning", warning) for warning in self.warnings]
                 + [("not read", f"{archive}: an archive; unpack it to ingest the cases it holds (then --append)")
                    for archive in self.archives]
                 + ([("not found", f"{len(self.absent)} case(s) listed in {NAME_MAPPING} have no folder in the source "
                                   f"({', '.join(self.absent[:3])}{', ...' if len(self.absent) > 3 else ''}): an "
                                   "incomplete download or unpack? Add them later with --append")]
                    if self.absent else []))
+
+
+def _empty_split_cause(split: SplitConfig) -> str:
+    """Why a fold's train or test split can be empty, and what to do, in the split's mode."""
+    if split.mode == "cvind":
+        return "the official folds (cvind.mat) leave no slice there; check the cvind.mat beside the cases"
+    if split.mode == "slice":
+        return "too few slices of each class; ingest more cases"
+    if split.folds == 1:
+        return "too few patients of each class; ingest more cases"
+    return "too few patients of each class for the split's folds; use fewer --folds or more cases"
 
 
 def _reason(exc: BaseException) -> tuple[str | None, str]:
@@ -318,7 +328,8 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
             splits = extend_splits(existing, patients, slice_index, cvind, config.split, stored_ids, new_keys)
         else:
             splits = make_splits(patients, labels, slice_index, cvind, config.split)
-        report.warnings = empty_splits(splits)
+        report.warnings = [f"{warning}: {_empty_split_cause(config.split)} (gpseg validate fails on it)"
+                           for warning in empty_splits(splits)]
         rejected = _current_rejects(base_attrs.get("rejected", {}), report.rejected, plan.cases, plan.root)
         attrs = {
             "dataset": plan.dataset, "classes": plan.classes, "channels": plan.channels,

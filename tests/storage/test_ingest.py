@@ -329,3 +329,16 @@ def test_info_counts_labels_outside_the_classes_and_names_a_broken_store_in_one_
     broken = CliRunner().invoke(app, ["info", str(tmp_path / "b.zarr")])
     said = " ".join(broken.output.split())
     assert broken.exit_code == 1 and "b.zarr: not a whole slice store (splits/fold_1: " in said, said
+
+
+@pytest.mark.parametrize("split, advice", [
+    (SplitConfig(mode="grouped", folds=3), "too few patients of each class for the split's folds; use fewer --folds"),
+    (SplitConfig(mode="grouped", folds=1), "too few patients of each class; ingest more cases"),
+    (SplitConfig(mode="slice", folds=2), "too few slices of each class; ingest more cases"),
+    (SplitConfig(mode="cvind", folds=5), "the official folds (cvind.mat) leave no slice there"),
+])
+def test_an_empty_split_is_explained_in_the_terms_of_its_split_mode(split, advice):
+    """It always said "use fewer --folds", also with --folds 1 and for Jun Cheng's official folds."""
+    from storage.ingest import _empty_split_cause
+
+    assert _empty_split_cause(split).startswith(advice)
