@@ -86,11 +86,20 @@ ENV_DEFAULTS = {
 """Environment the command line sets unless the caller has (as ``./run.sh`` does)."""
 
 
+def project_prefect_home() -> dict[str, str]:
+    """``{"PREFECT_HOME": CHECKOUT/.prefect}`` when gpseg runs from a checkout (its ``prefect.yaml`` beside the
+    packages), as ``./run.sh`` and ``gpseg serve`` set it: Prefect's database and persisted task results (the
+    training cache) then stay in the project, shared by ``./run.sh demo`` and ``.venv/bin/gpseg benchmark``,
+    instead of ``~/.prefect``. Empty for an install without a checkout."""
+    root = Path(__file__).resolve().parents[1]
+    return {"PREFECT_HOME": str(root / ".prefect")} if (root / "prefect.yaml").is_file() else {}
+
+
 def run_app(app: typer.Typer) -> None:
     """Run a Typer app with :data:`ENV_DEFAULTS`. An ``OSError`` that no command turned into its own message
     (a file where a folder is expected, no permission, a full disk) ends in a one-line error naming the path
     and exit code 1, instead of a traceback."""
-    for name, value in ENV_DEFAULTS.items():
+    for name, value in {**ENV_DEFAULTS, **project_prefect_home()}.items():
         os.environ.setdefault(name, value)
     try:
         app()

@@ -152,3 +152,14 @@ def test_the_table_rounds_an_interval_outwards_from_its_ends_not_from_the_rounde
     text = io.StringIO()
     Console(file=text, width=80).print(results_table([row]))
     assert text.getvalue().splitlines()[3].split()[3:7] == ["0.403", "[0.31–0.50]", "0.500", "[0.40–0.60]"]
+
+
+def test_the_cli_keeps_prefect_in_the_project_as_run_sh_does() -> None:
+    """`.venv/bin/gpseg benchmark` wrote Prefect's database and the training cache to ~/.prefect, where
+    `./run.sh demo` keeps them in the project's .prefect/, so the two did not share their cache."""
+    from pathlib import Path
+
+    from gpseg.console import project_prefect_home
+
+    root = Path(__file__).resolve().parents[1]
+    assert project_prefect_home() == {"PREFECT_HOME": str(root / ".prefect")}
