@@ -18,6 +18,7 @@ from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
 from storage.ingest_config import IngestConfig, SplitConfig
 from storage.phantoms import write_brats_phantoms, write_jun_cheng_phantoms
 from storage.validation import validate_store
+from tasks.progress import logged_progress
 
 
 def transient_only(task, task_run, state) -> bool:
@@ -118,7 +119,8 @@ def ingest_source(kind: str, source: str, store: str, config: dict, source_finge
                                     "channels": tuple(config["channels"]) if config.get("channels") else None})
     logger = get_run_logger()
     try:
-        report = _INGEST[kind](Path(source), Path(store), ingest_config, append=append)
+        report = _INGEST[kind](Path(source), Path(store), ingest_config, append=append,
+                               progress=logged_progress(f"ingesting {source}", "cases read"))
     except NoUsableInput as exc:
         _log_rejected(logger, exc.rejected)  # why every case was rejected
         raise
@@ -136,7 +138,7 @@ def ingest_source(kind: str, source: str, store: str, config: dict, source_finge
 @task(retries=1, retry_condition_fn=transient_only)
 def validate(store: str) -> dict:
     """Validate a store with great-expectations; fail the task when an expectation fails."""
-    result = validate_store(store)
+    result = validate_store(store, progress=logged_progress(f"validating {store}", "slices read"))
     if not result.success:
         raise ValueError(f"{store}: {len(result.failures)} expectations failed: " + "; ".join(result.failures))
     return {"store": store, "checked": result.checked, "counts": result.counts}

@@ -12,13 +12,16 @@ from gpmodels.evaluation import evaluate_heatmaps, offset_fell_back, write_evalu
 from gpmodels.files import heatmap_path
 from gpmodels.postprocess import ThresholdConfig
 from gpmodels.report import build_report
+from tasks.progress import logged_progress
 
 
 @task
 def evaluate_run(run_dir: str, threshold: dict | None) -> dict:
     """Threshold a run's test heatmaps and score them; writes ``evaluation.json`` in the run dir."""
     config = ThresholdConfig.from_dict(threshold) if threshold else None
-    result = evaluate_heatmaps(heatmap_path(run_dir, "test"), config)
+    result = evaluate_heatmaps(heatmap_path(run_dir, "test"), config,
+                               progress=logged_progress(f"evaluating {run_dir}", "test slices"),
+                               offset_progress=logged_progress(f"choosing the offset of {run_dir}", "validation slices"))
     write_evaluation(run_dir, result)
     if offset_fell_back(result["threshold"]):
         get_run_logger().warning("%s: offset %s", run_dir, result["threshold"]["offset_source"])
