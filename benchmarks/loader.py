@@ -16,8 +16,8 @@ rows at a time: Zarr's integer-array selection (``get_orthogonal_selection``, th
 ``read_rows``) against ``read_rows``.
 
 Without ``STORE`` it writes ``--cases`` 240-px BraTS-layout phantom cases into a temporary folder and
-ingests them first (about 100 slices each; the GPU suite's way, since a 240-px store of a dozen cases is
-too big to carry to the device machine). Each configuration is timed ``--rounds`` times, alternating, after the batches the
+ingests them first (about 100 slices each; the GPU suite's way, since a 240-px store of a dozen cases
+is too big to carry to the device machine). Each configuration is timed ``--rounds`` times, alternating, after the batches the
 loader workers fetch ahead (one without workers), and the best round is printed; a split too small for
 that is refused before any timing.
 

@@ -21,7 +21,8 @@ def evaluate_run(run_dir: str, threshold: dict | None) -> dict:
     config = ThresholdConfig.from_dict(threshold) if threshold else None
     result = evaluate_heatmaps(heatmap_path(run_dir, "test"), config,
                                progress=logged_progress(f"evaluating {run_dir}", "test slices"),
-                               offset_progress=logged_progress(f"choosing the offset of {run_dir}", "validation slices"))
+                               offset_progress=logged_progress(f"choosing the offset of {run_dir}",
+                                                               "validation slices"))
     write_evaluation(run_dir, result)
     if offset_fell_back(result["threshold"]):
         get_run_logger().warning("%s: offset %s", run_dir, result["threshold"]["offset_source"])
