@@ -17,9 +17,9 @@ rows at a time: Zarr's integer-array selection (``get_orthogonal_selection``, th
 
 Without ``STORE`` it writes ``--cases`` 240-px BraTS-layout phantom cases into a temporary folder and
 ingests them first (about 100 slices each; the GPU suite's way, since a 240-px store of a dozen cases
-is too big to carry to the device machine). Each configuration is timed ``--rounds`` times, alternating, after the batches the
-loader workers fetch ahead (one without workers), and the best round is printed; a split too small for
-that is refused before any timing.
+is too big to carry to the device machine). Each configuration is timed ``--rounds`` times,
+alternating, after the batches the loader workers fetch ahead (one without workers), and the best round
+is printed; a split too small for that is refused before any timing.
 
 Usage: python benchmarks/loader.py [STORE | --cases 6] [--batch 16] [--batches 30] [--workers 0,2] [--rounds 3]
        [--split test]
