@@ -60,10 +60,33 @@ def ingest_fresh(kind: str, source: str, store: str, config: dict, append: bool 
     runs again, so no flow trains or reports on a data version the store no longer holds.
     """
     args = (kind, source, store, config, fingerprint(source))
+    before = store_settings(store)
     summary = trusted(ingest_source, store)(*args, append=append)
     if stored_version(store) != summary["data_version"]:
         summary = ingest_source.with_options(refresh_cache=True)(*args, append=append)
+    after = store_settings(store)
+    changed = {key: (before[key], after.get(key)) for key in before or {} if before[key] != after.get(key)}
+    if changed:  # e.g. a store made by hand with `gpseg ingest --normalisation paper` where the flow keeps its own
+        get_run_logger().warning(
+            "%s was replaced: it had been ingested with other settings than the flow's (%s); a store made another "
+            "way belongs outside the work dir's stores/", store,
+            ", ".join(f"{key} {old!r}, now {new!r}" for key, (old, new) in changed.items()))
     return summary
+
+
+SETTINGS_OF_STORES = ("normalisation", "channels", "classes", "image_size", "split")
+"""Store attributes that say how a store was ingested (not what data it holds)."""
+
+
+def store_settings(store: str) -> dict:
+    """The :data:`SETTINGS_OF_STORES` of the store at ``store``; empty when there is none (or it is damaged)."""
+    from storage.store import open_store
+
+    try:
+        attrs = open_store(store).attrs if Path(store).exists() else {}
+    except Exception:  # not a store: ingestion says so
+        return {}
+    return {key: attrs.get(key) for key in SETTINGS_OF_STORES}
 
 
 def stored_version(store: str) -> str | None:

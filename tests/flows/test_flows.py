@@ -355,7 +355,11 @@ def test_gpseg_retrain_runs_the_flow_in_this_process(bench_workdir):
 
 
 @after_first_run
-def test_a_store_rewritten_behind_the_cache_is_ingested_again(bench_workdir, task_states):
+def test_a_store_rewritten_behind_the_cache_is_ingested_again(bench_workdir, task_states, caplog):
+    """... and the flow says that it replaced a store ingested with other settings (a store made by hand with
+    `gpseg ingest --normalisation paper` was replaced with only an INFO line)."""
+    import logging
+
     from storage.ingest import ingest_brats
     from storage.ingest_config import IngestConfig, SplitConfig
 
@@ -369,8 +373,11 @@ def test_a_store_rewritten_behind_the_cache_is_ingested_again(bench_workdir, tas
         if open_store(store).attrs["data_version"] != version:
             break
     assert open_store(store).attrs["data_version"] != version
+    caplog.set_level(logging.WARNING)
     rerun = full_benchmark(_bench(bench_workdir), return_state=True)
     assert rerun.is_completed() and not rerun.result()["failed"]
+    replaced = [r.getMessage() for r in caplog.records if "was replaced" in r.getMessage()]
+    assert len(replaced) == 1 and "other settings than the flow's (split {" in replaced[0], replaced
     states = task_states(rerun.state_details.flow_run_id)
     assert sorted(state for name, state in states if name == "ingest_source") == ["Cached", "Completed"]
     assert open_store(store).attrs["data_version"] == version  # so the runs of that version are reused
