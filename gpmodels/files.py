@@ -127,16 +127,27 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     and a failed or interrupted write leaves the old file in place and no temporary behind.
     """
     path = Path(path)
+    tmp = _staged(path, write)
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _sync_folder(path.parent)
+
+
+def _staged(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """A temporary file beside ``path`` (``.<name>.tmp-<8 hex>``, unique per writer) holding what ``write`` wrote,
+    flushed to disk; deleted again when writing fails."""
     tmp = path.parent / f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
-    _sync_folder(path.parent)
+        raise
+    return tmp
 
 
 def _sync_folder(folder: Path) -> None:
@@ -169,13 +180,8 @@ def replace_together(files: Mapping[Path, str]) -> None:
     staged: list[tuple[Path, Path]] = []
     try:
         for path, text in files.items():
-            path = Path(path)
-            tmp = path.parent / f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}"
-            staged.append((tmp, path))
-            with open(tmp, "wb") as handle:
-                handle.write(text.encode("utf-8"))
-                handle.flush()
-                os.fsync(handle.fileno())
+            data = text.encode("utf-8")
+            staged.append((_staged(Path(path), lambda handle, data=data: handle.write(data)), Path(path)))
         with interrupts_held():
             for tmp, path in staged:
                 os.replace(tmp, path)

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -162,11 +163,18 @@ def check_chunks(group: zarr.Group, where: str | Path, names: tuple[str, ...] | 
         StoreError: one line naming the store and the array.
     """
     recorded = dict(group.attrs.get(CHUNK_COUNTS) or {})
-    for name in recorded if names is None else [n for n in names if n in recorded]:
-        found = stored_chunks(group[name]) if name in group else 0
-        if found < int(recorded[name]):
-            raise StoreError(f"{where}: {int(recorded[name]) - found} of the {recorded[name]} chunk files of "
+    for name, missing in missing_chunks(group, names).items():
+        if missing:
+            raise StoreError(f"{where}: {missing} of the {recorded[name]} chunk files of "
                              f"'{name}' are missing (a damaged or partly copied store, which would read as zeros)")
+
+
+def missing_chunks(group: zarr.Group, names: Sequence[str] | None = None) -> dict[str, int]:
+    """Chunk files fewer than :data:`CHUNK_COUNTS` recorded, per recorded array of ``names`` (default: every
+    recorded array; a missing array misses all of its); empty for a store written before the record."""
+    recorded = dict(group.attrs.get(CHUNK_COUNTS) or {})
+    return {name: max(0, int(recorded[name]) - (stored_chunks(group[name]) if name in group else 0))
+            for name in (recorded if names is None else [n for n in names if n in recorded])}
 
 
 def _is_zarr_group(path: Path) -> bool:

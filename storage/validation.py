@@ -22,7 +22,7 @@ import pandas as pd
 from storage.quiet import quiet_logger
 from storage.reads import read_rows
 from storage.splits import TEST, TRAIN, VAL, empty_splits
-from storage.store import CHUNK_COUNTS, SPLIT_NAMES, fold_names, open_store, read_patients, stored_chunks
+from storage.store import SPLIT_NAMES, fold_names, missing_chunks, open_store, read_patients
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -251,12 +251,10 @@ def _validate(path: Path | str, progress: Callable[[int, int], None] | None) -> 
                                       group["patient"].shape[0], group["slice_index"].shape[0]],
                            "plane": [tuple(image_shape[2:]), tuple(group["masks"].shape[1:]), None, None, None]})
     arrays["plane_ok"] = arrays["plane"].map(lambda p: p is None or p == tuple(image_shape[2:]))
-    recorded = dict(group.attrs.get(CHUNK_COUNTS) or {})  # a store from before the record: nothing to compare
-    arrays["chunks_missing"] = [max(0, int(recorded[a]) - stored_chunks(group[a])) if a in recorded else 0
-                                for a in arrays["array"]]
-    others = sorted(set(recorded) - set(arrays["array"]))  # the fold arrays and cvind: a lost chunk reads as train
-    chunks = pd.DataFrame({"array": others, "missing": [
-        max(0, int(recorded[a]) - (stored_chunks(group[a]) if a in group else 0)) for a in others]})
+    lost = missing_chunks(group)  # a store from before the record: nothing to compare
+    arrays["chunks_missing"] = [lost.get(a, 0) for a in arrays["array"]]
+    others = sorted(set(lost) - set(arrays["array"]))  # the fold arrays and cvind: a lost chunk reads as train
+    chunks = pd.DataFrame({"array": others, "missing": [lost[a] for a in others]})
     leak, cover, codes, counts = _split_tables(group, table, classes, mode)
     suites = [
         ("slices", table, [
