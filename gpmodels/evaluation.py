@@ -30,7 +30,8 @@ import numpy as np
 import zarr
 
 from gpmodels.bootstrap import patient_bootstrap
-from gpmodels.files import MODEL_FILE, damaged, heatmap_path, relocated, replace_together, weights_changed
+from gpmodels.files import (MODEL_FILE, damaged, heatmap_path, json_text, relocated, replace_together,
+                            weights_changed)
 from gpmodels.map_agreement import rank_agreement
 from gpmodels.metrics import (
     classification_metrics,
@@ -354,19 +355,8 @@ def write_evaluation(run_dir: Path | str, result: dict[str, Any]) -> Path:
     rows = buffer.getvalue()
     summary = {k: v for k, v in result.items() if k != "slices"}
     summary[SLICES_HASH] = hashlib.sha256(rows.encode("utf-8")).hexdigest()
-    replace_together({run_dir / SLICES_FILE: rows,
-                      run_dir / EVALUATION_FILE: json.dumps(summary, indent=2, default=_json_default)})
+    replace_together({run_dir / SLICES_FILE: rows, run_dir / EVALUATION_FILE: json_text(summary)})
     return run_dir / EVALUATION_FILE
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def load_evaluation(run_dir: Path | str) -> dict[str, Any]:

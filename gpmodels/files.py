@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import threading
@@ -115,6 +116,27 @@ def relocated(recorded: str, recorded_run_dir: str | None, run_dir: Path | str) 
         return recorded
     candidate = Path(os.path.normpath(now / os.path.relpath(recorded, recorded_run_dir)))
     return str(candidate) if candidate.exists() else recorded
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` as strict JSON takes it: NaN and infinities as ``None`` (``null``), numpy scalars and arrays as
+    Python numbers and lists, tuples as lists, keys as strings; recursively."""
+    import numpy as np
+
+    if isinstance(value, Mapping):
+        return {str(key): json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [json_ready(item) for item in value]
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """Strict JSON of ``value`` (:func:`json_ready`; no bare ``NaN``, which other JSON readers refuse)."""
+    return json.dumps(json_ready(value), indent=indent, allow_nan=False)
 
 
 def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -9,8 +9,9 @@
   beside the paper's numbers, confusion matrices, Dice histograms, example and post-hoc panels,
   the run configurations and training curves;
 * ``metrics.json``: every run's evaluation and the per-(dataset, model) aggregates;
-* ``summary.csv`` (one row per dataset and model, mean and std over folds) and ``runs.csv`` (one
-  row per run).
+* ``summary.csv`` (one row per dataset and model, mean and std over folds), ``runs.csv`` (one
+  row per run) and ``dice_per_class.csv`` (one row per dataset, model and true class: the median Dice of
+  that class's test slices, mean and std over folds).
 
 Runs are grouped by dataset (the store's ``dataset`` attribute; ``kind (store name)`` where stores of one
 kind under several names are reported together, :func:`distinguish_datasets`) and model label: the network
@@ -43,7 +44,7 @@ import numpy as np
 
 from gpmodels.evaluation import evaluated_source, load_evaluation, offset_fell_back
 from gpmodels.figure_cache import FigureCache, code_version
-from gpmodels.files import SEED_SELECTION, replace_together
+from gpmodels.files import SEED_SELECTION, json_text, replace_together
 from gpmodels.metrics import aggregate_folds
 from gpmodels.names import MODEL_NAMES
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS, ThresholdConfig
@@ -297,6 +298,19 @@ def run_scalars(evaluation: Mapping[str, Any]) -> dict[str, float]:
             "fpr_tumour_free": _number(seg.get("fpr_tumour_free"))}
 
 
+def class_dice(runs: Sequence[ReportRun]) -> dict[str, dict[str, float]]:
+    """See :attr:`ModelGroup.class_dice`; from each run's ``segmentation.per_class``
+    (:func:`gpmodels.metrics.per_class_dice`)."""
+    per_run = [run.evaluation["segmentation"].get("per_class") or {} for run in runs]
+    order = [name for run in runs for name in run.evaluation["classification"]["classes"]]
+    names = sorted({name for one in per_run for name in one}, key=lambda n: (order.index(n) if n in order
+                                                                            else len(order), n))
+    medians = aggregate_folds([{name: _number(one[name].get("median")) for name in one} for one in per_run])
+    return {name: {**medians.get(name, {"mean": math.nan, "std": math.nan, "n": 0}),
+                   "slices": sum(int(one[name].get("n") or 0) for one in per_run if name in one)}
+            for name in names}
+
+
 INTERVAL_KEYS: tuple[str, ...] = ("f1", "dice_median")
 """Metrics with a patient-bootstrap interval in ``evaluation["bootstrap"]`` (:mod:`gpmodels.bootstrap`)."""
 
@@ -341,6 +355,13 @@ class ModelGroup:
         return aggregate_folds([run_scalars(run.evaluation) for run in self.runs])
 
     @property
+    def class_dice(self) -> dict[str, dict[str, float]]:
+        """Per true class with test slices that have a tumour mask: each run's median Dice over them, as
+        ``{"mean", "std", "n"}`` over the runs where the class has such slices (population std), plus
+        ``slices``, their number summed over the runs; classes in the runs' class order."""
+        return class_dice(self.runs)
+
+    @property
     def confusion(self) -> np.ndarray:
         """The confusion matrices of the runs summed, int ``(K, K)``."""
         return np.sum([run.evaluation["classification"]["confusion_matrix"] for run in self.runs], axis=0)
@@ -378,19 +399,6 @@ def group_runs(runs: Sequence[ReportRun]) -> list[ModelGroup]:
               for (dataset, label), members in keys.items()]
     order = {name: i for i, name in enumerate(MODEL_NAMES)}
     return sorted(groups, key=lambda g: (g.dataset, order.get(g.model, len(order)), g.label))
-
-
-def _clean_json(value: Any) -> Any:
-    """NaN and infinities to ``None``, numpy scalars and arrays to Python, recursively."""
-    if isinstance(value, Mapping):
-        return {str(key): _clean_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_clean_json(item) for item in value]
-    if isinstance(value, (np.integer, np.floating)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _csv_cell(value: Any) -> Any:
@@ -433,12 +441,22 @@ def _tables(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> tuple[st
     return summary, _csv_text(run_header, run_rows)
 
 
+def _class_dice_csv(groups: Sequence[ModelGroup]) -> str:
+    """``dice_per_class.csv``: one row per dataset, model and true class (:attr:`ModelGroup.class_dice`)."""
+    header = ["dataset", "model", "label", "kind", "folds", "class", "dice_median_mean", "dice_median_std",
+              "runs", "slices"]
+    rows = [[group.dataset, group.model, group.label, group.kind, " ".join(str(run.fold) for run in group.runs),
+             name, stat["mean"], stat["std"], stat["n"], stat["slices"]]
+            for group in groups for name, stat in group.class_dice.items()]
+    return _csv_text(header, rows)
+
+
 def _metrics_json(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], header: Mapping[str, Any],
                   out_dir: Path) -> str:
     """``metrics.json``. Each run names its dir absolute (``run_dir``) and relative to the report folder
     (``run_dir_relative``), so that a work dir copied or moved with its report finds its own runs
     (:func:`flows.layout.reported_runs`)."""
-    return json.dumps(_clean_json({
+    return json_text({
         **header,
         "runs": [{"run_dir": str(run.run_dir.resolve()),
                   "run_dir_relative": os.path.relpath(run.run_dir.resolve(), out_dir.resolve()),
@@ -446,16 +464,17 @@ def _metrics_json(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], heade
                   "fold": run.fold, "scalars": run_scalars(run.evaluation), "evaluation": run.evaluation}
                  for run in runs],
         "aggregates": [{"dataset": g.dataset, "model": g.model, "label": g.label, "kind": g.kind,
-                        "folds": [run.fold for run in g.runs], "metrics": g.stats,
+                        "folds": [run.fold for run in g.runs], "metrics": g.stats, "dice_per_class": g.class_dice,
                         "confusion_matrix": g.confusion.tolist(),
                         "paper": None if g.paper is None else {**g.paper.values, "note": g.paper.note}}
                        for g in groups],
-    }), indent=2)
+    })
 
 
 def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg report", notes: Sequence[str] = (),
                  *, channel: str | None = None, carried_notes: Sequence[Mapping[str, str]] = ()) -> Path:
-    """Write the HTML report, ``metrics.json``, ``summary.csv`` and ``runs.csv`` of evaluated runs.
+    """Write the HTML report, ``metrics.json``, ``summary.csv``, ``runs.csv`` and ``dice_per_class.csv`` of
+    evaluated runs.
 
     Figures that thresholds do not change are kept in ``out_dir/.figures/`` (see
     :mod:`gpmodels.figure_cache`) and reused by the next report into the same folder; the page itself
@@ -498,6 +517,7 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg re
     summary, runs_csv = _tables(runs, groups)
     cache = FigureCache(out_dir / FIGURE_CACHE_DIR, code_version(report_figures, report_panels))
     texts = {"index.html": render_page(header, groups, channel, cache), "summary.csv": summary, "runs.csv": runs_csv,
+             "dice_per_class.csv": _class_dice_csv(groups),
              "metrics.json": _metrics_json(runs, groups, header, out_dir)}  # the record of the whole: renamed last
     replace_together({out_dir / name: text for name, text in texts.items()})
     cache.prune()

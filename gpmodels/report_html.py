@@ -22,7 +22,7 @@ import numpy as np
 
 from gpmodels import report_figures as figs
 from gpmodels.bootstrap import REPLICATES
-from gpmodels.evaluation import evaluated_source, offset_fell_back, open_heatmaps
+from gpmodels.evaluation import OFFSET_FALLBACK, evaluated_source, offset_fell_back, open_heatmaps
 from gpmodels.figure_cache import FigureCache
 from gpmodels.files import heatmap_path
 from gpmodels.report import (
@@ -147,10 +147,13 @@ def _summary_section(groups: Sequence[ModelGroup]) -> str:
         "Every scalar is the mean ± population std over the folds (one value when there is one fold). "
         "<b>median Dice</b>: the mean over folds of each fold's median Dice over test slices with a non-empty "
         "ground truth, ± std over folds; <b>Dice std (slices)</b>: the mean over folds of the std over slices "
-        "(the paper's ± is over slices). Tumour-only accuracy: slices of the tumour classes only (LGG vs HGG for "
-        "BraTS, the paper's table 5; defined when there is a tumour-free class and at least two tumour classes). "
-        "Patient accuracy: one grade per patient from its slices. FPR tumour-free: fraction of tumour-free "
-        "slices given a non-empty mask. "
+        "(the paper's ± is over slices). Tumour-only accuracy: accuracy over the slices whose true class is a "
+        "tumour class (LGG or HGG for BraTS, the paper's table 5; defined when there is a tumour-free class and at "
+        "least two tumour classes), with the three-class prediction, so a tumour slice predicted tumour-free is "
+        "wrong. Patient accuracy: each test patient with tumour slices gets the tumour class most of its slices "
+        "are predicted as (ties: the larger summed probability, then the higher grade); one with no slice "
+        "predicted a tumour class is wrong. FPR tumour-free: fraction of tumour-free slices given a non-empty "
+        "mask. "
         "<b>Bold</b>: best per column, among the rows over every fold. <i>paper</i>: Chatterjee et al., arXiv 2206.05148 (BraTS 2020 and Jun "
         "Cheng, slice-level splits, so not directly comparable with patient-grouped splits). "
         'The Dice convention is stated under <a href="#configuration">Run configuration</a>. – : undefined.</p>')
@@ -226,8 +229,34 @@ def _dice_section(groups: Sequence[ModelGroup]) -> str:
             figures.append(f"<figure>{_img(png, g.label)}<figcaption>"
                            f"{_e(dataset_title(g.dataset))}</figcaption></figure>")
     note = f"<p class=\"caption\">No evaluation_slices.csv in: {_e(', '.join(missing))}.</p>" if missing else ""
-    return ('<p class="caption">Per-slice Dice of test slices with a non-empty ground-truth mask, all folds '
+    return (_class_dice_tables(groups)
+            + '<p class="caption">Per-slice Dice of test slices with a non-empty ground-truth mask, all folds '
             f'pooled; the line marks the median.</p>{note}<div class="figures">{"".join(figures)}</div>')
+
+
+def _class_dice_tables(groups: Sequence[ModelGroup]) -> str:
+    """Per dataset, the median Dice of each true class's test slices per model (:attr:`ModelGroup.class_dice`)."""
+    parts = []
+    for dataset in dict.fromkeys(g.dataset for g in groups):
+        members = [(g, g.class_dice) for g in groups if g.dataset == dataset]
+        names = list(dict.fromkeys(name for _, dice in members for name in dice))
+        if not names:
+            continue
+        rows = [[_e(g.label), _e(KIND_TITLES.get(g.kind, g.kind))]
+                + [cell for name in names for cell in
+                   ((_fmt(dice[name]["mean"], dice[name]["std"], dice[name]["n"]), f"{dice[name]['slices']:,}")
+                    if name in dice else ("–", "0"))]
+               for g, dice in members]
+        header = ["model", "heatmaps"] + [text for name in names
+                                          for text in (f"{_e(name)}: median Dice", f"{_e(name)}: slices")]
+        parts.append(f"<h3>{_e(dataset_title(dataset))}: median Dice per true class</h3>"
+                     + _table(header, rows, text_columns=2))
+    if not parts:
+        return ""
+    return "".join(parts) + (
+        '<p class="caption">Each fold\'s median Dice over its test slices of that true class with a non-empty '
+        "ground-truth mask, mean ± population std over folds; slices: their number over all folds (also in "
+        "<code>dice_per_class.csv</code>).</p>")
 
 
 def _open_run_stores(run: ReportRun) -> tuple[Any, Any, str | None]:
@@ -412,6 +441,13 @@ def mask_coverage(run: ReportRun) -> float | None:
     return float(np.median(pixels)) / float(size) ** 2 if pixels.size else None
 
 
+def _fallback_reason(run: ReportRun) -> str:
+    """Why ``--offset auto`` fell back for a run: its ``offset_source`` after :data:`OFFSET_FALLBACK` (e.g. "no
+    validation slice is predicted a tumour class, so every offset scores 0; the paper's offset 0.3 was used")."""
+    source = str(run.evaluation["threshold"].get("offset_source", ""))
+    return source.removeprefix(OFFSET_FALLBACK).lstrip(": ") or "the paper's offset was used"
+
+
 def _warnings(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
     boxes = []
     auto = [run for run in runs if run.offset_auto]
@@ -426,13 +462,9 @@ def _warnings(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
             boxes.append(f"{_e(g.label)} on {_e(dataset_title(g.dataset))} has several runs of one fold ({folds}); "
                          "its statistics are over runs, not folds.")
     boxes += [f"Panels of {_e(run.run_dir)} not shown: {_e(run.store_error)}" for run in runs if run.store_error]
-    fell_back = [run for run in runs if offset_fell_back(run.evaluation["threshold"])]
-    if fell_back:
-        boxes.append("--offset auto found nothing to rank offsets by on the validation split (every slice "
-                     "predicted tumour-free) for "
-                     + ", ".join(f"{_e(run.label)} fold {run.fold} on {_e(dataset_title(run.dataset))}"
-                                 for run in fell_back)
-                     + ": thresholded at the paper's offset instead, though the row says auto offset.")
+    boxes += [f"--offset auto found nothing to rank offsets by on the validation split for {_e(run.label)} fold "
+              f"{run.fold} on {_e(dataset_title(run.dataset))}: {_e(_fallback_reason(run))}, though the row says "
+              "auto offset." for run in runs if offset_fell_back(run.evaluation["threshold"])]
     boxes += [f"{_e(run.label)} fold {run.fold} on {_e(dataset_title(run.dataset))}: its masks cover {share:.0%} of the slice (median "
               "over the slices given a mask), so they do not localise and their Dice is about that of marking the "
               "whole slice." for run in runs if (share := mask_coverage(run)) is not None and share > MOST_OF_SLICE]

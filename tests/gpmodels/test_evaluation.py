@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -173,3 +174,20 @@ def test_a_damaged_heatmap_store_is_one_line_naming_the_file(tmp_path, damage, n
     message = str(caught.value)
     assert named in message and message.endswith("write it again with `gpseg heatmaps --run RUN_DIR`")
     assert "\n" not in message
+
+
+def test_evaluation_json_is_strict_json(evaluation, tmp_path):
+    """Undefined metrics were written as bare NaN, which strict JSON readers (JavaScript, jq) refuse."""
+    from gpmodels.evaluation import EVALUATION_FILE, load_evaluation, write_evaluation
+
+    undefined = {**evaluation, "tumour_only_accuracy": float("nan"),
+                 "segmentation": {**evaluation["segmentation"],
+                                  "dice": {**evaluation["segmentation"]["dice"], "median": np.float64("nan")}}}
+    write_evaluation(tmp_path, undefined)
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    written = json.loads((tmp_path / EVALUATION_FILE).read_text(), parse_constant=refuse)
+    assert written["tumour_only_accuracy"] is None and written["segmentation"]["dice"]["median"] is None
+    assert load_evaluation(tmp_path)["classification"] == evaluation["classification"]

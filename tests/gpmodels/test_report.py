@@ -108,8 +108,8 @@ def _copy_run(run_dir: Path, out: Path, **changes) -> Path:
 
 def test_report_files_are_written_and_nothing_else(report):
     assert report.name == "index.html"
-    assert sorted(p.name for p in report.parent.iterdir()) == [FIGURE_CACHE_DIR, "index.html", "metrics.json",
-                                                               "runs.csv", "summary.csv"]
+    assert sorted(p.name for p in report.parent.iterdir()) == [FIGURE_CACHE_DIR, "dice_per_class.csv", "index.html",
+                                                               "metrics.json", "runs.csv", "summary.csv"]
     # the cache holds PNGs only: two confusion matrices and the trained run's training curves
     assert sorted(p.suffix for p in (report.parent / FIGURE_CACHE_DIR).iterdir()) == [".png"] * 3
 
@@ -173,6 +173,41 @@ def test_summary_and_metrics_match_the_evaluations(report, report_runs):
     runs = _read_csv(report.parent / "runs.csv")
     assert {row["model"] for row in runs} == {"gp-unet", "resnext50"}
     assert all(row["offset_source"] == "given" for row in runs)
+
+
+def test_per_class_dice_is_in_the_page_the_csv_and_metrics_json(report, report_runs):
+    """Per-class Dice was computed into evaluation.json only: no report file showed or averaged it."""
+    per_class = _evaluation(report_runs["gp"])["segmentation"]["per_class"]
+    assert per_class  # the phantoms' LGG and HGG slices
+    rows = [r for r in _read_csv(report.parent / "dice_per_class.csv") if r["model"] == "gp-unet"]
+    assert [r["class"] for r in rows] == list(per_class)
+    for row in rows:
+        assert float(row["dice_median_mean"]) == per_class[row["class"]]["median"]
+        assert int(row["slices"]) == per_class[row["class"]]["n"] and row["runs"] == "1"
+    aggregate = next(a for a in json.loads((report.parent / "metrics.json").read_text())["aggregates"]
+                     if a["model"] == "gp-unet")
+    assert {name: value["mean"] for name, value in aggregate["dice_per_class"].items()} == {
+        name: value["median"] for name, value in per_class.items()}
+    page = report.read_text()
+    assert "BraTS: median Dice per true class" in page
+    assert f"{html.escape(next(iter(per_class)))}: median Dice" in page
+
+
+def test_per_class_dice_is_averaged_over_the_folds_that_have_the_class(report_runs, tmp_path):
+    gp = report_runs["gp"]
+    per_class = _evaluation(gp)["segmentation"]["per_class"]
+    first, *_ = per_class
+    changed = {name: {**value, "median": value["median"] + 0.2, "n": 3} for name, value in per_class.items()
+               if name == first}  # fold 1 has tumour masks of the first class only
+    second = _copy_run(gp, tmp_path / "fold1", **{"run.fold": 1, "segmentation.per_class": changed})
+    page = build_report([gp, second], tmp_path / "out")
+    rows = {r["class"]: r for r in _read_csv(page.parent / "dice_per_class.csv")}
+    assert rows[first]["folds"] == "0 1" and rows[first]["runs"] == "2"
+    assert float(rows[first]["dice_median_mean"]) == pytest.approx(per_class[first]["median"] + 0.1)
+    assert float(rows[first]["dice_median_std"]) == pytest.approx(0.1)
+    assert int(rows[first]["slices"]) == per_class[first]["n"] + 3
+    for name in list(per_class)[1:]:
+        assert rows[name]["runs"] == "1" and float(rows[name]["dice_median_std"]) == 0.0
 
 
 def test_undefined_metrics_render_as_dashes(report, report_runs):
@@ -248,11 +283,25 @@ def test_a_fallen_back_auto_offset_is_said(report_runs, tmp_path):
     from gpmodels.evaluation import OFFSET_FALLBACK
 
     fell = _copy_run(report_runs["gp"], tmp_path / "fell", **{
-        "threshold.offset_source": f"{OFFSET_FALLBACK}: every validation slice predicted tumour-free"})
+        "threshold.offset_source": f"{OFFSET_FALLBACK}: no validation slice is predicted a tumour class, so every "
+                                   "offset scores 0; the paper's offset 0.3 was used"})
     page = " ".join(build_report([fell], tmp_path / "out").read_text().split())
     assert "--offset auto found nothing to rank offsets by on the validation split" in page
-    assert "GP-UNet (width=8, auto offset) fold 0 on BraTS: thresholded at the paper's offset instead" in page
+    assert ("GP-UNet (width=8, auto offset) fold 0 on BraTS: no validation slice is predicted a tumour class, so "
+            "every offset scores 0; the paper&#x27;s offset 0.3 was used, though the row says auto offset") in page
     assert "tuned on validation masks" not in page
+
+
+def test_a_fallen_back_auto_offset_gives_its_own_reason(report_runs, tmp_path):
+    """The warning said "every slice predicted tumour-free" also when the validation split had no tumour mask."""
+    from gpmodels.evaluation import OFFSET_FALLBACK
+
+    fell = _copy_run(report_runs["gp"], tmp_path / "fell", **{
+        "threshold.offset_source": f"{OFFSET_FALLBACK}: no validation slice has a tumour mask; the paper's offset "
+                                   "0.3 was used"})
+    page = " ".join(build_report([fell], tmp_path / "out").read_text().split())
+    assert "fold 0 on BraTS: no validation slice has a tumour mask; the paper&#x27;s offset 0.3 was used" in page
+    assert "predicted" not in page.split("found nothing to rank")[1].split("</div>")[0]
 
 
 def test_two_stores_of_one_kind_are_two_datasets(report_runs, tmp_path):
