@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import nibabel as nib
 import numpy as np
 
 from storage.brats import (BRATS_CHANNELS, BRATS_CLASSES, NAME_MAPPING, discover_brats, layout_hint,
@@ -54,6 +53,9 @@ class IngestReport:
             patients of each class for the grouped split's folds); ``gpseg validate`` fails on it too.
         absent: case ids that the source's ``name_mapping.csv`` lists but that have no folder there (BraTS,
             a new store only: a drop holds a few of the listed cases on purpose).
+        resized: ``"patient (H×W)"`` of each 3-D case stored now whose axial slices had another size than the
+            store's and were resized to it, when no size was asked for (the size came from the first stored case
+            or, on append, the store).
         seconds: wall time.
     """
 
@@ -66,6 +68,8 @@ class IngestReport:
     archives: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)
+    image_size: int = 0
     seconds: float = 0.0
 
     @property
@@ -82,7 +86,11 @@ class IngestReport:
                 + ([("not found", f"{len(self.absent)} case(s) listed in {NAME_MAPPING} have no folder in the source "
                                   f"({', '.join(self.absent[:3])}{', ...' if len(self.absent) > 3 else ''}): an "
                                   "incomplete download or unpack? Add them later with --append")]
-                   if self.absent else []))
+                   if self.absent else [])
+                + ([("resized", f"{len(self.resized)} case(s) with slices of another size were resized to the "
+                                f"store's {self.image_size}×{self.image_size} px ({', '.join(self.resized[:3])}"
+                                f"{', ...' if len(self.resized) > 3 else ''}); give --image-size to choose it")]
+                   if self.resized else []))
 
 
 def _empty_split_cause(split: SplitConfig) -> str:
@@ -304,6 +312,9 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
                     continue
                 writer.append(batch)
                 report.cases += 1
+                native = _native_size(batch)
+                if config.image_size is None and native not in (None, (plan.image_size, plan.image_size)):
+                    report.resized.append(f"{batch.patient} ({native[0]}×{native[1]})")
                 stored_patients.add(batch.patient)
                 added = {source_key(p, plan.root): h for p, h in batch.sources.items()}
                 sources.update(added)
@@ -339,7 +350,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
             "volumes": volumes, "patients": sorted(stored_patients),
             "source_root": str(plan.root.resolve()),
         }
-        report.slices = len(writer)
+        report.slices, report.image_size = len(writer), plan.image_size
         report.new_slices = int(labels.size)
         writer.commit(attrs, splits)
     report.seconds = time.perf_counter() - start
@@ -406,7 +417,7 @@ def ingest_brats(src: Path, out: Path, config: IngestConfig = IngestConfig(), ap
                  progress: Progress | None = None) -> IngestReport:
     """Ingest a BraTS training folder (see :func:`storage.brats.discover_brats`).
 
-    Slices keep the native size (the first readable case's; on append, the
+    Slices keep the native size (the first stored case's; on append, the
     store's) unless ``config.image_size`` asks for one.
 
     Raises:
@@ -417,7 +428,7 @@ def ingest_brats(src: Path, out: Path, config: IngestConfig = IngestConfig(), ap
     config, store_size = _stored_settings(config, Path(out), append)
     channels = _channels(config.channels, BRATS_CHANNELS, src)
     cases, rejected = discover_brats(src, channels)
-    size = config.image_size or store_size or _first_size(cases)
+    size = config.image_size or store_size or _first_size(cases, BRATS_CLASSES, config)
     reader = functools.partial(read_volume_case, classes=BRATS_CLASSES, config=config, size=size)
     plan = _Plan("brats", src, cases, reader, BRATS_CLASSES, list(channels), size, rejected, (src / NAME_MAPPING,),
                  layout_hint=layout_hint)
@@ -455,7 +466,7 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
                     progress: Progress | None = None) -> IngestReport:
     """Ingest the NIfTI cases listed in a manifest CSV (see :mod:`storage.manifest`).
 
-    The image size defaults to the first readable case's in-plane size (on
+    The image size defaults to the first stored case's in-plane size (on
     append, the store's); a case with non-square slices needs an asked size.
     On append, the labels are read as the store's classes (a manifest may use
     some of them only), unless ``classes`` is given.
@@ -471,29 +482,34 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
     channels = _channels(config.channels, tuple(available), csv_path)
     cases = [replace(c, channels={k: c.channels[k] for k in channels}) for c in cases]
     config = replace(config, channels=tuple(channels))
-    size = config.image_size or store_size or _first_size(cases)
+    size = config.image_size or store_size or _first_size(cases, classes, config)
     reader = functools.partial(read_volume_case, classes=classes, config=config, size=size)
     plan = _Plan("manifest", csv_path.parent, cases, reader, classes, list(channels), size, rejected,
                  listing=csv_path)
     return _run(plan, Path(out), config, append, progress)
 
 
-def _first_size(cases: list[VolumeCase]) -> int:
-    """In-plane size of the first readable case with square axial slices (240, BraTS's, when there is none).
+def _native_size(batch: SliceBatch) -> tuple[int, int] | None:
+    """``(H, W)`` of a 3-D case's axial slices before resizing; ``None`` for 2-D sources."""
+    if batch.affine is None or batch.source_shape is None or len(batch.source_shape) < 3:
+        return None
+    height, width = (int(batch.source_shape[axis]) for axis in batch.axes[:2])
+    return height, width
 
-    A case with non-square slices is rejected unless a size is asked for, so it does not set the size.
-    The in-plane axes are those of the volume put into the axial orientation (:func:`axial_axes`).
+
+def _first_size(cases: list[VolumeCase], classes: list[str], config: IngestConfig) -> int:
+    """In-plane size of the first case that ingestion stores (240, BraTS's, when there is none).
+
+    Each case is read as ingestion reads it (:func:`storage.volumes.read_volume_case`, in the axial
+    orientation) until one is accepted, so a case that is rejected later (NaN voxels, a bad segmentation,
+    non-square slices without an asked size) does not set the size every other case is resized to. That
+    reads the first stored case twice.
     """
     for case in cases:
         try:
-            image = nib.load(next(iter(case.channels.values())))
-            shape = image.shape
-            if len(shape) >= 3:
-                shape = tuple(shape[axis] for axis in axial_axes(image.affine, shape))
-        except Exception:  # unreadable: the reader rejects it with the reason later
+            return int(read_volume_case(case, classes, config).images.shape[-1])
+        except CaseRejected:  # the reader rejects it again with the reason later
             continue
-        if len(shape) >= 2 and shape[0] == shape[1]:
-            return int(shape[0])
     return 240
 
 

@@ -47,17 +47,22 @@ def read_manifest(path: Path, classes: list[str] | None = None
         raise ValueError(f"{path}: header {header}, expected patient_id,label,<channel>...,seg")
     if len(set(header)) != len(header):
         raise ValueError(f"{path}: header {header} names a column twice")
-    rows = [(line, dict(zip(header, cells))) for line, cells in enumerate(table[1:], start=2)
+    rows = [(line, dict(zip(header, cells)), [c for c in cells[len(header):] if c.strip()])
+            for line, cells in enumerate(table[1:], start=2)
             if any(cell.strip() for cell in cells)]  # blank rows are skipped; line numbers count them
     channels = header[2:-1]
     base = path.parent
     cases: list[VolumeCase] = []
     rejected: dict[str, str] = {}
     seen: set[str] = set()
-    for line, row in rows:
+    for line, row, extra in rows:
         where = f"{path}:{line}"
         pid, label = (row.get("patient_id") or "").strip(), (row.get("label") or "").strip()
         try:
+            if extra:  # e.g. a path with a comma in it, not quoted: its halves would land in the wrong columns
+                raise CaseRejected(where, f"{len(header) + len(extra)} cells, more than the header's {len(header)} "
+                                          f"columns (extra: {', '.join(repr(c) for c in extra)}); quote a path "
+                                          "that holds a comma")
             if not pid:
                 raise CaseRejected(where, "empty patient_id")
             if problem := patient_id_problem(pid):

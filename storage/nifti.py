@@ -154,9 +154,19 @@ def load_nifti(path: Path) -> NiftiVolume:
         array = array[..., 0]
     if array.ndim != 3:
         raise CaseRejected(path, f"expected a 3-D volume, found shape {tuple(array.shape)}")
+    if array.dtype.kind not in "biuf":  # complex, RGB (structured) or other voxels: no one intensity per voxel
+        kind = "complex" if array.dtype.kind == "c" else f"{array.dtype} (e.g. RGB)"
+        raise CaseRejected(path, f"{kind} voxel data; expected one real intensity per voxel (give magnitude or "
+                                 "grey-scale images)")
     if array.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(array)))
         if bad:
             raise CaseRejected(path, f"{bad} NaN/inf voxels")
-    return NiftiVolume(array, np.asarray(image.affine, dtype=np.float64), image.header,
-                       hashlib.sha256(data).hexdigest())
+        largest = float(np.abs(array).max()) if array.dtype.itemsize > 4 and array.size else 0.0
+        if largest > float(np.finfo(np.float32).max):
+            raise CaseRejected(path, f"voxel values up to {largest:.3g}, beyond float32's range (the store's "
+                                     "float16 slices are scaled from float32)")
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise CaseRejected(path, "the header's affine (sform/qform) has NaN or infinite entries")
+    return NiftiVolume(array, affine, image.header, hashlib.sha256(data).hexdigest())

@@ -115,7 +115,20 @@ def _label_map(path: Path | str, data: np.ndarray) -> np.ndarray:
     if off.any():
         raise CaseRejected(path, f"the segmentation has values between integers (e.g. {float(data[off][0]):g}), "
                                  "a soft or resampled mask; expected integer labels (threshold it first)")
-    return rounded.astype(np.int16)
+    wide = np.abs(rounded) > np.iinfo(np.int32).max
+    if wide.any():  # beyond int32 no label map goes; casting would wrap them round
+        raise CaseRejected(path, f"the segmentation has the value {float(rounded[wide][0]):g}, too large for a "
+                                 "label; expected integer labels")
+    return rounded.astype(np.int32)
+
+
+def _labels_found(seg: np.ndarray) -> set[int]:
+    """The distinct values of an integer label map: by counting over a small range of values (fast), else by
+    sorting (a count array over a range such as 0..5e7 would take gigabytes)."""
+    low, high = int(seg.min()), int(seg.max())
+    if high - low < 1 << 16:
+        return set((np.flatnonzero(np.bincount((seg.ravel() - low).astype(np.intp))) + low).tolist())
+    return set(np.unique(seg).tolist())
 
 
 def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig,
@@ -171,8 +184,7 @@ def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig,
                                          f"{by_content[seg_vol.sha256]}: an image, not a label map")
         _check_grid(case.seg, seg_vol, first_path, first, "segmentation ")
         seg = _label_map(case.seg, seg_vol.data)
-        low = int(seg.min())
-        found = set((np.flatnonzero(np.bincount((seg.ravel() - low).astype(np.intp))) + low).tolist())
+        found = _labels_found(seg)
         if len(found) > MAX_SEG_LABELS:
             raise CaseRejected(case.seg, f"the segmentation has {len(found)} distinct values, more than a label map "
                                          f"has ({MAX_SEG_LABELS} at most): an image in the seg column?")

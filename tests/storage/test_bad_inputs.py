@@ -686,3 +686,107 @@ def test_manifest_segmentations_that_are_no_label_maps_and_copied_channels(brats
     assert "picture.nii.gz: the segmentation has" in reasons and "distinct values" in reasons
     assert read_patients(open_store(tmp_path / "s.zarr")).tolist().count("fine") > 0
     assert set(read_patients(open_store(tmp_path / "s.zarr")).tolist()) == {"fine"}
+
+
+# ---------------------------------------------------------------- the user's own NIfTI files (review of 2026-12-05)
+
+
+def _padded_case(brats_source, case: int, out, size: int, nan: bool = False) -> tuple[str, str]:
+    """Case ``case``'s flair and seg zero-padded to ``size`` px in-plane (a NaN voxel in the flair with ``nan``)."""
+    paths = []
+    for kind, (path, dtype) in zip(("flair", "seg"), (( _file(brats_source, case, "flair"), np.float32),
+                                                      (_file(brats_source, case, "seg"), np.uint8))):
+        img = nib.load(path)
+        data = np.zeros((size, size, img.shape[2]), dtype)
+        data[:img.shape[0], :img.shape[1]] = np.asanyarray(img.dataobj)
+        if nan and kind == "flair":
+            data[0, 0, 0] = np.nan
+        paths.append(str(out / f"{kind}{case}.nii.gz"))
+        nib.save(nib.Nifti1Image(data, img.affine), paths[-1])
+    return paths[0], paths[1]
+
+
+def test_a_rejected_case_does_not_set_the_store_size(brats_source, tmp_path):
+    """A first manifest row rejected for a NaN voxel set the size that every stored case was resized to."""
+    flair0, seg0 = _padded_case(brats_source, 1, tmp_path, 48, nan=True)
+    rows = [f"p{case},HGG,{','.join(_case_files(brats_source, case))}" for case in (2, 3)]
+    (tmp_path / "m.csv").write_text("patient_id,label,flair,seg\n" + f"p1,HGG,{flair0},{seg0}\n" + "\n".join(rows))
+    report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+    assert report.rejected == {"flair1.nii.gz": "1 NaN/inf voxels"} and report.cases == 2
+    assert open_store(tmp_path / "s.zarr")["images"].shape[2:] == (32, 32)
+    assert report.resized == [] and "resized" not in [label for label, _ in report.notices()]
+
+
+def test_cases_resized_to_another_cases_size_are_said(brats_source, tmp_path):
+    flair, seg = _padded_case(brats_source, 1, tmp_path, 48)
+    rows = [f"p{case},HGG,{','.join(_case_files(brats_source, case))}" for case in (2, 3)]
+    (tmp_path / "m.csv").write_text("patient_id,label,flair,seg\n" + "\n".join(rows) + f"\np1,HGG,{flair},{seg}\n")
+    report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+    assert report.cases == 3 and report.resized == ["p1 (48×48)"]
+    assert report.notices() == [("resized", "1 case(s) with slices of another size were resized to the store's "
+                                            "32×32 px (p1 (48×48)); give --image-size to choose it")]
+    asked = ingest_manifest(tmp_path / "m.csv", tmp_path / "t.zarr", IngestConfig(image_size=32, workers=0))
+    assert asked.resized == []  # a size asked for is no surprise
+
+
+def test_float_segmentation_labels_beyond_int16_keep_their_tumour(brats_source, tmp_path):
+    """A float seg with a label of 65536 wrapped round to 0 in an int16 cast: tumour voxels were lost silently."""
+    flair, seg = _case_files(brats_source, 1)
+    img = nib.load(seg)
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    data[data > 0] = 65536.0
+    nib.save(nib.Nifti1Image(data, img.affine), tmp_path / "seg.nii.gz")
+    (tmp_path / "m.csv").write_text(f"patient_id,label,flair,seg\np1,HGG,{flair},seg.nii.gz\n")
+    report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", IngestConfig(workers=0, split=_slice_split()))
+    assert report.exit_code == 0
+    masks = open_store(tmp_path / "s.zarr")["masks"][:]
+    assert int(masks.sum()) == int(np.count_nonzero(data))  # every tumour voxel kept (no blank slice has one)
+    data[0, 0, 0] = 3e9  # beyond any label map
+    nib.save(nib.Nifti1Image(data, img.affine), tmp_path / "seg.nii.gz")
+    with pytest.raises(NoUsableInput) as caught:
+        ingest_manifest(tmp_path / "m.csv", tmp_path / "t.zarr", CONFIG)
+    assert caught.value.rejected == {"seg.nii.gz": "the segmentation has the value 3e+09, too large for a label; "
+                                                   "expected integer labels"}
+
+
+def _slice_split():
+    from storage.ingest_config import SplitConfig
+
+    return SplitConfig(mode="slice", folds=1)
+
+
+def _header_with_sform(affine: np.ndarray) -> nib.Nifti1Header:
+    header = nib.Nifti1Header()
+    header.set_sform(affine, code=1)  # written as it is: an image made with this affine would decompose it
+    return header
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda data, affine: nib.Nifti1Image(data.astype(np.complex64), affine, dtype=np.complex64),
+     "complex voxel data; expected one real intensity per voxel"),
+    (lambda data, affine: nib.Nifti1Image(data.astype(np.float64) * 1e300, affine, dtype=np.float64),
+     "beyond float32's range"),
+    (lambda data, affine: nib.Nifti1Image(data, None, _header_with_sform(np.diag([np.nan, 1.0, 1.0, 1.0]))),
+     "the header's affine (sform/qform) has NaN or infinite entries"),
+])
+def test_voxels_or_headers_that_no_store_can_hold_are_rejected(brats_source, tmp_path, make, reason):
+    """Complex voxels lost their imaginary part, float64 beyond float32 became NaN in the store (which
+    validate then failed), and a NaN affine was said to differ from the file's own."""
+    flair, seg = _case_files(brats_source, 1)
+    img = nib.load(flair)
+    nib.save(make(np.asanyarray(img.dataobj).astype(np.float32), img.affine), tmp_path / "flair.nii.gz")
+    (tmp_path / "m.csv").write_text(f"patient_id,label,flair,seg\np1,HGG,flair.nii.gz,{seg}\n"
+                                    f"p2,HGG,{','.join(_case_files(brats_source, 2))}\n")
+    report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+    (file, why), = report.rejected.items()
+    assert file == "flair.nii.gz" and reason in why and report.cases == 1
+
+
+def test_a_manifest_row_with_more_cells_than_the_header_is_rejected(brats_source, tmp_path):
+    """Extra cells (say a path with an unquoted comma) were dropped silently; empty trailing cells stay fine."""
+    first, second = (",".join(_case_files(brats_source, case)) for case in (1, 2))
+    (tmp_path / "m.csv").write_text(f"patient_id,label,flair,seg\np1,HGG,{first},extra\np2,HGG,{second},,\n")
+    report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+    assert report.rejected == {"m.csv:2": "5 cells, more than the header's 4 columns (extra: 'extra'); quote a "
+                                          "path that holds a comma"}
+    assert report.cases == 1
