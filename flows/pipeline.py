@@ -16,7 +16,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.cluster import check_cluster, cluster_problem
 from flows.layout import PHANTOMS, RUNS, SEED_PREFIX, STORES, dataset_of, row_line, row_where
 from flows.params import DatasetSpec, ThresholdParams, TrainingParams
-from gpmodels.files import SEED_SELECTION, write_text_atomic
+from gpmodels.files import SEED_SELECTION, read_run_config, write_text_atomic
+from gpmodels.train_config import preset_config
 from storage.errors import one_line
 from tasks.data import fingerprint, ingest_source, synth_phantoms, validate
 from tasks.evaluation import evaluate_run
@@ -50,6 +51,28 @@ def weights_readable(path: Path) -> bool:
     whose weights are not is trained again, which finds the finished run and rewrites them from
     ``checkpoints/best.ckpt``."""
     return path.is_file() and zipfile.is_zipfile(path)
+
+
+def same_settings(job: dict) -> bool:
+    """Whether the run dir of a training job (:func:`training_jobs`) holds a run of the job's settings, as
+    :func:`gpmodels.training.train` compares them (those a re-run may change, such as the epochs, aside).
+
+    A cached training result is trusted only then. Run dirs are named by dataset, data version, model and fold,
+    not by the network options or preset, so a work dir deleted and benchmarked again with another
+    ``--option`` trains into the same path; the first settings' cached result then described the other
+    settings' weights, and the report scored them under the first settings' name. Trained again instead,
+    such a run fails saying that the run dir holds a run with other settings.
+    """
+    from gpmodels.train_config import RunConfig
+    from gpmodels.training import resolve_run
+
+    try:
+        config = preset_config(job["preset"], job["store"], job["model"], job["out"], fold=job["fold"],
+                               **(job.get("overrides") or {}))
+        recorded = RunConfig.from_dict(read_run_config(job["out"]))
+        return not recorded.differences(resolve_run(config))
+    except Exception:  # no or a damaged config.json, a store that changed: training says what is wrong
+        return False
 
 
 def ingest_fresh(kind: str, source: str, store: str, config: dict, append: bool = False) -> dict:
@@ -243,7 +266,8 @@ def train_fan_out(jobs: list[dict], dask_address: str | None = None) -> list[dic
 
         annotate = dask.annotate(resources={"GPU": gpus_per_job(jobs)})
     with annotate:
-        futures = [trusted(train_model, Path(job["out"]) / "model.pt", weights_readable).submit(**job)
+        futures = [trusted(train_model, Path(job["out"]) / "model.pt",
+                           lambda path, job=job: weights_readable(path) and same_settings(job)).submit(**job)
                    for job in jobs]
     out = []
     for job, future in zip(jobs, futures):

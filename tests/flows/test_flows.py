@@ -194,6 +194,28 @@ def test_benchmark_retrains_a_run_whose_weights_file_was_truncated(bench_workdir
 
 
 @after_first_run
+def test_a_cached_training_of_other_settings_than_the_run_dir_holds_is_not_trusted(bench_workdir, task_states):
+    """A work dir deleted and benchmarked again with another --option trains into the same run dir path; the
+    first settings' cached result was then trusted, and the report scored the other settings' weights under
+    the first settings' name. Now the run is trained again, which says the run dir holds other settings."""
+    config = next((bench_workdir / "runs").glob("**/gp-unet/fold_0/config.json"))
+    kept = config.read_text()
+    recorded = json.loads(kept)
+    recorded["model_options"]["pool"] = "maps"  # as `--option gp-unet:pool=maps` into the same path records it
+    recorded["train"]["model_options"] = {**recorded["train"].get("model_options", {}), "pool": "maps"}
+    try:
+        config.write_text(json.dumps(recorded))
+        rerun = full_benchmark(_bench(bench_workdir), return_state=True)
+        assert _train_states(rerun.state_details.flow_run_id, task_states) == ["Failed"]
+        assert rerun.is_failed() and "holds a run with other settings" in rerun.message  # no run left to report
+        assert "model_options" in rerun.message
+    finally:
+        config.write_text(kept)
+    again = full_benchmark(_bench(bench_workdir), return_state=True)
+    assert again.is_completed() and _train_states(again.state_details.flow_run_id, task_states) == ["Cached"]
+
+
+@after_first_run
 def test_benchmark_rebuilds_outputs_deleted_behind_the_cache(bench_workdir, tmp_path):
     import shutil
 
