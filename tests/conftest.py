@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,8 +11,17 @@ import pytest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# Prefect's persisted task results and settings stay out of the user's ~/.prefect during tests.
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="gpseg-prefect-"))
+# Prefect's persisted task results and settings stay out of the user's ~/.prefect during tests, in a folder
+# of the session's own that goes with it.
+_PREFECT_HOME = None if "PREFECT_HOME" in os.environ else tempfile.mkdtemp(prefix="gpseg-prefect-")
+if _PREFECT_HOME is not None:
+    os.environ["PREFECT_HOME"] = _PREFECT_HOME
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the session's Prefect home (every session left one in the temporary folder)."""
+    if _PREFECT_HOME is not None:
+        shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -109,7 +109,7 @@ def test_benchmark_then_postprocess_only(first_run, bench_workdir, task_names, t
     threshold = ThresholdParams(method="otsu", cleaning={"largest_component": True})
     post = postprocess(PostprocessParams(workdir=str(bench_workdir), threshold=threshold), return_state=True)
     monkeypatch.undo()
-    assert post.is_completed()
+    assert post.is_completed() and not post.result()["failed"]  # a refused call would be a failed row
     ran = task_names(post.state_details.flow_run_id)
     assert set(ran) == POSTPROCESS_TASKS and len(ran) == 3, ran
     [after] = json.loads((report.parent / "metrics.json").read_text())["runs"]

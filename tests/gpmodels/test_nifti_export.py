@@ -247,6 +247,26 @@ def test_export_rebuilds_the_header_when_the_reference_is_gone_or_changed(
         np.testing.assert_array_equal(np.asarray(rebuilt.dataobj) > 0, np.asarray(seg.dataobj) > 0)
 
 
+def test_a_header_rebuilt_for_a_store_without_recorded_forms_codes_both(source: Path, tmp_path: Path) -> None:
+    """A store of an older gpseg recorded no qform or codes; its rebuilt headers must still code both forms
+    (an uncoded qform reads as no orientation in viewers that take the qform)."""
+    import zarr
+
+    copy = tmp_path / "brats"
+    shutil.copytree(source, copy)
+    store = ingest_brats(copy, tmp_path / "s.zarr", IngestConfig(workers=0)).store
+    group = zarr.open_group(str(store), mode="r+")
+    volumes = {patient: {key: value for key, value in record.items()
+                         if key not in ("qform", "qform_code", "sform_code")}
+               for patient, record in group.attrs["volumes"].items()}
+    group.attrs["volumes"] = volumes  # as an older gpseg wrote them
+    shutil.rmtree(copy)  # no reference headers: every header is rebuilt
+    for path in export_patient_masks(store, *_ground_truth(store), tmp_path / "out"):
+        header = nib.load(path).header
+        assert (int(header["qform_code"]), int(header["sform_code"])) == (1, 1)
+        assert header["descrip"].item().decode().endswith("header rebuilt from the stored affine")
+
+
 def test_export_rejects_a_2d_store(tmp_path: Path) -> None:
     write_jun_cheng_phantoms(tmp_path / "jc", 6, size=64, seed=0)
     store = ingest_jun_cheng(tmp_path / "jc", tmp_path / "jc.zarr", IngestConfig(workers=0)).store

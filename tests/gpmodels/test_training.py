@@ -722,6 +722,25 @@ def test_every_optimiser_step_accumulates_a_whole_window_also_after_a_resume(pha
     assert (saved["accumulate"], saved["train_batches"], saved["effective_batch"]) == (3, 3, 12)
 
 
+def test_the_trainer_clips_by_norm_and_accumulates_as_the_run_records(phantom_store, tmp_path, monkeypatch):
+    """Neither reached the tests: the trainer could be given no clipping, or the preset's accumulation instead
+    of the run's (the same windows, as Lightning steps at each epoch's end, but every loss divided by 32)."""
+    seen = []
+    clip = ClassifierModule.configure_gradient_clipping
+
+    def record(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        seen.append((gradient_clip_val, gradient_clip_algorithm, self.trainer.accumulate_grad_batches))
+        return clip(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    monkeypatch.setattr(ClassifierModule, "configure_gradient_clipping", record)
+    config = dataclasses.replace(preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / "run"),
+                                               effective_batch=128, epochs=2, test=False, grad_clip=0.5),
+                                 limit_batches=None)
+    result = train(config)
+    assert result.run.accumulate == 5 != config.accumulate
+    assert seen == [(0.5, "norm", 5)] * result.global_step and result.global_step == 2
+
+
 def test_a_training_split_smaller_than_one_step_accumulates_over_all_of_it(phantom_store, tmp_path, monkeypatch,
                                                                            caplog):
     windows = _count_windows(monkeypatch)
@@ -999,3 +1018,37 @@ def test_a_best_checkpoint_written_just_before_a_kill_keeps_its_own_loss(phantom
         assert result.best_val_loss == pytest.approx(min(val[e] for e in ("1", "2")))
     kept = torch.load(paths.model, weights_only=True)
     assert all(torch.equal(kept[k], v) for k, v in net_state_from_checkpoint(paths.best).items())
+
+
+UNPICKLED: list[str] = []
+"""What :class:`_Payload` ran when a loader unpickled it: nothing, while every load is ``weights_only``."""
+
+
+def _ran(what: str) -> dict:
+    UNPICKLED.append(what)
+    return {}
+
+
+class _Payload:
+    """An object whose unpickling runs code (here a harmless record of it), as a crafted weights file's would."""
+
+    def __reduce__(self):
+        return _ran, ("code from a weights file",)
+
+
+def test_weights_and_checkpoints_never_unpickle_arbitrary_objects(smoke_run, tmp_path):
+    """Every load is meant to be weights_only; no test noticed when one was not (a changed error message aside)."""
+    from gpmodels.checkpoints import read_checkpoint
+
+    _, result = smoke_run
+    run = Path(shutil.copytree(result.run_dir, tmp_path / "run"))
+    paths = RunPaths(run)
+    torch.save({"head.weight": _Payload()}, paths.model)
+    torch.save({"state_dict": _Payload(), "global_step": 2}, paths.last)
+    with pytest.raises(ValueError, match=r"model\.pt: damaged \(UnpicklingError"):
+        load_trained(run)
+    with pytest.raises(ValueError, match=r"last\.ckpt: damaged \(UnpicklingError"):
+        load_trained(run, which="last")
+    with pytest.raises(ValueError, match=r"last\.ckpt: damaged \(UnpicklingError"):
+        read_checkpoint(paths.last)
+    assert UNPICKLED == []
