@@ -1,4 +1,4 @@
-"""Shared fixtures: the real files in ../shared/data (skipped when absent) and quiet analytics."""
+"""Shared fixtures: the real files in ../shared/data or $GPSEG_SHARED_DATA (skipped when absent) and quiet analytics."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if _PREFECT_HOME is not None:
         shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("GPSEG_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+"""The small real files: ``../shared/data`` beside the checkout, or ``$GPSEG_SHARED_DATA``."""
 
 
 @pytest.fixture(scope="session")

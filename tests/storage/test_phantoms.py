@@ -32,9 +32,9 @@ from storage.phantoms import (
 from storage.phantoms.anatomy import LESIONS
 from storage.phantoms.jun_cheng import patient_sizes
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
-REAL_CVIND = SHARED / "jun_cheng" / "cvind5fold.mat"
-REAL_BRATS = SHARED / "brats2015_sample" / "brats_2013_pat0001_1" / "OTMultiClass.nii.gz"
+REAL_CVIND = Path("jun_cheng") / "cvind5fold.mat"
+REAL_BRATS = Path("brats2015_sample") / "brats_2013_pat0001_1" / "OTMultiClass.nii.gz"
+"""Real files below the ``shared_data`` fixture's folder."""
 SIZE, DEPTH = 33, 21
 
 
@@ -88,10 +88,8 @@ def test_brats_layout_dtypes_and_geometry(brats):
             assert int(image.header["sform_code"]) == 1 and int(image.header["qform_code"]) == 1
 
 
-def test_brats_affine_matches_the_real_data():
-    if not REAL_BRATS.exists():
-        pytest.skip("../shared/data is not available")
-    np.testing.assert_array_equal(brats_affine(240), nib.load(REAL_BRATS).affine)
+def test_brats_affine_matches_the_real_data(shared_data):
+    np.testing.assert_array_equal(brats_affine(240), nib.load(shared_data / REAL_BRATS).affine)
 
 
 def test_brats_labels_grades_and_name_mapping(brats):
@@ -194,14 +192,12 @@ def test_mat73_round_trip_is_column_major_with_matlab_attributes(tmp_path):
         assert class_type.get_size() == 5 and class_type.get_strpad() == h5py.h5t.STR_NULLTERM
 
 
-def test_mat73_matches_a_file_written_by_matlab(tmp_path):
-    if not REAL_CVIND.exists():
-        pytest.skip("../shared/data is not available")
+def test_mat73_matches_a_file_written_by_matlab(tmp_path, shared_data):
     path = tmp_path / "cvind.mat"
     write_mat73(path, {"cvind": np.ones((7, 1))})
-    real, ours = REAL_CVIND.read_bytes(), path.read_bytes()
+    real, ours = (shared_data / REAL_CVIND).read_bytes(), path.read_bytes()
     assert ours[116:512] == real[116:512]
-    with h5py.File(REAL_CVIND, "r") as f_real, h5py.File(path, "r") as f_ours:
+    with h5py.File(shared_data / REAL_CVIND, "r") as f_real, h5py.File(path, "r") as f_ours:
         assert f_ours["cvind"].shape == (1, 7) and f_real["cvind"].shape[0] == 1
         types = [f["cvind"].attrs.get_id("MATLAB_class").get_type() for f in (f_real, f_ours)]
         assert [(t.get_size(), t.get_strpad(), t.get_cset()) for t in types] == [(6, 0, 0)] * 2
