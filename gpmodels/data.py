@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from gpmodels.augment import AugmentConfig, RandomFlipRotate, resize_batch
 from storage.reads import read_rows
@@ -225,6 +225,43 @@ class EpochShuffleSampler(Sampler[int]):
         return self.size
 
 
+class EvalShardSampler(DistributedSampler):
+    """One DDP process's share of an evaluation split, in store order: rows ``rank, rank + world, ...``, so every
+    slice is evaluated exactly once over the processes.
+
+    Lightning's own distributed sampler pads the shares to one length by repeating slices, which then counted
+    twice in the validation loss (which picks the best weights) and the test metrics. Being a
+    ``DistributedSampler``, this one is left in place by Lightning. The shares may differ by one slice: the
+    validation loss and metrics are torchmetrics objects, reduced over the processes once per epoch.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.total_size = len(dataset)
+        self.num_samples = len(range(rank, self.total_size, num_replicas))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class _GlobalDrawLoader(DataLoader):
+    """A loader with workers that draws from torch's global generator at the start of each pass over it, as one
+    without workers does (for its workers' base seed).
+
+    Dropout draws from the global generator too, so without this a split read by workers and the same split
+    cached in memory (read without workers) gave other dropout masks, hence other weights, from identical
+    batches; and ``cache="auto"`` decides by the memory free at set-up.
+    """
+
+    def __iter__(self):
+        if self.num_workers > 0:
+            torch.empty((), dtype=torch.int64).random_()
+        return super().__iter__()
+
+
 CACHE_MEMORY_SHARE = 0.5
 """The share of the memory available at set-up that one split cached by ``cache="auto"`` may take (the
 rest is for the model, the other splits and the loader)."""
@@ -322,19 +359,27 @@ class SliceDataModule(pl.LightningDataModule):
         - the sampler starts at the epoch the fit loop is at (0 for a new run);
         - with workers, the base seed comes from a generator of the loader's own instead of torch's
           global one, which dropout draws from. Without workers the loader keeps drawing from the
-          global generator, as it always did, so results of such runs stay as they were.
+          global generator, as it always did, so results of such runs stay as they were; with workers it
+          draws once from the global generator too (:class:`_GlobalDrawLoader`), so a split read by workers
+          and the same split cached give the same weights.
+
+        Under DDP an evaluation split is sharded without repeats (:class:`EvalShardSampler`).
         """
         dataset = self.datasets[split]
         workers = 0 if dataset.cached else usable_workers(self.num_workers)
-        sampler = EpochShuffleSampler(len(dataset), self.seed) if training else None
-        if sampler is not None and self.trainer is not None:
-            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
-        generator = torch.Generator().manual_seed(self.seed) if workers > 0 else None
         devices = 1 if self.trainer is None else self.trainer.world_size
+        sampler: Sampler[int] | None = None
+        if training:
+            sampler = EpochShuffleSampler(len(dataset), self.seed)
+            if self.trainer is not None:
+                sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+        elif devices > 1:
+            sampler = EvalShardSampler(dataset, devices, self.trainer.global_rank)
+        generator = torch.Generator().manual_seed(self.seed) if workers > 0 else None
         share = math.ceil(len(dataset) / devices)  # the slices of each DDP process (train_batches_per_device)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
-                          drop_last=training and share > self.batch_size, generator=generator,
-                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+        return _GlobalDrawLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
+                                 drop_last=training and share > self.batch_size, generator=generator,
+                                 persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled per epoch (:class:`EpochShuffleSampler`); the last partial batch is dropped (a batch

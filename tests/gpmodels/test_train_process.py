@@ -138,13 +138,36 @@ def test_ranks_left_after_rank_0_succeeds_are_ended_too(tmp_path, pid_file):
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(phantom_store, tmp_path):
     """``devices=2`` on the CPU (gloo): Lightning re-runs the child's command line for rank 1."""
-    config = preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / "ddp"), devices=2,
-                           accelerator="cpu")
+    import csv
+    import dataclasses
+
+    config = dataclasses.replace(preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / "ddp"),
+                                               devices=2, accelerator="cpu"), limit_batches=None)
     result = train_in_subprocess(config)
     assert result.global_step >= 1
     assert (tmp_path / "ddp" / "model.pt").is_file()
-    log = (tmp_path / "ddp" / "train_process.log").read_text()
-    assert "DistributedSampler" in log  # Lightning split the data over the two ranks
+    # The validation loss is over every validation slice once: Lightning's sampler repeated one of the 23
+    # slices to give each rank 12 (and warned that it "replicates some samples").
+    assert "replicates some samples" not in (tmp_path / "ddp" / "train_process.log").read_text()
+    with (tmp_path / "ddp" / "metrics.csv").open(newline="") as handle:
+        [logged] = [float(row["val_loss"]) for row in csv.DictReader(handle) if row.get("val_loss")]
+    assert logged == pytest.approx(_whole_split_loss(tmp_path / "ddp", str(phantom_store), "val"), abs=1e-6)
+
+
+def _whole_split_loss(run_dir: Path, store: str, split: str) -> float:
+    """A run's class-weighted cross-entropy over every slice of a split, in one process."""
+    from gpmodels.lightning_module import weighted_cross_entropy
+    from storage.reads import read_rows
+    from gpmodels.data import split_indices
+    from storage.store import open_store
+
+    net, run = load_trained(run_dir)
+    group = open_store(store)
+    rows = split_indices(group, run.train.fold, split)
+    images = torch.from_numpy(read_rows(rows, group["images"])[0].astype("float32"))
+    labels = torch.from_numpy(group["labels"][:][rows].astype("int64"))
+    with torch.no_grad():
+        return float(weighted_cross_entropy(net(images), labels, torch.tensor(run.class_weights)))
 
 
 @pytest.mark.slow

@@ -1052,3 +1052,17 @@ def test_weights_and_checkpoints_never_unpickle_arbitrary_objects(smoke_run, tmp
     with pytest.raises(ValueError, match=r"last\.ckpt: damaged \(UnpicklingError"):
         read_checkpoint(paths.last)
     assert UNPICKLED == []
+
+
+@pytest.mark.slow
+def test_a_split_read_by_workers_trains_as_the_same_split_cached(phantom_store, tmp_path):
+    """Identical batches gave other weights: a loader without workers (a cached split) draws from torch's
+    global generator at each pass, one with workers did not, and dropout draws from that generator too; so
+    the weights depended on ``--cache`` and, under ``cache=auto``, on the memory free at set-up."""
+    weights = {}
+    for cache in ("always", "never"):
+        config = dataclasses.replace(preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / cache),
+                                                   num_workers=2, cache=cache, test=False),
+                                     limit_batches=None)
+        weights[cache] = torch.load(train(config).run_dir / "model.pt", weights_only=True)
+    assert all(torch.equal(weights["always"][key], weights["never"][key]) for key in weights["always"])
