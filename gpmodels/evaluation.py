@@ -329,12 +329,14 @@ def _posthoc_agreement(heat: zarr.Group) -> dict[str, Any] | None:
     if reference not in group:
         return None
     ref = group[reference][:].astype(np.float32)
-    out: dict[str, Any] = {"reference": reference, "slices": int(ref.shape[0]), "spearman_median": {}}
+    out: dict[str, Any] = {"reference": reference, "slices": int(ref.shape[0]), "spearman_median": {},
+                           "slices_used": {}}
     for name in sorted(group.array_keys()):
         if name in ("rows", reference):
             continue
         rho = rank_agreement(ref, group[name][:].astype(np.float32))
         out["spearman_median"][name] = float(np.nanmedian(rho)) if np.isfinite(rho).any() else None
+        out["slices_used"][name] = int(np.isfinite(rho).sum())  # a constant map on either side has no rank order
     return out
 
 

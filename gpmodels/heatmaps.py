@@ -218,6 +218,17 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
     return out
 
 
+def _resized_maps(maps: np.ndarray, size: int) -> np.ndarray:
+    """Post-hoc maps float32 ``(n, h, w)`` resized to ``(n, size, size)``; a constant map stays exactly constant
+    (interpolation leaves float rounding on it, and the agreement of such noise read as a correlation where
+    a constant map, say a 1×1 Grad-CAM grid, has none)."""
+    resized = resize_images(torch.from_numpy(maps)[:, None], size)[:, 0].cpu().numpy().astype(np.float32)
+    flat = maps.reshape(maps.shape[0], -1)
+    constant = (flat.min(axis=1) == flat.max(axis=1)) if flat.size else np.zeros(maps.shape[0], bool)
+    resized[constant] = flat[constant, :1, None]
+    return resized
+
+
 def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, index: np.ndarray,
                    labels: np.ndarray, run, gp: bool, count: int, device: torch.device) -> None:
     """Post-hoc maps of ``count`` slices with a tumour class spread over the split, at the store size."""
@@ -243,8 +254,7 @@ def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, 
         target = torch.from_numpy(labels[part].astype(np.int64)).to(device)
         maps = posthoc_batch(model, images, target, methods=methods, is_gp=gp, reference=reference)
         for name, values in maps.items():
-            tensor = torch.as_tensor(np.asarray(values, dtype=np.float32))[:, None]
-            parts.setdefault(name, []).append(resize_images(tensor, size)[:, 0].cpu().numpy().astype(np.float32))
+            parts.setdefault(name, []).append(_resized_maps(np.asarray(values, dtype=np.float32), size))
     heat.create_array("posthoc/rows", data=rows.astype(np.int64))
     for name, values in parts.items():
         heat.create_array(f"posthoc/{name}", data=np.concatenate(values))

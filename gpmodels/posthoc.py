@@ -134,6 +134,8 @@ class OcclusionConfig:
         for name in ("window", "stride", "perturbations_per_eval"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
+        if self.window is not None and self.stride is not None:
+            _check_int("stride", self.stride, 1, self.window)  # a larger stride leaves pixels no window covers
 
 
 def auto_perturbations(batch: int, height: int, width: int, device: torch.device | str) -> int:
@@ -175,14 +177,14 @@ def occlusion_maps(
 
     Raises:
         TypeError, ValueError: For a malformed batch or target, or a window or stride outside
-            [1, min(H, W)] and [1, ∞).
+            [1, min(H, W)] and [1, window].
     """
     check_images(model, images)
     channels, height, width = images.shape[1:]
     window = occlusion_window(height, width) if window is None else window
     _check_int("window", window, 1, min(height, width))
     stride = (window + 1) // 2 if stride is None else stride
-    _check_int("stride", stride, 1)
+    _check_int("stride", stride, 1, window)  # a larger stride leaves pixels no window covers (captum asserts)
     if perturbations_per_eval is None:
         perturbations_per_eval = auto_perturbations(images.shape[0], height, width, images.device)
     _check_int("perturbations_per_eval", perturbations_per_eval, 1)

@@ -299,6 +299,16 @@ def _examples_section(groups: Sequence[ModelGroup], channel: str | None) -> str:
     return "".join(parts)
 
 
+def _agreement_cell(posthoc: Mapping[str, Any], method: str) -> str:
+    """A method's median rank agreement, with ``n of N slices`` under it when it is over fewer than all the
+    post-hoc slices (those where either map is constant have no rank order and are left out)."""
+    text = _fmt(posthoc["spearman_median"].get(method))
+    used = (posthoc.get("slices_used") or {}).get(method)  # evaluations of older gpseg have no count
+    if used is not None and 0 < used < posthoc["slices"]:
+        text += f'<span class="sd">{used} of {posthoc["slices"]} slices</span>'
+    return text
+
+
 def _posthoc_section(runs: Sequence[ReportRun], channel: str | None) -> str:
     methods = sorted({m for run in runs if run.evaluation.get("posthoc")
                       for m in run.evaluation["posthoc"]["spearman_median"]},
@@ -306,7 +316,7 @@ def _posthoc_section(runs: Sequence[ReportRun], channel: str | None) -> str:
     rows = [[_e(dataset_title(run.dataset)), _e(run.label), _e(run.fold),
              _e(run.evaluation["posthoc"]["reference"]),
              _e(run.evaluation["posthoc"]["slices"])]
-            + [_fmt(run.evaluation["posthoc"]["spearman_median"].get(m)) for m in methods]
+            + [_agreement_cell(run.evaluation["posthoc"], m) for m in methods]
             for run in runs if run.evaluation.get("posthoc")]
     if not rows:
         return '<p class="caption">No run has post-hoc maps (generate heatmaps with posthoc &gt; 0).</p>'
@@ -315,7 +325,8 @@ def _posthoc_section(runs: Sequence[ReportRun], channel: str | None) -> str:
              "Occlusion is signed (RdBu_r); guided backpropagation is an absolute gradient (magma). "
              "GP-ReconResNet has PReLUs and no ReLU to guide, so its guided map is the plain input gradient. "
              "\u2013: no slice where both maps vary (e.g. a Grad-CAM map that is 0 for the true class of a "
-             "misclassified slice, or a 1\u00d71 Grad-CAM grid).</p>",
+             "misclassified slice, or a 1\u00d71 Grad-CAM grid); <i>n of N slices</i>: the median is over the n "
+             "slices where both vary.</p>",
              _table(["dataset", "model", "fold", "reference", "slices"] + [_e(m.replace("_", " ")) for m in methods],
                     rows, text_columns=2)]
     for run in runs:

@@ -125,6 +125,28 @@ def test_posthoc_maps_are_stored_as_computed_for_the_rank_agreement(tmp_path):
     np.testing.assert_allclose(stored[:], computed["guided_backprop"], rtol=1e-5, atol=0)
 
 
+def test_a_constant_posthoc_map_stays_constant_when_resized_to_the_store(tmp_path):
+    """A 1×1 Grad-CAM grid is one value per slice; resized from 32 to 40 px it gained float rounding, and the
+    report printed rank correlations of that noise where it promises none ("–")."""
+    from gpmodels.evaluation import _posthoc_agreement
+    from gpmodels.heatmaps import _resized_maps
+
+    rng = np.random.default_rng(0)
+    maps = np.repeat(rng.normal(size=(4, 1, 1)), 32, axis=1).repeat(32, axis=2).astype(np.float32)
+    maps[3] = rng.normal(size=(32, 32))  # one that varies
+    resized = _resized_maps(maps, 40)
+    assert resized.shape == (4, 40, 40)
+    assert [np.ptp(m) == 0 for m in resized] == [True, True, True, False]
+    np.testing.assert_array_equal(resized[:3, 0, 0], maps[:3, 0, 0])
+
+    heat = zarr.create_group(store=str(tmp_path / "h.zarr"), zarr_format=3)
+    heat.create_array("posthoc/rows", data=np.arange(4))
+    heat.create_array("posthoc/gradcam", data=resized)
+    heat.create_array("posthoc/occlusion", data=rng.normal(size=(4, 40, 40)).astype(np.float32))
+    agreement = _posthoc_agreement(heat)
+    assert agreement["slices"] == 4 and agreement["slices_used"] == {"occlusion": 1}
+
+
 def test_ctrl_c_in_gpseg_heatmaps_says_which_stores_are_new(phantom_store, tmp_path, monkeypatch, untrained_run):
     """It ended with a bare "error: interrupted", not saying that the val store was new and test's the old one."""
     from typer.testing import CliRunner

@@ -180,6 +180,11 @@ def test_occlusion_window_defaults_and_argument_checks():
         occlusion_maps(RegionSum(8, 9), images, torch.tensor([0]), window=9)
     with pytest.raises(ValueError, match="stride"):
         occlusion_maps(RegionSum(8, 9), images, torch.tensor([0]), stride=0)
+    # a stride past the window leaves pixels no window covers: captum's bare AssertionError (NaN under -O)
+    with pytest.raises(ValueError, match=r"stride: expected an integer \[1, 3\], got 5"):
+        occlusion_maps(RegionSum(8, 9), images, torch.tensor([0]), window=3, stride=5)
+    with pytest.raises(ValueError, match=r"stride: expected an integer \[1, 3\], got 5"):
+        OcclusionConfig(window=3, stride=5)
     with pytest.raises(ValueError, match=r"target: expected class indices in \[0, 2\)"):
         occlusion_maps(RegionSum(8, 9), images, torch.tensor([2]))
     with pytest.raises(ValueError, match=r"target: expected shape \(1,\)"):

@@ -230,6 +230,14 @@ def test_posthoc_agreement_table_and_panel(report, report_runs):
     assert "No run has post-hoc maps" not in page
 
 
+def test_an_agreement_over_fewer_slices_says_how_many(report_runs, tmp_path):
+    """The table said "2 slices" beside a median that, with a constant map on one, was over 1."""
+    fewer = _copy_run(report_runs["gp"], tmp_path / "fewer",
+                      **{"posthoc.slices_used": {"guided_backprop": 2, "occlusion": 1}})
+    page = build_report([fewer], tmp_path / "out").read_text()
+    assert page.count('<span class="sd">1 of 2 slices</span>') == 1 and "2 of 2 slices" not in page
+
+
 def test_folds_are_averaged(report_runs, tmp_path):
     gp = report_runs["gp"]
     f1 = _evaluation(gp)["classification"]["f1"]
