@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.states import State
 
 from flows.cluster import check_cluster
 from flows.layout import REPORT, dataset_failure_row, failure_carried_notes, rejection_note, summary_rows, tagged
 from flows.params import BenchmarkParams
 from flows.pipeline import (heatmaps_and_evaluation, log_rows, no_run_finished, prepare_dataset, train_and_keep,
                             training_jobs)
+from flows.workdir_lock import workdir_lock
 from tasks.evaluation import publish, report
 
 
@@ -31,6 +33,12 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
     logger = get_run_logger()
     if params.dask_address:  # before the ingestion, not after it
         check_cluster(params.dask_address, int(params.train_overrides.get("devices", 1)))
+    with workdir_lock(params.workdir, "full-benchmark", logger.warning):  # one flow at a time in a work dir
+        return _benchmark(params, logger)
+
+
+def _benchmark(params: BenchmarkParams, logger) -> dict | State:
+    """The body of :func:`full_benchmark`, with the work dir locked."""
     jobs, labels = [], {}
     rejected, rejections = [], []
     carried = tagged("", [f"preset {params.preset}, {params.folds} fold(s)"])  # how the runs were made

@@ -181,6 +181,17 @@ def tagged(dataset: str, texts: list[str]) -> list[dict]:
     return [{"dataset": dataset, "text": text} for text in texts]
 
 
+def notes_of_kept_runs(previous: list[dict], retrained: str, runs: list[str]) -> list[dict]:
+    """The carried notes (:func:`carried_notes`) a retraining of dataset ``retrained`` keeps for the other
+    datasets' ``runs`` it keeps in the report: their own notes, and each note of the whole earlier benchmark
+    (``dataset`` ``""``: its preset and folds) as each kept dataset's, its text prefixed with the dataset
+    (so that a later retraining of that dataset drops it with its runs)."""
+    kept = sorted({dataset_of(run) for run in runs} - {retrained, ""})
+    return ([note for note in previous if note["dataset"] not in ("", retrained)]
+            + [{"dataset": label, "text": f"{label}: {note['text']}"}
+               for note in previous if note["dataset"] == "" for label in kept])
+
+
 def replace_dataset_runs(previous: list[str], new: list[str]) -> list[str]:
     """``previous`` run dirs of datasets that ``new`` does not cover, then ``new``.
 

@@ -75,16 +75,21 @@ def same_settings(job: dict) -> bool:
         return False
 
 
-def ingest_fresh(kind: str, source: str, store: str, config: dict, append: bool = False) -> dict:
+def ingest_fresh(kind: str, source: str, store: str, config: dict, append: bool = False,
+                 refresh: bool = False) -> dict:
     """:func:`tasks.data.ingest_source` through its cache, trusting a cached result only while the store on
     disk is the one it made.
 
     A store rewritten since (by the other flow, or by hand) has another data version; then the ingestion
-    runs again, so no flow trains or reports on a data version the store no longer holds.
+    runs again, so no flow trains or reports on a data version the store no longer holds. ``refresh`` skips
+    the cache: the retrain flow found files whose content the store lacks, which the cache key (the source's
+    sizes and modification times, :func:`tasks.data.fingerprint`) may not tell from what it has seen (a
+    corrected file of one size copied with its modification time kept).
     """
     args = (kind, source, store, config, fingerprint(source))
     before = store_settings(store)
-    summary = trusted(ingest_source, store)(*args, append=append)
+    ingest = ingest_source.with_options(refresh_cache=True) if refresh else trusted(ingest_source, store)
+    summary = ingest(*args, append=append)
     if stored_version(store) != summary["data_version"]:
         summary = ingest_source.with_options(refresh_cache=True)(*args, append=append)
     after = store_settings(store)

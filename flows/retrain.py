@@ -5,14 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.states import State
 
 from flows.cluster import check_cluster
-from flows.layout import (REPORT, carried_notes, failure_carried_notes, new_rejections, read_report,
+from flows.layout import (REPORT, carried_notes, failure_carried_notes, new_rejections, notes_of_kept_runs, read_report,
                           rejection_note, replace_dataset_runs, reported_runs, reported_versions, summary_rows,
                           tagged)
 from flows.params import RetrainParams
 from flows.pipeline import (check_folds, heatmaps_and_evaluation, ingest_config, ingest_fresh, log_rows,
                             no_run_finished, store_path, stored_version, train_and_keep, training_jobs)
+from flows.workdir_lock import workdir_lock
 from storage.errors import NoUsableInput
 from tasks.data import find_new_files, validate
 from tasks.evaluation import publish, report
@@ -43,6 +45,13 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
         # the daily schedule runs before the first `gpseg drop` has made the folder: nothing is new yet
         logger.info("no new data: the drop folder %s does not exist (yet)", spec.source)
         return {"status": "no new data", "new_files": []}
+    with workdir_lock(params.workdir, "retrain-on-new-data", logger.warning):  # one flow at a time in a work dir
+        return _retrain(params, logger, store, report_dir)
+
+
+def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dict | State:
+    """The body of :func:`retrain_on_new_data`, with the work dir locked."""
+    spec = params.dataset
     read_report(report_dir)  # a damaged report fails the run here, before any ingestion, not after it
     fresh = find_new_files(spec.source, store)
     new_rejects: dict[str, str] = {}
@@ -55,7 +64,7 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
         before = stored_version(store)
         try:
             ingested = ingest_fresh(spec.kind, spec.source, store, ingest_config(spec, params.folds),
-                                    append=Path(store).exists())
+                                    append=Path(store).exists(), refresh=True)  # new content: never the cache
         except NoUsableInput as exc:  # no store yet, and every case was rejected (the task logged why)
             logger.warning("no case of %s could be ingested (%d rejected); nothing retrained", spec.source,
                            len(exc.rejected))
@@ -90,7 +99,7 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     if done:
         runs = replace_dataset_runs(reported_runs(report_dir), done)
         kept = len(runs) - len(done)
-        others = [note for note in carried_notes(report_dir) if note["dataset"] not in ("", spec.label)]
+        others = notes_of_kept_runs(carried_notes(report_dir), spec.label, runs)
         why = (f"after {len(fresh)} new file(s)" if ingested_cases
                else "after an earlier run stopped before its report")
         html = report(runs, str(report_dir), "gpseg report (retrained on new data)",

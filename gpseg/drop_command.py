@@ -50,10 +50,15 @@ def drop_cmd(
     if kind not in DROP_KINDS:
         raise fail(f"kind: got {kind!r}, expected one of {', '.join(DROP_KINDS)}")
     into = default_drop_folder(workdir, kind) if into is None else into
+    named: dict[str, Path] = {}
     for item in path:  # every path is checked before anything is copied
         problem = _not_droppable(item, kind) or _clash(item, into / item.name) or _unreadable_name_mapping(item)
         if problem:
             raise fail(f"{item}: {problem}; nothing was copied")
+        other = named.setdefault(item.name, item)
+        if other != item and item.name != NAME_MAPPING:  # the second would replace the first in the drop folder
+            raise fail(f"{item}: the same name as {other}, and both would be copied to {into / item.name}; drop "
+                       "them one at a time, or rename one; nothing was copied")
     problem = _drop_folder_problem(into, kind)
     if problem:
         raise fail(f"{into}: {problem}; nothing was copied")

@@ -180,8 +180,10 @@ def _examined(old: dict[str, str], rejected: dict[str, str], rejected_cases: Seq
     return examined
 
 
-CHANGED_SINCE_STORED = ("changed since it was stored (another sha256): the files of a stored case are not read "
-                        "again; to take the new content, ingest the source into a new store (--overwrite)")
+CHANGED_SINCE_STORED = ("changed since it was stored (another sha256), or another file of this path below another "
+                        "source folder was stored (a store knows files by their path below the folder they were "
+                        "ingested from): a stored case is not read again; give a new file a path of its own, or "
+                        "ingest the source into a new store (--overwrite) to take new content")
 
 
 def _changed_since_stored(case: VolumeCase | MatCase, stored: dict[str, str], root: Path) -> str | None:

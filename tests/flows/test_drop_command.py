@@ -175,6 +175,20 @@ def test_an_item_whose_name_is_taken_by_another_type_is_refused(dropped, tmp_pat
     assert result.output == f"error: {case}: is a folder, and {taken} is a file; nothing was copied\n"
 
 
+def test_two_items_of_one_name_are_refused(dropped, tmp_path):
+    """The second replaced the first in the drop folder without a word, and both were counted as copied."""
+    case, into = dropped
+    other = tmp_path / "elsewhere" / case.name
+    shutil.copytree(case, other)
+    (other / f"{case.name}_t1.nii").write_bytes(b"another case's t1")
+    result = _drop(tmp_path, str(case), str(other), "--into", str(into))
+
+    assert result.exit_code == 1
+    assert result.output == (f"error: {other}: the same name as {case}, and both would be copied to "
+                             f"{into / case.name}; drop them one at a time, or rename one; nothing was copied\n")
+    assert _names(into) == ["name_mapping.csv"]
+
+
 # ---------------------------------------------------------------- where and how it copies
 
 

@@ -93,6 +93,7 @@ def test_benchmark_then_postprocess_only(first_run, bench_workdir, task_names, t
     state = first_run
     result = state.result()
     assert state.is_completed() and not result["failed"]
+    assert (bench_workdir / ".flow.lock").read_text() == ""  # held while it ran (flows.workdir_lock), freed
     report = Path(result["report"])
     assert report.is_file() and (report.parent / "metrics.json").is_file()
     names = task_names(state.state_details.flow_run_id)
@@ -343,6 +344,32 @@ def test_changed_or_unread_files_are_new_data_once(bench_workdir, task_states):
     finally:  # the stored content again, for the tests after this one
         flair.write_bytes(original)
         (source / "stray_t1.nii.gz").unlink()
+
+
+@after_first_run
+def test_a_changed_file_of_one_size_and_time_is_not_taken_from_the_cache(bench_workdir, task_states):
+    """A corrected file of the same size, copied with its modification time kept (cp -p, rsync -t, gpseg drop),
+    left the ingestion's cache key as it was: each night took the cached ingestion and said "1 new file(s),
+    none ingested (0 rejected)" without a reason."""
+    import os
+
+    source = bench_workdir / "phantoms" / "brats"
+    write_brats_phantoms(source, 1, size=32, depth=None, seed=0, first_case=12)
+    assert retrain_on_new_data(_retrain_params(bench_workdir, source))["status"] == "retrained"
+    flair = source / "BraTS20_Training_012" / "BraTS20_Training_012_flair.nii.gz"
+    stat, original = flair.stat(), flair.read_bytes()
+    flair.write_bytes(original[:4] + bytes([original[4] ^ 1]) + original[5:])  # the gzip header's time: same size
+    os.utime(flair, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    try:
+        state = retrain_on_new_data(_retrain_params(bench_workdir, source), return_state=True)
+        result = state.result()
+        assert result["status"] == "nothing ingested"
+        changed = "BraTS20_Training_012/BraTS20_Training_012_flair.nii.gz"
+        assert "changed since it was stored" in result["rejected"][changed]
+        assert [s for name, s in task_states(state.state_details.flow_run_id) if name == "ingest_source"] == [
+            "Completed"]
+    finally:
+        flair.write_bytes(original)
 
 
 def test_a_first_drop_with_every_case_rejected_is_nothing_ingested(tmp_path):

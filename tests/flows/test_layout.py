@@ -70,6 +70,22 @@ def test_a_retrained_dataset_replaces_only_its_own_runs():
     assert replace_dataset_runs([old_brats, jun_cheng, outside], [new_brats]) == [jun_cheng, outside, new_brats]
 
 
+def test_a_retraining_keeps_the_benchmarks_notes_for_the_runs_it_keeps():
+    """The benchmark's "preset smoke, 1 fold(s)" was dropped after a BraTS retraining, so the kept Jun Cheng
+    runs no longer said how they were made."""
+    from flows.layout import notes_of_kept_runs
+
+    previous = [{"dataset": "", "text": "preset smoke, 1 fold(s)"},
+                {"dataset": "jun-cheng", "text": "jun-cheng: 2 files rejected"},
+                {"dataset": "brats", "text": "brats: seed 1 kept"}]
+    runs = ["w/runs/jun-cheng/v7/gp-unet/fold_0", "w/runs/brats/v2/gp-unet/fold_0", "elsewhere/run"]
+    assert notes_of_kept_runs(previous, "brats", runs) == [
+        {"dataset": "jun-cheng", "text": "jun-cheng: 2 files rejected"},
+        {"dataset": "jun-cheng", "text": "jun-cheng: preset smoke, 1 fold(s)"}]
+    # no run of another dataset kept: the benchmark's notes go, another dataset's own (say its failures) stay
+    assert notes_of_kept_runs(previous, "brats", runs[1:]) == previous[1:2]
+
+
 def test_postprocess_defaults_to_the_report_and_falls_back_to_discovery(tmp_path):
     old, new = _run(tmp_path, "brats", "v1"), _run(tmp_path, "brats", "v2")
     runs, source = default_runs(str(tmp_path))
