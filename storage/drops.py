@@ -97,7 +97,7 @@ def new_files(folder: Path | str, store: Path | str | None) -> list[str]:
     """Data files of a source that the store has not ingested (new path or new content).
 
     Args:
-        folder: the drop (source) folder, or a manifest CSV (then the existing files it lists).
+        folder: the drop (source) folder, or a manifest CSV (then the CSV and the existing files it lists).
         store: the slice store, or ``None``/missing (then every file is new).
 
     Returns:
@@ -110,8 +110,8 @@ def new_files(folder: Path | str, store: Path | str | None) -> list[str]:
     if store is not None and Path(store).exists():
         attrs = open_store(store).attrs
         stored, examined = dict(attrs.get("sources", {})), dict(attrs.get("examined", {}))
-    if folder.is_file():
-        root, files = folder.parent, sorted({p for p in manifest_files(folder) if p.is_file()})
+    if folder.is_file():  # the CSV itself too: a label changed in it is new, as in name_mapping.csv
+        root, files = folder.parent, sorted({p for p in manifest_files(folder) if p.is_file()} | {folder})
     else:
         root, files = folder, data_files(folder)
     fresh = []

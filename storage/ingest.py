@@ -53,6 +53,9 @@ class IngestReport:
             patients of each class for the grouped split's folds); ``gpseg validate`` fails on it too.
         absent: case ids that the source's ``name_mapping.csv`` lists but that have no folder there (BraTS,
             a new store only: a drop holds a few of the listed cases on purpose).
+        regraded: ``"patient (HGG stored, LGG now)"`` of each stored patient (append) whose class in the source
+            (``name_mapping.csv``, a manifest's ``label``) is no longer the stored one; not applied, since a
+            stored case is not read again.
         resized: ``"patient (H×W)"`` of each 3-D case stored now whose axial slices had another size than the
             store's and were resized to it, when no size was asked for (the size came from the first stored case
             or, on append, the store).
@@ -70,6 +73,7 @@ class IngestReport:
     absent: list[str] = field(default_factory=list)
     resized: list[str] = field(default_factory=list)
     image_size: int = 0
+    regraded: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -87,6 +91,11 @@ class IngestReport:
                                   f"({', '.join(self.absent[:3])}{', ...' if len(self.absent) > 3 else ''}): an "
                                   "incomplete download or unpack? Add them later with --append")]
                    if self.absent else [])
+                + ([("not applied", f"{len(self.regraded)} stored patient(s) have another class in the source now "
+                                    f"({', '.join(self.regraded[:3])}{', ...' if len(self.regraded) > 3 else ''}); "
+                                    "a stored case is not read again: ingest the source into a new store "
+                                    "(--overwrite) to take the new classes")]
+                   if self.regraded else [])
                 + ([("resized", f"{len(self.resized)} case(s) with slices of another size were resized to the "
                                 f"store's {self.image_size}×{self.image_size} px ({', '.join(self.resized[:3])}"
                                 f"{', ...' if len(self.resized) > 3 else ''}); give --image-size to choose it")]
@@ -250,6 +259,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
     existing: dict[int, np.ndarray] = {}
     stored_ids: np.ndarray | None = None
     known_files: set[str] = set()
+    stored_classes: dict[str, int] = {}
     if append and out.exists():
         group = open_store(out)
         base_attrs = dict(group.attrs)
@@ -259,6 +269,7 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
         _check_orientations(out, base_attrs.get("volumes") or {})
         existing = {k: group[f"splits/fold_{k}"][:] for k in fold_names(group)}
         stored_ids = read_patients(group) if existing else None
+        stored_classes = _stored_classes(stored_ids, group["labels"][:]) if stored_ids is not None else {}
         known_files = set(base_attrs.get("sources", {}))
     if not existing:
         config.split.check_new_split()
@@ -282,6 +293,10 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
             rejected_cases.append(case)
         else:
             report.skipped += 1
+            stored = stored_classes.get(getattr(case, "patient_id", None))
+            if isinstance(case, VolumeCase) and stored is not None and case.label in plan.classes \
+                    and plan.classes.index(case.label) != stored:
+                report.regraded.append(f"{case.patient_id} ({plan.classes[stored]} stored, {case.label} now)")
     if not cases and not existing:
         hint = plan.layout_hint(plan.root) if plan.layout_hint and not report.rejected else ""
         raise NoUsableInput(f"{plan.where}: no usable {plan.dataset} cases found"
@@ -487,8 +502,17 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
     size = config.image_size or store_size or _first_size(cases, classes, config)
     reader = functools.partial(read_volume_case, classes=classes, config=config, size=size)
     plan = _Plan("manifest", csv_path.parent, cases, reader, classes, list(channels), size, rejected,
-                 listing=csv_path)
+                 (csv_path,), listing=csv_path)  # the CSV's own content (labels) is metadata, as name_mapping.csv
     return _run(plan, Path(out), config, append, progress)
+
+
+def _stored_classes(patients: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+    """Each stored patient's class: the highest class of its slices (its tumour's; 0 for a patient stored
+    tumour-free)."""
+    names, inverse = np.unique(patients, return_inverse=True)
+    highest = np.zeros(names.size, np.int64)
+    np.maximum.at(highest, inverse, labels.astype(np.int64))
+    return dict(zip(names.tolist(), highest.tolist()))
 
 
 def _native_size(batch: SliceBatch) -> tuple[int, int] | None:

@@ -115,6 +115,19 @@ def test_append_names_a_stored_case_whose_file_changed(brats_copy, tmp_path):
     assert new_files(brats_copy, tmp_path / "s.zarr") == []
 
 
+def test_append_names_stored_patients_whose_grade_changed(brats_copy, tmp_path):
+    """A corrected grade in name_mapping.csv was ignored without a word ("0 rejected", nothing ingested)."""
+    ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
+    mapping = brats_copy / "name_mapping.csv"
+    mapping.write_text(mapping.read_text().replace("HGG,Brats17_PHANTOM_001_1", "LGG,Brats17_PHANTOM_001_1"))
+    report = ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG, append=True)
+    assert report.cases == 0 and report.skipped == 6 and report.exit_code == 0
+    assert report.regraded == [f"{CASE.format(1)} (HGG stored, LGG now)"]
+    assert ("not applied", f"1 stored patient(s) have another class in the source now ({CASE.format(1)} (HGG stored, "
+            "LGG now)); a stored case is not read again: ingest the source into a new store (--overwrite) to take "
+            "the new classes") in report.notices()
+
+
 def test_a_case_folder_linked_from_elsewhere_keeps_its_name_in_the_store(brats_copy, tmp_path):
     """A case folder that is a symbolic link (to a shared read-only copy) was named by its target's absolute
     path in the store and in rejections, and several links to one folder counted as one rejection."""
@@ -610,12 +623,17 @@ def test_a_manifest_source_has_a_fingerprint_and_new_files_of_its_own(brats_sour
     assert new_files(csv, store) == [] and fingerprint(csv) == before
 
     csv.write_text(header + row(1) + row(2))
-    assert new_files(csv, store) == [f"P2/{CASE.format(2)}_flair.nii.gz", f"P2/{CASE.format(2)}_seg.nii.gz"]
+    assert new_files(csv, store) == [f"P2/{CASE.format(2)}_flair.nii.gz", f"P2/{CASE.format(2)}_seg.nii.gz", "m.csv"]
     assert fingerprint(csv) != before
     grown = fingerprint(csv)
     listed = tmp_path / "P1" / f"{CASE.format(1)}_flair.nii.gz"
     os.utime(listed, ns=(listed.stat().st_atime_ns, listed.stat().st_mtime_ns + 10**9))
     assert fingerprint(csv) != grown
+    # a label changed in the CSV is new data, and the append names the patient it could not regrade
+    csv.write_text(header + row(1).replace(",HGG,", ",tumour-free,"))
+    assert new_files(csv, store) == ["m.csv"]
+    report = ingest_manifest(csv, store, CONFIG, append=True)
+    assert report.regraded == ["1 (HGG stored, tumour-free now)"] and new_files(csv, store) == []
 
 
 def test_ctrl_c_during_ingestion_says_what_is_left(brats_copy, tmp_path, monkeypatch):
