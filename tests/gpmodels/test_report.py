@@ -286,30 +286,20 @@ def test_offset_chosen_on_validation_gives_a_warning(report_runs, tmp_path):
     assert "tuned on validation masks" in page and 'class="warning"' in page
 
 
-def test_a_fallen_back_auto_offset_is_said(report_runs, tmp_path):
-    """A fold whose --offset auto fell back to the paper's offset sat in the "auto offset" row unsaid."""
+@pytest.mark.parametrize("reason", [
+    "no validation slice is predicted a tumour class, so every offset scores 0; the paper's offset 0.3 was used",
+    "no validation slice has a tumour mask; the paper's offset 0.3 was used",
+])
+def test_a_fallen_back_auto_offset_is_said_with_its_own_reason(report_runs, tmp_path, reason):
+    """A fold whose --offset auto fell back to the paper's offset sat in the "auto offset" row unsaid; then the
+    warning said "every slice predicted tumour-free" also when the validation split had no tumour mask."""
     from gpmodels.evaluation import OFFSET_FALLBACK
 
-    fell = _copy_run(report_runs["gp"], tmp_path / "fell", **{
-        "threshold.offset_source": f"{OFFSET_FALLBACK}: no validation slice is predicted a tumour class, so every "
-                                   "offset scores 0; the paper's offset 0.3 was used"})
+    fell = _copy_run(report_runs["gp"], tmp_path / "fell", **{"threshold.offset_source": f"{OFFSET_FALLBACK}: {reason}"})
     page = " ".join(build_report([fell], tmp_path / "out").read_text().split())
-    assert "--offset auto found nothing to rank offsets by on the validation split" in page
-    assert ("GP-UNet (width=8, auto offset) fold 0 on BraTS: no validation slice is predicted a tumour class, so "
-            "every offset scores 0; the paper&#x27;s offset 0.3 was used, though the row says auto offset") in page
+    assert (f"--offset auto found nothing to rank offsets by on the validation split for GP-UNet (width=8, auto "
+            f"offset) fold 0 on BraTS: {html.escape(reason)}, though the row says auto offset.") in page
     assert "tuned on validation masks" not in page
-
-
-def test_a_fallen_back_auto_offset_gives_its_own_reason(report_runs, tmp_path):
-    """The warning said "every slice predicted tumour-free" also when the validation split had no tumour mask."""
-    from gpmodels.evaluation import OFFSET_FALLBACK
-
-    fell = _copy_run(report_runs["gp"], tmp_path / "fell", **{
-        "threshold.offset_source": f"{OFFSET_FALLBACK}: no validation slice has a tumour mask; the paper's offset "
-                                   "0.3 was used"})
-    page = " ".join(build_report([fell], tmp_path / "out").read_text().split())
-    assert "fold 0 on BraTS: no validation slice has a tumour mask; the paper&#x27;s offset 0.3 was used" in page
-    assert "predicted" not in page.split("found nothing to rank")[1].split("</div>")[0]
 
 
 def test_two_stores_of_one_kind_are_two_datasets(report_runs, tmp_path):
