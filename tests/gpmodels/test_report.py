@@ -295,7 +295,8 @@ def test_a_fallen_back_auto_offset_is_said_with_its_own_reason(report_runs, tmp_
     warning said "every slice predicted tumour-free" also when the validation split had no tumour mask."""
     from gpmodels.evaluation import OFFSET_FALLBACK
 
-    fell = _copy_run(report_runs["gp"], tmp_path / "fell", **{"threshold.offset_source": f"{OFFSET_FALLBACK}: {reason}"})
+    fell = _copy_run(report_runs["gp"], tmp_path / "fell",
+                     **{"threshold.offset_source": f"{OFFSET_FALLBACK}: {reason}"})
     page = " ".join(build_report([fell], tmp_path / "out").read_text().split())
     assert (f"--offset auto found nothing to rank offsets by on the validation split for GP-UNet (width=8, auto "
             f"offset) fold 0 on BraTS: {html.escape(reason)}, though the row says auto offset.") in page
