@@ -163,7 +163,8 @@ def _case_files(folder: Path, channels: tuple[str, ...]) -> tuple[dict[str, Path
         CaseRejected: a channel or the segmentation has no file; the rejection names the case folder,
             so that the files it does hold are recorded as examined (no new data at the next check).
     """
-    files = {_nifti_stem(f).lower(): f for f in visible_entries(folder) if f.is_file() and _nifti_stem(f)}
+    # not only regular files: a FIFO or a device by a volume's name is rejected naming it (load_nifti)
+    files = {_nifti_stem(f).lower(): f for f in visible_entries(folder) if not f.is_dir() and _nifti_stem(f)}
     chosen: dict[str, Path] = {}
     for channel in channels:
         match = [f for stem, f in files.items() if stem.endswith(f"_{channel}") or stem == channel]

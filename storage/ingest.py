@@ -22,7 +22,7 @@ from storage.cases import MatCase, SliceBatch, VolumeCase
 from storage.discovery import archives_below, is_archive, source_key, visible_files_below
 from storage.drops import data_files
 from storage.errors import CaseRejected, NoUsableInput, one_line
-from storage.ingest_config import DEFAULT_RATIOS, IngestConfig, SplitConfig
+from storage.ingest_config import DEFAULT_RATIOS, MAX_IMAGE_SIZE, IngestConfig, SplitConfig
 from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, discover_jun_cheng,
                                largest_image_size, read_mat_case)
 from storage.manifest import read_manifest
@@ -529,13 +529,16 @@ def _first_size(cases: list[VolumeCase], classes: list[str], config: IngestConfi
     Each case is read as ingestion reads it (:func:`storage.volumes.read_volume_case`, in the axial
     orientation) until one is accepted, so a case that is rejected later (NaN voxels, a bad segmentation,
     non-square slices without an asked size) does not set the size every other case is resized to. That
-    reads the first stored case twice.
+    reads the first stored case twice. A case larger than :data:`storage.ingest_config.MAX_IMAGE_SIZE` (the
+    most ``--image-size`` takes) does not set it either.
     """
     for case in cases:
         try:
-            return int(read_volume_case(case, classes, config).images.shape[-1])
+            size = int(read_volume_case(case, classes, config).images.shape[-1])
         except CaseRejected:  # the reader rejects it again with the reason later
             continue
+        if size <= MAX_IMAGE_SIZE:  # a larger case is resized down to the size of the others
+            return size
     return 240
 
 

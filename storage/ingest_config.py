@@ -7,6 +7,9 @@ from typing import Literal
 
 from storage.normalise import NORMALISATIONS, Normalisation
 
+MAX_IMAGE_SIZE = 2048
+"""The largest slice side a store takes (``--image-size``, or the size a source's first case sets)."""
+
 SplitMode = Literal["grouped", "slice", "cvind"]
 SPLIT_MODES: tuple[str, ...] = ("grouped", "slice", "cvind")
 DEFAULT_RATIOS: tuple[float, float, float] = (0.60, 0.15, 0.25)
@@ -86,8 +89,8 @@ class IngestConfig:
     dask_address: str | None = None
 
     def __post_init__(self) -> None:
-        if self.image_size is not None and not 8 <= self.image_size <= 2048:
-            raise ValueError(f"image_size: got {self.image_size}, expected 8-2048 pixels or None")
+        if self.image_size is not None and not 8 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size: got {self.image_size}, expected 8-{MAX_IMAGE_SIZE} pixels or None")
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(f"normalisation: got {self.normalisation!r}, expected one of {NORMALISATIONS}")
         if self.workers < 0:

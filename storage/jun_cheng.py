@@ -8,10 +8,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from storage.cases import MatCase, SliceBatch
+from storage.cases import MatCase, SliceBatch, patient_id_problem
 from storage.discovery import visible_files_below
 from storage.errors import CaseRejected
-from storage.ingest_config import IngestConfig
+from storage.ingest_config import MAX_IMAGE_SIZE, IngestConfig
 from storage.nifti import sha256_file
 from storage.normalise import background_values, paper_scale, robust_scale
 from storage.slicing import resize_images, resize_masks
@@ -28,8 +28,19 @@ def is_slice_file(name: str) -> bool:
     return _SLICE_FILE.match(name) is not None
 
 
+MAX_SIDE = MAX_IMAGE_SIZE
+"""The largest image side a slice file may have (the release's are 512 and 256; ``--image-size`` goes to 2048).
+Shapes are checked before any pixel is read: a few kilobytes of HDF5 can declare a dataset of gigabytes."""
+MAX_PID_LENGTH = 256
+"""The longest ``PID`` array read (the release's are six digits)."""
+MAX_FOLDS = 100_000
+"""The most entries a ``cvind.mat`` may hold (the release lists 3,064 slices)."""
+
+
 def _open_v73(path: Path) -> h5py.File:
     """Open a MATLAB v7.3 file, with a clear message for v5 files and other content."""
+    if not path.is_file():  # a FIFO would block h5py for ever
+        raise CaseRejected(path, "not a regular file (a FIFO, device or socket)" if path.exists() else "file not found")
     if not h5py.is_hdf5(path):
         head = path.read_bytes()[:128] if path.is_file() else b""
         if head.startswith(b"MATLAB 5.0 MAT-file"):
@@ -60,9 +71,13 @@ def read_cvind(path: Path) -> np.ndarray:
     else:
         with _open_v73(path) as fh:
             names = [k for k in fh.keys() if not k.startswith("#")]
-            if len(names) != 1 or not isinstance(fh[names[0]], h5py.Dataset):
+            if len(names) != 1:
                 raise CaseRejected(path, f"expected one variable with the folds, found {names}")
-            folds = np.asarray(fh[names[0]]).ravel()
+            dataset = _own_dataset(fh, names[0], path)
+            if dataset.size > MAX_FOLDS:
+                raise CaseRejected(path, f"the folds variable declares {dataset.size:,} entries, more than "
+                                         f"{MAX_FOLDS:,}")
+            folds = np.asarray(dataset).ravel()
     if folds.dtype.kind not in "fiu":
         raise CaseRejected(path, f"the folds are of type {folds.dtype}, expected numbers")
     if folds.size and not (np.isfinite(folds).all() and (folds == np.round(folds)).all()):
@@ -144,7 +159,8 @@ def discover_jun_cheng(src: Path, require_folds: bool = False) -> tuple[list[Mat
 
 
 def largest_image_size(cases: list[MatCase]) -> int:
-    """The largest ``image`` side among readable slice files (512 when none is readable).
+    """The largest ``image`` side among slice files whose image ingestion can take (square, 2-D, at most
+    :data:`MAX_SIDE`; 512 when there is none), so that a file rejected later does not set the size.
 
     Only HDF5 shapes are read, not pixels, so this is fast; the real set's
     256-px images are then enlarged to the 512 of the others.
@@ -152,11 +168,44 @@ def largest_image_size(cases: list[MatCase]) -> int:
     sizes = []
     for case in cases:
         try:
-            with h5py.File(case.path, "r") as fh:
-                sizes.append(max(fh["cjdata/image"].shape))
+            with _open_v73(case.path) as fh:
+                sizes.append(_image_shape(fh, case.path)[0])
         except Exception:  # unreadable: read_mat_case rejects it with the reason later
             continue
     return int(max(sizes, default=JUN_CHENG_SIZE))
+
+
+def _own_dataset(group: h5py.Group, name: str, path: Path) -> h5py.Dataset:
+    """``group[name]`` when it is a dataset stored in this file: not a link to another object or file, nor
+    with its data in external files (HDF5 can point outside the ``.mat``, e.g. at ``/etc/passwd``, or at a FIFO,
+    which would block reading for ever; a store's source hashes cover the ``.mat`` only)."""
+    link = group.get(name, getlink=True)
+    if not isinstance(link, h5py.HardLink):
+        raise CaseRejected(path, f"{group.name.rstrip('/')}/{name} is a link ({type(link).__name__}), expected data "
+                                 "stored in this file")
+    dataset = group[name]
+    if not isinstance(dataset, h5py.Dataset):
+        raise CaseRejected(path, f"{group.name.rstrip('/')}/{name} is a group, expected an array")
+    if dataset.id.get_create_plist().get_external_count() or dataset.is_virtual:
+        raise CaseRejected(path, f"{group.name.rstrip('/')}/{name} keeps its data in other files, expected data "
+                                 "stored in this file")
+    if dataset.dtype.kind not in "biuf":
+        raise CaseRejected(path, f"{group.name.rstrip('/')}/{name} holds {dataset.dtype}, expected numbers")
+    return dataset
+
+
+def _image_shape(fh: h5py.File, path: Path) -> tuple[int, int]:
+    """The shape of a slice file's ``cjdata/image``, checked (square, 2-D, at most :data:`MAX_SIDE` per side)
+    before any pixel is read."""
+    cjdata = fh.get("cjdata", getlink=True)
+    if not isinstance(cjdata, h5py.HardLink) or not isinstance(fh["cjdata"], h5py.Group):
+        raise CaseRejected(path, "cjdata is not a struct stored in this file")
+    shape = _own_dataset(fh["cjdata"], "image", path).shape
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise CaseRejected(path, f"image of shape {tuple(reversed(shape))}, expected a square 2-D slice")
+    if shape[0] > MAX_SIDE:
+        raise CaseRejected(path, f"image of {shape[0]} x {shape[1]} pixels, more than {MAX_SIDE} per side")
+    return int(shape[0]), int(shape[1])
 
 
 def _read_pid(dataset: h5py.Dataset, path: Path) -> str:
@@ -183,7 +232,8 @@ def _read_pid(dataset: h5py.Dataset, path: Path) -> str:
 
 
 def _read_fields(path: Path) -> tuple[np.ndarray, float, str, np.ndarray]:
-    """``(image, label, PID, tumorMask)`` of a slice file, arrays transposed back to row-major."""
+    """``(image, label, PID, tumorMask)`` of a slice file, arrays transposed back to row-major; every shape is
+    checked before its data is read (:func:`_image_shape`, :func:`_own_dataset`)."""
     with _open_v73(path) as fh:
         if "cjdata" not in fh:
             raise CaseRejected(path, f"no cjdata struct (found {list(fh.keys())})")
@@ -191,10 +241,19 @@ def _read_fields(path: Path) -> tuple[np.ndarray, float, str, np.ndarray]:
         missing = [k for k in ("image", "label", "PID", "tumorMask") if k not in data]
         if missing:
             raise CaseRejected(path, f"cjdata lacks {missing}")
+        shape = _image_shape(fh, path)
+        label, pid, mask = (_own_dataset(data, name, path) for name in ("label", "PID", "tumorMask"))
+        if label.size != 1:
+            raise CaseRejected(path, f"label holds {label.size} values, expected 1")
+        if pid.size > MAX_PID_LENGTH:
+            raise CaseRejected(path, f"PID holds {pid.size:,} values, more than {MAX_PID_LENGTH}")
+        if mask.shape != shape:
+            raise CaseRejected(path, f"tumorMask shape {tuple(reversed(mask.shape))} differs from image shape "
+                                     f"{tuple(reversed(shape))}")
         image = np.asarray(data["image"]).T
-        label = np.asarray(data["label"]).ravel()
-        pid = _read_pid(data["PID"], path)
-        mask = np.asarray(data["tumorMask"]).T
+        label = np.asarray(label).ravel()
+        pid = _read_pid(pid, path)
+        mask = np.asarray(mask).T
     if label.size != 1:
         raise CaseRejected(path, f"label holds {label.size} values, expected 1")
     return image, float(label[0]), pid.strip(), mask
@@ -226,6 +285,8 @@ def read_mat_case(case: MatCase, config: IngestConfig) -> SliceBatch:
         raise CaseRejected(path, "empty tumorMask")
     if not pid:
         raise CaseRejected(path, "empty PID")
+    if problem := patient_id_problem(pid):
+        raise CaseRejected(path, f"PID: {problem}")
     pixels = image[None, None].astype(np.float32)
     scaled = robust_scale(pixels, background_values(pixels)) if config.normalisation == "robust" else paper_scale(pixels)
     size = config.image_size or JUN_CHENG_SIZE

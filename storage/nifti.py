@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import logging
 import os
 import threading
@@ -11,6 +13,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 import nibabel as nib
 import numpy as np
@@ -64,6 +67,9 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
         key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns) if settled else None
     except OSError:
         key = None  # open() below raises the error with the file's name
+    else:
+        if not S_ISREG(stat.st_mode):  # a FIFO blocks open() for ever, /dev/zero never ends
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket)", str(path))
     if key is not None:
         with _hashed_lock:
             if key in _hashed:
@@ -82,20 +88,23 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
     return hexdigest
 
 
-def _decompress(path: Path, data: bytes) -> bytes:
+def _decompress(path: Path, data: bytes, limit: int | None = None, head: bool = False) -> bytes:
     """The bytes of a file, gunzipped when it starts with the gzip magic.
 
     Every gzip member is decoded (bgzip and parallel gzip tools write many), and
-    zero padding after the last one is allowed, as ``gzip`` does.
+    zero padding after the last one is allowed, as ``gzip`` does. With ``limit``, at most that many
+    bytes are inflated: a few megabytes of compressed zeros (a gzip bomb) would otherwise take gigabytes.
+    With ``head`` too, the first ``limit`` bytes are returned (fewer for a shorter file) instead.
 
     Raises:
-        CaseRejected: a corrupt or truncated member, or other bytes after a member.
+        CaseRejected: a corrupt or truncated member, other bytes after a member, or more than ``limit``
+            bytes inflated.
     """
     if not data.startswith(GZIP_MAGIC):
         return data
     view = memoryview(data)
     parts: list[bytes] = []
-    pos, members = 0, 0
+    pos, members, produced = 0, 0, 0
     while pos < len(data):
         if data[pos] == 0:  # zero padding after a member
             rest = data[pos:]
@@ -107,14 +116,55 @@ def _decompress(path: Path, data: bytes) -> bytes:
         try:
             while not inflater.eof and pos < len(data):
                 chunk = view[pos:pos + _GZIP_CHUNK]
-                parts.append(inflater.decompress(chunk))
-                pos += len(chunk) - len(inflater.unused_data)
+                budget = 0 if limit is None else limit - produced + 1
+                parts.append(inflater.decompress(chunk, budget))
+                produced += len(parts[-1])
+                if head and limit is not None and produced >= limit:
+                    return b"".join(parts)[:limit]
+                if limit is not None and produced > limit:
+                    raise CaseRejected(path, f"decompresses to more than the {limit:,} bytes its header describes "
+                                             "(a gzip bomb, or data after the volume)")
+                pos += len(chunk) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
         except zlib.error as exc:
             raise CaseRejected(path, f"corrupt gzip stream ({exc})") from exc
         if not inflater.eof:
             raise CaseRejected(path, "truncated gzip file (the stream ends early)")
         members += 1
     return b"".join(parts)
+
+
+MAX_VOXEL_BYTES = 4 << 30
+"""The most voxel data a NIfTI file may hold (a BraTS channel is 36 MB of float32); a header claiming more is
+refused before anything is read, as a header is all a few kilobytes need to make a reader allocate it."""
+_LIMIT_SLACK = 1 << 20
+"""Bytes a gzipped NIfTI file may inflate to beyond its header's offset plus voxel data (extensions, padding)."""
+
+
+def _claimed_bytes(path: Path, data: bytes) -> int:
+    """The offset plus voxel bytes that the header of a NIfTI file's bytes (gzipped or not) describes.
+
+    Raises:
+        CaseRejected: no NIfTI-1/NIfTI-2 header, or one claiming more than :data:`MAX_VOXEL_BYTES` of voxels.
+    """
+    head = _decompress(path, data, 1024, head=True)
+    for header_type in (nib.Nifti1Header, nib.Nifti2Header):
+        try:
+            with quiet_logger("nibabel", logging.CRITICAL):
+                header = header_type.from_fileobj(io.BytesIO(head), check=False)
+            if int(header["sizeof_hdr"]) != header_type.sizeof_hdr:
+                continue
+            shape = [int(n) for n in header.get_data_shape()]
+            itemsize = header.get_data_dtype().itemsize
+            offset = int(header.get_data_offset())
+        except Exception:  # nibabel raises several types for a wrong header; try the next
+            continue
+        voxels = int(np.prod(shape, dtype=object)) * itemsize if shape else 0
+        if voxels > MAX_VOXEL_BYTES or any(n < 0 for n in shape):
+            raise CaseRejected(path, f"its header claims {voxels / 2**30:,.1f} GiB of voxels "
+                                     f"({' x '.join(map(str, shape))} of {header.get_data_dtype()}), more than gpseg "
+                                     f"reads ({MAX_VOXEL_BYTES >> 30} GiB)")
+        return max(offset, int(header_type.sizeof_hdr) + 4) + voxels  # + the extension flag of a .nii
+    raise CaseRejected(path, "not a NIfTI-1/NIfTI-2 file (header unreadable)")
 
 
 def load_nifti(path: Path) -> NiftiVolume:
@@ -133,9 +183,13 @@ def load_nifti(path: Path) -> NiftiVolume:
     if path.is_dir():
         raise CaseRejected(path, "is a folder, not a NIfTI file")
     if not path.is_file():
-        raise CaseRejected(path, "file not found")
+        raise CaseRejected(path, "not a regular file (a FIFO, device or socket)" if path.exists() else "file not found")
     data = path.read_bytes()
-    raw = _decompress(path, data)
+    claimed = _claimed_bytes(path, data)
+    raw = _decompress(path, data, claimed + _LIMIT_SLACK)
+    if len(raw) < claimed:  # nibabel would first allocate the claimed size, then fail
+        raise CaseRejected(path, f"voxel data unreadable (its header describes {claimed:,} bytes, the file holds "
+                                 f"{len(raw):,}: truncated?)")
     image = None
     with quiet_logger("nibabel", logging.CRITICAL):  # its header checks log each problem of a non-NIfTI file
         for image_type in (nib.Nifti1Image, nib.Nifti2Image):

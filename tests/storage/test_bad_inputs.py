@@ -236,6 +236,60 @@ def test_numeric_and_empty_patient_ids(jun_cheng_copy, tmp_path):
     assert "100360" in patients and all(p.isprintable() and p for p in patients)
 
 
+def test_crafted_slice_files_are_rejected_before_their_data_is_read(jun_cheng_copy, tmp_path):
+    """Links out of the file ingested other files' bytes (/etc/passwd as an image), a few kilobytes declaring
+    gigabytes were allocated, a huge PID stopped the whole ingestion with a MemoryError, a FIFO hung it, and a
+    rejected file's large image set every slice's size."""
+    import os
+
+    outside = tmp_path / "outside.mat"
+    shutil.copy(jun_cheng_copy / "1.mat", outside)
+    (jun_cheng_copy / "2.mat").unlink()
+    with h5py.File(jun_cheng_copy / "2.mat", "w") as fh:
+        fh["cjdata"] = h5py.ExternalLink(str(outside), "/cjdata")
+    (tmp_path / "raw.bin").write_bytes(bytes(range(256)) * 16)
+    with h5py.File(jun_cheng_copy / "3.mat", "r+") as fh:
+        del fh["cjdata/image"]
+        fh["cjdata"].create_dataset("image", shape=(64, 64), dtype="<i2", external=[(str(tmp_path / "raw.bin"), 0,
+                                                                                       8192)])
+    with h5py.File(jun_cheng_copy / "4.mat", "r+") as fh:
+        del fh["cjdata/tumorMask"]
+        fh["cjdata"].create_dataset("tumorMask", shape=(32000, 32000), dtype="u1", chunks=(256, 256),
+                                    compression="gzip")  # 1 GB declared, nothing written
+    with h5py.File(jun_cheng_copy / "5.mat", "r+") as fh:
+        del fh["cjdata/PID"]
+        fh["cjdata"].create_dataset("PID", shape=(10**8, 1), dtype="<u2", chunks=(65536, 1), compression="gzip",
+                                    fillvalue=49)
+    with h5py.File(jun_cheng_copy / "6.mat", "r+") as fh:
+        del fh["cjdata/image"], fh["cjdata/tumorMask"]
+        fh["cjdata"].create_dataset("image", shape=(1, 3000), dtype="<i2", fillvalue=1)  # rejected: not square
+        fh["cjdata"].create_dataset("tumorMask", shape=(1, 3000), dtype="u1", fillvalue=1)
+    with h5py.File(jun_cheng_copy / "7.mat", "r+") as fh:
+        del fh["cjdata/image"]
+        fh["cjdata"].create_dataset("image", shape=(4096, 4096), dtype="<i2", chunks=(256, 256), compression="gzip")
+    (jun_cheng_copy / "8.mat").unlink()
+    os.mkfifo(jun_cheng_copy / "8.mat")
+
+    report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CONFIG)
+    assert report.rejected == {
+        "2.mat": "cjdata is not a struct stored in this file",
+        "3.mat": "/cjdata/image keeps its data in other files, expected data stored in this file",
+        "4.mat": "tumorMask shape (32000, 32000) differs from image shape (64, 64)",
+        "5.mat": "PID holds 100,000,000 values, more than 256",
+        "6.mat": "image of shape (3000, 1), expected a square 2-D slice",
+        "7.mat": "image of 4096 x 4096 pixels, more than 2048 per side",
+        "8.mat": "not a regular file (a FIFO, device or socket)"}
+    assert open_store(tmp_path / "s.zarr")["images"].shape[-1] == 64 and report.cases == 11
+
+
+def test_a_folds_file_declaring_a_huge_array_is_rejected_and_the_slices_go_on(jun_cheng_copy, tmp_path):
+    with h5py.File(jun_cheng_copy / "cvind.mat", "w") as fh:
+        fh.create_dataset("cvind", shape=(10**10, 1), dtype="f8", chunks=(65536, 1), compression="gzip")
+    report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CONFIG)
+    assert report.rejected == {"cvind.mat": "the folds variable declares 10,000,000,000 entries, more than 100,000"}
+    assert report.cases == 18
+
+
 def test_truncated_mat_is_named_as_truncated(jun_cheng_copy, tmp_path):
     data = (jun_cheng_copy / "3.mat").read_bytes()
     (jun_cheng_copy / "3.mat").write_bytes(data[: len(data) // 3])  # the HDF5 signature survives
@@ -808,3 +862,33 @@ def test_a_manifest_row_with_more_cells_than_the_header_is_rejected(brats_source
     assert report.rejected == {"m.csv:2": "5 cells, more than the header's 4 columns (extra: 'extra'); quote a "
                                           "path that holds a comma"}
     assert report.cases == 1
+
+
+def test_a_case_larger_than_a_store_takes_does_not_set_the_size(brats_source, tmp_path, monkeypatch):
+    """A first manifest row of 3000 x 3000 slices made every case 3000 px (2.5 GB of memory for 48-px cases);
+    sizes beyond what --image-size takes (2048) no longer set it. Shown here with a bound of 40 px."""
+    monkeypatch.setattr("storage.ingest.MAX_IMAGE_SIZE", 40)
+    flair, seg = _padded_case(brats_source, 1, tmp_path, 48)
+    rows = [f"p{case},HGG,{','.join(_case_files(brats_source, case))}" for case in (2, 3)]
+    (tmp_path / "m.csv").write_text("patient_id,label,flair,seg\n" + f"p1,HGG,{flair},{seg}\n" + "\n".join(rows))
+    report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+    assert report.cases == 3 and open_store(tmp_path / "s.zarr")["images"].shape[2:] == (32, 32)
+    assert report.resized == ["p1 (48×48)"]
+
+
+def test_a_fifo_in_a_manifest_or_a_case_folder_is_rejected_and_the_rest_go_on(brats_copy, tmp_path):
+    """A FIFO (or a link to /dev/zero) was rejected as "file not found", then hashed for the store's record of
+    what it examined: ingestion hung for ever."""
+    import os
+
+    path = _file(brats_copy, 6, "t1")
+    path.unlink()
+    os.mkfifo(path)
+    report = ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
+    assert report.rejected == {f"{CASE.format(6)}/{path.name}": "not a regular file (a FIFO, device or socket)"}
+    assert report.cases == 5
+    (tmp_path / "zero.nii").symlink_to("/dev/zero")
+    flair, seg = _case_files(brats_copy, 1)
+    (tmp_path / "m.csv").write_text(f"patient_id,label,flair,seg\np0,HGG,zero.nii,{seg}\np1,HGG,{flair},{seg}\n")
+    report = ingest_manifest(tmp_path / "m.csv", tmp_path / "m.zarr", CONFIG)
+    assert report.rejected == {"zero.nii": "not a regular file (a FIFO, device or socket)"} and report.cases == 1

@@ -100,3 +100,48 @@ def test_a_file_is_hashed_once_per_process_until_it_changes(tmp_path, monkeypatc
     assert nifti.sha256_file(path) == hashlib.sha256(b"third volum!").hexdigest()
     with pytest.raises(FileNotFoundError, match="gone.nii.gz"):
         nifti.sha256_file(tmp_path / "gone.nii.gz")
+
+
+def test_a_header_claiming_more_than_the_file_holds_is_refused_before_it_is_allocated(tmp_path):
+    """A 2 KB file claiming 1000 x 1000 x 250 float32 made nibabel zero-fill a 1 GB buffer before failing; one
+    claiming terabytes failed with an empty reason."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape((1000, 1000, 250))
+    path = tmp_path / "claims.nii"
+    path.write_bytes(header.binaryblock + bytes(4) + bytes(2000))
+    with pytest.raises(CaseRejected, match=r"voxel data unreadable \(its header describes 1,000,000,352 bytes, the "
+                                           r"file holds 2,352: truncated\?\)"):
+        load_nifti(path)
+    header.set_data_shape((32767, 32767, 1000))
+    path.write_bytes(header.binaryblock + bytes(4))
+    with pytest.raises(CaseRejected, match=r"its header claims 3,999\.8 GiB of voxels \(32767 x 32767 x 1000 of "
+                                           r"float32\), more than gpseg reads \(4 GiB\)"):
+        load_nifti(path)
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_it(tmp_path):
+    """A real volume followed by hundreds of megabytes of compressed zeros inflated in full (and twice over)."""
+    data, raw = _raw()
+    bomb = zlib.compressobj(9, zlib.DEFLATED, 31)
+    path = tmp_path / "bomb.nii.gz"
+    path.write_bytes(bomb.compress(raw) + bomb.compress(bytes(64 << 20)) + bomb.flush())
+    with pytest.raises(CaseRejected, match=r"decompresses to more than the 1,049,048 bytes its header describes"):
+        load_nifti(path)
+
+
+def test_a_fifo_or_device_is_refused_without_reading_it(tmp_path):
+    """A FIFO blocked ingestion for ever (a device such as /dev/zero never ended), once rejected as
+    "file not found" and then hashed."""
+    import os
+
+    from storage.nifti import sha256_file
+
+    fifo = tmp_path / "fifo.nii"
+    os.mkfifo(fifo)
+    (tmp_path / "zero.nii").symlink_to("/dev/zero")
+    for path in (fifo, tmp_path / "zero.nii"):
+        with pytest.raises(CaseRejected, match=r"not a regular file \(a FIFO, device or socket\)"):
+            load_nifti(path)
+        with pytest.raises(OSError, match="not a regular file"):
+            sha256_file(path)
