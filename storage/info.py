@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.errors import StoreError
+from storage.errors import StoreError, one_line
 from storage.store import SPLIT_NAMES, fold_names, open_store, read_patients, reoriented_volumes
 
 
@@ -63,6 +63,15 @@ def summarise_store(path: Path | str) -> StoreSummary:
     if problems:
         raise StoreError(f"{path}: not a whole slice store ({'; '.join(problems)}); `gpseg validate {path}` "
                          "checks the rest")
+    try:
+        return _summary(path, group)
+    except (RuntimeError, ValueError, OSError, MemoryError) as exc:  # a chunk that does not decode, a bad shape
+        raise StoreError(f"{path}: damaged, an array cannot be read ({one_line(exc)}); `gpseg validate {path}` "
+                         "names what") from None
+
+
+def _summary(path: Path | str, group) -> StoreSummary:
+    """The body of :func:`summarise_store`, on a store whose schema holds."""
     attrs = group.attrs
     classes = list(attrs["classes"])
     labels = group["labels"][:].astype(int)

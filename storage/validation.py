@@ -22,7 +22,7 @@ import pandas as pd
 from storage.quiet import quiet_logger
 from storage.reads import read_rows
 from storage.splits import TEST, TRAIN, VAL, empty_splits
-from storage.store import SPLIT_NAMES, fold_names, missing_chunks, open_store, read_patients
+from storage.store import CHUNK_COUNTS, SPLIT_NAMES, fold_names, missing_chunks, open_store, read_patients
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -142,6 +142,13 @@ SCHEMA_ATTRS = ("schema_version", "dataset", "classes", "channels", "normalisati
 """The attributes every slice store holds."""
 
 
+def _recorded_slices(group) -> int | None:
+    """The image chunk files ingestion recorded writing (one per slice), or ``None`` when it recorded none."""
+    counts = group.attrs.get(CHUNK_COUNTS)
+    value = counts.get("images") if isinstance(counts, dict) else None
+    return value if isinstance(value, int) else None
+
+
 def schema_table(group) -> pd.DataFrame:
     """One row per required array and attribute: ``problem`` is ``""`` when it is as the schema says, else one
     line (missing, another dtype or dimension count, another length than ``labels``, fold arrays that are not
@@ -171,6 +178,10 @@ def schema_table(group) -> pd.DataFrame:
                 problem = f"{name}: {found} {tuple(array.shape)}, expected {dtype} with {ndim} dimension(s)"
             elif int(array.shape[0]) != n:
                 problem = f"{name}: {array.shape[0]} rows, the store has {n} slices"
+            elif name == "images" and _recorded_slices(group) not in (None, n):
+                # one chunk file per slice: a zarr.json claiming more rows would be read for hours, as fill values
+                problem = (f"images: {n:,} rows, but ingestion wrote {_recorded_slices(group):,} slices (its "
+                           f"{CHUNK_COUNTS} attribute): a damaged zarr.json")
         rows.append({"item": name, "problem": problem})
     rows += [{"item": key, "problem": "" if key in group.attrs else f"attribute {key}: missing"}
              for key in SCHEMA_ATTRS]

@@ -331,6 +331,33 @@ def test_info_counts_labels_outside_the_classes_and_names_a_broken_store_in_one_
     assert broken.exit_code == 1 and "b.zarr: not a whole slice store (splits/fold_1: " in said, said
 
 
+def test_info_and_validate_name_an_undecodable_chunk_or_a_zarr_json_claiming_rows(brats_source, tmp_path):
+    """A damaged labels chunk gave `gpseg info` a 97-line traceback; a zarr.json claiming 10^10 slices made
+    `gpseg validate` read fill values for hours."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    store = ingest_brats(brats_source, tmp_path / "b.zarr", CONFIG).store
+    chunk = next((store / "labels" / "c").rglob("*"))
+    chunk.write_bytes(bytes(range(10)))
+    shown = CliRunner().invoke(app, ["info", str(store)])
+    said = " ".join(shown.output.split())
+    assert shown.exit_code == 1 and f"{store}: damaged, an array cannot be read (" in said and "Traceback" not in said
+    claimed = tmp_path / "c.zarr"
+    ingest_brats(brats_source, claimed, CONFIG)
+    for name in ("images", "masks", "labels", "patient", "slice_index", "splits/fold_0", "splits/fold_1",
+                 "splits/fold_2"):
+        meta = json.loads((claimed / name / "zarr.json").read_text())
+        meta["shape"][0] = 10**10
+        (claimed / name / "zarr.json").write_text(json.dumps(meta))
+    result = validate_store(claimed)
+    assert not result.success and any("images: 10,000,000,000 rows, but ingestion wrote" in line
+                                      for line in result.failures), result.failures
+
+
 @pytest.mark.parametrize("split, advice", [
     (SplitConfig(mode="grouped", folds=3), "too few patients of each class for the split's folds; use fewer --folds"),
     (SplitConfig(mode="grouped", folds=1), "too few patients of each class; ingest more cases"),
