@@ -28,7 +28,7 @@ import zarr
 
 from gpmodels.files import replace_atomically
 from storage.errors import CaseRejected
-from storage.nifti import load_nifti
+from storage.nifti import MAX_VOXEL_BYTES, load_nifti
 from storage.store import open_store, read_patients
 from storage.volumes import record_axes
 
@@ -54,6 +54,9 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     if len(values) != 3 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
                                    for v in values):
         raise ValueError(f"shape: got {shape!r}, expected three positive integers (X, Y, Z)")
+    if int(np.prod(values, dtype=object)) > MAX_VOXEL_BYTES:  # a damaged record; ingestion reads no larger volume
+        raise ValueError(f"shape: got {list(values)}, more voxels than any volume gpseg ingests (a damaged "
+                         "volumes record?)")
     return int(values[0]), int(values[1]), int(values[2])
 
 

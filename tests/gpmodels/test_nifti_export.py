@@ -267,6 +267,21 @@ def test_a_header_rebuilt_for_a_store_without_recorded_forms_codes_both(source: 
         assert header["descrip"].item().decode().endswith("header rebuilt from the stored affine")
 
 
+def test_a_volumes_record_claiming_a_huge_shape_is_refused_in_one_line(native_store: Path, tmp_path: Path) -> None:
+    """A damaged record of 20000 x 20000 x 1000 gave a 373 GiB ArrayMemoryError traceback."""
+    import zarr
+
+    store = Path(shutil.copytree(native_store, tmp_path / "s.zarr"))
+    group = zarr.open_group(str(store), mode="r+")
+    volumes = dict(group.attrs["volumes"])
+    first = next(iter(volumes))
+    volumes[first] = {**volumes[first], "shape": [20000, 20000, 1000]}
+    group.attrs["volumes"] = volumes
+    with pytest.raises(ValueError, match=r"shape: got \[20000, 20000, 1000\], more voxels than any volume gpseg "
+                                         r"ingests"):
+        export_patient_masks(store, *_ground_truth(store), tmp_path / "out")
+
+
 def test_export_rejects_a_2d_store(tmp_path: Path) -> None:
     write_jun_cheng_phantoms(tmp_path / "jc", 6, size=64, seed=0)
     store = ingest_jun_cheng(tmp_path / "jc", tmp_path / "jc.zarr", IngestConfig(workers=0)).store
