@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 
 from flows.layout import REPORT, carried_notes, dataset_of, default_runs, failure_notes, row_line, summary_rows
 from flows.params import PostprocessParams
+from flows.workdir_lock import workdir_lock
 from gpmodels.files import read_run_config
 from storage.errors import one_line
 from tasks.evaluation import evaluate_run, publish, report
@@ -15,8 +16,20 @@ from tasks.evaluation import evaluate_run, publish, report
 
 @flow(name="postprocess", log_prints=True)
 def postprocess(params: PostprocessParams = PostprocessParams()) -> dict:
-    """Thresholds -> evaluation -> report from the heatmap stores of finished runs."""
+    """Thresholds -> evaluation -> report from the heatmap stores of finished runs.
+
+    With the work dir's runs or report, the work dir is locked (:mod:`flows.workdir_lock`), so a re-threshold
+    never puts back a report of older runs over the one a benchmark or retrain writes meanwhile.
+    """
     logger = get_run_logger()
+    if (params.runs and params.out) or not Path(params.workdir).is_dir():
+        return _postprocess(params, logger)
+    with workdir_lock(params.workdir, "postprocess", logger.warning):
+        return _postprocess(params, logger)
+
+
+def _postprocess(params: PostprocessParams, logger) -> dict:
+    """The body of :func:`postprocess`."""
     runs, source = (params.runs, "the runs given") if params.runs else default_runs(params.workdir)
     # the same runs as the report's: what it said of how they were made still holds
     carried = [] if params.runs else carried_notes(Path(params.workdir) / REPORT)

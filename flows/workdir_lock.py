@@ -1,23 +1,21 @@
 """One flow at a time changes a work dir: its stores, runs and report.
 
-``full-benchmark`` and ``retrain-on-new-data`` hold ``WORKDIR/.flow.lock`` (``fcntl.flock``, exclusive) from
-before their first ingestion to their report. Two of them on one work dir (a ``gpseg retrain`` by hand beside
-the nightly run, a benchmark beside a retrain) each appended to the store they had read, and the second
-replaced the first's store: cases ingested by the first were lost, and a run dir named by one data version
-was trained on another. The deployment's ``concurrency_limit`` covers runs of one deployment only. A second
-flow now waits for the first, saying so in its log. The lock goes with the process, so a killed flow leaves
-the file, not the lock. ``postprocess`` takes no lock: it writes evaluations and the report only, each
-atomically.
+``full-benchmark``, ``retrain-on-new-data`` and ``postprocess`` (and ``gpseg postprocess --workdir``) hold
+``WORKDIR/.flow.lock`` (:func:`storage.locks.exclusive_lock`) from before they first read or write it to their
+report. Two of them on one work dir (a ``gpseg retrain`` by hand beside the nightly run, a benchmark beside a
+retrain) each appended to the store they had read, and the second replaced the first's store: cases ingested by
+the first were lost, and a run dir named by one data version was trained on another; a re-threshold running
+across a retrain's report put back a report of the old runs. The deployment's ``concurrency_limit`` covers runs
+of one deployment only. A second flow now waits for the first, saying so in its log.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from storage.locks import exclusive_lock
 
 LOCK_FILE = ".flow.lock"
 """The lock file in a work dir; it holds the pid and flow of the run holding it."""
@@ -34,30 +32,10 @@ def workdir_lock(workdir: str | Path, flow_name: str, say: Callable[[str], objec
             without one), e.g. a Prefect run logger's ``warning``.
     """
     path = Path(workdir) / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    locked = False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            locked = True
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            say(f"waiting for the flow run working in {path.parent} ({holder}) to finish: one flow at a time "
+
+    def busy(holder: str) -> str:
+        return (f"waiting for the flow run working in {path.parent} ({holder}) to finish: one flow at a time "
                 "changes a work dir's stores, runs and report")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            locked = True
-        except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-            say(f"{path}: this file system cannot lock files, so nothing keeps a second flow run from changing "
-                f"{path.parent} at the same time ({os.strerror(exc.errno)})")
-        if locked:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()}, {flow_name}\n".encode(), 0)
+
+    with exclusive_lock(path, flow_name, busy, say):
         yield
-    finally:
-        if locked:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)

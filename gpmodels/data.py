@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from gpmodels.augment import AugmentConfig, RandomFlipRotate, resize_batch
+from storage.errors import StoreError
 from storage.reads import read_rows
 from storage.store import SPLIT_NAMES, fold_names, open_store
 
@@ -293,6 +294,9 @@ class SliceDataModule(pl.LightningDataModule):
             (:func:`fits_in_memory`); ``always``; ``never``. Cached splits stay held (train and val while
             fitting, then test too).
         cache_limit_bytes: the ``auto`` limit per split.
+        data_version: the store's data version the run was resolved against; a split set up later (the test
+            split, after fitting) from a store re-ingested meanwhile is refused (:class:`StoreError`), not
+            read from the new data.
 
     Attributes (after :meth:`setup`):
         classes: class names; channels: channel names; store_image_size: the store's size;
@@ -301,8 +305,9 @@ class SliceDataModule(pl.LightningDataModule):
 
     def __init__(self, store: str, fold: int, batch_size: int, image_size: int | None = None,
                  augment: AugmentConfig | None = AugmentConfig(), seed: int = 0, num_workers: int = 0,
-                 cache: str = "auto", cache_limit_bytes: int = 4 * 2**30) -> None:
+                 cache: str = "auto", cache_limit_bytes: int = 4 * 2**30, data_version: str | None = None) -> None:
         super().__init__()
+        self.data_version = data_version
         if batch_size < 1:
             raise ValueError(f"batch_size: got {batch_size}, expected >= 1")
         if cache not in ("auto", "always", "never"):
@@ -335,6 +340,11 @@ class SliceDataModule(pl.LightningDataModule):
         if not missing:
             return
         group = open_store(self.store)
+        found = group.attrs.get("data_version")
+        if self.data_version and found != self.data_version:
+            raise StoreError(f"{self.store}: data version {found}, but this run started on {self.data_version}: the "
+                             "store was re-ingested while it trained, so its splits may hold other slices; train the "
+                             "run again")
         self.classes = list(group.attrs["classes"])
         self.channels = list(group.attrs["channels"])
         self.store_image_size = int(group["images"].shape[-1])

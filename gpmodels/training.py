@@ -550,7 +550,8 @@ def _train(run: RunConfig, paths: RunPaths, previous: RunConfig | None, progress
                                   channels_last=use_channels_last(config.accelerator, precision))
         data = SliceDataModule(run.store_path, config.fold, config.batch_size, image_size=run.image_size,
                                augment=config.augment, seed=config.seed, num_workers=config.num_workers,
-                               cache=config.cache, cache_limit_bytes=int(config.cache_limit_gb * 2**30))
+                               cache=config.cache, cache_limit_bytes=int(config.cache_limit_gb * 2**30),
+                               data_version=run.data_version or None)
         checkpoint, last = _checkpoint_callbacks(paths, _killed_attempts_best(paths, progress))
         trainer = _trainer(run, paths, start_step, [checkpoint, last], progress_bar)
         interrupt_handler = signal.getsignal(signal.SIGINT)

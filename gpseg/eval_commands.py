@@ -252,13 +252,27 @@ def postprocess_cmd(
 
     A run whose test heatmaps are missing, or were made from another version of its store, is named
     ("failed RUN: reason"), left out of the report (its notes say so) and the others go on; the exit
-    status is then 2.
+    status is then 2. With --workdir it waits for a flow working in that work dir (and a flow for it).
     """
-    from gpmodels.report import build_report
-
     params = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)
     if (runs is None) == (workdir is None):
         raise fail("give either --runs (repeatable) or --workdir")
+    if workdir is None or not workdir.is_dir():
+        _postprocess(runs, workdir, out, params)
+        return
+    from flows.workdir_lock import workdir_lock
+
+    def say(message: str) -> None:
+        console.print(f"[yellow]waiting[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+    with workdir_lock(workdir, "gpseg postprocess", say):  # a flow's report written meanwhile would be replaced
+        _postprocess(runs, workdir, out, params)
+
+
+def _postprocess(runs: list[Path] | None, workdir: Path | None, out: Path | None, params) -> None:
+    """The body of :func:`postprocess_cmd` (with ``--workdir``, the work dir locked)."""
+    from gpmodels.report import build_report
+
     carried: list[dict] = []
     if workdir is not None:
         from flows.layout import REPORT, carried_notes

@@ -8,6 +8,7 @@ recorded; the store is written atomically (see :mod:`storage.store`).
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from storage.errors import CaseRejected, NoUsableInput, one_line
 from storage.ingest_config import DEFAULT_RATIOS, MAX_IMAGE_SIZE, IngestConfig, SplitConfig
 from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, discover_jun_cheng,
                                largest_image_size, read_mat_case)
+from storage.locks import exclusive_lock
 from storage.manifest import read_manifest
 from storage.nifti import sha256_file
 from storage.parallel import dask_client, ordered_map
@@ -251,7 +253,30 @@ def _stored_settings(config: IngestConfig, out: Path, append: bool) -> tuple[Ing
     return config, int(group["images"].shape[-1])
 
 
+def store_lock(out: Path):
+    """Hold the lock of the store at ``out`` (``.NAME.lock`` beside it) while one ingestion reads and replaces it.
+
+    Two ingestions into one store at once each appended to the store they had read, and the second replaced the
+    first's: its cases were lost without a word. The second is now refused at once.
+
+    Raises:
+        storage.locks.Busy: another process is writing the store.
+    """
+    lock = out.parent / f".{out.name}.lock"
+    return exclusive_lock(lock, "gpseg ingest",
+                          lambda holder: f"{out}: another ingestion ({holder}) is writing this store; run this one "
+                                         "when it has finished",
+                          logging.getLogger(__name__).warning, wait=False)
+
+
 def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: Progress | None) -> IngestReport:
+    with store_lock(out):
+        return _ingest_locked(plan, out, config, append, progress)
+
+
+def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
+                   progress: Progress | None) -> IngestReport:
+    """The body of :func:`_run`, with the store locked."""
     start = time.perf_counter()
     report = IngestReport(store=out, rejected={source_key(f, plan.root): r for f, r in plan.rejected.items()},
                           archives=plan.archives())

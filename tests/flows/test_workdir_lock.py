@@ -32,3 +32,51 @@ def test_a_second_flow_waits_for_the_one_holding_the_work_dir(tmp_path):
     with workdir_lock(tmp_path, "full-benchmark", said.append):  # free again: no wait, nothing said
         pass
     assert said == [] and (tmp_path / LOCK_FILE).read_text() == ""
+
+
+def _hold(lock_code: str, *args: str) -> subprocess.Popen:
+    """A process that runs ``with <lock_code>: print('held'); sleep 1.5``, once it holds the lock."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path[:0] = sys.argv[1:]\n"
+         f"{lock_code}\n    print('held', flush=True); time.sleep(1.5)", *sys.path],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_gpseg_postprocess_on_a_work_dir_waits_for_the_flow_working_in_it(tmp_path):
+    """A re-threshold across a retrain's report put back a report of the old runs over the new one."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    holder = _hold(f"from flows.workdir_lock import workdir_lock\nwith workdir_lock({str(tmp_path)!r}, "
+                   "'retrain-on-new-data', print):")
+    result = CliRunner().invoke(app, ["postprocess", "--workdir", str(tmp_path)])
+    holder.wait(timeout=30)
+    said = " ".join(result.output.split())
+    assert said.startswith(f"waiting waiting for the flow run working in {tmp_path} (pid {holder.pid}, "
+                           "retrain-on-new-data) to finish"), said
+    assert result.exit_code == 1 and "no run" in said  # then it went on, on a work dir without runs
+
+
+def test_a_second_ingestion_into_one_store_is_refused_at_once(tmp_path):
+    """Two `gpseg ingest --append` at once each appended to the store they had read; the second replaced the
+    first's, and its cases were lost without a word."""
+    import pytest
+
+    from storage.ingest import ingest_brats, store_lock
+    from storage.locks import Busy
+    from storage.phantoms import write_brats_phantoms
+
+    write_brats_phantoms(tmp_path / "src", 2, size=32, depth=16, seed=0)
+    store = tmp_path / "s.zarr"
+    holder = _hold("from pathlib import Path\nfrom storage.ingest import store_lock\n"
+                   f"with store_lock(Path({str(store)!r})):")
+    with pytest.raises(Busy, match=rf"^{store}: another ingestion \(pid {holder.pid}, gpseg ingest\) is writing this "
+                                   r"store; run this one when it has finished$"):
+        ingest_brats(tmp_path / "src", store)
+    holder.wait(timeout=30)
+    assert not store.exists()
+    with store_lock(store):  # free again
+        pass

@@ -85,6 +85,18 @@ def test_cache_auto_depends_on_the_limit(phantom_store):
         SliceDataModule(str(phantom_store), 0, batch_size=4, cache="sometimes")
 
 
+def test_a_split_of_a_store_re_ingested_since_the_run_began_is_refused(phantom_store):
+    """`gpseg ingest --overwrite` during a training: its test split was read from the new store after fitting,
+    and the test metrics of other slices were recorded under the old data version."""
+    from storage.errors import StoreError
+
+    version = open_store(phantom_store).attrs["data_version"]
+    SliceDataModule(str(phantom_store), 0, 4, data_version=version).setup("test")  # the same data: fine
+    with pytest.raises(StoreError, match=rf"data version {version}, but this run started on 0123456789abcdef: the "
+                                         "store was re-ingested while it trained"):
+        SliceDataModule(str(phantom_store), 0, 4, data_version="0123456789abcdef").setup("test")
+
+
 def test_dataset_reopens_the_store_after_pickling(phantom_store):
     group = open_store(phantom_store)
     dataset = SliceDataset(str(phantom_store), np.array([2, 5]), group["labels"].oindex[[2, 5]])

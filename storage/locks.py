@@ -1,0 +1,65 @@
+"""Exclusive locks on lock files (``fcntl.flock``), for writers of one store or one work dir.
+
+The lock goes with the process: a killed writer leaves the file, not the lock. The file holds the holder's
+pid and what it does, for the message of the process that finds it taken.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from storage.errors import StoreError
+
+
+class Busy(StoreError):
+    """Another process holds the lock (when not waiting for it); the message names the lock's folder and holder."""
+
+
+@contextmanager
+def exclusive_lock(path: Path, doing: str, busy: Callable[[str], str], say: Callable[[str], object],
+                   wait: bool = True) -> Iterator[None]:
+    """Hold the lock file ``path`` exclusively while the block runs.
+
+    Args:
+        path: the lock file (created, with its folder, if missing).
+        doing: written into the file while held, e.g. ``"gpseg ingest"``, for another process's message.
+        busy: the message when another process holds it, from the holder's text (``"pid 12, gpseg ingest"``).
+        say: how to tell the user that this process waits, or that the file system has no locks.
+        wait: wait for the holder (saying so) or raise :class:`Busy` at once.
+
+    Raises:
+        Busy: ``wait`` is false and another process holds the lock.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    locked = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
+        except BlockingIOError:
+            message = busy(os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process")
+            if not wait:
+                raise Busy(message) from None
+            say(message)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            locked = True
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            say(f"{path}: this file system cannot lock files, so nothing keeps a second process from writing "
+                f"beside this one ({os.strerror(exc.errno)})")
+        if locked:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}, {doing}\n".encode(), 0)
+        yield
+    finally:
+        if locked:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
