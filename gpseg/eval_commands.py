@@ -263,7 +263,7 @@ def postprocess_cmd(
     from flows.workdir_lock import workdir_lock
 
     def say(message: str) -> None:
-        console.print(f"[yellow]waiting[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]{escape(message)}[/yellow]", highlight=False, soft_wrap=True)
 
     with workdir_lock(workdir, "gpseg postprocess", say):  # a flow's report written meanwhile would be replaced
         _postprocess(runs, workdir, out, params)

@@ -55,7 +55,7 @@ def test_gpseg_postprocess_on_a_work_dir_waits_for_the_flow_working_in_it(tmp_pa
     result = CliRunner().invoke(app, ["postprocess", "--workdir", str(tmp_path)])
     holder.wait(timeout=30)
     said = " ".join(result.output.split())
-    assert said.startswith(f"waiting waiting for the flow run working in {tmp_path} (pid {holder.pid}, "
+    assert said.startswith(f"waiting for the flow run working in {tmp_path} (pid {holder.pid}, "
                            "retrain-on-new-data) to finish"), said
     assert result.exit_code == 1 and "no run" in said  # then it went on, on a work dir without runs
 
