@@ -560,7 +560,7 @@ def _first_size(cases: list[VolumeCase], classes: list[str], config: IngestConfi
     for case in cases:
         try:
             size = int(read_volume_case(case, classes, config).images.shape[-1])
-        except CaseRejected:  # the reader rejects it again with the reason later
+        except Exception:  # rejected, or unreadable in another way: the reader says why again later
             continue
         if size <= MAX_IMAGE_SIZE:  # a larger case is resized down to the size of the others
             return size
