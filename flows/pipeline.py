@@ -110,8 +110,10 @@ def store_settings(store: str) -> dict:
     """The :data:`SETTINGS_OF_STORES` of the store at ``store``; empty when there is none (or it is damaged)."""
     from storage.store import open_store
 
+    if not Path(store).exists():  # a first ingestion replaces nothing (its settings read as None did)
+        return {}
     try:
-        attrs = open_store(store).attrs if Path(store).exists() else {}
+        attrs = open_store(store).attrs
     except Exception:  # not a store: ingestion says so
         return {}
     return {key: attrs.get(key) for key in SETTINGS_OF_STORES}

@@ -213,3 +213,11 @@ def test_cached_heatmaps_are_trusted_only_while_made_from_the_weights_asked_for(
     assert made_from(path, "a" * 16) and not made_from(path, "b" * 16)
     (path / "zarr.json").write_text("damaged")
     assert not made_from(path, "a" * 16)
+
+
+def test_a_first_ingestion_replaces_no_store_settings(tmp_path):
+    """Every fresh benchmark warned that each new store "was replaced ... (normalisation None, now 'robust')":
+    a missing store's settings read as None instead of none at all."""
+    from flows.pipeline import store_settings
+
+    assert store_settings(str(tmp_path / "none.zarr")) == {}
