@@ -266,17 +266,14 @@ def read_mat_case(case: MatCase, config: IngestConfig) -> SliceBatch:
     transposed back. Labels 1-3 map to class indices 0-2.
 
     Raises:
-        CaseRejected: not v7.3, fields missing, label outside 1-3, image not 2-D,
-            non-finite or constant, or an empty/mismatched tumour mask.
+        CaseRejected: not v7.3, fields missing, linked or too large (:func:`_read_fields`, which also checks the
+            image is square and 2-D and the tumour mask of its shape), label outside 1-3, image non-finite or
+            constant, an empty tumour mask, or an empty or unusable PID.
     """
     path = case.path
     image, label, pid, mask = _read_fields(path)
     if label not in (1, 2, 3):
         raise CaseRejected(path, f"label {label:g} outside 1-3 (meningioma, glioma, pituitary)")
-    if image.ndim != 2 or image.shape[0] != image.shape[1]:
-        raise CaseRejected(path, f"image of shape {image.shape}, expected a square 2-D slice")
-    if mask.shape != image.shape:
-        raise CaseRejected(path, f"tumorMask shape {mask.shape} differs from image shape {image.shape}")
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise CaseRejected(path, "image has NaN/inf pixels")
     if image.max() == image.min():

@@ -160,6 +160,7 @@ def schema_table(group) -> pd.DataFrame:
     rows: list[dict[str, str]] = []
     lengths = {name: int(group[name].shape[0]) for name in ("labels", "images") if name in group}
     n = lengths.get("labels", lengths.get("images", 0))
+    written = _recorded_slices(group)
     expected = dict(SCHEMA_ARRAYS)
     split = group.attrs.get("split")
     folds = split.get("folds") if isinstance(split, dict) else None
@@ -178,9 +179,9 @@ def schema_table(group) -> pd.DataFrame:
                 problem = f"{name}: {found} {tuple(array.shape)}, expected {dtype} with {ndim} dimension(s)"
             elif int(array.shape[0]) != n:
                 problem = f"{name}: {array.shape[0]} rows, the store has {n} slices"
-            elif name == "images" and _recorded_slices(group) not in (None, n):
+            elif name == "images" and written not in (None, n):
                 # one chunk file per slice: a zarr.json claiming more rows would be read for hours, as fill values
-                problem = (f"images: {n:,} rows, but ingestion wrote {_recorded_slices(group):,} slices (its "
+                problem = (f"images: {n:,} rows, but ingestion wrote {written:,} slices (its "
                            f"{CHUNK_COUNTS} attribute): a damaged zarr.json")
         rows.append({"item": name, "problem": problem})
     rows += [{"item": key, "problem": "" if key in group.attrs else f"attribute {key}: missing"}
