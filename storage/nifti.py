@@ -150,7 +150,9 @@ def _claimed_bytes(path: Path, data: bytes) -> int:
     for header_type in (nib.Nifti1Header, nib.Nifti2Header):
         try:
             with quiet_logger("nibabel", logging.CRITICAL):
-                header = header_type.from_fileobj(io.BytesIO(head), check=False)
+                # the fixed-size header alone: nibabel also reads the extensions that follow it, and an
+                # extension running past the first kilobyte (AFNI's XML, a DICOM or JSON sidecar) would fail
+                header = header_type.from_fileobj(io.BytesIO(head[:header_type.sizeof_hdr]), check=False)
             if int(header["sizeof_hdr"]) != header_type.sizeof_hdr:
                 continue
             shape = [int(n) for n in header.get_data_shape()]

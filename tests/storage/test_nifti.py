@@ -120,6 +120,19 @@ def test_a_header_claiming_more_than_the_file_holds_is_refused_before_it_is_allo
         load_nifti(path)
 
 
+@pytest.mark.parametrize("size", [600, 4000, 300_000])
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_header_extension_of_any_size_is_read(tmp_path, size, suffix):
+    """A .nii.gz whose header extension (AFNI's XML, a DICOM or JSON sidecar) ran past the first kilobyte was
+    refused as "not a NIfTI-1/NIfTI-2 file": the size check parsed the extensions from that kilobyte alone."""
+    data = np.arange(5 * 4 * 3, dtype=np.int16).reshape(5, 4, 3)
+    image = nib.Nifti1Image(data, AFFINE)
+    image.header.extensions.append(nib.nifti1.Nifti1Extension(4, b"<AFNI_attributes>" + b" " * size + b"/>"))
+    path = tmp_path / f"afni{suffix}"
+    nib.save(image, path)
+    np.testing.assert_array_equal(load_nifti(path).data, data)
+
+
 def test_a_gzip_bomb_is_refused_without_inflating_it(tmp_path):
     """A real volume followed by hundreds of megabytes of compressed zeros inflated in full (and twice over)."""
     data, raw = _raw()
