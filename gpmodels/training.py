@@ -55,6 +55,7 @@ from gpmodels.files import damaged, read_run_config, write_text_atomic
 from gpmodels.lightning_module import ClassifierModule
 from gpmodels.nets import build_model
 from gpmodels.train_config import DERIVED_FIELDS, RunConfig, TrainConfig
+from storage.locks import open_lock_file
 from storage.quiet import quiet_logger
 from storage.store import SPLIT_NAMES, check_chunks, open_store
 
@@ -458,16 +459,17 @@ def run_dir_lock(paths: RunPaths) -> Iterator[int]:
         RunDirBusy: At once, if another process holds it: ``RUN_DIR: another process (pid N) is training
             this run; wait for it to finish``.
     """
-    paths.root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fd, writable = open_lock_file(paths.lock)  # read-only when another user made it: flock needs no more
     try:
         locked = _lock_exclusively(fd, paths)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
             yield fd
         finally:
-            os.ftruncate(fd, 0)
+            if writable:
+                os.ftruncate(fd, 0)
             if locked:
                 fcntl.flock(fd, fcntl.LOCK_UN)
     finally:

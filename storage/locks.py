@@ -35,8 +35,7 @@ def exclusive_lock(path: Path, doing: str, busy: Callable[[str], str], say: Call
     Raises:
         Busy: ``wait`` is false and another process holds the lock.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd, writable = open_lock_file(path)
     locked = False
     try:
         try:
@@ -54,12 +53,35 @@ def exclusive_lock(path: Path, doing: str, busy: Callable[[str], str], say: Call
                 raise
             say(f"{path}: this file system cannot lock files, so nothing keeps a second process from writing "
                 f"beside this one ({os.strerror(exc.errno)})")
-        if locked:
+        if locked and writable:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()}, {doing}\n".encode(), 0)
         yield
     finally:
         if locked:
-            os.ftruncate(fd, 0)
+            if writable:
+                os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def open_lock_file(path: Path) -> tuple[int, bool]:
+    """Open (creating it, with its folder, if missing) a lock file; the descriptor and whether it is writable.
+
+    A lock file stays after its run, owned by whoever made it first; another user who may write the folder
+    opens it read-only (``flock`` needs no write access), so only the holder's text is not written. The file is
+    made writable by the group and others as the umask allows, for the same reason.
+
+    Raises:
+        StoreError: One line naming the lock file, when it can be neither made nor opened.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o666), True
+        except PermissionError:
+            if not path.is_file():
+                raise
+            return os.open(path, os.O_RDONLY), False
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open this lock file ({exc.strerror or exc})") from None

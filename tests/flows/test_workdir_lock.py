@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
 import time
 
+import pytest
+
 from flows.workdir_lock import LOCK_FILE, workdir_lock
+from storage import locks
+from storage.errors import StoreError
 
 
 def test_a_second_flow_waits_for_the_one_holding_the_work_dir(tmp_path):
@@ -80,3 +86,38 @@ def test_a_second_ingestion_into_one_store_is_refused_at_once(tmp_path):
     assert not store.exists()
     with store_lock(store):  # free again
         pass
+
+
+def test_a_lock_file_another_user_made_is_locked_read_only(tmp_path, monkeypatch):
+    """A lock file stays, owned by the user who ran first (mode 0644): another user's flow in the same
+    group-writable work dir failed with a bare PermissionError instead of taking or waiting for the lock."""
+    holder = _hold(f"from flows.workdir_lock import workdir_lock\nwith workdir_lock({str(tmp_path)!r}, "
+                   "'retrain-on-new-data', print):")
+    real_open = os.open
+
+    def as_another_user(path, flags, *args):
+        if flags & os.O_RDWR and os.path.exists(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(locks.os, "open", as_another_user)
+    busy = lambda holder_text: f"busy: {holder_text}"  # noqa: E731
+    with pytest.raises(locks.Busy, match=f"busy: pid {holder.pid}, retrain-on-new-data"):
+        with locks.exclusive_lock(tmp_path / LOCK_FILE, "postprocess", busy, print, wait=False):
+            pass
+    holder.wait(timeout=30)
+    with locks.exclusive_lock(tmp_path / LOCK_FILE, "postprocess", busy, print, wait=False):
+        contender = subprocess.run(
+            [sys.executable, "-c", "import sys; sys.path[:0] = sys.argv[2:]\n"
+             "from storage.locks import Busy, exclusive_lock\n"
+             "try:\n    with exclusive_lock(__import__('pathlib').Path(sys.argv[1]), 'x', str, print, wait=False): "
+             "print('taken')\nexcept Busy: print('busy')", str(tmp_path / LOCK_FILE), *sys.path],
+            capture_output=True, text=True, timeout=60)
+        assert contender.stdout.strip() == "busy"  # held through the read-only descriptor
+
+
+def test_a_lock_file_that_cannot_be_opened_is_named_in_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match=rf"^{tmp_path}/file/{LOCK_FILE}: cannot open this lock file \("):
+        with locks.exclusive_lock(tmp_path / "file" / LOCK_FILE, "x", str, print):
+            pass
