@@ -161,8 +161,8 @@ def resolve_run(config: TrainConfig) -> RunConfig:
     Raises:
         storage.errors.StoreError: If there is no readable store at ``config.store``.
         ValueError: If the fold is not in the store, the training split is empty, the validation split holds
-            only classes the training split lacks, a model option is unknown, or more GPUs are asked for
-            than this machine has.
+            only classes the training split lacks, a model option is unknown, more GPUs are asked for
+            than this machine has, or a non-empty validation (or test) split has fewer slices than devices.
     """
     group = open_store(config.store)
     check_chunks(group, config.store, ("images", "labels", f"splits/fold_{config.fold}"))
@@ -178,6 +178,11 @@ def resolve_run(config: TrainConfig) -> RunConfig:
                          f"training split lacks ({absent}), which weigh 0 in the loss: no validation loss to choose "
                          "the best weights by")
     _check_devices(config)
+    for split in ("val", "test") if config.test else ("val",):
+        if 0 < len(splits[split]) < config.devices:  # a device with no slice of it stops the DDP run
+            raise ValueError(f"devices: the {split} split of fold {config.fold} of {config.store} holds "
+                             f"{len(splits[split])} slice(s), fewer than the {config.devices} devices that each "
+                             f"evaluate a share of it; train on at most {len(splits[split])} device(s)")
     options = config.network_options()
     store_size = int(group["images"].shape[-1])
     local = "://" not in config.store

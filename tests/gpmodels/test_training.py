@@ -972,6 +972,37 @@ def test_a_class_absent_from_training_and_an_empty_validation_split_are_said(pha
                                  "the best weights by")
 
 
+def test_an_evaluation_split_smaller_than_the_devices_is_refused_before_training(phantom_store, tmp_path):
+    """Under DDP each device evaluates a share of a split without repeats; a device whose share was empty stopped
+    the run with Lightning's "DataLoader within local rank has zero length" (for the test split: after training)."""
+    import numpy as np
+
+    def one_val_slice(labels, codes):
+        first = np.flatnonzero(codes == 1)[0]
+        codes = np.where(codes == 1, 2, codes)
+        codes[first] = 1
+        return codes
+
+    store = _store_with_fold_0(phantom_store, tmp_path / "oneval.zarr", one_val_slice)
+    config = preset_config("smoke", str(store), "gp-unet", str(tmp_path / "r"))
+    assert resolve_run(config).split_sizes["val"] == 1
+    with pytest.raises(ValueError) as raised:
+        resolve_run(TrainConfig.from_dict({**config.to_dict(), "devices": 2}))
+    assert str(raised.value) == (f"devices: the val split of fold 0 of {store} holds 1 slice(s), fewer than the 2 "
+                                 "devices that each evaluate a share of it; train on at most 1 device(s)")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("size", "world"), [(5, 2), (6, 3), (2, 2), (7, 4)])
+def test_ddp_evaluation_shares_cover_every_slice_once(size, world):
+    from gpmodels.data import EvalShardSampler
+
+    shares = [list(EvalShardSampler(range(size), world, rank)) for rank in range(world)]
+    assert sorted(sum(shares, [])) == list(range(size))
+    assert [len(share) for share in shares] == [len(EvalShardSampler(range(size), world, r)) for r in range(world)]
+    assert min(map(len, shares)) >= 1 and max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
 _KILL_BEFORE_LAST = ("import json, os, signal, sys; from pathlib import Path; import gpmodels.checkpoints as ck\n"
                      "from gpmodels.train_config import TrainConfig; from gpmodels.training import train\n"
                      "save = ck.RunDirCheckpointIO.save_checkpoint\n"
