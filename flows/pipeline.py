@@ -66,9 +66,12 @@ def same_settings(job: dict) -> bool:
     from gpmodels.train_config import RunConfig
     from gpmodels.training import resolve_run
 
+    # the machine's fields are ones a re-run may change: set so that the flow's host, which may lack the GPUs
+    # of the Dask workers that train, passes resolve_run's device checks
+    machine = {"accelerator": "cpu", "devices": 1}
     try:
         config = preset_config(job["preset"], job["store"], job["model"], job["out"], fold=job["fold"],
-                               **(job.get("overrides") or {}))
+                               **{**(job.get("overrides") or {}), **machine})
         recorded = RunConfig.from_dict(read_run_config(job["out"]))
         return not recorded.differences(resolve_run(config))
     except Exception:  # no or a damaged config.json, a store that changed: training says what is wrong

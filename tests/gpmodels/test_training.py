@@ -993,6 +993,19 @@ def test_an_evaluation_split_smaller_than_the_devices_is_refused_before_training
     assert not (tmp_path / "r").exists()
 
 
+def test_a_cached_training_is_trusted_on_a_flow_host_without_the_workers_gpus(phantom_store, untrained_run, tmp_path):
+    """The flow's check of a cached training's run dir resolved the job on the flow's host: with `--accelerator gpu`
+    (training on Dask GPU workers) and no GPU there it raised, so every cached training counted as other settings
+    and was submitted again."""
+    from flows.pipeline import same_settings
+
+    out = untrained_run(phantom_store, "gp-unet", tmp_path / "r")
+    job = {"preset": "smoke", "store": str(phantom_store), "model": "gp-unet", "out": str(out), "fold": 0}
+    assert same_settings(job)
+    assert same_settings({**job, "overrides": {"accelerator": "gpu", "devices": 2}})
+    assert not same_settings({**job, "overrides": {"batch_size": 3}})
+
+
 @pytest.mark.parametrize(("size", "world"), [(5, 2), (6, 3), (2, 2), (7, 4)])
 def test_ddp_evaluation_shares_cover_every_slice_once(size, world):
     from gpmodels.data import EvalShardSampler
