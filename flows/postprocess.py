@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 
 from flows.layout import REPORT, carried_notes, dataset_of, default_runs, failure_notes, row_line, summary_rows
 from flows.params import PostprocessParams
-from flows.workdir_lock import workdir_lock
+from flows.workdir_lock import workdir_locks, workdirs_of
 from gpmodels.files import read_run_config
 from storage.errors import one_line
 from tasks.evaluation import evaluate_run, publish, report
@@ -18,13 +18,14 @@ from tasks.evaluation import evaluate_run, publish, report
 def postprocess(params: PostprocessParams = PostprocessParams()) -> dict:
     """Thresholds -> evaluation -> report from the heatmap stores of finished runs.
 
-    With the work dir's runs or report, the work dir is locked (:mod:`flows.workdir_lock`), so a re-threshold
-    never puts back a report of older runs over the one a benchmark or retrain writes meanwhile.
+    The work dirs it reads or writes in are locked (:mod:`flows.workdir_lock`): ``workdir`` when its runs or
+    report are taken, and those of the runs and report folder given. So a re-threshold never puts back a report
+    of older runs over the one a benchmark or retrain writes meanwhile, nor rewrites a run's evaluation then.
     """
     logger = get_run_logger()
-    if (params.runs and params.out) or not Path(params.workdir).is_dir():
-        return _postprocess(params, logger)
-    with workdir_lock(params.workdir, "postprocess", logger.warning):
+    own = [] if (params.runs and params.out) or not Path(params.workdir).is_dir() else [params.workdir]
+    given = workdirs_of([*(params.runs or []), *([params.out] if params.out else [])])
+    with workdir_locks([*own, *given], "postprocess", logger.warning):
         return _postprocess(params, logger)
 
 

@@ -6,13 +6,14 @@ report. Two of them on one work dir (a ``gpseg retrain`` by hand beside the nigh
 retrain) each appended to the store they had read, and the second replaced the first's store: cases ingested by
 the first were lost, and a run dir named by one data version was trained on another; a re-threshold running
 across a retrain's report put back a report of the old runs. The deployment's ``concurrency_limit`` covers runs
-of one deployment only. A second flow now waits for the first, saying so in its log.
+of one deployment only. A second flow now waits for the first, saying so in its log. A re-threshold of runs given one by one, or into a report folder given, waits
+for the flows of the work dirs they lie in (:func:`workdirs_of`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from storage.locks import exclusive_lock
@@ -38,4 +39,25 @@ def workdir_lock(workdir: str | Path, flow_name: str, say: Callable[[str], objec
                 "changes a work dir's stores, runs and report")
 
     with exclusive_lock(path, flow_name, busy, say):
+        yield
+
+
+def workdirs_of(paths: Iterable[str | Path]) -> list[Path]:
+    """The work dirs that ``paths`` (run dirs, a report folder, existing or not) lie in, resolved and sorted: the
+    nearest folder above each that holds :data:`LOCK_FILE`, which every flow makes in its work dir before it
+    writes a run or a report there. A path in no work dir adds none."""
+    found: set[Path] = set()
+    for path in paths:
+        path = Path(path).resolve()
+        found.update(next(([folder] for folder in (path, *path.parents) if (folder / LOCK_FILE).is_file()), []))
+    return sorted(found)
+
+
+@contextmanager
+def workdir_locks(workdirs: Iterable[str | Path], flow_name: str, say: Callable[[str], object]) -> Iterator[None]:
+    """:func:`workdir_lock` on each of ``workdirs`` (each once, in sorted order, so two processes locking the same
+    ones cannot each wait for the other) while the block runs."""
+    with ExitStack() as stack:
+        for workdir in sorted({Path(workdir).resolve() for workdir in workdirs}):
+            stack.enter_context(workdir_lock(workdir, flow_name, say))
         yield

@@ -10,7 +10,7 @@ Presets:
 * ``paper`` — DESIGN.md "Training": 300 epochs, the store's image size, the networks' default
   width, batch 32 accumulated to an effective batch of 128, Adam 1e-3 with weight decay 5e-4,
   gradient clipping 1.0, rotation ±330° and flips.
-* ``demo`` — learns BraTS-like phantoms in about a minute per model on two CPU cores: 64 px,
+* ``demo`` — learns BraTS-like phantoms in one to two minutes per model on two CPU cores: 64 px,
   width 16 (8 for GP-ReconResNet and GP-ShuffleUNet, which also pools its maps), 20 epochs (10 for
   the two baselines), Adam 3e-4,
   batch 16 *without* accumulation (effective batch 16, not 128: a phantom
@@ -192,7 +192,7 @@ PRESET_MODEL_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 """Fields a preset sets for one network, so that the demo trains each of the five models on 2 CPU
-cores in about a minute (measured: 64-px BraTS phantoms, batch 16, training slices/s GP-UNet w16 242,
+cores in one to two minutes (measured: 64-px BraTS phantoms, batch 16, training slices/s GP-UNet w16 242,
 GP-ReconResNet w16 89 / w8 235, GP-ShuffleUNet w16 79 / w8 211, ResNeXt50 78, InceptionV3 107).
 The demo drops InceptionV3's auxiliary classifier: its 5x5 convolution needs the 64-px slices
 enlarged to 299 px, 28 times the training cost of the 75-px minimum without it (34 vs 1.2 GFLOP per

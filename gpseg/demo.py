@@ -34,8 +34,8 @@ def demo(
     size: Annotated[int, typer.Option(help="Phantom in-plane size in pixels.")] = 96,
     seeds: Annotated[Optional[str], typer.Option(
         help="Comma-separated training seeds, e.g. 0,1,2: every (model, fold) trains once per seed and the run "
-             "with the lowest validation loss is evaluated (about that many times the training time; the "
-             "10-minute budget holds one seed).")] = None,
+             "with the lowest validation loss is evaluated (about that many times the training time; one "
+             "seed is what fits the 10-minute budget).")] = None,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
     target_class: TargetOpt = "predicted", min_size: MinSizeOpt = 0, fill_holes: FillHolesOpt = 0,

@@ -252,20 +252,20 @@ def postprocess_cmd(
 
     A run whose test heatmaps are missing, or were made from another version of its store, is named
     ("failed RUN: reason"), left out of the report (its notes say so) and the others go on; the exit
-    status is then 2. With --workdir it waits for a flow working in that work dir (and a flow for it).
+    status is then 2. It waits for a flow working in the work dir it re-thresholds (--workdir), or that the
+    runs or --out lie in (and a flow for it).
     """
     params = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)
     if (runs is None) == (workdir is None):
         raise fail("give either --runs (repeatable) or --workdir")
-    if workdir is None or not workdir.is_dir():
-        _postprocess(runs, workdir, out, params)
-        return
-    from flows.workdir_lock import workdir_lock
+    from flows.workdir_lock import workdir_locks, workdirs_of
 
     def say(message: str) -> None:
         console.print(f"[yellow]{escape(message)}[/yellow]", highlight=False, soft_wrap=True)
 
-    with workdir_lock(workdir, "gpseg postprocess", say):  # a flow's report written meanwhile would be replaced
+    own = [workdir] if workdir is not None and workdir.is_dir() else []
+    # a flow's report or evaluations written meanwhile would be replaced
+    with workdir_locks([*own, *workdirs_of([*(runs or []), *([out] if out else [])])], "gpseg postprocess", say):
         _postprocess(runs, workdir, out, params)
 
 

@@ -16,14 +16,14 @@ from storage.errors import StoreError
 def train_cmd(
     store: Annotated[Path, typer.Option("--store", help="Slice store to train on (from `gpseg ingest`).")],
     model: Annotated[str, typer.Option("--model", help=f"Network: {', '.join(MODEL_NAMES)}.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (config.json, metrics.csv, checkpoints/, "
-                                      "model.pt, tensorboard/). Re-running the same command continues from "
-                                      "checkpoints/last.ckpt.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (config.json, metrics.csv, logs/, "
+                                      "checkpoints/, model.pt, tensorboard/). Re-running the same command "
+                                      "continues from checkpoints/last.ckpt.")],
     fold: Annotated[int, typer.Option("--fold", help="Split fold K of the store (splits/fold_K).")] = 0,
     preset: Annotated[str, typer.Option("--preset", help="paper (300 epochs, store size, effective batch 128), "
                                         "demo (64 px, 20 epochs, width 16; GP-ReconResNet and GP-ShuffleUNet "
-                                        "width 8, GP-ShuffleUNet pool=maps, the baselines 10 epochs: about a "
-                                        "minute per model on 2 CPU cores) or smoke (two steps at 32 px and "
+                                        "width 8, GP-ShuffleUNet pool=maps, the baselines 10 epochs: one to "
+                                        "two minutes per model on 2 CPU cores) or smoke (two steps at 32 px and "
                                         "width 8, for tests). Options below override it.")]
     = "paper",
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs.")] = None,

@@ -121,3 +121,35 @@ def test_a_lock_file_that_cannot_be_opened_is_named_in_one_line(tmp_path):
     with pytest.raises(StoreError, match=rf"^{tmp_path}/file/{LOCK_FILE}: cannot open this lock file \("):
         with locks.exclusive_lock(tmp_path / "file" / LOCK_FILE, "x", str, print):
             pass
+
+
+def test_gpseg_postprocess_of_runs_given_waits_for_the_flow_working_where_they_lie(tmp_path):
+    """`gpseg postprocess --runs ... --out ...` locked nothing: runs of a work dir re-evaluated, or a report folder
+    of it rewritten, across a benchmark or retrain working there."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    workdir = tmp_path / "work"
+    run = workdir / "runs" / "brats" / "v" / "gp-unet" / "fold_0"
+    run.mkdir(parents=True)
+    holder = _hold(f"from flows.workdir_lock import workdir_lock\nwith workdir_lock({str(workdir)!r}, "
+                   "'full-benchmark', print):")
+    result = CliRunner().invoke(app, ["postprocess", "--runs", str(run), "--out", str(tmp_path / "elsewhere")])
+    holder.wait(timeout=30)
+    said = " ".join(result.output.split())
+    assert said.startswith(f"waiting for the flow run working in {workdir} (pid {holder.pid}, full-benchmark) to "
+                           "finish"), said
+    assert result.exit_code in (1, 2) and "Traceback" not in result.output  # then it went on: no run there
+
+
+def test_the_work_dirs_of_paths_are_those_holding_a_lock_file(tmp_path):
+    from flows.workdir_lock import workdirs_of
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    for workdir in (first, second):
+        workdir.mkdir()
+        (workdir / LOCK_FILE).write_text("")
+    assert workdirs_of([first / "runs" / "x" / "fold_0", second / "report", first / "report" / "new",
+                        tmp_path / "other" / "report"]) == [first, second]
+    assert workdirs_of([tmp_path / "c" / "report"]) == []
