@@ -262,7 +262,8 @@ def store_lock(out: Path):
     Raises:
         storage.locks.Busy: another process is writing the store.
     """
-    lock = out.parent / f".{out.name}.lock"
+    real = out.resolve()  # one lock file for a store reached by two paths (a symlink and its target)
+    lock = real.parent / f".{real.name}.lock"
     return exclusive_lock(lock, "gpseg ingest",
                           lambda holder: f"{out}: another ingestion ({holder}) is writing this store; run this one "
                                          "when it has finished",

@@ -68,9 +68,7 @@ def test_gpseg_postprocess_on_a_work_dir_waits_for_the_flow_working_in_it(tmp_pa
 
 def test_a_second_ingestion_into_one_store_is_refused_at_once(tmp_path):
     """Two `gpseg ingest --append` at once each appended to the store they had read; the second replaced the
-    first's, and its cases were lost without a word."""
-    import pytest
-
+    first's, and its cases were lost without a word. A store reached through a symlink has the same lock."""
     from storage.ingest import ingest_brats, store_lock
     from storage.locks import Busy
     from storage.phantoms import write_brats_phantoms
@@ -82,6 +80,11 @@ def test_a_second_ingestion_into_one_store_is_refused_at_once(tmp_path):
     with pytest.raises(Busy, match=rf"^{store}: another ingestion \(pid {holder.pid}, gpseg ingest\) is writing this "
                                    r"store; run this one when it has finished$"):
         ingest_brats(tmp_path / "src", store)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "alias.zarr").symlink_to(store)
+    with pytest.raises(Busy, match="another ingestion"):
+        with store_lock(tmp_path / "elsewhere" / "alias.zarr"):
+            pass
     holder.wait(timeout=30)
     assert not store.exists()
     with store_lock(store):  # free again
