@@ -6,8 +6,8 @@ report. Two of them on one work dir (a ``gpseg retrain`` by hand beside the nigh
 retrain) each appended to the store they had read, and the second replaced the first's store: cases ingested by
 the first were lost, and a run dir named by one data version was trained on another; a re-threshold running
 across a retrain's report put back a report of the old runs. The deployment's ``concurrency_limit`` covers runs
-of one deployment only. A second flow now waits for the first, saying so in its log. A re-threshold of runs given one by one, or into a report folder given, waits
-for the flows of the work dirs they lie in (:func:`workdirs_of`).
+of one deployment only. A second flow now waits for the first, saying so in its log. A re-threshold of runs given
+one by one, or into a report folder given, waits for the flows of the work dirs they lie in (:func:`workdirs_of`).
 """
 
 from __future__ import annotations
