@@ -209,7 +209,7 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
             "run_dir": str(Path(run_dir).resolve()), "store_path": store_path,
             "data_version": run.data_version, "classes": list(run.classes), "channels": list(run.channels),
             "image_size": run.image_size, "store_image_size": size, "device": str(target),
-            "seconds": time.perf_counter() - started, **cam, **weights,
+            "cpu_threads": torch.get_num_threads(), "seconds": time.perf_counter() - started, **cam, **weights,
         })
         heat.attrs[CHUNK_COUNTS] = chunk_counts(heat)
         replace_folder(tmp, out)

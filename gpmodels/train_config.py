@@ -41,7 +41,8 @@ RESUMABLE_FIELDS: frozenset[str] = frozenset(
 """Fields a re-run may change and still continue the run in the same directory (the store may move:
 its data is compared through ``data_version``)."""
 
-DERIVED_FIELDS: tuple[str, ...] = ("accumulate", "effective_batch", "train_batches", "resolved_precision")
+DERIVED_FIELDS: tuple[str, ...] = ("accumulate", "effective_batch", "train_batches", "resolved_precision",
+                                   "cpu_threads")
 """Fields of :class:`RunConfig` that follow from resumable ones (the devices, the precision asked for and
 the machine): :meth:`RunConfig.differences` does not compare them, and a re-run that trains nothing keeps
 their recorded values."""
@@ -259,8 +260,11 @@ class RunConfig:
             batches. The loader reshuffles every epoch, so the slices left out differ from epoch to epoch.
         resolved_precision: the precision the latest attempt that trained used (``train.precision``
             resolved on its machine, e.g. ``auto`` -> ``bf16-mixed``).
+        cpu_threads: torch's intra-op CPU threads in the latest attempt that trained
+            (``torch.get_num_threads()``; 1 in a Dask worker, which sets ``OMP_NUM_THREADS=1``). On the CPU,
+            the order of float sums follows it, so weights are bit-identical only at one thread count.
 
-    The last three are ``None`` in a ``config.json`` written before gpseg recorded them.
+    The last four are ``None`` in a ``config.json`` written before gpseg recorded them.
     """
 
     train: TrainConfig
@@ -277,6 +281,7 @@ class RunConfig:
     effective_batch: int | None = None
     train_batches: int | None = None
     resolved_precision: str | None = None
+    cpu_threads: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (nested dicts, lists and primitives only)."""

@@ -205,6 +205,7 @@ def resolve_run(config: TrainConfig) -> RunConfig:
         effective_batch=config.batch_size * config.devices * accumulate,
         train_batches=batches // accumulate * accumulate,
         resolved_precision=resolve_precision(config.precision, config.accelerator),
+        cpu_threads=torch.get_num_threads(),
     )
     _check_size(run)
     return run
@@ -409,6 +410,11 @@ def _previous_run(paths: RunPaths, run: RunConfig) -> tuple[RunConfig | None, Ch
         raise ValueError(f"precision: {paths.root} was trained in {trained_in}, but precision {asked} is {here} "
                          f"here; give --precision {trained_in} to go on as it was trained, or --precision {here} "
                          f"to go on in {here}")
+    if (previous.cpu_threads not in (None, run.cpu_threads) and not _on_gpu(run.train.accelerator)
+            and progress.epochs_done < run.train.epochs):
+        _LOG.warning("%s: trained with %d CPU thread(s), going on with %d: the weights will not be bit-identical to "
+                     "those of a run trained with one thread count throughout (set OMP_NUM_THREADS=%d to keep it)",
+                     paths.root, previous.cpu_threads, run.cpu_threads, previous.cpu_threads)
     return previous, progress
 
 

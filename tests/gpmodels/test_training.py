@@ -806,6 +806,26 @@ def test_a_run_resumed_where_its_precision_resolves_otherwise_is_refused(smoke_r
     assert json.loads((out / "config.json").read_text())["resolved_precision"] == "32-true"
 
 
+def test_a_run_resumed_with_another_cpu_thread_count_says_so(smoke_run, tmp_path, caplog):
+    """On the CPU the order of float sums follows torch's thread count (a Dask worker runs with one), so a run
+    resumed with another count is not bit-identical to an uninterrupted one, which nothing said or recorded."""
+    config, _ = smoke_run
+    out = tmp_path / "threads"
+    first = TrainConfig.from_dict({**config.to_dict(), "out": str(out), "test": False})
+    train(first)
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["cpu_threads"] == torch.get_num_threads()
+    recorded["cpu_threads"] = torch.get_num_threads() + 7  # as a machine with more threads that started it
+    (out / "config.json").write_text(json.dumps(recorded))
+    with caplog.at_level("WARNING", logger="gpmodels.training"):
+        train(TrainConfig.from_dict({**first.to_dict(), "epochs": 2}))
+    said = [r.getMessage() for r in caplog.records if "CPU thread" in r.getMessage()]
+    assert said == [f"{out}: trained with {torch.get_num_threads() + 7} CPU thread(s), going on with "
+                    f"{torch.get_num_threads()}: the weights will not be bit-identical to those of a run trained with "
+                    f"one thread count throughout (set OMP_NUM_THREADS={torch.get_num_threads() + 7} to keep it)"]
+    assert json.loads((out / "config.json").read_text())["cpu_threads"] == torch.get_num_threads()
+
+
 _HOLD_LOCK = ("import sys, time; from pathlib import Path; from gpmodels.checkpoints import RunPaths; "
               "from gpmodels.training import run_dir_lock\n"
               "with run_dir_lock(RunPaths(Path(sys.argv[1]))):\n    print('locked', flush=True); time.sleep(120)")
