@@ -41,8 +41,8 @@ def train_cmd(
                                                    "DDP. The accelerator is a GPU when present.")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help=f"{', '.join(PRECISIONS)}; auto = "
                                                      "bf16-mixed (or 16-mixed) on GPU, 32-true on CPU.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of weights, sampling and augmentation.")]
-    = None,
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", help="Seed of weights, sampling and augmentation (default 0).")] = None,
     num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="Data-loading worker processes "
                                                        "(splits small enough are cached in memory instead).")]
     = None,
