@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import signal
-import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from storage.errors import one_line
+from storage.interrupts import interrupts_held
 
 HEATMAP_DIR = "heatmaps"
 """Folder of a run directory that holds its heatmap stores."""
@@ -212,27 +210,6 @@ def replace_together(files: Mapping[Path, str]) -> None:
             tmp.unlink(missing_ok=True)
     for folder in dict.fromkeys(path.parent for _, path in staged):
         _sync_folder(folder)
-
-
-@contextlib.contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Hold back SIGINT (Ctrl-C) for a few lines that must not be cut in two, then deliver it to the handler
-    that was in place. Only the main thread can set handlers; elsewhere (a Prefect task's thread) this does
-    nothing, and Python delivers signals to the main thread anyway."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        if callable(previous):
-            previous(signal.SIGINT, None)
-        elif previous == signal.SIG_DFL:
-            raise KeyboardInterrupt
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from gpseg import data_commands, drop_command, eval_commands, flow_commands, train_command
-from gpseg.console import run_app
+from gpseg.console import run_main
 from gpseg.threshold_options import CLEANING_HELP
 
 app = typer.Typer(
@@ -33,7 +33,7 @@ app.command("drop", rich_help_panel=FLOWS)(drop_command.drop_cmd)
 
 def main() -> None:
     """The ``gpseg`` entry point: :data:`app`, with operating-system errors in one line."""
-    run_app(app)
+    run_main(app)
 
 
 if __name__ == "__main__":

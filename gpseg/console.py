@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,6 +114,16 @@ def run_app(app: typer.Typer) -> None:
         if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
             raise interrupted() from None
         raise
+
+
+def run_main(app: typer.Typer) -> None:
+    """:func:`run_app` as a process's entry point: once the command has ended, Ctrl-C is ignored, so that the
+    interpreter's shutdown after it (torch's exit handlers take about a second) is not cut into a traceback,
+    or an exit 130 after the command said it was done."""
+    try:
+        run_app(app)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def interrupted(message: str = "interrupted") -> SystemExit:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from gpseg.console import console, fail, progress_bar
 from storage.errors import NoUsableInput, StoreError
+from storage.folders import InterruptedAfterReplacing
 from storage.ingest_config import IngestConfig, SplitConfig
 
 if TYPE_CHECKING:  # storage.ingest pulls in scikit-learn, h5py and nibabel: seconds that `--help` need not wait
@@ -89,6 +90,8 @@ def _ingest(dataset: str, source: Path, out: Path, config: IngestConfig, append:
     except (NoUsableInput, StoreError, ValueError, ConnectionError) as exc:  # ConnectionError: --dask-address
         _print_rejected(getattr(exc, "rejected", {}))  # why every case was rejected
         raise fail(str(exc), 1) from exc
+    except InterruptedAfterReplacing:
+        raise fail(f"interrupted once {out} was written: it holds the new store", 130) from None
     except KeyboardInterrupt:
         kept = f"{out} is as it was" if out.exists() else f"nothing was written to {out}"
         raise fail(f"interrupted; {kept}", 130) from None

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from gpseg.console import console, fail, flow_outcome, one_line, run_app
+from gpseg.console import console, fail, flow_outcome, one_line, run_main
 from gpseg.options import PRECISION_HELP, flow_train_overrides, parse_seeds
 from gpseg.threshold_options import (
     CLEANING_HELP, ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt,
@@ -66,4 +66,4 @@ def demo(
 
 
 if __name__ == "__main__":
-    run_app(app)
+    run_main(app)

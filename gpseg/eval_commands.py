@@ -13,6 +13,7 @@ from rich.table import Table
 from gpseg.console import console, fail, folder_problem, interrupted, interval_text, progress_bar
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
+from storage.folders import InterruptedAfterReplacing
 
 if TYPE_CHECKING:
     import zarr
@@ -47,9 +48,13 @@ def heatmaps_cmd(
                                          progress=lambda done, total: update(done, total, "slices"))
         except (FileNotFoundError, ValueError) as exc:
             raise fail(str(exc)) from exc
-        except KeyboardInterrupt:  # a killed writer's store is put back by the next reader
-            raise interrupted(f"interrupted; the {name} heatmaps are as they were before"
-                              + (f", the {' and '.join(written)} heatmaps were written" if written else "")) from None
+        except KeyboardInterrupt as exc:  # a killed writer's store is put back by the next reader
+            if isinstance(exc, InterruptedAfterReplacing):
+                written.append(name)
+            rest = [other for other in split[split.index(name):] if other not in written]
+            said = [f"the {' and '.join(rest)} heatmaps are as they were before" if rest else "",
+                    f"the {' and '.join(written)} heatmaps were written" if written else ""]
+            raise interrupted("interrupted; " + ", ".join(filter(None, said))) from None
         written.append(name)
         console.print(f"[green]wrote[/green] {path}")
 

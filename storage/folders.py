@@ -16,6 +16,17 @@ import socket
 import uuid
 from pathlib import Path
 
+from storage.interrupts import interrupts_held
+
+
+class InterruptedAfterReplacing(KeyboardInterrupt):
+    """Ctrl-C came once :func:`replace_folder` had swapped the new folder in (it was held back during the
+    swap, or came while the old folder was being deleted): ``path`` holds the new folder."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = Path(path)
+
 
 def _owner() -> str:
     """``HOST-PID`` of this process (computed per call: a forked worker has its own PID)."""
@@ -86,7 +97,8 @@ def replace_folder(new: Path, out: Path) -> Path:
     Each step is a rename on one file system, so ``out`` is the old folder, briefly absent, or the new
     one, never a partial one. The old folder is first renamed to a hidden ``.NAME.old-HOST-PID-*``
     sibling and deleted last. When the second rename fails, the old folder is put back (best effort)
-    and the error raised. A process killed between the two renames leaves only the ``.old-`` copy;
+    and the error raised. Ctrl-C is held back across the two renames; one that comes then, or while the old
+    folder is deleted, raises :class:`InterruptedAfterReplacing` (``out`` is the new folder). A process killed between the two renames leaves only the ``.old-`` copy;
     :func:`recover_interrupted` renames it back.
 
     Args:
@@ -100,22 +112,27 @@ def replace_folder(new: Path, out: Path) -> Path:
         ValueError: ``out`` exists and is not a folder (a file or a symbolic link); nothing is moved.
         FileNotFoundError: ``new`` is gone (deleted by another process); nothing is moved.
         OSError: a rename failed.
+        InterruptedAfterReplacing: Ctrl-C, once the new folder is in place.
     """
     new, out = Path(new), Path(out)
     check_replaceable(out)
     if not new.is_dir():
         raise FileNotFoundError(f"{new}: the new folder is gone; {out} is left as it was")
     old = None
-    if out.exists():
-        old = hidden_sibling(out, "old")
-        os.rename(out, old)
     try:
-        os.rename(new, out)
-    except OSError:
-        if old is not None:
-            with contextlib.suppress(OSError):
-                os.rename(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        with interrupts_held():  # out is never left missing by a Ctrl-C between the two renames
+            if out.exists():
+                old = hidden_sibling(out, "old")
+                os.rename(out, old)
+            try:
+                os.rename(new, out)
+            except OSError:
+                if old is not None:
+                    with contextlib.suppress(OSError):
+                        os.rename(old, out)
+                raise
+        if old is not None:  # a whole store's chunk files: long enough to be interrupted
+            shutil.rmtree(old, ignore_errors=True)
+    except KeyboardInterrupt:  # the swap is done; a .old- copy left is deleted by the next reader
+        raise InterruptedAfterReplacing(out) from None
     return out

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -286,8 +287,12 @@ class StoreWriter:
         return replace_folder(self.tmp, self.path)
 
     def abort(self) -> None:
-        """Delete the temporary store."""
+        """Delete the temporary store; once more a moment later when Zarr's I/O thread, still finishing the writes
+        in flight after a Ctrl-C, had put chunk files back meanwhile."""
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.tmp.exists():
+            time.sleep(0.2)
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> "StoreWriter":
         return self

@@ -33,3 +33,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_ctrl_c_handler():
+    """Put back the SIGINT handler after each test: `gpseg.cli.main` ignores Ctrl-C once its command has ended,
+    which in-process would leave the rest of the session without KeyboardInterrupt."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    if handler is not None:  # None: set outside Python, nothing a test changes
+        signal.signal(signal.SIGINT, handler)

@@ -163,3 +163,22 @@ def test_the_cli_keeps_prefect_in_the_project_as_run_sh_does() -> None:
 
     root = Path(__file__).resolve().parents[1]
     assert project_prefect_home() == {"PREFECT_HOME": str(root / ".prefect")}
+
+
+def test_the_entry_point_ignores_ctrl_c_once_the_command_has_ended(monkeypatch) -> None:
+    """A Ctrl-C during the interpreter's shutdown after a finished command (torch's exit handlers take about a
+    second) printed a traceback or turned the exit status into 130."""
+    import signal
+
+    from gpseg.console import run_main
+
+    app = typer.Typer()
+    monkeypatch.setattr("sys.argv", ["gpseg"])
+    app.command()(lambda: None)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            run_main(app)
+        assert exit_.value.code == 0 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -178,3 +178,20 @@ def test_ctrl_c_in_gpseg_heatmaps_says_which_stores_are_new(phantom_store, tmp_p
     assert said.endswith("interrupted; the test heatmaps are as they were before, the val heatmaps were written")
     assert zarr.open_group(str(run / "heatmaps" / "test.zarr"), mode="r").attrs["seconds"] == before
     assert sorted(p.name for p in (run / "heatmaps").iterdir()) == ["test.zarr", "val.zarr"]
+
+    monkeypatch.undo()
+    import shutil as shutil_module
+
+    real_rmtree = shutil_module.rmtree
+
+    def late(path, *args, **kwargs):  # Ctrl-C while the test store it replaced is deleted
+        real_rmtree(path, *args, **kwargs)
+        if ".test.zarr.old-" in str(path):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil_module, "rmtree", late)
+    result = CliRunner().invoke(app, ["heatmaps", "--run", str(run), "--posthoc", "0", "--device", "cpu"])
+    monkeypatch.undo()
+    assert result.exit_code == 130, result.output
+    assert " ".join(result.output.split()).endswith("interrupted; the val and test heatmaps were written")
+    assert zarr.open_group(str(run / "heatmaps" / "test.zarr"), mode="r").attrs["seconds"] != before

@@ -707,6 +707,23 @@ def test_ctrl_c_during_ingestion_says_what_is_left(brats_copy, tmp_path, monkeyp
     monkeypatch.setattr(ingest, "ingest_brats", interrupted)
     again = CliRunner().invoke(app, [*args, "--overwrite"])
     assert again.exit_code == 130 and again.output.splitlines()[-1] == f"error: interrupted; {store} is as it was"
+    monkeypatch.undo()
+    from storage import folders
+
+    real_rmtree = folders.shutil.rmtree
+
+    def stopped(path, *args, **kwargs):  # Ctrl-C while the replaced store's files are deleted
+        real_rmtree(path, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(folders.shutil, "rmtree", stopped)
+    late = CliRunner().invoke(app, [*args, "--overwrite", "--seed", "5"])
+    monkeypatch.undo()
+    assert late.exit_code == 130, late.output
+    assert late.output.splitlines()[-1] == f"error: interrupted once {store} was written: it holds the new store"
+    from storage.store import open_store
+
+    assert open_store(store).attrs["split"]["seed"] == 5
 
 
 def test_the_fingerprint_changes_with_the_data_files_only(brats_source, tmp_path):

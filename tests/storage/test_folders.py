@@ -81,6 +81,35 @@ def test_a_failed_second_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "out"]
 
 
+@pytest.mark.parametrize("when", ["between the renames", "while the old folder is deleted"])
+def test_a_ctrl_c_during_the_swap_ends_with_the_new_folder_in_place_and_says_so(tmp_path, monkeypatch, when):
+    """A Ctrl-C between the renames left no folder at the path, and one while the old folder's (a whole store's)
+    files were deleted came out as a plain KeyboardInterrupt, after which gpseg said the store "is as it was"."""
+    import signal
+
+    from storage.folders import InterruptedAfterReplacing
+
+    out = _folder(tmp_path / "out", "old")
+    new = _folder(tmp_path / "new", "new")
+    real_rename, real_rmtree = os.rename, folders.shutil.rmtree
+
+    def rename(src, dst):
+        real_rename(src, dst)
+        if when == "between the renames" and Path(dst).name.startswith(".out.old-"):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: held back until the new folder is in place
+
+    def rmtree(path, *args, **kwargs):
+        real_rmtree(path, *args, **kwargs)
+        if when == "while the old folder is deleted":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(folders.os, "rename", rename)
+    monkeypatch.setattr(folders.shutil, "rmtree", rmtree)
+    with pytest.raises(InterruptedAfterReplacing) as raised:
+        replace_folder(new, out)
+    assert raised.value.path == out and (out / "data.txt").read_text() == "new" and not new.exists()
+
+
 @pytest.mark.parametrize("legacy", [False, True], ids=["named-by-process", "older-unnamed"])
 def test_a_kill_between_the_renames_is_recovered(tmp_path, legacy):
     out = _folder(tmp_path / "out", "old")
