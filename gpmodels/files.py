@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from storage.errors import one_line
+from storage.folders import hidden_sibling, writer_alive
 from storage.interrupts import interrupts_held
 
 HEATMAP_DIR = "heatmaps"
@@ -143,7 +144,7 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     ``write`` receives the open temporary file (binary). Its bytes are flushed to disk (``fsync``)
     before the rename and the folder after it, so that a crash or power loss leaves the old file or
     the whole new one, never a renamed file with missing blocks. A reader never sees a half-written
-    file, concurrent writers (e.g. DDP ranks) do not share a temporary file (``.<name>.tmp-<8 hex>``),
+    file, concurrent writers (e.g. DDP ranks) do not share a temporary file (``.<name>.tmp-HOST-PID-<8 hex>``),
     and a failed or interrupted write leaves the old file in place and no temporary behind.
     """
     path = Path(path)
@@ -156,9 +157,10 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 def _staged(path: Path, write: Callable[[BinaryIO], object]) -> Path:
-    """A temporary file beside ``path`` (``.<name>.tmp-<8 hex>``, unique per writer) holding what ``write`` wrote,
-    flushed to disk; deleted again when writing fails."""
-    tmp = path.parent / f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}"
+    """A temporary file beside ``path`` (``.<name>.tmp-HOST-PID-<8 hex>``, unique per writer, naming its process for
+    :func:`remove_stale_temporaries`) holding what ``write`` wrote, flushed to disk; deleted again when writing
+    fails."""
+    tmp = hidden_sibling(path, TMP_MARK.strip(".-"))
     try:
         with open(tmp, "wb") as handle:
             write(handle)
@@ -168,6 +170,15 @@ def _staged(path: Path, write: Callable[[BinaryIO], object]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return tmp
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files of writes of ``path`` that a killed process left beside it (SIGKILL leaves no
+    time to delete them); those of running writers stay (:func:`storage.folders.writer_alive`)."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}{TMP_MARK}*"):
+        if not writer_alive(tmp, TMP_MARK.strip(".-"), path):
+            tmp.unlink(missing_ok=True)
 
 
 def _sync_folder(folder: Path) -> None:

@@ -10,9 +10,9 @@ patient, and the export transposes its result back to the source's axis order;
 header of the patient's original file, so that the mask overlays the source in any viewer.
 
 Files are written atomically: the compressed bytes go to a hidden temporary file in the output
-folder (``.<name>.tmp-<8 hex>``), are flushed to disk and then renamed over the final name, so an
-interrupted export leaves either the previous file or the complete new one (at worst a hidden
-temporary file, which never ends in ``.nii.gz``).
+folder (``.<name>.tmp-HOST-PID-<8 hex>``), are flushed to disk and then renamed over the final name, so
+an interrupted export leaves either the previous file or the complete new one (after a kill, a hidden
+temporary file, which never ends in ``.nii.gz`` and which the next export of that file deletes).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 import zarr
 
-from gpmodels.files import replace_atomically
+from gpmodels.files import remove_stale_temporaries, replace_atomically
 from storage.errors import CaseRejected
 from storage.nifti import MAX_VOXEL_BYTES, load_nifti
 from storage.store import open_store, read_patients
@@ -220,6 +220,7 @@ def write_nifti_atomic(image: nib.Nifti1Image, path: Path) -> Path:
     path = Path(path)
     payload = gzip.compress(image.to_bytes(), compresslevel=_GZIP_LEVEL, mtime=0)
     replace_atomically(path, lambda handle: handle.write(payload))
+    remove_stale_temporaries(path)  # an export killed while writing this file (e.g. in a BraTS case folder)
     return path
 
 

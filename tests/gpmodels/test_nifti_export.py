@@ -323,6 +323,26 @@ def test_failed_write_keeps_the_previous_file(native_store: Path, tmp_path: Path
     assert sorted(tmp_path.iterdir()) == sorted(written)
 
 
+def test_a_killed_exports_temporary_file_goes_with_the_next_export(native_store: Path, tmp_path: Path) -> None:
+    """A SIGKILL while a mask was written left its hidden temporary file in the output folder (maybe a BraTS case
+    folder) for good; a running writer's stays."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    indices, masks = _ground_truth(native_store)
+    written = export_patient_masks(native_store, indices, masks, tmp_path)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    killed = tmp_path / f".{written[0].name}.tmp-{host}-{gone.stdout.strip()}-0123abcd"
+    running = tmp_path / f".{written[0].name}.tmp-{host}-{os.getppid()}-0123abcd"
+    for leftover in (killed, running):
+        leftover.write_bytes(b"partial")
+    export_patient_masks(native_store, indices, masks, tmp_path)
+    assert sorted(tmp_path.iterdir()) == sorted([*written, running])
+
+
 def test_export_names_a_patient_without_a_volume_record(native_store: Path, tmp_path: Path) -> None:
     store = shutil.copytree(native_store, tmp_path / "s.zarr")
     group = open_store(store, mode="r+")
