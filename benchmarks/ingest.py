@@ -5,7 +5,9 @@ Prints, from one run on the same files:
     five volumes with nibabel (target: ingestion <= 1.5x decode);
   * ingestion wall time with 1 and 2 Dask worker processes (speed-up);
   * slices/s for random training batches read from the store vs from the NIfTI
-    files (target >= 10x).
+    files (target >= 10x);
+  * a drop check without new data (`storage.drops.new_files`, what `retrain-on-new-data` does first):
+    with the store's recorded file states vs hashing every file, as before they were recorded.
 
 Usage: python benchmarks/ingest.py [--cases 8] [--size 240] [--workdir /tmp/gpseg-bench]
 """
@@ -75,6 +77,23 @@ def nifti_batches(cases: list[list[Path]], depth: int, batches: int, batch: int,
     return batches * batch / (time.perf_counter() - start)
 
 
+def drop_check_seconds(src: Path, store: Path, recorded_states: bool) -> tuple[float, list[str]]:
+    """Wall time of one drop check of ``src`` against ``store`` (no digest kept from earlier in this process);
+    without ``recorded_states``, every file is hashed, as before stores recorded them."""
+    from storage import drops, nifti
+
+    nifti._hashed.clear()
+    real_state = drops.file_state
+    if not recorded_states:
+        drops.file_state = lambda path: None
+    try:
+        start = time.perf_counter()
+        fresh = drops.new_files(src, store)
+        return time.perf_counter() - start, fresh
+    finally:
+        drops.file_state = real_state
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=8)
@@ -111,6 +130,14 @@ def main() -> None:
     from_nifti = nifti_batches(cases, depth, max(1, args.batches // 10), args.batch, rng)
     print(f"random batches from store : {from_store:8.1f} slices/s")
     print(f"random batches from NIfTI : {from_nifti:8.1f} slices/s  store/NIfTI {from_store / from_nifti:.1f}x (target >= 10x)")
+
+    states = len(open_store(out).attrs.get("file_states", {}))
+    hashed, fresh_hashed = drop_check_seconds(src, out, recorded_states=False)
+    stat_only, fresh_stat = drop_check_seconds(src, out, recorded_states=True)
+    assert fresh_hashed == fresh_stat == [], (fresh_hashed, fresh_stat)
+    size = sum(f.stat().st_size for files in cases for f in files) / 2**20
+    print(f"drop check, no new data   : {stat_only * 1e3:8.1f} ms with {states} recorded file states, "
+          f"{hashed * 1e3:.1f} ms hashing all {size:.0f} MB  ({hashed / stat_only:.0f}x)")
 
 
 if __name__ == "__main__":

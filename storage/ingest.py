@@ -28,7 +28,7 @@ from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSE
                                largest_image_size, read_mat_case)
 from storage.locks import exclusive_lock
 from storage.manifest import read_manifest
-from storage.nifti import sha256_file
+from storage.nifti import file_state, hashed_state, sha256_file
 from storage.parallel import dask_client, ordered_map
 from storage.slicing import IDENTITY_AXES, axial_axes
 from storage.splits import empty_splits, extend_splits, make_splits
@@ -191,6 +191,28 @@ def _examined(old: dict[str, str], rejected: dict[str, str], rejected_cases: Seq
     return examined
 
 
+def _file_states(base_attrs: dict, sources: dict[str, str], examined: dict[str, str],
+                 read_states: dict[str, tuple | None], root: Path) -> dict[str, list[int]]:
+    """The store's ``file_states`` attribute: relative path -> :func:`storage.nifti.file_state` of each file of
+    ``sources`` and ``examined`` whose recorded sha256 is known to describe it in its current state, so that
+    :func:`storage.drops.new_files` hashes only files whose state changed.
+
+    A state counts when the file had it before its case was read (``read_states``; the reading, maybe in another
+    process, hashed it in between, and any write would have changed the change time), when this process hashed
+    it in that state, or when the store recorded it before (with the same sha256, which an append keeps). Files
+    changed too recently to tell a rewrite apart (:data:`storage.nifti._SETTLED_NS`) get none, and are hashed.
+    """
+    old = base_attrs.get("file_states", {})
+    states: dict[str, list[int]] = {}
+    for key in {**examined, **sources}:
+        now = file_state(root / key)
+        digests = {sources.get(key), examined.get(key)} - {None}  # a stored file's later content may be examined
+        if now is not None and (read_states.get(key) == now or old.get(key) == list(now)
+                                or any(hashed_state(root / key, digest) == list(now) for digest in digests)):
+            states[key] = list(now)
+    return states
+
+
 CHANGED_SINCE_STORED = ("changed since it was stored (another sha256), or another file of this path below another "
                         "source folder was stored (a store knows files by their path below the folder they were "
                         "ingested from): a stored case is not read again; give a new file a path of its own, or "
@@ -337,6 +359,8 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
     new_cvind: list[np.ndarray] = []
     new_keys: list[str] = []  # slice mode: one key per new slice
     stored_content = {sha: key for key, sha in sources.items()}
+    # each file's state before its case is read (in a worker, maybe), for the states the store records
+    read_states = {source_key(str(f), plan.root): file_state(f) for case in cases for f in _case_files(case)}
     with StoreWriter(out, plan.channels, plan.image_size, base=out if existing else None) as writer:
         # the cluster is closed before the commit: a Ctrl-C while it shuts down leaves the store as it was
         with dask_client(config.workers, config.dask_address) as client:
@@ -385,11 +409,12 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
         report.warnings = [f"{warning}: {_empty_split_cause(config.split)} (gpseg validate fails on it)"
                            for warning in empty_splits(splits)]
         rejected = _current_rejects(base_attrs.get("rejected", {}), report.rejected, plan.cases, plan.root)
+        examined = _examined(base_attrs.get("examined", {}), plan.rejected, rejected_cases, plan, sources)
         attrs = {
             "dataset": plan.dataset, "classes": plan.classes, "channels": plan.channels,
             "normalisation": config.normalisation, "image_size": plan.image_size,
-            "split": config.split.as_attrs(), "sources": sources, "rejected": rejected,
-            "examined": _examined(base_attrs.get("examined", {}), plan.rejected, rejected_cases, plan, sources),
+            "split": config.split.as_attrs(), "sources": sources, "rejected": rejected, "examined": examined,
+            "file_states": _file_states(base_attrs, sources, examined, read_states, plan.root),
             "volumes": volumes, "patients": sorted(stored_patients),
             "source_root": str(plan.root.resolve()),
         }

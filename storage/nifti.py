@@ -52,24 +52,48 @@ _hashed: OrderedDict[tuple[int, int, int, int, int], str] = OrderedDict()
 _hashed_lock = threading.Lock()
 
 
+def file_state(path: Path) -> tuple[int, int, int, int, int] | None:
+    """A file's identity and state: device, inode, size, modification and change times (ns); ``None`` for a
+    file changed in the last :data:`_SETTLED_NS` (or gone), whose times may not yet tell a rewrite apart.
+
+    Writing to a file, or replacing it, changes its change time, which no tool can set back, so an equal state
+    means unchanged content (on the same mount: a copy, a move to another file system or a re-mounted network
+    share has another state, and is read again).
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) < _SETTLED_NS:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
+def hashed_state(path: Path, digest: str) -> list[int] | None:
+    """:func:`file_state` of ``path`` when :func:`sha256_file` gave ``digest`` for the file in that very state
+    in this process (so the file did not change since), as a JSON-ready list; else ``None``. A store records it
+    beside each file's digest, so that a drop check reads only files whose state changed
+    (:func:`storage.drops.new_files`)."""
+    key = file_state(path)
+    with _hashed_lock:
+        return list(key) if key is not None and _hashed.get(key) == digest else None
+
+
 def sha256_file(path: Path, block: int = 1 << 22) -> str:
     """Hex sha256 of a file, read in blocks.
 
     The digest is kept for this process under the file's identity and state (device, inode, size,
-    modification and change times, in ns), so a file that a run hashes twice, e.g. a drop folder's
-    stored cases, once to find the new ones and once when ingestion checks they are unchanged, is read
-    once. Writing to a file, or replacing it, changes its change time (which no tool can set back), so
-    a changed file is always read again; a file changed in the last :data:`_SETTLED_NS` is always read.
+    modification and change times, in ns: :func:`file_state`), so a file that a run hashes twice, e.g. a drop
+    folder's stored cases, once to find the new ones and once when ingestion checks they are unchanged, is read
+    once. A changed file is always read again; a file changed in the last :data:`_SETTLED_NS` is always read.
     """
     try:
-        stat = os.stat(path)
-        settled = time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) >= _SETTLED_NS
-        key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns) if settled else None
+        mode = os.stat(path).st_mode
     except OSError:
-        key = None  # open() below raises the error with the file's name
-    else:
-        if not S_ISREG(stat.st_mode):  # a FIFO blocks open() for ever, /dev/zero never ends
-            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket)", str(path))
+        mode = None  # open() below raises the error with the file's name
+    if mode is not None and not S_ISREG(mode):  # a FIFO blocks open() for ever, /dev/zero never ends
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket)", str(path))
+    key = file_state(path)
     if key is not None:
         with _hashed_lock:
             if key in _hashed:

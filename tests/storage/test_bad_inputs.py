@@ -655,6 +655,36 @@ def test_manifest_appends_check_paths_content_and_take_the_stores_classes(brats_
     assert len(report.rejected) == 3
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_night_without_new_data_reads_no_file_in_its_recorded_state(brats_copy, tmp_path, monkeypatch, workers):
+    """Every drop check hashed the whole drop folder (about 1 GB/s: minutes for a real dataset on a network
+    share); a file still in the state the store recorded when it hashed it is not read again, a changed one is."""
+    import os
+
+    from storage import drops, nifti
+
+    monkeypatch.setattr(nifti, "_SETTLED_NS", 0)  # the phantoms were written a moment ago
+    (brats_copy / "notes.nii.gz").write_bytes(b"not a volume")  # examined (no case), not stored
+    store = tmp_path / "s.zarr"
+    ingest_brats(brats_copy, store, IngestConfig(workers=workers))
+    attrs = open_store(store).attrs
+    recorded = set(attrs["sources"]) | set(attrs["examined"])
+    assert set(attrs["file_states"]) == recorded and "notes.nii.gz" in recorded
+    read = []
+    real_hash = drops.sha256_file
+    monkeypatch.setattr(drops, "sha256_file", lambda path: read.append(path) or real_hash(path))
+    assert drops.new_files(brats_copy, store) == [] and read == []
+
+    flair = next(brats_copy.glob("*/*_flair.nii.gz"))
+    same = flair.read_bytes()
+    flair.write_bytes(same)  # rewritten with the same bytes: read again, and no new data
+    changed = brats_copy / "notes.nii.gz"
+    changed.write_bytes(b"other bytes!")  # the same size
+    os.utime(changed, ns=(0, 0))  # and old times: only the change time tells
+    assert drops.new_files(brats_copy, store) == ["notes.nii.gz"]
+    assert sorted(read) == sorted([flair, changed])
+
+
 def test_a_manifest_source_has_a_fingerprint_and_new_files_of_its_own(brats_source, tmp_path):
     """The flows cache ingestion on the source's fingerprint and retrain on its new files: for a manifest,
     its rows' files count, so adding a row or touching a listed file is new data."""
