@@ -7,6 +7,7 @@ import filecmp
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
@@ -52,12 +53,13 @@ def drop_cmd(
     into = default_drop_folder(workdir, kind) if into is None else into
     named: dict[str, Path] = {}
     for item in path:  # every path is checked before anything is copied
-        problem = _not_droppable(item, kind) or _clash(item, into / item.name) or _unreadable_name_mapping(item)
+        problem = (_not_droppable(item, kind) or _clash(item, into / _name(item))
+                   or _unreadable_name_mapping(item))
         if problem:
             raise fail(f"{item}: {problem}; nothing was copied")
-        other = named.setdefault(item.name, item)
-        if other != item and item.name != NAME_MAPPING:  # the second would replace the first in the drop folder
-            raise fail(f"{item}: the same name as {other}, and both would be copied to {into / item.name}; drop "
+        other = named.setdefault(_name(item), item)
+        if other != item and _name(item) != NAME_MAPPING:  # the second would replace the first in the drop folder
+            raise fail(f"{item}: the same name as {other}, and both would be copied to {into / _name(item)}; drop "
                        "them one at a time, or rename one; nothing was copied")
     problem = _drop_folder_problem(into, kind)
     if problem:
@@ -72,8 +74,8 @@ def drop_cmd(
         raise fail(f"{os_error_line(exc, into)}; nothing was copied") from exc
     copied = 0
     for item in path:
-        target = into / item.name
-        if item.name == NAME_MAPPING and item.is_file() and target.is_file():
+        target = into / _name(item)
+        if _name(item) == NAME_MAPPING and item.is_file() and target.is_file():
             try:
                 added = merge_name_mapping(item, target)
             except ValueError as exc:
@@ -91,7 +93,7 @@ def drop_cmd(
         copied += changed
     done = f"copied {copied} item(s) into {into}"
     if kind == "brats":
-        _warn_rejected_cases(into, {item.name for item in path})
+        _warn_rejected_cases(into, {_name(item) for item in path})
     problem = _event_api_problem()
     if problem:
         raise fail(f"{done}, but the event was NOT sent: {problem}")
@@ -113,6 +115,13 @@ def drop_cmd(
         raise fail(f"{done}, but the event was NOT sent within {EVENT_SEND_TIMEOUT_S:.0f} s; "
                    "run `gpseg drop` again (it skips what is already there)")
     console.print(f"{done}; event sent", soft_wrap=True)
+
+
+def _name(item: Path) -> str:
+    """The name ``item`` gets in the drop folder: that of the folder or file it names, also when given as ``.``
+    or ``case/sub/..`` (whose own ``name`` is ``""`` or ``".."``, which put files loose in the drop folder or in
+    the folder above it)."""
+    return Path(os.path.abspath(item)).name
 
 
 def _unreadable_name_mapping(item: Path) -> str | None:
@@ -178,11 +187,15 @@ def _not_droppable(item: Path, kind: str) -> str | None:
     folders directly in the drop folder, or in ``HGG/`` and ``LGG/``). Only names are read.
     """
     from storage.brats import GRADE_FOLDERS
-    from storage.discovery import is_archive
+    from storage.discovery import is_archive, is_hidden
     from storage.drops import NIFTI_SUFFIXES, data_files, is_data_file
 
     if not item.exists():
         return "not found"
+    if not _name(item):
+        return "is the file system's root"
+    if is_hidden(_name(item)):
+        return "has a hidden name (starting with '.'), which ingestion never reads; rename it"
     if item.is_file() and is_archive(item):
         return "is an archive, which gpseg does not open; unpack it and drop the case folders it holds"
     if item.is_file() and not is_data_file(item):
@@ -209,10 +222,14 @@ def _not_droppable(item: Path, kind: str) -> str | None:
 
 
 def _clash(item: Path, target: Path) -> str | None:
-    """Why ``item`` cannot be copied to ``target`` in the drop folder, or None: it holds the drop folder, or
-    ``target`` is a folder and ``item`` a file (or the other way round)."""
+    """Why ``item`` cannot be copied to ``target`` in the drop folder, or None: it holds the drop folder,
+    ``target`` is a link (e.g. a case folder linked from a shared copy), or ``target`` is a folder and ``item`` a
+    file (or the other way round)."""
     if item.is_dir() and target.parent.resolve().is_relative_to(item.resolve()):
         return f"holds the drop folder {target.parent}"
+    if target.is_symlink():
+        return (f"{target} is a link (to {os.readlink(target)}), and a drop would write through it into what it "
+                "links to; replace the link by a copy first, or drop into another folder")
     if target.exists() and target.is_dir() != item.is_dir():
         mine, theirs = ("folder", "file") if item.is_dir() else ("file", "folder")
         return f"is a {mine}, and {target} is a {theirs}"
@@ -261,16 +278,27 @@ def _put(item: Path, target: Path) -> tuple[bool, str]:
             _copy_new(item, target)
             return True, ""
         replaced, added = [], []
-        for src, dst in _file_pairs(item, target):
+        inside = (target if item.is_dir() else target.parent).resolve()
+        for src, dst in _file_pairs(item, target):  # every file checked before any is replaced
+            if not stat.S_ISREG(os.stat(src).st_mode):
+                raise _CopyFailed(f"{src}: not a regular file (a FIFO, device or socket)")
+            if not dst.parent.resolve().is_relative_to(inside):  # a linked file itself is replaced, not written
+                raise _CopyFailed(f"{dst}: lies behind a link in the drop folder, and a drop would write through "
+                                  "it into what it links to; replace the link by a copy first")
             if dst.is_dir():
                 raise _CopyFailed(f"{src}: is a file, and {dst} is a folder")
             if not dst.exists():
                 added.append((src, dst))
             elif dst.stat().st_size != src.stat().st_size or not filecmp.cmp(src, dst, shallow=False):
                 replaced.append((src, dst))
-        for src, dst in replaced + added:
+        for done, (src, dst) in enumerate(replaced + added):
             dst.parent.mkdir(parents=True, exist_ok=True)
-            _replace_file(src, dst)
+            try:
+                _replace_file(src, dst)
+            except (OSError, _CopyFailed) as exc:
+                reason = str(exc) if isinstance(exc, _CopyFailed) else os_error_line(exc, src)
+                raise _CopyFailed(f"{reason} (after {done} of {item.name}'s files were written into {target}, "
+                                  "which now mixes old and new files: run the same drop again)") from exc
     except OSError as exc:
         raise _CopyFailed(os_error_line(exc, item)) from exc
     if not replaced and not added:

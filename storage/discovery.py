@@ -23,9 +23,23 @@ def visible_entries(folder: Path) -> list[Path]:
 
 
 def visible_files_below(folder: Path) -> list[Path]:
-    """Every non-hidden file below a folder, not entering hidden folders, sorted by path."""
+    """Every non-hidden file below a folder, not entering hidden folders, sorted by path.
+
+    Linked folders are entered, as discovery reads a case folder linked from a shared copy; each folder once,
+    so a link loop ends. A link to no file is listed too (it is no folder): readers reject it with its reason.
+    """
     found: list[Path] = []
-    for root, dirs, files in os.walk(folder):
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        try:
+            stat = os.stat(root)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:  # reached again through a link
+            dirs[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
         dirs[:] = [d for d in dirs if not is_hidden(d)]
         found += [Path(root) / name for name in files if not is_hidden(name)]
     return sorted(found)

@@ -60,7 +60,11 @@ def fingerprint(folder: Path | str) -> str:
                 digest.update(f"{path}\0missing\n".encode())
         return digest.hexdigest()[:16]
     for path in data_files(folder):  # what ingestion reads: a hidden sidecar or a text file changes nothing
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError:  # a link to no file: ingestion rejects it, the fingerprint says it is there
+            digest.update(f"{path.relative_to(folder)}\0missing\n".encode())
+            continue
         digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
@@ -127,6 +131,10 @@ def new_files(folder: Path | str, store: Path | str | None) -> list[str]:
         if rel in states and list(file_state(path) or ()) == states[rel]:
             continue  # in the state in which the store hashed it: not read again
         # a stored file whose new content a later ingestion rejected (examined) is not new until it changes again
-        if sha256_file(path) not in (stored.get(rel), examined.get(rel)):
+        try:
+            changed = sha256_file(path) not in (stored.get(rel), examined.get(rel))
+        except OSError:  # unreadable now (a link to no file): new, and ingestion says why it cannot take it
+            changed = True
+        if changed:
             fresh.append(rel)
     return sorted(fresh)

@@ -393,3 +393,79 @@ def test_drop_to_an_api_that_answers_sends_the_event(dropped, tmp_path, prefect_
                                       limit=50)  # the server refuses more
         drops_seen = [e.payload.get("drop") for e in page.events]
     assert str(into.resolve()) in drops_seen
+
+
+# ---------------------------------------------------------------- paths that named something else
+
+
+def test_a_case_given_as_dot_or_through_dotdot_goes_into_a_folder_of_its_name(dropped, tmp_path, monkeypatch, no_api):
+    """`gpseg drop case/x/..` wrote the case's files into the drop folder's parent (the target was INTO/..), and
+    `gpseg drop .` in a case folder put them loose in the drop folder."""
+    case, into = dropped
+    (case / "x").mkdir()
+    result = _drop(tmp_path, str(case / "x" / ".."), "--into", str(into))
+    assert f"copied 1 item(s) into {into}" in result.output, result.output
+    assert _names(into) == ["BraTS20_Training_009", "name_mapping.csv"] and _names(into.parent) == _names(tmp_path)
+    shutil.rmtree(into / case.name)
+    monkeypatch.chdir(case)
+    result = _drop(tmp_path, ".", "--into", str(into))
+    assert f"copied 1 item(s) into {into}" in result.output, result.output
+    assert _names(into) == ["BraTS20_Training_009", "name_mapping.csv"]
+
+
+def test_a_hidden_case_folder_is_refused(dropped, tmp_path, no_api):
+    """A `.BraTS20_...` folder was copied, then never read: discovery and the drop check skip hidden names."""
+    case, into = dropped
+    hidden = case.rename(case.with_name(f".{case.name}"))
+    result = _drop(tmp_path, str(hidden), "--into", str(into))
+    assert result.exit_code == 1
+    assert result.output == (f"error: {hidden}: has a hidden name (starting with '.'), which ingestion never reads; "
+                             "rename it; nothing was copied\n")
+
+
+def test_a_case_linked_into_the_drop_folder_is_not_written_through(dropped, tmp_path, no_api):
+    """A drop folder may link case folders from a shared copy; dropping a corrected case of that name wrote its
+    files into the shared copy."""
+    case, into = dropped
+    shared = shutil.copytree(case, tmp_path / "shared" / case.name)
+    (into / case.name).symlink_to(shared)
+    (case / "BraTS20_Training_009_seg.nii").write_bytes(b"corrected NIfTI!")
+    result = _drop(tmp_path, str(case), "--into", str(into))
+    assert result.exit_code == 1
+    assert " ".join(result.output.split()) == (
+        f"error: {case}: {into / case.name} is a link (to {shared}), and a drop would write through it into what it "
+        "links to; replace the link by a copy first, or drop into another folder; nothing was copied")
+    assert (shared / "BraTS20_Training_009_seg.nii").read_bytes() == b"not really NIfTI"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_case_folder_is_not_half_updated_by_a_file_that_cannot_be_copied(dropped, tmp_path, no_api):
+    """A re-drop whose last file could not be read had replaced the others first, leaving a case of old and new
+    files that the next retrain ingested."""
+    case, into = dropped
+    _drop(tmp_path, str(case), "--into", str(into))
+    for name in ("t1", "t2"):
+        (case / f"BraTS20_Training_009_{name}.nii").write_bytes(b"second version!!")
+    os.mkfifo(case / "zz_pipe.nii")
+    result = _drop(tmp_path, str(case), "--into", str(into))
+    assert result.exit_code == 1
+    assert result.output == (f"error: {case / 'zz_pipe.nii'}: not a regular file (a FIFO, device or socket); "
+                             "copied 0 item(s) before it, no event sent\n")
+    assert (into / case.name / "BraTS20_Training_009_t1.nii").read_bytes() == b"not really NIfTI"
+
+
+def test_the_drop_check_sees_cases_in_linked_folders_and_survives_a_link_to_nothing(tmp_path):
+    """Ingestion reads a case folder linked into the source, but the drop check never listed it ("no new data" for
+    ever); a link to no file made every retrain fail with a FileNotFoundError traceback."""
+    from storage.drops import fingerprint, new_files
+
+    source = tmp_path / "src"
+    _write(source / "BraTS20_Training_001" / "BraTS20_Training_001_t1.nii.gz")
+    shared = _write(tmp_path / "shared" / "BraTS20_Training_002" / "BraTS20_Training_002_t1.nii.gz").parent
+    (source / "BraTS20_Training_002").symlink_to(shared)
+    (source / "BraTS20_Training_002" / "loop").symlink_to(shared)  # a link loop ends
+    (source / "BraTS20_Training_001" / "BraTS20_Training_001_seg.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    assert new_files(source, None) == ["BraTS20_Training_001/BraTS20_Training_001_seg.nii.gz",
+                                       "BraTS20_Training_001/BraTS20_Training_001_t1.nii.gz",
+                                       "BraTS20_Training_002/BraTS20_Training_002_t1.nii.gz"]
+    assert len(fingerprint(source)) == 16
