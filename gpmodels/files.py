@@ -6,6 +6,7 @@ import glob
 import json
 import math
 import os
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,6 +24,8 @@ train several seeds: ``{"kept": "seed_S", "losses": {"seed_S": best validation l
 "failed": ["seed_T", ...]}``."""
 
 TMP_MARK = ".tmp-"
+NAME_MAX = 255
+"""The longest file name most file systems take (bytes; ASCII names here)."""
 """Marks the temporary files of :func:`replace_atomically` (``.<name>.tmp-<8 hex>``)."""
 
 
@@ -161,6 +164,8 @@ def _staged(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     :func:`remove_stale_temporaries`) holding what ``write`` wrote, flushed to disk; deleted again when writing
     fails."""
     tmp = hidden_sibling(path, TMP_MARK.strip(".-"))
+    if len(tmp.name) > NAME_MAX:  # a name that fits, made too long by the host and pid: without them, as before
+        tmp = path.parent / f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp, "wb") as handle:
             write(handle)

@@ -12,7 +12,6 @@ at a time trains a run directory: it holds ``RUN_DIR/.train.lock`` while it does
 from __future__ import annotations
 
 import csv
-import errno
 import fcntl
 import gc
 import json
@@ -55,7 +54,7 @@ from gpmodels.files import damaged, read_run_config, write_text_atomic
 from gpmodels.lightning_module import ClassifierModule
 from gpmodels.nets import build_model
 from gpmodels.train_config import DERIVED_FIELDS, RunConfig, TrainConfig
-from storage.locks import open_lock_file
+from storage.locks import open_lock_file, unlockable
 from storage.quiet import quiet_logger
 from storage.store import SPLIT_NAMES, check_chunks, open_store
 
@@ -472,7 +471,7 @@ def run_dir_lock(paths: RunPaths) -> Iterator[int]:
     """
     fd, writable = open_lock_file(paths.lock)  # read-only when another user made it: flock needs no more
     try:
-        locked = _lock_exclusively(fd, paths)
+        locked = _lock_exclusively(fd, paths, writable)
         if writable:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -487,7 +486,7 @@ def run_dir_lock(paths: RunPaths) -> Iterator[int]:
         os.close(fd)
 
 
-def _lock_exclusively(fd: int, paths: RunPaths) -> bool:
+def _lock_exclusively(fd: int, paths: RunPaths, writable: bool = True) -> bool:
     """``flock`` the open lock file ``fd`` without waiting; False where the file system cannot lock.
 
     Raises:
@@ -500,10 +499,7 @@ def _lock_exclusively(fd: int, paths: RunPaths) -> bool:
         if not (holder.isdigit() and not _alive(int(holder)) and _lock_within(fd, ORPHAN_WAIT_S)):
             raise RunDirBusy(_busy_message(paths, holder)) from None
     except OSError as exc:
-        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-            raise
-        _LOG.warning("%s: cannot lock %s (%s), so nothing keeps a second process from training this run at the "
-                     "same time", paths.root, paths.lock.name, os.strerror(exc.errno))
+        _LOG.warning("%s", unlockable(paths.lock, exc, writable))
         return False
     return True
 

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from flows.layout import MAP_KINDS, row_where
+from storage.errors import StoreError
 
 console = Console(stderr=True)
 
@@ -104,6 +105,9 @@ def run_app(app: typer.Typer) -> None:
         os.environ.setdefault(name, value)
     try:
         app()
+    except StoreError as exc:  # e.g. a lock file that cannot be opened, where no command said it in its own words
+        console.print(f"[red]error:[/red] {escape(one_line(exc))}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
     except OSError as exc:
         console.print(f"[red]error:[/red] {escape(os_error_line(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None

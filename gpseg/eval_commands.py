@@ -270,7 +270,9 @@ def postprocess_cmd(
 
     own = [workdir] if workdir is not None and workdir.is_dir() else []
     # a flow's report or evaluations written meanwhile would be replaced
-    with workdir_locks([*own, *workdirs_of([*(runs or []), *([out] if out else [])])], "gpseg postprocess", say):
+    report_folder = out or (None if workdir is not None else Path("report"))  # as _postprocess writes it
+    given = workdirs_of([*(runs or []), *([report_folder] if report_folder else [])])
+    with workdir_locks([*own, *given], "gpseg postprocess", say):
         _postprocess(runs, workdir, out, params)
 
 

@@ -10,6 +10,7 @@ on this host, and every folder another host wrote, are left alone.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import socket
@@ -72,13 +73,14 @@ def recover_interrupted(path: Path) -> None:
     another host) is writing is left alone (:func:`writer_alive`), so readers may call this too.
     """
     path = Path(path)
-    olds = sorted((p for p in path.parent.glob(f".{path.name}.old-*") if not writer_alive(p, "old", path)),
+    name = glob.escape(path.name)  # a store named brats[2021].zarr
+    olds = sorted((p for p in path.parent.glob(f".{name}.old-*") if not writer_alive(p, "old", path)),
                   key=lambda p: p.stat().st_mtime)
     if olds and not path.exists() and not path.is_symlink():
         with contextlib.suppress(OSError):  # another process put one back first
             os.rename(olds[-1], path)
             olds = olds[:-1]
-    stale = [p for p in path.parent.glob(f".{path.name}.tmp-*") if not writer_alive(p, "tmp", path)]
+    stale = [p for p in path.parent.glob(f".{name}.tmp-*") if not writer_alive(p, "tmp", path)]
     for folder in [*olds, *stale]:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -98,8 +100,8 @@ def replace_folder(new: Path, out: Path) -> Path:
     one, never a partial one. The old folder is first renamed to a hidden ``.NAME.old-HOST-PID-*``
     sibling and deleted last. When the second rename fails, the old folder is put back (best effort)
     and the error raised. Ctrl-C is held back across the two renames; one that comes then, or while the old
-    folder is deleted, raises :class:`InterruptedAfterReplacing` (``out`` is the new folder). A process killed between the two renames leaves only the ``.old-`` copy;
-    :func:`recover_interrupted` renames it back.
+    folder is deleted, raises :class:`InterruptedAfterReplacing` (``out`` is the new folder). A process killed
+    between the two renames leaves only the ``.old-`` copy; :func:`recover_interrupted` renames it back.
 
     Args:
         new: the complete new folder, on ``out``'s file system (e.g. a hidden sibling of it).
@@ -118,7 +120,7 @@ def replace_folder(new: Path, out: Path) -> Path:
     check_replaceable(out)
     if not new.is_dir():
         raise FileNotFoundError(f"{new}: the new folder is gone; {out} is left as it was")
-    old = None
+    old, swapped = None, False
     try:
         with interrupts_held():  # out is never left missing by a Ctrl-C between the two renames
             if out.exists():
@@ -126,6 +128,7 @@ def replace_folder(new: Path, out: Path) -> Path:
                 os.rename(out, old)
             try:
                 os.rename(new, out)
+                swapped = True
             except OSError:
                 if old is not None:
                     with contextlib.suppress(OSError):
@@ -133,6 +136,8 @@ def replace_folder(new: Path, out: Path) -> Path:
                 raise
         if old is not None:  # a whole store's chunk files: long enough to be interrupted
             shutil.rmtree(old, ignore_errors=True)
-    except KeyboardInterrupt:  # the swap is done; a .old- copy left is deleted by the next reader
-        raise InterruptedAfterReplacing(out) from None
+    except KeyboardInterrupt:
+        if not swapped:  # a Ctrl-C pending as the handler was set: nothing was moved
+            raise
+        raise InterruptedAfterReplacing(out) from None  # a .old- copy left is deleted by the next reader
     return out

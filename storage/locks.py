@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,10 +50,7 @@ def exclusive_lock(path: Path, doing: str, busy: Callable[[str], str], say: Call
             fcntl.flock(fd, fcntl.LOCK_EX)
             locked = True
         except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-            say(f"{path}: this file system cannot lock files, so nothing keeps a second process from writing "
-                f"beside this one ({os.strerror(exc.errno)})")
+            say(unlockable(path, exc, writable))
         if locked and writable:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()}, {doing}\n".encode(), 0)
@@ -69,8 +67,9 @@ def open_lock_file(path: Path) -> tuple[int, bool]:
     """Open (creating it, with its folder, if missing) a lock file; the descriptor and whether it is writable.
 
     A lock file stays after its run, owned by whoever made it first; another user who may write the folder
-    opens it read-only (``flock`` needs no write access), so only the holder's text is not written. The file is
-    made writable by the group and others as the umask allows, for the same reason.
+    opens it read-only (``flock`` needs no write access on a local file system), so only the holder's text is not
+    written. A new lock file is made writable by the group and others when they may write its folder, so that
+    they open it for writing too (on NFS, where an exclusive ``flock`` needs that).
 
     Raises:
         StoreError: One line naming the lock file, when it can be neither made nor opened.
@@ -78,10 +77,34 @@ def open_lock_file(path: Path) -> tuple[int, bool]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            return os.open(path, os.O_RDWR | os.O_CREAT, 0o666), True
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pass
+        else:  # writable by whoever may write the folder (an exclusive flock on NFS needs a writable file)
+            folder = os.stat(path.parent).st_mode
+            os.fchmod(fd, 0o644 | (folder & (stat.S_IWGRP | stat.S_IWOTH)))
+            return fd, True
+        try:
+            return os.open(path, os.O_RDWR), True
         except PermissionError:
             if not path.is_file():
                 raise
             return os.open(path, os.O_RDONLY), False
     except OSError as exc:
         raise StoreError(f"{path}: cannot open this lock file ({exc.strerror or exc})") from None
+
+
+def unlockable(path: Path, exc: OSError, writable: bool) -> str:
+    """What to say when ``flock`` on the lock file ``path`` failed with ``exc`` and the work goes on unlocked:
+    a file system without locks, or (NFS) another user's lock file opened read-only.
+
+    Raises:
+        OSError: ``exc``, for any other failure.
+    """
+    if exc.errno == errno.EBADF and not writable:  # NFS locks only files open for writing
+        return (f"{path}: another user's lock file, which this file system locks only when it may be written; "
+                "make it writable by the group (chmod g+w) so that nothing writes beside this process")
+    if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+        raise exc
+    return (f"{path}: this file system cannot lock files, so nothing keeps a second process from writing beside "
+            f"this one ({os.strerror(exc.errno)})")

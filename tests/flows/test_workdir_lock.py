@@ -99,6 +99,8 @@ def test_a_lock_file_another_user_made_is_locked_read_only(tmp_path, monkeypatch
     real_open = os.open
 
     def as_another_user(path, flags, *args):
+        if flags & os.O_EXCL and os.path.exists(path):
+            raise FileExistsError(errno.EEXIST, "File exists", str(path))
         if flags & os.O_RDWR and os.path.exists(path):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, flags, *args)
@@ -156,3 +158,72 @@ def test_the_work_dirs_of_paths_are_those_holding_a_lock_file(tmp_path):
     assert workdirs_of([first / "runs" / "x" / "fold_0", second / "report", first / "report" / "new",
                         tmp_path / "other" / "report"]) == [first, second]
     assert workdirs_of([tmp_path / "c" / "report"]) == []
+
+
+def test_a_new_lock_file_is_writable_by_whoever_may_write_its_folder(tmp_path):
+    """On NFS an exclusive flock needs a file open for writing, so another user's read-only descriptor of a 0644
+    lock file cannot lock it: a lock file in a group-writable folder is made group-writable."""
+    import stat
+
+    shared, own = tmp_path / "shared", tmp_path / "own"
+    shared.mkdir(mode=0o775)
+    shared.chmod(0o2775)
+    own.mkdir()
+    own.chmod(0o755)
+    for folder, mode in ((shared, 0o664), (own, 0o644)):
+        with workdir_lock(folder, "x", print):
+            pass
+        assert stat.S_IMODE((folder / LOCK_FILE).stat().st_mode) == mode
+
+
+def test_what_is_said_when_a_lock_file_cannot_be_locked(tmp_path):
+    nfs = OSError(errno.EBADF, "Bad file descriptor")
+    assert "another user's lock file, which this file system locks only when it may be written; make it " \
+           "writable by the group (chmod g+w)" in locks.unlockable(tmp_path / LOCK_FILE, nfs, writable=False)
+    assert "this file system cannot lock files" in locks.unlockable(tmp_path / LOCK_FILE,
+                                                                     OSError(errno.ENOLCK, "No locks"), True)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        locks.unlockable(tmp_path / LOCK_FILE, nfs, writable=True)
+
+
+def test_gpseg_postprocess_into_the_default_report_folder_waits_for_its_work_dirs_flow(tmp_path, monkeypatch):
+    """Without --out the report goes to ./report: run inside a work dir, that is the work dir's report."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    holder = _hold(f"from flows.workdir_lock import workdir_lock\nwith workdir_lock({str(workdir)!r}, "
+                   "'full-benchmark', print):")
+    monkeypatch.chdir(workdir)
+    result = CliRunner().invoke(app, ["postprocess", "--runs", str(tmp_path / "elsewhere")])
+    holder.wait(timeout=30)
+    assert " ".join(result.output.split()).startswith(f"waiting for the flow run working in {workdir}"), result.output
+
+
+def test_a_lock_file_that_cannot_be_opened_ends_the_cli_in_one_line(tmp_path, monkeypatch):
+    """A StoreError from the lock came out of `gpseg postprocess` as a traceback."""
+    import io
+
+    from rich.console import Console
+
+    from gpseg import console as console_module
+    from gpseg.cli import main
+
+    said = io.StringIO()
+    monkeypatch.setattr(console_module, "console", Console(file=said, width=300, force_terminal=False))
+
+    run = tmp_path / "work" / "runs" / "r"
+    run.mkdir(parents=True)
+    (tmp_path / "work" / LOCK_FILE).write_text("")
+
+    def denied(path, flags, *args):  # as a lock file in a folder of another user's, not readable by this one
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(locks.os, "open", denied)
+    monkeypatch.setattr("sys.argv", ["gpseg", "postprocess", "--runs", str(run), "--out", str(tmp_path / "rep")])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 1
+    assert said.getvalue() == f"error: {tmp_path / 'work' / LOCK_FILE}: cannot open this lock file (Permission denied)\n"

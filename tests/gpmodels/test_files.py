@@ -108,3 +108,13 @@ def test_ctrl_c_during_the_renames_comes_after_the_last_one(tmp_path, monkeypatc
     assert renames == ["index.html", "metrics.json"]
     assert (tmp_path / "metrics.json").read_text() == "new metrics"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_long_name_that_fits_is_still_written_atomically(tmp_path):
+    """The temporary name carries the host and pid; a name of up to 255 characters that fitted before failed with
+    "File name too long" once the temporary name outgrew it."""
+    from gpmodels.files import NAME_MAX
+
+    target = tmp_path / ("P" * (NAME_MAX - 30) + ".nii.gz")
+    write_text_atomic(target, "x")
+    assert target.read_text() == "x" and [p.name for p in tmp_path.iterdir()] == [target.name]

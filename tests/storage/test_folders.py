@@ -110,18 +110,42 @@ def test_a_ctrl_c_during_the_swap_ends_with_the_new_folder_in_place_and_says_so(
     assert raised.value.path == out and (out / "data.txt").read_text() == "new" and not new.exists()
 
 
-@pytest.mark.parametrize("legacy", [False, True], ids=["named-by-process", "older-unnamed"])
-def test_a_kill_between_the_renames_is_recovered(tmp_path, legacy):
+def test_a_ctrl_c_pending_before_the_swap_moves_nothing_and_says_nothing_was_replaced(tmp_path, monkeypatch):
+    """A Ctrl-C that came as the swap began, before its handler was set, was raised as "after replacing", and
+    gpseg said the new store was written while the old one stayed."""
+    import signal
+    import threading
+
+    from storage import interrupts
+
     out = _folder(tmp_path / "out", "old")
+    new = _folder(tmp_path / "new", "new")
+
+    def interrupted_now():
+        os.kill(os.getpid(), signal.SIGINT)
+        return threading.main_thread()
+
+    monkeypatch.setattr(interrupts.threading, "current_thread", interrupted_now)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        replace_folder(new, out)
+    assert type(raised.value) is KeyboardInterrupt
+    assert (out / "data.txt").read_text() == "old" and (new / "data.txt").read_text() == "new"
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["named-by-process", "older-unnamed"])
+@pytest.mark.parametrize("name", ["out", "brats[2021].zarr"])
+def test_a_kill_between_the_renames_is_recovered(tmp_path, legacy, name):
+    """A name with glob characters (brackets) was never recovered: its copies were looked for as a pattern."""
+    out = _folder(tmp_path / name, "old")
     dead = _dead_pid()
-    old = tmp_path / ".out.old-deadbeef" if legacy else _left_by(out, "old", dead)
+    old = tmp_path / f".{name}.old-deadbeef" if legacy else _left_by(out, "old", dead)
     os.rename(out, old)  # killed after the first rename
-    _folder(tmp_path / ".out.tmp-cafe0000" if legacy else _left_by(out, "tmp", dead), "half")  # and its copy
+    _folder(tmp_path / f".{name}.tmp-cafe0000" if legacy else _left_by(out, "tmp", dead), "half")  # and its copy
 
     recover_interrupted(out)
 
     assert (out / "data.txt").read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
 def test_recovery_keeps_a_complete_folder_and_drops_stale_copies(tmp_path):
