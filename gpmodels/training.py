@@ -204,10 +204,20 @@ def resolve_run(config: TrainConfig) -> RunConfig:
         effective_batch=config.batch_size * config.devices * accumulate,
         train_batches=batches // accumulate * accumulate,
         resolved_precision=resolve_precision(config.precision, config.accelerator),
-        cpu_threads=torch.get_num_threads(),
+        cpu_threads=_training_threads(config.devices),
     )
     _check_size(run)
     return run
+
+
+def _training_threads(devices: int) -> int:
+    """torch's intra-op CPU threads in each training process: this process's, except that Lightning's DDP
+    launchers set ``cpu_count // devices`` where ``OMP_NUM_THREADS`` is not set."""
+    if devices > 1 and "OMP_NUM_THREADS" not in os.environ:
+        from lightning_fabric.utilities.distributed import _suggested_max_num_threads
+
+        return _suggested_max_num_threads(devices)
+    return torch.get_num_threads()
 
 
 SMALL_SIZE = 32

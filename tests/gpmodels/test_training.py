@@ -826,6 +826,16 @@ def test_a_run_resumed_with_another_cpu_thread_count_says_so(smoke_run, tmp_path
     assert json.loads((out / "config.json").read_text())["cpu_threads"] == torch.get_num_threads()
 
 
+def test_the_recorded_cpu_threads_of_a_ddp_run_are_those_lightning_sets(monkeypatch):
+    """Lightning's DDP launchers set cpu_count // devices threads where OMP_NUM_THREADS is not set, after the
+    run's config.json was written with this process's count."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert training._training_threads(1) == torch.get_num_threads()
+    assert training._training_threads(2) == max(1, len(os.sched_getaffinity(0)) // 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert training._training_threads(2) == torch.get_num_threads()
+
+
 _HOLD_LOCK = ("import sys, time; from pathlib import Path; from gpmodels.checkpoints import RunPaths; "
               "from gpmodels.training import run_dir_lock\n"
               "with run_dir_lock(RunPaths(Path(sys.argv[1]))):\n    print('locked', flush=True); time.sleep(120)")
