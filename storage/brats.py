@@ -179,11 +179,18 @@ def _case_files(folder: Path, channels: tuple[str, ...]) -> tuple[dict[str, Path
     return chosen, seg[0]
 
 
+VALIDATION_MAPPING = "name_mapping_validation.csv"
+"""The name mapping of a BraTS validation set, whose cases have no segmentation and no grade."""
+
+
 def layout_hint(src: Path) -> str:
     """Where the cases are when ``src`` holds none: ``"; it looks like one case folder: ..."`` when it holds
     NIfTI files itself, ``"; its subfolder X holds case folders: give that folder"`` when a folder up to
     three levels down does (the Kaggle download nests ``MICCAI_BraTS2020_TrainingData`` in two more
     folders), else ``""``."""
+    if (src / VALIDATION_MAPPING).is_file():
+        return ("; it looks like a BraTS validation set, which has no segmentations and no grades: give the "
+                "training set's folder")
     if any(_nifti_stem(f) for f in visible_entries(src) if f.is_file()):
         return "; it looks like one case folder: give the folder that holds the case folders"
     level = [src]
@@ -228,11 +235,11 @@ def discover_brats(src: Path, channels: tuple[str, ...] = BRATS_CHANNELS
             if folder_grade is not None and grade != folder_grade:
                 raise CaseRejected(folder, f"grade {grade} in {NAME_MAPPING} disagrees with its "
                                            f"{folder.parent.name}/ folder ({folder_grade})")
+            chosen, seg = _case_files(folder, channels)  # first: a validation set's cases lack both
             if grade not in BRATS_CLASSES[1:]:
                 where = (mapping_path if mapping_path.is_file()
                          else f"{src} (no {NAME_MAPPING} there, and the case is not in an HGG/ or LGG/ folder)")
                 raise CaseRejected(folder, f"no grade (HGG/LGG) for {folder.name} in {where}")
-            chosen, seg = _case_files(folder, channels)
         except CaseRejected as exc:
             rejected[exc.file] = exc.reason
             continue

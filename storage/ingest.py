@@ -346,7 +346,7 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
                     and plan.classes.index(case.label) != stored:
                 report.regraded.append(f"{case.patient_id} ({plan.classes[stored]} stored, {case.label} now)")
     if not cases and not existing:
-        hint = plan.layout_hint(plan.root) if plan.layout_hint and not report.rejected else ""
+        hint = plan.layout_hint(plan.root) if plan.layout_hint else ""
         raise NoUsableInput(f"{plan.where}: no usable {plan.dataset} cases found"
                             + (f" ({len(report.rejected)} rejected{first_rejection(report.rejected)})"
                                if report.rejected else "")

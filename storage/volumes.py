@@ -91,6 +91,12 @@ def _check_grid(path: Path, volume: NiftiVolume, first_path: Path, first: NiftiV
         raise CaseRejected(path, f"{kind}shape {volume.data.shape} differs from "
                                  f"{first_path.name}'s {first.data.shape}")
     if not same_voxel_grid(first.affine, volume.affine):
+        unoriented = [p.name for p, v in ((path, volume), (first_path, first))
+                      if int(v.header["qform_code"]) == int(v.header["sform_code"]) == 0]
+        if unoriented:  # nibabel made up an affine: a label map saved by a tool that drops the orientation
+            raise CaseRejected(path, f"the header of {unoriented[0]} has no orientation (qform and sform codes 0), "
+                                     f"so its voxel grid cannot be matched with {first_path.name}'s; copy the "
+                                     "orientation over (e.g. fslcpgeom) and ingest again")
         raise CaseRejected(path, f"affine differs from {first_path.name}'s: "
                                  "the channels must share one voxel grid")
 

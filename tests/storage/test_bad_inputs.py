@@ -939,3 +939,32 @@ def test_a_fifo_in_a_manifest_or_a_case_folder_is_rejected_and_the_rest_go_on(br
     (tmp_path / "m.csv").write_text(f"patient_id,label,flair,seg\np0,HGG,zero.nii,{seg}\np1,HGG,{flair},{seg}\n")
     report = ingest_manifest(tmp_path / "m.csv", tmp_path / "m.zarr", CONFIG)
     assert report.rejected == {"zero.nii": "not a regular file (a FIFO, device or socket)"} and report.cases == 1
+
+
+def test_a_brats_validation_set_is_named_as_such(brats_copy, tmp_path):
+    """Its cases lack segmentations and grades: the rejection named the missing grade, and a user who supplied
+    grades met the missing segmentations next."""
+    for seg in brats_copy.glob("*/*_seg.nii.gz"):
+        seg.unlink()
+    (brats_copy / "name_mapping.csv").rename(brats_copy / "name_mapping_validation.csv")
+    with pytest.raises(NoUsableInput) as raised:
+        ingest_brats(brats_copy, tmp_path / "s.zarr", IngestConfig(workers=0))
+    message = str(raised.value)
+    assert "missing segmentation volume" in message and message.endswith(
+        "; it looks like a BraTS validation set, which has no segmentations and no grades: give the training set's "
+        "folder")
+
+
+def test_a_segmentation_without_orientation_is_said_so(brats_copy, tmp_path):
+    """Label maps saved by tools that drop the orientation (qform and sform codes 0) get a made-up affine; the
+    rejection said the grids differ, sending the user after a resampling that never happened."""
+    seg = next(brats_copy.glob("*/*_seg.nii.gz"))
+    image = nib.load(seg)
+    bare = nib.Nifti1Image(np.asanyarray(image.dataobj), None)
+    bare.header.set_qform(None, code=0)
+    bare.header.set_sform(None, code=0)
+    nib.save(bare, seg)
+    report = ingest_brats(brats_copy, tmp_path / "s.zarr", IngestConfig(workers=0))
+    [reason] = [r for f, r in report.rejected.items() if f.endswith(seg.name)]
+    assert reason.startswith(f"the header of {seg.name} has no orientation (qform and sform codes 0), so its voxel "
+                             "grid cannot be matched with"), reason
