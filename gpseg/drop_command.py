@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import filecmp
 import logging
 import os
@@ -315,7 +316,12 @@ def _file_pairs(item: Path, target: Path) -> list[tuple[Path, Path]]:
     if not item.is_dir():
         return [(item, target)]
     pairs = []
+    seen: set[tuple[int, int]] = set()
     for root, dirs, files in os.walk(item, followlinks=True, onerror=_raise):
+        folder = os.stat(root)
+        if (folder.st_dev, folder.st_ino) in seen:  # two links back into the item doubled the walk at each level
+            raise OSError(errno.ELOOP, "links back into a folder it holds", root)
+        seen.add((folder.st_dev, folder.st_ino))
         dirs.sort()
         there = target / Path(root).relative_to(item)
         pairs += [(Path(root) / name, there / name) for name in sorted(files)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from storage.cases import VolumeCase
 from storage.csv_tables import read_csv_rows
-from storage.discovery import visible_entries
+from storage.discovery import visible_entries, visible_files_below
 from storage.errors import CaseRejected
 
 BRATS_CHANNELS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -227,7 +227,8 @@ def discover_brats(src: Path, channels: tuple[str, ...] = BRATS_CHANNELS
     cases: list[VolumeCase] = []
     rejected: dict[str, str] = {}
     seen: dict[str, Path] = {}
-    for folder, folder_grade in _case_folders(src):
+    folders = _case_folders(src)
+    for folder, folder_grade in folders:
         try:
             if folder.name in seen:
                 raise CaseRejected(folder, f"duplicate patient id {folder.name} (also {seen[folder.name]})")
@@ -245,4 +246,27 @@ def discover_brats(src: Path, channels: tuple[str, ...] = BRATS_CHANNELS
             continue
         seen[folder.name] = folder
         cases.append(VolumeCase(folder.name, grade, chosen, seg, BRATS_SEG_LABELS, origin=folder))
+    if folders:  # without any case folder, ingestion's message says where the cases are instead
+        rejected.update(_unread(src, {folder for folder, _ in folders}))
     return cases, rejected
+
+
+def _unread(src: Path, case_folders: set[Path]) -> dict[str, str]:
+    """``path -> reason`` for the NIfTI files below ``src`` that no case reads: each such file directly in
+    ``src`` (or in ``HGG/``, ``LGG/``), and for those deeper, the topmost folder holding them that is no case
+    folder (a batch of cases linked or copied in one folder further down). A drop check counts them as data, so
+    without a reason a retrain ingested nothing and said nothing."""
+    grade_folders = {src / name for name in os.listdir(src) if name.lower() in GRADE_FOLDERS} if src.is_dir() else set()
+    where = f"directly in {src}, or in its HGG/ and LGG/ folders"
+    unread: dict[str, str] = {}
+    for file in visible_files_below(src):
+        if _nifti_stem(file) is None or file.parent in case_folders:
+            continue
+        top = file
+        while top.parent not in (src, *grade_folders, *case_folders) and top.parent != top:
+            top = top.parent
+        unread[str(top)] = (f"a NIfTI file outside any case folder, which BraTS ingestion never reads (it reads the "
+                            f"case folders {where})" if top == file else
+                            f"holds NIfTI files only in its subfolders, which BraTS ingestion does not read as cases "
+                            f"(it reads the case folders {where}); give the cases' folder, or move them up")
+    return unread

@@ -469,3 +469,13 @@ def test_the_drop_check_sees_cases_in_linked_folders_and_survives_a_link_to_noth
                                        "BraTS20_Training_001/BraTS20_Training_001_t1.nii.gz",
                                        "BraTS20_Training_002/BraTS20_Training_002_t1.nii.gz"]
     assert len(fingerprint(source)) == 16
+
+
+def test_a_case_folder_with_links_back_into_itself_is_refused_not_walked_for_ever(dropped, tmp_path, no_api):
+    """Two links to the folder itself doubled the copy's walk at every level, up to the link limit (minutes)."""
+    case, into = dropped
+    (case / "a").symlink_to(".")
+    (case / "b").symlink_to(".")
+    result = _drop(tmp_path, str(case), "--into", str(into))
+    assert result.exit_code == 1 and "links back into a folder it holds" in result.output, result.output
+    assert _names(into) == ["name_mapping.csv"]

@@ -968,3 +968,21 @@ def test_a_segmentation_without_orientation_is_said_so(brats_copy, tmp_path):
     [reason] = [r for f, r in report.rejected.items() if f.endswith(seg.name)]
     assert reason.startswith(f"the header of {seg.name} has no orientation (qform and sform codes 0), so its voxel "
                              "grid cannot be matched with"), reason
+
+
+def test_nifti_files_no_case_reads_are_rejected_with_a_reason(brats_copy, tmp_path):
+    """A batch of cases linked (or copied) into a folder below the drop folder counted as new data, and the retrain
+    then ingested nothing and said nothing."""
+    batch = tmp_path / "batch2"
+    shutil.move(str(next(p for p in sorted(brats_copy.iterdir()) if p.is_dir())), batch / "BraTS20_Training_099")
+    (brats_copy / "batch2").symlink_to(batch)
+    (brats_copy / "stray.nii.gz").write_bytes(b"x")
+    report = ingest_brats(brats_copy, tmp_path / "s.zarr", IngestConfig(workers=0))
+    assert report.cases == 5
+    assert report.rejected["batch2"].startswith(
+        "holds NIfTI files only in its subfolders, which BraTS ingestion does not read as cases")
+    assert report.rejected["stray.nii.gz"].startswith(
+        "a NIfTI file outside any case folder, which BraTS ingestion never reads")
+    from storage.drops import new_files
+
+    assert new_files(brats_copy, tmp_path / "s.zarr") == []  # examined: not new at the next check
