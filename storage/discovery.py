@@ -25,21 +25,24 @@ def visible_entries(folder: Path) -> list[Path]:
 def visible_files_below(folder: Path) -> list[Path]:
     """Every non-hidden file below a folder, not entering hidden folders, sorted by path.
 
-    Linked folders are entered, as discovery reads a case folder linked from a shared copy; each folder once,
-    so a link loop ends. A link to no file is listed too (it is no folder): readers reject it with its reason.
+    Linked folders are entered, as discovery reads a case folder linked from a shared copy (two links to one
+    folder are two cases); a link back into a folder above it is not, so a link loop ends. A link to no file is
+    listed too (it is no folder): readers reject it with its reason.
     """
     found: list[Path] = []
-    seen: set[tuple[int, int]] = set()
+    identity: dict[str, tuple[int, int]] = {}  # of each folder walked, by its path (parents come first)
     for root, dirs, files in os.walk(folder, followlinks=True):
         try:
             stat = os.stat(root)
         except OSError:
             dirs[:] = []
             continue
-        if (stat.st_dev, stat.st_ino) in seen:  # reached again through a link
+        here = (stat.st_dev, stat.st_ino)
+        above = Path(root).parents
+        if any(identity.get(str(parent)) == here for parent in above):  # a loop: the folder holds itself
             dirs[:] = []
             continue
-        seen.add((stat.st_dev, stat.st_ino))
+        identity[str(Path(root))] = here
         dirs[:] = [d for d in dirs if not is_hidden(d)]
         found += [Path(root) / name for name in files if not is_hidden(name)]
     return sorted(found)

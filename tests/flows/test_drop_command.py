@@ -464,10 +464,12 @@ def test_the_drop_check_sees_cases_in_linked_folders_and_survives_a_link_to_noth
     shared = _write(tmp_path / "shared" / "BraTS20_Training_002" / "BraTS20_Training_002_t1.nii.gz").parent
     (source / "BraTS20_Training_002").symlink_to(shared)
     (source / "BraTS20_Training_002" / "loop").symlink_to(shared)  # a link loop ends
+    (source / "BraTS20_Training_003").symlink_to(shared)  # a second link to one folder: a second case
     (source / "BraTS20_Training_001" / "BraTS20_Training_001_seg.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
     assert new_files(source, None) == ["BraTS20_Training_001/BraTS20_Training_001_seg.nii.gz",
                                        "BraTS20_Training_001/BraTS20_Training_001_t1.nii.gz",
-                                       "BraTS20_Training_002/BraTS20_Training_002_t1.nii.gz"]
+                                       "BraTS20_Training_002/BraTS20_Training_002_t1.nii.gz",
+                                       "BraTS20_Training_003/BraTS20_Training_002_t1.nii.gz"]
     assert len(fingerprint(source)) == 16
 
 
