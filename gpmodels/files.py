@@ -23,10 +23,11 @@ SEED_SELECTION = "seed_selection.json"
 train several seeds: ``{"kept": "seed_S", "losses": {"seed_S": best validation loss or null, ...},
 "failed": ["seed_T", ...]}``."""
 
-TMP_MARK = ".tmp-"
+TMP_TAG = "tmp"
+TMP_MARK = f".{TMP_TAG}-"
+"""Marks the temporary files of :func:`replace_atomically` (``.<name>.tmp-HOST-PID-<8 hex>``)."""
 NAME_MAX = 255
 """The longest file name most file systems take (bytes; ASCII names here)."""
-"""Marks the temporary files of :func:`replace_atomically` (``.<name>.tmp-<8 hex>``)."""
 
 
 MODEL_FILE = "model.pt"
@@ -163,7 +164,7 @@ def _staged(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """A temporary file beside ``path`` (``.<name>.tmp-HOST-PID-<8 hex>``, unique per writer, naming its process for
     :func:`remove_stale_temporaries`) holding what ``write`` wrote, flushed to disk; deleted again when writing
     fails."""
-    tmp = hidden_sibling(path, TMP_MARK.strip(".-"))
+    tmp = hidden_sibling(path, TMP_TAG)
     if len(tmp.name) > NAME_MAX:  # a name that fits, made too long by the host and pid: without them, as before
         tmp = path.parent / f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}"
     try:
@@ -182,7 +183,7 @@ def remove_stale_temporaries(path: Path) -> None:
     time to delete them); those of running writers stay (:func:`storage.folders.writer_alive`)."""
     path = Path(path)
     for tmp in path.parent.glob(f".{glob.escape(path.name)}{TMP_MARK}*"):
-        if not writer_alive(tmp, TMP_MARK.strip(".-"), path):
+        if not writer_alive(tmp, TMP_TAG, path):
             tmp.unlink(missing_ok=True)
 
 

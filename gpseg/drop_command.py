@@ -315,17 +315,20 @@ def _file_pairs(item: Path, target: Path) -> list[tuple[Path, Path]]:
     too, as they were copied before; links followed, as :func:`shutil.copytree` follows them), sorted."""
     if not item.is_dir():
         return [(item, target)]
+    from storage.discovery import walk_links
+
     pairs = []
-    seen: set[tuple[int, int]] = set()
-    for root, dirs, files in os.walk(item, followlinks=True, onerror=_raise):
-        folder = os.stat(root)
-        if (folder.st_dev, folder.st_ino) in seen:  # two links back into the item doubled the walk at each level
-            raise OSError(errno.ELOOP, "links back into a folder it holds", root)
-        seen.add((folder.st_dev, folder.st_ino))
+    for root, dirs, files in walk_links(item, loop=_refuse_loop, onerror=_raise):
         dirs.sort()
-        there = target / Path(root).relative_to(item)
-        pairs += [(Path(root) / name, there / name) for name in sorted(files)]
+        there = target / root.relative_to(item)
+        pairs += [(root / name, there / name) for name in sorted(files)]
     return pairs
+
+
+def _refuse_loop(folder: Path) -> None:
+    """:func:`storage.discovery.walk_links`' ``loop``: two links back into an item doubled the walk at every
+    level, for minutes; it fails the drop instead."""
+    raise OSError(errno.ELOOP, "links back into a folder it holds", str(folder))
 
 
 def _raise(exc: OSError) -> None:

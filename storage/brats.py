@@ -256,7 +256,7 @@ def _unread(src: Path, case_folders: set[Path]) -> dict[str, str]:
     ``src`` (or in ``HGG/``, ``LGG/``), and for those deeper, the topmost folder holding them that is no case
     folder (a batch of cases linked or copied in one folder further down). A drop check counts them as data, so
     without a reason a retrain ingested nothing and said nothing."""
-    grade_folders = {src / name for name in os.listdir(src) if name.lower() in GRADE_FOLDERS} if src.is_dir() else set()
+    grade_folders = {p for p in visible_entries(src) if p.name.lower() in GRADE_FOLDERS}  # as _case_folders
     where = f"directly in {src}, or in its HGG/ and LGG/ folders"
     unread: dict[str, str] = {}
     for file in visible_files_below(src):

@@ -9,6 +9,7 @@ disk (``._BraTS20_Training_001_t1.nii.gz``, ``._1.mat``), and ``.DS_Store``,
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -26,26 +27,43 @@ def visible_files_below(folder: Path) -> list[Path]:
     """Every non-hidden file below a folder, not entering hidden folders, sorted by path.
 
     Linked folders are entered, as discovery reads a case folder linked from a shared copy (two links to one
-    folder are two cases); a link back into a folder above it is not, so a link loop ends. A link to no file is
+    folder are two cases); a link back into a folder above it is not (:func:`walk_links`). A link to no file is
     listed too (it is no folder): readers reject it with its reason.
     """
     found: list[Path] = []
-    identity: dict[str, tuple[int, int]] = {}  # of each folder walked, by its path (parents come first)
-    for root, dirs, files in os.walk(folder, followlinks=True):
+    for root, dirs, files in walk_links(folder):
+        dirs[:] = [d for d in dirs if not is_hidden(d)]
+        found += [root / name for name in files if not is_hidden(name)]
+    return sorted(found)
+
+
+def walk_links(folder: Path, loop: Callable[[Path], None] | None = None,
+               onerror: Callable[[OSError], None] | None = None) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """:func:`os.walk` top-down, entering linked folders, but not a link back into a folder above it (a loop,
+    which would walk the same folders again at every level, up to the link limit). Two links to one folder are
+    both walked. ``dirs`` may be pruned and sorted in place, as with :func:`os.walk`.
+
+    Args:
+        folder: where to start.
+        loop: called with a folder reached again through such a link (it may raise); by default it is skipped.
+        onerror: as :func:`os.walk`'s; by default an unreadable folder is skipped.
+    """
+    identity: dict[Path, tuple[int, int]] = {}  # of each folder walked (its parents come first)
+    for root, dirs, files in os.walk(folder, followlinks=True, onerror=onerror):
+        root = Path(root)
         try:
             stat = os.stat(root)
         except OSError:
             dirs[:] = []
             continue
         here = (stat.st_dev, stat.st_ino)
-        above = Path(root).parents
-        if any(identity.get(str(parent)) == here for parent in above):  # a loop: the folder holds itself
+        if any(identity.get(parent) == here for parent in root.parents):
+            if loop is not None:
+                loop(root)
             dirs[:] = []
             continue
-        identity[str(Path(root))] = here
-        dirs[:] = [d for d in dirs if not is_hidden(d)]
-        found += [Path(root) / name for name in files if not is_hidden(name)]
-    return sorted(found)
+        identity[root] = here
+        yield root, dirs, files
 
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".7z", ".rar")

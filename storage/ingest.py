@@ -28,7 +28,7 @@ from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSE
                                largest_image_size, read_mat_case)
 from storage.locks import exclusive_lock
 from storage.manifest import read_manifest
-from storage.nifti import file_state, hashed_state, sha256_file
+from storage.nifti import file_state, hashed_digest, sha256_file
 from storage.parallel import dask_client, ordered_map
 from storage.slicing import IDENTITY_AXES, axial_axes
 from storage.splits import empty_splits, extend_splits, make_splits
@@ -208,7 +208,7 @@ def _file_states(base_attrs: dict, sources: dict[str, str], examined: dict[str, 
         now = file_state(root / key)
         digests = {sources.get(key), examined.get(key)} - {None}  # a stored file's later content may be examined
         if now is not None and (read_states.get(key) == now or old.get(key) == list(now)
-                                or any(hashed_state(root / key, digest) == list(now) for digest in digests)):
+                                or hashed_digest(now) in digests):
             states[key] = list(now)
     return states
 

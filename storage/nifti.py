@@ -61,22 +61,24 @@ def file_state(path: Path) -> tuple[int, int, int, int, int] | None:
     share has another state, and is read again).
     """
     try:
-        stat = os.stat(path)
+        return _settled_state(os.stat(path))
     except OSError:
         return None
+
+
+def _settled_state(stat: os.stat_result) -> tuple[int, int, int, int, int] | None:
+    """:func:`file_state` from a ``stat`` already taken."""
     if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) < _SETTLED_NS:
         return None
     return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
-def hashed_state(path: Path, digest: str) -> list[int] | None:
-    """:func:`file_state` of ``path`` when :func:`sha256_file` gave ``digest`` for the file in that very state
-    in this process (so the file did not change since), as a JSON-ready list; else ``None``. A store records it
-    beside each file's digest, so that a drop check reads only files whose state changed
-    (:func:`storage.drops.new_files`)."""
-    key = file_state(path)
+def hashed_digest(state: tuple[int, int, int, int, int]) -> str | None:
+    """The sha256 :func:`sha256_file` gave in this process for a file in ``state`` (:func:`file_state`), or
+    ``None``. A digest found there describes the file while it keeps that state, so a store records the state
+    beside the digest, and a drop check reads only files whose state changed (:func:`storage.drops.new_files`)."""
     with _hashed_lock:
-        return list(key) if key is not None and _hashed.get(key) == digest else None
+        return _hashed.get(state)
 
 
 def sha256_file(path: Path, block: int = 1 << 22) -> str:
@@ -88,12 +90,13 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
     once. A changed file is always read again; a file changed in the last :data:`_SETTLED_NS` is always read.
     """
     try:
-        mode = os.stat(path).st_mode
+        stat = os.stat(path)
     except OSError:
-        mode = None  # open() below raises the error with the file's name
-    if mode is not None and not S_ISREG(mode):  # a FIFO blocks open() for ever, /dev/zero never ends
-        raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket)", str(path))
-    key = file_state(path)
+        key = None  # open() below raises the error with the file's name
+    else:
+        if not S_ISREG(stat.st_mode):  # a FIFO blocks open() for ever, /dev/zero never ends
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket)", str(path))
+        key = _settled_state(stat)
     if key is not None:
         with _hashed_lock:
             if key in _hashed:

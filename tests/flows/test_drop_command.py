@@ -481,3 +481,9 @@ def test_a_case_folder_with_links_back_into_itself_is_refused_not_walked_for_eve
     result = _drop(tmp_path, str(case), "--into", str(into))
     assert result.exit_code == 1 and "links back into a folder it holds" in result.output, result.output
     assert _names(into) == ["name_mapping.csv"]
+    for link in ("a", "b"):  # two links to one folder beside the case are no loop: both copied, as by copytree
+        (case / link).unlink()
+        (case / link).symlink_to(_write(tmp_path / "notes" / "n.txt").parent)
+    result = _drop(tmp_path, str(case), "--into", str(into))
+    assert f"copied 1 item(s) into {into}" in result.output, result.output
+    assert (into / case.name / "a" / "n.txt").is_file() and (into / case.name / "b" / "n.txt").is_file()
