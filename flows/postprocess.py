@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 
 from flows.layout import REPORT, carried_notes, dataset_of, default_runs, failure_notes, row_line, summary_rows
 from flows.params import PostprocessParams
-from flows.workdir_lock import workdir_locks, workdirs_of
+from flows.workdir_lock import postprocess_workdirs, workdir_locks
 from gpmodels.files import read_run_config
 from storage.errors import one_line
 from tasks.evaluation import evaluate_run, publish, report
@@ -23,9 +23,8 @@ def postprocess(params: PostprocessParams = PostprocessParams()) -> dict:
     of older runs over the one a benchmark or retrain writes meanwhile, nor rewrites a run's evaluation then.
     """
     logger = get_run_logger()
-    own = [] if (params.runs and params.out) or not Path(params.workdir).is_dir() else [params.workdir]
-    given = workdirs_of([*(params.runs or []), *([params.out] if params.out else [])])
-    with workdir_locks([*own, *given], "postprocess", logger.warning):
+    own = None if params.runs and params.out else params.workdir  # else its runs or report are taken
+    with workdir_locks(postprocess_workdirs(own, params.runs, params.out or None), "postprocess", logger.warning):
         return _postprocess(params, logger)
 
 

@@ -53,6 +53,15 @@ def workdirs_of(paths: Iterable[str | Path]) -> list[Path]:
     return sorted(found)
 
 
+def postprocess_workdirs(workdir: str | Path | None, runs: Iterable[str | Path] | None,
+                         out: str | Path | None) -> list[Path]:
+    """The work dirs a re-threshold must lock (``postprocess`` flow and ``gpseg postprocess``): ``workdir`` when it
+    takes that work dir's runs or writes its report there (``None`` when it does neither; left out while it does not
+    exist), and the work dirs its ``runs`` and report folder ``out`` lie in (:func:`workdirs_of`)."""
+    own = [Path(workdir)] if workdir is not None and Path(workdir).is_dir() else []
+    return [*own, *workdirs_of([*(runs or []), *([out] if out is not None else [])])]
+
+
 @contextmanager
 def workdir_locks(workdirs: Iterable[str | Path], flow_name: str, say: Callable[[str], object]) -> Iterator[None]:
     """:func:`workdir_lock` on each of ``workdirs`` (each once, in sorted order, so two processes locking the same

@@ -289,8 +289,8 @@ class SliceDataModule(pl.LightningDataModule):
         seed: seed of the sampling order and of the augmentation.
         num_workers: worker processes for splits read from the store (cached splits are served
             from the main process).
-        cache: ``auto`` caches a split when its float16 images take less than ``cache_limit_bytes`` and
-            less than :data:`CACHE_MEMORY_SHARE` of the memory available when it is set up
+        cache: ``auto`` caches a split when its float16 images and uint8 masks take less than
+            ``cache_limit_bytes`` and less than :data:`CACHE_MEMORY_SHARE` of the memory available when it is set up
             (:func:`fits_in_memory`); ``always``; ``never``. Cached splits stay held (train and val while
             fitting, then test too).
         cache_limit_bytes: the ``auto`` limit per split.
@@ -349,7 +349,8 @@ class SliceDataModule(pl.LightningDataModule):
         self.channels = list(group.attrs["channels"])
         self.store_image_size = int(group["images"].shape[-1])
         labels = group["labels"][:]
-        slice_bytes = int(np.prod(group["images"].shape[1:])) * 2
+        # a cached slice: its float16 image (C, H, W) and uint8 mask (H, W)
+        slice_bytes = int(np.prod(group["images"].shape[1:])) * 2 + int(np.prod(group["masks"].shape[1:]))
         for split in missing:
             indices = split_indices(group, self.fold, split)
             cache = self.cache == "always" or (self.cache == "auto" and fits_in_memory(

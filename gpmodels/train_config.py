@@ -79,8 +79,8 @@ class TrainConfig:
         precision: ``auto`` = ``bf16-mixed`` on GPUs that support it, else ``16-mixed``; ``32-true``
             on CPU.
         num_workers: data-loading worker processes for splits that are not cached.
-        cache: ``auto`` caches a split in memory when its float16 images take less than
-            ``cache_limit_gb``; ``always``; ``never``.
+        cache: ``auto`` caches a split in memory when its float16 images and uint8 masks take
+            less than ``cache_limit_gb``; ``always``; ``never``.
         cache_limit_gb: the ``auto`` cache limit per split, in GiB.
         limit_batches: at most this many batches per epoch in every split (smoke tests); ``None``
             = all.

@@ -263,16 +263,14 @@ def postprocess_cmd(
     params = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)
     if (runs is None) == (workdir is None):
         raise fail("give either --runs (repeatable) or --workdir")
-    from flows.workdir_lock import workdir_locks, workdirs_of
+    from flows.workdir_lock import postprocess_workdirs, workdir_locks
 
     def say(message: str) -> None:
         console.print(f"[yellow]{escape(message)}[/yellow]", highlight=False, soft_wrap=True)
 
-    own = [workdir] if workdir is not None and workdir.is_dir() else []
     # a flow's report or evaluations written meanwhile would be replaced
     report_folder = out or (None if workdir is not None else Path("report"))  # as _postprocess writes it
-    given = workdirs_of([*(runs or []), *([report_folder] if report_folder else [])])
-    with workdir_locks([*own, *given], "gpseg postprocess", say):
+    with workdir_locks(postprocess_workdirs(workdir, runs, report_folder), "gpseg postprocess", say):
         _postprocess(runs, workdir, out, params)
 
 

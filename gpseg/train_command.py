@@ -47,7 +47,7 @@ def train_cmd(
                                                        "(splits small enough are cached in memory instead).")]
     = None,
     cache: Annotated[Optional[str], typer.Option("--cache", help="auto (hold a split in memory when its float16 "
-                                                 "images take less than --cache-limit-gb and less than half the "
+                                                 "images and uint8 masks take less than --cache-limit-gb and less than half the "
                                                  "available memory; default), always or "
                                                  "never. Uncached splits are read from the store while training.")]
     = None,

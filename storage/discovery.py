@@ -9,8 +9,9 @@ disk (``._BraTS20_Training_001_t1.nii.gz``, ``._1.mat``), and ``.DS_Store``,
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 
 def is_hidden(name: str) -> bool:
@@ -75,6 +76,20 @@ def is_archive(path: Path) -> bool:
     return path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
+def _zip_members_beside(path: Path) -> bool:
+    """Whether ``path`` is a readable zip whose files (not its folders, nor macOS's ``__MACOSX/`` and ``._*``
+    entries) all exist, at their paths in the zip, in the folder the zip lies in. Only its directory is read."""
+    if not path.name.lower().endswith(".zip"):
+        return False  # a tar's listing means reading the whole (compressed) archive
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [name for name in archive.namelist() if not name.endswith("/") and not any(
+                part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(name).parts)]
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return bool(names) and all((path.parent / name).is_file() for name in names)
+
+
 def archives_below(folder: Path) -> list[Path]:
     """The archive files below a folder that were not unpacked beside themselves, sorted.
 
@@ -82,11 +97,12 @@ def archives_below(folder: Path) -> list[Path]:
     zips, and BraTS 2020 comes as ``MICCAI_BraTS2020_TrainingData.zip``: an ingestion that finds
     these names them, so that "no cases found" says what to do. An archive with a folder of its name
     beside it (``brainTumorDataPublic_1-766.zip`` and ``brainTumorDataPublic_1-766/``) was unpacked
-    there, and is not listed.
+    there, and is not listed; so is a zip whose files all lie beside it (``unzip '*.zip'`` in one folder
+    puts the four parts' ``N.mat`` files beside the zips).
     """
     def unpacked(path: Path) -> bool:
         suffix = next(s for s in ARCHIVE_SUFFIXES if path.name.lower().endswith(s))
-        return (path.parent / path.name[: -len(suffix)]).is_dir()
+        return (path.parent / path.name[: -len(suffix)]).is_dir() or _zip_members_beside(path)
 
     return [p for p in visible_files_below(folder) if is_archive(p) and not unpacked(p)]
 

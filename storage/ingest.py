@@ -24,8 +24,8 @@ from storage.discovery import archives_below, is_archive, source_key, visible_fi
 from storage.drops import data_files
 from storage.errors import CaseRejected, NoUsableInput, one_line
 from storage.ingest_config import DEFAULT_RATIOS, MAX_IMAGE_SIZE, IngestConfig, SplitConfig
-from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, discover_jun_cheng,
-                               largest_image_size, read_mat_case)
+from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, absent_numbers,
+                               discover_jun_cheng, largest_image_size, read_mat_case)
 from storage.locks import exclusive_lock
 from storage.manifest import read_manifest
 from storage.nifti import file_state, hashed_digest, sha256_file
@@ -37,6 +37,21 @@ from storage.volumes import read_volume_case, volume_record
 
 DatasetKind = Literal["brats", "jun-cheng", "manifest"]
 Progress = Callable[[int, int, str], None]
+
+
+ABSENT_CASES = f"case(s) listed in {NAME_MAPPING} have no folder in the source"
+ABSENT_SLICES = "slice number(s) below the highest found or the count cvind.mat lists have no N.mat file in the source"
+
+
+def _first_spans(ids: list[str], shown: int = 3) -> str:
+    """The first ``shown`` of ``ids``, runs of consecutive numbers as one span: ``"767-1532, 2000, ..."``."""
+    spans: list[list[str]] = []
+    for item in ids:
+        if spans and item.isdigit() and spans[-1][-1].isdigit() and int(item) == int(spans[-1][-1]) + 1:
+            spans[-1][1:] = [item]
+        else:
+            spans.append([item])
+    return ", ".join("-".join(span) for span in spans[:shown]) + (", ..." if len(spans) > shown else "")
 
 
 @dataclass
@@ -53,8 +68,10 @@ class IngestReport:
         archives: archive files below the source folder (relative paths), which are not read.
         warnings: what makes the store unusable in part, e.g. ``"fold 0 train is empty"`` (too few
             patients of each class for the grouped split's folds); ``gpseg validate`` fails on it too.
-        absent: case ids that the source's ``name_mapping.csv`` lists but that have no folder there (BraTS,
-            a new store only: a drop holds a few of the listed cases on purpose).
+        absent: case ids that the source's ``name_mapping.csv`` lists but that have no folder there (BraTS),
+            or slice numbers up to the highest found or ``cvind.mat``'s count without an ``N.mat`` file (Jun
+            Cheng); a new store only: a drop holds a few cases on purpose.
+        absent_what: what ``absent`` holds, for the notice (:data:`ABSENT_CASES` or :data:`ABSENT_SLICES`).
         regraded: ``"patient (HGG stored, LGG now)"`` of each stored patient (append) whose class in the source
             (``name_mapping.csv``, a manifest's ``label``) is no longer the stored one; not applied, since a
             stored case is not read again.
@@ -73,6 +90,7 @@ class IngestReport:
     archives: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)
+    absent_what: str = ABSENT_CASES
     resized: list[str] = field(default_factory=list)
     image_size: int = 0
     regraded: list[str] = field(default_factory=list)
@@ -89,8 +107,7 @@ class IngestReport:
         return ([("warning", warning) for warning in self.warnings]
                 + [("not read", f"{archive}: an archive; unpack it to ingest the cases it holds (then --append)")
                    for archive in self.archives]
-                + ([("not found", f"{len(self.absent)} case(s) listed in {NAME_MAPPING} have no folder in the source "
-                                  f"({', '.join(self.absent[:3])}{', ...' if len(self.absent) > 3 else ''}): an "
+                + ([("not found", f"{len(self.absent)} {self.absent_what} ({_first_spans(self.absent)}): an "
                                   "incomplete download or unpack? Add them later with --append")]
                    if self.absent else [])
                 + ([("not applied", f"{len(self.regraded)} stored patient(s) have another class in the source now "
@@ -521,12 +538,15 @@ def ingest_jun_cheng(src: Path, out: Path, config: IngestConfig = IngestConfig()
     src = _existing_dir(src)
     config, store_size = _stored_settings(config, Path(out), append)
     channels = _channels(config.channels, JUN_CHENG_CHANNELS, src)
-    cases, rejected = discover_jun_cheng(src, require_folds=config.split.mode == "cvind")
+    cases, rejected, listed = discover_jun_cheng(src, require_folds=config.split.mode == "cvind")
     config = replace(config, image_size=config.image_size or store_size or largest_image_size(cases))
     reader = functools.partial(read_mat_case, config=config)
     plan = _Plan("jun-cheng", src, cases, reader, JUN_CHENG_CLASSES, list(channels), config.image_size, rejected,
                  tuple(src / name for name in CVIND_FILES))
-    return _run(plan, Path(out), config, append, progress)
+    absent = [] if append else absent_numbers(cases, rejected, listed)
+    report = _run(plan, Path(out), config, append, progress)
+    report.absent, report.absent_what = absent, ABSENT_SLICES
+    return report
 
 
 def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConfig(),

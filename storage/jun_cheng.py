@@ -109,7 +109,7 @@ def find_cvind(src: Path) -> Path | None:
     return next((src / name for name in CVIND_FILES if (src / name).is_file()), None)
 
 
-def discover_jun_cheng(src: Path, require_folds: bool = False) -> tuple[list[MatCase], dict[str, str]]:
+def discover_jun_cheng(src: Path, require_folds: bool = False) -> tuple[list[MatCase], dict[str, str], int]:
     """The ``N.mat`` slice files below a folder, by number, with their official folds.
 
     The figshare download unpacks into four folders
@@ -122,9 +122,10 @@ def discover_jun_cheng(src: Path, require_folds: bool = False) -> tuple[list[Mat
             check ``cvind.mat`` before any slice is read.
 
     Returns:
-        The cases, by number, and ``file -> reason`` for rejects: a second file
+        The cases, by number; ``file -> reason`` for rejects: a second file
         of one number, a broken ``cvind.mat``, and (with ``require_folds``) a
-        number beyond those ``cvind.mat`` lists.
+        number beyond those ``cvind.mat`` lists; and how many slices
+        ``cvind.mat`` lists (0 without a readable one).
 
     Raises:
         ValueError: ``require_folds`` and ``cvind.mat`` is missing or unreadable.
@@ -155,7 +156,21 @@ def discover_jun_cheng(src: Path, require_folds: bool = False) -> tuple[list[Mat
             rejected[str(path)] = f"no official fold: {cvind.name} lists {folds.size} slices"
             continue
         cases.append(MatCase(path, int(folds[number - 1]) if number <= folds.size else 0))
-    return cases, rejected
+    return cases, rejected, int(folds.size)
+
+
+def absent_numbers(cases: list[MatCase], rejected: dict[str, str], listed: int) -> list[str]:
+    """The slice numbers from 1 to the highest found or ``listed`` (``cvind.mat``'s count) that no ``N.mat`` file
+    below the source has, as text, ascending: a zip part not downloaded or not unpacked (``767`` to ``1532``).
+
+    Args:
+        cases: the cases :func:`discover_jun_cheng` found.
+        rejected: its ``file -> reason`` (a rejected ``N.mat`` was found, so its number is not absent).
+        listed: how many slices ``cvind.mat`` lists (0 without one).
+    """
+    found = {int(m.group(1)) for path in [*(case.path for case in cases), *map(Path, rejected)]
+             if (m := _SLICE_FILE.match(Path(path).name))}
+    return [str(number) for number in range(1, max(listed, *found, 0) + 1) if number not in found]
 
 
 def largest_image_size(cases: list[MatCase]) -> int:

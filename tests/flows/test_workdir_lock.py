@@ -22,7 +22,7 @@ def test_a_second_flow_waits_for_the_one_holding_the_work_dir(tmp_path):
         [sys.executable, "-c", "import sys, time; sys.path[:0] = sys.argv[2:]; "
          "from flows.workdir_lock import workdir_lock\n"
          "with workdir_lock(sys.argv[1], 'retrain-on-new-data', print):\n"
-         "    print('held', flush=True); time.sleep(1.5)", str(tmp_path), *sys.path],
+         "    print('held', flush=True); time.sleep(3)", str(tmp_path), *sys.path],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     said = []
@@ -41,10 +41,10 @@ def test_a_second_flow_waits_for_the_one_holding_the_work_dir(tmp_path):
 
 
 def _hold(lock_code: str, *args: str) -> subprocess.Popen:
-    """A process that runs ``with <lock_code>: print('held'); sleep 1.5``, once it holds the lock."""
+    """A process that runs ``with <lock_code>: print('held'); sleep 3``, once it holds the lock."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; sys.path[:0] = sys.argv[1:]\n"
-         f"{lock_code}\n    print('held', flush=True); time.sleep(1.5)", *sys.path],
+         f"{lock_code}\n    print('held', flush=True); time.sleep(3)", *sys.path],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
@@ -158,6 +158,20 @@ def test_the_work_dirs_of_paths_are_those_holding_a_lock_file(tmp_path):
     assert workdirs_of([first / "runs" / "x" / "fold_0", second / "report", first / "report" / "new",
                         tmp_path / "other" / "report"]) == [first, second]
     assert workdirs_of([tmp_path / "c" / "report"]) == []
+
+
+def test_a_re_threshold_locks_its_own_work_dir_and_those_its_runs_and_report_lie_in(tmp_path):
+    from flows.workdir_lock import postprocess_workdirs
+
+    own, other = tmp_path / "demo", tmp_path / "b"
+    for workdir in (own, other):
+        workdir.mkdir()
+        (workdir / LOCK_FILE).write_text("")
+    run = other / "runs" / "brats" / "v" / "gp-unet" / "fold_0"
+    assert postprocess_workdirs(own, None, None) == [own]
+    assert postprocess_workdirs(None, [run], tmp_path / "report") == [other]
+    assert sorted(postprocess_workdirs(own, [run], None)) == [other, own]
+    assert postprocess_workdirs(tmp_path / "missing", [run], own / "report") == [other, own]
 
 
 def test_a_new_lock_file_is_writable_by_whoever_may_write_its_folder(tmp_path):

@@ -85,6 +85,21 @@ def test_cache_auto_depends_on_the_limit(phantom_store):
         SliceDataModule(str(phantom_store), 0, batch_size=4, cache="sometimes")
 
 
+def test_cache_auto_counts_the_masks_it_holds_beside_the_images(phantom_store):
+    """A split is held as float16 images and uint8 masks: a limit that fits the images alone does not fit it."""
+    probe = SliceDataModule(str(phantom_store), 0, batch_size=4, cache="never")
+    probe.setup("fit")
+    train = probe.datasets["train"]
+    images, masks = train._open()
+    held = len(train) * (int(np.prod(images.shape[1:])) * 2 + int(np.prod(masks.shape[1:])))
+    for limit, cached in [(held - int(np.prod(masks.shape[1:])) * len(train) + 1, False), (held + 1, True)]:
+        module = SliceDataModule(str(phantom_store), 0, batch_size=4, cache="auto", cache_limit_bytes=limit)
+        module.setup("fit")
+        assert module.datasets["train"].cached is cached
+        if cached:
+            assert module.datasets["train"].images.nbytes + module.datasets["train"].masks.nbytes == held
+
+
 def test_a_split_of_a_store_re_ingested_since_the_run_began_is_refused(phantom_store):
     """`gpseg ingest --overwrite` during a training: its test split was read from the new store after fitting,
     and the test metrics of other slices were recorded under the old data version."""

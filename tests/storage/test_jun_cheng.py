@@ -31,7 +31,7 @@ def test_slice_files_are_found_in_subfolders_and_duplicates_rejected(jun_cheng_c
     (jun_cheng_copy / ".Trash").mkdir()
     shutil.copy(first / "4.mat", jun_cheng_copy / ".Trash" / "4.mat")
     shutil.copy(first / "4.mat", jun_cheng_copy / "brainTumorDataPublic_10-18" / "4.mat")
-    cases, rejected = discover_jun_cheng(jun_cheng_copy)
+    cases, rejected, _ = discover_jun_cheng(jun_cheng_copy)
     assert sorted(int(c.path.stem) for c in cases) == list(range(1, 19))
     assert all(c.cvind in range(1, 6) for c in cases)
     assert rejected == {str(jun_cheng_copy / "brainTumorDataPublic_10-18" / "4.mat"):
@@ -104,3 +104,34 @@ def test_a_matlab_v5_cvind_is_read_like_the_v7_3_one(jun_cheng_copy, tmp_path, o
     savemat(jun_cheng_copy / "cvind.mat", {"cvind": values})
     with pytest.raises(ValueError, match="fold values must be whole numbers 1-5"):
         ingest_jun_cheng(jun_cheng_copy, tmp_path / "u.zarr", CVIND)
+
+
+def test_slice_numbers_without_a_file_are_named_as_spans(jun_cheng_copy, tmp_path):
+    """A zip part never downloaded or unpacked: the numbers missing up to the highest found (or cvind.mat's count)
+    are a notice, not a rejection; a drop holds a few slices on purpose, so an append says nothing."""
+    for number in (4, 5, 6, 11):
+        (jun_cheng_copy / f"{number}.mat").unlink()
+    report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CONFIG)
+    assert report.exit_code == 0 and report.cases == 14 and report.absent == ["4", "5", "6", "11"]
+    (label, text), = report.notices()
+    assert (label, text) == ("not found", "4 slice number(s) below the highest found or the count cvind.mat lists "
+                                          "have no N.mat file in the source (4-6, 11): an incomplete download or "
+                                          "unpack? Add them later with --append")
+    (jun_cheng_copy / "18.mat").unlink()  # beyond the highest file now, but cvind.mat lists 18 slices
+    assert ingest_jun_cheng(jun_cheng_copy, tmp_path / "t.zarr", CONFIG).absent == ["4", "5", "6", "11", "18"]
+    assert ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CONFIG, append=True).notices() == []
+
+
+def test_zip_parts_unpacked_beside_themselves_are_not_named(jun_cheng_copy, tmp_path):
+    """``unzip '*.zip'`` in one folder leaves the parts beside their N.mat files: nothing is missing."""
+    import zipfile
+
+    with zipfile.ZipFile(jun_cheng_copy / "brainTumorDataPublic_1-9.zip", "w") as part:
+        for number in range(1, 10):
+            part.write(jun_cheng_copy / f"{number}.mat", f"{number}.mat")
+        part.writestr("__MACOSX/._1.mat", b"\0" * 24)
+    with zipfile.ZipFile(jun_cheng_copy / "brainTumorDataPublic_10-18.zip", "w") as part:
+        part.writestr("10.mat", b"x")
+        part.writestr("19.mat", b"x")  # not unpacked here
+    report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CONFIG)
+    assert report.archives == ["brainTumorDataPublic_10-18.zip"]
