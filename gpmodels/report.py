@@ -29,6 +29,7 @@ References:
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -49,7 +50,7 @@ from gpmodels.metrics import aggregate_folds
 from gpmodels.names import MODEL_NAMES
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS, ThresholdConfig
 from storage.errors import StoreError
-from storage.store import check_data_version, open_store
+from storage.store import check_data_version, open_store, read_patients
 
 FIGURE_CACHE_DIR = ".figures"
 """Folder of a report's output folder that caches its threshold-independent figures."""
@@ -141,6 +142,9 @@ class ReportRun:
     dataset_kind: str = ""
     """The store's ``dataset`` attribute (``brats``, ``jun-cheng``, ...), which picks the paper's rows;
     :attr:`dataset` where not set."""
+    store_patients: int = 0
+    """How many patients the store holds (0 when it cannot be opened), to say how many are in no reported test
+    split."""
 
     @property
     def model(self) -> str:
@@ -249,6 +253,12 @@ def seed_selection_text(run_dir: Path) -> str | None:
             + (f"; failed: {', '.join(map(str, failed))}" if failed else ""))
 
 
+@functools.lru_cache(maxsize=16)
+def _patient_count(store_path: str, data_version: str) -> int:
+    """How many patients a store of one data version holds (read once per report for all its runs)."""
+    return int(np.unique(read_patients(open_store(store_path))).size)
+
+
 def load_run(run_dir: Path | str) -> ReportRun:
     """Read what the report needs from one run directory.
 
@@ -266,12 +276,13 @@ def load_run(run_dir: Path | str) -> ReportRun:
     config_path = run_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else None
     store_path = evaluated_source(run_dir, evaluation)
-    dataset, store_error, split_mode = Path(store_path).stem, None, ""
+    dataset, store_error, split_mode, patients = Path(store_path).stem, None, "", 0
     try:
         group = open_store(store_path)
         dataset = str(group.attrs.get("dataset", dataset))
         split_mode = str((group.attrs.get("split") or {}).get("mode", ""))
         check_data_version(group, evaluation["run"].get("data_version"), store_path, f"the evaluation of {run_dir}")
+        patients = _patient_count(str(Path(store_path).resolve()), str(group.attrs.get("data_version")))
     except StoreError as exc:  # the tables still come from evaluation.json; the panels are not drawn
         store_error = str(exc)
     return ReportRun(run_dir=run_dir, evaluation=evaluation, config=config,
@@ -280,6 +291,7 @@ def load_run(run_dir: Path | str) -> ReportRun:
                                   evaluation["run"].get("cam_grid")),
                      store_error=store_error, seed_selection=seed_selection_text(run_dir),
                      split_mode=split_mode, store_name=Path(store_path).stem, dataset_kind=dataset,
+                     store_patients=patients,
                      network_label=_label(evaluation["run"]["model"], config, None, evaluation["run"].get("cam_grid")))
 
 

@@ -141,7 +141,7 @@ def _summary_section(groups: Sequence[ModelGroup]) -> str:
         header = ["model", "heatmaps", "fold(s)"] + [_e(c.header) for c in COLUMNS]
         parts.append(f"<h3>{_e(dataset_title(dataset))}</h3>"
                      + _table(header, rows, text_columns=3, row_classes=classes)
-                     + _splits_caption({run.split_mode for group in members for run in group.runs}))
+                     + _splits_caption([run for group in members for run in group.runs]))
     parts.append(
         '<p class="caption">Classification: weighted precision, recall and F1, and accuracy on the test split. '
         "Every scalar is the mean ± population std over the folds (one value when there is one fold). "
@@ -169,12 +169,23 @@ SPLIT_TEXTS = {
 """How the report names each split mode of the stores (``storage.ingest_config.SplitConfig.mode``)."""
 
 
-def _splits_caption(modes: set[str]) -> str:
-    """The caption under a dataset's table that says how its stores split the slices."""
+def _splits_caption(runs: Sequence[ReportRun]) -> str:
+    """The caption under a dataset's table that says how its stores split the slices and, for patient-grouped
+    splits, how many of the store's patients no reported run tested (3 grouped folds test 3 quarters of them)."""
+    modes = {run.split_mode for run in runs}
     known = [SPLIT_TEXTS.get(mode, _e(mode)) for mode in sorted(modes) if mode]
     if not known:
         return ""
-    return f'<p class="caption">Splits: {"; ".join(known)}.</p>'
+    text = f'Splits: {"; ".join(known)}.'
+    total = max((run.store_patients for run in runs), default=0)
+    if modes <= {"grouped", "cvind"} and total and all(run.slices is not None for run in runs):
+        tested = set().union(*(run.slices["patient"].tolist() for run in runs))
+        if len(tested) < total:
+            hint = (" Each grouped fold tests another quarter of the patients: <code>--folds 4</code> tests every "
+                    "patient once." if modes == {"grouped"} else "")
+            text += (f" {total - len(tested)} of the store's {total} patients are in no test split of the runs "
+                     f"reported here.{hint}")
+    return f'<p class="caption">{text}</p>'
 
 
 def _with_interval(value: float, low: float, high: float) -> str:
@@ -504,6 +515,7 @@ def render_page(header: Mapping[str, Any], groups: Sequence[ModelGroup], channel
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(header["title"])}</title>'
             f"<style>{CSS}</style></head><body><h1>{_e(header['title'])}</h1>"
             f'<div class="meta">{_e(header["generated"])} · gpseg {_e(header["gpseg_version"])} · '
-            f"{len(runs)} run(s), {len(groups)} model(s)</div>"
+            f"{len(runs)} run(s) of {len({g.label for g in groups})} model(s) on "
+            f"{len({g.dataset for g in groups})} dataset(s)</div>"
             f'{f"<ul class=notes>{notes}</ul>" if notes else ""}{_warnings(runs, groups)}<nav>{nav}</nav>'
             f"{sections}</body></html>")

@@ -585,6 +585,17 @@ def test_the_configuration_table_names_each_runs_precision_and_split(report, rep
     assert '<th class="text">precision</th>' in page and '<td class="text">auto → 32-true</td>' in page
     assert '<th class="text">split</th>' in page and '<td class="text">grouped</td>' in page
     assert "Splits: patient-grouped (no patient in two splits of a fold)." in page
+    # one fold of four quarters: the patients it does not test are counted, from the store
+    from storage.store import open_store, read_patients
+
+    tested = {row["patient"] for row in _read_csv(report_runs["gp"] / "evaluation_slices.csv")}
+    store = open_store(_evaluation(report_runs["gp"])["run"]["store_path"])
+    total = len(set(read_patients(store).tolist()))
+    assert 0 < len(tested) < total
+    assert (f"{total - len(tested)} of the store's {total} patients are in no test split of the runs reported here. "
+            "Each grouped fold tests another quarter of the patients: --folds 4 tests every patient once."
+            in re.sub("<[^>]+>", "", page))
+    assert "2 run(s) of 2 model(s) on 2 dataset(s)" in page
     run = _copy_run(report_runs["gp"], tmp_path / "bf16")
     config = json.loads((run / "config.json").read_text())
     config["train"]["precision"] = "bf16-mixed"
