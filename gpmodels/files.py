@@ -6,6 +6,7 @@ import glob
 import json
 import math
 import os
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -165,7 +166,7 @@ def _staged(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     :func:`remove_stale_temporaries`) holding what ``write`` wrote, flushed to disk; deleted again when writing
     fails."""
     tmp = hidden_sibling(path, TMP_TAG)
-    if len(tmp.name) > NAME_MAX:  # a name that fits, made too long by the host and pid: without them, as before
+    if len(os.fsencode(tmp.name)) > NAME_MAX:  # a name that fits, made too long by host and pid: without them
         tmp = path.parent / f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp, "wb") as handle:
@@ -178,12 +179,23 @@ def _staged(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     return tmp
 
 
-def remove_stale_temporaries(path: Path) -> None:
+STALE_AFTER_S = 3600.0
+"""A temporary file unchanged for this long whose writer is not known to run is a killed writer's."""
+
+
+def remove_stale_temporaries(path: Path, now: float | None = None) -> None:
     """Delete the temporary files of writes of ``path`` that a killed process left beside it (SIGKILL leaves no
-    time to delete them); those of running writers stay (:func:`storage.folders.writer_alive`)."""
-    path = Path(path)
+    time to delete them): those unchanged for :data:`STALE_AFTER_S` whose writer is not running
+    (:func:`storage.folders.writer_alive`). The age spares a running writer that looks gone: one of another PID
+    namespace on this host name (containers with host networking), or one whose name was too long to carry
+    its process."""
+    path, now = Path(path), time.time() if now is None else now
     for tmp in path.parent.glob(f".{glob.escape(path.name)}{TMP_MARK}*"):
-        if not writer_alive(tmp, TMP_TAG, path):
+        try:
+            age = now - tmp.stat().st_mtime
+        except FileNotFoundError:  # its writer renamed or deleted it meanwhile
+            continue
+        if age > STALE_AFTER_S and not writer_alive(tmp, TMP_TAG, path):
             tmp.unlink(missing_ok=True)
 
 

@@ -54,7 +54,7 @@ from gpmodels.files import damaged, read_run_config, write_text_atomic
 from gpmodels.lightning_module import ClassifierModule
 from gpmodels.nets import build_model
 from gpmodels.train_config import DERIVED_FIELDS, RunConfig, TrainConfig
-from storage.locks import open_lock_file, unlockable
+from storage.locks import open_lock_file, pid_alive, unlockable
 from storage.quiet import quiet_logger
 from storage.store import SPLIT_NAMES, check_chunks, open_store
 
@@ -506,7 +506,7 @@ def _lock_exclusively(fd: int, paths: RunPaths, writable: bool = True) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        if not (holder.isdigit() and not _alive(int(holder)) and _lock_within(fd, ORPHAN_WAIT_S)):
+        if not (holder.isdigit() and not pid_alive(int(holder)) and _lock_within(fd, ORPHAN_WAIT_S)):
             raise RunDirBusy(_busy_message(paths, holder)) from None
     except OSError as exc:
         _LOG.warning("%s", unlockable(paths.lock, exc, writable))
@@ -517,17 +517,6 @@ def _lock_exclusively(fd: int, paths: RunPaths, writable: bool = True) -> bool:
 ORPHAN_WAIT_S = 15.0
 """How long a run waits for the lock of a trainer that has ended: its forked data-loading workers share the lock
 and hold it until they notice that their parent is gone (PyTorch's loaders look every 5 s) and exit."""
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (one of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _lock_within(fd: int, seconds: float) -> bool:
@@ -545,9 +534,10 @@ def _lock_within(fd: int, seconds: float) -> bool:
 
 def _busy_message(paths: RunPaths, holder: str) -> str:
     """Why the lock of ``paths.root`` is busy, naming the pid written in it (``holder``)."""
-    if holder.isdigit() and not _alive(int(holder)):
+    if holder.isdigit() and not pid_alive(int(holder)):
         return (f"{paths.root}: pid {holder} was training this run and has ended, but processes it started (its "
-                f"data-loading workers) still hold the lock after {ORPHAN_WAIT_S:g} s; end them or try again")
+                f"data-loading workers) still hold the lock after {ORPHAN_WAIT_S:g} s, or another user's process, "
+                "which cannot write its pid into the lock file, trains it; end them or try again")
     return (f"{paths.root}: another process (pid {holder if holder.isdigit() else 'unknown'}) is training this "
             "run; wait for it to finish")
 

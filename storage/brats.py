@@ -265,8 +265,14 @@ def _unread(src: Path, case_folders: set[Path]) -> dict[str, str]:
         top = file
         while top.parent not in (src, *grade_folders, *case_folders) and top.parent != top:
             top = top.parent
-        unread[str(top)] = (f"a NIfTI file outside any case folder, which BraTS ingestion never reads (it reads the "
-                            f"case folders {where})" if top == file else
-                            f"holds NIfTI files only in its subfolders, which BraTS ingestion does not read as cases "
-                            f"(it reads the case folders {where}); give the cases' folder, or move them up")
+        if top == file:
+            reason = (f"a NIfTI file outside any case folder, which BraTS ingestion never reads (it reads the case "
+                      f"folders {where})")
+        elif top.parent in case_folders:
+            reason = (f"a folder inside case folder {top.parent.name}, whose NIfTI files BraTS ingestion does not "
+                      "read (it reads those directly in the case folder)")
+        else:
+            reason = (f"holds NIfTI files only in its subfolders, which BraTS ingestion does not read as cases (it "
+                      f"reads the case folders {where}); give the cases' folder, or move them up")
+        unread[str(top)] = reason
     return unread

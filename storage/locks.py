@@ -9,9 +9,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from storage.errors import StoreError
@@ -43,7 +44,7 @@ def exclusive_lock(path: Path, doing: str, busy: Callable[[str], str], say: Call
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             locked = True
         except BlockingIOError:
-            message = busy(os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process")
+            message = busy(holder_text(os.pread(fd, 200, 0).decode(errors="replace").strip(), path))
             if not wait:
                 raise Busy(message) from None
             say(message)
@@ -61,6 +62,30 @@ def exclusive_lock(path: Path, doing: str, busy: Callable[[str], str], say: Call
                 os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def holder_text(written: str, path: Path) -> str:
+    """Who holds a lock, from the text in its file (``"pid 12, gpseg ingest"``). A holder that opened the file
+    read-only (another user's) cannot write its own text, so a killed earlier holder's may still be there: a pid
+    that has ended is said to be one."""
+    if not written:
+        return "another process"
+    found = re.match(r"pid (\d+)", written)
+    if found and not pid_alive(int(found.group(1))):
+        return (f"another process; {path.name} still names {written.splitlines()[0]}, which has ended here: the "
+                "holder is another user's process, which cannot write its name there, or one on another host")
+    return written
 
 
 def open_lock_file(path: Path) -> tuple[int, bool]:
@@ -81,8 +106,9 @@ def open_lock_file(path: Path) -> tuple[int, bool]:
         except FileExistsError:
             pass
         else:  # writable by whoever may write the folder (an exclusive flock on NFS needs a writable file)
-            folder = os.stat(path.parent).st_mode
-            os.fchmod(fd, 0o644 | (folder & (stat.S_IWGRP | stat.S_IWOTH)))
+            with suppress(OSError):  # best effort: vfat/exFAT and some CIFS or FUSE mounts refuse modes
+                folder = os.stat(path.parent).st_mode
+                os.fchmod(fd, 0o644 | (folder & (stat.S_IWGRP | stat.S_IWOTH)))
             return fd, True
         try:
             return os.open(path, os.O_RDWR), True

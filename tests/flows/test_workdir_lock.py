@@ -121,6 +121,37 @@ def test_a_lock_file_another_user_made_is_locked_read_only(tmp_path, monkeypatch
         assert contender.stdout.strip() == "busy"  # held through the read-only descriptor
 
 
+def test_a_killed_holders_text_left_in_the_lock_file_is_not_named_as_the_holder(tmp_path):
+    """A holder that opened the lock file read-only (another user's) cannot write its text, so a killed earlier
+    holder's pid was named as holding the lock."""
+    import fcntl
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path = tmp_path / LOCK_FILE
+    path.write_text(f"pid {gone.stdout.strip()}, gpseg ingest\n")
+    holder = os.open(path, os.O_RDONLY)  # another open file: its flock conflicts with this process's next one
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(locks.Busy) as caught:
+            with locks.exclusive_lock(path, "postprocess", lambda text: f"busy: {text}", print, wait=False):
+                pass
+    finally:
+        os.close(holder)
+    assert str(caught.value) == (f"busy: another process; {LOCK_FILE} still names pid {gone.stdout.strip()}, gpseg "
+                                 "ingest, which has ended here: the holder is another user's process, which cannot "
+                                 "write its name there, or one on another host")
+
+
+def test_a_lock_file_on_a_file_system_that_refuses_modes_is_still_made_and_locked(tmp_path, monkeypatch):
+    """vfat/exFAT and some CIFS or FUSE mounts refuse fchmod: the first run failed (and kept the descriptor open)."""
+    def refused(*args):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(locks.os, "fchmod", refused)
+    with locks.exclusive_lock(tmp_path / LOCK_FILE, "postprocess", str, print, wait=False):
+        assert (tmp_path / LOCK_FILE).read_text().startswith(f"pid {os.getpid()}, postprocess")
+
+
 def test_a_lock_file_that_cannot_be_opened_is_named_in_one_line(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(StoreError, match=rf"^{tmp_path}/file/{LOCK_FILE}: cannot open this lock file \("):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from gpmodels.files import write_text_atomic
@@ -110,11 +112,16 @@ def test_ctrl_c_during_the_renames_comes_after_the_last_one(tmp_path, monkeypatc
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_a_long_name_that_fits_is_still_written_atomically(tmp_path):
-    """The temporary name carries the host and pid; a name of up to 255 characters that fitted before failed with
-    "File name too long" once the temporary name outgrew it."""
+@pytest.mark.parametrize("name", ["P" * 225 + ".nii.gz", "é" * 115 + ".json"])
+def test_a_long_name_that_fits_is_still_written_atomically(tmp_path, monkeypatch, name):
+    """The temporary name carries the host and pid; a name of up to 255 bytes that fitted before failed with
+    "File name too long" once the temporary name outgrew it (counted in characters, a non-ASCII name did)."""
+    import socket
+
     from gpmodels.files import NAME_MAX
 
-    target = tmp_path / ("P" * (NAME_MAX - 30) + ".nii.gz")
+    monkeypatch.setattr(socket, "gethostname", lambda: "a-rather-long-cluster-node-name.example.org")
+    assert len(os.fsencode(name)) + 60 > NAME_MAX >= len(os.fsencode(name)) + 15  # only the short form fits
+    target = tmp_path / name
     write_text_atomic(target, "x")
     assert target.read_text() == "x" and [p.name for p in tmp_path.iterdir()] == [target.name]

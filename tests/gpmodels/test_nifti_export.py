@@ -330,6 +330,7 @@ def test_a_killed_exports_temporary_file_goes_with_the_next_export(native_store:
     import socket
     import subprocess
     import sys
+    import time
 
     indices, masks = _ground_truth(native_store)
     written = export_patient_masks(native_store, indices, masks, tmp_path)
@@ -337,10 +338,20 @@ def test_a_killed_exports_temporary_file_goes_with_the_next_export(native_store:
     host = socket.gethostname()
     killed = tmp_path / f".{written[0].name}.tmp-{host}-{gone.stdout.strip()}-0123abcd"
     running = tmp_path / f".{written[0].name}.tmp-{host}-{os.getppid()}-0123abcd"
-    for leftover in (killed, running):
+    # a writer that looks gone but wrote a moment ago: another PID namespace on this host name, or a name too
+    # long to carry its process
+    recent = tmp_path / f".{written[0].name}.tmp-{host}-{gone.stdout.strip()}-4567cdef"
+    unnamed = tmp_path / f".{written[0].name}.tmp-89abcdef"
+    for leftover in (killed, running, recent, unnamed):
         leftover.write_bytes(b"partial")
+    hour_ago = time.time() - 3700
+    for old in (killed, running):
+        os.utime(old, (hour_ago, hour_ago))
     export_patient_masks(native_store, indices, masks, tmp_path)
-    assert sorted(tmp_path.iterdir()) == sorted([*written, running])
+    assert sorted(tmp_path.iterdir()) == sorted([*written, running, recent, unnamed])
+    os.utime(unnamed, (hour_ago, hour_ago))
+    export_patient_masks(native_store, indices, masks, tmp_path)
+    assert sorted(tmp_path.iterdir()) == sorted([*written, running, recent])
 
 
 def test_export_names_a_patient_without_a_volume_record(native_store: Path, tmp_path: Path) -> None:

@@ -894,8 +894,9 @@ def test_a_killed_trainers_workers_are_waited_for(tmp_path, monkeypatch, worker_
         with training.run_dir_lock(paths):
             pass
     assert str(raised.value) == (f"{paths.root}: pid {trainer.pid} was training this run and has ended, but "
-                                 "processes it started (its data-loading workers) still hold the lock after 2 s; "
-                                 "end them or try again")
+                                 "processes it started (its data-loading workers) still hold the lock after 2 s, "
+                                 "or another user's process, which cannot write its pid into the lock file, trains "
+                                 "it; end them or try again")
 
 
 def test_the_lock_is_released_while_processes_forked_under_it_live_on(tmp_path):

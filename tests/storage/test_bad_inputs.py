@@ -986,3 +986,10 @@ def test_nifti_files_no_case_reads_are_rejected_with_a_reason(brats_copy, tmp_pa
     from storage.drops import new_files
 
     assert new_files(brats_copy, tmp_path / "s.zarr") == []  # examined: not new at the next check
+    case = next(p for p in sorted(brats_copy.iterdir()) if p.name.startswith("BraTS20_Training_"))
+    (case / "extra").mkdir()
+    (case / "extra" / "brainmask.nii.gz").write_bytes(b"x")
+    report = ingest_brats(brats_copy, tmp_path / "t.zarr", IngestConfig(workers=0))
+    assert report.cases == 5 and report.rejected[f"{case.name}/extra"] == (
+        f"a folder inside case folder {case.name}, whose NIfTI files BraTS ingestion does not read (it reads those "
+        "directly in the case folder)")
