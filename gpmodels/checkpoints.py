@@ -20,6 +20,7 @@ naming it (:func:`read_checkpoint`).
 from __future__ import annotations
 
 import csv
+import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor
 
-from gpmodels.files import TMP_MARK, replace_atomically
+from gpmodels.files import TMP_MARK, replace_atomically, write_text_atomic
 from storage.errors import one_line
 
 _NET_PREFIX = "net."
@@ -227,12 +228,11 @@ def merge_metrics(logs: Path, out: Path) -> int:
     if not rows:
         return 0
     columns = sorted({key for row in rows for key in row}, key=lambda key: (key not in ("epoch", "step"), key))
-    tmp = out.with_name(f".{out.name}.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out, text.getvalue())  # a full disk leaves the old file and no temporary one
     return len(rows)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import math
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -173,10 +175,32 @@ def _staged(path: Path, write: Callable[[BinaryIO], object]) -> Path:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        failed = write_failure(exc, path)
+        if failed is None:
+            raise
+        raise failed from exc
     return tmp
+
+
+def write_failure(exc: BaseException, path: Path) -> OSError | None:
+    """``exc``, raised while writing ``path``, as an ``OSError`` naming ``path`` (for a one-line error): an
+    ``OSError`` that names no file (a full disk, a file-size limit), and ``torch.save``'s ``RuntimeError`` on a
+    short write (``unexpected pos ...``), which is a full disk when the folder has almost no space left. ``None``
+    for anything else (raise ``exc`` as it is)."""
+    if isinstance(exc, OSError):
+        return None if exc.filename is not None else OSError(exc.errno, exc.strerror or one_line(exc), str(path))
+    if not isinstance(exc, RuntimeError) or not any(
+            mark in str(exc) for mark in ("unexpected pos", "PytorchStreamWriter", "inline_container")):
+        return None
+    try:
+        full = shutil.disk_usage(path.parent).free < 2**20
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return OSError(errno.EIO, f"writing failed ({one_line(exc)})", str(path))
 
 
 STALE_AFTER_S = 3600.0

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import signal
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,6 +96,27 @@ def project_prefect_home() -> dict[str, str]:
     instead of ``~/.prefect``. Empty for an install without a checkout."""
     root = Path(__file__).resolve().parents[1]
     return {"PREFECT_HOME": str(root / ".prefect")} if (root / "prefect.yaml").is_file() else {}
+
+
+def prefect_home_problem() -> str | None:
+    """Why Prefect's temporary local server could not keep its SQLite database, in one line; ``None`` when it
+    can, or when ``PREFECT_API_URL`` names a server to use instead. An unwritable ``PREFECT_HOME`` (or home
+    folder) made the temporary server fail and restart for minutes, in tracebacks, and then time out without
+    naming the folder."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    try:
+        home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    except RuntimeError as exc:  # no HOME and no password entry
+        return f"PREFECT_HOME is not set and there is no home folder ({exc}); set PREFECT_HOME to a writable folder"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=home):
+            pass
+    except OSError as exc:
+        return (f"PREFECT_HOME {home}: {exc.strerror or one_line(exc)}; Prefect keeps its database there: set "
+                "PREFECT_HOME to a writable folder")
+    return None
 
 
 def run_app(app: typer.Typer) -> None:
@@ -202,7 +224,7 @@ def flow_outcome(result: dict, thresholds: str | None = None) -> typer.Exit:
         console.print(f"[red]failed:[/red] {escape(row_where(row))}: {escape(row['status'].removeprefix('FAILED: '))}",
                       highlight=False, soft_wrap=True)
     if result["report"]:
-        console.print(f"[bold green]report:[/bold green] {result['report']}", highlight=False)
+        console.print(f"[bold green]report:[/bold green] {escape(str(result['report']))}", highlight=False)
     else:
         console.print("[red]no run finished, so there is no report[/red]")
     return typer.Exit(1 if result["failed"] else 2 if result.get("rejected") else 0)

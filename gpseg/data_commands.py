@@ -64,7 +64,7 @@ def _finish(report: IngestReport) -> None:
     _print_rejected(report.rejected)
     for label, text in report.notices():
         console.print(f"[yellow]{label}[/yellow] {escape(text)}", highlight=False, soft_wrap=True)
-    console.print(f"[green]wrote[/green] {report.store}: {report.cases} cases ingested now "
+    console.print(f"[green]wrote[/green] {escape(str(report.store))}: {report.cases} cases ingested now "
                   f"({report.new_slices} slices; {report.slices} in the store), {report.skipped} already stored, "
                   f"{len(report.rejected)} rejected, {report.seconds:.1f} s", highlight=False)
     raise typer.Exit(report.exit_code)
@@ -161,7 +161,7 @@ def validate_cmd(store: Annotated[Path, typer.Argument(help="Slice store to chec
         for line in result.failures:
             console.print(f"[red]failed[/red] {escape(line)}", highlight=False, soft_wrap=True)
         raise fail(f"{store}: {len(result.failures)} of {result.checked} expectations failed")
-    console.print(f"[green]valid[/green] {store}: {result.checked} expectations met")
+    console.print(f"[green]valid[/green] {escape(str(store))}: {result.checked} expectations met")
 
 
 def info_cmd(store: Annotated[Path, typer.Argument(help="Slice store to describe.")]) -> None:
@@ -237,7 +237,7 @@ def synth_brats_cmd(
         folders = write_brats_phantoms(out, cases, size=size, seed=seed, first_case=first_case)
     except ValueError as exc:
         raise fail(str(exc)) from exc
-    console.print(f"[green]wrote[/green] {len(folders)} BraTS-layout phantom cases to {out}")
+    console.print(f"[green]wrote[/green] {len(folders)} BraTS-layout phantom cases to {escape(str(out))}")
 
 
 @synth_app.command("jun-cheng")
@@ -257,4 +257,4 @@ def synth_jun_cheng_cmd(
         files = write_jun_cheng_phantoms(out, cases, size=size, seed=seed)
     except ValueError as exc:
         raise fail(str(exc)) from exc
-    console.print(f"[green]wrote[/green] {len(files)} Jun Cheng phantom slices to {out}")
+    console.print(f"[green]wrote[/green] {len(files)} Jun Cheng phantom slices to {escape(str(out))}")

@@ -81,8 +81,9 @@ def drop_cmd(
                 added = merge_name_mapping(item, target)
             except ValueError as exc:
                 raise fail(f"{one_line(exc)}; copied {copied} item(s) before it, no event sent") from exc
-            console.print(f"merged {added} new row(s) of {item} into {target}" if added else
-                          f"[yellow]skip[/yellow] {item.name}: every row is already in {target}", soft_wrap=True)
+            console.print(f"merged {added} new row(s) of {escape(str(item))} into {escape(str(target))}" if added else
+                          f"[yellow]skip[/yellow] {escape(item.name)}: every row is already in {escape(str(target))}",
+                          soft_wrap=True)
             copied += bool(added)
             continue
         try:
@@ -115,7 +116,7 @@ def drop_cmd(
     elif drained[1]:
         raise fail(f"{done}, but the event was NOT sent within {EVENT_SEND_TIMEOUT_S:.0f} s; "
                    "run `gpseg drop` again (it skips what is already there)")
-    console.print(f"{done}; event sent", soft_wrap=True)
+    console.print(f"{escape(done)}; event sent", soft_wrap=True)
 
 
 def _name(item: Path) -> str:

@@ -56,7 +56,7 @@ def heatmaps_cmd(
                     f"the {' and '.join(written)} heatmaps were written" if written else ""]
             raise interrupted("interrupted; " + ", ".join(filter(None, said))) from None
         written.append(name)
-        console.print(f"[green]wrote[/green] {path}")
+        console.print(f"[green]wrote[/green] {escape(str(path))}")
 
 
 def _require_run(run: Path) -> dict:
@@ -233,7 +233,7 @@ def _workdir_runs(workdir: Path, doing: str, *, need_report: bool = False) -> li
                    f"... --out {workdir / REPORT}`) first, or export runs one at a time with --run")
     if not found:
         raise fail(f"{workdir}: no run with test heatmaps (run the full-benchmark flow or `gpseg benchmark` first)")
-    console.print(f"{doing} {source}", highlight=False, soft_wrap=True)
+    console.print(f"{doing} {escape(str(source))}", highlight=False, soft_wrap=True)
     return [Path(run) for run in found]
 
 
@@ -297,7 +297,7 @@ def _postprocess(runs: list[Path] | None, workdir: Path | None, out: Path | None
     except KeyboardInterrupt:
         raise interrupted(f"interrupted; the runs evaluated so far have a new evaluation.json, and the report in "
                           f"{out} is whole but may still be the one before: run the same command again") from None
-    console.print(f"[green]report[/green] {html}")
+    console.print(f"[green]report[/green] {escape(str(html))}")
     if failed:
         raise typer.Exit(2)
 
@@ -330,7 +330,7 @@ def report_cmd(
     if not runs:
         raise fail(f"no run could be reported ({len(failed)} failed)")
     html = build_report(runs, out, title=title, notes=failed)
-    console.print(f"[green]report[/green] {html}")
+    console.print(f"[green]report[/green] {escape(str(html))}")
     if failed:
         raise typer.Exit(2)
 
@@ -387,7 +387,7 @@ def export_masks_cmd(
         plan = _export_plan(run, "_pred" if suffix is None else suffix)
         _check_targets([plan], out, overwrite)
         files = _write_masks(plan, out, overwrite=overwrite)
-        console.print(f"[green]wrote[/green] {len(files)} NIfTI masks to {out}")
+        console.print(f"[green]wrote[/green] {len(files)} NIfTI masks to {escape(str(out))}")
         return
     plans, runs = [], _workdir_runs(workdir, "exporting", need_report=True)
     reported = _reported_thresholds(workdir)
@@ -402,7 +402,7 @@ def export_masks_cmd(
     _check_targets(plans, out, overwrite)
     written = sum(len(_write_masks(plan, out, f"export masks {plan['model']} fold {plan['fold']}", overwrite))
                   for plan in plans)
-    console.print(f"[green]wrote[/green] {written} NIfTI masks to {out}")
+    console.print(f"[green]wrote[/green] {written} NIfTI masks to {escape(str(out))}")
 
 
 def _reported_thresholds(workdir: Path) -> dict[str, dict]:
@@ -475,7 +475,7 @@ def _export_plan(run: Path, suffix: str, skip_2d: bool = False) -> dict | None:
     except ValueError as exc:
         if not skip_2d:
             raise fail(str(exc)) from exc
-        console.print(f"skipped {run}: a store of 2-D slices has no volume grid to export onto", highlight=False,
+        console.print(f"skipped {escape(str(run))}: a store of 2-D slices has no volume grid to export onto", highlight=False,
                       soft_wrap=True)
         return None
     config = _threshold_of(evaluation.get("threshold"), f"{run / 'evaluation.json'}: its threshold")
@@ -531,15 +531,15 @@ def _write_masks(plan: dict, out: Path, label: str = "export masks", overwrite: 
     from storage.errors import StoreError
 
     run, threshold, config = plan["run"], plan["threshold"], plan["config"]
-    console.print(f"{run}: thresholded {plan.get('threshold_source', 'as its last evaluation')}: "
-                  f"{_threshold_cell(threshold)}", highlight=False, soft_wrap=True)
+    console.print(f"{escape(str(run))}: thresholded {escape(plan.get('threshold_source', 'as its last evaluation'))}: "
+                  f"{escape(_threshold_cell(threshold))}", highlight=False, soft_wrap=True)
     if config.target_class != "predicted":
-        console.print(f"[yellow]warning[/yellow] {run}: the threshold it is exported with maps the true class "
+        console.print(f"[yellow]warning[/yellow] {escape(str(run))}: the threshold it is exported with maps the true class "
                       "(--target-class true), so these masks use the ground-truth labels: they are no prediction. "
                       "Re-run `gpseg postprocess` without it first to export predictions.", highlight=False,
                       soft_wrap=True)
     if plan.get("split_mode") == "slice":
-        console.print(f"[yellow]warning[/yellow] {run}: its store splits by slice (--split slice), so each patient's "
+        console.print(f"[yellow]warning[/yellow] {escape(str(run))}: its store splits by slice (--split slice), so each patient's "
                       "test slices are only some of its slices; the others are 0 in these masks, which reads as no "
                       "tumour there. Export a patient-grouped run for whole-volume predictions.", highlight=False,
                       soft_wrap=True)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
-from gpseg.console import console, fail, flow_outcome, folder_problem, one_line
+from gpseg.console import console, fail, flow_outcome, folder_problem, one_line, prefect_home_problem
 from gpseg.options import PRECISION_HELP, flow_train_overrides, parse_model_options, parse_seeds
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
@@ -126,6 +126,9 @@ def run_here(run: Callable[[], dict]) -> dict:
         sys.stderr.flush()
         os._exit(130)
 
+    problem = prefect_home_problem()
+    if problem:
+        raise fail(problem)
     previous = signal.signal(signal.SIGINT, stop)
     try:
         return run()
@@ -237,7 +240,7 @@ def serve_cmd(
         check_port_free(port)  # also in stack.start(); here before the line that says it is starting
     except RuntimeError as exc:
         raise fail(str(exc)) from None
-    console.print(f"starting Prefect server on {stack.api_url} (database {stack.env['PREFECT_HOME']}/prefect.db) ...")
+    console.print(f"starting Prefect server on {stack.api_url} (database {escape(stack.env['PREFECT_HOME'])}/prefect.db) ...")
     with interrupt_on_stop_signals():
         _run_stack(stack)
 
@@ -257,7 +260,7 @@ def _run_stack(stack: "LocalStack") -> None:
                             + f'export PATH="{Path(sys.executable).parent}:$PATH"\n')  # this venv's prefect
         written = True
         console.print(f"[green]ready[/green]: UI {stack.api_url.removesuffix('/api')}, worker on pool {stack.pool}\n"
-                      f"  source {env_file}\n  prefect deployment run full-benchmark/full-benchmark --watch\n"
+                      f"  source {escape(str(env_file))}\n  prefect deployment run full-benchmark/full-benchmark --watch\n"
                       "Ctrl-C (or `kill` of this process) stops the worker and the server.")
         while (exited := stack.exited()) is None:
             time.sleep(1)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from gpmodels.names import MODEL_NAMES, PRECISIONS
 from gpseg.console import console, fail
@@ -47,9 +48,9 @@ def train_cmd(
                                                        "(splits small enough are cached in memory instead).")]
     = None,
     cache: Annotated[Optional[str], typer.Option("--cache", help="auto (hold a split in memory when its float16 "
-                                                 "images and uint8 masks take less than --cache-limit-gb and less than half the "
-                                                 "available memory; default), always or "
-                                                 "never. Uncached splits are read from the store while training.")]
+                                                 "images and uint8 masks take less than --cache-limit-gb and less "
+                                                 "than half the available memory; default), always or never. "
+                                                 "Uncached splits are read from the store while training.")]
     = None,
     cache_limit_gb: Annotated[Optional[float], typer.Option("--cache-limit-gb", help="The auto cache limit per "
                                                             "split, in GiB (default 4; the real BraTS 2020 training "
@@ -88,6 +89,6 @@ def train_cmd(
         return
     best = "" if result.best_val_loss is None else f", best val_loss {result.best_val_loss:.4f}"
     done = result.work_summary()
-    console.print(f"[green]{'done' if done == 'already trained' else 'trained'}[/green] {model} -> {result.run_dir}: "
+    console.print(f"[green]{'done' if done == 'already trained' else 'trained'}[/green] {escape(model)} -> {escape(str(result.run_dir))}: "
                   f"{done}, {result.global_step} steps{best}, {result.test_summary()}", highlight=False)
 

@@ -14,7 +14,9 @@ import glob
 import os
 import shutil
 import socket
+import stat
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from storage.interrupts import interrupts_held
@@ -64,6 +66,20 @@ def writer_alive(folder: Path, tag: str, path: Path) -> bool:
     return True
 
 
+def remove_tree(folder: Path) -> None:
+    """Delete a folder tree as far as possible, never raising: a folder without write permission (a read-only
+    store copied or renamed aside) is made writable and the removal tried again."""
+    def writable_then_again(function: Callable[..., object], name: str, _exc: object) -> None:
+        parent = os.path.dirname(name)
+        with contextlib.suppress(OSError):
+            os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+            function(name)
+
+    shutil.rmtree(folder, onerror=writable_then_again)  # onerror: Python 3.11 (onexc from 3.12)
+    if Path(folder).exists():
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def recover_interrupted(path: Path) -> None:
     """Undo the effects of a writer killed while building or swapping a folder into place.
 
@@ -82,7 +98,7 @@ def recover_interrupted(path: Path) -> None:
             olds = olds[:-1]
     stale = [p for p in path.parent.glob(f".{name}.tmp-*") if not writer_alive(p, "tmp", path)]
     for folder in [*olds, *stale]:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_tree(folder)
 
 
 def check_replaceable(out: Path) -> None:
@@ -135,7 +151,7 @@ def replace_folder(new: Path, out: Path) -> Path:
                         os.rename(old, out)
                 raise
         if old is not None:  # a whole store's chunk files: long enough to be interrupted
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old)
     except KeyboardInterrupt:
         if not swapped:  # a Ctrl-C pending as the handler was set: nothing was moved
             raise

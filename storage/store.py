@@ -21,8 +21,10 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ from zarr.core.sync import sync
 
 from storage.cases import SliceBatch
 from storage.errors import StoreError, one_line
-from storage.folders import hidden_sibling, recover_interrupted, replace_folder
+from storage.folders import hidden_sibling, recover_interrupted, remove_tree, replace_folder
 
 SCHEMA_VERSION = 1
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
@@ -209,17 +211,34 @@ class StoreWriter:
         self._cvind: list[np.ndarray] = []
         self._appending = base is not None
         self._base_slices = 0
-        if base is not None:
-            shape = open_store(base)["images"].shape
-            self._base_slices = int(shape[0])
-            if list(shape[1:]) != [len(self.channels), self.image_size, self.image_size]:
-                raise StoreError(f"{base}: holds slices of shape {shape[1:]}, cannot append "
-                                 f"{len(self.channels)}x{self.image_size}x{self.image_size}")
-            shutil.copytree(base, self.tmp, copy_function=os.link)
-            self.group = zarr.open_group(str(self.tmp), mode="r+")
-        else:
-            self.group = zarr.create_group(store=str(self.tmp), zarr_format=3)
-            self._create_arrays()
+        with self._writing():  # a failure here leaves no temporary store (the with block never runs)
+            try:
+                if base is not None:
+                    shape = open_store(base)["images"].shape
+                    self._base_slices = int(shape[0])
+                    if list(shape[1:]) != [len(self.channels), self.image_size, self.image_size]:
+                        raise StoreError(f"{base}: holds slices of shape {shape[1:]}, cannot append "
+                                         f"{len(self.channels)}x{self.image_size}x{self.image_size}")
+                    shutil.copytree(base, self.tmp, copy_function=os.link)
+                    _writable_folders(self.tmp)
+                    self.group = zarr.open_group(str(self.tmp), mode="r+")
+                else:
+                    self.group = zarr.create_group(store=str(self.tmp), zarr_format=3)
+                    self._create_arrays()
+            except BaseException:
+                self.abort()
+                raise
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Name the store in an ``OSError`` that names no file (Zarr's writes on a full disk say only "No space
+        left on device")."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            raise OSError(exc.errno, exc.strerror or one_line(exc), str(self.path)) from exc
 
     def _create_arrays(self) -> None:
         c, s = len(self.channels), self.image_size
@@ -240,15 +259,21 @@ class StoreWriter:
             raise StoreError(f"patient {batch.patient}: slices of shape {batch.images.shape[1:]}, "
                              f"store expects {expected}")
         n = len(batch)
-        self.group["images"].append(batch.images.astype(np.float16, copy=False))
-        self.group["masks"].append(batch.masks.astype(np.uint8, copy=False))
-        self.group["labels"].append(batch.labels.astype(np.int8, copy=False))
-        self.group["patient"].append(np.full(n, batch.patient, dtype=object).astype(str))
-        self.group["slice_index"].append(batch.slice_index.astype(np.int16, copy=False))
+        with self._writing():
+            self.group["images"].append(batch.images.astype(np.float16, copy=False))
+            self.group["masks"].append(batch.masks.astype(np.uint8, copy=False))
+            self.group["labels"].append(batch.labels.astype(np.int8, copy=False))
+            self.group["patient"].append(np.full(n, batch.patient, dtype=object).astype(str))
+            self.group["slice_index"].append(batch.slice_index.astype(np.int16, copy=False))
         if batch.cvind is not None:
             self._cvind.append(batch.cvind.astype(np.int8))
 
     def commit(self, attrs: dict, splits: dict[int, np.ndarray]) -> Path:
+        """:meth:`_commit`, naming the store in a write error that names no file."""
+        with self._writing():
+            return self._commit(attrs, splits)
+
+    def _commit(self, attrs: dict, splits: dict[int, np.ndarray]) -> Path:
         """Write the splits and attributes, then atomically replace ``path``.
 
         Args:
@@ -289,10 +314,10 @@ class StoreWriter:
     def abort(self) -> None:
         """Delete the temporary store; once more a moment later when Zarr's I/O thread, still finishing the writes
         in flight after a Ctrl-C, had put chunk files back meanwhile."""
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        remove_tree(self.tmp)
         if self.tmp.exists():
             time.sleep(0.2)
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            remove_tree(self.tmp)
 
     def __enter__(self) -> "StoreWriter":
         return self
@@ -300,6 +325,16 @@ class StoreWriter:
     def __exit__(self, *exc) -> None:
         if self.tmp.exists():
             self.abort()
+
+
+def _writable_folders(root: Path) -> None:
+    """Give the owner write permission on the folders of a store copied from a read-only one (``copytree``
+    copies their modes), so that Zarr can add chunk files; the hard-linked files keep theirs (Zarr replaces a
+    chunk file, never writes into it)."""
+    if os.stat(root).st_mode & stat.S_IWUSR:
+        return
+    for folder, _, _ in os.walk(root):
+        os.chmod(folder, os.stat(folder).st_mode | stat.S_IWUSR)
 
 
 def open_store(path: str | Path, mode: str = "r") -> zarr.Group:

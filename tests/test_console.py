@@ -182,3 +182,40 @@ def test_the_entry_point_ignores_ctrl_c_once_the_command_has_ended(monkeypatch) 
         assert exit_.value.code == 0 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_prefect_home_where_nothing_can_be_written_ends_a_flow_command_in_one_line(tmp_path, monkeypatch) -> None:
+    """Prefect's temporary server failed on its SQLite database and restarted for three minutes in tracebacks,
+    then timed out without naming the folder."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "file" / "prefect"))
+    result = CliRunner().invoke(app, ["benchmark", "--workdir", str(tmp_path / "w"), "--models", "gp-unet",
+                                      "--preset", "smoke", "--brats", "phantom"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and said == (f"error: PREFECT_HOME {tmp_path}/file/prefect: Not a directory; Prefect "
+                                              "keeps its database there: set PREFECT_HOME to a writable folder")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # a server's own database: nothing to check
+    assert console_module.prefect_home_problem() is None
+
+
+def test_paths_with_brackets_are_printed_as_they_are(tmp_path) -> None:
+    """Paths were printed as Rich markup: "brats [old].zarr" lost "[old]", and "x[/b]" ended a finished command in
+    a MarkupError traceback and exit 1."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    runner = CliRunner()
+    source, store = tmp_path / "x[/b]", tmp_path / "brats [old].zarr"
+    written = runner.invoke(app, ["synth", "brats", str(source), "--cases", "4", "--size", "32"])
+    assert written.exit_code == 0 and f"to {source}" in " ".join(written.output.split())
+    ingested = runner.invoke(app, ["ingest", "brats", str(source), "--out", str(store), "--workers", "0"])
+    assert ingested.exit_code == 0, ingested.output
+    assert f"wrote {store}: 4 cases ingested now" in " ".join(ingested.output.split())
+    valid = runner.invoke(app, ["validate", str(store)])
+    assert f"{store}:" in " ".join(valid.output.split())

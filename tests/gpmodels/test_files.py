@@ -125,3 +125,39 @@ def test_a_long_name_that_fits_is_still_written_atomically(tmp_path, monkeypatch
     target = tmp_path / name
     write_text_atomic(target, "x")
     assert target.read_text() == "x" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_a_full_disk_while_writing_names_the_file(tmp_path, monkeypatch):
+    """A full disk or a file-size limit raised an OSError without a file name ("error: No space left on device"),
+    and torch.save's short write a RuntimeError and a traceback ("unexpected pos 79360 vs 79248")."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from gpmodels.files import replace_atomically
+
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"old")
+
+    def fails_with(exc):
+        def write(handle):
+            handle.write(b"partial")
+            raise exc
+        return write
+
+    with pytest.raises(OSError) as caught:
+        replace_atomically(target, fails_with(OSError(errno.EFBIG, "File too large")))
+    assert (caught.value.errno, caught.value.filename, caught.value.strerror) == (errno.EFBIG, str(target),
+                                                                                 "File too large")
+    short = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 79360 vs 79248")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10**9, 10**9 - 4096, 4096))
+    with pytest.raises(OSError) as caught:
+        replace_atomically(target, fails_with(short))
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(target))
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10**9, 0, 10**9))
+    with pytest.raises(OSError, match=r"writing failed \(\[enforce fail .* unexpected pos 79360 vs 79248\)"):
+        replace_atomically(target, fails_with(short))
+    with pytest.raises(RuntimeError, match="another failure"):  # not a write failure: as it is
+        replace_atomically(target, fails_with(RuntimeError("another failure")))
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.pt"]

@@ -168,3 +168,60 @@ def test_stored_chunks_counts_the_chunk_files_as_zarr_does(tmp_path):
     labels = memory.create_array("labels", shape=(10,), chunks=(3,), dtype="int8")
     labels[:7] = 1
     assert stored_chunks(labels) == labels.nchunks_initialized == 3
+
+
+def test_a_full_disk_names_the_store_and_leaves_no_temporary(tmp_path, monkeypatch):
+    """Zarr's write error on a full disk named no file: the command said only "No space left on device"."""
+    import errno
+
+    import zarr
+
+    path = tmp_path / "s.zarr"
+    _write(path, [_batch("p1", 3)])
+
+    def full(self, data, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zarr.Array, "append", full)
+    with pytest.raises(OSError) as caught:
+        _write(path, [_batch("p2", 2)], base=path)
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(path))
+    assert open_store(path)["labels"].shape == (3,) and not list(tmp_path.glob(".s.zarr.*"))
+
+
+def test_a_writer_that_fails_while_it_is_made_leaves_no_temporary(tmp_path, monkeypatch):
+    """The constructor raised before the with block, so nothing removed its half-copied temporary store."""
+    import shutil
+
+    path = tmp_path / "s.zarr"
+    _write(path, [_batch("p1", 3)])
+    copy = shutil.copytree
+
+    def half_copied(src, dst, *args, **kwargs):
+        copy(src, dst, *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copytree", half_copied)
+    with pytest.raises(OSError, match="No space left on device"):
+        StoreWriter(path, ["a", "b"], 9, base=path)
+    assert not list(tmp_path.glob(".s.zarr.*"))
+
+
+def test_an_append_to_a_read_only_store_can_add_chunk_files(tmp_path):
+    """copytree copied the read-only folders' modes to the temporary store, where Zarr then could not add a chunk
+    file (as a user other than root), and the temporary stores stayed behind."""
+    import stat
+
+    path = tmp_path / "s.zarr"
+    _write(path, [_batch("p1", 3)])
+    folders = [folder for folder, _, _ in os.walk(path)]
+    for folder in folders:
+        os.chmod(folder, 0o555)
+    try:
+        _write(path, [_batch("p2", 2)], base=path)
+        assert open_store(path)["labels"].shape == (5,)
+        assert all(os.stat(folder).st_mode & stat.S_IWUSR for folder, _, _ in os.walk(path))
+    finally:
+        for folder, _, _ in os.walk(tmp_path):
+            os.chmod(folder, 0o755)
+    assert not list(tmp_path.glob(".s.zarr.*"))
