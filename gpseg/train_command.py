@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from gpmodels.names import MODEL_NAMES, PRECISIONS
-from gpseg.console import console, fail
+from gpseg.console import console, fail, os_error_line
 from gpseg.options import parse_options
 from storage.errors import StoreError
 
@@ -78,7 +78,7 @@ def train_cmd(
                                model_options=parse_options(option or []))
         result = train(config, progress_bar=True)
     except (StoreError, ValueError, FileNotFoundError, OutOfDeviceMemory, RunDirBusy) as exc:
-        raise fail(str(exc)) from exc
+        raise fail(_reason(exc, out)) from exc
     except KeyboardInterrupt:
         from gpmodels.checkpoints import RunPaths
 
@@ -89,6 +89,21 @@ def train_cmd(
         return
     best = "" if result.best_val_loss is None else f", best val_loss {result.best_val_loss:.4f}"
     done = result.work_summary()
-    console.print(f"[green]{'done' if done == 'already trained' else 'trained'}[/green] {escape(model)} -> {escape(str(result.run_dir))}: "
+    console.print(f"[green]{'done' if done == 'already trained' else 'trained'}[/green] {escape(model)} -> "
+                  f"{escape(str(result.run_dir))}: "
                   f"{done}, {result.global_step} steps{best}, {result.test_summary()}", highlight=False)
+
+
+def _reason(exc: BaseException, out: Path) -> str:
+    """The one-line reason of a failed training: ``exc``, or the operating-system error behind Lightning's logger
+    error, naming its file or else the run dir (a full disk while TensorBoard logs the test metrics reached the
+    command as "you tried to log 1.01 which is currently not supported")."""
+    if "currently not supported" not in str(exc):  # gpseg's own messages say what went wrong themselves
+        return str(exc)
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError):
+            return os_error_line(cause, out)
+        cause = cause.__cause__ or cause.__context__
+    return str(exc)
 

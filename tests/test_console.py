@@ -8,6 +8,7 @@ import pytest
 import typer
 from rich.console import Console
 
+import gpseg.cli  # noqa: F401  (the commands bind the real console now, not one a test below patches in)
 from gpseg import console as console_module
 from gpseg.console import fail, flow_outcome, os_error_line, progress_bar
 
@@ -184,6 +185,7 @@ def test_the_entry_point_ignores_ctrl_c_once_the_command_has_ended(monkeypatch) 
         signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.filterwarnings("ignore:Failed to create the Prefect home directory")  # Prefect's own, when imported
 def test_a_prefect_home_where_nothing_can_be_written_ends_a_flow_command_in_one_line(tmp_path, monkeypatch) -> None:
     """Prefect's temporary server failed on its SQLite database and restarted for three minutes in tracebacks,
     then timed out without naming the folder."""
@@ -219,3 +221,27 @@ def test_paths_with_brackets_are_printed_as_they_are(tmp_path) -> None:
     assert f"wrote {store}: 4 cases ingested now" in " ".join(ingested.output.split())
     valid = runner.invoke(app, ["validate", str(store)])
     assert f"{store}:" in " ".join(valid.output.split())
+
+
+def test_a_full_disk_while_lightning_logs_is_said_as_the_disk_error(tmp_path) -> None:
+    """TensorBoard's write error reached `gpseg train` as Lightning's "you tried to log 1.01 which is currently not
+    supported. Try a dict or a scalar/tensor."."""
+    import errno
+
+    from gpseg.train_command import _reason
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as disk:
+            raise ValueError("\n you tried to log 1.0115 which is currently not supported. Try a dict or a "
+                             "scalar/tensor.") from disk
+    except ValueError as exc:
+        assert _reason(exc, tmp_path / "run") == f"{tmp_path / 'run'}: No space left on device"
+    try:
+        try:
+            raise OSError(errno.EIO, "Input/output error")
+        except OSError:
+            raise ValueError("store.zarr: damaged (read it again)")
+    except ValueError as exc:  # gpseg's own message stays
+        assert _reason(exc, tmp_path / "run") == "store.zarr: damaged (read it again)"
