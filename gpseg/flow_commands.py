@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -118,24 +119,45 @@ def run_benchmark(params: "BenchmarkParams") -> dict:
 def run_here(run: Callable[[], dict]) -> dict:
     """Call ``run`` (a flow run in this process) with :func:`run_benchmark`'s handling of a Ctrl-C and of a
     flow that raised."""
-    def stop(_signum: int, _frame: object) -> None:
+    def stop(signum: int, _frame: object) -> None:
         logging.disable(logging.CRITICAL)
-        console.print("[red]error:[/red] interrupted; the same command takes finished tasks from the cache and "
+        how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        console.print(f"[red]error:[/red] {how}; the same command takes finished tasks from the cache and "
                       "resumes training from its last checkpoint", highlight=False, soft_wrap=True)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
+        end_children()
+        os._exit(128 + signum)
 
     problem = prefect_home_problem()
     if problem:
         raise fail(problem)
-    previous = signal.signal(signal.SIGINT, stop)
+    stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, stop) for signum in stopping}
     try:
         return run()
     except Exception as exc:  # the flow itself failed: one line, not its traceback
         raise fail(one_line(exc)) from exc
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def end_children(grace_s: float = 3.0) -> None:
+    """Terminate this process's descendants (SIGTERM, then SIGKILL after ``grace_s``): the temporary Prefect
+    server, Dask's workers, training processes. A Ctrl-C in a terminal reaches them all, but a ``kill`` of this
+    process (SIGTERM, a service manager) or a closed terminal (SIGHUP) left the server running, orphaned, on its
+    port and database."""
+    import psutil  # with dask.distributed
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 def retrain_cmd(

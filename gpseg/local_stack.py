@@ -247,7 +247,8 @@ class LocalStack:
         Each run's process group (the process worker starts each flow run in a session of its own,
         with its Dask workers and training child processes) gets SIGTERM, then SIGKILL after
         :data:`RUN_STOP_GRACE_SECONDS`. A run that the engine did not move to a final state is then
-        set ``Cancelled`` with :data:`CUT_RUN_MESSAGE`. Only processes that run Prefect's engine are
+        set ``Cancelled`` with :data:`CUT_RUN_MESSAGE`, and so is one the engine set ``Crashed`` on that SIGTERM
+        (Prefect's engine reads a termination signal as a crash). Only processes that run Prefect's engine are
         signalled (a recorded pid may have been reused). Returns ``"NAME (ID)"`` of each run set
         ``Cancelled`` (not those that had ended meanwhile).
         """
@@ -255,7 +256,8 @@ class LocalStack:
         ended = []
         for run in runs:
             with contextlib.suppress(OSError, ValueError):  # the server went away: the run stays as it is
-                if (self._api(f"flow_runs/{run['id']}").get("state") or {}).get("type") in ACTIVE_RUN_STATES:
+                state = (self._api(f"flow_runs/{run['id']}").get("state") or {}).get("type")
+                if state in (*ACTIVE_RUN_STATES, "CRASHED"):
                     self._api(f"flow_runs/{run['id']}/set_state", {"force": True, "state": {
                         "type": "CANCELLED", "name": "Cancelled", "message": CUT_RUN_MESSAGE}})
                     ended.append(f"{run.get('name')} ({run['id']})")

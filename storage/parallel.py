@@ -19,6 +19,9 @@ T = TypeVar("T")
 CONNECT_TIMEOUT_S = 30
 """Seconds to wait for the Dask scheduler at a given address (Dask's own default)."""
 
+WORKER_SETUP = "storage.dask_worker_setup"
+"""The Dask preload of the local clusters' workers: they ignore Ctrl-C (:mod:`storage.dask_worker_setup`)."""
+
 
 @contextmanager
 def dask_client(workers: int, address: str | None) -> Iterator[Any]:
@@ -41,11 +44,11 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
     with quiet_logger("distributed"), contextlib.ExitStack() as stack:
         silenced: list[tuple[logging.Logger, int]] = []
         stack.callback(_restore_levels, silenced)  # last: after the cluster has closed
-        with _workers_ignore_interrupts():
-            cluster = stack.enter_context(LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, silence_logs=logging.WARNING,
-                # the scheduler always serves HTTP (health, metrics); dashboard_address=None would mean 8787
-                dashboard_address=":0", scheduler_kwargs={"dashboard": False}))
+        cluster = stack.enter_context(LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, silence_logs=logging.WARNING,
+            # the scheduler always serves HTTP (health, metrics); dashboard_address=None would mean 8787
+            dashboard_address=":0", scheduler_kwargs={"dashboard": False},
+            preload=[WORKER_SETUP]))  # the workers ignore Ctrl-C; this process's handler stays in place
         client = stack.enter_context(Client(cluster))
         if owned:  # e.g. `gpseg benchmark`, whose handler ends the whole run at once: leave Ctrl-C to it
             yield client
@@ -110,18 +113,6 @@ def _sigint_handler(handler: Any) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _workers_ignore_interrupts() -> contextlib.AbstractContextManager[None]:
-    """Ignore SIGINT while a local cluster starts its worker processes, which inherit that.
-
-    Ctrl-C in a terminal signals every process of the foreground group. Workers that took it would each
-    print a ``Process Dask Worker process (from Nanny)`` traceback; ignoring it, they are shut down by
-    this process as its cluster closes, and only this process stops with ``KeyboardInterrupt``. A Ctrl-C
-    during the second or two of the start is lost (under ``gpseg benchmark``, whose temporary Prefect server
-    takes it, the run then fails later: press Ctrl-C again once ingestion runs).
-    """
-    return _sigint_handler(signal.SIG_IGN)
 
 
 @contextmanager

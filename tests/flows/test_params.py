@@ -378,6 +378,31 @@ def test_a_ctrl_c_in_benchmark_ends_the_process_at_once_in_one_line():
                     "from its last checkpoint"), said
 
 
+def test_a_kill_of_benchmark_ends_its_child_processes_too():
+    """SIGTERM (a `kill`, a service manager) or SIGHUP (a closed terminal) ended the command with Prefect's crash
+    lines and left its temporary Prefect server running, orphaned, on its port and database."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    code = ("import os, signal, subprocess, sys, time, flows.full_benchmark\n"
+            "from gpseg.flow_commands import run_benchmark\n"
+            "def busy(params):\n"
+            "    server = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"  # as Prefect's
+            "    print(server.pid, flush=True)\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(60)\n"
+            "flows.full_benchmark.run_in_process = busy\n"
+            "run_benchmark(None)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    child = int(done.stdout.split()[0])
+    assert done.returncode == 128 + 15 and not psutil.pid_exists(child)
+    said = " ".join(done.stderr.split())
+    assert said == ("error: stopped by SIGTERM; the same command takes finished tasks from the cache and resumes "
+                    "training from its last checkpoint"), said
+
+
 def test_benchmark_checks_the_dask_address_before_the_flow_starts(monkeypatch):
     """Through the flow, Prefect logged the check's failure with its traceback before the one line."""
     import flows.full_benchmark

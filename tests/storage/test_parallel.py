@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import socket
 
+import pytest
+
 from storage.parallel import dask_client, ordered_map
 
 
@@ -73,11 +75,25 @@ def test_a_ctrl_c_handler_of_the_caller_is_left_in_place():
     def owner(signum, frame):  # as gpseg.flow_commands.run_here's
         raise AssertionError("not called here")
 
+    import dask.distributed
+
+    during_start = []
+
+    class Recording(dask.distributed.LocalCluster):
+        def __init__(self, *args, **kwargs):
+            during_start.append(signal.getsignal(signal.SIGINT))
+            super().__init__(*args, **kwargs)
+
     previous = signal.signal(signal.SIGINT, owner)
     try:
-        with dask_client(1, None):
-            assert signal.getsignal(signal.SIGINT) is owner
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(dask.distributed, "LocalCluster", Recording)
+            with dask_client(1, None) as client:
+                assert signal.getsignal(signal.SIGINT) is owner
+                # the workers ignore Ctrl-C by their preload, not by inheriting this process's disposition
+                assert list(client.run(lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN).values()) == [True]
         assert signal.getsignal(signal.SIGINT) is owner
+        assert during_start == [owner]  # a Ctrl-C while the cluster starts reaches the caller's handler
     finally:
         signal.signal(signal.SIGINT, previous)
 
