@@ -34,15 +34,21 @@ def trusted(cached_task, output: str | Path, usable: Callable[[Path], bool] = Pa
 
 
 def made_from(heatmaps: Path, weights: str) -> bool:
-    """Whether the heatmap store at ``heatmaps`` exists and was made from the weights of hash ``weights``
-    (a store of an older gpseg, which recorded none, is taken as it is). The task's cache alone is not enough:
-    a run whose weights changed and changed back (trained further, then retrained from its best checkpoint)
-    finds the cached result of the first weights, while the store on disk is of the second."""
+    """Whether the heatmap store at ``heatmaps`` (``RUN/heatmaps/SPLIT.zarr``) exists and was made from the
+    weights of hash ``weights`` (a store of an older gpseg, which recorded none: made after ``model.pt`` was last
+    written, :func:`gpmodels.files.weights_changed`). The task's cache alone is not enough: a run whose weights
+    changed and changed back (trained further, then retrained from its best checkpoint) finds the cached result
+    of the first weights, while the store on disk is of the second."""
+    from gpmodels.files import weights_changed
+
     try:
         recorded = zarr.open_group(str(heatmaps), mode="r").attrs.get("weights")
+        made = (Path(heatmaps) / "zarr.json").stat().st_mtime
     except Exception:  # missing or damaged: made again
         return False
-    return recorded in (None, weights)
+    if recorded is None:
+        return not weights_changed(Path(heatmaps).parent.parent, {}, made)
+    return recorded == weights
 
 
 def weights_readable(path: Path) -> bool:

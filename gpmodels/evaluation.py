@@ -101,11 +101,20 @@ def open_heatmaps(path: Path | str) -> zarr.Group:
         except Exception as exc:
             raise damaged(path / name / "zarr.json", exc, hint) from None
     run_dir = path.parent.parent
-    if weights_changed(run_dir, attrs):
+    if weights_changed(run_dir, attrs, _made(path)):
+        unrecorded = "" if attrs.get("weights") else ", by a gpseg that did not record them, before it was written"
         raise ValueError(f"{path}: made from earlier weights than {run_dir / MODEL_FILE} (the run was trained "
-                         f"further since){hint}")
+                         f"further since{unrecorded}){hint}")
     check_chunks(group, path)
     return group
+
+
+def _made(path: Path) -> float | None:
+    """When a heatmap store was made: its ``zarr.json``'s modification time (its attributes are written last)."""
+    try:
+        return (path / "zarr.json").stat().st_mtime
+    except OSError:
+        return None
 
 
 HEATMAP_ATTRS = ("classes", "model", "store_path")

@@ -52,14 +52,17 @@ def weights_record(run_dir: Path | str) -> dict[str, Any]:
     return {"weights": weights_hash(run_dir), "weights_stat": [stat.st_size, stat.st_mtime_ns]}
 
 
-def weights_changed(run_dir: Path | str, record: dict[str, Any]) -> bool:
+def weights_changed(run_dir: Path | str, record: dict[str, Any], made: float | None = None) -> bool:
     """Whether ``RUN_DIR/model.pt`` is no longer the weights of ``record`` (:func:`weights_record`, e.g. a heatmap
     store's attributes): the run was trained further since. The file is hashed only when its size or
-    modification time differ from the record's (a copied run dir); ``False`` without a record (stores of
-    older gpseg versions) or without ``model.pt``."""
+    modification time differ from the record's (a copied run dir). Without a record (stores of older gpseg
+    versions), whether ``model.pt`` was written more than a second after ``made`` (the time, in seconds
+    since the epoch, the thing was made; never when not given); ``False`` without ``model.pt``."""
     path = Path(run_dir) / MODEL_FILE
-    if not record.get("weights") or not path.is_file():
+    if not path.is_file():
         return False
+    if not record.get("weights"):
+        return made is not None and path.stat().st_mtime > made + 1.0
     stat = path.stat()
     if list(record.get("weights_stat") or []) == [stat.st_size, stat.st_mtime_ns]:
         return False

@@ -114,10 +114,12 @@ def new_files(folder: Path | str, store: Path | str | None) -> list[str]:
     stored: dict[str, str] = {}
     examined: dict[str, str] = {}
     states: dict[str, list[int]] = {}
+    unrecorded = False  # a store of a gpseg before 2026-12-03, which did not record the files it read beside cases
     if store is not None and Path(store).exists():
         attrs = open_store(store).attrs
         stored, examined = dict(attrs.get("sources", {})), dict(attrs.get("examined", {}))
         states = dict(attrs.get("file_states", {}))
+        unrecorded = bool(stored) and "examined" not in attrs
     if folder.is_file():  # the CSV itself too: a label changed in it is new, as in name_mapping.csv
         root, files = folder.parent, sorted({p for p in manifest_files(folder) if p.is_file()} | {folder})
     else:
@@ -126,7 +128,8 @@ def new_files(folder: Path | str, store: Path | str | None) -> list[str]:
     for path in files:
         rel = source_key(path, root)
         if rel not in stored and rel not in examined:
-            fresh.append(rel)
+            if not (unrecorded and (path.name in CVIND_FILES or path.name in METADATA_FILES)):
+                fresh.append(rel)  # else read before, but not recorded: new data only when cases are
             continue
         if rel in states and list(file_state(path) or ()) == states[rel]:
             continue  # in the state in which the store hashed it: not read again

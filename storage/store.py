@@ -299,17 +299,45 @@ class StoreWriter:
             self.group.create_array("cvind", data=cvind, chunks=(_VECTOR_CHUNK,))
         version = data_version(attrs.get("sources", {}), attrs, splits, self.group["labels"][:],
                                read_patients(self.group))
-        history = []
-        if self._appending:  # a store from before histories were kept starts its history with its last version
-            before = self.group.attrs.get("data_version")
-            history = list(self.group.attrs.get("data_history", [])) or (
-                [{"data_version": before, "slices": self._base_slices}] if before else [])
-        if not history or history[-1].get("data_version") != version:  # an append that added nothing adds no entry
-            history.append({"data_version": version, "slices": n})
+        kept = self._same_data_as_stored(version)
+        if kept is not None:  # an older gpseg's version of this very data: its run dirs stay valid
+            version, history = kept
+        else:
+            history = []
+            if self._appending:  # a store from before histories were kept starts its history with its last version
+                before = self.group.attrs.get("data_version")
+                history = list(self.group.attrs.get("data_history", [])) or (
+                    [{"data_version": before, "slices": self._base_slices}] if before else [])
+            if not history or history[-1].get("data_version") != version:  # an append that added nothing: no entry
+                history.append({"data_version": version, "slices": n})
         full = {**attrs, "schema_version": SCHEMA_VERSION, "data_version": version, "data_history": history,
                 CHUNK_COUNTS: chunk_counts(self.group)}
         self.group.attrs.update(full)
         return replace_folder(self.tmp, self.path)
+
+    def _same_data_as_stored(self, version: str) -> tuple[str, list[dict]] | None:
+        """The recorded data version and history of the store now at ``path`` when it holds the data this writer
+        commits, by :func:`data_version` computed now, but recorded another version: older gpseg versions computed
+        it from fewer inputs, and the flows name run dirs by it, so a re-ingestion of unchanged data (the ingestion
+        task's code changed, so its cache missed) or an append that added nothing retrained every run. ``None``
+        otherwise (no store there, another version of the data, or one that cannot be read)."""
+        if not _is_zarr_group(self.path):
+            return None
+        try:
+            stored = open_store(self.path)
+            recorded = stored.attrs.get("data_version")
+            if not recorded or recorded == version:
+                return None
+            splits = {fold: stored[f"splits/fold_{fold}"][:] for fold in fold_names(stored)}
+            now = data_version(dict(stored.attrs.get("sources", {})), dict(stored.attrs), splits,
+                               stored["labels"][:], read_patients(stored))
+        except Exception:  # a damaged store: its data is not this data
+            return None
+        if now != version:
+            return None
+        history = list(stored.attrs.get("data_history", [])) or [
+            {"data_version": recorded, "slices": int(stored["labels"].shape[0])}]
+        return str(recorded), history
 
     def abort(self) -> None:
         """Delete the temporary store; once more a moment later when Zarr's I/O thread, still finishing the writes

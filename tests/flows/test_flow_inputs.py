@@ -205,10 +205,20 @@ def test_cached_heatmaps_are_trusted_only_while_made_from_the_weights_asked_for(
 
     from flows.pipeline import made_from
 
-    path = tmp_path / "test.zarr"
+    import os
+    import time
+
+    run = tmp_path / "run"
+    path = run / "heatmaps" / "test.zarr"
     assert not made_from(path, "a" * 16)
     group = zarr.create_group(store=str(path), zarr_format=3)
-    assert made_from(path, "a" * 16)  # an older gpseg's store, which recorded no weights
+    (run / "model.pt").write_bytes(b"weights")
+    hour_ago = time.time() - 3600
+    os.utime(run / "model.pt", (hour_ago, hour_ago))
+    assert made_from(path, "a" * 16)  # an older gpseg's store, which recorded no weights, made after model.pt
+    os.utime(run / "model.pt")  # the run trained further since: its heatmaps are made again
+    os.utime(path / "zarr.json", (hour_ago, hour_ago))
+    assert not made_from(path, "a" * 16)
     group.attrs["weights"] = "a" * 16
     assert made_from(path, "a" * 16) and not made_from(path, "b" * 16)
     (path / "zarr.json").write_text("damaged")

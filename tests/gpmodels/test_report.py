@@ -1044,3 +1044,30 @@ def test_heatmaps_of_earlier_weights_and_evaluations_of_earlier_heatmaps_are_ref
         said = " ".join(result.output.split())
         assert result.exit_code == 1, result.output
         assert "test.zarr: made from earlier weights than" in said and "trained further since" in said, said
+
+
+def test_heatmaps_of_an_older_gpseg_made_before_the_weights_were_last_written_are_refused(report_runs, tmp_path):
+    """A heatmap store of a gpseg that recorded no weights was never found stale: after the run was resumed with
+    more epochs, postprocess re-scored the earlier weights' heatmaps under the resumed run's name."""
+    import os
+    import time
+
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    run = _copy_run(report_runs["gp"], tmp_path / "run")
+    heat = zarr.open_group(str(heatmap_path(run, "test")), mode="r+")
+    attrs = {key: value for key, value in heat.attrs.items() if key not in ("weights", "weights_stat")}
+    heat.attrs.clear()
+    heat.attrs.update(attrs)  # as an older gpseg wrote it
+    hour_ago = time.time() - 3600
+    os.utime(run / "model.pt", (hour_ago, hour_ago))  # trained before the heatmaps were made: taken
+    command = ["postprocess", "--runs", str(run), "--out", str(tmp_path / "pp")]
+    assert CliRunner().invoke(app, command).exit_code == 0
+    os.utime(run / "model.pt")  # written again since (a resumed training)
+    os.utime(heatmap_path(run, "test") / "zarr.json", (hour_ago, hour_ago))
+    result = CliRunner().invoke(app, command)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and ("test.zarr: made from earlier weights than" in said and
+                                      "by a gpseg that did not record them, before it was written" in said), said

@@ -225,3 +225,50 @@ def test_an_append_to_a_read_only_store_can_add_chunk_files(tmp_path):
         for folder, _, _ in os.walk(tmp_path):
             os.chmod(folder, 0o755)
     assert not list(tmp_path.glob(".s.zarr.*"))
+
+
+def test_unchanged_data_keeps_the_version_an_older_gpseg_recorded(brats_source, tmp_path):
+    """Older gpseg versions computed the data version from fewer inputs; the flows name run dirs by it, so after an
+    update a re-ingestion of the same files (its task's code changed, so the cache missed) or an append that added
+    nothing gave a new version, and every run trained again without saying why."""
+    from storage.ingest import ingest_brats
+    from storage.ingest_config import IngestConfig
+
+    config = IngestConfig(workers=0, image_size=32)
+    store = tmp_path / "s.zarr"
+    ingest_brats(brats_source, store, config)
+    group = open_store(store, mode="r+")
+    now, slices = group.attrs["data_version"], int(group["labels"].shape[0])
+    older = [{"data_version": "0123456789abcdef", "slices": slices}]
+    group.attrs.update({"data_version": "0123456789abcdef", "data_history": older})  # as an older gpseg wrote
+    ingest_brats(brats_source, store, config)  # the flow's re-ingestion after its cache missed
+    assert open_store(store).attrs["data_version"] == "0123456789abcdef"
+    assert open_store(store).attrs["data_history"] == older
+    ingest_brats(brats_source, store, config, append=True)  # a retrain's drop check found nothing to add
+    assert open_store(store).attrs["data_version"] == "0123456789abcdef"
+    assert open_store(store).attrs["data_history"] == older
+    ingest_brats(brats_source, store, IngestConfig(workers=0, image_size=48))  # other data: a version of its own
+    assert open_store(store).attrs["data_version"] not in ("0123456789abcdef", now)
+
+
+def test_a_store_of_an_older_gpseg_finds_no_new_data_in_the_files_it_read_beside_its_cases(brats_copy, tmp_path):
+    """A store made before ingestion recorded the files it reads beside cases (`examined`) counted the source's
+    name_mapping.csv as a new file: a retrain with nothing new appended nothing and trained every run again."""
+    import shutil
+
+    from storage.drops import new_files
+    from storage.ingest import ingest_brats
+    from storage.ingest_config import IngestConfig
+
+    store = tmp_path / "s.zarr"
+    ingest_brats(brats_copy, store, IngestConfig(workers=0, image_size=32))
+    group = open_store(store, mode="r+")
+    assert "name_mapping.csv" in group.attrs["examined"]
+    attrs = dict(group.attrs)
+    del attrs["examined"]
+    group.attrs.clear()
+    group.attrs.update(attrs)  # as an older gpseg wrote it
+    assert new_files(brats_copy, store) == []
+    case = next(p for p in sorted(brats_copy.iterdir()) if p.is_dir())
+    shutil.copytree(case, brats_copy / "BraTS20_Training_077")
+    assert new_files(brats_copy, store) == sorted(f"BraTS20_Training_077/{p.name}" for p in case.iterdir())
