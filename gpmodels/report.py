@@ -50,6 +50,7 @@ from gpmodels.metrics import aggregate_folds
 from gpmodels.names import MODEL_NAMES
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS, ThresholdConfig
 from storage.errors import StoreError
+from storage.ingest_config import DEFAULT_RATIOS, SplitConfig
 from storage.store import check_data_version, open_store, read_patients
 
 FIGURE_CACHE_DIR = ".figures"
@@ -145,6 +146,8 @@ class ReportRun:
     store_patients: int = 0
     """How many patients the store holds (0 when it cannot be opened), to say how many are in no reported test
     split."""
+    test_blocks: int = 0
+    """How many disjoint test sets the store's grouped split has (``SplitConfig.test_blocks``; 0 when unknown)."""
 
     @property
     def model(self) -> str:
@@ -253,6 +256,14 @@ def seed_selection_text(run_dir: Path) -> str | None:
             + (f"; failed: {', '.join(map(str, failed))}" if failed else ""))
 
 
+def _test_blocks(split: Mapping[str, Any]) -> int:
+    """The disjoint test sets of a store's ``split`` attribute (0 when it does not parse)."""
+    try:
+        return SplitConfig(**{**split, "ratios": tuple(split.get("ratios") or DEFAULT_RATIOS)}).test_blocks
+    except (TypeError, ValueError):
+        return 0
+
+
 @functools.lru_cache(maxsize=16)
 def _patient_count(store_path: str, data_version: str) -> int:
     """How many patients a store of one data version holds (read once per report for all its runs)."""
@@ -276,22 +287,27 @@ def load_run(run_dir: Path | str) -> ReportRun:
     config_path = run_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else None
     store_path = evaluated_source(run_dir, evaluation)
-    dataset, store_error, split_mode, patients = Path(store_path).stem, None, "", 0
+    dataset, store_error, split_mode, patients, blocks = Path(store_path).stem, None, "", 0, 0
     try:
         group = open_store(store_path)
         dataset = str(group.attrs.get("dataset", dataset))
         split_mode = str((group.attrs.get("split") or {}).get("mode", ""))
+        blocks = _test_blocks(group.attrs.get("split") or {})
         check_data_version(group, evaluation["run"].get("data_version"), store_path, f"the evaluation of {run_dir}")
-        patients = _patient_count(str(Path(store_path).resolve()), str(group.attrs.get("data_version")))
     except StoreError as exc:  # the tables still come from evaluation.json; the panels are not drawn
         store_error = str(exc)
+    else:
+        try:
+            patients = _patient_count(str(Path(store_path).resolve()), str(group.attrs.get("data_version")))
+        except Exception:  # a damaged patient array: the report goes on without the count (validate names it)
+            patients = 0
     return ReportRun(run_dir=run_dir, evaluation=evaluation, config=config,
                      slices=_read_slices(run_dir / "evaluation_slices.csv"), dataset=dataset,
                      label=_label(evaluation["run"]["model"], config, evaluation["threshold"],
                                   evaluation["run"].get("cam_grid")),
                      store_error=store_error, seed_selection=seed_selection_text(run_dir),
                      split_mode=split_mode, store_name=Path(store_path).stem, dataset_kind=dataset,
-                     store_patients=patients,
+                     store_patients=patients, test_blocks=blocks,
                      network_label=_label(evaluation["run"]["model"], config, None, evaluation["run"].get("cam_grid")))
 
 

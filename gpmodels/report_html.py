@@ -171,7 +171,7 @@ SPLIT_TEXTS = {
 
 def _splits_caption(runs: Sequence[ReportRun]) -> str:
     """The caption under a dataset's table that says how its stores split the slices and, for patient-grouped
-    splits, how many of the store's patients no reported run tested (3 grouped folds test 3 quarters of them)."""
+    splits, how many of the store's patients no reported run tested (3 grouped folds test 3 of 4 quarters)."""
     modes = {run.split_mode for run in runs}
     known = [SPLIT_TEXTS.get(mode, _e(mode)) for mode in sorted(modes) if mode]
     if not known:
@@ -180,9 +180,11 @@ def _splits_caption(runs: Sequence[ReportRun]) -> str:
     total = max((run.store_patients for run in runs), default=0)
     if modes <= {"grouped", "cvind"} and total and all(run.slices is not None for run in runs):
         tested = set().union(*(run.slices["patient"].tolist() for run in runs))
+        blocks = {run.test_blocks for run in runs}
         if len(tested) < total:
-            hint = (" Each grouped fold tests another quarter of the patients: <code>--folds 4</code> tests every "
-                    "patient once." if modes == {"grouped"} else "")
+            hint = (f" Each grouped fold tests another 1/{min(blocks)} of the patients: <code>--folds "
+                    f"{min(blocks)}</code> tests every patient once." if modes == {"grouped"} and len(blocks) == 1
+                    and min(blocks) > max(run.fold for run in runs) + 1 else "")
             text += (f" {total - len(tested)} of the store's {total} patients are in no test split of the runs "
                      f"reported here.{hint}")
     return f'<p class="caption">{text}</p>'

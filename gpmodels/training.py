@@ -569,7 +569,7 @@ def _train(run: RunConfig, paths: RunPaths, previous: RunConfig | None, progress
             if previous is not None and trainer.global_step == start_step:
                 run = _keep_training_record(paths, previous, run, start_step)
             best = paths.best if paths.best.exists() else paths.last
-            _write_model(best, paths.model)
+            _write_model(best, paths.model, unless_same=trainer.global_step == start_step)
             test_metrics: dict[str, float] = {}
             if config.test:
                 results = trainer.test(module, datamodule=data, ckpt_path=str(best), weights_only=True,
@@ -832,8 +832,25 @@ def _write_config(paths: RunPaths, run: RunConfig) -> None:
 
 
 @rank_zero_only
-def _write_model(checkpoint: Path, out: Path) -> None:
-    save_weights(net_state_from_checkpoint(checkpoint), out)
+def _write_model(checkpoint: Path, out: Path, unless_same: bool = False) -> None:
+    """Write the network weights of ``checkpoint`` to ``out`` (``model.pt``). With ``unless_same`` (nothing was
+    trained in this call: a finished run run again), an ``out`` that already holds those weights is left as it
+    is, so that its modification time still tells what was made from it before (heatmaps of older gpseg
+    versions, which recorded no weights hash, are stale when ``model.pt`` was written after them)."""
+    state = net_state_from_checkpoint(checkpoint)
+    if unless_same and _holds(out, state):
+        return
+    save_weights(state, out)
+
+
+def _holds(path: Path, state: dict[str, torch.Tensor]) -> bool:
+    """Whether the weights file ``path`` holds exactly ``state`` (``False`` when missing or unreadable)."""
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # missing, truncated, damaged: written again
+        return False
+    return (isinstance(stored, dict) and stored.keys() == state.keys()
+            and all(torch.equal(stored[key], state[key].detach().cpu()) for key in state))
 
 
 @rank_zero_only

@@ -120,6 +120,8 @@ def run_here(run: Callable[[], dict]) -> dict:
     """Call ``run`` (a flow run in this process) with :func:`run_benchmark`'s handling of a Ctrl-C and of a
     flow that raised."""
     def stop(signum: int, _frame: object) -> None:
+        for taken in previous:  # a second signal during the clean-up does not start it again
+            signal.signal(taken, signal.SIG_IGN)
         logging.disable(logging.CRITICAL)
         how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
         console.print(f"[red]error:[/red] {how}; the same command takes finished tasks from the cache and "
@@ -132,7 +134,9 @@ def run_here(run: Callable[[], dict]) -> dict:
     problem = prefect_home_problem()
     if problem:
         raise fail(problem)
-    stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    # a signal ignored when the command started stays ignored (`nohup` ignores SIGHUP, a background job SIGINT)
+    stopping = [signum for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(signum) is not signal.SIG_IGN]
     previous = {signum: signal.signal(signum, stop) for signum in stopping}
     try:
         return run()

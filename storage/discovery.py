@@ -87,6 +87,8 @@ def _zip_members_beside(path: Path) -> bool:
                 part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(name).parts)]
     except (OSError, zipfile.BadZipFile, ValueError):
         return False
+    if any(PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts for name in names):
+        return False  # a name outside the zip's folder says nothing of what was unpacked there
     return bool(names) and all((path.parent / name).is_file() for name in names)
 
 

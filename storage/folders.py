@@ -67,16 +67,24 @@ def writer_alive(folder: Path, tag: str, path: Path) -> bool:
 
 
 def remove_tree(folder: Path) -> None:
-    """Delete a folder tree as far as possible, never raising: a folder without write permission (a read-only
-    store copied or renamed aside) is made writable and the removal tried again."""
+    """Delete a folder tree as far as possible, never raising: a folder inside it without write permission (a
+    read-only store copied or renamed aside) is made writable and the removal tried again. The folder the tree
+    lies in is never changed; nothing happens when the tree is not there."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    inside = str(folder)
+
     def writable_then_again(function: Callable[..., object], name: str, _exc: object) -> None:
         parent = os.path.dirname(name)
-        with contextlib.suppress(OSError):
+        if function not in (os.rmdir, os.unlink, os.remove) or not (parent + os.sep).startswith(inside + os.sep):
+            return
+        with contextlib.suppress(Exception):
             os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
             function(name)
 
     shutil.rmtree(folder, onerror=writable_then_again)  # onerror: Python 3.11 (onexc from 3.12)
-    if Path(folder).exists():
+    if folder.exists():
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -403,6 +403,32 @@ def test_a_kill_of_benchmark_ends_its_child_processes_too():
                     "training from its last checkpoint"), said
 
 
+def test_a_benchmark_under_nohup_goes_on_when_the_terminal_closes_and_ends_once():
+    """The stop handler was installed for SIGHUP even under `nohup`, which ignores it, so closing the terminal
+    ended the run; a second signal during the clean-up printed a second line and took the exit code."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal, time, flows.full_benchmark\n"
+            "from gpseg.flow_commands import run_here\n"
+            "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"  # as nohup starts it
+            "def busy():\n"
+            "    os.kill(os.getpid(), signal.SIGHUP)\n"
+            "    time.sleep(0.5)\n"
+            "    print('went on', flush=True)\n"
+            "    import subprocess, sys, threading\n"  # a child slow to end keeps the clean-up busy for 3 s
+            "    subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)'])\n"
+            "    time.sleep(1)\n"
+            "    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(60)\n"
+            "run_here(busy)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert done.stdout.strip() == "went on" and done.returncode == 128 + 15
+    assert done.stderr.count("error: stopped by SIGTERM") == 1 and "interrupted" not in done.stderr, done.stderr
+
+
 def test_benchmark_checks_the_dask_address_before_the_flow_starts(monkeypatch):
     """Through the flow, Prefect logged the check's failure with its traceback before the one line."""
     import flows.full_benchmark

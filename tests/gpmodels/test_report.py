@@ -593,7 +593,7 @@ def test_the_configuration_table_names_each_runs_precision_and_split(report, rep
     total = len(set(read_patients(store).tolist()))
     assert 0 < len(tested) < total
     assert (f"{total - len(tested)} of the store's {total} patients are in no test split of the runs reported here. "
-            "Each grouped fold tests another quarter of the patients: --folds 4 tests every patient once."
+            "Each grouped fold tests another 1/4 of the patients: --folds 4 tests every patient once."
             in re.sub("<[^>]+>", "", page))
     assert "2 run(s) of 2 model(s) on 2 dataset(s)" in page
     run = _copy_run(report_runs["gp"], tmp_path / "bf16")
@@ -1071,3 +1071,39 @@ def test_heatmaps_of_an_older_gpseg_made_before_the_weights_were_last_written_ar
     said = " ".join(result.output.split())
     assert result.exit_code == 1 and ("test.zarr: made from earlier weights than" in said and
                                       "by a gpseg that did not record them, before it was written" in said), said
+
+
+def test_the_untested_patients_caption_follows_the_stores_split_ratios():
+    """The hint said "quarter" and "--folds 4" whatever the store's test share, even when 4 folds had been run."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from gpmodels.report_html import _splits_caption
+
+    def run(fold, patients, blocks):
+        return SimpleNamespace(split_mode="grouped", store_patients=10, test_blocks=blocks, fold=fold,
+                               slices={"patient": np.asarray(patients)})
+
+    caption = _splits_caption([run(0, ["a", "b"], 5), run(1, ["c", "d"], 5)])
+    assert ("6 of the store's 10 patients are in no test split of the runs reported here. Each grouped fold tests "
+            "another 1/5 of the patients: <code>--folds 5</code> tests every patient once.") in caption
+    every_fold = _splits_caption([run(fold, [str(fold)], 4) for fold in range(4)])
+    assert "6 of the store's 10 patients" in every_fold and "--folds" not in every_fold  # no more folds to run
+
+
+def test_a_store_whose_patient_array_cannot_be_read_leaves_the_report_without_the_count(report_runs, tmp_path):
+    """Counting the store's patients for the splits caption let a damaged chunk stop the whole report."""
+    from gpmodels.report import _patient_count, load_run
+
+    store = Path(_evaluation(report_runs["gp"])["run"]["store_path"])
+    chunk = next(p for p in (store / "patient").rglob("*") if p.is_file() and p.name != "zarr.json")
+    kept = chunk.read_bytes()
+    _patient_count.cache_clear()
+    try:
+        chunk.write_bytes(b"garbage")
+        assert load_run(report_runs["gp"]).store_patients == 0
+    finally:
+        chunk.write_bytes(kept)
+        _patient_count.cache_clear()
+    assert load_run(report_runs["gp"]).store_patients > 0

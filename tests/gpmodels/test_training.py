@@ -535,9 +535,16 @@ def test_cli_cache_options_reach_the_run_config(phantom_store, tmp_path):
     train = json.loads((out / "config.json").read_text())["train"]
     assert (train["cache"], train["cache_limit_gb"]) == ("never", 2.5)
     assert f"trained gp-unet -> {out}: trained in " in " ".join(result.output.split())
+    written = (out / "model.pt").stat().st_mtime_ns
     again = CliRunner().invoke(app, args)  # a finished run: nothing to train, and the line says so
     assert again.exit_code == 0
     assert f"done gp-unet -> {out}: already trained, 2 steps, best val_loss " in " ".join(again.output.split())
+    # model.pt holds the same weights and is left as it was: an older gpseg's heatmaps, which recorded no weights
+    # hash, are judged stale by its modification time
+    assert (out / "model.pt").stat().st_mtime_ns == written
+    (out / "model.pt").write_bytes(b"damaged")
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert torch.load(out / "model.pt", weights_only=True).keys()  # written again from the checkpoint
 
 
 def test_cli_network_options_reach_the_run_config(phantom_store, tmp_path):

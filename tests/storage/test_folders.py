@@ -178,3 +178,25 @@ def test_replace_folder_refuses_a_new_folder_that_is_gone(tmp_path):
     with pytest.raises(FileNotFoundError, match="the new folder is gone"):
         replace_folder(tmp_path / "gone", out)
     assert (out / "data.txt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_tree_is_removed_without_touching_the_folder_it_lies_in(tmp_path):
+    """Removing a tree that was not there made its parent (a user's read-only stores folder) writable."""
+    import os
+    import stat
+
+    from storage.folders import remove_tree
+
+    stores = tmp_path / "stores"
+    (stores / ".s.zarr.tmp-x" / "images" / "c").mkdir(parents=True)
+    (stores / ".s.zarr.tmp-x" / "images" / "c" / "0").write_bytes(b"chunk")
+    os.chmod(stores / ".s.zarr.tmp-x" / "images", 0o555)  # copied from a read-only store
+    os.chmod(stores, 0o555)
+    try:
+        remove_tree(stores / "missing")
+        assert stat.S_IMODE(os.stat(stores).st_mode) == 0o555
+        os.chmod(stores, 0o755)
+        remove_tree(stores / ".s.zarr.tmp-x")
+        assert not (stores / ".s.zarr.tmp-x").exists() and stat.S_IMODE(os.stat(stores).st_mode) == 0o755
+    finally:
+        os.chmod(stores, 0o755)

@@ -133,5 +133,8 @@ def test_zip_parts_unpacked_beside_themselves_are_not_named(jun_cheng_copy, tmp_
     with zipfile.ZipFile(jun_cheng_copy / "brainTumorDataPublic_10-18.zip", "w") as part:
         part.writestr("10.mat", b"x")
         part.writestr("19.mat", b"x")  # not unpacked here
+    with zipfile.ZipFile(jun_cheng_copy / "outside.zip", "w") as part:
+        part.writestr("/etc/passwd", b"x")  # names outside the zip's folder: not taken as unpacked there
+        part.writestr("../jc/1.mat", b"x")
     report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CONFIG)
-    assert report.archives == ["brainTumorDataPublic_10-18.zip"]
+    assert report.archives == ["brainTumorDataPublic_10-18.zip", "outside.zip"]
