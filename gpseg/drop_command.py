@@ -393,8 +393,11 @@ def _discard(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-HEALTH_TIMEOUT_S = 5.0
-"""How long `gpseg drop` waits for the Prefect API's ``/health`` before it gives up on sending the event."""
+HEALTH_TIMEOUT_S = 10.0
+"""How long `gpseg drop` waits for one answer of the Prefect API's ``/health``."""
+HEALTH_ATTEMPTS = 3
+"""How many times `gpseg drop` asks ``/health`` before it gives up on sending the event, while each attempt
+times out (a server busy beside a training answers late); a refused connection is not asked again."""
 EVENT_SEND_TIMEOUT_S = 30.0
 """How long `gpseg drop` waits for the queued ``gpseg.data.dropped`` event to reach the API."""
 
@@ -403,7 +406,8 @@ def _event_api_problem() -> str | None:
     """Why ``gpseg.data.dropped`` cannot be delivered, in a few words, or ``None`` when the API answers.
 
     The API must be set (``PREFECT_API_URL``, otherwise Prefect would send the event to a temporary API of
-    this process that nothing listens to) and answer ``GET /health`` within :data:`HEALTH_TIMEOUT_S`.
+    this process that nothing listens to) and answer ``GET /health`` within :data:`HEALTH_TIMEOUT_S`, asked up to
+    :data:`HEALTH_ATTEMPTS` times while it times out.
     """
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
@@ -412,12 +416,15 @@ def _event_api_problem() -> str | None:
     if not url:
         return ("PREFECT_API_URL is not set; start the local stack with `gpseg serve` and `source "
                 ".prefect/env.sh` in this shell, then run `gpseg drop` again (it skips what is already there)")
+    import httpx
+
     with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}), \
             get_client(sync_client=True, httpx_settings={"timeout": HEALTH_TIMEOUT_S}) as client:
-        error = client.api_healthcheck()
+        for _ in range(HEALTH_ATTEMPTS):
+            error = client.api_healthcheck()
+            if not isinstance(error, httpx.TimeoutException):
+                break
     if error is not None:
-        import httpx
-
         why = (f"HTTP {error.response.status_code}" if isinstance(error, httpx.HTTPStatusError)  # not its body
                else one_line(error) or type(error).__name__)
         return (f"the Prefect API at {url} does not answer ({why}); is `gpseg serve` running? Then run "

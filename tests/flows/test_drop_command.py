@@ -362,6 +362,40 @@ def test_drop_to_an_api_that_does_not_answer_fails_naming_its_url(dropped, tmp_p
     assert again.exit_code == 1 and "copied 0 item(s)" in again.output  # the retry skips the copied case
 
 
+def test_a_busy_api_is_asked_again_before_the_drop_gives_up_on_its_event(monkeypatch):
+    """One /health request of 5 s decided: a server busy beside a training (or a loaded CI machine) answered late,
+    and the drop's files were copied without the event that starts the retraining."""
+    import threading
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from gpseg import drop_command
+
+    accepted = []
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        silent.settimeout(10)
+
+        def accept():
+            for _ in range(drop_command.HEALTH_ATTEMPTS):
+                try:
+                    accepted.append(silent.accept()[0])
+                except OSError:
+                    return
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        monkeypatch.setattr(drop_command, "HEALTH_TIMEOUT_S", 0.5)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/api"
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            problem = drop_command._event_api_problem()
+        thread.join(timeout=10)
+        for connection in accepted:
+            connection.close()
+    assert problem.startswith(f"the Prefect API at {url} does not answer (") and len(accepted) == 3
+
+
 def test_drop_says_so_when_the_event_is_still_queued_at_its_timeout(dropped, tmp_path, prefect_api, monkeypatch):
     from prefect.events.worker import EventsWorker
 

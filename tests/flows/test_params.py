@@ -366,14 +366,14 @@ def test_a_ctrl_c_in_benchmark_ends_the_process_at_once_in_one_line():
             "def busy(params):\n"
             "    worker = threading.Thread(target=time.sleep, args=(60,))\n"  # a training that goes on
             "    worker.start()\n"
+            "    print(time.time(), flush=True)\n"  # the imports before take long on a loaded machine
             "    os.kill(os.getpid(), signal.SIGINT)\n"
             "    worker.join()\n"
             "flows.full_benchmark.run_in_process = busy\n"
             "run_benchmark(None)\n")
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
-    assert done.returncode == 130 and time.monotonic() - started < 40
-    said = " ".join((done.stdout + done.stderr).split())
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130 and time.time() - float(done.stdout.split()[0]) < 30  # not after the 60 s
+    said = " ".join(done.stderr.split())
     assert said == ("error: interrupted; the same command takes finished tasks from the cache and resumes training "
                     "from its last checkpoint"), said
 
@@ -395,7 +395,7 @@ def test_a_kill_of_benchmark_ends_its_child_processes_too():
             "    time.sleep(60)\n"
             "flows.full_benchmark.run_in_process = busy\n"
             "run_benchmark(None)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     child = int(done.stdout.split()[0])
     assert done.returncode == 128 + 15 and not psutil.pid_exists(child)
     said = " ".join(done.stderr.split())
@@ -424,7 +424,7 @@ def test_a_benchmark_under_nohup_goes_on_when_the_terminal_closes_and_ends_once(
             "    os.kill(os.getpid(), signal.SIGTERM)\n"
             "    time.sleep(60)\n"
             "run_here(busy)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.strip() == "went on" and done.returncode == 128 + 15
     assert done.stderr.count("error: stopped by SIGTERM") == 1 and "interrupted" not in done.stderr, done.stderr
 

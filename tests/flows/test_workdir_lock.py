@@ -41,16 +41,39 @@ def test_a_second_flow_waits_for_the_one_holding_the_work_dir(tmp_path):
 
 
 def _hold(lock_code: str, *args: str) -> subprocess.Popen:
-    """A process that runs ``with <lock_code>: print('held'); sleep 3``, once it holds the lock."""
+    """A process that runs ``with <lock_code>: print('held'); <wait>``, once it holds the lock, until its stdin is
+    closed (:func:`_release`; at most 120 s). A fixed hold was shorter than a loaded machine took to import the
+    command under test, which then found the lock free."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; sys.path[:0] = sys.argv[1:]\n"
-         f"{lock_code}\n    print('held', flush=True); time.sleep(3)", *sys.path],
-        stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", "import select, sys, time; sys.path[:0] = sys.argv[1:]\n"
+         f"{lock_code}\n    print('held', flush=True); select.select([sys.stdin], [], [], 120)", *sys.path],
+        stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
 
 
-def test_gpseg_postprocess_on_a_work_dir_waits_for_the_flow_working_in_it(tmp_path):
+def _release(holder: subprocess.Popen) -> None:
+    """Let a :func:`_hold` process leave its lock and end."""
+    holder.stdin.close()
+    holder.wait(timeout=30)
+
+
+def _release_once_waited_for(holder: subprocess.Popen, monkeypatch) -> None:
+    """Release ``holder`` as soon as a work-dir lock of this process says that it waits for it."""
+    import flows.workdir_lock
+
+    real = flows.workdir_lock.exclusive_lock
+
+    def waiting_then_released(path, doing, busy, say, *args, **kwargs):
+        def said(message):
+            say(message)
+            holder.stdin.close()
+        return real(path, doing, busy, said, *args, **kwargs)
+
+    monkeypatch.setattr(flows.workdir_lock, "exclusive_lock", waiting_then_released)
+
+
+def test_gpseg_postprocess_on_a_work_dir_waits_for_the_flow_working_in_it(tmp_path, monkeypatch):
     """A re-threshold across a retrain's report put back a report of the old runs over the new one."""
     from typer.testing import CliRunner
 
@@ -58,6 +81,7 @@ def test_gpseg_postprocess_on_a_work_dir_waits_for_the_flow_working_in_it(tmp_pa
 
     holder = _hold(f"from flows.workdir_lock import workdir_lock\nwith workdir_lock({str(tmp_path)!r}, "
                    "'retrain-on-new-data', print):")
+    _release_once_waited_for(holder, monkeypatch)
     result = CliRunner().invoke(app, ["postprocess", "--workdir", str(tmp_path)])
     holder.wait(timeout=30)
     said = " ".join(result.output.split())
@@ -85,7 +109,7 @@ def test_a_second_ingestion_into_one_store_is_refused_at_once(tmp_path):
     with pytest.raises(Busy, match="another ingestion"):
         with store_lock(tmp_path / "elsewhere" / "alias.zarr"):
             pass
-    holder.wait(timeout=30)
+    _release(holder)
     assert not store.exists()
     with store_lock(store):  # free again
         pass
@@ -110,7 +134,7 @@ def test_a_lock_file_another_user_made_is_locked_read_only(tmp_path, monkeypatch
     with pytest.raises(locks.Busy, match=f"busy: pid {holder.pid}, retrain-on-new-data"):
         with locks.exclusive_lock(tmp_path / LOCK_FILE, "postprocess", busy, print, wait=False):
             pass
-    holder.wait(timeout=30)
+    _release(holder)
     with locks.exclusive_lock(tmp_path / LOCK_FILE, "postprocess", busy, print, wait=False):
         contender = subprocess.run(
             [sys.executable, "-c", "import sys; sys.path[:0] = sys.argv[2:]\n"
@@ -159,7 +183,7 @@ def test_a_lock_file_that_cannot_be_opened_is_named_in_one_line(tmp_path):
             pass
 
 
-def test_gpseg_postprocess_of_runs_given_waits_for_the_flow_working_where_they_lie(tmp_path):
+def test_gpseg_postprocess_of_runs_given_waits_for_the_flow_working_where_they_lie(tmp_path, monkeypatch):
     """`gpseg postprocess --runs ... --out ...` locked nothing: runs of a work dir re-evaluated, or a report folder
     of it rewritten, across a benchmark or retrain working there."""
     from typer.testing import CliRunner
@@ -171,6 +195,7 @@ def test_gpseg_postprocess_of_runs_given_waits_for_the_flow_working_where_they_l
     run.mkdir(parents=True)
     holder = _hold(f"from flows.workdir_lock import workdir_lock\nwith workdir_lock({str(workdir)!r}, "
                    "'full-benchmark', print):")
+    _release_once_waited_for(holder, monkeypatch)
     result = CliRunner().invoke(app, ["postprocess", "--runs", str(run), "--out", str(tmp_path / "elsewhere")])
     holder.wait(timeout=30)
     said = " ".join(result.output.split())
@@ -241,6 +266,7 @@ def test_gpseg_postprocess_into_the_default_report_folder_waits_for_its_work_dir
     workdir.mkdir()
     holder = _hold(f"from flows.workdir_lock import workdir_lock\nwith workdir_lock({str(workdir)!r}, "
                    "'full-benchmark', print):")
+    _release_once_waited_for(holder, monkeypatch)
     monkeypatch.chdir(workdir)
     result = CliRunner().invoke(app, ["postprocess", "--runs", str(tmp_path / "elsewhere")])
     holder.wait(timeout=30)
