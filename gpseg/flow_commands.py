@@ -266,7 +266,8 @@ def serve_cmd(
         check_port_free(port)  # also in stack.start(); here before the line that says it is starting
     except RuntimeError as exc:
         raise fail(str(exc)) from None
-    console.print(f"starting Prefect server on {stack.api_url} (database {escape(stack.env['PREFECT_HOME'])}/prefect.db) ...")
+    console.print(f"starting Prefect server on {stack.api_url} "
+                  f"(database {escape(stack.env['PREFECT_HOME'])}/prefect.db) ...")
     with interrupt_on_stop_signals():
         _run_stack(stack)
 
@@ -286,7 +287,8 @@ def _run_stack(stack: "LocalStack") -> None:
                             + f'export PATH="{Path(sys.executable).parent}:$PATH"\n')  # this venv's prefect
         written = True
         console.print(f"[green]ready[/green]: UI {stack.api_url.removesuffix('/api')}, worker on pool {stack.pool}\n"
-                      f"  source {escape(str(env_file))}\n  prefect deployment run full-benchmark/full-benchmark --watch\n"
+                      f"  source {escape(str(env_file))}\n"
+                      "  prefect deployment run full-benchmark/full-benchmark --watch\n"
                       "Ctrl-C (or `kill` of this process) stops the worker and the server.")
         while (exited := stack.exited()) is None:
             time.sleep(1)
