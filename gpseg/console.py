@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,6 +126,8 @@ def run_app(app: typer.Typer) -> None:
     and exit code 1, instead of a traceback."""
     for name, value in {**ENV_DEFAULTS, **project_prefect_home()}.items():
         os.environ.setdefault(name, value)
+    # said in one line by the flow commands (prefect_home_problem); Prefect warns of it as it is imported
+    warnings.filterwarnings("ignore", message="Failed to create the Prefect home directory")
     try:
         app()
     except StoreError as exc:  # e.g. a lock file that cannot be opened, where no command said it in its own words

@@ -201,6 +201,13 @@ def test_a_prefect_home_where_nothing_can_be_written_ends_a_flow_command_in_one_
     said = " ".join(result.output.split())
     assert result.exit_code == 1 and said == (f"error: PREFECT_HOME {tmp_path}/file/prefect: Not a directory; Prefect "
                                               "keeps its database there: set PREFECT_HOME to a writable folder")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "gpseg.cli", "benchmark", "--workdir", str(tmp_path / "w"),
+                           "--models", "gp-unet", "--preset", "smoke", "--brats", "phantom"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr  # not Prefect's warning too
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # a server's own database: nothing to check
     assert console_module.prefect_home_problem() is None
 
