@@ -39,12 +39,14 @@ def made_from(heatmaps: Path, weights: str) -> bool:
     written, :func:`gpmodels.files.weights_changed`). The task's cache alone is not enough: a run whose weights
     changed and changed back (trained further, then retrained from its best checkpoint) finds the cached result
     of the first weights, while the store on disk is of the second."""
-    from gpmodels.files import weights_changed
+    from gpmodels.files import made_at, weights_changed
 
     try:
         recorded = zarr.open_group(str(heatmaps), mode="r").attrs.get("weights")
-        made = (Path(heatmaps) / "zarr.json").stat().st_mtime
     except Exception:  # missing or damaged: made again
+        return False
+    made = made_at(heatmaps)
+    if made is None:
         return False
     if recorded is None:
         return not weights_changed(Path(heatmaps).parent.parent, {}, made)

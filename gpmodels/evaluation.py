@@ -30,7 +30,7 @@ import numpy as np
 import zarr
 
 from gpmodels.bootstrap import patient_bootstrap
-from gpmodels.files import (MODEL_FILE, damaged, heatmap_path, json_text, relocated, replace_together,
+from gpmodels.files import (MODEL_FILE, damaged, heatmap_path, json_text, made_at, relocated, replace_together,
                             weights_changed)
 from gpmodels.map_agreement import rank_agreement
 from gpmodels.metrics import (
@@ -101,20 +101,12 @@ def open_heatmaps(path: Path | str) -> zarr.Group:
         except Exception as exc:
             raise damaged(path / name / "zarr.json", exc, hint) from None
     run_dir = path.parent.parent
-    if weights_changed(run_dir, attrs, _made(path)):
+    if weights_changed(run_dir, attrs, made_at(path)):
         unrecorded = "" if attrs.get("weights") else ", by a gpseg that did not record them, before it was written"
         raise ValueError(f"{path}: made from earlier weights than {run_dir / MODEL_FILE} (the run was trained "
                          f"further since{unrecorded}){hint}")
     check_chunks(group, path)
     return group
-
-
-def _made(path: Path) -> float | None:
-    """When a heatmap store was made: its ``zarr.json``'s modification time (its attributes are written last)."""
-    try:
-        return (path / "zarr.json").stat().st_mtime
-    except OSError:
-        return None
 
 
 HEATMAP_ATTRS = ("classes", "model", "store_path")

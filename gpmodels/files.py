@@ -69,6 +69,15 @@ def weights_changed(run_dir: Path | str, record: dict[str, Any], made: float | N
     return weights_hash(run_dir) != record["weights"]
 
 
+def made_at(store: Path | str) -> float | None:
+    """When a Zarr store (e.g. a heatmap store) was made: its ``zarr.json``'s modification time, in seconds since
+    the epoch (its attributes are written last); ``None`` when it cannot be read."""
+    try:
+        return (Path(store) / "zarr.json").stat().st_mtime
+    except OSError:
+        return None
+
+
 def heatmap_path(run_dir: Path | str, split: str) -> Path:
     """Where the heatmap store of a run's split lives: ``RUN/heatmaps/<split>.zarr``."""
     return Path(run_dir) / HEATMAP_DIR / f"{split}.zarr"

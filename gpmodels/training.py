@@ -54,7 +54,8 @@ from gpmodels.files import damaged, read_run_config, write_text_atomic
 from gpmodels.lightning_module import ClassifierModule
 from gpmodels.nets import build_model
 from gpmodels.train_config import DERIVED_FIELDS, RunConfig, TrainConfig
-from storage.locks import open_lock_file, pid_alive, unlockable
+from storage.folders import pid_alive
+from storage.locks import open_lock_file, unlockable
 from storage.quiet import quiet_logger
 from storage.store import SPLIT_NAMES, check_chunks, open_store
 

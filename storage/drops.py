@@ -69,6 +69,12 @@ def fingerprint(folder: Path | str) -> str:
     return digest.hexdigest()[:16]
 
 
+def is_beside_cases(name: str) -> bool:
+    """Whether a file of this name is one ingestion reads beside the cases, in the source folder itself
+    (``cvind.mat``, ``name_mapping.csv``), not a case's own file."""
+    return name in CVIND_FILES or name in METADATA_FILES
+
+
 def is_data_file(path: Path, source: Path | None = None) -> bool:
     """True for a file ingestion reads, by name: a NIfTI image or label file, a Jun Cheng slice ``N.mat``,
     and, directly in the source folder, ``cvind.mat`` and ``name_mapping.csv``. Other ``.mat`` files (the
@@ -81,7 +87,7 @@ def is_data_file(path: Path, source: Path | None = None) -> bool:
     """
     if is_slice_file(path.name):
         return True
-    if path.name in CVIND_FILES or path.name in METADATA_FILES:
+    if is_beside_cases(path.name):
         return source is None or path.parent == Path(source)
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 
@@ -128,7 +134,7 @@ def new_files(folder: Path | str, store: Path | str | None) -> list[str]:
     for path in files:
         rel = source_key(path, root)
         if rel not in stored and rel not in examined:
-            if not (unrecorded and (path.name in CVIND_FILES or path.name in METADATA_FILES)):
+            if not (unrecorded and is_beside_cases(path.name)):
                 fresh.append(rel)  # else read before, but not recorded: new data only when cases are
             continue
         if rel in states and list(file_state(path) or ()) == states[rel]:

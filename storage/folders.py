@@ -55,10 +55,13 @@ def writer_alive(folder: Path, tag: str, path: Path) -> bool:
     pid = rest if host else ""
     if not host or not pid.isdigit():
         return False
-    if host != socket.gethostname():
-        return True
+    return host != socket.gethostname() or pid_alive(int(pid))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one of another user counts)."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:  # another user's process: alive

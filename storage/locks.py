@@ -16,6 +16,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from storage.errors import StoreError
+from storage.folders import pid_alive
 
 
 class Busy(StoreError):
@@ -62,17 +63,6 @@ def exclusive_lock(path: Path, doing: str, busy: Callable[[str], str], say: Call
                 os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this host (one of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def holder_text(written: str, path: Path) -> str:
