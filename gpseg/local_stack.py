@@ -35,6 +35,8 @@ RUN_STOP_GRACE_SECONDS = 20.0
 Measured here, Prefect 3.9's engine did not exit on SIGTERM within 15 s while it trained."""
 ACTIVE_RUN_STATES = ("PENDING", "RUNNING", "CANCELLING")
 """Flow-run states that a stop of the stack cuts short: the worker has taken these runs."""
+SUBFLOW_DEPTH = 4
+"""How many levels of subflows :meth:`LocalStack.end_runs` cancels below a run it cut short."""
 CUT_RUN_MESSAGE = ("`gpseg serve` was stopped while this run was in progress; run it again (finished tasks "
                    "are taken from the cache)")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -249,18 +251,42 @@ class LocalStack:
         :data:`RUN_STOP_GRACE_SECONDS`. A run that the engine did not move to a final state is then
         set ``Cancelled`` with :data:`CUT_RUN_MESSAGE`, and so is one the engine set ``Crashed`` on that SIGTERM
         (Prefect's engine reads a termination signal as a crash). Only processes that run Prefect's engine are
-        signalled (a recorded pid may have been reused). Returns ``"NAME (ID)"`` of each run set
-        ``Cancelled`` (not those that had ended meanwhile).
+        signalled (a recorded pid may have been reused). Their subflow runs (``train-fan-out``) are set
+        ``Cancelled`` likewise. Returns ``"NAME (ID)"`` of each run set ``Cancelled``, subflows last (not
+        those that had ended meanwhile).
         """
         end_groups([pid for pid in map(_engine_pid, runs) if pid is not None], RUN_STOP_GRACE_SECONDS)
-        ended = []
-        for run in runs:
-            with contextlib.suppress(OSError, ValueError):  # the server went away: the run stays as it is
-                state = (self._api(f"flow_runs/{run['id']}").get("state") or {}).get("type")
-                if state in (*ACTIVE_RUN_STATES, "CRASHED"):
-                    self._api(f"flow_runs/{run['id']}/set_state", {"force": True, "state": {
-                        "type": "CANCELLED", "name": "Cancelled", "message": CUT_RUN_MESSAGE}})
-                    ended.append(f"{run.get('name')} ({run['id']})")
+        ended = [self._cancel(run) for run in runs]
+        ended += self._cancel_subflows([run["id"] for run in runs])
+        return [name for name in ended if name]
+
+    def _cancel(self, run: dict) -> str | None:
+        """Set ``run`` ``Cancelled`` with :data:`CUT_RUN_MESSAGE` if it is still active or the engine set it
+        ``Crashed``; return ``"NAME (ID)"``, or None when it had ended otherwise or the server went away."""
+        with contextlib.suppress(OSError, ValueError):  # the server went away: the run stays as it is
+            state = (self._api(f"flow_runs/{run['id']}").get("state") or {}).get("type")
+            if state in (*ACTIVE_RUN_STATES, "CRASHED"):
+                self._api(f"flow_runs/{run['id']}/set_state", {"force": True, "state": {
+                    "type": "CANCELLED", "name": "Cancelled", "message": CUT_RUN_MESSAGE}})
+                return f"{run.get('name')} ({run['id']})"
+        return None
+
+    def _cancel_subflows(self, parents: list[str]) -> list[str | None]:
+        """Cancel (:meth:`_cancel`) the subflow runs of ``parents`` (such as ``train-fan-out``), and theirs in
+        turn, down to :data:`SUBFLOW_DEPTH` levels: they ran in the parent's process, so the engine left them
+        ``Running`` or ``Crashed`` too."""
+        ended: list[str | None] = []
+        for _ in range(SUBFLOW_DEPTH):
+            if not parents:
+                break
+            try:
+                children = self._api("flow_runs/filter", {"flow_runs": {
+                    "parent_flow_run_id": {"any_": parents},
+                    "state": {"type": {"any_": [*ACTIVE_RUN_STATES, "CRASHED"]}}}}) or []
+            except (OSError, ValueError):  # the server went away: the subflows stay as they are
+                break
+            ended += [self._cancel(child) for child in children]
+            parents = [child["id"] for child in children]
         return ended
 
     def stop_worker(self) -> None:

@@ -75,7 +75,15 @@ def test_stop_ends_the_flow_runs_in_progress_after_the_worker_and_before_the_ser
             {"id": "r2", "name": "reused", "infrastructure_pid": f"host:{stranger.pid}"},
             {"id": "r3", "name": "finished-meanwhile", "infrastructure_pid": None}]
 
+    subflows = {"r1": [{"id": "s1", "name": "train-fan-out"}, {"id": "s2", "name": "done-subflow"}],
+                "s1": [{"id": "s3", "name": "nested"}]}
+    states.update(s1="CRASHED", s2="COMPLETED", s3="RUNNING")
+
     def api(path: str, body: dict | None = None):
+        if path == "flow_runs/filter":  # the subflows of the given parents, in the given states
+            wanted = body["flow_runs"]["state"]["type"]["any_"]
+            return [child for parent in body["flow_runs"]["parent_flow_run_id"]["any_"]
+                    for child in subflows.get(parent, []) if states[child["id"]] in wanted]
         run_id = path.split("/")[1]
         if body is None:
             return {"state": {"type": states[run_id]}}
@@ -87,11 +95,12 @@ def test_stop_ends_the_flow_runs_in_progress_after_the_worker_and_before_the_ser
     monkeypatch.setattr(stack, "_api", api)
     try:
         ended = stack.stop()
-        assert ended == ["cut (r1)", "reused (r2)"]
+        assert ended == ["cut (r1)", "reused (r2)", "train-fan-out (s1)", "nested (s3)"]
         assert engine.wait(5) == -signal.SIGKILL
         assert stranger.poll() is None
-        assert states == {"r1": "CANCELLED", "r2": "CANCELLED", "r3": "COMPLETED"}
-        assert order == ["r1 True False", "r2 True False"]  # the server still answers, the worker is gone
+        assert states == {"r1": "CANCELLED", "r2": "CANCELLED", "r3": "COMPLETED",
+                          "s1": "CANCELLED", "s2": "COMPLETED", "s3": "CANCELLED"}
+        assert order == ["r1 True False", "r2 True False", "s1 True False", "s3 True False"]  # the worker is gone
     finally:
         for proc in (engine, stranger):
             proc.kill()
