@@ -10,8 +10,8 @@ from prefect.states import State
 from flows.cluster import check_cluster
 from flows.layout import REPORT, dataset_failure_row, failure_carried_notes, rejection_note, summary_rows, tagged
 from flows.params import BenchmarkParams
-from flows.pipeline import (heatmaps_and_evaluation, log_rows, no_run_finished, prepare_dataset, train_and_keep,
-                            training_jobs)
+from flows.pipeline import (heatmaps_and_evaluation, log_rows, no_run_finished, outcome_here, prepare_dataset,
+                            train_and_keep, training_jobs)
 from flows.workdir_lock import workdir_lock
 from tasks.evaluation import publish, report
 
@@ -83,7 +83,4 @@ def run_in_process(params: BenchmarkParams) -> dict:
     Raises:
         Exception: what the flow raised (e.g. an unreachable ``dask_address``), instead of returning it.
     """
-    result = full_benchmark(params, return_state=True).result(raise_on_failure=False)
-    if isinstance(result, BaseException):
-        raise result
-    return result
+    return outcome_here(full_benchmark, params)

@@ -432,8 +432,40 @@ def log_rows(results: list[dict], rows: list[dict]) -> tuple[list[str], list[dic
     return [r["run_dir"] for r in results if "failed" not in r], failed
 
 
+class NoRunFinished(Exception):
+    """The error of the Failed state a flow returns when no run finished (:func:`no_run_finished`): its message,
+    and the flow's result as ``outcome`` (what ``gpseg benchmark`` and ``gpseg retrain`` print from).
+
+    A Failed state's data must be an exception: Prefect raises it from the state, and a flow run started by a
+    worker raised ``TypeError: Unexpected result for failed state`` with a long traceback for a dict.
+    """
+
+    def __init__(self, message: str, outcome: dict) -> None:
+        super().__init__(message, outcome)  # both in args: the error pickles with the persisted result
+        self.outcome = outcome
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def no_run_finished(failed: list[dict], outcome: dict, before: str = "") -> State:
     """The Failed state a flow returns when no run finished, so ``prefect deployment run ... --watch``, the UI
-    and unwatched scheduled runs say so; ``outcome`` stays its data. ``before`` starts the message."""
-    return Failed(message=f"{before}no run finished; {len(failed)} failure(s): "
-                          + "; ".join(row_line(r) for r in failed), data=outcome)
+    and unwatched scheduled runs say so; its data is a :class:`NoRunFinished` holding ``outcome``. ``before``
+    starts the message."""
+    message = f"{before}no run finished; {len(failed)} failure(s): " + "; ".join(row_line(r) for r in failed)
+    return Failed(message=message, data=NoRunFinished(message, outcome))
+
+
+def outcome_here(flow_function: Callable[..., object], params: object) -> dict:
+    """Run a flow here (Prefect's temporary local API) and return its result, also when it ended Failed because
+    no run finished (:class:`NoRunFinished`'s outcome).
+
+    Raises:
+        Exception: what the flow raised otherwise (e.g. an unreachable ``dask_address``).
+    """
+    result = flow_function(params, return_state=True).result(raise_on_failure=False)
+    if isinstance(result, NoRunFinished):
+        return result.outcome
+    if isinstance(result, BaseException):
+        raise result
+    return result

@@ -194,8 +194,9 @@ def retrain_cmd(
     Exit 0 when retrained or nothing is new, 1 when a run failed, 2 when new files were rejected.
     """
     from flows.params import DatasetSpec, RetrainParams
-    from flows.retrain import retrain_on_new_data
     from flows.layout import default_drop_folder
+    from flows.pipeline import outcome_here
+    from flows.retrain import retrain_on_new_data
     from gpseg.drop_command import DROP_KINDS
 
     if kind not in DROP_KINDS:
@@ -215,7 +216,8 @@ def retrain_cmd(
             **training_options(models, option, devices, precision, seeds, threshold))
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
-    raise retrain_outcome(run_here(lambda: retrain_on_new_data(params)), drop, params.threshold.describe())
+    raise retrain_outcome(run_here(lambda: outcome_here(retrain_on_new_data, params)), drop,
+                          params.threshold.describe())
 
 
 def _check_report(workdir: Path) -> None:

@@ -553,7 +553,22 @@ def test_a_retrain_where_no_training_finished_ends_failed(tmp_path, monkeypatch)
     assert state.is_failed()
     assert re.match(r"data version [0-9a-f]+ of brats ingested, but no run finished; 1 failure\(s\): brats gp-unet "
                     r"fold 0: FAILED: training: ValueError: out: .* holds a run with other settings", state.message)
-    assert state.result(raise_on_failure=False)["status"] == "retrained"
+    assert state.result(raise_on_failure=False).outcome["status"] == "retrained"
+    # a worker's engine raises the state's error: it was "TypeError: Unexpected result for failed state: {...}"
+    from flows.pipeline import NoRunFinished
+
+    with pytest.raises(NoRunFinished, match=r"^data version [0-9a-f]+ of brats ingested, but no run finished; "):
+        retrain_on_new_data(_retrain_params(tmp_path / "w", tmp_path / "drop"))
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    said = CliRunner().invoke(app, ["retrain", "--workdir", str(tmp_path / "w"), "--source", str(tmp_path / "drop"),
+                                    "--models", "gp-unet", "--folds", "1", "--preset", "smoke"])
+    lines = said.output.splitlines()
+    assert said.exit_code == 1 and "retrained on data version" in lines[0], said.output
+    assert lines[1].startswith("failed: brats gp-unet fold 0: training: ValueError: ") and \
+        lines[2] == "no run finished, so there is no report", said.output
 
 
 def test_a_retrain_asking_for_more_folds_than_the_store_has_ingests_nothing(bench_workdir, first_run, tmp_path):
