@@ -23,7 +23,11 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
     A dataset that cannot be ingested or validated (a missing folder, nothing usable in it, failed
     expectations) gets one failed row and the other datasets go on.
 
-    When runs or datasets failed and no run finished, the flow run ends Failed, with this result as its data.
+    When runs or datasets failed and no run finished, the flow run ends Failed; its error
+    (:class:`flows.pipeline.NoRunFinished`) holds this result.
+
+    Args:
+        params: datasets, models, folds, preset, thresholds and where to work.
 
     Returns:
         ``report`` (HTML path, ``None`` when no run finished), ``rows`` (one per run, and one per dataset

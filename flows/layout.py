@@ -50,6 +50,13 @@ def dataset_of(run_dir: str | Path) -> str:
     return parents[2].name if in_layout else ""
 
 
+def run_title(run_dir: str | Path, model: str, fold: int) -> str:
+    """``"brats gp-unet fold 0"`` (``"... seed 1"`` for a seed's run dir): which run a run dir is, in words (no
+    dataset for a run dir outside the layout)."""
+    seed = Path(run_dir).name.removeprefix(SEED_PREFIX) if Path(run_dir).name.startswith(SEED_PREFIX) else None
+    return " ".join(filter(None, [dataset_of(run_dir), model, f"fold {fold}", seed and f"seed {seed}"]))
+
+
 def data_version_of(run_dir: str | Path) -> str:
     """The data version of a run dir laid out as above; ``""`` for a run dir outside that layout."""
     fold_dir = Path(run_dir)

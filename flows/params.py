@@ -34,14 +34,19 @@ class DatasetSpec(_Params):
     names the dataset's phantoms, store and runs, so the datasets of a benchmark need distinct labels.
     """
 
-    kind: DatasetKind
-    source: str = "phantom"
+    kind: DatasetKind = Field(description="brats (BraTS 2020 layout), jun-cheng (figshare .mat files) or manifest "
+                              "(a CSV of your NIfTI volumes).")
+    source: str = Field("phantom", description="The dataset's folder, a manifest CSV, or 'phantom' (BraTS and Jun "
+                        "Cheng) to synthesise phantoms first.")
     name: str | None = Field(None, description="Label in paths and the report (default: the kind).")
     phantom_cases: int = Field(16, ge=2, description="BraTS cases or Jun Cheng slices of a phantom source.")
-    phantom_size: int = Field(96, ge=32)
+    phantom_size: int = Field(96, ge=32, description="Side of the phantom slices in pixels (jun-cheng: at least "
+                              f"{JUN_CHENG_MIN_PHANTOM}).")
     image_size: int | None = Field(None, description="Store slice size (default: native).")
-    split: Literal["grouped", "slice", "cvind"] = "grouped"
-    seed: int = 0
+    split: Literal["grouped", "slice", "cvind"] = Field(
+        "grouped", description="Folds: grouped by patient (honest), by slice (the paper's leaky split) or from "
+        "Jun Cheng's cvind.mat.")
+    seed: int = Field(0, description="Seed of the phantoms and of the fold assignment.")
     workers: int = Field(2, ge=0, description="Dask processes reading cases.")
 
     @property
@@ -75,13 +80,18 @@ class CleaningParams(_Params):
 class ThresholdParams(_Params):
     """Heatmap thresholds. ``offset=None`` uses the paper's per-model multi-Otsu offsets."""
 
-    method: Literal["otsu", "multiotsu", "fixed"] = "multiotsu"
-    offset: float | Literal["auto"] | None = None
-    value: float = Field(0.5, allow_inf_nan=False)
+    method: Literal["otsu", "multiotsu", "fixed"] = Field(
+        "multiotsu", description="Threshold of the heatmaps: Otsu, 3-class multi-Otsu (upper threshold minus the "
+        "offset) or a fixed value.")
+    offset: float | Literal["auto"] | None = Field(
+        None, description="multiotsu's offset: a number, 'auto' (chosen on the validation masks) or null (the "
+        "paper's per model).")
+    value: float = Field(0.5, allow_inf_nan=False, description="The fixed method's threshold (maps in [0, 1]).")
     target_class: Literal["predicted", "true"] = Field(
         "predicted", description="Threshold the map of the predicted class (the paper) or of the true class "
                                  "(localisation alone).")
-    cleaning: CleaningParams = Field(default_factory=CleaningParams)
+    cleaning: CleaningParams = Field(default_factory=CleaningParams, description="Mask clean-up after "
+                                     "thresholding (all off: the paper).")
 
     @field_validator("offset")
     @classmethod
@@ -147,14 +157,17 @@ class TrainingParams(_Params):
 
     workdir: str = Field("runs/benchmark", validate_default=True, description="Phantoms, stores, runs and the "
                          "report go here (a relative path is made absolute against the current directory).")
-    models: list[ModelName] = Field(default_factory=lambda: list(MODEL_NAMES))
-    folds: int = Field(3, ge=1, le=20)
-    preset: Literal["paper", "demo", "smoke"] = "demo"
+    models: list[ModelName] = Field(default_factory=lambda: list(MODEL_NAMES), min_length=1,
+                                    description="Networks to train (at least one).")
+    folds: int = Field(3, ge=1, le=20, description="Cross-validation folds; each (model, fold) trains one run.")
+    preset: Literal["paper", "demo", "smoke"] = Field(
+        "demo", description="Training settings: paper (300 epochs, the paper's), demo (minutes on a CPU) or smoke "
+        "(seconds; checks the pipeline).")
     train_overrides: dict = Field(default_factory=dict, description="TrainConfig fields overriding the preset.")
     model_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Network options per model, added to the preset's, e.g. "
         '{"gp-shuffleunet": {"pool": "maps", "blur": true}}.')
-    threshold: ThresholdParams = Field(default_factory=ThresholdParams)
+    threshold: ThresholdParams = Field(default_factory=ThresholdParams, description="How heatmaps become masks.")
     dask_address: str | None = Field(None, description="Run training on this Dask scheduler (GPU workers).")
     posthoc_slices: int = Field(2, ge=0, description="Test slices with occlusion/guided-backprop maps per run "
                                 "(occlusion costs hundreds of forward passes per slice).")
@@ -223,7 +236,8 @@ class TrainingParams(_Params):
 class BenchmarkParams(TrainingParams):
     """Parameters of ``full-benchmark``."""
 
-    datasets: list[DatasetSpec] = Field(default_factory=_default_datasets)
+    datasets: list[DatasetSpec] = Field(default_factory=_default_datasets, min_length=1, description=(
+        "Datasets to benchmark (at least one; default: BraTS and Jun Cheng phantoms)."))
 
     @field_validator("datasets")
     @classmethod
@@ -250,11 +264,12 @@ class BenchmarkParams(TrainingParams):
 class PostprocessParams(_Params):
     """Parameters of ``postprocess``: re-threshold stored heatmaps and re-report."""
 
-    workdir: str = Field("runs/benchmark", validate_default=True)
+    workdir: str = Field("runs/benchmark", validate_default=True, description="The benchmark's work dir (a "
+                         "relative path is made absolute against the current directory).")
     runs: list[str] = Field(default_factory=list, description=(
         "Run dirs (default: the runs of the report in workdir/report, so older data versions and seeds not "
         "kept stay out; without a report, every run with test heatmaps under workdir/runs)."))
-    threshold: ThresholdParams = Field(default_factory=ThresholdParams)
+    threshold: ThresholdParams = Field(default_factory=ThresholdParams, description="How heatmaps become masks.")
     out: str | None = Field(None, description="Report folder (default: workdir/report).")
 
     _absolute_workdir = field_validator("workdir")(absolute_workdir)

@@ -14,13 +14,14 @@ from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.cluster import check_cluster, cluster_problem
-from flows.layout import PHANTOMS, RUNS, SEED_PREFIX, STORES, dataset_of, row_line, row_where
+from flows.layout import PHANTOMS, RUNS, SEED_PREFIX, STORES, dataset_of, row_line, row_where, run_title
 from flows.params import DatasetSpec, ThresholdParams, TrainingParams
 from gpmodels.files import SEED_SELECTION, read_run_config, write_text_atomic
 from gpmodels.train_config import preset_config
 from storage.errors import one_line
 from tasks.data import fingerprint, ingest_source, synth_phantoms, validate
 from tasks.evaluation import evaluate_run
+from tasks.naming import named
 from tasks.training import heatmap_path, make_heatmaps, train_model, weights_hash
 
 
@@ -97,12 +98,14 @@ def ingest_fresh(kind: str, source: str, store: str, config: dict, append: bool 
     sizes and modification times, :func:`tasks.data.fingerprint`) may not tell from what it has seen (a
     corrected file of one size copied with its modification time kept).
     """
-    args = (kind, source, store, config, fingerprint(source))
+    label = Path(store).stem
+    args = (kind, source, store, config, named(fingerprint, "fingerprint", label)(source))
     before = store_settings(store)
-    ingest = ingest_source.with_options(refresh_cache=True) if refresh else trusted(ingest_source, store)
+    ingest = named(ingest_source.with_options(refresh_cache=True) if refresh else trusted(ingest_source, store),
+                   "ingest", label)
     summary = ingest(*args, append=append)
     if stored_version(store) != summary["data_version"]:
-        summary = ingest_source.with_options(refresh_cache=True)(*args, append=append)
+        summary = named(ingest_source.with_options(refresh_cache=True), "ingest", label)(*args, append=append)
     after = store_settings(store)
     changed = {key: (before[key], after.get(key)) for key in before or {} if before[key] != after.get(key)}
     if changed:  # e.g. a store made by hand with `gpseg ingest --normalisation paper` where the flow keeps its own
@@ -170,11 +173,11 @@ def prepare_dataset(workdir: str, spec: DatasetSpec, folds: int) -> dict:
     """Phantoms (if asked), ingestion and validation of one dataset. Returns the ingest summary."""
     source = spec.source
     if source == "phantom":
-        source = synth_phantoms(spec.kind, str(Path(workdir) / PHANTOMS / spec.label), spec.phantom_cases,
+        source = named(synth_phantoms, "phantoms", spec.label)(spec.kind, str(Path(workdir) / PHANTOMS / spec.label), spec.phantom_cases,
                                 spec.phantom_size, spec.seed)
     store = store_path(workdir, spec)
     summary = ingest_fresh(spec.kind, source, store, ingest_config(spec, folds))
-    validate(store)
+    named(validate, "validate", spec.label)(store)
     return summary
 
 
@@ -284,8 +287,9 @@ def train_fan_out(jobs: list[dict], dask_address: str | None = None) -> list[dic
 
         annotate = dask.annotate(resources={"GPU": gpus_per_job(jobs)})
     with annotate:
-        futures = [trusted(train_model, Path(job["out"]) / "model.pt",
-                           lambda path, job=job: weights_readable(path) and same_settings(job)).submit(**job)
+        futures = [named(trusted(train_model, Path(job["out"]) / "model.pt",
+                                 lambda path, job=job: weights_readable(path) and same_settings(job)),
+                         "train", run_title(job["out"], job["model"], job["fold"])).submit(**job)
                    for job in jobs]
     out = []
     for job, future in zip(jobs, futures):
@@ -402,9 +406,11 @@ def heatmaps_and_evaluation(trained: list[dict], threshold: ThresholdParams, pos
             weights = weights_hash(run["run_dir"])
             for split, count in (("val", 0), ("test", posthoc)):
                 path = heatmap_path(run["run_dir"], split)
-                heatmaps = trusted(make_heatmaps, path, lambda p, w=weights: made_from(p, w))
+                heatmaps = named(trusted(make_heatmaps, path, lambda p, w=weights: made_from(p, w)), "heatmaps",
+                                 run_title(run["run_dir"], run["model"], run["fold"]), split)
                 heatmaps(run["run_dir"], weights, split, count)
-            evaluation = evaluate_run(run["run_dir"], threshold.for_model(run["model"]))
+            evaluation = named(evaluate_run, "evaluate", run_title(run["run_dir"], run["model"], run["fold"]))(
+                run["run_dir"], threshold.for_model(run["model"]))
         except Exception as exc:  # one run's failure must not lose the others
             logger.error("%s fold %s: heatmaps/evaluation failed: %s", run["model"], run["fold"], exc)
             out.append({**run, "failed": f"heatmaps/evaluation: {exc}"})

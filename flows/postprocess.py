@@ -6,12 +6,14 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.layout import REPORT, carried_notes, dataset_of, default_runs, failure_notes, row_line, summary_rows
+from flows.layout import (REPORT, carried_notes, dataset_of, default_runs, failure_notes, row_line, run_title,
+                          summary_rows)
 from flows.params import PostprocessParams
 from flows.workdir_lock import postprocess_workdirs, workdir_locks
 from gpmodels.files import read_run_config
 from storage.errors import one_line
 from tasks.evaluation import evaluate_run, publish, report
+from tasks.naming import named
 
 
 @flow(name="postprocess", log_prints=True)
@@ -21,6 +23,9 @@ def postprocess(params: PostprocessParams = PostprocessParams()) -> dict:
     The work dirs it reads or writes in are locked (:mod:`flows.workdir_lock`): ``workdir`` when its runs or
     report are taken, and those of the runs and report folder given. So a re-threshold never puts back a report
     of older runs over the one a benchmark or retrain writes meanwhile, nor rewrites a run's evaluation then.
+
+    Args:
+        params: the work dir, the runs (default: the report's) and the new thresholds.
     """
     logger = get_run_logger()
     own = None if params.runs and params.out else params.workdir  # else its runs or report are taken
@@ -41,7 +46,8 @@ def _postprocess(params: PostprocessParams, logger) -> dict:
         train: dict = {}
         try:
             train = read_run_config(run)["train"]
-            evaluation = evaluate_run(run, params.threshold.for_model(train["model"]))
+            evaluation = named(evaluate_run, "evaluate", run_title(run, train["model"], train["fold"]))(
+                run, params.threshold.for_model(train["model"]))
         except Exception as exc:  # one run (e.g. of a store re-ingested since) must not stop the others
             logger.error("%s: %s", run, one_line(exc))
             results.append({"model": train.get("model", Path(run).name), "fold": train.get("fold"), "run_dir": run,

@@ -18,6 +18,7 @@ from flows.workdir_lock import workdir_lock
 from storage.errors import NoUsableInput
 from tasks.data import find_new_files, validate
 from tasks.evaluation import publish, report
+from tasks.naming import named
 
 
 @flow(name="retrain-on-new-data", log_prints=True)
@@ -33,9 +34,12 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     A run stopped after its ingestion (killed, cancelled, a failed validation or training) left a data
     version without a report; the next run trains and reports that version (finished trainings resume
     or come from the cache), even when no file is new. A run in which no training finished ends Failed,
-    with this result as its data; ``folds`` beyond the store's, and a ``dask_address`` cluster that cannot
+    its error holding this result; ``folds`` beyond the store's, and a ``dask_address`` cluster that cannot
     train, are refused when there is something to train, before anything is ingested (a night without new
     data stays "no new data").
+
+    Args:
+        params: the work dir, the dataset whose drop folder is read, and how to retrain.
     """
     logger = get_run_logger()
     spec = params.dataset
@@ -53,7 +57,7 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
     """The body of :func:`retrain_on_new_data`, with the work dir locked."""
     spec = params.dataset
     read_report(report_dir)  # a damaged report fails the run here, before any ingestion, not after it
-    fresh = find_new_files(spec.source, store)
+    fresh = named(find_new_files, "new files of", spec.label)(spec.source, store)
     new_rejects: dict[str, str] = {}
     ingested_cases = 0
     if fresh:
@@ -89,7 +93,7 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
     if rejected_note:
         logger.warning("%s", rejected_note)
     check_folds(store, params.folds)  # also for a data version an earlier run ingested
-    validate(store)
+    named(validate, "validate", spec.label)(store)
     trained, seed_notes = train_and_keep(training_jobs(params, spec.label, store, version), params)
     results = [{**r, "dataset": spec.label} for r in heatmaps_and_evaluation(trained, params.threshold,
                                                                                params.posthoc_slices)]

@@ -18,6 +18,7 @@ import logging
 import math
 import multiprocessing
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -268,13 +269,73 @@ CACHE_MEMORY_SHARE = 0.5
 rest is for the model, the other splits and the loader)."""
 
 
-def fits_in_memory(nbytes: int, limit_bytes: int) -> bool:
-    """Whether a split of ``nbytes`` may be cached with ``cache="auto"``: less than ``limit_bytes`` and less than
-    :data:`CACHE_MEMORY_SHARE` of the memory available now (so a limit raised on one machine does not get
-    a smaller machine's process killed for memory)."""
+def fits_in_memory(nbytes: int, limit_bytes: int, processes: int = 1) -> bool:
+    """Whether a split of ``nbytes`` may be cached with ``cache="auto"``: less than ``limit_bytes``, and
+    ``processes`` copies of it (the DDP processes of this machine, which each cache their own and decide at the same
+    moment) less than :data:`CACHE_MEMORY_SHARE` of the memory available now (:func:`available_memory`), so a
+    limit raised on one machine does not get a smaller machine's (or container's) process killed for memory."""
+    return nbytes < limit_bytes and nbytes * max(1, processes) < CACHE_MEMORY_SHARE * available_memory()
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process: the machine's (psutil), or less where its control group (a
+    container, a Slurm job) is limited: the group's limit minus its use (cgroup v2 ``memory.max`` and
+    ``memory.current``, v1 ``memory.limit_in_bytes`` and ``memory.usage_in_bytes``)."""
     import psutil  # with dask.distributed
 
-    return nbytes < limit_bytes and nbytes < CACHE_MEMORY_SHARE * psutil.virtual_memory().available
+    available = int(psutil.virtual_memory().available)
+    for limit_file, usage_file in _cgroup_memory_files():
+        try:
+            limit = limit_file.read_text().strip()
+            used = int(usage_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:  # "max", or v1's "no limit" of about 2**63
+            available = min(available, max(0, int(limit) - used))
+    return available
+
+
+def _cgroup_memory_files(proc_cgroup: Path = Path("/proc/self/cgroup"),
+                         root: Path = Path("/sys/fs/cgroup")) -> list[tuple[Path, Path]]:
+    """``(limit file, usage file)`` of this process's memory control group (v2, and v1's memory controller);
+    none where there is no such file system (not Linux)."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        _, controllers, group = (line.split(":", 2) + ["", ""])[:3]
+        group = group.lstrip("/")
+        if controllers == "":  # v2's one hierarchy
+            found.append((root / group / "memory.max", root / group / "memory.current"))
+        elif "memory" in controllers.split(","):
+            found.append((root / "memory" / group / "memory.limit_in_bytes",
+                          root / "memory" / group / "memory.usage_in_bytes"))
+    return found
+
+
+class StoreUnchanged(pl.Callback):
+    """Stop a training whose slice store was re-ingested under it (``gpseg ingest --overwrite``, a flow's
+    ingestion), before the epoch's checkpoints are saved (Lightning runs checkpoint callbacks last).
+
+    The data module checks the store's data version when it sets up; afterwards a split read from the store
+    (not cached) reads its chunk files by path, so the rest of the training read the new store's slices under the
+    old labels (rows past its end as zeros) without an error until the test, after ``model.pt`` was written.
+    Checked after each validation and at each training epoch's end (one small file read)."""
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer)
+
+    @staticmethod
+    def _check(trainer: pl.Trainer) -> None:
+        data = getattr(trainer, "datamodule", None)
+        if isinstance(data, SliceDataModule):
+            data.check_store_unchanged()
 
 
 class SliceDataModule(pl.LightningDataModule):
@@ -339,12 +400,7 @@ class SliceDataModule(pl.LightningDataModule):
         missing = [split for split in wanted if split not in self.datasets]
         if not missing:
             return
-        group = open_store(self.store)
-        found = group.attrs.get("data_version")
-        if self.data_version and found != self.data_version:
-            raise StoreError(f"{self.store}: data version {found}, but this run started on {self.data_version}: the "
-                             "store was re-ingested while it trained, so its splits may hold other slices; train the "
-                             "run again")
+        group = self.check_store_unchanged()
         self.classes = list(group.attrs["classes"])
         self.channels = list(group.attrs["channels"])
         self.store_image_size = int(group["images"].shape[-1])
@@ -354,8 +410,36 @@ class SliceDataModule(pl.LightningDataModule):
         for split in missing:
             indices = split_indices(group, self.fold, split)
             cache = self.cache == "always" or (self.cache == "auto" and fits_in_memory(
-                len(indices) * slice_bytes, self.cache_limit_bytes))
+                len(indices) * slice_bytes, self.cache_limit_bytes, self._processes_here()))
             self.datasets[split] = SliceDataset(self.store, indices, labels[indices], cache=cache)
+
+    def _processes_here(self) -> int:
+        """The training processes on this machine (DDP: one per device), each of which holds its own cache."""
+        world, nodes = getattr(self.trainer, "world_size", 1), getattr(self.trainer, "num_nodes", 1)
+        return max(1, world // max(1, nodes))
+
+    def _pin_memory(self) -> bool:
+        """Pin the loaders' batches for a copy to a CUDA device only: a CPU training on a machine with a GPU
+        gains nothing from it."""
+        strategy = getattr(self.trainer, "strategy", None)
+        if strategy is None:  # no trainer: as a trainer on the default device
+            return torch.cuda.is_available()
+        return strategy.root_device.type == "cuda"
+
+    def check_store_unchanged(self) -> Any:
+        """The store's group, once its data version is checked to be the run's (when the module was given one).
+
+        Raises:
+            storage.errors.StoreError: the store holds another data version (it was re-ingested: its splits may
+                hold other slices, and workers reading it by path would read them), or it is gone.
+        """
+        group = open_store(self.store)
+        found = group.attrs.get("data_version")
+        if self.data_version and found != self.data_version:
+            raise StoreError(f"{self.store}: data version {found}, but this run started on {self.data_version}: the "
+                             "store was re-ingested while it trained, so its splits may hold other slices; train the "
+                             "run again")
+        return group
 
     def split_sizes(self) -> dict[str, int]:
         """Slices per split set up so far."""
@@ -390,7 +474,7 @@ class SliceDataModule(pl.LightningDataModule):
         share = math.ceil(len(dataset) / devices)  # the slices of each DDP process (train_batches_per_device)
         return _GlobalDrawLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
                                  drop_last=training and share > self.batch_size, generator=generator,
-                                 persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+                                 persistent_workers=workers > 0, pin_memory=self._pin_memory())
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled per epoch (:class:`EpochShuffleSampler`); the last partial batch is dropped (a batch

@@ -141,7 +141,7 @@ def predicted_masks(maps: np.ndarray, predicted: np.ndarray, labels: np.ndarray,
         bool ``(n, H, W)``.
     """
     classes = predicted if config.target_class == "predicted" else labels
-    masks = segment_heatmaps(select_maps(maps.astype(np.float32), classes), config)
+    masks = segment_heatmaps(select_maps(maps, classes).astype(np.float32), config)  # one map per slice converted
     if tumour_free:
         masks[classes == 0] = False
     return masks
@@ -204,7 +204,7 @@ def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig,
     scores, has_target = [], []
     for start in range(0, tumour.size, chunk):
         rows = tumour[start:start + chunk]
-        maps = select_maps(read_rows(rows, val["maps"])[0].astype(np.float32), classes[rows])
+        maps = select_maps(read_rows(rows, val["maps"])[0], classes[rows]).astype(np.float32)
         targets = read_rows(index[rows], store["masks"])[0] > 0
         chunk_scores, chunk_has_target = offset_scores(config, maps, targets)
         scores.append(chunk_scores)
@@ -321,6 +321,10 @@ def _config_dict(config: ThresholdConfig) -> dict[str, Any]:
     return out
 
 
+AGREEMENT_SLICES = 64
+"""Post-hoc slices whose rank agreement (:func:`gpmodels.map_agreement.rank_agreement`) is computed together."""
+
+
 def _posthoc_agreement(heat: zarr.Group) -> dict[str, Any] | None:
     """Median rank agreement of each post-hoc map with the inherent (GP) or Grad-CAM map."""
     if "posthoc" not in heat:
@@ -329,13 +333,17 @@ def _posthoc_agreement(heat: zarr.Group) -> dict[str, Any] | None:
     reference = "gp" if "gp" in group else "gradcam"
     if reference not in group:
         return None
-    ref = group[reference][:].astype(np.float32)
+    ref = group[reference]
     out: dict[str, Any] = {"reference": reference, "slices": int(ref.shape[0]), "spearman_median": {},
                            "slices_used": {}}
     for name in sorted(group.array_keys()):
         if name in ("rows", reference):
             continue
-        rho = rank_agreement(ref, group[name][:].astype(np.float32))
+        # in parts: the ranks take a few float64 copies of the maps (about 5 MB per 240-px slice)
+        rho = np.concatenate([np.zeros(0), *(
+            rank_agreement(ref[start:start + AGREEMENT_SLICES].astype(np.float32),
+                           group[name][start:start + AGREEMENT_SLICES].astype(np.float32))
+            for start in range(0, ref.shape[0], AGREEMENT_SLICES))])
         out["spearman_median"][name] = float(np.nanmedian(rho)) if np.isfinite(rho).any() else None
         out["slices_used"][name] = int(np.isfinite(rho).sum())  # a constant map on either side has no rank order
     return out

@@ -46,6 +46,8 @@ from storage.store import CHUNK_COUNTS, SPLIT_NAMES, check_chunks, check_data_ve
 POSTHOC_METHODS: tuple[str, ...] = ("occlusion", "guided_backprop")
 
 
+POSTHOC_OCCLUSION_SLICES = 64
+"""Slices whose occlusion maps are made (and held) together; more post-hoc slices are made in parts of this size."""
 POSTHOC_SLICES_PER_PASS = 2
 """Slices whose gradient maps (guided backpropagation, Grad-CAM) are made together. The backward pass keeps
 the network's activations in float32: for 8 slices at once at 512 px, GP-ShuffleUNet's would need about 30 GiB."""
@@ -239,14 +241,19 @@ def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, 
     if rows.size == 0:
         return
     size = int(group["images"].shape[-1])
-    parts: dict[str, list[np.ndarray]] = {}
-    # Occlusion runs without gradients and batches its forward passes by pixels, so it takes every slice at
-    # once; guided backprop and the reference map (a baseline's is Grad-CAM, which needs a backward pass too)
-    # take POSTHOC_SLICES_PER_PASS slices at a time.
-    chunks = [rows[start:start + POSTHOC_SLICES_PER_PASS] for start in range(0, rows.size, POSTHOC_SLICES_PER_PASS)]
-    calls = [(rows, [m for m in POSTHOC_METHODS if m not in GRADIENT_METHODS], False)]
-    calls += [(chunk, [m for m in POSTHOC_METHODS if m in GRADIENT_METHODS], True) for chunk in chunks]
-    for part, methods, reference in calls:
+    heat.create_array("posthoc/rows", data=rows.astype(np.int64))
+    written: dict[str, zarr.Array] = {}
+    # Occlusion runs without gradients and batches its forward passes by pixels, so it takes
+    # POSTHOC_OCCLUSION_SLICES slices at a time; guided backprop and the reference map (a baseline's is Grad-CAM,
+    # which needs a backward pass too) take POSTHOC_SLICES_PER_PASS. Each part's maps are written as they come,
+    # so memory does not grow with ``count``.
+    plain = [m for m in POSTHOC_METHODS if m not in GRADIENT_METHODS]
+    gradient = [m for m in POSTHOC_METHODS if m in GRADIENT_METHODS]
+    calls = [(start, rows[start:start + POSTHOC_OCCLUSION_SLICES], plain, False)
+             for start in range(0, rows.size, POSTHOC_OCCLUSION_SLICES)]
+    calls += [(start, rows[start:start + POSTHOC_SLICES_PER_PASS], gradient, True)
+              for start in range(0, rows.size, POSTHOC_SLICES_PER_PASS)]
+    for start, part, methods, reference in calls:
         if not methods and not reference:
             continue
         images = torch.from_numpy(read_rows(index[part], group["images"])[0].astype(np.float32))
@@ -254,7 +261,7 @@ def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, 
         target = torch.from_numpy(labels[part].astype(np.int64)).to(device)
         maps = posthoc_batch(model, images, target, methods=methods, is_gp=gp, reference=reference)
         for name, values in maps.items():
-            parts.setdefault(name, []).append(_resized_maps(np.asarray(values, dtype=np.float32), size))
-    heat.create_array("posthoc/rows", data=rows.astype(np.int64))
-    for name, values in parts.items():
-        heat.create_array(f"posthoc/{name}", data=np.concatenate(values))
+            if name not in written:
+                written[name] = heat.create_array(f"posthoc/{name}", shape=(rows.size, size, size), dtype=np.float32,
+                                                  chunks=(1, size, size))
+            written[name][start:start + part.size] = _resized_maps(np.asarray(values, dtype=np.float32), size)

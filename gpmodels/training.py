@@ -49,7 +49,8 @@ from gpmodels.checkpoints import (
     remove_partial_checkpoints,
     save_weights,
 )
-from gpmodels.data import SliceDataModule, balanced_class_weights, split_indices, train_batches_per_device
+from gpmodels.data import (SliceDataModule, StoreUnchanged, balanced_class_weights, split_indices,
+                           train_batches_per_device)
 from gpmodels.files import damaged, read_run_config, write_text_atomic
 from gpmodels.lightning_module import ClassifierModule
 from gpmodels.nets import build_model
@@ -563,7 +564,7 @@ def _train(run: RunConfig, paths: RunPaths, previous: RunConfig | None, progress
                                cache=config.cache, cache_limit_bytes=int(config.cache_limit_gb * 2**30),
                                data_version=run.data_version or None)
         checkpoint, last = _checkpoint_callbacks(paths, _killed_attempts_best(paths, progress))
-        trainer = _trainer(run, paths, start_step, [checkpoint, last], progress_bar)
+        trainer = _trainer(run, paths, start_step, [StoreUnchanged(), checkpoint, last], progress_bar)
         interrupt_handler = signal.getsignal(signal.SIGINT)
         try:
             trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
@@ -750,14 +751,15 @@ def _checkpoint_callbacks(paths: RunPaths, killed_best: tuple[str, float | None]
     return best, RunDirCheckpoint(filename=paths.last.stem, monitor=None, **common)
 
 
-def _trainer(run: RunConfig, paths: RunPaths, start_step: int, checkpoints: list[ModelCheckpoint],
+def _trainer(run: RunConfig, paths: RunPaths, start_step: int, given: list[pl.Callback],
              progress_bar: bool) -> pl.Trainer:
     """The run's Lightning trainer: its resolved precision, accumulation and training batches per epoch
-    (whole accumulation windows only), checkpoints written atomically (:class:`RunDirCheckpointIO`)."""
+    (whole accumulation windows only), checkpoints written atomically (:class:`RunDirCheckpointIO`), the
+    ``given`` callbacks (checkpoints, the store check) and a progress bar."""
     config, precision = run.train, run.resolved_precision
     loggers = [CSVLogger(paths.root, name="logs", version=f"step_{start_step:07d}", flush_logs_every_n_steps=1),
                TensorBoardLogger(paths.root, name="tensorboard", version="", default_hp_metric=False)]
-    callbacks: list[pl.Callback] = list(checkpoints)
+    callbacks: list[pl.Callback] = list(given)
     if progress_bar:
         callbacks.append(RichProgressBar(leave=True))
     limit = config.limit_batches

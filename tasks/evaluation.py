@@ -3,6 +3,7 @@ explained in :mod:`tasks.training`)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -39,7 +40,23 @@ def report(run_dirs: list[str], out_dir: str, title: str, notes: list[str], carr
 
 @task
 def publish(report_path: str, rows: list[dict]) -> None:
-    """Publish the report's main table and a link to the HTML as Prefect artifacts."""
-    create_table_artifact(table=rows, key="gpseg-results", description="gpseg: test metrics per run")
-    create_link_artifact(link=Path(report_path).resolve().as_uri(), link_text="gpseg report",
-                         key="gpseg-report", description=f"HTML report at {report_path}")
+    """Publish the report's main table and a link to the HTML as Prefect artifacts, keyed by the work dir
+    (:func:`artifact_keys`). The table leaves out the rows' unrounded interval ends (``*_low``, ``*_high``),
+    which its ``*_95`` columns give rounded."""
+    table_key, link_key = artifact_keys(report_path)
+    where = Path(report_path).resolve()
+    create_table_artifact(table=[{key: value for key, value in row.items() if not key.endswith(("_low", "_high"))}
+                                 for row in rows],
+                          key=table_key, description=f"gpseg: test metrics per run; report at {where}")
+    # a browser does not follow a file:// link from the UI's http:// page: the path is in the description too
+    create_link_artifact(link=where.as_uri(), link_text="gpseg report", key=link_key,
+                         description=f"HTML report at {where}")
+
+
+def artifact_keys(report_path: str | Path) -> tuple[str, str]:
+    """The keys of :func:`publish`'s table and link artifacts: ``gpseg-results-NAME`` and ``gpseg-report-NAME``,
+    NAME the work dir's folder name (the folder above ``report/``) in lower case, other characters than letters
+    and digits as ``-``, so that the UI's latest table of one work dir is not another's."""
+    name = Path(report_path).resolve().parent.parent.name.lower()
+    slug = "-".join(filter(None, re.split(r"[^a-z0-9]+", name)))[:48].strip("-") or "root"
+    return f"gpseg-results-{slug}", f"gpseg-report-{slug}"

@@ -27,7 +27,7 @@ def bench_workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def task_names():
-    """A function listing task-run names (suffix dropped), of one flow run or of all."""
+    """A function listing the task function of each task run, of one flow run or of all."""
     return _task_names
 
 
@@ -38,7 +38,7 @@ def task_states():
 
 
 def _task_states(flow_run_id=None) -> list[tuple[str, str]]:
-    """``(name without the run suffix, state name)`` of task runs, of one flow run or of all."""
+    """``(task function name, state name)`` of task runs, of one flow run or of all."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -46,9 +46,9 @@ def _task_states(flow_run_id=None) -> list[tuple[str, str]]:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])) if flow_run_id else None,
             limit=200)
-    return [(r.name.rsplit("-", 1)[0], r.state.name) for r in runs]
+    return [(r.task_key.rsplit("-", 1)[0], r.state.name) for r in runs]  # the function's name (runs are named)
 
 
 def _task_names(flow_run_id=None) -> list[str]:
-    """Names (without the run suffix) of task runs, of one flow run or of all."""
+    """The task function of each task run, of one flow run or of all."""
     return [name for name, _ in _task_states(flow_run_id)]

@@ -45,13 +45,27 @@ after_first_run = pytest.mark.usefixtures("first_run")
 
 def _train_states(flow_run_id, task_states) -> list[str]:
     """States of the train_model task runs of one flow run (they run in its train-fan-out subflow runs)."""
+    return [state for child in _subflow_ids(flow_run_id) for name, state in task_states(child) if name == "train_model"]
+
+
+def _subflow_ids(flow_run_id) -> list:
+    """The ids of a flow run's subflow runs (``train-fan-out``)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
     with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
-    return [state for child in children for name, state in task_states(child.id) if name == "train_model"]
+        return [child.id for child in client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))]
+
+
+def _task_run_titles(flow_run_id) -> list[str]:
+    """The names of a flow run's task runs, as the UI shows them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return [run.name for run in client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200)]
 
 
 def _forbid_inference(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,6 +115,12 @@ def test_benchmark_then_postprocess_only(first_run, bench_workdir, task_names, t
                      "publish"):
         assert expected in names, (expected, names)
     assert _train_states(state.state_details.flow_run_id, task_states) == ["Completed"]
+    # readable run names in the UI and `--watch` (they were train_model-a28, make_heatmaps-c4d, ...)
+    titles = {title for flow_run in (state.state_details.flow_run_id, *_subflow_ids(state.state_details.flow_run_id))
+              for title in _task_run_titles(flow_run)}
+    assert {"phantoms brats", "fingerprint brats", "ingest brats", "validate brats", "train brats gp-unet fold 0",
+            "heatmaps brats gp-unet fold 0 val", "heatmaps brats gp-unet fold 0 test",
+            "evaluate brats gp-unet fold 0"} <= titles, titles
     [before] = json.loads((report.parent / "metrics.json").read_text())["runs"]
     made = "preset smoke, 1 fold(s)"
     assert made in json.loads((report.parent / "metrics.json").read_text())["notes"]

@@ -268,3 +268,36 @@ def test_auto_cache_leaves_a_split_bigger_than_half_the_available_memory_in_the_
     assert data.fits_in_memory(4 * 2**30, 20 * 2**30)
     assert not data.fits_in_memory(6 * 2**30, 20 * 2**30)  # under the limit, over half of the free memory
     assert not data.fits_in_memory(4 * 2**30, 3 * 2**30)
+    assert not data.fits_in_memory(2 * 2**30, 20 * 2**30, processes=4)  # four DDP processes caching a copy each
+    assert data.fits_in_memory(2 * 2**30, 20 * 2**30, processes=2)
+
+
+def test_available_memory_is_the_control_groups_where_it_is_limited(monkeypatch, tmp_path):
+    """A container or Slurm job limited to less than the machine's free memory was killed for memory when the
+    cache decided by the machine's."""
+    import psutil
+
+    from gpmodels import data
+
+    class Memory:
+        available = 10 * 2**30
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
+    proc = tmp_path / "cgroup"
+    proc.write_text("4:memory:/job/7\n2:cpu,cpuacct:/job/7\n0::/slice/job\n")
+    root = tmp_path / "fs"
+    files = data._cgroup_memory_files(proc, root)
+    assert files == [(root / "memory/job/7/memory.limit_in_bytes", root / "memory/job/7/memory.usage_in_bytes"),
+                     (root / "slice/job/memory.max", root / "slice/job/memory.current")]
+    assert data._cgroup_memory_files(tmp_path / "none") == []  # not Linux
+    monkeypatch.setattr(data, "_cgroup_memory_files", lambda: files)
+    assert data.available_memory() == 10 * 2**30  # no such files: the machine's
+    for path, text in ((files[1][0], "max"), (files[1][1], str(2**30)), (files[0][0], str(9223372036854771712)),
+                       (files[0][1], str(2**30))):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    assert data.available_memory() == 10 * 2**30  # no limit set (v2 "max", v1 about 2**63)
+    files[1][0].write_text(str(5 * 2**30))
+    assert data.available_memory() == 4 * 2**30  # the v2 limit less its use
+    files[0][0].write_text(str(2 * 2**30))
+    assert data.available_memory() == 2**30  # the tighter v1 one

@@ -1148,3 +1148,35 @@ def test_a_split_read_by_workers_trains_as_the_same_split_cached(phantom_store, 
                                      limit_batches=None)
         weights[cache] = torch.load(train(config).run_dir / "model.pt", weights_only=True)
     assert all(torch.equal(weights["always"][key], weights["never"][key]) for key in weights["always"])
+
+
+def test_a_store_re_ingested_during_training_stops_it_before_the_epochs_checkpoints(smoke_run, tmp_path, monkeypatch):
+    """Workers read an uncached split's chunk files by path: after `gpseg ingest --overwrite` the rest of the training
+    read the new store's slices under the old labels, without an error until the test, after model.pt was written."""
+    import shutil
+
+    import zarr
+
+    from gpmodels.checkpoints import RunPaths
+    from gpmodels.data import StoreUnchanged
+    from storage.errors import StoreError
+
+    config, _ = smoke_run
+    store = tmp_path / "store.zarr"
+    shutil.copytree(config.store, store)
+
+    class ReingestedInEpochOne(StoreUnchanged):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:  # as a new ingestion's data version
+                zarr.open_group(str(store), mode="r+").attrs["data_version"] = "0123456789abcdef"
+
+    monkeypatch.setattr(training, "StoreUnchanged", ReingestedInEpochOne)
+    out = tmp_path / "run"
+    run = TrainConfig.from_dict({**config.to_dict(), "store": str(store), "out": str(out), "epochs": 2,
+                                 "cache": "never"})
+    with pytest.raises(StoreError, match=r"data version 0123456789abcdef, but this run started on [0-9a-f]{16}: the "
+                                         "store was re-ingested while it trained"):
+        train(run)
+    paths = RunPaths(out)
+    assert not paths.model.exists()
+    assert torch.load(paths.last, weights_only=True)["epoch"] == 0  # epoch 1's checkpoint was not saved
