@@ -41,6 +41,7 @@ def test_workdir_is_made_absolute_against_the_current_directory(tmp_path, monkey
     ({"model_options": {"gp-unet": {"blur": True}}}, "model_options: ['blur'] not accepted by 'gp-unet'"),
     ({"model_options": {"unet": {"pool": "maps"}}}, "model_options: unknown model 'unet'"),
     ({"models": ["gp-nope"]}, "models: unknown ['gp-nope']"),
+    ({"models": []}, "models: List should have at least 1 item"),  # it ended Completed, having done nothing
 ])
 @pytest.mark.parametrize("cls", [BenchmarkParams, RetrainParams])
 def test_bad_parameters_give_one_line_naming_the_field(cls, kwargs, message):
@@ -49,6 +50,13 @@ def test_bad_parameters_give_one_line_naming_the_field(cls, kwargs, message):
 
     text = one_line(caught.value)
     assert text.startswith(message) and "\n" not in text
+
+
+def test_a_benchmark_of_no_dataset_is_refused():
+    """It ended Completed in 2 s, having done nothing."""
+    with pytest.raises(ValidationError) as caught:
+        BenchmarkParams(datasets=[])
+    assert one_line(caught.value).startswith("datasets: List should have at least 1 item")
 
 
 @pytest.mark.parametrize(("args", "overrides", "seeds"), [
