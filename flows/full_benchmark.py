@@ -72,7 +72,7 @@ def _benchmark(params: BenchmarkParams, logger) -> dict | State:
         html = report(done, str(Path(params.workdir) / REPORT), "gpseg full benchmark",
                       [f"thresholds: {params.threshold.describe()}"],
                       [*carried, *seed_notes, *failure_carried_notes(rows)])
-        publish(html, rows)
+        publish(html, rows, params.workdir)
     print(f"report: {html}")
     outcome = {"report": html, "rows": rows, "failed": failed, "rejected": rejections}
     if failed and not done:

@@ -173,8 +173,8 @@ def prepare_dataset(workdir: str, spec: DatasetSpec, folds: int) -> dict:
     """Phantoms (if asked), ingestion and validation of one dataset. Returns the ingest summary."""
     source = spec.source
     if source == "phantom":
-        source = named(synth_phantoms, "phantoms", spec.label)(spec.kind, str(Path(workdir) / PHANTOMS / spec.label), spec.phantom_cases,
-                                spec.phantom_size, spec.seed)
+        source = named(synth_phantoms, "phantoms", spec.label)(
+            spec.kind, str(Path(workdir) / PHANTOMS / spec.label), spec.phantom_cases, spec.phantom_size, spec.seed)
     store = store_path(workdir, spec)
     summary = ingest_fresh(spec.kind, source, store, ingest_config(spec, folds))
     named(validate, "validate", spec.label)(store)
@@ -442,8 +442,10 @@ class NoRunFinished(Exception):
     """The error of the Failed state a flow returns when no run finished (:func:`no_run_finished`): its message,
     and the flow's result as ``outcome`` (what ``gpseg benchmark`` and ``gpseg retrain`` print from).
 
-    A Failed state's data must be an exception: Prefect raises it from the state, and a flow run started by a
-    worker raised ``TypeError: Unexpected result for failed state`` with a long traceback for a dict.
+    A Failed state's data must be an exception: Prefect raises it from the state. For a dict it raised
+    ``TypeError: Unexpected result for failed state: {...}`` instead, so ``gpseg retrain`` printed that TypeError and
+    a worker's log ended with it. A worker's engine still logs the error raised from a Failed flow run with its
+    traceback (as for any failed flow); that error now says which runs failed.
     """
 
     def __init__(self, message: str, outcome: dict) -> None:

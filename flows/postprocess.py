@@ -65,7 +65,7 @@ def _postprocess(params: PostprocessParams, logger) -> dict:
     html = report(done, out, "gpseg report (post-processing re-run)",
                   [f"thresholds re-run by postprocess: {params.threshold.describe()}; no model was loaded",
                    *failure_notes(rows)], carried)
-    publish(html, rows)
+    publish(html, rows, params.workdir)
     for row in rows:
         logger.info("%s", row_line(row))
     print(f"report: {html}")

@@ -114,7 +114,7 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
                           + (f"; {kept} run(s) of other datasets kept from the previous report" if kept else ""),
                           *filter(None, [rejected_note])]),
                        *seed_notes, *failure_carried_notes(rows), *others])
-        publish(html, rows)
+        publish(html, rows, params.workdir)
     outcome = {"status": "retrained", "new_files": fresh, "ingested": ingested_cases, "data_version": version,
                "rows": rows, "report": html, "rejected": new_rejects}
     if failed and not done:

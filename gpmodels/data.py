@@ -278,27 +278,30 @@ def fits_in_memory(nbytes: int, limit_bytes: int, processes: int = 1) -> bool:
 
 
 def available_memory() -> int:
-    """Bytes of memory available to this process: the machine's (psutil), or less where its control group (a
-    container, a Slurm job) is limited: the group's limit minus its use (cgroup v2 ``memory.max`` and
-    ``memory.current``, v1 ``memory.limit_in_bytes`` and ``memory.usage_in_bytes``)."""
+    """Bytes of memory available to this process: the machine's (psutil), or less where a memory control group
+    it is in (a container, a Slurm job) is limited: that group's limit minus its working set (:func:`cgroup_limits`).
+    """
     import psutil  # with dask.distributed
 
     available = int(psutil.virtual_memory().available)
-    for limit_file, usage_file in _cgroup_memory_files():
-        try:
-            limit = limit_file.read_text().strip()
-            used = int(usage_file.read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if limit.isdigit() and int(limit) < 2**60:  # "max", or v1's "no limit" of about 2**63
-            available = min(available, max(0, int(limit) - used))
+    for limit, used in cgroup_limits():
+        available = min(available, max(0, limit - used))
     return available
 
 
-def _cgroup_memory_files(proc_cgroup: Path = Path("/proc/self/cgroup"),
-                         root: Path = Path("/sys/fs/cgroup")) -> list[tuple[Path, Path]]:
-    """``(limit file, usage file)`` of this process's memory control group (v2, and v1's memory controller);
-    none where there is no such file system (not Linux)."""
+CGROUP_FILES = {"v2": ("memory.max", "memory.current", "inactive_file"),
+                "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")}
+"""Per cgroup version: the limit file, the usage file and the ``memory.stat`` key of the reclaimable page cache."""
+
+
+def cgroup_limits(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")
+                  ) -> list[tuple[int, int]]:
+    """``(limit, working set)`` in bytes of each memory control group this process is in that has a limit: its
+    own group and the groups above it (a Slurm job's limit is on a parent), cgroup v2 and v1's memory controller.
+    The working set is the usage less the inactive page cache (``memory.stat``), which the kernel reclaims
+    before it kills anything, as ``docker stats`` counts. A group missing under ``root`` (a container that sees the
+    host's group names, with its own group mounted at the root) is read at the root. None where there is no such
+    file system (not Linux) or no limit is set (v2's ``max``, v1's about 2**63)."""
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
@@ -306,13 +309,39 @@ def _cgroup_memory_files(proc_cgroup: Path = Path("/proc/self/cgroup"),
     found = []
     for line in lines:
         _, controllers, group = (line.split(":", 2) + ["", ""])[:3]
-        group = group.lstrip("/")
-        if controllers == "":  # v2's one hierarchy
-            found.append((root / group / "memory.max", root / group / "memory.current"))
+        if controllers == "":
+            base, names = root, CGROUP_FILES["v2"]
         elif "memory" in controllers.split(","):
-            found.append((root / "memory" / group / "memory.limit_in_bytes",
-                          root / "memory" / group / "memory.usage_in_bytes"))
+            base, names = root / "memory", CGROUP_FILES["v1"]
+        else:
+            continue
+        folder = base / group.strip("/")
+        folders = [folder, *folder.parents[:len(folder.relative_to(base).parts)]] if folder.is_dir() else [base]
+        for where in folders:
+            limit = _cgroup_limit(where, *names)
+            if limit is not None:
+                found.append(limit)
     return found
+
+
+def _cgroup_limit(folder: Path, limit_name: str, usage_name: str, cache_key: str) -> tuple[int, int] | None:
+    """``(limit, working set)`` of one control group folder, or None without a limit or readable files."""
+    try:
+        limit = folder.joinpath(limit_name).read_text().strip()
+        if not limit.isdigit() or int(limit) >= 2**60:
+            return None
+        used = int(folder.joinpath(usage_name).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    cache = 0
+    try:
+        for row in folder.joinpath("memory.stat").read_text().splitlines():
+            key, _, value = row.partition(" ")
+            if key == cache_key and value.strip().isdigit():
+                cache = int(value)
+    except OSError:
+        pass
+    return int(limit), max(0, used - cache)
 
 
 class StoreUnchanged(pl.Callback):
@@ -322,7 +351,8 @@ class StoreUnchanged(pl.Callback):
     The data module checks the store's data version when it sets up; afterwards a split read from the store
     (not cached) reads its chunk files by path, so the rest of the training read the new store's slices under the
     old labels (rows past its end as zeros) without an error until the test, after ``model.pt`` was written.
-    Checked after each validation and at each training epoch's end (one small file read)."""
+    Checked after each validation and at each training epoch's end (:func:`storage.store.open_store`: the store's
+    attributes, and a look for interrupted writers' leftovers beside it). A store gone meanwhile stops it too."""
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -333,9 +363,19 @@ class StoreUnchanged(pl.Callback):
 
     @staticmethod
     def _check(trainer: pl.Trainer) -> None:
+        """Raise on every DDP process when any of them found the store changed (each reads it when it gets here;
+        one that went on alone would wait for the others in the checkpoint's save)."""
         data = getattr(trainer, "datamodule", None)
-        if isinstance(data, SliceDataModule):
+        if not isinstance(data, SliceDataModule):
+            return
+        problem: StoreError | None = None
+        try:
             data.check_store_unchanged()
+        except StoreError as exc:
+            problem = exc
+        if trainer.strategy.reduce_boolean_decision(problem is not None, all=False):
+            raise problem or StoreError(f"{data.store}: another training process found the store re-ingested "
+                                        "while it trained; train the run again")
 
 
 class SliceDataModule(pl.LightningDataModule):

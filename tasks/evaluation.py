@@ -39,11 +39,11 @@ def report(run_dirs: list[str], out_dir: str, title: str, notes: list[str], carr
 
 
 @task
-def publish(report_path: str, rows: list[dict]) -> None:
+def publish(report_path: str, rows: list[dict], workdir: str) -> None:
     """Publish the report's main table and a link to the HTML as Prefect artifacts, keyed by the work dir
     (:func:`artifact_keys`). The table leaves out the rows' unrounded interval ends (``*_low``, ``*_high``),
     which its ``*_95`` columns give rounded."""
-    table_key, link_key = artifact_keys(report_path)
+    table_key, link_key = artifact_keys(workdir)
     where = Path(report_path).resolve()
     create_table_artifact(table=[{key: value for key, value in row.items() if not key.endswith(("_low", "_high"))}
                                  for row in rows],
@@ -53,10 +53,11 @@ def publish(report_path: str, rows: list[dict]) -> None:
                          description=f"HTML report at {where}")
 
 
-def artifact_keys(report_path: str | Path) -> tuple[str, str]:
+def artifact_keys(workdir: str | Path) -> tuple[str, str]:
     """The keys of :func:`publish`'s table and link artifacts: ``gpseg-results-NAME`` and ``gpseg-report-NAME``,
-    NAME the work dir's folder name (the folder above ``report/``) in lower case, other characters than letters
-    and digits as ``-``, so that the UI's latest table of one work dir is not another's."""
-    name = Path(report_path).resolve().parent.parent.name.lower()
+    NAME the work dir's folder name in lower case, with runs of other characters than ``a-z`` and ``0-9`` as
+    one ``-`` (at most 48 characters; ``root`` when nothing is left). So the UI's latest table of ``runs/benchmark``
+    is not that of ``demo``; work dirs of one name (``/a/benchmark``, ``/b/benchmark``) share their keys."""
+    name = Path(workdir).resolve().name.lower()
     slug = "-".join(filter(None, re.split(r"[^a-z0-9]+", name)))[:48].strip("-") or "root"
     return f"gpseg-results-{slug}", f"gpseg-report-{slug}"

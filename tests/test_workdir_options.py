@@ -80,9 +80,12 @@ def flow_calls(monkeypatch) -> list:
 
     calls = []
 
-    def retrain_on_new_data(params):
+    def retrain_on_new_data(params, return_state=False):
+        from prefect.states import Completed
+
         calls.append(params)
-        return {"status": "no new data", "new_files": []}
+        outcome = {"status": "no new data", "new_files": []}
+        return Completed(data=outcome) if return_state else outcome
 
     monkeypatch.setattr(flows.retrain, "retrain_on_new_data", retrain_on_new_data)
     return calls

@@ -168,3 +168,17 @@ def test_summary_rows_carry_the_unrounded_interval_ends_for_the_console():
     assert row["median_dice_low"] is row["median_dice_high"] is row["median_dice_95"] is None
     assert "weighted F1 0.403 [0.320-0.492]" in row_line(row)
     assert list(row)[-4:] == ["f1_low", "f1_high", "median_dice_low", "median_dice_high"]  # last in the table
+
+
+@pytest.mark.parametrize(("workdir", "key"), [
+    ("runs/benchmark", "gpseg-results-benchmark"), ("/x/My Demo.v2", "gpseg-results-my-demo-v2"),
+    ("/x/--!!--", "gpseg-results-root"), ("/x/テスト", "gpseg-results-root"),
+    ("/x/" + "a" * 300, "gpseg-results-" + "a" * 48),
+])
+def test_artifact_keys_name_the_work_dir_in_the_characters_prefect_takes(workdir, key):
+    """One key for every work dir: the UI's latest table of one work dir was another's."""
+    from tasks.evaluation import artifact_keys
+
+    table, link = artifact_keys(workdir)
+    assert table == key and link == key.replace("results", "report")
+    assert re.fullmatch(r"[a-z0-9-]+", table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -265,6 +266,7 @@ def test_auto_cache_leaves_a_split_bigger_than_half_the_available_memory_in_the_
         available = 10 * 2**30
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
+    monkeypatch.setattr(data, "cgroup_limits", lambda: [])  # not this machine's
     assert data.fits_in_memory(4 * 2**30, 20 * 2**30)
     assert not data.fits_in_memory(6 * 2**30, 20 * 2**30)  # under the limit, over half of the free memory
     assert not data.fits_in_memory(4 * 2**30, 3 * 2**30)
@@ -282,22 +284,30 @@ def test_available_memory_is_the_control_groups_where_it_is_limited(monkeypatch,
     class Memory:
         available = 10 * 2**30
 
+    def write(folder: Path, **files: int | str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, value in files.items():
+            (folder / name.replace("_", ".", 1)).write_text(f"{value}\n")
+
     monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
-    proc = tmp_path / "cgroup"
-    proc.write_text("4:memory:/job/7\n2:cpu,cpuacct:/job/7\n0::/slice/job\n")
-    root = tmp_path / "fs"
-    files = data._cgroup_memory_files(proc, root)
-    assert files == [(root / "memory/job/7/memory.limit_in_bytes", root / "memory/job/7/memory.usage_in_bytes"),
-                     (root / "slice/job/memory.max", root / "slice/job/memory.current")]
-    assert data._cgroup_memory_files(tmp_path / "none") == []  # not Linux
-    monkeypatch.setattr(data, "_cgroup_memory_files", lambda: files)
-    assert data.available_memory() == 10 * 2**30  # no such files: the machine's
-    for path, text in ((files[1][0], "max"), (files[1][1], str(2**30)), (files[0][0], str(9223372036854771712)),
-                       (files[0][1], str(2**30))):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
-    assert data.available_memory() == 10 * 2**30  # no limit set (v2 "max", v1 about 2**63)
-    files[1][0].write_text(str(5 * 2**30))
-    assert data.available_memory() == 4 * 2**30  # the v2 limit less its use
-    files[0][0].write_text(str(2 * 2**30))
+    proc, root = tmp_path / "cgroup", tmp_path / "fs"
+    proc.write_text("4:memory:/job/7\n2:cpu,cpuacct:/job/7\n0::/slurm/job/step\n")
+    assert data.cgroup_limits(tmp_path / "none", root) == []  # not Linux
+    assert data.cgroup_limits(proc, root) == []  # no such groups, nothing at the root
+    write(root / "slurm/job/step", memory_max="max", memory_current=2**30)
+    write(root / "slurm/job", memory_max=5 * 2**30, memory_current=2**31)  # the job's limit, on a parent
+    (root / "slurm/job/memory.stat").write_text(f"anon 1\ninactive_file {2**30}\nactive_file 5\n")
+    write(root / "memory/job/7", memory_limit_in_bytes=9223372036854771712, memory_usage_in_bytes=2**30)
+    assert data.cgroup_limits(proc, root) == [(5 * 2**30, 2**30)]  # the page cache it may reclaim left out
+    limits = data.cgroup_limits
+    monkeypatch.setattr(data, "cgroup_limits", lambda: limits(proc, root))
+    assert data.available_memory() == 4 * 2**30
+    write(root / "memory/job/7", memory_limit_in_bytes=2 * 2**30)
     assert data.available_memory() == 2**30  # the tighter v1 one
+
+    # Docker on cgroup v1 without its own cgroup namespace: the host's group name, the container's at the root
+    docker, container = tmp_path / "docker-cgroup", tmp_path / "container"
+    docker.write_text("4:memory:/docker/abc123\n")
+    write(container / "memory", memory_limit_in_bytes=3 * 2**30, memory_usage_in_bytes=2**30)
+    (container / "memory/memory.stat").write_text(f"total_inactive_file {2**29}\n")
+    assert limits(docker, container) == [(3 * 2**30, 2**29)]
