@@ -11,7 +11,7 @@ from flows.cluster import check_cluster
 from flows.layout import REPORT, dataset_failure_row, failure_carried_notes, rejection_note, summary_rows, tagged
 from flows.params import BenchmarkParams
 from flows.pipeline import (heatmaps_and_evaluation, log_rows, no_run_finished, outcome_here, prepare_dataset,
-                            train_and_keep, training_jobs)
+                            record_training_settings, train_and_keep, training_jobs)
 from flows.workdir_lock import workdir_lock
 from tasks.evaluation import publish, report
 
@@ -43,6 +43,7 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
 
 def _benchmark(params: BenchmarkParams, logger) -> dict | State:
     """The body of :func:`full_benchmark`, with the work dir locked."""
+    record_training_settings(params)  # what a retrain in this work dir trains with, unless told otherwise
     jobs, labels = [], {}
     rejected, rejections = [], []
     carried = tagged("", [f"preset {params.preset}, {params.folds} fold(s)"])  # how the runs were made

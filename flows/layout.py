@@ -11,6 +11,7 @@ Work dir layout::
     WORKDIR/runs/<dataset>/<data version>/<model>/fold_<k>/seed_<s>/   the same, with several seeds
     WORKDIR/runs/<dataset>/<data version>/<model>/fold_<k>/seed_selection.json   the seed kept, the losses
     WORKDIR/report/                    index.html, metrics.json, CSV
+    WORKDIR/training_settings.json     how the last benchmark or retrain there trained (a retrain's defaults)
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from pathlib import Path
 
 STORES, PHANTOMS, RUNS, REPORT = "stores", "phantoms", "runs", "report"
 SEED_PREFIX = "seed_"
+TRAINING_SETTINGS = "training_settings.json"
+"""The file in a work dir with the training settings (:data:`flows.params.INHERITED_SETTINGS`) of the last
+``full-benchmark`` or ``retrain-on-new-data`` that trained there; a retrain takes those it is not given from it."""
 DEFAULT_WORKDIR = "runs/benchmark"
 """The deployments' work dir, relative to the project root (prefect.yaml's ``workdir``)."""
 DROP_FOLDERS = {"brats": f"{DEFAULT_WORKDIR}/drop", "jun-cheng": f"{DEFAULT_WORKDIR}/drop-jun-cheng"}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flows.layout import DROP_FOLDERS, default_drop_folder
 from gpmodels.names import MODEL_NAMES, ModelName
@@ -273,6 +274,51 @@ class PostprocessParams(_Params):
     out: str | None = Field(None, description="Report folder (default: workdir/report).")
 
     _absolute_workdir = field_validator("workdir")(absolute_workdir)
+
+
+INHERITED_SETTINGS = ("models", "folds", "preset", "train_overrides", "model_options", "seeds", "posthoc_slices",
+                      "dask_address")
+"""The training settings a retrain takes from its work dir's :data:`flows.layout.TRAINING_SETTINGS` when it is not
+given them (its schedule and `gpseg drop`'s event give only the work dir and the dataset)."""
+
+
+def training_settings(params: TrainingParams) -> dict[str, Any]:
+    """The :data:`INHERITED_SETTINGS` of ``params``, as JSON (what a flow that trains records in its work dir)."""
+    return params.model_dump(include=set(INHERITED_SETTINGS), mode="json")
+
+
+def with_work_dir_settings(params: RetrainParams) -> tuple[RetrainParams, dict[str, Any]]:
+    """``params`` with each of the :data:`INHERITED_SETTINGS` it was not given taken from its work dir's
+    :data:`flows.layout.TRAINING_SETTINGS` (those of the benchmark or retrain that last trained there), and the
+    settings taken. Without that file (a work dir of an older gpseg, or none trained yet) ``params`` as it is.
+
+    Raises:
+        ValueError: the file is unreadable or damaged, or its settings do not make valid parameters (one line,
+            naming the file).
+    """
+    from flows.layout import TRAINING_SETTINGS
+
+    path = Path(params.workdir) / TRAINING_SETTINGS
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return params, {}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable ({exc}); delete it, or give the retrain its training settings") from exc
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{path}: expected a JSON object of training settings; delete it, or give the retrain its "
+                         "training settings")
+    taken = {key: recorded[key] for key in INHERITED_SETTINGS if key in recorded and key not in params.model_fields_set}
+    if not taken:
+        return params, {}
+    given = params.model_dump(include=params.model_fields_set | {"workdir", "dataset"})
+    try:
+        return RetrainParams.model_validate({**given, **taken}), taken
+    except ValidationError as exc:
+        reasons = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg'].removeprefix('Value error, ')}"
+                            for error in exc.errors())
+        raise ValueError(f"{path}: its settings do not make a retrain's ({' '.join(reasons.split())}); delete it, or "
+                         "give the retrain its training settings") from exc
 
 
 class RetrainParams(TrainingParams):

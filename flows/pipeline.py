@@ -14,8 +14,9 @@ from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.cluster import check_cluster, cluster_problem
-from flows.layout import PHANTOMS, RUNS, SEED_PREFIX, STORES, dataset_of, row_line, row_where, run_title
-from flows.params import DatasetSpec, ThresholdParams, TrainingParams
+from flows.layout import (PHANTOMS, RUNS, SEED_PREFIX, STORES, TRAINING_SETTINGS, dataset_of, row_line, row_where,
+                          run_title)
+from flows.params import DatasetSpec, ThresholdParams, TrainingParams, training_settings
 from gpmodels.files import SEED_SELECTION, read_run_config, write_text_atomic
 from gpmodels.train_config import preset_config
 from storage.errors import one_line
@@ -179,6 +180,12 @@ def prepare_dataset(workdir: str, spec: DatasetSpec, folds: int) -> dict:
     summary = ingest_fresh(spec.kind, source, store, ingest_config(spec, folds))
     named(validate, "validate", spec.label)(store)
     return summary
+
+
+def record_training_settings(params: TrainingParams) -> None:
+    """Write the work dir's :data:`flows.layout.TRAINING_SETTINGS` (:func:`flows.params.training_settings`): the
+    settings a retrain given only the work dir and the dataset trains with next."""
+    write_text_atomic(Path(params.workdir) / TRAINING_SETTINGS, json.dumps(training_settings(params), indent=1) + "\n")
 
 
 def run_dir(workdir: str, dataset: str, data_version: str, model: str, fold: int) -> str:

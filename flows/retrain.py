@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.states import State
 
 from flows.cluster import check_cluster
-from flows.layout import (REPORT, carried_notes, failure_carried_notes, new_rejections, notes_of_kept_runs, read_report,
-                          rejection_note, replace_dataset_runs, reported_runs, reported_versions, summary_rows,
-                          tagged)
-from flows.params import RetrainParams
+from flows.layout import (REPORT, TRAINING_SETTINGS, carried_notes, failure_carried_notes, new_rejections,
+                          notes_of_kept_runs, read_report, rejection_note, replace_dataset_runs, reported_runs,
+                          reported_versions, summary_rows, tagged)
+from flows.params import RetrainParams, with_work_dir_settings
 from flows.pipeline import (check_folds, heatmaps_and_evaluation, ingest_config, ingest_fresh, log_rows,
-                            no_run_finished, store_path, stored_version, train_and_keep, training_jobs)
+                            no_run_finished, record_training_settings, store_path, stored_version, train_and_keep,
+                            training_jobs)
 from flows.workdir_lock import workdir_lock
 from storage.errors import NoUsableInput
 from tasks.data import find_new_files, validate
@@ -36,7 +38,9 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     or come from the cache), even when no file is new. A run in which no training finished ends Failed,
     its error holding this result; ``folds`` beyond the store's, and a ``dask_address`` cluster that cannot
     train, are refused when there is something to train, before anything is ingested (a night without new
-    data stays "no new data").
+    data stays "no new data"). Training settings it is not given (:data:`flows.params.INHERITED_SETTINGS`: its
+    schedule and `gpseg drop`'s event give only the work dir and the dataset) are those of the last benchmark or
+    retrain that trained in the work dir (``WORKDIR/training_settings.json``), else the defaults.
 
     Args:
         params: the work dir, the dataset whose drop folder is read, and how to retrain.
@@ -55,6 +59,10 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
 
 def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dict | State:
     """The body of :func:`retrain_on_new_data`, with the work dir locked."""
+    params, taken = with_work_dir_settings(params)
+    if taken:
+        logger.info("training settings of the last training in %s (%s): %s", params.workdir, TRAINING_SETTINGS,
+                    ", ".join(f"{key} {json.dumps(value)}" for key, value in taken.items()))
     spec = params.dataset
     read_report(report_dir)  # a damaged report fails the run here, before any ingestion, not after it
     fresh = named(find_new_files, "new files of", spec.label)(spec.source, store)
@@ -94,6 +102,7 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
         logger.warning("%s", rejected_note)
     check_folds(store, params.folds)  # also for a data version an earlier run ingested
     named(validate, "validate", spec.label)(store)
+    record_training_settings(params)
     trained, seed_notes = train_and_keep(training_jobs(params, spec.label, store, version), params)
     results = [{**r, "dataset": spec.label} for r in heatmaps_and_evaluation(trained, params.threshold,
                                                                                params.posthoc_slices)]

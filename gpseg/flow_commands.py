@@ -173,9 +173,14 @@ def retrain_cmd(
         show_default=False, help="The drop folder. Default: the kind's, where `gpseg drop` copies (WORKDIR/drop for "
                                  "brats, WORKDIR/drop-jun-cheng for jun-cheng). A folder given here must exist; the "
                                  "default one not existing yet means no new data.")] = None,
-    models: Annotated[Optional[str], typer.Option(help="Comma-separated models (default: all five).")] = None,
-    folds: Annotated[int, typer.Option(help="Folds to train (give the full-benchmark's).")] = 3,
-    preset: Annotated[str, typer.Option(help="paper, demo or smoke (give the full-benchmark's).")] = "demo",
+    models: Annotated[Optional[str], typer.Option(
+        show_default=False, help="Comma-separated models. Default, as for every training option left out: the "
+                                 "last benchmark's or retrain's in the work dir (WORKDIR/training_settings.json), "
+                                 "else all five.")] = None,
+    folds: Annotated[Optional[int], typer.Option(
+        show_default=False, help="Folds to train (default: the work dir's last, else 3).")] = None,
+    preset: Annotated[Optional[str], typer.Option(
+        show_default=False, help="paper, demo or smoke (default: the work dir's last, else demo).")] = None,
     devices: Annotated[int, typer.Option(help="Devices per training run (more than 1: Lightning DDP).")] = 1,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated training seeds, as for `gpseg benchmark`.")
@@ -191,7 +196,9 @@ def retrain_cmd(
     Ingests the drop folder's new cases into the work dir's store (stored patients keep their splits),
     validates, retrains every model on the new data version and rewrites the report; says "no new data"
     when nothing is new. What the nightly schedule and `gpseg drop`'s event run through `gpseg serve`.
-    Exit 0 when retrained or nothing is new, 1 when a run failed, 2 when new files were rejected.
+    Training options left out (models, folds, preset, --option, --seeds, --devices, --precision) are those of
+    the last benchmark or retrain that trained in the work dir. Exit 0 when retrained or nothing is new, 1 when a
+    run failed, 2 when new files were rejected.
     """
     from flows.params import DatasetSpec, RetrainParams
     from flows.layout import default_drop_folder
@@ -211,9 +218,11 @@ def retrain_cmd(
     threshold = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)
     drop = default_drop_folder(workdir, kind) if source is None else source
     try:
-        params = RetrainParams(
-            workdir=str(workdir), dataset=DatasetSpec(kind=kind, source=str(drop)), folds=folds, preset=preset,
-            **training_options(models, option, devices, precision, seeds, threshold))
+        given = {"folds": folds, "preset": preset,
+                 **training_options(models, option, devices, precision, seeds, threshold)}
+        params = RetrainParams(  # training options left out (None, empty) are the work dir's, in the flow
+            workdir=str(workdir), dataset=DatasetSpec(kind=kind, source=str(drop)),
+            **{key: value for key, value in given.items() if key == "threshold" or value not in (None, {}, [])})
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
     raise retrain_outcome(run_here(lambda: outcome_here(retrain_on_new_data, params)), drop,

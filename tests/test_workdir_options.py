@@ -119,3 +119,17 @@ def test_retrain_refuses_a_damaged_report_before_the_flow_starts(tmp_path, flow_
     said = _said(result)
     assert result.exit_code == 1 and said.startswith(f"error: {work / 'report' / 'metrics.json'}: cannot be read"), said
     assert flow_calls == []
+
+
+def test_retrain_leaves_the_training_options_it_is_not_given_to_the_work_dirs_settings(tmp_path, flow_calls):
+    """`gpseg retrain` passed --preset demo and --folds 3 when left out: a paper-preset work dir retrained with demo."""
+    work = _work_dir(tmp_path / "w", ())
+    (work / "drop").mkdir()
+    bare = CliRunner().invoke(app, ["retrain", "--workdir", str(work)])
+    given = CliRunner().invoke(app, ["retrain", "--workdir", str(work), "--preset", "smoke", "--folds", "1",
+                                     "--models", "gp-unet", "--seeds", "0,1", "--devices", "2"])
+    assert bare.exit_code == given.exit_code == 0, (bare.output, given.output)
+    unset, set_ = (params.model_fields_set for params in flow_calls)
+    assert not unset & {"models", "folds", "preset", "train_overrides", "model_options", "seeds"}, unset
+    assert {"models", "folds", "preset", "train_overrides", "seeds"} <= set_
+    assert (flow_calls[1].preset, flow_calls[1].folds, flow_calls[1].train_overrides) == ("smoke", 1, {"devices": 2})

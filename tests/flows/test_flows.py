@@ -255,8 +255,12 @@ def test_benchmark_rebuilds_outputs_deleted_behind_the_cache(bench_workdir, tmp_
 def test_retrain_on_new_data(bench_workdir, task_names, task_states):
     source = bench_workdir / "phantoms" / "brats"
     store = bench_workdir / "stores" / "brats.zarr"
-    params = RetrainParams(workdir=str(bench_workdir), dataset=DatasetSpec(**{**SPEC, "source": str(source)}),
-                           models=["gp-unet"], folds=1, preset="smoke", posthoc_slices=0)
+    # as the schedule and `gpseg drop`'s event: the work dir and the dataset only, the training settings (smoke, 1
+    # fold, gp-unet; not the flows' defaults, demo, 3 folds and five models) from the benchmark that built it
+    from flows.params import training_settings
+
+    params = RetrainParams(workdir=str(bench_workdir), dataset=DatasetSpec(**{**SPEC, "source": str(source)}))
+    assert json.loads((bench_workdir / "training_settings.json").read_text()) == training_settings(_bench(bench_workdir))
     quiet = retrain_on_new_data(params, return_state=True)
     assert quiet.result() == {"status": "no new data", "new_files": []}
     # the daily schedule before the first drop: no folder yet is no new data, not a failed run
@@ -280,7 +284,7 @@ def test_retrain_on_new_data(bench_workdir, task_names, task_states):
     assert np.array_equal(read_patients(new)[:n], old_patients)
     assert np.array_equal(new["splits/fold_0"][:n], old_split)
     assert set(read_patients(new)[n:]) == {"BraTS20_Training_007", "BraTS20_Training_008"}
-    assert result["rows"] and result["rows"][0]["status"] == "ok"
+    assert [(row["model"], row["fold"], row["status"]) for row in result["rows"]] == [("gp-unet", 0, "ok")]
     assert result["rows"][0]["test_patients"] >= 1 and re.fullmatch(r"\d\.\d{3}-\d\.\d{3}", result["rows"][0]["f1_95"])
     assert new.attrs["data_version"] != old.attrs["data_version"]
 
@@ -288,6 +292,7 @@ def test_retrain_on_new_data(bench_workdir, task_names, task_states):
     assert len(list((bench_workdir / "runs").glob("brats/*/gp-unet/fold_0/heatmaps/test.zarr"))) == 2
     retrained = _reported(result["report"])
     assert len(retrained) == 1 and Path(retrained[0]).parents[1].name == new.attrs["data_version"]
+    assert json.loads((Path(retrained[0]) / "config.json").read_text())["train"]["epochs"] == 1  # smoke's
     post = postprocess(PostprocessParams(workdir=str(bench_workdir)))
     assert len(post["rows"]) == 1 and _reported(post["report"]) == retrained
     notes = json.loads(Path(post["report"]).with_name("metrics.json").read_text())["notes"]

@@ -463,3 +463,39 @@ def test_a_retrains_drop_folder_defaults_to_its_work_dirs(tmp_path):
     with pytest.raises(ValidationError) as raised:
         RetrainParams(workdir=str(tmp_path), dataset={"kind": "brats", "source": "phantom"})
     assert "dataset.source: a retraining reads a drop folder, not phantoms" in one_line(raised.value)
+
+
+def test_a_retrain_takes_the_training_settings_it_is_not_given_from_its_work_dir(tmp_path):
+    """A work dir built with the paper preset was retrained with the demo preset (20 epochs at 64 px) when
+    `gpseg drop` or the schedule started a retrain, which give only the work dir and the dataset."""
+    import json
+
+    from flows.params import training_settings, with_work_dir_settings
+
+    params = RetrainParams(workdir=str(tmp_path), dataset={"kind": "brats"})
+    assert with_work_dir_settings(params) == (params, {})  # no settings recorded (an older gpseg's work dir)
+    built = BenchmarkParams(workdir=str(tmp_path), preset="paper", folds=2, models=["gp-unet", "resnext50"],
+                            seeds=[0, 1], model_options={"gp-unet": {"pool": "maps"}}, posthoc_slices=0,
+                            threshold={"offset": "auto"})
+    (tmp_path / "training_settings.json").write_text(json.dumps(training_settings(built)))
+    inherited, taken = with_work_dir_settings(params)
+    assert (inherited.preset, inherited.folds, inherited.models, inherited.seeds, inherited.posthoc_slices) == (
+        "paper", 2, ["gp-unet", "resnext50"], [0, 1], 0)
+    assert inherited.model_options == {"gp-unet": {"pool": "maps"}}
+    assert inherited.threshold == ThresholdParams()  # thresholds are not taken over
+    assert inherited.dataset == params.dataset and inherited.workdir == params.workdir
+    assert set(taken) == {"models", "folds", "preset", "train_overrides", "model_options", "seeds", "posthoc_slices",
+                          "dask_address"}
+
+    given = RetrainParams(workdir=str(tmp_path), dataset={"kind": "brats"}, preset="smoke", folds=1)
+    inherited, taken = with_work_dir_settings(given)
+    assert (inherited.preset, inherited.folds, inherited.models) == ("smoke", 1, ["gp-unet", "resnext50"])
+    assert "preset" not in taken and "folds" not in taken
+
+    for damage, reason in (("{", "unreadable"), ("[1]", "expected a JSON object"),
+                           ('{"folds": 0}', "its settings do not make a retrain's (folds: Input should be greater")):
+        (tmp_path / "training_settings.json").write_text(damage)
+        with pytest.raises(ValueError) as caught:
+            with_work_dir_settings(params)
+        assert str(caught.value).startswith(f"{tmp_path / 'training_settings.json'}: {reason}"), caught.value
+        assert "\n" not in str(caught.value)
