@@ -41,7 +41,8 @@ from gpmodels.nets import is_gp_model
 from gpmodels.training import load_trained
 from storage.folders import check_replaceable, hidden_sibling, recover_interrupted, replace_folder
 from storage.reads import read_rows
-from storage.store import CHUNK_COUNTS, SPLIT_NAMES, check_chunks, check_data_version, chunk_counts, open_store
+from storage.store import (CHUNK_COUNTS, FLAT_CHUNK_KEYS, SPLIT_NAMES, check_chunks, check_data_version, chunk_counts,
+                           open_store)
 
 POSTHOC_METHODS: tuple[str, ...] = ("occlusion", "guided_backprop")
 
@@ -180,7 +181,8 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
     out.parent.mkdir(parents=True, exist_ok=True)
     heat = zarr.create_group(store=str(tmp), zarr_format=3)
     maps_arr = heat.create_array("maps", shape=(index.size, k, size, size), dtype="float16",
-                                 chunks=(1, k, size, size), compressors=zarr.codecs.ZstdCodec(level=1))
+                                 chunks=(1, k, size, size), compressors=zarr.codecs.ZstdCodec(level=1),
+                                 chunk_key_encoding=FLAT_CHUNK_KEYS)
     logits_all = np.zeros((index.size, k), dtype=np.float32)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if target.type == "cuda" else nullcontext())
     cam: dict[str, object] = {}
@@ -263,5 +265,5 @@ def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, 
         for name, values in maps.items():
             if name not in written:
                 written[name] = heat.create_array(f"posthoc/{name}", shape=(rows.size, size, size), dtype=np.float32,
-                                                  chunks=(1, size, size))
+                                                  chunks=(1, size, size), chunk_key_encoding=FLAT_CHUNK_KEYS)
             written[name][start:start + part.size] = _resized_maps(np.asarray(values, dtype=np.float32), size)

@@ -40,6 +40,12 @@ SCHEMA_VERSION = 1
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
 _COMPRESSOR = ZstdCodec(level=1)
 _VECTOR_CHUNK = 4096
+FLAT_CHUNK_KEYS = {"name": "default", "separator": "."}
+"""Chunk keys of the arrays with one chunk per slice (a store's images and masks, a heatmap store's maps):
+``c.N.0.0.0`` files in the array's folder, not Zarr's default ``c/N/0/0/0`` (a file under three folders per
+slice). Measured on 7,000 slices: hard-linking the tree (each append) 0.14 s against 2.17 s, deleting it 0.06 s
+against 3.58 s, counting its chunk files 0.006 s against 0.37 s. Stores of gpseg versions before 2026-12-06 keep
+the nested keys, which their arrays' metadata records; both are read."""
 
 
 VERSIONED_ATTRS: tuple[str, ...] = ("dataset", "classes", "channels", "normalisation", "image_size")
@@ -129,20 +135,28 @@ def chunk_counts(group: zarr.Group) -> dict[str, int]:
 
 
 def stored_chunks(array: zarr.Array) -> int:
-    """The chunk files of a Zarr v3 array (keys under its ``c/`` prefix), from one listing.
+    """The chunk files of a Zarr v3 array (keys under its ``c/`` prefix, or ``c.`` with
+    :data:`FLAT_CHUNK_KEYS`), from one listing.
 
     Zarr's ``nchunks_initialized`` tests each possible chunk key against a list of the stored ones: time
     grows with the square of the chunks, and a store keeps one slice per chunk (4 s at 20,000 slices,
     about 17 s per call at real BraTS's 50,000, a call in every training, heatmap and evaluation). A local
-    store is walked on disk (0.4 s at 20,000); other stores are listed once through Zarr.
+    store is listed on disk; other stores are listed once through Zarr.
     """
     from zarr.storage import LocalStore
 
     where = array.store_path
+    separator = getattr(array.metadata.chunk_key_encoding, "separator", "/")
     if isinstance(where.store, LocalStore):
-        folder = Path(where.store.root) / where.path / "c"
-        return sum(len(files) for _, _, files in os.walk(folder))
-    prefix = f"{where.path}/c/" if where.path else "c/"
+        folder = Path(where.store.root) / where.path
+        if separator == ".":
+            try:
+                with os.scandir(folder) as entries:
+                    return sum(1 for entry in entries if entry.name.startswith("c.") and entry.is_file())
+            except FileNotFoundError:
+                return 0
+        return sum(len(files) for _, _, files in os.walk(folder / "c"))
+    prefix = f"{where.path}/c{separator}" if where.path else f"c{separator}"
 
     async def count() -> int:
         found = 0
@@ -243,8 +257,10 @@ class StoreWriter:
     def _create_arrays(self) -> None:
         c, s = len(self.channels), self.image_size
         g = self.group
-        g.create_array("images", shape=(0, c, s, s), dtype="float16", chunks=(1, c, s, s), compressors=_COMPRESSOR)
-        g.create_array("masks", shape=(0, s, s), dtype="uint8", chunks=(1, s, s), compressors=_COMPRESSOR)
+        g.create_array("images", shape=(0, c, s, s), dtype="float16", chunks=(1, c, s, s), compressors=_COMPRESSOR,
+                       chunk_key_encoding=FLAT_CHUNK_KEYS)
+        g.create_array("masks", shape=(0, s, s), dtype="uint8", chunks=(1, s, s), compressors=_COMPRESSOR,
+                       chunk_key_encoding=FLAT_CHUNK_KEYS)
         g.create_array("labels", shape=(0,), dtype="int8", chunks=(_VECTOR_CHUNK,))
         g.create_array("patient", shape=(0,), dtype=str, chunks=(_VECTOR_CHUNK,))
         g.create_array("slice_index", shape=(0,), dtype="int16", chunks=(_VECTOR_CHUNK,))
