@@ -137,11 +137,15 @@ def absolute_workdir(value: str) -> str:
     ``/project/demo`` share the cache, and Dask workers with another current directory find the runs.
 
     Raises:
-        ValueError: the path exists and is not a folder.
+        ValueError: the path exists and is not a folder, or is a folder gpseg made for something else (a slice
+            store, a run dir, a report: the flow's phantoms, stores and runs went into it).
     """
+    from gpmodels.files import output_problem
+
     path = Path(value).expanduser().resolve()
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} exists and is not a folder")
+    problem = output_problem(path, None)
+    if problem:
+        raise ValueError(f"{path} {problem}")
     return str(path)
 
 

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from gpmodels.augment import AugmentConfig, RandomFlipRotate, resize_batch
 from storage.errors import StoreError
-from storage.reads import read_rows
+from storage.reads import read_rows, read_whole
 from storage.store import SPLIT_NAMES, fold_names, open_store
 
 Batch = dict[str, torch.Tensor]
@@ -53,7 +53,7 @@ def split_indices(group: Any, fold: int, split: str) -> np.ndarray:
     folds = fold_names(group)
     if fold not in folds:
         raise ValueError(f"fold: got {fold}, the store has folds {folds}")
-    codes = group[f"splits/fold_{fold}"][:]
+    codes = read_whole(group[f"splits/fold_{fold}"])
     return np.flatnonzero(codes == SPLIT_NAMES.index(split)).astype(np.int64)
 
 
@@ -444,7 +444,7 @@ class SliceDataModule(pl.LightningDataModule):
         self.classes = list(group.attrs["classes"])
         self.channels = list(group.attrs["channels"])
         self.store_image_size = int(group["images"].shape[-1])
-        labels = group["labels"][:]
+        labels = read_whole(group["labels"])
         # a cached slice: its float16 image (C, H, W) and uint8 mask (H, W)
         slice_bytes = int(np.prod(group["images"].shape[1:])) * 2 + int(np.prod(group["masks"].shape[1:]))
         for split in missing:

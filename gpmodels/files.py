@@ -111,6 +111,54 @@ def damaged(path: Path, exc: Exception, hint: str = "") -> ValueError:
     return ValueError(f"{path}: damaged ({type(exc).__name__}: {one_line(exc)}){hint}")
 
 
+def folder_kind(path: Path | str) -> str | None:
+    """What gpseg made at ``path``, in words (``"a slice store"``, ``"a Zarr store"`` such as a heatmap store,
+    ``"a run dir"``, ``"a report folder"``), or ``None`` for anything else (missing, empty, another folder)."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    if (path / "zarr.json").is_file():
+        try:
+            attributes = json.loads((path / "zarr.json").read_text(encoding="utf-8")).get("attributes") or {}
+        except (OSError, ValueError, AttributeError):
+            attributes = {}
+        return "a slice store" if "schema_version" in attributes else "a Zarr store"
+    if (path / "config.json").is_file() and ((path / MODEL_FILE).exists() or (path / "checkpoints").is_dir()):
+        return "a run dir"
+    if (path / "metrics.json").is_file() and (path / "index.html").is_file():
+        return "a report folder"
+    return None
+
+
+def output_problem(path: Path | str, meant: str | None) -> str | None:
+    """Why output meant as ``meant`` (one of :func:`folder_kind`'s words, or ``None`` for a folder of another
+    kind) must not go to ``path``: it is a file, or a folder gpseg made for something else (a run's weights or a
+    report written into a slice store silently; a later ``ingest --overwrite`` then deleted them). ``None`` when
+    it may."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return "exists and is not a folder"
+    kind = folder_kind(path)
+    if kind is not None and kind != meant:
+        return f"is {kind}; give a folder of its own"
+    return None
+
+
+def archive_damage(path: Path | str) -> str | None:
+    """Why the archive ``torch.save`` wrote at ``path`` (``model.pt``, a checkpoint) is damaged, in a few words, or
+    ``None`` when every entry reads back with its CRC. ``torch.load`` checks no CRC: bytes overwritten inside the
+    tensors (a bad disk, a broken copy) loaded as other weights without a word. Reads the whole file."""
+    import zipfile
+    import zlib
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        return f"not a whole archive: {one_line(exc) or type(exc).__name__}"
+    return None if bad is None else f"its entry {bad} fails its CRC check"
+
+
 def relocated(recorded: str, recorded_run_dir: str | None, run_dir: Path | str) -> str:
     """A path that a run recorded (its slice store), for the run dir where the run is now.
 

@@ -40,7 +40,7 @@ from gpmodels.files import heatmap_path, relocated, weights_record
 from gpmodels.nets import is_gp_model
 from gpmodels.training import load_trained
 from storage.folders import check_replaceable, hidden_sibling, recover_interrupted, replace_folder
-from storage.reads import read_rows
+from storage.reads import read_rows, read_whole
 from storage.store import (CHUNK_COUNTS, FLAT_CHUNK_KEYS, SPLIT_NAMES, check_chunks, check_data_version, chunk_counts,
                            open_store)
 
@@ -168,11 +168,11 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
     group = open_store(store_path)
     check_data_version(group, run.data_version, store_path, f"run {run_dir}")
     check_chunks(group, store_path, ("images", "labels", f"splits/fold_{run.train.fold}"))
-    codes = group[f"splits/fold_{run.train.fold}"][:]
+    codes = read_whole(group[f"splits/fold_{run.train.fold}"])
     index = np.flatnonzero(codes == SPLIT_NAMES.index(split))
     if index.size == 0:
         raise ValueError(f"{store_path}: fold {run.train.fold} has no {split} slices")
-    labels = group["labels"][:][index]
+    labels = read_whole(group["labels"])[index]
     size, k = int(group["images"].shape[-1]), len(run.classes)
     out = heatmap_path(run_dir, split)
     check_replaceable(out)  # before the work, not after it

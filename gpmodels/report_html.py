@@ -374,19 +374,24 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _curves(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``train_loss``, ``val_loss``, ``val_f1`` per epoch from a run's ``metrics.csv`` (empty when absent)."""
+def _curves(run_dir: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str | None]:
+    """``train_loss``, ``val_loss``, ``val_f1`` per epoch from a run's ``metrics.csv`` (empty when absent), and why
+    the file could not be read (``None`` when it could): a damaged file leaves the run's curves out of the
+    report, saying so, instead of stopping it."""
     path = run_dir / "metrics.csv"
     if not path.is_file():
-        return {}
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    out = {}
-    for name in ("train_loss", "val_loss", "val_f1"):
-        points = [(int(row["epoch"]), float(row[name])) for row in rows if row.get(name)]
-        if points:
-            out[name] = (np.asarray([p[0] for p in points]), np.asarray([p[1] for p in points]))
-    return out
+        return {}, None
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        out = {}
+        for name in ("train_loss", "val_loss", "val_f1"):
+            points = [(int(row["epoch"]), float(row[name])) for row in rows if row.get(name)]
+            if points:
+                out[name] = (np.asarray([p[0] for p in points]), np.asarray([p[1] for p in points]))
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError, KeyError, TypeError) as exc:
+        return {}, f"{path}: unreadable ({' '.join(str(exc).split()) or type(exc).__name__})"
+    return out, None
 
 
 def _threshold_text(values: Mapping[str, Any]) -> str:
@@ -432,10 +437,11 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cac
                      _duration(seconds)])
     header = ["run", "model", "fold", "store", "data version", "classes", "channels", "image size", "split",
               "epochs", "preset", "seed", "precision", "threshold", "offset source", "training time"]
-    curves = []
+    curves, unreadable = [], []
     for g in groups:
-        series = {f"fold {run.fold}": _curves(run.run_dir) for run in g.runs}
-        series = {label: values for label, values in series.items() if values}
+        read = {f"fold {run.fold}": _curves(run.run_dir) for run in g.runs}
+        series = {label: values for label, (values, _) in read.items() if values}
+        unreadable += [problem for _, problem in read.values() if problem]
         if series:
             png = cache.png(figs.training_curves_png, series,
                             f"{dataset_title(g.dataset)}: {g.network_label}")
@@ -447,7 +453,8 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cac
               "trained: <code>auto</code> is 32-true on the CPU and bf16-mixed (16-mixed without bf16) on a GPU.</p>"
             + '<p class="caption">Training time: first to last training/validation event in the run\'s '
               "TensorBoard files (all attempts of a resumed run added up).</p>"
-            + f'<h3>Training curves</h3><div class="figures">{"".join(curves) or "–"}</div>')
+            + f'<h3>Training curves</h3><div class="figures">{"".join(curves) or "–"}</div>'
+            + "".join(f'<p class="caption">No curves from {_e(problem)}</p>' for problem in unreadable))
 
 
 MOST_OF_SLICE = 0.5

@@ -51,13 +51,15 @@ from gpmodels.checkpoints import (
 )
 from gpmodels.data import (SliceDataModule, StoreUnchanged, balanced_class_weights, split_indices,
                            train_batches_per_device)
-from gpmodels.files import damaged, read_run_config, write_text_atomic
+from gpmodels.files import archive_damage, damaged, output_problem, read_run_config, write_text_atomic
 from gpmodels.lightning_module import ClassifierModule
 from gpmodels.nets import build_model
 from gpmodels.train_config import DERIVED_FIELDS, RunConfig, TrainConfig
+from storage.errors import StoreError
 from storage.folders import pid_alive
 from storage.locks import open_lock_file, unlockable
 from storage.quiet import quiet_logger
+from storage.reads import read_whole
 from storage.store import SPLIT_NAMES, check_chunks, open_store
 
 _QUIET_WARNINGS = (
@@ -168,7 +170,10 @@ def resolve_run(config: TrainConfig) -> RunConfig:
     group = open_store(config.store)
     check_chunks(group, config.store, ("images", "labels", f"splits/fold_{config.fold}"))
     classes = tuple(group.attrs["classes"])
-    labels = group["labels"][:]
+    labels = read_whole(group["labels"])
+    if labels.size and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes):
+        raise StoreError(f"{config.store}: damaged (its labels run from {int(labels.min())} to {int(labels.max())}, "
+                         f"but its attribute classes names {len(classes)}: {list(classes)})")
     splits = {split: split_indices(group, config.fold, split) for split in SPLIT_NAMES}
     if len(splits["train"]) == 0:
         raise ValueError(f"fold: fold {config.fold} of {config.store} has no training slices")
@@ -379,9 +384,18 @@ def check_run_dir(config: TrainConfig) -> tuple[RunConfig, RunConfig | None]:
             or one that would go on in another precision than it was trained in without asking for it,
             or one of its checkpoints or its ``config.json`` is damaged.
     """
+    _check_out(config)
     run = resolve_run(config)
     previous, _ = _previous_run(RunPaths(Path(config.out)), run)
     return run, previous
+
+
+def _check_out(config: TrainConfig) -> None:
+    """A one-line error when ``config.out`` is a file, or a folder gpseg made for something else (a slice store, a
+    report): the run's files went into it without a word."""
+    problem = output_problem(config.out, "a run dir")
+    if problem:
+        raise ValueError(f"out: {config.out} {problem}")
 
 
 def _previous_run(paths: RunPaths, run: RunConfig) -> tuple[RunConfig | None, CheckpointProgress | None]:
@@ -448,6 +462,7 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
         OutOfDeviceMemory: If the GPU ran out of memory (one line naming the batch, the size and the way out).
     """
     started = time.perf_counter()
+    _check_out(config)
     run = resolve_run(config)
     paths = RunPaths(Path(config.out))
     with _training_lock(paths):
@@ -630,6 +645,10 @@ def load_trained(run_dir: Path | str, which: Literal["best", "last"] = "best",
     run = RunConfig.from_dict(json.loads(paths.config.read_text()))
     net = build_network(run)
     if which == "best":
+        problem = archive_damage(weights)
+        if problem:
+            raise ValueError(f"{weights}: damaged ({problem}); re-run the training command to write it again from "
+                             "checkpoints/best.ckpt")
         try:
             state = torch.load(weights, map_location=map_location, weights_only=True)
         except UNLOADABLE as exc:

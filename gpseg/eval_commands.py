@@ -146,17 +146,24 @@ def _unique(runs: list[Path]) -> list[Path]:
     """``runs`` without repeats (one run given twice, perhaps by two spellings of its path), in order."""
     seen: dict[Path, Path] = {}
     for run in runs:
-        seen.setdefault(run.resolve(), run)
+        try:
+            seen.setdefault(run.resolve(), run)
+        except (OSError, RuntimeError) as exc:  # a symbolic link loop: Python 3.11 raises RuntimeError
+            raise fail(f"{run}: cannot be resolved ({' '.join(str(exc).split())})") from None
     return list(seen.values())
 
 
-def _writable_folder(out: Path) -> Path:
-    """``out``, or a one-line error, before any run is evaluated, when no report can be written there: it is
-    a file, or its nearest existing folder is not writable."""
+def _writable_folder(out: Path, meant: str | None = "a report folder") -> Path:
+    """``out``, or a one-line error, before any run is evaluated, when no report (``meant``) can be written there:
+    it is a file or a folder gpseg made for something else (:func:`gpmodels.files.output_problem`), or its nearest
+    existing folder is not writable."""
     import os
 
-    if out.exists() and not out.is_dir():
-        raise fail(f"--out {out}: exists and is not a folder")
+    from gpmodels.files import output_problem
+
+    problem = output_problem(out, meant)
+    if problem:
+        raise fail(f"--out {out}: {problem}")
     existing = next(p for p in (out, *out.absolute().parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise fail(f"--out {out}: cannot write in {existing}")
@@ -383,6 +390,11 @@ def export_masks_cmd(
         raise fail("give either --run or --workdir")
     if suffix and any(sep in suffix for sep in ("/", "\\")):
         raise fail(f"--suffix: got {suffix!r}, expected no path separators")
+    from gpmodels.files import output_problem
+
+    problem = output_problem(out, None)  # a slice store, a run dir or a report took the masks without a word
+    if problem:
+        raise fail(f"--out {out}: {problem}")
     if run is not None:
         plan = _export_plan(run, "_pred" if suffix is None else suffix)
         _check_targets([plan], out, overwrite)

@@ -96,6 +96,19 @@ def read_rows(rows: Any, *arrays: zarr.Array) -> tuple[np.ndarray, ...]:
     return tuple(outs)
 
 
+def read_whole(array: zarr.Array) -> np.ndarray:
+    """All of ``array`` (a store's labels or a fold's split codes, read whole).
+
+    Raises:
+        StoreError: a chunk cannot be read or decoded (a damaged store), naming the array, as :func:`read_rows`.
+    """
+    try:
+        return np.asarray(array[...])
+    except Exception as exc:  # a truncated chunk file: zstd's "decompression error" named no file
+        raise StoreError(f"{location(array)}: damaged, a chunk cannot be read "
+                         f"({type(exc).__name__}: {one_line(exc)})") from exc
+
+
 async def _settle(timeout: float = 10.0) -> None:
     """Let the chunk reads that Zarr started beside a failed one end before the error is raised: a read
     that fails leaves its siblings running on Zarr's event loop, and when the process ends soon after (a

@@ -405,6 +405,11 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
                          "`gpseg ingest ...` makes one)")
     if version != SCHEMA_VERSION:
         raise StoreError(f"{path}: schema_version {version!r}, this gpseg reads {SCHEMA_VERSION}")
+    for name in ("classes", "channels"):  # what every reader iterates over: a TypeError deep inside otherwise
+        names = group.attrs.get(name)
+        if names is not None and (not isinstance(names, list) or not names
+                                  or not all(isinstance(item, str) for item in names)):
+            raise StoreError(f"{path}: damaged (its attribute {name} is {names!r}, expected a list of names)")
     return group
 
 

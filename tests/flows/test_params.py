@@ -499,3 +499,19 @@ def test_a_retrain_takes_the_training_settings_it_is_not_given_from_its_work_dir
             with_work_dir_settings(params)
         assert str(caught.value).startswith(f"{tmp_path / 'training_settings.json'}: {reason}"), caught.value
         assert "\n" not in str(caught.value)
+
+
+def test_a_slice_store_or_run_dir_is_refused_as_work_dir(tmp_path):
+    """`gpseg benchmark --workdir store.zarr` put its phantoms, stores and runs inside the slice store."""
+    import json
+
+    store, run = tmp_path / "s.zarr", tmp_path / "run"
+    store.mkdir()
+    (store / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
+                                                 "attributes": {"schema_version": 1}}))
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    for folder, kind in ((store, "a slice store"), (run, "a run dir")):
+        with pytest.raises(ValidationError) as caught:
+            BenchmarkParams(workdir=str(folder))
+        assert one_line(caught.value) == f"workdir: {folder} is {kind}; give a folder of its own"

@@ -1107,3 +1107,60 @@ def test_a_store_whose_patient_array_cannot_be_read_leaves_the_report_without_th
         chunk.write_bytes(kept)
         _patient_count.cache_clear()
     assert load_run(report_runs["gp"]).store_patients > 0
+
+
+def test_a_damaged_metrics_csv_leaves_the_runs_curves_out_saying_so(report_runs, tmp_path):
+    """A metrics.csv that is not UTF-8, or holds a word where a number goes, stopped `gpseg report` with a
+    traceback."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(report_runs["gp"], run)
+    for damage in (b"\xff\xfe\x00garbage", b"epoch,train_loss\n0,abc\n"):
+        (run / "metrics.csv").write_bytes(damage)
+        made = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "r")])
+        assert made.exit_code == 0, made.output
+        page = (tmp_path / "r" / "index.html").read_text()
+        assert f"No curves from {run / 'metrics.csv'}: unreadable (" in page
+
+
+def test_report_and_export_refuse_a_slice_store_or_run_dir_as_out_and_a_link_loop_as_run(report_runs, phantom_store,
+                                                                                            tmp_path):
+    """They wrote index.html and the masks into the slice store without a word (a later `ingest --overwrite`
+    deleted them); a run given as a symbolic link loop ended in a traceback."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    run = report_runs["gp"]
+    for command in (["report", str(run), "--out"], ["export-masks", "--run", str(run), "--out"]):
+        for out, kind in ((phantom_store, "a slice store"), (run, "a run dir")):
+            refused = CliRunner().invoke(app, [*command, str(out)])
+            said = " ".join(refused.output.split())
+            assert refused.exit_code == 1 and said == f"error: --out {out}: is {kind}; give a folder of its own", said
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    refused = CliRunner().invoke(app, ["report", str(loop), "--out", str(tmp_path / "r")])
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 1 and said.startswith(f"error: {loop}: cannot be resolved ("), said
+
+
+def test_a_truncated_model_pt_is_called_damaged_not_trained_further(report_runs, tmp_path):
+    """The heatmaps' weights check read any change of model.pt as the run trained further since."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(report_runs["gp"], run)
+    model = run / "model.pt"
+    model.write_bytes(model.read_bytes()[:1000])
+    made = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "r")])
+    said = " ".join(made.output.split())
+    assert f"{model}: damaged (not a whole archive" in said and "trained further" not in said, said

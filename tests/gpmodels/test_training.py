@@ -1180,3 +1180,77 @@ def test_a_store_re_ingested_during_training_stops_it_before_the_epochs_checkpoi
     paths = RunPaths(out)
     assert not paths.model.exists()
     assert torch.load(paths.last, weights_only=True)["epoch"] == 0  # epoch 1's checkpoint was not saved
+
+
+def test_training_refuses_a_slice_store_report_or_file_as_out(smoke_run, tmp_path):
+    """`gpseg train -o store.zarr` wrote config.json, model.pt and checkpoints into the slice store without a word;
+    `-o afile` said "afile/.train.lock: cannot open this lock file"."""
+    config, _ = smoke_run
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text("{}")
+    (report / "index.html").write_text("")
+    for out, problem in ((config.store, "is a slice store; give a folder of its own"),
+                         (report, "is a report folder; give a folder of its own"), (afile, "exists and is not a folder")):
+        with pytest.raises(ValueError, match=f"^out: {re.escape(str(out))} {problem}$"):
+            train(TrainConfig.from_dict({**config.to_dict(), "out": str(out)}))
+    assert sorted(p.name for p in report.iterdir()) == ["index.html", "metrics.json"]
+
+
+def test_weights_overwritten_inside_model_pt_are_refused_not_loaded(smoke_run, tmp_path):
+    """torch.load checks no CRC: bytes overwritten inside the tensors loaded as other weights, and heatmaps were made
+    from them without a word."""
+    import shutil
+    import zipfile
+
+    config, _ = smoke_run
+    run = tmp_path / "run"
+    shutil.copytree(config.out, run)
+    model = run / "model.pt"
+    with zipfile.ZipFile(model) as archive:
+        entry = max(archive.infolist(), key=lambda info: info.file_size)  # the largest tensor's bytes
+    data = bytearray(model.read_bytes())
+    start = entry.header_offset + 30 + len(entry.filename.encode()) + len(entry.extra) + 16
+    data[start:start + 64] = bytes(64)
+    model.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(model))}: damaged \(its entry .* fails its CRC check\); "
+                                         "re-run the training command"):
+        load_trained(run)
+
+
+def test_a_damaged_labels_chunk_is_named_not_a_zstd_traceback(smoke_run, tmp_path):
+    import shutil
+
+    from storage.errors import StoreError
+
+    config, _ = smoke_run
+    store = tmp_path / "store.zarr"
+    shutil.copytree(config.store, store)
+    chunk = next(p for p in sorted((store / "labels").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[:8])
+    with pytest.raises(StoreError, match=rf"^{re.escape(str(store / 'labels'))}: damaged, a chunk cannot be read"):
+        resolve_run(TrainConfig.from_dict({**config.to_dict(), "store": str(store), "out": str(tmp_path / "run")}))
+
+
+@pytest.mark.parametrize(("attribute", "value", "reason"), [
+    ("channels", 5, r"damaged \(its attribute channels is 5, expected a list of names\)"),
+    ("classes", "x", r"damaged \(its attribute classes is 'x', expected a list of names\)"),
+    ("classes", ["a", "b"], r"damaged \(its labels run from 0 to 2, but its attribute classes names 2: \['a', 'b'\]\)"),
+])
+def test_damaged_class_or_channel_attributes_are_named_with_the_store(smoke_run, tmp_path, attribute, value, reason):
+    """`channels` set to 5 ended in "TypeError: 'int' object is not iterable"; two classes for labels 0 to 2 in
+    "labels: got values in [0, 2], expected [0, 1)", naming no store."""
+    import shutil
+
+    import zarr
+
+    from storage.errors import StoreError
+
+    config, _ = smoke_run
+    store = tmp_path / "store.zarr"
+    shutil.copytree(config.store, store)
+    zarr.open_group(str(store), mode="r+").attrs[attribute] = value
+    with pytest.raises(StoreError, match=rf"^{re.escape(str(store))}: {reason}$"):
+        resolve_run(TrainConfig.from_dict({**config.to_dict(), "store": str(store), "out": str(tmp_path / "run")}))
