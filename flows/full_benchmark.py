@@ -43,7 +43,6 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
 
 def _benchmark(params: BenchmarkParams, logger) -> dict | State:
     """The body of :func:`full_benchmark`, with the work dir locked."""
-    record_training_settings(params)  # what a retrain in this work dir trains with, unless told otherwise
     jobs, labels = [], {}
     rejected, rejections = [], []
     carried = tagged("", [f"preset {params.preset}, {params.folds} fold(s)"])  # how the runs were made
@@ -63,6 +62,8 @@ def _benchmark(params: BenchmarkParams, logger) -> dict | State:
         dataset_jobs = training_jobs(params, spec.label, ingested["store"], ingested["data_version"])
         labels.update((job["out"], spec.label) for job in dataset_jobs)
         jobs += dataset_jobs
+    if jobs:  # what a retrain in this work dir trains with, unless told otherwise (not when nothing trains)
+        record_training_settings(params)
     trained, seed_notes = train_and_keep(jobs, params)
     results = [{**r, "dataset": labels[r["run_dir"]]} for r in
                heatmaps_and_evaluation(trained, params.threshold, params.posthoc_slices)]

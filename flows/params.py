@@ -286,6 +286,11 @@ INHERITED_SETTINGS = ("models", "folds", "preset", "train_overrides", "model_opt
 given them (its schedule and `gpseg drop`'s event give only the work dir and the dataset)."""
 
 
+MERGED_SETTINGS = ("train_overrides", "model_options")
+"""Inherited settings that a retrain given some of them merges key by key with those recorded (the given win),
+instead of replacing them whole."""
+
+
 def training_settings(params: TrainingParams) -> dict[str, Any]:
     """The :data:`INHERITED_SETTINGS` of ``params``, as JSON (what a flow that trains records in its work dir)."""
     return params.model_dump(include=set(INHERITED_SETTINGS), mode="json")
@@ -312,7 +317,23 @@ def with_work_dir_settings(params: RetrainParams) -> tuple[RetrainParams, dict[s
     if not isinstance(recorded, dict):
         raise ValueError(f"{path}: expected a JSON object of training settings; delete it, or give the retrain its "
                          "training settings")
-    taken = {key: recorded[key] for key in INHERITED_SETTINGS if key in recorded and key not in params.model_fields_set}
+    given_fields = params.model_fields_set
+    taken = {key: recorded[key] for key in INHERITED_SETTINGS if key in recorded
+             and (key not in given_fields or key in MERGED_SETTINGS)}
+    for key in MERGED_SETTINGS:  # merged key by key: `--devices 1` alone keeps a recorded precision
+        if key in given_fields and isinstance(taken.get(key), dict):
+            given = getattr(params, key)
+            taken[key] = ({model: {**taken[key].get(model, {}), **options} for model, options in given.items()}
+                          | {model: options for model, options in taken[key].items() if model not in given}
+                          if key == "model_options" else {**taken[key], **given})
+        elif key in given_fields:
+            taken.pop(key, None)
+    # one way to seed: a seed given one way drops the one recorded the other way
+    if "seeds" in given_fields and params.seeds is not None and "seed" in taken.get("train_overrides", {}):
+        taken["train_overrides"] = {k: v for k, v in taken["train_overrides"].items() if k != "seed"}
+    if "seed" in (taken.get("train_overrides") or params.train_overrides) and "seeds" not in given_fields:
+        taken.pop("seeds", None)
+    taken = {key: value for key, value in taken.items() if key not in given_fields or value != getattr(params, key)}
     if not taken:
         return params, {}
     given = params.model_dump(include=params.model_fields_set | {"workdir", "dataset"})

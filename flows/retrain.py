@@ -59,13 +59,17 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
 
 def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dict | State:
     """The body of :func:`retrain_on_new_data`, with the work dir locked."""
+    spec = params.dataset
+    read_report(report_dir)  # a damaged report fails the run here, before any ingestion, not after it
+    fresh = named(find_new_files, "new files of", spec.label)(spec.source, store)
+    stored = stored_version(store)
+    if not fresh and (stored is None or stored in reported_versions(report_dir, spec.label)):
+        logger.info("no new data in %s", spec.source)  # a night without new data reads no training settings
+        return {"status": "no new data", "new_files": []}
     params, taken = with_work_dir_settings(params)
     if taken:
         logger.info("training settings of the last training in %s (%s): %s", params.workdir, TRAINING_SETTINGS,
                     ", ".join(f"{key} {json.dumps(value)}" for key, value in taken.items()))
-    spec = params.dataset
-    read_report(report_dir)  # a damaged report fails the run here, before any ingestion, not after it
-    fresh = named(find_new_files, "new files of", spec.label)(spec.source, store)
     new_rejects: dict[str, str] = {}
     ingested_cases = 0
     if fresh:

@@ -181,8 +181,11 @@ def retrain_cmd(
         show_default=False, help="Folds to train (default: the work dir's last, else 3).")] = None,
     preset: Annotated[Optional[str], typer.Option(
         show_default=False, help="paper, demo or smoke (default: the work dir's last, else demo).")] = None,
-    devices: Annotated[int, typer.Option(help="Devices per training run (more than 1: Lightning DDP).")] = 1,
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    devices: Annotated[Optional[int], typer.Option(
+        show_default=False, help="Devices per training run (more than 1: Lightning DDP; default: the work dir's "
+                                 "last, else 1).")] = None,
+    precision: Annotated[Optional[str], typer.Option(
+        show_default=False, help=PRECISION_HELP + " Default: the work dir's last, else auto.")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated training seeds, as for `gpseg benchmark`.")
                      ] = None,
     option: Annotated[Optional[list[str]], typer.Option(
@@ -219,7 +222,10 @@ def retrain_cmd(
     drop = default_drop_folder(workdir, kind) if source is None else source
     try:
         given = {"folds": folds, "preset": preset,
-                 **training_options(models, option, devices, precision, seeds, threshold)}
+                 **training_options(models, option, devices or 1, precision or "auto", seeds, threshold)}
+        # given values count even at their defaults: `--devices 1` sets back a recorded 2 (merged key by key)
+        given["train_overrides"] = {key: value for key, value in (("devices", devices), ("precision", precision))
+                                    if value is not None}
         params = RetrainParams(  # training options left out (None, empty) are the work dir's, in the flow
             workdir=str(workdir), dataset=DatasetSpec(kind=kind, source=str(drop)),
             **{key: value for key, value in given.items() if key == "threshold" or value not in (None, {}, [])})

@@ -156,12 +156,15 @@ def stored_chunks(array: zarr.Array) -> int:
             except FileNotFoundError:
                 return 0
         return sum(len(files) for _, _, files in os.walk(folder / "c"))
-    prefix = f"{where.path}/c{separator}" if where.path else f"c{separator}"
+    # the array's own keys, then those of its chunks: a flat "c." prefix is no folder, which fsspec lists as empty
+    folder = f"{where.path}/" if where.path else ""
+    chunks = f"c{separator}"
 
     async def count() -> int:
         found = 0
-        async for _ in where.store.list_prefix(prefix):
-            found += 1
+        async for key in where.store.list_prefix(folder if separator == "." else folder + chunks):
+            rest = key[len(folder):]
+            found += separator != "." or (rest.startswith(chunks) and "/" not in rest)
         return found
 
     return sync(count())

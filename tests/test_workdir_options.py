@@ -133,3 +133,5 @@ def test_retrain_leaves_the_training_options_it_is_not_given_to_the_work_dirs_se
     assert not unset & {"models", "folds", "preset", "train_overrides", "model_options", "seeds"}, unset
     assert {"models", "folds", "preset", "train_overrides", "seeds"} <= set_
     assert (flow_calls[1].preset, flow_calls[1].folds, flow_calls[1].train_overrides) == ("smoke", 1, {"devices": 2})
+    back = CliRunner().invoke(app, ["retrain", "--workdir", str(work), "--devices", "1", "--precision", "auto"])
+    assert back.exit_code == 0 and flow_calls[2].train_overrides == {"devices": 1, "precision": "auto"}  # set back

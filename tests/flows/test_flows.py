@@ -261,6 +261,13 @@ def test_retrain_on_new_data(bench_workdir, task_names, task_states):
 
     params = RetrainParams(workdir=str(bench_workdir), dataset=DatasetSpec(**{**SPEC, "source": str(source)}))
     assert json.loads((bench_workdir / "training_settings.json").read_text()) == training_settings(_bench(bench_workdir))
+    settings = bench_workdir / "training_settings.json"
+    recorded = settings.read_text()
+    settings.write_text("{")  # damaged: a night without new data does not read it
+    try:
+        assert retrain_on_new_data(params) == {"status": "no new data", "new_files": []}
+    finally:
+        settings.write_text(recorded)
     quiet = retrain_on_new_data(params, return_state=True)
     assert quiet.result() == {"status": "no new data", "new_files": []}
     # the daily schedule before the first drop: no folder yet is no new data, not a failed run
@@ -495,6 +502,7 @@ def test_a_benchmark_where_nothing_finished_ends_failed_with_its_outcome(tmp_pat
     assert state.is_failed() and state.message.startswith("no run finished; 1 failure(s): brats all: FAILED: ")
     result = run_in_process(params)  # what gpseg benchmark prints from
     assert result["report"] is None and [row["dataset"] for row in result["failed"]] == ["brats"]
+    assert not (tmp_path / "training_settings.json").exists()  # nothing trained: a retrain's settings stay
 
 
 def test_a_dataset_that_cannot_be_ingested_fails_alone(tmp_path, monkeypatch):

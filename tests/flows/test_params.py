@@ -515,3 +515,31 @@ def test_a_slice_store_or_run_dir_is_refused_as_work_dir(tmp_path):
         with pytest.raises(ValidationError) as caught:
             BenchmarkParams(workdir=str(folder))
         assert one_line(caught.value) == f"workdir: {folder} is {kind}; give a folder of its own"
+
+
+def test_inherited_overrides_and_options_merge_key_by_key_and_seeds_one_way(tmp_path):
+    """`gpseg retrain --devices 1` could not set back a recorded 2, and replaced every recorded override; a seed
+    recorded one way and given the other refused the retrain."""
+    import json
+
+    from flows.params import with_work_dir_settings
+
+    def recorded(**settings):
+        (tmp_path / "training_settings.json").write_text(json.dumps(settings))
+
+    dataset = {"kind": "brats"}
+    recorded(train_overrides={"devices": 2, "precision": "bf16-mixed"},
+             model_options={"gp-unet": {"pool": "maps"}, "gp-shuffleunet": {"pool": "maps"}})
+    given = RetrainParams(workdir=str(tmp_path), dataset=dataset, train_overrides={"devices": 1},
+                          model_options={"gp-unet": {"dropout": 0.1}})
+    merged, _ = with_work_dir_settings(given)
+    assert merged.train_overrides == {"devices": 1, "precision": "bf16-mixed"}
+    assert merged.model_options == {"gp-unet": {"pool": "maps", "dropout": 0.1}, "gp-shuffleunet": {"pool": "maps"}}
+
+    recorded(train_overrides={"seed": 3})
+    merged, _ = with_work_dir_settings(RetrainParams(workdir=str(tmp_path), dataset=dataset, seeds=[1, 2]))
+    assert (merged.seeds, merged.train_overrides) == ([1, 2], {})
+    recorded(seeds=[1, 2])
+    merged, _ = with_work_dir_settings(RetrainParams(workdir=str(tmp_path), dataset=dataset,
+                                                     train_overrides={"seed": 4}))
+    assert (merged.seeds, merged.train_overrides) == (None, {"seed": 4})

@@ -179,8 +179,8 @@ def test_stored_chunks_counts_flat_and_nested_chunk_keys(tmp_path, separator):
     from storage.store import stored_chunks
 
     encoding = {"name": "default", "separator": separator}
-    for store in (str(tmp_path / "s.zarr"), zarr.storage.MemoryStore()):
-        group = zarr.create_group(store=store, zarr_format=3)
+    for store in (str(tmp_path / "s.zarr"), zarr.storage.MemoryStore(), f"memory://{tmp_path.name}{separator}"):
+        group = zarr.open_group(store, mode="w", zarr_format=3)  # the last through fsspec: "c." is no folder there
         images = group.create_array("images", shape=(12, 2, 3), chunks=(1, 2, 3), dtype="float16",
                                     chunk_key_encoding=encoding)
         images[:7] = 1
