@@ -115,6 +115,24 @@ def test_append_names_a_stored_case_whose_file_changed(brats_copy, tmp_path):
     assert new_files(brats_copy, tmp_path / "s.zarr") == []
 
 
+def test_an_append_reads_a_stored_file_again_only_when_its_state_changed(brats_copy, tmp_path, monkeypatch):
+    """Every append hashed every stored case file again: the whole of BraTS at full size, to add a few cases."""
+    import storage.ingest
+    import storage.nifti
+
+    monkeypatch.setattr(storage.nifti, "_SETTLED_NS", 0)  # the phantoms were written just now
+    ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
+    hashed, real = [], storage.ingest.sha256_file
+    monkeypatch.setattr(storage.ingest, "sha256_file", lambda path: hashed.append(path) or real(path))
+    path = _file(brats_copy, 2, "flair")
+    report = ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG, append=True)
+    assert report.cases == 0 and report.rejected == {}
+    assert not [p for p in hashed if str(p).endswith(".nii.gz")], hashed
+    _rewrite(path, np.asanyarray(nib.load(path).dataobj)[::-1].copy())
+    report = ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG, append=True)
+    assert report.rejected == {f"{CASE.format(2)}/{path.name}": CHANGED_SINCE_STORED}
+
+
 def test_append_names_stored_patients_whose_grade_changed(brats_copy, tmp_path):
     """A corrected grade in name_mapping.csv was ignored without a word ("0 rejected", nothing ingested)."""
     ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
