@@ -24,7 +24,8 @@ STORES, PHANTOMS, RUNS, REPORT = "stores", "phantoms", "runs", "report"
 SEED_PREFIX = "seed_"
 TRAINING_SETTINGS = "training_settings.json"
 """The file in a work dir with the training settings (:data:`flows.params.INHERITED_SETTINGS`) of the last
-``full-benchmark`` or ``retrain-on-new-data`` that trained there; a retrain takes those it is not given from it."""
+``full-benchmark`` or ``retrain-on-new-data`` that started training there; a retrain takes those it is not given
+from it, and merges some it is given with it (:func:`flows.params.with_work_dir_settings`)."""
 DEFAULT_WORKDIR = "runs/benchmark"
 """The deployments' work dir, relative to the project root (prefect.yaml's ``workdir``)."""
 DROP_FOLDERS = {"brats": f"{DEFAULT_WORKDIR}/drop", "jun-cheng": f"{DEFAULT_WORKDIR}/drop-jun-cheng"}

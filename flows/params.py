@@ -283,7 +283,8 @@ class PostprocessParams(_Params):
 INHERITED_SETTINGS = ("models", "folds", "preset", "train_overrides", "model_options", "seeds", "posthoc_slices",
                       "dask_address")
 """The training settings a retrain takes from its work dir's :data:`flows.layout.TRAINING_SETTINGS` when it is not
-given them (its schedule and `gpseg drop`'s event give only the work dir and the dataset)."""
+given them (its schedule and `gpseg drop`'s event give only the work dir and the dataset), or merges with those it is
+given (:data:`MERGED_SETTINGS`)."""
 
 
 MERGED_SETTINGS = ("train_overrides", "model_options")
@@ -297,9 +298,12 @@ def training_settings(params: TrainingParams) -> dict[str, Any]:
 
 
 def with_work_dir_settings(params: RetrainParams) -> tuple[RetrainParams, dict[str, Any]]:
-    """``params`` with each of the :data:`INHERITED_SETTINGS` it was not given taken from its work dir's
-    :data:`flows.layout.TRAINING_SETTINGS` (those of the benchmark or retrain that last trained there), and the
-    settings taken. Without that file (a work dir of an older gpseg, or none trained yet) ``params`` as it is.
+    """``params`` completed from its work dir's :data:`flows.layout.TRAINING_SETTINGS` (those of the benchmark or
+    retrain that last trained there), and the recorded settings used (for the log). Each of the
+    :data:`INHERITED_SETTINGS` that ``params`` was not given is taken as recorded; the
+    :data:`MERGED_SETTINGS` it was given are merged with the recorded ones key by key, the given winning; a seed
+    given one way (``seeds``, ``train_overrides["seed"]``) drops one recorded the other way. Without that file (a
+    work dir of an older gpseg, or none trained yet) ``params`` as it is.
 
     Raises:
         ValueError: the file is unreadable or damaged, or its settings do not make valid parameters (one line,
@@ -308,42 +312,53 @@ def with_work_dir_settings(params: RetrainParams) -> tuple[RetrainParams, dict[s
     from flows.layout import TRAINING_SETTINGS
 
     path = Path(params.workdir) / TRAINING_SETTINGS
+    advice = "; delete it, or give the retrain its training settings"
     try:
         recorded = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return params, {}
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable ({exc}); delete it, or give the retrain its training settings") from exc
+        raise ValueError(f"{path}: unreadable ({exc}){advice}") from exc
     if not isinstance(recorded, dict):
-        raise ValueError(f"{path}: expected a JSON object of training settings; delete it, or give the retrain its "
-                         "training settings")
+        raise ValueError(f"{path}: expected a JSON object of training settings{advice}")
     given_fields = params.model_fields_set
-    taken = {key: recorded[key] for key in INHERITED_SETTINGS if key in recorded
-             and (key not in given_fields or key in MERGED_SETTINGS)}
-    for key in MERGED_SETTINGS:  # merged key by key: `--devices 1` alone keeps a recorded precision
-        if key in given_fields and isinstance(taken.get(key), dict):
-            given = getattr(params, key)
-            taken[key] = ({model: {**taken[key].get(model, {}), **options} for model, options in given.items()}
-                          | {model: options for model, options in taken[key].items() if model not in given}
-                          if key == "model_options" else {**taken[key], **given})
-        elif key in given_fields:
-            taken.pop(key, None)
-    # one way to seed: a seed given one way drops the one recorded the other way
-    if "seeds" in given_fields and params.seeds is not None and "seed" in taken.get("train_overrides", {}):
-        taken["train_overrides"] = {k: v for k, v in taken["train_overrides"].items() if k != "seed"}
-    if "seed" in (taken.get("train_overrides") or params.train_overrides) and "seeds" not in given_fields:
-        taken.pop("seeds", None)
-    taken = {key: value for key, value in taken.items() if key not in given_fields or value != getattr(params, key)}
-    if not taken:
-        return params, {}
-    given = params.model_dump(include=params.model_fields_set | {"workdir", "dataset"})
+    used = {key: recorded[key] for key in INHERITED_SETTINGS if key in recorded and key not in given_fields}
+    merged: dict[str, Any] = {}
     try:
-        return RetrainParams.model_validate({**given, **taken}), taken
+        for key in MERGED_SETTINGS:  # key by key: `--devices 1` alone keeps a recorded precision
+            if key in given_fields and recorded.get(key):
+                given, old = getattr(params, key), dict(recorded[key])
+                if key == "model_options":
+                    merged[key] = {**old, **{model: {**old.get(model, {}), **options}
+                                             for model, options in given.items()}}
+                    used[key] = {model: {option: value for option, value in options.items()
+                                         if option not in given.get(model, {})} for model, options in old.items()}
+                else:
+                    merged[key] = {**old, **given}
+                    used[key] = {name: value for name, value in old.items() if name not in given}
+    except (TypeError, ValueError, AttributeError) as exc:  # a recorded value of another shape
+        raise ValueError(f"{path}: damaged ({key}: {exc}){advice}") from exc
+    settings = {**used, **merged}
+    overrides = settings.get("train_overrides", params.train_overrides)
+    if "seeds" in given_fields and params.seeds is not None and isinstance(overrides, dict) and "seed" in overrides:
+        settings["train_overrides"] = {name: value for name, value in overrides.items() if name != "seed"}
+        if isinstance(used.get("train_overrides"), dict):
+            used["train_overrides"] = {name: value for name, value in used["train_overrides"].items() if name != "seed"}
+    elif "seeds" not in given_fields and isinstance(overrides, dict) and "seed" in overrides:
+        settings.pop("seeds", None)  # seeded by train_overrides now
+    settings = {key: value for key, value in settings.items()
+                if key not in given_fields or value != getattr(params, key)}
+    # what was taken over: recorded settings not given, and what is left of the merged ones besides the given keys
+    used = {key: value for key, value in used.items() if key in settings and (key not in given_fields or value)}
+    if not settings:
+        return params, {}
+    given = params.model_dump(include=given_fields | {"workdir", "dataset"})
+    try:
+        return RetrainParams.model_validate({**given, **settings}), used
     except ValidationError as exc:
         reasons = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg'].removeprefix('Value error, ')}"
                             for error in exc.errors())
-        raise ValueError(f"{path}: its settings do not make a retrain's ({' '.join(reasons.split())}); delete it, or "
-                         "give the retrain its training settings") from exc
+        raise ValueError(f"{path}: its settings do not make a retrain's ({' '.join(reasons.split())}){advice}") from exc
 
 
 class RetrainParams(TrainingParams):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,11 +55,13 @@ def made_from(heatmaps: Path, weights: str) -> bool:
 
 
 def weights_readable(path: Path) -> bool:
-    """Whether ``model.pt`` is there and its archive whole as far as its end record tells (a truncated file,
-    e.g. from a full disk or a partial copy, is not). Reads the file's end only, not the weights; a run
-    whose weights are not is trained again, which finds the finished run and rewrites them from
-    ``checkpoints/best.ckpt``."""
-    return path.is_file() and zipfile.is_zipfile(path)
+    """Whether ``model.pt`` is there and whole: every entry of its archive reads back with its CRC
+    (:func:`gpmodels.files.archive_damage`; a truncated file, from a full disk or a partial copy, or bytes
+    overwritten inside it are not). A run whose weights are not is trained again, which finds the finished run
+    and rewrites them from ``checkpoints/best.ckpt``."""
+    from gpmodels.files import archive_damage
+
+    return path.is_file() and archive_damage(path) is None
 
 
 def same_settings(job: dict) -> bool:

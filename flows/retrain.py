@@ -40,7 +40,9 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     train, are refused when there is something to train, before anything is ingested (a night without new
     data stays "no new data"). Training settings it is not given (:data:`flows.params.INHERITED_SETTINGS`: its
     schedule and `gpseg drop`'s event give only the work dir and the dataset) are those of the last benchmark or
-    retrain that trained in the work dir (``WORKDIR/training_settings.json``), else the defaults.
+    retrain that trained in the work dir (``WORKDIR/training_settings.json``), else the defaults; given
+    ``train_overrides`` and ``model_options`` are merged with the recorded ones
+    (:func:`flows.params.with_work_dir_settings`).
 
     Args:
         params: the work dir, the dataset whose drop folder is read, and how to retrain.
@@ -66,10 +68,10 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
     if not fresh and (stored is None or stored in reported_versions(report_dir, spec.label)):
         logger.info("no new data in %s", spec.source)  # a night without new data reads no training settings
         return {"status": "no new data", "new_files": []}
-    params, taken = with_work_dir_settings(params)
-    if taken:
-        logger.info("training settings of the last training in %s (%s): %s", params.workdir, TRAINING_SETTINGS,
-                    ", ".join(f"{key} {json.dumps(value)}" for key, value in taken.items()))
+    params, used = with_work_dir_settings(params)
+    if used:
+        logger.info("training settings taken from the last training in %s (%s): %s", params.workdir,
+                    TRAINING_SETTINGS, ", ".join(f"{key} {json.dumps(value)}" for key, value in used.items()))
     new_rejects: dict[str, str] = {}
     ingested_cases = 0
     if fresh:
@@ -91,10 +93,7 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
         ingested_cases = ingested["cases"] if ingested["data_version"] != before else 0
     version = stored_version(store)
     pending = version is not None and version not in reported_versions(report_dir, spec.label)
-    if not ingested_cases and not pending:
-        if not fresh:
-            logger.info("no new data in %s", spec.source)
-            return {"status": "no new data", "new_files": []}
+    if not ingested_cases and not pending:  # new files, none ingested (nothing new returned above)
         logger.warning("no new case of %s could be ingested (%d rejected); nothing retrained", spec.source,
                        len(new_rejects))
         return {"status": "nothing ingested", "new_files": fresh, "ingested": 0, "rejected": new_rejects}

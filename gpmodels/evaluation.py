@@ -30,7 +30,7 @@ import numpy as np
 import zarr
 
 from gpmodels.bootstrap import patient_bootstrap
-from gpmodels.files import (MODEL_FILE, archive_damage, damaged, heatmap_path, json_text, made_at, relocated,
+from gpmodels.files import (MODEL_FILE, archive_damage, damaged, damaged_weights, heatmap_path, json_text, made_at, relocated,
                             replace_together, weights_changed)
 from gpmodels.map_agreement import rank_agreement
 from gpmodels.metrics import (
@@ -104,8 +104,7 @@ def open_heatmaps(path: Path | str) -> zarr.Group:
     if weights_changed(run_dir, attrs, made_at(path)):
         problem = archive_damage(run_dir / MODEL_FILE) if (run_dir / MODEL_FILE).is_file() else None
         if problem:  # not trained further: damaged since
-            raise ValueError(f"{run_dir / MODEL_FILE}: damaged ({problem}); re-run the training command to write "
-                             "it again from checkpoints/best.ckpt")
+            raise damaged_weights(run_dir / MODEL_FILE, problem)
         unrecorded = "" if attrs.get("weights") else ", by a gpseg that did not record them, before it was written"
         raise ValueError(f"{path}: made from earlier weights than {run_dir / MODEL_FILE} (the run was trained "
                          f"further since{unrecorded}){hint}")

@@ -159,6 +159,15 @@ def archive_damage(path: Path | str) -> str | None:
     return None if bad is None else f"its entry {bad} fails its CRC check"
 
 
+RETRAIN_HINT = "; re-run the training command to write it again from checkpoints/best.ckpt"
+"""What to do about a damaged ``model.pt``: a finished run trained again rewrites it from its best checkpoint."""
+
+
+def damaged_weights(path: Path | str, problem: str) -> ValueError:
+    """The one-line error for a damaged ``model.pt`` (``problem``: :func:`archive_damage`'s words)."""
+    return ValueError(f"{path}: damaged ({problem}){RETRAIN_HINT}")
+
+
 def relocated(recorded: str, recorded_run_dir: str | None, run_dir: Path | str) -> str:
     """A path that a run recorded (its slice store), for the run dir where the run is now.
 

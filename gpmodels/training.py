@@ -51,7 +51,8 @@ from gpmodels.checkpoints import (
 )
 from gpmodels.data import (SliceDataModule, StoreUnchanged, balanced_class_weights, split_indices,
                            train_batches_per_device)
-from gpmodels.files import archive_damage, damaged, output_problem, read_run_config, write_text_atomic
+from gpmodels.files import (RETRAIN_HINT, archive_damage, damaged, damaged_weights, output_problem, read_run_config,
+                            write_text_atomic)
 from gpmodels.lightning_module import ClassifierModule
 from gpmodels.nets import build_model
 from gpmodels.train_config import DERIVED_FIELDS, RunConfig, TrainConfig
@@ -647,13 +648,11 @@ def load_trained(run_dir: Path | str, which: Literal["best", "last"] = "best",
     if which == "best":
         problem = archive_damage(weights)
         if problem:
-            raise ValueError(f"{weights}: damaged ({problem}); re-run the training command to write it again from "
-                             "checkpoints/best.ckpt")
+            raise damaged_weights(weights, problem)
         try:
             state = torch.load(weights, map_location=map_location, weights_only=True)
         except UNLOADABLE as exc:
-            raise damaged(weights, exc, "; re-run the training command to write it again from "
-                          "checkpoints/best.ckpt") from None
+            raise damaged(weights, exc, RETRAIN_HINT) from None
     else:
         state = net_state_from_checkpoint(weights)
     try:

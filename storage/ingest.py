@@ -237,18 +237,25 @@ CHANGED_SINCE_STORED = ("changed since it was stored (another sha256), or anothe
 
 
 def _changed_since_stored(case: VolumeCase | MatCase, stored: dict[str, str], root: Path,
-                          states: dict[str, list[int]] | None = None) -> str | None:
+                          states: dict[str, list[int]] | None = None,
+                          examined: dict[str, str] | None = None) -> str | None:
     """The first file of an already stored case whose content is no longer what was stored (relative path),
     or ``None``. A corrected re-download under the same path would otherwise be skipped without a word,
     and a drop check would count it as new data every time. Unreadable files are left to the next read.
 
     A file still in the state (:func:`storage.nifti.file_state`) in which the store hashed it (``states``, its
     ``file_states``) is not read again, as :func:`storage.drops.new_files` does: every append re-read every stored
-    file, the whole of BraTS at full size, to add a few cases."""
+    file, the whole of BraTS at full size, to add a few cases. Only when that state describes the stored content:
+    a file whose other content an append rejected (``examined``, the store's) keeps a state of that content, and
+    stays rejected."""
+    examined = examined or {}
     for file in _case_files(case):
         key = source_key(str(file), root)
         try:
-            if key not in stored or (states and key in states and list(file_state(file) or ()) == states[key]):
+            if key not in stored:
+                continue
+            described = examined.get(key, stored[key]) == stored[key]  # the recorded state is of the stored content
+            if described and states and key in states and list(file_state(file) or ()) == states[key]:
                 continue
             if sha256_file(file) != stored[key]:
                 return key
@@ -361,7 +368,7 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
                           "needs files at paths of its own")
             rejected_cases.append(case)
         elif changed := _changed_since_stored(case, base_attrs.get("sources", {}), plan.root,
-                                              base_attrs.get("file_states")):
+                                              base_attrs.get("file_states"), base_attrs.get("examined")):
             add_rejection(report.rejected, changed, CHANGED_SINCE_STORED)
             rejected_cases.append(case)
         else:

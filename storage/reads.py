@@ -102,11 +102,7 @@ def read_whole(array: zarr.Array) -> np.ndarray:
     Raises:
         StoreError: a chunk cannot be read or decoded (a damaged store), naming the array, as :func:`read_rows`.
     """
-    try:
-        return np.asarray(array[...])
-    except Exception as exc:  # a truncated chunk file: zstd's "decompression error" named no file
-        raise StoreError(f"{location(array)}: damaged, a chunk cannot be read "
-                         f"({type(exc).__name__}: {one_line(exc)})") from exc
+    return read_rows(np.arange(array.shape[0]), array)[0]  # its errors name the array
 
 
 async def _settle(timeout: float = 10.0) -> None:

@@ -532,7 +532,9 @@ def test_inherited_overrides_and_options_merge_key_by_key_and_seeds_one_way(tmp_
              model_options={"gp-unet": {"pool": "maps"}, "gp-shuffleunet": {"pool": "maps"}})
     given = RetrainParams(workdir=str(tmp_path), dataset=dataset, train_overrides={"devices": 1},
                           model_options={"gp-unet": {"dropout": 0.1}})
-    merged, _ = with_work_dir_settings(given)
+    merged, used = with_work_dir_settings(given)
+    assert used == {"train_overrides": {"precision": "bf16-mixed"}, "model_options": {"gp-unet": {"pool": "maps"},
+                                                                                      "gp-shuffleunet": {"pool": "maps"}}}
     assert merged.train_overrides == {"devices": 1, "precision": "bf16-mixed"}
     assert merged.model_options == {"gp-unet": {"pool": "maps", "dropout": 0.1}, "gp-shuffleunet": {"pool": "maps"}}
 
@@ -543,3 +545,6 @@ def test_inherited_overrides_and_options_merge_key_by_key_and_seeds_one_way(tmp_
     merged, _ = with_work_dir_settings(RetrainParams(workdir=str(tmp_path), dataset=dataset,
                                                      train_overrides={"seed": 4}))
     assert (merged.seeds, merged.train_overrides) == (None, {"seed": 4})
+    recorded(model_options={"gp-unet": 5})  # another shape: named, not a TypeError
+    with pytest.raises(ValueError, match=r"training_settings\.json: damaged \(model_options: "):
+        with_work_dir_settings(given)

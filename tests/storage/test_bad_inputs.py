@@ -129,8 +129,9 @@ def test_an_append_reads_a_stored_file_again_only_when_its_state_changed(brats_c
     assert report.cases == 0 and report.rejected == {}
     assert not [p for p in hashed if str(p).endswith(".nii.gz")], hashed
     _rewrite(path, np.asanyarray(nib.load(path).dataobj)[::-1].copy())
-    report = ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG, append=True)
-    assert report.rejected == {f"{CASE.format(2)}/{path.name}": CHANGED_SINCE_STORED}
+    for _ in range(2):  # the second time too: the store then holds a state of the rejected content
+        report = ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG, append=True)
+        assert report.rejected == {f"{CASE.format(2)}/{path.name}": CHANGED_SINCE_STORED}
 
 
 def test_append_names_stored_patients_whose_grade_changed(brats_copy, tmp_path):
