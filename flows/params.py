@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from flows.layout import DROP_FOLDERS, default_drop_folder
 from gpmodels.names import MODEL_NAMES, ModelName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
+from storage.errors import one_line, validation_line
 
 DatasetKind = Literal["brats", "jun-cheng", "manifest"]
 PHANTOM_KINDS = ("brats", "jun-cheng")
@@ -356,9 +357,7 @@ def with_work_dir_settings(params: RetrainParams) -> tuple[RetrainParams, dict[s
     try:
         return RetrainParams.model_validate({**given, **settings}), used
     except ValidationError as exc:
-        reasons = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg'].removeprefix('Value error, ')}"
-                            for error in exc.errors())
-        raise ValueError(f"{path}: its settings do not make a retrain's ({' '.join(reasons.split())}){advice}") from exc
+        raise ValueError(f"{path}: its settings do not make a retrain's ({one_line(validation_line(exc))}){advice}") from exc
 
 
 class RetrainParams(TrainingParams):

@@ -30,8 +30,8 @@ import numpy as np
 import zarr
 
 from gpmodels.bootstrap import patient_bootstrap
-from gpmodels.files import (MODEL_FILE, archive_damage, damaged, damaged_weights, heatmap_path, json_text, made_at, relocated,
-                            replace_together, weights_changed)
+from gpmodels.files import (MODEL_FILE, archive_damage, damaged, damaged_weights, heatmap_path, json_text, made_at,
+                            relocated, replace_together, weights_changed)
 from gpmodels.map_agreement import rank_agreement
 from gpmodels.metrics import (
     classification_metrics,

@@ -36,6 +36,7 @@ from gpmodels.report import (
     run_scalars,
     threshold_config,
 )
+from storage.errors import one_line
 from storage.store import open_store
 
 CSS = """
@@ -390,7 +391,7 @@ def _curves(run_dir: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], st
             if points:
                 out[name] = (np.asarray([p[0] for p in points]), np.asarray([p[1] for p in points]))
     except (OSError, UnicodeDecodeError, csv.Error, ValueError, KeyError, TypeError) as exc:
-        return {}, f"{path}: unreadable ({' '.join(str(exc).split()) or type(exc).__name__})"
+        return {}, f"{path}: unreadable ({one_line(exc) or type(exc).__name__})"
     return out, None
 
 

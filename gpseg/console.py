@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from flows.layout import MAP_KINDS, row_where
-from storage.errors import StoreError
+from storage.errors import StoreError, validation_line
 
 console = Console(stderr=True)
 
@@ -55,11 +55,7 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int, str], None]]:
 def one_line(exc: Exception) -> str:
     """An exception's message on one line; a pydantic validation error as ``field: reason; ...``."""
     if isinstance(exc, ValidationError):
-        parts = []
-        for error in exc.errors():
-            field, message = ".".join(map(str, error["loc"])), error["msg"].removeprefix("Value error, ")
-            parts.append(message if not field or message.startswith(f"{field}:") else f"{field}: {message}")
-        return "; ".join(parts)
+        return validation_line(exc)
     return " ".join(str(exc).split())
 
 

@@ -149,7 +149,9 @@ def _unique(runs: list[Path]) -> list[Path]:
         try:
             seen.setdefault(run.resolve(), run)
         except (OSError, RuntimeError) as exc:  # a symbolic link loop: Python 3.11 raises RuntimeError
-            raise fail(f"{run}: cannot be resolved ({' '.join(str(exc).split())})") from None
+            from storage.errors import one_line
+
+            raise fail(f"{run}: cannot be resolved ({one_line(exc)})") from None
     return list(seen.values())
 
 

@@ -17,6 +17,16 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def validation_line(exc: Exception) -> str:
+    """A pydantic validation error (anything with its ``errors()``) as one line, ``field: reason; ...``: a reason
+    that already starts with its field, or belongs to no field, as it is."""
+    parts = []
+    for error in exc.errors():  # type: ignore[attr-defined]
+        field, message = ".".join(map(str, error["loc"])), error["msg"].removeprefix("Value error, ")
+        parts.append(message if not field or message.startswith(f"{field}:") else f"{field}: {message}")
+    return "; ".join(parts)
+
+
 class CaseRejected(ValueError):
     """One case (a volume set or a ``.mat`` slice) cannot be ingested.
 
