@@ -20,6 +20,11 @@ from typing import TypeVar
 W = TypeVar("W")
 
 
+def cpu_cores() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else all of the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def check_workers(workers: int | None) -> int:
     """Threads to use: ``workers``, or one per CPU this process may run on when ``None``.
 
@@ -27,7 +32,7 @@ def check_workers(workers: int | None) -> int:
         ValueError: ``workers`` is not ``None`` or a positive integer.
     """
     if workers is None:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return cpu_cores()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers: got {workers!r}, expected a positive integer or None (one per CPU)")
     return workers

@@ -108,6 +108,13 @@ def train_batches_per_device(train_size: int, batch_size: int, devices: int = 1)
     return max(share // batch_size, 1)
 
 
+def slices_per_batch(train_size: int, batch_size: int, devices: int = 1) -> int:
+    """Slices in each training batch on each device: ``batch_size``, or the device's whole share of the
+    training split (``ceil(train_size / devices)``) where that is smaller (the one batch of an epoch, see
+    :func:`train_batches_per_device`)."""
+    return min(batch_size, math.ceil(train_size / devices))
+
+
 
 _log = logging.getLogger(__name__)
 

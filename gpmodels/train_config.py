@@ -250,7 +250,8 @@ class RunConfig:
             epoch where they are fewer.
         class_weights: cross-entropy weights balanced on the training split, one per class.
         split_sizes: slices per split of the fold.
-        effective_batch: slices per optimiser step, ``batch_size * devices * accumulate``: what the
+        effective_batch: slices per optimiser step, ``batch * devices * accumulate`` where ``batch`` is
+            ``batch_size``, or each device's share of the training split where that is smaller: what the
             run steps on, which differs from ``train.effective_batch`` when that is not a multiple of
             ``batch_size * devices`` or the training split is smaller than one step.
         train_batches: training batches per epoch and device, a multiple of ``accumulate``: the

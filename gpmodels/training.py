@@ -49,7 +49,8 @@ from gpmodels.checkpoints import (
     remove_partial_checkpoints,
     save_weights,
 )
-from gpmodels.data import (SliceDataModule, StoreUnchanged, balanced_class_weights, split_indices,
+from gpmodels.chunks import cpu_cores
+from gpmodels.data import (SliceDataModule, StoreUnchanged, balanced_class_weights, slices_per_batch, split_indices,
                            train_batches_per_device)
 from gpmodels.files import (RETRAIN_HINT, archive_damage, damaged, damaged_weights, output_problem, read_run_config,
                             write_text_atomic)
@@ -209,7 +210,8 @@ def resolve_run(config: TrainConfig) -> RunConfig:
         accumulate=accumulate,
         class_weights=tuple(weights.tolist()),
         split_sizes={split: len(rows) for split, rows in splits.items()},
-        effective_batch=config.batch_size * config.devices * accumulate,
+        effective_batch=slices_per_batch(len(splits["train"]), config.batch_size, config.devices) * config.devices
+        * accumulate,
         train_batches=batches // accumulate * accumulate,
         resolved_precision=resolve_precision(config.precision, config.accelerator),
         cpu_threads=_training_threads(config.devices),
@@ -290,12 +292,16 @@ def use_channels_last(accelerator: str, precision: str) -> bool:
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto`` -> ``bf16-mixed`` on a CUDA GPU with bf16, ``16-mixed`` on other GPUs, ``32-true`` otherwise."""
-    if precision != "auto":
-        return precision
-    if _on_gpu(accelerator):
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+    """The precision Lightning trains in: ``auto`` -> ``bf16-mixed`` on a CUDA GPU with bf16, ``16-mixed`` on
+    other GPUs, ``32-true`` otherwise; ``16-mixed`` off the GPU -> ``bf16-mixed`` (Lightning has no fp16 mixed precision
+    on the CPU and substitutes bf16, with a warning that :func:`start_warnings` repeats)."""
+    if precision == "auto":
+        if _on_gpu(accelerator):
+            return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        return "32-true"
+    if precision == "16-mixed" and not _on_gpu(accelerator):
+        return "bf16-mixed"
+    return precision
 
 
 def cpu_bf16_is_native() -> bool | None:
@@ -337,19 +343,33 @@ class StartWarnings(pl.Callback):
 def start_warnings(run: RunConfig) -> list[str]:
     """What a run does that its configuration does not say: one line each.
 
-    - bf16 on a CPU that emulates it;
+    - 16-mixed asked for on the CPU, which trains bf16-mixed, and bf16 on a CPU that emulates it;
+    - more DDP processes than CPU cores, when training on the CPU;
     - an effective batch other than the one asked for (``batch_size * devices`` does not divide it, or
       the training split has fewer batches than one optimiser step accumulates);
     - slices smaller than the training size, which are upsampled;
     - a class absent from the training split, and a fold without validation slices.
     """
     train, messages = run.train, []
+    if train.precision == "16-mixed" and run.resolved_precision == "bf16-mixed":
+        messages.append("precision 16-mixed: Lightning has no fp16 mixed precision on the CPU and trains bf16-mixed instead "
+                        "(recorded as such); give --precision 32-true or bf16-mixed to choose")
+    cores = cpu_cores()
+    if train.devices > 1 and not _on_gpu(train.accelerator) and train.devices > cores:
+        messages.append(f"devices {train.devices}: {train.devices} DDP processes on the CPU share its {cores} core(s), "
+                        f"each with {run.cpu_threads} thread(s); expect it slower than --devices {cores}")
     if run.resolved_precision is not None and bf16_is_emulated(run.resolved_precision, train.accelerator):
         messages.append(f"precision {run.resolved_precision} on a CPU without native bf16 (no AVX512-BF16 or AMX): "
                         "torch emulates it, expect it many times slower than 32-true (about 16 times on an "
                         "AVX2-only AMD EPYC)")
-    per_step = f"batch {train.batch_size} x {train.devices} device(s) x {run.accumulate} accumulated"
-    if run.accumulate < train.accumulate:
+    batch = train.batch_size if run.effective_batch is None else run.effective_batch // (train.devices * run.accumulate)
+    per_step = f"batch {batch} x {train.devices} device(s) x {run.accumulate} accumulated"
+    if batch < train.batch_size and run.effective_batch != train.effective_batch:
+        messages.append(f"{train.out}: the training split ({run.split_sizes.get('train')} slices) gives each of "
+                        f"{train.devices} device(s) fewer slices than a batch of {train.batch_size}, so each optimiser "
+                        f"step sees all of them ({run.effective_batch} slices), not the effective batch of "
+                        f"{train.effective_batch}; give a smaller --batch-size to keep it")
+    elif run.accumulate < train.accumulate:
         messages.append(f"{train.out}: an epoch has {run.accumulate} training batch(es) of {train.batch_size} per "
                         f"device, fewer than the {train.accumulate} an optimiser step accumulates; accumulating "
                         f"over {run.accumulate}, so each step sees {run.effective_batch} slices "

@@ -41,7 +41,8 @@ def train_cmd(
     devices: Annotated[Optional[int], typer.Option("--devices", help="Devices to train on; more than one uses "
                                                    "DDP. The accelerator is a GPU when present.")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help=f"{', '.join(PRECISIONS)}; auto = "
-                                                     "bf16-mixed (or 16-mixed) on GPU, 32-true on CPU.")] = None,
+                                                     "bf16-mixed (or 16-mixed) on GPU, 32-true on CPU; 16-mixed on "
+                                                     "CPU trains bf16-mixed.")] = None,
     seed: Annotated[Optional[int], typer.Option(
         "--seed", help="Seed of weights, sampling and augmentation (default 0).")] = None,
     num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="Data-loading worker processes "

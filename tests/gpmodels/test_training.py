@@ -75,6 +75,17 @@ def test_config_errors_name_the_field(changes, field):
 def test_precision_is_fp32_on_cpu():
     assert resolve_precision("auto", "cpu") == "32-true"
     assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    assert resolve_precision("16-mixed", "cpu") == "bf16-mixed"  # what Lightning trains in: it has no fp16 on the CPU
+
+
+def test_16_mixed_on_the_cpu_is_recorded_and_warned_about_as_bf16(smoke_run, monkeypatch):
+    monkeypatch.setattr(training, "cpu_bf16_is_native", lambda: True)
+    config, _ = smoke_run
+    run = resolve_run(TrainConfig.from_dict({**config.to_dict(), "precision": "16-mixed"}))
+    assert run.resolved_precision == "bf16-mixed"
+    assert training.start_warnings(run) == [
+        "precision 16-mixed: Lightning has no fp16 mixed precision on the CPU and trains bf16-mixed instead (recorded "
+        "as such); give --precision 32-true or bf16-mixed to choose"]
 
 
 @pytest.mark.parametrize(("native", "precision", "emulated"), [
@@ -776,9 +787,32 @@ def test_an_effective_batch_the_batch_does_not_divide_is_recorded_and_warned_abo
         "batch of 8: give a --batch-size that, times --devices, divides 8 to keep it"]
     three = resolve_run(TrainConfig.from_dict({**config.to_dict(), "devices": 3}))
     assert (three.accumulate, three.effective_batch) == (1, 12)
-    assert "each optimiser step sees 12 slices (batch 4 x 3 device(s) x 1 accumulated)" in \
-        training.start_warnings(three)[0]
+    assert any("each optimiser step sees 12 slices (batch 4 x 3 device(s) x 1 accumulated)" in message
+               for message in training.start_warnings(three))
     assert training.start_warnings(resolve_run(config)) == []
+
+
+def test_a_batch_larger_than_the_training_split_records_and_says_what_a_step_sees(smoke_run):
+    config, _ = smoke_run
+    run = resolve_run(TrainConfig.from_dict({**config.to_dict(), "batch_size": 10_000}))
+    train_slices = run.split_sizes["train"]
+    assert (run.accumulate, run.effective_batch, run.train_batches) == (1, train_slices, 1)
+    assert training.start_warnings(run) == [
+        f"{config.out}: the training split ({train_slices} slices) gives each of 1 device(s) fewer slices than a batch "
+        f"of 10000, so each optimiser step sees all of them ({train_slices} slices), not the effective batch of 8; "
+        "give a smaller --batch-size to keep it"]
+    two = resolve_run(TrainConfig.from_dict({**config.to_dict(), "batch_size": 10_000, "devices": 2}))
+    assert two.effective_batch == 2 * -(-train_slices // 2)  # each device's share, the sampler evens them out
+
+
+@pytest.mark.parametrize(("devices", "cores", "warned"), [(3, 2, True), (2, 2, False), (1, 1, False)])
+def test_more_ddp_processes_than_cpu_cores_is_warned_about(smoke_run, monkeypatch, devices, cores, warned):
+    monkeypatch.setattr(training, "cpu_cores", lambda: cores)
+    config, _ = smoke_run
+    run = resolve_run(TrainConfig.from_dict({**config.to_dict(), "devices": devices, "accelerator": "cpu"}))
+    said = [message for message in training.start_warnings(run) if message.startswith(f"devices {devices}:")]
+    assert said == ([f"devices {devices}: {devices} DDP processes on the CPU share its {cores} core(s), each with "
+                     f"{run.cpu_threads} thread(s); expect it slower than --devices {cores}"] if warned else [])
 
 
 def test_training_upsampled_slices_is_warned_about(smoke_run):
