@@ -11,8 +11,8 @@ from gpmodels.names import PRECISIONS
 PRECISION_HELP = (f"Training precision: {', '.join(PRECISIONS)}. auto = 32-true on the CPU, bf16-mixed (or 16-mixed) "
                   "on a GPU. bf16-mixed on a CPU with native bf16 (AVX512-BF16 or AMX) trains in about 0.78 times "
                   "the time, with results that move like another seed's; without it torch emulates bf16, many times "
-                  "slower (about 16 times on an AVX2-only AMD EPYC). Runs already trained in the work dir are "
-                  "kept as they were trained: use another --workdir to compare.")
+                  "slower (about 16 times on an AVX2-only AMD EPYC); 16-mixed on the CPU trains bf16-mixed. Runs "
+                  "already trained in the work dir are kept as they were trained: use another --workdir to compare.")
 
 
 def parse_options(items: list[str]) -> dict[str, Any]:
