@@ -17,8 +17,9 @@ from pydantic import ValidationError
 from flows.params import PHANTOM_KINDS, BenchmarkParams, DatasetSpec, RetrainParams
 from gpseg.console import one_line
 from storage import drops
-from tasks import data
-from tasks.data import PHANTOM_MARKER, synth_phantoms
+from storage.phantoms import folders
+from storage.phantoms.folders import PHANTOM_MARKER
+from tasks.data import synth_phantoms
 
 # ---------------------------------------------------------------- phantoms
 
@@ -82,7 +83,7 @@ def test_unfinished_phantom_folders_of_killed_runs_are_deleted(tmp_path):
     other = tmp_path / ".jun-cheng.partial-stale000"  # another set's: not this call's to judge
     for folder in (killed, live, stale, fresh, other):
         (folder / "BraTS20_Training_001").mkdir(parents=True)
-    hour_ago = time.time() - data.STALE_PARTIAL_S - 60
+    hour_ago = time.time() - folders.STALE_PARTIAL_S - 60
     for folder in (stale, other):
         os.utime(folder, (hour_ago, hour_ago))
     try:
@@ -99,19 +100,19 @@ def test_an_interrupted_rebuild_leaves_the_old_phantoms_in_place(tmp_path, monke
     out = tmp_path / "brats"
     _synth(out)
     before = drops.fingerprint(out)
-    real = data._PHANTOMS["brats"]
+    real = folders.PHANTOM_WRITERS["brats"]
 
     def dies_half_way(folder, cases, size, seed):
         real(folder, 1, size=size, seed=seed)  # one case written, then the run dies
         raise OSError("disk full")
 
-    monkeypatch.setitem(data._PHANTOMS, "brats", dies_half_way)
+    monkeypatch.setitem(folders.PHANTOM_WRITERS, "brats", dies_half_way)
     with pytest.raises(OSError, match="disk full"):
         _synth(out, cases=5)
 
     assert drops.fingerprint(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["brats"]
-    monkeypatch.setitem(data._PHANTOMS, "brats", real)
+    monkeypatch.setitem(folders.PHANTOM_WRITERS, "brats", real)
     _synth(out, cases=5)  # the next run builds the new set
     assert len(_cases(out)) == 5
 
@@ -171,7 +172,7 @@ def test_a_manifest_dataset_needs_a_source_in_one_line(spec):
 
 
 def test_phantom_sources_are_accepted_for_exactly_the_kinds_that_have_phantoms():
-    assert set(PHANTOM_KINDS) == set(data._PHANTOMS)
+    assert set(PHANTOM_KINDS) == set(folders.PHANTOM_WRITERS)
     for kind in PHANTOM_KINDS:
         assert DatasetSpec(kind=kind).source == "phantom"
 
