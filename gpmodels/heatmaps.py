@@ -48,7 +48,12 @@ POSTHOC_METHODS: tuple[str, ...] = ("occlusion", "guided_backprop")
 
 
 POSTHOC_OCCLUSION_SLICES = 64
-"""Slices whose occlusion maps are made (and held) together; more post-hoc slices are made in parts of this size."""
+"""Slices whose occlusion maps are made (and held) together on a GPU; more post-hoc slices are made in parts of this
+size."""
+POSTHOC_OCCLUSION_SLICES_CPU = 1
+"""The same on the CPU, where one slice's occlusion takes seconds to minutes, so that progress is shown slice by slice.
+A forward pass holds as many occluded copies either way (:func:`gpmodels.posthoc.auto_perturbations` sizes it by
+pixels), so parts of one slice cost no more."""
 POSTHOC_SLICES_PER_PASS = 2
 """Slices whose gradient maps (guided backpropagation, Grad-CAM) are made together. The backward pass keeps
 the network's activations in float32: for 8 slices at once at 512 px, GP-ShuffleUNet's would need about 30 GiB."""
@@ -137,7 +142,8 @@ def to_float16(values: torch.Tensor) -> np.ndarray:
 
 
 def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int = 16, device: str | None = None,
-                      posthoc: int = 8, progress: Callable[[int, int], None] | None = None) -> Path:
+                      posthoc: int = 8, progress: Callable[[int, int], None] | None = None,
+                      posthoc_progress: Callable[[int, int, str], None] | None = None) -> Path:
     """Run a trained model over one split of its fold and write the heatmap store.
 
     Args:
@@ -149,6 +155,9 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
             tumour slices, evenly spaced over the split's tumour slices (:func:`spread_rows`;
             0 to skip; they cost many forward passes each).
         progress: called with (slices done, total).
+        posthoc_progress: called with (slices done, total, stage) as the post-hoc maps are made: occlusion, then
+            the gradient maps (``"guided backprop"``, with ``", Grad-CAM"`` for a baseline), each stage counting
+            from 0.
 
     Returns:
         The heatmap store path.
@@ -207,7 +216,7 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
         heat.create_array("labels", data=labels.astype(np.int8))
         heat.create_array("index", data=index.astype(np.int64))
         if posthoc:
-            _write_posthoc(heat, model, group, index, labels, run, gp, posthoc, target)
+            _write_posthoc(heat, model, group, index, labels, run, gp, posthoc, target, posthoc_progress)
         heat.attrs.update({
             "kind": "gp" if gp else "gradcam", "model": run.train.model, "fold": run.train.fold, "split": split,
             "run_dir": str(Path(run_dir).resolve()), "store_path": store_path,
@@ -234,8 +243,10 @@ def _resized_maps(maps: np.ndarray, size: int) -> np.ndarray:
 
 
 def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, index: np.ndarray,
-                   labels: np.ndarray, run, gp: bool, count: int, device: torch.device) -> None:
-    """Post-hoc maps of ``count`` slices with a tumour class spread over the split, at the store size."""
+                   labels: np.ndarray, run, gp: bool, count: int, device: torch.device,
+                   progress: Callable[[int, int, str], None] | None = None) -> None:
+    """Post-hoc maps of ``count`` slices with a tumour class spread over the split, at the store size; ``progress``
+    as :func:`generate_heatmaps`' ``posthoc_progress``."""
     from gpmodels.posthoc import posthoc_batch
 
     tumour = labels > 0 if run.classes[0] == "tumour-free" else np.ones(labels.size, bool)
@@ -251,13 +262,15 @@ def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, 
     # so memory does not grow with ``count``.
     plain = [m for m in POSTHOC_METHODS if m not in GRADIENT_METHODS]
     gradient = [m for m in POSTHOC_METHODS if m in GRADIENT_METHODS]
-    calls = [(start, rows[start:start + POSTHOC_OCCLUSION_SLICES], plain, False)
-             for start in range(0, rows.size, POSTHOC_OCCLUSION_SLICES)]
+    occlusion_part = POSTHOC_OCCLUSION_SLICES if device.type == "cuda" else POSTHOC_OCCLUSION_SLICES_CPU
+    calls = [(start, rows[start:start + occlusion_part], plain, False)
+             for start in range(0, rows.size, occlusion_part)]
     calls += [(start, rows[start:start + POSTHOC_SLICES_PER_PASS], gradient, True)
               for start in range(0, rows.size, POSTHOC_SLICES_PER_PASS)]
     for start, part, methods, reference in calls:
         if not methods and not reference:
             continue
+        stage = ", ".join([name.replace("_", " ") for name in methods] + ([] if gp or not reference else ["Grad-CAM"]))
         images = torch.from_numpy(read_rows(index[part], group["images"])[0].astype(np.float32))
         images = resize_images(images.to(device), run.image_size)
         target = torch.from_numpy(labels[part].astype(np.int64)).to(device)
@@ -267,3 +280,5 @@ def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, 
                 written[name] = heat.create_array(f"posthoc/{name}", shape=(rows.size, size, size), dtype=np.float32,
                                                   chunks=(1, size, size), chunk_key_encoding=FLAT_CHUNK_KEYS)
             written[name][start:start + part.size] = _resized_maps(np.asarray(values, dtype=np.float32), size)
+        if progress is not None:
+            progress(start + part.size, rows.size, stage)

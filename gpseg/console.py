@@ -30,7 +30,8 @@ console = Console(stderr=True)
 def progress_bar(description: str) -> Iterator[Callable[[int, int, str], None]]:
     """A progress bar; yields ``update(done, total, label)``.
 
-    The bar stays on the terminal when the block ends normally or is interrupted (Ctrl-C shows
+    A new total, or a count lower than the last, starts a new stage of the work (e.g. a heatmap pass, then its
+    post-hoc maps): the bar starts again, with its own elapsed and remaining time. The bar stays on the terminal when the block ends normally or is interrupted (Ctrl-C shows
     how far it got). When the block raises an error (e.g. the exit of :func:`fail`), the bar is
     taken away, so that the one-line error is all that is shown.
     """
@@ -38,9 +39,14 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int, str], None]]:
                TextColumn("{task.fields[label]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=None, label="")
+        last: list[int] = []  # the last (done, total)
 
         def update(done: int, total: int, label: str) -> None:
-            progress.update(task, completed=done, total=total, label=label)
+            if last and (total != last[1] or done < last[0]):
+                progress.reset(task, total=total, completed=done, label=label)
+            else:
+                progress.update(task, completed=done, total=total, label=label)
+            last[:] = [done, total]
 
         try:
             yield update

@@ -29,7 +29,8 @@ def heatmaps_cmd(
     split: Annotated[list[str], typer.Option("--split", help="Split(s) to run over (repeatable).")] = ["val", "test"],
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: a GPU when present).")] = None,
-    posthoc: Annotated[int, typer.Option(help="Test slices that also get occlusion and guided-backprop maps.")] = 8,
+    posthoc: Annotated[int, typer.Option(help="Test slices that also get occlusion and guided-backprop maps "
+                                              "(on the CPU seconds to minutes each; 0 skips them).")] = 8,
 ) -> None:
     """Run a trained model over splits and write Zarr heatmap stores under RUN/heatmaps/."""
     from gpmodels.heatmaps import check_heatmap_options, generate_heatmaps
@@ -45,7 +46,9 @@ def heatmaps_cmd(
             with progress_bar(f"heatmaps {name}") as update:
                 path = generate_heatmaps(run, name, batch_size=batch_size, device=device,
                                          posthoc=posthoc if name == "test" else 0,
-                                         progress=lambda done, total: update(done, total, "slices"))
+                                         progress=lambda done, total: update(done, total, "slices"),
+                                         posthoc_progress=lambda done, total, stage: update(
+                                             done, total, f"post-hoc slices: {stage}"))
         except (FileNotFoundError, ValueError) as exc:
             raise fail(str(exc)) from exc
         except KeyboardInterrupt as exc:  # a killed writer's store is put back by the next reader

@@ -36,3 +36,18 @@ def logged_progress(what: str, unit: str, every: float = LOG_EVERY_S,
         log("%s: %d of %d %s%s", what, done, total, unit, share)
 
     return progress
+
+
+def staged_progress(what: str, unit: str, every: float = LOG_EVERY_S,
+                    log: Callable[..., object] | None = None) -> Callable[[int, int, str], None]:
+    """A ``progress(done, total, stage)`` callback for work in stages, each counted from 0: each stage logs as
+    :func:`logged_progress` does, ``"WHAT (STAGE): 3 of 8 UNIT (38 %)"``."""
+    log = log or get_run_logger().info
+    stages: dict[str, Callable[..., None]] = {}
+
+    def progress(done: int, total: int, stage: str) -> None:
+        if stage not in stages:
+            stages[stage] = logged_progress(f"{what} ({stage})", unit, every, log)
+        stages[stage](done, total)
+
+    return progress

@@ -17,7 +17,7 @@ from gpmodels.heatmaps import generate_heatmaps
 from gpmodels.train_config import preset_config
 from gpmodels.train_process import train_in_subprocess
 from gpmodels.training import TrainResult, train
-from tasks.progress import logged_progress
+from tasks.progress import logged_progress, staged_progress
 
 __all__ = ["heatmap_path", "make_heatmaps", "train_model", "weights_hash"]
 
@@ -57,4 +57,5 @@ def _log_training(model: str, fold: int, result: TrainResult) -> None:
 def make_heatmaps(run_dir: str, weights: str, split: str, posthoc: int = 8) -> str:
     """Write a run's heatmap store for one split (cached on the weights' hash)."""
     return str(generate_heatmaps(run_dir, split, posthoc=posthoc if split == "test" else 0,
-                                 progress=logged_progress(f"heatmaps of {run_dir} ({split})", "slices")))
+                                 progress=logged_progress(f"heatmaps of {run_dir} ({split})", "slices"),
+                                 posthoc_progress=staged_progress(f"post-hoc maps of {run_dir}", "slices")))

@@ -26,6 +26,20 @@ def test_a_finished_bar_stays(output: io.StringIO) -> None:
     assert "export masks" in output.getvalue() and "2/2" in output.getvalue()
 
 
+def test_a_new_total_or_a_lower_count_starts_the_bar_again(output: io.StringIO, monkeypatch) -> None:
+    """A heatmap pass of 44 slices, then its post-hoc maps: occlusion of 8 slices, then guided backprop of 8."""
+    resets = []
+    real = console_module.Progress.reset
+    monkeypatch.setattr(console_module.Progress, "reset",
+                        lambda self, task, **kwargs: resets.append(kwargs["total"]) or real(self, task, **kwargs))
+    with progress_bar("heatmaps test") as update:
+        for done, total, label in [(16, 44, "slices"), (44, 44, "slices"), (1, 8, "occlusion"), (8, 8, "occlusion"),
+                                   (2, 8, "guided backprop"), (8, 8, "guided backprop")]:
+            update(done, total, label)
+    assert resets == [8, 8]
+    assert "8/8" in output.getvalue() and "guided backprop" in output.getvalue()
+
+
 def test_a_failed_bar_is_taken_away_so_the_error_line_is_all_that_shows(output: io.StringIO) -> None:
     with pytest.raises(typer.Exit), progress_bar("export masks") as update:
         update(1, 2, "BraTS20_Training_001")

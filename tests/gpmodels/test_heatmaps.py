@@ -24,14 +24,18 @@ def test_posthoc_maps_made_in_small_passes_equal_one_pass(phantom_store, tmp_pat
     in the same rows."""
     run = untrained_run(phantom_store, model, tmp_path / "run")
     monkeypatch.setattr(heatmaps, "POSTHOC_SLICES_PER_PASS", 8)
-    monkeypatch.setattr(heatmaps, "POSTHOC_OCCLUSION_SLICES", 8)
+    monkeypatch.setattr(heatmaps, "POSTHOC_OCCLUSION_SLICES_CPU", 8)
     generate_heatmaps(run, "test", posthoc=3, device="cpu")
     kept = tmp_path / "one_pass.zarr"
     shutil.copytree(run / "heatmaps" / "test.zarr", kept)
     one_pass = zarr.open_group(str(kept), mode="r")
     monkeypatch.setattr(heatmaps, "POSTHOC_SLICES_PER_PASS", 2)
-    monkeypatch.setattr(heatmaps, "POSTHOC_OCCLUSION_SLICES", 2)
-    passes = zarr.open_group(str(generate_heatmaps(run, "test", posthoc=3, device="cpu")), mode="r")
+    monkeypatch.setattr(heatmaps, "POSTHOC_OCCLUSION_SLICES_CPU", 2)
+    stages: list[tuple[int, int, str]] = []
+    passes = zarr.open_group(str(generate_heatmaps(run, "test", posthoc=3, device="cpu",
+                                                   posthoc_progress=lambda *args: stages.append(args))), mode="r")
+    gradient = "guided backprop" if reference == "gp" else "guided backprop, Grad-CAM"
+    assert stages == [(2, 3, "occlusion"), (3, 3, "occlusion"), (2, 3, gradient), (3, 3, gradient)]
     assert passes["posthoc/rows"].shape == (3,)
     np.testing.assert_array_equal(passes["posthoc/rows"][:], one_pass["posthoc/rows"][:])
     assert sorted(passes["posthoc"].array_keys()) == sorted(
