@@ -88,6 +88,7 @@ ENV_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",  # Prefect's 20 s fail on a busy 2-core machine
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "GX_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",  # Prefect's client telemetry, and its notice on a first run in a terminal
 }
 """Environment the command line sets unless the caller has (as ``./run.sh`` does)."""
 

@@ -300,7 +300,7 @@ def _run_stack(stack: "LocalStack") -> None:
         stack.start()
         env_file.write_text("".join(f"export {k}={stack.env[k]}\n" for k in
                                     ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED",
-                                     "GX_ANALYTICS_ENABLED"))
+                                     "GX_ANALYTICS_ENABLED", "DO_NOT_TRACK"))
                             + f'export PATH="{Path(sys.executable).parent}:$PATH"\n')  # this venv's prefect
         written = True
         console.print(f"[green]ready[/green]: UI {stack.api_url.removesuffix('/api')}, worker on pool {stack.pool}\n"

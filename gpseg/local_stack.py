@@ -82,6 +82,7 @@ def stack_env(root: Path, port: int, home: Path | None = None) -> dict[str, str]
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         "GX_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
         "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "2"),
         "GPSEG_ROOT": str(root),
         "PYTHONUNBUFFERED": "1",

@@ -11,6 +11,7 @@ import pytest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
 # Prefect's persisted task results and settings stay out of the user's ~/.prefect during tests, in a folder
 # of the session's own that goes with it.
 _PREFECT_HOME = None if "PREFECT_HOME" in os.environ else tempfile.mkdtemp(prefix="gpseg-prefect-")
