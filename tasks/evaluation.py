@@ -30,7 +30,7 @@ def evaluate_run(run_dir: str, threshold: dict | None) -> dict:
     return {key: value for key, value in result.items() if key != "slices"}
 
 
-@task
+@task(task_run_name="report")  # not cached, so a name here changes no cache key
 def report(run_dirs: list[str], out_dir: str, title: str, notes: list[str], carried_notes: list[dict] | None = None
            ) -> str:
     """Build the HTML report over the evaluated runs (``carried_notes``: see :func:`gpmodels.report.build_report`)."""
@@ -38,7 +38,7 @@ def report(run_dirs: list[str], out_dir: str, title: str, notes: list[str], carr
                             carried_notes=carried_notes or ()))
 
 
-@task
+@task(task_run_name="publish artifacts")
 def publish(report_path: str, rows: list[dict], workdir: str) -> None:
     """Publish the report's main table and a link to the HTML as Prefect artifacts, keyed by the work dir
     (:func:`artifact_keys`). The table leaves out the rows' unrounded interval ends (``*_low``, ``*_high``),

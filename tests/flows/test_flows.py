@@ -120,7 +120,7 @@ def test_benchmark_then_postprocess_only(first_run, bench_workdir, task_names, t
               for title in _task_run_titles(flow_run)}
     assert {"phantoms brats", "fingerprint brats", "ingest brats", "validate brats", "train brats gp-unet fold 0",
             "heatmaps brats gp-unet fold 0 val", "heatmaps brats gp-unet fold 0 test",
-            "evaluate brats gp-unet fold 0"} <= titles, titles
+            "evaluate brats gp-unet fold 0", "report", "publish artifacts"} <= titles, titles
     [before] = json.loads((report.parent / "metrics.json").read_text())["runs"]
     made = "preset smoke, 1 fold(s)"
     assert made in json.loads((report.parent / "metrics.json").read_text())["notes"]
