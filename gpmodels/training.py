@@ -321,6 +321,21 @@ def bf16_is_emulated(precision: str, accelerator: str) -> bool:
     return precision.startswith("bf16") and not _on_gpu(accelerator) and cpu_bf16_is_native() is False
 
 
+class TrainingBar(RichProgressBar):
+    """Lightning's rich progress bar without its ``v_num`` (the last characters of the loggers' versions joined,
+    e.g. ``000_``, which says nothing here), counting epochs from 1 (``Epoch 1/20``, not ``Epoch 0/19``: a one-epoch
+    run read ``Epoch 0/0``)."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+    def _get_train_description(self, current_epoch: int) -> str:  # Lightning 2.x's hook for the label
+        epochs = "" if self.trainer.max_epochs is None else f"/{self.trainer.max_epochs}"
+        return f"{f'Epoch {current_epoch + 1}{epochs}':{len(self.validation_description)}}"
+
+
 class StartWarnings(pl.Callback):
     """Warnings about how a run trains, logged once (global rank 0) when training really starts.
 
@@ -799,7 +814,7 @@ def _trainer(run: RunConfig, paths: RunPaths, start_step: int, given: list[pl.Ca
                TensorBoardLogger(paths.root, name="tensorboard", version="", default_hp_metric=False)]
     callbacks: list[pl.Callback] = list(given)
     if progress_bar:
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(TrainingBar(leave=True, console_kwargs={"stderr": True}))  # with gpseg's other output
     limit = config.limit_batches
     warnings_at_start = start_warnings(run)
     if warnings_at_start:

@@ -68,7 +68,7 @@ def train_cmd(
 
     from gpmodels.nets import model_options
     from gpmodels.train_config import preset_config
-    from gpmodels.training import OutOfDeviceMemory, RunDirBusy, train
+    from gpmodels.training import OutOfDeviceMemory, RunDirBusy, check_run_dir, train
 
     if width is not None and model in MODEL_NAMES and "width" not in model_options(model):
         raise fail(f"width: --width {width} given, but {model!r} has no width option (only the GP models do)")
@@ -77,6 +77,10 @@ def train_cmd(
                                image_size=image_size, width=width, devices=devices, precision=precision, seed=seed,
                                num_workers=num_workers, cache=cache, cache_limit_gb=cache_limit_gb,
                                model_options=parse_options(option or []))
+        check_run_dir(config)  # bad input fails in one line before the line below
+        if rank_zero_only.rank == 0:  # something to read while the split is read and the workers start
+            console.print(f"training {escape(model)} on fold {fold} of {escape(str(store))} into {escape(str(out))} "
+                          f"(preset {escape(preset)})", highlight=False, soft_wrap=True)
         result = train(config, progress_bar=True)
     except (StoreError, ValueError, FileNotFoundError, OutOfDeviceMemory, RunDirBusy) as exc:
         raise fail(_reason(exc, out)) from exc

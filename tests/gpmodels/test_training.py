@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -1288,3 +1289,14 @@ def test_damaged_class_or_channel_attributes_are_named_with_the_store(smoke_run,
     zarr.open_group(str(store), mode="r+").attrs[attribute] = value
     with pytest.raises(StoreError, match=rf"^{re.escape(str(store))}: {reason}$"):
         resolve_run(TrainConfig.from_dict({**config.to_dict(), "store": str(store), "out": str(tmp_path / "run")}))
+
+
+def test_the_training_bar_counts_epochs_from_one_and_shows_no_v_num(monkeypatch):
+    bar = training.TrainingBar()
+    bar._trainer = SimpleNamespace(max_epochs=20)
+    assert bar._get_train_description(0).strip() == "Epoch 1/20"
+    bar._trainer = SimpleNamespace(max_epochs=1)
+    assert bar._get_train_description(0).strip() == "Epoch 1/1"  # Lightning's read "Epoch 0/0"
+    monkeypatch.setattr(training.RichProgressBar, "get_metrics", lambda self, trainer, module: {"v_num": "000_",
+                                                                                                   "train_loss": 1.0})
+    assert bar.get_metrics(None, None) == {"train_loss": 1.0}
