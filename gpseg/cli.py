@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import typer
 
 from gpseg import data_commands, drop_command, eval_commands, flow_commands, train_command
@@ -29,6 +31,24 @@ app.command("benchmark", rich_help_panel=FLOWS, epilog=CLEANING_HELP)(flow_comma
 app.command("retrain", rich_help_panel=FLOWS, epilog=CLEANING_HELP)(flow_commands.retrain_cmd)
 app.command("serve", rich_help_panel=FLOWS)(flow_commands.serve_cmd)
 app.command("drop", rich_help_panel=FLOWS)(drop_command.drop_cmd)
+
+
+def flowing(doc: str) -> str:
+    """A docstring as help text: each paragraph on one line, so the terminal wraps it (Typer's rich help keeps a
+    docstring's line breaks after its first paragraph, which gave ragged half-lines)."""
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in inspect.cleandoc(doc).split("\n\n"))
+
+
+def flow_help(typer_app: typer.Typer) -> None:
+    """Give every command of ``typer_app`` (and of its groups) that has no help of its own its docstring, flowed."""
+    for command in typer_app.registered_commands:
+        if command.help is None and command.callback is not None and command.callback.__doc__:
+            command.help = flowing(command.callback.__doc__)
+    for group in typer_app.registered_groups:
+        flow_help(group.typer_instance)
+
+
+flow_help(app)
 
 
 def main() -> None:

@@ -44,3 +44,17 @@ def test_flow_overrides_are_empty_by_default_so_cached_trainings_stay_valid():
     assert flow_train_overrides(precision="32-true") == {"precision": "32-true"}
     with pytest.raises(ValueError, match="--precision: got 'fp64'"):
         flow_train_overrides(precision="fp64")
+
+
+def test_command_help_flows_each_paragraph_onto_one_line():
+    """Typer's rich help kept the docstrings' line breaks after the first paragraph: ragged half-lines."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app, flowing
+
+    assert flowing("""First line.
+
+        A paragraph
+        over two lines.""") == "First line.\n\nA paragraph over two lines."
+    text = CliRunner().invoke(app, ["postprocess", "--help"], env={"COLUMNS": "200"}).output
+    assert "is named (\"failed RUN: reason\"), left out of the report (its notes say so) and the others go on" in text
