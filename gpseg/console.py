@@ -24,6 +24,9 @@ from flows.layout import MAP_KINDS, row_where
 from storage.errors import StoreError, validation_line
 
 console = Console(stderr=True)
+"""Progress, warnings, errors and summaries: standard error."""
+results = Console()
+"""What a command is asked for, e.g. ``gpseg info``'s description of a store: standard output, so ``> file`` keeps it."""
 
 
 @contextmanager

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from gpseg.console import console, fail, progress_bar
+from gpseg.console import console, fail, progress_bar, results
 from storage.errors import NoUsableInput, StoreError
 from storage.folders import InterruptedAfterReplacing
 from storage.ingest_config import IngestConfig, SplitConfig
@@ -198,8 +198,8 @@ def info_cmd(store: Annotated[Path, typer.Argument(help="Slice store to describe
         rows.append(("", f"{file}: {reason}"))
     for name, value in rows:
         grid.add_row(name, escape(value))
-    console.print(f"[bold]{escape(str(s.path))}[/bold]", highlight=False, soft_wrap=True)
-    console.print(grid, highlight=False)
+    results.print(f"[bold]{escape(str(s.path))}[/bold]", highlight=False, soft_wrap=True)
+    results.print(grid, highlight=False)
 
 
 SynthOut = Annotated[Path, typer.Argument(help="Output folder (created).")]

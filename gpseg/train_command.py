@@ -96,7 +96,9 @@ def train_cmd(
     done = result.work_summary()
     console.print(f"[green]{'done' if done == 'already trained' else 'trained'}[/green] {escape(model)} -> "
                   f"{escape(str(result.run_dir))}: "
-                  f"{done}, {result.global_step} steps{best}, {result.test_summary()}", highlight=False)
+                  f"{done}, {result.global_step} steps{best}, {result.test_summary()}"
+                  + (" (smoke preset: a few steps to check the set-up, not a model)" if preset == "smoke" else ""),
+                  highlight=False)
 
 
 def _reason(exc: BaseException, out: Path) -> str:

@@ -97,15 +97,17 @@ def _summary(path: Path | str, group) -> StoreSummary:
 
 
 def describe_split(split: dict) -> str:
-    """A store's ``split`` attribute in words, e.g. ``patient-grouped, 3 fold(s), seed 0, train:val:test
-    60:15:25``; ``cvind`` has no seed or ratios (Jun Cheng's official folds decide), and ``slice`` is
+    """A store's ``split`` attribute in words, e.g. ``patient-grouped, 3 fold(s), seed 0, patients
+    train:val:test 60:15:25`` (the shares asked for: small stores get whole patients, hence other shares of
+    slices); ``cvind`` has no seed or ratios (Jun Cheng's official folds decide), and ``slice`` is
     flagged as optimistic, since a patient's slices lie in the training and the test split."""
     mode = split.get("mode", "?")
     folds = f"{split.get('folds', '?')} fold(s)"
     if mode == "cvind":
         return f"Jun Cheng's official folds (cvind.mat), {folds}: fold k tests on cvind k+1 and validates on the next"
     ratios = split.get("ratios")
-    shares = f", train:val:test {':'.join(f'{100 * r:g}' for r in ratios)}" if ratios else ""
+    unit = "patients" if mode == "grouped" else "slices"
+    shares = f", {unit} train:val:test {':'.join(f'{100 * r:g}' for r in ratios)}" if ratios else ""
     words = {"grouped": "patient-grouped", "slice": "slice-level (optimistic: a patient's slices lie in the "
              "training and the test split)"}.get(mode, str(mode))
     return f"{words}, {folds}, seed {split.get('seed', '?')}{shares}"

@@ -103,10 +103,10 @@ def test_jun_cheng_end_to_end_and_cvind(jun_cheng_source, tmp_path):
 
     for store, split in (("c.zarr", "Jun Cheng's official folds (cvind.mat), 5 fold(s): fold k tests on cvind k+1 "
                                     "and validates on the next"),
-                         ("j.zarr", "patient-grouped, 3 fold(s), seed 0, train:val:test 60:15:25")):
+                         ("j.zarr", "patient-grouped, 3 fold(s), seed 0, patients train:val:test 60:15:25")):
         said = CliRunner().invoke(app, ["info", str(tmp_path / store)], env={"COLUMNS": "80"})
         assert said.exit_code == 0, said.output
-        assert f"split {split}" in " ".join(said.output.split())
+        assert f"split {split}" in " ".join(said.stdout.split())  # on standard output: `gpseg info S > f` keeps it
         classes = next(line for line in said.output.splitlines() if line.startswith("classes"))
         assert " ".join(classes.split()) == f"classes 18 (meningioma {(c['labels'][:] == 0).sum()}, " \
                                             f"glioma {(c['labels'][:] == 1).sum()}, pituitary {(c['labels'][:] == 2).sum()})"
