@@ -116,9 +116,26 @@ def run_benchmark(params: "BenchmarkParams") -> dict:
     return run_here(lambda: run_in_process(params))
 
 
+class TemporaryServerLines(logging.Filter):
+    """Prefect's lines about its temporary local API, for a flow run in this process: the start in one line
+    (without the link to the docs on running a dedicated server), the stop not at all (it came last, after
+    the command's own last line, the report's path)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Stopping temporary server on"):
+            return False
+        if message.startswith("Starting temporary server on"):
+            record.msg, record.args = f"{message.splitlines()[0]}: Prefect's local API for this run", ()
+        return True
+
+
 def run_here(run: Callable[[], dict]) -> dict:
     """Call ``run`` (a flow run in this process) with :func:`run_benchmark`'s handling of a Ctrl-C and of a
     flow that raised."""
+    prefect_logger = logging.getLogger("prefect")
+    if not any(isinstance(each, TemporaryServerLines) for each in prefect_logger.filters):
+        prefect_logger.addFilter(TemporaryServerLines())
     def stop(signum: int, _frame: object) -> None:
         for taken in previous:  # a second signal during the clean-up does not start it again
             signal.signal(taken, signal.SIG_IGN)

@@ -266,3 +266,21 @@ def test_a_full_disk_while_lightning_logs_is_said_as_the_disk_error(tmp_path) ->
             raise ValueError("store.zarr: damaged (read it again)")
     except ValueError as exc:  # gpseg's own message stays
         assert _reason(exc, tmp_path / "run") == "store.zarr: damaged (read it again)"
+
+
+def test_prefects_temporary_server_lines_are_one_at_the_start_and_none_at_the_end() -> None:
+    import logging
+
+    from gpseg.flow_commands import TemporaryServerLines
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("prefect", logging.INFO, __file__, 1, message, None, None)
+
+    keep = TemporaryServerLines()
+    start = record("Starting temporary server on http://127.0.0.1:8967\nSee https://www.prefect.io/docs/v3/concepts/"
+                   "server#how-to-guides for more information on running a dedicated Prefect server.")
+    assert keep.filter(start) and start.getMessage() == ("Starting temporary server on http://127.0.0.1:8967: "
+                                                         "Prefect's local API for this run")
+    assert not keep.filter(record("Stopping temporary server on http://127.0.0.1:8967"))
+    other = record("Flow run 'violet-emu' - Finished in state Completed()")
+    assert keep.filter(other) and other.getMessage() == "Flow run 'violet-emu' - Finished in state Completed()"
