@@ -50,7 +50,8 @@ from gpmodels.checkpoints import (
     save_weights,
 )
 from gpmodels.chunks import cpu_cores
-from gpmodels.data import (SliceDataModule, StoreUnchanged, balanced_class_weights, slices_per_batch, split_indices,
+from gpmodels.data import (SliceDataModule, StoreUnchanged, available_memory, balanced_class_weights, slices_per_batch,
+                           split_indices,
                            train_batches_per_device)
 from gpmodels.files import (RETRAIN_HINT, archive_damage, damaged, damaged_weights, output_problem, read_run_config,
                             write_text_atomic)
@@ -80,27 +81,33 @@ _LOG = logging.getLogger(__name__)
 
 
 class OutOfDeviceMemory(RuntimeError):
-    """Training ran out of accelerator memory; the message names the run's batch and size and what to change."""
+    """Training ran out of accelerator (or host) memory; the message names the run's batch and size and what to
+    change."""
 
 
 class RunDirBusy(RuntimeError):
     """Another process holds the run directory's training lock; the message names the folder and its pid."""
 
 
-_OUT_OF_MEMORY_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
-"""Parts of the messages of the runtime errors a GPU's libraries raise when they cannot allocate."""
+_OUT_OF_MEMORY_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                          "can't allocate memory")
+"""Parts of the messages of the runtime errors a GPU's libraries (and torch's CPU allocator) raise when they cannot
+allocate."""
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True for torch's out-of-memory error and the allocation failures cuBLAS and cuDNN report."""
-    return isinstance(exc, torch.OutOfMemoryError) or any(marker in str(exc) for marker in _OUT_OF_MEMORY_MARKERS)
+    """True for torch's out-of-memory error, the allocation failures cuBLAS, cuDNN and torch's CPU allocator report,
+    and Python's (numpy's) ``MemoryError``."""
+    return (isinstance(exc, (torch.OutOfMemoryError, MemoryError))
+            or any(marker in str(exc) for marker in _OUT_OF_MEMORY_MARKERS))
 
 
 def out_of_memory_message(run: RunConfig) -> str:
-    """One line for a run that ran out of GPU memory: its model, size and batch, and the way out."""
+    """One line for a run that ran out of GPU (or host) memory: its model, size and batch, and the way out."""
     train = run.train
+    memory = "GPU memory" if _on_gpu(train.accelerator) else "memory"
     return (f"{train.out}: {train.model} at {run.image_size} px with batch {train.batch_size} per device ran out of "
-            f"GPU memory; give a smaller --batch-size that divides {train.effective_batch} (the effective batch is "
+            f"{memory}; give a smaller --batch-size that divides {train.effective_batch} (the effective batch is "
             "kept by gradient accumulation) or a smaller --image-size")
 
 
@@ -216,6 +223,7 @@ def resolve_run(config: TrainConfig) -> RunConfig:
         resolved_precision=resolve_precision(config.precision, config.accelerator),
         cpu_threads=_training_threads(config.devices),
     )
+    _check_network(run)
     _check_size(run)
     return run
 
@@ -251,6 +259,33 @@ def _check_size(run: RunConfig) -> None:
         detail = " ".join(str(exc).split())
         raise ValueError(f"image_size: {run.train.model} cannot train on {run.image_size} px slices "
                          f"({detail[:160]}); give --image-size {SMALL_SIZE} or more") from None
+
+
+TRAINING_BYTES_PER_PARAMETER = 16
+"""Bytes each parameter needs in training at the least: its float32 weight, gradient and Adam's two moments."""
+
+
+def _check_network(run: RunConfig) -> None:
+    """One line, before anything is written, for network options the network refuses (a depth out of range), or
+    that make a network whose weights, gradients and Adam's moments alone would not fit in memory (``--width
+    100000``: 4.2 billion parameters, which failed with an allocator's traceback). The network is built on torch's
+    meta device, which allocates nothing."""
+    try:
+        with torch.device("meta"):
+            net = build_network(run)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"model_options: {run.train.model}: {' '.join(str(exc).split())}") from None
+    parameters = sum(parameter.numel() for parameter in net.parameters())
+    if _on_gpu(run.train.accelerator):
+        where, memory = "the GPU's", torch.cuda.get_device_properties(0).total_memory
+    else:
+        where, memory = "the free", available_memory()
+    needed = parameters * TRAINING_BYTES_PER_PARAMETER
+    if needed > memory:
+        width = f" at width {run.model_options['width']}" if "width" in run.model_options else ""
+        raise ValueError(f"width: {run.train.model}{width} has {parameters:,} parameters, which need "
+                         f"{needed / 2**30:,.1f} GiB for their weights, gradients and Adam's moments alone, more than "
+                         f"{where} {memory / 2**30:,.1f} GiB; give a smaller --width")
 
 
 def _check_devices(config: TrainConfig) -> None:
@@ -634,7 +669,7 @@ def _train(run: RunConfig, paths: RunPaths, previous: RunConfig | None, progress
             if threading.current_thread() is threading.main_thread():  # ... and leaves Ctrl-C ignored
                 signal.signal(signal.SIGINT, interrupt_handler)
             raise KeyboardInterrupt(f"training of {paths.root} interrupted") from None
-        except RuntimeError as exc:  # torch.OutOfMemoryError is one
+        except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
             if not is_out_of_memory(exc):
                 raise
             # raised below, outside this block: the error's traceback holds the failed step's tensors

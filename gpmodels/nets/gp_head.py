@@ -72,16 +72,18 @@ class GPHead(nn.Module):
         return f"pool={self.pool!r}"
 
 
-def check_gp_arguments(in_channels: int, width: int, depth: int, dropout: float, min_depth: int = 1) -> None:
+def check_gp_arguments(in_channels: int, width: int, depth: int, dropout: float, min_depth: int = 1,
+                       max_depth: int = 11) -> None:
     """Check the arguments the three GP networks share.
 
     Raises:
-        ValueError: ``in_channels`` or ``width`` below 1, ``depth`` below ``min_depth``, or
-            ``dropout`` outside [0, 1).
+        ValueError: ``in_channels`` or ``width`` below 1, ``depth`` outside ``[min_depth, max_depth]`` (a U-Net's
+            11 levels halve a 2048 px slice, the largest a store takes, to 1 px), or ``dropout`` outside [0, 1).
     """
-    if in_channels < 1 or width < 1 or depth < min_depth:
-        raise ValueError(f"in_channels, width, depth: expected in_channels, width >= 1 and depth >= {min_depth}, "
-                         f"got {in_channels}, {width}, {depth}")
+    if in_channels < 1 or width < 1:
+        raise ValueError(f"in_channels, width: expected >= 1, got {in_channels}, {width}")
+    if not min_depth <= depth <= max_depth:
+        raise ValueError(f"depth: got {depth}, expected {min_depth} to {max_depth}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
 

@@ -136,7 +136,7 @@ class GPReconResNet(GPNet):
         upsample: UpsampleMode = "sinc",
         dropout: float = 0.5,
     ) -> None:
-        check_gp_arguments(in_channels, width, depth, dropout, min_depth=0)
+        check_gp_arguments(in_channels, width, depth, dropout, min_depth=0, max_depth=64)
         super().__init__(
             _ReconResNetBackbone(in_channels, width, depth, upsample, dropout),
             GPHead(width, num_classes, pool),
