@@ -13,12 +13,16 @@ from flows.layout import DROP_FOLDERS, default_drop_folder
 from gpmodels.names import MODEL_NAMES, ModelName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 from storage.errors import one_line, validation_line
+from storage.ingest_config import MAX_IMAGE_SIZE
+from storage.phantoms import brats as brats_phantoms
+from storage.phantoms import jun_cheng as jun_cheng_phantoms
 
 DatasetKind = Literal["brats", "jun-cheng", "manifest"]
 PHANTOM_KINDS = ("brats", "jun-cheng")
 """Dataset kinds that a ``phantom`` source can synthesise (see :func:`tasks.data.synth_phantoms`)."""
-JUN_CHENG_MIN_PHANTOM = 64
-"""Smallest Jun Cheng phantom size (:func:`storage.phantoms.write_jun_cheng_phantoms` refuses less)."""
+PHANTOM_LIMITS = {"brats": {"size": brats_phantoms.SIZE_RANGE, "cases": brats_phantoms.MAX_CASE},
+                  "jun-cheng": {"size": jun_cheng_phantoms.SIZE_RANGE, "cases": jun_cheng_phantoms.MAX_CASES}}
+"""What the phantom writers take (:mod:`storage.phantoms`): side in pixels and the most cases."""
 
 
 class _Params(BaseModel):
@@ -40,16 +44,18 @@ class DatasetSpec(_Params):
                               "(a CSV of your NIfTI volumes).")
     source: str = Field("phantom", description="The dataset's folder, a manifest CSV, or 'phantom' (BraTS and Jun "
                         "Cheng) to synthesise phantoms first.")
-    name: str | None = Field(None, description="Label in paths and the report (default: the kind).")
-    phantom_cases: int = Field(16, ge=2, description="BraTS cases or Jun Cheng slices of a phantom source.")
-    phantom_size: int = Field(96, ge=32, description="Side of the phantom slices in pixels (jun-cheng: at least "
-                              f"{JUN_CHENG_MIN_PHANTOM}).")
-    image_size: int | None = Field(None, description="Store slice size (default: native).")
+    name: str | None = Field(None, description="Label in paths and the report (default: the kind): a folder "
+                             "name, so no '/' and not '.' or '..'.")
+    phantom_cases: int = Field(16, ge=2, description="BraTS cases (at most 999) or Jun Cheng slices (at most "
+                               "100,000) of a phantom source.")
+    phantom_size: int = Field(96, ge=32, description="Side of the phantom slices in pixels (brats: 32 to 512; "
+                              "jun-cheng: 64 to 2048).")
+    image_size: int | None = Field(None, ge=8, le=MAX_IMAGE_SIZE, description="Store slice size (default: native).")
     split: Literal["grouped", "slice", "cvind"] = Field(
         "grouped", description="Folds: grouped by patient (honest), by slice (the paper's leaky split) or from "
         "Jun Cheng's cvind.mat.")
-    seed: int = Field(0, description="Seed of the phantoms and of the fold assignment.")
-    workers: int = Field(2, ge=0, description="Dask processes reading cases.")
+    seed: int = Field(0, ge=0, description="Seed of the phantoms and of the fold assignment.")
+    workers: int = Field(2, ge=0, description="Dask processes reading cases (at most one per CPU is started).")
 
     @property
     def label(self) -> str:
@@ -62,10 +68,30 @@ class DatasetSpec(_Params):
         if self.source == "phantom" and self.kind not in PHANTOM_KINDS:  # manifest, the one kind without
             raise ValueError(f"source: a {self.kind} dataset needs `source` (the manifest CSV); 'phantom' is only "
                              f"for {' and '.join(PHANTOM_KINDS)}")
-        if self.source == "phantom" and self.kind == "jun-cheng" and self.phantom_size < JUN_CHENG_MIN_PHANTOM:
-            raise ValueError(f"phantom_size: got {self.phantom_size}, expected >= {JUN_CHENG_MIN_PHANTOM} for "
-                             "jun-cheng phantoms (storage.phantoms.write_jun_cheng_phantoms refuses less)")
+        if self.source == "phantom":  # what the phantom writers refuse, said before the flow starts
+            low, high = PHANTOM_LIMITS[self.kind]["size"]
+            if not low <= self.phantom_size <= high:
+                raise ValueError(f"phantom_size: got {self.phantom_size}, expected {low} to {high} for {self.kind} "
+                                 "phantoms")
+            most = PHANTOM_LIMITS[self.kind]["cases"]
+            if self.phantom_cases > most:
+                raise ValueError(f"phantom_cases: got {self.phantom_cases}, expected at most {most} for {self.kind} "
+                                 "phantoms")
+        if self.split == "cvind" and self.kind != "jun-cheng":
+            raise ValueError(f"split: 'cvind' is Jun Cheng's official folds (cvind.mat); a {self.kind} dataset has "
+                             "none, expected grouped or slice")
         return self
+
+    @field_validator("name", "source")
+    @classmethod
+    def _folder_name(cls, value: str | None, info: Any) -> str | None:
+        if info.field_name == "source" and value is not None and not value.strip():
+            raise ValueError("got an empty source, expected a folder, a manifest CSV or 'phantom'")
+        if info.field_name == "name" and value is not None and (
+                value.strip() in ("", ".", "..") or "/" in value or "\\" in value):
+            raise ValueError(f"got {value!r}, expected a folder name (no '/', not '.' or '..'): it names the "
+                             "dataset's phantoms, store and runs")
+        return value
 
 
 class CleaningParams(_Params):
@@ -184,6 +210,13 @@ class TrainingParams(_Params):
 
     _absolute_workdir = field_validator("workdir")(absolute_workdir)
 
+    @field_validator("dask_address")
+    @classmethod
+    def _an_address(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():  # was taken as "no scheduler"
+            raise ValueError("got an empty address, expected e.g. tcp://127.0.0.1:8786, or null for no scheduler")
+        return value
+
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
@@ -220,6 +253,9 @@ class TrainingParams(_Params):
         unknown = [m for m in value if m not in MODEL_NAMES]
         if unknown:
             raise ValueError(f"models: unknown {unknown}, expected some of {list(MODEL_NAMES)}")
+        repeated = sorted({m for m in value if value.count(m) > 1})
+        if repeated:  # each would train and be reported twice
+            raise ValueError(f"models: {repeated} given more than once, expected distinct models")
         return value
 
     @field_validator("model_options")

@@ -12,17 +12,13 @@ number of threads.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from storage.parallel import cpu_cores
+
 W = TypeVar("W")
-
-
-def cpu_cores() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one, else all of the machine's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def check_workers(workers: int | None) -> int:

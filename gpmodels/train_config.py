@@ -30,6 +30,9 @@ from gpmodels.names import MODEL_NAMES, PRECISIONS, Precision
 from gpmodels.nets import check_options, model_options
 from storage.ingest_config import MAX_IMAGE_SIZE
 
+MAX_SEED = 2**32 - 1
+"""The largest seed (numpy's, which Lightning seeds with it)."""
+
 CacheMode = Literal["auto", "always", "never"]
 CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
 PresetName = Literal["paper", "demo", "smoke"]
@@ -128,6 +131,8 @@ class TrainConfig:
         for name in ("fold", "seed", "num_workers"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name}: got {getattr(self, name)!r}, expected an integer >= 0")
+        if self.seed > MAX_SEED:  # numpy's limit: "99 is not in bounds, numpy accepts from 0 to 4294967295"
+            raise ValueError(f"seed: got {self.seed}, expected at most {MAX_SEED}")
         for name in ("lr", "cache_limit_gb"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name}: got {getattr(self, name)!r}, expected a finite number > 0")

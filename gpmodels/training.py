@@ -49,7 +49,6 @@ from gpmodels.checkpoints import (
     remove_partial_checkpoints,
     save_weights,
 )
-from gpmodels.chunks import cpu_cores
 from gpmodels.data import (SliceDataModule, StoreUnchanged, available_memory, balanced_class_weights, slices_per_batch,
                            split_indices,
                            train_batches_per_device)
@@ -61,6 +60,7 @@ from gpmodels.train_config import DERIVED_FIELDS, RunConfig, TrainConfig
 from storage.errors import StoreError
 from storage.folders import pid_alive
 from storage.locks import open_lock_file, unlockable
+from storage.parallel import cpu_cores
 from storage.quiet import quiet_logger
 from storage.reads import read_whole
 from storage.store import SPLIT_NAMES, check_chunks, open_store

@@ -36,7 +36,8 @@ FoldsOpt = Annotated[int, typer.Option("--folds", help="Number of folds (grouped
                                         "quarter of the patients; with --split cvind, the first N of the five "
                                         "official ones: give 5 for all).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Split seed.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", help="Local Dask worker processes (0 = in-process).")]
+WorkersOpt = Annotated[int, typer.Option("--workers", help="Local Dask worker processes (0 = in-process; at most one per "
+                                        "CPU).")]
 DaskOpt = Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler, e.g. "
                                                 "tcp://127.0.0.1:8786.")]
 AppendOpt = Annotated[bool, typer.Option("--append", help="Add only new cases to an existing store; stored "
@@ -229,9 +230,10 @@ def synth_brats_cmd(
 ) -> None:
     """BraTS 2020 layout: BraTS20_Training_NNN/*_{t1,t1ce,t2,flair,seg}.nii.gz and name_mapping.csv."""
     from storage.phantoms import write_brats_phantoms
-    from storage.phantoms.brats import case_id
+    from storage.phantoms.brats import MAX_CASE, case_id
 
-    planned = (out / case_id(n) for n in range(first_case, first_case + max(cases, 0)))
+    # numbers past the last are refused by the writer: not looked for (--cases 100000000 took minutes here)
+    planned = (out / case_id(n) for n in range(first_case, min(first_case + max(cases, 0), MAX_CASE + 1)))
     _refuse_clashes(out, [folder for folder in planned if folder.exists()], overwrite, first_case=True)
     try:
         folders = write_brats_phantoms(out, cases, size=size, seed=seed, first_case=first_case)

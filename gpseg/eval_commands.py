@@ -36,6 +36,7 @@ def heatmaps_cmd(
     from gpmodels.heatmaps import check_heatmap_options, generate_heatmaps
 
     _require_run(run)
+    split = list(dict.fromkeys(split))  # --split test --split test: made once
     try:
         check_heatmap_options(split, batch_size, posthoc)  # every split, before any is written
     except ValueError as exc:
@@ -395,6 +396,8 @@ def export_masks_cmd(
         raise fail("give either --run or --workdir")
     if suffix and any(sep in suffix for sep in ("/", "\\")):
         raise fail(f"--suffix: got {suffix!r}, expected no path separators")
+    if suffix and suffix.lower().endswith((".nii", ".nii.gz")):  # the names end in .nii.gz already
+        raise fail(f"--suffix: got {suffix!r}, expected the part before .nii.gz (e.g. _pred)")
     from gpmodels.files import output_problem
 
     problem = output_problem(out, None)  # a slice store, a run dir or a report took the masks without a word

@@ -281,10 +281,12 @@ def retrain_outcome(result: dict, drop: Path, thresholds: str | None = None) -> 
 
 
 def serve_cmd(
-    port: Annotated[int, typer.Option(help="API port on 127.0.0.1.")] = 4200,
-    root: Annotated[Path, typer.Option(help="Project root (holds prefect.yaml).")] = Path("."),
+    port: Annotated[int, typer.Option(help="API port on 127.0.0.1 (1-65535).")] = 4200,
+    root: Annotated[Path, typer.Option(help="The gpseg checkout (it holds prefect.yaml, whose deployments run "
+                                            "its flows/ files; a pip-installed gpseg has none).")] = Path("."),
 ) -> None:
-    """Start a local Prefect server (SQLite in .prefect/), the process work pool, the deployments and a worker.
+    """Start a local Prefect server (SQLite in ROOT/.prefect/, whatever PREFECT_HOME says), the process work pool,
+    the deployments and a worker.
 
     Leave it running; in another shell `source .prefect/env.sh` and then
     `prefect deployment run full-benchmark/full-benchmark --watch`. Ctrl-C, or SIGTERM/SIGHUP (`kill`, a
@@ -292,6 +294,8 @@ def serve_cmd(
     """
     from gpseg.local_stack import LocalStack, check_port_free, interrupt_on_stop_signals
 
+    if not 1 <= port <= 65535:  # was socket's OverflowError traceback
+        raise fail(f"--port: got {port}, expected 1-65535")
     root = root.resolve()
     if not (root / "prefect.yaml").is_file():
         raise fail(f"{root}: no prefect.yaml here; run from the gpseg checkout or pass --root")

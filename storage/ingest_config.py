@@ -39,6 +39,8 @@ class SplitConfig:
             raise ValueError(f"split mode: got {self.mode!r}, expected one of {SPLIT_MODES}")
         if not 1 <= self.folds <= (5 if self.mode == "cvind" else 20):
             raise ValueError(f"folds: got {self.folds}, expected 1-5 for cvind and 1-20 otherwise")
+        if not 0 <= self.seed < 2**32:  # numpy's range; it said "expected non-negative integer", naming nothing
+            raise ValueError(f"seed: got {self.seed}, expected 0 to {2**32 - 1}")
         if len(self.ratios) != 3 or any(r <= 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-6:
             raise ValueError(f"ratios: got {self.ratios}, expected three positive fractions summing to 1")
 

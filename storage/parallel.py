@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections import deque
@@ -19,8 +20,15 @@ T = TypeVar("T")
 CONNECT_TIMEOUT_S = 30
 """Seconds to wait for the Dask scheduler at a given address (Dask's own default)."""
 
+_log = logging.getLogger(__name__)
+
 WORKER_SETUP = "storage.dask_worker_setup"
 """The Dask preload of the local clusters' workers: they ignore Ctrl-C (:mod:`storage.dask_worker_setup`)."""
+
+
+def cpu_cores() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else all of the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @contextmanager
@@ -29,7 +37,8 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
 
     Yields ``None`` when ``workers == 0`` and no address is given (run in-process). A local cluster
     has no dashboard, binds its HTTP endpoints to a free port (not 8787, which another cluster or a
-    second run may hold) and logs warnings and errors only.
+    second run may hold) and logs warnings and errors only. It has at most one worker process per CPU
+    (:func:`cpu_cores`), with a warning when more were asked for (``--workers 10000`` started 10,000).
     """
     if address is None and workers == 0:
         yield None
@@ -40,6 +49,11 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
         with connect_client(address) as client:
             yield client
         return
+    cores = cpu_cores()
+    if workers > cores:
+        _log.warning("workers: %d asked for, but this process may use %d CPU(s): starting %d Dask worker "
+                     "process(es)", workers, cores, cores)
+        workers = cores
     owned = _interrupt_owner()
     with quiet_logger("distributed"), contextlib.ExitStack() as stack:
         silenced: list[tuple[logging.Logger, int]] = []

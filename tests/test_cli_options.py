@@ -58,3 +58,13 @@ def test_command_help_flows_each_paragraph_onto_one_line():
         over two lines.""") == "First line.\n\nA paragraph over two lines."
     text = CliRunner().invoke(app, ["postprocess", "--help"], env={"COLUMNS": "200"}).output
     assert "is named (\"failed RUN: reason\"), left out of the report (its notes say so) and the others go on" in text
+
+
+@pytest.mark.parametrize("port", ["0", "-1", "99999"])
+def test_serve_refuses_a_port_out_of_range_in_one_line(port):
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--port", port])
+    assert result.exit_code == 1 and result.output == f"error: --port: got {port}, expected 1-65535\n"

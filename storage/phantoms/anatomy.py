@@ -65,17 +65,18 @@ _OUTLINE = 0.03
 _FISSURE = 0.012
 
 
-def check_int(name: str, value: object, minimum: int) -> int:
+def check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
     """Return ``value`` as an int, or raise naming the argument.
 
     Raises:
         TypeError: ``value`` is not an integer (bools are rejected).
-        ValueError: ``value`` is below ``minimum``.
+        ValueError: ``value`` is below ``minimum`` or above ``maximum``.
     """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name}: got {value!r} ({type(value).__name__}), expected an integer")
-    if value < minimum:
-        raise ValueError(f"{name}: got {value}, expected an integer >= {minimum}")
+    if value < minimum or (maximum is not None and value > maximum):
+        expected = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise ValueError(f"{name}: got {value}, expected an integer {expected}")
     return int(value)
 
 

@@ -27,7 +27,13 @@ from storage.phantoms.anatomy import MODALITIES, check_int, head_volume
 SEG = "seg"
 _MISSING = "NA"
 _MAX_CASE = 999
+MAX_CASE = _MAX_CASE
+"""The largest case number (BraTS20_Training_999)."""
 _MIN_SIZE = 32
+_MAX_SIZE = 512
+"""The largest in-plane size (a 512 px volume's four modalities take about 1.4 GB as float32 while written)."""
+SIZE_RANGE = (_MIN_SIZE, _MAX_SIZE)
+"""The in-plane sizes :func:`write_brats_phantoms` takes."""
 _MIN_DEPTH = 16
 _INT16_MAX = np.iinfo(np.int16).max
 
@@ -80,7 +86,7 @@ def write_brats_phantoms(out: Path, cases: int, size: int = 240, depth: int | No
         RuntimeError: A drawn tumour is empty (possible only at the smallest sizes).
     """
     cases = check_int("cases", cases, 1)
-    size = check_int("size", size, _MIN_SIZE)
+    size = check_int("size", size, _MIN_SIZE, _MAX_SIZE)
     depth = round(size * 155 / 240) if depth is None else check_int("depth", depth, _MIN_DEPTH)
     seed = check_int("seed", seed, 0)
     first_case = check_int("first_case", first_case, 1)

@@ -177,13 +177,37 @@ def test_phantom_sources_are_accepted_for_exactly_the_kinds_that_have_phantoms()
         assert DatasetSpec(kind=kind).source == "phantom"
 
 
-def test_jun_cheng_phantoms_below_their_smallest_size_are_refused_in_one_line():
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"kind": "jun-cheng", "phantom_size": 48}, "phantom_size: got 48, expected 64 to 2048 for jun-cheng phantoms"),
+    ({"kind": "brats", "phantom_size": 100_000}, "phantom_size: got 100000, expected 32 to 512 for brats phantoms"),
+    ({"kind": "brats", "phantom_cases": 1000}, "phantom_cases: got 1000, expected at most 999 for brats phantoms"),
+    ({"kind": "brats", "image_size": 0}, "image_size: Input should be greater than or equal to 8"),
+    ({"kind": "brats", "seed": -1}, "seed: Input should be greater than or equal to 0"),
+    ({"kind": "brats", "split": "cvind"}, "split: 'cvind' is Jun Cheng's official folds (cvind.mat); a brats dataset "
+     "has none"),
+    ({"kind": "brats", "name": "a/b"}, "name: got 'a/b', expected a folder name"),
+    ({"kind": "brats", "name": ".."}, "name: got '..', expected a folder name"),
+    ({"kind": "brats", "source": ""}, "source: got an empty source"),
+])
+def test_dataset_values_the_flow_would_fail_on_later_are_refused_in_one_line(spec, message):
+    """Each failed only once the flow ran: after the phantoms, per dataset, or in a path (name '..')."""
     with pytest.raises(ValidationError) as caught:
-        DatasetSpec(kind="jun-cheng", phantom_size=48)
-    assert one_line(caught.value).endswith("phantom_size: got 48, expected >= 64 for jun-cheng phantoms "
-                                           "(storage.phantoms.write_jun_cheng_phantoms refuses less)")
+        DatasetSpec(**spec)
+    assert message in one_line(caught.value) and "\n" not in one_line(caught.value)
+
+
+def test_the_phantom_limits_are_the_writers_own(tmp_path):
+    from storage.phantoms import write_brats_phantoms, write_jun_cheng_phantoms
+
     assert DatasetSpec(kind="jun-cheng", phantom_size=64).phantom_size == 64
-    assert DatasetSpec(kind="brats", phantom_size=32).phantom_size == 32
+    assert DatasetSpec(kind="brats", phantom_size=32, phantom_cases=999).phantom_size == 32
+    with pytest.raises(ValueError, match="size: got 513, expected an integer from 32 to 512"):
+        write_brats_phantoms(tmp_path / "b", 2, size=513)
+    with pytest.raises(ValueError, match="size: got 2049, expected an integer from 64 to 2048"):
+        write_jun_cheng_phantoms(tmp_path / "j", 2, size=2049)
+    with pytest.raises(ValueError, match="cases: got 100001"):
+        write_jun_cheng_phantoms(tmp_path / "j", 100_001, size=64)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "j").exists()  # refused before any folder is made
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -232,3 +256,14 @@ def test_a_first_ingestion_replaces_no_store_settings(tmp_path):
     from flows.pipeline import store_settings
 
     assert store_settings(str(tmp_path / "none.zarr")) == {}
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"models": ["gp-unet", "gp-unet"]}, "models: ['gp-unet'] given more than once, expected distinct models"),
+    ({"models": ["gp-unet"], "dask_address": " "}, "dask_address: got an empty address"),
+])
+def test_repeated_models_and_an_empty_scheduler_address_are_refused(params, message):
+    """gp-unet twice trained and reported every run twice; an empty address was taken as no scheduler."""
+    with pytest.raises(ValidationError) as caught:
+        RetrainParams(**params)
+    assert message in one_line(caught.value)

@@ -664,6 +664,10 @@ def test_export_masks_writes_one_volume_per_test_patient(report_runs, tmp_path):
     bad = CliRunner().invoke(app, ["export-masks", "--run", str(report_runs["gp"]), "--out", str(tmp_path / "b"),
                                    "--suffix", "/../x"])
     assert bad.exit_code == 1 and bad.output.strip() == "error: --suffix: got '/../x', expected no path separators"
+    doubled = CliRunner().invoke(app, ["export-masks", "--run", str(report_runs["gp"]), "--out", str(tmp_path / "b"),
+                                       "--suffix", "_gp.nii.gz"])  # wrote X_gp.nii.gz.nii.gz
+    assert doubled.exit_code == 1 and doubled.output.strip() == ("error: --suffix: got '_gp.nii.gz', expected the "
+                                                                 "part before .nii.gz (e.g. _pred)")
     assert not (tmp_path / "b").exists()
 
 

@@ -525,6 +525,7 @@ def test_merge_metrics_replaces_the_redone_epoch_of_one_step(tmp_path):
     (["--model", "gp-unet", "--cache", "sometimes"], "cache: got 'sometimes'"),
     (["--model", "gp-unet", "--cache-limit-gb", "0"], "cache_limit_gb: got 0.0, expected a finite number > 0"),
     (["--model", "gp-unet", "--cache-limit-gb", "inf"], "cache_limit_gb: got inf, expected a finite number > 0"),
+    (["--model", "gp-unet", "--seed", "99999999999"], "seed: got 99999999999, expected at most 4294967295"),
     (["--model", "gp-reconresnet", "--image-size", "4"], "image_size: got 4, expected 8-2048 pixels"),
     (["--model", "gp-unet", "--image-size", "100000"], "image_size: got 100000, expected 8-2048 pixels"),
     (["--model", "gp-unet", "--option", "depth=99"], "model_options: gp-unet: depth: got 99, expected 1 to 11"),

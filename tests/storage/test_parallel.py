@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from storage import parallel
 from storage.parallel import dask_client, ordered_map
 
 
@@ -24,6 +25,15 @@ def test_local_cluster_returns_item_errors_without_a_worker_traceback(capfd):
         assert _mapped(client) == [("1", 1, None), ("x", None, "ValueError"), ("3", 3, None)]
     # a rejected case is reported once, by the caller; the worker must not log it as a failed task
     assert "Compute Failed" not in capfd.readouterr().err
+
+
+def test_a_local_cluster_has_at_most_one_worker_per_cpu(monkeypatch, caplog):
+    """--workers 10000 started 10,000 processes, which a 2-core machine did not survive."""
+    monkeypatch.setattr(parallel, "cpu_cores", lambda: 1)
+    with caplog.at_level(logging.WARNING, logger="storage.parallel"), dask_client(3, None) as client:
+        assert len(client.scheduler_info()["workers"]) == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "storage.parallel"] == [
+        "workers: 3 asked for, but this process may use 1 CPU(s): starting 1 Dask worker process(es)"]
 
 
 def _port_8787_in_use() -> bool:

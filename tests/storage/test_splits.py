@@ -95,6 +95,9 @@ def test_split_config_rejects_bad_values():
         SplitConfig(ratios=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="split mode"):
         SplitConfig(mode="random")
+    for seed in (-1, 2**32):  # numpy's "expected non-negative integer", which named no option
+        with pytest.raises(ValueError, match=f"seed: got {seed}, expected 0 to 4294967295"):
+            SplitConfig(seed=seed)
 
 
 def test_grouped_splits_refuse_more_folds_than_disjoint_test_sets():
