@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -126,16 +127,34 @@ def prefect_home_problem() -> str | None:
     return None
 
 
-def run_app(app: typer.Typer) -> None:
-    """Run a Typer app with :data:`ENV_DEFAULTS`. An ``OSError`` that no command turned into its own message
-    (a file where a folder is expected, no permission, a full disk) ends in a one-line error naming the path
-    and exit code 1, instead of a traceback."""
+def empty_argument(args: list[str]) -> str | None:
+    """Why a command line cannot be meant: an empty argument (``--out ""``, ``--out=``, ``synth brats ""``), which
+    would otherwise be taken as the current folder (a run's files, a report or phantoms written into it) or as
+    "not given" (``--models ""``, ``--device ""``). ``None`` when every argument has a value."""
+    for position, arg in enumerate(args):
+        if arg.startswith("--") and arg.endswith("=") and len(arg) > 3:
+            return f"{arg[:-1]}: got an empty value"
+        if not arg.strip():
+            before = args[position - 1] if position and args[position - 1].startswith("-") else None
+            return f"{before}: got an empty value" if before else f"argument {position + 1}: got an empty value"
+    return None
+
+
+def run_app(app: typer.Typer, args: list[str] | None = None) -> None:
+    """Run a Typer app on ``args`` (default: the process's) with :data:`ENV_DEFAULTS`. An empty argument is refused
+    in one line (:func:`empty_argument`). An ``OSError`` that no command turned into its own message (a file where
+    a folder is expected, no permission, a full disk) ends in a one-line error naming the path and exit code 1,
+    instead of a traceback."""
+    args = sys.argv[1:] if args is None else args
+    problem = empty_argument(args)
+    if problem:
+        raise SystemExit(fail(problem).exit_code)
     for name, value in {**ENV_DEFAULTS, **project_prefect_home()}.items():
         os.environ.setdefault(name, value)
     # said in one line by the flow commands (prefect_home_problem); Prefect warns of it as it is imported
     warnings.filterwarnings("ignore", message="Failed to create the Prefect home directory")
     try:
-        app()
+        app(args)
     except StoreError as exc:  # e.g. a lock file that cannot be opened, where no command said it in its own words
         console.print(f"[red]error:[/red] {escape(one_line(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None

@@ -284,3 +284,20 @@ def test_prefects_temporary_server_lines_are_one_at_the_start_and_none_at_the_en
     assert not keep.filter(record("Stopping temporary server on http://127.0.0.1:8967"))
     other = record("Flow run 'violet-emu' - Finished in state Completed()")
     assert keep.filter(other) and other.getMessage() == "Flow run 'violet-emu' - Finished in state Completed()"
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["train", "--out", ""], "error: --out: got an empty value\n"),
+    (["train", "--out="], "error: --out: got an empty value\n"),
+    (["synth", "brats", " "], "error: argument 3: got an empty value\n"),
+])
+def test_an_empty_argument_is_refused_before_any_command_runs(output: io.StringIO, args, said) -> None:
+    """`--out ""` was the current folder: a run's files, a report or phantoms went into it."""
+    from gpseg.console import run_app
+
+    ran = []
+    app = typer.Typer()
+    app.command()(lambda: ran.append(True))
+    with pytest.raises(SystemExit) as exit_:
+        run_app(app, args)
+    assert exit_.value.code == 1 and output.getvalue() == said and ran == []
