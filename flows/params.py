@@ -114,7 +114,8 @@ class ThresholdParams(_Params):
     offset: float | Literal["auto"] | None = Field(
         None, description="multiotsu's offset: a number, 'auto' (chosen on the validation masks) or null (the "
         "paper's per model).")
-    value: float = Field(0.5, allow_inf_nan=False, description="The fixed method's threshold (maps in [0, 1]).")
+    value: float = Field(0.5, allow_inf_nan=False, description="The fixed method's threshold, in the units of the "
+                         "maps (the paper: 0.5).")
     target_class: Literal["predicted", "true"] = Field(
         "predicted", description="Threshold the map of the predicted class (the paper) or of the true class "
                                  "(localisation alone).")
