@@ -6,7 +6,7 @@ import inspect
 
 import typer
 
-from gpseg import data_commands, drop_command, eval_commands, flow_commands, train_command
+from gpseg import data_commands, demo, drop_command, eval_commands, flow_commands, train_command
 from gpseg.console import run_main
 from gpseg.threshold_options import CLEANING_HELP
 
@@ -27,6 +27,9 @@ app.command("heatmaps", rich_help_panel=MODELS)(eval_commands.heatmaps_cmd)
 app.command("postprocess", rich_help_panel=MODELS, epilog=CLEANING_HELP)(eval_commands.postprocess_cmd)
 app.command("report", rich_help_panel=MODELS)(eval_commands.report_cmd)
 app.command("export-masks", rich_help_panel=MODELS)(eval_commands.export_masks_cmd)
+app.command("demo", rich_help_panel=FLOWS, epilog=CLEANING_HELP,
+            help="The main job (./run.sh demo): the full-benchmark flow in this process on phantoms of both datasets, "
+                 "all five models, the demo preset.")(demo.demo)
 app.command("benchmark", rich_help_panel=FLOWS, epilog=CLEANING_HELP)(flow_commands.benchmark_cmd)
 app.command("retrain", rich_help_panel=FLOWS, epilog=CLEANING_HELP)(flow_commands.retrain_cmd)
 app.command("serve", rich_help_panel=FLOWS)(flow_commands.serve_cmd)
