@@ -68,3 +68,19 @@ def test_serve_refuses_a_port_out_of_range_in_one_line(port):
 
     result = CliRunner().invoke(app, ["serve", "--port", port])
     assert result.exit_code == 1 and result.output == f"error: --port: got {port}, expected 1-65535\n"
+
+
+def test_the_main_job_is_a_command_too():
+    """`./run.sh demo` runs `python -m gpseg.demo`; a pip-installed gpseg had no way to it but that module."""
+    from typer.testing import CliRunner
+
+    from gpseg import demo
+    from gpseg.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "--seeds" in result.output and "--largest-component" in result.output
+    assert typer_callback(app, "demo") is demo.demo
+
+
+def typer_callback(app, name):
+    return next(command.callback for command in app.registered_commands if command.name == name)
