@@ -50,8 +50,7 @@ from gpmodels.checkpoints import (
     save_weights,
 )
 from gpmodels.data import (SliceDataModule, StoreUnchanged, available_memory, balanced_class_weights, slices_per_batch,
-                           split_indices,
-                           train_batches_per_device)
+                           split_indices, train_batches_per_device)
 from gpmodels.files import (RETRAIN_HINT, archive_damage, damaged, damaged_weights, output_problem, read_run_config,
                             write_text_atomic)
 from gpmodels.lightning_module import ClassifierModule
