@@ -101,7 +101,9 @@ def _check_stack(name: str, maps: np.ndarray) -> np.ndarray:
 def _lower_by_offset(upper: np.ndarray, undefined: np.ndarray, offset: float) -> np.ndarray:
     """``max(upper - offset, 0)``, except ``upper`` (the maximum: empty mask) where multi-Otsu is undefined."""
     dtype = upper.dtype.type
-    return np.where(undefined, upper, np.maximum(upper - dtype(offset), dtype(0)))
+    with np.errstate(over="ignore"):  # an offset beyond the dtype's range is infinite: the threshold clamps at 0
+        lowered = upper - dtype(offset)
+    return np.where(undefined, upper, np.maximum(lowered, dtype(0)))
 
 
 def heatmap_thresholds(

@@ -73,6 +73,14 @@ def test_offset_clamps_the_threshold_at_zero():
     np.testing.assert_array_equal(threshold_heatmaps(maps, "multiotsu", offset=100.0), maps > 0)
 
 
+def test_an_offset_beyond_float16_clamps_without_an_overflow_warning(recwarn):
+    """--offset 1e308 printed numpy's "overflow encountered in cast" over the float16 heatmaps."""
+    maps, _ = blobs()
+    half = maps.astype(np.float16)
+    np.testing.assert_array_equal(threshold_heatmaps(half, "multiotsu", offset=1e308), half > 0)
+    assert [str(w.message) for w in recwarn] == []
+
+
 def test_otsu_and_fixed_masks():
     maps, _ = blobs()
     otsu = threshold_heatmaps(maps, "otsu")
