@@ -14,6 +14,9 @@ from gpmodels.names import MODEL_NAMES, ModelName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 from storage.errors import one_line, validation_line
 from storage.ingest_config import MAX_IMAGE_SIZE
+
+MAX_SEED = 2**32 - 1
+"""The largest seed (numpy's; :data:`gpmodels.train_config.MAX_SEED`, without importing torch here)."""
 from storage.phantoms import brats as brats_phantoms
 from storage.phantoms import jun_cheng as jun_cheng_phantoms
 
@@ -54,7 +57,7 @@ class DatasetSpec(_Params):
     split: Literal["grouped", "slice", "cvind"] = Field(
         "grouped", description="Folds: grouped by patient (honest), by slice (the paper's leaky split) or from "
         "Jun Cheng's cvind.mat.")
-    seed: int = Field(0, ge=0, description="Seed of the phantoms and of the fold assignment.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the phantoms and of the fold assignment.")
     workers: int = Field(2, ge=0, description="Dask processes reading cases (at most one per CPU is started).")
 
     @property
@@ -221,8 +224,9 @@ class TrainingParams(_Params):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (not value or len(set(value)) != len(value) or min(value) < 0):
-            raise ValueError(f"seeds: got {value}, expected distinct non-negative integers (at least one)")
+        if value is not None and (not value or len(set(value)) != len(value) or min(value) < 0
+                                  or max(value) > MAX_SEED):
+            raise ValueError(f"seeds: got {value}, expected distinct integers from 0 to {MAX_SEED} (at least one)")
         return value
 
     @model_validator(mode="after")
@@ -239,9 +243,15 @@ class TrainingParams(_Params):
         reserved = sorted({"store", "model", "out", "preset"} & set(self.train_overrides))
         if reserved:
             raise ValueError(f"train_overrides: {reserved} are set by the flow, not overridable")
+        import torch  # noqa: PLC0415 (as above)
+
+        from gpmodels.nets import build_model  # noqa: PLC0415
+
         for model in self.models:
             try:
-                preset_config(self.preset, "store.zarr", model, "run", **self.overrides_for(model))
+                config = preset_config(self.preset, "store.zarr", model, "run", **self.overrides_for(model))
+                with torch.device("meta"):  # the network's own checks (a depth out of range), allocating nothing
+                    build_model(model, 1, 2, **config.network_options())
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"train_overrides/model_options for {model}: {exc}") from exc
         return self
@@ -254,10 +264,7 @@ class TrainingParams(_Params):
         unknown = [m for m in value if m not in MODEL_NAMES]
         if unknown:
             raise ValueError(f"models: unknown {unknown}, expected some of {list(MODEL_NAMES)}")
-        repeated = sorted({m for m in value if value.count(m) > 1})
-        if repeated:  # each would train and be reported twice
-            raise ValueError(f"models: {repeated} given more than once, expected distinct models")
-        return value
+        return list(dict.fromkeys(value))  # a model given twice trained and was reported twice
 
     @field_validator("model_options")
     @classmethod

@@ -281,10 +281,12 @@ def _check_network(run: RunConfig) -> None:
         where, memory = "the free", available_memory()
     needed = parameters * TRAINING_BYTES_PER_PARAMETER
     if needed > memory:
-        width = f" at width {run.model_options['width']}" if "width" in run.model_options else ""
-        raise ValueError(f"width: {run.train.model}{width} has {parameters:,} parameters, which need "
-                         f"{needed / 2**30:,.1f} GiB for their weights, gradients and Adam's moments alone, more than "
-                         f"{where} {memory / 2**30:,.1f} GiB; give a smaller --width")
+        wide = "width" in run.model_options
+        width = f" at width {run.model_options['width']}" if wide else ""
+        raise ValueError(f"{'width' if wide else 'memory'}: {run.train.model}{width} has {parameters:,} parameters, "
+                         f"which need {needed / 2**30:,.1f} GiB for their weights, gradients and Adam's moments alone, "
+                         f"more than {where} {memory / 2**30:,.1f} GiB; "
+                         + ("give a smaller --width" if wide else "free memory, or train on a larger machine"))
 
 
 def _check_devices(config: TrainConfig) -> None:
@@ -327,15 +329,23 @@ def use_channels_last(accelerator: str, precision: str) -> bool:
 
 def resolve_precision(precision: str, accelerator: str) -> str:
     """The precision Lightning trains in: ``auto`` -> ``bf16-mixed`` on a CUDA GPU with bf16, ``16-mixed`` on
-    other GPUs, ``32-true`` otherwise; ``16-mixed`` off the GPU -> ``bf16-mixed`` (Lightning has no fp16 mixed precision
-    on the CPU and substitutes bf16, with a warning that :func:`start_warnings` repeats)."""
+    other GPUs, ``32-true`` otherwise; ``16-mixed`` on the CPU -> ``bf16-mixed`` (Lightning has no fp16 mixed
+    precision on the CPU and substitutes bf16, with a warning that :func:`start_warnings` repeats)."""
     if precision == "auto":
         if _on_gpu(accelerator):
             return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
         return "32-true"
-    if precision == "16-mixed" and not _on_gpu(accelerator):
+    if precision == "16-mixed" and _on_cpu(accelerator):
         return "bf16-mixed"
     return precision
+
+
+def _on_cpu(accelerator: str) -> bool:
+    """Whether Lightning will train on the CPU: asked for, or ``auto`` with neither a CUDA GPU nor Apple's MPS."""
+    if accelerator == "cpu":
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return accelerator == "auto" and not torch.cuda.is_available() and not (mps is not None and mps.is_available())
 
 
 def cpu_bf16_is_native() -> bool | None:
@@ -401,8 +411,8 @@ def start_warnings(run: RunConfig) -> list[str]:
     """
     train, messages = run.train, []
     if train.precision == "16-mixed" and run.resolved_precision == "bf16-mixed":
-        messages.append("precision 16-mixed: Lightning has no fp16 mixed precision on the CPU and trains bf16-mixed instead "
-                        "(recorded as such); give --precision 32-true or bf16-mixed to choose")
+        messages.append("precision 16-mixed: Lightning has no fp16 mixed precision on the CPU and trains bf16-mixed "
+                        "instead (recorded as such); give --precision 32-true or bf16-mixed to choose")
     cores = cpu_cores()
     if train.devices > 1 and not _on_gpu(train.accelerator) and train.devices > cores:
         messages.append(f"devices {train.devices}: {train.devices} DDP processes on the CPU share its {cores} core(s), "
@@ -500,6 +510,8 @@ def _previous_run(paths: RunPaths, run: RunConfig) -> tuple[RunConfig | None, Ch
     if previous is None:
         return None, progress
     trained_in, asked, here = previous.resolved_precision, run.train.precision, run.resolved_precision
+    if trained_in is not None:  # as trained: a CPU run recorded 16-mixed before it was recorded as bf16-mixed
+        trained_in = resolve_precision(trained_in, run.train.accelerator)
     if (trained_in is not None and trained_in != here and asked == previous.train.precision
             and progress.epochs_done < run.train.epochs):
         raise ValueError(f"precision: {paths.root} was trained in {trained_in}, but precision {asked} is {here} "

@@ -27,7 +27,8 @@ from storage.errors import StoreError, validation_line
 console = Console(stderr=True)
 """Progress, warnings, errors and summaries: standard error."""
 results = Console()
-"""What a command is asked for, e.g. ``gpseg info``'s description of a store: standard output, so ``> file`` keeps it."""
+"""What a command is asked for, e.g. ``gpseg info``'s description of a store: standard output, so ``> file`` keeps
+it."""
 
 
 @contextmanager
@@ -35,8 +36,8 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int, str], None]]:
     """A progress bar; yields ``update(done, total, label)``.
 
     A new total, or a count lower than the last, starts a new stage of the work (e.g. a heatmap pass, then its
-    post-hoc maps): the bar starts again, with its own elapsed and remaining time. The bar stays on the terminal when the block ends normally or is interrupted (Ctrl-C shows
-    how far it got). When the block raises an error (e.g. the exit of :func:`fail`), the bar is
+    post-hoc maps): the bar starts again, with its own elapsed and remaining time. The bar stays on the terminal
+    when the block ends normally or is interrupted (Ctrl-C shows how far it got). When the block raises an error (e.g. the exit of :func:`fail`), the bar is
     taken away, so that the one-line error is all that is shown.
     """
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -127,16 +128,23 @@ def prefect_home_problem() -> str | None:
     return None
 
 
+EMPTY_ALLOWED = frozenset({"--suffix", "--title"})
+"""Options whose empty value means something: ``export-masks --suffix ""`` names the masks ``<patient>.nii.gz``,
+``report --title ""`` leaves the title out."""
+
+
 def empty_argument(args: list[str]) -> str | None:
     """Why a command line cannot be meant: an empty argument (``--out ""``, ``--out=``, ``synth brats ""``), which
     would otherwise be taken as the current folder (a run's files, a report or phantoms written into it) or as
-    "not given" (``--models ""``, ``--device ""``). ``None`` when every argument has a value."""
+    "not given" (``--models ""``, ``--device ""``); the options of :data:`EMPTY_ALLOWED` excepted. ``None`` when
+    every argument has a value."""
     for position, arg in enumerate(args):
-        if arg.startswith("--") and arg.endswith("=") and len(arg) > 3:
+        if arg.startswith("--") and arg.endswith("=") and len(arg) > 3 and arg[:-1] not in EMPTY_ALLOWED:
             return f"{arg[:-1]}: got an empty value"
-        if not arg.strip():
-            before = args[position - 1] if position and args[position - 1].startswith("-") else None
-            return f"{before}: got an empty value" if before else f"argument {position + 1}: got an empty value"
+        before = args[position - 1] if position else None
+        if not arg.strip() and before not in EMPTY_ALLOWED:
+            where = f"after {before}" if before else "first"
+            return f"an empty argument ({where}, argument {position + 1}); give a value"
     return None
 
 

@@ -36,8 +36,8 @@ FoldsOpt = Annotated[int, typer.Option("--folds", help="Number of folds (grouped
                                         "quarter of the patients; with --split cvind, the first N of the five "
                                         "official ones: give 5 for all).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Split seed.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", help="Local Dask worker processes (0 = in-process; at most one per "
-                                        "CPU).")]
+WorkersOpt = Annotated[int, typer.Option("--workers", help="Local Dask worker processes (0 = in-process; at most "
+                                                           "one per CPU).")]
 DaskOpt = Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler, e.g. "
                                                 "tcp://127.0.0.1:8786.")]
 AppendOpt = Annotated[bool, typer.Option("--append", help="Add only new cases to an existing store; stored "

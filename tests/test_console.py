@@ -287,9 +287,10 @@ def test_prefects_temporary_server_lines_are_one_at_the_start_and_none_at_the_en
 
 
 @pytest.mark.parametrize(("args", "said"), [
-    (["train", "--out", ""], "error: --out: got an empty value\n"),
+    (["train", "--out", ""], "error: an empty argument (after --out, argument 3); give a value\n"),
     (["train", "--out="], "error: --out: got an empty value\n"),
-    (["synth", "brats", " "], "error: argument 3: got an empty value\n"),
+    (["synth", "brats", " "], "error: an empty argument (after brats, argument 3); give a value\n"),
+    (["synth", "brats", "--overwrite", ""], "error: an empty argument (after --overwrite, argument 4); give a value\n"),
 ])
 def test_an_empty_argument_is_refused_before_any_command_runs(output: io.StringIO, args, said) -> None:
     """`--out ""` was the current folder: a run's files, a report or phantoms went into it."""
@@ -301,3 +302,11 @@ def test_an_empty_argument_is_refused_before_any_command_runs(output: io.StringI
     with pytest.raises(SystemExit) as exit_:
         run_app(app, args)
     assert exit_.value.code == 1 and output.getvalue() == said and ran == []
+
+
+def test_an_empty_suffix_or_title_is_a_value() -> None:
+    """`export-masks --suffix ""` names the masks <patient>.nii.gz."""
+    from gpseg.console import empty_argument
+
+    assert empty_argument(["export-masks", "--run", "r", "--suffix", ""]) is None
+    assert empty_argument(["report", "r", "--title="]) is None

@@ -183,6 +183,7 @@ def test_phantom_sources_are_accepted_for_exactly_the_kinds_that_have_phantoms()
     ({"kind": "brats", "phantom_cases": 1000}, "phantom_cases: got 1000, expected at most 999 for brats phantoms"),
     ({"kind": "brats", "image_size": 0}, "image_size: Input should be greater than or equal to 8"),
     ({"kind": "brats", "seed": -1}, "seed: Input should be greater than or equal to 0"),
+    ({"kind": "brats", "seed": 2**32}, "seed: Input should be less than or equal to 4294967295"),
     ({"kind": "brats", "split": "cvind"}, "split: 'cvind' is Jun Cheng's official folds (cvind.mat); a brats dataset "
      "has none"),
     ({"kind": "brats", "name": "a/b"}, "name: got 'a/b', expected a folder name"),
@@ -259,11 +260,25 @@ def test_a_first_ingestion_replaces_no_store_settings(tmp_path):
 
 
 @pytest.mark.parametrize(("params", "message"), [
-    ({"models": ["gp-unet", "gp-unet"]}, "models: ['gp-unet'] given more than once, expected distinct models"),
     ({"models": ["gp-unet"], "dask_address": " "}, "dask_address: got an empty address"),
+    ({"models": ["gp-unet"], "seeds": [0, 2**32]}, "seeds: got [0, 4294967296], expected distinct integers from 0"),
+    ({"models": ["gp-unet"], "model_options": {"gp-unet": {"depth": 99}}},
+     "train_overrides/model_options for gp-unet: depth: got 99, expected 1 to 11"),
 ])
-def test_repeated_models_and_an_empty_scheduler_address_are_refused(params, message):
-    """gp-unet twice trained and reported every run twice; an empty address was taken as no scheduler."""
+def test_values_every_training_would_fail_on_are_refused_before_the_flow(params, message):
+    """An empty address was taken as no scheduler; a seed or a depth out of range failed each training."""
     with pytest.raises(ValidationError) as caught:
         RetrainParams(**params)
     assert message in one_line(caught.value)
+
+
+def test_an_option_a_model_does_not_take_fails_before_the_flow_not_at_its_training():
+    with pytest.raises(ValidationError) as caught:
+        RetrainParams(models=["gp-unet", "resnext50"], train_overrides={"model_options": {"dropout": 0.2}})
+    assert "train_overrides/model_options for resnext50: model_options: ['dropout'] not accepted by 'resnext50'" in \
+        one_line(caught.value)
+
+
+def test_a_model_given_twice_trains_once():
+    """gp-unet twice trained and reported every run twice (also from a recorded training_settings.json)."""
+    assert RetrainParams(models=["gp-unet", "resnext50", "gp-unet"]).models == ["gp-unet", "resnext50"]

@@ -12,7 +12,8 @@ from gpseg.console import one_line
 
 def test_model_options_merge_into_each_models_overrides():
     params = BenchmarkParams(train_overrides={"epochs": 3, "model_options": {"dropout": 0.2}},
-                             model_options={"gp-shuffleunet": {"pool": "maps", "blur": True}})
+                             model_options={"gp-shuffleunet": {"pool": "maps", "blur": True}},
+                             models=["gp-shuffleunet", "gp-unet"])  # the baselines have no dropout option
 
     assert params.overrides_for("gp-shuffleunet") == {
         "epochs": 3, "model_options": {"dropout": 0.2, "pool": "maps", "blur": True}}

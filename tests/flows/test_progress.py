@@ -19,7 +19,8 @@ def test_progress_is_logged_at_most_every_so_often_and_at_the_end(monkeypatch):
 def test_staged_progress_logs_each_stage_as_its_own_count(monkeypatch):
     monkeypatch.setattr(progress.time, "monotonic", lambda: 0.0)
     lines = []
-    update = progress.staged_progress("post-hoc maps of run", "slices", log=lambda text, *args: lines.append(text % args))
+    update = progress.staged_progress("post-hoc maps of run", "slices",
+                                      log=lambda text, *args: lines.append(text % args))
     for stage in ("occlusion", "guided backprop"):
         for done in (1, 2):
             update(done, 2, stage)

@@ -82,7 +82,7 @@ def test_precision_is_fp32_on_cpu():
 def test_16_mixed_on_the_cpu_is_recorded_and_warned_about_as_bf16(smoke_run, monkeypatch):
     monkeypatch.setattr(training, "cpu_bf16_is_native", lambda: True)
     config, _ = smoke_run
-    run = resolve_run(TrainConfig.from_dict({**config.to_dict(), "precision": "16-mixed"}))
+    run = resolve_run(TrainConfig.from_dict({**config.to_dict(), "precision": "16-mixed", "accelerator": "cpu"}))
     assert run.resolved_precision == "bf16-mixed"
     assert training.start_warnings(run) == [
         "precision 16-mixed: Lightning has no fp16 mixed precision on the CPU and trains bf16-mixed instead (recorded "
@@ -531,8 +531,8 @@ def test_merge_metrics_replaces_the_redone_epoch_of_one_step(tmp_path):
     (["--model", "gp-unet", "--option", "depth=99"], "model_options: gp-unet: depth: got 99, expected 1 to 11"),
     (["--model", "gp-reconresnet", "--option", "depth=-1"], "model_options: gp-reconresnet: depth: got -1, expected 0 "
      "to 64"),
-    (["--model", "gp-unet", "--width", "100000"], "width: gp-unet at width 100000 has 4,240,006,200,003 parameters, which "
-     "need 63,181.0 GiB for their weights, gradients and Adam's moments alone, more than the free"),
+    (["--model", "gp-unet", "--width", "100000"], "width: gp-unet at width 100000 has 4,240,006,200,003 parameters, "
+     "which need 63,181.0 GiB for their weights, gradients and Adam's moments alone, more than the"),
 ])
 def test_cli_errors_are_one_line(phantom_store, tmp_path, args, message):
     base = ["train", "--store", str(phantom_store), "--out", str(tmp_path / "run"), "--preset", "smoke"]
@@ -857,6 +857,31 @@ def test_a_run_resumed_where_its_precision_resolves_otherwise_is_refused(smoke_r
     asked = train(TrainConfig.from_dict({**longer.to_dict(), "precision": "32-true"}))
     assert (asked.start_step, asked.global_step) == (2, 4)
     assert json.loads((out / "config.json").read_text())["resolved_precision"] == "32-true"
+
+
+def test_a_network_too_large_for_the_free_memory_is_refused_naming_the_way_out(smoke_run, monkeypatch):
+    monkeypatch.setattr(training, "available_memory", lambda: 1024)
+    config, _ = smoke_run
+    for model, way_out in (("gp-unet", "give a smaller --width"),
+                           ("resnext50", "free memory, or train on a larger machine")):  # it has no --width
+        with pytest.raises(ValueError, match=f"more than the free 0.0 GiB; {way_out}$"):
+            resolve_run(TrainConfig.from_dict({**config.to_dict(), "model": model, "accelerator": "cpu",
+                                               "width": 8 if model == "gp-unet" else None}))
+
+
+def test_a_cpu_run_recorded_as_16_mixed_goes_on_as_it_trained(smoke_run, tmp_path):
+    """Runs recorded 16-mixed on the CPU (Lightning trained them bf16-mixed) were refused once 16-mixed resolved to
+    bf16-mixed there, with advice to give the --precision 16-mixed they had given."""
+    config, _ = smoke_run
+    out = tmp_path / "fp16"
+    first = TrainConfig.from_dict({**config.to_dict(), "out": str(out), "test": False, "accelerator": "cpu"})
+    train(first)
+    recorded = json.loads((out / "config.json").read_text())
+    recorded["train"]["precision"] = recorded["resolved_precision"] = "16-mixed"  # as the older code recorded it
+    (out / "config.json").write_text(json.dumps(recorded))
+    run, previous = training.check_run_dir(TrainConfig.from_dict({**first.to_dict(), "epochs": 2,
+                                                                  "precision": "16-mixed"}))
+    assert run.resolved_precision == "bf16-mixed" and previous.resolved_precision == "16-mixed"
 
 
 def test_a_run_resumed_with_another_cpu_thread_count_says_so(smoke_run, tmp_path, caplog):
