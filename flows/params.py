@@ -14,11 +14,11 @@ from gpmodels.names import MODEL_NAMES, ModelName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 from storage.errors import one_line, validation_line
 from storage.ingest_config import MAX_IMAGE_SIZE
+from storage.phantoms import brats as brats_phantoms
+from storage.phantoms import jun_cheng as jun_cheng_phantoms
 
 MAX_SEED = 2**32 - 1
 """The largest seed (numpy's; :data:`gpmodels.train_config.MAX_SEED`, without importing torch here)."""
-from storage.phantoms import brats as brats_phantoms
-from storage.phantoms import jun_cheng as jun_cheng_phantoms
 
 DatasetKind = Literal["brats", "jun-cheng", "manifest"]
 PHANTOM_KINDS = ("brats", "jun-cheng")

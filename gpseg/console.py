@@ -37,8 +37,8 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int, str], None]]:
 
     A new total, or a count lower than the last, starts a new stage of the work (e.g. a heatmap pass, then its
     post-hoc maps): the bar starts again, with its own elapsed and remaining time. The bar stays on the terminal
-    when the block ends normally or is interrupted (Ctrl-C shows how far it got). When the block raises an error (e.g. the exit of :func:`fail`), the bar is
-    taken away, so that the one-line error is all that is shown.
+    when the block ends normally or is interrupted (Ctrl-C shows how far it got). When the block raises an error
+    (e.g. the exit of :func:`fail`), the bar is taken away, so that the one-line error is all that is shown.
     """
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[label]}"), TimeElapsedColumn(), TimeRemainingColumn())
