@@ -286,7 +286,8 @@ def _check_network(run: RunConfig) -> None:
         raise ValueError(f"{'width' if wide else 'memory'}: {run.train.model}{width} has {parameters:,} parameters, "
                          f"which need {needed / 2**30:,.1f} GiB for their weights, gradients and Adam's moments alone, "
                          f"more than {where} {memory / 2**30:,.1f} GiB; "
-                         + ("give a smaller --width" if wide else "free memory, or train on a larger machine"))
+                         + (("give a smaller --width" + (" or --option depth" if "depth" in run.model_options else ""))
+                            if wide else "free memory, or train on a larger machine"))
 
 
 def _check_devices(config: TrainConfig) -> None:

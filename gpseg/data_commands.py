@@ -221,8 +221,10 @@ def _refuse_clashes(out: Path, clashes: list[Path], overwrite: bool, first_case:
 
 @synth_app.command("brats")
 def synth_brats_cmd(
-    out: SynthOut, cases: Annotated[int, typer.Option("--cases", help="Number of cases (patients).")] = 16,
-    size: Annotated[int, typer.Option("--size", help="In-plane size S (volumes are S x S x round(S*155/240)).")] = 240,
+    out: SynthOut, cases: Annotated[int, typer.Option("--cases", help="Number of cases (patients), numbered up to "
+                                                                      "999.")] = 16,
+    size: Annotated[int, typer.Option("--size", help="In-plane size S, 32 to 512 (volumes are S x S x "
+                                                     "round(S*155/240)).")] = 240,
     seed: SynthSeed = 0,
     first_case: Annotated[int, typer.Option("--first-case", help="Number of the first case (for a new data "
                                                                   "drop after existing cases).")] = 1,
@@ -244,8 +246,9 @@ def synth_brats_cmd(
 
 @synth_app.command("jun-cheng")
 def synth_jun_cheng_cmd(
-    out: SynthOut, cases: Annotated[int, typer.Option("--cases", help="Number of slice files (N.mat).")] = 120,
-    size: Annotated[int, typer.Option("--size", help="Image size, at least 64 (a few images are written at "
+    out: SynthOut,
+    cases: Annotated[int, typer.Option("--cases", help="Number of slice files (N.mat), at most 100,000.")] = 120,
+    size: Annotated[int, typer.Option("--size", help="Image size, 64 to 2048 (a few images are written at "
                                                      "half size, as in the real set).")] = 512,
     seed: SynthSeed = 0,
     overwrite: SynthOverwrite = False,

@@ -42,7 +42,8 @@ def train_cmd(
                                                    "DDP. The accelerator is a GPU when present.")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help=f"{', '.join(PRECISIONS)}; auto = "
                                                      "bf16-mixed (or 16-mixed) on GPU, 32-true on CPU; 16-mixed on "
-                                                     "CPU trains bf16-mixed.")] = None,
+                                                     "CPU trains bf16-mixed. Default: the preset's (auto), or the "
+                                                     "run's own when OUT holds one.")] = None,
     seed: Annotated[Optional[int], typer.Option(
         "--seed", help="Seed of weights, sampling and augmentation (default 0).")] = None,
     num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="Data-loading worker processes "
@@ -72,6 +73,8 @@ def train_cmd(
 
     if width is not None and model in MODEL_NAMES and "width" not in model_options(model):
         raise fail(f"width: --width {width} given, but {model!r} has no width option (only the GP models do)")
+    if precision is None:  # a re-run without --precision goes on in the precision the run was started with
+        precision = recorded_precision(out)
     try:
         config = preset_config(preset, str(store), model, str(out), fold=fold, epochs=epochs, batch_size=batch_size,
                                image_size=image_size, width=width, devices=devices, precision=precision, seed=seed,
@@ -99,6 +102,17 @@ def train_cmd(
                   f"{done}, {result.global_step} steps{best}, {result.test_summary()}"
                   + (" (smoke preset: a few steps to check the set-up, not a model)" if preset == "smoke" else ""),
                   highlight=False)
+
+
+def recorded_precision(out: Path) -> str | None:
+    """The ``--precision`` the run in ``out`` was started with (``None`` without a readable ``config.json``: a new
+    run, or a damaged one, which the training's own checks name)."""
+    from gpmodels.files import read_run_config
+
+    try:
+        return str(read_run_config(out)["train"]["precision"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
 
 
 def _reason(exc: BaseException, out: Path) -> str:

@@ -655,6 +655,17 @@ def _cli_train(config: TrainConfig, *extra: str):
                                     "--model", config.model, *extra])
 
 
+def test_cli_a_rerun_without_precision_goes_on_in_the_runs_own(smoke_run, tmp_path):
+    """Left out, --precision was the preset's auto: a run started in bf16-mixed went on in 32-true without a word."""
+    config, _ = smoke_run
+    run = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "run")})
+    assert _cli_train(run, "--precision", "32-true").exit_code == 0
+    result = _cli_train(run, "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (recorded["train"]["precision"], recorded["train"]["epochs"]) == ("32-true", 2)  # not the preset's auto
+
+
 def test_cli_a_damaged_checkpoint_is_one_line_naming_it_and_what_to_do(smoke_run, tmp_path):
     """A truncated ``last.ckpt`` gave a 50-line traceback, an empty one only "Aborted.", a truncated
     ``best.ckpt`` of a finished run "error: Invalid argument"."""
@@ -862,7 +873,7 @@ def test_a_run_resumed_where_its_precision_resolves_otherwise_is_refused(smoke_r
 def test_a_network_too_large_for_the_free_memory_is_refused_naming_the_way_out(smoke_run, monkeypatch):
     monkeypatch.setattr(training, "available_memory", lambda: 1024)
     config, _ = smoke_run
-    for model, way_out in (("gp-unet", "give a smaller --width"),
+    for model, way_out in (("gp-unet", "give a smaller --width or --option depth"),
                            ("resnext50", "free memory, or train on a larger machine")):  # it has no --width
         with pytest.raises(ValueError, match=f"more than the free 0.0 GiB; {way_out}$"):
             resolve_run(TrainConfig.from_dict({**config.to_dict(), "model": model, "accelerator": "cpu",
