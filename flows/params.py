@@ -13,12 +13,9 @@ from flows.layout import DROP_FOLDERS, default_drop_folder
 from gpmodels.names import MODEL_NAMES, ModelName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 from storage.errors import one_line, validation_line
-from storage.ingest_config import MAX_IMAGE_SIZE
+from storage.ingest_config import MAX_IMAGE_SIZE, MAX_SEED
 from storage.phantoms import brats as brats_phantoms
 from storage.phantoms import jun_cheng as jun_cheng_phantoms
-
-MAX_SEED = 2**32 - 1
-"""The largest seed (numpy's; :data:`gpmodels.train_config.MAX_SEED`, without importing torch here)."""
 
 DatasetKind = Literal["brats", "jun-cheng", "manifest"]
 PHANTOM_KINDS = ("brats", "jun-cheng")
@@ -85,13 +82,17 @@ class DatasetSpec(_Params):
                              "none, expected grouped or slice")
         return self
 
-    @field_validator("name", "source")
+    @field_validator("source")
     @classmethod
-    def _folder_name(cls, value: str | None, info: Any) -> str | None:
-        if info.field_name == "source" and value is not None and not value.strip():
+    def _a_source(cls, value: str) -> str:
+        if not value.strip():
             raise ValueError("got an empty source, expected a folder, a manifest CSV or 'phantom'")
-        if info.field_name == "name" and value is not None and (
-                value.strip() in ("", ".", "..") or "/" in value or "\\" in value):
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _a_folder_name(cls, value: str | None) -> str | None:
+        if value is not None and (value.strip() in ("", ".", "..") or "/" in value or "\\" in value):
             raise ValueError(f"got {value!r}, expected a folder name (no '/', not '.' or '..'): it names the "
                              "dataset's phantoms, store and runs")
         return value
@@ -243,15 +244,12 @@ class TrainingParams(_Params):
         reserved = sorted({"store", "model", "out", "preset"} & set(self.train_overrides))
         if reserved:
             raise ValueError(f"train_overrides: {reserved} are set by the flow, not overridable")
-        import torch  # noqa: PLC0415 (as above)
-
-        from gpmodels.nets import build_model  # noqa: PLC0415
+        from gpmodels.nets import meta_model  # noqa: PLC0415 (as above)
 
         for model in self.models:
             try:
                 config = preset_config(self.preset, "store.zarr", model, "run", **self.overrides_for(model))
-                with torch.device("meta"):  # the network's own checks (a depth out of range), allocating nothing
-                    build_model(model, 1, 2, **config.network_options())
+                meta_model(model, 1, 2, **config.network_options())  # the network's own checks (a depth out of range)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"train_overrides/model_options for {model}: {exc}") from exc
         return self

@@ -28,10 +28,7 @@ from typing import Any, Literal, get_args
 from gpmodels.augment import AugmentConfig
 from gpmodels.names import MODEL_NAMES, PRECISIONS, Precision
 from gpmodels.nets import check_options, model_options
-from storage.ingest_config import MAX_IMAGE_SIZE
-
-MAX_SEED = 2**32 - 1
-"""The largest seed (numpy's, which Lightning seeds with it)."""
+from storage.ingest_config import MAX_IMAGE_SIZE, MAX_SEED
 
 CacheMode = Literal["auto", "always", "never"]
 CACHE_MODES: tuple[str, ...] = get_args(CacheMode)

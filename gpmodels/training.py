@@ -54,7 +54,7 @@ from gpmodels.data import (SliceDataModule, StoreUnchanged, available_memory, ba
 from gpmodels.files import (RETRAIN_HINT, archive_damage, damaged, damaged_weights, output_problem, read_run_config,
                             write_text_atomic)
 from gpmodels.lightning_module import ClassifierModule
-from gpmodels.nets import build_model
+from gpmodels.nets import build_model, count_parameters, meta_model
 from gpmodels.train_config import DERIVED_FIELDS, RunConfig, TrainConfig
 from storage.errors import StoreError
 from storage.folders import pid_alive
@@ -270,11 +270,10 @@ def _check_network(run: RunConfig) -> None:
     100000``: 4.2 billion parameters, which failed with an allocator's traceback). The network is built on torch's
     meta device, which allocates nothing."""
     try:
-        with torch.device("meta"):
-            net = build_network(run)
+        net = meta_model(run.train.model, len(run.channels), len(run.classes), **run.model_options)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"model_options: {run.train.model}: {' '.join(str(exc).split())}") from None
-    parameters = sum(parameter.numel() for parameter in net.parameters())
+    parameters = count_parameters(net)
     if _on_gpu(run.train.accelerator):
         where, memory = "the GPU's", torch.cuda.get_device_properties(0).total_memory
     else:

@@ -7,6 +7,8 @@ from typing import Literal
 
 from storage.normalise import NORMALISATIONS, Normalisation
 
+MAX_SEED = 2**32 - 1
+"""The largest seed: numpy's (its generators, and Lightning's seeding of them, take 0 to 2**32 - 1)."""
 MAX_IMAGE_SIZE = 2048
 """The largest slice side a store takes (``--image-size``, or the size a source's first case sets)."""
 
@@ -39,8 +41,8 @@ class SplitConfig:
             raise ValueError(f"split mode: got {self.mode!r}, expected one of {SPLIT_MODES}")
         if not 1 <= self.folds <= (5 if self.mode == "cvind" else 20):
             raise ValueError(f"folds: got {self.folds}, expected 1-5 for cvind and 1-20 otherwise")
-        if not 0 <= self.seed < 2**32:  # numpy's range; it said "expected non-negative integer", naming nothing
-            raise ValueError(f"seed: got {self.seed}, expected 0 to {2**32 - 1}")
+        if not 0 <= self.seed <= MAX_SEED:  # numpy said "expected non-negative integer", naming nothing
+            raise ValueError(f"seed: got {self.seed}, expected 0 to {MAX_SEED}")
         if len(self.ratios) != 3 or any(r <= 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-6:
             raise ValueError(f"ratios: got {self.ratios}, expected three positive fractions summing to 1")
 

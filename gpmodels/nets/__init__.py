@@ -12,6 +12,7 @@ from gpmodels.nets.factory import (
     build_model,
     check_options,
     is_gp_model,
+    meta_model,
     model_options,
 )
 from gpmodels.nets.gp_head import POOL_MODES, GPHead, GPNet, PoolMode
@@ -40,6 +41,7 @@ __all__ = [
     "count_parameters",
     "fourier_upsample",
     "is_gp_model",
+    "meta_model",
     "model_options",
     "relu_audit",
 ]

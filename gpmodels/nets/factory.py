@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from gpmodels.names import BASELINE_NAMES, GP_MODEL_NAMES, MODEL_NAMES
@@ -67,6 +68,17 @@ def build_model(name: str, in_channels: int, num_classes: int, **options: Any) -
     """
     check_options(name, options)
     return _MODELS[name](in_channels, num_classes, **options)
+
+
+def meta_model(name: str, in_channels: int, num_classes: int, **options: Any) -> nn.Module:
+    """:func:`build_model` on torch's meta device, which allocates nothing: the network's own checks of its
+    options (a depth out of range), and its parameters' shapes to count, for any width.
+
+    Raises:
+        ValueError, TypeError: As :func:`build_model`.
+    """
+    with torch.device("meta"):
+        return build_model(name, in_channels, num_classes, **options)
 
 
 def check_options(name: str, options: Mapping[str, Any], field: str = "options") -> None:

@@ -26,8 +26,7 @@ from storage.phantoms.anatomy import MODALITIES, check_int, head_volume
 
 SEG = "seg"
 _MISSING = "NA"
-_MAX_CASE = 999
-MAX_CASE = _MAX_CASE
+MAX_CASE = 999
 """The largest case number (BraTS20_Training_999)."""
 _MIN_SIZE = 32
 _MAX_SIZE = 512
@@ -86,13 +85,13 @@ def write_brats_phantoms(out: Path, cases: int, size: int = 240, depth: int | No
         RuntimeError: A drawn tumour is empty (possible only at the smallest sizes).
     """
     cases = check_int("cases", cases, 1)
-    size = check_int("size", size, _MIN_SIZE, _MAX_SIZE)
+    size = check_int("size", size, *SIZE_RANGE)
     depth = round(size * 155 / 240) if depth is None else check_int("depth", depth, _MIN_DEPTH)
     seed = check_int("seed", seed, 0)
     first_case = check_int("first_case", first_case, 1)
     last = first_case + cases - 1
-    if last > _MAX_CASE:
-        raise ValueError(f"first_case, cases: got cases {first_case}..{last}, expected numbers <= {_MAX_CASE} "
+    if last > MAX_CASE:
+        raise ValueError(f"first_case, cases: got cases {first_case}..{last}, expected numbers <= {MAX_CASE} "
                          "(three-digit BraTS ids)")
     out = Path(out)
     mapping = out / NAME_MAPPING

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from skimage.measure import find_contours
 
+from storage.ingest_config import MAX_IMAGE_SIZE
 from storage.mat73 import write_mat73
 from storage.phantoms.anatomy import LESIONS, check_int, head_anatomy, render
 
@@ -40,13 +41,10 @@ _PATIENTS_PER_CLASS = np.array([82, 89, 62], dtype=float)
 _FOLDS = 5
 _SLICE_STEP = 0.02
 _MIN_SIZE = 64
-_MAX_SIZE = 2048
-"""The largest image size (a store's largest slice)."""
-_MAX_CASES = 100_000
+MAX_CASES = 100_000
 """The most slice files (the real set has 3,064)."""
-SIZE_RANGE = (_MIN_SIZE, _MAX_SIZE)
-"""The image sizes :func:`write_jun_cheng_phantoms` takes."""
-MAX_CASES = _MAX_CASES
+SIZE_RANGE = (_MIN_SIZE, MAX_IMAGE_SIZE)
+"""The image sizes :func:`write_jun_cheng_phantoms` takes (at most a store's largest slice)."""
 
 
 def write_jun_cheng_phantoms(out: Path, cases: int, size: int = 512, seed: int = 0,
@@ -70,8 +68,8 @@ def write_jun_cheng_phantoms(out: Path, cases: int, size: int = 512, seed: int =
         TypeError, ValueError: An argument has the wrong type or is out of range.
         RuntimeError: A drawn tumour mask is empty (possible only at the smallest sizes).
     """
-    cases = check_int("cases", cases, 1, _MAX_CASES)
-    size = check_int("size", size, _MIN_SIZE, _MAX_SIZE)
+    cases = check_int("cases", cases, 1, MAX_CASES)
+    size = check_int("size", size, *SIZE_RANGE)
     seed = check_int("seed", seed, 0)
     if len(slices_per_patient) != 2:
         raise ValueError(f"slices_per_patient: got {slices_per_patient!r}, expected (low, high)")
