@@ -75,7 +75,7 @@ def same_settings(job: dict) -> bool:
     such a run fails saying that the run dir holds a run with other settings.
     """
     from gpmodels.train_config import RunConfig
-    from gpmodels.training import resolve_run
+    from gpmodels.run_checks import resolve_run
 
     # the machine's fields are ones a re-run may change: set so that the flow's host, which may lack the GPUs
     # of the Dask workers that train, passes resolve_run's device checks

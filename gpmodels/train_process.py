@@ -15,7 +15,7 @@ The calling process may also end without that cleanup: a cancelled Prefect flow 
 killed, and `gpseg serve` ends its runs' processes. So every rank asks the kernel to kill it when the
 process that started it ends (Linux's ``PR_SET_PDEATHSIG``: rank 0 with its caller, ranks 1..N-1
 with rank 0), and rank 0 shares the caller's run-dir lock: a next run of the same run dir waits until
-the ranks are gone (:func:`gpmodels.training.run_dir_lock`) instead of training beside them.
+the ranks are gone (:func:`gpmodels.run_lock.run_dir_lock`) instead of training beside them.
 """
 
 from __future__ import annotations
@@ -31,11 +31,13 @@ from typing import IO
 
 from pytorch_lightning.utilities import rank_zero_only
 
+from gpmodels.checkpoints import RunPaths
 from gpmodels.files import write_text_atomic
 from gpmodels.process_groups import stop_process_group
+from gpmodels.run_checks import check_run_dir
+from gpmodels.run_lock import LOCK_HELD_ENV, run_dir_lock
 from gpmodels.train_config import RunConfig, TrainConfig
-from gpmodels.checkpoints import RunPaths
-from gpmodels.training import LOCK_HELD_ENV, TrainResult, check_run_dir, run_dir_lock, train
+from gpmodels.training import TrainResult, train
 
 REQUEST_FILE = "train_request.json"
 RESULT_FILE = "train_result.json"
@@ -63,8 +65,8 @@ def result_from_dict(values: dict) -> TrainResult:
 def train_in_subprocess(config: TrainConfig, log: Path | None = None) -> TrainResult:
     """Run :func:`gpmodels.training.train` in a child process (``python -m gpmodels.train_process``).
 
-    The run is checked first (:func:`gpmodels.training.check_run_dir`): a configuration that the store or a run already
-    in ``config.out`` refuses raises here, before any file is written, so a refused re-run leaves a
+    The run is checked first (:func:`gpmodels.run_checks.check_run_dir`): a configuration that the store or a
+    run already in ``config.out`` refuses raises here, before any file is written, so a refused re-run leaves a
     finished run's ``train_request.json``, ``train_process.log`` and result as they were.
 
     Args:

@@ -1,68 +1,56 @@
 """Train a network on a fold of a slice store into a run directory, resumably; load it back for inference.
 
-``train(config)`` resolves the configuration against the store (:func:`resolve_run`), writes
+``train(config)`` resolves the configuration against the store (:func:`gpmodels.run_checks.resolve_run`), writes
 ``config.json``, trains with Lightning (checkpoints ``best.ckpt`` by ``val_loss`` and ``last.ckpt``),
 writes the best weights as ``model.pt``, evaluates them on the test split and merges the CSV logs
 into ``metrics.csv`` (layout: :mod:`gpmodels.checkpoints`). Running it again on the same directory
 continues from ``last.ckpt`` instead of restarting (after a kill, or with more epochs). One process
-at a time trains a run directory: it holds ``RUN_DIR/.train.lock`` while it does.
+at a time trains a run directory: it holds ``RUN_DIR/.train.lock`` while it does (:mod:`gpmodels.run_lock`).
 ``load_trained(run_dir)`` rebuilds the network from ``config.json`` and loads ``model.pt``.
 """
 
 from __future__ import annotations
 
-import csv
-import fcntl
 import gc
 import json
 import logging
-import os
-import platform
 import shutil
 import signal
 import threading
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor, nn
 
+from gpmodels.checkpoint_callbacks import checkpoint_callbacks, killed_attempts_best
 from gpmodels.checkpoints import (
     CheckpointProgress,
     UNLOADABLE,
     RunDirCheckpointIO,
     RunPaths,
-    checkpoint_progress,
     merge_metrics,
     net_state_from_checkpoint,
-    read_checkpoint,
     remove_partial_checkpoints,
     save_weights,
 )
-from gpmodels.data import (SliceDataModule, StoreUnchanged, available_memory, balanced_class_weights, slices_per_batch,
-                           split_indices, train_batches_per_device)
-from gpmodels.files import (RETRAIN_HINT, archive_damage, damaged, damaged_weights, output_problem, read_run_config,
-                            write_text_atomic)
+from gpmodels.data import SliceDataModule, StoreUnchanged
+from gpmodels.files import RETRAIN_HINT, archive_damage, damaged, damaged_weights, write_text_atomic
 from gpmodels.lightning_module import ClassifierModule
-from gpmodels.nets import build_model, count_parameters, meta_model
+from gpmodels.precision import on_gpu, use_channels_last
+from gpmodels.run_checks import build_network, check_out, previous_run, resolve_run, start_warnings
+from gpmodels.run_lock import training_lock
 from gpmodels.train_config import DERIVED_FIELDS, RunConfig, TrainConfig
-from storage.errors import StoreError
-from storage.folders import pid_alive
-from storage.locks import open_lock_file, unlockable
-from storage.parallel import cpu_cores
 from storage.quiet import quiet_logger
-from storage.reads import read_whole
-from storage.store import SPLIT_NAMES, check_chunks, open_store
 
 _QUIET_WARNINGS = (
     r".*does not have many workers.*",
@@ -84,10 +72,6 @@ class OutOfDeviceMemory(RuntimeError):
     change."""
 
 
-class RunDirBusy(RuntimeError):
-    """Another process holds the run directory's training lock; the message names the folder and its pid."""
-
-
 _OUT_OF_MEMORY_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
                           "can't allocate memory")
 """Parts of the messages of the runtime errors a GPU's libraries (and torch's CPU allocator) raise when they cannot
@@ -104,7 +88,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def out_of_memory_message(run: RunConfig) -> str:
     """One line for a run that ran out of GPU (or host) memory: its model, size and batch, and the way out."""
     train = run.train
-    memory = "GPU memory" if _on_gpu(train.accelerator) else "memory"
+    memory = "GPU memory" if on_gpu(train.accelerator) else "memory"
     return (f"{train.out}: {train.model} at {run.image_size} px with batch {train.batch_size} per device ran out of "
             f"{memory}; give a smaller --batch-size that divides {train.effective_batch} (the effective batch is "
             "kept by gradient accumulation) or a smaller --image-size")
@@ -161,210 +145,6 @@ class TrainResult:
         return f"{resumed}trained in {self.seconds:.0f} s"
 
 
-def resolve_run(config: TrainConfig) -> RunConfig:
-    """Check a configuration against its store and fill in what the store and this machine decide.
-
-    That includes the gradient accumulation and the training batches of an epoch: every optimiser
-    step accumulates the same number of batches, so the batches after the last whole window of an
-    epoch are left out, and a training split with fewer batches (per device) than one window
-    accumulates over all of them (see :class:`~gpmodels.train_config.RunConfig`).
-
-    Raises:
-        storage.errors.StoreError: If there is no readable store at ``config.store``.
-        ValueError: If the fold is not in the store, the training split is empty, the validation split holds
-            only classes the training split lacks, a model option is unknown, more GPUs are asked for
-            than this machine has, or a non-empty validation (or test) split has fewer slices than devices.
-    """
-    group = open_store(config.store)
-    check_chunks(group, config.store, ("images", "labels", f"splits/fold_{config.fold}"))
-    classes = tuple(group.attrs["classes"])
-    labels = read_whole(group["labels"])
-    if labels.size and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes):
-        raise StoreError(f"{config.store}: damaged (its labels run from {int(labels.min())} to {int(labels.max())}, "
-                         f"but its attribute classes names {len(classes)}: {list(classes)})")
-    splits = {split: split_indices(group, config.fold, split) for split in SPLIT_NAMES}
-    if len(splits["train"]) == 0:
-        raise ValueError(f"fold: fold {config.fold} of {config.store} has no training slices")
-    weights = balanced_class_weights(labels[splits["train"]], len(classes))
-    if len(splits["val"]) and not weights[labels[splits["val"]]].any():
-        absent = ", ".join(classes[k] for k in np.unique(labels[splits["val"]]))
-        raise ValueError(f"fold: the validation slices of fold {config.fold} of {config.store} are all of classes its "
-                         f"training split lacks ({absent}), which weigh 0 in the loss: no validation loss to choose "
-                         "the best weights by")
-    _check_devices(config)
-    for split in ("val", "test") if config.test else ("val",):
-        if 0 < len(splits[split]) < config.devices:  # a device with no slice of it stops the DDP run
-            raise ValueError(f"devices: the {split} split of fold {config.fold} of {config.store} holds "
-                             f"{len(splits[split])} slice(s), fewer than the {config.devices} devices that each "
-                             f"evaluate a share of it; train on at most {len(splits[split])} device(s)")
-    options = config.network_options()
-    store_size = int(group["images"].shape[-1])
-    local = "://" not in config.store
-    batches = train_batches_per_device(len(splits["train"]), config.batch_size, config.devices)
-    if config.limit_batches is not None:
-        batches = min(batches, config.limit_batches)
-    accumulate = min(config.accumulate, batches)
-    run = RunConfig(
-        train=config,
-        store_path=str(Path(config.store).resolve()) if local else config.store,
-        data_version=str(group.attrs.get("data_version", "")),
-        classes=classes,
-        channels=tuple(group.attrs["channels"]),
-        store_image_size=store_size,
-        image_size=config.image_size or store_size,
-        model_options=options,
-        accumulate=accumulate,
-        class_weights=tuple(weights.tolist()),
-        split_sizes={split: len(rows) for split, rows in splits.items()},
-        effective_batch=slices_per_batch(len(splits["train"]), config.batch_size, config.devices) * config.devices
-        * accumulate,
-        train_batches=batches // accumulate * accumulate,
-        resolved_precision=resolve_precision(config.precision, config.accelerator),
-        cpu_threads=_training_threads(config.devices),
-    )
-    _check_network(run)
-    _check_size(run)
-    return run
-
-
-def _training_threads(devices: int) -> int:
-    """torch's intra-op CPU threads in each training process: this process's, except that Lightning's DDP
-    launchers set ``cpu_count // devices`` where ``OMP_NUM_THREADS`` is not set."""
-    if devices > 1 and "OMP_NUM_THREADS" not in os.environ:
-        from lightning_fabric.utilities.distributed import _suggested_max_num_threads
-
-        return _suggested_max_num_threads(devices)
-    return torch.get_num_threads()
-
-
-SMALL_SIZE = 32
-"""Training sizes below which :func:`_check_size` tries the network once: every network trains at 32 px and
-above, and below it each has its own limit (GP-ReconResNet's instance norms need more than one pixel after its
-two stride-2 convolutions; a deeper GP-UNet or GP-ShuffleUNet needs more)."""
-
-
-def _check_size(run: RunConfig) -> None:
-    """A one-line error, before anything is written, when the network cannot train on the run's slice size:
-    below :data:`SMALL_SIZE` px one training-mode forward pass of two blank slices on the CPU is tried (the
-    failure otherwise came from the first training step, e.g. "Expected more than 1 spatial element when
-    training", after the run dir was made)."""
-    if run.image_size >= SMALL_SIZE:
-        return
-    net = build_network(run).train()
-    try:
-        with torch.no_grad():
-            net(torch.zeros(2, len(run.channels), run.image_size, run.image_size))
-    except (RuntimeError, ValueError) as exc:
-        detail = " ".join(str(exc).split())
-        raise ValueError(f"image_size: {run.train.model} cannot train on {run.image_size} px slices "
-                         f"({detail[:160]}); give --image-size {SMALL_SIZE} or more") from None
-
-
-TRAINING_BYTES_PER_PARAMETER = 16
-"""Bytes each parameter needs in training at the least: its float32 weight, gradient and Adam's two moments."""
-
-
-def _check_network(run: RunConfig) -> None:
-    """One line, before anything is written, for network options the network refuses (a depth out of range), or
-    that make a network whose weights, gradients and Adam's moments alone would not fit in memory (``--width
-    100000``: 4.2 billion parameters, which failed with an allocator's traceback). The network is built on torch's
-    meta device, which allocates nothing."""
-    try:
-        net = meta_model(run.train.model, len(run.channels), len(run.classes), **run.model_options)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"model_options: {run.train.model}: {' '.join(str(exc).split())}") from None
-    parameters = count_parameters(net)
-    if _on_gpu(run.train.accelerator):
-        where, memory = "the GPU's", torch.cuda.get_device_properties(0).total_memory
-    else:
-        where, memory = "the free", available_memory()
-    needed = parameters * TRAINING_BYTES_PER_PARAMETER
-    if needed > memory:
-        wide = "width" in run.model_options
-        width = f" at width {run.model_options['width']}" if wide else ""
-        raise ValueError(f"{'width' if wide else 'memory'}: {run.train.model}{width} has {parameters:,} parameters, "
-                         f"which need {needed / 2**30:,.1f} GiB for their weights, gradients and Adam's moments alone, "
-                         f"more than {where} {memory / 2**30:,.1f} GiB; "
-                         + (("give a smaller --width" + (" or --option depth" if "depth" in run.model_options else ""))
-                            if wide else "free memory, or train on a larger machine"))
-
-
-def _check_devices(config: TrainConfig) -> None:
-    """A one-line error for more GPUs than this machine has, or a GPU asked for where there is none (Lightning
-    raises either with a traceback, once the run dir is written)."""
-    if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ValueError(f"accelerator: got {config.accelerator!r}, but torch sees no GPU here; give cpu or auto")
-    if _on_gpu(config.accelerator) and config.devices > torch.cuda.device_count():
-        raise ValueError(f"devices: got {config.devices}, but this machine has {torch.cuda.device_count()} GPU(s)")
-
-
-def build_network(run: RunConfig) -> nn.Module:
-    """The run's network with fresh weights: ``build_model(model, C, K, **model_options)``."""
-    return build_model(run.train.model, len(run.channels), len(run.classes), **run.model_options)
-
-
-def _on_gpu(accelerator: str) -> bool:
-    """Whether Lightning will train on CUDA GPUs (then cuDNN may pick its fastest algorithms, since
-    every batch of a run has the same size)."""
-    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-
-
-def use_channels_last(accelerator: str, precision: str) -> bool:
-    """Whether training keeps weights and batches in channels-last memory.
-
-    On CUDA GPUs, where cuDNN's bf16/fp16 convolutions run fastest in NHWC (as
-    ``benchmarks/train_throughput.py --device cuda`` measures), and for bf16 on a CPU that computes
-    it natively, where oneDNN's bf16 convolutions are 1.04 to 1.35 times as fast in NHWC (Intel AMX
-    machine). Not for fp32 on the CPU: no faster on the AVX2-only AMD machine, 1.0 to 1.25 times on
-    the Intel one (``benchmarks/results/LEARNING.md``, fifteenth round).
-
-    Args:
-        accelerator: the configured accelerator.
-        precision: the resolved precision (see :func:`resolve_precision`).
-    """
-    if _on_gpu(accelerator):
-        return True
-    return precision.startswith("bf16") and cpu_bf16_is_native() is True
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """The precision Lightning trains in: ``auto`` -> ``bf16-mixed`` on a CUDA GPU with bf16, ``16-mixed`` on
-    other GPUs, ``32-true`` otherwise; ``16-mixed`` on the CPU -> ``bf16-mixed`` (Lightning has no fp16 mixed
-    precision on the CPU and substitutes bf16, with a warning that :func:`start_warnings` repeats)."""
-    if precision == "auto":
-        if _on_gpu(accelerator):
-            return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-        return "32-true"
-    if precision == "16-mixed" and _on_cpu(accelerator):
-        return "bf16-mixed"
-    return precision
-
-
-def _on_cpu(accelerator: str) -> bool:
-    """Whether Lightning will train on the CPU: asked for, or ``auto`` with neither a CUDA GPU nor Apple's MPS."""
-    if accelerator == "cpu":
-        return True
-    mps = getattr(torch.backends, "mps", None)
-    return accelerator == "auto" and not torch.cuda.is_available() and not (mps is not None and mps.is_available())
-
-
-def cpu_bf16_is_native() -> bool | None:
-    """Whether this x86 CPU computes bf16 natively (AVX512-BF16 or AMX); ``None`` where unknown
-    (other architectures, or a torch without the check)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return None
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    if any(check is None for check in checks):
-        return None
-    return any(check() for check in checks)
-
-
-def bf16_is_emulated(precision: str, accelerator: str) -> bool:
-    """Whether training at ``precision`` (resolved) would run bf16 on a CPU that only emulates it,
-    hence slower than 32-true."""
-    return precision.startswith("bf16") and not _on_gpu(accelerator) and cpu_bf16_is_native() is False
-
-
 class TrainingBar(RichProgressBar):
     """Lightning's rich progress bar without its ``v_num`` (the last characters of the loggers' versions joined,
     e.g. ``000_``, which says nothing here), counting epochs from 1 (``Epoch 1/20``, not ``Epoch 0/19``: a one-epoch
@@ -387,7 +167,7 @@ class StartWarnings(pl.Callback):
     (Lightning skips the fit loop, and ``on_train_start`` with it), so it has nothing to warn about.
 
     Args:
-        messages: one line each (see :func:`start_warnings`).
+        messages: one line each (see :func:`gpmodels.run_checks.start_warnings`).
     """
 
     def __init__(self, messages: list[str]) -> None:
@@ -397,132 +177,6 @@ class StartWarnings(pl.Callback):
         if trainer.is_global_zero:
             for message in self.messages:
                 _LOG.warning("%s", message)
-
-
-def start_warnings(run: RunConfig) -> list[str]:
-    """What a run does that its configuration does not say: one line each.
-
-    - 16-mixed asked for on the CPU, which trains bf16-mixed, and bf16 on a CPU that emulates it;
-    - more DDP processes than CPU cores, when training on the CPU;
-    - an effective batch other than the one asked for (``batch_size * devices`` does not divide it, or
-      the training split has fewer batches than one optimiser step accumulates);
-    - slices smaller than the training size, which are upsampled;
-    - a class absent from the training split, and a fold without validation slices.
-    """
-    train, messages = run.train, []
-    if train.precision == "16-mixed" and run.resolved_precision == "bf16-mixed":
-        messages.append("precision 16-mixed: Lightning has no fp16 mixed precision on the CPU and trains bf16-mixed "
-                        "instead (recorded as such); give --precision 32-true or bf16-mixed to choose")
-    cores = cpu_cores()
-    if train.devices > 1 and not _on_gpu(train.accelerator) and train.devices > cores:
-        messages.append(f"devices {train.devices}: {train.devices} DDP processes on the CPU share its {cores} core(s), "
-                        f"each with {run.cpu_threads} thread(s); expect it slower than --devices {cores}")
-    if run.resolved_precision is not None and bf16_is_emulated(run.resolved_precision, train.accelerator):
-        messages.append(f"precision {run.resolved_precision} on a CPU without native bf16 (no AVX512-BF16 or AMX): "
-                        "torch emulates it, expect it many times slower than 32-true (about 16 times on an "
-                        "AVX2-only AMD EPYC)")
-    batch = train.batch_size if run.effective_batch is None else run.effective_batch // (train.devices * run.accumulate)
-    per_step = f"batch {batch} x {train.devices} device(s) x {run.accumulate} accumulated"
-    if batch < train.batch_size and run.effective_batch != train.effective_batch:
-        messages.append(f"{train.out}: the training split ({run.split_sizes.get('train')} slices) gives each of "
-                        f"{train.devices} device(s) fewer slices than a batch of {train.batch_size}, so each optimiser "
-                        f"step sees all of them ({run.effective_batch} slices), not the effective batch of "
-                        f"{train.effective_batch}; give a smaller --batch-size to keep it")
-    elif run.accumulate < train.accumulate:
-        messages.append(f"{train.out}: an epoch has {run.accumulate} training batch(es) of {train.batch_size} per "
-                        f"device, fewer than the {train.accumulate} an optimiser step accumulates; accumulating "
-                        f"over {run.accumulate}, so each step sees {run.effective_batch} slices "
-                        f"({per_step}), not the effective batch of {train.effective_batch}")
-    elif run.effective_batch is not None and run.effective_batch != train.effective_batch:
-        messages.append(f"{train.out}: each optimiser step sees {run.effective_batch} slices ({per_step}), not the "
-                        f"effective batch of {train.effective_batch}: give a --batch-size that, times --devices, "
-                        f"divides {train.effective_batch} to keep it")
-    if run.image_size > run.store_image_size:
-        messages.append(f"{run.store_path}: slices are {run.store_image_size} px; training at {run.image_size} "
-                        "upsamples them")
-    absent = [name for name, weight in zip(run.classes, run.class_weights) if weight == 0]
-    if absent:
-        messages.append(f"{run.store_path}: fold {train.fold}'s training split has no slice of {', '.join(absent)}; "
-                        "the network never learns that class (its loss weight is 0)")
-    if run.split_sizes.get("val") == 0:
-        messages.append(f"{run.store_path}: fold {train.fold} has no validation slices, so no best weights by "
-                        "validation loss: model.pt gets the last epoch's")
-    return messages
-
-
-def check_run_dir(config: TrainConfig) -> tuple[RunConfig, RunConfig | None]:
-    """What :func:`train` checks before it writes to ``config.out`` (also before a DDP child is started).
-
-    Returns:
-        The configuration resolved against its store, and that of the checkpointed run already in
-        ``config.out`` (``None`` without one).
-
-    Raises:
-        storage.errors.StoreError: If there is no readable store at ``config.store``.
-        ValueError: If the configuration does not fit the store (:func:`resolve_run`), ``config.out``
-            holds a checkpointed run with other settings (see :data:`gpmodels.train_config.RESUMABLE_FIELDS`)
-            or one that would go on in another precision than it was trained in without asking for it,
-            or one of its checkpoints or its ``config.json`` is damaged.
-    """
-    _check_out(config)
-    run = resolve_run(config)
-    previous, _ = _previous_run(RunPaths(Path(config.out)), run)
-    return run, previous
-
-
-def _check_out(config: TrainConfig) -> None:
-    """A one-line error when ``config.out`` is a file, or a folder gpseg made for something else (a slice store, a
-    report): the run's files went into it without a word."""
-    problem = output_problem(config.out, "a run dir")
-    if problem:
-        raise ValueError(f"out: {config.out} {problem}")
-
-
-def _previous_run(paths: RunPaths, run: RunConfig) -> tuple[RunConfig | None, CheckpointProgress | None]:
-    """The checkpointed run in ``paths.root``, checked against ``run``, and how far it got.
-
-    Returns:
-        The recorded configuration (``None`` without ``config.json``) and ``last.ckpt``'s progress
-        (``None`` without ``last.ckpt``: a fresh run).
-
-    Raises:
-        ValueError: As :func:`check_run_dir`.
-    """
-    if not paths.last.exists():
-        return None, None
-    progress = checkpoint_progress(paths.last)
-    if paths.best.exists():
-        read_checkpoint(paths.best, ("state_dict",))
-    previous = None
-    if paths.config.exists():
-        try:
-            previous = RunConfig.from_dict(read_run_config(paths.root))
-        except (TypeError, KeyError) as exc:
-            raise damaged(paths.config, exc, f"; delete {paths.root} and re-run to train the run again") from None
-        changed = previous.differences(run)
-        if changed:
-            raise ValueError(f"out: {paths.root} holds a run with other settings ({', '.join(changed)}); choose "
-                             "another run directory (in a flow, another work dir: --workdir) or delete this one")
-    if progress.epochs_done > run.train.epochs:  # Lightning fails on it, after config.json was rewritten
-        raise ValueError(f"epochs: {paths.root} has trained {progress.epochs_done} epochs, more than the "
-                         f"{run.train.epochs} asked for; give --epochs {progress.epochs_done} or more to keep it as "
-                         "it is, or train into another run directory")
-    if previous is None:
-        return None, progress
-    trained_in, asked, here = previous.resolved_precision, run.train.precision, run.resolved_precision
-    if trained_in is not None:  # as trained: a CPU run recorded 16-mixed before it was recorded as bf16-mixed
-        trained_in = resolve_precision(trained_in, run.train.accelerator)
-    if (trained_in is not None and trained_in != here and asked == previous.train.precision
-            and progress.epochs_done < run.train.epochs):
-        raise ValueError(f"precision: {paths.root} was trained in {trained_in}, but precision {asked} is {here} "
-                         f"here; give --precision {trained_in} to go on as it was trained, or --precision {here} "
-                         f"to go on in {here}")
-    if (previous.cpu_threads not in (None, run.cpu_threads) and not _on_gpu(run.train.accelerator)
-            and progress.epochs_done < run.train.epochs):
-        _LOG.warning("%s: trained with %d CPU thread(s), going on with %d: the weights will not be bit-identical to "
-                     "those of a run trained with one thread count throughout (set OMP_NUM_THREADS=%d to keep it)",
-                     paths.root, previous.cpu_threads, run.cpu_threads, previous.cpu_threads)
-    return previous, progress
 
 
 def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
@@ -539,106 +193,17 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
         storage.errors.StoreError: If the store is missing or unreadable.
         ValueError: If the configuration does not fit the store, or ``config.out`` holds a
             checkpointed run with other settings (see :data:`gpmodels.train_config.RESUMABLE_FIELDS`),
-            or a damaged checkpoint (see :func:`check_run_dir`).
-        RunDirBusy: If another process is training ``config.out``.
+            or a damaged checkpoint (see :func:`gpmodels.run_checks.check_run_dir`).
+        gpmodels.run_lock.RunDirBusy: If another process is training ``config.out``.
         OutOfDeviceMemory: If the GPU ran out of memory (one line naming the batch, the size and the way out).
     """
     started = time.perf_counter()
-    _check_out(config)
+    check_out(config)
     run = resolve_run(config)
     paths = RunPaths(Path(config.out))
-    with _training_lock(paths):
-        previous, progress = _previous_run(paths, run)
+    with training_lock(paths):
+        previous, progress = previous_run(paths, run)
         return _train(run, paths, previous, progress, progress_bar, started)
-
-
-LOCK_HELD_ENV = "GPSEG_RUN_LOCK_HELD"
-"""Set by :func:`gpmodels.train_process.train_in_subprocess` for its child: the run dir whose lock the
-parent holds for it (the parent writes the run's request and log before the child starts)."""
-
-
-def _training_lock(paths: RunPaths) -> AbstractContextManager[None]:
-    """:func:`run_dir_lock` in the process that starts a run (DDP rank 0); nothing in the other DDP ranks,
-    which Lightning starts from rank 0 while it holds the lock, nor in a child whose parent holds it
-    (:data:`LOCK_HELD_ENV`)."""
-    held = os.environ.get(LOCK_HELD_ENV) == str(paths.root.resolve())
-    return run_dir_lock(paths) if rank_zero_only.rank == 0 and not held else nullcontext()
-
-
-@contextmanager
-def run_dir_lock(paths: RunPaths) -> Iterator[int]:
-    """Hold ``RUN_DIR/.train.lock`` (``fcntl.flock``, exclusive) with this process's pid in it; yields the lock
-    file's descriptor, which a child process given it holds the lock with too, while it lives.
-
-    The lock goes with the process: a killed trainer leaves the file, not the lock. It is released
-    explicitly on the way out, since data-loading workers forked meanwhile share it and may outlive
-    the call. Where the file system has no locks, training goes on with a warning.
-
-    Raises:
-        RunDirBusy: At once, if another process holds it: ``RUN_DIR: another process (pid N) is training
-            this run; wait for it to finish``.
-    """
-    fd, writable = open_lock_file(paths.lock)  # read-only when another user made it: flock needs no more
-    try:
-        locked = _lock_exclusively(fd, paths, writable)
-        if writable:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            yield fd
-        finally:
-            if writable:
-                os.ftruncate(fd, 0)
-            if locked:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _lock_exclusively(fd: int, paths: RunPaths, writable: bool = True) -> bool:
-    """``flock`` the open lock file ``fd`` without waiting; False where the file system cannot lock.
-
-    Raises:
-        RunDirBusy: If another process holds the lock.
-    """
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        if not (holder.isdigit() and not pid_alive(int(holder)) and _lock_within(fd, ORPHAN_WAIT_S)):
-            raise RunDirBusy(_busy_message(paths, holder)) from None
-    except OSError as exc:
-        _LOG.warning("%s", unlockable(paths.lock, exc, writable))
-        return False
-    return True
-
-
-ORPHAN_WAIT_S = 15.0
-"""How long a run waits for the lock of a trainer that has ended: its forked data-loading workers share the lock
-and hold it until they notice that their parent is gone (PyTorch's loaders look every 5 s) and exit."""
-
-
-def _lock_within(fd: int, seconds: float) -> bool:
-    """``flock`` ``fd`` exclusively, trying again every 0.2 s for up to ``seconds``; whether it got the lock."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.2)
-
-
-def _busy_message(paths: RunPaths, holder: str) -> str:
-    """Why the lock of ``paths.root`` is busy, naming the pid written in it (``holder``)."""
-    if holder.isdigit() and not pid_alive(int(holder)):
-        return (f"{paths.root}: pid {holder} was training this run and has ended, but processes it started (its "
-                f"data-loading workers) still hold the lock after {ORPHAN_WAIT_S:g} s, or another user's process, "
-                "which cannot write its pid into the lock file, trains it; end them or try again")
-    return (f"{paths.root}: another process (pid {holder if holder.isdigit() else 'unknown'}) is training this "
-            "run; wait for it to finish")
 
 
 def _train(run: RunConfig, paths: RunPaths, previous: RunConfig | None, progress: CheckpointProgress | None,
@@ -660,7 +225,7 @@ def _train(run: RunConfig, paths: RunPaths, previous: RunConfig | None, progress
                                augment=config.augment, seed=config.seed, num_workers=config.num_workers,
                                cache=config.cache, cache_limit_bytes=int(config.cache_limit_gb * 2**30),
                                data_version=run.data_version or None)
-        checkpoint, last = _checkpoint_callbacks(paths, _killed_attempts_best(paths, progress))
+        checkpoint, last = checkpoint_callbacks(paths, killed_attempts_best(paths, progress))
         trainer = _trainer(run, paths, start_step, [StoreUnchanged(), checkpoint, last], progress_bar)
         interrupt_handler = signal.getsignal(signal.SIGINT)
         try:
@@ -758,98 +323,6 @@ def weight_mismatch(expected: dict[str, Tensor], found: dict[str, Any]) -> str:
     return ", ".join(filter(None, parts)) or "entries of other types"
 
 
-class RunDirCheckpoint(ModelCheckpoint):
-    """A ``ModelCheckpoint`` whose state survives a moved or copied run directory.
-
-    Lightning restores the best score and paths only when the checkpoint's ``dirpath`` equals the
-    callback's; otherwise it warns and forgets the best score, so the next epoch's ``best.ckpt`` and
-    ``model.pt`` replace the best weights with worse ones. A run dir is moved as a whole, so the saved
-    paths are mapped into the new folder instead. The state key is ``ModelCheckpoint``'s, so checkpoints
-    written before this class existed restore as before.
-    """
-
-    @property
-    def state_key(self) -> str:
-        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        old = state_dict.get("dirpath")
-        if old is not None and self.dirpath is not None and old != self.dirpath:
-            def moved(path):
-                return str(Path(self.dirpath) / Path(path).name) if path else path
-
-            state_dict = {**state_dict, "dirpath": self.dirpath,
-                          "best_model_path": moved(state_dict.get("best_model_path")),
-                          "kth_best_model_path": moved(state_dict.get("kth_best_model_path")),
-                          "last_model_path": moved(state_dict.get("last_model_path")),
-                          "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
-        super().load_state_dict(state_dict)
-        if self.killed_best is not None:
-            self._take_killed_best(*self.killed_best)
-
-    killed_best: tuple[str, float | None] | None = None
-    """Set on the best callback when ``best.ckpt`` is of an epoch after ``last.ckpt``'s (see
-    :func:`_killed_attempts_best`): its path and validation loss, which replace what ``last.ckpt`` recorded."""
-
-    def _take_killed_best(self, path: str, score: float | None) -> None:
-        """Make ``best.ckpt`` of a killed attempt the best so far, with its ``score``; without one, forget the best
-        (its file is deleted by then), so that the next epoch writes it."""
-        best = {} if score is None else {path: torch.tensor(score)}
-        self.best_k_models = best
-        self.best_model_path = self.kth_best_model_path = path if best else ""
-        self.best_model_score = best.get(path)
-        self.kth_value = best.get(path, torch.tensor(float("inf")))
-
-
-def _killed_attempts_best(paths: RunPaths, progress: CheckpointProgress | None) -> tuple[str, float | None] | None:
-    """``best.ckpt`` and its validation loss when it is of an epoch after ``last.ckpt``'s, else ``None``.
-
-    At an epoch's end ``best.ckpt`` is written before ``last.ckpt``; a process killed between the two left a
-    ``best.ckpt`` that ``last.ckpt``'s record of the best does not know. Resumed as it was, the redone epoch
-    was compared with an older score, and where it scored worse (a GPU's rounding differs from run to run),
-    ``model.pt`` was the killed epoch's weights beside another epoch's loss. Its loss is taken from the killed
-    attempt's log (``logs/step_*/metrics.csv``, written at every step); where the log lacks it, ``best.ckpt`` is
-    deleted (the score is ``None``), and the epochs from the redone one on choose the best.
-    """
-    if progress is None or not paths.best.exists():
-        return None
-    best = read_checkpoint(paths.best, ("global_step", "epoch"))
-    if int(best["global_step"]) <= progress.global_step:
-        return None
-    epoch, score = int(best["epoch"]), None
-    for attempt in sorted(paths.logs.glob("step_*/metrics.csv")):
-        with attempt.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                if row.get("epoch") == str(epoch) and row.get("val_loss"):
-                    score = float(row["val_loss"])
-    if score is None:
-        _LOG.warning("%s: best.ckpt is of epoch %d, after last.ckpt's, and no log holds its validation loss (a "
-                     "process killed between the two writes); deleted, the best is chosen again from epoch %d on",
-                     paths.root, epoch, progress.epochs_done)
-        if rank_zero_only.rank == 0:
-            paths.best.unlink()
-    return str(paths.best), score
-
-
-def _checkpoint_callbacks(paths: RunPaths, killed_best: tuple[str, float | None] | None = None
-                          ) -> tuple[ModelCheckpoint, ModelCheckpoint]:
-    """``best.ckpt`` (lowest ``val_loss``) and ``last.ckpt`` (end of every epoch), as two callbacks.
-
-    One callback with ``save_last=True`` no longer does both: since Lightning 2.6 it writes
-    ``last.ckpt`` only at a step where it also saved a top-k checkpoint, so with ``save_top_k=1``
-    ``last.ckpt`` stayed at the best epoch, and a re-run "resumed" by training the epochs after it
-    again. The second callback monitors nothing and keeps one file, named ``last``, rewritten every epoch.
-    Only ``last.ckpt`` is resumed from, so ``best.ckpt`` holds the weights without the optimiser's state
-    (a third of the size with Adam: ResNeXt50's 92 MB instead of 276 MB). ``killed_best``: see
-    :func:`_killed_attempts_best`.
-    """
-    common = {"dirpath": paths.checkpoints, "save_top_k": 1, "enable_version_counter": False,
-              "auto_insert_metric_name": False}
-    best = RunDirCheckpoint(filename="best", monitor="val_loss", mode="min", save_weights_only=True, **common)
-    best.killed_best = killed_best
-    return best, RunDirCheckpoint(filename=paths.last.stem, monitor=None, **common)
-
-
 def _trainer(run: RunConfig, paths: RunPaths, start_step: int, given: list[pl.Callback],
              progress_bar: bool) -> pl.Trainer:
     """The run's Lightning trainer: its resolved precision, accumulation and training batches per epoch
@@ -871,7 +344,7 @@ def _trainer(run: RunConfig, paths: RunPaths, start_step: int, given: list[pl.Ca
         devices=config.devices,
         strategy="ddp" if config.devices > 1 else "auto",
         precision=precision,
-        benchmark=_on_gpu(config.accelerator),
+        benchmark=on_gpu(config.accelerator),
         max_epochs=config.epochs,
         accumulate_grad_batches=run.accumulate,
         gradient_clip_val=config.grad_clip,

@@ -69,7 +69,9 @@ def train_cmd(
 
     from gpmodels.nets import model_options
     from gpmodels.train_config import preset_config
-    from gpmodels.training import OutOfDeviceMemory, RunDirBusy, check_run_dir, train
+    from gpmodels.run_checks import check_run_dir
+    from gpmodels.run_lock import RunDirBusy
+    from gpmodels.training import OutOfDeviceMemory, train
 
     if width is not None and model in MODEL_NAMES and "width" not in model_options(model):
         raise fail(f"width: --width {width} given, but {model!r} has no width option (only the GP models do)")

@@ -22,7 +22,7 @@ def evaluated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from gpmodels.evaluation import evaluate_heatmaps, write_evaluation
     from gpmodels.heatmaps import generate_heatmaps
     from gpmodels.train_config import preset_config
-    from gpmodels.training import build_network, resolve_run
+    from gpmodels.run_checks import build_network, resolve_run
     from storage.ingest import ingest_brats
     from storage.ingest_config import IngestConfig
     from storage.phantoms import write_brats_phantoms

@@ -30,7 +30,7 @@ def _untrained_run(store: Path, model: str, out: Path) -> Path:
 
     from gpmodels.checkpoints import RunPaths, save_weights
     from gpmodels.train_config import preset_config
-    from gpmodels.training import build_network, resolve_run
+    from gpmodels.run_checks import build_network, resolve_run
 
     run = resolve_run(preset_config("smoke", str(store), model, str(out)))
     out.mkdir(parents=True)

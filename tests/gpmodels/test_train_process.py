@@ -197,7 +197,7 @@ def test_a_busy_run_dir_is_refused_before_the_request_and_the_log_are_written(ph
     """The parent wrote train_request.json and emptied the log of the run in progress before its child
     found the run dir locked."""
     from gpmodels.checkpoints import RunPaths
-    from gpmodels.training import RunDirBusy, run_dir_lock
+    from gpmodels.run_lock import RunDirBusy, run_dir_lock
 
     config = preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / "run"))
     with run_dir_lock(RunPaths(tmp_path / "run")):  # as another process training it
@@ -224,7 +224,7 @@ def test_the_child_ends_with_a_killed_caller_and_holds_the_lock_until_then(phant
     import psutil
 
     from gpmodels.checkpoints import RunPaths
-    from gpmodels.training import run_dir_lock
+    from gpmodels.run_lock import run_dir_lock
 
     out = tmp_path / "run"
     config = TrainConfig.from_dict({**preset_config("smoke", str(phantom_store), "gp-unet", str(out)).to_dict(),

@@ -26,8 +26,9 @@ from gpmodels.checkpoints import RunPaths, merge_metrics, net_state_from_checkpo
 from gpmodels.lightning_module import ClassifierModule, weighted_cross_entropy
 from gpmodels.nets import build_model
 from gpmodels.train_config import RunConfig, TrainConfig, preset_config
-from gpmodels import training
-from gpmodels.training import build_network, load_trained, resolve_precision, resolve_run, train
+from gpmodels import precision as precision_rules, run_checks, run_lock, training
+from gpmodels.run_checks import build_network, resolve_run
+from gpmodels.training import load_trained, train
 from gpseg.cli import app
 
 
@@ -73,31 +74,18 @@ def test_config_errors_name_the_field(changes, field):
         TrainConfig(**{"store": "s.zarr", "model": "gp-unet", "out": "run", **changes})
 
 
-def test_precision_is_fp32_on_cpu():
-    assert resolve_precision("auto", "cpu") == "32-true"
-    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
-    assert resolve_precision("16-mixed", "cpu") == "bf16-mixed"  # what Lightning trains in: it has no fp16 on the CPU
-
-
 def test_16_mixed_on_the_cpu_is_recorded_and_warned_about_as_bf16(smoke_run, monkeypatch):
-    monkeypatch.setattr(training, "cpu_bf16_is_native", lambda: True)
+    monkeypatch.setattr(precision_rules, "cpu_bf16_is_native", lambda: True)
     config, _ = smoke_run
     run = resolve_run(TrainConfig.from_dict({**config.to_dict(), "precision": "16-mixed", "accelerator": "cpu"}))
     assert run.resolved_precision == "bf16-mixed"
-    assert training.start_warnings(run) == [
+    assert run_checks.start_warnings(run) == [
         "precision 16-mixed: Lightning has no fp16 mixed precision on the CPU and trains bf16-mixed instead (recorded "
         "as such); give --precision 32-true or bf16-mixed to choose"]
 
 
-@pytest.mark.parametrize(("native", "precision", "emulated"), [
-    (False, "bf16-mixed", True), (True, "bf16-mixed", False), (None, "bf16-mixed", False), (False, "auto", False)])
-def test_emulated_bf16_on_the_cpu_is_recognised(native, precision, emulated, monkeypatch):
-    monkeypatch.setattr(training, "cpu_bf16_is_native", lambda: native)
-    assert training.bf16_is_emulated(resolve_precision(precision, "cpu"), "cpu") is emulated
-
-
 def test_emulated_bf16_is_warned_about_when_training_starts_only(smoke_run, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(training, "cpu_bf16_is_native", lambda: False)
+    monkeypatch.setattr(precision_rules, "cpu_bf16_is_native", lambda: False)
     config, _ = smoke_run
     bf16 = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "bf16"), "test": False,
                                   "precision": "bf16-mixed"})
@@ -300,13 +288,6 @@ def test_channels_last_gives_the_same_loss_and_gradients(name):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=param)
 
 
-@pytest.mark.parametrize("native, precision, expected", [
-    (True, "bf16-mixed", True), (True, "32-true", False), (False, "bf16-mixed", False), (None, "bf16-true", False)])
-def test_channels_last_on_the_cpu_only_for_native_bf16(native, precision, expected, monkeypatch):
-    monkeypatch.setattr(training, "cpu_bf16_is_native", lambda: native)
-    assert training.use_channels_last("cpu", precision) is expected
-
-
 def test_a_run_trained_channels_last_loads_as_any_other(smoke_run, tmp_path, monkeypatch):
     config, _ = smoke_run
     monkeypatch.setattr(training, "use_channels_last", lambda accelerator, precision: True)  # as on a GPU
@@ -348,7 +329,7 @@ def test_rerun_resumes_from_last_checkpoint(smoke_run, tmp_path):
 
 
 def test_a_finished_run_rerun_with_other_precision_keeps_its_record(smoke_run, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(training, "cpu_bf16_is_native", lambda: False)  # the same on every CPU
+    monkeypatch.setattr(precision_rules, "cpu_bf16_is_native", lambda: False)  # the same on every CPU
     config, _ = smoke_run
     out = tmp_path / "finished"
     train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "test": False}))
@@ -811,8 +792,8 @@ def test_an_effective_batch_the_batch_does_not_divide_is_recorded_and_warned_abo
     three = resolve_run(TrainConfig.from_dict({**config.to_dict(), "devices": 3}))
     assert (three.accumulate, three.effective_batch) == (1, 12)
     assert any("each optimiser step sees 12 slices (batch 4 x 3 device(s) x 1 accumulated)" in message
-               for message in training.start_warnings(three))
-    assert training.start_warnings(resolve_run(config)) == []
+               for message in run_checks.start_warnings(three))
+    assert run_checks.start_warnings(resolve_run(config)) == []
 
 
 def test_a_batch_larger_than_the_training_split_records_and_says_what_a_step_sees(smoke_run):
@@ -820,7 +801,7 @@ def test_a_batch_larger_than_the_training_split_records_and_says_what_a_step_see
     run = resolve_run(TrainConfig.from_dict({**config.to_dict(), "batch_size": 10_000}))
     train_slices = run.split_sizes["train"]
     assert (run.accumulate, run.effective_batch, run.train_batches) == (1, train_slices, 1)
-    assert training.start_warnings(run) == [
+    assert run_checks.start_warnings(run) == [
         f"{config.out}: the training split ({train_slices} slices) gives each of 1 device(s) fewer slices than a batch "
         f"of 10000, so each optimiser step sees all of them ({train_slices} slices), not the effective batch of 8; "
         "give a smaller --batch-size to keep it"]
@@ -830,10 +811,10 @@ def test_a_batch_larger_than_the_training_split_records_and_says_what_a_step_see
 
 @pytest.mark.parametrize(("devices", "cores", "warned"), [(3, 2, True), (2, 2, False), (1, 1, False)])
 def test_more_ddp_processes_than_cpu_cores_is_warned_about(smoke_run, monkeypatch, devices, cores, warned):
-    monkeypatch.setattr(training, "cpu_cores", lambda: cores)
+    monkeypatch.setattr(run_checks, "cpu_cores", lambda: cores)
     config, _ = smoke_run
     run = resolve_run(TrainConfig.from_dict({**config.to_dict(), "devices": devices, "accelerator": "cpu"}))
-    said = [message for message in training.start_warnings(run) if message.startswith(f"devices {devices}:")]
+    said = [message for message in run_checks.start_warnings(run) if message.startswith(f"devices {devices}:")]
     assert said == ([f"devices {devices}: {devices} DDP processes on the CPU share its {cores} core(s), each with "
                      f"{run.cpu_threads} thread(s); expect it slower than --devices {cores}"] if warned else [])
 
@@ -841,9 +822,9 @@ def test_more_ddp_processes_than_cpu_cores_is_warned_about(smoke_run, monkeypatc
 def test_training_upsampled_slices_is_warned_about(smoke_run):
     config, _ = smoke_run
     run = resolve_run(TrainConfig.from_dict({**config.to_dict(), "image_size": 48}))
-    assert training.start_warnings(run) == [f"{run.store_path}: slices are 32 px; training at 48 upsamples them"]
+    assert run_checks.start_warnings(run) == [f"{run.store_path}: slices are 32 px; training at 48 upsamples them"]
     smaller = resolve_run(TrainConfig.from_dict({**config.to_dict(), "image_size": 24}))
-    assert training.start_warnings(smaller) == []
+    assert run_checks.start_warnings(smaller) == []
 
 
 def test_a_run_resumed_where_its_precision_resolves_otherwise_is_refused(smoke_run, tmp_path):
@@ -871,7 +852,7 @@ def test_a_run_resumed_where_its_precision_resolves_otherwise_is_refused(smoke_r
 
 
 def test_a_network_too_large_for_the_free_memory_is_refused_naming_the_way_out(smoke_run, monkeypatch):
-    monkeypatch.setattr(training, "available_memory", lambda: 1024)
+    monkeypatch.setattr(run_checks, "available_memory", lambda: 1024)
     config, _ = smoke_run
     for model, way_out in (("gp-unet", "give a smaller --width or --option depth"),
                            ("resnext50", "free memory, or train on a larger machine")):  # it has no --width
@@ -890,7 +871,7 @@ def test_a_cpu_run_recorded_as_16_mixed_goes_on_as_it_trained(smoke_run, tmp_pat
     recorded = json.loads((out / "config.json").read_text())
     recorded["train"]["precision"] = recorded["resolved_precision"] = "16-mixed"  # as the older code recorded it
     (out / "config.json").write_text(json.dumps(recorded))
-    run, previous = training.check_run_dir(TrainConfig.from_dict({**first.to_dict(), "epochs": 2,
+    run, previous = run_checks.check_run_dir(TrainConfig.from_dict({**first.to_dict(), "epochs": 2,
                                                                   "precision": "16-mixed"}))
     assert run.resolved_precision == "bf16-mixed" and previous.resolved_precision == "16-mixed"
 
@@ -906,7 +887,7 @@ def test_a_run_resumed_with_another_cpu_thread_count_says_so(smoke_run, tmp_path
     assert recorded["cpu_threads"] == torch.get_num_threads()
     recorded["cpu_threads"] = torch.get_num_threads() + 7  # as a machine with more threads that started it
     (out / "config.json").write_text(json.dumps(recorded))
-    with caplog.at_level("WARNING", logger="gpmodels.training"):
+    with caplog.at_level("WARNING", logger="gpmodels.run_checks"):
         train(TrainConfig.from_dict({**first.to_dict(), "epochs": 2}))
     said = [r.getMessage() for r in caplog.records if "CPU thread" in r.getMessage()]
     assert said == [f"{out}: trained with {torch.get_num_threads() + 7} CPU thread(s), going on with "
@@ -919,14 +900,14 @@ def test_the_recorded_cpu_threads_of_a_ddp_run_are_those_lightning_sets(monkeypa
     """Lightning's DDP launchers set cpu_count // devices threads where OMP_NUM_THREADS is not set, after the
     run's config.json was written with this process's count."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert training._training_threads(1) == torch.get_num_threads()
-    assert training._training_threads(2) == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert run_checks._training_threads(1) == torch.get_num_threads()
+    assert run_checks._training_threads(2) == max(1, len(os.sched_getaffinity(0)) // 2)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert training._training_threads(2) == torch.get_num_threads()
+    assert run_checks._training_threads(2) == torch.get_num_threads()
 
 
 _HOLD_LOCK = ("import sys, time; from pathlib import Path; from gpmodels.checkpoints import RunPaths; "
-              "from gpmodels.training import run_dir_lock\n"
+              "from gpmodels.run_lock import run_dir_lock\n"
               "with run_dir_lock(RunPaths(Path(sys.argv[1]))):\n    print('locked', flush=True); time.sleep(120)")
 
 
@@ -941,7 +922,7 @@ def test_a_second_process_cannot_train_a_run_dir_being_trained(smoke_run, tmp_pa
     try:
         assert holder.stdout.readline().strip() == "locked"
         message = f"{out}: another process (pid {holder.pid}) is training this run; wait for it to finish"
-        with pytest.raises(training.RunDirBusy) as raised:
+        with pytest.raises(run_lock.RunDirBusy) as raised:
             train(busy)
         assert str(raised.value) == message
         assert [path.name for path in out.iterdir()] == [".train.lock"]  # nothing written
@@ -949,7 +930,7 @@ def test_a_second_process_cannot_train_a_run_dir_being_trained(smoke_run, tmp_pa
         said = " ".join(cli.output.split())  # after the line saying what trains where: the settings are good
         assert cli.exit_code == 1 and said.startswith("training gp-unet on fold 0") and said.endswith(f"error: {message}")
         monkeypatch.setattr(rank_zero_only, "rank", 1)  # DDP ranks above 0 run while rank 0 holds the lock
-        with training._training_lock(RunPaths(out)):
+        with run_lock.training_lock(RunPaths(out)):
             pass
         monkeypatch.undo()
     finally:
@@ -957,58 +938,6 @@ def test_a_second_process_cannot_train_a_run_dir_being_trained(smoke_run, tmp_pa
         holder.wait()
     result = train(busy)  # the lock went with the process that held it
     assert result.global_step == 2 and (out / ".train.lock").read_text() == ""
-
-
-_KILLED_UNDER_LOCK = ("import os, sys, time; from pathlib import Path; from gpmodels.checkpoints import RunPaths; "
-                      "from gpmodels.training import run_dir_lock\n"
-                      "with run_dir_lock(RunPaths(Path(sys.argv[1]))):\n"
-                      "    if os.fork() == 0:\n        time.sleep(float(sys.argv[2])); os._exit(0)\n"
-                      "    print('locked', flush=True); os.kill(os.getpid(), 9)")
-
-
-@pytest.mark.parametrize("worker_s", [1.0, 4.0])
-def test_a_killed_trainers_workers_are_waited_for(tmp_path, monkeypatch, worker_s):
-    """A trainer killed with loader workers alive: they share its lock until they notice and exit, and a
-    re-run at once was refused, naming the dead trainer as "another process ... training this run"."""
-    paths = RunPaths(tmp_path / "run")
-    trainer = subprocess.Popen([sys.executable, "-c", _KILLED_UNDER_LOCK, str(paths.root), str(worker_s)],
-                               stdout=subprocess.PIPE, text=True)
-    assert trainer.stdout.readline().strip() == "locked"
-    assert trainer.wait() == -9  # gone; its forked worker holds the lock for worker_s more
-    monkeypatch.setattr(training, "ORPHAN_WAIT_S", 2.0)
-    if worker_s < training.ORPHAN_WAIT_S:
-        with training.run_dir_lock(paths):
-            assert paths.lock.read_text() == f"{os.getpid()}\n"
-        return
-    with pytest.raises(training.RunDirBusy) as raised:
-        with training.run_dir_lock(paths):
-            pass
-    assert str(raised.value) == (f"{paths.root}: pid {trainer.pid} was training this run and has ended, but "
-                                 "processes it started (its data-loading workers) still hold the lock after 2 s, "
-                                 "or another user's process, which cannot write its pid into the lock file, trains "
-                                 "it; end them or try again")
-
-
-def test_the_lock_is_released_while_processes_forked_under_it_live_on(tmp_path):
-    """Loader workers are forked while the lock is held and share it; persistent ones may outlive ``train``."""
-    import fcntl
-    import multiprocessing
-
-    paths = RunPaths(tmp_path / "run")
-    with training.run_dir_lock(paths):
-        assert paths.lock.read_text() == f"{os.getpid()}\n"
-        worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
-        worker.start()
-    try:
-        fd = os.open(paths.lock, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while the worker held it
-        finally:
-            os.close(fd)
-    finally:
-        worker.kill()
-        worker.join()
-    assert paths.lock.read_text() == ""
 
 
 def test_a_run_recorded_before_its_effective_batch_and_precision_were_resumes(smoke_run, tmp_path):
@@ -1075,14 +1004,14 @@ def test_a_class_absent_from_training_and_an_empty_validation_split_are_said(pha
     no_val = _store_with_fold_0(phantom_store, tmp_path / "noval.zarr", lambda labels, codes: np.where(codes == 1, 2, codes))
     run = resolve_run(preset_config("smoke", str(no_val), "gp-unet", str(tmp_path / "a")))
     assert f"{no_val}: fold 0 has no validation slices, so no best weights by validation loss: model.pt gets the " \
-           "last epoch's" in training.start_warnings(run)
+           "last epoch's" in run_checks.start_warnings(run)
 
     no_lgg = _store_with_fold_0(phantom_store, tmp_path / "nolgg.zarr",
                                 lambda labels, codes: np.where((codes == 0) & (labels == 1), 2, codes))
     run = resolve_run(preset_config("smoke", str(no_lgg), "gp-unet", str(tmp_path / "b")))
     lacking = run.classes[1]
     assert run.class_weights[1] == 0 and f"{no_lgg}: fold 0's training split has no slice of {lacking}; the " \
-           "network never learns that class (its loss weight is 0)" in training.start_warnings(run)
+           "network never learns that class (its loss weight is 0)" in run_checks.start_warnings(run)
 
     only = _store_with_fold_0(phantom_store, tmp_path / "only.zarr", lambda labels, codes: np.where(
         labels == 1, np.where(codes == 0, 2, codes), np.where(codes == 1, 2, codes)))

@@ -1,0 +1,300 @@
+"""What a training run checks before anything is written, and what it warns about when it starts.
+
+:func:`resolve_run` checks a :class:`~gpmodels.train_config.TrainConfig` against its store and this machine and
+fills in what they decide (a :class:`~gpmodels.train_config.RunConfig`); :func:`check_run_dir` also checks it
+against a run already in the run directory; :func:`start_warnings` names what a run does that its configuration
+does not say.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from gpmodels.checkpoints import CheckpointProgress, RunPaths, checkpoint_progress, read_checkpoint
+from gpmodels.data import (available_memory, balanced_class_weights, slices_per_batch, split_indices,
+                           train_batches_per_device)
+from gpmodels.files import damaged, output_problem, read_run_config
+from gpmodels.nets import build_model, count_parameters, meta_model
+from gpmodels.precision import bf16_is_emulated, on_gpu, resolve_precision
+from gpmodels.train_config import RunConfig, TrainConfig
+from storage.errors import StoreError
+from storage.parallel import cpu_cores
+from storage.reads import read_whole
+from storage.store import SPLIT_NAMES, check_chunks, open_store
+
+_LOG = logging.getLogger(__name__)
+
+
+def resolve_run(config: TrainConfig) -> RunConfig:
+    """Check a configuration against its store and fill in what the store and this machine decide.
+
+    That includes the gradient accumulation and the training batches of an epoch: every optimiser
+    step accumulates the same number of batches, so the batches after the last whole window of an
+    epoch are left out, and a training split with fewer batches (per device) than one window
+    accumulates over all of them (see :class:`~gpmodels.train_config.RunConfig`).
+
+    Raises:
+        storage.errors.StoreError: If there is no readable store at ``config.store``.
+        ValueError: If the fold is not in the store, the training split is empty, the validation split holds
+            only classes the training split lacks, a model option is unknown, more GPUs are asked for
+            than this machine has, or a non-empty validation (or test) split has fewer slices than devices.
+    """
+    group = open_store(config.store)
+    check_chunks(group, config.store, ("images", "labels", f"splits/fold_{config.fold}"))
+    classes = tuple(group.attrs["classes"])
+    labels = read_whole(group["labels"])
+    if labels.size and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes):
+        raise StoreError(f"{config.store}: damaged (its labels run from {int(labels.min())} to {int(labels.max())}, "
+                         f"but its attribute classes names {len(classes)}: {list(classes)})")
+    splits = {split: split_indices(group, config.fold, split) for split in SPLIT_NAMES}
+    if len(splits["train"]) == 0:
+        raise ValueError(f"fold: fold {config.fold} of {config.store} has no training slices")
+    weights = balanced_class_weights(labels[splits["train"]], len(classes))
+    if len(splits["val"]) and not weights[labels[splits["val"]]].any():
+        absent = ", ".join(classes[k] for k in np.unique(labels[splits["val"]]))
+        raise ValueError(f"fold: the validation slices of fold {config.fold} of {config.store} are all of classes its "
+                         f"training split lacks ({absent}), which weigh 0 in the loss: no validation loss to choose "
+                         "the best weights by")
+    _check_devices(config)
+    for split in ("val", "test") if config.test else ("val",):
+        if 0 < len(splits[split]) < config.devices:  # a device with no slice of it stops the DDP run
+            raise ValueError(f"devices: the {split} split of fold {config.fold} of {config.store} holds "
+                             f"{len(splits[split])} slice(s), fewer than the {config.devices} devices that each "
+                             f"evaluate a share of it; train on at most {len(splits[split])} device(s)")
+    options = config.network_options()
+    store_size = int(group["images"].shape[-1])
+    local = "://" not in config.store
+    batches = train_batches_per_device(len(splits["train"]), config.batch_size, config.devices)
+    if config.limit_batches is not None:
+        batches = min(batches, config.limit_batches)
+    accumulate = min(config.accumulate, batches)
+    run = RunConfig(
+        train=config,
+        store_path=str(Path(config.store).resolve()) if local else config.store,
+        data_version=str(group.attrs.get("data_version", "")),
+        classes=classes,
+        channels=tuple(group.attrs["channels"]),
+        store_image_size=store_size,
+        image_size=config.image_size or store_size,
+        model_options=options,
+        accumulate=accumulate,
+        class_weights=tuple(weights.tolist()),
+        split_sizes={split: len(rows) for split, rows in splits.items()},
+        effective_batch=slices_per_batch(len(splits["train"]), config.batch_size, config.devices) * config.devices
+        * accumulate,
+        train_batches=batches // accumulate * accumulate,
+        resolved_precision=resolve_precision(config.precision, config.accelerator),
+        cpu_threads=_training_threads(config.devices),
+    )
+    _check_network(run)
+    _check_size(run)
+    return run
+
+
+def _training_threads(devices: int) -> int:
+    """torch's intra-op CPU threads in each training process: this process's, except that Lightning's DDP
+    launchers set ``cpu_count // devices`` where ``OMP_NUM_THREADS`` is not set."""
+    if devices > 1 and "OMP_NUM_THREADS" not in os.environ:
+        from lightning_fabric.utilities.distributed import _suggested_max_num_threads
+
+        return _suggested_max_num_threads(devices)
+    return torch.get_num_threads()
+
+
+SMALL_SIZE = 32
+"""Training sizes below which :func:`_check_size` tries the network once: every network trains at 32 px and
+above, and below it each has its own limit (GP-ReconResNet's instance norms need more than one pixel after its
+two stride-2 convolutions; a deeper GP-UNet or GP-ShuffleUNet needs more)."""
+
+
+def _check_size(run: RunConfig) -> None:
+    """A one-line error, before anything is written, when the network cannot train on the run's slice size:
+    below :data:`SMALL_SIZE` px one training-mode forward pass of two blank slices on the CPU is tried (the
+    failure otherwise came from the first training step, e.g. "Expected more than 1 spatial element when
+    training", after the run dir was made)."""
+    if run.image_size >= SMALL_SIZE:
+        return
+    net = build_network(run).train()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(2, len(run.channels), run.image_size, run.image_size))
+    except (RuntimeError, ValueError) as exc:
+        detail = " ".join(str(exc).split())
+        raise ValueError(f"image_size: {run.train.model} cannot train on {run.image_size} px slices "
+                         f"({detail[:160]}); give --image-size {SMALL_SIZE} or more") from None
+
+
+TRAINING_BYTES_PER_PARAMETER = 16
+"""Bytes each parameter needs in training at the least: its float32 weight, gradient and Adam's two moments."""
+
+
+def _check_network(run: RunConfig) -> None:
+    """One line, before anything is written, for network options the network refuses (a depth out of range), or
+    that make a network whose weights, gradients and Adam's moments alone would not fit in memory (``--width
+    100000``: 4.2 billion parameters, which failed with an allocator's traceback). The network is built on torch's
+    meta device, which allocates nothing."""
+    try:
+        net = meta_model(run.train.model, len(run.channels), len(run.classes), **run.model_options)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"model_options: {run.train.model}: {' '.join(str(exc).split())}") from None
+    parameters = count_parameters(net)
+    if on_gpu(run.train.accelerator):
+        where, memory = "the GPU's", torch.cuda.get_device_properties(0).total_memory
+    else:
+        where, memory = "the free", available_memory()
+    needed = parameters * TRAINING_BYTES_PER_PARAMETER
+    if needed > memory:
+        wide = "width" in run.model_options
+        width = f" at width {run.model_options['width']}" if wide else ""
+        raise ValueError(f"{'width' if wide else 'memory'}: {run.train.model}{width} has {parameters:,} parameters, "
+                         f"which need {needed / 2**30:,.1f} GiB for their weights, gradients and Adam's moments alone, "
+                         f"more than {where} {memory / 2**30:,.1f} GiB; "
+                         + (("give a smaller --width" + (" or --option depth" if "depth" in run.model_options else ""))
+                            if wide else "free memory, or train on a larger machine"))
+
+
+def _check_devices(config: TrainConfig) -> None:
+    """A one-line error for more GPUs than this machine has, or a GPU asked for where there is none (Lightning
+    raises either with a traceback, once the run dir is written)."""
+    if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"accelerator: got {config.accelerator!r}, but torch sees no GPU here; give cpu or auto")
+    if on_gpu(config.accelerator) and config.devices > torch.cuda.device_count():
+        raise ValueError(f"devices: got {config.devices}, but this machine has {torch.cuda.device_count()} GPU(s)")
+
+
+def build_network(run: RunConfig) -> nn.Module:
+    """The run's network with fresh weights: ``build_model(model, C, K, **model_options)``."""
+    return build_model(run.train.model, len(run.channels), len(run.classes), **run.model_options)
+
+
+def start_warnings(run: RunConfig) -> list[str]:
+    """What a run does that its configuration does not say: one line each.
+
+    - 16-mixed asked for on the CPU, which trains bf16-mixed, and bf16 on a CPU that emulates it;
+    - more DDP processes than CPU cores, when training on the CPU;
+    - an effective batch other than the one asked for (``batch_size * devices`` does not divide it, or
+      the training split has fewer batches than one optimiser step accumulates);
+    - slices smaller than the training size, which are upsampled;
+    - a class absent from the training split, and a fold without validation slices.
+    """
+    train, messages = run.train, []
+    if train.precision == "16-mixed" and run.resolved_precision == "bf16-mixed":
+        messages.append("precision 16-mixed: Lightning has no fp16 mixed precision on the CPU and trains bf16-mixed "
+                        "instead (recorded as such); give --precision 32-true or bf16-mixed to choose")
+    cores = cpu_cores()
+    if train.devices > 1 and not on_gpu(train.accelerator) and train.devices > cores:
+        messages.append(f"devices {train.devices}: {train.devices} DDP processes on the CPU share its {cores} core(s), "
+                        f"each with {run.cpu_threads} thread(s); expect it slower than --devices {cores}")
+    if run.resolved_precision is not None and bf16_is_emulated(run.resolved_precision, train.accelerator):
+        messages.append(f"precision {run.resolved_precision} on a CPU without native bf16 (no AVX512-BF16 or AMX): "
+                        "torch emulates it, expect it many times slower than 32-true (about 16 times on an "
+                        "AVX2-only AMD EPYC)")
+    batch = train.batch_size if run.effective_batch is None else run.effective_batch // (train.devices * run.accumulate)
+    per_step = f"batch {batch} x {train.devices} device(s) x {run.accumulate} accumulated"
+    if batch < train.batch_size and run.effective_batch != train.effective_batch:
+        messages.append(f"{train.out}: the training split ({run.split_sizes.get('train')} slices) gives each of "
+                        f"{train.devices} device(s) fewer slices than a batch of {train.batch_size}, so each optimiser "
+                        f"step sees all of them ({run.effective_batch} slices), not the effective batch of "
+                        f"{train.effective_batch}; give a smaller --batch-size to keep it")
+    elif run.accumulate < train.accumulate:
+        messages.append(f"{train.out}: an epoch has {run.accumulate} training batch(es) of {train.batch_size} per "
+                        f"device, fewer than the {train.accumulate} an optimiser step accumulates; accumulating "
+                        f"over {run.accumulate}, so each step sees {run.effective_batch} slices "
+                        f"({per_step}), not the effective batch of {train.effective_batch}")
+    elif run.effective_batch is not None and run.effective_batch != train.effective_batch:
+        messages.append(f"{train.out}: each optimiser step sees {run.effective_batch} slices ({per_step}), not the "
+                        f"effective batch of {train.effective_batch}: give a --batch-size that, times --devices, "
+                        f"divides {train.effective_batch} to keep it")
+    if run.image_size > run.store_image_size:
+        messages.append(f"{run.store_path}: slices are {run.store_image_size} px; training at {run.image_size} "
+                        "upsamples them")
+    absent = [name for name, weight in zip(run.classes, run.class_weights) if weight == 0]
+    if absent:
+        messages.append(f"{run.store_path}: fold {train.fold}'s training split has no slice of {', '.join(absent)}; "
+                        "the network never learns that class (its loss weight is 0)")
+    if run.split_sizes.get("val") == 0:
+        messages.append(f"{run.store_path}: fold {train.fold} has no validation slices, so no best weights by "
+                        "validation loss: model.pt gets the last epoch's")
+    return messages
+
+
+def check_run_dir(config: TrainConfig) -> tuple[RunConfig, RunConfig | None]:
+    """What :func:`gpmodels.training.train` checks before it writes to ``config.out`` (also before a DDP child is
+    started).
+
+    Returns:
+        The configuration resolved against its store, and that of the checkpointed run already in
+        ``config.out`` (``None`` without one).
+
+    Raises:
+        storage.errors.StoreError: If there is no readable store at ``config.store``.
+        ValueError: If the configuration does not fit the store (:func:`resolve_run`), ``config.out``
+            holds a checkpointed run with other settings (see :data:`gpmodels.train_config.RESUMABLE_FIELDS`)
+            or one that would go on in another precision than it was trained in without asking for it,
+            or one of its checkpoints or its ``config.json`` is damaged.
+    """
+    check_out(config)
+    run = resolve_run(config)
+    previous, _ = previous_run(RunPaths(Path(config.out)), run)
+    return run, previous
+
+
+def check_out(config: TrainConfig) -> None:
+    """A one-line error when ``config.out`` is a file, or a folder gpseg made for something else (a slice store, a
+    report): the run's files went into it without a word."""
+    problem = output_problem(config.out, "a run dir")
+    if problem:
+        raise ValueError(f"out: {config.out} {problem}")
+
+
+def previous_run(paths: RunPaths, run: RunConfig) -> tuple[RunConfig | None, CheckpointProgress | None]:
+    """The checkpointed run in ``paths.root``, checked against ``run``, and how far it got.
+
+    Returns:
+        The recorded configuration (``None`` without ``config.json``) and ``last.ckpt``'s progress
+        (``None`` without ``last.ckpt``: a fresh run).
+
+    Raises:
+        ValueError: As :func:`check_run_dir`.
+    """
+    if not paths.last.exists():
+        return None, None
+    progress = checkpoint_progress(paths.last)
+    if paths.best.exists():
+        read_checkpoint(paths.best, ("state_dict",))
+    previous = None
+    if paths.config.exists():
+        try:
+            previous = RunConfig.from_dict(read_run_config(paths.root))
+        except (TypeError, KeyError) as exc:
+            raise damaged(paths.config, exc, f"; delete {paths.root} and re-run to train the run again") from None
+        changed = previous.differences(run)
+        if changed:
+            raise ValueError(f"out: {paths.root} holds a run with other settings ({', '.join(changed)}); choose "
+                             "another run directory (in a flow, another work dir: --workdir) or delete this one")
+    if progress.epochs_done > run.train.epochs:  # Lightning fails on it, after config.json was rewritten
+        raise ValueError(f"epochs: {paths.root} has trained {progress.epochs_done} epochs, more than the "
+                         f"{run.train.epochs} asked for; give --epochs {progress.epochs_done} or more to keep it as "
+                         "it is, or train into another run directory")
+    if previous is None:
+        return None, progress
+    trained_in, asked, here = previous.resolved_precision, run.train.precision, run.resolved_precision
+    if trained_in is not None:  # as trained: a CPU run recorded 16-mixed before it was recorded as bf16-mixed
+        trained_in = resolve_precision(trained_in, run.train.accelerator)
+    if (trained_in is not None and trained_in != here and asked == previous.train.precision
+            and progress.epochs_done < run.train.epochs):
+        raise ValueError(f"precision: {paths.root} was trained in {trained_in}, but precision {asked} is {here} "
+                         f"here; give --precision {trained_in} to go on as it was trained, or --precision {here} "
+                         f"to go on in {here}")
+    if (previous.cpu_threads not in (None, run.cpu_threads) and not on_gpu(run.train.accelerator)
+            and progress.epochs_done < run.train.epochs):
+        _LOG.warning("%s: trained with %d CPU thread(s), going on with %d: the weights will not be bit-identical to "
+                     "those of a run trained with one thread count throughout (set OMP_NUM_THREADS=%d to keep it)",
+                     paths.root, previous.cpu_threads, run.cpu_threads, previous.cpu_threads)
+    return previous, progress

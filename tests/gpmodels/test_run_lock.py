@@ -1,0 +1,65 @@
+"""Tests of gpmodels.run_lock: one process at a time trains a run directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gpmodels import run_lock
+from gpmodels.checkpoints import RunPaths
+
+
+_KILLED_UNDER_LOCK = ("import os, sys, time; from pathlib import Path; from gpmodels.checkpoints import RunPaths; "
+                      "from gpmodels.run_lock import run_dir_lock\n"
+                      "with run_dir_lock(RunPaths(Path(sys.argv[1]))):\n"
+                      "    if os.fork() == 0:\n        time.sleep(float(sys.argv[2])); os._exit(0)\n"
+                      "    print('locked', flush=True); os.kill(os.getpid(), 9)")
+
+
+@pytest.mark.parametrize("worker_s", [1.0, 4.0])
+def test_a_killed_trainers_workers_are_waited_for(tmp_path, monkeypatch, worker_s):
+    """A trainer killed with loader workers alive: they share its lock until they notice and exit, and a
+    re-run at once was refused, naming the dead trainer as "another process ... training this run"."""
+    paths = RunPaths(tmp_path / "run")
+    trainer = subprocess.Popen([sys.executable, "-c", _KILLED_UNDER_LOCK, str(paths.root), str(worker_s)],
+                               stdout=subprocess.PIPE, text=True)
+    assert trainer.stdout.readline().strip() == "locked"
+    assert trainer.wait() == -9  # gone; its forked worker holds the lock for worker_s more
+    monkeypatch.setattr(run_lock, "ORPHAN_WAIT_S", 2.0)
+    if worker_s < run_lock.ORPHAN_WAIT_S:
+        with run_lock.run_dir_lock(paths):
+            assert paths.lock.read_text() == f"{os.getpid()}\n"
+        return
+    with pytest.raises(run_lock.RunDirBusy) as raised:
+        with run_lock.run_dir_lock(paths):
+            pass
+    assert str(raised.value) == (f"{paths.root}: pid {trainer.pid} was training this run and has ended, but "
+                                 "processes it started (its data-loading workers) still hold the lock after 2 s, "
+                                 "or another user's process, which cannot write its pid into the lock file, trains "
+                                 "it; end them or try again")
+
+
+def test_the_lock_is_released_while_processes_forked_under_it_live_on(tmp_path):
+    """Loader workers are forked while the lock is held and share it; persistent ones may outlive ``train``."""
+    import fcntl
+    import multiprocessing
+
+    paths = RunPaths(tmp_path / "run")
+    with run_lock.run_dir_lock(paths):
+        assert paths.lock.read_text() == f"{os.getpid()}\n"
+        worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+        worker.start()
+    try:
+        fd = os.open(paths.lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while the worker held it
+        finally:
+            os.close(fd)
+    finally:
+        worker.kill()
+        worker.join()
+    assert paths.lock.read_text() == ""
