@@ -310,7 +310,8 @@ def store_lock(out: Path):
     """Hold the lock of the store at ``out`` (``.NAME.lock`` beside it) while one ingestion reads and replaces it.
 
     Two ingestions into one store at once each appended to the store they had read, and the second replaced the
-    first's: its cases were lost without a word. The second is now refused at once.
+    first's: its cases were lost without a word. The second is now refused at once. An ingestion that made no
+    store (nothing usable, or interrupted) deletes the lock file it made, rather than leave a hidden file behind.
 
     Raises:
         storage.locks.Busy: another process is writing the store.
@@ -320,7 +321,7 @@ def store_lock(out: Path):
     return exclusive_lock(lock, "gpseg ingest",
                           lambda holder: f"{out}: another ingestion ({holder}) is writing this store; run this one "
                                          "when it has finished",
-                          logging.getLogger(__name__).warning, wait=False)
+                          logging.getLogger(__name__).warning, wait=False, remove_unless=real.exists)
 
 
 def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: Progress | None) -> IngestReport:

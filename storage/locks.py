@@ -25,7 +25,7 @@ class Busy(StoreError):
 
 @contextmanager
 def exclusive_lock(path: Path, doing: str, busy: Callable[[str], str], say: Callable[[str], object],
-                   wait: bool = True) -> Iterator[None]:
+                   wait: bool = True, remove_unless: Callable[[], bool] | None = None) -> Iterator[None]:
     """Hold the lock file ``path`` exclusively while the block runs.
 
     Args:
@@ -34,25 +34,15 @@ def exclusive_lock(path: Path, doing: str, busy: Callable[[str], str], say: Call
         busy: the message when another process holds it, from the holder's text (``"pid 12, gpseg ingest"``).
         say: how to tell the user that this process waits, or that the file system has no locks.
         wait: wait for the holder (saying so) or raise :class:`Busy` at once.
+        remove_unless: called at the end, still holding the lock: where it is false (the store the lock guards
+            was never made), the lock file is deleted rather than left behind. A process that waited for it then
+            finds that the path no longer names the file it locked, and locks the path's new file instead.
 
     Raises:
         Busy: ``wait`` is false and another process holds the lock.
     """
-    fd, writable = open_lock_file(path)
-    locked = False
+    fd, writable, locked = _lock(path, busy, say, wait)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            locked = True
-        except BlockingIOError:
-            message = busy(holder_text(os.pread(fd, 200, 0).decode(errors="replace").strip(), path))
-            if not wait:
-                raise Busy(message) from None
-            say(message)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            locked = True
-        except OSError as exc:
-            say(unlockable(path, exc, writable))
         if locked and writable:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()}, {doing}\n".encode(), 0)
@@ -61,8 +51,62 @@ def exclusive_lock(path: Path, doing: str, busy: Callable[[str], str], say: Call
         if locked:
             if writable:
                 os.ftruncate(fd, 0)
+            if remove_unless is not None and not remove_unless():
+                with suppress(OSError):  # another user's lock file in a folder this user may not change
+                    path.unlink()
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _lock(path: Path, busy: Callable[[str], str], say: Callable[[str], object], wait: bool) -> tuple[int, bool, bool]:
+    """Open and ``flock`` the lock file ``path``: its descriptor, whether it is writable and whether it is locked
+    (false where the file system has no locks, which ``say`` tells).
+
+    Locked, the descriptor must still be the file at ``path``: a holder deletes the file (``remove_unless`` of
+    :func:`exclusive_lock`) while others may wait on it, so a lock got on a deleted file is let go and the path's
+    file opened and locked again.
+
+    Raises:
+        Busy: ``wait`` is false and another process holds the lock.
+    """
+    while True:
+        fd, writable = open_lock_file(path)
+        try:
+            locked = _flock(fd, writable, path, busy, say, wait)
+        except BaseException:  # busy, an unexpected OSError, or Ctrl-C while waiting
+            os.close(fd)
+            raise
+        if not locked or _names(path, fd):
+            return fd, writable, locked
+        os.close(fd)
+
+
+def _flock(fd: int, writable: bool, path: Path, busy: Callable[[str], str], say: Callable[[str], object],
+           wait: bool) -> bool:
+    """``flock`` the open lock file ``fd`` exclusively, waiting for its holder (saying so) or not; False where the
+    file system has no locks."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        message = busy(holder_text(os.pread(fd, 200, 0).decode(errors="replace").strip(), path))
+        if not wait:
+            raise Busy(message) from None
+        say(message)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        say(unlockable(path, exc, writable))
+        return False
+    return True
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
 
 
 def holder_text(written: str, path: Path) -> str:

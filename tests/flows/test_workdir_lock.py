@@ -115,6 +115,50 @@ def test_a_second_ingestion_into_one_store_is_refused_at_once(tmp_path):
         pass
 
 
+def test_an_ingestion_that_made_no_store_leaves_no_lock_file(tmp_path):
+    """A failed ingestion into a new store left a hidden ``.NAME.lock`` beside the store it never made."""
+    from storage.ingest import ingest_brats
+    from storage.phantoms import write_brats_phantoms
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no usable brats cases"):
+        ingest_brats(tmp_path / "empty", tmp_path / "s.zarr")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty"]
+    write_brats_phantoms(tmp_path / "src", 2, size=32, depth=16, seed=0)
+    ingest_brats(tmp_path / "src", tmp_path / "s.zarr")
+    assert (tmp_path / ".s.zarr.lock").is_file()  # beside a store it stays, for the next writer
+
+
+def test_a_process_waiting_on_a_lock_file_its_holder_deletes_locks_the_new_one(tmp_path):
+    """The holder deletes the lock file of a store it never made while another process waits on that file: the
+    waiter must hold the lock of the file now at the path, which a third process then finds taken."""
+    import threading
+
+    lock = tmp_path / ".s.zarr.lock"
+    holder = _hold("from pathlib import Path\nfrom storage.locks import exclusive_lock\n"
+                   f"with exclusive_lock(Path({str(lock)!r}), 'holder', str, print, remove_unless=lambda: False):")
+    waiting, held, done = threading.Event(), threading.Event(), threading.Event()
+
+    def waiter():
+        with locks.exclusive_lock(lock, "waiter", str, lambda message: waiting.set()):
+            held.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    try:
+        assert waiting.wait(30)
+        _release(holder)  # deletes the file the waiter waits on
+        assert held.wait(30)
+        assert lock.read_text() == f"pid {os.getpid()}, waiter\n"  # the file at the path is the waiter's
+        with pytest.raises(locks.Busy, match="waiter"):
+            with locks.exclusive_lock(lock, "third", lambda holder_text: holder_text, print, wait=False):
+                pass
+    finally:
+        done.set()
+        thread.join(30)
+
+
 def test_a_lock_file_another_user_made_is_locked_read_only(tmp_path, monkeypatch):
     """A lock file stays, owned by the user who ran first (mode 0644): another user's flow in the same
     group-writable work dir failed with a bare PermissionError instead of taking or waiting for the lock."""
