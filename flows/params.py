@@ -9,11 +9,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flows.layout import DROP_FOLDERS, default_drop_folder
+from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, default_drop_folder
 from gpmodels.names import MODEL_NAMES, ModelName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 from storage.errors import one_line, validation_line
-from storage.ingest_config import MAX_IMAGE_SIZE, MAX_SEED
+from storage.ingest_config import DEFAULT_FOLDS, MAX_IMAGE_SIZE, MAX_SEED
 from storage.phantoms import brats as brats_phantoms
 from storage.phantoms import jun_cheng as jun_cheng_phantoms
 
@@ -192,11 +192,11 @@ class TrainingParams(_Params):
     refuses to continue with other settings, so other presets or options need another ``workdir``.
     """
 
-    workdir: str = Field("runs/benchmark", validate_default=True, description="Phantoms, stores, runs and the "
+    workdir: str = Field(DEFAULT_WORKDIR, validate_default=True, description="Phantoms, stores, runs and the "
                          "report go here (a relative path is made absolute against the current directory).")
     models: list[ModelName] = Field(default_factory=lambda: list(MODEL_NAMES), min_length=1,
                                     description="Networks to train (at least one).")
-    folds: int = Field(3, ge=1, le=20, description="Cross-validation folds; each (model, fold) trains one run.")
+    folds: int = Field(DEFAULT_FOLDS, ge=1, le=20, description="Cross-validation folds; each (model, fold) trains one run.")
     preset: Literal["paper", "demo", "smoke"] = Field(
         "demo", description="Training settings: paper (300 epochs, the paper's), demo (minutes on a CPU) or smoke "
         "(seconds; checks the pipeline).")
@@ -312,7 +312,7 @@ class BenchmarkParams(TrainingParams):
 class PostprocessParams(_Params):
     """Parameters of ``postprocess``: re-threshold stored heatmaps and re-report."""
 
-    workdir: str = Field("runs/benchmark", validate_default=True, description="The benchmark's work dir (a "
+    workdir: str = Field(DEFAULT_WORKDIR, validate_default=True, description="The benchmark's work dir (a "
                          "relative path is made absolute against the current directory).")
     runs: list[str] = Field(default_factory=list, description=(
         "Run dirs (default: the runs of the report in workdir/report, so older data versions and seeds not "

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from flows.layout import MAP_KINDS, row_where
-from storage.errors import StoreError, validation_line
+from storage.errors import StoreError, one_line as text_line, validation_line
 
 console = Console(stderr=True)
 """Progress, warnings, errors and summaries: standard error."""
@@ -64,10 +64,11 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int, str], None]]:
 
 
 def one_line(exc: Exception) -> str:
-    """An exception's message on one line; a pydantic validation error as ``field: reason; ...``."""
+    """An exception's message on one line (:func:`storage.errors.one_line`); a pydantic validation error as
+    ``field: reason; ...``."""
     if isinstance(exc, ValidationError):
         return validation_line(exc)
-    return " ".join(str(exc).split())
+    return text_line(exc)
 
 
 def os_error_line(exc: OSError, path: Path | str | None = None) -> str:

@@ -12,7 +12,7 @@ from rich.table import Table
 from gpseg.console import console, fail, progress_bar, results
 from storage.errors import NoUsableInput, StoreError
 from storage.folders import InterruptedAfterReplacing
-from storage.ingest_config import IngestConfig, SplitConfig
+from storage.ingest_config import DEFAULT_FOLDS, IngestConfig, SplitConfig
 
 if TYPE_CHECKING:  # storage.ingest pulls in scikit-learn, h5py and nibabel: seconds that `--help` need not wait
     from storage.ingest import IngestReport
@@ -104,7 +104,7 @@ def ingest_brats_cmd(
     src: Annotated[Path, typer.Argument(help="BraTS training folder (BraTS20_Training_NNN/ + name_mapping.csv, "
                                              "or HGG/ and LGG/ folders).")],
     out: OutOpt, image_size: SizeOpt = None, channels: ChannelsOpt = None, normalisation: NormOpt = "robust",
-    split: SplitOpt = "grouped", folds: FoldsOpt = 3, seed: SeedOpt = 0, workers: WorkersOpt = 2,
+    split: SplitOpt = "grouped", folds: FoldsOpt = DEFAULT_FOLDS, seed: SeedOpt = 0, workers: WorkersOpt = 2,
     dask_address: DaskOpt = None, append: AppendOpt = False, overwrite: OverwriteOpt = False,
 ) -> None:
     """Ingest BraTS NIfTI cases (channels t1, t1ce, t2, flair; classes tumour-free, LGG, HGG)."""
@@ -116,7 +116,7 @@ def ingest_brats_cmd(
 def ingest_jun_cheng_cmd(
     src: Annotated[Path, typer.Argument(help="Folder of Jun Cheng N.mat files (MATLAB v7.3) and cvind.mat.")],
     out: OutOpt, image_size: SizeOpt = None, normalisation: NormOpt = "robust", split: SplitOpt = "grouped",
-    folds: FoldsOpt = 3, seed: SeedOpt = 0, workers: WorkersOpt = 2, dask_address: DaskOpt = None,
+    folds: FoldsOpt = DEFAULT_FOLDS, seed: SeedOpt = 0, workers: WorkersOpt = 2, dask_address: DaskOpt = None,
     append: AppendOpt = False, overwrite: OverwriteOpt = False,
 ) -> None:
     """Ingest the Jun Cheng figshare slices (classes meningioma, glioma, pituitary)."""
@@ -129,7 +129,7 @@ def ingest_manifest_cmd(
     csv: Annotated[Path, typer.Argument(help="CSV with columns patient_id,label,<channel>...,seg (NIfTI paths "
                                              "absolute or relative to the CSV).")],
     out: OutOpt, image_size: SizeOpt = None, channels: ChannelsOpt = None, normalisation: NormOpt = "robust",
-    split: SplitOpt = "grouped", folds: FoldsOpt = 3, seed: SeedOpt = 0, workers: WorkersOpt = 2,
+    split: SplitOpt = "grouped", folds: FoldsOpt = DEFAULT_FOLDS, seed: SeedOpt = 0, workers: WorkersOpt = 2,
     dask_address: DaskOpt = None, append: AppendOpt = False, overwrite: OverwriteOpt = False,
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names: tumour-free, "
                                                         "then the tumour classes in the order wanted (default: "

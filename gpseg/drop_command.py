@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from flows.layout import DROP_FOLDERS, default_drop_folder
+from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, default_drop_folder
 from gpseg.console import console, fail, one_line, os_error_line
 
 
@@ -32,7 +32,7 @@ def drop_cmd(
     kind: Annotated[str, typer.Option(help="Dataset kind of the dropped data and of the drop folder: brats or "
                                            "jun-cheng (sent with the event; the retraining run reads the folder "
                                            "as this kind).")] = "brats",
-    workdir: Annotated[Path, typer.Option(help="Work dir of the deployment that retrains.")] = Path("runs/benchmark"),
+    workdir: Annotated[Path, typer.Option(help="Work dir of the deployment that retrains.")] = Path(DEFAULT_WORKDIR),
 ) -> None:
     """Copy new cases into the drop folder and emit the `gpseg.data.dropped` event (triggers retraining).
 

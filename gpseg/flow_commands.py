@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
+from flows.layout import DEFAULT_WORKDIR
 from gpseg.console import console, fail, flow_outcome, folder_problem, one_line, prefect_home_problem
 from gpseg.options import PRECISION_HELP, flow_train_overrides, parse_model_options, parse_seeds
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
+from storage.ingest_config import DEFAULT_FOLDS
 
 if TYPE_CHECKING:
     from flows.params import BenchmarkParams, ThresholdParams
@@ -27,7 +29,8 @@ if TYPE_CHECKING:
 
 
 def benchmark_cmd(
-    workdir: Annotated[Path, typer.Option(help="Phantoms, stores, runs and the report go here.")] = Path("runs/benchmark"),
+    workdir: Annotated[Path, typer.Option(help="Phantoms, stores, runs and the report go here.")] = Path(
+        DEFAULT_WORKDIR),
     brats: Annotated[Optional[str], typer.Option(help="BraTS training folder, or 'phantom'; omit to skip "
                                                       "(both datasets default to phantoms when neither is given).")] = None,
     jun_cheng: Annotated[Optional[str], typer.Option(help="Jun Cheng folder, or 'phantom'.")] = None,
@@ -39,7 +42,7 @@ def benchmark_cmd(
                                             "protocol) or cvind (Jun Cheng's official folds; --jun-cheng alone) "
                                             "for every dataset's store.")] = "grouped",
     models: Annotated[Optional[str], typer.Option(help="Comma-separated models (default: all five).")] = None,
-    folds: Annotated[int, typer.Option(help="Folds to train.")] = 3,
+    folds: Annotated[int, typer.Option(help="Folds to train.")] = DEFAULT_FOLDS,
     preset: Annotated[str, typer.Option(help="paper, demo or smoke.")] = "demo",
     dask_address: Annotated[Optional[str], typer.Option(help="Train on this Dask scheduler; tasks need workers "
                                                              "started with --resources GPU=N, N the --devices "
@@ -183,7 +186,7 @@ def end_children(grace_s: float = 3.0) -> None:
 
 def retrain_cmd(
     workdir: Annotated[Path, typer.Option(help="The work dir whose store, runs and report the new data joins (a "
-                                               "full-benchmark's).")] = Path("runs/benchmark"),
+                                               "full-benchmark's).")] = Path(DEFAULT_WORKDIR),
     kind: Annotated[str, typer.Option(help="brats or jun-cheng: how the drop folder is read; the store is "
                                            "WORKDIR/stores/KIND.zarr.")] = "brats",
     source: Annotated[Optional[Path], typer.Option(

@@ -18,6 +18,8 @@ BRATS_SEG_LABELS: frozenset[int] = frozenset({0, 1, 2, 3, 4})
 """Segmentation labels of every BraTS release: 1 necrosis, 2 oedema, 4 enhancing tumour; 3 (non-enhancing
 tumour) only in the releases before 2017. The stores keep the whole tumour, every label above 0."""
 NAME_MAPPING = "name_mapping.csv"
+BRATS_SIZE = 240
+"""The in-plane size of BraTS volumes (240 x 240 x 155 voxels of 1 mm)."""
 NAME_MAPPING_HEADER: list[str] = [
     "Grade", "BraTS_2017_subject_ID", "BraTS_2018_subject_ID", "TCGA_TCIA_subject_ID",
     "BraTS_2019_subject_ID", "BraTS_2020_subject_ID",

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from storage.brats import (BRATS_CHANNELS, BRATS_CLASSES, NAME_MAPPING, discover_brats, layout_hint,
+from storage.brats import (BRATS_CHANNELS, BRATS_CLASSES, BRATS_SIZE, NAME_MAPPING, discover_brats, layout_hint,
                            listed_but_absent)
 from storage.cases import MatCase, SliceBatch, VolumeCase
 from storage.discovery import archives_below, is_archive, source_key, visible_files_below
@@ -438,7 +438,7 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
         if existing:
             splits = extend_splits(existing, patients, slice_index, cvind, config.split, stored_ids, new_keys)
         else:
-            splits = make_splits(patients, labels, slice_index, cvind, config.split)
+            splits = make_splits(patients, labels, cvind, config.split)
         report.warnings = [f"{warning}: {_empty_split_cause(config.split)} (gpseg validate fails on it)"
                            for warning in empty_splits(splits)]
         rejected = _current_rejects(base_attrs.get("rejected", {}), report.rejected, plan.cases, plan.root)
@@ -611,7 +611,7 @@ def _native_size(batch: SliceBatch) -> tuple[int, int] | None:
 
 
 def _first_size(cases: list[VolumeCase], classes: list[str], config: IngestConfig) -> int:
-    """In-plane size of the first case that ingestion stores (240, BraTS's, when there is none).
+    """In-plane size of the first case that ingestion stores (:data:`storage.brats.BRATS_SIZE` when there is none).
 
     Each case is read as ingestion reads it (:func:`storage.volumes.read_volume_case`, in the axial
     orientation) until one is accepted, so a case that is rejected later (NaN voxels, a bad segmentation,
@@ -626,7 +626,7 @@ def _first_size(cases: list[VolumeCase], classes: list[str], config: IngestConfi
             continue
         if size <= MAX_IMAGE_SIZE:  # a larger case is resized down to the size of the others
             return size
-    return 240
+    return BRATS_SIZE
 
 
 def _existing_dir(src: Path) -> Path:

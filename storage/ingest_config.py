@@ -15,6 +15,8 @@ MAX_IMAGE_SIZE = 2048
 SplitMode = Literal["grouped", "slice", "cvind"]
 SPLIT_MODES: tuple[str, ...] = ("grouped", "slice", "cvind")
 DEFAULT_RATIOS: tuple[float, float, float] = (0.60, 0.15, 0.25)
+DEFAULT_FOLDS = 3
+"""The study's 3-fold cross-validation."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class SplitConfig:
     """
 
     mode: SplitMode = "grouped"
-    folds: int = 3
+    folds: int = DEFAULT_FOLDS
     seed: int = 0
     ratios: tuple[float, float, float] = DEFAULT_RATIOS
 

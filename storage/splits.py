@@ -162,8 +162,8 @@ def cvind_splits(cvind: np.ndarray, config: SplitConfig) -> dict[int, np.ndarray
         ValueError: any value outside 1-5 (e.g. slices ingested without ``cvind.mat``).
     """
     if cvind.size and (cvind.min() < 1 or cvind.max() > 5):
-        raise ValueError("split mode cvind: every slice needs an official fold 1-5 "
-                         "(is cvind.mat in the source folder?)")
+        raise ValueError(f"split mode cvind: every slice needs an official fold 1-5, found {int(cvind.min())} to "
+                         f"{int(cvind.max())} (is cvind.mat in the source folder?)")
     out: dict[int, np.ndarray] = {}
     for fold in range(config.folds):
         codes = np.full(cvind.size, TRAIN, dtype=np.int8)
@@ -204,9 +204,23 @@ def hashed_codes(keys: list[str], config: SplitConfig) -> dict[int, np.ndarray]:
     return out
 
 
-def make_splits(patients: np.ndarray, labels: np.ndarray, slice_index: np.ndarray,
-                cvind: np.ndarray | None, config: SplitConfig) -> dict[int, np.ndarray]:
-    """Splits for a whole store, in the configured mode."""
+def make_splits(patients: np.ndarray, labels: np.ndarray, cvind: np.ndarray | None,
+                config: SplitConfig) -> dict[int, np.ndarray]:
+    """Splits for a whole store, in the configured mode (:func:`grouped_splits`, :func:`slice_splits` or
+    :func:`cvind_splits`).
+
+    Args:
+        patients: ``(N,)`` str patient id per slice.
+        labels: ``(N,)`` int class code per slice.
+        cvind: ``(N,)`` int official fold (1-5) per slice, or ``None`` where the source has none.
+        config: the split's mode, folds, seed and ratios.
+
+    Returns:
+        ``{fold: (N,) int8 codes}`` (``TRAIN``, ``VAL``, ``TEST``) for every fold.
+
+    Raises:
+        ValueError: ``cvind`` mode without official folds, or with a fold outside 1-5.
+    """
     if config.mode == "grouped":
         return grouped_splits(patients, labels, config)
     if config.mode == "slice":

@@ -305,7 +305,7 @@ class StoreWriter:
         n = len(self)
         for fold, codes in splits.items():
             if codes.shape != (n,):
-                raise StoreError(f"split fold_{fold}: {codes.shape[0]} codes for {n} slices")
+                raise StoreError(f"{self.path}: split fold_{fold}: {codes.shape[0]} codes for {n} slices")
             name = f"splits/fold_{fold}"
             if name in self.group:
                 del self.group[name]

@@ -72,8 +72,10 @@ def test_cvind_mode():
     splits = cvind_splits(cvind, SplitConfig(mode="cvind", folds=5))
     assert (splits[0][cvind == 1] == TEST).all() and (splits[0][cvind == 2] == VAL).all()
     assert (splits[4][cvind == 5] == TEST).all() and (splits[4][cvind == 1] == VAL).all()
-    with pytest.raises(ValueError, match="official fold"):
+    with pytest.raises(ValueError, match="official fold 1-5, found 0 to 0"):
         cvind_splits(np.zeros(3, int), SplitConfig(mode="cvind"))
+    with pytest.raises(ValueError, match="found 1 to 6"):
+        cvind_splits(np.array([1, 6]), SplitConfig(mode="cvind"))
 
 
 def test_extend_keeps_existing_and_is_order_independent():
