@@ -235,6 +235,18 @@ def offset_at_edge(offset: float, grid: tuple[float, ...] | list[float]) -> bool
     return len(set(grid)) > 1 and offset >= max(grid)
 
 
+def offset_warning(threshold: dict) -> str | None:
+    """What to warn a user about the offset of an evaluation's ``threshold`` entry, or ``None``: ``--offset auto``
+    fell back to the paper's offset (and why), or chose the largest offset it tries."""
+    if offset_fell_back(threshold):
+        return f"--offset {threshold['offset_source']}"
+    if str(threshold.get("offset_source", "")).startswith("auto") and offset_at_edge(threshold["offset"],
+                                                                                     threshold["auto_offsets"]):
+        return (f"--offset auto chose {threshold['offset']:g}, the largest offset it tries; a larger one may do "
+                "better (give it as --offset)")
+    return None
+
+
 def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, chunk: int = CHUNK,
                       progress: Callable[[int, int], None] | None = None,
                       offset_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:

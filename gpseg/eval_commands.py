@@ -91,7 +91,7 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
     """
     from itertools import accumulate
 
-    from gpmodels.evaluation import evaluate_heatmaps, offset_at_edge, offset_fell_back, open_heatmaps, write_evaluation
+    from gpmodels.evaluation import evaluate_heatmaps, offset_warning, open_heatmaps, write_evaluation
     from gpmodels.files import heatmap_path
     from gpmodels.postprocess import ThresholdConfig
 
@@ -123,15 +123,10 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
             write_evaluation(run, result)
             done.append(run)
             results.append(result)
-            threshold = result["threshold"]
-            if offset_fell_back(threshold):
-                console.print(f"[yellow]warning[/yellow] {escape(str(run))}: --offset "
-                              f"{escape(threshold['offset_source'])}", highlight=False, soft_wrap=True)
-            elif threshold.get("offset_source", "").startswith("auto") and offset_at_edge(
-                    threshold["offset"], threshold["auto_offsets"]):
-                console.print(f"[yellow]warning[/yellow] {escape(str(run))}: --offset auto chose {threshold['offset']:g}, "
-                              "the largest offset it tries; a larger one may do better (give it as --offset)",
-                              highlight=False, soft_wrap=True)
+            warning = offset_warning(result["threshold"])
+            if warning:
+                console.print(f"[yellow]warning[/yellow] {escape(str(run))}: {escape(warning)}", highlight=False,
+                              soft_wrap=True)
     notes = _say_failed(failed)
     if need_one and not done:
         raise fail(f"no run could be evaluated ({len(failed)} failed)")

@@ -155,6 +155,19 @@ def test_an_auto_offset_at_the_top_of_its_grid_is_flagged():
     assert not offset_at_edge(0.5, (0.5,))  # a grid of one offset has no edge to go past
 
 
+def test_the_cli_and_the_flows_warn_about_the_same_auto_offsets():
+    """The CLI warned about an auto offset at the top of its grid; the flows' evaluation task did not."""
+    from gpmodels.evaluation import OFFSET_FALLBACK, offset_warning
+
+    grid = [0.0, 1.0, 2.0]
+    assert offset_warning({"offset": 2.0, "offset_source": "auto: maximised", "auto_offsets": grid}) == (
+        "--offset auto chose 2, the largest offset it tries; a larger one may do better (give it as --offset)")
+    assert offset_warning({"offset": 1.0, "offset_source": "auto: maximised", "auto_offsets": grid}) is None
+    assert offset_warning({"offset": 2.0, "offset_source": "given", "auto_offsets": grid}) is None
+    assert offset_warning({"offset": 0.3, "offset_source": f"{OFFSET_FALLBACK}: no mask", "auto_offsets": grid}) == (
+        f"--offset {OFFSET_FALLBACK}: no mask")
+
+
 def test_summary_rows_carry_the_unrounded_interval_ends_for_the_console():
     """The console rounded the three-digit text "0.320-0.492" outwards, so a true lower end of 0.3195 showed
     as 0.32: the rows carry the ends themselves, and the log line still reads as the report does."""
