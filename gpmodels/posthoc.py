@@ -2,7 +2,7 @@
 
 The GP heatmap of a class is built into the network (:func:`gp_heatmaps`); the post-hoc maps are
 computed afterwards from the logits of any model, GP or baseline, and compared against it with a
-rank correlation and a top-pixel overlap (pure NumPy, in :mod:`gpmodels.map_agreement`, so that
+rank correlation (pure NumPy, in :mod:`gpmodels.map_agreement`, so that
 evaluating stored maps needs no torch). :func:`posthoc_batch` gathers all maps of one batch for
 an agreement table or a figure panel; Grad-CAM lives in :mod:`gpmodels.gradcam`.
 
