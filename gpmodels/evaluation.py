@@ -50,11 +50,11 @@ from gpmodels.postprocess import (
     segment_heatmaps,
     select_maps,
 )
+from storage.classes import has_tumour_free_class
 from storage.folders import recover_interrupted
 from storage.reads import read_rows
 from storage.store import check_chunks, check_data_version, open_store, read_patients
 
-TUMOUR_FREE = "tumour-free"
 CHUNK = 256
 EVALUATION_FILE = "evaluation.json"
 SLICES_FILE = "evaluation_slices.csv"
@@ -166,7 +166,7 @@ def mask_reader(heat: zarr.Group, config: ThresholdConfig) -> Callable[[np.ndarr
         equal to rows ``rows`` of :func:`predicted_masks` over the whole store.
     """
     stored, predicted, labels = heat["maps"], heat["predicted"][:], heat["labels"][:]
-    tumour_free = heat.attrs["classes"][0] == "tumour-free"
+    tumour_free = has_tumour_free_class(heat.attrs["classes"])
 
     def read(rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.intp)
@@ -196,7 +196,7 @@ def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig,
     check_data_version(store, val.attrs.get("data_version"), store_path, f"heatmap store {val_path}")
     labels = val["labels"][:]
     classes = val["predicted"][:] if config.target_class == "predicted" else labels
-    thresholded = classes > 0 if heat.attrs["classes"][0] == TUMOUR_FREE else np.ones(labels.size, bool)
+    thresholded = classes > 0 if has_tumour_free_class(heat.attrs["classes"]) else np.ones(labels.size, bool)
     tumour, unmasked = np.flatnonzero(thresholded), np.flatnonzero(~thresholded)
     fallback = PAPER_MULTIOTSU_OFFSETS.get(heat.attrs["model"], 0.0)
     if tumour.size == 0:  # e.g. a collapsed network that calls every slice tumour-free: every offset scores 0
@@ -270,7 +270,7 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
     heat = open_heatmaps(path)
     attrs = dict(heat.attrs)
     classes = list(attrs["classes"])
-    tumour_free = classes[0] == TUMOUR_FREE
+    tumour_free = has_tumour_free_class(classes)
     store_path = heatmap_source(path, heat)
     store = open_store(store_path)
     check_data_version(store, attrs.get("data_version"), store_path, f"heatmap store {path}")

@@ -39,6 +39,7 @@ from gpmodels.augment import resize_images
 from gpmodels.files import heatmap_path, relocated, weights_record
 from gpmodels.nets import is_gp_model
 from gpmodels.training import load_trained
+from storage.classes import has_tumour_free_class
 from storage.folders import check_replaceable, hidden_sibling, recover_interrupted, replace_folder
 from storage.reads import read_rows, read_whole
 from storage.store import (CHUNK_COUNTS, FLAT_CHUNK_KEYS, SPLIT_NAMES, check_chunks, check_data_version, chunk_counts,
@@ -249,7 +250,7 @@ def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, 
     as :func:`generate_heatmaps`' ``posthoc_progress``."""
     from gpmodels.posthoc import posthoc_batch
 
-    tumour = labels > 0 if run.classes[0] == "tumour-free" else np.ones(labels.size, bool)
+    tumour = labels > 0 if has_tumour_free_class(run.classes) else np.ones(labels.size, bool)
     rows = spread_rows(np.flatnonzero(tumour), count)
     if rows.size == 0:
         return

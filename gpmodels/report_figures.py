@@ -55,6 +55,7 @@ from gpmodels.report_panels import (
     panels_png,
     rgb_bytes,
 )
+from storage.classes import has_tumour_free_class
 from storage.store import reoriented_volumes
 
 OVERLAY_COLOURS: dict[str, str] = {
@@ -348,7 +349,7 @@ def choose_examples(slices: Mapping[str, np.ndarray], classes: Sequence[str]) ->
     """
     label, score = np.asarray(slices["label"]), np.asarray(slices["dice"], dtype=np.float64)
     has_target = np.asarray(slices["target_pixels"]) > 0
-    tumour_free = classes[0] == "tumour-free"
+    tumour_free = has_tumour_free_class(classes)
     chosen: list[tuple[int, str]] = []
     for cls in range(len(classes)):
         if tumour_free and cls == 0:
@@ -433,7 +434,7 @@ def example_figures(heatmaps: zarr.Group, store: zarr.Group, slices: Mapping[str
         raise ValueError(f"slices: {len(slices['index'])} per-slice rows do not match the {index.size} slices of "
                          "the heatmap store; re-run the evaluation")
     classes = list(heatmaps.attrs["classes"])
-    tumour_free = classes[0] == "tumour-free"
+    tumour_free = has_tumour_free_class(classes)
     predicted, labels = heatmaps["predicted"][:].astype(np.int64), heatmaps["labels"][:].astype(np.int64)
     chosen_rows = choose_examples(slices, classes)
     places = slice_labels(store, np.asarray([index[row] for row, _ in chosen_rows], dtype=np.int64))

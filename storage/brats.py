@@ -8,12 +8,13 @@ import re
 from pathlib import Path
 
 from storage.cases import VolumeCase
+from storage.classes import TUMOUR_FREE
 from storage.csv_tables import read_csv_rows
 from storage.discovery import visible_entries, visible_files_below
 from storage.errors import CaseRejected
 
 BRATS_CHANNELS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
-BRATS_CLASSES: list[str] = ["tumour-free", "LGG", "HGG"]
+BRATS_CLASSES: list[str] = [TUMOUR_FREE, "LGG", "HGG"]
 BRATS_SEG_LABELS: frozenset[int] = frozenset({0, 1, 2, 3, 4})
 """Segmentation labels of every BraTS release: 1 necrosis, 2 oedema, 4 enhancing tumour; 3 (non-enhancing
 tumour) only in the releases before 2017. The stores keep the whole tumour, every label above 0."""

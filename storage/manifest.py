@@ -14,9 +14,8 @@ from pathlib import Path
 
 from storage.cases import VolumeCase, patient_id_problem
 from storage.csv_tables import read_csv_rows
+from storage.classes import TUMOUR_FREE
 from storage.errors import CaseRejected
-
-TUMOUR_FREE = "tumour-free"
 
 
 def read_manifest(path: Path, classes: list[str] | None = None

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from storage.classes import has_tumour_free_class
 from storage.quiet import quiet_logger
 from storage.reads import read_rows
 from storage.splits import TEST, TRAIN, VAL, empty_splits
@@ -255,7 +256,7 @@ def _validate(path: Path | str, progress: Callable[[int, int], None] | None) -> 
     mode = group.attrs.get("split", {}).get("mode", "grouped")
     n = group["labels"].shape[0]
     table = slice_table(group, progress=progress)
-    tumour_free = classes[0] == "tumour-free"
+    tumour_free = has_tumour_free_class(classes)
     table["tumour_free"] = (table["label"] == 0) if tumour_free else False
     table["mask_matches_label"] = np.where(table["tumour_free"], table["mask_sum"] == 0, table["mask_sum"] > 0)
     table["patient_named"] = table["patient"].str.strip().str.len() > 0
