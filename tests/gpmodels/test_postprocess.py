@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -214,8 +212,3 @@ def test_offset_scores_of_chunks_concatenate_to_those_of_the_whole_split(cleanin
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts], axis=1), whole[0])
     np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole[1])
     assert whole[0].shape == (4, int(targets.any(axis=(1, 2)).sum()) if cleaning.active else 8)
-
-
-def test_postprocessing_does_not_import_prefect():
-    code = "import sys, gpmodels.postprocess, gpmodels.metrics; assert 'prefect' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
