@@ -29,8 +29,8 @@ def _untrained_run(store: Path, model: str, out: Path) -> Path:
     import torch
 
     from gpmodels.checkpoints import RunPaths, save_weights
-    from gpmodels.train_config import preset_config
     from gpmodels.run_checks import build_network, resolve_run
+    from gpmodels.train_config import preset_config
 
     run = resolve_run(preset_config("smoke", str(store), model, str(out)))
     out.mkdir(parents=True)
@@ -44,3 +44,15 @@ def _untrained_run(store: Path, model: str, out: Path) -> Path:
 def untrained_run():
     """``untrained_run(store, model, out) -> out``: a smoke-preset run dir with untrained weights."""
     return _untrained_run
+
+
+@pytest.fixture(scope="session")
+def smoke_run(phantom_store, tmp_path_factory):
+    """One smoke-preset GP-UNet run (2 optimiser steps): its ``TrainConfig`` and ``TrainResult``. Tests train into
+    other run dirs made from its config, or copy it; none changes it."""
+    from gpmodels.train_config import preset_config
+    from gpmodels.training import train
+
+    out = tmp_path_factory.mktemp("runs") / "gp-unet"
+    config = preset_config("smoke", str(phantom_store), "gp-unet", str(out))
+    return config, train(config)

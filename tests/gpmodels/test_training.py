@@ -26,18 +26,10 @@ from gpmodels.checkpoints import RunPaths, merge_metrics, net_state_from_checkpo
 from gpmodels.lightning_module import ClassifierModule, weighted_cross_entropy
 from gpmodels.nets import build_model
 from gpmodels.train_config import RunConfig, TrainConfig, preset_config
-from gpmodels import precision as precision_rules, run_checks, run_lock, training
+from gpmodels import precision as precision_rules, run_lock, training
 from gpmodels.run_checks import build_network, resolve_run
 from gpmodels.training import load_trained, train
 from gpseg.cli import app
-
-
-@pytest.fixture(scope="module")
-def smoke_run(phantom_store, tmp_path_factory):
-    """One smoke-preset GP-UNet run (2 optimiser steps)."""
-    out = tmp_path_factory.mktemp("runs") / "gp-unet"
-    config = preset_config("smoke", str(phantom_store), "gp-unet", str(out))
-    return config, train(config)
 
 
 def _read_metrics(path: Path) -> list[dict[str, str]]:
@@ -72,16 +64,6 @@ def test_presets_and_overrides():
 def test_config_errors_name_the_field(changes, field):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{"store": "s.zarr", "model": "gp-unet", "out": "run", **changes})
-
-
-def test_16_mixed_on_the_cpu_is_recorded_and_warned_about_as_bf16(smoke_run, monkeypatch):
-    monkeypatch.setattr(precision_rules, "cpu_bf16_is_native", lambda: True)
-    config, _ = smoke_run
-    run = resolve_run(TrainConfig.from_dict({**config.to_dict(), "precision": "16-mixed", "accelerator": "cpu"}))
-    assert run.resolved_precision == "bf16-mixed"
-    assert run_checks.start_warnings(run) == [
-        "precision 16-mixed: Lightning has no fp16 mixed precision on the CPU and trains bf16-mixed instead (recorded "
-        "as such); give --precision 32-true or bf16-mixed to choose"]
 
 
 def test_emulated_bf16_is_warned_about_when_training_starts_only(smoke_run, tmp_path, monkeypatch, caplog):
@@ -387,30 +369,6 @@ def test_rerun_after_a_kill_continues_from_last_checkpoint(smoke_run, tmp_path):
     assert epochs == [str(e) for e in range(epoch + 2)]
 
 
-def test_last_checkpoint_is_the_last_epoch_when_validation_loss_stops_improving(smoke_run, tmp_path, monkeypatch):
-    """``last.ckpt`` is the end of training, not the best epoch, so a finished run re-runs in no steps.
-
-    The validation loss is made to rise each epoch, so the best epoch is the first of three.
-    """
-    config, _ = smoke_run
-    loss = ClassifierModule.loss
-
-    def rising_validation_loss(self, images, labels):
-        logits, value = loss(self, images, labels)
-        return logits, value + (0.0 if self.training else float(self.current_epoch))
-
-    monkeypatch.setattr(ClassifierModule, "loss", rising_validation_loss)
-    out = tmp_path / "rising"
-    result = train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "epochs": 3}))
-    paths = RunPaths(out)
-    assert result.global_step == 6
-    assert torch.load(paths.best, weights_only=True)["global_step"] == 2
-    assert torch.load(paths.last, weights_only=True)["global_step"] == 6
-    again = train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "epochs": 3}))
-    assert (again.start_step, again.global_step) == (6, 6)
-    assert again.best_val_loss == pytest.approx(result.best_val_loss)
-
-
 @pytest.mark.parametrize(("cache", "workers"), [("always", 0), ("never", 1)])
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(smoke_run, tmp_path, cache, workers):
     """Dropout draws from torch's global generator, so its state travels in the checkpoint too. With a
@@ -428,26 +386,6 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(smoke_run, 
     uninterrupted = net_state_from_checkpoint(RunPaths(tmp_path / "whole").last)
     resumed = net_state_from_checkpoint(RunPaths(tmp_path / "split").last)
     assert all(torch.equal(uninterrupted[key], resumed[key]) for key in uninterrupted)
-
-
-def test_a_moved_run_dir_resumes_with_its_best_score(smoke_run, tmp_path):
-    """Lightning forgets the best score when the checkpoints' folder changed; then a worse epoch would
-    replace best.ckpt and model.pt. A run dir moved as a whole keeps it."""
-    import warnings
-
-    config, _ = smoke_run
-    first = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "before"), "epochs": 1})
-    train(first)
-    shutil.copytree(tmp_path / "before", tmp_path / "after")
-    shutil.rmtree(tmp_path / "before")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = train(TrainConfig.from_dict({**first.to_dict(), "out": str(tmp_path / "after"), "epochs": 3}))
-    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
-    losses = [float(row["val_loss"]) for row in _read_metrics(tmp_path / "after" / "metrics.csv") if row.get("val_loss")]
-    assert len(losses) == 3 and result.best_val_loss == pytest.approx(min(losses))
-    best = torch.load(tmp_path / "after" / "checkpoints" / "best.ckpt", weights_only=True)
-    assert best["epoch"] == losses.index(min(losses))
 
 
 def test_inceptionv3_trains_with_its_auxiliary_classifier(phantom_store, tmp_path):
@@ -778,134 +716,6 @@ def test_a_training_split_smaller_than_one_step_accumulates_over_all_of_it(phant
         "not the effective batch of 128"]
 
 
-def test_an_effective_batch_the_batch_does_not_divide_is_recorded_and_warned_about(smoke_run, tmp_path, caplog):
-    """Batch 3 of an effective batch of 8 accumulates 3 batches: 9 slices per step, which config.json said was 8."""
-    config, _ = smoke_run
-    odd = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "odd"), "batch_size": 3, "test": False})
-    with caplog.at_level(logging.WARNING, logger="gpmodels.training"):
-        train(odd)
-    saved = json.loads((tmp_path / "odd" / "config.json").read_text())
-    assert (saved["train"]["effective_batch"], saved["accumulate"], saved["effective_batch"]) == (8, 3, 9)
-    assert [record.getMessage() for record in caplog.records] == [
-        f"{odd.out}: each optimiser step sees 9 slices (batch 3 x 1 device(s) x 3 accumulated), not the effective "
-        "batch of 8: give a --batch-size that, times --devices, divides 8 to keep it"]
-    three = resolve_run(TrainConfig.from_dict({**config.to_dict(), "devices": 3}))
-    assert (three.accumulate, three.effective_batch) == (1, 12)
-    assert any("each optimiser step sees 12 slices (batch 4 x 3 device(s) x 1 accumulated)" in message
-               for message in run_checks.start_warnings(three))
-    assert run_checks.start_warnings(resolve_run(config)) == []
-
-
-def test_a_batch_larger_than_the_training_split_records_and_says_what_a_step_sees(smoke_run):
-    config, _ = smoke_run
-    run = resolve_run(TrainConfig.from_dict({**config.to_dict(), "batch_size": 10_000}))
-    train_slices = run.split_sizes["train"]
-    assert (run.accumulate, run.effective_batch, run.train_batches) == (1, train_slices, 1)
-    assert run_checks.start_warnings(run) == [
-        f"{config.out}: the training split ({train_slices} slices) gives each of 1 device(s) fewer slices than a batch "
-        f"of 10000, so each optimiser step sees all of them ({train_slices} slices), not the effective batch of 8; "
-        "give a smaller --batch-size to keep it"]
-    two = resolve_run(TrainConfig.from_dict({**config.to_dict(), "batch_size": 10_000, "devices": 2}))
-    assert two.effective_batch == 2 * -(-train_slices // 2)  # each device's share, the sampler evens them out
-
-
-@pytest.mark.parametrize(("devices", "cores", "warned"), [(3, 2, True), (2, 2, False), (1, 1, False)])
-def test_more_ddp_processes_than_cpu_cores_is_warned_about(smoke_run, monkeypatch, devices, cores, warned):
-    monkeypatch.setattr(run_checks, "cpu_cores", lambda: cores)
-    config, _ = smoke_run
-    run = resolve_run(TrainConfig.from_dict({**config.to_dict(), "devices": devices, "accelerator": "cpu"}))
-    said = [message for message in run_checks.start_warnings(run) if message.startswith(f"devices {devices}:")]
-    assert said == ([f"devices {devices}: {devices} DDP processes on the CPU share its {cores} core(s), each with "
-                     f"{run.cpu_threads} thread(s); expect it slower than --devices {cores}"] if warned else [])
-
-
-def test_training_upsampled_slices_is_warned_about(smoke_run):
-    config, _ = smoke_run
-    run = resolve_run(TrainConfig.from_dict({**config.to_dict(), "image_size": 48}))
-    assert run_checks.start_warnings(run) == [f"{run.store_path}: slices are 32 px; training at 48 upsamples them"]
-    smaller = resolve_run(TrainConfig.from_dict({**config.to_dict(), "image_size": 24}))
-    assert run_checks.start_warnings(smaller) == []
-
-
-def test_a_run_resumed_where_its_precision_resolves_otherwise_is_refused(smoke_run, tmp_path):
-    """``auto`` is resolved at every start, so a run resumed on another machine changed precision silently."""
-    config, _ = smoke_run
-    out = tmp_path / "gpu"
-    first = TrainConfig.from_dict({**config.to_dict(), "out": str(out), "test": False})
-    train(first)
-    recorded = json.loads((out / "config.json").read_text())
-    assert (recorded["train"]["precision"], recorded["resolved_precision"]) == ("auto", "32-true")
-    recorded["resolved_precision"] = "bf16-mixed"  # as on the GPU machine that started it
-    (out / "config.json").write_text(json.dumps(recorded))
-
-    longer = TrainConfig.from_dict({**first.to_dict(), "epochs": 2})
-    with pytest.raises(ValueError) as raised:
-        train(longer)
-    assert str(raised.value) == (f"precision: {out} was trained in bf16-mixed, but precision auto is 32-true here; "
-                                 "give --precision bf16-mixed to go on as it was trained, or --precision 32-true to "
-                                 "go on in 32-true")
-    assert train(first).global_step == 2  # finished: nothing trains, and the record stays as it was
-    assert json.loads((out / "config.json").read_text())["resolved_precision"] == "bf16-mixed"
-    asked = train(TrainConfig.from_dict({**longer.to_dict(), "precision": "32-true"}))
-    assert (asked.start_step, asked.global_step) == (2, 4)
-    assert json.loads((out / "config.json").read_text())["resolved_precision"] == "32-true"
-
-
-def test_a_network_too_large_for_the_free_memory_is_refused_naming_the_way_out(smoke_run, monkeypatch):
-    monkeypatch.setattr(run_checks, "available_memory", lambda: 1024)
-    config, _ = smoke_run
-    for model, way_out in (("gp-unet", "give a smaller --width or --option depth"),
-                           ("resnext50", "free memory, or train on a larger machine")):  # it has no --width
-        with pytest.raises(ValueError, match=f"more than the free 0.0 GiB; {way_out}$"):
-            resolve_run(TrainConfig.from_dict({**config.to_dict(), "model": model, "accelerator": "cpu",
-                                               "width": 8 if model == "gp-unet" else None}))
-
-
-def test_a_cpu_run_recorded_as_16_mixed_goes_on_as_it_trained(smoke_run, tmp_path):
-    """Runs recorded 16-mixed on the CPU (Lightning trained them bf16-mixed) were refused once 16-mixed resolved to
-    bf16-mixed there, with advice to give the --precision 16-mixed they had given."""
-    config, _ = smoke_run
-    out = tmp_path / "fp16"
-    first = TrainConfig.from_dict({**config.to_dict(), "out": str(out), "test": False, "accelerator": "cpu"})
-    train(first)
-    recorded = json.loads((out / "config.json").read_text())
-    recorded["train"]["precision"] = recorded["resolved_precision"] = "16-mixed"  # as the older code recorded it
-    (out / "config.json").write_text(json.dumps(recorded))
-    run, previous = run_checks.check_run_dir(TrainConfig.from_dict({**first.to_dict(), "epochs": 2,
-                                                                  "precision": "16-mixed"}))
-    assert run.resolved_precision == "bf16-mixed" and previous.resolved_precision == "16-mixed"
-
-
-def test_a_run_resumed_with_another_cpu_thread_count_says_so(smoke_run, tmp_path, caplog):
-    """On the CPU the order of float sums follows torch's thread count (a Dask worker runs with one), so a run
-    resumed with another count is not bit-identical to an uninterrupted one, which nothing said or recorded."""
-    config, _ = smoke_run
-    out = tmp_path / "threads"
-    first = TrainConfig.from_dict({**config.to_dict(), "out": str(out), "test": False})
-    train(first)
-    recorded = json.loads((out / "config.json").read_text())
-    assert recorded["cpu_threads"] == torch.get_num_threads()
-    recorded["cpu_threads"] = torch.get_num_threads() + 7  # as a machine with more threads that started it
-    (out / "config.json").write_text(json.dumps(recorded))
-    with caplog.at_level("WARNING", logger="gpmodels.run_checks"):
-        train(TrainConfig.from_dict({**first.to_dict(), "epochs": 2}))
-    said = [r.getMessage() for r in caplog.records if "CPU thread" in r.getMessage()]
-    assert said == [f"{out}: trained with {torch.get_num_threads() + 7} CPU thread(s), going on with "
-                    f"{torch.get_num_threads()}: the weights will not be bit-identical to those of a run trained with "
-                    f"one thread count throughout (set OMP_NUM_THREADS={torch.get_num_threads() + 7} to keep it)"]
-    assert json.loads((out / "config.json").read_text())["cpu_threads"] == torch.get_num_threads()
-
-
-def test_the_recorded_cpu_threads_of_a_ddp_run_are_those_lightning_sets(monkeypatch):
-    """Lightning's DDP launchers set cpu_count // devices threads where OMP_NUM_THREADS is not set, after the
-    run's config.json was written with this process's count."""
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert run_checks._training_threads(1) == torch.get_num_threads()
-    assert run_checks._training_threads(2) == max(1, len(os.sched_getaffinity(0)) // 2)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert run_checks._training_threads(2) == torch.get_num_threads()
-
-
 _HOLD_LOCK = ("import sys, time; from pathlib import Path; from gpmodels.checkpoints import RunPaths; "
               "from gpmodels.run_lock import run_dir_lock\n"
               "with run_dir_lock(RunPaths(Path(sys.argv[1]))):\n    print('locked', flush=True); time.sleep(120)")
@@ -973,76 +783,6 @@ def test_fewer_epochs_than_trained_is_one_line_and_keeps_the_record(phantom_stor
     assert "Traceback" not in cli.output
 
 
-def test_more_gpus_than_the_machine_has_is_one_line(phantom_store, tmp_path, monkeypatch):
-    """Lightning's MisconfigurationException came as a traceback, after config.json was written."""
-    config = preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / "r"))
-    with pytest.raises(ValueError, match="accelerator: got 'gpu', but torch sees no GPU here; give cpu or auto"):
-        resolve_run(TrainConfig.from_dict({**config.to_dict(), "accelerator": "gpu"}))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(ValueError, match=r"devices: got 2, but this machine has 1 GPU\(s\)"):
-        resolve_run(TrainConfig.from_dict({**config.to_dict(), "devices": 2}))
-    assert not (tmp_path / "r").exists()
-
-
-def _store_with_fold_0(store: Path, out: Path, codes) -> Path:
-    """A copy of ``store`` whose fold 0 has the split codes ``codes(labels, old codes)`` (0 train, 1 val, 2 test)."""
-    import zarr
-
-    copy = shutil.copytree(store, out)
-    group = zarr.open_group(str(copy), mode="r+")
-    group["splits/fold_0"][:] = codes(group["labels"][:], group["splits/fold_0"][:])
-    return copy
-
-
-def test_a_class_absent_from_training_and_an_empty_validation_split_are_said(phantom_store, tmp_path):
-    """A class missing from the training split weighed 0 unsaid; a fold without validation slices trained with
-    Lightning's raw "could not find the monitored key" warning and no best checkpoint; a validation split of
-    only such classes gave a NaN loss at every epoch and a best.ckpt frozen at epoch 0."""
-    import numpy as np
-
-    no_val = _store_with_fold_0(phantom_store, tmp_path / "noval.zarr", lambda labels, codes: np.where(codes == 1, 2, codes))
-    run = resolve_run(preset_config("smoke", str(no_val), "gp-unet", str(tmp_path / "a")))
-    assert f"{no_val}: fold 0 has no validation slices, so no best weights by validation loss: model.pt gets the " \
-           "last epoch's" in run_checks.start_warnings(run)
-
-    no_lgg = _store_with_fold_0(phantom_store, tmp_path / "nolgg.zarr",
-                                lambda labels, codes: np.where((codes == 0) & (labels == 1), 2, codes))
-    run = resolve_run(preset_config("smoke", str(no_lgg), "gp-unet", str(tmp_path / "b")))
-    lacking = run.classes[1]
-    assert run.class_weights[1] == 0 and f"{no_lgg}: fold 0's training split has no slice of {lacking}; the " \
-           "network never learns that class (its loss weight is 0)" in run_checks.start_warnings(run)
-
-    only = _store_with_fold_0(phantom_store, tmp_path / "only.zarr", lambda labels, codes: np.where(
-        labels == 1, np.where(codes == 0, 2, codes), np.where(codes == 1, 2, codes)))
-    with pytest.raises(ValueError) as raised:
-        resolve_run(preset_config("smoke", str(only), "gp-unet", str(tmp_path / "c")))
-    assert str(raised.value) == (f"fold: the validation slices of fold 0 of {only} are all of classes its training "
-                                 f"split lacks ({lacking}), which weigh 0 in the loss: no validation loss to choose "
-                                 "the best weights by")
-
-
-def test_an_evaluation_split_smaller_than_the_devices_is_refused_before_training(phantom_store, tmp_path):
-    """Under DDP each device evaluates a share of a split without repeats; a device whose share was empty stopped
-    the run with Lightning's "DataLoader within local rank has zero length" (for the test split: after training)."""
-    import numpy as np
-
-    def one_val_slice(labels, codes):
-        first = np.flatnonzero(codes == 1)[0]
-        codes = np.where(codes == 1, 2, codes)
-        codes[first] = 1
-        return codes
-
-    store = _store_with_fold_0(phantom_store, tmp_path / "oneval.zarr", one_val_slice)
-    config = preset_config("smoke", str(store), "gp-unet", str(tmp_path / "r"))
-    assert resolve_run(config).split_sizes["val"] == 1
-    with pytest.raises(ValueError) as raised:
-        resolve_run(TrainConfig.from_dict({**config.to_dict(), "devices": 2}))
-    assert str(raised.value) == (f"devices: the val split of fold 0 of {store} holds 1 slice(s), fewer than the 2 "
-                                 "devices that each evaluate a share of it; train on at most 1 device(s)")
-    assert not (tmp_path / "r").exists()
-
-
 def test_a_cached_training_is_trusted_on_a_flow_host_without_the_workers_gpus(phantom_store, untrained_run, tmp_path):
     """The flow's check of a cached training's run dir resolved the job on the flow's host: with `--accelerator gpu`
     (training on Dask GPU workers) and no GPU there it raised, so every cached training counted as other settings
@@ -1064,54 +804,6 @@ def test_ddp_evaluation_shares_cover_every_slice_once(size, world):
     assert sorted(sum(shares, [])) == list(range(size))
     assert [len(share) for share in shares] == [len(EvalShardSampler(range(size), world, r)) for r in range(world)]
     assert min(map(len, shares)) >= 1 and max(map(len, shares)) - min(map(len, shares)) <= 1
-
-
-_KILL_BEFORE_LAST = ("import json, os, signal, sys; from pathlib import Path; import gpmodels.checkpoints as ck\n"
-                     "from gpmodels.train_config import TrainConfig; from gpmodels.training import train\n"
-                     "save = ck.RunDirCheckpointIO.save_checkpoint\n"
-                     "def killing(self, checkpoint, path, storage_options=None):\n"
-                     "    if Path(path).name == 'last.ckpt' and checkpoint['epoch'] == 1:\n"
-                     "        os.kill(os.getpid(), signal.SIGKILL)\n"
-                     "    return save(self, checkpoint, path, storage_options)\n"
-                     "ck.RunDirCheckpointIO.save_checkpoint = killing\n"
-                     "train(TrainConfig.from_dict(json.loads(sys.argv[1])))")
-
-
-@pytest.mark.parametrize("log_kept", [True, False])
-def test_a_best_checkpoint_written_just_before_a_kill_keeps_its_own_loss(phantom_store, tmp_path, log_kept):
-    """Killed between best.ckpt and last.ckpt of epoch 1: last.ckpt's record of the best was epoch 0's, so a
-    redone epoch 1 scoring worse than epoch 0 (a GPU's rounding) left model.pt the killed epoch's weights and
-    best_val_loss epoch 0's. Its loss now comes from the killed attempt's log: made very low here, it stays the
-    best; without the log, best.ckpt is deleted and chosen again."""
-    config = TrainConfig.from_dict({**preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / "r"))
-                                    .to_dict(), "epochs": 3, "test": False})
-    killed = subprocess.run([sys.executable, "-c", _KILL_BEFORE_LAST, json.dumps(config.to_dict())],
-                            capture_output=True, text=True)
-    paths = RunPaths(tmp_path / "r")
-    assert killed.returncode == -9, killed.stderr
-    best, last = (torch.load(p, weights_only=True, map_location="cpu") for p in (paths.best, paths.last))
-    assert (best["epoch"], last["epoch"]) == (1, 0)
-    [log] = paths.logs.glob("step_*/metrics.csv")
-    if log_kept:
-        rows = _read_metrics(log)
-        for row in rows:
-            row["val_loss"] = "0.001" if row["epoch"] == "1" and row["val_loss"] else row["val_loss"]
-        with log.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    else:
-        log.unlink()
-    result = train(config)
-    assert (result.start_step, result.global_step) == (last["global_step"], 3 * last["global_step"])
-    val = {row["epoch"]: float(row["val_loss"]) for row in _read_metrics(paths.metrics) if row["val_loss"]}
-    if log_kept:
-        assert result.best_val_loss == pytest.approx(0.001)
-        assert torch.load(paths.best, weights_only=True)["epoch"] == 1
-    else:
-        assert result.best_val_loss == pytest.approx(min(val[e] for e in ("1", "2")))
-    kept = torch.load(paths.model, weights_only=True)
-    assert all(torch.equal(kept[k], v) for k, v in net_state_from_checkpoint(paths.best).items())
 
 
 UNPICKLED: list[str] = []
@@ -1194,23 +886,6 @@ def test_a_store_re_ingested_during_training_stops_it_before_the_epochs_checkpoi
     assert torch.load(paths.last, weights_only=True)["epoch"] == 0  # epoch 1's checkpoint was not saved
 
 
-def test_training_refuses_a_slice_store_report_or_file_as_out(smoke_run, tmp_path):
-    """`gpseg train -o store.zarr` wrote config.json, model.pt and checkpoints into the slice store without a word;
-    `-o afile` said "afile/.train.lock: cannot open this lock file"."""
-    config, _ = smoke_run
-    afile = tmp_path / "afile"
-    afile.write_text("x")
-    report = tmp_path / "report"
-    report.mkdir()
-    (report / "metrics.json").write_text("{}")
-    (report / "index.html").write_text("")
-    for out, problem in ((config.store, "is a slice store; give a folder of its own"),
-                         (report, "is a report folder; give a folder of its own"), (afile, "exists and is not a folder")):
-        with pytest.raises(ValueError, match=f"^out: {re.escape(str(out))} {problem}$"):
-            train(TrainConfig.from_dict({**config.to_dict(), "out": str(out)}))
-    assert sorted(p.name for p in report.iterdir()) == ["index.html", "metrics.json"]
-
-
 def test_weights_overwritten_inside_model_pt_are_refused_not_loaded(smoke_run, tmp_path):
     """torch.load checks no CRC: bytes overwritten inside the tensors loaded as other weights, and heatmaps were made
     from them without a word."""
@@ -1230,42 +905,6 @@ def test_weights_overwritten_inside_model_pt_are_refused_not_loaded(smoke_run, t
     with pytest.raises(ValueError, match=rf"^{re.escape(str(model))}: damaged \(its entry .* fails its CRC check\); "
                                          "re-run the training command"):
         load_trained(run)
-
-
-def test_a_damaged_labels_chunk_is_named_not_a_zstd_traceback(smoke_run, tmp_path):
-    import shutil
-
-    from storage.errors import StoreError
-
-    config, _ = smoke_run
-    store = tmp_path / "store.zarr"
-    shutil.copytree(config.store, store)
-    chunk = next(p for p in sorted((store / "labels").rglob("*")) if p.is_file() and p.name != "zarr.json")
-    chunk.write_bytes(chunk.read_bytes()[:8])
-    with pytest.raises(StoreError, match=rf"^{re.escape(str(store / 'labels'))}: damaged, a chunk cannot be read"):
-        resolve_run(TrainConfig.from_dict({**config.to_dict(), "store": str(store), "out": str(tmp_path / "run")}))
-
-
-@pytest.mark.parametrize(("attribute", "value", "reason"), [
-    ("channels", 5, r"damaged \(its attribute channels is 5, expected a list of names\)"),
-    ("classes", "x", r"damaged \(its attribute classes is 'x', expected a list of names\)"),
-    ("classes", ["a", "b"], r"damaged \(its labels run from 0 to 2, but its attribute classes names 2: \['a', 'b'\]\)"),
-])
-def test_damaged_class_or_channel_attributes_are_named_with_the_store(smoke_run, tmp_path, attribute, value, reason):
-    """`channels` set to 5 ended in "TypeError: 'int' object is not iterable"; two classes for labels 0 to 2 in
-    "labels: got values in [0, 2], expected [0, 1)", naming no store."""
-    import shutil
-
-    import zarr
-
-    from storage.errors import StoreError
-
-    config, _ = smoke_run
-    store = tmp_path / "store.zarr"
-    shutil.copytree(config.store, store)
-    zarr.open_group(str(store), mode="r+").attrs[attribute] = value
-    with pytest.raises(StoreError, match=rf"^{re.escape(str(store))}: {reason}$"):
-        resolve_run(TrainConfig.from_dict({**config.to_dict(), "store": str(store), "out": str(tmp_path / "run")}))
 
 
 def test_the_training_bar_counts_epochs_from_one_and_shows_no_v_num(monkeypatch):

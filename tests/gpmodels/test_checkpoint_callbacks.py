@@ -1,0 +1,115 @@
+"""Tests of gpmodels.checkpoint_callbacks: best.ckpt and last.ckpt through early stops, moved run dirs and kills."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpmodels.checkpoints import RunPaths, net_state_from_checkpoint
+from gpmodels.lightning_module import ClassifierModule
+from gpmodels.train_config import TrainConfig, preset_config
+from gpmodels.training import train
+
+
+def _read_metrics(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_last_checkpoint_is_the_last_epoch_when_validation_loss_stops_improving(smoke_run, tmp_path, monkeypatch):
+    """``last.ckpt`` is the end of training, not the best epoch, so a finished run re-runs in no steps.
+
+    The validation loss is made to rise each epoch, so the best epoch is the first of three.
+    """
+    config, _ = smoke_run
+    loss = ClassifierModule.loss
+
+    def rising_validation_loss(self, images, labels):
+        logits, value = loss(self, images, labels)
+        return logits, value + (0.0 if self.training else float(self.current_epoch))
+
+    monkeypatch.setattr(ClassifierModule, "loss", rising_validation_loss)
+    out = tmp_path / "rising"
+    result = train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "epochs": 3}))
+    paths = RunPaths(out)
+    assert result.global_step == 6
+    assert torch.load(paths.best, weights_only=True)["global_step"] == 2
+    assert torch.load(paths.last, weights_only=True)["global_step"] == 6
+    again = train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "epochs": 3}))
+    assert (again.start_step, again.global_step) == (6, 6)
+    assert again.best_val_loss == pytest.approx(result.best_val_loss)
+
+
+def test_a_moved_run_dir_resumes_with_its_best_score(smoke_run, tmp_path):
+    """Lightning forgets the best score when the checkpoints' folder changed; then a worse epoch would
+    replace best.ckpt and model.pt. A run dir moved as a whole keeps it."""
+    import warnings
+
+    config, _ = smoke_run
+    first = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "before"), "epochs": 1})
+    train(first)
+    shutil.copytree(tmp_path / "before", tmp_path / "after")
+    shutil.rmtree(tmp_path / "before")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(TrainConfig.from_dict({**first.to_dict(), "out": str(tmp_path / "after"), "epochs": 3}))
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+    losses = [float(row["val_loss"]) for row in _read_metrics(tmp_path / "after" / "metrics.csv") if row.get("val_loss")]
+    assert len(losses) == 3 and result.best_val_loss == pytest.approx(min(losses))
+    best = torch.load(tmp_path / "after" / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["epoch"] == losses.index(min(losses))
+
+
+_KILL_BEFORE_LAST = ("import json, os, signal, sys; from pathlib import Path; import gpmodels.checkpoints as ck\n"
+                     "from gpmodels.train_config import TrainConfig; from gpmodels.training import train\n"
+                     "save = ck.RunDirCheckpointIO.save_checkpoint\n"
+                     "def killing(self, checkpoint, path, storage_options=None):\n"
+                     "    if Path(path).name == 'last.ckpt' and checkpoint['epoch'] == 1:\n"
+                     "        os.kill(os.getpid(), signal.SIGKILL)\n"
+                     "    return save(self, checkpoint, path, storage_options)\n"
+                     "ck.RunDirCheckpointIO.save_checkpoint = killing\n"
+                     "train(TrainConfig.from_dict(json.loads(sys.argv[1])))")
+
+
+@pytest.mark.parametrize("log_kept", [True, False])
+def test_a_best_checkpoint_written_just_before_a_kill_keeps_its_own_loss(phantom_store, tmp_path, log_kept):
+    """Killed between best.ckpt and last.ckpt of epoch 1: last.ckpt's record of the best was epoch 0's, so a
+    redone epoch 1 scoring worse than epoch 0 (a GPU's rounding) left model.pt the killed epoch's weights and
+    best_val_loss epoch 0's. Its loss now comes from the killed attempt's log: made very low here, it stays the
+    best; without the log, best.ckpt is deleted and chosen again."""
+    config = TrainConfig.from_dict({**preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / "r"))
+                                    .to_dict(), "epochs": 3, "test": False})
+    killed = subprocess.run([sys.executable, "-c", _KILL_BEFORE_LAST, json.dumps(config.to_dict())],
+                            capture_output=True, text=True)
+    paths = RunPaths(tmp_path / "r")
+    assert killed.returncode == -9, killed.stderr
+    best, last = (torch.load(p, weights_only=True, map_location="cpu") for p in (paths.best, paths.last))
+    assert (best["epoch"], last["epoch"]) == (1, 0)
+    [log] = paths.logs.glob("step_*/metrics.csv")
+    if log_kept:
+        rows = _read_metrics(log)
+        for row in rows:
+            row["val_loss"] = "0.001" if row["epoch"] == "1" and row["val_loss"] else row["val_loss"]
+        with log.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        log.unlink()
+    result = train(config)
+    assert (result.start_step, result.global_step) == (last["global_step"], 3 * last["global_step"])
+    val = {row["epoch"]: float(row["val_loss"]) for row in _read_metrics(paths.metrics) if row["val_loss"]}
+    if log_kept:
+        assert result.best_val_loss == pytest.approx(0.001)
+        assert torch.load(paths.best, weights_only=True)["epoch"] == 1
+    else:
+        assert result.best_val_loss == pytest.approx(min(val[e] for e in ("1", "2")))
+    kept = torch.load(paths.model, weights_only=True)
+    assert all(torch.equal(kept[k], v) for k, v in net_state_from_checkpoint(paths.best).items())
