@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from gpmodels.checkpoints import CheckpointProgress, RunPaths, checkpoint_progress, read_checkpoint
-from gpmodels.data import (available_memory, balanced_class_weights, slices_per_batch, split_indices,
-                           train_batches_per_device)
+from gpmodels.data import balanced_class_weights, slices_per_batch, split_indices, train_batches_per_device
 from gpmodels.files import damaged, output_problem, read_run_config
 from gpmodels.nets import build_model, count_parameters, meta_model
 from gpmodels.precision import bf16_is_emulated, on_gpu, resolve_precision
 from gpmodels.train_config import RunConfig, TrainConfig
 from storage.errors import StoreError
+from storage.memory import available_memory
 from storage.parallel import cpu_cores
 from storage.reads import read_whole
 from storage.store import SPLIT_NAMES, check_chunks, open_store

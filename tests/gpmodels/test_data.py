@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -261,53 +260,15 @@ def test_auto_cache_leaves_a_split_bigger_than_half_the_available_memory_in_the_
     import psutil
 
     from gpmodels import data
+    from storage import memory
 
     class Memory:
         available = 10 * 2**30
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
-    monkeypatch.setattr(data, "cgroup_limits", lambda: [])  # not this machine's
+    monkeypatch.setattr(memory, "cgroup_limits", lambda: [])  # not this machine's
     assert data.fits_in_memory(4 * 2**30, 20 * 2**30)
     assert not data.fits_in_memory(6 * 2**30, 20 * 2**30)  # under the limit, over half of the free memory
     assert not data.fits_in_memory(4 * 2**30, 3 * 2**30)
     assert not data.fits_in_memory(2 * 2**30, 20 * 2**30, processes=4)  # four DDP processes caching a copy each
     assert data.fits_in_memory(2 * 2**30, 20 * 2**30, processes=2)
-
-
-def test_available_memory_is_the_control_groups_where_it_is_limited(monkeypatch, tmp_path):
-    """A container or Slurm job limited to less than the machine's free memory was killed for memory when the
-    cache decided by the machine's."""
-    import psutil
-
-    from gpmodels import data
-
-    class Memory:
-        available = 10 * 2**30
-
-    def write(folder: Path, **files: int | str) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, value in files.items():
-            (folder / name.replace("_", ".", 1)).write_text(f"{value}\n")
-
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
-    proc, root = tmp_path / "cgroup", tmp_path / "fs"
-    proc.write_text("4:memory:/job/7\n2:cpu,cpuacct:/job/7\n0::/slurm/job/step\n")
-    assert data.cgroup_limits(tmp_path / "none", root) == []  # not Linux
-    assert data.cgroup_limits(proc, root) == []  # no such groups, nothing at the root
-    write(root / "slurm/job/step", memory_max="max", memory_current=2**30)
-    write(root / "slurm/job", memory_max=5 * 2**30, memory_current=2**31)  # the job's limit, on a parent
-    (root / "slurm/job/memory.stat").write_text(f"anon 1\ninactive_file {2**30}\nactive_file 5\n")
-    write(root / "memory/job/7", memory_limit_in_bytes=9223372036854771712, memory_usage_in_bytes=2**30)
-    assert data.cgroup_limits(proc, root) == [(5 * 2**30, 2**30)]  # the page cache it may reclaim left out
-    limits = data.cgroup_limits
-    monkeypatch.setattr(data, "cgroup_limits", lambda: limits(proc, root))
-    assert data.available_memory() == 4 * 2**30
-    write(root / "memory/job/7", memory_limit_in_bytes=2 * 2**30)
-    assert data.available_memory() == 2**30  # the tighter v1 one
-
-    # Docker on cgroup v1 without its own cgroup namespace: the host's group name, the container's at the root
-    docker, container = tmp_path / "docker-cgroup", tmp_path / "container"
-    docker.write_text("4:memory:/docker/abc123\n")
-    write(container / "memory", memory_limit_in_bytes=3 * 2**30, memory_usage_in_bytes=2**30)
-    (container / "memory/memory.stat").write_text(f"total_inactive_file {2**29}\n")
-    assert limits(docker, container) == [(3 * 2**30, 2**29)]
