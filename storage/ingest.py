@@ -20,17 +20,18 @@ import numpy as np
 from storage.brats import (BRATS_CHANNELS, BRATS_CLASSES, BRATS_SIZE, NAME_MAPPING, discover_brats, layout_hint,
                            listed_but_absent)
 from storage.cases import MatCase, SliceBatch, VolumeCase
-from storage.discovery import archives_below, is_archive, source_key, visible_files_below
-from storage.drops import data_files
+from storage.discovery import archives_below, is_archive, source_key
 from storage.errors import CaseRejected, NoUsableInput, one_line
 from storage.ingest_config import DEFAULT_RATIOS, MAX_IMAGE_SIZE, IngestConfig, SplitConfig
 from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, absent_numbers,
                                discover_jun_cheng, largest_image_size, read_mat_case)
 from storage.locks import exclusive_lock
 from storage.manifest import read_manifest
-from storage.nifti import file_state, hashed_digest, sha256_file
+from storage.nifti import file_state
 from storage.parallel import dask_client, ordered_map
 from storage.slicing import IDENTITY_AXES, axial_axes
+from storage.source_records import (CHANGED_SINCE_STORED, add_rejection, case_files, case_key, changed_since_stored,
+                                    current_rejects, examined_files, file_states)
 from storage.splits import empty_splits, extend_splits, make_splits
 from storage.store import StoreWriter, fold_names, open_store, read_patients
 from storage.volumes import read_volume_case, volume_record
@@ -184,110 +185,6 @@ def archive_hint(archives: Sequence[str]) -> str:
     return f"; it holds {len(archives)} archive(s) gpseg does not open ({shown}): unpack them first"
 
 
-def _examined(old: dict[str, str], rejected: dict[str, str], rejected_cases: Sequence[VolumeCase | MatCase],
-              plan: _Plan, stored: dict[str, str]) -> dict[str, str]:
-    """The store's ``examined`` attribute: relative path -> sha256 of each file of a rejected case, of
-    each metadata file, and (for a source folder) of each other data file that no case read, as this run
-    found them (earlier entries stay). With ``sources`` (the stored cases' files, ``stored``) it tells
-    :func:`storage.drops.new_files` what a drop folder held when it was last ingested, so a case rejected
-    for good, or a NIfTI file outside any case folder, is not new data at every check; editing it, or a
-    metadata file, makes it new."""
-    examined = dict(old)
-    files = [f for case in rejected_cases for f in _case_files(case)]
-    for key in rejected:  # rejected in discovery: a case folder or a file
-        path = plan.root / source_key(key, plan.root)
-        files += visible_files_below(path) if path.is_dir() else [path] if path.is_file() else []
-    files += [f for f in plan.metadata if f.is_file()]
-    if not plan.listing:  # a manifest's files are those it lists, each read or rejected
-        files += [f for f in data_files(plan.root) if source_key(str(f), plan.root) not in stored]
-    for key, file in {source_key(str(file), plan.root): file for file in files}.items():  # each file hashed once
-        try:
-            examined[key] = sha256_file(file)
-        except OSError:  # unreadable or gone: it stays new data, and its rejection says why
-            continue
-    return examined
-
-
-def _file_states(base_attrs: dict, sources: dict[str, str], examined: dict[str, str],
-                 read_states: dict[str, tuple | None], root: Path) -> dict[str, list[int]]:
-    """The store's ``file_states`` attribute: relative path -> :func:`storage.nifti.file_state` of each file of
-    ``sources`` and ``examined`` whose recorded sha256 is known to describe it in its current state, so that
-    :func:`storage.drops.new_files` hashes only files whose state changed.
-
-    A state counts when the file had it before its case was read (``read_states``; the reading, maybe in another
-    process, hashed it in between, and any write would have changed the change time), when this process hashed
-    it in that state, or when the store recorded it before (with the same sha256, which an append keeps). Files
-    changed too recently to tell a rewrite apart (:data:`storage.nifti._SETTLED_NS`) get none, and are hashed.
-    """
-    old = base_attrs.get("file_states", {})
-    states: dict[str, list[int]] = {}
-    for key in {**examined, **sources}:
-        now = file_state(root / key)
-        digests = {sources.get(key), examined.get(key)} - {None}  # a stored file's later content may be examined
-        if now is not None and (read_states.get(key) == now or old.get(key) == list(now)
-                                or hashed_digest(now) in digests):
-            states[key] = list(now)
-    return states
-
-
-CHANGED_SINCE_STORED = ("changed since it was stored (another sha256), or another file of this path below another "
-                        "source folder was stored (a store knows files by their path below the folder they were "
-                        "ingested from): a stored case is not read again; give a new file a path of its own, or "
-                        "ingest the source into a new store (--overwrite) to take new content")
-
-
-def _changed_since_stored(case: VolumeCase | MatCase, stored: dict[str, str], root: Path,
-                          states: dict[str, list[int]] | None = None,
-                          examined: dict[str, str] | None = None) -> str | None:
-    """The first file of an already stored case whose content is no longer what was stored (relative path),
-    or ``None``. A corrected re-download under the same path would otherwise be skipped without a word,
-    and a drop check would count it as new data every time. Unreadable files are left to the next read.
-
-    A file still in the state (:func:`storage.nifti.file_state`) in which the store hashed it (``states``, its
-    ``file_states``) is not read again, as :func:`storage.drops.new_files` does: every append re-read every stored
-    file, the whole of BraTS at full size, to add a few cases. Only when that state describes the stored content:
-    a file whose other content an append rejected (``examined``, the store's) keeps a state of that content, and
-    stays rejected."""
-    examined = examined or {}
-    for file in _case_files(case):
-        key = source_key(str(file), root)
-        try:
-            if key not in stored:
-                continue
-            described = examined.get(key, stored[key]) == stored[key]  # the recorded state is of the stored content
-            if described and states and key in states and list(file_state(file) or ()) == states[key]:
-                continue
-            if sha256_file(file) != stored[key]:
-                return key
-        except OSError:
-            continue
-    return None
-
-
-def _case_key(case: VolumeCase | MatCase) -> str:
-    return str(case.path if isinstance(case, MatCase) else case.files[0])
-
-
-def _case_files(case: VolumeCase | MatCase) -> list[Path]:
-    return [case.path] if isinstance(case, MatCase) else list(case.files)
-
-
-def _claims(case: VolumeCase | MatCase, root: Path) -> list[Path]:
-    """What a rejection of this case may be recorded under, relative to ``root``: its files and its origin."""
-    origin = [case.origin] if isinstance(case, VolumeCase) and case.origin is not None else []
-    return [Path(source_key(str(p), root)) for p in [*_case_files(case), *origin]]
-
-
-def _current_rejects(old: dict[str, str], new: dict[str, str], examined: Sequence[VolumeCase | MatCase],
-                     root: Path) -> dict[str, str]:
-    """The store's ``rejected`` after a run: earlier entries for cases this run examined
-    (now stored, rejected again or already stored) give way to this run's outcome."""
-    claims = {claim for case in examined for claim in _claims(case, root)}
-    kept = {file: reason for file, reason in old.items()
-            if not any(Path(file).is_relative_to(claim) for claim in claims)}
-    return {**kept, **new}
-
-
 def _stored_settings(config: IngestConfig, out: Path, append: bool) -> tuple[IngestConfig, int | None]:
     """On append to an existing store, ``config`` with the split settings and normalisation the store was
     made with, and the store's slice size; otherwise ``(config, None)``.
@@ -360,7 +257,7 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
     rejected_cases: list[VolumeCase | MatCase] = []
     cases = []
     for case in plan.cases:
-        key = source_key(_case_key(case), plan.root)
+        key = source_key(case_key(case), plan.root)
         if key not in known_files:
             cases.append(case)
         elif isinstance(case, VolumeCase) and case.patient_id not in stored_patients:
@@ -368,8 +265,8 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
                           "is not: files count by their path relative to the source's folder, and each patient "
                           "needs files at paths of its own")
             rejected_cases.append(case)
-        elif changed := _changed_since_stored(case, base_attrs.get("sources", {}), plan.root,
-                                              base_attrs.get("file_states"), base_attrs.get("examined")):
+        elif changed := changed_since_stored(case, base_attrs.get("sources", {}), plan.root,
+                                             base_attrs.get("file_states"), base_attrs.get("examined")):
             add_rejection(report.rejected, changed, CHANGED_SINCE_STORED)
             rejected_cases.append(case)
         else:
@@ -393,20 +290,20 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
     new_keys: list[str] = []  # slice mode: one key per new slice
     stored_content = {sha: key for key, sha in sources.items()}
     # each file's state before its case is read (in a worker, maybe), for the states the store records
-    read_states = {source_key(str(f), plan.root): file_state(f) for case in cases for f in _case_files(case)}
+    read_states = {source_key(str(f), plan.root): file_state(f) for case in cases for f in case_files(case)}
     with StoreWriter(out, plan.channels, plan.image_size, base=out if existing else None) as writer:
         # the cluster is closed before the commit: a Ctrl-C while it shuts down leaves the store as it was
         with dask_client(config.workers, config.dask_address) as client:
             for done, (case, batch, error) in enumerate(ordered_map(plan.reader, cases, client), start=1):
                 if progress is not None:
-                    progress(done, len(cases), Path(_case_key(case)).name)
+                    progress(done, len(cases), Path(case_key(case)).name)
                 if error is None and plan.dataset != "jun-cheng" and batch.patient in stored_patients:
-                    error = CaseRejected(_case_key(case), f"duplicate patient id {batch.patient} (already stored)")
+                    error = CaseRejected(case_key(case), f"duplicate patient id {batch.patient} (already stored)")
                 if error is None and isinstance(case, VolumeCase):
                     error = _copied_images(case, batch, stored_content)
                 if error is not None:
                     file, reason = _reason(error)
-                    add_rejection(report.rejected, source_key(file or _case_key(case), plan.root), reason,
+                    add_rejection(report.rejected, source_key(file or case_key(case), plan.root), reason,
                                   getattr(case, "patient_id", None))
                     rejected_cases.append(case)
                     continue
@@ -441,13 +338,14 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
             splits = make_splits(patients, labels, cvind, config.split)
         report.warnings = [f"{warning}: {_empty_split_cause(config.split)} (gpseg validate fails on it)"
                            for warning in empty_splits(splits)]
-        rejected = _current_rejects(base_attrs.get("rejected", {}), report.rejected, plan.cases, plan.root)
-        examined = _examined(base_attrs.get("examined", {}), plan.rejected, rejected_cases, plan, sources)
+        rejected = current_rejects(base_attrs.get("rejected", {}), report.rejected, plan.cases, plan.root)
+        examined = examined_files(base_attrs.get("examined", {}), plan.rejected, rejected_cases, plan.root,
+                                  plan.metadata, plan.listing, sources)
         attrs = {
             "dataset": plan.dataset, "classes": plan.classes, "channels": plan.channels,
             "normalisation": config.normalisation, "image_size": plan.image_size,
             "split": config.split.as_attrs(), "sources": sources, "rejected": rejected, "examined": examined,
-            "file_states": _file_states(base_attrs, sources, examined, read_states, plan.root),
+            "file_states": file_states(base_attrs, sources, examined, read_states, plan.root),
             "volumes": volumes, "patients": sorted(stored_patients),
             "source_root": str(plan.root.resolve()),
         }
@@ -501,17 +399,6 @@ def _channels(requested: tuple[str, ...] | None, available: tuple[str, ...], sou
     if unknown:
         raise ValueError(f"{source}: channels {unknown} not available; choose from {list(available)}")
     return chosen
-
-
-def add_rejection(rejected: dict[str, str], key: str, reason: str, patient: str | None = None) -> None:
-    """Record ``key -> reason`` in ``rejected``. A file already rejected in this run (one file in the rows of
-    several manifest patients) keeps its reason, and the new one is added after it with its patient's name:
-    keyed by file alone, the later cases' rejections replaced the first and went unreported."""
-    old = rejected.get(key)
-    if old is None:
-        rejected[key] = reason
-    elif patient is not None or reason not in old:
-        rejected[key] = f"{old}; also{f' for patient {patient}' if patient else ''}: {reason}"
 
 
 def ingest_brats(src: Path, out: Path, config: IngestConfig = IngestConfig(), append: bool = False,

@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from gpseg.cli import app
 from storage.errors import NoUsableInput, StoreError
-from storage.ingest import CHANGED_SINCE_STORED, ingest_brats, ingest_jun_cheng, ingest_manifest
+from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
 from storage.ingest_config import IngestConfig
+from storage.source_records import CHANGED_SINCE_STORED
 from storage.store import open_store, read_patients
 
 CONFIG = IngestConfig(workers=0)
@@ -117,13 +118,13 @@ def test_append_names_a_stored_case_whose_file_changed(brats_copy, tmp_path):
 
 def test_an_append_reads_a_stored_file_again_only_when_its_state_changed(brats_copy, tmp_path, monkeypatch):
     """Every append hashed every stored case file again: the whole of BraTS at full size, to add a few cases."""
-    import storage.ingest
     import storage.nifti
+    import storage.source_records
 
     monkeypatch.setattr(storage.nifti, "_SETTLED_NS", 0)  # the phantoms were written just now
     ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
-    hashed, real = [], storage.ingest.sha256_file
-    monkeypatch.setattr(storage.ingest, "sha256_file", lambda path: hashed.append(path) or real(path))
+    hashed, real = [], storage.source_records.sha256_file
+    monkeypatch.setattr(storage.source_records, "sha256_file", lambda path: hashed.append(path) or real(path))
     path = _file(brats_copy, 2, "flair")
     report = ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG, append=True)
     assert report.cases == 0 and report.rejected == {}
