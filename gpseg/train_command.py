@@ -62,7 +62,8 @@ def train_cmd(
         help="Network option, repeatable, added to the preset's, e.g. --option pool=maps, --option "
              "upsample=bilinear, --option depth=7, --option blur=true. Each network's options: pool, depth, "
              "dropout (GP models), upsample (GP-UNet, GP-ReconResNet), init (GP-UNet: pytorch or kaiming), "
-             "blur (GP-ShuffleUNet), aux_logits, dropout (InceptionV3).")] = None,
+             "blur (GP-ShuffleUNet), aux_logits, dropout (InceptionV3). depth is the levels of GP-UNet and "
+             "GP-ShuffleUNet (default 3) but the residual blocks of GP-ReconResNet (default 14).")] = None,
 ) -> None:
     """Train a classifier on a fold of a slice store and evaluate it on the fold's test split."""
     from pytorch_lightning.utilities import rank_zero_only  # torch is imported when a command needs it, not for --help
