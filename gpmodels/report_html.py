@@ -25,17 +25,8 @@ from gpmodels.bootstrap import REPLICATES
 from gpmodels.evaluation import OFFSET_FALLBACK, evaluated_source, offset_fell_back, open_heatmaps
 from gpmodels.figure_cache import FigureCache
 from gpmodels.files import heatmap_path
-from gpmodels.report import (
-    COLUMNS,
-    INTERVAL_KEYS,
-    KIND_TITLES,
-    ModelGroup,
-    ReportRun,
-    dataset_title,
-    run_intervals,
-    run_scalars,
-    threshold_config,
-)
+from gpmodels.report import COLUMNS, INTERVAL_KEYS, KIND_TITLES, ModelGroup, dataset_title, run_intervals, run_scalars
+from gpmodels.report_runs import ReportRun, threshold_config
 from storage.errors import one_line
 from storage.store import open_store
 

@@ -200,7 +200,7 @@ def _print_table(results: list[dict], runs: list[Path]) -> None:
 def _threshold_cell(threshold: dict) -> str:
     """``MO−0.3`` (multi-Otsu minus the offset; ``MO+0.5`` for a negative one), ``otsu`` or ``fixed 0.5``, as
     the run was thresholded, then ``true class`` and the clean-up steps where they apply."""
-    from gpmodels.report import cleaning_parts, multiotsu_text
+    from gpmodels.report_runs import cleaning_parts, multiotsu_text
 
     method = threshold["method"]
     if method == "multiotsu":
@@ -451,7 +451,7 @@ def _as_reported(plan: dict, threshold: dict | None, workdir: Path) -> dict:
 def _threshold_of(threshold: dict | None, where: str) -> ThresholdConfig:
     """The :class:`~gpmodels.postprocess.ThresholdConfig` of an evaluation's ``threshold`` entry, or a one-line
     error naming ``where`` it was read (a hand-edited or damaged file)."""
-    from gpmodels.report import threshold_config
+    from gpmodels.report_runs import threshold_config
 
     try:
         return threshold_config(threshold)

@@ -77,7 +77,7 @@ def test_a_store_re_ingested_since_is_refused_by_heatmaps_evaluation_export_and_
 
     from gpmodels.evaluation import evaluate_heatmaps, write_evaluation
     from gpmodels.files import heatmap_path
-    from gpmodels.report import load_run
+    from gpmodels.report_runs import load_run
     from gpseg.cli import app
     from storage.errors import StoreError
     from storage.store import open_store

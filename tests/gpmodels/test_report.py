@@ -25,7 +25,8 @@ from gpmodels.files import heatmap_path
 from gpmodels.heatmaps import generate_heatmaps, spread_rows, to_float16
 from gpmodels.nifti_export import export_patient_masks
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS, CleaningConfig, ThresholdConfig, select_maps
-from gpmodels.report import FIGURE_CACHE_DIR, build_report, load_run, threshold_config
+from gpmodels.report import FIGURE_CACHE_DIR, build_report
+from gpmodels.report_runs import load_run, threshold_config
 from gpmodels.report_figures import OVERLAY_COLOURS, choose_examples, data_uri, overlay_colours
 from gpmodels.train_config import preset_config
 from gpmodels.training import train
@@ -1098,7 +1099,7 @@ def test_the_untested_patients_caption_follows_the_stores_split_ratios():
 
 def test_a_store_whose_patient_array_cannot_be_read_leaves_the_report_without_the_count(report_runs, tmp_path):
     """Counting the store's patients for the splits caption let a damaged chunk stop the whole report."""
-    from gpmodels.report import _patient_count, load_run
+    from gpmodels.report_runs import _patient_count
 
     store = Path(_evaluation(report_runs["gp"])["run"]["store_path"])
     chunk = next(p for p in (store / "patient").rglob("*") if p.is_file() and p.name != "zarr.json")
