@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from torchvision.models import inception as tv_inception
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from gpmodels.nets.arguments import check_counts
+
 _INCEPTION_MIN_SIZE = 75
 _INCEPTION_AUX_MIN_SIZE = 299
 
@@ -70,11 +72,7 @@ class InceptionV3(nn.Module):
         self, in_channels: int, num_classes: int, aux_logits: bool = True, dropout: float = 0.5
     ) -> None:
         super().__init__()
-        if in_channels < 1 or num_classes < 1:
-            raise ValueError(
-                "in_channels, num_classes: expected positive counts, "
-                f"got {in_channels}, {num_classes}"
-            )
+        check_counts(in_channels, num_classes)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
         blocks = [
@@ -157,11 +155,7 @@ class ResNeXt50(ResNet):
     """
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
-        if in_channels < 1 or num_classes < 1:
-            raise ValueError(
-                "in_channels, num_classes: expected positive counts, "
-                f"got {in_channels}, {num_classes}"
-            )
+        check_counts(in_channels, num_classes)
         super().__init__(
             _Bottleneck, [3, 4, 6, 3], num_classes=num_classes, groups=32, width_per_group=4
         )

@@ -23,6 +23,8 @@ from typing import Literal, get_args
 
 from torch import Tensor, nn
 
+from gpmodels.nets.arguments import check_counts
+
 PoolMode = Literal["features", "maps"]
 POOL_MODES: tuple[str, ...] = get_args(PoolMode)
 
@@ -45,11 +47,7 @@ class GPHead(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, pool: PoolMode = "features") -> None:
         super().__init__()
-        if in_channels < 1 or num_classes < 1:
-            raise ValueError(
-                "in_channels, num_classes: expected positive counts, "
-                f"got {in_channels}, {num_classes}"
-            )
+        check_counts(in_channels, num_classes)
         if pool not in POOL_MODES:
             raise ValueError(f"pool: expected one of {POOL_MODES}, got {pool!r}")
         self.pool = pool
@@ -70,22 +68,6 @@ class GPHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pool={self.pool!r}"
-
-
-def check_gp_arguments(in_channels: int, width: int, depth: int, dropout: float, min_depth: int = 1,
-                       max_depth: int = 11) -> None:
-    """Check the arguments the three GP networks share.
-
-    Raises:
-        ValueError: ``in_channels`` or ``width`` below 1, ``depth`` outside ``[min_depth, max_depth]`` (a U-Net's
-            11 levels halve a 2048 px slice, the largest a store takes, to 1 px), or ``dropout`` outside [0, 1).
-    """
-    if in_channels < 1 or width < 1:
-        raise ValueError(f"in_channels, width: expected >= 1, got {in_channels}, {width}")
-    if not min_depth <= depth <= max_depth:
-        raise ValueError(f"depth: got {depth}, expected {min_depth} to {max_depth}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
 
 
 class GPNet(nn.Module):

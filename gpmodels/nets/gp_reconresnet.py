@@ -31,7 +31,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from gpmodels.nets.gp_head import GPHead, GPNet, PoolMode, check_gp_arguments
+from gpmodels.nets.arguments import check_gp_arguments
+from gpmodels.nets.gp_head import GPHead, GPNet, PoolMode
 from gpmodels.nets.sinc import Upsample2d, UpsampleMode
 
 
@@ -136,7 +137,7 @@ class GPReconResNet(GPNet):
         upsample: UpsampleMode = "sinc",
         dropout: float = 0.5,
     ) -> None:
-        check_gp_arguments(in_channels, width, depth, dropout, min_depth=0, max_depth=64)
+        check_gp_arguments(in_channels, num_classes, width, depth, dropout, min_depth=0, max_depth=64)
         super().__init__(
             _ReconResNetBackbone(in_channels, width, depth, upsample, dropout),
             GPHead(width, num_classes, pool),

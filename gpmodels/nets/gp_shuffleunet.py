@@ -53,7 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gpmodels.nets.gp_head import GPHead, GPNet, PoolMode, check_gp_arguments
+from gpmodels.nets.arguments import check_gp_arguments
+from gpmodels.nets.gp_head import GPHead, GPNet, PoolMode
 from gpmodels.nets.padding import crop_to, pad_to_multiple
 
 _BRANCHES = 4
@@ -206,7 +207,7 @@ class GPShuffleUNet(GPNet):
         dropout: float = 0.5,
         blur: bool = False,
     ) -> None:
-        check_gp_arguments(in_channels, width, depth, dropout)
+        check_gp_arguments(in_channels, num_classes, width, depth, dropout)
         super().__init__(
             _ShuffleUNetBackbone(in_channels, width, depth, dropout, blur),
             GPHead(width, num_classes, pool),

@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gpmodels.nets.gp_head import GPHead, GPNet, PoolMode, check_gp_arguments
+from gpmodels.nets.arguments import check_gp_arguments
+from gpmodels.nets.gp_head import GPHead, GPNet, PoolMode
 from gpmodels.nets.padding import crop_to, pad_to_multiple
 from gpmodels.nets.sinc import Upsample2d, UpsampleMode
 
@@ -145,7 +146,7 @@ class GPUNet(GPNet):
         dropout: float = 0.5,
         init: UNetInit = "pytorch",
     ) -> None:
-        check_gp_arguments(in_channels, width, depth, dropout)
+        check_gp_arguments(in_channels, num_classes, width, depth, dropout)
         if init not in UNET_INITS:
             raise ValueError(f"init: expected one of {UNET_INITS}, got {init!r}")
         super().__init__(

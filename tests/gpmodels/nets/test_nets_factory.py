@@ -53,6 +53,15 @@ def test_invalid_option_values_are_rejected():
         build_model("gp-unet", 4, 3, width=0)
 
 
+@pytest.mark.parametrize("name", ["gp-unet", "gp-reconresnet", "gp-shuffleunet", "inceptionv3", "resnext50"])
+def test_counts_below_one_name_the_counts_given(name):
+    """A GP model with 0 classes named its head's input (64 feature channels), not the 4 channels given."""
+    with pytest.raises(ValueError, match=r"^in_channels, num_classes: expected positive counts, got 4, 0$"):
+        build_model(name, 4, 0)
+    with pytest.raises(ValueError, match=r"got 0, 3$"):
+        build_model(name, 0, 3)
+
+
 def test_defaults_follow_the_paper():
     assert model_options("gp-unet") == {
         "width": 64,

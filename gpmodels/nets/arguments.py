@@ -1,0 +1,30 @@
+"""Checks of the arguments the networks share, with messages that name them (what was given, what is expected)."""
+
+from __future__ import annotations
+
+
+def check_counts(in_channels: int, num_classes: int) -> None:
+    """Check a network's input channels and classes.
+
+    Raises:
+        ValueError: Either is below 1.
+    """
+    if in_channels < 1 or num_classes < 1:
+        raise ValueError(f"in_channels, num_classes: expected positive counts, got {in_channels}, {num_classes}")
+
+
+def check_gp_arguments(in_channels: int, num_classes: int, width: int, depth: int, dropout: float,
+                       min_depth: int = 1, max_depth: int = 11) -> None:
+    """Check the arguments the three GP networks share.
+
+    Raises:
+        ValueError: ``in_channels``, ``num_classes`` or ``width`` below 1, ``depth`` outside ``[min_depth, max_depth]`` (a U-Net's
+            11 levels halve a 2048 px slice, the largest a store takes, to 1 px), or ``dropout`` outside [0, 1).
+    """
+    check_counts(in_channels, num_classes)
+    if width < 1:
+        raise ValueError(f"width: expected >= 1, got {width}")
+    if not min_depth <= depth <= max_depth:
+        raise ValueError(f"depth: got {depth}, expected {min_depth} to {max_depth}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
