@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import disk
 
+from gpmodels.stacks import check_masks
 
 
 def _within_slices(connectivity: int) -> np.ndarray:
@@ -44,15 +45,6 @@ whose cost does not grow with the disk. On the 2-core Intel Xeon (AMX) at 240 px
 0.06 ms per slice for radius 1 and 3.1 for radius 10, distance transforms 3.2 to 4.7 ms at any radius, and
 scipy's binary morphology, used before, 0.65 ms for radius 1, 12 for radius 10 and 270 for radius 45
 (``benchmarks/postprocess.py --part cleaning`` times the whole clean-up)."""
-
-
-def _check_masks(masks: np.ndarray) -> np.ndarray:
-    masks = np.asarray(masks)
-    if masks.ndim != 3:
-        raise ValueError(f"masks: got an array of shape {masks.shape}, expected (N, H, W)")
-    if masks.dtype != bool:
-        raise TypeError(f"masks: got dtype {masks.dtype}, expected bool")
-    return masks
 
 
 def _check_count(name: str, value: int) -> None:
@@ -96,7 +88,7 @@ def close_masks(masks: np.ndarray, radius: int) -> np.ndarray:
     Raises:
         ValueError: ``radius`` is negative, or more than half the shorter side of the slices.
     """
-    masks = _check_masks(masks)
+    masks = check_masks("masks", masks)
     _check_radius("radius", radius, masks.shape)
     if radius == 0:
         return masks.copy()
@@ -158,7 +150,7 @@ def fill_holes(masks: np.ndarray, max_area: int) -> np.ndarray:
     Returns:
         ``(N, H, W)`` bool.
     """
-    masks = _check_masks(masks)
+    masks = check_masks("masks", masks)
     _check_count("max_area", max_area)
     if max_area == 0:
         return masks.copy()
@@ -181,7 +173,7 @@ def remove_small_objects(masks: np.ndarray, min_size: int) -> np.ndarray:
     Returns:
         ``(N, H, W)`` bool.
     """
-    masks = _check_masks(masks)
+    masks = check_masks("masks", masks)
     _check_count("min_size", min_size)
     if min_size <= 1:
         return masks.copy()
@@ -228,7 +220,7 @@ def keep_largest_component(masks: np.ndarray) -> np.ndarray:
     Returns:
         ``(N, H, W)`` bool.
     """
-    masks = _check_masks(masks)
+    masks = check_masks("masks", masks)
     labels, sizes = _component_sizes(masks, _OBJECTS)
     return _largest_per_slice(labels, sizes)[labels]
 
@@ -265,7 +257,7 @@ def clean_masks(
     """
     for name, value in (("min_size", min_size), ("fill_holes_area", fill_holes_area)):
         _check_count(name, value)  # here, so that an all-empty stack, which skips the steps, is checked too
-    masks = _check_masks(masks)
+    masks = check_masks("masks", masks)
     _check_radius("closing_radius (--closing)", closing_radius, masks.shape)
     occupied = masks.any(axis=(1, 2))
     if not occupied.all():

@@ -21,15 +21,15 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
+from gpmodels.stacks import check_stack
+
 _BLOCK = 65535
 """Most pixels summed at once into a uint16 counter by :func:`count_foreground`."""
 
 
 def _as_masks(name: str, masks: np.ndarray) -> np.ndarray:
     """``(N, H, W)`` masks as bool (non-zero is foreground)."""
-    masks = np.asarray(masks)
-    if masks.ndim != 3:
-        raise ValueError(f"{name}: got an array of shape {masks.shape}, expected (N, H, W)")
+    masks = check_stack(name, masks)
     return masks if masks.dtype == bool else masks != 0
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from gpmodels.chunks import run_chunks
 from gpmodels.cleaning import clean_masks
 from gpmodels.metrics import count_foreground, dice, dice_from_counts
+from gpmodels.stacks import check_maps
 from gpmodels.threshold_config import (
     DEFAULT_OFFSET_GRID,
     METHODS,
@@ -89,15 +90,6 @@ def select_maps(class_maps: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return np.take_along_axis(class_maps, classes[:, None, None, None], axis=1)[:, 0]
 
 
-def _check_stack(name: str, maps: np.ndarray) -> np.ndarray:
-    maps = np.asarray(maps)
-    if maps.ndim != 3:
-        raise ValueError(f"{name}: got an array of shape {maps.shape}, expected (N, H, W)")
-    if maps.dtype not in (np.float16, np.float32, np.float64):
-        raise TypeError(f"{name}: got dtype {maps.dtype}, expected float16, float32 or float64")
-    return maps
-
-
 def _lower_by_offset(upper: np.ndarray, undefined: np.ndarray, offset: float) -> np.ndarray:
     """``max(upper - offset, 0)``, except ``upper`` (the maximum: empty mask) where multi-Otsu is undefined."""
     dtype = upper.dtype.type
@@ -135,7 +127,7 @@ def heatmap_thresholds(
         map) the threshold is the slice maximum whatever the offset, so the
         mask is empty; Otsu gives a constant slice its value (empty mask too).
     """
-    maps = _check_stack("maps", maps)
+    maps = check_maps("maps", maps)
     for name, number in (("offset", offset), ("value", value)):
         if not math.isfinite(number):
             raise ValueError(f"{name}: got {number!r}, expected a finite number")
@@ -179,7 +171,7 @@ def threshold_heatmaps(
         ``(N, H, W)`` bool. A constant slice (e.g. an all-negative map after
         suppression) gives an empty mask with Otsu and multi-Otsu.
     """
-    maps = _check_stack("maps", maps)
+    maps = check_maps("maps", maps)
     thresholds = heatmap_thresholds(maps, method, offset, value, suppress_negative, classes, nbins, workers)
     if suppress_negative and (thresholds < 0).any():
         maps = suppress(maps)
@@ -216,7 +208,7 @@ def sweep_offsets(
         ``dice(threshold_heatmaps(maps, "multiotsu", offset=o, ...), targets)``
         for each offset ``o``.
     """
-    maps = _check_stack("maps", maps)
+    maps = check_maps("maps", maps)
     targets = np.asarray(targets)
     if targets.shape != maps.shape:
         raise ValueError(f"targets: got shape {targets.shape}, expected the shape of maps {maps.shape}")
@@ -291,7 +283,7 @@ def offset_scores(config: ThresholdConfig, maps: np.ndarray, targets: np.ndarray
     has_target = count_foreground(np.asarray(targets) != 0) > 0
     if config.cleaning.active and has_target.any():
         # only slices with a target are ranked, and clean-up works slice by slice: clean those alone
-        maps = _check_stack("maps", maps)[has_target]
+        maps = check_maps("maps", maps)[has_target]
         targets, has_target = np.asarray(targets)[has_target], has_target[has_target]
         upper, undefined = multiotsu_upper(maps, config.classes, config.nbins, config.suppress_negative)
         # thresholds are >= 0 with suppression, so the raw maps give the masks of threshold_heatmaps

@@ -33,6 +33,7 @@ from numba import njit
 
 from gpmodels.chunks import check_workers, run_chunks
 from gpmodels.histograms import Histograms, RowHistograms
+from gpmodels.stacks import check_maps
 
 DEFAULT_NBINS = 256
 """Histogram bins, as in scikit-image's thresholding functions."""
@@ -42,18 +43,6 @@ MAX_NBINS = 1024
 
 _CHUNK_ELEMENTS = 1 << 20
 """Pixels per chunk of slices (a chunk is read twice: once for its ranges, once to count it)."""
-
-
-def _check_maps(maps: np.ndarray, name: str = "maps") -> np.ndarray:
-    """Validate a ``(N, H, W)`` stack of floating-point heatmaps and return it as an array."""
-    maps = np.asarray(maps)
-    if maps.ndim != 3:
-        raise ValueError(f"{name}: got an array of shape {maps.shape}, expected (N, H, W)")
-    if not np.issubdtype(maps.dtype, np.floating):
-        raise TypeError(f"{name}: got dtype {maps.dtype}, expected float16, float32 or float64")
-    if maps.shape[1] * maps.shape[2] == 0:
-        raise ValueError(f"{name}: got empty slices of shape {maps.shape[1:]}, expected H, W >= 1")
-    return maps
 
 
 def _check_nbins(nbins: int) -> None:
@@ -107,7 +96,7 @@ def otsu_thresholds(
         N. Otsu, "A threshold selection method from gray-level histograms",
         IEEE Trans. Syst. Man Cybern. 9(1):62-66, 1979. :doi:`10.1109/TSMC.1979.4310076`
     """
-    maps = _check_maps(maps)
+    maps = check_maps("maps", maps, nonempty=True)
     _check_nbins(nbins)
     check_workers(workers)
     out = np.empty(maps.shape[0], dtype=maps.dtype)
@@ -329,7 +318,7 @@ def multiotsu_upper(
 def _multiotsu(maps: np.ndarray, classes: int, nbins: int, suppress_negative: bool, workers: int | None
                ) -> tuple[np.ndarray, np.ndarray]:
     """``(N, classes - 1)`` thresholds and ``(N,)`` undefined flags (see :func:`multiotsu_thresholds`)."""
-    maps = _check_maps(maps)
+    maps = check_maps("maps", maps, nonempty=True)
     _check_nbins(nbins)
     if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or not 2 <= classes <= nbins:
         raise ValueError(f"classes: got {classes!r}, expected an integer from 2 to nbins ({nbins})")
