@@ -54,34 +54,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpmodels.nets.arguments import check_gp_arguments
+from gpmodels.nets.blocks import DoubleConv, conv3
 from gpmodels.nets.gp_head import GPHead, GPNet, PoolMode
 from gpmodels.nets.padding import crop_to, pad_to_multiple
 
 _BRANCHES = 4
 
 
-def _conv3(in_channels: int, out_channels: int) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
-
-
-class _DoubleConv(nn.Sequential):
-    """Two 3×3 convolutions, optional BatchNorm, each with its own ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int, norm: bool = False) -> None:
-        layers: list[nn.Module] = []
-        for c_in in (in_channels, out_channels):
-            layers.append(_conv3(c_in, out_channels))
-            if norm:
-                layers.append(nn.BatchNorm2d(out_channels))
-            layers.append(nn.ReLU())
-        super().__init__(*layers)
-
-
 class _Decomposition(nn.Sequential):
     """Four parallel 3×3 conv + ReLU branches c -> c, concatenated: (B, c, ...) -> (B, 4c, ...)."""
 
     def __init__(self, channels: int) -> None:
-        super().__init__(_conv3(channels, _BRANCHES * channels), nn.ReLU())
+        super().__init__(conv3(channels, _BRANCHES * channels), nn.ReLU())
 
 
 class _UnshuffleDown(nn.Sequential):
@@ -89,9 +73,9 @@ class _UnshuffleDown(nn.Sequential):
 
     def __init__(self, channels: int) -> None:
         super().__init__(
-            _conv3(channels, channels),
+            conv3(channels, channels),
             nn.PixelUnshuffle(2),
-            _DoubleConv(4 * channels, channels, norm=True),
+            DoubleConv(4 * channels, channels, norm=True),
         )
 
 
@@ -121,7 +105,7 @@ class _ShuffleUp(nn.Sequential):
     """3×3 conv 2c -> 4c, pixel shuffle, optional blur: (B, 2c, H, W) -> (B, c, 2H, 2W)."""
 
     def __init__(self, in_channels: int, out_channels: int, blur: bool = False) -> None:
-        layers: list[nn.Module] = [_conv3(in_channels, 4 * out_channels), nn.PixelShuffle(2)]
+        layers: list[nn.Module] = [conv3(in_channels, 4 * out_channels), nn.PixelShuffle(2)]
         super().__init__(*layers, *([BinomialBlur()] if blur else []))
 
 
@@ -141,15 +125,15 @@ class _ShuffleUNetBackbone(nn.Module):
         super().__init__()
         channels = [width * 2**level for level in range(depth + 1)]
         self.multiple = 2**depth
-        self.stem = _DoubleConv(in_channels, width)
+        self.stem = DoubleConv(in_channels, width)
         self.decompose_down = nn.ModuleList(_Decomposition(c) for c in channels[:-1])
         self.down = nn.ModuleList(_UnshuffleDown(c) for c in channels[:-1])
-        self.encode = nn.ModuleList(_DoubleConv(c, 2 * c) for c in channels[:-1])
+        self.encode = nn.ModuleList(DoubleConv(c, 2 * c) for c in channels[:-1])
         self.dropout = nn.Dropout2d(dropout)
         decoder_channels = channels[-2::-1]
         self.up = nn.ModuleList(_ShuffleUp(2 * c, c, blur) for c in decoder_channels)
         self.decompose_up = nn.ModuleList(_Decomposition(c) for c in decoder_channels)
-        self.decode = nn.ModuleList(_DoubleConv((_BRANCHES + 1) * c, c) for c in decoder_channels)
+        self.decode = nn.ModuleList(DoubleConv((_BRANCHES + 1) * c, c) for c in decoder_channels)
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -42,24 +42,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpmodels.nets.arguments import check_gp_arguments
+from gpmodels.nets.blocks import DoubleConv
 from gpmodels.nets.gp_head import GPHead, GPNet, PoolMode
 from gpmodels.nets.padding import crop_to, pad_to_multiple
 from gpmodels.nets.sinc import Upsample2d, UpsampleMode
 
 UNetInit = Literal["pytorch", "kaiming"]
 UNET_INITS: tuple[str, ...] = get_args(UNetInit)
-
-
-class _DoubleConv(nn.Sequential):
-    """Two 3×3 convolutions, each followed by its own ReLU: (B, in, H, W) -> (B, out, H, W)."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1),
-            nn.ReLU(),
-        )
 
 
 class _UpBlock(nn.Module):
@@ -72,7 +61,7 @@ class _UpBlock(nn.Module):
         super().__init__()
         self.reduce = nn.Conv2d(in_channels, out_channels, kernel_size=1)
         self.upsample = Upsample2d(upsample)
-        self.convs = _DoubleConv(2 * out_channels, out_channels)
+        self.convs = DoubleConv(2 * out_channels, out_channels)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         up = self.upsample(self.reduce(x))
@@ -89,7 +78,7 @@ class _UNetBackbone(nn.Module):
         channels = [width * 2**level for level in range(depth)]
         self.multiple = 2 ** (depth - 1)
         self.down = nn.ModuleList(
-            _DoubleConv(c_in, c_out) for c_in, c_out in zip([in_channels, *channels[:-1]], channels)
+            DoubleConv(c_in, c_out) for c_in, c_out in zip([in_channels, *channels[:-1]], channels)
         )
         self.dropout = nn.Dropout2d(dropout)
         self.up = nn.ModuleList(
