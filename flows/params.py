@@ -196,7 +196,8 @@ class TrainingParams(_Params):
                          "report go here (a relative path is made absolute against the current directory).")
     models: list[ModelName] = Field(default_factory=lambda: list(MODEL_NAMES), min_length=1,
                                     description="Networks to train (at least one).")
-    folds: int = Field(DEFAULT_FOLDS, ge=1, le=20, description="Cross-validation folds; each (model, fold) trains one run.")
+    folds: int = Field(DEFAULT_FOLDS, ge=1, le=20,
+                       description="Cross-validation folds; each (model, fold) trains one run.")
     preset: Literal["paper", "demo", "smoke"] = Field(
         "demo", description="Training settings: paper (300 epochs, the paper's), demo (minutes on a CPU) or smoke "
         "(seconds; checks the pipeline).")

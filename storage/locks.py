@@ -35,49 +35,63 @@ def exclusive_lock(path: Path, doing: str, busy: Callable[[str], str], say: Call
         say: how to tell the user that this process waits, or that the file system has no locks.
         wait: wait for the holder (saying so) or raise :class:`Busy` at once.
         remove_unless: called at the end, still holding the lock: where it is false (the store the lock guards
-            was never made), the lock file is deleted rather than left behind. A process that waited for it then
-            finds that the path no longer names the file it locked, and locks the path's new file instead.
+            was never made) and this process made the lock file, the file is deleted rather than left behind. A
+            process that waited for it then finds that the path no longer names the file it locked, and locks
+            the path's new file instead. A lock file found already there is never deleted.
 
     Raises:
         Busy: ``wait`` is false and another process holds the lock.
     """
-    fd, writable, locked = _lock(path, busy, say, wait)
+    fd, writable, locked, created = _lock(path, busy, say, wait)
     try:
         if locked and writable:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()}, {doing}\n".encode(), 0)
         yield
     finally:
-        if locked:
-            if writable:
+        try:
+            if locked and writable:
                 os.ftruncate(fd, 0)
-            if remove_unless is not None and not remove_unless():
-                with suppress(OSError):  # another user's lock file in a folder this user may not change
+            if locked and created and remove_unless is not None and _false(remove_unless):
+                with suppress(OSError):  # a folder this user may not change
                     path.unlink()
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        finally:
+            try:
+                if locked:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
 
 
-def _lock(path: Path, busy: Callable[[str], str], say: Callable[[str], object], wait: bool) -> tuple[int, bool, bool]:
-    """Open and ``flock`` the lock file ``path``: its descriptor, whether it is writable and whether it is locked
-    (false where the file system has no locks, which ``say`` tells).
+def _false(check: Callable[[], bool]) -> bool:
+    """Whether ``check()`` is false; not where it fails (a file system error: nothing is deleted on a guess)."""
+    try:
+        return not check()
+    except OSError:
+        return False
 
-    Locked, the descriptor must still be the file at ``path``: a holder deletes the file (``remove_unless`` of
-    :func:`exclusive_lock`) while others may wait on it, so a lock got on a deleted file is let go and the path's
-    file opened and locked again.
+
+def _lock(path: Path, busy: Callable[[str], str], say: Callable[[str], object], wait: bool
+          ) -> tuple[int, bool, bool, bool]:
+    """Open and ``flock`` the lock file ``path``: its descriptor, whether it is writable, whether it is locked
+    (false where the file system has no locks, which ``say`` tells) and whether this process made the file.
+
+    Locked, the descriptor must still be the file at ``path``: a holder deletes the file it made (``remove_unless``
+    of :func:`exclusive_lock`) while others may wait on it, so a lock got on a deleted file is let go and the
+    path's file opened and locked again.
 
     Raises:
         Busy: ``wait`` is false and another process holds the lock.
     """
     while True:
-        fd, writable = open_lock_file(path)
+        fd, writable, created = _open_lock_file(path)
         try:
             locked = _flock(fd, writable, path, busy, say, wait)
+            if not locked or _names(path, fd):
+                return fd, writable, locked, created
         except BaseException:  # busy, an unexpected OSError, or Ctrl-C while waiting
             os.close(fd)
             raise
-        if not locked or _names(path, fd):
-            return fd, writable, locked
         os.close(fd)
 
 
@@ -100,11 +114,17 @@ def _flock(fd: int, writable: bool, path: Path, busy: Callable[[str], str], say:
 
 
 def _names(path: Path, fd: int) -> bool:
-    """Whether ``path`` still names the file open as ``fd``."""
+    """Whether ``path`` still names the file open as ``fd``.
+
+    Raises:
+        StoreError: One line naming the lock file, when it cannot be looked at.
+    """
     try:
         here = os.stat(path)
     except FileNotFoundError:
         return False
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot look at this lock file ({exc.strerror or exc})") from None
     held = os.fstat(fd)
     return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
 
@@ -133,23 +153,40 @@ def open_lock_file(path: Path) -> tuple[int, bool]:
     Raises:
         StoreError: One line naming the lock file, when it can be neither made nor opened.
     """
+    fd, writable, _ = _open_lock_file(path)
+    return fd, writable
+
+
+OPEN_TRIES = 100
+"""How often :func:`_open_lock_file` tries again when the lock file is deleted between its attempt to make it and
+its attempt to open it (a holder deleting the file it made); a path that always does (a dangling symbolic link)
+fails then."""
+
+
+def _open_lock_file(path: Path) -> tuple[int, bool, bool]:
+    """:func:`open_lock_file`, and whether this call made the file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            pass
-        else:  # writable by whoever may write the folder (an exclusive flock on NFS needs a writable file)
-            with suppress(OSError):  # best effort: vfat/exFAT and some CIFS or FUSE mounts refuse modes
-                folder = os.stat(path.parent).st_mode
-                os.fchmod(fd, 0o644 | (folder & (stat.S_IWGRP | stat.S_IWOTH)))
-            return fd, True
-        try:
-            return os.open(path, os.O_RDWR), True
-        except PermissionError:
-            if not path.is_file():
-                raise
-            return os.open(path, os.O_RDONLY), False
+        for _ in range(OPEN_TRIES):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                pass
+            else:  # writable by whoever may write the folder (an exclusive flock on NFS needs a writable file)
+                with suppress(OSError):  # best effort: vfat/exFAT and some CIFS or FUSE mounts refuse modes
+                    folder = os.stat(path.parent).st_mode
+                    os.fchmod(fd, 0o644 | (folder & (stat.S_IWGRP | stat.S_IWOTH)))
+                return fd, True, True
+            try:
+                return os.open(path, os.O_RDWR), True, False
+            except FileNotFoundError:  # deleted by the holder that made it since: make it
+                continue
+            except PermissionError:
+                if not path.is_file():
+                    raise
+                with suppress(FileNotFoundError):
+                    return os.open(path, os.O_RDONLY), False, False
+        raise FileNotFoundError(errno.ENOENT, "it exists but cannot be opened (a dangling symbolic link?)")
     except OSError as exc:
         raise StoreError(f"{path}: cannot open this lock file ({exc.strerror or exc})") from None
 

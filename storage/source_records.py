@@ -15,7 +15,8 @@ from storage.nifti import file_state, hashed_digest, sha256_file
 
 
 def examined_files(old: dict[str, str], rejected: dict[str, str], rejected_cases: Sequence[VolumeCase | MatCase],
-                   root: Path, metadata: Sequence[Path], listing: bool, stored: dict[str, str]) -> dict[str, str]:
+                   root: Path, metadata: Sequence[Path], listing: Path | None,
+                   stored: dict[str, str]) -> dict[str, str]:
     """The store's ``examined`` attribute: relative path -> sha256 of each file of a rejected case, of
     each metadata file, and (for a source folder) of each other data file that no case read, as this run
     found them (earlier entries stay). With ``sources`` (the stored cases' files, ``stored``) it tells
@@ -29,7 +30,7 @@ def examined_files(old: dict[str, str], rejected: dict[str, str], rejected_cases
         rejected_cases: the cases rejected when read.
         root: the folder ingested.
         metadata: its metadata files (``name_mapping.csv``, ``cvind.mat``, a manifest).
-        listing: whether a manifest lists the files (then no other data file of ``root`` is examined).
+        listing: the manifest that lists the files (then no other data file of ``root`` is examined), or ``None``.
         stored: the store's ``sources`` after this run.
     """
     examined = dict(old)

@@ -15,8 +15,8 @@ def _modules(package: str) -> list[str]:
     return [m.name for m in pkgutil.walk_packages([str(ROOT / package)], prefix=f"{package}.")] + [package]
 
 
-ABOVE = {"storage": {"prefect", "torch", "pytorch_lightning", "lightning_fabric", "captum", "gpmodels", "tasks", "flows",
-                     "gpseg"},
+ABOVE = {"storage": {"prefect", "torch", "pytorch_lightning", "lightning_fabric", "captum", "gpmodels", "tasks",
+                     "flows", "gpseg"},
          "gpmodels": {"prefect", "tasks", "flows", "gpseg"},
          "tasks": {"flows", "gpseg"}}
 """Top-level modules each layer must not import: those of the layers above it (and, for ``storage``, torch's), and

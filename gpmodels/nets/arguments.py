@@ -18,8 +18,9 @@ def check_gp_arguments(in_channels: int, num_classes: int, width: int, depth: in
     """Check the arguments the three GP networks share.
 
     Raises:
-        ValueError: ``in_channels``, ``num_classes`` or ``width`` below 1, ``depth`` outside ``[min_depth, max_depth]`` (a U-Net's
-            11 levels halve a 2048 px slice, the largest a store takes, to 1 px), or ``dropout`` outside [0, 1).
+        ValueError: ``in_channels``, ``num_classes`` or ``width`` below 1, ``depth`` outside
+            ``[min_depth, max_depth]`` (a U-Net's 11 levels halve a 2048 px slice, the largest a store takes, to
+            1 px), or ``dropout`` outside [0, 1).
     """
     check_counts(in_channels, num_classes)
     if width < 1:

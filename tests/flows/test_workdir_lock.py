@@ -159,6 +159,53 @@ def test_a_process_waiting_on_a_lock_file_its_holder_deletes_locks_the_new_one(t
         thread.join(30)
 
 
+def test_a_failed_ingestion_deletes_only_a_lock_file_it_made(tmp_path):
+    """A store named ``flow`` in a work dir has the work dir's lock file as its own: a failed ingestion deleted
+    it, and the work dir was no longer recognised."""
+    from storage.ingest import ingest_brats
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / LOCK_FILE).write_text("")
+    with pytest.raises(ValueError, match="no usable brats cases"):
+        ingest_brats(tmp_path / "empty", tmp_path / "flow")
+    assert (tmp_path / LOCK_FILE).is_file()
+
+
+def test_a_lock_file_deleted_between_making_and_opening_it_is_made_again(tmp_path, monkeypatch):
+    """A holder deleting the lock file it made, between another process's attempt to make the file (it existed)
+    and its open (it no longer did), ended that process with "cannot open this lock file (No such file ...)"."""
+    lock, real, opened = tmp_path / ".s.zarr.lock", os.open, []
+    lock.write_text("")
+
+    def deleted_meanwhile(path, flags, *args):
+        if flags == os.O_RDWR and not opened:
+            opened.append(path)
+            os.unlink(path)  # as the holder does, just before this open
+        return real(path, flags, *args)
+
+    monkeypatch.setattr(locks.os, "open", deleted_meanwhile)
+    fd, writable, created = locks._open_lock_file(lock)
+    os.close(fd)
+    assert opened and writable and created and lock.is_file()
+    monkeypatch.undo()
+    (tmp_path / ".dangling.lock").symlink_to(tmp_path / "nowhere" / "x")
+    with pytest.raises(StoreError, match=r"\.dangling\.lock: cannot open this lock file \(.*dangling symbolic link"):
+        locks.open_lock_file(tmp_path / ".dangling.lock")
+
+
+def test_a_lock_is_released_when_deciding_whether_to_delete_it_fails(tmp_path):
+    lock = tmp_path / ".s.zarr.lock"
+
+    def unreadable():
+        raise PermissionError(13, "Permission denied")
+
+    with locks.exclusive_lock(lock, "first", str, print, wait=False, remove_unless=unreadable):
+        pass
+    assert lock.is_file()  # kept: whether its store exists is unknown
+    with locks.exclusive_lock(lock, "second", str, print, wait=False):  # released, not held by a leaked descriptor
+        pass
+
+
 def test_a_lock_file_another_user_made_is_locked_read_only(tmp_path, monkeypatch):
     """A lock file stays, owned by the user who ran first (mode 0644): another user's flow in the same
     group-writable work dir failed with a bare PermissionError instead of taking or waiting for the lock."""
