@@ -36,7 +36,7 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
     """
     logger = get_run_logger()
     if params.dask_address:  # before the ingestion, not after it
-        check_cluster(params.dask_address, int(params.train_overrides.get("devices", 1)))
+        check_cluster(params.dask_address, params.devices)
     with workdir_lock(params.workdir, "full-benchmark", logger.warning):  # one flow at a time in a work dir
         return _benchmark(params, logger)
 

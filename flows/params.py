@@ -281,6 +281,11 @@ class TrainingParams(_Params):
         options = {**self.train_overrides.get("model_options", {}), **self.model_options.get(model, {})}
         return {**self.train_overrides, **({"model_options": options} if options else {})}
 
+    @property
+    def devices(self) -> int:
+        """The GPUs (DDP processes) each training job uses: ``train_overrides["devices"]``, 1 by default."""
+        return int(self.train_overrides.get("devices", 1))
+
 
 class BenchmarkParams(TrainingParams):
     """Parameters of ``full-benchmark``."""

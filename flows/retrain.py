@@ -78,7 +78,7 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
         logger.info("%d new file(s) in %s", len(fresh), spec.source)
         check_folds(store, params.folds)  # before ingesting: every run of a fold the store lacks would fail, late
         if params.dask_address:  # as full-benchmark: the cluster before the ingestion, not after it
-            check_cluster(params.dask_address, int(params.train_overrides.get("devices", 1)))
+            check_cluster(params.dask_address, params.devices)
         before = stored_version(store)
         try:
             ingested = ingest_fresh(spec.kind, spec.source, store, ingest_config(spec, params.folds),
