@@ -13,7 +13,7 @@ from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, default_drop_folder
 from gpmodels.names import MODEL_NAMES, ModelName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 from storage.errors import one_line, validation_line
-from storage.ingest_config import DEFAULT_FOLDS, MAX_IMAGE_SIZE, MAX_SEED
+from storage.ingest_config import DEFAULT_FOLDS, MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE
 from storage.phantoms import brats as brats_phantoms
 from storage.phantoms import jun_cheng as jun_cheng_phantoms
 
@@ -46,11 +46,13 @@ class DatasetSpec(_Params):
                         "Cheng) to synthesise phantoms first.")
     name: str | None = Field(None, description="Label in paths and the report (default: the kind): a folder "
                              "name, so no '/' and not '.' or '..'.")
-    phantom_cases: int = Field(16, ge=2, description="BraTS cases (at most 999) or Jun Cheng slices (at most "
-                               "100,000) of a phantom source.")
-    phantom_size: int = Field(96, ge=32, description="Side of the phantom slices in pixels (brats: 32 to 512; "
-                              "jun-cheng: 64 to 2048).")
-    image_size: int | None = Field(None, ge=8, le=MAX_IMAGE_SIZE, description="Store slice size (default: native).")
+    phantom_cases: int = Field(16, ge=2, description=f"BraTS cases (at most {brats_phantoms.MAX_CASE}) or Jun "
+                               f"Cheng slices (at most {jun_cheng_phantoms.MAX_CASES:,}) of a phantom source.")
+    phantom_size: int = Field(96, ge=32, description="Side of the phantom slices in pixels (brats: {} to {}; "
+                              "jun-cheng: {} to {}).".format(*brats_phantoms.SIZE_RANGE,
+                                                             *jun_cheng_phantoms.SIZE_RANGE))
+    image_size: int | None = Field(None, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE,
+                                   description="Store slice size (default: native).")
     split: Literal["grouped", "slice", "cvind"] = Field(
         "grouped", description="Folds: grouped by patient (honest), by slice (the paper's leaky split) or from "
         "Jun Cheng's cvind.mat.")

@@ -279,8 +279,9 @@ rest is for the model, the other splits and the loader)."""
 def fits_in_memory(nbytes: int, limit_bytes: int, processes: int = 1) -> bool:
     """Whether a split of ``nbytes`` may be cached with ``cache="auto"``: less than ``limit_bytes``, and
     ``processes`` copies of it (the DDP processes of this machine, which each cache their own and decide at the same
-    moment) less than :data:`CACHE_MEMORY_SHARE` of the memory available now (:func:`storage.memory.available_memory`), so a
-    limit raised on one machine does not get a smaller machine's (or container's) process killed for memory."""
+    moment) less than :data:`CACHE_MEMORY_SHARE` of the memory available now
+    (:func:`storage.memory.available_memory`), so a limit raised on one machine does not get a smaller machine's (or
+    container's) process killed for memory."""
     return nbytes < limit_bytes and nbytes * max(1, processes) < CACHE_MEMORY_SHARE * available_memory()
 
 

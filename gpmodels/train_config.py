@@ -28,7 +28,7 @@ from typing import Any, Literal, get_args
 from gpmodels.augment import AugmentConfig
 from gpmodels.names import MODEL_NAMES, PRECISIONS, Precision
 from gpmodels.nets import check_options, model_options
-from storage.ingest_config import MAX_IMAGE_SIZE, MAX_SEED
+from storage.ingest_config import MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE
 
 CacheMode = Literal["auto", "always", "never"]
 CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
@@ -122,8 +122,9 @@ class TrainConfig:
         for name in ("image_size", "width", "limit_batches"):
             if getattr(self, name) is not None:
                 _check_positive(name, getattr(self, name))
-        if self.image_size is not None and not 8 <= self.image_size <= MAX_IMAGE_SIZE:
-            raise ValueError(f"image_size: got {self.image_size}, expected 8-{MAX_IMAGE_SIZE} pixels (as a store's) "
+        if self.image_size is not None and not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size: got {self.image_size}, expected {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE} pixels "
+                             "(as a store's) "
                              "or None")
         for name in ("fold", "seed", "num_workers"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:

@@ -11,6 +11,8 @@ MAX_SEED = 2**32 - 1
 """The largest seed: numpy's (its generators, and Lightning's seeding of them, take 0 to 2**32 - 1)."""
 MAX_IMAGE_SIZE = 2048
 """The largest slice side a store takes (``--image-size``, or the size a source's first case sets)."""
+MIN_IMAGE_SIZE = 8
+"""The smallest ``--image-size`` of a store or a training run."""
 
 SplitMode = Literal["grouped", "slice", "cvind"]
 SPLIT_MODES: tuple[str, ...] = ("grouped", "slice", "cvind")
@@ -95,8 +97,9 @@ class IngestConfig:
     dask_address: str | None = None
 
     def __post_init__(self) -> None:
-        if self.image_size is not None and not 8 <= self.image_size <= MAX_IMAGE_SIZE:
-            raise ValueError(f"image_size: got {self.image_size}, expected 8-{MAX_IMAGE_SIZE} pixels or None")
+        if self.image_size is not None and not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size: got {self.image_size}, expected {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE} pixels "
+                             "or None")
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(f"normalisation: got {self.normalisation!r}, expected one of {NORMALISATIONS}")
         if self.workers < 0:
