@@ -46,8 +46,9 @@ from gpmodels.postprocess import (
     PAPER_MULTIOTSU_OFFSETS,
     ThresholdConfig,
     best_offset,
+    Segmentation,
     offset_scores,
-    segment_heatmaps,
+    segmentation,
     select_maps,
 )
 from storage.classes import has_tumour_free_class
@@ -143,11 +144,19 @@ def predicted_masks(maps: np.ndarray, predicted: np.ndarray, labels: np.ndarray,
     Returns:
         bool ``(n, H, W)``.
     """
+    return predicted_segmentation(maps, predicted, labels, config, tumour_free).masks
+
+
+def predicted_segmentation(maps: np.ndarray, predicted: np.ndarray, labels: np.ndarray, config: ThresholdConfig,
+                           tumour_free: bool) -> Segmentation:
+    """:func:`predicted_masks` with the slices whose multi-Otsu threshold the offset clamped at 0
+    (:class:`gpmodels.postprocess.Segmentation`; never those of the tumour-free class, which get no mask)."""
     classes = predicted if config.target_class == "predicted" else labels
-    masks = segment_heatmaps(select_maps(maps, classes).astype(np.float32), config)  # one map per slice converted
+    result = segmentation(select_maps(maps, classes).astype(np.float32), config)  # one map per slice converted
     if tumour_free:
-        masks[classes == 0] = False
-    return masks
+        result.masks[classes == 0] = False
+        result.clamped[classes == 0] = False
+    return result
 
 
 def mask_reader(heat: zarr.Group, config: ThresholdConfig) -> Callable[[np.ndarray], np.ndarray]:
@@ -235,16 +244,41 @@ def offset_at_edge(offset: float, grid: tuple[float, ...] | list[float]) -> bool
     return len(set(grid)) > 1 and offset >= max(grid)
 
 
-def offset_warning(threshold: dict) -> str | None:
-    """What to warn a user about the offset of an evaluation's ``threshold`` entry, or ``None``: ``--offset auto``
-    fell back to the paper's offset (and why), or chose the largest offset it tries."""
+CLAMPED_SHARE = 0.5
+"""Share of the slices given a mask above which :func:`offset_warning` says the offset clamped their threshold."""
+
+
+def offset_warning(evaluation: dict) -> str | None:
+    """What to warn a user about the offset of an evaluation (:func:`evaluate_heatmaps`' result), or ``None``:
+    ``--offset auto`` fell back to the paper's offset (and why), or chose the largest offset it tries; the offset
+    clamped the threshold at 0 on more than :data:`CLAMPED_SHARE` of the slices given a mask."""
+    threshold = evaluation["threshold"]
     if offset_fell_back(threshold):
         return f"--offset {threshold['offset_source']}"
+    warnings = []
     if str(threshold.get("offset_source", "")).startswith("auto") and offset_at_edge(threshold["offset"],
                                                                                      threshold["auto_offsets"]):
-        return (f"--offset auto chose {threshold['offset']:g}, the largest offset it tries; a larger one may do "
-                "better (give it as --offset)")
-    return None
+        warnings.append(f"--offset auto chose {threshold['offset']:g}, the largest offset it tries; a larger one "
+                        "may do better (give it as --offset)")
+    if mostly_clamped(evaluation):
+        warnings.append(f"{clamp_text(evaluation)}; a smaller offset keeps less")
+    return "; ".join(warnings) or None
+
+
+def mostly_clamped(evaluation: dict) -> bool:
+    """Whether the offset of an evaluation clamped multi-Otsu's threshold at 0 on more than :data:`CLAMPED_SHARE`
+    of the slices given a mask (``False`` for evaluations written before this was counted)."""
+    segmentation = evaluation.get("segmentation") or {}
+    masked = segmentation.get("masked_slices") or 0
+    return bool(masked) and segmentation.get("clamped_slices", 0) > CLAMPED_SHARE * masked
+
+
+def clamp_text(evaluation: dict) -> str:
+    """How many slices' threshold the offset of an evaluation clamped at 0, in words."""
+    clamped, masked = (evaluation["segmentation"][key] for key in ("clamped_slices", "masked_slices"))
+    return (f"the offset {evaluation['threshold']['offset']:g} is at least multi-Otsu's upper threshold on "
+            f"{clamped} of the {masked} slices given a mask ({clamped / masked:.0%}): their threshold is clamped at "
+            "0, so each mask is every positive pixel of its map")
 
 
 def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, chunk: int = CHUNK,
@@ -283,10 +317,12 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
     scores = np.full(n, np.nan)
     target_px = np.zeros(n, np.int64)
     pred_px = np.zeros(n, np.int64)
+    clamped = np.zeros(n, bool)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         (maps,) = read_rows(np.arange(start, stop), heat["maps"])
-        masks = predicted_masks(maps, predicted[start:stop], labels[start:stop], config, tumour_free)
+        made = predicted_segmentation(maps, predicted[start:stop], labels[start:stop], config, tumour_free)
+        masks, clamped[start:stop] = made.masks, made.clamped
         truth = read_rows(index[start:stop], store["masks"])[0] > 0
         target_px[start:stop] = truth.reshape(stop - start, -1).sum(axis=1)
         pred_px[start:stop] = masks.reshape(stop - start, -1).sum(axis=1)
@@ -300,6 +336,8 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     free = labels == 0 if tumour_free else np.zeros(n, bool)
+    chosen = predicted if config.target_class == "predicted" else labels
+    masked = int(np.count_nonzero(chosen != 0)) if tumour_free else n  # a tumour-free class's slice gets no mask
     result = {
         "run": {key: attrs.get(key) for key in ("model", "fold", "split", "run_dir", "store_path", "data_version",
                                                  "classes", "kind", "image_size", "store_image_size", "cam_layer",
@@ -316,6 +354,8 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
             "fpr_tumour_free": (float(np.mean(pred_px[free] > 0))
                                 if free.any() and config.target_class == "predicted" else None),
             "convention": DICE_CONVENTION,
+            # slices given a mask (not of the tumour-free class), and those whose threshold the offset clamped at 0
+            "masked_slices": masked, "clamped_slices": int(clamped.sum()),
         },
         "posthoc": _posthoc_agreement(heat),
         "bootstrap": patient_bootstrap(patients, labels, predicted, np.where(has_target, scores, np.nan),

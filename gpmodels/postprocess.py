@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -45,9 +45,9 @@ from gpmodels.thresholds import DEFAULT_NBINS, multiotsu_thresholds, multiotsu_u
 
 __all__ = [
     "DEFAULT_OFFSET_GRID", "METHODS", "PAPER_MULTIOTSU_OFFSETS", "CleaningConfig", "ThresholdConfig",
-    "best_offset", "clean_masks", "clean_up", "heatmap_thresholds", "multiotsu_thresholds", "otsu_thresholds",
-    "offset_scores", "resolve_auto_offset", "segment_heatmaps", "select_maps", "suppress", "sweep_offsets",
-    "threshold_heatmaps",
+    "Segmentation", "best_offset", "clean_masks", "clean_up", "heatmap_thresholds", "masks_above",
+    "multiotsu_thresholds", "otsu_thresholds", "offset_scores", "resolve_auto_offset", "segment_heatmaps",
+    "segmentation", "select_maps", "suppress", "sweep_offsets", "threshold_heatmaps",
 ]
 
 _SWEEP_ELEMENTS = 1 << 20
@@ -173,6 +173,12 @@ def threshold_heatmaps(
     """
     maps = check_maps("maps", maps)
     thresholds = heatmap_thresholds(maps, method, offset, value, suppress_negative, classes, nbins, workers)
+    return masks_above(maps, thresholds, suppress_negative)
+
+
+def masks_above(maps: np.ndarray, thresholds: np.ndarray, suppress_negative: bool = True) -> np.ndarray:
+    """``(N, H, W)`` bool: the pixels of ``(N, H, W)`` ``maps`` (suppressed first if ``suppress_negative``)
+    strictly above their slice's threshold in ``(N,)`` ``thresholds``."""
     if suppress_negative and (thresholds < 0).any():
         maps = suppress(maps)
     return maps > thresholds[:, None, None]
@@ -330,12 +336,45 @@ def segment_heatmaps(maps: np.ndarray, config: ThresholdConfig) -> np.ndarray:
         ValueError: ``config.offset`` is still ``"auto"`` (resolve it first
             with :func:`resolve_auto_offset`).
     """
+    return segmentation(maps, config).masks
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """What :func:`segmentation` makes of ``N`` heatmaps.
+
+    Attributes:
+        masks: ``(N, H, W)`` bool masks, cleaned up as the configuration says.
+        clamped: ``(N,)`` bool: multi-Otsu's upper threshold was no larger than the (positive) offset, so the
+            threshold was clamped at 0 and the mask before clean-up is every positive pixel of a map that has
+            some. All ``False`` with ``otsu`` and ``fixed``.
+    """
+
+    masks: np.ndarray
+    clamped: np.ndarray
+
+
+def segmentation(maps: np.ndarray, config: ThresholdConfig) -> Segmentation:
+    """:func:`segment_heatmaps` with the slices whose threshold the offset clamped at 0.
+
+    Args:
+        maps: ``(N, H, W)`` heatmaps of the class named by ``config.target_class``.
+        config: the threshold configuration, with a numeric offset.
+
+    Raises:
+        ValueError: ``config.offset`` is still ``"auto"`` (resolve it first
+            with :func:`resolve_auto_offset`).
+    """
     if config.offset == "auto":
         raise ValueError("config.offset: got 'auto', expected a number; resolve it first with "
                          "resolve_auto_offset(config, validation_maps, validation_targets)")
-    masks = threshold_heatmaps(maps, config.method, config.offset, config.value, config.suppress_negative,
-                               config.classes, config.nbins)
-    return clean_up(masks, config.cleaning)
+    maps = check_maps("maps", maps)
+    thresholds = heatmap_thresholds(maps, config.method, config.offset, config.value, config.suppress_negative,
+                                    config.classes, config.nbins)
+    masks = masks_above(maps, thresholds, config.suppress_negative)
+    clamped = (thresholds <= 0) if config.method == "multiotsu" and config.offset > 0 else np.zeros(len(maps), bool)
+    clamped[clamped] = masks[clamped].any(axis=(1, 2))  # an all-zero suppressed map stays empty at any threshold
+    return Segmentation(clean_up(masks, config.cleaning), clamped)
 
 
 def clean_up(masks: np.ndarray, cleaning: CleaningConfig) -> np.ndarray:

@@ -22,7 +22,8 @@ import numpy as np
 
 from gpmodels import report_figures as figs
 from gpmodels.bootstrap import REPLICATES
-from gpmodels.evaluation import OFFSET_FALLBACK, evaluated_source, offset_fell_back, open_heatmaps
+from gpmodels.evaluation import (OFFSET_FALLBACK, clamp_text, evaluated_source, mostly_clamped, offset_fell_back,
+                                 open_heatmaps)
 from gpmodels.figure_cache import FigureCache
 from gpmodels.files import heatmap_path
 from gpmodels.report import COLUMNS, INTERVAL_KEYS, KIND_TITLES, ModelGroup, dataset_title, run_intervals, run_scalars
@@ -488,6 +489,8 @@ def _warnings(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
     boxes += [f"--offset auto found nothing to rank offsets by on the validation split for {_e(run.label)} fold "
               f"{run.fold} on {_e(dataset_title(run.dataset))}: {_e(_fallback_reason(run))}, though the row says "
               "auto offset." for run in runs if offset_fell_back(run.evaluation["threshold"])]
+    boxes += [f"{_e(run.label)} fold {run.fold} on {_e(dataset_title(run.dataset))}: "
+              f"{_e(clamp_text(run.evaluation))}." for run in runs if mostly_clamped(run.evaluation)]
     boxes += [f"{_e(run.label)} fold {run.fold} on {_e(dataset_title(run.dataset))}: its masks cover {share:.0%} of the slice (median "
               "over the slices given a mask), so they do not localise and their Dice is about that of marking the "
               "whole slice." for run in runs if (share := mask_coverage(run)) is not None and share > MOST_OF_SLICE]

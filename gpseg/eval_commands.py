@@ -123,7 +123,7 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
             write_evaluation(run, result)
             done.append(run)
             results.append(result)
-            warning = offset_warning(result["threshold"])
+            warning = offset_warning(result)
             if warning:
                 console.print(f"[yellow]warning[/yellow] {escape(str(run))}: {escape(warning)}", highlight=False,
                               soft_wrap=True)

@@ -25,7 +25,7 @@ def evaluate_run(run_dir: str, threshold: dict | None) -> dict:
                                offset_progress=logged_progress(f"choosing the offset of {run_dir}",
                                                                "validation slices"))
     write_evaluation(run_dir, result)
-    warning = offset_warning(result["threshold"])
+    warning = offset_warning(result)
     if warning:
         get_run_logger().warning("%s: %s", run_dir, warning)
     return {key: value for key, value in result.items() if key != "slices"}

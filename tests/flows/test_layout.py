@@ -160,12 +160,16 @@ def test_the_cli_and_the_flows_warn_about_the_same_auto_offsets():
     from gpmodels.evaluation import OFFSET_FALLBACK, offset_warning
 
     grid = [0.0, 1.0, 2.0]
-    assert offset_warning({"offset": 2.0, "offset_source": "auto: maximised", "auto_offsets": grid}) == (
+
+    def warning(offset: float, source: str) -> str | None:
+        return offset_warning({"threshold": {"offset": offset, "offset_source": source, "auto_offsets": grid},
+                               "segmentation": {}})
+
+    assert warning(2.0, "auto: maximised") == (
         "--offset auto chose 2, the largest offset it tries; a larger one may do better (give it as --offset)")
-    assert offset_warning({"offset": 1.0, "offset_source": "auto: maximised", "auto_offsets": grid}) is None
-    assert offset_warning({"offset": 2.0, "offset_source": "given", "auto_offsets": grid}) is None
-    assert offset_warning({"offset": 0.3, "offset_source": f"{OFFSET_FALLBACK}: no mask", "auto_offsets": grid}) == (
-        f"--offset {OFFSET_FALLBACK}: no mask")
+    assert warning(1.0, "auto: maximised") is None
+    assert warning(2.0, "given") is None
+    assert warning(0.3, f"{OFFSET_FALLBACK}: no mask") == f"--offset {OFFSET_FALLBACK}: no mask"
 
 
 def test_summary_rows_carry_the_unrounded_interval_ends_for_the_console():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import zarr
 
-from gpmodels.evaluation import evaluate_heatmaps, open_heatmaps
+from gpmodels.evaluation import evaluate_heatmaps, mostly_clamped, offset_warning, open_heatmaps
 from gpmodels.postprocess import ThresholdConfig
 from storage.cases import SliceBatch
 from storage.folders import hidden_sibling
@@ -120,6 +120,40 @@ def test_segmentation_summary_is_over_tumour_slices_only(evaluation):
     assert hgg["median"] == pytest.approx((0.0 + 0.8) / 2)
     # Tumour-free slices C, D, G: only C has a non-empty mask.
     assert segmentation["fpr_tumour_free"] == pytest.approx(1 / 3)
+
+
+def test_the_slices_given_a_mask_and_those_the_offset_clamped_are_counted(evaluation, tmp_path):
+    """Slices predicted tumour-free (D, E) get no mask; a two-valued map has no multi-Otsu threshold (its mask is
+    empty whatever the offset), so none of the hand-made maps is clamped, until a third value is added."""
+    assert (evaluation["segmentation"]["masked_slices"], evaluation["segmentation"]["clamped_slices"]) == (5, 0)
+    store = _write_slice_store(tmp_path / "s.zarr")
+    heat = _write_heatmap_store(tmp_path / "test.zarr", store)
+    far = ThresholdConfig(offset=50.0)
+    assert evaluate_heatmaps(heat, far)["segmentation"]["clamped_slices"] == 0
+    maps = zarr.open_array(str(heat / "maps"), mode="r+")
+    f_map = maps[5]
+    f_map[2, 0, 0] = 0.25  # F's HGG map now holds 0, 0.25 and 1: multi-Otsu is defined
+    maps[5] = f_map
+    result = evaluate_heatmaps(heat, far)
+    assert (result["segmentation"]["masked_slices"], result["segmentation"]["clamped_slices"]) == (5, 1)
+    assert result["slices"]["pred_pixels"][5] == 5  # every positive pixel
+    assert evaluate_heatmaps(heat, ThresholdConfig(offset=0.0))["segmentation"]["clamped_slices"] == 0
+
+
+def test_an_offset_that_clamps_most_thresholds_is_warned_about():
+    """More than half the masked slices clamped: the CLI and the flows warn, with the counts."""
+    def made(clamped: int, **threshold) -> dict:
+        return {"threshold": {"offset": 2.0, "offset_source": "given", "auto_offsets": [0.0, 1.0], **threshold},
+                "segmentation": {"masked_slices": 10, "clamped_slices": clamped}}
+
+    assert offset_warning(made(5)) is None
+    assert offset_warning(made(6)) == (
+        "the offset 2 is at least multi-Otsu's upper threshold on 6 of the 10 slices given a mask (60%): their "
+        "threshold is clamped at 0, so each mask is every positive pixel of its map; a smaller offset keeps less")
+    both = offset_warning(made(10, offset_source="auto: maximised", auto_offsets=[0.0, 2.0]))
+    assert both.startswith("--offset auto chose 2, the largest") and "on 10 of the 10 slices" in both
+    assert not mostly_clamped({"segmentation": {"masked_slices": 0, "clamped_slices": 0}})
+    assert not mostly_clamped({"segmentation": {"dice": {}}})  # an evaluation written before the slices were counted
 
 
 def test_classification_numbers_of_the_hand_made_store(evaluation):

@@ -19,6 +19,7 @@ from gpmodels.postprocess import (
     offset_scores,
     resolve_auto_offset,
     segment_heatmaps,
+    segmentation,
     select_maps,
     suppress,
     sweep_offsets,
@@ -174,6 +175,25 @@ def test_segment_heatmaps_thresholds_then_cleans():
     assert all(ndi.label(m, np.ones((3, 3)))[1] == 1 for m in masks)
     with pytest.raises(ValueError, match="auto"):
         segment_heatmaps(maps, ThresholdConfig(offset="auto"))
+
+
+def test_segmentation_says_which_slices_the_offset_clamped_at_zero():
+    """A multi-Otsu offset at least the upper threshold makes the mask every positive pixel: the evaluation counts
+    those slices so that `gpseg postprocess --offset 100` warns instead of scoring masks nobody asked for."""
+    maps, _ = blobs()
+    uppers = np.array([threshold_multiotsu(np.maximum(m, 0), classes=3)[-1] for m in maps])
+    offset = float(np.median(uppers))
+    made = segmentation(maps, ThresholdConfig(offset=offset))
+    np.testing.assert_array_equal(made.clamped, uppers <= np.float32(offset))
+    assert made.clamped.any() and not made.clamped.all()
+    np.testing.assert_array_equal(made.masks[made.clamped], maps[made.clamped] > 0)
+    np.testing.assert_array_equal(made.masks, segment_heatmaps(maps, ThresholdConfig(offset=offset)))
+    for config in (ThresholdConfig(offset=0.0), ThresholdConfig(method="otsu"),
+                   ThresholdConfig(method="fixed", value=0.0), ThresholdConfig(offset=-1.0)):
+        assert not segmentation(maps, config).clamped.any(), config
+    # a map with nothing positive has an empty mask at any threshold: not counted as clamped
+    flat = np.stack([np.full((5, 5), -1.0, np.float32), np.linspace(0, 1, 25, dtype=np.float32).reshape(5, 5)])
+    np.testing.assert_array_equal(segmentation(flat, ThresholdConfig(offset=100.0)).clamped, [False, True])
 
 
 def test_resolve_auto_offset_picks_from_the_grid():

@@ -961,6 +961,18 @@ def test_masks_that_cover_most_of_the_slice_are_flagged_in_the_report(report_run
     assert "of the slice (median" not in with_masks_of(size, "small")
 
 
+def test_an_offset_that_clamped_most_thresholds_is_flagged_in_the_report(report_runs, tmp_path):
+    run = _copy_run(report_runs["gp"], tmp_path / "clamped")
+    evaluation = _evaluation(run)
+    evaluation["segmentation"].update(masked_slices=8, clamped_slices=7)
+    (run / "evaluation.json").write_text(json.dumps(evaluation))
+    page = build_report([run], tmp_path / "clamped-report").read_text()
+    assert "upper threshold on 7 of the 8 slices given a mask (88%): their threshold is clamped at 0" in page
+    evaluation["segmentation"].update(clamped_slices=4)
+    (run / "evaluation.json").write_text(json.dumps(evaluation))
+    assert "clamped at 0" not in build_report([run], tmp_path / "half-report").read_text()
+
+
 def test_true_class_masks_are_exported_with_a_warning_and_have_no_tumour_free_rate(report_runs, tmp_path):
     from typer.testing import CliRunner
 
