@@ -149,13 +149,14 @@ def predicted_masks(maps: np.ndarray, predicted: np.ndarray, labels: np.ndarray,
 
 def predicted_segmentation(maps: np.ndarray, predicted: np.ndarray, labels: np.ndarray, config: ThresholdConfig,
                            tumour_free: bool) -> Segmentation:
-    """:func:`predicted_masks` with the slices whose multi-Otsu threshold the offset clamped at 0
-    (:class:`gpmodels.postprocess.Segmentation`; never those of the tumour-free class, which get no mask)."""
+    """:func:`predicted_masks` with the slices whose multi-Otsu threshold the offset clamped at 0 and those whose
+    mask the clean-up emptied (:class:`gpmodels.postprocess.Segmentation`; never those of the tumour-free class,
+    which get no mask)."""
     classes = predicted if config.target_class == "predicted" else labels
     result = segmentation(select_maps(maps, classes).astype(np.float32), config)  # one map per slice converted
     if tumour_free:
-        result.masks[classes == 0] = False
-        result.clamped[classes == 0] = False
+        for flags in (result.masks, result.clamped, result.emptied):
+            flags[classes == 0] = False
     return result
 
 
@@ -244,14 +245,16 @@ def offset_at_edge(offset: float, grid: tuple[float, ...] | list[float]) -> bool
     return len(set(grid)) > 1 and offset >= max(grid)
 
 
-CLAMPED_SHARE = 0.5
-"""Share of the slices given a mask above which :func:`offset_warning` says the offset clamped their threshold."""
+MOST = 0.5
+"""Share of the slices given a mask above which :func:`threshold_warning` says the offset clamped their threshold
+or the clean-up emptied their masks."""
 
 
-def offset_warning(evaluation: dict) -> str | None:
-    """What to warn a user about the offset of an evaluation (:func:`evaluate_heatmaps`' result), or ``None``:
+def threshold_warning(evaluation: dict) -> str | None:
+    """What to warn a user about the thresholds of an evaluation (:func:`evaluate_heatmaps`' result), or ``None``:
     ``--offset auto`` fell back to the paper's offset (and why), or chose the largest offset it tries; the offset
-    clamped the threshold at 0 on more than :data:`CLAMPED_SHARE` of the slices given a mask."""
+    clamped the threshold at 0, or the clean-up emptied the mask, on more than :data:`MOST` of the slices given
+    a mask."""
     threshold = evaluation["threshold"]
     if offset_fell_back(threshold):
         return f"--offset {threshold['offset_source']}"
@@ -260,25 +263,37 @@ def offset_warning(evaluation: dict) -> str | None:
                                                                                      threshold["auto_offsets"]):
         warnings.append(f"--offset auto chose {threshold['offset']:g}, the largest offset it tries; a larger one "
                         "may do better (give it as --offset)")
-    if mostly_clamped(evaluation):
+    if mostly(evaluation, "clamped_slices"):
         warnings.append(f"{clamp_text(evaluation)}; a smaller offset keeps less")
+    if mostly(evaluation, "emptied_slices"):
+        warnings.append(f"{emptied_text(evaluation)}; a smaller --min-size keeps them")
     return "; ".join(warnings) or None
 
 
-def mostly_clamped(evaluation: dict) -> bool:
-    """Whether the offset of an evaluation clamped multi-Otsu's threshold at 0 on more than :data:`CLAMPED_SHARE`
-    of the slices given a mask (``False`` for evaluations written before this was counted)."""
+def mostly(evaluation: dict, count: str) -> bool:
+    """Whether the ``count`` of an evaluation's ``segmentation`` (``clamped_slices`` or ``emptied_slices``) is more
+    than :data:`MOST` of the slices given a mask (``False`` for evaluations written before they were counted)."""
     segmentation = evaluation.get("segmentation") or {}
     masked = segmentation.get("masked_slices") or 0
-    return bool(masked) and segmentation.get("clamped_slices", 0) > CLAMPED_SHARE * masked
+    return bool(masked) and segmentation.get(count, 0) > MOST * masked
+
+
+def _share(evaluation: dict, count: str) -> str:
+    part, masked = (evaluation["segmentation"][key] for key in (count, "masked_slices"))
+    return f"{part} of the {masked} slices given a mask ({part / masked:.0%})"
 
 
 def clamp_text(evaluation: dict) -> str:
     """How many slices' threshold the offset of an evaluation clamped at 0, in words."""
-    clamped, masked = (evaluation["segmentation"][key] for key in ("clamped_slices", "masked_slices"))
     return (f"the offset {evaluation['threshold']['offset']:g} is at least multi-Otsu's upper threshold on "
-            f"{clamped} of the {masked} slices given a mask ({clamped / masked:.0%}): their threshold is clamped at "
-            "0, so each mask is every positive pixel of its map")
+            f"{_share(evaluation, 'clamped_slices')}: their threshold is clamped at 0, so each mask is every "
+            "positive pixel of its map")
+
+
+def emptied_text(evaluation: dict) -> str:
+    """How many masks the clean-up of an evaluation emptied, in words."""
+    return (f"removing objects under {evaluation['threshold']['cleaning']['min_size']} pixels emptied the mask of "
+            f"{_share(evaluation, 'emptied_slices')}")
 
 
 def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, chunk: int = CHUNK,
@@ -318,11 +333,12 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
     target_px = np.zeros(n, np.int64)
     pred_px = np.zeros(n, np.int64)
     clamped = np.zeros(n, bool)
+    emptied = np.zeros(n, bool)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         (maps,) = read_rows(np.arange(start, stop), heat["maps"])
         made = predicted_segmentation(maps, predicted[start:stop], labels[start:stop], config, tumour_free)
-        masks, clamped[start:stop] = made.masks, made.clamped
+        masks, clamped[start:stop], emptied[start:stop] = made.masks, made.clamped, made.emptied
         truth = read_rows(index[start:stop], store["masks"])[0] > 0
         target_px[start:stop] = truth.reshape(stop - start, -1).sum(axis=1)
         pred_px[start:stop] = masks.reshape(stop - start, -1).sum(axis=1)
@@ -354,8 +370,9 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
             "fpr_tumour_free": (float(np.mean(pred_px[free] > 0))
                                 if free.any() and config.target_class == "predicted" else None),
             "convention": DICE_CONVENTION,
-            # slices given a mask (not of the tumour-free class), and those whose threshold the offset clamped at 0
-            "masked_slices": masked, "clamped_slices": int(clamped.sum()),
+            # slices given a mask (not of the tumour-free class), those whose threshold the offset clamped at 0,
+            # and those whose mask the clean-up emptied
+            "masked_slices": masked, "clamped_slices": int(clamped.sum()), "emptied_slices": int(emptied.sum()),
         },
         "posthoc": _posthoc_agreement(heat),
         "bootstrap": patient_bootstrap(patients, labels, predicted, np.where(has_target, scores, np.nan),

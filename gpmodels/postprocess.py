@@ -348,14 +348,18 @@ class Segmentation:
         clamped: ``(N,)`` bool: multi-Otsu's upper threshold was no larger than the (positive) offset, so the
             threshold was clamped at 0 and the mask before clean-up is every positive pixel of a map that has
             some. All ``False`` with ``otsu`` and ``fixed``.
+        emptied: ``(N,)`` bool: the mask had pixels before clean-up and none after (only the removal of small
+            objects can do that).
     """
 
     masks: np.ndarray
     clamped: np.ndarray
+    emptied: np.ndarray
 
 
 def segmentation(maps: np.ndarray, config: ThresholdConfig) -> Segmentation:
-    """:func:`segment_heatmaps` with the slices whose threshold the offset clamped at 0.
+    """:func:`segment_heatmaps` with the slices whose threshold the offset clamped at 0 and those whose mask the
+    clean-up emptied.
 
     Args:
         maps: ``(N, H, W)`` heatmaps of the class named by ``config.target_class``.
@@ -374,7 +378,11 @@ def segmentation(maps: np.ndarray, config: ThresholdConfig) -> Segmentation:
     masks = masks_above(maps, thresholds, config.suppress_negative)
     clamped = (thresholds <= 0) if config.method == "multiotsu" and config.offset > 0 else np.zeros(len(maps), bool)
     clamped[clamped] = masks[clamped].any(axis=(1, 2))  # an all-zero suppressed map stays empty at any threshold
-    return Segmentation(clean_up(masks, config.cleaning), clamped)
+    if not config.cleaning.min_size:
+        return Segmentation(clean_up(masks, config.cleaning), clamped, np.zeros(len(maps), bool))
+    had = masks.any(axis=(1, 2))
+    cleaned = clean_up(masks, config.cleaning)
+    return Segmentation(cleaned, clamped, had & ~cleaned.any(axis=(1, 2)))
 
 
 def clean_up(masks: np.ndarray, cleaning: CleaningConfig) -> np.ndarray:

@@ -91,7 +91,7 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
     """
     from itertools import accumulate
 
-    from gpmodels.evaluation import evaluate_heatmaps, offset_warning, open_heatmaps, write_evaluation
+    from gpmodels.evaluation import evaluate_heatmaps, threshold_warning, open_heatmaps, write_evaluation
     from gpmodels.files import heatmap_path
     from gpmodels.postprocess import ThresholdConfig
 
@@ -123,7 +123,7 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
             write_evaluation(run, result)
             done.append(run)
             results.append(result)
-            warning = offset_warning(result)
+            warning = threshold_warning(result)
             if warning:
                 console.print(f"[yellow]warning[/yellow] {escape(str(run))}: {escape(warning)}", highlight=False,
                               soft_wrap=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
-from gpmodels.evaluation import evaluate_heatmaps, offset_warning, write_evaluation
+from gpmodels.evaluation import evaluate_heatmaps, threshold_warning, write_evaluation
 from gpmodels.files import heatmap_path
 from gpmodels.postprocess import ThresholdConfig
 from gpmodels.report import build_report
@@ -25,7 +25,7 @@ def evaluate_run(run_dir: str, threshold: dict | None) -> dict:
                                offset_progress=logged_progress(f"choosing the offset of {run_dir}",
                                                                "validation slices"))
     write_evaluation(run_dir, result)
-    warning = offset_warning(result)
+    warning = threshold_warning(result)
     if warning:
         get_run_logger().warning("%s: %s", run_dir, warning)
     return {key: value for key, value in result.items() if key != "slices"}

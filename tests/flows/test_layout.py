@@ -157,12 +157,12 @@ def test_an_auto_offset_at_the_top_of_its_grid_is_flagged():
 
 def test_the_cli_and_the_flows_warn_about_the_same_auto_offsets():
     """The CLI warned about an auto offset at the top of its grid; the flows' evaluation task did not."""
-    from gpmodels.evaluation import OFFSET_FALLBACK, offset_warning
+    from gpmodels.evaluation import OFFSET_FALLBACK, threshold_warning
 
     grid = [0.0, 1.0, 2.0]
 
     def warning(offset: float, source: str) -> str | None:
-        return offset_warning({"threshold": {"offset": offset, "offset_source": source, "auto_offsets": grid},
+        return threshold_warning({"threshold": {"offset": offset, "offset_source": source, "auto_offsets": grid},
                                "segmentation": {}})
 
     assert warning(2.0, "auto: maximised") == (

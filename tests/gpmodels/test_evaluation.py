@@ -6,14 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
-from gpmodels.evaluation import evaluate_heatmaps, mostly_clamped, offset_warning, open_heatmaps
-from gpmodels.postprocess import ThresholdConfig
+from gpmodels.evaluation import evaluate_heatmaps, mostly, open_heatmaps, threshold_warning
+from gpmodels.postprocess import CleaningConfig, ThresholdConfig
 from storage.cases import SliceBatch
 from storage.folders import hidden_sibling
 from storage.store import StoreWriter, open_store
@@ -138,22 +139,31 @@ def test_the_slices_given_a_mask_and_those_the_offset_clamped_are_counted(evalua
     assert (result["segmentation"]["masked_slices"], result["segmentation"]["clamped_slices"]) == (5, 1)
     assert result["slices"]["pred_pixels"][5] == 5  # every positive pixel
     assert evaluate_heatmaps(heat, ThresholdConfig(offset=0.0))["segmentation"]["clamped_slices"] == 0
+    # above 0.5, A, B, C and F have masks of one object of 4, 4, 3 and 4 pixels; G's is empty
+    for min_size, emptied in ((3, 0), (4, 1), (5, 4)):
+        cleaned = evaluate_heatmaps(heat, replace(FIXED, cleaning=CleaningConfig(min_size=min_size)))
+        assert cleaned["segmentation"]["emptied_slices"] == emptied, min_size
+    assert evaluation["segmentation"]["emptied_slices"] == 0
 
 
-def test_an_offset_that_clamps_most_thresholds_is_warned_about():
-    """More than half the masked slices clamped: the CLI and the flows warn, with the counts."""
-    def made(clamped: int, **threshold) -> dict:
-        return {"threshold": {"offset": 2.0, "offset_source": "given", "auto_offsets": [0.0, 1.0], **threshold},
-                "segmentation": {"masked_slices": 10, "clamped_slices": clamped}}
+def test_an_offset_that_clamps_or_a_clean_up_that_empties_most_masks_is_warned_about():
+    """More than half the masked slices clamped or emptied: the CLI and the flows warn, with the counts."""
+    def made(clamped: int, emptied: int = 0, **threshold) -> dict:
+        return {"threshold": {"offset": 2.0, "offset_source": "given", "auto_offsets": [0.0, 1.0],
+                              "cleaning": {"min_size": 900}, **threshold},
+                "segmentation": {"masked_slices": 10, "clamped_slices": clamped, "emptied_slices": emptied}}
 
-    assert offset_warning(made(5)) is None
-    assert offset_warning(made(6)) == (
+    assert threshold_warning(made(5, 5)) is None
+    assert threshold_warning(made(6)) == (
         "the offset 2 is at least multi-Otsu's upper threshold on 6 of the 10 slices given a mask (60%): their "
         "threshold is clamped at 0, so each mask is every positive pixel of its map; a smaller offset keeps less")
-    both = offset_warning(made(10, offset_source="auto: maximised", auto_offsets=[0.0, 2.0]))
+    assert threshold_warning(made(0, 7)) == ("removing objects under 900 pixels emptied the mask of 7 of the 10 "
+                                             "slices given a mask (70%); a smaller --min-size keeps them")
+    both = threshold_warning(made(10, offset_source="auto: maximised", auto_offsets=[0.0, 2.0]))
     assert both.startswith("--offset auto chose 2, the largest") and "on 10 of the 10 slices" in both
-    assert not mostly_clamped({"segmentation": {"masked_slices": 0, "clamped_slices": 0}})
-    assert not mostly_clamped({"segmentation": {"dice": {}}})  # an evaluation written before the slices were counted
+    assert not mostly({"segmentation": {"masked_slices": 0, "clamped_slices": 0}}, "clamped_slices")
+    # an evaluation written before the slices were counted
+    assert not mostly({"segmentation": {"dice": {}}}, "clamped_slices")
 
 
 def test_classification_numbers_of_the_hand_made_store(evaluation):

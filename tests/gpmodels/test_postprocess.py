@@ -196,6 +196,19 @@ def test_segmentation_says_which_slices_the_offset_clamped_at_zero():
     np.testing.assert_array_equal(segmentation(flat, ThresholdConfig(offset=100.0)).clamped, [False, True])
 
 
+def test_segmentation_says_which_masks_the_clean_up_emptied():
+    maps, _ = blobs()
+    raw = threshold_heatmaps(maps, "multiotsu", offset=0.3)
+    sizes = raw.sum(axis=(1, 2))
+    assert (sizes > 0).all()
+    # removing objects under the median mask size empties at least the masks smaller than it
+    made = segmentation(maps, ThresholdConfig(offset=0.3, cleaning=CleaningConfig(min_size=int(np.median(sizes)))))
+    np.testing.assert_array_equal(made.emptied, ~made.masks.any(axis=(1, 2)))
+    assert made.emptied.any() and not made.emptied.all()
+    for cleaning in (CleaningConfig(), CleaningConfig(largest_component=True, closing_radius=1, fill_holes_area=4)):
+        assert not segmentation(maps, ThresholdConfig(offset=0.3, cleaning=cleaning)).emptied.any()
+
+
 def test_resolve_auto_offset_picks_from_the_grid():
     maps, targets = blobs(8, seed=2)
     config = ThresholdConfig(offset="auto", auto_offsets=(0.0, 0.5, 1.0))

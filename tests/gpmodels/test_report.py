@@ -961,16 +961,21 @@ def test_masks_that_cover_most_of_the_slice_are_flagged_in_the_report(report_run
     assert "of the slice (median" not in with_masks_of(size, "small")
 
 
-def test_an_offset_that_clamped_most_thresholds_is_flagged_in_the_report(report_runs, tmp_path):
+def test_an_offset_that_clamped_or_a_clean_up_that_emptied_most_masks_is_flagged_in_the_report(report_runs,
+                                                                                                 tmp_path):
     run = _copy_run(report_runs["gp"], tmp_path / "clamped")
     evaluation = _evaluation(run)
-    evaluation["segmentation"].update(masked_slices=8, clamped_slices=7)
-    (run / "evaluation.json").write_text(json.dumps(evaluation))
-    page = build_report([run], tmp_path / "clamped-report").read_text()
-    assert "upper threshold on 7 of the 8 slices given a mask (88%): their threshold is clamped at 0" in page
-    evaluation["segmentation"].update(clamped_slices=4)
-    (run / "evaluation.json").write_text(json.dumps(evaluation))
-    assert "clamped at 0" not in build_report([run], tmp_path / "half-report").read_text()
+
+    def page(clamped: int, emptied: int) -> str:
+        evaluation["segmentation"].update(masked_slices=8, clamped_slices=clamped, emptied_slices=emptied)
+        evaluation["threshold"]["cleaning"]["min_size"] = 40
+        (run / "evaluation.json").write_text(json.dumps(evaluation))
+        return build_report([run], tmp_path / f"report-{clamped}-{emptied}").read_text()
+
+    assert "upper threshold on 7 of the 8 slices given a mask (88%): their threshold is clamped at 0" in page(7, 0)
+    assert "under 40 pixels emptied the mask of 5 of the 8 slices given a mask (62%)" in page(0, 5)
+    half = page(4, 4)
+    assert "clamped at 0" not in half and "emptied the mask" not in half
 
 
 def test_true_class_masks_are_exported_with_a_warning_and_have_no_tumour_free_rate(report_runs, tmp_path):
