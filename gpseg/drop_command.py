@@ -41,7 +41,8 @@ def drop_cmd(
     the command fails with one line saying that no event was sent. Every path is checked first, and nothing
     is copied when one is missing or is not data of --kind that ingestion reads: for brats, case folders
     (or HGG/, LGG/ folders of them) and name_mapping.csv; for jun-cheng, N.mat files, folders of them and
-    cvind.mat. A drop folder that holds the other kind's files is refused too. An item already in the drop
+    cvind.mat; nor when a name_mapping.csv cannot be merged into the drop folder's (another header, or a case
+    graded otherwise). A drop folder that holds the other kind's files is refused too. An item already in the drop
     folder is skipped when identical; a file whose content differs replaces it, a case folder gets the files
     it lacks or that differ, and a name_mapping.csv dropped where one is adds its new rows to it.
     """
@@ -55,7 +56,7 @@ def drop_cmd(
     named: dict[str, Path] = {}
     for item in path:  # every path is checked before anything is copied
         problem = (_not_droppable(item, kind) or _clash(item, into / _name(item))
-                   or _unreadable_name_mapping(item))
+                   or _unreadable_name_mapping(item, into / _name(item)))
         if problem:
             raise fail(f"{item}: {problem}; nothing was copied")
         other = named.setdefault(_name(item), item)
@@ -126,15 +127,18 @@ def _name(item: Path) -> str:
     return Path(os.path.abspath(item)).name
 
 
-def _unreadable_name_mapping(item: Path) -> str | None:
+def _unreadable_name_mapping(item: Path, target: Path) -> str | None:
     """Why a dropped ``name_mapping.csv`` cannot be read (not UTF-8, no grade column), or None: ingestion would
-    reject every case of the drop folder for it, after the event."""
-    from storage.brats import NAME_MAPPING, read_name_mapping
+    reject every case of the drop folder for it, after the event; or why it cannot be merged into the drop
+    folder's ``target`` (another header, a case graded otherwise), which would fail the drop half-way."""
+    from storage.brats import NAME_MAPPING, name_mapping_additions, read_name_mapping
 
     if item.name != NAME_MAPPING or not item.is_file():
         return None
     try:
         read_name_mapping(item)
+        if target.is_file():
+            name_mapping_additions(item, target)
     except ValueError as exc:
         return one_line(exc).removeprefix(f"{item}: ")
     except OSError as exc:

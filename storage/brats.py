@@ -120,8 +120,21 @@ def merge_name_mapping(new: Path, existing: Path) -> int:
         The number of rows added.
 
     Raises:
+        ValueError: as :func:`name_mapping_additions` (nothing is written then).
+    """
+    header, old_rows, added = name_mapping_additions(new, existing)
+    if added:
+        write_name_mapping(existing, header, old_rows + added)
+    return len(added)
+
+
+def name_mapping_additions(new: Path, existing: Path) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """What :func:`merge_name_mapping` would do, without writing: ``existing``'s header and rows, and the rows of
+    ``new`` it would append.
+
+    Raises:
         ValueError: the headers differ, a header lacks the columns :func:`read_name_mapping` needs, or a case
-            is in both files with another grade (nothing is written then).
+            is in both files with another grade.
     """
     (header, old_rows), (new_header, new_rows) = _name_mapping_table(existing), _name_mapping_table(new)
     if header != new_header:
@@ -133,10 +146,7 @@ def merge_name_mapping(new: Path, existing: Path) -> int:
         raise ValueError(f"{new}: {clashes[0]} has grade {new_grades[clashes[0]]} there and "
                          f"{old_grades[clashes[0]]} in {existing}" + (f" ({len(clashes)} cases differ)"
                                                                      if len(clashes) > 1 else ""))
-    added = [row for row in new_rows if _grades([row], *columns).keys() - old_grades.keys()]
-    if added:
-        write_name_mapping(existing, header, old_rows + added)
-    return len(added)
+    return header, old_rows, [row for row in new_rows if _grades([row], *columns).keys() - old_grades.keys()]
 
 
 def _nifti_stem(path: Path) -> str | None:

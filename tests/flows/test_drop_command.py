@@ -315,6 +315,23 @@ def test_a_second_drop_of_name_mapping_adds_its_rows(dropped, tmp_path, no_api):
                                                              "BraTS20_Training_009": "LGG"}
 
 
+def test_a_name_mapping_that_regrades_a_case_is_refused_before_anything_is_copied(dropped, tmp_path, no_api):
+    """The grade clash was found while copying, so the case folders named before it were already in the drop
+    folder when the drop failed."""
+    from storage.brats import NAME_MAPPING_HEADER
+
+    case, into = dropped
+    before = (into / "name_mapping.csv").read_bytes()
+    regraded = _write(case.parent / "name_mapping.csv",
+                      (",".join(NAME_MAPPING_HEADER) + "\nHGG,NA,NA,NA,NA,BraTS20_Training_009\n").encode())
+    result = _drop(tmp_path, str(case), str(regraded), "--into", str(into))
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, said
+    assert (f"{regraded}: BraTS20_Training_009 has grade HGG there and LGG in {into / 'name_mapping.csv'}; "
+            "nothing was copied") in said
+    assert _names(into) == ["name_mapping.csv"] and (into / "name_mapping.csv").read_bytes() == before
+
+
 def test_a_dropped_case_that_ingestion_will_reject_is_named_as_it_is_copied(dropped, tmp_path, no_api):
     """A BraTS case without a grade row (or without a channel) was copied silently; only the retraining then
     said "nothing ingested", after the event."""
