@@ -14,16 +14,12 @@ from gpmodels.names import MODEL_NAMES, ModelName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 from storage.errors import one_line, validation_line
 from storage.ingest_config import DEFAULT_FOLDS, MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE
-from storage.phantoms import brats as brats_phantoms
-from storage.phantoms import jun_cheng as jun_cheng_phantoms
+from storage.phantom_limits import (BRATS_MAX_CASE, BRATS_SIZE_RANGE, JUN_CHENG_MAX_CASES, JUN_CHENG_SIZE_RANGE,
+                                    PHANTOM_LIMITS)
 
 DatasetKind = Literal["brats", "jun-cheng", "manifest"]
 PHANTOM_KINDS = ("brats", "jun-cheng")
 """Dataset kinds that a ``phantom`` source can synthesise (see :func:`tasks.data.synth_phantoms`)."""
-PHANTOM_LIMITS = {"brats": {"size": brats_phantoms.SIZE_RANGE, "cases": brats_phantoms.MAX_CASE},
-                  "jun-cheng": {"size": jun_cheng_phantoms.SIZE_RANGE, "cases": jun_cheng_phantoms.MAX_CASES}}
-"""What the phantom writers take (:mod:`storage.phantoms`): side in pixels and the most cases."""
-
 
 class _Params(BaseModel):
     """Flow parameters refuse unknown names: a misspelt ``--param`` (``"ofset"``, ``"fold"``) would otherwise
@@ -46,11 +42,11 @@ class DatasetSpec(_Params):
                         "Cheng) to synthesise phantoms first.")
     name: str | None = Field(None, description="Label in paths and the report (default: the kind): a folder "
                              "name, so no '/' and not '.' or '..'.")
-    phantom_cases: int = Field(16, ge=2, description=f"BraTS cases (at most {brats_phantoms.MAX_CASE}) or Jun "
-                               f"Cheng slices (at most {jun_cheng_phantoms.MAX_CASES:,}) of a phantom source.")
+    phantom_cases: int = Field(16, ge=2, description=f"BraTS cases (at most {BRATS_MAX_CASE}) or Jun "
+                               f"Cheng slices (at most {JUN_CHENG_MAX_CASES:,}) of a phantom source.")
     phantom_size: int = Field(96, ge=32, description="Side of the phantom slices in pixels (brats: {} to {}; "
-                              "jun-cheng: {} to {}).".format(*brats_phantoms.SIZE_RANGE,
-                                                             *jun_cheng_phantoms.SIZE_RANGE))
+                              "jun-cheng: {} to {}).".format(*BRATS_SIZE_RANGE,
+                                                             *JUN_CHENG_SIZE_RANGE))
     image_size: int | None = Field(None, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE,
                                    description="Store slice size (default: native).")
     split: Literal["grouped", "slice", "cvind"] = Field(

@@ -13,6 +13,7 @@ from gpseg.console import console, fail, progress_bar, results
 from storage.errors import NoUsableInput, StoreError
 from storage.folders import InterruptedAfterReplacing
 from storage.ingest_config import DEFAULT_FOLDS, IngestConfig, SplitConfig
+from storage.phantom_limits import BRATS_MAX_CASE, BRATS_SIZE_RANGE, JUN_CHENG_MAX_CASES, JUN_CHENG_SIZE_RANGE
 
 if TYPE_CHECKING:  # storage.ingest pulls in scikit-learn, h5py and nibabel: seconds that `--help` need not wait
     from storage.ingest import IngestReport
@@ -222,9 +223,9 @@ def _refuse_clashes(out: Path, clashes: list[Path], overwrite: bool, first_case:
 @synth_app.command("brats")
 def synth_brats_cmd(
     out: SynthOut, cases: Annotated[int, typer.Option("--cases", help="Number of cases (patients), numbered up to "
-                                                                      "999.")] = 16,
-    size: Annotated[int, typer.Option("--size", help="In-plane size S, 32 to 512 (volumes are S x S x "
-                                                     "round(S*155/240)).")] = 240,
+                                                                      f"{BRATS_MAX_CASE}.")] = 16,
+    size: Annotated[int, typer.Option("--size", help="In-plane size S, {} to {} (volumes are S x S x "
+                                                     "round(S*155/240)).".format(*BRATS_SIZE_RANGE))] = 240,
     seed: SynthSeed = 0,
     first_case: Annotated[int, typer.Option("--first-case", help="Number of the first case (for a new data "
                                                                   "drop after existing cases).")] = 1,
@@ -232,10 +233,10 @@ def synth_brats_cmd(
 ) -> None:
     """BraTS 2020 layout: BraTS20_Training_NNN/*_{t1,t1ce,t2,flair,seg}.nii.gz and name_mapping.csv."""
     from storage.phantoms import write_brats_phantoms
-    from storage.phantoms.brats import MAX_CASE, case_id
+    from storage.phantoms.brats import case_id
 
     # numbers past the last are refused by the writer: not looked for (--cases 100000000 took minutes here)
-    planned = (out / case_id(n) for n in range(first_case, min(first_case + max(cases, 0), MAX_CASE + 1)))
+    planned = (out / case_id(n) for n in range(first_case, min(first_case + max(cases, 0), BRATS_MAX_CASE + 1)))
     _refuse_clashes(out, [folder for folder in planned if folder.exists()], overwrite, first_case=True)
     try:
         folders = write_brats_phantoms(out, cases, size=size, seed=seed, first_case=first_case)
@@ -247,9 +248,10 @@ def synth_brats_cmd(
 @synth_app.command("jun-cheng")
 def synth_jun_cheng_cmd(
     out: SynthOut,
-    cases: Annotated[int, typer.Option("--cases", help="Number of slice files (N.mat), at most 100,000.")] = 120,
-    size: Annotated[int, typer.Option("--size", help="Image size, 64 to 2048 (a few images are written at "
-                                                     "half size, as in the real set).")] = 512,
+    cases: Annotated[int, typer.Option("--cases", help="Number of slice files (N.mat), at most "
+                                                       f"{JUN_CHENG_MAX_CASES:,}.")] = 120,
+    size: Annotated[int, typer.Option("--size", help="Image size, {} to {} (a few images are written at half "
+                                                     "size, as in the real set).".format(*JUN_CHENG_SIZE_RANGE))] = 512,
     seed: SynthSeed = 0,
     overwrite: SynthOverwrite = False,
 ) -> None:

@@ -22,16 +22,14 @@ import nibabel as nib
 import numpy as np
 
 from storage.brats import NAME_MAPPING, NAME_MAPPING_HEADER, write_name_mapping
+from storage.phantom_limits import BRATS_MAX_CASE, BRATS_SIZE_RANGE
 from storage.phantoms.anatomy import MODALITIES, check_int, head_volume
 
 SEG = "seg"
 _MISSING = "NA"
-MAX_CASE = 999
+MAX_CASE = BRATS_MAX_CASE
 """The largest case number (BraTS20_Training_999)."""
-_MIN_SIZE = 32
-_MAX_SIZE = 512
-"""The largest in-plane size (a 512 px volume's four modalities take about 1.4 GB as float32 while written)."""
-SIZE_RANGE = (_MIN_SIZE, _MAX_SIZE)
+SIZE_RANGE = BRATS_SIZE_RANGE
 """The in-plane sizes :func:`write_brats_phantoms` takes."""
 _MIN_DEPTH = 16
 _INT16_MAX = np.iinfo(np.int16).max

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from skimage.measure import find_contours
 
-from storage.ingest_config import MAX_IMAGE_SIZE
 from storage.mat73 import write_mat73
+from storage.phantom_limits import JUN_CHENG_MAX_CASES, JUN_CHENG_SIZE_RANGE
 from storage.phantoms.anatomy import LESIONS, check_int, head_anatomy, render
 
 CLASSES = {1: "meningioma", 2: "glioma", 3: "pituitary"}
@@ -40,10 +40,9 @@ CREATED = datetime(2015, 4, 2, 12, 0, 0)
 _PATIENTS_PER_CLASS = np.array([82, 89, 62], dtype=float)
 _FOLDS = 5
 _SLICE_STEP = 0.02
-_MIN_SIZE = 64
-MAX_CASES = 100_000
+MAX_CASES = JUN_CHENG_MAX_CASES
 """The most slice files (the real set has 3,064)."""
-SIZE_RANGE = (_MIN_SIZE, MAX_IMAGE_SIZE)
+SIZE_RANGE = JUN_CHENG_SIZE_RANGE
 """The image sizes :func:`write_jun_cheng_phantoms` takes (at most a store's largest slice)."""
 
 

@@ -371,3 +371,21 @@ def test_jun_cheng_tumour_sizes_are_like_the_real_slices():
     assert 0.01 < median["meningioma"] < 0.06, median
     assert 0.01 < median["glioma"] < 0.08, median
     assert 0.004 < median["pituitary"] < median["meningioma"], median
+
+
+@pytest.mark.parametrize(("kind", "write"), [("brats", "write_brats_phantoms"),
+                                             ("jun-cheng", "write_jun_cheng_phantoms")])
+def test_the_writers_take_the_limits_that_the_help_states(kind, write, tmp_path):
+    """`gpseg synth --help` and the flows' parameters state storage.phantom_limits, which wrote the numbers out."""
+    from typer.testing import CliRunner
+
+    import storage.phantoms as phantoms
+    from gpseg.cli import app
+    from storage.phantom_limits import PHANTOM_LIMITS
+
+    low, high = PHANTOM_LIMITS[kind]["size"]
+    for size in (low - 1, high + 1):
+        with pytest.raises(ValueError, match=f"size: got {size}"):
+            getattr(phantoms, write)(tmp_path, 2, size=size)
+    said = " ".join(CliRunner().invoke(app, ["synth", kind, "--help"], terminal_width=200).output.split())
+    assert f"{low} to {high}" in said and f"{PHANTOM_LIMITS[kind]['cases']:,}." in said
