@@ -19,6 +19,9 @@ SPLIT_MODES: tuple[str, ...] = ("grouped", "slice", "cvind")
 DEFAULT_RATIOS: tuple[float, float, float] = (0.60, 0.15, 0.25)
 DEFAULT_FOLDS = 3
 """The study's 3-fold cross-validation."""
+MAX_FOLDS: dict[str, int] = {"grouped": 20, "slice": 20, "cvind": 5}
+"""The most folds a store's split attribute may name, by mode (Jun Cheng has 5 official folds); a new grouped
+split takes at most its disjoint test sets (:meth:`SplitConfig.check_new_split`)."""
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,14 @@ class SplitConfig:
     def __post_init__(self) -> None:
         if self.mode not in SPLIT_MODES:
             raise ValueError(f"split mode: got {self.mode!r}, expected one of {SPLIT_MODES}")
-        if not 1 <= self.folds <= (5 if self.mode == "cvind" else 20):
-            raise ValueError(f"folds: got {self.folds}, expected 1-5 for cvind and 1-20 otherwise")
-        if not 0 <= self.seed <= MAX_SEED:  # numpy said "expected non-negative integer", naming nothing
-            raise ValueError(f"seed: got {self.seed}, expected 0 to {MAX_SEED}")
         if len(self.ratios) != 3 or any(r <= 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-6:
             raise ValueError(f"ratios: got {self.ratios}, expected three positive fractions summing to 1")
+        if not 1 <= self.folds <= MAX_FOLDS[self.mode]:
+            # a new grouped split takes at most its disjoint test sets (check_new_split): the number to give
+            most = min(MAX_FOLDS["grouped"], self.test_blocks) if self.mode == "grouped" else MAX_FOLDS[self.mode]
+            raise ValueError(f"folds: got {self.folds}, expected 1 to {most} with split mode {self.mode}")
+        if not 0 <= self.seed <= MAX_SEED:  # numpy said "expected non-negative integer", naming nothing
+            raise ValueError(f"seed: got {self.seed}, expected 0 to {MAX_SEED}")
 
     def check_new_split(self) -> None:
         """Refuse settings that would make a new grouped split with more folds than disjoint test sets.

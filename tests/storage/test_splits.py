@@ -102,6 +102,14 @@ def test_split_config_rejects_bad_values():
             SplitConfig(seed=seed)
 
 
+@pytest.mark.parametrize(("mode", "folds", "most"), [("grouped", 0, 4), ("grouped", 21, 4), ("slice", 0, 20),
+                                                     ("slice", 21, 20), ("cvind", 6, 5)])
+def test_a_fold_count_out_of_range_names_the_most_of_its_split_mode(mode, folds, most):
+    """`--folds 0` said "expected 1-5 for cvind and 1-20 otherwise", though a grouped split takes at most 4."""
+    with pytest.raises(ValueError, match=f"^folds: got {folds}, expected 1 to {most} with split mode {mode}$"):
+        SplitConfig(mode=mode, folds=folds)
+
+
 def test_grouped_splits_refuse_more_folds_than_disjoint_test_sets():
     assert SplitConfig(folds=4).test_blocks == 4 and SplitConfig(folds=10, ratios=(0.8, 0.1, 0.1)).test_blocks == 10
     with pytest.raises(ValueError, match=r"folds: got 5, but a grouped split testing on 0\.25 of the patients has 4 "
