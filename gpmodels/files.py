@@ -91,12 +91,14 @@ def read_run_config(run_dir: Path | str) -> dict[str, Any]:
     """A run directory's ``config.json``, with its ``train`` section.
 
     Raises:
-        ValueError: one line naming the folder or the file: no ``config.json`` (not a run directory), or
-            one that is not JSON or has no ``train.model`` (damaged).
+        ValueError: one line naming the folder or the file: no such folder, no ``config.json`` (not a run
+            directory), or one that is not JSON or has no ``train.model`` (damaged).
     """
     path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():
-        raise ValueError(f"{run_dir}: not a run directory (no {RUN_CONFIG})")
+        why = (f"not a run directory (no {RUN_CONFIG})" if Path(run_dir).is_dir()
+               else "not a run directory (a file)" if Path(run_dir).exists() else "no such run directory")
+        raise ValueError(f"{run_dir}: {why}")
     try:
         config = json.loads(path.read_text())
         str(config["train"]["model"])

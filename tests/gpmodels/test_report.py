@@ -554,6 +554,13 @@ def test_a_folder_that_is_no_run_is_refused_in_one_line_before_any_work(command,
     result = CliRunner().invoke(app, [*command, str(folder), *out])
     assert result.exit_code == 1
     assert result.output.strip() == f"error: {folder}: not a run directory (no config.json)"
+    # a path that is not there is said so (it was "not a run directory" too), and a file is named as one
+    gone = tmp_path / "nosuch"
+    result = CliRunner().invoke(app, [*command, str(gone), *out])
+    assert result.exit_code == 1 and result.output.strip() == f"error: {gone}: no such run directory"
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(app, [*command, str(tmp_path / "file"), *out])
+    assert result.output.strip() == f"error: {tmp_path / 'file'}: not a run directory (a file)"
 
 
 @pytest.mark.parametrize(("args", "message"), [
