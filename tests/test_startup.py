@@ -14,3 +14,8 @@ def test_cli_and_post_processing_modules_do_not_import_torch():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
 
+
+
+def test_python_dash_m_gpseg_is_the_command_line():
+    said = subprocess.run([sys.executable, "-m", "gpseg", "synth", "--help"], capture_output=True, text=True)
+    assert said.returncode == 0 and "Usage: python -m gpseg synth" in " ".join(said.stdout.split()), said.stderr
