@@ -44,9 +44,9 @@ from gpmodels.metrics import (
 )
 from gpmodels.postprocess import (
     PAPER_MULTIOTSU_OFFSETS,
+    Segmentation,
     ThresholdConfig,
     best_offset,
-    Segmentation,
     offset_scores,
     segmentation,
     select_maps,
@@ -263,14 +263,14 @@ def threshold_warning(evaluation: dict) -> str | None:
                                                                                      threshold["auto_offsets"]):
         warnings.append(f"--offset auto chose {threshold['offset']:g}, the largest offset it tries; a larger one "
                         "may do better (give it as --offset)")
-    if mostly(evaluation, "clamped_slices"):
+    if mostly_flagged(evaluation, "clamped_slices"):
         warnings.append(f"{clamp_text(evaluation)}; a smaller offset keeps less")
-    if mostly(evaluation, "emptied_slices"):
+    if mostly_flagged(evaluation, "emptied_slices"):
         warnings.append(f"{emptied_text(evaluation)}; a smaller --min-size keeps them")
     return "; ".join(warnings) or None
 
 
-def mostly(evaluation: dict, count: str) -> bool:
+def mostly_flagged(evaluation: dict, count: str) -> bool:
     """Whether the ``count`` of an evaluation's ``segmentation`` (``clamped_slices`` or ``emptied_slices``) is more
     than :data:`MOST` of the slices given a mask (``False`` for evaluations written before they were counted)."""
     segmentation = evaluation.get("segmentation") or {}

@@ -22,8 +22,8 @@ import numpy as np
 
 from gpmodels import report_figures as figs
 from gpmodels.bootstrap import REPLICATES
-from gpmodels.evaluation import (OFFSET_FALLBACK, clamp_text, emptied_text, evaluated_source, mostly, offset_fell_back,
-                                 open_heatmaps)
+from gpmodels.evaluation import (OFFSET_FALLBACK, clamp_text, emptied_text, evaluated_source, mostly_flagged,
+                                 offset_fell_back, open_heatmaps)
 from gpmodels.figure_cache import FigureCache
 from gpmodels.files import heatmap_path
 from gpmodels.report import COLUMNS, INTERVAL_KEYS, KIND_TITLES, ModelGroup, dataset_title, run_intervals, run_scalars
@@ -492,7 +492,7 @@ def _warnings(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
     boxes += [f"{_e(run.label)} fold {run.fold} on {_e(dataset_title(run.dataset))}: "
               f"{_e(say(run.evaluation))}." for run in runs for count, say in (("clamped_slices", clamp_text),
                                                                                 ("emptied_slices", emptied_text))
-              if mostly(run.evaluation, count)]
+              if mostly_flagged(run.evaluation, count)]
     boxes += [f"{_e(run.label)} fold {run.fold} on {_e(dataset_title(run.dataset))}: its masks cover {share:.0%} of the slice (median "
               "over the slices given a mask), so they do not localise and their Dice is about that of marking the "
               "whole slice." for run in runs if (share := mask_coverage(run)) is not None and share > MOST_OF_SLICE]

@@ -91,7 +91,7 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
     """
     from itertools import accumulate
 
-    from gpmodels.evaluation import evaluate_heatmaps, threshold_warning, open_heatmaps, write_evaluation
+    from gpmodels.evaluation import evaluate_heatmaps, open_heatmaps, threshold_warning, write_evaluation
     from gpmodels.files import heatmap_path
     from gpmodels.postprocess import ThresholdConfig
 
