@@ -33,6 +33,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor, nn
 
 from gpmodels.checkpoint_callbacks import checkpoint_callbacks, killed_attempts_best
+from gpmodels.epoch_log import EpochLog
 from gpmodels.checkpoints import (
     CheckpointProgress,
     UNLOADABLE,
@@ -184,7 +185,8 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
 
     Args:
         config: the run's configuration.
-        progress_bar: show Lightning's rich progress bar.
+        progress_bar: show Lightning's rich progress bar; without it, epochs are logged as lines
+            (:class:`gpmodels.epoch_log.EpochLog`).
 
     Returns:
         A :class:`TrainResult`.
@@ -327,13 +329,15 @@ def _trainer(run: RunConfig, paths: RunPaths, start_step: int, given: list[pl.Ca
              progress_bar: bool) -> pl.Trainer:
     """The run's Lightning trainer: its resolved precision, accumulation and training batches per epoch
     (whole accumulation windows only), checkpoints written atomically (:class:`RunDirCheckpointIO`), the
-    ``given`` callbacks (checkpoints, the store check) and a progress bar."""
+    ``given`` callbacks (checkpoints, the store check) and a progress bar or, without one, epoch lines."""
     config, precision = run.train, run.resolved_precision
     loggers = [CSVLogger(paths.root, name="logs", version=f"step_{start_step:07d}", flush_logs_every_n_steps=1),
                TensorBoardLogger(paths.root, name="tensorboard", version="", default_hp_metric=False)]
     callbacks: list[pl.Callback] = list(given)
     if progress_bar:
         callbacks.append(TrainingBar(leave=True, console_kwargs={"stderr": True}))  # with gpseg's other output
+    else:  # the flows' training tasks: a line every 30 s, which tasks.training forwards to the run's log
+        callbacks.append(EpochLog(f"{config.model} fold {config.fold}"))
     limit = config.limit_batches
     warnings_at_start = start_warnings(run)
     if warnings_at_start:

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
 from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
 
 LOG_EVERY_S = 30.0
 """Seconds between two progress lines of one task (the last one is always logged)."""
@@ -51,3 +53,28 @@ def staged_progress(what: str, unit: str, every: float = LOG_EVERY_S,
         stages[stage](done, total)
 
     return progress
+
+
+class _RunLog(logging.Handler):
+    """Forwards each record to the Prefect run logger of the flow or task run that emits it (dropped outside one),
+    which writes it to the console and the API with the run's name."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            logger = get_run_logger()
+        except MissingContextError:
+            return
+        try:
+            logger.log(record.levelno, "%s", record.getMessage())
+        except Exception:  # noqa: BLE001 (a handler must not raise: logging's own convention)
+            self.handleError(record)
+
+
+def forward_to_run_log(name: str) -> None:
+    """Send the INFO (and higher) records of the library logger ``name`` to the Prefect run's log, and only there
+    (e.g. :data:`gpmodels.epoch_log.LOGGER`, whose epoch lines no handler showed). Calling it again adds nothing."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(handler, _RunLog) for handler in logger.handlers):
+        logger.addHandler(_RunLog())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # Prefect's root console handler would print the WARNING ones a second time

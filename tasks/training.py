@@ -12,14 +12,18 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
+from gpmodels.epoch_log import LOGGER as EPOCH_LOGGER
 from gpmodels.files import heatmap_path, weights_hash
 from gpmodels.heatmaps import generate_heatmaps
 from gpmodels.train_config import preset_config
 from gpmodels.train_process import train_in_subprocess
 from gpmodels.training import TrainResult, train
-from tasks.progress import logged_progress, staged_progress
+from tasks.progress import forward_to_run_log, logged_progress, staged_progress
 
 __all__ = ["heatmap_path", "make_heatmaps", "train_model", "weights_hash"]
+
+# Here, not in train_model, whose source is part of its cache key: this line leaves finished training cached.
+forward_to_run_log(EPOCH_LOGGER)  # training's epoch lines (gpmodels.epoch_log) in the flow's log
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE, persist_result=True)

@@ -26,3 +26,34 @@ def test_staged_progress_logs_each_stage_as_its_own_count(monkeypatch):
             update(done, 2, stage)
     assert lines == ["post-hoc maps of run (occlusion): 2 of 2 slices (100 %)",
                      "post-hoc maps of run (guided backprop): 2 of 2 slices (100 %)"]
+
+
+def test_a_library_logger_is_forwarded_to_the_run_log_and_only_there(monkeypatch):
+    """Training's epoch lines went to a logger no handler showed: the flows said nothing for a model's whole
+    training."""
+    import logging
+
+    from prefect.exceptions import MissingContextError
+
+    received = []
+
+    class RunLogger:
+        def log(self, level, text, *args):
+            received.append((level, text % args))
+
+    monkeypatch.setattr(progress, "get_run_logger", RunLogger)
+    name = "gpseg.tests.forwarded"
+    progress.forward_to_run_log(name)
+    progress.forward_to_run_log(name)  # once is enough: no second handler
+    logger = logging.getLogger(name)
+    assert not logger.propagate and logger.getEffectiveLevel() == logging.INFO
+    logger.info("gp-unet fold 0: epoch %d of %d", 1, 20)
+    logger.debug("not this")
+    assert received == [(logging.INFO, "gp-unet fold 0: epoch 1 of 20")]
+
+    def outside_a_run():
+        raise MissingContextError("no run")
+
+    monkeypatch.setattr(progress, "get_run_logger", outside_a_run)
+    logger.warning("dropped outside a run")  # no error, nothing printed
+    assert len(received) == 1
