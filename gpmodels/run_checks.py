@@ -150,13 +150,13 @@ def _check_network(run: RunConfig) -> None:
         where, memory = "the free", available_memory()
     needed = parameters * TRAINING_BYTES_PER_PARAMETER
     if needed > memory:
-        wide = "width" in run.model_options
-        width = f" at width {run.model_options['width']}" if wide else ""
-        raise ValueError(f"{'width' if wide else 'memory'}: {run.train.model}{width} has {parameters:,} parameters, "
+        sized = [key for key in ("width", "depth") if key in run.model_options]
+        at = ", ".join(f"{key} {run.model_options[key]}" for key in sized)
+        raise ValueError(f"memory: {run.train.model}{f' ({at})' if at else ''} has {parameters:,} parameters, "
                          f"which need {needed / 2**30:,.1f} GiB for their weights, gradients and Adam's moments alone, "
                          f"more than {where} {memory / 2**30:,.1f} GiB; "
-                         + (("give a smaller --width" + (" or --option depth" if "depth" in run.model_options else ""))
-                            if wide else "free memory, or train on a larger machine"))
+                         + (f"give a smaller {' or '.join(sized)} (--option {sized[0]}=N, or --option "
+                            f"MODEL:{sized[0]}=N in the flows)" if sized else "free memory, or train on a larger machine"))
 
 
 def _check_devices(config: TrainConfig) -> None:

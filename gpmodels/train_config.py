@@ -142,7 +142,8 @@ class TrainConfig:
         if self.cache not in CACHE_MODES:
             raise ValueError(f"cache: got {self.cache!r}, expected one of {CACHE_MODES}")
         if "width" in self.model_options:
-            raise ValueError("model_options: got a 'width' entry, expected the width in the `width` field")
+            raise ValueError("model_options: got a 'width' entry, expected the width in the `width` field "
+                             "(preset_config moves it there)")
 
     @property
     def accumulate(self) -> int:
@@ -222,7 +223,8 @@ def preset_config(preset: PresetName, store: str, model: str, out: str, **overri
         model: network name.
         out: run directory.
         **overrides: other :class:`TrainConfig` fields; ``None`` values are ignored, so CLI
-            options left unset keep the preset's value.
+            options left unset keep the preset's value. A ``width`` in ``model_options`` (``--option
+            width=N``, the flows' ``--option MODEL:width=N``) sets the ``width`` field.
 
     Raises:
         ValueError: If ``preset`` or a field name is unknown, or a value is invalid.
@@ -236,6 +238,11 @@ def preset_config(preset: PresetName, store: str, model: str, out: str, **overri
     given = {key: value for key, value in overrides.items() if value is not None}
     per_model = dict(PRESET_MODEL_OVERRIDES.get(preset, {}).get(model, {}))
     options = {**per_model.pop("model_options", {}), **given.pop("model_options", {})}
+    if "width" in options:  # the networks list width among their options: `--option width=N` sets the field
+        width = options.pop("width")
+        if given.get("width", width) != width:
+            raise ValueError(f"width: got {given['width']} and the network option width={width}; give one")
+        given["width"] = width
     return TrainConfig(store=str(store), model=model, out=str(out), preset=preset,
                        **{**_PRESETS[preset], **per_model, **given, "model_options": options})
 

@@ -20,6 +20,20 @@ def test_model_options_merge_into_each_models_overrides():
     assert params.overrides_for("gp-unet") == {"epochs": 3, "model_options": {"dropout": 0.2}}
 
 
+def test_a_width_among_a_models_options_sets_its_width():
+    """`--option gp-unet:width=48` was refused ("expected the width in the `width` field", which no command line
+    has), while the error of an unknown option listed width among the valid ones."""
+    from gpmodels.train_config import preset_config
+
+    params = BenchmarkParams(model_options={"gp-unet": {"width": 48}}, models=["gp-unet", "gp-reconresnet"])
+    config = preset_config("demo", "s.zarr", "gp-unet", "run", **params.overrides_for("gp-unet"))
+    assert config.width == 48 and "width" not in config.model_options
+    assert preset_config("demo", "s.zarr", "gp-reconresnet", "run",
+                         **params.overrides_for("gp-reconresnet")).width == 8  # the demo preset's
+    with pytest.raises(ValidationError, match="width: got 16 and the network option width=48; give one"):
+        BenchmarkParams(train_overrides={"width": 16}, model_options={"gp-unet": {"width": 48}}, models=["gp-unet"])
+
+
 def test_without_model_options_the_overrides_are_unchanged():
     # Same task inputs as before the option existed, so cached training stays valid.
     params = RetrainParams(train_overrides={"devices": 2})

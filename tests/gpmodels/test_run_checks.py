@@ -105,8 +105,10 @@ def test_a_run_resumed_where_its_precision_resolves_otherwise_is_refused(smoke_r
 def test_a_network_too_large_for_the_free_memory_is_refused_naming_the_way_out(smoke_run, monkeypatch):
     monkeypatch.setattr(run_checks, "available_memory", lambda: 1024)
     config, _ = smoke_run
-    for model, way_out in (("gp-unet", "give a smaller --width or --option depth"),
-                           ("resnext50", "free memory, or train on a larger machine")):  # it has no --width
+    # it said "width: ... at width 8" and "--width" whatever made the network large, and the flows have no --width
+    for model, way_out in (("gp-unet", r"give a smaller width or depth \(--option width=N, or --option "
+                                       r"MODEL:width=N in the flows\)"),
+                           ("resnext50", "free memory, or train on a larger machine")):  # it has no width
         with pytest.raises(ValueError, match=f"more than the free 0.0 GiB; {way_out}$"):
             resolve_run(TrainConfig.from_dict({**config.to_dict(), "model": model, "accelerator": "cpu",
                                                "width": 8 if model == "gp-unet" else None}))

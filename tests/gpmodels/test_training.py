@@ -450,8 +450,11 @@ def test_merge_metrics_replaces_the_redone_epoch_of_one_step(tmp_path):
     (["--model", "gp-unet", "--option", "depth=99"], "model_options: gp-unet: depth: got 99, expected 1 to 11"),
     (["--model", "gp-reconresnet", "--option", "depth=-1"], "model_options: gp-reconresnet: depth: got -1, expected 0 "
      "to 64"),
-    (["--model", "gp-unet", "--width", "100000"], "width: gp-unet at width 100000 has 4,240,006,200,003 parameters, "
-     "which need 63,181.0 GiB for their weights, gradients and Adam's moments alone, more than the"),
+    (["--model", "gp-unet", "--width", "100000"], "memory: gp-unet (width 100000, depth 3) has 4,240,006,200,003 "
+     "parameters, which need 63,181.0 GiB for their weights, gradients and Adam's moments alone, more than the"),
+    (["--model", "gp-unet", "--option", "width=100000"], "memory: gp-unet (width 100000, depth 3) has"),
+    (["--model", "gp-unet", "--width", "16", "--option", "width=8"], "width: got 16 and the network option width=8; "
+     "give one"),
 ])
 def test_cli_errors_are_one_line(phantom_store, tmp_path, args, message):
     base = ["train", "--store", str(phantom_store), "--out", str(tmp_path / "run"), "--preset", "smoke"]
