@@ -256,17 +256,17 @@ def threshold_warning(evaluation: dict) -> str | None:
     clamped the threshold at 0, or the clean-up emptied the mask, on more than :data:`MOST` of the slices given
     a mask."""
     threshold = evaluation["threshold"]
-    if offset_fell_back(threshold):
-        return f"--offset {threshold['offset_source']}"
     warnings = []
-    if str(threshold.get("offset_source", "")).startswith("auto") and offset_at_edge(threshold["offset"],
-                                                                                     threshold["auto_offsets"]):
+    if offset_fell_back(threshold):
+        warnings.append(f"--offset {threshold['offset_source']}")
+    elif str(threshold.get("offset_source", "")).startswith("auto") and offset_at_edge(threshold["offset"],
+                                                                                       threshold["auto_offsets"]):
         warnings.append(f"--offset auto chose {threshold['offset']:g}, the largest offset it tries; a larger one "
                         "may do better (give it as --offset)")
     if mostly_flagged(evaluation, "clamped_slices"):
         warnings.append(f"{clamp_text(evaluation)}; a smaller offset keeps less")
     if mostly_flagged(evaluation, "emptied_slices"):
-        warnings.append(f"{emptied_text(evaluation)}; a smaller --min-size keeps them")
+        warnings.append(f"{emptied_text(evaluation)}; a smaller minimum size (--min-size) keeps them")
     return "; ".join(warnings) or None
 
 

@@ -239,6 +239,8 @@ def preset_config(preset: PresetName, store: str, model: str, out: str, **overri
     per_model = dict(PRESET_MODEL_OVERRIDES.get(preset, {}).get(model, {}))
     options = {**per_model.pop("model_options", {}), **given.pop("model_options", {})}
     if "width" in options:  # the networks list width among their options: `--option width=N` sets the field
+        if "width" not in model_options(model):  # dropped by network_options, but recorded in config.json
+            raise ValueError(f"model_options: width: {model!r} has no width option (only the GP models do)")
         width = options.pop("width")
         if given.get("width", width) != width:
             raise ValueError(f"width: got {given['width']} and the network option width={width}; give one")

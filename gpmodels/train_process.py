@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from typing import IO
 from pytorch_lightning.utilities import rank_zero_only
 
 from gpmodels.checkpoints import RunPaths
+from gpmodels.epoch_log import LOGGER as EPOCH_LOGGER
 from gpmodels.files import write_text_atomic
 from gpmodels.process_groups import stop_process_group
 from gpmodels.run_checks import check_run_dir
@@ -163,6 +165,17 @@ def end_with_parent() -> bool:
     return True
 
 
+def _log_epochs() -> None:
+    """Training's epoch lines (:mod:`gpmodels.epoch_log`, rank 0) on this process's stderr, which is the run's
+    :data:`LOG_FILE`: no handler showed them here."""
+    logger = logging.getLogger(EPOCH_LOGGER)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str]) -> int:
     """``python -m gpmodels.train_process REQUEST RESULT``; every DDP rank runs this."""
     if len(argv) != 2:
@@ -173,6 +186,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 1
     config = TrainConfig.from_dict(json.loads(Path(argv[0]).read_text()))
+    _log_epochs()
     result = train(config)
     if rank_zero_only.rank == 0:  # the global rank, which Lightning sets up in every rank
         write_text_atomic(Path(argv[1]), json.dumps(result_to_dict(result), indent=2))

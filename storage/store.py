@@ -182,7 +182,7 @@ def check_chunks(group: zarr.Group, where: str | Path, names: tuple[str, ...] | 
     Raises:
         StoreError: one line naming the store and the array.
     """
-    recorded = dict(group.attrs.get(CHUNK_COUNTS) or {})
+    recorded = recorded_chunks(group)
     for name, missing in missing_chunks(group, names).items():
         if missing:
             raise StoreError(f"{where}: {missing} of the {recorded[name]} chunk files of "
@@ -192,9 +192,18 @@ def check_chunks(group: zarr.Group, where: str | Path, names: tuple[str, ...] | 
 def missing_chunks(group: zarr.Group, names: Sequence[str] | None = None) -> dict[str, int]:
     """Chunk files fewer than :data:`CHUNK_COUNTS` recorded, per recorded array of ``names`` (default: every
     recorded array; a missing array misses all of its); empty for a store written before the record."""
-    recorded = dict(group.attrs.get(CHUNK_COUNTS) or {})
-    return {name: max(0, int(recorded[name]) - (stored_chunks(group[name]) if name in group else 0))
+    recorded = recorded_chunks(group)
+    return {name: max(0, recorded[name] - (stored_chunks(group[name]) if name in group else 0))
             for name in (recorded if names is None else [n for n in names if n in recorded])}
+
+
+def recorded_chunks(group: zarr.Group) -> dict[str, int]:
+    """The chunk files per array that :data:`CHUNK_COUNTS` records; empty for a store written before the record,
+    and where the attribute is not such a record (a damaged one: :mod:`storage.validation` names it)."""
+    record = group.attrs.get(CHUNK_COUNTS)
+    if not isinstance(record, dict):
+        return {}
+    return {name: count for name, count in record.items() if isinstance(count, int) and not isinstance(count, bool)}
 
 
 def _is_zarr_group(path: Path) -> bool:

@@ -23,7 +23,8 @@ from storage.classes import has_tumour_free_class
 from storage.quiet import quiet_logger
 from storage.reads import read_rows
 from storage.splits import TEST, TRAIN, VAL, empty_splits
-from storage.store import CHUNK_COUNTS, SPLIT_NAMES, fold_names, missing_chunks, open_store, read_patients
+from storage.store import (CHUNK_COUNTS, SPLIT_NAMES, fold_names, missing_chunks, open_store, read_patients,
+                           recorded_chunks)
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -150,9 +151,7 @@ SCHEMA_ATTRS = ("schema_version", "dataset", "classes", "channels", "normalisati
 
 def _recorded_slices(group) -> int | None:
     """The image chunk files ingestion recorded writing (one per slice), or ``None`` when it recorded none."""
-    counts = group.attrs.get(CHUNK_COUNTS)
-    value = counts.get("images") if isinstance(counts, dict) else None
-    return value if isinstance(value, int) else None
+    return recorded_chunks(group).get("images")
 
 
 def schema_table(group) -> pd.DataFrame:
@@ -192,7 +191,15 @@ def schema_table(group) -> pd.DataFrame:
         rows.append({"item": name, "problem": problem})
     rows += [{"item": key, "problem": "" if key in group.attrs else f"attribute {key}: missing"}
              for key in SCHEMA_ATTRS]
-    recorded = dict(group.attrs.get(CHUNK_COUNTS) or {})  # a store from before the record: nothing to compare
+    # chunk files per array as ingestion wrote them; none in a store from before the record: nothing to compare
+    recorded = recorded_chunks(group)
+    record = group.attrs.get(CHUNK_COUNTS)
+    if record is not None and (not isinstance(record, dict) or len(recorded) < len(record)):
+        rows.append({"item": CHUNK_COUNTS, "problem": f"attribute {CHUNK_COUNTS}: damaged, expected the chunk files "
+                     "written per array (a JSON object of counts)"})
+    # arrays the schema does not name (cvind): one gone entirely is missing (the rows above name their own)
+    rows += [{"item": name, "problem": f"{name}: missing (ingestion wrote {count} chunk files of it)"}
+             for name, count in recorded.items() if name not in group and name not in expected]
     rows += [{"item": f"{name} chunks", "problem": f"{name}: {lost} of the {recorded[name]} chunk files are missing "
               "(a damaged or partly copied store, which would read as zeros)"}
              for name, lost in missing_chunks(group, [n for n in recorded if n in group]).items() if lost]

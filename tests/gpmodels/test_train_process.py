@@ -148,7 +148,9 @@ def test_two_process_ddp_on_cpu(phantom_store, tmp_path):
     assert (tmp_path / "ddp" / "model.pt").is_file()
     # The validation loss is over every validation slice once: Lightning's sampler repeated one of the 23
     # slices to give each rank 12 (and warned that it "replicates some samples").
-    assert "replicates some samples" not in (tmp_path / "ddp" / "train_process.log").read_text()
+    said = (tmp_path / "ddp" / "train_process.log").read_text()
+    assert "replicates some samples" not in said
+    assert said.count("gp-unet fold 0: epoch 1 of ") == 1, said  # rank 0's epoch line; no handler showed it
     with (tmp_path / "ddp" / "metrics.csv").open(newline="") as handle:
         [logged] = [float(row["val_loss"]) for row in csv.DictReader(handle) if row.get("val_loss")]
     assert logged == pytest.approx(_whole_split_loss(tmp_path / "ddp", str(phantom_store), "val"), abs=1e-6)

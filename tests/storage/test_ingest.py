@@ -283,6 +283,8 @@ def _break(store, how: str) -> None:
         group.create_array("splits/fold_9", data=group["splits/fold_0"][:])
     elif how == "lost_split_chunk":
         group.attrs["chunks_written"] = {**group.attrs["chunks_written"], "splits/fold_0": 2}
+    elif how == "lost_cvind":  # as a Jun Cheng store whose whole cvind array went
+        group.attrs["chunks_written"] = {**group.attrs["chunks_written"], "cvind": 1}
     elif how == "empty_patient":
         patients = group["patient"][:].astype(object)
         patients[0] = ""
@@ -298,6 +300,7 @@ def _break(store, how: str) -> None:
     ("extra_fold", "[schema] splits: folds [0, 1, 2, 9], the split attribute says 3"),
     ("labels_int64", "[schema] labels: int64 "),  # these four passed as valid
     ("lost_split_chunk", "[schema] splits/fold_0: 1 of the 2 chunk files are missing"),
+    ("lost_cvind", "[schema] cvind: missing (ingestion wrote 1 chunk files of it)"),  # it passed
     ("empty_patient", "'column': 'patient_named'"),
     ("repeated_slice", "'column': 'slice_repeated'"),
 ])
@@ -308,6 +311,19 @@ def test_a_broken_store_fails_validation_in_lines_instead_of_a_traceback_or_a_pa
     result = validate_store(tmp_path / "b.zarr")
     assert not result.success and any(line.startswith(failure) or failure in line for line in result.failures), \
         result.failures
+
+
+def test_a_damaged_chunk_record_is_named_by_validation_and_no_traceback_elsewhere(brats_source, tmp_path):
+    import zarr
+
+    from storage.store import check_chunks
+
+    ingest_brats(brats_source, tmp_path / "b.zarr", CONFIG)
+    zarr.open_group(str(tmp_path / "b.zarr"), mode="r+").attrs["chunks_written"] = "not a record"
+    (failure,) = validate_store(tmp_path / "b.zarr").failures
+    assert failure.startswith("[schema] attribute chunks_written: damaged, expected the chunk files written per "
+                              "array"), failure
+    check_chunks(open_store(tmp_path / "b.zarr"), tmp_path / "b.zarr")  # training reads on: nothing to count against
 
 
 def test_split_cvind_of_brats_is_refused_before_any_case_is_read(brats_source, tmp_path):
