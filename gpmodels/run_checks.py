@@ -156,7 +156,8 @@ def _check_network(run: RunConfig) -> None:
                          f"which need {needed / 2**30:,.1f} GiB for their weights, gradients and Adam's moments alone, "
                          f"more than {where} {memory / 2**30:,.1f} GiB; "
                          + (f"give a smaller {' or '.join(sized)} (--option {sized[0]}=N, or --option "
-                            f"MODEL:{sized[0]}=N in the flows)" if sized else "free memory, or train on a larger machine"))
+                            f"MODEL:{sized[0]}=N in the flows)" if sized
+                            else "free memory, or train on a larger machine"))
 
 
 def _check_devices(config: TrainConfig) -> None:

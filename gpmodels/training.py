@@ -33,7 +33,6 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor, nn
 
 from gpmodels.checkpoint_callbacks import checkpoint_callbacks, killed_attempts_best
-from gpmodels.epoch_log import EpochLog
 from gpmodels.checkpoints import (
     CheckpointProgress,
     UNLOADABLE,
@@ -45,6 +44,7 @@ from gpmodels.checkpoints import (
     save_weights,
 )
 from gpmodels.data import SliceDataModule, StoreUnchanged
+from gpmodels.epoch_log import EpochLog
 from gpmodels.files import RETRAIN_HINT, archive_damage, damaged, damaged_weights, write_text_atomic
 from gpmodels.lightning_module import ClassifierModule
 from gpmodels.precision import on_gpu, use_channels_last
