@@ -13,7 +13,7 @@ from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, default_drop_folder
 from gpmodels.names import MODEL_NAMES, ModelName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 from storage.errors import one_line, validation_line
-from storage.ingest_config import DEFAULT_FOLDS, MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE
+from storage.ingest_config import DEFAULT_FOLDS, MAX_FOLDS, MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE
 from storage.phantom_limits import (BRATS_MAX_CASE, BRATS_SIZE_RANGE, JUN_CHENG_MAX_CASES, JUN_CHENG_SIZE_RANGE,
                                     PHANTOM_LIMITS)
 
@@ -45,8 +45,7 @@ class DatasetSpec(_Params):
     phantom_cases: int = Field(16, ge=2, description=f"BraTS cases (at most {BRATS_MAX_CASE}) or Jun "
                                f"Cheng slices (at most {JUN_CHENG_MAX_CASES:,}) of a phantom source.")
     phantom_size: int = Field(96, ge=32, description="Side of the phantom slices in pixels (brats: {} to {}; "
-                              "jun-cheng: {} to {}).".format(*BRATS_SIZE_RANGE,
-                                                             *JUN_CHENG_SIZE_RANGE))
+                              "jun-cheng: {} to {}).".format(*BRATS_SIZE_RANGE, *JUN_CHENG_SIZE_RANGE))
     image_size: int | None = Field(None, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE,
                                    description="Store slice size (default: native).")
     split: Literal["grouped", "slice", "cvind"] = Field(
@@ -194,7 +193,7 @@ class TrainingParams(_Params):
                          "report go here (a relative path is made absolute against the current directory).")
     models: list[ModelName] = Field(default_factory=lambda: list(MODEL_NAMES), min_length=1,
                                     description="Networks to train (at least one).")
-    folds: int = Field(DEFAULT_FOLDS, ge=1, le=20,
+    folds: int = Field(DEFAULT_FOLDS, ge=1, le=max(MAX_FOLDS.values()),
                        description="Cross-validation folds; each (model, fold) trains one run.")
     preset: Literal["paper", "demo", "smoke"] = Field(
         "demo", description="Training settings: paper (300 epochs, the paper's), demo (minutes on a CPU) or smoke "

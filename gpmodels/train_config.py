@@ -124,8 +124,7 @@ class TrainConfig:
                 _check_positive(name, getattr(self, name))
         if self.image_size is not None and not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
             raise ValueError(f"image_size: got {self.image_size}, expected {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE} pixels "
-                             "(as a store's) "
-                             "or None")
+                             "(as a store's) or None")
         for name in ("fold", "seed", "num_workers"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name}: got {getattr(self, name)!r}, expected an integer >= 0")

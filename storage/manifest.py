@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from storage.cases import VolumeCase, patient_id_problem
-from storage.csv_tables import read_csv_rows
 from storage.classes import TUMOUR_FREE
+from storage.csv_tables import read_csv_rows
 from storage.errors import CaseRejected
 
 

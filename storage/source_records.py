@@ -50,7 +50,7 @@ def examined_files(old: dict[str, str], rejected: dict[str, str], rejected_cases
 
 
 def file_states(base_attrs: dict, sources: dict[str, str], examined: dict[str, str],
-                 read_states: dict[str, tuple | None], root: Path) -> dict[str, list[int]]:
+                read_states: dict[str, tuple | None], root: Path) -> dict[str, list[int]]:
     """The store's ``file_states`` attribute: relative path -> :func:`storage.nifti.file_state` of each file of
     ``sources`` and ``examined`` whose recorded sha256 is known to describe it in its current state, so that
     :func:`storage.drops.new_files` hashes only files whose state changed.
@@ -78,8 +78,8 @@ CHANGED_SINCE_STORED = ("changed since it was stored (another sha256), or anothe
 
 
 def changed_since_stored(case: VolumeCase | MatCase, stored: dict[str, str], root: Path,
-                          states: dict[str, list[int]] | None = None,
-                          examined: dict[str, str] | None = None) -> str | None:
+                         states: dict[str, list[int]] | None = None,
+                         examined: dict[str, str] | None = None) -> str | None:
     """The first file of an already stored case whose content is no longer what was stored (relative path),
     or ``None``. A corrected re-download under the same path would otherwise be skipped without a word,
     and a drop check would count it as new data every time. Unreadable files are left to the next read.
@@ -106,10 +106,12 @@ def changed_since_stored(case: VolumeCase | MatCase, stored: dict[str, str], roo
 
 
 def case_key(case: VolumeCase | MatCase) -> str:
+    """The path a case is known by: its ``.mat`` file, or the first file of a volume case."""
     return str(case.path if isinstance(case, MatCase) else case.files[0])
 
 
 def case_files(case: VolumeCase | MatCase) -> list[Path]:
+    """Every source file a case is read from."""
     return [case.path] if isinstance(case, MatCase) else list(case.files)
 
 
@@ -120,7 +122,7 @@ def _claims(case: VolumeCase | MatCase, root: Path) -> list[Path]:
 
 
 def current_rejects(old: dict[str, str], new: dict[str, str], examined: Sequence[VolumeCase | MatCase],
-                     root: Path) -> dict[str, str]:
+                    root: Path) -> dict[str, str]:
     """The store's ``rejected`` after a run: earlier entries for cases this run examined
     (now stored, rejected again or already stored) give way to this run's outcome."""
     claims = {claim for case in examined for claim in _claims(case, root)}

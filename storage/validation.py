@@ -149,11 +149,6 @@ SCHEMA_ATTRS = ("schema_version", "dataset", "classes", "channels", "normalisati
 """The attributes every slice store holds."""
 
 
-def _recorded_slices(group) -> int | None:
-    """The image chunk files ingestion recorded writing (one per slice), or ``None`` when it recorded none."""
-    return recorded_chunks(group).get("images")
-
-
 def schema_table(group) -> pd.DataFrame:
     """One row per required array and attribute: ``problem`` is ``""`` when it is as the schema says, else one
     line (missing, another dtype or dimension count, another length than ``labels``, fold arrays that are not
@@ -165,7 +160,9 @@ def schema_table(group) -> pd.DataFrame:
     rows: list[dict[str, str]] = []
     lengths = {name: int(group[name].shape[0]) for name in ("labels", "images") if name in group}
     n = lengths.get("labels", lengths.get("images", 0))
-    written = _recorded_slices(group)
+    # chunk files per array as ingestion wrote them; none in a store from before the record: nothing to compare
+    recorded = recorded_chunks(group)
+    written = recorded.get("images")  # one chunk file per slice
     expected = dict(SCHEMA_ARRAYS)
     split = group.attrs.get("split")
     folds = split.get("folds") if isinstance(split, dict) else None
@@ -191,8 +188,6 @@ def schema_table(group) -> pd.DataFrame:
         rows.append({"item": name, "problem": problem})
     rows += [{"item": key, "problem": "" if key in group.attrs else f"attribute {key}: missing"}
              for key in SCHEMA_ATTRS]
-    # chunk files per array as ingestion wrote them; none in a store from before the record: nothing to compare
-    recorded = recorded_chunks(group)
     record = group.attrs.get(CHUNK_COUNTS)
     if record is not None and (not isinstance(record, dict) or len(recorded) < len(record)):
         rows.append({"item": CHUNK_COUNTS, "problem": f"attribute {CHUNK_COUNTS}: damaged, expected the chunk files "

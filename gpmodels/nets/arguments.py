@@ -27,5 +27,14 @@ def check_gp_arguments(in_channels: int, num_classes: int, width: int, depth: in
         raise ValueError(f"width: expected >= 1, got {width}")
     if not min_depth <= depth <= max_depth:
         raise ValueError(f"depth: got {depth}, expected {min_depth} to {max_depth}")
+    check_dropout(dropout)
+
+
+def check_dropout(dropout: float) -> None:
+    """Check a dropout probability.
+
+    Raises:
+        ValueError: It is outside [0, 1).
+    """
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torchvision.models import inception as tv_inception
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from gpmodels.nets.arguments import check_counts
+from gpmodels.nets.arguments import check_counts, check_dropout
 
 _INCEPTION_MIN_SIZE = 75
 _INCEPTION_AUX_MIN_SIZE = 299
@@ -73,8 +73,7 @@ class InceptionV3(nn.Module):
     ) -> None:
         super().__init__()
         check_counts(in_channels, num_classes)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
+        check_dropout(dropout)
         blocks = [
             _ConvBNReLU,
             *(
