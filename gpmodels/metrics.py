@@ -340,8 +340,8 @@ def aggregate_folds(fold_metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]
     Returns:
         The same key structure with each numeric scalar (bool excluded)
         replaced by ``{"mean", "std", "n"}`` over the folds where it is finite
-        (population std, ddof=0; NaN with n=0 when it is never finite). Lists,
-        strings and other values are left out.
+        (population std, ddof=0; NaN when fewer than two folds give the value, since one fold has no
+        spread; the mean is NaN too with n=0). Lists, strings and other values are left out.
     """
     if not fold_metrics:
         raise ValueError("fold_metrics: got no folds, expected at least one metrics dict")
@@ -360,6 +360,6 @@ def aggregate_folds(fold_metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]
             finite = np.asarray(values, dtype=np.float64)
             finite = finite[np.isfinite(finite)]
             out[key] = {"mean": float(finite.mean()) if finite.size else float("nan"),
-                        "std": float(finite.std()) if finite.size else float("nan"),
+                        "std": float(finite.std()) if finite.size >= 2 else float("nan"),
                         "n": int(finite.size)}
     return out

@@ -98,6 +98,14 @@ def _lower_by_offset(upper: np.ndarray, undefined: np.ndarray, offset: float) ->
     return np.where(undefined, upper, np.maximum(lowered, dtype(0)))
 
 
+def _at_or_below(value: float, dtype: type[np.floating]) -> np.floating:
+    """The largest number of ``dtype`` at most ``value``: ``map > it`` holds for exactly the maps of that dtype
+    above ``value`` (rounding to nearest made 0.7 the float16 0.7002, so a map of 0.7002 was not above 0.7)."""
+    with np.errstate(over="ignore"):  # beyond the dtype's range: its largest number, or -inf below it
+        rounded = dtype(value)
+    return np.nextafter(rounded, dtype(-np.inf)) if float(rounded) > value else rounded
+
+
 def heatmap_thresholds(
     maps: np.ndarray,
     method: Method,
@@ -113,7 +121,8 @@ def heatmap_thresholds(
     Args:
         maps: ``(N, H, W)`` float16/32/64 heatmaps.
         method: ``otsu``; ``multiotsu`` (the upper of ``classes - 1``
-            thresholds minus ``offset``, clamped at >= 0); ``fixed`` (``value``).
+            thresholds minus ``offset``, clamped at >= 0); ``fixed`` (``value``, as the largest
+            number of the maps' dtype at most ``value``, so that ``map > threshold`` is exact).
         offset: multi-Otsu offset in heatmap units.
         value: fixed threshold.
         suppress_negative: threshold the suppressed maps (no copy is made).
@@ -140,7 +149,7 @@ def heatmap_thresholds(
         if unusable.any():
             raise ValueError(f"maps: slice {int(np.flatnonzero(unusable.any(axis=(1, 2)))[0])} holds NaN or "
                              "infinite values, expected finite values")
-        return np.full(maps.shape[0], value, dtype=maps.dtype)
+        return np.full(maps.shape[0], _at_or_below(value, maps.dtype.type), dtype=maps.dtype)
     raise ValueError(f"method: got {method!r}, expected one of {METHODS}")
 
 

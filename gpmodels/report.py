@@ -17,8 +17,9 @@ Runs are grouped by dataset (the store's ``dataset`` attribute; ``kind (store na
 kind under several names are reported together, :func:`distinguish_datasets`) and model label: the network
 plus any network option that differs from its default and any threshold method other than
 multi-Otsu, so variants (e.g. ``pool=maps``) are never averaged together. Scalars are the mean
-and population std over the group's runs (:func:`gpmodels.metrics.aggregate_folds`); the
-median Dice is the mean over folds of each fold's median. Files are written atomically.
+and population std over the group's runs (:func:`gpmodels.metrics.aggregate_folds`; with one run the std is
+NaN: an empty cell, ``null``); the median Dice is the mean over folds of each fold's median. Files are written
+atomically.
 
 References:
     S. Chatterjee et al., "Weakly-supervised segmentation using inherently-explainable
@@ -130,13 +131,15 @@ INTERVAL_KEYS: tuple[str, ...] = ("f1", "dice_median")
 """Metrics with a patient-bootstrap interval in ``evaluation["bootstrap"]`` (:mod:`gpmodels.bootstrap`)."""
 
 
-def run_intervals(evaluation: Mapping[str, Any]) -> dict[str, float]:
-    """``test_patients`` and ``<metric>_low``/``_high`` of each :data:`INTERVAL_KEYS` metric, NaN where undefined.
+def run_intervals(evaluation: Mapping[str, Any]) -> dict[str, float | int]:
+    """``test_patients`` (an int) and ``<metric>_low``/``_high`` of each :data:`INTERVAL_KEYS` metric, NaN where
+    undefined.
 
     Evaluations written before gpseg computed the bootstrap have none; their values are NaN.
     """
     boot = evaluation.get("bootstrap") or {}
-    out = {"test_patients": _number(boot.get("patients"))}
+    patients = boot.get("patients")
+    out: dict[str, float | int] = {"test_patients": math.nan if patients is None else int(patients)}
     for key in INTERVAL_KEYS:
         interval = boot.get(key) or {}
         out[f"{key}_low"], out[f"{key}_high"] = _number(interval.get("low")), _number(interval.get("high"))

@@ -91,6 +91,18 @@ def test_otsu_and_fixed_masks():
     np.testing.assert_array_equal(threshold_heatmaps(maps, "fixed", value=-1.0, suppress_negative=False), maps > -1)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("value", [0.7, 0.1, 0.5, -0.3, 1e6, -1e6])
+def test_a_fixed_value_compares_exactly_in_the_maps_dtype(dtype, value):
+    """float16 rounded 0.7 up to 0.7002, so a map of 0.7002 was not above 0.7."""
+    near = ([dtype(value), *np.nextafter(dtype(value), [dtype(-np.inf), dtype(np.inf)])] if abs(value) < 1e4
+            else [])  # 1e6 is beyond float16's range
+    maps = np.array([*near, 0, np.finfo(dtype).max, -np.finfo(dtype).max], dtype)
+    expected = maps.astype(np.float64) > value
+    got = threshold_heatmaps(maps[None, None], "fixed", value=value, suppress_negative=False)[0, 0]
+    np.testing.assert_array_equal(got, expected)
+
+
 @pytest.mark.parametrize("method", ["otsu", "multiotsu"])
 def test_constant_and_all_negative_maps_give_empty_masks(method):
     maps = np.stack([np.full((33, 34), 1.5), np.full((33, 34), -2.0), -np.abs(blobs(1)[0][0]) - 0.1])
