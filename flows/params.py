@@ -10,16 +10,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, default_drop_folder
-from gpmodels.names import MODEL_NAMES, ModelName
+from gpmodels.names import MODEL_NAMES, ModelName, PresetName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
+from gpmodels.threshold_config import Method, TargetClass, method_text
 from storage.errors import one_line, validation_line
-from storage.ingest_config import DEFAULT_FOLDS, MAX_FOLDS, MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE
+from storage.ingest_config import DEFAULT_FOLDS, MAX_FOLDS, MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE, SplitMode
 from storage.phantom_limits import (BRATS_MAX_CASE, BRATS_SIZE_RANGE, JUN_CHENG_MAX_CASES, JUN_CHENG_SIZE_RANGE,
                                     PHANTOM_LIMITS)
 
 DatasetKind = Literal["brats", "jun-cheng", "manifest"]
 PHANTOM_KINDS = ("brats", "jun-cheng")
 """Dataset kinds that a ``phantom`` source can synthesise (see :func:`tasks.data.synth_phantoms`)."""
+
 
 class _Params(BaseModel):
     """Flow parameters refuse unknown names: a misspelt ``--param`` (``"ofset"``, ``"fold"``) would otherwise
@@ -48,7 +50,7 @@ class DatasetSpec(_Params):
                               "jun-cheng: {} to {}).".format(*BRATS_SIZE_RANGE, *JUN_CHENG_SIZE_RANGE))
     image_size: int | None = Field(None, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE,
                                    description="Store slice size (default: native).")
-    split: Literal["grouped", "slice", "cvind"] = Field(
+    split: SplitMode = Field(
         "grouped", description="Folds: grouped by patient (honest), by slice (the paper's leaky split) or from "
         "Jun Cheng's cvind.mat.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the phantoms and of the fold assignment.")
@@ -109,7 +111,7 @@ class CleaningParams(_Params):
 class ThresholdParams(_Params):
     """Heatmap thresholds. ``offset=None`` uses the paper's per-model multi-Otsu offsets."""
 
-    method: Literal["otsu", "multiotsu", "fixed"] = Field(
+    method: Method = Field(
         "multiotsu", description="Threshold of the heatmaps: Otsu, 3-class multi-Otsu (upper threshold minus the "
         "offset) or a fixed value.")
     offset: float | Literal["auto"] | None = Field(
@@ -117,7 +119,7 @@ class ThresholdParams(_Params):
         "paper's per model).")
     value: float = Field(0.5, allow_inf_nan=False, description="The fixed method's threshold, in the units of the "
                          "maps (the paper: 0.5).")
-    target_class: Literal["predicted", "true"] = Field(
+    target_class: TargetClass = Field(
         "predicted", description="Threshold the map of the predicted class (the paper) or of the true class "
                                  "(localisation alone).")
     cleaning: CleaningParams = Field(default_factory=CleaningParams, description="Mask clean-up after "
@@ -144,7 +146,7 @@ class ThresholdParams(_Params):
             named = {None: "the paper's offset per model", "auto": "offset chosen on the validation masks"}
             parts = [f"multiotsu, {named.get(self.offset, f'offset {self.offset}')}"]
         else:
-            parts = [f"fixed {self.value}" if self.method == "fixed" else "otsu"]
+            parts = [method_text(self.method, self.value)]
         if self.target_class != "predicted":
             parts.append("map of the true class")
         steps = {key: value for key, value in self.cleaning.model_dump().items() if value}
@@ -195,7 +197,7 @@ class TrainingParams(_Params):
                                     description="Networks to train (at least one).")
     folds: int = Field(DEFAULT_FOLDS, ge=1, le=max(MAX_FOLDS.values()),
                        description="Cross-validation folds; each (model, fold) trains one run.")
-    preset: Literal["paper", "demo", "smoke"] = Field(
+    preset: PresetName = Field(
         "demo", description="Training settings: paper (300 epochs, the paper's), demo (minutes on a CPU) or smoke "
         "(seconds; checks the pipeline).")
     train_overrides: dict = Field(default_factory=dict, description="TrainConfig fields overriding the preset.")

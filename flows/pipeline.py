@@ -16,7 +16,7 @@ from flows.cluster import check_cluster, cluster_problem
 from flows.layout import (PHANTOMS, RUNS, SEED_PREFIX, STORES, TRAINING_SETTINGS, dataset_of, row_line, row_where,
                           run_title)
 from flows.params import DatasetSpec, ThresholdParams, TrainingParams, training_settings
-from gpmodels.files import SEED_SELECTION, read_run_config, write_text_atomic
+from gpmodels.files import MODEL_FILE, SEED_SELECTION, read_run_config, write_text_atomic
 from gpmodels.train_config import preset_config
 from storage.errors import one_line
 from tasks.data import fingerprint, ingest_source, synth_phantoms, validate
@@ -295,7 +295,7 @@ def train_fan_out(jobs: list[dict], dask_address: str | None = None) -> list[dic
 
         annotate = dask.annotate(resources={"GPU": gpus_per_job(jobs)})
     with annotate:
-        futures = [named(trusted(train_model, Path(job["out"]) / "model.pt",
+        futures = [named(trusted(train_model, Path(job["out"]) / MODEL_FILE,
                                  lambda path, job=job: weights_readable(path) and same_settings(job)),
                          "train", run_title(job["out"], job["model"], job["fold"])).submit(**job)
                    for job in jobs]

@@ -30,7 +30,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor
 
-from gpmodels.files import TMP_MARK, replace_atomically, write_text_atomic
+from gpmodels.files import MODEL_FILE, RUN_CONFIG, TMP_MARK, replace_atomically, write_text_atomic
 from storage.errors import one_line
 
 _NET_PREFIX = "net."
@@ -48,7 +48,7 @@ class RunPaths:
 
     @property
     def config(self) -> Path:
-        return self.root / "config.json"
+        return self.root / RUN_CONFIG
 
     @property
     def metrics(self) -> Path:
@@ -56,7 +56,7 @@ class RunPaths:
 
     @property
     def model(self) -> Path:
-        return self.root / "model.pt"
+        return self.root / MODEL_FILE
 
     @property
     def checkpoints(self) -> Path:

@@ -38,6 +38,7 @@ from gpmodels.metrics import (
     count_foreground,
     dice,
     dice_summary,
+    false_positive_rate,
     patient_accuracy,
     per_class_dice,
     tumour_only_accuracy,
@@ -367,7 +368,7 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
             "dice": dice_summary(scores[has_target]),
             "per_class": per_class_dice(np.where(has_target, scores, np.nan), labels, has_target, classes),
             # with the true class's map a tumour-free slice gets an empty mask by construction: no rate to report
-            "fpr_tumour_free": (float(np.mean(pred_px[free] > 0))
+            "fpr_tumour_free": (false_positive_rate(pred_px, free)
                                 if free.any() and config.target_class == "predicted" else None),
             "convention": DICE_CONVENTION,
             # slices given a mask (not of the tumour-free class), those whose threshold the offset clamped at 0,

@@ -125,7 +125,7 @@ def folder_kind(path: Path | str) -> str | None:
         except (OSError, ValueError, AttributeError):
             attributes = {}
         return "a slice store" if "schema_version" in attributes else "a Zarr store"
-    if (path / "config.json").is_file() and ((path / MODEL_FILE).exists() or (path / "checkpoints").is_dir()):
+    if (path / RUN_CONFIG).is_file() and ((path / MODEL_FILE).exists() or (path / "checkpoints").is_dir()):
         return "a run dir"
     if (path / "metrics.json").is_file() and (path / "index.html").is_file():
         return "a report folder"

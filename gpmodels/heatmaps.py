@@ -37,6 +37,7 @@ import zarr
 
 from gpmodels.augment import resize_images
 from gpmodels.files import heatmap_path, relocated, weights_record
+from gpmodels.names import GRADIENT_METHODS, POSTHOC_METHODS
 from gpmodels.nets import is_gp_model
 from gpmodels.training import load_trained
 from storage.classes import has_tumour_free_class
@@ -44,9 +45,6 @@ from storage.folders import check_replaceable, hidden_sibling, recover_interrupt
 from storage.reads import read_rows, read_whole
 from storage.store import (CHUNK_COUNTS, FLAT_CHUNK_KEYS, SPLIT_NAMES, check_chunks, check_data_version, chunk_counts,
                            open_store)
-
-POSTHOC_METHODS: tuple[str, ...] = ("occlusion", "guided_backprop")
-
 
 POSTHOC_OCCLUSION_SLICES = 64
 """Slices whose occlusion maps are made (and held) together on a GPU; more post-hoc slices are made in parts of this
@@ -58,9 +56,6 @@ pixels), so parts of one slice cost no more."""
 POSTHOC_SLICES_PER_PASS = 2
 """Slices whose gradient maps (guided backpropagation, Grad-CAM) are made together. The backward pass keeps
 the network's activations in float32: for 8 slices at once at 512 px, GP-ShuffleUNet's would need about 30 GiB."""
-
-GRADIENT_METHODS = ("guided_backprop",)
-"""Post-hoc methods that need a backward pass, made :data:`POSTHOC_SLICES_PER_PASS` slices at a time."""
 
 
 def pick_device(device: str | None = None) -> torch.device:

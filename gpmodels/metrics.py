@@ -156,17 +156,19 @@ def false_positive_rate(pred: np.ndarray, tumour_free: np.ndarray) -> float:
     """Fraction of tumour-free slices whose predicted mask is non-empty.
 
     Args:
-        pred: ``(N, H, W)`` predicted masks.
+        pred: ``(N, H, W)`` predicted masks, or ``(N,)`` their foreground pixel counts (an evaluation that
+            thresholds a split in parts keeps only those).
         tumour_free: ``(N,)`` bool, True for slices without tumour.
 
     Returns:
         The rate in ``[0, 1]``; NaN when there is no tumour-free slice.
     """
-    pred = _as_masks("pred", pred)
-    tumour_free = _as_vector("tumour_free", tumour_free, pred.shape[0]).astype(bool)
+    pred = np.asarray(pred)
+    counts = _as_vector("pred", pred) if pred.ndim == 1 else count_foreground(_as_masks("pred", pred))
+    tumour_free = _as_vector("tumour_free", tumour_free, counts.shape[0]).astype(bool)
     if not tumour_free.any():
         return float("nan")
-    return float(np.mean(count_foreground(pred[tumour_free]) > 0))
+    return float(np.mean(counts[tumour_free] > 0))
 
 
 def _class_names(classes: int | Sequence[str]) -> list[str]:

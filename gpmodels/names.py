@@ -15,9 +15,18 @@ MODEL_NAMES: tuple[str, ...] = GP_MODEL_NAMES + BASELINE_NAMES
 """Every network ``gpmodels.nets.build_model`` accepts, in the order reports list them."""
 ModelName = Literal["gp-unet", "gp-reconresnet", "gp-shuffleunet", "inceptionv3", "resnext50"]
 """One of :data:`MODEL_NAMES`, as a type: an enum in the flows' parameter schema, so that a deployment run with
-a misspelt model is refused when it is created, not failed when it starts."""
-assert get_args(ModelName) == MODEL_NAMES
+a misspelt model is refused when it is created, not failed when it starts (the same names as
+:data:`MODEL_NAMES`, as a test checks)."""
+
+PresetName = Literal["paper", "demo", "smoke"]
+PRESET_NAMES: tuple[str, ...] = get_args(PresetName)
+"""Training presets (:func:`gpmodels.train_config.preset_config`): the paper's settings, minutes on a CPU, seconds."""
 
 Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 """Training precisions (``auto``: bf16-mixed or 16-mixed on GPU, 32-true on CPU)."""
+
+POSTHOC_METHODS: tuple[str, ...] = ("occlusion", "guided_backprop")
+"""Post-hoc methods :func:`gpmodels.posthoc.posthoc_batch` can run; heatmap stores hold them for every model."""
+GRADIENT_METHODS: tuple[str, ...] = ("guided_backprop",)
+"""The post-hoc methods that need a backward pass (:mod:`gpmodels.heatmaps` makes them a few slices at a time)."""

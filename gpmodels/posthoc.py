@@ -52,6 +52,7 @@ from gpmodels.gradcam import (
     evaluation_mode,
     gradcam_target_maps,
 )
+from gpmodels.names import POSTHOC_METHODS
 from gpmodels.nets.audit import relu_audit
 
 __all__ = [
@@ -65,8 +66,6 @@ __all__ = [
     "posthoc_batch",
 ]
 
-POSTHOC_METHODS: tuple[str, ...] = ("occlusion", "guided_backprop")
-"""Post-hoc methods :func:`posthoc_batch` can run."""
 
 MAX_WINDOW = 15
 """Occlusion window side for images of 240 px and more."""

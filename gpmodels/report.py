@@ -14,12 +14,13 @@
   that class's test slices, mean and std over folds).
 
 Runs are grouped by dataset (the store's ``dataset`` attribute; ``kind (store name)`` where stores of one
-kind under several names are reported together, :func:`distinguish_datasets`) and model label: the network
-plus any network option that differs from its default and any threshold method other than
-multi-Otsu, so variants (e.g. ``pool=maps``) are never averaged together. Scalars are the mean
-and population std over the group's runs (:func:`gpmodels.metrics.aggregate_folds`; with one run the std is
-NaN: an empty cell, ``null``); the median Dice is the mean over folds of each fold's median. Files are written
-atomically.
+kind under several names are reported together, :func:`distinguish_datasets`) and model label: the network,
+the network options the run was given (by its preset or its user, even at their defaults: the label is read from
+``config.json`` without importing a network) and any threshold other than the paper's multi-Otsu on the predicted
+class (``gpmodels.report_runs._label``), so variants (e.g. ``pool=maps``) are never averaged together. Scalars
+are the mean and population std over the group's runs (:func:`gpmodels.metrics.aggregate_folds`; with one run
+the std is NaN: an empty cell, ``null``); the median Dice is the mean over folds of each fold's median. Files are
+written atomically.
 
 References:
     S. Chatterjee et al., "Weakly-supervised segmentation using inherently-explainable

@@ -389,7 +389,7 @@ def _curves(run_dir: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], st
 
 def _threshold_text(values: Mapping[str, Any]) -> str:
     method = values.get("method")
-    text = f"fixed {values.get('value')}" if method == "fixed" else str(method)
+    text = f"fixed {values.get('value')}" if method == "fixed" else str(method)  # as given: the full value
     if method == "multiotsu":
         text += f" (classes {values.get('classes')}) − offset {values.get('offset')}"
     text += f"; {values.get('target_class')} class; nbins {values.get('nbins')}"

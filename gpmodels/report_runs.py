@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from gpmodels.evaluation import evaluated_source, load_evaluation, offset_fell_back
-from gpmodels.files import SEED_SELECTION
+from gpmodels.evaluation import SLICES_FILE, evaluated_source, load_evaluation, offset_fell_back
+from gpmodels.files import RUN_CONFIG, SEED_SELECTION
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS, ThresholdConfig
+from gpmodels.threshold_config import method_text
 from storage.errors import StoreError
 from storage.ingest_config import DEFAULT_RATIOS, SplitConfig
 from storage.store import check_data_version, open_store, read_patients
@@ -143,7 +144,7 @@ def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str,
     threshold = threshold or {"method": "multiotsu", "offset": PAPER_MULTIOTSU_OFFSETS.get(model, 0.0)}
     method = threshold.get("method", "multiotsu")
     if method != "multiotsu":
-        parts.append(f"fixed {threshold['value']:g}" if method == "fixed" else method)
+        parts.append(method_text(method, threshold.get("value", 0.5)))
     elif str(threshold.get("offset_source", "")).startswith("auto"):
         parts.append("auto offset")  # chosen per fold: the folds stay one row
     elif not math.isclose(float(threshold.get("offset", 0.0)), PAPER_MULTIOTSU_OFFSETS.get(model, 0.0)):
@@ -204,7 +205,7 @@ def load_run(run_dir: Path | str) -> ReportRun:
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{run_dir}: no evaluation.json; evaluate the run first "
                                 "(`gpseg postprocess` or gpmodels.evaluation.write_evaluation)") from exc
-    config_path = run_dir / "config.json"
+    config_path = run_dir / RUN_CONFIG
     config = json.loads(config_path.read_text()) if config_path.is_file() else None
     store_path = evaluated_source(run_dir, evaluation)
     dataset, store_error, split_mode, patients, blocks = Path(store_path).stem, None, "", 0, 0
@@ -222,7 +223,7 @@ def load_run(run_dir: Path | str) -> ReportRun:
         except Exception:  # a damaged patient array: the report goes on without the count (validate names it)
             patients = 0
     return ReportRun(run_dir=run_dir, evaluation=evaluation, config=config,
-                     slices=_read_slices(run_dir / "evaluation_slices.csv"), dataset=dataset,
+                     slices=_read_slices(run_dir / SLICES_FILE), dataset=dataset,
                      label=_label(evaluation["run"]["model"], config, evaluation["threshold"],
                                   evaluation["run"].get("cam_grid")),
                      store_error=store_error, seed_selection=seed_selection_text(run_dir),

@@ -5,16 +5,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from gpmodels.thresholds import DEFAULT_NBINS, MAX_NBINS
 
 Method = Literal["otsu", "multiotsu", "fixed"]
-METHODS: tuple[str, ...] = ("otsu", "multiotsu", "fixed")
+METHODS: tuple[str, ...] = get_args(Method)
 TargetClass = Literal["predicted", "true"]
-TARGET_CLASSES: tuple[str, ...] = ("predicted", "true")
+TARGET_CLASSES: tuple[str, ...] = get_args(TargetClass)
 
 PAPER_MULTIOTSU_OFFSETS: dict[str, float] = {"gp-unet": 0.3, "gp-shuffleunet": 0.1, "gp-reconresnet": 1.6}
 """Offsets below the upper multi-Otsu threshold used in the paper, per network (heatmap units).
@@ -73,6 +73,12 @@ class CleaningConfig:
             _check_int(f"cleaning.{name}", getattr(self, name), 0)
         if not isinstance(self.largest_component, bool):
             raise ValueError(f"cleaning.largest_component: got {self.largest_component!r}, expected True or False")
+
+
+def method_text(method: str, value: float) -> str:
+    """``fixed 0.5`` for the fixed method, else the method's name, in labels, tables and notes (multi-Otsu's
+    offset is said apart, as each place needs it)."""
+    return f"fixed {float(value):g}" if method == "fixed" else str(method)
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from gpmodels.augment import AugmentConfig
-from gpmodels.names import MODEL_NAMES, PRECISIONS, Precision
+from gpmodels.names import MODEL_NAMES, PRECISIONS, PRESET_NAMES, Precision, PresetName
 from gpmodels.nets import check_options, model_options
 from storage.ingest_config import MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE
 
 CacheMode = Literal["auto", "always", "never"]
 CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
-PresetName = Literal["paper", "demo", "smoke"]
-PRESET_NAMES: tuple[str, ...] = get_args(PresetName)
 
 RESUMABLE_FIELDS: frozenset[str] = frozenset(
     {"store", "out", "preset", "epochs", "devices", "accelerator", "precision", "num_workers", "cache",

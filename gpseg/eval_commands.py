@@ -201,12 +201,13 @@ def _threshold_cell(threshold: dict) -> str:
     """``MO−0.3`` (multi-Otsu minus the offset; ``MO+0.5`` for a negative one), ``otsu`` or ``fixed 0.5``, as
     the run was thresholded, then ``true class`` and the clean-up steps where they apply."""
     from gpmodels.report_runs import cleaning_parts, multiotsu_text
+    from gpmodels.threshold_config import method_text
 
     method = threshold["method"]
     if method == "multiotsu":
         text = multiotsu_text(float(threshold.get("offset") or 0.0))
     else:
-        text = f"fixed {float(threshold['value']):g}" if method == "fixed" else str(method)
+        text = method_text(method, threshold["value"])
     if threshold.get("target_class", "predicted") != "predicted":
         text += f", {threshold['target_class']} class"
     return ", ".join([text, *cleaning_parts(threshold.get("cleaning") or {})])
@@ -320,12 +321,13 @@ def report_cmd(
     A run that cannot be evaluated, or whose evaluation.json no longer describes it (its test heatmaps gone,
     its store re-ingested since), is named, left out of the report and the others go on (exit 2).
     """
+    from gpmodels.evaluation import EVALUATION_FILE
     from gpmodels.report import build_report
 
     runs, out = _unique(runs), _writable_folder(out)
     for run in runs:
         _require_run(run)  # a folder that is no run is refused before any work
-    missing = [r for r in runs if not (r / "evaluation.json").is_file()]
+    missing = [r for r in runs if not (r / EVALUATION_FILE).is_file()]
     stale = {run: reason for run in runs if run not in missing and (reason := _outdated(run)) is not None}
     failed = _say_failed(stale)
     if missing:

@@ -76,6 +76,8 @@ def test_false_positive_rate():
     pred = masks([(1, 1)], [], [(2, 2)], [])
     assert false_positive_rate(pred, np.array([True, True, False, True])) == pytest.approx(1 / 3)
     assert math.isnan(false_positive_rate(pred, np.zeros(4, bool)))
+    counts = pred.reshape(4, -1).sum(axis=1)  # the form an evaluation in parts keeps
+    assert false_positive_rate(counts, np.array([True, True, False, True])) == pytest.approx(1 / 3)
 
 
 def test_classification_metrics_with_an_absent_class():
