@@ -27,7 +27,7 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Random rotation and flips of training slices (DESIGN.md: ±330°, flips with p = 0.5 each).
+    """Random rotation and flips of training slices (the paper's: ±330°, flips with p = 0.5 each).
 
     Attributes:
         rotation: angles are drawn uniformly from ``[-rotation, rotation]`` degrees.

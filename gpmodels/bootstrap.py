@@ -91,7 +91,7 @@ def patient_bootstrap(patients: np.ndarray, y_true: np.ndarray, y_pred: np.ndarr
     """Percentile confidence intervals of weighted F1 and median Dice, resampling patients.
 
     Args:
-        patients: ``(N,)`` patient id of each slice (any hashable values).
+        patients: ``(N,)`` patient id of each slice (values numpy can sort: all strings or all integers).
         y_true: ``(N,)`` int true classes in ``0..K-1``.
         y_pred: ``(N,)`` int predicted classes in ``0..K-1``.
         dice: ``(N,)`` float per-slice Dice, NaN on slices without a true tumour (left out of the

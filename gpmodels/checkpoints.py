@@ -4,17 +4,18 @@ Layout of ``RUN_DIR``::
 
     config.json             the resolved RunConfig (gpmodels.train_config)
     metrics.csv             every attempt's CSV metrics merged into one table
-    model.pt                the best network weights as a plain state_dict (tensors only)
+    model.pt                the best network weights by val_loss (the last epoch's without a validation
+                            split) as a plain state_dict (tensors only)
     checkpoints/best.ckpt   Lightning checkpoint with the lowest val_loss (weights only, no optimiser state)
     checkpoints/last.ckpt   Lightning checkpoint at the end of the last epoch (resume point)
     logs/step_NNNNNNN/      Lightning CSV logs of the attempt that started at that global step
     tensorboard/            TensorBoard event files
     .train.lock             held (``fcntl.flock``) by the process training the run; holds its pid
 
-Every file loads with ``torch.load(path, weights_only=True)``. Checkpoints are written through a
-temporary file in their own folder and a rename (:class:`RunDirCheckpointIO`), so a process killed
-while it writes one leaves the previous one whole; one that no longer loads raises a one-line error
-naming it (:func:`read_checkpoint`).
+Every weights file (``model.pt``, ``*.ckpt``) loads with ``torch.load(path, weights_only=True)``.
+Checkpoints are written through a temporary file in their own folder and a rename
+(:class:`RunDirCheckpointIO`), so a process killed while it writes one leaves the previous one whole; one
+that no longer loads raises a one-line error naming it (:func:`read_checkpoint`).
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ class RunDirCheckpointIO(TorchCheckpointIO):
 
     Lightning's own writes the checkpoint to a temporary file under ``$TMPDIR`` and moves it into
     place; where ``$TMPDIR`` is on another file system that move is a copy, and a process killed
-    during it leaves a truncated ``last.ckpt``. Here the temporary file (``.<name>.tmp-<8 hex>``) is in
+    during it leaves a truncated ``last.ckpt``. Here the temporary file (``.<name>.tmp-HOST-PID-<8 hex>``) is in
     the checkpoint's folder, is synced to disk, and ``os.replace`` puts it in place in one step
     (:func:`gpmodels.files.replace_atomically`). Paths with a URL scheme are left to Lightning's writer.
     """

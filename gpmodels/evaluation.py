@@ -313,8 +313,8 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
     Returns:
         A JSON-ready dict: ``run``, ``threshold``, ``classification``,
         ``tumour_only_accuracy``, ``patient_accuracy``, ``segmentation``,
-        ``posthoc``, ``bootstrap`` (95 % intervals of weighted F1 and median Dice over the test
-        patients, :func:`gpmodels.bootstrap.patient_bootstrap`) and ``slices`` (per-slice rows,
+        ``posthoc``, ``bootstrap`` (95 % intervals of weighted F1 and median Dice over the
+        evaluated split's patients, :func:`gpmodels.bootstrap.patient_bootstrap`) and ``slices`` (per-slice rows,
         for the CSV).
     """
     heat = open_heatmaps(path)

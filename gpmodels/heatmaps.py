@@ -10,7 +10,8 @@ over one split and writes ``RUN_DIR/heatmaps/<split>.zarr``:
 | ``predicted`` | int8 ``(N,)`` | ``argmax`` of the logits |
 | ``labels`` | int8 ``(N,)`` | true classes (copied from the slice store) |
 | ``index`` | int64 ``(N,)`` | the slices' indices in the slice store |
-| ``posthoc/*`` | float32 ``(M, S, S)`` | post-hoc maps of ``M`` tumour slices spread over the split |
+| ``posthoc/rows`` | int64 ``(M,)`` | the rows (in this store) of ``M`` tumour slices spread over the split |
+| ``posthoc/<method>`` | float32 ``(M, S, S)`` | their post-hoc maps, one array per method |
 
 GP models give their inherent un-pooled class maps (``forward_maps``);
 baselines give Grad-CAM maps of every class (``kind`` attribute ``gradcam``),

@@ -51,9 +51,9 @@ class Histograms(NamedTuple):
     centers: np.ndarray
     """``(C, nbins)`` bin centres, in the slices' dtype."""
     low: np.ndarray
-    """``(C,)`` slice minima."""
+    """``(C,)`` minima of the histogrammed values (after suppression: at least 0)."""
     high: np.ndarray
-    """``(C,)`` slice maxima."""
+    """``(C,)`` maxima of the histogrammed values (after suppression: at least 0)."""
     ok: np.ndarray
     """``(C,)`` bool, False where ``np.histogram`` would raise because the edges
     are not strictly increasing (value range too narrow for the dtype)."""

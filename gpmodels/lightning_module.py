@@ -4,7 +4,7 @@ The network is built outside (``gpmodels.nets.build_model``) and passed in, Ligh
 style. The loss is class-weighted cross-entropy (weights balanced on the training split); for
 networks with an auxiliary classifier (InceptionV3's ``forward_with_aux``) the training loss is
 ``CE(logits) + aux_weight * CE(aux_logits)``, torchvision's convention with ``aux_weight = 0.4``.
-Optimiser: Adam with L2 weight decay (DESIGN.md "Training").
+Optimiser: Adam with L2 weight decay (the paper's training, README "Training, heatmaps, thresholds, report").
 
 Logged: ``train_loss`` (the epoch mean of the batch losses); ``val_loss``, ``val_acc``, ``val_f1``
 (weighted F1) per epoch; the same as ``test_*`` in testing. ``val_loss`` and ``test_loss`` are the

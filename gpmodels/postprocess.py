@@ -7,7 +7,7 @@ typed configuration in :mod:`gpmodels.threshold_config` (all re-exported here).
 The paper's recipe: take the heatmap of one class per slice (the predicted
 class, or the true class to evaluate localisation alone), set its negative
 values to 0 (the "suppressed heatmap"), and keep the pixels strictly above a
-threshold: Otsu's, the upper of three multi-Otsu thresholds lowered by an
+threshold: Otsu's, the upper of three-class multi-Otsu's two thresholds lowered by an
 offset in heatmap units and clamped at 0, or a fixed value. Thresholds are
 computed and compared in the heatmaps' own floating dtype. A constant slice
 (e.g. an all-negative map after suppression) gives an empty mask with Otsu and

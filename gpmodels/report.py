@@ -97,7 +97,7 @@ PAPER_RESULTS: tuple[PaperResult, ...] = (
     PaperResult("brats", "gp-reconresnet", {"precision": .93, "recall": .93, "f1": .92, "accuracy": .93,
                                             "dice_median": .60, "dice_slice_std": .06}, "fixed threshold 0.5"),
 )
-"""DESIGN.md "Paper results" (BraTS 2020 and Jun Cheng, slice-level splits)."""
+"""The paper's results (Chatterjee et al., tables 3 to 5: BraTS 2020 and Jun Cheng, slice-level splits)."""
 
 
 def _number(value: Any) -> float:

@@ -42,8 +42,10 @@ def resolve_run(config: TrainConfig) -> RunConfig:
     Raises:
         storage.errors.StoreError: If there is no readable store at ``config.store``.
         ValueError: If the fold is not in the store, the training split is empty, the validation split holds
-            only classes the training split lacks, a model option is unknown, more GPUs are asked for
-            than this machine has, or a non-empty validation (or test) split has fewer slices than devices.
+            only classes the training split lacks, a model option is unknown or has a value the network
+            refuses (e.g. a depth out of range), the network is too large for the memory, the image size is
+            one the network cannot train on, a GPU is asked for and there is none or fewer than asked, or a
+            non-empty validation (or test) split has fewer slices than devices.
     """
     group = open_store(config.store)
     check_chunks(group, config.store, ("images", "labels", f"splits/fold_{config.fold}"))
@@ -238,7 +240,7 @@ def check_run_dir(config: TrainConfig) -> tuple[RunConfig, RunConfig | None]:
         ValueError: If the configuration does not fit the store (:func:`resolve_run`), ``config.out``
             holds a checkpointed run with other settings (see :data:`gpmodels.train_config.RESUMABLE_FIELDS`)
             or one that would go on in another precision than it was trained in without asking for it,
-            or one of its checkpoints or its ``config.json`` is damaged.
+            or has trained more epochs than asked, or one of its checkpoints or its ``config.json`` is damaged.
     """
     check_out(config)
     run = resolve_run(config)

@@ -49,8 +49,9 @@ def run_dir_lock(paths: RunPaths) -> Iterator[int]:
     the call. Where the file system has no locks, training goes on with a warning.
 
     Raises:
-        RunDirBusy: At once, if another process holds it: ``RUN_DIR: another process (pid N) is training
-            this run; wait for it to finish``.
+        RunDirBusy: At once if a live process holds it: ``RUN_DIR: another process (pid N) is training
+            this run; wait for it to finish``. If the pid recorded in the lock file has ended, after up to
+            :data:`ORPHAN_WAIT_S` for the processes it started (its loader workers), which the message then names.
     """
     fd, writable = open_lock_file(paths.lock)  # read-only when another user made it: flock needs no more
     try:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import numpy as np
 
 from gpmodels.thresholds import DEFAULT_NBINS, MAX_NBINS
+from storage.errors import check_fields
 
 Method = Literal["otsu", "multiotsu", "fixed"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -36,14 +37,6 @@ def _check_finite(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(
             value):
         raise ValueError(f"{name}: got {value!r}, expected a finite number")
-
-
-def _check_fields(name: str, values: Mapping[str, Any], cls: type) -> None:
-    """Raise ``ValueError`` naming the keys of ``values`` that are not fields of the dataclass ``cls``."""
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{name}: unknown fields {unknown}; valid fields are {sorted(names)}")
 
 
 @dataclass(frozen=True)
@@ -89,7 +82,7 @@ class ThresholdConfig:
         method: ``otsu``, ``multiotsu`` (default, the paper's) or ``fixed``.
         offset: multi-Otsu offset in heatmap units, or ``"auto"`` to pick the
             best of ``auto_offsets`` by median validation Dice (see
-            :func:`resolve_auto_offset`). See ``PAPER_MULTIOTSU_OFFSETS``.
+            :func:`gpmodels.postprocess.resolve_auto_offset`). See ``PAPER_MULTIOTSU_OFFSETS``.
         value: the ``fixed`` threshold (paper: 0.5 for GP-ReconResNet).
         classes: multi-Otsu classes (paper: 3).
         nbins: histogram bins of Otsu and multi-Otsu.
@@ -142,11 +135,11 @@ class ThresholdConfig:
         Raises:
             ValueError: a key is not a field (of either class), or a value is invalid.
         """
-        _check_fields("threshold", values, cls)
+        check_fields("threshold", values, cls)
         kept = dict(values)
         cleaning = kept.get("cleaning")
         if isinstance(cleaning, Mapping):
-            _check_fields("cleaning", cleaning, CleaningConfig)
+            check_fields("cleaning", cleaning, CleaningConfig)
             kept["cleaning"] = CleaningConfig(**cleaning)
         if isinstance(kept.get("auto_offsets"), list):
             kept["auto_offsets"] = tuple(kept["auto_offsets"])

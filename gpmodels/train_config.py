@@ -7,7 +7,7 @@ from which :func:`gpmodels.training.load_trained` rebuilds the network.
 
 Presets:
 
-* ``paper`` — DESIGN.md "Training": 300 epochs, the store's image size, the networks' default
+* ``paper`` — the paper's training: 300 epochs, the store's image size, the networks' default
   width, batch 32 accumulated to an effective batch of 128, Adam 1e-3 with weight decay 5e-4,
   gradient clipping 1.0, rotation ±330° and flips.
 * ``demo`` — learns BraTS-like phantoms in one to two minutes per model on two CPU cores: 64 px,
@@ -22,12 +22,13 @@ Presets:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
 from gpmodels.augment import AugmentConfig
 from gpmodels.names import MODEL_NAMES, PRECISIONS, PRESET_NAMES, Precision, PresetName
 from gpmodels.nets import check_options, model_options
+from storage.errors import check_fields
 from storage.ingest_config import MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE
 
 CacheMode = Literal["auto", "always", "never"]
@@ -171,12 +172,12 @@ class TrainConfig:
         """Inverse of :meth:`to_dict`.
 
         Raises:
-            ValueError: If a key is not a field, or a value is invalid.
+            ValueError: If a key (also of ``augment``) is not a field, or a value is invalid.
         """
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"train config: unknown fields {unknown}")
+        check_fields("train config", values, cls)
         augment = values.get("augment", {})
+        if augment is not None:
+            check_fields("augment", augment, AugmentConfig)  # else AugmentConfig's TypeError
         return cls(**{**values, "augment": None if augment is None else AugmentConfig(**augment)})
 
 
@@ -228,10 +229,7 @@ def preset_config(preset: PresetName, store: str, model: str, out: str, **overri
     """
     if preset not in _PRESETS:
         raise ValueError(f"preset: got {preset!r}, expected one of {PRESET_NAMES}")
-    names = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"overrides: unknown fields {unknown}; valid fields are {sorted(names)}")
+    check_fields("overrides", overrides, TrainConfig)
     given = {key: value for key, value in overrides.items() if value is not None}
     per_model = dict(PRESET_MODEL_OVERRIDES.get(preset, {}).get(model, {}))
     options = {**per_model.pop("model_options", {}), **given.pop("model_options", {})}

@@ -14,8 +14,9 @@ ended as a whole (:func:`run_process_group`), so no rank outlives a failed or in
 The calling process may also end without that cleanup: a cancelled Prefect flow run's process is
 killed, and `gpseg serve` ends its runs' processes. So every rank asks the kernel to kill it when the
 process that started it ends (Linux's ``PR_SET_PDEATHSIG``: rank 0 with its caller, ranks 1..N-1
-with rank 0), and rank 0 shares the caller's run-dir lock: a next run of the same run dir waits until
-the ranks are gone (:func:`gpmodels.run_lock.run_dir_lock`) instead of training beside them.
+with rank 0), and rank 0 shares the caller's run-dir lock: a next run of the same run dir waits up to
+:data:`gpmodels.run_lock.ORPHAN_WAIT_S` for the ranks to go, then refuses (``RunDirBusy``), instead of training
+beside them (:func:`gpmodels.run_lock.run_dir_lock`).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def train_in_subprocess(config: TrainConfig, log: Path | None = None) -> TrainRe
         ValueError: If the configuration does not fit the store, or ``config.out`` holds a
             checkpointed run with other settings.
         RuntimeError: If the child exits with an error (the message names the log and quotes its end).
+        gpmodels.run_lock.RunDirBusy: If another process trains ``config.out`` (a ``RuntimeError`` too).
         KeyboardInterrupt: If interrupted; the child and every rank it started are ended first.
     """
     check_run_dir(config)

@@ -273,7 +273,8 @@ def load_trained(run_dir: Path | str, which: Literal["best", "last"] = "best",
 
     Args:
         run_dir: the run directory written by :func:`train`.
-        which: ``best`` loads ``model.pt`` (lowest validation loss); ``last`` the network weights
+        which: ``best`` loads ``model.pt`` (lowest validation loss; the last epoch's weights where the run
+            had no validation split); ``last`` the network weights
             of ``checkpoints/last.ckpt``.
         map_location: device to load the weights to.
 

@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # storage.ingest pulls in scikit-learn, h5py and nibabel: sec
 
 synth_app = typer.Typer(help="Write synthetic phantom datasets in the real on-disk formats.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Ingest a dataset into a Zarr slice store (atomic; exit 0 ok, 2 some cases "
-                              "rejected, 1 nothing usable, 130 interrupted: the store is as it was).",
+                              "rejected, 1 nothing usable, 130 interrupted: the store is as it was, unless the "
+                              "message says the new store was already in place).",
                          no_args_is_help=True)
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Store path to write, e.g. stores/<dataset>.zarr.")]

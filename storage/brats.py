@@ -230,7 +230,8 @@ def discover_brats(src: Path, channels: tuple[str, ...] = BRATS_CHANNELS
         channels: channel names to read, in order.
 
     Returns:
-        The cases, sorted by id, and ``file -> reason`` for the rejected ones.
+        The cases in folder order (by name; in the HGG/ and LGG/ layout, grade folder by grade folder), and
+        ``file -> reason`` for the rejected ones.
 
     Raises:
         ValueError: ``name_mapping.csv`` lacks a Grade or a subject-id column.

@@ -4,8 +4,9 @@ A *drop folder* is a dataset's source folder that new cases are copied into
 (``gpseg drop``); for a manifest, the source is its CSV, and new rows are its new data.
 :func:`new_files` hashes it and compares with what the store
 recorded when it last ingested the folder: its ``sources`` (the stored cases'
-files) and ``examined`` (the files of rejected cases, ``name_mapping.csv`` and
-``cvind.mat``), each relative path -> sha256. So only new or changed files count
+files) and ``examined`` (the files of rejected cases, the metadata files ``name_mapping.csv``,
+``cvind.mat`` or the manifest CSV, and in a folder source the data files no case read), each relative
+path -> sha256. So only new or changed files count
 as new data, and a case rejected for good does not make every check a retrain. A file still in the state
 (device, inode, size, modification and change times) the store recorded for it in ``file_states`` is not read
 again, so a night without new data costs a ``stat`` per file, not a read of the whole dataset.

@@ -6,7 +6,10 @@ the command-line interface can print it on one line.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 
 def one_line(text: object) -> str:
@@ -15,6 +18,16 @@ def one_line(text: object) -> str:
     Library messages (nibabel's, h5py's) span several lines; a rejection reason must not.
     """
     return " ".join(str(text).split())
+
+
+def check_fields(name: str, values: Mapping[str, Any], cls: type) -> None:
+    """Raise ``ValueError`` naming the keys of ``values`` that are not fields of the dataclass ``cls``
+    (``name: unknown fields ['x']; valid fields are [...]``), as a config read from JSON or given as keywords
+    would otherwise fail with a ``TypeError`` from the dataclass."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{name}: unknown fields {unknown}; valid fields are {sorted(names)}")
 
 
 def validation_line(exc: Exception) -> str:

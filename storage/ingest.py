@@ -79,6 +79,7 @@ class IngestReport:
         resized: ``"patient (H×W)"`` of each 3-D case stored now whose axial slices had another size than the
             store's and were resized to it, when no size was asked for (the size came from the first stored case
             or, on append, the store).
+        image_size: the store's slice side, set when the store is written (0 before).
         seconds: wall time.
     """
 
@@ -411,6 +412,9 @@ def ingest_brats(src: Path, out: Path, config: IngestConfig = IngestConfig(), ap
     Raises:
         NoUsableInput: the folder is empty or every case was rejected (each
             rejection is listed in its ``rejected``).
+        ValueError: as every ingestion: on append, a store of other classes or channels or one an older gpseg
+            sliced along another axis; ``--split cvind`` for data without official folds;
+            :class:`storage.locks.Busy` (a ``StoreError``) while another ingestion writes ``out``.
     """
     src = _existing_dir(src)
     config, store_size = _stored_settings(config, Path(out), append)
@@ -437,6 +441,9 @@ def ingest_jun_cheng(src: Path, out: Path, config: IngestConfig = IngestConfig()
         NoUsableInput: no ``N.mat`` file, or every one was rejected.
         ValueError: ``--split cvind`` without a readable ``cvind.mat`` (checked
             before any slice is read).
+        ValueError: as every ingestion: on append, a store of other classes or channels or one an older gpseg
+            sliced along another axis; ``--split cvind`` for data without official folds;
+            :class:`storage.locks.Busy` (a ``StoreError``) while another ingestion writes ``out``.
     """
     src = _existing_dir(src)
     config, store_size = _stored_settings(config, Path(out), append)
@@ -461,6 +468,13 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
     append, the store's); a case with non-square slices needs an asked size.
     On append, the labels are read as the store's classes (a manifest may use
     some of them only), unless ``classes`` is given.
+
+    Raises:
+        NoUsableInput: the CSV is missing or a folder, or every case was rejected.
+        ValueError: the CSV's header or classes are unusable (:func:`storage.manifest.read_manifest`).
+        ValueError: as every ingestion: on append, a store of other classes or channels or one an older gpseg
+            sliced along another axis; ``--split cvind`` for data without official folds;
+            :class:`storage.locks.Busy` (a ``StoreError``) while another ingestion writes ``out``.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():

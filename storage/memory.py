@@ -29,7 +29,7 @@ def cgroup_limits(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Pa
     own group and the groups above it (a Slurm job's limit is on a parent), cgroup v2 and v1's memory controller.
     The working set is the usage less the inactive page cache (``memory.stat``), which the kernel reclaims
     before it kills anything, as ``docker stats`` counts. A group missing under ``root`` (a container that sees the
-    host's group names, with its own group mounted at the root) is read at the root. None where there is no such
+    host's group names, with its own group mounted at the root) is read at the root. Empty where there is no such
     file system (not Linux) or no limit is set (v2's ``max``, v1's about 2**63)."""
     try:
         lines = proc_cgroup.read_text().splitlines()

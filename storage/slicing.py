@@ -1,6 +1,6 @@
 """Turning volumes into labelled, resized axial slices (pure functions).
 
-Rules (DESIGN.md, "Slicing and labelling"): axial slices along the third
+Rules (README, "Slice stores"): axial slices along the third
 volume axis (slice ``z`` is ``volume[:, :, z].T``), after :func:`axial_axes` has put a volume stored in
 another orientation into the axial one; a slice is *blank* when every channel is constant over it and is
 dropped; a kept slice with any tumour voxel (decided at source resolution) gets
@@ -88,7 +88,8 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
         size: output height and width.
 
     Returns:
-        float32 ``(n, C, size, size)``; the input itself when already that size.
+        float32 ``(n, C, size, size)``; the input itself when already that size and float32 (else a float32
+        copy).
     """
     n, c, h, w = images.shape
     if (h, w) == (size, size):

@@ -1,6 +1,6 @@
 """Train/val/test assignment per fold (codes 0 train, 1 val, 2 test).
 
-Modes (DESIGN.md "Splits"):
+Modes (README, "Splits"):
 
 * ``grouped`` (default): patients are stratified by their tumour class and
   dealt, largest slice-deficit first, into ``round(1 / test)`` test blocks

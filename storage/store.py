@@ -1,12 +1,15 @@
 """The Zarr v3 slice store: schema, atomic writing, appending and opening.
 
-Schema (DESIGN.md, schema_version 1): ``images`` float16 ``(N, C, H, W)``
+Schema (README, "Slice stores"; schema_version 1): ``images`` float16 ``(N, C, H, W)``
 chunked one slice per chunk with zstd; ``masks`` uint8 ``(N, H, W)``;
 ``labels`` int8 ``(N,)``; ``patient`` str ``(N,)``; ``slice_index`` int16
-``(N,)``; ``splits/fold_K`` int8 ``(N,)`` (0 train, 1 val, 2 test). Group
+``(N,)``; ``splits/fold_K`` int8 ``(N,)`` (0 train, 1 val, 2 test); Jun Cheng
+stores also ``cvind`` int8 ``(N,)`` (the official fold of each slice). Group
 attributes: ``schema_version``, ``dataset``, ``classes``, ``channels``,
-``normalisation``, ``split``, ``sources``, ``rejected`` (plus ``volumes``,
-``data_version`` and ``image_size``).
+``normalisation``, ``split``, ``sources``, ``rejected``, plus ``data_version``,
+``data_history`` (earlier versions, kept through appends), ``image_size``,
+``source_root``, ``examined``, ``file_states``, ``volumes``, ``patients`` and
+``chunks_written`` (each array's chunk-file count, :data:`CHUNK_COUNTS`).
 
 Atomicity: a store is written under a hidden temporary name beside its final
 path and renamed into place when complete, so a killed ingestion leaves either

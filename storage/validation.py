@@ -2,9 +2,9 @@
 
 The store is summarised into small pandas tables (one row per slice, per array, per fold and patient,
 per fold/split/class) and checked against an expectation suite. First the schema: every array with its
-dtype, dimensions and length, the folds the split attribute names, the attributes. Then, only when it
-holds: labels within the classes, binary masks, tumour-free slices with empty masks and tumour slices
-with non-empty ones, finite images in ``[0, 1]``, consistent lengths, every recorded chunk file, split
+dtype, dimensions and length, every recorded chunk file, the folds the split attribute names, the
+attributes. Then, only when it holds: labels within the classes, binary masks, tumour-free slices with
+empty masks and tumour slices with non-empty ones, finite images in ``[0, 1]``, consistent lengths, split
 codes 0-2, named patients with one slice per position, no patient in two splits of a fold (grouped and
 cvind modes; the slice mode leaks by design) and every class in every split wherever the data allow it.
 """
@@ -142,8 +142,8 @@ def _split_sizes(codes: pd.DataFrame) -> pd.DataFrame:
 
 SCHEMA_ARRAYS: dict[str, tuple[str, int]] = {"images": ("float16", 4), "masks": ("uint8", 3), "labels": ("int8", 1),
                                               "patient": ("str", 1), "slice_index": ("int16", 1)}
-"""The arrays every slice store holds: dtype and dimensions (DESIGN.md's store schema); ``splits/fold_K`` are
-int8 ``(N,)``."""
+"""The arrays every slice store holds: dtype and dimensions (the store schema, README "Slice stores");
+``splits/fold_K`` are int8 ``(N,)``."""
 
 SCHEMA_ATTRS = ("schema_version", "dataset", "classes", "channels", "normalisation", "split", "sources", "rejected")
 """The attributes every slice store holds."""

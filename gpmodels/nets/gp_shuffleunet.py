@@ -178,7 +178,7 @@ class GPShuffleUNet(GPNet):
         ``forward_maps(x)``: -> (logits (B, K), maps (B, K, H, W)).
 
     Raises:
-        ValueError: If a count is not positive or ``dropout`` is outside [0, 1).
+        ValueError: If a count is not positive, ``depth`` is above 11 or ``dropout`` is outside [0, 1).
     """
 
     def __init__(

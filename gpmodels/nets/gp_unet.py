@@ -120,8 +120,8 @@ class GPUNet(GPNet):
         ``forward_maps(x)``: -> (logits (B, K), maps (B, K, H, W)).
 
     Raises:
-        ValueError: If a count is not positive, ``dropout`` is outside [0, 1) or ``init`` is not
-            one of :data:`UNET_INITS`.
+        ValueError: If a count is not positive, ``depth`` is above 11, ``dropout`` is outside [0, 1) or
+            ``init`` is not one of :data:`UNET_INITS`.
     """
 
     def __init__(

@@ -56,6 +56,9 @@ def test_presets_and_overrides():
         preset_config("fast", "s.zarr", "gp-unet", "run")
     with pytest.raises(ValueError, match="unknown fields"):
         preset_config("demo", "s.zarr", "gp-unet", "run", epoch=3)
+    recorded = preset_config("demo", "s.zarr", "gp-unet", "run").to_dict()
+    with pytest.raises(ValueError, match=r"^augment: unknown fields \['flip'\]"):  # was AugmentConfig's TypeError
+        TrainConfig.from_dict({**recorded, "augment": {**recorded["augment"], "flip": True}})
 
 
 @pytest.mark.parametrize(("changes", "field"), [({"model": "unet"}, "model"), ({"epochs": 0}, "epochs"),
