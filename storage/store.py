@@ -4,7 +4,7 @@ Schema (README, "Slice stores"; schema_version 1): ``images`` float16 ``(N, C, H
 chunked one slice per chunk with zstd; ``masks`` uint8 ``(N, H, W)``;
 ``labels`` int8 ``(N,)``; ``patient`` str ``(N,)``; ``slice_index`` int16
 ``(N,)``; ``splits/fold_K`` int8 ``(N,)`` (0 train, 1 val, 2 test); Jun Cheng
-stores also ``cvind`` int8 ``(N,)`` (the official fold of each slice). Group
+stores also ``cvind`` int8 ``(N,)`` (each slice's official fold, 0 without ``cvind.mat``). Group
 attributes: ``schema_version``, ``dataset``, ``classes``, ``channels``,
 ``normalisation``, ``split``, ``sources``, ``rejected``, plus ``data_version``,
 ``data_history`` (earlier versions, kept through appends), ``image_size``,
