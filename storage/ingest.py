@@ -227,55 +227,88 @@ def _run(plan: _Plan, out: Path, config: IngestConfig, append: bool, progress: P
         return _ingest_locked(plan, out, config, append, progress)
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """What an append starts from: the store's attributes and splits (empty for a new store)."""
+
+    attrs: dict = field(default_factory=dict)
+    splits: dict[int, np.ndarray] = field(default_factory=dict)
+    """fold -> ``(N,)`` split codes of the stored slices."""
+    patients: np.ndarray | None = None
+    """``(N,)`` patient id of each stored slice, where the store has folds."""
+    classes: dict[str, int] = field(default_factory=dict)
+    """patient -> stored class."""
+
+
+def _stored_state(plan: _Plan, out: Path, config: IngestConfig, append: bool) -> _Stored:
+    """The store an append adds to, checked against the source; for a new store, the split settings checked.
+
+    Raises:
+        ValueError: the store's classes or channels differ from the source's, it was sliced along another axis
+            by an older gpseg, or a new store's split settings are unusable (too many grouped folds, ``cvind``
+            for data without official folds), before any case is read.
+    """
+    stored = _Stored()
+    if append and out.exists():
+        group = open_store(out)
+        attrs = dict(group.attrs)
+        if attrs.get("classes") != plan.classes or attrs.get("channels") != plan.channels:
+            raise ValueError(f"{out}: stored classes/channels {attrs.get('classes')}/"
+                             f"{attrs.get('channels')} differ from the source's {plan.classes}/{plan.channels}")
+        _check_orientations(out, attrs.get("volumes") or {})
+        splits = {k: group[f"splits/fold_{k}"][:] for k in fold_names(group)}
+        patients = read_patients(group) if splits else None
+        stored = _Stored(attrs, splits, patients,
+                         _stored_classes(patients, group["labels"][:]) if patients is not None else {})
+    if not stored.splits:
+        config.split.check_new_split()
+        if config.split.mode == "cvind" and plan.dataset != "jun-cheng":  # before any case is read, not after
+            raise ValueError(f"--split cvind: {plan.dataset} data has no official folds (only Jun Cheng's "
+                             "cvind.mat has); give --split grouped or slice")
+    return stored
+
+
+def _cases_to_read(plan: _Plan, stored: _Stored, report: IngestReport) -> tuple[list, list[VolumeCase | MatCase]]:
+    """The source's cases that are new to the store, and those rejected without being read.
+
+    A case whose files the store holds is skipped (counted in ``report.skipped``, with a note in
+    ``report.regraded`` where its class in the source changed); one whose files are stored for another patient,
+    or changed since they were stored, is rejected (in ``report.rejected``).
+    """
+    sources, stored_patients = stored.attrs.get("sources", {}), set(stored.attrs.get("patients", []))
+    cases, rejected = [], []
+    for case in plan.cases:
+        key = source_key(case_key(case), plan.root)
+        if key not in sources:
+            cases.append(case)
+        elif isinstance(case, VolumeCase) and case.patient_id not in stored_patients:
+            add_rejection(report.rejected, key, f"already stored for another patient, so patient {case.patient_id} "
+                          "is not: files count by their path relative to the source's folder, and each patient "
+                          "needs files at paths of its own")
+            rejected.append(case)
+        elif changed := changed_since_stored(case, sources, plan.root, stored.attrs.get("file_states"),
+                                             stored.attrs.get("examined")):
+            add_rejection(report.rejected, changed, CHANGED_SINCE_STORED)
+            rejected.append(case)
+        else:
+            report.skipped += 1
+            grade = stored.classes.get(getattr(case, "patient_id", None))
+            if isinstance(case, VolumeCase) and grade is not None and case.label in plan.classes \
+                    and plan.classes.index(case.label) != grade:
+                report.regraded.append(f"{case.patient_id} ({plan.classes[grade]} stored, {case.label} now)")
+    return cases, rejected
+
+
 def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
                    progress: Progress | None) -> IngestReport:
     """The body of :func:`_run`, with the store locked."""
     start = time.perf_counter()
     report = IngestReport(store=out, rejected={source_key(f, plan.root): r for f, r in plan.rejected.items()},
                           archives=plan.archives())
-    base_attrs: dict = {}
-    existing: dict[int, np.ndarray] = {}
-    stored_ids: np.ndarray | None = None
-    known_files: set[str] = set()
-    stored_classes: dict[str, int] = {}
-    if append and out.exists():
-        group = open_store(out)
-        base_attrs = dict(group.attrs)
-        if base_attrs.get("classes") != plan.classes or base_attrs.get("channels") != plan.channels:
-            raise ValueError(f"{out}: stored classes/channels {base_attrs.get('classes')}/"
-                             f"{base_attrs.get('channels')} differ from the source's {plan.classes}/{plan.channels}")
-        _check_orientations(out, base_attrs.get("volumes") or {})
-        existing = {k: group[f"splits/fold_{k}"][:] for k in fold_names(group)}
-        stored_ids = read_patients(group) if existing else None
-        stored_classes = _stored_classes(stored_ids, group["labels"][:]) if stored_ids is not None else {}
-        known_files = set(base_attrs.get("sources", {}))
-    if not existing:
-        config.split.check_new_split()
-        if config.split.mode == "cvind" and plan.dataset != "jun-cheng":  # before any case is read, not after
-            raise ValueError(f"--split cvind: {plan.dataset} data has no official folds (only Jun Cheng's "
-                             "cvind.mat has); give --split grouped or slice")
+    stored = _stored_state(plan, out, config, append)
+    base_attrs, existing, stored_ids = stored.attrs, stored.splits, stored.patients
     stored_patients = set(base_attrs.get("patients", []))
-    rejected_cases: list[VolumeCase | MatCase] = []
-    cases = []
-    for case in plan.cases:
-        key = source_key(case_key(case), plan.root)
-        if key not in known_files:
-            cases.append(case)
-        elif isinstance(case, VolumeCase) and case.patient_id not in stored_patients:
-            add_rejection(report.rejected, key, f"already stored for another patient, so patient {case.patient_id} "
-                          "is not: files count by their path relative to the source's folder, and each patient "
-                          "needs files at paths of its own")
-            rejected_cases.append(case)
-        elif changed := changed_since_stored(case, base_attrs.get("sources", {}), plan.root,
-                                             base_attrs.get("file_states"), base_attrs.get("examined")):
-            add_rejection(report.rejected, changed, CHANGED_SINCE_STORED)
-            rejected_cases.append(case)
-        else:
-            report.skipped += 1
-            stored = stored_classes.get(getattr(case, "patient_id", None))
-            if isinstance(case, VolumeCase) and stored is not None and case.label in plan.classes \
-                    and plan.classes.index(case.label) != stored:
-                report.regraded.append(f"{case.patient_id} ({plan.classes[stored]} stored, {case.label} now)")
+    cases, rejected_cases = _cases_to_read(plan, stored, report)
     if not cases and not existing:
         hint = plan.layout_hint(plan.root) if plan.layout_hint else ""
         raise NoUsableInput(f"{plan.where}: no usable {plan.dataset} cases found"
