@@ -1,12 +1,18 @@
-"""Checks of an existing Dask cluster before a flow sends it training (``--dask-address``).
+"""Checks of an existing Dask cluster before and while a flow trains on it (``--dask-address``).
 
 A training task asks for a ``GPU`` resource (:func:`flows.pipeline.train_fan_out`). The Dask scheduler
 keeps a task that no worker can hold in its ``no-worker`` state for ever, and prefect-dask waits on it
 without a word; an address that nothing answers on failed only after ingestion, in a dump of
-tracebacks. :func:`check_cluster` says either in one line, before any work.
+tracebacks. :func:`check_cluster` says either in one line, before any work; :func:`watch_cluster` says
+when the workers that could hold a task leave while it waits, and :func:`lost_on_cluster` why a task
+that Dask gave up on never ended.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+from storage.errors import one_line
 
 CONNECT_TIMEOUT_S = 20
 """How long :func:`check_cluster` waits for the scheduler to answer."""
@@ -52,3 +58,72 @@ def check_cluster(address: str, gpus: int = 1, timeout: float | None = None) -> 
     problem = cluster_problem(address, workers, gpus)
     if problem:
         raise RuntimeError(problem)
+
+
+def gpus_per_job(jobs: list[dict]) -> int:
+    """GPUs a training job holds on a Dask worker: its DDP ``devices`` (the largest over ``jobs``)."""
+    return max([int((job.get("overrides") or {}).get("devices", 1)) for job in jobs] or [1])
+
+
+CLUSTER_WATCH_S = 60.0
+"""How often :func:`watch_cluster` looks at the Dask cluster while a training task has not ended."""
+
+
+def watch_cluster(wrapped, address: str, gpus: int, what: str, warn: Callable[[str], object],
+                  every: float = CLUSTER_WATCH_S) -> None:
+    """Wait for a Dask future of a training task, warning once each time no worker can hold it any more.
+
+    The flow checks the cluster before it sends it training (:func:`flows.cluster.check_cluster`); a worker
+    offering ``GPU=N`` that leaves mid-run (its machine stopped) left the task in the scheduler's ``no-worker``
+    state, and the flow waited without a word until another such worker joined.
+
+    Args:
+        wrapped: the ``distributed.Future`` (``None``: nothing to watch).
+        address: the scheduler's address, for the message.
+        gpus: the ``GPU`` resource the task asks for.
+        what: the training, for the message (``"brats gp-unet fold 0"``).
+        warn: called with the one-line warning.
+        every: seconds between looks.
+    """
+    if wrapped is None or not hasattr(wrapped, "client"):
+        return
+    from distributed import wait
+
+    warned = False
+    while not wrapped.done():
+        try:
+            wait([wrapped], timeout=every)
+        except Exception:  # the timeout (or an error, which the future's state then gives)
+            pass
+        if wrapped.done():
+            return
+        try:
+            problem = cluster_problem(address, wrapped.client.scheduler_info(n_workers=-1).get("workers", {}), gpus)
+        except Exception:  # the scheduler is gone: the future fails, and its state says so
+            continue
+        if problem and not warned:
+            warn(f"{what}: waiting for a worker: {problem}")
+        warned = bool(problem)
+
+
+def lost_on_cluster(future) -> str | None:
+    """Why a task that Dask gave up on never reached a final state, or ``None``.
+
+    When its workers keep dying (the scheduler marks it failed after ``distributed.scheduler.allowed-failures``
+    deaths: ``KilledWorker``), the task never reports an end to Prefect, whose last state of it is still
+    ``Running``; the reason is the wrapped Dask future's exception.
+    """
+    wrapped = getattr(future, "wrapped_future", None)
+    try:
+        error = wrapped.exception(timeout=0) if wrapped is not None and wrapped.done() else None
+    except Exception:  # cancelled, or the client is gone
+        return None
+    if error is None:
+        return None
+    if type(error).__name__ == "KilledWorker":
+        tries = getattr(error, "allowed_failures", None)
+        last = getattr(getattr(error, "last_worker", None), "address", None)
+        return (f"KilledWorker: the Dask worker running it died{f' {tries + 1} times' if tries is not None else ''}"
+                f"{f', last {last}' if last else ''} (see the workers' logs); the same run resumes it from its last "
+                "checkpoint")
+    return f"{type(error).__name__}: {one_line(error)}"

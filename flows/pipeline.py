@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.cluster import check_cluster, cluster_problem
+from flows.cluster import check_cluster, gpus_per_job, lost_on_cluster, watch_cluster
 from flows.layout import (PHANTOMS, RUNS, SEED_PREFIX, STORES, TRAINING_SETTINGS, dataset_of, row_line, row_where,
                           run_title)
 from flows.params import DatasetSpec, ThresholdParams, TrainingParams, training_settings
@@ -275,11 +275,6 @@ def train_and_keep(jobs: list[dict], params: TrainingParams) -> tuple[list[dict]
     return kept, [{"dataset": dataset_of(result["run_dir"]), "text": note} for result, note in zip(kept, notes)]
 
 
-def gpus_per_job(jobs: list[dict]) -> int:
-    """GPUs a training job holds on a Dask worker: its DDP ``devices`` (the largest over ``jobs``)."""
-    return max([int((job.get("overrides") or {}).get("devices", 1)) for job in jobs] or [1])
-
-
 @flow(name="train-fan-out", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def train_fan_out(jobs: list[dict], dask_address: str | None = None) -> list[dict]:
     """Train every (dataset, model, fold) job; a failing job does not stop the others.
@@ -313,70 +308,6 @@ def train_fan_out(jobs: list[dict], dask_address: str | None = None) -> list[dic
             out.append({"failed": f"training: {reason or failure_reason(state)}", "model": job["model"],
                         "fold": job["fold"], "run_dir": job["out"]})
     return out
-
-
-CLUSTER_WATCH_S = 60.0
-"""How often :func:`watch_cluster` looks at the Dask cluster while a training task has not ended."""
-
-
-def watch_cluster(wrapped, address: str, gpus: int, what: str, warn: Callable[[str], object],
-                  every: float = CLUSTER_WATCH_S) -> None:
-    """Wait for a Dask future of a training task, warning once each time no worker can hold it any more.
-
-    The flow checks the cluster before it sends it training (:func:`flows.cluster.check_cluster`); a worker
-    offering ``GPU=N`` that leaves mid-run (its machine stopped) left the task in the scheduler's ``no-worker``
-    state, and the flow waited without a word until another such worker joined.
-
-    Args:
-        wrapped: the ``distributed.Future`` (``None``: nothing to watch).
-        address: the scheduler's address, for the message.
-        gpus: the ``GPU`` resource the task asks for.
-        what: the training, for the message (``"brats gp-unet fold 0"``).
-        warn: called with the one-line warning.
-        every: seconds between looks.
-    """
-    if wrapped is None or not hasattr(wrapped, "client"):
-        return
-    from distributed import wait
-
-    warned = False
-    while not wrapped.done():
-        try:
-            wait([wrapped], timeout=every)
-        except Exception:  # the timeout (or an error, which the future's state then gives)
-            pass
-        if wrapped.done():
-            return
-        try:
-            problem = cluster_problem(address, wrapped.client.scheduler_info(n_workers=-1).get("workers", {}), gpus)
-        except Exception:  # the scheduler is gone: the future fails, and its state says so
-            continue
-        if problem and not warned:
-            warn(f"{what}: waiting for a worker: {problem}")
-        warned = bool(problem)
-
-
-def lost_on_cluster(future) -> str | None:
-    """Why a task that Dask gave up on never reached a final state, or ``None``.
-
-    When its workers keep dying (the scheduler marks it failed after ``distributed.scheduler.allowed-failures``
-    deaths: ``KilledWorker``), the task never reports an end to Prefect, whose last state of it is still
-    ``Running``; the reason is the wrapped Dask future's exception.
-    """
-    wrapped = getattr(future, "wrapped_future", None)
-    try:
-        error = wrapped.exception(timeout=0) if wrapped is not None and wrapped.done() else None
-    except Exception:  # cancelled, or the client is gone
-        return None
-    if error is None:
-        return None
-    if type(error).__name__ == "KilledWorker":
-        tries = getattr(error, "allowed_failures", None)
-        last = getattr(getattr(error, "last_worker", None), "address", None)
-        return (f"KilledWorker: the Dask worker running it died{f' {tries + 1} times' if tries is not None else ''}"
-                f"{f', last {last}' if last else ''} (see the workers' logs); the same run resumes it from its last "
-                "checkpoint")
-    return f"{type(error).__name__}: {one_line(error)}"
 
 
 TASK_FAILURE_PREFIX = "Task run encountered an exception "

@@ -39,7 +39,7 @@ def test_training_runs_on_the_gpu_resource_worker_only(tmp_path: Path):
 
 
 def test_gpus_per_job_follows_ddp_devices():
-    from flows.pipeline import gpus_per_job
+    from flows.cluster import gpus_per_job
 
     assert gpus_per_job([{"overrides": {}}, {}]) == 1
     assert gpus_per_job([{"overrides": {"devices": 4}}, {"overrides": {"devices": 2}}]) == 4
@@ -97,7 +97,7 @@ def test_a_training_lost_with_its_dask_workers_says_so_instead_of_running():
 
     from distributed.scheduler import KilledWorker
 
-    from flows.pipeline import lost_on_cluster
+    from flows.cluster import lost_on_cluster
 
     error = KilledWorker("train_model-1", SimpleNamespace(address="tcp://10.0.0.2:4000"), 3)
     wrapped = SimpleNamespace(done=lambda: True, exception=lambda timeout=None: error)
@@ -116,7 +116,7 @@ def test_a_training_left_without_a_gpu_worker_mid_run_is_said_once(monkeypatch):
 
     import distributed
 
-    from flows.pipeline import watch_cluster
+    from flows.cluster import watch_cluster
 
     looks = iter([{}, {}, {"w1": {"resources": {"GPU": 1}}}, {}, None])  # None: the task has ended
 
