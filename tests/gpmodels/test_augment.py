@@ -124,5 +124,10 @@ def test_shape_mismatch_is_rejected():
 def test_resize_images_is_the_image_part_of_resize_batch(size):
     images = torch.rand(2, 3, 12, 12)
     masks = (torch.rand(2, 12, 12) > 0.5).to(torch.uint8)
-    assert torch.equal(resize_images(images, size), resize_batch(images, masks, size)[0])
+    resized = resize_images(images, size)
+    assert torch.equal(resized, resize_batch(images, masks, size)[0])
+    # bilinear, anti-aliased when shrinking (resize_batch calls resize_images: the line above alone cannot fail)
+    expected = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                                               antialias=size < 12)
+    torch.testing.assert_close(resized, expected)
     assert resize_images(images, 12) is images

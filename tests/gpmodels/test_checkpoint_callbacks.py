@@ -23,12 +23,8 @@ def _read_metrics(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_last_checkpoint_is_the_last_epoch_when_validation_loss_stops_improving(smoke_run, tmp_path, monkeypatch):
-    """``last.ckpt`` is the end of training, not the best epoch, so a finished run re-runs in no steps.
-
-    The validation loss is made to rise each epoch, so the best epoch is the first of three.
-    """
-    config, _ = smoke_run
+def _rising_validation_loss(monkeypatch) -> None:
+    """Make the validation loss rise by 1 each epoch, so the first epoch is the best."""
     loss = ClassifierModule.loss
 
     def rising_validation_loss(self, images, labels):
@@ -36,6 +32,15 @@ def test_last_checkpoint_is_the_last_epoch_when_validation_loss_stops_improving(
         return logits, value + (0.0 if self.training else float(self.current_epoch))
 
     monkeypatch.setattr(ClassifierModule, "loss", rising_validation_loss)
+
+
+def test_last_checkpoint_is_the_last_epoch_when_validation_loss_stops_improving(smoke_run, tmp_path, monkeypatch):
+    """``last.ckpt`` is the end of training, not the best epoch, so a finished run re-runs in no steps.
+
+    The validation loss is made to rise each epoch, so the best epoch is the first of three.
+    """
+    config, _ = smoke_run
+    _rising_validation_loss(monkeypatch)
     out = tmp_path / "rising"
     result = train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "epochs": 3}))
     paths = RunPaths(out)
@@ -47,12 +52,14 @@ def test_last_checkpoint_is_the_last_epoch_when_validation_loss_stops_improving(
     assert again.best_val_loss == pytest.approx(result.best_val_loss)
 
 
-def test_a_moved_run_dir_resumes_with_its_best_score(smoke_run, tmp_path):
+def test_a_moved_run_dir_resumes_with_its_best_score(smoke_run, tmp_path, monkeypatch):
     """Lightning forgets the best score when the checkpoints' folder changed; then a worse epoch would
-    replace best.ckpt and model.pt. A run dir moved as a whole keeps it."""
+    replace best.ckpt and model.pt. A run dir moved as a whole keeps it. The validation loss rises each
+    epoch, so the first epoch, trained before the move, must stay the best."""
     import warnings
 
     config, _ = smoke_run
+    _rising_validation_loss(monkeypatch)
     first = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "before"), "epochs": 1})
     train(first)
     shutil.copytree(tmp_path / "before", tmp_path / "after")
@@ -62,9 +69,11 @@ def test_a_moved_run_dir_resumes_with_its_best_score(smoke_run, tmp_path):
         result = train(TrainConfig.from_dict({**first.to_dict(), "out": str(tmp_path / "after"), "epochs": 3}))
     assert not [w for w in caught if "dirpath has changed" in str(w.message)]
     losses = [float(row["val_loss"]) for row in _read_metrics(tmp_path / "after" / "metrics.csv") if row.get("val_loss")]
-    assert len(losses) == 3 and result.best_val_loss == pytest.approx(min(losses))
+    assert len(losses) == 3 and result.best_val_loss == pytest.approx(losses[0]) == pytest.approx(min(losses))
     best = torch.load(tmp_path / "after" / "checkpoints" / "best.ckpt", weights_only=True)
-    assert best["epoch"] == losses.index(min(losses))
+    assert best["epoch"] == 0  # a later, worse epoch replaced it when the best score was forgotten
+    model = torch.load(tmp_path / "after" / "model.pt", weights_only=True)
+    assert all(torch.equal(model[name], best["state_dict"][f"net.{name}"]) for name in model)
 
 
 _KILL_BEFORE_LAST = ("import json, os, signal, sys; from pathlib import Path; import gpmodels.checkpoints as ck\n"

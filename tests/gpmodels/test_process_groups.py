@@ -89,3 +89,24 @@ def test_end_groups_returns_only_once_the_killed_processes_are_gone(tmp_path, mo
     end_groups([leader.pid], grace_s=0.2)
     assert not group_is_alive(leader.pid)  # the leader is a zombie until reaped, which counts as gone
     assert leader.wait(timeout=10) == -9
+
+
+def test_a_leader_that_outlives_sigkill_is_waited_for_at_most_kill_wait(tmp_path, monkeypatch):
+    """A leader stuck in uninterruptible I/O ends only when its I/O returns; the call waited for it without a
+    bound. Here SIGKILL is not sent at all, so the leader lives on."""
+    leader = _group(tmp_path, "unkillable", "ignore-term")
+    send = process_groups.signal_group
+    monkeypatch.setattr(process_groups, "signal_group",
+                        lambda group, signum: None if signum == signal.SIGKILL else send(group, signum))
+    monkeypatch.setattr(process_groups, "KILL_WAIT_S", 0.5)
+    try:
+        ended = threading.Thread(target=end_groups, args=([leader.pid],), kwargs={"grace_s": 0.1, "leaders": [leader]},
+                                 daemon=True)
+        started = time.monotonic()
+        ended.start()
+        ended.join(timeout=20)
+        assert not ended.is_alive() and time.monotonic() - started < 5
+        assert leader.poll() is None  # still there: the call gave up waiting
+    finally:
+        send(leader.pid, signal.SIGKILL)
+        leader.wait(timeout=10)

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -30,7 +32,7 @@ def test_grouped_no_leak_ratios_and_classes():
         for split in (TRAIN, VAL, TEST):
             assert set(np.unique(labels[codes == split])) == {0, 1, 2}
         tests.append(set(np.unique(patients[codes == TEST])))
-    assert not (tests[0] & tests[1]) and not (tests[1] & tests[2])  # disjoint test sets across folds
+    assert all(not (a & b) for a, b in itertools.combinations(tests, 2))  # disjoint test sets across folds
 
 
 def test_grouped_is_deterministic_and_seed_dependent():
