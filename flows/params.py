@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, default_drop_folder
 from gpmodels.names import MODEL_NAMES, ModelName, PresetName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
-from gpmodels.threshold_config import Method, TargetClass, method_text
+from gpmodels.threshold_config import Method, TargetClass
 from storage.errors import one_line, validation_line
 from storage.ingest_config import DEFAULT_FOLDS, MAX_FOLDS, MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE, SplitMode
 from storage.phantom_limits import (BRATS_MAX_CASE, BRATS_SIZE_RANGE, JUN_CHENG_MAX_CASES, JUN_CHENG_SIZE_RANGE,
@@ -146,7 +146,7 @@ class ThresholdParams(_Params):
             named = {None: "the paper's offset per model", "auto": "offset chosen on the validation masks"}
             parts = [f"multiotsu, {named.get(self.offset, f'offset {self.offset}')}"]
         else:
-            parts = [method_text(self.method, self.value)]
+            parts = [f"fixed {self.value}" if self.method == "fixed" else self.method]  # the value as given
         if self.target_class != "predicted":
             parts.append("map of the true class")
         steps = {key: value for key, value in self.cleaning.model_dump().items() if value}

@@ -16,7 +16,7 @@ from flows.cluster import check_cluster, gpus_per_job, lost_on_cluster, watch_cl
 from flows.layout import (PHANTOMS, RUNS, SEED_PREFIX, STORES, TRAINING_SETTINGS, dataset_of, row_line, row_where,
                           run_title)
 from flows.params import DatasetSpec, ThresholdParams, TrainingParams, training_settings
-from gpmodels.files import MODEL_FILE, SEED_SELECTION, read_run_config, write_text_atomic
+from gpmodels.files import MODEL_FILE, SEED_SELECTION, write_text_atomic
 from gpmodels.train_config import preset_config
 from storage.errors import one_line
 from tasks.data import fingerprint, ingest_source, synth_phantoms, validate
@@ -83,7 +83,7 @@ def same_settings(job: dict) -> bool:
     try:
         config = preset_config(job["preset"], job["store"], job["model"], job["out"], fold=job["fold"],
                                **{**(job.get("overrides") or {}), **machine})
-        recorded = RunConfig.from_dict(read_run_config(job["out"]))
+        recorded = RunConfig.read(job["out"])
         return not recorded.differences(resolve_run(config))
     except Exception:  # no or a damaged config.json, a store that changed: training says what is wrong
         return False

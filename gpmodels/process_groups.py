@@ -9,12 +9,15 @@ POSIX only (process groups).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
+
+_LOG = logging.getLogger(__name__)
 
 POLL_S = 0.05
 """Seconds between two looks at whether the signalled groups have ended (after SIGKILL, five times as often)."""
@@ -72,7 +75,8 @@ def end_groups(groups: Iterable[int], grace_s: float, leaders: Iterable[subproce
         groups: process-group ids (the pid of each group's leader, started with ``start_new_session=True``).
         grace_s: seconds between SIGTERM and SIGKILL.
         leaders: :class:`subprocess.Popen` objects among the groups' leaders; they are polled while
-            waiting and reaped at the end, so that they do not linger as zombies.
+            waiting and reaped at the end, so that they do not linger as zombies (one that outlives SIGKILL by
+            more than :data:`KILL_WAIT_S` is left unreaped, and a warning names it).
     """
     leaders = list(leaders)
     live = [group for group in dict.fromkeys(groups) if group_is_alive(group)]
@@ -93,7 +97,8 @@ def end_groups(groups: Iterable[int], grace_s: float, leaders: Iterable[subproce
             try:
                 leader.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                pass
+                _LOG.warning("process %d outlived SIGKILL by %g s (uninterruptible I/O?); not waiting for it",
+                             leader.pid, KILL_WAIT_S)
         _wait_until_gone(live, max(0.0, deadline - time.monotonic()))
 
 
@@ -110,7 +115,8 @@ def _wait_until_gone(groups: list[int], timeout_s: float) -> None:
 
 
 def stop_process_group(leader: subprocess.Popen, grace_s: float) -> None:
-    """End ``leader``'s whole process group (:func:`end_groups`) and reap ``leader``.
+    """End ``leader``'s whole process group (:func:`end_groups`) and reap ``leader`` (unless it outlives SIGKILL
+    by more than :data:`KILL_WAIT_S`).
 
     ``leader`` must have been started with ``start_new_session=True`` (its pid is the group's id).
     Processes of the group that were re-parented are reaped by init.

@@ -18,7 +18,7 @@ from torch import nn
 
 from gpmodels.checkpoints import CheckpointProgress, RunPaths, checkpoint_progress, read_checkpoint
 from gpmodels.data import balanced_class_weights, slices_per_batch, split_indices, train_batches_per_device
-from gpmodels.files import damaged, output_problem, read_run_config
+from gpmodels.files import output_problem
 from gpmodels.nets import build_model, count_parameters, meta_model
 from gpmodels.precision import bf16_is_emulated, on_gpu, resolve_precision
 from gpmodels.train_config import RunConfig, TrainConfig
@@ -273,10 +273,7 @@ def previous_run(paths: RunPaths, run: RunConfig) -> tuple[RunConfig | None, Che
         read_checkpoint(paths.best, ("state_dict",))
     previous = None
     if paths.config.exists():
-        try:
-            previous = RunConfig.from_dict(read_run_config(paths.root))
-        except (TypeError, KeyError) as exc:
-            raise damaged(paths.config, exc, f"; delete {paths.root} and re-run to train the run again") from None
+        previous = RunConfig.read(paths.root)
         changed = previous.differences(run)
         if changed:
             raise ValueError(f"out: {paths.root} holds a run with other settings ({', '.join(changed)}); choose "

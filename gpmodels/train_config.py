@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from gpmodels.augment import AugmentConfig
+from gpmodels.files import RUN_CONFIG, damaged, read_run_config
 from gpmodels.names import MODEL_NAMES, PRECISIONS, PRESET_NAMES, Precision, PresetName
 from gpmodels.nets import check_options, model_options
 from storage.errors import check_fields
@@ -307,6 +309,22 @@ class RunConfig:
         tuples = {"classes", "channels", "class_weights"}
         converted = {key: tuple(value) if key in tuples else value for key, value in values.items()}
         return cls(**{**converted, "train": TrainConfig.from_dict(values["train"])})
+
+    @classmethod
+    def read(cls, run_dir: Path | str) -> RunConfig:
+        """The configuration in a run directory's ``config.json``.
+
+        Raises:
+            ValueError: one line naming the folder or the file: no run directory, or a ``config.json`` that is
+                not JSON or not a configuration gpseg wrote (``PATH: damaged (...); delete RUN_DIR and re-run to
+                train the run again``).
+        """
+        values = read_run_config(run_dir)
+        try:
+            return cls.from_dict(values)
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            raise damaged(Path(run_dir) / RUN_CONFIG, exc,
+                          f"; delete {run_dir} and re-run to train the run again") from None
 
     def differences(self, other: RunConfig) -> list[str]:
         """Fields (``train.X`` or top-level) in which ``other`` differs, ignoring :data:`RESUMABLE_FIELDS`,

@@ -117,7 +117,8 @@ def run_process_group(command: list[str], sink: IO, grace_s: float = STOP_GRACE_
     re-parented to init and would run on. So whatever is left of the group when the leader exits,
     or when waiting for it fails or is interrupted (``KeyboardInterrupt``), gets SIGTERM, and SIGKILL
     after ``grace_s`` seconds (at once on a second interruption). The group is gone when this returns
-    or raises.
+    or raises, unless a process outlives SIGKILL by more than :data:`gpmodels.process_groups.KILL_WAIT_S` (stuck
+    in uninterruptible I/O; it keeps the run-dir lock, so no other training starts beside it).
 
     Args:
         command: the program and its arguments.

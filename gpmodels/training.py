@@ -283,7 +283,7 @@ def load_trained(run_dir: Path | str, which: Literal["best", "last"] = "best",
 
     Raises:
         FileNotFoundError: If ``config.json`` or the weights are missing.
-        ValueError: If ``which`` is neither ``best`` nor ``last``, or the weights are damaged.
+        ValueError: If ``which`` is neither ``best`` nor ``last``, or ``config.json`` or the weights are damaged.
     """
     paths = RunPaths(Path(run_dir))
     if which not in ("best", "last"):
@@ -292,7 +292,7 @@ def load_trained(run_dir: Path | str, which: Literal["best", "last"] = "best",
     for path in (paths.config, weights):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; is {paths.root} a finished `gpseg train` run directory?")
-    run = RunConfig.from_dict(json.loads(paths.config.read_text()))
+    run = RunConfig.read(paths.root)
     net = build_network(run)
     if which == "best":
         problem = archive_damage(weights)

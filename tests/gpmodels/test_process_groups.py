@@ -91,7 +91,7 @@ def test_end_groups_returns_only_once_the_killed_processes_are_gone(tmp_path, mo
     assert leader.wait(timeout=10) == -9
 
 
-def test_a_leader_that_outlives_sigkill_is_waited_for_at_most_kill_wait(tmp_path, monkeypatch):
+def test_a_leader_that_outlives_sigkill_is_waited_for_at_most_kill_wait(tmp_path, monkeypatch, caplog):
     """A leader stuck in uninterruptible I/O ends only when its I/O returns; the call waited for it without a
     bound. Here SIGKILL is not sent at all, so the leader lives on."""
     leader = _group(tmp_path, "unkillable", "ignore-term")
@@ -107,6 +107,7 @@ def test_a_leader_that_outlives_sigkill_is_waited_for_at_most_kill_wait(tmp_path
         ended.join(timeout=20)
         assert not ended.is_alive() and time.monotonic() - started < 5
         assert leader.poll() is None  # still there: the call gave up waiting
+        assert f"process {leader.pid} outlived SIGKILL by 0.5 s" in caplog.text
     finally:
         send(leader.pid, signal.SIGKILL)
         leader.wait(timeout=10)

@@ -27,7 +27,7 @@ from gpmodels.lightning_module import ClassifierModule, weighted_cross_entropy
 from gpmodels.nets import build_model
 from gpmodels.train_config import RunConfig, TrainConfig, preset_config
 from gpmodels import precision as precision_rules, run_lock, training
-from gpmodels.run_checks import build_network, resolve_run
+from gpmodels.run_checks import build_network, check_run_dir, resolve_run
 from gpmodels.training import load_trained, train
 from gpseg.cli import app
 
@@ -927,3 +927,21 @@ def test_the_training_bar_counts_epochs_from_one_and_shows_no_v_num(monkeypatch)
     monkeypatch.setattr(training.RichProgressBar, "get_metrics", lambda self, trainer, module: {"v_num": "000_",
                                                                                                    "train_loss": 1.0})
     assert bar.get_metrics(None, None) == {"train_loss": 1.0}
+
+
+@pytest.mark.parametrize("change", [{"augment": {"rotation": 330.0, "flip_p": 0.5, "flip": True}},
+                                    {"augment": "none"}, {"epoch": 3}])
+def test_a_config_json_gpseg_did_not_write_is_damaged_naming_it(smoke_run, tmp_path, change):
+    """An unknown augment key was a ValueError that named neither the file nor the run dir; a top-level one too,
+    and one that was no dict a TypeError from the dataclass."""
+    config, _ = smoke_run
+    out = tmp_path / "run"
+    shutil.copytree(config.out, out)
+    recorded = json.loads((out / "config.json").read_text())
+    recorded["train"].update(change)
+    (out / "config.json").write_text(json.dumps(recorded))
+    hint = f"; delete {out} and re-run to train the run again"
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(out / 'config.json'))}: damaged \(.*\){re.escape(hint)}$"):
+        check_run_dir(TrainConfig.from_dict({**config.to_dict(), "out": str(out)}))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(out / 'config.json'))}: damaged"):
+        load_trained(out)
