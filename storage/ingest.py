@@ -472,11 +472,10 @@ def ingest_jun_cheng(src: Path, out: Path, config: IngestConfig = IngestConfig()
 
     Raises:
         NoUsableInput: no ``N.mat`` file, or every one was rejected.
-        ValueError: ``--split cvind`` without a readable ``cvind.mat`` (checked
-            before any slice is read).
-        ValueError: as every ingestion: on append, a store of other classes or channels or one an older gpseg
-            sliced along another axis; ``--split cvind`` for data without official folds;
-            :class:`storage.locks.Busy` (a ``StoreError``) while another ingestion writes ``out``.
+        ValueError: ``--split cvind`` without a readable ``cvind.mat`` (checked before any slice is read);
+            and as every ingestion: on append, a store of other classes or channels or one an older gpseg
+            sliced along another axis; :class:`storage.locks.Busy` (a ``StoreError``) while another ingestion
+            writes ``out``.
     """
     src = _existing_dir(src)
     config, store_size = _stored_settings(config, Path(out), append)
@@ -504,8 +503,8 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
 
     Raises:
         NoUsableInput: the CSV is missing or a folder, or every case was rejected.
-        ValueError: the CSV's header or classes are unusable (:func:`storage.manifest.read_manifest`).
-        ValueError: as every ingestion: on append, a store of other classes or channels or one an older gpseg
+        ValueError: the CSV's header or classes are unusable (:func:`storage.manifest.read_manifest`); and as
+            every ingestion: on append, a store of other classes or channels or one an older gpseg
             sliced along another axis; ``--split cvind`` for data without official folds;
             :class:`storage.locks.Busy` (a ``StoreError``) while another ingestion writes ``out``.
     """
