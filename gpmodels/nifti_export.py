@@ -12,15 +12,17 @@ header of the patient's original file, so that the mask overlays the source in a
 Files are written atomically: the compressed bytes go to a hidden temporary file in the output
 folder (``.<name>.tmp-HOST-PID-<8 hex>``), are flushed to disk and then renamed over the final name, so
 an interrupted export leaves either the previous file or the complete new one (after a kill, a hidden
-temporary file, which never ends in ``.nii.gz`` and which the next export of that file deletes).
+temporary file, which never ends in ``.nii.gz`` and which a later export of that file deletes once it is
+over an hour old and its writer is gone).
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -58,6 +60,22 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
         raise ValueError(f"shape: got {list(values)}, more voxels than any volume gpseg ingests (a damaged "
                          "volumes record?)")
     return int(values[0]), int(values[1]), int(values[2])
+
+
+def _check_record(record: Mapping[str, Any]) -> None:
+    """Refuse a ``volumes`` entry without a usable grid (``shape``, a 4×4 finite ``affine``, the ``reference``
+    path), before any file is written: a damaged record gave a ``KeyError`` traceback after the files of the
+    patients before it."""
+    missing = [key for key in ("shape", "affine", "reference") if key not in record]
+    if missing:
+        raise ValueError(f"volume record: no {', '.join(missing)} (a damaged volumes record?)")
+    _check_shape(record["shape"])
+    try:
+        affine = np.asarray(record["affine"], dtype=np.float64)
+    except (TypeError, ValueError):
+        affine = np.zeros(0)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise ValueError("volume record: affine is not a finite 4×4 matrix (a damaged volumes record?)")
 
 
 def reassemble_volume(masks: np.ndarray, slice_index: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -160,7 +178,8 @@ def mask_image(volume: np.ndarray, affine: np.ndarray, reference: Path | None,
     The reference file's header is read (not its voxels) and copied when the file exists and
     matches ``volume``'s shape and ``affine``: orientation codes, pixel dimensions, units and
     timing stay as in the original. Otherwise a fresh header is built in millimetre units: with
-    the source's recorded ``forms``, its qform and both codes (viewers built on ITK, such as
+    the source's recorded ``forms``, its qform and both codes (sform code 1 where the source coded
+    neither form; viewers built on ITK, such as
     ITK-SNAP and 3D Slicer, place an image by its qform, which may differ from the sform), ``affine``
     as the sform; without them (stores of older gpseg), ``affine`` as sform and qform (code 1,
     scanner). In both cases the data type is uint8, scaling is the identity (slope 1, intercept 0),
@@ -268,6 +287,32 @@ def open_volume_store(store_path: str | Path) -> zarr.Group:
     return group
 
 
+def patient_axes(store_path: str | Path, volumes: Mapping[str, Any], patients: Sequence[str]
+                 ) -> dict[str, tuple[int, int, int]]:
+    """Each patient's axis order (:func:`storage.volumes.record_axes`), once its ``volumes`` entry is checked to
+    hold a usable grid, so that an export refuses a damaged record before it writes any file.
+
+    Args:
+        store_path: the store, for the messages.
+        volumes: the store's ``volumes`` attribute.
+        patients: the patients to export.
+
+    Raises:
+        ValueError: one line naming the store and the patient: no entry, or one without a usable grid.
+    """
+    axes = {}
+    for patient in patients:
+        if patient not in volumes:
+            raise ValueError(f"{store_path}: patient {patient!r} has no entry in the 'volumes' attribute; "
+                             "re-ingest the store to record its grid")
+        try:
+            axes[patient] = record_axes(volumes[patient])
+            _check_record(volumes[patient])
+        except ValueError as exc:
+            raise ValueError(f"{store_path}: patient {patient!r}: {exc}") from None
+    return axes
+
+
 MaskSource = np.ndarray | Callable[[np.ndarray], np.ndarray]
 """Masks for :func:`export_patient_masks`: all of them as one ``(N, S, S)`` array, or a function that
 takes the positions in ``indices`` of one patient's slices (integer ``(n,)``, ascending) and returns
@@ -353,16 +398,8 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: Mas
     patients = read_patients(group)[indices]
     slice_index = group["slice_index"][:][indices]
     root = group.attrs.get("source_root")
-    names = {}
-    for patient in np.unique(patients).tolist():
-        if patient not in volumes:
-            raise ValueError(f"{store_path}: patient {patient!r} has no entry in the 'volumes' attribute; "
-                             "re-ingest the store to record its grid")
-        try:
-            axes = record_axes(volumes[patient])
-        except ValueError as exc:
-            raise ValueError(f"{store_path}: patient {patient!r}: {exc}") from None
-        names[patient] = mask_file_name(patient, suffix), axes
+    axes_of = patient_axes(store_path, volumes, np.unique(patients).tolist())
+    names = {patient: (mask_file_name(patient, suffix), axes) for patient, axes in axes_of.items()}
     out_dir = Path(out_dir)
     check_targets([out_dir / name for name, _ in names.values()], overwrite)
     written = []

@@ -314,7 +314,9 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg re
         ``out_dir / "index.html"``.
 
     Raises:
-        ValueError: ``run_dirs`` is empty or a string.
+        ValueError: ``run_dirs`` is empty or a string, or a run's ``evaluation.json``, its per-slice CSV or its
+            ``config.json`` is damaged or out of step with it (one line naming the file). A damaged heatmap
+            store is a reason on the page instead.
         FileNotFoundError: a run directory or its ``evaluation.json`` is missing.
     """
     from gpmodels import report_figures, report_panels

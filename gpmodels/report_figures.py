@@ -7,7 +7,7 @@ matrices, histograms, training curves) are drawn by matplotlib's Agg canvas
 (examples, post-hoc maps) are composed pixel-exact by :func:`gpmodels.report_panels.panels_png`.
 :func:`choose_examples`, :func:`example_figures` and :func:`posthoc_figure` pick the slices of
 one run and read them from its heatmap store and slice store; their titles name each slice by its
-patient and axial position (:func:`slice_labels`), not by its row in the store.
+patient and axial position (:func:`slice_labels`), not only by its row in the store.
 
 Colour conventions:
 

@@ -266,14 +266,15 @@ def _class_dice_tables(groups: Sequence[ModelGroup]) -> str:
 
 
 def _open_run_stores(run: ReportRun) -> tuple[Any, Any, str | None]:
-    """The run's heatmap store and slice store, or a reason why they cannot be shown."""
+    """The run's heatmap store and slice store, or a reason why they cannot be shown (missing, damaged, or
+    heatmaps made again from other weights since the evaluation)."""
     if run.store_error is not None:
         return None, None, run.store_error
     try:
         heat = open_heatmaps(heatmap_path(run.run_dir, run.evaluation["run"]["split"]))
-    except FileNotFoundError as exc:
-        return None, None, str(exc)
-    return heat, open_store(evaluated_source(run.run_dir, run.evaluation)), None
+        return heat, open_store(evaluated_source(run.run_dir, run.evaluation)), None
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: damaged, or made from other weights
+        return None, None, one_line(exc)
 
 
 def _channel(store: Any, channel: str | None) -> tuple[int, str]:

@@ -39,7 +39,8 @@ class ReportRun:
         slices: the columns of ``evaluation_slices.csv`` as arrays (``None`` when absent).
         dataset: the store's ``dataset`` attribute (the store's name when it cannot be opened); in a report
             with stores of one kind under several names, ``kind (name)`` (:func:`gpmodels.report.distinguish_datasets`).
-        label: model title plus non-default network options and threshold method.
+        label: model title plus the network options it was given, any threshold other than the paper's,
+            clean-up, target class and Grad-CAM grid (:func:`_label`).
         store_error: why the slice store could not be opened, else ``None``.
         seed_selection: for a run of several seeds (``.../seed_S``), how it was chosen, from the
             :data:`~gpmodels.files.SEED_SELECTION` file beside it; else ``None``.
@@ -196,6 +197,8 @@ def load_run(run_dir: Path | str) -> ReportRun:
 
     Raises:
         FileNotFoundError: the directory or its ``evaluation.json`` is missing.
+        ValueError: its ``evaluation.json``, per-slice CSV or ``config.json`` is damaged or out of step (one line
+            naming the file).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -149,7 +149,8 @@ def _unreadable_name_mapping(item: Path, target: Path) -> str | None:
 def _warn_rejected_cases(into: Path, names: set[str]) -> None:
     """Name each dropped BraTS case folder that ingestion will reject (no grade in the drop folder's
     name_mapping.csv, a channel or the segmentation missing): the retraining would only say "nothing
-    ingested", after the event. Nothing is read but file names."""
+    ingested", after the event. Only file names and name_mapping.csv are read; cases inside a dropped HGG/ or
+    LGG/ folder are not named."""
     from storage.brats import NAME_MAPPING, discover_brats
 
     try:
@@ -173,7 +174,8 @@ KIND_FILES = {"brats": "BraTS file", "jun-cheng": "Jun Cheng .mat file"}
 
 def _kind_of(name: str) -> str | None:
     """The drop kind whose ingestion reads a file of this name (:func:`storage.drops.is_data_file`): brats for
-    a NIfTI file and name_mapping.csv, jun-cheng for ``N.mat`` and cvind.mat; None for any other name."""
+    a NIfTI file and name_mapping.csv, jun-cheng for ``N.mat`` and the fold files
+    (:data:`storage.jun_cheng.CVIND_FILES`); None for any other name."""
     from storage.drops import METADATA_FILES, NIFTI_SUFFIXES
     from storage.jun_cheng import CVIND_FILES, is_slice_file
 

@@ -255,7 +255,8 @@ def postprocess_cmd(
     runs: Annotated[Optional[list[Path]], typer.Option("--runs", help="Run directories (repeat the option).")] = None,
     workdir: Annotated[Optional[Path], typer.Option(
         "--workdir", help="Instead of --runs: a flow work dir (e.g. demo); takes the runs of its current report "
-                          "(WORKDIR/report/metrics.json), so older data versions and seeds not kept stay out.")] = None,
+                          "(WORKDIR/report/metrics.json), so older data versions and seeds not kept stay out; "
+                          "without a report, every run with test heatmaps.")] = None,
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Report folder (default: WORKDIR/report with --workdir, else ./report).")] = None,
     method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
@@ -266,8 +267,8 @@ def postprocess_cmd(
 
     A run whose test heatmaps are missing, or were made from another version of its store, is named
     ("failed RUN: reason"), left out of the report (its notes say so) and the others go on; the exit
-    status is then 2. It waits for a flow working in the work dir it re-thresholds (--workdir), or that the
-    runs or --out lie in (and a flow for it).
+    status is then 2 (1, with no report written, when no run can be evaluated). It waits for a flow working
+    in the work dir it re-thresholds (--workdir), or that the runs or --out lie in (and a flow for it).
     """
     params = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)
     if (runs is None) == (workdir is None):
@@ -319,7 +320,8 @@ def report_cmd(
     """Write the HTML report over runs; runs without evaluation.json are evaluated with the paper's thresholds.
 
     A run that cannot be evaluated, or whose evaluation.json no longer describes it (its test heatmaps gone,
-    its store re-ingested since), is named, left out of the report and the others go on (exit 2).
+    its store re-ingested since), is named, left out of the report and the others go on (exit 2; exit 1 and no
+    report when no run can be reported).
     """
     from gpmodels.evaluation import EVALUATION_FILE
     from gpmodels.report import build_report
@@ -386,8 +388,9 @@ def export_masks_cmd(
     """Write each test patient's predicted tumour mask as NIfTI on the original grid (overlays in ITK-SNAP/Slicer).
 
     The masks are thresholded as the run's last evaluation did (evaluation.json), or with --workdir as the
-    work dir's report says, one patient at a time. Every run is checked before any file is written; the count
-    printed is that of the files written.
+    work dir's report says, one patient at a time. Every run (its store, its patients' volume records, the file
+    names and the files in the way) is checked before any file is written; the count printed is that of the
+    files written.
     """
     if (run is None) == (workdir is None):
         raise fail("give either --run or --workdir")
@@ -496,9 +499,28 @@ def _export_plan(run: Path, suffix: str, skip_2d: bool = False) -> dict | None:
                       soft_wrap=True)
         return None
     config = _threshold_of(evaluation.get("threshold"), f"{run / 'evaluation.json'}: its threshold")
+    _check_volume_records(group, heat, store_path)
     return {"run": run, "model": train.get("model"), "fold": train.get("fold"), "heat": heat, "store": store_path,
             "threshold": evaluation["threshold"], "config": config, "suffix": suffix, "names": _mask_names(group, heat, suffix),
             "split_mode": dict(group.attrs.get("split") or {}).get("mode")}
+
+
+def _check_volume_records(group: zarr.Group, heat: zarr.Group, store_path: str) -> None:
+    """Refuse a run whose test patients' volume records are damaged, before any run's files are written (a
+    heatmaps' index that does not fit the store is left to the export, which names it)."""
+    import numpy as np
+
+    from gpmodels.nifti_export import patient_axes
+    from storage.store import read_patients
+
+    try:
+        patients = read_patients(group)[np.asarray(heat["index"][:], dtype=np.int64)]
+    except (IndexError, ValueError):
+        return
+    try:
+        patient_axes(store_path, group.attrs["volumes"], np.unique(patients).tolist())
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
 
 
 def _mask_names(group: zarr.Group, heat: zarr.Group, suffix: str) -> list[str]:

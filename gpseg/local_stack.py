@@ -151,8 +151,11 @@ class LocalStack:
 
     def cli(self, *args: str, timeout: float = 300) -> str:
         """Run a ``prefect`` CLI command against this stack; raise with its output on failure."""
-        done = subprocess.run([_prefect(), *args], env=self.env, cwd=self.root, capture_output=True, text=True,
-                              timeout=timeout)
+        try:
+            done = subprocess.run([_prefect(), *args], env=self.env, cwd=self.root, capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:  # a traceback in gpseg serve, which says RuntimeErrors in one line
+            raise RuntimeError(f"prefect {' '.join(args)}: no answer in {timeout:g} s") from None
         if done.returncode != 0:
             raise RuntimeError(f"prefect {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         return done.stdout
@@ -177,7 +180,9 @@ class LocalStack:
 
         Raises:
             RuntimeError: the port is taken (e.g. by a stack already running), another stack uses this
-                ``PREFECT_HOME`` (:meth:`_take_lock`), or a step failed (what started is stopped).
+                ``PREFECT_HOME`` (:meth:`_take_lock`), or a step failed or ran past its limit (what started is
+                stopped).
+            TimeoutError: the server did not answer ``/health`` in time (what started is stopped).
         """
         check_port_free(self.port)
         Path(self.env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
@@ -298,8 +303,9 @@ class LocalStack:
             stop_process_group(worker, STOP_GRACE_SECONDS["worker"])
 
     def stop(self) -> list[str]:
-        """End the flow runs in progress (:meth:`end_runs`), terminate the worker, then the server (each with
-        its process group): SIGTERM, then SIGKILL after :data:`STOP_GRACE_SECONDS`.
+        """Note the flow runs in progress, terminate the worker (first, so that it takes no new run), end those
+        runs (:meth:`end_runs`), then terminate the server (each with its process group): SIGTERM, then SIGKILL
+        after :data:`STOP_GRACE_SECONDS`.
 
         Returns:
             ``"NAME (ID)"`` of each flow run cut short (empty when the server did not answer).

@@ -149,3 +149,27 @@ def test_a_file_in_the_way_that_is_no_gpseg_mask_is_kept_unless_overwrite(evalua
     replaced = CliRunner().invoke(app, ["export-masks", "--run", str(evaluated_run), "--out", str(masks),
                                         "--overwrite"])
     assert replaced.exit_code == 0 and files[-1].read_bytes() != b"someone else's file", replaced.output
+
+
+def test_a_damaged_volume_record_is_refused_before_any_file_is_written(evaluated_run, tmp_path):
+    """A record without its affine gave a KeyError traceback after the files of the patients before it."""
+    import numpy as np
+    import zarr
+
+    from gpmodels.files import heatmap_path
+    from storage.store import read_patients
+
+    store = zarr.open_group(json.loads((evaluated_run / "config.json").read_text())["store_path"], mode="r+")
+    volumes = dict(store.attrs["volumes"])
+    index = zarr.open_group(str(heatmap_path(evaluated_run, "test")), mode="r")["index"][:]
+    tested = np.unique(read_patients(store)[index]).tolist()
+    assert len(tested) >= 2
+    last = tested[-1]  # exported after the others
+    store.attrs["volumes"] = {**volumes, last: {k: v for k, v in volumes[last].items() if k != "affine"}}
+    try:
+        said = CliRunner().invoke(app, ["export-masks", "--run", str(evaluated_run), "--out", str(tmp_path / "m")])
+    finally:
+        store.attrs["volumes"] = volumes
+    assert said.exit_code == 1 and "Traceback" not in said.output, said.output
+    assert f"patient {last!r}: volume record: no affine (a damaged volumes record?)" in " ".join(said.output.split())
+    assert not (tmp_path / "m").exists()

@@ -203,3 +203,20 @@ def test_a_port_that_only_closed_connections_wait_on_is_free(tmp_path):
         accepted.close()  # the server side closes first: its end waits in TIME_WAIT on the port
         client.close()
     check_port_free(port)  # as after `gpseg serve` was stopped a moment ago
+
+
+def test_a_prefect_step_past_its_limit_is_one_line(monkeypatch, tmp_path):
+    """A `prefect` CLI step that ran past its limit ended gpseg serve in a subprocess.TimeoutExpired traceback
+    (serve says RuntimeErrors in one line)."""
+    import sys
+
+    from gpseg import local_stack
+    from gpseg.local_stack import LocalStack
+
+    sleeper = tmp_path / "prefect"
+    sleeper.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(30)\n")
+    sleeper.chmod(0o755)
+    monkeypatch.setattr(local_stack, "_prefect", lambda: str(sleeper))
+    stack = LocalStack(tmp_path, port=0, home=tmp_path / ".prefect")
+    with pytest.raises(RuntimeError, match=r"^prefect work-pool create gpseg: no answer in 0.5 s$"):
+        stack.cli("work-pool", "create", "gpseg", timeout=0.5)

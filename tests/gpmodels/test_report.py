@@ -1193,3 +1193,14 @@ def test_a_truncated_model_pt_is_called_damaged_not_trained_further(report_runs,
     made = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "r")])
     said = " ".join(made.output.split())
     assert f"{model}: damaged (not a whole archive" in said and "trained further" not in said, said
+
+
+def test_a_damaged_heatmap_store_is_a_reason_on_the_page_not_the_end_of_the_report(report_runs, tmp_path):
+    """Only a missing heatmap store became a reason under the example panels; a damaged one (or one made again from
+    other weights) stopped the whole report with its ValueError."""
+    run = _copy_run(report_runs["gp"], tmp_path / "run")
+    (run / "heatmaps" / "test.zarr" / "zarr.json").write_text("{")
+    page = html.unescape(build_report([run], tmp_path / "out").read_text())
+    assert f"{run / 'heatmaps' / 'test.zarr' / 'zarr.json'}: damaged (JSONDecodeError" in page
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert [r["run_dir"] for r in metrics["runs"]] == [str(run)]  # its scores are still reported
