@@ -499,43 +499,46 @@ def _export_plan(run: Path, suffix: str, skip_2d: bool = False) -> dict | None:
                       soft_wrap=True)
         return None
     config = _threshold_of(evaluation.get("threshold"), f"{run / 'evaluation.json'}: its threshold")
-    _check_volume_records(group, heat, store_path)
+    patients = _test_patients(group, heat)
+    if patients is not None:
+        _check_volume_records(group, patients, store_path)
     return {"run": run, "model": train.get("model"), "fold": train.get("fold"), "heat": heat, "store": store_path,
-            "threshold": evaluation["threshold"], "config": config, "suffix": suffix, "names": _mask_names(group, heat, suffix),
+            "threshold": evaluation["threshold"], "config": config, "suffix": suffix,
+            "names": _mask_names(patients or [], suffix),
             "split_mode": dict(group.attrs.get("split") or {}).get("mode")}
 
 
-def _check_volume_records(group: zarr.Group, heat: zarr.Group, store_path: str) -> None:
-    """Refuse a run whose test patients' volume records are damaged, before any run's files are written (a
-    heatmaps' index that does not fit the store is left to the export, which names it)."""
+def _test_patients(group: zarr.Group, heat: zarr.Group) -> list[str] | None:
+    """The distinct patients of a run's test heatmaps, sorted; ``None`` when the heatmaps' slice index does not fit
+    the store (left to the export, which names it)."""
     import numpy as np
 
-    from gpmodels.nifti_export import patient_axes
     from storage.store import read_patients
 
     try:
-        patients = read_patients(group)[np.asarray(heat["index"][:], dtype=np.int64)]
+        return np.unique(read_patients(group)[np.asarray(heat["index"][:], dtype=np.int64)]).tolist()
     except (IndexError, ValueError):
-        return
+        return None
+
+
+def _check_volume_records(group: zarr.Group, patients: list[str], store_path: str) -> None:
+    """Refuse a run whose test patients' volume records are damaged, before any run's files are written."""
+    from gpmodels.nifti_export import patient_axes
+
     try:
-        patient_axes(store_path, group.attrs["volumes"], np.unique(patients).tolist())
+        patient_axes(store_path, group.attrs["volumes"], patients)
     except ValueError as exc:
         raise fail(str(exc)) from exc
 
 
-def _mask_names(group: zarr.Group, heat: zarr.Group, suffix: str) -> list[str]:
+def _mask_names(patients: list[str], suffix: str) -> list[str]:
     """The files a run's export writes, one per test patient (:func:`gpmodels.nifti_export.mask_file_name`);
-    none when the heatmaps' slice index does not fit the store or a name is not a file name, which the export
-    then names."""
-    import numpy as np
-
+    none when a name is not a file name, which the export then names."""
     from gpmodels.nifti_export import mask_file_name
-    from storage.store import read_patients
 
     try:
-        patients = read_patients(group)[np.asarray(heat["index"][:], dtype=np.int64)]
-        return [mask_file_name(patient, suffix) for patient in np.unique(patients).tolist()]
-    except (IndexError, ValueError):
+        return [mask_file_name(patient, suffix) for patient in patients]
+    except ValueError:
         return []
 
 
