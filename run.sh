@@ -2,7 +2,8 @@
 # gpseg's two set-up commands (see README):
 #   ./run.sh demo    the main job on the embedded default (phantom datasets, local everything)
 #   ./run.sh test    the test suite
-# Each creates or refreshes the virtual environment .venv first (Python 3.11; torch 2.14.1 + torchvision 0.29.1).
+# Each creates or refreshes the virtual environment .venv first (Python 3.11; torch 2.14.1 + torchvision 0.29.1;
+# every dependency at the version pinned in constraints.txt).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,7 +17,7 @@ mkdir -p "$PREFECT_HOME"
 
 ensure_venv() {
     local stamp python
-    stamp=$(cat pyproject.toml | sha256sum | cut -c1-16)
+    stamp=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
     if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.gpseg-stamp" 2>/dev/null)" = "$stamp" ]; then
         return
     fi
@@ -25,7 +26,8 @@ ensure_venv() {
     echo "setting up $VENV (first run takes a few minutes) ..." >&2
     [ -x "$VENV/bin/python" ] || "$python" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+    # constraints.txt: the tested versions of every dependency (its header says how to move to newer ones)
+    "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e '.[dev]'
     echo "$stamp" > "$VENV/.gpseg-stamp"
 }
 

@@ -1,0 +1,50 @@
+"""constraints.txt, the tested versions `./run.sh` installs, against pyproject.toml's ranges."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pins(text: str) -> dict[str, Version]:
+    """``name==version`` lines of a constraints file, by canonical name (comments and blank lines skipped)."""
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            requirement = Requirement(line)
+            (specifier,) = requirement.specifier
+            assert specifier.operator == "==", f"constraints.txt: {line!r} is not an exact pin"
+            pins[canonicalize_name(requirement.name)] = Version(specifier.version)
+    return pins
+
+
+def test_every_dependency_is_pinned_within_its_pyproject_range() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [Requirement(r) for r in project["dependencies"]]
+    requirements += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
+    pins = _pins((ROOT / "constraints.txt").read_text())
+    for requirement in requirements:
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"constraints.txt does not pin {requirement.name} (pyproject.toml asks for it)"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt pins {requirement.name}=={pins[name]}, outside pyproject.toml's {requirement}")
+
+
+def test_run_sh_installs_with_the_constraints_and_refreshes_when_they_change() -> None:
+    script = (ROOT / "run.sh").read_text()
+    assert "-c constraints.txt" in script
+    assert "cat pyproject.toml constraints.txt | sha256sum" in script
+
+
+def test_pins_parse_names_and_refuse_ranges() -> None:
+    assert _pins("# header\nFoo_Bar==1.2  # note\n\n") == {"foo-bar": Version("1.2")}
+    with pytest.raises(AssertionError, match="not an exact pin"):
+        _pins("foo>=1\n")
