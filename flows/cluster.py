@@ -11,6 +11,9 @@ that Dask gave up on never ended.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+
+from prefect.states import Failed, State
 
 from storage.errors import one_line
 
@@ -58,6 +61,37 @@ def check_cluster(address: str, gpus: int = 1, timeout: float | None = None) -> 
     problem = cluster_problem(address, workers, gpus)
     if problem:
         raise RuntimeError(problem)
+
+
+def cluster_refusal(address: str, gpus: int, recorded_in: Path | None = None) -> State | None:
+    """The Failed state a flow returns before any work when the Dask cluster at ``address`` cannot train a job of
+    ``gpus`` GPUs (:func:`check_cluster`), else ``None``.
+
+    Returned, not raised: a flow that raised logged its traceback (in the terminal of `gpseg retrain`, in a
+    deployment's log) before the one line. The state's data is the error, so ``state.result()`` raises it.
+
+    Args:
+        address: the scheduler's address.
+        gpus: GPUs each training job asks for.
+        recorded_in: the work dir's settings file that ``address`` was taken from (a retrain not given one); the
+            message names it and how to give another, not an option the user did not type.
+    """
+    try:
+        check_cluster(address, gpus)
+    except RuntimeError as exc:
+        message = str(exc) if recorded_in is None else recorded_address_problem(str(exc), address, recorded_in)
+        return Failed(message=message, data=RuntimeError(message))
+    return None
+
+
+def recorded_address_problem(problem: str, address: str, recorded_in: Path) -> str:
+    """A :func:`check_cluster` error about ``address`` said of an address taken from ``recorded_in`` (the work
+    dir's training settings), with the ways to give the retrain another one or none."""
+    for prefix in (f"--dask-address {address}: ", f"{address}: "):
+        problem = problem.removeprefix(prefix)
+    return (f"the Dask scheduler {address} recorded in {recorded_in} by the last training there: {problem}; give "
+            "the retrain another address, or none to train without Dask (`gpseg retrain --dask-address none`, or "
+            "dask_address null in a deployment run's parameters)")
 
 
 def gpus_per_job(jobs: list[dict]) -> int:

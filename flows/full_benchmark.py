@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.states import State
 
-from flows.cluster import check_cluster
+from flows.cluster import cluster_refusal
 from flows.layout import REPORT, dataset_failure_row, failure_carried_notes, rejection_note, summary_rows, tagged
 from flows.params import BenchmarkParams
 from flows.pipeline import (heatmaps_and_evaluation, log_rows, no_run_finished, outcome_here, prepare_dataset,
@@ -24,7 +24,8 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
     expectations) gets one failed row and the other datasets go on.
 
     When runs or datasets failed and no run finished, the flow run ends Failed; its error
-    (:class:`flows.pipeline.NoRunFinished`) holds this result.
+    (:class:`flows.pipeline.NoRunFinished`) holds this result. A ``dask_address`` cluster that cannot train
+    ends it Failed before any work, in one line (:func:`flows.cluster.cluster_refusal`).
 
     Args:
         params: datasets, models, folds, preset, thresholds and where to work.
@@ -35,8 +36,8 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
         per dataset some of whose source files were rejected at ingestion; the report shows them too).
     """
     logger = get_run_logger()
-    if params.dask_address:  # before the ingestion, not after it
-        check_cluster(params.dask_address, params.devices)
+    if params.dask_address and (refused := cluster_refusal(params.dask_address, params.devices)):
+        return refused  # before the ingestion, not after it
     with workdir_lock(params.workdir, "full-benchmark", logger.warning):  # one flow at a time in a work dir
         return _benchmark(params, logger)
 
@@ -87,6 +88,6 @@ def run_in_process(params: BenchmarkParams) -> dict:
     run ended Failed because no run finished (``gpseg benchmark``, ``./run.sh demo``).
 
     Raises:
-        Exception: what the flow raised (e.g. an unreachable ``dask_address``), instead of returning it.
+        Exception: the flow's error (e.g. an unreachable ``dask_address``), instead of returning it.
     """
     return outcome_here(full_benchmark, params)

@@ -408,7 +408,7 @@ def outcome_here(flow_function: Callable[..., object], params: object) -> dict:
     no run finished (:class:`NoRunFinished`'s outcome).
 
     Raises:
-        Exception: what the flow raised otherwise (e.g. an unreachable ``dask_address``).
+        Exception: the error of a flow that ended Failed otherwise (e.g. an unreachable ``dask_address``).
     """
     result = flow_function(params, return_state=True).result(raise_on_failure=False)
     if isinstance(result, NoRunFinished):

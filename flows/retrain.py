@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.states import State
 
-from flows.cluster import check_cluster
+from flows.cluster import cluster_refusal
 from flows.layout import (REPORT, TRAINING_SETTINGS, carried_notes, failure_carried_notes, new_rejections,
                           notes_of_kept_runs, read_report, rejection_note, replace_dataset_runs, reported_runs,
                           reported_versions, summary_rows, tagged)
@@ -77,8 +77,11 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
     if fresh:
         logger.info("%d new file(s) in %s", len(fresh), spec.source)
         check_folds(store, params.folds)  # before ingesting: every run of a fold the store lacks would fail, late
-        if params.dask_address:  # as full-benchmark: the cluster before the ingestion, not after it
-            check_cluster(params.dask_address, params.devices)
+    recorded = Path(params.workdir) / TRAINING_SETTINGS if "dask_address" in used else None
+    # as full-benchmark: the cluster before the ingestion (or before training a version an earlier run ingested)
+    if params.dask_address and (refused := cluster_refusal(params.dask_address, params.devices, recorded)):
+        return refused
+    if fresh:
         before = stored_version(store)
         try:
             ingested = ingest_fresh(spec.kind, spec.source, store, ingest_config(spec, params.folds),

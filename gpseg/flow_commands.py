@@ -210,6 +210,9 @@ def retrain_cmd(
                      ] = None,
     option: Annotated[Optional[list[str]], typer.Option(
         "--option", metavar="MODEL:KEY=VALUE", help="Network option of one model, repeatable.")] = None,
+    dask_address: Annotated[Optional[str], typer.Option(
+        show_default=False, help="Train on this Dask scheduler, as for `gpseg benchmark`; 'none' trains without "
+                                 "Dask. Default: the work dir's last, else none.")] = None,
     method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
     target_class: TargetOpt = "predicted", min_size: MinSizeOpt = 0, fill_holes: FillHolesOpt = 0,
     closing: ClosingOpt = 0, largest_component: LargestOpt = False,
@@ -219,8 +222,8 @@ def retrain_cmd(
     Ingests the drop folder's new cases into the work dir's store (stored patients keep their splits),
     validates, retrains every model on the new data version and rewrites the report; says "no new data"
     when nothing is new. What the nightly schedule and `gpseg drop`'s event run through `gpseg serve`.
-    Training options left out (models, folds, preset, --option, --seeds, --devices, --precision) are those of
-    the last benchmark or retrain that trained in the work dir. Exit 0 when retrained or nothing is new, 1 when a
+    Training options left out (models, folds, preset, --option, --seeds, --devices, --precision, --dask-address)
+    are those of the last benchmark or retrain that trained in the work dir. Exit 0 when retrained or nothing is new, 1 when a
     run failed, 2 when new files were rejected.
     """
     from flows.params import DatasetSpec, RetrainParams
@@ -246,9 +249,11 @@ def retrain_cmd(
         # given values count even at their defaults: `--devices 1` sets back a recorded 2 (merged key by key)
         given["train_overrides"] = {key: value for key, value in (("devices", devices), ("precision", precision))
                                     if value is not None}
+        given = {key: value for key, value in given.items() if key == "threshold" or value not in (None, {}, [])}
+        if dask_address is not None:  # 'none' counts as given: it clears an address the work dir recorded
+            given["dask_address"] = None if dask_address.strip().lower() == "none" else dask_address
         params = RetrainParams(  # training options left out (None, empty) are the work dir's, in the flow
-            workdir=str(workdir), dataset=DatasetSpec(kind=kind, source=str(drop)),
-            **{key: value for key, value in given.items() if key == "threshold" or value not in (None, {}, [])})
+            workdir=str(workdir), dataset=DatasetSpec(kind=kind, source=str(drop)), **given)
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
     raise retrain_outcome(run_here(lambda: outcome_here(retrain_on_new_data, params)), drop,

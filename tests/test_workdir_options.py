@@ -135,3 +135,18 @@ def test_retrain_leaves_the_training_options_it_is_not_given_to_the_work_dirs_se
     assert (flow_calls[1].preset, flow_calls[1].folds, flow_calls[1].train_overrides) == ("smoke", 1, {"devices": 2})
     back = CliRunner().invoke(app, ["retrain", "--workdir", str(work), "--devices", "1", "--precision", "auto"])
     assert back.exit_code == 0 and flow_calls[2].train_overrides == {"devices": 1, "precision": "auto"}  # set back
+
+
+def test_retrain_takes_a_dask_address_and_none_clears_a_recorded_one(tmp_path, flow_calls):
+    """`gpseg retrain` had no --dask-address: a work dir whose benchmark used a cluster that is gone could not be
+    retrained without editing training_settings.json by hand."""
+    work = _work_dir(tmp_path / "w", ())
+    (work / "drop").mkdir()
+    for address in ("none", "tcp://10.0.0.1:8786"):
+        result = CliRunner().invoke(app, ["retrain", "--workdir", str(work), "--dask-address", address])
+        assert result.exit_code == 0, result.output
+    cleared, given = flow_calls
+    assert "dask_address" in cleared.model_fields_set and cleared.dask_address is None
+    assert given.dask_address == "tcp://10.0.0.1:8786"
+    CliRunner().invoke(app, ["retrain", "--workdir", str(work)])
+    assert "dask_address" not in flow_calls[2].model_fields_set  # left out: the work dir's

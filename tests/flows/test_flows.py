@@ -628,3 +628,35 @@ def test_a_retrain_with_an_unreachable_dask_cluster_ingests_nothing(bench_workdi
     state = retrain_on_new_data(params, return_state=True)
     assert state.is_failed() and "--dask-address http://head:1: cannot reach the Dask scheduler" in state.message
     assert open_store(store).attrs["data_version"] == version
+
+
+def test_a_benchmark_with_an_unreachable_dask_cluster_ends_failed_before_any_work(tmp_path):
+    """Returned as a Failed state, not raised: a raised error logged its traceback before the one line."""
+    params = _bench(tmp_path / "w").model_copy(update={"dask_address": "http://head:1"})
+    state = full_benchmark(params, return_state=True)
+    assert state.is_failed() and state.message.startswith("--dask-address http://head:1: cannot reach the Dask ")
+    with pytest.raises(RuntimeError, match="cannot reach"):
+        state.result()
+    assert not (tmp_path / "w" / "stores").exists()
+
+
+def test_a_retrain_names_the_recorded_dask_address_it_cannot_reach(bench_workdir, first_run, tmp_path):
+    """A retrain given no address takes the work dir's; when that cluster was gone it raised (a traceback in the
+    log) "--dask-address ...: cannot reach", naming an option the user never gave, with no way out."""
+    settings = bench_workdir / "training_settings.json"
+    before = settings.read_text()
+    store = bench_workdir / "stores" / "brats.zarr"
+    version = open_store(store).attrs["data_version"]
+    write_brats_phantoms(tmp_path / "drop", 1, size=32, depth=None, seed=0, first_case=21)
+    try:
+        settings.write_text(json.dumps({**json.loads(before), "dask_address": "http://head:1"}))
+        state = retrain_on_new_data(_retrain_params(bench_workdir, tmp_path / "drop"), return_state=True)
+    finally:
+        settings.write_text(before)
+    assert state.is_failed()
+    assert state.message.startswith(f"the Dask scheduler http://head:1 recorded in {settings} by the last training "
+                                    "there: cannot reach the Dask scheduler ("), state.message
+    assert "`gpseg retrain --dask-address none`" in state.message and "--dask-address http" not in state.message
+    with pytest.raises(RuntimeError, match="recorded in"):  # the state's data is the error
+        state.result()
+    assert open_store(store).attrs["data_version"] == version

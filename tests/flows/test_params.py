@@ -507,6 +507,12 @@ def test_a_retrain_takes_the_training_settings_it_is_not_given_from_its_work_dir
     assert (inherited.preset, inherited.folds, inherited.models) == ("smoke", 1, ["gp-unet", "resnext50"])
     assert "preset" not in taken and "folds" not in taken
 
+    recorded = {**training_settings(built), "dask_address": "tcp://10.0.0.1:8786"}
+    (tmp_path / "training_settings.json").write_text(json.dumps(recorded))
+    assert with_work_dir_settings(params)[0].dask_address == "tcp://10.0.0.1:8786"
+    cleared, taken = with_work_dir_settings(params.model_copy(update={"dask_address": None}))
+    assert cleared.dask_address is None and "dask_address" not in taken  # given null: trains without Dask
+
     for damage, reason in (("{", "unreadable"), ("[1]", "expected a JSON object"),
                            ('{"folds": 0}', "its settings do not make a retrain's (folds: Input should be greater")):
         (tmp_path / "training_settings.json").write_text(damage)
