@@ -167,8 +167,12 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
     check_heatmap_options([split], batch_size, posthoc)
     started = time.perf_counter()
     target = pick_device(device)
+    try:  # hashed before loading: a model.pt replaced in between (a training finishing) leaves the store stale,
+        weights = weights_record(run_dir)  # instead of passing maps of the old weights off as the new ones'
+    except FileNotFoundError:
+        weights = None  # load_trained says what is missing
     model, run = load_trained(run_dir, map_location=target)
-    weights = weights_record(run_dir)
+    weights = weights or weights_record(run_dir)
     gp = is_gp_model(run.train.model)
     store_path = relocated(run.store_path, run.train.out, run_dir)
     group = open_store(store_path)

@@ -70,6 +70,29 @@ def test_heatmaps_recover_a_killed_writers_leftovers_and_refuse_a_file_before_an
     assert out.read_text() == "not a store"
 
 
+def test_weights_replaced_while_heatmaps_load_them_leave_the_store_stale_not_mislabelled(phantom_store, tmp_path,
+                                                                                        monkeypatch, untrained_run):
+    """model.pt was hashed after it was loaded: a training that replaced it in between gave maps of the old weights
+    the new weights' hash, and every later check took them for the new weights' maps."""
+    from gpmodels.evaluation import open_heatmaps
+    from gpmodels.files import MODEL_FILE
+
+    run = untrained_run(phantom_store, "gp-unet", tmp_path / "run")
+    loaded = heatmaps.load_trained
+
+    def load_then_replace(run_dir, **kwargs):
+        result = loaded(run_dir, **kwargs)
+        state = torch.load(run / MODEL_FILE, weights_only=True)
+        torch.save({key: value + 1 if value.is_floating_point() else value for key, value in state.items()},
+                   run / MODEL_FILE)  # a training finishing now
+        return result
+
+    monkeypatch.setattr(heatmaps, "load_trained", load_then_replace)
+    out = generate_heatmaps(run, "test", device="cpu")
+    with pytest.raises(ValueError, match="made from earlier weights than"):
+        open_heatmaps(out)
+
+
 def test_a_store_re_ingested_since_is_refused_by_heatmaps_evaluation_export_and_report_panels(
         phantom_store, tmp_path, untrained_run):
     """Heatmaps address slices by store index; after a re-ingestion those may be other patients' slices."""
