@@ -316,7 +316,8 @@ class StoreUnchanged(pl.Callback):
             problem = exc
         if trainer.strategy.reduce_boolean_decision(problem is not None, all=False):
             raise problem or StoreError(f"{data.store}: another training process found the store re-ingested "
-                                        "while it trained; train the run again")
+                                        "while it trained; train again into a new run directory (or delete this "
+                                        "one first)")
 
 
 class SliceDataModule(pl.LightningDataModule):
@@ -418,8 +419,8 @@ class SliceDataModule(pl.LightningDataModule):
         found = group.attrs.get("data_version")
         if self.data_version and found != self.data_version:
             raise StoreError(f"{self.store}: data version {found}, but this run started on {self.data_version}: the "
-                             "store was re-ingested while it trained, so its splits may hold other slices; train the "
-                             "run again")
+                             "store was re-ingested while it trained, so its splits may hold other slices; train "
+                             "again into a new run directory (or delete this one first)")
         return group
 
     def split_sizes(self) -> dict[str, int]:

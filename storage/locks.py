@@ -167,6 +167,14 @@ def _open_lock_file(path: Path) -> tuple[int, bool, bool]:
     """:func:`open_lock_file`, and whether this call made the file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file where a folder of the path should be
+        blocking = next((parent for parent in reversed(path.parents) if parent.exists() and not parent.is_dir()),
+                        path.parent)
+        raise StoreError(f"{blocking}: a file, where a folder should be (the lock {path.name} goes in "
+                         f"{path.parent})") from None
+    except OSError as exc:
+        raise StoreError(f"{path.parent}: cannot make this folder ({exc.strerror or exc})") from None
+    try:
         for _ in range(OPEN_TRIES):
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)

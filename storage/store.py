@@ -121,8 +121,8 @@ def check_data_version(group: zarr.Group, expected: str | None, store_path: str 
     earlier = {entry.get("data_version") for entry in group.attrs.get("data_history", [])}
     if expected and found != expected and expected not in earlier:
         raise StoreError(f"{store_path}: data version {found}, but {made} was made from {expected}; the store was "
-                         "re-ingested since, so its slice indices may point at other slices: train the run again "
-                         "and make its heatmaps anew")
+                         "re-ingested since, so its slice indices may point at other slices: train again into a new "
+                         "run directory (or delete the old one first) and make its heatmaps anew")
 
 
 CHUNK_COUNTS = "chunks_written"

@@ -267,11 +267,14 @@ def test_a_lock_file_on_a_file_system_that_refuses_modes_is_still_made_and_locke
         assert (tmp_path / LOCK_FILE).read_text().startswith(f"pid {os.getpid()}, postprocess")
 
 
-def test_a_lock_file_that_cannot_be_opened_is_named_in_one_line(tmp_path):
+def test_a_file_where_the_lock_files_folder_should_be_is_named_in_one_line(tmp_path):
+    """It said "file/.flow.lock: cannot open this lock file (File exists)", naming the lock, not the file in the way."""
     (tmp_path / "file").write_text("")
-    with pytest.raises(StoreError, match=rf"^{tmp_path}/file/{LOCK_FILE}: cannot open this lock file \("):
-        with locks.exclusive_lock(tmp_path / "file" / LOCK_FILE, "x", str, print):
-            pass
+    for folder in (tmp_path / "file", tmp_path / "file" / "deeper" / "y.zarr"):
+        with pytest.raises(StoreError, match=rf"^{tmp_path}/file: a file, where a folder should be \(the lock "
+                                             rf"{LOCK_FILE} goes in {folder}\)$"):
+            with locks.exclusive_lock(folder / LOCK_FILE, "x", str, print):
+                pass
 
 
 def test_gpseg_postprocess_of_runs_given_waits_for_the_flow_working_where_they_lie(tmp_path, monkeypatch):

@@ -888,11 +888,15 @@ def test_a_store_re_ingested_during_training_stops_it_before_the_epochs_checkpoi
     run = TrainConfig.from_dict({**config.to_dict(), "store": str(store), "out": str(out), "epochs": 2,
                                  "cache": "never"})
     with pytest.raises(StoreError, match=r"data version 0123456789abcdef, but this run started on [0-9a-f]{16}: the "
-                                         "store was re-ingested while it trained"):
+                                         "store was re-ingested while it trained, .*; train again into a new run "
+                                         r"directory \(or delete this one first\)$"):
         train(run)
     paths = RunPaths(out)
     assert not paths.model.exists()
     assert torch.load(paths.last, weights_only=True)["epoch"] == 0  # epoch 1's checkpoint was not saved
+    # why the advice names a new run dir (it said "train the run again", which this refused)
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(data_version\)"):
+        train(run)
 
 
 def test_weights_overwritten_inside_model_pt_are_refused_not_loaded(smoke_run, tmp_path):
