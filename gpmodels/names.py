@@ -26,6 +26,10 @@ Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 """Training precisions (``auto``: bf16-mixed or 16-mixed on GPU, 32-true on CPU)."""
 
+CacheMode = Literal["auto", "always", "never"]
+CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
+"""When training holds a split in memory (``auto``: when it fits the cache limit)."""
+
 POSTHOC_METHODS: tuple[str, ...] = ("occlusion", "guided_backprop")
 """Post-hoc methods :func:`gpmodels.posthoc.posthoc_batch` can run; heatmap stores hold them for every model."""
 GRADIENT_METHODS: tuple[str, ...] = ("guided_backprop",)

@@ -24,17 +24,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from gpmodels.augment import AugmentConfig
 from gpmodels.files import RUN_CONFIG, damaged, read_run_config
-from gpmodels.names import MODEL_NAMES, PRECISIONS, PRESET_NAMES, Precision, PresetName
+from gpmodels.names import CACHE_MODES, MODEL_NAMES, PRECISIONS, PRESET_NAMES, CacheMode, Precision, PresetName
 from gpmodels.nets import check_options, model_options
 from storage.errors import check_fields
 from storage.ingest_config import MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE
-
-CacheMode = Literal["auto", "always", "never"]
-CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
 
 RESUMABLE_FIELDS: frozenset[str] = frozenset(
     {"store", "out", "preset", "epochs", "devices", "accelerator", "precision", "num_workers", "cache",

@@ -10,9 +10,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from gpseg.console import console, fail, progress_bar, results
+from gpseg.options import one_of
 from storage.errors import NoUsableInput, StoreError
 from storage.folders import InterruptedAfterReplacing
-from storage.ingest_config import DEFAULT_FOLDS, IngestConfig, SplitConfig
+from storage.ingest_config import DEFAULT_FOLDS, SPLIT_MODES, IngestConfig, SplitConfig
+from storage.normalise import NORMALISATIONS
 from storage.phantom_limits import BRATS_MAX_CASE, BRATS_SIZE_RANGE, JUN_CHENG_MAX_CASES, JUN_CHENG_SIZE_RANGE
 
 if TYPE_CHECKING:  # storage.ingest pulls in scikit-learn, h5py and nibabel: seconds that `--help` need not wait
@@ -29,11 +31,13 @@ SizeOpt = Annotated[Optional[int], typer.Option("--image-size", help="Output sli
                                                 "(default: native, BraTS 240, Jun Cheng 512).")]
 ChannelsOpt = Annotated[Optional[str], typer.Option("--channels", help="Comma-separated channel subset and "
                                                     "order, e.g. t1ce,flair (default: all).")]
-NormOpt = Annotated[str, typer.Option("--normalisation", help="robust (per-channel percentile scaling over "
-                                      "the foreground, per volume; per slice for Jun Cheng's 2-D slices) or "
-                                      "paper (each slice minus its minimum, / its maximum).")]
-SplitOpt = Annotated[str, typer.Option("--split", help="grouped (patient-grouped, default), slice (the "
-                                       "paper's slice-level protocol) or cvind (Jun Cheng's official folds).")]
+NormOpt = Annotated[str, typer.Option(
+    "--normalisation", callback=one_of(NORMALISATIONS), help="robust (per-channel percentile scaling over the "
+    "foreground, per volume; per slice for Jun Cheng's 2-D slices) or paper (each slice minus its minimum, / its "
+    "maximum).")]
+SplitOpt = Annotated[str, typer.Option(
+    "--split", callback=one_of(SPLIT_MODES), help="grouped (patient-grouped, default), slice (the paper's "
+    "slice-level protocol) or cvind (Jun Cheng's official folds).")]
 FoldsOpt = Annotated[int, typer.Option("--folds", help="Number of folds (grouped: at most 4, one per disjoint "
                                         "quarter of the patients; with --split cvind, the first N of the five "
                                         "official ones: give 5 for all).")]

@@ -17,7 +17,8 @@ from typing import Annotated, Optional
 import typer
 
 from gpseg.console import console, fail, flow_outcome, one_line, run_main
-from gpseg.options import PRECISION_HELP, flow_train_overrides, parse_seeds
+from gpmodels.names import PRECISIONS
+from gpseg.options import PRECISION_HELP, flow_train_overrides, one_of, parse_seeds
 from gpseg.threshold_options import (
     CLEANING_HELP, ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt,
     threshold_params)
@@ -36,7 +37,7 @@ def demo(
         help="Comma-separated training seeds, e.g. 0,1,2: every (model, fold) trains once per seed and the run "
              "with the lowest validation loss is evaluated (about that many times the training time; one "
              "seed is what fits the 10-minute budget).")] = None,
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    precision: Annotated[str, typer.Option(callback=one_of(PRECISIONS), help=PRECISION_HELP)] = "auto",
     method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
     target_class: TargetOpt = "predicted", min_size: MinSizeOpt = 0, fill_holes: FillHolesOpt = 0,
     closing: ClosingOpt = 0, largest_component: LargestOpt = False,

@@ -18,10 +18,11 @@ from rich.markup import escape
 
 from flows.layout import DEFAULT_WORKDIR
 from gpseg.console import console, fail, flow_outcome, folder_problem, one_line, prefect_home_problem
-from gpseg.options import PRECISION_HELP, flow_train_overrides, parse_model_options, parse_seeds
+from gpmodels.names import PRECISIONS, PRESET_NAMES
+from gpseg.options import PRECISION_HELP, flow_train_overrides, one_of, parse_model_options, parse_seeds
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
-from storage.ingest_config import DEFAULT_FOLDS
+from storage.ingest_config import DEFAULT_FOLDS, SPLIT_MODES
 
 if TYPE_CHECKING:
     from flows.params import BenchmarkParams, ThresholdParams
@@ -38,17 +39,17 @@ def benchmark_cmd(
                                                           "ingest manifest --help`).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Slice size of every dataset's store (default: native; "
                                                            "needed for non-square slices).")] = None,
-    split: Annotated[str, typer.Option(help="grouped (patient-grouped, default), slice (the paper's slice-level "
-                                            "protocol) or cvind (Jun Cheng's official folds; --jun-cheng alone) "
-                                            "for every dataset's store.")] = "grouped",
+    split: Annotated[str, typer.Option(
+        callback=one_of(SPLIT_MODES), help="grouped (patient-grouped, default), slice (the paper's slice-level "
+        "protocol) or cvind (Jun Cheng's official folds; --jun-cheng alone) for every dataset's store.")] = "grouped",
     models: Annotated[Optional[str], typer.Option(help="Comma-separated models (default: all five).")] = None,
     folds: Annotated[int, typer.Option(help="Folds to train.")] = DEFAULT_FOLDS,
-    preset: Annotated[str, typer.Option(help="paper, demo or smoke.")] = "demo",
+    preset: Annotated[str, typer.Option(callback=one_of(PRESET_NAMES), help="paper, demo or smoke.")] = "demo",
     dask_address: Annotated[Optional[str], typer.Option(help="Train on this Dask scheduler; tasks need workers "
                                                              "started with --resources GPU=N, N the --devices "
                                                              "(1 by default); checked before any work.")] = None,
     devices: Annotated[int, typer.Option(help="Devices per training run (more than 1: Lightning DDP).")] = 1,
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    precision: Annotated[str, typer.Option(callback=one_of(PRECISIONS), help=PRECISION_HELP)] = "auto",
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated training seeds, e.g. 0,1,2: each trains, and "
                                                       "the run with the lowest validation loss of each (model, fold) "
                                                       "is evaluated (default: one run, the preset's seed).")] = None,
@@ -200,12 +201,14 @@ def retrain_cmd(
     folds: Annotated[Optional[int], typer.Option(
         show_default=False, help="Folds to train (default: the work dir's last, else 3).")] = None,
     preset: Annotated[Optional[str], typer.Option(
-        show_default=False, help="paper, demo or smoke (default: the work dir's last, else demo).")] = None,
+        callback=one_of(PRESET_NAMES), show_default=False,
+        help="paper, demo or smoke (default: the work dir's last, else demo).")] = None,
     devices: Annotated[Optional[int], typer.Option(
         show_default=False, help="Devices per training run (more than 1: Lightning DDP; default: the work dir's "
                                  "last, else 1).")] = None,
     precision: Annotated[Optional[str], typer.Option(
-        show_default=False, help=PRECISION_HELP + " Default: the work dir's last, else auto.")] = None,
+        callback=one_of(PRECISIONS), show_default=False,
+        help=PRECISION_HELP + " Default: the work dir's last, else auto.")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated training seeds, as for `gpseg benchmark`.")
                      ] = None,
     option: Annotated[Optional[list[str]], typer.Option(

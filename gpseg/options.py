@@ -4,7 +4,10 @@ flows' training overrides."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
+
+import typer
 
 from gpmodels.names import PRECISIONS
 
@@ -79,3 +82,14 @@ def flow_train_overrides(devices: int = 1, precision: str = "auto") -> dict[str,
     if precision not in PRECISIONS:
         raise ValueError(f"--precision: got {precision!r}, expected one of {', '.join(PRECISIONS)}")
     return {**({"devices": devices} if devices > 1 else {}), **({"precision": precision} if precision != "auto" else {})}
+
+
+def one_of(choices: tuple[str, ...]) -> Callable[[typer.Context, typer.CallbackParam, Any], Any]:
+    """An option callback that refuses a value outside ``choices`` as the parser refuses one of the wrong type: exit
+    2 and a usage message naming the option and the choices. Checked later, such a value exited 1 with a line
+    naming the config field (``preset: got 'fast' ...``), not the option."""
+    def check(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
+        if value is None or value in choices:
+            return value
+        raise typer.BadParameter(f"got {value!r}, expected one of: {', '.join(choices)}")
+    return check

@@ -8,25 +8,25 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from gpmodels.names import MODEL_NAMES, PRECISIONS
+from gpmodels.names import CACHE_MODES, MODEL_NAMES, PRECISIONS, PRESET_NAMES
 from gpseg.console import console, fail, os_error_line
-from gpseg.options import parse_options
+from gpseg.options import one_of, parse_options
 from storage.errors import StoreError
 
 
 def train_cmd(
     store: Annotated[Path, typer.Option("--store", help="Slice store to train on (from `gpseg ingest`).")],
-    model: Annotated[str, typer.Option("--model", help=f"Network: {', '.join(MODEL_NAMES)}.")],
+    model: Annotated[str, typer.Option("--model", callback=one_of(MODEL_NAMES),
+                                       help=f"Network: {', '.join(MODEL_NAMES)}.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (config.json, metrics.csv, logs/, "
                                       "checkpoints/, model.pt, tensorboard/). Re-running the same command "
                                       "continues from checkpoints/last.ckpt.")],
     fold: Annotated[int, typer.Option("--fold", help="Split fold K of the store (splits/fold_K).")] = 0,
-    preset: Annotated[str, typer.Option("--preset", help="paper (300 epochs, store size, effective batch 128), "
-                                        "demo (64 px, 20 epochs, width 16; GP-ReconResNet and GP-ShuffleUNet "
-                                        "width 8, GP-ShuffleUNet pool=maps, the baselines 10 epochs: one to "
-                                        "two minutes per model on 2 CPU cores) or smoke (two steps at 32 px and "
-                                        "width 8, for tests). Options below override it.")]
-    = "paper",
+    preset: Annotated[str, typer.Option(
+        "--preset", callback=one_of(PRESET_NAMES), help="paper (300 epochs, store size, effective batch 128), demo "
+        "(64 px, 20 epochs, width 16; GP-ReconResNet and GP-ShuffleUNet width 8, GP-ShuffleUNet pool=maps, the "
+        "baselines 10 epochs: one to two minutes per model on 2 CPU cores) or smoke (two steps at 32 px and width 8, "
+        "for tests). Options below override it.")] = "paper",
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Slices per batch and device; "
                                                       "gradients are accumulated up to the preset's effective "
@@ -40,20 +40,19 @@ def train_cmd(
                                                  "none).")] = None,
     devices: Annotated[Optional[int], typer.Option("--devices", help="Devices to train on; more than one uses "
                                                    "DDP. The accelerator is a GPU when present.")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help=f"{', '.join(PRECISIONS)}; auto = "
-                                                     "bf16-mixed (or 16-mixed) on GPU, 32-true on CPU; 16-mixed on "
-                                                     "CPU trains bf16-mixed. Default: the preset's (auto), or the "
-                                                     "run's own when OUT holds one.")] = None,
+    precision: Annotated[Optional[str], typer.Option(
+        "--precision", callback=one_of(PRECISIONS), help=f"{', '.join(PRECISIONS)}; auto = bf16-mixed (or "
+        "16-mixed) on GPU, 32-true on CPU; 16-mixed on CPU trains bf16-mixed. Default: the preset's (auto), or the "
+        "run's own when OUT holds one.")] = None,
     seed: Annotated[Optional[int], typer.Option(
         "--seed", help="Seed of weights, sampling and augmentation (default 0).")] = None,
     num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="Data-loading worker processes "
                                                        "(splits small enough are cached in memory instead).")]
     = None,
-    cache: Annotated[Optional[str], typer.Option("--cache", help="auto (hold a split in memory when its float16 "
-                                                 "images and uint8 masks take less than --cache-limit-gb and less "
-                                                 "than half the available memory; default), always or never. "
-                                                 "Uncached splits are read from the store while training.")]
-    = None,
+    cache: Annotated[Optional[str], typer.Option(
+        "--cache", callback=one_of(CACHE_MODES), help="auto (hold a split in memory when its float16 images and "
+        "uint8 masks take less than --cache-limit-gb and less than half the available memory; default), always or "
+        "never. Uncached splits are read from the store while training.")] = None,
     cache_limit_gb: Annotated[Optional[float], typer.Option("--cache-limit-gb", help="The auto cache limit per "
                                                             "split, in GiB (default 4; the real BraTS 2020 training "
                                                             "split takes about 15: 16 GB).")] = None,

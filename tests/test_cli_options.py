@@ -84,3 +84,33 @@ def test_the_main_job_is_a_command_too():
 
 def typer_callback(app, name):
     return next(command.callback for command in app.registered_commands if command.name == name)
+
+
+@pytest.mark.parametrize(("args", "option", "choices"), [
+    (["train", "--store", "s.zarr", "--out", "r", "--model", "gp-nope"], "--model", "gp-unet, gp-reconresnet"),
+    (["train", "--store", "s.zarr", "--out", "r", "--model", "gp-unet", "--preset", "fast"], "--preset",
+     "paper, demo, smoke"),
+    (["train", "--store", "s.zarr", "--out", "r", "--model", "gp-unet", "--precision", "fp64"], "--precision",
+     "auto, 32-true"),
+    (["train", "--store", "s.zarr", "--out", "r", "--model", "gp-unet", "--cache", "sometimes"], "--cache",
+     "auto, always, never"),
+    (["ingest", "brats", "src", "--out", "s.zarr", "--normalisation", "zscore"], "--normalisation", "robust, paper"),
+    (["ingest", "manifest", "m.csv", "--out", "s.zarr", "--split", "holdout"], "--split", "grouped, slice, cvind"),
+    (["benchmark", "--split", "holdout"], "--split", "grouped, slice, cvind"),
+    (["benchmark", "--preset", "fast"], "--preset", "paper, demo, smoke"),
+    (["retrain", "--precision", "fp64"], "--precision", "auto, 32-true"),
+    (["demo", "--precision", "fp64"], "--precision", "auto, 32-true"),
+])
+def test_a_value_outside_an_options_choices_is_a_usage_error_naming_the_option(args, option, choices, tmp_path,
+                                                                               monkeypatch):
+    """Such values were refused later, with exit 1 and a line naming the config field (`preset: got 'fast'`),
+    while a value of the wrong type (`--epochs abc`) got the parser's usage error and exit 2."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    said = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}': got" in said and f"expected one of: {choices}" in said, said

@@ -437,7 +437,6 @@ def test_merge_metrics_replaces_the_redone_epoch_of_one_step(tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--store", "missing.zarr", "--model", "gp-unet"], "no slice store"),
-    (["--model", "gp-nope"], "model: got 'gp-nope'"),
     (["--model", "gp-unet", "--fold", "7"], "fold: got 7"),
     (["--model", "gp-unet", "--option", "pool"], "expected KEY=VALUE"),
     (["--model", "gp-unet", "--option", "blur=true"], "['blur'] not accepted by 'gp-unet'"),
@@ -445,7 +444,6 @@ def test_merge_metrics_replaces_the_redone_epoch_of_one_step(tmp_path):
     (["--model", "gp-shuffleunet", "--option", "blur=False"], "blur: got 'False' (str), expected true or false"),
     # a raw TypeError from the network after config.json was written
     (["--model", "gp-unet", "--option", "depth=2.5"], "depth: got 2.5 (float), expected an integer"),
-    (["--model", "gp-unet", "--cache", "sometimes"], "cache: got 'sometimes'"),
     (["--model", "gp-unet", "--cache-limit-gb", "0"], "cache_limit_gb: got 0.0, expected a finite number > 0"),
     (["--model", "gp-unet", "--cache-limit-gb", "inf"], "cache_limit_gb: got inf, expected a finite number > 0"),
     (["--model", "gp-unet", "--seed", "99999999999"], "seed: got 99999999999, expected at most 4294967295"),
