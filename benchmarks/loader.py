@@ -1,7 +1,7 @@
 """Training data-loader throughput from a slice store that is not cached in memory.
 
 A split larger than the ``cache_limit_gb`` of a training run (the real BraTS 2020 store holds about
-23 GB of float16 slices, its training split about 14 GB) is read from the Zarr store while training, by
+23 GB of float16 slices, its training split about 16 GB with its masks) is read from the Zarr store while training, by
 ``--num-workers`` loader processes. This script times the training loader of
 :class:`gpmodels.data.SliceDataModule` (shuffled, ``cache="never"``) over the same batches in two ways,
 side by side in one run:

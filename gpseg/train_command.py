@@ -55,7 +55,7 @@ def train_cmd(
         "never. Uncached splits are read from the store while training.")] = None,
     cache_limit_gb: Annotated[Optional[float], typer.Option("--cache-limit-gb", help="The auto cache limit per "
                                                             "split, in GiB (default 4; the real BraTS 2020 training "
-                                                            "split takes about 15: 16 GB).")] = None,
+                                                            "split takes about 15 GiB: 16 GB).")] = None,
     option: Annotated[Optional[list[str]], typer.Option(
         "--option", metavar="KEY=VALUE",
         help="Network option, repeatable, added to the preset's, e.g. --option pool=maps, --option "

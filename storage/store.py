@@ -410,6 +410,9 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
         recover_interrupted(Path(path))
         if not Path(path).exists():
             raise StoreError(f"{path}: no slice store here (run `gpseg ingest ...` first)")
+        if Path(path).is_file() or not (Path(path) / "zarr.json").exists():  # zarr said "No group found in store"
+            what = "a file" if Path(path).is_file() else "a folder without zarr.json"
+            raise StoreError(f"{path}: {what}, not a slice store (a dataset? `gpseg ingest ...` makes a store of it)")
     try:
         group = zarr.open_group(str(path), mode=mode)
     except Exception as exc:  # zarr raises several types for a non-store path

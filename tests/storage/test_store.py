@@ -84,6 +84,12 @@ def test_open_store_errors(tmp_path):
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w")  # another tool's Zarr group
     with pytest.raises(StoreError, match=r"other\.zarr: a Zarr group, but not a gpseg slice store"):
         open_store(tmp_path / "other.zarr")
+    # a dataset given where a store goes: it read "not a Zarr group (No group found in store ... at path '')"
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "case.nii.gz").write_bytes(b"")
+    for given, what in (("dataset", "a folder without zarr.json"), ("case.nii.gz", "a file")):
+        with pytest.raises(StoreError, match=rf"{given}: {what}, not a slice store \(a dataset\? `gpseg ingest"):
+            open_store(tmp_path / given)
 
 
 def test_the_data_version_covers_reoriented_volumes_only():
