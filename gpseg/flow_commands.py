@@ -17,8 +17,8 @@ import typer
 from rich.markup import escape
 
 from flows.layout import DEFAULT_WORKDIR
-from gpseg.console import console, fail, flow_outcome, folder_problem, one_line, prefect_home_problem
 from gpmodels.names import PRECISIONS, PRESET_NAMES
+from gpseg.console import console, fail, flow_outcome, folder_problem, one_line, prefect_home_problem
 from gpseg.options import PRECISION_HELP, flow_train_overrides, one_of, parse_model_options, parse_seeds
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
@@ -226,8 +226,8 @@ def retrain_cmd(
     validates, retrains every model on the new data version and rewrites the report; says "no new data"
     when nothing is new. What the nightly schedule and `gpseg drop`'s event run through `gpseg serve`.
     Training options left out (models, folds, preset, --option, --seeds, --devices, --precision, --dask-address)
-    are those of the last benchmark or retrain that trained in the work dir. Exit 0 when retrained or nothing is new, 1 when a
-    run failed, 2 when new files were rejected.
+    are those of the last benchmark or retrain that trained in the work dir. Exit 0 when retrained or nothing is
+    new, 1 when a run failed, 2 when new files were rejected.
     """
     from flows.params import DatasetSpec, RetrainParams
     from flows.layout import default_drop_folder
