@@ -35,6 +35,11 @@ NAME_MAX = 255
 
 MODEL_FILE = "model.pt"
 """The weights of a run directory."""
+MODEL_RECORD = "model.json"
+"""Beside ``model.pt``, written with it: how those weights were trained (:func:`write_model_record`).
+
+``config.json`` describes the training started last, which a longer training into a finished run dir (running,
+or stopped before its end) puts ahead of ``model.pt``: the report showed its epochs for the older weights."""
 
 
 def weights_hash(run_dir: Path | str) -> str:
@@ -50,6 +55,33 @@ def weights_record(run_dir: Path | str) -> dict[str, Any]:
     [size, mtime_ns]}`` of ``RUN_DIR/model.pt`` (see :func:`weights_changed`)."""
     stat = (Path(run_dir) / MODEL_FILE).stat()
     return {"weights": weights_hash(run_dir), "weights_stat": [stat.st_size, stat.st_mtime_ns]}
+
+
+def write_model_record(run_dir: Path | str, config: Mapping[str, Any], fields: tuple[str, ...]) -> None:
+    """Write ``RUN_DIR/model.json`` for the ``model.pt`` there: its :func:`weights_record` and the ``fields`` of
+    ``config`` (a ``config.json`` dict) that say how it was trained, ``{"train": {field: value}, "resolved_precision":
+    ...}``."""
+    record = {**weights_record(run_dir), "train": {name: config["train"][name] for name in fields},
+              "resolved_precision": config.get("resolved_precision")}
+    write_text_atomic(Path(run_dir) / MODEL_RECORD, json.dumps(record, indent=2) + "\n")
+
+
+def trained_config(run_dir: Path | str, config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``config`` (the run's ``config.json``) with how the weights in ``model.pt`` were trained, from
+    ``model.json`` (:func:`write_model_record`), where that describes those weights: after a longer training was
+    started into the finished run dir, ``config.json`` holds its epochs while ``model.pt`` (and what was made from
+    it) is still the earlier training's. ``config`` as it is without ``model.json`` (runs of older gpseg
+    versions), or with one of other weights or unreadable; with ``model.json`` but no ``model.pt`` (a run dir
+    copied without its weights), the record is taken."""
+    try:
+        record = json.loads((Path(run_dir) / MODEL_RECORD).read_text(encoding="utf-8"))
+        trained, precision = dict(record["train"]), record.get("resolved_precision")
+    except (OSError, ValueError, KeyError, TypeError):
+        return config
+    if config is None or weights_changed(run_dir, record):
+        return config
+    return {**config, "train": {**config.get("train", {}), **trained},
+            **({"resolved_precision": precision} if precision else {})}
 
 
 def weights_changed(run_dir: Path | str, record: dict[str, Any], made: float | None = None) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from gpmodels.evaluation import SLICES_FILE, evaluated_source, load_evaluation, offset_fell_back
-from gpmodels.files import RUN_CONFIG, SEED_SELECTION
+from gpmodels.files import RUN_CONFIG, SEED_SELECTION, trained_config
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS, ThresholdConfig
 from gpmodels.threshold_config import method_text
 from storage.errors import StoreError
@@ -209,7 +209,7 @@ def load_run(run_dir: Path | str) -> ReportRun:
         raise FileNotFoundError(f"{run_dir}: no evaluation.json; evaluate the run first "
                                 "(`gpseg postprocess` or gpmodels.evaluation.write_evaluation)") from exc
     config_path = run_dir / RUN_CONFIG
-    config = json.loads(config_path.read_text()) if config_path.is_file() else None
+    config = trained_config(run_dir, json.loads(config_path.read_text()) if config_path.is_file() else None)
     store_path = evaluated_source(run_dir, evaluation)
     dataset, store_error, split_mode, patients, blocks = Path(store_path).stem, None, "", 0, 0
     try:

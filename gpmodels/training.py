@@ -2,7 +2,7 @@
 
 ``train(config)`` resolves the configuration against the store (:func:`gpmodels.run_checks.resolve_run`), writes
 ``config.json``, trains with Lightning (checkpoints ``best.ckpt`` by ``val_loss`` and ``last.ckpt``),
-writes the best weights as ``model.pt``, evaluates them on the test split and merges the CSV logs
+writes the best weights as ``model.pt`` (and how they were trained as ``model.json``), evaluates them on the test split and merges the CSV logs
 into ``metrics.csv`` (layout: :mod:`gpmodels.checkpoints`). Running it again on the same directory
 continues from ``last.ckpt`` instead of restarting (after a kill, or with more epochs). One process
 at a time trains a run directory: it holds ``RUN_DIR/.train.lock`` while it does (:mod:`gpmodels.run_lock`).
@@ -45,7 +45,8 @@ from gpmodels.checkpoints import (
 )
 from gpmodels.data import SliceDataModule, StoreUnchanged
 from gpmodels.epoch_log import EpochLog
-from gpmodels.files import RETRAIN_HINT, archive_damage, damaged, damaged_weights, write_text_atomic
+from gpmodels.files import (RETRAIN_HINT, archive_damage, damaged, damaged_weights, write_model_record,
+                            write_text_atomic)
 from gpmodels.lightning_module import ClassifierModule
 from gpmodels.precision import on_gpu, use_channels_last
 from gpmodels.run_checks import build_network, check_out, previous_run, resolve_run, start_warnings
@@ -236,6 +237,7 @@ def _train(run: RunConfig, paths: RunPaths, previous: RunConfig | None, progress
                 run = _keep_training_record(paths, previous, run, start_step)
             best = paths.best if paths.best.exists() else paths.last
             _write_model(best, paths.model, unless_same=trainer.global_step == start_step)
+            _record_model(paths, run)
             test_metrics: dict[str, float] = {}
             if config.test:
                 results = trainer.test(module, datamodule=data, ckpt_path=str(best), weights_only=True,
@@ -409,6 +411,14 @@ def _record_kept_run(paths: RunPaths, record: RunConfig, step: int, asked: list[
 
 def _write_config(paths: RunPaths, run: RunConfig) -> None:
     write_text_atomic(paths.config, json.dumps(run.to_dict(), indent=2) + "\n")
+
+
+@rank_zero_only
+def _record_model(paths: RunPaths, run: RunConfig) -> None:
+    """Write ``model.json`` beside the ``model.pt`` just written (or kept): how its weights were trained
+    (:data:`TRAINING_RECORD_FIELDS`), which the report shows instead of ``config.json``'s when a longer training
+    into this run dir is started and stopped (:func:`gpmodels.files.trained_config`)."""
+    write_model_record(paths.root, run.to_dict(), TRAINING_RECORD_FIELDS)
 
 
 @rank_zero_only

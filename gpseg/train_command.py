@@ -19,8 +19,8 @@ def train_cmd(
     model: Annotated[str, typer.Option("--model", callback=one_of(MODEL_NAMES),
                                        help=f"Network: {', '.join(MODEL_NAMES)}.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (config.json, metrics.csv, logs/, "
-                                      "checkpoints/, model.pt, tensorboard/). Re-running the same command "
-                                      "continues from checkpoints/last.ckpt.")],
+                                      "checkpoints/, model.pt and model.json, tensorboard/). Re-running the same "
+                                      "command continues from checkpoints/last.ckpt.")],
     fold: Annotated[int, typer.Option("--fold", help="Split fold K of the store (splits/fold_K).")] = 0,
     preset: Annotated[str, typer.Option(
         "--preset", callback=one_of(PRESET_NAMES), help="paper (300 epochs, store size, effective batch 128), demo "

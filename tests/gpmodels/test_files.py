@@ -161,3 +161,24 @@ def test_a_full_disk_while_writing_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="another failure"):  # not a write failure: as it is
         replace_atomically(target, fails_with(RuntimeError("another failure")))
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_trained_config_takes_model_json_only_for_the_weights_it_describes(tmp_path):
+    import json
+
+    from gpmodels.files import MODEL_FILE, MODEL_RECORD, trained_config, write_model_record
+
+    config = {"train": {"epochs": 300, "precision": "auto", "lr": 0.001}, "resolved_precision": "bf16-mixed"}
+    assert trained_config(tmp_path, config) is config  # no model.json: a run of an older gpseg
+    (tmp_path / MODEL_FILE).write_bytes(b"weights of 20 epochs")
+    write_model_record(tmp_path, {"train": {"epochs": 20, "precision": "auto", "lr": 0.001},
+                                  "resolved_precision": "32-true"}, ("epochs", "precision"))
+    assert trained_config(tmp_path, config) == {"train": {"epochs": 20, "precision": "auto", "lr": 0.001},
+                                                "resolved_precision": "32-true"}
+    (tmp_path / MODEL_FILE).unlink()  # a run dir copied without its weights: the record is what there is
+    assert trained_config(tmp_path, config)["train"]["epochs"] == 20
+    (tmp_path / MODEL_FILE).write_bytes(b"weights of another training")  # model.json of other weights
+    assert trained_config(tmp_path, config) is config
+    (tmp_path / MODEL_RECORD).write_text(json.dumps({"train": 3}))  # damaged
+    assert trained_config(tmp_path, config) is config
+    assert trained_config(tmp_path, None) is None

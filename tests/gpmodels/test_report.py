@@ -361,6 +361,20 @@ def test_load_run_labels_variants(report_runs):
     assert run.slices is not None and run.slices["index"].size == run.evaluation["classification"]["n"]
 
 
+def test_the_report_shows_how_the_weights_were_trained_not_a_longer_training_started_since(report_runs, tmp_path):
+    """`gpseg train --epochs 200` into a finished run rewrites config.json when it starts; stopped (or still
+    running), the report gave the earlier weights' maps 200 epochs."""
+    run = tmp_path / "gp-unet"
+    shutil.copytree(report_runs["gp"], run)
+    trained = load_run(run).config["train"]["epochs"]
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["epochs"] = 200
+    (run / "config.json").write_text(json.dumps(config))
+    assert load_run(run).config["train"]["epochs"] == trained != 200
+    (run / "model.json").unlink()  # a run of an older gpseg: config.json is all there is
+    assert load_run(run).config["train"]["epochs"] == 200
+
+
 def test_overlay_colours_mark_tp_fp_fn():
     image = np.zeros((5, 7), np.float32)
     pred = np.zeros((5, 7), bool)
@@ -609,6 +623,9 @@ def test_the_configuration_table_names_each_runs_precision_and_split(report, rep
     config["train"]["precision"] = "bf16-mixed"
     config["resolved_precision"] = "bf16-mixed"
     (run / "config.json").write_text(json.dumps(config))
+    record = json.loads((run / "model.json").read_text())  # how the weights were trained: what the page shows
+    record["train"]["precision"] = record["resolved_precision"] = "bf16-mixed"
+    (run / "model.json").write_text(json.dumps(record))
     assert '<td class="text">bf16-mixed</td>' in build_report([run], tmp_path / "out").read_text()
 
 

@@ -313,6 +313,34 @@ def test_rerun_resumes_from_last_checkpoint(smoke_run, tmp_path):
         train(other)
 
 
+def test_model_json_says_how_model_pt_was_trained_while_a_longer_training_is_stopped(smoke_run, tmp_path,
+                                                                                    monkeypatch):
+    """A longer training started into a finished run dir writes config.json first and model.pt at its end; stopped
+    in between (or still running), the report showed the new epoch count for the earlier weights."""
+    from gpmodels.files import trained_config, weights_hash
+
+    config, _ = smoke_run
+    out = tmp_path / "run"
+    train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "test": False}))
+    record = json.loads((out / "model.json").read_text())
+    assert record["train"]["epochs"] == config.epochs and record["weights"] == weights_hash(out)
+    longer = TrainConfig.from_dict({**config.to_dict(), "out": str(out), "test": False, "epochs": config.epochs + 1})
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed before model.pt was written")
+
+    monkeypatch.setattr(training, "_write_model", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(longer)
+    written = json.loads((out / "config.json").read_text())
+    assert written["train"]["epochs"] == config.epochs + 1  # the training started last
+    assert trained_config(out, written)["train"]["epochs"] == config.epochs  # the weights' own
+    monkeypatch.undo()
+    train(longer)  # the same command finishes it
+    assert trained_config(out, json.loads((out / "config.json").read_text()))["train"]["epochs"] == config.epochs + 1
+    assert json.loads((out / "model.json").read_text())["weights"] == weights_hash(out)
+
+
 def test_a_finished_run_rerun_with_other_precision_keeps_its_record(smoke_run, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(precision_rules, "cpu_bf16_is_native", lambda: False)  # the same on every CPU
     config, _ = smoke_run
