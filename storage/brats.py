@@ -10,7 +10,7 @@ from pathlib import Path
 from storage.cases import VolumeCase
 from storage.classes import TUMOUR_FREE
 from storage.csv_tables import read_csv_rows
-from storage.discovery import visible_entries, visible_files_below
+from storage.discovery import files_named_below, visible_entries, visible_files_below
 from storage.errors import CaseRejected
 
 BRATS_CHANNELS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -212,6 +212,8 @@ def layout_hint(src: Path) -> str:
         for folder in level:
             if _case_folders(folder):
                 return f"; its subfolder {folder.relative_to(src)} holds case folders: give that folder"
+    if files_named_below(src, (".mat",)):
+        return "; it holds MATLAB .mat files: a Jun Cheng folder? give it to `gpseg ingest jun-cheng`"
     return ""
 
 

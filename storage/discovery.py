@@ -38,6 +38,17 @@ def visible_files_below(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def files_named_below(folder: Path, suffixes: tuple[str, ...], levels: int = 3) -> list[Path]:
+    """The non-hidden files at most ``levels`` folders below ``folder`` whose names end in one of ``suffixes``
+    (lower case), sorted: what a reader that found nothing of its own names in its hint (another dataset's files)."""
+    found: list[Path] = []
+    for root, dirs, files in walk_links(folder):
+        depth = len(root.relative_to(folder).parts)
+        dirs[:] = [d for d in dirs if not is_hidden(d)] if depth < levels else []
+        found += [root / name for name in files if not is_hidden(name) and name.lower().endswith(suffixes)]
+    return sorted(found)
+
+
 def walk_links(folder: Path, loop: Callable[[Path], None] | None = None,
                onerror: Callable[[OSError], None] | None = None) -> Iterator[tuple[Path, list[str], list[str]]]:
     """:func:`os.walk` top-down, entering linked folders, but not a link back into a folder above it (a loop,

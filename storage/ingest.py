@@ -25,6 +25,7 @@ from storage.errors import CaseRejected, NoUsableInput, one_line
 from storage.ingest_config import DEFAULT_RATIOS, MAX_IMAGE_SIZE, IngestConfig, SplitConfig
 from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, absent_numbers,
                                discover_jun_cheng, largest_image_size, read_mat_case)
+from storage.jun_cheng import layout_hint as jun_cheng_layout_hint
 from storage.locks import exclusive_lock
 from storage.manifest import read_manifest
 from storage.nifti import file_state
@@ -484,7 +485,7 @@ def ingest_jun_cheng(src: Path, out: Path, config: IngestConfig = IngestConfig()
     config = replace(config, image_size=config.image_size or store_size or largest_image_size(cases))
     reader = functools.partial(read_mat_case, config=config)
     plan = _Plan("jun-cheng", src, cases, reader, JUN_CHENG_CLASSES, list(channels), config.image_size, rejected,
-                 tuple(src / name for name in CVIND_FILES))
+                 tuple(src / name for name in CVIND_FILES), layout_hint=jun_cheng_layout_hint)
     absent = [] if append else absent_numbers(cases, rejected, listed)
     report = _run(plan, Path(out), config, append, progress)
     report.absent, report.absent_what = absent, ABSENT_SLICES

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 from storage.cases import MatCase, SliceBatch, patient_id_problem
-from storage.discovery import visible_files_below
+from storage.discovery import files_named_below, visible_files_below
 from storage.errors import CaseRejected
 from storage.ingest_config import MAX_IMAGE_SIZE, IngestConfig
 from storage.nifti import sha256_file
@@ -107,6 +107,22 @@ def _read_v5_variable(path: Path) -> np.ndarray:
 def find_cvind(src: Path) -> Path | None:
     """The official-folds file beside the slice files (``cvind.mat`` or ``cvind5fold.mat``), if any."""
     return next((src / name for name in CVIND_FILES if (src / name).is_file()), None)
+
+
+def layout_hint(src: Path) -> str:
+    """Why ``src`` holds no Jun Cheng slice, when it holds no ``N.mat`` file: NIfTI files (another dataset), or
+    only other ``.mat`` files (e.g. the fold and label files without the slices); ``""`` when slice files are
+    there (they were rejected, each with its reason) or neither kind of file is."""
+    mats = files_named_below(src, (".mat",))
+    if any(_SLICE_FILE.match(path.name) for path in mats):
+        return ""
+    if files_named_below(src, (".nii", ".nii.gz")):
+        return ("; it holds NIfTI files and no N.mat slice files: a BraTS folder? give it to `gpseg ingest brats` "
+                "(or list the cases in a manifest CSV)")
+    if mats:
+        names = ", ".join(path.name for path in mats[:3]) + (", ..." if len(mats) > 3 else "")
+        return f"; it holds no numbered slice files (N.mat), only {names}"
+    return ""  # nothing of either dataset: the caller's archive hint, if any
 
 
 def discover_jun_cheng(src: Path, require_folds: bool = False) -> tuple[list[MatCase], dict[str, str], int]:

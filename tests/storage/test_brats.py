@@ -142,3 +142,29 @@ def test_a_folder_at_the_wrong_level_is_named_with_where_the_cases_are(brats_sou
         with pytest.raises(NoUsableInput) as caught:
             ingest_brats(given, tmp_path / "s.zarr", IngestConfig(workers=0))
         assert str(caught.value) == f"{given}: no usable brats cases found; {hint}"
+
+
+
+def test_the_other_datasets_folder_is_named_as_such(brats_source, tmp_path):
+    """`gpseg ingest brats` of a Jun Cheng folder, or the other way round, said only "no usable ... cases found"."""
+    from storage.errors import NoUsableInput
+    from storage.ingest import ingest_brats, ingest_jun_cheng
+    from storage.ingest_config import IngestConfig
+
+    mats = tmp_path / "figshare" / "brainTumorDataPublic_1-766"
+    mats.mkdir(parents=True)
+    (tmp_path / "figshare" / "label.mat").write_bytes(b"")  # the fold and label files without the slices
+    cases = [(ingest_brats, tmp_path / "figshare", "brats", "it holds MATLAB .mat files: a Jun Cheng folder? give "
+              "it to `gpseg ingest jun-cheng`"),
+             (ingest_jun_cheng, brats_source, "jun-cheng", "it holds NIfTI files and no N.mat slice files: a BraTS "
+              "folder? give it to `gpseg ingest brats` (or list the cases in a manifest CSV)"),
+             (ingest_jun_cheng, tmp_path / "figshare", "jun-cheng", "it holds no numbered slice files (N.mat), only "
+              "label.mat")]
+    for ingest, given, kind, hint in cases:
+        with pytest.raises(NoUsableInput) as caught:
+            ingest(given, tmp_path / "s.zarr", IngestConfig(workers=0))
+        assert str(caught.value) == f"{given}: no usable {kind} cases found; {hint}"
+    (mats / "1.mat").write_bytes(b"not a MATLAB file")  # a slice file, rejected with its own reason: no hint
+    with pytest.raises(NoUsableInput) as caught:
+        ingest_jun_cheng(tmp_path / "figshare", tmp_path / "s.zarr", IngestConfig(workers=0))
+    assert "rejected" in str(caught.value) and "N.mat" not in str(caught.value)
