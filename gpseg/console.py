@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -187,6 +188,44 @@ def run_main(app: typer.Typer) -> None:
         run_app(app)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class Stopped(KeyboardInterrupt):
+    """A SIGTERM (a `kill`, a service manager) or SIGHUP (a closed terminal), raised as a Ctrl-C is
+    (:func:`stop_signals_raised`), so that a command stops and cleans up the same way."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stop_signals_raised() -> Iterator[None]:
+    """For the block, SIGTERM and SIGHUP raise :class:`Stopped` in the main thread (then their handlers are as
+    before; ignored ones stay ignored). Without it they ended `gpseg ingest` at once: exit 143, no message, a
+    multiprocessing warning about leaked semaphores, and Dask's workers left to notice."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Stopped(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None))
+                if signum is not None and signal.getsignal(signum) not in (signal.SIG_IGN, None)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def stop_reason(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """How a command was stopped and its exit status: ``("interrupted", 130)`` for Ctrl-C, ``("stopped by
+    SIGTERM", 143)`` (or SIGHUP, 129) for a :class:`Stopped`, as a shell reports a signal."""
+    if isinstance(exc, Stopped):
+        return f"stopped by {signal.Signals(exc.signum).name}", 128 + exc.signum
+    return "interrupted", 130
 
 
 def interrupted(message: str = "interrupted") -> SystemExit:

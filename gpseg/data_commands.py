@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from gpseg.console import console, fail, progress_bar, results
+from gpseg.console import console, fail, progress_bar, results, stop_reason, stop_signals_raised
 from gpseg.options import one_of
 from storage.errors import NoUsableInput, StoreError
 from storage.folders import InterruptedAfterReplacing
@@ -22,8 +22,8 @@ if TYPE_CHECKING:  # storage.ingest pulls in scikit-learn, h5py and nibabel: sec
 
 synth_app = typer.Typer(help="Write synthetic phantom datasets in the real on-disk formats.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Ingest a dataset into a Zarr slice store (atomic; exit 0 ok, 2 some cases "
-                              "rejected, 1 nothing usable, 130 interrupted: the store is as it was, unless the "
-                              "message says the new store was already in place).",
+                              "rejected, 1 nothing usable, 130 interrupted (143 or 129 for a SIGTERM or SIGHUP): the "
+                              "store is as it was, unless the message says the new store was already in place).",
                          no_args_is_help=True)
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Store path to write, e.g. stores/<dataset>.zarr.")]
@@ -92,16 +92,17 @@ def _ingest(dataset: str, source: Path, out: Path, config: IngestConfig, append:
         raise fail(f"{out}: exists; --append adds new cases to it, --overwrite replaces it")
     fn = getattr(ingest, f"ingest_{dataset}")
     try:
-        with progress_bar(f"ingest {source.name}") as update:
+        with stop_signals_raised(), progress_bar(f"ingest {source.name}") as update:
             report = fn(source, out, config, append=append, progress=update, **kwargs)
     except (NoUsableInput, StoreError, ValueError, ConnectionError) as exc:  # ConnectionError: --dask-address
         _print_rejected(getattr(exc, "rejected", {}))  # why every case was rejected
         raise fail(str(exc), 1) from exc
     except InterruptedAfterReplacing:
         raise fail(f"interrupted once {out} was written: it holds the new store", 130) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a SIGTERM or SIGHUP (stop_signals_raised)
         kept = f"{out} is as it was" if out.exists() else f"nothing was written to {out}"
-        raise fail(f"interrupted; {kept}", 130) from None
+        how, code = stop_reason(exc)
+        raise fail(f"{how}; {kept}", code) from None
     _finish(report)
 
 

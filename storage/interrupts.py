@@ -1,4 +1,4 @@
-"""Holding Ctrl-C back while a few steps that must not be cut in two run."""
+"""Holding Ctrl-C (and a SIGTERM or SIGHUP) back while a few steps that must not be cut in two run."""
 
 from __future__ import annotations
 
@@ -7,23 +7,37 @@ import signal
 import threading
 from collections.abc import Iterator
 
+HELD_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+"""What :func:`interrupts_held` holds back: Ctrl-C, `kill` (or a service manager) and a closed terminal."""
+
 
 @contextlib.contextmanager
 def interrupts_held() -> Iterator[None]:
-    """Hold back SIGINT (Ctrl-C) for a few lines that must not be cut in two, then deliver it to the handler
-    that was in place. Only the main thread can set handlers; elsewhere (a Prefect task's thread) this does
-    nothing, and Python delivers signals to the main thread anyway."""
+    """Hold back SIGINT (Ctrl-C), SIGTERM and SIGHUP for a few lines that must not be cut in two, then deliver
+    each that came to the handler that was in place; under the default action of SIGTERM or SIGHUP the process
+    then ends as it would have (the signal is raised again), only after those lines. An ignored signal stays
+    ignored. Only the main thread can set handlers; elsewhere (a Prefect task's thread) this does nothing, and
+    Python delivers signals to the main thread anyway."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    previous = {}
+    for signum in HELD_SIGNALS:
+        handler = signal.getsignal(signum)
+        if handler is not signal.SIG_IGN and handler is not None:  # None: set outside Python; left alone
+            previous[signum] = signal.signal(signum, lambda got, frame: caught.append(got))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        if callable(previous):
-            previous(signal.SIGINT, None)
-        elif previous == signal.SIG_DFL:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for signum in dict.fromkeys(caught):  # each once, in the order they came
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, None)
+        elif signum == signal.SIGINT:
             raise KeyboardInterrupt
+        else:
+            signal.raise_signal(signum)  # its default action (the end of the process), now that they are done

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from storage.interrupts import interrupts_held
+
 from storage.errors import one_line
 from storage.quiet import quiet_logger
 
@@ -58,12 +60,15 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
     with quiet_logger("distributed"), contextlib.ExitStack() as stack:
         silenced: list[tuple[logging.Logger, int]] = []
         stack.callback(_restore_levels, silenced)  # last: after the cluster has closed
-        cluster = stack.enter_context(LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, silence_logs=logging.WARNING,
-            # the scheduler always serves HTTP (health, metrics); dashboard_address=None would mean 8787
-            dashboard_address=":0", scheduler_kwargs={"dashboard": False},
-            preload=[WORKER_SETUP]))  # the workers ignore Ctrl-C; this process's handler stays in place
-        client = stack.enter_context(Client(cluster))
+        # Ctrl-C (or a handled SIGTERM) is held back while the cluster starts (a second or two): one that cut the
+        # start short left a half-built cluster, whose close at exit printed distributed's AssertionError
+        with interrupts_held():
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, silence_logs=logging.WARNING,
+                # the scheduler always serves HTTP (health, metrics); dashboard_address=None would mean 8787
+                dashboard_address=":0", scheduler_kwargs={"dashboard": False},
+                preload=[WORKER_SETUP]))  # the workers ignore Ctrl-C; this process's handler stays in place
+            client = stack.enter_context(Client(cluster))
         if owned:  # e.g. `gpseg benchmark`, whose handler ends the whole run at once: leave Ctrl-C to it
             yield client
             return
@@ -118,8 +123,10 @@ def _check_address(address: str) -> None:
 @contextmanager
 def _sigint_handler(handler: Any) -> Iterator[None]:
     """SIGINT handled by ``handler`` for the block, then as before. Outside the main thread (a flow's task)
-    nothing changes: signal handlers can be set there only, and there is no terminal to press Ctrl-C in."""
-    if threading.current_thread() is not threading.main_thread():
+    nothing changes: signal handlers can be set there only, and there is no terminal to press Ctrl-C in. An
+    ignored SIGINT (`nohup`, a background job of a script) stays ignored: it ended such an ingestion once its
+    cluster was working."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield
         return
     previous = signal.signal(signal.SIGINT, handler)

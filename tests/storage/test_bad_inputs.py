@@ -740,6 +740,35 @@ def test_a_manifest_source_has_a_fingerprint_and_new_files_of_its_own(brats_sour
     assert report.regraded == ["1 (HGG stored, tumour-free now)"] and new_files(csv, store) == []
 
 
+def test_a_sigterm_during_ingestion_stops_it_as_ctrl_c_does(brats_copy, tmp_path, monkeypatch):
+    """A `kill` ended `gpseg ingest` at once: exit 143, no message, a warning about leaked semaphores and a hidden
+    temporary store left for the next command to remove."""
+    import os
+    import signal
+
+    from storage import ingest
+
+    real = ingest.ingest_brats
+
+    def killed_midway(source, out, config, **kwargs):
+        progress = kwargs.get("progress")
+
+        def update(*args):
+            os.kill(os.getpid(), signal.SIGTERM)  # after the first case is read
+            if progress:
+                progress(*args)
+
+        return real(source, out, config, **{**kwargs, "progress": update})
+
+    store = tmp_path / "s.zarr"
+    monkeypatch.setattr(ingest, "ingest_brats", killed_midway)
+    result = CliRunner().invoke(app, ["ingest", "brats", str(brats_copy), "--out", str(store), "--workers", "0"])
+    assert result.exit_code == 143
+    assert result.output.splitlines()[-1] == f"error: stopped by SIGTERM; nothing was written to {store}"
+    assert [path for path in tmp_path.iterdir() if path != brats_copy] == []  # no hidden temporary store either
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # as before the command
+
+
 def test_ctrl_c_during_ingestion_says_what_is_left(brats_copy, tmp_path, monkeypatch):
     from storage import ingest
 

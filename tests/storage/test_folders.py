@@ -200,3 +200,25 @@ def test_a_tree_is_removed_without_touching_the_folder_it_lies_in(tmp_path):
         assert not (stores / ".s.zarr.tmp-x").exists() and stat.S_IMODE(os.stat(stores).st_mode) == 0o755
     finally:
         os.chmod(stores, 0o755)
+
+
+def test_a_sigterm_is_held_back_like_ctrl_c_and_delivered_after(tmp_path):
+    """Only Ctrl-C was held back: a SIGTERM handled by gpseg (`gpseg ingest`, the flows) could cut the swap in two."""
+    import signal
+
+    from storage.interrupts import interrupts_held
+
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with interrupts_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert got == []
+        assert got == [signal.SIGTERM]  # delivered once, after the block
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with interrupts_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert got == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # ignored stays so
+    finally:
+        signal.signal(signal.SIGTERM, previous)
