@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from storage.interrupts import interrupts_held
-
 from storage.errors import one_line
+from storage.interrupts import interrupts_held
 from storage.quiet import quiet_logger
 
 T = TypeVar("T")
