@@ -176,7 +176,8 @@ def _kind_of(name: str) -> str | None:
     """The drop kind whose ingestion reads a file of this name (:func:`storage.drops.is_data_file`): brats for
     a NIfTI file and name_mapping.csv, jun-cheng for ``N.mat`` and the fold files
     (:data:`storage.jun_cheng.CVIND_FILES`); None for any other name."""
-    from storage.drops import METADATA_FILES, NIFTI_SUFFIXES
+    from storage.discovery import NIFTI_SUFFIXES
+    from storage.drops import METADATA_FILES
     from storage.jun_cheng import CVIND_FILES, is_slice_file
 
     if is_slice_file(name) or name in CVIND_FILES:
@@ -196,7 +197,8 @@ def _not_droppable(item: Path, kind: str) -> str | None:
     """
     from storage.brats import GRADE_FOLDERS
     from storage.discovery import is_archive, is_hidden
-    from storage.drops import NIFTI_SUFFIXES, data_files, is_data_file
+    from storage.discovery import NIFTI_SUFFIXES
+    from storage.drops import data_files, is_data_file
 
     if not item.exists():
         return "not found"

@@ -10,7 +10,7 @@ from pathlib import Path
 from storage.cases import VolumeCase
 from storage.classes import TUMOUR_FREE
 from storage.csv_tables import read_csv_rows
-from storage.discovery import files_named_below, visible_entries, visible_files_below
+from storage.discovery import NIFTI_SUFFIXES, visible_entries, visible_files_below
 from storage.errors import CaseRejected
 
 BRATS_CHANNELS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -26,7 +26,6 @@ NAME_MAPPING_HEADER: list[str] = [
     "BraTS_2019_subject_ID", "BraTS_2020_subject_ID",
 ]
 GRADE_FOLDERS = {"hgg": "HGG", "lgg": "LGG"}
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _SUBJECT_ID_COLUMN = re.compile(r"^BraTS_(\d{4})_subject_ID$", re.IGNORECASE)
 
 
@@ -212,7 +211,7 @@ def layout_hint(src: Path) -> str:
         for folder in level:
             if _case_folders(folder):
                 return f"; its subfolder {folder.relative_to(src)} holds case folders: give that folder"
-    if files_named_below(src, (".mat",)):
+    if any(path.name.lower().endswith(".mat") for path in visible_files_below(src, levels=3)):
         return "; it holds MATLAB .mat files: a Jun Cheng folder? give it to `gpseg ingest jun-cheng`"
     return ""
 

@@ -13,6 +13,9 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+"""How the names of NIfTI files end (compared in lower case)."""
+
 
 def is_hidden(name: str) -> bool:
     """Whether a file or folder name is hidden (starts with ``.``)."""
@@ -24,8 +27,9 @@ def visible_entries(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if not is_hidden(p.name))
 
 
-def visible_files_below(folder: Path) -> list[Path]:
-    """Every non-hidden file below a folder, not entering hidden folders, sorted by path.
+def visible_files_below(folder: Path, levels: int | None = None) -> list[Path]:
+    """Every non-hidden file below a folder, not entering hidden folders, sorted by path; with ``levels``, only
+    those at most that many folders down (``0``: the folder's own files).
 
     Linked folders are entered, as discovery reads a case folder linked from a shared copy (two links to one
     folder are two cases); a link back into a folder above it is not (:func:`walk_links`). A link to no file is
@@ -33,19 +37,9 @@ def visible_files_below(folder: Path) -> list[Path]:
     """
     found: list[Path] = []
     for root, dirs, files in walk_links(folder):
-        dirs[:] = [d for d in dirs if not is_hidden(d)]
+        deeper = levels is None or len(root.relative_to(folder).parts) < levels
+        dirs[:] = [d for d in dirs if not is_hidden(d)] if deeper else []
         found += [root / name for name in files if not is_hidden(name)]
-    return sorted(found)
-
-
-def files_named_below(folder: Path, suffixes: tuple[str, ...], levels: int = 3) -> list[Path]:
-    """The non-hidden files at most ``levels`` folders below ``folder`` whose names end in one of ``suffixes``
-    (lower case), sorted: what a reader that found nothing of its own names in its hint (another dataset's files)."""
-    found: list[Path] = []
-    for root, dirs, files in walk_links(folder):
-        depth = len(root.relative_to(folder).parts)
-        dirs[:] = [d for d in dirs if not is_hidden(d)] if depth < levels else []
-        found += [root / name for name in files if not is_hidden(name) and name.lower().endswith(suffixes)]
     return sorted(found)
 
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from storage.discovery import source_key, visible_files_below
+from storage.discovery import NIFTI_SUFFIXES, source_key, visible_files_below
 from storage.jun_cheng import CVIND_FILES, is_slice_file
 from storage.nifti import file_state, sha256_file
 from storage.store import open_store
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 METADATA_FILES = ("name_mapping.csv",)
 """Files that are not cases but decide how cases are read (``cvind.mat`` is a ``.mat`` already)."""
 

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 from storage.cases import MatCase, SliceBatch, patient_id_problem
-from storage.discovery import files_named_below, visible_files_below
+from storage.discovery import NIFTI_SUFFIXES, visible_files_below
 from storage.errors import CaseRejected
 from storage.ingest_config import MAX_IMAGE_SIZE, IngestConfig
 from storage.nifti import sha256_file
@@ -113,10 +113,11 @@ def layout_hint(src: Path) -> str:
     """Why ``src`` holds no Jun Cheng slice, when it holds no ``N.mat`` file: NIfTI files (another dataset), or
     only other ``.mat`` files (e.g. the fold and label files without the slices); ``""`` when slice files are
     there (they were rejected, each with its reason) or neither kind of file is."""
-    mats = files_named_below(src, (".mat",))
+    files = visible_files_below(src, levels=3)  # one walk for both kinds
+    mats = [path for path in files if path.name.lower().endswith(".mat")]
     if any(_SLICE_FILE.match(path.name) for path in mats):
         return ""
-    if files_named_below(src, (".nii", ".nii.gz")):
+    if any(path.name.lower().endswith(NIFTI_SUFFIXES) for path in files):
         return ("; it holds NIfTI files and no N.mat slice files: a BraTS folder? give it to `gpseg ingest brats` "
                 "(or list the cases in a manifest CSV)")
     if mats:
