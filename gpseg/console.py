@@ -24,6 +24,7 @@ from rich.table import Table
 
 from flows.layout import MAP_KINDS, row_where
 from storage.errors import StoreError, one_line as text_line, validation_line
+from storage.interrupts import STOP_SIGNALS
 
 console = Console(stderr=True)
 """Progress, warnings, errors and summaries: standard error."""
@@ -211,8 +212,8 @@ def stop_signals_raised() -> Iterator[None]:
     def stop(signum: int, _frame: object) -> None:
         raise Stopped(signum)
 
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None))
-                if signum is not None and signal.getsignal(signum) not in (signal.SIG_IGN, None)}
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS
+                if signal.getsignal(signum) not in (signal.SIG_IGN, None)}
     try:
         yield
     finally:
@@ -220,12 +221,16 @@ def stop_signals_raised() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def signal_exit(signum: int) -> tuple[str, int]:
+    """How a command stopped by a signal says so, and its exit status as a shell reports the signal:
+    ``("interrupted", 130)`` for Ctrl-C, ``("stopped by SIGTERM", 143)``, ``("stopped by SIGHUP", 129)``."""
+    how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    return how, 128 + signum
+
+
 def stop_reason(exc: KeyboardInterrupt) -> tuple[str, int]:
-    """How a command was stopped and its exit status: ``("interrupted", 130)`` for Ctrl-C, ``("stopped by
-    SIGTERM", 143)`` (or SIGHUP, 129) for a :class:`Stopped`, as a shell reports a signal."""
-    if isinstance(exc, Stopped):
-        return f"stopped by {signal.Signals(exc.signum).name}", 128 + exc.signum
-    return "interrupted", 130
+    """:func:`signal_exit` of a Ctrl-C's ``KeyboardInterrupt`` or a :class:`Stopped`."""
+    return signal_exit(exc.signum if isinstance(exc, Stopped) else signal.SIGINT)
 
 
 def interrupted(message: str = "interrupted") -> SystemExit:

@@ -18,11 +18,13 @@ from rich.markup import escape
 
 from flows.layout import DEFAULT_WORKDIR
 from gpmodels.names import PRECISIONS, PRESET_NAMES
-from gpseg.console import console, fail, flow_outcome, folder_problem, one_line, prefect_home_problem
+from gpseg.console import (console, fail, flow_outcome, folder_problem, one_line, prefect_home_problem,
+                           signal_exit)
 from gpseg.options import PRECISION_HELP, flow_train_overrides, one_of, parse_model_options, parse_seeds
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
 from storage.ingest_config import DEFAULT_FOLDS, SPLIT_MODES
+from storage.interrupts import HELD_SIGNALS
 
 if TYPE_CHECKING:
     from flows.params import BenchmarkParams, ThresholdParams
@@ -144,20 +146,19 @@ def run_here(run: Callable[[], dict]) -> dict:
         for taken in previous:  # a second signal during the clean-up does not start it again
             signal.signal(taken, signal.SIG_IGN)
         logging.disable(logging.CRITICAL)
-        how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        how, code = signal_exit(signum)
         console.print(f"[red]error:[/red] {how}; the same command takes finished tasks from the cache and "
                       "resumes training from its last checkpoint", highlight=False, soft_wrap=True)
         sys.stdout.flush()
         sys.stderr.flush()
         end_children()
-        os._exit(128 + signum)
+        os._exit(code)
 
     problem = prefect_home_problem()
     if problem:
         raise fail(problem)
     # a signal ignored when the command started stays ignored (`nohup` ignores SIGHUP, a background job SIGINT)
-    stopping = [signum for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-                if signal.getsignal(signum) is not signal.SIG_IGN]
+    stopping = [signum for signum in HELD_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]
     previous = {signum: signal.signal(signum, stop) for signum in stopping}
     try:
         return run()

@@ -7,9 +7,11 @@ import signal
 import threading
 from collections.abc import Iterator
 
-HELD_SIGNALS: tuple[signal.Signals, ...] = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-"""What :func:`interrupts_held` holds back: Ctrl-C, `kill` (or a service manager) and a closed terminal."""
+STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
+                                                 if hasattr(signal, name))
+"""The signals besides Ctrl-C that stop a command: `kill` (or a service manager) and a closed terminal."""
+HELD_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, *STOP_SIGNALS)
+"""What :func:`interrupts_held` holds back, and what the commands that handle signals handle."""
 
 
 @contextlib.contextmanager
