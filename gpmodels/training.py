@@ -2,10 +2,10 @@
 
 ``train(config)`` resolves the configuration against the store (:func:`gpmodels.run_checks.resolve_run`), writes
 ``config.json``, trains with Lightning (checkpoints ``best.ckpt`` by ``val_loss`` and ``last.ckpt``),
-writes the best weights as ``model.pt`` (and how they were trained as ``model.json``), evaluates them on the test split and merges the CSV logs
-into ``metrics.csv`` (layout: :mod:`gpmodels.checkpoints`). Running it again on the same directory
-continues from ``last.ckpt`` instead of restarting (after a kill, or with more epochs). One process
-at a time trains a run directory: it holds ``RUN_DIR/.train.lock`` while it does (:mod:`gpmodels.run_lock`).
+writes the best weights as ``model.pt`` (and how they were trained as ``model.json``), evaluates them on the
+test split and merges the CSV logs into ``metrics.csv`` (layout: :mod:`gpmodels.checkpoints`). Running it again
+on the same directory continues from ``last.ckpt`` instead of restarting (after a kill, or with more epochs). One
+process at a time trains a run directory: it holds ``RUN_DIR/.train.lock`` while it does (:mod:`gpmodels.run_lock`).
 ``load_trained(run_dir)`` rebuilds the network from ``config.json`` and loads ``model.pt``.
 """
 
