@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -141,6 +141,23 @@ def _reason(exc: BaseException) -> tuple[str | None, str]:
     return None, f"unexpected {type(exc).__name__}: {one_line(exc)}"
 
 
+@dataclass
+class _FirstRead:
+    """The case that set a new store's slice size, as :func:`_first_size` read it, so that ingestion does not
+    read it again."""
+
+    case: VolumeCase
+    states: dict[Path, tuple[int, int, int, int, int] | None]
+    """Its files' states (:func:`storage.nifti.file_state`), taken before they were read."""
+    batch: SliceBatch | None
+
+    def take(self) -> SliceBatch:
+        """The batch, handed over once (it is not kept beside the store's copy)."""
+        batch, self.batch = self.batch, None
+        assert batch is not None, "the first case's batch was taken already"
+        return batch
+
+
 @dataclass(frozen=True)
 class _Plan:
     """Everything the generic ingestion loop needs about one source."""
@@ -159,6 +176,8 @@ class _Plan:
     """The file that lists the cases (a manifest CSV), named in messages instead of ``root``."""
     layout_hint: Callable[[Path], str] | None = None
     """Where the cases may be when none was found (e.g. one folder down), for the error message."""
+    first: _FirstRead | None = None
+    """The case read already to find the slice size, if any."""
 
     @property
     def where(self) -> Path:
@@ -326,10 +345,12 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
     stored_content = {sha: key for key, sha in sources.items()}
     # each file's state before its case is read (in a worker, maybe), for the states the store records
     read_states = {source_key(str(f), plan.root): file_state(f) for case in cases for f in case_files(case)}
+    if plan.first is not None:
+        read_states.update({source_key(str(f), plan.root): state for f, state in plan.first.states.items()})
     with StoreWriter(out, plan.channels, plan.image_size, base=out if existing else None) as writer:
         # the cluster is closed before the commit: a Ctrl-C while it shuts down leaves the store as it was
         with dask_client(config.workers, config.dask_address) as client:
-            for done, (case, batch, error) in enumerate(ordered_map(plan.reader, cases, client), start=1):
+            for done, (case, batch, error) in enumerate(_read_cases(plan, cases, client), start=1):
                 if progress is not None:
                     progress(done, len(cases), Path(case_key(case)).name)
                 if error is None and plan.dataset != "jun-cheng" and batch.patient in stored_patients:
@@ -389,6 +410,18 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
         writer.commit(attrs, splits)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _read_cases(plan: _Plan, cases: list, client: Any) -> Iterator[tuple[Any, Any, BaseException | None]]:
+    """:func:`storage.parallel.ordered_map` of the plan's reader over ``cases``, except that the case
+    :func:`_first_size` read already is handed over, not read again."""
+    first = plan.first
+    if first is None or first.batch is None or not any(case is first.case for case in cases):
+        yield from ordered_map(plan.reader, cases, client)
+        return
+    rest = ordered_map(plan.reader, [case for case in cases if case is not first.case], client)
+    for case in cases:
+        yield (case, first.take(), None) if case is first.case else next(rest)
 
 
 def _copied_images(case: VolumeCase, batch: SliceBatch, stored: dict[str, str]) -> CaseRejected | None:
@@ -454,10 +487,10 @@ def ingest_brats(src: Path, out: Path, config: IngestConfig = IngestConfig(), ap
     config, store_size = _stored_settings(config, Path(out), append)
     channels = _channels(config.channels, BRATS_CHANNELS, src)
     cases, rejected = discover_brats(src, channels)
-    size = config.image_size or store_size or _first_size(cases, BRATS_CLASSES, config)
+    size, first = _slice_size(cases, BRATS_CLASSES, config, store_size)
     reader = functools.partial(read_volume_case, classes=BRATS_CLASSES, config=config, size=size)
     plan = _Plan("brats", src, cases, reader, BRATS_CLASSES, list(channels), size, rejected, (src / NAME_MAPPING,),
-                 layout_hint=layout_hint)
+                 layout_hint=layout_hint, first=first)
     absent = [] if append else listed_but_absent(src, cases, rejected)
     report = _run(plan, Path(out), config, append, progress)
     report.absent = absent
@@ -520,10 +553,11 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
     channels = _channels(config.channels, tuple(available), csv_path)
     cases = [replace(c, channels={k: c.channels[k] for k in channels}) for c in cases]
     config = replace(config, channels=tuple(channels))
-    size = config.image_size or store_size or _first_size(cases, classes, config)
+    size, first = _slice_size(cases, classes, config, store_size)
     reader = functools.partial(read_volume_case, classes=classes, config=config, size=size)
+    # the CSV's own content (labels) is metadata, as name_mapping.csv
     plan = _Plan("manifest", csv_path.parent, cases, reader, classes, list(channels), size, rejected,
-                 (csv_path,), listing=csv_path)  # the CSV's own content (labels) is metadata, as name_mapping.csv
+                 (csv_path,), listing=csv_path, first=first)
     return _run(plan, Path(out), config, append, progress)
 
 
@@ -544,23 +578,35 @@ def _native_size(batch: SliceBatch) -> tuple[int, int] | None:
     return height, width
 
 
-def _first_size(cases: list[VolumeCase], classes: list[str], config: IngestConfig) -> int:
-    """In-plane size of the first case that ingestion stores (:data:`storage.brats.BRATS_SIZE` when there is none).
+def _slice_size(cases: list[VolumeCase], classes: list[str], config: IngestConfig, store_size: int | None
+                ) -> tuple[int, _FirstRead | None]:
+    """The slices' size: the asked one, else the store's on append, else :func:`_first_size`'s."""
+    if config.image_size or store_size:
+        return int(config.image_size or store_size), None
+    return _first_size(cases, classes, config)
+
+
+def _first_size(cases: list[VolumeCase], classes: list[str], config: IngestConfig
+                ) -> tuple[int, _FirstRead | None]:
+    """In-plane size of the first case that ingestion stores (:data:`storage.brats.BRATS_SIZE` when there is none),
+    and that case as read.
 
     Each case is read as ingestion reads it (:func:`storage.volumes.read_volume_case`, in the axial
     orientation) until one is accepted, so a case that is rejected later (NaN voxels, a bad segmentation,
-    non-square slices without an asked size) does not set the size every other case is resized to. That
-    reads the first stored case twice. A case larger than :data:`storage.ingest_config.MAX_IMAGE_SIZE` (the
-    most ``--image-size`` takes) does not set it either.
+    non-square slices without an asked size) does not set the size every other case is resized to. The
+    accepted case's slices are kept for ingestion, which would read them the same. A case larger than
+    :data:`storage.ingest_config.MAX_IMAGE_SIZE` (the most ``--image-size`` takes) does not set it either.
     """
     for case in cases:
+        states = {f: file_state(f) for f in case_files(case)}
         try:
-            size = int(read_volume_case(case, classes, config).images.shape[-1])
+            batch = read_volume_case(case, classes, config)
         except Exception:  # rejected, or unreadable in another way: the reader says why again later
             continue
+        size = int(batch.images.shape[-1])
         if size <= MAX_IMAGE_SIZE:  # a larger case is resized down to the size of the others
-            return size
-    return BRATS_SIZE
+            return size, _FirstRead(case, states, batch)
+    return BRATS_SIZE, None
 
 
 def _existing_dir(src: Path) -> Path:

@@ -9,6 +9,7 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -178,7 +179,8 @@ def ordered_map(fn: Callable[[T], Any], items: Sequence[T], client: Any, window:
 
     At most ``window`` tasks are in flight (default: twice the worker count), so
     memory stays bounded when results are large. An exception raised by ``fn``
-    is returned as ``error`` instead of stopping the map.
+    is returned as ``error`` instead of stopping the map. In-process, the next item is worked on in a
+    thread while the caller handles the one before (see :func:`_read_ahead`).
 
     Args:
         fn: a picklable function of one item.
@@ -187,11 +189,7 @@ def ordered_map(fn: Callable[[T], Any], items: Sequence[T], client: Any, window:
         window: maximum tasks in flight.
     """
     if client is None:
-        for item in items:
-            try:
-                yield item, fn(item), None
-            except Exception as exc:  # reported per item; the map goes on
-                yield item, None, exc
+        yield from _read_ahead(fn, items)
         return
     window = window or 2 * max(1, len(client.scheduler_info().get("workers", {})))
     pending: deque = deque()
@@ -212,6 +210,32 @@ def ordered_map(fn: Callable[[T], Any], items: Sequence[T], client: Any, window:
         nxt = next(queue, None)
         if nxt is not None:
             pending.append((nxt, client.submit(_captured, fn, nxt, pure=False)))
+
+
+def _read_ahead(fn: Callable[[T], Any], items: Sequence[T]) -> Iterator[tuple[T, Any, BaseException | None]]:
+    """:func:`ordered_map` in-process: ``fn`` of the next item runs in one thread while the caller handles the
+    item before, so ingestion's store write of a case overlaps the decoding of the next (zlib and NumPy release
+    the GIL). One result at most waits beside the one handled, so memory stays that of two cases.
+
+    When the caller stops early (an error, Ctrl-C), the item in the thread is left to finish and its result
+    dropped; nothing else is started.
+    """
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpseg-read")
+    try:
+        queue = iter(items)
+        item = next(queue, _END)
+        future = pool.submit(_captured, fn, item) if item is not _END else None
+        while future is not None:
+            nxt = next(queue, _END)
+            result, error = future.result()
+            future = pool.submit(_captured, fn, nxt) if nxt is not _END else None
+            yield item, result, error
+            item = nxt
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+_END = object()
 
 
 def _captured(fn: Callable[[T], Any], item: T) -> tuple[Any, BaseException | None]:

@@ -128,13 +128,26 @@ def _label_map(path: Path | str, data: np.ndarray) -> np.ndarray:
     return rounded.astype(np.int32)
 
 
+FEW_LABELS = 16
+"""Label maps whose values span fewer than this are searched value by value (one comparison pass each)."""
+
+
 def _labels_found(seg: np.ndarray) -> set[int]:
-    """The distinct values of an integer label map: by counting over a small range of values (fast), else by
-    sorting (a count array over a range such as 0..5e7 would take gigabytes)."""
-    low, high = int(seg.min()), int(seg.max())
+    """The distinct values of an integer label map: by comparing with each value of a range of a few (BraTS's 0
+    to 4: a few milliseconds), by counting over a small range (a count per voxel in ``intp``), else by sorting (a
+    count array over a range such as 0..5e7 would take gigabytes)."""
+    flat = seg.ravel(order="K")  # in memory order: a NIfTI volume is Fortran-ordered, and "C" would copy it
+    low, high = int(flat.min()), int(flat.max())
+    if high - low < FEW_LABELS:
+        return {low, high} | {value for value in range(low + 1, high) if (flat == value).any()}
     if high - low < 1 << 16:
-        return set((np.flatnonzero(np.bincount((seg.ravel() - low).astype(np.intp))) + low).tolist())
-    return set(np.unique(seg).tolist())
+        if flat.dtype.kind == "u":  # no difference wraps round; bincount takes no uint64
+            index = flat - flat.dtype.type(low) if low else flat
+            index = index.astype(np.intp) if index.dtype.itemsize == 8 else index
+        else:  # a difference may not fit the type itself (int8 from -100 to 100)
+            index = np.subtract(flat, low, dtype=np.intp) if low else flat
+        return {value + low for value in np.flatnonzero(np.bincount(index)).tolist()}  # Python ints: no overflow
+    return set(np.unique(flat).tolist())
 
 
 def read_volume_case(case: VolumeCase, classes: list[str], config: IngestConfig,

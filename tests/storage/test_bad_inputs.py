@@ -15,6 +15,7 @@ from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
 from storage.ingest_config import IngestConfig
 from storage.source_records import CHANGED_SINCE_STORED
 from storage.store import open_store, read_patients
+from storage.volumes import _labels_found
 
 CONFIG = IngestConfig(workers=0)
 CASE = "BraTS20_Training_{:03d}"
@@ -71,6 +72,28 @@ def test_seg_labels_outside_brats_set(brats_copy, tmp_path):
     _rewrite(path, data)
     _only_rejected(ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG), "005_seg",
                    "labels [5] outside [0, 1, 2, 3, 4]")
+
+
+def test_seg_labels_whose_span_overflows_their_type_are_named(brats_copy, tmp_path):
+    """An int8 seg from -100 to 100: the span (200) does not fit int8 (it raised from bincount before)."""
+    path = _file(brats_copy, 5, "seg")
+    data = np.asanyarray(nib.load(path).dataobj).astype(np.int8)
+    data[data == 2] = 100
+    data[0, 0, 0] = -100
+    _rewrite(path, data)
+    _only_rejected(ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG), "005_seg",
+                   "labels [-100, 100] outside [0, 1, 2, 3, 4]")
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.uint8, np.uint16, np.int32, np.uint32, np.int64, np.uint64])
+def test_the_labels_found_in_every_integer_type(dtype):
+    info = np.iinfo(dtype)
+    brats = np.asfortranarray(np.array([0, 1, 2, 4] * 6, dtype).reshape(2, 3, 4))
+    assert _labels_found(brats) == {0, 1, 2, 4}
+    for values in ([info.max, info.max - 3], [info.min, info.min + 2], [-100, 100, 5] if info.min < 0 else [7]):
+        assert _labels_found(np.array(values, dtype)) == set(values)
+    assert _labels_found(np.array([3, 40, 3, 9], dtype)) == {3, 9, 40}  # by counting
+    assert _labels_found(np.array([info.min, info.max], dtype)) == {info.min, info.max}  # by sorting
 
 
 def test_the_label_3_of_brats_releases_before_2017_is_tumour(brats_copy, tmp_path):

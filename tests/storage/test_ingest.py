@@ -49,6 +49,50 @@ def test_brats_ingest_is_deterministic_and_parallel_equals_serial(brats_source, 
     assert a.attrs["data_version"] == b.attrs["data_version"]
 
 
+def test_each_file_is_read_once_though_the_first_case_sets_the_slice_size(brats_source, tmp_path, monkeypatch):
+    """The case that sets a new store's size was read to find it, then read again to be stored."""
+    from storage import volumes
+
+    loads = []
+    real_load = volumes.load_nifti
+    monkeypatch.setattr(volumes, "load_nifti", lambda path: (loads.append(path.name), real_load(path))[1])
+    report = ingest_brats(brats_source, tmp_path / "once.zarr", CONFIG)
+    assert report.cases == 6 and sorted(loads) == sorted(set(loads)) and len(loads) == 6 * 5
+    ingest_brats(brats_source, tmp_path / "workers.zarr", IngestConfig(workers=1))  # the rest read by Dask
+    once, workers = open_store(tmp_path / "once.zarr"), open_store(tmp_path / "workers.zarr")
+    for name in ("images", "masks", "labels", "slice_index", "patient"):
+        assert np.array_equal(once[name][:], workers[name][:]), name
+    assert once.attrs["data_version"] == workers.attrs["data_version"]
+
+
+def test_a_file_rewritten_after_the_size_setting_read_keeps_no_state(brats_copy, tmp_path, monkeypatch):
+    """The store holds the first case as read to find the size, so its files' states must be those taken before
+    that read: a state taken later would match the rewritten file, and a drop check would skip its change."""
+    import hashlib
+
+    from storage import ingest, nifti
+
+    monkeypatch.setattr(nifti, "_SETTLED_NS", 0)  # states are taken at once
+    real_read = ingest.read_volume_case
+    rewritten = []
+
+    def read_then_rewrite(case, *args, **kwargs):
+        batch = real_read(case, *args, **kwargs)
+        if not rewritten:  # the first read: the one that sets the size
+            path = case.channels["t1"]
+            rewritten.extend([path, hashlib.sha256(path.read_bytes()).hexdigest()])
+            path.write_bytes(path.read_bytes())  # the same bytes, but a new change time
+        return batch
+
+    monkeypatch.setattr(ingest, "read_volume_case", read_then_rewrite)
+    ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
+    attrs = open_store(tmp_path / "s.zarr").attrs
+    key = rewritten[0].relative_to(brats_copy).as_posix()
+    assert attrs["sources"][key] == rewritten[1]
+    assert key not in attrs["file_states"], "the state after the rewrite was recorded for the content before it"
+    assert key.replace("_t1.", "_t2.") in attrs["file_states"]
+
+
 def test_the_data_version_covers_the_files_the_slice_settings_and_the_splits(brats_source, tmp_path):
     """The flows key training on the data version: re-ingesting the same files with another split or
     size must not reuse runs trained on the old slices."""

@@ -21,6 +21,29 @@ def test_in_process_map_yields_errors_per_item_in_order():
     assert _mapped(None) == [("1", 1, None), ("x", None, "ValueError"), ("3", 3, None)]
 
 
+def test_in_process_map_works_one_item_ahead_in_a_thread_and_stops_with_its_caller():
+    """Ingestion writes a case while the next is decoded; a caller that stops (an error, Ctrl-C) starts no more."""
+    import threading
+    import time
+
+    started, threads = [], set()
+
+    def work(item):
+        started.append(item)
+        threads.add(threading.current_thread().name)
+        time.sleep(0.05)
+        return item * 2
+
+    mapped = ordered_map(work, [1, 2, 3, 4, 5], None)
+    assert next(mapped) == (1, 2, None)
+    time.sleep(0.2)
+    assert started == [1, 2]  # the next item only, while the caller holds the first
+    mapped.close()
+    time.sleep(0.2)
+    assert started == [1, 2] and threads == {"gpseg-read_0"}
+    assert list(ordered_map(work, [], None)) == []
+
+
 def test_local_cluster_returns_item_errors_without_a_worker_traceback(capfd):
     with dask_client(1, None) as client:
         assert _mapped(client) == [("1", 1, None), ("x", None, "ValueError"), ("3", 3, None)]
