@@ -205,6 +205,8 @@ def layout_hint(src: Path) -> str:
                 "training set's folder")
     if any(_nifti_stem(f) for f in visible_entries(src) if f.is_file()):
         return "; it looks like one case folder: give the folder that holds the case folders"
+    if other := _other_naming(src):
+        return other
     level = [src]
     for _ in range(3):  # breadth first, three levels down at most
         level = [child for folder in level for child in visible_entries(folder) if child.is_dir()]
@@ -213,6 +215,23 @@ def layout_hint(src: Path) -> str:
                 return f"; its subfolder {folder.relative_to(src)} holds case folders: give that folder"
     if any(path.name.lower().endswith(".mat") for path in visible_files_below(src, levels=3)):
         return "; it holds MATLAB .mat files: a Jun Cheng folder? give it to `gpseg ingest jun-cheng`"
+    return ""
+
+
+def _other_naming(src: Path) -> str:
+    """``"; ... gpseg ingest manifest ..."`` when the case folders' NIfTI files are named otherwise than BraTS
+    2017 to 2021 names them (BraTS 2015's ``Flair_subtrMeanDivStd.nii.gz``, a hospital's export), or when the
+    volumes below are MetaImage files (BraTS 2015 as published); else ``""``."""
+    stems = {f: _nifti_stem(f).lower() for folder, _ in _case_folders(src) for f in visible_entries(folder)
+             if f.is_file() and _nifti_stem(f)}
+    manifest = "list each case's files in a manifest CSV and give it to `gpseg ingest manifest` (README, \"Using " \
+               "the real datasets\")"
+    if stems and not any(stem.endswith(tuple(f"_{name}" for name in BRATS_CHANNELS)) or stem in BRATS_CHANNELS
+                         for stem in stems.values()):  # as _case_files matches a channel
+        return (f"; its case folders' NIfTI files are not named <case>_t1, _t1ce, _t2, _flair and _seg (e.g. "
+                f"{next(iter(stems)).relative_to(src)}): {manifest}")
+    if not stems and any(f.name.lower().endswith(".mha") for f in visible_files_below(src, levels=4)):
+        return f"; its volumes are MetaImage .mha files (BraTS 2015): convert them to NIfTI, then {manifest}"
     return ""
 
 

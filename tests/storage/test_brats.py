@@ -145,6 +145,38 @@ def test_a_folder_at_the_wrong_level_is_named_with_where_the_cases_are(brats_sou
 
 
 
+def test_case_folders_of_other_names_or_metaimage_files_point_to_a_manifest(tmp_path):
+    """BraTS 2015 (``Flair_subtrMeanDivStd.nii.gz``, or its published ``.mha`` files) and hospital exports were
+    rejected case by case for a missing ``*_t1`` file, with no word of the manifest that reads them."""
+    from storage.errors import NoUsableInput
+    from storage.ingest import ingest_brats
+    from storage.ingest_config import IngestConfig
+
+    case = tmp_path / "b2015" / "HGG" / "brats_2013_pat0001_1"
+    case.mkdir(parents=True)
+    for name in ("Flair_subtrMeanDivStd", "T1c_subtrMeanDivStd", "OTMultiClass"):
+        (case / f"{name}.nii.gz").write_bytes(b"")
+    vsd = tmp_path / "mha" / "HGG" / "brats_2013_pat0001_1" / "VSD.Brain.XX.O.MR_Flair.54512"
+    vsd.mkdir(parents=True)
+    (vsd / f"{vsd.name}.mha").write_bytes(b"")
+    missing_t1 = _case(tmp_path / "brats" / "BraTS20_Training_001")
+    (missing_t1 / "BraTS20_Training_001_t1.nii.gz").unlink()
+    manifest = "list each case's files in a manifest CSV and give it to `gpseg ingest manifest`"
+    for given, hint in [(tmp_path / "b2015", "its case folders' NIfTI files are not named <case>_t1, _t1ce, _t2, "
+                                             "_flair and _seg (e.g. HGG/brats_2013_pat0001_1/"
+                                             f"Flair_subtrMeanDivStd.nii.gz): {manifest}"),
+                        (tmp_path / "mha", "its volumes are MetaImage .mha files (BraTS 2015): convert them to "
+                                           f"NIfTI, then {manifest}"),
+                        (tmp_path / "brats", None)]:
+        with pytest.raises(NoUsableInput) as caught:
+            ingest_brats(given, tmp_path / "s.zarr", IngestConfig(workers=0))
+        message = str(caught.value)
+        if hint is None:  # BraTS names, a file missing: the rejection says which
+            assert "missing t1 volume" in message and "manifest" not in message, message
+        else:
+            assert message.endswith(f"; {hint} (README, \"Using the real datasets\")"), message
+
+
 def test_the_other_datasets_folder_is_named_as_such(brats_source, tmp_path):
     """`gpseg ingest brats` of a Jun Cheng folder, or the other way round, said only "no usable ... cases found"."""
     from storage.errors import NoUsableInput

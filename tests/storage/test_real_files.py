@@ -42,3 +42,13 @@ def test_real_brats2015_case_through_manifest(shared_data, tmp_path):
     images = group["images"][:].astype(np.float32)
     assert images.shape == (132, 2, 240, 240) and images.min() >= 0 and images.max() <= 1
     assert len(group.attrs["sources"]) == 3 and "pat0001" in group.attrs["volumes"]
+
+
+def test_real_brats2015_folder_given_to_ingest_brats_points_to_the_manifest(shared_data, tmp_path):
+    from storage.errors import NoUsableInput
+    from storage.ingest import ingest_brats
+
+    with pytest.raises(NoUsableInput, match=r"not named <case>_t1, .* \(e\.g\. brats_2013_pat0001_1/.*\.nii\.gz\): "
+                                            r"list each case's files in a manifest CSV"):
+        ingest_brats(shared_data / "brats2015_sample", tmp_path / "s.zarr", IngestConfig(workers=0))
+
