@@ -205,14 +205,16 @@ def layout_hint(src: Path) -> str:
                 "training set's folder")
     if any(_nifti_stem(f) for f in visible_entries(src) if f.is_file()):
         return "; it looks like one case folder: give the folder that holds the case folders"
-    if other := _other_naming(src):
-        return other
     level = [src]
     for _ in range(3):  # breadth first, three levels down at most
         level = [child for folder in level for child in visible_entries(folder) if child.is_dir()]
         for folder in level:
-            if _case_folders(folder):
-                return f"; its subfolder {folder.relative_to(src)} holds case folders: give that folder"
+            # an HGG/ or LGG/ folder's parent is the one to give (src itself: its cases were read, and rejected)
+            target = folder.parent if folder.name.lower() in GRADE_FOLDERS else folder
+            if target != src and _case_folders(folder):
+                return f"; its subfolder {target.relative_to(src)} holds case folders: give that folder"
+    if other := _other_naming(src):
+        return other
     if any(path.name.lower().endswith(".mat") for path in visible_files_below(src, levels=3)):
         return "; it holds MATLAB .mat files: a Jun Cheng folder? give it to `gpseg ingest jun-cheng`"
     return ""
@@ -226,8 +228,9 @@ def _other_naming(src: Path) -> str:
              if f.is_file() and _nifti_stem(f)}
     manifest = "list each case's files in a manifest CSV and give it to `gpseg ingest manifest` (README, \"Using " \
                "the real datasets\")"
-    if stems and not any(stem.endswith(tuple(f"_{name}" for name in BRATS_CHANNELS)) or stem in BRATS_CHANNELS
-                         for stem in stems.values()):  # as _case_files matches a channel
+    brats_names = (*BRATS_CHANNELS, "seg")
+    if stems and not any(stem.endswith(tuple(f"_{name}" for name in brats_names)) or stem in brats_names
+                         for stem in stems.values()):  # as _case_files matches a channel or the segmentation
         return (f"; its case folders' NIfTI files are not named <case>_t1, _t1ce, _t2, _flair and _seg (e.g. "
                 f"{next(iter(stems)).relative_to(src)}): {manifest}")
     if not stems and any(f.name.lower().endswith(".mha") for f in visible_files_below(src, levels=4)):

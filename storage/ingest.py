@@ -419,6 +419,13 @@ def _read_cases(plan: _Plan, cases: list, client: Any) -> Iterator[tuple[Any, An
     if first is None or first.batch is None or not any(case is first.case for case in cases):
         yield from ordered_map(plan.reader, cases, client)
         return
+    if client is None:  # through the read-ahead too, so that the next case is read while this one is written
+
+        def read(case: Any) -> SliceBatch:
+            return first.take() if case is first.case else plan.reader(case)
+
+        yield from ordered_map(read, cases, None)
+        return
     rest = ordered_map(plan.reader, [case for case in cases if case is not first.case], client)
     for case in cases:
         yield (case, first.take(), None) if case is first.case else next(rest)
@@ -606,6 +613,7 @@ def _first_size(cases: list[VolumeCase], classes: list[str], config: IngestConfi
         size = int(batch.images.shape[-1])
         if size <= MAX_IMAGE_SIZE:  # a larger case is resized down to the size of the others
             return size, _FirstRead(case, states, batch)
+        batch = None  # not kept while the next case is read
     return BRATS_SIZE, None
 
 

@@ -23,7 +23,7 @@ from storage.quiet import quiet_logger
 
 GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_CHUNK = 1 << 20
-"""Compressed bytes fed to the inflater at a time after the first member (bounds the copies of the unused tail)."""
+"""Compressed bytes fed to the inflater at a time (bounds the copies of the unused tail)."""
 
 
 @dataclass(frozen=True)
@@ -123,10 +123,6 @@ def _decompress(path: Path, data: bytes, limit: int | None = None, head: bool = 
     bytes are inflated: a few megabytes of compressed zeros (a gzip bomb) would otherwise take gigabytes.
     With ``head`` too, the first ``limit`` bytes are returned (fewer for a shorter file) instead.
 
-    The first member is fed whole, so a one-member file (what ``gzip`` and nibabel write) inflates into one
-    piece with nothing to join (a volume's copy); later members are fed :data:`_GZIP_CHUNK` bytes at a time, as
-    the inflater copies the input left after each member (the rest of a bgzip file's thousands).
-
     Raises:
         CaseRejected: a corrupt or truncated member, other bytes after a member, or more than ``limit``
             bytes inflated.
@@ -144,10 +140,9 @@ def _decompress(path: Path, data: bytes, limit: int | None = None, head: bool = 
         if data[pos:pos + 2] != GZIP_MAGIC:
             raise CaseRejected(path, f"unexpected bytes at offset {pos}, after gzip member {members}")
         inflater = zlib.decompressobj(wbits=31)
-        feed = len(data) if members == 0 and not head else _GZIP_CHUNK
         try:
             while not inflater.eof and pos < len(data):
-                chunk = view[pos:pos + feed]
+                chunk = view[pos:pos + _GZIP_CHUNK]
                 budget = 0 if limit is None else limit - produced + 1
                 parts.append(inflater.decompress(chunk, budget))
                 produced += len(parts[-1])

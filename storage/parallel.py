@@ -9,7 +9,7 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -213,29 +213,41 @@ def ordered_map(fn: Callable[[T], Any], items: Sequence[T], client: Any, window:
 
 
 def _read_ahead(fn: Callable[[T], Any], items: Sequence[T]) -> Iterator[tuple[T, Any, BaseException | None]]:
-    """:func:`ordered_map` in-process: ``fn`` of the next item runs in one thread while the caller handles the
+    """:func:`ordered_map` in-process: ``fn`` of the next item runs in a thread while the caller handles the
     item before, so ingestion's store write of a case overlaps the decoding of the next (zlib and NumPy release
     the GIL). One result at most waits beside the one handled, so memory stays that of two cases.
 
-    When the caller stops early (an error, Ctrl-C), the item in the thread is left to finish and its result
-    dropped; nothing else is started.
+    When the caller stops early (an error, Ctrl-C), nothing else is started, and the item in the thread is left
+    to finish on its own: the thread is a daemon, so the process does not wait for it to exit (a large volume
+    takes seconds to decode).
     """
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpseg-read")
-    try:
-        queue = iter(items)
-        item = next(queue, _END)
-        future = pool.submit(_captured, fn, item) if item is not _END else None
-        while future is not None:
-            nxt = next(queue, _END)
-            result, error = future.result()
-            future = pool.submit(_captured, fn, nxt) if nxt is not _END else None
-            yield item, result, error
-            item = nxt
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    queue = iter(items)
+    item = next(queue, _END)
+    pending = _in_thread(fn, item) if item is not _END else None
+    while pending is not None:
+        nxt = next(queue, _END)
+        result, error = pending.result()
+        pending = _in_thread(fn, nxt) if nxt is not _END else None
+        yield item, result, error
+        item = nxt
 
 
 _END = object()
+
+
+def _in_thread(fn: Callable[[T], Any], item: T) -> Future:
+    """A future of :func:`_captured` ``(fn, item)``, run in a new daemon thread."""
+    future: Future = Future()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(_captured(fn, item))
+        except BaseException as exc:  # e.g. SystemExit: raised again where the result is taken
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="gpseg-read", daemon=True).start()
+    return future
 
 
 def _captured(fn: Callable[[T], Any], item: T) -> tuple[Any, BaseException | None]:
@@ -247,4 +259,16 @@ def _captured(fn: Callable[[T], Any], item: T) -> tuple[Any, BaseException | Non
     try:
         return fn(item), None
     except Exception as exc:  # returned to ordered_map, which yields it with the item
-        return None, exc
+        return None, _without_tracebacks(exc)
+
+
+def _without_tracebacks(exc: BaseException) -> BaseException:
+    """``exc`` with its tracebacks (and those of its causes) dropped: only its message is reported, and a
+    traceback keeps the failed read's arrays (a case's decoded volumes) alive while the next case is read."""
+    seen: set[int] = set()
+    each: BaseException | None = exc
+    while each is not None and id(each) not in seen:
+        seen.add(id(each))
+        each.__traceback__ = None
+        each = each.__cause__ or each.__context__
+    return exc

@@ -161,20 +161,29 @@ def test_case_folders_of_other_names_or_metaimage_files_point_to_a_manifest(tmp_
     (vsd / f"{vsd.name}.mha").write_bytes(b"")
     missing_t1 = _case(tmp_path / "brats" / "BraTS20_Training_001")
     (missing_t1 / "BraTS20_Training_001_t1.nii.gz").unlink()
+    only_seg = tmp_path / "segs" / "BraTS20_Training_001"
+    only_seg.mkdir(parents=True)
+    (only_seg / "BraTS20_Training_001_seg.nii.gz").write_bytes(b"")
+    _case(tmp_path / "beside" / "data" / "BraTS20_Training_001")  # a right folder one down, beside an atlas
+    (tmp_path / "beside" / "atlas").mkdir()
+    (tmp_path / "beside" / "atlas" / "mni152.nii.gz").write_bytes(b"")
     manifest = "list each case's files in a manifest CSV and give it to `gpseg ingest manifest`"
     for given, hint in [(tmp_path / "b2015", "its case folders' NIfTI files are not named <case>_t1, _t1ce, _t2, "
                                              "_flair and _seg (e.g. HGG/brats_2013_pat0001_1/"
                                              f"Flair_subtrMeanDivStd.nii.gz): {manifest}"),
                         (tmp_path / "mha", "its volumes are MetaImage .mha files (BraTS 2015): convert them to "
                                            f"NIfTI, then {manifest}"),
-                        (tmp_path / "brats", None)]:
+                        (tmp_path / "brats", None), (tmp_path / "segs", None),
+                        (tmp_path / "beside", "its subfolder data holds case folders: give that folder")]:
         with pytest.raises(NoUsableInput) as caught:
             ingest_brats(given, tmp_path / "s.zarr", IngestConfig(workers=0))
         message = str(caught.value)
         if hint is None:  # BraTS names, a file missing: the rejection says which
             assert "missing t1 volume" in message and "manifest" not in message, message
-        else:
+        elif "manifest" in hint:
             assert message.endswith(f"; {hint} (README, \"Using the real datasets\")"), message
+        else:
+            assert message.endswith(f"; {hint}"), message
 
 
 def test_the_other_datasets_folder_is_named_as_such(brats_source, tmp_path):

@@ -57,10 +57,11 @@ def test_robust_scale_huge_integer_range_takes_no_large_table():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_robust_scale_table_and_float_paths_agree(monkeypatch, dtype):
+@pytest.mark.parametrize("slices", [3, 17])  # 17: the table is gathered 8 slices at a time, the last part short
+def test_robust_scale_table_and_float_paths_agree(monkeypatch, dtype, slices):
     rng = np.random.default_rng(3)
-    vol = np.full((3, 2, 9, 7), 40, dtype=np.int16)  # non-zero background
-    vol[:, :, 2:7, 1:6] = rng.integers(-300, 900, size=(3, 2, 5, 5))
+    vol = np.full((slices, 2, 9, 7), 40, dtype=np.int16)  # non-zero background
+    vol[:, :, 2:7, 1:6] = rng.integers(-300, 900, size=(slices, 2, 5, 5))
     table = robust_scale(vol, background_values(vol), dtype=dtype)
     monkeypatch.setattr(normalise, "MAX_LUT_SIZE", 0)  # force the float path
     floats = robust_scale(vol, background_values(vol), dtype=dtype)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
+import time
 
 import pytest
 
@@ -23,14 +26,11 @@ def test_in_process_map_yields_errors_per_item_in_order():
 
 def test_in_process_map_works_one_item_ahead_in_a_thread_and_stops_with_its_caller():
     """Ingestion writes a case while the next is decoded; a caller that stops (an error, Ctrl-C) starts no more."""
-    import threading
-    import time
-
-    started, threads = [], set()
+    started, daemons = [], set()
 
     def work(item):
         started.append(item)
-        threads.add(threading.current_thread().name)
+        daemons.add(threading.current_thread().daemon)
         time.sleep(0.05)
         return item * 2
 
@@ -40,8 +40,42 @@ def test_in_process_map_works_one_item_ahead_in_a_thread_and_stops_with_its_call
     assert started == [1, 2]  # the next item only, while the caller holds the first
     mapped.close()
     time.sleep(0.2)
-    assert started == [1, 2] and threads == {"gpseg-read_0"}
+    assert started == [1, 2] and daemons == {True}  # a daemon: the process does not wait for it at exit
     assert list(ordered_map(work, [], None)) == []
+    assert [item for item, _, _ in ordered_map(work, range(7), None)] == list(range(7))
+
+
+def test_a_ctrl_c_while_the_map_waits_for_the_thread_is_raised_at_once():
+    main, go = threading.main_thread().ident, threading.Event()
+
+    def work(item):
+        if item == 2:
+            go.wait()
+            time.sleep(0.2)  # the caller waits for this item by now
+            signal.pthread_kill(main, signal.SIGINT)
+            time.sleep(1.5)  # a long read, which the interrupted caller does not wait for
+        return item
+
+    mapped = ordered_map(work, [1, 2, 3], None)
+    assert next(mapped) == (1, 1, None)
+    go.set()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        next(mapped)
+    assert time.monotonic() - start < 1.0
+
+
+def test_an_items_error_keeps_no_traceback():
+    """Only its message is reported, and a traceback would keep the failed read's arrays alive."""
+    def work(item):
+        try:
+            int(item)
+        except ValueError as exc:
+            raise RuntimeError(f"unreadable {item}") from exc
+
+    (_, _, error), = ordered_map(work, ["x"], None)
+    assert str(error) == "unreadable x" and error.__traceback__ is None
+    assert isinstance(error.__cause__, ValueError) and error.__cause__.__traceback__ is None
 
 
 def test_local_cluster_returns_item_errors_without_a_worker_traceback(capfd):
