@@ -19,13 +19,17 @@ import shutil
 import time
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
+from storage.numpy_env import no_madvised_hugepages
 
-from storage.ingest import ingest_brats
-from storage.ingest_config import IngestConfig
-from storage.phantoms import write_brats_phantoms
-from storage.store import open_store
+no_madvised_hugepages()  # before NumPy is imported, as `gpseg ingest` does (storage/numpy_env.py)
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+
+from storage.ingest import ingest_brats  # noqa: E402
+from storage.ingest_config import IngestConfig  # noqa: E402
+from storage.phantoms import write_brats_phantoms  # noqa: E402
+from storage.store import open_store  # noqa: E402
 
 MODALITIES = ("t1", "t1ce", "t2", "flair", "seg")
 
