@@ -43,6 +43,11 @@ SCHEMA_VERSION = 1
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
 _COMPRESSOR = ZstdCodec(level=1)
 _VECTOR_CHUNK = 4096
+_SLICE_ARRAYS: tuple[str, ...] = ("images", "masks", "labels", "patient", "slice_index")
+"""The arrays with one row per slice, in the order :meth:`StoreWriter.append` buffers them."""
+FLUSH_BYTES = 32 << 20
+"""Images and masks a :class:`StoreWriter` buffers before it writes them: a few dozen Jun Cheng slices of 512 px,
+or one BraTS case of 240 px (written at once, as before)."""
 FLAT_CHUNK_KEYS = {"name": "default", "separator": "."}
 """Chunk keys of the arrays with one chunk per slice (a store's images and masks, a heatmap store's maps):
 ``c.N.0.0.0`` files in the array's folder, not Zarr's default ``c/N/0/0/0`` (a file under three folders per
@@ -238,6 +243,8 @@ class StoreWriter:
         self.channels = list(channels)
         self.image_size = int(image_size)
         self._cvind: list[np.ndarray] = []
+        self._pending: list[tuple[np.ndarray, ...]] = []
+        """Appended slices not yet written, one tuple per case in the order of :data:`_SLICE_ARRAYS`."""
         self._appending = base is not None
         self._base_slices = 0
         with self._writing():  # a failure here leaves no temporary store (the with block never runs)
@@ -281,26 +288,43 @@ class StoreWriter:
         g.create_array("slice_index", shape=(0,), dtype="int16", chunks=(_VECTOR_CHUNK,))
 
     def __len__(self) -> int:
-        return int(self.group["labels"].shape[0])
+        """Slices in the store so far, those waiting in the buffer included."""
+        return int(self.group["labels"].shape[0]) + sum(len(columns[2]) for columns in self._pending)
 
     def append(self, batch: SliceBatch) -> None:
-        """Append one case's slices (shapes must match the store's)."""
+        """Append one case's slices (shapes must match the store's).
+
+        They are buffered until :data:`FLUSH_BYTES` of images and masks wait (or :meth:`commit`), so that the
+        many one-slice cases of a Jun Cheng folder are written a few dozen at a time: each Zarr append rewrites
+        the current chunk of the per-slice vectors and the arrays' metadata.
+        """
         expected = (len(self.channels), self.image_size, self.image_size)
         if batch.images.shape[1:] != expected:
             raise StoreError(f"patient {batch.patient}: slices of shape {batch.images.shape[1:]}, "
                              f"store expects {expected}")
-        n = len(batch)
-        with self._writing():
-            self.group["images"].append(batch.images.astype(np.float16, copy=False))
-            self.group["masks"].append(batch.masks.astype(np.uint8, copy=False))
-            self.group["labels"].append(batch.labels.astype(np.int8, copy=False))
-            self.group["patient"].append(np.full(n, batch.patient, dtype=object).astype(str))
-            self.group["slice_index"].append(batch.slice_index.astype(np.int16, copy=False))
+        patients = np.full(len(batch), batch.patient, dtype=object).astype(str)
+        columns = (batch.images.astype(np.float16, copy=False), batch.masks.astype(np.uint8, copy=False),
+                   batch.labels.astype(np.int8, copy=False), patients, batch.slice_index.astype(np.int16, copy=False))
+        self._pending.append(columns)
         if batch.cvind is not None:
             self._cvind.append(batch.cvind.astype(np.int8))
+        if sum(columns[0].nbytes + columns[1].nbytes for columns in self._pending) >= FLUSH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the buffered slices (:meth:`append`)."""
+        if not self._pending:
+            return
+        merged = [np.concatenate(column) for column in zip(*self._pending)]
+        with self._writing():
+            for name, data in zip(_SLICE_ARRAYS, merged):
+                self.group[name].append(data)
+        self._pending = []
 
     def commit(self, attrs: dict, splits: dict[int, np.ndarray]) -> Path:
-        """:meth:`_commit`, naming the store in a write error that names no file."""
+        """:meth:`_commit` after the buffered slices are written, naming the store in a write error that names no
+        file."""
+        self._flush()
         with self._writing():
             return self._commit(attrs, splits)
 

@@ -37,6 +37,32 @@ def test_write_and_reopen(tmp_path):
     assert g["splits/fold_0"].shape == (5,)
 
 
+def test_buffered_slices_are_counted_and_written_the_same_whenever_flushed(tmp_path, monkeypatch):
+    """One-slice cases (Jun Cheng) are buffered and written a few dozen at a time; the store is the same."""
+    from storage import store
+
+    batches = [_batch(f"p{i}", 1 + i % 3) for i in range(13)]
+    total = sum(len(b) for b in batches)
+    stores, written = {}, {}
+    for flush_bytes in (1, 2_500, 1 << 30):  # every case, every few cases, only at the commit
+        monkeypatch.setattr(store, "FLUSH_BYTES", flush_bytes)
+        path = tmp_path / f"s{flush_bytes}.zarr"
+        with StoreWriter(path, ["a", "b"], 9) as w:
+            for count, b in enumerate(batches, start=1):
+                w.append(b)
+                assert len(w) == sum(len(x) for x in batches[:count])
+            written[flush_bytes] = int(w.group["labels"].shape[0])  # before the commit
+            w.commit({"classes": ["tumour-free", "x"], "channels": ["a", "b"], "sources": {"f": "h"}},
+                     {0: np.zeros(len(w), np.int8)})
+        g = open_store(path)
+        stores[flush_bytes] = {k: g[k][:] for k in ("images", "masks", "labels", "patient", "slice_index")}
+        stores[flush_bytes]["version"] = g.attrs["data_version"]
+    assert written[1] == total and 0 < written[2_500] < total and written[1 << 30] == 0, written
+    first = stores[1]
+    for other in stores.values():
+        assert all(np.array_equal(first[k], other[k]) for k in first), "the store depends on when it was flushed"
+
+
 def test_failed_write_leaves_previous_store_untouched(tmp_path):
     path = tmp_path / "s.zarr"
     _write(path, [_batch("p1", 3)])
