@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from rich.table import Table
 
 from flows.layout import MAP_KINDS, row_where
 from storage.errors import StoreError, one_line as text_line, validation_line
-from storage.interrupts import STOP_SIGNALS
+from storage.interrupts import STOP_SIGNALS, signals_handled
 
 console = Console(stderr=True)
 """Progress, warnings, errors and summaries: standard error."""
@@ -205,20 +204,12 @@ def stop_signals_raised() -> Iterator[None]:
     """For the block, SIGTERM and SIGHUP raise :class:`Stopped` in the main thread (then their handlers are as
     before; ignored ones stay ignored). Without it they ended `gpseg ingest` at once: exit 143, no message, a
     multiprocessing warning about leaked semaphores, and Dask's workers left to notice."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def stop(signum: int, _frame: object) -> None:
         raise Stopped(signum)
 
-    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS
-                if signal.getsignal(signum) not in (signal.SIG_IGN, None)}
-    try:
+    with signals_handled(STOP_SIGNALS, stop):
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def signal_exit(signum: int) -> tuple[str, int]:

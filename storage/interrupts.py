@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
                                                  if hasattr(signal, name))
@@ -15,26 +16,35 @@ HELD_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, *STOP_SIGNALS)
 
 
 @contextlib.contextmanager
+def signals_handled(signums: tuple[int, ...], handler: Callable[[int, Any], Any]) -> Iterator[dict[int, Any]]:
+    """For the block, ``handler`` handles each of ``signums`` that is neither ignored (an ignored one stays
+    ignored: `nohup`, a script's background job) nor handled outside Python; then the handlers are as before.
+
+    Yields:
+        The previous handler of each signal it set. Only the main thread can set handlers; elsewhere (a Prefect
+        task's thread) it sets none and yields ``{}``, and Python delivers signals to the main thread anyway.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield {}
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in signums
+                if signal.getsignal(signum) not in (signal.SIG_IGN, None)}  # None: set outside Python; left alone
+    try:
+        yield previous
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, before)
+
+
+@contextlib.contextmanager
 def interrupts_held() -> Iterator[None]:
     """Hold back SIGINT (Ctrl-C), SIGTERM and SIGHUP for a few lines that must not be cut in two, then deliver
     each that came to the handler that was in place; under the default action of SIGTERM or SIGHUP the process
-    then ends as it would have (the signal is raised again), only after those lines. An ignored signal stays
-    ignored. Only the main thread can set handlers; elsewhere (a Prefect task's thread) this does nothing, and
-    Python delivers signals to the main thread anyway."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    then ends as it would have (the signal is raised again), only after those lines (see
+    :func:`signals_handled` for ignored signals and other threads)."""
     caught: list[int] = []
-    previous = {}
-    for signum in HELD_SIGNALS:
-        handler = signal.getsignal(signum)
-        if handler is not signal.SIG_IGN and handler is not None:  # None: set outside Python; left alone
-            previous[signum] = signal.signal(signum, lambda got, frame: caught.append(got))
-    try:
+    with signals_handled(HELD_SIGNALS, lambda got, frame: caught.append(got)) as previous:
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     for signum in dict.fromkeys(caught):  # each once, in the order they came
         handler = previous[signum]
         if callable(handler):
