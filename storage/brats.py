@@ -224,12 +224,13 @@ def _other_naming(src: Path) -> str:
     """``"; ... gpseg ingest manifest ..."`` when the case folders' NIfTI files are named otherwise than BraTS
     2017 to 2021 names them (BraTS 2015's ``Flair_subtrMeanDivStd.nii.gz``, a hospital's export), or when the
     volumes below are MetaImage files (BraTS 2015 as published); else ``""``."""
-    stems = {f: _nifti_stem(f).lower() for folder, _ in _case_folders(src) for f in visible_entries(folder)
-             if f.is_file() and _nifti_stem(f)}
+    stems = {f: stem.lower() for folder, _ in _case_folders(src) for f in visible_entries(folder)
+             if f.is_file() and (stem := _nifti_stem(f))}
     manifest = "list each case's files in a manifest CSV and give it to `gpseg ingest manifest` (README, \"Using " \
                "the real datasets\")"
     brats_names = (*BRATS_CHANNELS, "seg")
-    if stems and not any(stem.endswith(tuple(f"_{name}" for name in brats_names)) or stem in brats_names
+    brats_endings = tuple(f"_{name}" for name in brats_names)
+    if stems and not any(stem.endswith(brats_endings) or stem in brats_names
                          for stem in stems.values()):  # as _case_files matches a channel or the segmentation
         return (f"; its case folders' NIfTI files are not named <case>_t1, _t1ce, _t2, _flair and _seg (e.g. "
                 f"{next(iter(stems)).relative_to(src)}): {manifest}")

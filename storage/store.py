@@ -289,7 +289,7 @@ class StoreWriter:
 
     def __len__(self) -> int:
         """Slices in the store so far, those waiting in the buffer included."""
-        return int(self.group["labels"].shape[0]) + sum(len(columns[2]) for columns in self._pending)
+        return int(self.group["labels"].shape[0]) + sum(len(case[2]) for case in self._pending)
 
     def append(self, batch: SliceBatch) -> None:
         """Append one case's slices (shapes must match the store's).
@@ -308,7 +308,7 @@ class StoreWriter:
         self._pending.append(columns)
         if batch.cvind is not None:
             self._cvind.append(batch.cvind.astype(np.int8))
-        if sum(columns[0].nbytes + columns[1].nbytes for columns in self._pending) >= FLUSH_BYTES:
+        if sum(case[0].nbytes + case[1].nbytes for case in self._pending) >= FLUSH_BYTES:  # images and masks
             self._flush()
 
     def _flush(self) -> None:
