@@ -60,6 +60,8 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
     with quiet_logger("distributed"), contextlib.ExitStack() as stack:
         silenced: list[tuple[logging.Logger, int]] = []
         stack.callback(_restore_levels, silenced)  # last: after the cluster has closed
+        environment = _nanny_environment()
+        stack.callback(_restore_environment, environment)  # again at the close: a nanny restarting a worker sets it
         # Ctrl-C (or a handled SIGTERM) is held back while the cluster starts (a second or two): one that cut the
         # start short left a half-built cluster, whose close at exit printed distributed's AssertionError
         with interrupts_held():
@@ -69,11 +71,35 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
                 dashboard_address=":0", scheduler_kwargs={"dashboard": False},
                 preload=[WORKER_SETUP]))  # the workers ignore Ctrl-C; this process's handler stays in place
             client = stack.enter_context(Client(cluster))
+        _restore_environment(environment)  # the workers have started with the nannies' settings
         if owned:  # e.g. `gpseg benchmark`, whose handler ends the whole run at once: leave Ctrl-C to it
             yield client
             return
         with _quiet_after_interrupt(client, silenced):
             yield client
+
+
+def _nanny_environment() -> dict[str, str | None]:
+    """This process's values (``None``: unset) of the environment variables a Dask nanny sets in it.
+
+    Before it spawns its worker, a nanny sets ``distributed.nanny.pre-spawn-environ`` (``OMP_NUM_THREADS=1``,
+    ``MKL_NUM_THREADS=1``, ``OPENBLAS_NUM_THREADS=1``, ``MALLOC_TRIM_THRESHOLD_``) and ``PYTHONHASHSEED`` in the
+    ``os.environ`` of the process that starts the cluster, and leaves them there: every process that one started
+    afterwards (a flow's DDP training ranks, a script's trainings after its ingestion) ran torch on one CPU thread.
+    """
+    import dask
+
+    names = {*(dask.config.get("distributed.nanny.pre-spawn-environ", default=None) or {}), "PYTHONHASHSEED"}
+    return {name: os.environ.get(name) for name in sorted(names)}
+
+
+def _restore_environment(values: dict[str, str | None]) -> None:
+    """Set the environment variables ``values`` names back to them (``None``: unset)."""
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _interrupt_owner() -> bool:

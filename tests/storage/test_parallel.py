@@ -85,6 +85,24 @@ def test_local_cluster_returns_item_errors_without_a_worker_traceback(capfd):
     assert "Compute Failed" not in capfd.readouterr().err
 
 
+def _thread_settings() -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+def test_a_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch):
+    """Dask's nannies set OMP_NUM_THREADS=1 (and MKL's, OpenBLAS's, glibc's trim threshold, PYTHONHASHSEED) in the
+    process starting the cluster and left them there: a training it started afterwards ran torch on one CPU thread.
+    The workers still get them, and a value of this process's own (MKL_NUM_THREADS here) as before."""
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_", "PYTHONHASHSEED"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    before = dict(os.environ)
+    with dask_client(1, None) as client:
+        assert dict(os.environ) == before
+        assert list(client.run(_thread_settings).values()) == [{"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "3"}]
+    assert dict(os.environ) == before
+
+
 def test_a_local_cluster_has_at_most_one_worker_per_cpu(monkeypatch, caplog):
     """--workers 10000 started 10,000 processes, which a 2-core machine did not survive."""
     monkeypatch.setattr(parallel, "cpu_cores", lambda: 1)
