@@ -1,11 +1,16 @@
-"""The checkpoint callbacks of a run: ``best.ckpt`` (lowest validation loss) and ``last.ckpt`` (every epoch), whose
-state survives a moved run directory and a process killed between the two writes."""
+"""The checkpoint callbacks of a run: ``best.ckpt`` (lowest validation loss) and ``last.ckpt`` (the resume point,
+at most once a minute by default and after the last epoch), whose state survives a moved run directory and a
+process killed between the two writes."""
 
 from __future__ import annotations
 
 import csv
 import logging
+import time
 from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
 
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -62,12 +67,14 @@ class RunDirCheckpoint(ModelCheckpoint):
 def killed_attempts_best(paths: RunPaths, progress: CheckpointProgress | None) -> tuple[str, float | None] | None:
     """``best.ckpt`` and its validation loss when it is of an epoch after ``last.ckpt``'s, else ``None``.
 
-    At an epoch's end ``best.ckpt`` is written before ``last.ckpt``; a process killed between the two left a
-    ``best.ckpt`` that ``last.ckpt``'s record of the best does not know. Resumed as it was, the redone epoch
-    was compared with an older score, and where it scored worse (a GPU's rounding differs from run to run),
-    ``model.pt`` was the killed epoch's weights beside another epoch's loss. Its loss is taken from the killed
-    attempt's log (``logs/step_*/metrics.csv``, written at every step); where the log lacks it, ``best.ckpt`` is
-    deleted (the score is ``None``), and the epochs from the redone one on choose the best.
+    At an epoch's end ``best.ckpt`` is written before ``last.ckpt``, and ``last.ckpt`` only once its interval has
+    passed (:class:`LastCheckpoint`); a process killed between the two, or in an epoch after a ``best.ckpt`` that
+    no ``last.ckpt`` followed, left a ``best.ckpt`` that ``last.ckpt``'s record of the best does not know.
+    Resumed as it was, the redone epoch was compared with an older score, and where it scored worse (a GPU's
+    rounding differs from run to run), ``model.pt`` was the killed epoch's weights beside another epoch's loss. Its
+    loss is taken from the killed attempt's log (``logs/step_*/metrics.csv``, written at every step); where the log
+    lacks it, ``best.ckpt`` is deleted (the score is ``None``), and the epochs from the redone one on choose the
+    best.
     """
     if progress is None or not paths.best.exists():
         return None
@@ -89,14 +96,61 @@ def killed_attempts_best(paths: RunPaths, progress: CheckpointProgress | None) -
     return str(paths.best), score
 
 
-def checkpoint_callbacks(paths: RunPaths, killed_best: tuple[str, float | None] | None = None
-                          ) -> tuple[ModelCheckpoint, ModelCheckpoint]:
-    """``best.ckpt`` (lowest ``val_loss``) and ``last.ckpt`` (end of every epoch), as two callbacks.
+class LastCheckpoint(RunDirCheckpoint):
+    """``last.ckpt``, the resume point: written at the end of an epoch once ``every_s`` seconds have passed since
+    it was last written (or since training started), and always at the end of the last epoch.
+
+    An epoch shorter than ``every_s`` is not saved on its own: ResNeXt50's ``last.ckpt`` with Adam's state is
+    276 MB, about 0.5 s to write on a CPU, which an epoch of a phantom store lasting seconds paid every time.
+    A kill loses at most the epochs since the last write, which the resumed run trains again to the same weights
+    (see :func:`killed_attempts_best` for a ``best.ckpt`` written meanwhile). ``every_s=0`` writes every epoch.
+    Under DDP rank 0's clock decides for every rank (a save is collective).
+    """
+
+    def __init__(self, every_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.every_s = every_s
+        self._written_at = _clock()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._written_at = _clock()
+        super().on_train_start(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._should_save_on_train_epoch_end(trainer) or self._due(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._should_save_on_train_epoch_end(trainer) or self._due(trainer):
+            super().on_validation_end(trainer, pl_module)
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        """Whether this epoch's end writes ``last.ckpt`` (the same answer on every rank); restarts the clock if so."""
+        if trainer.sanity_checking:
+            return False
+        now = _clock()
+        last_epoch = trainer.should_stop or (trainer.max_epochs is not None
+                                             and trainer.current_epoch + 1 >= trainer.max_epochs)
+        due = bool(trainer.strategy.broadcast(last_epoch or now - self._written_at >= self.every_s, src=0))
+        if due:
+            self._written_at = now
+        return due
+
+
+def _clock() -> float:
+    """Seconds on a monotonic clock (a function of its own, so that tests can make epochs last longer)."""
+    return time.monotonic()
+
+
+def checkpoint_callbacks(paths: RunPaths, killed_best: tuple[str, float | None] | None = None,
+                         last_every_s: float = 0.0) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """``best.ckpt`` (lowest ``val_loss``) and ``last.ckpt`` (see :class:`LastCheckpoint`), as two callbacks.
 
     One callback with ``save_last=True`` no longer does both: since Lightning 2.6 it writes
     ``last.ckpt`` only at a step where it also saved a top-k checkpoint, so with ``save_top_k=1``
     ``last.ckpt`` stayed at the best epoch, and a re-run "resumed" by training the epochs after it
-    again. The second callback monitors nothing and keeps one file, named ``last``, rewritten every epoch.
+    again. The second callback monitors nothing and keeps one file, named ``last``, rewritten at the end of an
+    epoch at most every ``last_every_s`` seconds and after the last epoch.
     Only ``last.ckpt`` is resumed from, so ``best.ckpt`` holds the weights without the optimiser's state
     (a third of the size with Adam: ResNeXt50's 92 MB instead of 276 MB). ``killed_best``: see
     :func:`killed_attempts_best`.
@@ -105,4 +159,4 @@ def checkpoint_callbacks(paths: RunPaths, killed_best: tuple[str, float | None] 
               "auto_insert_metric_name": False}
     best = RunDirCheckpoint(filename="best", monitor="val_loss", mode="min", save_weights_only=True, **common)
     best.killed_best = killed_best
-    return best, RunDirCheckpoint(filename=paths.last.stem, monitor=None, **common)
+    return best, LastCheckpoint(last_every_s, filename=paths.last.stem, monitor=None, **common)

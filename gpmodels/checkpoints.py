@@ -8,7 +8,8 @@ Layout of ``RUN_DIR``::
                             split) as a plain state_dict (tensors only)
     model.json              model.pt's sha256 and how those weights were trained (gpmodels.files.MODEL_RECORD)
     checkpoints/best.ckpt   Lightning checkpoint with the lowest val_loss (weights only, no optimiser state)
-    checkpoints/last.ckpt   Lightning checkpoint at the end of the last epoch (resume point)
+    checkpoints/last.ckpt   Lightning checkpoint at the end of an epoch, the resume point: written at most once
+                            every ``checkpoint_every_s`` (default 60 s) and after the last epoch
     logs/step_NNNNNNN/      Lightning CSV logs of the attempt that started at that global step
     tensorboard/            TensorBoard event files
     .train.lock             held (``fcntl.flock``) by the process training the run; holds its pid

@@ -16,7 +16,7 @@ Presets:
   batch 16 *without* accumulation (effective batch 16, not 128: a phantom
   set of a few hundred training slices would give only two or three optimiser steps per epoch
   at 128), and InceptionV3 without its auxiliary classifier (see :data:`PRESET_MODEL_OVERRIDES`).
-* ``smoke`` — two optimiser steps on 32 px slices at width 8, for tests.
+* ``smoke`` — two optimiser steps on 32 px slices at width 8, ``last.ckpt`` after every epoch, for tests.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from storage.ingest_config import MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE
 
 RESUMABLE_FIELDS: frozenset[str] = frozenset(
     {"store", "out", "preset", "epochs", "devices", "accelerator", "precision", "num_workers", "cache",
-     "cache_limit_gb", "test"}
+     "cache_limit_gb", "test", "checkpoint_every_s"}
 )
 """Fields a re-run may change and still continue the run in the same directory (the store may move:
 its data is compared through ``data_version``)."""
@@ -84,6 +84,9 @@ class TrainConfig:
         limit_batches: at most this many batches per epoch in every split (smoke tests); ``None``
             = all.
         test: evaluate the best checkpoint on the test split after training.
+        checkpoint_every_s: seconds between writes of ``checkpoints/last.ckpt``, the resume point: it is written
+            at the end of the first epoch ending this long after the previous write (or the start), and after
+            the last epoch; ``0`` = after every epoch (see :class:`gpmodels.checkpoint_callbacks.LastCheckpoint`).
     """
 
     store: str
@@ -111,6 +114,7 @@ class TrainConfig:
     cache_limit_gb: float = 4.0
     limit_batches: int | None = None
     test: bool = True
+    checkpoint_every_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_NAMES:
@@ -134,6 +138,9 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip", "aux_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}: got {getattr(self, name)!r}, expected >= 0")
+        if not 0 <= self.checkpoint_every_s < math.inf:
+            raise ValueError(f"checkpoint_every_s: got {self.checkpoint_every_s!r}, expected a finite number >= 0 "
+                             "(0 = last.ckpt after every epoch)")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: got {self.precision!r}, expected one of {PRECISIONS}")
         if self.cache not in CACHE_MODES:
@@ -185,7 +192,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "demo": {"epochs": 20, "batch_size": 16, "effective_batch": 16, "lr": 3e-4, "image_size": 64, "width": 16,
              "num_workers": 0},
     "smoke": {"epochs": 1, "batch_size": 4, "effective_batch": 8, "image_size": 32, "width": 8,
-              "num_workers": 0, "limit_batches": 4},
+              "num_workers": 0, "limit_batches": 4, "checkpoint_every_s": 0.0},
 }
 
 

@@ -228,7 +228,8 @@ def _train(run: RunConfig, paths: RunPaths, previous: RunConfig | None, progress
                                augment=config.augment, seed=config.seed, num_workers=config.num_workers,
                                cache=config.cache, cache_limit_bytes=int(config.cache_limit_gb * 2**30),
                                data_version=run.data_version or None)
-        checkpoint, last = checkpoint_callbacks(paths, killed_attempts_best(paths, progress))
+        checkpoint, last = checkpoint_callbacks(paths, killed_attempts_best(paths, progress),
+                                                last_every_s=config.checkpoint_every_s)
         trainer = _trainer(run, paths, start_step, [StoreUnchanged(), checkpoint, last], progress_bar)
         interrupt_handler = signal.getsignal(signal.SIGINT)
         try:

@@ -56,6 +56,10 @@ def train_cmd(
     cache_limit_gb: Annotated[Optional[float], typer.Option("--cache-limit-gb", help="The auto cache limit per "
                                                             "split, in GiB (default 4; the real BraTS 2020 training "
                                                             "split takes about 15 GiB: 16 GB).")] = None,
+    checkpoint_every: Annotated[Optional[float], typer.Option(
+        "--checkpoint-every", metavar="SECONDS", help="Write checkpoints/last.ckpt, the resume point, at the end of "
+        "the first epoch ending this long after the previous write, and after the last epoch (default 60; 0 = "
+        "after every epoch). A kill loses the epochs since the last write.")] = None,
     option: Annotated[Optional[list[str]], typer.Option(
         "--option", metavar="KEY=VALUE",
         help="Network option, repeatable, added to the preset's, e.g. --option pool=maps, --option "
@@ -81,7 +85,7 @@ def train_cmd(
         config = preset_config(preset, str(store), model, str(out), fold=fold, epochs=epochs, batch_size=batch_size,
                                image_size=image_size, width=width, devices=devices, precision=precision, seed=seed,
                                num_workers=num_workers, cache=cache, cache_limit_gb=cache_limit_gb,
-                               model_options=parse_options(option or []))
+                               checkpoint_every_s=checkpoint_every, model_options=parse_options(option or []))
         check_run_dir(config)  # bad input fails in one line before the line below
         if rank_zero_only.rank == 0:  # something to read while the split is read and the workers start
             console.print(f"training {escape(model)} on fold {fold} of {escape(str(store))} into {escape(str(out))} "

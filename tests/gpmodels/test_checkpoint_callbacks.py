@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpmodels.checkpoints import RunPaths, net_state_from_checkpoint
+from gpmodels import checkpoint_callbacks
+from gpmodels.checkpoints import RunDirCheckpointIO, RunPaths, net_state_from_checkpoint
 from gpmodels.lightning_module import ClassifierModule
 from gpmodels.train_config import TrainConfig, preset_config
 from gpmodels.training import train
@@ -122,3 +123,98 @@ def test_a_best_checkpoint_written_just_before_a_kill_keeps_its_own_loss(phantom
         assert result.best_val_loss == pytest.approx(min(val[e] for e in ("1", "2")))
     kept = torch.load(paths.model, weights_only=True)
     assert all(torch.equal(kept[k], v) for k, v in net_state_from_checkpoint(paths.best).items())
+
+
+def _ticking_clock(monkeypatch, seconds: float) -> None:
+    """Make each reading of the checkpoint clock ``seconds`` later than the one before: one reading when training
+    starts and one at the end of each epoch, so epochs last ``seconds``."""
+    now = [0.0]
+
+    def tick() -> float:
+        now[0] += seconds
+        return now[0]
+
+    monkeypatch.setattr(checkpoint_callbacks, "_clock", tick)
+
+
+def _recorded_saves(monkeypatch, stop_at: tuple[str, int] | None = None) -> list[tuple[str, int]]:
+    """The ``(file name, epoch)`` of each checkpoint written from now on; with ``stop_at``, the training fails with
+    :class:`_Stopped` right after that file of that epoch is written (as a kill then, but in this process)."""
+    saves: list[tuple[str, int]] = []
+    save = RunDirCheckpointIO.save_checkpoint
+
+    def recording(self, checkpoint, path, storage_options=None):
+        save(self, checkpoint, path, storage_options)
+        saves.append((Path(path).name, checkpoint["epoch"]))
+        if saves[-1] == stop_at:
+            raise _Stopped(f"stopped after {stop_at}")
+
+    monkeypatch.setattr(RunDirCheckpointIO, "save_checkpoint", recording)
+    return saves
+
+
+class _Stopped(Exception):
+    """Raised by :func:`_recorded_saves` to stop a training."""
+
+
+def _falling_validation_loss(monkeypatch) -> None:
+    """Make the validation loss fall by 1 each epoch, so every epoch writes ``best.ckpt``."""
+    loss = ClassifierModule.loss
+
+    def falling_validation_loss(self, images, labels):
+        logits, value = loss(self, images, labels)
+        return logits, value - (0.0 if self.training else float(self.current_epoch))
+
+    monkeypatch.setattr(ClassifierModule, "loss", falling_validation_loss)
+
+
+def _same_weights(first: Path, second: Path) -> bool:
+    one, other = net_state_from_checkpoint(first), net_state_from_checkpoint(second)
+    return one.keys() == other.keys() and all(torch.equal(one[key], other[key]) for key in one)
+
+
+def test_last_checkpoint_waits_for_its_interval_and_ends_every_training(smoke_run, tmp_path, monkeypatch):
+    """Epochs of 25 s with checkpoint_every_s=60: last.ckpt after epoch 2 (75 s after the start) and after the
+    last epoch, 4, only; the weights are those of a run that wrote it after every epoch."""
+    config, _ = smoke_run
+    _falling_validation_loss(monkeypatch)
+    every = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "every"), "epochs": 5, "test": False})
+    assert every.checkpoint_every_s == 0  # the smoke preset's
+    saves = _recorded_saves(monkeypatch)
+    train(every)
+    assert [epoch for name, epoch in saves if name == "last.ckpt"] == [0, 1, 2, 3, 4]
+    saves.clear()
+    _ticking_clock(monkeypatch, 25.0)
+    sparse = TrainConfig.from_dict({**every.to_dict(), "out": str(tmp_path / "sparse"), "checkpoint_every_s": 60.0})
+    result = train(sparse)
+    assert [epoch for name, epoch in saves if name == "last.ckpt"] == [2, 4]
+    assert [epoch for name, epoch in saves if name == "best.ckpt"] == [0, 1, 2, 3, 4]
+    assert _same_weights(RunPaths(tmp_path / "every").last, RunPaths(tmp_path / "sparse").last)
+    assert torch.load(RunPaths(tmp_path / "sparse").last, weights_only=True)["epoch"] == 4
+    assert result.global_step == 10
+
+
+def test_a_run_stopped_epochs_after_its_last_checkpoint_resumes_to_the_uninterrupted_weights(smoke_run, tmp_path,
+                                                                                                  monkeypatch):
+    """Stopped after epoch 3's best.ckpt while last.ckpt is epoch 1's: the resumed run trains epochs 2 to 4 again,
+    keeps epoch 3's best with the loss the stopped attempt logged, and ends with the weights, best loss and
+    model.pt of a run never stopped."""
+    config, _ = smoke_run
+    _falling_validation_loss(monkeypatch)
+    whole = train(TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "whole"), "epochs": 5,
+                                         "test": False}))
+    _ticking_clock(monkeypatch, 40.0)
+    stopped = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "stopped"), "epochs": 5,
+                                     "test": False, "checkpoint_every_s": 60.0})
+    saves = _recorded_saves(monkeypatch, stop_at=("best.ckpt", 3))
+    with pytest.raises(_Stopped):
+        train(stopped)
+    assert [epoch for name, epoch in saves if name == "last.ckpt"] == [1]
+    paths = RunPaths(tmp_path / "stopped")
+    assert torch.load(paths.last, weights_only=True)["epoch"] == 1
+    resumed = train(stopped)
+    assert (resumed.start_step, resumed.global_step) == (4, 10)
+    assert resumed.best_val_loss == pytest.approx(whole.best_val_loss)
+    assert _same_weights(RunPaths(tmp_path / "whole").last, paths.last)
+    kept, expected = (torch.load(p, weights_only=True) for p in (paths.model, RunPaths(tmp_path / "whole").model))
+    assert kept.keys() == expected.keys() and all(torch.equal(kept[key], expected[key]) for key in kept)

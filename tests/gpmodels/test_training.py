@@ -475,6 +475,9 @@ def test_merge_metrics_replaces_the_redone_epoch_of_one_step(tmp_path):
     (["--model", "gp-unet", "--cache-limit-gb", "0"], "cache_limit_gb: got 0.0, expected a finite number > 0"),
     (["--model", "gp-unet", "--cache-limit-gb", "inf"], "cache_limit_gb: got inf, expected a finite number > 0"),
     (["--model", "gp-unet", "--seed", "99999999999"], "seed: got 99999999999, expected at most 4294967295"),
+    (["--model", "gp-unet", "--checkpoint-every", "-1"], "checkpoint_every_s: got -1.0, expected a finite number >= 0 "
+     "(0 = last.ckpt after every epoch)"),
+    (["--model", "gp-unet", "--checkpoint-every", "nan"], "checkpoint_every_s: got nan, expected a finite number"),
     (["--model", "gp-reconresnet", "--image-size", "4"], "image_size: got 4, expected 8-2048 pixels"),
     (["--model", "gp-unet", "--image-size", "100000"], "image_size: got 100000, expected 8-2048 pixels"),
     (["--model", "gp-unet", "--option", "depth=99"], "model_options: gp-unet: depth: got 99, expected 1 to 11"),
@@ -497,16 +500,16 @@ def test_cli_errors_are_one_line(phantom_store, tmp_path, args, message):
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
-def test_cli_cache_options_reach_the_run_config(phantom_store, tmp_path):
+def test_cli_cache_and_checkpoint_options_reach_the_run_config(phantom_store, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--store", str(phantom_store), "--out", str(out), "--preset", "smoke", "--model", "gp-unet",
-            "--cache", "never", "--cache-limit-gb", "2.5"]
+            "--cache", "never", "--cache-limit-gb", "2.5", "--checkpoint-every", "30"]
 
     result = CliRunner().invoke(app, args)
 
     assert result.exit_code == 0, result.output
     train = json.loads((out / "config.json").read_text())["train"]
-    assert (train["cache"], train["cache_limit_gb"]) == ("never", 2.5)
+    assert (train["cache"], train["cache_limit_gb"], train["checkpoint_every_s"]) == ("never", 2.5, 30.0)
     assert f"trained gp-unet -> {out}: trained in " in " ".join(result.output.split())
     written = (out / "model.pt").stat().st_mtime_ns
     again = CliRunner().invoke(app, args)  # a finished run: nothing to train, and the line says so
