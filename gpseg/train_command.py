@@ -97,7 +97,8 @@ def train_cmd(
         from gpmodels.checkpoints import RunPaths
 
         if RunPaths(out).last.exists():
-            raise fail(f"interrupted; the same command resumes {out} from its last checkpoint", 130) from None
+            raise fail(f"interrupted; the same command resumes {out} from its last checkpoint"
+                       f"{_epochs_done(RunPaths(out).last)}", 130) from None
         raise fail(f"interrupted; {out} has no checkpoint yet, so the same command starts it again", 130) from None
     if rank_zero_only.rank != 0:  # Lightning's DDP re-runs this command for the other ranks: one summary
         return
@@ -108,6 +109,18 @@ def train_cmd(
                   f"{done}, {result.global_step} steps{best}, {result.test_summary()}"
                   + (" (smoke preset: a few steps to check the set-up, not a model)" if preset == "smoke" else ""),
                   highlight=False)
+
+
+def _epochs_done(last: Path) -> str:
+    """`` (after N epochs)``: how far ``last.ckpt`` is (written at most once a minute by default), or nothing where
+    it does not load."""
+    from gpmodels.checkpoints import checkpoint_progress
+
+    try:
+        done = checkpoint_progress(last).epochs_done
+    except ValueError:
+        return ""
+    return f" (after {done} epoch{'' if done == 1 else 's'})"
 
 
 def recorded_precision(out: Path) -> str | None:

@@ -603,7 +603,7 @@ def test_ctrl_c_during_training_says_how_to_resume(phantom_store, tmp_path, monk
                                      "--preset", "smoke", "--model", "gp-unet", "--epochs", "2"])
     assert later.exit_code == 130
     assert later.output.splitlines()[-1] == (f"error: interrupted; the same command resumes {tmp_path / 'two'} "
-                                             "from its last checkpoint")
+                                             "from its last checkpoint (after 1 epoch)")
 
 
 def _cli_train(config: TrainConfig, *extra: str):
