@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
 from gpmodels.checkpoints import CheckpointProgress, RunPaths, read_checkpoint
+from gpmodels.lightning_module import VAL_LOSS_KEY
 
 _LOG = logging.getLogger(__name__)
 
@@ -72,24 +73,22 @@ def killed_attempts_best(paths: RunPaths, progress: CheckpointProgress | None) -
     no ``last.ckpt`` followed, left a ``best.ckpt`` that ``last.ckpt``'s record of the best does not know.
     Resumed as it was, the redone epoch was compared with an older score, and where it scored worse (a GPU's
     rounding differs from run to run), ``model.pt`` was the killed epoch's weights beside another epoch's loss. Its
-    loss is taken from the killed attempt's log (``logs/step_*/metrics.csv``, written at every step); where the log
-    lacks it, ``best.ckpt`` is deleted (the score is ``None``), and the epochs from the redone one on choose the
-    best.
+    loss is the one ``best.ckpt`` holds (:data:`gpmodels.lightning_module.VAL_LOSS_KEY`), or for a ``best.ckpt``
+    written before gpseg kept it there, the one the killed attempt logged (``logs/step_*/metrics.csv``, written at
+    every step: a later attempt resumed from the same ``last.ckpt`` replaces that file); where neither has it,
+    ``best.ckpt`` is deleted (the score is ``None``), and the epochs from the redone one on choose the best.
     """
     if progress is None or not paths.best.exists():
         return None
     best = read_checkpoint(paths.best, ("global_step", "epoch"))
     if int(best["global_step"]) <= progress.global_step:
         return None
-    epoch, score = int(best["epoch"]), None
-    for attempt in sorted(paths.logs.glob("step_*/metrics.csv")):
-        with attempt.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                if row.get("epoch") == str(epoch) and row.get("val_loss"):
-                    score = float(row["val_loss"])
+    epoch, score = int(best["epoch"]), best.get(VAL_LOSS_KEY)
+    if score is None:  # written by a gpseg that did not keep it there
+        score = _logged_loss(paths, epoch)
     if score is None:
-        _LOG.warning("%s: best.ckpt is of epoch %d, after last.ckpt's, and no log holds its validation loss (a "
-                     "process killed between the two writes); deleted, the best is chosen again from epoch %d on",
+        _LOG.warning("%s: best.ckpt is of epoch %d, after last.ckpt's, and neither it nor a log holds its validation "
+                     "loss (a process killed after writing it); deleted, the best is chosen again from epoch %d on",
                      paths.root, epoch, progress.epochs_done)
         if rank_zero_only.rank == 0:
             paths.best.unlink()
@@ -140,6 +139,17 @@ class LastCheckpoint(RunDirCheckpoint):
 def _clock() -> float:
     """Seconds on a monotonic clock (a function of its own, so that tests can make epochs last longer)."""
     return time.monotonic()
+
+
+def _logged_loss(paths: RunPaths, epoch: int) -> float | None:
+    """The validation loss of ``epoch`` that the latest attempt logging one logged, or ``None``."""
+    score = None
+    for attempt in sorted(paths.logs.glob("step_*/metrics.csv")):
+        with attempt.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("epoch") == str(epoch) and row.get("val_loss"):
+                    score = float(row["val_loss"])
+    return score
 
 
 def checkpoint_callbacks(paths: RunPaths, killed_best: tuple[str, float | None] | None = None,

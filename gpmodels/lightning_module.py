@@ -35,6 +35,9 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 _EVAL_STAGES = ("val", "test")
 RNG_KEY = "gpseg_rng"
+VAL_LOSS_KEY = "gpseg_val_loss"
+"""A checkpoint's entry holding the validation loss of its epoch (absent without a validation split, and in
+checkpoints written before gpseg kept it), so that a ``best.ckpt`` a killed attempt wrote carries its own score."""
 
 
 def global_rng_state() -> dict[str, Any]:
@@ -171,6 +174,9 @@ class ClassifierModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[RNG_KEY] = global_rng_state()
+        loss = self.trainer.callback_metrics.get("val_loss") if self._trainer is not None else None
+        if loss is not None:
+            checkpoint[VAL_LOSS_KEY] = float(loss)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if RNG_KEY in checkpoint:  # checkpoints written before gpseg kept it have none

@@ -269,8 +269,9 @@ def previous_run(paths: RunPaths, run: RunConfig) -> tuple[RunConfig | None, Che
     if not paths.last.exists():
         return None, None
     progress = checkpoint_progress(paths.last)
-    if paths.best.exists():
-        read_checkpoint(paths.best, ("state_dict",))
+    trained = progress.epochs_done
+    if paths.best.exists():  # of a later epoch than last.ckpt where an attempt was killed after writing it
+        trained = max(trained, int(read_checkpoint(paths.best, ("state_dict", "epoch"))["epoch"]) + 1)
     previous = None
     if paths.config.exists():
         previous = RunConfig.read(paths.root)
@@ -278,9 +279,9 @@ def previous_run(paths: RunPaths, run: RunConfig) -> tuple[RunConfig | None, Che
         if changed:
             raise ValueError(f"out: {paths.root} holds a run with other settings ({', '.join(changed)}); choose "
                              "another run directory (in a flow, another work dir: --workdir) or delete this one")
-    if progress.epochs_done > run.train.epochs:  # Lightning fails on it, after config.json was rewritten
-        raise ValueError(f"epochs: {paths.root} has trained {progress.epochs_done} epochs, more than the "
-                         f"{run.train.epochs} asked for; give --epochs {progress.epochs_done} or more to keep it as "
+    if trained > run.train.epochs:  # Lightning fails on it, after config.json was rewritten
+        raise ValueError(f"epochs: {paths.root} has trained {trained} epochs, more than the "
+                         f"{run.train.epochs} asked for; give --epochs {trained} or more to keep it as "
                          "it is, or train into another run directory")
     if previous is None:
         return None, progress

@@ -58,8 +58,9 @@ def train_cmd(
                                                             "split takes about 15 GiB: 16 GB).")] = None,
     checkpoint_every: Annotated[Optional[float], typer.Option(
         "--checkpoint-every", metavar="SECONDS", help="Write checkpoints/last.ckpt, the resume point, at the end of "
-        "the first epoch ending this long after the previous write, and after the last epoch (default 60; 0 = "
-        "after every epoch). A kill loses the epochs since the last write.")] = None,
+        "the first epoch ending this long after the previous write, and after the last epoch (default: the "
+        "preset's, 60 for paper and demo, 0 = after every epoch for smoke). A kill loses the epochs since the last "
+        "write.")] = None,
     option: Annotated[Optional[list[str]], typer.Option(
         "--option", metavar="KEY=VALUE",
         help="Network option, repeatable, added to the preset's, e.g. --option pool=maps, --option "

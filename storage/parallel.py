@@ -83,13 +83,15 @@ def _nanny_environment() -> dict[str, str | None]:
     """This process's values (``None``: unset) of the environment variables a Dask nanny sets in it.
 
     Before it spawns its worker, a nanny sets ``distributed.nanny.pre-spawn-environ`` (``OMP_NUM_THREADS=1``,
-    ``MKL_NUM_THREADS=1``, ``OPENBLAS_NUM_THREADS=1``, ``MALLOC_TRIM_THRESHOLD_``) and ``PYTHONHASHSEED`` in the
+    ``MKL_NUM_THREADS=1``, ``OPENBLAS_NUM_THREADS=1``, ``MALLOC_TRIM_THRESHOLD_``), ``PYTHONHASHSEED`` and
+    ``__DASK_PARENT_PID`` in the
     ``os.environ`` of the process that starts the cluster, and leaves them there: every process that one started
     afterwards (a flow's DDP training ranks, a script's trainings after its ingestion) ran torch on one CPU thread.
     """
     import dask
 
-    names = {*(dask.config.get("distributed.nanny.pre-spawn-environ", default=None) or {}), "PYTHONHASHSEED"}
+    names = {*(dask.config.get("distributed.nanny.pre-spawn-environ", default=None) or {}), "PYTHONHASHSEED",
+             "__DASK_PARENT_PID"}  # the last turns on process titles in the processes this one starts
     return {name: os.environ.get(name) for name in sorted(names)}
 
 

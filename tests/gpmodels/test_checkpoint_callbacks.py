@@ -14,7 +14,7 @@ import torch
 
 from gpmodels import checkpoint_callbacks
 from gpmodels.checkpoints import RunDirCheckpointIO, RunPaths, net_state_from_checkpoint
-from gpmodels.lightning_module import ClassifierModule
+from gpmodels.lightning_module import VAL_LOSS_KEY, ClassifierModule
 from gpmodels.train_config import TrainConfig, preset_config
 from gpmodels.training import train
 
@@ -88,12 +88,13 @@ _KILL_BEFORE_LAST = ("import json, os, signal, sys; from pathlib import Path; im
                      "train(TrainConfig.from_dict(json.loads(sys.argv[1])))")
 
 
-@pytest.mark.parametrize("log_kept", [True, False])
-def test_a_best_checkpoint_written_just_before_a_kill_keeps_its_own_loss(phantom_store, tmp_path, log_kept):
+@pytest.mark.parametrize("kept_in", ["checkpoint", "log", "nowhere"])
+def test_a_best_checkpoint_written_just_before_a_kill_keeps_its_own_loss(phantom_store, tmp_path, kept_in):
     """Killed between best.ckpt and last.ckpt of epoch 1: last.ckpt's record of the best was epoch 0's, so a
     redone epoch 1 scoring worse than epoch 0 (a GPU's rounding) left model.pt the killed epoch's weights and
-    best_val_loss epoch 0's. Its loss now comes from the killed attempt's log: made very low here, it stays the
-    best; without the log, best.ckpt is deleted and chosen again."""
+    best_val_loss epoch 0's. Its loss now comes with best.ckpt, or for a best.ckpt of a gpseg that did not keep it
+    there, from the killed attempt's log: made very low here, it stays the best; without either, best.ckpt is
+    deleted and chosen again."""
     config = TrainConfig.from_dict({**preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / "r"))
                                     .to_dict(), "epochs": 3, "test": False})
     killed = subprocess.run([sys.executable, "-c", _KILL_BEFORE_LAST, json.dumps(config.to_dict())],
@@ -103,8 +104,14 @@ def test_a_best_checkpoint_written_just_before_a_kill_keeps_its_own_loss(phantom
     best, last = (torch.load(p, weights_only=True, map_location="cpu") for p in (paths.best, paths.last))
     assert (best["epoch"], last["epoch"]) == (1, 0)
     [log] = paths.logs.glob("step_*/metrics.csv")
-    if log_kept:
-        rows = _read_metrics(log)
+    rows = _read_metrics(log)
+    assert best[VAL_LOSS_KEY] == pytest.approx(float(next(r["val_loss"] for r in rows if r["epoch"] == "1"
+                                                          and r["val_loss"])))
+    if kept_in == "checkpoint":
+        torch.save({**best, VAL_LOSS_KEY: 0.001}, paths.best)
+    else:  # as an older gpseg wrote it
+        torch.save({key: value for key, value in best.items() if key != VAL_LOSS_KEY}, paths.best)
+    if kept_in == "log":
         for row in rows:
             row["val_loss"] = "0.001" if row["epoch"] == "1" and row["val_loss"] else row["val_loss"]
         with log.open("w", newline="") as handle:
@@ -116,7 +123,7 @@ def test_a_best_checkpoint_written_just_before_a_kill_keeps_its_own_loss(phantom
     result = train(config)
     assert (result.start_step, result.global_step) == (last["global_step"], 3 * last["global_step"])
     val = {row["epoch"]: float(row["val_loss"]) for row in _read_metrics(paths.metrics) if row["val_loss"]}
-    if log_kept:
+    if kept_in != "nowhere":
         assert result.best_val_loss == pytest.approx(0.001)
         assert torch.load(paths.best, weights_only=True)["epoch"] == 1
     else:
@@ -196,9 +203,9 @@ def test_last_checkpoint_waits_for_its_interval_and_ends_every_training(smoke_ru
 
 def test_a_run_stopped_epochs_after_its_last_checkpoint_resumes_to_the_uninterrupted_weights(smoke_run, tmp_path,
                                                                                                   monkeypatch):
-    """Stopped after epoch 3's best.ckpt while last.ckpt is epoch 1's: the resumed run trains epochs 2 to 4 again,
-    keeps epoch 3's best with the loss the stopped attempt logged, and ends with the weights, best loss and
-    model.pt of a run never stopped."""
+    """Stopped after epoch 3's best.ckpt while last.ckpt is epoch 1's: a re-run with fewer epochs than that best's is
+    refused; the resumed run trains epochs 2 to 4 again and ends with the weights, best loss and model.pt of a run
+    never stopped."""
     config, _ = smoke_run
     _falling_validation_loss(monkeypatch)
     whole = train(TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "whole"), "epochs": 5,
@@ -212,6 +219,9 @@ def test_a_run_stopped_epochs_after_its_last_checkpoint_resumes_to_the_uninterru
     assert [epoch for name, epoch in saves if name == "last.ckpt"] == [1]
     paths = RunPaths(tmp_path / "stopped")
     assert torch.load(paths.last, weights_only=True)["epoch"] == 1
+    # its best.ckpt is of the 4th epoch: fewer epochs would have kept those weights as the best of 3
+    with pytest.raises(ValueError, match="has trained 4 epochs, more than the 3 asked for; give --epochs 4 or more"):
+        train(TrainConfig.from_dict({**stopped.to_dict(), "epochs": 3}))
     resumed = train(stopped)
     assert (resumed.start_step, resumed.global_step) == (4, 10)
     assert resumed.best_val_loss == pytest.approx(whole.best_val_loss)

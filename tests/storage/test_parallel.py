@@ -93,7 +93,8 @@ def test_a_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch):
     """Dask's nannies set OMP_NUM_THREADS=1 (and MKL's, OpenBLAS's, glibc's trim threshold, PYTHONHASHSEED) in the
     process starting the cluster and left them there: a training it started afterwards ran torch on one CPU thread.
     The workers still get them, and a value of this process's own (MKL_NUM_THREADS here) as before."""
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_", "PYTHONHASHSEED"):
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_", "PYTHONHASHSEED",
+                 "__DASK_PARENT_PID"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "3")
     before = dict(os.environ)
