@@ -144,17 +144,18 @@ def _ticking_clock(monkeypatch, seconds: float) -> None:
     monkeypatch.setattr(checkpoint_callbacks, "_clock", tick)
 
 
-def _recorded_saves(monkeypatch, stop_at: tuple[str, int] | None = None) -> list[tuple[str, int]]:
-    """The ``(file name, epoch)`` of each checkpoint written from now on; with ``stop_at``, the training fails with
-    :class:`_Stopped` right after that file of that epoch is written (as a kill then, but in this process)."""
+def _recorded_saves(monkeypatch, stop_at: list[tuple[str, int]] | None = None) -> list[tuple[str, int]]:
+    """The ``(file name, epoch)`` of each checkpoint written from now on; while ``stop_at`` holds one, the training
+    fails with :class:`_Stopped` right after that file of that epoch is written (as a kill then, but in this
+    process)."""
     saves: list[tuple[str, int]] = []
     save = RunDirCheckpointIO.save_checkpoint
 
     def recording(self, checkpoint, path, storage_options=None):
         save(self, checkpoint, path, storage_options)
         saves.append((Path(path).name, checkpoint["epoch"]))
-        if saves[-1] == stop_at:
-            raise _Stopped(f"stopped after {stop_at}")
+        if stop_at and saves[-1] == stop_at[0]:
+            raise _Stopped(f"stopped after {stop_at[0]}")
 
     monkeypatch.setattr(RunDirCheckpointIO, "save_checkpoint", recording)
     return saves
@@ -164,13 +165,15 @@ class _Stopped(Exception):
     """Raised by :func:`_recorded_saves` to stop a training."""
 
 
-def _falling_validation_loss(monkeypatch) -> None:
-    """Make the validation loss fall by 1 each epoch, so every epoch writes ``best.ckpt``."""
+def _falling_validation_loss(monkeypatch, offset: list[float] | None = None) -> None:
+    """Make the validation loss fall by 1 each epoch, so every epoch writes ``best.ckpt``; ``offset[0]`` is added
+    to it (changed between attempts, as a GPU's rounding changes the loss of a redone epoch)."""
     loss = ClassifierModule.loss
+    offset = offset or [0.0]
 
     def falling_validation_loss(self, images, labels):
         logits, value = loss(self, images, labels)
-        return logits, value - (0.0 if self.training else float(self.current_epoch))
+        return logits, value - (0.0 if self.training else float(self.current_epoch) - offset[0])
 
     monkeypatch.setattr(ClassifierModule, "loss", falling_validation_loss)
 
@@ -213,7 +216,7 @@ def test_a_run_stopped_epochs_after_its_last_checkpoint_resumes_to_the_uninterru
     _ticking_clock(monkeypatch, 40.0)
     stopped = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "stopped"), "epochs": 5,
                                      "test": False, "checkpoint_every_s": 60.0})
-    saves = _recorded_saves(monkeypatch, stop_at=("best.ckpt", 3))
+    saves = _recorded_saves(monkeypatch, stop_at=[("best.ckpt", 3)])
     with pytest.raises(_Stopped):
         train(stopped)
     assert [epoch for name, epoch in saves if name == "last.ckpt"] == [1]
@@ -228,3 +231,30 @@ def test_a_run_stopped_epochs_after_its_last_checkpoint_resumes_to_the_uninterru
     assert _same_weights(RunPaths(tmp_path / "whole").last, paths.last)
     kept, expected = (torch.load(p, weights_only=True) for p in (paths.model, RunPaths(tmp_path / "whole").model))
     assert kept.keys() == expected.keys() and all(torch.equal(kept[key], expected[key]) for key in kept)
+
+
+def test_a_stopped_attempts_best_stays_the_best_when_the_redone_epochs_score_worse(smoke_run, tmp_path, monkeypatch):
+    """Stopped after epoch 3's best.ckpt while last.ckpt is epoch 1's; the resumed attempt's validation losses come
+    out 1.5 higher. Epoch 3's best.ckpt stays the best with its own loss (forgotten, the redone epoch 3 would have
+    replaced it as better than epoch 1's), and model.pt holds its weights."""
+    config, _ = smoke_run
+    offset = [0.0]
+    _falling_validation_loss(monkeypatch, offset)
+    _ticking_clock(monkeypatch, 40.0)
+    stopped = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "stopped"), "epochs": 5,
+                                     "test": False, "checkpoint_every_s": 60.0})
+    stop_at = [("best.ckpt", 3)]
+    saves = _recorded_saves(monkeypatch, stop_at)
+    with pytest.raises(_Stopped):
+        train(stopped)
+    paths = RunPaths(tmp_path / "stopped")
+    killed_best = torch.load(paths.best, weights_only=True)
+    saves.clear()
+    stop_at.clear()
+    offset[0] = 1.5
+    resumed = train(stopped)
+    assert [epoch for name, epoch in saves if name == "best.ckpt"] == []
+    assert resumed.best_val_loss == pytest.approx(killed_best[VAL_LOSS_KEY])
+    assert torch.load(paths.best, weights_only=True)["epoch"] == 3
+    kept = torch.load(paths.model, weights_only=True)
+    assert all(torch.equal(kept[k], v) for k, v in net_state_from_checkpoint(paths.best).items())
