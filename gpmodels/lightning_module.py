@@ -174,7 +174,7 @@ class ClassifierModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[RNG_KEY] = global_rng_state()
-        loss = self.trainer.callback_metrics.get("val_loss") if self._trainer is not None else None
+        loss = self.trainer.callback_metrics.get("val_loss")  # Lightning calls this hook from a trainer only
         if loss is not None:
             checkpoint[VAL_LOSS_KEY] = float(loss)
 

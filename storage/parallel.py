@@ -84,9 +84,9 @@ def _nanny_environment() -> dict[str, str | None]:
 
     Before it spawns its worker, a nanny sets ``distributed.nanny.pre-spawn-environ`` (``OMP_NUM_THREADS=1``,
     ``MKL_NUM_THREADS=1``, ``OPENBLAS_NUM_THREADS=1``, ``MALLOC_TRIM_THRESHOLD_``), ``PYTHONHASHSEED`` and
-    ``__DASK_PARENT_PID`` in the
-    ``os.environ`` of the process that starts the cluster, and leaves them there: every process that one started
-    afterwards (a flow's DDP training ranks, a script's trainings after its ingestion) ran torch on one CPU thread.
+    ``__DASK_PARENT_PID`` in the ``os.environ`` of the process that starts the cluster, and leaves them there:
+    every process that one started afterwards (a flow's DDP training ranks, a script's trainings after its
+    ingestion) ran torch on one CPU thread.
     """
     import dask
 
