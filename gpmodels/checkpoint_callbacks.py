@@ -151,8 +151,8 @@ def _logged_loss(paths: RunPaths, epoch: int) -> float | None:
     return score
 
 
-def checkpoint_callbacks(paths: RunPaths, killed_best: tuple[str, float | None] | None = None,
-                         last_every_s: float = 0.0) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+def checkpoint_callbacks(paths: RunPaths, killed_best: tuple[str, float | None] | None, *,
+                         last_every_s: float) -> tuple[ModelCheckpoint, ModelCheckpoint]:
     """``best.ckpt`` (lowest ``val_loss``) and ``last.ckpt`` (see :class:`LastCheckpoint`), as two callbacks.
 
     One callback with ``save_last=True`` no longer does both: since Lightning 2.6 it writes

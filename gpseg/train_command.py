@@ -97,9 +97,10 @@ def train_cmd(
     except KeyboardInterrupt:
         from gpmodels.checkpoints import RunPaths
 
-        if RunPaths(out).last.exists():
-            raise fail(f"interrupted; the same command resumes {out} from its last checkpoint"
-                       f"{_epochs_done(RunPaths(out).last)}", 130) from None
+        last = RunPaths(out).last
+        if last.exists():
+            raise fail(f"interrupted; the same command resumes {out} from its last checkpoint{_epochs_done(last)}",
+                       130) from None
         raise fail(f"interrupted; {out} has no checkpoint yet, so the same command starts it again", 130) from None
     if rank_zero_only.rank != 0:  # Lightning's DDP re-runs this command for the other ranks: one summary
         return

@@ -24,15 +24,18 @@ def _read_metrics(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _rising_validation_loss(monkeypatch) -> None:
-    """Make the validation loss rise by 1 each epoch, so the first epoch is the best."""
+def _moving_validation_loss(monkeypatch, per_epoch: float, offset: list[float] | None = None) -> None:
+    """Add ``per_epoch`` times the epoch to the validation loss (+1: it rises, so the first epoch is the best; -1: it
+    falls, so every epoch writes ``best.ckpt``), and ``offset[0]`` (changed between attempts, as a GPU's rounding
+    changes the loss of a redone epoch)."""
     loss = ClassifierModule.loss
+    offset = offset or [0.0]
 
-    def rising_validation_loss(self, images, labels):
+    def moving_validation_loss(self, images, labels):
         logits, value = loss(self, images, labels)
-        return logits, value + (0.0 if self.training else float(self.current_epoch))
+        return logits, value + (0.0 if self.training else per_epoch * self.current_epoch + offset[0])
 
-    monkeypatch.setattr(ClassifierModule, "loss", rising_validation_loss)
+    monkeypatch.setattr(ClassifierModule, "loss", moving_validation_loss)
 
 
 def test_last_checkpoint_is_the_last_epoch_when_validation_loss_stops_improving(smoke_run, tmp_path, monkeypatch):
@@ -41,7 +44,7 @@ def test_last_checkpoint_is_the_last_epoch_when_validation_loss_stops_improving(
     The validation loss is made to rise each epoch, so the best epoch is the first of three.
     """
     config, _ = smoke_run
-    _rising_validation_loss(monkeypatch)
+    _moving_validation_loss(monkeypatch, +1.0)
     out = tmp_path / "rising"
     result = train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "epochs": 3}))
     paths = RunPaths(out)
@@ -60,7 +63,7 @@ def test_a_moved_run_dir_resumes_with_its_best_score(smoke_run, tmp_path, monkey
     import warnings
 
     config, _ = smoke_run
-    _rising_validation_loss(monkeypatch)
+    _moving_validation_loss(monkeypatch, +1.0)
     first = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "before"), "epochs": 1})
     train(first)
     shutil.copytree(tmp_path / "before", tmp_path / "after")
@@ -165,29 +168,19 @@ class _Stopped(Exception):
     """Raised by :func:`_recorded_saves` to stop a training."""
 
 
-def _falling_validation_loss(monkeypatch, offset: list[float] | None = None) -> None:
-    """Make the validation loss fall by 1 each epoch, so every epoch writes ``best.ckpt``; ``offset[0]`` is added
-    to it (changed between attempts, as a GPU's rounding changes the loss of a redone epoch)."""
-    loss = ClassifierModule.loss
-    offset = offset or [0.0]
-
-    def falling_validation_loss(self, images, labels):
-        logits, value = loss(self, images, labels)
-        return logits, value - (0.0 if self.training else float(self.current_epoch) - offset[0])
-
-    monkeypatch.setattr(ClassifierModule, "loss", falling_validation_loss)
+def _same_state(one: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> bool:
+    return one.keys() == other.keys() and all(torch.equal(one[key], other[key]) for key in one)
 
 
 def _same_weights(first: Path, second: Path) -> bool:
-    one, other = net_state_from_checkpoint(first), net_state_from_checkpoint(second)
-    return one.keys() == other.keys() and all(torch.equal(one[key], other[key]) for key in one)
+    return _same_state(net_state_from_checkpoint(first), net_state_from_checkpoint(second))
 
 
 def test_last_checkpoint_waits_for_its_interval_and_ends_every_training(smoke_run, tmp_path, monkeypatch):
     """Epochs of 25 s with checkpoint_every_s=60: last.ckpt after epoch 2 (75 s after the start) and after the
     last epoch, 4, only; the weights are those of a run that wrote it after every epoch."""
     config, _ = smoke_run
-    _falling_validation_loss(monkeypatch)
+    _moving_validation_loss(monkeypatch, -1.0)
     every = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "every"), "epochs": 5, "test": False})
     assert every.checkpoint_every_s == 0  # the smoke preset's
     saves = _recorded_saves(monkeypatch)
@@ -210,7 +203,7 @@ def test_a_run_stopped_epochs_after_its_last_checkpoint_resumes_to_the_uninterru
     refused; the resumed run trains epochs 2 to 4 again and ends with the weights, best loss and model.pt of a run
     never stopped."""
     config, _ = smoke_run
-    _falling_validation_loss(monkeypatch)
+    _moving_validation_loss(monkeypatch, -1.0)
     whole = train(TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "whole"), "epochs": 5,
                                          "test": False}))
     _ticking_clock(monkeypatch, 40.0)
@@ -229,8 +222,7 @@ def test_a_run_stopped_epochs_after_its_last_checkpoint_resumes_to_the_uninterru
     assert (resumed.start_step, resumed.global_step) == (4, 10)
     assert resumed.best_val_loss == pytest.approx(whole.best_val_loss)
     assert _same_weights(RunPaths(tmp_path / "whole").last, paths.last)
-    kept, expected = (torch.load(p, weights_only=True) for p in (paths.model, RunPaths(tmp_path / "whole").model))
-    assert kept.keys() == expected.keys() and all(torch.equal(kept[key], expected[key]) for key in kept)
+    assert _same_state(*(torch.load(p, weights_only=True) for p in (paths.model, RunPaths(tmp_path / "whole").model)))
 
 
 def test_a_stopped_attempts_best_stays_the_best_when_the_redone_epochs_score_worse(smoke_run, tmp_path, monkeypatch):
@@ -239,7 +231,7 @@ def test_a_stopped_attempts_best_stays_the_best_when_the_redone_epochs_score_wor
     replaced it as better than epoch 1's), and model.pt holds its weights."""
     config, _ = smoke_run
     offset = [0.0]
-    _falling_validation_loss(monkeypatch, offset)
+    _moving_validation_loss(monkeypatch, -1.0, offset)
     _ticking_clock(monkeypatch, 40.0)
     stopped = TrainConfig.from_dict({**config.to_dict(), "out": str(tmp_path / "stopped"), "epochs": 5,
                                      "test": False, "checkpoint_every_s": 60.0})
