@@ -93,7 +93,8 @@ def out_of_memory_message(run: RunConfig) -> str:
     memory = "GPU memory" if on_gpu(train.accelerator) else "memory"
     return (f"{train.out}: {train.model} at {run.image_size} px with batch {train.batch_size} per device ran out of "
             f"{memory}; give a smaller --batch-size that divides {train.effective_batch} (the effective batch is "
-            "kept by gradient accumulation) or a smaller --image-size")
+            "kept by gradient accumulation; gpseg benchmark and retrain take it too, a deployment run as "
+            "train_overrides' batch_size) or a smaller --image-size")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from flows.layout import DEFAULT_WORKDIR
 from gpmodels.names import PRECISIONS, PRESET_NAMES
 from gpseg.console import (console, fail, flow_outcome, folder_problem, one_line, prefect_home_problem,
                            signal_exit)
-from gpseg.options import PRECISION_HELP, flow_train_overrides, one_of, parse_model_options, parse_seeds
+from gpseg.options import (BATCH_SIZE_HELP, EPOCHS_HELP, PRECISION_HELP, flow_train_overrides, one_of,
+                           parse_model_options, parse_seeds)
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
 from storage.ingest_config import DEFAULT_FOLDS, SPLIT_MODES
@@ -52,6 +53,8 @@ def benchmark_cmd(
                                                              "(1 by default); checked before any work.")] = None,
     devices: Annotated[int, typer.Option(help="Devices per training run (more than 1: Lightning DDP).")] = 1,
     precision: Annotated[str, typer.Option(callback=one_of(PRECISIONS), help=PRECISION_HELP)] = "auto",
+    epochs: Annotated[Optional[int], typer.Option(min=1, show_default=False, help=EPOCHS_HELP)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, show_default=False, help=BATCH_SIZE_HELP)] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated training seeds, e.g. 0,1,2: each trains, and "
                                                       "the run with the lowest validation loss of each (model, fold) "
                                                       "is evaluated (default: one run, the preset's seed).")] = None,
@@ -80,7 +83,8 @@ def benchmark_cmd(
             workdir=str(workdir), folds=folds, preset=preset, dask_address=dask_address,
             datasets=[DatasetSpec(kind=k, source=v, phantom_cases=16 if k == "brats" else 120, image_size=image_size,
                                   split=split) for k, v in sources.items() if v],
-            **training_options(models, option, devices, precision, seeds, threshold))
+            **training_options(models, option, flow_train_overrides(devices, precision, epochs, batch_size), seeds,
+                               threshold))
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
     if params.dask_address:  # here too, before Prefect starts and logs the flow's failure with its traceback
@@ -93,16 +97,17 @@ def benchmark_cmd(
     raise flow_outcome(run_benchmark(params), params.threshold.describe())
 
 
-def training_options(models: str | None, option: list[str] | None, devices: int, precision: str,
-                     seeds: str | None, threshold: "ThresholdParams") -> dict:
+def training_options(models: str | None, option: list[str] | None, train_overrides: dict, seeds: str | None,
+                     threshold: "ThresholdParams") -> dict:
     """The ``flows.params.TrainingParams`` fields that `gpseg benchmark` and `gpseg retrain` take from the
-    same options (``--models``, ``--option``, ``--devices``, ``--precision``, ``--seeds`` and the thresholds).
+    same options (``--models``, ``--option``, ``--seeds``, the thresholds, and ``train_overrides`` made by
+    :func:`gpseg.options.flow_train_overrides` from ``--devices``, ``--precision``, ``--epochs`` and ``--batch-size``).
 
     Raises:
         ValueError: an option that does not parse (as the flow parameters' own validation does).
     """
     return {"model_options": parse_model_options(option or []), "threshold": threshold,
-            "train_overrides": flow_train_overrides(devices, precision), "seeds": parse_seeds(seeds),
+            "train_overrides": train_overrides, "seeds": parse_seeds(seeds),
             **({"models": [m.strip() for m in models.split(",")]} if models else {})}
 
 
@@ -210,6 +215,10 @@ def retrain_cmd(
     precision: Annotated[Optional[str], typer.Option(
         callback=one_of(PRECISIONS), show_default=False,
         help=PRECISION_HELP + " Default: the work dir's last, else auto.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, show_default=False, help=EPOCHS_HELP.replace(
+        "(default: the preset's", "(default: the work dir's last, else the preset's"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, show_default=False, help=BATCH_SIZE_HELP.replace(
+        "(default: the preset's", "(default: the work dir's last, else the preset's"))] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated training seeds, as for `gpseg benchmark`.")
                      ] = None,
     option: Annotated[Optional[list[str]], typer.Option(
@@ -226,9 +235,9 @@ def retrain_cmd(
     Ingests the drop folder's new cases into the work dir's store (stored patients keep their splits),
     validates, retrains every model on the new data version and rewrites the report; says "no new data"
     when nothing is new. What the nightly schedule and `gpseg drop`'s event run through `gpseg serve`.
-    Training options left out (models, folds, preset, --option, --seeds, --devices, --precision, --dask-address)
-    are those of the last benchmark or retrain that trained in the work dir. Exit 0 when retrained or nothing is
-    new, 1 when a run failed, 2 when new files were rejected.
+    Training options left out (models, folds, preset, --option, --seeds, --devices, --precision, --epochs,
+    --batch-size, --dask-address) are those of the last benchmark or retrain that trained in the work dir. Exit 0
+    when retrained or nothing is new, 1 when a run failed, 2 when new files were rejected.
     """
     from flows.params import DatasetSpec, RetrainParams
     from flows.layout import default_drop_folder
@@ -248,11 +257,10 @@ def retrain_cmd(
     threshold = threshold_params(method, offset, value, target_class, min_size, fill_holes, closing, largest_component)
     drop = default_drop_folder(workdir, kind) if source is None else source
     try:
-        given = {"folds": folds, "preset": preset,
-                 **training_options(models, option, devices or 1, precision or "auto", seeds, threshold)}
         # given values count even at their defaults: `--devices 1` sets back a recorded 2 (merged key by key)
-        given["train_overrides"] = {key: value for key, value in (("devices", devices), ("precision", precision))
-                                    if value is not None}
+        overrides = {"devices": devices, "precision": precision, "epochs": epochs, "batch_size": batch_size}
+        given = {"folds": folds, "preset": preset, **training_options(
+            models, option, {key: value for key, value in overrides.items() if value is not None}, seeds, threshold)}
         given = {key: value for key, value in given.items() if key == "threshold" or value not in (None, {}, [])}
         if dask_address is not None:  # 'none' counts as given: it clears an address the work dir recorded
             given["dask_address"] = None if dask_address.strip().lower() == "none" else dask_address

@@ -72,16 +72,27 @@ def parse_seeds(text: str | None) -> list[int] | None:
     return seeds
 
 
-def flow_train_overrides(devices: int = 1, precision: str = "auto") -> dict[str, Any]:
-    """The flows' ``train_overrides`` for ``--devices`` and ``--precision``; defaults add no entry, so the
-    training tasks' cache keys stay those of a run without the options.
+def flow_train_overrides(devices: int = 1, precision: str = "auto", epochs: int | None = None,
+                         batch_size: int | None = None) -> dict[str, Any]:
+    """The flows' ``train_overrides`` for ``--devices``, ``--precision``, ``--epochs`` and ``--batch-size``;
+    defaults (and ``None``) add no entry, so the training tasks' cache keys stay those of a run without the options.
 
     Raises:
         ValueError: ``precision`` is not one of :data:`gpmodels.names.PRECISIONS`.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"--precision: got {precision!r}, expected one of {', '.join(PRECISIONS)}")
-    return {**({"devices": devices} if devices > 1 else {}), **({"precision": precision} if precision != "auto" else {})}
+    given = {"devices": devices if devices > 1 else None, "precision": precision if precision != "auto" else None,
+             "epochs": epochs, "batch_size": batch_size}
+    return {key: value for key, value in given.items() if value is not None}
+
+
+EPOCHS_HELP = ("Training epochs of every run (default: the preset's: paper 300; demo 20, the baselines 10; smoke 1). "
+               "A finished run given more continues from its last checkpoint; fewer than it trained are refused.")
+BATCH_SIZE_HELP = ("Slices per batch and device of every run (default: the preset's: paper 32, demo 16); gradients "
+                   "are accumulated up to the preset's effective batch. Lower it when a training runs out of GPU "
+                   "memory. A run keeps the batch it started with (one stopped in its first epoch starts afresh): "
+                   "give another --workdir to compare batch sizes.")
 
 
 def one_of(choices: tuple[str, ...]) -> Callable[[typer.Context, typer.CallbackParam, Any], Any]:

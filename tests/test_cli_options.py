@@ -42,6 +42,7 @@ def test_flow_overrides_are_empty_by_default_so_cached_trainings_stay_valid():
     assert flow_train_overrides() == {} == flow_train_overrides(1, "auto")
     assert flow_train_overrides(2, "bf16-mixed") == {"devices": 2, "precision": "bf16-mixed"}
     assert flow_train_overrides(precision="32-true") == {"precision": "32-true"}
+    assert flow_train_overrides(epochs=5, batch_size=8) == {"epochs": 5, "batch_size": 8}
     with pytest.raises(ValueError, match="--precision: got 'fp64'"):
         flow_train_overrides(precision="fp64")
 

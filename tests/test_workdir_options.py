@@ -135,6 +135,8 @@ def test_retrain_leaves_the_training_options_it_is_not_given_to_the_work_dirs_se
     assert (flow_calls[1].preset, flow_calls[1].folds, flow_calls[1].train_overrides) == ("smoke", 1, {"devices": 2})
     back = CliRunner().invoke(app, ["retrain", "--workdir", str(work), "--devices", "1", "--precision", "auto"])
     assert back.exit_code == 0 and flow_calls[2].train_overrides == {"devices": 1, "precision": "auto"}  # set back
+    longer = CliRunner().invoke(app, ["retrain", "--workdir", str(work), "--epochs", "30", "--batch-size", "4"])
+    assert longer.exit_code == 0 and flow_calls[3].train_overrides == {"epochs": 30, "batch_size": 4}
 
 
 def test_retrain_takes_a_dask_address_and_none_clears_a_recorded_one(tmp_path, flow_calls):

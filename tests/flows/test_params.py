@@ -261,6 +261,30 @@ def test_benchmark_takes_a_manifest_and_an_image_size(tmp_path, monkeypatch):
     assert (dataset.kind, dataset.source, dataset.image_size) == ("manifest", str(csv), 64)
 
 
+def test_benchmark_takes_epochs_and_a_batch_size_for_every_run(tmp_path, monkeypatch):
+    """A training that ran out of GPU memory in a flow said "give a smaller --batch-size", which `gpseg benchmark`
+    did not take; nor could it change the preset's epochs."""
+    import flows.full_benchmark
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    seen = []
+    monkeypatch.setattr(flows.full_benchmark, "run_in_process",
+                        lambda params: seen.append(params) or {"rows": [], "report": "r", "failed": []})
+    args = ["benchmark", "--brats", "phantom", "--folds", "1", "--workdir", str(tmp_path / "w")]
+    given = CliRunner().invoke(app, [*args, "--epochs", "3", "--batch-size", "8", "--precision", "32-true"])
+    plain = CliRunner().invoke(app, args)
+    assert given.exit_code == plain.exit_code == 0, (given.output, plain.output)
+    assert seen[0].train_overrides == {"epochs": 3, "batch_size": 8, "precision": "32-true"}
+    assert seen[1].train_overrides == {}  # the training tasks' cache keys of a run without the options
+    assert seen[0].overrides_for("inceptionv3")["epochs"] == 3  # over the demo preset's 10 for the baselines
+    for option in ("--epochs", "--batch-size"):
+        refused = CliRunner().invoke(app, [*args, option, "0"])
+        assert refused.exit_code == 2 and f"Invalid value for '{option}'" in refused.output
+    assert len(seen) == 2
+
+
 def test_a_benchmark_with_more_folds_than_its_grouped_splits_can_test_apart_is_refused_up_front():
     with pytest.raises(ValueError, match="folds: got 5, but a grouped split testing on 0.25 of the patients has 4"):
         BenchmarkParams(folds=5)

@@ -557,7 +557,8 @@ def test_running_out_of_gpu_memory_is_one_line_that_says_what_to_change(phantom_
     line = " ".join(result.output.split())
     memory = "GPU memory" if torch.cuda.is_available() else "memory"
     assert (f"{out}: gp-unet at 32 px with batch 4 per device ran out of {memory}; give a smaller --batch-size "
-            "that divides 8 (the effective batch is kept by gradient accumulation) or a smaller --image-size "
+            "that divides 8 (the effective batch is kept by gradient accumulation; gpseg benchmark and retrain take "
+            "it too, a deployment run as train_overrides' batch_size) or a smaller --image-size "
             f"({error})") in line
     assert "Traceback" not in result.output
     monkeypatch.undo()
