@@ -76,7 +76,7 @@ def _benchmark(params: BenchmarkParams, logger) -> dict | State:
                       [f"thresholds: {params.threshold.describe()}"],
                       [*carried, *seed_notes, *failure_carried_notes(rows)])
         publish(html, rows, params.workdir)
-    print(f"report: {html}")
+    print(f"report: {html}" if html else "report: none written, since no run finished")
     outcome = {"report": html, "rows": rows, "failed": failed, "rejected": rejections}
     if failed and not done:
         return no_run_finished(failed, outcome)

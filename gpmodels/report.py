@@ -237,7 +237,7 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _tables(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> tuple[str, str]:
     keys = [c.key for c in COLUMNS]
-    header = ["dataset", "model", "label", "kind", "runs", "folds"]
+    header = ["dataset", "model", "label", "kind", "runs", "fold_ids"]  # "folds" of "0" read as a count
     header += [f"{key}_{part}" for key in keys for part in ("mean", "std")]
     rows = []
     for group in groups:
@@ -262,7 +262,7 @@ def _tables(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> tuple[st
 
 def _class_dice_csv(groups: Sequence[ModelGroup]) -> str:
     """``dice_per_class.csv``: one row per dataset, model and true class (:attr:`ModelGroup.class_dice`)."""
-    header = ["dataset", "model", "label", "kind", "folds", "class", "dice_median_mean", "dice_median_std",
+    header = ["dataset", "model", "label", "kind", "fold_ids", "class", "dice_median_mean", "dice_median_std",
               "runs", "slices"]
     rows = [[group.dataset, group.model, group.label, group.kind, " ".join(str(run.fold) for run in group.runs),
              name, stat["mean"], stat["std"], stat["n"], stat["slices"]]

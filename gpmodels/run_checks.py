@@ -293,6 +293,11 @@ def previous_run(paths: RunPaths, run: RunConfig) -> tuple[RunConfig | None, Che
         raise ValueError(f"precision: {paths.root} was trained in {trained_in}, but precision {asked} is {here} "
                          f"here; give --precision {trained_in} to go on as it was trained, or --precision {here} "
                          f"to go on in {here}")
+    if previous.train.batch_size != run.train.batch_size and progress.epochs_done < run.train.epochs:
+        _LOG.warning("%s: trained %d epoch(s) in batches of %d, going on in batches of %d (%d accumulated, %d slices "
+                     "per optimiser step): the weights will not be those of a run trained with one batch size",
+                     paths.root, progress.epochs_done, previous.train.batch_size, run.train.batch_size,
+                     run.accumulate, run.effective_batch or run.train.effective_batch)
     if (previous.cpu_threads not in (None, run.cpu_threads) and not on_gpu(run.train.accelerator)
             and progress.epochs_done < run.train.epochs):
         _LOG.warning("%s: trained with %d CPU thread(s), going on with %d: the weights will not be bit-identical to "

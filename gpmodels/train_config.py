@@ -34,11 +34,13 @@ from storage.errors import check_fields
 from storage.ingest_config import MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE
 
 RESUMABLE_FIELDS: frozenset[str] = frozenset(
-    {"store", "out", "preset", "epochs", "devices", "accelerator", "precision", "num_workers", "cache",
+    {"store", "out", "preset", "epochs", "batch_size", "devices", "accelerator", "precision", "num_workers", "cache",
      "cache_limit_gb", "test", "checkpoint_every_s"}
 )
 """Fields a re-run may change and still continue the run in the same directory (the store may move:
-its data is compared through ``data_version``)."""
+its data is compared through ``data_version``). A smaller batch size is the way out of a training that ran out of
+GPU memory; it goes on at an epoch's end (where ``last.ckpt`` is written), accumulating to the same effective
+batch, as with other devices."""
 
 DERIVED_FIELDS: tuple[str, ...] = ("accumulate", "effective_batch", "train_batches", "resolved_precision",
                                    "cpu_threads")

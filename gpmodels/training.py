@@ -62,7 +62,7 @@ _QUIET_WARNINGS = (
     r".*treespec, LeafSpec.*",
 )
 
-TRAINING_RECORD_FIELDS: tuple[str, ...] = ("epochs", "devices", "accelerator", "precision")
+TRAINING_RECORD_FIELDS: tuple[str, ...] = ("epochs", "batch_size", "devices", "accelerator", "precision")
 """Resumable fields that say how a run's weights were made: a re-run with nothing left to train keeps
 their recorded values (see :func:`train`)."""
 
@@ -92,9 +92,10 @@ def out_of_memory_message(run: RunConfig) -> str:
     train = run.train
     memory = "GPU memory" if on_gpu(train.accelerator) else "memory"
     return (f"{train.out}: {train.model} at {run.image_size} px with batch {train.batch_size} per device ran out of "
-            f"{memory}; give a smaller --batch-size that divides {train.effective_batch} (the effective batch is "
-            "kept by gradient accumulation; gpseg benchmark and retrain take it too, a deployment run as "
-            "train_overrides' batch_size) or a smaller --image-size")
+            f"{memory}; give a smaller --batch-size that{' times --devices' if train.devices > 1 else ''} divides "
+            f"{train.effective_batch} (the effective batch is kept by gradient accumulation, and the run goes on "
+            "from its last checkpoint; gpseg benchmark and retrain take it too, a deployment run as "
+            "train_overrides' batch_size) or train at a smaller image size")
 
 
 @dataclass(frozen=True)

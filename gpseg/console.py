@@ -298,5 +298,5 @@ def flow_outcome(result: dict, thresholds: str | None = None) -> typer.Exit:
     if result["report"]:
         console.print(f"[bold green]report:[/bold green] {escape(str(result['report']))}", highlight=False)
     else:
-        console.print("[red]no run finished, so there is no report[/red]")
+        console.print("[red]no run finished, so no report was written (an earlier one is left as it was)[/red]")
     return typer.Exit(1 if result["failed"] else 2 if result.get("rejected") else 0)

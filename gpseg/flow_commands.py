@@ -194,10 +194,12 @@ def end_children(grace_s: float = 3.0) -> None:
 def retrain_cmd(
     workdir: Annotated[Path, typer.Option(help="The work dir whose store, runs and report the new data joins (a "
                                                "full-benchmark's).")] = Path(DEFAULT_WORKDIR),
-    kind: Annotated[str, typer.Option(help="brats or jun-cheng: how the drop folder is read; the store is "
-                                           "WORKDIR/stores/KIND.zarr.")] = "brats",
+    kind: Annotated[str, typer.Option(help="brats or jun-cheng: how the drop folder is read; manifest: --source is "
+                                           "a manifest CSV (new rows, or a new CSV, of your own NIfTI data). The "
+                                           "store is WORKDIR/stores/KIND.zarr.")] = "brats",
     source: Annotated[Optional[Path], typer.Option(
-        show_default=False, help="The drop folder. Default: the kind's, where `gpseg drop` copies (WORKDIR/drop for "
+        show_default=False, help="The drop folder (a manifest CSV with --kind manifest, which needs it). Default: the "
+                                 "kind's, where `gpseg drop` copies (WORKDIR/drop for "
                                  "brats, WORKDIR/drop-jun-cheng for jun-cheng). A folder given here must exist; the "
                                  "default one not existing yet means no new data.")] = None,
     models: Annotated[Optional[str], typer.Option(
@@ -215,10 +217,13 @@ def retrain_cmd(
     precision: Annotated[Optional[str], typer.Option(
         callback=one_of(PRECISIONS), show_default=False,
         help=PRECISION_HELP + " Default: the work dir's last, else auto.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1, show_default=False, help=EPOCHS_HELP.replace(
-        "(default: the preset's", "(default: the work dir's last, else the preset's"))] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, show_default=False, help=BATCH_SIZE_HELP.replace(
-        "(default: the preset's", "(default: the work dir's last, else the preset's"))] = None,
+    epochs: Annotated[Optional[int], typer.Option(
+        min=1, show_default=False, help="Training epochs of every run on the new data version (default: the work "
+                                        "dir's last, else the preset's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        min=1, show_default=False, help="Slices per batch and device of every run on the new data version (default: "
+                                        "the work dir's last, else the preset's); gradients are accumulated up to "
+                                        "the preset's effective batch.")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated training seeds, as for `gpseg benchmark`.")
                      ] = None,
     option: Annotated[Optional[list[str]], typer.Option(
@@ -245,12 +250,18 @@ def retrain_cmd(
     from flows.retrain import retrain_on_new_data
     from gpseg.drop_command import DROP_KINDS
 
-    if kind not in DROP_KINDS:
-        raise fail(f"--kind: got {kind!r}, expected one of {', '.join(DROP_KINDS)}")
+    if kind not in (*DROP_KINDS, "manifest"):
+        raise fail(f"--kind: got {kind!r}, expected one of {', '.join(DROP_KINDS)}, manifest")
     problem = folder_problem(workdir, "no such work dir")
     if problem:
         raise fail(f"--workdir {workdir}: {problem} (a full-benchmark's work dir, e.g. runs/benchmark)")
-    if source is not None and (problem := folder_problem(source)):  # a typo must not read as "no new data"
+    if kind == "manifest":  # no drop folder: the CSV lists the new cases' files
+        if source is None:
+            raise fail("--kind manifest: give --source, the manifest CSV of the new cases")
+        if not source.is_file():
+            raise fail(f"--source {source}: {'a folder' if source.is_dir() else 'no such file'} (--kind manifest "
+                       "reads the manifest CSV of the new cases)")
+    elif source is not None and (problem := folder_problem(source)):  # a typo must not read as "no new data"
         raise fail(f"--source {source}: {problem} (the drop folder of the new {kind} files; without --source, "
                    f"{default_drop_folder(workdir, kind)})")
     _check_report(workdir)
@@ -268,8 +279,12 @@ def retrain_cmd(
             workdir=str(workdir), dataset=DatasetSpec(kind=kind, source=str(drop)), **given)
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
+    options = {"--models": models, "--folds": folds, "--preset": preset, "--devices": devices, "--precision": precision,
+               "--epochs": epochs, "--batch-size": batch_size, "--seeds": seeds, "--option": option,
+               "--dask-address": dask_address}
+    unapplied = [name for name, value in options.items() if value not in (None, [])]
     raise retrain_outcome(run_here(lambda: outcome_here(retrain_on_new_data, params)), drop,
-                          params.threshold.describe())
+                          params.threshold.describe(), unapplied)
 
 
 def _check_report(workdir: Path) -> None:
@@ -283,14 +298,19 @@ def _check_report(workdir: Path) -> None:
         raise fail(str(exc)) from exc
 
 
-def retrain_outcome(result: dict, drop: Path, thresholds: str | None = None) -> typer.Exit:
+def retrain_outcome(result: dict, drop: Path, thresholds: str | None = None, given: list[str] | None = None
+                    ) -> typer.Exit:
     """Print a ``retrain-on-new-data`` result and return the Exit to raise (see :func:`retrain_cmd`): a
-    retraining as :func:`gpseg.console.flow_outcome` prints a benchmark, after the data version it trained."""
+    retraining as :func:`gpseg.console.flow_outcome` prints a benchmark, after the data version it trained.
+    ``given``: the training settings the command was given, which a run that trained nothing says it did not
+    apply (nor record for the next retraining)."""
     rejected = [f"{file}: {reason}" for file, reason in (result.get("rejected") or {}).items()]
     if result["status"] != "retrained":
         for note in rejected:
             console.print(f"[yellow]rejected:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
         said = f"{len(result['new_files'])} new file(s), none ingested" if result["new_files"] else "nothing new"
+        if given:
+            said += f"; nothing trained, so the training settings given ({', '.join(given)}) were not applied"
         console.print(f"{result['status']}: {escape(str(drop))} ({said})", highlight=False, soft_wrap=True)
         return typer.Exit(2 if rejected else 0)
     console.print(f"retrained on data version {result['data_version']} ({result['ingested']} new case(s))",

@@ -91,8 +91,8 @@ EPOCHS_HELP = ("Training epochs of every run (default: the preset's: paper 300; 
                "A finished run given more continues from its last checkpoint; fewer than it trained are refused.")
 BATCH_SIZE_HELP = ("Slices per batch and device of every run (default: the preset's: paper 32, demo 16); gradients "
                    "are accumulated up to the preset's effective batch. Lower it when a training runs out of GPU "
-                   "memory. A run keeps the batch it started with (one stopped in its first epoch starts afresh): "
-                   "give another --workdir to compare batch sizes.")
+                   "memory: an unfinished run goes on from its last checkpoint in the smaller batches, a finished one "
+                   "is kept as it was trained (so give another --workdir to compare batch sizes).")
 
 
 def one_of(choices: tuple[str, ...]) -> Callable[[typer.Context, typer.CallbackParam, Any], Any]:

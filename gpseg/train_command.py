@@ -31,7 +31,9 @@ def train_cmd(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Slices per batch and device; "
                                                       "gradients are accumulated up to the preset's effective "
                                                       "batch (exactly when batch size x devices divides it; "
-                                                      "config.json records the one trained with).")] = None,
+                                                      "config.json records the one trained with). A re-run may "
+                                                      "lower it, say after running out of GPU memory: the run "
+                                                      "goes on from its last checkpoint.")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Train at this size (slices are "
                                                       "resized on the fly, with a warning when that enlarges "
                                                       "them; default: the preset's, paper = the store's).")] = None,

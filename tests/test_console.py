@@ -98,9 +98,11 @@ def test_a_flow_outcome_names_rejected_source_files_and_exits_2(output: io.Strin
     assert output.getvalue().splitlines() == [f"rejected: {note}", "report: r/index.html"]
 
 
-def test_a_flow_outcome_without_a_finished_run_says_there_is_no_report(output: io.StringIO) -> None:
+def test_a_flow_outcome_without_a_finished_run_says_no_report_was_written(output: io.StringIO) -> None:
+    """It said "there is no report" while an earlier run's report was still there."""
     assert flow_outcome({"report": None, "rows": [], "failed": []}).exit_code == 0
-    assert output.getvalue().splitlines() == ["no run finished, so there is no report"]
+    assert output.getvalue().splitlines() == ["no run finished, so no report was written (an earlier one is left as "
+                                              "it was)"]
 
 
 def test_os_errors_read_as_path_and_reason(tmp_path) -> None:

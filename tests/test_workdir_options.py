@@ -110,6 +110,27 @@ def test_retrain_refuses_a_mistyped_or_file_source_but_not_a_default_drop_folder
     assert [params.dataset.source for params in flow_calls] == [str(work / "drop"), str(tmp_path / "drop")]
 
 
+def test_retrain_reads_a_manifest_csv_given_as_source(tmp_path, flow_calls):
+    """The flow retrains a manifest work dir on a CSV, but `gpseg retrain` took brats or jun-cheng drop folders only,
+    and a benchmark re-run with the new CSV would have split every patient anew."""
+    work = _work_dir(tmp_path / "w", ())
+    csv = tmp_path / "cases.csv"
+    csv.write_text("patient_id,label,flair,seg\n")
+    args = ["retrain", "--workdir", str(work), "--kind", "manifest"]
+    refused = {"none": CliRunner().invoke(app, args),
+               "folder": CliRunner().invoke(app, [*args, "--source", str(tmp_path)]),
+               "missing": CliRunner().invoke(app, [*args, "--source", str(tmp_path / "nope.csv")])}
+    assert {name: result.exit_code for name, result in refused.items()} == {"none": 1, "folder": 1, "missing": 1}
+    assert _said(refused["none"]) == "error: --kind manifest: give --source, the manifest CSV of the new cases"
+    assert _said(refused["folder"]) == (f"error: --source {tmp_path}: a folder (--kind manifest reads the manifest "
+                                        "CSV of the new cases)")
+    assert _said(refused["missing"]).startswith(f"error: --source {tmp_path / 'nope.csv'}: no such file")
+    assert flow_calls == []
+    done = CliRunner().invoke(app, [*args, "--source", str(csv)])
+    assert done.exit_code == 0 and _said(done) == f"no new data: {csv} (nothing new)", done.output
+    assert [(params.dataset.kind, params.dataset.source) for params in flow_calls] == [("manifest", str(csv))]
+
+
 def test_retrain_refuses_a_damaged_report_before_the_flow_starts(tmp_path, flow_calls):
     """The retraining keeps the other datasets' runs from the report; a damaged one lost them unsaid."""
     work = _work_dir(tmp_path / "w", ())
@@ -129,6 +150,9 @@ def test_retrain_leaves_the_training_options_it_is_not_given_to_the_work_dirs_se
     given = CliRunner().invoke(app, ["retrain", "--workdir", str(work), "--preset", "smoke", "--folds", "1",
                                      "--models", "gp-unet", "--seeds", "0,1", "--devices", "2"])
     assert bare.exit_code == given.exit_code == 0, (bare.output, given.output)
+    assert _said(bare) == f"no new data: {work / 'drop'} (nothing new)"
+    assert _said(given) == (f"no new data: {work / 'drop'} (nothing new; nothing trained, so the training settings "
+                            "given (--models, --folds, --preset, --devices, --seeds) were not applied)")
     unset, set_ = (params.model_fields_set for params in flow_calls)
     assert not unset & {"models", "folds", "preset", "train_overrides", "model_options", "seeds"}, unset
     assert {"models", "folds", "preset", "train_overrides", "seeds"} <= set_

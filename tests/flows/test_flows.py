@@ -578,7 +578,7 @@ def test_a_retrain_where_no_training_finished_ends_failed(tmp_path, monkeypatch)
     import tasks.training
 
     def refuse(config):
-        raise ValueError(f"out: {config.out} holds a run with other settings (batch_size)")
+        raise ValueError(f"out: {config.out} holds a run with other settings (train.lr)")
 
     monkeypatch.setattr(tasks.training, "train", refuse)
     write_brats_phantoms(tmp_path / "drop", 4, size=32, depth=None, seed=0)
@@ -601,7 +601,7 @@ def test_a_retrain_where_no_training_finished_ends_failed(tmp_path, monkeypatch)
     lines = said.output.splitlines()
     assert said.exit_code == 1 and "retrained on data version" in lines[0], said.output
     assert lines[1].startswith("failed: brats gp-unet fold 0: training: ValueError: ") and \
-        lines[2] == "no run finished, so there is no report", said.output
+        lines[2] == "no run finished, so no report was written (an earlier one is left as it was)", said.output
 
 
 def test_a_retrain_asking_for_more_folds_than_the_store_has_ingests_nothing(bench_workdir, first_run, tmp_path):

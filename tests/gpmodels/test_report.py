@@ -203,7 +203,7 @@ def test_per_class_dice_is_averaged_over_the_folds_that_have_the_class(report_ru
     second = _copy_run(gp, tmp_path / "fold1", **{"run.fold": 1, "segmentation.per_class": changed})
     page = build_report([gp, second], tmp_path / "out")
     rows = {r["class"]: r for r in _read_csv(page.parent / "dice_per_class.csv")}
-    assert rows[first]["folds"] == "0 1" and rows[first]["runs"] == "2"
+    assert rows[first]["fold_ids"] == "0 1" and rows[first]["runs"] == "2"
     assert float(rows[first]["dice_median_mean"]) == pytest.approx(per_class[first]["median"] + 0.1)
     assert float(rows[first]["dice_median_std"]) == pytest.approx(0.1)
     assert int(rows[first]["slices"]) == per_class[first]["n"] + 3
@@ -245,7 +245,7 @@ def test_folds_are_averaged(report_runs, tmp_path):
     second = _copy_run(gp, tmp_path / "fold1", **{"run.fold": 1, "classification.f1": f1 + 0.2})
     page = build_report([gp, second], tmp_path / "out")
     (row,) = _read_csv(page.parent / "summary.csv")
-    assert row["folds"] == "0 1" and row["runs"] == "2"
+    assert row["fold_ids"] == "0 1" and row["runs"] == "2"
     assert float(row["f1_mean"]) == pytest.approx(f1 + 0.1)
     assert float(row["f1_std"]) == pytest.approx(0.1)
     assert f'{f1 + 0.1:.3f}<span class="sd">± 0.100</span>' in page.read_text()
@@ -315,7 +315,7 @@ def test_two_stores_of_one_kind_are_two_datasets(report_runs, tmp_path):
     page = build_report([gp, other], tmp_path / "out").read_text()
     first = Path(evaluation["run"]["store_path"]).stem
     rows = {row["dataset"]: row for row in _read_csv(tmp_path / "out" / "summary.csv")}
-    assert set(rows) == {f"brats ({first})", "brats (brats-2015)"} and {r["folds"] for r in rows.values()} == {"0"}
+    assert set(rows) == {f"brats ({first})", "brats (brats-2015)"} and {r["fold_ids"] for r in rows.values()} == {"0"}
     assert float(rows["brats (brats-2015)"]["f1_mean"]) == 0.5
     assert f"<h3>BraTS ({first})</h3>" in page and "<h3>BraTS (brats-2015)</h3>" in page
     assert page.count('<tr class="paper">') == 2  # the paper's GP-UNet row under each

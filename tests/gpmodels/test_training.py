@@ -365,6 +365,35 @@ def test_a_finished_run_rerun_with_other_precision_keeps_its_record(smoke_run, t
     assert "precision='bf16-mixed' (trained with 'auto')" in records[0].getMessage()
 
 
+def test_a_run_goes_on_in_smaller_batches_and_a_finished_one_keeps_its_batch(smoke_run, tmp_path, caplog):
+    """A smaller batch size is the way out of a training that ran out of GPU memory; a flow given `--batch-size`
+    refused every finished run, whose run dir held the batch it was trained in."""
+    config, _ = smoke_run
+    out = tmp_path / "batches"
+    first = TrainConfig.from_dict({**config.to_dict(), "out": str(out), "test": False, "limit_batches": None,
+                                   "checkpoint_every_s": 0.0})
+    one = train(first)
+    with caplog.at_level(logging.WARNING):
+        more = train(TrainConfig.from_dict({**first.to_dict(), "epochs": 2, "batch_size": 2}))
+    recorded = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
+    assert (recorded.train.batch_size, recorded.accumulate) == (2, 4)
+    assert (one.run.effective_batch, recorded.effective_batch) == (8, 8)  # accumulated to the same batch
+    steps_per_epoch = one.global_step
+    assert (more.start_step, more.global_step) == (steps_per_epoch, 2 * steps_per_epoch)  # one more epoch, same steps
+    said = [record.getMessage() for record in caplog.records if "in batches of" in record.getMessage()]
+    assert said == [f"{out}: trained 1 epoch(s) in batches of 4, going on in batches of 2 (4 accumulated, 8 slices "
+                    "per optimiser step): the weights will not be those of a run trained with one batch size"]
+
+    caplog.clear()
+    weights = (out / "model.pt").read_bytes()
+    with caplog.at_level(logging.WARNING, logger="gpmodels.training"):
+        kept = train(TrainConfig.from_dict({**first.to_dict(), "epochs": 2, "batch_size": 1}))
+    assert (kept.start_step, kept.global_step) == (2 * steps_per_epoch,) * 2
+    assert (out / "model.pt").read_bytes() == weights
+    assert RunConfig.from_dict(json.loads((out / "config.json").read_text())).train.batch_size == 2
+    assert ["batch_size=1 (trained with 2)" in record.getMessage() for record in caplog.records] == [True]
+
+
 def test_a_run_written_before_a_network_option_existed_still_resumes(smoke_run):
     config, _ = smoke_run
     run = resolve_run(config)
@@ -557,9 +586,9 @@ def test_running_out_of_gpu_memory_is_one_line_that_says_what_to_change(phantom_
     line = " ".join(result.output.split())
     memory = "GPU memory" if torch.cuda.is_available() else "memory"
     assert (f"{out}: gp-unet at 32 px with batch 4 per device ran out of {memory}; give a smaller --batch-size "
-            "that divides 8 (the effective batch is kept by gradient accumulation; gpseg benchmark and retrain take "
-            "it too, a deployment run as train_overrides' batch_size) or a smaller --image-size "
-            f"({error})") in line
+            "that divides 8 (the effective batch is kept by gradient accumulation, and the run goes on from its last "
+            "checkpoint; gpseg benchmark and retrain take it too, a deployment run as train_overrides' batch_size) "
+            f"or train at a smaller image size ({error})") in line
     assert "Traceback" not in result.output
     monkeypatch.undo()
     assert CliRunner().invoke(app, args + ["--batch-size", "2"]).exit_code == 0  # the way out works in the same dir
@@ -832,7 +861,8 @@ def test_a_cached_training_is_trusted_on_a_flow_host_without_the_workers_gpus(ph
     job = {"preset": "smoke", "store": str(phantom_store), "model": "gp-unet", "out": str(out), "fold": 0}
     assert same_settings(job)
     assert same_settings({**job, "overrides": {"accelerator": "gpu", "devices": 2}})
-    assert not same_settings({**job, "overrides": {"batch_size": 3}})
+    assert same_settings({**job, "overrides": {"batch_size": 3}})  # a re-run may go on in other batches
+    assert not same_settings({**job, "overrides": {"lr": 0.5}})
 
 
 @pytest.mark.parametrize(("size", "world"), [(5, 2), (6, 3), (2, 2), (7, 4)])
