@@ -91,8 +91,9 @@ def out_of_memory_message(run: RunConfig) -> str:
     """One line for a run that ran out of GPU (or host) memory: its model, size and batch, and the way out."""
     train = run.train
     memory = "GPU memory" if on_gpu(train.accelerator) else "memory"
+    devices = f" (times {train.devices} devices)" if train.devices > 1 else ""
     return (f"{train.out}: {train.model} at {run.image_size} px with batch {train.batch_size} per device ran out of "
-            f"{memory}; give a smaller --batch-size that{' times --devices' if train.devices > 1 else ''} divides "
+            f"{memory}; give a smaller --batch-size that{devices} divides "
             f"{train.effective_batch} (the effective batch is kept by gradient accumulation, and the run goes on "
             "from its last checkpoint; gpseg benchmark and retrain take it too, a deployment run as "
             "train_overrides' batch_size) or train at a smaller image size")

@@ -423,7 +423,9 @@ def test_gpseg_retrain_runs_the_flow_in_this_process(bench_workdir):
     args = ["retrain", "--workdir", str(bench_workdir), "--source", str(bench_workdir / "phantoms" / "brats"),
             "--models", "gp-unet", "--folds", "1", "--preset", "smoke"]
     quiet = CliRunner().invoke(app, args)
-    assert quiet.exit_code == 0 and "no new data:" in quiet.output and "(nothing new)" in quiet.output, quiet.output
+    assert quiet.exit_code == 0 and "no new data:" in quiet.output, quiet.output
+    assert "(nothing new; nothing trained, so the training settings given (--models, --folds, --preset) were not " \
+        "applied)" in " ".join(quiet.output.split())
     write_brats_phantoms(bench_workdir / "phantoms" / "brats", 1, size=32, depth=None, seed=0, first_case=11)
     retrained = CliRunner().invoke(app, args)
     said = " ".join(retrained.output.split())
@@ -431,8 +433,8 @@ def test_gpseg_retrain_runs_the_flow_in_this_process(bench_workdir):
     version = open_store(bench_workdir / "stores" / "brats.zarr").attrs["data_version"]
     assert f"retrained on data version {version} (1 new case(s))" in said
     assert f"report: {bench_workdir / 'report' / 'index.html'}" in said
-    missing = CliRunner().invoke(app, [*args[:3], "--kind", "manifest"])
-    assert missing.exit_code == 1 and "--kind: got 'manifest', expected one of brats, jun-cheng" in missing.output
+    unknown = CliRunner().invoke(app, [*args[:3], "--kind", "nifti"])
+    assert unknown.exit_code == 1 and "--kind: got 'nifti', expected one of brats, jun-cheng, manifest" in unknown.output
 
 
 @after_first_run

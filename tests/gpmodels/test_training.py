@@ -594,6 +594,14 @@ def test_running_out_of_gpu_memory_is_one_line_that_says_what_to_change(phantom_
     assert CliRunner().invoke(app, args + ["--batch-size", "2"]).exit_code == 0  # the way out works in the same dir
 
 
+def test_the_out_of_memory_line_of_a_ddp_run_counts_the_devices():
+    train_config = SimpleNamespace(out="r", model="gp-unet", batch_size=16, devices=2, effective_batch=128,
+                                   accelerator="cpu")
+    line = training.out_of_memory_message(SimpleNamespace(train=train_config, image_size=240))
+    assert line.startswith("r: gp-unet at 240 px with batch 16 per device ran out of memory; give a smaller "
+                           "--batch-size that (times 2 devices) divides 128 (the effective batch")
+
+
 def test_other_runtime_errors_in_training_are_not_called_out_of_memory(phantom_store, tmp_path, monkeypatch):
     def step(self, batch, batch_idx):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
