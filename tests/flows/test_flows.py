@@ -434,7 +434,8 @@ def test_gpseg_retrain_runs_the_flow_in_this_process(bench_workdir):
     assert f"retrained on data version {version} (1 new case(s))" in said
     assert f"report: {bench_workdir / 'report' / 'index.html'}" in said
     unknown = CliRunner().invoke(app, [*args[:3], "--kind", "nifti"])
-    assert unknown.exit_code == 1 and "--kind: got 'nifti', expected one of brats, jun-cheng, manifest" in unknown.output
+    assert unknown.exit_code == 1
+    assert "--kind: got 'nifti', expected one of brats, jun-cheng, manifest" in unknown.output
 
 
 @after_first_run
