@@ -10,7 +10,8 @@ import signal
 import sys
 import time
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -166,12 +167,35 @@ def run_here(run: Callable[[], dict]) -> dict:
     stopping = [signum for signum in HELD_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]
     previous = {signum: signal.signal(signum, stop) for signum in stopping}
     try:
-        return run()
+        with _signals_kept_from_prefect():
+            return run()
     except Exception as exc:  # the flow itself failed: one line, not its traceback
         raise fail(one_line(exc)) from exc
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+@contextmanager
+def _signals_kept_from_prefect() -> Iterator[None]:
+    """For the block, Prefect's flow engine leaves SIGTERM to :func:`run_here`'s handler.
+
+    The engine puts in a handler of its own for each flow run in the main thread, which raises in the main thread
+    while the training runs in a task runner's worker thread: the run was marked Crashed only once that training had
+    ended, minutes or hours later, and this process went on training meanwhile. The engine's handler is there for a
+    supervising Prefect worker's cancellations; a flow run in this process has none.
+    """
+    import prefect.flow_engine
+
+    original = getattr(prefect.flow_engine, "capture_sigterm", None)
+    if original is None:  # another Prefect: the tests of this module say whether a kill still stops the run
+        yield
+        return
+    prefect.flow_engine.capture_sigterm = contextlib.nullcontext
+    try:
+        yield
+    finally:
+        prefect.flow_engine.capture_sigterm = original
 
 
 def end_children(grace_s: float = 3.0) -> None:

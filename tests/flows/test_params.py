@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -448,6 +452,47 @@ def test_a_kill_of_benchmark_ends_its_child_processes_too():
     said = " ".join(done.stderr.split())
     assert said == ("error: stopped by SIGTERM; the same command takes finished tasks from the cache and resumes "
                     "training from its last checkpoint"), said
+
+
+def test_a_kill_stops_a_real_flow_run_in_the_middle_of_a_task(prefect_api, tmp_path):
+    """Prefect's flow engine put in a SIGTERM handler of its own for each flow run, which raised in the main thread
+    while the training ran in a worker thread: `kill` went on training until the task ended (hours, at real sizes),
+    and only then did the command end. The task here runs in a subflow's task runner, as training does."""
+    import subprocess
+    import sys
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    script = tmp_path / "slow_flow.py"
+    script.write_text("import time\n"
+                      "from prefect import flow, task\n"
+                      "from gpseg.flow_commands import run_here\n"
+                      "@task\n"
+                      "def slow():\n"
+                      "    print('training', flush=True)\n"
+                      "    time.sleep(120)\n"
+                      "@flow\n"
+                      "def fan_out():\n"
+                      "    slow.submit().result()\n"
+                      "@flow\n"
+                      "def benchmark():\n"
+                      "    fan_out()\n"
+                      "    return {}\n"
+                      "run_here(lambda: benchmark())\n")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(Path(__file__).parents[2])}
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)
+    try:
+        assert process.stdout.readline().strip() == "training"
+        killed = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=100)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + 15 and time.monotonic() - killed < 30, err  # not after the task's 120 s
+    assert err.strip().splitlines()[-1] == ("error: stopped by SIGTERM; the same command takes finished tasks from the "
+                                            "cache and resumes training from its last checkpoint"), err
 
 
 def test_a_benchmark_under_nohup_goes_on_when_the_terminal_closes_and_ends_once():
