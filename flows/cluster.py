@@ -10,6 +10,7 @@ that Dask gave up on never ended.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,11 +52,8 @@ def check_cluster(address: str, gpus: int = 1, timeout: float | None = None) -> 
         RuntimeError: one line: the scheduler does not answer (or the address is malformed), or no worker
             offers ``GPU`` >= ``gpus`` (:func:`cluster_problem`).
     """
-    from storage.parallel import connect_client
-
     try:
-        with connect_client(address, timeout or CONNECT_TIMEOUT_S) as client:
-            workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        workers = scheduler_workers(address, timeout)
     except ConnectionError as exc:
         raise RuntimeError(str(exc)) from None
     problem = cluster_problem(address, workers, gpus)
@@ -104,12 +102,17 @@ CLUSTER_WATCH_S = 60.0
 
 
 def watch_cluster(wrapped, address: str, gpus: int, what: str, warn: Callable[[str], object],
-                  every: float = CLUSTER_WATCH_S) -> None:
+                  every: float | None = None) -> None:
     """Wait for a Dask future of a training task, warning once each time no worker can hold it any more.
 
     The flow checks the cluster before it sends it training (:func:`flows.cluster.check_cluster`); a worker
     offering ``GPU=N`` that leaves mid-run (its machine stopped) left the task in the scheduler's ``no-worker``
     state, and the flow waited without a word until another such worker joined.
+
+    The workers are asked for through a client of its own (:func:`scheduler_workers`), and the future is waited for
+    by its ``done()``: prefect-dask's client is asynchronous, so its ``scheduler_info()`` gave a cached copy without
+    the workers (a warning every few seconds while the one worker trained) and ``distributed.wait`` through it
+    returned at once.
 
     Args:
         wrapped: the ``distributed.Future`` (``None``: nothing to watch).
@@ -117,27 +120,43 @@ def watch_cluster(wrapped, address: str, gpus: int, what: str, warn: Callable[[s
         gpus: the ``GPU`` resource the task asks for.
         what: the training, for the message (``"brats gp-unet fold 0"``).
         warn: called with the one-line warning.
-        every: seconds between looks.
+        every: seconds between looks (default :data:`CLUSTER_WATCH_S`).
     """
-    if wrapped is None or not hasattr(wrapped, "client"):
+    if wrapped is None or not hasattr(wrapped, "done"):
         return
-    from distributed import wait
-
     warned = False
-    while not wrapped.done():
+    while not ended_within(wrapped, CLUSTER_WATCH_S if every is None else every):
         try:
-            wait([wrapped], timeout=every)
-        except Exception:  # the timeout (or an error, which the future's state then gives)
-            pass
-        if wrapped.done():
-            return
-        try:
-            problem = cluster_problem(address, wrapped.client.scheduler_info(n_workers=-1).get("workers", {}), gpus)
+            problem = cluster_problem(address, scheduler_workers(address), gpus)
         except Exception:  # the scheduler is gone: the future fails, and its state says so
             continue
         if problem and not warned:
             warn(f"{what}: waiting for a worker: {problem}")
         warned = bool(problem)
+
+
+def ended_within(future, seconds: float, poll: float = 1.0) -> bool:
+    """Whether ``future`` is done within ``seconds``, looked at every ``poll`` seconds (after ``seconds``, once)."""
+    deadline = time.monotonic() + seconds
+    while not future.done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(poll, left))
+    return True
+
+
+def scheduler_workers(address: str, timeout: float | None = None) -> dict[str, dict]:
+    """``scheduler_info()["workers"]`` of the scheduler at ``address``, through a short-lived synchronous client
+    (``timeout``: seconds to wait for the scheduler, default :data:`CONNECT_TIMEOUT_S`).
+
+    Raises:
+        ConnectionError: as :func:`storage.parallel.connect_client`.
+    """
+    from storage.parallel import connect_client
+
+    with connect_client(address, timeout or CONNECT_TIMEOUT_S) as client:
+        return client.scheduler_info(n_workers=-1).get("workers", {})
 
 
 def lost_on_cluster(future) -> str | None:

@@ -54,7 +54,7 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     if not Path(spec.source).is_dir() and not Path(spec.source).is_file():
         # the daily schedule runs before the first `gpseg drop` has made the folder: nothing is new yet
         logger.info("no new data: the drop folder %s does not exist (yet)", spec.source)
-        return {"status": "no new data", "new_files": []}
+        return {"status": "no new data", "new_files": [], "reason": "the folder does not exist yet"}
     with workdir_lock(params.workdir, "retrain-on-new-data", logger.warning):  # one flow at a time in a work dir
         return _retrain(params, logger, store, report_dir)
 

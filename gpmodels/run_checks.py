@@ -281,8 +281,9 @@ def previous_run(paths: RunPaths, run: RunConfig) -> tuple[RunConfig | None, Che
                              "another run directory (in a flow, another work dir: --workdir) or delete this one")
     if trained > run.train.epochs:  # Lightning fails on it, after config.json was rewritten
         raise ValueError(f"epochs: {paths.root} has trained {trained} epochs, more than the "
-                         f"{run.train.epochs} asked for; give --epochs {trained} or more to keep it as "
-                         "it is, or train into another run directory")
+                         f"{run.train.epochs} asked for; give --epochs {trained} or more (in a deployment run's "
+                         "parameters, train_overrides' epochs) to keep it as it is, or train into another run "
+                         "directory")
     if previous is None:
         return None, progress
     trained_in, asked, here = previous.resolved_precision, run.train.precision, run.resolved_precision

@@ -332,7 +332,8 @@ def retrain_outcome(result: dict, drop: Path, thresholds: str | None = None, giv
     if result["status"] != "retrained":
         for note in rejected:
             console.print(f"[yellow]rejected:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
-        said = f"{len(result['new_files'])} new file(s), none ingested" if result["new_files"] else "nothing new"
+        said = (f"{len(result['new_files'])} new file(s), none ingested" if result["new_files"]
+                else result.get("reason") or "nothing new")
         if given:
             said += f"; nothing trained, so the training settings given ({', '.join(given)}) were not applied"
         console.print(f"{result['status']}: {escape(str(drop))} ({said})", highlight=False, soft_wrap=True)

@@ -131,6 +131,22 @@ def test_retrain_reads_a_manifest_csv_given_as_source(tmp_path, flow_calls):
     assert [(params.dataset.kind, params.dataset.source) for params in flow_calls] == [("manifest", str(csv))]
 
 
+def test_retrain_says_why_nothing_is_new_as_the_flow_logged_it(monkeypatch):
+    """The flow logged "the drop folder does not exist (yet)" and the command's last line said "nothing new"."""
+    import io
+
+    from rich.console import Console
+
+    import gpseg.flow_commands
+    from gpseg.flow_commands import retrain_outcome
+
+    text = io.StringIO()
+    monkeypatch.setattr(gpseg.flow_commands, "console", Console(file=text, width=100, force_terminal=False))
+    result = {"status": "no new data", "new_files": [], "reason": "the folder does not exist yet"}
+    assert retrain_outcome(result, Path("w/drop")).exit_code == 0
+    assert text.getvalue().strip() == "no new data: w/drop (the folder does not exist yet)"
+
+
 def test_retrain_refuses_a_damaged_report_before_the_flow_starts(tmp_path, flow_calls):
     """The retraining keeps the other datasets' runs from the report; a damaged one lost them unsaid."""
     work = _work_dir(tmp_path / "w", ())

@@ -26,12 +26,20 @@ def test_training_runs_on_the_gpu_resource_worker_only(tmp_path: Path):
     workers = {"cpu": {"cls": Worker, "options": {"nthreads": 2}},
                "gpu": {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}}}
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
-    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+    import flows.pipeline
+    from flows.cluster import watch_cluster
+
+    said = []  # the watch looks at the cluster every 0.2 s while each training runs: the worker is there throughout
+    watch = lambda wrapped, address, gpus, what, warn: watch_cluster(wrapped, address, gpus, what, said.append, 0.2)
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client, \
+            pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flows.pipeline, "watch_cluster", watch)
         with get_task_stream(client) as stream:
             results = run_fan_out(jobs, cluster.scheduler_address)
         gpu_worker = cluster.workers["gpu"].address
         ran_on = {record["worker"] for record in stream.data}
 
+    assert said == []  # prefect-dask's asynchronous client gave no workers: "waiting for a worker" every few seconds
     assert [r.get("failed") for r in results] == [None, None]
     assert all((Path(job["out"]) / "model.pt").is_file() for job in jobs)
     assert stream.data, "no task ran on the cluster"
@@ -114,26 +122,18 @@ def test_a_training_left_without_a_gpu_worker_mid_run_is_said_once(monkeypatch):
     flow waited without a word."""
     from types import SimpleNamespace
 
-    import distributed
-
+    import flows.cluster
     from flows.cluster import watch_cluster
 
     looks = iter([{}, {}, {"w1": {"resources": {"GPU": 1}}}, {}, None])  # None: the task has ended
+    future = SimpleNamespace(workers={})
+    future.done = lambda: future.workers is None
 
-    class Future:
-        def __init__(self):
-            self.workers = {}
-            self.client = SimpleNamespace(scheduler_info=lambda n_workers: {"workers": self.workers})
+    def scheduler_workers(address):  # each look takes the next workers
+        workers, future.workers = future.workers, next(looks)
+        return workers
 
-        def done(self):
-            return self.workers is None
-
-    future = Future()
-
-    def wait(futures, timeout):  # one look per wait
-        future.workers = next(looks)
-
-    monkeypatch.setattr(distributed, "wait", wait)
+    monkeypatch.setattr(flows.cluster, "scheduler_workers", scheduler_workers)
     said = []
     watch_cluster(future, "tcp://head:8786", 1, "brats gp-unet fold 0", said.append, every=0)
     assert len(said) == 2  # when the worker left, and again after it came back and left once more

@@ -852,7 +852,8 @@ def test_fewer_epochs_than_trained_is_one_line_and_keeps_the_record(phantom_stor
     with pytest.raises(ValueError) as raised:
         train(fewer)
     assert str(raised.value) == (f"epochs: {tmp_path / 'r'} has trained 2 epochs, more than the 1 asked for; give "
-                                 "--epochs 2 or more to keep it as it is, or train into another run directory")
+                                 "--epochs 2 or more (in a deployment run's parameters, train_overrides' epochs) to "
+                                 "keep it as it is, or train into another run directory")
     assert (tmp_path / "r" / "config.json").read_text() == recorded
     cli = _cli_train(fewer, "--epochs", "1")
     assert cli.exit_code == 1 and "has trained 2 epochs, more than the 1 asked for" in " ".join(cli.output.split())
