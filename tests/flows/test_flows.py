@@ -272,7 +272,8 @@ def test_retrain_on_new_data(bench_workdir, task_names, task_states):
     assert quiet.result() == {"status": "no new data", "new_files": []}
     # the daily schedule before the first drop: no folder yet is no new data, not a failed run
     before_drop = params.model_copy(update={"dataset": DatasetSpec(**{**SPEC, "source": str(source) + "-none"})})
-    assert retrain_on_new_data(before_drop) == {"status": "no new data", "new_files": []}
+    assert retrain_on_new_data(before_drop) == {"status": "no new data", "new_files": [],
+                                                "reason": "the folder does not exist yet"}
     assert "ingest_source" not in task_names(quiet.state_details.flow_run_id)
     assert _train_states(quiet.state_details.flow_run_id, task_states) == []
 
