@@ -110,9 +110,9 @@ def watch_cluster(wrapped, address: str, gpus: int, what: str, warn: Callable[[s
     state, and the flow waited without a word until another such worker joined.
 
     The workers are asked for through a client of its own (:func:`scheduler_workers`), and the future is waited for
-    by its ``done()``: prefect-dask's client is asynchronous, so its ``scheduler_info()`` gave a cached copy without
-    the workers (a warning every few seconds while the one worker trained) and ``distributed.wait`` through it
-    returned at once.
+    by its ``done()``. Through prefect-dask's client, ``scheduler_info()`` gave a copy without the workers (with a
+    real scheduler and worker: the warning every few seconds while the one worker trained), and ``distributed.wait``
+    returned before its timeout.
 
     Args:
         wrapped: the ``distributed.Future`` (``None``: nothing to watch).
