@@ -460,6 +460,7 @@ def test_a_kill_stops_a_real_flow_run_in_the_middle_of_a_task(prefect_api, tmp_p
     and only then did the command end. The task here runs in a subflow's task runner, as training does."""
     import subprocess
     import sys
+    import threading
     import time
 
     from prefect.settings import PREFECT_API_URL
@@ -483,12 +484,15 @@ def test_a_kill_stops_a_real_flow_run_in_the_middle_of_a_task(prefect_api, tmp_p
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(Path(__file__).parents[2])}
     process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=env)
+    watchdog = threading.Timer(200, process.kill)  # a run that never starts its task must not hang the suite
+    watchdog.start()
     try:
-        assert process.stdout.readline().strip() == "training"
+        assert process.stdout.readline().strip() == "training", process.stderr.read()
         killed = time.monotonic()
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=100)
     finally:
+        watchdog.cancel()
         process.kill()
     assert process.returncode == 128 + 15 and time.monotonic() - killed < 30, err  # not after the task's 120 s
     assert err.strip().splitlines()[-1] == ("error: stopped by SIGTERM; the same command takes finished tasks from the "
