@@ -242,8 +242,7 @@ def _tables(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> tuple[st
     rows = []
     for group in groups:
         stats = group.stats
-        rows.append([group.dataset, group.model, group.label, group.kind, len(group.runs),
-                     " ".join(str(run.fold) for run in group.runs)]
+        rows.append([group.dataset, group.model, group.label, group.kind, len(group.runs), _fold_ids(group)]
                     + [stats[key][part] for key in keys for part in ("mean", "std")])
     summary = _csv_text(header, rows)
     interval_keys = list(run_intervals({}))
@@ -260,11 +259,16 @@ def _tables(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> tuple[st
     return summary, _csv_text(run_header, run_rows)
 
 
+def _fold_ids(group: ModelGroup) -> str:
+    """The ``fold_ids`` cell of a group's CSV rows: its runs' folds, ``"0 1 2"``."""
+    return " ".join(str(run.fold) for run in group.runs)
+
+
 def _class_dice_csv(groups: Sequence[ModelGroup]) -> str:
     """``dice_per_class.csv``: one row per dataset, model and true class (:attr:`ModelGroup.class_dice`)."""
     header = ["dataset", "model", "label", "kind", "fold_ids", "class", "dice_median_mean", "dice_median_std",
               "runs", "slices"]
-    rows = [[group.dataset, group.model, group.label, group.kind, " ".join(str(run.fold) for run in group.runs),
+    rows = [[group.dataset, group.model, group.label, group.kind, _fold_ids(group),
              name, stat["mean"], stat["std"], stat["n"], stat["slices"]]
             for group in groups for name, stat in group.class_dice.items()]
     return _csv_text(header, rows)
