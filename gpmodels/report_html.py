@@ -42,7 +42,7 @@ table { border-collapse: collapse; font-size: 13px; margin: 8px 0 4px; }
 th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; white-space: nowrap; }
 th { background: #f6f8fa; white-space: normal; vertical-align: bottom; } td.text, th.text { text-align: left; }
 td.best { font-weight: 700; background: #dafbe1; } .sd { display: block; font-size: 11px; color: #57606a; }
-table.wrap td { white-space: normal; max-width: 240px; overflow-wrap: anywhere; vertical-align: top; }
+table.wrap { font-size: 12px; } table.wrap td { white-space: normal; max-width: 240px; overflow-wrap: break-word; vertical-align: top; }
 tr.paper td { color: #57606a; font-style: italic; background: #fafbfc; }
 .caption { color: #57606a; font-size: 13px; max-width: 1100px; }
 .figures { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
@@ -91,6 +91,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: i
         body.append(f"<tr{css}>{''.join(cells)}</tr>")
     table = '<table class="wrap">' if wrap else "<table>"
     return f'<div class="scroll">{table}<tr>{head}</tr>{"".join(body)}</table></div>'
+
+
+def _path_cell(path: Any) -> str:
+    """A path escaped, with a line-break opportunity after each ``/``, so that a narrow column breaks it between
+    folders while the other cells keep their words whole."""
+    return _e(path).replace("/", "/<wbr>")
 
 
 def _best(groups: Sequence[ModelGroup]) -> dict[str, float]:
@@ -419,7 +425,8 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cac
         config = run.config or {}
         train = config.get("train", {})
         seconds = training_seconds(run.run_dir)
-        rows.append([_e(run.run_dir), _e(run.label), _e(run.fold), _e(config.get("store_path", "–")),
+        rows.append([_path_cell(run.run_dir), _e(run.label), _e(run.fold),
+                     _path_cell(config.get("store_path", "–")),
                      _e(config.get("data_version", "–")), _e(", ".join(config.get("classes", []))),
                      _e(", ".join(config.get("channels", []))),
                      _e(f"{config.get('image_size', '–')} (store {config.get('store_image_size', '–')})"),

@@ -151,6 +151,14 @@ def test_page_has_tables_models_notes_and_no_external_reference(report):
     assert "tuned on validation masks" not in page
 
 
+def test_run_configuration_breaks_paths_only_between_folders(report, report_runs):
+    """A narrow column breaks a run's path after a ``/``, not inside a word such as ``grouped``."""
+    page = report.read_text()
+    run_dir = str(report_runs["gp"])
+    assert html.escape(run_dir).replace("/", "/<wbr>") in page
+    assert "overflow-wrap: anywhere" not in page
+
+
 def test_inline_images_are_pngs(report):
     uris = re.findall(r'src="data:image/png;base64,([^"]+)"', report.read_text())
     # confusion x2, Dice histograms x2, example rows, post-hoc panel, training curves x2
