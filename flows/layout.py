@@ -107,6 +107,10 @@ def read_report(report_dir: str | Path) -> dict | None:
     if not isinstance(runs, list) or not all(isinstance(run, dict) and isinstance(run.get("run_dir"), str)
                                              for run in runs):
         raise damaged_report(path, "no list of runs with their run_dir")
+    left_out = report.get("left_out") or []  # none in a report of an older gpseg
+    if not isinstance(left_out, list) or not all(isinstance(run, dict) and isinstance(run.get("run_dir"), str)
+                                                 for run in left_out):
+        raise damaged_report(path, "left_out is no list of runs with their run_dir")
     notes = report.get("carried_notes") or []  # none in a report of an older gpseg
     if not isinstance(notes, list) or not all(isinstance(note, dict) and "text" in note for note in notes):
         raise damaged_report(path, "carried_notes is no list of notes with their text")
@@ -120,9 +124,10 @@ def damaged_report(path: Path, reason: str) -> ValueError:
                       f"{path.parent}`)")
 
 
-def report_run_dirs(report_dir: str | Path) -> tuple[list[str], list[str]]:
+def report_run_dirs(report_dir: str | Path, *, left_out: bool = False) -> tuple[list[str], list[str]]:
     """The run dirs that the report in ``report_dir`` names (its ``metrics.json``), in report order, and
-    those of them that are gone.
+    those of them that are gone; with ``left_out``, also the runs it lists as left out (see
+    :func:`report_entries`).
 
     Each run is looked for at its path relative to the report folder first (``run_dir_relative``), so a
     work dir copied or moved with its report finds its own runs, not the original's; then at its
@@ -134,17 +139,22 @@ def report_run_dirs(report_dir: str | Path) -> tuple[list[str], list[str]]:
         ValueError: the report is damaged (see :func:`read_report`).
     """
     found, gone = [], []
-    for place, entry in report_entries(report_dir):
+    for place, entry in report_entries(report_dir, left_out=left_out):
         if place is None:
-            gone.append(entry["run_dir"])
+            if entry["run_dir"] not in gone:
+                gone.append(entry["run_dir"])
         elif place not in found:
             found.append(place)
     return found, gone
 
 
-def report_entries(report_dir: str | Path) -> list[tuple[str | None, dict]]:
+def report_entries(report_dir: str | Path, *, left_out: bool = False) -> list[tuple[str | None, dict]]:
     """Each run entry of the report in ``report_dir`` (its ``metrics.json``), in report order, with where its
     run dir is now (see :func:`report_run_dirs`), or ``None`` where it is gone; empty without a report.
+
+    With ``left_out``, the runs the report lists as left out follow (``left_out``: runs of its work dir that a
+    re-threshold or retraining could not report, their heatmaps missing or their run dir gone for the time
+    being), so that a later re-threshold tries them again instead of dropping them for good.
 
     Raises:
         ValueError: the report is damaged (see :func:`read_report`).
@@ -154,7 +164,7 @@ def report_entries(report_dir: str | Path) -> list[tuple[str | None, dict]]:
     if report is None:
         return []
     entries = []
-    for run in report["runs"]:
+    for run in [*report["runs"], *(report.get("left_out") or [] if left_out else [])]:
         relative, absolute = run.get("run_dir_relative"), run["run_dir"]
         here = [os.path.normpath(report_dir.resolve() / relative)] if isinstance(relative, str) else []
         entries.append((next((p for p in [*here, absolute] if Path(p).is_absolute() and Path(p).is_dir()), None), run))
@@ -219,14 +229,15 @@ def discover_runs(workdir: str) -> list[str]:
     return sorted(str(p.parent.parent) for p in (Path(workdir) / RUNS).glob("**/heatmaps/test.zarr"))
 
 
-def default_runs(workdir: str, *, discover: bool = True) -> tuple[list[str], str]:
-    """The runs to re-report when none are given, and where they came from.
+def default_runs(workdir: str, *, discover: bool = True, left_out: bool = False) -> tuple[list[str], list[str], str]:
+    """The runs to re-report when none are given, those of them that are gone, and where they came from.
 
     The runs of the current report (``workdir/report/metrics.json``): after a retraining on new
     data or a run with several seeds, older data versions and seeds that were not kept stay on disk,
-    but the report names only the current ones. Without a report, every run with test heatmaps (with
-    ``discover``; else none, for a caller to which runs of two data versions are no use, e.g. mask export,
-    whose files of one patient, model and fold would overwrite each other).
+    but the report names only the current ones. With ``left_out``, also the runs it lists as left out (see
+    :func:`report_entries`): a re-threshold tries them again. Without a report, every run with test heatmaps
+    (with ``discover``; else none, for a caller to which runs of two data versions are no use, e.g. mask
+    export, whose files of one patient, model and fold would overwrite each other).
 
     Raises:
         ValueError: the report names runs and none of them is there (a report copied without its runs,
@@ -234,7 +245,7 @@ def default_runs(workdir: str, *, discover: bool = True) -> tuple[list[str], str
             on disk instead would mix data versions.
     """
     report = Path(workdir) / REPORT
-    current, gone = report_run_dirs(report)
+    current, gone = report_run_dirs(report, left_out=left_out)
     if not current and not gone and read_report(report) is not None:  # a report that names no run: made by hand
         raise ValueError(f"{report / METRICS}: names no run; give the runs with --runs, or delete the report to "
                          f"take every run under {Path(workdir) / RUNS}")
@@ -244,11 +255,19 @@ def default_runs(workdir: str, *, discover: bool = True) -> tuple[list[str], str
                          f"under {Path(workdir) / RUNS}")
     if current:
         said = f"the {len(current)} run(s) of the report in {report}"
-        return current, said + (f" ({len(gone)} more it names are gone: {', '.join(gone)})" if gone else "")
+        return current, gone, said + (f" ({len(gone)} more it names are gone: {', '.join(gone)})" if gone else "")
     if not discover:
-        return [], f"no report in {report}"
+        return [], [], f"no report in {report}"
     found = discover_runs(workdir)
-    return found, f"every run with test heatmaps under {Path(workdir) / RUNS} ({len(found)}; no report yet)"
+    return found, [], f"every run with test heatmaps under {Path(workdir) / RUNS} ({len(found)}; no report yet)"
+
+
+def gone_reason(report_dir: str | Path) -> str:
+    """Why a run dir that the report in ``report_dir`` names is not re-reported: it is not there. The report
+    keeps it as left out (see :func:`report_entries`); the reason says how to drop it for good."""
+    return ("no such run dir (moved, deleted, or on a disk not mounted); the report keeps it in its list of runs "
+            "left out, so a later re-threshold takes it back; to drop it, name the runs to keep: "
+            f"`gpseg postprocess --runs RUN ... --out {report_dir}`")
 
 
 def dataset_failure_row(dataset: str, stage: str, exc: Exception) -> dict:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.layout import (REPORT, carried_notes, dataset_of, default_runs, failure_notes, row_line, run_title,
-                          summary_rows)
+from flows.layout import (REPORT, carried_notes, dataset_of, default_runs, failure_notes, gone_reason, row_line,
+                          run_title, summary_rows)
 from flows.params import PostprocessParams
 from flows.workdir_lock import postprocess_workdirs, workdir_locks
 from gpmodels.files import read_run_config
@@ -35,13 +35,18 @@ def postprocess(params: PostprocessParams = PostprocessParams()) -> dict:
 
 def _postprocess(params: PostprocessParams, logger) -> dict:
     """The body of :func:`postprocess`."""
-    runs, source = (params.runs, "the runs given") if params.runs else default_runs(params.workdir)
+    runs, gone, source = ((params.runs, [], "the runs given") if params.runs
+                          else default_runs(params.workdir, left_out=True))
     # the same runs as the report's: what it said of how they were made still holds
     carried = [] if params.runs else carried_notes(Path(params.workdir) / REPORT)
     logger.info("re-thresholding %s", source)
     if not runs:
         raise ValueError(f"{params.workdir}: no run with test heatmaps (run full-benchmark first)")
     results = []
+    for run in gone:  # kept in the report as left out, for a later re-threshold to take back; its row names it by
+        reason = gone_reason(Path(params.workdir) / REPORT)  # its path, since its config.json is gone with it
+        logger.error("%s: %s", run, reason)
+        results.append({"model": run, "fold": None, "run_dir": run, "dataset": "", "failed": reason})
     for run in runs:
         train: dict = {}
         try:
@@ -64,7 +69,7 @@ def _postprocess(params: PostprocessParams, logger) -> dict:
     out = params.out or str(Path(params.workdir) / REPORT)
     html = report(done, out, "gpseg report (post-processing re-run)",
                   [f"thresholds re-run by postprocess: {params.threshold.describe()}; no model was loaded",
-                   *failure_notes(rows)], carried)
+                   *failure_notes(rows)], carried, [r["run_dir"] for r in results if "failed" in r])
     publish(html, rows, params.workdir)
     for row in rows:
         logger.info("%s", row_line(row))

@@ -10,8 +10,8 @@ from prefect.states import State
 
 from flows.cluster import cluster_refusal
 from flows.layout import (REPORT, TRAINING_SETTINGS, carried_notes, failure_carried_notes, new_rejections,
-                          notes_of_kept_runs, read_report, rejection_note, replace_dataset_runs, reported_runs,
-                          reported_versions, summary_rows, tagged)
+                          notes_of_kept_runs, read_report, rejection_note, replace_dataset_runs, report_run_dirs,
+                          reported_runs, reported_versions, summary_rows, tagged)
 from flows.params import RetrainParams, with_work_dir_settings
 from flows.pipeline import (check_folds, heatmaps_and_evaluation, ingest_config, ingest_fresh, log_rows,
                             no_run_finished, record_training_settings, store_path, stored_version, train_and_keep,
@@ -117,6 +117,9 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
     html = None
     if done:
         runs = replace_dataset_runs(reported_runs(report_dir), done)
+        # the other datasets' runs it cannot report now (heatmaps missing, run dir gone) stay for a re-threshold
+        found, gone = report_run_dirs(report_dir, left_out=True)
+        left_out = [run for run in replace_dataset_runs([*found, *gone], done) if run not in runs]
         kept = len(runs) - len(done)
         others = notes_of_kept_runs(carried_notes(report_dir), spec.label, runs)
         why = (f"after {len(fresh)} new file(s)" if ingested_cases
@@ -128,7 +131,7 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
                           f"{params.folds} fold(s)"
                           + (f"; {kept} run(s) of other datasets kept from the previous report" if kept else ""),
                           *filter(None, [rejected_note])]),
-                       *seed_notes, *failure_carried_notes(rows), *others])
+                       *seed_notes, *failure_carried_notes(rows), *others], left_out)
         publish(html, rows, params.workdir)
     outcome = {"status": "retrained", "new_files": fresh, "ingested": ingested_cases, "data_version": version,
                "rows": rows, "report": html, "rejected": new_rejects}

@@ -198,7 +198,9 @@ def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig,
     The median is taken over the same slices as the test's median Dice: every validation slice with a
     non-empty mask. Those of them that get an empty mask whatever the offset (predicted, or with
     ``target_class="true"`` labelled, tumour-free) score 0 at every offset; they count, since they
-    move the median.
+    move the median. When every offset gives the same median (e.g. constant maps, whose multi-Otsu
+    threshold is undefined, so every mask is empty), the validation cannot rank them: the paper's offset
+    is used, and the source says so.
     """
     if config.offset != "auto":
         return config, "given"
@@ -233,12 +235,19 @@ def _resolve_offset(path: Path | str, heat: zarr.Group, config: ThresholdConfig,
     if not has_target.any():
         return (replace(config, offset=fallback),
                 f"{OFFSET_FALLBACK}: no validation slice has a tumour mask; the paper's offset {fallback:g} was used")
-    offset = best_offset(np.concatenate(scores, axis=1), config.auto_offsets, has_target)
+    scored = np.concatenate(scores, axis=1)[:, has_target]
+    zero = int(np.count_nonzero(~(scored > 0).any(axis=0)))  # no mask at any offset, or none on the tumour
+    slices = (f"{scored.shape[1]} validation slices with a tumour mask ({zero} of them scoring 0 at every "
+              "offset)")
+    medians = np.median(scored, axis=1)
+    if len(config.auto_offsets) > 1 and np.all(medians == medians[0]):
+        return (replace(config, offset=fallback),
+                f"{OFFSET_FALLBACK}: every offset gives the same median validation Dice ({medians[0]:.3f}) over "
+                f"{slices}, so none can be chosen; the paper's offset {fallback:g} was used")
+    offset = best_offset(scored, config.auto_offsets, np.ones(scored.shape[1], bool))
     edge = (f"; {offset:g} is the largest offset tried, so a larger one may do better"
             if offset_at_edge(offset, config.auto_offsets) else "")
-    return (replace(config, offset=offset),
-            f"auto: maximised median validation Dice over {int(has_target.sum())} validation slices with a "
-            f"tumour mask ({missed} of them with an empty mask at every offset){edge}")
+    return replace(config, offset=offset), f"auto: maximised median validation Dice over {slices}{edge}"
 
 
 def offset_at_edge(offset: float, grid: tuple[float, ...] | list[float]) -> bool:

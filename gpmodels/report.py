@@ -68,7 +68,7 @@ class Column:
 COLUMNS: tuple[Column, ...] = (
     Column("precision", "Precision"), Column("recall", "Recall"), Column("f1", "F1"),
     Column("accuracy", "Accuracy"), Column("dice_median", "median Dice"),
-    Column("dice_slice_std", "Dice std (slices)", None),
+    Column("dice_slice_std", "Dice std (slices)", None), Column("dice_slice_iqr", "Dice IQR (slices)", None),
     Column("tumour_only_accuracy", "tumour-only acc."), Column("patient_accuracy", "patient acc."),
     Column("fpr_tumour_free", "FPR tumour-free", "low"),
 )
@@ -104,12 +104,18 @@ def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+def _dice_iqr(dice: Mapping[str, Any]) -> float:
+    """The interquartile range ``q75 - q25`` of the per-slice Dice (:func:`gpmodels.metrics.dice_summary`), NaN
+    where undefined (no slice with a tumour mask, or an evaluation of an older gpseg without quartiles)."""
+    return _number(dice.get("q75")) - _number(dice.get("q25"))
+
+
 def run_scalars(evaluation: Mapping[str, Any]) -> dict[str, float]:
     """The summary scalars of one evaluation (keys of :data:`COLUMNS`), NaN where undefined."""
     cls, seg = evaluation["classification"], evaluation["segmentation"]
     return {"precision": _number(cls["precision"]), "recall": _number(cls["recall"]), "f1": _number(cls["f1"]),
             "accuracy": _number(cls["accuracy"]), "dice_median": _number(seg["dice"].get("median")),
-            "dice_slice_std": _number(seg["dice"].get("std")),
+            "dice_slice_std": _number(seg["dice"].get("std")), "dice_slice_iqr": _dice_iqr(seg["dice"]),
             "tumour_only_accuracy": _number(evaluation.get("tumour_only_accuracy")),
             "patient_accuracy": _number(evaluation.get("patient_accuracy")),
             "fpr_tumour_free": _number(seg.get("fpr_tumour_free"))}
@@ -255,7 +261,9 @@ def _tables(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> tuple[st
         run_rows.append([str(run.run_dir), run.dataset, run.model, run.label, run.fold, run.kind,
                          run.evaluation["run"].get("split"), *(scalars[key] for key in keys),
                          *(intervals[key] for key in interval_keys), thr.get("method"),
-                         thr.get("offset"), thr.get("value"), thr.get("offset_source")])
+                         # each method's own parameter; the other's cell stays empty
+                         thr.get("offset") if thr.get("method") == "multiotsu" else None,
+                         thr.get("value") if thr.get("method") == "fixed" else None, thr.get("offset_source")])
     return summary, _csv_text(run_header, run_rows)
 
 
@@ -274,15 +282,21 @@ def _class_dice_csv(groups: Sequence[ModelGroup]) -> str:
     return _csv_text(header, rows)
 
 
+def _run_place(run_dir: Path, out_dir: Path) -> dict[str, str]:
+    """A run dir absolute (``run_dir``) and relative to the report folder (``run_dir_relative``)."""
+    where = run_dir.resolve()
+    return {"run_dir": str(where), "run_dir_relative": os.path.relpath(where, out_dir.resolve())}
+
+
 def _metrics_json(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], header: Mapping[str, Any],
-                  out_dir: Path) -> str:
+                  out_dir: Path, left_out: Sequence[Path]) -> str:
     """``metrics.json``. Each run names its dir absolute (``run_dir``) and relative to the report folder
     (``run_dir_relative``), so that a work dir copied or moved with its report finds its own runs
-    (:func:`flows.layout.reported_runs`)."""
+    (:func:`flows.layout.reported_runs`); so do the runs ``left_out`` (:func:`flows.layout.report_entries`)."""
+    reported = {run.run_dir.resolve() for run in runs}
     return json_text({
         **header,
-        "runs": [{"run_dir": str(run.run_dir.resolve()),
-                  "run_dir_relative": os.path.relpath(run.run_dir.resolve(), out_dir.resolve()),
+        "runs": [{**_run_place(run.run_dir, out_dir),
                   "dataset": run.dataset, "model": run.model, "label": run.label,
                   "fold": run.fold, "scalars": run_scalars(run.evaluation), "evaluation": run.evaluation}
                  for run in runs],
@@ -291,11 +305,13 @@ def _metrics_json(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], heade
                         "confusion_matrix": g.confusion.tolist(),
                         "paper": None if g.paper is None else {**g.paper.values, "note": g.paper.note}}
                        for g in groups],
+        "left_out": [_run_place(path, out_dir) for path in dict.fromkeys(left_out) if path.resolve() not in reported],
     })
 
 
 def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg report", notes: Sequence[str] = (),
-                 *, channel: str | None = None, carried_notes: Sequence[Mapping[str, str]] = ()) -> Path:
+                 *, channel: str | None = None, carried_notes: Sequence[Mapping[str, str]] = (),
+                 left_out: Sequence[Path | str] = ()) -> Path:
     """Write the HTML report, ``metrics.json``, ``summary.csv``, ``runs.csv`` and ``dice_per_class.csv`` of
     evaluated runs.
 
@@ -313,6 +329,9 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg re
             (``carried_notes``) for a re-threshold of the same runs to carry over
             (:func:`flows.layout.carried_notes`).
         channel: input channel shown in the panels where the store has it; default the first.
+        left_out: run dirs of the report that could not be reported this time (their heatmaps missing, their
+            run dir gone for now; ``notes`` say why), kept in ``metrics.json`` (``left_out``) so that a later
+            re-threshold of the work dir tries them again (:func:`flows.layout.report_entries`).
 
     Returns:
         ``out_dir / "index.html"``.
@@ -343,7 +362,8 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg re
     cache = FigureCache(out_dir / FIGURE_CACHE_DIR, code_version(report_figures, report_panels))
     texts = {"index.html": render_page(header, groups, channel, cache), "summary.csv": summary, "runs.csv": runs_csv,
              "dice_per_class.csv": _class_dice_csv(groups),
-             "metrics.json": _metrics_json(runs, groups, header, out_dir)}  # the record of the whole: renamed last
+             # the record of the whole: renamed last
+             "metrics.json": _metrics_json(runs, groups, header, out_dir, [Path(p) for p in left_out])}
     replace_together({out_dir / name: text for name, text in texts.items()})
     cache.prune()
     return out_dir / "index.html"

@@ -146,7 +146,8 @@ def _summary_section(groups: Sequence[ModelGroup]) -> str:
         "Every scalar is the mean ± population std over the folds (one value when there is one fold). "
         "<b>median Dice</b>: the mean over folds of each fold's median Dice over test slices with a non-empty "
         "ground truth, ± std over folds; <b>Dice std (slices)</b>: the mean over folds of the std over slices "
-        "(the paper's ± is over slices). Tumour-only accuracy: accuracy over the slices whose true class is a "
+        "(the paper's ± is over slices); <b>Dice IQR (slices)</b>: likewise of the interquartile range over "
+        "slices (75th minus 25th percentile; each run's quartiles are in <code>metrics.json</code>). Tumour-only accuracy: accuracy over the slices whose true class is a "
         "tumour class (LGG or HGG for BraTS, the paper's table 5; defined when there is a tumour-free class and at "
         "least two tumour classes), with the three-class prediction, so a tumour slice predicted tumour-free is "
         "wrong. Patient accuracy: each test patient with tumour slices gets the tumour class most of its slices "
@@ -419,6 +420,14 @@ def _precision_text(asked: str, resolved: str | None) -> str:
     return f"{asked} → {resolved}" if resolved and resolved != asked else str(asked)
 
 
+def _store_read(run: ReportRun, config: dict) -> str:
+    """The slice store the run's evaluation read (found beside the run dir where it is now, so a moved or copied
+    work dir names its own), or the one it was trained on where the evaluation does not record it."""
+    if isinstance(run.evaluation.get("run"), dict) and run.evaluation["run"].get("store_path"):
+        return evaluated_source(run.run_dir, run.evaluation)
+    return config.get("store_path", "–")
+
+
 def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cache: FigureCache) -> str:
     rows = []
     for run in runs:
@@ -426,7 +435,7 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cac
         train = config.get("train", {})
         seconds = training_seconds(run.run_dir)
         rows.append([_path_cell(run.run_dir), _e(run.label), _e(run.fold),
-                     _path_cell(config.get("store_path", "–")),
+                     _path_cell(_store_read(run, config)),
                      _e(config.get("data_version", "–")), _e(", ".join(config.get("classes", []))),
                      _e(", ".join(config.get("channels", []))),
                      _e(f"{config.get('image_size', '–')} (store {config.get('store_image_size', '–')})"),

@@ -171,8 +171,8 @@ def run_app(app: typer.Typer, args: list[str] | None = None) -> None:
     except OSError as exc:
         console.print(f"[red]error:[/red] {escape(os_error_line(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        raise interrupted() from None
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a SIGTERM or SIGHUP where a command raises it (Stopped)
+        raise interrupted(stopped=exc) from None
     except SystemExit as exc:
         # Typer turns a Ctrl-C that no command handled into a silent exit 130 (`raise Exit(130) from` it)
         if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
@@ -224,16 +224,22 @@ def stop_reason(exc: KeyboardInterrupt) -> tuple[str, int]:
     return signal_exit(exc.signum if isinstance(exc, Stopped) else signal.SIGINT)
 
 
-def interrupted(message: str = "interrupted") -> SystemExit:
+def interrupted(message: str = "interrupted", stopped: KeyboardInterrupt | None = None) -> SystemExit:
     """The exit of a command stopped by Ctrl-C (130, as a shell reports SIGINT), after one line.
+
+    With ``stopped``, the interrupt caught: a :class:`Stopped` (SIGTERM or SIGHUP, see
+    :func:`stop_signals_raised`) says so in place of the message's leading "interrupted" and exits as a shell
+    reports that signal (143, 129).
 
     Zarr reads on a background event loop; the reads it had in flight are abandoned and, at interpreter
     shutdown, asyncio logged each of them ("Task was destroyed but it is pending!", hundreds of lines
     after a Ctrl-C in `gpseg validate`). That logger is silenced first: the one line says it all.
     """
     logging.getLogger("asyncio").disabled = True
+    how, code = stop_reason(stopped) if stopped is not None else ("interrupted", 130)
+    message = how + message.removeprefix("interrupted")
     console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    return SystemExit(130)
+    return SystemExit(code)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

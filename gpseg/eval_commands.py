@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -10,7 +12,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from gpseg.console import console, fail, folder_problem, interrupted, interval_text, progress_bar
+from gpseg.console import console, fail, folder_problem, interrupted, interval_text, progress_bar, stop_signals_raised
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
 from storage.folders import InterruptedAfterReplacing
@@ -44,7 +46,7 @@ def heatmaps_cmd(
     written: list[str] = []
     for name in split:
         try:
-            with progress_bar(f"heatmaps {name}") as update:
+            with stop_signals_raised(), progress_bar(f"heatmaps {name}") as update:
                 path = generate_heatmaps(run, name, batch_size=batch_size, device=device,
                                          posthoc=posthoc if name == "test" else 0,
                                          progress=lambda done, total: update(done, total, "slices"),
@@ -58,7 +60,7 @@ def heatmaps_cmd(
             rest = [other for other in split[split.index(name):] if other not in written]
             said = [f"the {' and '.join(rest)} heatmaps are as they were before" if rest else "",
                     f"the {' and '.join(written)} heatmaps were written" if written else ""]
-            raise interrupted("interrupted; " + ", ".join(filter(None, said))) from None
+            raise interrupted("interrupted; " + ", ".join(filter(None, said)), exc) from None
         written.append(name)
         console.print(f"[green]wrote[/green] {escape(str(path))}")
 
@@ -223,17 +225,19 @@ def _run_label(run_dir: Path) -> str:
     return f"{dataset} {name.replace(SEED_PREFIX, 'seed ')}" if name.startswith(SEED_PREFIX) else dataset
 
 
-def _workdir_runs(workdir: Path, doing: str, *, need_report: bool = False) -> list[Path]:
-    """The runs of a flow work dir's current report (see :func:`flows.layout.default_runs`), said on the
-    console after ``doing``; a one-line error when there is none, or the report is damaged. Without a
-    report, every run with test heatmaps; with ``need_report``, a one-line error instead."""
+def _workdir_runs(workdir: Path, doing: str, *, need_report: bool = False, left_out: bool = False
+                  ) -> tuple[list[Path], list[Path]]:
+    """The runs of a flow work dir's current report (see :func:`flows.layout.default_runs`; with ``left_out``,
+    also those it lists as left out), said on the console after ``doing``, and those of them that are gone; a
+    one-line error when there is none, or the report is damaged. Without a report, every run with test heatmaps;
+    with ``need_report``, a one-line error instead."""
     from flows.layout import REPORT, default_runs
 
     problem = folder_problem(workdir, "no such work dir")
     if problem:
         raise fail(f"{workdir}: {problem} (a flow's work dir, e.g. runs/benchmark)")
     try:
-        found, source = default_runs(str(workdir), discover=not need_report)
+        found, gone, source = default_runs(str(workdir), discover=not need_report, left_out=left_out)
     except ValueError as exc:
         raise fail(str(exc)) from exc
     if not found and need_report:
@@ -243,7 +247,7 @@ def _workdir_runs(workdir: Path, doing: str, *, need_report: bool = False) -> li
     if not found:
         raise fail(f"{workdir}: no run with test heatmaps (run the full-benchmark flow or `gpseg benchmark` first)")
     console.print(f"{doing} {escape(str(source))}", highlight=False, soft_wrap=True)
-    return [Path(run) for run in found]
+    return [Path(run) for run in found], [Path(run) for run in gone]
 
 
 def _interval_text(interval: dict | None) -> str:
@@ -280,7 +284,9 @@ def postprocess_cmd(
 
     # a flow's report or evaluations written meanwhile would be replaced
     report_folder = out or (None if workdir is not None else Path("report"))  # as _postprocess writes it
-    with workdir_locks(postprocess_workdirs(workdir, runs, report_folder), "gpseg postprocess", say):
+    # SIGTERM and SIGHUP stop it as Ctrl-C does, with its line; the locks are let go on the way out
+    with stop_signals_raised(), workdir_locks(postprocess_workdirs(workdir, runs, report_folder), "gpseg postprocess",
+                                              say):
         _postprocess(runs, workdir, out, params)
 
 
@@ -289,24 +295,30 @@ def _postprocess(runs: list[Path] | None, workdir: Path | None, out: Path | None
     from gpmodels.report import build_report
 
     carried: list[dict] = []
+    gone: list[Path] = []
+    failed: list[str] = []  # the report's notes of the runs left out
     if workdir is not None:
-        from flows.layout import REPORT, carried_notes
+        from flows.layout import REPORT, carried_notes, gone_reason
 
-        runs, out = _workdir_runs(workdir, "re-thresholding"), out or workdir / REPORT
+        (runs, gone), out = _workdir_runs(workdir, "re-thresholding", left_out=True), out or workdir / REPORT
+        failed = _say_failed({run: gone_reason(workdir / REPORT) for run in gone})
         try:
             carried = carried_notes(workdir / REPORT)  # the same runs: how they were made still holds
         except ValueError as exc:  # its notes damaged
             raise fail(str(exc)) from exc
     out = _writable_folder(out or Path("report"))
     try:
-        done, results, failed = _evaluate(_unique(runs), params)
+        runs = _unique(runs)
+        done, results, more = _evaluate(runs, params)
+        failed += more
         _print_table(results, done)
         html = build_report(done, out, title="gpseg report (post-processing re-run)",
                             notes=[f"thresholds re-run by `gpseg postprocess`: {params.describe()}", *failed],
-                            carried_notes=carried)
-    except KeyboardInterrupt:
+                            carried_notes=carried, left_out=[*gone, *(run for run in runs if run not in done)])
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a SIGTERM or SIGHUP (postprocess_cmd's stop_signals_raised)
         raise interrupted(f"interrupted; the runs evaluated so far have a new evaluation.json, and the report in "
-                          f"{out} is whole but may still be the one before: run the same command again") from None
+                          f"{out} is whole but may still be the one before: run the same command again",
+                          exc) from None
     console.print(f"[green]report[/green] {escape(str(html))}")
     if failed:
         raise typer.Exit(2)
@@ -406,10 +418,11 @@ def export_masks_cmd(
     if run is not None:
         plan = _export_plan(run, "_pred" if suffix is None else suffix)
         _check_targets([plan], out, overwrite)
-        files = _write_masks(plan, out, overwrite=overwrite)
+        with _export_stopped(out):
+            files = _write_masks(plan, out, overwrite=overwrite)
         console.print(f"[green]wrote[/green] {len(files)} NIfTI masks to {escape(str(out))}")
         return
-    plans, runs = [], _workdir_runs(workdir, "exporting", need_report=True)
+    plans, runs = [], _workdir_runs(workdir, "exporting", need_report=True)[0]
     reported = _reported_thresholds(workdir)
     for path in runs:
         train = _require_run(path)["train"]
@@ -420,9 +433,21 @@ def export_masks_cmd(
     if clash:
         raise fail(clash)
     _check_targets(plans, out, overwrite)
-    written = sum(len(_write_masks(plan, out, f"export masks {plan['model']} fold {plan['fold']}", overwrite))
-                  for plan in plans)
+    with _export_stopped(out):
+        written = sum(len(_write_masks(plan, out, f"export masks {plan['model']} fold {plan['fold']}", overwrite))
+                      for plan in plans)
     console.print(f"[green]wrote[/green] {written} NIfTI masks to {escape(str(out))}")
+
+
+@contextmanager
+def _export_stopped(out: Path) -> Iterator[None]:
+    """For the block, Ctrl-C, SIGTERM and SIGHUP end the export with one line saying what it left in ``out``."""
+    try:
+        with stop_signals_raised():
+            yield
+    except KeyboardInterrupt as exc:
+        raise interrupted(f"interrupted; the masks written so far in {out} are whole (each file is written whole), "
+                          "the others were not written: the same command writes them all", exc) from None
 
 
 def _reported_thresholds(workdir: Path) -> dict[str, dict]:

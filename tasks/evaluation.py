@@ -32,11 +32,12 @@ def evaluate_run(run_dir: str, threshold: dict | None) -> dict:
 
 
 @task(task_run_name="report")  # not cached, so a name here changes no cache key
-def report(run_dirs: list[str], out_dir: str, title: str, notes: list[str], carried_notes: list[dict] | None = None
-           ) -> str:
-    """Build the HTML report over the evaluated runs (``carried_notes``: see :func:`gpmodels.report.build_report`)."""
+def report(run_dirs: list[str], out_dir: str, title: str, notes: list[str], carried_notes: list[dict] | None = None,
+           left_out: list[str] | None = None) -> str:
+    """Build the HTML report over the evaluated runs (``carried_notes``, ``left_out``: see
+    :func:`gpmodels.report.build_report`)."""
     return str(build_report([Path(r) for r in run_dirs], Path(out_dir), title=title, notes=notes,
-                            carried_notes=carried_notes or ()))
+                            carried_notes=carried_notes or (), left_out=left_out or ()))
 
 
 @task(task_run_name="publish artifacts")

@@ -178,6 +178,36 @@ def test_postprocess_reports_the_runs_it_can_and_names_a_stale_one(bench_workdir
 
 
 @after_first_run
+def test_postprocess_keeps_a_gone_run_as_left_out_and_takes_it_back(bench_workdir, tmp_path):
+    """A run dir of the report that was gone at a re-threshold was left out of the new report unsaid (a log
+    line only), and so never came back."""
+    import shutil
+
+    from gpmodels.report import build_report
+
+    [good] = json.loads((bench_workdir / "report" / "metrics.json").read_text())["runs"]
+    work = tmp_path / "w"
+    kept = shutil.copytree(good["run_dir"], work / "runs" / "brats" / "v1" / "gp-unet" / "fold_0")
+    away = shutil.copytree(good["run_dir"], tmp_path / "away")
+    gone = work / "runs" / "brats" / "v1" / "gp-unet" / "fold_0" / "seed_1"
+    build_report([kept], work / "report", left_out=[gone])
+
+    result = postprocess(PostprocessParams(workdir=str(work)))
+    [failed] = result["failed"]
+    assert failed["model"] == str(gone) and "FAILED: no such run dir" in failed["status"]
+    metrics = json.loads((work / "report" / "metrics.json").read_text())
+    assert [run["run_dir"] for run in metrics["runs"]] == [str(kept)]
+    assert [run["run_dir"] for run in metrics["left_out"]] == [str(gone)]
+    assert any(note.startswith(f"not in this report: {gone}: FAILED: no such run dir") for note in metrics["notes"])
+    away.rename(gone)
+    back = postprocess(PostprocessParams(workdir=str(work)))
+    assert not back["failed"] and len(back["rows"]) == 2
+    metrics = json.loads((work / "report" / "metrics.json").read_text())
+    assert sorted(run["run_dir"] for run in metrics["runs"]) == sorted([str(kept), str(gone)])
+    assert metrics["left_out"] == []
+
+
+@after_first_run
 def test_benchmark_rerun_reuses_cached_training(bench_workdir, task_states):
     state = full_benchmark(_bench(bench_workdir), return_state=True)
     assert state.is_completed()

@@ -88,12 +88,12 @@ def test_a_retraining_keeps_the_benchmarks_notes_for_the_runs_it_keeps():
 
 def test_postprocess_defaults_to_the_report_and_falls_back_to_discovery(tmp_path):
     old, new = _run(tmp_path, "brats", "v1"), _run(tmp_path, "brats", "v2")
-    runs, source = default_runs(str(tmp_path))
-    assert runs == sorted([old, new]) and "no report yet" in source
+    runs, gone, source = default_runs(str(tmp_path))
+    assert runs == sorted([old, new]) and gone == [] and "no report yet" in source
     assert default_runs(str(tmp_path), discover=False)[0] == []  # mask export: two versions' files would clash
     _write_report(tmp_path, [new])
-    runs, source = default_runs(str(tmp_path))
-    assert runs == [new] and "report" in source
+    runs, gone, source = default_runs(str(tmp_path))
+    assert runs == [new] and gone == [] and "report" in source
     _write_report(tmp_path, [])  # a report naming no run (made by hand) is no reason to take every run
     with pytest.raises(ValueError, match=r"metrics\.json: names no run; give the runs with --runs"):
         default_runs(str(tmp_path))

@@ -20,7 +20,8 @@ import torch
 import zarr
 
 from gpmodels import report_figures
-from gpmodels.evaluation import SLICES_HASH, evaluate_heatmaps, mask_reader, predicted_masks, write_evaluation
+from gpmodels.evaluation import (SLICES_HASH, evaluate_heatmaps, mask_reader, predicted_masks, threshold_warning,
+                                 write_evaluation)
 from gpmodels.files import heatmap_path
 from gpmodels.heatmaps import generate_heatmaps, spread_rows, to_float16
 from gpmodels.nifti_export import export_patient_masks
@@ -176,11 +177,18 @@ def test_summary_and_metrics_match_the_evaluations(report, report_runs):
         assert float(row["f1_mean"]) == evaluation["classification"]["f1"]
         assert float(row["accuracy_mean"]) == evaluation["classification"]["accuracy"]
         assert float(row["dice_median_mean"]) == evaluation["segmentation"]["dice"]["median"]
+        dice = evaluation["segmentation"]["dice"]  # the spec's "median ± std and IQR" over slices
+        iqr = dice["q75"] - dice["q25"] if dice["n"] else None
+        assert (float(row["dice_slice_iqr_mean"]) if row["dice_slice_iqr_mean"] else None) == iqr
         assert row["f1_std"] == "" and row["runs"] == "1"  # one run: no spread
         run = next(r for r in metrics["runs"] if r["model"] == model)
         assert run["evaluation"] == evaluation
     runs = _read_csv(report.parent / "runs.csv")
     assert {row["model"] for row in runs} == {"gp-unet", "resnext50"}
+    assert "Dice IQR (slices)" in report.read_text()
+    # multi-Otsu: the offset is its parameter; fixed's value has no meaning there and is left empty
+    assert all(row["threshold_method"] == "multiotsu" and row["threshold_offset"] and row["threshold_value"] == ""
+               for row in runs)
     assert all(row["offset_source"] == "given" for row in runs)
 
 
@@ -704,6 +712,88 @@ def test_export_masks_writes_one_volume_per_test_patient(report_runs, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_a_run_missing_from_one_re_threshold_comes_back_in_the_next(report_runs, tmp_path):
+    """A run whose heatmaps were missing, or whose run dir was gone, at one `postprocess --workdir` was dropped
+    from the work dir's report for good (a gone one with exit 0 and no note), so the next re-threshold, once it
+    was back, left it out unsaid."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    work = tmp_path / "w"
+    gp = _copy_run(report_runs["gp"], work / "runs" / "brats" / "v1" / "gp-unet" / "fold_0")
+    flat = _copy_run(report_runs["baseline"], work / "runs" / "jun-cheng" / "v1" / "resnext50" / "fold_0")
+    build_report([gp, flat], work / "report")
+    metrics = work / "report" / "metrics.json"
+
+    def reported() -> tuple[list[str], list[str]]:
+        record = json.loads(metrics.read_text())
+        return [run["run_dir"] for run in record["runs"]], [run["run_dir"] for run in record["left_out"]]
+
+    heatmaps = heatmap_path(gp, "test")
+    heatmaps.rename(tmp_path / "away.zarr")
+    missing = CliRunner().invoke(app, ["postprocess", "--workdir", str(work)])
+    assert missing.exit_code == 2 and f"failed {gp}" in " ".join(missing.output.split())
+    assert reported() == ([str(flat)], [str(gp)])
+    (tmp_path / "away.zarr").rename(heatmaps)
+    back = CliRunner().invoke(app, ["postprocess", "--workdir", str(work)])
+    assert back.exit_code == 0, back.output
+    assert sorted(reported()[0]) == sorted([str(gp), str(flat)]) and reported()[1] == []
+
+    gp.rename(tmp_path / "moved")  # a disk not mounted, say
+    gone = CliRunner().invoke(app, ["postprocess", "--workdir", str(work)])
+    said = " ".join(gone.output.split())
+    assert gone.exit_code == 2 and f"failed {gp}: no such run dir" in said and "--out" in said
+    assert reported() == ([str(flat)], [str(gp)])
+    assert any(note.startswith(f"not in this report: {gp}: no such run dir")
+               for note in json.loads(metrics.read_text())["notes"])
+    (tmp_path / "moved").rename(gp)
+    again = CliRunner().invoke(app, ["postprocess", "--workdir", str(work)])
+    assert again.exit_code == 0, again.output
+    assert sorted(reported()[0]) == sorted([str(gp), str(flat)]) and reported()[1] == []
+
+
+def test_a_sigterm_stops_postprocess_and_export_as_ctrl_c_does(report_runs, tmp_path, monkeypatch):
+    """A `kill` ended `gpseg postprocess` and `gpseg export-masks` at once: exit 143 and no word of what was
+    left (new evaluation.json files beside the previous report, some masks written)."""
+    import os
+    import signal
+
+    from typer.testing import CliRunner
+
+    from gpmodels import evaluation, nifti_export
+    from gpseg.cli import app
+
+    run = _copy_run(report_runs["gp"], tmp_path / "run")
+    build_report([run], tmp_path / "report")
+    before = (tmp_path / "report" / "metrics.json").read_text()
+    real_evaluate, real_export = evaluation.evaluate_heatmaps, nifti_export.export_patient_masks
+
+    def killed(real):
+        def call(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(evaluation, "evaluate_heatmaps", killed(real_evaluate))
+    result = CliRunner().invoke(app, ["postprocess", "--runs", str(run), "--offset", "0.2", "--out",
+                                      str(tmp_path / "report")])
+    assert result.exit_code == 143, result.output
+    assert " ".join(result.output.split()).endswith(
+        f"error: stopped by SIGTERM; the runs evaluated so far have a new evaluation.json, and the report in "
+        f"{tmp_path / 'report'} is whole but may still be the one before: run the same command again")
+    assert (tmp_path / "report" / "metrics.json").read_text() == before
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # as before the command
+
+    monkeypatch.setattr(nifti_export, "export_patient_masks", killed(real_export))
+    result = CliRunner().invoke(app, ["export-masks", "--run", str(run), "--out", str(tmp_path / "masks")])
+    assert result.exit_code == 143, result.output
+    assert " ".join(result.output.split()).endswith(
+        f"error: stopped by SIGTERM; the masks written so far in {tmp_path / 'masks'} are whole (each file is "
+        "written whole), the others were not written: the same command writes them all")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_export_masks_of_a_workdir_names_each_file_by_model_and_fold_and_skips_2d_runs(report_runs, tmp_path):
     from typer.testing import CliRunner
 
@@ -780,7 +870,7 @@ def test_maps_beyond_float16_are_stored_clamped_not_infinite():
 
 @pytest.mark.parametrize("cleaning", [CleaningConfig(), CleaningConfig(min_size=3, largest_component=True)])
 def test_auto_offset_read_in_chunks_is_that_of_the_whole_validation_split(report_runs, tmp_path, cleaning):
-    from gpmodels.postprocess import resolve_auto_offset
+    from gpmodels.postprocess import offset_scores, resolve_auto_offset
     from storage.store import open_store
 
     run = tmp_path / "run"
@@ -793,8 +883,11 @@ def test_auto_offset_read_in_chunks_is_that_of_the_whole_validation_split(report
     maps[predicted == 0] = 0  # a slice predicted tumour-free gets an empty mask at every offset
     config = ThresholdConfig(offset="auto", cleaning=cleaning)
     expected = resolve_auto_offset(config, maps, masks).offset
-    with_target = int((masks.reshape(len(masks), -1).any(axis=1)).sum())
-    missed = int((masks[predicted == 0].reshape(-1, masks[0].size).any(axis=1)).sum())
+    has_target = masks.reshape(len(masks), -1).any(axis=1)
+    with_target = int(has_target.sum())
+    scores, scored = offset_scores(config, maps, masks)
+    zero = int((~(scores[:, scored] > 0).any(axis=0)).sum())
+    assert zero >= int((masks[predicted == 0].reshape(-1, masks[0].size).any(axis=1)).sum())
     assert (predicted > 0).sum() > 3
     test = heatmap_path(run, "test")
     for chunk in (2, 256):
@@ -805,8 +898,8 @@ def test_auto_offset_read_in_chunks_is_that_of_the_whole_validation_split(report
         assert seen == [(min(start + chunk, tumour), tumour) for start in range(0, tumour, chunk)]
         assert chosen["offset"] == expected
         assert chosen["offset_source"] == (f"auto: maximised median validation Dice over {with_target} validation "
-                                           f"slices with a tumour mask ({missed} of them with an empty mask at "
-                                           f"every offset)")
+                                           f"slices with a tumour mask ({zero} of them scoring 0 at every "
+                                           "offset)")
 
 
 def test_auto_offset_counts_masked_slices_predicted_tumour_free(report_runs, tmp_path, monkeypatch):
@@ -837,7 +930,19 @@ def test_auto_offset_counts_masked_slices_predicted_tumour_free(report_runs, tmp
     # the two scored slices alone give medians 0.5, 0.5, 0.4 (offset 0 first); with the missed slice's
     # 0 they give 0.1, 0.5, 0.4
     assert chosen["offset"] == 1.0
-    assert chosen["offset_source"].endswith("(1 of them with an empty mask at every offset)")
+    assert chosen["offset_source"].endswith("(1 of them scoring 0 at every offset)")
+
+    # constant maps (Grad-CAM of a 1x1 feature map): no mask at any offset, so the validation ranks nothing
+    monkeypatch.setattr("gpmodels.evaluation.offset_scores", lambda config, maps, targets: (
+        np.zeros((3, len(maps))), np.ones(len(maps), bool)))
+    tied = evaluate_heatmaps(heatmap_path(run, "test"), config)["threshold"]
+    paper = PAPER_MULTIOTSU_OFFSETS[val.attrs["model"]]
+    assert tied["offset"] == paper and paper != 0.0
+    assert tied["offset_source"] == (
+        f"auto impossible: every offset gives the same median validation Dice (0.000) over {has_mask.sum()} "
+        f"validation slices with a tumour mask ({has_mask.sum()} of them scoring 0 at every offset), so none can "
+        f"be chosen; the paper's offset {paper:g} was used")
+    assert threshold_warning({"threshold": tied, "segmentation": {}}).startswith("--offset auto impossible: every")
 
 
 def _work_dir_of(run: Path, store: Path, work: Path) -> Path:
@@ -887,6 +992,9 @@ def test_a_copied_work_dir_re_thresholds_its_own_runs_and_store_not_the_original
         result = CliRunner().invoke(app, command)
         assert result.exit_code == 0, (command, result.output)
     assert any((tmp_path / "masks").iterdir())
+    page = (tmp_path / "moved" / "report" / "index.html").read_text()  # the store read, not the one trained on
+    assert html.escape(str(tmp_path / "moved" / "stores" / "brats.zarr")).replace("/", "/<wbr>") in page
+    assert html.escape(str(tmp_path / "w" / "stores")).replace("/", "/<wbr>") not in page
 
 
 def test_a_report_whose_runs_are_all_gone_is_not_replaced_by_every_run_on_disk(report_runs, phantom_store, tmp_path):
