@@ -7,14 +7,15 @@
 #   PARTS=learning_seeds benchmarks/gpu_suite.sh STORE [WHEELS]   # the learning targets over seeds 0, 1, 2
 #   PARTS=occlusion benchmarks/gpu_suite.sh STORE [WHEELS]   # occlusion per forward-pass batching on CUDA
 #   PARTS=loader benchmarks/gpu_suite.sh STORE [WHEELS]   # uncached loader slices/s with 0, 4, 8 workers
-#                                                         # (on 4 phantom cases at 240 px it writes itself)
+#                                                         # (on 8 phantom cases at 240 px it writes itself)
 #
 # STORE: a slice store for the end-to-end Lightning run (e.g. demo/stores/brats.zarr). Slice stores are
 # ignored by git (*.zarr/), so the device tool's `carry` must name it, and the wheels folder, e.g.
 # carry [".gpu/brats.zarr", ".whl"]; at most 64 MiB travel, and at most 8 files come back from $OUT
 # (gpu.txt and one per part).
 # WHEELS: a folder of wheels for what the GPU machine's Python lacks (zarr, numcodecs, donfig,
-# google-crc32c, captum), installed into /tmp/site.
+# google-crc32c, captum, nibabel), installed into /tmp/site. `bash benchmarks/gpu_prepare.sh` makes both
+# .gpu/brats.zarr and .whl here, at no device time.
 #
 # Exit status: the number of parts that failed or ran out of time (0: all selected parts ran to the end).
 set -uo pipefail
@@ -42,7 +43,7 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, torchvision, pytorch_lightning as pl; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'lightning', pl.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
 [[ ${PIPESTATUS[0]} == 0 ]] || { echo "torch cannot use a CUDA device here" >&2; exit 1; }
-python3 -c "import captum, zarr, skimage, sklearn, numba, pandas, matplotlib, gpmodels.evaluation, gpmodels.heatmaps, storage.store" \
+python3 -c "import captum, zarr, nibabel, skimage, sklearn, numba, pandas, matplotlib, gpmodels.evaluation, gpmodels.heatmaps, storage.store, storage.ingest" \
     || { echo "a package the benchmarks import is missing: add its wheel to WHEELS" >&2; exit 1; }
 
 failed=()
@@ -74,9 +75,9 @@ part throughput_b8 90 python3 benchmarks/train_throughput.py --device cuda --bat
 part learning 170 python3 benchmarks/learning.py --store "$STORE" --work /tmp/gpseg-learning --preset paper \
     --epochs 50 --full-width --models gp-unet,gp-reconresnet,gp-shuffleunet
 # On request (PARTS=loader): can the loader feed the GPU from a store too large to cache? 240-px phantoms written
-# here (a 240-px store big enough is too big to carry); batch 8 so that 4 cases (~250 training slices) hold the
-# 16 batches 8 workers fetch ahead plus the 10 timed.
-part loader 150 python3 benchmarks/loader.py --cases 4 --workers 0,4,8 --batch 8 --batches 10 --rounds 2
+# here (a 240-px store big enough is too big to carry); batch 8 so that 8 cases (about 400 training slices, 50
+# batches) hold the 16 batches 8 workers fetch ahead plus the 10 timed (4 cases gave 111 slices: too few).
+part loader 150 python3 benchmarks/loader.py --cases 8 --workers 0,4,8 --batch 8 --batches 10 --rounds 2
 # On request (PARTS=learning_seeds, alone: up to 7 minutes): the learning targets over three seeds, with Dice.
 part learning_seeds 420 python3 benchmarks/learning.py --store "$STORE" --work /tmp/gpseg-learning-seeds \
     --preset paper --epochs 50 --full-width --models gp-unet,gp-reconresnet,gp-shuffleunet --seed 0,1,2 --dice

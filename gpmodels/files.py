@@ -45,7 +45,7 @@ or stopped before its end) puts ahead of ``model.pt``: the report showed its epo
 def weights_hash(run_dir: Path | str) -> str:
     """The first 16 hex digits of ``RUN_DIR/model.pt``'s sha256: the weights a heatmap store was made from,
     and what the flows' heatmap task is cached on."""
-    from storage.nifti import sha256_file  # nibabel: not on every import of this module
+    from storage.file_hashes import sha256_file
 
     return sha256_file(Path(run_dir) / MODEL_FILE)[:16]
 

@@ -43,6 +43,7 @@ from PIL import Image
 from gpmodels.evaluation import predicted_masks
 from gpmodels.metrics import dice
 from gpmodels.postprocess import ThresholdConfig, heatmap_thresholds
+from gpmodels.thresholds import multiotsu_upper
 from gpmodels.report_panels import (
     DPI,
     PANEL_INCHES,
@@ -253,7 +254,7 @@ def dice_histogram_png(scores: np.ndarray, title: str, bins: int = 20) -> bytes:
 
 
 def example_png(image: np.ndarray, raw: np.ndarray, mask: np.ndarray, truth: np.ndarray, title: str,
-                threshold: float | None = None) -> bytes:
+                threshold: float | None = None, undefined: bool = False) -> bytes:
     """One example row: input, raw heatmap, suppressed heatmap, TP/FP/FN overlay, ground truth.
 
     Args:
@@ -263,9 +264,14 @@ def example_png(image: np.ndarray, raw: np.ndarray, mask: np.ndarray, truth: np.
         truth: ``(H, W)`` bool ground-truth mask.
         title: row title (class, Dice, slice).
         threshold: the slice's threshold in heatmap units, shown on the suppressed map.
+        undefined: multi-Otsu is undefined on the map (too few distinct values, e.g. a constant map), so the
+            mask is empty by rule; said on the suppressed map instead of the threshold.
     """
     raw = np.asarray(raw, dtype=np.float32)
-    label = "suppressed" if threshold is None else f"suppressed, threshold {threshold:.3g}"
+    if undefined:
+        label = "suppressed; multi-Otsu undefined: empty mask"
+    else:
+        label = "suppressed" if threshold is None else f"suppressed, threshold {threshold:.3g}"
     grey = _grey_rgb(image)
     row = [grey_panel(image, "input"), map_panel(raw, "raw heatmap", signed=True),
            map_panel(np.maximum(raw, 0.0), label, signed=False),
@@ -449,20 +455,24 @@ def example_figures(heatmaps: zarr.Group, store: zarr.Group, slices: Mapping[str
         threshold = None if empty else float(heatmap_thresholds(
             maps[chosen][None], config.method, config.offset, config.value, config.suppress_negative,
             config.classes, config.nbins)[0])
+        undefined = not empty and config.method == "multiotsu" and bool(multiotsu_upper(
+            maps[chosen][None], config.classes, config.nbins, config.suppress_negative)[1][0])
         score = dice(mask[None], truth[None])[0] if truth.any() else math.nan
         title = (f"{classes[labels[row]]}, {case}: Dice {'–' if math.isnan(score) else f'{score:.2f}'}, "
                  f"{mask.sum()} px predicted / {truth.sum()} px true; {where}; predicted {classes[predicted[row]]}"
                  + (" (empty mask)" if empty else f", map of {classes[chosen]}"))
-        out.append(example_png(image, maps[chosen], mask, truth, title, threshold))
+        out.append(example_png(image, maps[chosen], mask, truth, title, threshold, undefined))
     return out
 
 
-def posthoc_figure(heatmaps: zarr.Group, store: zarr.Group, channel: int, count: int = 3) -> bytes | None:
+def posthoc_figure(heatmaps: zarr.Group, store: zarr.Group, channel: int, count: int = 3,
+                   label: str | None = None) -> bytes | None:
     """:func:`posthoc_png` of the first ``count`` slices of a heatmap store's ``posthoc`` group.
 
     Columns: the input, the reference map (``gp`` or ``gradcam``), occlusion, guided
-    backpropagation, then any other map by name. The title names the slices, top to bottom, by
-    patient and axial position (:func:`slice_labels`). Returns ``None`` when the store has no post-hoc maps.
+    backpropagation, then any other map by name. The title names the run (``label``, as the report's tables do,
+    default the store's model name) and fold, then the slices, top to bottom, by patient and axial position
+    (:func:`slice_labels`). Returns ``None`` when the store has no post-hoc maps.
     """
     if "posthoc" not in heatmaps:
         return None
@@ -476,5 +486,6 @@ def posthoc_figure(heatmaps: zarr.Group, store: zarr.Group, channel: int, count:
     slices = heatmaps["index"][:][rows]
     images = store["images"].get_orthogonal_selection((slices, channel)).astype(np.float32)
     maps = {name: group[name][:rows.size].astype(np.float32) for name in names}
-    return posthoc_png(images, maps, f"{heatmaps.attrs.get('model', '')} fold {heatmaps.attrs.get('fold', '')}: "
+    name = label if label is not None else heatmaps.attrs.get("model", "")
+    return posthoc_png(images, maps, f"{name} fold {heatmaps.attrs.get('fold', '')}: "
                                      + "; ".join(slice_labels(store, slices)))

@@ -347,7 +347,7 @@ def _posthoc_section(runs: Sequence[ReportRun], channel: str | None) -> str:
         heat, store, problem = _open_run_stores(run)
         if problem is not None or "posthoc" not in heat:
             continue
-        png = figs.posthoc_figure(heat, store, _channel(store, channel)[0])
+        png = figs.posthoc_figure(heat, store, _channel(store, channel)[0], label=run.label)
         if png is not None:
             parts.append(f"<h3>{_e(dataset_title(run.dataset))}: {_e(run.label)}, fold {run.fold}"
                          f"</h3><figure>{_img(png, run.label)}</figure>")
@@ -493,9 +493,9 @@ def _warnings(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
     boxes = []
     auto = [run for run in runs if run.offset_auto]
     if auto:
-        boxes.append("Thresholds tuned on validation masks: the multi-Otsu offset of "
-                     + ", ".join(f"{_e(run.label)} fold {run.fold}" for run in auto)
-                     + " was chosen to maximise the median validation Dice, which uses pixel-level labels, so "
+        boxes.append("Thresholds tuned on validation masks: the multi-Otsu offset of each of "
+                     + "; ".join(f"{_e(run.label)} fold {run.fold} on {_e(dataset_title(run.dataset))}" for run in auto)
+                     + " was chosen to maximise its median validation Dice, which uses pixel-level labels, so "
                        "these segmentation scores are not purely weakly supervised.")
     for g in groups:
         folds = [run.fold for run in g.runs]

@@ -68,6 +68,11 @@ class CleaningConfig:
             raise ValueError(f"cleaning.largest_component: got {self.largest_component!r}, expected True or False")
 
 
+NEGATIVE_FIXED = ("got {value:g}, expected a number >= 0: negative map values are set to 0 before thresholding, "
+                  "so a threshold below 0 marks every pixel, background included")
+"""The error of a ``fixed`` threshold below 0 (with ``suppress_negative``), ``{value}`` to fill in."""
+
+
 def method_text(method: str, value: float) -> str:
     """``fixed 0.5`` for the fixed method, else the method's name, in labels, tables and notes (multi-Otsu's
     offset is said apart, as each place needs it)."""
@@ -114,6 +119,8 @@ class ThresholdConfig:
         else:
             _check_finite("offset", self.offset)
         _check_finite("value", self.value)
+        if self.method == "fixed" and self.suppress_negative and self.value < 0:
+            raise ValueError(f"value: {NEGATIVE_FIXED.format(value=self.value)}")
         _check_int("nbins", self.nbins, 2, MAX_NBINS)
         _check_int("classes", self.classes, 2, self.nbins)
         if not isinstance(self.suppress_negative, bool):

@@ -184,11 +184,17 @@ def _reason(exc: Exception) -> str:
 
 
 def _print_table(results: list[dict], runs: list[Path]) -> None:
-    table = Table(title="test split; pts: test patients; under F1 and Dice: 95 % interval over them (bootstrap); "
-                        "thresh: MO−x is multi-Otsu's upper threshold minus the offset x",
+    """The test scores of the evaluated runs. Numbers and names are never cut: in a narrow terminal the threshold
+    cells wrap, and output that is no terminal (a log file, a pipe) takes the table's full width, not 80 columns."""
+    methods = {r["threshold"]["method"] for r in results}
+    legend = ["thresh: MO−x is multi-Otsu's upper threshold minus the offset x"] if "multiotsu" in methods else []
+    if any(_auto_offset(r["threshold"]) for r in results):
+        legend.append("auto: the offset with the best median Dice on the validation split (uses its masks)")
+    table = Table(title="; ".join(["test split; pts: test patients; under F1 and Dice: 95 % interval over them "
+                                   "(bootstrap)", *legend]),
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for col in ("run", "model", "fold", "pts", "acc", "F1", "median Dice", "thresh"):
-        table.add_column(col, no_wrap=True, min_width=11 if col in ("F1", "median Dice") else None)
+        table.add_column(col, no_wrap=col != "thresh", min_width={"F1": 11, "median Dice": 11, "acc": 5}.get(col))
     for r, run in zip(results, runs):
         d, boot = r["segmentation"]["dice"], r["bootstrap"]
         table.add_row(_run_label(run), r["run"]["model"], str(r["run"]["fold"]), str(boot["patients"]),
@@ -196,7 +202,14 @@ def _print_table(results: list[dict], runs: list[Path]) -> None:
                       f"{r['classification']['f1']:.3f}{_interval_text(boot['f1'])}",
                       "–" if d["n"] == 0 else f"{d['median']:.3f}{_interval_text(boot['dice_median'])}",
                       _threshold_cell(r["threshold"]))
-    console.print(table)
+    if console.is_terminal:
+        console.print(table)
+        return
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    width = Measurement.get(console, console.options.update_width(1000), table).maximum
+    Console(file=console.file, width=max(width, console.width)).print(table)  # print clamps to its console's width
 
 
 def _threshold_cell(threshold: dict) -> str:
@@ -207,12 +220,17 @@ def _threshold_cell(threshold: dict) -> str:
 
     method = threshold["method"]
     if method == "multiotsu":
-        text = multiotsu_text(float(threshold.get("offset") or 0.0))
+        text = multiotsu_text(float(threshold.get("offset") or 0.0)) + (" auto" if _auto_offset(threshold) else "")
     else:
         text = method_text(method, threshold["value"])
     if threshold.get("target_class", "predicted") != "predicted":
         text += f", {threshold['target_class']} class"
     return ", ".join([text, *cleaning_parts(threshold.get("cleaning") or {})])
+
+
+def _auto_offset(threshold: dict) -> bool:
+    """Whether ``--offset auto`` chose the run's offset on its validation split (not a fallback to the paper's)."""
+    return threshold["method"] == "multiotsu" and str(threshold.get("offset_source", "")).startswith("auto:")
 
 
 def _run_label(run_dir: Path) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from storage.discovery import NIFTI_SUFFIXES, source_key, visible_files_below
 from storage.jun_cheng import CVIND_FILES, is_slice_file
-from storage.nifti import file_state, sha256_file
+from storage.file_hashes import file_state, sha256_file
 from storage.store import open_store
 
 METADATA_FILES = ("name_mapping.csv",)

@@ -28,7 +28,7 @@ from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSE
 from storage.jun_cheng import layout_hint as jun_cheng_layout_hint
 from storage.locks import exclusive_lock
 from storage.manifest import read_manifest
-from storage.nifti import file_state
+from storage.file_hashes import file_state
 from storage.parallel import dask_client, ordered_map
 from storage.slicing import IDENTITY_AXES, axial_axes
 from storage.source_records import (CHANGED_SINCE_STORED, add_rejection, case_files, case_key, changed_since_stored,

@@ -12,7 +12,7 @@ from storage.cases import MatCase, SliceBatch, patient_id_problem
 from storage.discovery import NIFTI_SUFFIXES, visible_files_below
 from storage.errors import CaseRejected
 from storage.ingest_config import MAX_IMAGE_SIZE, IngestConfig
-from storage.nifti import sha256_file
+from storage.file_hashes import sha256_file
 from storage.normalise import background_values, paper_scale, robust_scale
 from storage.slicing import resize_images, resize_masks
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from storage.cases import MatCase, VolumeCase
 from storage.discovery import source_key, visible_files_below
 from storage.drops import data_files
-from storage.nifti import file_state, hashed_digest, sha256_file
+from storage.file_hashes import file_state, hashed_digest, sha256_file
 
 
 def examined_files(old: dict[str, str], rejected: dict[str, str], rejected_cases: Sequence[VolumeCase | MatCase],
@@ -58,7 +58,7 @@ def file_states(base_attrs: dict, sources: dict[str, str], examined: dict[str, s
     A state counts when the file had it before its case was read (``read_states``; the reading, maybe in another
     process, hashed it in between, and any write would have changed the change time), when this process hashed
     it in that state, or when the store recorded it before (with the same sha256, which an append keeps). Files
-    changed too recently to tell a rewrite apart (:data:`storage.nifti._SETTLED_NS`) get none, and are hashed.
+    changed too recently to tell a rewrite apart (:data:`storage.file_hashes._SETTLED_NS`) get none, and are hashed.
     """
     old = base_attrs.get("file_states", {})
     states: dict[str, list[int]] = {}

@@ -340,6 +340,8 @@ def test_a_misspelt_flow_parameter_is_refused_not_dropped(model, values, message
     ({"offset": "inf"}, "threshold.offset: got inf, expected a finite number, 'auto' or null"),
     ({"method": "fixed", "value": float("nan")}, "threshold.value: Input should be a finite number"),
     ({"method": "fixed", "value": float("inf")}, "threshold.value: Input should be a finite number"),
+    # negative map values are suppressed first: below 0, every pixel (background too) was the mask
+    ({"method": "fixed", "value": -1}, "threshold: value: got -1, expected a number >= 0: negative map values"),
 ])
 def test_flow_thresholds_refuse_non_finite_numbers(threshold, message):
     """NaN or infinity passed the flow's parameters and then failed every run ("offset: got nan")."""
@@ -353,6 +355,9 @@ def test_flow_thresholds_refuse_non_finite_numbers(threshold, message):
     (["--offset", "nan"], "Invalid value for '--offset': got 'nan', expected a finite number, 'auto' or 'paper'"),
     (["--offset", "-inf"], "Invalid value for '--offset': got '-inf', expected a finite number, 'auto' or 'paper'"),
     (["--method", "fixed", "--value", "inf"], "Invalid value for '--value': got inf, expected a finite number"),
+    (["--method", "fixed", "--value", "-0.5"], "Invalid value for '--value': got -0.5, expected a number >= 0: "
+     "negative map values are set to 0 before thresholding, so a threshold below 0 marks every pixel, background "
+     "included"),
     (["--min-size", "-1"], "Invalid value for '--min-size': got -1, expected greater than or equal to 0"),
     (["--fill-holes", "-3"], "Invalid value for '--fill-holes': got -3, expected greater than or equal to 0"),
     (["--closing", "-1"], "Invalid value for '--closing': got -1, expected greater than or equal to 0"),

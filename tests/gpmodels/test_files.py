@@ -182,3 +182,17 @@ def test_trained_config_takes_model_json_only_for_the_weights_it_describes(tmp_p
     (tmp_path / MODEL_RECORD).write_text(json.dumps({"train": 3}))  # damaged
     assert trained_config(tmp_path, config) is config
     assert trained_config(tmp_path, None) is None
+
+
+def test_hashing_the_weights_does_not_need_nibabel(tmp_path):
+    """Training and heatmaps hash model.pt; the hash lived beside the NIfTI reader, so they imported nibabel,
+    which a GPU machine with only the training packages lacks: the benchmark failed after a whole training."""
+    import hashlib
+    import subprocess
+    import sys
+
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    code = ("import sys; from gpmodels.files import weights_record; "
+            f"print(weights_record({str(tmp_path)!r})['weights'], 'nibabel' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [hashlib.sha256(b"weights").hexdigest()[:16], "False"]

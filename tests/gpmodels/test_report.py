@@ -301,6 +301,7 @@ def test_offset_chosen_on_validation_gives_a_warning(report_runs, tmp_path):
                      **{"threshold.offset_source": "auto: maximised median validation Dice over 9 slices"})
     page = build_report([auto], tmp_path / "out").read_text()
     assert "tuned on validation masks" in page and 'class="warning"' in page
+    assert "GP-UNet (width=8, auto offset) fold 0 on BraTS was chosen" in html.unescape(page)  # which dataset's
 
 
 @pytest.mark.parametrize("reason", [
@@ -1125,8 +1126,11 @@ def test_true_class_masks_are_exported_with_a_warning_and_have_no_tumour_free_ra
 
     run = _copy_run(report_runs["gp"], tmp_path / "run")
     result = CliRunner().invoke(app, ["postprocess", "--runs", str(run), "--target-class", "true",
-                                      "--out", str(tmp_path / "report")])
+                                      "--largest-component", "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
+    # output that is no terminal was cut at 80 columns: "MO−0.3, true cl", the accuracy "0.…"
+    row = next(line for line in result.output.splitlines() if line.split()[1:2] == ["gp-unet"])
+    assert row.rstrip().endswith("MO−0.3, true class, largest") and "…" not in result.output, row
     assert _evaluation(run)["segmentation"]["fpr_tumour_free"] is None  # 0 by construction, not a result
     exported = CliRunner().invoke(app, ["export-masks", "--run", str(run), "--out", str(tmp_path / "masks")])
     said = " ".join(exported.output.split())

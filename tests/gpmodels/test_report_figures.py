@@ -208,6 +208,9 @@ def test_titles_name_the_axial_slice_not_the_store_row(tmp_path, monkeypatch):
     assert all("slice 5 (" not in title for title in examples)
     assert posthoc.endswith(": axial slice z=36 of B (ITK-SNAP 37; store row 3); axial slice z=37 of B "
                             "(ITK-SNAP 38; store row 5); axial slice z=38 of B (ITK-SNAP 39; store row 6)")
+    monkeypatch.setattr(report_figures, "posthoc_png", lambda images, maps, title: title)
+    labelled = report_figures.posthoc_figure(heatmaps, store, 0, label="GP-UNet (width=16)")
+    assert labelled.startswith("GP-UNet (width=16) fold ")  # as the report's tables name the run, not its id
 
 
 def test_titles_of_2d_sources_and_reoriented_volumes(tmp_path, monkeypatch):
@@ -233,3 +236,36 @@ def test_a_long_title_wraps_inside_the_figure():
     wrapped = _decode(posthoc_png(image[None], {"gp": image[None]}, title))
     assert wrapped.shape[1] == short.shape[1] and wrapped.shape[0] > short.shape[0]
     assert _edges_are_white(wrapped)
+
+
+def test_an_example_whose_multiotsu_is_undefined_says_so_not_a_threshold(tmp_path, monkeypatch):
+    """A map of two values (a constant Grad-CAM grid, say) has no 3-class multi-Otsu: its mask is empty by rule,
+    but the panel read "suppressed, threshold 2", as if a threshold had been found."""
+    store = _slice_store(tmp_path / "s.zarr", [10, 11, 12], ["A"] * 3)
+    heatmaps = _heatmap_store(tmp_path / "h.zarr", [0, 1, 2])  # each map: zeros and one value
+    drawn = []
+    monkeypatch.setattr(report_figures, "example_png", lambda *args: drawn.append(args[5:]) or b"")
+    index = heatmaps["index"][:]
+    slices = {"index": index, "label": np.ones(index.size, np.int64), "dice": np.zeros(index.size),
+              "target_pixels": np.full(index.size, 16), "pred_pixels": np.zeros(index.size, np.int64),
+              "patient": store["patient"][:][index]}
+    report_figures.example_figures(heatmaps, store, slices, ThresholdConfig(), 0)
+    assert drawn and all(undefined for _, undefined in drawn)
+    drawn.clear()
+    report_figures.example_figures(heatmaps, store, slices, ThresholdConfig(method="fixed", value=0.5), 0)
+    assert drawn and not any(undefined for _, undefined in drawn)
+    graded = np.zeros((index.size, 2, 9, 9), np.float16)
+    graded[:, 1] = np.arange(81, dtype=np.float16).reshape(9, 9) / 81  # many values: multi-Otsu is defined
+    heatmaps["maps"][:] = graded
+    drawn.clear()
+    report_figures.example_figures(heatmaps, store, slices, ThresholdConfig(), 0)
+    assert drawn and not any(undefined for _, undefined in drawn)
+    monkeypatch.undo()
+    titles = []
+    real = report_figures.map_panel
+    monkeypatch.setattr(report_figures, "map_panel", lambda values, title, **kw: titles.append(title) or real(
+        values, title, **kw))
+    for undefined in (True, False):
+        example_png(np.zeros((4, 4)), np.ones((4, 4)), np.zeros((4, 4), bool), np.zeros((4, 4), bool), "t", 1.0,
+                    undefined)
+    assert titles[1::2] == ["suppressed; multi-Otsu undefined: empty mask", "suppressed, threshold 1"]

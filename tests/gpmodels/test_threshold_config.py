@@ -31,6 +31,9 @@ def test_config_validation_names_the_field():
         ThresholdConfig(classes=1)
     with pytest.raises(ValueError, match="auto_offsets"):
         ThresholdConfig(auto_offsets=())
+    with pytest.raises(ValueError, match="value: got -0.1, expected a number >= 0"):
+        ThresholdConfig(method="fixed", value=-0.1)  # negative values are suppressed first: every pixel
+    assert ThresholdConfig(method="fixed", value=-0.1, suppress_negative=False).value == -0.1
     with pytest.raises(ValueError, match="cleaning.min_size"):
         CleaningConfig(min_size=-3)
     with pytest.raises(AttributeError):

@@ -146,10 +146,10 @@ def test_append_names_a_stored_case_whose_file_changed(brats_copy, tmp_path):
 
 def test_an_append_reads_a_stored_file_again_only_when_its_state_changed(brats_copy, tmp_path, monkeypatch):
     """Every append hashed every stored case file again: the whole of BraTS at full size, to add a few cases."""
-    import storage.nifti
+    import storage.file_hashes
     import storage.source_records
 
-    monkeypatch.setattr(storage.nifti, "_SETTLED_NS", 0)  # the phantoms were written just now
+    monkeypatch.setattr(storage.file_hashes, "_SETTLED_NS", 0)  # the phantoms were written just now
     ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
     hashed, real = [], storage.source_records.sha256_file
     monkeypatch.setattr(storage.source_records, "sha256_file", lambda path: hashed.append(path) or real(path))
@@ -709,9 +709,9 @@ def test_a_night_without_new_data_reads_no_file_in_its_recorded_state(brats_copy
     share); a file still in the state the store recorded when it hashed it is not read again, a changed one is."""
     import os
 
-    from storage import drops, nifti
+    from storage import drops, file_hashes
 
-    monkeypatch.setattr(nifti, "_SETTLED_NS", 0)  # the phantoms were written a moment ago
+    monkeypatch.setattr(file_hashes, "_SETTLED_NS", 0)  # the phantoms were written a moment ago
     (brats_copy / "notes.nii.gz").write_bytes(b"not a volume")  # examined (no case), not stored
     store = tmp_path / "s.zarr"
     ingest_brats(brats_copy, store, IngestConfig(workers=workers))

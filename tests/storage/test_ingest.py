@@ -70,9 +70,9 @@ def test_a_file_rewritten_after_the_size_setting_read_keeps_no_state(brats_copy,
     that read: a state taken later would match the rewritten file, and a drop check would skip its change."""
     import hashlib
 
-    from storage import ingest, nifti
+    from storage import file_hashes, ingest
 
-    monkeypatch.setattr(nifti, "_SETTLED_NS", 0)  # states are taken at once
+    monkeypatch.setattr(file_hashes, "_SETTLED_NS", 0)  # states are taken at once
     real_read = ingest.read_volume_case
     rewritten = []
 

@@ -76,30 +76,30 @@ def test_a_file_is_hashed_once_per_process_until_it_changes(tmp_path, monkeypatc
     import hashlib
     import os
 
-    from storage import nifti
+    from storage import file_hashes
 
     path = tmp_path / "BraTS20_Training_001_t1.nii.gz"
     path.write_bytes(b"first volume")
-    monkeypatch.setattr(nifti, "_SETTLED_NS", 0)  # as if written long ago
+    monkeypatch.setattr(file_hashes, "_SETTLED_NS", 0)  # as if written long ago
     opened = []
     real_open = builtins.open
     monkeypatch.setattr(builtins, "open", lambda file, *a, **k: (opened.append(str(file)), real_open(file, *a, **k))[1])
-    assert nifti.sha256_file(path) == hashlib.sha256(b"first volume").hexdigest()
-    assert nifti.sha256_file(path) == hashlib.sha256(b"first volume").hexdigest()
+    assert file_hashes.sha256_file(path) == hashlib.sha256(b"first volume").hexdigest()
+    assert file_hashes.sha256_file(path) == hashlib.sha256(b"first volume").hexdigest()
     assert opened == [str(path)]
 
     stat = path.stat()
     path.write_bytes(b"other volume")  # same size, and its modification time set back as `cp -p` would
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert nifti.sha256_file(path) == hashlib.sha256(b"other volume").hexdigest()  # its change time differs
+    assert file_hashes.sha256_file(path) == hashlib.sha256(b"other volume").hexdigest()  # its change time differs
     # a file system whose clock ticks coarsely can give a file rewritten within one tick the same times: a file
     # changed in the last two seconds is always read
-    monkeypatch.setattr(nifti, "_SETTLED_NS", 2_000_000_000)
-    monkeypatch.setattr(nifti.os, "stat", lambda p: stat)  # the first write's times, as a coarse clock gives
+    monkeypatch.setattr(file_hashes, "_SETTLED_NS", 2_000_000_000)
+    monkeypatch.setattr(file_hashes.os, "stat", lambda p: stat)  # the first write's times, as a coarse clock gives
     path.write_bytes(b"third volum!")
-    assert nifti.sha256_file(path) == hashlib.sha256(b"third volum!").hexdigest()
+    assert file_hashes.sha256_file(path) == hashlib.sha256(b"third volum!").hexdigest()
     with pytest.raises(FileNotFoundError, match="gone.nii.gz"):
-        nifti.sha256_file(tmp_path / "gone.nii.gz")
+        file_hashes.sha256_file(tmp_path / "gone.nii.gz")
 
 
 def test_a_header_claiming_more_than_the_file_holds_is_refused_before_it_is_allocated(tmp_path):
@@ -148,7 +148,7 @@ def test_a_fifo_or_device_is_refused_without_reading_it(tmp_path):
     "file not found" and then hashed."""
     import os
 
-    from storage.nifti import sha256_file
+    from storage.file_hashes import sha256_file
 
     fifo = tmp_path / "fifo.nii"
     os.mkfifo(fifo)
