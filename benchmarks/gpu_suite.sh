@@ -87,7 +87,9 @@ for name in ${PARTS//,/ }; do
     [[ -f "$f" ]] || continue
     echo "--- $name"
     case $name in
-        throughput*|compile*) grep -A8 "^model" "$f" ;;
+        # the rows as each model finished (a part cut short by its limit has some), each once, under the header
+        throughput*|compile*) grep -m1 "^model" "$f"
+                              grep -E "^(gp-unet|gp-reconresnet|gp-shuffleunet|inceptionv3|resnext50) " "$f" | awk '!seen[$0]++' ;;
         learning*) grep -A12 "^model" "$f"; grep -h "slices/s" "$f" ;;
         loader) grep -h "slices/s" "$f" ;;
         *) cat "$f" ;;

@@ -165,6 +165,7 @@ def main() -> None:
           flush=True)
     print("training and inference in slices/s; ratio = gpseg's training step / a plain eager fp32 loop")
     header = f"{'model':<16}{'gpseg train':>14}{'plain fp32':>14}{'ratio':>7}{'inference':>13}"
+    print(header, flush=True)  # each row follows as its model is done: a run cut short keeps its columns named
     rows = []
     for name in args.models.split(","):
         accepted = model_options(name)
