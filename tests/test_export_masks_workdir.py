@@ -104,7 +104,7 @@ def test_workdir_export_thresholds_as_its_report_says(evaluated_run, tmp_path):
     evaluation = json.loads((run / "evaluation.json").read_text())
     assert evaluation["threshold"]["method"] == "multiotsu"
     everything = {**{k: v for k, v in evaluation["threshold"].items() if not k.startswith("offset")},
-                  "method": "fixed", "value": -1e30}
+                  "method": "fixed", "value": 0.0}  # every positive pixel
 
     def report(threshold: dict) -> None:
         (work / "report").mkdir(exist_ok=True)
@@ -120,7 +120,7 @@ def test_workdir_export_thresholds_as_its_report_says(evaluated_run, tmp_path):
     said = CliRunner().invoke(app, ["export-masks", "--workdir", str(work), "--out", str(tmp_path / "reported")])
     assert said.exit_code == 0, said.output
     text = " ".join(said.output.split())
-    assert f"thresholded as in the report {work / 'report'}" in text and "fixed -1e+30" in text
+    assert f"thresholded as in the report {work / 'report'}" in text and "fixed 0" in text
     alone = CliRunner().invoke(app, ["export-masks", "--run", str(run), "--out", str(tmp_path / "last")])
     assert alone.exit_code == 0 and "thresholded as its last evaluation: MO" in " ".join(alone.output.split())
     reported = {f.name.replace("_gp-unet_fold0", ""): nib.load(f).get_fdata() for f in (tmp_path / "reported").iterdir()}
