@@ -356,7 +356,7 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
                 if error is None and plan.dataset != "jun-cheng" and batch.patient in stored_patients:
                     error = CaseRejected(case_key(case), f"duplicate patient id {batch.patient} (already stored)")
                 if error is None and isinstance(case, VolumeCase):
-                    error = _copied_images(case, batch, stored_content)
+                    error = _copied_images(case, batch, stored_content, plan.root)
                 if error is not None:
                     file, reason = _reason(error)
                     add_rejection(report.rejected, source_key(file or case_key(case), plan.root), reason,
@@ -431,23 +431,32 @@ def _read_cases(plan: _Plan, cases: list, client: Any) -> Iterator[tuple[Any, An
         yield (case, first.take(), None) if case is first.case else next(rest)
 
 
-def _copied_images(case: VolumeCase, batch: SliceBatch, stored: dict[str, str]) -> CaseRejected | None:
+def _copied_images(case: VolumeCase, batch: SliceBatch, stored: dict[str, str], root: Path
+                   ) -> CaseRejected | None:
     """Why a case whose image file has the content of a stored file is rejected, else ``None``.
 
     A copy of a patient's images under another id would put the same slices in two patients, and so
     possibly in the training and the test split. Segmentations are not compared: the empty masks of
-    two tumour-free patients on one grid are the same file.
+    two tumour-free patients on one grid are the same file. A manifest row that lists the very file
+    another patient's row stored is rejected under its line (``m.csv:6``), naming its patient: under
+    the file, the store would record a stored file as rejected.
 
     Args:
         case: the case read.
         batch: its slices, with each file's sha256 in ``sources``.
         stored: sha256 -> stored file (relative path), of this store and of the cases stored in this run.
+        root: the folder the source keys are relative to (:func:`~storage.source_records.source_key`).
     """
     for path in case.channels.values():
         other = stored.get(batch.sources.get(str(path), ""))
-        if other is not None:
-            return CaseRejected(path, f"the same content as the stored {other}; each patient's images can be "
-                                      "stored once (a copy under another id could land in two splits)")
+        if other is None:
+            continue
+        if case.origin is not None and source_key(str(path), root) == other:
+            return CaseRejected(case.origin, f"patient {case.patient_id} lists {other}, a file already stored for "
+                                             "another patient; each patient's images can be stored once (one "
+                                             "patient under two ids could land in two splits)")
+        return CaseRejected(path, f"the same content as the stored {other}; each patient's images can be "
+                                  "stored once (a copy under another id could land in two splits)")
     return None
 
 

@@ -10,6 +10,7 @@ its tumour-free ones. Spaces around names and paths are ignored.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from storage.cases import VolumeCase, patient_id_problem
@@ -32,7 +33,8 @@ def read_manifest(path: Path, classes: list[str] | None = None
 
     Raises:
         ValueError: the header lacks ``patient_id``, ``label``, a channel or ``seg``, names a column
-            twice, or ``classes`` names a class twice or does not start with ``tumour-free``.
+            twice, or ``classes`` names a class twice or does not start with ``tumour-free``; or, without
+            ``classes``, two labels differ only in case (``HGG`` and ``hgg``: a typo would be a class of its own).
     """
     if classes is not None and len(set(classes)) != len(classes):
         raise ValueError(f"classes: got {classes}, expected each class once")
@@ -42,6 +44,8 @@ def read_manifest(path: Path, classes: list[str] | None = None
                          f"tumour); label patients without tumour {TUMOUR_FREE!r} in the manifest")
     table = read_csv_rows(path)
     header = [h.strip() for h in table[0]] if table else []
+    while header and not header[-1]:  # a spreadsheet's trailing empty column (`...,seg,`)
+        header.pop()
     if header[:2] != ["patient_id", "label"] or header[-1:] != ["seg"] or len(header) < 4:
         raise ValueError(f"{path}: header {header}, expected patient_id,label,<channel>...,seg")
     if len(set(header)) != len(header):
@@ -81,6 +85,10 @@ def read_manifest(path: Path, classes: list[str] | None = None
                 raise CaseRejected(where, f"patient {pid} is labelled {label!r} but has no seg, which tells its "
                                           f"tumour slices from its tumour-free ones; give it, or label a patient "
                                           f"without tumour {TUMOUR_FREE!r}")
+            for column, given in [*paths.items(), *([("seg", seg)] if seg else [])]:
+                if not os.path.exists(base / given):
+                    raise CaseRejected(where, f"patient {pid}: its {column} file {given} does not exist"
+                                              + _path_hint(given, channels))
         except CaseRejected as exc:
             rejected[exc.file] = exc.reason
             continue
@@ -89,4 +97,29 @@ def read_manifest(path: Path, classes: list[str] | None = None
                                 base / seg if seg else None, origin=Path(where)))
     if classes is None:
         classes = [TUMOUR_FREE, *sorted({c.label for c in cases} - {TUMOUR_FREE})]
+        _refuse_case_variants(path, cases)
     return cases, classes, channels, rejected
+
+
+def _path_hint(given: str, channels: list[str]) -> str:
+    """Why a manifest's path may not exist, when its text suggests it: a Windows path, or a cell that is no path
+    at all (a column such as ``age`` between ``label`` and ``seg`` is read as a channel)."""
+    if "\\" in given:
+        return " (a Windows path? write / between folders)"
+    if "/" not in given and not given.lower().endswith((".nii", ".nii.gz")):
+        return (f" (no NIfTI file name: every column between label and seg is read as a channel, here "
+                f"{', '.join(channels)}; remove the others)")
+    return ""
+
+
+def _refuse_case_variants(path: Path, cases: list[VolumeCase]) -> None:
+    """A one-line error when two labels of the manifest differ only in case, naming their first lines: taken
+    as two classes, a typo (``hgg`` among ``HGG``) made a class of a patient or two without a word."""
+    spellings: dict[str, dict[str, Path]] = {}
+    for case in cases:
+        spellings.setdefault(case.label.casefold(), {}).setdefault(case.label, case.origin)
+    for found in spellings.values():
+        if len(found) > 1:
+            named = ", ".join(f"{label!r} ({origin.name})" for label, origin in found.items())
+            raise ValueError(f"{path}: labels {named} differ only in case: write one spelling for one class, or "
+                             "name the classes with --classes to keep them apart")

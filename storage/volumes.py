@@ -41,6 +41,35 @@ def same_voxel_grid(reference: np.ndarray, affine: np.ndarray, atol: float = GRI
     return bool(np.allclose(relative, np.eye(4), atol=atol))
 
 
+def grid_difference(reference: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], atol: float = GRID_ATOL
+                    ) -> str:
+    """How a volume's voxel grid differs from ``reference``'s, in words, for a rejection: the same world grid in
+    another voxel order (flipped or swapped axes: an export in LPS against RAS, say), a shift (in voxels, the
+    reference's), or another orientation or voxel size.
+
+    Args:
+        reference: 4x4 voxel-to-world matrix of the first channel.
+        affine: the other volume's, of the same ``shape``.
+        shape: the volumes' shape (its first three axes are the voxel grid).
+    """
+    try:
+        relative = np.linalg.inv(reference) @ affine
+    except np.linalg.LinAlgError:
+        return "the first channel's header has a zero voxel size"
+    linear, shift = relative[:3, :3], relative[:3, 3]
+    if np.allclose(linear, np.eye(3), atol=atol):
+        return "shifted by " + ", ".join(f"{value:.3g}" for value in shift) + " voxels"
+    if np.allclose(np.abs(linear), np.round(np.abs(linear)), atol=atol) and np.allclose(
+            np.abs(linear).sum(axis=0), 1, atol=atol):  # a signed permutation: axes flipped or swapped
+        corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape[:3]], indexing="ij")).reshape(3, -1)
+        mapped = linear @ corners + shift[:, None]
+        same = {tuple(np.round(c).astype(int)) for c in corners.T} == {tuple(np.round(c).astype(int))
+                                                                       for c in mapped.T}
+        return ("the same world grid in another voxel order: axes flipped or swapped" if same
+                else "axes flipped or swapped, and shifted")
+    return "another orientation or voxel size"
+
+
 def volume_record(batch: SliceBatch) -> dict:
     """A 3-D case's entry in the store's ``volumes`` attribute, for NIfTI export.
 
@@ -97,16 +126,30 @@ def _check_grid(path: Path, volume: NiftiVolume, first_path: Path, first: NiftiV
             raise CaseRejected(path, f"the header of {unoriented[0]} has no orientation (qform and sform codes 0), "
                                      f"so its voxel grid cannot be matched with {first_path.name}'s; copy the "
                                      "orientation over (e.g. fslcpgeom) and ingest again")
-        raise CaseRejected(path, f"affine differs from {first_path.name}'s: "
-                                 "the channels must share one voxel grid")
+        raise CaseRejected(path, f"{kind}affine differs from {first_path.name}'s "
+                                 f"({grid_difference(first.affine, volume.affine, volume.data.shape[:3])}): "
+                                 "the channels and the segmentation must share one voxel grid (reorient or "
+                                 f"resample it onto {first_path.name}'s grid first)")
 
 
 MAX_SEG_LABELS = 255
 """More distinct values than this in a segmentation make it an image, not a label map (BraTS has 4)."""
 
 
+LABEL_TOLERANCE = 1e-4
+"""How far (relative, at least this much absolute) a float segmentation's voxel may lie from a whole number and
+still be read as it: a 0/255 mask stored with ``scl_slope`` 1/255 reads as 1.0000000591 in float32."""
+
+
+def _shortest(value: np.floating) -> str:
+    """The shortest text that reads back as ``value`` in its own dtype: float32's 0.3 is "0.3", not
+    "0.300000012", and 1.0000000591 is "1.0000001", not "1"."""
+    return np.format_float_positional(value, unique=True, trim="-")
+
+
 def _label_map(path: Path | str, data: np.ndarray) -> np.ndarray:
-    """A segmentation's voxels as integer labels; a float one must hold whole numbers only.
+    """A segmentation's voxels as integer labels; a float one must hold whole numbers only, to float rounding
+    (:data:`LABEL_TOLERANCE`: a header's scale factors leave integer labels a few float32 steps off).
 
     Raises:
         CaseRejected: NaN or infinite voxels, or values between integers (a soft or resampled mask, whose
@@ -117,9 +160,9 @@ def _label_map(path: Path | str, data: np.ndarray) -> np.ndarray:
     if not np.isfinite(data).all():
         raise CaseRejected(path, "the segmentation has NaN or infinite voxels; expected integer labels")
     rounded = np.rint(data)
-    off = data != rounded
+    off = np.abs(data - rounded) > LABEL_TOLERANCE * np.maximum(1.0, np.abs(rounded))
     if off.any():
-        raise CaseRejected(path, f"the segmentation has values between integers (e.g. {float(data[off][0]):g}), "
+        raise CaseRejected(path, f"the segmentation has values between integers (e.g. {_shortest(data[off][0])}), "
                                  "a soft or resampled mask; expected integer labels (threshold it first)")
     wide = np.abs(rounded) > np.iinfo(np.int32).max
     if wide.any():  # beyond int32 no label map goes; casting would wrap them round

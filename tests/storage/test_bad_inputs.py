@@ -1,6 +1,7 @@
 """The corpus of broken inputs: each rejected case is named with its reason, the rest is ingested."""
 
 import gzip
+import re
 import shutil
 
 import h5py
@@ -475,9 +476,17 @@ def test_a_volume_on_another_voxel_grid_is_rejected(brats_copy, tmp_path, kind):
     flip = np.array([[-1.0, 0, 0, 31], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])  # same shape, mirrored grid
     nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj)[::-1].copy(), img.affine @ flip, img.header), path)
     report = ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
+    what = "segmentation " if kind == "seg" else ""
     assert report.rejected == {f"BraTS20_Training_003/BraTS20_Training_003_{kind}.nii.gz":
-                               "affine differs from BraTS20_Training_003_t1.nii.gz's: "
-                               "the channels must share one voxel grid"}
+                               f"{what}affine differs from BraTS20_Training_003_t1.nii.gz's (the same world grid in "
+                               "another voxel order: axes flipped or swapped): the channels and the segmentation "
+                               "must share one voxel grid (reorient or resample it onto "
+                               "BraTS20_Training_003_t1.nii.gz's grid first)"}
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine @ np.array(
+        [[1.0, 0, 0, 0.3], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]), img.header), path)  # a third of a voxel off
+    shifted = ingest_brats(brats_copy, tmp_path / "t.zarr", CONFIG)
+    assert "'s (shifted by 0.3, 0, 0 voxels): the channels" in shifted.rejected[
+        f"BraTS20_Training_003/BraTS20_Training_003_{kind}.nii.gz"]
 
 
 def test_header_rounding_of_the_grid_is_accepted(brats_copy, tmp_path):
@@ -882,6 +891,81 @@ def test_manifest_segmentations_that_are_no_label_maps_and_copied_channels(brats
     assert "picture.nii.gz: the segmentation has" in reasons and "distinct values" in reasons
     assert read_patients(open_store(tmp_path / "s.zarr")).tolist().count("fine") > 0
     assert set(read_patients(open_store(tmp_path / "s.zarr")).tolist()) == {"fine"}
+
+
+def test_a_0_255_seg_stored_with_a_scale_factor_is_a_label_map(brats_source, tmp_path):
+    """A 0/255 mask saved with scl_slope 1/255 reads as 1.0000000591 in float32: it was rejected as "values
+    between integers (e.g. 1)", a reason that named an integer."""
+    flair, seg = _case_files(brats_source, 2)
+    t1 = str(flair).replace("_flair", "_t1")
+    image = nib.load(seg)
+    scaled = nib.Nifti1Image((np.asanyarray(image.dataobj) > 0).astype(np.uint8) * np.uint8(255), image.affine)
+    scaled.header.set_slope_inter(1 / 255, 0)
+    nib.save(scaled, tmp_path / "scaled_seg.nii.gz")
+    assert np.asanyarray(nib.load(tmp_path / "scaled_seg.nii.gz").dataobj).max() != 1  # float32 rounding
+    (tmp_path / "m.csv").write_text(f"patient_id,label,flair,t1,seg\nscaled,HGG,{flair},{t1},"
+                                    f"{tmp_path / 'scaled_seg.nii.gz'}\n")
+    report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+    assert report.rejected == {}
+    store = open_store(tmp_path / "s.zarr")
+    assert (store["masks"][:] > 0).any() and set(np.unique(store["masks"][:])) <= {0, 1}
+
+
+def test_manifest_labels_that_differ_only_in_case_are_refused(brats_source, tmp_path):
+    """A row labelled 'hgg' among 'HGG' rows made a class of its own without a word (one patient, in one split)."""
+    rows = []
+    for case, label in ((1, "HGG"), (2, "HGG"), (3, "hgg"), (4, "LGG")):
+        flair, seg = _case_files(brats_source, case)
+        rows.append(f"p{case},{label},{flair},{seg}")
+    (tmp_path / "m.csv").write_text("patient_id,label,flair,seg\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'm.csv'}: labels 'HGG' (m.csv:2), 'hgg' (m.csv:4) "
+                                                   "differ only in case")):
+        ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+    assert not (tmp_path / "s.zarr").exists()
+    result = CliRunner().invoke(app, ["ingest", "manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "s.zarr"),
+                                      "--workers", "0"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "differ only in case" in result.output
+    kept = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG,
+                           classes=["tumour-free", "HGG", "LGG", "hgg"])  # named: two classes on purpose
+    assert kept.rejected == {}
+
+
+def test_one_patient_listed_under_two_ids_is_rejected_by_its_line_and_id(brats_source, tmp_path):
+    """The second row was rejected as "b_t1.nii.gz: the same content as the stored b_t1.nii.gz" (the file twice,
+    neither patient), and the store then listed a file it holds as rejected."""
+    flair, seg = _case_files(brats_source, 1)
+    flair2, seg2 = _case_files(brats_source, 2)
+    (tmp_path / "m.csv").write_text(f"patient_id,label,flair,seg\nb,HGG,{flair},{seg}\nc,LGG,{flair2},{seg2}\n"
+                                    f"b_again,HGG,{flair},{seg}\n")
+    report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+    [(key, reason)] = report.rejected.items()
+    assert key.endswith("m.csv:4") and reason.startswith("patient b_again lists ") and "already stored" in reason
+    attrs = open_store(tmp_path / "s.zarr").attrs
+    assert not set(attrs["rejected"]) & set(attrs["sources"])  # no stored file is listed as rejected
+
+
+def test_a_manifest_path_that_does_not_exist_is_named_by_line_column_and_patient(brats_source, tmp_path):
+    """An `age` column between label and seg was read as a channel: "rejected 54: file not found", naming
+    neither column nor patient; a spreadsheet's trailing empty column refused the whole manifest; a Windows
+    path said only "file not found"."""
+    flair, seg = _case_files(brats_source, 1)
+    flair2, seg2 = _case_files(brats_source, 2)
+    windows = flair2.replace("/", "\\")
+    (tmp_path / "m.csv").write_text("patient_id,label,age,flair,seg,\n"  # Excel's trailing comma
+                                    f"p1,HGG,54,{flair},{seg},\n"
+                                    f"p2,HGG,61,{windows},{seg2},\n")
+    with pytest.raises(NoUsableInput) as caught:
+        ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+    rejected = {key.rsplit("/", 1)[-1]: reason for key, reason in caught.value.rejected.items()}
+    assert rejected["m.csv:2"] == ("patient p1: its age file 54 does not exist (no NIfTI file name: every column "
+                                   "between label and seg is read as a channel, here age, flair; remove the others)")
+    assert rejected["m.csv:3"] == "patient p2: its age file 61 does not exist (no NIfTI file name: every column " \
+                                  "between label and seg is read as a channel, here age, flair; remove the others)"
+    (tmp_path / "w.csv").write_text(f"patient_id,label,flair,seg\np2,HGG,{windows},{seg2}\n")
+    with pytest.raises(NoUsableInput) as caught:
+        ingest_manifest(tmp_path / "w.csv", tmp_path / "w.zarr", CONFIG)
+    [reason] = caught.value.rejected.values()
+    assert reason.endswith("does not exist (a Windows path? write / between folders)")
 
 
 # ---------------------------------------------------------------- the user's own NIfTI files (review of 2026-12-05)
