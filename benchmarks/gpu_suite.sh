@@ -43,7 +43,8 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, torchvision, pytorch_lightning as pl; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'lightning', pl.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
 [[ ${PIPESTATUS[0]} == 0 ]] || { echo "torch cannot use a CUDA device here" >&2; exit 1; }
-python3 -c "import captum, zarr, nibabel, skimage, sklearn, numba, pandas, matplotlib, gpmodels.evaluation, gpmodels.heatmaps, storage.store, storage.ingest" \
+imports="captum, zarr, nibabel, skimage, sklearn, numba, pandas, matplotlib, gpmodels.evaluation, gpmodels.heatmaps"
+python3 -c "import $imports, storage.store, storage.ingest" \
     || { echo "a package the benchmarks import is missing: add its wheel to WHEELS" >&2; exit 1; }
 
 failed=()
@@ -88,8 +89,8 @@ for name in ${PARTS//,/ }; do
     echo "--- $name"
     case $name in
         # the rows as each model finished (a part cut short by its limit has some), each once, under the header
-        throughput*|compile*) grep -m1 "^model" "$f"
-                              grep -E "^(gp-unet|gp-reconresnet|gp-shuffleunet|inceptionv3|resnext50) " "$f" | awk '!seen[$0]++' ;;
+        throughput*|compile*) rows="^(gp-unet|gp-reconresnet|gp-shuffleunet|inceptionv3|resnext50) "
+                              grep -m1 "^model" "$f"; grep -E "$rows" "$f" | awk '!seen[$0]++' ;;
         learning*) grep -A12 "^model" "$f"; grep -h "slices/s" "$f" ;;
         loader) grep -h "slices/s" "$f" ;;
         *) cat "$f" ;;

@@ -42,7 +42,8 @@ table { border-collapse: collapse; font-size: 13px; margin: 8px 0 4px; }
 th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; white-space: nowrap; }
 th { background: #f6f8fa; white-space: normal; vertical-align: bottom; } td.text, th.text { text-align: left; }
 td.best { font-weight: 700; background: #dafbe1; } .sd { display: block; font-size: 11px; color: #57606a; }
-table.wrap { font-size: 12px; } table.wrap td { white-space: normal; max-width: 240px; overflow-wrap: break-word; vertical-align: top; }
+table.wrap { font-size: 12px; }
+table.wrap td { white-space: normal; max-width: 240px; overflow-wrap: break-word; vertical-align: top; }
 tr.paper td { color: #57606a; font-style: italic; background: #fafbfc; }
 .caption { color: #57606a; font-size: 13px; max-width: 1100px; }
 .figures { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
@@ -147,7 +148,8 @@ def _summary_section(groups: Sequence[ModelGroup]) -> str:
         "<b>median Dice</b>: the mean over folds of each fold's median Dice over test slices with a non-empty "
         "ground truth, ± std over folds; <b>Dice std (slices)</b>: the mean over folds of the std over slices "
         "(the paper's ± is over slices); <b>Dice IQR (slices)</b>: likewise of the interquartile range over "
-        "slices (75th minus 25th percentile; each run's quartiles are in <code>metrics.json</code>). Tumour-only accuracy: accuracy over the slices whose true class is a "
+        "slices (75th minus 25th percentile; each run's quartiles are in <code>metrics.json</code>). "
+        "Tumour-only accuracy: accuracy over the slices whose true class is a "
         "tumour class (LGG or HGG for BraTS, the paper's table 5; defined when there is a tumour-free class and at "
         "least two tumour classes), with the three-class prediction, so a tumour slice predicted tumour-free is "
         "wrong. Patient accuracy: each test patient with tumour slices gets the tumour class most of its slices "
