@@ -201,6 +201,12 @@ def info_cmd(store: Annotated[Path, typer.Argument(help="Slice store to describe
         rows.append(("reoriented", f"{len(s.reoriented)} patient(s) stored in another orientation than axial, "
                                    f"their voxel axes reordered before slicing (patient: order): "
                                    f"{', '.join(shown)}{more}"))
+    if len(s.orientations) > 1:  # mirrored slices: shown side by side, or to a network trained without flips
+        groups = sorted(s.orientations.items(), key=lambda item: -len(item[1]))
+        rows.append(("in-plane", ", ".join(f"{codes} {len(patients)} patient(s) (e.g. {patients[0]})"
+                                           for codes, patients in groups)
+                     + ": the slices of these groups are mirrored against each other's (ingestion never flips "
+                       "axes; training's flips and rotations cover it)"))
     rows.append(("rejected", str(len(s.rejected))))
     for file, reason in s.rejected.items():
         rows.append(("", f"{file}: {reason}"))

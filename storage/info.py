@@ -31,6 +31,8 @@ class StoreSummary:
         data_version: hash of the ingested sources.
         reoriented: patients whose volumes were not stored axially, so their voxel axes were
             reordered before slicing (patient -> axis order).
+        orientations: in-plane orientation of the stored slices -> patients, e.g. ``{"RA": [...], "LP": [...]}``
+            (:func:`in_plane_orientations`); empty for stores of 2-D slices.
     """
 
     path: str
@@ -47,6 +49,22 @@ class StoreSummary:
     normalisation: str
     data_version: str
     reoriented: dict[str, list[int]]
+    orientations: dict[str, list[str]]
+
+
+def in_plane_orientations(attrs: dict) -> dict[str, list[str]]:
+    """The patients of a store of volumes by the world directions of their stored slices' two axes (nibabel's
+    axis codes of the voxel axes the slices span, after any reordering: ``"RA"`` for a RAS volume, ``"LP"`` for
+    an LPS one). Axes are never flipped at ingestion, so patients of two groups have slices mirrored against
+    each other's; empty for stores of 2-D slices."""
+    from nibabel.orientations import aff2axcodes
+
+    groups: dict[str, list[str]] = {}
+    for patient, record in (attrs.get("volumes") or {}).items():
+        codes = aff2axcodes(np.asarray(record["affine"], dtype=float))
+        axes = list(record.get("axes", [0, 1, 2]))
+        groups.setdefault("".join(codes[axis] or "?" for axis in axes[:2]), []).append(patient)
+    return groups
 
 
 def summarise_store(path: Path | str) -> StoreSummary:
@@ -92,7 +110,7 @@ def _summary(path: Path | str, group) -> StoreSummary:
         patients=int(np.unique(read_patients(group)).size), sources=len(attrs.get("sources", {})),
         rejected=dict(attrs.get("rejected", {})), split=dict(attrs.get("split", {})),
         normalisation=attrs.get("normalisation", "?"), data_version=attrs.get("data_version", "?"),
-        reoriented=reoriented_volumes(attrs),
+        reoriented=reoriented_volumes(attrs), orientations=in_plane_orientations(attrs),
     )
 
 

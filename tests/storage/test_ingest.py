@@ -398,6 +398,37 @@ def test_info_counts_labels_outside_the_classes_and_names_a_broken_store_in_one_
     assert broken.exit_code == 1 and "b.zarr: not a whole slice store (splits/fold_1: " in said, said
 
 
+def test_info_says_when_patients_slices_are_mirrored_against_each_others(brats_source, tmp_path):
+    """A RAS export among LPS ones (BraTS's) is stored as it is (axes are never flipped), so its slices are
+    mirrored against the others'; `gpseg info` named only reordered patients, not mirrored ones."""
+    import nibabel as nib
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+    from storage.info import summarise_store
+
+    rows = []
+    for case in (1, 2, 3):
+        folder = brats_source / f"BraTS20_Training_{case:03d}"
+        files = {kind: folder / f"BraTS20_Training_{case:03d}_{kind}.nii.gz" for kind in ("flair", "seg")}
+        if case == 3:  # the same volume in RAS voxel order: first two axes reversed, the affine to match
+            for kind, path in files.items():
+                image = nib.load(path)
+                flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+                flip[:2, 3] = [image.shape[0] - 1, image.shape[1] - 1]
+                files[kind] = tmp_path / f"ras_{kind}.nii.gz"
+                nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj)[::-1, ::-1].copy(), image.affine @ flip),
+                         files[kind])
+        rows.append(f"p{case},HGG,{files['flair']},{files['seg']}")
+    (tmp_path / "m.csv").write_text("patient_id,label,flair,seg\n" + "\n".join(rows) + "\n")
+    ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+    assert summarise_store(tmp_path / "s.zarr").orientations == {"LP": ["p1", "p2"], "RA": ["p3"]}
+    shown = " ".join(CliRunner().invoke(app, ["info", str(tmp_path / "s.zarr")]).output.split())
+    assert "LP 2 patient(s) (e.g. p1), RA 1 patient(s) (e.g. p3): the slices of these groups are mirrored" in shown
+    ingest_brats(brats_source, tmp_path / "b.zarr", CONFIG)
+    assert "mirrored" not in CliRunner().invoke(app, ["info", str(tmp_path / "b.zarr")]).output
+
+
 def test_info_and_validate_name_an_undecodable_chunk_or_a_zarr_json_claiming_rows(brats_source, tmp_path):
     """A damaged labels chunk gave `gpseg info` a 97-line traceback; a zarr.json claiming 10^10 slices made
     `gpseg validate` read fill values for hours."""
