@@ -34,11 +34,19 @@ def same_voxel_grid(reference: np.ndarray, affine: np.ndarray, atol: float = GRI
         ``True`` when the grids agree. A singular ``reference`` (a header with
         a zero voxel size) is compared entry by entry instead.
     """
-    try:
-        relative = np.linalg.inv(reference) @ affine
-    except np.linalg.LinAlgError:
+    relative = _in_reference_voxels(reference, affine)
+    if relative is None:
         return bool(np.allclose(reference, affine, atol=atol))
     return bool(np.allclose(relative, np.eye(4), atol=atol))
+
+
+def _in_reference_voxels(reference: np.ndarray, affine: np.ndarray) -> np.ndarray | None:
+    """``inv(reference) @ affine``: the second volume's voxels in the first's voxel coordinates; ``None`` for a
+    singular ``reference`` (a header with a zero voxel size)."""
+    try:
+        return np.linalg.inv(reference) @ affine
+    except np.linalg.LinAlgError:
+        return None
 
 
 def grid_difference(reference: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], atol: float = GRID_ATOL
@@ -52,9 +60,8 @@ def grid_difference(reference: np.ndarray, affine: np.ndarray, shape: tuple[int,
         affine: the other volume's, of the same ``shape``.
         shape: the volumes' shape (its first three axes are the voxel grid).
     """
-    try:
-        relative = np.linalg.inv(reference) @ affine
-    except np.linalg.LinAlgError:
+    relative = _in_reference_voxels(reference, affine)
+    if relative is None:
         return "the first channel's header has a zero voxel size"
     linear, shift = relative[:3, :3], relative[:3, 3]
     if np.allclose(linear, np.eye(3), atol=atol):
@@ -160,10 +167,13 @@ def _label_map(path: Path | str, data: np.ndarray) -> np.ndarray:
     if not np.isfinite(data).all():
         raise CaseRejected(path, "the segmentation has NaN or infinite voxels; expected integer labels")
     rounded = np.rint(data)
-    off = np.abs(data - rounded) > LABEL_TOLERANCE * np.maximum(1.0, np.abs(rounded))
-    if off.any():
-        raise CaseRejected(path, f"the segmentation has values between integers (e.g. {_shortest(data[off][0])}), "
-                                 "a soft or resampled mask; expected integer labels (threshold it first)")
+    inexact = data != rounded  # none for the usual float seg of whole numbers: one pass over the volume
+    if inexact.any():
+        values, whole = data[inexact], rounded[inexact]
+        off = np.abs(values - whole) > LABEL_TOLERANCE * np.maximum(1.0, np.abs(whole))
+        if off.any():
+            raise CaseRejected(path, f"the segmentation has values between integers (e.g. {_shortest(values[off][0])}"
+                                     "), a soft or resampled mask; expected integer labels (threshold it first)")
     wide = np.abs(rounded) > np.iinfo(np.int32).max
     if wide.any():  # beyond int32 no label map goes; casting would wrap them round
         raise CaseRejected(path, f"the segmentation has the value {float(rounded[wide][0]):g}, too large for a "
