@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -128,9 +129,11 @@ def class_dice(runs: Sequence[ReportRun]) -> dict[str, dict[str, float]]:
     order = [name for run in runs for name in run.evaluation["classification"]["classes"]]
     names = sorted({name for one in per_run for name in one}, key=lambda n: (order.index(n) if n in order
                                                                             else len(order), n))
-    medians = aggregate_folds([{name: _number(one[name].get("median")) for name in one} for one in per_run])
+    values = [{name: _number(one[name].get("median")) for name in one} for one in per_run]
+    medians = aggregate_folds(values)
     return {name: {**medians.get(name, {"mean": math.nan, "std": math.nan, "n": 0}),
-                   "slices": sum(int(one[name].get("n") or 0) for one in per_run if name in one)}
+                   "slices": sum(int(one[name].get("n") or 0) for one in per_run if name in one),
+                   "folds": [run.fold for run, one in zip(runs, values) if math.isfinite(one.get(name, math.nan))]}
             for name in names}
 
 
@@ -151,6 +154,12 @@ def run_intervals(evaluation: Mapping[str, Any]) -> dict[str, float | int]:
         interval = boot.get(key) or {}
         out[f"{key}_low"], out[f"{key}_high"] = _number(interval.get("low")), _number(interval.get("high"))
     return out
+
+
+TRAINING_SETTINGS: tuple[str, ...] = ("preset", "epochs", "batch_size", "effective_batch", "image_size", "lr",
+                                      "weight_decay", "grad_clip", "aux_weight", "augment", "precision")
+"""Training settings (``config.json`` ``train``; ``precision`` as resolved) that the runs of one row should share:
+the row's label names the network's own options, not these (:meth:`ModelGroup.differing_settings`)."""
 
 
 @dataclass(frozen=True)
@@ -183,7 +192,8 @@ class ModelGroup:
     def class_dice(self) -> dict[str, dict[str, float]]:
         """Per true class with test slices that have a tumour mask: each run's median Dice over them, as
         ``{"mean", "std", "n"}`` over the runs where the class has such slices (population std), plus
-        ``slices``, their number summed over the runs; classes in the runs' class order."""
+        ``slices``, their number summed over the runs, and ``folds``, those runs' folds; classes in the runs'
+        class order."""
         return class_dice(self.runs)
 
     @property
@@ -192,20 +202,57 @@ class ModelGroup:
         return np.sum([run.evaluation["classification"]["confusion_matrix"] for run in self.runs], axis=0)
 
     @property
+    def repeated_folds(self) -> list[int]:
+        """The folds with more than one run (other seeds, copies of a run), sorted; then the group's means and
+        stds are over runs, not folds."""
+        folds = [run.fold for run in self.runs]
+        return sorted({fold for fold in folds if folds.count(fold) > 1})
+
+    @property
+    def differing_settings(self) -> dict[str, list[Any]]:
+        """``{setting: its values}`` of the :data:`TRAINING_SETTINGS` the group's runs were trained with
+        differently (one run's where its ``config.json`` is missing counts as unknown, not as different)."""
+        values: dict[str, list[Any]] = {}
+        for run in self.runs:
+            config = run.config or {}
+            trained = {**(config.get("train") or {}), "precision": config.get("resolved_precision")}
+            for key in TRAINING_SETTINGS:
+                if run.config is not None and (value := trained.get(key)) not in values.setdefault(key, []):
+                    values[key].append(value)
+        return {key: found for key, found in values.items() if len(found) > 1}
+
+    @property
     def paper(self) -> PaperResult | None:
         kind = self.runs[0].dataset_kind or self.dataset
         return next((p for p in PAPER_RESULTS if (p.dataset, p.model) == (kind, self.model)), None)
 
 
 def distinguish_datasets(runs: Sequence[ReportRun]) -> list[ReportRun]:
-    """``runs`` with the dataset of each kind that comes from stores of several names (say two BraTS
-    datasets of a benchmark, ``stores/brats-2015.zarr`` and ``stores/brats-2020.zarr``) named
-    ``kind (store name)``, so that their rows, intervals and figures are not pooled into one."""
-    names: dict[str, set[str]] = {}
+    """``runs`` with the dataset of each kind that comes from several stores named ``kind (store)``, so that
+    their rows, intervals and figures are not pooled into one.
+
+    A store is named by its file name (say two BraTS datasets of a benchmark, ``stores/brats-2015.zarr`` and
+    ``stores/brats-2020.zarr``), or, where stores of one file name differ (``stores/brats.zarr`` of two work
+    dirs), by as many of its last path parts as tell them apart (``A/stores/brats``, ``B/stores/brats``)."""
+    stores: dict[str, dict[str, str]] = {}
     for run in runs:
-        names.setdefault(run.dataset, set()).add(run.store_name)
-    return [replace(run, dataset=f"{run.dataset} ({run.store_name})") if len(names[run.dataset]) > 1 else run
-            for run in runs]
+        stores.setdefault(run.dataset, {})[run.store_key or run.store_name] = run.store_name
+    tags = {dataset: store_tags(found) for dataset, found in stores.items() if len(found) > 1}
+    return [replace(run, dataset=f"{run.dataset} ({tags[run.dataset][run.store_key or run.store_name]})")
+            if run.dataset in tags else run for run in runs]
+
+
+def store_tags(stores: Mapping[str, str]) -> dict[str, str]:
+    """``{store key: tag}`` for ``{store key (its resolved path): store name}``: each store's name where the
+    names differ, else the fewest last parts of the paths (``.zarr`` dropped) that tell every store apart."""
+    if len(set(stores.values())) == len(stores):
+        return dict(stores)
+    parts = {key: Path(key).with_suffix("").parts if key.endswith(".zarr") else Path(key).parts for key in stores}
+    for depth in range(1, max(len(p) for p in parts.values()) + 1):
+        tags = {key: "/".join(p[-depth:]) for key, p in parts.items()}
+        if len(set(tags.values())) == len(tags):
+            return tags
+    return {key: key for key in stores}  # not reached: distinct resolved paths differ in some part
 
 
 def dataset_title(dataset: str) -> str:
@@ -226,6 +273,25 @@ def group_runs(runs: Sequence[ReportRun]) -> list[ModelGroup]:
     return sorted(groups, key=lambda g: (g.dataset, order.get(g.model, len(order)), g.label))
 
 
+def group_warnings(groups: Sequence[ModelGroup]) -> list[str]:
+    """Plain-text warnings on rows whose mean ± std is not over one run per fold of one training: several runs
+    of a fold (:attr:`ModelGroup.repeated_folds`; such a row is not ranked) or runs trained with different
+    settings (:attr:`ModelGroup.differing_settings`). Shown on the page, kept in ``metrics.json``
+    (``warnings``) and printed by the commands that write a report."""
+    out = []
+    for group in groups:
+        where = f"{group.label} on {dataset_title(group.dataset)}"
+        if group.repeated_folds:
+            out.append(f"{where} has several runs of fold {', '.join(map(str, group.repeated_folds))} (its runs' "
+                       f"folds: {_fold_ids(group)}), so its mean and std are over runs, not folds, and it is not "
+                       "ranked; report one run per fold (a flow's seeds keep one each: seed_selection.json)")
+        if differing := group.differing_settings:
+            settings = "; ".join(f"{key} {', '.join(map(str, found))}" for key, found in differing.items())
+            out.append(f"{where}: its runs were trained with different settings ({settings}), so its mean mixes "
+                       "them")
+    return out
+
+
 def _csv_cell(value: Any) -> Any:
     """Floats at full precision, NaN as an empty cell."""
     if isinstance(value, float):
@@ -244,12 +310,12 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def _tables(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> tuple[str, str]:
     keys = [c.key for c in COLUMNS]
     header = ["dataset", "model", "label", "kind", "runs", "fold_ids"]  # "folds" of "0" read as a count
-    header += [f"{key}_{part}" for key in keys for part in ("mean", "std")]
+    header += [f"{key}_{part}" for key in keys for part in ("mean", "std", "n")]  # n: the runs giving the value
     rows = []
     for group in groups:
         stats = group.stats
         rows.append([group.dataset, group.model, group.label, group.kind, len(group.runs), _fold_ids(group)]
-                    + [stats[key][part] for key in keys for part in ("mean", "std")])
+                    + [stats[key][part] for key in keys for part in ("mean", "std", "n")])
     summary = _csv_text(header, rows)
     interval_keys = list(run_intervals({}))
     run_header = ["run_dir", "dataset", "model", "label", "fold", "kind", "split", *keys, *interval_keys,
@@ -276,7 +342,7 @@ def _class_dice_csv(groups: Sequence[ModelGroup]) -> str:
     """``dice_per_class.csv``: one row per dataset, model and true class (:attr:`ModelGroup.class_dice`)."""
     header = ["dataset", "model", "label", "kind", "fold_ids", "class", "dice_median_mean", "dice_median_std",
               "runs", "slices"]
-    rows = [[group.dataset, group.model, group.label, group.kind, _fold_ids(group),
+    rows = [[group.dataset, group.model, group.label, group.kind, " ".join(map(str, stat["folds"])),
              name, stat["mean"], stat["std"], stat["n"], stat["slices"]]
             for group in groups for name, stat in group.class_dice.items()]
     return _csv_text(header, rows)
@@ -302,10 +368,11 @@ def _metrics_json(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], heade
                  for run in runs],
         "aggregates": [{"dataset": g.dataset, "model": g.model, "label": g.label, "kind": g.kind,
                         "folds": [run.fold for run in g.runs], "metrics": g.stats, "dice_per_class": g.class_dice,
-                        "confusion_matrix": g.confusion.tolist(),
+                        "confusion_matrix": g.confusion.tolist(), "repeated_folds": g.repeated_folds,
                         "paper": None if g.paper is None else {**g.paper.values, "note": g.paper.note}}
                        for g in groups],
         "left_out": [_run_place(path, out_dir) for path in dict.fromkeys(left_out) if path.resolve() not in reported],
+        "warnings": group_warnings(groups),
     })
 
 
@@ -367,3 +434,9 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg re
     replace_together({out_dir / name: text for name, text in texts.items()})
     cache.prune()
     return out_dir / "index.html"
+
+
+def report_warnings(report_dir: Path | str) -> list[str]:
+    """The :func:`group_warnings` that :func:`build_report` kept in ``REPORT_DIR/metrics.json`` (none where it has
+    none: a report of an older gpseg)."""
+    return list(json.loads((Path(report_dir) / "metrics.json").read_text(encoding="utf-8")).get("warnings") or [])

@@ -26,7 +26,8 @@ from gpmodels.evaluation import (OFFSET_FALLBACK, clamp_text, emptied_text, eval
                                  offset_fell_back, open_heatmaps)
 from gpmodels.figure_cache import FigureCache
 from gpmodels.files import heatmap_path
-from gpmodels.report import COLUMNS, INTERVAL_KEYS, KIND_TITLES, ModelGroup, dataset_title, run_intervals, run_scalars
+from gpmodels.report import (COLUMNS, INTERVAL_KEYS, KIND_TITLES, ModelGroup, dataset_title, group_warnings,
+                             run_intervals, run_scalars)
 from gpmodels.report_runs import ReportRun, threshold_config
 from storage.errors import one_line
 from storage.store import open_store
@@ -101,10 +102,11 @@ def _path_cell(path: Any) -> str:
 
 
 def _best(groups: Sequence[ModelGroup]) -> dict[str, float]:
-    """The best mean per column among two or more groups over every fold of the dataset (ties share it); a
-    group over fewer folds (a failed run) is not ranked, since its means are over other test sets."""
-    every = {run.fold for group in groups for run in group.runs}
-    groups = [g for g in groups if {run.fold for run in g.runs} == every]
+    """The best mean per column among two or more groups of one run of every fold of the dataset (ties share
+    it); a group over fewer folds (a failed run) is not ranked, since its means are over other test sets, nor
+    one with several runs of a fold (:func:`gpmodels.report.group_warnings`)."""
+    every = sorted({run.fold for group in groups for run in group.runs})
+    groups = [g for g in groups if sorted(run.fold for run in g.runs) == every]  # one run of every fold
     if len(groups) < 2:
         return {}
     best = {}
@@ -499,11 +501,7 @@ def _warnings(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
                      + "; ".join(f"{_e(run.label)} fold {run.fold} on {_e(dataset_title(run.dataset))}" for run in auto)
                      + " was chosen to maximise its median validation Dice, which uses pixel-level labels, so "
                        "these segmentation scores are not purely weakly supervised.")
-    for g in groups:
-        folds = [run.fold for run in g.runs]
-        if len(set(folds)) < len(folds):
-            boxes.append(f"{_e(g.label)} on {_e(dataset_title(g.dataset))} has several runs of one fold ({folds}); "
-                         "its statistics are over runs, not folds.")
+    boxes += [f"{_e(text)}." for text in group_warnings(groups)]
     boxes += [f"Panels of {_e(run.run_dir)} not shown: {_e(run.store_error)}" for run in runs if run.store_error]
     boxes += [f"--offset auto found nothing to rank offsets by on the validation split for {_e(run.label)} fold "
               f"{run.fold} on {_e(dataset_title(run.dataset))}: {_e(_fallback_reason(run))}, though the row says "

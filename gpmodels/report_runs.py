@@ -38,7 +38,7 @@ class ReportRun:
         config: its ``config.json`` (``None`` when absent).
         slices: the columns of ``evaluation_slices.csv`` as arrays (``None`` when absent).
         dataset: the store's ``dataset`` attribute (the store's name when it cannot be opened); in a report
-            with stores of one kind under several names, ``kind (name)`` (:func:`gpmodels.report.distinguish_datasets`).
+            with several stores of one kind, ``kind (name)`` (:func:`gpmodels.report.distinguish_datasets`).
         label: model title plus the network options it was given, any threshold other than the paper's,
             clean-up, target class and Grad-CAM grid (:func:`_label`).
         store_error: why the slice store could not be opened, else ``None``.
@@ -62,6 +62,9 @@ class ReportRun:
     the store cannot be opened)."""
     store_name: str = ""
     """The slice store's file name without ``.zarr`` (a flow's dataset label: ``stores/<label>.zarr``)."""
+    store_key: str = ""
+    """The slice store's resolved path, which tells apart two stores of one file name (``stores/brats.zarr`` of
+    two work dirs; :func:`gpmodels.report.distinguish_datasets`)."""
     dataset_kind: str = ""
     """The store's ``dataset`` attribute (``brats``, ``jun-cheng``, ...), which picks the paper's rows;
     :attr:`dataset` where not set."""
@@ -231,5 +234,6 @@ def load_run(run_dir: Path | str) -> ReportRun:
                                   evaluation["run"].get("cam_grid")),
                      store_error=store_error, seed_selection=seed_selection_text(run_dir),
                      split_mode=split_mode, store_name=Path(store_path).stem, dataset_kind=dataset,
+                     store_key=str(Path(store_path).resolve()),
                      store_patients=patients, test_blocks=blocks,
                      network_label=_label(evaluation["run"]["model"], config, None, evaluation["run"].get("cam_grid")))

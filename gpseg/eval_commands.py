@@ -337,9 +337,19 @@ def _postprocess(runs: list[Path] | None, workdir: Path | None, out: Path | None
         raise interrupted(f"interrupted; the runs evaluated so far have a new evaluation.json, and the report in "
                           f"{out} is whole but may still be the one before: run the same command again",
                           exc) from None
-    console.print(f"[green]report[/green] {escape(str(html))}")
+    _say_report(html)
     if failed:
         raise typer.Exit(2)
+
+
+def _say_report(html: Path) -> None:
+    """Print where the report is, after its warnings (rows not over one run per fold, or over runs trained
+    differently: :func:`gpmodels.report.group_warnings`)."""
+    from gpmodels.report import report_warnings
+
+    for warning in report_warnings(html.parent):
+        console.print(f"[yellow]warning[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+    console.print(f"[green]report[/green] {escape(str(html))}")
 
 
 def report_cmd(
@@ -372,7 +382,7 @@ def report_cmd(
     if not runs:
         raise fail(f"no run could be reported ({len(failed)} failed)")
     html = build_report(runs, out, title=title, notes=failed)
-    console.print(f"[green]report[/green] {escape(str(html))}")
+    _say_report(html)
     if failed:
         raise typer.Exit(2)
 

@@ -12,7 +12,7 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 from gpmodels.evaluation import evaluate_heatmaps, threshold_warning, write_evaluation
 from gpmodels.files import heatmap_path
 from gpmodels.postprocess import ThresholdConfig
-from gpmodels.report import build_report
+from gpmodels.report import build_report, report_warnings
 from tasks.progress import logged_progress
 
 
@@ -36,8 +36,11 @@ def report(run_dirs: list[str], out_dir: str, title: str, notes: list[str], carr
            left_out: list[str] | None = None) -> str:
     """Build the HTML report over the evaluated runs (``carried_notes``, ``left_out``: see
     :func:`gpmodels.report.build_report`)."""
-    return str(build_report([Path(r) for r in run_dirs], Path(out_dir), title=title, notes=notes,
-                            carried_notes=carried_notes or (), left_out=left_out or ()))
+    html = build_report([Path(r) for r in run_dirs], Path(out_dir), title=title, notes=notes,
+                        carried_notes=carried_notes or (), left_out=left_out or ())
+    for warning in report_warnings(html.parent):
+        get_run_logger().warning("report: %s", warning)
+    return str(html)
 
 
 @task(task_run_name="publish artifacts")

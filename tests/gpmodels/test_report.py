@@ -220,6 +220,8 @@ def test_per_class_dice_is_averaged_over_the_folds_that_have_the_class(report_ru
     page = build_report([gp, second], tmp_path / "out")
     rows = {r["class"]: r for r in _read_csv(page.parent / "dice_per_class.csv")}
     assert rows[first]["fold_ids"] == "0 1" and rows[first]["runs"] == "2"
+    for name in list(per_class)[1:]:  # named "0 1", the group's folds, though averaged over fold 0 alone
+        assert rows[name]["fold_ids"] == "0"
     assert float(rows[first]["dice_median_mean"]) == pytest.approx(per_class[first]["median"] + 0.1)
     assert float(rows[first]["dice_median_std"]) == pytest.approx(0.1)
     assert int(rows[first]["slices"]) == per_class[first]["n"] + 3
@@ -338,6 +340,71 @@ def test_two_stores_of_one_kind_are_two_datasets(report_runs, tmp_path):
     assert page.count('<tr class="paper">') == 2  # the paper's GP-UNet row under each
     alone = build_report([gp], tmp_path / "alone")  # one store of the kind: named by its kind alone
     assert [row["dataset"] for row in _read_csv(alone.parent / "summary.csv")] == ["brats"]
+
+
+def test_two_stores_of_one_file_name_are_two_datasets(report_runs, tmp_path):
+    """Runs of two work dirs, each with its `stores/brats.zarr`, were told apart by the file name alone and so
+    pooled into one row: the two datasets' F1 averaged as folds and their confusion matrices summed."""
+    gp = report_runs["gp"]
+    store = Path(_evaluation(gp)["run"]["store_path"])
+    copy = shutil.copytree(store, tmp_path / "other" / store.name)
+    other = _copy_run(gp, tmp_path / "run", **{"run.store_path": str(copy), "run.run_dir": str(tmp_path / "run"),
+                                               "classification.f1": 0.5})
+    build_report([gp, other], tmp_path / "out")
+    rows = {row["dataset"]: row for row in _read_csv(tmp_path / "out" / "summary.csv")}
+    mine, theirs = f"brats ({store.parent.name}/{store.stem})", f"brats (other/{store.stem})"
+    assert set(rows) == {mine, theirs} and {r["fold_ids"] for r in rows.values()} == {"0"}
+    assert float(rows[theirs]["f1_mean"]) == 0.5
+    aggregates = json.loads((tmp_path / "out" / "metrics.json").read_text())["aggregates"]
+    assert [a["confusion_matrix"] for a in aggregates] == [_evaluation(gp)["classification"]["confusion_matrix"]] * 2
+
+
+def test_several_runs_of_a_fold_are_said_and_not_ranked(report_runs, tmp_path):
+    """Other seeds or copies of a fold were averaged as folds, said only by a box on the page: `metrics.json`,
+    the CSV and the console were silent, and the row (folds 0 0 1, as a set every fold) could be marked best."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    gp = report_runs["gp"]
+    f1 = _evaluation(gp)["classification"]["f1"]
+    seed = _copy_run(gp, tmp_path / "seed_1", **{"classification.f1": f1 + 0.2})
+    fold1 = _copy_run(gp, tmp_path / "fold1", **{"run.fold": 1, "classification.f1": f1 + 0.2})
+    variants = []
+    for fold in (0, 1):  # a row of one run per fold, worse than the other
+        variant = _copy_run(gp, tmp_path / f"maps{fold}", **{"run.fold": fold, "classification.f1": f1 - 0.1})
+        config = json.loads((variant / "config.json").read_text())
+        config["model_options"]["pool"] = config["train"]["model_options"]["pool"] = "maps"
+        (variant / "config.json").write_text(json.dumps(config))
+        variants.append(variant)
+    result = CliRunner().invoke(app, ["report", str(gp), str(seed), str(fold1), *map(str, variants),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    said = ("GP-UNet (width=8) on BraTS has several runs of fold 0 (its runs' folds: 0 0 1), so its mean and std "
+            "are over runs, not folds, and it is not ranked")
+    assert said in " ".join(result.output.split())
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert len(metrics["warnings"]) == 1 and metrics["warnings"][0].startswith(said)
+    assert {a["label"]: a["repeated_folds"] for a in metrics["aggregates"]} == {
+        "GP-UNet (width=8)": [0], "GP-UNet (pool=maps, width=8)": []}
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert html.escape(said) in " ".join(page.split()) and 'class="best"' not in page
+
+
+def test_runs_of_a_row_trained_differently_are_said(report_runs, tmp_path):
+    gp = report_runs["gp"]
+    longer = _copy_run(gp, tmp_path / "fold1", **{"run.fold": 1})
+    for name in ("config.json", "model.json"):  # model.json: how the weights in model.pt were trained
+        config = json.loads((longer / name).read_text())
+        config["train"]["epochs"] = config["train"]["epochs"] + 5
+        (longer / name).write_text(json.dumps(config))
+    build_report([gp, longer], tmp_path / "out")
+    (warning,) = json.loads((tmp_path / "out" / "metrics.json").read_text())["warnings"]
+    epochs = config["train"]["epochs"]
+    assert warning == (f"GP-UNet (width=8) on BraTS: its runs were trained with different settings (epochs "
+                       f"{epochs - 5}, {epochs}), so its mean mixes them")
+    build_report([gp, _copy_run(gp, tmp_path / "same", **{"run.fold": 1})], tmp_path / "same_out")
+    assert json.loads((tmp_path / "same_out" / "metrics.json").read_text())["warnings"] == []
 
 
 def test_a_row_missing_a_fold_is_not_ranked(report_runs, tmp_path):
