@@ -6,7 +6,8 @@ images, so a slice's mask always stays registered to it:
 * :func:`resize_batch` changes the in-plane size so one store serves several training sizes:
   images by bilinear interpolation with anti-aliasing, masks by nearest neighbour when enlarging
   and by "any overlap" when shrinking (an output pixel is tumour when any source pixel it covers
-  is), the rule ingestion uses, so no tumour slice loses its mask.
+  is; each source pixel covered by exactly one), the rule of ingestion
+  (:func:`storage.slicing.resize_masks`), so no tumour slice loses its mask.
 * :class:`RandomFlipRotate` draws one rotation angle and two flips per slice from a seeded
   generator and applies them in a single resampling (:func:`warp_batch`): bilinear for images,
   nearest for masks.
@@ -65,8 +66,8 @@ def resize_batch(images: Tensor, masks: Tensor, size: int) -> tuple[Tensor, Tens
 
     Returns:
         ``images`` ``(B, C, size, size)`` (bilinear, anti-aliased when shrinking) and ``masks``
-        ``(B, size, size)`` in the input dtype (nearest when enlarging, any overlap when
-        shrinking); the inputs themselves when already that size.
+        ``(B, size, size)`` 0/1 in the input dtype (nearest when enlarging, any overlap when
+        shrinking: :func:`mask_resize_matrix`); the inputs themselves when already that size.
 
     Raises:
         ValueError: If ``size`` < 1 or the shapes do not match.
@@ -78,11 +79,25 @@ def resize_batch(images: Tensor, masks: Tensor, size: int) -> tuple[Tensor, Tens
     if (height, width) == (size, size):
         return images, masks
     images = resize_images(images, size)
-    grown = masks[:, None].float()
-    if size > min(height, width):
-        grown = F.interpolate(grown, size=(max(height, size), max(width, size)), mode="nearest-exact")
-    resized = F.adaptive_max_pool2d(grown, (size, size))[:, 0]
-    return images, resized.to(masks.dtype)
+    rows, columns = (mask_resize_matrix(length, size, masks.device) for length in (height, width))
+    resized = rows @ (masks != 0).float() @ columns.T  # counts of tumour source pixels per output pixel
+    return images, (resized > 0).to(masks.dtype)
+
+
+def mask_resize_matrix(length: int, size: int, device: torch.device | str | None = None) -> Tensor:
+    """The 0/1 float32 ``(size, length)`` matrix that resizes one mask axis as ingestion does
+    (:func:`storage.slicing.resize_masks`): row ``i`` marks the source pixels of output pixel ``i``.
+
+    Shrinking, the source pixels ``floor(i * length / size)`` up to the next output's start (each source
+    pixel in exactly one output, which is tumour when any of them is); otherwise the source pixel nearest
+    to output ``i``'s centre, ``floor((i + 0.5) * length / size)``."""
+    outputs = torch.arange(size, device=device, dtype=torch.float64)
+    if size < length:
+        starts = torch.floor(outputs * (length / size)).long()
+        owner = torch.searchsorted(starts, torch.arange(length, device=device), right=True) - 1
+        return (owner[None, :] == outputs.long()[:, None]).float()
+    source = torch.clamp(torch.floor((outputs + 0.5) * (length / size)).long(), max=length - 1)
+    return (source[:, None] == torch.arange(length, device=device)[None, :]).float()
 
 
 def affine_matrices(angles: Tensor, flip_h: Tensor, flip_v: Tensor, height: int, width: int) -> Tensor:

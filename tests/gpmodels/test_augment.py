@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from gpmodels.augment import AugmentConfig, RandomFlipRotate, affine_matrices, resize_batch, resize_images, warp_batch
+from storage.slicing import resize_masks
 
 
 def _batch(height: int = 33, width: int = 34, batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,3 +133,39 @@ def test_resize_images_is_the_image_part_of_resize_batch(size):
                                                antialias=size < 12)
     torch.testing.assert_close(resized, expected)
     assert resize_images(images, 12) is images
+
+
+@pytest.mark.parametrize(("height", "width", "size"), [(240, 240, 64), (240, 240, 128), (5, 5, 3), (33, 34, 8),
+                                                       (3, 3, 7), (5, 5, 8), (20, 6, 10), (12, 12, 12)])
+def test_resized_training_masks_follow_the_rule_of_ingestion(height, width, size):
+    """Training shrank masks by overlapping max-pool windows (a pixel in two outputs: 240 -> 128 gave twice the
+    tumour pixels of ingestion's rule) although its docstring said it used ingestion's rule."""
+    generator = torch.Generator().manual_seed(height * width + size)
+    masks = (torch.rand(4, height, width, generator=generator) > 0.97).to(torch.uint8)
+    masks[0, 1, 1] = 1
+    _, resized = resize_batch(torch.rand(4, 1, height, width), masks, size)
+    assert resized.dtype == torch.uint8
+    np.testing.assert_array_equal(resized.numpy(), resize_masks(masks.numpy(), size))
+
+
+def test_the_two_flips_are_drawn_independently():
+    """Each flip had its rate, but one shared draw would flip both axes together (a half turn) half the time."""
+    _, flip_h, flip_v = RandomFlipRotate(AugmentConfig(flip_p=0.5), seed=3).sample(4000)
+    both = (flip_h & flip_v).float().mean().item()
+    assert abs(both - 0.25) < 0.03
+
+
+def test_rotation_pads_images_with_their_border_and_masks_with_zeros():
+    """Zero padding would put black corners into normalised slices whose background is not 0."""
+    images = torch.full((1, 2, 16, 16), 3.0)
+    warped, warped_masks = _warp(images, torch.ones(1, 16, 16, dtype=torch.uint8), 45.0)
+    torch.testing.assert_close(warped, images)
+    assert warped_masks[0, 0, 0] == 0 and warped_masks[0, 8, 8] == 1
+
+
+def test_quarter_turn_of_a_non_square_slice_is_a_rotation_in_pixels():
+    """A pixel 5 right of and 2 below the centre of a 21 x 41 slice ends 5 above and 2 right of it."""
+    masks = torch.zeros(1, 21, 41, dtype=torch.uint8)
+    masks[0, 10 + 2, 20 + 5] = 1
+    _, turned = _warp(torch.zeros(1, 1, 21, 41), masks, 90.0)
+    assert turned.nonzero().tolist() == [[0, 10 - 5, 20 + 2]]

@@ -210,6 +210,17 @@ def test_shuffleunet_blur_adds_no_parameters_and_keeps_the_shapes():
     assert logits.shape == (2, 3) and maps.shape == (2, 3, 20, 28)
 
 
+def test_gp_unet_pools_down_by_2x2_averages():
+    """The module docstring says 2x2 average pooling; nothing checked which pooling fed the next level."""
+    model = build_model("gp-unet", in_channels=2, num_classes=3, width=4).eval()
+    seen = {}
+    down = model.backbone.down
+    down[0].register_forward_hook(lambda module, args, out: seen.setdefault("level0", out))
+    down[1].register_forward_pre_hook(lambda module, args: seen.setdefault("level1_in", args[0]))
+    model(torch.randn(1, 2, 16, 16))
+    torch.testing.assert_close(seen["level1_in"], nn.functional.avg_pool2d(seen["level0"], 2))
+
+
 def test_gp_unet_init_kaiming_gives_he_weights_and_zero_biases():
     default = build_model("gp-unet", 4, 3, width=16)
     kaiming = build_model("gp-unet", 4, 3, width=16, init="kaiming")

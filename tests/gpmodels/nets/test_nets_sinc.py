@@ -149,3 +149,11 @@ def test_bilinear_and_sinc_differ_on_detail():
 def test_upsample2d_rejects_unknown_mode():
     with pytest.raises(ValueError, match="'sinc', 'bilinear'"):
         Upsample2d("nearest")
+
+
+def test_bilinear_upsampling_samples_pixel_centres():
+    """align_corners=False, as the docstring says: a ramp 0, 1 doubles to 0, 0.25, 0.75, 1 (pixel centres), not to
+    0, 1/3, 2/3, 1 (corner-aligned)."""
+    ramp = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])
+    up = Upsample2d("bilinear")(ramp)
+    torch.testing.assert_close(up[0, 0], torch.tensor([[0.0, 0.25, 0.75, 1.0]]).expand(4, 4))
