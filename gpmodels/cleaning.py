@@ -175,10 +175,17 @@ def remove_small_objects(masks: np.ndarray, min_size: int) -> np.ndarray:
     """
     masks = check_masks("masks", masks)
     _check_count("min_size", min_size)
-    if min_size <= 1:
-        return masks.copy()
+    return masks.copy() if min_size <= 1 else _keep_objects(masks, min_size, largest=False)
+
+
+def _keep_objects(masks: np.ndarray, min_size: int, largest: bool) -> np.ndarray:
+    """The 8-connected objects of bool ``(N, H, W)`` masks with at least ``min_size`` pixels, only the largest
+    of each slice when ``largest``, from one labelling: removing small objects merges none, so the largest
+    object left is the largest of all when it has ``min_size`` pixels, else no object is left."""
     labels, sizes = _component_sizes(masks, _OBJECTS)
     keep = sizes >= min_size
+    if largest:
+        keep &= _largest_per_slice(labels, sizes)
     keep[0] = False
     return keep[labels]
 
@@ -220,9 +227,7 @@ def keep_largest_component(masks: np.ndarray) -> np.ndarray:
     Returns:
         ``(N, H, W)`` bool.
     """
-    masks = check_masks("masks", masks)
-    labels, sizes = _component_sizes(masks, _OBJECTS)
-    return _largest_per_slice(labels, sizes)[labels]
+    return _keep_objects(check_masks("masks", masks), 0, largest=True)
 
 
 def clean_masks(
@@ -272,11 +277,4 @@ def clean_masks(
     masks = fill_holes(masks, fill_holes_area)
     if min_size <= 1 and not largest_component:
         return masks
-    # one labelling serves both object steps: removing small objects merges none, so the largest
-    # object left is the largest of all when it has min_size pixels, else no object is left
-    labels, sizes = _component_sizes(masks, _OBJECTS)
-    keep = sizes >= min_size
-    if largest_component:
-        keep &= _largest_per_slice(labels, sizes)
-    keep[0] = False
-    return keep[labels]
+    return _keep_objects(masks, min_size, largest_component)

@@ -149,6 +149,41 @@ def test_closing_with_a_large_disk_equals_scipy_binary_morphology(radius, seed):
     np.testing.assert_array_equal(close_masks(masks, radius), expected)
 
 
+def _squares_and_blobs() -> np.ndarray:
+    """80 x 80 slices whose dilation by a disk of radius 11 to 20 leaves part of the slice uncovered."""
+    masks = np.zeros((3, 80, 80), bool)
+    masks[0, 10:20, 10:20] = masks[0, 10:20, 34:44] = True  # two squares 14 px apart
+    masks[1, 5:15, 60:70] = masks[1, 50:60, 0:10] = True  # the second on the border
+    masks[2] = ndi.binary_dilation(np.random.default_rng(7).random((80, 80)) < 0.002, disk(1).astype(bool))
+    masks[2, 40:50, 40:50] = True  # a square among sparse blobs
+    return masks
+
+
+@pytest.mark.parametrize("radius", [11, 12, 15, 20])
+def test_closing_with_a_large_disk_erodes_what_it_dilated(radius):
+    """Distance-transform closings whose dilation leaves background: the erosion must run, with the disk's
+    exact boundary (distance <= radius dilates, > radius survives the erosion), as scipy's morphology does."""
+    masks = _squares_and_blobs()
+    footprint = disk(radius).astype(bool)
+    dilated = np.stack([ndi.binary_dilation(m, footprint) for m in masks])
+    assert not dilated.reshape(3, -1).all(axis=1).any()  # the erosion branch runs on every slice
+    expected = np.stack([ndi.binary_erosion(m, footprint, border_value=1) for m in dilated])
+    np.testing.assert_array_equal(close_masks(masks, radius), expected)
+    np.testing.assert_array_equal(clean_masks(masks, closing_radius=radius), expected)
+
+
+def test_holes_are_4_connected():
+    """A background pixel touching the border-connected background only diagonally is a hole, and is filled."""
+    a = np.ones((9, 9))
+    a[0, :] = 0  # background along the border
+    a[1, 1] = 0  # joined to it through (0, 1): not a hole
+    a[2, 2] = 0  # joined to (1, 1) only diagonally: a 1-px hole
+    expected = a.astype(bool)
+    expected[2, 2] = True
+    np.testing.assert_array_equal(fill_holes(stack(a), max_area=81)[0], expected)
+    np.testing.assert_array_equal(clean_masks(stack(a), fill_holes_area=81)[0], expected)
+
+
 def test_a_closing_wider_than_the_slice_is_refused_naming_the_option_and_the_slices():
     """A radius above half the side closes every mask into the slice (and scipy's morphology ran out of
     memory at radius 1000): refused in one line, also when every mask is empty."""

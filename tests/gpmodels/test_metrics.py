@@ -119,6 +119,21 @@ def test_patient_grades_majority_and_ties():
         patient_grades(patients, labels, [])
 
 
+def test_patient_grades_majority_outranks_probability_mass():
+    """Summed probability only breaks ties: two LGG votes at 0.4 beat one HGG vote at 0.99 (mass 0.8 vs 1.59)."""
+    patients = np.array([1, 1, 1])
+    probs = np.array([[0.3, 0.4, 0.3], [0.3, 0.4, 0.3], [0.0, 0.01, 0.99]])
+    assert patient_grades(patients, probs, [1, 2]) == {1: 1}
+    assert patient_accuracy(patients, np.array([1, 1, 1]), probs, [1, 2]) == 1.0
+
+
+def test_patient_grades_are_in_order_of_first_appearance():
+    """The documented order is that of first appearance, not the sorted order of the ids."""
+    patients = np.array(["z", "b", "z", "m", "b", "a"])
+    labels = np.array([2, 1, 2, 0, 1, 2])
+    assert list(patient_grades(patients, labels, [1, 2]).items()) == [("z", 2), ("b", 1), ("m", -1), ("a", 2)]
+
+
 def test_patient_accuracy():
     patients = np.array([7, 7, 7, 8, 8, 9])
     y_true = np.array([0, 2, 2, 1, 1, 0])

@@ -82,3 +82,53 @@ def test_robust_scale_int16_spanning_more_than_int16_holds(monkeypatch, padding,
     floats = robust_scale(vol, background_values(vol))
     assert np.array_equal(table, floats)
     assert table[0, 0, 3, 3] == 1.0 and table[:, 0, 2:8, 2:8].mean() > 0.3
+
+
+def test_foreground_is_a_difference_in_any_channel_not_all():
+    """A pixel that differs from the background in one channel only is foreground (not "all channels")."""
+    vol = np.zeros((1, 2, 4, 4), dtype=np.float32)
+    vol[0, 0, 1, 1] = 3.0  # channel 0 only
+    vol[0, 1, 2, 2] = -1.0  # channel 1 only
+    vol[0, :, 1, 2] = 5.0  # both channels
+    fg = foreground_mask(vol, np.zeros(2, dtype=np.float32))
+    assert np.argwhere(fg[0]).tolist() == [[1, 1], [1, 2], [2, 2]]
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_robust_scale_maps_the_half_and_99_and_a_half_percentiles_of_the_foreground(dtype):
+    """Exact values: the 0.5th and 99.5th foreground percentiles (10 and 266 here) go to 0 and 1, not others."""
+    values = np.array([1, 10] + [74] * 197 + [266, 300])  # 201 sorted values: percentile indices 1 and 199
+    vol = np.zeros((201, 1, 3, 3), dtype=dtype)  # the background (0) outnumbers the foreground 8 to 1
+    vol[:, 0, 1, 1] = values
+    out = robust_scale(vol, background_values(vol))
+    assert out[:, 0, 1, 1][[0, 1, 2, 199, 200]].tolist() == [0.0, 0.0, 0.25, 1.0, 1.0]  # (74 - 10) / 256
+    assert not out[:, 0, 0, :].any() and not out[:, 0, 2, :].any()
+
+
+def test_robust_scale_ignores_how_much_background_surrounds_the_foreground():
+    """Percentiles over the foreground only: padding a volume with more background leaves its foreground as is."""
+    vol = np.zeros((2, 1, 4, 4), dtype=np.float32)
+    vol[:, 0, 1:3, 1:3] = np.array([[[1, 3], [5, 7]], [[9, 11], [13, 15]]])
+    padded = np.pad(vol, ((0, 0), (0, 0), (10, 10), (10, 10)))
+    small, large = robust_scale(vol, background_values(vol)), robust_scale(padded, background_values(padded))
+    np.testing.assert_array_equal(large[:, :, 10:14, 10:14], small)
+    assert small[0, 0, 1, 1] == 0.0 and small[1, 0, 2, 2] == 1.0  # the foreground's extremes
+
+
+@pytest.mark.parametrize("scale", [1, 128])
+def test_robust_scale_zeroes_a_background_that_falls_inside_the_foreground_range(scale):
+    """z-scored data: a negative background between the percentiles would scale to 0.25; background must be 0."""
+    values = np.array([-200, -128] + [0] * 197 + [128, 200])  # percentiles -128 and 128
+    vol = np.full((201, 1, 3, 3), -64, dtype=np.int16)
+    vol[:, 0, 1, 1] = values
+    vol = vol if scale == 1 else vol.astype(np.float32) / scale  # the table path, the float path
+    out = robust_scale(vol, background_values(vol))
+    assert out[:, 0, 1, 1][[0, 1, 2, 199, 200]].tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]
+    assert (out[:, 0, 0, :] == 0.0).all() and (out[:, 0, :, 2] == 0.0).all()
+
+
+def test_paper_scale_shifts_a_negative_minimum_to_zero():
+    """z-scored input with negatives must end in [0, 1]: (x - min) / (max - min), not x / max."""
+    x = np.array([[[[-2.0, 0.0], [1.0, 2.0]], [[-1.0, -1.0], [-1.0, -1.0]]]], dtype=np.float32)
+    out = paper_scale(x)
+    assert out.tolist() == [[[[0.0, 0.5], [0.75, 1.0]], [[0.25, 0.25], [0.25, 0.25]]]]

@@ -120,3 +120,35 @@ def _sagittal_without_first_axis() -> np.ndarray:
                                     np.full((4, 4), np.nan), np.eye(3)])
 def test_axial_axes_without_an_orientation_keeps_the_stored_order(affine):
     assert axial_axes(affine) == (0, 1, 2)
+
+
+def test_resize_images_shrinks_with_anti_aliasing():
+    """A one-pixel checkerboard shrunk 32 -> 10 must blur to its mean (0.5), not alias into 0.18/0.82 stripes."""
+    board = (np.indices((32, 32)).sum(axis=0) % 2).astype(np.float32)
+    images = np.stack([np.stack([board, 1.0 - board])] * 2)  # (2, 2, 32, 32)
+    small = resize_images(images, 10)
+    assert small.shape == (2, 2, 10, 10)
+    assert np.abs(small - 0.5).max() < 0.02
+
+
+def test_resize_masks_enlarge_samples_pixel_centres():
+    """3 -> 7 px: output pixel i takes source floor((i + 0.5) * 3 / 7) = 0 0 1 1 1 2 2 (not floor(i * 3 / 7))."""
+    mask = np.array([[[1, 0, 0], [0, 0, 0], [0, 0, 1]]], dtype=np.uint8)
+    out = resize_masks(mask, 7)
+    assert out[0].tolist() == [[1, 1, 0, 0, 0, 0, 0],
+                               [1, 1, 0, 0, 0, 0, 0],
+                               [0, 0, 0, 0, 0, 0, 0],
+                               [0, 0, 0, 0, 0, 0, 0],
+                               [0, 0, 0, 0, 0, 0, 0],
+                               [0, 0, 0, 0, 0, 1, 1],
+                               [0, 0, 0, 0, 0, 1, 1]]
+
+
+def test_resize_masks_shrink_keeps_each_pixel_in_its_own_place():
+    """Any-overlap shrinking of one axis (7 -> 3: columns 0-1, 2-3, 4-6) neither flips nor shifts the mask."""
+    mask = np.zeros((1, 3, 7), dtype=np.uint8)
+    mask[0, 0, 0] = 1
+    mask[0, 2, 3] = 1
+    assert resize_masks(mask, 3)[0].tolist() == [[1, 0, 0], [0, 0, 0], [0, 1, 0]]
+    mask[0, 2, 3], mask[0, 2, 4] = 0, 1
+    assert resize_masks(mask, 3)[0].tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 1]]
