@@ -79,6 +79,21 @@ def reported_versions(report_dir: str | Path, dataset: str) -> set[str]:
     return {data_version_of(run) for run in report_run_dirs(report_dir)[0] if dataset_of(run) == dataset}
 
 
+def reported_model_folds(report_dir: str | Path, dataset: str, version: str) -> set[tuple[str, int]]:
+    """``(model, fold)`` of the runs of ``dataset``'s data ``version`` that the report in ``report_dir`` holds (those
+    still there).
+
+    Raises:
+        ValueError: the report is damaged (see :func:`read_report`).
+    """
+    out = set()
+    for run in report_run_dirs(report_dir)[0]:
+        if dataset_of(run) == dataset and data_version_of(run) == version:
+            fold_dir = Path(run).parent if Path(run).name.startswith(SEED_PREFIX) else Path(run)
+            out.add((fold_dir.parent.name, int(fold_dir.name.removeprefix("fold_"))))
+    return out
+
+
 METRICS = "metrics.json"
 """The report file that names the report's runs and keeps its carried notes."""
 

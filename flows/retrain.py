@@ -11,7 +11,7 @@ from prefect.states import State
 from flows.cluster import cluster_refusal
 from flows.layout import (REPORT, TRAINING_SETTINGS, carried_notes, failure_carried_notes, new_rejections,
                           notes_of_kept_runs, read_report, rejection_note, replace_dataset_runs, report_run_dirs,
-                          reported_runs, reported_versions, summary_rows, tagged)
+                          reported_model_folds, reported_runs, reported_versions, summary_rows, tagged)
 from flows.params import RetrainParams, with_work_dir_settings
 from flows.pipeline import (check_folds, heatmaps_and_evaluation, ingest_config, ingest_fresh, log_rows,
                             no_run_finished, record_training_settings, store_path, stored_version, train_and_keep,
@@ -35,7 +35,8 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     every new case is rejected, it ends with ``nothing ingested`` and retrains nothing.
     A run stopped after its ingestion (killed, cancelled, a failed validation or training) left a data
     version without a report; the next run trains and reports that version (finished trainings resume
-    or come from the cache), even when no file is new. A run in which no training finished ends Failed,
+    or come from the cache), even when no file is new; so it does when the report lacks a (model, fold) of
+    the version (:func:`unreported_runs`). A run in which no training finished ends Failed,
     its error holding this result; ``folds`` beyond the store's, and a ``dask_address`` cluster that cannot
     train, are refused when there is something to train, before anything is ingested (a night without new
     data stays "no new data"). Training settings it is not given (:data:`flows.params.INHERITED_SETTINGS`: its
@@ -59,14 +60,32 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
         return _retrain(params, logger, store, report_dir)
 
 
+def unreported_runs(params: RetrainParams, report_dir: Path, store: str, version: str) -> list[str]:
+    """``"MODEL fold K"`` of each (model, fold) a retraining with ``params`` trains (its settings completed from
+    the work dir's, :func:`flows.params.with_work_dir_settings`; the folds the store has) that the report lacks for
+    data ``version``: a training of that version that failed (the night after, the run is tried again, not "no new
+    data" for good) or a run dir deleted since. None where the recorded settings cannot be read: a run with new
+    data says why."""
+    from storage.store import fold_names, open_store
+
+    try:
+        params, _ = with_work_dir_settings(params)
+    except ValueError:
+        return []
+    folds = min(params.folds, len(fold_names(open_store(store))))
+    have = reported_model_folds(report_dir, params.dataset.label, version)
+    return [f"{model} fold {fold}" for model in params.models for fold in range(folds) if (model, fold) not in have]
+
+
 def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dict | State:
     """The body of :func:`retrain_on_new_data`, with the work dir locked."""
     spec = params.dataset
     read_report(report_dir)  # a damaged report fails the run here, before any ingestion, not after it
     fresh = named(find_new_files, "new files of", spec.label)(spec.source, store)
     stored = stored_version(store)
-    if not fresh and (stored is None or stored in reported_versions(report_dir, spec.label)):
-        logger.info("no new data in %s", spec.source)  # a night without new data reads no training settings
+    if not fresh and (stored is None or (stored in reported_versions(report_dir, spec.label)
+                                         and not unreported_runs(params, report_dir, store, stored))):
+        logger.info("no new data in %s", spec.source)
         return {"status": "no new data", "new_files": []}
     params, used = with_work_dir_settings(params)
     if used:
@@ -95,14 +114,19 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
         # the store's version, not the task's count: a cached ingestion reports the cases it stored back then
         ingested_cases = ingested["cases"] if ingested["data_version"] != before else 0
     version = stored_version(store)
-    pending = version is not None and version not in reported_versions(report_dir, spec.label)
-    if not ingested_cases and not pending:  # new files, none ingested (nothing new returned above)
+    unreported = version is not None and version not in reported_versions(report_dir, spec.label)
+    missing = [] if version is None or unreported else unreported_runs(params, report_dir, store, version)
+    if not ingested_cases and not unreported and not missing:  # new files, none ingested (nothing new returned above)
         logger.warning("no new case of %s could be ingested (%d rejected); nothing retrained", spec.source,
                        len(new_rejects))
         return {"status": "nothing ingested", "new_files": fresh, "ingested": 0, "rejected": new_rejects}
-    if not ingested_cases:
-        logger.warning("data version %s of %s has no report yet (an earlier run stopped after ingesting it): "
-                       "training and reporting it now", version, spec.label)
+    if not ingested_cases and unreported:
+        logger.warning("data version %s of %s has no run in the report (an earlier run stopped after ingesting it, "
+                       "or its runs failed or were deleted since): training and reporting it now", version, spec.label)
+    elif not ingested_cases:
+        logger.warning("the report lacks %s of data version %s of %s (failed, or deleted since): training %s now; "
+                       "the finished runs come from the cache", ", ".join(missing), version, spec.label,
+                       "it" if len(missing) == 1 else "them")
     rejected_note = rejection_note(spec.label, store, new_rejects)
     if rejected_note:
         logger.warning("%s", rejected_note)
@@ -123,7 +147,8 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
         kept = len(runs) - len(done)
         others = notes_of_kept_runs(carried_notes(report_dir), spec.label, runs)
         why = (f"after {len(fresh)} new file(s)" if ingested_cases
-               else "after an earlier run stopped before its report")
+               else "after an earlier run stopped before its report" if unreported
+               else f"to finish the run(s) missing from the report ({', '.join(missing)})")
         html = report(runs, str(report_dir), "gpseg report (retrained on new data)",
                       [f"thresholds: {params.threshold.describe()}"],
                       [*tagged(spec.label, [

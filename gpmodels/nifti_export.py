@@ -31,6 +31,7 @@ import zarr
 from gpmodels.files import remove_stale_temporaries, replace_atomically
 from storage.errors import CaseRejected
 from storage.nifti import MAX_VOXEL_BYTES, load_nifti
+from storage.slicing import nearest_indices
 from storage.store import open_store, read_patients
 from storage.volumes import record_axes
 
@@ -41,14 +42,6 @@ MASK_DESCRIPTION = "gpseg mask"
 
 _GZIP_LEVEL = 6
 _DESCRIP_BYTES = 80
-
-
-def _nearest_indices(source: int, target: int) -> np.ndarray:
-    """Index of the source pixel whose cell holds each of ``target`` output pixel centres.
-
-    int ``(target,)``; the identity when ``source == target``.
-    """
-    return np.minimum(((np.arange(target) + 0.5) * (source / target)).astype(np.intp), source - 1)
 
 
 def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
@@ -129,8 +122,8 @@ def reassemble_volume(masks: np.ndarray, slice_index: np.ndarray, shape: Sequenc
         raise ValueError("slice_index: got repeated positions, expected one mask per slice")
     volume = np.zeros((x, y, z), dtype=np.uint8)
     if slice_index.size:
-        rows = _nearest_indices(masks.shape[1], y)
-        cols = _nearest_indices(masks.shape[2], x)
+        rows = nearest_indices(masks.shape[1], y)
+        cols = nearest_indices(masks.shape[2], x)
         resized = masks[:, rows[:, None], cols[None, :]] != 0
         volume[:, :, slice_index.astype(np.intp)] = resized.transpose(2, 1, 0)
     return volume

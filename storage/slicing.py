@@ -107,11 +107,15 @@ def _any_overlap_axis(mask: np.ndarray, axis: int, size: int) -> np.ndarray:
     return np.maximum.reduceat(mask, starts, axis=axis)
 
 
+def nearest_indices(length: int, size: int) -> np.ndarray:
+    """int ``(size,)``: the index of the source pixel (of ``length``) whose cell holds each of ``size`` output pixel
+    centres; the identity when ``length == size``."""
+    return np.minimum(((np.arange(size) + 0.5) * (length / size)).astype(np.intp), length - 1)
+
+
 def _nearest_axis(mask: np.ndarray, axis: int, size: int) -> np.ndarray:
     """Enlarge (or keep) one axis by nearest-neighbour sampling of pixel centres."""
-    length = mask.shape[axis]
-    src = np.minimum(((np.arange(size) + 0.5) * (length / size)).astype(np.intp), length - 1)
-    return np.take(mask, src, axis=axis)
+    return np.take(mask, nearest_indices(mask.shape[axis], size), axis=axis)
 
 
 def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:

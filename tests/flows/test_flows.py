@@ -382,6 +382,48 @@ def test_a_retrain_stopped_after_its_ingestion_is_finished_by_the_next_run(bench
 
 
 @after_first_run
+def test_a_run_missing_from_the_report_of_a_version_is_trained_again_the_next_night(bench_workdir, task_states,
+                                                                                      monkeypatch):
+    """A model whose training failed in a retrain (a transient out-of-memory) left its data version reported by the
+    other models, and every later night said "no new data": it was never trained on that version."""
+    import shutil
+
+    import tasks.training
+
+    source, store = bench_workdir / "phantoms" / "brats", bench_workdir / "stores" / "brats.zarr"
+    version = open_store(store).attrs["data_version"]
+    report_dir, settings = bench_workdir / "report", bench_workdir / "training_settings.json"
+    saved_report, saved_settings = bench_workdir.parent / f"{bench_workdir.name}-report", settings.read_text()
+    shutil.copytree(report_dir, saved_report)
+    trained = tasks.training.train
+
+    def fail_reconresnet(config, *args, **kwargs):
+        if config.model == "gp-reconresnet":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return trained(config, *args, **kwargs)
+
+    monkeypatch.setattr(tasks.training, "train", fail_reconresnet)
+    params = _retrain_params(bench_workdir, source).model_copy(update={"models": ["gp-unet", "gp-reconresnet"]})
+    try:
+        for night in range(2):  # the failed run is tried again each night, not "no new data" for good
+            state = retrain_on_new_data(params, return_state=True)
+            result = state.result()
+            assert result["status"] == "retrained" and result["ingested"] == 0, night
+            assert result["data_version"] == version
+            assert [(row["model"], row["status"][:7]) for row in result["rows"]] == [
+                ("gp-unet", "ok"), ("gp-reconresnet", "FAILED:")]
+            notes = json.loads((report_dir / "metrics.json").read_text())["notes"]
+            assert any(f"data version {version} to finish the run(s) missing from the report (gp-reconresnet fold 0)"
+                       in note for note in notes)
+        assert _train_states(state.state_details.flow_run_id, task_states).count("Cached") == 1  # gp-unet's
+    finally:  # the report and settings of the first run, for the tests after this one
+        shutil.rmtree(report_dir)
+        shutil.move(saved_report, report_dir)
+        settings.write_text(saved_settings)
+    assert retrain_on_new_data(_retrain_params(bench_workdir, source)) == {"status": "no new data", "new_files": []}
+
+
+@after_first_run
 def test_changed_or_unread_files_are_new_data_once(bench_workdir, task_states):
     """A stored case's file replaced with other content, and a NIfTI file outside any case folder: each run
     found them new, ingested nothing, said no reason, and the next run found them new again."""
