@@ -18,7 +18,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flows.params import DatasetSpec
 
 STORES, PHANTOMS, RUNS, REPORT = "stores", "phantoms", "runs", "report"
 SEED_PREFIX = "seed_"
@@ -344,16 +349,62 @@ def row_where(row: dict) -> str:
     return " ".join(str(part) for part in (row.get("dataset"), row.get("model"), fold) if part)
 
 
-def new_rejections(rejected: dict[str, str], fresh: list[str]) -> dict[str, str]:
+def append_refusal(workdir: str | Path, spec: DatasetSpec, store: str) -> str | None:
+    """Why a retrain cannot append ``spec``'s new files to ``store`` (its :func:`flows.pipeline.store_path`), in
+    one line, or ``None``:
+
+    * a Jun Cheng store split by the official folds (``--split cvind``) takes a slice only with its fold, from a
+      ``cvind.mat`` beside the new slices (the published one lists slices 1 to 3064);
+    * no store of that label yet, while the work dir holds one of the same kind under another name (a benchmark's
+      dataset ``name``): a store of the drop folder alone would be a dataset of its own.
+    """
+    from storage.jun_cheng import find_cvind
+
+    if Path(store).exists():
+        split = (_store_attrs(Path(store)).get("split") or {}).get("mode")
+        if spec.kind == "jun-cheng" and split == "cvind" and Path(spec.source).is_dir() \
+                and find_cvind(Path(spec.source)) is None:
+            return (f"{store} splits by the official folds (--split cvind), and {spec.source} has no cvind.mat "
+                    "giving the new slices theirs: drop a cvind.mat that lists them, or benchmark with --split "
+                    "grouped to take drops")
+        return None
+    if spec.name is not None:  # a new dataset named on purpose
+        return None
+    others = sorted(path.stem for path in (Path(workdir) / STORES).glob("*.zarr")
+                    if path.stem != spec.label and _store_attrs(path).get("dataset") == spec.kind)
+    if others:
+        return (f"{store} does not exist, and the work dir's {spec.kind} data is in "
+                f"{', '.join(f'{STORES}/{name}.zarr' for name in others)}: give the dataset's name (`gpseg retrain "
+                f"--name {others[0]}`, or `name` in the deployment's dataset parameter) to add the new cases to it")
+    return None
+
+
+def _store_attrs(path: Path) -> dict:
+    """The attributes of the Zarr group at ``path``, ``{}`` when it cannot be read (a stray folder, a damaged
+    store: the ingestion and validation that read it say what is wrong)."""
+    import zarr
+
+    try:
+        return dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:
+        return {}
+
+
+def new_rejections(rejected: dict[str, str], fresh: list[str], known: Collection[str] | None = None
+                   ) -> dict[str, str]:
     """The rejections of an append that concern its new files: a rejected file among ``fresh``, or a rejected
-    case folder holding one. An append reads every case not stored, so it rejects the old ones again.
+    case folder holding one, or one the store did not list as rejected before (``known``: a file that arrived
+    while the append ran). An append reads every case not stored, so it rejects the old ones again.
 
     Args:
         rejected: source key (file or case folder, relative to the source) -> reason.
         fresh: the new files' source keys (:func:`storage.drops.new_files`).
+        known: the source keys the store listed as rejected before the append (``None``: not known, so only the
+            rejections of ``fresh`` files).
     """
     return {key: reason for key, reason in rejected.items()
-            if any(path == key or path.startswith(f"{key}/") for path in fresh)}
+            if (known is not None and key not in known) or any(path == key or path.startswith(f"{key}/")
+                                                               for path in fresh)}
 
 
 def rejection_note(label: str, store: str, rejected: dict[str, str]) -> str:

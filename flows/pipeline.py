@@ -142,6 +142,13 @@ def stored_version(store: str) -> str | None:
     return open_store(store).attrs.get("data_version") if Path(store).exists() else None
 
 
+def stored_rejections(store: str) -> set[str]:
+    """The source keys the store at ``store`` lists as rejected (none when there is no store)."""
+    from storage.store import open_store
+
+    return set(open_store(store).attrs.get("rejected") or {}) if Path(store).exists() else set()
+
+
 def check_folds(store: str, folds: int) -> None:
     """A one-line error when a retraining asks for more ``folds`` than the store at ``store`` was split into
     (none yet: the first drop splits it into ``folds``).

@@ -9,13 +9,14 @@ from prefect import flow, get_run_logger
 from prefect.states import State
 
 from flows.cluster import cluster_refusal
-from flows.layout import (REPORT, TRAINING_SETTINGS, carried_notes, failure_carried_notes, new_rejections,
-                          notes_of_kept_runs, read_report, rejection_note, replace_dataset_runs, report_run_dirs,
-                          reported_model_folds, reported_runs, reported_versions, summary_rows, tagged)
+from flows.layout import (REPORT, TRAINING_SETTINGS, append_refusal, carried_notes, failure_carried_notes,
+                          new_rejections, notes_of_kept_runs, read_report, rejection_note, replace_dataset_runs,
+                          report_run_dirs, reported_model_folds, reported_runs, reported_versions, summary_rows,
+                          tagged)
 from flows.params import RetrainParams, with_work_dir_settings
 from flows.pipeline import (check_folds, heatmaps_and_evaluation, ingest_config, ingest_fresh, log_rows,
-                            no_run_finished, record_training_settings, store_path, stored_version, train_and_keep,
-                            training_jobs)
+                            no_run_finished, record_training_settings, store_path, stored_rejections,
+                            stored_version, train_and_keep, training_jobs)
 from flows.workdir_lock import workdir_lock
 from storage.errors import NoUsableInput
 from tasks.data import find_new_files, validate
@@ -96,12 +97,17 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
     if fresh:
         logger.info("%d new file(s) in %s", len(fresh), spec.source)
         check_folds(store, params.folds)  # before ingesting: every run of a fold the store lacks would fail, late
+        if refusal := append_refusal(params.workdir, spec, store):
+            logger.warning("nothing ingested: %s", refusal)
+            return {"status": "nothing ingested", "new_files": fresh, "ingested": 0, "rejected": {},
+                    "reason": refusal}
     recorded = Path(params.workdir) / TRAINING_SETTINGS if "dask_address" in used else None
     # as full-benchmark: the cluster before the ingestion (or before training a version an earlier run ingested)
     if params.dask_address and (refused := cluster_refusal(params.dask_address, params.devices, recorded)):
         return refused
     if fresh:
         before = stored_version(store)
+        known = stored_rejections(store)  # a file added during the ingestion is not among the fresh ones
         try:
             ingested = ingest_fresh(spec.kind, spec.source, store, ingest_config(spec, params.folds),
                                     append=Path(store).exists(), refresh=True)  # new content: never the cache
@@ -110,7 +116,7 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
                            len(exc.rejected))
             return {"status": "nothing ingested", "new_files": fresh, "ingested": 0,
                     "rejected": new_rejections(exc.rejected, fresh) or exc.rejected}
-        new_rejects = new_rejections(ingested["rejected"], fresh)  # the old ones are rejected again at each append
+        new_rejects = new_rejections(ingested["rejected"], fresh, known)  # old ones are rejected again at each append
         # the store's version, not the task's count: a cached ingestion reports the cases it stored back then
         ingested_cases = ingested["cases"] if ingested["data_version"] != before else 0
     version = stored_version(store)

@@ -97,6 +97,7 @@ def drop_cmd(
     done = f"copied {copied} item(s) into {into}"
     if kind == "brats":
         _warn_rejected_cases(into, {_name(item) for item in path})
+    _warn_store(workdir, kind, into)
     problem = _event_api_problem()
     if problem:
         raise fail(f"{done}, but the event was NOT sent: {problem}")
@@ -118,6 +119,23 @@ def drop_cmd(
         raise fail(f"{done}, but the event was NOT sent within {EVENT_SEND_TIMEOUT_S:.0f} s; "
                    "run `gpseg drop` again (it skips what is already there)")
     console.print(f"{escape(done)}; event sent", soft_wrap=True)
+
+
+def _warn_store(workdir: Path, kind: str, into: Path) -> None:
+    """Warn when the retraining the event triggers cannot add the drop to the work dir's store of ``kind``
+    (:func:`flows.pipeline.append_refusal`), or will make a new store of the drop folder alone."""
+    from flows.layout import STORES, append_refusal
+    from flows.params import DatasetSpec
+
+    spec = DatasetSpec(kind=kind, source=str(into))
+    store = str(workdir / STORES / f"{spec.label}.zarr")  # flows.pipeline.store_path (which imports torch)
+    refusal = append_refusal(workdir, spec, store)
+    if refusal is None and not Path(store).exists() and any((workdir / STORES).glob("*.zarr")):
+        # a work dir benchmarked on other data (a first drop into an empty one makes its store on purpose)
+        refusal = (f"{store} does not exist yet: the retraining makes a new {kind} store of the drop folder alone, "
+                   "which needs enough patients for its folds")
+    if refusal:
+        console.print(f"[yellow]warning[/yellow] {escape(refusal)}", highlight=False, soft_wrap=True)
 
 
 def _name(item: Path) -> str:

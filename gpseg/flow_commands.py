@@ -220,7 +220,11 @@ def retrain_cmd(
                                                "full-benchmark's).")] = Path(DEFAULT_WORKDIR),
     kind: Annotated[str, typer.Option(help="brats or jun-cheng: how the drop folder is read; manifest: --source is "
                                            "a manifest CSV (new rows, or a new CSV, of your own NIfTI data). The "
-                                           "store is WORKDIR/stores/KIND.zarr.")] = "brats",
+                                           "store is WORKDIR/stores/KIND.zarr (NAME.zarr with --name).")] = "brats",
+    name: Annotated[Optional[str], typer.Option(
+        show_default=False, help="The dataset's name where the benchmark gave it one (a dataset's `name`): its "
+                                 "store is WORKDIR/stores/NAME.zarr and its runs WORKDIR/runs/NAME. Default: the "
+                                 "kind.")] = None,
     source: Annotated[Optional[Path], typer.Option(
         show_default=False, help="The drop folder (a manifest CSV with --kind manifest, which needs it). Default: the "
                                  "kind's, where `gpseg drop` copies (WORKDIR/drop for "
@@ -266,7 +270,9 @@ def retrain_cmd(
     when nothing is new. What the nightly schedule and `gpseg drop`'s event run through `gpseg serve`.
     Training options left out (models, folds, preset, --option, --seeds, --devices, --precision, --epochs,
     --batch-size, --dask-address) are those of the last benchmark or retrain that trained in the work dir. Exit 0
-    when retrained or nothing is new, 1 when a run failed, 2 when new files were rejected.
+    when retrained or nothing is new, 1 when a run failed, 2 when new files were rejected or the store cannot take
+    them (a Jun Cheng store split by --split cvind without a cvind.mat for them; a dataset benchmarked under a
+    name, retrained without --name).
     """
     from flows.params import DatasetSpec, RetrainParams
     from flows.layout import default_drop_folder
@@ -300,7 +306,7 @@ def retrain_cmd(
         if dask_address is not None:  # 'none' counts as given: it clears an address the work dir recorded
             given["dask_address"] = None if dask_address.strip().lower() == "none" else dask_address
         params = RetrainParams(  # training options left out (None, empty) are the work dir's, in the flow
-            workdir=str(workdir), dataset=DatasetSpec(kind=kind, source=str(drop)), **given)
+            workdir=str(workdir), dataset=DatasetSpec(kind=kind, source=str(drop), name=name), **given)
     except ValueError as exc:
         raise fail(one_line(exc)) from exc
     options = {"--models": models, "--folds": folds, "--preset": preset, "--devices": devices, "--precision": precision,
@@ -332,12 +338,15 @@ def retrain_outcome(result: dict, drop: Path, thresholds: str | None = None, giv
     if result["status"] != "retrained":
         for note in rejected:
             console.print(f"[yellow]rejected:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+        refused = bool(result["new_files"] and result.get("reason"))  # the store cannot take them (append_refusal)
         said = (f"{len(result['new_files'])} new file(s), none ingested" if result["new_files"]
                 else result.get("reason") or "nothing new")
+        if refused:
+            said += f": {result['reason']}"
         if given:
             said += f"; nothing trained, so the training settings given ({', '.join(given)}) were not applied"
         console.print(f"{result['status']}: {escape(str(drop))} ({said})", highlight=False, soft_wrap=True)
-        return typer.Exit(2 if rejected else 0)
+        return typer.Exit(2 if rejected or refused else 0)
     console.print(f"retrained on data version {result['data_version']} ({result['ingested']} new case(s))",
                   highlight=False)
     failed = [row for row in result["rows"] if row["status"] != "ok"]

@@ -110,6 +110,33 @@ def test_retrain_refuses_a_mistyped_or_file_source_but_not_a_default_drop_folder
     assert [params.dataset.source for params in flow_calls] == [str(work / "drop"), str(tmp_path / "drop")]
 
 
+def test_retrain_passes_the_dataset_name(tmp_path, flow_calls):
+    """A dataset benchmarked with a `name` (stores/b20.zarr) could not be retrained: `gpseg retrain` had no --name."""
+    work = _work_dir(tmp_path / "w", ())
+    (tmp_path / "drop").mkdir()
+    args = ["retrain", "--workdir", str(work), "--source", str(tmp_path / "drop")]
+    assert CliRunner().invoke(app, [*args, "--name", "b20"]).exit_code == 0
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert [(params.dataset.name, params.dataset.label) for params in flow_calls] == [("b20", "b20"), (None, "brats")]
+
+
+def test_a_retrain_whose_store_cannot_take_the_new_files_says_why_and_exits_2(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import gpseg.flow_commands
+    from gpseg.flow_commands import retrain_outcome
+
+    text = io.StringIO()
+    monkeypatch.setattr(gpseg.flow_commands, "console", Console(file=text, width=300, force_terminal=False))
+    result = {"status": "nothing ingested", "new_files": ["41.mat"], "ingested": 0, "rejected": {},
+              "reason": "w/stores/jun-cheng.zarr splits by the official folds (--split cvind), and ..."}
+    assert retrain_outcome(result, Path("w/drop-jun-cheng")).exit_code == 2
+    assert text.getvalue().strip() == ("nothing ingested: w/drop-jun-cheng (1 new file(s), none ingested: "
+                                       "w/stores/jun-cheng.zarr splits by the official folds (--split cvind), and ...)")
+
+
 def test_retrain_reads_a_manifest_csv_given_as_source(tmp_path, flow_calls):
     """The flow retrains a manifest work dir on a CSV, but `gpseg retrain` took brats or jun-cheng drop folders only,
     and a benchmark re-run with the new CSV would have split every patient anew."""

@@ -345,6 +345,23 @@ def test_a_dropped_case_that_ingestion_will_reject_is_named_as_it_is_copied(drop
     assert "drop the release's name_mapping.csv with it" in said
 
 
+def test_a_drop_says_when_the_work_dir_has_no_store_to_add_it_to(dropped, tmp_path, no_api):
+    """A BraTS drop into a Jun Cheng work dir was copied silently; each night its retrain then made a one-case
+    store that failed validation."""
+    import zarr
+
+    case, into = dropped
+    assert "warning" not in _drop(tmp_path, str(case), "--into", str(into)).output  # a new work dir: its first store
+    zarr.open_group(str(tmp_path / "w" / "stores" / "jun-cheng.zarr"), mode="w").attrs.update(dataset="jun-cheng")
+    said = " ".join(_drop(tmp_path, str(case), "--into", str(into)).output.split())
+    store = tmp_path / "w" / "stores" / "brats.zarr"
+    assert (f"warning {store} does not exist yet: the retraining makes a new brats store of the drop folder alone, "
+            "which needs enough patients for its folds") in said
+    zarr.open_group(str(tmp_path / "w" / "stores" / "b20.zarr"), mode="w").attrs.update(dataset="brats")
+    said = " ".join(_drop(tmp_path, str(case), "--into", str(into)).output.split())
+    assert f"warning {store} does not exist, and the work dir's brats data is in stores/b20.zarr" in said
+
+
 # ---------------------------------------------------------------- the event
 
 

@@ -424,6 +424,22 @@ def test_a_run_missing_from_the_report_of_a_version_is_trained_again_the_next_ni
 
 
 @after_first_run
+def test_a_drop_for_a_dataset_benchmarked_under_a_name_ingests_nothing_and_says_how(bench_workdir, tmp_path):
+    """The retrain made a second brats store of the drop alone beside the benchmark's `stores/b20.zarr`, trained on
+    the dropped patients only, and reported both as two datasets."""
+    import shutil
+
+    work = tmp_path / "w"
+    shutil.copytree(bench_workdir / "stores" / "brats.zarr", work / "stores" / "b20.zarr")
+    write_brats_phantoms(tmp_path / "drop", 1, size=32, depth=None, seed=0, first_case=40)
+    result = retrain_on_new_data(_retrain_params(work, tmp_path / "drop"))
+    assert result["status"] == "nothing ingested" and result["ingested"] == 0
+    assert result["reason"].endswith("give the dataset's name (`gpseg retrain --name b20`, or `name` in the "
+                                     "deployment's dataset parameter) to add the new cases to it")
+    assert sorted(path.name for path in (work / "stores").iterdir()) == ["b20.zarr"]
+
+
+@after_first_run
 def test_changed_or_unread_files_are_new_data_once(bench_workdir, task_states):
     """A stored case's file replaced with other content, and a NIfTI file outside any case folder: each run
     found them new, ingested nothing, said no reason, and the next run found them new again."""

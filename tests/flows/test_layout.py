@@ -199,3 +199,47 @@ def test_artifact_keys_name_the_work_dir_in_the_characters_prefect_takes(workdir
     table, link = artifact_keys(workdir)
     assert table == key and link == key.replace("results", "report")
     assert re.fullmatch(r"[a-z0-9-]+", table)
+
+
+def test_a_rejection_the_store_did_not_list_before_is_new_even_when_its_file_was_not_found_new():
+    """A bad case copied into the drop folder while a retrain ran was read by its append (which reads every case
+    not stored), rejected, and never said: the next run found nothing new."""
+    from flows.layout import new_rejections
+
+    rejected = {"BraTS20_Training_003": "no seg", "BraTS20_Training_031/x_t2.nii.gz": "truncated gzip file"}
+    known = {"BraTS20_Training_003"}  # rejected by an earlier append, and again by this one
+    assert new_rejections(rejected, ["BraTS20_Training_030/x_t1.nii.gz"], known) == {
+        "BraTS20_Training_031/x_t2.nii.gz": "truncated gzip file"}
+
+
+def _store(path: Path, **attrs) -> Path:
+    import zarr
+
+    zarr.open_group(str(path), mode="w").attrs.update(attrs)
+    return path
+
+
+def test_a_store_that_cannot_take_a_drop_is_named_with_what_to_do(tmp_path):
+    """A Jun Cheng store split by the official folds failed every retrain after a drop with a traceback; a drop
+    into a work dir whose brats dataset was benchmarked under a name made a second store of the drop alone."""
+    from flows.layout import append_refusal
+    from flows.params import DatasetSpec
+
+    drop, stores = tmp_path / "drop", tmp_path / "stores"
+    drop.mkdir()
+    cvind = _store(stores / "jun-cheng.zarr", dataset="jun-cheng", split={"mode": "cvind"})
+    jun_cheng = DatasetSpec(kind="jun-cheng", source=str(drop))
+    assert append_refusal(tmp_path, jun_cheng, str(cvind)) == (
+        f"{cvind} splits by the official folds (--split cvind), and {drop} has no cvind.mat giving the new slices "
+        "theirs: drop a cvind.mat that lists them, or benchmark with --split grouped to take drops")
+    (drop / "cvind.mat").write_bytes(b"")
+    assert append_refusal(tmp_path, jun_cheng, str(cvind)) is None
+    _store(stores / "b20.zarr", dataset="brats", split={"mode": "grouped"})
+    brats = DatasetSpec(kind="brats", source=str(drop))
+    assert append_refusal(tmp_path, brats, str(stores / "brats.zarr")) == (
+        f"{stores / 'brats.zarr'} does not exist, and the work dir's brats data is in stores/b20.zarr: give the "
+        "dataset's name (`gpseg retrain --name b20`, or `name` in the deployment's dataset parameter) to add the new "
+        "cases to it")
+    named = DatasetSpec(kind="brats", source=str(drop), name="b21")  # a new dataset, named on purpose
+    assert append_refusal(tmp_path, named, str(stores / "b21.zarr")) is None
+    assert append_refusal(tmp_path / "empty", brats, str(tmp_path / "empty" / "stores" / "brats.zarr")) is None
