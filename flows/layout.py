@@ -361,7 +361,7 @@ def append_refusal(workdir: str | Path, spec: DatasetSpec, store: str) -> str | 
     from storage.jun_cheng import find_cvind
 
     if Path(store).exists():
-        split = (_store_attrs(Path(store)).get("split") or {}).get("mode")
+        split = (store_attrs(Path(store)).get("split") or {}).get("mode")
         if spec.kind == "jun-cheng" and split == "cvind" and Path(spec.source).is_dir() \
                 and find_cvind(Path(spec.source)) is None:
             return (f"{store} splits by the official folds (--split cvind), and {spec.source} has no cvind.mat "
@@ -371,7 +371,7 @@ def append_refusal(workdir: str | Path, spec: DatasetSpec, store: str) -> str | 
     if spec.name is not None:  # a new dataset named on purpose
         return None
     others = sorted(path.stem for path in (Path(workdir) / STORES).glob("*.zarr")
-                    if path.stem != spec.label and _store_attrs(path).get("dataset") == spec.kind)
+                    if path.stem != spec.label and store_attrs(path).get("dataset") == spec.kind)
     if others:
         return (f"{store} does not exist, and the work dir's {spec.kind} data is in "
                 f"{', '.join(f'{STORES}/{name}.zarr' for name in others)}: give the dataset's name (`gpseg retrain "
@@ -379,7 +379,7 @@ def append_refusal(workdir: str | Path, spec: DatasetSpec, store: str) -> str | 
     return None
 
 
-def _store_attrs(path: Path) -> dict:
+def store_attrs(path: Path) -> dict:
     """The attributes of the Zarr group at ``path``, ``{}`` when it cannot be read (a stray folder, a damaged
     store: the ingestion and validation that read it say what is wrong)."""
     import zarr

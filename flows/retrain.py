@@ -18,6 +18,7 @@ from flows.pipeline import (check_folds, heatmaps_and_evaluation, ingest_config,
                             no_run_finished, record_training_settings, store_path, stored_rejections,
                             stored_version, train_and_keep, training_jobs)
 from flows.workdir_lock import workdir_lock
+from storage.drops import other_kind
 from storage.errors import NoUsableInput
 from tasks.data import find_new_files, validate
 from tasks.evaluation import publish, report
@@ -97,7 +98,13 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
     if fresh:
         logger.info("%d new file(s) in %s", len(fresh), spec.source)
         check_folds(store, params.folds)  # before ingesting: every run of a fold the store lacks would fail, late
-        if refusal := append_refusal(params.workdir, spec, store):
+        if theirs := other_kind(spec.kind, fresh):  # ingestion would read none of them, and say no reason
+            refusal = (f"the new files are {theirs} files ({', '.join(fresh[:2])}{', ...' if len(fresh) > 2 else ''}), "
+                       f"and this retrain reads {spec.source} as {spec.kind} data: give the kind {theirs} "
+                       f"(`gpseg retrain --kind {theirs}`)")
+        else:
+            refusal = append_refusal(params.workdir, spec, store)
+        if refusal:
             logger.warning("nothing ingested: %s", refusal)
             return {"status": "nothing ingested", "new_files": fresh, "ingested": 0, "rejected": {},
                     "reason": refusal}

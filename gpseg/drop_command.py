@@ -88,11 +88,12 @@ def drop_cmd(
             copied += bool(added)
             continue
         try:
-            changed, said = _put(item, target)
+            changed, said, replaced = _put(item, target)
         except _CopyFailed as exc:
             raise fail(f"{exc}; copied {copied} item(s) before it, no event sent") from exc
         if said:
             console.print(said, highlight=False, soft_wrap=True)
+        _warn_replaced_stored(workdir, kind, into, replaced)
         copied += changed
     done = f"copied {copied} item(s) into {into}"
     if kind == "brats":
@@ -136,6 +137,23 @@ def _warn_store(workdir: Path, kind: str, into: Path) -> None:
                    "which needs enough patients for its folds")
     if refusal:
         console.print(f"[yellow]warning[/yellow] {escape(refusal)}", highlight=False, soft_wrap=True)
+
+
+def _warn_replaced_stored(workdir: Path, kind: str, into: Path, replaced: list[Path]) -> None:
+    """Warn when files the drop replaced are files the work dir's store of ``kind`` holds (by their path below the
+    drop folder): a stored case is not read again, so the retraining rejects them as changed since stored."""
+    if not replaced:
+        return
+    from flows.layout import STORES, store_attrs
+
+    sources = store_attrs(workdir / STORES / f"{kind}.zarr").get("sources") or {}
+    stored = [path for path in replaced if path.relative_to(into).as_posix() in sources]
+    if stored:
+        first = stored[0].relative_to(into).as_posix() + (f" and {len(stored) - 1} more" if len(stored) > 1 else "")
+        console.print(f"[yellow]warning[/yellow] {escape(first)}: "
+                      "replaced a file the store holds; a stored case is not read again, so the retraining rejects "
+                      "the new content once (\"changed since it was stored\"); to take it, ingest the source into a "
+                      "new store", highlight=False, soft_wrap=True)
 
 
 def _name(item: Path) -> str:
@@ -190,21 +208,6 @@ KIND_FILES = {"brats": "BraTS file", "jun-cheng": "Jun Cheng .mat file"}
 """What the data files of each drop kind are called in messages (a BraTS file: NIfTI or name_mapping.csv)."""
 
 
-def _kind_of(name: str) -> str | None:
-    """The drop kind whose ingestion reads a file of this name (:func:`storage.drops.is_data_file`): brats for
-    a NIfTI file and name_mapping.csv, jun-cheng for ``N.mat`` and the fold files
-    (:data:`storage.jun_cheng.CVIND_FILES`); None for any other name."""
-    from storage.discovery import NIFTI_SUFFIXES
-    from storage.drops import METADATA_FILES
-    from storage.jun_cheng import CVIND_FILES, is_slice_file
-
-    if is_slice_file(name) or name in CVIND_FILES:
-        return "jun-cheng"
-    if name in METADATA_FILES or name.lower().endswith(NIFTI_SUFFIXES):
-        return "brats"
-    return None
-
-
 def _not_droppable(item: Path, kind: str) -> str | None:
     """Why ``item`` cannot be dropped into a ``kind`` drop folder, or None.
 
@@ -216,7 +219,7 @@ def _not_droppable(item: Path, kind: str) -> str | None:
     from storage.brats import GRADE_FOLDERS
     from storage.discovery import is_archive, is_hidden
     from storage.discovery import NIFTI_SUFFIXES
-    from storage.drops import data_files, is_data_file
+    from storage.drops import data_files, file_kind, is_data_file
 
     if not item.exists():
         return "not found"
@@ -231,9 +234,9 @@ def _not_droppable(item: Path, kind: str) -> str | None:
     files = data_files(item, source=item.parent) if item.is_dir() else [item]  # a folder goes one level down
     if not files:
         return "holds no NIfTI file or Jun Cheng N.mat, so it is no case"
-    others = [f for f in files if _kind_of(f.name) != kind]
+    others = [f for f in files if file_kind(f.name) != kind]
     if others:
-        theirs = _kind_of(others[0].name)
+        theirs = file_kind(others[0].name)
         what = f"is a {KIND_FILES[theirs]}" if item.is_file() else \
             f"holds {KIND_FILES[theirs]}s such as {others[0].relative_to(item)}"
         fix = f"drop it with --kind {theirs}" if len(others) == len(files) else "take it out first"
@@ -268,16 +271,16 @@ def _drop_folder_problem(into: Path, kind: str) -> str | None:
     """Why nothing can be dropped into ``into`` as ``kind``, or None: it is a file, or it holds the other kind's
     data files (the retraining reads a drop folder as one kind). Only names are read; a missing folder is
     fine (it is made)."""
-    from storage.drops import data_files
+    from storage.drops import data_files, file_kind
 
     if into.exists() and not into.is_dir():
         return "is not a folder"
     if not into.is_dir():
         return None
-    other = next((f for f in data_files(into) if _kind_of(f.name) not in (kind, None)), None)
+    other = next((f for f in data_files(into) if file_kind(f.name) not in (kind, None)), None)
     if other is None:
         return None
-    return (f"holds {KIND_FILES[_kind_of(other.name)]}s such as {other.relative_to(into)}, and the retraining reads a "
+    return (f"holds {KIND_FILES[file_kind(other.name)]}s such as {other.relative_to(into)}, and the retraining reads a "
             f"drop folder as one kind; drop {kind} data into a folder of its own (the default --into of --kind "
             f"{kind} is {DROP_FOLDERS[kind]})")
 
@@ -286,7 +289,7 @@ class _CopyFailed(Exception):
     """A dropped item could not be copied; its text is one line naming the file and the reason."""
 
 
-def _put(item: Path, target: Path) -> tuple[bool, str]:
+def _put(item: Path, target: Path) -> tuple[bool, str, list[Path]]:
     """Copy ``item`` to ``target`` in the drop folder, or, when ``target`` is there, what of it differs.
 
     A new item is copied to a hidden temporary name beside ``target`` and renamed into place; a temporary
@@ -295,7 +298,8 @@ def _put(item: Path, target: Path) -> tuple[bool, str]:
     files that only ``target`` holds are kept. Sizes are compared first, then content.
 
     Returns:
-        Whether anything was copied, and a line to print about it (``""`` for a new item).
+        Whether anything was copied, a line to print about it (``""`` for a new item), and the files in the drop
+        folder whose content was replaced.
 
     Raises:
         _CopyFailed: a file could not be read, compared or written; every temporary copy is removed (also
@@ -304,7 +308,7 @@ def _put(item: Path, target: Path) -> tuple[bool, str]:
     try:
         if not target.exists():
             _copy_new(item, target)
-            return True, ""
+            return True, "", []
         replaced, added = [], []
         inside = (target if item.is_dir() else target.parent).resolve()
         for src, dst in _file_pairs(item, target):  # every file checked before any is replaced
@@ -331,10 +335,10 @@ def _put(item: Path, target: Path) -> tuple[bool, str]:
         raise _CopyFailed(os_error_line(exc, item)) from exc
     if not replaced and not added:
         return False, f"[yellow]skip[/yellow] {escape(item.name)}: already in {escape(str(target.parent))}, " \
-                      "identical"
+                      "identical", []
     said = ", ".join(f"{len(files)} {verb}" for files, verb in ((replaced, "replaced"), (added, "added")) if files)
     said = said.replace(" ", " file " if said.startswith("1 ") else " files ", 1)  # "1 file replaced, 2 added"
-    return True, f"updated {escape(item.name)}: {said}"
+    return True, f"updated {escape(item.name)}: {said}", [dst for _, dst in replaced]
 
 
 def _file_pairs(item: Path, target: Path) -> list[tuple[Path, Path]]:

@@ -69,6 +69,26 @@ def fingerprint(folder: Path | str) -> str:
     return digest.hexdigest()[:16]
 
 
+def file_kind(name: str) -> str | None:
+    """The drop kind whose ingestion reads a file of this name (:func:`is_data_file`): brats for a NIfTI file and
+    name_mapping.csv, jun-cheng for ``N.mat`` and the fold files (:data:`storage.jun_cheng.CVIND_FILES`); None for
+    any other name."""
+    if is_slice_file(name) or name in CVIND_FILES:
+        return "jun-cheng"
+    if name in METADATA_FILES or name.lower().endswith(NIFTI_SUFFIXES):
+        return "brats"
+    return None
+
+
+def other_kind(kind: str, files: list[str]) -> str | None:
+    """The drop kind (brats, jun-cheng) of ``files`` (source keys) when ``kind`` is the other one and none of them
+    is of ``kind``: a folder read as the wrong kind, whose ingestion would read none of them; else ``None``."""
+    kinds = {file_kind(Path(file).name) for file in files} - {None}
+    if kind not in ("brats", "jun-cheng") or kind in kinds or len(kinds) != 1:
+        return None
+    return kinds.pop()
+
+
 def is_beside_cases(name: str) -> bool:
     """Whether a file of this name is one ingestion reads beside the cases, in the source folder itself
     (``cvind.mat``, ``name_mapping.csv``), not a case's own file."""

@@ -254,6 +254,24 @@ def test_a_changed_file_replaces_the_one_in_the_drop_folder(tmp_path, no_api):
     assert (into / "7.mat").read_bytes() == b"the whole slice" and _names(into) == ["7.mat"]
 
 
+def test_replacing_a_file_the_store_holds_is_warned_about(tmp_path, no_api):
+    """A corrected case re-dropped after its ingestion overwrote the drop folder's files in silence; the retrain
+    then rejected it once as "changed since it was stored" and said "no new data" ever after."""
+    import zarr
+
+    into = tmp_path / "w" / "drop-jun-cheng"
+    _write(into / "7.mat", b"the stored slice")
+    _write(into / "8.mat", b"not stored yet")
+    zarr.open_group(str(tmp_path / "w" / "stores" / "jun-cheng.zarr"), mode="w").attrs.update(
+        dataset="jun-cheng", sources={"7.mat": "0" * 64})
+    for name in ("7.mat", "8.mat"):
+        _write(tmp_path / "new" / name, b"a corrected slice")
+    result = _drop(tmp_path, str(tmp_path / "new" / "7.mat"), str(tmp_path / "new" / "8.mat"), "--kind", "jun-cheng")
+    said = " ".join(result.output.split())
+    assert said.count("warning") == 1 and ("warning 7.mat: replaced a file the store holds; a stored case is not "
+                                           "read again, so the retraining rejects the new content once") in said
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
 def test_a_failed_copy_names_its_file_in_one_line_and_leaves_nothing_behind(dropped, tmp_path, no_api):
     """A named pipe in a case folder: the error was shutil.Error's list, and the hidden copy it left made every

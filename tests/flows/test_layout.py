@@ -243,3 +243,13 @@ def test_a_store_that_cannot_take_a_drop_is_named_with_what_to_do(tmp_path):
     named = DatasetSpec(kind="brats", source=str(drop), name="b21")  # a new dataset, named on purpose
     assert append_refusal(tmp_path, named, str(stores / "b21.zarr")) is None
     assert append_refusal(tmp_path / "empty", brats, str(tmp_path / "empty" / "stores" / "brats.zarr")) is None
+
+
+def test_new_files_all_of_the_other_kind_are_named_as_such():
+    """A BraTS drop folder retrained as jun-cheng said "36 new file(s), none ingested" with no reason, every night."""
+    from storage.drops import other_kind
+
+    brats = ["BraTS20_Training_010/BraTS20_Training_010_t1.nii.gz", "name_mapping.csv"]
+    assert other_kind("jun-cheng", brats) == "brats" and other_kind("brats", ["3065.mat", "cvind.mat"]) == "jun-cheng"
+    assert other_kind("brats", brats) is None and other_kind("brats", [*brats, "3065.mat"]) is None
+    assert other_kind("manifest", brats) is None and other_kind("brats", ["notes.txt"]) is None
