@@ -185,18 +185,30 @@ def _open_lock_file(path: Path) -> tuple[int, bool, bool]:
                     folder = os.stat(path.parent).st_mode
                     os.fchmod(fd, 0o644 | (folder & (stat.S_IWGRP | stat.S_IWOTH)))
                 return fd, True, True
-            try:
-                return os.open(path, os.O_RDWR), True, False
+            try:  # never through a link: the holder's line is written into the file, which would empty its target
+                return _regular(os.open(path, os.O_RDWR | os.O_NOFOLLOW), path), True, False
             except FileNotFoundError:  # deleted by the holder that made it since: make it
                 continue
             except PermissionError:
-                if not path.is_file():
+                if not path.is_file() or path.is_symlink():
                     raise
                 with suppress(FileNotFoundError):
-                    return os.open(path, os.O_RDONLY), False, False
+                    return _regular(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), path), False, False
         raise FileNotFoundError(errno.ENOENT, "it exists but cannot be opened (a dangling symbolic link?)")
     except OSError as exc:
+        if exc.errno == errno.ELOOP or path.is_symlink():
+            raise StoreError(f"{path}: a symbolic link where a lock file should be; gpseg writes into its lock "
+                             "files, so it never follows one: delete the link") from None
         raise StoreError(f"{path}: cannot open this lock file ({exc.strerror or exc})") from None
+
+
+def _regular(fd: int, path: Path) -> int:
+    """``fd`` when it is open on a regular file; else it is closed and ``OSError`` raised (a FIFO or a device
+    where a lock file should be)."""
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    raise OSError(errno.EINVAL, f"{path}: not a regular file (a FIFO, device or socket), so no lock file")
 
 
 def unlockable(path: Path, exc: OSError, writable: bool) -> str:

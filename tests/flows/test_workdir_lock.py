@@ -178,7 +178,7 @@ def test_a_lock_file_deleted_between_making_and_opening_it_is_made_again(tmp_pat
     lock.write_text("")
 
     def deleted_meanwhile(path, flags, *args):
-        if flags == os.O_RDWR and not opened:
+        if flags == os.O_RDWR | os.O_NOFOLLOW and not opened:
             opened.append(path)
             os.unlink(path)  # as the holder does, just before this open
         return real(path, flags, *args)
@@ -189,7 +189,7 @@ def test_a_lock_file_deleted_between_making_and_opening_it_is_made_again(tmp_pat
     assert opened and writable and created and lock.is_file()
     monkeypatch.undo()
     (tmp_path / ".dangling.lock").symlink_to(tmp_path / "nowhere" / "x")
-    with pytest.raises(StoreError, match=r"\.dangling\.lock: cannot open this lock file \(.*dangling symbolic link"):
+    with pytest.raises(StoreError, match=r"\.dangling\.lock: a symbolic link where a lock file should be"):
         locks.open_lock_file(tmp_path / ".dangling.lock")
 
 
@@ -392,3 +392,16 @@ def test_a_lock_file_that_cannot_be_opened_ends_the_cli_in_one_line(tmp_path, mo
         main()
     assert exit_.value.code == 1
     assert said.getvalue() == f"error: {tmp_path / 'work' / LOCK_FILE}: cannot open this lock file (Permission denied)\n"
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_left_whole(tmp_path):
+    """The lock file was opened through a symbolic link and the holder's line written into it, which emptied the
+    file it pointed to (a user who may write the store's folder could empty any file of whoever ingests)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("IMPORTANT")
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / LOCK_FILE).symlink_to(victim)
+    with pytest.raises(StoreError, match=r"a symbolic link where a lock file should be; .* delete the link"):
+        with workdir_lock(tmp_path / "w", "test", print):
+            pass
+    assert victim.read_text() == "IMPORTANT"
