@@ -82,9 +82,11 @@ def _decompress(path: Path, data: bytes, limit: int | None = None, head: bool = 
     return b"".join(parts)
 
 
-MAX_VOXEL_BYTES = 4 << 30
-"""The most voxel data a NIfTI file may hold (a BraTS channel is 36 MB of float32); a header claiming more is
-refused before anything is read, as a header is all a few kilobytes need to make a reader allocate it."""
+MAX_VOXEL_BYTES = 2 << 30
+"""The most memory a NIfTI file's voxels may take once read: as stored, or as float64 where the header scales
+them (``scl_slope``, ``scl_inter``), as nibabel returns them (a BraTS channel is 36 MB of float32). A header
+claiming more is refused before anything is read, as a header is all a few kilobytes need to make a reader
+allocate it: a 4 MB ``.nii.gz`` of 4 GiB of scaled uint8 zeros asked for 31 GiB."""
 _LIMIT_SLACK = 1 << 20
 """Bytes a gzipped NIfTI file may inflate to beyond its header's offset plus voxel data (extensions, padding)."""
 
@@ -93,7 +95,8 @@ def _claimed_bytes(path: Path, data: bytes) -> int:
     """The offset plus voxel bytes that the header of a NIfTI file's bytes (gzipped or not) describes.
 
     Raises:
-        CaseRejected: no NIfTI-1/NIfTI-2 header, or one claiming more than :data:`MAX_VOXEL_BYTES` of voxels.
+        CaseRejected: no NIfTI-1/NIfTI-2 header, or one claiming more than :data:`MAX_VOXEL_BYTES` of voxels
+            (as read: float64 where the header scales them).
     """
     head = _decompress(path, data, 1024, head=True)
     for header_type in (nib.Nifti1Header, nib.Nifti2Header):
@@ -107,13 +110,18 @@ def _claimed_bytes(path: Path, data: bytes) -> int:
             shape = [int(n) for n in header.get_data_shape()]
             itemsize = header.get_data_dtype().itemsize
             offset = int(header.get_data_offset())
+            slope, inter = header.get_slope_inter()
         except Exception:  # nibabel raises several types for a wrong header; try the next
             continue
-        voxels = int(np.prod(shape, dtype=object)) * itemsize if shape else 0
-        if voxels > MAX_VOXEL_BYTES or any(n < 0 for n in shape):
-            raise CaseRejected(path, f"its header claims {voxels / 2**30:,.1f} GiB of voxels "
-                                     f"({' x '.join(map(str, shape))} of {header.get_data_dtype()}), more than gpseg "
-                                     f"reads ({MAX_VOXEL_BYTES >> 30} GiB)")
+        count = int(np.prod(shape, dtype=object)) if shape else 0
+        voxels = count * itemsize
+        scaled = slope not in (None, 1.0) or inter not in (None, 0.0)  # nibabel then returns float64
+        memory = count * max(itemsize, 8) if scaled else voxels
+        if memory > MAX_VOXEL_BYTES or any(n < 0 for n in shape):
+            raise CaseRejected(path, f"its header claims {memory / 2**30:,.1f} GiB of voxels "
+                                     f"({' x '.join(map(str, shape))} of {header.get_data_dtype()}"
+                                     f"{', scaled to float64' if scaled else ''}), more than gpseg reads "
+                                     f"({MAX_VOXEL_BYTES >> 30} GiB)")
         return max(offset, int(header_type.sizeof_hdr) + 4) + voxels  # + the extension flag of a .nii
     raise CaseRejected(path, "not a NIfTI-1/NIfTI-2 file (header unreadable)")
 

@@ -116,7 +116,25 @@ def test_a_header_claiming_more_than_the_file_holds_is_refused_before_it_is_allo
     header.set_data_shape((32767, 32767, 1000))
     path.write_bytes(header.binaryblock + bytes(4))
     with pytest.raises(CaseRejected, match=r"its header claims 3,999\.8 GiB of voxels \(32767 x 32767 x 1000 of "
-                                           r"float32\), more than gpseg reads \(4 GiB\)"):
+                                           r"float32\), more than gpseg reads \(2 GiB\)"):
+        load_nifti(path)
+
+
+def test_a_small_header_whose_scaling_makes_its_voxels_float64_is_refused_by_their_size_as_read(tmp_path):
+    """1 GiB of uint8 zeros with scl_slope 2 gzips to 1 MB, passed the size check as stored, and nibabel then
+    allocated 8 GiB of float64 (17 bytes of memory per stored byte at the peak)."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.uint8)
+    header.set_data_shape((1024, 1024, 1024))
+    header.set_slope_inter(2.0, 0.0)
+    path = tmp_path / "scaled.nii"
+    path.write_bytes(header.binaryblock + bytes(4))
+    with pytest.raises(CaseRejected, match=r"its header claims 8\.0 GiB of voxels \(1024 x 1024 x 1024 of uint8, "
+                                           r"scaled to float64\), more than gpseg reads \(2 GiB\)"):
+        load_nifti(path)
+    header.set_slope_inter(1.0, 0.0)  # not scaled: 1 GiB as stored, within the limit (and then truncated)
+    path.write_bytes(header.binaryblock + bytes(4))
+    with pytest.raises(CaseRejected, match=r"voxel data unreadable \(its header describes"):
         load_nifti(path)
 
 
