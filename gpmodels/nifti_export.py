@@ -164,6 +164,11 @@ def _read_header(path: Path) -> nib.Nifti1Header:
         return load_nifti(path).header
 
 
+FREE_TEXT_FIELDS: tuple[str, ...] = ("aux_file", "db_name", "data_type", "intent_name")
+"""The NIfTI-1 header's free-text fields besides ``descrip`` (which :func:`mask_image` writes), emptied in a copied
+header."""
+
+
 def mask_image(volume: np.ndarray, affine: np.ndarray, reference: Path | None,
                forms: dict | None = None) -> nib.Nifti1Image:
     """A uint8 NIfTI-1 image of a mask volume with the original file's header where possible.
@@ -176,7 +181,9 @@ def mask_image(volume: np.ndarray, affine: np.ndarray, reference: Path | None,
     ITK-SNAP and 3D Slicer, place an image by its qform, which may differ from the sform), ``affine``
     as the sform; without them (stores of older gpseg), ``affine`` as sform and qform (code 1,
     scanner). In both cases the data type is uint8, scaling is the identity (slope 1, intercept 0),
-    the display range is 0..1 and ``descrip`` records which header was used.
+    the display range is 0..1 and ``descrip`` records which header was used. Of a copied header, the free text
+    (:data:`FREE_TEXT_FIELDS`), the intent and every extension (DICOM tags, JSON sidecars) are dropped: they may
+    identify the patient, and masks are made to be shared.
 
     Args:
         volume: uint8 ``(X, Y, Z)`` mask.
@@ -197,6 +204,10 @@ def mask_image(volume: np.ndarray, affine: np.ndarray, reference: Path | None,
         _set_forms(header, affine, forms)
     else:
         origin = f"header of {reference.name}"
+        for field in FREE_TEXT_FIELDS:  # what a scanner or converter wrote there may identify the patient
+            header[field] = b""
+        header.set_intent("none")
+        del header.extensions[:]  # DICOM tags, JSON sidecars, AFNI's XML
     header.set_data_dtype(np.uint8)
     header.set_slope_inter(1.0, 0.0)
     header["cal_min"], header["cal_max"] = 0.0, 1.0

@@ -419,6 +419,10 @@ def test_an_oblique_anisotropic_source_keeps_its_grid_and_header(tmp_path: Path)
         image.header.set_sform(sform, code=4)
         image.header.set_xyzt_units("mm", "msec")
         image.header["pixdim"][4] = 2500.0
+        # what converters put in headers, and an export to share must not carry
+        image.header["aux_file"], image.header["db_name"] = b"MRN 0012345", b"DOE^JANE"
+        image.header.set_intent("none", name="DOB19610203")
+        image.header.extensions.append(nib.nifti1.Nifti1Extension(6, b'{"PatientName": "Doe^Jane"}'))
         images[channel] = tmp_path / f"{channel}.nii.gz"
         nib.save(image, images[channel])
     seg_image = nib.Nifti1Image(seg, None, nib.load(images["flair"]).header)
@@ -438,6 +442,8 @@ def test_an_oblique_anisotropic_source_keeps_its_grid_and_header(tmp_path: Path)
     np.testing.assert_array_equal(exported.header.get_sform(), source.header.get_sform())
     assert exported.header.get_xyzt_units() == ("mm", "msec") and exported.header["pixdim"][4] == 2500.0
     _assert_same_geometry(exported.header, source.header)
+    assert [exported.header[field].item() for field in ("aux_file", "db_name", "intent_name")] == [b""] * 3
+    assert source.header.extensions and not exported.header.extensions  # the patient's name stayed behind
     kept = _stored_slices(store, "case1")
     assert kept.size > 0
     np.testing.assert_array_equal(np.asarray(exported.dataobj)[:, :, kept], seg[:, :, kept] > 0)
