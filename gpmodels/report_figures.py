@@ -165,15 +165,20 @@ def _tick_labels(axis) -> list[str]:
     return axis.get_major_formatter().format_ticks(ticks)
 
 
-def _margins(fig: Figure, left: float, bottom: float, right: float, top: float, gap: float = 0.0) -> None:
-    """Place a figure's subplots with margins (and a gap between columns) in inches.
+def _margins(fig: Figure, left: float, bottom: float, right: float, top: float, gap: float = 0.0,
+             least: tuple[float, float] = (0.6, 0.6)) -> None:
+    """Place a figure's subplots with margins (and a gap between columns) in inches, widening or heightening the
+    figure where the margins leave its axes less than ``least`` (width, height) inches (long tick labels: a
+    manifest's class names are free text).
 
     The figures here size their margins from their text (:func:`_text_inches`) instead of using
     constrained layout, which measures every tick label twice per draw and so doubles the cost
     of a small chart.
     """
-    width, height = fig.get_size_inches()
     columns = len(fig.axes)
+    fig.set_figwidth(max(fig.get_figwidth(), left + right + gap * (columns - 1) + columns * least[0]))
+    fig.set_figheight(max(fig.get_figheight(), bottom + top + least[1]))
+    width, height = fig.get_size_inches()
     axes_width = (width - left - right - gap * (columns - 1)) / columns
     fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
                         wspace=gap / axes_width)
@@ -208,17 +213,27 @@ def confusion_png(matrix: np.ndarray, classes: Sequence[str], title: str) -> byt
     for (row, col), count in np.ndenumerate(matrix):
         ax.text(col, row, str(int(count)), ha="center", va="center", fontsize=8,
                 color="white" if count > half else "black")
-    ax.set_xticks(range(k), classes, fontsize=7, rotation=30, ha="right")
-    ax.set_yticks(range(k), classes, fontsize=7)
+    names = [_shortened(name) for name in classes]  # the tables give them whole
+    ax.set_xticks(range(k), names, fontsize=7, rotation=30, ha="right")
+    ax.set_yticks(range(k), names, fontsize=7)
     ax.set_xlabel("predicted", fontsize=7)
     ax.set_ylabel("true", fontsize=7)
     _caption(ax, title)
-    names = _text_inches(classes, 7)
-    slanted = names * math.sin(math.radians(30)) + _line(7) * math.cos(math.radians(30))
-    left, right = _room_for_title(fig, _text_inches([title], 8), _EDGE + _line(7) + 3 * _PAD + names, _EDGE)
+    longest = _text_inches(names, 7)
+    slanted = longest * math.sin(math.radians(30)) + _line(7) * math.cos(math.radians(30))
+    left, right = _room_for_title(fig, _text_inches([title], 8), _EDGE + _line(7) + 3 * _PAD + longest, _EDGE)
     _margins(fig, left=left, bottom=_EDGE + _line(7) + 3 * _PAD + slanted, right=right,
-             top=_EDGE + _line(8) + _PAD)
+             top=_EDGE + _line(8) + _PAD, least=(0.5 * k, 0.45 * k))
     return to_png(fig)
+
+
+TICK_CHARACTERS = 24
+"""Characters of a class name shown on a figure's axis; a longer one ends in "…"."""
+
+
+def _shortened(name: str) -> str:
+    """``name`` cut to :data:`TICK_CHARACTERS` characters, its end replaced by "…"."""
+    return name if len(name) <= TICK_CHARACTERS else name[:TICK_CHARACTERS - 1].rstrip() + "…"
 
 
 @plain_text

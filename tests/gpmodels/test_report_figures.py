@@ -141,6 +141,15 @@ def test_chart_text_stays_inside_the_figure():
     assert _edges_are_white(_decode(curves))
 
 
+@pytest.mark.parametrize("classes", [3, 5])
+def test_long_class_names_fit_the_confusion_matrix(classes):
+    """A manifest label of 40 characters ("Glioblastoma multiforme, IDH-wildtype, WHO grade 4") left the axes no
+    room, and `gpseg report` died with matplotlib's "left cannot be >= right"."""
+    names = ["Glioblastoma multiforme, IDH-wildtype, WHO grade 4", *(f"Astrocytoma {i}" for i in range(classes - 1))]
+    image = _decode(confusion_png(np.eye(classes, dtype=int), names, "GP-UNet"))
+    assert _edges_are_white(image)
+
+
 def test_user_text_with_dollar_signs_is_drawn_as_text():
     """Class names come from a manifest's labels and titles from dataset names: a ``$`` pair in them is
     text, not maths (an invalid one made matplotlib raise)."""
