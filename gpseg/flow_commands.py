@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -389,16 +390,21 @@ def _run_stack(stack: "LocalStack") -> None:
 
     ``.prefect/env.sh`` exists while the stack runs: it is deleted on the way out, so that a shell that
     sources it later is not pointed at an API that is gone."""
+    from gpseg.local_stack import AUTH_FILE
+
     env_file = Path(stack.env["PREFECT_HOME"]) / "env.sh"
     written = False
     try:
         stack.start()
-        env_file.write_text("".join(f"export {k}={stack.env[k]}\n" for k in
-                                    ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED",
-                                     "GX_ANALYTICS_ENABLED", "DO_NOT_TRACK"))
-                            + f'export PATH="{Path(sys.executable).parent}:$PATH"\n')  # this venv's prefect
+        env_file.unlink(missing_ok=True)  # made anew, readable by this user alone: it holds the API's password
+        with os.fdopen(os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+            handle.write("".join(f"export {k}={shlex.quote(stack.env[k])}\n" for k in
+                                 ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING",
+                                  "PREFECT_SERVER_ANALYTICS_ENABLED", "GX_ANALYTICS_ENABLED", "DO_NOT_TRACK"))
+                         + f'export PATH="{Path(sys.executable).parent}:$PATH"\n')  # this venv's prefect
         written = True
-        console.print(f"[green]ready[/green]: UI {stack.api_url.removesuffix('/api')}, worker on pool {stack.pool}\n"
+        console.print(f"[green]ready[/green]: UI {stack.api_url.removesuffix('/api')} (it asks for the password in "
+                      f"{escape(str(Path(stack.env['PREFECT_HOME']) / AUTH_FILE))}), worker on pool {stack.pool}\n"
                       f"  source {escape(str(env_file))}\n"
                       "  prefect deployment run full-benchmark/full-benchmark --watch\n"
                       "Ctrl-C (or `kill` of this process) stops the worker and the server.")

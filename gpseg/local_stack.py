@@ -2,15 +2,19 @@
 
 Used by ``gpseg serve`` and by the deployment test. Everything listens on
 loopback only, analytics are off, and :meth:`LocalStack.stop` ends every
-process it started.
+process it started. The API asks for a password (Prefect's basic auth,
+:data:`AUTH_FILE`): without one, any user or process of the machine could
+create a deployment whose steps run shell commands as whoever runs the worker.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -65,7 +69,26 @@ def interrupt_on_stop_signals() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def stack_env(root: Path, port: int, home: Path | None = None) -> dict[str, str]:
+AUTH_FILE = "api-auth"
+"""The file in PREFECT_HOME (mode 600) holding the local stack's API credentials, ``gpseg:TOKEN``: made at the first
+start, kept for the next, so that a shell that sourced ``env.sh`` goes on working after a restart."""
+
+
+def stack_auth(home: Path) -> str:
+    """The local stack's API credentials (``gpseg:TOKEN``) from ``home``'s :data:`AUTH_FILE`, made readable by this
+    user alone when missing."""
+    path = Path(home) / AUTH_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(f"gpseg:{secrets.token_urlsafe(24)}\n")
+    return path.read_text(encoding="utf-8").strip()
+
+
+def stack_env(root: Path, port: int, home: Path | None = None, auth: str | None = None) -> dict[str, str]:
     """Environment of the server, the worker and CLI calls against them.
 
     The worker polls the loopback server every 2 s (Prefect's default is 10 s), so a
@@ -86,6 +109,8 @@ def stack_env(root: Path, port: int, home: Path | None = None) -> dict[str, str]
         "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "2"),
         "GPSEG_ROOT": str(root),
         "PYTHONUNBUFFERED": "1",
+        # the server asks every request but /health for it; the worker, the CLI and the flows send it
+        **({"PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_API_AUTH_STRING": auth} if auth else {}),
     }
 
 
@@ -130,7 +155,12 @@ class LocalStack:
 
     @property
     def env(self) -> dict[str, str]:
-        return stack_env(self.root, self.port, self.home)
+        return stack_env(self.root, self.port, self.home, self.auth)
+
+    @property
+    def auth(self) -> str:
+        """The API credentials, ``gpseg:TOKEN`` (:func:`stack_auth`)."""
+        return stack_auth(self.home or self.root / ".prefect")
 
     @property
     def api_url(self) -> str:
@@ -236,7 +266,8 @@ class LocalStack:
         """GET ``path`` of the stack's REST API, or POST ``body`` as JSON to it; return the decoded answer."""
         request = urllib.request.Request(f"{self.api_url}/{path}", method="GET" if body is None else "POST",
                                          data=None if body is None else json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json", "Authorization":
+                                                  f"Basic {base64.b64encode(self.auth.encode()).decode()}"})
         with urllib.request.urlopen(request, timeout=10) as reply:
             data = reply.read()
         return json.loads(data) if data else None

@@ -147,7 +147,7 @@ def test_a_stack_process_that_dies_is_named_in_one_line_and_the_rest_is_stopped(
     dead.wait()
 
     def start():  # what LocalStack.start leaves: the home folder and the processes
-        (tmp_path / ".prefect").mkdir()
+        (tmp_path / ".prefect").mkdir(exist_ok=True)
         stack.processes.update(server=alive, worker=dead)
         return stack
 
@@ -157,6 +157,7 @@ def test_a_stack_process_that_dies_is_named_in_one_line_and_the_rest_is_stopped(
 
     def exited():  # while the stack runs, env.sh points at it
         seen.setdefault("env", (tmp_path / ".prefect" / "env.sh").read_text())
+        seen.setdefault("mode", oct((tmp_path / ".prefect" / "env.sh").stat().st_mode & 0o777))
         return running()
 
     monkeypatch.setattr(stack, "exited", exited)
@@ -167,6 +168,9 @@ def test_a_stack_process_that_dies_is_named_in_one_line_and_the_rest_is_stopped(
                         f"{stack.log_dir}"), out
     assert "error: 1" not in out and alive.poll() is not None
     assert f'export PATH="{Path(sys.executable).parent}:$PATH"' in seen["env"]
+    # the API's password, for the shell that sources it, and for no other user
+    assert f"export PREFECT_API_AUTH_STRING={stack.auth}\n" in seen["env"] and seen["mode"] == "0o600"
+    assert stack.auth.startswith("gpseg:") and (tmp_path / ".prefect" / "api-auth").stat().st_mode & 0o077 == 0
     assert not (tmp_path / ".prefect" / "env.sh").exists()  # gone with the stack: no shell is pointed at a dead API
 
 

@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -36,18 +38,23 @@ def test_deployment_by_name_and_drop_trigger(tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey,
                                                 FlowFilter, FlowFilterName)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     from tasks.evaluation import artifact_keys
 
+    api = {PREFECT_API_URL: stack.api_url, PREFECT_API_AUTH_STRING: stack.auth}  # the settings of `source env.sh`
     with stack:
+        # another user of the machine, without the password, can neither read nor create anything
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(urllib.request.Request(f"{stack.api_url}/flows/filter", data=b"{}", method="POST",
+                                                          headers={"Content-Type": "application/json"}), timeout=10)
         out = stack.cli("deployment", "run", "full-benchmark/full-benchmark", "--params", json.dumps(params),
                         "--watch", "--watch-timeout", "600", timeout=660)
         assert "Completed" in out
         assert (work / "report" / "index.html").is_file()
         # The flow's result stays with the worker (flow results are not persisted); its `rows` reach the
         # API as the published table, and its `failed` list is the rows whose status is not "ok".
-        with temporary_settings(updates={PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        with temporary_settings(updates=api), get_client(sync_client=True) as client:
             runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["full-benchmark"])))
             [run] = [r for r in runs if r.parameters.get("params", {}).get("workdir") == str(work)]
             [table] = client.read_artifacts(artifact_filter=ArtifactFilter(
@@ -70,7 +77,7 @@ def test_deployment_by_name_and_drop_trigger(tmp_path):
 
         source = None
         deadline = time.monotonic() + 300  # a loaded CI machine evaluates triggers late
-        with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
+        with temporary_settings(updates=api):
             while time.monotonic() < deadline and source is None:
                 with get_client(sync_client=True) as client:
                     runs = client.read_flow_runs(
@@ -80,7 +87,7 @@ def test_deployment_by_name_and_drop_trigger(tmp_path):
                     source = triggered[0].parameters["params"]["dataset"]["source"]
                 time.sleep(0.5)
         assert source == str((work / "phantoms" / "brats").resolve()), "the drop event did not start a retrain run"
-        with temporary_settings(updates={PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        with temporary_settings(updates=api), get_client(sync_client=True) as client:
             retrain = client.read_deployment_by_name("retrain-on-new-data/retrain-on-new-data")
         nightly = {s.parameters["params"]["dataset"]["kind"]: s.parameters["params"]["dataset"]["source"]
                    for s in retrain.schedules}
@@ -106,6 +113,6 @@ def test_deployment_by_name_and_drop_trigger(tmp_path):
         stack.stop_worker()  # as LocalStack.stop does first
         assert any(running[0]["id"] in line for line in stack.end_runs(running))
         assert not engine_alive(pid)
-        with temporary_settings(updates={PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        with temporary_settings(updates=api), get_client(sync_client=True) as client:
             state = client.read_flow_run(running[0]["id"]).state
         assert state.is_cancelled() and "gpseg serve" in state.message, state
