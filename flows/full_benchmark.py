@@ -8,7 +8,8 @@ from prefect import flow, get_run_logger
 from prefect.states import State
 
 from flows.cluster import cluster_refusal
-from flows.layout import REPORT, dataset_failure_row, failure_carried_notes, rejection_note, summary_rows, tagged
+from flows.layout import (REPORT, dataset_failure_row, failure_carried_notes, record_failed_runs, rejection_note,
+                          summary_rows, tagged)
 from flows.params import BenchmarkParams
 from flows.pipeline import (heatmaps_and_evaluation, log_rows, no_run_finished, outcome_here, prepare_dataset,
                             record_training_settings, train_and_keep, training_jobs)
@@ -44,7 +45,7 @@ def full_benchmark(params: BenchmarkParams = BenchmarkParams()) -> dict:
 
 def _benchmark(params: BenchmarkParams, logger) -> dict | State:
     """The body of :func:`full_benchmark`, with the work dir locked."""
-    jobs, labels = [], {}
+    jobs, labels, versions = [], {}, {}
     rejected, rejections = [], []
     carried = tagged("", [f"preset {params.preset}, {params.folds} fold(s)"])  # how the runs were made
     for spec in params.datasets:
@@ -60,6 +61,7 @@ def _benchmark(params: BenchmarkParams, logger) -> dict | State:
             rejections.append(note)
             carried += tagged(spec.label, [note])
             logger.warning("%s", note)
+        versions[spec.label] = ingested["data_version"]
         dataset_jobs = training_jobs(params, spec.label, ingested["store"], ingested["data_version"])
         labels.update((job["out"], spec.label) for job in dataset_jobs)
         jobs += dataset_jobs
@@ -70,6 +72,8 @@ def _benchmark(params: BenchmarkParams, logger) -> dict | State:
                heatmaps_and_evaluation(trained, params.threshold, params.posthoc_slices)]
     rows = rejected + summary_rows(results)
     done, failed = log_rows(results, rows)
+    for label, version in versions.items():  # a retrain tries the failed runs again
+        record_failed_runs(params.workdir, label, version, rows)
     html = None
     if done:
         html = report(done, str(Path(params.workdir) / REPORT), "gpseg full benchmark",

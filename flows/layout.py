@@ -10,6 +10,7 @@ Work dir layout::
     WORKDIR/runs/<dataset>/<data version>/<model>/fold_<k>/   run dirs (weights, heatmaps, evaluation)
     WORKDIR/runs/<dataset>/<data version>/<model>/fold_<k>/seed_<s>/   the same, with several seeds
     WORKDIR/runs/<dataset>/<data version>/<model>/fold_<k>/seed_selection.json   the seed kept, the losses
+    WORKDIR/runs/<dataset>/<data version>/failed_runs.json   the runs that failed there (FAILED_RUNS)
     WORKDIR/report/                    index.html, metrics.json, CSV
     WORKDIR/training_settings.json     how the last benchmark or retrain there trained (a retrain's defaults)
 """
@@ -82,6 +83,36 @@ def reported_versions(report_dir: str | Path, dataset: str) -> set[str]:
         ValueError: the report is damaged (see :func:`read_report`).
     """
     return {data_version_of(run) for run in report_run_dirs(report_dir)[0] if dataset_of(run) == dataset}
+
+
+FAILED_RUNS = "failed_runs.json"
+"""The file in ``runs/<dataset>/<data version>/`` naming the ``[model, fold]`` runs of that version whose training or
+evaluation failed at the last flow run that trained it (absent when none did): a retrain tries them again the next
+time, even without new data (:func:`flows.retrain.unreported_runs`)."""
+
+
+def record_failed_runs(workdir: str | Path, dataset: str, version: str, rows: list[dict]) -> None:
+    """Write :data:`FAILED_RUNS` of ``dataset``'s data ``version`` from a flow's summary ``rows``
+    (:func:`summary_rows`: the failed runs of this dataset), or delete it when none failed."""
+    from gpmodels.files import write_text_atomic
+
+    failed = sorted({(row["model"], int(row["fold"])) for row in rows if row.get("dataset") == dataset
+                     and row["status"] != "ok" and row.get("fold") is not None})
+    path = Path(workdir) / RUNS / dataset / version / FAILED_RUNS
+    if failed:
+        write_text_atomic(path, json.dumps([list(run) for run in failed]) + "\n")
+    else:
+        path.unlink(missing_ok=True)
+
+
+def recorded_failed_runs(workdir: str | Path, dataset: str, version: str) -> list[tuple[str, int]]:
+    """The ``(model, fold)`` of :data:`FAILED_RUNS` of ``dataset``'s data ``version`` (none when it is missing or
+    unreadable)."""
+    try:
+        return [(str(model), int(fold)) for model, fold in
+                json.loads((Path(workdir) / RUNS / dataset / version / FAILED_RUNS).read_text(encoding="utf-8"))]
+    except (OSError, ValueError, TypeError):
+        return []
 
 
 def reported_model_folds(report_dir: str | Path, dataset: str, version: str) -> set[tuple[str, int]]:

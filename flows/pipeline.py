@@ -142,11 +142,12 @@ def stored_version(store: str) -> str | None:
     return open_store(store).attrs.get("data_version") if Path(store).exists() else None
 
 
-def stored_rejections(store: str) -> set[str]:
-    """The source keys the store at ``store`` lists as rejected (none when there is no store)."""
+def stored_rejections(store: str) -> set[str] | None:
+    """The source keys the store at ``store`` lists as rejected; ``None`` when there is no store (an earlier run
+    that rejected every case wrote none, so its rejections are not known)."""
     from storage.store import open_store
 
-    return set(open_store(store).attrs.get("rejected") or {}) if Path(store).exists() else set()
+    return set(open_store(store).attrs.get("rejected") or {}) if Path(store).exists() else None
 
 
 def check_folds(store: str, folds: int) -> None:

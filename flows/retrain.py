@@ -10,9 +10,9 @@ from prefect.states import State
 
 from flows.cluster import cluster_refusal
 from flows.layout import (REPORT, TRAINING_SETTINGS, append_refusal, carried_notes, failure_carried_notes,
-                          new_rejections, notes_of_kept_runs, read_report, rejection_note, replace_dataset_runs,
-                          report_run_dirs, reported_model_folds, reported_runs, reported_versions, summary_rows,
-                          tagged)
+                          new_rejections, notes_of_kept_runs, read_report, record_failed_runs, recorded_failed_runs,
+                          rejection_note, replace_dataset_runs, report_run_dirs, reported_model_folds, reported_runs,
+                          reported_versions, summary_rows, tagged)
 from flows.params import RetrainParams, with_work_dir_settings
 from flows.pipeline import (check_folds, heatmaps_and_evaluation, ingest_config, ingest_fresh, log_rows,
                             no_run_finished, record_training_settings, store_path, stored_rejections,
@@ -37,8 +37,8 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
     every new case is rejected, it ends with ``nothing ingested`` and retrains nothing.
     A run stopped after its ingestion (killed, cancelled, a failed validation or training) left a data
     version without a report; the next run trains and reports that version (finished trainings resume
-    or come from the cache), even when no file is new; so it does when the report lacks a (model, fold) of
-    the version (:func:`unreported_runs`). A run in which no training finished ends Failed,
+    or come from the cache), even when no file is new; so it does when the report lacks a (model, fold) whose
+    training failed on that version (:func:`unreported_runs`). A run in which no training finished ends Failed,
     its error holding this result; ``folds`` beyond the store's, and a ``dask_address`` cluster that cannot
     train, are refused when there is something to train, before anything is ingested (a night without new
     data stays "no new data"). Training settings it is not given (:data:`flows.params.INHERITED_SETTINGS`: its
@@ -63,20 +63,24 @@ def retrain_on_new_data(params: RetrainParams = RetrainParams()) -> dict:
 
 
 def unreported_runs(params: RetrainParams, report_dir: Path, store: str, version: str) -> list[str]:
-    """``"MODEL fold K"`` of each (model, fold) a retraining with ``params`` trains (its settings completed from
-    the work dir's, :func:`flows.params.with_work_dir_settings`; the folds the store has) that the report lacks for
-    data ``version``: a training of that version that failed (the night after, the run is tried again, not "no new
-    data" for good) or a run dir deleted since. None where the recorded settings cannot be read: a run with new
-    data says why."""
+    """``"MODEL fold K"`` of each run of data ``version`` whose training or evaluation failed at the last flow run
+    that trained it (:data:`flows.layout.FAILED_RUNS`), that the report lacks and that a retraining with ``params``
+    (its settings completed from the work dir's, :func:`flows.params.with_work_dir_settings`) trains: the night
+    after such a failure the run is tried again, not "no new data" for good. None where the recorded settings
+    cannot be read: a run with new data says why."""
     from storage.store import fold_names, open_store
 
+    failed = recorded_failed_runs(params.workdir, params.dataset.label, version)
+    if not failed:
+        return []
     try:
         params, _ = with_work_dir_settings(params)
     except ValueError:
         return []
     folds = min(params.folds, len(fold_names(open_store(store))))
     have = reported_model_folds(report_dir, params.dataset.label, version)
-    return [f"{model} fold {fold}" for model in params.models for fold in range(folds) if (model, fold) not in have]
+    return [f"{model} fold {fold}" for model, fold in failed
+            if model in params.models and fold < folds and (model, fold) not in have]
 
 
 def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dict | State:
@@ -151,6 +155,7 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
                                                                                params.posthoc_slices)]
     rows = summary_rows(results)
     done, failed = log_rows(results, rows)
+    record_failed_runs(params.workdir, spec.label, version, rows)  # tried again by the next run
     html = None
     if done:
         runs = replace_dataset_runs(reported_runs(report_dir), done)

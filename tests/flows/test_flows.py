@@ -382,17 +382,18 @@ def test_a_retrain_stopped_after_its_ingestion_is_finished_by_the_next_run(bench
 
 
 @after_first_run
-def test_a_run_missing_from_the_report_of_a_version_is_trained_again_the_next_night(bench_workdir, task_states,
-                                                                                      monkeypatch):
+def test_a_run_that_failed_on_a_version_is_trained_again_the_next_night(bench_workdir, task_states, monkeypatch):
     """A model whose training failed in a retrain (a transient out-of-memory) left its data version reported by the
     other models, and every later night said "no new data": it was never trained on that version."""
     import shutil
 
     import tasks.training
+    from flows.layout import FAILED_RUNS
 
     source, store = bench_workdir / "phantoms" / "brats", bench_workdir / "stores" / "brats.zarr"
     version = open_store(store).attrs["data_version"]
     report_dir, settings = bench_workdir / "report", bench_workdir / "training_settings.json"
+    record = bench_workdir / "runs" / "brats" / version / FAILED_RUNS
     saved_report, saved_settings = bench_workdir.parent / f"{bench_workdir.name}-report", settings.read_text()
     shutil.copytree(report_dir, saved_report)
     trained = tasks.training.train
@@ -402,9 +403,12 @@ def test_a_run_missing_from_the_report_of_a_version_is_trained_again_the_next_ni
             raise RuntimeError("CUDA out of memory (simulated)")
         return trained(config, *args, **kwargs)
 
-    monkeypatch.setattr(tasks.training, "train", fail_reconresnet)
     params = _retrain_params(bench_workdir, source).model_copy(update={"models": ["gp-unet", "gp-reconresnet"]})
     try:
+        # a version trained without gp-reconresnet, and no failure of it: nothing to finish
+        assert retrain_on_new_data(params) == {"status": "no new data", "new_files": []}
+        record.write_text('[["gp-reconresnet", 0], ["gp-unet", 0]]')  # as a run that trained both left it
+        monkeypatch.setattr(tasks.training, "train", fail_reconresnet)
         for night in range(2):  # the failed run is tried again each night, not "no new data" for good
             state = retrain_on_new_data(params, return_state=True)
             result = state.result()
@@ -415,11 +419,16 @@ def test_a_run_missing_from_the_report_of_a_version_is_trained_again_the_next_ni
             notes = json.loads((report_dir / "metrics.json").read_text())["notes"]
             assert any(f"data version {version} to finish the run(s) missing from the report (gp-reconresnet fold 0)"
                        in note for note in notes)
+            assert json.loads(record.read_text()) == [["gp-reconresnet", 0]]  # rewritten by the run
         assert _train_states(state.state_details.flow_run_id, task_states).count("Cached") == 1  # gp-unet's
+        monkeypatch.undo()  # the next night it trains
+        assert retrain_on_new_data(params)["status"] == "retrained" and not record.exists()
+        assert retrain_on_new_data(params) == {"status": "no new data", "new_files": []}
     finally:  # the report and settings of the first run, for the tests after this one
         shutil.rmtree(report_dir)
         shutil.move(saved_report, report_dir)
         settings.write_text(saved_settings)
+        record.unlink(missing_ok=True)
     assert retrain_on_new_data(_retrain_params(bench_workdir, source)) == {"status": "no new data", "new_files": []}
 
 
