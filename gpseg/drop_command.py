@@ -436,8 +436,10 @@ def _event_api_problem() -> str | None:
     """Why ``gpseg.data.dropped`` cannot be delivered, in a few words, or ``None`` when the API answers.
 
     The API must be set (``PREFECT_API_URL``, otherwise Prefect would send the event to a temporary API of
-    this process that nothing listens to) and answer ``GET /health`` within :data:`HEALTH_TIMEOUT_S`, asked up to
-    :data:`HEALTH_ATTEMPTS` times while it times out.
+    this process that nothing listens to), answer ``GET /health`` within :data:`HEALTH_TIMEOUT_S`, asked up to
+    :data:`HEALTH_ATTEMPTS` times while it times out, and take this shell's password (``PREFECT_API_AUTH_STRING``,
+    :mod:`gpseg.local_stack`) at ``GET /hello``: ``/health`` answers without it, and the events client drops an
+    event the API refuses without saying so.
     """
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
@@ -454,6 +456,18 @@ def _event_api_problem() -> str | None:
             error = client.api_healthcheck()
             if not isinstance(error, httpx.TimeoutException):
                 break
+        if error is None:  # /health answers without the password, which the events are refused without
+            try:
+                client.hello()
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code == 401:
+                    return (f"the Prefect API at {url} refused this shell's password (HTTP 401: "
+                            "PREFECT_API_AUTH_STRING missing or not the stack's, whose is in .prefect/api-auth); "
+                            "`source .prefect/env.sh` again, then run `gpseg drop` again (it skips what is "
+                            "already there)")
+                error = exc
+            except httpx.HTTPError as exc:
+                error = exc
     if error is not None:
         why = (f"HTTP {error.response.status_code}" if isinstance(error, httpx.HTTPStatusError)  # not its body
                else one_line(error) or type(error).__name__)

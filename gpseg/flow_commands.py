@@ -377,6 +377,7 @@ def serve_cmd(
     stack = LocalStack(root, port)
     try:
         check_port_free(port)  # also in stack.start(); here before the line that says it is starting
+        stack.auth  # made, or checked, before anything starts
     except RuntimeError as exc:
         raise fail(str(exc)) from None
     console.print(f"starting Prefect server on {stack.api_url} "

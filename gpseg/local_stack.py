@@ -76,16 +76,35 @@ start, kept for the next, so that a shell that sourced ``env.sh`` goes on workin
 
 def stack_auth(home: Path) -> str:
     """The local stack's API credentials (``gpseg:TOKEN``) from ``home``'s :data:`AUTH_FILE`, made readable by this
-    user alone when missing."""
+    user alone when missing.
+
+    Raises:
+        RuntimeError: the file is unreadable, empty or not ``USER:TOKEN`` (one line naming it): the stack never
+            starts without a password.
+    """
     path = Path(home) / AUTH_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
-        return path.read_text(encoding="utf-8").strip()
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(f"gpseg:{secrets.token_urlsafe(24)}\n")
-    return path.read_text(encoding="utf-8").strip()
+        pass
+    else:
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(f"gpseg:{secrets.token_urlsafe(24)}\n")
+        except BaseException:  # a full disk, a Ctrl-C: no empty file, which would read as no password
+            path.unlink(missing_ok=True)
+            raise
+    try:
+        auth = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuntimeError(f"{path}: unreadable ({exc}); delete it while the stack is stopped to make a new "
+                           "one") from None
+    user, sep, token = auth.partition(":")
+    if not (user and sep and token) or any(c.isspace() for c in auth):
+        raise RuntimeError(f"{path}: empty or damaged (expected one line, USER:TOKEN); delete it while the stack is "
+                           "stopped to make a new one")
+    return auth
 
 
 def stack_env(root: Path, port: int, home: Path | None = None, auth: str | None = None) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,24 @@ def test_a_prefect_step_past_its_limit_is_one_line(monkeypatch, tmp_path):
     stack = LocalStack(tmp_path, port=0, home=tmp_path / ".prefect")
     with pytest.raises(RuntimeError, match=r"^prefect work-pool create gpseg: no answer in 0.5 s$"):
         stack.cli("work-pool", "create", "gpseg", timeout=0.5)
+
+
+@pytest.mark.parametrize("content", ["", "gpseg:\n", "no colon\n"])
+def test_an_empty_or_damaged_password_file_stops_serve_before_anything_starts(tmp_path, content):
+    """An empty .prefect/api-auth (a full disk as it was made) started server and worker without a password, then
+    ended in a KeyError."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    (tmp_path / "prefect.yaml").write_text("name: x\n")
+    (tmp_path / ".prefect").mkdir()
+    (tmp_path / ".prefect" / "api-auth").write_text(content)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = CliRunner().invoke(app, ["serve", "--root", str(tmp_path), "--port", str(port)])
+    assert result.exit_code == 1 and " ".join(result.output.split()) == (
+        f"error: {tmp_path / '.prefect' / 'api-auth'}: empty or damaged (expected one line, USER:TOKEN); delete it "
+        "while the stack is stopped to make a new one")
+    assert sorted(path.name for path in (tmp_path / ".prefect").iterdir()) == ["api-auth"]

@@ -414,6 +414,41 @@ def test_drop_to_an_api_that_does_not_answer_fails_naming_its_url(dropped, tmp_p
     assert again.exit_code == 1 and "copied 0 item(s)" in again.output  # the retry skips the copied case
 
 
+def test_an_api_that_refuses_this_shells_password_is_said_before_the_event(dropped, tmp_path):
+    """`/health` answers without the password of `gpseg serve`'s API: with an old env.sh (no password) the drop
+    said "event sent", exit 0, and the API had dropped the event; no retraining started."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    class PasswordProtected(BaseHTTPRequestHandler):  # as Prefect's server with PREFECT_SERVER_API_AUTH_STRING
+        def do_GET(self):
+            ok = self.path == "/api/health"
+            body = b"true" if ok else b'{"exception_message": "Unauthorized"}'
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), PasswordProtected)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    case, into = dropped
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{server.server_port}/api"}):
+            result = _drop(tmp_path, str(case), "--into", str(into))
+    finally:
+        server.shutdown()
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "event sent" not in said, said
+    assert (f"but the event was NOT sent: the Prefect API at http://127.0.0.1:{server.server_port}/api refused this "
+            "shell's password (HTTP 401: PREFECT_API_AUTH_STRING missing or not the stack's") in said
+
+
 def test_a_busy_api_is_asked_again_before_the_drop_gives_up_on_its_event(monkeypatch):
     """One /health request of 5 s decided: a server busy beside a training (or a loaded CI machine) answered late,
     and the drop's files were copied without the event that starts the retraining."""
