@@ -91,13 +91,15 @@ def mask_resize_matrix(length: int, size: int, device: torch.device | str | None
     Shrinking, the source pixels ``floor(i * length / size)`` up to the next output's start (each source
     pixel in exactly one output, which is tumour when any of them is); otherwise the source pixel nearest
     to output ``i``'s centre, ``floor((i + 0.5) * length / size)``."""
-    outputs = torch.arange(size, device=device, dtype=torch.float64)
+    outputs = torch.arange(size, dtype=torch.float64)  # on the CPU: MPS has no float64
     if size < length:
         starts = torch.floor(outputs * (length / size)).long()
-        owner = torch.searchsorted(starts, torch.arange(length, device=device), right=True) - 1
-        return (owner[None, :] == outputs.long()[:, None]).float()
-    source = torch.clamp(torch.floor((outputs + 0.5) * (length / size)).long(), max=length - 1)
-    return (source[:, None] == torch.arange(length, device=device)[None, :]).float()
+        owner = torch.searchsorted(starts, torch.arange(length), right=True) - 1
+        matrix = owner[None, :] == outputs.long()[:, None]
+    else:
+        source = torch.clamp(torch.floor((outputs + 0.5) * (length / size)).long(), max=length - 1)
+        matrix = source[:, None] == torch.arange(length)[None, :]
+    return matrix.float().to(device)
 
 
 def affine_matrices(angles: Tensor, flip_h: Tensor, flip_v: Tensor, height: int, width: int) -> Tensor:

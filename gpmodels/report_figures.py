@@ -213,7 +213,7 @@ def confusion_png(matrix: np.ndarray, classes: Sequence[str], title: str) -> byt
     for (row, col), count in np.ndenumerate(matrix):
         ax.text(col, row, str(int(count)), ha="center", va="center", fontsize=8,
                 color="white" if count > half else "black")
-    names = [_shortened(name) for name in classes]  # the tables give them whole
+    names = tick_names(classes)
     ax.set_xticks(range(k), names, fontsize=7, rotation=30, ha="right")
     ax.set_yticks(range(k), names, fontsize=7)
     ax.set_xlabel("predicted", fontsize=7)
@@ -231,9 +231,12 @@ TICK_CHARACTERS = 24
 """Characters of a class name shown on a figure's axis; a longer one ends in "…"."""
 
 
-def _shortened(name: str) -> str:
-    """``name`` cut to :data:`TICK_CHARACTERS` characters, its end replaced by "…"."""
-    return name if len(name) <= TICK_CHARACTERS else name[:TICK_CHARACTERS - 1].rstrip() + "…"
+def tick_names(classes: Sequence[str]) -> list[str]:
+    """The class names on a figure's axis: each cut to :data:`TICK_CHARACTERS` characters, its end replaced by
+    "…" (the tables give them whole); whole where two would be cut alike ("... left hemisphere", "... right
+    hemisphere")."""
+    names = [name if len(name) <= TICK_CHARACTERS else name[:TICK_CHARACTERS - 1].rstrip() + "…" for name in classes]
+    return names if len(set(names)) == len(names) else list(classes)
 
 
 @plain_text

@@ -150,6 +150,14 @@ def test_long_class_names_fit_the_confusion_matrix(classes):
     assert _edges_are_white(image)
 
 
+def test_class_names_cut_alike_stay_whole():
+    from gpmodels.report_figures import tick_names
+
+    assert tick_names(["Glioblastoma multiforme, IDH-wildtype", "LGG"]) == ["Glioblastoma multiforme…", "LGG"]
+    alike = ["Glioblastoma multiforme, left hemisphere", "Glioblastoma multiforme, right hemisphere"]
+    assert tick_names(alike) == alike
+
+
 def test_user_text_with_dollar_signs_is_drawn_as_text():
     """Class names come from a manifest's labels and titles from dataset names: a ``$`` pair in them is
     text, not maths (an invalid one made matplotlib raise)."""
