@@ -100,6 +100,7 @@ def record_failed_runs(workdir: str | Path, dataset: str, version: str, rows: li
                      and row["status"] != "ok" and row.get("fold") is not None})
     path = Path(workdir) / RUNS / dataset / version / FAILED_RUNS
     if failed:
+        path.parent.mkdir(parents=True, exist_ok=True)  # a training that failed before making its run dir
         write_text_atomic(path, json.dumps([list(run) for run in failed]) + "\n")
     else:
         path.unlink(missing_ok=True)
