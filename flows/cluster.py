@@ -159,6 +159,11 @@ def scheduler_workers(address: str, timeout: float | None = None) -> dict[str, d
         return client.scheduler_info(n_workers=-1).get("workers", {})
 
 
+LOST_READ_TIMEOUT_S = 5.0
+"""How long :func:`lost_on_cluster` waits for a finished Dask future's exception (it is there: the client's thread
+answers at once, unless the machine is loaded)."""
+
+
 def lost_on_cluster(future) -> str | None:
     """Why a task that Dask gave up on never reached a final state, or ``None``.
 
@@ -167,8 +172,8 @@ def lost_on_cluster(future) -> str | None:
     ``Running``; the reason is the wrapped Dask future's exception.
     """
     wrapped = getattr(future, "wrapped_future", None)
-    try:
-        error = wrapped.exception(timeout=0) if wrapped is not None and wrapped.done() else None
+    try:  # done, so the exception is there; a timeout of 0 lost the race with the client's own thread at times
+        error = wrapped.exception(timeout=LOST_READ_TIMEOUT_S) if wrapped is not None and wrapped.done() else None
     except Exception:  # cancelled, or the client is gone
         return None
     if error is None:
@@ -176,7 +181,7 @@ def lost_on_cluster(future) -> str | None:
     if type(error).__name__ == "KilledWorker":
         tries = getattr(error, "allowed_failures", None)
         last = getattr(getattr(error, "last_worker", None), "address", None)
-        return (f"KilledWorker: the Dask worker running it died{f' {tries + 1} times' if tries is not None else ''}"
-                f"{f', last {last}' if last else ''} (see the workers' logs); the same run resumes it from its last "
-                "checkpoint")
+        deaths = "" if tries is None else f" ({tries + 1} death{'s' if tries else ''})"
+        return (f"KilledWorker: the Dask worker it was on died{deaths}{f', last {last}' if last else ''} (see the "
+                "workers' logs); the same run resumes it from its last checkpoint")
     return f"{type(error).__name__}: {one_line(error)}"

@@ -125,14 +125,43 @@ def connect_client(address: str, timeout: float | None = None) -> Any:
         ConnectionError: one line naming ``--dask-address`` and the address: nothing answers there within
             ``timeout`` seconds, or the address is malformed (no such scheme).
     """
-    from dask.distributed import Client
-
+    timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
     try:
         _check_address(address)
-        return Client(address, timeout=CONNECT_TIMEOUT_S if timeout is None else timeout, set_as_default=False)
-    except (OSError, ValueError) as exc:  # nothing listens (a timeout is an OSError), or a malformed address
+        return _client_within(address, timeout)
+    except (OSError, ValueError, TypeError) as exc:  # nothing listens (a timeout is an OSError), a malformed
+        # address, or a tls:// one without Dask's TLS settings (TypeError: "TLS expects a ssl_context argument")
         raise ConnectionError(f"--dask-address {address}: cannot reach the Dask scheduler "
                               f"({one_line(exc) or type(exc).__name__})") from None
+
+
+def _client_within(address: str, timeout: float) -> Any:
+    """``Client(address)``, made in a thread of its own that is given up on after ``timeout`` seconds and a
+    grace: where something else answers (the dashboard's HTTP port, 8787 beside the scheduler's 8786), the
+    Client's handshake waited for ever whatever its own timeout.
+
+    Raises:
+        TimeoutError: the Client was not made in time.
+    """
+    from dask.distributed import Client
+
+    made: dict[str, Any] = {}
+
+    def make() -> None:
+        try:
+            made["client"] = Client(address, timeout=timeout, set_as_default=False)
+        except BaseException as exc:  # handed to the caller
+            made["error"] = exc
+
+    thread = threading.Thread(target=make, name="gpseg-dask-connect", daemon=True)
+    thread.start()
+    thread.join(timeout * 1.5 + 2)
+    if thread.is_alive():
+        raise TimeoutError(f"no Dask scheduler answered within {timeout:g} s, though something accepted the "
+                           "connection (a dashboard or another server? the scheduler's port is 8786 by default)")
+    if "error" in made:
+        raise made["error"]
+    return made["client"]
 
 
 def _check_address(address: str) -> None:
@@ -146,6 +175,14 @@ def _check_address(address: str) -> None:
     get_backend(scheme)
     if scheme in ("tcp", "tls", "ws", "wss"):
         get_address_host_port(address)
+    if scheme in ("tls", "wss"):
+        import dask
+
+        if not dask.config.get("distributed.comm.tls.client.cert", None) \
+                and not dask.config.get("distributed.comm.tls.ca-file", None):
+            raise ValueError(f"{scheme}:// needs Dask's TLS settings, which are not set (give the scheduler's CA and "
+                             "this client's certificate: DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
+                             "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT and __KEY)")
 
 
 @contextmanager

@@ -77,7 +77,8 @@ def test_an_address_where_no_scheduler_answers_is_one_line(address):
         check_cluster(address, timeout=2)
 
 
-@pytest.mark.parametrize("address", ["foo://bar:1", "18786", "http://127.0.0.1:18786", "127.0.0.1:18786x"])
+@pytest.mark.parametrize("address", ["foo://bar:1", "18786", "http://127.0.0.1:18786", "127.0.0.1:18786x",
+                                     "tls://127.0.0.1:18786"])  # tls without Dask's TLS settings: a TypeError
 def test_a_malformed_address_is_refused_before_a_client_is_made(address, monkeypatch):
     """A Client whose constructor failed on such an address was left half-built; its clean-up then waited 40 s
     for a connection and printed a traceback after the one-line error."""
@@ -88,6 +89,25 @@ def test_a_malformed_address_is_refused_before_a_client_is_made(address, monkeyp
     monkeypatch.setattr(dask.distributed, "Client", lambda *args, **kwargs: pytest.fail("made a Client"))
     with pytest.raises(ConnectionError, match=rf"--dask-address {address}: cannot reach the Dask scheduler \(.+\)"):
         connect_client(address, timeout=2)
+
+
+def test_an_address_where_something_else_answers_is_given_up_on_in_one_line():
+    """The dashboard's port (8787) given for the scheduler's (8786): the Client's handshake waited for ever, and
+    Ctrl-C then printed a traceback after 40 s."""
+    import socket
+    import time
+
+    from storage.parallel import connect_client
+
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        start = time.monotonic()
+        with pytest.raises(ConnectionError, match=rf"--dask-address {address}: cannot reach the Dask scheduler "
+                                                  r"\((Timed out|no Dask scheduler answered)"):
+            connect_client(address, timeout=1)
+        assert time.monotonic() - start < 10
 
 
 def test_cluster_problem_reads_the_workers_gpu_resources():
@@ -110,8 +130,12 @@ def test_a_training_lost_with_its_dask_workers_says_so_instead_of_running():
     error = KilledWorker("train_model-1", SimpleNamespace(address="tcp://10.0.0.2:4000"), 3)
     wrapped = SimpleNamespace(done=lambda: True, exception=lambda timeout=None: error)
     assert lost_on_cluster(SimpleNamespace(wrapped_future=wrapped)) == (
-        "KilledWorker: the Dask worker running it died 4 times, last tcp://10.0.0.2:4000 (see the workers' logs); "
+        "KilledWorker: the Dask worker it was on died (4 deaths), last tcp://10.0.0.2:4000 (see the workers' logs); "
         "the same run resumes it from its last checkpoint")
+    # timeout=0 read a finished future's exception too early at times: "training: Running" again
+    slow = SimpleNamespace(done=lambda: True,
+                           exception=lambda timeout=None: error if timeout else pytest.fail("no time to read it"))
+    assert lost_on_cluster(SimpleNamespace(wrapped_future=slow)).startswith("KilledWorker: ")
     pending = SimpleNamespace(done=lambda: False, exception=lambda timeout=None: pytest.fail("waited"))
     assert lost_on_cluster(SimpleNamespace(wrapped_future=pending)) is None
     assert lost_on_cluster(SimpleNamespace()) is None  # a local future: Prefect's state says it all
