@@ -141,8 +141,8 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
         logger.warning("data version %s of %s has no run in the report (an earlier run stopped after ingesting it, "
                        "or its runs failed or were deleted since): training and reporting it now", version, spec.label)
     elif not ingested_cases:
-        logger.warning("the report lacks %s of data version %s of %s (failed, or deleted since): training %s now; "
-                       "the finished runs come from the cache", ", ".join(missing), version, spec.label,
+        logger.warning("the report lacks %s of data version %s of %s, whose training failed there: training %s "
+                       "again now; the finished runs come from the cache", ", ".join(missing), version, spec.label,
                        "it" if len(missing) == 1 else "them")
     rejected_note = rejection_note(spec.label, store, new_rejects)
     if rejected_note:

@@ -124,7 +124,8 @@ def drop_cmd(
 
 def _warn_store(workdir: Path, kind: str, into: Path) -> None:
     """Warn when the retraining the event triggers cannot add the drop to the work dir's store of ``kind``
-    (:func:`flows.pipeline.append_refusal`), or will make a new store of the drop folder alone."""
+    (:func:`flows.layout.append_refusal`), or will make a new store of the drop folder alone in a work dir with
+    stores of other data."""
     from flows.layout import STORES, append_refusal
     from flows.params import DatasetSpec
 
