@@ -364,8 +364,10 @@ def serve_cmd(
     the deployments and a worker.
 
     Leave it running; in another shell `source .prefect/env.sh` and then
-    `prefect deployment run full-benchmark/full-benchmark --watch`. Ctrl-C, or SIGTERM/SIGHUP (`kill`, a
-    closed terminal), stops everything it started; a flow run in progress is stopped too and ends Cancelled.
+    `prefect deployment run full-benchmark/full-benchmark --watch`. The API asks for a password, kept in
+    ROOT/.prefect/api-auth (readable by you alone) and exported by env.sh; the UI asks for that line. Ctrl-C, or
+    SIGTERM/SIGHUP (`kill`, a closed terminal), stops everything it started; a flow run in progress is stopped too
+    and ends Cancelled.
     """
     from gpseg.local_stack import LocalStack, check_port_free, interrupt_on_stop_signals
 
