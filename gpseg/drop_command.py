@@ -37,8 +37,9 @@ def drop_cmd(
     """Copy new cases into the drop folder and emit the `gpseg.data.dropped` event (triggers retraining).
 
     The event goes to the Prefect API of ``PREFECT_API_URL`` (the local stack's: `gpseg serve`, then
-    `source .prefect/env.sh`). Without it, or when that API does not answer, the files are still copied but
-    the command fails with one line saying that no event was sent. Every path is checked first, and nothing
+    `source .prefect/env.sh`, which also sets its password). Without it, when that API does not answer, or when it
+    refuses this shell's password, the files are still copied but the command fails with one line saying that no
+    event was sent. Every path is checked first, and nothing
     is copied when one is missing or is not data of --kind that ingestion reads: for brats, case folders
     (or HGG/, LGG/ folders of them) and name_mapping.csv; for jun-cheng, N.mat files, folders of them and
     cvind.mat; nor when a name_mapping.csv cannot be merged into the drop folder's (another header, or a case

@@ -406,7 +406,7 @@ def _run_stack(stack: "LocalStack") -> None:
                                   "PREFECT_SERVER_ANALYTICS_ENABLED", "GX_ANALYTICS_ENABLED", "DO_NOT_TRACK"))
                          + f'export PATH="{Path(sys.executable).parent}:$PATH"\n')  # this venv's prefect
         written = True
-        console.print(f"[green]ready[/green]: UI {stack.api_url.removesuffix('/api')} (it asks for the password in "
+        console.print(f"[green]ready[/green]: UI {stack.api_url.removesuffix('/api')} (its password: the line in "
                       f"{escape(str(Path(stack.env['PREFECT_HOME']) / AUTH_FILE))}), worker on pool {stack.pool}\n"
                       f"  source {escape(str(env_file))}\n"
                       "  prefect deployment run full-benchmark/full-benchmark --watch\n"

@@ -171,6 +171,7 @@ class LocalStack:
     pool: str = POOL
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     _lock: Any = field(default=None, init=False, repr=False)
+    _auth: str | None = field(default=None, init=False, repr=False)
 
     @property
     def env(self) -> dict[str, str]:
@@ -178,8 +179,11 @@ class LocalStack:
 
     @property
     def auth(self) -> str:
-        """The API credentials, ``gpseg:TOKEN`` (:func:`stack_auth`)."""
-        return stack_auth(self.home or self.root / ".prefect")
+        """The API credentials, ``gpseg:TOKEN`` (:func:`stack_auth`), read once: a file emptied or deleted while
+        the stack runs must not keep :meth:`stop` from reaching the server it started."""
+        if self._auth is None:
+            self._auth = stack_auth(self.home or self.root / ".prefect")
+        return self._auth
 
     @property
     def api_url(self) -> str:

@@ -246,3 +246,16 @@ def test_an_empty_or_damaged_password_file_stops_serve_before_anything_starts(tm
         f"error: {tmp_path / '.prefect' / 'api-auth'}: empty or damaged (expected one line, USER:TOKEN); delete it "
         "while the stack is stopped to make a new one")
     assert sorted(path.name for path in (tmp_path / ".prefect").iterdir()) == ["api-auth"]
+
+
+def test_the_password_is_read_once_so_that_a_stop_still_reaches_the_server(tmp_path):
+    """`.prefect/api-auth` emptied while the stack ran made its stop fail before it stopped the worker and server
+    (left running, parentless); deleted, the stop wrote a new password the server did not know."""
+    from gpseg.local_stack import LocalStack
+
+    stack = LocalStack(tmp_path, port=0, home=tmp_path / ".prefect")
+    auth = stack.auth
+    (tmp_path / ".prefect" / "api-auth").write_text("")
+    assert stack.env["PREFECT_API_AUTH_STRING"] == auth
+    (tmp_path / ".prefect" / "api-auth").unlink()
+    assert stack.env["PREFECT_API_AUTH_STRING"] == auth and not (tmp_path / ".prefect" / "api-auth").exists()
