@@ -76,6 +76,12 @@ def offset_fell_back(threshold: dict) -> bool:
     return str(threshold.get("offset_source", "")).startswith(OFFSET_FALLBACK)
 
 
+def offset_tuned(threshold: dict) -> bool:
+    """Whether an evaluation's ``threshold`` entry has its offset chosen on the validation masks by ``--offset auto``
+    (``auto: ...``; not :func:`offset_fell_back`, where nothing could rank the offsets and the paper's was used)."""
+    return str(threshold.get("offset_source", "")).startswith("auto") and not offset_fell_back(threshold)
+
+
 def default_threshold(model: str) -> ThresholdConfig:
     """The paper's post-processing for a model: multi-Otsu minus its offset (0 for baselines)."""
     return ThresholdConfig(method="multiotsu", offset=PAPER_MULTIOTSU_OFFSETS.get(model, 0.0))
@@ -269,8 +275,7 @@ def threshold_warning(evaluation: dict) -> str | None:
     warnings = []
     if offset_fell_back(threshold):
         warnings.append(f"--offset {threshold['offset_source']}")
-    elif str(threshold.get("offset_source", "")).startswith("auto") and offset_at_edge(threshold["offset"],
-                                                                                       threshold["auto_offsets"]):
+    elif offset_tuned(threshold) and offset_at_edge(threshold["offset"], threshold["auto_offsets"]):
         warnings.append(f"--offset auto chose {threshold['offset']:g}, the largest offset it tries; a larger one "
                         "may do better (give it as --offset)")
     if mostly_flagged(evaluation, "clamped_slices"):

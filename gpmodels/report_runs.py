@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from gpmodels.evaluation import SLICES_FILE, evaluated_source, load_evaluation, offset_fell_back
+from gpmodels.evaluation import SLICES_FILE, evaluated_source, load_evaluation, offset_tuned
 from gpmodels.files import RUN_CONFIG, SEED_SELECTION, trained_config
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS, ThresholdConfig
 from gpmodels.threshold_config import method_text
@@ -90,8 +90,7 @@ class ReportRun:
     def offset_auto(self) -> bool:
         """Whether the offset was chosen on validation masks (``auto: ...``; not ``auto impossible: ...``,
         where no validation slice could rank the offsets and the paper's was used)."""
-        threshold = self.evaluation["threshold"]
-        return str(threshold.get("offset_source", "")).startswith("auto") and not offset_fell_back(threshold)
+        return offset_tuned(self.evaluation["threshold"])
 
 
 def threshold_config(values: Mapping[str, Any]) -> ThresholdConfig:

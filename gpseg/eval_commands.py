@@ -186,9 +186,11 @@ def _reason(exc: Exception) -> str:
 def _print_table(results: list[dict], runs: list[Path]) -> None:
     """The test scores of the evaluated runs. Numbers and names are never cut: in a narrow terminal the threshold
     cells wrap, and output that is no terminal (a log file, a pipe) takes the table's full width, not 80 columns."""
+    from gpmodels.evaluation import offset_tuned
+
     methods = {r["threshold"]["method"] for r in results}
     legend = ["thresh: MO−x is multi-Otsu's upper threshold minus the offset x"] if "multiotsu" in methods else []
-    if any(_auto_offset(r["threshold"]) for r in results):
+    if any(offset_tuned(r["threshold"]) for r in results):
         legend.append("auto: the offset with the best median Dice on the validation split (uses its masks)")
     table = Table(title="; ".join(["test split; pts: test patients; under F1 and Dice: 95 % interval over them "
                                    "(bootstrap)", *legend]),
@@ -215,22 +217,18 @@ def _print_table(results: list[dict], runs: list[Path]) -> None:
 def _threshold_cell(threshold: dict) -> str:
     """``MO−0.3`` (multi-Otsu minus the offset; ``MO+0.5`` for a negative one), ``otsu`` or ``fixed 0.5``, as
     the run was thresholded, then ``true class`` and the clean-up steps where they apply."""
+    from gpmodels.evaluation import offset_tuned
     from gpmodels.report_runs import cleaning_parts, multiotsu_text
     from gpmodels.threshold_config import method_text
 
     method = threshold["method"]
     if method == "multiotsu":
-        text = multiotsu_text(float(threshold.get("offset") or 0.0)) + (" auto" if _auto_offset(threshold) else "")
+        text = multiotsu_text(float(threshold.get("offset") or 0.0)) + (" auto" if offset_tuned(threshold) else "")
     else:
         text = method_text(method, threshold["value"])
     if threshold.get("target_class", "predicted") != "predicted":
         text += f", {threshold['target_class']} class"
     return ", ".join([text, *cleaning_parts(threshold.get("cleaning") or {})])
-
-
-def _auto_offset(threshold: dict) -> bool:
-    """Whether ``--offset auto`` chose the run's offset on its validation split (not a fallback to the paper's)."""
-    return threshold["method"] == "multiotsu" and str(threshold.get("offset_source", "")).startswith("auto:")
 
 
 def _run_label(run_dir: Path) -> str:
