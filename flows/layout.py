@@ -381,9 +381,14 @@ def row_where(row: dict) -> str:
     return " ".join(str(part) for part in (row.get("dataset"), row.get("model"), fold) if part)
 
 
+def store_path(workdir: str | Path, spec: DatasetSpec) -> str:
+    """Where a dataset's slice store lives under the work dir."""
+    return str(Path(workdir) / STORES / f"{spec.label}.zarr")
+
+
 def append_refusal(workdir: str | Path, spec: DatasetSpec, store: str) -> str | None:
-    """Why a retrain cannot append ``spec``'s new files to ``store`` (its :func:`flows.pipeline.store_path`), in
-    one line, or ``None``:
+    """Why a retrain cannot append ``spec``'s new files to ``store`` (its :func:`store_path`), in one line, or
+    ``None``:
 
     * a Jun Cheng store split by the official folds (``--split cvind``) takes a slice only with its fold, from a
       ``cvind.mat`` beside the new slices (the published one lists slices 1 to 3064);

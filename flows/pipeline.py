@@ -13,8 +13,8 @@ from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.cluster import check_cluster, gpus_per_job, lost_on_cluster, watch_cluster
-from flows.layout import (PHANTOMS, RUNS, SEED_PREFIX, STORES, TRAINING_SETTINGS, dataset_of, row_line, row_where,
-                          run_title)
+from flows.layout import (PHANTOMS, RUNS, SEED_PREFIX, TRAINING_SETTINGS, dataset_of, row_line, row_where, run_title,
+                          store_path)
 from flows.params import DatasetSpec, ThresholdParams, TrainingParams, training_settings
 from gpmodels.files import MODEL_FILE, SEED_SELECTION, write_text_atomic
 from gpmodels.train_config import preset_config
@@ -166,11 +166,6 @@ def check_folds(store: str, folds: int) -> None:
         raise ValueError(f"{store}: split into {len(have)} fold(s), and the retraining asks for {folds}; give folds "
                          f"{len(have)} (the full-benchmark's: in prefect.yaml's retrain-on-new-data parameters, or "
                          f"`gpseg retrain --folds {len(have)}`)")
-
-
-def store_path(workdir: str, spec: DatasetSpec) -> str:
-    """Where a dataset's slice store lives under the work dir."""
-    return str(Path(workdir) / STORES / f"{spec.label}.zarr")
 
 
 def ingest_config(spec: DatasetSpec, folds: int) -> dict:

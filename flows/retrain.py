@@ -12,11 +12,11 @@ from flows.cluster import cluster_refusal
 from flows.layout import (REPORT, TRAINING_SETTINGS, append_refusal, carried_notes, failure_carried_notes,
                           new_rejections, notes_of_kept_runs, read_report, record_failed_runs, recorded_failed_runs,
                           rejection_note, replace_dataset_runs, report_run_dirs, reported_model_folds, reported_runs,
-                          reported_versions, summary_rows, tagged)
+                          reported_versions, store_path, summary_rows, tagged)
 from flows.params import RetrainParams, with_work_dir_settings
 from flows.pipeline import (check_folds, heatmaps_and_evaluation, ingest_config, ingest_fresh, log_rows,
-                            no_run_finished, record_training_settings, store_path, stored_rejections,
-                            stored_version, train_and_keep, training_jobs)
+                            no_run_finished, record_training_settings, stored_rejections, stored_version,
+                            train_and_keep, training_jobs)
 from flows.workdir_lock import workdir_lock
 from storage.drops import other_kind
 from storage.errors import NoUsableInput

@@ -75,6 +75,10 @@ def drop_cmd(
         into.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise fail(f"{os_error_line(exc, into)}; nothing was copied") from exc
+    from flows.layout import store_path
+    from flows.params import DatasetSpec
+
+    store = store_path(workdir, DatasetSpec(kind=kind, source=str(into)))  # what the retraining appends to
     copied = 0
     for item in path:
         target = into / _name(item)
@@ -94,12 +98,12 @@ def drop_cmd(
             raise fail(f"{exc}; copied {copied} item(s) before it, no event sent") from exc
         if said:
             console.print(said, highlight=False, soft_wrap=True)
-        _warn_replaced_stored(workdir, kind, into, replaced)
+        _warn_replaced_stored(store, into, replaced)
         copied += changed
     done = f"copied {copied} item(s) into {into}"
     if kind == "brats":
         _warn_rejected_cases(into, {_name(item) for item in path})
-    _warn_store(workdir, kind, into)
+    _warn_store(workdir, kind, into, store)
     problem = _event_api_problem()
     if problem:
         raise fail(f"{done}, but the event was NOT sent: {problem}")
@@ -123,16 +127,14 @@ def drop_cmd(
     console.print(f"{escape(done)}; event sent", soft_wrap=True)
 
 
-def _warn_store(workdir: Path, kind: str, into: Path) -> None:
-    """Warn when the retraining the event triggers cannot add the drop to the work dir's store of ``kind``
-    (:func:`flows.layout.append_refusal`), or will make a new store of the drop folder alone in a work dir with
-    stores of other data."""
+def _warn_store(workdir: Path, kind: str, into: Path, store: str) -> None:
+    """Warn when the retraining the event triggers cannot add the drop to ``store``, the work dir's store of
+    ``kind`` (:func:`flows.layout.append_refusal`), or will make a new store of the drop folder alone in a work dir
+    with stores of other data."""
     from flows.layout import STORES, append_refusal
     from flows.params import DatasetSpec
 
-    spec = DatasetSpec(kind=kind, source=str(into))
-    store = str(workdir / STORES / f"{spec.label}.zarr")  # flows.pipeline.store_path (which imports torch)
-    refusal = append_refusal(workdir, spec, store)
+    refusal = append_refusal(workdir, DatasetSpec(kind=kind, source=str(into)), store)
     if refusal is None and not Path(store).exists() and any((workdir / STORES).glob("*.zarr")):
         # a work dir benchmarked on other data (a first drop into an empty one makes its store on purpose)
         refusal = (f"{store} does not exist yet: the retraining makes a new {kind} store of the drop folder alone, "
@@ -141,14 +143,14 @@ def _warn_store(workdir: Path, kind: str, into: Path) -> None:
         console.print(f"[yellow]warning[/yellow] {escape(refusal)}", highlight=False, soft_wrap=True)
 
 
-def _warn_replaced_stored(workdir: Path, kind: str, into: Path, replaced: list[Path]) -> None:
-    """Warn when files the drop replaced are files the work dir's store of ``kind`` holds (by their path below the
-    drop folder): a stored case is not read again, so the retraining rejects them as changed since stored."""
+def _warn_replaced_stored(store: str, into: Path, replaced: list[Path]) -> None:
+    """Warn when files the drop replaced are files ``store`` holds (by their path below the drop folder): a stored
+    case is not read again, so the retraining rejects them as changed since stored."""
     if not replaced:
         return
-    from flows.layout import STORES, store_attrs
+    from flows.layout import store_attrs
 
-    sources = store_attrs(workdir / STORES / f"{kind}.zarr").get("sources") or {}
+    sources = store_attrs(Path(store)).get("sources") or {}
     stored = [path for path in replaced if path.relative_to(into).as_posix() in sources]
     if stored:
         first = stored[0].relative_to(into).as_posix() + (f" and {len(stored) - 1} more" if len(stored) > 1 else "")
