@@ -66,7 +66,12 @@ OVERLAY_COLOURS: dict[str, str] = {
 }
 """Overlay colour of each pixel category, in legend order."""
 TRUTH_COLOUR = "#F0E442"
-OVERLAY_ALPHA = 0.6
+OVERLAY_ALPHA = 0.8
+"""Opacity of the overlay colours over the grey image: high enough that true positives stay apart from grey
+tissue for readers with red-green colour-vision deficiencies (the legend says it)."""
+_TICK, _LABEL, _LEGEND, _COUNT, _TITLE, _SUPTITLE = 8, 8, 7, 9, 9, 10
+"""Font sizes of the charts, in points (at :data:`DPI`, 8 points are about 9 pixels: the least a reader makes out
+without zooming): tick labels, axis labels and class names, legends, confusion counts, titles, figure titles."""
 _EDGE, _PAD = 3 / 72, 3.5 / 72
 """Chart margins in inches: space at the figure's edges; matplotlib's tick length and tick-label pad."""
 
@@ -87,6 +92,13 @@ def plain_text(draw):
         with rc_context({"text.parse_math": False}):
             return draw(*args, **kwargs)
     return wrapper
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """Width and height in pixels of PNG bytes (from their header)."""
+    if not png.startswith(b"\x89PNG") or len(png) < 24:
+        raise ValueError(f"png: got {len(png)} bytes starting {png[:8]!r}, expected PNG data")
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
 
 def data_uri(png: bytes) -> str:
@@ -135,7 +147,7 @@ def _blend(rgb: np.ndarray, where: np.ndarray, colour: str, alpha: float = OVERL
 
 def _caption(ax, title: str) -> None:
     """A panel title as plain text above the axes (``set_title`` re-measures the axes on every draw)."""
-    ax.text(0.5, 1.03, title, transform=ax.transAxes, ha="center", va="bottom", fontsize=8)
+    ax.text(0.5, 1.03, title, transform=ax.transAxes, ha="center", va="bottom", fontsize=_TITLE)
 
 
 @functools.cache
@@ -195,7 +207,8 @@ def _room_for_title(fig: Figure, title: float, left: float, right: float) -> tup
 
 @plain_text
 def confusion_png(matrix: np.ndarray, classes: Sequence[str], title: str) -> bytes:
-    """A confusion matrix as a heatmap with the counts written in the cells.
+    """A confusion matrix with the counts written in the cells, each shaded by its share of its row (the true
+    class's slices), so that a rare class's row reads as well as a common one's.
 
     Args:
         matrix: ``(K, K)`` int counts, rows true class, columns predicted class.
@@ -208,22 +221,23 @@ def confusion_png(matrix: np.ndarray, classes: Sequence[str], title: str) -> byt
         raise ValueError(f"matrix: got shape {matrix.shape}, expected ({k}, {k}) for classes {list(classes)}")
     fig = Figure(figsize=(1.0 + 0.75 * k, 0.9 + 0.7 * k))
     ax = fig.add_subplot()
-    ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
-    half = matrix.max() / 2 if matrix.size else 0
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
     for (row, col), count in np.ndenumerate(matrix):
-        ax.text(col, row, str(int(count)), ha="center", va="center", fontsize=8,
-                color="white" if count > half else "black")
+        ax.text(col, row, str(int(count)), ha="center", va="center", fontsize=_COUNT,
+                color="white" if shares[row, col] > 0.5 else "black")
     names = tick_names(classes)
-    ax.set_xticks(range(k), names, fontsize=7, rotation=30, ha="right")
-    ax.set_yticks(range(k), names, fontsize=7)
-    ax.set_xlabel("predicted", fontsize=7)
-    ax.set_ylabel("true", fontsize=7)
+    ax.set_xticks(range(k), names, fontsize=_LABEL, rotation=30, ha="right")
+    ax.set_yticks(range(k), names, fontsize=_LABEL)
+    ax.set_xlabel("predicted", fontsize=_LABEL)
+    ax.set_ylabel("true", fontsize=_LABEL)
     _caption(ax, title)
-    longest = _text_inches(names, 7)
-    slanted = longest * math.sin(math.radians(30)) + _line(7) * math.cos(math.radians(30))
-    left, right = _room_for_title(fig, _text_inches([title], 8), _EDGE + _line(7) + 3 * _PAD + longest, _EDGE)
-    _margins(fig, left=left, bottom=_EDGE + _line(7) + 3 * _PAD + slanted, right=right,
-             top=_EDGE + _line(8) + _PAD, least=(0.5 * k, 0.45 * k))
+    longest = _text_inches(names, _LABEL)
+    slanted = longest * math.sin(math.radians(30)) + _line(_LABEL) * math.cos(math.radians(30))
+    left, right = _room_for_title(fig, _text_inches([title], _TITLE), _EDGE + _line(_LABEL) + 3 * _PAD + longest, _EDGE)
+    _margins(fig, left=left, bottom=_EDGE + _line(_LABEL) + 3 * _PAD + slanted, right=right,
+             top=_EDGE + _line(_TITLE) + _PAD, least=(0.5 * k, 0.45 * k))
     return to_png(fig)
 
 
@@ -239,14 +253,27 @@ def tick_names(classes: Sequence[str]) -> list[str]:
     return names if len(set(names)) == len(names) else list(classes)
 
 
+DICE_BINS = 20
+"""Equal-width bins of the Dice histograms over [0, 1]."""
+
+
+def histogram_peak(scores: np.ndarray, bins: int = DICE_BINS) -> int:
+    """The largest bin count of :func:`dice_histogram_png`'s histogram of ``scores`` ``(n,)`` (NaN ignored)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    counts, _ = np.histogram(scores[np.isfinite(scores)], bins=bins, range=(0.0, 1.0))
+    return int(counts.max()) if counts.size else 0
+
+
 @plain_text
-def dice_histogram_png(scores: np.ndarray, title: str, bins: int = 20) -> bytes:
+def dice_histogram_png(scores: np.ndarray, title: str, bins: int = DICE_BINS, count_limit: int = 0) -> bytes:
     """Histogram of per-slice Dice in [0, 1] with its median marked.
 
     Args:
         scores: ``(n,)`` float Dice of the slices with a non-empty target (NaN ignored).
         title: figure title (the figure widens to fit it).
         bins: equal-width bins over [0, 1].
+        count_limit: top of the count axis, so that histograms drawn side by side share it (:func:`histogram_peak`
+            of each); the axis fits this histogram where it is smaller than its own peak.
     """
     scores = np.asarray(scores, dtype=np.float64)
     scores = scores[np.isfinite(scores)]
@@ -254,20 +281,22 @@ def dice_histogram_png(scores: np.ndarray, title: str, bins: int = 20) -> bytes:
     fig = Figure(figsize=(3.0, 2.0))
     ax = fig.add_subplot()
     ax.hist(scores, bins=bins, range=(0.0, 1.0), color="#0072B2")
+    if count_limit >= histogram_peak(scores, bins) and count_limit > 0:
+        ax.set_ylim(0, count_limit * 1.05)
     if scores.size:
         median = float(np.median(scores))
         ax.axvline(median, color="#D55E00", linewidth=1.2, label=f"median {median:.2f}")
-        ax.legend(fontsize=6, frameon=False)
+        ax.legend(fontsize=_LEGEND, frameon=False)
     ax.set_xlim(0.0, 1.0)
-    ax.set_xlabel("Dice per slice", fontsize=7)
-    ax.set_ylabel("slices", fontsize=7)
-    ax.tick_params(labelsize=6)
-    ax.set_title(title, fontsize=8)
-    left, right = _room_for_title(fig, _text_inches([title], 8),
-                                  _EDGE + _line(7) + 3 * _PAD + _text_inches(_tick_labels(ax.yaxis), 6),
-                                  _EDGE + _text_inches(_tick_labels(ax.xaxis)[-1:], 6) / 2)
-    _margins(fig, left=left, bottom=_EDGE + _line(7) + _line(6) + 3 * _PAD, right=right,
-             top=_EDGE + _line(8) + 6 / 72)
+    ax.set_xlabel("Dice per slice", fontsize=_LABEL)
+    ax.set_ylabel("slices", fontsize=_LABEL)
+    ax.tick_params(labelsize=_TICK)
+    ax.set_title(title, fontsize=_TITLE)
+    left, right = _room_for_title(fig, _text_inches([title], _TITLE),
+                                  _EDGE + _line(_LABEL) + 3 * _PAD + _text_inches(_tick_labels(ax.yaxis), _TICK),
+                                  _EDGE + _text_inches(_tick_labels(ax.xaxis)[-1:], _TICK) / 2)
+    _margins(fig, left=left, bottom=_EDGE + _line(_LABEL) + _line(_TICK) + 3 * _PAD, right=right,
+             top=_EDGE + _line(_TITLE) + 6 / 72)
     return to_png(fig)
 
 
@@ -293,7 +322,7 @@ def example_png(image: np.ndarray, raw: np.ndarray, mask: np.ndarray, truth: np.
     grey = _grey_rgb(image)
     row = [grey_panel(image, "input"), map_panel(raw, "raw heatmap", signed=True),
            map_panel(np.maximum(raw, 0.0), label, signed=False),
-           Panel(rgb_bytes(overlay_colours(image, mask, truth)), "mask vs ground truth"),
+           Panel(rgb_bytes(overlay_colours(image, mask, truth)), f"mask vs truth ({OVERLAY_ALPHA:.0%} over image)"),
            Panel(rgb_bytes(_blend(grey, np.asarray(truth, bool), TRUTH_COLOUR)), "ground truth")]
     return panels_png([row], title, inches_to_px(PANEL_INCHES), legend={**OVERLAY_COLOURS, "ground truth": TRUTH_COLOUR})
 
@@ -340,18 +369,18 @@ def training_curves_png(curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.n
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         if epochs:
             ax.set_xlim(min(x.min() for x in epochs) - 0.5, max(x.max() for x in epochs) + 0.5)
-        ax.set_xlabel("epoch", fontsize=7)
-        ax.set_title(name, fontsize=8)
-        ax.tick_params(labelsize=6)
+        ax.set_xlabel("epoch", fontsize=_LABEL)
+        ax.set_title(name, fontsize=_TITLE)
+        ax.tick_params(labelsize=_TICK)
     f1.set_ylim(0.0, 1.0)
     if curves:
-        loss.legend(fontsize=6, frameon=False)
-    fig.suptitle(title, fontsize=9)
-    overhang = _text_inches(_tick_labels(loss.xaxis)[-1:], 6) / 2
-    _margins(fig, left=_EDGE + 2 * _PAD + _text_inches(_tick_labels(loss.yaxis), 6),
-             bottom=_EDGE + _line(7) + _line(6) + 3 * _PAD, right=_EDGE + overhang,
-             top=0.02 * fig.get_figheight() + _line(9) + _line(8) + 6 / 72,  # suptitle at y=0.98, titles
-             gap=2 * _EDGE + overhang + 2 * _PAD + _text_inches(_tick_labels(f1.yaxis), 6))
+        loss.legend(fontsize=_LEGEND, frameon=False)
+    fig.suptitle(title, fontsize=_SUPTITLE)
+    overhang = _text_inches(_tick_labels(loss.xaxis)[-1:], _TICK) / 2
+    _margins(fig, left=_EDGE + 2 * _PAD + _text_inches(_tick_labels(loss.yaxis), _TICK),
+             bottom=_EDGE + _line(_LABEL) + _line(_TICK) + 3 * _PAD, right=_EDGE + overhang,
+             top=0.02 * fig.get_figheight() + _line(_SUPTITLE) + _line(_TITLE) + 6 / 72,  # suptitle at y=0.98, titles
+             gap=2 * _EDGE + overhang + 2 * _PAD + _text_inches(_tick_labels(f1.yaxis), _TICK))
     return to_png(fig)
 
 
@@ -435,8 +464,9 @@ def slice_labels(store: zarr.Group, rows: np.ndarray) -> list[str]:
 
 
 def example_figures(heatmaps: zarr.Group, store: zarr.Group, slices: Mapping[str, np.ndarray],
-                    config: ThresholdConfig, channel: int) -> list[bytes]:
-    """Example rows (:func:`example_png`) of the slices :func:`choose_examples` picks in one run.
+                    config: ThresholdConfig, channel: int) -> list[tuple[bytes, str]]:
+    """Example rows (:func:`example_png`) of the slices :func:`choose_examples` picks in one run, each with its
+    title (for the page's alt text).
 
     The mask is recomputed from the stored class maps with
     :func:`gpmodels.evaluation.predicted_masks` and the run's threshold configuration, so it is
@@ -478,8 +508,8 @@ def example_figures(heatmaps: zarr.Group, store: zarr.Group, slices: Mapping[str
         score = dice(mask[None], truth[None])[0] if truth.any() else math.nan
         title = (f"{classes[labels[row]]}, {case}: Dice {'–' if math.isnan(score) else f'{score:.2f}'}, "
                  f"{mask.sum()} px predicted / {truth.sum()} px true; {where}; predicted {classes[predicted[row]]}"
-                 + (" (empty mask)" if empty else f", map of {classes[chosen]}"))
-        out.append(example_png(image, maps[chosen], mask, truth, title, threshold, undefined))
+                 + f", map of {classes[chosen]}" + (" (not thresholded: empty mask)" if empty else ""))
+        out.append((example_png(image, maps[chosen], mask, truth, title, threshold, undefined), title))
     return out
 
 

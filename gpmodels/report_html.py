@@ -49,8 +49,23 @@ tr.paper td { color: #57606a; font-style: italic; background: #fafbfc; }
 .caption { color: #57606a; font-size: 13px; max-width: 1100px; }
 .figures { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
 figure { margin: 0 0 10px; } figcaption { font-size: 12px; color: #57606a; }
-img { display: block; max-width: 100%; }
+img { display: block; max-width: 100%; height: auto; }
 nav a { margin-right: 14px; font-size: 14px; }
+th[scope=row] { background: #fff; font-weight: 400; vertical-align: middle; white-space: nowrap; }
+.scroll th[scope=row] { position: sticky; left: 0; z-index: 1; }
+tr.paper th[scope=row] { color: #57606a; font-style: italic; background: #fafbfc; }
+table.wrap th[scope=row] { white-space: normal; max-width: 240px; overflow-wrap: break-word; vertical-align: top; }
+caption { caption-side: top; text-align: left; font-size: 13px; color: #57606a; padding: 2px 0; }
+dl.glossary { font-size: 13px; color: #57606a; } dl.glossary dt { font-weight: 600; color: #1b1f24; }
+dl.glossary dd { margin: 0 0 4px 16px; }
+@media (max-width: 600px) { body { margin: 8px; } table { font-size: 12px; }
+  th[scope=row] { white-space: normal; min-width: 110px; max-width: 150px; } }
+@media print {
+  body { margin: 0; max-width: none; } nav { display: none; }
+  .scroll { overflow: visible; } table { font-size: 8px; } th, td { white-space: normal; padding: 2px 3px; }
+  .scroll th[scope=row] { position: static; }
+  h2, h3 { break-after: avoid; } figure, tr, .warning { break-inside: avoid; }
+}
 """
 
 SECTIONS: tuple[tuple[str, str], ...] = (
@@ -64,7 +79,17 @@ def _e(value: Any) -> str:
 
 
 def _img(png: bytes, alt: str) -> str:
-    return f'<img src="{figs.data_uri(png)}" alt="{_e(alt)}">'
+    """An inline ``<img>`` of PNG bytes, with its pixel size (so the page lays out before decoding) and
+    ``alt`` text (plain text; escaped here)."""
+    width, height = figs.png_size(png)
+    return f'<img src="{figs.data_uri(png)}" width="{width}" height="{height}" alt="{_e(alt)}">'
+
+
+def _figure(png: bytes, alt: str, caption: str = "") -> str:
+    """A ``<figure>`` of one PNG with its ``alt`` text and a visible caption (both plain text; none where the
+    figure's own title says it)."""
+    caption = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
+    return f"<figure>{_img(png, alt)}{caption}</figure>"
 
 
 def _fmt(value: float | None, std: float | None = None, n: int = 1) -> str:
@@ -78,9 +103,13 @@ def _fmt(value: float | None, std: float | None = None, n: int = 1) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: int = 1,
-           row_classes: Sequence[str] = (), wrap: bool = False) -> str:
-    """An HTML table of already-escaped cells; cells may be ``(html, css class)`` pairs."""
-    head = "".join(f'<th class="text">{h}</th>' if i < text_columns else f"<th>{h}</th>"
+           row_classes: Sequence[str] = (), wrap: bool = False, caption: str = "") -> str:
+    """An HTML table of already-escaped cells; cells may be ``(html, css class)`` pairs.
+
+    The header cells are ``<th scope="col">`` in a ``<thead>`` (repeated on each printed page); each row's first
+    cell is its ``<th scope="row">`` (read with every number of the row by a screen reader, and kept in view while
+    a wide table scrolls sideways); ``caption`` (already-escaped HTML) names the table."""
+    head = "".join(f'<th scope="col" class="text">{h}</th>' if i < text_columns else f'<th scope="col">{h}</th>'
                    for i, h in enumerate(header))
     body = []
     for r, row in enumerate(rows):
@@ -88,11 +117,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: i
         for i, cell in enumerate(row):
             content, extra = cell if isinstance(cell, tuple) else (cell, "")
             css = " ".join(c for c in ("text" if i < text_columns else "", extra) if c)
-            cells.append(f'<td class="{css}">{content}</td>' if css else f"<td>{content}</td>")
+            tag, scope = ("th", ' scope="row"') if i == 0 else ("td", "")
+            attributes = scope + (f' class="{css}"' if css else "")
+            cells.append(f"<{tag}{attributes}>{content}</{tag}>")
         css = f' class="{row_classes[r]}"' if r < len(row_classes) and row_classes[r] else ""
         body.append(f"<tr{css}>{''.join(cells)}</tr>")
     table = '<table class="wrap">' if wrap else "<table>"
-    return f'<div class="scroll">{table}<tr>{head}</tr>{"".join(body)}</table></div>'
+    caption = f"<caption>{caption}</caption>" if caption else ""
+    return (f'<div class="scroll">{table}{caption}<thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
 def _path_cell(path: Any) -> str:
@@ -101,21 +134,46 @@ def _path_cell(path: Any) -> str:
     return _e(path).replace("/", "/<wbr>")
 
 
+SEGMENTATION_RANKED = ("dice_median", "fpr_tumour_free")
+"""The ranked columns that score masks: a row whose masks do not localise is not ranked in them
+(:func:`_localises`)."""
+
+
+def _localises(group: ModelGroup, column: str) -> bool:
+    """Whether a group's masks can be ranked in a segmentation column: none of its runs' masks cover most of the
+    slice or were mostly clamped or emptied (their Dice is that of marking the whole slice, or of nothing: the page
+    warns), and, for the tumour-free false-positive rate, some of its runs give masks at all (a model that never
+    gives one, e.g. a constant 1×1 Grad-CAM map, has a rate of 0 that says nothing)."""
+    runs = group.runs
+    if any((share := mask_coverage(run)) is not None and share > MOST_OF_SLICE for run in runs):
+        return False
+    if any(mostly_flagged(run.evaluation, count) for run in runs for count in ("clamped_slices", "emptied_slices")):
+        return False
+    return column != "fpr_tumour_free" or any(mask_coverage(run) is not None for run in runs)
+
+
 def _best(groups: Sequence[ModelGroup]) -> dict[str, float]:
     """The best mean per column among two or more groups of one run of every fold of the dataset (ties share
     it); a group over fewer folds (a failed run) is not ranked, since its means are over other test sets, nor
-    one with several runs of a fold (:func:`gpmodels.report.group_warnings`)."""
+    one with several runs of a fold (:func:`gpmodels.report.group_warnings`), nor, in the mask columns, one whose
+    masks do not localise (:func:`_localises`); a column where every ranked row has the same mean has none."""
     every = sorted({run.fold for group in groups for run in group.runs})
     groups = [g for g in groups if sorted(run.fold for run in g.runs) == every]  # one run of every fold
-    if len(groups) < 2:
-        return {}
     best = {}
     for column in COLUMNS:
-        means = [g.stats[column.key]["mean"] for g in groups]
-        finite = [m for m in means if math.isfinite(m)]
-        if column.better and len(finite) >= 2:
+        ranked = [g for g in groups if column.key not in SEGMENTATION_RANKED or _localises(g, column.key)]
+        finite = [m for g in ranked if math.isfinite(m := g.stats[column.key]["mean"])]
+        if column.better and len(finite) >= 2 and max(finite) > min(finite):  # all equal: nothing to mark
             best[column.key] = max(finite) if column.better == "high" else min(finite)
     return best
+
+
+def _paper_number(value: float) -> str:
+    """A paper value with the decimals the paper printed (at least two): ``0.60``, ``0.9874``."""
+    for decimals in range(2, 6):
+        if abs(round(value, decimals) - value) < 1e-9:
+            return f"{value:.{decimals}f}"
+    return f"{value:g}"
 
 
 def _summary_section(groups: Sequence[ModelGroup]) -> str:
@@ -137,7 +195,7 @@ def _summary_section(groups: Sequence[ModelGroup]) -> str:
             if group.paper is not None:
                 paper = group.paper
                 note = f" ({_e(paper.note)})" if paper.note else ""
-                rows.append([f"paper{note}", "", ""] + [_e(f"{paper.values[c.key]:g}") if c.key in paper.values
+                rows.append([f"paper{note}", "", ""] + [_paper_number(paper.values[c.key]) if c.key in paper.values
                                                          else "–" for c in COLUMNS])
                 classes.append("paper")
         header = ["model", "heatmaps", "fold(s)"] + [_e(c.header) for c in COLUMNS]
@@ -158,10 +216,27 @@ def _summary_section(groups: Sequence[ModelGroup]) -> str:
         "are predicted as (ties: the larger summed probability, then the higher grade); one with no slice "
         "predicted a tumour class is wrong. FPR tumour-free: fraction of tumour-free slices given a non-empty "
         "mask. "
-        "<b>Bold</b>: best per column, among the rows over every fold. <i>paper</i>: Chatterjee et al., arXiv 2206.05148 (BraTS 2020 and Jun "
+        "<b>Bold</b>: best per column, among the rows over every fold (the mask columns leave out rows whose "
+        "masks do not localise or that give no mask); it is not a test of significance: see the intervals "
+        "below. <i>paper</i>: Chatterjee et al., arXiv 2206.05148 (BraTS 2020 and Jun "
         "Cheng, slice-level splits, so not directly comparable with patient-grouped splits). "
         'The Dice convention is stated under <a href="#configuration">Run configuration</a>. – : undefined.</p>')
+    parts.append(GLOSSARY)
     return "".join(parts)
+
+
+GLOSSARY = (
+    '<dl class="glossary"><dt>Model labels</dt>'
+    "<dd><i>width=N</i>: channels of the network's first level (the paper's networks are wider); <i>pool=maps</i>: "
+    "each logit is the global maximum of its class map (the paper pools features, then maps them to classes); "
+    "<i>aux_logits=False</i>: InceptionV3 without its auxiliary classifier.</dd>"
+    "<dt>GP (inherent) and Grad-CAM (post-hoc)</dt><dd>GP models' masks come from the class maps the network "
+    "classifies with; a baseline's from Grad-CAM on its last feature grid, thresholded the same way. "
+    "<i>Grad-CAM h×w</i>: that grid's size at this image size; at 1×1 the map is constant, so it cannot "
+    "segment and its Dice is that of the whole slice or of nothing.</dd>"
+    "<dt>Offset</dt><dd>multi-Otsu's upper threshold minus this offset is the mask's threshold; <i>given</i>: set "
+    "by the user or the paper's, <i>auto</i>: chosen on validation masks.</dd></dl>")
+"""The words of the report's labels, under the summary."""
 
 
 SPLIT_TEXTS = {
@@ -230,50 +305,66 @@ def _confusion_section(groups: Sequence[ModelGroup], cache: FigureCache) -> str:
     for g in groups:
         classes = g.runs[0].evaluation["classification"]["classes"]
         png = cache.png(figs.confusion_png, g.confusion, list(classes), f"{g.network_label} ({len(g.runs)} run(s))")
-        figures.append(f"<figure>{_img(png, g.label)}<figcaption>{_e(dataset_title(g.dataset))}"
-                       "</figcaption></figure>")
-    return ('<p class="caption">Test slices summed over folds; rows: true class, columns: predicted class.</p>'
+        counts = "; ".join(f"true {name}: " + ", ".join(f"{int(n)} predicted {other}"
+                                                        for other, n in zip(classes, row))
+                           for name, row in zip(classes, np.asarray(g.confusion)))
+        figures.append(_figure(png, f"Confusion matrix of {g.label} on {dataset_title(g.dataset)}, test slices "
+                                    f"summed over folds: {counts}.",
+                               f"{dataset_title(g.dataset)}: {g.label}"))
+    return ('<p class="caption">Test slices summed over folds; rows: true class, columns: predicted class; the '
+            "shading is each row's share (the counts are written in the cells), so a rare class's row is as dark as "
+            'a common one\'s when its slices are as well classified.</p>'
             f'<div class="figures">{"".join(figures)}</div>')
 
 
 def _dice_section(groups: Sequence[ModelGroup]) -> str:
-    figures, missing = [], []
-    for g in groups:
-        scores = [run.slices["dice"][run.slices["target_pixels"] > 0] for run in g.runs if run.slices is not None]
-        missing += [str(run.run_dir) for run in g.runs if run.slices is None]
-        if scores:
-            png = figs.dice_histogram_png(np.concatenate(scores), g.label)
-            figures.append(f"<figure>{_img(png, g.label)}<figcaption>"
-                           f"{_e(dataset_title(g.dataset))}</figcaption></figure>")
-    note = f"<p class=\"caption\">No evaluation_slices.csv in: {_e(', '.join(missing))}.</p>" if missing else ""
-    return (_class_dice_tables(groups)
-            + '<p class="caption">Per-slice Dice of test slices with a non-empty ground-truth mask, all folds '
-            f'pooled; the line marks the median.</p>{note}<div class="figures">{"".join(figures)}</div>')
-
-
-def _class_dice_tables(groups: Sequence[ModelGroup]) -> str:
-    """Per dataset, the median Dice of each true class's test slices per model (:attr:`ModelGroup.class_dice`)."""
-    parts = []
+    """Per dataset: the median Dice per true class (:func:`_class_dice_table`) and each model's histogram of
+    per-slice Dice, all on one count axis so that equal bars are equal counts."""
+    parts, missing = [], []
     for dataset in dict.fromkeys(g.dataset for g in groups):
-        members = [(g, g.class_dice) for g in groups if g.dataset == dataset]
-        names = list(dict.fromkeys(name for _, dice in members for name in dice))
-        if not names:
-            continue
-        rows = [[_e(g.label), _e(KIND_TITLES.get(g.kind, g.kind))]
-                + [cell for name in names for cell in
-                   ((_fmt(dice[name]["mean"], dice[name]["std"], dice[name]["n"]), f"{dice[name]['slices']:,}")
-                    if name in dice else ("–", "0"))]
-               for g, dice in members]
-        header = ["model", "heatmaps"] + [text for name in names
-                                          for text in (f"{_e(name)}: median Dice", f"{_e(name)}: slices")]
-        parts.append(f"<h3>{_e(dataset_title(dataset))}: median Dice per true class</h3>"
-                     + _table(header, rows, text_columns=2))
-    if not parts:
+        histograms = []
+        for g in (g for g in groups if g.dataset == dataset):
+            scores = [run.slices["dice"][run.slices["target_pixels"] > 0] for run in g.runs
+                      if run.slices is not None]
+            missing += [str(run.run_dir) for run in g.runs if run.slices is None]
+            if scores:
+                histograms.append((g, np.concatenate(scores)))
+        top = max((figs.histogram_peak(scores) for _, scores in histograms), default=0)
+        figures = [_figure(figs.dice_histogram_png(scores, g.label, count_limit=top),
+                           f"Histogram of per-slice Dice of {g.label} on {dataset_title(dataset)}: {scores.size} "
+                           f"test slices with a tumour mask, median {np.median(scores):.2f}, "
+                           f"{int(np.sum(scores == 0))} of them at 0." if scores.size else
+                           f"Histogram of per-slice Dice of {g.label} on {dataset_title(dataset)}: no slice.",
+                           g.label) for g, scores in histograms]
+        table = _class_dice_table([g for g in groups if g.dataset == dataset])
+        if table or figures:
+            parts.append(f"<h3>{_e(dataset_title(dataset))}</h3>{table}"
+                         f'<div class="figures">{"".join(figures)}</div>')
+    note = f"<p class=\"caption\">No evaluation_slices.csv in: {_e(', '.join(missing))}.</p>" if missing else ""
+    return ('<p class="caption">Tables: each fold\'s median Dice over its test slices of that true class with a '
+            "non-empty ground-truth mask, mean ± population std over folds; slices: their number over all folds "
+            "(also in <code>dice_per_class.csv</code>). Histograms: per-slice Dice of the test slices with a "
+            "non-empty ground-truth mask, all folds pooled, on one count axis per dataset; the line marks the "
+            "median; the first bar holds the slices given no mask (Dice 0) with those below 0.05.</p>"
+            f"{note}{''.join(parts)}")
+
+
+def _class_dice_table(members: Sequence[ModelGroup]) -> str:
+    """The median Dice of each true class's test slices per model of one dataset (:attr:`ModelGroup.class_dice`);
+    empty when no run has per-slice rows."""
+    dice_of = [(g, g.class_dice) for g in members]
+    names = list(dict.fromkeys(name for _, dice in dice_of for name in dice))
+    if not names:
         return ""
-    return "".join(parts) + (
-        '<p class="caption">Each fold\'s median Dice over its test slices of that true class with a non-empty '
-        "ground-truth mask, mean ± population std over folds; slices: their number over all folds (also in "
-        "<code>dice_per_class.csv</code>).</p>")
+    rows = [[_e(g.label), _e(KIND_TITLES.get(g.kind, g.kind))]
+            + [cell for name in names for cell in
+               ((_fmt(dice[name]["mean"], dice[name]["std"], dice[name]["n"]), f"{dice[name]['slices']:,}")
+                if name in dice else ("–", "0"))]
+            for g, dice in dice_of]
+    header = ["model", "heatmaps"] + [text for name in names
+                                      for text in (f"{_e(name)}: median Dice", f"{_e(name)}: slices")]
+    title = dataset_title(members[0].dataset)
+    return _table(header, rows, text_columns=2, caption=f"{_e(title)}: median Dice per true class")
 
 
 def _open_run_stores(run: ReportRun) -> tuple[Any, Any, str | None]:
@@ -298,8 +389,12 @@ def _channel(store: Any, channel: str | None) -> tuple[int, str]:
 def _examples_section(groups: Sequence[ModelGroup], channel: str | None) -> str:
     parts = ['<p class="caption">Per class, for the lowest fold of each model: the test slice with the median '
              "Dice and the one with the lowest (failure), and for tumour-free slices the largest false-positive "
-             "mask. Raw heatmap: map of the thresholded class, RdBu_r centred at 0. Suppressed: negatives set to "
-             "0. The mask is recomputed from the stored maps with the run's threshold settings.</p>"]
+             "mask. Raw heatmap: the map of the class the mask is taken from (the title names it; for a slice "
+             "predicted tumour-free, the tumour-free map, which is not thresholded), RdBu_r centred at 0. "
+             "Suppressed: negatives set to 0. Each map panel has its own colour limits (±its largest absolute "
+             "value; its colour bar gives them), so compare shapes across panels, not shades. Overlay: "
+             "true positive green, over-segmentation orange, under-segmentation blue, at 80 % over the grey image. "
+             "The mask is recomputed from the stored maps with the run's threshold settings.</p>"]
     for g in groups:
         run = g.runs[0]
         heat, store, problem = _open_run_stores(run)
@@ -313,7 +408,9 @@ def _examples_section(groups: Sequence[ModelGroup], channel: str | None) -> str:
         config = threshold_config(run.evaluation["threshold"])
         rows = figs.example_figures(heat, store, run.slices, config, position)
         parts.append(f'<p class="caption">Input channel: {_e(name)}.</p>')
-        parts += [f"<figure>{_img(png, g.label)}</figure>" for png in rows] or ['<p class="caption">No slice.</p>']
+        parts += [_figure(png, f"Example of {g.label} on {dataset_title(g.dataset)}: {title}. Panels: input, raw "
+                          "heatmap, suppressed heatmap, mask against the ground truth, ground truth.")
+                  for png, title in rows] or ['<p class="caption">No slice.</p>']
     return "".join(parts)
 
 
@@ -353,8 +450,11 @@ def _posthoc_section(runs: Sequence[ReportRun], channel: str | None) -> str:
             continue
         png = figs.posthoc_figure(heat, store, _channel(store, channel)[0], label=run.label)
         if png is not None:
-            parts.append(f"<h3>{_e(dataset_title(run.dataset))}: {_e(run.label)}, fold {run.fold}"
-                         f"</h3><figure>{_img(png, run.label)}</figure>")
+            parts.append(f"<h3>{_e(dataset_title(run.dataset))}: {_e(run.label)}, fold {run.fold}</h3>"
+                         + _figure(png, f"Post-hoc maps of {run.label} fold {run.fold} on "
+                                        f"{dataset_title(run.dataset)}: per slice, the input, the reference map and each "
+                                        "post-hoc method's map.",
+                                   f"{dataset_title(run.dataset)}: {run.label}, fold {run.fold}"))
     return "".join(parts)
 
 
@@ -459,7 +559,9 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cac
         if series:
             png = cache.png(figs.training_curves_png, series,
                             f"{dataset_title(g.dataset)}: {g.network_label}")
-            curves.append(f"<figure>{_img(png, g.label)}</figure>")
+            curves.append(_figure(png, f"Training curves of {g.label} on {dataset_title(g.dataset)}: loss and "
+                                       "validation F1 per epoch, one colour per fold.",
+                                  f"{dataset_title(g.dataset)}: {g.label}"))
     conventions = sorted({run.evaluation["segmentation"].get("convention") or "–" for run in runs})
     return (_table(header, rows, text_columns=len(header) - 1, wrap=True)
             + "".join(f'<p class="caption"><b>Dice convention</b>: {_e(text)}</p>' for text in conventions)
@@ -535,7 +637,8 @@ def render_page(header: Mapping[str, Any], groups: Sequence[ModelGroup], channel
               "dice": _dice_section(groups), "examples": _examples_section(groups, channel),
               "posthoc": _posthoc_section(runs, channel), "configuration": _config_section(runs, groups, cache)}
     sections = "".join(f'<h2 id="{key}">{_e(name)}</h2>{bodies[key]}' for key, name in SECTIONS)
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(header["title"])}</title>'
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(header["title"])}</title>'
             f"<style>{CSS}</style></head><body><h1>{_e(header['title'])}</h1>"
             f'<div class="meta">{_e(header["generated"])} · gpseg {_e(header["gpseg_version"])} · '
             f"{len(runs)} run(s) of {len({g.label for g in groups})} model(s) on "

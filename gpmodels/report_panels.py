@@ -27,12 +27,12 @@ DPI = 80
 PANEL_INCHES = 2.0
 """Target side of an image panel; images are magnified by the integer factor that comes closest."""
 _MARGIN, _GAP, _PANEL_TITLE, _TITLE_SPACE, _LEGEND_SPACE = 0.1, 0.12, 0.22, 0.3, 0.3
-_BAR_OFFSET, _BAR_WIDTH, _BAR_SPACE, _TICK_LENGTH = 0.05, 0.08, 0.5, 0.05
+_BAR_OFFSET, _BAR_WIDTH, _BAR_SPACE, _TICK_LENGTH = 0.05, 0.08, 0.6, 0.05
 """Layout of image panels, in inches (rounded to pixels at :data:`DPI`): margins, gaps, panel titles, figure
 title, legend, colour bars (gap to the panel, bar, all the space they take with their labels, tick marks)."""
-_TICK_FONT = 6
+_TICK_FONT = 7
 """Font size of colour-bar labels, in points."""
-_TITLE_FONT = 9
+_TITLE_FONT = 10
 """Font size of the figure title, in points; a title wider than the figure wraps onto more lines."""
 _BAR_EDGE = np.zeros(3, np.uint8)
 _FRAME_COLOUR = "#d0d7de"

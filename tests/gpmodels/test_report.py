@@ -237,7 +237,7 @@ def test_undefined_metrics_render_as_dashes(report, report_runs):
     aggregate = next(a for a in json.loads((report.parent / "metrics.json").read_text())["aggregates"]
                      if a["model"] == "resnext50")
     assert aggregate["metrics"]["fpr_tumour_free"]["mean"] is None
-    table_row = re.search(r"<tr><td class=\"text\">ResNeXt50.*?</tr>", report.read_text()).group(0)
+    table_row = re.search(r"<tr><th scope=\"row\" class=\"text\">ResNeXt50.*?</tr>", report.read_text()).group(0)
     assert table_row.count(">–<") >= 2
 
 
@@ -418,6 +418,66 @@ def test_a_row_missing_a_fold_is_not_ranked(report_runs, tmp_path):
     (variant / "config.json").write_text(json.dumps(config))
     page = build_report([gp, fold1, variant], tmp_path / "out").read_text()
     assert f'<td class="best">{f1 + 0.2:.3f}</td>' not in page and f"<td>{f1 + 0.2:.3f}</td>" in page
+
+
+def _maps_variant(run: Path, out: Path, **changes) -> Path:
+    """A copy of a run reported as another row (``pool=maps``), with its evaluation changed as in :func:`_copy_run`."""
+    variant = _copy_run(run, out, **changes)
+    config = json.loads((variant / "config.json").read_text())
+    config["model_options"]["pool"] = config["train"]["model_options"]["pool"] = "maps"
+    (variant / "config.json").write_text(json.dumps(config))
+    return variant
+
+
+def test_masks_that_do_not_localise_are_not_ranked_and_equal_columns_mark_nothing(report_runs, tmp_path,
+                                                                                   monkeypatch):
+    """A row whose thresholds were clamped on most slices, or whose masks cover most of the slice, was marked best
+    median Dice; a column where every row scored the same (e.g. 0.000 for all) marked all of them."""
+    import gpmodels.report_html as report_html
+
+    monkeypatch.setattr(report_html, "mask_coverage", lambda run: 0.9 if run.run_dir.name == "wide" else 0.1)
+    gp = report_runs["gp"]
+    evaluation = _evaluation(gp)
+    dice, masked = evaluation["segmentation"]["dice"]["median"], evaluation["segmentation"]["masked_slices"]
+    assert masked > 0
+    base = _copy_run(gp, tmp_path / "base", **{"segmentation.clamped_slices": 0})
+    for name, clamped in (("clamped", masked), ("wide", 0), ("better", 0)):
+        variant = _maps_variant(gp, tmp_path / name, **{"segmentation.dice.median": dice + 0.2,
+                                                        "segmentation.clamped_slices": clamped})
+        page = build_report([base, variant], tmp_path / f"out_{name}").read_text()
+        assert f"{dice + 0.2:.3f}</td>" in page
+        if name == "better":
+            assert f'<td class="best">{dice + 0.2:.3f}</td>' in page and page.count('class="best"') == 1
+        else:
+            assert 'class="best"' not in page  # nor are the two rows' other columns, which are equal
+    # a model that gives no mask at all has no false positives, which says nothing
+    monkeypatch.setattr(report_html, "mask_coverage", lambda run: None if run.run_dir.name == "silent" else 0.1)
+    base = _copy_run(gp, tmp_path / "base_fpr",
+                     **{"segmentation.clamped_slices": 0, "segmentation.fpr_tumour_free": 0.5})
+    for name, best in (("silent", False), ("masks", True)):
+        variant = _maps_variant(base, tmp_path / name, **{"segmentation.fpr_tumour_free": 0.0})
+        page = build_report([base, variant], tmp_path / f"out_{name}").read_text()
+        assert ('<td class="best">0.000</td>' in page) == best and page.count('class="best"') == best
+
+
+def test_the_page_reads_on_phones_prints_whole_tables_and_names_its_figures(report):
+    page = report.read_text()
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    assert "@media print" in page and ".scroll { overflow: visible; }" in page
+    tables = re.findall(r"<table.*?</table>", page)
+    assert tables and all("<thead><tr><th scope=\"col\"" in t and "<tbody><tr" in t for t in tables)
+    assert all(re.search(r"<tbody><tr[^>]*><th scope=\"row\"", t) for t in tables)
+    alts = re.findall(r'<img src="data:image/png;base64,[^"]+" width="\d+" height="\d+" alt="([^"]+)">', page)
+    assert len(alts) == page.count("<img ") and len(set(alts)) == len(alts)  # each figure says what it shows
+    confusion = next(a for a in alts if a.startswith("Confusion matrix of"))
+    assert re.search(r"true tumour-free: \d+ predicted tumour-free, \d+ predicted LGG", html.unescape(confusion))
+    assert page.count("<figure>") == page.count("<img ")
+
+
+def test_paper_values_keep_the_decimals_the_paper_printed():
+    from gpmodels.report_html import _paper_number
+
+    assert [_paper_number(v) for v in (.6, .1, .93, .9874, 1.0)] == ["0.60", "0.10", "0.93", "0.9874", "1.00"]
 
 
 def test_missing_evaluation_names_the_run(report_runs, tmp_path):
@@ -688,8 +748,8 @@ def test_a_grad_cam_run_names_its_grid_so_constant_maps_are_explained(report, re
 
 def test_the_configuration_table_names_each_runs_precision_and_split(report, report_runs, tmp_path):
     page = html.unescape(report.read_text())
-    assert '<th class="text">precision</th>' in page and '<td class="text">auto → 32-true</td>' in page
-    assert '<th class="text">split</th>' in page and '<td class="text">grouped</td>' in page
+    assert '<th scope="col" class="text">precision</th>' in page and '<td class="text">auto → 32-true</td>' in page
+    assert '<th scope="col" class="text">split</th>' in page and '<td class="text">grouped</td>' in page
     assert "Splits: patient-grouped (no patient in two splits of a fold)." in page
     # one fold of four quarters: the patients it does not test are counted, from the store
     from storage.store import open_store, read_patients

@@ -17,6 +17,7 @@ from gpmodels import report_figures
 from gpmodels.postprocess import ThresholdConfig
 from gpmodels.report_figures import confusion_png, dice_histogram_png, example_png, posthoc_png, training_curves_png
 from gpmodels.report_panels import (
+    _TICK_FONT,
     DPI,
     Panel,
     colour_bar_ticks,
@@ -80,7 +81,7 @@ def test_colour_bar_ticks_match_matplotlib(vmin, vmax, length):
     fig = Figure(figsize=(2.0, height / DPI), dpi=DPI)
     cax = fig.add_axes((0.1, 20 / height, 0.05, length / height))
     bar = fig.colorbar(ScalarMappable(Normalize(vmin, vmax), "RdBu_r"), cax=cax)
-    bar.ax.tick_params(labelsize=6)
+    bar.ax.tick_params(labelsize=_TICK_FONT)
     expected = [t for t in bar.get_ticks() if vmin - 1e-12 <= t <= vmax + 1e-12]
     np.testing.assert_allclose(colour_bar_ticks(vmin, vmax, length), expected, atol=1e-9 * (vmax - vmin))
 
@@ -286,3 +287,25 @@ def test_an_example_whose_multiotsu_is_undefined_says_so_not_a_threshold(tmp_pat
         example_png(np.zeros((4, 4)), np.ones((4, 4)), np.zeros((4, 4), bool), np.zeros((4, 4), bool), "t", 1.0,
                     undefined)
     assert titles[1::2] == ["suppressed; multi-Otsu undefined: empty mask", "suppressed, threshold 1"]
+
+
+def test_dice_histograms_side_by_side_share_their_count_axis():
+    """Each histogram had its own count axis, so equal-looking bars of two models meant different counts."""
+    few, many = np.full(5, 0.5), np.full(60, 0.5)
+    assert report_figures.histogram_peak(few) == 5 and report_figures.histogram_peak(np.r_[many, np.nan]) == 60
+    shared = _decode(report_figures.dice_histogram_png(few, "a", count_limit=60))
+    own = _decode(report_figures.dice_histogram_png(few, "a"))
+    assert shared.shape == own.shape and not np.array_equal(shared, own)
+    assert np.array_equal(_decode(report_figures.dice_histogram_png(many, "a", count_limit=5)),
+                          _decode(report_figures.dice_histogram_png(many, "a")))  # a smaller limit is no cut
+
+
+def test_confusion_shading_is_each_rows_share():
+    """A rare class's well-classified row was shaded paler than a common class's: the shading was the raw count."""
+    scaled = _decode(report_figures.confusion_png(np.array([[90, 10], [90, 10]]), ["a", "b"], "t"))
+    rare = _decode(report_figures.confusion_png(np.array([[90, 10], [9, 1]]), ["a", "b"], "t"))
+    assert scaled.shape == rare.shape
+    # the rows' shares are equal in both, so only the count text of the second row differs: a band of text height,
+    # not the whole cells (about 56 px high)
+    rows = np.flatnonzero((np.abs(scaled.astype(int) - rare) > 24).any(axis=(1, 2)))  # not palette rounding
+    assert rows.size and rows.max() - rows.min() < 20
