@@ -269,7 +269,9 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
 def _staged(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """A temporary file beside ``path`` (``.<name>.tmp-HOST-PID-<8 hex>``, unique per writer, naming its process for
     :func:`remove_stale_temporaries`) holding what ``write`` wrote, flushed to disk; deleted again when writing
-    fails."""
+    fails. Temporary files of ``path`` that killed writers left (:func:`remove_stale_temporaries`) go first, so
+    that a report, ``model.pt`` or ``evaluation.json`` killed while written leaves nothing for good."""
+    remove_stale_temporaries(path)
     tmp = hidden_sibling(path, TMP_TAG)
     if len(os.fsencode(tmp.name)) > NAME_MAX:  # a name that fits, made too long by host and pid: without them
         tmp = path.parent / f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}"

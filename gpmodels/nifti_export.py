@@ -28,7 +28,7 @@ import nibabel as nib
 import numpy as np
 import zarr
 
-from gpmodels.files import remove_stale_temporaries, replace_atomically
+from gpmodels.files import replace_atomically
 from storage.errors import CaseRejected
 from storage.nifti import MAX_VOXEL_BYTES, load_nifti
 from storage.slicing import nearest_indices
@@ -242,8 +242,7 @@ def write_nifti_atomic(image: nib.Nifti1Image, path: Path) -> Path:
     """
     path = Path(path)
     payload = gzip.compress(image.to_bytes(), compresslevel=_GZIP_LEVEL, mtime=0)
-    replace_atomically(path, lambda handle: handle.write(payload))
-    remove_stale_temporaries(path)  # an export killed while writing this file (e.g. in a BraTS case folder)
+    replace_atomically(path, lambda handle: handle.write(payload))  # sweeps a killed export's temporaries
     return path
 
 

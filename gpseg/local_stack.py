@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import fcntl
+import functools
 import json
 import os
 import secrets
@@ -112,7 +114,10 @@ def stack_env(root: Path, port: int, home: Path | None = None, auth: str | None 
 
     The worker polls the loopback server every 2 s (Prefect's default is 10 s), so a
     ``prefect deployment run`` starts within about 2 s; ``PREFECT_WORKER_QUERY_SECONDS`` in the
-    caller's environment overrides it.
+    caller's environment overrides it. The server deletes flow runs (with their task runs and logs) older than
+    Prefect's retention period (90 days) as well as old events, so that nightly retrains do not grow
+    ``prefect.db`` for ever; ``PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED`` and ``..._RETENTION_PERIOD`` in the
+    caller's environment override it.
     """
     home = home or root / ".prefect"
     return {
@@ -126,6 +131,8 @@ def stack_env(root: Path, port: int, home: Path | None = None, auth: str | None 
         "GX_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "2"),
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": os.environ.get("PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED",
+                                                                    "events,flow_runs"),
         "GPSEG_ROOT": str(root),
         "PYTHONUNBUFFERED": "1",
         # the server asks every request but /health for it; the worker, the CLI and the flows send it
@@ -136,6 +143,50 @@ def stack_env(root: Path, port: int, home: Path | None = None, auth: str | None 
 def _prefect() -> str:
     exe = Path(sys.executable).with_name("prefect")
     return str(exe) if exe.exists() else (shutil.which("prefect") or "prefect")
+
+
+PR_SET_PDEATHSIG = 1
+"""Linux's ``prctl`` option: the signal a process gets when the thread that started it exits."""
+
+
+@functools.cache
+def _prctl() -> Any:
+    """libc's ``prctl``, looked up in the parent (a lookup between fork and exec could deadlock); ``None`` off
+    Linux."""
+    return ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+DEATH_SIGNALS = {"server": signal.SIGTERM, "worker": signal.SIGKILL}
+"""What each stack process gets when ``gpseg serve`` dies without stopping it (:func:`_die_with`): the server
+SIGTERM, to close its database; the worker SIGKILL, since it turns SIGTERM into a shutdown that waits for the
+server it can no longer reach (its flow runs go on in their own sessions either way)."""
+
+
+def _die_with(parent: int, signum: int):
+    """A ``preexec_fn`` that makes the child get ``signum`` when ``parent`` (``gpseg serve``) dies, even by SIGKILL,
+    which runs no clean-up: its server and worker would run on unseen, the worker taking the nightly schedules.
+    The parent is the thread that spawns (the main thread of ``gpseg serve``)."""
+    prctl = _prctl()
+
+    def arm() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signum)
+        if os.getppid() != parent:  # it died before the line above
+            os.kill(os.getpid(), signum)
+    return arm
+
+
+LOG_KEEP_BYTES = 20 * 2**20
+"""A stack process's log (``PREFECT_HOME/logs/NAME.log``) larger than this at a start is moved to ``NAME.log.1``
+(replacing the one before), so that a stack restarted over months keeps at most about twice this per process."""
+
+
+def rotated(log: Path, keep: int = LOG_KEEP_BYTES) -> Path:
+    """``log``, moved aside to ``log.1`` first when it holds more than ``keep`` bytes."""
+    with contextlib.suppress(FileNotFoundError):
+        if log.stat().st_size > keep:
+            os.replace(log, log.with_name(log.name + ".1"))
+    return log
 
 
 def check_port_free(port: int, host: str = "127.0.0.1") -> None:
@@ -196,11 +247,29 @@ class LocalStack:
         return path
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")
+        """Start ``prefect ARGS`` in a session of its own, logging to ``PREFECT_HOME/logs/NAME.log``. It ends with
+        this process (:func:`_die_with`), and holds ``serve.lock`` while it lives (the lock's open file is
+        inherited), so a stack whose ``gpseg serve`` was killed cannot be joined by a second one; the lock file
+        names its processes."""
+        log = open(rotated(self.log_dir / f"{name}.log"), "ab")
+        lock = (self._lock.fileno(),) if self._lock is not None else ()
         proc = subprocess.Popen([_prefect(), *args], env=self.env, cwd=self.root, stdout=log, stderr=log,
-                                start_new_session=True)
+                                start_new_session=True, pass_fds=lock,
+                                preexec_fn=_die_with(os.getpid(), DEATH_SIGNALS.get(name, signal.SIGTERM)))
         self.processes[name] = proc
+        self._write_owner()
         return proc
+
+    def _write_owner(self) -> None:
+        """Name this process and its stack's processes in ``serve.lock``, for the message of a refused second
+        stack."""
+        if self._lock is None:
+            return
+        children = "".join(f", {name} {proc.pid}" for name, proc in self.processes.items())
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"process {os.getpid()}{children}, API {self.api_url}\n")
+        self._lock.flush()
 
     def cli(self, *args: str, timeout: float = 300) -> str:
         """Run a ``prefect`` CLI command against this stack; raise with its output on failure."""
@@ -237,7 +306,11 @@ class LocalStack:
                 stopped).
             TimeoutError: the server did not answer ``/health`` in time (what started is stopped).
         """
-        check_port_free(self.port)
+        try:
+            check_port_free(self.port)
+        except RuntimeError as exc:
+            owner = self._lock_owner()  # a stack left running by a killed `gpseg serve` has no serve to stop
+            raise RuntimeError(f"{exc}; serve.lock names {owner}" if owner else str(exc)) from None
         Path(self.env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
         self._take_lock()
         try:
@@ -252,6 +325,21 @@ class LocalStack:
             self.stop()
             raise
         return self
+
+    def _lock_owner(self) -> str | None:
+        """What ``serve.lock`` says of the stack holding it (``process PID, server PID, worker PID, API URL``), or
+        ``None`` when no process holds it; creates nothing (not even the API password, as :attr:`env` would)."""
+        path = (self.home or self.root / ".prefect") / "serve.lock"
+        try:
+            handle = open(path, "r")
+        except OSError:
+            return None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return handle.read().strip() or "a running process"
+            return None
 
     def _take_lock(self) -> None:
         """Hold ``PREFECT_HOME/serve.lock`` while this stack runs: a second stack on the same database (another
@@ -271,12 +359,9 @@ class LocalStack:
             owner = handle.read().strip()
             handle.close()
             raise RuntimeError(f"another `gpseg serve` ({owner or 'a running process'}) uses this project's Prefect "
-                               f"database in {path.parent}; stop it first") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}, API {self.api_url}\n")
-        handle.flush()
+                               f"database in {path.parent}; stop it first (or end those processes)") from None
         self._lock = handle
+        self._write_owner()
 
     def exited(self) -> str | None:
         """``"NAME (exit CODE)"`` of the first stack process that has exited, or ``None`` while all run."""

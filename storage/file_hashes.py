@@ -36,8 +36,12 @@ def file_state(path: Path) -> tuple[int, int, int, int, int] | None:
 
 
 def _settled_state(stat: os.stat_result) -> tuple[int, int, int, int, int] | None:
-    """:func:`file_state` from a ``stat`` already taken."""
-    if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) < _SETTLED_NS:
+    """:func:`file_state` from a ``stat`` already taken. A modification time in the future (a file copied with its
+    times from a host whose clock runs ahead) is left out of the check, which would otherwise never settle and read
+    the file again on every drop check: its change time, which only the kernel sets, tells when it was written."""
+    now = time.time_ns()
+    latest = stat.st_ctime_ns if stat.st_mtime_ns > now else max(stat.st_mtime_ns, stat.st_ctime_ns)
+    if now - latest < _SETTLED_NS:
         return None
     return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 

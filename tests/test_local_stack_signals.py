@@ -179,12 +179,12 @@ def test_a_second_stack_on_the_same_database_is_refused_whatever_its_port(tmp_pa
     from gpseg.local_stack import LocalStack
 
     first = LocalStack(tmp_path, port=0, home=tmp_path / ".prefect")
-    (tmp_path / ".prefect").mkdir()
+    (tmp_path / ".prefect").mkdir(parents=True, exist_ok=True)
     first._take_lock()  # what a running `gpseg serve` holds
     try:
         second = LocalStack(tmp_path, port=0, home=tmp_path / ".prefect")
         with pytest.raises(RuntimeError, match=rf"^another `gpseg serve` \(process {os.getpid()}, API .*\) uses this "
-                                               r"project's Prefect database in .*; stop it first$"):
+                                               r"project's Prefect database in .*; stop it first \(or end those processes\)$"):
             second.start()
         assert second.processes == {}
     finally:
@@ -236,7 +236,7 @@ def test_an_empty_or_damaged_password_file_stops_serve_before_anything_starts(tm
     from gpseg.cli import app
 
     (tmp_path / "prefect.yaml").write_text("name: x\n")
-    (tmp_path / ".prefect").mkdir()
+    (tmp_path / ".prefect").mkdir(parents=True, exist_ok=True)
     (tmp_path / ".prefect" / "api-auth").write_text(content)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -259,3 +259,88 @@ def test_the_password_is_read_once_so_that_a_stop_still_reaches_the_server(tmp_p
     assert stack.env["PREFECT_API_AUTH_STRING"] == auth
     (tmp_path / ".prefect" / "api-auth").unlink()
     assert stack.env["PREFECT_API_AUTH_STRING"] == auth and not (tmp_path / ".prefect" / "api-auth").exists()
+
+
+def _serve_then_wait(tmp_path: Path, child_code: str, name: str) -> tuple[int, int]:
+    """Start a stand-in ``gpseg serve`` (a Python process with a :class:`LocalStack` holding ``serve.lock``) that
+    spawns one stack process ``name`` running ``child_code``; return the pids of both once the child is up."""
+    import subprocess
+    import sys
+
+    script = (f"import sys, time; from pathlib import Path; from gpseg import local_stack; "
+              "local_stack._prefect = lambda: sys.executable; "
+              f"stack = local_stack.LocalStack(Path({str(tmp_path)!r}), port=1, "
+              f"home=Path({str(tmp_path / '.prefect')!r})); "
+              f"stack._take_lock(); child = stack._spawn({name!r}, '-c', {child_code!r}); "
+              "print(child.pid, flush=True); time.sleep(120)")
+    (tmp_path / ".prefect").mkdir(parents=True, exist_ok=True)
+    serve = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True)
+    child = int(serve.stdout.readline())
+    log = tmp_path / ".prefect" / "logs" / f"{name}.log"
+    for _ in range(200):  # the child says it is up once its handlers are set
+        if log.exists() and b"up" in log.read_bytes():
+            break
+        import time
+        time.sleep(0.05)
+    return serve.pid, child
+
+
+def _gone(pid: int, seconds: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie (no parent reaped it yet) has ended
+            if stat.read().split(") ")[1].startswith("Z"):
+                return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux's parent-death signal")
+def test_a_killed_serve_takes_its_stack_with_it_or_names_what_is_left(tmp_path):
+    """After `kill -9` of `gpseg serve`, its server and worker ran on unseen (the worker taking the nightly
+    schedules), and a second `gpseg serve --port OTHER` started a second stack on the same database."""
+    from gpseg.local_stack import LocalStack
+
+    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); "
+                "time.sleep(60)")
+    for name, code in (("server", "import time; print('up', flush=True); time.sleep(60)"), ("worker", stubborn)):
+        serve, child = _serve_then_wait(tmp_path / "polite", code, name)  # the worker's SIGTERM waits for the server
+        os.kill(serve, signal.SIGKILL)
+        assert _gone(child)
+    LocalStack(tmp_path / "polite", port=1, home=tmp_path / "polite" / ".prefect")._take_lock()  # free again
+    serve, child = _serve_then_wait(tmp_path / "stubborn", stubborn, "server")
+    os.kill(serve, signal.SIGKILL)
+    try:
+        assert not _gone(child, 1.0)
+        with pytest.raises(RuntimeError, match=f"another `gpseg serve` \\(process {serve}, server {child}, API"):
+            LocalStack(tmp_path / "stubborn", port=1, home=tmp_path / "stubborn" / ".prefect")._take_lock()
+        with socket.socket() as taken:  # the server left running holds its port: the message names it too
+            taken.bind(("127.0.0.1", 0))
+            port = taken.getsockname()[1]
+            with pytest.raises(RuntimeError, match=rf"is in use .*; serve\.lock names process {serve}, server {child}"):
+                LocalStack(tmp_path / "stubborn", port=port, home=tmp_path / "stubborn" / ".prefect").start()
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_a_long_log_is_moved_aside_at_a_start_and_old_flow_runs_are_vacuumed(tmp_path, monkeypatch):
+    """`gpseg serve` appended to server.log and worker.log for ever, and prefect.db kept every flow run."""
+    from gpseg.local_stack import rotated, stack_env
+
+    log = tmp_path / "server.log"
+    log.write_bytes(b"x" * 10)
+    assert rotated(log, keep=10) == log and log.read_bytes() == b"x" * 10  # not longer than kept: appended to
+    log.write_bytes(b"y" * 11)
+    rotated(log, keep=10)
+    assert not log.exists() and (tmp_path / "server.log.1").read_bytes() == b"y" * 11
+    assert rotated(tmp_path / "worker.log") == tmp_path / "worker.log"  # none yet
+    monkeypatch.delenv("PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED", raising=False)
+    assert stack_env(tmp_path, 1)["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] == "events,flow_runs"
+    monkeypatch.setenv("PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED", "events")
+    assert stack_env(tmp_path, 1)["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] == "events"

@@ -196,3 +196,30 @@ def test_hashing_the_weights_does_not_need_nibabel(tmp_path):
             f"print(weights_record({str(tmp_path)!r})['weights'], 'nibabel' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == [hashlib.sha256(b"weights").hexdigest()[:16], "False"]
+
+
+def test_every_atomic_write_sweeps_the_temporaries_of_killed_writers(tmp_path):
+    """The temporary files of a report, model.pt or evaluation.json killed while written (SIGKILL: no clean-up)
+    stayed for good; only the NIfTI export swept them. A live writer's, or one written a moment ago, stay."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from gpmodels.files import replace_together
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host, hour_ago = socket.gethostname(), time.time() - 3700
+    for name, write in (("index.html", lambda path: write_text_atomic(path, "new")),
+                        ("metrics.json", lambda path: replace_together({path: "new"}))):
+        path = tmp_path / name
+        killed = tmp_path / f".{name}.tmp-{host}-{gone.stdout.strip()}-0123abcd"
+        running = tmp_path / f".{name}.tmp-{host}-{os.getpid()}-0123abcd"
+        recent = tmp_path / f".{name}.tmp-{host}-{gone.stdout.strip()}-4567cdef"
+        for leftover in (killed, running, recent):
+            leftover.write_bytes(b"partial")
+        for old in (killed, running):
+            os.utime(old, (hour_ago, hour_ago))
+        write(path)
+        assert path.read_text() == "new"
+        assert sorted(p.name for p in tmp_path.glob(f".{name}*")) == sorted([running.name, recent.name])

@@ -102,6 +102,25 @@ def test_a_file_is_hashed_once_per_process_until_it_changes(tmp_path, monkeypatc
         file_hashes.sha256_file(tmp_path / "gone.nii.gz")
 
 
+def test_a_file_with_a_modification_time_in_the_future_settles(tmp_path, monkeypatch):
+    """A file copied with its times (`rsync -t`) from a host whose clock runs ahead never had a state, so every
+    night's drop check read the whole of it again; its change time, which only the kernel sets, says when."""
+    import os
+    import time
+
+    from storage import file_hashes
+
+    path = tmp_path / "BraTS20_Training_001_t1.nii.gz"
+    path.write_bytes(b"volume")
+    ahead = time.time_ns() + 3600 * 10**9
+    os.utime(path, ns=(ahead, ahead))
+    time.sleep(0.01)
+    monkeypatch.setattr(file_hashes, "_SETTLED_NS", 5_000_000)  # 5 ms, as if written 2 s ago
+    assert file_hashes.file_state(path) is not None
+    monkeypatch.setattr(file_hashes, "_SETTLED_NS", 2_000_000_000)  # written just now: not settled yet
+    assert file_hashes.file_state(path) is None
+
+
 def test_a_header_claiming_more_than_the_file_holds_is_refused_before_it_is_allocated(tmp_path):
     """A 2 KB file claiming 1000 x 1000 x 250 float32 made nibabel zero-fill a 1 GB buffer before failing; one
     claiming terabytes failed with an empty reason."""
