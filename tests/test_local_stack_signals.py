@@ -184,7 +184,8 @@ def test_a_second_stack_on_the_same_database_is_refused_whatever_its_port(tmp_pa
     try:
         second = LocalStack(tmp_path, port=0, home=tmp_path / ".prefect")
         with pytest.raises(RuntimeError, match=rf"^another `gpseg serve` \(process {os.getpid()}, API .*\) uses this "
-                                               r"project's Prefect database in .*; stop it first \(or end those processes\)$"):
+                                               r"project's Prefect database in .*; stop it first \(or end those "
+                                               r"processes\)$"):
             second.start()
         assert second.processes == {}
     finally:
