@@ -30,7 +30,7 @@ from gpmodels.augment import AugmentConfig
 from gpmodels.files import RUN_CONFIG, damaged, read_run_config
 from gpmodels.names import CACHE_MODES, MODEL_NAMES, PRECISIONS, PRESET_NAMES, CacheMode, Precision, PresetName
 from gpmodels.nets import check_options, model_options
-from storage.errors import check_fields
+from storage.errors import check_fields, did_you_mean
 from storage.ingest_config import MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE
 
 RESUMABLE_FIELDS: frozenset[str] = frozenset(
@@ -120,7 +120,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_NAMES:
-            raise ValueError(f"model: got {self.model!r}, expected one of {MODEL_NAMES}")
+            raise ValueError(f"model: got {self.model!r}, expected one of {MODEL_NAMES}"
+                             f"{did_you_mean(self.model, MODEL_NAMES)}")
         for name in ("epochs", "batch_size", "effective_batch", "devices"):
             _check_positive(name, getattr(self, name))
         for name in ("image_size", "width", "limit_batches"):
@@ -236,7 +237,7 @@ def preset_config(preset: PresetName, store: str, model: str, out: str, **overri
         ValueError: If ``preset`` or a field name is unknown, or a value is invalid.
     """
     if preset not in _PRESETS:
-        raise ValueError(f"preset: got {preset!r}, expected one of {PRESET_NAMES}")
+        raise ValueError(f"preset: got {preset!r}, expected one of {PRESET_NAMES}{did_you_mean(preset, PRESET_NAMES)}")
     check_fields("overrides", overrides, TrainConfig)
     given = {key: value for key, value in overrides.items() if value is not None}
     per_model = dict(PRESET_MODEL_OVERRIDES.get(preset, {}).get(model, {}))

@@ -19,20 +19,25 @@ import typer
 from gpseg.console import console, fail, flow_outcome, one_line, run_main
 from gpmodels.names import PRECISIONS
 from gpseg.options import PRECISION_HELP, flow_train_overrides, one_of, parse_seeds
+from storage.phantom_limits import BRATS_MAX_CASE, BRATS_SIZE_RANGE, JUN_CHENG_MAX_CASES, JUN_CHENG_SIZE_RANGE
 from gpseg.threshold_options import (
     CLEANING_HELP, ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt,
     threshold_params)
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+SIZES = (max(BRATS_SIZE_RANGE[0], JUN_CHENG_SIZE_RANGE[0]), min(BRATS_SIZE_RANGE[1], JUN_CHENG_SIZE_RANGE[1]))
+"""The phantom sizes both datasets' phantoms can be written at (``--size`` is the size of both)."""
 
 
 @app.command(epilog=CLEANING_HELP)
 def demo(
     workdir: Annotated[Path, typer.Option(help="Folder for phantoms, stores, runs and the report.")] = Path("demo"),
     folds: Annotated[int, typer.Option(help="Folds to train (the paper uses 3; 1 keeps the demo short).")] = 1,
-    brats_cases: Annotated[int, typer.Option(help="BraTS-layout phantom cases.")] = 16,
-    jun_cheng_slices: Annotated[int, typer.Option(help="Jun Cheng phantom slices.")] = 120,
-    size: Annotated[int, typer.Option(help="Phantom in-plane size in pixels.")] = 96,
+    brats_cases: Annotated[int, typer.Option(min=2, max=BRATS_MAX_CASE, help="BraTS-layout phantom cases.")] = 16,
+    jun_cheng_slices: Annotated[int, typer.Option(min=2, max=JUN_CHENG_MAX_CASES,
+                                                  help="Jun Cheng phantom slices.")] = 120,
+    size: Annotated[int, typer.Option(min=SIZES[0], max=SIZES[1], help="Phantom in-plane size in pixels, of both "
+                                      "datasets' phantoms.")] = 96,
     seeds: Annotated[Optional[str], typer.Option(
         help="Comma-separated training seeds, e.g. 0,1,2: every (model, fold) trains once per seed and the run "
              "with the lowest validation loss is evaluated (about that many times the training time; one "

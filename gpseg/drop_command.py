@@ -50,9 +50,10 @@ def drop_cmd(
     from prefect.events import emit_event
 
     from storage.brats import NAME_MAPPING, merge_name_mapping
+    from storage.errors import did_you_mean
 
     if kind not in DROP_KINDS:
-        raise fail(f"kind: got {kind!r}, expected one of {', '.join(DROP_KINDS)}")
+        raise fail(f"kind: got {kind!r}, expected one of {', '.join(DROP_KINDS)}{did_you_mean(kind, DROP_KINDS)}")
     into = default_drop_folder(workdir, kind) if into is None else into
     named: dict[str, Path] = {}
     for item in path:  # every path is checked before anything is copied

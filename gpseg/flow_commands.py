@@ -26,6 +26,7 @@ from gpseg.options import (BATCH_SIZE_HELP, EPOCHS_HELP, PRECISION_HELP, flow_tr
                            parse_model_options, parse_seeds)
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
+from storage.errors import did_you_mean
 from storage.ingest_config import DEFAULT_FOLDS, SPLIT_MODES
 from storage.interrupts import HELD_SIGNALS
 
@@ -282,7 +283,8 @@ def retrain_cmd(
     from gpseg.drop_command import DROP_KINDS
 
     if kind not in (*DROP_KINDS, "manifest"):
-        raise fail(f"--kind: got {kind!r}, expected one of {', '.join(DROP_KINDS)}, manifest")
+        raise fail(f"--kind: got {kind!r}, expected one of {', '.join(DROP_KINDS)}, manifest"
+                   f"{did_you_mean(kind, (*DROP_KINDS, 'manifest'))}")
     problem = folder_problem(workdir, "no such work dir")
     if problem:
         raise fail(f"--workdir {workdir}: {problem} (a full-benchmark's work dir, e.g. runs/benchmark)")

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from gpmodels.names import PRECISIONS
+from storage.errors import did_you_mean
 
 PRECISION_HELP = (f"Training precision: {', '.join(PRECISIONS)}. auto = 32-true on the CPU, bf16-mixed (or 16-mixed) "
                   "on a GPU. bf16-mixed on a CPU with native bf16 (AVX512-BF16 or AMX) trains in about 0.78 times "
@@ -78,10 +79,13 @@ def flow_train_overrides(devices: int = 1, precision: str = "auto", epochs: int 
     defaults (and ``None``) add no entry, so the training tasks' cache keys stay those of a run without the options.
 
     Raises:
-        ValueError: ``precision`` is not one of :data:`gpmodels.names.PRECISIONS`.
+        ValueError: ``precision`` is not one of :data:`gpmodels.names.PRECISIONS`, or ``devices`` is below 1.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"--precision: got {precision!r}, expected one of {', '.join(PRECISIONS)}")
+        raise ValueError(f"--precision: got {precision!r}, expected one of {', '.join(PRECISIONS)}"
+                         f"{did_you_mean(precision, PRECISIONS)}")
+    if devices < 1:  # 0 and negatives trained on one device, saying nothing
+        raise ValueError(f"--devices: got {devices}, expected a positive integer")
     given = {"devices": devices if devices > 1 else None, "precision": precision if precision != "auto" else None,
              "epochs": epochs, "batch_size": batch_size}
     return {key: value for key, value in given.items() if value is not None}
@@ -102,5 +106,5 @@ def one_of(choices: tuple[str, ...]) -> Callable[[typer.Context, typer.CallbackP
     def check(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
         if value is None or value in choices:
             return value
-        raise typer.BadParameter(f"got {value!r}, expected one of: {', '.join(choices)}")
+        raise typer.BadParameter(f"got {value!r}, expected one of: {', '.join(choices)}{did_you_mean(value, choices)}")
     return check

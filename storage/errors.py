@@ -6,6 +6,7 @@ the command-line interface can print it on one line.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -18,6 +19,12 @@ def one_line(text: object) -> str:
     Library messages (nibabel's, h5py's) span several lines; a rejection reason must not.
     """
     return " ".join(str(text).split())
+
+
+def did_you_mean(value: Any, choices: Any) -> str:
+    """``"; did you mean 'gp-unet'?"`` for a value close to one of ``choices`` (a typo), else ``""``."""
+    close = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def check_fields(name: str, values: Mapping[str, Any], cls: type) -> None:

@@ -21,7 +21,7 @@ from storage.brats import (BRATS_CHANNELS, BRATS_CLASSES, BRATS_SIZE, NAME_MAPPI
                            listed_but_absent)
 from storage.cases import MatCase, SliceBatch, VolumeCase
 from storage.discovery import archives_below, is_archive, source_key
-from storage.errors import CaseRejected, NoUsableInput, one_line
+from storage.errors import CaseRejected, NoUsableInput, did_you_mean, one_line
 from storage.ingest_config import DEFAULT_RATIOS, MAX_IMAGE_SIZE, IngestConfig, SplitConfig
 from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, absent_numbers,
                                discover_jun_cheng, largest_image_size, read_mat_case)
@@ -565,7 +565,14 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
     config, store_size = _stored_settings(config, Path(out), append)
     if classes is None and store_size is not None:  # appending: labels are read as the store's classes
         classes = list(open_store(out).attrs["classes"])
+    asked = classes is not None and store_size is None
     cases, classes, available, rejected = read_manifest(csv_path, classes)
+    if asked and (unused := [name for name in classes[1:] if name not in {case.label for case in cases}]):
+        # a typo (`Meningoma`) made a class no slice has, which training never learns
+        labels = sorted({case.label for case in cases})
+        hints = "".join(did_you_mean(name, labels) for name in unused)
+        raise ValueError(f"classes: {unused} label no usable patient of {csv_path} (its labels: {labels}); a store "
+                         f"of them would hold a class without slices{hints}")
     channels = _channels(config.channels, tuple(available), csv_path)
     cases = [replace(c, channels={k: c.channels[k] for k in channels}) for c in cases]
     config = replace(config, channels=tuple(channels))

@@ -45,6 +45,37 @@ def test_flow_overrides_are_empty_by_default_so_cached_trainings_stay_valid():
     assert flow_train_overrides(epochs=5, batch_size=8) == {"epochs": 5, "batch_size": 8}
     with pytest.raises(ValueError, match="--precision: got 'fp64'"):
         flow_train_overrides(precision="fp64")
+    for devices in (0, -3):  # trained on one device without a word
+        with pytest.raises(ValueError, match=f"--devices: got {devices}, expected a positive integer"):
+            flow_train_overrides(devices)
+
+
+def test_a_typo_of_a_choice_gets_a_suggestion():
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+    from storage.errors import did_you_mean
+
+    assert did_you_mean("gp-unt", ("gp-unet", "resnext50")) == "; did you mean 'gp-unet'?"
+    assert did_you_mean("zzz", ("gp-unet", "resnext50")) == ""
+    result = CliRunner().invoke(app, ["train", "--store", "s", "--out", "r", "--model", "gp-unt"])
+    assert result.exit_code == 2 and "did you mean 'gp-unet'?" in " ".join(result.output.replace("│", " ").split())
+    result = CliRunner().invoke(app, ["benchmark", "--workdir", "w", "--models", "gp-unt,resnext5"])
+    assert result.exit_code == 1 and "did you mean 'gp-unet', 'resnext50'?" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("args", [["--size", "48"], ["--size", "1024"], ["--jun-cheng-slices", "1"],
+                                  ["--brats-cases", "1000"]])
+def test_the_main_jobs_phantom_options_are_refused_by_their_names(args):
+    """They were refused with internal field names ("phantom_size: got 48 ...", "phantom_cases: Input should
+    be ...") that say neither which option nor which dataset."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    result = CliRunner().invoke(app, ["demo", *args])
+    said = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and f"Invalid value for '{args[0]}'" in said, said
 
 
 def test_command_help_flows_each_paragraph_onto_one_line():

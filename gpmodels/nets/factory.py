@@ -14,6 +14,7 @@ from gpmodels.nets.baselines import InceptionV3, ResNeXt50
 from gpmodels.nets.gp_reconresnet import GPReconResNet
 from gpmodels.nets.gp_shuffleunet import GPShuffleUNet
 from gpmodels.nets.gp_unet import GPUNet
+from storage.errors import did_you_mean
 
 _GP_MODELS: dict[str, type[nn.Module]] = dict(
     zip(GP_MODEL_NAMES, (GPUNet, GPReconResNet, GPShuffleUNet), strict=True))
@@ -129,4 +130,5 @@ def _is_a(value: Any, default: Any) -> bool:
 
 def _check_name(name: str) -> None:
     if name not in _MODELS:
-        raise ValueError(f"name: unknown model {name!r}; expected one of {MODEL_NAMES}")
+        raise ValueError(f"name: unknown model {name!r}; expected one of {MODEL_NAMES}"
+                         f"{did_you_mean(name, MODEL_NAMES)}")

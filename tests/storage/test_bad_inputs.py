@@ -643,6 +643,10 @@ def test_manifest_tumour_free_patients_and_labels_without_a_seg(brats_source, tm
     # name first made every tumour-free slice fail validation and the evaluation stop
     with pytest.raises(ValueError, match=r"classes: got \['healthy', 'HGG'\], expected 'tumour-free' first"):
         ingest_manifest(tmp_path / "m.csv", tmp_path / "t.zarr", CONFIG, classes=["healthy", "HGG"])
+    # a class no patient has (a typo) made a store with a class of no slice, which validation passed
+    with pytest.raises(ValueError, match=r"classes: \['HG'\] label no usable patient of .*m\.csv \(its labels: "
+                                         r"\['HGG', 'tumour-free'\]\); .* without slices; did you mean 'HGG'\?"):
+        ingest_manifest(tmp_path / "m.csv", tmp_path / "t.zarr", CONFIG, classes=["tumour-free", "HGG", "HG"])
     assert not (tmp_path / "t.zarr").exists()
 
 
