@@ -81,37 +81,43 @@ def is_archive(path: Path) -> bool:
     return path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def _zip_members_beside(path: Path) -> bool:
+def _zip_members_found(path: Path, found: set[str]) -> bool:
     """Whether ``path`` is a readable zip whose files (not its folders, nor macOS's ``__MACOSX/`` and ``._*``
-    entries) all exist, at their paths in the zip, in the folder the zip lies in. Only its directory is read."""
+    entries) all have their names (the last part of their paths in the zip) among ``found``: it was unpacked,
+    beside itself or into a folder of another name (``brainTumorDataPublic_1-766 (1)/``). Only its directory is
+    read, not its data; contents are not compared."""
     if not path.name.lower().endswith(".zip"):
         return False  # a tar's listing means reading the whole (compressed) archive
     try:
         with zipfile.ZipFile(path) as archive:
-            names = [name for name in archive.namelist() if not name.endswith("/") and not any(
+            names = [PurePosixPath(name) for name in archive.namelist() if not name.endswith("/") and not any(
                 part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(name).parts)]
     except (OSError, zipfile.BadZipFile, ValueError):
         return False
-    if any(PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts for name in names):
-        return False  # a name outside the zip's folder says nothing of what was unpacked there
-    return bool(names) and all((path.parent / name).is_file() for name in names)
+    if any(name.is_absolute() or ".." in name.parts for name in names):
+        return False  # a name outside the zip's folder says nothing of what was unpacked below the source
+    return bool(names) and all(name.name in found for name in names)
 
 
 def archives_below(folder: Path) -> list[Path]:
-    """The archive files below a folder that were not unpacked beside themselves, sorted.
+    """The archive files below a folder that were not unpacked there, sorted.
 
     gpseg does not read inside archives. The figshare download of the Jun Cheng set is a zip of four
     zips, and BraTS 2020 comes as ``MICCAI_BraTS2020_TrainingData.zip``: an ingestion that finds
     these names them, so that "no cases found" says what to do. An archive with a folder of its name
     beside it (``brainTumorDataPublic_1-766.zip`` and ``brainTumorDataPublic_1-766/``) was unpacked
-    there, and is not listed; so is a zip whose files all lie beside it (``unzip '*.zip'`` in one folder
-    puts the four parts' ``N.mat`` files beside the zips).
+    there, and is not listed; nor is a zip whose files' names are all names of files below ``folder``
+    (``unzip '*.zip'`` in one folder puts the four parts' ``N.mat`` files beside the zips, and a second
+    download unpacks into ``brainTumorDataPublic_1-766 (1)/``).
     """
+    files = visible_files_below(folder)
+    found = {path.name for path in files}
+
     def unpacked(path: Path) -> bool:
         suffix = next(s for s in ARCHIVE_SUFFIXES if path.name.lower().endswith(s))
-        return (path.parent / path.name[: -len(suffix)]).is_dir() or _zip_members_beside(path)
+        return (path.parent / path.name[: -len(suffix)]).is_dir() or _zip_members_found(path, found)
 
-    return [p for p in visible_files_below(folder) if is_archive(p) and not unpacked(p)]
+    return [p for p in files if is_archive(p) and not unpacked(p)]
 
 
 def source_key(path: Path | str, root: Path) -> str:

@@ -23,8 +23,8 @@ from storage.cases import MatCase, SliceBatch, VolumeCase
 from storage.discovery import archives_below, is_archive, source_key
 from storage.errors import CaseRejected, NoUsableInput, did_you_mean, one_line
 from storage.ingest_config import DEFAULT_RATIOS, MAX_IMAGE_SIZE, IngestConfig, SplitConfig
-from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, absent_numbers,
-                               discover_jun_cheng, largest_image_size, read_mat_case)
+from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, JUN_CHENG_SIZE, absent_numbers,
+                               by_image_size, discover_jun_cheng, read_mat_case)
 from storage.jun_cheng import layout_hint as jun_cheng_layout_hint
 from storage.locks import exclusive_lock
 from storage.manifest import read_manifest
@@ -143,10 +143,10 @@ def _reason(exc: BaseException) -> tuple[str | None, str]:
 
 @dataclass
 class _FirstRead:
-    """The case that set a new store's slice size, as :func:`_first_size` read it, so that ingestion does not
-    read it again."""
+    """The case that set a new store's slice size, as :func:`_first_size` or :func:`_largest_mat_size` read it,
+    so that ingestion does not read it again."""
 
-    case: VolumeCase
+    case: VolumeCase | MatCase
     states: dict[Path, tuple[int, int, int, int, int] | None]
     """Its files' states (:func:`storage.nifti.file_state`), taken before they were read."""
     batch: SliceBatch | None
@@ -334,7 +334,7 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
         raise NoUsableInput(f"{plan.where}: no usable {plan.dataset} cases found"
                             + (f" ({len(report.rejected)} rejected{first_rejection(report.rejected)})"
                                if report.rejected else "")
-                            + (hint or archive_hint(report.archives)), report.rejected)
+                            + hint + archive_hint(report.archives), report.rejected)
     sources = dict(base_attrs.get("sources", {}))
     volumes = dict(base_attrs.get("volumes", {}))
     new_patients: list[np.ndarray] = []
@@ -355,7 +355,7 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
                     progress(done, len(cases), Path(case_key(case)).name)
                 if error is None and plan.dataset != "jun-cheng" and batch.patient in stored_patients:
                     error = CaseRejected(case_key(case), f"duplicate patient id {batch.patient} (already stored)")
-                if error is None and isinstance(case, VolumeCase):
+                if error is None:
                     error = _copied_images(case, batch, stored_content, plan.root)
                 if error is not None:
                     file, reason = _reason(error)
@@ -414,7 +414,7 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
 
 def _read_cases(plan: _Plan, cases: list, client: Any) -> Iterator[tuple[Any, Any, BaseException | None]]:
     """:func:`storage.parallel.ordered_map` of the plan's reader over ``cases``, except that the case
-    :func:`_first_size` read already is handed over, not read again."""
+    :func:`_first_size` or :func:`_largest_mat_size` read already is handed over, not read again."""
     first = plan.first
     if first is None or first.batch is None or not any(case is first.case for case in cases):
         yield from ordered_map(plan.reader, cases, client)
@@ -431,15 +431,16 @@ def _read_cases(plan: _Plan, cases: list, client: Any) -> Iterator[tuple[Any, An
         yield (case, first.take(), None) if case is first.case else next(rest)
 
 
-def _copied_images(case: VolumeCase, batch: SliceBatch, stored: dict[str, str], root: Path
+def _copied_images(case: VolumeCase | MatCase, batch: SliceBatch, stored: dict[str, str], root: Path
                    ) -> CaseRejected | None:
     """Why a case whose image file has the content of a stored file is rejected, else ``None``.
 
     A copy of a patient's images under another id would put the same slices in two patients, and so
-    possibly in the training and the test split. Segmentations are not compared: the empty masks of
-    two tumour-free patients on one grid are the same file. A manifest row that lists the very file
-    another patient's row stored is rejected under its line (``m.csv:6``), naming its patient: under
-    the file, the store would record a stored file as rejected.
+    possibly in the training and the test split; a Jun Cheng slice file copied under another number, or
+    moved into another folder before an append, would be the same slice stored twice. Segmentations are not
+    compared: the empty masks of two tumour-free patients on one grid are the same file. A manifest row that
+    lists the very file another patient's row stored is rejected under its line (``m.csv:6``), naming its
+    patient: under the file, the store would record a stored file as rejected.
 
     Args:
         case: the case read.
@@ -447,11 +448,11 @@ def _copied_images(case: VolumeCase, batch: SliceBatch, stored: dict[str, str], 
         stored: sha256 -> stored file (relative path), of this store and of the cases stored in this run.
         root: the folder the source keys are relative to (:func:`~storage.source_records.source_key`).
     """
-    for path in case.channels.values():
+    for path in [case.path] if isinstance(case, MatCase) else case.channels.values():
         other = stored.get(batch.sources.get(str(path), ""))
         if other is None:
             continue
-        if case.origin is not None and source_key(str(path), root) == other:
+        if isinstance(case, VolumeCase) and case.origin is not None and source_key(str(path), root) == other:
             return CaseRejected(case.origin, f"patient {case.patient_id} lists {other}, a file already stored for "
                                              "another patient; each patient's images can be stored once (one "
                                              "patient under two ids could land in two splits)")
@@ -517,8 +518,8 @@ def ingest_jun_cheng(src: Path, out: Path, config: IngestConfig = IngestConfig()
                      progress: Progress | None = None) -> IngestReport:
     """Ingest a folder of Jun Cheng ``N.mat`` files, at any depth (and ``cvind.mat``).
 
-    Slices are enlarged to the largest image size of the files (512 for the real
-    set; on append, the store's) unless ``config.image_size`` asks for one.
+    Slices are enlarged to the largest image size of the files that ingestion stores (512 for the real
+    set; on append, the store's) unless ``config.image_size`` asks for one (:func:`_largest_mat_size`).
 
     Raises:
         NoUsableInput: no ``N.mat`` file, or every one was rejected.
@@ -531,10 +532,14 @@ def ingest_jun_cheng(src: Path, out: Path, config: IngestConfig = IngestConfig()
     config, store_size = _stored_settings(config, Path(out), append)
     channels = _channels(config.channels, JUN_CHENG_CHANNELS, src)
     cases, rejected, listed = discover_jun_cheng(src, require_folds=config.split.mode == "cvind")
-    config = replace(config, image_size=config.image_size or store_size or largest_image_size(cases))
+    if config.image_size or store_size:
+        size, first = int(config.image_size or store_size), None
+    else:
+        size, first = _largest_mat_size(cases, config)
+    config = replace(config, image_size=size)
     reader = functools.partial(read_mat_case, config=config)
     plan = _Plan("jun-cheng", src, cases, reader, JUN_CHENG_CLASSES, list(channels), config.image_size, rejected,
-                 tuple(src / name for name in CVIND_FILES), layout_hint=jun_cheng_layout_hint)
+                 tuple(src / name for name in CVIND_FILES), layout_hint=jun_cheng_layout_hint, first=first)
     absent = [] if append else absent_numbers(cases, rejected, listed)
     report = _run(plan, Path(out), config, append, progress)
     report.absent, report.absent_what = absent, ABSENT_SLICES
@@ -631,6 +636,25 @@ def _first_size(cases: list[VolumeCase], classes: list[str], config: IngestConfi
             return size, _FirstRead(case, states, batch)
         batch = None  # not kept while the next case is read
     return BRATS_SIZE, None
+
+
+def _largest_mat_size(cases: list[MatCase], config: IngestConfig) -> tuple[int, _FirstRead | None]:
+    """The largest image side among the Jun Cheng slice files that ingestion stores (:data:`JUN_CHENG_SIZE` when
+    there is none), and the file that has it, as read.
+
+    Files are read as ingestion reads them, largest declared side first (:func:`storage.jun_cheng.by_image_size`,
+    which reads HDF5 shapes only), until one is accepted; so a file rejected later (label, empty mask, PID,
+    damaged data) does not set the size every other slice is resized to. The accepted file's slice is kept for
+    ingestion, so that no file is read twice unless rejected.
+    """
+    for size, case in by_image_size(cases):
+        states = {case.path: file_state(case.path)}
+        try:
+            batch = read_mat_case(case, replace(config, image_size=size))
+        except Exception:  # rejected, or unreadable in another way: the reader says why again later
+            continue
+        return size, _FirstRead(case, states, batch)
+    return JUN_CHENG_SIZE, None
 
 
 def _existing_dir(src: Path) -> Path:

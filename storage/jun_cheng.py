@@ -10,7 +10,7 @@ import numpy as np
 
 from storage.cases import MatCase, SliceBatch, patient_id_problem
 from storage.discovery import NIFTI_SUFFIXES, visible_files_below
-from storage.errors import CaseRejected
+from storage.errors import CaseRejected, one_line
 from storage.ingest_config import MAX_IMAGE_SIZE, IngestConfig
 from storage.file_hashes import sha256_file
 from storage.normalise import background_values, paper_scale, robust_scale
@@ -147,7 +147,8 @@ def discover_jun_cheng(src: Path, require_folds: bool = False) -> tuple[list[Mat
     Raises:
         ValueError: ``require_folds`` and ``cvind.mat`` is missing or unreadable.
     """
-    numbered = sorted((int(m.group(1)), p) for p in visible_files_below(src) if (m := _SLICE_FILE.match(p.name)))
+    below = visible_files_below(src)
+    numbered = sorted((int(m.group(1)), p) for p in below if (m := _SLICE_FILE.match(p.name)))
     rejected: dict[str, str] = {}
     files: dict[int, Path] = {}
     for number, path in numbered:
@@ -158,8 +159,10 @@ def discover_jun_cheng(src: Path, require_folds: bool = False) -> tuple[list[Mat
     folds = np.zeros(0, dtype=np.int8)
     cvind = find_cvind(src)
     if cvind is None and require_folds:
-        raise ValueError(f"{src}: --split cvind needs the official folds, {CVIND_FILES[0]} beside the slice "
-                         "files; none found")
+        deeper = [path.relative_to(src) for path in below if path.name in CVIND_FILES]
+        raise ValueError(f"{src}: --split cvind needs the official folds, {CVIND_FILES[0]} directly in this folder; "
+                         + (f"none there, but found {', '.join(map(str, deeper[:3]))}: move it up into {src}"
+                            if deeper else "none found, nor in any folder below"))
     if cvind is not None:
         try:
             folds = read_cvind(cvind)
@@ -190,21 +193,22 @@ def absent_numbers(cases: list[MatCase], rejected: dict[str, str], listed: int) 
     return [str(number) for number in range(1, max(listed, *found, 0) + 1) if number not in found]
 
 
-def largest_image_size(cases: list[MatCase]) -> int:
-    """The largest ``image`` side among slice files whose image ingestion can take (square, 2-D, at most
-    :data:`MAX_SIDE`; 512 when there is none), so that a file rejected later does not set the size.
+def by_image_size(cases: list[MatCase]) -> list[tuple[int, MatCase]]:
+    """``(side, case)`` of the slice files whose image ingestion can take (square, 2-D, at most :data:`MAX_SIDE`),
+    largest side first, in file-number order within a side.
 
-    Only HDF5 shapes are read, not pixels, so this is fast; the real set's
-    256-px images are then enlarged to the 512 of the others.
+    Only HDF5 shapes are read, not pixels, so this is fast. Ingestion reads the cases in this order until one is
+    accepted, and its side sets the store's size (the real set's 256-px images are enlarged to the 512 of the
+    others), so that a file rejected for its content (label, mask, PID, damaged data) does not set it.
     """
-    sizes = []
+    sized = []
     for case in cases:
         try:
             with _open_v73(case.path) as fh:
-                sizes.append(_image_shape(fh, case.path)[0])
+                sized.append((_image_shape(fh, case.path)[0], case))
         except Exception:  # unreadable: read_mat_case rejects it with the reason later
             continue
-    return int(max(sizes, default=JUN_CHENG_SIZE))
+    return sorted(sized, key=lambda item: -item[0])  # stable: file-number order within a side
 
 
 def _own_dataset(group: h5py.Group, name: str, path: Path) -> h5py.Dataset:
@@ -226,6 +230,20 @@ def _own_dataset(group: h5py.Group, name: str, path: Path) -> h5py.Dataset:
     return dataset
 
 
+def _read(dataset: h5py.Dataset, path: Path) -> np.ndarray:
+    """The data of a checked dataset (:func:`_own_dataset`), as stored (column-major MATLAB order).
+
+    Raises:
+        CaseRejected: HDF5 cannot decode it (a damaged chunk, whose filter fails), naming the dataset.
+    """
+    try:
+        return np.asarray(dataset)
+    except OSError as exc:  # h5py: "Can't synchronously read data (filter returned failure during read)"
+        detail = re.search(r"\(([^()]*)\)\s*$", str(exc))
+        raise CaseRejected(path, f"corrupt data in {dataset.name.lstrip('/')} "
+                                 f"({detail.group(1) if detail else one_line(exc)}); the file is damaged") from exc
+
+
 def _image_shape(fh: h5py.File, path: Path) -> tuple[int, int]:
     """The shape of a slice file's ``cjdata/image``, checked (square, 2-D, at most :data:`MAX_SIDE` per side)
     before any pixel is read."""
@@ -241,20 +259,28 @@ def _image_shape(fh: h5py.File, path: Path) -> tuple[int, int]:
 
 
 def _read_pid(dataset: h5py.Dataset, path: Path) -> str:
-    """The patient id of a slice file: a MATLAB char array (UTF-16 codes; padding dropped), or a whole
-    number stored numerically, as its decimal digits. An empty array (``MATLAB_empty``, which MATLAB
-    stores as the array's dimensions) gives ``""``.
+    """The patient id of a slice file: a MATLAB char array (UTF-16 code units, a character beyond U+FFFF as two;
+    padding dropped), or a whole number stored numerically, as its decimal digits. An empty array
+    (``MATLAB_empty``, which MATLAB stores as the array's dimensions) gives ``""``.
 
     Raises:
-        CaseRejected: the PID is numeric but not one whole number, or of another MATLAB class.
+        CaseRejected: the PID is numeric but not one whole number, char codes that are no UTF-16 text (beyond 16
+            bits, a lone surrogate), or of another MATLAB class.
     """
     matlab_class = dataset.attrs.get("MATLAB_class", b"")
     matlab_class = matlab_class.decode() if isinstance(matlab_class, bytes) else str(matlab_class)
     if np.asarray(dataset.attrs.get("MATLAB_empty", 0)).any():
         return ""
-    values = np.asarray(dataset).ravel()
+    values = _read(dataset, path).ravel()
     if matlab_class == "char" or (not matlab_class and values.dtype == np.uint16):
-        return "".join(chr(int(c)) for c in values if c).strip()
+        codes = values[values != 0]
+        if codes.size and (codes.min() < 0 or codes.max() > 0xFFFF or (codes != np.round(codes)).any()):
+            raise CaseRejected(path, "PID holds char codes outside 0-65535, expected UTF-16 text")
+        try:
+            return codes.astype("<u2").tobytes().decode("utf-16-le").strip()
+        except UnicodeDecodeError as exc:
+            raise CaseRejected(path, f"PID holds a lone UTF-16 surrogate (code {int(codes[exc.start // 2]):#06x}), "
+                                     "expected text") from exc
     if values.dtype.kind in "fiu" and matlab_class != "logical":
         if values.size == 1 and np.isfinite(values[0]) and float(values[0]).is_integer():
             return str(int(values[0]))
@@ -282,10 +308,10 @@ def _read_fields(path: Path) -> tuple[np.ndarray, float, str, np.ndarray]:
         if mask.shape != shape:
             raise CaseRejected(path, f"tumorMask shape {tuple(reversed(mask.shape))} differs from image shape "
                                      f"{tuple(reversed(shape))}")
-        image = np.asarray(data["image"]).T
-        label = np.asarray(label).ravel()
+        image = _read(data["image"], path).T
+        label = _read(label, path).ravel()
         pid = _read_pid(pid, path)
-        mask = np.asarray(mask).T
+        mask = _read(mask, path).T
     if label.size != 1:
         raise CaseRejected(path, f"label holds {label.size} values, expected 1")
     return image, float(label[0]), pid.strip(), mask

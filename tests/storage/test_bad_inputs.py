@@ -285,6 +285,22 @@ def test_numeric_and_empty_patient_ids(jun_cheng_copy, tmp_path):
     assert "100360" in patients and all(p.isprintable() and p for p in patients)
 
 
+def test_a_patient_id_beyond_the_bmp_is_read_as_utf16(jun_cheng_copy, tmp_path):
+    """MATLAB stores a char beyond U+FFFF as two UTF-16 code units (a surrogate pair): read as one character, not
+    rejected with an "unexpected UnicodeEncodeError"; a lone surrogate or a code beyond 16 bits is no text."""
+    from storage.mat73 import _set_class
+
+    pair = np.frombuffer("P\U0001F600".encode("utf-16-le"), "<u2")  # P, then 0xd83d 0xde00
+    for number, codes in [(3, pair), (4, pair[[0, 1, 0]]), (5, np.array([80, 70_000], np.uint32))]:
+        with h5py.File(jun_cheng_copy / f"{number}.mat", "r+") as fh:
+            del fh["cjdata/PID"]
+            _set_class(fh.create_dataset("cjdata/PID", data=codes[:, None]), "char")
+    report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CONFIG)
+    assert report.rejected == {"4.mat": "PID holds a lone UTF-16 surrogate (code 0xd83d), expected text",
+                               "5.mat": "PID holds char codes outside 0-65535, expected UTF-16 text"}
+    assert "P\U0001F600" in read_patients(open_store(tmp_path / "s.zarr"))
+
+
 def test_crafted_slice_files_are_rejected_before_their_data_is_read(jun_cheng_copy, tmp_path):
     """Links out of the file ingested other files' bytes (/etc/passwd as an image), a few kilobytes declaring
     gigabytes were allocated, a huge PID stopped the whole ingestion with a MemoryError, a FIFO hung it, and a

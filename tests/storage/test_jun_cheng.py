@@ -1,4 +1,4 @@
-"""Jun Cheng discovery (the figshare download's four folders), cvind checks and label reasons."""
+"""Jun Cheng discovery (the figshare download's folders and zips), cvind checks, copies, slice size, reasons."""
 
 import shutil
 
@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
+from storage.errors import NoUsableInput
 from storage.ingest import ingest_jun_cheng
 from storage.ingest_config import IngestConfig, SplitConfig
 from storage.jun_cheng import discover_jun_cheng
@@ -138,3 +139,114 @@ def test_zip_parts_unpacked_beside_themselves_are_not_named(jun_cheng_copy, tmp_
         part.writestr("../jc/1.mat", b"x")
     report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CONFIG)
     assert report.archives == ["brainTumorDataPublic_10-18.zip", "outside.zip"]
+
+
+COPIED = ("the same content as the stored {}; each patient's images can be stored once (a copy under another id "
+          "could land in two splits)")
+
+
+def test_a_slice_file_with_stored_content_is_rejected(jun_cheng_copy, tmp_path):
+    """A slice copied under another number was stored twice (possibly in train and test), and so was every slice
+    of a download moved into other folders before an append: each is rejected as a copied volume is."""
+    shutil.copy(jun_cheng_copy / "3.mat", jun_cheng_copy / "19.mat")
+    shutil.copy(jun_cheng_copy / "3.mat", jun_cheng_copy / "20.mat")
+    store = tmp_path / "s.zarr"
+    report = ingest_jun_cheng(jun_cheng_copy, store, CONFIG)
+    assert report.cases == 18 and report.rejected == {"19.mat": COPIED.format("3.mat"),
+                                                      "20.mat": COPIED.format("3.mat")}
+    _figshare_layout(jun_cheng_copy)
+    moved = ingest_jun_cheng(jun_cheng_copy, store, CONFIG, append=True)
+    assert moved.cases == 0 and moved.exit_code == 2 and len(moved.rejected) == 20
+    assert moved.rejected["brainTumorDataPublic_1-9/1.mat"] == COPIED.format("1.mat")
+    assert moved.rejected["brainTumorDataPublic_10-18/20.mat"] == COPIED.format("3.mat")
+    assert open_store(store)["labels"].shape == (18,)
+
+
+@pytest.mark.parametrize("defect", ["label 4", "empty tumorMask", "damaged image"])
+def test_a_rejected_slice_file_does_not_set_the_image_size(jun_cheng_copy, tmp_path, monkeypatch, defect):
+    """The largest image among the files sets the store's size, but only among files ingestion accepts; the file
+    that sets it is read once."""
+    from storage.phantoms import write_jun_cheng_phantoms
+
+    bigger = jun_cheng_copy / "19.mat"
+    shutil.copy(write_jun_cheng_phantoms(tmp_path / "big", 1, size=128, seed=1, small_fraction=0.0)[0], bigger)
+    _damage(bigger, defect)
+    from storage.file_hashes import sha256_file
+
+    hashed = []
+    monkeypatch.setattr("storage.jun_cheng.sha256_file", lambda path: hashed.append(path) or sha256_file(path))
+    report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CONFIG)
+    assert list(report.rejected) == ["19.mat"] and report.cases == 18
+    assert report.image_size == 64 and open_store(tmp_path / "s.zarr")["images"].shape == (18, 1, 64, 64)
+    assert len(hashed) == len(set(hashed)) == 18  # no accepted file read twice
+
+
+def _damage(path, defect):
+    """Make a slice file one that ingestion rejects: a label outside 1-3, an empty mask, or a damaged image chunk."""
+    if defect == "damaged image":
+        with h5py.File(path, "r") as fh:
+            chunk = fh["cjdata/image"].id.get_chunk_info(0)
+        data = bytearray(path.read_bytes())
+        data[chunk.byte_offset:chunk.byte_offset + chunk.size] = b"\xff" * chunk.size
+        path.write_bytes(bytes(data))
+        return
+    with h5py.File(path, "r+") as fh:
+        if defect == "label 4":
+            fh["cjdata/label"][...] = 4
+        else:
+            fh["cjdata/tumorMask"][...] = 0
+
+
+def test_a_damaged_image_chunk_is_named(jun_cheng_copy, tmp_path):
+    _damage(jun_cheng_copy / "7.mat", "damaged image")
+    report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CONFIG)
+    assert report.rejected == {"7.mat": "corrupt data in cjdata/image (filter returned failure during read); the "
+                                        "file is damaged"}
+
+
+def test_zip_parts_beside_cvind_are_named_with_what_the_folder_holds(jun_cheng_copy, tmp_path):
+    """Only the zip parts and cvind.mat: both that the folder holds no slice file and that the zips need unpacking."""
+    import zipfile
+
+    packed = tmp_path / "download"
+    packed.mkdir()
+    shutil.copy(jun_cheng_copy / "cvind.mat", packed / "cvind.mat")
+    for part, numbers in [("brainTumorDataPublic_1-9", range(1, 10)), ("brainTumorDataPublic_10-18", range(10, 19))]:
+        with zipfile.ZipFile(packed / f"{part}.zip", "w") as archive:
+            for number in numbers:
+                archive.write(jun_cheng_copy / f"{number}.mat", f"{number}.mat")
+    with pytest.raises(NoUsableInput) as caught:
+        ingest_jun_cheng(packed, tmp_path / "s.zarr", CONFIG)
+    assert str(caught.value) == (f"{packed}: no usable jun-cheng cases found; it holds no numbered slice files "
+                                 "(N.mat), only cvind.mat; it holds 2 archive(s) gpseg does not open "
+                                 "(brainTumorDataPublic_1-9.zip, brainTumorDataPublic_10-18.zip): unpack them first")
+
+
+def test_zip_parts_unpacked_into_folders_of_other_names_are_not_named(jun_cheng_copy, tmp_path):
+    """A second download unpacks ``brainTumorDataPublic_1-9.zip`` into ``brainTumorDataPublic_1-9 (1)/``: every
+    file of the zip was found, so it is no archive left to unpack; one with a file not found still is."""
+    import zipfile
+
+    with zipfile.ZipFile(jun_cheng_copy / "brainTumorDataPublic_1-9.zip", "w") as part:
+        for number in range(1, 10):
+            part.write(jun_cheng_copy / f"{number}.mat", f"{number}.mat")
+    with zipfile.ZipFile(jun_cheng_copy / "brainTumorDataPublic_10-18.zip", "w") as part:
+        for number in range(10, 20):
+            part.writestr(f"{number}.mat", b"x")
+    _figshare_layout(jun_cheng_copy)
+    (jun_cheng_copy / "brainTumorDataPublic_1-9").rename(jun_cheng_copy / "brainTumorDataPublic_1-9 (1)")
+    (jun_cheng_copy / "brainTumorDataPublic_10-18").rename(jun_cheng_copy / "brainTumorDataPublic_10-18 (1)")
+    report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CONFIG)
+    assert report.cases == 18 and report.archives == ["brainTumorDataPublic_10-18.zip"]  # 19.mat was not unpacked
+
+
+def test_split_cvind_names_a_cvind_found_in_a_folder_below(jun_cheng_copy, tmp_path):
+    (jun_cheng_copy / "part").mkdir()
+    shutil.move(jun_cheng_copy / "cvind.mat", jun_cheng_copy / "part" / "cvind.mat")
+    with pytest.raises(ValueError) as caught:
+        ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CVIND)
+    assert str(caught.value) == (f"{jun_cheng_copy}: --split cvind needs the official folds, cvind.mat directly in "
+                                 f"this folder; none there, but found part/cvind.mat: move it up into {jun_cheng_copy}")
+    (jun_cheng_copy / "part" / "cvind.mat").unlink()
+    with pytest.raises(ValueError, match="cvind.mat directly in this folder; none found, nor in any folder below$"):
+        ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CVIND)
