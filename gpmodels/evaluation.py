@@ -269,8 +269,8 @@ or the clean-up emptied their masks."""
 def threshold_warning(evaluation: dict) -> str | None:
     """What to warn a user about the thresholds of an evaluation (:func:`evaluate_heatmaps`' result), or ``None``:
     ``--offset auto`` fell back to the paper's offset (and why), or chose the largest offset it tries; the offset
-    clamped the threshold at 0, or the clean-up emptied the mask, on more than :data:`MOST` of the slices given
-    a mask."""
+    clamped the threshold at 0, the clean-up emptied the mask, or the threshold left no pixel, on more than
+    :data:`MOST` of the slices given a mask."""
     threshold = evaluation["threshold"]
     warnings = []
     if offset_fell_back(threshold):
@@ -282,12 +282,15 @@ def threshold_warning(evaluation: dict) -> str | None:
         warnings.append(f"{clamp_text(evaluation)}; a smaller offset keeps less")
     if mostly_flagged(evaluation, "emptied_slices"):
         warnings.append(f"{emptied_text(evaluation)}; a smaller minimum size (--min-size) keeps them")
+    if mostly_flagged(evaluation, "empty_slices") and not constant_maps(evaluation):
+        warnings.append(f"{empty_text(evaluation)}; a larger offset (or a smaller fixed value) keeps more")
     return "; ".join(warnings) or None
 
 
 def mostly_flagged(evaluation: dict, count: str) -> bool:
-    """Whether the ``count`` of an evaluation's ``segmentation`` (``clamped_slices`` or ``emptied_slices``) is more
-    than :data:`MOST` of the slices given a mask (``False`` for evaluations written before they were counted)."""
+    """Whether the ``count`` of an evaluation's ``segmentation`` (``clamped_slices``, ``emptied_slices`` or
+    ``empty_slices``) is more than :data:`MOST` of the slices given a mask (``False`` for evaluations written before
+    they were counted)."""
     segmentation = evaluation.get("segmentation") or {}
     masked = segmentation.get("masked_slices") or 0
     return bool(masked) and segmentation.get(count, 0) > MOST * masked
@@ -303,6 +306,23 @@ def clamp_text(evaluation: dict) -> str:
     return (f"the offset {evaluation['threshold']['offset']:g} is at least multi-Otsu's upper threshold on "
             f"{_share(evaluation, 'clamped_slices')}: their threshold is clamped at 0, so each mask is every "
             "positive pixel of its map")
+
+
+def constant_maps(evaluation: dict) -> bool:
+    """Whether an evaluation's maps are constant by construction: Grad-CAM on a 1×1 feature grid, whose masks are
+    empty at any threshold (the report says why where it names the grid)."""
+    grid = (evaluation.get("run") or {}).get("cam_grid")
+    return bool(grid) and all(side == 1 for side in grid)
+
+
+def empty_text(evaluation: dict) -> str:
+    """How many slices given a mask the threshold left without a pixel, in words."""
+    threshold = evaluation["threshold"]
+    given = (f"the fixed threshold {threshold['value']:g}" if threshold.get("method") == "fixed"
+             else f"the threshold (offset {threshold.get('offset')})" if threshold.get("method") == "multiotsu"
+             else "the threshold")
+    return (f"{given} is above the map's largest value, or undefined on a constant map, on "
+            f"{_share(evaluation, 'empty_slices')}: their masks are empty")
 
 
 def emptied_text(evaluation: dict) -> str:
@@ -386,8 +406,11 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
                                 if free.any() and config.target_class == "predicted" else None),
             "convention": DICE_CONVENTION,
             # slices given a mask (not of the tumour-free class), those whose threshold the offset clamped at 0,
-            # and those whose mask the clean-up emptied
+            # those whose mask the clean-up emptied, and those whose threshold left no pixel (above the map's
+            # maximum: a negative offset, a large fixed value, or multi-Otsu undefined on a constant map)
             "masked_slices": masked, "clamped_slices": int(clamped.sum()), "emptied_slices": int(emptied.sum()),
+            "empty_slices": int(np.count_nonzero(((chosen != 0) if tumour_free else True) & (pred_px == 0)
+                                                 & ~emptied)),
         },
         "posthoc": _posthoc_agreement(heat),
         "bootstrap": patient_bootstrap(patients, labels, predicted, np.where(has_target, scores, np.nan),

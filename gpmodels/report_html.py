@@ -22,8 +22,8 @@ import numpy as np
 
 from gpmodels import report_figures as figs
 from gpmodels.bootstrap import REPLICATES
-from gpmodels.evaluation import (OFFSET_FALLBACK, clamp_text, emptied_text, evaluated_source, mostly_flagged,
-                                 offset_fell_back, open_heatmaps)
+from gpmodels.evaluation import (OFFSET_FALLBACK, clamp_text, constant_maps, emptied_text, empty_text,
+                                 evaluated_source, mostly_flagged, offset_fell_back, open_heatmaps)
 from gpmodels.figure_cache import FigureCache
 from gpmodels.files import heatmap_path
 from gpmodels.report import (COLUMNS, INTERVAL_KEYS, KIND_TITLES, ModelGroup, dataset_title, group_warnings,
@@ -134,6 +134,18 @@ def _path_cell(path: Any) -> str:
     return _e(path).replace("/", "/<wbr>")
 
 
+FLAGS = (("clamped_slices", clamp_text), ("emptied_slices", emptied_text), ("empty_slices", empty_text))
+"""The counts of an evaluation's ``segmentation`` that warn when they hold most of the slices given a mask, and
+how each is said (:mod:`gpmodels.evaluation`)."""
+
+
+def flagged(evaluation: dict, count: str) -> bool:
+    """Whether one of :data:`FLAGS` warns about an evaluation: most masks clamped, emptied by the clean-up, or
+    empty at the threshold (not for constant Grad-CAM maps, which are empty at any threshold and said by their
+    1×1 grid)."""
+    return mostly_flagged(evaluation, count) and not (count == "empty_slices" and constant_maps(evaluation))
+
+
 SEGMENTATION_RANKED = ("dice_median", "fpr_tumour_free")
 """The ranked columns that score masks: a row whose masks do not localise is not ranked in them
 (:func:`_localises`)."""
@@ -147,7 +159,7 @@ def _localises(group: ModelGroup, column: str) -> bool:
     runs = group.runs
     if any((share := mask_coverage(run)) is not None and share > MOST_OF_SLICE for run in runs):
         return False
-    if any(mostly_flagged(run.evaluation, count) for run in runs for count in ("clamped_slices", "emptied_slices")):
+    if any(flagged(run.evaluation, count) for run in runs for count, _ in FLAGS):
         return False
     return column != "fpr_tumour_free" or any(mask_coverage(run) is not None for run in runs)
 
@@ -609,9 +621,7 @@ def _warnings(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
               f"{run.fold} on {_e(dataset_title(run.dataset))}: {_e(_fallback_reason(run))}, though the row says "
               "auto offset." for run in runs if offset_fell_back(run.evaluation["threshold"])]
     boxes += [f"{_e(run.label)} fold {run.fold} on {_e(dataset_title(run.dataset))}: "
-              f"{_e(say(run.evaluation))}." for run in runs for count, say in (("clamped_slices", clamp_text),
-                                                                                ("emptied_slices", emptied_text))
-              if mostly_flagged(run.evaluation, count)]
+              f"{_e(say(run.evaluation))}." for run in runs for count, say in FLAGS if flagged(run.evaluation, count)]
     boxes += [f"{_e(run.label)} fold {run.fold} on {_e(dataset_title(run.dataset))}: its masks cover {share:.0%} of the slice (median "
               "over the slices given a mask), so they do not localise and their Dice is about that of marking the "
               "whole slice." for run in runs if (share := mask_coverage(run)) is not None and share > MOST_OF_SLICE]

@@ -170,6 +170,26 @@ def test_an_offset_that_clamps_or_a_clean_up_that_empties_most_masks_is_warned_a
     assert not mostly_flagged({"segmentation": {"dice": {}}}, "clamped_slices")
 
 
+def test_a_threshold_that_leaves_most_masks_empty_is_counted_and_warned_about(tmp_path):
+    """`--offset -1e9` (or a large fixed value) emptied every mask without a word, while a large positive offset
+    was warned about; constant Grad-CAM maps (a 1x1 grid), empty at any threshold, are not warned about."""
+    store = _write_slice_store(tmp_path / "s.zarr")
+    heat = _write_heatmap_store(tmp_path / "test.zarr", store)
+    high = evaluate_heatmaps(heat, replace(FIXED, value=1e9))
+    assert high["segmentation"]["masked_slices"] == 5 and high["segmentation"]["empty_slices"] == 5
+    assert threshold_warning(high) == (
+        "the fixed threshold 1e+09 is above the map's largest value, or undefined on a constant map, on 5 of the 5 "
+        "slices given a mask (100%): their masks are empty; a larger offset (or a smaller fixed value) keeps more")
+    below = evaluate_heatmaps(heat, ThresholdConfig(offset=-1e9))
+    assert below["segmentation"]["empty_slices"] == 5 and "(offset -1000000000.0) is above" in threshold_warning(below)
+    kept = evaluate_heatmaps(heat, FIXED)  # above 0.5: G's mask alone is empty
+    assert kept["segmentation"]["empty_slices"] == 1 and threshold_warning(kept) is None
+    cleaned = evaluate_heatmaps(heat, replace(FIXED, cleaning=CleaningConfig(min_size=5)))
+    assert cleaned["segmentation"]["emptied_slices"] == 4 and cleaned["segmentation"]["empty_slices"] == 1
+    high["run"]["cam_grid"] = [1, 1]
+    assert threshold_warning(high) is None
+
+
 def test_classification_numbers_of_the_hand_made_store(evaluation):
     # Correct: A, B, D, F of 7. p1's tumour slices say LGG (right); p2's say tumour-free and HGG (right).
     assert evaluation["classification"]["accuracy"] == pytest.approx(4 / 7)

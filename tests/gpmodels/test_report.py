@@ -1234,16 +1234,18 @@ def test_an_offset_that_clamped_or_a_clean_up_that_emptied_most_masks_is_flagged
     run = _copy_run(report_runs["gp"], tmp_path / "clamped")
     evaluation = _evaluation(run)
 
-    def page(clamped: int, emptied: int) -> str:
-        evaluation["segmentation"].update(masked_slices=8, clamped_slices=clamped, emptied_slices=emptied)
+    def page(clamped: int, emptied: int, empty: int = 0) -> str:
+        evaluation["segmentation"].update(masked_slices=8, clamped_slices=clamped, emptied_slices=emptied,
+                                          empty_slices=empty)
         evaluation["threshold"]["cleaning"]["min_size"] = 40
         (run / "evaluation.json").write_text(json.dumps(evaluation))
-        return build_report([run], tmp_path / f"report-{clamped}-{emptied}").read_text()
+        return build_report([run], tmp_path / f"report-{clamped}-{emptied}-{empty}").read_text()
 
     assert "upper threshold on 7 of the 8 slices given a mask (88%): their threshold is clamped at 0" in page(7, 0)
     assert "under 40 pixels emptied the mask of 5 of the 8 slices given a mask (62%)" in page(0, 5)
     half = page(4, 4)
     assert "clamped at 0" not in half and "emptied the mask" not in half
+    assert "on 6 of the 8 slices given a mask (75%): their masks are empty" in page(0, 0, 6)  # a negative offset
 
 
 def test_true_class_masks_are_exported_with_a_warning_and_have_no_tumour_free_rate(report_runs, tmp_path):
