@@ -27,9 +27,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from gpmodels.augment import AugmentConfig, RandomFlipRotate, resize_batch
 from storage.errors import StoreError
+from storage.ingest_config import SPLIT_NAMES
 from storage.memory import available_memory
 from storage.reads import read_rows, read_whole
-from storage.store import SPLIT_NAMES, fold_names, open_store
+from storage.store import fold_names, open_store
 
 Batch = dict[str, torch.Tensor]
 

@@ -43,8 +43,9 @@ from gpmodels.nets import is_gp_model
 from gpmodels.training import load_trained
 from storage.classes import has_tumour_free_class
 from storage.folders import check_replaceable, hidden_sibling, recover_interrupted, replace_folder
+from storage.ingest_config import SPLIT_NAMES
 from storage.reads import read_rows, read_whole
-from storage.store import (CHUNK_COUNTS, FLAT_CHUNK_KEYS, SPLIT_NAMES, check_chunks, check_data_version, chunk_counts,
+from storage.store import (CHUNK_COUNTS, FLAT_CHUNK_KEYS, check_chunks, check_data_version, chunk_counts,
                            open_store)
 
 POSTHOC_OCCLUSION_SLICES = 64

@@ -23,10 +23,11 @@ from gpmodels.nets import build_model, count_parameters, meta_model
 from gpmodels.precision import bf16_is_emulated, on_gpu, resolve_precision
 from gpmodels.train_config import RunConfig, TrainConfig
 from storage.errors import StoreError
+from storage.ingest_config import SPLIT_NAMES
 from storage.memory import available_memory
 from storage.parallel import cpu_cores
 from storage.reads import read_whole
-from storage.store import SPLIT_NAMES, check_chunks, open_store
+from storage.store import check_chunks, open_store
 
 _LOG = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ SIZES = (max(BRATS_SIZE_RANGE[0], JUN_CHENG_SIZE_RANGE[0]), min(BRATS_SIZE_RANGE
 @app.command(epilog=CLEANING_HELP)
 def demo(
     workdir: Annotated[Path, typer.Option(help="Folder for phantoms, stores, runs and the report.")] = Path("demo"),
-    folds: Annotated[int, typer.Option(help="Folds to train (the paper uses 3; 1 keeps the demo short).")] = 1,
+    folds: Annotated[int, typer.Option(min=1, help="Folds to train (the paper uses 3; 1 keeps the demo short).")] = 1,
     brats_cases: Annotated[int, typer.Option(min=2, max=BRATS_MAX_CASE, help="BraTS-layout phantom cases.")] = 16,
     jun_cheng_slices: Annotated[int, typer.Option(min=2, max=JUN_CHENG_MAX_CASES,
                                                   help="Jun Cheng phantom slices.")] = 120,

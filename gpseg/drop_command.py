@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, default_drop_folder
 from gpseg.console import console, fail, one_line, os_error_line
+from gpseg.options import one_of
 
 
 def drop_cmd(
@@ -29,7 +30,8 @@ def drop_cmd(
         help="The drop folder (a dataset's source folder). Default by --kind, in --workdir: "
              f"{DROP_FOLDERS['brats']} for brats, {DROP_FOLDERS['jun-cheng']} for jun-cheng with the default "
              "--workdir (the folders the daily retraining checks).")] = None,
-    kind: Annotated[str, typer.Option(help="Dataset kind of the dropped data and of the drop folder: brats or "
+    kind: Annotated[str, typer.Option(callback=one_of(tuple(DROP_FOLDERS)),
+                                      help="Dataset kind of the dropped data and of the drop folder: brats or "
                                            "jun-cheng (sent with the event; the retraining run reads the folder "
                                            "as this kind).")] = "brats",
     workdir: Annotated[Path, typer.Option(help="Work dir of the deployment that retrains.")] = Path(DEFAULT_WORKDIR),
@@ -50,10 +52,7 @@ def drop_cmd(
     from prefect.events import emit_event
 
     from storage.brats import NAME_MAPPING, merge_name_mapping
-    from storage.errors import did_you_mean
 
-    if kind not in DROP_KINDS:
-        raise fail(f"kind: got {kind!r}, expected one of {', '.join(DROP_KINDS)}{did_you_mean(kind, DROP_KINDS)}")
     into = default_drop_folder(workdir, kind) if into is None else into
     named: dict[str, Path] = {}
     for item in path:  # every path is checked before anything is copied

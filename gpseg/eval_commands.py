@@ -15,7 +15,9 @@ from rich.table import Table
 from gpseg.console import console, fail, folder_problem, interrupted, interval_text, progress_bar, stop_signals_raised
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
+from gpseg.options import one_of
 from storage.folders import InterruptedAfterReplacing
+from storage.ingest_config import SPLIT_NAMES
 
 if TYPE_CHECKING:
     import zarr
@@ -28,7 +30,8 @@ RunsArg = Annotated[list[Path], typer.Argument(help="Run directories written by 
 
 def heatmaps_cmd(
     run: Annotated[Path, typer.Option("--run", help="Run directory of `gpseg train`.")],
-    split: Annotated[list[str], typer.Option("--split", help="Split(s) to run over (repeatable).")] = ["val", "test"],
+    split: Annotated[list[str], typer.Option("--split", callback=one_of(SPLIT_NAMES),
+                                             help="Split(s) to run over (repeatable).")] = ["val", "test"],
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: a GPU when present).")] = None,
     posthoc: Annotated[int, typer.Option(help="Test slices that also get occlusion and guided-backprop maps "

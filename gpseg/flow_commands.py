@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
-from flows.layout import DEFAULT_WORKDIR
+from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS
 from gpmodels.names import PRECISIONS, PRESET_NAMES
 from gpseg.console import (console, fail, flow_outcome, folder_problem, one_line, prefect_home_problem,
                            signal_exit)
@@ -26,7 +26,6 @@ from gpseg.options import (BATCH_SIZE_HELP, EPOCHS_HELP, PRECISION_HELP, flow_tr
                            parse_model_options, parse_seeds)
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
-from storage.errors import did_you_mean
 from storage.ingest_config import DEFAULT_FOLDS, SPLIT_MODES
 from storage.interrupts import HELD_SIGNALS
 
@@ -49,12 +48,12 @@ def benchmark_cmd(
         callback=one_of(SPLIT_MODES), help="grouped (patient-grouped, default), slice (the paper's slice-level "
         "protocol) or cvind (Jun Cheng's official folds; --jun-cheng alone) for every dataset's store.")] = "grouped",
     models: Annotated[Optional[str], typer.Option(help="Comma-separated models (default: all five).")] = None,
-    folds: Annotated[int, typer.Option(help="Folds to train.")] = DEFAULT_FOLDS,
+    folds: Annotated[int, typer.Option(min=1, help="Folds to train.")] = DEFAULT_FOLDS,
     preset: Annotated[str, typer.Option(callback=one_of(PRESET_NAMES), help="paper, demo or smoke.")] = "demo",
     dask_address: Annotated[Optional[str], typer.Option(help="Train on this Dask scheduler; tasks need workers "
                                                              "started with --resources GPU=N, N the --devices "
                                                              "(1 by default); checked before any work.")] = None,
-    devices: Annotated[int, typer.Option(help="Devices per training run (more than 1: Lightning DDP).")] = 1,
+    devices: Annotated[int, typer.Option(min=1, help="Devices per training run (more than 1: Lightning DDP).")] = 1,
     precision: Annotated[str, typer.Option(callback=one_of(PRECISIONS), help=PRECISION_HELP)] = "auto",
     epochs: Annotated[Optional[int], typer.Option(min=1, show_default=False, help=EPOCHS_HELP)] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, show_default=False, help=BATCH_SIZE_HELP)] = None,
@@ -220,7 +219,8 @@ def end_children(grace_s: float = 3.0) -> None:
 def retrain_cmd(
     workdir: Annotated[Path, typer.Option(help="The work dir whose store, runs and report the new data joins (a "
                                                "full-benchmark's).")] = Path(DEFAULT_WORKDIR),
-    kind: Annotated[str, typer.Option(help="brats or jun-cheng: how the drop folder is read; manifest: --source is "
+    kind: Annotated[str, typer.Option(callback=one_of((*DROP_FOLDERS, "manifest")),
+                                      help="brats or jun-cheng: how the drop folder is read; manifest: --source is "
                                            "a manifest CSV (new rows, or a new CSV, of your own NIfTI data). The "
                                            "store is WORKDIR/stores/KIND.zarr (NAME.zarr with --name).")] = "brats",
     name: Annotated[Optional[str], typer.Option(
@@ -237,12 +237,12 @@ def retrain_cmd(
                                  "last benchmark's or retrain's in the work dir (WORKDIR/training_settings.json), "
                                  "else all five.")] = None,
     folds: Annotated[Optional[int], typer.Option(
-        show_default=False, help="Folds to train (default: the work dir's last, else 3).")] = None,
+        min=1, show_default=False, help="Folds to train (default: the work dir's last, else 3).")] = None,
     preset: Annotated[Optional[str], typer.Option(
         callback=one_of(PRESET_NAMES), show_default=False,
         help="paper, demo or smoke (default: the work dir's last, else demo).")] = None,
     devices: Annotated[Optional[int], typer.Option(
-        show_default=False, help="Devices per training run (more than 1: Lightning DDP; default: the work dir's "
+        min=1, show_default=False, help="Devices per training run (more than 1: Lightning DDP; default: the work dir's "
                                  "last, else 1).")] = None,
     precision: Annotated[Optional[str], typer.Option(
         callback=one_of(PRECISIONS), show_default=False,
@@ -280,11 +280,7 @@ def retrain_cmd(
     from flows.layout import default_drop_folder
     from flows.pipeline import outcome_here
     from flows.retrain import retrain_on_new_data
-    from gpseg.drop_command import DROP_KINDS
 
-    if kind not in (*DROP_KINDS, "manifest"):
-        raise fail(f"--kind: got {kind!r}, expected one of {', '.join(DROP_KINDS)}, manifest"
-                   f"{did_you_mean(kind, (*DROP_KINDS, 'manifest'))}")
     problem = folder_problem(workdir, "no such work dir")
     if problem:
         raise fail(f"--workdir {workdir}: {problem} (a full-benchmark's work dir, e.g. runs/benchmark)")

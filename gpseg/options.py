@@ -104,7 +104,9 @@ def one_of(choices: tuple[str, ...]) -> Callable[[typer.Context, typer.CallbackP
     2 and a usage message naming the option and the choices. Checked later, such a value exited 1 with a line
     naming the config field (``preset: got 'fast' ...``), not the option."""
     def check(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
-        if value is None or value in choices:
-            return value
-        raise typer.BadParameter(f"got {value!r}, expected one of: {', '.join(choices)}{did_you_mean(value, choices)}")
+        for given in value if isinstance(value, (list, tuple)) else [value]:  # a repeatable option: each
+            if given is not None and given not in choices:
+                raise typer.BadParameter(f"got {given!r}, expected one of: {', '.join(choices)}"
+                                         f"{did_you_mean(given, choices)}")
+        return value
     return check

@@ -27,9 +27,9 @@ def train_cmd(
         "(64 px, 20 epochs, width 16; GP-ReconResNet and GP-ShuffleUNet width 8, GP-ShuffleUNet pool=maps, the "
         "baselines 10 epochs: one to two minutes per model on 2 CPU cores) or smoke (two steps at 32 px and width 8, "
         "for tests). Options below override it.")] = "paper",
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs (default: the preset's: "
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs (default: the preset's: "
                                                  "paper 300; demo 20, the baselines 10; smoke 1).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Slices per batch and device "
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Slices per batch and device "
                                                       "(default: the preset's: paper 32, demo 16, smoke 4); "
                                                       "gradients are accumulated up to the preset's effective "
                                                       "batch (exactly when batch size x devices divides it; "
@@ -39,18 +39,18 @@ def train_cmd(
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Train at this size (slices are "
                                                       "resized on the fly, with a warning when that enlarges "
                                                       "them; default: the preset's, paper = the store's).")] = None,
-    width: Annotated[Optional[int], typer.Option("--width", help="Base width of the GP networks (default: "
+    width: Annotated[Optional[int], typer.Option("--width", min=1, help="Base width of the GP networks (default: "
                                                  "the preset's, paper = the networks' 64; the baselines have "
                                                  "none).")] = None,
-    devices: Annotated[Optional[int], typer.Option("--devices", help="Devices to train on (default 1); more "
+    devices: Annotated[Optional[int], typer.Option("--devices", min=1, help="Devices to train on (default 1); more "
                                                    "than one uses DDP. The accelerator is a GPU when present.")] = None,
     precision: Annotated[Optional[str], typer.Option(
         "--precision", callback=one_of(PRECISIONS), help=f"{', '.join(PRECISIONS)}; auto = bf16-mixed (or "
         "16-mixed) on GPU, 32-true on CPU; 16-mixed on CPU trains bf16-mixed. Default: the preset's (auto), or the "
         "run's own when OUT holds one.")] = None,
     seed: Annotated[Optional[int], typer.Option(
-        "--seed", help="Seed of weights, sampling and augmentation (default 0).")] = None,
-    num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="Data-loading worker processes "
+        "--seed", min=0, help="Seed of weights, sampling and augmentation (default 0).")] = None,
+    num_workers: Annotated[Optional[int], typer.Option("--num-workers", min=0, help="Data-loading worker processes "
                                                        "(default: the preset's: paper 4, demo and smoke 0; splits "
                                                        "small enough are cached in memory instead).")]
     = None,

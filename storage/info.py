@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from storage.errors import StoreError, one_line
-from storage.store import SPLIT_NAMES, fold_names, open_store, read_patients, reoriented_volumes
+from storage.ingest_config import SPLIT_NAMES
+from storage.store import fold_names, open_store, read_patients, reoriented_volumes
 
 
 @dataclass(frozen=True)

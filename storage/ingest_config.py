@@ -16,6 +16,8 @@ MIN_IMAGE_SIZE = 8
 
 SplitMode = Literal["grouped", "slice", "cvind"]
 SPLIT_MODES: tuple[str, ...] = ("grouped", "slice", "cvind")
+SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
+"""The splits of each fold of a store (its ``split_fold_K`` codes 0, 1, 2)."""
 DEFAULT_RATIOS: tuple[float, float, float] = (0.60, 0.15, 0.25)
 DEFAULT_FOLDS = 3
 """The study's 3-fold cross-validation."""

@@ -40,7 +40,6 @@ from storage.errors import StoreError, one_line
 from storage.folders import hidden_sibling, recover_interrupted, remove_tree, replace_folder
 
 SCHEMA_VERSION = 1
-SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
 _COMPRESSOR = ZstdCodec(level=1)
 _VECTOR_CHUNK = 4096
 _SLICE_ARRAYS: tuple[str, ...] = ("images", "masks", "labels", "patient", "slice_index")

@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 
 from storage.classes import has_tumour_free_class
+from storage.ingest_config import SPLIT_NAMES
 from storage.quiet import quiet_logger
 from storage.reads import read_rows
 from storage.splits import TEST, TRAIN, VAL, empty_splits
-from storage.store import (CHUNK_COUNTS, SPLIT_NAMES, fold_names, missing_chunks, open_store, read_patients,
+from storage.store import (CHUNK_COUNTS, fold_names, missing_chunks, open_store, read_patients,
                            recorded_chunks)
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

@@ -132,6 +132,9 @@ def typer_callback(app, name):
     (["benchmark", "--preset", "fast"], "--preset", "paper, demo, smoke"),
     (["retrain", "--precision", "fp64"], "--precision", "auto, 32-true"),
     (["demo", "--precision", "fp64"], "--precision", "auto, 32-true"),
+    (["drop", "x", "--kind", "bogus"], "--kind", "brats, jun-cheng"),
+    (["retrain", "--kind", "brat"], "--kind", "brats, jun-cheng, manifest"),
+    (["heatmaps", "--run", "r", "--split", "val", "--split", "tset"], "--split", "train, val, test"),
 ])
 def test_a_value_outside_an_options_choices_is_a_usage_error_naming_the_option(args, option, choices, tmp_path,
                                                                                monkeypatch):

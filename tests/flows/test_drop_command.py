@@ -95,7 +95,6 @@ def test_a_drop_for_a_work_dir_that_is_not_there_is_refused(dropped, tmp_path, a
     (lambda root: _write(root / "Data.ZIP"), [],
      "{item}: is an archive, which gpseg does not open; unpack it and drop the case folders it holds; "
      "nothing was copied"),
-    (lambda root: root / "missing", ["--kind", "bogus"], "kind: got 'bogus', expected one of brats, jun-cheng"),
     # a NIfTI file on its own, or a folder of case folders: BraTS discovery reads the drop folder's case folders
     (lambda root: _write(root / "BraTS20_Training_021_t1.nii.gz"), [],
      "{item}: is a NIfTI file on its own, which BraTS ingestion never reads (it reads case folders); drop its case "
