@@ -37,7 +37,7 @@ import torch
 import zarr
 
 from gpmodels.augment import resize_images
-from gpmodels.files import heatmap_path, relocated, weights_record
+from gpmodels.files import heatmap_path, relocated, weights_record, write_failure
 from gpmodels.names import GRADIENT_METHODS, POSTHOC_METHODS
 from gpmodels.nets import is_gp_model
 from gpmodels.training import load_trained
@@ -190,10 +190,6 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
     recover_interrupted(out)  # a killed writer's leftovers: its unfinished copy, or the old store set aside
     tmp = hidden_sibling(out, "tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
-    heat = zarr.create_group(store=str(tmp), zarr_format=3)
-    maps_arr = heat.create_array("maps", shape=(index.size, k, size, size), dtype="float16",
-                                 chunks=(1, k, size, size), compressors=zarr.codecs.ZstdCodec(level=1),
-                                 chunk_key_encoding=FLAT_CHUNK_KEYS)
     logits_all = np.zeros((index.size, k), dtype=np.float32)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if target.type == "cuda" else nullcontext())
     cam: dict[str, object] = {}
@@ -204,6 +200,10 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
         layer, grid_h, grid_w = cam_grid(model, probe)
         cam = {"cam_layer": layer, "cam_grid": [grid_h, grid_w]}
     try:
+        heat = zarr.create_group(store=str(tmp), zarr_format=3)  # in the try: a full disk leaves no folder behind
+        maps_arr = heat.create_array("maps", shape=(index.size, k, size, size), dtype="float16",
+                                     chunks=(1, k, size, size), compressors=zarr.codecs.ZstdCodec(level=1),
+                                     chunk_key_encoding=FLAT_CHUNK_KEYS)
         for start in range(0, index.size, batch_size):
             sel = index[start:start + batch_size]
             images = torch.from_numpy(read_rows(sel, group["images"])[0].astype(np.float32)).to(target)
@@ -228,6 +228,11 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
         })
         heat.attrs[CHUNK_COUNTS] = chunk_counts(heat)
         replace_folder(tmp, out)
+    except OSError as exc:  # Zarr's writes name no file: "No space left on device" alone
+        named = write_failure(exc, out)
+        if named is None:
+            raise
+        raise named from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

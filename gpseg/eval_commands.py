@@ -12,7 +12,8 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from gpseg.console import console, fail, folder_problem, interrupted, interval_text, progress_bar, stop_signals_raised
+from gpseg.console import (console, fail, folder_problem, interrupted, interval_text, os_error_line, progress_bar,
+                           stop_signals_raised)
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
 from gpseg.options import one_of
@@ -331,9 +332,14 @@ def _postprocess(runs: list[Path] | None, workdir: Path | None, out: Path | None
         done, results, more = _evaluate(runs, params)
         failed += more
         _print_table(results, done)
-        html = build_report(done, out, title="gpseg report (post-processing re-run)",
-                            notes=[f"thresholds re-run by `gpseg postprocess`: {params.describe()}", *failed],
-                            carried_notes=carried, left_out=[*gone, *(run for run in runs if run not in done)])
+        try:
+            html = build_report(done, out, title="gpseg report (post-processing re-run)",
+                                notes=[f"thresholds re-run by `gpseg postprocess`: {params.describe()}", *failed],
+                                carried_notes=carried, left_out=[*gone, *(run for run in runs if run not in done)])
+        except OSError as exc:  # a full disk: the evaluations are new, the report is not
+            raise fail(f"{os_error_line(exc, out)}; the {len(done)} run(s) evaluated have a new evaluation.json "
+                       f"({params.describe()}) but the report in {out} is the one before (whole): free space and "
+                       "run the same command again") from exc
     except KeyboardInterrupt as exc:  # Ctrl-C, or a SIGTERM or SIGHUP (postprocess_cmd's stop_signals_raised)
         raise interrupted(f"interrupted; the runs evaluated so far have a new evaluation.json, and the report in "
                           f"{out} is whole but may still be the one before: run the same command again",

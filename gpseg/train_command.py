@@ -97,7 +97,7 @@ def train_cmd(
             console.print(f"training {escape(model)} on fold {fold} of {escape(str(store))} into {escape(str(out))} "
                           f"(preset {escape(preset)})", highlight=False, soft_wrap=True)
         result = train(config, progress_bar=True)
-    except (StoreError, ValueError, FileNotFoundError, OutOfDeviceMemory, RunDirBusy) as exc:
+    except (StoreError, ValueError, OSError, OutOfDeviceMemory, RunDirBusy) as exc:
         raise fail(_reason(exc, out)) from exc
     except KeyboardInterrupt:
         from gpmodels.checkpoints import RunPaths
@@ -144,7 +144,10 @@ def recorded_precision(out: Path) -> str | None:
 def _reason(exc: BaseException, out: Path) -> str:
     """The one-line reason of a failed training: ``exc``, or the operating-system error behind Lightning's logger
     error, naming its file or else the run dir (a full disk while TensorBoard logs the test metrics reached the
-    command as "you tried to log 1.01 which is currently not supported")."""
+    command as "you tried to log 1.01 which is currently not supported"; a full disk while Lightning wrote its
+    logs said "No space left on device" alone)."""
+    if isinstance(exc, OSError) and exc.errno is not None:  # the system's error, not one of gpseg's own lines
+        return os_error_line(exc, out)
     if "currently not supported" not in str(exc):  # gpseg's own messages say what went wrong themselves
         return str(exc)
     cause: BaseException | None = exc

@@ -262,6 +262,12 @@ def test_a_full_disk_while_lightning_logs_is_said_as_the_disk_error(tmp_path) ->
             raise ValueError("store.zarr: damaged (read it again)")
     except ValueError as exc:  # gpseg's own message stays
         assert _reason(exc, tmp_path / "run") == "store.zarr: damaged (read it again)"
+    # the disk error itself (Lightning's CSV logger, a checkpoint) said "No space left on device" alone
+    assert _reason(OSError(errno.ENOSPC, "No space left on device"), tmp_path / "run") == (
+        f"{tmp_path / 'run'}: No space left on device")
+    named = OSError(errno.ENOSPC, "No space left on device", "m.csv")
+    assert _reason(named, tmp_path) == "m.csv: No space left on device"
+    assert _reason(FileNotFoundError("s.zarr: store not found"), tmp_path) == "s.zarr: store not found"  # gpseg's
 
 
 def test_prefects_temporary_server_lines_are_one_at_the_start_and_none_at_the_end() -> None:

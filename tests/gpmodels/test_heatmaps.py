@@ -70,6 +70,30 @@ def test_heatmaps_recover_a_killed_writers_leftovers_and_refuse_a_file_before_an
     assert out.read_text() == "not a store"
 
 
+def test_a_full_disk_names_the_heatmap_store_and_leaves_nothing_behind(phantom_store, tmp_path, monkeypatch,
+                                                                        untrained_run):
+    """`gpseg heatmaps` said "error: No space left on device" alone, and a failure creating the store's group left
+    its temporary folder behind."""
+    import errno
+
+    run = untrained_run(phantom_store, "gp-unet", tmp_path / "run")
+    out = run / "heatmaps" / "test.zarr"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for where in ("create_group", "create_array"):
+        with monkeypatch.context() as patch:
+            if where == "create_group":
+                patch.setattr(heatmaps.zarr, "create_group", full)
+            else:
+                patch.setattr(zarr.Group, "create_array", full)
+            with pytest.raises(OSError, match="No space left on device") as caught:
+                generate_heatmaps(run, "test", device="cpu")
+        assert caught.value.filename == str(out), where
+        assert not out.parent.exists() or list(out.parent.iterdir()) == [], where
+
+
 def test_weights_replaced_while_heatmaps_load_them_leave_the_store_stale_not_mislabelled(phantom_store, tmp_path,
                                                                                         monkeypatch, untrained_run):
     """model.pt was hashed after it was loaded: a training that replaced it in between gave maps of the old weights

@@ -641,6 +641,30 @@ def test_postprocess_cli_cleans_the_masks_and_says_so(report_runs, tmp_path):
     assert _evaluation(run) == after
 
 
+def test_a_full_disk_while_postprocess_writes_the_report_says_what_was_replaced(report_runs, tmp_path, monkeypatch):
+    """The runs' evaluation.json were replaced, then the report failed on a full disk with a line that did not say
+    that the report and the evaluations now disagree."""
+    import errno
+
+    from typer.testing import CliRunner
+
+    import gpmodels.report as report_module
+    from gpseg.cli import app
+
+    run = _copy_run(report_runs["gp"], tmp_path / "run")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report_module, "build_report", full)
+    result = CliRunner().invoke(app, ["postprocess", "--runs", str(run), "--offset", "0.1", "--out",
+                                      str(tmp_path / "out")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and (f"error: {tmp_path / 'out'}: No space left on device; the 1 run(s) evaluated "
+                                      "have a new evaluation.json") in said, said
+    assert "free space and run the same command again" in said and _evaluation(run)["threshold"]["offset"] == 0.1
+
+
 def test_postprocess_cli_refuses_a_closing_wider_than_the_slices_in_one_line(report_runs, tmp_path):
     """--closing 1000 failed with "MemoryError: " (no reason); any radius above half the slice side is refused."""
     from typer.testing import CliRunner
