@@ -97,8 +97,9 @@ def ingest_fresh(kind: str, source: str, store: str, config: dict, append: bool 
     A store rewritten since (by the other flow, or by hand) has another data version; then the ingestion
     runs again, so no flow trains or reports on a data version the store no longer holds. ``refresh`` skips
     the cache: the retrain flow found files whose content the store lacks, which the cache key (the source's
-    sizes and modification times, :func:`tasks.data.fingerprint`) may not tell from what it has seen (a
-    corrected file of one size copied with its modification time kept).
+    sizes, inodes, modification and change times, :func:`tasks.data.fingerprint`) tells apart from what it has
+    seen, even a corrected file of one size copied with its modification time kept, except on a file system
+    whose clock ticks coarsely, where a file rewritten in place within one tick keeps all of them.
     """
     label = Path(store).stem
     args = (kind, source, store, config, named(fingerprint, "fingerprint", label)(source))

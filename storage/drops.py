@@ -15,6 +15,7 @@ again, so a night without new data costs a ``stat`` per file, not a read of the 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from storage.discovery import NIFTI_SUFFIXES, source_key, visible_files_below
@@ -39,23 +40,28 @@ def manifest_files(csv_path: Path) -> list[Path]:
 
 
 def fingerprint(folder: Path | str) -> str:
-    """A cheap identity of a source's content: relative paths, sizes and modification times.
+    """A cheap identity of a source's content: relative paths, sizes, inodes, modification and change times.
 
     For a folder, the files below it that ingestion reads (:func:`data_files`: hidden files and files of
     other kinds, such as a ``.DS_Store`` or a ``survival_info.csv``, are left out, so adding one does not
     re-ingest the source); for a manifest CSV, the CSV and the files it lists (a missing one counts as
     missing), so that editing the CSV or a listed file changes it.
 
+    The change time (``st_ctime_ns``) moves whenever a file is written or replaced and no tool can set it back,
+    so a corrected file of the same size copied with its modification time kept (``cp -p``, ``rsync -a``, an
+    unzip) changes the fingerprint; so does a file replaced by another (a new inode). Renaming, ``chmod`` or a
+    new hard link change it too, and so does a copy of the source to another place: the source is then
+    ingested again, which gives the same data version when its content is the same, so nothing is retrained.
+
     Returns:
-        A 16-hex-digit hash; it changes when any file is added, removed, resized or touched.
+        A 16-hex-digit hash; it changes when any file is added, removed, resized, touched, written or replaced.
     """
     folder = Path(folder)
     digest = hashlib.sha256()
     if folder.is_file():
         for path in [folder, *manifest_files(folder)]:
             try:
-                stat = path.stat()
-                digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+                digest.update(f"{path.resolve()}\0{_state_text(path.stat())}\n".encode())
             except OSError:
                 digest.update(f"{path}\0missing\n".encode())
         return digest.hexdigest()[:16]
@@ -65,8 +71,15 @@ def fingerprint(folder: Path | str) -> str:
         except OSError:  # a link to no file: ingestion rejects it, the fingerprint says it is there
             digest.update(f"{path.relative_to(folder)}\0missing\n".encode())
             continue
-        digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path.relative_to(folder)}\0{_state_text(stat)}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _state_text(stat: os.stat_result) -> str:
+    """What :func:`fingerprint` hashes of a file's ``stat``: size, inode, modification and change times (ns), the
+    parts of :func:`storage.file_hashes.file_state` that stay on one mount (the device number of a network share
+    may differ between the hosts of one work dir)."""
+    return f"{stat.st_size}\0{stat.st_ino}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}"
 
 
 def file_kind(name: str) -> str | None:

@@ -877,6 +877,46 @@ def test_the_fingerprint_changes_with_the_data_files_only(brats_source, tmp_path
     assert fingerprint(source) != before
 
 
+def _change_one_byte_keeping_times(path, how: str) -> None:
+    """Flip ``path``'s last byte, written in place (``cp -p``) or through a new file renamed over it (``rsync -a``),
+    then set its modification time back: only its change time (and, replaced, its inode) tells."""
+    import os
+    import time
+
+    stat = path.stat()
+    time.sleep(0.05)  # past a coarse clock tick, so that the change time moves
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    if how == "in place":
+        path.write_bytes(bytes(data))
+    else:
+        (path.parent / ".new").write_bytes(bytes(data))
+        os.replace(path.parent / ".new", path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+
+@pytest.mark.parametrize("how", ["in place", "replaced"])
+def test_a_file_changed_with_its_size_and_modification_time_kept_changes_the_fingerprint(brats_source, tmp_path,
+                                                                                          how):
+    """A corrected file copied over the old one with its size and modification time kept left the fingerprint,
+    the flows' ingestion cache key, as it was: `gpseg benchmark` reused the stale store and its runs."""
+    from storage.drops import fingerprint
+
+    source = tmp_path / "src"
+    shutil.copytree(brats_source, source)
+    before = fingerprint(source)
+    _change_one_byte_keeping_times(source / "name_mapping.csv", how)
+    assert fingerprint(source) != before
+
+    name = CASE.format(1)
+    csv = tmp_path / "m.csv"  # a manifest source: the CSV and the files it lists
+    csv.write_text(f"patient_id,label,flair,seg\n1,HGG,src/{name}/{name}_flair.nii.gz,src/{name}/{name}_seg.nii.gz\n")
+    before = fingerprint(csv)
+    _change_one_byte_keeping_times(_file(source, 1, "flair"), how)
+    assert fingerprint(csv) != before
+
+
 def test_manifest_segmentations_that_are_no_label_maps_and_copied_channels(brats_source, tmp_path):
     """Stored without a word before: a soft seg (tumour voxels 0.3, rounded to 0) made an HGG patient all
     tumour-free; the patient's own image in the seg column made the whole head tumour; one file in two channel
