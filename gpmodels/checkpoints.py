@@ -6,7 +6,7 @@ Layout of ``RUN_DIR``::
     metrics.csv             every attempt's CSV metrics merged into one table
     model.pt                the best network weights by val_loss (the last epoch's without a validation
                             split) as a plain state_dict (tensors only)
-    model.json              model.pt's sha256 and how those weights were trained (gpmodels.files.MODEL_RECORD)
+    model.json              model.pt's sha256, how and by which code it was trained (gpmodels.files.MODEL_RECORD)
     checkpoints/best.ckpt   Lightning checkpoint with the lowest val_loss (weights only, no optimiser state)
     checkpoints/last.ckpt   Lightning checkpoint at the end of an epoch, the resume point: written at most once
                             every ``checkpoint_every_s`` (default 60 s) and after the last epoch

@@ -52,6 +52,7 @@ from gpmodels.postprocess import (
     segmentation,
     select_maps,
 )
+from gpmodels.provenance import provenance
 from storage.classes import has_tumour_free_class
 from storage.folders import recover_interrupted
 from storage.reads import read_rows
@@ -348,7 +349,9 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
         A JSON-ready dict: ``run``, ``threshold``, ``classification``,
         ``tumour_only_accuracy``, ``patient_accuracy``, ``segmentation``,
         ``posthoc``, ``bootstrap`` (95 % intervals of weighted F1 and median Dice over the
-        evaluated split's patients, :func:`gpmodels.bootstrap.patient_bootstrap`) and ``slices`` (per-slice rows,
+        evaluated split's patients, :func:`gpmodels.bootstrap.patient_bootstrap`), ``provenance`` (``heatmaps``:
+        the heatmap store's record of the code that made it, ``None`` for a store of an older gpseg;
+        ``evaluation``: this process's, :func:`gpmodels.provenance.provenance`) and ``slices`` (per-slice rows,
         for the CSV).
     """
     heat = open_heatmaps(path)
@@ -415,6 +418,8 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
         "posthoc": _posthoc_agreement(heat),
         "bootstrap": patient_bootstrap(patients, labels, predicted, np.where(has_target, scores, np.nan),
                                        len(classes)),
+        # what made the maps (recorded by the heatmap store; None in one of an older gpseg) and these numbers
+        "provenance": {"heatmaps": attrs.get("provenance"), "evaluation": provenance()},
         "slices": {"index": index.tolist(), "patient": patients.tolist(), "label": labels.tolist(),
                    "predicted": predicted.tolist(), "dice": [float(v) if target and not math.isnan(v) else None
                             for v, target in zip(scores, has_target)],  # undefined without a tumour mask

@@ -57,30 +57,48 @@ def weights_record(run_dir: Path | str) -> dict[str, Any]:
     return {"weights": weights_hash(run_dir), "weights_stat": [stat.st_size, stat.st_mtime_ns]}
 
 
-def write_model_record(run_dir: Path | str, config: Mapping[str, Any], fields: tuple[str, ...]) -> None:
-    """Write ``RUN_DIR/model.json`` for the ``model.pt`` there: its :func:`weights_record` and the ``fields`` of
+def write_model_record(run_dir: Path | str, config: Mapping[str, Any], fields: tuple[str, ...],
+                       provenance: Mapping[str, Any] | None = None) -> None:
+    """Write ``RUN_DIR/model.json`` for the ``model.pt`` there: its :func:`weights_record`, the ``fields`` of
     ``config`` (a ``config.json`` dict) that say how it was trained, ``{"train": {field: value}, "resolved_precision":
-    ...}``."""
+    ...}``, and the ``provenance`` (:func:`gpmodels.provenance.provenance`) of the process that trained it. Where
+    ``model.json`` already describes these weights (a finished run run again, which trains nothing), its provenance
+    is kept: the code that made them, not the code that found them."""
     record = {**weights_record(run_dir), "train": {name: config["train"][name] for name in fields},
               "resolved_precision": config.get("resolved_precision")}
-    write_text_atomic(Path(run_dir) / MODEL_RECORD, json.dumps(record, indent=2) + "\n")
+    try:
+        earlier = json.loads((Path(run_dir) / MODEL_RECORD).read_text(encoding="utf-8"))
+        if earlier.get("weights") == record["weights"] and "provenance" in earlier:
+            provenance = earlier["provenance"]
+    except (OSError, ValueError, AttributeError):  # none yet, or damaged: this process's
+        pass
+    write_text_atomic(Path(run_dir) / MODEL_RECORD, json.dumps({**record, "provenance": provenance}, indent=2) + "\n")
+
+
+def model_record(run_dir: Path | str) -> dict[str, Any] | None:
+    """``RUN_DIR/model.json`` (:func:`write_model_record`) where it describes the weights in ``model.pt`` (or the
+    run dir has no ``model.pt``: copied without its weights); ``None`` where it is missing, unreadable or of other
+    weights (a longer training started since and not finished, or ``model.pt`` replaced)."""
+    try:
+        record = json.loads((Path(run_dir) / MODEL_RECORD).read_text(encoding="utf-8"))
+        dict(record["train"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None if weights_changed(run_dir, record) else record
 
 
 def trained_config(run_dir: Path | str, config: dict[str, Any] | None) -> dict[str, Any] | None:
     """``config`` (the run's ``config.json``) with how the weights in ``model.pt`` were trained, from
-    ``model.json`` (:func:`write_model_record`), where that describes those weights: after a longer training was
+    ``model.json`` (:func:`model_record`), where that describes those weights: after a longer training was
     started into the finished run dir, ``config.json`` holds its epochs while ``model.pt`` (and what was made from
     it) is still the earlier training's. ``config`` as it is without ``model.json`` (runs of older gpseg
     versions), or with one of other weights or unreadable; with ``model.json`` but no ``model.pt`` (a run dir
     copied without its weights), the record is taken."""
-    try:
-        record = json.loads((Path(run_dir) / MODEL_RECORD).read_text(encoding="utf-8"))
-        trained, precision = dict(record["train"]), record.get("resolved_precision")
-    except (OSError, ValueError, KeyError, TypeError):
+    record = model_record(run_dir)
+    if config is None or record is None:
         return config
-    if config is None or weights_changed(run_dir, record):
-        return config
-    return {**config, "train": {**config.get("train", {}), **trained},
+    precision = record.get("resolved_precision")
+    return {**config, "train": {**config.get("train", {}), **record["train"]},
             **({"resolved_precision": precision} if precision else {})}
 
 

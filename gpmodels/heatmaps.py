@@ -22,6 +22,11 @@ name and renamed into place, like slice stores. Values beyond float16's range (Â
 clamped to it, not as infinities, so every stored map can be thresholded. The few post-hoc maps are
 float32: guided-backprop values of about 1e-8 (GP-UNet's) lie below float16's smallest numbers, and
 rounding them made most pixels 0 and changed the rank agreement the report gives (0.39 for 0.61).
+
+The attributes say how the maps were made: the weights (``weights``, ``weights_stat``), the device, the CPU
+threads (``cpu_threads``) and the slices per forward pass (``batch_size``), whose float sums run in another order
+at another count (float16 maps of one run differed by up to about 2e-4 between batches of 1 and 16), and the code
+and libraries (``provenance``, :func:`gpmodels.provenance.provenance`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from gpmodels.augment import resize_images
 from gpmodels.files import heatmap_path, relocated, weights_record, write_failure
 from gpmodels.names import GRADIENT_METHODS, POSTHOC_METHODS
 from gpmodels.nets import is_gp_model
+from gpmodels.provenance import provenance
 from gpmodels.training import load_trained
 from storage.classes import has_tumour_free_class
 from storage.folders import check_replaceable, hidden_sibling, recover_interrupted, replace_folder
@@ -224,7 +230,8 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
             "run_dir": str(Path(run_dir).resolve()), "store_path": store_path,
             "data_version": run.data_version, "classes": list(run.classes), "channels": list(run.channels),
             "image_size": run.image_size, "store_image_size": size, "device": str(target),
-            "cpu_threads": torch.get_num_threads(), "seconds": time.perf_counter() - started, **cam, **weights,
+            "cpu_threads": torch.get_num_threads(), "batch_size": batch_size, "seconds": time.perf_counter() - started,
+            **cam, **weights, "provenance": provenance(),
         })
         heat.attrs[CHUNK_COUNTS] = chunk_counts(heat)
         replace_folder(tmp, out)

@@ -8,7 +8,8 @@
   page, inline CSS and inline PNGs (data URIs), nothing fetched: the summary table per dataset
   beside the paper's numbers, confusion matrices, Dice histograms, example and post-hoc panels,
   the run configurations and training curves;
-* ``metrics.json``: every run's evaluation and the per-(dataset, model) aggregates;
+* ``metrics.json``: every run's evaluation and provenance (the code, libraries and machine that made its
+  numbers, :mod:`gpmodels.provenance`), the report's own provenance and the per-(dataset, model) aggregates;
 * ``summary.csv`` (one row per dataset and model, mean and std over folds), ``runs.csv`` (one
   row per run) and ``dice_per_class.csv`` (one row per dataset, model and true class: the median Dice of
   that class's test slices, mean and std over folds).
@@ -38,7 +39,6 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from gpmodels.figure_cache import FigureCache, code_version
 from gpmodels.files import json_text, replace_together
 from gpmodels.metrics import aggregate_folds
 from gpmodels.names import MODEL_NAMES
+from gpmodels.provenance import commit_text, provenance
 from gpmodels.report_runs import ReportRun, load_run
 
 FIGURE_CACHE_DIR = ".figures"
@@ -222,6 +223,19 @@ class ModelGroup:
         return {key: found for key, found in values.items() if len(found) > 1}
 
     @property
+    def differing_code(self) -> dict[str, list[str]]:
+        """``{stage: its short code versions}`` (:attr:`ReportRun.commits`) of the steps (training, heatmaps,
+        evaluation) that the group's runs made with different git commits; a run that recorded no commit (made
+        outside a git checkout, or by an older gpseg) counts as unknown, not as different. The same commit with and
+        without uncommitted changes is not told apart here: the configuration table marks ``dirty``."""
+        found: dict[str, dict[str, str]] = {}
+        for run in self.runs:
+            for stage, text in run.commits.items():
+                if text is not None:  # keyed on the whole commit, shown short
+                    found.setdefault(stage, {}).setdefault(run.provenance[stage]["git_commit"], text)
+        return {stage: list(texts.values()) for stage, texts in found.items() if len(texts) > 1}
+
+    @property
     def paper(self) -> PaperResult | None:
         kind = self.runs[0].dataset_kind or self.dataset
         return next((p for p in PAPER_RESULTS if (p.dataset, p.model) == (kind, self.model)), None)
@@ -275,9 +289,9 @@ def group_runs(runs: Sequence[ReportRun]) -> list[ModelGroup]:
 
 def group_warnings(groups: Sequence[ModelGroup]) -> list[str]:
     """Plain-text warnings on rows whose mean ± std is not over one run per fold of one training: several runs
-    of a fold (:attr:`ModelGroup.repeated_folds`; such a row is not ranked) or runs trained with different
-    settings (:attr:`ModelGroup.differing_settings`). Shown on the page, kept in ``metrics.json``
-    (``warnings``) and printed by the commands that write a report."""
+    of a fold (:attr:`ModelGroup.repeated_folds`; such a row is not ranked), runs trained with different
+    settings (:attr:`ModelGroup.differing_settings`) or made by different code (:attr:`ModelGroup.differing_code`).
+    Shown on the page, kept in ``metrics.json`` (``warnings``) and printed by the commands that write a report."""
     out = []
     for group in groups:
         where = f"{group.label} on {dataset_title(group.dataset)}"
@@ -289,6 +303,10 @@ def group_warnings(groups: Sequence[ModelGroup]) -> list[str]:
             settings = "; ".join(f"{key} {', '.join(map(str, found))}" for key, found in differing.items())
             out.append(f"{where}: its runs were trained with different settings ({settings}), so its mean mixes "
                        "them")
+        if differing_code := group.differing_code:
+            commits = "; ".join(f"{stage} {', '.join(found)}" for stage, found in differing_code.items())
+            out.append(f"{where}: its runs were made by different code ({commits}), so its mean may mix "
+                       "them; make them again with one gpseg, or check what changed between the commits")
     return out
 
 
@@ -358,13 +376,16 @@ def _metrics_json(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], heade
                   out_dir: Path, left_out: Sequence[Path]) -> str:
     """``metrics.json``. Each run names its dir absolute (``run_dir``) and relative to the report folder
     (``run_dir_relative``), so that a work dir copied or moved with its report finds its own runs
-    (:func:`flows.layout.reported_runs`); so do the runs ``left_out`` (:func:`flows.layout.report_entries`)."""
+    (:func:`flows.layout.reported_runs`); so do the runs ``left_out`` (:func:`flows.layout.report_entries`). Each
+    run's ``provenance`` is what it recorded of the code that trained it, made its heatmaps and evaluated it
+    (:attr:`gpmodels.report_runs.ReportRun.provenance`); the header's is the report's own."""
     reported = {run.run_dir.resolve() for run in runs}
     return json_text({
         **header,
         "runs": [{**_run_place(run.run_dir, out_dir),
                   "dataset": run.dataset, "model": run.model, "label": run.label,
-                  "fold": run.fold, "scalars": run_scalars(run.evaluation), "evaluation": run.evaluation}
+                  "fold": run.fold, "scalars": run_scalars(run.evaluation), "evaluation": run.evaluation,
+                  "provenance": run.provenance}
                  for run in runs],
         "aggregates": [{"dataset": g.dataset, "model": g.model, "label": g.label, "kind": g.kind,
                         "folds": [run.fold for run in g.runs], "metrics": g.stats, "dice_per_class": g.class_dice,
@@ -418,12 +439,10 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg re
     groups = group_runs(runs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        gpseg_version = version("gpseg")
-    except PackageNotFoundError:
-        gpseg_version = "unknown"
+    made_by = provenance()  # the report's own; each run's is read from what it recorded
     header = {"title": title, "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "gpseg_version": gpseg_version, "notes": [*notes, *(note["text"] for note in carried_notes)],
+              "gpseg_version": made_by["gpseg"] or "unknown", "commit": commit_text(made_by),
+              "provenance": made_by, "notes": [*notes, *(note["text"] for note in carried_notes)],
               "carried_notes": [dict(note) for note in carried_notes]}
     summary, runs_csv = _tables(runs, groups)
     cache = FigureCache(out_dir / FIGURE_CACHE_DIR, code_version(report_figures, report_panels))

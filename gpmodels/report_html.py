@@ -536,6 +536,17 @@ def _precision_text(asked: str, resolved: str | None) -> str:
     return f"{asked} → {resolved}" if resolved and resolved != asked else str(asked)
 
 
+def _code_cell(run: ReportRun) -> str:
+    """The git commit (short, ``dirty`` with uncommitted changes) whose code trained the run, with those of its
+    heatmaps and evaluation where they differ; ``–`` where the run recorded none."""
+    versions = run.commits
+    trained = versions.get("training")
+    others = [f"{stage} {text}" for stage, text in versions.items()
+              if stage != "training" and text not in (None, trained)]
+    cell = _e(trained or "–")
+    return f"{cell}<br><small>{_e('; '.join(others))}</small>" if others else cell
+
+
 def _store_read(run: ReportRun, config: dict) -> str:
     """The slice store the run's evaluation read (found beside the run dir where it is now, so a moved or copied
     work dir names its own), or the one it was trained on where the evaluation does not record it."""
@@ -558,11 +569,11 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cac
                      _e(run.split_mode or "–"),
                      _e(train.get("epochs", "–")), _e(train.get("preset", "–")), _seed_cell(train, run),
                      _e(_precision_text(train.get("precision", "–"), config.get("resolved_precision"))),
-                     _e(_threshold_text(run.evaluation["threshold"])),
+                     _code_cell(run), _e(_threshold_text(run.evaluation["threshold"])),
                      _e(run.evaluation["threshold"].get("offset_source", "–")),
                      _duration(seconds)])
     header = ["run", "model", "fold", "store", "data version", "classes", "channels", "image size", "split",
-              "epochs", "preset", "seed", "precision", "threshold", "offset source", "training time"]
+              "epochs", "preset", "seed", "precision", "code", "threshold", "offset source", "training time"]
     curves, unreadable = [], []
     for g in groups:
         read = {f"fold {run.fold}": _curves(run.run_dir) for run in g.runs}
@@ -579,6 +590,9 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cac
             + "".join(f'<p class="caption"><b>Dice convention</b>: {_e(text)}</p>' for text in conventions)
             + '<p class="caption">Precision as requested, then (after →) what it resolved to where the run last '
               "trained: <code>auto</code> is 32-true on the CPU and bf16-mixed (16-mixed without bf16) on a GPU.</p>"
+            + '<p class="caption">Code: the git commit of the gpseg that trained the run (<code>dirty</code>: with '
+              "uncommitted changes), and below it that of its heatmaps or evaluation where they differ; "
+              "<code>metrics.json</code> keeps each run's library versions and machine (<code>provenance</code>).</p>"
             + '<p class="caption">Training time: first to last training/validation event in the run\'s '
               "TensorBoard files (all attempts of a resumed run added up).</p>"
             + f'<h3>Training curves</h3><div class="figures">{"".join(curves) or "–"}</div>'
@@ -633,7 +647,8 @@ def render_page(header: Mapping[str, Any], groups: Sequence[ModelGroup], channel
     """The whole HTML page (see the module docstring).
 
     Args:
-        header: ``title``, ``generated``, ``gpseg_version`` and ``notes``.
+        header: ``title``, ``generated``, ``gpseg_version``, ``commit`` (the report's git commit, short, or
+            ``None``) and ``notes``.
         groups: the model groups of :func:`gpmodels.report.group_runs`, in display order.
         channel: input channel shown in the panels where the store has it; default the first.
         cache: where threshold-independent figures are kept between reports; default none (all drawn).
@@ -650,7 +665,8 @@ def render_page(header: Mapping[str, Any], groups: Sequence[ModelGroup], channel
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(header["title"])}</title>'
             f"<style>{CSS}</style></head><body><h1>{_e(header['title'])}</h1>"
-            f'<div class="meta">{_e(header["generated"])} · gpseg {_e(header["gpseg_version"])} · '
+            f'<div class="meta">{_e(header["generated"])} · gpseg {_e(header["gpseg_version"])}'
+            f'{_e(f" ({code})" if (code := header.get("commit")) else "")} · '
             f"{len(runs)} run(s) of {len({g.label for g in groups})} model(s) on "
             f"{len({g.dataset for g in groups})} dataset(s)</div>"
             f'{f"<ul class=notes>{notes}</ul>" if notes else ""}{_warnings(runs, groups)}<nav>{nav}</nav>'

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from gpmodels.evaluation import SLICES_FILE, evaluated_source, load_evaluation, offset_tuned
-from gpmodels.files import RUN_CONFIG, SEED_SELECTION, trained_config
+from gpmodels.files import RUN_CONFIG, SEED_SELECTION, model_record, trained_config
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS, ThresholdConfig
+from gpmodels.provenance import commit_text
 from gpmodels.threshold_config import method_text
 from storage.errors import StoreError
 from storage.ingest_config import DEFAULT_RATIOS, SplitConfig
@@ -26,6 +27,10 @@ from storage.store import check_data_version, open_store, read_patients
 MODEL_TITLES: dict[str, str] = {"gp-unet": "GP-UNet", "gp-reconresnet": "GP-ReconResNet",
                                 "gp-shuffleunet": "GP-ShuffleUNet", "inceptionv3": "InceptionV3",
                                 "resnext50": "ResNeXt50"}
+
+
+PROVENANCE_STAGES: tuple[str, ...] = ("training", "heatmaps", "evaluation")
+"""The steps that made a run's numbers, each with its own record of the code that ran it."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,17 @@ class ReportRun:
     split."""
     test_blocks: int = 0
     """How many disjoint test sets the store's grouped split has (``SplitConfig.test_blocks``; 0 when unknown)."""
+    provenance: Mapping[str, Any] | None = None
+    """What made the run's numbers, as the run recorded it (:func:`gpmodels.provenance.provenance` records, ``None``
+    where not recorded): ``training`` (``model.json``, where it describes the weights in ``model.pt``),
+    ``heatmaps`` and ``evaluation`` (``evaluation.json``)."""
+
+    @property
+    def commits(self) -> dict[str, str | None]:
+        """``{stage: short code version}`` of :attr:`provenance` (:func:`gpmodels.provenance.commit_text`:
+        ``"0123abc"``, ``"0123abc dirty"``, ``None`` where no commit is recorded), for ``training``, ``heatmaps``
+        and ``evaluation``."""
+        return {stage: commit_text((self.provenance or {}).get(stage)) for stage in PROVENANCE_STAGES}
 
     @property
     def model(self) -> str:
@@ -212,6 +228,9 @@ def load_run(run_dir: Path | str) -> ReportRun:
                                 "(`gpseg postprocess` or gpmodels.evaluation.write_evaluation)") from exc
     config_path = run_dir / RUN_CONFIG
     config = trained_config(run_dir, json.loads(config_path.read_text()) if config_path.is_file() else None)
+    made_by = evaluation.get("provenance") if isinstance(evaluation.get("provenance"), dict) else {}
+    provenance = {"training": (model_record(run_dir) or {}).get("provenance"), "heatmaps": made_by.get("heatmaps"),
+                  "evaluation": made_by.get("evaluation")}
     store_path = evaluated_source(run_dir, evaluation)
     dataset, store_error, split_mode, patients, blocks = Path(store_path).stem, None, "", 0, 0
     try:
@@ -234,5 +253,5 @@ def load_run(run_dir: Path | str) -> ReportRun:
                      store_error=store_error, seed_selection=seed_selection_text(run_dir),
                      split_mode=split_mode, store_name=Path(store_path).stem, dataset_kind=dataset,
                      store_key=str(Path(store_path).resolve()),
-                     store_patients=patients, test_blocks=blocks,
+                     store_patients=patients, test_blocks=blocks, provenance=provenance,
                      network_label=_label(evaluation["run"]["model"], config, None, evaluation["run"].get("cam_grid")))

@@ -2,10 +2,11 @@
 
 ``train(config)`` resolves the configuration against the store (:func:`gpmodels.run_checks.resolve_run`), writes
 ``config.json``, trains with Lightning (checkpoints ``best.ckpt`` by ``val_loss`` and ``last.ckpt``),
-writes the best weights as ``model.pt`` (and how they were trained as ``model.json``), evaluates them on the
-test split and merges the CSV logs into ``metrics.csv`` (layout: :mod:`gpmodels.checkpoints`). Running it again
-on the same directory continues from ``last.ckpt`` instead of restarting (after a kill, or with more epochs). One
-process at a time trains a run directory: it holds ``RUN_DIR/.train.lock`` while it does (:mod:`gpmodels.run_lock`).
+writes the best weights as ``model.pt`` (and how and by which code they were trained as ``model.json``),
+evaluates them on the test split and merges the CSV logs into ``metrics.csv`` (layout: :mod:`gpmodels.checkpoints`).
+Running it again on the same directory continues from ``last.ckpt`` instead of restarting (after a kill, or with more
+epochs). One process at a time trains a run directory: it holds ``RUN_DIR/.train.lock`` while it does
+(:mod:`gpmodels.run_lock`).
 ``load_trained(run_dir)`` rebuilds the network from ``config.json`` and loads ``model.pt``.
 """
 
@@ -49,6 +50,7 @@ from gpmodels.files import (RETRAIN_HINT, archive_damage, damaged, damaged_weigh
                             write_text_atomic)
 from gpmodels.lightning_module import ClassifierModule
 from gpmodels.precision import on_gpu, use_channels_last
+from gpmodels.provenance import provenance
 from gpmodels.run_checks import build_network, check_out, previous_run, resolve_run, start_warnings
 from gpmodels.run_lock import training_lock
 from gpmodels.train_config import DERIVED_FIELDS, RunConfig, TrainConfig
@@ -421,8 +423,10 @@ def _write_config(paths: RunPaths, run: RunConfig) -> None:
 def _record_model(paths: RunPaths, run: RunConfig) -> None:
     """Write ``model.json`` beside the ``model.pt`` just written (or kept): how its weights were trained
     (:data:`TRAINING_RECORD_FIELDS`), which the report shows instead of ``config.json``'s when a longer training
-    into this run dir is started and stopped (:func:`gpmodels.files.trained_config`)."""
-    write_model_record(paths.root, run.to_dict(), TRAINING_RECORD_FIELDS)
+    into this run dir is started and stopped (:func:`gpmodels.files.trained_config`), and the code, libraries and
+    machine that trained them (:func:`gpmodels.provenance.provenance`; kept in ``model.json`` only, never in
+    ``config.json``, whose settings decide whether a run dir is reused)."""
+    write_model_record(paths.root, run.to_dict(), TRAINING_RECORD_FIELDS, provenance())
 
 
 @rank_zero_only

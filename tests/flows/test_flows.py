@@ -208,10 +208,21 @@ def test_postprocess_keeps_a_gone_run_as_left_out_and_takes_it_back(bench_workdi
 
 
 @after_first_run
-def test_benchmark_rerun_reuses_cached_training(bench_workdir, task_states):
+def test_benchmark_rerun_reuses_cached_training(bench_workdir, task_states, monkeypatch):
+    """Also when other code runs it: what the runs record of the code that made them (gpmodels.provenance) is no
+    cache key and no part of the settings a cached training is checked against."""
+    from gpmodels import provenance as provenance_module
+
+    other = {**provenance_module.provenance(), "git_commit": "f" * 40, "git_dirty": True, "argv": ["other"]}
+    monkeypatch.setattr(provenance_module, "_static_provenance", lambda: other)
     state = full_benchmark(_bench(bench_workdir), return_state=True)
     assert state.is_completed()
     assert _train_states(state.state_details.flow_run_id, task_states) == ["Cached"]
+    heatmaps = [s for name, s in task_states(state.state_details.flow_run_id) if name == "make_heatmaps"]
+    assert heatmaps == ["Cached", "Cached"]
+    runs = json.loads((bench_workdir / "report" / "metrics.json").read_text())["runs"]
+    assert runs and all(run["provenance"]["training"]["git_commit"] != "f" * 40  # the code that trained it
+                        and run["provenance"]["evaluation"]["git_commit"] == "f" * 40 for run in runs)  # and now
 
 
 @after_first_run

@@ -48,6 +48,17 @@ def test_posthoc_maps_made_in_small_passes_equal_one_pass(phantom_store, tmp_pat
         assert name == "gradcam" or np.abs(want.astype(np.float32)).max() > 0, name
 
 
+def test_a_heatmap_store_records_its_batch_size_and_the_code_that_made_it(phantom_store, tmp_path, untrained_run):
+    """float16 maps of one run differ in their last bits between inference batch sizes (up to about 2e-4 between 1
+    and 16), and the store said neither that nor which code made it."""
+    from gpmodels.provenance import provenance
+
+    run = untrained_run(phantom_store, "gp-unet", tmp_path / "run")
+    attrs = zarr.open_group(str(generate_heatmaps(run, "test", batch_size=3, device="cpu", posthoc=0)), mode="r").attrs
+    assert attrs["batch_size"] == 3
+    assert attrs["provenance"] == provenance()
+
+
 def test_heatmaps_recover_a_killed_writers_leftovers_and_refuse_a_file_before_any_work(phantom_store, tmp_path,
                                                                                        monkeypatch, untrained_run):
     run = untrained_run(phantom_store, "gp-unet", tmp_path / "run")

@@ -407,6 +407,63 @@ def test_runs_of_a_row_trained_differently_are_said(report_runs, tmp_path):
     assert json.loads((tmp_path / "same_out" / "metrics.json").read_text())["warnings"] == []
 
 
+def test_each_run_and_the_report_record_the_code_that_made_them(report, report_runs):
+    """Runs and reports recorded no commit, dirty flag, library versions, machine or command line; the report's
+    gpseg_version was the fixed 0.1.0 of pyproject.toml whatever the code."""
+    from gpmodels.provenance import commit_text, provenance
+
+    made_by = json.loads(json.dumps(provenance()))
+    metrics = json.loads((report.parent / "metrics.json").read_text())
+    assert metrics["provenance"] == made_by and metrics["commit"] == commit_text(made_by)
+    runs = {run["model"]: run for run in metrics["runs"]}
+    gp, baseline = runs["gp-unet"]["provenance"], runs["resnext50"]["provenance"]
+    assert gp == {"training": made_by, "heatmaps": made_by, "evaluation": made_by}
+    assert baseline["training"] is None  # untrained by gpseg: no model.json
+    assert _evaluation(report_runs["gp"])["provenance"] == {"heatmaps": made_by, "evaluation": made_by}
+    assert runs["gp-unet"]["evaluation"]["provenance"] == {"heatmaps": made_by, "evaluation": made_by}
+    page = html.unescape(report.read_text())
+    assert '<th scope="col" class="text">code</th>' in page
+    assert f'<td class="text">{commit_text(made_by) or "–"}</td>' in page
+
+
+def test_runs_of_a_row_made_by_different_code_are_said_without_a_git_call_per_run(report_runs, tmp_path,
+                                                                                   monkeypatch):
+    from gpmodels import provenance as provenance_module
+    from gpmodels.provenance import commit_text
+
+    gp = report_runs["gp"]
+    other = _copy_run(gp, tmp_path / "fold1", **{"run.fold": 1})
+    record = json.loads((other / "model.json").read_text())
+    record["provenance"] = {**(record["provenance"] or {}), "git_commit": "f" * 40, "git_dirty": True}
+    (other / "model.json").write_text(json.dumps(record))
+    unknown = _copy_run(gp, tmp_path / "fold2", **{"run.fold": 2, "provenance": None})  # an older gpseg's
+    record["provenance"] = None
+    (unknown / "model.json").write_text(json.dumps(record))
+    provenance_module._static_provenance.cache_clear()
+    calls = []
+    real_run = provenance_module.subprocess.run
+    monkeypatch.setattr(provenance_module.subprocess, "run", lambda *a, **k: calls.append(a) or real_run(*a, **k))
+    try:
+        build_report([gp, other, unknown], tmp_path / "out")
+    finally:
+        provenance_module._static_provenance.cache_clear()
+    assert len(calls) <= 2  # the report's own commit and status, not one per run
+    mine = commit_text(json.loads((gp / "model.json").read_text())["provenance"])
+    warnings = json.loads((tmp_path / "out" / "metrics.json").read_text())["warnings"]
+    page = html.unescape((tmp_path / "out" / "index.html").read_text())
+    # the copy's heatmaps and evaluation are the original's: the cell names their commit below the training's
+    made = f"<br><small>heatmaps {mine}; evaluation {mine}</small>" if mine else ""
+    assert f'<td class="text">fffffff dirty{made}</td>' in page
+    assert f'<td class="text">{mine or "–"}</td>' in page
+    if mine is None:  # these tests run outside a git checkout: only one commit is known
+        assert warnings == []
+        return
+    assert warnings == [f"GP-UNet (width=8) on BraTS: its runs were made by different code (training {mine}, "
+                        "fffffff dirty), so its mean may mix them; make them again with one gpseg, or check what "
+                        "changed between the commits"]
+    assert html.escape(warnings[0]) in " ".join((tmp_path / "out" / "index.html").read_text().split())
+
+
 def test_a_row_missing_a_fold_is_not_ranked(report_runs, tmp_path):
     """A row over fewer folds (a failed run) was marked best against rows over every fold."""
     gp = report_runs["gp"]

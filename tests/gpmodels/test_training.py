@@ -341,6 +341,33 @@ def test_model_json_says_how_model_pt_was_trained_while_a_longer_training_is_sto
     assert json.loads((out / "model.json").read_text())["weights"] == weights_hash(out)
 
 
+def test_a_finished_run_run_again_by_other_code_is_reused_and_keeps_the_code_that_trained_it(smoke_run, tmp_path,
+                                                                                           monkeypatch):
+    """model.json records the code, libraries and machine that trained model.pt; config.json, whose settings the
+    flows compare (flows.pipeline.same_settings) to reuse a run dir, does not, so other code retrains nothing."""
+    from flows.pipeline import same_settings
+    from gpmodels import provenance as provenance_module
+
+    config, _ = smoke_run
+    out = tmp_path / "run"
+    train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "test": False}))
+    made_by = json.loads((out / "model.json").read_text())["provenance"]
+    assert made_by == json.loads(json.dumps(provenance_module.provenance()))
+    assert "provenance" not in json.loads((out / "config.json").read_text())
+    weights = (out / "model.pt").read_bytes()
+
+    other = {**provenance_module.provenance(), "git_commit": "f" * 40, "git_dirty": True, "argv": ["other"]}
+    monkeypatch.setattr(provenance_module, "_static_provenance", lambda: other)
+    again = train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "test": False}))
+
+    assert again.start_step == again.global_step  # nothing trained
+    assert (out / "model.pt").read_bytes() == weights
+    assert json.loads((out / "model.json").read_text())["provenance"] == made_by  # the code that made the weights
+    job = {"preset": "smoke", "store": config.store, "model": config.model, "out": str(out), "fold": config.fold,
+           "overrides": {"test": False}}
+    assert same_settings(job)
+
+
 def test_a_finished_run_rerun_with_other_precision_keeps_its_record(smoke_run, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(precision_rules, "cpu_bf16_is_native", lambda: False)  # the same on every CPU
     config, _ = smoke_run
