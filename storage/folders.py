@@ -47,15 +47,38 @@ def writer_alive(folder: Path, tag: str, path: Path) -> bool:
     still be writing it.
 
     True for this process, for a live process of this host and for any other host's process (which
-    cannot be checked from here); False for a process of this host that is gone, and for names without
-    a process (written before names carried one).
+    cannot be checked from here); False for a process of this host that is gone, for one that started after
+    the folder last changed (its pid reused, say after a reboot: the writer was gone before it), and for names
+    without a process (written before names carried one).
     """
     owner = folder.name.removeprefix(f".{path.name}.{tag}-")
     host, _, rest = owner.rpartition("-")[0].rpartition("-")
     pid = rest if host else ""
     if not host or not pid.isdigit():
         return False
-    return host != socket.gethostname() or pid_alive(int(pid))
+    if host != socket.gethostname():
+        return True
+    if not pid_alive(int(pid)):
+        return False
+    started = process_start_time(int(pid))
+    try:
+        changed = folder.lstat().st_ctime
+    except OSError:
+        return False  # gone meanwhile
+    return started is None or started <= changed + 1.0  # 1 s: the clock ticks of /proc
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process ``pid`` of this host started (seconds since the epoch), from Linux's ``/proc``; ``None``
+    where that cannot be read (another system, a process gone meanwhile)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rpartition(")")[2].split()  # after the name, which may hold spaces
+        with open("/proc/stat", encoding="ascii", errors="replace") as handle:
+            boot = next(float(line.split()[1]) for line in handle if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def pid_alive(pid: int) -> bool:

@@ -173,6 +173,29 @@ def test_recovery_leaves_what_a_running_writer_or_another_host_is_writing(tmp_pa
     assert not theirs[0].exists() and theirs[1].is_dir()
 
 
+def test_a_copy_named_by_a_pid_that_a_later_process_reuses_is_recovered(tmp_path, monkeypatch):
+    """After a reboot (or a container restarted), another process can hold the dead writer's pid: its unfinished
+    multi-GB copy was kept for good as a live writer's."""
+    import time
+
+    from storage import folders
+
+    started = folders.process_start_time(os.getpid())
+    assert started is None or abs(time.time() - started) < 600  # this test process started minutes ago at most
+    out = _folder(tmp_path / "out", "current")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        copy = _folder(_left_by(out, "tmp", alive.pid), "half")
+        recover_interrupted(out)
+        assert copy.is_dir()  # its writer may be alive
+        monkeypatch.setattr(folders, "process_start_time", lambda pid: time.time() + 60)  # started after the copy
+        recover_interrupted(out)
+        assert not copy.exists() and (out / "data.txt").read_text() == "current"
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 def test_replace_folder_refuses_a_new_folder_that_is_gone(tmp_path):
     out = _folder(tmp_path / "out", "old")
     with pytest.raises(FileNotFoundError, match="the new folder is gone"):
