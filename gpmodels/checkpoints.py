@@ -33,7 +33,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor
 
-from gpmodels.files import MODEL_FILE, RUN_CONFIG, TMP_MARK, replace_atomically, write_text_atomic
+from gpmodels.files import MODEL_FILE, MODEL_RECORD, RUN_CONFIG, TMP_MARK, replace_atomically, write_text_atomic
 from storage.errors import one_line
 
 _NET_PREFIX = "net."
@@ -133,13 +133,18 @@ def damaged_checkpoint(path: Path, exc: BaseException) -> ValueError:
     """The one-line error for a checkpoint that does not load, with what re-running then does.
 
     ``last.ckpt`` is the only file a run resumes from (``best.ckpt`` holds no optimiser state), so
-    without it the same command trains the run again from the start. ``best.ckpt`` holds the best
-    weights: without it ``model.pt`` would be written from other weights than the recorded best
-    validation loss, so the way out is a new run.
+    without it the same command trains the run again from the start; a run that finished a training
+    (``model.pt`` and ``model.json``) keeps those weights instead (:func:`gpmodels.run_checks.pruned_run`).
+    ``best.ckpt`` holds the best weights: without it ``model.pt`` would be written from other weights than
+    the recorded best validation loss, so the way out is a new run.
     """
     reason = one_line(exc).split(". ")[0].rstrip(".") or "the file ends early"
     paths = RunPaths(path.parent.parent)
-    if path == paths.last:
+    if path == paths.last and (paths.root / MODEL_RECORD).is_file():
+        hint = (f"; no other file can resume {paths.root}: delete {path.name} to keep the weights its last finished "
+                f"training wrote ({MODEL_FILE}) as they are, or delete {paths.root} and re-run to train the run "
+                "again from the start")
+    elif path == paths.last:
         hint = (f"; no other file can resume {paths.root}: delete {path.name} and re-run to train the run again "
                 "from the start")
     elif path == paths.best:
@@ -237,6 +242,39 @@ def merge_metrics(logs: Path, out: Path) -> int:
     writer.writerows(rows)
     write_text_atomic(out, text.getvalue())  # a full disk leaves the old file and no temporary one
     return len(rows)
+
+
+@dataclass(frozen=True)
+class LoggedOutcome:
+    """What a finished run's ``metrics.csv`` says of it (:func:`logged_outcome`).
+
+    Attributes:
+        global_step: optimiser steps taken (a test row is logged at the step the training ended at, an epoch's rows
+            one below the step after it); 0 without rows.
+        best_val_loss: the lowest validation loss logged, or ``None`` without validation rows.
+        test_metrics: ``test_loss``, ``test_acc`` and ``test_f1`` of the last test (empty without one).
+    """
+
+    global_step: int
+    best_val_loss: float | None
+    test_metrics: dict[str, float]
+
+
+def logged_outcome(metrics: Path) -> LoggedOutcome:
+    """The outcome of a run as its merged ``metrics.csv`` (:func:`merge_metrics`) logged it: what a re-run of a
+    finished run whose checkpoints were deleted reports, having no checkpoint to test or to read the best score
+    from. Nothing logged (no or an unreadable file) gives 0 steps, no loss and no test metrics."""
+    try:
+        with metrics.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        tests = [row for row in rows if _is_test(row)]
+        steps = [int(row["step"]) for row in tests] + [int(row["step"]) + 1 for row in rows if not _is_test(row)]
+        losses = [float(row["val_loss"]) for row in rows if row.get("val_loss")]
+        tested = {key: float(value) for key, value in tests[-1].items()
+                  if key.startswith("test_") and value} if tests else {}
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError):
+        return LoggedOutcome(0, None, {})
+    return LoggedOutcome(max(steps, default=0), min(losses, default=None), tested)
 
 
 def _is_test(row: dict[str, str]) -> bool:

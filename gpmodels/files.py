@@ -215,9 +215,51 @@ RETRAIN_HINT = "; re-run the training command to write it again from checkpoints
 """What to do about a damaged ``model.pt``: a finished run trained again rewrites it from its best checkpoint."""
 
 
+def retrain_hint(weights: Path | str) -> str:
+    """What to do about a damaged ``model.pt`` at ``weights``: :data:`RETRAIN_HINT` while the run dir has its best
+    checkpoint; without it (checkpoints pruned: ``gpseg prune --checkpoints``) nothing can write it again, so the run
+    has to be trained again."""
+    run_dir = Path(weights).parent
+    if (run_dir / "checkpoints" / "best.ckpt").is_file():
+        return RETRAIN_HINT
+    return (f"; its checkpoints were deleted (no checkpoints/best.ckpt to write it again from): delete {run_dir} "
+            "and re-run to train the run again")
+
+
 def damaged_weights(path: Path | str, problem: str) -> ValueError:
     """The one-line error for a damaged ``model.pt`` (``problem``: :func:`archive_damage`'s words)."""
-    return ValueError(f"{path}: damaged ({problem}){RETRAIN_HINT}")
+    return ValueError(f"{path}: damaged ({problem}){retrain_hint(path)}")
+
+
+def read_model_record(run_dir: Path | str) -> dict[str, Any] | None:
+    """``RUN_DIR/model.json`` (:func:`write_model_record`), ``None`` without one (a run that never finished, or of an
+    older gpseg).
+
+    Raises:
+        ValueError: one line naming the file, when it is there but not a record gpseg wrote.
+    """
+    path = Path(run_dir) / MODEL_RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        int(record["train"]["epochs"])
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise damaged(path, exc) from None
+    return record
+
+
+def weights_problem(run_dir: Path | str, record: dict[str, Any]) -> str | None:
+    """Why ``RUN_DIR/model.pt`` is not the whole weights that ``record`` (its ``model.json``) describes, in a few
+    words (``"missing"``, :func:`archive_damage`'s words, ``"not the weights model.json records"``); ``None`` when
+    it is."""
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        return "missing"
+    damage = archive_damage(path)
+    if damage:
+        return damage
+    return f"not the weights {MODEL_RECORD} records" if weights_changed(run_dir, record) else None
 
 
 def relocated(recorded: str, recorded_run_dir: str | None, run_dir: Path | str) -> str:

@@ -18,7 +18,7 @@ from torch import nn
 
 from gpmodels.checkpoints import CheckpointProgress, RunPaths, checkpoint_progress, read_checkpoint
 from gpmodels.data import balanced_class_weights, slices_per_batch, split_indices, train_batches_per_device
-from gpmodels.files import output_problem
+from gpmodels.files import output_problem, read_model_record, trained_config, weights_problem
 from gpmodels.nets import build_model, count_parameters, meta_model
 from gpmodels.precision import bf16_is_emulated, on_gpu, resolve_precision
 from gpmodels.train_config import RunConfig, TrainConfig
@@ -261,14 +261,15 @@ def previous_run(paths: RunPaths, run: RunConfig) -> tuple[RunConfig | None, Che
     """The checkpointed run in ``paths.root``, checked against ``run``, and how far it got.
 
     Returns:
-        The recorded configuration (``None`` without ``config.json``) and ``last.ckpt``'s progress
-        (``None`` without ``last.ckpt``: a fresh run).
+        The recorded configuration (``None`` without ``config.json``) and ``last.ckpt``'s progress. Without
+        ``last.ckpt``, ``(None, None)`` for a fresh run, and for a finished run whose checkpoints were deleted
+        (:func:`pruned_run`) its configuration as its weights were trained and ``None``: nothing to train.
 
     Raises:
-        ValueError: As :func:`check_run_dir`.
+        ValueError: As :func:`check_run_dir`, and as :func:`pruned_run`.
     """
     if not paths.last.exists():
-        return None, None
+        return pruned_run(paths, run), None
     progress = checkpoint_progress(paths.last)
     trained = progress.epochs_done
     if paths.best.exists():  # of a later epoch than last.ckpt where an attempt was killed after writing it
@@ -276,15 +277,8 @@ def previous_run(paths: RunPaths, run: RunConfig) -> tuple[RunConfig | None, Che
     previous = None
     if paths.config.exists():
         previous = RunConfig.read(paths.root)
-        changed = previous.differences(run)
-        if changed:
-            raise ValueError(f"out: {paths.root} holds a run with other settings ({', '.join(changed)}); choose "
-                             "another run directory (in a flow, another work dir: --workdir) or delete this one")
-    if trained > run.train.epochs:  # Lightning fails on it, after config.json was rewritten
-        raise ValueError(f"epochs: {paths.root} has trained {trained} epochs, more than the "
-                         f"{run.train.epochs} asked for; give --epochs {trained} or more (in a deployment run's "
-                         "parameters, train_overrides' epochs) to keep it as it is, or train into another run "
-                         "directory")
+        _check_settings(paths, previous, run)
+    _check_not_fewer_epochs(paths, trained, run)
     if previous is None:
         return None, progress
     trained_in, asked, here = previous.resolved_precision, run.train.precision, run.resolved_precision
@@ -306,3 +300,56 @@ def previous_run(paths: RunPaths, run: RunConfig) -> tuple[RunConfig | None, Che
                      "those of a run trained with one thread count throughout (set OMP_NUM_THREADS=%d to keep it)",
                      paths.root, previous.cpu_threads, run.cpu_threads, previous.cpu_threads)
     return previous, progress
+
+
+def pruned_run(paths: RunPaths, run: RunConfig) -> RunConfig | None:
+    """The configuration, as its weights were trained, of the finished run in ``paths.root`` whose checkpoints were
+    deleted (``gpseg prune --checkpoints``, or by hand); ``None`` for a run dir without ``model.json``, where no
+    training has finished: a fresh run.
+
+    ``model.json`` is written with ``model.pt`` when a training ends, and records the epochs it trained. A run with
+    both, of the epochs asked for, is finished: kept as it is, its settings checked against ``config.json`` as
+    those of a run with ``last.ckpt`` are. Before, it was taken for a new run, trained again from scratch, its
+    ``model.pt`` overwritten, without a word.
+
+    Raises:
+        ValueError: One line, if ``config.json`` holds other settings (see :func:`previous_run`), ``model.json`` or
+            ``config.json`` is damaged, ``model.pt`` is missing, damaged or not the weights ``model.json`` records
+            (nothing is left to write it again from), or the epochs asked for are not those trained: fewer, as
+            for a run with ``last.ckpt``; more, which cannot go on without ``last.ckpt``.
+    """
+    record = read_model_record(paths.root)
+    if record is None:
+        return None
+    problem = weights_problem(paths.root, record)
+    if problem:
+        raise ValueError(f"{paths.model}: {problem}, and the run's checkpoints were deleted (no checkpoints/"
+                         f"last.ckpt), so it is neither finished nor resumable; delete {paths.root} and re-run to "
+                         "train the run again")
+    previous = RunConfig.read(paths.root)
+    _check_settings(paths, previous, run)
+    trained = int(record["train"]["epochs"])
+    _check_not_fewer_epochs(paths, trained, run)
+    if trained < run.train.epochs:
+        raise ValueError(f"epochs: {paths.root} has trained {trained} epochs, and its checkpoints were deleted (no "
+                         f"checkpoints/last.ckpt to go on from), so it cannot be trained to {run.train.epochs}; give "
+                         f"--epochs {trained} (in a deployment run's parameters, train_overrides' epochs) to keep it "
+                         f"as it is, or delete {paths.root} and re-run to train it again")
+    return RunConfig.from_dict(trained_config(paths.root, previous.to_dict()))
+
+
+def _check_settings(paths: RunPaths, previous: RunConfig, run: RunConfig) -> None:
+    """A one-line error when the run recorded in ``paths.root`` (``previous``) has other settings than ``run``."""
+    changed = previous.differences(run)
+    if changed:
+        raise ValueError(f"out: {paths.root} holds a run with other settings ({', '.join(changed)}); choose "
+                         "another run directory (in a flow, another work dir: --workdir) or delete this one")
+
+
+def _check_not_fewer_epochs(paths: RunPaths, trained: int, run: RunConfig) -> None:
+    """A one-line error when ``run`` asks for fewer epochs than the run in ``paths.root`` has ``trained``."""
+    if trained > run.train.epochs:  # Lightning fails on it, after config.json was rewritten
+        raise ValueError(f"epochs: {paths.root} has trained {trained} epochs, more than the "
+                         f"{run.train.epochs} asked for; give --epochs {trained} or more (in a deployment run's "
+                         "parameters, train_overrides' epochs) to keep it as it is, or train into another run "
+                         "directory")

@@ -39,6 +39,7 @@ from gpmodels.checkpoints import (
     UNLOADABLE,
     RunDirCheckpointIO,
     RunPaths,
+    logged_outcome,
     merge_metrics,
     net_state_from_checkpoint,
     remove_partial_checkpoints,
@@ -46,7 +47,7 @@ from gpmodels.checkpoints import (
 )
 from gpmodels.data import SliceDataModule, StoreUnchanged
 from gpmodels.epoch_log import EpochLog
-from gpmodels.files import (RETRAIN_HINT, archive_damage, damaged, damaged_weights, write_model_record,
+from gpmodels.files import (archive_damage, damaged, damaged_weights, retrain_hint, write_model_record,
                             write_text_atomic)
 from gpmodels.lightning_module import ClassifierModule
 from gpmodels.precision import on_gpu, use_channels_last
@@ -211,7 +212,20 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
     paths = RunPaths(Path(config.out))
     with training_lock(paths):
         previous, progress = previous_run(paths, run)
+        if previous is not None and progress is None:  # finished, its checkpoints deleted: nothing to train
+            return _kept_without_checkpoints(paths, previous, run, started)
         return _train(run, paths, previous, progress, progress_bar, started)
+
+
+def _kept_without_checkpoints(paths: RunPaths, previous: RunConfig, run: RunConfig, started: float) -> TrainResult:
+    """A re-run of a finished run whose checkpoints were deleted (:func:`gpmodels.run_checks.pruned_run`): nothing
+    trains or is tested (no checkpoint to test), ``config.json`` is kept as for any finished run re-run
+    (:func:`_keep_training_record`), and the result is the one its ``metrics.csv`` logged."""
+    logged = logged_outcome(paths.metrics)
+    run = _keep_training_record(paths, previous, run, logged.global_step)
+    return TrainResult(run_dir=paths.root, run=run, global_step=logged.global_step, start_step=logged.global_step,
+                       best_val_loss=logged.best_val_loss, test_metrics=logged.test_metrics,
+                       seconds=time.perf_counter() - started)
 
 
 def _train(run: RunConfig, paths: RunPaths, previous: RunConfig | None, progress: CheckpointProgress | None,
@@ -309,7 +323,7 @@ def load_trained(run_dir: Path | str, which: Literal["best", "last"] = "best",
         try:
             state = torch.load(weights, map_location=map_location, weights_only=True)
         except UNLOADABLE as exc:
-            raise damaged(weights, exc, RETRAIN_HINT) from None
+            raise damaged(weights, exc, retrain_hint(weights)) from None
     else:
         state = net_state_from_checkpoint(weights)
     try:

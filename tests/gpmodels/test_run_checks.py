@@ -280,3 +280,54 @@ def test_damaged_class_or_channel_attributes_are_named_with_the_store(smoke_run,
     zarr.open_group(str(store), mode="r+").attrs[attribute] = value
     with pytest.raises(StoreError, match=rf"^{re.escape(str(store))}: {reason}$"):
         resolve_run(TrainConfig.from_dict({**config.to_dict(), "store": str(store), "out": str(tmp_path / "run")}))
+
+
+@pytest.mark.parametrize("deleted", [("last.ckpt",), ("last.ckpt", "best.ckpt")])
+def test_a_finished_run_whose_checkpoints_were_deleted_is_kept_not_trained_again(smoke_run, tmp_path, deleted):
+    """Without last.ckpt a finished run dir was taken for a new one: its logs, TensorBoard files and best.ckpt were
+    deleted, the run trained again from scratch and model.pt overwritten, without a word."""
+    config, first = smoke_run
+    out = tmp_path / "run"
+    shutil.copytree(config.out, out)
+    for name in deleted:
+        (out / "checkpoints" / name).unlink()
+    weights, written = (out / "model.pt").read_bytes(), (out / "model.pt").stat().st_mtime_ns
+    logs = sorted(path.name for path in (out / "tensorboard").iterdir())
+    result = train(TrainConfig.from_dict({**config.to_dict(), "out": str(out)}))
+    assert result.work_summary() == "already trained"
+    assert (result.start_step, result.global_step) == (first.global_step, first.global_step)
+    assert result.best_val_loss == pytest.approx(first.best_val_loss)
+    assert result.test_metrics == pytest.approx(first.test_metrics)  # as logged: no checkpoint to test again
+    assert (out / "model.pt").read_bytes() == weights and (out / "model.pt").stat().st_mtime_ns == written
+    assert sorted(path.name for path in (out / "tensorboard").iterdir()) == logs
+    assert not (out / "checkpoints" / "last.ckpt").exists()
+    run, previous = run_checks.check_run_dir(TrainConfig.from_dict({**config.to_dict(), "out": str(out)}))
+    assert previous is not None and previous.train.epochs == config.epochs
+
+
+def test_a_run_whose_checkpoints_were_deleted_is_refused_in_one_line_what_it_cannot_do(smoke_run, tmp_path):
+    """More epochs cannot go on without last.ckpt, other settings are refused as for a checkpointed run, and weights
+    that no checkpoint can write again are not trained over."""
+    config, _ = smoke_run
+    out = tmp_path / "run"
+    shutil.copytree(config.out, out)
+    shutil.rmtree(out / "checkpoints")
+    recorded = (out / "config.json").read_text()
+    longer = TrainConfig.from_dict({**config.to_dict(), "out": str(out), "epochs": 3})
+    with pytest.raises(ValueError) as raised:
+        train(longer)
+    assert str(raised.value) == (
+        f"epochs: {out} has trained 1 epochs, and its checkpoints were deleted (no checkpoints/last.ckpt to go on "
+        f"from), so it cannot be trained to 3; give --epochs 1 (in a deployment run's parameters, train_overrides' "
+        f"epochs) to keep it as it is, or delete {out} and re-run to train it again")
+    with pytest.raises(ValueError, match=re.escape(f"out: {out} holds a run with other settings (train.lr)")):
+        train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "lr": 0.5}))
+    assert (out / "config.json").read_text() == recorded and not (out / "checkpoints").exists()
+    os.truncate(out / "model.pt", 100)
+    with pytest.raises(ValueError) as raised:
+        train(TrainConfig.from_dict({**config.to_dict(), "out": str(out)}))
+    assert str(raised.value).startswith(f"{out / 'model.pt'}: not a whole archive: ")
+    assert str(raised.value).endswith(f", and the run's checkpoints were deleted (no checkpoints/last.ckpt), so it "
+                                      f"is neither finished nor resumable; delete {out} and re-run to train the run "
+                                      "again")
+    assert (out / "model.pt").stat().st_size == 100 and (out / "logs").is_dir()

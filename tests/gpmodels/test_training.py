@@ -696,14 +696,29 @@ def test_cli_a_damaged_checkpoint_is_one_line_naming_it_and_what_to_do(smoke_run
     shutil.copytree(config.out, out)
     paths = RunPaths(out)
     run = TrainConfig.from_dict({**config.to_dict(), "out": str(out)})
-    resume = f"; no other file can resume {out}: delete last.ckpt and re-run to train the run again from the start"
+    resume = (f"; no other file can resume {out}: delete last.ckpt to keep the weights its last finished training "
+              f"wrote (model.pt) as they are, or delete {out} and re-run to train the run again from the start")
     for size, reason in ((paths.last.stat().st_size // 2, "RuntimeError: PytorchStreamReader failed reading zip "
                           "archive: failed finding central directory"), (0, "EOFError: the file ends early")):
         os.truncate(paths.last, size)
         result = _cli_train(run)
         assert result.exit_code == 1 and "Traceback" not in result.output and "Aborted" not in result.output
         assert " ".join(result.output.split()) == f"error: {paths.last}: damaged ({reason}){resume}"
-    paths.last.unlink()  # as the message says: the same command trains the run again
+    weights = paths.model.read_bytes()
+    paths.last.unlink()  # as the message says: the finished run is kept as it is
+    kept = _cli_train(run)
+    assert kept.exit_code == 0, kept.output
+    assert f"done gp-unet -> {out}: already trained, 2 steps" in " ".join(kept.output.split())
+    assert paths.model.read_bytes() == weights and not paths.last.exists()
+    shutil.rmtree(out)  # a run that never finished: the old words, and the same command trains it again
+    shutil.copytree(config.out, out)
+    (out / "model.json").unlink()
+    os.truncate(paths.last, 0)
+    fresh = _cli_train(run)
+    assert " ".join(fresh.output.split()) == (
+        f"error: {paths.last}: damaged (EOFError: the file ends early); no other file can resume {out}: delete "
+        "last.ckpt and re-run to train the run again from the start")
+    paths.last.unlink()
     again = _cli_train(run)
     assert again.exit_code == 0, again.output
     assert f"trained gp-unet -> {out}: trained in " in " ".join(again.output.split())
