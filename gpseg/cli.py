@@ -6,7 +6,7 @@ import inspect
 
 import typer
 
-from gpseg import data_commands, demo, drop_command, eval_commands, flow_commands, train_command
+from gpseg import data_commands, demo, drop_command, eval_commands, flow_commands, prune_command, train_command
 from gpseg.console import run_main
 from gpseg.threshold_options import CLEANING_HELP
 
@@ -34,6 +34,7 @@ app.command("benchmark", rich_help_panel=FLOWS, epilog=CLEANING_HELP)(flow_comma
 app.command("retrain", rich_help_panel=FLOWS, epilog=CLEANING_HELP)(flow_commands.retrain_cmd)
 app.command("serve", rich_help_panel=FLOWS)(flow_commands.serve_cmd)
 app.command("drop", rich_help_panel=FLOWS)(drop_command.drop_cmd)
+app.command("prune", rich_help_panel=FLOWS)(prune_command.prune_cmd)
 
 
 def flowing(doc: str) -> str:

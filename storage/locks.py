@@ -142,6 +142,29 @@ def holder_text(written: str, path: Path) -> str:
     return written
 
 
+def lock_holder(path: Path) -> str | None:
+    """Who holds the lock file ``path`` now (:func:`holder_text`; a bare pid, as a run dir's lock holds it, as ``pid
+    N``), or ``None`` when no process does, there is no such file, or the file system cannot tell (no locks). The file
+    is neither made nor written: a look, e.g. before listing what may be deleted.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            written = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            return holder_text(f"pid {written}" if written.isdigit() else written, path)
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def open_lock_file(path: Path) -> tuple[int, bool]:
     """Open (creating it, with its folder, if missing) a lock file; the descriptor and whether it is writable.
 

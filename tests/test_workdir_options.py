@@ -25,7 +25,7 @@ def _said(result) -> str:
     return " ".join(result.output.split())
 
 
-@pytest.mark.parametrize("command", [["postprocess"], ["export-masks", "--out", "masks"]])
+@pytest.mark.parametrize("command", [["postprocess"], ["export-masks", "--out", "masks"], ["prune", "--yes"]])
 def test_a_damaged_report_is_named_not_taken_for_no_report(tmp_path, monkeypatch, command):
     """A truncated metrics.json was read as "no report yet": every data version was re-reported, the stale one
     too, and the report's carried notes were lost."""
@@ -62,7 +62,8 @@ def test_postprocess_of_a_work_dir_without_a_report_still_takes_every_run(tmp_pa
     assert "every run with test heatmaps" in _said(result) and "no report yet" in _said(result)
 
 
-@pytest.mark.parametrize("command", [["postprocess"], ["export-masks", "--out", "m"], ["retrain"]])
+@pytest.mark.parametrize("command", [["postprocess"], ["export-masks", "--out", "m"], ["retrain"],
+                                     ["prune", "--yes"]])
 def test_a_work_dir_that_is_a_file_is_not_a_folder(tmp_path, monkeypatch, command):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "text.txt").write_text("x")
