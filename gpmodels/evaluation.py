@@ -279,13 +279,31 @@ def threshold_warning(evaluation: dict) -> str | None:
     elif offset_tuned(threshold) and offset_at_edge(threshold["offset"], threshold["auto_offsets"]):
         warnings.append(f"--offset auto chose {threshold['offset']:g}, the largest offset it tries; a larger one "
                         "may do better (give it as --offset)")
-    if mostly_flagged(evaluation, "clamped_slices"):
-        warnings.append(f"{clamp_text(evaluation)}; a smaller offset keeps less")
-    if mostly_flagged(evaluation, "emptied_slices"):
-        warnings.append(f"{emptied_text(evaluation)}; a smaller minimum size (--min-size) keeps them")
-    if mostly_flagged(evaluation, "empty_slices") and not constant_maps(evaluation):
-        warnings.append(f"{empty_text(evaluation)}; a larger offset (or a smaller fixed value) keeps more")
+    advice = {"clamped_slices": "a smaller offset keeps less",
+              "emptied_slices": "a smaller minimum size (--min-size) keeps them",
+              "empty_slices": "a larger offset (or a smaller fixed value) keeps more"}
+    warnings += [f"{flag_text(evaluation, count)}; {advice[count]}" for count in FLAGGED_COUNTS
+                 if flagged(evaluation, count)]
     return "; ".join(warnings) or None
+
+
+FLAGGED_COUNTS = ("clamped_slices", "emptied_slices", "empty_slices")
+"""The counts of an evaluation's ``segmentation`` that are warned about when they hold most of the slices given a
+mask (:func:`flagged`): thresholds the offset clamped at 0, masks the clean-up emptied, masks the threshold left
+empty."""
+
+
+def flagged(evaluation: dict, count: str) -> bool:
+    """Whether :func:`threshold_warning` and the report warn about one of :data:`FLAGGED_COUNTS` of an evaluation
+    (:func:`mostly_flagged`), not for empty masks of constant Grad-CAM maps (:func:`constant_maps`), which are
+    empty at any threshold and said by their 1×1 grid."""
+    return mostly_flagged(evaluation, count) and not (count == "empty_slices" and constant_maps(evaluation))
+
+
+def flag_text(evaluation: dict, count: str) -> str:
+    """One of :data:`FLAGGED_COUNTS` of an evaluation in words."""
+    return {"clamped_slices": clamp_text, "emptied_slices": emptied_text, "empty_slices": empty_text}[count](
+        evaluation)
 
 
 def mostly_flagged(evaluation: dict, count: str) -> bool:

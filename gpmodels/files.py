@@ -63,13 +63,14 @@ def write_model_record(run_dir: Path | str, config: Mapping[str, Any], fields: t
     ``config`` (a ``config.json`` dict) that say how it was trained, ``{"train": {field: value}, "resolved_precision":
     ...}``, and the ``provenance`` (:func:`gpmodels.provenance.provenance`) of the process that trained it. Where
     ``model.json`` already describes these weights (a finished run run again, which trains nothing), its provenance
-    is kept: the code that made them, not the code that found them."""
+    is kept: the code that made them, not the code that found them (``None``, unknown, where that ``model.json`` was
+    written before gpseg recorded provenance)."""
     record = {**weights_record(run_dir), "train": {name: config["train"][name] for name in fields},
               "resolved_precision": config.get("resolved_precision")}
     try:
         earlier = json.loads((Path(run_dir) / MODEL_RECORD).read_text(encoding="utf-8"))
-        if earlier.get("weights") == record["weights"] and "provenance" in earlier:
-            provenance = earlier["provenance"]
+        if earlier.get("weights") == record["weights"]:  # these weights: made by the code it names, or unknown
+            provenance = earlier.get("provenance")  # (a model.json of a gpseg before provenance was recorded)
     except (OSError, ValueError, AttributeError):  # none yet, or damaged: this process's
         pass
     write_text_atomic(Path(run_dir) / MODEL_RECORD, json.dumps({**record, "provenance": provenance}, indent=2) + "\n")

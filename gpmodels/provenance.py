@@ -78,9 +78,9 @@ def git_state(root: Path) -> tuple[str | None, bool | None]:
     :data:`GIT_TIMEOUT_S`. ``dirty`` is whether tracked files differ from the commit (untracked files are not
     counted)."""
     top = _git(root, "rev-parse", "--show-toplevel", "HEAD")
-    if top is None or len(top.split()) != 2:
+    if top is None or len(top.splitlines()) != 2:  # lines: the folder may hold spaces
         return None, None
-    folder, commit = top.split()
+    folder, commit = top.splitlines()
     try:
         if Path(folder).resolve() != Path(root).resolve():
             return None, None
@@ -91,9 +91,10 @@ def git_state(root: Path) -> tuple[str | None, bool | None]:
 
 
 def _git(root: Path, *args: str) -> str | None:
-    """The output of ``git -C root ARGS``, ``None`` when it fails or takes over :data:`GIT_TIMEOUT_S`."""
+    """The output of ``git -C root ARGS``, ``None`` when it fails or takes over :data:`GIT_TIMEOUT_S`; without
+    git's optional locks, so that ``git status`` never holds the index lock against the user's own git commands."""
     try:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+        done = subprocess.run(["git", "--no-optional-locks", "-C", str(root), *args], capture_output=True, text=True,
                               timeout=GIT_TIMEOUT_S, check=False)
     except (OSError, subprocess.SubprocessError):
         return None

@@ -22,8 +22,8 @@ import numpy as np
 
 from gpmodels import report_figures as figs
 from gpmodels.bootstrap import REPLICATES
-from gpmodels.evaluation import (OFFSET_FALLBACK, clamp_text, constant_maps, emptied_text, empty_text,
-                                 evaluated_source, mostly_flagged, offset_fell_back, open_heatmaps)
+from gpmodels.evaluation import (FLAGGED_COUNTS, OFFSET_FALLBACK, evaluated_source, flag_text, flagged,
+                                 offset_fell_back, open_heatmaps)
 from gpmodels.figure_cache import FigureCache
 from gpmodels.files import heatmap_path
 from gpmodels.report import (COLUMNS, INTERVAL_KEYS, KIND_TITLES, ModelGroup, dataset_title, group_warnings,
@@ -52,7 +52,7 @@ figure { margin: 0 0 10px; } figcaption { font-size: 12px; color: #57606a; }
 img { display: block; max-width: 100%; height: auto; }
 nav a { margin-right: 14px; font-size: 14px; }
 th[scope=row] { background: #fff; font-weight: 400; vertical-align: middle; white-space: nowrap; }
-.scroll th[scope=row] { position: sticky; left: 0; z-index: 1; }
+.scroll th[scope=row]:first-child { position: sticky; left: 0; z-index: 1; }
 tr.paper th[scope=row] { color: #57606a; font-style: italic; background: #fafbfc; }
 table.wrap th[scope=row] { white-space: normal; max-width: 240px; overflow-wrap: break-word; vertical-align: top; }
 caption { caption-side: top; text-align: left; font-size: 13px; color: #57606a; padding: 2px 0; }
@@ -103,12 +103,13 @@ def _fmt(value: float | None, std: float | None = None, n: int = 1) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: int = 1,
-           row_classes: Sequence[str] = (), wrap: bool = False, caption: str = "") -> str:
+           row_classes: Sequence[str] = (), wrap: bool = False, caption: str = "", row_header: int = 0) -> str:
     """An HTML table of already-escaped cells; cells may be ``(html, css class)`` pairs.
 
-    The header cells are ``<th scope="col">`` in a ``<thead>`` (repeated on each printed page); each row's first
-    cell is its ``<th scope="row">`` (read with every number of the row by a screen reader, and kept in view while
-    a wide table scrolls sideways); ``caption`` (already-escaped HTML) names the table."""
+    The header cells are ``<th scope="col">`` in a ``<thead>`` (repeated on each printed page); each row's cell
+    ``row_header`` (the one naming the row: the model) is its ``<th scope="row">`` (read with every number of the
+    row by a screen reader, and kept in view while a wide table scrolls sideways); ``caption`` (already-escaped
+    HTML) names the table."""
     head = "".join(f'<th scope="col" class="text">{h}</th>' if i < text_columns else f'<th scope="col">{h}</th>'
                    for i, h in enumerate(header))
     body = []
@@ -117,7 +118,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: i
         for i, cell in enumerate(row):
             content, extra = cell if isinstance(cell, tuple) else (cell, "")
             css = " ".join(c for c in ("text" if i < text_columns else "", extra) if c)
-            tag, scope = ("th", ' scope="row"') if i == 0 else ("td", "")
+            tag, scope = ("th", ' scope="row"') if i == row_header else ("td", "")
             attributes = scope + (f' class="{css}"' if css else "")
             cells.append(f"<{tag}{attributes}>{content}</{tag}>")
         css = f' class="{row_classes[r]}"' if r < len(row_classes) and row_classes[r] else ""
@@ -134,18 +135,6 @@ def _path_cell(path: Any) -> str:
     return _e(path).replace("/", "/<wbr>")
 
 
-FLAGS = (("clamped_slices", clamp_text), ("emptied_slices", emptied_text), ("empty_slices", empty_text))
-"""The counts of an evaluation's ``segmentation`` that warn when they hold most of the slices given a mask, and
-how each is said (:mod:`gpmodels.evaluation`)."""
-
-
-def flagged(evaluation: dict, count: str) -> bool:
-    """Whether one of :data:`FLAGS` warns about an evaluation: most masks clamped, emptied by the clean-up, or
-    empty at the threshold (not for constant Grad-CAM maps, which are empty at any threshold and said by their
-    1×1 grid)."""
-    return mostly_flagged(evaluation, count) and not (count == "empty_slices" and constant_maps(evaluation))
-
-
 SEGMENTATION_RANKED = ("dice_median", "fpr_tumour_free")
 """The ranked columns that score masks: a row whose masks do not localise is not ranked in them
 (:func:`_localises`)."""
@@ -157,26 +146,42 @@ def _localises(group: ModelGroup, column: str) -> bool:
     warns), and, for the tumour-free false-positive rate, some of its runs give masks at all (a model that never
     gives one, e.g. a constant 1×1 Grad-CAM map, has a rate of 0 that says nothing)."""
     runs = group.runs
-    if any((share := mask_coverage(run)) is not None and share > MOST_OF_SLICE for run in runs):
+    if any(covers_most(run) is not None for run in runs):
         return False
-    if any(flagged(run.evaluation, count) for run in runs for count, _ in FLAGS):
+    if any(flagged(run.evaluation, count) for run in runs for count in FLAGGED_COUNTS):
         return False
-    return column != "fpr_tumour_free" or any(mask_coverage(run) is not None for run in runs)
+    return column != "fpr_tumour_free" or any(gives_masks(run) for run in runs)
 
 
-def _best(groups: Sequence[ModelGroup]) -> dict[str, float]:
-    """The best mean per column among two or more groups of one run of every fold of the dataset (ties share
-    it); a group over fewer folds (a failed run) is not ranked, since its means are over other test sets, nor
-    one with several runs of a fold (:func:`gpmodels.report.group_warnings`), nor, in the mask columns, one whose
-    masks do not localise (:func:`_localises`); a column where every ranked row has the same mean has none."""
+def gives_masks(run: ReportRun) -> bool:
+    """Whether any of a run's test slices got a non-empty mask: from ``evaluation_slices.csv``, else from its
+    evaluation's counts (slices given a mask, less those left empty or emptied), else (an evaluation of an older
+    gpseg without either) assumed."""
+    if run.slices is not None:
+        return bool((np.asarray(run.slices["pred_pixels"]) > 0).any())
+    segmentation = run.evaluation.get("segmentation") or {}
+    if segmentation.get("masked_slices") is None:
+        return True
+    return segmentation["masked_slices"] - segmentation.get("empty_slices", 0) - segmentation.get("emptied_slices",
+                                                                                                 0) > 0
+
+
+def _best(groups: Sequence[ModelGroup]) -> dict[str, tuple[float, list[ModelGroup]]]:
+    """Per column, the best mean and the groups ranked for it, among two or more groups of one run of every fold
+    of the dataset (ties share it: each ranked group with that mean is marked); a group over fewer folds (a failed
+    run) is not ranked, since its means are over other test sets, nor one with several runs of a fold
+    (:func:`gpmodels.report.group_warnings`), nor, in the mask columns, one whose masks do not localise
+    (:func:`_localises`); a column where every ranked row has the same mean has none. A group not ranked is not
+    marked even where its mean equals the best."""
     every = sorted({run.fold for group in groups for run in group.runs})
     groups = [g for g in groups if sorted(run.fold for run in g.runs) == every]  # one run of every fold
     best = {}
     for column in COLUMNS:
         ranked = [g for g in groups if column.key not in SEGMENTATION_RANKED or _localises(g, column.key)]
-        finite = [m for g in ranked if math.isfinite(m := g.stats[column.key]["mean"])]
-        if column.better and len(finite) >= 2 and max(finite) > min(finite):  # all equal: nothing to mark
-            best[column.key] = max(finite) if column.better == "high" else min(finite)
+        ranked = [g for g in ranked if math.isfinite(g.stats[column.key]["mean"])]
+        means = [g.stats[column.key]["mean"] for g in ranked]
+        if column.better and len(means) >= 2 and max(means) > min(means):  # all equal: nothing to mark
+            best[column.key] = (max(means) if column.better == "high" else min(means), ranked)
     return best
 
 
@@ -200,7 +205,8 @@ def _summary_section(groups: Sequence[ModelGroup]) -> str:
                                 _e(" ".join(str(r.fold) for r in group.runs))]
             for column in COLUMNS:
                 stat = stats[column.key]
-                marked = column.key in best and abs(stat["mean"] - best[column.key]) < 1e-12
+                value, ranked = best.get(column.key, (math.nan, []))
+                marked = any(g is group for g in ranked) and abs(stat["mean"] - value) < 1e-12
                 cells.append((_fmt(stat["mean"], stat["std"], stat["n"]), "best" if marked else ""))
             rows.append(cells)
             classes.append("")
@@ -304,7 +310,7 @@ def _uncertainty_section(groups: Sequence[ModelGroup]) -> str:
         return ""
     header = ["dataset", "model", "fold", "test patients", "weighted F1 [95 % interval]",
               "median Dice [95 % interval]"]
-    return ("<h3>Uncertainty over test patients</h3>" + _table(header, rows, text_columns=3)
+    return ("<h3>Uncertainty over test patients</h3>" + _table(header, rows, text_columns=3, row_header=1)
             + f'<p class="caption">Intervals: percentile bootstrap over the test split\'s patients ({REPLICATES:,} '
               "replicates; whole patients are resampled with replacement and the metric is recomputed on "
               "their slices), because slices of one patient are not independent. With few test patients the "
@@ -455,7 +461,7 @@ def _posthoc_section(runs: Sequence[ReportRun], channel: str | None) -> str:
              "misclassified slice, or a 1\u00d71 Grad-CAM grid); <i>n of N slices</i>: the median is over the n "
              "slices where both vary.</p>",
              _table(["dataset", "model", "fold", "reference", "slices"] + [_e(m.replace("_", " ")) for m in methods],
-                    rows, text_columns=2)]
+                    rows, text_columns=2, row_header=1)]
     for run in runs:
         heat, store, problem = _open_run_stores(run)
         if problem is not None or "posthoc" not in heat:
@@ -603,6 +609,13 @@ MOST_OF_SLICE = 0.5
 """A run whose masks cover more than this share of the slice (median) gets a warning: they do not localise."""
 
 
+def covers_most(run: ReportRun) -> float | None:
+    """The :func:`mask_coverage` of a run whose masks cover more than :data:`MOST_OF_SLICE` of the slice (they do
+    not localise), else ``None``."""
+    share = mask_coverage(run)
+    return share if share is not None and share > MOST_OF_SLICE else None
+
+
 def mask_coverage(run: ReportRun) -> float | None:
     """Median share of the slice that a run's non-empty test masks cover, from ``evaluation_slices.csv``;
     ``None`` without the per-slice rows, the slice size (evaluations of older gpseg) or any mask."""
@@ -635,10 +648,11 @@ def _warnings(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
               f"{run.fold} on {_e(dataset_title(run.dataset))}: {_e(_fallback_reason(run))}, though the row says "
               "auto offset." for run in runs if offset_fell_back(run.evaluation["threshold"])]
     boxes += [f"{_e(run.label)} fold {run.fold} on {_e(dataset_title(run.dataset))}: "
-              f"{_e(say(run.evaluation))}." for run in runs for count, say in FLAGS if flagged(run.evaluation, count)]
-    boxes += [f"{_e(run.label)} fold {run.fold} on {_e(dataset_title(run.dataset))}: its masks cover {share:.0%} of the slice (median "
-              "over the slices given a mask), so they do not localise and their Dice is about that of marking the "
-              "whole slice." for run in runs if (share := mask_coverage(run)) is not None and share > MOST_OF_SLICE]
+              f"{_e(flag_text(run.evaluation, count))}." for run in runs for count in FLAGGED_COUNTS
+              if flagged(run.evaluation, count)]
+    boxes += [f"{_e(run.label)} fold {run.fold} on {_e(dataset_title(run.dataset))}: its masks cover {share:.0%} of "
+              "the slice (median over the slices given a mask), so they do not localise and their Dice is about that "
+              "of marking the whole slice." for run in runs if (share := covers_most(run)) is not None]
     return "".join(f'<div class="warning">{text}</div>' for text in boxes)
 
 

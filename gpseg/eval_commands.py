@@ -33,9 +33,9 @@ def heatmaps_cmd(
     run: Annotated[Path, typer.Option("--run", help="Run directory of `gpseg train`.")],
     split: Annotated[list[str], typer.Option("--split", callback=one_of(SPLIT_NAMES),
                                              help="Split(s) to run over (repeatable).")] = ["val", "test"],
-    batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
+    batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 16,
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: a GPU when present).")] = None,
-    posthoc: Annotated[int, typer.Option(help="Test slices that also get occlusion and guided-backprop maps "
+    posthoc: Annotated[int, typer.Option(min=0, help="Test slices that also get occlusion and guided-backprop maps "
                                               "(on the CPU seconds to minutes each; 0 skips them).")] = 8,
 ) -> None:
     """Run a trained model over splits and write Zarr heatmap stores under RUN/heatmaps/."""

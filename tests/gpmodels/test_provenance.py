@@ -36,7 +36,7 @@ def test_provenance_is_json_ready_and_names_the_code_libraries_and_command():
 
 @needs_git
 def test_git_state_of_a_checkout_a_dirty_one_and_folders_that_are_none(tmp_path):
-    repo = tmp_path / "repo"
+    repo = tmp_path / "a repo"  # a space in the path: its top folder was split into two words
     (repo / "gpmodels").mkdir(parents=True)
     (repo / "gpmodels" / "a.py").write_text("x = 1\n")
     _git(repo, "init", "-q")

@@ -507,14 +507,22 @@ def test_masks_that_do_not_localise_are_not_ranked_and_equal_columns_mark_nothin
             assert f'<td class="best">{dice + 0.2:.3f}</td>' in page and page.count('class="best"') == 1
         else:
             assert 'class="best"' not in page  # nor are the two rows' other columns, which are equal
-    # a model that gives no mask at all has no false positives, which says nothing
-    monkeypatch.setattr(report_html, "mask_coverage", lambda run: None if run.run_dir.name == "silent" else 0.1)
+    # a model that gives no mask at all has no false positives, which says nothing; nor is it marked where it ties
+    # the best of the ranked rows
+    monkeypatch.setattr(report_html, "gives_masks", lambda run: not run.run_dir.name.startswith("silent"))
     base = _copy_run(gp, tmp_path / "base_fpr",
                      **{"segmentation.clamped_slices": 0, "segmentation.fpr_tumour_free": 0.5})
     for name, best in (("silent", False), ("masks", True)):
         variant = _maps_variant(base, tmp_path / name, **{"segmentation.fpr_tumour_free": 0.0})
         page = build_report([base, variant], tmp_path / f"out_{name}").read_text()
         assert ('<td class="best">0.000</td>' in page) == best and page.count('class="best"') == best
+    masks = _maps_variant(base, tmp_path / "masks2", **{"segmentation.fpr_tumour_free": 0.2})
+    silent = _copy_run(masks, tmp_path / "silent_tie")  # another row, tying the ranked best
+    config = json.loads((silent / "config.json").read_text())
+    config["model_options"]["depth"] = config["train"]["model_options"]["depth"] = 3
+    (silent / "config.json").write_text(json.dumps(config))
+    page = build_report([base, masks, silent], tmp_path / "out_tie").read_text()
+    assert page.count("<td>0.200</td>") == 1 and page.count('<td class="best">0.200</td>') == 1
 
 
 def test_the_page_reads_on_phones_prints_whole_tables_and_names_its_figures(report):
@@ -523,7 +531,8 @@ def test_the_page_reads_on_phones_prints_whole_tables_and_names_its_figures(repo
     assert "@media print" in page and ".scroll { overflow: visible; }" in page
     tables = re.findall(r"<table.*?</table>", page)
     assert tables and all("<thead><tr><th scope=\"col\"" in t and "<tbody><tr" in t for t in tables)
-    assert all(re.search(r"<tbody><tr[^>]*><th scope=\"row\"", t) for t in tables)
+    # the cell naming the row (the model; the first, or after the dataset's) heads it
+    assert all(re.search(r"<tbody><tr[^>]*>(<td[^>]*>[^<]*</td>)?<th scope=\"row\"", t) for t in tables)
     alts = re.findall(r'<img src="data:image/png;base64,[^"]+" width="\d+" height="\d+" alt="([^"]+)">', page)
     assert len(alts) == page.count("<img ") and len(set(alts)) == len(alts)  # each figure says what it shows
     confusion = next(a for a in alts if a.startswith("Confusion matrix of"))
@@ -803,18 +812,17 @@ def test_a_folder_that_is_no_run_is_refused_in_one_line_before_any_work(command,
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--batch-size", "0"], "batch_size: got 0, expected an integer >= 1"),
-    (["--posthoc", "-1"], "posthoc: got -1, expected an integer >= 0"),
-    (["--split", "holdout"], "split: got 'holdout'"),
+    (["--batch-size", "0"], "Invalid value for '--batch-size': Input should be greater than or equal to 1"),
+    (["--posthoc", "-1"], "Invalid value for '--posthoc': Input should be greater than or equal to 0"),
+    (["--split", "holdout"], "Invalid value for '--split': got 'holdout'"),
 ])
-def test_heatmaps_options_are_checked_in_one_line(report_runs, args, message):
+def test_heatmaps_options_are_checked_by_the_parser(report_runs, args, message):
     from typer.testing import CliRunner
 
     from gpseg.cli import app
 
     result = CliRunner().invoke(app, ["heatmaps", "--run", str(report_runs["gp"]), *args])
-    assert result.exit_code == 1
-    assert result.output.startswith("error: ") and message in result.output and len(result.output.splitlines()) == 1
+    assert result.exit_code == 2 and message in " ".join(result.output.replace("│", " ").split()), result.output
 
 
 def test_a_grad_cam_run_names_its_grid_so_constant_maps_are_explained(report, report_runs):

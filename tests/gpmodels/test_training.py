@@ -363,6 +363,11 @@ def test_a_finished_run_run_again_by_other_code_is_reused_and_keeps_the_code_tha
     assert again.start_step == again.global_step  # nothing trained
     assert (out / "model.pt").read_bytes() == weights
     assert json.loads((out / "model.json").read_text())["provenance"] == made_by  # the code that made the weights
+    record = json.loads((out / "model.json").read_text())
+    del record["provenance"]  # a model.json of a gpseg before provenance: the code that made them is unknown
+    (out / "model.json").write_text(json.dumps(record))
+    train(TrainConfig.from_dict({**config.to_dict(), "out": str(out), "test": False}))
+    assert json.loads((out / "model.json").read_text())["provenance"] is None
     job = {"preset": "smoke", "store": config.store, "model": config.model, "out": str(out), "fold": config.fold,
            "overrides": {"test": False}}
     assert same_settings(job)
