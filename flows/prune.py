@@ -145,13 +145,26 @@ def run_dirs(folder: Path) -> list[Path]:
 
 def finished(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a finished training: ``model.pt`` whole and the weights ``model.json`` records, of
-    the epochs ``config.json`` asks for (a longer training started into it and stopped is not)."""
+    the epochs ``config.json`` asks for (a longer training started into it and stopped is not), and its
+    ``metrics.csv`` merged with the test metrics where the run tests (``model.pt`` is written before the test: a
+    run killed during it would keep, without checkpoints to test again, no test metrics for good)."""
     try:
         record, config = read_model_record(run_dir), read_run_config(run_dir)
         return (record is not None and int(record["train"]["epochs"]) == int(config["train"]["epochs"])
-                and weights_problem(run_dir, record) is None)
+                and weights_problem(run_dir, record) is None
+                and _logged(run_dir / "metrics.csv", tested=bool(config["train"].get("test", True))))
     except (ValueError, KeyError, TypeError):
         return False
+
+
+def _logged(metrics: Path, tested: bool) -> bool:
+    """Whether a run's merged ``metrics.csv`` is there, with test columns (``test_...``) where the run tests."""
+    try:
+        with metrics.open(encoding="utf-8") as handle:
+            header = handle.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return bool(header.strip()) and (not tested or any(name.startswith("test_") for name in header.strip().split(",")))
 
 
 def training_holder(folder: Path) -> str | None:
@@ -276,6 +289,9 @@ def _delete(workdir: Path, deletion: Deletion) -> bool:
         for partial in (deletion.path / "checkpoints").glob(f".*.ckpt{TMP_MARK}*"):
             partial.unlink(missing_ok=True)
         _remove_if_empty(deletion.path / "checkpoints")
+        return True
+    if deletion.path.is_symlink():  # a version linked in from elsewhere: the link goes, what it points to is not ours
+        deletion.path.unlink()
         return True
     target = deletion.path
     if deletion.path.parent.parent == workdir / RUNS:

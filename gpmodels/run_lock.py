@@ -70,6 +70,11 @@ def run_dir_lock(paths: RunPaths) -> Iterator[int]:
         os.close(fd)
 
 
+PROBE_WAIT_S = 1.0
+"""How long a training waits for a lock held without a pid in it: a moment's look at it (``gpseg prune`` lists
+the runs in training) or a trainer about to write its pid."""
+
+
 def _lock_exclusively(fd: int, paths: RunPaths, writable: bool = True) -> bool:
     """``flock`` the open lock file ``fd`` without waiting; False where the file system cannot lock.
 
@@ -80,6 +85,10 @@ def _lock_exclusively(fd: int, paths: RunPaths, writable: bool = True) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if not holder.isdigit():  # no pid yet: a trainer between its lock and its pid, or a look (gpseg prune)
+            if _lock_within(fd, PROBE_WAIT_S):
+                return True
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
         if not (holder.isdigit() and not pid_alive(int(holder)) and _lock_within(fd, ORPHAN_WAIT_S)):
             raise RunDirBusy(_busy_message(paths, holder)) from None
     except OSError as exc:

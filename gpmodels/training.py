@@ -220,7 +220,9 @@ def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
 def _kept_without_checkpoints(paths: RunPaths, previous: RunConfig, run: RunConfig, started: float) -> TrainResult:
     """A re-run of a finished run whose checkpoints were deleted (:func:`gpmodels.run_checks.pruned_run`): nothing
     trains or is tested (no checkpoint to test), ``config.json`` is kept as for any finished run re-run
-    (:func:`_keep_training_record`), and the result is the one its ``metrics.csv`` logged."""
+    (:func:`_keep_training_record`), and the result is the one its ``metrics.csv`` logged (merged first from the
+    attempts' logs, which a run killed before its merge left)."""
+    _merge(paths)
     logged = logged_outcome(paths.metrics)
     run = _keep_training_record(paths, previous, run, logged.global_step)
     return TrainResult(run_dir=paths.root, run=run, global_step=logged.global_step, start_step=logged.global_step,

@@ -81,11 +81,13 @@ def is_archive(path: Path) -> bool:
     return path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def _zip_members_found(path: Path, found: set[str]) -> bool:
+def _zip_members_found(path: Path, found: set[tuple[str, ...]]) -> bool:
     """Whether ``path`` is a readable zip whose files (not its folders, nor macOS's ``__MACOSX/`` and ``._*``
-    entries) all have their names (the last part of their paths in the zip) among ``found``: it was unpacked,
-    beside itself or into a folder of another name (``brainTumorDataPublic_1-766 (1)/``). Only its directory is
-    read, not its data; contents are not compared."""
+    entries) all end paths of ``found`` (the parts of every file's path below the source, and each of their tails):
+    it was unpacked, beside itself or into a folder of another name (``brainTumorDataPublic_1-766 (1)/N.mat``).
+    A member is matched by its whole path in the zip, so that a zip of case folders whose files have generic
+    names (``case_7/flair.nii.gz``) is not taken as unpacked by other cases' ``flair.nii.gz``. Only its directory
+    is read, not its data; contents are not compared."""
     if not path.name.lower().endswith(".zip"):
         return False  # a tar's listing means reading the whole (compressed) archive
     try:
@@ -96,7 +98,7 @@ def _zip_members_found(path: Path, found: set[str]) -> bool:
         return False
     if any(name.is_absolute() or ".." in name.parts for name in names):
         return False  # a name outside the zip's folder says nothing of what was unpacked below the source
-    return bool(names) and all(name.name in found for name in names)
+    return bool(names) and all(name.parts in found for name in names)
 
 
 def archives_below(folder: Path) -> list[Path]:
@@ -111,7 +113,7 @@ def archives_below(folder: Path) -> list[Path]:
     download unpacks into ``brainTumorDataPublic_1-766 (1)/``).
     """
     files = visible_files_below(folder)
-    found = {path.name for path in files}
+    found = {parts[i:] for path in files for parts in [path.relative_to(folder).parts] for i in range(len(parts))}
 
     def unpacked(path: Path) -> bool:
         suffix = next(s for s in ARCHIVE_SUFFIXES if path.name.lower().endswith(s))

@@ -47,8 +47,8 @@ def writer_alive(folder: Path, tag: str, path: Path) -> bool:
     still be writing it.
 
     True for this process, for a live process of this host and for any other host's process (which
-    cannot be checked from here); False for a process of this host that is gone, for one that started after
-    the folder last changed (its pid reused, say after a reboot: the writer was gone before it), and for names
+    cannot be checked from here); False for a process of this host that is gone, for one that started well after
+    the folder last changed (:data:`PID_REUSE_SLACK_S`; its pid reused, say after a reboot), and for names
     without a process (written before names carried one).
     """
     owner = folder.name.removeprefix(f".{path.name}.{tag}-")
@@ -65,7 +65,13 @@ def writer_alive(folder: Path, tag: str, path: Path) -> bool:
         changed = folder.lstat().st_ctime
     except OSError:
         return False  # gone meanwhile
-    return started is None or started <= changed + 1.0  # 1 s: the clock ticks of /proc
+    return started is None or started <= changed + PID_REUSE_SLACK_S
+
+
+PID_REUSE_SLACK_S = 600.0
+"""How much later than a copy's last change its named process may seem to have started and still count as its
+writer: a start time is worked out from the boot time, which moves when the clock is stepped (NTP), while the
+copy's change time does not. A reused pid (after a reboot) belongs to a process started much later."""
 
 
 def process_start_time(pid: int) -> float | None:

@@ -21,9 +21,11 @@ from storage.locks import exclusive_lock
 OLD, NEW, NEWER = "0" * 16, "1" * 16, "2" * 16
 
 
-def _run(workdir: Path, version: str, model: str = "gp-unet", *, trained: int | None = 1, planned: int = 1) -> Path:
+def _run(workdir: Path, version: str, model: str = "gp-unet", *, trained: int | None = 1, planned: int = 1,
+         tested: bool = True) -> Path:
     """A run dir of ``runs/brats/VERSION/MODEL/fold_0``: config.json of ``planned`` epochs, checkpoints and heatmaps,
-    and model.pt with a model.json of ``trained`` epochs (none with ``None``: a training that never finished)."""
+    and model.pt with a model.json of ``trained`` epochs (none with ``None``: a training that never finished) and
+    its merged metrics.csv, with test columns where ``tested`` (else killed during its test)."""
     run = workdir / "runs" / "brats" / version / model / "fold_0"
     (run / "checkpoints").mkdir(parents=True)
     (run / "heatmaps" / "test.zarr").mkdir(parents=True)
@@ -34,6 +36,7 @@ def _run(workdir: Path, version: str, model: str = "gp-unet", *, trained: int | 
     if trained is not None:
         torch.save({"weight": torch.zeros(8)}, run / "model.pt")
         (run / "model.json").write_text(json.dumps({**weights_record(run), "train": {"epochs": trained}}))
+        (run / "metrics.csv").write_text("epoch,step,test_f1,val_loss\n0,1,,0.5\n0,1,0.5,\n" if tested else "")
     return run
 
 
@@ -82,6 +85,20 @@ def test_prune_lists_without_yes_and_deletes_superseded_versions_with_it(tmp_pat
     assert [path.name for path in sorted(versions.iterdir())] == [NEW, NEWER]
 
 
+def test_a_version_linked_in_from_elsewhere_loses_its_link_only(tmp_path, monkeypatch):
+    """Where the version could not be renamed aside (another file system), deleting the link's tree did nothing
+    while the version was listed as deleted."""
+    import flows.prune
+
+    workdir = _workdir(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    (workdir / "runs" / "brats" / OLD).rename(elsewhere)
+    (workdir / "runs" / "brats" / OLD).symlink_to(elsewhere)
+    monkeypatch.setattr(flows.prune.os, "replace", lambda *args: (_ for _ in ()).throw(OSError(18, "cross-device")))
+    assert _prune(workdir, "--yes").exit_code == 0
+    assert not (workdir / "runs" / "brats" / OLD).is_symlink() and (elsewhere / "gp-unet" / "fold_0").is_dir()
+
+
 def test_keep_versions_counts_the_stores_version_first_then_the_newest_trained(tmp_path):
     workdir = _workdir(tmp_path)
     (workdir / "report" / "metrics.json").write_text(json.dumps({"runs": []}))
@@ -110,6 +127,7 @@ def test_checkpoints_go_only_for_finished_runs(tmp_path):
     workdir = _workdir(tmp_path)
     finished = workdir / "runs" / "brats" / NEW / "gp-unet" / "fold_0"
     stopped = _run(workdir, NEW, "resnext50", trained=1, planned=2)  # a longer training started and stopped
+    untested = _run(workdir, NEW, "gp-shuffleunet", tested=False)  # killed during its test: model.pt written
     never = _run(workdir, NEWER, "resnext50", trained=None)
     busy = _run(workdir, NEWER, "inceptionv3")
     with exclusive_lock(busy / ".train.lock", "training", lambda holder: holder, print, wait=False):
@@ -120,12 +138,13 @@ def test_checkpoints_go_only_for_finished_runs(tmp_path):
                              "last \+ best", said), said
         assert f"keeps runs/brats/{NEWER}: the data version of stores/brats.zarr; among the newest 1; in training: " \
                f"inceptionv3/fold_0 (pid {os.getpid()}, training)" in said
-        assert f"keeps the checkpoints of 3 run(s) not finished or in training: runs/brats/{NEWER}/inceptionv3/" \
-               f"fold_0, runs/brats/{NEWER}/resnext50/fold_0, runs/brats/{NEW}/resnext50/fold_0" in said
+        assert f"keeps the checkpoints of 4 run(s) not finished or in training: runs/brats/{NEWER}/inceptionv3/" \
+               f"fold_0, runs/brats/{NEWER}/resnext50/fold_0, runs/brats/{NEW}/gp-shuffleunet/fold_0, " \
+               f"runs/brats/{NEW}/resnext50/fold_0" in said
         assert _prune(workdir, "--checkpoints", "--yes").exit_code == 0
     assert not (finished / "checkpoints").exists() and (finished / "model.pt").is_file()
     assert (finished / "heatmaps" / "test.zarr").is_dir()
-    for run in (stopped, never, busy):
+    for run in (stopped, never, busy, untested):
         assert sorted(path.name for path in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert not (workdir / "runs" / "brats" / OLD).exists()
     (finished / "model.pt").write_bytes(b"not the weights")  # damaged: its checkpoints would be all that is left

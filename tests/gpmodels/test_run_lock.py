@@ -63,3 +63,19 @@ def test_the_lock_is_released_while_processes_forked_under_it_live_on(tmp_path):
         worker.kill()
         worker.join()
     assert paths.lock.read_text() == ""
+
+
+def test_a_look_at_the_lock_without_a_pid_is_waited_for_not_taken_as_a_trainer(tmp_path):
+    """`gpseg prune` (even its dry run) tries each run's lock to list the runs in training: a training starting in
+    that moment found the lock held with no pid in it and failed at once ("pid unknown is training this run")."""
+    import fcntl
+    import threading
+
+    paths = RunPaths(tmp_path / "run")
+    paths.root.mkdir()
+    paths.lock.touch()
+    with open(paths.lock, "rb") as look:
+        fcntl.flock(look, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what the look holds for a moment
+        threading.Timer(0.3, fcntl.flock, (look, fcntl.LOCK_UN)).start()
+        with run_lock.run_dir_lock(paths):
+            assert paths.lock.read_text() == f"{os.getpid()}\n"

@@ -180,15 +180,15 @@ def test_a_copy_named_by_a_pid_that_a_later_process_reuses_is_recovered(tmp_path
 
     from storage import folders
 
-    started = folders.process_start_time(os.getpid())
-    assert started is None or abs(time.time() - started) < 600  # this test process started minutes ago at most
     out = _folder(tmp_path / "out", "current")
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
+        started = folders.process_start_time(alive.pid)
+        assert started is None or abs(time.time() - started) < 30  # started just now
         copy = _folder(_left_by(out, "tmp", alive.pid), "half")
         recover_interrupted(out)
         assert copy.is_dir()  # its writer may be alive
-        monkeypatch.setattr(folders, "process_start_time", lambda pid: time.time() + 60)  # started after the copy
+        monkeypatch.setattr(folders, "process_start_time", lambda pid: time.time() + 3600)  # started long after
         recover_interrupted(out)
         assert not copy.exists() and (out / "data.txt").read_text() == "current"
     finally:

@@ -240,6 +240,23 @@ def test_zip_parts_unpacked_into_folders_of_other_names_are_not_named(jun_cheng_
     assert report.cases == 18 and report.archives == ["brainTumorDataPublic_10-18.zip"]  # 19.mat was not unpacked
 
 
+def test_a_zip_of_case_folders_with_generic_file_names_is_matched_by_whole_paths(tmp_path):
+    """A zip was taken as unpacked when each of its files' names was some file's below the source: a zip of case
+    folders whose files have generic names (flair.nii.gz) matched other cases' files and was never named."""
+    import zipfile
+
+    from storage.discovery import archives_below
+
+    (tmp_path / "case_1").mkdir()
+    (tmp_path / "case_1" / "flair.nii.gz").write_bytes(b"x")
+    with zipfile.ZipFile(tmp_path / "more.zip", "w") as archive:
+        archive.writestr("case_7/flair.nii.gz", b"y")
+    assert archives_below(tmp_path) == [tmp_path / "more.zip"]
+    (tmp_path / "elsewhere" / "case_7").mkdir(parents=True)  # unpacked into a folder of another name
+    (tmp_path / "elsewhere" / "case_7" / "flair.nii.gz").write_bytes(b"y")
+    assert archives_below(tmp_path) == []
+
+
 def test_split_cvind_names_a_cvind_found_in_a_folder_below(jun_cheng_copy, tmp_path):
     (jun_cheng_copy / "part").mkdir()
     shutil.move(jun_cheng_copy / "cvind.mat", jun_cheng_copy / "part" / "cvind.mat")
