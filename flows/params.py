@@ -13,7 +13,7 @@ from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, default_drop_folder
 from gpmodels.names import MODEL_NAMES, ModelName, PresetName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 from gpmodels.threshold_config import NEGATIVE_FIXED, Method, TargetClass
-from storage.errors import did_you_mean, one_line, validation_line
+from storage.errors import close_match, did_you_mean, one_line, validation_line
 from storage.ingest_config import DEFAULT_FOLDS, MAX_FOLDS, MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE, SplitMode
 from storage.phantom_limits import (BRATS_MAX_CASE, BRATS_SIZE_RANGE, JUN_CHENG_MAX_CASES, JUN_CHENG_SIZE_RANGE,
                                     PHANTOM_LIMITS)
@@ -263,8 +263,7 @@ class TrainingParams(_Params):
             return value
         unknown = [m for m in value if m not in MODEL_NAMES]
         if unknown:
-            hints = [hint.removeprefix("; did you mean ").removesuffix("?") for name in unknown
-                     if (hint := did_you_mean(name, MODEL_NAMES))]
+            hints = [repr(close) for name in unknown if (close := close_match(name, MODEL_NAMES))]
             hint = f"; did you mean {', '.join(hints)}?" if hints else ""
             raise ValueError(f"models: unknown {unknown}, expected some of {list(MODEL_NAMES)}{hint}")
         return list(dict.fromkeys(value))  # a model given twice trained and was reported twice

@@ -118,7 +118,7 @@ def disk_use(path: Path) -> int:
     return total
 
 
-def reported_versions(workdir: Path) -> dict[tuple[str, str], list[str]]:
+def versions_in_reports(workdir: Path) -> dict[tuple[str, str], list[str]]:
     """``(dataset, data version)`` of each run the reports in ``workdir`` name (``WORKDIR/*/metrics.json``: the
     report, and any other ``gpseg postprocess --out`` there), their runs left out included, with the report folders
     that name them.
@@ -189,10 +189,10 @@ def plan_prune(workdir: Path, keep_versions: int = 1, checkpoints: bool = False)
     """What a prune of ``workdir`` deletes and keeps (see the module's docstring). Nothing is written.
 
     Raises:
-        ValueError: a report's ``metrics.json`` is damaged (:func:`reported_versions`).
+        ValueError: a report's ``metrics.json`` is damaged (:func:`versions_in_reports`).
     """
     plan = PrunePlan(workdir=workdir, flow=lock_holder(workdir / LOCK_FILE))
-    reported = reported_versions(workdir)
+    reported = versions_in_reports(workdir)
     for leftover in sorted(workdir.glob(f".{RUNS}.{PRUNING_TAG}-*")):
         if not writer_alive(leftover, PRUNING_TAG, workdir / RUNS):
             plan.deletions.append(Deletion(leftover, "left by a prune that was stopped", disk_use(leftover)))

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gpmodels.process_groups import end_groups, stop_process_group
+from storage.locks import lock_holder
 
 POOL = "gpseg-local"
 STOP_GRACE_SECONDS = {"server": 30.0, "worker": 5.0}
@@ -329,17 +330,7 @@ class LocalStack:
     def _lock_owner(self) -> str | None:
         """What ``serve.lock`` says of the stack holding it (``process PID, server PID, worker PID, API URL``), or
         ``None`` when no process holds it; creates nothing (not even the API password, as :attr:`env` would)."""
-        path = (self.home or self.root / ".prefect") / "serve.lock"
-        try:
-            handle = open(path, "r")
-        except OSError:
-            return None
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                return handle.read().strip() or "a running process"
-            return None
+        return lock_holder((self.home or self.root / ".prefect") / "serve.lock")
 
     def _take_lock(self) -> None:
         """Hold ``PREFECT_HOME/serve.lock`` while this stack runs: a second stack on the same database (another

@@ -21,10 +21,16 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def close_match(value: Any, choices: Any) -> str | None:
+    """The one of ``choices`` that ``value`` looks like a typo of (``"gp-unt"`` -> ``"gp-unet"``), else ``None``."""
+    close = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def did_you_mean(value: Any, choices: Any) -> str:
     """``"; did you mean 'gp-unet'?"`` for a value close to one of ``choices`` (a typo), else ``""``."""
-    close = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    close = close_match(value, choices)
+    return f"; did you mean {close!r}?" if close else ""
 
 
 def check_fields(name: str, values: Mapping[str, Any], cls: type) -> None:
