@@ -37,7 +37,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 from PIL import Image
 
 from gpmodels.evaluation import predicted_masks
@@ -69,7 +69,7 @@ TRUTH_COLOUR = "#F0E442"
 OVERLAY_ALPHA = 0.8
 """Opacity of the overlay colours over the grey image: high enough that true positives stay apart from grey
 tissue for readers with red-green colour-vision deficiencies (the legend says it)."""
-_TICK, _LABEL, _LEGEND, _COUNT, _TITLE, _SUPTITLE = 8, 8, 7, 9, 9, 10
+_TICK, _LABEL, _LEGEND, _COUNT, _TITLE, _SUPTITLE = 8, 8, 8, 9, 9, 10
 """Font sizes of the charts, in points (at :data:`DPI`, 8 points are about 9 pixels: the least a reader makes out
 without zooming): tick labels, axis labels and class names, legends, confusion counts, titles, figure titles."""
 _EDGE, _PAD = 3 / 72, 3.5 / 72
@@ -166,6 +166,12 @@ def _text_inches(texts: Sequence[str], points: float) -> float:
 def _line(points: float) -> float:
     """Height in inches of one line of text at ``points``."""
     return 1.2 * points / 72
+
+
+def _widest_ticks(ax) -> list[str]:
+    """The widest y tick labels an axes may draw at any size: its ``%.2f`` formatter at both view limits (the ticks a
+    locator picks once the margins have resized the axes lie between them, and none is longer)."""
+    return [f"{value:.2f}" for value in ax.get_ylim()]
 
 
 def _tick_labels(axis) -> list[str]:
@@ -373,14 +379,16 @@ def training_curves_png(curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.n
         ax.set_title(name, fontsize=_TITLE)
         ax.tick_params(labelsize=_TICK)
     f1.set_ylim(0.0, 1.0)
+    for ax in (loss, f1):  # two decimals whatever ticks the final axes get: the margins are measured before
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
     if curves:
         loss.legend(fontsize=_LEGEND, frameon=False)
     fig.suptitle(title, fontsize=_SUPTITLE)
     overhang = _text_inches(_tick_labels(loss.xaxis)[-1:], _TICK) / 2
-    _margins(fig, left=_EDGE + 2 * _PAD + _text_inches(_tick_labels(loss.yaxis), _TICK),
+    _margins(fig, left=_EDGE + 2 * _PAD + _text_inches(_widest_ticks(loss), _TICK),
              bottom=_EDGE + _line(_LABEL) + _line(_TICK) + 3 * _PAD, right=_EDGE + overhang,
              top=0.02 * fig.get_figheight() + _line(_SUPTITLE) + _line(_TITLE) + 6 / 72,  # suptitle at y=0.98, titles
-             gap=2 * _EDGE + overhang + 2 * _PAD + _text_inches(_tick_labels(f1.yaxis), _TICK))
+             gap=2 * _EDGE + overhang + 2 * _PAD + _text_inches(_widest_ticks(f1), _TICK))
     return to_png(fig)
 
 

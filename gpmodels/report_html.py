@@ -52,18 +52,20 @@ figure { margin: 0 0 10px; } figcaption { font-size: 12px; color: #57606a; }
 img { display: block; max-width: 100%; height: auto; }
 nav a { margin-right: 14px; font-size: 14px; }
 th[scope=row] { background: #fff; font-weight: 400; vertical-align: middle; white-space: nowrap; }
-.scroll th[scope=row]:first-child { position: sticky; left: 0; z-index: 1; }
+table.sticky th[scope=row], table.sticky thead th:first-child { position: sticky; left: 0; z-index: 1; }
+table.sticky thead th:first-child { z-index: 2; }
 tr.paper th[scope=row] { color: #57606a; font-style: italic; background: #fafbfc; }
 table.wrap th[scope=row] { white-space: normal; max-width: 240px; overflow-wrap: break-word; vertical-align: top; }
 caption { caption-side: top; text-align: left; font-size: 13px; color: #57606a; padding: 2px 0; }
 dl.glossary { font-size: 13px; color: #57606a; } dl.glossary dt { font-weight: 600; color: #1b1f24; }
 dl.glossary dd { margin: 0 0 4px 16px; }
-@media (max-width: 600px) { body { margin: 8px; } table { font-size: 12px; }
-  th[scope=row] { white-space: normal; min-width: 110px; max-width: 150px; } }
+@media (max-width: 600px) { body { margin: 8px; } table { font-size: 12px; } }
+@media (max-width: 900px) { th[scope=row] { white-space: normal; min-width: 110px; max-width: 170px; } }
 @media print {
   body { margin: 0; max-width: none; } nav { display: none; }
-  .scroll { overflow: visible; } table { font-size: 8px; } th, td { white-space: normal; padding: 2px 3px; }
-  .scroll th[scope=row] { position: static; }
+  .scroll { overflow: visible; } table, table.wrap { font-size: 8px; }
+  th, td, table.wrap td { white-space: normal; padding: 2px 3px; overflow-wrap: break-word; }
+  table.sticky th[scope=row], table.sticky thead th:first-child { position: static; }
   h2, h3 { break-after: avoid; } figure, tr, .warning { break-inside: avoid; }
 }
 """
@@ -123,7 +125,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: i
             cells.append(f"<{tag}{attributes}>{content}</{tag}>")
         css = f' class="{row_classes[r]}"' if r < len(row_classes) and row_classes[r] else ""
         body.append(f"<tr{css}>{''.join(cells)}</tr>")
-    table = '<table class="wrap">' if wrap else "<table>"
+    kinds = " ".join(kind for kind, on in (("wrap", wrap), ("sticky", row_header == 0)) if on)
+    table = f'<table class="{kinds}">' if kinds else "<table>"
     caption = f"<caption>{caption}</caption>" if caption else ""
     return (f'<div class="scroll">{table}{caption}<thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
@@ -136,6 +139,16 @@ def _path_cell(path: Any) -> str:
 
 
 SEGMENTATION_RANKED = ("dice_median", "fpr_tumour_free")
+ONE_CLASS_SHARE = 0.95
+"""A row that predicts one class for more than this share of its test slices is not ranked in the classification
+columns: its accuracy and recall are about the share of that class, which always guessing it would score."""
+
+
+def _one_class(group: ModelGroup) -> bool:
+    """Whether a group predicts one class for more than :data:`ONE_CLASS_SHARE` of its test slices (summed
+    confusion matrix)."""
+    predicted = np.asarray(group.confusion).sum(axis=0)
+    return bool(predicted.sum()) and predicted.max() > ONE_CLASS_SHARE * predicted.sum()
 """The ranked columns that score masks: a row whose masks do not localise is not ranked in them
 (:func:`_localises`)."""
 
@@ -171,13 +184,15 @@ def _best(groups: Sequence[ModelGroup]) -> dict[str, tuple[float, list[ModelGrou
     of the dataset (ties share it: each ranked group with that mean is marked); a group over fewer folds (a failed
     run) is not ranked, since its means are over other test sets, nor one with several runs of a fold
     (:func:`gpmodels.report.group_warnings`), nor, in the mask columns, one whose masks do not localise
-    (:func:`_localises`); a column where every ranked row has the same mean has none. A group not ranked is not
+    (:func:`_localises`), nor, in the others, one that predicts one class for nearly every slice (:func:`_one_class`);
+    a column where every ranked row has the same mean has none. A group not ranked is not
     marked even where its mean equals the best."""
     every = sorted({run.fold for group in groups for run in group.runs})
     groups = [g for g in groups if sorted(run.fold for run in g.runs) == every]  # one run of every fold
     best = {}
     for column in COLUMNS:
-        ranked = [g for g in groups if column.key not in SEGMENTATION_RANKED or _localises(g, column.key)]
+        ranked = [g for g in groups if (_localises(g, column.key) if column.key in SEGMENTATION_RANKED
+                                        else not _one_class(g))]
         ranked = [g for g in ranked if math.isfinite(g.stats[column.key]["mean"])]
         means = [g.stats[column.key]["mean"] for g in ranked]
         if column.better and len(means) >= 2 and max(means) > min(means):  # all equal: nothing to mark
@@ -218,7 +233,8 @@ def _summary_section(groups: Sequence[ModelGroup]) -> str:
                 classes.append("paper")
         header = ["model", "heatmaps", "fold(s)"] + [_e(c.header) for c in COLUMNS]
         parts.append(f"<h3>{_e(dataset_title(dataset))}</h3>"
-                     + _table(header, rows, text_columns=3, row_classes=classes)
+                     + _table(header, rows, text_columns=3, row_classes=classes,
+                              caption=f"{_e(dataset_title(dataset))}: test-split scores per model, mean over folds")
                      + _splits_caption([run for group in members for run in group.runs]))
     parts.append(
         '<p class="caption">Classification: weighted precision, recall and F1, and accuracy on the test split. '
@@ -234,9 +250,10 @@ def _summary_section(groups: Sequence[ModelGroup]) -> str:
         "are predicted as (ties: the larger summed probability, then the higher grade); one with no slice "
         "predicted a tumour class is wrong. FPR tumour-free: fraction of tumour-free slices given a non-empty "
         "mask. "
-        "<b>Bold</b>: best per column, among the rows over every fold (the mask columns leave out rows whose "
-        "masks do not localise or that give no mask); it is not a test of significance: see the intervals "
-        "below. <i>paper</i>: Chatterjee et al., arXiv 2206.05148 (BraTS 2020 and Jun "
+        "<b>Bold</b>: best per column among the rows that have a run of every fold; the mask columns leave out "
+        "rows whose masks do not localise or that give no mask, the others rows that predict one class for more "
+        f"than {ONE_CLASS_SHARE:.0%} of the slices (they score what always guessing it would); it is not a test of "
+        "significance: see the intervals below. <i>paper</i>: Chatterjee et al., arXiv 2206.05148 (BraTS 2020 and Jun "
         "Cheng, slice-level splits, so not directly comparable with patient-grouped splits). "
         'The Dice convention is stated under <a href="#configuration">Run configuration</a>. – : undefined.</p>')
     parts.append(GLOSSARY)
@@ -592,7 +609,7 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cac
                                        "validation F1 per epoch, one colour per fold.",
                                   f"{dataset_title(g.dataset)}: {g.label}"))
     conventions = sorted({run.evaluation["segmentation"].get("convention") or "–" for run in runs})
-    return (_table(header, rows, text_columns=len(header) - 1, wrap=True)
+    return (_table(header, rows, text_columns=len(header) - 1, wrap=True, row_header=1)
             + "".join(f'<p class="caption"><b>Dice convention</b>: {_e(text)}</p>' for text in conventions)
             + '<p class="caption">Precision as requested, then (after →) what it resolved to where the run last '
               "trained: <code>auto</code> is 32-true on the CPU and bf16-mixed (16-mixed without bf16) on a GPU.</p>"

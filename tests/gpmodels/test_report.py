@@ -270,7 +270,8 @@ def test_folds_are_averaged(report_runs, tmp_path):
 
 
 def test_variants_are_separate_rows_and_the_best_is_marked(report_runs, tmp_path):
-    gp = report_runs["gp"]
+    mixed = [[4, 1, 1], [1, 4, 1], [1, 1, 4]]  # the smoke run predicts one class: such a row is not ranked
+    gp = _copy_run(report_runs["gp"], tmp_path / "gp", **{"classification.confusion_matrix": mixed})
     f1 = _evaluation(gp)["classification"]["f1"]
     variant = _copy_run(gp, tmp_path / "maps", **{"classification.f1": f1 + 0.2})
     config = json.loads((variant / "config.json").read_text())
@@ -282,6 +283,14 @@ def test_variants_are_separate_rows_and_the_best_is_marked(report_runs, tmp_path
     assert set(rows) == {"GP-UNet (width=8)", "GP-UNet (pool=maps, width=8)"}
     assert f'<td class="best">{f1 + 0.2:.3f}</td>' in page
     assert f'<td class="best">{f1:.3f}</td>' not in page
+    # a row that predicts one class for nearly every slice scores what always guessing it would: not ranked
+    guess = _copy_run(variant, tmp_path / "guess", **{"classification.f1": f1 + 0.3,
+                                                       "classification.confusion_matrix": [[0, 6, 0], [0, 6, 0],
+                                                                                           [0, 6, 0]]})
+    config["model_options"]["pool"] = config["train"]["model_options"]["pool"] = "features"
+    (guess / "config.json").write_text(json.dumps(config))
+    page = build_report([gp, variant, guess], tmp_path / "out_guess").read_text()
+    assert f"<td>{f1 + 0.3:.3f}</td>" in page and f'<td class="best">{f1 + 0.2:.3f}</td>' in page
 
 
 def test_re_evaluating_and_reporting_stored_heatmaps_loads_no_torch(report_runs, tmp_path):
@@ -532,7 +541,7 @@ def test_the_page_reads_on_phones_prints_whole_tables_and_names_its_figures(repo
     tables = re.findall(r"<table.*?</table>", page)
     assert tables and all("<thead><tr><th scope=\"col\"" in t and "<tbody><tr" in t for t in tables)
     # the cell naming the row (the model; the first, or after the dataset's) heads it
-    assert all(re.search(r"<tbody><tr[^>]*>(<td[^>]*>[^<]*</td>)?<th scope=\"row\"", t) for t in tables)
+    assert all(re.search(r"<tbody><tr[^>]*>(<td[^>]*>.*?</td>)?<th scope=\"row\"", t) for t in tables)
     alts = re.findall(r'<img src="data:image/png;base64,[^"]+" width="\d+" height="\d+" alt="([^"]+)">', page)
     assert len(alts) == page.count("<img ") and len(set(alts)) == len(alts)  # each figure says what it shows
     confusion = next(a for a in alts if a.startswith("Confusion matrix of"))
