@@ -614,7 +614,8 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cac
             + '<p class="caption">Precision as requested, then (after →) what it resolved to where the run last '
               "trained: <code>auto</code> is 32-true on the CPU and bf16-mixed (16-mixed without bf16) on a GPU.</p>"
             + '<p class="caption">Code: the git commit of the gpseg that trained the run (<code>dirty</code>: with '
-              "uncommitted changes), and below it that of its heatmaps or evaluation where they differ; "
+              "uncommitted changes), and below it that of its heatmaps or evaluation where they differ; – : not "
+              "recorded (made by a gpseg before these records, or outside a git checkout); "
               "<code>metrics.json</code> keeps each run's library versions and machine (<code>provenance</code>).</p>"
             + '<p class="caption">Training time: first to last training/validation event in the run\'s '
               "TensorBoard files (all attempts of a resumed run added up).</p>"

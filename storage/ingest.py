@@ -118,9 +118,10 @@ class IngestReport:
                                     "a stored case is not read again: ingest the source into a new store "
                                     "(--overwrite) to take the new classes")]
                    if self.regraded else [])
-                + ([("resized", f"{len(self.resized)} case(s) with slices of another size were resized to the "
-                                f"store's {self.image_size}×{self.image_size} px ({', '.join(self.resized[:3])}"
-                                f"{', ...' if len(self.resized) > 3 else ''}); give --image-size to choose it")]
+                + ([("resized", f"{len(self.resized)} case(s) with slices of another size, to the store's "
+                                f"{self.image_size}×{self.image_size} px ({', '.join(self.resized[:3])}"
+                                f"{', ...' if len(self.resized) > 3 else ''}); a new store takes --image-size to "
+                                "choose it, an append keeps the store's")]
                    if self.resized else []))
 
 

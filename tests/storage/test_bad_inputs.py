@@ -1063,8 +1063,9 @@ def test_cases_resized_to_another_cases_size_are_said(brats_source, tmp_path):
     (tmp_path / "m.csv").write_text("patient_id,label,flair,seg\n" + "\n".join(rows) + f"\np1,HGG,{flair},{seg}\n")
     report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
     assert report.cases == 3 and report.resized == ["p1 (48×48)"]
-    assert report.notices() == [("resized", "1 case(s) with slices of another size were resized to the store's "
-                                            "32×32 px (p1 (48×48)); give --image-size to choose it")]
+    assert report.notices() == [("resized", "1 case(s) with slices of another size, to the store's 32×32 px "
+                                            "(p1 (48×48)); a new store takes --image-size to choose it, an append "
+                                            "keeps the store's")]
     asked = ingest_manifest(tmp_path / "m.csv", tmp_path / "t.zarr", IngestConfig(image_size=32, workers=0))
     assert asked.resized == []  # a size asked for is no surprise
 
