@@ -279,18 +279,9 @@ def threshold_warning(evaluation: dict) -> str | None:
     elif offset_tuned(threshold) and offset_at_edge(threshold["offset"], threshold["auto_offsets"]):
         warnings.append(f"--offset auto chose {threshold['offset']:g}, the largest offset it tries; a larger one "
                         "may do better (give it as --offset)")
-    advice = {"clamped_slices": "a smaller offset keeps less",
-              "emptied_slices": "a smaller minimum size (--min-size) keeps them",
-              "empty_slices": "a larger offset (or a smaller fixed value) keeps more"}
-    warnings += [f"{flag_text(evaluation, count)}; {advice[count]}" for count in FLAGGED_COUNTS
+    warnings += [f"{flag_text(evaluation, count)}; {_FLAG_WORDS[count][1]}" for count in FLAGGED_COUNTS
                  if flagged(evaluation, count)]
     return "; ".join(warnings) or None
-
-
-FLAGGED_COUNTS = ("clamped_slices", "emptied_slices", "empty_slices")
-"""The counts of an evaluation's ``segmentation`` that are warned about when they hold most of the slices given a
-mask (:func:`flagged`): thresholds the offset clamped at 0, masks the clean-up emptied, masks the threshold left
-empty."""
 
 
 def flagged(evaluation: dict, count: str) -> bool:
@@ -302,8 +293,7 @@ def flagged(evaluation: dict, count: str) -> bool:
 
 def flag_text(evaluation: dict, count: str) -> str:
     """One of :data:`FLAGGED_COUNTS` of an evaluation in words."""
-    return {"clamped_slices": clamp_text, "emptied_slices": emptied_text, "empty_slices": empty_text}[count](
-        evaluation)
+    return _FLAG_WORDS[count][0](evaluation)
 
 
 def mostly_flagged(evaluation: dict, count: str) -> bool:
@@ -349,6 +339,16 @@ def emptied_text(evaluation: dict) -> str:
     return (f"removing objects under {evaluation['threshold']['cleaning']['min_size']} pixels emptied the mask of "
             f"{_share(evaluation, 'emptied_slices')}")
 
+
+
+_FLAG_WORDS = {"clamped_slices": (clamp_text, "a smaller offset keeps less"),
+               "emptied_slices": (emptied_text, "a smaller minimum size (--min-size) keeps them"),
+               "empty_slices": (empty_text, "a larger offset (or a smaller fixed value) keeps more")}
+"""Each of :data:`FLAGGED_COUNTS`: how it is said, and what :func:`threshold_warning` advises."""
+FLAGGED_COUNTS = tuple(_FLAG_WORDS)
+"""The counts of an evaluation's ``segmentation`` that are warned about when they hold most of the slices given a
+mask (:func:`flagged`): thresholds the offset clamped at 0, masks the clean-up emptied, masks the threshold left
+empty."""
 
 def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, chunk: int = CHUNK,
                       progress: Callable[[int, int], None] | None = None,

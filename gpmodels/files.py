@@ -95,7 +95,12 @@ def trained_config(run_dir: Path | str, config: dict[str, Any] | None) -> dict[s
     it) is still the earlier training's. ``config`` as it is without ``model.json`` (runs of older gpseg
     versions), or with one of other weights or unreadable; with ``model.json`` but no ``model.pt`` (a run dir
     copied without its weights), the record is taken."""
-    record = model_record(run_dir)
+    return with_model_record(config, model_record(run_dir))
+
+
+def with_model_record(config: dict[str, Any] | None, record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``config`` (a ``config.json`` dict) with the training fields and precision of ``record``, a ``model.json``
+    already known to describe the run's weights (:func:`trained_config`); ``config`` as it is without either."""
     if config is None or record is None:
         return config
     precision = record.get("resolved_precision")

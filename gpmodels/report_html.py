@@ -139,6 +139,8 @@ def _path_cell(path: Any) -> str:
 
 
 SEGMENTATION_RANKED = ("dice_median", "fpr_tumour_free")
+"""The ranked columns that score masks: a row whose masks do not localise is not ranked in them
+(:func:`_localises`)."""
 ONE_CLASS_SHARE = 0.95
 """A row that predicts one class for more than this share of its test slices is not ranked in the classification
 columns: its accuracy and recall are about the share of that class, which always guessing it would score."""
@@ -149,8 +151,6 @@ def _one_class(group: ModelGroup) -> bool:
     confusion matrix)."""
     predicted = np.asarray(group.confusion).sum(axis=0)
     return bool(predicted.sum()) and predicted.max() > ONE_CLASS_SHARE * predicted.sum()
-"""The ranked columns that score masks: a row whose masks do not localise is not ranked in them
-(:func:`_localises`)."""
 
 
 def _localises(group: ModelGroup, column: str) -> bool:

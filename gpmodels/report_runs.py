@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from gpmodels.evaluation import SLICES_FILE, evaluated_source, load_evaluation, offset_tuned
-from gpmodels.files import RUN_CONFIG, SEED_SELECTION, model_record, trained_config
+from gpmodels.files import RUN_CONFIG, SEED_SELECTION, model_record, with_model_record
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS, ThresholdConfig
 from gpmodels.provenance import commit_text
 from gpmodels.threshold_config import method_text
@@ -227,9 +227,10 @@ def load_run(run_dir: Path | str) -> ReportRun:
         raise FileNotFoundError(f"{run_dir}: no evaluation.json; evaluate the run first "
                                 "(`gpseg postprocess` or gpmodels.evaluation.write_evaluation)") from exc
     config_path = run_dir / RUN_CONFIG
-    config = trained_config(run_dir, json.loads(config_path.read_text()) if config_path.is_file() else None)
+    record = model_record(run_dir)  # read once: checking it against model.pt may hash the weights
+    config = with_model_record(json.loads(config_path.read_text()) if config_path.is_file() else None, record)
     made_by = evaluation.get("provenance") if isinstance(evaluation.get("provenance"), dict) else {}
-    provenance = {"training": (model_record(run_dir) or {}).get("provenance"), "heatmaps": made_by.get("heatmaps"),
+    provenance = {"training": (record or {}).get("provenance"), "heatmaps": made_by.get("heatmaps"),
                   "evaluation": made_by.get("evaluation")}
     store_path = evaluated_source(run_dir, evaluation)
     dataset, store_error, split_mode, patients, blocks = Path(store_path).stem, None, "", 0, 0

@@ -18,7 +18,7 @@ from torch import nn
 
 from gpmodels.checkpoints import CheckpointProgress, RunPaths, checkpoint_progress, read_checkpoint
 from gpmodels.data import balanced_class_weights, slices_per_batch, split_indices, train_batches_per_device
-from gpmodels.files import output_problem, read_model_record, trained_config, weights_problem
+from gpmodels.files import output_problem, read_model_record, weights_problem, with_model_record
 from gpmodels.nets import build_model, count_parameters, meta_model
 from gpmodels.precision import bf16_is_emulated, on_gpu, resolve_precision
 from gpmodels.train_config import RunConfig, TrainConfig
@@ -335,7 +335,7 @@ def pruned_run(paths: RunPaths, run: RunConfig) -> RunConfig | None:
                          f"checkpoints/last.ckpt to go on from), so it cannot be trained to {run.train.epochs}; give "
                          f"--epochs {trained} (in a deployment run's parameters, train_overrides' epochs) to keep it "
                          f"as it is, or delete {paths.root} and re-run to train it again")
-    return RunConfig.from_dict(trained_config(paths.root, previous.to_dict()))
+    return RunConfig.from_dict(with_model_record(previous.to_dict(), record))  # checked against model.pt above
 
 
 def _check_settings(paths: RunPaths, previous: RunConfig, run: RunConfig) -> None:

@@ -11,7 +11,7 @@ import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -19,6 +19,9 @@ from rich.markup import escape
 from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, default_drop_folder
 from gpseg.console import console, fail, one_line, os_error_line
 from gpseg.options import one_of
+
+if TYPE_CHECKING:
+    from flows.params import DatasetSpec
 
 
 def drop_cmd(
@@ -78,7 +81,8 @@ def drop_cmd(
     from flows.layout import store_path
     from flows.params import DatasetSpec
 
-    store = store_path(workdir, DatasetSpec(kind=kind, source=str(into)))  # what the retraining appends to
+    spec = DatasetSpec(kind=kind, source=str(into))  # the dataset the retraining reads the drop as
+    store = store_path(workdir, spec)  # what it appends to
     copied = 0
     for item in path:
         target = into / _name(item)
@@ -103,7 +107,7 @@ def drop_cmd(
     done = f"copied {copied} item(s) into {into}"
     if kind == "brats":
         _warn_rejected_cases(into, {_name(item) for item in path})
-    _warn_store(workdir, kind, into, store)
+    _warn_store(workdir, spec, store)
     problem = _event_api_problem()
     if problem:
         raise fail(f"{done}, but the event was NOT sent: {problem}")
@@ -127,18 +131,17 @@ def drop_cmd(
     console.print(f"{escape(done)}; event sent", soft_wrap=True)
 
 
-def _warn_store(workdir: Path, kind: str, into: Path, store: str) -> None:
-    """Warn when the retraining the event triggers cannot add the drop to ``store``, the work dir's store of
-    ``kind`` (:func:`flows.layout.append_refusal`), or will make a new store of the drop folder alone in a work dir
-    with stores of other data."""
+def _warn_store(workdir: Path, spec: "DatasetSpec", store: str) -> None:
+    """Warn when the retraining the event triggers cannot add the drop (``spec``, the drop folder read as its kind)
+    to ``store``, the work dir's store of that kind (:func:`flows.layout.append_refusal`), or will make a new store
+    of the drop folder alone in a work dir with stores of other data."""
     from flows.layout import STORES, append_refusal
-    from flows.params import DatasetSpec
 
-    refusal = append_refusal(workdir, DatasetSpec(kind=kind, source=str(into)), store)
+    refusal = append_refusal(workdir, spec, store)
     if refusal is None and not Path(store).exists() and any((workdir / STORES).glob("*.zarr")):
         # a work dir benchmarked on other data (a first drop into an empty one makes its store on purpose)
-        refusal = (f"{store} does not exist yet: the retraining makes a new {kind} store of the drop folder alone, "
-                   "which needs enough patients for its folds")
+        refusal = (f"{store} does not exist yet: the retraining makes a new {spec.kind} store of the drop folder "
+                   "alone, which needs enough patients for its folds")
     if refusal:
         console.print(f"[yellow]warning[/yellow] {escape(refusal)}", highlight=False, soft_wrap=True)
 

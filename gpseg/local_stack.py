@@ -230,11 +230,16 @@ class LocalStack:
         return stack_env(self.root, self.port, self.home, self.auth)
 
     @property
+    def prefect_home(self) -> Path:
+        """The stack's ``PREFECT_HOME`` (:func:`stack_env`): ``home``, default ``root/.prefect``."""
+        return Path(self.home or self.root / ".prefect")
+
+    @property
     def auth(self) -> str:
         """The API credentials, ``gpseg:TOKEN`` (:func:`stack_auth`), read once: a file emptied or deleted while
         the stack runs must not keep :meth:`stop` from reaching the server it started."""
         if self._auth is None:
-            self._auth = stack_auth(self.home or self.root / ".prefect")
+            self._auth = stack_auth(self.prefect_home)
         return self._auth
 
     @property
@@ -243,7 +248,7 @@ class LocalStack:
 
     @property
     def log_dir(self) -> Path:
-        path = Path(self.env["PREFECT_HOME"]) / "logs"
+        path = self.prefect_home / "logs"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -312,7 +317,7 @@ class LocalStack:
         except RuntimeError as exc:
             owner = self._lock_owner()  # a stack left running by a killed `gpseg serve` has no serve to stop
             raise RuntimeError(f"{exc}; serve.lock names {owner}" if owner else str(exc)) from None
-        Path(self.env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+        self.prefect_home.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         try:
             self._spawn("server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port))
@@ -329,8 +334,8 @@ class LocalStack:
 
     def _lock_owner(self) -> str | None:
         """What ``serve.lock`` says of the stack holding it (``process PID, server PID, worker PID, API URL``), or
-        ``None`` when no process holds it; creates nothing (not even the API password, as :attr:`env` would)."""
-        return lock_holder((self.home or self.root / ".prefect") / "serve.lock")
+        ``None`` when no process holds it; creates nothing."""
+        return lock_holder(self.prefect_home / "serve.lock")
 
     def _take_lock(self) -> None:
         """Hold ``PREFECT_HOME/serve.lock`` while this stack runs: a second stack on the same database (another
@@ -341,7 +346,7 @@ class LocalStack:
         """
         if self._lock is not None:
             return
-        path = Path(self.env["PREFECT_HOME"]) / "serve.lock"
+        path = self.prefect_home / "serve.lock"
         handle = open(path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -573,9 +573,9 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
         classes = list(open_store(out).attrs["classes"])
     asked = classes is not None and store_size is None
     cases, classes, available, rejected = read_manifest(csv_path, classes)
-    if asked and (unused := [name for name in classes[1:] if name not in {case.label for case in cases}]):
+    labels = sorted({case.label for case in cases})
+    if asked and (unused := [name for name in classes[1:] if name not in labels]):
         # a typo (`Meningoma`) made a class no slice has, which training never learns
-        labels = sorted({case.label for case in cases})
         hints = "".join(did_you_mean(name, labels) for name in unused)
         raise ValueError(f"classes: {unused} label no usable patient of {csv_path} (its labels: {labels}); a store "
                          f"of them would hold a class without slices{hints}")
