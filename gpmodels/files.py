@@ -81,11 +81,10 @@ def model_record(run_dir: Path | str) -> dict[str, Any] | None:
     run dir has no ``model.pt``: copied without its weights); ``None`` where it is missing, unreadable or of other
     weights (a longer training started since and not finished, or ``model.pt`` replaced)."""
     try:
-        record = json.loads((Path(run_dir) / MODEL_RECORD).read_text(encoding="utf-8"))
-        dict(record["train"])
-    except (OSError, ValueError, KeyError, TypeError):
+        record = read_model_record(run_dir)
+    except (OSError, ValueError):
         return None
-    return None if weights_changed(run_dir, record) else record
+    return None if record is None or weights_changed(run_dir, record) else record
 
 
 def trained_config(run_dir: Path | str, config: dict[str, Any] | None) -> dict[str, Any] | None:
