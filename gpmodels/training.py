@@ -265,12 +265,14 @@ def _train(run: RunConfig, paths: RunPaths, previous: RunConfig | None, progress
                 results = trainer.test(module, datamodule=data, ckpt_path=str(best), weights_only=True,
                                        verbose=False)
                 test_metrics = {key: float(value) for result in results for key, value in result.items()}
-        except SystemExit:  # Lightning ends a fit or test that Ctrl-C interrupted with exit(1) ...
+        except SystemExit as exc:  # Lightning ends a fit or test that Ctrl-C interrupted with exit(1) ...
             if not trainer.interrupted:
                 raise
             if threading.current_thread() is threading.main_thread():  # ... and leaves Ctrl-C ignored
                 signal.signal(signal.SIGINT, interrupt_handler)
-            raise KeyboardInterrupt(f"training of {paths.root} interrupted") from None
+            caught = exc.__context__  # the interrupt itself: a caller's subclass (a SIGTERM raised as one) kept
+            raise (caught if isinstance(caught, KeyboardInterrupt)
+                   else KeyboardInterrupt(f"training of {paths.root} interrupted")) from None
         except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
             if not is_out_of_memory(exc):
                 raise

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from gpmodels.names import CACHE_MODES, MODEL_NAMES, PRECISIONS, PRESET_NAMES
-from gpseg.console import console, fail, os_error_line
+from gpseg.console import console, fail, os_error_line, stop_reason, stop_signals_raised
 from gpseg.options import one_of, parse_options
 from storage.errors import StoreError
 
@@ -96,17 +96,19 @@ def train_cmd(
         if rank_zero_only.rank == 0:  # something to read while the split is read and the workers start
             console.print(f"training {escape(model)} on fold {fold} of {escape(str(store))} into {escape(str(out))} "
                           f"(preset {escape(preset)})", highlight=False, soft_wrap=True)
-        result = train(config, progress_bar=True)
+        with stop_signals_raised():  # a `kill` says so and exits 143, as in the other commands
+            result = train(config, progress_bar=True)
     except (StoreError, ValueError, OSError, OutOfDeviceMemory, RunDirBusy) as exc:
         raise fail(_reason(exc, out)) from exc
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a SIGTERM or SIGHUP (stop_signals_raised)
         from gpmodels.checkpoints import RunPaths
 
+        how, code = stop_reason(exc)
         last = RunPaths(out).last
         if last.exists():
-            raise fail(f"interrupted; the same command resumes {out} from its last checkpoint{_epochs_done(last)}",
-                       130) from None
-        raise fail(f"interrupted; {out} has no checkpoint yet, so the same command starts it again", 130) from None
+            raise fail(f"{how}; the same command resumes {out} from its last checkpoint{_epochs_done(last)}",
+                       code) from None
+        raise fail(f"{how}; {out} has no checkpoint yet, so the same command starts it again", code) from None
     if rank_zero_only.rank != 0:  # Lightning's DDP re-runs this command for the other ranks: one summary
         return
     best = "" if result.best_val_loss is None else f", best val_loss {result.best_val_loss:.4f}"

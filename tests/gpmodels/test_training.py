@@ -676,6 +676,27 @@ def test_ctrl_c_during_training_says_how_to_resume(phantom_store, tmp_path, monk
                                              "from its last checkpoint (after 1 epoch)")
 
 
+def test_a_kill_during_training_says_sigterm_and_exits_143(phantom_store, tmp_path, monkeypatch):
+    """A SIGTERM in the middle of a step read "error: interrupted" with exit 130, as a Ctrl-C (Lightning's own
+    handler ends the fit as one), where the other commands say "stopped by SIGTERM" and exit 143."""
+    import os
+    import signal
+
+    def killed(self, batch, batch_idx):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return train_step(self, batch, batch_idx)
+
+    train_step = ClassifierModule.training_step
+    monkeypatch.setattr(ClassifierModule, "training_step", killed)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--store", str(phantom_store), "--out", str(out), "--preset", "smoke",
+                                      "--model", "gp-unet"])
+    assert result.exit_code == 143, result.output
+    assert result.output.splitlines()[-1] == (f"error: stopped by SIGTERM; {out} has no checkpoint yet, so the same "
+                                              "command starts it again")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # as before the command
+
+
 def _cli_train(config: TrainConfig, *extra: str):
     """``gpseg train`` with the smoke preset into ``config.out``."""
     return CliRunner().invoke(app, ["train", "--store", config.store, "--out", config.out, "--preset", "smoke",
