@@ -50,6 +50,7 @@ from gpmodels.epoch_log import EpochLog
 from gpmodels.files import (archive_damage, damaged, damaged_weights, retrain_hint, write_model_record,
                             write_text_atomic)
 from gpmodels.lightning_module import ClassifierModule
+from gpmodels.pace import EtaColumn, PaceColumn, RunEstimate
 from gpmodels.precision import on_gpu, use_channels_last
 from gpmodels.provenance import provenance
 from gpmodels.run_checks import build_network, check_out, previous_run, resolve_run, start_warnings
@@ -156,7 +157,7 @@ class TrainResult:
 class TrainingBar(RichProgressBar):
     """Lightning's rich progress bar without its ``v_num`` (the last characters of the loggers' versions joined,
     e.g. ``000_``, which says nothing here), counting epochs from 1 (``Epoch 1/20``, not ``Epoch 0/19``: a one-epoch
-    run read ``Epoch 0/0``)."""
+    run read ``Epoch 0/0``), with a speed and time left that slow batches have too (:meth:`configure_columns`)."""
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
@@ -166,6 +167,13 @@ class TrainingBar(RichProgressBar):
     def _get_train_description(self, current_epoch: int) -> str:  # Lightning 2.x's hook for the label
         epochs = "" if self.trainer.max_epochs is None else f"/{self.trainer.max_epochs}"
         return f"{f'Epoch {current_epoch + 1}{epochs}':{len(self.validation_description)}}"
+
+    def configure_columns(self, trainer: pl.Trainer) -> list:
+        """Lightning's columns, with speed and time left from the epoch's average (:mod:`gpmodels.pace`): Rich's,
+        from the last 30 s of updates, read ``-:--:--`` and ``0.00it/s`` when a batch took longer."""
+        columns = super().configure_columns(trainer)[:-2]  # description, bar, batches; then time and speed
+        return [*columns, EtaColumn(self.theme.time, trainer, lambda: self.train_progress_bar_id),
+                PaceColumn(self.theme.processing_speed)]
 
 
 class StartWarnings(pl.Callback):
@@ -356,15 +364,17 @@ def _trainer(run: RunConfig, paths: RunPaths, start_step: int, given: list[pl.Ca
              progress_bar: bool) -> pl.Trainer:
     """The run's Lightning trainer: its resolved precision, accumulation and training batches per epoch
     (whole accumulation windows only), checkpoints written atomically (:class:`RunDirCheckpointIO`), the
-    ``given`` callbacks (checkpoints, the store check) and a progress bar or, without one, epoch lines."""
+    ``given`` callbacks (checkpoints, the store check), the run's time estimate (:class:`gpmodels.pace.RunEstimate`)
+    and a progress bar or, without one, epoch lines."""
     config, precision = run.train, run.resolved_precision
     loggers = [CSVLogger(paths.root, name="logs", version=f"step_{start_step:07d}", flush_logs_every_n_steps=1),
                TensorBoardLogger(paths.root, name="tensorboard", version="", default_hp_metric=False)]
-    callbacks: list[pl.Callback] = list(given)
+    label = f"{config.model} fold {config.fold}"
+    callbacks: list[pl.Callback] = [*given, RunEstimate(label)]
     if progress_bar:
         callbacks.append(TrainingBar(leave=True, console_kwargs={"stderr": True}))  # with gpseg's other output
     else:  # the flows' training tasks: a line every 30 s, which tasks.training forwards to the run's log
-        callbacks.append(EpochLog(f"{config.model} fold {config.fold}"))
+        callbacks.append(EpochLog(label))
     limit = config.limit_batches
     warnings_at_start = start_warnings(run)
     if warnings_at_start:
