@@ -19,7 +19,7 @@ from torch import nn
 from gpmodels.checkpoints import CheckpointProgress, RunPaths, checkpoint_progress, read_checkpoint
 from gpmodels.data import balanced_class_weights, slices_per_batch, split_indices, train_batches_per_device
 from gpmodels.files import output_problem, read_model_record, weights_problem, with_model_record
-from gpmodels.nets import build_model, count_parameters, meta_model
+from gpmodels.nets import build_model, count_parameters, meta_model, model_options
 from gpmodels.precision import bf16_is_emulated, on_gpu, resolve_precision
 from gpmodels.train_config import RunConfig, TrainConfig
 from storage.errors import StoreError
@@ -177,6 +177,40 @@ def build_network(run: RunConfig) -> nn.Module:
     return build_model(run.train.model, len(run.channels), len(run.classes), **run.model_options)
 
 
+CPU_GIB_AT_240: dict[str, tuple[float, float]] = {"gp-unet": (0.76, 0.22), "gp-reconresnet": (0.98, 0.69),
+                                                   "gp-shuffleunet": (0.85, 0.64)}
+"""Peak memory of a GP network training on the CPU at 240 px in float32 with Adam, at its default options (the
+``paper`` preset's): GiB for the process and network, and GiB per slice of a batch. Measured (peak RSS of a
+training step at batches 2 and 4, in a review); a full ``paper`` GP-UNet run at batch 32 peaked at 8.4 GB, as
+0.76 + 32 x 0.22 GiB says. The per-slice part is activations, scaled by the pixels, ``(size / 240) ** 2``; at other
+widths or options it is not known (halving GP-UNet's width took 0.82 of the memory per slice, not half)."""
+
+
+def cpu_memory_warning(run: RunConfig, available: int) -> str | None:
+    """The warning of :func:`start_warnings` for a run on the CPU whose :data:`CPU_GIB_AT_240` estimate exceeds
+    ``available`` bytes (``None`` otherwise, or where there is no estimate: a GPU, bf16, other options)."""
+    train = run.train
+    measured = CPU_GIB_AT_240.get(train.model)
+    if (measured is None or on_gpu(train.accelerator) or run.resolved_precision != "32-true"
+            or run.model_options != model_options(train.model)):
+        return None
+    fixed, per_slice = measured[0], measured[1] * (run.image_size / 240) ** 2
+
+    def gib(batch: int) -> float:
+        return train.devices * (fixed + batch * per_slice)
+
+    if gib(train.batch_size) * 2**30 <= available:
+        return None
+    fits = [batch for batch in range(train.batch_size - 1, 0, -1)
+            if train.effective_batch % (batch * train.devices) == 0 and gib(batch) * 2**30 <= available]
+    way = (f"give --batch-size {fits[0]} (gradient accumulation keeps the effective batch of {train.effective_batch}) "
+           "or a smaller --image-size" if fits else "give a smaller --image-size, or train on a larger machine")
+    devices = f" on each of {train.devices} devices" if train.devices > 1 else ""
+    return (f"memory: {train.model} at {run.image_size} px with batch {train.batch_size}{devices} needs about "
+            f"{gib(train.batch_size):.0f} GiB on the CPU (from measurements at 240 px: {fixed:.2f} GiB plus "
+            f"{measured[1]:.2f} GiB per slice), more than the {available / 2**30:.1f} GiB available; {way}")
+
+
 def start_warnings(run: RunConfig) -> list[str]:
     """What a run does that its configuration does not say: one line each.
 
@@ -184,6 +218,7 @@ def start_warnings(run: RunConfig) -> list[str]:
     - more DDP processes than CPU cores, when training on the CPU;
     - an effective batch other than the one asked for (``batch_size * devices`` does not divide it, or
       the training split has fewer batches than one optimiser step accumulates);
+    - more memory than is available, by :func:`cpu_memory_warning`'s estimate on the CPU;
     - slices smaller than the training size, which are upsampled;
     - a class absent from the training split, and a fold without validation slices.
     """
@@ -215,6 +250,9 @@ def start_warnings(run: RunConfig) -> list[str]:
         messages.append(f"{train.out}: each optimiser step sees {run.effective_batch} slices ({per_step}), not the "
                         f"effective batch of {train.effective_batch}: give a --batch-size that, times --devices, "
                         f"divides {train.effective_batch} to keep it")
+    memory = cpu_memory_warning(run, available_memory())
+    if memory:
+        messages.append(memory)
     if run.image_size > run.store_image_size:
         messages.append(f"{run.store_path}: slices are {run.store_image_size} px; training at {run.image_size} "
                         "upsamples them")

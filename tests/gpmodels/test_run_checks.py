@@ -70,6 +70,29 @@ def test_more_ddp_processes_than_cpu_cores_is_warned_about(smoke_run, monkeypatc
                      f"{run.cpu_threads} thread(s); expect it slower than --devices {cores}"] if warned else [])
 
 
+def test_a_batch_estimated_to_need_more_memory_than_the_cpu_has_is_warned_about(smoke_run):
+    """A paper GP-ReconResNet at 240 px and batch 32 needs about 23 GiB on the CPU; nothing said so."""
+    from dataclasses import replace
+
+    from gpmodels.nets import model_options
+
+    config, _ = smoke_run
+    run = resolve_run(TrainConfig.from_dict({**config.to_dict(), "model": "gp-reconresnet", "width": None,
+                                             "batch_size": 32, "effective_batch": 128, "accelerator": "cpu",
+                                             "precision": "32-true"}))
+    paper = replace(run, image_size=240, model_options=model_options("gp-reconresnet"))
+    assert run_checks.cpu_memory_warning(paper, 16 * 2**30) == (
+        "memory: gp-reconresnet at 240 px with batch 32 needs about 23 GiB on the CPU (from measurements at 240 px: "
+        "0.98 GiB plus 0.69 GiB per slice), more than the 16.0 GiB available; give --batch-size 16 (gradient "
+        "accumulation keeps the effective batch of 128) or a smaller --image-size")
+    assert run_checks.cpu_memory_warning(paper, 1 * 2**30).endswith("; give a smaller --image-size, or train on a "
+                                                                    "larger machine")
+    assert run_checks.cpu_memory_warning(paper, 32 * 2**30) is None
+    assert run_checks.cpu_memory_warning(replace(paper, image_size=120), 16 * 2**30) is None  # a quarter per slice
+    narrow = replace(paper, model_options={**paper.model_options, "width": 8})
+    assert run_checks.cpu_memory_warning(narrow, 1 * 2**30) is None  # not measured at other widths: not estimated
+
+
 def test_training_upsampled_slices_is_warned_about(smoke_run):
     config, _ = smoke_run
     run = resolve_run(TrainConfig.from_dict({**config.to_dict(), "image_size": 48}))
