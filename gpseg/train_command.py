@@ -64,8 +64,8 @@ def train_cmd(
     checkpoint_every: Annotated[Optional[float], typer.Option(
         "--checkpoint-every", metavar="SECONDS", help="Write checkpoints/last.ckpt, the resume point, at the end of "
         "the first epoch ending this long after the previous write, and after the last epoch (default: the "
-        "preset's, 60 for paper and demo, 0 = after every epoch for smoke). A kill loses the epochs since the last "
-        "write.")] = None,
+        "preset's, 60 for paper and demo, 0 = after every epoch for smoke). Only at epoch ends: an epoch is the "
+        "floor, and a kill loses the epochs since the last write, the current one included.")] = None,
     option: Annotated[Optional[list[str]], typer.Option(
         "--option", metavar="KEY=VALUE",
         help="Network option, repeatable, added to the preset's, e.g. --option pool=maps, --option "
