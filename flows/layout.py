@@ -50,6 +50,14 @@ def default_drop_folder(workdir: str | Path, kind: str) -> Path:
     return Path(workdir) / Path(DROP_FOLDERS[kind]).relative_to(DEFAULT_WORKDIR)
 
 
+def run_dirs(workdir: str | Path) -> list[Path]:
+    """The run dirs of ``workdir`` laid out as above (``fold_K`` and ``fold_K/seed_S``), found at their depth only:
+    not a walk of the trees under them (heatmap stores of many files)."""
+    runs = Path(workdir) / RUNS
+    return sorted(path for pattern in ("*/*/*/fold_*", f"*/*/*/fold_*/{SEED_PREFIX}*") for path in runs.glob(pattern)
+                  if path.is_dir())
+
+
 def dataset_of(run_dir: str | Path) -> str:
     """The dataset label of a run dir laid out as above (``fold_K`` or ``fold_K/seed_S``); ``""`` for a
     run dir outside that layout (one given by hand, e.g. ``runs/gp-unet-0``)."""

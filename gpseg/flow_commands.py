@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
-from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS
+from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, run_dirs
 from gpmodels.names import PRECISIONS, PRESET_NAMES
 from gpseg.console import (console, fail, flow_outcome, folder_problem, one_line, prefect_home_problem,
                            signal_exit)
@@ -126,7 +126,7 @@ def run_benchmark(params: "BenchmarkParams") -> dict:
     """
     from flows.full_benchmark import run_in_process
 
-    return run_here(lambda: run_in_process(params))
+    return run_here(lambda: run_in_process(params), Path(params.workdir))
 
 
 class TemporaryServerLines(logging.Filter):
@@ -143,9 +143,9 @@ class TemporaryServerLines(logging.Filter):
         return True
 
 
-def run_here(run: Callable[[], dict]) -> dict:
+def run_here(run: Callable[[], dict], workdir: Path | None = None) -> dict:
     """Call ``run`` (a flow run in this process) with :func:`run_benchmark`'s handling of a Ctrl-C and of a
-    flow that raised."""
+    flow that raised; a stop's line says how the trainings in ``workdir`` go on (:func:`resume_words`)."""
     prefect_logger = logging.getLogger("prefect")
     if not any(isinstance(each, TemporaryServerLines) for each in prefect_logger.filters):
         prefect_logger.addFilter(TemporaryServerLines())
@@ -155,7 +155,7 @@ def run_here(run: Callable[[], dict]) -> dict:
         logging.disable(logging.CRITICAL)
         how, code = signal_exit(signum)
         console.print(f"[red]error:[/red] {how}; the same command takes finished tasks from the cache and "
-                      "resumes training from its last checkpoint", highlight=False, soft_wrap=True)
+                      f"{resume_words(workdir)}", highlight=False, soft_wrap=True)
         sys.stdout.flush()
         sys.stderr.flush()
         end_children()
@@ -175,6 +175,29 @@ def run_here(run: Callable[[], dict]) -> dict:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def resume_words(workdir: Path | None) -> str:
+    """How the same command goes on with the trainings a stop cut: ``"resumes training from its last checkpoint"``,
+    or, where the runs in training in ``workdir`` (those whose :data:`flows.prune.RUN_LOCK` is held) had not written
+    one yet (``last.ckpt`` is written at epoch ends), that they start again.
+
+    Only the run dirs of the work dir's layout are looked at (:func:`flows.layout.run_dirs`), not the trees under
+    them, which hold heatmap stores."""
+    from flows.prune import RUN_LOCK
+    from storage.locks import lock_holder
+
+    resumes = "resumes training from its last checkpoint"
+    training = [] if workdir is None else [run for run in run_dirs(workdir) if lock_holder(run / RUN_LOCK)]
+    if not training:
+        return resumes
+    from gpmodels.checkpoints import RunPaths  # torch: imported already, by the training
+
+    fresh = sum(not RunPaths(run).last.exists() for run in training)
+    if fresh == len(training):
+        return "starts the training again (it had not reached its first checkpoint, written at an epoch's end)"
+    return resumes + (f" ({fresh} of the {len(training)} runs in training had none yet and start again)" if fresh
+                      else "")
 
 
 @contextmanager
@@ -312,7 +335,7 @@ def retrain_cmd(
                "--epochs": epochs, "--batch-size": batch_size, "--seeds": seeds, "--option": option,
                "--dask-address": dask_address}
     unapplied = [name for name, value in options.items() if value not in (None, [])]
-    raise retrain_outcome(run_here(lambda: outcome_here(retrain_on_new_data, params)), drop,
+    raise retrain_outcome(run_here(lambda: outcome_here(retrain_on_new_data, params), Path(params.workdir)), drop,
                           params.threshold.describe(), unapplied)
 
 

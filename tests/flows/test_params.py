@@ -410,28 +410,60 @@ def test_benchmark_ends_a_flow_that_raised_in_one_line(monkeypatch):
     assert result.output == "error: --dask-address tcp://127.0.0.1:1: cannot reach the Dask scheduler (refused)\n"
 
 
-def test_a_ctrl_c_in_benchmark_ends_the_process_at_once_in_one_line():
+def test_a_ctrl_c_in_benchmark_ends_the_process_at_once_in_one_line(tmp_path):
     """The flow trains in worker threads, which a KeyboardInterrupt does not reach: Prefect waited for the
-    running training, then retried its stopped temporary server, for minutes, in tracebacks."""
+    running training, then retried its stopped temporary server, for minutes, in tracebacks. The line said the
+    training resumes from its last checkpoint where it had none yet."""
     import subprocess
     import sys
     import time
 
-    code = ("import os, signal, threading, time, flows.full_benchmark\n"
+    run_dir = tmp_path / "runs" / "brats" / "v1" / "gp-unet" / "fold_0"
+    run_dir.mkdir(parents=True)
+    code = ("import fcntl, os, signal, sys, threading, time, types, flows.full_benchmark\n"
             "from gpseg.flow_commands import run_benchmark\n"
             "def busy(params):\n"
+            "    lock = os.open(sys.argv[1] + '/.train.lock', os.O_CREAT | os.O_RDWR)\n"  # as training holds it
+            "    fcntl.flock(lock, fcntl.LOCK_EX)\n"
             "    worker = threading.Thread(target=time.sleep, args=(60,))\n"  # a training that goes on
             "    worker.start()\n"
             "    print(time.time(), flush=True)\n"  # the imports before take long on a loaded machine
             "    os.kill(os.getpid(), signal.SIGINT)\n"
             "    worker.join()\n"
             "flows.full_benchmark.run_in_process = busy\n"
-            "run_benchmark(None)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+            f"run_benchmark(types.SimpleNamespace(workdir={str(tmp_path)!r}))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(run_dir)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 130 and time.time() - float(done.stdout.split()[0]) < 30  # not after the 60 s
     said = " ".join(done.stderr.split())
-    assert said == ("error: interrupted; the same command takes finished tasks from the cache and resumes training "
-                    "from its last checkpoint"), said
+    assert said == ("error: interrupted; the same command takes finished tasks from the cache and starts the "
+                    "training again (it had not reached its first checkpoint, written at an epoch's end)"), said
+
+
+def test_a_stop_says_which_trainings_start_again_without_a_checkpoint(tmp_path):
+    """Only the run dirs in training (their lock held) count, found at the layout's depth."""
+    import fcntl
+
+    from gpseg.flow_commands import resume_words
+
+    version = tmp_path / "runs" / "brats" / "v1"
+    runs = [version / "gp-unet" / "fold_0", version / "gp-unet" / "fold_1" / "seed_1", version / "gp-unet" / "fold_2"]
+    locks = []
+    for run in runs:
+        run.mkdir(parents=True)
+    for run in runs[:2]:  # fold_2 is not in training
+        locks.append(os.open(run / ".train.lock", os.O_CREAT | os.O_RDWR))
+        fcntl.flock(locks[-1], fcntl.LOCK_EX)
+    try:
+        (runs[1] / "checkpoints").mkdir()
+        (runs[1] / "checkpoints" / "last.ckpt").write_bytes(b"")
+        assert resume_words(tmp_path) == ("resumes training from its last checkpoint (1 of the 2 runs in training "
+                                          "had none yet and start again)")
+        (runs[0] / "checkpoints").mkdir()
+        (runs[0] / "checkpoints" / "last.ckpt").write_bytes(b"")
+        assert resume_words(tmp_path) == resume_words(None) == "resumes training from its last checkpoint"
+    finally:
+        for lock in locks:
+            os.close(lock)
 
 
 def test_a_kill_of_benchmark_ends_its_child_processes_too():
@@ -442,7 +474,7 @@ def test_a_kill_of_benchmark_ends_its_child_processes_too():
 
     import psutil
 
-    code = ("import os, signal, subprocess, sys, time, flows.full_benchmark\n"
+    code = ("import os, signal, subprocess, sys, time, types, flows.full_benchmark\n"
             "from gpseg.flow_commands import run_benchmark\n"
             "def busy(params):\n"
             "    server = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"  # as Prefect's
@@ -450,7 +482,7 @@ def test_a_kill_of_benchmark_ends_its_child_processes_too():
             "    os.kill(os.getpid(), signal.SIGTERM)\n"
             "    time.sleep(60)\n"
             "flows.full_benchmark.run_in_process = busy\n"
-            "run_benchmark(None)\n")
+            "run_benchmark(types.SimpleNamespace(workdir='/nonexistent'))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     child = int(done.stdout.split()[0])
     assert done.returncode == 128 + 15 and not psutil.pid_exists(child)
