@@ -209,7 +209,8 @@ class EtaColumn(ProgressColumn):
         left = None if elapsed is None else time_left(elapsed, task.completed, task.total)
         shown = f"{clock(elapsed)} • {clock(left)}"
         epochs = self.trainer.max_epochs
-        if left is not None and epochs is not None and epochs > 0 and task.id == self.training_task():
+        if (left is not None and not task.finished and epochs is not None and epochs > 0
+                and task.id == self.training_task()):
             later = epochs - self.trainer.current_epoch - 1
             shown += f" • run {duration(left + later * elapsed / task.completed * task.total)}"
         return Text(shown, style=self.style)

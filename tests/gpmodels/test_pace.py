@@ -102,6 +102,8 @@ def test_the_bar_shows_a_speed_and_time_left_when_batches_take_minutes(monkeypat
     bar.train_progress_bar_id = task_id
     shown = [str(column.render(progress.tasks[0])) for column in bar.configure_columns(trainer)[-2:]]
     assert shown == ["0:05:41 • 0:17:03 • run 4.7 days", "113.7s/it"]
+    progress.update(task_id, completed=12)  # an epoch's finished task: the next epoch counts the run
+    assert str(bar.configure_columns(trainer)[-2].render(progress.tasks[0])) == "0:05:41 • 0:00:00"
 
 
 def test_a_training_says_its_estimate(phantom_store, tmp_path, monkeypatch, logged):
