@@ -38,8 +38,8 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
     """A Dask client: connected to ``address``, or to a new local process cluster.
 
     Yields ``None`` when ``workers == 0`` and no address is given (run in-process). A local cluster
-    has no dashboard, binds its HTTP endpoints to a free port (not 8787, which another cluster or a
-    second run may hold) and logs warnings and errors only. It has at most one worker process per CPU
+    has no dashboard, listens on loopback only, binds its HTTP endpoints to a free port (not 8787, which another
+    cluster or a second run may hold) and logs warnings and errors only. It has at most one worker process per CPU
     (:func:`cpu_cores`), with a warning when more were asked for (``--workers 10000`` started 10,000).
     """
     if address is None and workers == 0:
@@ -67,8 +67,9 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
         with interrupts_held():
             cluster = stack.enter_context(LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True, silence_logs=logging.WARNING,
-                # the scheduler always serves HTTP (health, metrics); dashboard_address=None would mean 8787
-                dashboard_address=":0", scheduler_kwargs={"dashboard": False},
+                # loopback only, the scheduler's HTTP endpoints too (it always serves health and metrics;
+                # dashboard_address=None would mean 8787, and ":0" every network interface)
+                host="127.0.0.1", dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False},
                 preload=[WORKER_SETUP]))  # the workers ignore Ctrl-C; this process's handler stays in place
             client = stack.enter_context(Client(cluster))
         _restore_environment(environment)  # the workers have started with the nannies' settings

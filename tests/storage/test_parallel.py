@@ -132,6 +132,25 @@ def test_local_cluster_logs_no_info_chatter_and_leaves_port_8787_free(caplog):
     assert logger.level == before
 
 
+def _listening(pids: list[int]) -> set[tuple[str, int]]:
+    """The TCP addresses that processes ``pids`` listen on."""
+    import psutil
+
+    return {(conn.laddr.ip, conn.laddr.port) for pid in pids for conn in psutil.Process(pid).net_connections("tcp")
+            if conn.status == psutil.CONN_LISTEN}
+
+
+def test_a_local_cluster_listens_on_loopback_only():
+    """The scheduler's HTTP endpoints (``dashboard_address=":0"``) listened on every network interface at each
+    ingestion, reachable from the network."""
+    before = _listening([os.getpid()])
+    with dask_client(1, None) as client:
+        workers = list(client.run(os.getpid).values())
+        opened = _listening([os.getpid(), *workers]) - before
+        assert client.scheduler_info()["address"].startswith("tcp://127.0.0.1:")
+    assert len(opened) >= 3 and {ip for ip, _ in opened} == {"127.0.0.1"}, opened  # scheduler, its HTTP, a worker
+
+
 def test_ctrl_c_stops_only_this_process_quietly_and_restores_the_handlers(capfd):
     import os
     import signal
