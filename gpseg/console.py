@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 import signal
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -109,6 +110,27 @@ def project_prefect_home() -> dict[str, str]:
     return {"PREFECT_HOME": str(root / ".prefect")} if (root / "prefect.yaml").is_file() else {}
 
 
+AUTH_VARIABLES = ("PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING")
+"""The password Prefect's server asks of every request but ``/health``, and the one its clients send."""
+
+
+def temporary_server_auth(environ: Mapping[str, str]) -> dict[str, str]:
+    """The password of Prefect's temporary local server, for a process whose ``environ`` sets no
+    ``PREFECT_API_URL``: ``{name: TOKEN}`` for both :data:`AUTH_VARIABLES`, to be set unless set.
+
+    That server listens on a random loopback port, without a password by default, on the same ``prefect.db`` as
+    the password-protected ``gpseg serve`` stack: any user of the machine could create a deployment there whose
+    steps the stack's worker runs as its owner. The server and this process's clients (and the Dask workers it
+    sends tasks, which get its settings) take the password from the environment. The token is the caller's when
+    it set either variable, else a new random one for this process. Empty when ``PREFECT_API_URL`` names a server
+    (its own password, if any, is the caller's to give).
+    """
+    if environ.get("PREFECT_API_URL"):
+        return {}
+    token = next((environ[name] for name in AUTH_VARIABLES if environ.get(name)), None) or secrets.token_urlsafe(24)
+    return dict.fromkeys(AUTH_VARIABLES, token)
+
+
 def prefect_home_problem() -> str | None:
     """Why Prefect's temporary local server could not keep its SQLite database, in one line; ``None`` when it
     can, or when ``PREFECT_API_URL`` names a server to use instead. An unwritable ``PREFECT_HOME`` (or home
@@ -151,7 +173,8 @@ def empty_argument(args: list[str]) -> str | None:
 
 
 def run_app(app: typer.Typer, args: list[str] | None = None) -> None:
-    """Run a Typer app on ``args`` (default: the process's) with :data:`ENV_DEFAULTS`. An empty argument is refused
+    """Run a Typer app on ``args`` (default: the process's) with :data:`ENV_DEFAULTS`, and a password for Prefect's
+    temporary server when no ``PREFECT_API_URL`` is set (:func:`temporary_server_auth`). An empty argument is refused
     in one line (:func:`empty_argument`). An ``OSError`` that no command turned into its own message (a file where
     a folder is expected, no permission, a full disk) ends in a one-line error naming the path and exit code 1,
     instead of a traceback."""
@@ -159,7 +182,7 @@ def run_app(app: typer.Typer, args: list[str] | None = None) -> None:
     problem = empty_argument(args)
     if problem:
         raise SystemExit(fail(problem).exit_code)
-    for name, value in {**ENV_DEFAULTS, **project_prefect_home()}.items():
+    for name, value in {**ENV_DEFAULTS, **project_prefect_home(), **temporary_server_auth(os.environ)}.items():
         os.environ.setdefault(name, value)
     # said in one line by the flow commands (prefect_home_problem); Prefect warns of it as it is imported
     warnings.filterwarnings("ignore", message="Failed to create the Prefect home directory")

@@ -43,6 +43,21 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _keep_the_api_passwords(monkeypatch):
+    """Put back the Prefect API passwords after each test: `gpseg.console.run_app` sets them for Prefect's temporary
+    server where no ``PREFECT_API_URL`` is set, and a Prefect server started later in the session (the flows'
+    harness) would then ask every request for a password that this process's clients, configured at import, do
+    not send."""
+    from gpseg.console import AUTH_VARIABLES
+
+    for name in AUTH_VARIABLES:
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _keep_the_ctrl_c_handler():
     """Put back the SIGINT handler after each test: `gpseg.cli.main` ignores Ctrl-C once its command has ended,
     which in-process would leave the rest of the session without KeyboardInterrupt."""

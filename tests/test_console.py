@@ -312,3 +312,54 @@ def test_an_empty_suffix_or_title_is_a_value() -> None:
 
     assert empty_argument(["export-masks", "--run", "r", "--suffix", ""]) is None
     assert empty_argument(["report", "r", "--title="]) is None
+
+
+def test_prefects_temporary_server_gets_a_password_of_this_process_unless_one_is_given() -> None:
+    """Prefect's temporary server listened on loopback without a password, on the database of the password-protected
+    `gpseg serve` stack: another user created a deployment there that the stack's worker ran as its owner."""
+    from gpseg.console import AUTH_VARIABLES, temporary_server_auth
+
+    made = temporary_server_auth({})
+    assert set(made) == set(AUTH_VARIABLES) and len(set(made.values())) == 1 and len(made[AUTH_VARIABLES[0]]) >= 32
+    assert temporary_server_auth({}) != made  # one per process
+    for name in AUTH_VARIABLES:  # the caller's, for both
+        assert temporary_server_auth({name: "x:y"}) == dict.fromkeys(AUTH_VARIABLES, "x:y")
+    assert temporary_server_auth({"PREFECT_API_URL": "http://127.0.0.1:4200/api"}) == {}  # that server's own
+
+
+@pytest.mark.slow
+def test_a_flow_command_runs_its_flow_on_a_temporary_server_that_refuses_requests_without_its_password(tmp_path):
+    """Through the command line's environment (:func:`gpseg.console.run_app`): a tiny flow runs (this process's
+    client and events send the password), and a request without it is refused. One temporary server, in a process
+    of its own (its settings are read as Prefect is imported)."""
+    import os
+    import subprocess
+    import sys
+
+    code = """if True:
+        import base64, os
+        import httpx, typer
+        from gpseg.console import run_app
+
+        app = typer.Typer()
+
+        @app.command()
+        def tiny() -> None:
+            from prefect import flow
+            from prefect.server.api.server import SubprocessASGIServer
+
+            assert flow(lambda: 7, name="tiny")() == 7
+            url = SubprocessASGIServer().api_url  # the one the flow ran on
+            password = base64.b64encode(os.environ.get("PREFECT_API_AUTH_STRING", "").encode()).decode()
+            bare = httpx.post(f"{url}/deployments/filter", json={})
+            given = httpx.post(f"{url}/deployments/filter", json={}, headers={"Authorization": f"Basic {password}"})
+            print(bare.status_code, given.status_code, flush=True)
+
+        run_app(app, [])
+    """
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PREFECT_API")
+           and name not in ("PREFECT_SERVER_API_AUTH_STRING", "PREFECT_PROFILE")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == ["401", "200"], done.stdout
