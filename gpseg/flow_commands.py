@@ -420,6 +420,8 @@ def _run_stack(stack: "LocalStack") -> None:
     written = False
     try:
         stack.start()
+        for line in stack.recovered:
+            console.print(f"[yellow]warning[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
         env_file.unlink(missing_ok=True)  # made anew, readable by this user alone: it holds the API's password
         with os.fdopen(os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
             handle.write("".join(f"export {k}={shlex.quote(stack.env[k])}\n" for k in

@@ -46,6 +46,12 @@ SUBFLOW_DEPTH = 4
 """How many levels of subflows :meth:`LocalStack.end_runs` cancels below a run it cut short."""
 CUT_RUN_MESSAGE = ("`gpseg serve` was stopped while this run was in progress; run it again (finished tasks "
                    "are taken from the cache)")
+KILLED_STACK_MESSAGE = ("the `gpseg serve` that ran this flow run was killed (no stop ended it); run it again "
+                        "(finished tasks are taken from the cache)")
+"""The message of a flow run that a new stack finds left active by a killed one, its process gone
+(:meth:`LocalStack.recover_runs`)."""
+FINAL_RUN_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+"""Flow-run states in which a run has ended: a subflow still active under such a parent was left behind."""
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 """Signals that stop ``gpseg serve`` like Ctrl-C does (``kill``, a closed terminal, a service manager)."""
 
@@ -222,6 +228,8 @@ class LocalStack:
     home: Path | None = None
     pool: str = POOL
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    recovered: list[str] = field(default_factory=list, init=False)
+    """What :meth:`start` found left by a killed stack (:meth:`recover_runs`), one line each."""
     _lock: Any = field(default=None, init=False, repr=False)
     _auth: str | None = field(default=None, init=False, repr=False)
 
@@ -322,6 +330,7 @@ class LocalStack:
         try:
             self._spawn("server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port))
             self.wait_healthy()
+            self.recovered = self.recover_runs()
             self.cli("work-pool", "create", self.pool, "--type", "process", "--overwrite")
             if deploy:
                 self.cli("--no-prompt", "deploy", "--all", "--prefect-file", str(self.root / "prefect.yaml"))
@@ -401,21 +410,24 @@ class LocalStack:
         ended += self._cancel_subflows([run["id"] for run in runs])
         return [name for name in ended if name]
 
-    def _cancel(self, run: dict) -> str | None:
-        """Set ``run`` ``Cancelled`` with :data:`CUT_RUN_MESSAGE` if it is still active or the engine set it
-        ``Crashed``; return ``"NAME (ID)"``, or None when it had ended otherwise or the server went away."""
+    def _cancel(self, run: dict, ending: tuple[str, str] = ("CANCELLED", CUT_RUN_MESSAGE)) -> str | None:
+        """Set ``run`` to ``ending`` (state type, message; default ``Cancelled`` with :data:`CUT_RUN_MESSAGE`) if it
+        is still active or the engine set it ``Crashed``; return ``"NAME (ID)"``, or None when it had ended
+        otherwise or the server went away."""
+        kind, message = ending
         with contextlib.suppress(OSError, ValueError):  # the server went away: the run stays as it is
             state = (self._api(f"flow_runs/{run['id']}").get("state") or {}).get("type")
             if state in (*ACTIVE_RUN_STATES, "CRASHED"):
                 self._api(f"flow_runs/{run['id']}/set_state", {"force": True, "state": {
-                    "type": "CANCELLED", "name": "Cancelled", "message": CUT_RUN_MESSAGE}})
+                    "type": kind, "name": kind.capitalize(), "message": message}})
                 return f"{run.get('name')} ({run['id']})"
         return None
 
-    def _cancel_subflows(self, parents: list[str]) -> list[str | None]:
-        """Cancel (:meth:`_cancel`) the subflow runs of ``parents`` (such as ``train-fan-out``), and theirs in
-        turn, down to :data:`SUBFLOW_DEPTH` levels: they ran in the parent's process, so the engine left them
-        ``Running`` or ``Crashed`` too."""
+    def _cancel_subflows(self, parents: list[str],
+                         ending: tuple[str, str] = ("CANCELLED", CUT_RUN_MESSAGE)) -> list[str | None]:
+        """End (:meth:`_cancel`, as ``ending`` says) the subflow runs of ``parents`` (such as ``train-fan-out``),
+        and theirs in turn, down to :data:`SUBFLOW_DEPTH` levels: they ran in the parent's process, so the
+        engine left them ``Running`` or ``Crashed`` too."""
         ended: list[str | None] = []
         for _ in range(SUBFLOW_DEPTH):
             if not parents:
@@ -426,9 +438,50 @@ class LocalStack:
                     "state": {"type": {"any_": [*ACTIVE_RUN_STATES, "CRASHED"]}}}}) or []
             except (OSError, ValueError):  # the server went away: the subflows stay as they are
                 break
-            ended += [self._cancel(child) for child in children]
+            ended += [self._cancel(child, ending) for child in children]
             parents = [child["id"] for child in children]
         return ended
+
+    def recover_runs(self) -> list[str]:
+        """Deal with the flow runs that a killed ``gpseg serve`` left active, before this stack's worker starts;
+        one line each, to say.
+
+        A ``kill -9`` of ``gpseg serve`` takes its server and worker with it, not the flow runs' engines (each in
+        a session of its own): one went on training, holding its work dir's lock, and its run stayed ``Running``
+        in the database for ever, its ``train-fan-out`` subflow too. A run of this pool still active whose engine
+        is gone is set ``Crashed`` with :data:`KILLED_STACK_MESSAGE`, its subflows too; one whose engine still
+        runs is this stack's from now on, so that its stop ends it (:meth:`stop`, :meth:`end_runs`). A subflow
+        still active under a parent that has ended (e.g. ``Failed``) is set ``Crashed`` likewise.
+        """
+        said: list[str] = []
+        ending = ("CRASHED", KILLED_STACK_MESSAGE)
+        engines = [(run, _engine_pid(run)) for run in self.active_runs()]
+        said += [f"flow run {run.get('name')} ({run['id']}) of a killed `gpseg serve` still runs (process {pid}); "
+                 "this stack ends it when it stops" for run, pid in engines if pid is not None]
+        dead = [run for run, pid in engines if pid is None]
+        crashed = [self._cancel(run, ending) for run in dead] + self._cancel_subflows([run["id"] for run in dead],
+                                                                                       ending)
+        crashed += self._orphaned_subflows(ending)
+        said += [f"flow run {name} of a killed `gpseg serve` set Crashed: its process is gone" for name in crashed
+                 if name]
+        return said
+
+    def _orphaned_subflows(self, ending: tuple[str, str]) -> list[str | None]:
+        """End (:meth:`_cancel`, as ``ending`` says) each subflow run still active whose parent flow run has ended
+        (:data:`FINAL_RUN_STATES`), with its own subflows."""
+        orphans = [child for child in self._api("flow_runs/filter", {"flow_runs": {
+            "parent_task_run_id": {"is_null_": False},
+            "state": {"type": {"any_": list(ACTIVE_RUN_STATES)}}}}) or []
+            if self._parent_state(child) in FINAL_RUN_STATES]
+        return [self._cancel(child, ending) for child in orphans] + self._cancel_subflows(
+            [child["id"] for child in orphans], ending)
+
+    def _parent_state(self, child: dict) -> str | None:
+        """The state type of the flow run that started subflow run ``child`` (through its parent task run)."""
+        parent_task = self._api(f"task_runs/{child['parent_task_run_id']}") or {}
+        if not parent_task.get("flow_run_id"):
+            return None
+        return ((self._api(f"flow_runs/{parent_task['flow_run_id']}") or {}).get("state") or {}).get("type")
 
     def stop_worker(self) -> None:
         """Terminate the worker (SIGTERM, then SIGKILL after its :data:`STOP_GRACE_SECONDS`); the flow runs it

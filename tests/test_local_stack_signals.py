@@ -345,3 +345,75 @@ def test_a_long_log_is_moved_aside_at_a_start_and_old_flow_runs_are_vacuumed(tmp
     assert stack_env(tmp_path, 1)["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] == "events,flow_runs"
     monkeypatch.setenv("PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED", "events")
     assert stack_env(tmp_path, 1)["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] == "events"
+
+
+def test_a_new_stack_crashes_the_runs_a_killed_one_left_and_takes_over_those_still_running(monkeypatch, tmp_path):
+    """After `kill -9` of `gpseg serve`, a flow run's engine (in a session of its own) went on training unseen, and
+    after a restart its run, or its `train-fan-out` subflow under a parent shown Failed, stayed Running for ever.
+    Runs whose engine is gone are set Crashed; one whose engine still runs is named and ended by this stack's stop.
+    A subflow of a run in progress elsewhere (a `gpseg benchmark` on the same database) is left alone."""
+    import subprocess
+    import sys
+
+    from gpseg import local_stack
+    from gpseg.local_stack import CUT_RUN_MESSAGE, KILLED_STACK_MESSAGE, LocalStack
+
+    monkeypatch.setattr(local_stack, "RUN_STOP_GRACE_SECONDS", 0.5)
+    engine = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)",
+                               "prefect.engine"], stdout=subprocess.PIPE, start_new_session=True)
+    assert engine.stdout.readline() == b"up\n"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stack = LocalStack(tmp_path, port=0, home=tmp_path / ".prefect")
+    runs = {"alive": {"name": "training", "infrastructure_pid": str(engine.pid)},
+            "dead": {"name": "killed", "infrastructure_pid": str(gone.pid)},
+            "fan": {"name": "train-fan-out", "parent": "dead"},
+            "orphan": {"name": "orphan-fan-out", "parent": "failed", "parent_task_run_id": "t-failed"},
+            "nested": {"name": "nested", "parent": "orphan"},
+            "failed": {"name": "failed-parent"},
+            "elsewhere": {"name": "benchmark-fan-out", "parent": "benchmark", "parent_task_run_id": "t-benchmark"},
+            "benchmark": {"name": "in-process-benchmark"}}
+    states = {"alive": "RUNNING", "dead": "RUNNING", "fan": "RUNNING", "orphan": "RUNNING", "nested": "PENDING",
+              "failed": "FAILED", "elsewhere": "RUNNING", "benchmark": "RUNNING"}
+    messages: dict[str, str] = {}
+    pool = ("alive", "dead")
+
+    def listed(ids) -> list[dict]:
+        return [{"id": run_id, **runs[run_id]} for run_id in ids]
+
+    def api(path: str, body: dict | None = None):
+        if path == "flow_runs/filter":
+            wanted, query = body["flow_runs"]["state"]["type"]["any_"], body["flow_runs"]
+            if "parent_flow_run_id" in query:
+                return listed(r for r in runs if runs[r].get("parent") in query["parent_flow_run_id"]["any_"]
+                              and states[r] in wanted)
+            assert query["parent_task_run_id"] == {"is_null_": False}
+            return listed(r for r in runs if runs[r].get("parent_task_run_id") and states[r] in wanted)
+        if path.startswith("task_runs/"):
+            return {"flow_run_id": path.removeprefix("task_runs/t-")}
+        run_id = path.split("/")[1]
+        if body is None:
+            return {"state": {"type": states[run_id]}}
+        states[run_id], messages[run_id] = body["state"]["type"], body["state"]["message"]
+        assert body["state"]["name"] == body["state"]["type"].capitalize()
+
+    monkeypatch.setattr(stack, "_api", api)
+    monkeypatch.setattr(stack, "active_runs", lambda: listed(r for r in pool if states[r] == "RUNNING"))
+    try:
+        said = stack.recover_runs()
+        assert said == [f"flow run training (alive) of a killed `gpseg serve` still runs (process {engine.pid}); this "
+                        "stack ends it when it stops",
+                        "flow run killed (dead) of a killed `gpseg serve` set Crashed: its process is gone",
+                        "flow run train-fan-out (fan) of a killed `gpseg serve` set Crashed: its process is gone",
+                        "flow run orphan-fan-out (orphan) of a killed `gpseg serve` set Crashed: its process is gone",
+                        "flow run nested (nested) of a killed `gpseg serve` set Crashed: its process is gone"]
+        assert messages == dict.fromkeys(("dead", "fan", "orphan", "nested"), KILLED_STACK_MESSAGE)
+        assert states["alive"] == states["elsewhere"] == states["benchmark"] == "RUNNING"
+        assert engine.poll() is None
+        stack.processes["server"] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                                     start_new_session=True)
+        assert stack.stop() == ["training (alive)"]  # taken over: this stack's stop ends it
+        assert engine.wait(5) == -signal.SIGTERM and messages["alive"] == CUT_RUN_MESSAGE
+    finally:
+        engine.kill()
+        engine.wait()
