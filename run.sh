@@ -14,7 +14,7 @@ export DO_NOT_TRACK=1  # Prefect's client telemetry (and its first-run notice)
 export NUMPY_MADVISE_HUGEPAGE="${NUMPY_MADVISE_HUGEPAGE:-0}"  # as gpseg's entry points set it: storage/numpy_env.py
 export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-180}"
-mkdir -p "$PREFECT_HOME"
+mkdir -p -m 700 "$PREFECT_HOME"  # yours alone: flow runs, logs, cached task results (-m: the last folder only)
 
 ensure_venv() {
     local stamp python

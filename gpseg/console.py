@@ -131,9 +131,34 @@ def temporary_server_auth(environ: Mapping[str, str]) -> dict[str, str]:
     return dict.fromkeys(AUTH_VARIABLES, token)
 
 
+def private_prefect_home(home: Path) -> str | None:
+    """Keep ``home`` (a ``PREFECT_HOME``: Prefect's database with every flow run and its logs, and the cached task
+    results that a cache hit unpickles) to this user: made with mode 700 when missing (its parents as the umask
+    says). The checkout's own ``.prefect`` (:func:`project_prefect_home`), when it is this user's and open to others
+    (made by an older gpseg, or by ``mkdir`` with a group's umask), is set to 700; another ``PREFECT_HOME`` is left
+    as its owner made it.
+
+    Returns:
+        The line that says it was set to 700, or ``None``.
+
+    Raises:
+        OSError: it cannot be made or changed.
+    """
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    project = project_prefect_home().get("PREFECT_HOME")
+    info = home.stat()
+    if project is None or home.resolve() != Path(project).resolve() or info.st_uid != os.getuid() or not (
+            info.st_mode & 0o077):
+        return None
+    home.chmod(0o700)
+    return (f"{home}: was readable by other users (mode {info.st_mode & 0o777:o}); set to 700, as it holds Prefect's "
+            "database, flow logs and cached task results")
+
+
 def prefect_home_problem() -> str | None:
     """Why Prefect's temporary local server could not keep its SQLite database, in one line; ``None`` when it
-    can, or when ``PREFECT_API_URL`` names a server to use instead. An unwritable ``PREFECT_HOME`` (or home
+    can, or when ``PREFECT_API_URL`` names a server to use instead. The folder is kept to this user
+    (:func:`private_prefect_home`, which says so when it changed it). An unwritable ``PREFECT_HOME`` (or home
     folder) made the temporary server fail and restart for minutes, in tracebacks, and then time out without
     naming the folder."""
     if os.environ.get("PREFECT_API_URL"):
@@ -143,12 +168,14 @@ def prefect_home_problem() -> str | None:
     except RuntimeError as exc:  # no HOME and no password entry
         return f"PREFECT_HOME is not set and there is no home folder ({exc}); set PREFECT_HOME to a writable folder"
     try:
-        home.mkdir(parents=True, exist_ok=True)
+        tightened = private_prefect_home(home)
         with tempfile.TemporaryFile(dir=home):
             pass
     except OSError as exc:
         return (f"PREFECT_HOME {home}: {exc.strerror or one_line(exc)}; Prefect keeps its database there: set "
                 "PREFECT_HOME to a writable folder")
+    if tightened:
+        console.print(f"[yellow]warning[/yellow] {escape(tightened)}", highlight=False, soft_wrap=True)
     return None
 
 

@@ -21,7 +21,7 @@ from rich.markup import escape
 from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, run_dirs
 from gpmodels.names import PRECISIONS, PRESET_NAMES
 from gpseg.console import (console, fail, flow_outcome, folder_problem, one_line, prefect_home_problem,
-                           signal_exit)
+                           private_prefect_home, signal_exit)
 from gpseg.options import (BATCH_SIZE_HELP, EPOCHS_HELP, PRECISION_HELP, flow_train_overrides, one_of,
                            parse_model_options, parse_seeds)
 from gpseg.threshold_options import (
@@ -400,9 +400,12 @@ def serve_cmd(
     stack = LocalStack(root, port)
     try:
         check_port_free(port)  # also in stack.start(); here before the line that says it is starting
+        tightened = private_prefect_home(stack.prefect_home)
         stack.auth  # made, or checked, before anything starts
     except RuntimeError as exc:
         raise fail(str(exc)) from None
+    if tightened:
+        console.print(f"[yellow]warning[/yellow] {escape(tightened)}", highlight=False, soft_wrap=True)
     console.print(f"starting Prefect server on {stack.api_url} "
                   f"(database {escape(stack.env['PREFECT_HOME'])}/prefect.db) ...")
     with interrupt_on_stop_signals():

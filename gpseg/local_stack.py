@@ -92,7 +92,7 @@ def stack_auth(home: Path) -> str:
             starts without a password.
     """
     path = Path(home) / AUTH_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
@@ -196,6 +196,11 @@ def rotated(log: Path, keep: int = LOG_KEEP_BYTES) -> Path:
     return log
 
 
+def _private(path: str, flags: int) -> int:
+    """An ``open`` opener: a file made readable by this user alone (a stack's logs hold its flow runs' output)."""
+    return os.open(path, flags, 0o600)
+
+
 def check_port_free(port: int, host: str = "127.0.0.1") -> None:
     """Raise a one-line ``RuntimeError`` when ``host:port`` cannot be bound (another server holds it).
 
@@ -256,16 +261,18 @@ class LocalStack:
 
     @property
     def log_dir(self) -> Path:
+        """``PREFECT_HOME/logs``, made (and ``PREFECT_HOME`` with it) readable by this user alone when missing."""
         path = self.prefect_home / "logs"
-        path.mkdir(parents=True, exist_ok=True)
+        for folder in (self.prefect_home, path):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         return path
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
-        """Start ``prefect ARGS`` in a session of its own, logging to ``PREFECT_HOME/logs/NAME.log``. It ends with
-        this process (:func:`_die_with`), and holds ``serve.lock`` while it lives (the lock's open file is
+        """Start ``prefect ARGS`` in a session of its own, logging to ``PREFECT_HOME/logs/NAME.log`` (yours alone). It
+        ends with this process (:func:`_die_with`), and holds ``serve.lock`` while it lives (the lock's open file is
         inherited), so a stack whose ``gpseg serve`` was killed cannot be joined by a second one; the lock file
         names its processes."""
-        log = open(rotated(self.log_dir / f"{name}.log"), "ab")
+        log = open(rotated(self.log_dir / f"{name}.log"), "ab", opener=_private)
         lock = (self._lock.fileno(),) if self._lock is not None else ()
         proc = subprocess.Popen([_prefect(), *args], env=self.env, cwd=self.root, stdout=log, stderr=log,
                                 start_new_session=True, pass_fds=lock,
@@ -325,7 +332,7 @@ class LocalStack:
         except RuntimeError as exc:
             owner = self._lock_owner()  # a stack left running by a killed `gpseg serve` has no serve to stop
             raise RuntimeError(f"{exc}; serve.lock names {owner}" if owner else str(exc)) from None
-        self.prefect_home.mkdir(parents=True, exist_ok=True)
+        self.prefect_home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._take_lock()
         try:
             self._spawn("server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port))

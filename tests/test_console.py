@@ -363,3 +363,40 @@ def test_a_flow_command_runs_its_flow_on_a_temporary_server_that_refuses_request
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-2:] == ["401", "200"], done.stdout
+
+
+def test_the_prefect_home_is_made_for_this_user_alone_and_the_checkouts_own_is_closed(tmp_path, monkeypatch,
+                                                                                       output) -> None:
+    """`.prefect/` was made 755 (prefect.db, flow logs readable by every user), and group-writable in a shared
+    group folder: its cached task results, unpickled on a cache hit, ran a group member's code."""
+    import os
+    import stat
+    import subprocess
+    from pathlib import Path
+
+    from gpseg.console import private_prefect_home
+
+    previous = os.umask(0o002)  # a group folder's
+    try:
+        other = tmp_path / "elsewhere" / "prefect"
+        assert private_prefect_home(other) is None and stat.S_IMODE(other.stat().st_mode) == 0o700
+        project = tmp_path / "checkout" / ".prefect"
+        project.mkdir(parents=True)
+        project.chmod(0o775)
+        monkeypatch.setattr(console_module, "project_prefect_home", lambda: {"PREFECT_HOME": str(project)})
+        monkeypatch.setenv("PREFECT_HOME", str(project))
+        monkeypatch.delenv("PREFECT_API_URL", raising=False)
+        assert console_module.prefect_home_problem() is None and stat.S_IMODE(project.stat().st_mode) == 0o700
+        assert output.getvalue() == (f"warning {project}: was readable by other users (mode 775); set to 700, as it "
+                                     "holds Prefect's database, flow logs and cached task results\n")
+        assert private_prefect_home(project) is None  # said once
+        other.chmod(0o755)  # a PREFECT_HOME of the user's choosing is left as they made it
+        assert private_prefect_home(other) is None and stat.S_IMODE(other.stat().st_mode) == 0o755
+        made = tmp_path / "by-run-sh" / "prefect"  # run.sh makes it before any Python runs
+        root = Path(__file__).resolve().parents[1]
+        done = subprocess.run(["bash", str(root / "run.sh"), "nothing"], env={**os.environ, "PREFECT_HOME": str(made)},
+                              capture_output=True, text=True)
+        assert done.returncode == 64 and stat.S_IMODE(made.stat().st_mode) == 0o700, done.stderr
+        assert stat.S_IMODE(made.parent.stat().st_mode) == 0o775  # -m: the last folder only
+    finally:
+        os.umask(previous)

@@ -417,3 +417,24 @@ def test_a_new_stack_crashes_the_runs_a_killed_one_left_and_takes_over_those_sti
     finally:
         engine.kill()
         engine.wait()
+
+
+def test_the_stacks_logs_are_readable_by_this_user_alone(monkeypatch, tmp_path):
+    """server.log and worker.log (each flow run's output) were made 644 in a 755 folder."""
+    import stat
+    import sys
+
+    from gpseg import local_stack
+    from gpseg.local_stack import LocalStack
+
+    monkeypatch.setattr(local_stack, "_prefect", lambda: sys.executable)
+    previous = os.umask(0o002)
+    try:
+        stack = LocalStack(tmp_path, port=1, home=tmp_path / ".prefect")
+        stack._spawn("worker", "-c", "print('up')").wait(30)
+    finally:
+        os.umask(previous)
+    stack.stop()
+    log = tmp_path / ".prefect" / "logs" / "worker.log"
+    assert log.read_text() == "up\n" and stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert stat.S_IMODE(log.parent.stat().st_mode) == stat.S_IMODE(log.parent.parent.stat().st_mode) == 0o700
