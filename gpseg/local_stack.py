@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -304,19 +305,52 @@ class LocalStack:
         return done.stdout
 
     def wait_healthy(self, timeout: float = 240) -> None:
-        """Poll ``/health`` until the server answers."""
+        """Poll ``/health`` until the server answers, then check that it is this stack's: it takes the stack's
+        password. ``/health`` answers anyone, so a second ``gpseg serve`` started at the same time on the same
+        ``--port`` (both found it free) took the first one's answer for its own, and failed on the next step in a
+        401 traceback, its own server having exited on the taken port.
+
+        Raises:
+            RuntimeError: the server exited, or another server holds the port (one line each).
+            TimeoutError: no answer in ``timeout`` seconds.
+        """
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            server = self.processes.get("server")
-            if server is not None and server.poll() is not None:
-                raise RuntimeError(f"prefect server exited ({server.returncode}); see {self.log_dir / 'server.log'}")
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=5) as reply:
-                    if reply.status == 200:
-                        return
-            except OSError:
-                time.sleep(1)
-        raise TimeoutError(f"prefect server not healthy after {timeout:.0f} s; see {self.log_dir / 'server.log'}")
+        while not self._healthy():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"prefect server not healthy after {timeout:.0f} s; see "
+                                   f"{self.log_dir / 'server.log'}")
+            time.sleep(1)
+        try:
+            self._api("admin/version")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 401:
+                raise
+            raise RuntimeError(self._port_taken) from None
+
+    @property
+    def _port_taken(self) -> str:
+        return f"127.0.0.1:{self.port} was taken by another server while this one started; give another --port"
+
+    def _healthy(self) -> bool:
+        """Whether the server answers ``/health``.
+
+        Raises:
+            RuntimeError: the stack's server process exited (on a port another server took, the last lines of its
+                log say, :attr:`_port_taken`).
+        """
+        server = self.processes.get("server")
+        if server is not None and server.poll() is not None:
+            log = self.log_dir / "server.log"
+            with contextlib.suppress(OSError), open(log, "rb") as lines:
+                lines.seek(max(0, log.stat().st_size - 2000))
+                if b"address already in use" in lines.read():
+                    raise RuntimeError(self._port_taken)
+            raise RuntimeError(f"prefect server exited ({server.returncode}); see {log}")
+        try:
+            with urllib.request.urlopen(f"{self.api_url}/health", timeout=5) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
 
     def start(self, deploy: bool = True, worker: bool = True) -> "LocalStack":
         """Start the server, create the work pool, deploy prefect.yaml and start a worker.

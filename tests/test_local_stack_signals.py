@@ -438,3 +438,43 @@ def test_the_stacks_logs_are_readable_by_this_user_alone(monkeypatch, tmp_path):
     log = tmp_path / ".prefect" / "logs" / "worker.log"
     assert log.read_text() == "up\n" and stat.S_IMODE(log.stat().st_mode) == 0o600
     assert stat.S_IMODE(log.parent.stat().st_mode) == stat.S_IMODE(log.parent.parent.stat().st_mode) == 0o700
+
+
+def test_a_port_taken_by_another_server_while_the_stack_starts_is_said_in_one_line(tmp_path):
+    """Two `gpseg serve` started at once on one --port both found it free; the second took the first one's /health
+    (which answers anyone) for its own and failed on its next step in a 20-line HTTP 401 traceback."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    from gpseg.local_stack import LocalStack
+
+    class Other(http.server.BaseHTTPRequestHandler):  # another stack's server: its own password
+        def do_GET(self):
+            self.send_response(200 if self.path == "/api/health" else 401)
+            self.end_headers()
+            self.wfile.write(b"true")
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other) as other:
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        stack = LocalStack(tmp_path, port=other.server_address[1], home=tmp_path / ".prefect")
+        stack.processes["server"] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            taken = (rf"^127\.0\.0\.1:{stack.port} was taken by another server while this one started; give "
+                     r"another --port$")
+            with pytest.raises(RuntimeError, match=taken):
+                stack.wait_healthy(timeout=10)
+            stack.processes["server"].kill()  # or its own server has exited on the taken port first
+            stack.processes["server"].wait()
+            (stack.log_dir / "server.log").write_text("ERROR: [Errno 98] error while attempting to bind on address "
+                                                      "('127.0.0.1', 4200): address already in use\n")
+            with pytest.raises(RuntimeError, match=taken):
+                stack.wait_healthy(timeout=10)
+        finally:
+            stack.processes["server"].kill()
+            stack.processes["server"].wait()
+            other.shutdown()
