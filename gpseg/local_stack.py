@@ -89,11 +89,13 @@ def stack_auth(home: Path) -> str:
     user alone when missing.
 
     Raises:
-        RuntimeError: the file is unreadable, empty or not ``USER:TOKEN`` (one line naming it): the stack never
-            starts without a password.
+        RuntimeError: the file or ``home`` is another user's (:func:`foreign_owner`), or the file is unreadable,
+            empty or not ``USER:TOKEN`` (one line naming it): the stack never starts without a password.
     """
     path = Path(home) / AUTH_FILE
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if problem := foreign_owner(path.parent) or foreign_owner(path):
+        raise RuntimeError(problem)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
@@ -115,6 +117,24 @@ def stack_auth(home: Path) -> str:
         raise RuntimeError(f"{path}: empty or damaged (expected one line, USER:TOKEN); delete it while the stack is "
                            "stopped to make a new one")
     return auth
+
+
+def foreign_owner(path: Path) -> str | None:
+    """``PATH: owned by USER: ...`` when ``path`` exists and belongs to another user than this process's, else
+    ``None``. A user who ran ``gpseg serve`` in another's checkout was told to delete that user's password file."""
+    import pwd
+
+    try:
+        uid = path.stat().st_uid
+    except OSError:  # missing, or in a folder this user cannot search (said by the caller's own error)
+        return None
+    if uid == os.getuid():
+        return None
+    try:
+        owner = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        owner = f"user id {uid}"
+    return f"{path}: owned by {owner}: each user runs gpseg serve from their own checkout"
 
 
 def stack_env(root: Path, port: int, home: Path | None = None, auth: str | None = None) -> dict[str, str]:

@@ -478,3 +478,21 @@ def test_a_port_taken_by_another_server_while_the_stack_starts_is_said_in_one_li
             stack.processes["server"].kill()
             stack.processes["server"].wait()
             other.shutdown()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a file to another user")
+@pytest.mark.parametrize("given", [".prefect", ".prefect/api-auth"])
+def test_serve_in_another_users_checkout_names_the_owner_not_a_file_to_delete(tmp_path, given):
+    """User B's `gpseg serve` in user A's checkout said ".prefect/api-auth: unreadable (Permission denied); delete it
+    while the stack is stopped to make a new one"."""
+    import pwd
+
+    from gpseg.local_stack import stack_auth
+
+    (tmp_path / ".prefect").mkdir()
+    (tmp_path / ".prefect" / "api-auth").write_text("gpseg:a-secret\n")
+    nobody = pwd.getpwnam("nobody")
+    os.chown(tmp_path / given, nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(RuntimeError, match=rf"^{tmp_path / given}: owned by nobody: each user runs gpseg serve from "
+                                           r"their own checkout$"):
+        stack_auth(tmp_path / ".prefect")
