@@ -19,7 +19,8 @@ from pathlib import Path
 from storage.locks import exclusive_lock
 
 LOCK_FILE = ".flow.lock"
-"""The lock file in a work dir; it holds the pid and flow of the run holding it."""
+"""The lock file in a work dir; it holds the pid, user, host, start and flow of the run holding it
+(:func:`storage.locks.holder_line`)."""
 
 
 @contextmanager
@@ -36,7 +37,7 @@ def workdir_lock(workdir: str | Path, flow_name: str, say: Callable[[str], objec
 
     def busy(holder: str) -> str:
         return (f"waiting for the flow run working in {path.parent} ({holder}) to finish: one flow at a time "
-                "changes a work dir's stores, runs and report")
+                "changes a work dir's stores, runs and report (Ctrl-C, or cancelling this flow run, to stop waiting)")
 
     with exclusive_lock(path, flow_name, busy, say):
         yield

@@ -12,7 +12,7 @@ Layout of ``RUN_DIR``::
                             every ``checkpoint_every_s`` (default 60 s) and after the last epoch
     logs/step_NNNNNNN/      Lightning CSV logs of the attempt that started at that global step
     tensorboard/            TensorBoard event files
-    .train.lock             held (``fcntl.flock``) by the process training the run; holds its pid
+    .train.lock             held (``fcntl.flock``) by the process training the run; holds its pid, user, host, start
 
 Every weights file (``model.pt``, ``*.ckpt``) loads with ``torch.load(path, weights_only=True)``.
 Checkpoints are written through a temporary file in their own folder and a rename

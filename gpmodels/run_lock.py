@@ -17,7 +17,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from gpmodels.checkpoints import RunPaths
 from storage.folders import pid_alive
-from storage.locks import open_lock_file, unlockable
+from storage.locks import HOLDER_BYTES, holder_line, holder_pid, open_lock_file, unlockable
 
 _LOG = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ def training_lock(paths: RunPaths) -> AbstractContextManager[None]:
 
 @contextmanager
 def run_dir_lock(paths: RunPaths) -> Iterator[int]:
-    """Hold ``RUN_DIR/.train.lock`` (``fcntl.flock``, exclusive) with this process's pid in it; yields the lock
-    file's descriptor, which a child process given it holds the lock with too, while it lives.
+    """Hold ``RUN_DIR/.train.lock`` (``fcntl.flock``, exclusive) with this process's pid, user, host and start in it
+    (:func:`storage.locks.holder_line`); yields the lock file's descriptor, which a child process given it holds the
+    lock with too, while it lives.
 
     The lock goes with the process: a killed trainer leaves the file, not the lock. It is released
     explicitly on the way out, since data-loading workers forked meanwhile share it and may outlive
@@ -58,7 +59,7 @@ def run_dir_lock(paths: RunPaths) -> Iterator[int]:
         locked = _lock_exclusively(fd, paths, writable)
         if writable:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, f"{holder_line(DOING)}\n".encode(), 0)
         try:
             yield fd
         finally:
@@ -70,6 +71,8 @@ def run_dir_lock(paths: RunPaths) -> Iterator[int]:
         os.close(fd)
 
 
+DOING = "training"
+"""What a trainer writes into the lock after its pid, user, host and start (:func:`storage.locks.holder_line`)."""
 PROBE_WAIT_S = 1.0
 """How long a training waits for a lock held without a pid in it: a moment's look at it (``gpseg prune`` lists
 the runs in training) or a trainer about to write its pid."""
@@ -84,12 +87,13 @@ def _lock_exclusively(fd: int, paths: RunPaths, writable: bool = True) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        if not holder.isdigit():  # no pid yet: a trainer between its lock and its pid, or a look (gpseg prune)
+        holder = os.pread(fd, HOLDER_BYTES, 0).decode(errors="replace").strip()
+        if holder_pid(holder) is None:  # no pid yet: a trainer between its lock and its pid, or a look (gpseg prune)
             if _lock_within(fd, PROBE_WAIT_S):
                 return True
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        if not (holder.isdigit() and not pid_alive(int(holder)) and _lock_within(fd, ORPHAN_WAIT_S)):
+            holder = os.pread(fd, HOLDER_BYTES, 0).decode(errors="replace").strip()
+        pid = holder_pid(holder)
+        if not (pid is not None and not pid_alive(pid) and _lock_within(fd, ORPHAN_WAIT_S)):
             raise RunDirBusy(_busy_message(paths, holder)) from None
     except OSError as exc:
         _LOG.warning("%s", unlockable(paths.lock, exc, writable))
@@ -116,10 +120,17 @@ def _lock_within(fd: int, seconds: float) -> bool:
 
 
 def _busy_message(paths: RunPaths, holder: str) -> str:
-    """Why the lock of ``paths.root`` is busy, naming the pid written in it (``holder``)."""
-    if holder.isdigit() and not pid_alive(int(holder)):
-        return (f"{paths.root}: pid {holder} was training this run and has ended, but processes it started (its "
+    """Why the lock of ``paths.root`` is busy, naming who holds it from the text written in it (``holder``:
+    :func:`storage.locks.holder_line`, or a bare pid from older versions)."""
+    pid = holder_pid(holder)
+    if pid is not None and not pid_alive(pid):
+        return (f"{paths.root}: pid {pid} was training this run and has ended, but processes it started (its "
                 f"data-loading workers) still hold the lock after {ORPHAN_WAIT_S:g} s, or another user's process, "
                 "which cannot write its pid into the lock file, trains it; end them or try again")
-    return (f"{paths.root}: another process (pid {holder if holder.isdigit() else 'unknown'}) is training this "
-            "run; wait for it to finish")
+    if pid is None:
+        who = "pid unknown"
+    elif holder.startswith("pid "):  # pid, user, host and start
+        who = holder.splitlines()[0].removesuffix(f", {DOING}")
+    else:
+        who = f"pid {pid}"
+    return f"{paths.root}: another process ({who}) is training this run; wait for it to finish"

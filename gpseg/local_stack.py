@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gpmodels.process_groups import end_groups, stop_process_group
-from storage.locks import lock_holder
+from storage.locks import lock_holder, user_name
 
 POOL = "gpseg-local"
 STOP_GRACE_SECONDS = {"server": 30.0, "worker": 5.0}
@@ -122,19 +122,13 @@ def stack_auth(home: Path) -> str:
 def foreign_owner(path: Path) -> str | None:
     """``PATH: owned by USER: ...`` when ``path`` exists and belongs to another user than this process's, else
     ``None``. A user who ran ``gpseg serve`` in another's checkout was told to delete that user's password file."""
-    import pwd
-
     try:
         uid = path.stat().st_uid
     except OSError:  # missing, or in a folder this user cannot search (said by the caller's own error)
         return None
     if uid == os.getuid():
         return None
-    try:
-        owner = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        owner = f"user id {uid}"
-    return f"{path}: owned by {owner}: each user runs gpseg serve from their own checkout"
+    return f"{path}: owned by {user_name(uid)}: each user runs gpseg serve from their own checkout"
 
 
 def stack_env(root: Path, port: int, home: Path | None = None, auth: str | None = None) -> dict[str, str]:

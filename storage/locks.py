@@ -1,7 +1,7 @@
 """Exclusive locks on lock files (``fcntl.flock``), for writers of one store or one work dir.
 
 The lock goes with the process: a killed writer leaves the file, not the lock. The file holds the holder's
-pid and what it does, for the message of the process that finds it taken.
+pid, user, host, start and what it does (:func:`holder_line`), for the message of the process that finds it taken.
 """
 
 from __future__ import annotations
@@ -10,13 +10,45 @@ import errno
 import fcntl
 import os
 import re
+import socket
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 
 from storage.errors import StoreError
 from storage.folders import pid_alive
+
+
+HOLDER_BYTES = 1000
+"""How much of a lock file is read for its holder's line (:func:`holder_line`; a long host name fits)."""
+
+
+def user_name(uid: int | None = None) -> str:
+    """The login name of user ``uid`` (default: this process's), or ``user id N`` where it has none."""
+    import pwd
+
+    uid = os.getuid() if uid is None else uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"user id {uid}"
+
+
+def holder_line(doing: str) -> str:
+    """What a lock's holder writes into its file: ``pid N, user U, host H, since 2026-01-31T09:05, DOING`` (local
+    time, to the minute), so that a process that finds it taken (another user's, perhaps) says who holds it, where,
+    and since when."""
+    return (f"pid {os.getpid()}, user {user_name()}, host {socket.gethostname()}, "
+            f"since {datetime.now().isoformat(timespec='minutes')}, {doing}")
+
+
+def holder_pid(written: str) -> int | None:
+    """The pid in a lock file's text: ``pid N, ...`` (:func:`holder_line`, or the older ``pid N, DOING``) or a bare
+    ``N`` (a run dir's lock before it held a :func:`holder_line`); ``None`` in any other text."""
+    found = re.match(r"(?:pid )?(\d+)(?:,|$)", written.strip())
+    return int(found.group(1)) if found else None
 
 
 class Busy(StoreError):
@@ -31,7 +63,7 @@ def exclusive_lock(path: Path, doing: str, busy: Callable[[str], str], say: Call
     Args:
         path: the lock file (created, with its folder, if missing).
         doing: written into the file while held, e.g. ``"gpseg ingest"``, for another process's message.
-        busy: the message when another process holds it, from the holder's text (``"pid 12, gpseg ingest"``).
+        busy: the message when another process holds it, from the holder's text (:func:`holder_text`).
         say: how to tell the user that this process waits, or that the file system has no locks.
         wait: wait for the holder (saying so) or raise :class:`Busy` at once.
         remove_unless: called at the end, still holding the lock: where it is false (the store the lock guards
@@ -46,7 +78,7 @@ def exclusive_lock(path: Path, doing: str, busy: Callable[[str], str], say: Call
     try:
         if locked and writable:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()}, {doing}\n".encode(), 0)
+            os.pwrite(fd, f"{holder_line(doing)}\n".encode(), 0)
         yield
     finally:
         try:
@@ -102,7 +134,7 @@ def _flock(fd: int, writable: bool, path: Path, busy: Callable[[str], str], say:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        message = busy(holder_text(os.pread(fd, 200, 0).decode(errors="replace").strip(), path))
+        message = busy(holder_text(os.pread(fd, HOLDER_BYTES, 0).decode(errors="replace").strip(), path))
         if not wait:
             raise Busy(message) from None
         say(message)
@@ -130,13 +162,14 @@ def _names(path: Path, fd: int) -> bool:
 
 
 def holder_text(written: str, path: Path) -> str:
-    """Who holds a lock, from the text in its file (``"pid 12, gpseg ingest"``). A holder that opened the file
-    read-only (another user's) cannot write its own text, so a killed earlier holder's may still be there: a pid
-    that has ended is said to be one."""
+    """Who holds a lock, from the text in its file (:func:`holder_line`; ``"pid 12, gpseg ingest"`` from older
+    versions). A holder that opened the file read-only (another user's) cannot write its own text, so a killed
+    earlier holder's may still be there: a pid of this host that has ended is said to be one."""
     if not written:
         return "another process"
-    found = re.match(r"pid (\d+)", written)
-    if found and not pid_alive(int(found.group(1))):
+    pid = holder_pid(written) if written.startswith("pid ") else None
+    host = re.search(r", host ([^,]+),", written)
+    if pid is not None and (host is None or host.group(1) == socket.gethostname()) and not pid_alive(pid):
         return (f"another process; {path.name} still names {written.splitlines()[0]}, which has ended here: the "
                 "holder is another user's process, which cannot write its name there, or one on another host")
     return written
@@ -155,7 +188,7 @@ def lock_holder(path: Path) -> str | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            written = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            written = os.pread(fd, HOLDER_BYTES, 0).decode(errors="replace").strip()
             return holder_text(f"pid {written}" if written.isdigit() else written, path)
         except OSError:
             return None

@@ -117,7 +117,9 @@ def test_a_version_with_a_run_in_training_is_kept(tmp_path):
     with run_dir_lock(RunPaths(workdir / "runs" / "brats" / OLD / "gp-unet" / "fold_0")):  # as a training holds it
         plan = plan_prune(workdir)
         assert plan.deletions == []
-        assert (workdir / "runs" / "brats" / OLD, f"in training: gp-unet/fold_0 (pid {os.getpid()})") in plan.kept
+        held = (workdir / "runs" / "brats" / OLD / "gp-unet" / "fold_0" / ".train.lock").read_text().strip()
+        assert held.startswith(f"pid {os.getpid()}, user ")  # who, where and since when
+        assert (workdir / "runs" / "brats" / OLD, f"in training: gp-unet/fold_0 ({held})") in plan.kept
         assert prune(workdir).deletions == []
     assert (workdir / "runs" / "brats" / OLD).is_dir()
     assert [deletion.path.name for deletion in prune(workdir).deletions] == [OLD]
@@ -136,8 +138,9 @@ def test_checkpoints_go_only_for_finished_runs(tmp_path):
         for version in (NEW, NEWER):  # the finished run beside one in training too
             assert re.search(rf"runs/brats/{version}/gp-unet/fold_0/checkpoints +6\d\.\d kB +finished run's "
                              "last \+ best", said), said
+        held = (busy / ".train.lock").read_text().strip()
         assert f"keeps runs/brats/{NEWER}: the data version of stores/brats.zarr; among the newest 1; in training: " \
-               f"inceptionv3/fold_0 (pid {os.getpid()}, training)" in said
+               f"inceptionv3/fold_0 ({held})" in said and held.startswith(f"pid {os.getpid()}, ")
         assert f"keeps the checkpoints of 4 run(s) not finished or in training: runs/brats/{NEWER}/inceptionv3/" \
                f"fold_0, runs/brats/{NEWER}/resnext50/fold_0, runs/brats/{NEW}/gp-shuffleunet/fold_0, " \
                f"runs/brats/{NEW}/resnext50/fold_0" in said
@@ -162,11 +165,12 @@ def test_a_flow_working_in_the_work_dir_stops_a_prune_that_would_delete(tmp_path
     with exclusive_lock(workdir / ".flow.lock", "retrain-on-new-data", lambda holder: holder, print, wait=False):
         listed = _prune(workdir)
         assert listed.exit_code == 0 and "a flow run works in" in _said(listed)
-        assert f"(pid {os.getpid()}, retrain-on-new-data): prune --yes stops until it has finished" in _said(listed)
+        held = (workdir / ".flow.lock").read_text().strip()
+        assert f"({held}): prune --yes stops until it has finished" in _said(listed)
         refused = _prune(workdir, "--yes")
         assert refused.exit_code == 1
-        assert _said(refused) == (f"error: {workdir}: a flow run works in it (pid {os.getpid()}, retrain-on-new-data); "
-                                  "prune once it has finished (nothing was deleted)")
+        assert _said(refused) == (f"error: {workdir}: a flow run works in it ({held}); prune once it has finished "
+                                  "(nothing was deleted)") and held.endswith(", retrain-on-new-data")
     assert (workdir / "runs" / "brats" / OLD).is_dir()
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -32,12 +34,22 @@ def test_a_second_flow_waits_for_the_one_holding_the_work_dir(tmp_path):
         assert (tmp_path / LOCK_FILE).read_text().startswith("pid ")
     holder.wait(timeout=30)
     assert waited > 0.5
-    assert len(said) == 1 and said[0].startswith(f"waiting for the flow run working in {tmp_path} "
-                                                 f"(pid {holder.pid}, retrain-on-new-data) to finish")
+    # who holds it, where and since when (another user's flow: `gpseg postprocess` waited for hours, unsaid)
+    assert len(said) == 1 and re.fullmatch(
+        rf"waiting for the flow run working in {re.escape(str(tmp_path))} \({_holder(holder.pid)}, "
+        r"retrain-on-new-data\) to finish: one flow at a time changes a work dir's stores, runs and report "
+        r"\(Ctrl-C, or cancelling this flow run, to stop waiting\)", said[0]), said
     said.clear()
     with workdir_lock(tmp_path, "full-benchmark", said.append):  # free again: no wait, nothing said
         pass
     assert said == [] and (tmp_path / LOCK_FILE).read_text() == ""
+
+
+def _holder(pid: int) -> str:
+    """A regular expression of the start of a lock's text written by process ``pid`` of this user and host
+    (:func:`storage.locks.holder_line`)."""
+    return (rf"pid {pid}, user {re.escape(locks.user_name())}, host {re.escape(socket.gethostname())}, "
+            r"since \d{4}-\d\d-\d\dT\d\d:\d\d")
 
 
 def _hold(lock_code: str, *args: str) -> subprocess.Popen:
@@ -85,8 +97,8 @@ def test_gpseg_postprocess_on_a_work_dir_waits_for_the_flow_working_in_it(tmp_pa
     result = CliRunner().invoke(app, ["postprocess", "--workdir", str(tmp_path)])
     holder.wait(timeout=30)
     said = " ".join(result.output.split())
-    assert said.startswith(f"waiting for the flow run working in {tmp_path} (pid {holder.pid}, "
-                           "retrain-on-new-data) to finish"), said
+    assert re.match(rf"waiting for the flow run working in {re.escape(str(tmp_path))} \({_holder(holder.pid)}, "
+                    r"retrain-on-new-data\) to finish", said), said
     assert result.exit_code == 1 and "no run" in said  # then it went on, on a work dir without runs
 
 
@@ -101,8 +113,8 @@ def test_a_second_ingestion_into_one_store_is_refused_at_once(tmp_path):
     store = tmp_path / "s.zarr"
     holder = _hold("from pathlib import Path\nfrom storage.ingest import store_lock\n"
                    f"with store_lock(Path({str(store)!r})):")
-    with pytest.raises(Busy, match=rf"^{store}: another ingestion \(pid {holder.pid}, gpseg ingest\) is writing this "
-                                   r"store; run this one when it has finished$"):
+    with pytest.raises(Busy, match=rf"^{store}: another ingestion \({_holder(holder.pid)}, gpseg ingest\) is "
+                                   r"writing this store; run this one when it has finished$"):
         ingest_brats(tmp_path / "src", store)
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "alias.zarr").symlink_to(store)
@@ -150,7 +162,7 @@ def test_a_process_waiting_on_a_lock_file_its_holder_deletes_locks_the_new_one(t
         assert waiting.wait(30)
         _release(holder)  # deletes the file the waiter waits on
         assert held.wait(30)
-        assert lock.read_text() == f"pid {os.getpid()}, waiter\n"  # the file at the path is the waiter's
+        assert re.fullmatch(rf"{_holder(os.getpid())}, waiter\n", lock.read_text())  # the file is the waiter's
         with pytest.raises(locks.Busy, match="waiter"):
             with locks.exclusive_lock(lock, "third", lambda holder_text: holder_text, print, wait=False):
                 pass
@@ -222,7 +234,7 @@ def test_a_lock_file_another_user_made_is_locked_read_only(tmp_path, monkeypatch
 
     monkeypatch.setattr(locks.os, "open", as_another_user)
     busy = lambda holder_text: f"busy: {holder_text}"  # noqa: E731
-    with pytest.raises(locks.Busy, match=f"busy: pid {holder.pid}, retrain-on-new-data"):
+    with pytest.raises(locks.Busy, match=f"busy: {_holder(holder.pid)}, retrain-on-new-data"):
         with locks.exclusive_lock(tmp_path / LOCK_FILE, "postprocess", busy, print, wait=False):
             pass
     _release(holder)
@@ -264,7 +276,7 @@ def test_a_lock_file_on_a_file_system_that_refuses_modes_is_still_made_and_locke
 
     monkeypatch.setattr(locks.os, "fchmod", refused)
     with locks.exclusive_lock(tmp_path / LOCK_FILE, "postprocess", str, print, wait=False):
-        assert (tmp_path / LOCK_FILE).read_text().startswith(f"pid {os.getpid()}, postprocess")
+        assert re.fullmatch(rf"{_holder(os.getpid())}, postprocess\n", (tmp_path / LOCK_FILE).read_text())
 
 
 def test_a_file_where_the_lock_files_folder_should_be_is_named_in_one_line(tmp_path):
@@ -293,8 +305,8 @@ def test_gpseg_postprocess_of_runs_given_waits_for_the_flow_working_where_they_l
     result = CliRunner().invoke(app, ["postprocess", "--runs", str(run), "--out", str(tmp_path / "elsewhere")])
     holder.wait(timeout=30)
     said = " ".join(result.output.split())
-    assert said.startswith(f"waiting for the flow run working in {workdir} (pid {holder.pid}, full-benchmark) to "
-                           "finish"), said
+    assert re.match(rf"waiting for the flow run working in {re.escape(str(workdir))} \({_holder(holder.pid)}, "
+                    r"full-benchmark\) to finish", said), said
     assert result.exit_code in (1, 2) and "Traceback" not in result.output  # then it went on: no run there
 
 
@@ -405,3 +417,17 @@ def test_a_lock_file_that_is_a_link_is_refused_and_its_target_left_whole(tmp_pat
         with workdir_lock(tmp_path / "w", "test", print):
             pass
     assert victim.read_text() == "IMPORTANT"
+
+
+def test_the_holders_pid_is_read_from_every_format_and_another_hosts_is_not_said_to_have_ended(tmp_path):
+    """A run dir's lock held a bare pid, other locks ``pid N, DOING``; now both hold the user, host and start too.
+    A pid written on another host (a shared file system) says nothing of the processes of this one."""
+    assert re.fullmatch(rf"{_holder(os.getpid())}, ingest", locks.holder_line("ingest"))
+    assert [locks.holder_pid(text) for text in (locks.holder_line("x"), "pid 12, gpseg ingest", "12\n", "pid 7",
+                                                "", "another", "12abc")] == [os.getpid(), 12, 12, 7, None, None, None]
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    elsewhere = (f"pid {gone.stdout.strip()}, user ann, host not-{socket.gethostname()}, since 2026-01-31T09:05, "
+                 "retrain")
+    assert locks.holder_text(elsewhere, tmp_path / LOCK_FILE) == elsewhere
+    here = elsewhere.replace(f"host not-{socket.gethostname()}", f"host {socket.gethostname()}")
+    assert locks.holder_text(here, tmp_path / LOCK_FILE).startswith(f"another process; {LOCK_FILE} still names {here}")

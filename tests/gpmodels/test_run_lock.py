@@ -13,6 +13,17 @@ from gpmodels import run_lock
 from gpmodels.checkpoints import RunPaths
 
 
+def _held_by_this_process(text: str) -> bool:
+    """Whether a run dir's lock file names this process as its trainer, with its user, host and start."""
+    import re
+    import socket
+
+    from storage.locks import user_name
+
+    return re.fullmatch(rf"pid {os.getpid()}, user {re.escape(user_name())}, host {re.escape(socket.gethostname())}, "
+                        r"since \d{4}-\d\d-\d\dT\d\d:\d\d, training\n", text) is not None
+
+
 _KILLED_UNDER_LOCK = ("import os, sys, time; from pathlib import Path; from gpmodels.checkpoints import RunPaths; "
                       "from gpmodels.run_lock import run_dir_lock\n"
                       "with run_dir_lock(RunPaths(Path(sys.argv[1]))):\n"
@@ -32,7 +43,7 @@ def test_a_killed_trainers_workers_are_waited_for(tmp_path, monkeypatch, worker_
     monkeypatch.setattr(run_lock, "ORPHAN_WAIT_S", 2.0)
     if worker_s < run_lock.ORPHAN_WAIT_S:
         with run_lock.run_dir_lock(paths):
-            assert paths.lock.read_text() == f"{os.getpid()}\n"
+            assert _held_by_this_process(paths.lock.read_text())
         return
     with pytest.raises(run_lock.RunDirBusy) as raised:
         with run_lock.run_dir_lock(paths):
@@ -50,7 +61,7 @@ def test_the_lock_is_released_while_processes_forked_under_it_live_on(tmp_path):
 
     paths = RunPaths(tmp_path / "run")
     with run_lock.run_dir_lock(paths):
-        assert paths.lock.read_text() == f"{os.getpid()}\n"
+        assert _held_by_this_process(paths.lock.read_text())
         worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
         worker.start()
     try:
@@ -78,4 +89,4 @@ def test_a_look_at_the_lock_without_a_pid_is_waited_for_not_taken_as_a_trainer(t
         fcntl.flock(look, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what the look holds for a moment
         threading.Timer(0.3, fcntl.flock, (look, fcntl.LOCK_UN)).start()
         with run_lock.run_dir_lock(paths):
-            assert paths.lock.read_text() == f"{os.getpid()}\n"
+            assert _held_by_this_process(paths.lock.read_text())

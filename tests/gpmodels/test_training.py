@@ -875,7 +875,9 @@ def test_a_second_process_cannot_train_a_run_dir_being_trained(smoke_run, tmp_pa
     holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        message = f"{out}: another process (pid {holder.pid}) is training this run; wait for it to finish"
+        held = (out / ".train.lock").read_text().strip().removesuffix(", training")  # pid, user, host and start
+        message = f"{out}: another process ({held}) is training this run; wait for it to finish"
+        assert held.startswith(f"pid {holder.pid}, user ")
         with pytest.raises(run_lock.RunDirBusy) as raised:
             train(busy)
         assert str(raised.value) == message
