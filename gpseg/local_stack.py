@@ -47,10 +47,9 @@ SUBFLOW_DEPTH = 4
 """How many levels of subflows :meth:`LocalStack.end_runs` cancels below a run it cut short."""
 CUT_RUN_MESSAGE = ("`gpseg serve` was stopped while this run was in progress; run it again (finished tasks "
                    "are taken from the cache)")
-KILLED_STACK_MESSAGE = ("the `gpseg serve` that ran this flow run was killed (no stop ended it); run it again "
-                        "(finished tasks are taken from the cache)")
-"""The message of a flow run that a new stack finds left active by a killed one, its process gone
-(:meth:`LocalStack.recover_runs`)."""
+KILLED_STACK_MESSAGE = ("the process that ran this flow run was killed (a `gpseg serve` or flow command that no stop "
+                        "ended); run it again (finished tasks are taken from the cache)")
+"""The message of a flow run that a new stack finds left active, its process gone (:meth:`LocalStack.recover_runs`)."""
 FINAL_RUN_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 """Flow-run states in which a run has ended: a subflow still active under such a parent was left behind."""
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -343,6 +342,7 @@ class LocalStack:
 
     @property
     def _port_taken(self) -> str:
+        """The message of a ``--port`` that another server took while this stack's started."""
         return f"127.0.0.1:{self.port} was taken by another server while this one started; give another --port"
 
     def _healthy(self) -> bool:
@@ -517,8 +517,7 @@ class LocalStack:
         crashed = [self._cancel(run, ending) for run in dead] + self._cancel_subflows([run["id"] for run in dead],
                                                                                        ending)
         crashed += self._orphaned_subflows(ending)
-        said += [f"flow run {name} of a killed `gpseg serve` set Crashed: its process is gone" for name in crashed
-                 if name]
+        said += [f"flow run {name} set Crashed: left active by a killed process" for name in crashed if name]
         return said
 
     def _orphaned_subflows(self, ending: tuple[str, str]) -> list[str | None]:

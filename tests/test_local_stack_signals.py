@@ -403,10 +403,10 @@ def test_a_new_stack_crashes_the_runs_a_killed_one_left_and_takes_over_those_sti
         said = stack.recover_runs()
         assert said == [f"flow run training (alive) of a killed `gpseg serve` still runs (process {engine.pid}); this "
                         "stack ends it when it stops",
-                        "flow run killed (dead) of a killed `gpseg serve` set Crashed: its process is gone",
-                        "flow run train-fan-out (fan) of a killed `gpseg serve` set Crashed: its process is gone",
-                        "flow run orphan-fan-out (orphan) of a killed `gpseg serve` set Crashed: its process is gone",
-                        "flow run nested (nested) of a killed `gpseg serve` set Crashed: its process is gone"]
+                        "flow run killed (dead) set Crashed: left active by a killed process",
+                        "flow run train-fan-out (fan) set Crashed: left active by a killed process",
+                        "flow run orphan-fan-out (orphan) set Crashed: left active by a killed process",
+                        "flow run nested (nested) set Crashed: left active by a killed process"]
         assert messages == dict.fromkeys(("dead", "fan", "orphan", "nested"), KILLED_STACK_MESSAGE)
         assert states["alive"] == states["elsewhere"] == states["benchmark"] == "RUNNING"
         assert engine.poll() is None
