@@ -23,6 +23,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,7 +81,8 @@ class ClassifierModule(pl.LightningModule):
         net: the network; ``net(x)`` maps ``(B, C, H, W)`` to logits ``(B, K)``. If it has
             ``forward_with_aux(x) -> (logits, aux_logits | None)``, the auxiliary loss is added in
             training.
-        class_weights: cross-entropy weight per class (K values).
+        class_weights: cross-entropy weight per class: K finite values >= 0 (a sequence or a float ``(K,)``
+            array, e.g. :func:`gpmodels.data.balanced_class_weights`'s), K being the network's logits.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         aux_weight: weight of the auxiliary loss.
@@ -92,16 +94,19 @@ class ClassifierModule(pl.LightningModule):
             results within float rounding are the same.
 
     Raises:
-        ValueError: If ``class_weights`` is empty or negative, or a rate is out of range.
+        ValueError: If ``class_weights`` is empty, negative or not finite, or a rate is out of range; at the first
+            step, if the network gives another number of logits than ``class_weights`` has weights.
     """
 
     def __init__(self, net: nn.Module, class_weights: Sequence[float], lr: float = 1e-3,
                  weight_decay: float = 5e-4, aux_weight: float = 0.4,
                  run_config: dict[str, Any] | None = None, channels_last: bool = False) -> None:
         super().__init__()
-        weights = [float(w) for w in class_weights]
-        if not weights or min(weights) < 0:
-            raise ValueError(f"class_weights: got {weights}, expected one weight >= 0 per class")
+        # plain floats: save_hyperparameters compares this frame's locals with ``==``, ambiguous for an array
+        class_weights = tuple(float(w) for w in class_weights)
+        weights = list(class_weights)
+        if not weights or not all(math.isfinite(w) and w >= 0 for w in weights):
+            raise ValueError(f"class_weights: got {weights}, expected one finite weight >= 0 per class")
         if lr <= 0 or weight_decay < 0 or aux_weight < 0:
             raise ValueError(f"lr, weight_decay, aux_weight: got {lr}, {weight_decay}, {aux_weight}, "
                              "expected lr > 0 and the others >= 0")
@@ -132,6 +137,9 @@ class ClassifierModule(pl.LightningModule):
         Args:
             images: float ``(B, C, H, W)``.
             labels: int64 ``(B,)``.
+
+        Raises:
+            ValueError: The network gives another number of logits than there are class weights.
         """
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -140,6 +148,9 @@ class ClassifierModule(pl.LightningModule):
             logits, aux = self.net.forward_with_aux(images)
         else:
             logits = self.net(images)
+        if logits.shape[1] != self.class_weights.shape[0]:
+            raise ValueError(f"class_weights: got {self.class_weights.shape[0]} weights, but the network gives "
+                             f"{logits.shape[1]} class logits; expected one weight per class")
         loss = weighted_cross_entropy(logits, labels, self.class_weights)
         if aux is not None:
             loss = loss + self.hparams.aux_weight * weighted_cross_entropy(aux, labels, self.class_weights)

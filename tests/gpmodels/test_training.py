@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from gpmodels.checkpoints import RunPaths, merge_metrics, net_state_from_checkpoint
+from gpmodels.data import balanced_class_weights
 from gpmodels.lightning_module import ClassifierModule, weighted_cross_entropy
 from gpmodels.nets import build_model
 from gpmodels.train_config import RunConfig, TrainConfig, preset_config
@@ -141,6 +143,20 @@ def test_auxiliary_loss_is_added_in_training_only():
     torch.testing.assert_close(eval_loss, F.cross_entropy(module.net.main(pooled), labels, weight=weights))
     with pytest.raises(ValueError, match="class_weights"):
         ClassifierModule(_AuxNet(), [])
+
+
+def test_class_weights_may_be_an_array_and_are_checked():
+    weights = balanced_class_weights(np.array([0, 1, 1, 2]), 3)  # float64 (K,): Lightning's == on it was ambiguous
+    module = ClassifierModule(_AuxNet(), weights)
+    assert module.hparams.class_weights == weights.tolist()
+    torch.testing.assert_close(module.class_weights, torch.tensor(weights, dtype=torch.float32))
+    for bad in ([1.0, float("nan"), 1.0], [1.0, float("inf"), 1.0], [1.0, -1.0, 1.0]):
+        with pytest.raises(ValueError, match=r"^class_weights: got .*, expected one finite weight >= 0 per class$"):
+            ClassifierModule(_AuxNet(), bad)
+    images = torch.randn(2, 4, 5, 5)
+    for count in (2, 4):  # fewer weights was an IndexError (a device assert on CUDA), more was silently accepted
+        with pytest.raises(ValueError, match=rf"^class_weights: got {count} weights, but the network gives 3 class"):
+            ClassifierModule(_AuxNet(), [1.0] * count).loss(images, torch.tensor([0, 2]))
 
 
 def test_smoke_run_writes_the_run_directory(smoke_run, phantom_store):
