@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from gpmodels.metrics import check_labels
+from gpmodels.metrics import as_labels
 
 REPLICATES = 2000
 LEVEL = 0.95
@@ -107,18 +107,17 @@ def patient_bootstrap(patients: np.ndarray, y_true: np.ndarray, y_pred: np.ndarr
         (e.g. no tumour slices).
 
     Raises:
-        ValueError: Mismatched lengths, no slices, a label outside ``0..K-1``, or
+        ValueError: Mismatched lengths, no slices, a label not an integer in ``0..K-1``, or
             ``replicates``/``level`` out of range.
     """
     patients = np.asarray(patients)
-    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     dice = np.asarray(dice, dtype=np.float64)
     n = patients.shape[0]
     if n == 0 or not (y_true.shape == y_pred.shape == dice.shape == (n,)):
         raise ValueError(f"patients, y_true, y_pred, dice: got lengths {patients.shape}, {y_true.shape}, "
                          f"{y_pred.shape}, {dice.shape}, expected the same non-zero length")
-    check_labels("y_true", y_true, num_classes)
-    check_labels("y_pred", y_pred, num_classes)
+    y_true, y_pred = as_labels("y_true", y_true, n, num_classes), as_labels("y_pred", y_pred, n, num_classes)
     if replicates < 1 or not 0 < level < 1:
         raise ValueError(f"replicates, level: got {replicates}, {level}, expected >= 1 and in (0, 1)")
     ids, patient_of_slice = np.unique(patients, return_inverse=True)

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from gpmodels.augment import AugmentConfig, RandomFlipRotate, resize_batch
+from gpmodels.metrics import as_labels
 from storage.errors import StoreError
 from storage.ingest_config import SPLIT_NAMES
 from storage.memory import available_memory
@@ -72,18 +73,17 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
         float64 ``(K,)``.
 
     Raises:
-        ValueError: If ``labels`` is empty or holds a value outside ``[0, K)``.
+        ValueError: If ``labels`` is empty, not integers (:func:`gpmodels.metrics.as_labels`) or holds a value
+            outside ``[0, K)``.
 
     References:
         King, G. and Zeng, L., "Logistic regression in rare events data", Political Analysis
         9(2), 2001 (the "balanced" heuristic of scikit-learn's ``compute_class_weight``).
     """
-    labels = np.asarray(labels)
+    labels = as_labels("labels", labels, k=num_classes)
     if labels.size == 0:
         raise ValueError("labels: got no labels, expected at least one training slice")
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"labels: got values in [{labels.min()}, {labels.max()}], expected [0, {num_classes})")
-    counts = np.bincount(labels.astype(np.int64), minlength=num_classes).astype(np.float64)
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     weights = np.zeros(num_classes)
     present = counts > 0
     weights[present] = labels.size / (num_classes * counts[present])

@@ -418,7 +418,8 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
         "classification": classification_metrics(labels, predicted, classes),
         "tumour_only_accuracy": (tumour_only_accuracy(labels, predicted, tumour_classes)
                                  if tumour_free and len(classes) > 2 else None),
-        "patient_accuracy": patient_accuracy(patients, labels, probs, tumour_classes),
+        # a store of the tumour-free class alone has no tumour class to grade (patient_accuracy refuses none)
+        "patient_accuracy": patient_accuracy(patients, labels, probs, tumour_classes) if tumour_classes else math.nan,
         "segmentation": {
             "dice": dice_summary(scores[has_target]),
             "per_class": per_class_dice(np.where(has_target, scores, np.nan), labels, has_target, classes),

@@ -8,6 +8,10 @@ empty pair 1 and lifts every score slightly (e.g. a 10-pixel target missed
 entirely scores 1/11 instead of 0). Dice is reported only over slices whose
 target is non-empty, so the empty-pair convention never enters a summary.
 
+Arrays are NumPy arrays, or anything ``np.asarray`` takes: a network's output tensor must be detached and on
+the CPU first (``t.detach().cpu()``). Class labels must have an integer dtype (:func:`as_labels`): a float
+label is refused rather than truncated.
+
 References:
     L. R. Dice, "Measures of the amount of ecologic association between
     species", Ecology 26(3):297-302, 1945. :doi:`10.2307/1932409`
@@ -28,9 +32,20 @@ _BLOCK = 65535
 
 
 def _as_masks(name: str, masks: np.ndarray) -> np.ndarray:
-    """``(N, H, W)`` masks as bool (non-zero is foreground)."""
+    """``(N, H, W)`` masks as bool (non-zero is foreground).
+
+    Raises:
+        ValueError: Not 3-D, or a float stack holds NaN (which ``!= 0`` would count as foreground).
+    """
     masks = check_stack(name, masks)
-    return masks if masks.dtype == bool else masks != 0
+    if masks.dtype == bool:
+        return masks
+    if np.issubdtype(masks.dtype, np.floating):
+        nan = np.isnan(masks).any(axis=(1, 2))
+        if nan.any():
+            raise ValueError(f"{name}: slice {int(np.flatnonzero(nan)[0])} holds NaN, expected masks (bool, or "
+                             "non-zero = foreground)")
+    return masks != 0
 
 
 def _as_vector(name: str, values: Any, n: int | None = None) -> np.ndarray:
@@ -89,7 +104,7 @@ def dice(pred: np.ndarray, target: np.ndarray, smooth: float = 0.0) -> np.ndarra
     """Dice coefficient of every slice.
 
     Args:
-        pred: ``(N, H, W)`` predicted masks (bool, or non-zero = foreground).
+        pred: ``(N, H, W)`` predicted masks (bool, or non-zero = foreground; NaN is refused).
         target: ``(N, H, W)`` ground-truth masks, same shape.
         smooth: 0 (default convention) or 1 (the reference code's +1 on
             numerator and denominator).
@@ -97,6 +112,9 @@ def dice(pred: np.ndarray, target: np.ndarray, smooth: float = 0.0) -> np.ndarra
     Returns:
         ``(N,)`` float64: 0 for an empty prediction on a non-empty target,
         1 for an empty prediction on an empty target (with ``smooth=0``).
+
+    Raises:
+        ValueError: A stack is not 3-D or holds NaN, or the shapes differ.
     """
     pred, target = _as_masks("pred", pred), _as_masks("target", target)
     if pred.shape != target.shape:
@@ -141,9 +159,13 @@ def per_class_dice(
     Returns:
         ``{class: dice_summary}`` for every class with at least one such slice,
         in increasing class order.
+
+    Raises:
+        ValueError: Lengths differ, or a class is not an integer (below ``len(class_names)`` when given; see
+            :func:`as_labels`).
     """
     d = _as_vector("d", d)
-    y_true = _as_vector("y_true", y_true, d.shape[0]).astype(np.int64)
+    y_true = as_labels("y_true", y_true, d.shape[0], None if class_names is None else len(class_names))
     has_target = _as_vector("has_target", has_target, d.shape[0]).astype(bool)
     out: dict[Hashable, dict[str, float]] = {}
     for cls in np.unique(y_true[has_target]):
@@ -188,6 +210,45 @@ def check_labels(name: str, labels: np.ndarray, k: int) -> None:
         raise ValueError(f"{name}: got labels from {labels.min()} to {labels.max()}, expected 0 to {k - 1}")
 
 
+def as_labels(name: str, labels: Any, n: int | None = None, k: int | None = None) -> np.ndarray:
+    """Class indices as an int64 ``(N,)`` array.
+
+    Args:
+        name: the argument, for the messages.
+        labels: ``(N,)`` class indices of an integer dtype; floats are refused rather than truncated (0.9 is not
+            class 0), bools too (a flag is not a class index). An empty sequence may have any dtype.
+        n: the expected length N, when known.
+        k: the number of classes K, when known: every label must lie in ``0..K-1``.
+
+    Returns:
+        int64 ``(N,)``.
+
+    Raises:
+        ValueError: Not 1-D, not ``n`` long, not of an integer dtype, or a label outside ``0..K-1``.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or (n is not None and labels.shape[0] != n) or (
+            labels.size and not np.issubdtype(labels.dtype, np.integer)):
+        raise ValueError(f"{name}: got {labels.dtype} array of shape {labels.shape}, expected "
+                         f"({'N' if n is None else n},) integers")
+    labels = labels.astype(np.int64, copy=False)
+    if k is not None:
+        check_labels(name, labels, k)
+    return labels
+
+
+def _tumour_classes(tumour_classes: Sequence[int], k: int | None = None) -> np.ndarray:
+    """``tumour_classes`` as a non-empty int64 ``(T,)`` array (labels below ``k`` when given).
+
+    Raises:
+        ValueError: Empty, not integers, or (with ``k``) a class outside ``0..K-1``.
+    """
+    tumour = as_labels("tumour_classes", np.atleast_1d(np.asarray(tumour_classes)), k=k)
+    if tumour.size == 0:
+        raise ValueError("tumour_classes: got [], expected at least one class index")
+    return tumour
+
+
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: int | Sequence[str]) -> dict[str, Any]:
     """Accuracy, weighted and per-class precision/recall/F1, and the confusion matrix.
 
@@ -204,12 +265,14 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: int 
         ``n``, ``per_class`` (``{name: {precision, recall, f1, support}}``),
         ``confusion_matrix`` (``K x K`` nested list, rows true, columns
         predicted) and ``classes`` (the names).
+
+
+    Raises:
+        ValueError: No slice, lengths differ, or a class is not an integer in ``0..K-1`` (see :func:`as_labels`).
     """
     names = _class_names(classes)
-    y_true = _as_vector("y_true", y_true).astype(np.int64)
-    y_pred = _as_vector("y_pred", y_pred, y_true.shape[0]).astype(np.int64)
-    check_labels("y_true", y_true, len(names))
-    check_labels("y_pred", y_pred, len(names))
+    y_true = as_labels("y_true", y_true, k=len(names))
+    y_pred = as_labels("y_pred", y_pred, y_true.shape[0], len(names))
     labels = list(range(len(names)))
     if y_true.size == 0:
         raise ValueError("y_true: got no slices, expected at least one")
@@ -239,14 +302,18 @@ def tumour_only_accuracy(y_true: np.ndarray, y_pred: np.ndarray, tumour_classes:
     Args:
         y_true: ``(N,)`` int true classes.
         y_pred: ``(N,)`` int predicted classes.
-        tumour_classes: the class indices that are tumour grades/types.
+        tumour_classes: the class indices that are tumour grades/types (at least one).
 
     Returns:
         The accuracy in ``[0, 1]``; NaN when no slice has a tumour class.
+
+    Raises:
+        ValueError: ``tumour_classes`` is empty (as in :func:`patient_grades`), lengths differ, or a class is not an
+            integer (see :func:`as_labels`).
     """
-    y_true = _as_vector("y_true", y_true)
-    y_pred = _as_vector("y_pred", y_pred, y_true.shape[0])
-    subset = np.isin(y_true, np.asarray(tumour_classes))
+    y_true = as_labels("y_true", y_true)
+    y_pred = as_labels("y_pred", y_pred, y_true.shape[0])
+    subset = np.isin(y_true, _tumour_classes(tumour_classes))
     if not subset.any():
         return float("nan")
     return float(np.mean(y_pred[subset] == y_true[subset]))
@@ -268,20 +335,29 @@ def patient_grades(
         patient_ids: ``(N,)`` patient id per slice.
         predictions: ``(N,)`` int predicted classes, or ``(N, K)`` class
             probabilities (the predicted class is the argmax).
-        tumour_classes: tumour class indices, in increasing grade.
+        tumour_classes: tumour class indices (at least one, each below K with probabilities), in increasing
+            grade.
 
     Returns:
         ``{patient_id: class index or -1}`` in order of first appearance.
+
+    Raises:
+        ValueError: Shapes differ, ``tumour_classes`` is empty or out of range, predicted classes are not
+            integers (see :func:`as_labels`) or probabilities not finite.
     """
     patient_ids = _as_vector("patient_ids", patient_ids)
     predictions = np.asarray(predictions)
     if predictions.ndim not in (1, 2) or predictions.shape[0] != patient_ids.shape[0]:
         raise ValueError(f"predictions: got shape {predictions.shape}, expected ({patient_ids.shape[0]},) "
                          f"labels or ({patient_ids.shape[0]}, K) probabilities")
-    tumour = np.asarray(tumour_classes, dtype=np.int64)
-    if tumour.ndim != 1 or tumour.size == 0:
-        raise ValueError(f"tumour_classes: got {list(np.atleast_1d(tumour))}, expected at least one class index")
-    labels = predictions.argmax(axis=1) if predictions.ndim == 2 else predictions.astype(np.int64)
+    if predictions.ndim == 2:
+        if not np.isfinite(predictions).all():
+            raise ValueError("predictions: got NaN or infinite probabilities, expected finite values")
+        tumour = _tumour_classes(tumour_classes, predictions.shape[1])
+        labels = predictions.argmax(axis=1)
+    else:
+        tumour = _tumour_classes(tumour_classes)
+        labels = as_labels("predictions", predictions)
     patients, first, inverse = np.unique(patient_ids, return_index=True, return_inverse=True)
     votes = np.zeros((patients.size, tumour.size), dtype=np.int64)
     for j, cls in enumerate(tumour):
@@ -316,11 +392,12 @@ def patient_accuracy(
         The accuracy in ``[0, 1]``; NaN when no patient has a tumour slice.
 
     Raises:
-        ValueError: a patient's tumour slices carry more than one class.
+        ValueError: a patient's tumour slices carry more than one class, or an argument is invalid (as in
+            :func:`patient_grades`).
     """
     patient_ids = _as_vector("patient_ids", patient_ids)
-    y_true = _as_vector("y_true", y_true, patient_ids.shape[0])
-    is_tumour = np.isin(y_true, np.asarray(tumour_classes))
+    y_true = as_labels("y_true", y_true, patient_ids.shape[0])
+    is_tumour = np.isin(y_true, _tumour_classes(tumour_classes))
     truth: dict[Hashable, int] = {}
     for pid, cls in zip(patient_ids[is_tumour].tolist(), y_true[is_tumour].tolist()):
         if truth.setdefault(pid, cls) != cls:

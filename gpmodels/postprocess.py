@@ -14,6 +14,9 @@ computed and compared in the heatmaps' own floating dtype. A constant slice
 multi-Otsu, whatever the offset; with ``fixed`` it is empty unless the
 constant exceeds the value.
 
+Arrays are NumPy arrays, or anything ``np.asarray`` takes: a network's output tensor must be detached and on
+the CPU first (``maps.detach().cpu()``).
+
 References:
     S. Chatterjee, H. Yassin, F. Dubost, A. Nürnberger, O. Speck,
     "Weakly-supervised segmentation using inherently-explainable classification
@@ -31,7 +34,7 @@ import numpy as np
 
 from gpmodels.chunks import run_chunks
 from gpmodels.cleaning import clean_masks
-from gpmodels.metrics import count_foreground, dice, dice_from_counts
+from gpmodels.metrics import as_labels, count_foreground, dice, dice_from_counts
 from gpmodels.stacks import check_maps
 from gpmodels.threshold_config import (
     DEFAULT_OFFSET_GRID,
@@ -77,16 +80,16 @@ def select_maps(class_maps: np.ndarray, classes: np.ndarray) -> np.ndarray:
 
     Returns:
         ``(N, H, W)`` array, dtype of ``class_maps``.
+
+    Raises:
+        ValueError: ``class_maps`` is not 4-D, or ``classes`` are not ``N`` integers in ``0..K-1``
+            (:func:`gpmodels.metrics.as_labels`).
     """
     class_maps = np.asarray(class_maps)
-    classes = np.asarray(classes)
     if class_maps.ndim != 4:
         raise ValueError(f"class_maps: got an array of shape {class_maps.shape}, expected (N, K, H, W)")
     n, k = class_maps.shape[:2]
-    if classes.shape != (n,) or not np.issubdtype(classes.dtype, np.integer):
-        raise ValueError(f"classes: got {classes.dtype} array of shape {classes.shape}, expected ({n},) integers")
-    if n and (classes.min() < 0 or classes.max() >= k):
-        raise ValueError(f"classes: got values from {classes.min()} to {classes.max()}, expected 0 to {k - 1}")
+    classes = as_labels("classes", classes, n, k)
     return np.take_along_axis(class_maps, classes[:, None, None, None], axis=1)[:, 0]
 
 

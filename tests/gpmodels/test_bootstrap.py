@@ -80,3 +80,5 @@ def test_bad_arguments_are_rejected():
         patient_bootstrap(np.array(["a", "b"]), np.array([0, 1]), np.array([2, 0]), np.full(2, np.nan), 2)
     with pytest.raises(ValueError, match=r"y_true: got labels from -1 to 0"):
         patient_bootstrap(np.array(["a", "b"]), np.array([-1, 0]), np.array([0, 0]), np.full(2, np.nan), 2)
+    with pytest.raises(ValueError, match=r"^y_pred: got float64 array of shape \(2,\), expected \(2,\) integers$"):
+        patient_bootstrap(np.array(["a", "b"]), np.array([0, 1]), np.array([0.9, 1.2]), np.full(2, np.nan), 2)

@@ -32,7 +32,8 @@ def test_a_class_absent_from_training_gets_weight_zero():
     np.testing.assert_allclose(weights[[0, 2]], [3 / 3, 3 / 6])
 
 
-@pytest.mark.parametrize("labels", [np.array([], dtype=int), np.array([0, 3]), np.array([-1, 0])])
+@pytest.mark.parametrize("labels", [np.array([], dtype=int), np.array([0, 3]), np.array([-1, 0]),
+                                    np.array([0.9, 1.2]), np.array([True, False])])
 def test_class_weights_reject_bad_labels(labels):
     with pytest.raises(ValueError, match="labels"):
         balanced_class_weights(labels, 3)

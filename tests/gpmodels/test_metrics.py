@@ -9,6 +9,7 @@ import pytest
 
 from gpmodels.metrics import (
     aggregate_folds,
+    as_labels,
     classification_metrics,
     count_foreground,
     dice,
@@ -166,3 +167,58 @@ def test_an_empty_stack_of_slices_gives_empty_results():
     none = np.zeros((0, 4, 4), bool)
     assert count_foreground(none).shape == (0,) and dice(none, none).shape == (0,)
     assert sweep_offsets(np.zeros((0, 4, 4), np.float32), none, [0.1, 0.2]).shape == (2, 0)
+
+
+FLOAT_LABELS = r"^{name}: got float64 array of shape \(2,\), expected \({n},\) integers$"
+
+
+@pytest.mark.parametrize(("call", "name", "n"), [
+    (lambda y: classification_metrics(y, [0, 1], 3), "y_true", "N"),  # [0.9, 1.2] scored accuracy 1.0
+    (lambda y: classification_metrics([0, 1], y, 3), "y_pred", 2),
+    (lambda y: tumour_only_accuracy(y, [0, 1], [1]), "y_true", "N"),
+    (lambda y: tumour_only_accuracy([0, 1], y, [1]), "y_pred", 2),
+    (lambda y: patient_grades(["a", "b"], y, [1]), "predictions", "N"),
+    (lambda y: patient_accuracy(["a", "b"], y, [0, 1], [1]), "y_true", 2),
+    (lambda y: per_class_dice([0.5, 0.5], y, [True, True]), "y_true", 2),
+])
+@pytest.mark.parametrize("labels", [[0.9, 1.2], [0.0, float("nan")]])
+def test_float_labels_are_refused_not_truncated(call, name, n, labels):
+    with pytest.raises(ValueError, match=FLOAT_LABELS.format(name=name, n=n)):
+        call(np.array(labels))
+
+
+def test_as_labels_refuses_bools_and_checks_range_but_takes_an_empty_list():
+    with pytest.raises(ValueError, match=r"^y: got bool array of shape \(2,\), expected \(N,\) integers$"):
+        as_labels("y", np.array([True, False]))
+    with pytest.raises(ValueError, match=r"^y: got labels from 0 to 3, expected 0 to 2$"):
+        as_labels("y", [0, 3], k=3)
+    assert as_labels("y", []).dtype == np.int64
+    np.testing.assert_array_equal(as_labels("y", np.array([2, 0], np.uint8), 2, 3), [2, 0])
+
+
+def test_tumour_classes_must_be_given_and_in_range():
+    """tumour_only_accuracy and patient_accuracy gave NaN for no tumour class, where patient_grades refused it; a
+    tumour class beyond the probabilities' K was a raw IndexError."""
+    for call in (lambda t: tumour_only_accuracy([1, 2], [1, 2], t),
+                 lambda t: patient_accuracy([7, 7], [1, 1], [1, 1], t),
+                 lambda t: patient_grades([7, 7], [1, 1], t)):
+        with pytest.raises(ValueError, match=r"^tumour_classes: got \[\], expected at least one class index$"):
+            call([])
+    with pytest.raises(ValueError, match=r"^tumour_classes: got labels from 1 to 3, expected 0 to 2$"):
+        patient_grades([7, 7], np.full((2, 3), 1 / 3), [1, 3])
+    with pytest.raises(ValueError, match=r"^predictions: got NaN or infinite probabilities, expected finite values$"):
+        patient_grades([7, 7], np.array([[0.5, 0.5], [np.nan, 0.5]]), [1])
+
+
+def test_per_class_dice_checks_labels_against_the_class_names():
+    with pytest.raises(ValueError, match=r"^y_true: got labels from 0 to 2, expected 0 to 1$"):
+        per_class_dice([0.5, 0.5], [0, 2], [True, True], ["a", "b"])
+
+
+def test_dice_refuses_nan_masks():
+    """NaN != 0 counted NaN as foreground."""
+    pred = masks([(1, 1)], [(2, 2)]).astype(np.float32)
+    pred[1, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"^pred: slice 1 holds NaN, expected masks \(bool, or non-zero = "
+                                         r"foreground\)$"):
+        dice(pred, pred > 0)

@@ -54,8 +54,10 @@ def test_select_maps_picks_the_class_of_each_slice():
     np.testing.assert_array_equal(out, class_maps[[0, 1, 2], [1, 0, 1]])
     with pytest.raises(ValueError, match="classes"):
         select_maps(class_maps, np.array([0, 2, 1]))
-    with pytest.raises(ValueError, match="classes"):
+    with pytest.raises(ValueError, match=r"^classes: got int64 array of shape \(2,\), expected \(3,\) integers$"):
         select_maps(class_maps, np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"^classes: got float64 array of shape \(3,\), expected \(3,\) integers$"):
+        select_maps(class_maps, np.array([0.0, 1.0, 1.0]))
 
 
 def test_multiotsu_masks_use_the_upper_threshold_minus_offset():
