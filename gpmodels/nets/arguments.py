@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
+
 
 def check_counts(in_channels: int, num_classes: int) -> None:
-    """Check a network's input channels and classes.
+    """Check a network's input channels and classes: integers (NumPy's too) of at least 1.
 
     Raises:
-        ValueError: Either is below 1.
+        ValueError: Either is not an integer (``2.0`` failed deep inside torch) or is below 1.
     """
+    for name, count in (("in_channels", in_channels), ("num_classes", num_classes)):
+        if isinstance(count, (bool, np.bool_)) or not isinstance(count, numbers.Integral):
+            raise ValueError(f"{name}: got {count!r} ({type(count).__name__}), expected an integer >= 1")
     if in_channels < 1 or num_classes < 1:
         raise ValueError(f"in_channels, num_classes: expected positive counts, got {in_channels}, {num_classes}")
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from gpmodels.names import BASELINE_NAMES, GP_MODEL_NAMES, MODEL_NAMES
+from gpmodels.nets.arguments import check_counts
 from gpmodels.nets.baselines import InceptionV3, ResNeXt50
 from gpmodels.nets.gp_reconresnet import GPReconResNet
 from gpmodels.nets.gp_shuffleunet import GPShuffleUNet
@@ -64,11 +67,12 @@ def build_model(name: str, in_channels: int, num_classes: int, **options: Any) -
         The module; ``model(x)`` maps (B, C, H, W) to logits (B, K).
 
     Raises:
-        ValueError: If ``name`` or an option is unknown (the message lists the valid ones), or an
-            option value is invalid.
+        ValueError: If ``name`` or an option is unknown (the message lists the valid ones), a count is not a
+            positive integer, or an option value is invalid.
     """
-    check_options(name, options)
-    return _MODELS[name](in_channels, num_classes, **options)
+    options = check_options(name, options)
+    check_counts(in_channels, num_classes)
+    return _MODELS[name](int(in_channels), int(num_classes), **options)
 
 
 def meta_model(name: str, in_channels: int, num_classes: int, **options: Any) -> nn.Module:
@@ -82,10 +86,13 @@ def meta_model(name: str, in_channels: int, num_classes: int, **options: Any) ->
         return build_model(name, in_channels, num_classes, **options)
 
 
-def check_options(name: str, options: Mapping[str, Any], field: str = "options") -> None:
+def check_options(name: str, options: Mapping[str, Any], field: str = "options") -> dict[str, Any]:
     """Check that network ``name`` accepts every key of ``options``, each with a value of its default's type
-    (a bool for a bool, an integer for an integer, a number for a float, text for text); the values' ranges
-    are the networks' to check.
+    (a bool for a bool, an integer for an integer, a number for a float, text for text; NumPy scalars count as
+    their Python kind); the values' ranges are the networks' to check.
+
+    Returns:
+        ``options`` with NumPy scalars as Python ones (``np.int64(4)`` is ``4``, ``np.bool_(True)`` is ``True``).
 
     Raises:
         ValueError: If ``name`` is unknown, ``"{field}: [keys] not accepted by 'name'; valid
@@ -100,6 +107,7 @@ def check_options(name: str, options: Mapping[str, Any], field: str = "options")
         expected = _expected_type(allowed[key])
         if expected is not None and not _is_a(value, allowed[key]):
             raise ValueError(f"{field}: {key}: got {value!r} ({type(value).__name__}), expected {expected}")
+    return {key: value.item() if isinstance(value, np.generic) else value for key, value in options.items()}
 
 
 def _expected_type(default: Any) -> str | None:
@@ -116,15 +124,16 @@ def _expected_type(default: Any) -> str | None:
 
 
 def _is_a(value: Any, default: Any) -> bool:
-    """Whether ``value`` has the type of ``default`` (ints count as floats; bools count as neither)."""
+    """Whether ``value`` has the type of ``default``, NumPy scalars included (integers count as floats; bools
+    count as neither)."""
     if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(value, bool):
+        return isinstance(value, (bool, np.bool_))
+    if isinstance(value, (bool, np.bool_)):
         return False
     if isinstance(default, int):
-        return isinstance(value, int)
+        return isinstance(value, numbers.Integral)
     if isinstance(default, float):
-        return isinstance(value, (int, float))
+        return isinstance(value, numbers.Real)
     return isinstance(value, type(default))
 
 

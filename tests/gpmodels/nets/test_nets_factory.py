@@ -1,6 +1,8 @@
 """The model factory: names, options and their validation."""
 
+import numpy as np
 import pytest
+import torch
 
 from gpmodels.nets import (
     GP_MODEL_NAMES,
@@ -90,3 +92,27 @@ def test_options_reach_the_network():
     assert len(recon.backbone.residual) == 3
     assert isinstance(build_model("inceptionv3", 1, 2, aux_logits=False), InceptionV3)
     assert isinstance(build_model("resnext50", 1, 2), ResNeXt50)
+
+
+def test_numpy_scalars_are_taken_as_python_numbers():
+    """np.int64(4) was refused: "got np.int64(4) (int64), expected an integer"."""
+    unet = build_model("gp-unet", np.int64(2), np.int32(3), width=np.int64(4), depth=np.int8(2),
+                       dropout=np.float32(0.25))
+    assert unet.backbone.dropout.p == 0.25 and type(unet.backbone.dropout.p) is float
+    assert unet.head.classifier.out_channels == 3 and unet.head.classifier.in_channels == 4
+    shuffle = build_model("gp-shuffleunet", 1, 2, width=4, depth=1, blur=np.bool_(True))
+    assert shuffle(torch.zeros(1, 1, 6, 6)).shape == (1, 2)
+    assert build_model("inceptionv3", 1, 2, aux_logits=np.bool_(False)).min_size == 75
+    for key, value, expected in (("width", np.float64(4), "an integer"), ("width", np.bool_(True), "an integer"),
+                                 ("dropout", np.bool_(False), "a number"), ("init", 3, "text")):
+        with pytest.raises(ValueError, match=rf"^options: {key}: got .*, expected {expected}$"):
+            build_model("gp-unet", 1, 2, **{key: value})
+
+
+@pytest.mark.parametrize("name", ["gp-unet", "gp-reconresnet", "gp-shuffleunet", "inceptionv3", "resnext50"])
+def test_counts_must_be_integers(name):
+    """in_channels=2.0 failed deep inside torch."""
+    with pytest.raises(ValueError, match=r"^in_channels: got 2.0 \(float\), expected an integer >= 1$"):
+        build_model(name, 2.0, 3)
+    with pytest.raises(ValueError, match=r"^num_classes: got True \(bool\), expected an integer >= 1$"):
+        build_model(name, 2, True)
