@@ -442,7 +442,16 @@ class SliceDataModule(pl.LightningDataModule):
           and the same split cached give the same weights.
 
         Under DDP an evaluation split is sharded without repeats (:class:`EvalShardSampler`).
+
+        Raises:
+            ValueError: ``split`` is not a split name.
+            RuntimeError: The split is not set up yet (:meth:`setup` for its stage was not called).
         """
+        if split not in SPLIT_NAMES:
+            raise ValueError(f"split: got {split!r}, expected one of {SPLIT_NAMES}")
+        if split not in self.datasets:
+            stage = "test" if split == "test" else "fit"
+            raise RuntimeError(f"{split}: split not set up, expected setup({stage!r}) first (a Trainer calls it)")
         dataset = self.datasets[split]
         workers = 0 if dataset.cached else usable_workers(self.num_workers)
         devices = 1 if self.trainer is None else self.trainer.world_size
@@ -462,7 +471,22 @@ class SliceDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled per epoch (:class:`EpochShuffleSampler`); the last partial batch is dropped (a batch
         of one slice breaks batch normalisation) unless each device's share of the split is no larger
-        than a batch (:func:`train_batches_per_device`)."""
+        than a batch (:func:`train_batches_per_device`).
+
+        Without a Trainer (e.g. in a notebook), call ``setup("fit")`` first; each call builds a sampler at epoch
+        0, so select each epoch's order with ``loader.sampler.set_epoch(epoch)``, and apply the device transform
+        (float32, resizing, augmentation) yourself, which a Trainer applies in :meth:`on_after_batch_transfer`::
+
+            dm.setup("fit")
+            loader = dm.train_dataloader()
+            for epoch in range(epochs):
+                loader.sampler.set_epoch(epoch)
+                for batch in loader:
+                    batch = dm.transform({k: v.to(device) for k, v in batch.items()}, training=True)
+
+        Raises:
+            RuntimeError: The training split is not set up (``setup("fit")`` was not called).
+        """
         return self._loader("train", training=True)
 
     def val_dataloader(self) -> DataLoader:
@@ -472,7 +496,13 @@ class SliceDataModule(pl.LightningDataModule):
         return self.eval_dataloader("test")
 
     def eval_dataloader(self, split: str) -> DataLoader:
-        """Every slice of a split set up by :meth:`setup`, in store order, unshuffled (for evaluation)."""
+        """Every slice of a split set up by :meth:`setup`, in store order, unshuffled (for evaluation); without a
+        Trainer, apply ``transform(batch, training=False)`` to each batch on its device.
+
+        Raises:
+            ValueError: ``split`` is not a split name.
+            RuntimeError: The split is not set up (:meth:`setup` for its stage was not called).
+        """
         return self._loader(split, training=False)
 
     def transform(self, batch: Batch, training: bool) -> Batch:

@@ -157,6 +157,26 @@ def test_training_batches_never_hold_a_single_slice(phantom_store):
     assert sum(len(batch["label"]) for batch in module.val_dataloader()) == len(module.datasets["val"])
 
 
+def test_loaders_before_setup_name_setup_and_work_without_a_trainer(phantom_store):
+    """train_dataloader() before setup('fit') was a bare KeyError: 'train'."""
+    module = SliceDataModule(str(phantom_store), 0, batch_size=4, image_size=16)
+    with pytest.raises(RuntimeError, match=r"^train: split not set up, expected setup\('fit'\) first"):
+        module.train_dataloader()
+    with pytest.raises(RuntimeError, match=r"^test: split not set up, expected setup\('test'\) first"):
+        module.test_dataloader()
+    with pytest.raises(ValueError, match=r"^split: got 'tset', expected one of"):
+        module.eval_dataloader("tset")
+    module.setup("fit")  # the recipe of train_dataloader's docstring
+    loader = module.train_dataloader()
+    orders = []
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        orders.append(torch.cat([batch["index"] for batch in loader]).tolist())
+    assert orders[0] != orders[1] and len(orders[0]) == len(orders[1])  # each epoch its own order
+    batch = module.transform(next(iter(loader)), training=True)
+    assert batch["image"].dtype == torch.float32 and batch["image"].shape[-2:] == (16, 16)
+
+
 @pytest.mark.parametrize(("devices", "batch_size"), [(1, 4), (2, 4), (2, 8), (2, 12), (3, 4), (3, 8), (1, 21), (1, 30)])
 def test_train_batches_per_device_are_the_batches_each_ddp_process_gets(phantom_store, devices, batch_size):
     """Lightning gives each of N DDP processes ceil(n / N) slices of the shuffled split; each then drops its
