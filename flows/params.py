@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, default_drop_folder
 from gpmodels.names import MODEL_NAMES, ModelName, PresetName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
-from gpmodels.threshold_config import NEGATIVE_FIXED, Method, TargetClass
+from gpmodels.threshold_config import Method, TargetClass, check_fixed_value
 from storage.errors import close_match, did_you_mean, one_line, validation_line
 from storage.ingest_config import DEFAULT_FOLDS, MAX_FOLDS, MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE, SplitMode
 from storage.phantom_limits import (BRATS_MAX_CASE, BRATS_SIZE_RANGE, JUN_CHENG_MAX_CASES, JUN_CHENG_SIZE_RANGE,
@@ -138,8 +138,7 @@ class ThresholdParams(_Params):
         if self.offset == "auto" and self.method != "multiotsu":
             raise ValueError(f"offset: got 'auto' with method {self.method!r}, expected a number "
                              "('auto' applies to multiotsu only)")
-        if self.method == "fixed" and self.value < 0:
-            raise ValueError(f"value: {NEGATIVE_FIXED.format(value=self.value)}")
+        check_fixed_value(self.method, self.value)
         return self
 
     def describe(self) -> str:

@@ -43,6 +43,7 @@ from gpmodels.threshold_config import (
     CleaningConfig,
     Method,
     ThresholdConfig,
+    check_fixed_value,
 )
 from gpmodels.thresholds import DEFAULT_NBINS, multiotsu_thresholds, multiotsu_upper, otsu_thresholds
 
@@ -138,11 +139,18 @@ def heatmap_thresholds(
         undefined (fewer than ``classes`` distinct values, e.g. a constant
         map) the threshold is the slice maximum whatever the offset, so the
         mask is empty; Otsu gives a constant slice its value (empty mask too).
+
+    Raises:
+        ValueError: ``offset`` or ``value`` is not finite; a ``fixed`` ``value`` below 0 with
+            ``suppress_negative`` (every pixel would be marked, as :class:`ThresholdConfig` refuses); the maps
+            are not 3-D, or (``fixed``) hold NaN or infinite values.
+        TypeError: The maps are not float16/32/64.
     """
     maps = check_maps("maps", maps)
     for name, number in (("offset", offset), ("value", value)):
         if not math.isfinite(number):
             raise ValueError(f"{name}: got {number!r}, expected a finite number")
+    check_fixed_value(method, value, suppress_negative)
     if method == "otsu":
         return otsu_thresholds(maps, nbins, suppress_negative, workers)
     if method == "multiotsu":
@@ -182,6 +190,10 @@ def threshold_heatmaps(
     Returns:
         ``(N, H, W)`` bool. A constant slice (e.g. an all-negative map after
         suppression) gives an empty mask with Otsu and multi-Otsu.
+
+    Raises:
+        ValueError, TypeError: As :func:`heatmap_thresholds` (a ``fixed`` ``value`` below 0 with
+            ``suppress_negative`` included).
     """
     maps = check_maps("maps", maps)
     thresholds = heatmap_thresholds(maps, method, offset, value, suppress_negative, classes, nbins, workers)

@@ -73,6 +73,17 @@ NEGATIVE_FIXED = ("got {value:g}, expected a number >= 0: negative map values ar
 """The error of a ``fixed`` threshold below 0 (with ``suppress_negative``), ``{value}`` to fill in."""
 
 
+def check_fixed_value(method: str, value: float, suppress_negative: bool = True) -> None:
+    """Refuse a ``fixed`` threshold below 0 on suppressed maps, where it would mark every pixel (the check of
+    :class:`ThresholdConfig`, :func:`gpmodels.postprocess.heatmap_thresholds` and the flows' parameters).
+
+    Raises:
+        ValueError: ``method`` is ``fixed``, ``suppress_negative`` is on and ``value`` is below 0.
+    """
+    if method == "fixed" and suppress_negative and value < 0:
+        raise ValueError(f"value: {NEGATIVE_FIXED.format(value=value)}")
+
+
 def method_text(method: str, value: float) -> str:
     """``fixed 0.5`` for the fixed method, else the method's name, in labels, tables and notes (multi-Otsu's
     offset is said apart, as each place needs it)."""
@@ -119,8 +130,7 @@ class ThresholdConfig:
         else:
             _check_finite("offset", self.offset)
         _check_finite("value", self.value)
-        if self.method == "fixed" and self.suppress_negative and self.value < 0:
-            raise ValueError(f"value: {NEGATIVE_FIXED.format(value=self.value)}")
+        check_fixed_value(self.method, self.value, self.suppress_negative)
         _check_int("nbins", self.nbins, 2, MAX_NBINS)
         _check_int("classes", self.classes, 2, self.nbins)
         if not isinstance(self.suppress_negative, bool):

@@ -89,7 +89,9 @@ def test_otsu_and_fixed_masks():
         heat = np.maximum(image, 0)
         np.testing.assert_array_equal(otsu[i], heat > threshold_otsu(heat))
     np.testing.assert_array_equal(threshold_heatmaps(maps, "fixed", value=0.5), maps > 0.5)
-    assert threshold_heatmaps(maps, "fixed", value=-1.0).all()
+    with pytest.raises(ValueError, match=r"^value: got -1, expected a number >= 0: negative map values are set to 0 "
+                                         "before thresholding, so a threshold below 0 marks every pixel"):
+        threshold_heatmaps(maps, "fixed", value=-1.0)  # all True, where ThresholdConfig refused the value
     np.testing.assert_array_equal(threshold_heatmaps(maps, "fixed", value=-1.0, suppress_negative=False), maps > -1)
 
 
