@@ -322,14 +322,15 @@ takes the positions in ``indices`` of one patient's slices (integer ``(n,)``, as
 those slices' bool or integer ``(n, S, S)`` masks, so that one patient's masks are in memory at a time."""
 
 
-def _patient_masks(masks: MaskSource, positions: np.ndarray, patient: str) -> np.ndarray:
-    """One patient's ``(n, S, S)`` masks from a :data:`MaskSource`, checked when a function made them."""
+def _patient_masks(masks: MaskSource, positions: np.ndarray, patient: str, size: int) -> np.ndarray:
+    """One patient's ``(n, S, S)`` masks from a :data:`MaskSource`, checked when a function made them (``size``:
+    the store's S)."""
     if not callable(masks):
         return masks[positions]
     part = np.asarray(masks(positions))
-    if part.ndim != 3 or part.shape[0] != positions.size:
-        raise ValueError(f"masks of patient {patient!r}: got shape {part.shape}, expected ({positions.size}, S, S), "
-                         "one mask per given position")
+    if part.shape != (positions.size, size, size):
+        raise ValueError(f"masks of patient {patient!r}: got shape {part.shape}, expected ({positions.size}, {size}, "
+                         f"{size}), one mask per given position at the store's image size")
     return part
 
 
@@ -385,7 +386,8 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: Mas
     Raises:
         StoreError: ``store_path`` is not a slice store.
         ValueError: the store holds 2-D slices (Jun Cheng) or lacks a patient's volume record,
-            ``indices`` or ``masks`` are invalid, a file name would not be a plain name, or a file
+            ``indices`` or ``masks`` are invalid (masks of another shape than ``(N, S, S)`` at the store's
+            image size included: they are not resampled), a file name would not be a plain name, or a file
             in the way is no gpseg mask (without ``overwrite``). A
             mask function's wrong result is found at its patient, after the files before it.
         TypeError: ``masks`` is not bool or integer.
@@ -394,10 +396,12 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: Mas
     volumes = group.attrs["volumes"]
     count = int(group["labels"].shape[0])
     indices = _check_indices(indices, count, store_path)
+    size = int(group["images"].shape[-1])
     if not callable(masks):
         masks = np.asarray(masks)
-        if masks.ndim != 3 or masks.shape[0] != indices.size:
-            raise ValueError(f"masks: got shape {masks.shape}, expected ({indices.size}, S, S), one mask per index")
+        if masks.shape != (indices.size, size, size):
+            raise ValueError(f"masks: got shape {masks.shape}, expected ({indices.size}, {size}, {size}), one mask "
+                             "per index at the store's image size")
     patients = read_patients(group)[indices]
     slice_index = group["slice_index"][:][indices]
     root = group.attrs.get("source_root")
@@ -409,7 +413,7 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: Mas
     for patient, (name, axes) in names.items():
         record = volumes[patient]
         positions = np.flatnonzero(patients == patient)
-        volume = reassemble_volume(_patient_masks(masks, positions, patient), slice_index[positions],
+        volume = reassemble_volume(_patient_masks(masks, positions, patient, size), slice_index[positions],
                                    [record["shape"][axis] for axis in axes]).transpose(np.argsort(axes))
         reference = Path(record["reference"])
         if not reference.is_absolute():

@@ -212,6 +212,10 @@ def test_export_names_the_patient_whose_mask_function_result_is_wrong(native_sto
     indices, masks = _ground_truth(native_store)
     with pytest.raises(ValueError, match=r"masks of patient 'BraTS20_Training_001': got shape \(1, 32, 32\)"):
         export_patient_masks(native_store, indices, lambda positions: masks[positions[:1]], tmp_path)
+    with pytest.raises(ValueError, match=r"masks of patient 'BraTS20_Training_001': got shape \(\d+, 64, 64\), "
+                                         r"expected \(\d+, 32, 32\), one mask per given position at the store's"):
+        export_patient_masks(native_store, indices, lambda positions: masks[positions].repeat(2, 1).repeat(2, 2),
+                             tmp_path)
 
 
 def test_export_is_deterministic(native_store: Path, tmp_path: Path) -> None:
@@ -296,6 +300,10 @@ def test_export_rejects_a_2d_store(tmp_path: Path) -> None:
     ([1, 1], (2, 32, 32), "_pred", "repeated"),
     ([[0, 1]], (2, 32, 32), "_pred", "integer"),
     ([0, 1], (3, 32, 32), "_pred", r"masks: got shape \(3, 32, 32\)"),
+    # masks at another size were resampled silently, though documented as at the store's size
+    ([0, 1], (2, 16, 16), "_pred", r"^masks: got shape \(2, 16, 16\), expected \(2, 32, 32\), one mask per index at "
+                                   r"the store's image size$"),
+    ([0, 1], (2, 32, 33), "_pred", r"masks: got shape \(2, 32, 33\), expected \(2, 32, 32\)"),
     ([0, 1], (2, 32, 32), "/../x", "not a plain file name"),
     ([0, 1], (2, 32, 32), "_pred\0", "not a plain file name"),
     ([0, 1], (2, 32, 32), "_" + "p" * 300, "expected at most 255"),  # checked before the first file is written
