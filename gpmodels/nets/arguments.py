@@ -6,6 +6,8 @@ import numbers
 
 import numpy as np
 
+from gpmodels.nets.sinc import UPSAMPLE_MODES
+
 
 def check_counts(in_channels: int, num_classes: int) -> None:
     """Check a network's input channels and classes: integers (NumPy's too) of at least 1.
@@ -21,13 +23,14 @@ def check_counts(in_channels: int, num_classes: int) -> None:
 
 
 def check_gp_arguments(in_channels: int, num_classes: int, width: int, depth: int, dropout: float,
-                       min_depth: int = 1, max_depth: int = 11) -> None:
+                       min_depth: int = 1, max_depth: int = 11, upsample: str | None = None) -> None:
     """Check the arguments the three GP networks share.
 
     Raises:
         ValueError: ``in_channels``, ``num_classes`` or ``width`` below 1, ``depth`` outside
             ``[min_depth, max_depth]`` (a U-Net's 11 levels halve a 2048 px slice, the largest a store takes, to
-            1 px), or ``dropout`` outside [0, 1).
+            1 px), ``dropout`` outside [0, 1), or ``upsample`` (of the networks that have it) not one of
+            :data:`~gpmodels.nets.sinc.UPSAMPLE_MODES`.
     """
     check_counts(in_channels, num_classes)
     if width < 1:
@@ -35,6 +38,8 @@ def check_gp_arguments(in_channels: int, num_classes: int, width: int, depth: in
     if not min_depth <= depth <= max_depth:
         raise ValueError(f"depth: got {depth}, expected {min_depth} to {max_depth}")
     check_dropout(dropout)
+    if upsample is not None and upsample not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample: expected one of {UPSAMPLE_MODES}, got {upsample!r}")
 
 
 def check_dropout(dropout: float) -> None:

@@ -78,9 +78,16 @@ class GPNet(nn.Module):
         head: The GP head reading F feature channels.
 
     Shapes:
-        ``forward(x)``: (B, C, H, W) -> logits (B, K).
+        ``forward(x)``: (B, C, H, W) -> logits (B, K), H, W >= :attr:`min_size`.
         ``forward_maps(x)``: (B, C, H, W) -> (logits (B, K), maps (B, K, H, W)).
+
+    Raises:
+        ValueError: From ``forward`` and ``forward_maps``: ``x`` is not 4-D (an unbatched (C, H, W) image
+            included), or H or W is below :attr:`min_size`.
     """
+
+    min_size: int = 1
+    """The smallest H and W the network takes (a subclass's size rule)."""
 
     def __init__(self, backbone: nn.Module, head: GPHead) -> None:
         super().__init__()
@@ -89,8 +96,18 @@ class GPNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (B, K) for images (B, C, H, W)."""
-        return self.head(self.backbone(x))
+        return self.head(self.backbone(self._checked(x)))
 
     def forward_maps(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Logits (B, K) and class heatmaps (B, K, H, W) for images (B, C, H, W)."""
-        return self.head.forward_maps(self.backbone(x))
+        return self.head.forward_maps(self.backbone(self._checked(x)))
+
+    def _checked(self, x: Tensor) -> Tensor:
+        """``x``, once it is a (B, C, H, W) batch of at least :attr:`min_size` px a side."""
+        if x.ndim != 4:
+            raise ValueError(f"x: got a tensor of shape {tuple(x.shape)}, expected (B, C, H, W) (x[None] for one "
+                             "image)")
+        if x.shape[-2] < self.min_size or x.shape[-1] < self.min_size:
+            raise ValueError(f"x: got H, W = {x.shape[-2]}, {x.shape[-1]}, expected at least {self.min_size} px each "
+                             f"({type(self).__name__}'s size rule)")
+        return x

@@ -124,8 +124,12 @@ class GPReconResNet(GPNet):
         ``forward_maps(x)``: -> (logits (B, K), maps (B, K, H, W)).
 
     Raises:
-        ValueError: If a count is out of range or ``dropout`` is outside [0, 1).
+        ValueError: If a count is out of range, ``dropout`` is outside [0, 1) or ``upsample`` unknown; from
+            ``forward``/``forward_maps``, an input that is not (B, C, H, W) with H, W >= 5.
     """
+
+    min_size = 5
+    """Reflection padding needs every intermediate side to exceed the pad (see the size rule)."""
 
     def __init__(
         self,
@@ -137,7 +141,8 @@ class GPReconResNet(GPNet):
         upsample: UpsampleMode = "sinc",
         dropout: float = 0.5,
     ) -> None:
-        check_gp_arguments(in_channels, num_classes, width, depth, dropout, min_depth=0, max_depth=64)
+        check_gp_arguments(in_channels, num_classes, width, depth, dropout, min_depth=0, max_depth=64,
+                           upsample=upsample)
         super().__init__(
             _ReconResNetBackbone(in_channels, width, depth, upsample, dropout),
             GPHead(width, num_classes, pool),

@@ -135,7 +135,7 @@ class GPUNet(GPNet):
         dropout: float = 0.5,
         init: UNetInit = "pytorch",
     ) -> None:
-        check_gp_arguments(in_channels, num_classes, width, depth, dropout)
+        check_gp_arguments(in_channels, num_classes, width, depth, dropout, upsample=upsample)
         if init not in UNET_INITS:
             raise ValueError(f"init: expected one of {UNET_INITS}, got {init!r}")
         super().__init__(

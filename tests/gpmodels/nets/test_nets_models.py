@@ -286,3 +286,39 @@ def test_inception_without_aux_needs_only_75_pixels_and_keeps_larger_inputs():
     assert large_size == (80, 90)
     assert model(_images(1, 1, 40, 50)).shape == (1, 2)
 
+
+
+@pytest.mark.parametrize("name", GP_MODEL_NAMES)
+def test_gp_nets_check_their_input_in_one_line(name):
+    """An unbatched (C, H, W) image reported an internal shape; GP-ReconResNet below 5 px a torch padding error."""
+    net = build_model(name, 2, 3, **SMALL[name]).eval()
+    for forward in (net, net.forward_maps):
+        with pytest.raises(ValueError, match=r"^x: got a tensor of shape \(2, 16, 16\), expected \(B, C, H, W\)"):
+            forward(_images(2, 16, 16))
+    small = _images(1, 2, 4, 9)
+    if name == "gp-reconresnet":
+        for forward in (net, net.forward_maps):
+            with pytest.raises(ValueError, match=r"^x: got H, W = 4, 9, expected at least 5 px each \(GPReconResNet"):
+                forward(small)
+    else:
+        assert net(small).shape == (1, 3)
+    assert net(_images(1, 2, 5, 5)).shape == (1, 3)
+
+
+def test_an_unknown_upsample_mode_is_named_as_the_option():
+    """The message said "mode", Upsample2d's argument; GP-UNet at depth 1 (no up-sampling) took any value."""
+    for name, depth in (("gp-unet", 1), ("gp-unet", 2), ("gp-reconresnet", 0)):
+        with pytest.raises(ValueError, match=r"^upsample: expected one of \('sinc', 'bilinear'\), got 'nearest'$"):
+            build_model(name, 1, 2, width=4, depth=depth, upsample="nearest")
+
+
+@pytest.mark.parametrize("name", GP_MODEL_NAMES)
+def test_gp_nets_trace_export_and_compile(name):
+    """What the README promises: torch.jit.trace, torch.export and torch.compile (torch.jit.script is not)."""
+    net = build_model(name, 2, 3, **SMALL[name]).eval()
+    images = _images(2, 2, 16, 16)
+    with torch.no_grad():
+        expected = net(images)
+        torch.testing.assert_close(torch.jit.trace(net, images, check_trace=False)(images), expected)
+        torch.testing.assert_close(torch.export.export(net, (images,)).module()(images), expected)
+        torch.testing.assert_close(torch.compile(net, backend="eager")(images), expected)
