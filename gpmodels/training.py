@@ -198,6 +198,11 @@ class StartWarnings(pl.Callback):
 def train(config: TrainConfig, progress_bar: bool = False) -> TrainResult:
     """Train (or continue training) one network into ``config.out``.
 
+    Before it trains it calls ``pl.seed_everything(config.seed, workers=True)``, which reseeds this process's
+    global generators (Python's ``random``, NumPy's legacy ``np.random`` and torch's, CUDA's included) and sets
+    the environment variables ``PL_GLOBAL_SEED`` and ``PL_SEED_WORKERS``: in a notebook, random draws after a
+    ``train`` call follow from the run's seed.
+
     Args:
         config: the run's configuration.
         progress_bar: show Lightning's rich progress bar; without it, epochs are logged as lines

@@ -322,3 +322,13 @@ def test_gp_nets_trace_export_and_compile(name):
         torch.testing.assert_close(torch.jit.trace(net, images, check_trace=False)(images), expected)
         torch.testing.assert_close(torch.export.export(net, (images,)).module()(images), expected)
         torch.testing.assert_close(torch.compile(net, backend="eager")(images), expected)
+
+
+@pytest.mark.parametrize(("name", "options", "smallest"), [
+    ("inceptionv3", {"aux_logits": False}, 107), ("inceptionv3", {}, 347), ("resnext50", {}, 33)])
+def test_baselines_train_on_one_slice_from_the_readmes_sizes(name, options, smallest):
+    """The README's limits of batch normalisation: below them a batch of one slice has one value per channel."""
+    net = build_model(name, 1, 2, **options).train()
+    assert net(_images(1, 1, smallest, smallest)).shape == (1, 2)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        net(_images(1, 1, smallest - 1, smallest - 1))
