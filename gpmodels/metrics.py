@@ -266,7 +266,6 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: int 
         ``confusion_matrix`` (``K x K`` nested list, rows true, columns
         predicted) and ``classes`` (the names).
 
-
     Raises:
         ValueError: No slice, lengths differ, or a class is not an integer in ``0..K-1`` (see :func:`as_labels`).
     """
