@@ -9,6 +9,7 @@ import secrets
 import signal
 import sys
 import tempfile
+import tomllib
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -123,12 +124,28 @@ def temporary_server_auth(environ: Mapping[str, str]) -> dict[str, str]:
     steps the stack's worker runs as its owner. The server and this process's clients (and the Dask workers it
     sends tasks, which get its settings) take the password from the environment. The token is the caller's when
     it set either variable, else a new random one for this process. Empty when ``PREFECT_API_URL`` names a server
-    (its own password, if any, is the caller's to give).
+    (its own password, if any, is the caller's to give), also where the active Prefect profile names it
+    (:func:`profile_api_url`), whose password the profile then gives.
     """
-    if environ.get("PREFECT_API_URL"):
+    if environ.get("PREFECT_API_URL") or profile_api_url(environ):
         return {}
     token = next((environ[name] for name in AUTH_VARIABLES if environ.get(name)), None) or secrets.token_urlsafe(24)
     return dict.fromkeys(AUTH_VARIABLES, token)
+
+
+def profile_api_url(environ: Mapping[str, str]) -> str | None:
+    """The ``PREFECT_API_URL`` of the active Prefect profile (``PREFECT_PROFILE``, else the file's ``active``) in
+    ``PREFECT_PROFILES_PATH`` (default ``PREFECT_HOME/profiles.toml``) as ``environ`` gives them, read without
+    importing Prefect; ``None`` without one, or where the file cannot be read."""
+    try:
+        home = Path(environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+        path = Path(environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+        profiles = tomllib.loads(path.read_text(encoding="utf-8"))
+        name = environ.get("PREFECT_PROFILE") or profiles.get("active")
+        url = profiles.get("profiles", {}).get(name, {}).get("PREFECT_API_URL")
+    except (OSError, RuntimeError, ValueError, AttributeError, TypeError):
+        return None
+    return str(url) if url else None
 
 
 def private_prefect_home(home: Path) -> str | None:
@@ -209,7 +226,8 @@ def run_app(app: typer.Typer, args: list[str] | None = None) -> None:
     problem = empty_argument(args)
     if problem:
         raise SystemExit(fail(problem).exit_code)
-    for name, value in {**ENV_DEFAULTS, **project_prefect_home(), **temporary_server_auth(os.environ)}.items():
+    defaults = {**ENV_DEFAULTS, **project_prefect_home()}
+    for name, value in {**defaults, **temporary_server_auth({**defaults, **os.environ})}.items():
         os.environ.setdefault(name, value)
     # said in one line by the flow commands (prefect_home_problem); Prefect warns of it as it is imported
     warnings.filterwarnings("ignore", message="Failed to create the Prefect home directory")

@@ -327,6 +327,22 @@ def test_prefects_temporary_server_gets_a_password_of_this_process_unless_one_is
     assert temporary_server_auth({"PREFECT_API_URL": "http://127.0.0.1:4200/api"}) == {}  # that server's own
 
 
+def test_a_prefect_profile_that_names_a_server_keeps_its_own_password(tmp_path) -> None:
+    """A profile's server and password (not exported) were overridden by the temporary server's random password."""
+    from gpseg.console import profile_api_url, temporary_server_auth
+
+    home = {"PREFECT_HOME": str(tmp_path)}
+    assert profile_api_url(home) is None and temporary_server_auth(home)  # no profiles.toml
+    (tmp_path / "profiles.toml").write_text('active = "lab"\n[profiles.lab]\nPREFECT_API_URL = "http://h:4200/api"\n'
+                                            'PREFECT_API_AUTH_STRING = "u:p"\n[profiles.ephemeral]\n'
+                                            'PREFECT_SERVER_ALLOW_EPHEMERAL_MODE = "true"\n')
+    assert profile_api_url(home) == "http://h:4200/api" and temporary_server_auth(home) == {}
+    assert temporary_server_auth({**home, "PREFECT_PROFILE": "ephemeral"})  # the active one is the environment's
+    other = tmp_path / "other.toml"
+    other.write_text("not toml [")
+    assert profile_api_url({**home, "PREFECT_PROFILES_PATH": str(other)}) is None
+
+
 @pytest.mark.slow
 def test_a_flow_command_runs_its_flow_on_a_temporary_server_that_refuses_requests_without_its_password(tmp_path):
     """Through the command line's environment (:func:`gpseg.console.run_app`): a tiny flow runs (this process's
