@@ -260,7 +260,7 @@ def _train(run: RunConfig, paths: RunPaths, previous: RunConfig | None, progress
                                   channels_last=use_channels_last(config.accelerator, precision))
         data = SliceDataModule(run.store_path, config.fold, config.batch_size, image_size=run.image_size,
                                augment=config.augment, seed=config.seed, num_workers=config.num_workers,
-                               cache=config.cache, cache_limit_bytes=int(config.cache_limit_gb * 2**30),
+                               cache=config.split_cache, cache_limit_bytes=int(config.cache_limit_gb * 2**30),
                                data_version=run.data_version or None)
         checkpoint, last = checkpoint_callbacks(paths, killed_attempts_best(paths, progress),
                                                 last_every_s=config.checkpoint_every_s)

@@ -56,8 +56,9 @@ def train_cmd(
     = None,
     cache: Annotated[Optional[str], typer.Option(
         "--cache", callback=one_of(CACHE_MODES), help="auto (hold a split in memory when its float16 images and "
-        "uint8 masks take less than --cache-limit-gb and less than half the available memory; default), always or "
-        "never. Uncached splits are read from the store while training.")] = None,
+        "uint8 masks take less than --cache-limit-gb and less than half the available memory, unless the preset "
+        "reads a few batches per split, as smoke does; default), always or never. Uncached splits are read from the "
+        "store while training.")] = None,
     cache_limit_gb: Annotated[Optional[float], typer.Option("--cache-limit-gb", help="The auto cache limit per "
                                                             "split, in GiB (default 4; the real BraTS 2020 training "
                                                             "split takes about 15 GiB: 16 GB).")] = None,

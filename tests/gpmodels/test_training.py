@@ -1018,6 +1018,35 @@ def test_a_split_read_by_workers_trains_as_the_same_split_cached(phantom_store, 
     assert all(torch.equal(weights["always"][key], weights["never"][key]) for key in weights["always"])
 
 
+@pytest.mark.parametrize(("cache", "limit", "expected"), [("auto", 4, "never"), ("auto", None, "auto"),
+                                                          ("always", 4, "always"), ("never", None, "never")])
+def test_a_run_limited_to_a_few_batches_caches_no_split_unless_asked_to(cache, limit, expected):
+    config = dataclasses.replace(preset_config("smoke", "s.zarr", "gp-unet", "run", cache=cache), limit_batches=limit)
+    assert config.split_cache == expected
+
+
+def test_the_smoke_preset_reads_its_batches_from_the_store_with_the_weights_of_cached_splits(phantom_store, tmp_path,
+                                                                                              monkeypatch):
+    """``cache="auto"`` read whole splits into memory for the smoke preset's 4 batches (4 GB and 20 s of a 32 s
+    smoke training on a 52k-slice store); read from the store, they train the same weights."""
+    import gpmodels.data
+
+    cached: dict[str, list[bool]] = {}
+    made = gpmodels.data.SliceDataset
+
+    def spy(*args, **kwargs):
+        cached.setdefault(run, []).append(kwargs.get("cache", False))
+        return made(*args, **kwargs)
+
+    monkeypatch.setattr(gpmodels.data, "SliceDataset", spy)
+    weights = {}
+    for run, cache in (("default", None), ("always", "always")):
+        config = preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / run), cache=cache, test=False)
+        weights[run] = torch.load(train(config).run_dir / "model.pt", weights_only=True)
+    assert cached == {"default": [False, False], "always": [True, True]}  # the train and val splits
+    assert all(torch.equal(weights["default"][key], weights["always"][key]) for key in weights["always"])
+
+
 def test_a_store_re_ingested_during_training_stops_it_before_the_epochs_checkpoints(smoke_run, tmp_path, monkeypatch):
     """Workers read an uncached split's chunk files by path: after `gpseg ingest --overwrite` the rest of the training
     read the new store's slices under the old labels, without an error until the test, after model.pt was written."""
