@@ -54,7 +54,9 @@ class DatasetSpec(_Params):
         "grouped", description="Folds: grouped by patient (honest), by slice (the paper's leaky split) or from "
         "Jun Cheng's cvind.mat.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the phantoms and of the fold assignment.")
-    workers: int = Field(2, ge=0, description="Dask processes reading cases (at most one per CPU is started).")
+    workers: int | None = Field(None, ge=0, description="Local Dask processes reading cases (0: in-process; at most "
+                                "one per CPU is started). Null (default): 0 where the flow may use 2 CPUs or fewer "
+                                "(faster there), else 2.")
 
     @property
     def label(self) -> str:

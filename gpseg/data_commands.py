@@ -42,8 +42,10 @@ FoldsOpt = Annotated[int, typer.Option("--folds", help="Number of folds (grouped
                                         "quarter of the patients; with --split cvind, the first N of the five "
                                         "official ones: give 5 for all).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Split seed.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", help="Local Dask worker processes (0 = in-process; at most "
-                                                           "one per CPU).")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", help="Local Dask worker processes reading cases (0 = in-process, the next case read while the one "
+    "before is written; at most one per CPU). Default: 0 where this process may use 2 CPUs or fewer (faster there), "
+    "else 2.")]
 DaskOpt = Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler, e.g. "
                                                 "tcp://127.0.0.1:8786.")]
 AppendOpt = Annotated[bool, typer.Option("--append", help="Add only new cases to an existing store; stored "
@@ -111,7 +113,7 @@ def ingest_brats_cmd(
     src: Annotated[Path, typer.Argument(help="BraTS training folder (BraTS20_Training_NNN/ + name_mapping.csv, "
                                              "or HGG/ and LGG/ folders).")],
     out: OutOpt, image_size: SizeOpt = None, channels: ChannelsOpt = None, normalisation: NormOpt = "robust",
-    split: SplitOpt = "grouped", folds: FoldsOpt = DEFAULT_FOLDS, seed: SeedOpt = 0, workers: WorkersOpt = 2,
+    split: SplitOpt = "grouped", folds: FoldsOpt = DEFAULT_FOLDS, seed: SeedOpt = 0, workers: WorkersOpt = None,
     dask_address: DaskOpt = None, append: AppendOpt = False, overwrite: OverwriteOpt = False,
 ) -> None:
     """Ingest BraTS NIfTI cases (channels t1, t1ce, t2, flair; classes tumour-free, LGG, HGG)."""
@@ -123,7 +125,7 @@ def ingest_brats_cmd(
 def ingest_jun_cheng_cmd(
     src: Annotated[Path, typer.Argument(help="Folder of Jun Cheng N.mat files (MATLAB v7.3) and cvind.mat.")],
     out: OutOpt, image_size: SizeOpt = None, normalisation: NormOpt = "robust", split: SplitOpt = "grouped",
-    folds: FoldsOpt = DEFAULT_FOLDS, seed: SeedOpt = 0, workers: WorkersOpt = 2, dask_address: DaskOpt = None,
+    folds: FoldsOpt = DEFAULT_FOLDS, seed: SeedOpt = 0, workers: WorkersOpt = None, dask_address: DaskOpt = None,
     append: AppendOpt = False, overwrite: OverwriteOpt = False,
 ) -> None:
     """Ingest the Jun Cheng figshare slices (classes meningioma, glioma, pituitary)."""
@@ -136,7 +138,7 @@ def ingest_manifest_cmd(
     csv: Annotated[Path, typer.Argument(help="CSV with columns patient_id,label,<channel>...,seg (NIfTI paths "
                                              "absolute or relative to the CSV).")],
     out: OutOpt, image_size: SizeOpt = None, channels: ChannelsOpt = None, normalisation: NormOpt = "robust",
-    split: SplitOpt = "grouped", folds: FoldsOpt = DEFAULT_FOLDS, seed: SeedOpt = 0, workers: WorkersOpt = 2,
+    split: SplitOpt = "grouped", folds: FoldsOpt = DEFAULT_FOLDS, seed: SeedOpt = 0, workers: WorkersOpt = None,
     dask_address: DaskOpt = None, append: AppendOpt = False, overwrite: OverwriteOpt = False,
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names: tumour-free, "
                                                         "then the tumour classes in the order wanted (default: "

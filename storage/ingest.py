@@ -350,7 +350,7 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
         read_states.update({source_key(str(f), plan.root): state for f, state in plan.first.states.items()})
     with StoreWriter(out, plan.channels, plan.image_size, base=out if existing else None) as writer:
         # the cluster is closed before the commit: a Ctrl-C while it shuts down leaves the store as it was
-        with dask_client(config.workers, config.dask_address) as client:
+        with dask_client(config.local_workers, config.dask_address) as client:
             for done, (case, batch, error) in enumerate(_read_cases(plan, cases, client), start=1):
                 if progress is not None:
                     progress(done, len(cases), Path(case_key(case)).name)

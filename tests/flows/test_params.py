@@ -577,6 +577,19 @@ def test_benchmark_checks_the_dask_address_before_the_flow_starts(monkeypatch):
     assert result.output.count("\n") == 1
 
 
+@pytest.mark.parametrize(("cores", "expected"), [(2, 0), (8, 2)])
+def test_a_flows_ingestion_takes_the_automatic_workers_by_default(monkeypatch, cores, expected):
+    from flows.pipeline import ingest_config
+    from storage import parallel
+    from storage.ingest_config import IngestConfig
+
+    monkeypatch.setattr(parallel, "cpu_cores", lambda: cores)
+    config = ingest_config(DatasetSpec(kind="brats"), 3)
+    assert config["workers"] is None  # the cache key of the ingestion does not depend on the machine
+    assert IngestConfig(workers=config["workers"]).local_workers == expected
+    assert IngestConfig(workers=ingest_config(DatasetSpec(kind="brats", workers=1), 3)["workers"]).local_workers == 1
+
+
 def test_a_retrains_drop_folder_defaults_to_its_work_dirs(tmp_path):
     """The default was runs/benchmark/drop whatever the work dir, so another work dir's store took in the
     deployments' drops; a dataset given without source read "phantom" and said "no new data" for ever."""
