@@ -15,12 +15,11 @@ again, so a night without new data costs a ``stat`` per file, not a read of the 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from storage.discovery import NIFTI_SUFFIXES, source_key, visible_files_below
 from storage.jun_cheng import CVIND_FILES, is_slice_file
-from storage.file_hashes import file_state, sha256_file
+from storage.file_hashes import file_state, sha256_file, state_text
 from storage.store import open_store
 
 METADATA_FILES = ("name_mapping.csv",)
@@ -61,7 +60,7 @@ def fingerprint(folder: Path | str) -> str:
     if folder.is_file():
         for path in [folder, *manifest_files(folder)]:
             try:
-                digest.update(f"{path.resolve()}\0{_state_text(path.stat())}\n".encode())
+                digest.update(f"{path.resolve()}\0{state_text(path.stat())}\n".encode())
             except OSError:
                 digest.update(f"{path}\0missing\n".encode())
         return digest.hexdigest()[:16]
@@ -71,15 +70,8 @@ def fingerprint(folder: Path | str) -> str:
         except OSError:  # a link to no file: ingestion rejects it, the fingerprint says it is there
             digest.update(f"{path.relative_to(folder)}\0missing\n".encode())
             continue
-        digest.update(f"{path.relative_to(folder)}\0{_state_text(stat)}\n".encode())
+        digest.update(f"{path.relative_to(folder)}\0{state_text(stat)}\n".encode())
     return digest.hexdigest()[:16]
-
-
-def _state_text(stat: os.stat_result) -> str:
-    """What :func:`fingerprint` hashes of a file's ``stat``: size, inode, modification and change times (ns), the
-    parts of :func:`storage.file_hashes.file_state` that stay on one mount (the device number of a network share
-    may differ between the hosts of one work dir)."""
-    return f"{stat.st_size}\0{stat.st_ino}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}"
 
 
 def file_kind(name: str) -> str | None:

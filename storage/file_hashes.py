@@ -46,6 +46,14 @@ def _settled_state(stat: os.stat_result) -> tuple[int, int, int, int, int] | Non
     return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
+def state_text(stat: os.stat_result) -> str:
+    """What a fingerprint hashes of a file's or folder's ``stat`` (:func:`storage.drops.fingerprint`,
+    :func:`storage.store.store_fingerprint`): size, inode, modification and change times (ns), the parts of
+    :func:`file_state` that stay on one mount (the device number of a network share may differ between the hosts of
+    one work dir)."""
+    return f"{stat.st_size}\0{stat.st_ino}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}"
+
+
 def hashed_digest(state: tuple[int, int, int, int, int]) -> str | None:
     """The sha256 :func:`sha256_file` gave in this process for a file in ``state`` (:func:`file_state`), or
     ``None``. A digest found there describes the file while it keeps that state, so a store records the state

@@ -37,6 +37,7 @@ from zarr.core.sync import sync
 
 from storage.cases import SliceBatch
 from storage.errors import StoreError, one_line
+from storage.file_hashes import state_text
 from storage.folders import hidden_sibling, recover_interrupted, remove_tree, replace_folder
 
 SCHEMA_VERSION = 1
@@ -452,6 +453,42 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
                                   or not all(isinstance(item, str) for item in names)):
             raise StoreError(f"{path}: damaged (its attribute {name} is {names!r}, expected a list of names)")
     return group
+
+
+def store_fingerprint(path: str | Path) -> str:
+    """A cheap identity of the local store at ``path`` as it is on disk: its data version and a digest of the state
+    (:func:`storage.file_hashes.state_text`) of every folder and file in it, by relative path.
+
+    Any change to the store gives another. gpseg rewrites a store as a new folder (an ingestion, ``--append``,
+    ``--overwrite``), whose files are new or hard links whose change time the new link moved; a file written,
+    replaced, added or removed by hand (a repair) moves a change time too, which no tool sets back. So does a hard
+    link made to a file of the store (``cp -al``): a new identity, never a stale one. Nothing is read: one ``stat``
+    per file, about 0.5 s for 100,000 chunk files (a store of 50,000 slices) on two cores.
+
+    Returns:
+        ``DATA_VERSION:DIGEST`` (16 hex digits); the version is ``None`` where no slice store opens there.
+    """
+    try:
+        version = open_store(path).attrs.get("data_version")
+    except StoreError:
+        version = None
+    digest = hashlib.sha256()
+    try:
+        _hash_states(Path(path), "", digest)
+    except OSError:  # gone meanwhile: an identity that no complete store has
+        digest.update(b"\0unreadable")
+    return f"{version}:{digest.hexdigest()[:16]}"
+
+
+def _hash_states(folder: Path, relative: str, digest) -> None:
+    """Add ``relative/NAME`` and the :func:`storage.file_hashes.state_text` of everything below ``folder`` to
+    ``digest``, in name order (:func:`store_fingerprint`)."""
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
+    for entry in entries:
+        digest.update(f"{relative}{entry.name}\0{state_text(entry.stat(follow_symlinks=False))}\n".encode())
+        if entry.is_dir(follow_symlinks=False):
+            _hash_states(Path(entry.path), f"{relative}{entry.name}/", digest)
 
 
 def fold_names(group: zarr.Group) -> list[int]:

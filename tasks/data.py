@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy
 
 from storage import drops
 from storage.errors import NoUsableInput
 from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
 from storage.ingest_config import IngestConfig, SplitConfig
 from storage.phantoms.folders import write_phantom_folder
+from storage.store import store_fingerprint
 from storage.validation import validate_store
 from tasks.progress import logged_progress
 
@@ -70,9 +71,22 @@ def ingest_source(kind: str, source: str, store: str, config: dict, source_finge
             "slices": report.slices, "rejected": report.rejected}
 
 
-@task(retries=1, retry_condition_fn=transient_only)
+def _store_as_on_disk(context, parameters: dict) -> str:
+    """The part of :func:`validate`'s cache key that is the store itself: its data version and the state of its
+    files (:func:`storage.store.store_fingerprint`)."""
+    return store_fingerprint(parameters["store"])
+
+
+@task(retries=1, retry_condition_fn=transient_only, persist_result=True,
+      cache_policy=INPUTS + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_store_as_on_disk))
 def validate(store: str) -> dict:
-    """Validate a store with great-expectations; fail the task when an expectation fails."""
+    """Validate a store with great-expectations; fail the task when an expectation fails.
+
+    Cached on the store as it is on disk (its data version and its files' states), so a re-run over the same store
+    does not read every slice again (minutes for a real BraTS store), while a store rewritten or changed since (an
+    ingestion, an append, a repair by hand) is validated again. Only a passing validation is cached: a failing one
+    raises, and Prefect keeps no result of a failed run under the cache key.
+    """
     result = validate_store(store, progress=logged_progress(f"validating {store}", "slices read"))
     if not result.success:
         raise ValueError(f"{store}: {len(result.failures)} expectations failed: " + "; ".join(result.failures))

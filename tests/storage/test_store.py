@@ -5,7 +5,7 @@ import pytest
 
 from storage.cases import SliceBatch
 from storage.errors import StoreError
-from storage.store import StoreWriter, open_store, read_patients, recover_interrupted
+from storage.store import StoreWriter, open_store, read_patients, recover_interrupted, store_fingerprint
 
 
 def _batch(patient, n, c=2, s=9, label=1):
@@ -335,3 +335,24 @@ def test_a_store_of_an_older_gpseg_finds_no_new_data_in_the_files_it_read_beside
     case = next(p for p in sorted(brats_copy.iterdir()) if p.is_dir())
     shutil.copytree(case, brats_copy / "BraTS20_Training_077")
     assert new_files(brats_copy, store) == sorted(f"BraTS20_Training_077/{p.name}" for p in case.iterdir())
+
+
+def test_a_stores_fingerprint_changes_with_any_rewrite_and_only_then(tmp_path):
+    """The flows' validation cache key: reads leave it, an append, a rewrite or a chunk file rewritten in place with
+    the same bytes (a repair by hand, which keeps the data version) change it."""
+    store = tmp_path / "s.zarr"
+    assert store_fingerprint(store).startswith("None:")  # no store: no error
+    _write(store, [_batch("p1", 3)])
+    first = store_fingerprint(store)
+    assert first.startswith(open_store(store).attrs["data_version"] + ":")
+    open_store(store)["images"][:]
+    assert store_fingerprint(store) == first
+    _write(store, [_batch("p1", 3)])  # the same data written again: the same version, another store
+    assert store_fingerprint(store) != first and store_fingerprint(store).split(":")[0] == first.split(":")[0]
+    rewritten = store_fingerprint(store)
+    chunk = next((store / "images").glob("c.*"))
+    chunk.write_bytes(chunk.read_bytes())
+    assert store_fingerprint(store) != rewritten
+    repaired = store_fingerprint(store)
+    _write(store, [_batch("p2", 2)], base=store)
+    assert store_fingerprint(store) not in (first, rewritten, repaired)
