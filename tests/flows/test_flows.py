@@ -220,6 +220,8 @@ def test_benchmark_rerun_reuses_cached_training(bench_workdir, task_states, monk
     assert _train_states(state.state_details.flow_run_id, task_states) == ["Cached"]
     heatmaps = [s for name, s in task_states(state.state_details.flow_run_id) if name == "make_heatmaps"]
     assert heatmaps == ["Cached", "Cached"]
+    # the unchanged store is not read again (minutes for a real BraTS store, at each re-threshold)
+    assert [s for name, s in task_states(state.state_details.flow_run_id) if name == "validate"] == ["Cached"]
     runs = json.loads((bench_workdir / "report" / "metrics.json").read_text())["runs"]
     assert runs and all(run["provenance"]["training"]["git_commit"] != "f" * 40  # the code that trained it
                         and run["provenance"]["evaluation"]["git_commit"] == "f" * 40 for run in runs)  # and now
@@ -327,6 +329,7 @@ def test_retrain_on_new_data(bench_workdir, task_names, task_states):
     run_id = retrained_state.state_details.flow_run_id
     assert _train_states(run_id, task_states) == ["Completed"]
     assert [state for name, state in task_states(run_id) if name == "ingest_source"] == ["Completed"]
+    assert [state for name, state in task_states(run_id) if name == "validate"] == ["Completed"]  # the appended store
     assert len(result["new_files"]) == 11 and "name_mapping.csv" in result["new_files"]  # 2 cases, their grades
     new = open_store(store)
     n = old_patients.size
