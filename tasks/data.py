@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy
 
+import storage.validation
 from storage import drops
 from storage.errors import NoUsableInput
 from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
@@ -73,8 +77,19 @@ def ingest_source(kind: str, source: str, store: str, config: dict, source_finge
 
 def _store_as_on_disk(context, parameters: dict) -> str:
     """The part of :func:`validate`'s cache key that is the store itself: its data version and the state of its
-    files (:func:`storage.store.store_fingerprint`)."""
-    return store_fingerprint(parameters["store"])
+    files (:func:`storage.store.store_fingerprint`), and the checks it was validated by (:func:`_checks_identity`)."""
+    return f"{store_fingerprint(parameters['store'])}:{_checks_identity()}"
+
+
+def _checks_identity() -> str:
+    """What the validation checks are: a hash of :mod:`storage.validation`'s source and the great-expectations
+    version. ``TASK_SOURCE`` covers :func:`validate`'s own source only, so without this a store that passed the
+    checks of an older gpseg kept its cached pass after an update whose checks refuse it."""
+    try:
+        gx = version("great-expectations")
+    except PackageNotFoundError:
+        gx = "unknown"
+    return hashlib.sha256(f"{inspect.getsource(storage.validation)}\n{gx}".encode()).hexdigest()[:16]
 
 
 @task(retries=1, retry_condition_fn=transient_only, persist_result=True,

@@ -54,3 +54,15 @@ def test_a_failed_validation_is_not_cached(tmp_path, task_states, monkeypatch):
     monkeypatch.undo()
     assert _validations(workdir, source, task_states) == ["Completed", "Cached"]
     assert _validations(workdir, source, task_states) == ["Cached", "Cached"]
+
+
+def test_new_checks_validate_a_store_again(tmp_path, task_states, monkeypatch):
+    """The cache key held the validate task's own source only: a store that passed an older gpseg's checks kept its
+    cached pass after an update whose checks refuse it."""
+    import tasks.data
+
+    source, workdir = tmp_path / "brats", tmp_path / "work"
+    write_brats_phantoms(source, 3, size=32, depth=16, seed=0)
+    assert _validations(workdir, source, task_states) == ["Completed", "Completed"]
+    monkeypatch.setattr(tasks.data, "_checks_identity", lambda: "checks of a later gpseg")
+    assert _validations(workdir, source, task_states) == ["Completed", "Cached"]
