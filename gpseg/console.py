@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -124,28 +125,56 @@ def temporary_server_auth(environ: Mapping[str, str]) -> dict[str, str]:
     steps the stack's worker runs as its owner. The server and this process's clients (and the Dask workers it
     sends tasks, which get its settings) take the password from the environment. The token is the caller's when
     it set either variable, else a new random one for this process. Empty when ``PREFECT_API_URL`` names a server
-    (its own password, if any, is the caller's to give), also where the active Prefect profile names it
-    (:func:`profile_api_url`), whose password the profile then gives.
+    (its own password, if any, is the caller's to give), also where Prefect's settings files name one
+    (:func:`configured_api_url`), whose password they then give.
     """
-    if environ.get("PREFECT_API_URL") or profile_api_url(environ):
+    if environ.get("PREFECT_API_URL") or configured_api_url(environ):
         return {}
     token = next((environ[name] for name in AUTH_VARIABLES if environ.get(name)), None) or secrets.token_urlsafe(24)
     return dict.fromkeys(AUTH_VARIABLES, token)
 
 
-def profile_api_url(environ: Mapping[str, str]) -> str | None:
-    """The ``PREFECT_API_URL`` of the active Prefect profile (``PREFECT_PROFILE``, else the file's ``active``) in
-    ``PREFECT_PROFILES_PATH`` (default ``PREFECT_HOME/profiles.toml``) as ``environ`` gives them, read without
-    importing Prefect; ``None`` without one, or where the file cannot be read."""
+def configured_api_url(environ: Mapping[str, str], folder: Path | None = None) -> str | None:
+    """The ``PREFECT_API_URL`` that Prefect will take from where it reads its settings besides the environment,
+    read without importing Prefect (about 2 s): ``folder``'s (default: the current folder's) ``.env``,
+    ``prefect.toml`` (``[api] url``) and ``pyproject.toml`` (``[tool.prefect.api] url``), and the active profile
+    (``PREFECT_PROFILE``, else the file's ``active``) of ``PREFECT_PROFILES_PATH`` (default
+    ``PREFECT_HOME/profiles.toml``) as ``environ`` gives them. ``None`` where none names one (an unreadable file
+    names none)."""
+    folder = Path.cwd() if folder is None else folder
+
+    def table(path: Path, *keys: str) -> Any:
+        try:
+            value: Any = tomllib.loads(path.read_text(encoding="utf-8"))
+            for key in keys:
+                value = value.get(key, {})
+            return value or None
+        except (OSError, ValueError, AttributeError):
+            return None
+
     try:
         home = Path(environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
-        path = Path(environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
-        profiles = tomllib.loads(path.read_text(encoding="utf-8"))
-        name = environ.get("PREFECT_PROFILE") or profiles.get("active")
-        url = profiles.get("profiles", {}).get(name, {}).get("PREFECT_API_URL")
-    except (OSError, RuntimeError, ValueError, AttributeError, TypeError):
+        profiles = Path(environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    except RuntimeError:  # no home folder
+        profiles = None
+    active = environ.get("PREFECT_PROFILE") or (profiles and table(profiles, "active"))
+    found = [_dotenv_value(folder / ".env", "PREFECT_API_URL"), table(folder / "prefect.toml", "api", "url"),
+             table(folder / "pyproject.toml", "tool", "prefect", "api", "url"),
+             isinstance(active, str) and profiles and table(profiles, "profiles", active, "PREFECT_API_URL")]
+    return next((str(url) for url in found if url and isinstance(url, str)), None)
+
+
+def _dotenv_value(path: Path, name: str) -> str | None:
+    """``name``'s value in a ``.env`` file (``NAME=value``, ``export NAME="value"``); ``None`` without one."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError):
         return None
-    return str(url) if url else None
+    for line in lines:
+        key, equals, value = line.strip().removeprefix("export ").partition("=")
+        if equals and key.strip() == name:
+            return value.strip().strip("'\"") or None
+    return None
 
 
 def private_prefect_home(home: Path) -> str | None:

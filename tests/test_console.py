@@ -327,20 +327,30 @@ def test_prefects_temporary_server_gets_a_password_of_this_process_unless_one_is
     assert temporary_server_auth({"PREFECT_API_URL": "http://127.0.0.1:4200/api"}) == {}  # that server's own
 
 
-def test_a_prefect_profile_that_names_a_server_keeps_its_own_password(tmp_path) -> None:
-    """A profile's server and password (not exported) were overridden by the temporary server's random password."""
-    from gpseg.console import profile_api_url, temporary_server_auth
+def test_a_server_named_in_prefects_settings_files_keeps_its_own_password(tmp_path, monkeypatch) -> None:
+    """A server (and its password or API key) named in a profile, ``.env``, ``prefect.toml`` or ``pyproject.toml``
+    (not exported) was sent the temporary server's random password instead, which Prefect's client prefers."""
+    from gpseg.console import configured_api_url, temporary_server_auth
 
-    home = {"PREFECT_HOME": str(tmp_path)}
-    assert profile_api_url(home) is None and temporary_server_auth(home)  # no profiles.toml
-    (tmp_path / "profiles.toml").write_text('active = "lab"\n[profiles.lab]\nPREFECT_API_URL = "http://h:4200/api"\n'
-                                            'PREFECT_API_AUTH_STRING = "u:p"\n[profiles.ephemeral]\n'
-                                            'PREFECT_SERVER_ALLOW_EPHEMERAL_MODE = "true"\n')
-    assert profile_api_url(home) == "http://h:4200/api" and temporary_server_auth(home) == {}
+    monkeypatch.chdir(tmp_path)
+    home = {"PREFECT_HOME": str(tmp_path / "home")}
+    assert configured_api_url(home) is None and temporary_server_auth(home)  # no files
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "profiles.toml").write_text(
+        'active = "lab"\n[profiles.lab]\nPREFECT_API_URL = "http://h:4200/api"\nPREFECT_API_AUTH_STRING = "u:p"\n'
+        '[profiles.ephemeral]\nPREFECT_SERVER_ALLOW_EPHEMERAL_MODE = "true"\n')
+    assert configured_api_url(home) == "http://h:4200/api" and temporary_server_auth(home) == {}
     assert temporary_server_auth({**home, "PREFECT_PROFILE": "ephemeral"})  # the active one is the environment's
-    other = tmp_path / "other.toml"
-    other.write_text("not toml [")
-    assert profile_api_url({**home, "PREFECT_PROFILES_PATH": str(other)}) is None
+    (tmp_path / "bad.toml").write_text("not toml [")
+    assert configured_api_url({**home, "PREFECT_PROFILES_PATH": str(tmp_path / "bad.toml")}) is None
+    for name, text in ((".env", "# a server\nexport PREFECT_API_URL='http://e:1/api'\nPREFECT_API_KEY=k\n"),
+                       ("prefect.toml", '[api]\nurl = "http://e:1/api"\n'),
+                       ("pyproject.toml", '[project]\nname = "x"\n[tool.prefect.api]\nurl = "http://e:1/api"\n')):
+        (tmp_path / name).write_text(text)
+        assert configured_api_url({}) == "http://e:1/api" and temporary_server_auth({}) == {}, name
+        (tmp_path / name).unlink()
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n')  # a project's, naming no server
+    assert configured_api_url({}) is None
 
 
 @pytest.mark.slow
