@@ -16,8 +16,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pytorch_lightning.utilities import rank_zero_only
 
 from gpmodels.checkpoints import RunPaths
-from storage.folders import pid_alive
-from storage.locks import HOLDER_BYTES, holder_line, holder_pid, open_lock_file, unlockable
+from storage.locks import HOLDER_BYTES, ended_here, holder_line, holder_pid, open_lock_file, unlockable
 
 _LOG = logging.getLogger(__name__)
 
@@ -92,8 +91,7 @@ def _lock_exclusively(fd: int, paths: RunPaths, writable: bool = True) -> bool:
             if _lock_within(fd, PROBE_WAIT_S):
                 return True
             holder = os.pread(fd, HOLDER_BYTES, 0).decode(errors="replace").strip()
-        pid = holder_pid(holder)
-        if not (pid is not None and not pid_alive(pid) and _lock_within(fd, ORPHAN_WAIT_S)):
+        if not (ended_here(holder) is not None and _lock_within(fd, ORPHAN_WAIT_S)):
             raise RunDirBusy(_busy_message(paths, holder)) from None
     except OSError as exc:
         _LOG.warning("%s", unlockable(paths.lock, exc, writable))
@@ -123,7 +121,7 @@ def _busy_message(paths: RunPaths, holder: str) -> str:
     """Why the lock of ``paths.root`` is busy, naming who holds it from the text written in it (``holder``:
     :func:`storage.locks.holder_line`, or a bare pid from older versions)."""
     pid = holder_pid(holder)
-    if pid is not None and not pid_alive(pid):
+    if ended_here(holder) is not None:
         return (f"{paths.root}: pid {pid} was training this run and has ended, but processes it started (its "
                 f"data-loading workers) still hold the lock after {ORPHAN_WAIT_S:g} s, or another user's process, "
                 "which cannot write its pid into the lock file, trains it; end them or try again")

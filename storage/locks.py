@@ -51,6 +51,17 @@ def holder_pid(written: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def ended_here(written: str) -> int | None:
+    """The pid in a lock file's text (:func:`holder_pid`) where it is of this host (or names no host: older
+    versions) and has ended; ``None`` otherwise. A pid written on another host (a work dir shared over the network)
+    cannot be looked up here, so it is taken as alive."""
+    pid = holder_pid(written)
+    host = re.search(r", host ([^,]+),", written)
+    if pid is None or (host is not None and host.group(1) != socket.gethostname()):
+        return None
+    return None if pid_alive(pid) else pid
+
+
 class Busy(StoreError):
     """Another process holds the lock (when not waiting for it); the message names the lock's folder and holder."""
 
@@ -167,9 +178,7 @@ def holder_text(written: str, path: Path) -> str:
     earlier holder's may still be there: a pid of this host that has ended is said to be one."""
     if not written:
         return "another process"
-    pid = holder_pid(written) if written.startswith("pid ") else None
-    host = re.search(r", host ([^,]+),", written)
-    if pid is not None and (host is None or host.group(1) == socket.gethostname()) and not pid_alive(pid):
+    if written.startswith("pid ") and ended_here(written) is not None:
         return (f"another process; {path.name} still names {written.splitlines()[0]}, which has ended here: the "
                 "holder is another user's process, which cannot write its name there, or one on another host")
     return written

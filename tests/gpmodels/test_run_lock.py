@@ -90,3 +90,25 @@ def test_a_look_at_the_lock_without_a_pid_is_waited_for_not_taken_as_a_trainer(t
         threading.Timer(0.3, fcntl.flock, (look, fcntl.LOCK_UN)).start()
         with run_lock.run_dir_lock(paths):
             assert _held_by_this_process(paths.lock.read_text())
+
+
+def test_a_trainer_on_another_host_is_not_taken_for_one_that_has_ended(tmp_path, monkeypatch):
+    """A work dir shared over the network: a pid written on another host cannot be looked up here, but it was, so
+    its trainer was said to have ended (after waiting for its "workers")."""
+    import fcntl
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    paths = RunPaths(tmp_path / "run")
+    paths.root.mkdir()
+    text = f"pid {dead.pid}, user u, host another-host.example, since 2026-01-31T09:05, training\n"
+    paths.lock.write_text(text)
+    monkeypatch.setattr(run_lock, "ORPHAN_WAIT_S", 30.0)  # not waited for
+    with open(paths.lock) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        started = time.monotonic()
+        with pytest.raises(run_lock.RunDirBusy) as raised:
+            with run_lock.run_dir_lock(paths):
+                pass
+    assert time.monotonic() - started < 10 and "has ended" not in str(raised.value)
+    assert "another-host.example" in str(raised.value)
