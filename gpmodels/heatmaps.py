@@ -42,7 +42,7 @@ import torch
 import zarr
 
 from gpmodels.augment import resize_images
-from gpmodels.files import heatmap_path, relocated, weights_record, write_failure
+from gpmodels.files import heatmap_path, read_run_config, relocated, weights_record, write_failure
 from gpmodels.names import GRADIENT_METHODS, POSTHOC_METHODS
 from gpmodels.nets import is_gp_model
 from gpmodels.provenance import provenance
@@ -52,7 +52,7 @@ from storage.folders import check_replaceable, hidden_sibling, recover_interrupt
 from storage.ingest_config import SPLIT_NAMES
 from storage.reads import read_rows, read_whole
 from storage.store import (CHUNK_COUNTS, FLAT_CHUNK_KEYS, check_chunks, check_data_version, chunk_counts,
-                           open_store)
+                           missing_chunks, open_store, recorded_chunks)
 
 POSTHOC_OCCLUSION_SLICES = 64
 """Slices whose occlusion maps are made (and held) together on a GPU; more post-hoc slices are made in parts of this
@@ -137,6 +137,48 @@ def spread_rows(rows: np.ndarray, count: int) -> np.ndarray:
     if count == 0:
         return rows[:0]
     return rows[np.linspace(0, rows.size - 1, count).round().astype(np.intp)]
+
+
+def posthoc_rows(labels: np.ndarray, classes: list[str], count: int) -> np.ndarray:
+    """The rows of a heatmap store whose slices get post-hoc maps: ``count`` slices with a tumour class (every slice
+    where the classes have no tumour-free one) spread over the split (:func:`spread_rows`).
+
+    Args:
+        labels: ``(N,)`` the split's slice classes, in store order.
+        classes: the class names.
+        count: post-hoc slices asked for, >= 0.
+
+    Returns:
+        ``(min(n, count),)`` int64 rows, ``n`` the candidate slices.
+    """
+    tumour = labels > 0 if has_tumour_free_class(classes) else np.ones(labels.size, bool)
+    return spread_rows(np.flatnonzero(tumour), count).astype(np.int64)
+
+
+def reusable_heatmaps(run_dir: Path | str, split: str, weights: str, posthoc: int) -> Path | None:
+    """The heatmap store of a run's split when it is whole and :func:`generate_heatmaps` would write the same now,
+    else ``None``.
+
+    Whole: its chunk record (:data:`storage.store.CHUNK_COUNTS`, written last, before the store is renamed into place)
+    is there and no recorded chunk file is missing. The same: made from the weights of hash ``weights``
+    (:func:`gpmodels.files.weights_hash`), of this split and the run's data version, with post-hoc maps of the slices
+    ``posthoc`` gives (:func:`posthoc_rows`). The device, CPU threads and batch size, which move only the maps' last
+    bits, are not compared, nor is the code (as the flows' heatmap task's cache key does not hold it). A store of an
+    older gpseg that recorded no weights or no chunk record is not reusable.
+    """
+    path = heatmap_path(run_dir, split)
+    try:
+        heat = zarr.open_group(str(path), mode="r")
+        attrs = dict(heat.attrs)
+        if (not recorded_chunks(heat) or any(missing_chunks(heat).values()) or attrs.get("split") != split
+                or attrs.get("weights") != weights
+                or attrs.get("data_version") != read_run_config(run_dir).get("data_version")):
+            return None
+        stored = heat["posthoc/rows"][:] if "posthoc" in heat else np.zeros(0, np.int64)
+        wanted = posthoc_rows(heat["labels"][:], attrs["classes"], posthoc)
+    except Exception:  # missing or damaged: made again
+        return None
+    return path if np.array_equal(stored, wanted) else None
 
 
 def to_float16(values: torch.Tensor) -> np.ndarray:
@@ -263,12 +305,11 @@ def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, 
     as :func:`generate_heatmaps`' ``posthoc_progress``."""
     from gpmodels.posthoc import posthoc_batch
 
-    tumour = labels > 0 if has_tumour_free_class(run.classes) else np.ones(labels.size, bool)
-    rows = spread_rows(np.flatnonzero(tumour), count)
+    rows = posthoc_rows(labels, run.classes, count)
     if rows.size == 0:
         return
     size = int(group["images"].shape[-1])
-    heat.create_array("posthoc/rows", data=rows.astype(np.int64))
+    heat.create_array("posthoc/rows", data=rows)
     written: dict[str, zarr.Array] = {}
     # Occlusion runs without gradients and batches its forward passes by pixels, so it takes
     # POSTHOC_OCCLUSION_SLICES slices at a time; guided backprop and the reference map (a baseline's is Grad-CAM,

@@ -14,7 +14,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from gpmodels.epoch_log import LOGGER as EPOCH_LOGGER
 from gpmodels.files import heatmap_path, weights_hash
-from gpmodels.heatmaps import generate_heatmaps
+from gpmodels.heatmaps import generate_heatmaps, reusable_heatmaps
 from gpmodels.train_config import preset_config
 from gpmodels.train_process import train_in_subprocess
 from gpmodels.training import TrainResult, train
@@ -59,7 +59,14 @@ def _log_training(model: str, fold: int, result: TrainResult) -> None:
 
 @task(cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def make_heatmaps(run_dir: str, weights: str, split: str, posthoc: int = 8) -> str:
-    """Write a run's heatmap store for one split (cached on the weights' hash)."""
-    return str(generate_heatmaps(run_dir, split, posthoc=posthoc if split == "test" else 0,
+    """Write a run's heatmap store for one split (cached on the weights' hash), or keep the one on disk when it was
+    made from these weights with these settings (:func:`gpmodels.heatmaps.reusable_heatmaps`): a work dir copied to
+    another place, or run with another ``PREFECT_HOME``, misses the cache but not its heatmaps."""
+    count = posthoc if split == "test" else 0
+    kept = reusable_heatmaps(run_dir, split, weights, count)
+    if kept is not None:
+        get_run_logger().info("%s: reused, made from the same weights (%s) and post-hoc settings", kept, weights)
+        return str(kept)
+    return str(generate_heatmaps(run_dir, split, posthoc=count,
                                  progress=logged_progress(f"heatmaps of {run_dir} ({split})", "slices"),
                                  posthoc_progress=staged_progress(f"post-hoc maps of {run_dir}", "slices")))

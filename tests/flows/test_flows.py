@@ -295,6 +295,29 @@ def test_benchmark_rebuilds_outputs_deleted_behind_the_cache(bench_workdir, tmp_
 
 
 @after_first_run
+def test_a_work_dir_copied_elsewhere_keeps_its_heatmaps(bench_workdir, task_states, tmp_path, caplog):
+    """A work dir copied to another place (a CPU user's work moved to a GPU box, with another PREFECT_HOME) misses
+    every cache key, which holds absolute paths: its heatmaps, made from the same model.pt, were made again (hours
+    of post-hoc maps on BraTS)."""
+    import logging
+    import shutil
+
+    first = tmp_path / "first"  # run once where it is: earlier tests of the sequence changed model.pt behind it
+    shutil.copytree(bench_workdir, first, ignore=shutil.ignore_patterns("report"))
+    assert full_benchmark(_bench(first), return_state=True).is_completed()
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved)  # new paths, inodes, ctimes
+    heatmaps = sorted((moved / "runs").glob("**/heatmaps/*.zarr/zarr.json"))
+    assert len(heatmaps) == 2
+    before = [path.stat().st_mtime_ns for path in heatmaps]
+    caplog.set_level(logging.INFO)
+    state = full_benchmark(_bench(moved), return_state=True)
+    assert state.is_completed() and not state.result()["failed"]
+    assert [path.stat().st_mtime_ns for path in heatmaps] == before
+    assert sum("reused, made from the same weights" in r.getMessage() for r in caplog.records) == 2
+
+
+@after_first_run
 def test_retrain_on_new_data(bench_workdir, task_names, task_states):
     source = bench_workdir / "phantoms" / "brats"
     store = bench_workdir / "stores" / "brats.zarr"

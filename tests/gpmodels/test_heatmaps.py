@@ -278,3 +278,30 @@ def test_ctrl_c_in_gpseg_heatmaps_says_which_stores_are_new(phantom_store, tmp_p
     assert result.exit_code == 130, result.output
     assert " ".join(result.output.split()).endswith("interrupted; the val and test heatmaps were written")
     assert zarr.open_group(str(run / "heatmaps" / "test.zarr"), mode="r").attrs["seconds"] != before
+
+
+def test_a_whole_heatmap_store_of_the_same_weights_and_posthoc_slices_is_reusable_after_a_move(
+        phantom_store, tmp_path, untrained_run):
+    """A work dir copied elsewhere (another path, another PREFECT_HOME) misses the flows' heatmap cache; its stores
+    were remade (hours of post-hoc maps on BraTS) although made from the same model.pt. Only a whole store of these
+    weights, split, data version and post-hoc slices is reused."""
+    from gpmodels.files import weights_hash
+    from gpmodels.heatmaps import reusable_heatmaps
+    from storage.store import CHUNK_COUNTS
+
+    made = untrained_run(phantom_store, "gp-unet", tmp_path / "run")
+    generate_heatmaps(made, "test", device="cpu", posthoc=1)
+    run = tmp_path / "moved" / "run"
+    shutil.copytree(made, run)  # new path, inodes and times
+    weights = weights_hash(run)
+    assert reusable_heatmaps(run, "test", weights, 1) == run / "heatmaps" / "test.zarr"
+    assert reusable_heatmaps(run, "test", "0" * 16, 1) is None  # other weights
+    assert reusable_heatmaps(run, "val", weights, 0) is None  # no such store
+    assert reusable_heatmaps(run, "test", weights, 0) is None  # made with post-hoc maps, asked without
+    assert reusable_heatmaps(run, "test", weights, 1000) is None  # other post-hoc slices
+    next((run / "heatmaps" / "test.zarr" / "maps").glob("c*")).unlink()  # a partial copy
+    assert reusable_heatmaps(run, "test", weights, 1) is None
+    generate_heatmaps(run, "test", device="cpu", posthoc=1)
+    heat = zarr.open_group(str(run / "heatmaps" / "test.zarr"), mode="r+")
+    del heat.attrs[CHUNK_COUNTS]  # not written whole (or by an older gpseg)
+    assert reusable_heatmaps(run, "test", weights, 1) is None
