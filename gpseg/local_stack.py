@@ -321,7 +321,8 @@ class LocalStack:
         """Poll ``/health`` until the server answers, then check that it is this stack's: it takes the stack's
         password. ``/health`` answers anyone, so a second ``gpseg serve`` started at the same time on the same
         ``--port`` (both found it free) took the first one's answer for its own, and failed on the next step in a
-        401 traceback, its own server having exited on the taken port.
+        401 traceback, its own server having exited on the taken port. A server that takes any password (one
+        without, not a stack's) is not this stack's either: a request without the password must be refused.
 
         Raises:
             RuntimeError: the server exited, or another server holds the port (one line each).
@@ -339,6 +340,12 @@ class LocalStack:
             if exc.code != 401:
                 raise
             raise RuntimeError(self._port_taken) from None
+        try:  # a server without a password (not a stack's) answers anyone: this stack's refuses a request without
+            with urllib.request.urlopen(f"{self.api_url}/admin/version", timeout=10):
+                raise RuntimeError(self._port_taken)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 401:
+                raise
 
     @property
     def _port_taken(self) -> str:

@@ -480,6 +480,38 @@ def test_a_port_taken_by_another_server_while_the_stack_starts_is_said_in_one_li
             other.shutdown()
 
 
+def test_a_server_without_a_password_on_the_port_is_not_taken_for_the_stacks(tmp_path):
+    """A server that answers without a password (not a stack's) took the --port as the stack started: its answer to
+    the stack's password passed the check, and the work pool, deployments and worker went to it."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    from gpseg.local_stack import LocalStack
+
+    class Open(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"true")
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Open) as other:
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        stack = LocalStack(tmp_path, port=other.server_address[1], home=tmp_path / ".prefect")
+        stack.processes["server"] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            with pytest.raises(RuntimeError, match=rf"^127\.0\.0\.1:{stack.port} was taken by another server"):
+                stack.wait_healthy(timeout=10)
+        finally:
+            stack.processes["server"].kill()
+            stack.processes["server"].wait()
+            other.shutdown()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="gives a file to another user")
 @pytest.mark.parametrize("given", [".prefect", ".prefect/api-auth"])
 def test_serve_in_another_users_checkout_names_the_owner_not_a_file_to_delete(tmp_path, given):
