@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gpmodels.process_groups import end_groups, stop_process_group
+from storage.errors import one_line
 from storage.locks import lock_holder, user_name
 
 POOL = "gpseg-local"
@@ -513,8 +514,16 @@ class LocalStack:
         in the database for ever, its ``train-fan-out`` subflow too. A run of this pool still active whose engine
         is gone is set ``Crashed`` with :data:`KILLED_STACK_MESSAGE`, its subflows too; one whose engine still
         runs is this stack's from now on, so that its stop ends it (:meth:`stop`, :meth:`end_runs`). A subflow
-        still active under a parent that has ended (e.g. ``Failed``) is set ``Crashed`` likewise.
+        still active under a parent that has ended (e.g. ``Failed``) is set ``Crashed`` likewise. An API error or
+        timeout on the way is said in a line, and the stack starts all the same.
         """
+        try:
+            return self._recover_runs()
+        except (OSError, ValueError) as exc:  # urllib's errors are OSErrors; a reply that is not JSON
+            return [f"could not look for flow runs a killed process left active: {one_line(exc)}"]
+
+    def _recover_runs(self) -> list[str]:
+        """:meth:`recover_runs`, its API errors raised."""
         said: list[str] = []
         ending = ("CRASHED", KILLED_STACK_MESSAGE)
         engines = [(run, _engine_pid(run)) for run in self.active_runs()]

@@ -419,6 +419,22 @@ def test_a_new_stack_crashes_the_runs_a_killed_one_left_and_takes_over_those_sti
         engine.wait()
 
 
+def test_an_api_error_while_looking_for_runs_left_active_is_said_and_the_stack_starts(monkeypatch, tmp_path):
+    """An HTTP 500 or a timeout while looking for runs a killed stack left active stopped `gpseg serve` at start."""
+    import urllib.error
+
+    from gpseg.local_stack import LocalStack
+
+    stack = LocalStack(tmp_path, port=0, home=tmp_path / ".prefect")
+
+    def failing(path: str, body: dict | None = None):
+        raise urllib.error.HTTPError(f"http://127.0.0.1/api/{path}", 500, "Internal Server Error", None, None)
+
+    monkeypatch.setattr(stack, "_api", failing)
+    assert stack.recover_runs() == ["could not look for flow runs a killed process left active: HTTP Error 500: "
+                                    "Internal Server Error"]
+
+
 def test_the_stacks_logs_are_readable_by_this_user_alone(monkeypatch, tmp_path):
     """server.log and worker.log (each flow run's output) were made 644 in a 755 folder."""
     import stat
