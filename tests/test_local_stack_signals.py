@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -456,9 +458,10 @@ def test_the_stacks_logs_are_readable_by_this_user_alone(monkeypatch, tmp_path):
     assert stat.S_IMODE(log.parent.stat().st_mode) == stat.S_IMODE(log.parent.parent.stat().st_mode) == 0o700
 
 
-def test_a_port_taken_by_another_server_while_the_stack_starts_is_said_in_one_line(tmp_path):
-    """Two `gpseg serve` started at once on one --port both found it free; the second took the first one's /health
-    (which answers anyone) for its own and failed on its next step in a 20-line HTTP 401 traceback."""
+@contextlib.contextmanager
+def _stack_beside_another_server(tmp_path, status: Callable[[str], int]):
+    """A stack (its server a sleeping process) on the port of another HTTP server, which answers each GET path with
+    ``status(path)``."""
     import http.server
     import subprocess
     import sys
@@ -466,9 +469,9 @@ def test_a_port_taken_by_another_server_while_the_stack_starts_is_said_in_one_li
 
     from gpseg.local_stack import LocalStack
 
-    class Other(http.server.BaseHTTPRequestHandler):  # another stack's server: its own password
+    class Other(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            self.send_response(200 if self.path == "/api/health" else 401)
+            self.send_response(status(self.path))
             self.end_headers()
             self.wfile.write(b"true")
 
@@ -480,52 +483,37 @@ def test_a_port_taken_by_another_server_while_the_stack_starts_is_said_in_one_li
         stack = LocalStack(tmp_path, port=other.server_address[1], home=tmp_path / ".prefect")
         stack.processes["server"] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         try:
-            taken = (rf"^127\.0\.0\.1:{stack.port} was taken by another server while this one started; give "
-                     r"another --port$")
-            with pytest.raises(RuntimeError, match=taken):
-                stack.wait_healthy(timeout=10)
-            stack.processes["server"].kill()  # or its own server has exited on the taken port first
-            stack.processes["server"].wait()
-            (stack.log_dir / "server.log").write_text("ERROR: [Errno 98] error while attempting to bind on address "
-                                                      "('127.0.0.1', 4200): address already in use\n")
-            with pytest.raises(RuntimeError, match=taken):
-                stack.wait_healthy(timeout=10)
+            yield stack
         finally:
             stack.processes["server"].kill()
             stack.processes["server"].wait()
             other.shutdown()
+
+
+def _taken(port: int) -> str:
+    return rf"^127\.0\.0\.1:{port} was taken by another server while this one started; give another --port$"
+
+
+def test_a_port_taken_by_another_server_while_the_stack_starts_is_said_in_one_line(tmp_path):
+    """Two `gpseg serve` started at once on one --port both found it free; the second took the first one's /health
+    (which answers anyone) for its own and failed on its next step in a 20-line HTTP 401 traceback."""
+    with _stack_beside_another_server(tmp_path, lambda path: 200 if path == "/api/health" else 401) as stack:
+        with pytest.raises(RuntimeError, match=_taken(stack.port)):  # another stack's server: its own password
+            stack.wait_healthy(timeout=10)
+        stack.processes["server"].kill()  # or its own server has exited on the taken port first
+        stack.processes["server"].wait()
+        (stack.log_dir / "server.log").write_text("ERROR: [Errno 98] error while attempting to bind on address "
+                                                  "('127.0.0.1', 4200): address already in use\n")
+        with pytest.raises(RuntimeError, match=_taken(stack.port)):
+            stack.wait_healthy(timeout=10)
 
 
 def test_a_server_without_a_password_on_the_port_is_not_taken_for_the_stacks(tmp_path):
     """A server that answers without a password (not a stack's) took the --port as the stack started: its answer to
     the stack's password passed the check, and the work pool, deployments and worker went to it."""
-    import http.server
-    import subprocess
-    import sys
-    import threading
-
-    from gpseg.local_stack import LocalStack
-
-    class Open(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"true")
-
-        def log_message(self, *args):
-            pass
-
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Open) as other:
-        threading.Thread(target=other.serve_forever, daemon=True).start()
-        stack = LocalStack(tmp_path, port=other.server_address[1], home=tmp_path / ".prefect")
-        stack.processes["server"] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        try:
-            with pytest.raises(RuntimeError, match=rf"^127\.0\.0\.1:{stack.port} was taken by another server"):
-                stack.wait_healthy(timeout=10)
-        finally:
-            stack.processes["server"].kill()
-            stack.processes["server"].wait()
-            other.shutdown()
+    with _stack_beside_another_server(tmp_path, lambda path: 200) as stack:
+        with pytest.raises(RuntimeError, match=_taken(stack.port)):
+            stack.wait_healthy(timeout=10)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="gives a file to another user")
