@@ -37,7 +37,9 @@ PROGRESS_EVERY_S = 300.0
 
 
 def duration(seconds: float) -> str:
-    """``"40 s"``, ``"23 min"``, ``"5.2 h"``, ``"4.8 days"``: a duration in the unit that reads best."""
+    """``"0.42 s"``, ``"40 s"``, ``"23 min"``, ``"5.2 h"``, ``"4.8 days"``: a duration in the unit that reads best."""
+    if seconds < 10:
+        return f"{seconds:.2g} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:

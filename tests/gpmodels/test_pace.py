@@ -14,7 +14,8 @@ from gpmodels.pace import RunEstimate, duration, estimate_line
 
 
 def test_durations_and_paces_read_in_the_unit_that_fits():
-    assert [duration(s) for s in (40, 1380, 5.2 * 3600, 414_000)] == ["40 s", "23 min", "5.2 h", "4.8 days"]
+    assert ([duration(s) for s in (0.42, 40, 1380, 5.2 * 3600, 414_000)]
+            == ["0.42 s", "40 s", "23 min", "5.2 h", "4.8 days"])
     assert (pace.pace(0.25), pace.pace(113.7), pace.pace(0)) == ("4.00it/s", "113.7s/it", "-.--it/s")
     assert pace.time_left(341, 3, 12) == pytest.approx(1023) and pace.time_left(10, 0, 12) is None
     assert pace.time_left(10, 2, float("inf")) is None
