@@ -162,8 +162,10 @@ def reusable_heatmaps(run_dir: Path | str, split: str, weights: str, posthoc: in
     Whole: its chunk record (:data:`storage.store.CHUNK_COUNTS`, written last, before the store is renamed into place)
     is there and no recorded chunk file is missing. The same: made from the weights of hash ``weights``
     (:func:`gpmodels.files.weights_hash`), of this split and the run's data version, with post-hoc maps of the slices
-    ``posthoc`` gives (:func:`posthoc_rows`). The device, CPU threads and batch size, which move only the maps' last
-    bits, are not compared, nor is the code (as the flows' heatmap task's cache key does not hold it). A store of an
+    ``posthoc`` gives (:func:`posthoc_rows`). Not compared, as the flows' heatmap task's cache key does not hold them
+    either: the code; CPU threads and batch size, which move only the maps' last bits; the device, so a store made on
+    the CPU (float32) is kept on a GPU, which would make its maps under bf16 autocast (about 3 significant digits;
+    a prediction near a tie may differ); run ``gpseg heatmaps`` to have them made there. A store of an
     older gpseg that recorded no weights or no chunk record is not reusable.
     """
     path = heatmap_path(run_dir, split)

@@ -134,47 +134,58 @@ def temporary_server_auth(environ: Mapping[str, str]) -> dict[str, str]:
     return dict.fromkeys(AUTH_VARIABLES, token)
 
 
-def configured_api_url(environ: Mapping[str, str], folder: Path | None = None) -> str | None:
+def configured_api_url(environ: Mapping[str, str], folder: Path = Path(".")) -> str | None:
     """The ``PREFECT_API_URL`` that Prefect will take from where it reads its settings besides the environment,
     read without importing Prefect (about 2 s): ``folder``'s (default: the current folder's) ``.env``,
     ``prefect.toml`` (``[api] url``) and ``pyproject.toml`` (``[tool.prefect.api] url``), and the active profile
-    (``PREFECT_PROFILE``, else the file's ``active``) of ``PREFECT_PROFILES_PATH`` (default
-    ``PREFECT_HOME/profiles.toml``) as ``environ`` gives them. ``None`` where none names one (an unreadable file
-    names none)."""
-    folder = Path.cwd() if folder is None else folder
+    (``PREFECT_PROFILE``, else the file's ``active``) of the profiles file (:func:`_profiles_path`). ``None`` where
+    none names one (an unreadable file names none)."""
+    profiles = _profiles_path(environ, folder)
+    active = environ.get("PREFECT_PROFILE") or (profiles and _toml_value(profiles, "active"))
+    found = [_dotenv_value(folder / ".env", "PREFECT_API_URL"), _toml_value(folder / "prefect.toml", "api", "url"),
+             _toml_value(folder / "pyproject.toml", "tool", "prefect", "api", "url"),
+             isinstance(active, str) and profiles and _toml_value(profiles, "profiles", active, "PREFECT_API_URL")]
+    return next((url for url in found if url and isinstance(url, str)), None)
 
-    def table(path: Path, *keys: str) -> Any:
-        try:
-            value: Any = tomllib.loads(path.read_text(encoding="utf-8"))
-            for key in keys:
-                value = value.get(key, {})
-            return value or None
-        except (OSError, ValueError, AttributeError):
-            return None
 
+def _profiles_path(environ: Mapping[str, str], folder: Path) -> Path | None:
+    """Prefect's profiles file, where it looks for it: ``PREFECT_PROFILES_PATH`` in the environment, ``folder``'s
+    ``.env``, ``prefect.toml`` (``profiles_path``) or ``pyproject.toml`` (``[tool.prefect] profiles_path``), else
+    ``PREFECT_HOME/profiles.toml``; ``None`` without a home folder."""
+    named = (environ.get("PREFECT_PROFILES_PATH") or _dotenv_value(folder / ".env", "PREFECT_PROFILES_PATH")
+             or _toml_value(folder / "prefect.toml", "profiles_path")
+             or _toml_value(folder / "pyproject.toml", "tool", "prefect", "profiles_path"))
     try:
         home = Path(environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
-        profiles = Path(environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+        return Path(named).expanduser() if isinstance(named, str) else home / "profiles.toml"
     except RuntimeError:  # no home folder
-        profiles = None
-    active = environ.get("PREFECT_PROFILE") or (profiles and table(profiles, "active"))
-    found = [_dotenv_value(folder / ".env", "PREFECT_API_URL"), table(folder / "prefect.toml", "api", "url"),
-             table(folder / "pyproject.toml", "tool", "prefect", "api", "url"),
-             isinstance(active, str) and profiles and table(profiles, "profiles", active, "PREFECT_API_URL")]
-    return next((str(url) for url in found if url and isinstance(url, str)), None)
+        return None
+
+
+def _toml_value(path: Path, *keys: str) -> Any:
+    """The value at ``keys`` in a TOML file; ``None`` where the file or a key is missing or unreadable."""
+    try:
+        value: Any = tomllib.loads(path.read_text(encoding="utf-8"))
+        for key in keys:
+            value = value.get(key, {})
+        return value or None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _dotenv_value(path: Path, name: str) -> str | None:
-    """``name``'s value in a ``.env`` file (``NAME=value``, ``export NAME="value"``); ``None`` without one."""
+    """``name``'s value in a ``.env`` file (``NAME=value``, ``export NAME="value"``; names in any case, as Prefect
+    reads them; the last one counts); ``None`` without one."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, ValueError):
         return None
+    found = None
     for line in lines:
         key, equals, value = line.strip().removeprefix("export ").partition("=")
-        if equals and key.strip() == name:
-            return value.strip().strip("'\"") or None
-    return None
+        if equals and key.strip().upper() == name:
+            found = value.strip().strip("'\"") or None
+    return found
 
 
 def private_prefect_home(home: Path) -> str | None:

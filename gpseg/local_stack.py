@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import fcntl
 import functools
+import http.client
 import json
 import os
 import secrets
@@ -337,16 +338,14 @@ class LocalStack:
             time.sleep(1)
         try:
             self._api("admin/version")
-        except urllib.error.HTTPError as exc:
-            if exc.code != 401:
-                raise
+        except urllib.error.HTTPError:  # 401: another stack's password; another code: not a Prefect server
             raise RuntimeError(self._port_taken) from None
         try:  # a server without a password (not a stack's) answers anyone: this stack's refuses a request without
             with urllib.request.urlopen(f"{self.api_url}/admin/version", timeout=10):
                 raise RuntimeError(self._port_taken)
         except urllib.error.HTTPError as exc:
-            if exc.code != 401:
-                raise
+            if exc.code != 401:  # not a Prefect server's answer to a request without its password
+                raise RuntimeError(self._port_taken) from None
 
     @property
     def _port_taken(self) -> str:
@@ -519,7 +518,8 @@ class LocalStack:
         """
         try:
             return self._recover_runs()
-        except (OSError, ValueError) as exc:  # urllib's errors are OSErrors; a reply that is not JSON
+        # urllib's errors are OSErrors; a reply cut short (HTTPException), not JSON or of another shape
+        except (OSError, ValueError, http.client.HTTPException, KeyError, TypeError) as exc:
             return [f"could not look for flow runs a killed process left active: {one_line(exc)}"]
 
     def _recover_runs(self) -> list[str]:

@@ -10,6 +10,10 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy
 
+import storage.classes
+import storage.reads
+import storage.splits
+import storage.store
 import storage.validation
 from storage import drops
 from storage.errors import NoUsableInput
@@ -81,15 +85,21 @@ def _store_as_on_disk(context, parameters: dict) -> str:
     return f"{store_fingerprint(parameters['store'])}:{_checks_identity()}"
 
 
+CHECK_MODULES = (storage.validation, storage.store, storage.splits, storage.classes, storage.reads)
+"""The modules whose code decides what validation checks (its own, and the store, split, class and read rules it
+applies)."""
+
+
 def _checks_identity() -> str:
-    """What the validation checks are: a hash of :mod:`storage.validation`'s source and the great-expectations
+    """What the validation checks are: a hash of the source of :data:`CHECK_MODULES` and the great-expectations
     version. ``TASK_SOURCE`` covers :func:`validate`'s own source only, so without this a store that passed the
     checks of an older gpseg kept its cached pass after an update whose checks refuse it."""
     try:
         gx = version("great-expectations")
     except PackageNotFoundError:
         gx = "unknown"
-    return hashlib.sha256(f"{inspect.getsource(storage.validation)}\n{gx}".encode()).hexdigest()[:16]
+    sources = "\n".join(inspect.getsource(module) for module in CHECK_MODULES)
+    return hashlib.sha256(f"{sources}\n{gx}".encode()).hexdigest()[:16]
 
 
 @task(retries=1, retry_condition_fn=transient_only, persist_result=True,

@@ -351,6 +351,23 @@ def test_a_server_named_in_prefects_settings_files_keeps_its_own_password(tmp_pa
         (tmp_path / name).unlink()
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n')  # a project's, naming no server
     assert configured_api_url({}) is None
+    (tmp_path / ".env").write_text("prefect_api_url=http://lower:1/api\n")  # Prefect reads .env names in any case
+    assert configured_api_url({}) == "http://lower:1/api"
+    (tmp_path / "elsewhere.toml").write_text('active = "x"\n[profiles.x]\nPREFECT_API_URL = "http://p:1/api"\n')
+    (tmp_path / ".env").write_text(f"PREFECT_PROFILES_PATH={tmp_path / 'elsewhere.toml'}\n")  # the profiles named
+    assert configured_api_url(home) == "http://p:1/api"
+
+
+def test_a_current_folder_deleted_does_not_stop_a_command(tmp_path, monkeypatch) -> None:
+    """Reading Prefect's settings files in the current folder raised FileNotFoundError in every command run from a
+    folder deleted since."""
+    from gpseg.console import temporary_server_auth
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert temporary_server_auth({"PREFECT_HOME": str(tmp_path)})
 
 
 @pytest.mark.slow

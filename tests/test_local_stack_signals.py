@@ -511,9 +511,10 @@ def test_a_port_taken_by_another_server_while_the_stack_starts_is_said_in_one_li
 def test_a_server_without_a_password_on_the_port_is_not_taken_for_the_stacks(tmp_path):
     """A server that answers without a password (not a stack's) took the --port as the stack started: its answer to
     the stack's password passed the check, and the work pool, deployments and worker went to it."""
-    with _stack_beside_another_server(tmp_path, lambda path: 200) as stack:
-        with pytest.raises(RuntimeError, match=_taken(stack.port)):
-            stack.wait_healthy(timeout=10)
+    for answer in (200, 404):  # the answer of one that is not Prefect's
+        with _stack_beside_another_server(tmp_path, lambda path: 200 if path == "/api/health" else answer) as stack:
+            with pytest.raises(RuntimeError, match=_taken(stack.port)):
+                stack.wait_healthy(timeout=10)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="gives a file to another user")
