@@ -99,7 +99,9 @@ def ingest_fresh(kind: str, source: str, store: str, config: dict, append: bool 
     the cache: the retrain flow found files whose content the store lacks, which the cache key (the source's
     sizes, inodes, modification and change times, :func:`tasks.data.fingerprint`) tells apart from what it has
     seen, even a corrected file of one size copied with its modification time kept, except on a file system
-    whose clock ticks coarsely, where a file rewritten in place within one tick keeps all of them.
+    whose clock ticks coarsely, where a file rewritten in place within one tick keeps all of them. A cache miss
+    without ``append`` keeps a store that is up to date with the source and settings (a work dir and its source
+    copied elsewhere, :func:`storage.drops.up_to_date`).
     """
     label = Path(store).stem
     args = (kind, source, store, config, named(fingerprint, "fingerprint", label)(source))

@@ -10,6 +10,8 @@ path -> sha256. So only new or changed files count
 as new data, and a case rejected for good does not make every check a retrain. A file still in the state
 (device, inode, size, modification and change times) the store recorded for it in ``file_states`` is not read
 again, so a night without new data costs a ``stat`` per file, not a read of the whole dataset.
+:func:`up_to_date` uses the same records to tell that a fresh ingestion would make the store again (a source
+copied to another place, whose cache key in the flows changed).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 from storage.discovery import NIFTI_SUFFIXES, source_key, visible_files_below
 from storage.jun_cheng import CVIND_FILES, is_slice_file
 from storage.file_hashes import file_state, sha256_file, state_text
-from storage.store import open_store
+from storage.ingest_config import ASKED_SETTINGS
+from storage.store import missing_chunks, open_store, recorded_chunks
 
 METADATA_FILES = ("name_mapping.csv",)
 """Files that are not cases but decide how cases are read (``cvind.mat`` is a ``.mat`` already)."""
@@ -130,6 +133,15 @@ def data_files(folder: Path, source: Path | None = None) -> list[Path]:
     return [p for p in visible_files_below(folder) if is_data_file(p, source)]
 
 
+def source_files(folder: Path) -> tuple[Path, list[Path]]:
+    """The root that a source's keys are relative to and the files of the source that ingestion reads, sorted: a
+    folder and its :func:`data_files`, or a manifest CSV's folder and the CSV with the existing files it lists (the
+    CSV too: a label changed in it is new, as in ``name_mapping.csv``)."""
+    if folder.is_file():
+        return folder.parent, sorted({p for p in manifest_files(folder) if p.is_file()} | {folder})
+    return folder, data_files(folder)
+
+
 def new_files(folder: Path | str, store: Path | str | None) -> list[str]:
     """Data files of a source that the store has not ingested (new path or new content).
 
@@ -151,10 +163,7 @@ def new_files(folder: Path | str, store: Path | str | None) -> list[str]:
         stored, examined = dict(attrs.get("sources", {})), dict(attrs.get("examined", {}))
         states = dict(attrs.get("file_states", {}))
         unrecorded = bool(stored) and "examined" not in attrs
-    if folder.is_file():  # the CSV itself too: a label changed in it is new, as in name_mapping.csv
-        root, files = folder.parent, sorted({p for p in manifest_files(folder) if p.is_file()} | {folder})
-    else:
-        root, files = folder, data_files(folder)
+    root, files = source_files(folder)
     fresh = []
     for path in files:
         rel = source_key(path, root)
@@ -172,3 +181,27 @@ def new_files(folder: Path | str, store: Path | str | None) -> list[str]:
         if changed:
             fresh.append(rel)
     return sorted(fresh)
+
+
+def up_to_date(source: Path | str, store: Path | str, asked: dict) -> bool:
+    """Whether the store at ``store`` is the one a fresh ingestion of ``source`` with the settings ``asked``
+    (:meth:`storage.ingest_config.IngestConfig.asked`) would make, without reading the source's slices.
+
+    True only when the store is whole (its data version and chunk record are there and no recorded chunk file is
+    missing), it recorded these settings (:data:`storage.ingest_config.ASKED_SETTINGS`: a fresh ingestion of a
+    gpseg from 2026-12-07 on; an appended store or an older one is never up to date), the source has no new or
+    changed file (:func:`new_files`: a file in the state the store recorded is not read, any other is hashed) and
+    every file the store recorded (``sources`` and ``examined``) is still there. So a source copied to another
+    place, whose files all have new states, is hashed once and not ingested again.
+    """
+    try:
+        group = open_store(store)
+        attrs = dict(group.attrs)
+        if (attrs.get(ASKED_SETTINGS) != asked or not attrs.get("data_version") or not recorded_chunks(group)
+                or any(missing_chunks(group).values()) or new_files(source, store)):
+            return False
+        root, files = source_files(Path(source))
+    except Exception:  # a missing or damaged store, an unreadable source: ingested again
+        return False
+    present = {source_key(path, root) for path in files}
+    return set(attrs.get("sources", {})) | set(attrs.get("examined", {})) <= present

@@ -22,7 +22,7 @@ from storage.brats import (BRATS_CHANNELS, BRATS_CLASSES, BRATS_SIZE, NAME_MAPPI
 from storage.cases import MatCase, SliceBatch, VolumeCase
 from storage.discovery import archives_below, is_archive, source_key
 from storage.errors import CaseRejected, NoUsableInput, did_you_mean, one_line
-from storage.ingest_config import DEFAULT_RATIOS, MAX_IMAGE_SIZE, IngestConfig, SplitConfig
+from storage.ingest_config import ASKED_SETTINGS, DEFAULT_RATIOS, MAX_IMAGE_SIZE, IngestConfig, SplitConfig
 from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, JUN_CHENG_SIZE, absent_numbers,
                                by_image_size, discover_jun_cheng, read_mat_case)
 from storage.jun_cheng import layout_hint as jun_cheng_layout_hint
@@ -179,6 +179,8 @@ class _Plan:
     """Where the cases may be when none was found (e.g. one folder down), for the error message."""
     first: _FirstRead | None = None
     """The case read already to find the slice size, if any."""
+    asked: dict | None = None
+    """The settings as asked (:meth:`IngestConfig.asked`), which a fresh ingestion records."""
 
     @property
     def where(self) -> Path:
@@ -405,6 +407,7 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
             "file_states": file_states(base_attrs, sources, examined, read_states, plan.root),
             "volumes": volumes, "patients": sorted(stored_patients),
             "source_root": str(plan.root.resolve()),
+            ASKED_SETTINGS: None if existing else plan.asked,  # appended splits differ from a fresh ingestion's
         }
         report.slices, report.image_size = len(writer), plan.image_size
         report.new_slices = int(labels.size)
@@ -502,13 +505,14 @@ def ingest_brats(src: Path, out: Path, config: IngestConfig = IngestConfig(), ap
             :class:`storage.locks.Busy` (a ``StoreError``) while another ingestion writes ``out``.
     """
     src = _existing_dir(src)
+    as_asked = config.asked("brats")
     config, store_size = _stored_settings(config, Path(out), append)
     channels = _channels(config.channels, BRATS_CHANNELS, src)
     cases, rejected = discover_brats(src, channels)
     size, first = _slice_size(cases, BRATS_CLASSES, config, store_size)
     reader = functools.partial(read_volume_case, classes=BRATS_CLASSES, config=config, size=size)
     plan = _Plan("brats", src, cases, reader, BRATS_CLASSES, list(channels), size, rejected, (src / NAME_MAPPING,),
-                 layout_hint=layout_hint, first=first)
+                 layout_hint=layout_hint, first=first, asked=as_asked)
     absent = [] if append else listed_but_absent(src, cases, rejected)
     report = _run(plan, Path(out), config, append, progress)
     report.absent = absent
@@ -530,6 +534,7 @@ def ingest_jun_cheng(src: Path, out: Path, config: IngestConfig = IngestConfig()
             writes ``out``.
     """
     src = _existing_dir(src)
+    as_asked = config.asked("jun-cheng")
     config, store_size = _stored_settings(config, Path(out), append)
     channels = _channels(config.channels, JUN_CHENG_CHANNELS, src)
     cases, rejected, listed = discover_jun_cheng(src, require_folds=config.split.mode == "cvind")
@@ -540,7 +545,8 @@ def ingest_jun_cheng(src: Path, out: Path, config: IngestConfig = IngestConfig()
     config = replace(config, image_size=size)
     reader = functools.partial(read_mat_case, config=config)
     plan = _Plan("jun-cheng", src, cases, reader, JUN_CHENG_CLASSES, list(channels), config.image_size, rejected,
-                 tuple(src / name for name in CVIND_FILES), layout_hint=jun_cheng_layout_hint, first=first)
+                 tuple(src / name for name in CVIND_FILES), layout_hint=jun_cheng_layout_hint, first=first,
+                 asked=as_asked)
     absent = [] if append else absent_numbers(cases, rejected, listed)
     report = _run(plan, Path(out), config, append, progress)
     report.absent, report.absent_what = absent, ABSENT_SLICES
@@ -568,6 +574,7 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
     if not csv_path.is_file():
         raise NoUsableInput(f"{csv_path}: " + ("is a folder, expected the manifest CSV file" if csv_path.is_dir()
                                                 else "manifest not found"))
+    as_asked = config.asked("manifest", classes)
     config, store_size = _stored_settings(config, Path(out), append)
     if classes is None and store_size is not None:  # appending: labels are read as the store's classes
         classes = list(open_store(out).attrs["classes"])
@@ -586,7 +593,7 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
     reader = functools.partial(read_volume_case, classes=classes, config=config, size=size)
     # the CSV's own content (labels) is metadata, as name_mapping.csv
     plan = _Plan("manifest", csv_path.parent, cases, reader, classes, list(channels), size, rejected,
-                 (csv_path,), listing=csv_path, first=first)
+                 (csv_path,), listing=csv_path, first=first, asked=as_asked)
     return _run(plan, Path(out), config, append, progress)
 
 

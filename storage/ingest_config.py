@@ -81,6 +81,10 @@ class SplitConfig:
         return {**asdict(self), "ratios": list(self.ratios)}
 
 
+ASKED_SETTINGS = "ingested_as"
+"""The store attribute that records a fresh ingestion's settings as asked (:meth:`IngestConfig.asked`); an append,
+whose splits differ from a fresh ingestion's, sets it to ``None``."""
+
 AUTO_WORKERS_MAX_CORES = 2
 """The most CPUs a process may use for an ingestion without ``--workers`` to read its cases in-process
 (:func:`ingest_workers`)."""
@@ -146,6 +150,20 @@ class IngestConfig:
             raise ValueError(f"workers: got {self.workers}, expected >= 0")
         if self.channels is not None and len(set(self.channels)) != len(self.channels):
             raise ValueError(f"channels: got {self.channels}, expected distinct names")
+
+    def asked(self, dataset: str, classes: list[str] | None = None) -> dict:
+        """JSON-ready settings as asked, before any is read from the data (``image_size`` or ``channels`` ``None``):
+        with the source's files, what decides the store a fresh ingestion makes (the workers and the Dask address
+        do not). Recorded as the store's :data:`ASKED_SETTINGS`.
+
+        Args:
+            dataset: the dataset kind (``brats``, ``jun-cheng``, ``manifest``).
+            classes: a manifest's asked classes; ``None`` reads them from its labels.
+        """
+        return {"dataset": dataset, "image_size": self.image_size,
+                "channels": None if self.channels is None else list(self.channels),
+                "normalisation": self.normalisation, "split": self.split.as_attrs(),
+                "classes": None if classes is None else list(classes)}
 
     @property
     def local_workers(self) -> int:

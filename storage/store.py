@@ -8,8 +8,9 @@ stores also ``cvind`` int8 ``(N,)`` (each slice's official fold, 0 without ``cvi
 attributes: ``schema_version``, ``dataset``, ``classes``, ``channels``,
 ``normalisation``, ``split``, ``sources``, ``rejected``, plus ``data_version``,
 ``data_history`` (earlier versions, kept through appends), ``image_size``,
-``source_root``, ``examined``, ``file_states``, ``volumes``, ``patients`` and
-``chunks_written`` (each array's chunk-file count, :data:`CHUNK_COUNTS`).
+``source_root``, ``examined``, ``file_states``, ``volumes``, ``patients``, ``ingested_as`` (the settings as
+asked, :data:`storage.ingest_config.ASKED_SETTINGS`) and ``chunks_written`` (each array's chunk-file count,
+:data:`CHUNK_COUNTS`).
 
 Atomicity: a store is written under a hidden temporary name beside its final
 path and renamed into place when complete, so a killed ingestion leaves either

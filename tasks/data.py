@@ -1,4 +1,8 @@
-"""Tasks over storage: phantoms, ingestion, validation, drop detection."""
+"""Tasks over storage: phantoms, ingestion, validation, drop detection.
+
+An ingestion whose cache misses keeps a store that is up to date with its source and settings
+(:func:`storage.drops.up_to_date`), so a work dir copied elsewhere is not ingested again.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from storage.errors import NoUsableInput
 from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
 from storage.ingest_config import IngestConfig, SplitConfig
 from storage.phantoms.folders import write_phantom_folder
-from storage.store import store_fingerprint
+from storage.store import open_store, store_fingerprint
 from storage.validation import validate_store
 from tasks.progress import logged_progress
 
@@ -58,10 +62,17 @@ def _log_rejected(logger, rejected: dict[str, str]) -> None:
 @task(retries=1, retry_condition_fn=transient_only, cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def ingest_source(kind: str, source: str, store: str, config: dict, source_fingerprint: str,
                   append: bool = False) -> dict:
-    """Ingest a source into a store; cached on the source's fingerprint and the settings."""
+    """Ingest a source into a store; cached on the source's fingerprint and the settings.
+
+    Without ``append``, a store that a fresh ingestion of this source with these settings would make again
+    (:func:`storage.drops.up_to_date`) is kept: the cache key holds absolute paths and the files' inodes and change
+    times, so a work dir and its source copied to another place, or another ``PREFECT_HOME``, miss the cache.
+    """
     ingest_config = IngestConfig(**{**config, "split": SplitConfig(**config.get("split", {})),
                                     "channels": tuple(config["channels"]) if config.get("channels") else None})
     logger = get_run_logger()
+    if not append and drops.up_to_date(source, store, ingest_config.asked(kind)):
+        return _kept(store, logger)
     try:
         report = _INGEST[kind](Path(source), Path(store), ingest_config, append=append,
                                progress=logged_progress(f"ingesting {source}", "cases read"))
@@ -73,10 +84,18 @@ def ingest_source(kind: str, source: str, store: str, config: dict, source_finge
         logger.warning("%s: %s %s", store, label, text)
     logger.info("%s: %d case(s) ingested now, %d slices in the store, %d rejected", store, report.cases, report.slices,
                 len(report.rejected))
-    from storage.store import open_store
-
     return {"store": store, "data_version": open_store(store).attrs["data_version"], "cases": report.cases,
             "slices": report.slices, "rejected": report.rejected}
+
+
+def _kept(store: str, logger) -> dict:
+    """Log that the store at ``store`` is kept as it is, and return the summary :func:`ingest_source` returns, with no
+    case ingested now."""
+    group = open_store(store)
+    version, slices = group.attrs["data_version"], int(group["labels"].shape[0])
+    logger.info("%s: up to date (%d slices, data version %s): kept, 0 case(s) ingested now", store, slices, version)
+    return {"store": store, "data_version": version, "cases": 0, "slices": slices,
+            "rejected": dict(group.attrs.get("rejected") or {})}
 
 
 def _store_as_on_disk(context, parameters: dict) -> str:

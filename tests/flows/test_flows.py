@@ -295,10 +295,11 @@ def test_benchmark_rebuilds_outputs_deleted_behind_the_cache(bench_workdir, tmp_
 
 
 @after_first_run
-def test_a_work_dir_copied_elsewhere_keeps_its_heatmaps(bench_workdir, task_states, tmp_path, caplog):
+def test_a_work_dir_copied_elsewhere_keeps_its_store_and_heatmaps(bench_workdir, task_states, tmp_path, caplog):
     """A work dir copied to another place (a CPU user's work moved to a GPU box, with another PREFECT_HOME) misses
-    every cache key, which holds absolute paths: its heatmaps, made from the same model.pt, were made again (hours
-    of post-hoc maps on BraTS)."""
+    every cache key, which holds absolute paths: its store, of the same phantoms, was ingested again, and its
+    heatmaps, made from the same model.pt, were made again (an hour of ingestion, hours of post-hoc maps on
+    BraTS)."""
     import logging
     import shutil
 
@@ -307,15 +308,16 @@ def test_a_work_dir_copied_elsewhere_keeps_its_heatmaps(bench_workdir, task_stat
     assert full_benchmark(_bench(first), return_state=True).is_completed()
     moved = tmp_path / "moved"
     shutil.copytree(first, moved)  # new paths, inodes, ctimes
-    heatmaps = sorted((moved / "runs").glob("**/heatmaps/*.zarr/zarr.json"))
-    assert len(heatmaps) == 2
-    before = [path.stat().st_mtime_ns for path in heatmaps]
+    written = sorted((moved / "runs").glob("**/heatmaps/*.zarr/zarr.json")) + [moved / "stores/brats.zarr/zarr.json"]
+    assert len(written) == 3
+    before = [path.stat().st_mtime_ns for path in written]
     caplog.set_level(logging.INFO)
     caplog.clear()  # the first run may have reused stores too (copied from the sequence's work dir)
     state = full_benchmark(_bench(moved), return_state=True)
     assert state.is_completed() and not state.result()["failed"]
-    assert [path.stat().st_mtime_ns for path in heatmaps] == before
+    assert [path.stat().st_mtime_ns for path in written] == before
     assert sum("reused, made from the same weights" in r.getMessage() for r in caplog.records) == 2
+    assert sum("up to date" in r.getMessage() for r in caplog.records) == 1
 
 
 @after_first_run
