@@ -53,8 +53,14 @@ def default_drop_folder(workdir: str | Path, kind: str) -> Path:
 def run_dirs(workdir: str | Path) -> list[Path]:
     """The run dirs of ``workdir`` laid out as above (``fold_K`` and ``fold_K/seed_S``), found at their depth only:
     not a walk of the trees under them (heatmap stores of many files)."""
-    runs = Path(workdir) / RUNS
-    return sorted(path for pattern in ("*/*/*/fold_*", f"*/*/*/fold_*/{SEED_PREFIX}*") for path in runs.glob(pattern)
+    return version_run_dirs(Path(workdir) / RUNS, "*/*/")
+
+
+def version_run_dirs(folder: Path, above: str = "") -> list[Path]:
+    """The run dirs (``MODEL/fold_K`` and ``MODEL/fold_K/seed_S``) of a data version's folder (``runs/DATASET/
+    VERSION``), or of the folders ``above`` (a glob, e.g. ``"*/*/"`` from ``runs/``) matches, sorted; found at their
+    depth only."""
+    return sorted(path for pattern in ("*/fold_*", f"*/fold_*/{SEED_PREFIX}*") for path in folder.glob(above + pattern)
                   if path.is_dir())
 
 

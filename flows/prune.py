@@ -28,7 +28,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flows.layout import RUNS, STORES, data_version_of, dataset_of, read_report, report_entries, store_attrs
+from flows.layout import (RUNS, STORES, data_version_of, dataset_of, read_report, report_entries, store_attrs,
+                          version_run_dirs)
 from flows.workdir_lock import LOCK_FILE
 from gpmodels.files import TMP_MARK, read_model_record, read_run_config, weights_problem
 from storage.folders import hidden_sibling, remove_tree, writer_alive
@@ -138,9 +139,10 @@ def versions_in_reports(workdir: Path) -> dict[tuple[str, str], list[str]]:
     return found
 
 
-def run_dirs(folder: Path) -> list[Path]:
-    """The run dirs under ``folder`` (those with a ``config.json``; seed run dirs too), sorted."""
-    return sorted(path.parent for path in folder.rglob("config.json") if "heatmaps" not in path.parent.parts)
+def run_dirs(version: Path) -> list[Path]:
+    """The run dirs of a data version's folder that hold a ``config.json`` (seed run dirs too), sorted; found at
+    their depth (:func:`flows.layout.version_run_dirs`), not by a walk of the heatmap stores under them."""
+    return [run for run in version_run_dirs(version) if (run / "config.json").is_file()]
 
 
 def finished(run_dir: Path) -> bool:
