@@ -138,54 +138,56 @@ def configured_api_url(environ: Mapping[str, str], folder: Path = Path(".")) -> 
     """The ``PREFECT_API_URL`` that Prefect will take from where it reads its settings besides the environment,
     read without importing Prefect (about 2 s): ``folder``'s (default: the current folder's) ``.env``,
     ``prefect.toml`` (``[api] url``) and ``pyproject.toml`` (``[tool.prefect.api] url``), and the active profile
-    (``PREFECT_PROFILE``, else the file's ``active``) of the profiles file (:func:`_profiles_path`). ``None`` where
-    none names one (an unreadable file names none)."""
-    profiles = _profiles_path(environ, folder)
-    active = environ.get("PREFECT_PROFILE") or (profiles and _toml_value(profiles, "active"))
-    found = [_dotenv_value(folder / ".env", "PREFECT_API_URL"), _toml_value(folder / "prefect.toml", "api", "url"),
-             _toml_value(folder / "pyproject.toml", "tool", "prefect", "api", "url"),
-             isinstance(active, str) and profiles and _toml_value(profiles, "profiles", active, "PREFECT_API_URL")]
+    (``PREFECT_PROFILE``, else the file's ``active``) of the profiles file: ``PREFECT_PROFILES_PATH`` in the
+    environment, ``.env``, ``prefect.toml`` (``profiles_path``) or ``pyproject.toml`` (``[tool.prefect]
+    profiles_path``), else ``PREFECT_HOME/profiles.toml``. ``None`` where none names one (an unreadable file names
+    none). Each file is read once."""
+    dotenv = _dotenv(folder / ".env")
+    toml = _toml(folder / "prefect.toml")
+    tool = _value(_toml(folder / "pyproject.toml"), "tool", "prefect")
+    named = (environ.get("PREFECT_PROFILES_PATH") or dotenv.get("PREFECT_PROFILES_PATH")
+             or _value(toml, "profiles_path") or _value(tool, "profiles_path"))
+    try:
+        home = Path(environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+        profiles = _toml(Path(named).expanduser() if isinstance(named, str) else home / "profiles.toml")
+    except RuntimeError:  # no home folder
+        profiles = {}
+    active = environ.get("PREFECT_PROFILE") or _value(profiles, "active")
+    found = [dotenv.get("PREFECT_API_URL"), _value(toml, "api", "url"), _value(tool, "api", "url"),
+             isinstance(active, str) and _value(profiles, "profiles", active, "PREFECT_API_URL")]
     return next((url for url in found if url and isinstance(url, str)), None)
 
 
-def _profiles_path(environ: Mapping[str, str], folder: Path) -> Path | None:
-    """Prefect's profiles file, where it looks for it: ``PREFECT_PROFILES_PATH`` in the environment, ``folder``'s
-    ``.env``, ``prefect.toml`` (``profiles_path``) or ``pyproject.toml`` (``[tool.prefect] profiles_path``), else
-    ``PREFECT_HOME/profiles.toml``; ``None`` without a home folder."""
-    named = (environ.get("PREFECT_PROFILES_PATH") or _dotenv_value(folder / ".env", "PREFECT_PROFILES_PATH")
-             or _toml_value(folder / "prefect.toml", "profiles_path")
-             or _toml_value(folder / "pyproject.toml", "tool", "prefect", "profiles_path"))
+def _toml(path: Path) -> dict:
+    """A TOML file's tables; empty where it is missing or unreadable."""
     try:
-        home = Path(environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
-        return Path(named).expanduser() if isinstance(named, str) else home / "profiles.toml"
-    except RuntimeError:  # no home folder
-        return None
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
-def _toml_value(path: Path, *keys: str) -> Any:
-    """The value at ``keys`` in a TOML file; ``None`` where the file or a key is missing or unreadable."""
-    try:
-        value: Any = tomllib.loads(path.read_text(encoding="utf-8"))
-        for key in keys:
-            value = value.get(key, {})
-        return value or None
-    except (OSError, ValueError, AttributeError):
-        return None
+def _value(table: Any, *keys: str) -> Any:
+    """The value at ``keys`` in nested tables; ``None`` where a key is missing or a value on the way is no table."""
+    for key in keys:
+        if not isinstance(table, dict):
+            return None
+        table = table.get(key)
+    return table
 
 
-def _dotenv_value(path: Path, name: str) -> str | None:
-    """``name``'s value in a ``.env`` file (``NAME=value``, ``export NAME="value"``; names in any case, as Prefect
-    reads them; the last one counts); ``None`` without one."""
+def _dotenv(path: Path) -> dict[str, str]:
+    """A ``.env`` file's values (``NAME=value``, ``export NAME="value"``; an empty value names nothing), names in
+    upper case (Prefect reads them in any case; the last one counts); empty where it is missing or unreadable."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, ValueError):
-        return None
-    found = None
+        return {}
+    values = {}
     for line in lines:
         key, equals, value = line.strip().removeprefix("export ").partition("=")
-        if equals and key.strip().upper() == name:
-            found = value.strip().strip("'\"") or None
-    return found
+        if equals:
+            values[key.strip().upper()] = value.strip().strip("'\"")
+    return values
 
 
 def private_prefect_home(home: Path) -> str | None:

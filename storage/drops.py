@@ -153,17 +153,17 @@ def new_files(folder: Path | str, store: Path | str | None) -> list[str]:
         Paths relative to the folder (to the CSV's folder; absolute for a listed file outside it), sorted,
         as ingestion records them.
     """
-    folder = Path(folder)
-    stored: dict[str, str] = {}
-    examined: dict[str, str] = {}
-    states: dict[str, list[int]] = {}
-    unrecorded = False  # a store of a gpseg before 2026-12-03, which did not record the files it read beside cases
-    if store is not None and Path(store).exists():
-        attrs = open_store(store).attrs
-        stored, examined = dict(attrs.get("sources", {})), dict(attrs.get("examined", {}))
-        states = dict(attrs.get("file_states", {}))
-        unrecorded = bool(stored) and "examined" not in attrs
-    root, files = source_files(folder)
+    attrs = dict(open_store(store).attrs) if store is not None and Path(store).exists() else {}
+    return _fresh(*source_files(Path(folder)), attrs)
+
+
+def _fresh(root: Path, files: list[Path], attrs: dict) -> list[str]:
+    """:func:`new_files` of a source's ``files`` (keys relative to ``root``, :func:`source_files`) against a store's
+    attributes ``attrs`` (empty without a store)."""
+    stored, examined = dict(attrs.get("sources", {})), dict(attrs.get("examined", {}))
+    states: dict[str, list[int]] = dict(attrs.get("file_states", {}))
+    # a store of a gpseg before 2026-12-03, which did not record the files it read beside cases
+    unrecorded = bool(stored) and "examined" not in attrs
     fresh = []
     for path in files:
         rel = source_key(path, root)
@@ -198,9 +198,11 @@ def up_to_date(source: Path | str, store: Path | str, asked: dict) -> bool:
         group = open_store(store)
         attrs = dict(group.attrs)
         if (attrs.get(ASKED_SETTINGS) != asked or not attrs.get("data_version") or not recorded_chunks(group)
-                or any(missing_chunks(group).values()) or new_files(source, store)):
+                or any(missing_chunks(group).values())):
             return False
         root, files = source_files(Path(source))
+        if _fresh(root, files, attrs):
+            return False
     except Exception:  # a missing or damaged store, an unreadable source: ingested again
         return False
     present = {source_key(path, root) for path in files}

@@ -6,6 +6,7 @@ An ingestion whose cache misses keeps a store that is up to date with its source
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 from importlib.metadata import PackageNotFoundError, version
@@ -109,10 +110,12 @@ CHECK_MODULES = (storage.validation, storage.store, storage.splits, storage.clas
 applies)."""
 
 
+@functools.cache
 def _checks_identity() -> str:
     """What the validation checks are: a hash of the source of :data:`CHECK_MODULES` and the great-expectations
     version. ``TASK_SOURCE`` covers :func:`validate`'s own source only, so without this a store that passed the
-    checks of an older gpseg kept its cached pass after an update whose checks refuse it."""
+    checks of an older gpseg kept its cached pass after an update whose checks refuse it. Made once per process
+    (the modules' source does not change under it)."""
     try:
         gx = version("great-expectations")
     except PackageNotFoundError:
