@@ -340,7 +340,6 @@ def emptied_text(evaluation: dict) -> str:
             f"{_share(evaluation, 'emptied_slices')}")
 
 
-
 _FLAG_WORDS = {"clamped_slices": (clamp_text, "a smaller offset keeps less"),
                "emptied_slices": (emptied_text, "a smaller minimum size (--min-size) keeps them"),
                "empty_slices": (empty_text, "a larger offset (or a smaller fixed value) keeps more")}
@@ -349,6 +348,7 @@ FLAGGED_COUNTS = tuple(_FLAG_WORDS)
 """The counts of an evaluation's ``segmentation`` that are warned about when they hold most of the slices given a
 mask (:func:`flagged`): thresholds the offset clamped at 0, masks the clean-up emptied, masks the threshold left
 empty."""
+
 
 def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, chunk: int = CHUNK,
                       progress: Callable[[int, int], None] | None = None,

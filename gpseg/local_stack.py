@@ -52,6 +52,10 @@ CUT_RUN_MESSAGE = ("`gpseg serve` was stopped while this run was in progress; ru
 KILLED_STACK_MESSAGE = ("the process that ran this flow run was killed (a `gpseg serve` or flow command that no stop "
                         "ended); run it again (finished tasks are taken from the cache)")
 """The message of a flow run that a new stack finds left active, its process gone (:meth:`LocalStack.recover_runs`)."""
+CUT_RUN = ("CANCELLED", CUT_RUN_MESSAGE)
+"""How :meth:`LocalStack.stop` ends a flow run it cut short (state type, message)."""
+KILLED_RUN = ("CRASHED", KILLED_STACK_MESSAGE)
+"""How :meth:`LocalStack.recover_runs` ends a flow run whose process was killed (state type, message)."""
 FINAL_RUN_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 """Flow-run states in which a run has ended: a subflow still active under such a parent was left behind."""
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -472,10 +476,10 @@ class LocalStack:
         ended += self._cancel_subflows([run["id"] for run in runs])
         return [name for name in ended if name]
 
-    def _cancel(self, run: dict, ending: tuple[str, str] = ("CANCELLED", CUT_RUN_MESSAGE)) -> str | None:
-        """Set ``run`` to ``ending`` (state type, message; default ``Cancelled`` with :data:`CUT_RUN_MESSAGE`) if it
-        is still active or the engine set it ``Crashed``; return ``"NAME (ID)"``, or None when it had ended
-        otherwise or the server went away."""
+    def _cancel(self, run: dict, ending: tuple[str, str] = CUT_RUN) -> str | None:
+        """Set ``run`` to ``ending`` (state type, message; default :data:`CUT_RUN`) if it is still active or the
+        engine set it ``Crashed``; return ``"NAME (ID)"``, or None when it had ended otherwise or the server went
+        away."""
         kind, message = ending
         with contextlib.suppress(OSError, ValueError):  # the server went away: the run stays as it is
             state = (self._api(f"flow_runs/{run['id']}").get("state") or {}).get("type")
@@ -486,7 +490,7 @@ class LocalStack:
         return None
 
     def _cancel_subflows(self, parents: list[str],
-                         ending: tuple[str, str] = ("CANCELLED", CUT_RUN_MESSAGE)) -> list[str | None]:
+                         ending: tuple[str, str] = CUT_RUN) -> list[str | None]:
         """End (:meth:`_cancel`, as ``ending`` says) the subflow runs of ``parents`` (such as ``train-fan-out``),
         and theirs in turn, down to :data:`SUBFLOW_DEPTH` levels: they ran in the parent's process, so the
         engine left them ``Running`` or ``Crashed`` too."""
@@ -524,27 +528,23 @@ class LocalStack:
 
     def _recover_runs(self) -> list[str]:
         """:meth:`recover_runs`, its API errors raised."""
-        said: list[str] = []
-        ending = ("CRASHED", KILLED_STACK_MESSAGE)
         engines = [(run, _engine_pid(run)) for run in self.active_runs()]
-        said += [f"flow run {run.get('name')} ({run['id']}) of a killed `gpseg serve` still runs (process {pid}); "
-                 "this stack ends it when it stops" for run, pid in engines if pid is not None]
+        said = [f"flow run {run.get('name')} ({run['id']}) of a killed `gpseg serve` still runs (process {pid}); "
+                "this stack ends it when it stops" for run, pid in engines if pid is not None]
         dead = [run for run, pid in engines if pid is None]
-        crashed = [self._cancel(run, ending) for run in dead] + self._cancel_subflows([run["id"] for run in dead],
-                                                                                       ending)
-        crashed += self._orphaned_subflows(ending)
-        said += [f"flow run {name} set Crashed: left active by a killed process" for name in crashed if name]
-        return said
+        crashed = [self._cancel(run, KILLED_RUN) for run in dead]
+        crashed += self._cancel_subflows([run["id"] for run in dead], KILLED_RUN) + self._orphaned_subflows()
+        return said + [f"flow run {name} set Crashed: left active by a killed process" for name in crashed if name]
 
-    def _orphaned_subflows(self, ending: tuple[str, str]) -> list[str | None]:
-        """End (:meth:`_cancel`, as ``ending`` says) each subflow run still active whose parent flow run has ended
+    def _orphaned_subflows(self) -> list[str | None]:
+        """End (:meth:`_cancel`, as :data:`KILLED_RUN`) each subflow run still active whose parent flow run has ended
         (:data:`FINAL_RUN_STATES`), with its own subflows."""
         orphans = [child for child in self._api("flow_runs/filter", {"flow_runs": {
             "parent_task_run_id": {"is_null_": False},
             "state": {"type": {"any_": list(ACTIVE_RUN_STATES)}}}}) or []
             if self._parent_state(child) in FINAL_RUN_STATES]
-        return [self._cancel(child, ending) for child in orphans] + self._cancel_subflows(
-            [child["id"] for child in orphans], ending)
+        return [self._cancel(child, KILLED_RUN) for child in orphans] + self._cancel_subflows(
+            [child["id"] for child in orphans], KILLED_RUN)
 
     def _parent_state(self, child: dict) -> str | None:
         """The state type of the flow run that started subflow run ``child`` (through its parent task run)."""
