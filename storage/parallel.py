@@ -40,7 +40,10 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
     Yields ``None`` when ``workers == 0`` and no address is given (run in-process). A local cluster
     has no dashboard, listens on loopback only, binds its HTTP endpoints to a free port (not 8787, which another
     cluster or a second run may hold) and logs warnings and errors only. It has at most one worker process per CPU
-    (:func:`cpu_cores`), with a warning when more were asked for (``--workers 10000`` started 10,000).
+    (:func:`cpu_cores`), with a warning when more were asked for (``--workers 10000`` started 10,000). Its
+    scheduler, nannies and workers take mutual TLS connections only, with a key made for the cluster and kept in
+    memory (:func:`_cluster_security`): without it, any user of the machine could connect to the scheduler's port
+    and run code as this one.
     """
     if address is None and workers == 0:
         yield None
@@ -70,14 +73,29 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
                 # loopback only, the scheduler's HTTP endpoints too (it always serves health and metrics;
                 # dashboard_address=None would mean 8787, and ":0" every network interface)
                 host="127.0.0.1", dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False},
-                preload=[WORKER_SETUP]))  # the workers ignore Ctrl-C; this process's handler stays in place
-            client = stack.enter_context(Client(cluster))
+                preload=[WORKER_SETUP],  # the workers ignore Ctrl-C; this process's handler stays in place
+                security=_cluster_security()))
+            client = stack.enter_context(Client(cluster))  # with the cluster's security
         _restore_environment(environment)  # the workers have started with the nannies' settings
         if owned:  # e.g. `gpseg benchmark`, whose handler ends the whole run at once: leave Ctrl-C to it
             yield client
             return
         with _quiet_after_interrupt(client, silenced):
             yield client
+
+
+def _cluster_security() -> Any:
+    """Dask's security settings for a local cluster: TLS with a self-signed certificate and key made now, in memory,
+    that the scheduler, its workers and this process's client share, and that each side requires of the other.
+
+    A process of another user cannot present that certificate, so it cannot connect, let alone run code in the
+    workers (a plain ``tcp://`` cluster ran ``Client(address).run(...)`` from any local account). Only the
+    spawned worker processes get the key, through their nannies; it is written to no file but for the moment
+    Python's ``ssl`` loads it, in a private temporary folder.
+    """
+    from distributed.security import Security
+
+    return Security.temporary()  # require_encryption=True: the cluster listens on tls:// only
 
 
 def _nanny_environment() -> dict[str, str | None]:

@@ -147,8 +147,71 @@ def test_a_local_cluster_listens_on_loopback_only():
     with dask_client(1, None) as client:
         workers = list(client.run(os.getpid).values())
         opened = _listening([os.getpid(), *workers]) - before
-        assert client.scheduler_info()["address"].startswith("tcp://127.0.0.1:")
+        assert client.scheduler_info()["address"].startswith("tls://127.0.0.1:")
     assert len(opened) >= 3 and {ip for ip, _ in opened} == {"127.0.0.1"}, opened  # scheduler, its HTTP, a worker
+
+
+def _answers(address: str, **connection_args) -> str:
+    """``"answered"`` where a Dask comm connects to ``address`` and a call of its ``identity`` handler answers
+    (any other call, ``run`` too, would be taken as well), else the name of the error."""
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def call() -> str:
+        comm = await connect(address, timeout=2, **connection_args)
+        try:
+            await asyncio.wait_for(comm.write({"op": "identity", "reply": True}), 2)
+            return "answered" if isinstance(await asyncio.wait_for(comm.read(), 2), dict) else "no reply"
+        finally:
+            comm.abort()
+
+    try:
+        return asyncio.run(call())
+    except (OSError, asyncio.TimeoutError) as exc:  # refused, closed by the other end, timed out
+        return type(exc).__name__
+
+
+def _tls_handshake_without_a_certificate(host: str, port: int) -> str:
+    """What a TLS client that presents no certificate (and trusts any server) gets from ``host:port``."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=2) as raw, \
+                context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(b"\0" * 8)
+            return "answered" if tls.recv(1) else "closed"
+    except (OSError, ssl.SSLError) as exc:
+        return type(exc).__name__
+
+
+def test_a_local_cluster_lets_only_its_own_client_connect():
+    """The local cluster took plain TCP from anyone: another user of the machine ran code in its workers, as the
+    researcher, with `Client("tcp://127.0.0.1:PORT").run(...)`. Its scheduler, nannies and workers now require
+    mutual TLS with the cluster's own certificate, which only this process and the workers hold."""
+    import time
+
+    from distributed.security import Security
+
+    with dask_client(1, None) as client:
+        info = client.scheduler_info()
+        workers = list(info["workers"])
+        nannies = [worker["nanny"] for worker in info["workers"].values()]
+        addresses = [info["address"], *workers, *nannies]
+        assert all(address.startswith("tls://127.0.0.1:") for address in addresses), addresses
+        assert list(client.run(os.getpid).values()) != [os.getpid()]  # the project's own client runs code
+        start = time.monotonic()
+        for address in addresses:
+            host, port = address.removeprefix("tls://").rsplit(":", 1)
+            assert _answers(f"tcp://{host}:{port}") != "answered", address  # no TLS
+            assert _answers(address, **Security.temporary().get_connection_args("client")) != "answered", address
+            assert _tls_handshake_without_a_certificate(host, int(port)) != "answered", address
+        # the cluster's own settings do connect: the refusals above are its checks, not a broken listener
+        assert _answers(info["address"], **client.security.get_connection_args("client")) == "answered"
+        assert time.monotonic() - start < 60
+        assert client.submit(sum, [1, 2]).result() == 3  # the refused connections left the cluster working
 
 
 def test_ctrl_c_stops_only_this_process_quietly_and_restores_the_handlers(capfd):
