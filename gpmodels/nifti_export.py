@@ -38,7 +38,14 @@ from storage.volumes import record_axes
 logger = logging.getLogger(__name__)
 
 MASK_DESCRIPTION = "gpseg mask"
-"""Start of the ``descrip`` field of every exported header; the rest names the header's origin."""
+"""Start of the ``descrip`` field of every exported header; the rest says where the header came from."""
+
+COPIED_HEADER = "header of the source's first channel"
+"""The rest of ``descrip`` where the source's header was copied. Not its file name, which may be the patient's name
+and birth date (``Doe_John_1957-03-02_t1.nii.gz``) where a manifest gives pseudonymised patient ids."""
+
+REBUILT_HEADER = "header rebuilt from the stored affine"
+"""The rest of ``descrip`` where the header was rebuilt (the source is gone or changed)."""
 
 _GZIP_LEVEL = 6
 _DESCRIP_BYTES = 80
@@ -181,7 +188,8 @@ def mask_image(volume: np.ndarray, affine: np.ndarray, reference: Path | None,
     ITK-SNAP and 3D Slicer, place an image by its qform, which may differ from the sform), ``affine``
     as the sform; without them (stores of older gpseg), ``affine`` as sform and qform (code 1,
     scanner). In both cases the data type is uint8, scaling is the identity (slope 1, intercept 0),
-    the display range is 0..1 and ``descrip`` records which header was used. Of a copied header, the free text
+    the display range is 0..1 and ``descrip`` records which header was used (:data:`COPIED_HEADER` or
+    :data:`REBUILT_HEADER`, without the source's file name). Of a copied header, the free text
     (:data:`FREE_TEXT_FIELDS`), the intent and every extension (DICOM tags, JSON sidecars) are dropped: they may
     identify the patient, and masks are made to be shared.
 
@@ -198,12 +206,12 @@ def mask_image(volume: np.ndarray, affine: np.ndarray, reference: Path | None,
     affine = np.asarray(affine, dtype=np.float64)
     header = None if reference is None else _reference_header(reference, volume.shape, affine)
     if header is None:
-        origin = "header rebuilt from the stored affine"
+        origin = REBUILT_HEADER
         header = nib.Nifti1Header()
         header.set_xyzt_units("mm", "sec")
         _set_forms(header, affine, forms)
     else:
-        origin = f"header of {reference.name}"
+        origin = COPIED_HEADER  # not the file's name: it may name the patient
         for field in FREE_TEXT_FIELDS:  # what a scanner or converter wrote there may identify the patient
             header[field] = b""
         header.set_intent("none")
@@ -365,9 +373,10 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: Mas
     :func:`reassemble_volume` (slices not given are zero) and written as
     ``out_dir/<patient><suffix>.nii.gz`` with the original grid and header (see
     :func:`mask_image`; the reference path is resolved against the store's ``source_root``).
-    Patients without a given slice get no file. Which header each file got is logged and kept
-    in its ``descrip`` field. Every patient's volume record and file name, and the files in the way
-    (:func:`check_targets`), are checked before the first file is written.
+    Patients without a given slice get no file. Which header each file got is kept in its ``descrip``
+    field, and logged with the source file's name, which the file does not carry (:data:`COPIED_HEADER`).
+    Every patient's volume record and file name, and the files in the way (:func:`check_targets`), are
+    checked before the first file is written.
 
     Args:
         store_path: slice store ingested from 3-D volumes (BraTS or a manifest).
@@ -422,7 +431,8 @@ def export_patient_masks(store_path: str | Path, indices: np.ndarray, masks: Mas
                            {key: record[key] for key in ("qform", "qform_code", "sform_code") if key in record})
         out_dir.mkdir(parents=True, exist_ok=True)
         written.append(write_nifti_atomic(image, out_dir / name))
-        logger.info("%s: %s", written[-1], image.header["descrip"].item().decode())
+        descrip = image.header["descrip"].item().decode()
+        logger.info("%s: %s%s", written[-1], descrip, f" ({reference})" if descrip.endswith(COPIED_HEADER) else "")
         if progress is not None:
             progress(len(written), len(names), patient)
     return written

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import re
 import shutil
@@ -14,7 +15,8 @@ from typer.testing import CliRunner
 
 from gpmodels import files, nifti_export
 from gpseg.cli import app
-from gpmodels.nifti_export import MASK_DESCRIPTION, export_patient_masks, reassemble_volume
+from gpmodels.nifti_export import (COPIED_HEADER, MASK_DESCRIPTION, REBUILT_HEADER, export_patient_masks,
+                                   reassemble_volume)
 from storage.ingest import ingest_brats, ingest_jun_cheng, ingest_manifest
 from storage.ingest_config import IngestConfig
 from storage.phantoms import write_brats_phantoms, write_jun_cheng_phantoms
@@ -140,7 +142,7 @@ def test_export_at_native_size_restores_the_segmentation(native_store: Path, sou
         np.testing.assert_array_equal(image.header["pixdim"], seg.header["pixdim"])
         assert (int(image.header["qform_code"]), int(image.header["sform_code"])) == (1, 1)
         assert image.dataobj.slope == 1.0 and image.dataobj.inter == 0.0
-        assert image.header["descrip"].item().decode().startswith(f"{MASK_DESCRIPTION}; header of ")
+        assert image.header["descrip"].item().decode()== f"{MASK_DESCRIPTION}; {COPIED_HEADER}"
         kept = _stored_slices(native_store, path.name.removesuffix("_pred.nii.gz"))
         blank = np.setdiff1d(np.arange(seg.shape[2]), kept)
         assert blank.size >= 2 and kept.size > 0
@@ -384,7 +386,7 @@ def test_real_brats2015_ground_truth_exports_back_onto_its_own_grid(shared_data,
     [written] = export_patient_masks(tmp_path / "real.zarr", np.arange(masks.shape[0]), masks, tmp_path / "out")
     exported, seg = nib.load(written), nib.load(case / "OTMultiClass.nii.gz")
     assert exported.shape == seg.shape and np.array_equal(exported.affine, seg.affine)
-    assert exported.header["descrip"].item().decode() == f"{MASK_DESCRIPTION}; header of Flair_subtrMeanDivStd.nii.gz"
+    assert exported.header["descrip"].item().decode() == f"{MASK_DESCRIPTION}; {COPIED_HEADER}"
     np.testing.assert_array_equal(np.asarray(exported.dataobj), (np.asarray(seg.dataobj) > 0).astype(np.uint8))
     _assert_same_geometry(exported.header, nib.load(case / "Flair_subtrMeanDivStd.nii.gz").header)
 
@@ -555,7 +557,6 @@ def test_sources_read_by_content_keep_their_header_and_nifti2_is_quiet(tmp_path:
     """Ingestion reads a gzip file named .nii (and a NIfTI-2 file) by its content; the export read the header by
     the name's extension, failed and rebuilt it (codes and qform lost), and a NIfTI-2 header made nibabel log
     "sizeof_hdr should be 348"."""
-    import gzip
 
     shape = (16, 16, 6)
     affine = np.diag([1.5, 1.5, 4.0, 1.0])
@@ -581,9 +582,36 @@ def test_sources_read_by_content_keep_their_header_and_nifti2_is_quiet(tmp_path:
     assert not [r.getMessage() for r in caplog.records if "sizeof_hdr" in r.getMessage() or "rebuild" in r.getMessage()]
     for path in written:
         header = nib.load(path).header
-        assert header["descrip"].item().decode().startswith(f"{MASK_DESCRIPTION}; header of ")
+        assert header["descrip"].item().decode()== f"{MASK_DESCRIPTION}; {COPIED_HEADER}"
         assert int(header["sform_code"]) == 2
         np.testing.assert_allclose(header.get_sform(), affine)
+
+
+def test_an_exported_mask_does_not_carry_the_source_file_name(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A manifest gives pseudonymised patient ids, but the source files may still be named after the patient: the
+    mask's ``descrip`` was "gpseg mask; header of Doe_John_1957-03-02_t1.nii.gz". It now says where the header came
+    from without the name (in 80 bytes, NIfTI's limit); the log, which stays on this machine, still names it."""
+    shape = (12, 12, 6)
+    seg = np.zeros(shape, np.uint8)
+    seg[3:8, 4:9, 1:5] = 1
+    flair = tmp_path / "Doe_John_1957-03-02_t1.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(4).normal(size=shape).astype(np.float32) + seg, np.eye(4)), flair)
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), tmp_path / "seg.nii.gz")
+    (tmp_path / "m.csv").write_text(f"patient_id,label,flair,seg\nP001,HGG,{flair.name},seg.nii.gz\n")
+    store = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", IngestConfig(workers=0)).store
+    with caplog.at_level(logging.INFO, logger=nifti_export.__name__):
+        [written] = export_patient_masks(store, *_ground_truth(store), tmp_path / "out")
+    descrip = nib.load(written).header["descrip"].item()
+    assert descrip.decode() == f"{MASK_DESCRIPTION}; {COPIED_HEADER}" and len(descrip) <= 80
+    assert written.name == "P001_pred.nii.gz"
+    whole = gzip.decompress(written.read_bytes())
+    assert not any(word in whole for word in (b"Doe", b"John", b"1957")), whole[:352]
+    assert any(flair.name in r.getMessage() for r in caplog.records if r.name == nifti_export.__name__)
+
+    flair.unlink()  # a rebuilt header names no file either
+    [rebuilt] = export_patient_masks(store, *_ground_truth(store), tmp_path / "again")
+    assert nib.load(rebuilt).header["descrip"].item().decode() == f"{MASK_DESCRIPTION}; {REBUILT_HEADER}"
 
 
 def test_export_keeps_a_file_in_the_way_that_is_no_gpseg_mask(native_store: Path, source: Path,
