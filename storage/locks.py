@@ -212,8 +212,9 @@ def open_lock_file(path: Path) -> tuple[int, bool]:
 
     A lock file stays after its run, owned by whoever made it first; another user who may write the folder
     opens it read-only (``flock`` needs no write access on a local file system), so only the holder's text is not
-    written. A new lock file is made writable by the group and others when they may write its folder, so that
-    they open it for writing too (on NFS, where an exclusive ``flock`` needs that).
+    written. A new lock file has the mode the umask leaves of 0666, and is made writable by the group and others
+    when they may write its folder and the umask lets them read it (:func:`shared_lock_mode`), so that they open it
+    for writing too (on NFS, where an exclusive ``flock`` needs that).
 
     Raises:
         StoreError: One line naming the lock file, when it can be neither made nor opened.
@@ -242,13 +243,15 @@ def _open_lock_file(path: Path) -> tuple[int, bool, bool]:
     try:
         for _ in range(OPEN_TRIES):
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask, by the kernel
             except FileExistsError:
                 pass
             else:  # writable by whoever may write the folder (an exclusive flock on NFS needs a writable file)
                 with suppress(OSError):  # best effort: vfat/exFAT and some CIFS or FUSE mounts refuse modes
-                    folder = os.stat(path.parent).st_mode
-                    os.fchmod(fd, 0o644 | (folder & (stat.S_IWGRP | stat.S_IWOTH)))
+                    made = stat.S_IMODE(os.fstat(fd).st_mode)
+                    shared = shared_lock_mode(made, os.stat(path.parent).st_mode)
+                    if shared != made:
+                        os.fchmod(fd, shared)
                 return fd, True, True
             try:  # never through a link: the holder's line is written into the file, which would empty its target
                 return _regular(os.open(path, os.O_RDWR | os.O_NOFOLLOW), path), True, False
@@ -265,6 +268,24 @@ def _open_lock_file(path: Path) -> tuple[int, bool, bool]:
             raise StoreError(f"{path}: a symbolic link where a lock file should be; gpseg writes into its lock "
                              "files, so it never follows one: delete the link") from None
         raise StoreError(f"{path}: cannot open this lock file ({exc.strerror or exc})") from None
+
+
+def shared_lock_mode(made: int, folder: int) -> int:
+    """The mode for a lock file just made with mode ``made`` in a folder of mode ``folder``: ``made`` plus write
+    for the group where it may write the folder and may read the file, and the same for others.
+
+    ``made`` is what the kernel gave the file asked for as 0666, that is the umask's choice (read from the new file
+    rather than set and restored with ``os.umask``, which would change it for every thread of the process for a
+    moment). It was 0644 whatever the umask before: under ``umask 077`` every user could read who held a store or
+    work dir and since when. Others who may write the folder get write access to the file, which lets them lock it
+    on NFS; where the umask keeps them from reading it, they get nothing.
+    """
+    mode = made
+    if folder & stat.S_IWGRP and made & stat.S_IRGRP:
+        mode |= stat.S_IWGRP
+    if folder & stat.S_IWOTH and made & stat.S_IROTH:
+        mode |= stat.S_IWOTH
+    return mode
 
 
 def _regular(fd: int, path: Path) -> int:

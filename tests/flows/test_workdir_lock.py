@@ -346,10 +346,56 @@ def test_a_new_lock_file_is_writable_by_whoever_may_write_its_folder(tmp_path):
     shared.chmod(0o2775)
     own.mkdir()
     own.chmod(0o755)
-    for folder, mode in ((shared, 0o664), (own, 0o644)):
-        with workdir_lock(folder, "x", print):
-            pass
-        assert stat.S_IMODE((folder / LOCK_FILE).stat().st_mode) == mode
+    previous = os.umask(0o022)  # the usual one, which lets the group and others read
+    try:
+        for folder, mode in ((shared, 0o664), (own, 0o644)):
+            with workdir_lock(folder, "x", print):
+                pass
+            assert stat.S_IMODE((folder / LOCK_FILE).stat().st_mode) == mode
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.parametrize(("umask", "modes"), [
+    (0o077, {"own": 0o600, "group": 0o600, "everyone": 0o600}),  # lock files were 644 (and 664, 666) under it
+    (0o027, {"own": 0o640, "group": 0o660, "everyone": 0o660}),
+    (0o002, {"own": 0o664, "group": 0o664, "everyone": 0o666}),
+], ids=["umask077", "umask027", "umask002"])
+def test_a_new_lock_file_honours_the_umask(tmp_path, umask, modes):
+    """Every lock file (a store's `.NAME.zarr.lock`, a work dir's `.flow.lock`, a run dir's `.train.lock`) was
+    made 0644 whatever the umask, plus write for the group and others where they may write its folder: under
+    `umask 077` other users could read who held it. It now has 0666 less the umask, plus write only for those who
+    may write the folder and whom the umask lets read it (another user sharing the folder can lock it on NFS)."""
+    import stat
+
+    from gpmodels.checkpoints import RunPaths
+    from gpmodels.run_lock import run_dir_lock
+
+    folders = {"own": 0o755, "group": 0o2775, "everyone": 0o1777}
+    for name, folder_mode in folders.items():
+        for folder in (tmp_path / name, tmp_path / name / "run"):  # the run dir as a shared work dir's would be
+            folder.mkdir()
+            folder.chmod(folder_mode)
+    previous = os.umask(umask)
+    try:
+        for name in folders:
+            folder = tmp_path / name
+            with locks.exclusive_lock(folder / ".s.zarr.lock", "gpseg ingest", str, print), \
+                    workdir_lock(folder, "x", print), run_dir_lock(RunPaths(folder / "run")):
+                pass
+            made = {path.name: stat.S_IMODE(path.stat().st_mode)
+                    for path in (folder / ".s.zarr.lock", folder / LOCK_FILE, folder / "run" / ".train.lock")}
+            assert made == dict.fromkeys(made, modes[name]), (name, {k: oct(v) for k, v in made.items()})
+    finally:
+        os.umask(previous)
+
+
+def test_shared_lock_mode_adds_write_only_for_readers_of_a_writable_folder():
+    assert locks.shared_lock_mode(0o644, 0o40775) == 0o664
+    assert locks.shared_lock_mode(0o640, 0o40777) == 0o660  # others may write the folder but not read the file
+    assert locks.shared_lock_mode(0o600, 0o40777) == 0o600
+    assert locks.shared_lock_mode(0o604, 0o40757) == 0o606
+    assert locks.shared_lock_mode(0o644, 0o40755) == 0o644
 
 
 def test_what_is_said_when_a_lock_file_cannot_be_locked(tmp_path):
