@@ -24,6 +24,11 @@ CONNECT_TIMEOUT_S = 30
 
 _log = logging.getLogger(__name__)
 
+HEALTH_ONLY = {"distributed.scheduler.http.routes": ["distributed.http.health"],
+               "distributed.worker.http.routes": ["distributed.http.health"]}
+"""Dask settings for a local cluster's HTTP endpoints: health only. TLS does not cover them, and by default any
+local user could read there the workers' logs, task errors and call stacks (``/info``, ``/json``, ``/metrics``)."""
+
 WORKER_SETUP = "storage.dask_worker_setup"
 """The Dask preload of the local clusters' workers: they ignore Ctrl-C (:mod:`storage.dask_worker_setup`)."""
 
@@ -43,11 +48,13 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
     (:func:`cpu_cores`), with a warning when more were asked for (``--workers 10000`` started 10,000). Its
     scheduler, nannies and workers take mutual TLS connections only, with a key made for the cluster and kept in
     memory (:func:`_cluster_security`): without it, any user of the machine could connect to the scheduler's port
-    and run code as this one.
+    and run code as this one. Their HTTP endpoints, which TLS does not cover, answer health checks only
+    (:data:`HEALTH_ONLY`).
     """
     if address is None and workers == 0:
         yield None
         return
+    import dask
     from dask.distributed import Client, LocalCluster
 
     if address is not None:
@@ -67,7 +74,7 @@ def dask_client(workers: int, address: str | None) -> Iterator[Any]:
         stack.callback(_restore_environment, environment)  # again at the close: a nanny restarting a worker sets it
         # Ctrl-C (or a handled SIGTERM) is held back while the cluster starts (a second or two): one that cut the
         # start short left a half-built cluster, whose close at exit printed distributed's AssertionError
-        with interrupts_held():
+        with interrupts_held(), dask.config.set(HEALTH_ONLY):  # the nannies pass the setting on to their workers
             cluster = stack.enter_context(LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True, silence_logs=logging.WARNING,
                 # loopback only, the scheduler's HTTP endpoints too (it always serves health and metrics;

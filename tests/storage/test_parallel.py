@@ -212,6 +212,25 @@ def test_a_local_cluster_lets_only_its_own_client_connect():
         assert _answers(info["address"], **client.security.get_connection_args("client")) == "answered"
         assert time.monotonic() - start < 60
         assert client.submit(sum, [1, 2]).result() == 3  # the refused connections left the cluster working
+        # the HTTP endpoints, which TLS does not cover, answer health checks but show no logs, tasks or stacks
+        ports = [client.cluster.scheduler.http_server.port,
+                 *(worker["services"]["dashboard"] for worker in info["workers"].values())]
+        for port in ports:
+            assert _http_status(f"http://127.0.0.1:{port}/health") == 200
+            for page in ("info/main/workers.html", "json/identity.json", "metrics"):
+                assert _http_status(f"http://127.0.0.1:{port}/{page}") == 404, (port, page)
+
+
+def _http_status(url: str) -> int:
+    """The HTTP status ``url`` answers with."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def test_ctrl_c_stops_only_this_process_quietly_and_restores_the_handlers(capfd):
