@@ -54,6 +54,7 @@ from gpmodels.postprocess import (
 )
 from gpmodels.provenance import provenance
 from storage.classes import has_tumour_free_class
+from storage.csv_tables import quote_formula
 from storage.folders import recover_interrupted
 from storage.reads import read_rows
 from storage.store import check_chunks, check_data_version, open_store, read_patients
@@ -490,13 +491,15 @@ SLICES_HASH = "slices_sha256"
 def write_evaluation(run_dir: Path | str, result: dict[str, Any]) -> Path:
     """Save ``evaluation.json`` (without per-slice rows) and ``evaluation_slices.csv`` in the run dir, together
     (:func:`gpmodels.files.replace_together`, the JSON last); the JSON records the CSV's sha256
-    (:data:`SLICES_HASH`), so a pair that an interruption left from two evaluations is refused on reading."""
+    (:data:`SLICES_HASH`), so a pair that an interruption left from two evaluations is refused on reading. A patient
+    id that a spreadsheet would read as a formula is written with a leading ``'``
+    (:func:`storage.csv_tables.quote_formula`)."""
     run_dir = Path(run_dir)
     slices = result["slices"]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(list(slices))
-    writer.writerows(zip(*slices.values()))
+    writer.writerows([quote_formula(value) for value in row] for row in zip(*slices.values()))  # patient ids
     rows = buffer.getvalue()
     summary = {k: v for k, v in result.items() if k != "slices"}
     summary[SLICES_HASH] = hashlib.sha256(rows.encode("utf-8")).hexdigest()

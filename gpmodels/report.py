@@ -50,6 +50,7 @@ from gpmodels.metrics import aggregate_folds
 from gpmodels.names import MODEL_NAMES
 from gpmodels.provenance import commit_text, provenance
 from gpmodels.report_runs import ReportRun, load_run
+from storage.csv_tables import quote_formula
 
 FIGURE_CACHE_DIR = ".figures"
 """Folder of a report's output folder that caches its threshold-independent figures."""
@@ -311,10 +312,11 @@ def group_warnings(groups: Sequence[ModelGroup]) -> list[str]:
 
 
 def _csv_cell(value: Any) -> Any:
-    """Floats at full precision, NaN as an empty cell."""
+    """Floats at full precision, NaN as an empty cell, text that a spreadsheet would read as a formula with a
+    leading ``'`` (:func:`storage.csv_tables.quote_formula`)."""
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else ""
-    return value
+    return quote_formula(value)
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -20,6 +20,7 @@ from gpmodels.files import RUN_CONFIG, SEED_SELECTION, model_record, with_model_
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS, ThresholdConfig
 from gpmodels.provenance import commit_text
 from gpmodels.threshold_config import method_text
+from storage.csv_tables import unquote_formula
 from storage.errors import StoreError
 from storage.ingest_config import DEFAULT_RATIOS, SplitConfig
 from storage.store import check_data_version, open_store, read_patients
@@ -116,7 +117,8 @@ def threshold_config(values: Mapping[str, Any]) -> ThresholdConfig:
 
 
 def _read_slices(path: Path) -> dict[str, np.ndarray] | None:
-    """The columns of an ``evaluation_slices.csv`` as ``(N,)`` arrays (``dice`` NaN where empty)."""
+    """The columns of an ``evaluation_slices.csv`` as ``(N,)`` arrays (``dice`` NaN where empty, ``patient`` the ids
+    as the store has them: :func:`storage.csv_tables.unquote_formula`)."""
     if not path.is_file():
         return None
     with path.open(newline="") as handle:
@@ -124,7 +126,7 @@ def _read_slices(path: Path) -> dict[str, np.ndarray] | None:
     ints = ("index", "label", "predicted", "target_pixels", "pred_pixels")
     out = {key: np.asarray([int(row[key]) for row in rows], np.int64) for key in ints}
     out["dice"] = np.asarray([float(row["dice"]) if row["dice"] else math.nan for row in rows])
-    out["patient"] = np.asarray([row["patient"] for row in rows], dtype=str)
+    out["patient"] = np.asarray([unquote_formula(row["patient"]) for row in rows], dtype=str)
     return out
 
 

@@ -1,9 +1,36 @@
-"""Reading the CSV files users give (manifests, ``name_mapping.csv``) with one-line errors naming the file."""
+"""Reading the CSV files users give (manifests, ``name_mapping.csv``) with one-line errors naming the file, and
+writing cells of gpseg's own CSV files that a spreadsheet opens as text, never as a formula."""
 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
+from typing import Any
+
+FORMULA_STARTS: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make a spreadsheet (Excel, LibreOffice, Google Sheets) read a cell as a formula (OWASP,
+"CSV Injection"): a patient id, class name or path that starts with one could run a formula where the file is
+opened."""
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+"""A decimal number as Python writes one (``-0.25``, ``1e-05``): a spreadsheet reads it as that number."""
+
+
+def quote_formula(value: Any) -> Any:
+    """``value`` as a CSV cell that a spreadsheet reads as text, not as a formula: a string that starts with one of
+    :data:`FORMULA_STARTS` (after any ``'``) gets a leading ``'`` (OWASP's advice); numbers, and strings that are
+    numbers (``-0.25``), stay as they are, as does anything else. :func:`unquote_formula` gives the string back."""
+    if not isinstance(value, str) or _NUMBER.fullmatch(value) or not value.lstrip("'").startswith(FORMULA_STARTS):
+        return value
+    return "'" + value
+
+
+def unquote_formula(text: str) -> str:
+    """The string that :func:`quote_formula` made the cell ``text`` of (``'=A1`` -> ``=A1``); ``text`` as it is
+    where it added no ``'``."""
+    if text.startswith("'") and quote_formula(text[1:]) == text:
+        return text[1:]
+    return text
 
 
 def read_csv_rows(path: Path) -> list[list[str]]:

@@ -259,3 +259,23 @@ def test_evaluation_json_is_strict_json(evaluation, tmp_path):
     written = json.loads((tmp_path / EVALUATION_FILE).read_text(), parse_constant=refuse)
     assert written["tumour_only_accuracy"] is None and written["segmentation"]["dice"]["median"] is None
     assert load_evaluation(tmp_path)["classification"] == evaluation["classification"]
+
+
+def test_patient_ids_a_spreadsheet_would_run_are_quoted_in_the_per_slice_csv_and_read_back(evaluation, tmp_path):
+    """A patient id that starts with =, +, -, @ ran as a formula where evaluation_slices.csv was opened in a
+    spreadsheet; the numbers beside it (and an id that is a number) stay numbers."""
+    import csv
+
+    from gpmodels.evaluation import SLICES_FILE, load_evaluation, write_evaluation
+    from gpmodels.report_runs import _read_slices
+
+    ids = {"p1": "=HYPERLINK(\"http://x\")", "p2": "-42"}  # "-42" is a number: it stays one
+    patients = [ids[p] for p in evaluation["slices"]["patient"]]
+    write_evaluation(tmp_path, {**evaluation, "slices": {**evaluation["slices"], "patient": patients}})
+
+    with (tmp_path / SLICES_FILE).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["patient"] for row in rows} == {"'=HYPERLINK(\"http://x\")", "-42"}
+    assert [row["dice"] for row in rows][:2] == ["1.0", "0.5"] and rows[0]["index"] == "2"
+    load_evaluation(tmp_path)  # the rows are the ones its sha256 names
+    assert _read_slices(tmp_path / SLICES_FILE)["patient"].tolist() == patients

@@ -650,6 +650,19 @@ def test_patient_intervals_are_in_the_evaluation_csv_and_page(report, report_run
     assert f'[{boot["f1"]["low"]:.3f}, {boot["f1"]["high"]:.3f}]' in page
 
 
+def test_report_csv_text_a_spreadsheet_would_run_is_quoted_and_numbers_stay_numbers(report_runs, tmp_path,
+                                                                                     monkeypatch):
+    """A run dir typed as ``=SUM(1+1)`` (or a class name, store name or label starting with =, +, -, @) ran as a
+    formula where runs.csv was opened in a spreadsheet; a negative offset must stay the number it is."""
+    _copy_run(report_runs["gp"], tmp_path / "=SUM(1+1)", **{"threshold.offset": -0.25})
+    monkeypatch.chdir(tmp_path)
+    build_report([Path("=SUM(1+1)")], tmp_path / "out")
+    (row,) = _read_csv(tmp_path / "out" / "runs.csv")
+    assert row["run_dir"] == "'=SUM(1+1)" and row["threshold_offset"] == "-0.25"
+    assert "\n'=SUM(1+1),brats," in (tmp_path / "out" / "runs.csv").read_text()
+    assert float(row["f1"]) == _evaluation(report_runs["gp"])["classification"]["f1"]
+
+
 def test_evaluations_without_intervals_still_render(report_runs, tmp_path):
     """evaluation.json files written before the bootstrap existed have no ``bootstrap`` entry."""
     old = _copy_run(report_runs["gp"], tmp_path / "old")
