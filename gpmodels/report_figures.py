@@ -7,7 +7,8 @@ matrices, histograms, training curves) are drawn by matplotlib's Agg canvas
 (examples, post-hoc maps) are composed pixel-exact by :func:`gpmodels.report_panels.panels_png`.
 :func:`choose_examples`, :func:`example_figures` and :func:`posthoc_figure` pick the slices of
 one run and read them from its heatmap store and slice store; their titles name each slice by its
-patient and axial position (:func:`slice_labels`), not only by its row in the store.
+patient and axial position (:func:`slice_labels`), not only by its row in the store (a shareable report names
+the patient ``patient K`` instead: :mod:`gpmodels.shareable`).
 
 Colour conventions:
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 import base64
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -450,13 +451,15 @@ def slice_label(patient: str, position: int, row: int, axis: int = 2) -> str:
     return f"axial slice {'xyz'[axis]}={position} of {patient} (ITK-SNAP {position + 1}; store row {row})"
 
 
-def slice_labels(store: zarr.Group, rows: np.ndarray) -> list[str]:
+def slice_labels(store: zarr.Group, rows: np.ndarray, patient_name: Callable[[str], str] = str) -> list[str]:
     """:func:`slice_label` of some rows of a slice store, reading only their ``patient`` and
     ``slice_index`` entries (one chunk of each per 4,096 rows around them, not the images).
 
     Args:
         store: the slice store.
         rows: integer ``(M,)`` store rows.
+        patient_name: how a patient id is named (default as it is; a shareable report's
+            :meth:`gpmodels.shareable.Redactor.patient`).
 
     Returns:
         ``M`` labels, in the order of ``rows``.
@@ -467,12 +470,14 @@ def slice_labels(store: zarr.Group, rows: np.ndarray) -> list[str]:
     patients = store["patient"].get_orthogonal_selection((rows,)).astype(object)
     positions = store["slice_index"].get_orthogonal_selection((rows,))
     reoriented = reoriented_volumes(dict(store.attrs))
-    return [slice_label(str(patient), int(position), int(row), reoriented.get(str(patient), [0, 1, 2])[2])
+    return [slice_label(patient_name(str(patient)), int(position), int(row),
+                        reoriented.get(str(patient), [0, 1, 2])[2])
             for patient, position, row in zip(patients, positions, rows)]
 
 
 def example_figures(heatmaps: zarr.Group, store: zarr.Group, slices: Mapping[str, np.ndarray],
-                    config: ThresholdConfig, channel: int) -> list[tuple[bytes, str]]:
+                    config: ThresholdConfig, channel: int,
+                    patient_name: Callable[[str], str] = str) -> list[tuple[bytes, str]]:
     """Example rows (:func:`example_png`) of the slices :func:`choose_examples` picks in one run, each with its
     title (for the page's alt text).
 
@@ -487,6 +492,7 @@ def example_figures(heatmaps: zarr.Group, store: zarr.Group, slices: Mapping[str
         slices: ``evaluation_slices.csv`` columns, in heatmap-store order.
         config: the threshold configuration with a numeric offset.
         channel: input channel shown.
+        patient_name: how a patient id is named in the titles (:func:`slice_labels`).
 
     Raises:
         ValueError: the per-slice rows do not match the heatmap store.
@@ -499,7 +505,7 @@ def example_figures(heatmaps: zarr.Group, store: zarr.Group, slices: Mapping[str
     tumour_free = has_tumour_free_class(classes)
     predicted, labels = heatmaps["predicted"][:].astype(np.int64), heatmaps["labels"][:].astype(np.int64)
     chosen_rows = choose_examples(slices, classes)
-    places = slice_labels(store, np.asarray([index[row] for row, _ in chosen_rows], dtype=np.int64))
+    places = slice_labels(store, np.asarray([index[row] for row, _ in chosen_rows], dtype=np.int64), patient_name)
     out = []
     for (row, case), where in zip(chosen_rows, places):
         maps = heatmaps["maps"][row].astype(np.float32)
@@ -522,13 +528,14 @@ def example_figures(heatmaps: zarr.Group, store: zarr.Group, slices: Mapping[str
 
 
 def posthoc_figure(heatmaps: zarr.Group, store: zarr.Group, channel: int, count: int = 3,
-                   label: str | None = None) -> bytes | None:
+                   label: str | None = None, patient_name: Callable[[str], str] = str) -> bytes | None:
     """:func:`posthoc_png` of the first ``count`` slices of a heatmap store's ``posthoc`` group.
 
     Columns: the input, the reference map (``gp`` or ``gradcam``), occlusion, guided
     backpropagation, then any other map by name. The title names the run (``label``, as the report's tables do,
-    default the store's model name) and fold, then the slices, top to bottom, by patient and axial position
-    (:func:`slice_labels`). Returns ``None`` when the store has no post-hoc maps.
+    default the store's model name) and fold, then the slices, top to bottom, by patient (named by
+    ``patient_name``) and axial position (:func:`slice_labels`). Returns ``None`` when the store has no post-hoc
+    maps.
     """
     if "posthoc" not in heatmaps:
         return None
@@ -544,4 +551,4 @@ def posthoc_figure(heatmaps: zarr.Group, store: zarr.Group, channel: int, count:
     maps = {name: group[name][:rows.size].astype(np.float32) for name in names}
     name = label if label is not None else heatmaps.attrs.get("model", "")
     return posthoc_png(images, maps, f"{name} fold {heatmaps.attrs.get('fold', '')}: "
-                                     + "; ".join(slice_labels(store, slices)))
+                                     + "; ".join(slice_labels(store, slices, patient_name)))

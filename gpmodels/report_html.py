@@ -6,7 +6,8 @@ paper's numbers (best value per column in bold), confusion matrices, Dice histog
 panels, post-hoc panels with their agreement table, and the run configurations with training
 curves. Every text from the runs is HTML-escaped. The figures that thresholds do not change (confusion
 matrices, training curves) go through a :class:`gpmodels.figure_cache.FigureCache`, so a re-threshold
-does not draw them again.
+does not draw them again. Patient ids, paths and the texts that may hold them (notes, errors) are shown through a
+:class:`gpmodels.shareable.Redactor`, which a shareable report uses to leave them out.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from gpmodels.files import heatmap_path
 from gpmodels.report import (COLUMNS, INTERVAL_KEYS, KIND_TITLES, ModelGroup, dataset_title, group_warnings,
                              run_intervals, run_scalars)
 from gpmodels.report_runs import ReportRun, threshold_config
+from gpmodels.shareable import AS_IS, Redactor
 from storage.errors import one_line
 from storage.store import open_store
 
@@ -352,7 +354,7 @@ def _confusion_section(groups: Sequence[ModelGroup], cache: FigureCache) -> str:
             f'<div class="figures">{"".join(figures)}</div>')
 
 
-def _dice_section(groups: Sequence[ModelGroup]) -> str:
+def _dice_section(groups: Sequence[ModelGroup], shown: Redactor = AS_IS) -> str:
     """Per dataset: the median Dice per true class (:func:`_class_dice_table`) and each model's histogram of
     per-slice Dice, all on one count axis so that equal bars are equal counts."""
     parts, missing = [], []
@@ -361,7 +363,7 @@ def _dice_section(groups: Sequence[ModelGroup]) -> str:
         for g in (g for g in groups if g.dataset == dataset):
             scores = [run.slices["dice"][run.slices["target_pixels"] > 0] for run in g.runs
                       if run.slices is not None]
-            missing += [str(run.run_dir) for run in g.runs if run.slices is None]
+            missing += [shown.path(run.run_dir) for run in g.runs if run.slices is None]
             if scores:
                 histograms.append((g, np.concatenate(scores)))
         top = max((figs.histogram_peak(scores) for _, scores in histograms), default=0)
@@ -421,7 +423,7 @@ def _channel(store: Any, channel: str | None) -> tuple[int, str]:
     return position, names[position]
 
 
-def _examples_section(groups: Sequence[ModelGroup], channel: str | None) -> str:
+def _examples_section(groups: Sequence[ModelGroup], channel: str | None, shown: Redactor = AS_IS) -> str:
     parts = ['<p class="caption">Per class, for the lowest fold of each model: the test slice with the median '
              "Dice and the one with the lowest (failure), and for tumour-free slices the largest false-positive "
              "mask. Raw heatmap: the map of the class the mask is taken from (the title names it; for a slice "
@@ -435,13 +437,13 @@ def _examples_section(groups: Sequence[ModelGroup], channel: str | None) -> str:
         heat, store, problem = _open_run_stores(run)
         parts.append(f"<h3>{_e(dataset_title(g.dataset))}: {_e(g.label)}, fold {run.fold}</h3>")
         if problem is None and run.slices is None:
-            problem = f"{run.run_dir}: no evaluation_slices.csv"
+            problem = f"{shown.path(run.run_dir)}: no evaluation_slices.csv"
         if problem is not None:
-            parts.append(f'<p class="caption">Not shown: {_e(problem)}</p>')
+            parts.append(f'<p class="caption">Not shown: {_e(shown.text(problem))}</p>')
             continue
         position, name = _channel(store, channel)
         config = threshold_config(run.evaluation["threshold"])
-        rows = figs.example_figures(heat, store, run.slices, config, position)
+        rows = figs.example_figures(heat, store, run.slices, config, position, shown.patient)
         parts.append(f'<p class="caption">Input channel: {_e(name)}.</p>')
         parts += [_figure(png, f"Example of {g.label} on {dataset_title(g.dataset)}: {title}. Panels: input, raw "
                           "heatmap, suppressed heatmap, mask against the ground truth, ground truth.")
@@ -459,7 +461,7 @@ def _agreement_cell(posthoc: Mapping[str, Any], method: str) -> str:
     return text
 
 
-def _posthoc_section(runs: Sequence[ReportRun], channel: str | None) -> str:
+def _posthoc_section(runs: Sequence[ReportRun], channel: str | None, shown: Redactor = AS_IS) -> str:
     methods = sorted({m for run in runs if run.evaluation.get("posthoc")
                       for m in run.evaluation["posthoc"]["spearman_median"]},
                      key=lambda m: (m != "occlusion", m != "guided_backprop", m))
@@ -483,7 +485,8 @@ def _posthoc_section(runs: Sequence[ReportRun], channel: str | None) -> str:
         heat, store, problem = _open_run_stores(run)
         if problem is not None or "posthoc" not in heat:
             continue
-        png = figs.posthoc_figure(heat, store, _channel(store, channel)[0], label=run.label)
+        png = figs.posthoc_figure(heat, store, _channel(store, channel)[0], label=run.label,
+                                  patient_name=shown.patient)
         if png is not None:
             parts.append(f"<h3>{_e(dataset_title(run.dataset))}: {_e(run.label)}, fold {run.fold}</h3>"
                          + _figure(png, f"Post-hoc maps of {run.label} fold {run.fold} on "
@@ -578,14 +581,16 @@ def _store_read(run: ReportRun, config: dict) -> str:
     return config.get("store_path", "–")
 
 
-def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cache: FigureCache) -> str:
+def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cache: FigureCache,
+                    shown: Redactor = AS_IS) -> str:
     rows = []
     for run in runs:
         config = run.config or {}
         train = config.get("train", {})
         seconds = training_seconds(run.run_dir)
-        rows.append([_path_cell(run.run_dir), _e(run.label), _e(run.fold),
-                     _path_cell(_store_read(run, config)),
+        store = _store_read(run, config)
+        rows.append([_path_cell(shown.path(run.run_dir)), _e(run.label), _e(run.fold),
+                     _path_cell(store if store == "–" else shown.path(store)),
                      _e(config.get("data_version", "–")), _e(", ".join(config.get("classes", []))),
                      _e(", ".join(config.get("channels", []))),
                      _e(f"{config.get('image_size', '–')} (store {config.get('store_image_size', '–')})"),
@@ -620,7 +625,7 @@ def _config_section(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], cac
             + '<p class="caption">Training time: first to last training/validation event in the run\'s '
               "TensorBoard files (all attempts of a resumed run added up).</p>"
             + f'<h3>Training curves</h3><div class="figures">{"".join(curves) or "–"}</div>'
-            + "".join(f'<p class="caption">No curves from {_e(problem)}</p>' for problem in unreadable))
+            + "".join(f'<p class="caption">No curves from {_e(shown.text(problem))}</p>' for problem in unreadable))
 
 
 MOST_OF_SLICE = 0.5
@@ -652,7 +657,7 @@ def _fallback_reason(run: ReportRun) -> str:
     return source.removeprefix(OFFSET_FALLBACK).lstrip(": ") or "the paper's offset was used"
 
 
-def _warnings(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
+def _warnings(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], shown: Redactor = AS_IS) -> str:
     boxes = []
     auto = [run for run in runs if run.offset_auto]
     if auto:
@@ -661,7 +666,8 @@ def _warnings(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
                      + " was chosen to maximise its median validation Dice, which uses pixel-level labels, so "
                        "these segmentation scores are not purely weakly supervised.")
     boxes += [f"{_e(text)}." for text in group_warnings(groups)]
-    boxes += [f"Panels of {_e(run.run_dir)} not shown: {_e(run.store_error)}" for run in runs if run.store_error]
+    boxes += [f"Panels of {_e(shown.path(run.run_dir))} not shown: {_e(shown.text(run.store_error))}" for run in runs
+              if run.store_error]
     boxes += [f"--offset auto found nothing to rank offsets by on the validation split for {_e(run.label)} fold "
               f"{run.fold} on {_e(dataset_title(run.dataset))}: {_e(_fallback_reason(run))}, though the row says "
               "auto offset." for run in runs if offset_fell_back(run.evaluation["threshold"])]
@@ -675,7 +681,7 @@ def _warnings(runs: Sequence[ReportRun], groups: Sequence[ModelGroup]) -> str:
 
 
 def render_page(header: Mapping[str, Any], groups: Sequence[ModelGroup], channel: str | None = None,
-                cache: FigureCache | None = None) -> str:
+                cache: FigureCache | None = None, shown: Redactor = AS_IS) -> str:
     """The whole HTML page (see the module docstring).
 
     Args:
@@ -684,6 +690,8 @@ def render_page(header: Mapping[str, Any], groups: Sequence[ModelGroup], channel
         groups: the model groups of :func:`gpmodels.report.group_runs`, in display order.
         channel: input channel shown in the panels where the store has it; default the first.
         cache: where threshold-independent figures are kept between reports; default none (all drawn).
+        shown: how patient ids, paths and the texts that may hold them are shown (a shareable report's
+            :class:`gpmodels.shareable.Redactor`; ``header`` is shown by it already); default as they are.
     """
     cache = cache or FigureCache(None, None)
     runs = [run for group in groups for run in group.runs]
@@ -691,8 +699,9 @@ def render_page(header: Mapping[str, Any], groups: Sequence[ModelGroup], channel
     nav = "".join(f'<a href="#{key}">{_e(name)}</a>' for key, name in SECTIONS)
     bodies = {"summary": _summary_section(groups) + _uncertainty_section(groups),
               "confusion": _confusion_section(groups, cache),
-              "dice": _dice_section(groups), "examples": _examples_section(groups, channel),
-              "posthoc": _posthoc_section(runs, channel), "configuration": _config_section(runs, groups, cache)}
+              "dice": _dice_section(groups, shown), "examples": _examples_section(groups, channel, shown),
+              "posthoc": _posthoc_section(runs, channel, shown),
+              "configuration": _config_section(runs, groups, cache, shown)}
     sections = "".join(f'<h2 id="{key}">{_e(name)}</h2>{bodies[key]}' for key, name in SECTIONS)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(header["title"])}</title>'
@@ -701,5 +710,5 @@ def render_page(header: Mapping[str, Any], groups: Sequence[ModelGroup], channel
             f'{_e(f" ({code})" if (code := header.get("commit")) else "")} · '
             f"{len(runs)} run(s) of {len({g.label for g in groups})} model(s) on "
             f"{len({g.dataset for g in groups})} dataset(s)</div>"
-            f'{f"<ul class=notes>{notes}</ul>" if notes else ""}{_warnings(runs, groups)}<nav>{nav}</nav>'
+            f'{f"<ul class=notes>{notes}</ul>" if notes else ""}{_warnings(runs, groups, shown)}<nav>{nav}</nav>'
             f"{sections}</body></html>")

@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from gpmodels.postprocess import ThresholdConfig
 
 RunsArg = Annotated[list[Path], typer.Argument(help="Run directories written by `gpseg train`.")]
+ShareableOpt = Annotated[bool, typer.Option(
+    "--shareable", help="A report to share outside the team that may see the data: no patient ids (patients become "
+                        "'patient 1', 'patient 2', ...) and no absolute paths (paths relative to the work dir or the "
+                        "runs' common folder) in the report folder. The key to the ids is written beside the folder "
+                        "(OUT.key.csv, readable by you alone) and its path printed.")]
 
 
 def heatmaps_cmd(
@@ -285,7 +290,7 @@ def postprocess_cmd(
         "--out", help="Report folder (default: WORKDIR/report with --workdir, else ./report).")] = None,
     method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
     target_class: TargetOpt = "predicted", min_size: MinSizeOpt = 0, fill_holes: FillHolesOpt = 0,
-    closing: ClosingOpt = 0, largest_component: LargestOpt = False,
+    closing: ClosingOpt = 0, largest_component: LargestOpt = False, shareable: ShareableOpt = False,
 ) -> None:
     """Re-threshold stored heatmaps, re-score and re-report. No model is loaded.
 
@@ -307,10 +312,10 @@ def postprocess_cmd(
     # SIGTERM and SIGHUP stop it as Ctrl-C does, with its line; the locks are let go on the way out
     with stop_signals_raised(), workdir_locks(postprocess_workdirs(workdir, runs, report_folder), "gpseg postprocess",
                                               say):
-        _postprocess(runs, workdir, out, params)
+        _postprocess(runs, workdir, out, params, shareable)
 
 
-def _postprocess(runs: list[Path] | None, workdir: Path | None, out: Path | None, params) -> None:
+def _postprocess(runs: list[Path] | None, workdir: Path | None, out: Path | None, params, shareable: bool) -> None:
     """The body of :func:`postprocess_cmd` (with ``--workdir``, the work dir locked)."""
     from gpmodels.report import build_report
 
@@ -335,7 +340,8 @@ def _postprocess(runs: list[Path] | None, workdir: Path | None, out: Path | None
         try:
             html = build_report(done, out, title="gpseg report (post-processing re-run)",
                                 notes=[f"thresholds re-run by `gpseg postprocess`: {params.describe()}", *failed],
-                                carried_notes=carried, left_out=[*gone, *(run for run in runs if run not in done)])
+                                carried_notes=carried, left_out=[*gone, *(run for run in runs if run not in done)],
+                                shareable=shareable, share_base=_share_base(done, workdir) if shareable else None)
         except OSError as exc:  # a full disk: the evaluations are new, the report is not
             raise fail(f"{os_error_line(exc, out)}; the {len(done)} run(s) evaluated have a new evaluation.json "
                        f"({params.describe()}) but the report in {out} is the one before (whole): free space and "
@@ -344,25 +350,42 @@ def _postprocess(runs: list[Path] | None, workdir: Path | None, out: Path | None
         raise interrupted(f"interrupted; the runs evaluated so far have a new evaluation.json, and the report in "
                           f"{out} is whole but may still be the one before: run the same command again",
                           exc) from None
-    _say_report(html)
+    _say_report(html, shareable)
     if failed:
         raise typer.Exit(2)
 
 
-def _say_report(html: Path) -> None:
+def _say_report(html: Path, shareable: bool = False) -> None:
     """Print where the report is, after its warnings (rows not over one run per fold, or over runs trained
-    differently: :func:`gpmodels.report.group_warnings`)."""
+    differently: :func:`gpmodels.report.group_warnings`), and for a shareable one where its key is."""
     from gpmodels.report import report_warnings
+    from gpmodels.shareable import key_path
 
     for warning in report_warnings(html.parent):
         console.print(f"[yellow]warning[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     console.print(f"[green]report[/green] {escape(str(html))}")
+    if shareable:
+        console.print(f"[green]key[/green] {escape(str(key_path(html.parent)))} (which patient each 'patient K' of "
+                      "the report is: keep it apart from the report)", highlight=False, soft_wrap=True)
+
+
+def _share_base(runs: list[Path], workdir: Path | None) -> Path | None:
+    """The folder a shareable report shows its paths relative to: the work dir given, else the one flow work dir
+    that every run lies in (:func:`flows.workdir_lock.workdirs_of`), else ``None`` (the runs' common folder:
+    :func:`gpmodels.shareable.common_folder`)."""
+    if workdir is not None:
+        return workdir
+    from flows.workdir_lock import workdirs_of
+
+    found = [workdirs_of([run]) for run in runs]
+    return found[0][0] if found and found[0] and all(dirs == found[0] for dirs in found) else None
 
 
 def report_cmd(
     runs: RunsArg,
     out: Annotated[Path, typer.Option("--out", help="Report folder (index.html, metrics.json, CSV).")] = Path("report"),
     title: Annotated[str, typer.Option(help="Page title.")] = "gpseg report",
+    shareable: ShareableOpt = False,
 ) -> None:
     """Write the HTML report over runs; runs without evaluation.json are evaluated with the paper's thresholds.
 
@@ -388,8 +411,9 @@ def report_cmd(
     runs = [run for run in runs if run not in stale]
     if not runs:
         raise fail(f"no run could be reported ({len(failed)} failed)")
-    html = build_report(runs, out, title=title, notes=failed)
-    _say_report(html)
+    html = build_report(runs, out, title=title, notes=failed, shareable=shareable,
+                        share_base=_share_base(runs, None) if shareable else None)
+    _say_report(html, shareable)
     if failed:
         raise typer.Exit(2)
 

@@ -1581,3 +1581,142 @@ def test_a_damaged_heatmap_store_is_a_reason_on_the_page_not_the_end_of_the_repo
     assert f"{run / 'heatmaps' / 'test.zarr' / 'zarr.json'}: damaged (JSONDecodeError" in page
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert [r["run_dir"] for r in metrics["runs"]] == [str(run)]  # its scores are still reported
+
+
+PHI = ("Muller_Hans_1949-05-01", "Doe_Jane_1960-01-31", "Rossi_Maria_1971-12-24", "Smith_John_1955-07-04",
+       "Dupont_Anne_1983-03-15", "Kowalski_Jan_1990-09-09")
+"""Patient ids that name people (name and birth date), as a hospital's own data may."""
+
+
+@pytest.fixture(scope="session")
+def phi_workdir(tmp_path_factory, untrained_run) -> Path:
+    """A flow-layout work dir in a folder named for its user (``secret_user*``): ``stores/brats.zarr`` of six BraTS
+    phantom cases whose patient ids are :data:`PHI`, and ``runs/brats/gp-unet/fold_0``, an untrained GP-UNet with
+    post-hoc maps of 2 slices, evaluated; the work dir's ``.flow.lock``, as a flow leaves it."""
+    from storage.brats import NAME_MAPPING, read_name_mapping
+    from storage.ingest import ingest_brats
+    from storage.phantoms import write_brats_phantoms
+
+    work = tmp_path_factory.mktemp("secret_user") / "work"
+    source = work.parent / "source"
+    write_brats_phantoms(source, cases=6, size=32, depth=16, seed=0)
+    for (case, grade), patient in zip(sorted(read_name_mapping(source / NAME_MAPPING).items()), PHI):
+        (source / grade).mkdir(exist_ok=True)
+        (source / case).rename(source / grade / patient)  # HGG/ and LGG/ folders: the case folder is the id
+    (source / NAME_MAPPING).unlink()
+    store = ingest_brats(source, work / "stores" / "brats.zarr", IngestConfig(workers=0)).store
+    _smoke_run(store, "gp-unet", work / "runs" / "brats" / "gp-unet" / "fold_0", posthoc=2, untrained_run=untrained_run)
+    (work / ".flow.lock").touch()
+    return work
+
+
+def _drawn_texts(monkeypatch) -> list[str]:
+    """Every text drawn into a report figure from now on: by Pillow (image panels) and by matplotlib's Agg (charts)."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from PIL import ImageDraw
+
+    drawn: list[str] = []
+    pillow, agg = ImageDraw.ImageDraw.text, RendererAgg.draw_text
+
+    def pillow_text(self, xy, text, *args, **kwargs):
+        drawn.append(str(text))
+        return pillow(self, xy, text, *args, **kwargs)
+
+    def agg_text(self, gc, x, y, text, *args, **kwargs):
+        drawn.append(str(text))
+        return agg(self, gc, x, y, text, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", pillow_text)
+    monkeypatch.setattr(RendererAgg, "draw_text", agg_text)
+    return drawn
+
+
+def _strings(value) -> list[str]:
+    """Every string of a JSON value, keys included."""
+    if isinstance(value, dict):
+        return [text for key, item in value.items() for text in (key, *_strings(item))]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return [value] if isinstance(value, str) else []
+
+
+def _assert_shareable(out: Path, folders: list[Path], drawn: list[str]) -> list[list[str]]:
+    """Check that no file of the report folder ``out`` (its figure cache too) and no text drawn into its figures
+    names a patient of :data:`PHI`, the absolute path of any of ``folders`` or their names, and that ``metrics.json``
+    holds no absolute path; return the rows of the key beside ``out``."""
+    secrets = [*PHI, *(text for folder in folders for text in (str(folder), str(folder.resolve()), folder.name))]
+    files = [path for path in out.rglob("*") if path.is_file()]
+    assert {path.name for path in files} >= {"index.html", "metrics.json", "runs.csv", "summary.csv",
+                                             "dice_per_class.csv"}
+    for path in files:
+        content = path.read_bytes()
+        if path.suffix != ".png":  # the page breaks paths between folders (<wbr>) and escapes its text
+            content = html.unescape(content.decode("utf-8").replace("<wbr>", "")).encode()
+        assert not [secret for secret in secrets if secret.encode() in content], path
+    assert drawn and not [text for text in drawn if any(secret in text for secret in secrets)]
+    assert any("patient " in text for text in drawn)  # the panels' titles name the patients by their number
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert not [text for text in _strings(metrics) if re.search(r"(^|[\s=])/\w", text)]
+    assert "/" not in metrics["provenance"]["argv"][0]
+    key = out.with_name(out.name + ".key.csv")
+    assert key.stat().st_mode & 0o777 == 0o600 and key.parent == out.parent
+    rows = list(csv.reader(key.open(newline="")))
+    assert rows[0] == ["shown_as", "patient"] and {row[1] for row in rows[1:]} <= set(PHI)
+    assert [row[0] for row in rows[1:]] == [f"patient {k}" for k in range(1, len(rows))]
+    return rows
+
+
+def test_a_shareable_report_names_no_patient_and_no_absolute_path(phi_workdir, tmp_path, monkeypatch):
+    """The review of a report before sharing it: its example and post-hoc panels printed the patient id into the
+    PNG (and the alt text), and the page, runs.csv and metrics.json gave the absolute paths of the runs and stores
+    (user and folder names) and the command lines' programs."""
+    work = tmp_path / "work"
+    shutil.copytree(phi_workdir, work)
+    run = work / "runs" / "brats" / "gp-unet" / "fold_0"
+    write_evaluation(run, evaluate_heatmaps(heatmap_path(run, "test")))  # the copy's own paths
+    drawn = _drawn_texts(monkeypatch)
+    build_report([run], tmp_path / "plain")
+    plain = (tmp_path / "plain" / "index.html").read_text()
+    assert any(patient in plain for patient in PHI) and any(patient in text for text in drawn for patient in PHI)
+    assert str(work) in plain.replace("<wbr>", "") and not (tmp_path / "plain.key.csv").exists()
+
+    drawn.clear()
+    out = work / "shared"
+    page = html.unescape(build_report([run], out, notes=[f"not in this report: {run}x: {PHI[0]} is gone"],
+                                      shareable=True, share_base=work).read_text())
+    rows = _assert_shareable(out, [work.parent, phi_workdir.parent], drawn)
+    assert [row[1] for row in rows[1:]] == sorted(PHI)  # the store's patients, in sorted order
+    assert re.search(r'alt="Example of [^"]* of patient [1-6] \(ITK-SNAP \d+; store row \d+\)', page)
+    assert "not in this report: runs/brats/gp-unet/fold_0x: patient" in page
+    (row,) = _read_csv(out / "runs.csv")
+    assert row["run_dir"] == "runs/brats/gp-unet/fold_0"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["runs"][0]["run_dir"] == "runs/brats/gp-unet/fold_0"
+    assert metrics["runs"][0]["run_dir_relative"] == "../runs/brats/gp-unet/fold_0"  # --workdir finds it there
+    assert metrics["runs"][0]["evaluation"]["run"]["store_path"] == "stores/brats.zarr"
+    assert "stores/<wbr>brats.zarr" in (out / "index.html").read_text()
+    from flows.layout import report_run_dirs
+
+    assert report_run_dirs(out)[0] == [str(run.resolve())]
+
+
+def test_shareable_report_and_postprocess_cli_print_where_the_key_is(phi_workdir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    work = tmp_path / "w"
+    shutil.copytree(phi_workdir, work)
+    run = work / "runs" / "brats" / "gp-unet" / "fold_0"
+    for command, out in ((["report", str(run)], work / "share"), (["postprocess", "--workdir", str(work)],
+                                                                  work / "share2")):
+        drawn = _drawn_texts(monkeypatch)
+        result = CliRunner().invoke(app, [*command, "--out", str(out), "--shareable"])
+        assert result.exit_code == 0, result.output
+        said = " ".join(result.output.split())
+        assert f"key {out.resolve()}.key.csv (which patient each 'patient K' of the report is" in said
+        _assert_shareable(out, [work.parent, phi_workdir.parent], drawn)
+        (row,) = _read_csv(out / "runs.csv")
+        assert row["run_dir"] == "runs/brats/gp-unet/fold_0"  # the work dir the run lies in is the base
+    helped = " ".join(CliRunner().invoke(app, ["report", "--help"]).output.split())
+    assert "--shareable" in helped and "no patient ids" in helped
