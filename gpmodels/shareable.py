@@ -33,6 +33,10 @@ NOTE = ("Shareable report: patients are named patient K (K in the order of their
         "apart from the report) and paths are shown relative to the work dir or to the folder that holds the runs "
         "(…/ and the last parts of one outside it).")
 """The note a shareable report shows under its title."""
+TEXT_ID_CHARS = 4
+"""Shortest patient id replaced in free text. A manifest's ids may be ``1``, ``2``, ...: replacing those wherever no
+letter or digit touches them would turn ``fold 1`` or ``-0.3`` into nonsense, and such ids name no one. Panels and
+tables show every id as ``patient K``, however short."""
 _PATH_END = r"\s:;,'\"()<>\[\]{}|"
 """Characters that end a path in free text (an error message, a note)."""
 _ABSOLUTE = re.compile(rf"(?<![\w.~:/\\-])/[^{_PATH_END}]+")
@@ -92,8 +96,8 @@ class Redactor:
 
     def text(self, text: str) -> str:
         """Free text (a note, an error message) as shown: each absolute path as :meth:`path` shows it, each patient
-        id that no letter or digit touches (``BraTS20_Training_001_flair.nii.gz`` holds one) as :meth:`patient`
-        does; as it is where not shareable."""
+        id of :data:`TEXT_ID_CHARS` or more characters that no letter or digit touches
+        (``BraTS20_Training_001_flair.nii.gz`` holds one) as :meth:`patient` does; as it is where not shareable."""
         if not self.shareable:
             return text
         for root, shown in self.roots:
@@ -101,9 +105,10 @@ class Redactor:
                           lambda found, shown=shown: (f"{shown}/" if shown else "") if found.group(1) else shown or ".",
                           text)
         text = _ABSOLUTE.sub(lambda found: self.path(found.group()), text)
-        if not self.patients:
+        found_ids = [patient for patient in self.patients if len(patient) >= TEXT_ID_CHARS]
+        if not found_ids:
             return text
-        ids = "|".join(re.escape(patient) for patient in sorted(self.patients, key=len, reverse=True))
+        ids = "|".join(re.escape(patient) for patient in sorted(found_ids, key=len, reverse=True))
         return re.sub(rf"(?<![^\W_])(?:{ids})(?![^\W_])", lambda found: self.patient(found.group()), text)
 
     def argv(self, argv: Iterable[Any]) -> list[str]:

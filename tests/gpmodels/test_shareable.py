@@ -46,6 +46,13 @@ def test_free_text_shows_paths_whole_and_patients_by_number(home):
     assert shown.patient("unseen") == "patient 4" and shown.patients["unseen"] == "patient 4"
 
 
+def test_free_text_keeps_short_ids_which_would_match_numbers_and_names_no_one(home):
+    """A manifest's ids may be `1`, `2`, ...: free text replaced them wherever no letter or digit touched them."""
+    shown = Redactor.for_report(["1", "2", "P1234"], home / "proj")
+    assert shown.text("fold 1, offset -0.2; P1234 rejected") == "fold 1, offset -0.2; patient 3 rejected"
+    assert shown.patient("1") == "patient 1"  # panels and tables still show every id by number
+
+
 def test_command_lines_name_their_program_by_its_file_name(home):
     shown = Redactor.for_report([], home / "proj")
     assert shown.argv([f"{home}/venv/bin/gpseg", "report", f"{home}/proj/runs/a", f"--out={home}/proj/r"]) == [
