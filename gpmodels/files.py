@@ -419,11 +419,15 @@ def replace_together(files: Mapping[Path, str]) -> None:
     place, in the mapping's order, with Ctrl-C held back until the last rename (see :func:`interrupts_held`).
     An error or interruption while writing leaves every old file and no temporary behind. Put the file that
     readers take as the record of the whole last (e.g. a report's ``metrics.json``).
+
+    A path in the text that is not valid UTF-8 (a folder named in Latin-1, say: its undecodable bytes are lone
+    surrogates in Python) is written backslash-escaped, as gpseg prints it (``lat\\udce9n``): the files stay valid
+    UTF-8 instead of the write failing.
     """
     staged: list[tuple[Path, Path]] = []
     try:
         for path, text in files.items():
-            data = text.encode("utf-8")
+            data = text.encode("utf-8", "backslashreplace")
             staged.append((_staged(Path(path), lambda handle, data=data: handle.write(data)), Path(path)))
         with interrupts_held():
             for tmp, path in staged:

@@ -498,12 +498,16 @@ def _posthoc_section(runs: Sequence[ReportRun], channel: str | None, shown: Reda
 
 def training_seconds(run_dir: Path) -> float | None:
     """Training wall time from the TensorBoard event files of a run (first to last event of each
-    file that logged training or validation), or ``None`` when there are none."""
+    file that logged training or validation), or ``None`` when there are none, or when the run dir's path is not
+    valid UTF-8 (TensorBoard opens only UTF-8 paths; a run moved into a folder named in Latin-1, say)."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
     total, found = 0.0, False
     for path in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
-        events = list(EventFileLoader(str(path)).Load())
+        try:
+            events = list(EventFileLoader(str(path)).Load())
+        except UnicodeEncodeError:
+            return None
         tags = {value.tag for event in events for value in event.summary.value}
         if any(tag.startswith(("train_", "val_")) for tag in tags):
             total += events[-1].wall_time - events[0].wall_time

@@ -289,10 +289,28 @@ def check_run_dir(config: TrainConfig) -> tuple[RunConfig, RunConfig | None]:
 
 def check_out(config: TrainConfig) -> None:
     """A one-line error when ``config.out`` is a file, or a folder gpseg made for something else (a slice store, a
-    report): the run's files went into it without a word."""
+    report): the run's files went into it without a word; and when its absolute path is not valid UTF-8
+    (:func:`utf8_problem`)."""
     problem = output_problem(config.out, "a run dir")
     if problem:
         raise ValueError(f"out: {config.out} {problem}")
+    problem = utf8_problem(config.out)
+    if problem:
+        raise ValueError(f"out: {problem}")
+
+
+def utf8_problem(out: str | os.PathLike) -> str | None:
+    """Why a run dir cannot be at ``out`` when its absolute path is not valid UTF-8 (a folder named in Latin-1,
+    say), else ``None``. TensorBoard, which logs the run there, encodes its paths as strict UTF-8 and stopped
+    training with a bare UnicodeEncodeError; refused before anything is written rather than trained without
+    TensorBoard logs (the report's training time comes from them)."""
+    path = os.path.abspath(out)
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return (f"{path}: its path is not valid UTF-8 (a folder named in another encoding), and TensorBoard, which "
+                "logs the run there, needs one; rename the folder or give another --out")
+    return None
 
 
 def previous_run(paths: RunPaths, run: RunConfig) -> tuple[RunConfig | None, CheckpointProgress | None]:

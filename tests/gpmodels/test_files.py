@@ -82,8 +82,8 @@ def test_files_replaced_together_stay_old_when_one_cannot_be_written(tmp_path):
 
     (tmp_path / "index.html").write_text("old page")
     (tmp_path / "metrics.json").write_text("old metrics")
-    with pytest.raises(UnicodeEncodeError):
-        replace_together({tmp_path / "index.html": "new page", tmp_path / "metrics.json": "\ud800"})
+    with pytest.raises(FileNotFoundError):
+        replace_together({tmp_path / "index.html": "new page", tmp_path / "gone" / "metrics.json": "new metrics"})
     assert (tmp_path / "index.html").read_text() == "old page"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html", "metrics.json"]
 
@@ -223,3 +223,12 @@ def test_every_atomic_write_sweeps_the_temporaries_of_killed_writers(tmp_path):
         write(path)
         assert path.read_text() == "new"
         assert sorted(p.name for p in tmp_path.glob(f".{name}*")) == sorted([running.name, recent.name])
+
+
+def test_text_not_valid_utf8_is_written_backslash_escaped(tmp_path):
+    """A report over a run in a folder named in Latin-1 (its byte 0xe9 is the lone surrogate \\udce9 in Python)
+    could not be written: the encoding to UTF-8 failed."""
+    from gpmodels.files import replace_together
+
+    replace_together({tmp_path / "runs.csv": "run_dir\nlat\udce9n/run\n"})
+    assert (tmp_path / "runs.csv").read_bytes() == b"run_dir\nlat\\udce9n/run\n"

@@ -1720,3 +1720,30 @@ def test_shareable_report_and_postprocess_cli_print_where_the_key_is(phi_workdir
         assert row["run_dir"] == "runs/brats/gp-unet/fold_0"  # the work dir the run lies in is the base
     helped = " ".join(CliRunner().invoke(app, ["report", "--help"]).output.split())
     assert "--shareable" in helped and "no patient ids" in helped
+
+
+def test_the_training_time_of_a_run_in_a_folder_not_named_in_utf8_is_left_out_not_a_traceback(tmp_path):
+    """TensorBoard opens only UTF-8 paths: `gpseg postprocess` on a run moved into a folder named in Latin-1 ended
+    in a traceback from its event file loader."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from gpmodels.report_html import training_seconds
+
+    run = tmp_path / "run"
+    writer = SummaryWriter(str(run / "tensorboard"))
+    for step in range(2):
+        writer.add_scalar("train_loss", 1.0, step)
+    writer.close()
+    assert training_seconds(run) is not None
+    moved = run.rename(tmp_path / "lat\udce9n")  # b"lat\xe9n"
+    assert training_seconds(moved) is None
+
+
+def test_a_report_over_a_run_in_a_folder_not_named_in_utf8_is_written(report_runs, tmp_path):
+    """`gpseg postprocess` on a run in a folder named in Latin-1 ended in a traceback: first TensorBoard's (the
+    training time), then the page's own write (its text held the path's undecodable byte)."""
+    latin = tmp_path / "lat\udce9n"  # b"lat\xe9n"
+    run = _copy_run(report_runs["gp"], latin / "run")
+    page = build_report([run], latin / "report").read_bytes().decode("utf-8")  # valid UTF-8
+    assert html.escape(str(latin / "run").replace("\udce9", "\\udce9")).replace("/", "/<wbr>") in page
+    assert json.loads((latin / "report" / "metrics.json").read_text())["runs"][0]["run_dir"] == str(run)

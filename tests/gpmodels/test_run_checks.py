@@ -354,3 +354,21 @@ def test_a_run_whose_checkpoints_were_deleted_is_refused_in_one_line_what_it_can
                                       f"is neither finished nor resumable; delete {out} and re-run to train the run "
                                       "again")
     assert (out / "model.pt").stat().st_size == 100 and (out / "logs").is_dir()
+
+
+def test_a_run_dir_whose_path_is_not_utf8_is_refused_in_one_line(phantom_store, tmp_path, monkeypatch):
+    """TensorBoard encodes its log paths as strict UTF-8: `gpseg train --out lat$'\\xe9'n/run` stopped with "'utf-8'
+    codec can't encode character '\\udce9' in position 3: surrogates not allowed", naming no path."""
+    from gpmodels.run_checks import check_run_dir
+
+    latin = tmp_path / "lat\udce9n"  # b"lat\xe9n", a folder named in Latin-1
+    latin.mkdir()
+    monkeypatch.chdir(latin)
+    for out in (latin / "run", Path("run")):  # relative: the working folder's path counts too
+        config = preset_config("smoke", str(phantom_store), "gp-unet", str(out))
+        for check in (check_run_dir, train):
+            with pytest.raises(ValueError, match=f"^out: {re.escape(str(latin / 'run'))}: its path is not valid UTF-8 "
+                                                 r"\(a folder named in another encoding\), and TensorBoard, .* "
+                                                 "rename the folder or give another --out$"):
+                check(config)
+    assert list(latin.iterdir()) == []
