@@ -293,11 +293,22 @@ def run_app(app: typer.Typer, args: list[str] | None = None) -> None:
 def run_main(app: typer.Typer) -> None:
     """:func:`run_app` as a process's entry point: once the command has ended, Ctrl-C is ignored, so that the
     interpreter's shutdown after it (torch's exit handlers take about a second) is not cut into a traceback,
-    or an exit 130 after the command said it was done."""
+    or an exit 130 after the command said it was done. Standard output escapes what its encoding cannot write
+    (:func:`escape_unencodable_output`)."""
+    escape_unencodable_output()
     try:
         run_app(app)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def escape_unencodable_output() -> None:
+    """Make standard output write a character its encoding lacks backslash-escaped (``\\xfc``), as Python's
+    standard error does: with a non-UTF-8 encoding (``PYTHONIOENCODING=ascii``, a C locale's pipe on some
+    systems) `gpseg info` on a store named ``stores ü`` ended in a UnicodeEncodeError traceback."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)  # absent where a caller replaced sys.stdout
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
 
 
 class Stopped(KeyboardInterrupt):

@@ -443,3 +443,27 @@ def test_the_prefect_home_is_made_for_this_user_alone_and_the_checkouts_own_is_c
         assert stat.S_IMODE(made.parent.stat().st_mode) == 0o775  # -m: the last folder only
     finally:
         os.umask(previous)
+
+
+def test_stdout_in_an_encoding_without_a_character_escapes_it(tmp_path) -> None:
+    """With PYTHONIOENCODING=ascii, `gpseg info "stores ü/brats ×.zarr"` and `gpseg prune` ended in a
+    UnicodeEncodeError traceback: standard output was strict (standard error already escaped)."""
+    import os
+    import subprocess
+    import sys
+
+    from storage.ingest import ingest_brats
+    from storage.ingest_config import IngestConfig
+    from storage.phantoms import write_brats_phantoms
+
+    write_brats_phantoms(tmp_path / "brats", cases=6, size=32, depth=16, seed=0)
+    store = ingest_brats(tmp_path / "brats", tmp_path / "stores ü" / "brats ×.zarr", IngestConfig(workers=0)).store
+    work = tmp_path / "work ü"
+    (work / "runs").mkdir(parents=True)
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    for args, said in ((["info", str(store)], f"{tmp_path}/stores \\xfc/brats \\xd7.zarr dataset brats"),
+                       (["prune", "--workdir", str(work)], f"nothing to delete in {tmp_path}/work \\xfc")):
+        done = subprocess.run([sys.executable, "-m", "gpseg.cli", *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert " ".join(done.stdout.split()).startswith(said), done.stdout  # wrapped at 80 columns
