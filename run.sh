@@ -16,9 +16,15 @@ export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-180}"
 mkdir -p -m 700 "$PREFECT_HOME"  # yours alone: flow runs, logs, cached task results (-m: the last folder only)
 
+venv_stamp() {  # what the venv was made from; stock macOS has shasum, not sha256sum (the same digest)
+    local sum=(sha256sum)
+    command -v sha256sum >/dev/null || sum=(shasum -a 256)
+    cat pyproject.toml constraints.txt | "${sum[@]}" | cut -c1-16
+}
+
 ensure_venv() {
     local stamp python
-    stamp=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+    stamp=$(venv_stamp)
     if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.gpseg-stamp" 2>/dev/null)" = "$stamp" ]; then
         return
     fi

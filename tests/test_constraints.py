@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import tomllib
 from pathlib import Path
 
@@ -41,7 +43,27 @@ def test_every_dependency_is_pinned_within_its_pyproject_range() -> None:
 def test_run_sh_installs_with_the_constraints_and_refreshes_when_they_change() -> None:
     script = (ROOT / "run.sh").read_text()
     assert "-c constraints.txt" in script
-    assert "cat pyproject.toml constraints.txt | sha256sum" in script
+    assert "cat pyproject.toml constraints.txt | \"${sum[@]}\"" in script and "stamp=$(venv_stamp)" in script
+
+
+@pytest.mark.parametrize("tool", ["sha256sum", "shasum"])
+def test_run_sh_stamps_the_venv_alike_with_sha256sum_or_macos_shasum(tool, tmp_path) -> None:
+    """Stock macOS has `shasum -a 256` but no sha256sum, where `./run.sh` stopped (set -e) before it did anything.
+    Either gives the stamp Linux always wrote, so no venv is made again."""
+    import shutil
+    import subprocess
+
+    found = {name: shutil.which(name) for name in ("cat", "cut", tool)}
+    if not all(found.values()):
+        pytest.skip(f"no {tool} here")
+    for name, path in found.items():  # a PATH of these three alone
+        (tmp_path / name).symlink_to(path)
+    function = re.search(r"^venv_stamp\(\) \{.*?^\}$", (ROOT / "run.sh").read_text(), re.MULTILINE | re.DOTALL)
+    assert function, "run.sh: no venv_stamp function"
+    done = subprocess.run(["/bin/bash", "-c", f"set -euo pipefail; {function.group()}\nvenv_stamp"], cwd=ROOT,
+                          env={"PATH": str(tmp_path)}, capture_output=True, text=True)
+    files = (ROOT / "pyproject.toml").read_bytes() + (ROOT / "constraints.txt").read_bytes()
+    assert (done.returncode, done.stdout, done.stderr) == (0, hashlib.sha256(files).hexdigest()[:16] + "\n", "")
 
 
 def test_pins_parse_names_and_refuse_ranges() -> None:
