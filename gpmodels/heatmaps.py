@@ -67,10 +67,13 @@ the network's activations in float32: for 8 slices at once at 512 px, GP-Shuffle
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """``cuda`` when available (or as asked), else ``cpu``.
+    """``cuda`` when available, else ``cpu``; or the device asked for: ``cpu``, ``cuda[:N]`` or ``mps``.
+
+    Apple silicon's GPU (``mps``) is used only when asked for, though Lightning trains there by itself: the
+    default stays the CUDA GPU or the CPU that the heatmaps were checked on.
 
     Raises:
-        ValueError: ``device`` is not a torch device name, or names a CUDA device this machine lacks.
+        ValueError: ``device`` is not a torch device name, or names a CUDA or MPS device this machine lacks.
     """
     if not device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -78,14 +81,27 @@ def pick_device(device: str | None = None) -> torch.device:
         target = torch.device(device)
     except RuntimeError:
         target = None
-    if target is None or target.type not in ("cpu", "cuda"):
-        raise ValueError(f"device: got {device!r}, expected cpu, cuda or cuda:N")
+    if target is None or target.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device: got {device!r}, expected cpu, cuda, cuda:N or mps")
     if target.type == "cpu":
         return torch.device("cpu")
+    if target.type == "mps":
+        return _mps_device(device, target)
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if (target.index or 0) >= count:
         raise ValueError(f"device: got {device!r}, but this machine has {count} CUDA device(s)")
     return target
+
+
+def _mps_device(device: str, target: torch.device) -> torch.device:
+    """Apple silicon's GPU, asked for as ``device``, when this machine has it (:func:`pick_device`)."""
+    mps = getattr(torch.backends, "mps", None)
+    if mps is None or not mps.is_available():
+        raise ValueError(f"device: got {device!r}, but this machine has no MPS device (Apple silicon's GPU, "
+                         "on macOS 12.3 or later with a torch built for it)")
+    if target.index:
+        raise ValueError(f"device: got {device!r}, but a Mac has one MPS device: give mps")
+    return torch.device("mps")
 
 
 def class_maps(model: torch.nn.Module, images: torch.Tensor, gp: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,7 +214,7 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
         run_dir: a ``gpseg train`` run directory.
         split: ``train``, ``val`` or ``test``.
         batch_size: slices per forward pass.
-        device: ``cuda``/``cpu``; default: a GPU when present.
+        device: ``cuda``/``cpu``/``mps`` (:func:`pick_device`); default: a CUDA GPU when present, else the CPU.
         posthoc: post-hoc maps (occlusion, guided backprop) for this many
             tumour slices, evenly spaced over the split's tumour slices (:func:`spread_rows`;
             0 to skip; they cost many forward passes each).

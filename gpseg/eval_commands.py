@@ -39,7 +39,9 @@ def heatmaps_cmd(
     split: Annotated[list[str], typer.Option("--split", callback=one_of(SPLIT_NAMES),
                                              help="Split(s) to run over (repeatable).")] = ["val", "test"],
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 16,
-    device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: a GPU when present).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N, cpu, or mps (a Mac's GPU: used only when "
+                                                       "given; default: a CUDA GPU when present, else the CPU).")
+                      ] = None,
     posthoc: Annotated[int, typer.Option(min=0, help="Test slices that also get occlusion and guided-backprop maps "
                                               "(on the CPU seconds to minutes each; 0 skips them).")] = 8,
 ) -> None:

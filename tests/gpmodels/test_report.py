@@ -1082,13 +1082,36 @@ def test_heatmap_device_is_chosen_or_checked(device, expected):
 
 
 @pytest.mark.parametrize(("device", "message"), [
-    ("tpu", "device: got 'tpu', expected cpu, cuda or cuda:N"), ("nonsense", "expected cpu, cuda or cuda:N"),
+    ("tpu", "device: got 'tpu', expected cpu, cuda, cuda:N or mps"), ("nonsense", "expected cpu, cuda, cuda:N or mps"),
     (f"cuda:{torch.cuda.device_count()}", "CUDA device(s)")])
 def test_a_device_this_machine_lacks_is_one_line(device, message):
     from gpmodels.heatmaps import pick_device
 
     with pytest.raises(ValueError, match=re.escape(message)):
         pick_device(device)
+
+
+@pytest.mark.parametrize("device", ["mps", "mps:0"])
+def test_apple_silicons_gpu_is_taken_when_asked_for_and_there(device, monkeypatch):
+    """`--device mps` was refused ("expected cpu, cuda or cuda:N") on a Mac where Lightning trains on it; the
+    default stays a CUDA GPU or the CPU."""
+    from gpmodels.heatmaps import pick_device
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device(device) == torch.device("mps")
+    assert pick_device() == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"^device: got 'mps:1', but a Mac has one MPS device: give mps$"):
+        pick_device("mps:1")
+
+
+def test_apple_silicons_gpu_where_there_is_none_is_one_line(monkeypatch):
+    from gpmodels.heatmaps import pick_device
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^device: got 'mps', but this machine has no MPS device \(Apple silicon's "
+                                         r"GPU, on macOS 12.3 or later with a torch built for it\)$"):
+        pick_device("mps")
 
 
 def test_posthoc_slices_are_spread_over_the_split():
