@@ -103,13 +103,20 @@ ENV_DEFAULTS = {
 """Environment the command line sets unless the caller has (as ``./run.sh`` does)."""
 
 
-def project_prefect_home() -> dict[str, str]:
-    """``{"PREFECT_HOME": CHECKOUT/.prefect}`` when gpseg runs from a checkout (its ``prefect.yaml`` beside the
-    packages), as ``./run.sh`` and ``gpseg serve`` set it: Prefect's database and persisted task results (the
-    training cache) then stay in the project, shared by ``./run.sh demo`` and ``.venv/bin/gpseg benchmark``,
-    instead of ``~/.prefect``. Empty for an install without a checkout."""
+def project_root() -> Path | None:
+    """The gpseg checkout this gpseg runs from (its ``prefect.yaml`` beside the packages), ``None`` for an install
+    without one."""
     root = Path(__file__).resolve().parents[1]
-    return {"PREFECT_HOME": str(root / ".prefect")} if (root / "prefect.yaml").is_file() else {}
+    return root if (root / "prefect.yaml").is_file() else None
+
+
+def project_prefect_home() -> dict[str, str]:
+    """``{"PREFECT_HOME": CHECKOUT/.prefect}`` when gpseg runs from a checkout (:func:`project_root`), as
+    ``./run.sh`` and ``gpseg serve`` set it: Prefect's database and persisted task results (the training cache)
+    then stay in the project, shared by ``./run.sh demo`` and ``.venv/bin/gpseg benchmark``, instead of
+    ``~/.prefect``. Empty for an install without a checkout."""
+    root = project_root()
+    return {} if root is None else {"PREFECT_HOME": str(root / ".prefect")}
 
 
 AUTH_VARIABLES = ("PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING")

@@ -21,7 +21,7 @@ from rich.markup import escape
 from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, run_dirs
 from gpmodels.names import PRECISIONS, PRESET_NAMES
 from gpseg.console import (console, fail, flow_outcome, folder_problem, one_line, prefect_home_problem,
-                           private_prefect_home, signal_exit)
+                           private_prefect_home, project_root, signal_exit)
 from gpseg.options import (BATCH_SIZE_HELP, EPOCHS_HELP, PRECISION_HELP, flow_train_overrides, one_of,
                            parse_model_options, parse_seeds)
 from gpseg.threshold_options import (
@@ -378,13 +378,15 @@ def retrain_outcome(result: dict, drop: Path, thresholds: str | None = None, giv
 
 def serve_cmd(
     port: Annotated[int, typer.Option(help="API port on 127.0.0.1 (1-65535).")] = 4200,
-    root: Annotated[Path, typer.Option(help="The gpseg checkout (it holds prefect.yaml, whose deployments run "
-                                            "its flows/ files; a pip-installed gpseg has none).")] = Path("."),
+    root: Annotated[Optional[Path], typer.Option(
+        help="The gpseg checkout (it holds prefect.yaml, whose deployments run its flows/ files; a pip-installed "
+             "gpseg has none). Default: the checkout this gpseg runs from, whose .prefect/ the other commands use "
+             "too, else the current folder.", show_default=False)] = None,
 ) -> None:
     """Start a local Prefect server (SQLite in ROOT/.prefect/, whatever PREFECT_HOME says), the process work pool,
     the deployments and a worker.
 
-    Leave it running; in another shell `source .prefect/env.sh` and then
+    Leave it running; in another shell `source ROOT/.prefect/env.sh` and then
     `prefect deployment run full-benchmark/full-benchmark --watch`. The API asks for a password, kept in
     ROOT/.prefect/api-auth (readable by you alone) and exported by env.sh; the UI asks for that line. Ctrl-C, or
     SIGTERM/SIGHUP (`kill`, a closed terminal), stops everything it started; a flow run in progress is stopped too
@@ -394,7 +396,7 @@ def serve_cmd(
 
     if not 1 <= port <= 65535:  # was socket's OverflowError traceback
         raise fail(f"--port: got {port}, expected 1-65535")
-    root = root.resolve()
+    root = (root or project_root() or Path(".")).resolve()  # as project_prefect_home finds it, from any folder
     if not (root / "prefect.yaml").is_file():
         raise fail(f"{root}: no prefect.yaml here; run from the gpseg checkout or pass --root")
     stack = LocalStack(root, port)

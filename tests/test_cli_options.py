@@ -102,6 +102,35 @@ def test_serve_refuses_a_port_out_of_range_in_one_line(port):
     assert result.exit_code == 1 and result.output == f"error: --port: got {port}, expected 1-65535\n"
 
 
+def test_serve_finds_the_checkout_from_another_folder(tmp_path, monkeypatch):
+    """`gpseg serve` from outside the checkout said "no prefect.yaml here", while the other commands found the
+    checkout's .prefect/ from gpseg's own location; without one (a pip install) it takes the current folder."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    import gpseg
+    from gpseg import flow_commands, local_stack
+    from gpseg.cli import app
+
+    def stop(port: int) -> None:
+        raise RuntimeError(f"port {port} taken")
+
+    roots = []
+    monkeypatch.setattr(local_stack, "LocalStack", lambda root, port: roots.append(root))
+    monkeypatch.setattr(local_stack, "check_port_free", stop)  # before anything starts
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["serve", "--port", "4299"])
+    assert result.output == "error: port 4299 taken\n" and roots == [Path(gpseg.__file__).resolve().parents[1]]
+    monkeypatch.setattr(flow_commands, "project_root", lambda: None)
+    result = CliRunner().invoke(app, ["serve", "--port", "4299"])
+    assert result.exit_code == 1 and " ".join(result.output.split()) == (
+        f"error: {tmp_path.resolve()}: no prefect.yaml here; run from the gpseg checkout or pass --root")
+    (tmp_path / "prefect.yaml").write_text("name: x\n")
+    result = CliRunner().invoke(app, ["serve", "--port", "4299"])
+    assert result.output == "error: port 4299 taken\n" and roots[1:] == [tmp_path.resolve()]
+
+
 def test_the_main_job_is_a_command_too():
     """`./run.sh demo` runs `python -m gpseg.demo`; a pip-installed gpseg had no way to it but that module."""
     from typer.testing import CliRunner
