@@ -136,6 +136,14 @@ def foreign_owner(path: Path) -> str | None:
     return f"{path}: owned by {user_name(uid)}: each user runs gpseg serve from their own checkout"
 
 
+def sqlite_url(path: Path) -> str:
+    """SQLAlchemy's URL of the SQLite database file ``path``. SQLAlchemy takes a ``?`` as the start of the URL's
+    query and decodes ``%XX`` in the file name, so both are escaped: a checkout in ``/tmp/a?b`` had its database
+    taken as ``/tmp/a``. Every other character (spaces, ``#``, non-ASCII, a name not valid UTF-8) reads back as it
+    is."""
+    return "sqlite+aiosqlite:///" + str(path).replace("%", "%25").replace("?", "%3F")
+
+
 def stack_env(root: Path, port: int, home: Path | None = None, auth: str | None = None) -> dict[str, str]:
     """Environment of the server, the worker and CLI calls against them.
 
@@ -154,7 +162,7 @@ def stack_env(root: Path, port: int, home: Path | None = None, auth: str | None 
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": sqlite_url(home / "prefect.db"),
         "GX_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "2"),

@@ -533,3 +533,23 @@ def test_serve_in_another_users_checkout_names_the_owner_not_a_file_to_delete(tm
     with pytest.raises(RuntimeError, match=rf"^{tmp_path / given}: owned by nobody: each user runs gpseg serve from "
                                            r"their own checkout$"):
         stack_auth(tmp_path / ".prefect")
+
+
+@pytest.mark.parametrize("name", ["a?b", "a%41b c", "ü ×#", "lat\udce9n"])
+def test_the_stacks_database_url_names_its_file_whatever_the_checkouts_path(tmp_path, name):
+    """The SQLite path went into the URL as it was: SQLAlchemy took a checkout in `/tmp/a?b` for `/tmp/a` (the rest
+    a query), and decoded `%41` in a folder's name."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    from gpseg.local_stack import stack_env
+
+    home = tmp_path / name / ".prefect"
+    home.mkdir(parents=True)
+    url = make_url(stack_env(tmp_path / name, 1, home=home)["PREFECT_SERVER_DATABASE_CONNECTION_URL"])
+    assert (url.drivername, url.database, dict(url.query)) == ("sqlite+aiosqlite", str(home / "prefect.db"), {})
+    engine = sqlalchemy.create_engine(url.set(drivername="sqlite"))  # the same file name, without asyncio
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+    engine.dispose()
+    assert [path.name for path in home.iterdir()] == ["prefect.db"]
