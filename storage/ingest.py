@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,7 @@ from storage.brats import (BRATS_CHANNELS, BRATS_CLASSES, BRATS_SIZE, NAME_MAPPI
                            listed_but_absent)
 from storage.cases import MatCase, SliceBatch, VolumeCase
 from storage.discovery import archives_below, is_archive, source_key
-from storage.errors import CaseRejected, NoUsableInput, did_you_mean, one_line
+from storage.errors import CaseRejected, NoUsableInput, StoreError, did_you_mean, one_line
 from storage.ingest_config import ASKED_SETTINGS, DEFAULT_RATIOS, MAX_IMAGE_SIZE, IngestConfig, SplitConfig
 from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, JUN_CHENG_SIZE, absent_numbers,
                                by_image_size, discover_jun_cheng, read_mat_case)
@@ -225,6 +226,20 @@ def _stored_settings(config: IngestConfig, out: Path, append: bool) -> tuple[Ing
         config = replace(config, split=SplitConfig(**{**split, "ratios": tuple(split.get("ratios", DEFAULT_RATIOS))}))
     config = replace(config, normalisation=attrs.get("normalisation", config.normalisation))
     return config, int(group["images"].shape[-1])
+
+
+def _check_writable(out: Path) -> None:
+    """A one-line error naming the folder that is to hold the store at ``out`` (its nearest existing folder), where
+    this user cannot write in it, before any case is read. The store's lock file and its temporary copy are made
+    there, and their errors named files the user never chose: ``.s.zarr.lock: cannot open this lock file``, or
+    ``.brats.zarr.tmp-...: Permission denied`` on an append.
+
+    Raises:
+        storage.errors.StoreError: the folder is not writable.
+    """
+    folder = next(path for path in Path(out).resolve().parents if path.exists())  # beside the real store
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreError(f"{folder}: not writable (Permission denied); the store {out} is written there")
 
 
 def store_lock(out: Path):
@@ -502,10 +517,12 @@ def ingest_brats(src: Path, out: Path, config: IngestConfig = IngestConfig(), ap
             rejection is listed in its ``rejected``).
         ValueError: as every ingestion: on append, a store of other classes or channels or one an older gpseg
             sliced along another axis; ``--split cvind`` for data without official folds;
-            :class:`storage.locks.Busy` (a ``StoreError``) while another ingestion writes ``out``.
+            :class:`storage.locks.Busy` (a ``StoreError``) while another ingestion writes ``out``, and a
+            ``StoreError`` where its folder is not writable (:func:`_check_writable`).
     """
     src = _existing_dir(src)
     as_asked = config.asked("brats")
+    _check_writable(Path(out))
     config, store_size = _stored_settings(config, Path(out), append)
     channels = _channels(config.channels, BRATS_CHANNELS, src)
     cases, rejected = discover_brats(src, channels)
@@ -531,10 +548,11 @@ def ingest_jun_cheng(src: Path, out: Path, config: IngestConfig = IngestConfig()
         ValueError: ``--split cvind`` without a readable ``cvind.mat`` (checked before any slice is read);
             and as every ingestion: on append, a store of other classes or channels or one an older gpseg
             sliced along another axis; :class:`storage.locks.Busy` (a ``StoreError``) while another ingestion
-            writes ``out``.
+            writes ``out``, and a ``StoreError`` where its folder is not writable (:func:`_check_writable`).
     """
     src = _existing_dir(src)
     as_asked = config.asked("jun-cheng")
+    _check_writable(Path(out))
     config, store_size = _stored_settings(config, Path(out), append)
     channels = _channels(config.channels, JUN_CHENG_CHANNELS, src)
     cases, rejected, listed = discover_jun_cheng(src, require_folds=config.split.mode == "cvind")
@@ -568,13 +586,15 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
         ValueError: the CSV's header or classes are unusable (:func:`storage.manifest.read_manifest`); and as
             every ingestion: on append, a store of other classes or channels or one an older gpseg
             sliced along another axis; ``--split cvind`` for data without official folds;
-            :class:`storage.locks.Busy` (a ``StoreError``) while another ingestion writes ``out``.
+            :class:`storage.locks.Busy` (a ``StoreError``) while another ingestion writes ``out``, and a
+            ``StoreError`` where its folder is not writable (:func:`_check_writable`).
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise NoUsableInput(f"{csv_path}: " + ("is a folder, expected the manifest CSV file" if csv_path.is_dir()
                                                 else "manifest not found"))
     as_asked = config.asked("manifest", classes)
+    _check_writable(Path(out))
     config, store_size = _stored_settings(config, Path(out), append)
     if classes is None and store_size is not None:  # appending: labels are read as the store's classes
         classes = list(open_store(out).attrs["classes"])

@@ -1,9 +1,11 @@
 """End-to-end synth -> ingest -> validate per dataset kind, and append."""
 
 import logging
+import os
 import re
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -503,3 +505,45 @@ def test_an_empty_split_is_explained_in_the_terms_of_its_split_mode(split, advic
     from storage.ingest import _empty_split_cause
 
     assert _empty_split_cause(split).startswith(advice)
+
+
+def _unwritable(monkeypatch, folder):
+    """As for a user other than root (the tests run as root, who may write anywhere): ``folder`` not writable."""
+    real = os.access
+
+    def access(path, mode, **kwargs) -> bool:
+        return not (Path(path) == folder and mode & os.W_OK) and real(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+def test_an_unwritable_folder_is_named_before_any_case_is_read(brats_source, jun_cheng_source, tmp_path, monkeypatch):
+    """Ingesting into a read-only folder said "rodest/.s.zarr.lock: cannot open this lock file"; an --append into
+    a store in one, ".brats.zarr.tmp-...: Permission denied"."""
+    from storage.errors import StoreError
+
+    stores = tmp_path / "st"
+    ingest_brats(brats_source, stores / "brats.zarr", IngestConfig(workers=0))
+    _unwritable(monkeypatch, tmp_path / "rodest")
+    (tmp_path / "rodest").mkdir()
+    for out in (tmp_path / "rodest" / "s.zarr", tmp_path / "rodest" / "new" / "s.zarr"):
+        with pytest.raises(StoreError, match=f"^{re.escape(str(tmp_path / 'rodest'))}: not writable \\(Permission "
+                                             f"denied\\); the store {re.escape(str(out))} is written there$"):
+            ingest_jun_cheng(jun_cheng_source, out, IngestConfig(workers=0))
+    _unwritable(monkeypatch, stores)
+    with pytest.raises(StoreError, match=f"^{re.escape(str(stores))}: not writable"):
+        ingest_brats(brats_source, stores / "brats.zarr", IngestConfig(workers=0), append=True)
+    assert list((tmp_path / "rodest").iterdir()) == []
+    assert sorted(p.name for p in stores.iterdir()) == [".brats.zarr.lock", "brats.zarr"]  # the first's lock: kept
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in a read-only folder")
+def test_a_read_only_folder_is_named_as_not_writable(brats_source, tmp_path):
+    from storage.errors import StoreError
+
+    (tmp_path / "rodest").mkdir(mode=0o555)
+    try:
+        with pytest.raises(StoreError, match=r"rodest: not writable \(Permission denied\)"):
+            ingest_brats(brats_source, tmp_path / "rodest" / "s.zarr", IngestConfig(workers=0))
+    finally:
+        (tmp_path / "rodest").chmod(0o755)
