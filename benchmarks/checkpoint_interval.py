@@ -9,7 +9,9 @@ Without ``--store`` a BraTS-layout phantom store like the demo's (16 cases of 96
 Usage::
 
     .venv/bin/python benchmarks/checkpoint_interval.py [--store demo/stores/brats.zarr]
-        [--models resnext50,inceptionv3] [--rounds 2] [--every 60] [--work /tmp/gpseg-checkpoints]
+        [--models resnext50,inceptionv3] [--rounds 2] [--every 60] [--work TMP/gpseg-checkpoints]
+
+TMP: the temporary folder (``tempfile.gettempdir()``: $TMPDIR, else /tmp).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 _CHILD = """
@@ -75,7 +78,8 @@ def main() -> None:
     parser.add_argument("--models", default="resnext50,inceptionv3", help="comma-separated networks")
     parser.add_argument("--rounds", type=int, default=2, help="pairs of trainings per model")
     parser.add_argument("--every", type=float, default=60.0, help="checkpoint_every_s compared with 0")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/gpseg-checkpoints"), help="work folder")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "gpseg-checkpoints",
+                        help="work folder")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     store = args.store or make_store(args.work)

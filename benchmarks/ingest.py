@@ -9,13 +9,15 @@ Prints, from one run on the same files:
   * a drop check without new data (`storage.drops.new_files`, what `retrain-on-new-data` does first):
     with the store's recorded file states vs hashing every file, as before they were recorded.
 
-Usage: python benchmarks/ingest.py [--cases 8] [--size 240] [--workdir /tmp/gpseg-bench]
+Usage: python benchmarks/ingest.py [--cases 8] [--size 240] [--workdir TMP/gpseg-bench]
+(TMP: the temporary folder, tempfile.gettempdir(): $TMPDIR, else /tmp)
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -102,7 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=8)
     parser.add_argument("--size", type=int, default=240)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/gpseg-bench"))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "gpseg-bench")
     parser.add_argument("--batches", type=int, default=20, help="random batches for the store read figure")
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()

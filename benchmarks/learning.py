@@ -16,7 +16,7 @@ model once per seed and prints the spread. ``benchmarks/results/LEARNING.md`` wa
 
 Usage::
 
-    .venv/bin/python benchmarks/learning.py --work /tmp/gpseg-learning [--cases 20] [--size 64]
+    .venv/bin/python benchmarks/learning.py --work TMP/gpseg-learning [--cases 20] [--size 64]
         [--models gp-unet,resnext50] [--epochs 12]
     .venv/bin/python benchmarks/learning.py --store demo/stores/brats.zarr --models gp-shuffleunet \
         --option gp-shuffleunet:blur=true --seed 1 --dice   # one LEARNING.md row
@@ -24,6 +24,8 @@ Usage::
                                                             # the spread over three seeds
     python benchmarks/learning.py --store demo/stores/brats.zarr --preset paper --epochs 60 \
         --full-width --models gp-unet,gp-reconresnet,gp-shuffleunet      # on a GPU
+
+TMP: the temporary folder (``tempfile.gettempdir()``: $TMPDIR, else /tmp).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -106,7 +109,8 @@ def training_fields(items: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, default=Path("/tmp/gpseg-learning"), help="Working folder.")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "gpseg-learning",
+                        help="Working folder (default: TMP/gpseg-learning).")
     parser.add_argument("--cases", type=int, default=20, help="Phantom cases.")
     parser.add_argument("--size", type=int, default=64, help="Phantom in-plane size.")
     parser.add_argument("--models", default=",".join(MODEL_NAMES), help="Comma-separated model names.")
