@@ -29,6 +29,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Its own waits, each with a limit of its own, add up to about 3000 s on a machine slow enough to use them all (the
+# stack's start: 240 s for the server's health, 300 s each for the work pool and the deploy; the watched run 660 s;
+# `gpseg drop` 300 s, its trigger 300 s, the second deployment run 300 s and its start 300 s; then the stops):
+# more than the session's 900 s per test (pyproject.toml), which would cut it before those limits said what hung.
+@pytest.mark.timeout(3600)
 def test_deployment_by_name_and_drop_trigger(tmp_path):
     stack = LocalStack(ROOT, port=_free_port(), home=tmp_path / ".prefect")
     work = tmp_path / "work"
