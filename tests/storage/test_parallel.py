@@ -24,6 +24,14 @@ def test_in_process_map_yields_errors_per_item_in_order():
     assert _mapped(None) == [("1", 1, None), ("x", None, "ValueError"), ("3", 3, None)]
 
 
+def _wait_for(condition, timeout: float = 30.0) -> None:
+    """Return once ``condition()`` is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not true after {timeout:g} s"
+        time.sleep(0.01)
+
+
 def test_in_process_map_works_one_item_ahead_in_a_thread_and_stops_with_its_caller():
     """Ingestion writes a case while the next is decoded; a caller that stops (an error, Ctrl-C) starts no more."""
     started, daemons = [], set()
@@ -36,7 +44,8 @@ def test_in_process_map_works_one_item_ahead_in_a_thread_and_stops_with_its_call
 
     mapped = ordered_map(work, [1, 2, 3, 4, 5], None)
     assert next(mapped) == (1, 2, None)
-    time.sleep(0.2)
+    _wait_for(lambda: len(started) >= 2)  # a fixed sleep could end before a loaded machine started item 2
+    time.sleep(0.2)  # then nothing more starts: item 3 would have, 0.05 s after item 2
     assert started == [1, 2]  # the next item only, while the caller holds the first
     mapped.close()
     time.sleep(0.2)
