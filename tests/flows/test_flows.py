@@ -1,14 +1,17 @@
 """full-benchmark, then postprocess with new thresholds, then retrain-on-new-data, on a tiny phantom set.
 
-The tests that take ``bench_workdir`` are one sequence in file order over one work dir. Each starts after the
-module's first full benchmark (the ``first_run`` fixture), which trains; the later ones also find the earlier
-ones' work (e.g. the retrain tests' drops), but each passes when run alone with ``-k`` too.
+The module's first full benchmark (the ``first_run`` fixture) trains in ``bench_workdir``. The tests that only read
+that work dir, or run the benchmark there again on what it holds, take it; those that change it (its weights,
+settings, store, source folder, runs or report) take ``own_workdir``, a copy of it as the first benchmark left it,
+or ``own_cached_workdir``, such a copy benchmarked once (the flows' cache keys hold absolute paths, so a copy
+misses the first run's cache entries until then). So no test finds another's work, and they pass in any order.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +38,40 @@ def _bench(workdir: Path) -> BenchmarkParams:
 
 
 @pytest.fixture(scope="module")
-def first_run(bench_workdir, prefect_api):
-    """The state of the sequence's first full benchmark of ``bench_workdir`` (it trains and reports)."""
-    return full_benchmark(_bench(bench_workdir), return_state=True)
+def first_benchmark(bench_workdir, prefect_api, tmp_path_factory) -> tuple:
+    """The module's first full benchmark of ``bench_workdir`` (it trains and reports): its state, and a copy of the
+    work dir as it left it, made before any test works there."""
+    state = full_benchmark(_bench(bench_workdir), return_state=True)
+    as_left = tmp_path_factory.mktemp("bench-first-run") / "w"
+    shutil.copytree(bench_workdir, as_left)
+    return state, as_left
+
+
+@pytest.fixture(scope="module")
+def first_run(first_benchmark):
+    """The state of the module's first full benchmark of ``bench_workdir``."""
+    return first_benchmark[0]
 
 
 after_first_run = pytest.mark.usefixtures("first_run")
+
+
+@pytest.fixture
+def own_workdir(first_benchmark, tmp_path_factory) -> Path:
+    """A work dir of this test's own: a copy of ``bench_workdir`` as the first benchmark left it (trained, reported),
+    for a test that changes what it finds there. Its path is as short as ``bench_workdir``'s (not below the test's
+    long-named ``tmp_path``): the CLI's output, which tests read, wraps long paths."""
+    return shutil.copytree(first_benchmark[1], tmp_path_factory.mktemp("own"), dirs_exist_ok=True)
+
+
+@pytest.fixture
+def own_cached_workdir(own_workdir) -> Path:
+    """:func:`own_workdir` benchmarked once more, so that its training and heatmaps are in Prefect's cache under
+    its own paths: for a test of what a re-run takes from the cache after a change behind it (a cold copy would
+    miss the cache whatever the flows did about the change)."""
+    state = full_benchmark(_bench(own_workdir), return_state=True)
+    assert state.is_completed() and not state.result()["failed"]
+    return own_workdir
 
 
 def _train_states(flow_run_id, task_states) -> list[str]:
@@ -103,7 +134,8 @@ def _dice_by_hand(run_dir: str, config: ThresholdConfig) -> np.ndarray:
     return 2.0 * both[tumour] / sizes[tumour]
 
 
-def test_benchmark_then_postprocess_only(first_run, bench_workdir, task_names, task_states, monkeypatch):
+def test_benchmark_then_postprocess_only(first_run, bench_workdir, own_workdir, task_names, task_states,
+                                        monkeypatch):
     state = first_run
     result = state.result()
     assert state.is_completed() and not result["failed"]
@@ -121,14 +153,16 @@ def test_benchmark_then_postprocess_only(first_run, bench_workdir, task_names, t
     assert {"phantoms brats", "fingerprint brats", "ingest brats", "validate brats", "train brats gp-unet fold 0",
             "heatmaps brats gp-unet fold 0 val", "heatmaps brats gp-unet fold 0 test",
             "evaluate brats gp-unet fold 0", "report", "publish artifacts"} <= titles, titles
+
+    # re-thresholded in a copy of the work dir as the benchmark left it: the other tests find its evaluations
+    report = own_workdir / "report" / "index.html"
     [before] = json.loads((report.parent / "metrics.json").read_text())["runs"]
     made = "preset smoke, 1 fold(s)"
     assert made in json.loads((report.parent / "metrics.json").read_text())["notes"]
-
     _forbid_inference(monkeypatch)
     # The smoke run's maps are nearly constant: a fixed 0.01 or the default multi-Otsu keeps every pixel, Otsu not.
     threshold = ThresholdParams(method="otsu", cleaning={"largest_component": True})
-    post = postprocess(PostprocessParams(workdir=str(bench_workdir), threshold=threshold), return_state=True)
+    post = postprocess(PostprocessParams(workdir=str(own_workdir), threshold=threshold), return_state=True)
     monkeypatch.undo()
     assert post.is_completed() and not post.result()["failed"]  # a refused call would be a failed row
     ran = task_names(post.state_details.flow_run_id)
@@ -136,7 +170,7 @@ def test_benchmark_then_postprocess_only(first_run, bench_workdir, task_names, t
     [after] = json.loads((report.parent / "metrics.json").read_text())["runs"]
     # the re-threshold keeps what the benchmark's report said of how the runs were made (it dropped it)
     assert made in json.loads((report.parent / "metrics.json").read_text())["notes"]
-    assert after["run_dir"] == before["run_dir"]
+    assert Path(after["run_dir"]).relative_to(own_workdir) == Path(before["run_dir"]).relative_to(bench_workdir)
     assert after["evaluation"]["segmentation"]["dice"] != before["evaluation"]["segmentation"]["dice"]
     assert after["scalars"]["dice_median"] != before["scalars"]["dice_median"]
     assert after["scalars"]["accuracy"] == before["scalars"]["accuracy"]  # the stored predictions are kept
@@ -228,70 +262,64 @@ def test_benchmark_rerun_reuses_cached_training(bench_workdir, task_states, monk
 
 
 @after_first_run
-def test_benchmark_redoes_heatmaps_of_weights_changed_behind_the_cache(bench_workdir, task_states):
+def test_benchmark_redoes_heatmaps_of_weights_changed_behind_the_cache(own_cached_workdir, task_states):
     import torch
 
     from gpmodels.checkpoints import save_weights
 
-    weights = next((bench_workdir / "runs").glob("**/model.pt"))  # e.g. trained further with `gpseg train`
+    weights = next((own_cached_workdir / "runs").glob("**/model.pt"))  # e.g. trained further with `gpseg train`
     state = torch.load(weights, weights_only=True)
     save_weights({key: value + 0.01 if value.is_floating_point() else value for key, value in state.items()}, weights)
-    rerun = full_benchmark(_bench(bench_workdir), return_state=True)
+    rerun = full_benchmark(_bench(own_cached_workdir), return_state=True)
     assert rerun.is_completed() and not rerun.result()["failed"]
     heatmaps = [state for name, state in task_states(rerun.state_details.flow_run_id) if name == "make_heatmaps"]
     assert heatmaps == ["Completed", "Completed"]  # val and test; not "Cached": the maps are of the weights on disk
 
 
 @after_first_run
-def test_benchmark_retrains_a_run_whose_weights_file_was_truncated(bench_workdir, task_states):
+def test_benchmark_retrains_a_run_whose_weights_file_was_truncated(own_cached_workdir, task_states):
     """A cached training was trusted while model.pt existed, so a truncated one (a full disk, a partial copy)
     failed every re-run, and the hint to re-run did not help; training again rewrites it from best.ckpt."""
     from gpmodels.training import load_trained
 
-    weights = next((bench_workdir / "runs").glob("**/model.pt"))
+    weights = next((own_cached_workdir / "runs").glob("**/model.pt"))
     whole = weights.read_bytes()
     weights.write_bytes(whole[: len(whole) // 2])
-    rerun = full_benchmark(_bench(bench_workdir), return_state=True)
+    rerun = full_benchmark(_bench(own_cached_workdir), return_state=True)
     assert rerun.is_completed() and not rerun.result()["failed"]
     assert _train_states(rerun.state_details.flow_run_id, task_states) == ["Completed"]
     load_trained(weights.parent)  # whole again
 
 
 @after_first_run
-def test_a_cached_training_of_other_settings_than_the_run_dir_holds_is_not_trusted(bench_workdir, task_states):
+def test_a_cached_training_of_other_settings_than_the_run_dir_holds_is_not_trusted(own_cached_workdir, task_states):
     """A work dir deleted and benchmarked again with another --option trains into the same run dir path; the
     first settings' cached result was then trusted, and the report scored the other settings' weights under
     the first settings' name. Now the run is trained again, which says the run dir holds other settings."""
-    config = next((bench_workdir / "runs").glob("**/gp-unet/fold_0/config.json"))
+    config = next((own_cached_workdir / "runs").glob("**/gp-unet/fold_0/config.json"))
     kept = config.read_text()
     recorded = json.loads(kept)
     recorded["model_options"]["pool"] = "maps"  # as `--option gp-unet:pool=maps` into the same path records it
     recorded["train"]["model_options"] = {**recorded["train"].get("model_options", {}), "pool": "maps"}
     try:
         config.write_text(json.dumps(recorded))
-        rerun = full_benchmark(_bench(bench_workdir), return_state=True)
+        rerun = full_benchmark(_bench(own_cached_workdir), return_state=True)
         assert _train_states(rerun.state_details.flow_run_id, task_states) == ["Failed"]
         assert rerun.is_failed() and "holds a run with other settings" in rerun.message  # no run left to report
         assert "model_options" in rerun.message
     finally:
         config.write_text(kept)
-    again = full_benchmark(_bench(bench_workdir), return_state=True)
+    again = full_benchmark(_bench(own_cached_workdir), return_state=True)
     assert again.is_completed() and _train_states(again.state_details.flow_run_id, task_states) == ["Cached"]
 
 
 @after_first_run
-def test_benchmark_rebuilds_outputs_deleted_behind_the_cache(bench_workdir, tmp_path):
-    import shutil
-
-    moved = tmp_path / "runs"
-    shutil.move(bench_workdir / "runs", moved)  # runs gone: cached training must not be trusted
-    try:
-        state = full_benchmark(_bench(bench_workdir), return_state=True)
-        assert state.is_completed() and not state.result()["failed"]
-        assert list((bench_workdir / "runs").glob("**/model.pt")) and list((bench_workdir / "runs").glob("**/test.zarr"))
-    finally:
-        shutil.rmtree(bench_workdir / "runs", ignore_errors=True)
-        shutil.move(moved, bench_workdir / "runs")
+def test_benchmark_rebuilds_outputs_deleted_behind_the_cache(own_cached_workdir):
+    runs = own_cached_workdir / "runs"
+    shutil.rmtree(runs)  # runs gone: cached training must not be trusted
+    state = full_benchmark(_bench(own_cached_workdir), return_state=True)
+    assert state.is_completed() and not state.result()["failed"]
+    assert list(runs.glob("**/model.pt")) and list(runs.glob("**/test.zarr"))
 
 
 @after_first_run
@@ -303,7 +331,7 @@ def test_a_work_dir_copied_elsewhere_keeps_its_store_and_heatmaps(bench_workdir,
     import logging
     import shutil
 
-    first = tmp_path / "first"  # run once where it is: earlier tests of the sequence changed model.pt behind it
+    first = tmp_path / "first"  # run once where it is: what follows is a copy of a work dir benchmarked there
     shutil.copytree(bench_workdir, first, ignore=shutil.ignore_patterns("report"))
     assert full_benchmark(_bench(first), return_state=True).is_completed()
     moved = tmp_path / "moved"
@@ -321,16 +349,16 @@ def test_a_work_dir_copied_elsewhere_keeps_its_store_and_heatmaps(bench_workdir,
 
 
 @after_first_run
-def test_retrain_on_new_data(bench_workdir, task_names, task_states):
-    source = bench_workdir / "phantoms" / "brats"
-    store = bench_workdir / "stores" / "brats.zarr"
+def test_retrain_on_new_data(own_workdir, task_names, task_states):
+    source = own_workdir / "phantoms" / "brats"
+    store = own_workdir / "stores" / "brats.zarr"
     # as the schedule and `gpseg drop`'s event: the work dir and the dataset only, the training settings (smoke, 1
     # fold, gp-unet; not the flows' defaults, demo, 3 folds and five models) from the benchmark that built it
     from flows.params import training_settings
 
-    params = RetrainParams(workdir=str(bench_workdir), dataset=DatasetSpec(**{**SPEC, "source": str(source)}))
-    assert json.loads((bench_workdir / "training_settings.json").read_text()) == training_settings(_bench(bench_workdir))
-    settings = bench_workdir / "training_settings.json"
+    params = RetrainParams(workdir=str(own_workdir), dataset=DatasetSpec(**{**SPEC, "source": str(source)}))
+    assert json.loads((own_workdir / "training_settings.json").read_text()) == training_settings(_bench(own_workdir))
+    settings = own_workdir / "training_settings.json"
     recorded = settings.read_text()
     settings.write_text("{")  # damaged: a night without new data does not read it
     try:
@@ -367,24 +395,24 @@ def test_retrain_on_new_data(bench_workdir, task_names, task_states):
     assert new.attrs["data_version"] != old.attrs["data_version"]
 
     # The old data version's run keeps its heatmaps on disk, but a default re-threshold reports the new one only.
-    assert len(list((bench_workdir / "runs").glob("brats/*/gp-unet/fold_0/heatmaps/test.zarr"))) == 2
+    assert len(list((own_workdir / "runs").glob("brats/*/gp-unet/fold_0/heatmaps/test.zarr"))) == 2
     retrained = _reported(result["report"])
     assert len(retrained) == 1 and Path(retrained[0]).parents[1].name == new.attrs["data_version"]
     assert json.loads((Path(retrained[0]) / "config.json").read_text())["train"]["epochs"] == 1  # smoke's
-    post = postprocess(PostprocessParams(workdir=str(bench_workdir)))
+    post = postprocess(PostprocessParams(workdir=str(own_workdir)))
     assert len(post["rows"]) == 1 and _reported(post["report"]) == retrained
     notes = json.loads(Path(post["report"]).with_name("metrics.json").read_text())["notes"]
     assert any(note.startswith(f"brats retrained on data version {new.attrs['data_version']}") for note in notes)
 
 
 @after_first_run
-def test_retrain_with_every_new_case_rejected_retrains_nothing(bench_workdir, task_states, tmp_path):
+def test_retrain_with_every_new_case_rejected_retrains_nothing(own_workdir, task_states, tmp_path):
     import shutil
 
-    source = bench_workdir / "phantoms" / "brats"
+    source = own_workdir / "phantoms" / "brats"
     write_brats_phantoms(tmp_path / "more", 1, size=32, depth=None, seed=0, first_case=9)
     shutil.copytree(tmp_path / "more" / "BraTS20_Training_009", source / "BraTS20_Training_009")  # no grade
-    params = RetrainParams(workdir=str(bench_workdir), dataset=DatasetSpec(**{**SPEC, "source": str(source)}),
+    params = RetrainParams(workdir=str(own_workdir), dataset=DatasetSpec(**{**SPEC, "source": str(source)}),
                            models=["gp-unet"], folds=1, preset="smoke", posthoc_slices=0)
     state = retrain_on_new_data(params, return_state=True)
     result = state.result()
@@ -401,28 +429,28 @@ def _retrain_params(workdir: Path, source: Path) -> RetrainParams:
 
 
 @after_first_run
-def test_a_retrain_stopped_after_its_ingestion_is_finished_by_the_next_run(bench_workdir, task_states):
+def test_a_retrain_stopped_after_its_ingestion_is_finished_by_the_next_run(own_workdir, task_states):
     """A run killed (or cancelled, or failed) after it stored the new cases left a data version that was never
     trained or reported; the next run used to say "no new data" for good."""
     from storage.ingest import ingest_brats
     from storage.ingest_config import IngestConfig
 
-    source, store = bench_workdir / "phantoms" / "brats", bench_workdir / "stores" / "brats.zarr"
+    source, store = own_workdir / "phantoms" / "brats", own_workdir / "stores" / "brats.zarr"
     write_brats_phantoms(source, 1, size=32, depth=None, seed=0, first_case=10)
     ingest_brats(source, store, IngestConfig(workers=0), append=True)  # what the stopped run had done
     version = open_store(store).attrs["data_version"]
-    state = retrain_on_new_data(_retrain_params(bench_workdir, source), return_state=True)
+    state = retrain_on_new_data(_retrain_params(own_workdir, source), return_state=True)
     result = state.result()
     assert result["status"] == "retrained" and result["ingested"] == 0 and result["data_version"] == version
     assert _train_states(state.state_details.flow_run_id, task_states) == ["Completed"]
     assert [Path(run).parents[1].name for run in _reported(result["report"])] == [version]
     notes = json.loads(Path(result["report"]).with_name("metrics.json").read_text())["notes"]
     assert any(f"data version {version} after an earlier run stopped" in note for note in notes)
-    assert retrain_on_new_data(_retrain_params(bench_workdir, source)) == {"status": "no new data", "new_files": []}
+    assert retrain_on_new_data(_retrain_params(own_workdir, source)) == {"status": "no new data", "new_files": []}
 
 
 @after_first_run
-def test_a_run_that_failed_on_a_version_is_trained_again_the_next_night(bench_workdir, task_states, monkeypatch):
+def test_a_run_that_failed_on_a_version_is_trained_again_the_next_night(own_workdir, task_states, monkeypatch):
     """A model whose training failed in a retrain (a transient out-of-memory) left its data version reported by the
     other models, and every later night said "no new data": it was never trained on that version."""
     import shutil
@@ -430,11 +458,11 @@ def test_a_run_that_failed_on_a_version_is_trained_again_the_next_night(bench_wo
     import tasks.training
     from flows.layout import FAILED_RUNS
 
-    source, store = bench_workdir / "phantoms" / "brats", bench_workdir / "stores" / "brats.zarr"
+    source, store = own_workdir / "phantoms" / "brats", own_workdir / "stores" / "brats.zarr"
     version = open_store(store).attrs["data_version"]
-    report_dir, settings = bench_workdir / "report", bench_workdir / "training_settings.json"
-    record = bench_workdir / "runs" / "brats" / version / FAILED_RUNS
-    saved_report, saved_settings = bench_workdir.parent / f"{bench_workdir.name}-report", settings.read_text()
+    report_dir, settings = own_workdir / "report", own_workdir / "training_settings.json"
+    record = own_workdir / "runs" / "brats" / version / FAILED_RUNS
+    saved_report, saved_settings = own_workdir.parent / f"{own_workdir.name}-report", settings.read_text()
     shutil.copytree(report_dir, saved_report)
     trained = tasks.training.train
 
@@ -443,7 +471,7 @@ def test_a_run_that_failed_on_a_version_is_trained_again_the_next_night(bench_wo
             raise RuntimeError("CUDA out of memory (simulated)")
         return trained(config, *args, **kwargs)
 
-    params = _retrain_params(bench_workdir, source).model_copy(update={"models": ["gp-unet", "gp-reconresnet"]})
+    params = _retrain_params(own_workdir, source).model_copy(update={"models": ["gp-unet", "gp-reconresnet"]})
     try:
         # a version trained without gp-reconresnet, and no failure of it: nothing to finish
         assert retrain_on_new_data(params) == {"status": "no new data", "new_files": []}
@@ -464,12 +492,12 @@ def test_a_run_that_failed_on_a_version_is_trained_again_the_next_night(bench_wo
         monkeypatch.undo()  # the next night it trains
         assert retrain_on_new_data(params)["status"] == "retrained" and not record.exists()
         assert retrain_on_new_data(params) == {"status": "no new data", "new_files": []}
-    finally:  # the report and settings of the first run, for the tests after this one
+    finally:  # the report and settings of the first run again, for the last check
         shutil.rmtree(report_dir)
         shutil.move(saved_report, report_dir)
         settings.write_text(saved_settings)
         record.unlink(missing_ok=True)
-    assert retrain_on_new_data(_retrain_params(bench_workdir, source)) == {"status": "no new data", "new_files": []}
+    assert retrain_on_new_data(_retrain_params(own_workdir, source)) == {"status": "no new data", "new_files": []}
 
 
 @after_first_run
@@ -489,12 +517,12 @@ def test_a_drop_for_a_dataset_benchmarked_under_a_name_ingests_nothing_and_says_
 
 
 @after_first_run
-def test_changed_or_unread_files_are_new_data_once(bench_workdir, task_states):
+def test_changed_or_unread_files_are_new_data_once(own_workdir, task_states):
     """A stored case's file replaced with other content, and a NIfTI file outside any case folder: each run
     found them new, ingested nothing, said no reason, and the next run found them new again."""
     import nibabel as nib
 
-    source, store = bench_workdir / "phantoms" / "brats", bench_workdir / "stores" / "brats.zarr"
+    source, store = own_workdir / "phantoms" / "brats", own_workdir / "stores" / "brats.zarr"
     version = open_store(store).attrs["data_version"]
     case = str(read_patients(open_store(store))[0])  # a case of the first run: the test also runs alone
     flair = source / case / f"{case}_flair.nii.gz"
@@ -503,35 +531,35 @@ def test_changed_or_unread_files_are_new_data_once(bench_workdir, task_states):
     nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj)[::-1].copy(), image.affine, image.header), flair)
     nib.save(image, source / "stray_t1.nii.gz")  # no case folder holds it: BraTS ingestion never reads it
     try:
-        state = retrain_on_new_data(_retrain_params(bench_workdir, source), return_state=True)
+        state = retrain_on_new_data(_retrain_params(own_workdir, source), return_state=True)
         result = state.result()
         assert result["status"] == "nothing ingested" and sorted(result["new_files"]) == [
             f"{case}/{case}_flair.nii.gz", "stray_t1.nii.gz"]
         assert "changed since it was stored" in result["rejected"][f"{case}/{case}_flair.nii.gz"]
         assert _train_states(state.state_details.flow_run_id, task_states) == []
         assert open_store(store).attrs["data_version"] == version
-        assert retrain_on_new_data(_retrain_params(bench_workdir, source)) == {"status": "no new data", "new_files": []}
-    finally:  # the stored content again, for the tests after this one
+        assert retrain_on_new_data(_retrain_params(own_workdir, source)) == {"status": "no new data", "new_files": []}
+    finally:  # the stored content again
         flair.write_bytes(original)
         (source / "stray_t1.nii.gz").unlink()
 
 
 @after_first_run
-def test_a_changed_file_of_one_size_and_time_is_not_taken_from_the_cache(bench_workdir, task_states):
+def test_a_changed_file_of_one_size_and_time_is_not_taken_from_the_cache(own_workdir, task_states):
     """A corrected file of the same size, copied with its modification time kept (cp -p, rsync -t, gpseg drop),
     left the ingestion's cache key as it was: each night took the cached ingestion and said "1 new file(s),
     none ingested (0 rejected)" without a reason."""
     import os
 
-    source = bench_workdir / "phantoms" / "brats"
+    source = own_workdir / "phantoms" / "brats"
     write_brats_phantoms(source, 1, size=32, depth=None, seed=0, first_case=12)
-    assert retrain_on_new_data(_retrain_params(bench_workdir, source))["status"] == "retrained"
+    assert retrain_on_new_data(_retrain_params(own_workdir, source))["status"] == "retrained"
     flair = source / "BraTS20_Training_012" / "BraTS20_Training_012_flair.nii.gz"
     stat, original = flair.stat(), flair.read_bytes()
     flair.write_bytes(original[:4] + bytes([original[4] ^ 1]) + original[5:])  # the gzip header's time: same size
     os.utime(flair, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     try:
-        state = retrain_on_new_data(_retrain_params(bench_workdir, source), return_state=True)
+        state = retrain_on_new_data(_retrain_params(own_workdir, source), return_state=True)
         result = state.result()
         assert result["status"] == "nothing ingested"
         changed = "BraTS20_Training_012/BraTS20_Training_012_flair.nii.gz"
@@ -552,25 +580,25 @@ def test_a_first_drop_with_every_case_rejected_is_nothing_ingested(tmp_path):
 
 
 @after_first_run
-def test_gpseg_retrain_runs_the_flow_in_this_process(bench_workdir):
+def test_gpseg_retrain_runs_the_flow_in_this_process(own_workdir):
     """Without `gpseg serve`, a lab could not retrain from the command line."""
     from typer.testing import CliRunner
 
     from gpseg.cli import app
 
-    args = ["retrain", "--workdir", str(bench_workdir), "--source", str(bench_workdir / "phantoms" / "brats"),
+    args = ["retrain", "--workdir", str(own_workdir), "--source", str(own_workdir / "phantoms" / "brats"),
             "--models", "gp-unet", "--folds", "1", "--preset", "smoke"]
     quiet = CliRunner().invoke(app, args)
     assert quiet.exit_code == 0 and "no new data:" in quiet.output, quiet.output
     assert "(nothing new; nothing trained, so the training settings given (--models, --folds, --preset) were not " \
         "applied)" in " ".join(quiet.output.split())
-    write_brats_phantoms(bench_workdir / "phantoms" / "brats", 1, size=32, depth=None, seed=0, first_case=11)
+    write_brats_phantoms(own_workdir / "phantoms" / "brats", 1, size=32, depth=None, seed=0, first_case=11)
     retrained = CliRunner().invoke(app, args)
     said = " ".join(retrained.output.split())
     assert retrained.exit_code == 0, said
-    version = open_store(bench_workdir / "stores" / "brats.zarr").attrs["data_version"]
+    version = open_store(own_workdir / "stores" / "brats.zarr").attrs["data_version"]
     assert f"retrained on data version {version} (1 new case(s))" in said
-    assert f"report: {bench_workdir / 'report' / 'index.html'}" in said
+    assert f"report: {own_workdir / 'report' / 'index.html'}" in said
     unknown = CliRunner().invoke(app, [*args[:3], "--kind", "nifti"])
     assert unknown.exit_code == 2  # the parser's: a usage error naming the option
     assert "got 'nifti', expected one of: brats, jun-cheng, manifest" in " ".join(
@@ -578,7 +606,7 @@ def test_gpseg_retrain_runs_the_flow_in_this_process(bench_workdir):
 
 
 @after_first_run
-def test_a_store_rewritten_behind_the_cache_is_ingested_again(bench_workdir, task_states, caplog):
+def test_a_store_rewritten_behind_the_cache_is_ingested_again(own_workdir, task_states, caplog):
     """... and the flow says that it replaced a store ingested with other settings (a store made by hand with
     `gpseg ingest --normalisation paper` was replaced with only an INFO line)."""
     import logging
@@ -586,18 +614,18 @@ def test_a_store_rewritten_behind_the_cache_is_ingested_again(bench_workdir, tas
     from storage.ingest import ingest_brats
     from storage.ingest_config import IngestConfig, SplitConfig
 
-    first = full_benchmark(_bench(bench_workdir), return_state=True)
+    first = full_benchmark(_bench(own_workdir), return_state=True)
     assert first.is_completed()
-    store = bench_workdir / "stores" / "brats.zarr"
+    store = own_workdir / "stores" / "brats.zarr"
     version = open_store(store).attrs["data_version"]
     for seed in range(9, 19):  # another split, hence another data version (a few patients may split alike)
-        ingest_brats(bench_workdir / "phantoms" / "brats", store,
+        ingest_brats(own_workdir / "phantoms" / "brats", store,
                      IngestConfig(workers=0, split=SplitConfig(folds=1, seed=seed)))
         if open_store(store).attrs["data_version"] != version:
             break
     assert open_store(store).attrs["data_version"] != version
     caplog.set_level(logging.WARNING)
-    rerun = full_benchmark(_bench(bench_workdir), return_state=True)
+    rerun = full_benchmark(_bench(own_workdir), return_state=True)
     assert rerun.is_completed() and not rerun.result()["failed"]
     replaced = [r.getMessage() for r in caplog.records if "was replaced" in r.getMessage()]
     assert len(replaced) == 1 and "other settings than the flow's (split {" in replaced[0], replaced
