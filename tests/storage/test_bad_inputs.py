@@ -250,9 +250,11 @@ def test_brats_quirky_seg_file_name_accepted(brats_copy, tmp_path):
     assert report.exit_code == 0 and report.cases == 6
 
 
-def test_mat_not_hdf5_and_bad_label(jun_cheng_copy, tmp_path, shared_data):
+def test_mat_not_hdf5_and_bad_label(jun_cheng_copy, tmp_path):
+    from scipy.io import savemat
+
     (jun_cheng_copy / "3.mat").write_bytes(b"garbage" * 100)
-    shutil.copy(shared_data / "jun_cheng" / "label.mat", jun_cheng_copy / "4.mat")  # a real v5 file
+    savemat(jun_cheng_copy / "4.mat", {"label": np.ones((3064, 1))})  # v5, as MATLAB's save without -v7.3
     with h5py.File(jun_cheng_copy / "5.mat", "r+") as fh:
         fh["cjdata/label"][...] = 7
     report = ingest_jun_cheng(jun_cheng_copy, tmp_path / "s.zarr", CONFIG)

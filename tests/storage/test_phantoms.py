@@ -35,6 +35,11 @@ from storage.phantoms.jun_cheng import patient_sizes
 REAL_CVIND = Path("jun_cheng") / "cvind5fold.mat"
 REAL_BRATS = Path("brats2015_sample") / "brats_2013_pat0001_1" / "OTMultiClass.nii.gz"
 """Real files below the ``shared_data`` fixture's folder."""
+REAL_BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1, 0, 239], [0, 0, 1, 0], [0, 0, 0, 1]])
+"""The affine of ``REAL_BRATS``, as read from it: the tests without the real files check against it."""
+MAT73_HEADER_END = bytes(8) + b"\x00\x02IM" + bytes(384)
+"""Bytes 116 to 512 of a MATLAB v7.3 file, as in ``REAL_CVIND`` (MATLAB's): no subsystem data, version 0x0200,
+endian indicator "IM", then zeros up to the HDF5 data at byte 512."""
 SIZE, DEPTH = 33, 21
 
 
@@ -90,6 +95,12 @@ def test_brats_layout_dtypes_and_geometry(brats):
 
 def test_brats_affine_matches_the_real_data(shared_data):
     np.testing.assert_array_equal(brats_affine(240), nib.load(shared_data / REAL_BRATS).affine)
+    np.testing.assert_array_equal(REAL_BRATS_AFFINE, nib.load(shared_data / REAL_BRATS).affine)
+
+
+def test_brats_affine_matches_the_one_read_from_the_real_data():
+    """Without the real files (CI): against their affine as recorded here."""
+    np.testing.assert_array_equal(brats_affine(240), REAL_BRATS_AFFINE)
 
 
 def test_brats_labels_grades_and_name_mapping(brats):
@@ -196,12 +207,25 @@ def test_mat73_matches_a_file_written_by_matlab(tmp_path, shared_data):
     path = tmp_path / "cvind.mat"
     write_mat73(path, {"cvind": np.ones((7, 1))})
     real, ours = (shared_data / REAL_CVIND).read_bytes(), path.read_bytes()
-    assert ours[116:512] == real[116:512]
+    assert ours[116:512] == real[116:512] == MAT73_HEADER_END
     with h5py.File(shared_data / REAL_CVIND, "r") as f_real, h5py.File(path, "r") as f_ours:
         assert f_ours["cvind"].shape == (1, 7) and f_real["cvind"].shape[0] == 1
         types = [f["cvind"].attrs.get_id("MATLAB_class").get_type() for f in (f_real, f_ours)]
         assert [(t.get_size(), t.get_strpad(), t.get_cset()) for t in types] == [(6, 0, 0)] * 2
         assert f_ours["cvind"].compression == f_real["cvind"].compression == "gzip"
+
+
+def test_mat73_header_end_and_class_type_are_matlabs(tmp_path):
+    """Without the real files (CI): what :func:`test_mat73_matches_a_file_written_by_matlab` compares with MATLAB's
+    file, against MATLAB's bytes and attribute type as recorded here."""
+    path = tmp_path / "cvind.mat"
+    write_mat73(path, {"cvind": np.ones((7, 1))})
+    assert path.read_bytes()[116:512] == MAT73_HEADER_END
+    with h5py.File(path, "r") as f_ours:
+        assert f_ours["cvind"].shape == (1, 7)
+        class_type = f_ours["cvind"].attrs.get_id("MATLAB_class").get_type()
+        assert (class_type.get_size(), class_type.get_strpad(), class_type.get_cset()) == (6, 0, 0)
+        assert f_ours["cvind"].compression == "gzip"
 
 
 @pytest.mark.parametrize("variables, error", [

@@ -1,4 +1,4 @@
-"""The real files in ../shared/data (skipped when absent)."""
+"""The real files in ../shared/data (skipped when absent), and what of them the tests can check without them."""
 
 import numpy as np
 import pytest
@@ -20,6 +20,17 @@ def test_real_cvind5fold_v73(shared_data):
 
 def test_real_v5_label_mat_rejected_clearly(shared_data):
     path = shared_data / "jun_cheng" / "label.mat"
+    with pytest.raises(CaseRejected, match=r"MATLAB v5 file, expected v7.3") as info:
+        read_mat_case(MatCase(path), IngestConfig())
+    assert str(path) in str(info.value)
+
+
+def test_a_v5_mat_is_rejected_clearly(tmp_path):
+    """Without the real files (CI): a v5 file written by SciPy, as MATLAB's save without -v7.3 writes one."""
+    from scipy.io import savemat
+
+    path = tmp_path / "label.mat"
+    savemat(path, {"label": np.ones((3064, 1))})
     with pytest.raises(CaseRejected, match=r"MATLAB v5 file, expected v7.3") as info:
         read_mat_case(MatCase(path), IngestConfig())
     assert str(path) in str(info.value)
