@@ -31,7 +31,8 @@ ensure_venv() {
     python=$(command -v python3.11 || command -v python3)
     "$python" -c 'import sys; assert sys.version_info[:2] == (3, 11), "gpseg needs Python 3.11"'
     echo "setting up $VENV (first run takes a few minutes) ..." >&2
-    [ -x "$VENV/bin/python" ] || "$python" -m venv "$VENV"
+    # made anew when it has no working pip: a run killed before pip was in it left one that failed every later run
+    "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || "$python" -m venv --clear "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     # constraints.txt: the tested versions of every dependency (its header says how to move to newer ones)
     "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e '.[dev]'
