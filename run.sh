@@ -33,7 +33,7 @@ ensure_venv() {
     echo "setting up $VENV (first run takes a few minutes) ..." >&2
     # made anew when it has no working pip: a run killed before pip was in it left one that failed every later run
     "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || "$python" -m venv --clear "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet --upgrade -c constraints.txt pip  # the pip constraints.txt pins
     # constraints.txt: the tested versions of every dependency (its header says how to move to newer ones)
     "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e '.[dev]'
     echo "$stamp" > "$VENV/.gpseg-stamp"

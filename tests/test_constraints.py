@@ -66,6 +66,12 @@ def test_run_sh_stamps_the_venv_alike_with_sha256sum_or_macos_shasum(tool, tmp_p
     assert (done.returncode, done.stdout, done.stderr) == (0, hashlib.sha256(files).hexdigest()[:16] + "\n", "")
 
 
+def test_pip_is_pinned_too() -> None:
+    """run.sh upgraded pip to the newest of the day: each new clone's set-up could resolve and install otherwise."""
+    assert "pip" in _pins((ROOT / "constraints.txt").read_text())
+    assert "-m pip install --quiet --upgrade -c constraints.txt pip" in (ROOT / "run.sh").read_text()
+
+
 def test_pins_parse_names_and_refuse_ranges() -> None:
     assert _pins("# header\nFoo_Bar==1.2  # note\n\n") == {"foo-bar": Version("1.2")}
     with pytest.raises(AssertionError, match="not an exact pin"):

@@ -63,6 +63,7 @@ def test_a_venv_left_without_pip_is_made_again(tmp_path):
     assert calls[:2] == ["half-made -m pip --version", "python3.11 -m venv --clear .venv"], calls
     assert [call.split()[:4] for call in calls[2:]] == [["venv", "-m", "pip", "install"]] * 2 + [
         ["venv", "-m", "pytest", "-q"]], calls
+    assert calls[2] == "venv -m pip install --quiet --upgrade -c constraints.txt pip"  # the pip of constraints.txt
     assert _run(root, env, tmp_path) == ["venv -m pytest -q"]  # set up: the next run goes straight to the tests
 
 
