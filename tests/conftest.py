@@ -18,9 +18,12 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-# Prefect's persisted task results and settings stay out of the user's ~/.prefect during tests, in a folder
-# of the session's own that goes with it.
-_PREFECT_HOME = None if "PREFECT_HOME" in os.environ else tempfile.mkdtemp(prefix="gpseg-prefect-")
+# Prefect's database, persisted task results and settings stay out of the user's ~/.prefect during tests, and out of
+# the checkout's .prefect, where `./run.sh` points PREFECT_HOME for the demo too (the test runs' cached results piled
+# up in its storage): in a folder of the session's own that goes with it, whatever PREFECT_HOME says.
+# GPSEG_TESTS_KEEP_PREFECT_HOME=1 runs the tests with the PREFECT_HOME of the environment instead.
+_PREFECT_HOME = (None if os.environ.get("GPSEG_TESTS_KEEP_PREFECT_HOME") == "1"
+                 else tempfile.mkdtemp(prefix="gpseg-prefect-"))
 if _PREFECT_HOME is not None:
     os.environ["PREFECT_HOME"] = _PREFECT_HOME
 
