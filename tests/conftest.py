@@ -45,12 +45,22 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+SEED_VARIABLES = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+"""What ``pl.seed_everything`` (each training in this process, :func:`gpmodels.training.train`) sets in the
+environment."""
+_SEEDS_AT_START = {name: os.environ.get(name) for name in SEED_VARIABLES}
+
+
 @pytest.fixture(autouse=True)
-def _keep_the_api_passwords(monkeypatch):
+def _keep_the_api_passwords_and_seeds(monkeypatch):
     """Put back the Prefect API passwords after each test: `gpseg.console.run_app` sets them for Prefect's temporary
     server where no ``PREFECT_API_URL`` is set, and a Prefect server started later in the session (the flows'
     harness) would then ask every request for a password that this process's clients, configured at import, do
-    not send."""
+    not send.
+
+    And Lightning's seed variables (:data:`SEED_VARIABLES`) as they were when the session started, also after a
+    training in a module's or the session's fixture: the processes that later tests start (a DDP child, a Dask
+    worker, the CLI) would inherit one training's seed, which Lightning takes where nothing else seeds it."""
     from gpseg.console import AUTH_VARIABLES
 
     for name in AUTH_VARIABLES:
@@ -58,6 +68,12 @@ def _keep_the_api_passwords(monkeypatch):
             monkeypatch.setenv(name, os.environ[name])
         else:
             monkeypatch.delenv(name, raising=False)
+    yield
+    for name, value in _SEEDS_AT_START.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(autouse=True)
