@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,12 +27,24 @@ _PREFECT_HOME = (None if os.environ.get("GPSEG_TESTS_KEEP_PREFECT_HOME") == "1"
                  else tempfile.mkdtemp(prefix="gpseg-prefect-"))
 if _PREFECT_HOME is not None:
     os.environ["PREFECT_HOME"] = _PREFECT_HOME
+# The Dask workers of the tests (in this process, and the processes of a local cluster, which inherit the variable)
+# keep their scratch space in a folder of the session's own, not in the machine's shared /tmp/dask-scratch-space:
+# Dask's `temporary-directory`, read from the environment when dask is imported.
+_DASK_TEMPORARY = None if "DASK_TEMPORARY_DIRECTORY" in os.environ else tempfile.mkdtemp(prefix="gpseg-dask-")
+if _DASK_TEMPORARY is not None:
+    os.environ["DASK_TEMPORARY_DIRECTORY"] = _DASK_TEMPORARY
+    if "dask" in sys.modules:  # imported before this file (a plugin): read the environment again
+        import dask
+
+        dask.config.refresh()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Remove the session's Prefect home (every session left one in the temporary folder)."""
-    if _PREFECT_HOME is not None:
-        shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
+    """Remove the session's Prefect home and Dask scratch folder (every session left them in the temporary
+    folder)."""
+    for made in (_PREFECT_HOME, _DASK_TEMPORARY):
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
 
 SHARED_DATA = Path(os.environ.get("GPSEG_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 """The small real files: ``../shared/data`` beside the checkout, or ``$GPSEG_SHARED_DATA``."""

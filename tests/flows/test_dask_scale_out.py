@@ -13,25 +13,30 @@ from storage.phantoms import write_brats_phantoms
 from storage.store import open_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+LOOPBACK = {"host": "127.0.0.1"}
+"""Where the test clusters' scheduler and workers listen: this machine only."""
+SCHEDULER = {"cls": "distributed.Scheduler", "options": {**LOOPBACK, "dashboard": False,
+                                                        "dashboard_address": "127.0.0.1:0"}}
+"""A test cluster's scheduler: its HTTP endpoints on a free loopback port (``dashboard_address=None`` is 8787, which
+another cluster on the machine may hold), no dashboard."""
 
 
 def test_training_runs_on_the_gpu_resource_worker_only(tmp_path: Path):
-    from dask.distributed import Client, Scheduler, SpecCluster, Worker, get_task_stream
+    from dask.distributed import Client, SpecCluster, Worker, get_task_stream
 
     write_brats_phantoms(tmp_path / "src", cases=6, size=32, depth=16, seed=0)
     store = str(ingest_brats(tmp_path / "src", tmp_path / "brats.zarr", IngestConfig(workers=0)).store)
     version = open_store(store).attrs["data_version"]
     jobs = [{"store": store, "data_version": version, "model": "gp-unet", "fold": fold, "preset": "smoke",
              "out": run_dir(str(tmp_path), "brats", version, "gp-unet", fold), "overrides": {}} for fold in (0, 1)]
-    workers = {"cpu": {"cls": Worker, "options": {"nthreads": 2}},
-               "gpu": {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}}}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
+    workers = {"cpu": {"cls": Worker, "options": {**LOOPBACK, "nthreads": 2}},
+               "gpu": {"cls": Worker, "options": {**LOOPBACK, "nthreads": 1, "resources": {"GPU": 1}}}}
     import flows.pipeline
     from flows.cluster import watch_cluster
 
     said = []  # the watch looks at the cluster every 0.2 s while each training runs: the worker is there throughout
     watch = lambda wrapped, address, gpus, what, warn: watch_cluster(wrapped, address, gpus, what, said.append, 0.2)
-    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client, \
+    with SpecCluster(workers=workers, scheduler=SCHEDULER) as cluster, Client(cluster) as client, \
             pytest.MonkeyPatch.context() as patch:
         patch.setattr(flows.pipeline, "watch_cluster", watch)
         with get_task_stream(client) as stream:
@@ -56,13 +61,13 @@ def test_gpus_per_job_follows_ddp_devices():
 
 def test_a_cluster_without_a_worker_for_the_task_is_refused_in_one_line_instead_of_waiting_for_ever(tmp_path):
     """A task that no worker can hold sat in the scheduler's no-worker state and the flow waited, unsaid."""
-    from dask.distributed import Scheduler, SpecCluster, Worker
+    from dask.distributed import SpecCluster, Worker
 
     jobs = [{"store": "s.zarr", "data_version": "v", "model": "gp-unet", "fold": 0, "preset": "smoke",
              "out": str(tmp_path / "run"), "overrides": {"devices": 2}}]
-    workers = {"cpu": {"cls": Worker, "options": {"nthreads": 1}},
-               "gpu": {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}}}
-    with SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}}) as cluster:
+    workers = {"cpu": {"cls": Worker, "options": {**LOOPBACK, "nthreads": 1}},
+               "gpu": {"cls": Worker, "options": {**LOOPBACK, "nthreads": 1, "resources": {"GPU": 1}}}}
+    with SpecCluster(workers=workers, scheduler=SCHEDULER) as cluster:
         with pytest.raises(RuntimeError, match=r"no Dask worker offers GPU=2, which each training task asks for "
                                                r"\(2 worker\(s\): GPU=1\)"):
             run_fan_out(jobs, cluster.scheduler_address)

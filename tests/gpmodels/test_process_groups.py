@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -39,8 +40,26 @@ def _group(tmp_path: Path, name: str, term: str) -> subprocess.Popen:
     return leader
 
 
-def test_groups_that_end_on_sigterm_share_one_grace_period(tmp_path):
-    leaders = [_group(tmp_path, f"g{i}", "term") for i in range(2)]
+@pytest.fixture
+def start_group(tmp_path):
+    """A function starting a stand-in group (:func:`_group`) as ``start_group(name, term)``. Whatever the test
+    asserted, each group started is killed at its end: a failed assertion left both of its processes sleeping for
+    120 s."""
+    leaders: list[subprocess.Popen] = []
+
+    def start(name: str, term: str) -> subprocess.Popen:
+        leaders.append(_group(tmp_path, name, term))
+        return leaders[-1]
+
+    yield start
+    for leader in leaders:
+        if group_is_alive(leader.pid):  # a member left: the group's id is still this group's, not reused
+            os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait(timeout=10)
+
+
+def test_groups_that_end_on_sigterm_share_one_grace_period(start_group):
+    leaders = [start_group(f"g{i}", "term") for i in range(2)]
     started = time.monotonic()
     end_groups([leader.pid for leader in leaders], grace_s=30, leaders=leaders)
     assert time.monotonic() - started < 10  # they ended on SIGTERM; nobody waited for the 30 s
@@ -48,8 +67,8 @@ def test_groups_that_end_on_sigterm_share_one_grace_period(tmp_path):
     assert all(leader.returncode is not None for leader in leaders)  # reaped, no zombie left
 
 
-def test_a_group_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
-    leader = _group(tmp_path, "stubborn", "ignore-term")
+def test_a_group_that_ignores_sigterm_is_killed_after_the_grace(start_group):
+    leader = start_group("stubborn", "ignore-term")
     started = time.monotonic()
     stop_process_group(leader, grace_s=0.5)
     assert 0.5 <= time.monotonic() - started < 10
@@ -57,8 +76,8 @@ def test_a_group_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
     assert leader.returncode == -9
 
 
-def test_the_children_are_ended_when_the_leader_has_already_exited(tmp_path):
-    leader = _group(tmp_path, "orphans", "term")
+def test_the_children_are_ended_when_the_leader_has_already_exited(start_group):
+    leader = start_group("orphans", "term")
     leader.terminate()  # the leader alone: its child is re-parented and runs on in the group
     leader.wait()
     assert group_is_alive(leader.pid)
@@ -73,10 +92,10 @@ def test_groups_that_are_gone_are_no_error():
     end_groups([done.pid, done.pid], grace_s=5, leaders=[done])
 
 
-def test_end_groups_returns_only_once_the_killed_processes_are_gone(tmp_path, monkeypatch):
+def test_end_groups_returns_only_once_the_killed_processes_are_gone(start_group, monkeypatch):
     """SIGKILL is asynchronous: on a busy machine a killed process runs on for a moment (CI once saw
     rank 1 alive right after the call). Here the kill lands 0.3 s late; the call must wait for it."""
-    leader = _group(tmp_path, "slow-death", "ignore-term")
+    leader = start_group("slow-death", "ignore-term")
     send = process_groups.signal_group
 
     def late_kill(group: int, signum: int) -> None:
@@ -91,10 +110,10 @@ def test_end_groups_returns_only_once_the_killed_processes_are_gone(tmp_path, mo
     assert leader.wait(timeout=10) == -9
 
 
-def test_a_leader_that_outlives_sigkill_is_waited_for_at_most_kill_wait(tmp_path, monkeypatch, caplog):
+def test_a_leader_that_outlives_sigkill_is_waited_for_at_most_kill_wait(start_group, monkeypatch, caplog):
     """A leader stuck in uninterruptible I/O ends only when its I/O returns; the call waited for it without a
     bound. Here SIGKILL is not sent at all, so the leader lives on."""
-    leader = _group(tmp_path, "unkillable", "ignore-term")
+    leader = start_group("unkillable", "ignore-term")
     send = process_groups.signal_group
     monkeypatch.setattr(process_groups, "signal_group",
                         lambda group, signum: None if signum == signal.SIGKILL else send(group, signum))
