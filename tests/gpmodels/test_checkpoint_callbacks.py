@@ -91,18 +91,39 @@ _KILL_BEFORE_LAST = ("import json, os, signal, sys; from pathlib import Path; im
                      "train(TrainConfig.from_dict(json.loads(sys.argv[1])))")
 
 
+@pytest.fixture(scope="module")
+def killed_before_last(phantom_store, tmp_path_factory):
+    """A function putting back, in its place, a smoke training of 3 epochs as it was when killed between best.ckpt
+    and last.ckpt of epoch 1 (:data:`_KILL_BEFORE_LAST`), and returning ``(its config, the killed process)``.
+
+    The training is killed once for the module; each case resumes the run dir where it was killed, as a resume
+    does (a run dir moved elsewhere would take another way through Lightning's checkpoint state)."""
+    base = tmp_path_factory.mktemp("killed")
+    config = TrainConfig.from_dict({**preset_config("smoke", str(phantom_store), "gp-unet", str(base / "r"))
+                                    .to_dict(), "epochs": 3, "test": False})
+    killed = subprocess.run([sys.executable, "-c", _KILL_BEFORE_LAST, json.dumps(config.to_dict())],
+                            capture_output=True, text=True)
+    if killed.returncode == -9:
+        shutil.copytree(base / "r", base / "as-killed")
+
+    def as_killed() -> tuple[TrainConfig, subprocess.CompletedProcess]:
+        if killed.returncode == -9:
+            shutil.rmtree(base / "r")
+            shutil.copytree(base / "as-killed", base / "r")
+        return config, killed
+
+    return as_killed
+
+
 @pytest.mark.parametrize("kept_in", ["checkpoint", "log", "nowhere"])
-def test_a_best_checkpoint_written_just_before_a_kill_keeps_its_own_loss(phantom_store, tmp_path, kept_in):
+def test_a_best_checkpoint_written_just_before_a_kill_keeps_its_own_loss(killed_before_last, kept_in):
     """Killed between best.ckpt and last.ckpt of epoch 1: last.ckpt's record of the best was epoch 0's, so a
     redone epoch 1 scoring worse than epoch 0 (a GPU's rounding) left model.pt the killed epoch's weights and
     best_val_loss epoch 0's. Its loss now comes with best.ckpt, or for a best.ckpt of a gpseg that did not keep it
     there, from the killed attempt's log: made very low here, it stays the best; without either, best.ckpt is
     deleted and chosen again."""
-    config = TrainConfig.from_dict({**preset_config("smoke", str(phantom_store), "gp-unet", str(tmp_path / "r"))
-                                    .to_dict(), "epochs": 3, "test": False})
-    killed = subprocess.run([sys.executable, "-c", _KILL_BEFORE_LAST, json.dumps(config.to_dict())],
-                            capture_output=True, text=True)
-    paths = RunPaths(tmp_path / "r")
+    config, killed = killed_before_last()
+    paths = RunPaths(Path(config.out))
     assert killed.returncode == -9, killed.stderr
     best, last = (torch.load(p, weights_only=True, map_location="cpu") for p in (paths.best, paths.last))
     assert (best["epoch"], last["epoch"]) == (1, 0)
