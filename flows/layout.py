@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from flows.params import DatasetSpec
 
 STORES, PHANTOMS, RUNS, REPORT = "stores", "phantoms", "runs", "report"
+SHAREABLE_REPORT = "report-shareable"
+"""The folder in a work dir that ``gpseg postprocess --workdir W --shareable`` writes without ``--out``: not
+``W/report``, the team's, whose runs and notes later re-runs read."""
 SEED_PREFIX = "seed_"
 TRAINING_SETTINGS = "training_settings.json"
 """The file in a work dir with the training settings (:data:`flows.params.INHERITED_SETTINGS`) of the last

@@ -470,7 +470,8 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg re
         raise ValueError(f"run_dirs: got {run_dirs!r}, expected a non-empty sequence of run directories")
     runs = [load_run(path) for path in run_dirs]
     shown = _redactor(runs, share_base) if shareable else AS_IS
-    runs = distinguish_datasets(runs, shown)
+    # a store that cannot be read names its dataset by its file name, which may name a patient
+    runs = distinguish_datasets([replace(run, dataset=shown.ids(run.dataset)) for run in runs], shown)
     groups = group_runs(runs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -496,14 +497,16 @@ def build_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "gpseg re
 def _redactor(runs: Sequence[ReportRun], base: Path | str | None) -> Redactor:
     """The :class:`gpmodels.shareable.Redactor` of a shareable report of ``runs``: the patients of their stores
     (and their test patients, where a store cannot be read) numbered, paths shown relative to ``base`` (default
-    :func:`gpmodels.shareable.common_folder` of the runs)."""
+    :func:`gpmodels.shareable.common_folder` of the runs and their stores), the runs' and stores' paths found
+    whole in free text."""
     patients = {str(patient) for run in runs if run.slices is not None for patient in run.slices["patient"]}
     for store in {run.store_key for run in runs if run.store_error is None and run.store_key}:
         try:
             patients.update(np.unique(read_patients(open_store(store))).tolist())
         except Exception:  # a damaged patient array (validate names it): the test patients are still numbered
             pass
-    return Redactor.for_report(patients, base if base is not None else common_folder(run.run_dir for run in runs))
+    places = [*(run.run_dir for run in runs), *(run.store_key for run in runs if run.store_key)]
+    return Redactor.for_report(patients, base if base is not None else common_folder(places), places)
 
 
 def report_warnings(report_dir: Path | str) -> list[str]:

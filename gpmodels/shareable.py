@@ -39,8 +39,10 @@ letter or digit touches them would turn ``fold 1`` or ``-0.3`` into nonsense, an
 tables show every id as ``patient K``, however short."""
 _PATH_END = r"\s:;,'\"()<>\[\]{}|"
 """Characters that end a path in free text (an error message, a note)."""
-_ABSOLUTE = re.compile(rf"(?<![\w.~:/\\-])/[^{_PATH_END}]+")
-"""An absolute path in free text (not the ``/b`` of ``a/b``, ``~/b`` or ``http://b``)."""
+_STARTS = r"(?<![\w.~:/\\-])"
+"""Where an absolute path starts in free text (not at the ``/b`` of ``a/b``, ``~/b`` or ``http://b``)."""
+_ABSOLUTE = rf"/[^{_PATH_END}]+"
+"""An absolute path in free text, found by its look: it ends at the first space."""
 
 
 @dataclass
@@ -54,22 +56,30 @@ class Redactor:
         patients: ``{patient id: "patient K"}``; an id not in it gets the next K when first shown.
         roots: ``(folder, shown as)`` pairs that free text replaces first, longest first (the base as ``""``, the
             home folder as ``"~"``), so that a folder name with spaces goes whole.
+        known: absolute paths the report names (its runs and stores, as given and resolved), which free text
+            shows whole, with what follows them (``/srv/Jane Doe/s.zarr/images: damaged``), where they lie outside
+            the roots: a path found by its look alone ends at the first space.
     """
 
     shareable: bool = False
     base: Path | None = None
     patients: dict[str, str] = field(default_factory=dict)
     roots: tuple[tuple[str, str], ...] = ()
+    known: tuple[str, ...] = ()
 
     @classmethod
-    def for_report(cls, patients: Iterable[str], base: Path | str | None) -> Redactor:
-        """A shareable redactor: ``patients`` numbered in sorted order, paths shown relative to ``base``."""
+    def for_report(cls, patients: Iterable[str], base: Path | str | None,
+                   paths: Iterable[Path | str] = ()) -> Redactor:
+        """A shareable redactor: ``patients`` numbered in sorted order, paths shown relative to ``base``, the
+        absolute ``paths`` (runs, stores) found whole in free text."""
         base = None if base is None else Path(base).resolve()
         home = _home()
         roots = [(str(base), "")] if base is not None else []
         roots += [(str(home), "~")] if home is not None and home != base else []
+        known = {str(form) for path in paths for form in (Path(path), Path(path).resolve()) if form.is_absolute()}
         return cls(shareable=True, base=base, roots=tuple(sorted(roots, key=lambda root: -len(root[0]))),
-                   patients={patient: f"patient {k}" for k, patient in enumerate(sorted(set(patients)), 1)})
+                   patients={patient: f"patient {k}" for k, patient in enumerate(sorted(set(patients)), 1)},
+                   known=tuple(sorted(known - {"/"}, key=len, reverse=True)))
 
     def patient(self, patient: str) -> str:
         """A patient id as shown: ``patient K``, or the id where not shareable."""
@@ -79,16 +89,16 @@ class Redactor:
 
     def path(self, path: Path | str) -> str:
         """A path as shown: relative to the base folder (``.`` for the base itself), ``~/...`` under the home
-        folder, else ``…/`` and its last :data:`SHOWN_PARTS` parts (never its first); as it is where not
-        shareable."""
+        folder, else ``…/`` and its last :data:`SHOWN_PARTS` parts (never its first), with the patient ids in it
+        as :meth:`ids` shows them (a run dir named after a patient); as it is where not shareable."""
         if not self.shareable:
             return str(path)
         where = Path(path).resolve()
         for root, shown in self.roots:
             if where.is_relative_to(root):
                 rest = where.relative_to(root).as_posix()
-                return (rest if shown == "" else f"{shown}/{rest}") if rest != "." else shown or "."
-        return "…/" + "/".join(where.parts[2:][-SHOWN_PARTS:] or where.parts[-1:])
+                return self.ids((rest if shown == "" else f"{shown}/{rest}") if rest != "." else shown or ".")
+        return self.ids("…/" + "/".join(where.parts[2:][-SHOWN_PARTS:] or where.parts[-1:]))
 
     def inside(self, path: Path | str) -> bool:
         """Whether ``path`` lies in the base folder (so a path relative to it names nothing above the base)."""
@@ -104,8 +114,15 @@ class Redactor:
             text = re.sub(re.escape(root) + rf"(/|(?=[{_PATH_END}]|$))",
                           lambda found, shown=shown: (f"{shown}/" if shown else "") if found.group(1) else shown or ".",
                           text)
-        text = _ABSOLUTE.sub(lambda found: self.path(found.group()), text)
-        found_ids = [patient for patient in self.patients if len(patient) >= TEXT_ID_CHARS]
+        # in one pass, so that no shown path (``…/a/b``) is taken for another absolute one
+        known = "".join(f"{re.escape(path)}(?:/[^{_PATH_END}]*)?(?![^/{_PATH_END}])|" for path in self.known)
+        text = re.sub(f"{_STARTS}(?:{known}{_ABSOLUTE})", lambda found: self.path(found.group()), text)
+        return self.ids(text)
+
+    def ids(self, text: str) -> str:
+        """``text`` with each patient id of :data:`TEXT_ID_CHARS` or more characters that no letter or digit touches
+        as :meth:`patient` shows it (``BraTS20_Training_001_run`` holds one); as it is where not shareable."""
+        found_ids = [patient for patient in self.patients if len(patient) >= TEXT_ID_CHARS] if self.shareable else []
         if not found_ids:
             return text
         ids = "|".join(re.escape(patient) for patient in sorted(found_ids, key=len, reverse=True))
@@ -144,11 +161,11 @@ def _home() -> Path | None:
     return home if home != Path(home.anchor) else None
 
 
-def common_folder(run_dirs: Iterable[Path | str]) -> Path | None:
-    """The folder that holds the folders of all ``run_dirs`` (resolved), the default base of a shareable report's
-    paths; ``None`` where that is the file system's root or a folder above the home folder (``/home``), whose
-    paths below would name users."""
-    folders = [str(Path(run).resolve().parent) for run in run_dirs]
+def common_folder(paths: Iterable[Path | str]) -> Path | None:
+    """The folder that holds the folders of all ``paths`` (resolved; a report's runs and stores), the default base
+    of a shareable report's paths; ``None`` where that is the file system's root or a folder above the home folder
+    (``/home``), whose paths below would name users."""
+    folders = [str(Path(path).resolve().parent) for path in paths]
     if not folders:
         return None
     folder = Path(os.path.commonpath(folders))
@@ -177,7 +194,7 @@ def write_key(redactor: Redactor, out_dir: Path | str) -> Path:
     writer.writerow(["shown_as", "patient"])
     writer.writerows([shown, quote_formula(patient)]
                      for patient, shown in sorted(redactor.patients.items(), key=lambda item: _number(item[1])))
-    data, path = buffer.getvalue().encode("utf-8"), key_path(out_dir)
+    data, path = buffer.getvalue().encode("utf-8", "backslashreplace"), key_path(out_dir)  # as replace_together
     replace_atomically(path, lambda handle: (_owner_only(handle), handle.write(data)))
     return path
 

@@ -31,7 +31,8 @@ ShareableOpt = Annotated[bool, typer.Option(
     "--shareable", help="A report to share outside the team that may see the data: no patient ids (patients become "
                         "'patient 1', 'patient 2', ...) and no absolute paths (paths relative to the work dir or the "
                         "runs' common folder) in the report folder. The key to the ids is written beside the folder "
-                        "(OUT.key.csv, readable by you alone) and its path printed.")]
+                        "(OUT.key.csv, readable by you alone) and its path printed. Not into a work dir's own report "
+                        "(with --workdir the default --out is WORKDIR/report-shareable).")]
 
 
 def heatmaps_cmd(
@@ -325,17 +326,20 @@ def _postprocess(runs: list[Path] | None, workdir: Path | None, out: Path | None
     gone: list[Path] = []
     failed: list[str] = []  # the report's notes of the runs left out
     if workdir is not None:
-        from flows.layout import REPORT, carried_notes, gone_reason
+        from flows.layout import REPORT, SHAREABLE_REPORT, carried_notes, gone_reason
 
-        (runs, gone), out = _workdir_runs(workdir, "re-thresholding", left_out=True), out or workdir / REPORT
+        (runs, gone) = _workdir_runs(workdir, "re-thresholding", left_out=True)
+        out = out or workdir / (SHAREABLE_REPORT if shareable else REPORT)
         failed = _say_failed({run: gone_reason(workdir / REPORT) for run in gone})
         try:
             carried = carried_notes(workdir / REPORT)  # the same runs: how they were made still holds
         except ValueError as exc:  # its notes damaged
             raise fail(str(exc)) from exc
     out = _writable_folder(out or Path("report"))
+    runs = _unique(runs)
+    if shareable:
+        _not_the_team_report(out, _share_base(runs, workdir))
     try:
-        runs = _unique(runs)
         done, results, more = _evaluate(runs, params)
         failed += more
         _print_table(results, done)
@@ -371,6 +375,16 @@ def _say_report(html: Path, shareable: bool = False) -> None:
                       "the report is: keep it apart from the report)", highlight=False, soft_wrap=True)
 
 
+def _not_the_team_report(out: Path, base: Path | None) -> None:
+    """Refuse a shareable report into the report of the work dir ``base`` (one line): later re-runs read their
+    runs and notes from it, which a shareable one shows as ``patient K`` without its key."""
+    from flows.layout import REPORT
+
+    if base is not None and out.resolve() == (Path(base) / REPORT).resolve():
+        raise fail(f"{out}: the work dir's own report stays the team's (later re-runs read its runs and notes); "
+                   "write the shareable one elsewhere (--out)")
+
+
 def _share_base(runs: list[Path], workdir: Path | None) -> Path | None:
     """The folder a shareable report shows its paths relative to: the work dir given, else the one flow work dir
     that every run lies in (:func:`flows.workdir_lock.workdirs_of`), else ``None`` (the runs' common folder:
@@ -401,6 +415,8 @@ def report_cmd(
     runs, out = _unique(runs), _writable_folder(out)
     for run in runs:
         _require_run(run)  # a folder that is no run is refused before any work
+    if shareable:
+        _not_the_team_report(out, _share_base(runs, None))
     missing = [r for r in runs if not (r / EVALUATION_FILE).is_file()]
     stale = {run: reason for run in runs if run not in missing and (reason := _outdated(run)) is not None}
     failed = _say_failed(stale)

@@ -1745,6 +1745,29 @@ def test_shareable_report_and_postprocess_cli_print_where_the_key_is(phi_workdir
     assert "--shareable" in helped and "no patient ids" in helped
 
 
+def test_a_shareable_report_is_not_written_into_the_work_dirs_own_report(phi_workdir, tmp_path):
+    """Later re-runs read a work dir's report (its runs, the notes they carry over): a shareable one there would
+    hand them `patient K` without the key. `postprocess --workdir --shareable` writes WORKDIR/report-shareable."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    work = tmp_path / "w"
+    shutil.copytree(phi_workdir, work)
+    team = work / "report"
+    before = {path: path.read_bytes() for path in team.rglob("*") if path.is_file()}
+    run = work / "runs" / "brats" / "gp-unet" / "fold_0"
+    for command in (["report", str(run), "--out", str(team)], ["postprocess", "--workdir", str(work), "--out",
+                                                                str(team)]):
+        result = CliRunner().invoke(app, [*command, "--shareable"])
+        assert result.exit_code == 1, result.output
+        assert "the work dir's own report stays the team's" in " ".join(result.output.split())
+    assert {path: path.read_bytes() for path in team.rglob("*") if path.is_file()} == before
+    result = CliRunner().invoke(app, ["postprocess", "--workdir", str(work), "--shareable"])
+    assert result.exit_code == 0, result.output
+    assert (work / "report-shareable" / "index.html").is_file() and (work / "report-shareable.key.csv").is_file()
+
+
 def test_the_training_time_of_a_run_in_a_folder_not_named_in_utf8_is_left_out_not_a_traceback(tmp_path):
     """TensorBoard opens only UTF-8 paths: `gpseg postprocess` on a run moved into a folder named in Latin-1 ended
     in a traceback from its event file loader."""

@@ -53,6 +53,26 @@ def test_free_text_keeps_short_ids_which_would_match_numbers_and_names_no_one(ho
     assert shown.patient("1") == "patient 1"  # panels and tables still show every id by number
 
 
+def test_a_patient_id_in_a_path_is_numbered_as_in_free_text(home):
+    """A run dir named after a patient showed its name in runs.csv and the configuration table: path() left ids in,
+    while text() of the same path numbered them."""
+    shown = Redactor.for_report(["SMITH_John_19650312"], home / "proj")
+    assert shown.path(home / "proj" / "runs" / "SMITH_John_19650312_run") == "runs/patient 1_run"
+    assert shown.path("/srv/x/SMITH_John_19650312/fold_0") == "…/x/patient 1/fold_0"
+    assert shown.text(f"{home}/proj/runs/SMITH_John_19650312_run: damaged") == "runs/patient 1_run: damaged"
+
+
+def test_a_known_path_with_spaces_is_shown_whole_in_free_text(home):
+    """A path found by its look ends at the first space: `/srv/Jane Doe/a/b/c/store.zarr` showed `…/Jane Doe/...`.
+    The report's own runs and stores are found whole, with what follows them."""
+    store = "/srv/Jane Doe/a/b/c/store.zarr"
+    shown = Redactor.for_report([], home / "proj", [store, home / "proj" / "runs" / "r"])
+    assert shown.text(f"store {store}: damaged") == "store …/b/c/store.zarr: damaged"
+    assert shown.text(f"{store}/images/zarr.json: no array") == "…/store.zarr/images/zarr.json: no array"
+    # a shown path is not taken for another absolute one, and a path not known still ends at its first space
+    assert shown.text("/srv/x/y/z/w.json and /opt/Ann Lee/q") == "…/y/z/w.json and …/Ann Lee/q"
+
+
 def test_command_lines_name_their_program_by_its_file_name(home):
     shown = Redactor.for_report([], home / "proj")
     assert shown.argv([f"{home}/venv/bin/gpseg", "report", f"{home}/proj/runs/a", f"--out={home}/proj/r"]) == [
