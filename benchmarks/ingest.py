@@ -86,9 +86,9 @@ def nifti_batches(cases: list[list[Path]], depth: int, batches: int, batch: int,
 def drop_check_seconds(src: Path, store: Path, recorded_states: bool) -> tuple[float, list[str]]:
     """Wall time of one drop check of ``src`` against ``store`` (no digest kept from earlier in this process);
     without ``recorded_states``, every file is hashed, as before stores recorded them."""
-    from storage import drops, nifti
+    from storage import drops, file_hashes
 
-    nifti._hashed.clear()
+    file_hashes._hashed.clear()
     real_state = drops.file_state
     if not recorded_states:
         drops.file_state = lambda path: None

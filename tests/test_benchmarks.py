@@ -41,3 +41,20 @@ def test_the_work_folders_are_in_the_temporary_folder(script, option, folder, tm
     with pytest.raises(_Parsed) as stopped:
         module.main()
     assert getattr(stopped.value.namespace, option) == tmp_path / folder
+
+
+def test_the_ingest_benchmarks_drop_check_runs_with_and_without_recorded_states(tmp_path, monkeypatch):
+    """Its last figure stopped the script with an AttributeError: the digest cache had moved out of storage.nifti."""
+    from storage.ingest import ingest_brats
+    from storage.phantoms.brats import write_brats_phantoms
+
+    monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", os.environ.get("NUMPY_MADVISE_HUGEPAGE", "0"))
+    spec = importlib.util.spec_from_file_location("benchmark_ingest", BENCHMARKS / "ingest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    src, store = tmp_path / "src", tmp_path / "s.zarr"
+    write_brats_phantoms(src, cases=2, size=32)
+    ingest_brats(src, store)
+    for recorded in (True, False):
+        seconds, fresh = module.drop_check_seconds(src, store, recorded_states=recorded)
+        assert seconds >= 0 and fresh == []
