@@ -337,8 +337,8 @@ def _postprocess(runs: list[Path] | None, workdir: Path | None, out: Path | None
             raise fail(str(exc)) from exc
     out = _writable_folder(out or Path("report"))
     runs = _unique(runs)
-    if shareable:
-        _not_the_team_report(out, _share_base(runs, workdir))
+    share_base = _share_base(runs, workdir) if shareable else None  # of every run, those left out too
+    _not_the_team_report(out, share_base)
     try:
         done, results, more = _evaluate(runs, params)
         failed += more
@@ -347,7 +347,7 @@ def _postprocess(runs: list[Path] | None, workdir: Path | None, out: Path | None
             html = build_report(done, out, title="gpseg report (post-processing re-run)",
                                 notes=[f"thresholds re-run by `gpseg postprocess`: {params.describe()}", *failed],
                                 carried_notes=carried, left_out=[*gone, *(run for run in runs if run not in done)],
-                                shareable=shareable, share_base=_share_base(done, workdir) if shareable else None)
+                                shareable=shareable, share_base=share_base)
         except OSError as exc:  # a full disk: the evaluations are new, the report is not
             raise fail(f"{os_error_line(exc, out)}; the {len(done)} run(s) evaluated have a new evaluation.json "
                        f"({params.describe()}) but the report in {out} is the one before (whole): free space and "
@@ -376,8 +376,9 @@ def _say_report(html: Path, shareable: bool = False) -> None:
 
 
 def _not_the_team_report(out: Path, base: Path | None) -> None:
-    """Refuse a shareable report into the report of the work dir ``base`` (one line): later re-runs read their
-    runs and notes from it, which a shareable one shows as ``patient K`` without its key."""
+    """Refuse a shareable report into the report of the work dir ``base`` (one line; ``base`` ``None``: a report
+    that is not shareable, or of runs in no one work dir): later re-runs read their runs and notes from it, which a
+    shareable one shows as ``patient K`` without its key."""
     from flows.layout import REPORT
 
     if base is not None and out.resolve() == (Path(base) / REPORT).resolve():
@@ -415,8 +416,8 @@ def report_cmd(
     runs, out = _unique(runs), _writable_folder(out)
     for run in runs:
         _require_run(run)  # a folder that is no run is refused before any work
-    if shareable:
-        _not_the_team_report(out, _share_base(runs, None))
+    share_base = _share_base(runs, None) if shareable else None
+    _not_the_team_report(out, share_base)
     missing = [r for r in runs if not (r / EVALUATION_FILE).is_file()]
     stale = {run: reason for run in runs if run not in missing and (reason := _outdated(run)) is not None}
     failed = _say_failed(stale)
@@ -429,8 +430,7 @@ def report_cmd(
     runs = [run for run in runs if run not in stale]
     if not runs:
         raise fail(f"no run could be reported ({len(failed)} failed)")
-    html = build_report(runs, out, title=title, notes=failed, shareable=shareable,
-                        share_base=_share_base(runs, None) if shareable else None)
+    html = build_report(runs, out, title=title, notes=failed, shareable=shareable, share_base=share_base)
     _say_report(html, shareable)
     if failed:
         raise typer.Exit(2)
