@@ -16,9 +16,7 @@ Conventions:
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
 from collections.abc import Callable
@@ -54,7 +52,7 @@ from gpmodels.postprocess import (
 )
 from gpmodels.provenance import provenance
 from storage.classes import has_tumour_free_class
-from storage.csv_tables import quote_formula
+from storage.csv_tables import csv_text
 from storage.folders import recover_interrupted
 from storage.reads import read_rows
 from storage.store import check_chunks, check_data_version, open_store, read_patients
@@ -496,11 +494,7 @@ def write_evaluation(run_dir: Path | str, result: dict[str, Any]) -> Path:
     (:func:`storage.csv_tables.quote_formula`)."""
     run_dir = Path(run_dir)
     slices = result["slices"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(list(slices))
-    writer.writerows([quote_formula(value) for value in row] for row in zip(*slices.values()))  # patient ids
-    rows = buffer.getvalue()
+    rows = csv_text(list(slices), zip(*slices.values()))  # patient ids quoted where formula-like
     summary = {k: v for k, v in result.items() if k != "slices"}
     summary[SLICES_HASH] = hashlib.sha256(rows.encode("utf-8")).hexdigest()
     replace_together({run_dir / SLICES_FILE: rows, run_dir / EVALUATION_FILE: json_text(summary)})

@@ -32,8 +32,6 @@ References:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -52,7 +50,7 @@ from gpmodels.names import MODEL_NAMES
 from gpmodels.provenance import commit_text, provenance
 from gpmodels.report_runs import ReportRun, load_run
 from gpmodels.shareable import AS_IS, NOTE, Redactor, common_folder, write_key
-from storage.csv_tables import quote_formula
+from storage.csv_tables import csv_text, quote_formula
 from storage.store import open_store, read_patients
 
 FIGURE_CACHE_DIR = ".figures"
@@ -336,11 +334,7 @@ def _csv_cell(value: Any) -> Any:
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows([_csv_cell(value) for value in row] for row in rows)
-    return buffer.getvalue()
+    return csv_text(header, rows, _csv_cell)
 
 
 def _tables(runs: Sequence[ReportRun], groups: Sequence[ModelGroup], shown: Redactor = AS_IS) -> tuple[str, str]:

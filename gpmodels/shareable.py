@@ -12,8 +12,6 @@ Without ``shareable``, :data:`AS_IS` shows everything as it is.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -22,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gpmodels.files import replace_atomically
-from storage.csv_tables import quote_formula
+from storage.csv_tables import csv_text
 
 KEY_SUFFIX = ".key.csv"
 """The key of a shareable report in ``OUT`` is ``OUT.key.csv``, beside the folder (:func:`key_path`)."""
@@ -189,12 +187,9 @@ def write_key(redactor: Redactor, out_dir: Path | str) -> Path:
     Returns:
         The key's path.
     """
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["shown_as", "patient"])
-    writer.writerows([shown, quote_formula(patient)]
-                     for patient, shown in sorted(redactor.patients.items(), key=lambda item: _number(item[1])))
-    data, path = buffer.getvalue().encode("utf-8", "backslashreplace"), key_path(out_dir)  # as replace_together
+    text = csv_text(["shown_as", "patient"], ([shown, patient] for patient, shown in
+                                             sorted(redactor.patients.items(), key=lambda item: _number(item[1]))))
+    data, path = text.encode("utf-8", "backslashreplace"), key_path(out_dir)  # as replace_together
     replace_atomically(path, lambda handle: (_owner_only(handle), handle.write(data)))
     return path
 

@@ -4,7 +4,9 @@ writing cells of gpseg's own CSV files that a spreadsheet opens as text, never a
 from __future__ import annotations
 
 import csv
+import io
 import re
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,17 @@ def quote_formula(value: Any) -> Any:
     if not isinstance(value, str) or _NUMBER.fullmatch(value) or not value.lstrip("'").startswith(FORMULA_STARTS):
         return value
     return "'" + value
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Iterable[Any]],
+             cell: Callable[[Any], Any] = quote_formula) -> str:
+    """The text of a CSV file of gpseg's own (``csv`` module's dialect, ``\r\n`` line ends): ``header``, then each
+    row with each value as ``cell`` gives it (default :func:`quote_formula`)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows([cell(value) for value in row] for row in rows)
+    return buffer.getvalue()
 
 
 def unquote_formula(text: str) -> str:
