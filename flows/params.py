@@ -329,7 +329,12 @@ class PostprocessParams(_Params):
         "Run dirs (default: the runs of the report in workdir/report, so older data versions and seeds not "
         "kept stay out; without a report, every run with test heatmaps under workdir/runs)."))
     threshold: ThresholdParams = Field(default_factory=ThresholdParams, description="How heatmaps become masks.")
-    out: str | None = Field(None, description="Report folder (default: workdir/report).")
+    out: str | None = Field(None, description="Report folder (default: workdir/report, or "
+                            "workdir/report-shareable with shareable).")
+    shareable: bool = Field(False, description=(
+        "A report to share outside the team that may see the data: no patient ids (patients become 'patient K') "
+        "and no absolute paths in any of its files; the key to the patients is written beside it (OUT.key.csv, "
+        "readable by you only). Never into workdir/report, whose runs and notes later re-runs read."))
 
     _absolute_workdir = field_validator("workdir")(absolute_workdir)
 

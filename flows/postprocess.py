@@ -9,8 +9,10 @@ from prefect import flow, get_run_logger
 from flows.layout import (REPORT, carried_notes, dataset_of, default_runs, failure_notes, gone_reason, row_line,
                           run_title, summary_rows)
 from flows.params import PostprocessParams
+from flows.share import report_folder, shown_relative_to, team_report_refusal
 from flows.workdir_lock import postprocess_workdirs, workdir_locks
 from gpmodels.files import read_run_config
+from gpmodels.shareable import key_path
 from storage.errors import one_line
 from tasks.evaluation import evaluate_run, publish, report
 from tasks.naming import named
@@ -42,6 +44,11 @@ def _postprocess(params: PostprocessParams, logger) -> dict:
     logger.info("re-thresholding %s", source)
     if not runs:
         raise ValueError(f"{params.workdir}: no run with test heatmaps (run full-benchmark first)")
+    out = params.out or str(report_folder(params.workdir, params.shareable))
+    # relative to the work dir, or with runs given to the one work dir they all lie in; of those left out too
+    share_base = shown_relative_to([*runs, *gone], None if params.runs else params.workdir)
+    if params.shareable and (refusal := team_report_refusal(out, share_base)) is not None:
+        raise ValueError(f"{refusal} (the out parameter)")  # before any run's evaluation is rewritten
     results = []
     for run in gone:  # kept in the report as left out, for a later re-threshold to take back; its row names it by
         reason = gone_reason(Path(params.workdir) / REPORT)  # its path, since its config.json is gone with it
@@ -66,12 +73,15 @@ def _postprocess(params: PostprocessParams, logger) -> dict:
     if not done:
         raise ValueError(f"{params.workdir}: no run could be re-evaluated: " + "; ".join(
             f"{r['run_dir']}: {r['failed']}" for r in results))
-    out = params.out or str(Path(params.workdir) / REPORT)
     html = report(done, out, "gpseg report (post-processing re-run)",
                   [f"thresholds re-run by postprocess: {params.threshold.describe()}; no model was loaded",
-                   *failure_notes(rows)], carried, [r["run_dir"] for r in results if "failed" in r])
-    publish(html, rows, params.workdir)
+                   *failure_notes(rows)], carried, [r["run_dir"] for r in results if "failed" in r],
+                  params.shareable, None if share_base is None or not params.shareable else str(share_base))
+    publish(html, rows, params.workdir, params.shareable)
     for row in rows:
         logger.info("%s", row_line(row))
     print(f"report: {html}")
+    if params.shareable:
+        print(f"key: {key_path(Path(html).parent)} (which patient each 'patient K' of the report is: keep it apart "
+              "from the report)")
     return {"report": html, "rows": rows, "failed": [r for r in rows if r["status"] != "ok"]}

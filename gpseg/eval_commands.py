@@ -326,10 +326,11 @@ def _postprocess(runs: list[Path] | None, workdir: Path | None, out: Path | None
     gone: list[Path] = []
     failed: list[str] = []  # the report's notes of the runs left out
     if workdir is not None:
-        from flows.layout import REPORT, SHAREABLE_REPORT, carried_notes, gone_reason
+        from flows.layout import REPORT, carried_notes, gone_reason
+        from flows.share import report_folder
 
         (runs, gone) = _workdir_runs(workdir, "re-thresholding", left_out=True)
-        out = out or workdir / (SHAREABLE_REPORT if shareable else REPORT)
+        out = out or report_folder(workdir, shareable)
         failed = _say_failed({run: gone_reason(workdir / REPORT) for run in gone})
         try:
             carried = carried_notes(workdir / REPORT)  # the same runs: how they were made still holds
@@ -337,7 +338,9 @@ def _postprocess(runs: list[Path] | None, workdir: Path | None, out: Path | None
             raise fail(str(exc)) from exc
     out = _writable_folder(out or Path("report"))
     runs = _unique(runs)
-    share_base = _share_base(runs, workdir) if shareable else None  # of every run, those left out too
+    from flows.share import shown_relative_to
+
+    share_base = shown_relative_to(runs, workdir) if shareable else None  # of every run, those left out too
     _not_the_team_report(out, share_base)
     try:
         done, results, more = _evaluate(runs, params)
@@ -376,26 +379,11 @@ def _say_report(html: Path, shareable: bool = False) -> None:
 
 
 def _not_the_team_report(out: Path, base: Path | None) -> None:
-    """Refuse a shareable report into the report of the work dir ``base`` (one line; ``base`` ``None``: a report
-    that is not shareable, or of runs in no one work dir): later re-runs read their runs and notes from it, which a
-    shareable one shows as ``patient K`` without its key."""
-    from flows.layout import REPORT
+    """Refuse a shareable report into the work dir's own report (:func:`flows.share.team_report_refusal`)."""
+    from flows.share import team_report_refusal
 
-    if base is not None and out.resolve() == (Path(base) / REPORT).resolve():
-        raise fail(f"{out}: the work dir's own report stays the team's (later re-runs read its runs and notes); "
-                   "write the shareable one elsewhere (--out)")
-
-
-def _share_base(runs: list[Path], workdir: Path | None) -> Path | None:
-    """The folder a shareable report shows its paths relative to: the work dir given, else the one flow work dir
-    that every run lies in (:func:`flows.workdir_lock.workdirs_of`), else ``None`` (the runs' common folder:
-    :func:`gpmodels.shareable.common_folder`)."""
-    if workdir is not None:
-        return workdir
-    from flows.workdir_lock import workdirs_of
-
-    found = [workdirs_of([run]) for run in runs]
-    return found[0][0] if found and found[0] and all(dirs == found[0] for dirs in found) else None
+    if (refusal := team_report_refusal(out, base)) is not None:
+        raise fail(f"{refusal} (--out)")
 
 
 def report_cmd(
@@ -416,7 +404,9 @@ def report_cmd(
     runs, out = _unique(runs), _writable_folder(out)
     for run in runs:
         _require_run(run)  # a folder that is no run is refused before any work
-    share_base = _share_base(runs, None) if shareable else None
+    from flows.share import shown_relative_to
+
+    share_base = shown_relative_to(runs, None) if shareable else None
     _not_the_team_report(out, share_base)
     missing = [r for r in runs if not (r / EVALUATION_FILE).is_file()]
     stale = {run: reason for run in runs if run not in missing and (reason := _outdated(run)) is not None}

@@ -33,36 +33,40 @@ def evaluate_run(run_dir: str, threshold: dict | None) -> dict:
 
 @task(task_run_name="report")  # not cached, so a name here changes no cache key
 def report(run_dirs: list[str], out_dir: str, title: str, notes: list[str], carried_notes: list[dict] | None = None,
-           left_out: list[str] | None = None) -> str:
-    """Build the HTML report over the evaluated runs (``carried_notes``, ``left_out``: see
-    :func:`gpmodels.report.build_report`)."""
+           left_out: list[str] | None = None, shareable: bool = False, share_base: str | None = None) -> str:
+    """Build the HTML report over the evaluated runs (``carried_notes``, ``left_out``, ``shareable``,
+    ``share_base``: see :func:`gpmodels.report.build_report`)."""
     html = build_report([Path(r) for r in run_dirs], Path(out_dir), title=title, notes=notes,
-                        carried_notes=carried_notes or (), left_out=left_out or ())
+                        carried_notes=carried_notes or (), left_out=left_out or (), shareable=shareable,
+                        share_base=None if share_base is None else Path(share_base))
     for warning in report_warnings(html.parent):
         get_run_logger().warning("report: %s", warning)
     return str(html)
 
 
 @task(task_run_name="publish artifacts")
-def publish(report_path: str, rows: list[dict], workdir: str) -> None:
+def publish(report_path: str, rows: list[dict], workdir: str, shareable: bool = False) -> None:
     """Publish the report's main table and a link to the HTML as Prefect artifacts, keyed by the work dir
-    (:func:`artifact_keys`). The table leaves out the rows' unrounded interval ends (``*_low``, ``*_high``),
-    which its ``*_95`` columns give rounded."""
-    table_key, link_key = artifact_keys(workdir)
+    (:func:`artifact_keys`; a shareable report's link by its own key, so the team's report keeps its link). The
+    table leaves out the rows' unrounded interval ends (``*_low``, ``*_high``), which its ``*_95`` columns give
+    rounded."""
+    table_key, link_key = artifact_keys(workdir, shareable)
     where = Path(report_path).resolve()
     create_table_artifact(table=[{key: value for key, value in row.items() if not key.endswith(("_low", "_high"))}
                                  for row in rows],
                           key=table_key, description=f"gpseg: test metrics per run; report at {where}")
     # a browser does not follow a file:// link from the UI's http:// page: the path is in the description too
-    create_link_artifact(link=where.as_uri(), link_text="gpseg report", key=link_key,
-                         description=f"HTML report at {where}")
+    kind = "shareable gpseg report" if shareable else "gpseg report"
+    create_link_artifact(link=where.as_uri(), link_text=kind, key=link_key,
+                         description=f"{kind[0].upper()}{kind[1:]} (HTML) at {where}")
 
 
-def artifact_keys(workdir: str | Path) -> tuple[str, str]:
-    """The keys of :func:`publish`'s table and link artifacts: ``gpseg-results-NAME`` and ``gpseg-report-NAME``,
-    NAME the work dir's folder name in lower case, with runs of other characters than ``a-z`` and ``0-9`` as
-    one ``-`` (at most 48 characters; ``root`` when nothing is left). So the UI's latest table of ``runs/benchmark``
-    is not that of ``demo``; work dirs of one name (``/a/benchmark``, ``/b/benchmark``) share their keys."""
+def artifact_keys(workdir: str | Path, shareable: bool = False) -> tuple[str, str]:
+    """The keys of :func:`publish`'s table and link artifacts: ``gpseg-results-NAME`` and ``gpseg-report-NAME``
+    (``gpseg-shareable-report-NAME`` for a shareable report), NAME the work dir's folder name in lower case, with
+    runs of other characters than ``a-z`` and ``0-9`` as one ``-`` (at most 48 characters; ``root`` when nothing
+    is left). So the UI's latest table of ``runs/benchmark`` is not that of ``demo``; work dirs of one name
+    (``/a/benchmark``, ``/b/benchmark``) share their keys."""
     name = Path(workdir).resolve().name.lower()
     slug = "-".join(filter(None, re.split(r"[^a-z0-9]+", name)))[:48].strip("-") or "root"
-    return f"gpseg-results-{slug}", f"gpseg-report-{slug}"
+    return f"gpseg-results-{slug}", f"gpseg-{'shareable-' if shareable else ''}report-{slug}"

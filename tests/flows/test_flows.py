@@ -9,6 +9,7 @@ misses the first run's cache entries until then). So no test finds another's wor
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -239,6 +240,43 @@ def test_postprocess_keeps_a_gone_run_as_left_out_and_takes_it_back(bench_workdi
     metrics = json.loads((work / "report" / "metrics.json").read_text())
     assert sorted(run["run_dir"] for run in metrics["runs"]) == sorted([str(kept), str(gone)])
     assert metrics["left_out"] == []
+
+
+def test_postprocess_flow_writes_a_shareable_report_beside_the_teams(own_workdir):
+    """The flow's ``shareable`` parameter, as ``gpseg postprocess --workdir W --shareable``: W/report-shareable names
+    no patient and no absolute path, its key lies beside it, and the team's W/report and its link stay as they were;
+    into W/report it is refused before any run is re-evaluated."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from tasks.evaluation import artifact_keys
+
+    team = own_workdir / "report"
+    [run] = json.loads((team / "metrics.json").read_text())["runs"]
+    evaluation = Path(run["run_dir"]) / "evaluation.json"
+    before = {path: path.read_bytes() for path in (*team.rglob("*"), evaluation) if path.is_file()}
+    patients = read_patients(open_store(run["evaluation"]["run"]["store_path"]))
+    refused = postprocess(PostprocessParams(workdir=str(own_workdir), shareable=True, out=str(team)),
+                          return_state=True)
+    assert refused.is_failed() and "the work dir's own report stays the team's" in str(refused.message)
+    assert {path: path.read_bytes() for path in (*team.rglob("*"), evaluation) if path.is_file()} == before
+
+    state = postprocess(PostprocessParams(workdir=str(own_workdir), shareable=True), return_state=True)
+    assert state.is_completed() and state.result()["report"] == str(own_workdir / "report-shareable" / "index.html")
+    out = own_workdir / "report-shareable"
+    assert (team / "index.html").read_bytes() == before[team / "index.html"]
+    secrets = [*patients, str(own_workdir), str(own_workdir.resolve())]
+    files = [path for path in out.rglob("*") if path.is_file()]
+    assert len(files) > 5 and not [(path, secret) for path in files for secret in secrets
+                                   if secret.encode() in path.read_bytes().replace(b"<wbr>", b"")]
+    key = own_workdir / "report-shareable.key.csv"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert {row[1] for row in csv.reader(key.open(newline=""))} == {"patient", *patients}
+    with get_client(sync_client=True) as client:
+        links = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    assert artifact_keys(own_workdir, shareable=True)[1] in {link.key for link in links}
+    assert artifact_keys(own_workdir)[1] not in {link.key for link in links}
 
 
 @after_first_run

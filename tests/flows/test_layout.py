@@ -199,6 +199,8 @@ def test_artifact_keys_name_the_work_dir_in_the_characters_prefect_takes(workdir
     table, link = artifact_keys(workdir)
     assert table == key and link == key.replace("results", "report")
     assert re.fullmatch(r"[a-z0-9-]+", table)
+    # a shareable report's link does not replace the team's report's; the table is the runs' latest evaluations
+    assert artifact_keys(workdir, shareable=True) == (table, key.replace("results", "shareable-report"))
 
 
 def test_a_rejection_the_store_did_not_list_before_is_new_even_when_its_file_was_not_found_new():
