@@ -45,9 +45,10 @@ def _postprocess(params: PostprocessParams, logger) -> dict:
     if not runs:
         raise ValueError(f"{params.workdir}: no run with test heatmaps (run full-benchmark first)")
     out = params.out or str(report_folder(params.workdir, params.shareable))
-    # relative to the work dir, or with runs given to the one work dir they all lie in; of those left out too
-    share_base = shown_relative_to([*runs, *gone], None if params.runs else params.workdir)
-    if params.shareable and (refusal := team_report_refusal(out, share_base)) is not None:
+    share_base = None  # a shareable report's paths are relative to the work dir, or to the one all runs lie in
+    if params.shareable:
+        share_base = shown_relative_to([*runs, *gone], None if params.runs else params.workdir)
+    if (refusal := team_report_refusal(out, share_base)) is not None:
         raise ValueError(f"{refusal} (the out parameter)")  # before any run's evaluation is rewritten
     results = []
     for run in gone:  # kept in the report as left out, for a later re-threshold to take back; its row names it by
@@ -76,7 +77,7 @@ def _postprocess(params: PostprocessParams, logger) -> dict:
     html = report(done, out, "gpseg report (post-processing re-run)",
                   [f"thresholds re-run by postprocess: {params.threshold.describe()}; no model was loaded",
                    *failure_notes(rows)], carried, [r["run_dir"] for r in results if "failed" in r],
-                  params.shareable, None if share_base is None or not params.shareable else str(share_base))
+                  params.shareable, None if share_base is None else str(share_base))
     publish(html, rows, params.workdir, params.shareable)
     for row in rows:
         logger.info("%s", row_line(row))
