@@ -13,7 +13,8 @@ from gpseg.console import console, fail, progress_bar, results, stop_reason, sto
 from gpseg.options import one_of
 from storage.errors import NoUsableInput, StoreError
 from storage.folders import InterruptedAfterReplacing
-from storage.ingest_config import DEFAULT_FOLDS, SPLIT_MODES, IngestConfig, SplitConfig
+from storage.ingest_config import (DEFAULT_FOLDS, MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE, SPLIT_MODES,
+                                   IngestConfig, SplitConfig)
 from storage.normalise import NORMALISATIONS
 from storage.phantom_limits import BRATS_MAX_CASE, BRATS_SIZE_RANGE, JUN_CHENG_MAX_CASES, JUN_CHENG_SIZE_RANGE
 
@@ -27,25 +28,43 @@ ingest_app = typer.Typer(help="Ingest a dataset into a Zarr slice store (atomic;
                          no_args_is_help=True)
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Store path to write, e.g. stores/<dataset>.zarr.")]
-SizeOpt = Annotated[Optional[int], typer.Option("--image-size", help="Output slice size in pixels "
-                                                "(default: native, BraTS 240, Jun Cheng 512).")]
+
+
+def _size_opt(default: str) -> typer.models.OptionInfo:
+    return typer.Option("--image-size", min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE, show_default=False,
+                        help=f"Output slice size in pixels (default: {default}).")
+
+
+VOLUME_SIZE = "the first stored case's in-plane size, the others resized to it; with --append, the store's"
+BratsSizeOpt = Annotated[Optional[int], _size_opt(f"{VOLUME_SIZE}; 240 for real BraTS")]
+JunChengSizeOpt = Annotated[Optional[int], _size_opt("the largest stored image's size, the others enlarged to it "
+                                                     "(512 for the real set); with --append, the store's")]
+ManifestSizeOpt = Annotated[Optional[int], _size_opt(VOLUME_SIZE)]
 ChannelsOpt = Annotated[Optional[str], typer.Option("--channels", help="Comma-separated channel subset and "
                                                     "order, e.g. t1ce,flair (default: all).")]
 NormOpt = Annotated[str, typer.Option(
     "--normalisation", callback=one_of(NORMALISATIONS), help="robust (per-channel percentile scaling over the "
     "foreground, per volume; per slice for Jun Cheng's 2-D slices) or paper (each slice minus its minimum, / its "
     "maximum).")]
+VOLUME_SPLIT_MODES = tuple(mode for mode in SPLIT_MODES if mode != "cvind")
+"""The split modes of volume data (BraTS, a manifest): ``cvind`` is Jun Cheng's official folds."""
 SplitOpt = Annotated[str, typer.Option(
+    "--split", callback=one_of(VOLUME_SPLIT_MODES), help="grouped (patient-grouped, default) or slice (the paper's "
+    "slice-level protocol).")]
+JunChengSplitOpt = Annotated[str, typer.Option(
     "--split", callback=one_of(SPLIT_MODES), help="grouped (patient-grouped, default), slice (the paper's "
     "slice-level protocol) or cvind (Jun Cheng's official folds).")]
-FoldsOpt = Annotated[int, typer.Option("--folds", help="Number of folds (grouped: at most 4, one per disjoint "
-                                        "quarter of the patients; with --split cvind, the first N of the five "
-                                        "official ones: give 5 for all).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Split seed.")]
+FoldsOpt = Annotated[int, typer.Option("--folds", min=1, help="Number of folds (grouped: at most 4, one per disjoint "
+                                                              "quarter of the patients; slice: at most 20).")]
+JunChengFoldsOpt = Annotated[int, typer.Option("--folds", min=1, help="Number of folds (grouped: at most 4, one per "
+                                                                      "disjoint quarter of the patients; slice: at "
+                                                                      "most 20; with --split cvind, the first N of "
+                                                                      "the five official ones: give 5 for all).")]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="Split seed.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
-    "--workers", help="Local Dask worker processes reading cases (0 = in-process, the next case read while the one "
-    "before is written; at most one per CPU). Default: 0 where this process may use 2 CPUs or fewer (faster there), "
-    "else 2.")]
+    "--workers", min=0, help="Local Dask worker processes reading cases (0 = in-process, the next case read while the "
+    "one before is written; at most one per CPU). Default: 0 where this process may use 2 CPUs or fewer (faster "
+    "there), else 2.")]
 DaskOpt = Annotated[Optional[str], typer.Option("--dask-address", help="Existing Dask scheduler, e.g. "
                                                 "tcp://127.0.0.1:8786.")]
 AppendOpt = Annotated[bool, typer.Option("--append", help="Add only new cases to an existing store; stored "
@@ -112,7 +131,7 @@ def _ingest(dataset: str, source: Path, out: Path, config: IngestConfig, append:
 def ingest_brats_cmd(
     src: Annotated[Path, typer.Argument(help="BraTS training folder (BraTS20_Training_NNN/ + name_mapping.csv, "
                                              "or HGG/ and LGG/ folders).")],
-    out: OutOpt, image_size: SizeOpt = None, channels: ChannelsOpt = None, normalisation: NormOpt = "robust",
+    out: OutOpt, image_size: BratsSizeOpt = None, channels: ChannelsOpt = None, normalisation: NormOpt = "robust",
     split: SplitOpt = "grouped", folds: FoldsOpt = DEFAULT_FOLDS, seed: SeedOpt = 0, workers: WorkersOpt = None,
     dask_address: DaskOpt = None, append: AppendOpt = False, overwrite: OverwriteOpt = False,
 ) -> None:
@@ -124,9 +143,10 @@ def ingest_brats_cmd(
 @ingest_app.command("jun-cheng")
 def ingest_jun_cheng_cmd(
     src: Annotated[Path, typer.Argument(help="Folder of Jun Cheng N.mat files (MATLAB v7.3) and cvind.mat.")],
-    out: OutOpt, image_size: SizeOpt = None, normalisation: NormOpt = "robust", split: SplitOpt = "grouped",
-    folds: FoldsOpt = DEFAULT_FOLDS, seed: SeedOpt = 0, workers: WorkersOpt = None, dask_address: DaskOpt = None,
-    append: AppendOpt = False, overwrite: OverwriteOpt = False,
+    out: OutOpt, image_size: JunChengSizeOpt = None, normalisation: NormOpt = "robust",
+    split: JunChengSplitOpt = "grouped", folds: JunChengFoldsOpt = DEFAULT_FOLDS, seed: SeedOpt = 0,
+    workers: WorkersOpt = None, dask_address: DaskOpt = None, append: AppendOpt = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Ingest the Jun Cheng figshare slices (classes meningioma, glioma, pituitary)."""
     config = _config(image_size, None, normalisation, split, folds, seed, workers, dask_address)
@@ -137,9 +157,10 @@ def ingest_jun_cheng_cmd(
 def ingest_manifest_cmd(
     csv: Annotated[Path, typer.Argument(help="CSV with columns patient_id,label,<channel>...,seg (NIfTI paths "
                                              "absolute or relative to the CSV).")],
-    out: OutOpt, image_size: SizeOpt = None, channels: ChannelsOpt = None, normalisation: NormOpt = "robust",
-    split: SplitOpt = "grouped", folds: FoldsOpt = DEFAULT_FOLDS, seed: SeedOpt = 0, workers: WorkersOpt = None,
-    dask_address: DaskOpt = None, append: AppendOpt = False, overwrite: OverwriteOpt = False,
+    out: OutOpt, image_size: ManifestSizeOpt = None, channels: ChannelsOpt = None,
+    normalisation: NormOpt = "robust", split: SplitOpt = "grouped", folds: FoldsOpt = DEFAULT_FOLDS,
+    seed: SeedOpt = 0, workers: WorkersOpt = None, dask_address: DaskOpt = None, append: AppendOpt = False,
+    overwrite: OverwriteOpt = False,
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names: tumour-free, "
                                                         "then the tumour classes in the order wanted (default: "
                                                         "tumour-free + the sorted labels).")] = None,
@@ -219,7 +240,7 @@ def info_cmd(store: Annotated[Path, typer.Argument(help="Slice store to describe
 
 
 SynthOut = Annotated[Path, typer.Argument(help="Output folder (created).")]
-SynthSeed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed writes the same files.")]
+SynthSeed = Annotated[int, typer.Option("--seed", min=0, help="Random seed; the same seed writes the same files.")]
 SynthOverwrite = Annotated[bool, typer.Option("--overwrite", help="Write over files of the same names in the "
                                               "output folder (refused by default, so real data is never "
                                               "written over by mistake).")]
@@ -236,13 +257,17 @@ def _refuse_clashes(out: Path, clashes: list[Path], overwrite: bool, first_case:
 
 @synth_app.command("brats")
 def synth_brats_cmd(
-    out: SynthOut, cases: Annotated[int, typer.Option("--cases", help="Number of cases (patients), numbered up to "
-                                                                      f"{BRATS_MAX_CASE}.")] = 16,
-    size: Annotated[int, typer.Option("--size", help="In-plane size S, {} to {} (volumes are S x S x "
-                                                     "round(S*155/240)).".format(*BRATS_SIZE_RANGE))] = 240,
+    out: SynthOut,
+    cases: Annotated[int, typer.Option("--cases", min=1, max=BRATS_MAX_CASE, help="Number of cases (patients), "
+                                                                                  "numbered up to "
+                                                                                  f"{BRATS_MAX_CASE}.")] = 16,
+    size: Annotated[int, typer.Option("--size", min=BRATS_SIZE_RANGE[0], max=BRATS_SIZE_RANGE[1],
+                                      help="In-plane size S, {} to {} (volumes are S x S x "
+                                           "round(S*155/240)).".format(*BRATS_SIZE_RANGE))] = 240,
     seed: SynthSeed = 0,
-    first_case: Annotated[int, typer.Option("--first-case", help="Number of the first case (for a new data "
-                                                                  "drop after existing cases).")] = 1,
+    first_case: Annotated[int, typer.Option("--first-case", min=1, max=BRATS_MAX_CASE,
+                                            help="Number of the first case (for a new data drop after existing "
+                                                 "cases).")] = 1,
     overwrite: SynthOverwrite = False,
 ) -> None:
     """BraTS 2020 layout: BraTS20_Training_NNN/*_{t1,t1ce,t2,flair,seg}.nii.gz and name_mapping.csv."""
@@ -262,10 +287,11 @@ def synth_brats_cmd(
 @synth_app.command("jun-cheng")
 def synth_jun_cheng_cmd(
     out: SynthOut,
-    cases: Annotated[int, typer.Option("--cases", help="Number of slice files (N.mat), at most "
-                                                       f"{JUN_CHENG_MAX_CASES:,}.")] = 120,
-    size: Annotated[int, typer.Option("--size", help="Image size, {} to {} (a few images are written at half "
-                                                     "size, as in the real set).".format(*JUN_CHENG_SIZE_RANGE))] = 512,
+    cases: Annotated[int, typer.Option("--cases", min=1, max=JUN_CHENG_MAX_CASES,
+                                       help=f"Number of slice files (N.mat), at most {JUN_CHENG_MAX_CASES:,}.")] = 120,
+    size: Annotated[int, typer.Option("--size", min=JUN_CHENG_SIZE_RANGE[0], max=JUN_CHENG_SIZE_RANGE[1],
+                                      help="Image size, {} to {} (a few images are written at half size, as in the "
+                                           "real set).".format(*JUN_CHENG_SIZE_RANGE))] = 512,
     seed: SynthSeed = 0,
     overwrite: SynthOverwrite = False,
 ) -> None:

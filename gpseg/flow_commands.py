@@ -26,7 +26,7 @@ from gpseg.options import (BATCH_SIZE_HELP, EPOCHS_HELP, PRECISION_HELP, flow_tr
                            parse_model_options, parse_seeds)
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
-from storage.ingest_config import DEFAULT_FOLDS, SPLIT_MODES
+from storage.ingest_config import DEFAULT_FOLDS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, SPLIT_MODES
 from storage.interrupts import HELD_SIGNALS
 
 if TYPE_CHECKING:
@@ -42,8 +42,9 @@ def benchmark_cmd(
     jun_cheng: Annotated[Optional[str], typer.Option(help="Jun Cheng folder, or 'phantom'.")] = None,
     manifest: Annotated[Optional[Path], typer.Option(help="Manifest CSV of your own NIfTI data (see `gpseg "
                                                           "ingest manifest --help`).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Slice size of every dataset's store (default: native; "
-                                                           "needed for non-square slices).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(
+        min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE, show_default=False,
+        help="Slice size of every dataset's store (default: native; needed for non-square slices).")] = None,
     split: Annotated[str, typer.Option(
         callback=one_of(SPLIT_MODES), help="grouped (patient-grouped, default), slice (the paper's slice-level "
         "protocol) or cvind (Jun Cheng's official folds; --jun-cheng alone) for every dataset's store.")] = "grouped",
@@ -377,7 +378,7 @@ def retrain_outcome(result: dict, drop: Path, thresholds: str | None = None, giv
 
 
 def serve_cmd(
-    port: Annotated[int, typer.Option(help="API port on 127.0.0.1 (1-65535).")] = 4200,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="API port on 127.0.0.1.")] = 4200,
     root: Annotated[Optional[Path], typer.Option(
         help="The gpseg checkout (it holds prefect.yaml, whose deployments run its flows/ files; a pip-installed "
              "gpseg has none). Default: the checkout this gpseg runs from, whose .prefect/ the other commands use "
@@ -394,8 +395,6 @@ def serve_cmd(
     """
     from gpseg.local_stack import LocalStack, check_port_free, interrupt_on_stop_signals
 
-    if not 1 <= port <= 65535:  # was socket's OverflowError traceback
-        raise fail(f"--port: got {port}, expected 1-65535")
     root = (root or project_root() or Path(".")).resolve()  # as project_prefect_home finds it, from any folder
     if not (root / "prefect.yaml").is_file():
         raise fail(f"{root}: no prefect.yaml here; run from the gpseg checkout or pass --root")

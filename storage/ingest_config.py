@@ -142,8 +142,8 @@ class IngestConfig:
 
     def __post_init__(self) -> None:
         if self.image_size is not None and not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
-            raise ValueError(f"image_size: got {self.image_size}, expected {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE} pixels "
-                             "or None")
+            raise ValueError(f"image_size: got {self.image_size}, expected {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE} pixels, "
+                             "or no value for the native size")
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(f"normalisation: got {self.normalisation!r}, expected one of {NORMALISATIONS}")
         if self.workers is not None and self.workers < 0:

@@ -92,14 +92,63 @@ def test_command_help_flows_each_paragraph_onto_one_line():
     assert "is named (\"failed RUN: reason\"), left out of the report (its notes say so) and the others go on" in text
 
 
-@pytest.mark.parametrize("port", ["0", "-1", "99999"])
-def test_serve_refuses_a_port_out_of_range_in_one_line(port):
+@pytest.mark.parametrize(("args", "option", "bound"), [
+    (["serve", "--port", "0"], "--port", "greater than or equal to 1"),
+    (["serve", "--port", "70000"], "--port", "less than or equal to 65535"),
+    (["ingest", "manifest", "m.csv", "--out", "s.zarr", "--image-size", "4"], "--image-size",
+     "greater than or equal to 8"),
+    (["ingest", "brats", "src", "--out", "s.zarr", "--image-size", "4096"], "--image-size",
+     "less than or equal to 2048"),
+    (["ingest", "jun-cheng", "src", "--out", "s.zarr", "--folds", "0"], "--folds", "greater than or equal to 1"),
+    (["ingest", "manifest", "m.csv", "--out", "s.zarr", "--seed", "-1"], "--seed", "greater than or equal to 0"),
+    (["ingest", "brats", "src", "--out", "s.zarr", "--workers", "-1"], "--workers", "greater than or equal to 0"),
+    (["synth", "jun-cheng", "out", "--size", "32"], "--size", "greater than or equal to 64"),
+    (["synth", "jun-cheng", "out", "--cases", "0"], "--cases", "greater than or equal to 1"),
+    (["synth", "brats", "out", "--cases", "1000"], "--cases", "less than or equal to 999"),
+    (["synth", "brats", "out", "--size", "16"], "--size", "greater than or equal to 32"),
+    (["synth", "brats", "out", "--first-case", "0"], "--first-case", "greater than or equal to 1"),
+    (["benchmark", "--image-size", "4"], "--image-size", "greater than or equal to 8"),
+])
+def test_a_value_outside_an_options_range_is_a_usage_error_naming_the_option(args, option, bound, tmp_path,
+                                                                             monkeypatch):
+    """These exited 1 with a line naming a config field (`error: image_size: got 4, expected 8-2048 pixels or
+    None`), or the writer's argument, while README promised the parser's usage error, exit 2, as for `--epochs 0`;
+    `--help` did not show their ranges."""
     from typer.testing import CliRunner
 
     from gpseg.cli import app
 
-    result = CliRunner().invoke(app, ["serve", "--port", port])
-    assert result.exit_code == 1 and result.output == f"error: --port: got {port}, expected 1-65535\n"
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    said = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and f"Invalid value for '{option}': Input should be {bound}" in said, said
+    assert not any(tmp_path.iterdir())  # refused in parsing, before anything was written
+
+
+@pytest.mark.parametrize("kind", ["brats", "manifest"])
+def test_volume_ingestion_does_not_offer_the_official_folds(kind):
+    """`--split cvind` (Jun Cheng's cvind.mat) was offered by `gpseg ingest brats|manifest --help`, then refused
+    with exit 1."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    runner = CliRunner()
+    assert "cvind" not in runner.invoke(app, ["ingest", kind, "--help"], env={"COLUMNS": "200"}).output
+    assert "cvind" in runner.invoke(app, ["ingest", "jun-cheng", "--help"], env={"COLUMNS": "200"}).output
+    result = runner.invoke(app, ["ingest", kind, "src", "--out", "s.zarr", "--split", "cvind"])
+    said = " ".join(result.output.translate({ord(c): " " for c in "│╰─╯"}).split())
+    assert result.exit_code == 2 and said.endswith("Invalid value for '--split': got 'cvind', expected one of: "
+                                                   "grouped, slice"), said
+
+
+def test_an_ingestion_config_refuses_a_size_out_of_range_without_python_words():
+    """Python callers (and the flows) still get the config's one line; it said "or None"."""
+    from storage.ingest_config import IngestConfig
+
+    with pytest.raises(ValueError, match=r"^image_size: got 4, expected 8-2048 pixels, or no value for the native "
+                                         r"size$"):
+        IngestConfig(image_size=4)
 
 
 def test_serve_finds_the_checkout_from_another_folder(tmp_path, monkeypatch):
@@ -156,7 +205,8 @@ def typer_callback(app, name):
     (["train", "--store", "s.zarr", "--out", "r", "--model", "gp-unet", "--cache", "sometimes"], "--cache",
      "auto, always, never"),
     (["ingest", "brats", "src", "--out", "s.zarr", "--normalisation", "zscore"], "--normalisation", "robust, paper"),
-    (["ingest", "manifest", "m.csv", "--out", "s.zarr", "--split", "holdout"], "--split", "grouped, slice, cvind"),
+    (["ingest", "manifest", "m.csv", "--out", "s.zarr", "--split", "holdout"], "--split", "grouped, slice"),
+    (["ingest", "jun-cheng", "src", "--out", "s.zarr", "--split", "holdout"], "--split", "grouped, slice, cvind"),
     (["benchmark", "--split", "holdout"], "--split", "grouped, slice, cvind"),
     (["benchmark", "--preset", "fast"], "--preset", "paper, demo, smoke"),
     (["retrain", "--precision", "fp64"], "--precision", "auto, 32-true"),
