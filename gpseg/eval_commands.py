@@ -27,18 +27,22 @@ if TYPE_CHECKING:
     from gpmodels.postprocess import ThresholdConfig
 
 RunsArg = Annotated[list[Path], typer.Argument(help="Run directories written by `gpseg train`.")]
+SHAREABLE_HELP = ("A report to share outside the team that may see the data: no patient ids (patients become "
+                  "'patient 1', 'patient 2', ...) and no absolute paths (paths relative to the work dir or the runs' "
+                  "common folder) in the report folder. The key to the ids is written beside the folder "
+                  "(OUT.key.csv, readable by you alone) and its path printed.")
 ShareableOpt = Annotated[bool, typer.Option(
-    "--shareable", help="A report to share outside the team that may see the data: no patient ids (patients become "
-                        "'patient 1', 'patient 2', ...) and no absolute paths (paths relative to the work dir or the "
-                        "runs' common folder) in the report folder. The key to the ids is written beside the folder "
-                        "(OUT.key.csv, readable by you alone) and its path printed. Not into a work dir's own report "
-                        "(with --workdir the default --out is WORKDIR/report-shareable).")]
+    "--shareable", help=f"{SHAREABLE_HELP} Not into a work dir's own report (with --workdir the default --out is "
+                        "WORKDIR/report-shareable).")]
+ReportShareableOpt = Annotated[bool, typer.Option(
+    "--shareable", help=f"{SHAREABLE_HELP} Refused where --out is a work dir's own report.")]
 
 
 def heatmaps_cmd(
     run: Annotated[Path, typer.Option("--run", help="Run directory of `gpseg train`.")],
     split: Annotated[list[str], typer.Option("--split", callback=one_of(SPLIT_NAMES),
-                                             help="Split(s) to run over (repeatable).")] = ["val", "test"],
+                                             help=f"Split(s) to run over, of {', '.join(SPLIT_NAMES)} "
+                                                  "(repeatable).")] = ["val", "test"],
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 16,
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N, cpu, or mps (a Mac's GPU: used only when "
                                                        "given; default: a CUDA GPU when present, else the CPU).")
@@ -390,7 +394,7 @@ def report_cmd(
     runs: RunsArg,
     out: Annotated[Path, typer.Option("--out", help="Report folder (index.html, metrics.json, CSV).")] = Path("report"),
     title: Annotated[str, typer.Option(help="Page title.")] = "gpseg report",
-    shareable: ShareableOpt = False,
+    shareable: ReportShareableOpt = False,
 ) -> None:
     """Write the HTML report over runs; runs without evaluation.json are evaluated with the paper's thresholds.
 

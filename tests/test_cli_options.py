@@ -228,3 +228,19 @@ def test_a_value_outside_an_options_choices_is_a_usage_error_naming_the_option(a
     said = " ".join(result.output.replace("│", " ").split())
     assert result.exit_code == 2, result.output
     assert f"Invalid value for '{option}': got" in said and f"expected one of: {choices}" in said, said
+
+
+def test_each_commands_help_names_only_its_own_options_and_lists_its_choices():
+    """`gpseg report --help` told of --workdir, which only `gpseg postprocess` has; `gpseg heatmaps --split` did not
+    say which splits there are."""
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+
+    def helped(command: str) -> str:
+        output = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
+        return " ".join(output.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())
+
+    assert "--workdir" not in helped("report") and "Refused where --out is a work dir's own report" in helped("report")
+    assert "with --workdir the default --out is WORKDIR/report-shareable" in helped("postprocess")
+    assert "Split(s) to run over, of train, val, test (repeatable)" in helped("heatmaps")
