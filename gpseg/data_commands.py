@@ -156,7 +156,9 @@ def ingest_jun_cheng_cmd(
 @ingest_app.command("manifest")
 def ingest_manifest_cmd(
     csv: Annotated[Path, typer.Argument(help="CSV with columns patient_id,label,<channel>...,seg (NIfTI paths "
-                                             "absolute or relative to the CSV).")],
+                                             "absolute or relative to the CSV); seg voxels above 0 are tumour, and "
+                                             "label is the class of the patient's tumour slices or tumour-free "
+                                             "(whose seg may be left empty).")],
     out: OutOpt, image_size: ManifestSizeOpt = None, channels: ChannelsOpt = None,
     normalisation: NormOpt = "robust", split: SplitOpt = "grouped", folds: FoldsOpt = DEFAULT_FOLDS,
     seed: SeedOpt = 0, workers: WorkersOpt = None, dask_address: DaskOpt = None, append: AppendOpt = False,

@@ -244,3 +244,30 @@ def test_each_commands_help_names_only_its_own_options_and_lists_its_choices():
     assert "--workdir" not in helped("report") and "Refused where --out is a work dir's own report" in helped("report")
     assert "with --workdir the default --out is WORKDIR/report-shareable" in helped("postprocess")
     assert "Split(s) to run over, of train, val, test (repeatable)" in helped("heatmaps")
+
+
+def test_the_readmes_manifest_example_has_the_columns_ingestion_reads(tmp_path):
+    """README's "Your own data" shows a manifest; its header must be one `gpseg ingest manifest` takes, and the
+    tumour rule it states is in the command's help too."""
+    import re
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+    from storage.manifest import read_manifest
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Your own data", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```\n(\s*patient_id,label,.*?)```", section, flags=re.DOTALL)
+    example = "".join(line.strip() + "\n" for line in block.strip().splitlines())  # the block is indented
+    (tmp_path / "cases.csv").write_text(example)
+    for name in example.splitlines()[1].split(",")[2:]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")  # found; the files are read (and refused) later, at ingestion
+    cases, classes, channels, rejected = read_manifest(tmp_path / "cases.csv")
+    assert (len(cases), classes, channels, rejected) == (1, ["tumour-free", "HGG"], ["t1", "t1ce", "t2", "flair"], {})
+    assert "voxels above 0 are tumour" in section
+    said = " ".join(CliRunner().invoke(app, ["ingest", "manifest", "--help"], env={"COLUMNS": "200"}).output
+                    .replace("│", " ").split())
+    assert "seg voxels above 0 are tumour" in said
