@@ -23,6 +23,10 @@ from gpseg.options import one_of
 if TYPE_CHECKING:
     from flows.params import DatasetSpec
 
+DROP_KINDS = tuple(DROP_FOLDERS)
+"""Dataset kinds whose source folder takes drops (a manifest lists its cases in a CSV instead): ``--kind``'s
+choices."""
+
 
 def drop_cmd(
     path: Annotated[list[Path], typer.Argument(help="Case folders or files to add. BraTS cases take their grade "
@@ -33,7 +37,7 @@ def drop_cmd(
         help="The drop folder (a dataset's source folder). Default by --kind, in --workdir: "
              f"{DROP_FOLDERS['brats']} for brats, {DROP_FOLDERS['jun-cheng']} for jun-cheng with the default "
              "--workdir (the folders the daily retraining checks).")] = None,
-    kind: Annotated[str, typer.Option(callback=one_of(tuple(DROP_FOLDERS)),
+    kind: Annotated[str, typer.Option(callback=one_of(DROP_KINDS),
                                       help="Dataset kind of the dropped data and of the drop folder: brats or "
                                            "jun-cheng (sent with the event; the retraining run reads the folder "
                                            "as this kind).")] = "brats",
@@ -209,8 +213,6 @@ def _warn_rejected_cases(into: Path, names: set[str]) -> None:
                           highlight=False, soft_wrap=True)
 
 
-DROP_KINDS = tuple(DROP_FOLDERS)
-"""Dataset kinds whose source folder takes drops (a manifest lists its cases in a CSV instead)."""
 KIND_FILES = {"brats": "BraTS file", "jun-cheng": "Jun Cheng .mat file"}
 """What the data files of each drop kind are called in messages (a BraTS file: NIfTI or name_mapping.csv)."""
 
