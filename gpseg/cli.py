@@ -6,7 +6,8 @@ import inspect
 
 import typer
 
-from gpseg import data_commands, demo, drop_command, eval_commands, flow_commands, prune_command, train_command
+from gpseg import (data_commands, demo, drop_command, eval_commands, export_command, flow_commands, prune_command,
+                   train_command)
 from gpseg.console import run_main
 from gpseg.threshold_options import CLEANING_HELP
 
@@ -26,7 +27,7 @@ app.command("train", rich_help_panel=MODELS)(train_command.train_cmd)
 app.command("heatmaps", rich_help_panel=MODELS)(eval_commands.heatmaps_cmd)
 app.command("postprocess", rich_help_panel=MODELS, epilog=CLEANING_HELP)(eval_commands.postprocess_cmd)
 app.command("report", rich_help_panel=MODELS)(eval_commands.report_cmd)
-app.command("export-masks", rich_help_panel=MODELS)(eval_commands.export_masks_cmd)
+app.command("export-masks", rich_help_panel=MODELS)(export_command.export_masks_cmd)
 app.command("demo", rich_help_panel=FLOWS, epilog=CLEANING_HELP,
             help="The main job (./run.sh demo): the full-benchmark flow in this process on phantoms of both datasets, "
                  "all five models, the demo preset.")(demo.demo)

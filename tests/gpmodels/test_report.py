@@ -1324,9 +1324,9 @@ def test_runs_thresholded_differently_are_separate_rows_and_the_console_says_how
     runs = [load_run(paper), load_run(other)]
     assert runs[1].label == runs[0].label.removesuffix(")") + ", MO+0.5, closing 1, largest)", runs[1].label
     assert runs[0].network_label == runs[1].network_label == runs[0].label  # the paper's threshold adds nothing
-    from gpseg.eval_commands import _threshold_cell
+    from gpseg.eval_commands import threshold_cell
 
-    assert _threshold_cell(runs[1].evaluation["threshold"]) == "MO+0.5, closing 1, largest"
+    assert threshold_cell(runs[1].evaluation["threshold"]) == "MO+0.5, closing 1, largest"
 
 
 def test_a_heatmap_store_that_lost_chunk_files_fails_its_run_instead_of_reading_zeros(report_runs, tmp_path):
