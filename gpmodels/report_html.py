@@ -1,8 +1,8 @@
 """The HTML page of the report: inline CSS, inline PNGs, no script and nothing fetched.
 
-:func:`render_page` turns the runs and model groups loaded by :mod:`gpmodels.report` into one
-self-contained page: header (notes and warnings), the summary table per dataset beside the
-paper's numbers (best value per column in bold), confusion matrices, Dice histograms, example
+:func:`render_page` turns the runs loaded by :mod:`gpmodels.report`, in the model groups of
+:mod:`gpmodels.report_model`, into one self-contained page: header (notes and warnings), the summary table per
+dataset beside the paper's numbers (best value per column in bold), confusion matrices, Dice histograms, example
 panels, post-hoc panels with their agreement table, and the run configurations with training
 curves. Every text from the runs is HTML-escaped. The figures that thresholds do not change (confusion
 matrices, training curves) go through a :class:`gpmodels.figure_cache.FigureCache`, so a re-threshold
@@ -27,8 +27,8 @@ from gpmodels.evaluation import (FLAGGED_COUNTS, OFFSET_FALLBACK, evaluated_sour
                                  offset_fell_back, open_heatmaps)
 from gpmodels.figure_cache import FigureCache
 from gpmodels.files import heatmap_path
-from gpmodels.report import (COLUMNS, INTERVAL_KEYS, KIND_TITLES, ModelGroup, dataset_title, group_warnings,
-                             run_intervals, run_scalars)
+from gpmodels.report_model import (COLUMNS, INTERVAL_KEYS, KIND_TITLES, ModelGroup, dataset_title,
+                                   group_warnings, run_intervals, run_scalars)
 from gpmodels.report_runs import ReportRun, threshold_config
 from gpmodels.shareable import AS_IS, Redactor
 from storage.errors import one_line
@@ -185,7 +185,7 @@ def _best(groups: Sequence[ModelGroup]) -> dict[str, tuple[float, list[ModelGrou
     """Per column, the best mean and the groups ranked for it, among two or more groups of one run of every fold
     of the dataset (ties share it: each ranked group with that mean is marked); a group over fewer folds (a failed
     run) is not ranked, since its means are over other test sets, nor one with several runs of a fold
-    (:func:`gpmodels.report.group_warnings`), nor, in the mask columns, one whose masks do not localise
+    (:func:`gpmodels.report_model.group_warnings`), nor, in the mask columns, one whose masks do not localise
     (:func:`_localises`), nor, in the others, one that predicts one class for nearly every slice (:func:`_one_class`);
     a column where every ranked row has the same mean has none. A group not ranked is not
     marked even where its mean equals the best."""
@@ -691,7 +691,7 @@ def render_page(header: Mapping[str, Any], groups: Sequence[ModelGroup], channel
     Args:
         header: ``title``, ``generated``, ``gpseg_version``, ``commit`` (the report's git commit, short, or
             ``None``) and ``notes``.
-        groups: the model groups of :func:`gpmodels.report.group_runs`, in display order.
+        groups: the model groups of :func:`gpmodels.report_model.group_runs`, in display order.
         channel: input channel shown in the panels where the store has it; default the first.
         cache: where threshold-independent figures are kept between reports; default none (all drawn).
         shown: how patient ids, paths and the texts that may hold them are shown (a shareable report's
