@@ -2,7 +2,8 @@
 
 Cases are read in parallel (Dask) and appended in a fixed order, so the same
 sources and settings give the same store. Rejected cases are reported and
-recorded; the store is written atomically (see :mod:`storage.store`).
+recorded; the store is written atomically (see :mod:`storage.store`). What an ingestion did is an
+:class:`storage.ingest_report.IngestReport`; a new store's slice size is found by :mod:`storage.slice_size`.
 """
 
 from __future__ import annotations
@@ -18,19 +19,20 @@ from typing import Any, Literal
 
 import numpy as np
 
-from storage.brats import (BRATS_CHANNELS, BRATS_CLASSES, BRATS_SIZE, NAME_MAPPING, discover_brats, layout_hint,
-                           listed_but_absent)
+from storage.brats import BRATS_CHANNELS, BRATS_CLASSES, NAME_MAPPING, discover_brats, layout_hint, listed_but_absent
 from storage.cases import MatCase, SliceBatch, VolumeCase
 from storage.discovery import archives_below, is_archive, source_key
 from storage.errors import CaseRejected, NoUsableInput, StoreError, did_you_mean, one_line
-from storage.ingest_config import ASKED_SETTINGS, DEFAULT_RATIOS, MAX_IMAGE_SIZE, IngestConfig, SplitConfig
-from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, JUN_CHENG_SIZE, absent_numbers,
-                               by_image_size, discover_jun_cheng, read_mat_case)
+from storage.ingest_config import ASKED_SETTINGS, DEFAULT_RATIOS, IngestConfig, SplitConfig
+from storage.ingest_report import ABSENT_SLICES, IngestReport, archive_hint, first_rejection
+from storage.jun_cheng import (CVIND_FILES, JUN_CHENG_CHANNELS, JUN_CHENG_CLASSES, absent_numbers, discover_jun_cheng,
+                               read_mat_case)
 from storage.jun_cheng import layout_hint as jun_cheng_layout_hint
 from storage.locks import exclusive_lock
 from storage.manifest import read_manifest
 from storage.file_hashes import file_state
 from storage.parallel import dask_client, ordered_map
+from storage.slice_size import FirstRead, largest_mat_size, slice_size
 from storage.slicing import IDENTITY_AXES, axial_axes
 from storage.source_records import (CHANGED_SINCE_STORED, add_rejection, case_files, case_key, changed_since_stored,
                                     current_rejects, examined_files, file_states)
@@ -40,90 +42,6 @@ from storage.volumes import read_volume_case, volume_record
 
 DatasetKind = Literal["brats", "jun-cheng", "manifest"]
 Progress = Callable[[int, int, str], None]
-
-
-ABSENT_CASES = f"case(s) listed in {NAME_MAPPING} have no folder in the source"
-ABSENT_SLICES = "slice number(s) below the highest found or the count cvind.mat lists have no N.mat file in the source"
-
-
-def _first_spans(ids: list[str], shown: int = 3) -> str:
-    """The first ``shown`` of ``ids``, runs of consecutive numbers as one span: ``"767-1532, 2000, ..."``."""
-    spans: list[list[str]] = []
-    for item in ids:
-        if spans and item.isdigit() and spans[-1][-1].isdigit() and int(item) == int(spans[-1][-1]) + 1:
-            spans[-1][1:] = [item]
-        else:
-            spans.append([item])
-    return ", ".join("-".join(span) for span in spans[:shown]) + (", ..." if len(spans) > shown else "")
-
-
-@dataclass
-class IngestReport:
-    """What an ingestion did.
-
-    Attributes:
-        store: the store path.
-        cases: cases ingested now.
-        slices: slices in the store now.
-        new_slices: slices added now.
-        rejected: file -> reason for cases rejected now.
-        skipped: cases skipped because their patient is already stored (append).
-        archives: archive files below the source folder (relative paths), which are not read.
-        warnings: what makes the store unusable in part, e.g. ``"fold 0 train is empty"`` (too few
-            patients of each class for the grouped split's folds); ``gpseg validate`` fails on it too.
-        absent: case ids that the source's ``name_mapping.csv`` lists but that have no folder there (BraTS),
-            or slice numbers up to the highest found or ``cvind.mat``'s count without an ``N.mat`` file (Jun
-            Cheng); a new store only: a drop holds a few cases on purpose.
-        absent_what: what ``absent`` holds, for the notice (:data:`ABSENT_CASES` or :data:`ABSENT_SLICES`).
-        regraded: ``"patient (HGG stored, LGG now)"`` of each stored patient (append) whose class in the source
-            (``name_mapping.csv``, a manifest's ``label``) is no longer the stored one; not applied, since a
-            stored case is not read again.
-        resized: ``"patient (H×W)"`` of each 3-D case stored now whose axial slices had another size than the
-            store's and were resized to it, when no size was asked for (the size came from the first stored case
-            or, on append, the store).
-        image_size: the store's slice side, set when the store is written (0 before).
-        seconds: wall time.
-    """
-
-    store: Path
-    cases: int = 0
-    slices: int = 0
-    new_slices: int = 0
-    rejected: dict[str, str] = field(default_factory=dict)
-    skipped: int = 0
-    archives: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    absent: list[str] = field(default_factory=list)
-    absent_what: str = ABSENT_CASES
-    resized: list[str] = field(default_factory=list)
-    image_size: int = 0
-    regraded: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def exit_code(self) -> int:
-        """0 when nothing was rejected, 2 when some cases were (the rest is stored)."""
-        return 2 if self.rejected else 0
-
-    def notices(self) -> list[tuple[str, str]]:
-        """``(label, text)`` of each warning and each archive not read, for the CLI and the flow's log:
-        ``("warning", "fold 0 train is empty: ...")``, ``("not read", "data.zip: an archive; ...")``."""
-        return ([("warning", warning) for warning in self.warnings]
-                + [("not read", f"{archive}: an archive; unpack it to ingest the cases it holds (then --append)")
-                   for archive in self.archives]
-                + ([("not found", f"{len(self.absent)} {self.absent_what} ({_first_spans(self.absent)}): an "
-                                  "incomplete download or unpack? Add them later with --append")]
-                   if self.absent else [])
-                + ([("not applied", f"{len(self.regraded)} stored patient(s) have another class in the source now "
-                                    f"({', '.join(self.regraded[:3])}{', ...' if len(self.regraded) > 3 else ''}); "
-                                    "a stored case is not read again: ingest the source into a new store "
-                                    "(--overwrite) to take the new classes")]
-                   if self.regraded else [])
-                + ([("resized", f"{len(self.resized)} case(s) with slices of another size, to the store's "
-                                f"{self.image_size}×{self.image_size} px ({', '.join(self.resized[:3])}"
-                                f"{', ...' if len(self.resized) > 3 else ''}); a new store takes --image-size to "
-                                "choose it, an append keeps the store's")]
-                   if self.resized else []))
 
 
 def _empty_split_cause(split: SplitConfig) -> str:
@@ -141,23 +59,6 @@ def _reason(exc: BaseException) -> tuple[str | None, str]:
     if isinstance(exc, CaseRejected):
         return exc.file, exc.reason
     return None, f"unexpected {type(exc).__name__}: {one_line(exc)}"
-
-
-@dataclass
-class _FirstRead:
-    """The case that set a new store's slice size, as :func:`_first_size` or :func:`_largest_mat_size` read it,
-    so that ingestion does not read it again."""
-
-    case: VolumeCase | MatCase
-    states: dict[Path, tuple[int, int, int, int, int] | None]
-    """Its files' states (:func:`storage.nifti.file_state`), taken before they were read."""
-    batch: SliceBatch | None
-
-    def take(self) -> SliceBatch:
-        """The batch, handed over once (it is not kept beside the store's copy)."""
-        batch, self.batch = self.batch, None
-        assert batch is not None, "the first case's batch was taken already"
-        return batch
 
 
 @dataclass(frozen=True)
@@ -178,7 +79,7 @@ class _Plan:
     """The file that lists the cases (a manifest CSV), named in messages instead of ``root``."""
     layout_hint: Callable[[Path], str] | None = None
     """Where the cases may be when none was found (e.g. one folder down), for the error message."""
-    first: _FirstRead | None = None
+    first: FirstRead | None = None
     """The case read already to find the slice size, if any."""
     asked: dict | None = None
     """The settings as asked (:meth:`IngestConfig.asked`), which a fresh ingestion records."""
@@ -191,23 +92,6 @@ class _Plan:
     def archives(self) -> list[str]:
         """The archives below the source folder (relative paths); none for a listing, which names its files."""
         return [] if self.listing else [source_key(p, self.root) for p in archives_below(self.root)]
-
-
-def first_rejection(rejected: dict[str, str]) -> str:
-    """``"; the first: FILE: REASON"`` for a message that counts rejections (where only the count reaches a
-    flow's failure line or a report note), ``""`` when none."""
-    if not rejected:
-        return ""
-    file, reason = next(iter(rejected.items()))
-    return f"; the first: {file}: {reason}"
-
-
-def archive_hint(archives: Sequence[str]) -> str:
-    """What a "no cases" message adds when the source holds archives: ``""`` when it holds none."""
-    if not archives:
-        return ""
-    shown = ", ".join(archives[:3]) + (f" and {len(archives) - 3} more" if len(archives) > 3 else "")
-    return f"; it holds {len(archives)} archive(s) gpseg does not open ({shown}): unpack them first"
 
 
 def _stored_settings(config: IngestConfig, out: Path, append: bool) -> tuple[IngestConfig, int | None]:
@@ -433,7 +317,8 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
 
 def _read_cases(plan: _Plan, cases: list, client: Any) -> Iterator[tuple[Any, Any, BaseException | None]]:
     """:func:`storage.parallel.ordered_map` of the plan's reader over ``cases``, except that the case
-    :func:`_first_size` or :func:`_largest_mat_size` read already is handed over, not read again."""
+    :func:`storage.slice_size.first_size` or :func:`storage.slice_size.largest_mat_size` read already is handed
+    over, not read again."""
     first = plan.first
     if first is None or first.batch is None or not any(case is first.case for case in cases):
         yield from ordered_map(plan.reader, cases, client)
@@ -526,7 +411,7 @@ def ingest_brats(src: Path, out: Path, config: IngestConfig = IngestConfig(), ap
     config, store_size = _stored_settings(config, Path(out), append)
     channels = _channels(config.channels, BRATS_CHANNELS, src)
     cases, rejected = discover_brats(src, channels)
-    size, first = _slice_size(cases, BRATS_CLASSES, config, store_size)
+    size, first = slice_size(cases, BRATS_CLASSES, config, store_size)
     reader = functools.partial(read_volume_case, classes=BRATS_CLASSES, config=config, size=size)
     plan = _Plan("brats", src, cases, reader, BRATS_CLASSES, list(channels), size, rejected, (src / NAME_MAPPING,),
                  layout_hint=layout_hint, first=first, asked=as_asked)
@@ -541,7 +426,8 @@ def ingest_jun_cheng(src: Path, out: Path, config: IngestConfig = IngestConfig()
     """Ingest a folder of Jun Cheng ``N.mat`` files, at any depth (and ``cvind.mat``).
 
     Slices are enlarged to the largest image size of the files that ingestion stores (512 for the real
-    set; on append, the store's) unless ``config.image_size`` asks for one (:func:`_largest_mat_size`).
+    set; on append, the store's) unless ``config.image_size`` asks for one
+    (:func:`storage.slice_size.largest_mat_size`).
 
     Raises:
         NoUsableInput: no ``N.mat`` file, or every one was rejected.
@@ -559,7 +445,7 @@ def ingest_jun_cheng(src: Path, out: Path, config: IngestConfig = IngestConfig()
     if config.image_size or store_size:
         size, first = int(config.image_size or store_size), None
     else:
-        size, first = _largest_mat_size(cases, config)
+        size, first = largest_mat_size(cases, config)
     config = replace(config, image_size=size)
     reader = functools.partial(read_mat_case, config=config)
     plan = _Plan("jun-cheng", src, cases, reader, JUN_CHENG_CLASSES, list(channels), config.image_size, rejected,
@@ -609,7 +495,7 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
     channels = _channels(config.channels, tuple(available), csv_path)
     cases = [replace(c, channels={k: c.channels[k] for k in channels}) for c in cases]
     config = replace(config, channels=tuple(channels))
-    size, first = _slice_size(cases, classes, config, store_size)
+    size, first = slice_size(cases, classes, config, store_size)
     reader = functools.partial(read_volume_case, classes=classes, config=config, size=size)
     # the CSV's own content (labels) is metadata, as name_mapping.csv
     plan = _Plan("manifest", csv_path.parent, cases, reader, classes, list(channels), size, rejected,
@@ -632,57 +518,6 @@ def _native_size(batch: SliceBatch) -> tuple[int, int] | None:
         return None
     height, width = (int(batch.source_shape[axis]) for axis in batch.axes[:2])
     return height, width
-
-
-def _slice_size(cases: list[VolumeCase], classes: list[str], config: IngestConfig, store_size: int | None
-                ) -> tuple[int, _FirstRead | None]:
-    """The slices' size: the asked one, else the store's on append, else :func:`_first_size`'s."""
-    if config.image_size or store_size:
-        return int(config.image_size or store_size), None
-    return _first_size(cases, classes, config)
-
-
-def _first_size(cases: list[VolumeCase], classes: list[str], config: IngestConfig
-                ) -> tuple[int, _FirstRead | None]:
-    """In-plane size of the first case that ingestion stores (:data:`storage.brats.BRATS_SIZE` when there is none),
-    and that case as read.
-
-    Each case is read as ingestion reads it (:func:`storage.volumes.read_volume_case`, in the axial
-    orientation) until one is accepted, so a case that is rejected later (NaN voxels, a bad segmentation,
-    non-square slices without an asked size) does not set the size every other case is resized to. The
-    accepted case's slices are kept for ingestion, which would read them the same. A case larger than
-    :data:`storage.ingest_config.MAX_IMAGE_SIZE` (the most ``--image-size`` takes) does not set it either.
-    """
-    for case in cases:
-        states = {f: file_state(f) for f in case_files(case)}
-        try:
-            batch = read_volume_case(case, classes, config)
-        except Exception:  # rejected, or unreadable in another way: the reader says why again later
-            continue
-        size = int(batch.images.shape[-1])
-        if size <= MAX_IMAGE_SIZE:  # a larger case is resized down to the size of the others
-            return size, _FirstRead(case, states, batch)
-        batch = None  # not kept while the next case is read
-    return BRATS_SIZE, None
-
-
-def _largest_mat_size(cases: list[MatCase], config: IngestConfig) -> tuple[int, _FirstRead | None]:
-    """The largest image side among the Jun Cheng slice files that ingestion stores (:data:`JUN_CHENG_SIZE` when
-    there is none), and the file that has it, as read.
-
-    Files are read as ingestion reads them, largest declared side first (:func:`storage.jun_cheng.by_image_size`,
-    which reads HDF5 shapes only), until one is accepted; so a file rejected later (label, empty mask, PID,
-    damaged data) does not set the size every other slice is resized to. The accepted file's slice is kept for
-    ingestion, so that no file is read twice unless rejected.
-    """
-    for size, case in by_image_size(cases):
-        states = {case.path: file_state(case.path)}
-        try:
-            batch = read_mat_case(case, replace(config, image_size=size))
-        except Exception:  # rejected, or unreadable in another way: the reader says why again later
-            continue
-        return size, _FirstRead(case, states, batch)
-    return JUN_CHENG_SIZE, None
 
 
 def _existing_dir(src: Path) -> Path:

@@ -1138,7 +1138,7 @@ def test_a_manifest_row_with_more_cells_than_the_header_is_rejected(brats_source
 def test_a_case_larger_than_a_store_takes_does_not_set_the_size(brats_source, tmp_path, monkeypatch):
     """A first manifest row of 3000 x 3000 slices made every case 3000 px (2.5 GB of memory for 48-px cases);
     sizes beyond what --image-size takes (2048) no longer set it. Shown here with a bound of 40 px."""
-    monkeypatch.setattr("storage.ingest.MAX_IMAGE_SIZE", 40)
+    monkeypatch.setattr("storage.slice_size.MAX_IMAGE_SIZE", 40)
     flair, seg = _padded_case(brats_source, 1, tmp_path, 48)
     rows = [f"p{case},HGG,{','.join(_case_files(brats_source, case))}" for case in (2, 3)]
     (tmp_path / "m.csv").write_text("patient_id,label,flair,seg\n" + f"p1,HGG,{flair},{seg}\n" + "\n".join(rows))

@@ -108,10 +108,10 @@ def test_a_file_rewritten_after_the_size_setting_read_keeps_no_state(brats_copy,
     that read: a state taken later would match the rewritten file, and a drop check would skip its change."""
     import hashlib
 
-    from storage import file_hashes, ingest
+    from storage import file_hashes, slice_size
 
     monkeypatch.setattr(file_hashes, "_SETTLED_NS", 0)  # states are taken at once
-    real_read = ingest.read_volume_case
+    real_read = slice_size.read_volume_case
     rewritten = []
 
     def read_then_rewrite(case, *args, **kwargs):
@@ -122,7 +122,7 @@ def test_a_file_rewritten_after_the_size_setting_read_keeps_no_state(brats_copy,
             path.write_bytes(path.read_bytes())  # the same bytes, but a new change time
         return batch
 
-    monkeypatch.setattr(ingest, "read_volume_case", read_then_rewrite)
+    monkeypatch.setattr(slice_size, "read_volume_case", read_then_rewrite)
     ingest_brats(brats_copy, tmp_path / "s.zarr", CONFIG)
     attrs = open_store(tmp_path / "s.zarr").attrs
     key = rewritten[0].relative_to(brats_copy).as_posix()
