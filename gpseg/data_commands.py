@@ -19,7 +19,7 @@ from storage.normalise import NORMALISATIONS
 from storage.phantom_limits import BRATS_MAX_CASE, BRATS_SIZE_RANGE, JUN_CHENG_MAX_CASES, JUN_CHENG_SIZE_RANGE
 
 if TYPE_CHECKING:  # storage.ingest pulls in scikit-learn, h5py and nibabel: seconds that `--help` need not wait
-    from storage.ingest import IngestReport
+    from storage.ingest_report import IngestReport
 
 synth_app = typer.Typer(help="Write synthetic phantom datasets in the real on-disk formats.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Ingest a dataset into a Zarr slice store (atomic; exit 0 ok, 2 some cases "

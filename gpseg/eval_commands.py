@@ -366,7 +366,7 @@ def _postprocess(runs: list[Path] | None, workdir: Path | None, out: Path | None
 
 def _say_report(html: Path, shareable: bool = False) -> None:
     """Print where the report is, after its warnings (rows not over one run per fold, or over runs trained
-    differently: :func:`gpmodels.report.group_warnings`), and for a shareable one where its key is."""
+    differently: :func:`gpmodels.report_model.group_warnings`), and for a shareable one where its key is."""
     from gpmodels.report import report_warnings
     from gpmodels.shareable import key_path
 

@@ -51,7 +51,7 @@ def examined_files(old: dict[str, str], rejected: dict[str, str], rejected_cases
 
 def file_states(base_attrs: dict, sources: dict[str, str], examined: dict[str, str],
                 read_states: dict[str, tuple | None], root: Path) -> dict[str, list[int]]:
-    """The store's ``file_states`` attribute: relative path -> :func:`storage.nifti.file_state` of each file of
+    """The store's ``file_states`` attribute: relative path -> :func:`storage.file_hashes.file_state` of each file of
     ``sources`` and ``examined`` whose recorded sha256 is known to describe it in its current state, so that
     :func:`storage.drops.new_files` hashes only files whose state changed.
 
@@ -84,7 +84,7 @@ def changed_since_stored(case: VolumeCase | MatCase, stored: dict[str, str], roo
     or ``None``. A corrected re-download under the same path would otherwise be skipped without a word,
     and a drop check would count it as new data every time. Unreadable files are left to the next read.
 
-    A file still in the state (:func:`storage.nifti.file_state`) in which the store hashed it (``states``, its
+    A file still in the state (:func:`storage.file_hashes.file_state`) in which the store hashed it (``states``, its
     ``file_states``) is not read again, as :func:`storage.drops.new_files` does: every append re-read every stored
     file, the whole of BraTS at full size, to add a few cases. Only when that state describes the stored content:
     a file whose other content an append rejected (``examined``, the store's) keeps a state of that content, and
