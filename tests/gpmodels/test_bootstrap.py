@@ -82,3 +82,33 @@ def test_bad_arguments_are_rejected():
         patient_bootstrap(np.array(["a", "b"]), np.array([-1, 0]), np.array([0, 0]), np.full(2, np.nan), 2)
     with pytest.raises(ValueError, match=r"^y_pred: got float64 array of shape \(2,\), expected \(2,\) integers$"):
         patient_bootstrap(np.array(["a", "b"]), np.array([0, 1]), np.array([0.9, 1.2]), np.full(2, np.nan), 2)
+
+
+def _replicates_by_hand(patients, y_true, y_pred, dice, replicates, seed):
+    """``(B,)`` weighted F1 and ``(B,)`` median Dice of each replicate, from the slices of the drawn patients.
+
+    The draws follow the function's contract: ``default_rng(seed).integers(0, P, (B, P))`` indexes
+    the sorted unique patient ids.
+    """
+    ids = np.unique(patients)
+    draws = np.random.default_rng(seed).integers(0, ids.size, size=(replicates, ids.size))
+    f1, medians = [], []
+    for row in draws:
+        rows = np.concatenate([np.flatnonzero(patients == ids[i]) for i in row])
+        f1.append(f1_score(y_true[rows], y_pred[rows], labels=[0, 1, 2], average="weighted", zero_division=0))
+        medians.append(np.nanmedian(dice[rows]))
+    return np.array(f1), np.array(medians)
+
+
+def test_intervals_are_the_percentiles_of_replicates_drawn_by_hand():
+    # 6 patients whose Dice differ, 150 replicates (more than one chunk of weights)
+    patients, y_true, y_pred, dice = _split(6, 5, seed=3)
+    f1, medians = _replicates_by_hand(patients, y_true, y_pred, dice, 150, seed=7)
+    for level in (0.95, 0.8):
+        result = patient_bootstrap(patients, y_true, y_pred, dice, 3, replicates=150, level=level, seed=7)
+        tail = (1 - level) / 2 * 100
+        low, high = np.percentile(medians, [tail, 100 - tail])
+        assert high > low
+        assert result["dice_median"] == pytest.approx({"low": low, "high": high})
+        low, high = np.percentile(f1, [tail, 100 - tail])
+        assert result["f1"] == pytest.approx({"low": low, "high": high})
