@@ -13,7 +13,7 @@ import torch
 import zarr
 from typer.testing import CliRunner
 
-from flows.prune import plan_prune, prune
+from flows.prune import finished, plan_prune, prune
 from gpmodels.files import weights_record
 from gpseg.cli import app
 from storage.locks import exclusive_lock
@@ -25,7 +25,7 @@ def _run(workdir: Path, version: str, model: str = "gp-unet", *, trained: int | 
          tested: bool = True) -> Path:
     """A run dir of ``runs/brats/VERSION/MODEL/fold_0``: config.json of ``planned`` epochs, checkpoints and heatmaps,
     and model.pt with a model.json of ``trained`` epochs (none with ``None``: a training that never finished) and
-    its merged metrics.csv, with test columns where ``tested`` (else killed during its test)."""
+    its merged metrics.csv, with test columns where ``tested`` (else only the training's: killed during its test)."""
     run = workdir / "runs" / "brats" / version / model / "fold_0"
     (run / "checkpoints").mkdir(parents=True)
     (run / "heatmaps" / "test.zarr").mkdir(parents=True)
@@ -36,7 +36,8 @@ def _run(workdir: Path, version: str, model: str = "gp-unet", *, trained: int | 
     if trained is not None:
         torch.save({"weight": torch.zeros(8)}, run / "model.pt")
         (run / "model.json").write_text(json.dumps({**weights_record(run), "train": {"epochs": trained}}))
-        (run / "metrics.csv").write_text("epoch,step,test_f1,val_loss\n0,1,,0.5\n0,1,0.5,\n" if tested else "")
+        (run / "metrics.csv").write_text("epoch,step,test_f1,val_loss\n0,1,,0.5\n0,1,0.5,\n" if tested
+                                         else "epoch,step,val_loss\n0,1,0.5\n")
     return run
 
 
@@ -150,7 +151,8 @@ def test_checkpoints_go_only_for_finished_runs(tmp_path):
     for run in (stopped, never, busy, untested):
         assert sorted(path.name for path in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert not (workdir / "runs" / "brats" / OLD).exists()
-    (finished / "model.pt").write_bytes(b"not the weights")  # damaged: its checkpoints would be all that is left
+    damaged = _run(workdir, NEW, "inceptionv3")  # finished but for model.pt: its checkpoints are all that is whole
+    (damaged / "model.pt").write_bytes(b"not the weights")
     _run(workdir, OLD)
     (workdir / "report" / "metrics.json").write_text(json.dumps(
         {"runs": [{"run_dir": str(workdir / "runs" / "brats" / version / "gp-unet" / "fold_0")}
@@ -158,6 +160,18 @@ def test_checkpoints_go_only_for_finished_runs(tmp_path):
     plan = plan_prune(workdir, checkpoints=True)
     assert [deletion.path for deletion in plan.deletions] == [busy, workdir / "runs" / "brats" / OLD / "gp-unet" /
                                                               "fold_0"]  # the training over; not the damaged one
+    assert damaged in plan.unfinished
+
+
+def test_a_run_is_finished_with_the_metrics_its_config_asks_for(tmp_path):
+    run = _run(tmp_path, NEW, tested=False)  # metrics.csv of the training only
+    assert not finished(run)
+    (run / "config.json").write_text(json.dumps({"train": {"model": "gp-unet", "epochs": 1, "test": False}}))
+    assert finished(run)  # a run that does not test logs no test columns
+    (run / "metrics.csv").write_text("")
+    assert not finished(run)  # nor is one whose metrics were never merged
+    (run / "metrics.csv").unlink()
+    assert not finished(run)
 
 
 def test_a_flow_working_in_the_work_dir_stops_a_prune_that_would_delete(tmp_path):
