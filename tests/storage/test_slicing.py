@@ -59,6 +59,18 @@ def test_resize_images_shapes_and_identity():
     assert 0.0 <= small.min() and small.max() <= 1.0
 
 
+def test_volume_slices_masks_every_tumour_label():
+    # BraTS labels: 1 necrotic core, 2 oedema, 4 enhancing; slice 1 holds label 1 only
+    slices = np.zeros((3, 1, 4, 4), dtype=np.int16)
+    slices[:, 0, 0, 0] = 50
+    seg = np.zeros((3, 4, 4), dtype=np.uint8)
+    seg[1, 1:3, 1] = 1
+    seg[2, 0, :3] = [1, 2, 4]
+    images, masks, labels, idx = volume_slices(slices, seg, tumour_class=3)
+    assert labels.tolist() == [0, 3, 3] and masks[1].sum() == 2
+    np.testing.assert_array_equal(masks, (seg > 0).astype(np.uint8))
+
+
 def test_volume_slices_of_an_all_blank_volume_keeps_nothing():
     slices = np.zeros((4, 2, 6, 5), dtype=np.int16)
     seg = np.zeros((4, 6, 5), dtype=np.uint8)
