@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from storage.ingest_config import SplitConfig
-from storage.splits import TEST, TRAIN, VAL, cvind_splits, extend_splits, grouped_splits, slice_splits
+from storage.splits import (TEST, TRAIN, VAL, cvind_splits, extend_splits, grouped_splits, hashed_codes,
+                            slice_splits)
 
 
 def _dataset(n_patients=40, seed=0):
@@ -74,6 +75,9 @@ def test_cvind_mode():
     splits = cvind_splits(cvind, SplitConfig(mode="cvind", folds=5))
     assert (splits[0][cvind == 1] == TEST).all() and (splits[0][cvind == 2] == VAL).all()
     assert (splits[4][cvind == 5] == TEST).all() and (splits[4][cvind == 1] == VAL).all()
+    for fold in range(5):  # fold k tests on official fold k+1 and validates on the next, 5 wrapping to 1
+        expected = np.where(cvind == fold + 1, TEST, np.where(cvind == (fold + 1) % 5 + 1, VAL, TRAIN))
+        assert (splits[fold] == VAL).any() and np.array_equal(splits[fold], expected)
     with pytest.raises(ValueError, match="official fold 1-5, found 0 to 0"):
         cvind_splits(np.zeros(3, int), SplitConfig(mode="cvind"))
     with pytest.raises(ValueError, match="found 1 to 6"):
@@ -92,6 +96,22 @@ def test_extend_keeps_existing_and_is_order_independent():
         assert ext[k][patients.size] == ext[k][patients.size + 1]  # one patient, one split
     alone = extend_splits({k: np.zeros(0, np.int8) for k in base}, new_p[2:3], idx[:1], None, config)
     assert all(alone[k][0] == ext[k][patients.size + 2] for k in base)
+
+
+def test_new_slices_of_stored_patients_take_their_codes_and_new_patients_are_hashed():
+    config = SplitConfig(folds=3, seed=2)
+    new_p = np.array(["A", "B", "C", "E", "B"])  # A and C sort before the last stored id D
+    hashed = hashed_codes(["A", "C", "E"], config)
+    stored = np.array(["D", "B", "B"])
+    existing = {}
+    for fold in range(3):  # D's slice coded unlike C, B's first slice unlike A and D (a wrong patient's would show)
+        d = (hashed[fold][1] + 1) % 3
+        existing[fold] = np.array([d, next(c for c in (0, 1, 2) if c not in (hashed[fold][0], d)), TRAIN], np.int8)
+    grown = extend_splits(existing, new_p, np.zeros(5, np.int16), None, config, stored_patients=stored)
+    for fold in range(3):
+        assert np.array_equal(grown[fold][:3], existing[fold])
+        assert np.array_equal(grown[fold][3:][[0, 2, 3]], hashed[fold])
+        assert grown[fold][4] == grown[fold][7] == existing[fold][1]
 
 
 def test_split_config_rejects_bad_values():
