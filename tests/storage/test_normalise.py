@@ -14,6 +14,15 @@ def test_background_from_corners_handles_nonzero_constant():
     assert fg.shape == (4, 10, 10) and fg.sum() == 4 * 4 * 4 and not fg[0, 0, 0]
 
 
+def test_background_is_the_most_common_corner_value_not_the_smallest():
+    # corners: the 4 in-plane corners of the first and last slice, 8 per channel
+    vol = np.full((3, 2, 4, 4), 7, dtype=np.int16)
+    vol[0, 0, 0, 0] = vol[-1, 0, -1, -1] = 0  # channel 0: 6 corners at 7, 2 at 0
+    vol[:, 1] = 3
+    vol[1, 1] = 0  # a middle slice is no corner
+    assert background_values(vol).tolist() == [7, 3]
+
+
 def test_robust_scale_range_background_and_per_channel():
     rng = np.random.default_rng(0)
     vol = np.zeros((3, 2, 12, 12), dtype=np.int16)
