@@ -153,6 +153,5 @@ def paper_scale(slices: np.ndarray) -> np.ndarray:
     lo = data.min(axis=(1, 2, 3), keepdims=True)
     data -= lo
     hi = data.max(axis=(1, 2, 3), keepdims=True)
-    np.divide(data, hi, out=data, where=hi > 0)
-    data[np.broadcast_to(hi <= 0, data.shape)] = 0.0
+    np.divide(data, hi, out=data, where=hi > 0)  # hi == 0: a constant slice, all 0 once shifted
     return data

@@ -44,12 +44,14 @@ def test_robust_scale_constant_foreground_and_empty():
 
 
 def test_paper_scale_divides_by_slice_max_over_channels():
-    x = np.zeros((2, 2, 3, 3), dtype=np.float32)
+    x = np.zeros((3, 2, 3, 3), dtype=np.float32)
     x[0, 0] = 2.0
     x[0, 1, 0, 0] = 4.0
+    x[1] = 5.0
+    x[2] = -3.0
     out = paper_scale(x)
     assert out[0, 1, 0, 0] == 1.0 and out[0, 0, 1, 1] == 0.5
-    assert (out[1] == 0).all()  # constant slice
+    assert (out[1:] == 0).all() and not np.signbit(out[1:]).any()  # constant slices: +0 everywhere
 
 
 def test_robust_scale_huge_integer_range_takes_no_large_table():
