@@ -163,21 +163,6 @@ def fill_holes(masks: np.ndarray, max_area: int) -> np.ndarray:
     return masks | fill[labels]
 
 
-def remove_small_objects(masks: np.ndarray, min_size: int) -> np.ndarray:
-    """Remove 8-connected objects smaller than ``min_size`` pixels from every slice.
-
-    Args:
-        masks: ``(N, H, W)`` bool.
-        min_size: smallest object kept; 0 or 1 returns a copy.
-
-    Returns:
-        ``(N, H, W)`` bool.
-    """
-    masks = check_masks("masks", masks)
-    _check_count("min_size", min_size)
-    return masks.copy() if min_size <= 1 else _keep_objects(masks, min_size, largest=False)
-
-
 def _keep_objects(masks: np.ndarray, min_size: int, largest: bool) -> np.ndarray:
     """The 8-connected objects of bool ``(N, H, W)`` masks with at least ``min_size`` pixels, only the largest
     of each slice when ``largest``, from one labelling: removing small objects merges none, so the largest
@@ -214,20 +199,6 @@ def _largest_per_slice(labels: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     first[1:] = slice_of[order[1:]] != slice_of[order[:-1]]
     keep[ids[order[first]]] = True
     return keep
-
-
-def keep_largest_component(masks: np.ndarray) -> np.ndarray:
-    """Keep only the largest 8-connected object of every slice.
-
-    Ties go to the object met first in raster order. Empty slices stay empty.
-
-    Args:
-        masks: ``(N, H, W)`` bool.
-
-    Returns:
-        ``(N, H, W)`` bool.
-    """
-    return _keep_objects(check_masks("masks", masks), 0, largest=True)
 
 
 def clean_masks(

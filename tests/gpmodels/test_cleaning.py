@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.morphology import disk
 
-from gpmodels.cleaning import clean_masks, close_masks, fill_holes, keep_largest_component, remove_small_objects
+from gpmodels.cleaning import clean_masks, close_masks, fill_holes
 
 
 def stack(*slices: np.ndarray) -> np.ndarray:
@@ -27,19 +27,19 @@ def test_empty_masks_stay_empty_under_every_step():
     assert not out.any()
 
 
-def test_remove_small_objects_keeps_objects_of_min_size():
+def test_min_size_keeps_objects_of_min_size():
     a = np.zeros((33, 34))
     a[2:4, 2:4] = 1  # 4 px
     a[10:13, 10:13] = 1  # 9 px
-    out = remove_small_objects(stack(a), min_size=5)
+    out = clean_masks(stack(a), min_size=5)
     assert out[0, 11, 11] and not out[0, 2, 2]
-    assert remove_small_objects(stack(a), min_size=4)[0, 2, 2]
+    assert clean_masks(stack(a), min_size=4)[0, 2, 2]
 
 
 def test_diagonal_pixels_form_one_object():
     a = np.zeros((9, 10))
     a[2, 2] = a[3, 3] = a[4, 4] = 1
-    assert remove_small_objects(stack(a), min_size=3)[0].sum() == 3
+    assert clean_masks(stack(a), min_size=3)[0].sum() == 3
 
 
 def test_fill_holes_fills_small_interior_holes_only():
@@ -68,7 +68,7 @@ def test_largest_component_per_slice_independently():
     a[10:15, 10:15] = 1
     b = np.zeros((33, 34))
     b[1:3, 1:3] = 1  # the only object of slice 1: kept although smaller than slice 0's largest
-    out = keep_largest_component(stack(a, b, np.zeros((33, 34))))
+    out = clean_masks(stack(a, b, np.zeros((33, 34))), largest_component=True)
     assert out[0].sum() == 25 and out[0, 12, 12]
     assert out[1].sum() == 4
     assert not out[2].any()
@@ -78,7 +78,7 @@ def test_largest_component_ties_go_to_the_first_in_raster_order():
     a = np.zeros((9, 10))
     a[1:3, 6:8] = 1
     a[5:7, 1:3] = 1
-    out = keep_largest_component(stack(a))[0]
+    out = clean_masks(stack(a), largest_component=True)[0]
     assert out[1, 6] and not out[5, 1]
 
 
@@ -114,16 +114,24 @@ def test_closing_equals_scipy_binary_morphology_slice_by_slice(radius, seed):
     np.testing.assert_array_equal(close_masks(masks, radius), expected)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_largest_component_equals_a_slice_by_slice_reference(seed):
-    masks = _random_masks(seed)
+def _kept_objects(masks: np.ndarray, min_size: int, largest: bool) -> np.ndarray:
+    """Reference, slice by slice: bool ``(N, H, W)`` less its 8-connected objects under ``min_size`` pixels, then
+    only the largest object left if ``largest`` (ties: the first label, first in raster order)."""
     expected = np.zeros_like(masks)
     for i, m in enumerate(masks):
         labels, count = ndi.label(m, structure=np.ones((3, 3)))
-        if count:
-            sizes = np.bincount(labels.ravel())[1:]
-            expected[i] = labels == 1 + int(np.argmax(sizes))  # ties: the first label, first in raster order
-    np.testing.assert_array_equal(keep_largest_component(masks), expected)
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        kept = [label for label in range(1, count + 1) if sizes[label - 1] >= min_size]
+        if largest and kept:
+            kept = [max(kept, key=lambda label: (sizes[label - 1], -label))]
+        expected[i] = np.isin(labels, kept)
+    return expected
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_largest_component_equals_a_slice_by_slice_reference(seed):
+    masks = _random_masks(seed)
+    np.testing.assert_array_equal(clean_masks(masks, largest_component=True), _kept_objects(masks, 0, True))
 
 
 @pytest.mark.parametrize("min_size", [0, 1, 5, 40, 10_000])
@@ -132,8 +140,7 @@ def test_largest_component_equals_a_slice_by_slice_reference(seed):
 def test_clean_masks_equals_its_steps_one_after_another(min_size, largest, empty):
     masks = _random_masks(4, n=16)
     masks[empty] = False  # clean_masks skips empty slices; the steps alone do not
-    expected = remove_small_objects(fill_holes(close_masks(masks, 1), 6), min_size)
-    expected = keep_largest_component(expected) if largest else expected
+    expected = _kept_objects(fill_holes(close_masks(masks, 1), 6), min_size, largest)
     np.testing.assert_array_equal(clean_masks(masks, min_size, 6, 1, largest), expected)
 
 

@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu, threshold_otsu
 
 from gpmodels import postprocess
-from gpmodels.cleaning import keep_largest_component
+from gpmodels.cleaning import clean_masks
 from gpmodels.metrics import dice
 from gpmodels.postprocess import (
     CleaningConfig,
@@ -186,7 +186,7 @@ def test_segment_heatmaps_thresholds_then_cleans():
     config = ThresholdConfig(offset=0.3, cleaning=CleaningConfig(largest_component=True))
     masks = segment_heatmaps(maps, config)
     raw = threshold_heatmaps(maps, "multiotsu", offset=0.3)
-    np.testing.assert_array_equal(masks, keep_largest_component(raw))
+    np.testing.assert_array_equal(masks, clean_masks(raw, largest_component=True))
     assert (masks <= raw).all() and (masks != raw).any()
     assert all(ndi.label(m, np.ones((3, 3)))[1] == 1 for m in masks)
     with pytest.raises(ValueError, match="auto"):
