@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, default_drop_folder
+from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, TRAINING_SETTINGS, default_drop_folder
 from gpmodels.names import MODEL_NAMES, ModelName, PresetName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 from gpmodels.threshold_config import Method, TargetClass, check_fixed_value
@@ -368,8 +368,6 @@ def with_work_dir_settings(params: RetrainParams) -> tuple[RetrainParams, dict[s
         ValueError: the file is unreadable or damaged, or its settings do not make valid parameters (one line,
             naming the file).
     """
-    from flows.layout import TRAINING_SETTINGS
-
     path = Path(params.workdir) / TRAINING_SETTINGS
     advice = "; delete it, or give the retrain its training settings"
     try:

@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -447,8 +447,6 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
 
 
 def _config_dict(config: ThresholdConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
     out = asdict(config)
     out["auto_offsets"] = list(config.auto_offsets)
     return out
