@@ -143,7 +143,8 @@ def heatmap_thresholds(
     Raises:
         ValueError: ``offset`` or ``value`` is not finite; a ``fixed`` ``value`` below 0 with
             ``suppress_negative`` (every pixel would be marked, as :class:`ThresholdConfig` refuses); the maps
-            are not 3-D, or (``fixed``) hold NaN or infinite values.
+            are not 3-D, or hold NaN, ``+inf``, or ``-inf`` without ``suppress_negative`` (which takes it as 0),
+            whatever the method.
         TypeError: The maps are not float16/32/64.
     """
     maps = check_maps("maps", maps)
@@ -297,7 +298,7 @@ def offset_scores(config: ThresholdConfig, maps: np.ndarray, targets: np.ndarray
     """Dice of every offset of ``config.auto_offsets`` on validation slices, for :func:`best_offset`.
 
     Slices are scored independently, so the scores of a split may be computed chunk by chunk and
-    concatenated along the slice axis (see :func:`resolve_auto_offset`).
+    concatenated along the slice axis (as :func:`gpmodels.evaluation._resolve_offset` does).
 
     Args:
         config: the configuration (its ``auto_offsets``, multi-Otsu settings and clean-up).

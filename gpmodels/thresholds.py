@@ -78,7 +78,8 @@ def otsu_thresholds(
     nbins=nbins)``, including its dtype and its handling of constant slices.
 
     Args:
-        maps: ``(N, H, W)`` float16, float32 or float64 heatmaps, finite.
+        maps: ``(N, H, W)`` float16, float32 or float64 heatmaps, finite (or ``-inf``, taken as 0, with
+            ``suppress_negative``).
         nbins: histogram bins, 2 to ``MAX_NBINS``.
         suppress_negative: threshold ``max(maps, 0)`` (without materialising it).
         workers: threads (``None``: one per CPU); the result does not depend on it.
@@ -89,7 +90,8 @@ def otsu_thresholds(
         edges gives its maximum. Both make ``map > threshold`` empty.
 
     Raises:
-        ValueError: ``maps`` is not 3-D or holds NaN/inf; ``nbins`` is out of range.
+        ValueError: ``maps`` is not 3-D or holds NaN, ``+inf``, or ``-inf`` without ``suppress_negative``;
+            ``nbins`` is out of range.
         TypeError: ``maps`` is not floating point.
 
     References:
@@ -275,7 +277,8 @@ def multiotsu_thresholds(
     4 classes and more from there.
 
     Args:
-        maps: ``(N, H, W)`` float16, float32 or float64 heatmaps, finite.
+        maps: ``(N, H, W)`` float16, float32 or float64 heatmaps, finite (or ``-inf``, taken as 0, with
+            ``suppress_negative``).
         classes: number of classes, 2 to ``nbins``.
         nbins: histogram bins, 2 to ``MAX_NBINS``.
         suppress_negative: threshold ``max(maps, 0)`` (without materialising it).
@@ -285,8 +288,8 @@ def multiotsu_thresholds(
         ``(N, classes - 1)`` increasing thresholds in the dtype of ``maps``.
 
     Raises:
-        ValueError: ``maps`` is not 3-D or holds NaN/inf; ``classes`` or
-            ``nbins`` is out of range.
+        ValueError: ``maps`` is not 3-D or holds NaN, ``+inf``, or ``-inf`` without ``suppress_negative``;
+            ``classes`` or ``nbins`` is out of range.
         TypeError: ``maps`` is not floating point.
 
     References:

@@ -130,6 +130,8 @@ def test_nan_and_inf_maps_are_refused_by_every_method(method):
             threshold_heatmaps(maps, method)
     maps[1, 2, 2] = -np.inf  # suppressed to 0 first
     assert not threshold_heatmaps(maps, method).any()
+    with pytest.raises(ValueError, match="NaN or infinite"):  # refused without suppression
+        threshold_heatmaps(maps, method, suppress_negative=False)
 
 
 def test_only_the_float_dtypes_of_the_heatmaps_are_taken():
