@@ -19,6 +19,35 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 DATA, MODELS, FLOWS = "Data: phantoms, stores", "Models: train, explain, evaluate", "Orchestration: Prefect flows"
+
+
+def version_text() -> str:
+    """``gpseg VERSION (commit 0123abc[ dirty])``: the installed distribution's version and, from a git checkout, the
+    commit the runs it makes record (:mod:`gpmodels.provenance`); ``(no git checkout)`` for an installed wheel, whose
+    runs record the version alone."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from gpmodels.provenance import SOURCE_ROOT, commit_text, git_state
+
+    try:
+        number = version("gpseg")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        number = "(not installed)"
+    commit, dirty = git_state(SOURCE_ROOT)
+    where = commit_text({"git_commit": commit, "git_dirty": dirty})
+    return f"gpseg {number} ({f'commit {where}' if where else 'no git checkout'})"
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                          help="Print gpseg's version and git commit, and exit.")) -> None:
+    """Weakly-supervised brain-tumour segmentation from inherently-explainable GP classifiers."""
 app.add_typer(data_commands.synth_app, name="synth", rich_help_panel=DATA)
 app.add_typer(data_commands.ingest_app, name="ingest", rich_help_panel=DATA)
 app.command("validate", rich_help_panel=DATA)(data_commands.validate_cmd)

@@ -271,3 +271,22 @@ def test_the_readmes_manifest_example_has_the_columns_ingestion_reads(tmp_path):
     said = " ".join(CliRunner().invoke(app, ["ingest", "manifest", "--help"], env={"COLUMNS": "200"}).output
                     .replace("│", " ").split())
     assert "seg voxels above 0 are tumour" in said
+
+
+def test_version_names_the_installed_version_and_the_checkouts_commit(monkeypatch):
+    """Two installs of one version (a wheel of another commit) could not be told apart: `gpseg --version` did not
+    exist, and the runs of an installed wheel record its version alone."""
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    import gpmodels.provenance
+    from gpseg.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    commit, _ = gpmodels.provenance.git_state(gpmodels.provenance.SOURCE_ROOT)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"gpseg {version('gpseg')} (")
+    assert (f"(commit {commit[:7]}" if commit else "(no git checkout)") in result.output
+    monkeypatch.setattr(gpmodels.provenance, "git_state", lambda root: (None, None))  # an installed wheel
+    assert CliRunner().invoke(app, ["--version"]).output == f"gpseg {version('gpseg')} (no git checkout)\n"
