@@ -48,8 +48,8 @@ def _postprocess(params: PostprocessParams, logger) -> dict:
     share_base = None  # a shareable report's paths are relative to the work dir, or to the one all runs lie in
     if params.shareable:
         share_base = shown_relative_to([*runs, *gone], None if params.runs else params.workdir)
-    if (refusal := team_report_refusal(out, share_base)) is not None:
-        raise ValueError(f"{refusal} (the out parameter)")  # before any run's evaluation is rewritten
+        if (refusal := team_report_refusal(out, params.workdir)) is not None:
+            raise ValueError(f"{refusal} (the out parameter)")  # before any run's evaluation is rewritten
     results = []
     for run in gone:  # kept in the report as left out, for a later re-threshold to take back; its row names it by
         reason = gone_reason(Path(params.workdir) / REPORT)  # its path, since its config.json is gone with it

@@ -27,11 +27,14 @@ def report_folder(workdir: str | Path, shareable: bool) -> Path:
     return Path(workdir) / (SHAREABLE_REPORT if shareable else REPORT)
 
 
-def team_report_refusal(out: str | Path, base: str | Path | None) -> str | None:
-    """Why a shareable report may not be written into ``out`` (one line naming it), or ``None``: refused into the
-    report of the work dir ``base`` (``None``: a report that is not shareable, or of runs in no one work dir), since
-    later re-runs read their runs and notes from it, which a shareable one shows as ``patient K`` without its key."""
-    if base is not None and Path(out).resolve() == (Path(base) / REPORT).resolve():
-        return (f"{out}: the work dir's own report stays the team's (later re-runs read its runs and notes); "
-                "write the shareable one elsewhere")
+def team_report_refusal(out: str | Path, workdir: str | Path | None = None) -> str | None:
+    """Why a shareable report may not be written into ``out`` (one line naming it), or ``None``: refused where ``out``
+    is the report of a work dir, ``workdir`` (the one given, if any) or the flow work dir that ``out`` lies in
+    (:func:`flows.workdir_lock.workdirs_of`), whoever's runs it reports, since later re-runs read their runs and
+    notes from it, which a shareable one shows as ``patient K`` without its key."""
+    out = Path(out)
+    for base in {*workdirs_of([out]), *([Path(workdir)] if workdir is not None else [])}:
+        if out.resolve() == (base / REPORT).resolve():
+            return (f"{out}: the work dir's own report stays the team's (later re-runs read its runs and notes); "
+                    "write the shareable one elsewhere")
     return None

@@ -39,6 +39,7 @@ def version_text() -> str:
 
 
 def _print_version(asked: bool) -> None:
+    """``--version``'s callback: print :func:`version_text` and end before any command runs."""
     if asked:
         typer.echo(version_text())
         raise typer.Exit()
@@ -47,7 +48,9 @@ def _print_version(asked: bool) -> None:
 @app.callback()
 def _options(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
                                           help="Print gpseg's version and git commit, and exit.")) -> None:
-    """Weakly-supervised brain-tumour segmentation from inherently-explainable GP classifiers."""
+    """The options before the command (the app's help text is its own)."""
+
+
 app.add_typer(data_commands.synth_app, name="synth", rich_help_panel=DATA)
 app.add_typer(data_commands.ingest_app, name="ingest", rich_help_panel=DATA)
 app.command("validate", rich_help_panel=DATA)(data_commands.validate_cmd)

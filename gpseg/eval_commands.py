@@ -340,8 +340,9 @@ def _postprocess(runs: list[Path] | None, workdir: Path | None, out: Path | None
     runs = _unique(runs)
     from flows.share import shown_relative_to
 
-    share_base = shown_relative_to(runs, workdir) if shareable else None  # of every run, those left out too
-    _not_the_team_report(out, share_base)
+    share_base = shown_relative_to(runs, workdir) if shareable else None
+    if shareable:
+        _not_the_team_report(out, workdir)
     try:
         done, results, more = _evaluate(runs, params)
         failed += more
@@ -378,11 +379,11 @@ def _say_report(html: Path, shareable: bool = False) -> None:
                       "the report is: keep it apart from the report)", highlight=False, soft_wrap=True)
 
 
-def _not_the_team_report(out: Path, base: Path | None) -> None:
-    """Refuse a shareable report into the work dir's own report (:func:`flows.share.team_report_refusal`)."""
+def _not_the_team_report(out: Path, workdir: Path | None) -> None:
+    """Refuse a shareable report into a work dir's own report (:func:`flows.share.team_report_refusal`)."""
     from flows.share import team_report_refusal
 
-    if (refusal := team_report_refusal(out, base)) is not None:
+    if (refusal := team_report_refusal(out, workdir)) is not None:
         raise fail(f"{refusal} (--out)")
 
 
@@ -407,7 +408,8 @@ def report_cmd(
     from flows.share import shown_relative_to
 
     share_base = shown_relative_to(runs, None) if shareable else None
-    _not_the_team_report(out, share_base)
+    if shareable:
+        _not_the_team_report(out, None)
     missing = [r for r in runs if not (r / EVALUATION_FILE).is_file()]
     stale = {run: reason for run in runs if run not in missing and (reason := _outdated(run)) is not None}
     failed = _say_failed(stale)

@@ -47,14 +47,15 @@ def report(run_dirs: list[str], out_dir: str, title: str, notes: list[str], carr
 @task(task_run_name="publish artifacts")
 def publish(report_path: str, rows: list[dict], workdir: str, shareable: bool = False) -> None:
     """Publish the report's main table and a link to the HTML as Prefect artifacts, keyed by the work dir
-    (:func:`artifact_keys`; a shareable report's link by its own key, so the team's report keeps its link). The
-    table leaves out the rows' unrounded interval ends (``*_low``, ``*_high``), which its ``*_95`` columns give
-    rounded."""
+    (:func:`artifact_keys`). A shareable report publishes its link alone, under its own key, so the team's table
+    and link still describe the team's report. The table leaves out the rows' unrounded interval ends (``*_low``,
+    ``*_high``), which its ``*_95`` columns give rounded."""
     table_key, link_key = artifact_keys(workdir, shareable)
     where = Path(report_path).resolve()
-    create_table_artifact(table=[{key: value for key, value in row.items() if not key.endswith(("_low", "_high"))}
-                                 for row in rows],
-                          key=table_key, description=f"gpseg: test metrics per run; report at {where}")
+    if not shareable:
+        create_table_artifact(table=[{key: value for key, value in row.items()
+                                      if not key.endswith(("_low", "_high"))} for row in rows],
+                              key=table_key, description=f"gpseg: test metrics per run; report at {where}")
     # a browser does not follow a file:// link from the UI's http:// page: the path is in the description too
     kind = "shareable gpseg report" if shareable else "gpseg report"
     create_link_artifact(link=where.as_uri(), link_text=kind, key=link_key,
