@@ -57,9 +57,8 @@ def publish(report_path: str, rows: list[dict], workdir: str, shareable: bool = 
                                       if not key.endswith(("_low", "_high"))} for row in rows],
                               key=table_key, description=f"gpseg: test metrics per run; report at {where}")
     # a browser does not follow a file:// link from the UI's http:// page: the path is in the description too
-    kind = "shareable gpseg report" if shareable else "gpseg report"
-    create_link_artifact(link=where.as_uri(), link_text=kind, key=link_key,
-                         description=f"{kind[0].upper()}{kind[1:]} (HTML) at {where}")
+    create_link_artifact(link=where.as_uri(), link_text=f"{'shareable ' if shareable else ''}gpseg report",
+                         key=link_key, description=f"{'Shareable HTML' if shareable else 'HTML'} report at {where}")
 
 
 def artifact_keys(workdir: str | Path, shareable: bool = False) -> tuple[str, str]:
