@@ -34,6 +34,9 @@ LONG_RUN_S = 24 * 3600.0
 """A run on the CPU longer than this gets the advice to train on a GPU, at a smaller size or for fewer epochs."""
 PROGRESS_EVERY_S = 300.0
 """Without a progress bar, the seconds between two lines within an epoch."""
+VALIDATION_SHARE = 0.1
+"""The share of an epoch that its validation must take for :class:`RunEstimate` to say the run's time again with it
+(the first estimate comes before any validation)."""
 
 
 def duration(seconds: float) -> str:
@@ -103,10 +106,28 @@ def estimate_line(label: str, seconds_per_batch: float, measured: str, batches: 
     return "; ".join([line, *warnings]), bool(warnings)
 
 
+def validation_line(label: str, validation_s: float, epoch_s: float, epochs_left: int) -> str:
+    """What :class:`RunEstimate` says after the first validation that takes at least :data:`VALIDATION_SHARE` of
+    the epoch: ``"gp-unet fold 0: validation takes about 4 min per epoch; with it, about 27 min per epoch, about 5.6
+    days for the 299 epochs left"``.
+
+    Args:
+        label: what trains.
+        validation_s: the validation's measured seconds.
+        epoch_s: the estimated training seconds of an epoch plus ``validation_s``.
+        epochs_left: epochs left after this one.
+    """
+    left = f"the {epochs_left} epoch{'s' if epochs_left > 1 else ''} left"
+    return (f"{label}: validation takes about {duration(validation_s)} per epoch; with it, about {duration(epoch_s)} "
+            f"per epoch, about {duration(epoch_s * epochs_left)} for {left}")
+
+
 class RunEstimate(pl.Callback):
     """Say once (global rank 0), after :data:`MEASURED_BATCHES` batches past the first or :data:`MEASURE_WAIT_S`
     seconds into an epoch, whichever comes first, how long an epoch and the run will take (:func:`estimate_line`);
-    without a progress bar, also log where an epoch is, at most every :data:`PROGRESS_EVERY_S` seconds.
+    after that epoch's validation, when it took at least :data:`VALIDATION_SHARE` of the epoch, the same with the
+    validation (:func:`validation_line`); without a progress bar, also log where an epoch is, at most every
+    :data:`PROGRESS_EVERY_S` seconds.
 
     The lines go to the progress bar's console where there is one (``gpseg train``), else to :data:`LOGGER`
     (INFO, WARNING for an estimate with a warning), which the flows' training tasks forward to the run's log.
@@ -122,6 +143,9 @@ class RunEstimate(pl.Callback):
         self.said = False
         self._epoch_start = self._last_line = 0.0
         self._ends: list[float] = []
+        self._training_epoch_s: float | None = None  # the estimate's, once said
+        self._validation_start: float | None = None
+        self._validation_said = False  # or found too short to say
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = self._last_line = time.monotonic()
@@ -142,6 +166,7 @@ class RunEstimate(pl.Callback):
                 left = None if epochs is None or epochs < 1 else epochs - trainer.current_epoch
                 line, warn = estimate_line(self.label, *measured, int(total), epochs, left,
                                            trainer.strategy.root_device.type == "cpu")
+                self._training_epoch_s = measured[0] * int(total)
                 self._say(trainer, line, logging.WARNING if warn else logging.INFO)
         if (trainer.progress_bar_callback is None and now - self._last_line >= self.progress_every
                 and batch_idx + 1 < total):
@@ -152,6 +177,22 @@ class RunEstimate(pl.Callback):
                       + (f" of {trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else "")
                       + f", batch {batch_idx + 1} of {total}, {clock(elapsed)} in"
                       + ("" if left is None else f", about {duration(left)} left in the epoch"), logging.INFO)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (trainer.is_global_zero and not trainer.sanity_checking and self._training_epoch_s is not None
+                and not self._validation_said):
+            self._validation_start = time.monotonic()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._validation_start is None or self._training_epoch_s is None:
+            return
+        validation_s = time.monotonic() - self._validation_start
+        self._validation_start, self._validation_said = None, True
+        epoch_s = self._training_epoch_s + validation_s
+        epochs = trainer.max_epochs
+        left = 0 if epochs is None or epochs < 1 else epochs - trainer.current_epoch - 1
+        if left > 0 and validation_s >= VALIDATION_SHARE * epoch_s:
+            self._say(trainer, validation_line(self.label, validation_s, epoch_s, left), logging.INFO)
 
     def _measured(self, now: float) -> tuple[float, str] | None:
         """Seconds per batch and what they were measured over, once there is enough to tell (else ``None``): the

@@ -116,3 +116,35 @@ def test_a_training_says_its_estimate(phantom_store, tmp_path, monkeypatch, logg
     said = [line for _, line in logged if "per epoch" in line]
     assert len(said) == 1 and said[0].startswith("gp-unet fold 0: about ")
     assert "measured over the first batch" in said[0]
+
+
+def test_after_the_first_validation_the_run_is_estimated_again_with_it(monkeypatch, logged):
+    """The estimate comes before any validation ("validation not included"); a run whose validation took a good
+    share of each epoch ended that much later than it said."""
+    callback = RunEstimate("m fold 0")
+    _epoch(callback, monkeypatch, [5.0, 6.0, 7.0, 8.0, 9.0])  # 12 s per epoch of training
+    trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, current_epoch=0, max_epochs=300,
+                              progress_bar_callback=None)
+    for start, end in ((20.0, 24.0), (40.0, 44.0)):  # the first validation is said; the second is not
+        clock = iter([start, end])
+        monkeypatch.setattr(pace.time, "monotonic", lambda: next(clock))
+        callback.on_validation_start(trainer, None)
+        callback.on_validation_end(trainer, None)
+    assert logged[1:] == [(logging.INFO, "m fold 0: validation takes about 4 s per epoch; with it, about 16 s per "
+                                         "epoch, about 80 min for the 299 epochs left")]
+
+
+def test_a_short_validation_or_the_sanity_check_says_nothing_more(monkeypatch, logged):
+    callback = RunEstimate("m fold 0")
+    _epoch(callback, monkeypatch, [5.0, 6.0, 7.0, 8.0, 9.0])
+    for sanity, (start, end) in ((True, (0.0, 50.0)), (False, (20.0, 21.0)), (False, (40.0, 60.0))):
+        trainer = SimpleNamespace(is_global_zero=True, sanity_checking=sanity, current_epoch=0, max_epochs=300,
+                                  progress_bar_callback=None)
+        clock = iter([start, end])
+        monkeypatch.setattr(pace.time, "monotonic", lambda: next(clock))
+        callback.on_validation_start(trainer, None)
+        if not sanity:
+            callback.on_validation_end(trainer, None)
+    # 1 s of 13 s is under a tenth: said nothing, and the first validation was the one to say it
+    assert len(logged) == 1
+    assert pace.validation_line("m", 4.0, 16.0, 1).endswith("about 16 s for the 1 epoch left")
