@@ -19,9 +19,10 @@ an agreement table or a figure panel; Grad-CAM lives in :mod:`gpmodels.gradcam`.
   give plain or wrong gradients: the model must pass :func:`~gpmodels.nets.relu_audit`. The map
   is the absolute maximum over channels, ``max_c |g_c|`` (the channel reduction of Simonyan et
   al.), so that gradients of opposite sign on different MRI sequences do not cancel.
-  GP-ReconResNet rectifies with PReLU, which is not hooked: it has no ``nn.ReLU`` at all, so its
-  "guided" map is exactly the plain input-gradient saliency (PReLU's gradient, slope ``a`` on
-  negative inputs, passes through unchanged).
+  GP-ReconResNet rectifies with ``nn.PReLU`` modules, which captum does not hook; they get the same
+  rule here (:func:`_guided_prelus`): the gradient through the PReLU (slope ``a`` on negative
+  inputs) with its negative part set to 0, as captum's hook does at a ReLU. Without it its "guided"
+  map was the plain input-gradient saliency.
 
 All maps are float32 at the input size H, W and in their own units; the agreement measures
 depend on the pixel order only, not on the scale.
@@ -37,7 +38,8 @@ References:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,8 +212,8 @@ def guided_backprop_maps(model: nn.Module, images: Tensor, target: Tensor) -> Te
         target: Class index per image, integer (B,).
 
     Returns:
-        Float (B, H, W), non-negative: ``max_c |g_c|`` of the guided gradient g (B, C, H, W).
-        For models without ``nn.ReLU`` modules (GP-ReconResNet) this is the plain gradient.
+        Float (B, H, W), non-negative: ``max_c |g_c|`` of the guided gradient g (B, C, H, W), guided
+        at every ``nn.ReLU`` and ``nn.PReLU`` module (GP-ReconResNet has PReLUs only).
 
     Raises:
         ValueError: If the model fails the ReLU audit (an in-place, shared, reused or functional
@@ -226,11 +228,25 @@ def guided_backprop_maps(model: nn.Module, images: Tensor, target: Tensor) -> Te
                 "model: guided backpropagation needs every ReLU to be its own non-in-place "
                 f"nn.ReLU module, called once; relu_audit found: {'; '.join(problems)}"
             )
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _guided_prelus(model):
             warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
             inputs = images.detach().requires_grad_()
             gradients = GuidedBackprop(model).attribute(inputs, target=target)
     return gradients.detach().abs().amax(dim=1)
+
+
+@contextmanager
+def _guided_prelus(model: nn.Module) -> Iterator[None]:
+    """While the block runs, every ``nn.PReLU`` module of ``model`` passes back only the positive part of its
+    input gradient, the rule captum's :class:`~captum.attr.GuidedBackprop` applies at each ``nn.ReLU`` (whose
+    input gradient is already 0 where the input was negative; a PReLU's is ``a`` times the gradient there)."""
+    handles = [module.register_full_backward_hook(lambda _, grad_input, __: (grad_input[0].clamp(min=0),))
+               for module in model.modules() if isinstance(module, nn.PReLU)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def gp_heatmaps(model: nn.Module, images: Tensor, target: Tensor) -> Tensor:

@@ -475,7 +475,7 @@ def _posthoc_section(runs: Sequence[ReportRun], channel: str | None, shown: Reda
     parts = ['<p class="caption">Median Spearman rank correlation, over the post-hoc slices, between each '
              "post-hoc map and the reference map (the GP model's inherent heatmap, or Grad-CAM for baselines). "
              "Occlusion is signed (RdBu_r); guided backpropagation is an absolute gradient (magma). "
-             "GP-ReconResNet has PReLUs and no ReLU to guide, so its guided map is the plain input gradient. "
+             "GP-ReconResNet's PReLUs are guided as ReLUs are: only positive gradients pass back. "
              "\u2013: no slice where both maps vary (e.g. a Grad-CAM map that is 0 for the true class of a "
              "misclassified slice, or a 1\u00d71 Grad-CAM grid); <i>n of N slices</i>: the median is over the n "
              "slices where both vary.</p>",

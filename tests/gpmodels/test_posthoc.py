@@ -241,13 +241,37 @@ def test_guided_backprop_equals_a_hand_written_guided_relu_reference():
     torch.testing.assert_close(guided_backprop_maps(model, images, target), inputs.grad.abs().amax(dim=1))
 
 
-def test_guided_backprop_through_prelu_is_the_plain_gradient():
-    model = small_cnn(nn.PReLU)
-    images = torch.randn(2, 2, 11, 13)
-    target = torch.tensor([1, 1])
-    plain = Saliency(model).attribute(images.requires_grad_(), target=target, abs=True).amax(dim=1)
+class GuidedPRelu(torch.autograd.Function):
+    """PReLU (one slope ``a``) whose backward passes on only the positive part of its input gradient."""
 
-    torch.testing.assert_close(guided_backprop_maps(model, images, target), plain)
+    @staticmethod
+    def forward(ctx, x: Tensor, slope: Tensor) -> Tensor:
+        ctx.save_for_backward(x, slope)
+        return torch.where(x > 0, x, slope * x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        x, slope = ctx.saved_tensors
+        return (grad * torch.where(x > 0, torch.ones_like(x), slope)).clamp(min=0), None
+
+
+def test_guided_backprop_through_prelu_is_guided_too():
+    """GP-ReconResNet rectifies with PReLU, which captum does not hook: its "guided" maps were the plain
+    gradient. Each PReLU now passes back only positive gradients, as a ReLU does."""
+    model = small_cnn(nn.PReLU)
+    images = torch.randn(2, 2, 11, 13, generator=torch.Generator().manual_seed(5))
+    target = torch.tensor([1, 0])
+    inputs = images.clone().requires_grad_()
+    hidden = inputs
+    for layer in model:
+        hidden = GuidedPRelu.apply(hidden, layer.weight.detach()) if isinstance(layer, nn.PReLU) else layer(hidden)
+    hidden.gather(1, target[:, None]).sum().backward()
+    guided = guided_backprop_maps(model, images, target)
+    plain = Saliency(model).attribute(images.clone().requires_grad_(), target=target, abs=True).amax(dim=1)
+
+    torch.testing.assert_close(guided, inputs.grad.abs().amax(dim=1))
+    assert (guided - plain).abs().max() > 0.1 * plain.max()
+    assert not [m for m in model.modules() if m._backward_hooks]  # the hooks are gone afterwards
 
 
 @pytest.mark.parametrize(
