@@ -28,15 +28,7 @@ from storage.phantoms.folders import write_phantom_folder
 from storage.store import open_store, store_fingerprint
 from storage.validation import validate_store
 from tasks.progress import logged_progress
-
-
-def transient_only(task, task_run, state) -> bool:
-    """Prefect ``retry_condition_fn``: retry I/O failures, not bad input.
-
-    Bad input (:mod:`storage.errors`' types, failed expectations) raises ``ValueError`` and fails the same
-    way on every try, so the task fails at once with its one-line reason.
-    """
-    return not isinstance(state.result(raise_on_failure=False), ValueError)
+from tasks.retry import transient_only
 
 
 _INGEST = {"brats": ingest_brats, "jun-cheng": ingest_jun_cheng, "manifest": ingest_manifest}

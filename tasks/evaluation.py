@@ -14,9 +14,10 @@ from gpmodels.files import heatmap_path
 from gpmodels.postprocess import ThresholdConfig
 from gpmodels.report import build_report, report_warnings
 from tasks.progress import logged_progress
+from tasks.retry import transient_only
 
 
-@task
+@task(retries=1, retry_condition_fn=transient_only)  # an I/O failure is tried once more; bad or stale input not
 def evaluate_run(run_dir: str, threshold: dict | None) -> dict:
     """Threshold a run's test heatmaps and score them; writes ``evaluation.json`` in the run dir."""
     config = ThresholdConfig.from_dict(threshold) if threshold else None
@@ -31,7 +32,7 @@ def evaluate_run(run_dir: str, threshold: dict | None) -> dict:
     return {key: value for key, value in result.items() if key != "slices"}
 
 
-@task(task_run_name="report")  # not cached, so a name here changes no cache key
+@task(task_run_name="report", retries=1, retry_condition_fn=transient_only)  # not cached: the name is no key
 def report(run_dirs: list[str], out_dir: str, title: str, notes: list[str], carried_notes: list[dict] | None = None,
            left_out: list[str] | None = None, shareable: bool = False, share_base: str | None = None) -> str:
     """Build the HTML report over the evaluated runs (``carried_notes``, ``left_out``, ``shareable``,
@@ -44,7 +45,7 @@ def report(run_dirs: list[str], out_dir: str, title: str, notes: list[str], carr
     return str(html)
 
 
-@task(task_run_name="publish artifacts")
+@task(task_run_name="publish artifacts", retries=1, retry_condition_fn=transient_only)
 def publish(report_path: str, rows: list[dict], workdir: str, shareable: bool = False) -> None:
     """Publish the report's main table and a link to the HTML as Prefect artifacts, keyed by the work dir
     (:func:`artifact_keys`). A shareable report publishes its link alone, under its own key, so the team's table
