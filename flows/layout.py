@@ -35,6 +35,9 @@ TRAINING_SETTINGS = "training_settings.json"
 """The file in a work dir with the training settings (:data:`flows.params.INHERITED_SETTINGS`) of the last
 ``full-benchmark`` or ``retrain-on-new-data`` that started training there; a retrain takes those it is not given
 from it, and merges some it is given with it (:func:`flows.params.with_work_dir_settings`)."""
+POSTHOC_SLICES = 2
+"""Test slices per run that the flows make occlusion and guided-backprop maps of (``posthoc_slices``; ``gpseg
+benchmark``/``gpseg demo --posthoc-slices``): occlusion costs hundreds of forward passes per slice."""
 DEFAULT_WORKDIR = "runs/benchmark"
 """The deployments' work dir, relative to the project root (prefect.yaml's ``workdir``)."""
 DROP_FOLDERS = {"brats": f"{DEFAULT_WORKDIR}/drop", "jun-cheng": f"{DEFAULT_WORKDIR}/drop-jun-cheng"}

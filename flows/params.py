@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, TRAINING_SETTINGS, default_drop_folder
+from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, POSTHOC_SLICES, TRAINING_SETTINGS, default_drop_folder
 from gpmodels.names import MODEL_NAMES, ModelName, PresetName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 from gpmodels.threshold_config import Method, TargetClass, check_fixed_value
@@ -209,7 +209,8 @@ class TrainingParams(_Params):
         '{"gp-shuffleunet": {"pool": "maps", "blur": true}}.')
     threshold: ThresholdParams = Field(default_factory=ThresholdParams, description="How heatmaps become masks.")
     dask_address: str | None = Field(None, description="Run training on this Dask scheduler (GPU workers).")
-    posthoc_slices: int = Field(2, ge=0, description="Test slices with occlusion/guided-backprop maps per run "
+    posthoc_slices: int = Field(POSTHOC_SLICES, ge=0, description="Test slices with occlusion/guided-backprop maps "
+                                "per run "
                                 "(occlusion costs hundreds of forward passes per slice).")
     seeds: list[int] | None = Field(
         None, description="Training seeds per (model, fold). Unset: one run per (model, fold) with the preset's "

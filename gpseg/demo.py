@@ -18,7 +18,8 @@ import typer
 
 from gpseg.console import console, fail, flow_outcome, one_line, run_main
 from gpmodels.names import PRECISIONS
-from gpseg.options import PRECISION_HELP, flow_train_overrides, one_of, parse_seeds
+from gpseg.options import POSTHOC_SLICES_HELP, PRECISION_HELP, flow_train_overrides, one_of, parse_seeds
+from flows.layout import POSTHOC_SLICES
 from storage.phantom_limits import BRATS_MAX_CASE, BRATS_SIZE_RANGE, JUN_CHENG_MAX_CASES, JUN_CHENG_SIZE_RANGE
 from gpseg.threshold_options import (
     CLEANING_HELP, ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt,
@@ -43,6 +44,7 @@ def demo(
              "with the lowest validation loss is evaluated (about that many times the training time; one "
              "seed is what fits the 10-minute budget).")] = None,
     precision: Annotated[str, typer.Option(callback=one_of(PRECISIONS), help=PRECISION_HELP)] = "auto",
+    posthoc_slices: Annotated[int, typer.Option(min=0, help=POSTHOC_SLICES_HELP)] = POSTHOC_SLICES,
     method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
     target_class: TargetOpt = "predicted", min_size: MinSizeOpt = 0, fill_holes: FillHolesOpt = 0,
     closing: ClosingOpt = 0, largest_component: LargestOpt = False,
@@ -61,7 +63,7 @@ def demo(
     try:
         params = BenchmarkParams(
             workdir=str(workdir.resolve()), folds=folds, preset="demo", threshold=threshold, seeds=seed_list,
-            train_overrides=overrides,
+            train_overrides=overrides, posthoc_slices=posthoc_slices,
             datasets=[DatasetSpec(kind="brats", phantom_cases=brats_cases, phantom_size=size),
                       DatasetSpec(kind="jun-cheng", phantom_cases=jun_cheng_slices, phantom_size=size)])
     except ValueError as exc:

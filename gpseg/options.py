@@ -91,6 +91,8 @@ def flow_train_overrides(devices: int = 1, precision: str = "auto", epochs: int 
     return {key: value for key, value in given.items() if value is not None}
 
 
+POSTHOC_SLICES_HELP = ("Test slices per run with occlusion and guided-backprop maps, whose agreement with the GP "
+                       "maps the report gives (occlusion costs hundreds of forward passes per slice; 0: none).")
 EPOCHS_HELP = ("Training epochs of every run (default: the preset's: paper 300; demo 20, the baselines 10; smoke 1). "
                "A finished run given more continues from its last checkpoint; fewer than it trained are refused.")
 BATCH_SIZE_HELP = ("Slices per batch and device of every run (default: the preset's: paper 32, demo 16); gradients "

@@ -125,6 +125,28 @@ def test_main_job_and_benchmark_take_the_postprocess_threshold_options(command, 
     assert seen[0].threshold == ThresholdParams(**expected)
 
 
+@pytest.mark.parametrize("command", [["demo"], ["benchmark", "--folds", "1"]])
+def test_main_job_and_benchmark_take_the_post_hoc_slice_count(command, tmp_path, monkeypatch):
+    """The flows' agreement of GP and post-hoc maps rested on 2 test slices per run, which only a deployment
+    parameter changed."""
+    import flows.full_benchmark
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app as cli_app
+    from gpseg.demo import app as demo_app
+
+    seen = []
+    monkeypatch.setattr(flows.full_benchmark, "run_in_process",
+                        lambda params: seen.append(params) or {"rows": [], "report": "r", "failed": []})
+    app, head = (demo_app, []) if command == ["demo"] else (cli_app, command)
+    for args, expected in (([], BenchmarkParams().posthoc_slices), (["--posthoc-slices", "8"], 8),
+                           (["--posthoc-slices", "0"], 0)):
+        result = CliRunner().invoke(app, [*head, "--workdir", str(tmp_path), *args])
+        assert result.exit_code == 0, result.output
+        assert seen.pop().posthoc_slices == expected
+    assert CliRunner().invoke(app, [*head, "--workdir", str(tmp_path), "--posthoc-slices", "-1"]).exit_code == 2
+
+
 def option_error(output: str) -> str:
     """The message of typer's option-error box (``Invalid value for '--x': ...``) on one line, or ``""``."""
     inside = [line.strip("│ ") for line in output.splitlines() if line.startswith("│")]
