@@ -69,7 +69,7 @@ def _benchmark(params: BenchmarkParams, logger) -> dict | State:
         record_training_settings(params)
     trained, seed_notes = train_and_keep(jobs, params)
     results = [{**r, "dataset": labels[r["run_dir"]]} for r in
-               heatmaps_and_evaluation(trained, params.threshold, params.posthoc_slices)]
+               heatmaps_and_evaluation(trained, params.threshold, params.posthoc_slices, params.cam_layer)]
     rows = rejected + summary_rows(results)
     done, failed = log_rows(results, rows)
     for label, version in versions.items():  # a retrain tries the failed runs again

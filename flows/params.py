@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, POSTHOC_SLICES, TRAINING_SETTINGS, default_drop_folder
-from gpmodels.names import MODEL_NAMES, ModelName, PresetName
+from gpmodels.names import MODEL_NAMES, CamChoice, ModelName, PresetName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 from gpmodels.threshold_config import Method, TargetClass, check_fixed_value
 from storage.errors import close_match, did_you_mean, one_line, validation_line
@@ -212,6 +212,10 @@ class TrainingParams(_Params):
     posthoc_slices: int = Field(POSTHOC_SLICES, ge=0, description="Test slices with occlusion/guided-backprop maps "
                                 "per run "
                                 "(occlusion costs hundreds of forward passes per slice).")
+    cam_layer: CamChoice = Field("last", description="The baselines' Grad-CAM layer: last (the last convolutional "
+                                 "block, the usual Grad-CAM) or auto (the deepest block whose grid is at least 8x8 at "
+                                 "the training size: the same at 240 px, an earlier one at small sizes, where the "
+                                 "last block's grid is 1x1 or 2x2).")
     seeds: list[int] | None = Field(
         None, description="Training seeds per (model, fold). Unset: one run per (model, fold) with the preset's "
         "seed. Several: each seed trains into fold_K/seed_S and only the run with the lowest validation loss is "
@@ -341,7 +345,7 @@ class PostprocessParams(_Params):
 
 
 INHERITED_SETTINGS = ("models", "folds", "preset", "train_overrides", "model_options", "seeds", "posthoc_slices",
-                      "dask_address")
+                      "cam_layer", "dask_address")
 """The training settings a retrain takes from its work dir's :data:`flows.layout.TRAINING_SETTINGS` when it is not
 given them (its schedule and `gpseg drop`'s event give only the work dir and the dataset), or merges with those it is
 given (:data:`MERGED_SETTINGS`)."""

@@ -34,18 +34,23 @@ def trusted(cached_task, output: str | Path, usable: Callable[[Path], bool] = Pa
     return cached_task.with_options(refresh_cache=not usable(Path(output)))
 
 
-def made_from(heatmaps: Path, weights: str) -> bool:
+def made_from(heatmaps: Path, weights: str, cam_layer: str = "last") -> bool:
     """Whether the heatmap store at ``heatmaps`` (``RUN/heatmaps/SPLIT.zarr``) exists and was made from the
-    weights of hash ``weights`` (a store of an older gpseg, which recorded none: made after ``model.pt`` was last
-    written, :func:`gpmodels.files.weights_changed`). The task's cache alone is not enough: a run whose weights
+    weights of hash ``weights``, a baseline's with the Grad-CAM layer choice ``cam_layer`` (a store of an older
+    gpseg, which recorded no weights: made after ``model.pt`` was last written,
+    :func:`gpmodels.files.weights_changed`). The task's cache alone is not enough: a run whose weights
     changed and changed back (trained further, then retrained from its best checkpoint) finds the cached result
     of the first weights, while the store on disk is of the second."""
     from gpmodels.files import made_at, weights_changed
+    from gpmodels.heatmaps import same_cam_choice
 
     try:
-        recorded = zarr.open_group(str(heatmaps), mode="r").attrs.get("weights")
+        attrs = dict(zarr.open_group(str(heatmaps), mode="r").attrs)
     except Exception:  # missing or damaged: made again
         return False
+    if not same_cam_choice(attrs, cam_layer):
+        return False
+    recorded = attrs.get("weights")
     made = made_at(heatmaps)
     if made is None:
         return False
@@ -337,8 +342,10 @@ def run_fan_out(jobs: list[dict], dask_address: str | None) -> list[dict]:
     return train_fan_out.with_options(task_runner=DaskTaskRunner(address=dask_address))(jobs, dask_address)
 
 
-def heatmaps_and_evaluation(trained: list[dict], threshold: ThresholdParams, posthoc: int) -> list[dict]:
-    """Heatmaps (val + test) and evaluation of every trained run; failures are recorded, not raised."""
+def heatmaps_and_evaluation(trained: list[dict], threshold: ThresholdParams, posthoc: int, cam_layer: str = "last"
+                            ) -> list[dict]:
+    """Heatmaps (val + test; the baselines' Grad-CAM at the layer ``cam_layer`` chooses) and evaluation of every
+    trained run; failures are recorded, not raised."""
     logger = get_run_logger()
     out = []
     for run in trained:
@@ -351,9 +358,9 @@ def heatmaps_and_evaluation(trained: list[dict], threshold: ThresholdParams, pos
             weights = weights_hash(run["run_dir"])
             for split, count in (("val", 0), ("test", posthoc)):
                 path = heatmap_path(run["run_dir"], split)
-                heatmaps = named(trusted(make_heatmaps, path, lambda p, w=weights: made_from(p, w)), "heatmaps",
-                                 run_title(run["run_dir"], run["model"], run["fold"]), split)
-                heatmaps(run["run_dir"], weights, split, count)
+                heatmaps = named(trusted(make_heatmaps, path, lambda p, w=weights: made_from(p, w, cam_layer)),
+                                 "heatmaps", run_title(run["run_dir"], run["model"], run["fold"]), split)
+                heatmaps(run["run_dir"], weights, split, count, cam_layer)
             evaluation = named(evaluate_run, "evaluate", run_title(run["run_dir"], run["model"], run["fold"]))(
                 run["run_dir"], threshold.for_model(run["model"]))
         except Exception as exc:  # one run's failure must not lose the others

@@ -151,8 +151,8 @@ def _retrain(params: RetrainParams, logger, store: str, report_dir: Path) -> dic
     named(validate, "validate", spec.label)(store)
     record_training_settings(params)
     trained, seed_notes = train_and_keep(training_jobs(params, spec.label, store, version), params)
-    results = [{**r, "dataset": spec.label} for r in heatmaps_and_evaluation(trained, params.threshold,
-                                                                               params.posthoc_slices)]
+    results = [{**r, "dataset": spec.label} for r in heatmaps_and_evaluation(
+        trained, params.threshold, params.posthoc_slices, params.cam_layer)]
     rows = summary_rows(results)
     done, failed = log_rows(results, rows)
     record_failed_runs(params.workdir, spec.label, version, rows)  # tried again by the next run

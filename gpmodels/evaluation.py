@@ -412,7 +412,7 @@ def evaluate_heatmaps(path: Path | str, config: ThresholdConfig | None = None, c
     result = {
         "run": {key: attrs.get(key) for key in ("model", "fold", "split", "run_dir", "store_path", "data_version",
                                                  "classes", "kind", "image_size", "store_image_size", "cam_layer",
-                                                 "cam_grid", "weights")},
+                                                 "cam_choice", "cam_grid", "weights")},
         "threshold": {**_config_dict(config), "offset_source": offset_source},
         "classification": classification_metrics(labels, predicted, classes),
         "tumour_only_accuracy": (tumour_only_accuracy(labels, predicted, tumour_classes)

@@ -8,10 +8,11 @@ inside the model (to 75 or 299 px, see :class:`~gpmodels.nets.InceptionV3`), so 
 interpolated from the layer's grid to the caller's H, W, never to the internal size.
 
 Default layers: ``Mixed_7c`` for InceptionV3 and ``layer4`` for ResNeXt50, the last convolutional
-blocks. Both are followed by global average pooling and a linear layer, so the map is exactly the
-class activation map of Zhou et al. divided by h·w: before rectification its values over the
-h×w grid sum to the logit minus the class bias. Grad-CAM maps therefore stay in these natural
-units (logit contribution per cell of the layer grid, non-negative after the ReLU) and can be
+blocks (:func:`choose_cam_layer` picks another: ``auto``, or a layer by name). Both are followed by
+global average pooling and a linear layer, so the map is exactly the class activation map of Zhou et
+al. divided by h·w: before rectification its values over the h×w grid sum to the logit minus the
+class bias (an earlier block's map has no such closed form). Grad-CAM maps therefore stay in these
+natural units (logit contribution per cell of the layer grid, non-negative after the ReLU) and can be
 thresholded exactly like GP heatmaps (suppression, Otsu, multi-Otsu, fixed), but their scale
 differs from that of GP maps (whose values are per-pixel logits at input resolution): a fixed
 threshold or multi-Otsu offset tuned on GP maps does not transfer. The layer grid is coarse, about
@@ -37,11 +38,17 @@ from torch import Tensor, nn
 from torchvision.models.inception import Inception3
 from torchvision.models.resnet import ResNet
 
+from gpmodels.names import CAM_CHOICES
 from gpmodels.nets.baselines import InceptionV3
 
 __all__ = [
+    "CAM_CHOICES",
+    "MIN_CAM_GRID",
+    "block_grids",
+    "cam_blocks",
     "cam_grid",
     "check_images",
+    "choose_cam_layer",
     "check_target",
     "count_classes",
     "default_cam_layer",
@@ -167,6 +174,89 @@ def default_cam_layer(model: nn.Module) -> nn.Module:
         f"model: no default Grad-CAM layer for {type(model).__name__}; expected InceptionV3 or "
         "ResNeXt50 (GP networks have built-in heatmaps), or pass layer= explicitly"
     )
+
+
+MIN_CAM_GRID = 8
+"""The smallest grid side ``auto`` accepts: the last convolutional block's grid at 240 px (ResNeXt50 ``layer4``;
+InceptionV3's ``Mixed_7c`` with the auxiliary classifier)."""
+_INCEPTION_BLOCKS = ("Mixed_7c", "Mixed_7b", "Mixed_7a", "Mixed_6e", "Mixed_6d", "Mixed_6c", "Mixed_6b", "Mixed_6a",
+                     "Mixed_5d", "Mixed_5c", "Mixed_5b")
+_RESNET_BLOCKS = ("layer4", "layer3", "layer2", "layer1")
+
+
+def cam_blocks(model: nn.Module) -> list[str]:
+    """A baseline's convolutional blocks, deepest first, by their names in ``model.named_modules()``.
+
+    Raises:
+        ValueError: For a model without a default Grad-CAM layer (as :func:`default_cam_layer`).
+    """
+    default_cam_layer(model)  # refuses other models
+    if isinstance(model, InceptionV3):
+        return [f"net.{name}" for name in _INCEPTION_BLOCKS]
+    return list(_INCEPTION_BLOCKS if isinstance(model, Inception3) else _RESNET_BLOCKS)
+
+
+def block_grids(model: nn.Module, images: Tensor) -> list[tuple[str, int, int]]:
+    """The grid ``(h, w)`` of each of :func:`cam_blocks` for inputs of this size (one image's forward pass).
+
+    Args:
+        model: A baseline.
+        images: Float batch (B, C, H, W) on the model's device; only the first image is used.
+
+    Returns:
+        ``[(name, h, w), ...]``, deepest block first.
+    """
+    check_images(model, images)
+    names = cam_blocks(model)
+    grids: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str):  # a hook that returns a value replaces the block's output
+        def hook(_module: nn.Module, _inputs: object, output: Tensor) -> None:
+            grids[name] = tuple(output.shape[-2:])
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_hook(record(name)) for name in names]
+    try:
+        with evaluation_mode(model), torch.no_grad():
+            model(images[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [(name, int(grids[name][0]), int(grids[name][1])) for name in names]
+
+
+def choose_cam_layer(model: nn.Module, images: Tensor, choice: str = "last") -> nn.Module:
+    """The layer Grad-CAM reads for inputs of this size.
+
+    Args:
+        model: A baseline (InceptionV3 or ResNeXt50).
+        images: Float batch (B, C, H, W) of the size the maps are made at, on the model's device (``auto`` only).
+        choice: ``last``: :func:`default_cam_layer` (the last convolutional block, the usual Grad-CAM).
+            ``auto``: the deepest of :func:`cam_blocks` whose grid is at least :data:`MIN_CAM_GRID` on both sides at
+            this size, else the one with the largest grid; the last block at 240 px, earlier (less class-specific)
+            blocks at small sizes, where the last one's grid is 1×1 or 2×2. Any other value: a module's name in
+            ``model.named_modules()`` (``layer3``, ``net.Mixed_6e``; InceptionV3's also without ``net.``).
+
+    Raises:
+        ValueError: For a model without a default Grad-CAM layer, or a name that is no module of the model (the
+            message lists the blocks).
+    """
+    if choice == "last":
+        return default_cam_layer(model)
+    if choice == "auto":
+        grids = block_grids(model, images)
+        wide = [name for name, h, w in grids if min(h, w) >= MIN_CAM_GRID]
+        name = wide[0] if wide else max(grids, key=lambda grid: min(grid[1:]))[0]
+        return model.get_submodule(name)
+    blocks = cam_blocks(model)
+    modules = dict(model.named_modules())
+    layer = modules.get(choice) if choice else None
+    if layer is None and isinstance(model, InceptionV3):
+        layer = modules.get(f"net.{choice}")
+    if layer is None or layer is model:
+        raise ValueError(f"cam_layer: {type(model).__name__} has no layer {choice!r}; expected "
+                         f"{', '.join(CAM_CHOICES)} or a layer's name, e.g. one of its blocks {', '.join(blocks)}")
+    return layer
 
 
 def _check_layer(model: nn.Module, layer: nn.Module | None) -> nn.Module:

@@ -16,7 +16,8 @@ over one split and writes ``RUN_DIR/heatmaps/<split>.zarr``:
 GP models give their inherent un-pooled class maps (``forward_maps``);
 baselines give Grad-CAM maps of every class (``kind`` attribute ``gradcam``),
 so both are thresholded the same way. Grad-CAM stores also record the layer
-(``cam_layer``) and its grid ``cam_grid`` ``[h, w]`` at the training size: each
+(``cam_layer``), how it was chosen (``cam_choice``: ``last``, ``auto`` or the name given,
+:func:`gpmodels.gradcam.choose_cam_layer`) and its grid ``cam_grid`` ``[h, w]`` at the training size: each
 map is that grid enlarged, a constant map at 1×1. The store is written under a temporary
 name and renamed into place, like slice stores. Values beyond float16's range (±65504) are stored
 clamped to it, not as infinities, so every stored map can be thresholded. The few post-hoc maps are
@@ -43,7 +44,7 @@ import zarr
 
 from gpmodels.augment import resize_images
 from gpmodels.files import heatmap_path, read_run_config, relocated, weights_record, write_failure
-from gpmodels.names import GRADIENT_METHODS, POSTHOC_METHODS
+from gpmodels.names import CAM_CHOICES, GRADIENT_METHODS, POSTHOC_METHODS
 from gpmodels.nets import is_gp_model
 from gpmodels.provenance import provenance
 from gpmodels.training import load_trained
@@ -104,10 +105,12 @@ def _mps_device(device: str, target: torch.device) -> torch.device:
     return torch.device("mps")
 
 
-def class_maps(model: torch.nn.Module, images: torch.Tensor, gp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def class_maps(model: torch.nn.Module, images: torch.Tensor, gp: bool, layer: torch.nn.Module | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``(B, K)`` and class maps ``(B, K, H, W)`` of one batch.
 
-    GP models: the inherent un-pooled maps. Baselines: Grad-CAM of every class.
+    GP models: the inherent un-pooled maps. Baselines: Grad-CAM of every class at ``layer`` (the last convolutional
+    block when None).
     """
     if gp:
         with torch.no_grad():
@@ -117,7 +120,7 @@ def class_maps(model: torch.nn.Module, images: torch.Tensor, gp: bool) -> tuple[
 
     with torch.no_grad():
         logits = model(images)
-    return logits.float(), gradcam_maps(model, images).float()
+    return logits.float(), gradcam_maps(model, images, layer=layer).float()
 
 
 def check_heatmap_options(splits: list[str], batch_size: int, posthoc: int) -> None:
@@ -171,17 +174,20 @@ def posthoc_rows(labels: np.ndarray, classes: list[str], count: int) -> np.ndarr
     return spread_rows(np.flatnonzero(tumour), count).astype(np.int64)
 
 
-def reusable_heatmaps(run_dir: Path | str, split: str, weights: str, posthoc: int) -> Path | None:
+def reusable_heatmaps(run_dir: Path | str, split: str, weights: str, posthoc: int, cam_layer: str = "last"
+                      ) -> Path | None:
     """The heatmap store of a run's split when it is whole and :func:`generate_heatmaps` would write the same now,
     else ``None``.
 
     Whole: its chunk record (:data:`storage.store.CHUNK_COUNTS`, written last, before the store is renamed into place)
     is there and no recorded chunk file is missing. The same: made from the weights of hash ``weights``
     (:func:`gpmodels.files.weights_hash`), of this split and the run's data version, with post-hoc maps of the slices
-    ``posthoc`` gives (:func:`posthoc_rows`). Not compared, as the flows' heatmap task's cache key does not hold them
-    either: the code; CPU threads and batch size, which move only the maps' last bits; the device, so a store made on
-    the CPU (float32) is kept on a GPU, which would make its maps under bf16 autocast (about 3 significant digits;
-    a prediction near a tie may differ); run ``gpseg heatmaps`` to have them made there. A store of an
+    ``posthoc`` gives (:func:`posthoc_rows`), and a baseline's Grad-CAM layer chosen as ``cam_layer`` says (a store of
+    an older gpseg, which recorded no choice, had the last block). Not compared, as the flows' heatmap task's cache
+    key does not hold them either: the code; CPU threads and batch size, which move only the maps' last bits; the
+    device, so a store made on the CPU (float32) is kept on a GPU, which would make its maps under bf16 autocast
+    (about 3 significant digits; a prediction near a tie may differ); run ``gpseg heatmaps`` to have them made
+    there. A store of an
     older gpseg that recorded no weights or no chunk record is not reusable.
     """
     path = heatmap_path(run_dir, split)
@@ -190,13 +196,20 @@ def reusable_heatmaps(run_dir: Path | str, split: str, weights: str, posthoc: in
         attrs = dict(heat.attrs)
         if (not recorded_chunks(heat) or any(missing_chunks(heat).values()) or attrs.get("split") != split
                 or attrs.get("weights") != weights
-                or attrs.get("data_version") != read_run_config(run_dir).get("data_version")):
+                or attrs.get("data_version") != read_run_config(run_dir).get("data_version")
+                or not same_cam_choice(attrs, cam_layer)):
             return None
         stored = heat["posthoc/rows"][:] if "posthoc" in heat else np.zeros(0, np.int64)
         wanted = posthoc_rows(heat["labels"][:], attrs["classes"], posthoc)
     except Exception:  # missing or damaged: made again
         return None
     return path if np.array_equal(stored, wanted) else None
+
+
+def same_cam_choice(attrs: dict, cam_layer: str) -> bool:
+    """Whether a heatmap store's attributes say it was made with the Grad-CAM layer choice ``cam_layer``: always for
+    a GP model's store (it has no layer), ``last`` for a baseline's store that recorded no choice (older gpseg)."""
+    return attrs.get("kind") != "gradcam" or attrs.get("cam_choice", "last") == cam_layer
 
 
 def to_float16(values: torch.Tensor) -> np.ndarray:
@@ -207,7 +220,8 @@ def to_float16(values: torch.Tensor) -> np.ndarray:
 
 def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int = 16, device: str | None = None,
                       posthoc: int = 8, progress: Callable[[int, int], None] | None = None,
-                      posthoc_progress: Callable[[int, int, str], None] | None = None) -> Path:
+                      posthoc_progress: Callable[[int, int, str], None] | None = None, cam_layer: str = "last"
+                      ) -> Path:
     """Run a trained model over one split of its fold and write the heatmap store.
 
     Args:
@@ -222,13 +236,17 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
         posthoc_progress: called with (slices done, total, stage) as the post-hoc maps are made: occlusion, then
             the gradient maps (``"guided backprop"``, with ``", Grad-CAM"`` for a baseline), each stage counting
             from 0.
+        cam_layer: a baseline's Grad-CAM layer, chosen at the training size (:func:`gpmodels.gradcam.choose_cam_layer`):
+            ``last`` (the last convolutional block), ``auto`` (the deepest block with a grid of at least 8×8) or a
+            layer's name. A GP model's run accepts ``last`` and ``auto`` and ignores them.
 
     Returns:
         The heatmap store path.
 
     Raises:
         ValueError: unknown split, a batch size below 1 or a negative ``posthoc``, the split is empty
-            in this fold, or the heatmap store's path is a file or a symbolic link.
+            in this fold, the heatmap store's path is a file or a symbolic link, or ``cam_layer`` names a layer for
+            a GP model's run or one the baseline lacks.
         StoreError: the slice store was re-ingested since the run was trained.
     """
     check_heatmap_options([split], batch_size, posthoc)
@@ -241,6 +259,9 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
     model, run = load_trained(run_dir, map_location=target)
     weights = weights or weights_record(run_dir)
     gp = is_gp_model(run.train.model)
+    if gp and cam_layer not in CAM_CHOICES:
+        raise ValueError(f"cam_layer: got {cam_layer!r}, but {run.train.model} has built-in heatmaps; a Grad-CAM "
+                         "layer is chosen for the baselines (inceptionv3, resnext50) only")
     store_path = relocated(run.store_path, run.train.out, run_dir)
     group = open_store(store_path)
     check_data_version(group, run.data_version, store_path, f"run {run_dir}")
@@ -259,12 +280,14 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
     logits_all = np.zeros((index.size, k), dtype=np.float32)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if target.type == "cuda" else nullcontext())
     cam: dict[str, object] = {}
+    layer = None
     if not gp:
-        from gpmodels.gradcam import cam_grid
+        from gpmodels.gradcam import cam_grid, choose_cam_layer
 
         probe = torch.zeros(1, len(run.channels), run.image_size, run.image_size, device=target)
-        layer, grid_h, grid_w = cam_grid(model, probe)
-        cam = {"cam_layer": layer, "cam_grid": [grid_h, grid_w]}
+        layer = choose_cam_layer(model, probe, cam_layer)
+        name, grid_h, grid_w = cam_grid(model, probe, layer)
+        cam = {"cam_layer": name, "cam_choice": cam_layer, "cam_grid": [grid_h, grid_w]}
     try:
         heat = zarr.create_group(store=str(tmp), zarr_format=3)  # in the try: a full disk leaves no folder behind
         maps_arr = heat.create_array("maps", shape=(index.size, k, size, size), dtype="float16",
@@ -274,7 +297,7 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
             sel = index[start:start + batch_size]
             images = torch.from_numpy(read_rows(sel, group["images"])[0].astype(np.float32)).to(target)
             with autocast:
-                logits, maps = class_maps(model, resize_images(images, run.image_size), gp)
+                logits, maps = class_maps(model, resize_images(images, run.image_size), gp, layer)
             maps_arr[start:start + sel.size] = to_float16(resize_images(maps, size))
             logits_all[start:start + sel.size] = logits.cpu().numpy()
             if progress is not None:
@@ -284,7 +307,7 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
         heat.create_array("labels", data=labels.astype(np.int8))
         heat.create_array("index", data=index.astype(np.int64))
         if posthoc:
-            _write_posthoc(heat, model, group, index, labels, run, gp, posthoc, target, posthoc_progress)
+            _write_posthoc(heat, model, group, index, labels, run, gp, posthoc, target, posthoc_progress, layer)
         heat.attrs.update({
             "kind": "gp" if gp else "gradcam", "model": run.train.model, "fold": run.train.fold, "split": split,
             "run_dir": str(Path(run_dir).resolve()), "store_path": store_path,
@@ -318,9 +341,10 @@ def _resized_maps(maps: np.ndarray, size: int) -> np.ndarray:
 
 def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, index: np.ndarray,
                    labels: np.ndarray, run, gp: bool, count: int, device: torch.device,
-                   progress: Callable[[int, int, str], None] | None = None) -> None:
+                   progress: Callable[[int, int, str], None] | None = None,
+                   cam_layer: torch.nn.Module | None = None) -> None:
     """Post-hoc maps of ``count`` slices with a tumour class spread over the split, at the store size; ``progress``
-    as :func:`generate_heatmaps`' ``posthoc_progress``."""
+    as :func:`generate_heatmaps`' ``posthoc_progress``; a baseline's reference Grad-CAM at ``cam_layer``."""
     from gpmodels.posthoc import posthoc_batch
 
     rows = posthoc_rows(labels, run.classes, count)
@@ -347,7 +371,8 @@ def _write_posthoc(heat: zarr.Group, model: torch.nn.Module, group: zarr.Group, 
         images = torch.from_numpy(read_rows(index[part], group["images"])[0].astype(np.float32))
         images = resize_images(images.to(device), run.image_size)
         target = torch.from_numpy(labels[part].astype(np.int64)).to(device)
-        maps = posthoc_batch(model, images, target, methods=methods, is_gp=gp, reference=reference)
+        maps = posthoc_batch(model, images, target, methods=methods, is_gp=gp, reference=reference,
+                             cam_layer=cam_layer)
         for name, values in maps.items():
             if name not in written:
                 written[name] = heat.create_array(f"posthoc/{name}", shape=(rows.size, size, size), dtype=np.float32,

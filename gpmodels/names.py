@@ -34,3 +34,9 @@ POSTHOC_METHODS: tuple[str, ...] = ("occlusion", "guided_backprop")
 """Post-hoc methods :func:`gpmodels.posthoc.posthoc_batch` can run; heatmap stores hold them for every model."""
 GRADIENT_METHODS: tuple[str, ...] = ("guided_backprop",)
 """The post-hoc methods that need a backward pass (:mod:`gpmodels.heatmaps` makes them a few slices at a time)."""
+
+CamChoice = Literal["last", "auto"]
+CAM_CHOICES: tuple[str, ...] = get_args(CamChoice)
+"""The baselines' Grad-CAM layer choices that fit either network (:func:`gpmodels.gradcam.choose_cam_layer`): the last
+convolutional block, or the deepest block whose grid is at least 8×8 at the training size; a layer's name fits one
+network only (``gpseg heatmaps --cam-layer``)."""

@@ -285,6 +285,7 @@ def posthoc_batch(
     is_gp: bool,
     occlusion: OcclusionConfig = OcclusionConfig(),
     reference: bool = True,
+    cam_layer: nn.Module | None = None,
 ) -> dict[str, np.ndarray]:
     """All maps of one batch for the target classes: the reference map and the post-hoc ones.
 
@@ -297,9 +298,10 @@ def posthoc_batch(
         target: Class index per image, integer (B,) (the true or the predicted class).
         methods: Any of :data:`POSTHOC_METHODS`, in the order wanted.
         is_gp: True for a GP network (adds ``"gp"``, its heatmap), False for a baseline (adds
-            ``"gradcam"``, Grad-CAM at the default layer).
+            ``"gradcam"``, Grad-CAM at ``cam_layer``).
         occlusion: Window, stride and batching of the occlusion method.
         reference: False leaves out the reference map (e.g. when it is made with another call).
+        cam_layer: A baseline's Grad-CAM layer; :func:`~gpmodels.gradcam.default_cam_layer` when None.
 
     Returns:
         ``{"gp" or "gradcam": map, method: map, ...}``, each float32 (B, H, W) on the CPU.
@@ -319,7 +321,7 @@ def posthoc_batch(
         if reference and is_gp:
             maps["gp"] = gp_heatmaps(model, images, target)
         elif reference:
-            maps["gradcam"] = gradcam_target_maps(model, images, target)
+            maps["gradcam"] = gradcam_target_maps(model, images, target, layer=cam_layer)
         for method in methods:
             if method == "occlusion":
                 maps[method] = occlusion_maps(

@@ -270,7 +270,8 @@ GLOSSARY = (
     "<dt>GP (inherent) and Grad-CAM (post-hoc)</dt><dd>GP models' masks come from the class maps the network "
     "classifies with; a baseline's from Grad-CAM on its last feature grid, thresholded the same way. "
     "<i>Grad-CAM h×w</i>: that grid's size at this image size; at 1×1 the map is constant, so it cannot "
-    "segment and its Dice is that of the whole slice or of nothing.</dd>"
+    "segment and its Dice is that of the whole slice or of nothing. <i>Grad-CAM layer h×w</i>: read at the "
+    "named, earlier and less class-specific block, whose grid is finer (<code>--cam-layer</code>).</dd>"
     "<dt>Offset</dt><dd>multi-Otsu's upper threshold minus this offset is the mask's threshold; <i>given</i>: set "
     "by the user or the paper's, <i>auto</i>: chosen on validation masks.</dd></dl>")
 """The words of the report's labels, under the summary."""

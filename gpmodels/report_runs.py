@@ -8,7 +8,7 @@ import csv
 import functools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,13 +148,14 @@ def cleaning_parts(cleaning: Mapping[str, Any]) -> list[str]:
 
 
 def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str, Any] | None,
-           cam_grid: Sequence[int] | None = None) -> str:
+           cam: Mapping[str, Any] | None = None) -> str:
     """``"GP-UNet (pool=maps, width=16)"``: the network options the run was given (by its preset or
     its user; read from ``config.json``'s ``train`` part, so no network is imported), then any
     threshold that is not the paper's multi-Otsu on the predicted class (another method or offset, an
     auto offset, the true class, clean-up), so that runs thresholded differently are not pooled into one
-    row, then a Grad-CAM run's grid
-    (``"Grad-CAM 1×1"``: its maps are that grid enlarged, so a reader sees why they cannot segment)."""
+    row, then a Grad-CAM run's grid, read from ``cam`` (the evaluation's ``run`` part)
+    (``"Grad-CAM 1×1"``: its maps are that grid enlarged, so a reader sees why they cannot segment), with the layer
+    where it was not the last block by default (``"Grad-CAM layer2 8×8"``, after ``--cam-layer``)."""
     parts = []
     if config is not None:
         train = config.get("train", {})
@@ -173,8 +174,11 @@ def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str,
     parts += cleaning_parts(threshold.get("cleaning") or {})
     if threshold.get("target_class", "predicted") != "predicted":
         parts.append(f"{threshold['target_class']} class")
-    if cam_grid:
-        parts.append(f"Grad-CAM {cam_grid[0]}×{cam_grid[1]}")
+    grid = (cam or {}).get("cam_grid")
+    if grid:
+        chosen = (cam or {}).get("cam_choice") not in (None, "last")
+        layer = str(cam.get("cam_layer") or "").removeprefix("net.") if chosen else ""
+        parts.append(" ".join(filter(None, ("Grad-CAM", layer, f"{grid[0]}×{grid[1]}"))))
     title = MODEL_TITLES.get(model, model)
     return f"{title} ({', '.join(parts)})" if parts else title
 
@@ -251,10 +255,9 @@ def load_run(run_dir: Path | str) -> ReportRun:
             patients = 0
     return ReportRun(run_dir=run_dir, evaluation=evaluation, config=config,
                      slices=_read_slices(run_dir / SLICES_FILE), dataset=dataset,
-                     label=_label(evaluation["run"]["model"], config, evaluation["threshold"],
-                                  evaluation["run"].get("cam_grid")),
+                     label=_label(evaluation["run"]["model"], config, evaluation["threshold"], evaluation["run"]),
                      store_error=store_error, seed_selection=seed_selection_text(run_dir),
                      split_mode=split_mode, store_name=Path(store_path).stem, dataset_kind=dataset,
                      store_key=str(Path(store_path).resolve()),
                      store_patients=patients, test_blocks=blocks, provenance=provenance,
-                     network_label=_label(evaluation["run"]["model"], config, None, evaluation["run"].get("cam_grid")))
+                     network_label=_label(evaluation["run"]["model"], config, None, evaluation["run"]))

@@ -17,8 +17,9 @@ from typing import Annotated, Optional
 import typer
 
 from gpseg.console import console, fail, flow_outcome, one_line, run_main
-from gpmodels.names import PRECISIONS
-from gpseg.options import POSTHOC_SLICES_HELP, PRECISION_HELP, flow_train_overrides, one_of, parse_seeds
+from gpmodels.names import CAM_CHOICES, PRECISIONS
+from gpseg.options import (CAM_LAYER_HELP, POSTHOC_SLICES_HELP, PRECISION_HELP, flow_train_overrides, one_of,
+                           parse_seeds)
 from flows.layout import POSTHOC_SLICES
 from storage.phantom_limits import BRATS_MAX_CASE, BRATS_SIZE_RANGE, JUN_CHENG_MAX_CASES, JUN_CHENG_SIZE_RANGE
 from gpseg.threshold_options import (
@@ -45,6 +46,7 @@ def demo(
              "seed is what fits the 10-minute budget).")] = None,
     precision: Annotated[str, typer.Option(callback=one_of(PRECISIONS), help=PRECISION_HELP)] = "auto",
     posthoc_slices: Annotated[int, typer.Option(min=0, help=POSTHOC_SLICES_HELP)] = POSTHOC_SLICES,
+    cam_layer: Annotated[str, typer.Option(callback=one_of(CAM_CHOICES), help=CAM_LAYER_HELP)] = "last",
     method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
     target_class: TargetOpt = "predicted", min_size: MinSizeOpt = 0, fill_holes: FillHolesOpt = 0,
     closing: ClosingOpt = 0, largest_component: LargestOpt = False,
@@ -63,7 +65,7 @@ def demo(
     try:
         params = BenchmarkParams(
             workdir=str(workdir.resolve()), folds=folds, preset="demo", threshold=threshold, seeds=seed_list,
-            train_overrides=overrides, posthoc_slices=posthoc_slices,
+            train_overrides=overrides, posthoc_slices=posthoc_slices, cam_layer=cam_layer,
             datasets=[DatasetSpec(kind="brats", phantom_cases=brats_cases, phantom_size=size),
                       DatasetSpec(kind="jun-cheng", phantom_cases=jun_cheng_slices, phantom_size=size)])
     except ValueError as exc:

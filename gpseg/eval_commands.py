@@ -45,6 +45,10 @@ def heatmaps_cmd(
                       ] = None,
     posthoc: Annotated[int, typer.Option(min=0, help="Test slices that also get occlusion and guided-backprop maps "
                                               "(on the CPU seconds to minutes each; 0 skips them).")] = 8,
+    cam_layer: Annotated[str, typer.Option(
+        help="A baseline's Grad-CAM layer: last (the last convolutional block), auto (the deepest block whose grid "
+             "is at least 8x8 at the training size) or a layer's name, e.g. layer3 (ResNeXt50) or Mixed_6e "
+             "(InceptionV3). GP runs have built-in heatmaps and take last or auto only (ignored).")] = "last",
 ) -> None:
     """Run a trained model over splits and write Zarr heatmap stores under RUN/heatmaps/."""
     from gpmodels.heatmaps import check_heatmap_options, generate_heatmaps
@@ -60,7 +64,7 @@ def heatmaps_cmd(
         try:
             with stop_signals_raised(), progress_bar(f"heatmaps {name}") as update:
                 path = generate_heatmaps(run, name, batch_size=batch_size, device=device,
-                                         posthoc=posthoc if name == "test" else 0,
+                                         posthoc=posthoc if name == "test" else 0, cam_layer=cam_layer,
                                          progress=lambda done, total: update(done, total, "slices"),
                                          posthoc_progress=lambda done, total, stage: update(
                                              done, total, f"post-hoc slices: {stage}"))

@@ -19,11 +19,11 @@ import typer
 from rich.markup import escape
 
 from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, POSTHOC_SLICES, run_dirs
-from gpmodels.names import PRECISIONS, PRESET_NAMES
+from gpmodels.names import CAM_CHOICES, PRECISIONS, PRESET_NAMES
 from gpseg.console import (console, fail, flow_outcome, folder_problem, one_line, prefect_home_problem,
                            private_prefect_home, project_root, signal_exit)
-from gpseg.options import (BATCH_SIZE_HELP, EPOCHS_HELP, POSTHOC_SLICES_HELP, PRECISION_HELP, flow_train_overrides,
-                           one_of, parse_model_options, parse_seeds)
+from gpseg.options import (BATCH_SIZE_HELP, CAM_LAYER_HELP, EPOCHS_HELP, POSTHOC_SLICES_HELP, PRECISION_HELP,
+                           flow_train_overrides, one_of, parse_model_options, parse_seeds)
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
 from storage.ingest_config import DEFAULT_FOLDS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, SPLIT_MODES
@@ -65,6 +65,7 @@ def benchmark_cmd(
         "--option", metavar="MODEL:KEY=VALUE", help="Network option of one model, repeatable, e.g. "
         "--option gp-shuffleunet:pool=features (see `gpseg train --help`).")] = None,
     posthoc_slices: Annotated[int, typer.Option(min=0, help=POSTHOC_SLICES_HELP)] = POSTHOC_SLICES,
+    cam_layer: Annotated[str, typer.Option(callback=one_of(CAM_CHOICES), help=CAM_LAYER_HELP)] = "last",
     method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
     target_class: TargetOpt = "predicted", min_size: MinSizeOpt = 0, fill_holes: FillHolesOpt = 0,
     closing: ClosingOpt = 0, largest_component: LargestOpt = False,
@@ -85,6 +86,7 @@ def benchmark_cmd(
     try:
         params = BenchmarkParams(
             workdir=str(workdir), folds=folds, preset=preset, dask_address=dask_address, posthoc_slices=posthoc_slices,
+            cam_layer=cam_layer,
             datasets=[DatasetSpec(kind=k, source=v, phantom_cases=16 if k == "brats" else 120, image_size=image_size,
                                   split=split) for k, v in sources.items() if v],
             **training_options(models, option, flow_train_overrides(devices, precision, epochs, batch_size), seeds,

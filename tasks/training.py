@@ -58,15 +58,16 @@ def _log_training(model: str, fold: int, result: TrainResult) -> None:
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
-def make_heatmaps(run_dir: str, weights: str, split: str, posthoc: int = 8) -> str:
-    """Write a run's heatmap store for one split (cached on the weights' hash), or keep the one on disk when it was
+def make_heatmaps(run_dir: str, weights: str, split: str, posthoc: int = 8, cam_layer: str = "last") -> str:
+    """Write a run's heatmap store for one split (cached on the weights' hash and the settings; a baseline's Grad-CAM
+    at the layer ``cam_layer`` chooses), or keep the one on disk when it was
     made from these weights with these settings (:func:`gpmodels.heatmaps.reusable_heatmaps`): a work dir copied to
     another place, or run with another ``PREFECT_HOME``, misses the cache but not its heatmaps."""
     count = posthoc if split == "test" else 0
-    kept = reusable_heatmaps(run_dir, split, weights, count)
+    kept = reusable_heatmaps(run_dir, split, weights, count, cam_layer)
     if kept is not None:
         get_run_logger().info("%s: reused, made from the same weights (%s) and post-hoc settings", kept, weights)
         return str(kept)
-    return str(generate_heatmaps(run_dir, split, posthoc=count,
+    return str(generate_heatmaps(run_dir, split, posthoc=count, cam_layer=cam_layer,
                                  progress=logged_progress(f"heatmaps of {run_dir} ({split})", "slices"),
                                  posthoc_progress=staged_progress(f"post-hoc maps of {run_dir}", "slices")))

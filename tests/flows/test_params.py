@@ -147,6 +147,28 @@ def test_main_job_and_benchmark_take_the_post_hoc_slice_count(command, tmp_path,
     assert CliRunner().invoke(app, [*head, "--workdir", str(tmp_path), "--posthoc-slices", "-1"]).exit_code == 2
 
 
+@pytest.mark.parametrize("command", [["demo"], ["benchmark", "--folds", "1"]])
+def test_main_job_and_benchmark_take_the_grad_cam_layer_choice(command, tmp_path, monkeypatch):
+    import flows.full_benchmark
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app as cli_app
+    from gpseg.demo import app as demo_app
+
+    seen = []
+    monkeypatch.setattr(flows.full_benchmark, "run_in_process",
+                        lambda params: seen.append(params) or {"rows": [], "report": "r", "failed": []})
+    app, head = (demo_app, []) if command == ["demo"] else (cli_app, command)
+    for args, expected in (([], "last"), (["--cam-layer", "auto"], "auto"), (["--cam-layer", "last"], "last")):
+        result = CliRunner().invoke(app, [*head, "--workdir", str(tmp_path), *args])
+        assert result.exit_code == 0, result.output
+        assert seen.pop().cam_layer == expected
+    result = CliRunner().invoke(app, [*head, "--workdir", str(tmp_path), "--cam-layer", "layer3"])
+    assert result.exit_code == 2 and "Invalid value for '--cam-layer': got 'layer3'" in option_error(result.output)
+    with pytest.raises(ValueError, match="cam_layer"):
+        BenchmarkParams(cam_layer="layer3")  # a deployment run's parameter: refused when the run is created
+
+
 def option_error(output: str) -> str:
     """The message of typer's option-error box (``Invalid value for '--x': ...``) on one line, or ``""``."""
     inside = [line.strip("│ ") for line in output.splitlines() if line.startswith("│")]
@@ -640,16 +662,16 @@ def test_a_retrain_takes_the_training_settings_it_is_not_given_from_its_work_dir
     assert with_work_dir_settings(params) == (params, {})  # no settings recorded (an older gpseg's work dir)
     built = BenchmarkParams(workdir=str(tmp_path), preset="paper", folds=2, models=["gp-unet", "resnext50"],
                             seeds=[0, 1], model_options={"gp-unet": {"pool": "maps"}}, posthoc_slices=0,
-                            threshold={"offset": "auto"})
+                            threshold={"offset": "auto"}, cam_layer="auto")
     (tmp_path / "training_settings.json").write_text(json.dumps(training_settings(built)))
     inherited, taken = with_work_dir_settings(params)
-    assert (inherited.preset, inherited.folds, inherited.models, inherited.seeds, inherited.posthoc_slices) == (
-        "paper", 2, ["gp-unet", "resnext50"], [0, 1], 0)
+    assert (inherited.preset, inherited.folds, inherited.models, inherited.seeds, inherited.posthoc_slices,
+            inherited.cam_layer) == ("paper", 2, ["gp-unet", "resnext50"], [0, 1], 0, "auto")
     assert inherited.model_options == {"gp-unet": {"pool": "maps"}}
     assert inherited.threshold == ThresholdParams()  # thresholds are not taken over
     assert inherited.dataset == params.dataset and inherited.workdir == params.workdir
     assert set(taken) == {"models", "folds", "preset", "train_overrides", "model_options", "seeds", "posthoc_slices",
-                          "dask_address"}
+                          "cam_layer", "dask_address"}
 
     given = RetrainParams(workdir=str(tmp_path), dataset={"kind": "brats"}, preset="smoke", folds=1)
     inherited, taken = with_work_dir_settings(given)

@@ -244,10 +244,10 @@ def test_ctrl_c_in_gpseg_heatmaps_says_which_stores_are_new(phantom_store, tmp_p
     assert attrs["cpu_threads"] == torch.get_num_threads()  # CPU maps are bit-identical at one thread count only
     real_maps, real_generate, splits = heatmaps.class_maps, heatmaps.generate_heatmaps, []
 
-    def stopped(model, images, gp):  # Ctrl-C while the test split (the second) is made
+    def stopped(model, images, gp, layer=None):  # Ctrl-C while the test split (the second) is made
         if splits[-1] == "test":
             raise KeyboardInterrupt
-        return real_maps(model, images, gp)
+        return real_maps(model, images, gp, layer)
 
     def generate(run_dir, split, **kwargs):
         splits.append(split)
@@ -305,3 +305,44 @@ def test_a_whole_heatmap_store_of_the_same_weights_and_posthoc_slices_is_reusabl
     heat = zarr.open_group(str(run / "heatmaps" / "test.zarr"), mode="r+")
     del heat.attrs[CHUNK_COUNTS]  # not written whole (or by an older gpseg)
     assert reusable_heatmaps(run, "test", weights, 1) is None
+
+
+def test_a_baselines_heatmaps_at_the_auto_cam_layer_record_it_and_are_not_reused_for_another_choice(
+        phantom_store, tmp_path, untrained_run):
+    """``cam_layer="auto"`` reads ResNeXt50's Grad-CAM at ``layer1`` (the only block with an 8x8 grid at the smoke
+    preset's 32 px) for the class maps and the post-hoc reference alike; a store of one choice is not reused for
+    another, nor by the flows' cache check (:func:`flows.pipeline.made_from`)."""
+    from flows.pipeline import made_from
+    from gpmodels.files import weights_hash
+    from gpmodels.heatmaps import reusable_heatmaps
+
+    run = untrained_run(phantom_store, "resnext50", tmp_path / "run")
+    weights = weights_hash(run)
+    last = zarr.open_group(str(generate_heatmaps(run, "test", device="cpu", posthoc=1)), mode="r")
+    assert (last.attrs["cam_layer"], last.attrs["cam_choice"], last.attrs["cam_grid"]) == ("layer4", "last", [1, 1])
+    maps_last = last["maps"][:]
+    path = generate_heatmaps(run, "test", device="cpu", posthoc=1, cam_layer="auto")
+    auto = zarr.open_group(str(path), mode="r")
+    assert (auto.attrs["cam_layer"], auto.attrs["cam_choice"], auto.attrs["cam_grid"]) == ("layer1", "auto", [8, 8])
+    assert not np.array_equal(auto["maps"][:], maps_last)
+    assert auto["posthoc/gradcam"].shape == (1, 32, 32)
+    assert reusable_heatmaps(run, "test", weights, 1, "auto") == path
+    assert reusable_heatmaps(run, "test", weights, 1) is None  # asked for the last block
+    assert made_from(path, weights, "auto") and not made_from(path, weights, "last")
+    named = zarr.open_group(str(generate_heatmaps(run, "test", device="cpu", posthoc=0, cam_layer="layer3.0")),
+                            mode="r")
+    assert (named.attrs["cam_layer"], named.attrs["cam_choice"], named.attrs["cam_grid"]) == ("layer3.0", "layer3.0",
+                                                                                               [2, 2])
+
+
+def test_a_gp_run_refuses_a_named_cam_layer_before_writing(phantom_store, tmp_path, untrained_run):
+    from flows.pipeline import made_from
+    from gpmodels.files import weights_hash
+
+    run = untrained_run(phantom_store, "gp-unet", tmp_path / "run")
+    with pytest.raises(ValueError, match="cam_layer: got 'layer3', but gp-unet has built-in heatmaps"):
+        generate_heatmaps(run, "test", device="cpu", posthoc=0, cam_layer="layer3")
+    assert not (run / "heatmaps").exists() or not any((run / "heatmaps").iterdir())
+    path = generate_heatmaps(run, "test", device="cpu", posthoc=0, cam_layer="auto")  # ignored: no layer
+    assert "cam_choice" not in zarr.open_group(str(path), mode="r").attrs
+    assert made_from(path, weights_hash(run), "last") and made_from(path, weights_hash(run), "auto")

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from captum.attr import Saliency
 from torch import Tensor, nn
 
-from gpmodels.gradcam import cam_grid, default_cam_layer, evaluation_mode, gradcam_maps, gradcam_target_maps
+from gpmodels.gradcam import (block_grids, cam_blocks, cam_grid, choose_cam_layer, default_cam_layer,
+                              evaluation_mode, gradcam_maps, gradcam_target_maps)
 from gpmodels.map_agreement import rank_agreement
 from gpmodels.nets import build_model
 from gpmodels.posthoc import (
@@ -337,3 +338,36 @@ def test_evaluation_mode_restores_mixed_modes_even_on_error():
         assert not any(m.training for m in model.modules())
         raise RuntimeError
     assert model.training and not model[1].training and model[0].training
+
+
+def test_auto_cam_layer_is_the_deepest_block_with_an_8x8_grid_else_the_finest(resnext):
+    """At the demo's 64 px the last blocks' grids are 1x1 (InceptionV3) and 2x2 (ResNeXt50): constant or near-constant
+    maps. ``auto`` keeps the last block where its grid is 8x8 (240 px) and reads an earlier one below."""
+    inception = build_model("inceptionv3", 4, 3, aux_logits=False)
+    small, large = torch.rand(1, 4, 64, 64), torch.rand(1, 4, 240, 240)
+    assert block_grids(resnext, small) == [("layer4", 2, 2), ("layer3", 4, 4), ("layer2", 8, 8), ("layer1", 16, 16)]
+    assert choose_cam_layer(resnext, small, "auto") is resnext.layer2
+    assert choose_cam_layer(resnext, large, "auto") is resnext.layer4  # 8x8 already: the usual layer
+    assert choose_cam_layer(resnext, torch.rand(1, 4, 128, 128), "auto") is resnext.layer3
+    # InceptionV3 without its auxiliary classifier enlarges 64 px to 75 inside: no block reaches 8x8, so the finest
+    assert cam_grid(inception, small, choose_cam_layer(inception, small, "auto")) == ("net.Mixed_5d", 7, 7)
+    assert cam_grid(inception, large, choose_cam_layer(inception, large, "auto")) == ("net.Mixed_6e", 13, 13)
+    assert [name for name, *_ in block_grids(inception, small)] == cam_blocks(inception)
+    assert choose_cam_layer(inception, small, "last") is inception.net.Mixed_7c
+    assert choose_cam_layer(resnext, small) is resnext.layer4
+    maps = gradcam_maps(resnext.eval(), torch.rand(2, 4, 64, 64), layer=choose_cam_layer(resnext, small, "auto"))
+    assert maps.shape == (2, 3, 64, 64)
+    assert not torch.equal(maps, maps[..., :1, :1].expand_as(maps))  # an 8x8 grid enlarged: not constant
+
+
+def test_a_cam_layer_by_name_and_its_refusals(gp_unet, resnext):
+    inception = build_model("inceptionv3", 4, 3, aux_logits=False)
+    assert choose_cam_layer(inception, None, "Mixed_6e") is inception.net.Mixed_6e  # without the wrapper's "net."
+    assert choose_cam_layer(inception, None, "net.Mixed_6e") is inception.net.Mixed_6e
+    assert choose_cam_layer(resnext, None, "layer3.1") is resnext.layer3[1]
+    for wrong in ("layer9", "", "Mixed_6e"):
+        with pytest.raises(ValueError, match=f"cam_layer: ResNeXt50 has no layer '{wrong}'; expected last, auto or a "
+                                             "layer's name, e.g. one of its blocks layer4, layer3, layer2, layer1"):
+            choose_cam_layer(resnext, None, wrong)
+    with pytest.raises(ValueError, match="no default Grad-CAM layer for GPUNet"):
+        choose_cam_layer(gp_unet, torch.rand(1, 4, 32, 32), "auto")

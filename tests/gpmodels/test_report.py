@@ -857,6 +857,20 @@ def test_a_grad_cam_run_names_its_grid_so_constant_maps_are_explained(report, re
     assert "ResNeXt50 (Grad-CAM 1×1)" in html.unescape(report.read_text())
 
 
+def test_a_grad_cam_label_names_a_layer_chosen_other_than_the_last():
+    """Runs read at another layer are another row, and the reader sees which block the masks come from."""
+    from gpmodels.report_runs import _label
+
+    cam = {"cam_layer": "net.Mixed_5d", "cam_choice": "auto", "cam_grid": [7, 7]}
+    assert _label("inceptionv3", None, None, cam) == "InceptionV3 (Grad-CAM Mixed_5d 7×7)"
+    assert _label("resnext50", None, None, {**cam, "cam_layer": "layer3.0", "cam_choice": "layer3.0"}) == (
+        "ResNeXt50 (Grad-CAM layer3.0 7×7)")
+    assert _label("resnext50", None, None, {"cam_layer": "layer4", "cam_choice": "last", "cam_grid": [2, 2]}) == (
+        "ResNeXt50 (Grad-CAM 2×2)")
+    assert _label("resnext50", None, None, {"cam_layer": "layer4", "cam_grid": [2, 2]}) == "ResNeXt50 (Grad-CAM 2×2)"
+    assert _label("gp-unet", None, None, {"cam_layer": None, "cam_grid": None}) == "GP-UNet"
+
+
 def test_the_configuration_table_names_each_runs_precision_and_split(report, report_runs, tmp_path):
     page = html.unescape(report.read_text())
     assert '<th scope="col" class="text">precision</th>' in page and '<td class="text">auto → 32-true</td>' in page
