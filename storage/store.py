@@ -333,7 +333,8 @@ class StoreWriter:
         """Write the splits and attributes, then atomically replace ``path``.
 
         Args:
-            attrs: group attributes (``schema_version`` and ``data_version`` are set here).
+            attrs: group attributes (``schema_version``, ``data_version``, ``data_history`` and ``provenance``, the
+                code, libraries and command line of this ingestion, are set here).
             splits: every fold of the store: index -> int8 ``(N,)`` split codes (the data version covers them).
 
         Returns:
@@ -366,8 +367,10 @@ class StoreWriter:
                     [{"data_version": before, "slices": self._base_slices}] if before else [])
             if not history or history[-1].get("data_version") != version:  # an append that added nothing: no entry
                 history.append({"data_version": version, "slices": n})
+        from gpmodels.provenance import provenance  # torch-free, like this module
+
         full = {**attrs, "schema_version": SCHEMA_VERSION, "data_version": version, "data_history": history,
-                CHUNK_COUNTS: chunk_counts(self.group)}
+                "provenance": provenance(), CHUNK_COUNTS: chunk_counts(self.group)}
         self.group.attrs.update(full)
         return replace_folder(self.tmp, self.path)
 

@@ -1,4 +1,5 @@
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -144,6 +145,8 @@ def test_an_append_keeps_the_earlier_data_versions_acceptable_and_a_rewrite_does
     assert [entry["slices"] for entry in group.attrs["data_history"]] == [3, 5]
     check_data_version(group, first, path, "heatmaps made before the append")
 
+    assert group.attrs["provenance"]["argv"] == list(sys.argv)  # what wrote the store last
+    assert set(group.attrs["provenance"]) >= {"gpseg", "git_commit", "git_dirty", "python", "packages"}
     _write(path, [_batch("p3", 4)])  # a new store at the same path: other slices at the same indices
     group = open_store(path)
     assert len(group.attrs["data_history"]) == 1
