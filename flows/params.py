@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, POSTHOC_SLICES, TRAINING_SETTINGS, default_drop_folder
-from gpmodels.names import MODEL_NAMES, CamChoice, ModelName, PresetName
+from gpmodels.names import DEFAULT_CAM_CHOICE, MODEL_NAMES, CamChoice, ModelName, PresetName
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS
 from gpmodels.threshold_config import Method, TargetClass, check_fixed_value
 from storage.errors import close_match, did_you_mean, one_line, validation_line
@@ -212,10 +212,11 @@ class TrainingParams(_Params):
     posthoc_slices: int = Field(POSTHOC_SLICES, ge=0, description="Test slices with occlusion/guided-backprop maps "
                                 "per run "
                                 "(occlusion costs hundreds of forward passes per slice).")
-    cam_layer: CamChoice = Field("last", description="The baselines' Grad-CAM layer: last (the last convolutional "
-                                 "block, the usual Grad-CAM) or auto (the deepest block whose grid is at least 8x8 at "
-                                 "the training size: the same at 240 px, an earlier one at small sizes, where the "
-                                 "last block's grid is 1x1 or 2x2).")
+    cam_layer: CamChoice = Field(DEFAULT_CAM_CHOICE, description="The baselines' Grad-CAM layer: auto (the deepest "
+                                 "block whose grid is at least 6x6 at the training size, else the finest: the last "
+                                 "block at the usual sizes and with the paper preset, an earlier one where the last "
+                                 "block's grid is 5x5 or coarser, e.g. 1x1 or 2x2 at 64 px) or last (the last "
+                                 "convolutional block, always).")
     seeds: list[int] | None = Field(
         None, description="Training seeds per (model, fold). Unset: one run per (model, fold) with the preset's "
         "seed. Several: each seed trains into fold_K/seed_S and only the run with the lowest validation loss is "

@@ -17,6 +17,7 @@ from flows.layout import (PHANTOMS, RUNS, SEED_PREFIX, TRAINING_SETTINGS, datase
                           store_path)
 from flows.params import DatasetSpec, ThresholdParams, TrainingParams, training_settings
 from gpmodels.files import MODEL_FILE, SEED_SELECTION, write_text_atomic
+from gpmodels.names import DEFAULT_CAM_CHOICE
 from gpmodels.train_config import preset_config
 from storage.errors import one_line
 from tasks.data import fingerprint, ingest_source, synth_phantoms, validate
@@ -34,21 +35,22 @@ def trusted(cached_task, output: str | Path, usable: Callable[[Path], bool] = Pa
     return cached_task.with_options(refresh_cache=not usable(Path(output)))
 
 
-def made_from(heatmaps: Path, weights: str, cam_layer: str = "last") -> bool:
+def made_from(heatmaps: Path, weights: str, cam_layer: str = DEFAULT_CAM_CHOICE) -> bool:
     """Whether the heatmap store at ``heatmaps`` (``RUN/heatmaps/SPLIT.zarr``) exists and was made from the
-    weights of hash ``weights``, a baseline's with the Grad-CAM layer choice ``cam_layer`` (a store of an older
+    weights of hash ``weights``, a baseline's at the layer the Grad-CAM choice ``cam_layer`` picks
+    (:func:`gpmodels.heatmaps.same_cam_layer`; a store of an older
     gpseg, which recorded no weights: made after ``model.pt`` was last written,
     :func:`gpmodels.files.weights_changed`). The task's cache alone is not enough: a run whose weights
     changed and changed back (trained further, then retrained from its best checkpoint) finds the cached result
     of the first weights, while the store on disk is of the second."""
     from gpmodels.files import made_at, weights_changed
-    from gpmodels.heatmaps import same_cam_choice
+    from gpmodels.heatmaps import same_cam_layer
 
     try:
         attrs = dict(zarr.open_group(str(heatmaps), mode="r").attrs)
     except Exception:  # missing or damaged: made again
         return False
-    if not same_cam_choice(attrs, cam_layer):
+    if not same_cam_layer(attrs, Path(heatmaps).parent.parent, cam_layer):
         return False
     recorded = attrs.get("weights")
     made = made_at(heatmaps)
@@ -342,8 +344,8 @@ def run_fan_out(jobs: list[dict], dask_address: str | None) -> list[dict]:
     return train_fan_out.with_options(task_runner=DaskTaskRunner(address=dask_address))(jobs, dask_address)
 
 
-def heatmaps_and_evaluation(trained: list[dict], threshold: ThresholdParams, posthoc: int, cam_layer: str = "last"
-                            ) -> list[dict]:
+def heatmaps_and_evaluation(trained: list[dict], threshold: ThresholdParams, posthoc: int,
+                            cam_layer: str = DEFAULT_CAM_CHOICE) -> list[dict]:
     """Heatmaps (val + test; the baselines' Grad-CAM at the layer ``cam_layer`` chooses) and evaluation of every
     trained run; failures are recorded, not raised."""
     logger = get_run_logger()

@@ -8,7 +8,8 @@ inside the model (to 75 or 299 px, see :class:`~gpmodels.nets.InceptionV3`), so 
 interpolated from the layer's grid to the caller's H, W, never to the internal size.
 
 Default layers: ``Mixed_7c`` for InceptionV3 and ``layer4`` for ResNeXt50, the last convolutional
-blocks (:func:`choose_cam_layer` picks another: ``auto``, or a layer by name). Both are followed by
+blocks; :func:`choose_cam_layer` picks another (a layer by name, or ``auto``, which the heatmap stores
+and flows use by default and which keeps the last blocks at the usual sizes). Both are followed by
 global average pooling and a linear layer, so the map is exactly the class activation map of Zhou et
 al. divided by h·w: before rectification its values over the h×w grid sum to the logit minus the
 class bias (an earlier block's map has no such closed form). Grad-CAM maps therefore stay in these
@@ -48,8 +49,8 @@ __all__ = [
     "cam_blocks",
     "cam_grid",
     "check_images",
-    "choose_cam_layer",
     "check_target",
+    "choose_cam_layer",
     "count_classes",
     "default_cam_layer",
     "evaluation_mode",
@@ -176,9 +177,11 @@ def default_cam_layer(model: nn.Module) -> nn.Module:
     )
 
 
-MIN_CAM_GRID = 8
-"""The smallest grid side ``auto`` accepts: the last convolutional block's grid at 240 px (ResNeXt50 ``layer4``;
-InceptionV3's ``Mixed_7c`` with the auxiliary classifier)."""
+MIN_CAM_GRID = 6
+"""The smallest grid side ``auto`` accepts. Grad-CAM is usually read at the last block's 7×7 (ResNets at 224 px) or
+8×8 (InceptionV3 at 299 px; ResNeXt50 at 240 px); 6×6 is InceptionV3's without its auxiliary classifier at 240 px.
+Coarser grids (the 1×1 to 4×4 of the demo's 64 to 128 px) make near-constant maps, so ``auto`` reads an earlier
+block there."""
 _INCEPTION_BLOCKS = ("Mixed_7c", "Mixed_7b", "Mixed_7a", "Mixed_6e", "Mixed_6d", "Mixed_6c", "Mixed_6b", "Mixed_6a",
                      "Mixed_5d", "Mixed_5c", "Mixed_5b")
 _RESNET_BLOCKS = ("layer4", "layer3", "layer2", "layer1")
@@ -225,25 +228,30 @@ def block_grids(model: nn.Module, images: Tensor) -> list[tuple[str, int, int]]:
     return [(name, int(grids[name][0]), int(grids[name][1])) for name in names]
 
 
-def choose_cam_layer(model: nn.Module, images: Tensor, choice: str = "last") -> nn.Module:
+def choose_cam_layer(model: nn.Module, images: Tensor | None, choice: str) -> nn.Module:
     """The layer Grad-CAM reads for inputs of this size.
 
     Args:
         model: A baseline (InceptionV3 or ResNeXt50).
-        images: Float batch (B, C, H, W) of the size the maps are made at, on the model's device (``auto`` only).
+        images: Float batch (B, C, H, W) of the size the maps are made at, on the model's device; read for
+            ``auto`` only (None otherwise is fine).
         choice: ``last``: :func:`default_cam_layer` (the last convolutional block, the usual Grad-CAM).
             ``auto``: the deepest of :func:`cam_blocks` whose grid is at least :data:`MIN_CAM_GRID` on both sides at
-            this size, else the one with the largest grid; the last block at 240 px, earlier (less class-specific)
-            blocks at small sizes, where the last one's grid is 1×1 or 2×2. Any other value: a module's name in
-            ``model.named_modules()`` (``layer3``, ``net.Mixed_6e``; InceptionV3's also without ``net.``).
+            this size, else the one with the largest grid: the last block at the sizes Grad-CAM is usually run at
+            (ResNeXt50 from 161 px, InceptionV3 from 235 px without its auxiliary classifier and at any size with
+            it), earlier (less class-specific) blocks below, where the last one's grid is 5×5 or coarser. Any
+            other value: a module's name in ``model.named_modules()`` (``layer3``, ``net.Mixed_6e``; InceptionV3's
+            also without ``net.``), checked by :func:`cam_grid`.
 
     Raises:
-        ValueError: For a model without a default Grad-CAM layer, or a name that is no module of the model (the
-            message lists the blocks).
+        ValueError: For a model without a default Grad-CAM layer, a name that is no module of the model (the
+            message lists the blocks), or ``auto`` without ``images``.
     """
     if choice == "last":
         return default_cam_layer(model)
     if choice == "auto":
+        if images is None:
+            raise ValueError("images: cam_layer 'auto' needs a batch of the size the maps are made at")
         grids = block_grids(model, images)
         wide = [name for name, h, w in grids if min(h, w) >= MIN_CAM_GRID]
         name = wide[0] if wide else max(grids, key=lambda grid: min(grid[1:]))[0]
@@ -284,14 +292,30 @@ def cam_grid(model: nn.Module, images: Tensor, layer: nn.Module | None = None) -
     check_images(model, images)
     layer = _check_layer(model, layer)
     name = next(n for n, module in model.named_modules() if module is layer)
-    shapes: list[tuple[int, ...]] = []
-    handle = layer.register_forward_hook(lambda _module, _inputs, output: shapes.append(tuple(output.shape)))
+    shapes: list[tuple[int, ...] | None] = []
+    handle = layer.register_forward_hook(
+        lambda _module, _inputs, output: shapes.append(tuple(output.shape) if isinstance(output, Tensor) else None))
     try:
         with evaluation_mode(model), torch.no_grad():
             model(images[:1])
     finally:
         handle.remove()
+    if not shapes:
+        raise ValueError(f"cam_layer: {name} does not run when {type(model).__name__} evaluates an image "
+                         f"(e.g. an auxiliary head); give one of its blocks: {', '.join(_blocks_or_none(model))}")
+    if shapes[-1] is None or len(shapes[-1]) != 4:
+        got = "no tensor" if shapes[-1] is None else f"shape {shapes[-1]}"
+        raise ValueError(f"cam_layer: {name} gives {got}, not a feature grid (B, c, h, w); give a convolutional "
+                         f"layer or block: {', '.join(_blocks_or_none(model))}")
     return name, int(shapes[-1][-2]), int(shapes[-1][-1])
+
+
+def _blocks_or_none(model: nn.Module) -> list[str]:
+    """:func:`cam_blocks` of a baseline; ``["(none known)"]`` for another model."""
+    try:
+        return cam_blocks(model)
+    except ValueError:
+        return ["(none known)"]
 
 
 def _gradcam(model: nn.Module, images: Tensor, layer: nn.Module, target: int | Tensor) -> Tensor:

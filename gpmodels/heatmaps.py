@@ -32,6 +32,8 @@ and libraries (``provenance``, :func:`gpmodels.provenance.provenance`).
 
 from __future__ import annotations
 
+import functools
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -44,9 +46,11 @@ import zarr
 
 from gpmodels.augment import resize_images
 from gpmodels.files import heatmap_path, read_run_config, relocated, weights_record, write_failure
-from gpmodels.names import CAM_CHOICES, GRADIENT_METHODS, POSTHOC_METHODS
+from gpmodels.names import CAM_CHOICES, DEFAULT_CAM_CHOICE, GRADIENT_METHODS, POSTHOC_METHODS
 from gpmodels.nets import is_gp_model
 from gpmodels.provenance import provenance
+from gpmodels.run_checks import build_network
+from gpmodels.train_config import RunConfig
 from gpmodels.training import load_trained
 from storage.classes import has_tumour_free_class
 from storage.folders import check_replaceable, hidden_sibling, recover_interrupted, replace_folder
@@ -174,21 +178,20 @@ def posthoc_rows(labels: np.ndarray, classes: list[str], count: int) -> np.ndarr
     return spread_rows(np.flatnonzero(tumour), count).astype(np.int64)
 
 
-def reusable_heatmaps(run_dir: Path | str, split: str, weights: str, posthoc: int, cam_layer: str = "last"
-                      ) -> Path | None:
+def reusable_heatmaps(run_dir: Path | str, split: str, weights: str, posthoc: int,
+                      cam_layer: str = DEFAULT_CAM_CHOICE) -> Path | None:
     """The heatmap store of a run's split when it is whole and :func:`generate_heatmaps` would write the same now,
     else ``None``.
 
     Whole: its chunk record (:data:`storage.store.CHUNK_COUNTS`, written last, before the store is renamed into place)
     is there and no recorded chunk file is missing. The same: made from the weights of hash ``weights``
     (:func:`gpmodels.files.weights_hash`), of this split and the run's data version, with post-hoc maps of the slices
-    ``posthoc`` gives (:func:`posthoc_rows`), and a baseline's Grad-CAM layer chosen as ``cam_layer`` says (a store of
-    an older gpseg, which recorded no choice, had the last block). Not compared, as the flows' heatmap task's cache
-    key does not hold them either: the code; CPU threads and batch size, which move only the maps' last bits; the
-    device, so a store made on the CPU (float32) is kept on a GPU, which would make its maps under bf16 autocast
-    (about 3 significant digits; a prediction near a tie may differ); run ``gpseg heatmaps`` to have them made
-    there. A store of an
-    older gpseg that recorded no weights or no chunk record is not reusable.
+    ``posthoc`` gives (:func:`posthoc_rows`), and for a baseline read at the layer ``cam_layer`` picks now
+    (:func:`same_cam_layer`: a store of another choice that picked the same layer is kept). Not compared, as the
+    flows' heatmap task's cache key does not hold them either: the code; CPU threads and batch size, which move only
+    the maps' last bits; the device, so a store made on the CPU (float32) is kept on a GPU, which would make its maps
+    under bf16 autocast (about 3 significant digits; a prediction near a tie may differ); run ``gpseg heatmaps`` to
+    have them made there. A store of an older gpseg that recorded no weights or no chunk record is not reusable.
     """
     path = heatmap_path(run_dir, split)
     try:
@@ -197,7 +200,7 @@ def reusable_heatmaps(run_dir: Path | str, split: str, weights: str, posthoc: in
         if (not recorded_chunks(heat) or any(missing_chunks(heat).values()) or attrs.get("split") != split
                 or attrs.get("weights") != weights
                 or attrs.get("data_version") != read_run_config(run_dir).get("data_version")
-                or not same_cam_choice(attrs, cam_layer)):
+                or not same_cam_layer(attrs, run_dir, cam_layer)):
             return None
         stored = heat["posthoc/rows"][:] if "posthoc" in heat else np.zeros(0, np.int64)
         wanted = posthoc_rows(heat["labels"][:], attrs["classes"], posthoc)
@@ -206,10 +209,44 @@ def reusable_heatmaps(run_dir: Path | str, split: str, weights: str, posthoc: in
     return path if np.array_equal(stored, wanted) else None
 
 
-def same_cam_choice(attrs: dict, cam_layer: str) -> bool:
-    """Whether a heatmap store's attributes say it was made with the Grad-CAM layer choice ``cam_layer``: always for
-    a GP model's store (it has no layer), ``last`` for a baseline's store that recorded no choice (older gpseg)."""
-    return attrs.get("kind") != "gradcam" or attrs.get("cam_choice", "last") == cam_layer
+def same_cam_layer(attrs: dict, run_dir: Path | str, cam_layer: str) -> bool:
+    """Whether a heatmap store's maps were read at the layer the choice ``cam_layer`` picks for its run now: always for
+    a GP model's store (it has no layer); for a baseline's, its recorded ``cam_layer`` against
+    :func:`chosen_cam_layer`. So a store of the last block is kept under ``auto`` where ``auto`` picks the last block
+    too (240 px with the ``paper`` preset), and a store of ``auto`` is made again when the rule picks another layer.
+    False where the run's configuration cannot be read (the store is made again, which says what is wrong)."""
+    if attrs.get("kind") != "gradcam":
+        return True
+    try:
+        return attrs.get("cam_layer") == chosen_cam_layer(run_dir, cam_layer)
+    except Exception:
+        return False
+
+
+def chosen_cam_layer(run_dir: Path | str, cam_layer: str) -> str | None:
+    """The name of the layer a run's Grad-CAM reads with the choice ``cam_layer`` at its training size
+    (:func:`gpmodels.gradcam.choose_cam_layer`), ``None`` for a GP model's run. The network is built with fresh
+    weights and probed with one blank image (the choice depends on the sizes only); no weights are read. Cached per
+    run configuration and choice.
+
+    Raises:
+        FileNotFoundError, ValueError: ``config.json`` is missing or damaged, or ``cam_layer`` names no layer.
+    """
+    run = RunConfig.read(run_dir)
+    if is_gp_model(run.train.model):
+        return None
+    return _chosen_cam_layer(json.dumps(run.to_dict(), sort_keys=True), cam_layer)
+
+
+@functools.lru_cache(maxsize=16)
+def _chosen_cam_layer(config: str, cam_layer: str) -> str:
+    """:func:`chosen_cam_layer` of a run's configuration as JSON."""
+    from gpmodels.gradcam import cam_grid, choose_cam_layer
+
+    run = RunConfig.from_dict(json.loads(config))
+    model = build_network(run).eval()
+    probe = torch.zeros(1, len(run.channels), run.image_size, run.image_size)
+    return cam_grid(model, probe, choose_cam_layer(model, probe, cam_layer))[0]
 
 
 def to_float16(values: torch.Tensor) -> np.ndarray:
@@ -220,8 +257,8 @@ def to_float16(values: torch.Tensor) -> np.ndarray:
 
 def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int = 16, device: str | None = None,
                       posthoc: int = 8, progress: Callable[[int, int], None] | None = None,
-                      posthoc_progress: Callable[[int, int, str], None] | None = None, cam_layer: str = "last"
-                      ) -> Path:
+                      posthoc_progress: Callable[[int, int, str], None] | None = None,
+                      cam_layer: str = DEFAULT_CAM_CHOICE) -> Path:
     """Run a trained model over one split of its fold and write the heatmap store.
 
     Args:
@@ -237,8 +274,8 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
             the gradient maps (``"guided backprop"``, with ``", Grad-CAM"`` for a baseline), each stage counting
             from 0.
         cam_layer: a baseline's Grad-CAM layer, chosen at the training size (:func:`gpmodels.gradcam.choose_cam_layer`):
-            ``last`` (the last convolutional block), ``auto`` (the deepest block with a grid of at least 8×8) or a
-            layer's name. A GP model's run accepts ``last`` and ``auto`` and ignores them.
+            ``auto`` (the deepest block with a grid of at least 6×6, else the finest; the default), ``last`` (the last
+            convolutional block) or a layer's name. A GP model's run accepts ``auto`` and ``last`` and ignores them.
 
     Returns:
         The heatmap store path.

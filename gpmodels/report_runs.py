@@ -17,6 +17,7 @@ import numpy as np
 
 from gpmodels.evaluation import SLICES_FILE, evaluated_source, load_evaluation, offset_tuned
 from gpmodels.files import RUN_CONFIG, SEED_SELECTION, model_record, with_model_record
+from gpmodels.names import LAST_CAM_LAYERS
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS, ThresholdConfig
 from gpmodels.provenance import commit_text
 from gpmodels.threshold_config import method_text
@@ -155,7 +156,7 @@ def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str,
     auto offset, the true class, clean-up), so that runs thresholded differently are not pooled into one
     row, then a Grad-CAM run's grid, read from ``cam`` (the evaluation's ``run`` part)
     (``"Grad-CAM 1×1"``: its maps are that grid enlarged, so a reader sees why they cannot segment), with the layer
-    where it was not the last block by default (``"Grad-CAM layer2 8×8"``, after ``--cam-layer``)."""
+    where it is not the last block (``"Grad-CAM layer2 8×8"``: ``--cam-layer auto`` at a small size, or a name)."""
     parts = []
     if config is not None:
         train = config.get("train", {})
@@ -176,8 +177,8 @@ def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str,
         parts.append(f"{threshold['target_class']} class")
     grid = (cam or {}).get("cam_grid")
     if grid:
-        chosen = (cam or {}).get("cam_choice") not in (None, "last")
-        layer = str(cam.get("cam_layer") or "").removeprefix("net.") if chosen else ""
+        layer = str(cam.get("cam_layer") or "")
+        layer = "" if layer in LAST_CAM_LAYERS or not layer else layer.removeprefix("net.")
         parts.append(" ".join(filter(None, ("Grad-CAM", layer, f"{grid[0]}×{grid[1]}"))))
     title = MODEL_TITLES.get(model, model)
     return f"{title} ({', '.join(parts)})" if parts else title

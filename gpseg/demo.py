@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from gpseg.console import console, fail, flow_outcome, one_line, run_main
-from gpmodels.names import CAM_CHOICES, PRECISIONS
+from gpmodels.names import CAM_CHOICES, DEFAULT_CAM_CHOICE, PRECISIONS
 from gpseg.options import (CAM_LAYER_HELP, POSTHOC_SLICES_HELP, PRECISION_HELP, flow_train_overrides, one_of,
                            parse_seeds)
 from flows.layout import POSTHOC_SLICES
@@ -46,7 +46,7 @@ def demo(
              "seed is what fits the 10-minute budget).")] = None,
     precision: Annotated[str, typer.Option(callback=one_of(PRECISIONS), help=PRECISION_HELP)] = "auto",
     posthoc_slices: Annotated[int, typer.Option(min=0, help=POSTHOC_SLICES_HELP)] = POSTHOC_SLICES,
-    cam_layer: Annotated[str, typer.Option(callback=one_of(CAM_CHOICES), help=CAM_LAYER_HELP)] = "last",
+    cam_layer: Annotated[str, typer.Option(callback=one_of(CAM_CHOICES), help=CAM_LAYER_HELP)] = DEFAULT_CAM_CHOICE,
     method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
     target_class: TargetOpt = "predicted", min_size: MinSizeOpt = 0, fill_holes: FillHolesOpt = 0,
     closing: ClosingOpt = 0, largest_component: LargestOpt = False,

@@ -16,6 +16,7 @@ from gpseg.console import (console, fail, folder_problem, interrupted, interval_
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
 from gpseg.options import one_of
+from gpmodels.names import DEFAULT_CAM_CHOICE
 from storage.folders import InterruptedAfterReplacing
 from storage.ingest_config import SPLIT_NAMES
 
@@ -46,9 +47,10 @@ def heatmaps_cmd(
     posthoc: Annotated[int, typer.Option(min=0, help="Test slices that also get occlusion and guided-backprop maps "
                                               "(on the CPU seconds to minutes each; 0 skips them).")] = 8,
     cam_layer: Annotated[str, typer.Option(
-        help="A baseline's Grad-CAM layer: last (the last convolutional block), auto (the deepest block whose grid "
-             "is at least 8x8 at the training size) or a layer's name, e.g. layer3 (ResNeXt50) or Mixed_6e "
-             "(InceptionV3). GP runs have built-in heatmaps and take last or auto only (ignored).")] = "last",
+        help="A baseline's Grad-CAM layer: auto (the deepest block whose grid is at least 6x6 at the training size, "
+             "else the finest), last (the last convolutional block) or a layer's name, e.g. layer3 (ResNeXt50) or "
+             "Mixed_6e (InceptionV3). GP runs have built-in heatmaps and take auto or last only (ignored).")
+    ] = DEFAULT_CAM_CHOICE,
 ) -> None:
     """Run a trained model over splits and write Zarr heatmap stores under RUN/heatmaps/."""
     from gpmodels.heatmaps import check_heatmap_options, generate_heatmaps
@@ -443,7 +445,10 @@ def _outdated(run: Path) -> str | None:
     try:
         evaluation = load_evaluation(run)
         heat = open_heatmaps(heatmap_path(run, evaluation["run"].get("split", "test")))
-        if heat.attrs.get("weights") and heat.attrs["weights"] != evaluation["run"].get("weights"):
+        if ((heat.attrs.get("weights") and heat.attrs["weights"] != evaluation["run"].get("weights"))
+                or evaluation["run"].get("cam_layer", heat.attrs.get("cam_layer")) != heat.attrs.get("cam_layer")):
+            # written again from the same weights at another Grad-CAM layer (an evaluation of an older gpseg that
+            # recorded no layer is not compared)
             return (f"{run / 'evaluation.json'}: an evaluation of earlier heatmaps (they were written again since); "
                     f"re-evaluate the run with `gpseg postprocess --runs {run}`")
         store_path = evaluated_source(run, evaluation)

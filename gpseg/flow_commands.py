@@ -19,7 +19,7 @@ import typer
 from rich.markup import escape
 
 from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, POSTHOC_SLICES, run_dirs
-from gpmodels.names import CAM_CHOICES, PRECISIONS, PRESET_NAMES
+from gpmodels.names import CAM_CHOICES, DEFAULT_CAM_CHOICE, PRECISIONS, PRESET_NAMES
 from gpseg.console import (console, fail, flow_outcome, folder_problem, one_line, prefect_home_problem,
                            private_prefect_home, project_root, signal_exit)
 from gpseg.options import (BATCH_SIZE_HELP, CAM_LAYER_HELP, EPOCHS_HELP, POSTHOC_SLICES_HELP, PRECISION_HELP,
@@ -65,7 +65,7 @@ def benchmark_cmd(
         "--option", metavar="MODEL:KEY=VALUE", help="Network option of one model, repeatable, e.g. "
         "--option gp-shuffleunet:pool=features (see `gpseg train --help`).")] = None,
     posthoc_slices: Annotated[int, typer.Option(min=0, help=POSTHOC_SLICES_HELP)] = POSTHOC_SLICES,
-    cam_layer: Annotated[str, typer.Option(callback=one_of(CAM_CHOICES), help=CAM_LAYER_HELP)] = "last",
+    cam_layer: Annotated[str, typer.Option(callback=one_of(CAM_CHOICES), help=CAM_LAYER_HELP)] = DEFAULT_CAM_CHOICE,
     method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
     target_class: TargetOpt = "predicted", min_size: MinSizeOpt = 0, fill_holes: FillHolesOpt = 0,
     closing: ClosingOpt = 0, largest_component: LargestOpt = False,

@@ -15,6 +15,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from gpmodels.epoch_log import LOGGER as EPOCH_LOGGER
 from gpmodels.files import heatmap_path, weights_hash
 from gpmodels.heatmaps import generate_heatmaps, reusable_heatmaps
+from gpmodels.names import DEFAULT_CAM_CHOICE
 from gpmodels.train_config import preset_config
 from gpmodels.train_process import train_in_subprocess
 from gpmodels.training import TrainResult, train
@@ -58,7 +59,8 @@ def _log_training(model: str, fold: int, result: TrainResult) -> None:
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
-def make_heatmaps(run_dir: str, weights: str, split: str, posthoc: int = 8, cam_layer: str = "last") -> str:
+def make_heatmaps(run_dir: str, weights: str, split: str, posthoc: int = 8, cam_layer: str = DEFAULT_CAM_CHOICE
+                  ) -> str:
     """Write a run's heatmap store for one split (cached on the weights' hash and the settings; a baseline's Grad-CAM
     at the layer ``cam_layer`` chooses), or keep the one on disk when it was
     made from these weights with these settings (:func:`gpmodels.heatmaps.reusable_heatmaps`): a work dir copied to
@@ -66,7 +68,8 @@ def make_heatmaps(run_dir: str, weights: str, split: str, posthoc: int = 8, cam_
     count = posthoc if split == "test" else 0
     kept = reusable_heatmaps(run_dir, split, weights, count, cam_layer)
     if kept is not None:
-        get_run_logger().info("%s: reused, made from the same weights (%s) and post-hoc settings", kept, weights)
+        get_run_logger().info("%s: reused, made from the same weights (%s), post-hoc settings and Grad-CAM layer",
+                              kept, weights)
         return str(kept)
     return str(generate_heatmaps(run_dir, split, posthoc=count, cam_layer=cam_layer,
                                  progress=logged_progress(f"heatmaps of {run_dir} ({split})", "slices"),

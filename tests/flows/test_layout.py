@@ -117,6 +117,7 @@ def test_a_summary_row_reads_as_one_line():
     bare = {**_OK_ROW, "median_dice": None, "f1_95": None, "median_dice_95": None, "test_patients": None,
             "heatmaps": "gradcam", "dataset": ""}
     assert row_line(bare) == "gp-unet fold 0: weighted F1 0.919, median Dice no tumour slices, accuracy 0.923, Grad-CAM"
+    assert row_line({**bare, "grad_cam": "layer2 8×8"}).endswith("accuracy 0.923, Grad-CAM at layer2 8×8")
     failed = {"dataset": "jun-cheng", "model": "all", "fold": None, "status": "FAILED: ingestion/validation: gone"}
     assert row_line(failed) == "jun-cheng all: FAILED: ingestion/validation: gone"
 
@@ -178,12 +179,14 @@ def test_summary_rows_carry_the_unrounded_interval_ends_for_the_console():
     from flows.layout import summary_rows
 
     evaluation = {"classification": {"accuracy": 0.9, "f1": 0.403, "classes": []},
-                  "segmentation": {"dice": {"n": 0}}, "run": {"kind": "gradcam"},
+                  "segmentation": {"dice": {"n": 0}},
+                  "run": {"kind": "gradcam", "cam_layer": "net.Mixed_5d", "cam_grid": [7, 7]},
                   "bootstrap": {"patients": 4, "f1": {"low": 0.31954, "high": 0.49217}, "dice_median": None}}
     (row,) = summary_rows([{"model": "resnext50", "fold": 2, "dataset": "brats", "evaluation": evaluation}])
     assert (row["f1_low"], row["f1_high"]) == (0.31954, 0.49217) and row["f1_95"] == "0.320-0.492"
     assert row["median_dice_low"] is row["median_dice_high"] is row["median_dice_95"] is None
     assert "weighted F1 0.403 [0.320-0.492]" in row_line(row)
+    assert row["grad_cam"] == "Mixed_5d 7×7" and row_line(row).endswith("Grad-CAM at Mixed_5d 7×7")
     assert list(row)[-4:] == ["f1_low", "f1_high", "median_dice_low", "median_dice_high"]  # last in the table
 
 

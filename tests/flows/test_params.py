@@ -159,7 +159,7 @@ def test_main_job_and_benchmark_take_the_grad_cam_layer_choice(command, tmp_path
     monkeypatch.setattr(flows.full_benchmark, "run_in_process",
                         lambda params: seen.append(params) or {"rows": [], "report": "r", "failed": []})
     app, head = (demo_app, []) if command == ["demo"] else (cli_app, command)
-    for args, expected in (([], "last"), (["--cam-layer", "auto"], "auto"), (["--cam-layer", "last"], "last")):
+    for args, expected in (([], "auto"), (["--cam-layer", "last"], "last"), (["--cam-layer", "auto"], "auto")):
         result = CliRunner().invoke(app, [*head, "--workdir", str(tmp_path), *args])
         assert result.exit_code == 0, result.output
         assert seen.pop().cam_layer == expected

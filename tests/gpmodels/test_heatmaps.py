@@ -309,30 +309,43 @@ def test_a_whole_heatmap_store_of_the_same_weights_and_posthoc_slices_is_reusabl
 
 def test_a_baselines_heatmaps_at_the_auto_cam_layer_record_it_and_are_not_reused_for_another_choice(
         phantom_store, tmp_path, untrained_run):
-    """``cam_layer="auto"`` reads ResNeXt50's Grad-CAM at ``layer1`` (the only block with an 8x8 grid at the smoke
-    preset's 32 px) for the class maps and the post-hoc reference alike; a store of one choice is not reused for
-    another, nor by the flows' cache check (:func:`flows.pipeline.made_from`)."""
+    """``cam_layer="auto"`` (the default) reads ResNeXt50's Grad-CAM at ``layer1`` (the only block with an 8x8 grid
+    at the smoke preset's 32 px) for the class maps and the post-hoc reference alike; a store of one choice is not
+    reused for another, nor by the flows' cache check (:func:`flows.pipeline.made_from`)."""
     from flows.pipeline import made_from
     from gpmodels.files import weights_hash
     from gpmodels.heatmaps import reusable_heatmaps
 
     run = untrained_run(phantom_store, "resnext50", tmp_path / "run")
     weights = weights_hash(run)
-    last = zarr.open_group(str(generate_heatmaps(run, "test", device="cpu", posthoc=1)), mode="r")
+    last = zarr.open_group(str(generate_heatmaps(run, "test", device="cpu", posthoc=1, cam_layer="last")), mode="r")
     assert (last.attrs["cam_layer"], last.attrs["cam_choice"], last.attrs["cam_grid"]) == ("layer4", "last", [1, 1])
     maps_last = last["maps"][:]
-    path = generate_heatmaps(run, "test", device="cpu", posthoc=1, cam_layer="auto")
+    path = generate_heatmaps(run, "test", device="cpu", posthoc=1)  # auto by default
     auto = zarr.open_group(str(path), mode="r")
     assert (auto.attrs["cam_layer"], auto.attrs["cam_choice"], auto.attrs["cam_grid"]) == ("layer1", "auto", [8, 8])
     assert not np.array_equal(auto["maps"][:], maps_last)
-    assert auto["posthoc/gradcam"].shape == (1, 32, 32)
-    assert reusable_heatmaps(run, "test", weights, 1, "auto") == path
-    assert reusable_heatmaps(run, "test", weights, 1) is None  # asked for the last block
+    # the post-hoc reference is Grad-CAM of the true class at the same layer as the class maps
+    row = int(auto["posthoc/rows"][0])
+    reference = auto["maps"][row, int(auto["labels"][row])].astype(np.float32)
+    assert auto["posthoc/gradcam"].shape == (1, 32, 32) and reference.max() > reference.min()
+    np.testing.assert_allclose(auto["posthoc/gradcam"][0], reference, rtol=1e-2,  # the maps are float16: values of
+                               atol=max(1e-3 * float(reference.max()), 2.4e-7))  # 1e-7 keep a step of 6e-8
+    assert reusable_heatmaps(run, "test", weights, 1) == reusable_heatmaps(run, "test", weights, 1, "auto") == path
+    assert reusable_heatmaps(run, "test", weights, 1, "last") is None  # asked for the last block
     assert made_from(path, weights, "auto") and not made_from(path, weights, "last")
     named = zarr.open_group(str(generate_heatmaps(run, "test", device="cpu", posthoc=0, cam_layer="layer3.0")),
                             mode="r")
     assert (named.attrs["cam_layer"], named.attrs["cam_choice"], named.attrs["cam_grid"]) == ("layer3.0", "layer3.0",
                                                                                                [2, 2])
+    older = zarr.open_group(str(generate_heatmaps(run, "test", device="cpu", posthoc=1, cam_layer="last")), mode="r+")
+    del older.attrs["cam_choice"]  # as gpseg wrote it before the choice existed: always the last block
+    assert reusable_heatmaps(run, "test", weights, 1, "last") == path
+    assert reusable_heatmaps(run, "test", weights, 1) is None and not made_from(path, weights)
+    # the layer is compared, not the words: a store read at layer1 by name is what auto reads at 32 px
+    generate_heatmaps(run, "test", device="cpu", posthoc=1, cam_layer="layer1")
+    assert reusable_heatmaps(run, "test", weights, 1) == path and made_from(path, weights)
+    assert reusable_heatmaps(run, "test", weights, 1, "last") is None
 
 
 def test_a_gp_run_refuses_a_named_cam_layer_before_writing(phantom_store, tmp_path, untrained_run):

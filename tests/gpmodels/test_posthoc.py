@@ -340,21 +340,30 @@ def test_evaluation_mode_restores_mixed_modes_even_on_error():
     assert model.training and not model[1].training and model[0].training
 
 
-def test_auto_cam_layer_is_the_deepest_block_with_an_8x8_grid_else_the_finest(resnext):
+def test_auto_cam_layer_is_the_deepest_block_with_a_6x6_grid_else_the_finest(resnext):
     """At the demo's 64 px the last blocks' grids are 1x1 (InceptionV3) and 2x2 (ResNeXt50): constant or near-constant
-    maps. ``auto`` keeps the last block where its grid is 8x8 (240 px) and reads an earlier one below."""
+    maps. ``auto`` keeps the last block where its grid is 6x6 or finer and reads an earlier one below."""
     inception = build_model("inceptionv3", 4, 3, aux_logits=False)
     small, large = torch.rand(1, 4, 64, 64), torch.rand(1, 4, 240, 240)
     assert block_grids(resnext, small) == [("layer4", 2, 2), ("layer3", 4, 4), ("layer2", 8, 8), ("layer1", 16, 16)]
     assert choose_cam_layer(resnext, small, "auto") is resnext.layer2
     assert choose_cam_layer(resnext, large, "auto") is resnext.layer4  # 8x8 already: the usual layer
-    assert choose_cam_layer(resnext, torch.rand(1, 4, 128, 128), "auto") is resnext.layer3
-    # InceptionV3 without its auxiliary classifier enlarges 64 px to 75 inside: no block reaches 8x8, so the finest
+    assert choose_cam_layer(resnext, torch.rand(1, 4, 128, 128), "auto") is resnext.layer3  # layer4 4x4, layer3 8x8
+    assert cam_grid(resnext, torch.rand(1, 4, 16, 16), choose_cam_layer(resnext, torch.rand(1, 4, 16, 16), "auto")
+                    ) == ("layer1", 4, 4)  # no block reaches 6x6: the finest
+    # InceptionV3 without its auxiliary classifier enlarges 64 px to 75 inside: Mixed_6e is 3x3, Mixed_5d 7x7
     assert cam_grid(inception, small, choose_cam_layer(inception, small, "auto")) == ("net.Mixed_5d", 7, 7)
-    assert cam_grid(inception, large, choose_cam_layer(inception, large, "auto")) == ("net.Mixed_6e", 13, 13)
+    assert cam_grid(inception, large, choose_cam_layer(inception, large, "auto")) == ("net.Mixed_7c", 6, 6)
     assert [name for name, *_ in block_grids(inception, small)] == cam_blocks(inception)
     assert choose_cam_layer(inception, small, "last") is inception.net.Mixed_7c
-    assert choose_cam_layer(resnext, small) is resnext.layer4
+    assert choose_cam_layer(resnext, small, "last") is resnext.layer4
+    # the usual Grad-CAM sizes keep the last block: ResNets' 7x7 at 224 px, InceptionV3 with its auxiliary head
+    # (the paper preset's) at any size, as it enlarges inputs to 299 px
+    assert choose_cam_layer(resnext, torch.rand(1, 4, 224, 224), "auto") is resnext.layer4
+    with_aux = build_model("inceptionv3", 4, 3)
+    for size in (64, 240):
+        probe = torch.rand(1, 4, size, size)
+        assert cam_grid(with_aux, probe, choose_cam_layer(with_aux, probe, "auto")) == ("net.Mixed_7c", 8, 8)
     maps = gradcam_maps(resnext.eval(), torch.rand(2, 4, 64, 64), layer=choose_cam_layer(resnext, small, "auto"))
     assert maps.shape == (2, 3, 64, 64)
     assert not torch.equal(maps, maps[..., :1, :1].expand_as(maps))  # an 8x8 grid enlarged: not constant
@@ -366,8 +375,19 @@ def test_a_cam_layer_by_name_and_its_refusals(gp_unet, resnext):
     assert choose_cam_layer(inception, None, "net.Mixed_6e") is inception.net.Mixed_6e
     assert choose_cam_layer(resnext, None, "layer3.1") is resnext.layer3[1]
     for wrong in ("layer9", "", "Mixed_6e"):
-        with pytest.raises(ValueError, match=f"cam_layer: ResNeXt50 has no layer '{wrong}'; expected last, auto or a "
+        with pytest.raises(ValueError, match=f"cam_layer: ResNeXt50 has no layer '{wrong}'; expected auto, last or a "
                                              "layer's name, e.g. one of its blocks layer4, layer3, layer2, layer1"):
             choose_cam_layer(resnext, None, wrong)
     with pytest.raises(ValueError, match="no default Grad-CAM layer for GPUNet"):
         choose_cam_layer(gp_unet, torch.rand(1, 4, 32, 32), "auto")
+    with pytest.raises(ValueError, match="images: cam_layer 'auto' needs a batch"):
+        choose_cam_layer(resnext, None, "auto")
+    # modules that are no feature grid are refused by name, before any map is made
+    probe = torch.rand(1, 4, 64, 64)
+    with_aux = build_model("inceptionv3", 4, 3)
+    with pytest.raises(ValueError, match=r"cam_layer: net.AuxLogits does not run when InceptionV3 evaluates an image "
+                                         r"\(e.g. an auxiliary head\); give one of its blocks: net.Mixed_7c, "):
+        cam_grid(with_aux, probe, choose_cam_layer(with_aux, probe, "AuxLogits"))
+    with pytest.raises(ValueError, match=r"cam_layer: fc gives shape \(1, 3\), not a feature grid \(B, c, h, w\); "
+                                         "give a convolutional layer or block: layer4, "):
+        cam_grid(resnext, probe, choose_cam_layer(resnext, probe, "fc"))

@@ -847,14 +847,17 @@ def test_heatmaps_options_are_checked_by_the_parser(report_runs, args, message):
     assert result.exit_code == 2 and message in " ".join(result.output.replace("│", " ").split()), result.output
 
 
-def test_a_grad_cam_run_names_its_grid_so_constant_maps_are_explained(report, report_runs):
+def test_a_grad_cam_run_names_its_layer_and_grid(report, report_runs):
+    """By default (``auto``) ResNeXt50 at 32 px is read at ``layer1``, the only block with an 8×8 grid there (its
+    last block's is 1×1: constant maps); the label says so, as it says a 1×1 grid of the last block."""
     heat = zarr.open_group(str(report_runs["baseline"] / "heatmaps" / "test.zarr"), mode="r")
-    assert heat.attrs["cam_layer"] == "layer4" and heat.attrs["cam_grid"] == [1, 1]  # ResNeXt50 at 32 px
-    assert _evaluation(report_runs["baseline"])["run"]["cam_grid"] == [1, 1]
+    assert (heat.attrs["cam_layer"], heat.attrs["cam_choice"], heat.attrs["cam_grid"]) == ("layer1", "auto", [8, 8])
+    assert _evaluation(report_runs["baseline"])["run"]["cam_grid"] == [8, 8]
+    assert _evaluation(report_runs["baseline"])["run"]["cam_layer"] == "layer1"
     assert _evaluation(report_runs["gp"])["run"]["cam_grid"] is None
     labels = {row["model"]: row["label"] for row in _read_csv(report.parent / "summary.csv")}
-    assert labels["resnext50"] == "ResNeXt50 (Grad-CAM 1×1)" and "Grad-CAM" not in labels["gp-unet"]
-    assert "ResNeXt50 (Grad-CAM 1×1)" in html.unescape(report.read_text())
+    assert labels["resnext50"] == "ResNeXt50 (Grad-CAM layer1 8×8)" and "Grad-CAM" not in labels["gp-unet"]
+    assert "ResNeXt50 (Grad-CAM layer1 8×8)" in html.unescape(report.read_text())
 
 
 def test_a_grad_cam_label_names_a_layer_chosen_other_than_the_last():
@@ -863,6 +866,8 @@ def test_a_grad_cam_label_names_a_layer_chosen_other_than_the_last():
 
     cam = {"cam_layer": "net.Mixed_5d", "cam_choice": "auto", "cam_grid": [7, 7]}
     assert _label("inceptionv3", None, None, cam) == "InceptionV3 (Grad-CAM Mixed_5d 7×7)"
+    assert _label("inceptionv3", None, None, {**cam, "cam_layer": "net.Mixed_7c", "cam_grid": [8, 8]}) == (
+        "InceptionV3 (Grad-CAM 8×8)")  # auto chose the last block: the usual Grad-CAM, unnamed
     assert _label("resnext50", None, None, {**cam, "cam_layer": "layer3.0", "cam_choice": "layer3.0"}) == (
         "ResNeXt50 (Grad-CAM layer3.0 7×7)")
     assert _label("resnext50", None, None, {"cam_layer": "layer4", "cam_choice": "last", "cam_grid": [2, 2]}) == (
@@ -1478,6 +1483,12 @@ def test_heatmaps_of_earlier_weights_and_evaluations_of_earlier_heatmaps_are_ref
     result = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "stale")])
     said = " ".join(result.output.split())
     assert result.exit_code == 1 and "evaluation.json: an evaluation of earlier heatmaps" in said, result.output
+
+    heat.attrs.update({"weights": _evaluation(run)["run"]["weights"], "kind": "gradcam", "cam_layer": "layer3"})
+    result = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "stale-layer")])  # same weights, but
+    said = " ".join(result.output.split())  # written again at another Grad-CAM layer than the evaluation's
+    assert result.exit_code == 1 and "evaluation.json: an evaluation of earlier heatmaps" in said, result.output
+    heat.attrs.update({"kind": "gp", "cam_layer": None})
 
     with (run / "model.pt").open("ab") as handle:  # trained further: other weights than the heatmaps'
         handle.write(b"\0")
