@@ -214,9 +214,9 @@ class TrainingParams(_Params):
                                 "(occlusion costs hundreds of forward passes per slice).")
     cam_layer: CamChoice = Field(DEFAULT_CAM_CHOICE, description="The baselines' Grad-CAM layer: auto (the deepest "
                                  "block whose grid is at least 6x6 at the training size, else the finest: the last "
-                                 "block at the usual sizes and with the paper preset, an earlier one where the last "
-                                 "block's grid is 5x5 or coarser, e.g. 1x1 or 2x2 at 64 px) or last (the last "
-                                 "convolutional block, always).")
+                                 "block at the usual sizes, e.g. with the paper preset on 240-px slices; an earlier "
+                                 "one where the last block's grid is 5x5 or coarser, e.g. 1x1 or 2x2 at 64 px) or "
+                                 "last (the last convolutional block, always).")
     seeds: list[int] | None = Field(
         None, description="Training seeds per (model, fold). Unset: one run per (model, fold) with the preset's "
         "seed. Several: each seed trains into fold_K/seed_S and only the run with the lowest validation loss is "

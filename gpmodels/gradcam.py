@@ -180,8 +180,8 @@ def default_cam_layer(model: nn.Module) -> nn.Module:
 MIN_CAM_GRID = 6
 """The smallest grid side ``auto`` accepts. Grad-CAM is usually read at the last block's 7×7 (ResNets at 224 px) or
 8×8 (InceptionV3 at 299 px; ResNeXt50 at 240 px); 6×6 is InceptionV3's without its auxiliary classifier at 240 px.
-Coarser grids (the 1×1 to 4×4 of the demo's 64 to 128 px) make near-constant maps, so ``auto`` reads an earlier
-block there."""
+Coarser grids (1×1 and 2×2 at the demo's 64 px, 4×4 at 128 px) make near-constant maps, so ``auto`` reads an
+earlier block there."""
 _INCEPTION_BLOCKS = ("Mixed_7c", "Mixed_7b", "Mixed_7a", "Mixed_6e", "Mixed_6d", "Mixed_6c", "Mixed_6b", "Mixed_6a",
                      "Mixed_5d", "Mixed_5c", "Mixed_5b")
 _RESNET_BLOCKS = ("layer4", "layer3", "layer2", "layer1")

@@ -41,9 +41,9 @@ CAM_CHOICES: tuple[str, ...] = get_args(CamChoice)
 deepest block whose grid is at least 6×6 at the training size, or the last convolutional block; a layer's name fits
 one network only (``gpseg heatmaps --cam-layer``)."""
 DEFAULT_CAM_CHOICE = "auto"
-"""The heatmaps' and flows' Grad-CAM layer choice: the last block wherever its grid is 6×6 or finer (the paper's
-240 px with the ``paper`` preset, and the usual Grad-CAM sizes), an earlier block where the last one's grid would
-make near-constant maps (:data:`gpmodels.gradcam.MIN_CAM_GRID`)."""
+"""The heatmaps' and flows' Grad-CAM layer choice: the last block wherever its grid is 6×6 or finer (the usual
+Grad-CAM sizes, e.g. the ``paper`` preset on BraTS's 240-px slices), an earlier block where the last one's grid
+would make near-constant maps (:data:`gpmodels.gradcam.MIN_CAM_GRID`)."""
 LAST_CAM_LAYERS: tuple[str, ...] = ("net.Mixed_7c", "Mixed_7c", "layer4")
 """The baselines' last convolutional blocks by name (InceptionV3's wrapped and torchvision's own, ResNeXt50's): the
 usual Grad-CAM layer, which report labels do not name."""

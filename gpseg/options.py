@@ -94,9 +94,9 @@ def flow_train_overrides(devices: int = 1, precision: str = "auto", epochs: int 
 POSTHOC_SLICES_HELP = ("Test slices per run with occlusion and guided-backprop maps, whose agreement with the GP "
                        "maps the report gives (occlusion costs hundreds of forward passes per slice; 0: none).")
 CAM_LAYER_HELP = ("The baselines' Grad-CAM layer: auto (the deepest block whose grid is at least 6x6 at the training "
-                  "size, else the finest: the last block at the usual sizes and with the paper preset, an earlier, "
-                  "less class-specific one where the last block's grid is 5x5 or coarser, e.g. 1x1 or 2x2 at "
-                  "64 px) or last (the last convolutional block, always).")
+                  "size, else the finest: the last block at the usual sizes, e.g. with the paper preset on 240-px "
+                  "slices; an earlier, less class-specific one where the last block's grid is 5x5 or coarser, e.g. "
+                  "1x1 or 2x2 at 64 px) or last (the last convolutional block, always).")
 EPOCHS_HELP = ("Training epochs of every run (default: the preset's: paper 300; demo 20, the baselines 10; smoke 1). "
                "A finished run given more continues from its last checkpoint; fewer than it trained are refused.")
 BATCH_SIZE_HELP = ("Slices per batch and device of every run (default: the preset's: paper 32, demo 16); gradients "

@@ -182,7 +182,7 @@ def test_summary_rows_carry_the_unrounded_interval_ends_for_the_console():
                   "segmentation": {"dice": {"n": 0}},
                   "run": {"kind": "gradcam", "cam_layer": "net.Mixed_5d", "cam_grid": [7, 7]},
                   "bootstrap": {"patients": 4, "f1": {"low": 0.31954, "high": 0.49217}, "dice_median": None}}
-    (row,) = summary_rows([{"model": "resnext50", "fold": 2, "dataset": "brats", "evaluation": evaluation}])
+    (row,) = summary_rows([{"model": "inceptionv3", "fold": 2, "dataset": "brats", "evaluation": evaluation}])
     assert (row["f1_low"], row["f1_high"]) == (0.31954, 0.49217) and row["f1_95"] == "0.320-0.492"
     assert row["median_dice_low"] is row["median_dice_high"] is row["median_dice_95"] is None
     assert "weighted F1 0.403 [0.320-0.492]" in row_line(row)

@@ -309,9 +309,10 @@ def test_a_whole_heatmap_store_of_the_same_weights_and_posthoc_slices_is_reusabl
 
 def test_a_baselines_heatmaps_at_the_auto_cam_layer_record_it_and_are_not_reused_for_another_choice(
         phantom_store, tmp_path, untrained_run):
-    """``cam_layer="auto"`` (the default) reads ResNeXt50's Grad-CAM at ``layer1`` (the only block with an 8x8 grid
-    at the smoke preset's 32 px) for the class maps and the post-hoc reference alike; a store of one choice is not
-    reused for another, nor by the flows' cache check (:func:`flows.pipeline.made_from`)."""
+    """``cam_layer="auto"`` (the default) reads ResNeXt50's Grad-CAM at ``layer1`` (the only block with a grid of at
+    least 6x6 at the smoke preset's 32 px) for the class maps and the post-hoc reference alike; a store read at one
+    layer is not reused for a choice that picks another, nor by the flows' cache check
+    (:func:`flows.pipeline.made_from`)."""
     from flows.pipeline import made_from
     from gpmodels.files import weights_hash
     from gpmodels.heatmaps import reusable_heatmaps
@@ -346,6 +347,8 @@ def test_a_baselines_heatmaps_at_the_auto_cam_layer_record_it_and_are_not_reused
     generate_heatmaps(run, "test", device="cpu", posthoc=1, cam_layer="layer1")
     assert reusable_heatmaps(run, "test", weights, 1) == path and made_from(path, weights)
     assert reusable_heatmaps(run, "test", weights, 1, "last") is None
+    del zarr.open_group(str(path), mode="r+").attrs["cam_layer"]  # gpseg before 2026-11-29 recorded no layer
+    assert reusable_heatmaps(run, "test", weights, 1) is None and not made_from(path, weights)
 
 
 def test_a_gp_run_refuses_a_named_cam_layer_before_writing(phantom_store, tmp_path, untrained_run):

@@ -1488,6 +1488,10 @@ def test_heatmaps_of_earlier_weights_and_evaluations_of_earlier_heatmaps_are_ref
     result = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "stale-layer")])  # same weights, but
     said = " ".join(result.output.split())  # written again at another Grad-CAM layer than the evaluation's
     assert result.exit_code == 1 and "evaluation.json: an evaluation of earlier heatmaps" in said, result.output
+    evaluation = _evaluation(run)
+    del evaluation["run"]["cam_layer"]  # written by a gpseg that recorded no layer: not compared
+    (run / "evaluation.json").write_text(json.dumps(evaluation))
+    assert runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "older")]).exit_code == 0
     heat.attrs.update({"kind": "gp", "cam_layer": None})
 
     with (run / "model.pt").open("ab") as handle:  # trained further: other weights than the heatmaps'
