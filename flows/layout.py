@@ -23,6 +23,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gpmodels.names import grad_cam_text
+
 if TYPE_CHECKING:
     from flows.params import DatasetSpec
 
@@ -363,7 +365,7 @@ def summary_rows(results: list[dict]) -> list[dict]:
         ``test_patients``, ``f1_95`` and ``median_dice_95`` (95 % patient-bootstrap intervals as
         ``"low-high"`` to three digits, as the report shows them; ``None`` for evaluations without them),
         ``heatmaps`` (the kind of maps: GP class maps or Grad-CAM), ``grad_cam`` (a Grad-CAM run's layer and grid,
-        :func:`grad_cam_text`) and, last, the same intervals' ends
+        :func:`gpmodels.names.grad_cam_text`) and, last, the same intervals' ends
         unrounded: ``f1_low``, ``f1_high``, ``median_dice_low`` and ``median_dice_high`` (``None`` without
         them), from which the command line rounds its two-digit intervals outwards
         (:func:`gpseg.console.interval_text`; rounding the rounded text again could narrow them).
@@ -382,18 +384,9 @@ def summary_rows(results: list[dict]) -> list[dict]:
                      "median_dice": None if d["n"] == 0 else round(d["median"], 3),
                      "test_patients": boot.get("patients"), "f1_95": _interval(boot.get("f1")),
                      "median_dice_95": _interval(boot.get("dice_median")), "heatmaps": e["run"]["kind"],
-                     "grad_cam": grad_cam_text(e["run"]),
+                     "grad_cam": grad_cam_text(e["run"]) if e["run"].get("cam_layer") else None,
                      **_ends("f1", boot.get("f1")), **_ends("median_dice", boot.get("dice_median"))})
     return rows
-
-
-def grad_cam_text(run: dict) -> str | None:
-    """``"layer2 8×8"``: the layer and grid of a Grad-CAM evaluation's maps (an evaluation's ``run`` part), with
-    ``InceptionV3``'s ``net.`` left off; ``None`` for GP maps or an evaluation that recorded no layer."""
-    layer, grid = run.get("cam_layer"), run.get("cam_grid")
-    if run.get("kind") != "gradcam" or not layer or not grid:
-        return None
-    return f"{str(layer).removeprefix('net.')} {grid[0]}×{grid[1]}"
 
 
 def _ends(metric: str, interval: dict | None) -> dict:

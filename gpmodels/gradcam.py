@@ -211,21 +211,29 @@ def block_grids(model: nn.Module, images: Tensor) -> list[tuple[str, int, int]]:
     """
     check_images(model, images)
     names = cam_blocks(model)
-    grids: dict[str, tuple[int, ...]] = {}
+    shapes = _output_shapes(model, images, {name: model.get_submodule(name) for name in names})
+    return [(name, int(shapes[name][-2]), int(shapes[name][-1])) for name in names]
 
-    def record(name: str):  # a hook that returns a value replaces the block's output
-        def hook(_module: nn.Module, _inputs: object, output: Tensor) -> None:
-            grids[name] = tuple(output.shape[-2:])
+
+def _output_shapes(model: nn.Module, images: Tensor, modules: dict[str, nn.Module]) -> dict[str, tuple | None]:
+    """The output shape of each of ``modules`` (by name) when ``model`` evaluates the first image, ``None`` for an
+    output that is no tensor; a module that does not run is missing. One forward pass without gradients, in eval
+    mode; the hooks are removed afterwards."""
+    shapes: dict[str, tuple | None] = {}
+
+    def record(name: str):  # a hook that returns a value replaces the module's output
+        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+            shapes[name] = tuple(output.shape) if isinstance(output, Tensor) else None
         return hook
 
-    handles = [model.get_submodule(name).register_forward_hook(record(name)) for name in names]
+    handles = [module.register_forward_hook(record(name)) for name, module in modules.items()]
     try:
         with evaluation_mode(model), torch.no_grad():
             model(images[:1])
     finally:
         for handle in handles:
             handle.remove()
-    return [(name, int(grids[name][0]), int(grids[name][1])) for name in names]
+    return shapes
 
 
 def choose_cam_layer(model: nn.Module, images: Tensor | None, choice: str) -> nn.Module:
@@ -292,22 +300,16 @@ def cam_grid(model: nn.Module, images: Tensor, layer: nn.Module | None = None) -
     check_images(model, images)
     layer = _check_layer(model, layer)
     name = next(n for n, module in model.named_modules() if module is layer)
-    shapes: list[tuple[int, ...] | None] = []
-    handle = layer.register_forward_hook(
-        lambda _module, _inputs, output: shapes.append(tuple(output.shape) if isinstance(output, Tensor) else None))
-    try:
-        with evaluation_mode(model), torch.no_grad():
-            model(images[:1])
-    finally:
-        handle.remove()
-    if not shapes:
+    shapes = _output_shapes(model, images, {name: layer})
+    if name not in shapes:
         raise ValueError(f"cam_layer: {name} does not run when {type(model).__name__} evaluates an image "
                          f"(e.g. an auxiliary head); give one of its blocks: {', '.join(_blocks_or_none(model))}")
-    if shapes[-1] is None or len(shapes[-1]) != 4:
-        got = "no tensor" if shapes[-1] is None else f"shape {shapes[-1]}"
+    shape = shapes[name]
+    if shape is None or len(shape) != 4:
+        got = "no tensor" if shape is None else f"shape {shape}"
         raise ValueError(f"cam_layer: {name} gives {got}, not a feature grid (B, c, h, w); give a convolutional "
                          f"layer or block: {', '.join(_blocks_or_none(model))}")
-    return name, int(shapes[-1][-2]), int(shapes[-1][-1])
+    return name, int(shape[-2]), int(shape[-1])
 
 
 def _blocks_or_none(model: nn.Module) -> list[str]:

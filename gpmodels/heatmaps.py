@@ -231,7 +231,11 @@ def chosen_cam_layer(run_dir: Path | str, cam_layer: str) -> str | None:
     Raises:
         FileNotFoundError, ValueError: ``config.json`` is missing or damaged, or ``cam_layer`` names no layer.
     """
-    run = RunConfig.read(run_dir)
+    return run_cam_layer(RunConfig.read(run_dir), cam_layer)
+
+
+def run_cam_layer(run: RunConfig, cam_layer: str) -> str | None:
+    """:func:`chosen_cam_layer` of a run's configuration."""
     if is_gp_model(run.train.model):
         return None
     return _chosen_cam_layer(run.train.model, len(run.channels), len(run.classes),
@@ -318,10 +322,10 @@ def generate_heatmaps(run_dir: Path | str, split: str = "test", batch_size: int 
     cam: dict[str, object] = {}
     layer = None
     if not gp:
-        from gpmodels.gradcam import cam_grid, choose_cam_layer
+        from gpmodels.gradcam import cam_grid
 
+        layer = model.get_submodule(run_cam_layer(run, cam_layer))  # the layer the reuse checks compare with
         probe = torch.zeros(1, len(run.channels), run.image_size, run.image_size, device=target)
-        layer = choose_cam_layer(model, probe, cam_layer)
         name, grid_h, grid_w = cam_grid(model, probe, layer)
         cam = {"cam_layer": name, "cam_choice": cam_layer, "cam_grid": [grid_h, grid_w]}
     try:

@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
 
 GP_MODEL_NAMES: tuple[str, ...] = ("gp-unet", "gp-reconresnet", "gp-shuffleunet")
 """The GP networks: they have ``forward_maps`` and their class maps are the heatmaps."""
@@ -47,3 +48,15 @@ would make near-constant maps (:data:`gpmodels.gradcam.MIN_CAM_GRID`)."""
 LAST_CAM_LAYERS: tuple[str, ...] = ("net.Mixed_7c", "Mixed_7c", "layer4")
 """The baselines' last convolutional blocks by name (InceptionV3's wrapped and torchvision's own, ResNeXt50's): the
 usual Grad-CAM layer, which report labels do not name."""
+
+
+def grad_cam_text(run: Mapping[str, Any], name_last: bool = True) -> str | None:
+    """``"layer2 8×8"``: the layer (InceptionV3's without ``net.``) and grid of a Grad-CAM evaluation's maps, read from
+    its ``run`` part (``cam_layer``, ``cam_grid``); with ``name_last`` False, the grid alone for a layer of
+    :data:`LAST_CAM_LAYERS` (``"2×2"``). ``None`` where it recorded no grid (GP maps)."""
+    grid = run.get("cam_grid")
+    if not grid:
+        return None
+    layer = str(run.get("cam_layer") or "")
+    shown = "" if not name_last and layer in LAST_CAM_LAYERS else layer.removeprefix("net.")
+    return " ".join(filter(None, (shown, f"{grid[0]}×{grid[1]}")))

@@ -17,7 +17,7 @@ import numpy as np
 
 from gpmodels.evaluation import SLICES_FILE, evaluated_source, load_evaluation, offset_tuned
 from gpmodels.files import RUN_CONFIG, SEED_SELECTION, model_record, with_model_record
-from gpmodels.names import LAST_CAM_LAYERS
+from gpmodels.names import grad_cam_text
 from gpmodels.postprocess import PAPER_MULTIOTSU_OFFSETS, ThresholdConfig
 from gpmodels.provenance import commit_text
 from gpmodels.threshold_config import method_text
@@ -175,11 +175,8 @@ def _label(model: str, config: Mapping[str, Any] | None, threshold: Mapping[str,
     parts += cleaning_parts(threshold.get("cleaning") or {})
     if threshold.get("target_class", "predicted") != "predicted":
         parts.append(f"{threshold['target_class']} class")
-    grid = (cam or {}).get("cam_grid")
-    if grid:
-        layer = str(cam.get("cam_layer") or "")
-        layer = "" if layer in LAST_CAM_LAYERS or not layer else layer.removeprefix("net.")
-        parts.append(" ".join(filter(None, ("Grad-CAM", layer, f"{grid[0]}×{grid[1]}"))))
+    if (grid := grad_cam_text(cam or {}, name_last=False)) is not None:
+        parts.append(f"Grad-CAM {grid}")
     title = MODEL_TITLES.get(model, model)
     return f"{title} ({', '.join(parts)})" if parts else title
 

@@ -17,8 +17,8 @@ from typing import Annotated, Optional
 import typer
 
 from gpseg.console import console, fail, flow_outcome, one_line, run_main
-from gpmodels.names import CAM_CHOICES, DEFAULT_CAM_CHOICE, PRECISIONS
-from gpseg.options import (CAM_LAYER_HELP, POSTHOC_SLICES_HELP, PRECISION_HELP, flow_train_overrides, one_of,
+from gpmodels.names import DEFAULT_CAM_CHOICE, PRECISIONS
+from gpseg.options import (PRECISION_HELP, CamLayerOpt, PosthocSlicesOpt, flow_train_overrides, one_of,
                            parse_seeds)
 from flows.layout import POSTHOC_SLICES
 from storage.phantom_limits import BRATS_MAX_CASE, BRATS_SIZE_RANGE, JUN_CHENG_MAX_CASES, JUN_CHENG_SIZE_RANGE
@@ -45,8 +45,7 @@ def demo(
              "with the lowest validation loss is evaluated (about that many times the training time; one "
              "seed is what fits the 10-minute budget).")] = None,
     precision: Annotated[str, typer.Option(callback=one_of(PRECISIONS), help=PRECISION_HELP)] = "auto",
-    posthoc_slices: Annotated[int, typer.Option(min=0, help=POSTHOC_SLICES_HELP)] = POSTHOC_SLICES,
-    cam_layer: Annotated[str, typer.Option(callback=one_of(CAM_CHOICES), help=CAM_LAYER_HELP)] = DEFAULT_CAM_CHOICE,
+    posthoc_slices: PosthocSlicesOpt = POSTHOC_SLICES, cam_layer: CamLayerOpt = DEFAULT_CAM_CHOICE,
     method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
     target_class: TargetOpt = "predicted", min_size: MinSizeOpt = 0, fill_holes: FillHolesOpt = 0,
     closing: ClosingOpt = 0, largest_component: LargestOpt = False,

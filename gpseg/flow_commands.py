@@ -19,10 +19,10 @@ import typer
 from rich.markup import escape
 
 from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, POSTHOC_SLICES, run_dirs
-from gpmodels.names import CAM_CHOICES, DEFAULT_CAM_CHOICE, PRECISIONS, PRESET_NAMES
+from gpmodels.names import DEFAULT_CAM_CHOICE, PRECISIONS, PRESET_NAMES
 from gpseg.console import (console, fail, flow_outcome, folder_problem, one_line, prefect_home_problem,
                            private_prefect_home, project_root, signal_exit)
-from gpseg.options import (BATCH_SIZE_HELP, CAM_LAYER_HELP, EPOCHS_HELP, POSTHOC_SLICES_HELP, PRECISION_HELP,
+from gpseg.options import (BATCH_SIZE_HELP, EPOCHS_HELP, PRECISION_HELP, CamLayerOpt, PosthocSlicesOpt,
                            flow_train_overrides, one_of, parse_model_options, parse_seeds)
 from gpseg.threshold_options import (
     ClosingOpt, FillHolesOpt, LargestOpt, MethodOpt, MinSizeOpt, OffsetOpt, TargetOpt, ValueOpt, threshold_params)
@@ -64,8 +64,7 @@ def benchmark_cmd(
     option: Annotated[Optional[list[str]], typer.Option(
         "--option", metavar="MODEL:KEY=VALUE", help="Network option of one model, repeatable, e.g. "
         "--option gp-shuffleunet:pool=features (see `gpseg train --help`).")] = None,
-    posthoc_slices: Annotated[int, typer.Option(min=0, help=POSTHOC_SLICES_HELP)] = POSTHOC_SLICES,
-    cam_layer: Annotated[str, typer.Option(callback=one_of(CAM_CHOICES), help=CAM_LAYER_HELP)] = DEFAULT_CAM_CHOICE,
+    posthoc_slices: PosthocSlicesOpt = POSTHOC_SLICES, cam_layer: CamLayerOpt = DEFAULT_CAM_CHOICE,
     method: MethodOpt = "multiotsu", offset: OffsetOpt = None, value: ValueOpt = 0.5,
     target_class: TargetOpt = "predicted", min_size: MinSizeOpt = 0, fill_holes: FillHolesOpt = 0,
     closing: ClosingOpt = 0, largest_component: LargestOpt = False,

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from gpmodels.names import PRECISIONS
+from gpmodels.names import CAM_CHOICES, PRECISIONS
 from storage.errors import did_you_mean
 
 PRECISION_HELP = (f"Training precision: {', '.join(PRECISIONS)}. auto = 32-true on the CPU, bf16-mixed (or 16-mixed) "
@@ -116,3 +116,9 @@ def one_of(choices: tuple[str, ...]) -> Callable[[typer.Context, typer.CallbackP
                                          f"{did_you_mean(given, choices)}")
         return value
     return check
+
+
+PosthocSlicesOpt = Annotated[int, typer.Option(min=0, help=POSTHOC_SLICES_HELP)]
+"""``--posthoc-slices`` of the commands that run the full-benchmark flow (``gpseg benchmark``, ``gpseg demo``)."""
+CamLayerOpt = Annotated[str, typer.Option(callback=one_of(CAM_CHOICES), help=CAM_LAYER_HELP)]
+"""``--cam-layer`` of the same commands: a choice that fits either baseline (``gpseg heatmaps`` also takes a name)."""
