@@ -41,7 +41,8 @@ JunChengSizeOpt = Annotated[Optional[int], _size_opt("the largest stored image's
                                                      "(512 for the real set); with --append, the store's")]
 ManifestSizeOpt = Annotated[Optional[int], _size_opt(VOLUME_SIZE)]
 ChannelsOpt = Annotated[Optional[str], typer.Option("--channels", help="Comma-separated channel subset and "
-                                                    "order, e.g. t1ce,flair (default: all).")]
+                                                    "order, e.g. t1ce,flair (default: all). A manifest's other "
+                                                    "columns are not read: their cells may be empty.")]
 NormOpt = Annotated[str, typer.Option(
     "--normalisation", callback=one_of(NORMALISATIONS), help="robust (per-channel percentile scaling over the "
     "foreground, per volume; per slice for Jun Cheng's 2-D slices) or paper (each slice minus its minimum, / its "

@@ -7,6 +7,7 @@ manifest row) or one 2-D Jun Cheng ``.mat`` slice. Reading a case yields a
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,13 @@ def patient_id_problem(patient_id: str) -> str | None:
         return (f"patient id {patient_id[:40]!r}... takes {len(patient_id.encode())} bytes, expected at most "
                 f"{PATIENT_ID_MAX_BYTES} (it names the exported masks)")
     return None
+
+
+def folded_patient_id(patient_id: str) -> str:
+    """The form in which two patient ids count as one: NFC, case-folded (``G1`` and ``g1``; ``é`` composed or
+    not). Such ids are likelier one patient twice than two (which would put one patient in two folds), and
+    case-insensitive file systems (macOS, Windows) would give their exported masks one file name."""
+    return unicodedata.normalize("NFC", patient_id).casefold()
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from storage.brats import BRATS_CHANNELS, BRATS_CLASSES, NAME_MAPPING, discover_brats, layout_hint, listed_but_absent
-from storage.cases import MatCase, SliceBatch, VolumeCase
+from storage.cases import MatCase, SliceBatch, VolumeCase, folded_patient_id
 from storage.discovery import archives_below, is_archive, source_key
 from storage.errors import CaseRejected, NoUsableInput, StoreError, did_you_mean, one_line
 from storage.ingest_config import ASKED_SETTINGS, DEFAULT_RATIOS, IngestConfig, SplitConfig
@@ -255,8 +255,8 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
             for done, (case, batch, error) in enumerate(_read_cases(plan, cases, client), start=1):
                 if progress is not None:
                     progress(done, len(cases), Path(case_key(case)).name)
-                if error is None and plan.dataset != "jun-cheng" and batch.patient in stored_patients:
-                    error = CaseRejected(case_key(case), f"duplicate patient id {batch.patient} (already stored)")
+                if error is None and plan.dataset != "jun-cheng":
+                    error = _duplicate_patient(case, batch.patient, stored_patients)
                 if error is None:
                     error = _copied_images(case, batch, stored_content, plan.root)
                 if error is not None:
@@ -485,13 +485,15 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
     if classes is None and store_size is not None:  # appending: labels are read as the store's classes
         classes = list(open_store(out).attrs["classes"])
     asked = classes is not None and store_size is None
-    cases, classes, available, rejected = read_manifest(csv_path, classes)
+    manifest = read_manifest(csv_path, classes, config.channels)
+    cases, classes, available, rejected = manifest.cases, manifest.classes, manifest.channels, manifest.rejected
     labels = sorted({case.label for case in cases})
     if asked and (unused := [name for name in classes[1:] if name not in labels]):
-        # a typo (`Meningoma`) made a class no slice has, which training never learns
-        hints = "".join(did_you_mean(name, labels) for name in unused)
-        raise ValueError(f"classes: {unused} label no usable patient of {csv_path} (its labels: {labels}); a store "
-                         f"of them would hold a class without slices{hints}")
+        # a typo (`Meningoma`) made a class no slice has, which training never learns; the rows of the label
+        # meant were rejected as "not among" the classes, so the hint looks at every row's label
+        hints = "".join(did_you_mean(name, [label for label in manifest.labels if label != name]) for name in unused)
+        raise ValueError(f"classes: {unused} label no usable patient of {csv_path} (its labels: {manifest.labels}); "
+                         f"a store of them would hold a class without slices{hints}")
     channels = _channels(config.channels, tuple(available), csv_path)
     cases = [replace(c, channels={k: c.channels[k] for k in channels}) for c in cases]
     config = replace(config, channels=tuple(channels))
@@ -501,6 +503,19 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
     plan = _Plan("manifest", csv_path.parent, cases, reader, classes, list(channels), size, rejected,
                  (csv_path,), listing=csv_path, first=first, asked=as_asked)
     return _run(plan, Path(out), config, append, progress)
+
+
+def _duplicate_patient(case: Any, patient: str, stored: set[str]) -> CaseRejected | None:
+    """Why a read case cannot be stored beside the ``stored`` patients: its id is one of theirs, or differs from
+    one only in letter case or Unicode form (:func:`storage.cases.folded_patient_id`)."""
+    if patient in stored:
+        return CaseRejected(case_key(case), f"duplicate patient id {patient} (already stored)")
+    folded = folded_patient_id(patient)
+    same = next((other for other in sorted(stored) if folded_patient_id(other) == folded), None)
+    if same is not None:
+        return CaseRejected(case_key(case), f"patient id {patient!r} differs from the stored {same!r} only in "
+                                            "letter case or Unicode form: one patient twice? rename one")
+    return None
 
 
 def _stored_classes(patients: np.ndarray, labels: np.ndarray) -> dict[str, int]:

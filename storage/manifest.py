@@ -12,24 +12,42 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
-from storage.cases import VolumeCase, patient_id_problem
+from storage.cases import VolumeCase, folded_patient_id, patient_id_problem
 from storage.classes import TUMOUR_FREE
 from storage.csv_tables import read_csv_rows
 from storage.errors import CaseRejected
 
 
-def read_manifest(path: Path, classes: list[str] | None = None
-                  ) -> tuple[list[VolumeCase], list[str], list[str], dict[str, str]]:
+class Manifest(NamedTuple):
+    """What :func:`read_manifest` read from a manifest CSV."""
+
+    cases: list[VolumeCase]
+    """The usable rows' cases, in CSV order; each case's ``channels`` holds the read channels only."""
+    classes: list[str]
+    """The class names (``tumour-free`` first)."""
+    channels: list[str]
+    """Every channel column of the header, in header order (those read or not)."""
+    rejected: dict[str, str]
+    """``"<csv>:<line>"`` -> why that row is not used."""
+    labels: list[str]
+    """Every label a row of the CSV names, usable or not, sorted (a typo in ``classes`` is told from them)."""
+
+
+def read_manifest(path: Path, classes: list[str] | None = None, read: tuple[str, ...] | None = None) -> Manifest:
     """Parse a manifest.
 
     Args:
         path: the CSV file.
         classes: class names, ``classes[0]`` must be ``tumour-free`` (the rest of gpseg knows the class of
             slices without tumour by that name); default ``["tumour-free", *sorted other labels]``.
+        read: the channel columns to read (``--channels``), default all; only their cells (and ``seg``)
+            must name existing files, so a patient without a sequence that is not read stays usable. A name
+            that is no column is left to the caller to refuse (it lists the columns).
 
     Returns:
-        ``(cases, classes, channels, rejected)``.
+        A :class:`Manifest`.
 
     Raises:
         ValueError: the header lacks ``patient_id``, ``label``, a channel or ``seg``, names a column
@@ -54,10 +72,11 @@ def read_manifest(path: Path, classes: list[str] | None = None
             for line, cells in enumerate(table[1:], start=2)
             if any(cell.strip() for cell in cells)]  # blank rows are skipped; line numbers count them
     channels = header[2:-1]
+    wanted = [c for c in channels if read is None or c in read]
     base = path.parent
     cases: list[VolumeCase] = []
     rejected: dict[str, str] = {}
-    seen: set[str] = set()
+    seen: dict[str, tuple[str, int]] = {}  # folded id -> (id, line)
     for line, row, extra in rows:
         where = f"{path}:{line}"
         pid, label = (row.get("patient_id") or "").strip(), (row.get("label") or "").strip()
@@ -70,13 +89,17 @@ def read_manifest(path: Path, classes: list[str] | None = None
                 raise CaseRejected(where, "empty patient_id")
             if problem := patient_id_problem(pid):
                 raise CaseRejected(where, problem)
-            if pid in seen:
-                raise CaseRejected(where, f"duplicate patient id {pid}")
+            if (folded := folded_patient_id(pid)) in seen:
+                first, first_line = seen[folded]
+                raise CaseRejected(where, f"duplicate patient id {pid}" if first == pid else
+                                   f"patient id {pid!r} differs from {first!r} (line {first_line}) only in letter "
+                                   "case or Unicode form: one patient twice? (their exported masks would be one "
+                                   "file on macOS or Windows); rename one")
             if not label:
                 raise CaseRejected(where, f"patient {pid} has no label")
             if classes is not None and label not in classes:
                 raise CaseRejected(where, f"label {label!r} not among {classes}")
-            paths = {c: (row.get(c) or "").strip() for c in channels}
+            paths = {c: (row.get(c) or "").strip() for c in wanted}
             empty = [c for c, p in paths.items() if not p]
             if empty:
                 raise CaseRejected(where, f"patient {pid} has no path for {empty}")
@@ -88,27 +111,31 @@ def read_manifest(path: Path, classes: list[str] | None = None
             for column, given in [*paths.items(), *([("seg", seg)] if seg else [])]:
                 if not os.path.exists(base / given):
                     raise CaseRejected(where, f"patient {pid}: its {column} file {given} does not exist"
-                                              + _path_hint(given, channels))
+                                              + _path_hint(given, channels, read is not None))
         except CaseRejected as exc:
             rejected[exc.file] = exc.reason
             continue
-        seen.add(pid)
+        seen[folded_patient_id(pid)] = (pid, line)
         cases.append(VolumeCase(pid, label, {c: base / p for c, p in paths.items()},
                                 base / seg if seg else None, origin=Path(where)))
     if classes is None:
         classes = [TUMOUR_FREE, *sorted({c.label for c in cases} - {TUMOUR_FREE})]
         _refuse_case_variants(path, cases)
-    return cases, classes, channels, rejected
+    labels = sorted({label for _, row, _ in rows if (label := (row.get("label") or "").strip())})
+    return Manifest(cases, classes, channels, rejected, labels)
 
 
-def _path_hint(given: str, channels: list[str]) -> str:
+def _path_hint(given: str, channels: list[str], chosen: bool) -> str:
     """Why a manifest's path may not exist, when its text suggests it: a Windows path, or a cell that is no path
-    at all (a column such as ``age`` between ``label`` and ``seg`` is read as a channel)."""
+    at all (a column such as ``age`` between ``label`` and ``seg`` is read as a channel unless ``--channels``
+    names those to read; ``chosen``: it did, and named this column)."""
     if "\\" in given:
         return " (a Windows path? write / between folders)"
     if "/" not in given and not given.lower().endswith((".nii", ".nii.gz")):
+        if chosen:
+            return " (no NIfTI file name, in a column --channels names)"
         return (f" (no NIfTI file name: every column between label and seg is read as a channel, here "
-                f"{', '.join(channels)}; remove the others)")
+                f"{', '.join(channels)}; name those to read with --channels, or remove the others)")
     return ""
 
 

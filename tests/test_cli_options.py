@@ -265,8 +265,9 @@ def test_the_readmes_manifest_example_has_the_columns_ingestion_reads(tmp_path):
     for name in example.splitlines()[1].split(",")[2:]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")  # found; the files are read (and refused) later, at ingestion
-    cases, classes, channels, rejected = read_manifest(tmp_path / "cases.csv")
-    assert (len(cases), classes, channels, rejected) == (1, ["tumour-free", "HGG"], ["t1", "t1ce", "t2", "flair"], {})
+    manifest = read_manifest(tmp_path / "cases.csv")
+    assert (len(manifest.cases), manifest.classes, manifest.channels, manifest.rejected) == (
+        1, ["tumour-free", "HGG"], ["t1", "t1ce", "t2", "flair"], {})
     assert "voxels above 0 are tumour" in section
     said = " ".join(CliRunner().invoke(app, ["ingest", "manifest", "--help"], env={"COLUMNS": "200"}).output
                     .replace("│", " ").split())

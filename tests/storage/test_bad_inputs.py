@@ -663,7 +663,7 @@ def test_manifest_tumour_free_patients_and_labels_without_a_seg(brats_source, tm
         ingest_manifest(tmp_path / "m.csv", tmp_path / "t.zarr", CONFIG, classes=["healthy", "HGG"])
     # a class no patient has (a typo) made a store with a class of no slice, which validation passed
     with pytest.raises(ValueError, match=r"classes: \['HG'\] label no usable patient of .*m\.csv \(its labels: "
-                                         r"\['HGG', 'tumour-free'\]\); .* without slices; did you mean 'HGG'\?"):
+                                         r"\['HGG', 'healthy', 'tumour-free'\]\); .* without slices; did you mean 'HGG'\?"):
         ingest_manifest(tmp_path / "m.csv", tmp_path / "t.zarr", CONFIG, classes=["tumour-free", "HGG", "HG"])
     assert not (tmp_path / "t.zarr").exists()
 
@@ -1006,6 +1006,61 @@ def test_one_patient_listed_under_two_ids_is_rejected_by_its_line_and_id(brats_s
     assert not set(attrs["rejected"]) & set(attrs["sources"])  # no stored file is listed as rejected
 
 
+def test_a_typo_in_classes_is_told_from_the_rows_it_rejected(brats_source, tmp_path):
+    """`--classes tumour-free,HGG,low grad` rejected the `low grade` rows as "not among" the classes, and the error
+    then listed the usable rows' labels only, so neither the label meant nor a "did you mean" was in it."""
+    rows = [f"p{case},{label},{','.join(_case_files(brats_source, case))}"
+            for case, label in ((1, "HGG"), (2, "low grade"), (3, "HGG"))]
+    (tmp_path / "m.csv").write_text("patient_id,label,flair,seg\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=re.escape("classes: ['low grad'] label no usable patient of ")
+                       + r".*\(its labels: \['HGG', 'low grade'\]\); .*; did you mean 'low grade'\?$"):
+        ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG, classes=["tumour-free", "HGG", "low grad"])
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_channels_not_read_need_no_files(brats_source, tmp_path):
+    """`--channels flair` still rejected a patient whose t1 cell named a missing file, and a column such as `age`
+    between label and seg with a hint to edit the CSV: only the channels read (and seg) must name files."""
+    flair1, seg1 = _case_files(brats_source, 1)
+    flair2, seg2 = _case_files(brats_source, 2)
+    t1 = str(_file(brats_source, 1, "t1"))
+    (tmp_path / "m.csv").write_text("patient_id,label,age,t1,flair,seg\n"
+                                    f"p1,HGG,54,{t1},{flair1},{seg1}\n"
+                                    f"p2,LGG,61,missing_t1.nii.gz,{flair2},{seg2}\n")
+    report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", IngestConfig(workers=0, channels=("flair",)))
+    assert report.cases == 2 and report.rejected == {}
+    assert list(open_store(tmp_path / "s.zarr").attrs["channels"]) == ["flair"]
+    # a channel read must still name a file; the hint no longer says to edit the CSV
+    with pytest.raises(NoUsableInput) as caught:
+        ingest_manifest(tmp_path / "m.csv", tmp_path / "t.zarr", IngestConfig(workers=0, channels=("age", "flair")))
+    assert set(caught.value.rejected.values()) == {
+        f"patient p{n}: its age file {age} does not exist (no NIfTI file name, in a column --channels names)"
+        for n, age in ((1, 54), (2, 61))}
+    with pytest.raises(ValueError, match=r"channels \['t2'\] not available; choose from \['age', 't1', 'flair'\]"):
+        ingest_manifest(tmp_path / "m.csv", tmp_path / "u.zarr", IngestConfig(workers=0, channels=("t2",)))
+
+
+def test_patient_ids_that_differ_only_in_case_or_unicode_form_are_one_patient(brats_source, tmp_path):
+    """`G1` and `g1` (or `é` composed and decomposed) were stored as two patients, possibly in two folds, and
+    their exported masks were one file on macOS and Windows, the second replacing the first."""
+    cases = {"G1": 1, "g1": 2, "Jos\u00e9": 3, "Jose\u0301": 4, "p5": 5}
+    rows = [f"{pid},HGG,{','.join(_case_files(brats_source, case))}" for pid, case in cases.items()]
+    (tmp_path / "m.csv").write_text("patient_id,label,flair,seg\n" + "\n".join(rows[:4]) + "\n")
+    report = ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
+    assert report.cases == 2 and report.rejected == {
+        "m.csv:3": "patient id 'g1' differs from 'G1' (line 2) only in letter case or Unicode form: one patient "
+                   "twice? (their exported masks would be one file on macOS or Windows); rename one",
+        "m.csv:5": "patient id 'Jose\u0301' differs from 'Jos\u00e9' (line 4) only in letter case or Unicode form: one "
+                   "patient twice? (their exported masks would be one file on macOS or Windows); rename one"}
+    # appended later, against the stored ids
+    (tmp_path / "n.csv").write_text("patient_id,label,flair,seg\n" + rows[1] + "\n" + rows[4] + "\n")
+    report = ingest_manifest(tmp_path / "n.csv", tmp_path / "s.zarr", CONFIG, append=True)
+    assert report.cases == 1 and list(report.rejected.values()) == [
+        "patient id 'g1' differs from the stored 'G1' only in letter case or Unicode form: one patient twice? "
+        "rename one"]
+    assert sorted(open_store(tmp_path / "s.zarr").attrs["patients"]) == ["G1", "Jos\u00e9", "p5"]
+
+
 def test_a_manifest_path_that_does_not_exist_is_named_by_line_column_and_patient(brats_source, tmp_path):
     """An `age` column between label and seg was read as a channel: "rejected 54: file not found", naming
     neither column nor patient; a spreadsheet's trailing empty column refused the whole manifest; a Windows
@@ -1020,9 +1075,9 @@ def test_a_manifest_path_that_does_not_exist_is_named_by_line_column_and_patient
         ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
     rejected = {key.rsplit("/", 1)[-1]: reason for key, reason in caught.value.rejected.items()}
     assert rejected["m.csv:2"] == ("patient p1: its age file 54 does not exist (no NIfTI file name: every column "
-                                   "between label and seg is read as a channel, here age, flair; remove the others)")
-    assert rejected["m.csv:3"] == "patient p2: its age file 61 does not exist (no NIfTI file name: every column " \
-                                  "between label and seg is read as a channel, here age, flair; remove the others)"
+                                   "between label and seg is read as a channel, here age, flair; name those to read with --channels, "
+                                   "or remove the others)")
+    assert rejected["m.csv:3"] == rejected["m.csv:2"].replace("p1", "p2").replace("54", "61")
     (tmp_path / "w.csv").write_text(f"patient_id,label,flair,seg\np2,HGG,{windows},{seg2}\n")
     with pytest.raises(NoUsableInput) as caught:
         ingest_manifest(tmp_path / "w.csv", tmp_path / "w.zarr", CONFIG)
