@@ -344,6 +344,11 @@ def gone_reason(report_dir: str | Path) -> str:
             f"`gpseg postprocess --runs RUN ... --out {report_dir}`")
 
 
+INVALID = "invalid store"
+"""The status of a ``retrain-on-new-data`` run whose store, with the new cases added, fails validation: nothing
+is trained on it, and its result's one row says why."""
+
+
 def dataset_failure_row(dataset: str, stage: str, exc: Exception) -> dict:
     """The summary row of a dataset that failed before training (e.g. its folder is missing): model ``all``,
     fold ``None``, status ``FAILED: <stage>: <the error on one line>``."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
-from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, POSTHOC_SLICES, run_dirs
+from flows.layout import DEFAULT_WORKDIR, DROP_FOLDERS, INVALID, POSTHOC_SLICES, run_dirs
 from gpmodels.names import DEFAULT_CAM_CHOICE, PRECISIONS, PRESET_NAMES
 from gpseg.console import (console, fail, flow_outcome, folder_problem, one_line, prefect_home_problem,
                            private_prefect_home, project_root, signal_exit)
@@ -360,6 +360,11 @@ def retrain_outcome(result: dict, drop: Path, thresholds: str | None = None, giv
     ``given``: the training settings the command was given, which a run that trained nothing says it did not
     apply (nor record for the next retraining)."""
     rejected = [f"{file}: {reason}" for file, reason in (result.get("rejected") or {}).items()]
+    if result["status"] == INVALID:  # ingested, then refused by validation: its FAILED row says why
+        console.print(f"ingested data version {result['data_version']} ({result['ingested']} new case(s)); it fails "
+                      "validation, so nothing was retrained", highlight=False)
+        return flow_outcome({"rows": result["rows"], "failed": result["rows"], "rejected": rejected, "report": None},
+                            thresholds)
     if result["status"] != "retrained":
         for note in rejected:
             console.print(f"[yellow]rejected:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
@@ -405,6 +410,7 @@ def serve_cmd(
         check_port_free(port)  # also in stack.start(); here before the line that says it is starting
         tightened = private_prefect_home(stack.prefect_home)
         stack.auth  # made, or checked, before anything starts
+        stack.take_lock()  # a second serve on this database: refused before the line that says it is starting
     except RuntimeError as exc:
         raise fail(str(exc)) from None
     if tightened:

@@ -390,7 +390,7 @@ class LocalStack:
 
         Raises:
             RuntimeError: the port is taken (e.g. by a stack already running), another stack uses this
-                ``PREFECT_HOME`` (:meth:`_take_lock`), or a step failed or ran past its limit (what started is
+                ``PREFECT_HOME`` (:meth:`take_lock`), or a step failed or ran past its limit (what started is
                 stopped).
             TimeoutError: the server did not answer ``/health`` in time (what started is stopped).
         """
@@ -400,7 +400,7 @@ class LocalStack:
             owner = self._lock_owner()  # a stack left running by a killed `gpseg serve` has no serve to stop
             raise RuntimeError(f"{exc}; serve.lock names {owner}" if owner else str(exc)) from None
         self.prefect_home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._take_lock()
+        self.take_lock()
         try:
             self._spawn("server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port))
             self.wait_healthy()
@@ -420,7 +420,7 @@ class LocalStack:
         ``None`` when no process holds it; creates nothing."""
         return lock_holder(self.prefect_home / "serve.lock")
 
-    def _take_lock(self) -> None:
+    def take_lock(self) -> None:
         """Hold ``PREFECT_HOME/serve.lock`` while this stack runs: a second stack on the same database (another
         ``--port``) would start a second worker on the same pool and rewrite ``env.sh``.
 

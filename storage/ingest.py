@@ -160,6 +160,8 @@ class _Stored:
     """``(N,)`` patient id of each stored slice, where the store has folds."""
     classes: dict[str, int] = field(default_factory=dict)
     """patient -> stored class."""
+    labels: np.ndarray | None = None
+    """``(N,)`` class code of each stored slice, where the store has folds."""
 
 
 def _stored_state(plan: _Plan, out: Path, config: IngestConfig, append: bool) -> _Stored:
@@ -180,8 +182,9 @@ def _stored_state(plan: _Plan, out: Path, config: IngestConfig, append: bool) ->
         _check_orientations(out, attrs.get("volumes") or {})
         splits = {k: group[f"splits/fold_{k}"][:] for k in fold_names(group)}
         patients = read_patients(group) if splits else None
-        stored = _Stored(attrs, splits, patients,
-                         _stored_classes(patients, group["labels"][:]) if patients is not None else {})
+        labels = group["labels"][:] if patients is not None else None
+        stored = _Stored(attrs, splits, patients, _stored_classes(patients, labels) if labels is not None else {},
+                         labels)
     if not stored.splits:
         config.split.check_new_split()
         if config.split.mode == "cvind" and plan.dataset != "jun-cheng":  # before any case is read, not after
@@ -228,7 +231,7 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
     report = IngestReport(store=out, rejected={source_key(f, plan.root): r for f, r in plan.rejected.items()},
                           archives=plan.archives())
     stored = _stored_state(plan, out, config, append)
-    base_attrs, existing, stored_ids = stored.attrs, stored.splits, stored.patients
+    base_attrs, existing, stored_ids, stored_labels = stored.attrs, stored.splits, stored.patients, stored.labels
     stored_patients = set(base_attrs.get("patients", []))
     cases, rejected_cases = _cases_to_read(plan, stored, report)
     if not cases and not existing:
@@ -291,7 +294,8 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
         labels = np.concatenate(new_labels) if new_labels else np.zeros(0, np.int8)
         cvind = np.concatenate(new_cvind) if plan.dataset == "jun-cheng" and new_cvind else None
         if existing:
-            splits = extend_splits(existing, patients, slice_index, cvind, config.split, stored_ids, new_keys)
+            splits = extend_splits(existing, patients, slice_index, cvind, config.split, stored_ids, new_keys,
+                                   labels, stored_labels)
         else:
             splits = make_splits(patients, labels, cvind, config.split)
         report.warnings = [f"{warning}: {_empty_split_cause(config.split)} (gpseg validate fails on it)"

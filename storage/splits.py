@@ -18,7 +18,11 @@ Modes (README, "Splits"):
 
 Appending (new data drops): existing slices keep their codes; each new patient
 (grouped) or slice (slice mode) gets blocks from a hash of the seed and its id,
-so the assignment never depends on what else arrived.
+so the assignment does not depend on what else arrived. In grouped mode one exception:
+where that hash would leave a class of at least 3 patients out of a split of a fold
+(``gpseg validate`` requires it there), the new patients of that class are moved to the
+blocks that fill the gaps (:func:`cover_appended`), as far as the stored patients, who
+never move, allow.
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ import hashlib
 import numpy as np
 from sklearn.model_selection import StratifiedShuffleSplit
 
-from storage.ingest_config import SplitConfig
+from storage.ingest_config import SPLIT_NAMES, SplitConfig
 
 TRAIN, VAL, TEST = 0, 1, 2
+MIN_CARRIERS = len(SPLIT_NAMES)
+"""A class with slices in at least this many patients (grouped) must be in every split of every fold
+(:mod:`storage.validation`'s ``split_coverage``)."""
 
 
 def _blocks(config: SplitConfig) -> tuple[int, int]:
@@ -232,12 +239,14 @@ def make_splits(patients: np.ndarray, labels: np.ndarray, cvind: np.ndarray | No
 
 def extend_splits(existing: dict[int, np.ndarray], patients: np.ndarray, slice_index: np.ndarray,
                   cvind: np.ndarray | None, config: SplitConfig, stored_patients: np.ndarray | None = None,
-                  slice_keys: list[str] | None = None) -> dict[int, np.ndarray]:
+                  slice_keys: list[str] | None = None, labels: np.ndarray | None = None,
+                  stored_labels: np.ndarray | None = None) -> dict[int, np.ndarray]:
     """Codes for appended slices, concatenated after the existing ones.
 
     In grouped mode a new slice of a stored patient (a Jun Cheng slice file of a patient already in the
     store) takes that patient's codes, so the patient stays in one split of each fold; other new
-    patients are placed by :func:`hashed_codes`.
+    patients are placed by :func:`hashed_codes`, then, given the labels, moved where a class would miss a
+    split (:func:`cover_appended`).
 
     Args:
         existing: fold -> codes ``(N,)`` of the slices already stored (kept unchanged).
@@ -245,6 +254,8 @@ def extend_splits(existing: dict[int, np.ndarray], patients: np.ndarray, slice_i
         stored_patients: ``(N,)`` patient id of each stored slice; ``None`` when none is stored.
         slice_keys: ``(M,)`` one key per new slice for slice mode, unique per slice (a 2-D slice's
             source file); default ``patient/slice_index``.
+        labels, stored_labels: ``(M,)`` and ``(N,)`` class codes of the new and the stored slices (grouped
+            mode; without both, the hash alone places the new patients).
     """
     if config.mode == "cvind":
         new = cvind_splits(cvind if cvind is not None else np.zeros(0, int), config)
@@ -253,10 +264,93 @@ def extend_splits(existing: dict[int, np.ndarray], patients: np.ndarray, slice_i
         if stored_patients is not None and len(stored_patients) and len(patients):
             new = _stored_patients_codes(new, existing, np.asarray(stored_patients, dtype=str),
                                          np.asarray(patients, dtype=str))
+        if labels is not None and stored_labels is not None and stored_patients is not None and len(patients):
+            new = cover_appended(new, existing, np.asarray(stored_patients, dtype=str), np.asarray(stored_labels),
+                                 np.asarray(patients, dtype=str), np.asarray(labels), config)
     else:
         keys = slice_keys or [f"{p}/{s}" for p, s in zip(patients.tolist(), slice_index.tolist())]
         new = hashed_codes(keys, config)
     return {fold: np.concatenate([existing[fold], new[fold]]) for fold in existing}
+
+
+def cover_appended(new: dict[int, np.ndarray], existing: dict[int, np.ndarray], stored_patients: np.ndarray,
+                   stored_labels: np.ndarray, patients: np.ndarray, labels: np.ndarray, config: SplitConfig
+                   ) -> dict[int, np.ndarray]:
+    """``new`` with the new patients moved where the hash left a class out of a split of a fold.
+
+    A class with slices in at least :data:`MIN_CARRIERS` patients (stored and new) must have slices in every
+    split of every fold. Where it misses one, each new patient carrying such a class (in id order) takes the
+    test and validation blocks (as :func:`hashed_codes` numbers them) that give the most (fold, split, class)
+    cells of those classes a slice, and keeps its hashed blocks on a tie; this repeats until no move helps.
+    Stored patients never move, so a gap that only they could fill stays (``gpseg validate`` names it) until
+    more patients of its class arrive. A store without gaps keeps the hashed placement.
+
+    Args:
+        new: fold -> codes ``(M,)`` of the new slices, as hashed (a stored patient's slices already carrying
+            its stored codes: they are not moved).
+        existing: fold -> codes ``(N,)`` of the stored slices.
+        stored_patients, stored_labels: ``(N,)`` patient id and class code of each stored slice.
+        patients, labels: ``(M,)`` the same for the new slices.
+        config: the store's split settings (grouped mode).
+
+    Returns:
+        fold -> codes ``(M,)``.
+    """
+    folds = sorted(new)
+    stored_ids = set(stored_patients.tolist())
+    codes: dict[str, tuple[int, ...]] = {}
+    carried: dict[str, set[int]] = {}
+    for ids, classes, split in ((stored_patients, stored_labels, existing), (patients, labels, new)):
+        for i, (pid, label) in enumerate(zip(ids.tolist(), classes.tolist())):
+            if pid not in codes:
+                codes[pid] = tuple(int(split[f][i]) for f in folds)
+            carried.setdefault(pid, set()).add(int(label))
+    carriers: dict[int, int] = {}
+    for classes in carried.values():
+        for label in classes:
+            carriers[label] = carriers.get(label, 0) + 1
+    required = {label for label, n in carriers.items() if n >= MIN_CARRIERS}
+    count: dict[tuple[int, int, int], int] = {}
+    for pid, placed in codes.items():
+        for cell in _cells(placed, carried[pid] & required):
+            count[cell] = count.get(cell, 0) + 1
+    wanted = {(f, s, label) for f in range(len(folds)) for s in (TRAIN, VAL, TEST) for label in required}
+    if wanted <= set(count):
+        return new
+    n_test, n_val = _blocks(config)
+    movable = sorted({p for p in patients.tolist() if p not in stored_ids and carried[p] & required})
+    moved = False
+    for _ in range(len(movable) + 1):  # each pass fills at least one cell, or stops
+        improved = False
+        for pid in movable:
+            mine = carried[pid] & required
+            for cell in _cells(codes[pid], mine):
+                count[cell] -= 1
+            blocks = sorted(((t, v) for t in range(n_test) for v in range(n_val)),
+                            key=lambda b: _unit_hash(config.seed, "cover", pid, *b))
+            options = [codes[pid], *(_block_codes(t, v, folds, n_test, n_val) for t, v in blocks)]
+            best = max(options, key=lambda placed: sum(count.get(cell, 0) == 0 for cell in _cells(placed, mine)))
+            if best != codes[pid]:
+                codes[pid], improved, moved = best, True, True
+            for cell in _cells(codes[pid], mine):
+                count[cell] = count.get(cell, 0) + 1
+        if not improved or wanted <= {cell for cell, n in count.items() if n}:
+            break
+    if not moved:
+        return new
+    ids = patients.tolist()
+    return {f: np.array([codes[p][k] if p not in stored_ids else new[f][i] for i, p in enumerate(ids)], np.int8)
+            for k, f in enumerate(folds)}
+
+
+def _cells(placed: tuple[int, ...], classes: set[int]) -> list[tuple[int, int, int]]:
+    """The (fold position, split code, class) cells a patient with codes ``placed`` fills for ``classes``."""
+    return [(k, code, label) for k, code in enumerate(placed) for label in classes]
+
+
+def _block_codes(test_block: int, val_block: int, folds: list[int], n_test: int, n_val: int) -> tuple[int, ...]:
+    """A patient's code in each fold for its test and validation blocks, as :func:`hashed_codes` gives them."""
+    return tuple(TEST if test_block == f % n_test else VAL if val_block == f % n_val else TRAIN for f in folds)
 
 
 def empty_splits(splits: dict[int, np.ndarray]) -> list[str]:

@@ -182,7 +182,7 @@ def test_a_second_stack_on_the_same_database_is_refused_whatever_its_port(tmp_pa
 
     first = LocalStack(tmp_path, port=0, home=tmp_path / ".prefect")
     (tmp_path / ".prefect").mkdir(parents=True, exist_ok=True)
-    first._take_lock()  # what a running `gpseg serve` holds
+    first.take_lock()  # what a running `gpseg serve` holds
     try:
         second = LocalStack(tmp_path, port=0, home=tmp_path / ".prefect")
         with pytest.raises(RuntimeError, match=rf"^another `gpseg serve` \(process {os.getpid()}, API .*\) uses this "
@@ -192,8 +192,33 @@ def test_a_second_stack_on_the_same_database_is_refused_whatever_its_port(tmp_pa
         assert second.processes == {}
     finally:
         first.stop()
-    second._take_lock()  # free once the first has stopped
+    second.take_lock()  # free once the first has stopped
     second.stop()
+
+
+def test_a_second_serve_is_refused_before_it_says_it_is_starting(tmp_path):
+    """It printed "starting Prefect server on ..." and only then the refusal, although nothing started."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from gpseg.cli import app
+    from gpseg.local_stack import LocalStack
+
+    (tmp_path / "prefect.yaml").write_text("deployments: []\n")
+    first = LocalStack(tmp_path, port=0, home=tmp_path / ".prefect")
+    (tmp_path / ".prefect").mkdir(mode=0o700, parents=True, exist_ok=True)
+    first.take_lock()
+    try:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--port", str(port), "--root", str(tmp_path)],
+                                    env={"PREFECT_HOME": str(tmp_path / ".prefect"), "COLUMNS": "300"})
+    finally:
+        first.stop()
+    assert result.exit_code == 1 and "starting" not in result.output, result.output
+    assert result.output.startswith("error: another `gpseg serve`") and result.output.count("\n") == 1
 
 
 def test_a_port_that_only_closed_connections_wait_on_is_free(tmp_path):
@@ -274,7 +299,7 @@ def _serve_then_wait(tmp_path: Path, child_code: str, name: str) -> tuple[int, i
               "local_stack._prefect = lambda: sys.executable; "
               f"stack = local_stack.LocalStack(Path({str(tmp_path)!r}), port=1, "
               f"home=Path({str(tmp_path / '.prefect')!r})); "
-              f"stack._take_lock(); child = stack._spawn({name!r}, '-c', {child_code!r}); "
+              f"stack.take_lock(); child = stack._spawn({name!r}, '-c', {child_code!r}); "
               "print(child.pid, flush=True); time.sleep(120)")
     (tmp_path / ".prefect").mkdir(parents=True, exist_ok=True)
     serve = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True)
@@ -316,13 +341,13 @@ def test_a_killed_serve_takes_its_stack_with_it_or_names_what_is_left(tmp_path):
         serve, child = _serve_then_wait(tmp_path / "polite", code, name)  # the worker's SIGTERM waits for the server
         os.kill(serve, signal.SIGKILL)
         assert _gone(child)
-    LocalStack(tmp_path / "polite", port=1, home=tmp_path / "polite" / ".prefect")._take_lock()  # free again
+    LocalStack(tmp_path / "polite", port=1, home=tmp_path / "polite" / ".prefect").take_lock()  # free again
     serve, child = _serve_then_wait(tmp_path / "stubborn", stubborn, "server")
     os.kill(serve, signal.SIGKILL)
     try:
         assert not _gone(child, 1.0)
         with pytest.raises(RuntimeError, match=f"another `gpseg serve` \\(process {serve}, server {child}, API"):
-            LocalStack(tmp_path / "stubborn", port=1, home=tmp_path / "stubborn" / ".prefect")._take_lock()
+            LocalStack(tmp_path / "stubborn", port=1, home=tmp_path / "stubborn" / ".prefect").take_lock()
         with socket.socket() as taken:  # the server left running holds its port: the message names it too
             taken.bind(("127.0.0.1", 0))
             port = taken.getsockname()[1]

@@ -488,6 +488,36 @@ def test_a_retrain_stopped_after_its_ingestion_is_finished_by_the_next_run(own_w
 
 
 @after_first_run
+def test_a_drop_whose_store_fails_validation_is_one_failed_row_and_trains_nothing(own_workdir, task_states,
+                                                                                  monkeypatch):
+    """A drop that left a class out of a split (stored patients keep theirs) failed validation with a traceback in
+    the flow's log, every night; it is now one FAILED row saying why, and nothing trains on the store."""
+    import tasks.data
+    from flows.layout import INVALID
+    from gpseg.console import console
+    from gpseg.flow_commands import retrain_outcome
+    from storage.validation import ValidationResult
+
+    source = own_workdir / "phantoms" / "brats"
+    write_brats_phantoms(source, 1, size=32, depth=None, seed=0, first_case=11)
+    failure = "[split_coverage] column missing: 1 values outside [''], e.g. ['fold 0 train: LGG']"
+    monkeypatch.setattr(tasks.data, "validate_store", lambda store, progress=None: ValidationResult(
+        False, [failure], {}, 18))
+    state = retrain_on_new_data(_retrain_params(own_workdir, source), return_state=True)
+    assert state.is_failed() and "no run finished" in state.message
+    outcome = state.result(raise_on_failure=False).outcome
+    assert outcome["status"] == INVALID and outcome["ingested"] == 1 and outcome["report"] is None
+    [row] = outcome["rows"]
+    assert row["status"].startswith("FAILED: validation: ") and failure in row["status"]
+    assert row["status"].endswith("a benchmark in a new work dir splits every patient anew)")
+    assert _train_states(state.state_details.flow_run_id, task_states) == []
+    with console.capture() as printed:
+        assert retrain_outcome(outcome, source).exit_code == 1
+    said = " ".join(printed.get().split())
+    assert "new case(s)); it fails validation, so nothing was retrained failed: brats all: validation:" in said
+
+
+@after_first_run
 def test_a_run_that_failed_on_a_version_is_trained_again_the_next_night(own_workdir, task_states, monkeypatch):
     """A model whose training failed in a retrain (a transient out-of-memory) left its data version reported by the
     other models, and every later night said "no new data": it was never trained on that version."""

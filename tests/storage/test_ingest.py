@@ -228,6 +228,26 @@ def test_append_ingests_only_new_cases_and_keeps_splits(brats_copy, tmp_path):
     assert len(after.attrs["sources"]) == 40
 
 
+def test_a_drop_that_makes_a_class_required_everywhere_still_validates(tmp_path):
+    """Four cases (LGG 002 and 004, so LGG needed no split of its own), then cases 7 and 8 dropped: the hash put
+    LGG 008 in fold 0's test set, LGG (now three patients) had no training patient, validation failed, and every
+    later retrain of the work dir failed on it. 008 now takes the split LGG misses."""
+    src = tmp_path / "src"
+    write_brats_phantoms(src, 4, size=32, depth=16, seed=0)
+    config = replace(CONFIG, split=SplitConfig(folds=1))
+    store = tmp_path / "b.zarr"
+    ingest_brats(src, store, config)
+    assert validate_store(store).success
+    write_brats_phantoms(src, 2, size=32, depth=16, seed=0, first_case=7)
+    assert hashed_codes(["BraTS20_Training_008"], config.split)[0][0] == 2  # the hash alone: a test patient
+    ingest_brats(src, store, config, append=True)
+    result = validate_store(store)
+    assert result.success, result.failures
+    group = open_store(store)
+    patients, codes = read_patients(group), group["splits/fold_0"][:]
+    assert set(codes[patients == "BraTS20_Training_008"].tolist()) == {0}  # train: LGG's other two are val, test
+
+
 def test_append_keeps_the_stores_split_settings_and_normalisation(brats_copy, tmp_path):
     """The retrain flow appends with its own settings (3 folds by default) to a store made with others."""
     store = tmp_path / "b.zarr"

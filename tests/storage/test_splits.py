@@ -150,3 +150,81 @@ def test_grouped_test_blocks_hold_equal_numbers_of_patients(patients, expected):
         labels = np.repeat(rng.permutation(np.arange(patients) % 2 + 1), 10)  # LGG and HGG, half each
         splits = grouped_splits(ids, labels, SplitConfig(folds=3, seed=seed))
         assert [len(set(ids[splits[fold] == TEST])) for fold in range(3)] == expected
+
+
+def _coverage_gaps(codes: dict[int, np.ndarray], patients: np.ndarray, labels: np.ndarray) -> list[tuple]:
+    """The (fold, split, class) cells without a slice, for classes carried by at least 3 patients (as
+    `gpseg validate`'s split_coverage)."""
+    carriers = {c: np.unique(patients[labels == c]).size for c in np.unique(labels).tolist()}
+    return [(fold, split, c) for fold, fold_codes in codes.items() for split in (TRAIN, VAL, TEST)
+            for c, n in carriers.items() if n >= 3 and not ((fold_codes == split) & (labels == c)).any()]
+
+
+def _store(rows: dict[str, tuple[int, tuple[int, int, int]]]):
+    """Stored slices of patients given as id -> (class, codes in folds 0, 1, 2): one tumour-free slice and one
+    of the class each."""
+    patients = np.repeat(list(rows), 2)
+    labels = np.array([c for cls, _ in rows.values() for c in (0, cls)], np.int8)
+    existing = {f: np.repeat([codes[f] for _, codes in rows.values()], 2).astype(np.int8) for f in range(3)}
+    return patients, labels, existing
+
+
+def _new_patient_not_hashed_to(codes: tuple[int, int, int], config: SplitConfig) -> str:
+    for k in range(1000):
+        hashed = hashed_codes([f"N{k}"], config)
+        if tuple(int(hashed[f][0]) for f in range(3)) != codes:
+            return f"N{k}"
+    raise AssertionError("no such id")
+
+
+def test_an_appended_patient_fills_the_split_its_class_would_miss():
+    """A drop brought a third LGG patient, which made LGG required in every split (gpseg validate), but the hash
+    put it in a test set: every later retrain failed validation, for good. It now takes the blocks that fill
+    the gap; patients of classes without gaps keep their hashed splits."""
+    config = SplitConfig(folds=3, seed=0)
+    others = {f"H{k}": (2, codes) for k, codes in enumerate(
+        [(TRAIN, VAL, TEST), (VAL, TEST, TRAIN), (TEST, TRAIN, VAL), (TRAIN, TRAIN, TRAIN)])}
+    stored = {"L1": (1, (TRAIN, VAL, TEST)), "L2": (1, (VAL, TEST, TRAIN)), **others}
+    patients, labels, existing = _store(stored)
+    needed = (TEST, TRAIN, VAL)  # the one placement that gives LGG every split of every fold
+    new_id = _new_patient_not_hashed_to(needed, config)
+    hgg_id = "H9"
+    new_p = np.array([new_id, new_id, hgg_id, hgg_id])
+    new_labels = np.array([0, 1, 0, 2], np.int8)
+    grown = extend_splits(existing, new_p, np.arange(4, dtype=np.int16), None, config, patients, None,
+                          new_labels, labels)
+    hashed = hashed_codes(new_p.tolist(), config)
+    for f in range(3):
+        assert np.array_equal(grown[f][:patients.size], existing[f])  # stored patients never move
+        assert grown[f][patients.size] == grown[f][patients.size + 1] == needed[f]
+        assert np.array_equal(grown[f][patients.size + 2:], hashed[f][2:])  # HGG had no gap: hashed
+    all_p, all_l = np.concatenate([patients, new_p]), np.concatenate([labels, new_labels])
+    assert _coverage_gaps(grown, all_p, all_l) == []
+    assert _coverage_gaps(extend_splits(existing, new_p, np.arange(4, dtype=np.int16), None, config, patients),
+                          all_p, all_l) != []  # without the labels: the hash alone, the gap stays
+
+
+def test_a_gap_only_stored_patients_could_fill_stays_and_nothing_else_moves():
+    config = SplitConfig(folds=3, seed=0)
+    stored = {"L1": (1, (TRAIN, VAL, TEST)), "L2": (1, (TRAIN, VAL, TEST)), "H1": (2, (TRAIN, VAL, TEST)),
+              "H2": (2, (VAL, TEST, TRAIN)), "H3": (2, (TEST, TRAIN, VAL))}
+    patients, labels, existing = _store(stored)
+    new_p = np.array(["N1", "N1"])
+    grown = extend_splits(existing, new_p, np.zeros(2, np.int16), None, config, patients, None,
+                          np.array([0, 1], np.int8), labels)
+    placed = tuple(int(grown[f][patients.size]) for f in range(3))
+    gaps = _coverage_gaps(grown, np.concatenate([patients, new_p]), np.concatenate([labels, [0, 1]]))
+    # LGG misses 6 cells of 9 without N1; one patient fills 3 of them at most, so 3 stay
+    assert len(gaps) == 3 and all(c == 1 for _, _, c in gaps)
+    assert all(placed[f] != (TRAIN, VAL, TEST)[f] for f in range(3))
+
+
+def test_covered_appends_keep_the_hashed_placement():
+    patients, labels = _dataset(20)
+    config = SplitConfig(seed=2)
+    base = grouped_splits(patients, labels, config)
+    new_p = np.array(["N1", "N1", "N2", "N3"])
+    new_l = np.array([0, 1, 2, 0], np.int8)
+    with_labels = extend_splits(base, new_p, np.zeros(4, np.int16), None, config, patients, None, new_l, labels)
+    hashed = extend_splits(base, new_p, np.zeros(4, np.int16), None, config, patients)
+    assert all(np.array_equal(with_labels[k], hashed[k]) for k in base)
