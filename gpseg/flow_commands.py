@@ -361,8 +361,10 @@ def retrain_outcome(result: dict, drop: Path, thresholds: str | None = None, giv
     apply (nor record for the next retraining)."""
     rejected = [f"{file}: {reason}" for file, reason in (result.get("rejected") or {}).items()]
     if result["status"] == INVALID:  # ingested, then refused by validation: its FAILED row says why
-        console.print(f"ingested data version {result['data_version']} ({result['ingested']} new case(s)); it fails "
-                      "validation, so nothing was retrained", highlight=False)
+        when = f"{result['ingested']} new case(s)" if result["ingested"] else "ingested by an earlier run"
+        console.print(f"data version {result['data_version']} ({when}) fails validation, so nothing was retrained"
+                      + (f"; the training settings given ({', '.join(given)}) were not applied" if given else ""),
+                      highlight=False, soft_wrap=True)
         return flow_outcome({"rows": result["rows"], "failed": result["rows"], "rejected": rejected, "report": None},
                             thresholds)
     if result["status"] != "retrained":

@@ -396,8 +396,8 @@ class LocalStack:
         """
         try:
             check_port_free(self.port)
-        except RuntimeError as exc:
-            owner = self._lock_owner()  # a stack left running by a killed `gpseg serve` has no serve to stop
+        except RuntimeError as exc:  # a stack left running by a killed `gpseg serve` has no serve to stop
+            owner = self._lock_owner() if self._lock is None else None  # held here: not the other one
             raise RuntimeError(f"{exc}; serve.lock names {owner}" if owner else str(exc)) from None
         self.prefect_home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.take_lock()

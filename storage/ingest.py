@@ -233,6 +233,7 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
     stored = _stored_state(plan, out, config, append)
     base_attrs, existing, stored_ids, stored_labels = stored.attrs, stored.splits, stored.patients, stored.labels
     stored_patients = set(base_attrs.get("patients", []))
+    folded_ids = {folded_patient_id(p): p for p in sorted(stored_patients)}  # ids as _duplicate_patient compares them
     cases, rejected_cases = _cases_to_read(plan, stored, report)
     if not cases and not existing:
         hint = plan.layout_hint(plan.root) if plan.layout_hint else ""
@@ -259,7 +260,7 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
                 if progress is not None:
                     progress(done, len(cases), Path(case_key(case)).name)
                 if error is None and plan.dataset != "jun-cheng":
-                    error = _duplicate_patient(case, batch.patient, stored_patients)
+                    error = _duplicate_patient(case, batch.patient, stored_patients, folded_ids)
                 if error is None:
                     error = _copied_images(case, batch, stored_content, plan.root)
                 if error is not None:
@@ -274,6 +275,7 @@ def _ingest_locked(plan: _Plan, out: Path, config: IngestConfig, append: bool,
                 if config.image_size is None and native not in (None, (plan.image_size, plan.image_size)):
                     report.resized.append(f"{batch.patient} ({native[0]}×{native[1]})")
                 stored_patients.add(batch.patient)
+                folded_ids.setdefault(folded_patient_id(batch.patient), batch.patient)
                 added = {source_key(p, plan.root): h for p, h in batch.sources.items()}
                 sources.update(added)
                 stored_content.update({h: key for key, h in added.items()})
@@ -509,13 +511,13 @@ def ingest_manifest(csv_path: Path, out: Path, config: IngestConfig = IngestConf
     return _run(plan, Path(out), config, append, progress)
 
 
-def _duplicate_patient(case: Any, patient: str, stored: set[str]) -> CaseRejected | None:
+def _duplicate_patient(case: Any, patient: str, stored: set[str], folded: dict[str, str]) -> CaseRejected | None:
     """Why a read case cannot be stored beside the ``stored`` patients: its id is one of theirs, or differs from
-    one only in letter case or Unicode form (:func:`storage.cases.folded_patient_id`)."""
+    one only in letter case or Unicode form (``folded``: :func:`storage.cases.folded_patient_id` of each stored
+    id -> that id)."""
     if patient in stored:
         return CaseRejected(case_key(case), f"duplicate patient id {patient} (already stored)")
-    folded = folded_patient_id(patient)
-    same = next((other for other in sorted(stored) if folded_patient_id(other) == folded), None)
+    same = folded.get(folded_patient_id(patient))
     if same is not None:
         return CaseRejected(case_key(case), f"patient id {patient!r} differs from the stored {same!r} only in "
                                             "letter case or Unicode form: one patient twice? rename one")

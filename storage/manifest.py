@@ -111,7 +111,7 @@ def read_manifest(path: Path, classes: list[str] | None = None, read: tuple[str,
             for column, given in [*paths.items(), *([("seg", seg)] if seg else [])]:
                 if not os.path.exists(base / given):
                     raise CaseRejected(where, f"patient {pid}: its {column} file {given} does not exist"
-                                              + _path_hint(given, channels, read is not None))
+                                              + _path_hint(given, channels, read is not None, column))
         except CaseRejected as exc:
             rejected[exc.file] = exc.reason
             continue
@@ -125,12 +125,14 @@ def read_manifest(path: Path, classes: list[str] | None = None, read: tuple[str,
     return Manifest(cases, classes, channels, rejected, labels)
 
 
-def _path_hint(given: str, channels: list[str], chosen: bool) -> str:
+def _path_hint(given: str, channels: list[str], chosen: bool, column: str) -> str:
     """Why a manifest's path may not exist, when its text suggests it: a Windows path, or a cell that is no path
     at all (a column such as ``age`` between ``label`` and ``seg`` is read as a channel unless ``--channels``
-    names those to read; ``chosen``: it did, and named this column)."""
+    names those to read; ``chosen``: it did, and named this ``column``, unless it is ``seg``)."""
     if "\\" in given:
         return " (a Windows path? write / between folders)"
+    if column == "seg":
+        return ""
     if "/" not in given and not given.lower().endswith((".nii", ".nii.gz")):
         if chosen:
             return " (no NIfTI file name, in a column --channels names)"

@@ -20,14 +20,15 @@ Appending (new data drops): existing slices keep their codes; each new patient
 (grouped) or slice (slice mode) gets blocks from a hash of the seed and its id,
 so the assignment does not depend on what else arrived. In grouped mode one exception:
 where that hash would leave a class of at least 3 patients out of a split of a fold
-(``gpseg validate`` requires it there), the new patients of that class are moved to the
-blocks that fill the gaps (:func:`cover_appended`), as far as the stored patients, who
-never move, allow.
+(``gpseg validate`` requires it there), the new patients of that class are moved to
+blocks that fill the gaps (:func:`cover_appended`), as far as moving them can (the
+stored patients never move).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import numpy as np
 from sklearn.model_selection import StratifiedShuffleSplit
@@ -38,6 +39,9 @@ TRAIN, VAL, TEST = 0, 1, 2
 MIN_CARRIERS = len(SPLIT_NAMES)
 """A class with slices in at least this many patients (grouped) must be in every split of every fold
 (:mod:`storage.validation`'s ``split_coverage``)."""
+PAIR_LIMIT = 16
+""":func:`cover_appended` tries moving two new patients at once among the first this many of a class with a gap
+(``PAIR_LIMIT * (PAIR_LIMIT - 1) / 2`` pairs of up to 20 x 20 placements each)."""
 
 
 def _blocks(config: SplitConfig) -> tuple[int, int]:
@@ -279,11 +283,12 @@ def cover_appended(new: dict[int, np.ndarray], existing: dict[int, np.ndarray], 
     """``new`` with the new patients moved where the hash left a class out of a split of a fold.
 
     A class with slices in at least :data:`MIN_CARRIERS` patients (stored and new) must have slices in every
-    split of every fold. Where it misses one, each new patient carrying such a class (in id order) takes the
-    test and validation blocks (as :func:`hashed_codes` numbers them) that give the most (fold, split, class)
-    cells of those classes a slice, and keeps its hashed blocks on a tie; this repeats until no move helps.
-    Stored patients never move, so a gap that only they could fill stays (``gpseg validate`` names it) until
-    more patients of its class arrive. A store without gaps keeps the hashed placement.
+    split of every fold. Where it misses one, each new patient carrying such a class (in id order) moves to the
+    test and validation blocks (as :func:`hashed_codes` numbers them) where it fills more empty (fold, split,
+    class) cells of those classes than where it is; when no single move helps, two new patients move at once
+    (a swap, among the first :data:`PAIR_LIMIT` of a class with a gap). This repeats until no move helps.
+    Stored patients never move, so a gap can stay (``gpseg validate`` names it) until more patients of its
+    class arrive. A store without gaps keeps the hashed placement.
 
     Args:
         new: fold -> codes ``(M,)`` of the new slices, as hashed (a stored patient's slices already carrying
@@ -317,30 +322,52 @@ def cover_appended(new: dict[int, np.ndarray], existing: dict[int, np.ndarray], 
     wanted = {(f, s, label) for f in range(len(folds)) for s in (TRAIN, VAL, TEST) for label in required}
     if wanted <= set(count):
         return new
-    n_test, n_val = _blocks(config)
     movable = sorted({p for p in patients.tolist() if p not in stored_ids and carried[p] & required})
-    moved = False
-    for _ in range(len(movable) + 1):  # each pass fills at least one cell, or stops
-        improved = False
-        for pid in movable:
-            mine = carried[pid] & required
-            for cell in _cells(codes[pid], mine):
+    options = {pid: _placements(pid, folds, config) for pid in movable}
+    hashed = {pid: codes[pid] for pid in movable}
+
+    def move(group: tuple[str, ...]) -> bool:
+        """Place ``group`` (one or two new patients) where it fills the most empty cells, if that is more than
+        where it is; say whether it moved. Each move fills at least one more cell, so the loop below ends."""
+        mine = {pid: carried[pid] & required for pid in group}
+        for pid in group:
+            for cell in _cells(codes[pid], mine[pid]):
                 count[cell] -= 1
-            blocks = sorted(((t, v) for t in range(n_test) for v in range(n_val)),
-                            key=lambda b: _unit_hash(config.seed, "cover", pid, *b))
-            options = [codes[pid], *(_block_codes(t, v, folds, n_test, n_val) for t, v in blocks)]
-            best = max(options, key=lambda placed: sum(count.get(cell, 0) == 0 for cell in _cells(placed, mine)))
-            if best != codes[pid]:
-                codes[pid], improved, moved = best, True, True
-            for cell in _cells(codes[pid], mine):
+
+        def gain(placements: tuple[tuple[int, ...], ...]) -> int:
+            return len({cell for pid, placed in zip(group, placements) for cell in _cells(placed, mine[pid])
+                        if not count.get(cell, 0)})
+
+        best = max(itertools.product(*(options[pid] for pid in group)), key=gain)
+        moved = gain(best) > gain(tuple(codes[pid] for pid in group))
+        if moved:
+            codes.update(zip(group, best))
+        for pid in group:
+            for cell in _cells(codes[pid], mine[pid]):
                 count[cell] = count.get(cell, 0) + 1
-        if not improved or wanted <= {cell for cell, n in count.items() if n}:
+        return moved
+
+    while not wanted <= {cell for cell, n in count.items() if n}:
+        if any([move((pid,)) for pid in movable]):  # a list: every patient gets its move in this pass
+            continue
+        gaps = {cell[2] for cell in wanted if not count.get(cell, 0)}
+        pairable = [pid for pid in movable if carried[pid] & gaps][:PAIR_LIMIT]
+        if not any(move(pair) for pair in itertools.combinations(pairable, 2)):  # two at once: a swap
             break
-    if not moved:
+    if all(codes[pid] == hashed[pid] for pid in movable):
         return new
     ids = patients.tolist()
     return {f: np.array([codes[p][k] if p not in stored_ids else new[f][i] for i, p in enumerate(ids)], np.int8)
             for k, f in enumerate(folds)}
+
+
+def _placements(pid: str, folds: list[int], config: SplitConfig) -> list[tuple[int, ...]]:
+    """A new patient's possible codes per fold (each pair of test and validation blocks, as :func:`hashed_codes`
+    numbers them), without repeats, in an order drawn from a hash of the seed and its id."""
+    n_test, n_val = _blocks(config)
+    blocks = sorted(((t, v) for t in range(n_test) for v in range(n_val)),
+                    key=lambda b: _unit_hash(config.seed, "cover", pid, *b))
+    return list(dict.fromkeys(_block_codes(t, v, folds, n_test, n_val) for t, v in blocks))
 
 
 def _cells(placed: tuple[int, ...], classes: set[int]) -> list[tuple[int, int, int]]:

@@ -128,8 +128,12 @@ def validate(store: str) -> dict:
     """
     result = validate_store(store, progress=logged_progress(f"validating {store}", "slices read"))
     if not result.success:
-        raise ValueError(f"{store}: {len(result.failures)} expectations failed: " + "; ".join(result.failures))
+        raise ValueError(f"{store}: {len(result.failures)} {EXPECTATIONS_FAILED}: " + "; ".join(result.failures))
     return {"store": store, "checked": result.checked, "counts": result.counts}
+
+
+EXPECTATIONS_FAILED = "expectations failed"
+"""The words of :func:`validate`'s error for a store that fails an expectation (a flow tells it from others)."""
 
 
 @task(retries=1, retry_condition_fn=transient_only)

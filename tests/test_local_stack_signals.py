@@ -221,6 +221,27 @@ def test_a_second_serve_is_refused_before_it_says_it_is_starting(tmp_path):
     assert result.output.startswith("error: another `gpseg serve`") and result.output.count("\n") == 1
 
 
+def test_a_port_taken_after_the_lock_is_not_blamed_on_this_process(tmp_path):
+    """`gpseg serve` takes serve.lock before it starts the stack; a port taken in between was reported as "serve.lock
+    names process <this very process>", as if another serve held it."""
+    import socket
+
+    from gpseg.local_stack import LocalStack
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        stack = LocalStack(tmp_path, port=taken.getsockname()[1], home=tmp_path / ".prefect")
+        (tmp_path / ".prefect").mkdir(mode=0o700, parents=True, exist_ok=True)
+        stack.take_lock()
+        try:
+            with pytest.raises(RuntimeError) as raised:
+                stack.start()
+        finally:
+            stack.stop()
+    assert "serve.lock names" not in str(raised.value) and stack.processes == {}
+
+
 def test_a_port_that_only_closed_connections_wait_on_is_free(tmp_path):
     import socket
 

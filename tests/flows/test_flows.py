@@ -514,7 +514,8 @@ def test_a_drop_whose_store_fails_validation_is_one_failed_row_and_trains_nothin
     with console.capture() as printed:
         assert retrain_outcome(outcome, source).exit_code == 1
     said = " ".join(printed.get().split())
-    assert "new case(s)); it fails validation, so nothing was retrained failed: brats all: validation:" in said
+    assert (f"data version {outcome['data_version']} (1 new case(s)) fails validation, so nothing was retrained "
+            "failed: brats all: validation:") in said
 
 
 @after_first_run

@@ -663,7 +663,8 @@ def test_manifest_tumour_free_patients_and_labels_without_a_seg(brats_source, tm
         ingest_manifest(tmp_path / "m.csv", tmp_path / "t.zarr", CONFIG, classes=["healthy", "HGG"])
     # a class no patient has (a typo) made a store with a class of no slice, which validation passed
     with pytest.raises(ValueError, match=r"classes: \['HG'\] label no usable patient of .*m\.csv \(its labels: "
-                                         r"\['HGG', 'healthy', 'tumour-free'\]\); .* without slices; did you mean 'HGG'\?"):
+                                         r"\['HGG', 'healthy', 'tumour-free'\]\); .* without slices; "
+                                         r"did you mean 'HGG'\?"):
         ingest_manifest(tmp_path / "m.csv", tmp_path / "t.zarr", CONFIG, classes=["tumour-free", "HGG", "HG"])
     assert not (tmp_path / "t.zarr").exists()
 
@@ -1036,6 +1037,10 @@ def test_channels_not_read_need_no_files(brats_source, tmp_path):
     assert set(caught.value.rejected.values()) == {
         f"patient p{n}: its age file {age} does not exist (no NIfTI file name, in a column --channels names)"
         for n, age in ((1, 54), (2, 61))}
+    (tmp_path / "s.csv").write_text(f"patient_id,label,flair,seg\np1,HGG,{flair1},none\n")  # seg: no column hint
+    with pytest.raises(NoUsableInput) as caught:
+        ingest_manifest(tmp_path / "s.csv", tmp_path / "v.zarr", IngestConfig(workers=0, channels=("flair",)))
+    assert list(caught.value.rejected.values()) == ["patient p1: its seg file none does not exist"]
     with pytest.raises(ValueError, match=r"channels \['t2'\] not available; choose from \['age', 't1', 'flair'\]"):
         ingest_manifest(tmp_path / "m.csv", tmp_path / "u.zarr", IngestConfig(workers=0, channels=("t2",)))
 
@@ -1075,8 +1080,8 @@ def test_a_manifest_path_that_does_not_exist_is_named_by_line_column_and_patient
         ingest_manifest(tmp_path / "m.csv", tmp_path / "s.zarr", CONFIG)
     rejected = {key.rsplit("/", 1)[-1]: reason for key, reason in caught.value.rejected.items()}
     assert rejected["m.csv:2"] == ("patient p1: its age file 54 does not exist (no NIfTI file name: every column "
-                                   "between label and seg is read as a channel, here age, flair; name those to read with --channels, "
-                                   "or remove the others)")
+                                   "between label and seg is read as a channel, here age, flair; name those to read "
+                                   "with --channels, or remove the others)")
     assert rejected["m.csv:3"] == rejected["m.csv:2"].replace("p1", "p2").replace("54", "61")
     (tmp_path / "w.csv").write_text(f"patient_id,label,flair,seg\np2,HGG,{windows},{seg2}\n")
     with pytest.raises(NoUsableInput) as caught:

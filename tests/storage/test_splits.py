@@ -212,6 +212,7 @@ def test_a_gap_only_stored_patients_could_fill_stays_and_nothing_else_moves():
     new_p = np.array(["N1", "N1"])
     grown = extend_splits(existing, new_p, np.zeros(2, np.int16), None, config, patients, None,
                           np.array([0, 1], np.int8), labels)
+    assert all(np.array_equal(grown[f][:patients.size], existing[f]) for f in range(3))
     placed = tuple(int(grown[f][patients.size]) for f in range(3))
     gaps = _coverage_gaps(grown, np.concatenate([patients, new_p]), np.concatenate([labels, [0, 1]]))
     # LGG misses 6 cells of 9 without N1; one patient fills 3 of them at most, so 3 stay
@@ -228,3 +229,49 @@ def test_covered_appends_keep_the_hashed_placement():
     with_labels = extend_splits(base, new_p, np.zeros(4, np.int16), None, config, patients, None, new_l, labels)
     hashed = extend_splits(base, new_p, np.zeros(4, np.int16), None, config, patients)
     assert all(np.array_equal(with_labels[k], hashed[k]) for k in base)
+
+
+def test_two_new_patients_swap_where_neither_move_alone_fills_the_gap(monkeypatch):
+    """Moving one patient at a time left fold 1 without a validation patient of class 2, which the three new
+    patients could give it by two moving at once (found by a reviewer's random search)."""
+    import storage.splits
+
+    config = SplitConfig(folds=2, seed=94)
+    stored_p, stored_l = np.array(["S0", "S0", "S1", "S1"]), np.array([0, 3, 0, 2], np.int8)
+    existing = grouped_splits(stored_p, stored_l, config)
+    new_p, new_l = np.array(["N0", "N0", "N1", "N1", "N2", "N2"]), np.array([0, 1, 0, 2, 0, 2], np.int8)
+    all_p, all_l = np.concatenate([stored_p, new_p]), np.concatenate([stored_l, new_l])
+
+    def grow():
+        return extend_splits(existing, new_p, np.zeros(6, np.int16), None, config, stored_p, None, new_l, stored_l)
+
+    monkeypatch.setattr(storage.splits, "PAIR_LIMIT", 0)
+    assert _coverage_gaps(grow(), all_p, all_l) == [(1, VAL, 2)]  # one at a time: stuck
+    monkeypatch.undo()
+    grown = grow()
+    assert _coverage_gaps(grown, all_p, all_l) == []
+    for f in range(2):
+        assert np.array_equal(grown[f][:4], existing[f])
+        assert all(np.unique(grown[f][4:][new_p == p]).size == 1 for p in ("N0", "N1", "N2"))
+
+
+@pytest.mark.parametrize("folds", [1, 4])
+def test_gaps_are_filled_beside_new_slices_of_a_stored_patient(folds):
+    """A Jun Cheng drop mixes new slice files of stored patients (they keep their splits) with new patients."""
+    config = SplitConfig(folds=folds, seed=5)
+    stored_p = np.array(["A", "B", "C", "D"])
+    stored_l = np.array([0, 0, 1, 1], np.int8)
+    existing = grouped_splits(stored_p, stored_l, config)
+    new_p = np.array(["A", "E", "E", "F", "B"])  # A and B: stored patients' new slices
+    new_l = np.array([0, 1, 1, 1, 0], np.int8)
+    grown = extend_splits(existing, new_p, np.zeros(5, np.int16), None, config, stored_p, None, new_l, stored_l)
+    all_p, all_l = np.concatenate([stored_p, new_p]), np.concatenate([stored_l, new_l])
+    assert _coverage_gaps(grown, all_p, all_l) == []
+    hashed = extend_splits(existing, new_p, np.zeros(5, np.int16), None, config, stored_p)
+    assert _coverage_gaps(hashed, all_p, all_l) != []  # the hash alone leaves gaps here
+    for f in range(folds):
+        assert np.array_equal(grown[f][:4], existing[f])
+        assert grown[f][4] == existing[f][0] and grown[f][8] == existing[f][1]  # A and B keep their codes
+        assert grown[f][5] == grown[f][6]  # E: one split per fold
+    for p in ("E", "F"):  # a new patient is tested in one fold at most
+        assert sum(int((grown[f][4:][new_p == p] == TEST).any()) for f in range(folds)) <= 1
