@@ -10,10 +10,9 @@ from prefect.states import State
 
 from flows.cluster import cluster_refusal
 from flows.layout import (INVALID, REPORT, TRAINING_SETTINGS, append_refusal, carried_notes, dataset_failure_row,
-                          failure_carried_notes,
-                          new_rejections, notes_of_kept_runs, read_report, record_failed_runs, recorded_failed_runs,
-                          rejection_note, replace_dataset_runs, report_run_dirs, reported_model_folds, reported_runs,
-                          reported_versions, store_path, summary_rows, tagged)
+                          failure_carried_notes, new_rejections, notes_of_kept_runs, read_report, record_failed_runs,
+                          recorded_failed_runs, rejection_note, replace_dataset_runs, report_run_dirs,
+                          reported_model_folds, reported_runs, reported_versions, store_path, summary_rows, tagged)
 from flows.params import RetrainParams, with_work_dir_settings
 from flows.pipeline import (check_folds, heatmaps_and_evaluation, ingest_config, ingest_fresh, log_rows,
                             no_run_finished, record_training_settings, stored_rejections, stored_version,

@@ -114,8 +114,8 @@ def open_heatmaps(path: Path | str) -> zarr.Group:
         if problem:  # not trained further: damaged since
             raise damaged_weights(run_dir / MODEL_FILE, problem)
         unrecorded = "" if attrs.get("weights") else ", by a gpseg that did not record them, before it was written"
-        raise ValueError(f"{path}: made from earlier weights than {run_dir / MODEL_FILE} (the run was trained "
-                         f"further since{unrecorded}){hint}")
+        raise ValueError(f"{path}: made from other weights than {run_dir / MODEL_FILE} (the run was trained "
+                         f"further since{unrecorded}, or the store comes from another run){hint}")
     check_chunks(group, path)
     return group
 

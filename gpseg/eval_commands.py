@@ -112,13 +112,18 @@ def _evaluate(runs: list[Path], params: ThresholdParams, *, need_one: bool = Tru
     from itertools import accumulate
 
     from gpmodels.evaluation import evaluate_heatmaps, open_heatmaps, threshold_warning, write_evaluation
-    from gpmodels.files import heatmap_path
+    from gpmodels.files import MODEL_FILE, heatmap_path
     from gpmodels.postprocess import ThresholdConfig
 
     models = {run: require_run(run)["train"]["model"] for run in runs}
     failed: dict[Path, str] = {}
     sizes: dict[Path, int] = {}
     for run in runs:
+        if not (run / MODEL_FILE).is_file() and not (heatmap_path(run, "test") / "zarr.json").is_file():
+            # "no heatmap store (run gpseg heatmaps first)" sent the user to a command that refuses the run
+            failed[run] = (f"{run / MODEL_FILE}: missing: its training has not finished (`gpseg train` with the same "
+                           "--out resumes it from its last checkpoint), so it has no heatmaps")
+            continue
         try:
             sizes[run] = open_heatmaps(heatmap_path(run, "test"))["index"].shape[0]
         except Exception as exc:  # missing, stale or damaged: this run fails, the others go on
@@ -409,6 +414,7 @@ def report_cmd(
     from gpmodels.report import build_report
 
     runs, out = _unique(runs), _writable_folder(out)
+    given = runs
     for run in runs:
         require_run(run)  # a folder that is no run is refused before any work
     from flows.share import shown_relative_to
@@ -428,7 +434,8 @@ def report_cmd(
     runs = [run for run in runs if run not in stale]
     if not runs:
         raise fail(f"no run could be reported ({len(failed)} failed)")
-    html = build_report(runs, out, title=title, notes=failed, shareable=shareable, share_base=share_base)
+    html = build_report(runs, out, title=title, notes=failed, shareable=shareable, share_base=share_base,
+                        left_out=[run for run in given if run not in runs])  # as postprocess: a re-threshold retries
     _say_report(html, shareable)
     if failed:
         raise typer.Exit(2)
@@ -436,7 +443,7 @@ def report_cmd(
 
 def _outdated(run: Path) -> str | None:
     """Why an evaluated run's ``evaluation.json`` no longer describes it (it is damaged, its heatmaps are gone,
-    were written again since or were made from earlier weights, or its store was re-ingested since), or
+    were written again since or were made from other weights, or its store was re-ingested since), or
     ``None`` when it does."""
     from gpmodels.evaluation import evaluated_source, load_evaluation, open_heatmaps
     from gpmodels.files import heatmap_path

@@ -124,7 +124,7 @@ def test_weights_replaced_while_heatmaps_load_them_leave_the_store_stale_not_mis
 
     monkeypatch.setattr(heatmaps, "load_trained", load_then_replace)
     out = generate_heatmaps(run, "test", device="cpu")
-    with pytest.raises(ValueError, match="made from earlier weights than"):
+    with pytest.raises(ValueError, match="made from other weights than"):
         open_heatmaps(out)
 
 

@@ -1501,7 +1501,7 @@ def test_heatmaps_of_earlier_weights_and_evaluations_of_earlier_heatmaps_are_ref
         result = runner.invoke(app, command)
         said = " ".join(result.output.split())
         assert result.exit_code == 1, result.output
-        assert "test.zarr: made from earlier weights than" in said and "trained further since" in said, said
+        assert "test.zarr: made from other weights than" in said and "trained further since" in said, said
 
 
 def test_heatmaps_of_an_older_gpseg_made_before_the_weights_were_last_written_are_refused(report_runs, tmp_path):
@@ -1527,7 +1527,7 @@ def test_heatmaps_of_an_older_gpseg_made_before_the_weights_were_last_written_ar
     os.utime(heatmap_path(run, "test") / "zarr.json", (hour_ago, hour_ago))
     result = CliRunner().invoke(app, command)
     said = " ".join(result.output.split())
-    assert result.exit_code == 1 and ("test.zarr: made from earlier weights than" in said and
+    assert result.exit_code == 1 and ("test.zarr: made from other weights than" in said and
                                       "by a gpseg that did not record them, before it was written" in said), said
 
 
@@ -1822,3 +1822,28 @@ def test_a_report_over_a_run_in_a_folder_not_named_in_utf8_is_written(report_run
     page = build_report([run], latin / "report").read_bytes().decode("utf-8")  # valid UTF-8
     assert html.escape(str(latin / "run").replace("\udce9", "\\udce9")).replace("/", "/<wbr>") in page
     assert json.loads((latin / "report" / "metrics.json").read_text())["runs"][0]["run_dir"] == str(run)
+
+
+def test_report_keeps_its_failed_runs_as_left_out_and_names_an_unfinished_training(report_runs, tmp_path):
+    """`gpseg report` wrote `left_out: []` for a run it named as failed (postprocess kept it, as the README says
+    both do); and a run whose training never finished was sent to `gpseg heatmaps`, which refuses it."""
+    from typer.testing import CliRunner
+
+    from gpmodels.files import MODEL_FILE
+    from gpseg.cli import app
+
+    good = _copy_run(report_runs["gp"], tmp_path / "good")
+    unfinished = _copy_run(report_runs["gp"], tmp_path / "unfinished")
+    shutil.rmtree(heatmap_path(unfinished, "test"))
+    (unfinished / "evaluation.json").unlink(missing_ok=True)
+    (unfinished / MODEL_FILE).unlink()  # stopped before training ended
+    for command in (["report", str(good), str(unfinished), "--out", str(tmp_path / "r")],
+                    ["postprocess", "--runs", str(good), "--runs", str(unfinished), "--out", str(tmp_path / "p")]):
+        result = CliRunner().invoke(app, command)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2, result.output
+        assert (f"failed {unfinished}: {unfinished / MODEL_FILE}: missing: its training has not finished (`gpseg "
+                "train` with the same --out resumes it from its last checkpoint), so it has no heatmaps") in said
+        record = json.loads((Path(command[-1]) / "metrics.json").read_text())
+        assert [run["run_dir"] for run in record["left_out"]] == [str(unfinished)]
+        assert [run["run_dir"] for run in record["runs"]] == [str(good)]
