@@ -28,8 +28,8 @@ import numpy as np
 import zarr
 
 from gpmodels.bootstrap import patient_bootstrap
-from gpmodels.files import (MODEL_FILE, archive_damage, damaged, damaged_weights, heatmap_path, json_text, made_at,
-                            relocated, replace_together, weights_changed)
+from gpmodels.files import (MODEL_FILE, RUN_CONFIG, archive_damage, damaged, damaged_weights, heatmap_path, json_text,
+                            made_at, relocated, replace_together, weights_changed)
 from gpmodels.map_agreement import rank_agreement
 from gpmodels.metrics import (
     classification_metrics,
@@ -89,10 +89,16 @@ def default_threshold(model: str) -> ThresholdConfig:
 
 def open_heatmaps(path: Path | str) -> zarr.Group:
     """Open a heatmap store with a clear error when it is missing (one that a killed writer left aside is
-    put back first: :func:`storage.folders.recover_interrupted`)."""
+    put back first: :func:`storage.folders.recover_interrupted`); for a run dir whose training has not finished
+    (``config.json`` but no ``model.pt``), that error says so and how to resume it, since ``gpseg heatmaps``
+    refuses such a run."""
     path = Path(path)
     recover_interrupted(path)
     if not (path / "zarr.json").is_file():
+        run_dir = path.parent.parent
+        if (run_dir / RUN_CONFIG).is_file() and not (run_dir / MODEL_FILE).is_file():
+            raise FileNotFoundError(f"{run_dir / MODEL_FILE}: missing: its training has not finished (`gpseg train` "
+                                    "with the same --out resumes it from its last checkpoint), so it has no heatmaps")
         raise FileNotFoundError(f"{path}: no heatmap store (run `gpseg heatmaps --run RUN_DIR` first)")
     hint = "; write it again with `gpseg heatmaps --run RUN_DIR`"
     try:
